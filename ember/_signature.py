@@ -1,0 +1,147 @@
+"""A compiled model's symbolic signature, and the checking of feeds against it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sympy
+
+from .errors import InputError
+from .ir.dtypes import DType
+from .ir.graph import Value
+from .ir.types import Dim, OptionalType, SequenceType, TensorType, Type
+
+_ONNX_TYPE_NAMES = {
+    DType.float32: "float", DType.float64: "double", DType.float16: "float16",
+    DType.bool: "bool", DType.string: "string",
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output: its name, element type and symbolic shape."""
+
+    name: str
+    type: Type | None
+
+    @property
+    def dtype(self) -> DType | None:
+        return self.type.dtype if isinstance(self.type, TensorType) else None
+
+    @property
+    def shape(self) -> tuple[Dim, ...] | None:
+        return self.type.shape if isinstance(self.type, TensorType) else None
+
+    @property
+    def onnx_type(self) -> str:
+        """onnxruntime's spelling: `tensor(float)`, `seq(tensor(int64))`."""
+        return _onnx_type_name(self.type)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.type if self.type is not None else '?'}"
+
+
+def _onnx_type_name(t: Type | None) -> str:
+    if isinstance(t, TensorType):
+        return f"tensor({_ONNX_TYPE_NAMES.get(t.dtype, t.dtype.name)})"
+    if isinstance(t, SequenceType):
+        return f"seq({_onnx_type_name(t.elem)})"
+    if isinstance(t, OptionalType):
+        return f"optional({_onnx_type_name(t.elem)})"
+    return "unknown"
+
+
+def describe_array(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        try:
+            short = DType.from_numpy(x.dtype).short
+        except ValueError:
+            short = str(x.dtype)
+        return f"{short}[{', '.join(map(str, x.shape))}]"
+    if isinstance(x, list):
+        return f"list of {len(x)}"
+    return type(x).__name__
+
+
+def check_feeds(inputs: list[Value], feeds: Any) -> list[Any]:
+    """Validate `feeds` against the graph inputs; return them in input order.
+
+    Every symbol in the input shapes is bound by the first dim that uses it; each later
+    use (and each dim that is an expression of bound symbols) must agree."""
+    if not isinstance(feeds, Mapping):
+        raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+    expected = {v.name: v for v in inputs}
+    unknown = [name for name in feeds if name not in expected]
+    if unknown:
+        raise InputError(f"unknown input {unknown[0]!r}; the model's inputs are: "
+                         f"{', '.join(f'{v.name}: {v.type}' for v in inputs)}")
+    bindings: dict[sympy.Symbol, tuple[int, str]] = {}
+    ordered = []
+    for value in inputs:
+        if value.name not in feeds:
+            if isinstance(value.type, OptionalType):
+                ordered.append(None)
+                continue
+            raise InputError(f"missing input {value.name!r} (expected {value.type})")
+        ordered.append(_check_one(value, feeds[value.name], bindings))
+    _check_expressions(inputs, ordered, bindings)
+    return ordered
+
+
+def _check_one(value: Value, data: Any, bindings) -> Any:
+    t = value.type
+    if isinstance(t, OptionalType):
+        if data is None:
+            return None
+        t = t.elem
+    if isinstance(t, SequenceType):
+        if not isinstance(data, (list, tuple)):
+            raise InputError(f"input {value.name!r}: expected a sequence ({t}), got {describe_array(data)}")
+        return [np.asarray(x) for x in data]
+    if not isinstance(t, TensorType):
+        return data
+    if not isinstance(data, np.ndarray):
+        if isinstance(data, (list, tuple, int, float, bool, np.generic)):
+            data = np.asarray(data)
+        else:
+            raise InputError(f"input {value.name!r}: expected a numpy array ({t}), got {type(data).__name__}")
+    got = describe_array(data)
+    try:
+        dtype_ok = DType.from_numpy(data.dtype) is t.dtype
+    except ValueError:
+        dtype_ok = False
+    if not dtype_ok:
+        raise InputError(f"input {value.name!r}: expected {t}, got {got} (wrong dtype)")
+    if t.shape is None:
+        return data
+    if data.ndim != len(t.shape):
+        raise InputError(f"input {value.name!r}: expected {t}, got {got} (rank {data.ndim}, not {len(t.shape)})")
+    for axis, (dim, size) in enumerate(zip(t.shape, data.shape)):
+        if isinstance(dim, int):
+            if dim != size:
+                raise InputError(f"input {value.name!r}: expected {t}, got {got} (dim {axis} must be {dim})")
+        elif isinstance(dim, sympy.Symbol):
+            if dim in bindings and bindings[dim][0] != size:
+                bound, where = bindings[dim]
+                raise InputError(f"input {value.name!r}: expected {t}, got {got} (dim {axis} is {dim}, "
+                                 f"which {where} set to {bound})")
+            bindings.setdefault(dim, (size, f"input {value.name!r}"))
+    return data
+
+
+def _check_expressions(inputs, ordered, bindings) -> None:
+    values = {sym: size for sym, (size, _) in bindings.items()}
+    for value, data in zip(inputs, ordered):
+        t = value.type
+        if not isinstance(t, TensorType) or t.shape is None or data is None:
+            continue
+        for axis, dim in enumerate(t.shape):
+            if isinstance(dim, sympy.Expr) and not isinstance(dim, sympy.Symbol):
+                if dim.free_symbols <= values.keys():
+                    want = int(dim.subs(values))
+                    if want != data.shape[axis]:
+                        raise InputError(f"input {value.name!r}: expected {t}, got {describe_array(data)} "
+                                         f"(dim {axis} = {dim} = {want})")

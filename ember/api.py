@@ -1,0 +1,124 @@
+"""The public compile-then-run API: `ember.compile(model).run(feeds)`, and
+`InferenceSession`, onnxruntime's call shape over the same compiled model."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._signature import TensorInfo, check_feeds
+from .errors import UnsupportedError
+from .frontends.onnx import load_onnx
+from .ir.graph import Graph
+from .ir.verifier import verify
+from .runtime.executor import Executor
+
+TARGETS = ("cpu",)
+
+
+@dataclass
+class CompileStats:
+    """What compilation produced: node counts, the op histogram, which nodes run on the
+    reference fallback, and how long each phase took (seconds)."""
+
+    target: str
+    num_nodes: int
+    op_histogram: dict[str, int]
+    fallback_nodes: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        ops = ", ".join(f"{op}×{n}" for op, n in self.op_histogram.items())
+        times = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items())
+        return (f"target {self.target}: {self.num_nodes} nodes ({ops}); "
+                f"{len(self.fallback_nodes)} on the reference fallback; {times}")
+
+
+class CompiledModel:
+    """A model compiled for one target. `run` takes and returns numpy arrays by name."""
+
+    def __init__(self, graph: Graph, target: str, timings: dict[str, float]):
+        self.graph = graph
+        self.target = target
+        t0 = time.perf_counter()
+        self._executor = Executor(graph)
+        timings["prepare"] = time.perf_counter() - t0
+        self.inputs = [TensorInfo(v.name, v.type) for v in graph.inputs]
+        self.outputs = [TensorInfo(v.name, v.type) for v in graph.outputs]
+        self.stats = CompileStats(target, len(graph.nodes), graph.op_histogram(),
+                                  self._executor.fallback_nodes, timings)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Run on `feeds` (input name -> array). Returns output name -> array (a list of
+        arrays for a sequence output, None for an empty optional)."""
+        ordered = check_feeds(self.graph.inputs, feeds)
+        results = self._executor.run(ordered)
+        return {info.name: out for info, out in zip(self.outputs, results)}
+
+    __call__ = run
+
+    def __repr__(self) -> str:
+        sig = ", ".join(map(str, self.inputs))
+        out = ", ".join(map(str, self.outputs))
+        return f"<CompiledModel ({sig}) -> ({out}) on {self.target}, {len(self.graph.nodes)} nodes>"
+
+
+def compile(model: Any, target: str = "cpu", **options: Any) -> CompiledModel:
+    """Compile `model` (an ONNX path, bytes, `onnx.ModelProto` or an ember `Graph`) for
+    `target`. Raises `ModelError` for a model ember cannot take, `UnsupportedError` for
+    an unknown target or option."""
+    if target not in TARGETS:
+        raise UnsupportedError(f"target {target!r} is not available; choose one of {', '.join(TARGETS)}")
+    base_dir = options.pop("base_dir", None)
+    if options:
+        raise UnsupportedError(f"unknown compile option(s): {', '.join(sorted(options))}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if isinstance(model, Graph):
+        verify(model)
+        graph = model
+    else:
+        graph = load_onnx(model, base_dir=base_dir)
+    timings["import"] = time.perf_counter() - t0
+    return CompiledModel(graph, target, timings)
+
+
+class InferenceSession:
+    """onnxruntime's `InferenceSession`, backed by ember: switching is one import.
+
+        sess = ember.InferenceSession("model.onnx")
+        (logits,) = sess.run(None, {"input": x})
+    """
+
+    def __init__(self, path_or_bytes: Any, sess_options: Any = None, providers: list | None = None,
+                 **kwargs: Any):
+        target = "cpu"
+        for provider in providers or []:
+            name = provider[0] if isinstance(provider, tuple) else provider
+            if name not in ("CPUExecutionProvider", "EmberCPU"):
+                warnings.warn(f"provider {name!r} is not available in ember; using the CPU", stacklevel=2)
+        base = os.path.dirname(os.fspath(path_or_bytes)) if isinstance(path_or_bytes, (str, os.PathLike)) else None
+        self._model = compile(path_or_bytes, target=target, **({"base_dir": base} if base else {}))
+
+    def get_inputs(self) -> list[TensorInfo]:
+        return list(self._model.inputs)
+
+    def get_outputs(self) -> list[TensorInfo]:
+        return list(self._model.outputs)
+
+    def get_providers(self) -> list[str]:
+        return ["CPUExecutionProvider"]
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, Any], run_options: Any = None) -> list[Any]:
+        results = self._model.run(input_feed)
+        names = output_names or [o.name for o in self._model.outputs]
+        missing = [n for n in names if n not in results]
+        if missing:
+            from .errors import InputError
+            raise InputError(f"unknown output {missing[0]!r}; outputs are {', '.join(results)}")
+        return [results[n] for n in names]

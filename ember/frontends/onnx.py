@@ -1,0 +1,236 @@
+"""ONNX frontend: ModelProto -> Graph.
+
+The model is read (external data only from inside the model's folder), model-local
+functions are inlined, the default-domain opset is upgraded to the newest one with
+onnx's version converter (so every op in the IR has its newest form), ONNX shape
+inference fills in value types, and the nodes become an ember Graph in topological
+order. Anything the IR cannot hold raises `ModelError` naming the node, op and reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import ChainMap
+from pathlib import Path
+
+import networkx as nx
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper, numpy_helper
+
+from ..errors import EmberError, IRError, ModelError
+from ..ir.graph import Graph, Node, Value
+from ..ir.ops import _onnx_bridge as bridge
+from ..ir.ops.onnx_standard import latest_opsets
+from ..ir.registry import get_op, has_op
+from ..ir.verifier import verify
+
+ModelLike = "str | os.PathLike | bytes | onnx.ModelProto"
+
+
+def load_onnx(model, *, base_dir: str | os.PathLike | None = None) -> Graph:
+    """Lower an ONNX model (path, serialized bytes or ModelProto) into a verified Graph.
+
+    `base_dir` is where external data files are looked up for a ModelProto or bytes;
+    for a path it is the model's folder."""
+    proto, base = _read(model, base_dir)
+    _load_external_data(proto, base)
+    proto = _normalize(proto)
+    return _Importer(proto).run()
+
+
+def _read(model, base_dir) -> tuple[onnx.ModelProto, Path | None]:
+    if isinstance(model, onnx.ModelProto):
+        return model, Path(base_dir) if base_dir else None
+    if isinstance(model, (bytes, bytearray)):
+        data, where = bytes(model), "<bytes>"
+        base = Path(base_dir) if base_dir else None
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelError(f"{path}: no such model file")
+        data, where, base = path.read_bytes(), str(path), path.resolve().parent
+    else:
+        raise ModelError(f"cannot load a model from {type(model).__name__}; "
+                         "pass a path, bytes or an onnx.ModelProto")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelError(f"{where}: not a valid ONNX model (truncated or corrupt file?): {e}") from None
+    if not proto.HasField("graph"):
+        raise ModelError(f"{where}: not a valid ONNX model: it has no graph")
+    return proto, base
+
+
+def _load_external_data(proto: onnx.ModelProto, base: Path | None) -> None:
+    """Read external tensor data, refusing any location outside the model's folder."""
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        if base is None:
+            raise ModelError(f"tensor {tensor.name!r} keeps its data in {info.location!r}, but the "
+                             "model was not loaded from a path; pass base_dir=")
+        location = Path(info.location)
+        target = (base / location).resolve()
+        if location.is_absolute() or not target.is_relative_to(base.resolve()):
+            raise ModelError(f"tensor {tensor.name!r}: external data location {info.location!r} "
+                             f"leaves the model's folder {base}; refusing to read it")
+        if not target.is_file():
+            raise ModelError(f"tensor {tensor.name!r}: external data file {target} does not exist")
+        with open(target, "rb") as f:
+            f.seek(info.offset or 0)
+            raw = f.read(info.length) if info.length else f.read()
+        if info.length and len(raw) != info.length:
+            raise ModelError(f"tensor {tensor.name!r}: external data file {target} is truncated")
+        tensor.raw_data = raw
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def _normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
+    if proto.functions:
+        try:
+            proto = onnx.inliner.inline_local_functions(proto)
+        except Exception as e:
+            raise ModelError(f"cannot inline the model's local functions: {e}") from None
+    latest = latest_opsets()[""]
+    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version is None:
+        if any(n.domain in ("", "ai.onnx") for n in proto.graph.node):
+            raise ModelError("model uses standard ONNX ops but imports no default-domain opset")
+    elif version > latest:
+        raise ModelError(f"model opset {version} is newer than the newest this ember knows ({latest})")
+    elif version < latest:
+        try:
+            proto = onnx.version_converter.convert_version(proto, latest)
+        except Exception as e:
+            raise ModelError(f"cannot upgrade the model from opset {version} to {latest}: {e}") from None
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # inference is best effort here; the per-op type functions follow
+        pass
+    return proto
+
+
+class _Importer:
+    def __init__(self, proto: onnx.ModelProto):
+        self.proto = proto
+        self.types: dict[str, onnx.TypeProto] = {}
+        self.opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in proto.opset_import}
+        self.opsets[""] = latest_opsets()[""]
+
+    def run(self) -> Graph:
+        graph = self.graph(self.proto.graph, ChainMap())
+        graph.opsets = dict(self.opsets)
+        try:
+            verify(graph)
+        except IRError as e:
+            raise ModelError(str(e)) from None
+        return graph
+
+    def _collect_types(self, g: onnx.GraphProto) -> None:
+        for vi in (*g.input, *g.output, *g.value_info):
+            if vi.type.WhichOneof("value") is not None:
+                self.types[vi.name] = vi.type
+
+    def _type(self, name: str):
+        tp = self.types.get(name)
+        if tp is None:
+            return None
+        try:
+            return bridge.type_from_proto(tp)
+        except (IRError, ValueError) as e:
+            raise ModelError(f"value {name!r}: {e}") from None
+
+    def graph(self, g: onnx.GraphProto, outer: ChainMap) -> Graph:
+        self._collect_types(g)
+        scope = outer.new_child()
+        graph = Graph(g.name or "main")
+        for init in g.initializer:
+            try:
+                data = numpy_helper.to_array(init)
+            except Exception as e:
+                raise ModelError(f"initializer {init.name!r} cannot be read: {e}") from None
+            scope[init.name] = graph.add_constant(init.name, data)
+        if g.sparse_initializer:
+            raise ModelError(f"graph {graph.name!r}: sparse initializers are not supported")
+        for vi in g.input:
+            if vi.name in scope.maps[0]:
+                continue  # old-style input that only declares an initializer
+            value = Value(vi.name, self._type(vi.name))
+            graph.inputs.append(value)
+            scope[vi.name] = value
+        nodes = [self.node(n, i, scope) for i, n in enumerate(g.node)]
+        for node_proto, node in zip(g.node, nodes):
+            for i, name in enumerate(node_proto.input):
+                if name == "":
+                    continue
+                if name not in scope:
+                    raise ModelError(f"{node.describe()}: input {i} reads {name!r}, which no node, "
+                                     "graph input or initializer produces")
+                node.inputs[i] = scope[name]
+        graph.nodes = nodes
+        self._sort(graph)
+        for vi in g.output:
+            if vi.name not in scope:
+                raise ModelError(f"graph {graph.name!r}: output {vi.name!r} is never produced")
+            graph.outputs.append(scope[vi.name])
+        self._infer_missing(graph)
+        return graph
+
+    def node(self, n: onnx.NodeProto, index: int, scope: ChainMap) -> Node:
+        domain = "" if n.domain == "ai.onnx" else n.domain
+        op = f"{domain}.{n.op_type}" if domain else n.op_type
+        name = n.name or f"{n.op_type}_{index}"
+        where = f"node {name!r} (op {op})"
+        if not has_op(op):
+            raise ModelError(f"{where}: unknown op {op!r}; ember has no definition for it")
+        kinds = {k: s.kind for k, s in get_op(op).attrs.items()}
+        attrs = {}
+        for a in n.attribute:
+            if a.ref_attr_name:
+                raise ModelError(f"{where}: attribute {a.name!r} refers to a function attribute")
+            try:
+                attrs[a.name] = bridge.attr_from_proto(a, lambda g: self.graph(g, scope))
+            except EmberError as e:
+                raise ModelError(f"{where}: {e}") from None
+            if kinds.get(a.name) in ("ints", "floats", "strings") and not isinstance(attrs[a.name], list):
+                attrs[a.name] = list(attrs[a.name])
+        outputs = []
+        for out in n.output:
+            if out == "":
+                outputs.append(Value(f"{name}_unused{len(outputs)}"))
+                continue
+            if out in scope.maps[0]:
+                raise ModelError(f"{where}: output {out!r} is already produced elsewhere "
+                                 "(the graph is not in SSA form)")
+            value = Value(out, self._type(out))
+            scope[out] = value
+            outputs.append(value)
+        return Node(op, [None] * len(n.input), outputs, attrs, name)
+
+    @staticmethod
+    def _sort(graph: Graph) -> None:
+        cycle = graph.find_cycle()
+        if cycle:
+            names = " -> ".join(repr(n.name) for n in cycle)
+            raise ModelError(f"graph {graph.name!r} has a cycle through nodes {names}")
+        try:
+            graph.topological_sort()
+        except nx.NetworkXUnfeasible:
+            raise ModelError(f"graph {graph.name!r} has a cycle") from None
+
+    @staticmethod
+    def _infer_missing(graph: Graph) -> None:
+        for node in graph.nodes:
+            if all(v.type is not None for v in node.outputs):
+                continue
+            opdef = get_op(node.op)
+            if opdef.infer is None:
+                continue
+            inferred = opdef.infer(node, [v.type if v is not None else None for v in node.inputs])
+            for value, t in zip(node.outputs, inferred):
+                if value.type is None:
+                    value.type = t

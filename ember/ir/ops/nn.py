@@ -1,0 +1,108 @@
+"""Convolution and pooling. The schemas and type functions are ONNX's; the reference
+implementations are vectorised numpy (im2col + one matmul per group) because
+onnx.reference's loop-based ones take minutes on a real CNN. Cases outside the fast
+path (pooling with ceil_mode/dilations, MaxPool's Indices output) use onnx.reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..graph import Node
+from .onnx_standard import _delegate_reference, standard_op
+
+
+def _pads(attrs: dict, in_shape, kernel, strides, dilations) -> list[tuple[int, int]]:
+    """(begin, end) padding of each spatial axis, auto_pad resolved."""
+    rank = len(in_shape)
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        result = []
+        for size, k, s, d in zip(in_shape, kernel, strides, dilations):
+            out = math.ceil(size / s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            small, big = total // 2, total - total // 2
+            result.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
+        return result
+    if auto_pad == "VALID":
+        return [(0, 0)] * rank
+    pads = attrs.get("pads") or [0] * (2 * rank)
+    return list(zip(pads[:rank], pads[rank:]))
+
+
+def _windows(x: np.ndarray, kernel, strides, dilations, pads, fill) -> np.ndarray:
+    """[N, C, *spatial] -> [N, C, *out, *kernel] views of the padded input."""
+    rank = len(kernel)
+    x = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=fill)
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    axes = tuple(range(2, 2 + rank))
+    w = sliding_window_view(x, extent, axis=axes)
+    index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) \
+        + tuple(slice(None, None, d) for d in dilations)
+    return w[index]
+
+
+def _conv(node: Node):
+    attrs = node.attrs
+
+    def run(x, w, b=None):
+        rank = x.ndim - 2
+        kernel = tuple(w.shape[2:])
+        strides = attrs.get("strides") or [1] * rank
+        dilations = attrs.get("dilations") or [1] * rank
+        group = attrs.get("group", 1)
+        pads = _pads(attrs, x.shape[2:], kernel, strides, dilations)
+        cols = _windows(x, kernel, strides, dilations, pads, 0)  # N, C, *out, *k
+        n, c = x.shape[:2]
+        out_shape = cols.shape[2:2 + rank]
+        m = w.shape[0]
+        cols = cols.reshape(n, group, c // group, *out_shape, -1)
+        cols = np.moveaxis(cols, 2, -2).reshape(n, group, -1, (c // group) * int(np.prod(kernel)))
+        weights = w.reshape(group, m // group, -1).transpose(0, 2, 1)  # g, C/g*k, M/g
+        y = np.matmul(cols, weights)  # N, g, prod(out), M/g
+        y = np.moveaxis(y, -1, 2).reshape(n, m, *out_shape)
+        if b is not None:
+            y = y + b.reshape(1, m, *([1] * rank))
+        return (y.astype(x.dtype, copy=False),)
+
+    return run
+
+
+def _pool(kind: str):
+    def prepare(node: Node):
+        attrs = node.attrs
+        simple = (attrs.get("ceil_mode", 0) == 0 and not any(d != 1 for d in attrs.get("dilations") or [])
+                  and len(node.outputs) == 1 and attrs.get("storage_order", 0) == 0)
+        if not simple:
+            return _delegate_reference(standard_op_def[kind], node)
+        kernel = attrs["kernel_shape"]
+        rank = len(kernel)
+        strides = attrs.get("strides") or [1] * rank
+        ones = [1] * rank
+
+        def run(x):
+            pads = _pads(attrs, x.shape[2:], kernel, strides, ones)
+            axes = tuple(range(-rank, 0))
+            if kind == "MaxPool":
+                fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+                return (_windows(x, kernel, strides, ones, pads, fill).max(axis=axes),)
+            total = _windows(x, kernel, strides, ones, pads, 0).sum(axis=axes, dtype=np.float64)
+            if attrs.get("count_include_pad", 0):
+                count = float(np.prod(kernel))
+            else:
+                mask = np.ones((1, 1, *x.shape[2:]), dtype=np.float64)
+                count = _windows(mask, kernel, strides, ones, pads, 0).sum(axis=axes)
+            return ((total / count).astype(x.dtype),)
+
+        return run
+
+    return prepare
+
+
+standard_op("Conv", reference=_conv)
+standard_op_def = {
+    "MaxPool": standard_op("MaxPool", reference=_pool("MaxPool")),
+    "AveragePool": standard_op("AveragePool", reference=_pool("AveragePool")),
+}
