@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ._signature import TensorInfo, check_feeds
-from .errors import UnsupportedError
+from .errors import InputError, UnsupportedError
 from .frontends.onnx import load_onnx
 from .ir.graph import Graph
 from .ir.verifier import verify
@@ -88,6 +88,21 @@ def compile(model: Any, target: str = "cpu", **options: Any) -> CompiledModel:
     return CompiledModel(graph, target, timings)
 
 
+@dataclass(frozen=True)
+class NodeArg:
+    """onnxruntime's description of an input/output: `type` is a string like
+    `tensor(float)`, `shape` a list of ints and dim names."""
+
+    name: str
+    type: str
+    shape: list | None
+
+    @classmethod
+    def from_info(cls, info: TensorInfo) -> NodeArg:
+        shape = None if info.shape is None else [d if isinstance(d, int) else str(d) for d in info.shape]
+        return cls(info.name, info.onnx_type, shape)
+
+
 class InferenceSession:
     """onnxruntime's `InferenceSession`, backed by ember: switching is one import.
 
@@ -105,11 +120,11 @@ class InferenceSession:
         base = os.path.dirname(os.fspath(path_or_bytes)) if isinstance(path_or_bytes, (str, os.PathLike)) else None
         self._model = compile(path_or_bytes, target=target, **({"base_dir": base} if base else {}))
 
-    def get_inputs(self) -> list[TensorInfo]:
-        return list(self._model.inputs)
+    def get_inputs(self) -> list[NodeArg]:
+        return [NodeArg.from_info(i) for i in self._model.inputs]
 
-    def get_outputs(self) -> list[TensorInfo]:
-        return list(self._model.outputs)
+    def get_outputs(self) -> list[NodeArg]:
+        return [NodeArg.from_info(o) for o in self._model.outputs]
 
     def get_providers(self) -> list[str]:
         return ["CPUExecutionProvider"]
@@ -119,6 +134,5 @@ class InferenceSession:
         names = output_names or [o.name for o in self._model.outputs]
         missing = [n for n in names if n not in results]
         if missing:
-            from .errors import InputError
             raise InputError(f"unknown output {missing[0]!r}; outputs are {', '.join(results)}")
         return [results[n] for n in names]

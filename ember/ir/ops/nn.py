@@ -61,7 +61,11 @@ def _conv(node: Node):
         cols = cols.reshape(n, group, c // group, *out_shape, -1)
         cols = np.moveaxis(cols, 2, -2).reshape(n, group, -1, (c // group) * int(np.prod(kernel)))
         weights = w.reshape(group, m // group, -1).transpose(0, 2, 1)  # g, C/g*k, M/g
-        y = np.matmul(cols, weights)  # N, g, prod(out), M/g
+        # Accumulate in float64: the reference should not depend on BLAS blocking (equal
+        # dot products must give equal outputs, or a later Softmax over huge logits diverges).
+        acc = np.float64 if x.dtype.kind == "f" and x.dtype.itemsize <= 8 else None
+        y = np.matmul(cols.astype(acc, copy=False) if acc else cols,
+                      weights.astype(acc, copy=False) if acc else weights)  # N, g, prod(out), M/g
         y = np.moveaxis(y, -1, 2).reshape(n, m, *out_shape)
         if b is not None:
             y = y + b.reshape(1, m, *([1] * rank))

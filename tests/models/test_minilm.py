@@ -1,0 +1,64 @@
+"""all-MiniLM-L6-v2, exported by torch.onnx.export, through ember vs onnxruntime."""
+
+import numpy as np
+import pytest
+
+import ember
+from ember import _builtin
+
+ort = pytest.importorskip("onnxruntime")
+
+SENTENCES = [
+    ["The quick brown fox jumps over the lazy dog."],
+    _builtin.SAMPLE_SENTENCES,
+    ["A man is playing a guitar on stage.", "Someone performs music with an instrument.",
+     "How do I bake sourdough bread at home?"],
+]
+
+
+@pytest.fixture(scope="module")
+def compiled(minilm_onnx):
+    return ember.compile(str(minilm_onnx))
+
+
+@pytest.fixture(scope="module")
+def session(minilm_onnx):
+    return ort.InferenceSession(str(minilm_onnx), providers=["CPUExecutionProvider"])
+
+
+def test_signature_is_symbolic(compiled):
+    assert [i.name for i in compiled.inputs] == list(_builtin.INPUT_NAMES)
+    for info in compiled.inputs:
+        assert info.dtype is ember.DType.int64
+        assert [str(d) for d in info.shape] == ["batch", "seq"]
+    (out,) = compiled.outputs
+    assert str(out.shape[0]) == "batch" and out.shape[-1] == 384
+
+
+@pytest.mark.parametrize("sentences", SENTENCES, ids=["one", "sample", "three"])
+def test_matches_onnxruntime(compiled, session, sentences):
+    feeds = _builtin.tokenize(sentences)
+    (ours,) = compiled.run(feeds).values()
+    (theirs,) = session.run(None, feeds)
+    assert ours.shape == theirs.shape == (len(sentences), feeds["input_ids"].shape[1], 384)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_embeddings_rank_similar_sentences(compiled):
+    sentences = SENTENCES[2]
+    feeds = _builtin.tokenize(sentences)
+    (hidden,) = compiled.run(feeds).values()
+    emb = _builtin.mean_pool(hidden, feeds["attention_mask"])
+    sim = emb @ emb.T
+    assert sim[0, 1] > sim[0, 2] + 0.2
+
+
+def test_inference_session_is_a_drop_in(minilm_onnx, session):
+    feeds = _builtin.tokenize(SENTENCES[1])
+    sess = ember.InferenceSession(str(minilm_onnx), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == [i.name for i in session.get_inputs()]
+    assert [i.type for i in sess.get_inputs()] == [i.type for i in session.get_inputs()]
+    assert [i.shape for i in sess.get_inputs()] == [i.shape for i in session.get_inputs()]
+    (ours,) = sess.run(None, feeds)
+    (theirs,) = session.run(None, feeds)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
