@@ -50,7 +50,8 @@ class CompiledModel:
         timings["prepare"] = time.perf_counter() - t0
         self.inputs = [TensorInfo(v.name, v.type) for v in graph.inputs]
         self.outputs = [TensorInfo(v.name, v.type) for v in graph.outputs]
-        self.stats = CompileStats(target, len(graph.nodes), graph.op_histogram(),
+        histogram = graph.op_histogram()  # subgraph nodes included, as num_nodes
+        self.stats = CompileStats(target, sum(histogram.values()), histogram,
                                   self._executor.fallback_nodes, timings)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:

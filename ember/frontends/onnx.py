@@ -41,12 +41,16 @@ def load_onnx(model, *, base_dir: str | os.PathLike | None = None) -> Graph:
 
 def _read(model, base_dir) -> tuple[onnx.ModelProto, Path | None]:
     if isinstance(model, onnx.ModelProto):
-        return model, Path(base_dir) if base_dir else None
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # loading external data writes into the proto: never the caller's
+        return copy, Path(base_dir) if base_dir else None
     if isinstance(model, (bytes, bytearray)):
         data, where = bytes(model), "<bytes>"
         base = Path(base_dir) if base_dir else None
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
+        if path.is_dir():
+            raise ModelError(f"{path}: is a folder, not an ONNX model file")
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
         data, where, base = path.read_bytes(), str(path), path.resolve().parent
@@ -106,6 +110,9 @@ def _normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
         try:
             proto = onnx.version_converter.convert_version(proto, latest)
         except Exception as e:
+            # The converter's messages rarely name the node: importing the model as it is
+            # finds a malformed graph (unknown op, dangling input...) and says where.
+            _Importer(proto).run()
             raise ModelError(f"cannot upgrade the model from opset {version} to {latest}: {e}") from None
     try:
         proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
@@ -192,12 +199,14 @@ class _Importer:
         for a in n.attribute:
             if a.ref_attr_name:
                 raise ModelError(f"{where}: attribute {a.name!r} refers to a function attribute")
+            actual, expected = bridge.ATTR_KIND.get(a.type), kinds.get(a.name)
+            if expected is not None and actual != expected:
+                raise ModelError(f"{where}: attribute {a.name!r} is {actual or 'untyped'}, "
+                                 f"but the op expects {expected}")
             try:
                 attrs[a.name] = bridge.attr_from_proto(a, lambda g: self.graph(g, scope))
             except EmberError as e:
                 raise ModelError(f"{where}: {e}") from None
-            if kinds.get(a.name) in ("ints", "floats", "strings") and not isinstance(attrs[a.name], list):
-                attrs[a.name] = list(attrs[a.name])
         outputs = []
         for out in n.output:
             if out == "":

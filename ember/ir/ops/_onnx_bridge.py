@@ -6,6 +6,7 @@ and reference implementations delegate to `onnx.shape_inference` / `onnx.referen
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ ATTR_KIND = {
     onnx.AttributeProto.SPARSE_TENSORS: "sparse_tensors",
 }
 ATTR_CODE = {kind: code for code, kind in ATTR_KIND.items()}
+# dim_params onnx's shape inference invents for dims it cannot name: each is a new unknown
+_ONNX_UNKNOWN = re.compile(r"^unk__\d+$")
 
 
 # -- types ------------------------------------------------------------------------
@@ -44,7 +47,7 @@ def type_from_proto(tp: onnx.TypeProto) -> Type | None:
         for d in tt.shape.dim:
             if d.HasField("dim_value") and d.dim_value >= 0:
                 dims.append(int(d.dim_value))
-            elif d.HasField("dim_param") and d.dim_param:
+            elif d.HasField("dim_param") and d.dim_param and not _ONNX_UNKNOWN.match(d.dim_param):
                 dims.append(parse_dim(d.dim_param))
             else:
                 dims.append(fresh_symbol())

@@ -1,0 +1,294 @@
+"""The `ember` command: inspect a model, run it on .npy files, or run the MiniLM demo.
+
+Every user error (an `ember.EmberError`, a missing file, a malformed `--input`) ends as
+one line `ember: error: <message>` on stderr and exit status 2; set EMBER_DEBUG=1 to
+see the traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import EmberError
+
+EPILOG = """\
+examples:
+  ember inspect model.onnx               signature, opset, op histogram, parameter count
+  ember inspect model.onnx --json        the same as JSON
+  ember run model.onnx --input x=x.npy   run once, print a summary of each output
+  ember run model.onnx --input ids=ids.npy --input mask=mask.npy --output-dir out/
+  ember demo                             sentence embeddings with all-MiniLM-L6-v2
+  ember demo --sentence "I like tea." --sentence "Tea is my favourite drink."
+
+set EMBER_DEBUG=1 to see the traceback of an error.
+"""
+
+
+class UsageError(Exception):
+    """A mistake on the command line that argparse cannot see (a bad --input, a missing .npy)."""
+
+
+# -- helpers ----------------------------------------------------------------------------
+def _status(message: str) -> None:
+    print(f"ember: {message}", file=sys.stderr, flush=True)
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _compile(model: str, target: str):
+    import ember
+
+    _status(f"compiling {model} for {target} ...")
+    t0 = time.perf_counter()
+    compiled = ember.compile(model, target=target)
+    return compiled, time.perf_counter() - t0
+
+
+def _info_json(info) -> dict[str, Any]:
+    shape = None if info.shape is None else [d if isinstance(d, int) else str(d) for d in info.shape]
+    return {"name": info.name, "type": str(info.type),
+            "dtype": info.dtype.short if info.dtype is not None else None, "shape": shape}
+
+
+def _original_opsets(model: str) -> dict[str, int]:
+    import onnx
+
+    proto = onnx.load(model, load_external_data=False)
+    return {(op.domain or "ai.onnx"): int(op.version) for op in proto.opset_import}
+
+
+# -- ember inspect ----------------------------------------------------------------------
+def cmd_inspect(args: argparse.Namespace) -> int:
+    compiled, _ = _compile(args.model, args.target)
+    graph = compiled.graph
+    upgraded = {(d or "ai.onnx"): v for d, v in graph.opsets.items()}
+    opsets = {d: {"original": v, "ember": upgraded.get(d, v)} for d, v in _original_opsets(args.model).items()}
+    histogram = graph.op_histogram()  # sorted by count, then name
+    params = graph.num_parameters()
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "opsets": opsets,
+            "inputs": [_info_json(i) for i in compiled.inputs],
+            "outputs": [_info_json(o) for o in compiled.outputs],
+            "num_nodes": sum(histogram.values()), "num_parameters": params,
+            "op_histogram": histogram}, indent=2))
+        return 0
+    print(f"model       {args.model}")
+    for domain, v in opsets.items():
+        note = f" (ember upgraded it to {v['ember']})" if v["ember"] != v["original"] else ""
+        print(f"opset       {domain} {v['original']}{note}")
+    for title, infos in (("inputs", compiled.inputs), ("outputs", compiled.outputs)):
+        print(title)
+        for info in infos:
+            print(f"  {info}")
+    print(f"nodes       {sum(histogram.values())}")
+    print(f"parameters  {params:,} ({_human(params)})")
+    print(f"ops         {len(histogram)} kinds")
+    width = max((len(op) for op in histogram), default=0)
+    for op, count in histogram.items():
+        print(f"  {op:<{width}}  {count:>5}")
+    return 0
+
+
+# -- ember run --------------------------------------------------------------------------
+def _load_feeds(specs: list[str]) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not file:
+            raise UsageError(f"--input {spec!r}: expected NAME=FILE.npy")
+        if name in feeds:
+            raise UsageError(f"--input {name!r} is given twice")
+        if not file.endswith(".npy"):
+            raise UsageError(f"--input {spec!r}: {file} is not a .npy file")
+        if not os.path.isfile(file):
+            raise UsageError(f"--input {name}: no such file: {file}")
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"--input {name}: cannot read {file}: {exc}") from exc
+    return feeds
+
+
+def _safe_name(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "output"
+    candidate, i = base, 1
+    while candidate in taken:
+        candidate, i = f"{base}_{i}", i + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _summary(value: Any, first: int = 6) -> str:
+    if value is None:
+        return "empty optional"
+    if isinstance(value, list):
+        return f"sequence of {len(value)} tensors: " + ", ".join(f"{v.dtype}{list(v.shape)}" for v in value)
+    arr = np.asarray(value)
+    text = f"{arr.dtype} {list(arr.shape)}"
+    if arr.size and (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        f64 = arr.astype(np.float64)
+        text += f"  min {f64.min():.6g}  max {f64.max():.6g}  mean {f64.mean():.6g}"
+    values = np.array2string(arr.reshape(-1)[:first], precision=5, separator=", ")
+    return text + f"\n    first values {values}{' ...' if arr.size > first else ''}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    feeds = _load_feeds(args.input)
+    compiled, _ = _compile(args.model, args.target)
+    t0 = time.perf_counter()
+    results = compiled.run(feeds)
+    elapsed = time.perf_counter() - t0
+    print(f"ran {args.model} in {_ms(elapsed)}")
+    if args.output_dir:
+        out_dir = Path(args.output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
+        for name, value in results.items():
+            stem = _safe_name(name, taken)
+            if value is None:
+                print(f"  {name}: empty optional, not written")
+            elif isinstance(value, list):
+                path = out_dir / f"{stem}.npz"
+                np.savez(path, *value)
+                print(f"  {name} -> {path} (sequence of {len(value)})")
+            else:
+                path = out_dir / f"{stem}.npy"
+                np.save(path, np.asarray(value))
+                print(f"  {name} -> {path}")
+    else:
+        for name, value in results.items():
+            print(f"  {name}: {_summary(value)}")
+    return 0
+
+
+# -- ember demo -------------------------------------------------------------------------
+def _similarity_table(sim: np.ndarray) -> list[str]:
+    header = "       " + "".join(f"{f'[{j}]':>7}" for j in range(len(sim)))
+    return [header] + [f"  [{i}]" + "".join(f"{x:7.3f}" for x in row) for i, row in enumerate(sim)]
+
+
+def _compare_onnxruntime(path: Path, feeds: dict[str, np.ndarray], hidden: np.ndarray) -> str | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (reference,) = session.run(None, feeds)
+    return f"onnxruntime {ort.__version__}: max abs diff {np.abs(reference - hidden).max():.2e}"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import _builtin
+
+    sentences = args.sentence or _builtin.SAMPLE_SENTENCES
+    _builtin.minilm_dir()  # fails early, with the install hint, if the model is missing
+    if not (_builtin.cache_dir() / "models" / "all-MiniLM-L6-v2.onnx").is_file():
+        _status("exporting all-MiniLM-L6-v2 to ONNX (first run only, a few seconds) ...")
+    path = _builtin.export_minilm()
+    compiled, compile_s = _compile(str(path), args.target)
+    feeds = _builtin.tokenize(sentences)
+    t0 = time.perf_counter()
+    hidden = compiled.run(feeds)[_builtin.OUTPUT_NAME]
+    run_s = time.perf_counter() - t0
+    embeddings = _builtin.mean_pool(hidden, feeds["attention_mask"])
+
+    graph = compiled.graph
+    print(f"model       all-MiniLM-L6-v2 (sentence embeddings), ONNX at {path}")
+    print(f"compiled    in {_ms(compile_s)} for {args.target}: {len(graph.nodes)} nodes, "
+          f"{_human(graph.num_parameters())} parameters")
+    print(f"signature   ({', '.join(map(str, compiled.inputs))})")
+    print(f"            -> ({', '.join(map(str, compiled.outputs))})")
+    print(f"ran         {len(sentences)} sentences ({feeds['input_ids'].shape[1]} tokens, padded) "
+          f"in {_ms(run_s)}")
+    print(f"embeddings  {embeddings.dtype} {list(embeddings.shape)} (mean-pooled, L2-normalized)")
+    print("sentences")
+    for i, sentence in enumerate(sentences):
+        print(f"  [{i}] {sentence}")
+    print("cosine similarity matrix")
+    print("\n".join(_similarity_table(embeddings @ embeddings.T)))
+    comparison = _compare_onnxruntime(path, feeds, hidden)
+    if comparison:
+        print(comparison)
+    return 0
+
+
+# -- the parser and main ----------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ember", description="ember: a model compiler and inference runtime.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ember {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func, help: str, epilog: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--target", default="cpu", help="device to compile for (default: cpu)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("inspect", cmd_inspect, "show a model's signature, opset, op histogram and size",
+            "example:\n  ember inspect model.onnx --json")
+    p.add_argument("model", metavar="MODEL", help="an ONNX file")
+    p.add_argument("--json", action="store_true", help="print the same facts as JSON")
+
+    p = add("run", cmd_run, "run a model once on inputs read from .npy files",
+            "examples:\n  ember run model.onnx --input x=x.npy\n"
+            "  ember run model.onnx --input x=x.npy --input y=y.npy --output-dir out/")
+    p.add_argument("model", metavar="MODEL", help="an ONNX file")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="feed the array in FILE.npy to input NAME (repeat for each input)")
+    p.add_argument("--output-dir", "-o", metavar="DIR",
+                   help="write each output to DIR/<output name>.npy instead of printing a summary")
+
+    p = add("demo", cmd_demo, "embed sentences with all-MiniLM-L6-v2, compiled by ember",
+            'example:\n  ember demo --sentence "A cat sits." --sentence "A kitten is sitting."')
+    p.add_argument("--sentence", "-s", action="append", metavar="TEXT",
+                   help="a sentence to embed (repeatable; default: four built-in samples)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `ember` command with `argv` (default: sys.argv[1:]); return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse has printed
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return args.func(args)
+    except (EmberError, UsageError, OSError) as exc:
+        if os.environ.get("EMBER_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"ember: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ember: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

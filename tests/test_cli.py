@@ -1,0 +1,134 @@
+"""The `ember` command line: inspect, run and demo, called in-process through main()."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ember.cli import main
+
+W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """out/scores = (x + y) @ W with x, y: f32[n, 4], W: f32[4, 3], at opset 13."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "y"], ["s"]),
+         helper.make_node("MatMul", ["s", "W"], ["out/scores"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("out/scores", TensorProto.FLOAT, ["n", 3])],
+        initializer=[numpy_helper.from_array(W, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def feeds(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    y = rng.standard_normal((5, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    return x, y
+
+
+def error_line(capsys) -> str:
+    """The one `ember: error:` line on stderr (status lines may come before it)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("ember: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_inspect(tiny, capsys):
+    assert main(["inspect", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    assert "x: f32[n, 4]" in out and "y: f32[n, 4]" in out
+    assert "out/scores: f32[n, 3]" in out
+    assert "opset       ai.onnx 13 (ember upgraded it to" in out
+    assert "parameters  12 (12)" in out
+    assert "nodes       2" in out
+    ops = [line.split() for line in out.split("ops ")[1].splitlines()[1:]]
+    assert ops == [["Add", "1"], ["MatMul", "1"]]
+
+
+def test_inspect_json(tiny, capsys):
+    assert main(["inspect", str(tiny), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["inputs"][0] == {"name": "x", "type": "f32[n, 4]", "dtype": "f32", "shape": ["n", 4]}
+    assert info["outputs"][0]["shape"] == ["n", 3]
+    assert info["opsets"]["ai.onnx"]["original"] == 13
+    assert info["op_histogram"] == {"Add": 1, "MatMul": 1}
+    assert info["num_nodes"] == 2 and info["num_parameters"] == 12
+
+
+def test_run_writes_outputs(tiny, feeds, tmp_path, capsys):
+    x, y = feeds
+    out_dir = tmp_path / "out"
+    code = main(["run", str(tiny), "--input", f"x={tmp_path / 'x.npy'}",
+                 "-i", f"y={tmp_path / 'y.npy'}", "--output-dir", str(out_dir)])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith(f"ran {tiny} in ")
+    assert "out/scores -> " in stdout
+    written = np.load(out_dir / "out_scores.npy")
+    np.testing.assert_allclose(written, (x + y) @ W, rtol=1e-5, atol=1e-6)
+
+
+def test_run_prints_summary(tiny, feeds, tmp_path, capsys):
+    x, y = feeds
+    assert main(["run", str(tiny), "-i", f"x={tmp_path / 'x.npy'}", "-i", f"y={tmp_path / 'y.npy'}"]) == 0
+    out = capsys.readouterr().out
+    expected = (x + y) @ W
+    assert "out/scores: float32 [5, 3]" in out
+    assert f"max {expected.max():.6g}" in out and f"min {expected.min():.6g}" in out
+    assert "first values [" in out
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda p: ["inspect", str(p / "nope.onnx")], "no such model file"),
+    (lambda p: ["run", str(p / "tiny.onnx"), "-i", f"x={p / 'x64.npy'}", "-i", f"y={p / 'y.npy'}"],
+     "wrong dtype"),
+    (lambda p: ["run", str(p / "tiny.onnx"), "-i", f"x={p / 'x.npy'}", "-i", f"z={p / 'y.npy'}"],
+     "unknown input 'z'"),
+    (lambda p: ["run", str(p / "tiny.onnx"), "-i", "x.npy"], "expected NAME=FILE.npy"),
+    (lambda p: ["run", str(p / "tiny.onnx"), "-i", f"x={p / 'missing.npy'}"], "no such file"),
+], ids=["missing-model", "wrong-dtype", "unknown-input", "bad-spec", "missing-npy"])
+def test_errors(tiny, feeds, tmp_path, capsys, make_args, message):
+    np.save(tmp_path / "x64.npy", feeds[0].astype(np.float64))
+    assert main(make_args(tmp_path)) == 2
+    assert message in error_line(capsys)
+
+
+def test_debug_shows_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EMBER_DEBUG", "1")
+    assert main(["inspect", str(tmp_path / "nope.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ember: error:" in err
+
+
+def test_demo(minilm_onnx, capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "cosine similarity matrix" in out
+    assert "embeddings  float32 [4, 384]" in out
+    assert "last_hidden_state: f32[batch, seq, 384]" in out
+
+
+def test_console_script_help():
+    exe = shutil.which("ember")
+    if exe is None:
+        pytest.skip("the ember console script is not installed (pip install -e .)")
+    done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "inspect" in done.stdout and "demo" in done.stdout and "examples:" in done.stdout
