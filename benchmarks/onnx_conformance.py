@@ -61,7 +61,7 @@ def main() -> None:
         rows.append((label, version, passed, failures, seconds))
     print(f"ONNX node conformance: onnx {onnx.__version__}, {total} cases, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
-    print(f"| backend | version | passed | failed | seconds |\n|---|---|---|---|---|")
+    print("| backend | version | passed | failed | seconds |\n|---|---|---|---|---|")
     for label, version, passed, failures, seconds in rows:
         print(f"| {label} | {version} | {passed} | {len(failures)} | {seconds:.0f} |")
     if args.failures:

@@ -1,11 +1,10 @@
-import os
 import pathlib
 
 import pytest
 
 
 @pytest.fixture(scope="session")
-def minilm_onnx(tmp_path_factory) -> pathlib.Path:
+def minilm_onnx() -> pathlib.Path:
     """all-MiniLM-L6-v2 exported to ONNX (dynamic batch/seq), cached under the ember cache."""
     from ember import _builtin
 

@@ -25,7 +25,6 @@ from ..ir.ops.onnx_standard import latest_opsets
 from ..ir.registry import get_op, has_op
 from ..ir.verifier import verify
 
-ModelLike = "str | os.PathLike | bytes | onnx.ModelProto"
 
 
 def load_onnx(model, *, base_dir: str | os.PathLike | None = None) -> Graph:
