@@ -15,6 +15,8 @@ from pathlib import Path
 
 import networkx as nx
 import onnx
+import onnx.inliner
+import onnx.version_converter
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
