@@ -15,7 +15,8 @@ from ._signature import TensorInfo, check_feeds
 from .errors import InputError, UnsupportedError
 from .frontends.onnx import load_onnx
 from .ir.graph import Graph
-from .ir.verifier import verify
+from .ir.verifier import verify as verify_graph
+from .passes import PassManager, PassStats, build_pipeline
 from .runtime.executor import Executor
 
 TARGETS = ("cpu",)
@@ -31,18 +32,22 @@ class CompileStats:
     op_histogram: dict[str, int]
     fallback_nodes: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    passes: list[PassStats] = field(default_factory=list)
 
     def __str__(self) -> str:
         ops = ", ".join(f"{op}×{n}" for op, n in self.op_histogram.items())
         times = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items())
-        return (f"target {self.target}: {self.num_nodes} nodes ({ops}); "
-                f"{len(self.fallback_nodes)} on the reference fallback; {times}")
+        lines = [f"target {self.target}: {self.num_nodes} nodes ({ops}); "
+                 f"{len(self.fallback_nodes)} on the reference fallback; {times}"]
+        lines += [f"  {p}" for p in self.passes]
+        return "\n".join(lines)
 
 
 class CompiledModel:
     """A model compiled for one target. `run` takes and returns numpy arrays by name."""
 
-    def __init__(self, graph: Graph, target: str, timings: dict[str, float]):
+    def __init__(self, graph: Graph, target: str, timings: dict[str, float],
+                 passes: list[PassStats] | None = None):
         self.graph = graph
         self.target = target
         t0 = time.perf_counter()
@@ -52,7 +57,7 @@ class CompiledModel:
         self.outputs = [TensorInfo(v.name, v.type) for v in graph.outputs]
         histogram = graph.op_histogram()  # subgraph nodes included, as num_nodes
         self.stats = CompileStats(target, sum(histogram.values()), histogram,
-                                  self._executor.fallback_nodes, timings)
+                                  self._executor.fallback_nodes, timings, list(passes or []))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         """Run on `feeds` (input name -> array). Returns output name -> array (a list of
@@ -69,10 +74,19 @@ class CompiledModel:
         return f"<CompiledModel ({sig}) -> ({out}) on {self.target}, {len(self.graph.nodes)} nodes>"
 
 
-def compile(model: Any, target: str = "cpu", **options: Any) -> CompiledModel:
+def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool | None = None,
+            dump_ir: str | os.PathLike | None = None, passes: list[tuple[str, str, str]] | None = None,
+            **options: Any) -> CompiledModel:
     """Compile `model` (an ONNX path, bytes, `onnx.ModelProto` or an ember `Graph`) for
-    `target`. Raises `ModelError` for a model ember cannot take, `UnsupportedError` for
-    an unknown target or option."""
+    `target`.
+
+    opt_level: 0-3, the pass pipeline (`ember.passes.PIPELINES`); default 2.
+    verify: verify the IR after every pass (default: EMBER_VERIFY=1).
+    dump_ir: a folder to write the printed IR to after every pass (default: EMBER_DUMP_IR).
+    passes: extra registered passes placed by name, e.g. [("my_fusion", "after", "fold_constants")].
+
+    Raises `ModelError` for a model ember cannot take, `UnsupportedError` for an unknown
+    target, option or pass. A `Graph` is compiled as given: passes edit it in place."""
     if target not in TARGETS:
         raise UnsupportedError(f"target {target!r} is not available; choose one of {', '.join(TARGETS)}")
     base_dir = options.pop("base_dir", None)
@@ -81,12 +95,16 @@ def compile(model: Any, target: str = "cpu", **options: Any) -> CompiledModel:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if isinstance(model, Graph):
-        verify(model)
+        verify_graph(model)
         graph = model
     else:
         graph = load_onnx(model, base_dir=base_dir)
     timings["import"] = time.perf_counter() - t0
-    return CompiledModel(graph, target, timings)
+    t0 = time.perf_counter()
+    manager = PassManager(build_pipeline(opt_level, passes), verify=verify, dump_ir=dump_ir)
+    graph, pass_stats = manager.run(graph)
+    timings["passes"] = time.perf_counter() - t0
+    return CompiledModel(graph, target, timings, pass_stats)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,23 @@ class Graph:
         self.nodes.append(node)
         return node
 
+    # -- editing (for the pass driver; passes themselves declare rewrites) --------
+    def replace_all_uses(self, old: Value, new: Value) -> None:
+        """Make every reader of `old` (nodes, subgraphs, graph outputs) read `new`."""
+        for g in [self, *(sub for n in self.walk() for sub in n.subgraphs())]:
+            for node in g.nodes:
+                node.inputs = [new if v is old else v for v in node.inputs]
+            g.outputs = [new if v is old else v for v in g.outputs]
+
+    def used_values(self) -> set[int]:
+        """ids of every value read by a node (subgraphs included) or returned."""
+        used = {id(v) for v in self.outputs}
+        for node in self.walk():
+            used.update(id(v) for v in node.inputs if v is not None)
+        for sub in (s for n in self.walk() for s in n.subgraphs()):
+            used.update(id(v) for v in sub.outputs)
+        return used
+
     # -- queries ----------------------------------------------------------------
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)

@@ -54,6 +54,7 @@ class OpDef:
     infer: InferFn | None = None
     since_version: int = 1
     max_version: int | None = None  # newest opset this definition is valid for
+    deterministic: bool = True  # False for random ops: never folded or deduplicated
     doc: str = ""
 
     @property

@@ -62,3 +62,12 @@ def test_inference_session_is_a_drop_in(minilm_onnx, session):
     (ours,) = sess.run(None, feeds)
     (theirs,) = session.run(None, feeds)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_o2_matches_the_unoptimized_reference(minilm_onnx, compiled):
+    reference = ember.compile(str(minilm_onnx), opt_level=0)
+    assert compiled.stats.num_nodes < reference.stats.num_nodes == 669
+    feeds = _builtin.tokenize(_builtin.SAMPLE_SENTENCES)
+    (ours,) = compiled.run(feeds).values()
+    (ref,) = reference.run(feeds).values()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)

@@ -24,6 +24,8 @@ from ..types import Type
 from . import _onnx_bridge as bridge
 
 STANDARD_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training")
+RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+              "Bernoulli", "Multinomial", "Dropout"}
 
 
 @functools.cache
@@ -72,6 +74,7 @@ def standard_op(op_type: str, domain: str = "", *, reference: Preparer | None = 
         attrs=_attrs(schema),
         since_version=schema.since_version,
         max_version=version,
+        deterministic=domain != "" or op_type not in RANDOM_OPS,
         doc=(schema.doc or "").strip().split("\n")[0],
     )
     opdef.reference = reference or functools.partial(_delegate_reference, opdef)

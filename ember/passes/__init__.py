@@ -1,0 +1,12 @@
+"""Graph passes: the `Pass` contract, the pass manager, the O0-O3 pipelines, and every
+built-in pass (one file each). Third parties register with `register_pass` or the
+`ember.passes` entry-point group."""
+
+from . import common_subexpressions, dead_code, fold_constants  # noqa: F401  (registers them)
+from .base import Pass, PassResult
+from .manager import PassManager, PassStats
+from .pipelines import PIPELINES, build_pipeline, pipeline_names
+from .registry import get_pass, register_pass, registered_passes
+
+__all__ = ["Pass", "PassResult", "PassManager", "PassStats", "PIPELINES", "build_pipeline",
+           "pipeline_names", "get_pass", "register_pass", "registered_passes"]

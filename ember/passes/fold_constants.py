@@ -1,0 +1,42 @@
+"""fold_constants: evaluate nodes whose inputs are all constants with their reference
+implementations, and replace their outputs by constants. Random ops, nodes with
+subgraphs, and results over `max_elements` are left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.graph import Graph
+from ..ir.registry import get_op
+from .base import Pass, PassResult
+from .registry import register_pass
+
+DEFAULT_MAX_ELEMENTS = 1 << 20
+
+
+@register_pass
+class FoldConstants(Pass):
+    name = "fold_constants"
+
+    def __init__(self, max_elements: int = DEFAULT_MAX_ELEMENTS):
+        self.max_elements = max_elements
+
+    def run(self, graph: Graph) -> PassResult:
+        modified = False
+        for node in list(graph.nodes):
+            opdef = get_op(node.op)
+            if not opdef.deterministic or any(True for _ in node.subgraphs()):
+                continue
+            if not all(v is None or v.const is not None for v in node.inputs):
+                continue
+            try:
+                results = opdef.reference(node)(*[None if v is None else v.const for v in node.inputs])
+            except Exception:  # noqa: BLE001 - a node that fails stays, for run time to report
+                continue
+            if not all(isinstance(r, np.ndarray) and r.size <= self.max_elements for r in results):
+                continue
+            graph.nodes.remove(node)
+            for old, data in zip(node.outputs, results):
+                graph.replace_all_uses(old, graph.add_constant(old.name, data))
+            modified = True
+        return PassResult(graph, modified)

@@ -1,0 +1,120 @@
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import ember
+from ember.errors import IRError, UnsupportedError
+from ember.ir import DType, Graph, TensorType, Value, evaluate, print_graph, symbol
+from ember.passes import PassManager, PassResult, get_pass, pipeline_names, registry
+
+F32 = TensorType(DType.float32, (symbol("n"), 3))
+
+
+def _graph() -> Graph:
+    """y = Relu(x + (c1 * c2)) + Relu(x + (c1 * c2)), plus a dead Neg."""
+    x = Value("x", F32)
+    g = Graph("g", inputs=[x], opsets={"": 28})
+    c1 = g.add_constant("c1", np.full(3, 2.0, np.float32))
+    c2 = g.add_constant("c2", np.full(3, 3.0, np.float32))
+    g.add_constant("c2_again", np.full(3, 3.0, np.float32))
+    prod = g.add_node("Mul", [c1, c2], name="prod").outputs[0]
+    a1 = g.add_node("Add", [x, prod], name="a1").outputs[0]
+    a2 = g.add_node("Add", [x, prod], name="a2").outputs[0]
+    r1 = g.add_node("Relu", [a1], name="r1").outputs[0]
+    r2 = g.add_node("Relu", [a2], name="r2").outputs[0]
+    g.add_node("Neg", [x], name="dead")
+    y = g.add_node("Add", [r1, r2], [Value("y", F32)], name="sum").outputs[0]
+    g.outputs = [y]
+    return g
+
+
+def _outputs(g):
+    return evaluate(g, {"x": np.array([[-10, 0, 1.5]], np.float32)})["y"]
+
+
+def test_o2_folds_dedupes_and_sweeps_without_changing_results():
+    expected = _outputs(_graph())
+    g, stats = PassManager([get_pass(n) for n in pipeline_names(2)], verify=True).run(_graph())
+    assert [n.name for n in g.nodes] == ["a1", "r1", "sum"]
+    assert [c.name for c in g.constants] == ["prod_0_out0"]  # the folded Mul's output
+    assert [s.name for s in stats] == pipeline_names(2)
+    assert stats[0].nodes_before == 7 and stats[-1].nodes_after == 3
+    np.testing.assert_array_equal(_outputs(g), expected)
+
+
+def test_returned_values_keep_their_names():
+    g = _graph()
+    dup = g.add_node("Add", [g.nodes[-1].inputs[0], g.nodes[-1].inputs[1]], [Value("y2", F32)], name="sum2")
+    g.outputs.append(dup.outputs[0])
+    compiled = ember.compile(g)
+    assert [o.name for o in compiled.outputs] == ["y", "y2"]
+
+
+def test_dump_ir_writes_the_graph_after_every_pass(tmp_path):
+    ember.compile(_graph(), dump_ir=tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["00-input.ir", "01-fold_constants.ir", "02-eliminate_common_subexpressions.ir",
+                     "03-eliminate_dead_code.ir"]
+    assert "Mul(" in (tmp_path / "00-input.ir").read_text()
+    assert "Mul(" not in (tmp_path / "01-fold_constants.ir").read_text()
+
+
+def test_verify_names_the_pass_that_broke_the_ir():
+    class Breaker(ember.passes.Pass):
+        name = "breaker"
+
+        def run(self, graph):
+            graph.nodes.reverse()
+            return PassResult(graph, True)
+
+    with pytest.raises(IRError, match="after pass 'breaker'"):
+        PassManager([Breaker()], verify=True).run(_graph())
+
+
+def test_pipeline_placement_errors():
+    with pytest.raises(UnsupportedError, match="opt_level"):
+        pipeline_names(7)
+    with pytest.raises(UnsupportedError, match="cannot place 'x' after 'nope'"):
+        pipeline_names(2, [("x", "after", "nope")])
+    with pytest.raises(UnsupportedError, match="unknown pass 'no_such_pass'"):
+        ember.compile(_graph(), passes=[("no_such_pass", "after", "fold_constants")])
+
+
+def test_random_ops_are_not_folded():
+    g = Graph("g", opsets={"": 28})
+    r = g.add_node("RandomUniform", [], [Value("r", TensorType(DType.float32, (4,)))], {"shape": [4]}, name="rand")
+    g.outputs = r.outputs
+    assert [n.op for n in ember.compile(g).graph] == ["RandomUniform"]
+
+
+PLUGIN = textwrap.dedent('''
+    from ember.passes import Pass, PassResult
+
+    class TagRelus(Pass):
+        """Renames every Relu node: visible proof that the plugin ran."""
+        name = "tag_relus"
+
+        def run(self, graph):
+            for node in graph.nodes:
+                if node.op == "Relu":
+                    node.name = "tagged_" + node.name
+            return PassResult(graph, True)
+''')
+
+
+def test_a_pass_from_an_entry_point_runs_in_a_pipeline(tmp_path, monkeypatch):
+    (tmp_path / "ember_test_plugin.py").write_text(PLUGIN)
+    dist = tmp_path / "ember_test_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ember-test-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ember.passes]\ntag_relus = ember_test_plugin:TagRelus\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_PASSES", dict(registry._PASSES))
+    compiled = ember.compile(_graph(), passes=[("tag_relus", "after", "eliminate_dead_code")])
+    assert "tag_relus" in registry.registered_passes()
+    assert [n.name for n in compiled.graph if n.op == "Relu"] == ["tagged_r1"]
+    assert compiled.stats.passes[-1].name == "tag_relus"
+    sys.modules.pop("ember_test_plugin", None)
