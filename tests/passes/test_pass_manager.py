@@ -6,7 +6,7 @@ import pytest
 
 import ember
 from ember.errors import IRError, UnsupportedError
-from ember.ir import DType, Graph, TensorType, Value, evaluate, print_graph, symbol
+from ember.ir import DType, Graph, TensorType, Value, evaluate, symbol
 from ember.passes import PassManager, PassResult, get_pass, pipeline_names, registry
 
 F32 = TensorType(DType.float32, (symbol("n"), 3))
