@@ -1,0 +1,52 @@
+"""Every pass, and the O1-O3 pipelines, on random graphs: the IR stays valid and the
+outputs stay the same (ember.testing.check_pass)."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from ember.passes import build_pipeline, get_pass, registered_passes
+from ember.testing import check_pass, graphs_and_feeds
+
+BUILTIN = ["fold_constants", "eliminate_common_subexpressions", "eliminate_dead_code"]
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_every_builtin_pass_is_covered_here():
+    assert set(BUILTIN) <= set(registered_passes())
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+@SETTINGS
+@given(case=graphs_and_feeds())
+def test_pass_preserves_outputs(name, case):
+    check_pass(get_pass(name), *case)
+
+
+@pytest.mark.parametrize("opt_level", [1, 2, 3])
+@SETTINGS
+@given(case=graphs_and_feeds())
+def test_pipeline_preserves_outputs(opt_level, case):
+    check_pass(build_pipeline(opt_level), *case)
+
+
+def test_check_pass_catches_a_wrong_rewrite():
+    import numpy as np
+
+    from ember.ir import DType, Graph, TensorType, Value
+    from ember.passes import Pass, PassResult
+
+    class ReluToNeg(Pass):  # a broken "optimization"
+        name = "relu_to_neg"
+
+        def run(self, graph):
+            for node in graph.nodes:
+                if node.op == "Relu":
+                    node.op = "Neg"
+            return PassResult(graph, True)
+
+    t = TensorType(DType.float32, (3,))
+    x = Value("x", t)
+    g = Graph("g", inputs=[x], opsets={"": 28})
+    g.outputs = g.add_node("Relu", [x], [Value("y", t)]).outputs
+    with pytest.raises(AssertionError, match="output 'y'"):
+        check_pass(ReluToNeg(), g, {"x": np.array([-1, 0, 2], np.float32)})
