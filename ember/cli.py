@@ -26,6 +26,7 @@ EPILOG = """\
 examples:
   ember inspect model.onnx               signature, opset, op histogram, parameter count
   ember inspect model.onnx --json        the same as JSON
+  ember compile model.onnx --dump-ir ir/ what each pass did, and the IR after each
   ember run model.onnx --input x=x.npy   run once, print a summary of each output
   ember run model.onnx --input ids=ids.npy --input mask=mask.npy --output-dir out/
   ember demo                             sentence embeddings with all-MiniLM-L6-v2
@@ -55,12 +56,12 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def _compile(model: str, target: str):
+def _compile(model: str, target: str, **options):
     import ember
 
     _status(f"compiling {model} for {target} ...")
     t0 = time.perf_counter()
-    compiled = ember.compile(model, target=target)
+    compiled = ember.compile(model, target=target, **options)
     return compiled, time.perf_counter() - t0
 
 
@@ -107,6 +108,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     width = max((len(op) for op in histogram), default=0)
     for op, count in histogram.items():
         print(f"  {op:<{width}}  {count:>5}")
+    return 0
+
+
+# -- ember compile ----------------------------------------------------------------------
+def cmd_compile(args: argparse.Namespace) -> int:
+    compiled, seconds = _compile(args.model, args.target, opt_level=args.opt_level,
+                                 verify=args.verify or None, dump_ir=args.dump_ir)
+    stats = compiled.stats
+    print(f"compiled    {args.model} at O{args.opt_level} for {args.target} in {_ms(seconds)}")
+    print(f"nodes       {stats.num_nodes}")
+    print("passes")
+    width = max((len(p.name) for p in stats.passes), default=0)
+    for p in stats.passes:
+        change = "" if p.modified else "  (no change)"
+        print(f"  {p.name:<{width}}  {p.nodes_before:>6} -> {p.nodes_after:<6} {_ms(p.seconds):>10}{change}")
+    if args.dump_ir:
+        print(f"IR after each pass written to {args.dump_ir}/")
     return 0
 
 
@@ -254,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
             "example:\n  ember inspect model.onnx --json")
     p.add_argument("model", metavar="MODEL", help="an ONNX file")
     p.add_argument("--json", action="store_true", help="print the same facts as JSON")
+
+    p = add("compile", cmd_compile, "compile a model and report what each pass did",
+            "examples:\n  ember compile model.onnx\n  ember compile model.onnx --opt-level 0\n"
+            "  ember compile model.onnx --dump-ir ir/ --verify")
+    p.add_argument("model", metavar="MODEL", help="an ONNX file")
+    p.add_argument("--opt-level", "-O", type=int, default=2, choices=range(4), metavar="N",
+                   help="pass pipeline O0-O3 (default: 2)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass to DIR")
+    p.add_argument("--verify", action="store_true", help="verify the IR after every pass")
 
     p = add("run", cmd_run, "run a model once on inputs read from .npy files",
             "examples:\n  ember run model.onnx --input x=x.npy\n"

@@ -50,6 +50,20 @@ def error_line(capsys) -> str:
     return lines[0]
 
 
+def test_compile_reports_passes_and_dumps_ir(tiny, tmp_path, capsys):
+    dump = tmp_path / "ir"
+    assert main(["compile", str(tiny), "--dump-ir", str(dump), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled    " in out and "at O2" in out
+    for name in ("fold_constants", "eliminate_common_subexpressions", "eliminate_dead_code"):
+        assert name in out
+    assert sorted(p.name for p in dump.iterdir())[0] == "00-input.ir"
+    assert "MatMul(" in (dump / "03-eliminate_dead_code.ir").read_text()
+    assert main(["compile", str(tiny), "-O", "0"]) == 0
+    assert "passes\n" in capsys.readouterr().out
+    assert main(["compile", str(tiny), "-O", "9"]) == 2
+
+
 def test_inspect(tiny, capsys):
     assert main(["inspect", str(tiny)]) == 0
     out = capsys.readouterr().out
