@@ -25,6 +25,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops import _onnx_bridge as bridge
 from ..ir.ops.onnx_standard import latest_opsets
 from ..ir.registry import get_op, has_op
+from ..ir.shape_inference import infer_types
 from ..ir.verifier import verify
 
 
@@ -132,6 +133,7 @@ class _Importer:
     def run(self) -> Graph:
         graph = self.graph(self.proto.graph, ChainMap())
         graph.opsets = dict(self.opsets)
+        infer_types(graph)
         try:
             verify(graph)
         except IRError as e:
@@ -185,7 +187,6 @@ class _Importer:
             if vi.name not in scope:
                 raise ModelError(f"graph {graph.name!r}: output {vi.name!r} is never produced")
             graph.outputs.append(scope[vi.name])
-        self._infer_missing(graph)
         return graph
 
     def node(self, n: onnx.NodeProto, index: int, scope: ChainMap) -> Node:
@@ -231,16 +232,3 @@ class _Importer:
             graph.topological_sort()
         except nx.NetworkXUnfeasible:
             raise ModelError(f"graph {graph.name!r} has a cycle") from None
-
-    @staticmethod
-    def _infer_missing(graph: Graph) -> None:
-        for node in graph.nodes:
-            if all(v.type is not None for v in node.outputs):
-                continue
-            opdef = get_op(node.op)
-            if opdef.infer is None:
-                continue
-            inferred = opdef.infer(node, [v.type if v is not None else None for v in node.inputs])
-            for value, t in zip(node.outputs, inferred):
-                if value.type is None:
-                    value.type = t

@@ -24,8 +24,20 @@ ATTR_KINDS = ("int", "float", "string", "tensor", "graph", "ints", "floats", "st
 
 Kernel = Callable[..., tuple]
 Preparer = Callable[[Node], Kernel]
-# infer(node, input_types) -> output types (None where this function cannot tell)
-InferFn = Callable[[Node, list[Type | None]], list[Type | None]]
+
+
+@dataclass(frozen=True)
+class Known:
+    """What inference knows of a value: its type and, for a small integer tensor
+    computed from shapes (Shape -> Gather -> Concat ...), its contents as an object
+    array of ints and sympy expressions."""
+
+    type: Type | None
+    value: Any = None  # numpy object array, or None
+
+
+# infer(node, what is known of each input) -> what is known of each output
+InferFn = Callable[[Node, list[Known | None]], list[Known | None]]
 
 
 @dataclass(frozen=True)

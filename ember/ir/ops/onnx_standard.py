@@ -19,8 +19,7 @@ from onnx.reference import op_run
 
 from ...errors import IRError
 from ..graph import Node
-from ..registry import AttrSpec, InferFn, OpDef, ParamSpec, Preparer, _REGISTRY, register_op
-from ..types import Type
+from ..registry import _REGISTRY, AttrSpec, InferFn, Known, OpDef, ParamSpec, Preparer, register_op
 from . import _onnx_bridge as bridge
 
 STANDARD_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training")
@@ -118,17 +117,18 @@ def _delegate_reference(opdef: OpDef, node: Node):
 _MAX_INFER_DATA = 1 << 16  # constant inputs up to this many elements help inference
 
 
-def _delegate_infer(opdef: OpDef, node: Node, input_types: list[Type | None]) -> list[Type | None]:
+def _delegate_infer(opdef: OpDef, node: Node, inputs: list[Known | None]) -> list[Known | None]:
     schema = onnx.defs.get_schema(opdef.op_type, opdef.max_version, opdef.domain)
     proto = bridge.node_to_proto(node, _attr_kinds(opdef))
     types, data = {}, {}
-    for value, t in zip(node.inputs, input_types):
-        if value is None:
+    for value, known in zip(node.inputs, inputs):
+        if value is None or known is None:
             continue
-        if t is not None:
-            types[value.name] = bridge.type_to_proto(t)
-        if value.const is not None and value.const.size <= _MAX_INFER_DATA:
-            data[value.name] = numpy_helper.from_array(value.const, value.name)
+        if known.type is not None:
+            types[value.name] = bridge.type_to_proto(known.type)
+        array = value.const if value.const is not None else _static(known)
+        if array is not None and array.size <= _MAX_INFER_DATA:
+            data[value.name] = numpy_helper.from_array(array, value.name)
     opsets = [onnx.helper.make_opsetid(d, v) for d, v in latest_opsets().items()]
     try:
         out = onnx.shape_inference.infer_node_outputs(schema, proto, types, data, opset_imports=opsets)
@@ -138,10 +138,19 @@ def _delegate_infer(opdef: OpDef, node: Node, input_types: list[Type | None]) ->
     for v in node.outputs:
         tp = out.get(v.name)
         try:
-            result.append(bridge.type_from_proto(tp) if tp is not None else None)
+            result.append(Known(bridge.type_from_proto(tp)) if tp is not None else None)
         except (IRError, ValueError):
             result.append(None)
     return result
+
+
+def _static(known: Known):
+    """The known contents as a concrete int64 array, if every element is an int."""
+    import numpy as np
+
+    if known.value is None or not all(isinstance(x, int) for x in known.value.reshape(-1).tolist()):
+        return None
+    return np.asarray(known.value.tolist(), dtype=np.int64)
 
 
 def register_remaining() -> None:

@@ -1,0 +1,36 @@
+"""Matrix products. Schemas and references are ONNX's; the type functions here follow
+numpy's matmul rules with symbolic batch dims."""
+
+from __future__ import annotations
+
+from ..graph import Node
+from ._symbolic import broadcast, dtype_of, shape_of, tensor
+from .onnx_standard import standard_op
+
+
+def _matmul(node: Node, ins):
+    a, b, dtype = shape_of(ins[0]), shape_of(ins[1]), dtype_of(ins[0])
+    if a is None or b is None or dtype is None:
+        return [tensor(dtype, None)] if dtype else [None]
+    a2 = (1, *a) if len(a) == 1 else a
+    b2 = (*b, 1) if len(b) == 1 else b
+    batch = broadcast(a2[:-2], b2[:-2])
+    out = [*batch, a2[-2], b2[-1]]
+    if len(a) == 1:
+        out.pop(-2)
+    if len(b) == 1:
+        out.pop(-1)
+    return [tensor(dtype, out)]
+
+
+def _gemm(node: Node, ins):
+    a, b, dtype = shape_of(ins[0]), shape_of(ins[1]), dtype_of(ins[0])
+    if a is None or b is None or dtype is None:
+        return [tensor(dtype, None)] if dtype else [None]
+    m = a[1] if node.attrs.get("transA", 0) else a[0]
+    n = b[0] if node.attrs.get("transB", 0) else b[1]
+    return [tensor(dtype, (m, n))]
+
+
+standard_op("MatMul", infer=_matmul)
+standard_op("Gemm", infer=_gemm)

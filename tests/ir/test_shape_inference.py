@@ -1,0 +1,84 @@
+import numpy as np
+import sympy
+from hypothesis import HealthCheck, given, settings
+from onnx import TensorProto, helper
+
+import ember
+from ember.ir import TensorType, evaluate, symbol
+from ember.ir.shape_inference import infer_types, is_unknown
+from ember.testing import graphs_and_feeds
+
+BATCH, SEQ = symbol("batch"), symbol("seq")
+
+
+def _shape_chain_model():
+    """The exporter idiom: y = Reshape(x, Concat(Shape(x)[0], Shape(x)[1] * 2, -1)),
+    plus Range(0, seq) and Expand to [batch, seq]."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+        helper.make_node("Gather", ["s", "one"], ["t"], axis=0),
+        helper.make_node("Mul", ["t", "two"], ["t2"]),
+        helper.make_node("Unsqueeze", ["b", "axes0"], ["b1"]),
+        helper.make_node("Unsqueeze", ["t2", "axes0"], ["t21"]),
+        helper.make_node("Concat", ["b1", "t21", "minus1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+        helper.make_node("Range", ["zero", "t", "one"], ["positions"]),
+        helper.make_node("Concat", ["b1", "t1"], ["bt"], axis=0),
+        helper.make_node("Unsqueeze", ["t", "axes0"], ["t1"]),
+        helper.make_node("Expand", ["positions", "bt"], ["grid"]),
+    ]
+    nodes.insert(9, nodes.pop())  # keep topological order: t1 before bt
+    inits = [helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+             helper.make_tensor("one", TensorProto.INT64, [], [1]),
+             helper.make_tensor("two", TensorProto.INT64, [], [2]),
+             helper.make_tensor("axes0", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("minus1", TensorProto.INT64, [1], [-1])]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("grid", TensorProto.INT64, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_shape_subgraphs_resolve_to_symbolic_dims():
+    compiled = ember.compile(_shape_chain_model(), opt_level=0)
+    types = {v.name: v.type for n in compiled.graph for v in n.outputs}
+    assert types["y"].shape == (BATCH, 2 * SEQ, 4)
+    assert types["positions"].shape == (SEQ,)
+    assert types["grid"].shape == (BATCH, SEQ)
+    out = compiled.run({"x": np.zeros((3, 5, 8), np.float32)})
+    assert out["y"].shape == (3, 10, 4) and out["grid"].shape == (3, 5)
+
+
+def test_minilm_has_no_unknown_dims(minilm_onnx):
+    graph = ember.compile(str(minilm_onnx), opt_level=0).graph
+    for node in graph.walk():
+        for v in node.outputs:
+            assert isinstance(v.type, TensorType) and v.type.shape is not None, (node, v.type)
+            for d in v.type.shape:
+                assert isinstance(d, int) or d.free_symbols <= {BATCH, SEQ}, (node.describe(), v.type)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=graphs_and_feeds())
+def test_inferred_shapes_match_the_shapes_that_run(case):
+    """Erase every node output's type, infer, and compare with what the reference computes."""
+    graph, feeds = case
+    for node in graph.nodes:
+        for v in node.outputs:
+            v.type = None
+    infer_types(graph)
+    graph.outputs = [v for node in graph.nodes for v in node.outputs]
+    actual = evaluate(graph, feeds)
+    n = symbol("n")
+    sizes = {}
+    for v in graph.inputs:
+        for d, size in zip(v.type.shape, feeds[v.name].shape):
+            if d == n:
+                sizes[n] = size
+    for v in graph.outputs:
+        assert v.type is not None and v.type.shape is not None, v
+        assert not any(is_unknown(d) for d in v.type.shape), v
+        expected = tuple(int(sympy.sympify(d).subs(sizes)) for d in v.type.shape)
+        assert expected == actual[v.name].shape, (v.name, v.type, actual[v.name].shape)
+        assert v.type.dtype.numpy == actual[v.name].dtype
