@@ -43,18 +43,17 @@ def _known_constant(v: Value) -> Known:
     return Known(t)
 
 
-def infer_types(graph: Graph, outer: ChainMap | None = None) -> int:
-    """Infer every value's type in place (subgraphs included); returns how many value
-    types changed."""
+def infer_types(graph: Graph, outer: ChainMap | None = None) -> ChainMap:
+    """Infer every value's type in place (subgraphs included). Returns what is known of
+    each value of this graph, by id: passes read shape-tensor contents from it."""
     known: ChainMap = (outer if outer is not None else ChainMap()).new_child()
     for v in graph.inputs:
         known[id(v)] = Known(v.type)
     for v in graph.constants:
         known[id(v)] = _known_constant(v)
-    changed = 0
     for node in graph.nodes:
         for sub in node.subgraphs():
-            changed += infer_types(sub, known)
+            infer_types(sub, known)
         ins = [known.get(id(v)) if v is not None else None for v in node.inputs]
         try:
             results = get_op(node.op).infer(node, ins)
@@ -62,9 +61,7 @@ def infer_types(graph: Graph, outer: ChainMap | None = None) -> int:
             results = [None] * len(node.outputs)
         for value, result in zip(node.outputs, list(results) + [None] * len(node.outputs)):
             merged = _merge(value.type, result.type if result is not None else None)
-            if merged != value.type:
-                value.type = merged
-                changed += 1
+            value.type = merged
             keep_contents = result is not None and result.value is not None and merged == result.type
             known[id(value)] = Known(merged, result.value if keep_contents else None)
-    return changed
+    return known

@@ -1,12 +1,16 @@
 """fold_constants: evaluate nodes whose inputs are all constants with their reference
 implementations, and replace their outputs by constants. Random ops, nodes with
-subgraphs, and results over `max_elements` are left alone."""
+subgraphs, and results over `max_elements` are left alone. Shape tensors whose contents
+symbolic inference computed completely (`Shape(x)[1]` when that dim is static) become
+constants too, which is how shape subgraphs fold once dims are known."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..ir.graph import Graph
+from ..ir.shape_inference import infer_types
+from ..ir.types import TensorType
 from ..ir.registry import get_op
 from .base import Pass, PassResult
 from .registry import register_pass
@@ -22,7 +26,7 @@ class FoldConstants(Pass):
         self.max_elements = max_elements
 
     def run(self, graph: Graph) -> PassResult:
-        modified = False
+        modified = self._fold_known_shapes(graph)
         for node in list(graph.nodes):
             opdef = get_op(node.op)
             if not opdef.deterministic or any(True for _ in node.subgraphs()):
@@ -40,3 +44,23 @@ class FoldConstants(Pass):
                 graph.replace_all_uses(old, graph.add_constant(old.name, data))
             modified = True
         return PassResult(graph, modified)
+
+    @staticmethod
+    def _fold_known_shapes(graph: Graph) -> bool:
+        known = infer_types(graph)
+        modified = False
+        for node in list(graph.nodes):
+            if not get_op(node.op).deterministic or node.op == "Constant":
+                continue
+            for old in node.outputs:
+                k = known.get(id(old))
+                if k is None or k.value is None or not isinstance(old.type, TensorType):
+                    continue
+                items = k.value.reshape(-1).tolist()
+                if not all(isinstance(x, (int, bool)) for x in items):
+                    continue
+                data = np.array(items, dtype=old.type.dtype.numpy).reshape(k.value.shape)
+                name, old.name = old.name, f"{old.name}.folded"  # the constant takes its name
+                graph.replace_all_uses(old, graph.add_constant(name, data))
+                modified = True
+        return modified
