@@ -35,10 +35,10 @@ def _merge(old: Type | None, new: Type | None) -> Type | None:
     return TensorType(new.dtype, dims)
 
 
-def _known_constant(v: Value) -> Known:
-    data = v.const
-    t = v.type
-    if isinstance(t, TensorType) and track(t.dtype, data.shape):
+def known_of(v: Value) -> Known:
+    """What a value's type (and, for a small integer constant, its data) tells."""
+    data, t = v.const, v.type
+    if data is not None and isinstance(t, TensorType) and track(t.dtype, data.shape):
         return tensor(t.dtype, data.shape, data.reshape(-1).tolist())
     return Known(t)
 
@@ -50,7 +50,7 @@ def infer_types(graph: Graph, outer: ChainMap | None = None) -> ChainMap:
     for v in graph.inputs:
         known[id(v)] = Known(v.type)
     for v in graph.constants:
-        known[id(v)] = _known_constant(v)
+        known[id(v)] = known_of(v)
     for node in graph.nodes:
         for sub in node.subgraphs():
             infer_types(sub, known)

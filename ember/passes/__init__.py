@@ -2,11 +2,13 @@
 built-in pass (one file each). Third parties register with `register_pass` or the
 `ember.passes` entry-point group."""
 
-from . import common_subexpressions, dead_code, fold_constants  # noqa: F401  (registers them)
+from . import canonicalize, common_subexpressions, dead_code, fold_constants  # noqa: F401  (registers them)
 from .base import Pass, PassResult
 from .manager import PassManager, PassStats
 from .pipelines import PIPELINES, build_pipeline, pipeline_names
 from .registry import get_pass, register_pass, registered_passes
+from .rewriter import Match, Rewrite, RewritePass, apply_rewrites
 
 __all__ = ["Pass", "PassResult", "PassManager", "PassStats", "PIPELINES", "build_pipeline",
-           "pipeline_names", "get_pass", "register_pass", "registered_passes"]
+           "pipeline_names", "get_pass", "register_pass", "registered_passes", "Match", "Rewrite",
+           "RewritePass", "apply_rewrites"]
