@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["ir.md"]
+PAGES = ["ir.md", "passes.md"]
 
 
 @pytest.mark.parametrize("page", PAGES)
