@@ -2,7 +2,8 @@
 built-in pass (one file each). Third parties register with `register_pass` or the
 `ember.passes` entry-point group."""
 
-from . import canonicalize, common_subexpressions, dead_code, fold_constants, fuse_gelu  # noqa: F401  (registers them)
+from . import (canonicalize, common_subexpressions, dead_code, fold_constants, fuse_gelu,  # noqa: F401
+               fuse_linear)  # (importing registers them)
 from .base import Pass, PassResult
 from .manager import PassManager, PassStats
 from .pipelines import PIPELINES, build_pipeline, pipeline_names

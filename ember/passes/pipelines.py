@@ -12,7 +12,7 @@ from .registry import get_pass
 O0: list[str] = []
 O1 = ["fold_constants", "canonicalize", "eliminate_dead_code"]
 O2 = ["fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_gelu",
-      "eliminate_dead_code"]
+      "fuse_linear", "eliminate_dead_code"]
 O3 = O2
 PIPELINES = {0: O0, 1: O1, 2: O2, 3: O3}
 

@@ -56,7 +56,8 @@ def test_dump_ir_writes_the_graph_after_every_pass(tmp_path):
     ember.compile(_graph(), dump_ir=tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["00-input.ir", "01-fold_constants.ir", "02-canonicalize.ir",
-                     "03-eliminate_common_subexpressions.ir", "04-fuse_gelu.ir", "05-eliminate_dead_code.ir"]
+                     "03-eliminate_common_subexpressions.ir", "04-fuse_gelu.ir", "05-fuse_linear.ir",
+                     "06-eliminate_dead_code.ir"]
     assert "Mul(" in (tmp_path / "00-input.ir").read_text()
     assert "Mul(" not in (tmp_path / "01-fold_constants.ir").read_text()
 

@@ -8,7 +8,7 @@ from ember.passes import build_pipeline, get_pass, registered_passes
 from ember.testing import check_pass, graphs_and_feeds
 
 BUILTIN = ["fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_gelu",
-           "eliminate_dead_code"]
+           "fuse_linear", "eliminate_dead_code"]
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
