@@ -71,7 +71,7 @@ class CompiledModel:
     def __repr__(self) -> str:
         sig = ", ".join(map(str, self.inputs))
         out = ", ".join(map(str, self.outputs))
-        return f"<CompiledModel ({sig}) -> ({out}) on {self.target}, {len(self.graph.nodes)} nodes>"
+        return f"<CompiledModel ({sig}) -> ({out}) on {self.target}, {self.stats.num_nodes} nodes>"
 
 
 def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool | None = None,

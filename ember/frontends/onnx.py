@@ -29,7 +29,6 @@ from ..ir.shape_inference import infer_types
 from ..ir.verifier import verify
 
 
-
 def load_onnx(model, *, base_dir: str | os.PathLike | None = None) -> Graph:
     """Lower an ONNX model (path, serialized bytes or ModelProto) into a verified Graph.
 

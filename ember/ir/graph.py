@@ -64,6 +64,10 @@ class Node:
             elif isinstance(attr, list) and attr and isinstance(attr[0], Graph):
                 yield from attr
 
+    @property
+    def has_subgraphs(self) -> bool:
+        return next(self.subgraphs(), None) is not None
+
     def describe(self) -> str:
         """How error messages name this node: `node 'Add_3' (op Add)`."""
         return f"node {self.name or '<unnamed>'!r} (op {self.op})"
@@ -102,7 +106,7 @@ class Graph:
     # -- editing (for the pass driver; passes themselves declare rewrites) --------
     def replace_all_uses(self, old: Value, new: Value) -> None:
         """Make every reader of `old` (nodes, subgraphs, graph outputs) read `new`."""
-        for g in [self, *(sub for n in self.walk() for sub in n.subgraphs())]:
+        for g in [self, *self.all_subgraphs()]:
             for node in g.nodes:
                 node.inputs = [new if v is old else v for v in node.inputs]
             g.outputs = [new if v is old else v for v in g.outputs]
@@ -112,9 +116,14 @@ class Graph:
         used = {id(v) for v in self.outputs}
         for node in self.walk():
             used.update(id(v) for v in node.inputs if v is not None)
-        for sub in (s for n in self.walk() for s in n.subgraphs()):
+        for sub in self.all_subgraphs():
             used.update(id(v) for v in sub.outputs)
         return used
+
+    def all_subgraphs(self) -> Iterator[Graph]:
+        """Every subgraph at any depth."""
+        for node in self.walk():
+            yield from node.subgraphs()
 
     # -- queries ----------------------------------------------------------------
     def __iter__(self) -> Iterator[Node]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import ChainMap
 
-
 from .graph import Graph, Value
 from .ops._symbolic import tensor, track
 from .registry import Known, get_op

@@ -33,7 +33,7 @@ class EliminateCommonSubexpressions(Pass):
                 seen_constants[key] = c
         seen_nodes = {}
         for node in graph.nodes:
-            if any(True for _ in node.subgraphs()) or not get_op(node.op).deterministic:
+            if node.has_subgraphs or not get_op(node.op).deterministic:
                 continue
             if any(id(v) in returned for v in node.outputs):
                 continue

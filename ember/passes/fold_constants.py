@@ -29,7 +29,7 @@ class FoldConstants(Pass):
         modified = self._fold_known_shapes(graph)
         for node in list(graph.nodes):
             opdef = get_op(node.op)
-            if not opdef.deterministic or any(True for _ in node.subgraphs()):
+            if not opdef.deterministic or node.has_subgraphs:
                 continue
             if not all(v is None or v.const is not None for v in node.inputs):
                 continue
