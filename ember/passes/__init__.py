@@ -2,8 +2,10 @@
 built-in pass (one file each). Third parties register with `register_pass` or the
 `ember.passes` entry-point group."""
 
-from . import (canonicalize, common_subexpressions, dead_code, fold_constants, fuse_gelu,  # noqa: F401
-               fuse_linear)  # (importing registers them)
+from . import (  # noqa: F401  (importing registers them)
+    canonicalize, common_subexpressions, dead_code, fold_constants, fuse_attention, fuse_bias_activation,
+    fuse_gelu, fuse_linear, fuse_norms, fuse_rotary, fuse_silu, fuse_skip_layernorm,
+)
 from .base import Pass, PassResult
 from .manager import PassManager, PassStats
 from .pipelines import PIPELINES, build_pipeline, pipeline_names

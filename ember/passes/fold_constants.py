@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.graph import Graph
+from ..ir.registry import get_op
 from ..ir.shape_inference import infer_types
 from ..ir.types import TensorType
-from ..ir.registry import get_op
 from .base import Pass, PassResult
 from .registry import register_pass
 

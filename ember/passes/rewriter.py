@@ -16,9 +16,11 @@ graphs are written in:
 
 The pattern's parameters after `op` are variables: each binds a Value where it is used
 as an input, or an attribute value where it is used as an attribute (a missing
-attribute binds its schema default). `commute=True` also tries the inputs of
-commutative ops (Add, Mul, ...) swapped. The replacement gets the same bindings and an
-`op` that builds real nodes; it returns the value(s) that replace the pattern's
+attribute binds its schema default); `_as="name"` on a pattern op binds the value it
+matched, for the check to look at. `commute=True` also tries the inputs of
+commutative ops (Add, Mul, ...) swapped. A match whose inner values are also read
+outside it is rejected (fusing it would compute them twice). The replacement gets the same bindings (None for a
+variable this match left unbound) and an `op` that builds real nodes; it returns the value(s) that replace the pattern's
 output(s). The driver inserts the new nodes before the matched root, infers their
 types, redirects the readers of the old outputs, and sweeps what became dead.
 """
@@ -53,6 +55,7 @@ class PatternNode:
     inputs: list[Any]
     attrs: dict[str, Any]
     num_outputs: int = 1
+    bind_as: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,10 +66,11 @@ class PatternValue:
 
 class _PatternBuilder:
     """`op.Name(inputs..., attr=...)` records a PatternNode; `op("ember.X", ...)` for
-    namespaced ops; `_outputs=N` for multi-output ops."""
+    namespaced ops; `_outputs=N` for multi-output ops; `_as="name"` binds the matched
+    (first) output under that name."""
 
-    def __call__(self, op: str, *inputs, _outputs: int = 1, **attrs):
-        node = PatternNode(op, list(inputs), attrs, _outputs)
+    def __call__(self, op: str, *inputs, _outputs: int = 1, _as: str | None = None, **attrs):
+        node = PatternNode(op, list(inputs), attrs, _outputs, _as)
         values = [PatternValue(node, i) for i in range(_outputs)]
         return values[0] if _outputs == 1 else values
 
@@ -135,6 +139,8 @@ def _match_node(pn: PatternNode, node: Node, bindings: dict, matched: list, comm
     if len(inputs) != len(pn.inputs):
         return None
     bindings = dict(bindings)
+    if pn.bind_as is not None and not _bind(bindings, Var(pn.bind_as), node.outputs[0]):
+        return None
     opdef = get_op(node.op)
     for key, want in pn.attrs.items():
         have = node.attrs[key] if key in node.attrs else (opdef.attrs[key].default if key in opdef.attrs else None)
@@ -229,7 +235,7 @@ def apply_rewrites(graph: Graph, rewrites: list[Rewrite], max_rounds: int = 8) -
                 m = match(rewrite, node)
                 if m is None:
                     continue
-                reason = rewrite.check(m) if rewrite.check else None
+                reason = _shared_inside(graph, m) or (rewrite.check(m) if rewrite.check else None)
                 if reason:
                     report.rejected.append((rewrite.name, node.name, reason))
                     continue
@@ -243,10 +249,25 @@ def apply_rewrites(graph: Graph, rewrites: list[Rewrite], max_rounds: int = 8) -
     return report
 
 
+def _shared_inside(graph: Graph, m: Match) -> str | None:
+    inside = {id(n) for n in m.nodes}
+    read_outside = {id(v) for v in graph.outputs}
+    for node in graph.nodes:
+        if id(node) not in inside:
+            read_outside.update(id(v) for v in node.inputs if v is not None)
+            for sub in node.subgraphs():
+                read_outside.update(id(v) for v in sub.free_values())
+    for node in m.nodes:
+        for value in node.outputs if node is not m.root else ():
+            if id(value) in read_outside:
+                return f"{value.name} is also used outside the pattern"
+    return None
+
+
 def _replace(graph: Graph, rewrite: Rewrite, m: Match) -> bool:
     builder = _GraphBuilder(graph, f"{m.root.name}/{rewrite.name}")
     params = list(inspect.signature(rewrite.replacement).parameters)[1:]
-    result = rewrite.replacement(builder, *[m.bindings[p] for p in params])
+    result = rewrite.replacement(builder, *[m.bindings.get(p) for p in params])
     new_values = result if isinstance(result, list) else [result]
     returned = {id(v) for v in graph.outputs}
     fresh = {id(v) for n in builder.nodes for v in n.outputs}

@@ -70,4 +70,4 @@ def test_o2_matches_the_unoptimized_reference(minilm_onnx, compiled):
     feeds = _builtin.tokenize(_builtin.SAMPLE_SENTENCES)
     (ours,) = compiled.run(feeds).values()
     (ref,) = reference.run(feeds).values()
-    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)  # fusions reorder float math

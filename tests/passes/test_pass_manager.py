@@ -55,9 +55,9 @@ def test_returned_values_keep_their_names():
 def test_dump_ir_writes_the_graph_after_every_pass(tmp_path):
     ember.compile(_graph(), dump_ir=tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["00-input.ir", "01-fold_constants.ir", "02-canonicalize.ir",
-                     "03-eliminate_common_subexpressions.ir", "04-fuse_gelu.ir", "05-fuse_linear.ir",
-                     "06-eliminate_dead_code.ir"]
+    names = ember.passes.pipeline_names(2)
+    assert files == ["00-input.ir", *(f"{i:02d}-{name}.ir" for i, name in enumerate(names, 1))]
+    assert names[:2] == ["fold_constants", "canonicalize"] and names[-1] == "eliminate_dead_code"
     assert "Mul(" in (tmp_path / "00-input.ir").read_text()
     assert "Mul(" not in (tmp_path / "01-fold_constants.ir").read_text()
 

@@ -7,13 +7,14 @@ from hypothesis import HealthCheck, given, settings
 from ember.passes import build_pipeline, get_pass, registered_passes
 from ember.testing import check_pass, graphs_and_feeds
 
-BUILTIN = ["fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_gelu",
-           "fuse_linear", "eliminate_dead_code"]
+BUILTIN = ["fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_norms", "fuse_gelu",
+           "fuse_silu", "fuse_rotary", "fuse_linear", "fuse_attention", "fuse_skip_layernorm",
+           "fuse_bias_activation", "eliminate_dead_code"]
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def test_every_builtin_pass_is_covered_here():
-    assert set(BUILTIN) <= set(registered_passes())
+    assert set(BUILTIN) == {name for name in registered_passes() if get_pass(name).__module__.startswith("ember.")}
 
 
 @pytest.mark.parametrize("name", BUILTIN)

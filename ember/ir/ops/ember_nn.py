@@ -2,24 +2,46 @@
 produce and kernels implement. Each is defined here once: schema, type function and
 reference implementation (the numpy meaning every kernel is tested against).
 
-    ember.Linear(x, w, bias?)  y = x @ w + bias     x: [..., K], w: [K, N], bias: [N]
+    ember.Linear(x, w, bias?)  y = act(x @ w + bias)  x: [..., K], w: [K, N], bias: [N]
+    ember.SkipLayerNorm(x, skip, gamma, beta?)  y = LayerNorm(x + skip), sum = x + skip
+    ember.Attention(q, k, v, bias?)  softmax(q k^T * scale + bias) v, per head
+    ember.SwiGLU(gate, up)  y = gate * sigmoid(gate) * up    (broadcasting like Mul)
+    ember.RotaryEmbedding(x, cos, sin)  y = x * cos + rotate_half(x) * sin    (halves of the last axis)
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
+import sympy
 
 from ..graph import Node
-from ..registry import Known, OpDef, ParamSpec, register_op
-from ._symbolic import dtype_of, shape_of, tensor
+from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
+from ._symbolic import broadcast, dtype_of, shape_of, tensor
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "": lambda y: y,
+    "relu": lambda y: np.maximum(y, 0),
+    "gelu": lambda y: 0.5 * y * (1 + _erf(y / np.sqrt(2))),
+    "gelu_tanh": lambda y: 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y ** 3))),
+    "silu": lambda y: y / (1 + np.exp(-y)),
+}
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
 
 
 def _linear_reference(node: Node):
+    activation = ACTIVATIONS[get_op(node.op).attr(node, "activation")]
+
     def run(x, w, bias=None):
         y = np.matmul(x, w)
         if bias is not None:
             y = y + bias
-        return (y.astype(x.dtype, copy=False),)
+        return (activation(y).astype(x.dtype, copy=False),)
 
     return run
 
@@ -37,6 +59,172 @@ register_op(OpDef(
     "ember.Linear",
     inputs=(ParamSpec("x"), ParamSpec("w"), ParamSpec("bias", optional=True)),
     outputs=(ParamSpec("y"),),
+    attrs={"activation": AttrSpec("activation", "string", "")},
     reference=_linear_reference, infer=_linear_infer,
-    doc="y = x @ w + bias over the last axis of x (w: [K, N], bias: [N])",
+    doc="y = activation(x @ w + bias) over the last axis of x (w: [K, N], bias: [N]); "
+        f"activation one of {sorted(ACTIVATIONS)}",
+))
+
+
+# -- ember.Attention --------------------------------------------------------------
+# Scaled dot-product attention over heads, in one of two layouts:
+#   packed   q: [B, Sq, H*D]   k: [B, Sk, Hkv*D]   v: [B, Sk, Hkv*Dv]  -> y: [B, Sq, H*Dv]
+#   heads    q: [B, H, Sq, D]  k: [B, Hkv, Sk, D]  v: [B, Hkv, Sk, Dv] -> y: [B, H, Sq, Dv]
+# scores = q k^T * scale (+ bias, broadcast to [B, H, Sq, Sk]; -inf masks a key), with
+# `causal` also masking keys after the query (aligned to the end: key j is visible to
+# query i when j <= i + Sk - Sq). Query heads share kv heads in groups of H / Hkv. A row
+# with every key masked yields 0 (not NaN). `scale` 0 means 1/sqrt(D).
+
+
+def _attention_attrs(opdef: OpDef, node: Node):
+    heads = opdef.attr(node, "num_heads")
+    kv_heads = opdef.attr(node, "kv_num_heads") or heads
+    return heads, kv_heads, opdef.attr(node, "scale"), bool(opdef.attr(node, "causal"))
+
+
+def attention(q, k, v, bias=None, *, num_heads: int, kv_num_heads: int = 0,
+              scale: float = 0.0, causal: bool = False) -> np.ndarray:
+    """The meaning of ember.Attention, in numpy (float32 accumulation for <32-bit floats)."""
+    kv_num_heads = kv_num_heads or num_heads
+    packed = q.ndim == 3
+    dtype = q.dtype
+    compute = np.float32 if dtype.itemsize < 4 else dtype.type
+
+    def heads(x, n):
+        x = x.astype(compute, copy=False)
+        return x.reshape(x.shape[0], x.shape[1], n, -1).transpose(0, 2, 1, 3) if packed else x
+
+    q, k, v = heads(q, num_heads), heads(k, kv_num_heads), heads(v, kv_num_heads)
+    if kv_num_heads != num_heads:
+        k = np.repeat(k, num_heads // kv_num_heads, axis=1)
+        v = np.repeat(v, num_heads // kv_num_heads, axis=1)
+    scores = np.matmul(q, k.swapaxes(-1, -2)) * compute(scale or 1 / np.sqrt(q.shape[-1]))
+    if bias is not None:
+        scores = scores + bias.astype(compute, copy=False)
+    if causal:
+        sq, sk = scores.shape[-2:]
+        visible = np.arange(sk)[None, :] <= np.arange(sq)[:, None] + (sk - sq)
+        scores = np.where(visible, scores, -np.inf)
+    top = scores.max(axis=-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0)
+    e = np.exp(scores - top)
+    total = e.sum(axis=-1, keepdims=True)
+    probs = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+    y = np.matmul(probs, v)
+    if packed:
+        y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
+    return y.astype(dtype, copy=False)
+
+
+def _attention_reference(node: Node):
+    heads, kv_heads, scale, causal = _attention_attrs(get_op(node.op), node)
+
+    def run(q, k, v, bias=None):
+        return (attention(q, k, v, bias, num_heads=heads, kv_num_heads=kv_heads, scale=scale,
+                          causal=causal),)
+
+    return run
+
+
+def _attention_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    heads, kv_heads, _, _ = _attention_attrs(get_op(node.op), node)
+    dtype, q, v = dtype_of(ins[0]), shape_of(ins[0]), shape_of(ins[2])
+    if dtype is None:
+        return [None]
+    if q is None or v is None or len(q) not in (3, 4) or len(v) != len(q):
+        return [tensor(dtype, None)]
+    if len(q) == 4:
+        return [tensor(dtype, (*q[:3], v[3]))]
+    width = sympy.sympify(v[2]) * heads / kv_heads
+    return [tensor(dtype, (q[0], q[1], int(width) if width.is_Integer else width))]
+
+
+register_op(OpDef(
+    "ember.Attention",
+    inputs=(ParamSpec("q"), ParamSpec("k"), ParamSpec("v"), ParamSpec("bias", optional=True)),
+    outputs=(ParamSpec("y"),),
+    attrs={"num_heads": AttrSpec("num_heads", "int", required=True),
+           "kv_num_heads": AttrSpec("kv_num_heads", "int", 0),
+           "scale": AttrSpec("scale", "float", 0.0),
+           "causal": AttrSpec("causal", "int", 0)},
+    reference=_attention_reference, infer=_attention_infer,
+    doc="softmax(q k^T * scale + bias) v over heads; packed [B, S, H*D] or [B, H, S, D] layout",
+))
+
+
+# -- ember.SkipLayerNorm ----------------------------------------------------------
+def _skip_layernorm_reference(node: Node):
+    eps = get_op(node.op).attr(node, "epsilon")
+
+    def run(x, skip, gamma, beta=None):
+        total = x + skip
+        h = total.astype(np.float32) if total.dtype.itemsize < 4 else total
+        mean = h.mean(axis=-1, keepdims=True)
+        centered = h - mean
+        y = centered / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps) * gamma
+        if beta is not None:
+            y = y + beta
+        return y.astype(x.dtype, copy=False), total
+
+    return run
+
+
+def _skip_layernorm_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    dtype, x = dtype_of(ins[0]), shape_of(ins[0])
+    if dtype is None:
+        return [None, None]
+    return [tensor(dtype, x), tensor(dtype, x)]
+
+
+register_op(OpDef(
+    "ember.SkipLayerNorm",
+    inputs=(ParamSpec("x"), ParamSpec("skip"), ParamSpec("gamma"), ParamSpec("beta", optional=True)),
+    outputs=(ParamSpec("y"), ParamSpec("sum", optional=True)),
+    attrs={"epsilon": AttrSpec("epsilon", "float", 1e-5)},
+    reference=_skip_layernorm_reference, infer=_skip_layernorm_infer,
+    doc="sum = x + skip (same shape); y = LayerNormalization(sum, gamma, beta) over the last axis",
+))
+
+
+# -- ember.SwiGLU, ember.RotaryEmbedding ------------------------------------------
+def _broadcast_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    dtype = dtype_of(ins[0])
+    return [None if dtype is None else tensor(dtype, broadcast(*(shape_of(k) for k in ins)))]
+
+
+def _swiglu_reference(node: Node):
+    def run(gate, up):
+        return ((gate * np.exp(-np.logaddexp(0, -gate)) * up).astype(gate.dtype, copy=False),)
+
+    return run
+
+
+register_op(OpDef(
+    "ember.SwiGLU",
+    inputs=(ParamSpec("gate"), ParamSpec("up")),
+    outputs=(ParamSpec("y"),),
+    reference=_swiglu_reference, infer=_broadcast_infer,
+    doc="y = gate * sigmoid(gate) * up, elementwise with broadcasting",
+))
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def _rotary_reference(node: Node):
+    def run(x, cos, sin):
+        return ((x * cos + rotate_half(x) * sin).astype(x.dtype, copy=False),)
+
+    return run
+
+
+register_op(OpDef(
+    "ember.RotaryEmbedding",
+    inputs=(ParamSpec("x"), ParamSpec("cos"), ParamSpec("sin")),
+    outputs=(ParamSpec("y"),),
+    reference=_rotary_reference, infer=_broadcast_infer,
+    doc="y = x * cos + rotate_half(x) * sin; rotate_half(x) = concat(-x2, x1) of the last axis' halves "
+        "(cos, sin: broadcastable to x, last dim that of x)",
 ))
