@@ -71,3 +71,12 @@ def test_o2_matches_the_unoptimized_reference(minilm_onnx, compiled):
     (ours,) = compiled.run(feeds).values()
     (ref,) = reference.run(feeds).values()
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)  # fusions reorder float math
+
+
+def test_o2_fuses_every_layer(compiled):
+    """Issue 3's figures: 6 attentions, 13 layer norms (12 with the residual), 6 GELUs."""
+    hist = compiled.stats.op_histogram
+    assert hist["ember.Attention"] == 6
+    assert hist["ember.SkipLayerNorm"] + hist["LayerNormalization"] == 13 and hist["ember.SkipLayerNorm"] == 12
+    assert hist["Gelu"] == 6 and hist["ember.Linear"] == 36
+    assert compiled.stats.num_nodes <= 150
