@@ -15,9 +15,10 @@ from ._signature import TensorInfo, check_feeds
 from .errors import InputError, UnsupportedError
 from .frontends.onnx import load_onnx
 from .ir.graph import Graph
+from .ir.ops._lowering import NotLowerable
 from .ir.verifier import verify as verify_graph
 from .passes import PassManager, PassStats, build_pipeline
-from .runtime.executor import Executor
+from .runtime.executor import Executor, ReferenceExecutor
 
 TARGETS = ("cpu",)
 
@@ -33,11 +34,14 @@ class CompileStats:
     fallback_nodes: list[str]
     timings: dict[str, float] = field(default_factory=dict)
     passes: list[PassStats] = field(default_factory=list)
+    num_kernels: int = 0   # generated and extern kernels the program runs
+    fused_nodes: int = 0   # nodes computed inside another node's kernel
 
     def __str__(self) -> str:
         ops = ", ".join(f"{op}×{n}" for op, n in self.op_histogram.items())
         times = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items())
-        lines = [f"target {self.target}: {self.num_nodes} nodes ({ops}); "
+        lines = [f"target {self.target}: {self.num_nodes} nodes ({ops}); {self.num_kernels} kernels, "
+                 f"{self.fused_nodes} nodes fused into others, "
                  f"{len(self.fallback_nodes)} on the reference fallback; {times}"]
         lines += [f"  {p}" for p in self.passes]
         return "\n".join(lines)
@@ -47,26 +51,58 @@ class CompiledModel:
     """A model compiled for one target. `run` takes and returns numpy arrays by name."""
 
     def __init__(self, graph: Graph, target: str, timings: dict[str, float],
-                 passes: list[PassStats] | None = None):
+                 passes: list[PassStats] | None = None, *, codegen: bool = True,
+                 intra_op_threads: int | None = None, profile: bool = False):
+        from .codegen import cpu, generate
+
         self.graph = graph
         self.target = target
+        self.program = None
         t0 = time.perf_counter()
-        self._executor = Executor(graph)
+        if codegen and os.environ.get("EMBER_CODEGEN", "1") != "0" and cpu.compiler() is not None:
+            try:
+                self.program = generate(graph)
+            except NotLowerable:  # sequences or optionals cross the graph's boundary
+                self.program = None
+            timings["codegen"] = time.perf_counter() - t0
+        if self.program is not None:
+            t0 = time.perf_counter()
+            self._executor = Executor(self.program, threads=intra_op_threads or os.cpu_count())
+            self._executor.profile = [] if profile else None
+            fallbacks, kernels, fused = self.program.fallbacks, self.program.num_kernels, self.program.fused_nodes
+        else:
+            t0 = time.perf_counter()
+            self._executor = ReferenceExecutor(graph)
+            fallbacks, kernels, fused = self._executor.fallback_nodes, 0, 0
         timings["prepare"] = time.perf_counter() - t0
         self.inputs = [TensorInfo(v.name, v.type) for v in graph.inputs]
         self.outputs = [TensorInfo(v.name, v.type) for v in graph.outputs]
         histogram = graph.op_histogram()  # subgraph nodes included, as num_nodes
-        self.stats = CompileStats(target, sum(histogram.values()), histogram,
-                                  self._executor.fallback_nodes, timings, list(passes or []))
+        self.stats = CompileStats(target, sum(histogram.values()), histogram, list(fallbacks), timings,
+                                  list(passes or []), kernels, fused)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         """Run on `feeds` (input name -> array). Returns output name -> array (a list of
         arrays for a sequence output, None for an empty optional)."""
         ordered = check_feeds(self.graph.inputs, feeds)
         results = self._executor.run(ordered)
+        self._runs = getattr(self, "_runs", 0) + 1
         return {info.name: out for info, out in zip(self.outputs, results)}
 
     __call__ = run
+
+    def profile(self, trace: str | os.PathLike | None = None) -> str:
+        """The per-kernel timings of every run so far, as a table by kind (compile with
+        profile=True); with `trace`, also a Chrome-trace JSON there (Perfetto opens it)."""
+        from .runtime.profiler import format_table, summarize, write_trace
+
+        records = getattr(self._executor, "profile", None)
+        if records is None:
+            raise UnsupportedError("profiling is off: compile with profile=True (and codegen on)")
+        ops = {node.name: node.op for node in self.graph.nodes}
+        if trace is not None:
+            write_trace(records, ops, trace)
+        return format_table(summarize(records, ops, getattr(self, "_runs", 0)))
 
     def __repr__(self) -> str:
         sig = ", ".join(map(str, self.inputs))
@@ -84,12 +120,19 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     verify: verify the IR after every pass (default: EMBER_VERIFY=1).
     dump_ir: a folder to write the printed IR to after every pass (default: EMBER_DUMP_IR).
     passes: extra registered passes placed by name, e.g. [("my_fusion", "after", "fold_constants")].
+    codegen: generate C++ kernels (default; needs a C++ compiler, else every node runs its
+        reference implementation); False (or EMBER_CODEGEN=0) interprets the graph.
+    intra_op_threads: threads per kernel (default: every core).
+    profile: record every kernel's time; read it with `compiled.profile()`.
 
     Raises `ModelError` for a model ember cannot take, `UnsupportedError` for an unknown
     target, option or pass. A `Graph` is compiled as given: passes edit it in place."""
     if target not in TARGETS:
         raise UnsupportedError(f"target {target!r} is not available; choose one of {', '.join(TARGETS)}")
     base_dir = options.pop("base_dir", None)
+    codegen = options.pop("codegen", True)
+    threads = options.pop("intra_op_threads", None)
+    profile = options.pop("profile", False)
     if options:
         raise UnsupportedError(f"unknown compile option(s): {', '.join(sorted(options))}")
     timings: dict[str, float] = {}
@@ -104,7 +147,8 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     manager = PassManager(build_pipeline(opt_level, passes), verify=verify, dump_ir=dump_ir)
     graph, pass_stats = manager.run(graph)
     timings["passes"] = time.perf_counter() - t0
-    return CompiledModel(graph, target, timings, pass_stats)
+    return CompiledModel(graph, target, timings, pass_stats, codegen=codegen, intra_op_threads=threads,
+                         profile=profile)
 
 
 @dataclass(frozen=True)

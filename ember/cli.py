@@ -200,6 +200,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- ember profile ----------------------------------------------------------------------
+def _random_feeds(compiled, dims: dict[str, int]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for info in compiled.inputs:
+        if info.shape is None:
+            raise UsageError(f"input {info.name!r} has no known rank: give it with --input")
+        shape = []
+        for d in info.shape:
+            if isinstance(d, int):
+                shape.append(d)
+            elif str(d) in dims:
+                shape.append(dims[str(d)])
+            else:
+                raise UsageError(f"input {info.name!r} has dim {d}: give it with --dim {d}=N (or --input)")
+        dtype = info.dtype.numpy
+        feeds[info.name] = (rng.integers(0, 2, shape) if dtype.kind in "iub" else rng.standard_normal(shape)).astype(dtype)
+    return feeds
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    dims = {}
+    for spec in args.dim:
+        name, sep, value = spec.partition("=")
+        if not sep or not value.isdigit():
+            raise UsageError(f"--dim takes NAME=INT, got {spec!r}")
+        dims[name] = int(value)
+    compiled, compile_s = _compile(args.model, args.target, profile=True)
+    feeds = _load_feeds(args.input) if args.input else _random_feeds(compiled, dims)
+    compiled.run(feeds)  # warm-up: binds the shapes, plans memory
+    compiled._executor.profile.clear()
+    compiled._runs = 0
+    for _ in range(args.runs):
+        compiled.run(feeds)
+    stats = compiled.stats
+    print(f"profiled    {args.model}: {args.runs} runs after one warm-up; compiled in {_ms(compile_s)}")
+    print(f"program     {stats.num_kernels} kernels, {stats.fused_nodes} nodes fused, "
+          f"{len(stats.fallback_nodes)} on the reference fallback")
+    print(compiled.profile(trace=args.trace))
+    if args.trace:
+        print(f"trace       {args.trace} (open in https://ui.perfetto.dev)")
+    return 0
+
+
 # -- ember demo -------------------------------------------------------------------------
 def _similarity_table(sim: np.ndarray) -> list[str]:
     header = "       " + "".join(f"{f'[{j}]':>7}" for j in range(len(sim)))
@@ -290,6 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feed the array in FILE.npy to input NAME (repeat for each input)")
     p.add_argument("--output-dir", "-o", metavar="DIR",
                    help="write each output to DIR/<output name>.npy instead of printing a summary")
+
+    p = add("profile", cmd_profile, "run a compiled model and print where the time goes, by kernel kind",
+            "examples:\n  ember profile model.onnx --dim batch=8 --dim seq=128\n"
+            "  ember profile model.onnx --input x=x.npy --runs 20 --trace trace.json")
+    p.add_argument("model", metavar="MODEL", help="an ONNX file")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="feed the array in FILE.npy to input NAME (default: random inputs)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="the size of a symbolic dim for random inputs (repeatable)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs (default: 10)")
+    p.add_argument("--trace", metavar="FILE.json", help="also write a Chrome trace (Perfetto opens it)")
 
     p = add("demo", cmd_demo, "embed sentences with all-MiniLM-L6-v2, compiled by ember",
             'example:\n  ember demo --sentence "A cat sits." --sentence "A kitten is sitting."')

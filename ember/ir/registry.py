@@ -68,6 +68,7 @@ class OpDef:
     max_version: int | None = None  # newest opset this definition is valid for
     deterministic: bool = True  # False for random ops: never folded or deduplicated
     doc: str = ""
+    lower: Callable | None = None  # (ctx, node, inputs) -> outputs in Kernel IR; ember/codegen
 
     @property
     def domain(self) -> str:

@@ -1,19 +1,50 @@
-"""Runs a compiled graph.
+"""Runs compiled graphs.
 
-Until CPU code generation lands, every node runs its reference implementation on the
-CPU: the fallback path that ARCHITECTURE.md gives nodes without a kernel on the target.
-`fallback_nodes` reports them, so `compiled.stats` never hides where time goes."""
+`Executor` runs a `Program`: per run it points the input and output slots at the
+caller's arrays and calls the steps in order — a generated segment is one ctypes call
+into the kernel library, an extern one torch call, a fallback the node's reference
+implementation. Everything that depends only on the input shapes (size symbols, buffer
+shapes, the arena plan, every slot's address, torch views for externs) is computed once
+per new shape and cached: a new batch or sequence length never recompiles.
+
+`ReferenceExecutor` interprets the graph node by node (the whole-graph fallback, used
+when no C++ compiler is present or codegen is turned off).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import threading
+import time
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import sympy
+import torch
+
+from ..errors import ExecutionError
 from ..ir.graph import Graph
-from ..ir.interpreter import Interpreter
+from ..ir.interpreter import Interpreter, _normalize
+from ..ir.registry import get_op
+from .externs import EXTERNS
+from .program import Program
 
 
-class Executor:
+_TORCH_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int64, np.int32, np.int16, np.int8,
+                                        np.uint8, np.bool_)}
+
+
+def _tensor(a) -> torch.Tensor | None:
+    """A torch view of a numpy array, for externs (None where torch has no such dtype)."""
+    if not isinstance(a, np.ndarray) or a.dtype not in _TORCH_DTYPES:
+        return None
+    return torch.from_numpy(a)
+
+
+class ReferenceExecutor:
     def __init__(self, graph: Graph):
         self.graph = graph
         self._interpreter = Interpreter(graph)
@@ -24,3 +55,271 @@ class Executor:
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         return self._interpreter.run(inputs)
+
+
+@dataclass
+class _Binding:
+    """What one set of input shapes fixes."""
+    sizes: np.ndarray
+    shapes: dict[str, tuple[int, ...] | None]
+    bound: set = field(default_factory=set)  # symbols with a value
+    views: dict[str, np.ndarray] = field(default_factory=dict)  # numpy view of each arena/fill buffer
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    pointers: list[int] = field(default_factory=list)
+
+
+class Executor:
+    def __init__(self, program: Program, threads: int | None = None):
+        from ..codegen import cpu
+
+        p = self.program = program
+        self._lock = threading.Lock()
+        self._lib = cpu.load(program.library) if program.library else None
+        if threads:
+            torch.set_num_threads(threads)
+            if self._lib is not None:
+                self._lib.ember_set_threads(threads)
+        self._B = (ctypes.c_void_p * max(len(p.slots), 1))()
+        self._B_addr = ctypes.c_void_p(ctypes.addressof(self._B))
+        self._sym_index = {s: i for i, s in enumerate(p.symbols)}
+        self._root = {name: self._root_of(name) for name in p.buffers}
+        self._constants = {name: np.asarray(a, order="C") for name, a in p.constants.items()}
+        # every step, prepared: (kind, callable, arg names, num inputs, params)
+        self._steps = []
+        for step in p.steps:
+            if step.kind == "segment":
+                fn = getattr(self._lib, step.name)
+                fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p], None
+                self._steps.append(("segment", fn, step))
+            elif step.kind == "extern":
+                self._steps.append(("extern", EXTERNS[step.name], step))
+            else:
+                node = step.params["node"]
+                self._steps.append(("fallback", None, step))  # the reference is prepared on first use
+        self._shape_fns = {}
+        for name, b in p.buffers.items():
+            exprs = [sympy.sympify(d) for d in (*b.shape, *(b.fill or ()))]
+            self._shape_fns[name] = (len(b.shape), sympy.lambdify(p.symbols, exprs, "math") if exprs else None,
+                                     set().union(*(e.free_symbols for e in exprs)) if exprs else set())
+        self._input_dims = []
+        for name in p.inputs:
+            self._input_dims.append([self._sym_index.get(d) if isinstance(d, sympy.Symbol) else None
+                                     for d in p.buffers[name].shape])
+        self._temps = [n for n, b in p.buffers.items() if b.kind == "temp" and b.view_of is None]
+        io = set(p.inputs) | set(p.outputs)
+        self._io_aliases = [(n, self._root[n]) for n in p.buffers if n not in io and self._root[n] in io]
+        parts = [part for step in p.steps for part in step.parts]
+        from ..codegen.memory import lifetimes
+
+        touched_roots = [{self._root[n] for n in part} for part in parts]
+        self._life = lifetimes(touched_roots, set(self._temps))
+        # which step (index) each root buffer is first written by: a late buffer is allocated then
+        self._bindings: dict[tuple, _Binding] = {}
+        self._arena = torch.empty(0, dtype=torch.uint8)
+        self.profile: list | None = None  # (step, start, seconds) of every step run, when profiling
+
+    def _root_of(self, name: str) -> str:
+        b = self.program.buffers[name]
+        while b.view_of is not None:
+            b = self.program.buffers[b.view_of]
+        return b.name
+
+    # -- binding ------------------------------------------------------------------------
+    def _bind(self, shapes: tuple) -> _Binding:
+        p = self.program
+        sizes = np.zeros(max(len(p.symbols), 1), dtype=np.int64)
+        bound = set()
+        for dims, shape in zip(self._input_dims, shapes):
+            for index, value in zip(dims, shape):
+                if index is not None:
+                    sizes[index] = value
+                    bound.add(p.symbols[index])
+        binding = _Binding(sizes, {}, bound)
+        self._resolve(binding, bound)
+        offsets, total = self._plan(binding)
+        if total > self._arena.numel():
+            self._arena = torch.empty(total, dtype=torch.uint8)
+        base = self._arena.data_ptr()
+        arena_np = self._arena.numpy()
+        pointers = [0] * len(p.slots)
+        for name, slot in p.slots.items():
+            b = p.buffers[name]
+            root = self._root[name]
+            shape = binding.shapes.get(name)
+            if root in offsets and shape is not None:
+                nbytes = int(np.prod(shape)) * b.dtype.numpy.itemsize
+                view = arena_np[offsets[root]:offsets[root] + nbytes].view(b.dtype.numpy).reshape(shape)
+                binding.views[name] = view
+                pointers[slot] = base + offsets[root]
+            elif p.buffers[root].kind == "constant":
+                pointers[slot] = self._constants[root].ctypes.data
+                binding.views[name] = self._constants[root].reshape(shape) if shape is not None else self._constants[root]
+            elif p.buffers[root].kind == "fill" and root in binding.views:
+                binding.views[name] = binding.views[root].reshape(shape)
+                pointers[slot] = binding.views[root].ctypes.data
+        binding.pointers = pointers
+        with warnings.catch_warnings():  # weights may be read-only arrays; externs only read them
+            warnings.simplefilter("ignore", UserWarning)
+            binding.tensors = {n: t for n, v in binding.views.items() if (t := _tensor(v)) is not None}
+        return binding
+
+    def _resolve(self, binding: _Binding, bound: set) -> None:
+        """Evaluate every buffer whose size symbols are all bound; fill shape tensors."""
+        p = self.program
+        args = [int(v) for v in binding.sizes[:len(p.symbols)]]
+        for name, (rank, fn, free) in self._shape_fns.items():
+            if name in binding.shapes and binding.shapes[name] is not None:
+                continue
+            if not free <= bound:
+                binding.shapes[name] = None  # late: known once a fallback binds its sizes
+                continue
+            values = [int(v) for v in fn(*args)] if fn is not None else []
+            binding.shapes[name] = tuple(values[:rank])
+            b = p.buffers[name]
+            if b.kind == "fill" and b.view_of is None:
+                binding.views[name] = np.array(values[rank:], dtype=b.dtype.numpy).reshape(binding.shapes[name])
+
+    def _plan(self, binding: _Binding) -> tuple[dict[str, int], int]:
+        from ..codegen.memory import plan
+
+        sizes = {}
+        for name in self._temps:
+            shape = binding.shapes.get(name)
+            if shape is not None:
+                sizes[name] = int(np.prod(shape)) * self.program.buffers[name].dtype.numpy.itemsize
+        return plan(sizes, self._life)
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, inputs: Sequence[Any]) -> list[Any]:
+        with self._lock:
+            return self._run(inputs)
+
+    def _run(self, inputs: Sequence[Any]) -> list[Any]:
+        p = self.program
+        arrays = [np.asarray(a, dtype=p.buffers[name].dtype.numpy, order="C") for a, name in zip(inputs, p.inputs)]
+        key = tuple(a.shape for a in arrays)
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self._bindings[key] = self._bind(key)
+        B = self._B
+        for slot, ptr in enumerate(binding.pointers):
+            B[slot] = ptr
+        views = dict(binding.views)
+        tensors = dict(binding.tensors)
+        live: dict[str, np.ndarray] = {}
+        for name, a in zip(p.inputs, arrays):
+            live[name] = a
+        outputs = []
+        for name in p.outputs:
+            shape = binding.shapes[name]
+            out = np.empty(shape, dtype=p.buffers[name].dtype.numpy) if shape is not None else None
+            live[name] = out
+            outputs.append(out)
+        for name, a in live.items():
+            if a is not None:
+                B[p.slots[name]] = a.ctypes.data
+                views[name] = a
+                if (t := _tensor(a)) is not None:
+                    tensors[name] = t
+        late = any(s is None for s in binding.shapes.values())
+        if late:  # data-dependent sizes: this run binds its own
+            binding = _Binding(binding.sizes.copy(), dict(binding.shapes), set(binding.bound), dict(binding.views),
+                               binding.tensors, binding.pointers)
+        for name, root in self._io_aliases:
+            base = live.get(root)
+            if base is not None and binding.shapes.get(name) is not None:
+                v = views[name] = base.reshape(binding.shapes[name])
+                B[p.slots[name]] = v.ctypes.data
+                if (t := _tensor(v)) is not None:
+                    tensors[name] = t
+        sizes_addr = ctypes.c_void_p(binding.sizes.ctypes.data)
+        profile = self.profile
+        for i, (kind, fn, step) in enumerate(self._steps):
+            if kind == "fallback" and fn is None:
+                fn = self._prepare(i)
+            if late:
+                self._allocate_late(binding, step, views, tensors)
+            if profile is not None:
+                start = time.perf_counter()
+            if kind == "segment":
+                fn(self._B_addr, sizes_addr)
+            elif kind == "extern":
+                args = [tensors.get(a) if a else None for a in step.args]
+                fn(step.params, *args)
+            else:
+                self._fallback(fn, step, binding, views, tensors)
+            if profile is not None:
+                profile.append((step, start, time.perf_counter() - start))
+        return [views[name] if views.get(name) is not None else live[name] for name in p.outputs]
+
+    def _prepare(self, i: int):
+        kind, _, step = self._steps[i]
+        node = step.params["node"]
+        try:
+            fn = get_op(node.op).reference(node)
+        except ExecutionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported with the node
+            raise ExecutionError(f"{node.describe()}: {type(e).__name__}: {e}") from e
+        self._steps[i] = (kind, fn, step)
+        return fn
+
+    def _allocate_late(self, binding: _Binding, step, views, tensors) -> None:
+        p = self.program
+        for name in step.args:
+            if name and name not in views and p.buffers[name].kind != "dynamic":
+                self._resolve(binding, binding.bound)
+                shape = binding.shapes.get(name)
+                if shape is None:
+                    continue
+                root = self._root[name]
+                if p.buffers[root].kind == "fill" and root in binding.views:
+                    views[name] = binding.views[root].reshape(shape)
+                elif root == name:
+                    views[name] = np.empty(shape, dtype=p.buffers[name].dtype.numpy)
+                elif root in views:
+                    views[name] = views[root].reshape(shape)
+                else:
+                    continue
+                self._B[p.slots[name]] = views[name].ctypes.data
+                if (t := _tensor(views[name])) is not None:
+                    tensors[name] = t
+
+    def _fallback(self, kernel, step, binding: _Binding, views, tensors) -> None:
+        p = self.program
+        ins = [views.get(a) if a else None for a in step.args[:step.num_inputs]]
+        try:
+            if getattr(kernel, "needs_scope", False):
+                scope = {id(value): views[buf] for value, buf in step.params["scope"]}
+                results = kernel(*ins, scope=scope)
+            else:
+                results = kernel(*ins)
+        except ExecutionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported with the node that failed
+            raise ExecutionError(f"{step.params['node'].describe()}: {type(e).__name__}: {e}") from e
+        for name, result in zip(step.args[step.num_inputs:], results):
+            b = p.buffers[name]
+            result = _normalize(result)
+            if b.kind == "dynamic":
+                views[name] = result
+                continue
+            result = np.asarray(result)
+            target = views.get(name)
+            if target is not None and target.shape == result.shape:
+                np.copyto(target, result, casting="unsafe")
+                continue
+            if target is not None:
+                raise ExecutionError(f"{step.params['node'].describe()}: produced shape {list(result.shape)}, "
+                                     f"expected {list(target.shape)}")
+            # a size only this node's result tells: bind it, then keep the array itself
+            for dim, value in zip(b.shape, result.shape):
+                d = sympy.sympify(dim)
+                if d.is_Symbol and d in self._sym_index:
+                    binding.sizes[self._sym_index[d]] = value
+                    binding.bound.add(d)
+            arr = np.asarray(result, dtype=b.dtype.numpy, order="C")
+            views[name] = arr
+            self._B[p.slots[name]] = arr.ctypes.data
+            if (t := _tensor(arr)) is not None:
+                tensors[name] = t

@@ -12,7 +12,28 @@ import sympy
 from ..dtypes import DType
 from ..graph import Node
 from ..registry import Known
-from ._symbolic import broadcast, contents, decide, dim, dtype_of, same_shape, shape_of, tensor, track
+from ._lowering import (
+    FLOATS,
+    SQRT1_2,
+    NotLowerable,
+    V,
+    attrs,
+    out_type,
+    pointwise,
+    register_lowering,
+    unary,
+)
+from ._symbolic import (
+    broadcast,
+    contents,
+    decide,
+    dim,
+    dtype_of,
+    same_shape,
+    shape_of,
+    tensor,
+    track,
+)
 from .onnx_standard import standard_op
 
 
@@ -128,3 +149,158 @@ standard_op("IsNaN", infer=_bool_like)
 standard_op("IsInf", infer=_bool_like)
 standard_op("Where", infer=_where)
 standard_op("Dropout", infer=same_shape())
+
+
+# -- Kernel IR lowerings ----------------------------------------------------------------
+def _gelu(x: V, approximate: str) -> V:
+    if approximate == "tanh":
+        return 0.5 * x * (1 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
+    return 0.5 * x * (1 + (x * SQRT1_2).erf())
+
+
+_UNARY_LOWERINGS = {
+    "Neg": (lambda x, a: -x, False), "Abs": (lambda x, a: x.abs(), False),
+    "Identity": (lambda x, a: x, False), "Sign": (lambda x, a: x.sign(), False),
+    "Not": (lambda x, a: x.op("not"), False), "BitwiseNot": (lambda x, a: x.bitnot(), False),
+    "Relu": (lambda x, a: x.max(0), False),
+    "Exp": (lambda x, a: x.exp(), True), "Log": (lambda x, a: x.log(), True), "Sqrt": (lambda x, a: x.sqrt(), True),
+    "Reciprocal": (lambda x, a: x.reciprocal(), True), "Tanh": (lambda x, a: x.tanh(), True),
+    "Erf": (lambda x, a: x.erf(), True), "Sigmoid": (lambda x, a: x.sigmoid(), True),
+    "Sin": (lambda x, a: x.sin(), True), "Cos": (lambda x, a: x.cos(), True), "Tan": (lambda x, a: x.tan(), True),
+    "Asin": (lambda x, a: x.asin(), True), "Acos": (lambda x, a: x.acos(), True),
+    "Atan": (lambda x, a: x.atan(), True), "Sinh": (lambda x, a: x.sinh(), True),
+    "Cosh": (lambda x, a: x.cosh(), True), "Asinh": (lambda x, a: x.asinh(), True),
+    "Acosh": (lambda x, a: x.acosh(), True), "Atanh": (lambda x, a: x.atanh(), True),
+    "Floor": (lambda x, a: x.floor(), True), "Ceil": (lambda x, a: x.ceil(), True),
+    "Round": (lambda x, a: x.round(), True), "Softplus": (lambda x, a: x.softplus(), True),
+    "Softsign": (lambda x, a: x / (1 + x.abs()), True),
+    "Gelu": (lambda x, a: _gelu(x, a["approximate"]), True),
+    "Swish": (lambda x, a: x * (a["alpha"] * x).sigmoid(), True),
+    "Mish": (lambda x, a: x * x.softplus().tanh(), True),
+    "LeakyRelu": (lambda x, a: (x < 0).where(a["alpha"] * x, x), True),
+    "Elu": (lambda x, a: (x < 0).where(a["alpha"] * (x.exp() - 1), x), True),
+    "Celu": (lambda x, a: x.max(0) + (a["alpha"] * ((x / a["alpha"]).exp() - 1)).min(0), True),
+    "Selu": (lambda x, a: (x <= 0).where(a["gamma"] * (a["alpha"] * x.exp() - a["alpha"]), a["gamma"] * x), True),
+    "HardSigmoid": (lambda x, a: (a["alpha"] * x + a["beta"]).max(0).min(1), True),
+    "HardSwish": (lambda x, a: x * (x / 6 + 0.5).max(0).min(1), True),
+    "ThresholdedRelu": (lambda x, a: (x > a["alpha"]).where(x, 0.0), True),
+    "Shrink": (lambda x, a: (x < -a["lambd"]).where(x + a["bias"], (x > a["lambd"]).where(x - a["bias"], 0.0)), True),
+}
+
+_BINARY_LOWERINGS = {
+    "Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
+    "Div": lambda a, b: a / b, "Equal": lambda a, b: a.eq(b, dtype=DType.bool),
+    "Less": lambda a, b: a < b, "Greater": lambda a, b: a > b, "LessOrEqual": lambda a, b: a <= b,
+    "GreaterOrEqual": lambda a, b: a >= b, "And": lambda a, b: a.op("and", b, dtype=DType.bool),
+    "Or": lambda a, b: a.op("or", b, dtype=DType.bool), "Xor": lambda a, b: a.op("xor", b, dtype=DType.bool),
+    "BitwiseAnd": lambda a, b: a.bitand(b), "BitwiseOr": lambda a, b: a.bitor(b),
+    "BitwiseXor": lambda a, b: a.bitxor(b),
+    "PRelu": lambda x, s: (x < 0).where(x * s, x),
+}
+
+
+def _lower_unary(op: str):
+    fn, floats_only = _UNARY_LOWERINGS[op]
+
+    def lower(ctx, node, ins):
+        if floats_only and ins[0].dtype not in FLOATS:
+            raise NotLowerable(f"{op} on {ins[0].dtype.name}")
+        a = attrs(node)
+        return [pointwise(ctx, node, ins, lambda x: fn(x, a))]
+    return lower
+
+
+def _lower_binary(op: str):
+    fn = _BINARY_LOWERINGS[op]
+
+    def lower(ctx, node, ins):
+        if ins[0].dtype != ins[1].dtype:
+            raise NotLowerable("mixed dtypes")
+        return [pointwise(ctx, node, ins, fn)]
+    return lower
+
+
+def _lower_pow(ctx, node, ins):
+    if ins[0].dtype not in FLOATS:
+        raise NotLowerable("integer Pow")
+    return [pointwise(ctx, node, ins, lambda x, y: x.op("pow", y.cast(x.dtype)))]
+
+
+def _lower_mod(ctx, node, ins):
+    fmod = attrs(node)["fmod"]
+    if ins[0].dtype in FLOATS and not fmod:
+        raise NotLowerable("float Mod needs fmod=1")
+    return [pointwise(ctx, node, ins, lambda a, b: a.fmod(b) if fmod else a.mod(b))]
+
+
+def _lower_bitshift(ctx, node, ins):
+    if ins[0].dtype not in (DType.uint8, DType.uint16, DType.uint32, DType.uint64):
+        raise NotLowerable("BitShift is defined for unsigned integers")
+    left = attrs(node)["direction"] == "LEFT"
+    return [pointwise(ctx, node, ins, lambda a, b: a.shl(b) if left else a.shr(b))]
+
+
+def _lower_variadic(op: str):
+    def lower(ctx, node, ins):
+        if len({r.dtype for r in ins}) != 1:
+            raise NotLowerable("mixed dtypes")
+
+        def fold(*xs):
+            acc = xs[0]
+            for x in xs[1:]:
+                acc = {"Max": lambda a, b: a.max(b), "Min": lambda a, b: a.min(b)}.get(op, lambda a, b: a + b)(acc, x)
+            return acc / len(xs) if op == "Mean" else acc
+        if op == "Mean" and ins[0].dtype not in FLOATS:
+            raise NotLowerable("integer Mean")
+        return [pointwise(ctx, node, ins, fold)]
+    return lower
+
+
+def _lower_clip(ctx, node, ins):
+    def clip(x, lo=None, hi=None):
+        if lo is not None:
+            x = (x < lo).where(lo, x)
+        if hi is not None:
+            x = (x > hi).where(hi, x)
+        return x
+    ins = list(ins) + [None] * (3 - len(ins))
+    return [pointwise(ctx, node, ins, clip)]
+
+
+def _lower_cast(ctx, node, ins):
+    dtype, _ = out_type(node)
+    return [pointwise(ctx, node, ins, lambda x: x.cast(dtype))]
+
+
+def _lower_isinf(ctx, node, ins):
+    a = attrs(node)
+    if ins[0].dtype not in FLOATS:
+        raise NotLowerable("IsInf on integers")
+    name = {(1, 1): "isinf", (1, 0): "isneginf", (0, 1): "isposinf"}.get((a["detect_negative"], a["detect_positive"]))
+    if name is None:
+        return [pointwise(ctx, node, ins, lambda x: (x < 0).where(x, x).ne(x, dtype=DType.bool))]  # all False
+    return [pointwise(ctx, node, ins, lambda x: x.op(name, dtype=DType.bool))]
+
+
+for _op in _UNARY_LOWERINGS:
+    register_lowering(_op)(_lower_unary(_op))
+for _op in _BINARY_LOWERINGS:
+    register_lowering(_op)(_lower_binary(_op))
+for _op in ("Max", "Min", "Sum", "Mean"):
+    register_lowering(_op)(_lower_variadic(_op))
+register_lowering("Pow")(_lower_pow)
+register_lowering("Mod")(_lower_mod)
+register_lowering("BitShift")(_lower_bitshift)
+register_lowering("Clip")(_lower_clip)
+register_lowering("Cast")(_lower_cast)
+register_lowering("IsInf")(_lower_isinf)
+register_lowering("IsNaN")(unary(lambda x: x.isnan(dtype=DType.bool)))
+register_lowering("Where")(lambda ctx, node, ins: [pointwise(ctx, node, ins, lambda c, a, b: c.where(a, b))])
+def _lower_dropout(ctx, node, ins):
+    training = node.inputs[2] if len(node.inputs) > 2 else None
+    if len(node.outputs) > 1 or (training is not None and (training.const is None or training.const.any())):
+        raise NotLowerable("training-mode dropout draws random numbers")
+    return [pointwise(ctx, node, ins[:1], lambda x: x)]
+
+
+register_lowering("Dropout")(_lower_dropout)

@@ -19,7 +19,17 @@ import sympy
 
 from ..graph import Node
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
+from ._lowering import (
+    FLOATS,
+    NotLowerable,
+    V,
+    out_type,
+    pointwise,
+    register_lowering,
+    rows_normalize,
+)
 from ._symbolic import broadcast, dtype_of, shape_of, tensor
+from .elementwise import _gelu
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "": lambda y: y,
@@ -228,3 +238,62 @@ register_op(OpDef(
     doc="y = x * cos + rotate_half(x) * sin; rotate_half(x) = concat(-x2, x1) of the last axis' halves "
         "(cos, sin: broadcastable to x, last dim that of x)",
 ))
+
+
+# -- Kernel IR lowerings ----------------------------------------------------------------
+_EPILOGUES = {"": lambda y: y, "relu": lambda y: y.max(0), "gelu": lambda y: _gelu(y, "none"),
+              "gelu_tanh": lambda y: _gelu(y, "tanh"), "silu": lambda y: y * y.sigmoid()}
+
+
+def _lower_linear(ctx, node, ins):
+    x, w = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    if x.dtype not in FLOATS or len(w.shape) != 2:
+        raise NotLowerable("not a float matrix weight")
+    dtype, shape = out_type(node)
+    (y,) = ctx.extern("linear", [x, w, bias], [(dtype, shape)])
+    activation = get_op(node.op).attr(node, "activation")
+    if not activation:
+        return [y]
+    epilogue = _EPILOGUES[activation]
+    return [ctx.pointwise(shape, dtype, lambda b, i: epilogue(V(b, y.load(b, i), dtype)).name, cost=8)]
+
+
+def _lower_attention(ctx, node, ins):
+    if ins[0].dtype not in FLOATS:
+        raise NotLowerable("not float")
+    heads, kv_heads, scale, causal = _attention_attrs(get_op(node.op), node)
+    bias = ins[3] if len(ins) > 3 else None
+    return ctx.extern("attention", [ins[0], ins[1], ins[2], bias], [out_type(node)], num_heads=heads,
+                      kv_num_heads=kv_heads, scale=scale, causal=causal)
+
+
+def _lower_skip_layernorm(ctx, node, ins):
+    x, skip, gamma = ins[0], ins[1], ins[2]
+    beta = ins[3] if len(ins) > 3 else None
+    if x.dtype not in FLOATS:
+        raise NotLowerable("not float")
+    eps = get_op(node.op).attr(node, "epsilon")
+    total = ctx.pointwise(x.shape, x.dtype, lambda b, i: (V(b, x.load(b, i), x.dtype) + V(b, skip.load(b, i), x.dtype)).name,
+                          cost=1 + x.cost + skip.cost)
+    want_sum = len(node.outputs) > 1 and node.outputs[1] is not None
+    sum_buf = ctx.new_buffer("sum", x.dtype, x.shape) if want_sum else None
+    store = (lambda b, i, v: b.store(sum_buf, i, v.name)) if want_sum else None
+    y = rows_normalize(ctx, total, len(x.shape) - 1, eps, gamma, beta, also_store=store)
+    if not want_sum:
+        return [y]
+    from ...codegen.lowering import TensorRef
+
+    return [y, TensorRef(x.dtype, x.shape, buffer=sum_buf)]
+
+
+def _lower_swiglu(ctx, node, ins):
+    if ins[0].dtype not in FLOATS:
+        raise NotLowerable("not float")
+    return [pointwise(ctx, node, ins, lambda g, u: g * g.sigmoid() * u)]
+
+
+register_lowering("ember.Linear")(_lower_linear)
+register_lowering("ember.Attention")(_lower_attention)
+register_lowering("ember.SkipLayerNorm")(_lower_skip_layernorm)
+register_lowering("ember.SwiGLU")(_lower_swiglu)

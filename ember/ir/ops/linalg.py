@@ -4,6 +4,7 @@ numpy's matmul rules with symbolic batch dims."""
 from __future__ import annotations
 
 from ..graph import Node
+from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
 from ._symbolic import broadcast, dtype_of, shape_of, tensor
 from .onnx_standard import standard_op
 
@@ -34,3 +35,24 @@ def _gemm(node: Node, ins):
 
 standard_op("MatMul", infer=_matmul)
 standard_op("Gemm", infer=_gemm)
+
+
+# -- Kernel IR lowerings ----------------------------------------------------------------
+def _lower_matmul(ctx, node, ins):
+    a, b = ins
+    if a.dtype not in FLOATS or b.dtype != a.dtype or len(a.shape) < 1 or len(b.shape) < 1:
+        raise NotLowerable("not float")
+    return ctx.extern("matmul", [a, b], [out_type(node)])
+
+
+def _lower_gemm(ctx, node, ins):
+    if ins[0].dtype not in FLOATS:
+        raise NotLowerable("not float")
+    a = attrs(node)
+    c = ins[2] if len(ins) > 2 else None
+    return ctx.extern("gemm", [ins[0], ins[1], c], [out_type(node)], alpha=float(a["alpha"]), beta=float(a["beta"]),
+                      trans_a=bool(a["transA"]), trans_b=bool(a["transB"]))
+
+
+register_lowering("MatMul")(_lower_matmul)
+register_lowering("Gemm")(_lower_gemm)

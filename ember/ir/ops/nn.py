@@ -11,6 +11,15 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..graph import Node
+from ._lowering import (
+    FLOATS,
+    NotLowerable,
+    V,
+    attrs,
+    out_type,
+    reduce_kernel,
+    register_lowering,
+)
 from .onnx_standard import _delegate_reference, standard_op
 
 
@@ -110,3 +119,99 @@ standard_op_def = {
     "MaxPool": standard_op("MaxPool", reference=_pool("MaxPool")),
     "AveragePool": standard_op("AveragePool", reference=_pool("AveragePool")),
 }
+
+
+# -- Kernel IR lowerings ----------------------------------------------------------------
+def _static_spatial(x, node) -> list[int]:
+    spatial = list(x.shape[2:])
+    if not all(isinstance(d, int) for d in spatial):
+        raise NotLowerable("symbolic spatial dims")
+    return spatial
+
+
+def _lower_conv(ctx, node, ins):
+    x, w = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    if x.dtype not in FLOATS or len(x.shape) not in (3, 4, 5):
+        raise NotLowerable("not a float 1-3d convolution")
+    a = attrs(node)
+    kernel = list(w.shape[2:])
+    rank = len(kernel)
+    strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
+    pads = _pads(a, _static_spatial(x, node), kernel, strides, dilations)
+    return ctx.extern("conv", [x, w, bias], [out_type(node)], pads=[p for p, _ in pads] + [q for _, q in pads],
+                      strides=list(strides), dilations=list(dilations), group=int(a["group"]))
+
+
+def _lower_pool(kind: str):
+    def lower(ctx, node, ins):
+        x = ins[0]
+        if len(node.outputs) > 1 or x.dtype not in FLOATS or len(x.shape) not in (3, 4, 5):
+            raise NotLowerable("indices output, or not a float 1-3d pool")
+        a = attrs(node)
+        kernel = list(a["kernel_shape"])
+        rank = len(kernel)
+        strides, dilations = a["strides"] or [1] * rank, a.get("dilations") or [1] * rank
+        pads = _pads(a, _static_spatial(x, node), kernel, strides, dilations)
+        if kind == "avg" and (any(d != 1 for d in dilations) or (any(p != q for p, q in pads))
+                              and not a["count_include_pad"]):
+            raise NotLowerable("dilated or asymmetrically padded average pool")
+        if any(max(p, q) > k // 2 for (p, q), k in zip(pads, kernel)) and kind == "avg":
+            raise NotLowerable("padding over half the window")
+        return ctx.extern("pool", [x], [out_type(node)], kind=kind, kernel=kernel, strides=list(strides),
+                          dilations=list(dilations), pads=[p for p, _ in pads] + [q for _, q in pads],
+                          ceil_mode=bool(a["ceil_mode"]),
+                          count_include_pad=bool(a.get("count_include_pad", 0)))
+    return lower
+
+
+def _lower_global_pool(kind: str):
+    def lower(ctx, node, ins):
+        x = ins[0]
+        if x.dtype not in FLOATS:
+            raise NotLowerable("not float")
+        dtype, shape = out_type(node)
+        out = ctx.new_buffer("pool", dtype, shape)
+        axes = set(range(2, len(x.shape)))
+
+        def stages(Stage, full, xv, n):
+            b0 = ctx.body()
+            v = V(b0, x.load(b0, full), dtype)
+            b1 = ctx.body()
+            s = V(b1, b1.acc("acc", dtype), dtype)
+            if kind == "avg":
+                s = s / V(b1, b1.index(n, dtype), dtype)
+            b1.store(out, (*xv, *[0] * len(axes)), s.name)
+            return [Stage("reduce", b0, value=v.name, reduce="sum" if kind == "avg" else "max", acc="acc",
+                          acc_dtype=dtype), Stage("row", b1)]
+
+        reduce_kernel(ctx, f"global_{kind}_pool", x.shape, axes, stages, [out])
+        from ...codegen.lowering import TensorRef
+
+        return [TensorRef(dtype, shape, buffer=out)]
+    return lower
+
+
+def _lower_batchnorm(ctx, node, ins):
+    if len([v for v in node.outputs if v is not None]) > 1 or ins[0].dtype not in FLOATS:
+        raise NotLowerable("training mode outputs, or not float")
+    eps = float(attrs(node)["epsilon"])
+    x, scale, bias, mean, var = ins
+    dtype, shape = out_type(node)
+
+    def load(b, index):
+        c = (index[1],) if len(shape) > 1 else (0,)
+        v = V(b, x.load(b, index), dtype)
+        s, bb, m, vv = (V(b, r.load(b, c), r.dtype).cast(dtype) for r in (scale, bias, mean, var))
+        return ((v - m) * (vv + eps).rsqrt() * s + bb).name
+    return [ctx.pointwise(shape, dtype, load, cost=6 + x.cost)]
+
+
+register_lowering("Conv")(_lower_conv)
+register_lowering("MaxPool")(_lower_pool("max"))
+register_lowering("AveragePool")(_lower_pool("avg"))
+for _op in ("GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"):
+    standard_op(_op)
+register_lowering("GlobalAveragePool")(_lower_global_pool("avg"))
+register_lowering("GlobalMaxPool")(_lower_global_pool("max"))
+register_lowering("BatchNormalization")(_lower_batchnorm)

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from ..graph import Node
+from ._lowering import (
+    FLOATS,
+    NotLowerable,
+    V,
+    attrs,
+    out_type,
+    reduce_kernel,
+    register_lowering,
+    rows_normalize,
+    rows_softmax,
+)
 from ._symbolic import contents, dtype_of, normalize_axis, shape_of, tensor
 from .onnx_standard import standard_op
 
@@ -30,3 +41,89 @@ def _reduce(node: Node, ins):
 
 for _op in REDUCTIONS:
     standard_op(_op, infer=_reduce)
+
+
+# -- Kernel IR lowerings ----------------------------------------------------------------
+def _lower_layernorm(ctx, node, ins):
+    if len([v for v in node.outputs if v is not None]) > 1 or ins[0].dtype not in FLOATS:
+        raise NotLowerable("mean / inverse std outputs, or not float")
+    a = attrs(node)
+    axis = normalize_axis(a["axis"], len(ins[0].shape))
+    return [rows_normalize(ctx, ins[0], axis, a["epsilon"], ins[1], ins[2] if len(ins) > 2 else None)]
+
+
+def _lower_rmsnorm(ctx, node, ins):
+    if ins[0].dtype not in FLOATS:
+        raise NotLowerable("not float")
+    a = attrs(node)
+    axis = normalize_axis(a["axis"], len(ins[0].shape))
+    return [rows_normalize(ctx, ins[0], axis, a["epsilon"], ins[1], rms=True)]
+
+
+def _lower_softmax(log: bool):
+    def lower(ctx, node, ins):
+        if ins[0].dtype not in FLOATS or not ins[0].shape:
+            raise NotLowerable("not float, or a scalar")
+        return [rows_softmax(ctx, ins[0], normalize_axis(attrs(node)["axis"], len(ins[0].shape)), log)]
+    return lower
+
+
+# op -> (value transform, reduce op, finish(acc, n))
+_REDUCE = {
+    "ReduceSum": (lambda v: v, "sum", lambda s, n: s),
+    "ReduceMean": (lambda v: v, "sum", lambda s, n: s / n),
+    "ReduceMax": (lambda v: v, "max", lambda s, n: s),
+    "ReduceMin": (lambda v: v, "min", lambda s, n: s),
+    "ReduceProd": (lambda v: v, "prod", lambda s, n: s),
+    "ReduceL1": (lambda v: v.abs(), "sum", lambda s, n: s),
+    "ReduceL2": (lambda v: v * v, "sum", lambda s, n: s.sqrt()),
+    "ReduceSumSquare": (lambda v: v * v, "sum", lambda s, n: s),
+    "ReduceLogSum": (lambda v: v, "sum", lambda s, n: s.log()),
+}
+
+
+def _lower_reduce(op: str):
+    transform, how, finish = _REDUCE[op]
+
+    def lower(ctx, node, ins):
+        x = ins[0]
+        rank, a = len(x.shape), attrs(node)
+        axes_value = node.inputs[1] if len(node.inputs) > 1 else None
+        if axes_value is not None and axes_value.const is None:
+            raise NotLowerable("axes not constant")
+        axes = [] if axes_value is None else [int(v) for v in axes_value.const.reshape(-1)]
+        if not axes:
+            if a["noop_with_empty_axes"]:
+                return [ctx.pointwise(x.shape, x.dtype, lambda b, i: x.load(b, i), cost=x.cost)]
+            axes = list(range(rank))
+        axes = {normalize_axis(v, rank) for v in axes}
+        if any(x.shape[i] == 0 for i in axes) or (op in ("ReduceL2", "ReduceLogSum", "ReduceMean")
+                                                   and x.dtype not in FLOATS):
+            raise NotLowerable("empty reduction, or integer result of a float formula")
+        dtype, out_shape = out_type(node)
+        out = ctx.new_buffer("reduce", dtype, out_shape)
+        acc_dtype = x.dtype
+
+        def stages(Stage, full, xv, n):
+            b0 = ctx.body()
+            v = transform(V(b0, x.load(b0, full), x.dtype))
+            b1 = ctx.body()
+            s = finish(V(b1, b1.acc("acc", acc_dtype), acc_dtype), V(b1, b1.index(n, acc_dtype), acc_dtype))
+            xs = iter(xv)
+            out_index = tuple(0 if i in axes else next(xs) for i in range(rank)) if a["keepdims"] else tuple(xv)
+            b1.store(out, out_index, s.cast(dtype).name)
+            return [Stage("reduce", b0, value=v.name, reduce=how, acc="acc", acc_dtype=acc_dtype), Stage("row", b1)]
+
+        reduce_kernel(ctx, op, x.shape, axes, stages, [out])
+        from ...codegen.lowering import TensorRef
+
+        return [TensorRef(dtype, out_shape, buffer=out)]
+    return lower
+
+
+register_lowering("LayerNormalization")(_lower_layernorm)
+register_lowering("RMSNormalization")(_lower_rmsnorm)
+register_lowering("Softmax")(_lower_softmax(False))
+register_lowering("LogSoftmax")(_lower_softmax(True))
+for _op in _REDUCE:
+    register_lowering(_op)(_lower_reduce(_op))

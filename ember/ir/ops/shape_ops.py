@@ -12,8 +12,20 @@ import sympy
 from ..dtypes import DType
 from ..graph import Node
 from ..types import fresh_symbol
-from ._symbolic import (BIG, broadcast, contents, decide, dim, dtype_of, normalize_axis, product, shape_of,
-                        tensor, track)
+from ._lowering import NotLowerable, V, attrs, out_type, register_lowering
+from ._symbolic import (
+    BIG,
+    broadcast,
+    contents,
+    decide,
+    dim,
+    dtype_of,
+    normalize_axis,
+    product,
+    shape_of,
+    tensor,
+    track,
+)
 from .onnx_standard import standard_op
 
 
@@ -233,3 +245,143 @@ standard_op("ConstantOfShape", infer=_constant_of_shape)
 standard_op("Slice", infer=_slice)
 standard_op("Transpose", infer=_transpose)
 standard_op("Flatten", infer=_flatten)
+
+
+# -- Kernel IR lowerings ----------------------------------------------------------------
+def _lower_view(ctx, node, ins):
+    """Reshape, Flatten: the same elements in the same order under another shape."""
+    dtype, shape = out_type(node)
+    x = ins[0]
+    if x.lazy and len(shape) == len(x.shape) + sum(1 for d in shape if d == 1) - sum(1 for d in x.shape if d == 1) \
+            and [d for d in shape if d != 1] == [d for d in x.shape if d != 1]:
+        return [_lower_unit_dims(ctx, node, ins)[0]]
+    return [ctx.alias(x, shape)]
+
+
+def _lower_unit_dims(ctx, node, ins):
+    """Squeeze, Unsqueeze (and reshapes that only add or drop 1s): an index remap."""
+    dtype, shape = out_type(node)
+    x = ins[0]
+    if not x.lazy:
+        return [ctx.alias(x, shape)]
+    keep_out = [i for i, d in enumerate(shape) if d != 1]
+    keep_in = [i for i, d in enumerate(x.shape) if d != 1]
+
+    def load(b, index):
+        src = [0] * len(x.shape)
+        for i, o in zip(keep_in, keep_out):
+            src[i] = index[o]
+        return x.load(b, tuple(src))
+    return [ctx.pointwise(shape, dtype, load, cost=x.cost)]
+
+
+def _lower_transpose(ctx, node, ins):
+    dtype, shape = out_type(node)
+    x = ins[0]
+    perm = attrs(node)["perm"] or list(range(len(x.shape)))[::-1]
+
+    def load(b, index):
+        src = [None] * len(perm)
+        for o, p in enumerate(perm):
+            src[p] = index[o]
+        return x.load(b, tuple(src))
+    return [ctx.pointwise(shape, dtype, load, cost=x.cost)]
+
+
+def _lower_expand(ctx, node, ins):
+    dtype, shape = out_type(node)
+    x = ins[0]
+    return [ctx.pointwise(shape, dtype, lambda b, i: x.load(b, ctx.broadcast(x, i, shape)), cost=x.cost)]
+
+
+def _lower_gather(ctx, node, ins):
+    from ...codegen.kir import temp_symbol
+
+    data, indices = ins
+    dtype, shape = out_type(node)
+    axis = normalize_axis(attrs(node)["axis"], len(data.shape))
+    k = len(indices.shape)
+
+    def load(b, index):
+        index = tuple(index)
+        raw = V(b, indices.load(b, index[axis:axis + k]), indices.dtype).cast(DType.int64)
+        n = V(b, b.index(data.shape[axis]), DType.int64)
+        at = (raw < 0).where(raw + n, raw)
+        src = (*index[:axis], temp_symbol(at.name), *index[axis + k:])
+        return data.load(b, src)
+    return [ctx.pointwise(shape, dtype, load, cost=4 + data.cost + indices.cost)]
+
+
+def _lower_slice(ctx, node, ins):
+    data = ins[0]
+    dtype, shape = out_type(node)
+    rank = len(data.shape)
+    consts = [None if v is None else v.const if v.const is not None else ctx.known_contents(v)
+              for v in node.inputs[1:]]
+    consts = [None if c is None else np.asarray(c, dtype=object) for c in consts]
+    if any(v is not None and (c is None or not all(isinstance(x, (int, np.integer)) for x in c.reshape(-1)))
+           for i, (v, c) in enumerate(zip(node.inputs[1:], consts)) if i != 1):
+        raise NotLowerable("slice starts, axes or steps are not constants")
+    starts = [int(s) for s in consts[0].reshape(-1)]
+    axes = [normalize_axis(int(a), rank) for a in consts[2].reshape(-1)] if len(consts) > 2 and consts[2] is not None \
+        else list(range(len(starts)))
+    steps = [int(s) for s in consts[3].reshape(-1)] if len(consts) > 3 and consts[3] is not None else [1] * len(starts)
+    begin = [sympy.Integer(0)] * rank
+    stride = [1] * rank
+    for axis, start, step in zip(axes, starts, steps):
+        d = sympy.sympify(data.shape[axis])
+        s = start + d if start < 0 else sympy.Integer(start)
+        s = sympy.Min(sympy.Max(s, 0), d) if step > 0 else sympy.Min(sympy.Max(s, -1), d - 1)
+        begin[axis], stride[axis] = s, step
+    return [ctx.pointwise(shape, dtype, lambda b, i: data.load(b, tuple(bg + st * x for bg, st, x in zip(begin, stride, i))),
+                          cost=data.cost)]
+
+
+def _lower_range(ctx, node, ins):
+    dtype, shape = out_type(node)
+    start, _, delta = ins
+    return [ctx.pointwise(shape, dtype, lambda b, i: (V(b, start.load(b, ()), dtype) + V(b, b.index(i[0], dtype), dtype)
+                                                      * V(b, delta.load(b, ()), dtype)).name, cost=3)]
+
+
+def _lower_concat(ctx, node, ins):
+    dtype, shape = out_type(node)
+    axis = normalize_axis(attrs(node)["axis"], len(shape))
+    parts = [r for r in ins if r is not None]
+    if any(sympy.sympify(r.shape[axis]) == 0 for r in parts):
+        raise NotLowerable("an empty part")
+
+    def load(b, index):
+        offsets, at = [], sympy.Integer(0)
+        for r in parts:
+            offsets.append(at)
+            at = at + r.shape[axis]
+        pos = V(b, b.index(index[axis]), DType.int64)
+        value = None
+        for r, off in reversed(list(zip(parts, offsets))):
+            local = sympy.Min(sympy.Max(index[axis] - off, 0), r.shape[axis] - 1)
+            v = V(b, r.load(b, (*index[:axis], local, *index[axis + 1:])), dtype)
+            if value is None:
+                value = v
+            else:
+                value = (pos < V(b, b.index(off + r.shape[axis]), DType.int64)).where(v, value)
+        return value.name
+    return [ctx.pointwise(shape, dtype, load, cost=2 * len(parts) + sum(r.cost for r in parts))]
+
+
+def _lower_constant_of_shape(ctx, node, ins):
+    dtype, shape = out_type(node)
+    value = attrs(node)["value"]
+    scalar = 0 if value is None else np.asarray(value).reshape(-1)[0].item()
+    return [ctx.pointwise(shape, dtype, lambda b, i: b.const(scalar, dtype), cost=0)]
+
+
+register_lowering("Reshape", "Flatten")(_lower_view)
+register_lowering("Squeeze", "Unsqueeze")(_lower_unit_dims)
+register_lowering("Transpose")(_lower_transpose)
+register_lowering("Expand")(_lower_expand)
+register_lowering("Gather")(_lower_gather)
+register_lowering("Slice")(_lower_slice)
+register_lowering("Range")(_lower_range)
+register_lowering("Concat")(_lower_concat)
+register_lowering("ConstantOfShape")(_lower_constant_of_shape)

@@ -1,0 +1,63 @@
+"""Code generation: Graph IR -> Kernel IR (lowering.py) -> C++ (cpu.py) -> a Program.
+
+`generate(graph)` lowers every node it can, groups runs of generated kernels into
+segments, renders and builds the library, and returns the `Program` the executor runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import sympy
+
+if TYPE_CHECKING:
+    from ..ir.graph import Graph
+    from ..runtime.program import Program
+
+
+def generate(graph: Graph) -> Program:
+    from ..runtime.program import Program, Step
+    from . import cpu
+    from .lowering import lower_graph
+
+    lowered = lower_graph(graph)
+    buffers = lowered.buffers
+    slots = {name: i for i, name in enumerate(buffers)}
+    symbols: set[sympy.Symbol] = set()
+    for b in buffers.values():
+        for d in (*b.shape, *(b.fill or ())):
+            symbols |= getattr(sympy.sympify(d), "free_symbols", set())
+    for k in lowered.kernels:
+        for r in (*k.ranges, *k.reduction):
+            symbols |= sympy.sympify(r).free_symbols
+    ordered = sorted((s for s in symbols if not s.name.startswith("$")), key=lambda s: s.name)
+    steps: list[Step] = []
+    segments: list[list[str]] = []
+    generated = []
+    for k in lowered.kernels:
+        if k.kind in ("pointwise", "reduction"):
+            generated.append(k)
+            if steps and steps[-1].kind == "segment":
+                seg = steps[-1]
+                seg.kernels += (k.name,)
+                seg.nodes += k.nodes
+                seg.args = tuple(sorted(set(seg.args) | k.reads() | k.writes()))
+                seg.parts += (frozenset(k.reads() | k.writes()),)
+                segments[-1].append(k.name)
+            else:
+                touched = k.reads() | k.writes()
+                steps.append(Step("segment", f"seg{len(segments)}", tuple(sorted(touched)),
+                                  kernels=(k.name,), nodes=k.nodes, parts=(frozenset(touched),)))
+                segments.append([k.name])
+        else:
+            params = dict(k.params)
+            n = params.pop("num_inputs")
+            steps.append(Step(k.kind, k.extern or k.nodes[0], k.args, n, params, nodes=k.nodes,
+                              parts=((frozenset(k.args) | {b for _, b in params.get("scope", ())}) - {""},)))
+    program = Program(buffers, slots, ordered, steps, lowered.inputs, lowered.outputs, lowered.constants,
+                      num_kernels=len(lowered.kernels) - len(lowered.fallbacks), fused_nodes=lowered.fused_nodes,
+                      fallbacks=lowered.fallbacks)
+    if generated:
+        program.source = cpu.render(generated, buffers, slots, {s: i for i, s in enumerate(ordered)}, segments)
+        program.library = str(cpu.build(program.source))
+    return program

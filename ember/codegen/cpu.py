@@ -1,0 +1,368 @@
+"""The CPU renderer: Kernel IR -> one C++/OpenMP translation unit -> a shared library.
+
+Every pointwise and reduction kernel of a program becomes a `static void kN(char** B,
+const int64_t* S)` function: `B` holds every buffer's address (by slot), `S` every size
+symbol's value, so one library serves every shape the signature allows. Runs of
+consecutive kernels with no extern or fallback between them are called through one
+exported `segN` function, so the executor crosses from Python into C++ once per run of
+kernels. The library is built with the system C++ compiler and cached under
+`<cache>/kernels/<hash of source and flags>.so`; it is loaded with ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import sympy
+
+from ..errors import ExecutionError
+from ..ir.dtypes import DType
+from .cpu_prelude import PRELUDE
+from .kir import Body, Buffer, Kernel, Stage
+
+log = logging.getLogger("ember.codegen")
+
+CTYPE = {DType.float32: "float", DType.float64: "double", DType.int64: "int64_t", DType.int32: "int32_t",
+         DType.int16: "int16_t", DType.int8: "int8_t", DType.uint8: "uint8_t", DType.uint16: "uint16_t",
+         DType.uint32: "uint32_t", DType.uint64: "uint64_t", DType.bool: "bool"}
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno",
+         "-fno-trapping-math", "-w"]
+PARALLEL_MIN_ELEMENTS = 1 << 15  # loops over fewer elements stay on one thread
+
+# scalar op -> C++ (T: the statement's C type)
+OPS = {
+    "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "ember_div({0}, {1})",
+    "floordiv": "ember_floordiv({0}, {1})", "mod": "ember_mod({0}, {1})", "fmod": "ember_fmod({0}, {1})",
+    "pow": "ember_pow<T>({0}, {1})", "max": "ember_max({0}, {1})", "min": "ember_min({0}, {1})",
+    "atan2": "std::atan2({0}, {1})",
+    "neg": "(-{0})", "abs": "ember_abs({0})", "exp": "ember_exp({0})", "log": "ember_log({0})",
+    "sqrt": "std::sqrt({0})", "rsqrt": "(T(1) / std::sqrt({0}))", "reciprocal": "(T(1) / {0})",
+    "tanh": "ember_tanh({0})", "erf": "ember_erf({0})", "sigmoid": "ember_sigmoid({0})",
+    "sin": "std::sin({0})", "cos": "std::cos({0})", "tan": "std::tan({0})", "asin": "std::asin({0})",
+    "acos": "std::acos({0})", "atan": "std::atan({0})", "sinh": "std::sinh({0})", "cosh": "std::cosh({0})",
+    "asinh": "std::asinh({0})", "acosh": "std::acosh({0})", "atanh": "std::atanh({0})",
+    "floor": "std::floor({0})", "ceil": "std::ceil({0})", "round": "ember_round({0})",
+    "sign": "ember_sign({0})", "isnan": "std::isnan({0})", "isinf": "std::isinf({0})",
+    "isposinf": "(std::isinf({0}) && {0} > 0)", "isneginf": "(std::isinf({0}) && {0} < 0)",
+    "log1p": "std::log1p({0})", "expm1": "std::expm1({0})", "softplus": "ember_softplus({0})",
+    "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
+    "eq": "({0} == {1})", "ne": "({0} != {1})", "and": "({0} && {1})", "or": "({0} || {1})",
+    "xor": "(bool({0}) != bool({1}))", "not": "(!{0})",
+    "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})", "bitnot": "(~{0})",
+    "shl": "ember_shl({0}, {1})", "shr": "ember_shr({0}, {1})",
+    "where": "({0} ? {1} : {2})", "cast": "ember_cast<T>({0})",
+}
+EXTRA_PRELUDE = r"""
+template <typename T> static inline T ember_div(T a, T b) {
+  if constexpr (std::is_integral_v<T>) return b == 0 ? T(0) : T(a / b); else return a / b;
+}
+template <typename T> static inline T ember_floordiv(T a, T b) {
+  if (b == 0) return T(0);
+  T q = a / b; return (q * b != a && ((a < 0) != (b < 0))) ? T(q - 1) : q;
+}
+template <typename T> static inline T ember_abs(T a) {
+  if constexpr (std::is_unsigned_v<T> || std::is_same_v<T, bool>) return a; else return a < 0 ? T(-a) : a;
+}
+template <typename T, typename A, typename B> static inline T ember_pow(A a, B b) {
+  return T(std::pow(double(a), double(b)));
+}
+template <> inline float ember_pow<float, float, float>(float a, float b) {
+  return b == 2.0f ? a * a : (b == 0.5f ? std::sqrt(a) : std::pow(a, b));
+}
+template <typename T> static inline T ember_softplus(T x) { return x > T(20) ? x : std::log1p(ember_exp(x)); }
+template <typename T> static inline T ember_shl(T a, T b) { return b >= T(sizeof(T) * 8) ? T(0) : T(a << b); }
+template <typename T> static inline T ember_shr(T a, T b) { return b >= T(sizeof(T) * 8) ? T(0) : T(a >> b); }
+template <typename T, typename F> static inline T ember_cast(F x) {
+  if constexpr (std::is_floating_point_v<F> && std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    // as numpy's astype on x86: through int64 (wrapping), NaN and out-of-range as INT64_MIN
+    if (!(x == x) || x >= F(9.2e18) || x <= F(-9.2e18)) return T(std::numeric_limits<int64_t>::min());
+    if constexpr (std::is_same_v<T, uint64_t>) { if (x >= F(0)) return T(x); }
+    return T(int64_t(x));
+  }
+  return T(x);
+}
+"""
+
+TEMPLATE = jinja2.Template(r"""// generated by ember: {{ kernels | length }} kernels
+{{ prelude }}
+{% for k in kernels %}
+// {{ k.comment }}
+static void {{ k.name }}(char** B, const int64_t* S) {
+{%- for line in k.lines %}
+  {{ line }}
+{%- endfor %}
+}
+{% endfor %}
+{% for seg in segments %}
+extern "C" void {{ seg.name }}(char** B, const int64_t* S) {
+{%- for name in seg.kernels %}
+  {{ name }}(B, S);
+{%- endfor %}
+}
+{% endfor %}
+extern "C" void ember_set_threads(int n) { omp_set_num_threads(n); }
+""", trim_blocks=False, lstrip_blocks=False)
+
+
+# -- index expressions ------------------------------------------------------------
+class _Index:
+    """Renders sympy index expressions as int64 C++."""
+
+    def __init__(self, symbols: dict[sympy.Symbol, int]):
+        self.symbols = symbols
+        self.used: set[int] = set()
+
+    def __call__(self, e) -> str:
+        e = sympy.sympify(e)
+        if e.is_Integer:
+            return str(int(e)) if abs(int(e)) < 2**31 else f"INT64_C({int(e)})"
+        if e.is_Symbol:
+            if e.name.startswith("$"):
+                name = e.name[1:]
+                return name if name[0] in "xr" else f"int64_t({name})"
+            if e not in self.symbols:
+                raise ExecutionError(f"size {e} is not bound by any input")
+            self.used.add(self.symbols[e])
+            return f"s{self.symbols[e]}"
+        if e.is_Add:
+            return "(" + " + ".join(self(a) for a in e.args) + ")"
+        if e.is_Mul:
+            num, den = sympy.fraction(e)
+            if den != 1:
+                return f"ember_floordiv<int64_t>({self(num)}, {self(den)})"
+            return "(" + " * ".join(self(a) for a in e.args) + ")"
+        if isinstance(e, sympy.floor):
+            num, den = sympy.fraction(sympy.together(e.args[0]))
+            return f"ember_floordiv<int64_t>({self(num)}, {self(den)})"
+        if isinstance(e, sympy.Mod):
+            return f"ember_mod<int64_t>({self(e.args[0])}, {self(e.args[1])})"
+        if isinstance(e, (sympy.Max, sympy.Min)):
+            fn = "std::max" if isinstance(e, sympy.Max) else "std::min"
+            out = self(e.args[0])
+            for a in e.args[1:]:
+                out = f"{fn}<int64_t>({out}, {self(a)})"
+            return out
+        if e.is_Pow and e.exp.is_Integer and e.exp > 0:
+            return "(" + " * ".join([self(e.base)] * int(e.exp)) + ")"
+        raise ExecutionError(f"cannot render index expression {e}")
+
+
+def _literal(value, dtype: DType) -> str:
+    t = CTYPE[dtype]
+    if dtype == DType.bool:
+        return "true" if value else "false"
+    if dtype in (DType.float32, DType.float64):
+        v = float(value)
+        if math.isnan(v):
+            return f"std::numeric_limits<{t}>::quiet_NaN()"
+        if math.isinf(v):
+            return f"{'-' if v < 0 else ''}std::numeric_limits<{t}>::infinity()"
+        return f"{t}({v.hex()})"
+    return f"{t}({int(value)}{'ULL' if dtype == DType.uint64 else 'LL'})"
+
+
+class _KernelWriter:
+    def __init__(self, kernel: Kernel, buffers: dict[str, Buffer], slots: dict[str, int],
+                 symbols: dict[sympy.Symbol, int]):
+        self.k, self.buffers, self.slots = kernel, buffers, slots
+        self.index = _Index(symbols)
+        self.used_buffers: set[str] = set()
+        self.accs: dict[str, str] = {}
+
+    def stmts(self, body: Body, indent: str) -> list[str]:
+        lines = []
+        for s in body.stmts:
+            t = CTYPE.get(s.dtype, "void")
+            if s.op == "load":
+                buf, offset = s.args
+                self.used_buffers.add(buf)
+                lines.append(f"const {t} {s.out} = {buf}[{self.index(offset)}];")
+            elif s.op == "store":
+                buf, offset, value = s.args
+                self.used_buffers.add(buf)
+                lines.append(f"{buf}[{self.index(offset)}] = {value};")
+            elif s.op == "const":
+                lines.append(f"const {t} {s.out} = {_literal(s.args[0], s.dtype)};")
+            elif s.op == "index":
+                lines.append(f"const {t} {s.out} = {t}({self.index(s.args[0])});")
+            elif s.op == "acc":
+                lines.append(f"const {t} {s.out} = {t}({s.args[0]});")
+            else:
+                expr = OPS[s.op].format(*s.args).replace("<T>", f"<{t}>").replace("T(", f"{t}(")
+                if s.op == "pow":
+                    a, b = (body.dtype(x) for x in s.args)
+                    expr = f"ember_pow<{t}, {CTYPE[a]}, {CTYPE[b]}>({s.args[0]}, {s.args[1]})"
+                lines.append(f"const {t} {s.out} = {expr};")
+        return [indent + line for line in lines]
+
+    def _loops(self, ranges, prefix: str, indent: str, parallel: str | None, simd: str | None, start: int = 0):
+        """Open a loop per range; returns (lines, indent of the body, closing lines)."""
+        lines, closes = [], []
+        n = len(ranges)
+        for i, extent in enumerate(ranges):
+            var = f"{prefix}{start + i}"
+            if i == 0 and parallel:
+                lines.append(indent + parallel.format(collapse=f" collapse({n})" if n > 1 else ""))
+            if i == n - 1 and simd is not None:
+                lines.append(indent + simd)
+            lines.append(f"{indent}for (int64_t {var} = 0; {var} < {self.index(extent)}; ++{var}) {{")
+            closes.insert(0, indent + "}")
+            indent += "  "
+        return lines, indent, closes
+
+    def _parallel(self, elements) -> str:
+        return ("#pragma omp parallel for{collapse} if(" + self.index(elements) +
+                f" >= {PARALLEL_MIN_ELEMENTS})")
+
+    def render(self) -> list[str]:
+        k = self.k
+        if k.kind == "pointwise":
+            n = len(k.ranges)
+            par = self._parallel(sympy.Mul(*k.ranges)) if n else None
+            if n <= 1:
+                lines, indent, closes = self._loops(k.ranges, "x", "", par and par.replace(" for{", " for simd{"),
+                                                    None)
+            else:
+                outer, indent, outer_closes = self._loops(k.ranges[:-1], "x", "", par, None)
+                inner, indent, inner_closes = self._loops(k.ranges[-1:], "x", indent, None, "#pragma omp simd",
+                                                          start=n - 1)
+                lines, closes = outer + inner, inner_closes + outer_closes
+            lines += self.stmts(k.body, indent) + closes
+        else:
+            rows = sympy.Mul(*k.ranges) if k.ranges else 1
+            total = rows * (sympy.Mul(*k.reduction) if k.reduction else 1)
+            lines, indent, closes = self._loops(k.ranges, "x", "", self._parallel(total) if k.ranges else None,
+                                                None)
+            for i, stage in enumerate(k.stages):
+                lines += self._stage(stage, indent)
+            lines += closes
+        decls = [f"const int64_t s{i} = S[{i}];" for i in sorted(self.index.used)]
+        for name in sorted(self.used_buffers, key=lambda n: self.slots[n]):
+            t = CTYPE[self.buffers[name].dtype]
+            decls.append(f"{t}* {name} = reinterpret_cast<{t}*>(B[{self.slots[name]}]);")
+        return decls + lines
+
+    def _stage(self, stage: Stage, indent: str) -> list[str]:
+        k = self.k
+        if stage.kind == "row":
+            return self.stmts(stage.body, indent)
+        if stage.kind == "loop":
+            lines, inner, closes = self._loops(k.reduction, "r", indent, None, "#pragma omp simd")
+            return lines + self.stmts(stage.body, inner) + closes
+        t = CTYPE[stage.acc_dtype]
+        init = {"sum": "0", "prod": "1",
+                "max": f"-std::numeric_limits<{t}>::infinity()" if stage.acc_dtype in (DType.float32, DType.float64)
+                else f"std::numeric_limits<{t}>::lowest()",
+                "min": f"std::numeric_limits<{t}>::infinity()" if stage.acc_dtype in (DType.float32, DType.float64)
+                else f"std::numeric_limits<{t}>::max()"}[stage.reduce]
+        clause = {"sum": "+", "prod": "*", "max": "max", "min": "min"}[stage.reduce]
+        fold = {"sum": "{a} += {v};", "prod": "{a} *= {v};", "max": "{a} = {a} > {v} ? {a} : {v};",
+                "min": "{a} = {a} < {v} ? {a} : {v};"}[stage.reduce]
+        nan_guard = stage.reduce in ("max", "min") and stage.acc_dtype in (DType.float32, DType.float64)
+        lines = [f"{indent}{t} {stage.acc} = {init};"]
+        if nan_guard:
+            lines.append(f"{indent}bool {stage.acc}_nan = false;")
+        simd = f"#pragma omp simd reduction({clause}:{stage.acc})" + (
+            f" reduction(||:{stage.acc}_nan)" if nan_guard else "")
+        loop, inner, closes = self._loops(k.reduction, "r", indent, None, simd)
+        body = self.stmts(stage.body, inner)
+        body.append(inner + fold.format(a=stage.acc, v=f"{t}({stage.value})"))
+        if nan_guard:
+            body.append(f"{inner}{stage.acc}_nan = {stage.acc}_nan || std::isnan({stage.value});")
+        lines += loop + body + closes
+        if nan_guard:
+            lines.append(f"{indent}if ({stage.acc}_nan) {stage.acc} = std::numeric_limits<{t}>::quiet_NaN();")
+        return lines
+
+
+def render(kernels: list[Kernel], buffers: dict[str, Buffer], slots: dict[str, int],
+           symbols: dict[sympy.Symbol, int], segments: list[list[str]]) -> str:
+    """The translation unit for `kernels`; `segments` lists the kernel names each
+    exported `seg<i>` runs."""
+    rendered = []
+    for k in kernels:
+        lines = _KernelWriter(k, buffers, slots, symbols).render()
+        rendered.append({"name": k.name, "lines": lines, "comment": ", ".join(k.nodes)[:200].replace("\n", " ")})
+    segs = [{"name": f"seg{i}", "kernels": names} for i, names in enumerate(segments)]
+    return TEMPLATE.render(prelude=PRELUDE + "#include <omp.h>\n#include <type_traits>\n" + EXTRA_PRELUDE,
+                           kernels=rendered, segments=segs)
+
+
+# -- building -----------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def compiler() -> str | None:
+    """The C++ compiler ember uses: $CXX, else g++, else clang++; None (said once) if none."""
+    for candidate in (os.environ.get("CXX"), "g++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    log.warning("ember: no C++ compiler found (set CXX or install g++); every node runs on the "
+                "reference fallback path")
+    return None
+
+
+def _cache_dir() -> Path:
+    from .._builtin import cache_dir
+
+    return cache_dir() / "kernels"
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_key() -> str:
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return hashlib.sha256(f"{compiler()}|{FLAGS}|{flags}".encode()).hexdigest()[:16]
+
+
+def build(source: str) -> Path:
+    """Compile `source` to a shared library (cached by content); returns its path."""
+    cxx = compiler()
+    if cxx is None:
+        raise ExecutionError("no C++ compiler")
+    digest = hashlib.sha256((_machine_key() + source).encode()).hexdigest()[:24]
+    target = _cache_dir() / f"{digest}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / "kernels.cpp"
+        src.write_text(source)
+        out = Path(tmp) / "kernels.so"
+        start = time.perf_counter()
+        proc = subprocess.run([cxx, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            keep = target.with_suffix(".failed.cpp")
+            keep.write_text(source)
+            raise ExecutionError(f"the C++ compiler rejected ember's kernels (source kept at {keep}):\n"
+                                 f"{proc.stderr[-4000:]}")
+        log.info("ember: built %d bytes of C++ in %.1f s", len(source), time.perf_counter() - start)
+        os.replace(out, target)
+    return target
+
+
+@functools.lru_cache(maxsize=256)
+def load(path: str) -> ctypes.CDLL:
+    import torch  # noqa: F401  - torch's OpenMP runtime first, so the kernels share it
+
+    return ctypes.CDLL(path)
+
+
+def pointer_array(n: int):
+    return (ctypes.c_void_p * max(n, 1))()
+
+
+def size_array(n: int):
+    return np.zeros(max(n, 1), dtype=np.int64)

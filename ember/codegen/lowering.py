@@ -1,0 +1,258 @@
+"""Graph IR -> Kernel IR.
+
+Each op's lowering sits with the op (`OpDef.lower`, set in its family file) and has the
+signature `lower(ctx, node, inputs) -> outputs`, where inputs and outputs are `TensorRef`s:
+either a realized buffer or a *lazy* pointwise function `fn(body, index) -> temp`. A
+consumer that loads from a lazy ref inlines its producer at the consumer's index — that
+is the whole of pointwise fusion, prologues of reductions included. A lazy value is
+realized (gets a buffer and a kernel of its own) when more than one node reads it, when
+the graph returns it, when its body grows too big, or when a consumer needs memory (an
+extern, a fallback). A node whose op has no lowering, or whose lowering declines
+(`NotLowerable`), runs its reference implementation on the CPU: a fallback, counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy
+
+from ..ir.dtypes import DType
+from ..ir.graph import Graph, Node, Value
+from ..ir.ops._lowering import NotLowerable
+from ..ir.registry import get_op
+from ..ir.shape_inference import infer_types
+from ..ir.types import Dim, TensorType
+from .kir import Body, Buffer, Kernel, Stage, loop_vars
+
+MAX_INLINE_OPS = 48  # a lazy value whose body has more ops than this is realized
+# dtypes the C++ renderer has types for; other values fall back
+KERNEL_DTYPES = {DType.float32, DType.float64, DType.int64, DType.int32, DType.int16, DType.int8,
+                 DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}
+
+
+@dataclass
+class TensorRef:
+    dtype: DType
+    shape: tuple[Dim, ...]
+    buffer: Buffer | None = None
+    fn: Callable[[Body, tuple], str] | None = None
+    cost: int = 0  # ops fn emits
+
+    @property
+    def lazy(self) -> bool:
+        return self.buffer is None
+
+    def load(self, body: Body, index) -> str:
+        """This tensor's element at `index` (a tuple of index expressions) in `body`."""
+        if self.buffer is not None:
+            return body.load(self.buffer, tuple(index))
+        return self.fn(body, tuple(index))
+
+
+@dataclass
+class Lowered:
+    """What lowering produced: buffers, kernels in run order, and what fell back."""
+
+    buffers: dict[str, Buffer]
+    kernels: list[Kernel]
+    inputs: list[str]
+    outputs: list[str]
+    constants: dict[str, np.ndarray]
+    fallbacks: list[str] = field(default_factory=list)
+    fused_nodes: int = 0
+
+
+class LoweringContext:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.known = infer_types(graph)
+        self.buffers: dict[str, Buffer] = {}
+        self.kernels: list[Kernel] = []
+        self.constants: dict[str, np.ndarray] = {}
+        self.refs: dict[int, TensorRef] = {}
+        self.counter = [0]  # SSA temps, shared by every body so names never clash
+        self.readers: dict[int, int] = {}
+        for node in graph.nodes:
+            reads = [v for v in node.inputs if v is not None]
+            for sub in node.subgraphs():
+                reads += sub.free_values()
+            for v in reads:
+                self.readers[id(v)] = self.readers.get(id(v), 0) + 1
+        self.returned = {id(v) for v in graph.outputs}
+        self.fallbacks: list[str] = []
+        self._node: Node | None = None
+        # sizes known before a kernel runs: the inputs' dims, then what fallbacks' results tell
+        self.bound: set[sympy.Symbol] = set()
+        for v in graph.inputs:
+            if isinstance(v.type, TensorType) and v.type.shape is not None:
+                self.bound |= {d for d in v.type.shape if isinstance(d, sympy.Symbol)}
+
+    # -- buffers ------------------------------------------------------------------
+    def new_buffer(self, hint: str, dtype: DType, shape, kind: str = "temp", **extra) -> Buffer:
+        name = f"buf{len(self.buffers)}"
+        buf = Buffer(name, dtype, tuple(shape), kind, **extra)
+        self.buffers[name] = buf
+        return buf
+
+    def add_kernel(self, kernel: Kernel) -> Kernel:
+        kernel.name = f"k{len(self.kernels)}_{kernel.name}"
+        if self._node is not None and not kernel.nodes:
+            kernel.nodes = (self._node.name,)
+        self.kernels.append(kernel)
+        return kernel
+
+    def body(self) -> Body:
+        return Body(self.counter)
+
+    # -- refs ---------------------------------------------------------------------
+    def pointwise(self, shape, dtype: DType, fn: Callable[[Body, tuple], str], cost: int = 1) -> TensorRef:
+        return TensorRef(dtype, tuple(shape), fn=fn, cost=cost)
+
+    def realize(self, ref: TensorRef, kind: str = "temp") -> Buffer:
+        """Give `ref` a buffer (writing a pointwise kernel for a lazy one)."""
+        if ref.buffer is not None:
+            return ref.buffer
+        buf = self.new_buffer("pw", ref.dtype, ref.shape, kind)
+        body = self.body()
+        index = loop_vars(len(ref.shape))
+        body.store(buf, index, ref.fn(body, index))
+        self.add_kernel(Kernel("pointwise", "pointwise", ranges=ref.shape, body=body))
+        ref.buffer, ref.fn = buf, None
+        return buf
+
+    def alias(self, ref: TensorRef, shape) -> TensorRef:
+        """`ref`'s elements (realized) under another shape of the same size: no kernel."""
+        buf = self.realize(ref)
+        view = self.new_buffer("view", ref.dtype, shape, view_of=buf.name)
+        return TensorRef(ref.dtype, tuple(shape), buffer=view)
+
+    def broadcast(self, ref: TensorRef, index, out_shape) -> tuple:
+        """`index` into `out_shape`, mapped onto `ref` by numpy broadcasting."""
+        rank = len(ref.shape)
+        tail = tuple(index)[len(out_shape) - rank:] if rank else ()
+        return tuple(0 if d == 1 else i for i, d in zip(tail, ref.shape))
+
+    def reduction(self, name: str, outer, inner, stages: list[Stage]) -> Kernel:
+        return self.add_kernel(Kernel(name, "reduction", ranges=tuple(outer), reduction=tuple(inner),
+                                      stages=stages))
+
+    def extern(self, name: str, inputs: list[TensorRef | None], outputs: list[tuple[DType, tuple]],
+               **params) -> list[TensorRef]:
+        """A library kernel over realized inputs (None: an absent optional input)."""
+        args = [self.realize(r).name if r is not None else "" for r in inputs]
+        outs = [self.new_buffer(name, dtype, shape) for dtype, shape in outputs]
+        self.add_kernel(Kernel(name, "extern", extern=name, args=(*args, *(b.name for b in outs)),
+                               params={"num_inputs": len(args), **params}))
+        return [TensorRef(b.dtype, b.shape, buffer=b) for b in outs]
+
+    def known_contents(self, value: Value):
+        known = self.known.get(id(value))
+        return None if known is None else known.value
+
+    # -- driving --------------------------------------------------------------------
+    def _ref_for_source(self, value: Value, kind: str) -> TensorRef:
+        t = value.type
+        if not isinstance(t, TensorType) or t.shape is None:
+            raise NotLowerable(f"graph input {value.name!r} is not a tensor of known rank")
+        if kind == "constant":
+            buf = self.new_buffer(value.name, t.dtype, value.const.shape, "constant")
+            self.constants[buf.name] = value.const
+        else:
+            buf = self.new_buffer(value.name, t.dtype, t.shape, kind)
+        return TensorRef(buf.dtype, buf.shape, buffer=buf)
+
+    def _shape_valued(self, value: Value) -> TensorRef | None:
+        """A small integer tensor whose contents are size expressions: filled at bind time."""
+        t, contents = value.type, self.known_contents(value)
+        if contents is None or not isinstance(t, TensorType) or t.shape is None:
+            return None
+        fill = [sympy.sympify(c) for c in np.asarray(contents, dtype=object).reshape(-1).tolist()]
+        if not all(isinstance(d, int) for d in t.shape) or any(not f.free_symbols <= self.bound for f in fill):
+            return None
+        buf = self.new_buffer(value.name, t.dtype, t.shape, "fill", fill=fill)
+        return TensorRef(buf.dtype, buf.shape, buffer=buf)
+
+    def lower(self) -> Lowered:
+        g = self.graph
+        for v in g.inputs:
+            self.refs[id(v)] = self._ref_for_source(v, "input")
+        for v in g.constants:
+            self.refs[id(v)] = self._ref_for_source(v, "constant")
+        fused = 0
+        for node in g.nodes:
+            self._node = node
+            outs = None
+            if all(self.known_contents(v) is not None for v in node.outputs) and not node.has_subgraphs:
+                outs = [self._shape_valued(v) for v in node.outputs]
+                outs = outs if all(o is not None for o in outs) else None
+            if outs is None:
+                outs = self._lower_node(node)
+            for value, ref in zip(node.outputs, outs):
+                if ref is None:
+                    continue
+                if ref.lazy:
+                    fused += 1
+                    if (self.readers.get(id(value), 0) != 1 or id(value) in self.returned
+                            or ref.cost > MAX_INLINE_OPS):
+                        self.realize(ref)
+                self.refs[id(value)] = ref
+        self._node = None
+        outputs = []
+        for v in g.outputs:
+            ref = self.refs[id(v)]
+            if ref.buffer is not None and ref.buffer.kind == "dynamic":
+                raise NotLowerable(f"graph output {v.name!r} is not a tensor of known rank")
+            buf = self.realize(ref)
+            if buf.kind != "temp" or buf.view_of is not None or buf.name in outputs:
+                # an input, constant, alias or repeated output: copy it into a buffer of its own
+                buf = self.realize(TensorRef(ref.dtype, ref.shape, fn=lambda b, i, r=ref: r.load(b, i)))
+            buf.kind = "output"
+            outputs.append(buf.name)
+        kernels_nodes = {n for k in self.kernels for n in k.nodes}
+        return Lowered(self.buffers, self.kernels, [self.refs[id(v)].buffer.name for v in g.inputs],
+                       outputs, self.constants, self.fallbacks,
+                       fused_nodes=sum(1 for n in g.nodes if n.name not in kernels_nodes and n.name not in self.fallbacks))
+
+    def _lower_node(self, node: Node) -> list[TensorRef | None]:
+        opdef = get_op(node.op)
+        ins = [self.refs[id(v)] if v is not None else None for v in node.inputs]
+        lower = getattr(opdef, "lower", None)
+        typed = all(isinstance(v.type, TensorType) and v.type.shape is not None and v.type.dtype in KERNEL_DTYPES
+                    and all(sympy.sympify(d).free_symbols <= self.bound for d in v.type.shape)
+                    for v in [*node.outputs, *(v for v in node.inputs if v is not None)])
+        if lower is not None and typed and not node.has_subgraphs:
+            try:
+                outs = lower(self, node, ins)
+                if outs is not None:
+                    return list(outs)
+            except NotLowerable:
+                pass
+        return self._fallback(node, ins)
+
+    def _fallback(self, node: Node, ins: list[TensorRef | None]) -> list[TensorRef | None]:
+        args = [self.realize(r).name if r is not None else "" for r in ins]
+        scope = []  # (outer value, its buffer): what the subgraphs read from outside
+        for sub in node.subgraphs():
+            for v in sub.free_values():
+                if id(v) in self.refs:
+                    scope.append((v, self.realize(self.refs[id(v)]).name))
+        outs = []
+        for v in node.outputs:
+            t = v.type
+            if isinstance(t, TensorType) and t.shape is not None:
+                outs.append(self.new_buffer(v.name, t.dtype, t.shape))
+                self.bound |= {d for d in t.shape if isinstance(d, sympy.Symbol)}
+            else:
+                outs.append(self.new_buffer(v.name, t.dtype if isinstance(t, TensorType) else None, (),
+                                            "dynamic"))
+        self.fallbacks.append(node.name)
+        self.add_kernel(Kernel("fallback", "fallback", args=(*args, *(b.name for b in outs)),
+                               params={"num_inputs": len(args), "node": node, "scope": scope}))
+        return [TensorRef(b.dtype, b.shape, buffer=b) for b in outs]
+
+
+def lower_graph(graph: Graph) -> Lowered:
+    return LoweringContext(graph).lower()

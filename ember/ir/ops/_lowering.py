@@ -1,0 +1,231 @@
+"""Helpers the op families use to write their Kernel IR lowerings.
+
+A lowering is `lower(ctx, node, inputs) -> outputs` (see ember/codegen/lowering.py for
+`ctx` and the `TensorRef`s it passes). Most are one line on top of `pointwise`, with the
+scalar maths written on `V`, a value in a kernel body with Python operators:
+
+    register_lowering("Gelu")(unary(lambda x: 0.5 * x * (1 + (x * SQRT1_2).erf())))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sympy
+
+from ..dtypes import DType
+from ..registry import get_op
+
+FLOATS = {DType.float32, DType.float64}
+SQRT1_2 = 0.7071067811865476
+
+
+def register_lowering(*ops: str):
+    """Attach the decorated lowering to each op in `ops`."""
+    def attach(fn):
+        for op in ops:
+            get_op(op).lower = fn
+        return fn
+    return attach
+
+
+class NotLowerable(Exception):
+    """This node cannot be lowered; it runs on the reference fallback."""
+
+
+class V:
+    """A scalar in a kernel body (`body`, SSA temp, dtype), with arithmetic."""
+
+    __slots__ = ("body", "name", "dtype")
+
+    def __init__(self, body, name: str, dtype: DType):
+        self.body, self.name, self.dtype = body, name, dtype
+
+    def _lift(self, other) -> V:
+        if isinstance(other, V):
+            return other
+        return V(self.body, self.body.const(other, self.dtype), self.dtype)
+
+    def op(self, name: str, *others, dtype: DType | None = None) -> V:
+        args = [self] + [self._lift(o) for o in others]
+        out = dtype or self.dtype
+        return V(self.body, self.body.op(name, *(a.name for a in args), dtype=out), out)
+
+    def __add__(self, o): return self.op("add", o)
+    def __radd__(self, o): return self._lift(o).op("add", self)
+    def __sub__(self, o): return self.op("sub", o)
+    def __rsub__(self, o): return self._lift(o).op("sub", self)
+    def __mul__(self, o): return self.op("mul", o)
+    def __rmul__(self, o): return self._lift(o).op("mul", self)
+    def __truediv__(self, o): return self.op("div", o)
+    def __rtruediv__(self, o): return self._lift(o).op("div", self)
+    def __neg__(self): return self.op("neg")
+    def __lt__(self, o): return self.op("lt", o, dtype=DType.bool)
+    def __le__(self, o): return self.op("le", o, dtype=DType.bool)
+    def __gt__(self, o): return self.op("gt", o, dtype=DType.bool)
+    def __ge__(self, o): return self.op("ge", o, dtype=DType.bool)
+
+    def where(self, a, b) -> V:
+        """self ? a : b (self is bool)."""
+        ref = a if isinstance(a, V) else b if isinstance(b, V) else None
+        if ref is None:
+            raise TypeError("where needs a value operand")
+        a, b = ref._lift(a), ref._lift(b)
+        return V(self.body, self.body.op("where", self.name, a.name, b.name, dtype=ref.dtype), ref.dtype)
+
+    def cast(self, dtype: DType) -> V:
+        if dtype == self.dtype:
+            return self
+        return V(self.body, self.body.op("cast", self.name, dtype=dtype), dtype)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *others, dtype=None: self.op(name, *others, dtype=dtype)
+
+
+def out_type(node, i: int = 0):
+    t = node.outputs[i].type
+    return t.dtype, tuple(t.shape)
+
+
+def pointwise(ctx, node, ins, fn: Callable[..., V], out: int = 0):
+    """A lazy pointwise output: `fn` maps the inputs' V's at one (broadcast) index to the
+    output's V. Absent optional inputs are passed as None."""
+    dtype, shape = out_type(node, out)
+    present = [r for r in ins if r is not None]
+
+    def compute(body, index):
+        values = [None if r is None else V(body, r.load(body, ctx.broadcast(r, index, shape)), r.dtype) for r in ins]
+        return fn(*values).cast(dtype).name
+
+    return ctx.pointwise(shape, dtype, compute, cost=1 + sum(r.cost for r in present))
+
+
+def unary(fn: Callable[[V], V], floats_only: bool = True):
+    def lower(ctx, node, ins):
+        if floats_only and ins[0].dtype not in FLOATS:
+            raise NotLowerable(f"{node.op} on {ins[0].dtype.name}")
+        return [pointwise(ctx, node, ins, fn)]
+    return lower
+
+
+def attrs(node) -> dict:
+    opdef = get_op(node.op)
+    return {name: opdef.attr(node, name) for name in opdef.attrs}
+
+
+def const_value(value):
+    """The data of a constant input (a Value), or None."""
+    return None if value is None or value.const is None else value.const
+
+
+def sym(x) -> sympy.Expr:
+    return sympy.sympify(x)
+
+
+# -- reductions -------------------------------------------------------------------------
+def _kir():
+    from ...codegen.kir import (  # codegen's data types; imported when lowering runs
+        Stage,
+        loop_vars,
+    )
+
+    return Stage, loop_vars
+
+
+def split_index(rank: int, axes: set[int], outer, inner) -> tuple:
+    """The full index of a tensor of `rank` from the loop variables of its kept (`outer`)
+    and reduced (`inner`) axes."""
+    outer, inner = iter(outer), iter(inner)
+    return tuple(next(inner) if a in axes else next(outer) for a in range(rank))
+
+
+def reduce_kernel(ctx, name: str, shape, axes: set[int], stages_fn, out_buffers) -> None:
+    """A reduction kernel over `axes` of `shape`: `stages_fn(index_fn, outer_vars)` returns
+    the stages; `index_fn(body)`... see the callers."""
+    Stage, loop_vars = _kir()
+    rank = len(shape)
+    outer = tuple(d for a, d in enumerate(shape) if a not in axes)
+    inner = tuple(d for a, d in enumerate(shape) if a in axes)
+    xv, rv = loop_vars(len(outer), "x"), loop_vars(len(inner), "r")
+    full = split_index(rank, axes, xv, rv)
+    ctx.reduction(name, outer, inner, stages_fn(Stage, full, xv, sympy.Mul(*inner) if inner else sympy.Integer(1)))
+
+
+def rows_normalize(ctx, x, axis: int, eps: float, gamma=None, beta=None, rms: bool = False,
+                   also_store=None):
+    """LayerNorm (or RMSNorm) of `x` (a TensorRef, lazy or not) over axes axis.. end,
+    computed in float32; returns the realized output. `also_store(body, index, v)` may
+    store the row's input elsewhere too (SkipLayerNorm's sum)."""
+    shape, dtype = x.shape, x.dtype
+    out = ctx.new_buffer("norm", dtype, shape)
+    rank = len(shape)
+    axes = set(range(axis, rank))
+    f32 = DType.float32 if dtype != DType.float64 else DType.float64
+
+    def value(body, index):
+        return V(body, x.load(body, index), dtype).cast(f32)
+
+    def stages(Stage, full, xv, n):
+        out_stages = []
+        inner = full[axis:]
+
+        def centered(body):
+            v = value(body, full)
+            if rms:
+                return v
+            mean = V(body, body.acc("acc_mean", f32), f32) / V(body, body.index(n, f32), f32)
+            return v - mean
+
+        if not rms:
+            b = ctx.body()
+            out_stages.append(Stage("reduce", b, value=value(b, full).name, reduce="sum", acc="acc_mean",
+                                    acc_dtype=f32))
+        b = ctx.body()
+        d = centered(b)
+        out_stages.append(Stage("reduce", b, value=(d * d).name, reduce="sum", acc="acc_var", acc_dtype=f32))
+        b = ctx.body()
+        d = centered(b)
+        var = V(b, b.acc("acc_var", f32), f32) / V(b, b.index(n, f32), f32)
+        y = d * (var + eps).rsqrt()
+        if gamma is not None:
+            y = y * V(b, gamma.load(b, ctx.broadcast(gamma, inner, shape[axis:])), gamma.dtype).cast(f32)
+        if beta is not None:
+            y = y + V(b, beta.load(b, ctx.broadcast(beta, inner, shape[axis:])), beta.dtype).cast(f32)
+        b.store(out, full, y.cast(dtype).name)
+        if also_store is not None:
+            also_store(b, full, V(b, x.load(b, full), dtype))
+        out_stages.append(Stage("loop", b))
+        return out_stages
+
+    reduce_kernel(ctx, "layernorm" if not rms else "rmsnorm", shape, axes, stages, [out])
+    from ...codegen.lowering import TensorRef
+
+    return TensorRef(dtype, shape, buffer=out)
+
+
+def rows_softmax(ctx, x, axis: int, log: bool = False):
+    shape, dtype = x.shape, x.dtype
+    out = ctx.new_buffer("softmax", dtype, shape)
+
+    def stages(Stage, full, xv, n):
+        b0 = ctx.body()
+        v0 = V(b0, x.load(b0, full), dtype)
+        b1 = ctx.body()
+        m1 = V(b1, b1.acc("acc_max", dtype), dtype)
+        e1 = (V(b1, x.load(b1, full), dtype) - m1).exp()
+        b2 = ctx.body()
+        m2 = V(b2, b2.acc("acc_max", dtype), dtype)
+        s2 = V(b2, b2.acc("acc_sum", dtype), dtype)
+        shifted = V(b2, x.load(b2, full), dtype) - m2
+        y = shifted - s2.log() if log else shifted.exp() / s2
+        b2.store(out, full, y.name)
+        return [Stage("reduce", b0, value=v0.name, reduce="max", acc="acc_max", acc_dtype=dtype),
+                Stage("reduce", b1, value=e1.name, reduce="sum", acc="acc_sum", acc_dtype=dtype),
+                Stage("loop", b2)]
+
+    reduce_kernel(ctx, "softmax", shape, {axis}, stages, [out])
+    from ...codegen.lowering import TensorRef
+
+    return TensorRef(dtype, shape, buffer=out)

@@ -1,0 +1,121 @@
+"""Extern kernels: library implementations (torch's CPU kernels: MKL/oneDNN GEMMs,
+fused attention, convolution) that steps of a Program call by name.
+
+Each takes the step's params and torch tensors viewing its buffers (inputs, then
+outputs) and writes the outputs in place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+EXTERNS: dict[str, Callable] = {}
+
+
+def extern(name: str):
+    def register(fn):
+        EXTERNS[name] = fn
+        return fn
+    return register
+
+
+@extern("linear")
+def linear(params, x, w, bias, y):
+    if x.numel() == 0 or w.numel() == 0:
+        y.copy_(x @ w + (bias if bias is not None else 0))
+        return
+    x2, y2 = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])
+    if bias is not None:
+        torch.addmm(bias, x2, w, out=y2)
+    else:
+        torch.mm(x2, w, out=y2)
+
+
+@extern("matmul")
+def matmul(params, a, b, y):
+    if a.numel() == 0 or b.numel() == 0:
+        y.copy_(torch.matmul(a, b))
+    elif a.dim() >= 2 and b.dim() == 2 and y.dim() == a.dim():
+        torch.mm(a.reshape(-1, a.shape[-1]), b, out=y.view(-1, y.shape[-1]))
+    elif a.dim() == b.dim() == y.dim() == 3 and a.shape[0] == b.shape[0]:
+        torch.bmm(a, b, out=y)
+    else:
+        y.copy_(torch.matmul(a, b))
+
+
+@extern("gemm")
+def gemm(params, a, b, c, y):
+    a = a.t() if params["trans_a"] else a
+    b = b.t() if params["trans_b"] else b
+    alpha, beta = params["alpha"], params["beta"]
+    if c is None or beta == 0:
+        torch.mm(a, b, out=y)
+        if alpha != 1:
+            y.mul_(alpha)
+    else:
+        torch.addmm(c, a, b, beta=beta, alpha=alpha, out=y)
+
+
+@extern("attention")
+def attention(params, q, k, v, bias, y):
+    heads, kv_heads, scale, causal = params["num_heads"], params["kv_num_heads"], params["scale"], params["causal"]
+    if q.dim() == 3:  # packed [B, S, H*D]
+        b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
+        q = q.view(b, sq, heads, -1).transpose(1, 2)
+        k = k.view(b, sk, kv_heads, -1).transpose(1, 2)
+        v = v.view(b, sk, kv_heads, -1).transpose(1, 2)
+        out = y.view(b, sq, heads, -1).transpose(1, 2)
+    else:
+        out = y
+    sq, sk = q.shape[-2], k.shape[-2]
+    mask = bias
+    if causal and (sq != sk or bias is not None):  # ember aligns the causal mask to the end
+        visible = torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq)
+        causal_bias = torch.zeros(sq, sk, dtype=q.dtype).masked_fill(~visible, float("-inf"))
+        mask = causal_bias if bias is None else bias + causal_bias
+        causal = False
+    result = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=bool(causal),
+                                            scale=scale or None, enable_gqa=kv_heads != heads)
+    out.copy_(result)
+
+
+def _pad(x, pads, value):
+    dims = len(pads) // 2
+    return F.pad(x, [p for pair in zip(reversed(pads[:dims]), reversed(pads[dims:])) for p in pair], value=value)
+
+
+@extern("pool")
+def pool(params, x, y):
+    dims = x.dim() - 2
+    pads, kernel, strides = params["pads"], params["kernel"], params["strides"]
+    begin, end = pads[:dims], pads[dims:]
+    symmetric = list(begin) == list(end) and all(p <= k // 2 for p, k in zip(begin, kernel))
+    if params["kind"] == "max":
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
+        if not symmetric:
+            x, begin = _pad(x, pads, float("-inf")), [0] * dims
+        result = fn(x, kernel, strides, tuple(begin), dilation=tuple(params["dilations"]), ceil_mode=params["ceil_mode"])
+    else:
+        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
+        if not symmetric:
+            x, begin = _pad(x, pads, 0.0), [0] * dims
+        result = fn(x, kernel, strides, tuple(begin), ceil_mode=params["ceil_mode"],
+                    count_include_pad=params["count_include_pad"])
+    y.copy_(result)
+
+
+@extern("conv")
+def conv(params, x, w, bias, y):
+    dims = x.dim() - 2
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    pads = params["pads"]
+    begin, end = pads[:dims], pads[dims:]
+    if list(begin) != list(end):
+        x, padding = _pad(x, pads, 0.0), 0
+    else:
+        padding = tuple(begin)
+    result = fn(x, w, bias, stride=tuple(params["strides"]), padding=padding,
+                dilation=tuple(params["dilations"]), groups=params["group"])
+    y.copy_(result)

@@ -1,0 +1,55 @@
+"""Generated kernels against the reference implementations, on random graphs and on MiniLM."""
+
+import copy
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import ember
+from ember.codegen import cpu
+from ember.ir.interpreter import evaluate
+from ember.testing import graphs_and_feeds
+
+pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=graphs_and_feeds())
+def test_random_graphs_match_the_reference(case):
+    graph, feeds = case
+    want = evaluate(copy.deepcopy(graph), feeds)
+    compiled = ember.compile(graph, opt_level=0)
+    got = compiled.run(feeds)
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_minilm_runs_on_kernels_only_and_never_recompiles(minilm_onnx, monkeypatch):
+    from ember import _builtin
+
+    compiled = ember.compile(str(minilm_onnx))
+    reference = ember.compile(str(minilm_onnx), codegen=False)
+    assert compiled.stats.fallback_nodes == [] and compiled.stats.num_kernels > 0
+    monkeypatch.setattr(cpu, "build", lambda source: pytest.fail("recompiled"))
+    for sentences in (_builtin.SAMPLE_SENTENCES, _builtin.SAMPLE_SENTENCES[:1], _builtin.SAMPLE_SENTENCES[1:3]):
+        feeds = _builtin.tokenize(sentences)
+        (got,) = compiled.run(feeds).values()
+        (want,) = reference.run(feeds).values()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert len(compiled._executor._bindings) == 3  # one per (batch, seq), one library
+
+
+def test_profile_reports_every_kind(minilm_onnx, tmp_path):
+    import json
+
+    from ember import _builtin
+
+    compiled = ember.compile(str(minilm_onnx), profile=True)
+    compiled.run(_builtin.tokenize(_builtin.SAMPLE_SENTENCES))
+    table = compiled.profile(trace=tmp_path / "trace.json")
+    assert "extern linear" in table and "extern attention" in table and "generated kernels" in table
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    assert events and all(e["ph"] == "X" and e["dur"] >= 0 for e in events)
