@@ -1,6 +1,7 @@
 """ember vs onnxruntime on the CPU, in one run: latency (median of --runs after warm-up,
-the two engines interleaved run by run) and peak resident memory (each engine alone in
-a fresh process, `ru_maxrss`).
+in blocks of runs per engine, the blocks alternating: interleaving single runs would
+let one engine's spinning worker threads slow the other's next run) and peak resident
+memory (each engine alone in a fresh process, VmHWM).
 
 Workloads: MiniLM (batch 1 and 8, sequence 128, real tokens) and onnx's light ResNet-50
 (batch 1). onnxruntime runs with every graph optimization and the same thread count.
@@ -31,13 +32,14 @@ PASSAGE = ("ember is a model compiler and inference runtime. It lowers ONNX grap
            "and generates fused kernels for CPUs and GPUs. ") * 8
 
 
+def minilm(batch: int) -> tuple[Path, dict[str, np.ndarray]]:
+    feeds = _builtin.tokenize([PASSAGE] * batch, max_length=128)
+    assert feeds["input_ids"].shape == (batch, 128), feeds["input_ids"].shape
+    return _builtin.export_minilm(), feeds
+
+
 def workloads() -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
-    minilm = _builtin.export_minilm()
-    out = {}
-    for batch in (1, 8):
-        feeds = _builtin.tokenize([PASSAGE] * batch, max_length=128)
-        assert feeds["input_ids"].shape == (batch, 128), feeds["input_ids"].shape
-        out[f"MiniLM b{batch}x128"] = (minilm, feeds)
+    out = {f"MiniLM b{batch}x128": minilm(batch) for batch in (1, 8)}
     model = onnx.load(LIGHT / "light_resnet50.onnx", load_external_data=False)
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
@@ -67,15 +69,15 @@ def latency(runs: int, warmup: int, threads: int) -> list[dict]:
         outs = {engine: run(feeds) for engine, run in runners.items()}
         diff = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
                    for a, b in zip(outs["ember"], outs["onnxruntime"]))
-        for _ in range(warmup):
-            for run in runners.values():
-                run(feeds)
         times = {engine: [] for engine in runners}
-        for _ in range(runs):
+        for block in range(2):
             for engine, run in runners.items():
-                t0 = time.perf_counter()
-                run(feeds)
-                times[engine].append(time.perf_counter() - t0)
+                for _ in range(warmup):
+                    run(feeds)
+                for _ in range(runs // 2 + (runs % 2) * (1 - block)):
+                    t0 = time.perf_counter()
+                    run(feeds)
+                    times[engine].append(time.perf_counter() - t0)
         e, o = (float(np.median(times[k])) * 1e3 for k in ("ember", "onnxruntime"))
         rows.append({"workload": name, "ember_ms": e, "onnxruntime_ms": o, "ratio": e / o, "max_abs_diff": diff})
         print(f"{name:18s} ember {e:8.2f} ms   onnxruntime {o:8.2f} ms   ratio {e / o:5.2f}   "
@@ -83,13 +85,24 @@ def latency(runs: int, warmup: int, threads: int) -> list[dict]:
     return rows
 
 
-def peak_rss(engine: str, workload: str, threads: int, runs: int) -> float:
-    """Peak RSS (MiB) of a fresh process that loads, compiles and runs one engine."""
-    code = ("import sys, resource; sys.path.insert(0, %r); import onnx_cpu as b; "
-            "w = b.workloads()[%r]; run = b.make_runner(%r, w[0], %d); "
-            "[run(w[1]) for _ in range(%d)]; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)") % (
-        str(Path(__file__).parent), workload, engine, threads, runs)
+def high_water_kib() -> int:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that across
+    exec, so a child started by a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def peak_rss(engine: str, batch: int, threads: int, runs: int) -> float:
+    """Peak RSS (MiB) of a fresh process that loads, compiles and runs MiniLM on one engine."""
+    code = ("import sys; sys.path.insert(0, %r); import onnx_cpu as b; "
+            "path, feeds = b.minilm(%d); run = b.make_runner(%r, path, %d); "
+            "[run(feeds) for _ in range(%d)]; "
+            "print(b.high_water_kib())") % (
+        str(Path(__file__).parent), batch, engine, threads, runs)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
     print(f"{machine}; threads {args.threads}; median of {args.runs} runs after {args.warmup} warm-up")
     rows = latency(args.runs, args.warmup, args.threads)
-    rss = {engine: peak_rss(engine, "MiniLM b8x128", args.threads, 5) for engine in ("ember", "onnxruntime")}
+    rss = {engine: peak_rss(engine, 8, args.threads, 5) for engine in ("ember", "onnxruntime")}
     print(f"peak RSS, MiniLM b8x128: ember {rss['ember']:.0f} MiB, onnxruntime {rss['onnxruntime']:.0f} MiB, "
           f"ratio {rss['ember'] / rss['onnxruntime']:.2f}")
     if args.write:
@@ -118,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         section = "\n".join([
             "## CPU latency — ember vs onnxruntime", "",
             "`python benchmarks/onnx_cpu.py --write docs/benchmarks.md` — medians of "
-            f"{args.runs} interleaved runs after {args.warmup} warm-up, {args.threads} threads each, "
-            "onnxruntime with ORT_ENABLE_ALL.", "",
+            f"{args.runs} runs per engine (two alternating blocks, {args.warmup} warm-up runs before each), "
+            f"{args.threads} threads each, onnxruntime with ORT_ENABLE_ALL.", "",
             f"{time.strftime('%Y-%m-%d')}, {machine}, Python {platform.python_version()}, torch {torch.__version__}, "
             f"onnxruntime {onnxruntime.__version__}:", "", *table, "",
             f"Peak resident memory, MiniLM b8x128 (a fresh process per engine: load, compile, 5 runs): "

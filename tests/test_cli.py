@@ -147,3 +147,12 @@ def test_console_script_help():
     done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "inspect" in done.stdout and "demo" in done.stdout and "examples:" in done.stdout
+
+
+def test_profile(tiny, tmp_path, capsys):
+    trace = tmp_path / "trace.json"
+    assert main(["profile", str(tiny), "--dim", "n=3", "--runs", "2", "--trace", str(trace)]) == 0
+    out = capsys.readouterr().out
+    assert "ms/run" in out and "total" in out and trace.is_file()
+    assert main(["profile", str(tiny)]) == 2  # n has no size: a usage error naming it
+    assert "--dim n=N" in capsys.readouterr().err
