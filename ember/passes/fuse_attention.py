@@ -59,20 +59,21 @@ def _pattern(scale: str, masked: bool, guarded: bool):
     return pattern
 
 
-def _scalar(m: Match, name: str) -> float | None:
-    data = m.constant(name)
+def _scalar(value) -> float | None:
+    data = value.const if value is not None else None
     return float(data.reshape(-1)[0]) if data is not None and data.size == 1 else None
 
 
-def _scale(m: Match, scale: str) -> float | str:
-    """The product the scores are multiplied by, or why it is not known."""
+def _scale(scale: str, sq, sk) -> float | str:
+    """The product the scores are multiplied by (from the bound scale constants), or why
+    it is not known."""
     if scale == "none":
         return 1.0
-    sq = _scalar(m, "sq")
-    sk = _scalar(m, "sk") if scale == "split" else 1.0
-    if sq is None or sk is None:
+    q = _scalar(sq)
+    k = _scalar(sk) if scale == "split" else 1.0
+    if q is None or k is None:
         return "the scale is not a scalar constant"
-    value = sq * sk if scale != "div" else 1.0 / sq if sq else 0.0
+    value = q * k if scale != "div" else 1.0 / q if q else 0.0
     return value if value > 0 and np.isfinite(value) else f"the scale {value!r} is not a positive number"
 
 
@@ -100,7 +101,7 @@ def _check(scale: str):
         heads = _heads(m)
         if isinstance(heads, str):
             return heads
-        value = _scale(m, scale)
+        value = _scale(scale, m.bindings.get("sq"), m.bindings.get("sk"))
         if isinstance(value, str):
             return value
         if m.constant("zero") is not None and np.any(m.constant("zero") != 0):
@@ -116,11 +117,8 @@ def _check(scale: str):
 def _replacement(scale: str, masked: bool):
     def replace(op, xq, xk, xv, q_heads, k_heads, sq, sk, bias):
         h, hk = q_heads.type.shape[2], k_heads.type.shape[2]
-        factor = 1.0 if scale == "none" else float(sq.const.reshape(-1)[0])
-        factor = factor * float(sk.const.reshape(-1)[0]) if scale == "split" else factor
-        factor = 1.0 / factor if scale == "div" else factor
         return op("ember.Attention", xq, xk, xv, *([bias] if masked else []), num_heads=h,
-                  kv_num_heads=hk if hk != h else None, scale=factor)
+                  kv_num_heads=hk if hk != h else None, scale=_scale(scale, sq, sk))
     return replace
 
 
