@@ -53,3 +53,15 @@ def test_profile_reports_every_kind(minilm_onnx, tmp_path):
     assert "extern linear" in table and "extern attention" in table and "generated kernels" in table
     events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     assert events and all(e["ph"] == "X" and e["dur"] >= 0 for e in events)
+
+
+def test_isinf_detecting_nothing_is_all_false():
+    from ember.ir import DType, Graph, TensorType, Value
+
+    x = Value("x", TensorType(DType.float32, (3,)))
+    g = Graph("g", inputs=[x], opsets={"": 28})
+    g.outputs = g.add_node("IsInf", [x], [Value("y", TensorType(DType.bool, (3,)))],
+                           {"detect_negative": 0, "detect_positive": 0}).outputs
+    compiled = ember.compile(g, opt_level=0)
+    assert not compiled.stats.fallback_nodes
+    assert not compiled.run({"x": np.array([np.nan, np.inf, 1], np.float32)})["y"].any()
