@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import jinja2
-import numpy as np
 import sympy
 
 from ..errors import ExecutionError
@@ -359,10 +358,3 @@ def load(path: str) -> ctypes.CDLL:
 
     return ctypes.CDLL(path)
 
-
-def pointer_array(n: int):
-    return (ctypes.c_void_p * max(n, 1))()
-
-
-def size_array(n: int):
-    return np.zeros(max(n, 1), dtype=np.int64)

@@ -94,7 +94,6 @@ class Executor:
             elif step.kind == "extern":
                 self._steps.append(("extern", EXTERNS[step.name], step))
             else:
-                node = step.params["node"]
                 self._steps.append(("fallback", None, step))  # the reference is prepared on first use
         self._shape_fns = {}
         for name, b in p.buffers.items():
@@ -116,6 +115,7 @@ class Executor:
         # which step (index) each root buffer is first written by: a late buffer is allocated then
         self._bindings: dict[tuple, _Binding] = {}
         self._arena = torch.empty(0, dtype=torch.uint8)
+        self._pointed: _Binding | None = None  # the binding whose addresses the slots hold
         self.profile: list | None = None  # (step, start, seconds) of every step run, when profiling
 
     def _root_of(self, name: str) -> str:
@@ -139,6 +139,7 @@ class Executor:
         offsets, total = self._plan(binding)
         if total > self._arena.numel():
             self._arena = torch.empty(total, dtype=torch.uint8)
+            self._bindings.clear()  # their views would keep the smaller arena alive; they rebind
         base = self._arena.data_ptr()
         arena_np = self._arena.numpy()
         pointers = [0] * len(p.slots)
@@ -202,8 +203,10 @@ class Executor:
         if binding is None:
             binding = self._bindings[key] = self._bind(key)
         B = self._B
-        for slot, ptr in enumerate(binding.pointers):
-            B[slot] = ptr
+        if binding is not self._pointed:  # the slots hold another binding's addresses
+            for slot, ptr in enumerate(binding.pointers):
+                B[slot] = ptr
+            self._pointed = binding
         views = dict(binding.views)
         tensors = dict(binding.tensors)
         live: dict[str, np.ndarray] = {}

@@ -4,7 +4,7 @@ A lowering is `lower(ctx, node, inputs) -> outputs` (see ember/codegen/lowering.
 `ctx` and the `TensorRef`s it passes). Most are one line on top of `pointwise`, with the
 scalar maths written on `V`, a value in a kernel body with Python operators:
 
-    register_lowering("Gelu")(unary(lambda x: 0.5 * x * (1 + (x * SQRT1_2).erf())))
+    register_lowering("Softsign")(lambda ctx, node, ins: [pointwise(ctx, node, ins, lambda x: x / (1 + x.abs()))])
 """
 
 from __future__ import annotations
@@ -102,26 +102,11 @@ def pointwise(ctx, node, ins, fn: Callable[..., V], out: int = 0):
     return ctx.pointwise(shape, dtype, compute, cost=1 + sum(r.cost for r in present))
 
 
-def unary(fn: Callable[[V], V], floats_only: bool = True):
-    def lower(ctx, node, ins):
-        if floats_only and ins[0].dtype not in FLOATS:
-            raise NotLowerable(f"{node.op} on {ins[0].dtype.name}")
-        return [pointwise(ctx, node, ins, fn)]
-    return lower
-
-
 def attrs(node) -> dict:
     opdef = get_op(node.op)
     return {name: opdef.attr(node, name) for name in opdef.attrs}
 
 
-def const_value(value):
-    """The data of a constant input (a Value), or None."""
-    return None if value is None or value.const is None else value.const
-
-
-def sym(x) -> sympy.Expr:
-    return sympy.sympify(x)
 
 
 # -- reductions -------------------------------------------------------------------------
@@ -141,9 +126,10 @@ def split_index(rank: int, axes: set[int], outer, inner) -> tuple:
     return tuple(next(inner) if a in axes else next(outer) for a in range(rank))
 
 
-def reduce_kernel(ctx, name: str, shape, axes: set[int], stages_fn, out_buffers) -> None:
-    """A reduction kernel over `axes` of `shape`: `stages_fn(index_fn, outer_vars)` returns
-    the stages; `index_fn(body)`... see the callers."""
+def reduce_kernel(ctx, name: str, shape, axes: set[int], stages_fn) -> None:
+    """A reduction kernel over `axes` of `shape`. `stages_fn(Stage, full, outer, n)` returns
+    its stages, given the full index of an element (outer and reduction loop variables in
+    place), the outer loop variables alone, and the number of elements reduced per row."""
     Stage, loop_vars = _kir()
     rank = len(shape)
     outer = tuple(d for a, d in enumerate(shape) if a not in axes)
@@ -199,7 +185,7 @@ def rows_normalize(ctx, x, axis: int, eps: float, gamma=None, beta=None, rms: bo
         out_stages.append(Stage("loop", b))
         return out_stages
 
-    reduce_kernel(ctx, "layernorm" if not rms else "rmsnorm", shape, axes, stages, [out])
+    reduce_kernel(ctx, "layernorm" if not rms else "rmsnorm", shape, axes, stages)
     from ...codegen.lowering import TensorRef
 
     return TensorRef(dtype, shape, buffer=out)
@@ -225,7 +211,7 @@ def rows_softmax(ctx, x, axis: int, log: bool = False):
                 Stage("reduce", b1, value=e1.name, reduce="sum", acc="acc_sum", acc_dtype=dtype),
                 Stage("loop", b2)]
 
-    reduce_kernel(ctx, "softmax", shape, {axis}, stages, [out])
+    reduce_kernel(ctx, "softmax", shape, {axis}, stages)
     from ...codegen.lowering import TensorRef
 
     return TensorRef(dtype, shape, buffer=out)

@@ -21,7 +21,6 @@ from ._lowering import (
     out_type,
     pointwise,
     register_lowering,
-    unary,
 )
 from ._symbolic import (
     broadcast,
@@ -161,7 +160,7 @@ def _gelu(x: V, approximate: str) -> V:
 _UNARY_LOWERINGS = {
     "Neg": (lambda x, a: -x, False), "Abs": (lambda x, a: x.abs(), False),
     "Identity": (lambda x, a: x, False), "Sign": (lambda x, a: x.sign(), False),
-    "Not": (lambda x, a: x.op("not"), False), "BitwiseNot": (lambda x, a: x.bitnot(), False),
+    "Not": (lambda x, a: x.op("not"), False), "IsNaN": (lambda x, a: x.isnan(dtype=DType.bool), True), "BitwiseNot": (lambda x, a: x.bitnot(), False),
     "Relu": (lambda x, a: x.max(0), False),
     "Exp": (lambda x, a: x.exp(), True), "Log": (lambda x, a: x.log(), True), "Sqrt": (lambda x, a: x.sqrt(), True),
     "Reciprocal": (lambda x, a: x.reciprocal(), True), "Tanh": (lambda x, a: x.tanh(), True),
@@ -294,7 +293,6 @@ register_lowering("BitShift")(_lower_bitshift)
 register_lowering("Clip")(_lower_clip)
 register_lowering("Cast")(_lower_cast)
 register_lowering("IsInf")(_lower_isinf)
-register_lowering("IsNaN")(unary(lambda x: x.isnan(dtype=DType.bool)))
 register_lowering("Where")(lambda ctx, node, ins: [pointwise(ctx, node, ins, lambda c, a, b: c.where(a, b))])
 def _lower_dropout(ctx, node, ins):
     training = node.inputs[2] if len(node.inputs) > 2 else None

@@ -185,7 +185,7 @@ def _lower_global_pool(kind: str):
             return [Stage("reduce", b0, value=v.name, reduce="sum" if kind == "avg" else "max", acc="acc",
                           acc_dtype=dtype), Stage("row", b1)]
 
-        reduce_kernel(ctx, f"global_{kind}_pool", x.shape, axes, stages, [out])
+        reduce_kernel(ctx, f"global_{kind}_pool", x.shape, axes, stages)
         from ...codegen.lowering import TensorRef
 
         return [TensorRef(dtype, shape, buffer=out)]

@@ -114,7 +114,7 @@ def _lower_reduce(op: str):
             b1.store(out, out_index, s.cast(dtype).name)
             return [Stage("reduce", b0, value=v.name, reduce=how, acc="acc", acc_dtype=acc_dtype), Stage("row", b1)]
 
-        reduce_kernel(ctx, op, x.shape, axes, stages, [out])
+        reduce_kernel(ctx, op, x.shape, axes, stages)
         from ...codegen.lowering import TensorRef
 
         return [TensorRef(dtype, out_shape, buffer=out)]

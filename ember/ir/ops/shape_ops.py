@@ -252,9 +252,8 @@ def _lower_view(ctx, node, ins):
     """Reshape, Flatten: the same elements in the same order under another shape."""
     dtype, shape = out_type(node)
     x = ins[0]
-    if x.lazy and len(shape) == len(x.shape) + sum(1 for d in shape if d == 1) - sum(1 for d in x.shape if d == 1) \
-            and [d for d in shape if d != 1] == [d for d in x.shape if d != 1]:
-        return [_lower_unit_dims(ctx, node, ins)[0]]
+    if x.lazy and [d for d in shape if d != 1] == [d for d in x.shape if d != 1]:
+        return _lower_unit_dims(ctx, node, ins)
     return [ctx.alias(x, shape)]
 
 
