@@ -9,11 +9,13 @@ order. Anything the IR cannot hold raises `ModelError` naming the node, op and r
 
 from __future__ import annotations
 
+import io
 import os
 from collections import ChainMap
 from pathlib import Path
 
 import networkx as nx
+import numpy as np
 import onnx
 import onnx.inliner
 import onnx.version_converter
@@ -27,6 +29,7 @@ from ..ir.ops.onnx_standard import latest_opsets
 from ..ir.registry import get_op, has_op
 from ..ir.shape_inference import infer_types
 from ..ir.verifier import verify
+from ._onnx_weights import MIN_BYTES, CorruptModel, WeightData, split_weights
 
 
 def load_onnx(model, *, base_dir: str | os.PathLike | None = None) -> Graph:
@@ -34,67 +37,87 @@ def load_onnx(model, *, base_dir: str | os.PathLike | None = None) -> Graph:
 
     `base_dir` is where external data files are looked up for a ModelProto or bytes;
     for a path it is the model's folder."""
-    proto, base = _read(model, base_dir)
-    _load_external_data(proto, base)
-    proto = _normalize(proto)
-    return _Importer(proto).run()
+    proto, weights, base = _read(model, base_dir)
+    weights.update(_load_external_data(proto, base))
+    proto = _normalize(proto, weights)
+    return _Importer(proto, weights).run()
 
 
-def _read(model, base_dir) -> tuple[onnx.ModelProto, Path | None]:
+def _read(model, base_dir) -> tuple[onnx.ModelProto, dict[str, WeightData], Path | None]:
+    """The light model (large initializers without their data: `_onnx_weights`), the
+    data taken out of it by initializer name, and the folder external data lives in."""
+    base = Path(base_dir) if base_dir else None
     if isinstance(model, onnx.ModelProto):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)  # loading external data writes into the proto: never the caller's
-        return copy, Path(base_dir) if base_dir else None
-    if isinstance(model, (bytes, bytearray)):
-        data, where = bytes(model), "<bytes>"
-        base = Path(base_dir) if base_dir else None
+        # the caller's proto is never written to: the reader works on its serialized copy
+        stream, where = io.BytesIO(model.SerializeToString()), "<ModelProto>"
+    elif isinstance(model, (bytes, bytearray)):
+        stream, where = io.BytesIO(model), "<bytes>"
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if path.is_dir():
             raise ModelError(f"{path}: is a folder, not an ONNX model file")
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
-        data, where, base = path.read_bytes(), str(path), path.resolve().parent
+        stream, where, base = open(path, "rb"), str(path), path.resolve().parent
     else:
         raise ModelError(f"cannot load a model from {type(model).__name__}; "
                          "pass a path, bytes or an onnx.ModelProto")
     proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise ModelError(f"{where}: not a valid ONNX model (truncated or corrupt file?): {e}") from None
+    with stream:
+        try:
+            light, taken = split_weights(stream)
+            proto.ParseFromString(light)
+        except (CorruptModel, DecodeError, RuntimeError, ValueError) as e:
+            raise ModelError(f"{where}: not a valid ONNX model (truncated or corrupt file?): {e}") from None
     if not proto.HasField("graph"):
         raise ModelError(f"{where}: not a valid ONNX model: it has no graph")
-    return proto, base
+    initializers = proto.graph.initializer
+    return proto, {initializers[i].name: data for i, data in taken}, base
 
 
-def _load_external_data(proto: onnx.ModelProto, base: Path | None) -> None:
-    """Read external tensor data, refusing any location outside the model's folder."""
+def _load_external_data(proto: onnx.ModelProto, base: Path | None) -> dict[str, WeightData]:
+    """Read external tensor data, refusing any location outside the model's folder. Large
+    initializers of the main graph get theirs as `WeightData` (returned by name, the
+    tensor left light, as `_read` leaves them); every other tensor as raw_data."""
+    weights = {}
+    for tensor in proto.graph.initializer:
+        if external_data_helper.uses_external_data(tensor):
+            raw = _read_external(tensor, base)
+            if raw.size >= MIN_BYTES:
+                weights[tensor.name] = WeightData(raw)
+            else:
+                tensor.raw_data = raw.tobytes()
     for tensor in external_data_helper._get_all_tensors(proto):
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        info = external_data_helper.ExternalDataInfo(tensor)
-        if base is None:
-            raise ModelError(f"tensor {tensor.name!r} keeps its data in {info.location!r}, but the "
-                             "model was not loaded from a path; pass base_dir=")
-        location = Path(info.location)
-        target = (base / location).resolve()
-        if location.is_absolute() or not target.is_relative_to(base.resolve()):
-            raise ModelError(f"tensor {tensor.name!r}: external data location {info.location!r} "
-                             f"leaves the model's folder {base}; refusing to read it")
-        if not target.is_file():
-            raise ModelError(f"tensor {tensor.name!r}: external data file {target} does not exist")
-        with open(target, "rb") as f:
-            f.seek(info.offset or 0)
-            raw = f.read(info.length) if info.length else f.read()
-        if info.length and len(raw) != info.length:
-            raise ModelError(f"tensor {tensor.name!r}: external data file {target} is truncated")
-        tensor.raw_data = raw
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        del tensor.external_data[:]
+        if external_data_helper.uses_external_data(tensor):
+            tensor.raw_data = _read_external(tensor, base).tobytes()
+    return weights
 
 
-def _normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
+def _read_external(tensor: onnx.TensorProto, base: Path | None) -> np.ndarray:
+    """The tensor's external data (uint8), its external-data reference removed."""
+    info = external_data_helper.ExternalDataInfo(tensor)
+    if base is None:
+        raise ModelError(f"tensor {tensor.name!r} keeps its data in {info.location!r}, but the "
+                         "model was not loaded from a path; pass base_dir=")
+    location = Path(info.location)
+    target = (base / location).resolve()
+    if location.is_absolute() or not target.is_relative_to(base.resolve()):
+        raise ModelError(f"tensor {tensor.name!r}: external data location {info.location!r} "
+                         f"leaves the model's folder {base}; refusing to read it")
+    if not target.is_file():
+        raise ModelError(f"tensor {tensor.name!r}: external data file {target} does not exist")
+    with open(target, "rb") as f:
+        f.seek(info.offset or 0)
+        raw = np.empty(max(info.length or os.fstat(f.fileno()).st_size - f.tell(), 0), np.uint8)
+        num_read = f.readinto(memoryview(raw))
+    if num_read != raw.size:
+        raise ModelError(f"tensor {tensor.name!r}: external data file {target} is truncated")
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    del tensor.external_data[:]
+    return raw
+
+
+def _normalize(proto: onnx.ModelProto, weights: dict[str, WeightData]) -> onnx.ModelProto:
     if proto.functions:
         try:
             proto = onnx.inliner.inline_local_functions(proto)
@@ -113,7 +136,7 @@ def _normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
         except Exception as e:
             # The converter's messages rarely name the node: importing the model as it is
             # finds a malformed graph (unknown op, dangling input...) and says where.
-            _Importer(proto).run()
+            _Importer(proto, weights).run()
             raise ModelError(f"cannot upgrade the model from opset {version} to {latest}: {e}") from None
     try:
         proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
@@ -123,8 +146,9 @@ def _normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class _Importer:
-    def __init__(self, proto: onnx.ModelProto):
+    def __init__(self, proto: onnx.ModelProto, weights: dict[str, WeightData] | None = None):
         self.proto = proto
+        self.weights = dict(weights or {})  # the main graph's, taken as its initializers are read
         self.types: dict[str, onnx.TypeProto] = {}
         self.opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in proto.opset_import}
         self.opsets[""] = latest_opsets()[""]
@@ -158,8 +182,9 @@ class _Importer:
         scope = outer.new_child()
         graph = Graph(g.name or "main")
         for init in g.initializer:
+            weight = self.weights.pop(init.name, None)
             try:
-                data = numpy_helper.to_array(init)
+                data = numpy_helper.to_array(init) if weight is None else weight.array(init)
             except Exception as e:
                 raise ModelError(f"initializer {init.name!r} cannot be read: {e}") from None
             scope[init.name] = graph.add_constant(init.name, data)
