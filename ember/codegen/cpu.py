@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import sympy
 
 from ..errors import ExecutionError
@@ -33,9 +34,18 @@ from .kir import Body, Buffer, Kernel, Stage
 
 log = logging.getLogger("ember.codegen")
 
+# the C++ type of a value in a kernel body; 16-bit floats compute as float
 CTYPE = {DType.float32: "float", DType.float64: "double", DType.int64: "int64_t", DType.int32: "int32_t",
          DType.int16: "int16_t", DType.int8: "int8_t", DType.uint8: "uint8_t", DType.uint16: "uint16_t",
-         DType.uint32: "uint32_t", DType.uint64: "uint64_t", DType.bool: "bool"}
+         DType.uint32: "uint32_t", DType.uint64: "uint64_t", DType.bool: "bool",
+         DType.float16: "float", DType.bfloat16: "float"}
+# 16-bit floats are stored as their bits; (to float, from float) conversions on load and store
+HALF = {DType.float16: ("ember_h2f", "ember_f2h"), DType.bfloat16: ("ember_bf2f", "ember_f2bf")}
+FLOAT_TYPES = {DType.float32, DType.float64, *HALF}
+
+
+def storage_type(dtype: DType) -> str:
+    return "uint16_t" if dtype in HALF else CTYPE[dtype]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno",
          "-fno-trapping-math", "-w"]
 PARALLEL_MIN_ELEMENTS = 1 << 15  # loops over fewer elements stay on one thread
@@ -145,6 +155,8 @@ class _Index:
         if isinstance(e, sympy.floor):
             num, den = sympy.fraction(sympy.together(e.args[0]))
             return f"ember_floordiv<int64_t>({self(num)}, {self(den)})"
+        if isinstance(e, sympy.Abs):
+            return f"std::abs(int64_t({self(e.args[0])}))"
         if isinstance(e, sympy.Mod):
             return f"ember_mod<int64_t>({self(e.args[0])}, {self(e.args[1])})"
         if isinstance(e, (sympy.Max, sympy.Min)):
@@ -162,8 +174,8 @@ def _literal(value, dtype: DType) -> str:
     t = CTYPE[dtype]
     if dtype == DType.bool:
         return "true" if value else "false"
-    if dtype in (DType.float32, DType.float64):
-        v = float(value)
+    if dtype in FLOAT_TYPES:
+        v = float(np.asarray(value, dtype=dtype.numpy)) if dtype in HALF else float(value)
         if math.isnan(v):
             return f"std::numeric_limits<{t}>::quiet_NaN()"
         if math.isinf(v):
@@ -187,10 +199,15 @@ class _KernelWriter:
             if s.op == "load":
                 buf, offset = s.args
                 self.used_buffers.add(buf)
-                lines.append(f"const {t} {s.out} = {buf}[{self.index(offset)}];")
+                value = f"{buf}[{self.index(offset)}]"
+                if s.dtype in HALF:
+                    value = f"{HALF[s.dtype][0]}({value})"
+                lines.append(f"const {t} {s.out} = {value};")
             elif s.op == "store":
                 buf, offset, value = s.args
                 self.used_buffers.add(buf)
+                if s.dtype in HALF:
+                    value = f"{HALF[s.dtype][1]}({value})"
                 lines.append(f"{buf}[{self.index(offset)}] = {value};")
             elif s.op == "const":
                 lines.append(f"const {t} {s.out} = {_literal(s.args[0], s.dtype)};")
@@ -200,9 +217,14 @@ class _KernelWriter:
                 lines.append(f"const {t} {s.out} = {t}({s.args[0]});")
             else:
                 expr = OPS[s.op].format(*s.args).replace("<T>", f"<{t}>").replace("T(", f"{t}(")
+                if s.op == "cast" and s.dtype in HALF:
+                    expr = f"float({s.args[0]})"
                 if s.op == "pow":
                     a, b = (body.dtype(x) for x in s.args)
                     expr = f"ember_pow<{t}, {CTYPE[a]}, {CTYPE[b]}>({s.args[0]}, {s.args[1]})"
+                if s.dtype in HALF:  # each result rounds to the 16-bit float, as numpy's do
+                    to_float, from_float = HALF[s.dtype]
+                    expr = f"{to_float}({from_float}({expr}))"
                 lines.append(f"const {t} {s.out} = {expr};")
         return [indent + line for line in lines]
 
@@ -229,8 +251,10 @@ class _KernelWriter:
         k = self.k
         if k.kind == "pointwise":
             n = len(k.ranges)
-            par = self._parallel(sympy.Mul(*k.ranges)) if n else None
-            if n <= 1:
+            par = self._parallel(sympy.Mul(*k.ranges)) if n and not k.serial else None
+            if k.serial:
+                lines, indent, closes = self._loops(k.ranges, "x", "", None, None)
+            elif n <= 1:
                 lines, indent, closes = self._loops(k.ranges, "x", "", par and par.replace(" for{", " for simd{"),
                                                     None)
             else:
@@ -249,7 +273,7 @@ class _KernelWriter:
             lines += closes
         decls = [f"const int64_t s{i} = S[{i}];" for i in sorted(self.index.used)]
         for name in sorted(self.used_buffers, key=lambda n: self.slots[n]):
-            t = CTYPE[self.buffers[name].dtype]
+            t = storage_type(self.buffers[name].dtype)
             decls.append(f"{t}* {name} = reinterpret_cast<{t}*>(B[{self.slots[name]}]);")
         return decls + lines
 
@@ -261,15 +285,15 @@ class _KernelWriter:
             lines, inner, closes = self._loops(k.reduction, "r", indent, None, "#pragma omp simd")
             return lines + self.stmts(stage.body, inner) + closes
         t = CTYPE[stage.acc_dtype]
+        is_float = stage.acc_dtype in FLOAT_TYPES
         init = {"sum": "0", "prod": "1",
-                "max": f"-std::numeric_limits<{t}>::infinity()" if stage.acc_dtype in (DType.float32, DType.float64)
-                else f"std::numeric_limits<{t}>::lowest()",
-                "min": f"std::numeric_limits<{t}>::infinity()" if stage.acc_dtype in (DType.float32, DType.float64)
-                else f"std::numeric_limits<{t}>::max()"}[stage.reduce]
+                "max": f"-std::numeric_limits<{t}>::infinity()" if is_float else f"std::numeric_limits<{t}>::lowest()",
+                "min": f"std::numeric_limits<{t}>::infinity()" if is_float else f"std::numeric_limits<{t}>::max()",
+                }[stage.reduce]
         clause = {"sum": "+", "prod": "*", "max": "max", "min": "min"}[stage.reduce]
         fold = {"sum": "{a} += {v};", "prod": "{a} *= {v};", "max": "{a} = {a} > {v} ? {a} : {v};",
                 "min": "{a} = {a} < {v} ? {a} : {v};"}[stage.reduce]
-        nan_guard = stage.reduce in ("max", "min") and stage.acc_dtype in (DType.float32, DType.float64)
+        nan_guard = stage.reduce in ("max", "min") and is_float
         lines = [f"{indent}{t} {stage.acc} = {init};"]
         if nan_guard:
             lines.append(f"{indent}bool {stage.acc}_nan = false;")

@@ -179,6 +179,47 @@ EMBER_INLINE float ember_sigmoidf(float x) {
   return (x < 0.0f ? e : 1.0f) / (1.0f + e);
 }
 
+// ---- 16-bit floats: stored as their bits, computed as float ---------------------------
+// float16 <-> float, round to nearest even, after F. Giesen's float_to_half_fast3_rtne
+// (public domain): overflow to inf, NaN stays a (quiet) NaN, denormals via one float add.
+EMBER_INLINE float ember_h2f(std::uint16_t h) {
+  const std::uint32_t sign = (std::uint32_t)(h & 0x8000u) << 16;
+  const std::uint32_t bits = (std::uint32_t)(h & 0x7fffu) << 13;  // exponent + mantissa
+  const std::uint32_t exp = bits & 0x0f800000u;
+  // normal: rebias by 112; inf/NaN: max out the exponent; denormal/zero: renormalise
+  const float normal = ember_u2f(bits + (112u << 23));
+  const float special = ember_u2f(bits | 0x7f800000u);
+  const float denorm = ember_u2f(bits + (113u << 23)) - ember_u2f(113u << 23);
+  const float mag = exp == 0x0f800000u ? special : (exp == 0 ? denorm : normal);
+  return ember_u2f(ember_f2u(mag) | sign);
+}
+
+EMBER_INLINE std::uint16_t ember_f2h(float f) {
+  std::uint32_t u = ember_f2u(f);
+  const std::uint32_t sign = u & 0x80000000u;
+  u ^= sign;
+  std::uint32_t o;
+  if (u >= (143u << 23)) {  // overflow, inf or NaN
+    o = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  } else if (u < (113u << 23)) {  // a denormal half (or zero): the float add rounds
+    o = ember_f2u(ember_u2f(u) + ember_u2f(126u << 23)) - (126u << 23);
+  } else {
+    const std::uint32_t odd = (u >> 13) & 1u;
+    u += ((15u - 127u) << 23) + 0xfffu + odd;
+    o = u >> 13;
+  }
+  return (std::uint16_t)(o | (sign >> 16));
+}
+
+// bfloat16 <-> float: the high half of the float's bits, rounded to nearest even; NaN quiet.
+EMBER_INLINE float ember_bf2f(std::uint16_t h) { return ember_u2f((std::uint32_t)h << 16); }
+
+EMBER_INLINE std::uint16_t ember_f2bf(float f) {
+  const std::uint32_t u = ember_f2u(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (std::uint16_t)((u >> 16) | 0x40u);
+  return (std::uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 // ---- one name per function for float (the fast versions) and double (std::) -----------
 EMBER_INLINE float ember_exp(float x) { return ember_expf(x); }
 EMBER_INLINE double ember_exp(double x) { return std::exp(x); }

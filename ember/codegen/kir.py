@@ -161,6 +161,7 @@ class Kernel:
     args: tuple[str, ...] = ()            # extern: buffer names, inputs then outputs
     params: dict[str, Any] = field(default_factory=dict)  # extern: its settings
     nodes: tuple[str, ...] = ()           # graph nodes this kernel computes
+    serial: bool = False                  # pointwise: run the elements in order, on one thread
 
     def reads(self) -> set[str]:
         if self.kind == "extern":

@@ -29,8 +29,8 @@ from .kir import Body, Buffer, Kernel, Stage, loop_vars
 
 MAX_INLINE_OPS = 48  # a lazy value whose body has more ops than this is realized
 # dtypes the C++ renderer has types for; other values fall back
-KERNEL_DTYPES = {DType.float32, DType.float64, DType.int64, DType.int32, DType.int16, DType.int8,
-                 DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}
+KERNEL_DTYPES = {DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int64, DType.int32,
+                 DType.int16, DType.int8, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}
 
 
 @dataclass
@@ -63,6 +63,7 @@ class Lowered:
     constants: dict[str, np.ndarray]
     fallbacks: list[str] = field(default_factory=list)
     fused_nodes: int = 0
+    fallback_reasons: dict[str, str] = field(default_factory=dict)  # node name -> why it fell back
 
 
 class LoweringContext:
@@ -83,6 +84,7 @@ class LoweringContext:
                 self.readers[id(v)] = self.readers.get(id(v), 0) + 1
         self.returned = {id(v) for v in graph.outputs}
         self.fallbacks: list[str] = []
+        self.fallback_reasons: dict[str, str] = {}
         self._node: Node | None = None
         # sizes known before a kernel runs: the inputs' dims, then what fallbacks' results tell
         self.bound: set[sympy.Symbol] = set()
@@ -181,24 +183,9 @@ class LoweringContext:
             self.refs[id(v)] = self._ref_for_source(v, "input")
         for v in g.constants:
             self.refs[id(v)] = self._ref_for_source(v, "constant")
-        fused = 0
         for node in g.nodes:
             self._node = node
-            outs = None
-            if all(self.known_contents(v) is not None for v in node.outputs) and not node.has_subgraphs:
-                outs = [self._shape_valued(v) for v in node.outputs]
-                outs = outs if all(o is not None for o in outs) else None
-            if outs is None:
-                outs = self._lower_node(node)
-            for value, ref in zip(node.outputs, outs):
-                if ref is None:
-                    continue
-                if ref.lazy:
-                    fused += 1
-                    if (self.readers.get(id(value), 0) != 1 or id(value) in self.returned
-                            or ref.cost > MAX_INLINE_OPS):
-                        self.realize(ref)
-                self.refs[id(value)] = ref
+            self._lower_in_order([node])
         self._node = None
         outputs = []
         for v in g.outputs:
@@ -214,23 +201,99 @@ class LoweringContext:
         kernels_nodes = {n for k in self.kernels for n in k.nodes}
         return Lowered(self.buffers, self.kernels, [self.refs[id(v)].buffer.name for v in g.inputs],
                        outputs, self.constants, self.fallbacks,
-                       fused_nodes=sum(1 for n in g.nodes if n.name not in kernels_nodes and n.name not in self.fallbacks))
+                       fused_nodes=sum(1 for n in g.nodes if n.name not in kernels_nodes and n.name not in self.fallbacks),
+                       fallback_reasons=self.fallback_reasons)
+
+    def _lower_in_order(self, nodes: list[Node]) -> None:
+        for node in nodes:
+            outs = None
+            if all(self.known_contents(v) is not None for v in node.outputs) and not node.has_subgraphs:
+                outs = [self._shape_valued(v) for v in node.outputs]
+                outs = outs if all(o is not None for o in outs) else None
+            if outs is None:
+                outs = self._lower_node(node)
+            for value, ref in zip(node.outputs, outs):
+                if ref is None:
+                    continue
+                if ref.lazy and (self.readers.get(id(value), 0) != 1 or id(value) in self.returned
+                                 or ref.cost > MAX_INLINE_OPS):
+                    self.realize(ref)
+                self.refs[id(value)] = ref
 
     def _lower_node(self, node: Node) -> list[TensorRef | None]:
-        opdef = get_op(node.op)
         ins = [self.refs[id(v)] if v is not None else None for v in node.inputs]
-        lower = getattr(opdef, "lower", None)
-        typed = all(isinstance(v.type, TensorType) and v.type.shape is not None and v.type.dtype in KERNEL_DTYPES
-                    and all(sympy.sympify(d).free_symbols <= self.bound for d in v.type.shape)
-                    for v in [*node.outputs, *(v for v in node.inputs if v is not None)])
-        if lower is not None and typed and not node.has_subgraphs:
+        lower = getattr(get_op(node.op), "lower", None)
+        reason = self._why_not_lowerable(node) if lower is not None else "no lowering"
+        if reason is None:
             try:
                 outs = lower(self, node, ins)
                 if outs is not None:
                     return list(outs)
-            except NotLowerable:
-                pass
+                reason = "lowering declined"
+            except NotLowerable as e:
+                reason = str(e) or "not lowerable"
+        if not node.has_subgraphs:
+            outs, why = self._expand(node, ins)
+            if outs is not None:
+                return outs
+            reason += f"; function body: {why}" if why else ""
+        self.fallback_reasons[node.name] = reason
         return self._fallback(node, ins)
+
+    def _expand(self, node: Node, ins: list[TensorRef | None]) -> tuple[list[TensorRef | None] | None, str]:
+        """`node` lowered through its op's ONNX function body; or None (nothing changed)
+        and why, when there is none or some node of it would fall back."""
+        from .expand import function_nodes
+
+        built = function_nodes(node)
+        if built is None:
+            return None, ""
+        nodes, outs, constants = built
+        for r in ins:
+            if r is not None:
+                self.realize(r)  # read by several nodes of the body, maybe
+        state = (len(self.kernels), list(self.buffers), list(self.constants), len(self.fallbacks),
+                 dict(self.fallback_reasons), set(self.bound), self.known)
+        for v in constants:
+            self.refs[id(v)] = self._ref_for_source(v, "constant")
+        for n in nodes:
+            for v in n.inputs:
+                if v is not None:
+                    self.readers[id(v)] = self.readers.get(id(v), 0) + 1
+        for v in outs:
+            if v is not None:
+                self.readers[id(v)] = self.readers.get(id(v), 0) + 1
+        outer = self.known
+        self.known = infer_types(Graph(f"{node.name}/body", nodes=nodes, constants=constants), outer)
+        try:
+            self._lower_in_order(nodes)
+        finally:
+            self.known = outer
+        if len(self.fallbacks) == state[3] and all(v is None or id(v) in self.refs for v in outs):
+            return [self.refs[id(v)] if v is not None else None for v in outs][:len(node.outputs)], ""
+        inner = self.fallbacks[state[3]:]
+        why = next((f"{n.op} {self.fallback_reasons.get(n.name, '')}" for n in nodes if n.name in inner), "outputs")
+        kernels, buffers, constants_before, fallbacks, reasons, bound, _ = state
+        del self.kernels[kernels:]
+        self.buffers = {name: self.buffers[name] for name in buffers}
+        self.constants = {name: self.constants[name] for name in constants_before}
+        del self.fallbacks[fallbacks:]
+        self.fallback_reasons, self.bound = reasons, bound
+        return None, why
+
+    def _why_not_lowerable(self, node: Node) -> str | None:
+        """Why no kernel can compute `node` whatever its op, or None."""
+        if node.has_subgraphs:
+            return "has subgraphs"
+        for v in [*node.outputs, *(v for v in node.inputs if v is not None)]:
+            t = v.type
+            if not isinstance(t, TensorType) or t.shape is None:
+                return "a value that is not a tensor of known rank"
+            if t.dtype not in KERNEL_DTYPES:
+                return f"dtype {t.dtype.name}"
+            if not all(sympy.sympify(d).free_symbols <= self.bound for d in t.shape):
+                return "a size known only when it runs"
+        return None
 
     def _fallback(self, node: Node, ins: list[TensorRef | None]) -> list[TensorRef | None]:
         args = [self.realize(r).name if r is not None else "" for r in ins]

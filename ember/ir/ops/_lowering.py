@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import sympy
 
 from ..dtypes import DType
 from ..registry import get_op
 
-FLOATS = {DType.float32, DType.float64}
+FLOATS = {DType.float32, DType.float64}  # what extern (library) kernels take
+# what generated kernels compute with: float16 and bfloat16 load and store as 16 bits and
+# compute in float32
+KERNEL_FLOATS = FLOATS | {DType.float16, DType.bfloat16}
 SQRT1_2 = 0.7071067811865476
 
 
@@ -100,6 +104,20 @@ def pointwise(ctx, node, ins, fn: Callable[..., V], out: int = 0):
         return fn(*values).cast(dtype).name
 
     return ctx.pointwise(shape, dtype, compute, cost=1 + sum(r.cost for r in present))
+
+
+def constant_ints(ctx, value) -> list[int] | None:
+    """The contents of an integer tensor known before anything runs (a constant, or
+    contents shape inference computed), flattened; None otherwise."""
+    if value is None:
+        return None
+    data = value.const if value.const is not None else ctx.known_contents(value)
+    if data is None:
+        return None
+    flat = np.asarray(data, dtype=object).reshape(-1).tolist()
+    if not all(isinstance(x, (int, np.integer)) for x in flat):
+        return None
+    return [int(x) for x in flat]
 
 
 def attrs(node) -> dict:

@@ -14,6 +14,7 @@ from ..graph import Node
 from ..registry import Known
 from ._lowering import (
     FLOATS,
+    KERNEL_FLOATS,
     SQRT1_2,
     NotLowerable,
     V,
@@ -115,6 +116,11 @@ def _cast(node: Node, ins: list[Known | None]) -> list[Known | None]:
     return [tensor(dtype, shape, value)]
 
 
+def _cast_like(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    dtype = dtype_of(ins[1])
+    return [tensor(dtype, shape_of(ins[0]))] if dtype else [None]
+
+
 def _bool_like(node: Node, ins: list[Known | None]) -> list[Known | None]:
     return [tensor(DType.bool, shape_of(ins[0]))]
 
@@ -144,6 +150,7 @@ for _op in UNARY:
 for _op in ("Sum", "Mean"):
     standard_op(_op, infer=_variadic)
 standard_op("Cast", infer=_cast)
+standard_op("CastLike", infer=_cast_like)
 standard_op("IsNaN", infer=_bool_like)
 standard_op("IsInf", infer=_bool_like)
 standard_op("Where", infer=_where)
@@ -202,7 +209,7 @@ def _lower_unary(op: str):
     fn, floats_only = _UNARY_LOWERINGS[op]
 
     def lower(ctx, node, ins):
-        if floats_only and ins[0].dtype not in FLOATS:
+        if floats_only and ins[0].dtype not in FLOATS:  # (16-bit floats would round differently)
             raise NotLowerable(f"{op} on {ins[0].dtype.name}")
         a = attrs(node)
         return [pointwise(ctx, node, ins, lambda x: fn(x, a))]
@@ -227,7 +234,7 @@ def _lower_pow(ctx, node, ins):
 
 def _lower_mod(ctx, node, ins):
     fmod = attrs(node)["fmod"]
-    if ins[0].dtype in FLOATS and not fmod:
+    if ins[0].dtype in KERNEL_FLOATS and not fmod:
         raise NotLowerable("float Mod needs fmod=1")
     return [pointwise(ctx, node, ins, lambda a, b: a.fmod(b) if fmod else a.mod(b))]
 
@@ -267,13 +274,16 @@ def _lower_clip(ctx, node, ins):
 
 
 def _lower_cast(ctx, node, ins):
+    """Cast, and CastLike (to its second input's dtype)."""
     dtype, _ = out_type(node)
-    return [pointwise(ctx, node, ins, lambda x: x.cast(dtype))]
+    if ins[0].dtype == DType.float64 and dtype in KERNEL_FLOATS - FLOATS:
+        raise NotLowerable("float64 to a 16-bit float rounds once in numpy, twice through float32")
+    return [pointwise(ctx, node, ins[:1], lambda x: x.cast(dtype))]
 
 
 def _lower_isinf(ctx, node, ins):
     a = attrs(node)
-    if ins[0].dtype not in FLOATS:
+    if ins[0].dtype not in KERNEL_FLOATS:
         raise NotLowerable("IsInf on integers")
     name = {(1, 1): "isinf", (1, 0): "isneginf", (0, 1): "isposinf"}.get((a["detect_negative"], a["detect_positive"]))
     if name is None:
@@ -291,7 +301,7 @@ register_lowering("Pow")(_lower_pow)
 register_lowering("Mod")(_lower_mod)
 register_lowering("BitShift")(_lower_bitshift)
 register_lowering("Clip")(_lower_clip)
-register_lowering("Cast")(_lower_cast)
+register_lowering("Cast", "CastLike")(_lower_cast)
 register_lowering("IsInf")(_lower_isinf)
 register_lowering("Where")(lambda ctx, node, ins: [pointwise(ctx, node, ins, lambda c, a, b: c.where(a, b))])
 def _lower_dropout(ctx, node, ins):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..graph import Node
 from ._lowering import (
     FLOATS,
+    KERNEL_FLOATS,
     NotLowerable,
     V,
     attrs,
@@ -98,8 +99,10 @@ def _lower_reduce(op: str):
             axes = list(range(rank))
         axes = {normalize_axis(v, rank) for v in axes}
         if any(x.shape[i] == 0 for i in axes) or (op in ("ReduceL2", "ReduceLogSum", "ReduceMean")
-                                                   and x.dtype not in FLOATS):
+                                                   and x.dtype not in KERNEL_FLOATS):
             raise NotLowerable("empty reduction, or integer result of a float formula")
+        if x.dtype in KERNEL_FLOATS - FLOATS and how not in ("max", "min"):
+            raise NotLowerable("a 16-bit float sum or product (numpy rounds it its own way)")
         dtype, out_shape = out_type(node)
         out = ctx.new_buffer("reduce", dtype, out_shape)
         acc_dtype = x.dtype
