@@ -46,9 +46,10 @@ class WeightData:
         """The data of `tensor` (the light TensorProto: type and dims, no data), read-only."""
         dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
         dims = tuple(tensor.dims)
-        if sys.byteorder == "little" and dtype.itemsize * int(np.prod(dims)) == self.buffer.size:
+        if (sys.byteorder == "little" and not dtype.hasobject
+                and dtype.itemsize * int(np.prod(dims)) == self.buffer.size):
             array = self.buffer.view(dtype).reshape(dims)
-        else:  # packed (int4, float4, ...) or big-endian: onnx knows how to unpack
+        else:  # packed (int4, float4, ...), strings or big-endian: as onnx reads them
             full = onnx.TensorProto()
             full.CopyFrom(tensor)
             full.raw_data = self.buffer.tobytes()

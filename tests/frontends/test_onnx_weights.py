@@ -123,3 +123,13 @@ def test_field_longer_than_its_message():
     data[graph_at + 1] |= 0x7F  # the graph's length now runs past the end of the file
     with pytest.raises(ember.ModelError, match="<bytes>.*not a valid ONNX model"):
         ember.compile(bytes(data))
+
+
+def test_raw_data_on_a_string_tensor_is_refused():
+    init = TensorProto(name="s", data_type=TensorProto.STRING, dims=[MIN_BYTES // 8])
+    init.raw_data = bytes(MIN_BYTES)  # not how strings are stored: never read as pointers
+    graph = helper.make_graph([helper.make_node("Identity", ["s"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.STRING, [MIN_BYTES // 8])], [init])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    with pytest.raises(ember.ModelError, match="initializer 's' cannot be read"):
+        load_onnx(model)
