@@ -29,7 +29,6 @@ from ._lowering import (
     rows_normalize,
 )
 from ._symbolic import broadcast, dtype_of, shape_of, tensor
-from .elementwise import _gelu
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "": lambda y: y,
@@ -241,8 +240,6 @@ register_op(OpDef(
 
 
 # -- Kernel IR lowerings ----------------------------------------------------------------
-_EPILOGUES = {"": lambda y: y, "relu": lambda y: y.max(0), "gelu": lambda y: _gelu(y, "none"),
-              "gelu_tanh": lambda y: _gelu(y, "tanh"), "silu": lambda y: y * y.sigmoid()}
 
 
 def _lower_linear(ctx, node, ins):
@@ -250,13 +247,8 @@ def _lower_linear(ctx, node, ins):
     bias = ins[2] if len(ins) > 2 else None
     if x.dtype not in FLOATS or len(w.shape) != 2:
         raise NotLowerable("not a float matrix weight")
-    dtype, shape = out_type(node)
-    (y,) = ctx.extern("linear", [x, w, bias], [(dtype, shape)])
-    activation = get_op(node.op).attr(node, "activation")
-    if not activation:
-        return [y]
-    epilogue = _EPILOGUES[activation]
-    return [ctx.pointwise(shape, dtype, lambda b, i: epilogue(V(b, y.load(b, i), dtype)).name, cost=8)]
+    # the extern applies the activation (oneDNN runs it as a post-op of the GEMM)
+    return ctx.extern("linear", [x, w, bias], [out_type(node)], activation=get_op(node.op).attr(node, "activation"))
 
 
 def _lower_attention(ctx, node, ins):
