@@ -13,8 +13,9 @@ O0: list[str] = []
 O1 = ["fold_constants", "canonicalize", "eliminate_dead_code"]
 O2 = ["fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_norms", "fuse_gelu",
       "fuse_silu", "fuse_rotary", "fuse_linear", "fuse_attention", "fuse_skip_layernorm",
+      "fuse_bias_activation", "fuse_conv", "channels_last", "eliminate_common_subexpressions", "canonicalize",
       "eliminate_dead_code"]
-O3 = [*O2[:-1], "fuse_bias_activation", "eliminate_dead_code"]
+O3 = list(O2)
 PIPELINES = {0: O0, 1: O1, 2: O2, 3: O3}
 
 

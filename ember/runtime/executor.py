@@ -14,6 +14,7 @@ when no C++ compiler is present or codegen is turned off).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import threading
 import time
 import warnings
@@ -29,7 +30,7 @@ from ..errors import ExecutionError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
-from .externs import EXTERNS
+from .externs import EXTERNS, PREPARE
 from .program import Program
 
 
@@ -92,7 +93,7 @@ class Executor:
                 fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p], None
                 self._steps.append(("segment", fn, step))
             elif step.kind == "extern":
-                self._steps.append(("extern", EXTERNS[step.name], step))
+                self._steps.append(("extern", EXTERNS[step.name], self._prepared(step)))
             else:
                 self._steps.append(("fallback", None, step))  # the reference is prepared on first use
         self._shape_fns = {}
@@ -117,6 +118,24 @@ class Executor:
         self._arena = torch.empty(0, dtype=torch.uint8)
         self._pointed: _Binding | None = None  # the binding whose addresses the slots hold
         self.profile: list | None = None  # (step, start, seconds) of every step run, when profiling
+
+    def _prepared(self, step):
+        """The step with the params its extern's `prepare` hook made from its constant inputs."""
+        hook = PREPARE.get(step.name)
+        if hook is None:
+            return step
+        constants = {}
+        for i, name in enumerate(step.args[:step.num_inputs]):
+            root = self._root.get(name) if name else None
+            if root is not None and self.program.buffers[root].kind == "constant":
+                b = self.program.buffers[name]
+                array = self._constants[root]
+                shape = tuple(b.shape) if all(isinstance(d, int) for d in b.shape) else array.shape
+                constants[i] = array.reshape(shape)
+        with warnings.catch_warnings():  # read-only weights: the hook only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            params = hook(step.params, {i: t for i, a in constants.items() if (t := _tensor(a)) is not None})
+        return step if params is step.params else dataclasses.replace(step, params=params)
 
     def _root_of(self, name: str) -> str:
         b = self.program.buffers[name]

@@ -41,7 +41,9 @@ def test_matches_onnxruntime(compiled, session, sentences):
     (ours,) = compiled.run(feeds).values()
     (theirs,) = session.run(None, feeds)
     assert ours.shape == theirs.shape == (len(sentences), feeds["input_ids"].shape[1], 384)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    # outputs reach |5|; two fp32 GEMM libraries (oneDNN, MLAS) summing in different orders
+    # differ by up to ~7e-5 here, as numpy's reference and onnxruntime do (5e-5)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_embeddings_rank_similar_sentences(compiled):
@@ -61,7 +63,9 @@ def test_inference_session_is_a_drop_in(minilm_onnx, session):
     assert [i.shape for i in sess.get_inputs()] == [i.shape for i in session.get_inputs()]
     (ours,) = sess.run(None, feeds)
     (theirs,) = session.run(None, feeds)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    # outputs reach |5|; two fp32 GEMM libraries (oneDNN, MLAS) summing in different orders
+    # differ by up to ~7e-5 here, as numpy's reference and onnxruntime do (5e-5)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_o2_matches_the_unoptimized_reference(minilm_onnx, compiled):
@@ -74,9 +78,11 @@ def test_o2_matches_the_unoptimized_reference(minilm_onnx, compiled):
 
 
 def test_o2_fuses_every_layer(compiled):
-    """Issue 3's figures: 6 attentions, 13 layer norms (12 with the residual), 6 GELUs."""
+    """Issue 3's figures: 6 attentions, 13 layer norms (12 with the residual), 6 GELUs
+    (each now the epilogue of its FFN's first ember.Linear)."""
     hist = compiled.stats.op_histogram
     assert hist["ember.Attention"] == 6
     assert hist["ember.SkipLayerNorm"] + hist["LayerNormalization"] == 13 and hist["ember.SkipLayerNorm"] == 12
-    assert hist["Gelu"] == 6 and hist["ember.Linear"] == 36
+    gelus = [n for n in compiled.graph.nodes if n.op == "ember.Linear" and n.attrs.get("activation") == "gelu"]
+    assert "Gelu" not in hist and len(gelus) == 6 and hist["ember.Linear"] == 36
     assert compiled.stats.num_nodes <= 150

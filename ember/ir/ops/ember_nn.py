@@ -7,6 +7,8 @@ reference implementation (the numpy meaning every kernel is tested against).
     ember.Attention(q, k, v, bias?)  softmax(q k^T * scale + bias) v, per head
     ember.SwiGLU(gate, up)  y = gate * sigmoid(gate) * up    (broadcasting like Mul)
     ember.RotaryEmbedding(x, cos, sin)  y = x * cos + rotate_half(x) * sin    (halves of the last axis)
+    ember.Conv(x, w, bias?, sum?)  y = act(Conv(x, w, bias) + sum)    (ONNX Conv's attributes;
+                                   channels_last=1: x, y, sum are [N, *spatial, C])
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Callable
 import numpy as np
 import sympy
 
-from ..graph import Node
+from ..graph import Node, Value
+from . import nn  # noqa: F401  - registers Conv, whose attributes ember.Conv shares
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
 from ._lowering import (
     FLOATS,
@@ -29,7 +32,6 @@ from ._lowering import (
     rows_normalize,
 )
 from ._symbolic import broadcast, dtype_of, shape_of, tensor
-from .elementwise import _gelu
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "": lambda y: y,
@@ -240,9 +242,73 @@ register_op(OpDef(
 ))
 
 
+# -- ember.Conv -------------------------------------------------------------------------
+# ONNX Conv with an epilogue: an optional residual `sum` of the output's shape, then an
+# activation. What fuse_conv makes of Conv -> Add -> Relu chains (BatchNormalization
+# already folded into the weights); one oneDNN call runs it all. With channels_last=1
+# the activations (x, sum, y) are stored channels-last, [N, *spatial, C], the layout
+# CPU convolution kernels read without reordering (the filter keeps ONNX's layout).
+def _to_channels_first(a: np.ndarray) -> np.ndarray:
+    return np.moveaxis(a, -1, 1)
+
+
+def _to_channels_last(a: np.ndarray) -> np.ndarray:
+    return np.moveaxis(a, 1, -1)
+
+
+def _conv_node(node: Node) -> Node:
+    """The plain ONNX Conv this ember.Conv starts from (its first three inputs)."""
+    attrs = {k: v for k, v in node.attrs.items() if k not in ("activation", "channels_last")}
+    inputs = list(node.inputs[:3])
+    while inputs and inputs[-1] is None:
+        inputs.pop()
+    # fresh output values: a Node takes ownership (producer) of the values it is given
+    return Node("Conv", inputs, [Value(v.name, v.type) for v in node.outputs], attrs, node.name)
+
+
+def _fused_conv_reference(node: Node):
+    conv = get_op("Conv").reference(_conv_node(node))
+    activation = ACTIVATIONS[get_op(node.op).attr(node, "activation")]
+    last = bool(get_op(node.op).attr(node, "channels_last"))
+
+    def run(x, w, bias=None, total=None):
+        (y,) = conv(_to_channels_first(x) if last else x, w, bias)
+        y = _to_channels_last(y) if last else y
+        if total is not None:
+            y = y + total
+        return (np.ascontiguousarray(activation(y)).astype(x.dtype, copy=False),)
+
+    return run
+
+
+def _fused_conv_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    if not get_op(node.op).attr(node, "channels_last"):
+        return get_op("Conv").infer(_conv_node(node), ins[:3])
+    x = shape_of(ins[0])
+    if x is None:
+        return [tensor(dtype_of(ins[0]), None) if dtype_of(ins[0]) else None]
+    first = [tensor(dtype_of(ins[0]), (x[0], x[-1], *x[1:-1])), *ins[1:3]]
+    (y,) = get_op("Conv").infer(_conv_node(node), first)
+    if y is None or shape_of(y) is None:
+        return [y]
+    shape = shape_of(y)
+    return [tensor(dtype_of(y), (shape[0], *shape[2:], shape[1]))]
+
+
+register_op(OpDef(
+    "ember.Conv",
+    inputs=(ParamSpec("x"), ParamSpec("w"), ParamSpec("bias", optional=True), ParamSpec("sum", optional=True)),
+    outputs=(ParamSpec("y"),),
+    attrs={**{k: v for k, v in get_op("Conv").attrs.items()},
+           "activation": AttrSpec("activation", "string", ""),
+           "channels_last": AttrSpec("channels_last", "int", 0)},
+    reference=_fused_conv_reference, infer=_fused_conv_infer,
+    doc="y = activation(Conv(x, w, bias) + sum), Conv with ONNX's attributes; sum (optional) has y's shape; "
+        f"activation one of {sorted(ACTIVATIONS)}",
+))
+
+
 # -- Kernel IR lowerings ----------------------------------------------------------------
-_EPILOGUES = {"": lambda y: y, "relu": lambda y: y.max(0), "gelu": lambda y: _gelu(y, "none"),
-              "gelu_tanh": lambda y: _gelu(y, "tanh"), "silu": lambda y: y * y.sigmoid()}
 
 
 def _lower_linear(ctx, node, ins):
@@ -250,13 +316,8 @@ def _lower_linear(ctx, node, ins):
     bias = ins[2] if len(ins) > 2 else None
     if x.dtype not in FLOATS or len(w.shape) != 2:
         raise NotLowerable("not a float matrix weight")
-    dtype, shape = out_type(node)
-    (y,) = ctx.extern("linear", [x, w, bias], [(dtype, shape)])
-    activation = get_op(node.op).attr(node, "activation")
-    if not activation:
-        return [y]
-    epilogue = _EPILOGUES[activation]
-    return [ctx.pointwise(shape, dtype, lambda b, i: epilogue(V(b, y.load(b, i), dtype)).name, cost=8)]
+    # the extern applies the activation (oneDNN runs it as a post-op of the GEMM)
+    return ctx.extern("linear", [x, w, bias], [out_type(node)], activation=get_op(node.op).attr(node, "activation"))
 
 
 def _lower_attention(ctx, node, ins):
@@ -293,7 +354,15 @@ def _lower_swiglu(ctx, node, ins):
     return [pointwise(ctx, node, ins, lambda g, u: g * g.sigmoid() * u)]
 
 
+def _lower_fused_conv(ctx, node, ins):
+    total = ins[3] if len(ins) > 3 else None
+    activation = get_op(node.op).attr(node, "activation")
+    return nn.lower_conv(ctx, _conv_node(node), ins[:3], total=total, activation=activation,
+                         channels_last=bool(get_op(node.op).attr(node, "channels_last")))
+
+
 register_lowering("ember.Linear")(_lower_linear)
+register_lowering("ember.Conv")(_lower_fused_conv)
 register_lowering("ember.Attention")(_lower_attention)
 register_lowering("ember.SkipLayerNorm")(_lower_skip_layernorm)
 register_lowering("ember.SwiGLU")(_lower_swiglu)

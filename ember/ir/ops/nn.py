@@ -129,7 +129,9 @@ def _static_spatial(x, node) -> list[int]:
     return spatial
 
 
-def _lower_conv(ctx, node, ins):
+def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: bool = False):
+    """Conv (and ember.Conv's epilogue: `total` added, then `activation`; its channels-last
+    layout) as the conv extern. `node` is the plain Conv (sharing the fused node's output)."""
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
     if x.dtype not in FLOATS or len(x.shape) not in (3, 4, 5):
@@ -138,9 +140,17 @@ def _lower_conv(ctx, node, ins):
     kernel = list(w.shape[2:])
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
-    pads = _pads(a, _static_spatial(x, node), kernel, strides, dilations)
-    return ctx.extern("conv", [x, w, bias], [out_type(node)], pads=[p for p, _ in pads] + [q for _, q in pads],
-                      strides=list(strides), dilations=list(dilations), group=int(a["group"]))
+    shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else tuple(x.shape)
+    spatial = list(shape[2:])
+    if not all(isinstance(d, int) for d in spatial):
+        raise NotLowerable("symbolic spatial dims")
+    pads = _pads(a, spatial, kernel, strides, dilations)
+    return ctx.extern("conv", [x, w, bias, total], [out_type(node)],
+                      pads=[p for p, _ in pads] + [q for _, q in pads],
+                      strides=list(strides), dilations=list(dilations), group=int(a["group"]), activation=activation,
+                      channels_last=channels_last,
+                      # the input shape (a symbolic batch as 1) picks oneDNN's kernel and the filter layout
+                      input_shape=[d if isinstance(d, int) else 1 for d in shape])
 
 
 def _lower_pool(kind: str):
@@ -207,7 +217,7 @@ def _lower_batchnorm(ctx, node, ins):
     return [ctx.pointwise(shape, dtype, load, cost=6 + x.cost)]
 
 
-register_lowering("Conv")(_lower_conv)
+register_lowering("Conv")(lower_conv)
 register_lowering("MaxPool")(_lower_pool("max"))
 register_lowering("AveragePool")(_lower_pool("avg"))
 for _op in ("GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"):

@@ -1,0 +1,56 @@
+"""channels_last: 2-d convolutions read and write channels-last activations.
+
+    Conv(x, W, b) | ember.Conv(x, W, b, r)              x: [N, C, H, W] float32
+        -> Transpose(ember.Conv(Transpose(x, NHWC), W, b, Transpose(r, NHWC),
+                                channels_last=1), NCHW)
+
+CPU convolution kernels (oneDNN's) work on [N, H, W, C]; handed [N, C, H, W] they
+reorder the input and the output on every call. After this pass the transposes between
+two convolutions are inverse pairs: eliminate_common_subexpressions merges the copies
+of one transpose and canonicalize cancels the pairs, so a ResNet converts its layout
+once at the input and once before the pooling head (onnxruntime's NHWC transformer does
+the same)."""
+
+from __future__ import annotations
+
+from .fuse_conv import CONV_ATTRS
+from .registry import register_pass
+from .rewriter import Match, Rewrite, RewritePass
+
+TO_LAST, TO_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def _check(m: Match) -> str | None:
+    x = m["x"].type
+    if x is None or x.shape is None or len(x.shape) != 4 or x.dtype.name != "float32":
+        return "not a float32 2-d convolution"
+    return None
+
+
+def _rewrite(source: str, num_inputs: int) -> Rewrite:
+    def pattern(op, x, w, b, r, activation, auto_pad, dilations, group, kernel_shape, pads, strides):
+        attrs = dict(zip(CONV_ATTRS, (auto_pad, dilations, group, kernel_shape, pads, strides)))
+        if source == "ember.Conv":
+            attrs.update(activation=activation, channels_last=0)
+        return op(source, *[x, w, b, r][:num_inputs], **attrs)
+
+    def replacement(op, x, w, b, r, activation, auto_pad, dilations, group, kernel_shape, pads, strides):
+        attrs = dict(zip(CONV_ATTRS, (auto_pad, dilations, group, kernel_shape, pads, strides)))
+        inputs = [op.Transpose(x, perm=TO_LAST), w, b if num_inputs > 2 else None,
+                  op.Transpose(r, perm=TO_LAST) if r is not None else None]
+        while inputs[-1] is None:
+            inputs.pop()
+        y = op("ember.Conv", *inputs, **attrs, activation=activation or "", channels_last=1)
+        return op.Transpose(y, perm=TO_FIRST)
+
+    return Rewrite(f"{source.lower()}{num_inputs}_channels_last", pattern, replacement, _check)
+
+
+REWRITES = [_rewrite("Conv", 2), _rewrite("Conv", 3),
+            _rewrite("ember.Conv", 2), _rewrite("ember.Conv", 3), _rewrite("ember.Conv", 4)]
+
+
+@register_pass
+class ChannelsLast(RewritePass):
+    name = "channels_last"
+    rewrites = REWRITES

@@ -1,0 +1,144 @@
+"""fuse_conv and channels_last: convolution blocks (BatchNorm, residual add, ReLU) on
+random shapes, differential against the unoptimised reference, and the graph they make."""
+
+import numpy as np
+import onnx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import ember
+from ember.frontends.onnx import load_onnx
+from ember.passes import get_pass
+from ember.testing import check_pass
+
+
+def _block(rng, c, m, hw, k, stride, bias, bn, residual, relu, batch="n") -> onnx.ModelProto:
+    """x -> Conv -> [BatchNorm] -> [+ residual] -> [Relu] -> y; the residual is a second
+    convolution of x (1x1, same stride) so any shape works."""
+    inits = [numpy_helper.from_array(rng.standard_normal((m, c, k, k)).astype(np.float32), "w")]
+    conv_in = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(m).astype(np.float32), "b"))
+        conv_in.append("b")
+    pad = k // 2
+    nodes = [helper.make_node("Conv", conv_in, ["c"], kernel_shape=[k, k], strides=[stride, stride],
+                              pads=[pad] * 4, name="conv")]
+    last = "c"
+    if bn:
+        for name, data in {"s": rng.uniform(0.5, 2, m), "beta": rng.standard_normal(m),
+                           "mean": rng.standard_normal(m), "var": rng.uniform(0.5, 2, m)}.items():
+            inits.append(numpy_helper.from_array(data.astype(np.float32), name))
+        nodes.append(helper.make_node("BatchNormalization", [last, "s", "beta", "mean", "var"], ["bn"],
+                                      epsilon=1e-5, name="bn"))
+        last = "bn"
+    if residual:
+        inits.append(numpy_helper.from_array(rng.standard_normal((m, c, 1, 1)).astype(np.float32), "w2"))
+        nodes.append(helper.make_node("Conv", ["x", "w2"], ["r"], strides=[stride, stride], name="shortcut"))
+        nodes.append(helper.make_node(residual, ["r", last], ["sum"], name="add"))
+        last = "sum"
+    if relu:
+        nodes.append(helper.make_node("Relu", [last], ["act"], name="relu"))
+        last = "act"
+    nodes.append(helper.make_node("Identity", [last], ["y"], name="out"))
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                            [batch, c, hw, hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+BLOCKS = dict(c=st.integers(1, 6), m=st.integers(1, 6), hw=st.integers(3, 9), k=st.sampled_from([1, 3]),
+              stride=st.sampled_from([1, 2]), bias=st.booleans(), bn=st.booleans(),
+              residual=st.sampled_from([None, "Add", "Sum"]), relu=st.booleans(), seed=st.integers(0, 2**16))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**BLOCKS)
+def test_blocks_compile_to_one_conv_each_and_match_the_reference(c, m, hw, k, stride, bias, bn, residual, relu,
+                                                                seed):
+    rng = np.random.default_rng(seed)
+    model = _block(rng, c, m, hw, k, stride, bias, bn, residual, relu)
+    compiled = ember.compile(model)
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    hist = compiled.stats.op_histogram
+    assert hist.get("ember.Conv") == 1 + bool(residual), hist
+    assert not {"BatchNormalization", "Relu", "Add", "Sum", "Conv"} & set(hist), hist
+    assert hist.get("Transpose", 0) <= 2 + bool(residual), hist  # in, out (and the shortcut's input)
+    assert compiled.stats.fallback_nodes == []
+    for batch in (1, 2):  # a new batch size binds again, with the same packed filters
+        x = rng.standard_normal((batch, c, hw, hw)).astype(np.float32)
+        (got,) = compiled.run({"x": x}).values()
+        (want,) = reference.run({"x": x}).values()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**BLOCKS)
+def test_each_pass_alone_preserves_outputs(c, m, hw, k, stride, bias, bn, residual, relu, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, c, hw, hw)).astype(np.float32)
+    for name in ("fuse_conv", "channels_last"):
+        check_pass(get_pass(name), load_onnx(_block(rng, c, m, hw, k, stride, bias, bn, residual, relu)), {"x": x})
+
+
+def test_chained_convolutions_keep_one_layout_change_each_way():
+    rng = np.random.default_rng(0)
+    inits, nodes, last = [], [], "x"
+    for i in range(4):
+        inits.append(numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("Conv", [last, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        last = f"r{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = ember.compile(model)
+    assert compiled.stats.op_histogram == {"ember.Conv": 4, "Transpose": 2}
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run({"x": x})[last],
+                               ember.compile(model, opt_level=0, codegen=False).run({"x": x})[last],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_on_a_computed_filter_is_left_alone():
+    rng = np.random.default_rng(1)
+    model = _block(rng, 2, 3, 5, 3, 1, True, True, None, False)
+    model.graph.initializer.pop(0)  # the filter becomes an input
+    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 2, 3, 3]))
+    fuse = get_pass("fuse_conv")
+    graph = load_onnx(model)
+    fuse.run(graph)
+    assert "BatchNormalization" in [n.op for n in graph.nodes]
+    assert ("fold_batchnorm_bias", "bn", "the filter is not a float constant") in fuse.report.rejected
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(activation=st.sampled_from(["", "relu", "gelu", "gelu_tanh", "silu"]), channels_last=st.booleans(),
+       with_sum=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_ember_conv_kernel_matches_its_reference(activation, channels_last, with_sum, with_bias, seed):
+    """Every epilogue the op allows, in both layouts, on the extern kernel."""
+    from ember.ir import DType, Graph, TensorType, Value
+
+    rng = np.random.default_rng(seed)
+    x_shape, y_shape = ((2, 5, 5, 3), (2, 5, 5, 4)) if channels_last else ((2, 3, 5, 5), (2, 4, 5, 5))
+    g = Graph("g", opsets={"": 28})
+    x = Value("x", TensorType(DType.float32, x_shape))
+    g.inputs.append(x)
+    inputs = [x, g.add_constant("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+              g.add_constant("b", rng.standard_normal(4).astype(np.float32)) if with_bias else None]
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    if with_sum:
+        r = Value("r", TensorType(DType.float32, y_shape))
+        g.inputs.append(r)
+        inputs.append(r)
+        feeds["r"] = rng.standard_normal(y_shape).astype(np.float32)
+    while inputs[-1] is None:
+        inputs.pop()
+    node = g.add_node("ember.Conv", inputs, [Value("y", TensorType(DType.float32, y_shape))],
+                      {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "activation": activation,
+                       "channels_last": int(channels_last)})
+    g.outputs = list(node.outputs)
+    want = ember.compile(g, opt_level=0, codegen=False).run(feeds)["y"]
+    compiled = ember.compile(g, opt_level=0)
+    assert compiled.stats.fallback_nodes == []
+    np.testing.assert_allclose(compiled.run(feeds)["y"], want, rtol=1e-4, atol=1e-4)
