@@ -9,7 +9,9 @@ reorder the input and the output on every call. After this pass the transposes b
 two convolutions are inverse pairs: eliminate_common_subexpressions merges the copies
 of one transpose and canonicalize cancels the pairs, so a ResNet converts its layout
 once at the input and once before the pooling head (onnxruntime's NHWC transformer does
-the same)."""
+the same). A MaxPool reading channels-last activations becomes ember.MaxPool on them.
+
+    MaxPool(Transpose(y, NCHW)) -> Transpose(ember.MaxPool(y, channels_last=1), NCHW)"""
 
 from __future__ import annotations
 
@@ -46,8 +48,25 @@ def _rewrite(source: str, num_inputs: int) -> Rewrite:
     return Rewrite(f"{source.lower()}{num_inputs}_channels_last", pattern, replacement, _check)
 
 
+POOL_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides")
+
+
+def _max_pool_pattern(op, y, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides):
+    return op.MaxPool(op.Transpose(y, perm=TO_FIRST), auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
+                      kernel_shape=kernel_shape, pads=pads, storage_order=0, strides=strides)
+
+
+def _max_pool_replacement(op, y, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides):
+    pooled = op("ember.MaxPool", y, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
+                kernel_shape=kernel_shape, pads=pads, strides=strides, channels_last=1)
+    return op.Transpose(pooled, perm=TO_FIRST)
+
+
+# a max pool of channels-last activations pools them where they are (ResNet's stem)
+MAX_POOL = Rewrite("max_pool_channels_last", _max_pool_pattern, _max_pool_replacement)
+
 REWRITES = [_rewrite("Conv", 2), _rewrite("Conv", 3),
-            _rewrite("ember.Conv", 2), _rewrite("ember.Conv", 3), _rewrite("ember.Conv", 4)]
+            _rewrite("ember.Conv", 2), _rewrite("ember.Conv", 3), _rewrite("ember.Conv", 4), MAX_POOL]
 
 
 @register_pass

@@ -15,7 +15,7 @@ from ..ir.types import TensorType
 from .base import Pass, PassResult
 from .registry import register_pass
 
-DEFAULT_MAX_ELEMENTS = 1 << 20
+DEFAULT_MAX_ELEMENTS = 1 << 23
 
 
 @register_pass

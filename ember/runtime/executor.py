@@ -30,7 +30,7 @@ from ..errors import ExecutionError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
-from .externs import EXTERNS, PREPARE
+from .externs import ADOPTS, EXTERNS, PREPARE
 from .program import Program
 
 
@@ -105,9 +105,11 @@ class Executor:
         for name in p.inputs:
             self._input_dims.append([self._sym_index.get(d) if isinstance(d, sympy.Symbol) else None
                                      for d in p.buffers[name].shape])
-        self._temps = [n for n, b in p.buffers.items() if b.kind == "temp" and b.view_of is None]
         io = set(p.inputs) | set(p.outputs)
         self._io_aliases = [(n, self._root[n]) for n in p.buffers if n not in io and self._root[n] in io]
+        self._adopt_outputs()
+        self._temps = [n for n, b in p.buffers.items() if b.kind == "temp" and b.view_of is None
+                       and n not in self._adopted]
         parts = [part for step in p.steps for part in step.parts]
         from ..codegen.memory import lifetimes
 
@@ -118,6 +120,31 @@ class Executor:
         self._arena = torch.empty(0, dtype=torch.uint8)
         self._pointed: _Binding | None = None  # the binding whose addresses the slots hold
         self.profile: list | None = None  # (step, start, seconds) of every step run, when profiling
+
+    def _adopt_outputs(self) -> None:
+        """Externs that return their output (oneDNN's GEMM and convolution allocate it) keep
+        that tensor as the buffer: no copy into the arena, whose pages it would fault in
+        again. Such a buffer lives from its step to the last step that reads it."""
+        p = self.program
+        viewed = {b.view_of for b in p.buffers.values() if b.view_of}
+        io = set(p.inputs) | set(p.outputs) | {root for _, root in self._io_aliases}
+        self._adopted: dict[int, str] = {}  # step index -> its adopted output
+        fallback_reads = {a for step in p.steps if step.kind == "fallback" for a in step.args}
+        for i, (kind, _, step) in enumerate(self._steps):
+            outs = step.args[step.num_inputs:]
+            if (kind == "extern" and step.name in ADOPTS and "packed" in step.params and len(outs) == 1
+                    and p.buffers[outs[0]].kind == "temp" and p.buffers[outs[0]].view_of is None
+                    and outs[0] not in viewed and outs[0] not in io):
+                self._adopted[i] = outs[0]
+        self._adopted_names = set(self._adopted.values())
+        self._needs_view = self._adopted_names & fallback_reads
+        last: dict[str, int] = {}
+        for i, (_, _, step) in enumerate(self._steps):
+            for name in set(step.args).union(*step.parts) & set(self._adopted.values()):
+                last[name] = i
+        self._release: dict[int, list[str]] = {}
+        for name, i in last.items():
+            self._release.setdefault(i, []).append(name)
 
     def _prepared(self, step):
         """The step with the params its extern's `prepare` hook made from its constant inputs."""
@@ -266,12 +293,21 @@ class Executor:
             if kind == "segment":
                 fn(self._B_addr, sizes_addr)
             elif kind == "extern":
-                args = [tensors.get(a) if a else None for a in step.args]
-                fn(step.params, *args)
+                adopted = self._adopted.get(i)
+                args = [tensors.get(a) if a and a != adopted else None for a in step.args]
+                result = fn(step.params, *args)
+                if adopted is not None:
+                    tensors[adopted] = result
+                    B[p.slots[adopted]] = result.data_ptr()
+                    if adopted in self._needs_view:
+                        views[adopted] = result.numpy()
             else:
                 self._fallback(fn, step, binding, views, tensors)
             if profile is not None:
                 profile.append((step, start, time.perf_counter() - start))
+            for name in self._release.get(i, ()):  # its last reader has run
+                tensors.pop(name, None)
+                views.pop(name, None)
         return [views[name] if views.get(name) is not None else live[name] for name in p.outputs]
 
     def _prepare(self, i: int):
@@ -289,7 +325,8 @@ class Executor:
     def _allocate_late(self, binding: _Binding, step, views, tensors) -> None:
         p = self.program
         for name in step.args:
-            if name and name not in views and p.buffers[name].kind != "dynamic":
+            if (name and name not in views and p.buffers[name].kind != "dynamic"
+                    and name not in self._adopted_names):
                 self._resolve(binding, binding.bound)
                 shape = binding.shapes.get(name)
                 if shape is None:

@@ -19,13 +19,24 @@ import torch.nn.functional as F
 
 EXTERNS: dict[str, Callable] = {}
 PREPARE: dict[str, Callable] = {}
+ADOPTS: set[str] = set()  # externs that, given None for their output, return it (after `prepare`)
 
 
-def extern(name: str):
+def extern(name: str, adopts: bool = False):
     def register(fn):
         EXTERNS[name] = fn
+        if adopts:
+            ADOPTS.add(name)
         return fn
     return register
+
+
+def _store(y, result):
+    """Write `result` into the output buffer y, or hand it over (y None: the executor adopts it)."""
+    if y is None:
+        return result if result.is_contiguous() else result.contiguous()
+    y.copy_(result)
+    return y
 
 
 def prepare(name: str):
@@ -59,14 +70,15 @@ def prepare_linear(params, constants):
     return {**params, "packed": packed}
 
 
-@extern("linear")
+@extern("linear", adopts=True)
 def linear(params, x, w, bias, y):
     activation = params.get("activation", "")
     packed = params.get("packed")
     if packed is not None and x.dtype == torch.float32 and x.numel() and (bias is None or bias.dtype == x.dtype):
         attr, algorithm = _ONEDNN_ACTIVATIONS[activation]
-        y.copy_(torch.ops.mkldnn._linear_pointwise(x, packed, bias, attr, [], algorithm or None))
-        return
+        return _store(y, torch.ops.mkldnn._linear_pointwise(x, packed, bias, attr, [], algorithm or None))
+    if y is None:
+        y = torch.empty((*x.shape[:-1], w.shape[-1]), dtype=x.dtype)
     if x.numel() == 0 or w.numel() == 0:
         y.copy_(x @ w + (bias if bias is not None else 0))
     else:
@@ -77,6 +89,7 @@ def linear(params, x, w, bias, y):
             torch.mm(x2, w, out=y2)
     if _TORCH_ACTIVATIONS[activation] is not None:
         _TORCH_ACTIVATIONS[activation](y)
+    return y
 
 
 @extern("matmul")
@@ -134,6 +147,8 @@ def _pad(x, pads, value):
 
 @extern("pool")
 def pool(params, x, y):
+    if params.get("channels_last"):
+        x, y = _channels_first_view(x), _channels_first_view(y)
     dims = x.dim() - 2
     pads, kernel, strides = params["pads"], params["kernel"], params["strides"]
     begin, end = pads[:dims], pads[dims:]
@@ -181,41 +196,45 @@ def prepare_conv(params, constants):
     return {**params, "packed": packed}
 
 
-@extern("conv")
+@extern("conv", adopts=True)
 def conv(params, x, w, bias, total, y):
-    if params.get("channels_last"):  # [N, *spatial, C] buffers as torch's channels-last tensors
-        x, y = _channels_first_view(x), _channels_first_view(y)
+    last = bool(params.get("channels_last"))
+    if last:  # [N, *spatial, C] buffers as torch's channels-last tensors
+        x = _channels_first_view(x)
+        y = _channels_first_view(y) if y is not None else None
         total = _channels_first_view(total) if total is not None else None
     activation = params.get("activation", "")
     packed = params.get("packed")
-    if (packed is not None and x.dtype == torch.float32 and x.numel() and y.numel()
-            and (bias is None or bias.dtype == x.dtype) and (total is None or total.shape == y.shape)):
+    if (packed is not None and x.dtype == torch.float32 and x.numel()
+            and (bias is None or bias.dtype == x.dtype) and (y is None or y.numel())):
         padding, stride, dilation = _conv_args(params, x)
         attr, algorithm = _ONEDNN_ACTIVATIONS[activation]
+        group = params["group"]
         if total is None:
-            y.copy_(torch.ops.mkldnn._convolution_pointwise(x, packed, bias, padding, stride, dilation,
-                                                            params["group"], attr, [], algorithm or None))
-        else:  # y = act(conv(x) + y), y holding the residual first; oneDNN fuses ReLU only
-            y.copy_(total)
-            fused = activation in ("", "relu")
-            torch.ops.mkldnn._convolution_pointwise_.binary(y, x, packed, bias, padding, stride, dilation,
-                                                            params["group"], "add", 1.0,
-                                                            attr if activation == "relu" else None, [], None)
-            if not fused:
-                _TORCH_ACTIVATIONS[activation](y)
-        return
-    dims = x.dim() - 2
-    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
-    x = x.contiguous()  # torch's own channels-last convolutions can be 10x slower
-    args = _conv_args(params, x)
-    if args is None:
-        x, padding = _pad(x, params["pads"], 0.0), 0
+            result = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, padding, stride, dilation, group,
+                                                             attr, [], algorithm or None)
+        else:  # act(conv(x) + total): oneDNN fuses ReLU after the sum, torch runs the others
+            result = torch.ops.mkldnn._convolution_pointwise.binary(
+                x, total, packed, bias, padding, stride, dilation, group, "add", 1.0,
+                attr if activation == "relu" else None, [], None)
+            if activation not in ("", "relu"):
+                _TORCH_ACTIVATIONS[activation](result)
     else:
-        padding = tuple(args[0])
-    result = fn(x, w, bias, stride=tuple(params["strides"]), padding=padding,
-                dilation=tuple(params["dilations"]), groups=params["group"])
-    if total is not None:
-        result += total
-    y.copy_(result)
-    if _TORCH_ACTIVATIONS[activation] is not None:
-        _TORCH_ACTIVATIONS[activation](y)
+        dims = x.dim() - 2
+        fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+        x = x.contiguous()  # torch's own channels-last convolutions can be 10x slower
+        args = _conv_args(params, x)
+        if args is None:
+            x, padding = _pad(x, params["pads"], 0.0), 0
+        else:
+            padding = tuple(args[0])
+        result = fn(x, w, bias, stride=tuple(params["strides"]), padding=padding,
+                    dilation=tuple(params["dilations"]), groups=params["group"])
+        if total is not None:
+            result += total
+        if _TORCH_ACTIVATIONS[activation] is not None:
+            _TORCH_ACTIVATIONS[activation](result)
+    if y is not None:
+        y.copy_(result)
+        return y
+    return _store(None, result.permute(0, *range(2, result.dim()), 1) if last else result)

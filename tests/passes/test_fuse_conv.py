@@ -142,3 +142,23 @@ def test_ember_conv_kernel_matches_its_reference(activation, channels_last, with
     compiled = ember.compile(g, opt_level=0)
     assert compiled.stats.fallback_nodes == []
     np.testing.assert_allclose(compiled.run(feeds)["y"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_max_pool_between_convolutions_pools_channels_last():
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w0"),
+             numpy_helper.from_array(rng.standard_normal((4, 6, 1, 1)).astype(np.float32), "w1")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("MaxPool", ["r0"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "w1"], ["y"])]
+    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 17, 17])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = ember.compile(model)
+    assert compiled.stats.op_histogram == {"ember.Conv": 2, "ember.MaxPool": 1, "Transpose": 2}
+    assert compiled.stats.fallback_nodes == []
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 3, 17, 17)).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)

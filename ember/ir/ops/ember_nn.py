@@ -256,14 +256,36 @@ def _to_channels_last(a: np.ndarray) -> np.ndarray:
     return np.moveaxis(a, 1, -1)
 
 
-def _conv_node(node: Node) -> Node:
-    """The plain ONNX Conv this ember.Conv starts from (its first three inputs)."""
-    attrs = {k: v for k, v in node.attrs.items() if k not in ("activation", "channels_last")}
-    inputs = list(node.inputs[:3])
+def _standard_node(node: Node, op: str, num_inputs: int) -> Node:
+    """The standard ONNX node `op` this ember op extends: its first inputs, its attributes."""
+    attrs = {k: v for k, v in node.attrs.items() if k in get_op(op).attrs}
+    inputs = list(node.inputs[:num_inputs])
     while inputs and inputs[-1] is None:
         inputs.pop()
     # fresh output values: a Node takes ownership (producer) of the values it is given
-    return Node("Conv", inputs, [Value(v.name, v.type) for v in node.outputs], attrs, node.name)
+    return Node(op, inputs, [Value(v.name, v.type) for v in node.outputs], attrs, node.name)
+
+
+def _conv_node(node: Node) -> Node:
+    return _standard_node(node, "Conv", 3)
+
+
+def _channels_last_infer(op: str, num_inputs: int):
+    """The type function of an op that is standard `op` on channels-last activations
+    (when its channels_last attribute is set)."""
+    def infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+        base = _standard_node(node, op, num_inputs)
+        if not get_op(node.op).attr(node, "channels_last"):
+            return get_op(op).infer(base, ins[:num_inputs])
+        x, dtype = shape_of(ins[0]), dtype_of(ins[0])
+        if x is None:
+            return [tensor(dtype, None) if dtype else None]
+        (y,) = get_op(op).infer(base, [tensor(dtype, (x[0], x[-1], *x[1:-1])), *ins[1:num_inputs]])
+        if y is None or shape_of(y) is None:
+            return [y]
+        shape = shape_of(y)
+        return [tensor(dtype_of(y), (shape[0], *shape[2:], shape[1]))]
+    return infer
 
 
 def _fused_conv_reference(node: Node):
@@ -281,20 +303,6 @@ def _fused_conv_reference(node: Node):
     return run
 
 
-def _fused_conv_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
-    if not get_op(node.op).attr(node, "channels_last"):
-        return get_op("Conv").infer(_conv_node(node), ins[:3])
-    x = shape_of(ins[0])
-    if x is None:
-        return [tensor(dtype_of(ins[0]), None) if dtype_of(ins[0]) else None]
-    first = [tensor(dtype_of(ins[0]), (x[0], x[-1], *x[1:-1])), *ins[1:3]]
-    (y,) = get_op("Conv").infer(_conv_node(node), first)
-    if y is None or shape_of(y) is None:
-        return [y]
-    shape = shape_of(y)
-    return [tensor(dtype_of(y), (shape[0], *shape[2:], shape[1]))]
-
-
 register_op(OpDef(
     "ember.Conv",
     inputs=(ParamSpec("x"), ParamSpec("w"), ParamSpec("bias", optional=True), ParamSpec("sum", optional=True)),
@@ -302,9 +310,34 @@ register_op(OpDef(
     attrs={**{k: v for k, v in get_op("Conv").attrs.items()},
            "activation": AttrSpec("activation", "string", ""),
            "channels_last": AttrSpec("channels_last", "int", 0)},
-    reference=_fused_conv_reference, infer=_fused_conv_infer,
+    reference=_fused_conv_reference, infer=_channels_last_infer("Conv", 3),
     doc="y = activation(Conv(x, w, bias) + sum), Conv with ONNX's attributes; sum (optional) has y's shape; "
         f"activation one of {sorted(ACTIVATIONS)}",
+))
+
+
+
+
+# ember.MaxPool: ONNX MaxPool (one output) on channels-last activations, so a CNN's stem
+# pools without leaving the layout its convolutions use.
+def _max_pool_reference(node: Node):
+    pool = get_op("MaxPool").reference(_standard_node(node, "MaxPool", 1))
+
+    def run(x):
+        (y,) = pool(_to_channels_first(x))
+        return (np.ascontiguousarray(_to_channels_last(y)),)
+
+    return run
+
+
+register_op(OpDef(
+    "ember.MaxPool",
+    inputs=(ParamSpec("x"),),
+    outputs=(ParamSpec("y"),),
+    attrs={**{k: v for k, v in get_op("MaxPool").attrs.items()},
+           "channels_last": AttrSpec("channels_last", "int", 1)},
+    reference=_max_pool_reference, infer=_channels_last_infer("MaxPool", 1),
+    doc="ONNX MaxPool (values only) on x: [N, *spatial, C] -> y: [N, *out_spatial, C]",
 ))
 
 
@@ -363,6 +396,8 @@ def _lower_fused_conv(ctx, node, ins):
 
 register_lowering("ember.Linear")(_lower_linear)
 register_lowering("ember.Conv")(_lower_fused_conv)
+register_lowering("ember.MaxPool")(lambda ctx, node, ins: nn.lower_max_pool(ctx, _standard_node(node, "MaxPool", 1),
+                                                                             ins, channels_last=True))
 register_lowering("ember.Attention")(_lower_attention)
 register_lowering("ember.SkipLayerNorm")(_lower_skip_layernorm)
 register_lowering("ember.SwiGLU")(_lower_swiglu)

@@ -122,13 +122,6 @@ standard_op_def = {
 
 
 # -- Kernel IR lowerings ----------------------------------------------------------------
-def _static_spatial(x, node) -> list[int]:
-    spatial = list(x.shape[2:])
-    if not all(isinstance(d, int) for d in spatial):
-        raise NotLowerable("symbolic spatial dims")
-    return spatial
-
-
 def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: bool = False):
     """Conv (and ember.Conv's epilogue: `total` added, then `activation`; its channels-last
     layout) as the conv extern. `node` is the plain Conv (sharing the fused node's output)."""
@@ -154,7 +147,7 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
 
 
 def _lower_pool(kind: str):
-    def lower(ctx, node, ins):
+    def lower(ctx, node, ins, channels_last: bool = False):
         x = ins[0]
         if len(node.outputs) > 1 or x.dtype not in FLOATS or len(x.shape) not in (3, 4, 5):
             raise NotLowerable("indices output, or not a float 1-3d pool")
@@ -162,7 +155,10 @@ def _lower_pool(kind: str):
         kernel = list(a["kernel_shape"])
         rank = len(kernel)
         strides, dilations = a["strides"] or [1] * rank, a.get("dilations") or [1] * rank
-        pads = _pads(a, _static_spatial(x, node), kernel, strides, dilations)
+        spatial = list(x.shape[1:-1] if channels_last else x.shape[2:])
+        if not all(isinstance(d, int) for d in spatial):
+            raise NotLowerable("symbolic spatial dims")
+        pads = _pads(a, spatial, kernel, strides, dilations)
         if kind == "avg" and (any(d != 1 for d in dilations) or (any(p != q for p, q in pads))
                               and not a["count_include_pad"]):
             raise NotLowerable("dilated or asymmetrically padded average pool")
@@ -171,8 +167,11 @@ def _lower_pool(kind: str):
         return ctx.extern("pool", [x], [out_type(node)], kind=kind, kernel=kernel, strides=list(strides),
                           dilations=list(dilations), pads=[p for p, _ in pads] + [q for _, q in pads],
                           ceil_mode=bool(a["ceil_mode"]),
-                          count_include_pad=bool(a.get("count_include_pad", 0)))
+                          count_include_pad=bool(a.get("count_include_pad", 0)), channels_last=channels_last)
     return lower
+
+
+lower_max_pool = _lower_pool("max")
 
 
 def _lower_global_pool(kind: str):
@@ -218,7 +217,7 @@ def _lower_batchnorm(ctx, node, ins):
 
 
 register_lowering("Conv")(lower_conv)
-register_lowering("MaxPool")(_lower_pool("max"))
+register_lowering("MaxPool")(lower_max_pool)
 register_lowering("AveragePool")(_lower_pool("avg"))
 for _op in ("GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"):
     standard_op(_op)
