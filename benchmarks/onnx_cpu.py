@@ -1,12 +1,13 @@
 """ember vs onnxruntime on the CPU, in one run: latency (median of --runs after warm-up,
-in blocks of runs per engine, the blocks alternating: interleaving single runs would
-let one engine's spinning worker threads slow the other's next run) and peak resident
-memory (each engine alone in a fresh process, VmHWM).
+in blocks of --block runs per engine, the blocks alternating so that both engines see
+the same drift in machine speed — interleaving single runs would let one engine's
+spinning worker threads slow the other's next run) and peak resident memory (each
+engine alone in a fresh process, VmHWM).
 
 Workloads: MiniLM (batch 1 and 8, sequence 128, real tokens) and onnx's light ResNet-50
 (batch 1). onnxruntime runs with every graph optimization and the same thread count.
 
-    python benchmarks/onnx_cpu.py [--runs 20] [--threads N] [--write docs/benchmarks.md]
+    python benchmarks/onnx_cpu.py [--runs 40] [--block 5] [--threads N] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def make_runner(engine: str, path: Path, threads: int):
     return lambda feeds: session.run(None, feeds)
 
 
-def latency(runs: int, warmup: int, threads: int) -> list[dict]:
+def latency(runs: int, warmup: int, threads: int, block: int = 5) -> list[dict]:
     rows = []
     for name, (path, feeds) in workloads().items():
         runners = {engine: make_runner(engine, path, threads) for engine in ("ember", "onnxruntime")}
@@ -70,11 +71,13 @@ def latency(runs: int, warmup: int, threads: int) -> list[dict]:
         diff = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
                    for a, b in zip(outs["ember"], outs["onnxruntime"]))
         times = {engine: [] for engine in runners}
-        for block in range(2):
+        for engine, run in runners.items():
+            for _ in range(warmup):
+                run(feeds)
+        while len(times["ember"]) < runs:
             for engine, run in runners.items():
-                for _ in range(warmup):
-                    run(feeds)
-                for _ in range(runs // 2 + (runs % 2) * (1 - block)):
+                run(feeds)  # one untimed run: the other engine's threads have gone to sleep
+                for _ in range(min(block, runs - len(times[engine]))):
                     t0 = time.perf_counter()
                     run(feeds)
                     times[engine].append(time.perf_counter() - t0)
@@ -109,14 +112,15 @@ def peak_rss(engine: str, batch: int, threads: int, runs: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per engine (default 20)")
+    parser.add_argument("--runs", type=int, default=40, help="timed runs per engine (default 40)")
+    parser.add_argument("--block", type=int, default=5, help="runs per engine before switching (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: all cores)")
     parser.add_argument("--write", type=Path, help="replace this benchmark's section of a markdown file")
     args = parser.parse_args(argv)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
     print(f"{machine}; threads {args.threads}; median of {args.runs} runs after {args.warmup} warm-up")
-    rows = latency(args.runs, args.warmup, args.threads)
+    rows = latency(args.runs, args.warmup, args.threads, args.block)
     rss = {engine: peak_rss(engine, 8, args.threads, 5) for engine in ("ember", "onnxruntime")}
     print(f"peak RSS, MiniLM b8x128: ember {rss['ember']:.0f} MiB, onnxruntime {rss['onnxruntime']:.0f} MiB, "
           f"ratio {rss['ember'] / rss['onnxruntime']:.2f}")
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         section = "\n".join([
             "## CPU latency — ember vs onnxruntime", "",
             "`python benchmarks/onnx_cpu.py --write docs/benchmarks.md` — medians of "
-            f"{args.runs} runs per engine (two alternating blocks, {args.warmup} warm-up runs before each), "
+            f"{args.runs} runs per engine ({args.warmup} warm-up runs, then alternating blocks of {args.block}), "
             f"{args.threads} threads each, onnxruntime with ORT_ENABLE_ALL.", "",
             f"{time.strftime('%Y-%m-%d')}, {machine}, Python {platform.python_version()}, torch {torch.__version__}, "
             f"onnxruntime {onnxruntime.__version__}:", "", *table, "",
