@@ -104,8 +104,30 @@ def matmul(params, a, b, y):
         y.copy_(torch.matmul(a, b))
 
 
-@extern("gemm")
+@prepare("gemm")
+def prepare_gemm(params, constants):
+    """Gemm(A, B, C) with alpha = beta = 1, A not transposed and B constant is a linear
+    layer: B packed for oneDNN like ember.Linear's weight, C (a row of N, or none) its bias."""
+    b, c = constants.get(1), constants.get(2)
+    if (b is None or b.dtype != torch.float32 or params["trans_a"] or params["alpha"] != 1
+            or not (c is None or params["beta"] == 1) or b.numel() == 0 or not _onednn()):
+        return params
+    n = b.shape[0] if params["trans_b"] else b.shape[1]
+    if c is not None and (c.dtype != torch.float32 or c.numel() != n or c.dim() == 2 and c.shape[0] != 1):
+        return params
+    weight = b if params["trans_b"] else b.t()
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
+    return {**params, "packed": packed, "bias": None if c is None else c.reshape(n).contiguous()}
+
+
+@extern("gemm", adopts=True)
 def gemm(params, a, b, c, y):
+    packed = params.get("packed")
+    if packed is not None and a.dtype == torch.float32 and a.numel():
+        return _store(y, torch.ops.mkldnn._linear_pointwise(a, packed, params["bias"], "none", [], None))
+    if y is None:
+        y = torch.empty(a.shape[1] if params["trans_a"] else a.shape[0],
+                        b.shape[0] if params["trans_b"] else b.shape[1], dtype=a.dtype)
     a = a.t() if params["trans_a"] else a
     b = b.t() if params["trans_b"] else b
     alpha, beta = params["alpha"], params["beta"]
@@ -115,6 +137,7 @@ def gemm(params, a, b, c, y):
             y.mul_(alpha)
     else:
         torch.addmm(c, a, b, beta=beta, alpha=alpha, out=y)
+    return y
 
 
 @extern("attention")
