@@ -91,8 +91,15 @@ template <> inline float ember_pow<float, float, float>(float a, float b) {
   return b == 2.0f ? a * a : (b == 0.5f ? std::sqrt(a) : std::pow(a, b));
 }
 template <typename T> static inline T ember_softplus(T x) { return x > T(20) ? x : std::log1p(ember_exp(x)); }
-template <typename T> static inline T ember_shl(T a, T b) { return b >= T(sizeof(T) * 8) ? T(0) : T(a << b); }
-template <typename T> static inline T ember_shr(T a, T b) { return b >= T(sizeof(T) * 8) ? T(0) : T(a >> b); }
+// numpy's shifts: a shift by a negative amount or by the width or more fills with the sign
+template <typename T> static inline T ember_shl(T a, T b) {
+  if (b < T(0) || b >= T(sizeof(T) * 8)) return T(0);
+  return T(std::make_unsigned_t<T>(a) << b);
+}
+template <typename T> static inline T ember_shr(T a, T b) {
+  if (b < T(0) || b >= T(sizeof(T) * 8)) return a < T(0) ? T(-1) : T(0);
+  return T(a >> b);
+}
 template <typename T, typename F> static inline T ember_cast(F x) {
   if constexpr (std::is_floating_point_v<F> && std::is_integral_v<T> && !std::is_same_v<T, bool>) {
     // as numpy's astype on x86: through int64 (wrapping), NaN and out-of-range as INT64_MIN

@@ -234,14 +234,10 @@ def _lower_pow(ctx, node, ins):
 
 def _lower_mod(ctx, node, ins):
     fmod = attrs(node)["fmod"]
-    if ins[0].dtype in KERNEL_FLOATS and not fmod:
-        raise NotLowerable("float Mod needs fmod=1")
     return [pointwise(ctx, node, ins, lambda a, b: a.fmod(b) if fmod else a.mod(b))]
 
 
 def _lower_bitshift(ctx, node, ins):
-    if ins[0].dtype not in (DType.uint8, DType.uint16, DType.uint32, DType.uint64):
-        raise NotLowerable("BitShift is defined for unsigned integers")
     left = attrs(node)["direction"] == "LEFT"
     return [pointwise(ctx, node, ins, lambda a, b: a.shl(b) if left else a.shr(b))]
 

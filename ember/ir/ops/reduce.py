@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
+import sympy
+
+from ..dtypes import DType
 from ..graph import Node
 from ._lowering import (
     FLOATS,
@@ -9,6 +14,7 @@ from ._lowering import (
     NotLowerable,
     V,
     attrs,
+    constant_ints,
     out_type,
     reduce_kernel,
     register_lowering,
@@ -83,6 +89,30 @@ _REDUCE = {
 }
 
 
+def _equal(a, b) -> bool:
+    return sympy.simplify(sympy.sympify(a) - b) == 0
+
+
+def _axes_from_shapes(in_shape, out_shape, keepdims: int) -> list[int] | None:
+    """The reduced axes, read off the output's type when only one choice gives it (axes
+    that are fed at run time must agree with the type the model declares). Unit dims
+    reduce to themselves, so they are left out."""
+    if keepdims:
+        if len(in_shape) != len(out_shape):
+            return None
+        axes = [a for a, (d, o) in enumerate(zip(in_shape, out_shape)) if o == 1 and d != 1]
+        if not all(_equal(d, o) for a, (d, o) in enumerate(zip(in_shape, out_shape)) if a not in axes):
+            return None
+        return axes
+    kept = len(out_shape)
+    choices = []
+    for dropped in itertools.combinations(range(len(in_shape)), len(in_shape) - kept):
+        rest = [d for a, d in enumerate(in_shape) if a not in dropped]
+        if all(_equal(d, o) for d, o in zip(rest, out_shape)):
+            choices.append(list(dropped))
+    return choices[0] if len(choices) == 1 else None
+
+
 def _lower_reduce(op: str):
     transform, how, finish = _REDUCE[op]
 
@@ -90,9 +120,11 @@ def _lower_reduce(op: str):
         x = ins[0]
         rank, a = len(x.shape), attrs(node)
         axes_value = node.inputs[1] if len(node.inputs) > 1 else None
-        if axes_value is not None and axes_value.const is None:
-            raise NotLowerable("axes not constant")
-        axes = [] if axes_value is None else [int(v) for v in axes_value.const.reshape(-1)]
+        axes = [] if axes_value is None else constant_ints(ctx, axes_value)
+        if axes is None:
+            axes = _axes_from_shapes(x.shape, out_type(node)[1], a["keepdims"])
+            if not axes:  # None, or nothing but unit dims reduced (which the type cannot tell)
+                raise NotLowerable("axes known only when it runs, and the output's type does not tell them")
         if not axes:
             if a["noop_with_empty_axes"]:
                 return [ctx.pointwise(x.shape, x.dtype, lambda b, i: x.load(b, i), cost=x.cost)]
@@ -124,9 +156,53 @@ def _lower_reduce(op: str):
     return lower
 
 
+def _lower_arg_extreme(how: str):
+    """ArgMax / ArgMin: one pass finds the extreme (NaN if any), a second the first (or
+    last) index holding it."""
+    def lower(ctx, node, ins):
+        x = ins[0]
+        a = attrs(node)
+        rank = len(x.shape)
+        axis = normalize_axis(a["axis"], rank)
+        if x.shape[axis] == 0:
+            raise NotLowerable("an empty axis")
+        dtype, out_shape = out_type(node)
+        out = ctx.new_buffer(node.op, dtype, out_shape)
+        last = bool(a["select_last_index"])
+
+        def stages(Stage, full, xv, n):
+            b0 = ctx.body()
+            v0 = V(b0, x.load(b0, full), x.dtype)
+            b1 = ctx.body()
+            v1 = V(b1, x.load(b1, full), x.dtype)
+            best = V(b1, b1.acc("acc_best", x.dtype), x.dtype)
+            hit = v1.eq(best, dtype=DType.bool).op(
+                "or", best.ne(best, dtype=DType.bool).op("and", v1.ne(v1, dtype=DType.bool), dtype=DType.bool),
+                dtype=DType.bool)
+            at = V(b1, b1.index(full[axis]), DType.int64)
+            pick = hit.where(at, -1 if last else 2 ** 62)
+            b2 = ctx.body()
+            xs = iter(xv)
+            index = tuple(0 if i == axis else next(xs) for i in range(rank)) if a["keepdims"] else tuple(xv)
+            b2.store(out, index, b2.acc("acc_index", DType.int64))
+            return [Stage("reduce", b0, value=v0.name, reduce=how, acc="acc_best", acc_dtype=x.dtype),
+                    Stage("reduce", b1, value=pick.name, reduce="max" if last else "min", acc="acc_index",
+                          acc_dtype=DType.int64),
+                    Stage("row", b2)]
+
+        reduce_kernel(ctx, node.op, x.shape, {axis}, stages)
+        from ...codegen.lowering import TensorRef
+
+        return [TensorRef(dtype, out_shape, buffer=out)]
+    return lower
+
+
 register_lowering("LayerNormalization")(_lower_layernorm)
 register_lowering("RMSNormalization")(_lower_rmsnorm)
 register_lowering("Softmax")(_lower_softmax(False))
 register_lowering("LogSoftmax")(_lower_softmax(True))
 for _op in _REDUCE:
     register_lowering(_op)(_lower_reduce(_op))
+for _op, _how in (("ArgMax", "max"), ("ArgMin", "min")):
+    standard_op(_op)
+    register_lowering(_op)(_lower_arg_extreme(_how))

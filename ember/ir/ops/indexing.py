@@ -1,0 +1,197 @@
+"""Indexing and data-movement ops whose schemas, type functions and references are
+ONNX's: GatherElements, ScatterElements, ScatterND, OneHot, Trilu, Pad, Split. Here are
+their Kernel IR lowerings: each is an index remap (pointwise, maybe with an indirect
+load), except the scatters, which copy their data and then store each update in order
+(one thread, so repeated indices reduce as the reference does)."""
+
+from __future__ import annotations
+
+import sympy
+
+from ..dtypes import DType
+from ._lowering import NotLowerable, V, attrs, constant_ints, out_type, register_lowering
+from ._symbolic import normalize_axis
+from .onnx_standard import standard_op
+
+for _op in ("GatherElements", "ScatterElements", "ScatterND", "OneHot", "Pad", "Split"):  # Trilu: elementwise.py
+    standard_op(_op)
+
+
+def _kir():
+    from ...codegen.kir import Kernel, loop_vars, temp_symbol  # codegen's data types, at lowering time
+
+    return Kernel, loop_vars, temp_symbol
+
+
+def _wrapped_index(b, ref, index, extent) -> sympy.Symbol:
+    """The value of `ref` at `index` as an index into a dim of `extent` (negative counts
+    from the end), as a symbol for index expressions."""
+    _, _, temp_symbol = _kir()
+    raw = V(b, ref.load(b, index), ref.dtype).cast(DType.int64)
+    n = V(b, b.index(extent), DType.int64)
+    return temp_symbol((raw < 0).where(raw + n, raw).name)
+
+
+def _lower_gather_elements(ctx, node, ins):
+    data, indices = ins
+    dtype, shape = out_type(node)
+    axis = normalize_axis(attrs(node)["axis"], len(data.shape))
+
+    def load(b, index):
+        at = _wrapped_index(b, indices, index, data.shape[axis])
+        return data.load(b, (*index[:axis], at, *index[axis + 1:]))
+    return [ctx.pointwise(shape, dtype, load, cost=5 + data.cost + indices.cost)]
+
+
+_COMBINE = {"none": lambda old, new: new, "add": lambda old, new: old + new, "mul": lambda old, new: old * new,
+            "max": lambda old, new: old.max(new), "min": lambda old, new: old.min(new)}
+
+
+def _scatter(ctx, node, data, updates, target):
+    """Copy `data` to a new buffer, then for each element of `updates` (in order, one
+    thread) combine it into the element `target(body, index)` names."""
+    Kernel, loop_vars, _ = _kir()
+    dtype, shape = out_type(node)
+    combine = _COMBINE[attrs(node).get("reduction", "none")]
+    out = ctx.new_buffer("scatter", dtype, shape)
+    copy = ctx.body()
+    index = loop_vars(len(shape))
+    copy.store(out, index, data.load(copy, index))
+    ctx.add_kernel(Kernel("copy", "pointwise", ranges=tuple(shape), body=copy))
+    b = ctx.body()
+    index = loop_vars(len(updates.shape))
+    where = target(b, index)
+    new = V(b, updates.load(b, index), dtype)
+    old = V(b, b.load(out, where), dtype)
+    b.store(out, where, combine(old, new).name)
+    ctx.add_kernel(Kernel("scatter", "pointwise", ranges=tuple(updates.shape), body=b, serial=True))
+    from ...codegen.lowering import TensorRef
+
+    return [TensorRef(dtype, shape, buffer=out)]
+
+
+def _lower_scatter_elements(ctx, node, ins):
+    data, indices, updates = ins
+    axis = normalize_axis(attrs(node)["axis"], len(data.shape))
+
+    def target(b, index):
+        return (*index[:axis], _wrapped_index(b, indices, index, data.shape[axis]), *index[axis + 1:])
+    return _scatter(ctx, node, data, updates, target)
+
+
+def _lower_scatter_nd(ctx, node, ins):
+    data, indices, updates = ins
+    k = indices.shape[-1]
+    if not isinstance(k, int):
+        raise NotLowerable("index depth not static")
+    batch = len(indices.shape) - 1
+
+    def target(b, index):
+        coords = tuple(_wrapped_index(b, indices, (*index[:batch], j), data.shape[j]) for j in range(k))
+        return (*coords, *index[batch:])
+    return _scatter(ctx, node, data, updates, target)
+
+
+def _lower_one_hot(ctx, node, ins):
+    indices, _, values = ins
+    dtype, shape = out_type(node)
+    axis = normalize_axis(attrs(node)["axis"], len(shape))
+    depth = shape[axis]
+
+    def load(b, index):
+        # as the reference: compare in the indices' type, then hit * (on - off) + off
+        raw = V(b, indices.load(b, (*index[:axis], *index[axis + 1:])), indices.dtype)
+        at = (raw < 0).where(raw + V(b, b.index(depth, raw.dtype), raw.dtype), raw)
+        hit = at.eq(V(b, b.index(index[axis], raw.dtype), raw.dtype), dtype=DType.bool)
+        on, off = (V(b, values.load(b, (i,)), values.dtype) for i in (1, 0))
+        return (hit.cast(off.dtype) * (on - off) + off).cast(dtype).name
+    return [ctx.pointwise(shape, dtype, load, cost=8 + indices.cost)]
+
+
+def _lower_trilu(ctx, node, ins):
+    x = ins[0]
+    k = ins[1] if len(ins) > 1 else None
+    dtype, shape = out_type(node)
+    upper = attrs(node)["upper"]
+
+    def load(b, index):
+        diagonal = V(b, b.index(index[-1] - index[-2]), DType.int64)
+        shift = V(b, k.load(b, (0,) * len(k.shape)), k.dtype).cast(DType.int64) if k is not None else 0
+        keep = diagonal >= shift if upper else diagonal <= shift
+        return keep.where(V(b, x.load(b, index), dtype), 0).name
+    return [ctx.pointwise(shape, dtype, load, cost=4 + x.cost)]
+
+
+def _pad_source(mode: str, i, begin, n):
+    """Where output position `i` reads along a padded axis of `n` elements."""
+    src = i - begin
+    if mode == "edge":
+        return sympy.Min(sympy.Max(src, 0), n - 1)
+    if mode == "reflect":
+        return (n - 1) - sympy.Abs((n - 1) - sympy.Abs(src))
+    if mode == "wrap":
+        return sympy.Mod(src, n)
+    return sympy.Min(sympy.Max(src, 0), n - 1)  # constant: clamped, and masked
+
+
+def _lower_pad(ctx, node, ins):
+    x = ins[0]
+    dtype, shape = out_type(node)
+    rank = len(shape)
+    mode = attrs(node)["mode"]
+    pads = constant_ints(ctx, node.inputs[1])
+    axes = constant_ints(ctx, node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None \
+        else list(range(rank))
+    if pads is None or axes is None:
+        raise NotLowerable("pads or axes are not constants")
+    axes = [normalize_axis(a, rank) for a in axes]
+    begin = [0] * rank
+    for j, a in enumerate(axes):
+        begin[a] = pads[j]
+    if any(sympy.sympify(d) == 0 for d in x.shape):
+        raise NotLowerable("an empty input")
+    fill = ins[2] if len(ins) > 2 else None
+
+    def load(b, index):
+        src = tuple(i if p == 0 and sympy.sympify(n) == sympy.sympify(m) else _pad_source(mode, i, p, n)
+                    for i, p, n, m in zip(index, begin, x.shape, shape))
+        value = V(b, x.load(b, src), dtype)
+        if mode != "constant":
+            return value.name
+        inside = None
+        for i, p, n, m in zip(index, begin, x.shape, shape):
+            if p == 0 and sympy.sympify(n) == sympy.sympify(m):
+                continue
+            at = V(b, b.index(i - p), DType.int64)
+            ok = (at >= 0).op("and", at < V(b, b.index(n), DType.int64), dtype=DType.bool)
+            inside = ok if inside is None else inside.op("and", ok, dtype=DType.bool)
+        if inside is None:
+            return value.name
+        pad = V(b, fill.load(b, (0,) * len(fill.shape)), dtype) if fill is not None else V(b, b.const(0, dtype), dtype)
+        return inside.where(value, pad).name
+    return [ctx.pointwise(shape, dtype, load, cost=2 + 4 * rank + x.cost)]
+
+
+def _lower_split(ctx, node, ins):
+    x = ins[0]
+    axis = normalize_axis(attrs(node)["axis"], len(x.shape))
+    outs, offset = [], sympy.Integer(0)
+    for value in node.outputs:
+        dtype, shape = value.type.dtype, tuple(value.type.shape)
+
+        def load(b, index, at=offset):
+            return x.load(b, (*index[:axis], index[axis] + at, *index[axis + 1:]))
+        outs.append(ctx.pointwise(shape, dtype, load, cost=x.cost))
+        offset = offset + shape[axis]
+    if sympy.simplify(offset - x.shape[axis]) != 0:
+        raise NotLowerable("the parts do not add up to the input")
+    return outs
+
+
+register_lowering("GatherElements")(_lower_gather_elements)
+register_lowering("ScatterElements")(_lower_scatter_elements)
+register_lowering("ScatterND")(_lower_scatter_nd)
+register_lowering("OneHot")(_lower_one_hot)
+register_lowering("Trilu")(_lower_trilu)
+register_lowering("Pad")(_lower_pad)
+register_lowering("Split")(_lower_split)

@@ -1,0 +1,195 @@
+"""Kernels of single ops against their reference implementations, on random inputs.
+
+Each graph has symbolic input sizes, so one library serves every shape hypothesis draws;
+every test also checks that nothing ran on the reference fallback."""
+
+import functools
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import ember
+from ember.codegen import cpu
+from ember.ir import DType, Graph, TensorType, Value
+from ember.ir.interpreter import evaluate
+from ember.ir.types import symbol
+
+pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+N, M = symbol("n"), symbol("m")
+
+
+@functools.cache
+def _compiled(op: str, inputs: tuple, outputs: tuple, attrs: tuple = (), consts: tuple = ()):
+    """`op` over graph inputs of `inputs` ((name, dtype, shape), ...) and constant inputs
+    `consts` ((position, array bytes, dtype, shape), ...), compiled once."""
+    values = [Value(name, TensorType(dtype, shape)) for name, dtype, shape in inputs]
+    g = Graph("g", inputs=values, opsets={"": 28})
+    args = list(values)
+    for position, data, dtype, shape in consts:
+        args.insert(position, g.add_constant(f"c{position}", np.frombuffer(data, dtype).reshape(shape)))
+    outs = [Value(name, TensorType(dtype, shape)) for name, dtype, shape in outputs]
+    g.outputs = g.add_node(op, args, outs, dict(attrs)).outputs
+    compiled = ember.compile(g, opt_level=0)
+    assert compiled.stats.fallback_nodes == [], compiled.stats.fallback_nodes
+    return compiled, g
+
+
+def _check(compiled, graph, feeds, exact=False):
+    import copy
+
+    want = evaluate(copy.deepcopy(graph), feeds)
+    got = compiled.run(feeds)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+        if exact:  # the same numbers (a zero's sign and a NaN's payload aside)
+            as_float = (lambda a: a.astype(np.float32)) if want[name].dtype.kind == "V" or "float" in str(
+                want[name].dtype) else (lambda a: a)
+            np.testing.assert_array_equal(as_float(got[name]), as_float(want[name]), err_msg=name)
+        else:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def _floats(dtype, shape):
+    return hnp.arrays(dtype, shape, elements=st.floats(-1e5, 1e5, width=32, allow_subnormal=True)
+                      .map(lambda v: np.float32(v)))
+
+
+@SETTINGS
+@given(data=st.data(), dtype=st.sampled_from([DType.float16, DType.bfloat16]),
+       op=st.sampled_from(["Add", "Sub", "Mul", "Div", "Max", "Relu", "Where"]))
+def test_16bit_floats_round_each_result_as_numpy_does(data, dtype, op):
+    n = data.draw(st.integers(1, 40))
+    np_dtype = dtype.numpy
+    arity = {"Relu": 1, "Where": 3}.get(op, 2)
+    names = ["a", "b", "c"][:arity]
+    types = [(name, dtype, (N,)) for name in names]
+    if op == "Where":
+        types[0] = ("a", DType.bool, (N,))
+    compiled, graph = _compiled(op, tuple(types), (("y", dtype, (N,)),))
+    feeds = {name: data.draw(_floats(np.float32, (n,))).astype(np_dtype) for name, _, _ in types}
+    if op == "Where":
+        feeds["a"] = data.draw(hnp.arrays(np.bool_, (n,)))
+    _check(compiled, graph, feeds, exact=True)
+
+
+@SETTINGS
+@given(x=hnp.arrays(np.float32, st.integers(1, 64),
+                    elements=st.floats(width=32, allow_nan=True, allow_infinity=True, allow_subnormal=True)),
+       dtype=st.sampled_from([DType.float16, DType.bfloat16]))
+def test_casts_to_and_from_16bit_floats_match_numpy_bit_for_bit(x, dtype):
+    down, graph = _compiled("Cast", (("x", DType.float32, (N,)),), (("y", dtype, (N,)),), (("to", dtype.onnx_code),))
+    _check(down, graph, {"x": x}, exact=True)
+    up, graph = _compiled("Cast", (("x", dtype, (N,)),), (("y", DType.float32, (N,)),),
+                          (("to", DType.float32.onnx_code),))
+    _check(up, graph, {"x": x.astype(dtype.numpy)}, exact=True)
+
+
+@SETTINGS
+@given(data=st.data(), axis=st.sampled_from([0, 1, -1]))
+def test_gather_elements(data, axis):
+    n, m = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    extent = (n, m)[axis]
+    compiled, graph = _compiled("GatherElements", (("x", DType.float32, (N, M)), ("i", DType.int64, (N, M))),
+                                (("y", DType.float32, (N, M)),), (("axis", axis),))
+    x = data.draw(_floats(np.float32, (n, m)))
+    i = data.draw(hnp.arrays(np.int64, (n, m), elements=st.integers(-extent, extent - 1)))
+    _check(compiled, graph, {"x": x, "i": i})
+
+
+@SETTINGS
+@given(data=st.data(), reduction=st.sampled_from(["none", "add", "mul", "max", "min"]))
+def test_scatter_elements_with_repeated_indices(data, reduction):
+    n, m = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    k = data.draw(st.integers(1, 5))
+    compiled, graph = _compiled("ScatterElements", (("x", DType.float32, (N, M)), ("i", DType.int64, (symbol("k"), M)),
+                                                    ("u", DType.float32, (symbol("k"), M))),
+                                (("y", DType.float32, (N, M)),), (("axis", 0), ("reduction", reduction)))
+    x = data.draw(_floats(np.float32, (n, m)))
+    if reduction == "none":  # which of repeated targets' updates wins is unspecified: no repeats
+        k = min(k, n)
+        i = np.stack([np.array(data.draw(st.permutations(range(n))))[:k] for _ in range(m)], axis=1)
+    else:
+        i = data.draw(hnp.arrays(np.int64, (k, m), elements=st.integers(-n, n - 1)))
+    u = data.draw(hnp.arrays(np.float32, (k, m), elements=st.integers(-4, 4).map(float)))
+    _check(compiled, graph, {"x": x, "i": i, "u": u})
+
+
+@SETTINGS
+@given(data=st.data(), upper=st.booleans())
+def test_trilu(data, upper):
+    n, m = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    compiled, graph = _compiled("Trilu", (("x", DType.int64, (N, M)), ("k", DType.int64, ())),
+                                (("y", DType.int64, (N, M)),), (("upper", int(upper)),))
+    x = data.draw(hnp.arrays(np.int64, (n, m), elements=st.integers(-9, 9)))
+    _check(compiled, graph, {"x": x, "k": np.array(data.draw(st.integers(-7, 7)), np.int64)})
+
+
+@SETTINGS
+@given(data=st.data(), mode=st.sampled_from(["constant", "edge", "reflect", "wrap"]))
+def test_pad(data, mode):
+    n, m = data.draw(st.integers(2, 5)), data.draw(st.integers(2, 5))
+    limit = 1 if mode == "reflect" else 3
+    pads = data.draw(st.lists(st.integers(0, limit), min_size=4, max_size=4))  # (numpy pads no negatives)
+    out = (n + pads[0] + pads[2], m + pads[1] + pads[3])
+    consts = ((1, np.array(pads, np.int64).tobytes(), np.int64, (4,)),)
+    compiled, graph = _compiled("Pad", (("x", DType.float32, (n, m)), ("v", DType.float32, ())),
+                                (("y", DType.float32, out),), (("mode", mode),), consts)
+    feeds = {"x": data.draw(_floats(np.float32, (n, m))), "v": np.float32(data.draw(st.floats(-3, 3)))}
+    _check(compiled, graph, feeds)
+
+
+@SETTINGS
+@given(data=st.data(), op=st.sampled_from(["ArgMax", "ArgMin"]), axis=st.sampled_from([0, 1]),
+       keepdims=st.booleans(), last=st.booleans())
+def test_arg_max_min_break_ties_as_asked(data, op, axis, keepdims, last):
+    n, m = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    out = tuple(1 if a == axis else d for a, d in enumerate((N, M)) if keepdims or a != axis)
+    compiled, graph = _compiled(op, (("x", DType.float32, (N, M)),), (("y", DType.int64, out),),
+                                (("axis", axis), ("keepdims", int(keepdims)), ("select_last_index", int(last))))
+    x = data.draw(hnp.arrays(np.float32, (n, m), elements=st.integers(-2, 2).map(float)))  # many ties
+    _check(compiled, graph, {"x": x})
+
+
+@SETTINGS
+@given(data=st.data(), direction=st.sampled_from(["LEFT", "RIGHT"]), dtype=st.sampled_from([np.int8, np.int32]))
+def test_bitshift_of_signed_integers(data, direction, dtype):
+    n = data.draw(st.integers(1, 20))
+    d = DType.from_numpy(np.dtype(dtype))
+    compiled, graph = _compiled("BitShift", (("a", d, (N,)), ("b", d, (N,))), (("y", d, (N,)),),
+                                (("direction", direction),))
+    info = np.iinfo(dtype)
+    a = data.draw(hnp.arrays(dtype, (n,), elements=st.integers(info.min, info.max)))
+    b = data.draw(hnp.arrays(dtype, (n,), elements=st.integers(-2, info.bits + 2)))
+    _check(compiled, graph, {"a": a, "b": b}, exact=True)
+
+
+def test_layer_norm_statistics_run_through_the_function_body():
+    """LayerNormalization with its Mean and InvStdDev outputs has no lowering of its own:
+    it runs as the kernels of its ONNX function body."""
+    compiled, graph = _compiled(
+        "LayerNormalization", (("x", DType.float32, (N, 8)), ("s", DType.float32, (8,)), ("b", DType.float32, (8,))),
+        (("y", DType.float32, (N, 8)), ("mean", DType.float32, (N, 1)), ("inv", DType.float32, (N, 1))),
+        (("axis", -1),))
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((3, 8), np.float32), "s": rng.standard_normal(8, np.float32),
+             "b": rng.standard_normal(8, np.float32)}
+    _check(compiled, graph, feeds)
+    assert compiled.stats.num_kernels > 1
+
+
+def test_reduce_axes_fed_at_run_time_are_read_off_the_output_type():
+    compiled, graph = _compiled("ReduceSum", (("x", DType.float32, (3, 4, 5)), ("axes", DType.int64, (1,))),
+                                (("y", DType.float32, (3, 1, 5)),), (("keepdims", 1),))
+    x = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    _check(compiled, graph, {"x": x, "axes": np.array([1], np.int64)})
+
+
+def test_bfloat16_buffers_hold_ml_dtypes_bits():
+    x = np.array([1.0, 1.00390625, 3.0e38, -0.0], ml_dtypes.bfloat16)
+    compiled, graph = _compiled("Neg", (("x", DType.bfloat16, (N,)),), (("y", DType.bfloat16, (N,)),))
+    _check(compiled, graph, {"x": x}, exact=True)
