@@ -63,9 +63,11 @@ def make_runner(engine: str, path: Path, threads: int):
     return lambda feeds: session.run(None, feeds)
 
 
-def latency(runs: int, warmup: int, threads: int, block: int = 5) -> list[dict]:
+def latency(runs: int, warmup: int, threads: int, block: int = 5, only: str | None = None) -> list[dict]:
     rows = []
     for name, (path, feeds) in workloads().items():
+        if only and only.lower() not in name.lower():
+            continue
         runners = {engine: make_runner(engine, path, threads) for engine in ("ember", "onnxruntime")}
         outs = {engine: run(feeds) for engine, run in runners.items()}
         diff = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
@@ -116,11 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=5, help="runs per engine before switching (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: all cores)")
+    parser.add_argument("--only", help="run the workloads whose name contains this (e.g. ResNet); skips memory")
     parser.add_argument("--write", type=Path, help="replace this benchmark's section of a markdown file")
     args = parser.parse_args(argv)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
     print(f"{machine}; threads {args.threads}; median of {args.runs} runs after {args.warmup} warm-up")
-    rows = latency(args.runs, args.warmup, args.threads, args.block)
+    rows = latency(args.runs, args.warmup, args.threads, args.block, args.only)
+    if args.only:
+        return 0
     rss = {engine: peak_rss(engine, 8, args.threads, 5) for engine in ("ember", "onnxruntime")}
     print(f"peak RSS, MiniLM b8x128: ember {rss['ember']:.0f} MiB, onnxruntime {rss['onnxruntime']:.0f} MiB, "
           f"ratio {rss['ember'] / rss['onnxruntime']:.2f}")
