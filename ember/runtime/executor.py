@@ -30,6 +30,7 @@ from ..errors import ExecutionError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
+from . import externs_ops  # noqa: F401 - registers its externs
 from .externs import ADOPTS, EXTERNS, PREPARE
 from .program import Program
 

@@ -187,9 +187,57 @@ def test_reduce_axes_fed_at_run_time_are_read_off_the_output_type():
                                 (("y", DType.float32, (3, 1, 5)),), (("keepdims", 1),))
     x = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
     _check(compiled, graph, {"x": x, "axes": np.array([1], np.int64)})
+    _check(compiled, graph, {"x": x, "axes": np.array([-2], np.int64)})
+
+
+@pytest.mark.parametrize("axes", [[0], [2], [5], [1, 2]])
+def test_reduce_axes_fed_at_run_time_that_disagree_with_the_output_type_are_an_error(axes):
+    compiled, graph = _compiled("ReduceSum", (("x", DType.float32, (3, 4, 5)), ("axes", DType.int64, (M,))),
+                                (("y", DType.float32, (3, 1, 5)),), (("keepdims", 1),))
+    x = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    with pytest.raises(ember.ExecutionError, match="ReduceSum.*axes"):
+        compiled.run({"x": x, "axes": np.array(axes, np.int64)})
 
 
 def test_bfloat16_buffers_hold_ml_dtypes_bits():
     x = np.array([1.0, 1.00390625, 3.0e38, -0.0], ml_dtypes.bfloat16)
     compiled, graph = _compiled("Neg", (("x", DType.bfloat16, (N,)),), (("y", DType.bfloat16, (N,)),))
     _check(compiled, graph, {"x": x}, exact=True)
+
+
+@pytest.mark.parametrize("op", ["CumSum", "CumProd"])
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+@pytest.mark.parametrize("dtype", [DType.float32, DType.int32])
+@SETTINGS
+@given(data=st.data())
+def test_cumulative_sums_and_products_round_each_partial_as_the_reference(data, op, exclusive, reverse, dtype):
+    compiled, graph = _compiled(op, (("x", dtype, (N, 3)), ("axis", DType.int64, ())), (("y", dtype, (N, 3)),),
+                                (("exclusive", exclusive), ("reverse", reverse)))
+    n = data.draw(st.integers(0, 6))
+    if dtype == DType.float32:
+        x = data.draw(_floats(np.float32, (n, 3)))
+    else:  # wide enough that products wrap as numpy's do
+        x = data.draw(hnp.arrays(np.int32, (n, 3), elements=st.integers(-2**31, 2**31 - 1)))
+    axis = np.array(data.draw(st.sampled_from([0, 1, -1, -2])), np.int64)
+    _check(compiled, graph, {"x": x, "axis": axis}, exact=True)
+
+
+@pytest.mark.parametrize("dtype", [DType.uint8, DType.int8, DType.int16])
+@pytest.mark.parametrize("per", ["tensor", "axis", "block"])
+@SETTINGS
+@given(data=st.data())
+def test_quantize_and_dequantize_linear(data, dtype, per):
+    shapes = {"tensor": (), "axis": (4,), "block": (3, 2)}
+    attrs = {"tensor": (), "axis": (("axis", 1),), "block": (("axis", 1), ("block_size", 2))}[per]
+    q = _compiled("QuantizeLinear", (("x", DType.float32, (3, 4)), ("s", DType.float32, shapes[per]),
+                                        ("z", dtype, shapes[per])), (("y", dtype, (3, 4)),), attrs)
+    d = _compiled("DequantizeLinear", (("x", dtype, (3, 4)), ("s", DType.float32, shapes[per]),
+                                          ("z", dtype, shapes[per])), (("y", DType.float32, (3, 4)),), attrs)
+    info = np.iinfo(dtype.numpy)
+    scale = data.draw(hnp.arrays(np.float32, shapes[per], elements=st.floats(2.0**-10, 2.0**10, width=32)))
+    zero = data.draw(hnp.arrays(dtype.numpy, shapes[per], elements=st.integers(info.min, info.max)))
+    x = data.draw(_floats(np.float32, (3, 4)))
+    _check(*q, {"x": x, "s": scale, "z": zero}, exact=True)
+    xq = data.draw(hnp.arrays(dtype.numpy, (3, 4), elements=st.integers(info.min, info.max)))
+    _check(*d, {"x": xq, "s": scale, "z": zero}, exact=True)

@@ -125,6 +125,10 @@ def _lower_reduce(op: str):
             axes = _axes_from_shapes(x.shape, out_type(node)[1], a["keepdims"])
             if not axes:  # None, or nothing but unit dims reduced (which the type cannot tell)
                 raise NotLowerable("axes known only when it runs, and the output's type does not tell them")
+            # checked when it runs: other axes would give a wrong result silently
+            ctx.extern("check_axes", [ins[1]], [], where=node.describe(), rank=rank, expected=sorted(axes),
+                       noop_with_empty_axes=a["noop_with_empty_axes"],
+                       unit_axes=[i for i, d in enumerate(x.shape) if a["keepdims"] and d == 1])
         if not axes:
             if a["noop_with_empty_axes"]:
                 return [ctx.pointwise(x.shape, x.dtype, lambda b, i: x.load(b, i), cost=x.cost)]

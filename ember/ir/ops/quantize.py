@@ -1,0 +1,85 @@
+"""Linear (de)quantization: QuantizeLinear, DequantizeLinear. Schemas, type functions and
+references are ONNX's. Their lowerings are pointwise, with the scale and zero point
+indexed per tensor, per axis or per block; they take the integer types whose arithmetic
+the reference does in float32 exactly (8- and 16-bit), and float32 (or, to dequantize,
+16-bit float) scales."""
+
+from __future__ import annotations
+
+import sympy
+
+from ..dtypes import DType
+from ._lowering import NotLowerable, V, attrs, out_type, register_lowering
+from ._symbolic import normalize_axis
+from .onnx_standard import standard_op
+
+for _op in ("QuantizeLinear", "DequantizeLinear"):
+    standard_op(_op)
+
+_INTEGERS = {DType.int8: (-128, 127), DType.uint8: (0, 255), DType.int16: (-32768, 32767), DType.uint16: (0, 65535)}
+
+
+def _per_element(ctx, node, x_shape, param):
+    """A load of the scale or zero point `param` at an element of x (the reference's
+    reshape_input: one value, one per index of `axis`, or one per block along it)."""
+    a = attrs(node)
+    rank = len(x_shape)
+    axis = normalize_axis(a["axis"], rank) if rank else 0
+    block = a.get("block_size", 0) or 0
+    if all(d == 1 for d in param.shape):
+        return lambda b, index: param.load(b, (0,) * len(param.shape))
+    if not block:
+        if len(param.shape) != 1:
+            raise NotLowerable("a scale of rank > 1 without blocks")
+        return lambda b, index: param.load(b, (index[axis],))
+    if len(param.shape) != rank:
+        raise NotLowerable("blocked scales of another rank")
+    return lambda b, index: param.load(b, tuple(sympy.floor(i / block) if d == axis else i
+                                                for d, i in enumerate(index)))
+
+
+@register_lowering("DequantizeLinear")
+def _lower_dequantize(ctx, node, ins):
+    x, scale = ins[0], ins[1]
+    zero = ins[2] if len(ins) > 2 else None
+    dtype, shape = out_type(node)
+    if x.dtype not in _INTEGERS or scale.dtype not in (DType.float32, DType.float16, DType.bfloat16):
+        raise NotLowerable(f"dequantizing {x.dtype.name} with {scale.dtype.name} scales")
+    if dtype not in (DType.float32, DType.float16, DType.bfloat16) or (zero is not None and zero.dtype != x.dtype):
+        raise NotLowerable("an output or zero point type the kernel does not take")
+    scale_at = _per_element(ctx, node, x.shape, scale)
+    zero_at = None if zero is None else _per_element(ctx, node, x.shape, zero)
+
+    def value(b, index):
+        # (float32(x) - zero) * scale, in float32, rounded once to the output type
+        v = V(b, x.load(b, index), x.dtype).cast(DType.float32)
+        if zero_at is not None:
+            v = v - V(b, zero_at(b, index), zero.dtype).cast(DType.float32)
+        return (v * V(b, scale_at(b, index), scale.dtype).cast(DType.float32)).cast(dtype).name
+    return [ctx.pointwise(shape, dtype, value, cost=3 + x.cost)]
+
+
+@register_lowering("QuantizeLinear")
+def _lower_quantize(ctx, node, ins):
+    x, scale = ins[0], ins[1]
+    zero = ins[2] if len(ins) > 2 else None
+    dtype, shape = out_type(node)
+    a = attrs(node)
+    if x.dtype != DType.float32 or scale.dtype != DType.float32 or a.get("precision"):
+        raise NotLowerable(f"quantizing {x.dtype.name} with {scale.dtype.name} scales")
+    if dtype not in _INTEGERS or (zero is not None and zero.dtype != dtype):
+        raise NotLowerable(f"quantizing to {dtype.name}")
+    low, high = _INTEGERS[dtype]
+    scale_at = _per_element(ctx, node, x.shape, scale)
+    zero_at = None if zero is None else _per_element(ctx, node, x.shape, zero)
+
+    def value(b, index):
+        # clip(int32(rint(x / scale)) + zero): numpy's float -> int32 gives INT32_MIN out of range (NaN too)
+        q = (V(b, x.load(b, index), x.dtype) / V(b, scale_at(b, index), scale.dtype)).round()
+        in_range = (q >= -2.0**31).op("and", q < 2.0**31)
+        qi = in_range.where(q, -2.0**31).cast(DType.int64)
+        if zero_at is not None:
+            qi = qi + V(b, zero_at(b, index), zero.dtype).cast(DType.int64)
+            qi = (qi + 2**31).bitand(2**32 - 1) - 2**31  # int32 wraps as the reference's sum does
+        return qi.max(low).min(high).cast(dtype).name
+    return [ctx.pointwise(shape, dtype, value, cost=6 + x.cost)]

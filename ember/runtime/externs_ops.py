@@ -1,0 +1,47 @@
+"""Externs for standard ops that torch runs exactly, and the run-time checks that guard
+what a lowering assumed about an input's contents."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ExecutionError
+from .externs import extern
+
+
+@extern("check_axes")
+def check_axes(params, axes):
+    """A reduction whose axes are fed at run time was compiled for the axes its declared
+    output type fixes; any other axes would give a wrong result, so they are an error.
+    Axes of static size 1 may be named or not (keepdims: reducing them changes nothing)."""
+    rank = params["rank"]
+    fed = [int(v) for v in axes.reshape(-1).tolist()]
+    if any(not -rank <= v < rank for v in fed):
+        raise ExecutionError(f"{params['where']}: axes {fed} out of range for rank {rank}")
+    named = {v % rank for v in fed}
+    if not named and not params["noop_with_empty_axes"]:
+        named = set(range(rank))
+    optional = set(params["unit_axes"])
+    if named - optional != set(params["expected"]) - optional:
+        raise ExecutionError(f"{params['where']}: axes {fed} fed at run time, but the model's declared "
+                             f"output type was compiled as reducing axes {params['expected']}")
+
+
+@extern("cumulative")
+def cumulative(params, x, axis, y):
+    """CumSum / CumProd along `axis` (a tensor of one element), one slice at a time in
+    x's dtype: each partial result rounds (or wraps) exactly as numpy's running sum does."""
+    rank = x.dim()
+    ax = int(axis.reshape(-1)[0])
+    if not -rank <= ax < rank:
+        raise ExecutionError(f"{params['where']}: axis {ax} out of range for rank {rank}")
+    xs, ys = x.movedim(ax, 0), y.movedim(ax, 0)
+    combine = torch.add if params["how"] == "sum" else torch.mul
+    order = range(xs.shape[0] - 1, -1, -1) if params["reverse"] else range(xs.shape[0])
+    acc = None
+    for i in order:
+        if params["exclusive"]:
+            ys[i] = params["identity"] if acc is None else acc
+        acc = xs[i].clone() if acc is None else combine(acc, xs[i])
+        if not params["exclusive"]:
+            ys[i] = acc
