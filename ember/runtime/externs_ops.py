@@ -45,3 +45,30 @@ def cumulative(params, x, axis, y):
         acc = xs[i].clone() if acc is None else combine(acc, xs[i])
         if not params["exclusive"]:
             ys[i] = acc
+
+
+@extern("topk")
+def topk(params, x, k, values, indices):
+    """The reference's order: a stable sort (ties keep the lower index first, NaN counts
+    as the largest), then the first k."""
+    axis, n = params["axis"], values.shape[params["axis"]]
+    if int(k.reshape(-1)[0]) != n:
+        raise ExecutionError(f"{params['where']}: k = {int(k.reshape(-1)[0])} fed at run time, "
+                             f"but the model's declared output type has {n} along axis {axis}")
+    order = torch.sort(x, dim=axis, descending=params["largest"], stable=True).indices.narrow(axis, 0, n)
+    indices.copy_(order)
+    values.copy_(torch.gather(x, axis, order))
+
+
+@extern("hardmax")
+def hardmax(params, x, y):
+    """1 at the first largest element along `axis` (numpy's argmax), 0 elsewhere."""
+    y.zero_()
+    if x.numel():
+        y.scatter_(params["axis"], x.argmax(dim=params["axis"], keepdim=True), 1)
+
+
+@extern("einsum")
+def einsum(params, *args):
+    *operands, y = args
+    y.copy_(torch.einsum(params["equation"], *operands))

@@ -192,7 +192,7 @@ def test_reduce_axes_fed_at_run_time_are_read_off_the_output_type():
 
 @pytest.mark.parametrize("axes", [[0], [2], [5], [1, 2]])
 def test_reduce_axes_fed_at_run_time_that_disagree_with_the_output_type_are_an_error(axes):
-    compiled, graph = _compiled("ReduceSum", (("x", DType.float32, (3, 4, 5)), ("axes", DType.int64, (M,))),
+    compiled, _ = _compiled("ReduceSum", (("x", DType.float32, (3, 4, 5)), ("axes", DType.int64, (M,))),
                                 (("y", DType.float32, (3, 1, 5)),), (("keepdims", 1),))
     x = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
     with pytest.raises(ember.ExecutionError, match="ReduceSum.*axes"):
@@ -241,3 +241,38 @@ def test_quantize_and_dequantize_linear(data, dtype, per):
     _check(*q, {"x": x, "s": scale, "z": zero}, exact=True)
     xq = data.draw(hnp.arrays(dtype.numpy, (3, 4), elements=st.integers(info.min, info.max)))
     _check(*d, {"x": xq, "s": scale, "z": zero}, exact=True)
+
+
+@pytest.mark.parametrize("largest", [0, 1])
+@SETTINGS
+@given(data=st.data())
+def test_topk_orders_ties_and_nans_as_the_reference(data, largest):
+    compiled, graph = _compiled("TopK", (("x", DType.float32, (3, 5)), ("k", DType.int64, (1,))),
+                                (("v", DType.float32, (3, 2)), ("i", DType.int64, (3, 2))),
+                                (("axis", 1), ("largest", largest)))
+    x = data.draw(hnp.arrays(np.float32, (3, 5), elements=st.sampled_from([0.0, -1.5, 2.0, 7.0, np.nan])))
+    _check(compiled, graph, {"x": x, "k": np.array([2], np.int64)}, exact=True)
+    with pytest.raises(ember.ExecutionError, match="TopK.*k = 3"):
+        compiled.run({"x": x, "k": np.array([3], np.int64)})
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@SETTINGS
+@given(data=st.data())
+def test_hardmax_marks_the_first_largest(data, axis):
+    compiled, graph = _compiled("Hardmax", (("x", DType.float32, (3, 4)),), (("y", DType.float32, (3, 4)),),
+                                (("axis", axis),))
+    x = data.draw(hnp.arrays(np.float32, (3, 4), elements=st.sampled_from([0.0, -1.5, 2.0, 7.0])))
+    _check(compiled, graph, {"x": x}, exact=True)
+
+
+@pytest.mark.parametrize("equation, shapes, out", [("ij,jk->ik", ((3, 4), (4, 2)), (3, 2)),
+                                                   ("bii->bi", ((2, 3, 3),), (2, 3)),
+                                                   ("ij->", ((3, 4),), ())])
+@SETTINGS
+@given(data=st.data())
+def test_einsum(data, equation, shapes, out):
+    names = tuple((f"x{i}", DType.float32, s) for i, s in enumerate(shapes))
+    compiled, graph = _compiled("Einsum", names, (("y", DType.float32, out),), (("equation", equation),))
+    small = st.integers(-64, 64).map(np.float32)  # sums exact in any order, so the check can be too
+    _check(compiled, graph, {n: data.draw(hnp.arrays(np.float32, s, elements=small)) for n, _, s in names}, exact=True)

@@ -29,6 +29,7 @@ from ._symbolic import (
     decide,
     dim,
     dtype_of,
+    normalize_axis,
     same_shape,
     shape_of,
     tensor,
@@ -308,3 +309,11 @@ def _lower_dropout(ctx, node, ins):
 
 
 register_lowering("Dropout")(_lower_dropout)
+
+
+@register_lowering("Hardmax")
+def _lower_hardmax(ctx, node, ins):
+    (x,) = ins
+    if x.dtype not in FLOATS:
+        raise NotLowerable("not float")
+    return ctx.extern("hardmax", [x], [out_type(node)], axis=normalize_axis(attrs(node)["axis"], len(x.shape)))

@@ -9,16 +9,28 @@ from __future__ import annotations
 import sympy
 
 from ..dtypes import DType
-from ._lowering import NotLowerable, V, attrs, constant_ints, out_type, register_lowering
+from ._lowering import (
+    FLOATS,
+    NotLowerable,
+    V,
+    attrs,
+    constant_ints,
+    out_type,
+    register_lowering,
+)
 from ._symbolic import normalize_axis
 from .onnx_standard import standard_op
 
-for _op in ("GatherElements", "ScatterElements", "ScatterND", "OneHot", "Pad", "Split"):  # Trilu: elementwise.py
+for _op in ("GatherElements", "ScatterElements", "ScatterND", "OneHot", "Pad", "Split", "TopK"):  # Trilu: elementwise.py
     standard_op(_op)
 
 
 def _kir():
-    from ...codegen.kir import Kernel, loop_vars, temp_symbol  # codegen's data types, at lowering time
+    from ...codegen.kir import (  # codegen's data types, at lowering time
+        Kernel,
+        loop_vars,
+        temp_symbol,
+    )
 
     return Kernel, loop_vars, temp_symbol
 
@@ -195,3 +207,17 @@ register_lowering("OneHot")(_lower_one_hot)
 register_lowering("Trilu")(_lower_trilu)
 register_lowering("Pad")(_lower_pad)
 register_lowering("Split")(_lower_split)
+
+
+@register_lowering("TopK")
+def _lower_topk(ctx, node, ins):
+    x, k = ins
+    a = attrs(node)
+    if x.dtype not in FLOATS | {DType.int32, DType.int64}:
+        raise NotLowerable("a dtype torch sorts its own way")
+    axis = normalize_axis(a["axis"], len(x.shape))
+    if constant_ints(ctx, node.inputs[1]) is None and not isinstance(out_type(node)[1][axis], int):
+        raise NotLowerable("k known only when it runs, and the output's type does not tell it")
+    # sorted or not, the reference sorts; a k fed at run time is checked against the type
+    return ctx.extern("topk", [x, k], [out_type(node, 0), out_type(node, 1)], where=node.describe(),
+                      axis=axis, largest=bool(a["largest"]))

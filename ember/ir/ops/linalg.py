@@ -35,6 +35,7 @@ def _gemm(node: Node, ins):
 
 standard_op("MatMul", infer=_matmul)
 standard_op("Gemm", infer=_gemm)
+standard_op("Einsum")
 
 
 # -- Kernel IR lowerings ----------------------------------------------------------------
@@ -56,3 +57,10 @@ def _lower_gemm(ctx, node, ins):
 
 register_lowering("MatMul")(_lower_matmul)
 register_lowering("Gemm")(_lower_gemm)
+
+
+@register_lowering("Einsum")
+def _lower_einsum(ctx, node, ins):
+    if not ins or any(r is None or r.dtype not in FLOATS or r.dtype != ins[0].dtype for r in ins):
+        raise NotLowerable("not float")
+    return ctx.extern("einsum", list(ins), [out_type(node)], equation=attrs(node)["equation"])
