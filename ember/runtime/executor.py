@@ -141,7 +141,7 @@ class Executor:
         self._needs_view = self._adopted_names & fallback_reads
         last: dict[str, int] = {}
         for i, (_, _, step) in enumerate(self._steps):
-            for name in set(step.args).union(*step.parts) & set(self._adopted.values()):
+            for name in set(step.args).union(*step.parts) & self._adopted_names:
                 last[name] = i
         self._release: dict[int, list[str]] = {}
         for name, i in last.items():

@@ -225,7 +225,7 @@ def prepare_conv(params, constants):
     # take (a 1x1 conv at 14x14 then runs 7x slower)
     packed = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), padding, stride, dilation, params["group"],
                                                           params.get("input_shape"))
-    return {**params, "packed": packed}
+    return {**params, "packed": packed, "torch_args": (padding, stride, dilation)}
 
 
 @extern("conv", adopts=True)
@@ -239,7 +239,7 @@ def conv(params, x, w, bias, total, y):
     packed = params.get("packed")
     if (packed is not None and x.dtype == torch.float32 and x.numel()
             and (bias is None or bias.dtype == x.dtype) and (y is None or y.numel())):
-        padding, stride, dilation = _conv_args(params, x)
+        padding, stride, dilation = params["torch_args"]
         attr, algorithm = _ONEDNN_ACTIVATIONS[activation]
         group = params["group"]
         if total is None:

@@ -20,7 +20,6 @@ import numpy as np
 import sympy
 
 from ..graph import Node, Value
-from . import nn  # noqa: F401  - registers Conv, whose attributes ember.Conv shares
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
 from ._lowering import (
     FLOATS,
@@ -32,6 +31,7 @@ from ._lowering import (
     rows_normalize,
 )
 from ._symbolic import broadcast, dtype_of, shape_of, tensor
+from . import nn  # registers Conv and MaxPool, whose attributes ember.Conv and ember.MaxPool share
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "": lambda y: y,
@@ -314,8 +314,6 @@ register_op(OpDef(
     doc="y = activation(Conv(x, w, bias) + sum), Conv with ONNX's attributes; sum (optional) has y's shape; "
         f"activation one of {sorted(ACTIVATIONS)}",
 ))
-
-
 
 
 # ember.MaxPool: ONNX MaxPool (one output) on channels-last activations, so a CNN's stem

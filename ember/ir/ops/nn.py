@@ -122,6 +122,13 @@ standard_op_def = {
 
 
 # -- Kernel IR lowerings ----------------------------------------------------------------
+def _static_spatial(x, channels_last: bool) -> list[int]:
+    spatial = list(x.shape[1:-1] if channels_last else x.shape[2:])
+    if not all(isinstance(d, int) for d in spatial):
+        raise NotLowerable("symbolic spatial dims")
+    return spatial
+
+
 def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: bool = False):
     """Conv (and ember.Conv's epilogue: `total` added, then `activation`; its channels-last
     layout) as the conv extern. `node` is the plain Conv (sharing the fused node's output)."""
@@ -133,11 +140,8 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
     kernel = list(w.shape[2:])
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
+    pads = _pads(a, _static_spatial(x, channels_last), kernel, strides, dilations)
     shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else tuple(x.shape)
-    spatial = list(shape[2:])
-    if not all(isinstance(d, int) for d in spatial):
-        raise NotLowerable("symbolic spatial dims")
-    pads = _pads(a, spatial, kernel, strides, dilations)
     return ctx.extern("conv", [x, w, bias, total], [out_type(node)],
                       pads=[p for p, _ in pads] + [q for _, q in pads],
                       strides=list(strides), dilations=list(dilations), group=int(a["group"]), activation=activation,
@@ -155,10 +159,7 @@ def _lower_pool(kind: str):
         kernel = list(a["kernel_shape"])
         rank = len(kernel)
         strides, dilations = a["strides"] or [1] * rank, a.get("dilations") or [1] * rank
-        spatial = list(x.shape[1:-1] if channels_last else x.shape[2:])
-        if not all(isinstance(d, int) for d in spatial):
-            raise NotLowerable("symbolic spatial dims")
-        pads = _pads(a, spatial, kernel, strides, dilations)
+        pads = _pads(a, _static_spatial(x, channels_last), kernel, strides, dilations)
         if kind == "avg" and (any(d != 1 for d in dilations) or (any(p != q for p, q in pads))
                               and not a["count_include_pad"]):
             raise NotLowerable("dilated or asymmetrically padded average pool")
