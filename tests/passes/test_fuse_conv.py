@@ -3,6 +3,7 @@ random shapes, differential against the unoptimised reference, and the graph the
 
 import numpy as np
 import onnx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -98,6 +99,30 @@ def test_chained_convolutions_keep_one_layout_change_each_way():
     np.testing.assert_allclose(compiled.run({"x": x})[last],
                                ember.compile(model, opt_level=0, codegen=False).run({"x": x})[last],
                                rtol=1e-4, atol=1e-4)
+
+
+def _steps_summing_in_place(compiled) -> int:
+    return sum(1 for kind, _, step in compiled._executor._steps if kind == "extern" and step.params.get("sum_in_place"))
+
+
+@pytest.mark.parametrize("residual_read_again", [False, True])
+def test_residual_is_summed_into_in_place_only_when_nothing_reads_it_later(residual_read_again):
+    """The convolution accumulates into its residual's tensor when that tensor dies there;
+    a residual some later node reads must stay as it was."""
+    rng = np.random.default_rng(2)
+    model = _block(rng, 4, 4, 6, 3, 1, True, False, "Add", True)
+    if residual_read_again:  # y2 = r * 2 after the block reads the shortcut's output again
+        model.graph.node.append(helper.make_node("Mul", ["r", "two"], ["y2"], name="again"))
+        model.graph.initializer.append(numpy_helper.from_array(np.array(2, np.float32), "two"))
+        model.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, None))
+    compiled = ember.compile(model)
+    assert _steps_summing_in_place(compiled) == (0 if residual_read_again else 1)
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    for _ in range(2):  # a second run sees the buffers the first one left
+        x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+        got, want = compiled.run({"x": x}), reference.run({"x": x})
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
 
 
 def test_batchnorm_on_a_computed_filter_is_left_alone():
