@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.integers(1, 3), heads=st.sampled_from([1, 2, 4]), group=st.sampled_from([1, 2]),
        sq=st.integers(1, 40), sk=st.sampled_from([1, 7, 40, 300]), d=st.sampled_from([4, 8]),
-       packed=st.booleans(), mask=st.sampled_from([None, "keys", "full", "keys_inf"]), causal=st.booleans(),
+       packed=st.booleans(), mask=st.sampled_from([None, "keys", "full", "keys_inf", "shared", "2d"]), causal=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_attention_kernel_matches_the_reference(batch, heads, group, sq, sk, d, packed, mask, causal, seed):
     rng = np.random.default_rng(seed)
@@ -33,7 +33,8 @@ def test_attention_kernel_matches_the_reference(batch, heads, group, sq, sk, d, 
     feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in zip(names, shapes)}
     if mask is not None:
         names.append("bias")
-        shape = (batch, 1, 1, sk) if mask.startswith("keys") else (batch, heads, sq, sk)
+        shape = {"keys": (batch, 1, 1, sk), "keys_inf": (batch, 1, 1, sk), "full": (batch, heads, sq, sk),
+                 "shared": (1, 1, sq, sk), "2d": (sq, sk)}[mask]  # the last two broadcast over batch
         bias = rng.standard_normal(shape).astype(np.float32)
         if mask == "keys_inf":
             bias[..., -1] = -np.inf  # the last key is never visible
