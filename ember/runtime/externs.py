@@ -143,6 +143,10 @@ def gemm(params, a, b, c, y):
 @extern("attention")
 def attention(params, q, k, v, bias, y):
     heads, kv_heads, scale, causal = params["num_heads"], params["kv_num_heads"], params["scale"], params["causal"]
+    if k is None:  # q, k and v packed in one [B, S, (H + 2 Hkv) * D] tensor: strided views of it
+        from ..ir.ops.ember_nn import split_qkv
+
+        q, k, v = split_qkv(q, heads, kv_heads)
     if q.dim() == 3:  # packed [B, S, H*D]
         b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
         q = q.view(b, sq, heads, -1).transpose(1, 2)

@@ -86,6 +86,17 @@ register_op(OpDef(
 # `causal` also masking keys after the query (aligned to the end: key j is visible to
 # query i when j <= i + Sk - Sq). Query heads share kv heads in groups of H / Hkv. A row
 # with every key masked yields 0 (not NaN). `scale` 0 means 1/sqrt(D).
+# Packed q, k and v in one tensor (k and v absent; fuse_qkv makes it from three linear
+# layers, so one GEMM computes them): q: [B, S, (H + 2 Hkv) * D], the query heads first,
+# then the key heads, then the value heads.
+
+
+def split_qkv(qkv, num_heads: int, kv_num_heads: int):
+    """q, k, v of a packed [B, S, (H + 2 Hkv) * D] tensor: slices of its last axis
+    (views, for numpy arrays and torch tensors alike)."""
+    d = qkv.shape[-1] // (num_heads + 2 * kv_num_heads)
+    q_end, k_end = num_heads * d, (num_heads + kv_num_heads) * d
+    return qkv[..., :q_end], qkv[..., q_end:k_end], qkv[..., k_end:]
 
 
 def _attention_attrs(opdef: OpDef, node: Node):
@@ -131,7 +142,9 @@ def attention(q, k, v, bias=None, *, num_heads: int, kv_num_heads: int = 0,
 def _attention_reference(node: Node):
     heads, kv_heads, scale, causal = _attention_attrs(get_op(node.op), node)
 
-    def run(q, k, v, bias=None):
+    def run(q, k=None, v=None, bias=None):
+        if k is None:
+            q, k, v = split_qkv(q, heads, kv_heads)
         return (attention(q, k, v, bias, num_heads=heads, kv_num_heads=kv_heads, scale=scale,
                           causal=causal),)
 
@@ -143,6 +156,11 @@ def _attention_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
     dtype, q, v = dtype_of(ins[0]), shape_of(ins[0]), shape_of(ins[2])
     if dtype is None:
         return [None]
+    if ins[1] is None and ins[2] is None:  # packed q, k, v
+        if q is None or len(q) != 3:
+            return [tensor(dtype, None)]
+        width = sympy.sympify(q[2]) * heads / (heads + 2 * kv_heads)
+        return [tensor(dtype, (q[0], q[1], int(width) if width.is_Integer else width))]
     if q is None or v is None or len(q) not in (3, 4) or len(v) != len(q):
         return [tensor(dtype, None)]
     if len(q) == 4:
@@ -153,14 +171,16 @@ def _attention_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
 
 register_op(OpDef(
     "ember.Attention",
-    inputs=(ParamSpec("q"), ParamSpec("k"), ParamSpec("v"), ParamSpec("bias", optional=True)),
+    inputs=(ParamSpec("q"), ParamSpec("k", optional=True), ParamSpec("v", optional=True),
+            ParamSpec("bias", optional=True)),
     outputs=(ParamSpec("y"),),
     attrs={"num_heads": AttrSpec("num_heads", "int", required=True),
            "kv_num_heads": AttrSpec("kv_num_heads", "int", 0),
            "scale": AttrSpec("scale", "float", 0.0),
            "causal": AttrSpec("causal", "int", 0)},
     reference=_attention_reference, infer=_attention_infer,
-    doc="softmax(q k^T * scale + bias) v over heads; packed [B, S, H*D] or [B, H, S, D] layout",
+    doc="softmax(q k^T * scale + bias) v over heads; packed [B, S, H*D] or [B, H, S, D] layout; "
+        "k and v absent: q packs all three, [B, S, (H + 2 Hkv) * D]",
 ))
 
 
