@@ -223,7 +223,8 @@ class LoweringContext:
     def _lower_node(self, node: Node) -> list[TensorRef | None]:
         ins = [self.refs[id(v)] if v is not None else None for v in node.inputs]
         lower = getattr(get_op(node.op), "lower", None)
-        reason = self._why_not_lowerable(node) if lower is not None else "no lowering"
+        reason = (self._why_not_lowerable(node, subgraphs=getattr(lower, "handles_subgraphs", False))
+                  if lower is not None else "no lowering")
         if reason is None:
             try:
                 outs = lower(self, node, ins)
@@ -281,9 +282,10 @@ class LoweringContext:
         self.fallback_reasons, self.bound = reasons, bound
         return None, why
 
-    def _why_not_lowerable(self, node: Node) -> str | None:
-        """Why no kernel can compute `node` whatever its op, or None."""
-        if node.has_subgraphs:
+    def _why_not_lowerable(self, node: Node, subgraphs: bool = False) -> str | None:
+        """Why no kernel can compute `node` whatever its op, or None. A node with subgraphs
+        needs an op whose lowering takes them (`subgraphs`)."""
+        if node.has_subgraphs and not subgraphs:
             return "has subgraphs"
         for v in [*node.outputs, *(v for v in node.inputs if v is not None)]:
             t = v.type

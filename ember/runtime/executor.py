@@ -31,6 +31,7 @@ from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
 from . import externs_ops  # noqa: F401 - registers its externs
+from . import externs_control  # noqa: F401 - registers its externs
 from .externs import ADOPTS, EXTERNS, PREPARE
 from .program import Program
 

@@ -98,14 +98,22 @@ def _scan(node: Node):
             for acc, y in zip(outs, res[num_state:]):
                 acc.append(np.asarray(y))
         results = []
-        for acc, ax, d in zip(outs, out_axes, out_dirs):
-            y = np.stack(acc) if acc else np.zeros((0,), np.float32)
+        for k, (acc, ax, d) in enumerate(zip(outs, out_axes, out_dirs)):
+            y = np.stack(acc) if acc else _empty_scan_output(graph.outputs[num_state + k])
             if d:
                 y = y[::-1]
             results.append(np.moveaxis(y, 0, ax % y.ndim))
         return (*state, *results)
 
     return run
+
+
+def _empty_scan_output(body_out) -> np.ndarray:
+    """A scan output after no steps: [0, *the body output's shape] (when its type says it)."""
+    t = body_out.type
+    if t is None or getattr(t, "shape", None) is None or not all(isinstance(d, int) for d in t.shape):
+        return np.zeros((0,), np.float32 if t is None or not hasattr(t, "dtype") else t.dtype.numpy)
+    return np.zeros((0, *t.shape), t.dtype.numpy)
 
 
 def _sequence_map(node: Node):
@@ -127,3 +135,107 @@ standard_op("If", reference=_if)
 standard_op("Loop", reference=_loop)
 standard_op("Scan", reference=_scan)
 standard_op("SequenceMap", reference=_sequence_map)
+
+
+# -- kernels: bodies compiled as programs of their own --------------------------------
+# If and Scan run on kernels when every node of their bodies does: each body becomes a
+# standalone graph (its outer-scope reads turned into inputs), optimized and lowered like
+# a model, and the `control` extern runs its compiled program once per branch taken or
+# per scan step. Loop's scan outputs have a length only the run tells, so Loop stays on
+# the fallback.
+
+def _standalone(body, free: list, input_types: list | None = None):
+    """A copy of subgraph `body` whose outer-scope reads `free` are extra inputs (after its
+    own), with its own inputs typed `input_types` where it declares no shape."""
+    import copy
+
+    from ..graph import Value
+    from ..types import TensorType
+
+    memo = {id(v): Value(v.name, v.type) for v in free}
+    graph = copy.deepcopy(body, memo)
+    for i, t in enumerate(input_types or []):
+        v = graph.inputs[i]
+        if t is not None and not (isinstance(v.type, TensorType) and v.type.shape is not None):
+            v.type = t
+    graph.inputs = [*graph.inputs, *(memo[id(v)] for v in free)]
+    return graph
+
+
+def _compiled_body(body, free: list, input_types: list | None, where: str):
+    """The optimized standalone copy of `body`, if every node of it lowers to kernels."""
+    from ...codegen.lowering import lower_graph
+    from ...passes import PassManager, build_pipeline
+    from ._lowering import NotLowerable
+
+    graph = _standalone(body, free, input_types)
+    graph, _ = PassManager(build_pipeline(2)).run(graph)
+    lowered = lower_graph(graph)  # NotLowerable when sequences cross its boundary
+    if lowered.fallbacks:
+        raise NotLowerable(f"{where} has nodes on the fallback ({', '.join(lowered.fallbacks[:3])})")
+    return graph
+
+
+def _scan_slice_type(t, axis: int):
+    from ..types import TensorType
+
+    if not isinstance(t, TensorType) or t.shape is None or not t.shape:
+        return None
+    shape = list(t.shape)
+    del shape[axis % len(shape)]
+    return TensorType(t.dtype, tuple(shape))
+
+
+def _lower_if(ctx, node, ins):
+    from ._lowering import out_type
+
+    branches = [node.attrs["then_branch"], node.attrs["else_branch"]]
+    free = [b.free_values() for b in branches]
+    graphs = [_compiled_body(b, f, None, f"the {name} branch") for b, f, name in zip(branches, free, ("then", "else"))]
+    scope = list({id(v): v for f in free for v in f}.values())
+    index = {id(v): i for i, v in enumerate(scope)}
+    outer = _outer_refs(ctx, scope)
+    return ctx.extern("control", [ins[0], *outer], [out_type(node, i) for i in range(len(node.outputs))],
+                      kind="if", num_outputs=len(node.outputs), bodies=graphs, reads=[[index[id(v)] for v in f] for f in free],
+                      where=node.describe())
+
+
+def _lower_scan(ctx, node, ins):
+    from ._lowering import out_type
+
+    body = node.attrs["body"]
+    num_scan_in = node.attrs["num_scan_inputs"]
+    num_state = len(node.inputs) - num_scan_in
+    num_scan_out = len(body.outputs) - num_state
+    in_axes = list(node.attrs.get("scan_input_axes") or [0] * num_scan_in)
+    types = [v.type for v in node.inputs[:num_state]]
+    types += [_scan_slice_type(v.type, ax) for v, ax in zip(node.inputs[num_state:], in_axes)]
+    free = body.free_values()
+    graph = _compiled_body(body, free, types, "the scan body")
+    outer = _outer_refs(ctx, free)
+    return ctx.extern("control", [*ins, *outer], [out_type(node, i) for i in range(len(node.outputs))],
+                      kind="scan", num_outputs=len(node.outputs), bodies=[graph], num_state=num_state, num_scan_in=num_scan_in,
+                      in_axes=in_axes, in_dirs=list(node.attrs.get("scan_input_directions") or [0] * num_scan_in),
+                      out_axes=list(node.attrs.get("scan_output_axes") or [0] * num_scan_out),
+                      out_dirs=list(node.attrs.get("scan_output_directions") or [0] * num_scan_out),
+                      where=node.describe())
+
+
+def _outer_refs(ctx, values: list) -> list:
+    from ._lowering import NotLowerable
+
+    missing = [v.name for v in values if id(v) not in ctx.refs]
+    if missing:
+        raise NotLowerable(f"a body reads {missing[0]!r} from a scope beyond the enclosing graph")
+    return [ctx.refs[id(v)] for v in values]
+
+
+def _register_lowerings():
+    from ._lowering import register_lowering
+
+    for op, fn in (("If", _lower_if), ("Scan", _lower_scan)):
+        fn.handles_subgraphs = True
+        register_lowering(op)(fn)
+
+
+_register_lowerings()

@@ -1,0 +1,76 @@
+"""The `control` extern: If and Scan whose bodies ember compiled into programs of their
+own (ember/ir/ops/control_flow.py lowers them). `prepare` builds each body's kernels
+once; a run executes the branch taken, or the body once per scan step, on those kernels,
+with the values the bodies read from the enclosing graph passed in as inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ExecutionError
+from .externs import extern, prepare
+
+
+@prepare("control")
+def prepare_control(params, constants):
+    from ..codegen import generate
+    from .executor import Executor
+
+    return {**params, "executors": [Executor(generate(graph)) for graph in params["bodies"]]}
+
+
+def _array(t):
+    return None if t is None else t.numpy()
+
+
+def _store(y: np.ndarray, value, where: str, what: str) -> None:
+    value = np.asarray(value)
+    if value.shape != y.shape:
+        raise ExecutionError(f"{where}: {what} has shape {list(value.shape)}, the output's type says {list(y.shape)}")
+    np.copyto(y, value, casting="unsafe")
+
+
+@extern("control")
+def control(params, *args):
+    n_in = len(args) - params["num_outputs"]
+    ins, outs = [_array(t) for t in args[:n_in]], [_array(t) for t in args[n_in:]]
+    if params["kind"] == "if":
+        _run_if(params, ins, outs)
+    else:
+        _run_scan(params, ins, outs)
+
+
+def _run_if(params, ins, outs):
+    cond, scope = ins[0], ins[1:]
+    if cond is None or cond.size != 1:
+        raise ExecutionError(f"{params['where']}: the condition must hold one element")
+    taken = 0 if bool(cond.reshape(-1)[0]) else 1
+    results = params["executors"][taken].run([scope[i] for i in params["reads"][taken]])
+    for k, (y, value) in enumerate(zip(outs, results)):
+        _store(y, value, params["where"], f"output {k} of the {('then', 'else')[taken]} branch")
+
+
+def _run_scan(params, ins, outs):
+    num_state, num_scan_in = params["num_state"], params["num_scan_in"]
+    state = ins[:num_state]
+    xs = []
+    for x, axis, reverse in zip(ins[num_state:num_state + num_scan_in], params["in_axes"], params["in_dirs"]):
+        x = np.moveaxis(x, axis % x.ndim, 0)
+        xs.append(x[::-1] if reverse else x)
+    scope = ins[num_state + num_scan_in:]
+    lengths = {x.shape[0] for x in xs}
+    if len(lengths) > 1:
+        raise ExecutionError(f"{params['where']}: scan inputs differ in length {sorted(lengths)}")
+    steps = lengths.pop() if lengths else 0
+    ys = []
+    for y, axis, reverse in zip(outs[num_state:], params["out_axes"], params["out_dirs"]):
+        y = np.moveaxis(y, axis % y.ndim, 0)
+        ys.append(y[::-1] if reverse else y)
+    body = params["executors"][0]
+    for t in range(steps):
+        results = body.run([*state, *(np.ascontiguousarray(x[t]) for x in xs), *scope])
+        state = results[:num_state]
+        for k, (y, value) in enumerate(zip(ys, results[num_state:])):
+            _store(y[t, ...], value, params["where"], f"scan output {k} at step {t}")
+    for k, (y, value) in enumerate(zip(outs[:num_state], state)):
+        _store(y, value, params["where"], f"final state {k}")

@@ -1,0 +1,94 @@
+"""If and Scan on kernels: their bodies compiled as programs of their own, against the
+reference interpreter, over random shapes, axes and directions; and the cases that must
+stay on the fallback."""
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+import ember
+from ember.codegen import cpu
+
+pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
+F = TensorProto.FLOAT
+
+
+def _model(nodes, inputs, outputs, opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _scan_model(rows, cols, in_axis, in_dir, out_axis, out_dir):
+    """state' = state + x_t * w (w read from the enclosing graph); y_t = state' * 2."""
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["x_t", "w"], ["xw"]), helper.make_node("Add", ["s", "xw"], ["s_next"]),
+         helper.make_node("Mul", ["s_next", "two"], ["y_t"])],
+        "body",
+        [helper.make_tensor_value_info("s", F, [cols]), helper.make_tensor_value_info("x_t", F, [cols])],
+        [helper.make_tensor_value_info("s_next", F, [cols]), helper.make_tensor_value_info("y_t", F, [cols])],
+        [helper.make_tensor("two", F, [], [2.0])])
+    x_shape = [rows, cols] if in_axis == 0 else [cols, rows]
+    y_shape = [rows, cols] if out_axis == 0 else [cols, rows]
+    scan = helper.make_node("Scan", ["s0", "x"], ["s_final", "y"], body=body, num_scan_inputs=1,
+                            scan_input_axes=[in_axis], scan_input_directions=[in_dir],
+                            scan_output_axes=[out_axis], scan_output_directions=[out_dir])
+    return _model([scan], [helper.make_tensor_value_info(n, F, s) for n, s in
+                           (("s0", [cols]), ("x", x_shape), ("w", [cols]))],
+                  [helper.make_tensor_value_info("s_final", F, [cols]), helper.make_tensor_value_info("y", F, y_shape)])
+
+
+def _check(model, feeds):
+    compiled = ember.compile(model)
+    reference = ember.compile(model, codegen=False)
+    got, want = compiled.run(feeds), reference.run(feeds)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+    return compiled
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(0, 5), cols=st.integers(1, 4), in_axis=st.sampled_from([0, 1]), in_dir=st.sampled_from([0, 1]),
+       out_axis=st.sampled_from([0, 1]), out_dir=st.sampled_from([0, 1]), seed=st.integers(0, 2**16))
+def test_scan_runs_its_body_on_kernels(rows, cols, in_axis, in_dir, out_axis, out_dir, seed):
+    rng = np.random.default_rng(seed)
+    model = _scan_model(rows, cols, in_axis, in_dir, out_axis, out_dir)
+    feeds = {"s0": rng.standard_normal(cols).astype(np.float32),
+             "x": rng.standard_normal([rows, cols] if in_axis == 0 else [cols, rows]).astype(np.float32),
+             "w": rng.standard_normal(cols).astype(np.float32)}
+    compiled = _check(model, feeds)
+    assert compiled.stats.fallback_nodes == []
+
+
+def _if_model(then_op: str):
+    """y = cond ? then_op(a) : a - b, both branches reading a (and b) from outside."""
+    def branch(name, nodes):
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", F, [3])])
+
+    then_branch = branch("then", [helper.make_node(then_op, ["a"], ["then_y"])])
+    else_branch = branch("else", [helper.make_node("Sub", ["a", "b"], ["else_y"])])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)
+    return _model([node], [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                           helper.make_tensor_value_info("a", F, [3]), helper.make_tensor_value_info("b", F, [3])],
+                  [helper.make_tensor_value_info("y", F, [3])])
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_if_runs_the_branch_taken_on_kernels(cond):
+    rng = np.random.default_rng(0)
+    feeds = {"cond": np.array(cond), "a": rng.standard_normal(3).astype(np.float32),
+             "b": rng.standard_normal(3).astype(np.float32)}
+    compiled = _check(_if_model("Neg"), feeds)
+    assert compiled.stats.fallback_nodes == []
+
+
+def test_a_body_with_a_fallback_node_keeps_the_whole_node_on_the_fallback():
+    from ember.codegen.lowering import lower_graph
+
+    model = _if_model("StringNormalizer")  # no kernel for it, so neither for the If
+    compiled = ember.compile(model, codegen=False)
+    reasons = lower_graph(compiled.graph).fallback_reasons
+    assert list(reasons.values()) == [next(iter(reasons.values()))]
+    assert "the then branch has nodes on the fallback" in next(iter(reasons.values()))
