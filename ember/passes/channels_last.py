@@ -11,9 +11,13 @@ of one transpose and canonicalize cancels the pairs, so a ResNet converts its la
 once at the input and once before the pooling head (onnxruntime's NHWC transformer does
 the same). A MaxPool reading channels-last activations becomes ember.MaxPool on them.
 
-    MaxPool(Transpose(y, NCHW)) -> Transpose(ember.MaxPool(y, channels_last=1), NCHW)"""
+    MaxPool(Transpose(y, NCHW)) -> Transpose(ember.MaxPool(y, channels_last=1), NCHW)
+    AveragePool(Transpose(y, NCHW)) over the whole image | GlobalAveragePool(Transpose(y, NCHW))
+        -> Transpose(ReduceMean(y, axes=[1, 2], keepdims=1), NCHW)"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from .fuse_conv import CONV_ATTRS
 from .registry import register_pass
@@ -65,8 +69,54 @@ def _max_pool_replacement(op, y, auto_pad, ceil_mode, dilations, kernel_shape, p
 # a max pool of channels-last activations pools them where they are (ResNet's stem)
 MAX_POOL = Rewrite("max_pool_channels_last", _max_pool_pattern, _max_pool_replacement)
 
+
+# an average pool over the whole image of channels-last activations is a mean over their
+# spatial axes (ResNet's head): one reduction, no layout change of the activations
+def _whole_image_pool_pattern(op, y, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, count_include_pad):
+    return op.AveragePool(op.Transpose(y, perm=TO_FIRST), kernel_shape=kernel_shape, strides=strides, pads=pads,
+                          dilations=dilations, auto_pad=auto_pad, ceil_mode=ceil_mode,
+                          count_include_pad=count_include_pad)
+
+
+def _whole_image_check(m: Match) -> str | None:
+    y = m["y"].type
+    if y is None or y.shape is None or len(y.shape) != 4 or y.dtype.name != "float32":
+        return "not a float32 2-d pool"
+    spatial = list(y.shape[1:3])
+    if not all(isinstance(d, int) for d in spatial) or list(m["kernel_shape"]) != spatial:
+        return "the window is not the whole (static) image"
+    if any(m["pads"] or []) or any(d != 1 for d in (m["dilations"] or [])) or m["auto_pad"] not in ("", "NOTSET", "VALID"):
+        return "padded or dilated"
+    return None
+
+
+def _whole_image_replacement(op, y, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, count_include_pad):
+    return op.Transpose(op.ReduceMean(y, op.constant(np.array([1, 2], np.int64)), keepdims=1), perm=TO_FIRST)
+
+
+WHOLE_IMAGE_POOL = Rewrite("whole_image_average_pool_channels_last", _whole_image_pool_pattern,
+                           _whole_image_replacement, _whole_image_check)
+
+
+def _global_pool_pattern(op, y):
+    return op.GlobalAveragePool(op.Transpose(y, perm=TO_FIRST))
+
+
+def _global_pool_check(m: Match) -> str | None:
+    y = m["y"].type
+    return None if y is not None and y.shape is not None and len(y.shape) == 4 else "not a 2-d pool"
+
+
+def _global_pool_replacement(op, y):
+    return op.Transpose(op.ReduceMean(y, op.constant(np.array([1, 2], np.int64)), keepdims=1), perm=TO_FIRST)
+
+
+GLOBAL_POOL = Rewrite("global_average_pool_channels_last", _global_pool_pattern, _global_pool_replacement,
+                      _global_pool_check)
+
 REWRITES = [_rewrite("Conv", 2), _rewrite("Conv", 3),
-            _rewrite("ember.Conv", 2), _rewrite("ember.Conv", 3), _rewrite("ember.Conv", 4), MAX_POOL]
+            _rewrite("ember.Conv", 2), _rewrite("ember.Conv", 3), _rewrite("ember.Conv", 4), MAX_POOL,
+            WHOLE_IMAGE_POOL, GLOBAL_POOL]
 
 
 @register_pass

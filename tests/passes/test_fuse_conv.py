@@ -187,3 +187,28 @@ def test_a_max_pool_between_convolutions_pools_channels_last():
     for batch in (1, 3):
         x = rng.standard_normal((batch, 3, 17, 17)).astype(np.float32)
         np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pool", ["AveragePool", "GlobalAveragePool", "AveragePool_padded"])
+def test_whole_image_average_pool_of_channels_last_activations_is_a_mean(pool):
+    """ResNet's head: the pool reads the last convolution's channels-last output in place
+    (a mean over its spatial axes) rather than after a layout change; a padded pool is not
+    a whole-image mean and stays as it was."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w")]
+    attrs = {"kernel_shape": [5, 5]} if pool == "AveragePool" else \
+        {"kernel_shape": [5, 5], "pads": [1, 1, 1, 1]} if pool == "AveragePool_padded" else {}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node(pool.split("_")[0], ["r"], ["y"], **attrs)]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = ember.compile(model)
+    hist = compiled.stats.op_histogram
+    assert ("ReduceMean" in hist) == (pool != "AveragePool_padded"), hist
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 3, 5, 5)).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})["y"],
+                                   ember.compile(model, opt_level=0, codegen=False).run({"x": x})["y"],
+                                   rtol=1e-4, atol=1e-5)
