@@ -74,6 +74,9 @@ OPS = {
     "where": "({0} ? {1} : {2})", "cast": "ember_cast<T>({0})",
 }
 EXTRA_PRELUDE = r"""
+// index min/max by value (std::min/max take references, which keeps loops from vectorizing)
+static inline int64_t ember_imin(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t ember_imax(int64_t a, int64_t b) { return a > b ? a : b; }
 template <typename T> static inline T ember_div(T a, T b) {
   if constexpr (std::is_integral_v<T>) return b == 0 ? T(0) : T(a / b); else return a / b;
 }
@@ -167,10 +170,10 @@ class _Index:
         if isinstance(e, sympy.Mod):
             return f"ember_mod<int64_t>({self(e.args[0])}, {self(e.args[1])})"
         if isinstance(e, (sympy.Max, sympy.Min)):
-            fn = "std::max" if isinstance(e, sympy.Max) else "std::min"
+            fn = "ember_imax" if isinstance(e, sympy.Max) else "ember_imin"
             out = self(e.args[0])
             for a in e.args[1:]:
-                out = f"{fn}<int64_t>({out}, {self(a)})"
+                out = f"{fn}({out}, {self(a)})"
             return out
         if e.is_Pow and e.exp.is_Integer and e.exp > 0:
             return "(" + " * ".join([self(e.base)] * int(e.exp)) + ")"
