@@ -2,13 +2,15 @@
 implementations, and replace their outputs by constants. Random ops, nodes with
 subgraphs, and results over `max_elements` are left alone. Shape tensors whose contents
 symbolic inference computed completely (`Shape(x)[1]` when that dim is static) become
-constants too, which is how shape subgraphs fold once dims are known."""
+constants too, which is how shape subgraphs fold once dims are known. An If whose
+condition is a constant becomes the nodes of the branch it takes (ONNX function bodies
+branch on their attributes this way)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..ir.graph import Graph
+from ..ir.graph import Graph, Node, Value
 from ..ir.registry import get_op
 from ..ir.shape_inference import infer_types
 from ..ir.types import TensorType
@@ -27,6 +29,7 @@ class FoldConstants(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         modified = self._fold_known_shapes(graph)
+        modified |= _inline_constant_ifs(graph)
         for node in list(graph.nodes):
             opdef = get_op(node.op)
             if not opdef.deterministic or node.has_subgraphs:
@@ -43,6 +46,7 @@ class FoldConstants(Pass):
             for old, data in zip(node.outputs, results):
                 graph.replace_all_uses(old, graph.add_constant(old.name, data))
             modified = True
+        modified |= _inline_constant_ifs(graph)  # conditions this fold made constant
         return PassResult(graph, modified)
 
     @staticmethod
@@ -64,3 +68,32 @@ class FoldConstants(Pass):
                 graph.replace_all_uses(old, graph.add_constant(name, data))
                 modified = True
         return modified
+
+
+def _inline_constant_ifs(graph: Graph) -> bool:
+    """Replace each If whose condition is a constant by the nodes of the branch it takes."""
+    modified = False
+    while True:
+        node = next((n for n in graph.nodes if n.op == "If" and n.inputs[0] is not None
+                     and n.inputs[0].const is not None and n.inputs[0].const.size == 1), None)
+        if node is None:
+            return modified
+        branch = node.attrs["then_branch" if bool(node.inputs[0].const.reshape(-1)[0]) else "else_branch"]
+        if len(branch.outputs) != len(node.outputs):
+            return modified  # malformed: left for the run to report
+        position = graph.nodes.index(node)
+        graph.nodes[position:position + 1] = branch.nodes
+        graph.constants.extend(branch.constants)
+        returned = {id(v) for v in graph.outputs}
+        produced = {id(v) for n in branch.nodes for v in n.outputs}
+        for i, (old, new) in enumerate(zip(node.outputs, branch.outputs)):
+            if id(old) in returned:
+                if id(new) not in produced:  # an outer value or a constant: a node keeps the returned name
+                    copy = Node("Identity", [new], [Value(old.name, old.type)], name=f"{node.name}/out{i}")
+                    graph.nodes.insert(position, copy)
+                    new = copy.outputs[0]
+                else:
+                    new.name = old.name
+                old.name = f"{old.name}.replaced"
+            graph.replace_all_uses(old, new)
+        modified = True

@@ -276,3 +276,21 @@ def test_einsum(data, equation, shapes, out):
     compiled, graph = _compiled("Einsum", names, (("y", DType.float32, out),), (("equation", equation),))
     small = st.integers(-64, 64).map(np.float32)  # sums exact in any order, so the check can be too
     _check(compiled, graph, {n: data.draw(hnp.arrays(np.float32, s, elements=small)) for n, _, s in names}, exact=True)
+
+
+def test_squeeze_of_a_fused_value_whose_unit_dim_is_a_size_symbol():
+    """Squeeze(Neg(x), axes=[1]) with x: [a, b, c], b = 1 only when it runs: the squeezed
+    dim is not visible in the sizes, so the kernel must not guess it from them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Neg", ["x"], ["n"]),
+             helper.make_node("Squeeze", ["n", "axes"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b", "c"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = ember.compile(model)
+    assert compiled.stats.fallback_nodes == []
+    x = np.random.default_rng(0).standard_normal((2, 1, 3)).astype(np.float32)
+    np.testing.assert_array_equal(compiled.run({"x": x})["y"], -x[:, 0, :])

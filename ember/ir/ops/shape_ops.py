@@ -261,10 +261,12 @@ def _lower_unit_dims(ctx, node, ins):
     """Squeeze, Unsqueeze (and reshapes that only add or drop 1s): an index remap."""
     dtype, shape = out_type(node)
     x = ins[0]
-    if not x.lazy:
-        return [ctx.alias(x, shape)]
     keep_out = [i for i, d in enumerate(shape) if d != 1]
     keep_in = [i for i, d in enumerate(x.shape) if d != 1]
+    if not x.lazy or len(keep_in) != len(keep_out):
+        # realized, or a size symbol that is 1 only when it runs hides which dims go: the
+        # elements keep their order, so the output is the input's buffer under its shape
+        return [ctx.alias(x, shape)]
 
     def load(b, index):
         src = [0] * len(x.shape)
