@@ -30,7 +30,7 @@ from ..errors import ExecutionError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
-from . import externs_ops  # noqa: F401 - registers its externs
+from . import externs_dynamic, externs_ops  # noqa: F401 - registers their externs
 from .externs import ADOPTS, EXTERNS, PREPARE
 from .program import Program
 
@@ -293,6 +293,8 @@ class Executor:
                 start = time.perf_counter()
             if kind == "segment":
                 fn(self._B_addr, sizes_addr)
+            elif kind == "extern" and step.params.get("sizes_outputs"):
+                self._sizing_extern(fn, step, binding, views, tensors)
             elif kind == "extern":
                 adopted = self._adopted.get(i)
                 args = [tensors.get(a) if a and a != adopted else None for a in step.args]
@@ -359,27 +361,47 @@ class Executor:
         except Exception as e:  # noqa: BLE001 - reported with the node that failed
             raise ExecutionError(f"{step.params['node'].describe()}: {type(e).__name__}: {e}") from e
         for name, result in zip(step.args[step.num_inputs:], results):
-            b = p.buffers[name]
             result = _normalize(result)
-            if b.kind == "dynamic":
+            if p.buffers[name].kind == "dynamic":
                 views[name] = result
                 continue
-            result = np.asarray(result)
-            target = views.get(name)
-            if target is not None and target.shape == result.shape:
-                np.copyto(target, result, casting="unsafe")
-                continue
-            if target is not None:
-                raise ExecutionError(f"{step.params['node'].describe()}: produced shape {list(result.shape)}, "
-                                     f"expected {list(target.shape)}")
-            # a size only this node's result tells: bind it, then keep the array itself
-            for dim, value in zip(b.shape, result.shape):
-                d = sympy.sympify(dim)
-                if d.is_Symbol and d in self._sym_index:
-                    binding.sizes[self._sym_index[d]] = value
-                    binding.bound.add(d)
-            arr = np.asarray(result, dtype=b.dtype.numpy, order="C")
-            views[name] = arr
-            self._B[p.slots[name]] = arr.ctypes.data
-            if (t := _tensor(arr)) is not None:
-                tensors[name] = t
+            self._take_result(name, np.asarray(result), binding, views, tensors, step.params["node"].describe())
+
+    def _sizing_extern(self, kernel, step, binding: _Binding, views, tensors) -> None:
+        """An extern that allocates the outputs whose sizes only it can tell (given None
+        for them) and returns every output."""
+        args = [tensors.get(a) if a else None for a in step.args]
+        where = f"extern {step.name} for {', '.join(step.nodes)}"
+        try:
+            results = kernel(step.params, *args)
+        except ExecutionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported with the node that failed
+            raise ExecutionError(f"{where}: {type(e).__name__}: {e}") from e
+        for name, result in zip(step.args[step.num_inputs:], results):
+            if tensors.get(name) is not result:
+                self._take_result(name, result.numpy(), binding, views, tensors, where)
+
+    def _take_result(self, name: str, result: np.ndarray, binding: _Binding, views, tensors, where: str) -> None:
+        """Put a fallback's or sizing extern's `result` in buffer `name`: copied into it
+        where its size was known, else kept, binding the sizes only it tells."""
+        p = self.program
+        b = p.buffers[name]
+        target = views.get(name)
+        if target is not None and target.shape == result.shape:
+            np.copyto(target, result, casting="unsafe")
+            return
+        if target is not None:
+            raise ExecutionError(f"{where}: produced shape {list(result.shape)}, expected {list(target.shape)}")
+        if len(b.shape) != result.ndim or any(isinstance(d, int) and d != n for d, n in zip(b.shape, result.shape)):
+            raise ExecutionError(f"{where}: produced shape {list(result.shape)}, expected {list(b.shape)}")
+        for dim, value in zip(b.shape, result.shape):
+            d = sympy.sympify(dim)
+            if d.is_Symbol and d in self._sym_index:
+                binding.sizes[self._sym_index[d]] = value
+                binding.bound.add(d)
+        arr = np.asarray(result, dtype=b.dtype.numpy, order="C")
+        views[name] = arr
+        self._B[p.slots[name]] = arr.ctypes.data
+        if (t := _tensor(arr)) is not None:
+            tensors[name] = t
