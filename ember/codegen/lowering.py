@@ -32,6 +32,10 @@ MAX_INLINE_OPS = 48  # a lazy value whose body has more ops than this is realize
 KERNEL_DTYPES = {DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int64, DType.int32,
                  DType.int16, DType.int8, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}
 
+# dtypes externs take (the executor hands them torch views of the buffers)
+EXTERN_DTYPES = {DType.float32, DType.float64, DType.float16, DType.int64, DType.int32, DType.int16, DType.int8,
+                 DType.uint8, DType.bool}
+
 
 @dataclass
 class TensorRef:
@@ -153,6 +157,9 @@ class LoweringContext:
         is allocated by the extern itself: it returns its outputs, and the executor binds
         those symbols from their shapes, as it does for a fallback's result, so the
         kernels after it run with those sizes."""
+        dtypes = {r.dtype for r in inputs if r is not None} | {dtype for dtype, _ in outputs}
+        if not dtypes <= EXTERN_DTYPES:
+            raise NotLowerable(f"dtype {min(d.name for d in dtypes - EXTERN_DTYPES)} in an extern (torch has no view of it)")
         unbound = set()
         for _, shape in outputs:
             for d in shape:

@@ -42,6 +42,11 @@ def _ints(t) -> list[int]:
 
 
 # -- reductions with axes fed at run time ----------------------------------------------
+# a reduction over no axis, elementwise (the others give the element itself)
+_ALONE = {"ReduceL1": torch.abs, "ReduceL2": lambda x: (x * x).sqrt(), "ReduceSumSquare": lambda x: x * x,
+          "ReduceLogSum": torch.log}
+
+
 def _reduce(op: str, x: torch.Tensor, dims: list[int]) -> torch.Tensor:
     """`op` over `dims` of x (none empty), keeping them (as size 1)."""
     if op == "ReduceSum":
@@ -78,12 +83,10 @@ def reduce(params, x, axes, y):
     fed = _ints(axes) if axes is not None else []
     if any(not -rank <= a < rank for a in fed):
         raise ExecutionError(f"{params['where']}: axes {fed} out of range for rank {rank}")
-    if not fed and params["noop_with_empty_axes"]:
-        return _give(params, [y], [x.clone()])
-    dims = sorted({a % rank for a in fed}) if fed else list(range(rank))
-    if not dims:  # a scalar: nothing to reduce
-        return _give(params, [y], [x.clone()])
     op = params["op"]
+    dims = sorted({a % rank for a in fed}) if fed else [] if params["noop_with_empty_axes"] else list(range(rank))
+    if not dims:  # each element reduced alone (torch would take no dims as every dim)
+        return _give(params, [y], [_ALONE.get(op, torch.clone)(x).to(x.dtype)])
     shape = [1 if i in dims else n for i, n in enumerate(x.shape)]
     if any(x.shape[d] == 0 for d in dims):
         result = torch.full(shape, params["identity"], dtype=x.dtype)
@@ -159,7 +162,7 @@ def slice_(params, x, starts, ends, axes, steps, y):
         if st == 0:
             raise ExecutionError(f"{params['where']}: a step of 0")
         picked = range(*slice(s, e, st).indices(x.shape[a]))
-        result = result.index_select(a, torch.arange(picked.start, picked.stop, picked.step, dtype=torch.int64))
+        result = result.index_select(a, torch.arange(len(picked), dtype=torch.int64) * picked.step + picked.start)
     return _give(params, [y], [result])
 
 
@@ -190,7 +193,7 @@ def expand(params, x, shape, y):
 
 @extern("constant_of_shape")
 def constant_of_shape(params, shape, y):
-    dtype = y.dtype if y is not None else params["dtype"]
+    dtype = y.dtype if y is not None else getattr(torch, params["dtype"])  # DType names are torch's
     return _give(params, [y], [torch.full(_ints(shape), params["value"], dtype=dtype)])
 
 

@@ -149,8 +149,11 @@ def _lower_reduce(op: str):
                        noop_with_empty_axes=a["noop_with_empty_axes"],
                        unit_axes=[i for i, d in enumerate(x.shape) if a["keepdims"] and d == 1])
         if not axes:
-            if a["noop_with_empty_axes"]:
-                return [ctx.pointwise(x.shape, x.dtype, lambda b, i: x.load(b, i), cost=x.cost)]
+            if a["noop_with_empty_axes"]:  # each element reduced alone: |x| for L1, x*x for SumSquare ...
+                def alone(b, i):
+                    v = transform(V(b, x.load(b, i), x.dtype))
+                    return finish(v, V(b, b.const(1, x.dtype), x.dtype)).cast(x.dtype).name
+                return [ctx.pointwise(x.shape, x.dtype, alone, cost=x.cost + 2)]
             axes = list(range(rank))
         axes = {normalize_axis(v, rank) for v in axes}
         _check_reducible(op, x.dtype)
@@ -200,17 +203,13 @@ def _empty_identity(op: str, dtype: DType):
             "ReduceLogSumExp": -math.inf}.get(op, 0)
 
 
-# dtypes the reduce extern takes (torch views them)
-_EXTERN_DTYPES = FLOATS | {DType.float16, DType.int64, DType.int32, DType.int16, DType.int8, DType.uint8, DType.bool}
-
-
 def _reduce_extern(ctx, node, ins):
     """A reduction whose axes are known only when it runs (torch's kernels); its output
     sizes, where the type does not tell them, are bound when it runs."""
     x = ins[0]
     op, a = node.op, attrs(node)
     _check_reducible(op, x.dtype)
-    if x.dtype not in _EXTERN_DTYPES or (x.dtype == DType.bool and op not in ("ReduceMax", "ReduceMin")):
+    if x.dtype == DType.bool and op not in ("ReduceMax", "ReduceMin"):
         raise NotLowerable(f"{op} of {x.dtype.name} with axes known only when it runs")
     axes = ins[1] if len(ins) > 1 else None
     return ctx.extern("reduce", [x, axes], [out_type(node)], where=node.describe(), op=op,

@@ -252,6 +252,9 @@ def _lower_view(ctx, node, ins):
     """Reshape, Flatten: the same elements in the same order under another shape."""
     dtype, shape = out_type(node)
     x = ins[0]
+    if not ctx.knows(shape):  # a shape fed at run time
+        return ctx.extern("reshape", ins[:2], [(dtype, shape)], where=node.describe(),
+                          allowzero=attrs(node)["allowzero"])
     if x.lazy and [d for d in shape if d != 1] == [d for d in x.shape if d != 1]:
         return _lower_unit_dims(ctx, node, ins)
     return [ctx.alias(x, shape)]
@@ -290,6 +293,8 @@ def _lower_transpose(ctx, node, ins):
 def _lower_expand(ctx, node, ins):
     dtype, shape = out_type(node)
     x = ins[0]
+    if not ctx.knows(shape):  # a shape fed at run time
+        return ctx.extern("expand", ins[:2], [(dtype, shape)], where=node.describe())
     return [ctx.pointwise(shape, dtype, lambda b, i: x.load(b, ctx.broadcast(x, i, shape)), cost=x.cost)]
 
 
@@ -318,9 +323,11 @@ def _lower_slice(ctx, node, ins):
     consts = [None if v is None else v.const if v.const is not None else ctx.known_contents(v)
               for v in node.inputs[1:]]
     consts = [None if c is None else np.asarray(c, dtype=object) for c in consts]
-    if any(v is not None and (c is None or not all(isinstance(x, (int, np.integer)) for x in c.reshape(-1)))
-           for i, (v, c) in enumerate(zip(node.inputs[1:], consts)) if i != 1):
-        raise NotLowerable("slice starts, axes or steps are not constants")
+    if not ctx.knows(shape) or any(
+            v is not None and (c is None or not all(isinstance(x, (int, np.integer)) for x in c.reshape(-1)))
+            for i, (v, c) in enumerate(zip(node.inputs[1:], consts)) if i != 1):
+        # starts, axes or steps fed at run time: torch slices
+        return ctx.extern("slice", [*ins, *[None] * (5 - len(ins))], [(dtype, shape)], where=node.describe())
     starts = [int(s) for s in consts[0].reshape(-1)]
     axes = [normalize_axis(int(a), rank) for a in consts[2].reshape(-1)] if len(consts) > 2 and consts[2] is not None \
         else list(range(len(starts)))
@@ -338,6 +345,8 @@ def _lower_slice(ctx, node, ins):
 
 def _lower_range(ctx, node, ins):
     dtype, shape = out_type(node)
+    if not ctx.knows(shape):  # a length known only when it runs
+        return ctx.extern("range", ins, [(dtype, shape)], where=node.describe())
     start, _, delta = ins
     return [ctx.pointwise(shape, dtype, lambda b, i: (V(b, start.load(b, ()), dtype) + V(b, b.index(i[0], dtype), dtype)
                                                       * V(b, delta.load(b, ()), dtype)).name, cost=3)]
@@ -372,15 +381,18 @@ def _lower_constant_of_shape(ctx, node, ins):
     dtype, shape = out_type(node)
     value = attrs(node)["value"]
     scalar = 0 if value is None else np.asarray(value).reshape(-1)[0].item()
+    if not ctx.knows(shape):  # a shape fed at run time
+        return ctx.extern("constant_of_shape", ins, [(dtype, shape)], where=node.describe(), value=scalar,
+                          dtype=dtype.name)
     return [ctx.pointwise(shape, dtype, lambda b, i: b.const(scalar, dtype), cost=0)]
 
 
-register_lowering("Reshape", "Flatten")(_lower_view)
+register_lowering("Reshape", "Flatten", sizes_outputs=True)(_lower_view)
 register_lowering("Squeeze", "Unsqueeze")(_lower_unit_dims)
 register_lowering("Transpose")(_lower_transpose)
-register_lowering("Expand")(_lower_expand)
+register_lowering("Expand", sizes_outputs=True)(_lower_expand)
 register_lowering("Gather")(_lower_gather)
-register_lowering("Slice")(_lower_slice)
-register_lowering("Range")(_lower_range)
+register_lowering("Slice", sizes_outputs=True)(_lower_slice)
+register_lowering("Range", sizes_outputs=True)(_lower_range)
 register_lowering("Concat")(_lower_concat)
-register_lowering("ConstantOfShape")(_lower_constant_of_shape)
+register_lowering("ConstantOfShape", sizes_outputs=True)(_lower_constant_of_shape)
