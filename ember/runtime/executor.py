@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import sympy
 import torch
@@ -39,11 +40,23 @@ _TORCH_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.in
                                         np.uint8, np.bool_)}
 
 
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
 def _tensor(a) -> torch.Tensor | None:
     """A torch view of a numpy array, for externs (None where torch has no such dtype)."""
+    if isinstance(a, np.ndarray) and a.dtype == _BFLOAT16:  # the same bits, as torch's bfloat16
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     if not isinstance(a, np.ndarray) or a.dtype not in _TORCH_DTYPES:
         return None
     return torch.from_numpy(a)
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a torch tensor an extern returned."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_BFLOAT16)
+    return t.numpy()
 
 
 class ReferenceExecutor:
@@ -380,7 +393,7 @@ class Executor:
             raise ExecutionError(f"{where}: {type(e).__name__}: {e}") from e
         for name, result in zip(step.args[step.num_inputs:], results):
             if tensors.get(name) is not result:
-                self._take_result(name, result.numpy(), binding, views, tensors, where)
+                self._take_result(name, _array(result), binding, views, tensors, where)
 
     def _take_result(self, name: str, result: np.ndarray, binding: _Binding, views, tensors, where: str) -> None:
         """Put a fallback's or sizing extern's `result` in buffer `name`: copied into it

@@ -7,6 +7,7 @@ after them, running with the sizes they bound, on one compiled Program for every
 import copy
 import functools
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -285,3 +286,19 @@ def test_a_declared_size_the_run_disagrees_with_is_an_error():
     np.testing.assert_array_equal(compiled.run({"x": x, "starts": np.array([1]), "ends": np.array([3])})["y"], [1, 2])
     with pytest.raises(ember.ExecutionError, match="Slice.*declares"):
         compiled.run({"x": x, "starts": np.array([1]), "ends": np.array([5])})
+
+
+@SETTINGS
+@given(data=st.data())
+def test_bfloat16_values_reach_externs_as_the_same_bits(data):
+    """bfloat16 buffers (ml_dtypes in numpy) are torch bfloat16 tensors to externs, and
+    what the extern returns comes back bit for bit."""
+    n = data.draw(st.integers(0, 8))
+    x = data.draw(_floats((n,))).astype(ml_dtypes.bfloat16)
+    c = data.draw(hnp.arrays(np.bool_, n))
+    compressed, graph = _compiled("Compress", (("x", DType.bfloat16, (N,)), ("c", DType.bool, (N,))),
+                                  (("y", DType.bfloat16, _unknown(1)),), (("axis", 0),))
+    _check(compressed, graph, {"x": x, "c": c}, exact=True)
+    outs = (("y", DType.bfloat16, (fresh_symbol(),)), ("first", DType.int64, (fresh_symbol(),)))
+    unique, graph = _compiled("Unique", (("x", DType.bfloat16, (N,)),), outs)
+    _check(unique, graph, {"x": x.round()}, exact=True)
