@@ -9,6 +9,10 @@ realized (gets a buffer and a kernel of its own) when more than one node reads i
 the graph returns it, when its body grows too big, or when a consumer needs memory (an
 extern, a fallback). A node whose op has no lowering, or whose lowering declines
 (`NotLowerable`), runs its reference implementation on the CPU: a fallback, counted.
+
+Sizes are symbols bound when the program runs: the inputs' dims, and the sizes an
+extern (`extern`, for outputs no earlier step could size) or a fallback tells from its
+result. A kernel may use only sizes bound before it runs (`bound`).
 """
 
 from __future__ import annotations

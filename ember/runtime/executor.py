@@ -3,7 +3,9 @@
 `Executor` runs a `Program`: per run it points the input and output slots at the
 caller's arrays and calls the steps in order — a generated segment is one ctypes call
 into the kernel library, an extern one torch call, a fallback the node's reference
-implementation. Everything that depends only on the input shapes (size symbols, buffer
+implementation. A size only a step's result tells (NonZero's count, a shape fed at run
+time) is bound from that result — a fallback's, or a sizing extern's, which allocates
+such outputs itself — and the buffers after it are allocated with it. Everything that depends only on the input shapes (size symbols, buffer
 shapes, the arena plan, every slot's address, torch views for externs) is computed once
 per new shape and cached: a new batch or sequence length never recompiles.
 
@@ -406,13 +408,16 @@ class Executor:
             return
         if target is not None:
             raise ExecutionError(f"{where}: produced shape {list(result.shape)}, expected {list(target.shape)}")
-        if len(b.shape) != result.ndim or any(isinstance(d, int) and d != n for d, n in zip(b.shape, result.shape)):
+        if len(b.shape) != result.ndim:
             raise ExecutionError(f"{where}: produced shape {list(result.shape)}, expected {list(b.shape)}")
         for dim, value in zip(b.shape, result.shape):
             d = sympy.sympify(dim)
-            if d.is_Symbol and d in self._sym_index:
+            if d.is_Symbol and d in self._sym_index and d not in binding.bound:
                 binding.sizes[self._sym_index[d]] = value
                 binding.bound.add(d)
+        self._resolve(binding, binding.bound)
+        if binding.shapes.get(name) not in (None, result.shape):  # the sizes it did not bind disagree
+            raise ExecutionError(f"{where}: produced shape {list(result.shape)}, expected {list(binding.shapes[name])}")
         arr = np.asarray(result, dtype=b.dtype.numpy, order="C")
         views[name] = arr
         self._B[p.slots[name]] = arr.ctypes.data

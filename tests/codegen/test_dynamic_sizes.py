@@ -302,3 +302,19 @@ def test_bfloat16_values_reach_externs_as_the_same_bits(data):
     outs = (("y", DType.bfloat16, (fresh_symbol(),)), ("first", DType.int64, (fresh_symbol(),)))
     unique, graph = _compiled("Unique", (("x", DType.bfloat16, (N,)),), outs)
     _check(unique, graph, {"x": x.round()}, exact=True)
+
+
+def test_sizes_an_extern_tells_are_checked_against_those_already_bound():
+    """A Reshape declared [r, n] (r fresh, n the input's length) binds r and checks n; the
+    fresh k both Unique outputs share is bound once, then checked."""
+    compiled, _ = _compiled("Reshape", (("x", DType.float32, (N,)), ("s", DType.int64, (2,))),
+                            (("y", DType.float32, (fresh_symbol(), N)),))
+    assert compiled.program.steps[0].params.get("sizes_outputs")
+    x = np.arange(6, dtype=np.float32)
+    np.testing.assert_array_equal(compiled.run({"x": x, "s": np.array([1, -1])})["y"], x[None])
+    with pytest.raises(ember.ExecutionError, match="Reshape.*shape"):
+        compiled.run({"x": x, "s": np.array([2, 3])})
+    k = fresh_symbol()
+    unique, graph = _compiled("Unique", (("x", DType.int64, (N,)),), (("y", DType.int64, (k,)),
+                                                                      ("first", DType.int64, (k,))))
+    _check(unique, graph, {"x": np.array([3, 1, 3, 2], np.int64)}, exact=True)
