@@ -318,3 +318,41 @@ def test_sizes_an_extern_tells_are_checked_against_those_already_bound():
     unique, graph = _compiled("Unique", (("x", DType.int64, (N,)),), (("y", DType.int64, (k,)),
                                                                       ("first", DType.int64, (k,))))
     _check(unique, graph, {"x": np.array([3, 1, 3, 2], np.int64)}, exact=True)
+
+
+def test_expand_to_a_shape_fed_at_run_time_keeps_the_rank_and_the_dims_it_can_tell():
+    """Expand's type: x's dims that are not 1 stay, the others are fresh sizes the
+    extern binds; a generated kernel after it runs with them."""
+    g = Graph("g", inputs=[Value("x", TensorType(DType.float32, (1, M))), Value("s", TensorType(DType.int64, (3,)))],
+              opsets={"": 28})
+    e = g.add_node("Expand", g.inputs, [Value("e")]).outputs[0]
+    g.outputs = g.add_node("Neg", [e], [Value("y")]).outputs
+    compiled = ember.compile(g, opt_level=0)
+    assert compiled.stats.fallback_nodes == []
+    (shape,) = [v.type.shape for v in compiled.graph.outputs]
+    assert len(shape) == 3 and shape[2] == M
+    for s in ([2, 3, 1], [1, 1, 4], [0, 2, 4]):
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        np.testing.assert_array_equal(compiled.run({"x": x, "s": np.array(s)})["y"], -(x * np.ones(s, np.float32)))
+
+
+def test_a_lowering_that_declines_leaves_nothing_behind(monkeypatch):
+    """What a lowering added before it raised NotLowerable (a realized input, a kernel) is
+    rolled back: the fallback reads the input's own value, and no stray kernel runs."""
+    from ember.ir import get_op
+    from ember.ir.ops._lowering import NotLowerable
+
+    def declines(ctx, node, ins):
+        ctx.realize(ins[0])
+        ctx.extern("hardmax", [ins[0]], [(DType.float32, tuple(ins[0].shape))], axis=0)
+        raise NotLowerable("declines after adding a kernel")
+
+    monkeypatch.setattr(get_op("Sin"), "lower", declines)
+    g = Graph("g", inputs=[Value("x", TensorType(DType.float32, (N,)))], opsets={"": 28})
+    s = g.add_node("Neg", g.inputs, [Value("s", TensorType(DType.float32, (N,)))]).outputs[0]
+    t = g.add_node("Sin", [s], [Value("t", TensorType(DType.float32, (N,)))]).outputs[0]
+    g.outputs = g.add_node("Cos", [t], [Value("y", TensorType(DType.float32, (N,)))]).outputs
+    compiled = ember.compile(g, opt_level=0)
+    assert [s.kind for s in compiled.program.steps] == ["segment", "fallback", "segment"]
+    x = np.linspace(-3, 3, 7, dtype=np.float32)
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], np.cos(np.sin(-x)), rtol=1e-6)

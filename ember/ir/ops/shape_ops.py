@@ -145,7 +145,12 @@ def _reshape(node: Node, ins):
 
 def _expand(node: Node, ins):
     target = contents(ins[1])
-    dims = shape_of(ins[0])
+    dims, n = shape_of(ins[0]), shape_of(ins[1])
+    if target is None and dims is not None and n is not None and len(n) == 1 and isinstance(n[0], int):
+        # a shape fed at run time, of a known length: where x's dim is not 1, the output's is x's
+        rank = max(len(dims), n[0])
+        padded = (1,) * (rank - len(dims)) + tuple(dims)
+        return [tensor(dtype_of(ins[0]), [fresh_symbol() if d == 1 else d for d in padded])]
     if target is None or dims is None:
         return [tensor(dtype_of(ins[0]), None)] if dtype_of(ins[0]) else [None]
     return [tensor(dtype_of(ins[0]), broadcast(dims, tuple(target)))]
