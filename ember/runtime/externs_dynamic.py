@@ -229,6 +229,11 @@ def unique(params, x, *outs):
     dim = 0 if axis is None else axis
     values, inverse, counts = torch.unique(data, sorted=True, return_inverse=True, return_counts=True,
                                            dim=None if axis is None else axis)
+    nans = int(values.isnan().sum()) if axis is None and values.dtype.is_floating_point else 0
+    if nans > 1:  # numpy counts every NaN of a flattened input as one value (torch: each its own, sorted last)
+        kept = values.shape[0] - nans
+        values, inverse = values[:kept + 1], inverse.clamp(max=kept)
+        counts = torch.cat([counts[:kept], counts[kept:].sum().reshape(1)])
     n, k = data.shape[dim], values.shape[dim]
     first = torch.full((k,), n, dtype=torch.int64).scatter_reduce_(0, inverse.reshape(-1), torch.arange(n),
                                                                    "amin")
