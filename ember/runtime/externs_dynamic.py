@@ -115,8 +115,10 @@ def range_(params, start, limit, delta, y):
 def _pad_source(mode: str, i: torch.Tensor, begin: int, n: int) -> torch.Tensor:
     """Where each output position `i` reads along a padded axis of `n` elements."""
     src = i - begin
-    if mode == "reflect":
-        return (n - 1) - ((n - 1) - src.abs()).abs()
+    if mode == "reflect":  # numpy's: periodic in 2(n-1), so pads longer than the axis reflect again
+        if n == 1:
+            return torch.zeros_like(src)
+        return (n - 1) - ((n - 1) - src.remainder(2 * (n - 1))).abs()
     if mode == "wrap":
         return src.remainder(n)
     return src.clamp(0, n - 1)  # edge
