@@ -386,7 +386,7 @@ class Executor:
         """An extern that allocates the outputs whose sizes only it can tell (given None
         for them) and returns every output."""
         args = [tensors.get(a) if a else None for a in step.args]
-        where = f"extern {step.name} for {', '.join(step.nodes)}"
+        where = f"{step.params.get('where') or ', '.join(step.nodes)} (extern {step.name})"
         try:
             results = kernel(step.params, *args)
         except ExecutionError:
