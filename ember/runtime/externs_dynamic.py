@@ -186,6 +186,28 @@ def reshape(params, x, shape, y):
     return _give(params, [y], [x.reshape(target).clone()])
 
 
+@extern("squeeze")
+def squeeze(params, x, axes, y):
+    """x without the axes fed at run time (each of size 1), or without every 1."""
+    rank = x.dim()
+    drop = {a % rank for a in _ints(axes)} if axes is not None and axes.numel() else \
+        {i for i, n in enumerate(x.shape) if n == 1}
+    if any(x.shape[a] != 1 for a in drop):
+        raise ExecutionError(f"{params['where']}: cannot squeeze axes {sorted(drop)} of shape {list(x.shape)}")
+    return _give(params, [y], [x.reshape([n for i, n in enumerate(x.shape) if i not in drop]).clone()])
+
+
+@extern("unsqueeze")
+def unsqueeze(params, x, axes, y):
+    """x with 1s inserted at the axes fed at run time (axes of the output)."""
+    rank = x.dim() + axes.numel()
+    at = sorted(a % rank for a in _ints(axes))
+    shape = list(x.shape)
+    for a in at:
+        shape.insert(a, 1)
+    return _give(params, [y], [x.reshape(shape).clone()])
+
+
 @extern("expand")
 def expand(params, x, shape, y):
     """x broadcast with a shape fed at run time (numpy's rules, both ways)."""

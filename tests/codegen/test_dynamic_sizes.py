@@ -189,6 +189,24 @@ def test_reshape_expand_and_constant_of_shape_to_shapes_fed_at_run_time(data):
     _check(full, g, {"s": np.array([n, m], np.int64)}, exact=True)
 
 
+@SETTINGS
+@given(data=st.data())
+def test_squeeze_and_unsqueeze_with_axes_fed_at_run_time(data):
+    x = data.draw(_floats(tuple(data.draw(st.sampled_from([1, 3])) for _ in range(3))))
+    count = data.draw(st.integers(1, 2))
+    unsqueeze, graph = _compiled("Unsqueeze", (("x", DType.float32, (N, M, K)), ("a", DType.int64, (count,))),
+                                 (("y", DType.float32, _unknown(3 + count)),))
+    axes = data.draw(st.permutations(range(3 + count)))[:count]
+    _check(unsqueeze, graph, {"x": x, "a": np.array([a - 3 - count if a % 2 else a for a in axes], np.int64)},
+           exact=True)
+    ones = [i for i, n in enumerate(x.shape) if n == 1]
+    if len(ones) >= count:
+        squeeze, graph = _compiled("Squeeze", (("x", DType.float32, (N, M, K)), ("a", DType.int64, (count,))),
+                                   (("y", DType.float32, _unknown(3 - count)),))
+        _check(squeeze, graph, {"x": x, "a": np.array(data.draw(st.permutations(ones))[:count], np.int64)},
+               exact=True)
+
+
 # -- data-dependent sizes ---------------------------------------------------------------
 @SETTINGS
 @given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=4),

@@ -85,8 +85,16 @@ def _axes(ins, index: int, node: Node) -> list[int] | None:
     return node.attrs.get("axes")
 
 
+def _fed_axes(ins) -> int | None:
+    """How many axes an axes input fed at run time holds, when its type tells."""
+    n = shape_of(ins[1]) if len(ins) > 1 else None
+    return n[0] if n is not None and len(n) == 1 and isinstance(n[0], int) else None
+
+
 def _unsqueeze(node: Node, ins):
     dims, axes = shape_of(ins[0]), _axes(ins, 1, node)
+    if dims is not None and axes is None and _fed_axes(ins) is not None:  # the rank, not where the 1s go
+        return [tensor(dtype_of(ins[0]), [fresh_symbol() for _ in range(len(dims) + _fed_axes(ins))])]
     if dims is None or axes is None:
         return [None]
     rank = len(dims) + len(axes)
@@ -103,7 +111,10 @@ def _squeeze(node: Node, ins):
         return [None]
     axes = _axes(ins, 1, node)
     if axes is None and len(ins) > 1 and ins[1] is not None:
-        return [None]
+        count = _fed_axes(ins)
+        if count is None or count == 0 or count > len(dims):
+            return [None]
+        return [tensor(dtype_of(ins[0]), [fresh_symbol() for _ in range(len(dims) - count)])]
     drop = {normalize_axis(a, len(dims)) for a in axes} if axes else {i for i, d in enumerate(dims) if d == 1}
     out = [d for i, d in enumerate(dims) if i not in drop]
     return [tensor(dtype_of(ins[0]), out, contents(ins[0]))]
@@ -269,6 +280,8 @@ def _lower_unit_dims(ctx, node, ins):
     """Squeeze, Unsqueeze (and reshapes that only add or drop 1s): an index remap."""
     dtype, shape = out_type(node)
     x = ins[0]
+    if not ctx.knows(shape) and node.op in ("Squeeze", "Unsqueeze"):  # axes fed at run time
+        return ctx.extern(node.op.lower(), ins[:2], [(dtype, shape)], where=node.describe())
     if not x.lazy:
         return [ctx.alias(x, shape)]
     keep_out = [i for i, d in enumerate(shape) if d != 1]
@@ -393,7 +406,7 @@ def _lower_constant_of_shape(ctx, node, ins):
 
 
 register_lowering("Reshape", "Flatten", sizes_outputs=True)(_lower_view)
-register_lowering("Squeeze", "Unsqueeze")(_lower_unit_dims)
+register_lowering("Squeeze", "Unsqueeze", sizes_outputs=True)(_lower_unit_dims)
 register_lowering("Transpose")(_lower_transpose)
 register_lowering("Expand", sizes_outputs=True)(_lower_expand)
 register_lowering("Gather")(_lower_gather)
