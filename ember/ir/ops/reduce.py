@@ -6,7 +6,6 @@ import itertools
 import math
 
 import numpy as np
-
 import sympy
 
 from ..dtypes import DType
