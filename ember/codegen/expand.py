@@ -50,7 +50,11 @@ def _body_graph(node: Node, body: onnx.FunctionProto) -> onnx.GraphProto | None:
     to the newest opset as the ONNX frontend upgrades models; None if that fails. The
     graph's inputs are `in<i>` (node input i), its outputs `out<i>`."""
     opdef = get_op(node.op)
-    proto = bridge.node_to_proto(node, {name: spec.kind for name, spec in opdef.attrs.items()})
+    kinds = {name: spec.kind for name, spec in opdef.attrs.items()}
+    proto = bridge.node_to_proto(node, kinds)
+    for name, spec in opdef.attrs.items():  # the body may refer to an attribute left at its default
+        if name not in node.attrs and spec.default is not None:
+            proto.attribute.append(bridge.attr_to_proto(name, spec.default, spec.kind))
     del proto.input[:], proto.output[:]
     proto.input.extend(f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs))
     proto.output.extend(f"out{i}" for i in range(len(node.outputs)))

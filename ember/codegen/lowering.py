@@ -9,6 +9,10 @@ realized (gets a buffer and a kernel of its own) when more than one node reads i
 the graph returns it, when its body grows too big, or when a consumer needs memory (an
 extern, a fallback). A node whose op has no lowering, or whose lowering declines
 (`NotLowerable`), runs its reference implementation on the CPU: a fallback, counted.
+
+Sizes are symbols bound when the program runs: the inputs' dims, and the sizes an
+extern (`extern`, for outputs no earlier step could size) or a fallback tells from its
+result. A kernel may use only sizes bound before it runs (`bound`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ MAX_INLINE_OPS = 48  # a lazy value whose body has more ops than this is realize
 # dtypes the C++ renderer has types for; other values fall back
 KERNEL_DTYPES = {DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int64, DType.int32,
                  DType.int16, DType.int8, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}
+
+# dtypes externs take (the executor hands them torch views of the buffers)
+EXTERN_DTYPES = {DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int64, DType.int32, DType.int16,
+                 DType.int8, DType.uint8, DType.bool}
 
 
 @dataclass
@@ -132,10 +140,14 @@ class LoweringContext:
         return TensorRef(ref.dtype, tuple(shape), buffer=view)
 
     def broadcast(self, ref: TensorRef, index, out_shape) -> tuple:
-        """`index` into `out_shape`, mapped onto `ref` by numpy broadcasting."""
+        """`index` into `out_shape`, mapped onto `ref` by numpy broadcasting. A dim that is
+        not the output's and not 1 before it runs (a size an extern or fallback binds) may
+        still be 1 when it runs: the index is clamped to it."""
         rank = len(ref.shape)
         tail = tuple(index)[len(out_shape) - rank:] if rank else ()
-        return tuple(0 if d == 1 else i for i, d in zip(tail, ref.shape))
+        out_tail = tuple(out_shape)[len(out_shape) - rank:] if rank else ()
+        return tuple(0 if d == 1 else i if sympy.sympify(d) == sympy.sympify(o) else sympy.Min(i, d - 1)
+                     for i, d, o in zip(tail, ref.shape, out_tail))
 
     def reduction(self, name: str, outer, inner, stages: list[Stage]) -> Kernel:
         return self.add_kernel(Kernel(name, "reduction", ranges=tuple(outer), reduction=tuple(inner),
@@ -143,12 +155,34 @@ class LoweringContext:
 
     def extern(self, name: str, inputs: list[TensorRef | None], outputs: list[tuple[DType, tuple]],
                **params) -> list[TensorRef]:
-        """A library kernel over realized inputs (None: an absent optional input)."""
+        """A library kernel over realized inputs (None: an absent optional input).
+
+        An output with a size known only when it runs (a symbol nothing has bound yet)
+        is allocated by the extern itself: it returns its outputs, and the executor binds
+        those symbols from their shapes, as it does for a fallback's result, so the
+        kernels after it run with those sizes."""
+        dtypes = {r.dtype for r in inputs if r is not None} | {dtype for dtype, _ in outputs}
+        if not dtypes <= EXTERN_DTYPES:
+            raise NotLowerable(f"dtype {min(d.name for d in dtypes - EXTERN_DTYPES)} in an extern (torch has no view of it)")
+        unbound = set()
+        for _, shape in outputs:
+            for d in shape:
+                free = sympy.sympify(d).free_symbols - self.bound
+                if free and not isinstance(d, sympy.Symbol):
+                    raise NotLowerable(f"an output size {d} known only when it runs, and not a size of its own")
+                unbound |= free
         args = [self.realize(r).name if r is not None else "" for r in inputs]
         outs = [self.new_buffer(name, dtype, shape) for dtype, shape in outputs]
+        if unbound:
+            params["sizes_outputs"] = True
+            self.bound |= unbound
         self.add_kernel(Kernel(name, "extern", extern=name, args=(*args, *(b.name for b in outs)),
                                params={"num_inputs": len(args), **params}))
         return [TensorRef(b.dtype, b.shape, buffer=b) for b in outs]
+
+    def knows(self, shape) -> bool:
+        """Whether every size of `shape` is known before the kernel that computes it runs."""
+        return all(sympy.sympify(d).free_symbols <= self.bound for d in shape)
 
     def known_contents(self, value: Value):
         known = self.known.get(id(value))
@@ -223,16 +257,24 @@ class LoweringContext:
     def _lower_node(self, node: Node) -> list[TensorRef | None]:
         ins = [self.refs[id(v)] if v is not None else None for v in node.inputs]
         lower = getattr(get_op(node.op), "lower", None)
-        reason = (self._why_not_lowerable(node, subgraphs=getattr(lower, "handles_subgraphs", False))
+        reason = (self._why_not_lowerable(node, subgraphs=getattr(lower, "handles_subgraphs", False),
+                                          sizes_outputs=getattr(lower, "sizes_outputs", False))
                   if lower is not None else "no lowering")
         if reason is None:
+            state = self._checkpoint()
+            lazy = [(r, r.fn) for r in ins if r is not None and r.lazy]
             try:
                 outs = lower(self, node, ins)
+                if outs is not None and self._unbound(outs):
+                    raise NotLowerable("a size known only when it runs")
                 if outs is not None:
                     return list(outs)
                 reason = "lowering declined"
             except NotLowerable as e:
                 reason = str(e) or "not lowerable"
+            self._rollback(state)  # what the lowering added before it declined
+            for r, fn in lazy:  # inputs it realized are lazy again
+                r.buffer, r.fn = None, fn
         if not node.has_subgraphs:
             outs, why = self._expand(node, ins)
             if outs is not None:
@@ -253,8 +295,7 @@ class LoweringContext:
         for r in ins:
             if r is not None:
                 self.realize(r)  # read by several nodes of the body, maybe
-        state = (len(self.kernels), list(self.buffers), list(self.constants), len(self.fallbacks),
-                 dict(self.fallback_reasons), set(self.bound), self.known)
+        state = self._checkpoint()
         for v in constants:
             self.refs[id(v)] = self._ref_for_source(v, "constant")
         for n in nodes:
@@ -274,26 +315,41 @@ class LoweringContext:
             return [self.refs[id(v)] if v is not None else None for v in outs][:len(node.outputs)], ""
         inner = self.fallbacks[state[3]:]
         why = next((f"{n.op} {self.fallback_reasons.get(n.name, '')}" for n in nodes if n.name in inner), "outputs")
+        self._rollback(state)
+        return None, why
+
+    def _checkpoint(self) -> tuple:
+        return (len(self.kernels), list(self.buffers), list(self.constants), len(self.fallbacks),
+                dict(self.fallback_reasons), set(self.bound), self.known)
+
+    def _rollback(self, state: tuple) -> None:
+        """Forget the kernels, buffers and bound sizes added since `_checkpoint`."""
         kernels, buffers, constants_before, fallbacks, reasons, bound, _ = state
         del self.kernels[kernels:]
         self.buffers = {name: self.buffers[name] for name in buffers}
         self.constants = {name: self.constants[name] for name in constants_before}
         del self.fallbacks[fallbacks:]
         self.fallback_reasons, self.bound = reasons, bound
-        return None, why
 
-    def _why_not_lowerable(self, node: Node, subgraphs: bool = False) -> str | None:
+    def _unbound(self, refs: list[TensorRef | None]) -> bool:
+        """Whether some of `refs` has a size no input, extern or fallback has bound."""
+        return any(r is not None and not self.knows(r.shape) for r in refs)
+
+    def _why_not_lowerable(self, node: Node, subgraphs: bool = False, sizes_outputs: bool = False) -> str | None:
         """Why no kernel can compute `node` whatever its op, or None. A node with subgraphs
-        needs an op whose lowering takes them (`subgraphs`)."""
+        needs an op whose lowering takes them (`subgraphs`); a lowering that `sizes_outputs`
+        (an extern that allocates them) may have outputs of sizes known only when it runs."""
         if node.has_subgraphs and not subgraphs:
             return "has subgraphs"
-        for v in [*node.outputs, *(v for v in node.inputs if v is not None)]:
+        inputs = [v for v in node.inputs if v is not None]
+        for v in [*node.outputs, *inputs]:
             t = v.type
             if not isinstance(t, TensorType) or t.shape is None:
                 return "a value that is not a tensor of known rank"
             if t.dtype not in KERNEL_DTYPES:
                 return f"dtype {t.dtype.name}"
-            if not all(sympy.sympify(d).free_symbols <= self.bound for d in t.shape):
+        for v in [*([] if sizes_outputs else node.outputs), *inputs]:
+            if not self.knows(v.type.shape):
                 return "a size known only when it runs"
         return None
 

@@ -3,7 +3,9 @@
 `Executor` runs a `Program`: per run it points the input and output slots at the
 caller's arrays and calls the steps in order — a generated segment is one ctypes call
 into the kernel library, an extern one torch call, a fallback the node's reference
-implementation. Everything that depends only on the input shapes (size symbols, buffer
+implementation. A size only a step's result tells (NonZero's count, a shape fed at run
+time) is bound from that result — a fallback's, or a sizing extern's, which allocates
+such outputs itself — and the buffers after it are allocated with it. Everything that depends only on the input shapes (size symbols, buffer
 shapes, the arena plan, every slot's address, torch views for externs) is computed once
 per new shape and cached: a new batch or sequence length never recompiles.
 
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import sympy
 import torch
@@ -30,8 +33,7 @@ from ..errors import ExecutionError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
-from . import externs_ops  # noqa: F401 - registers its externs
-from . import externs_control  # noqa: F401 - registers its externs
+from . import externs_control, externs_dynamic, externs_ops  # noqa: F401 - registers their externs
 from .externs import ADOPTS, EXTERNS, PREPARE
 from .program import Program
 
@@ -40,11 +42,23 @@ _TORCH_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.in
                                         np.uint8, np.bool_)}
 
 
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
 def _tensor(a) -> torch.Tensor | None:
     """A torch view of a numpy array, for externs (None where torch has no such dtype)."""
+    if isinstance(a, np.ndarray) and a.dtype == _BFLOAT16:  # the same bits, as torch's bfloat16
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     if not isinstance(a, np.ndarray) or a.dtype not in _TORCH_DTYPES:
         return None
     return torch.from_numpy(a)
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a torch tensor an extern returned."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_BFLOAT16)
+    return t.numpy()
 
 
 class ReferenceExecutor:
@@ -301,6 +315,8 @@ class Executor:
                 start = time.perf_counter()
             if kind == "segment":
                 fn(self._B_addr, sizes_addr)
+            elif kind == "extern" and step.params.get("sizes_outputs"):
+                self._sizing_extern(fn, step, binding, views, tensors)
             elif kind == "extern":
                 adopted = self._adopted.get(i)
                 args = [tensors.get(a) if a and a != adopted else None for a in step.args]
@@ -367,27 +383,50 @@ class Executor:
         except Exception as e:  # noqa: BLE001 - reported with the node that failed
             raise ExecutionError(f"{step.params['node'].describe()}: {type(e).__name__}: {e}") from e
         for name, result in zip(step.args[step.num_inputs:], results):
-            b = p.buffers[name]
             result = _normalize(result)
-            if b.kind == "dynamic":
+            if p.buffers[name].kind == "dynamic":
                 views[name] = result
                 continue
-            result = np.asarray(result)
-            target = views.get(name)
-            if target is not None and target.shape == result.shape:
-                np.copyto(target, result, casting="unsafe")
-                continue
-            if target is not None:
-                raise ExecutionError(f"{step.params['node'].describe()}: produced shape {list(result.shape)}, "
-                                     f"expected {list(target.shape)}")
-            # a size only this node's result tells: bind it, then keep the array itself
-            for dim, value in zip(b.shape, result.shape):
-                d = sympy.sympify(dim)
-                if d.is_Symbol and d in self._sym_index:
-                    binding.sizes[self._sym_index[d]] = value
-                    binding.bound.add(d)
-            arr = np.asarray(result, dtype=b.dtype.numpy, order="C")
-            views[name] = arr
-            self._B[p.slots[name]] = arr.ctypes.data
-            if (t := _tensor(arr)) is not None:
-                tensors[name] = t
+            self._take_result(name, np.asarray(result), binding, views, tensors, step.params["node"].describe())
+
+    def _sizing_extern(self, kernel, step, binding: _Binding, views, tensors) -> None:
+        """An extern that allocates the outputs whose sizes only it can tell (given None
+        for them) and returns every output."""
+        args = [tensors.get(a) if a else None for a in step.args]
+        where = f"{step.params.get('where') or ', '.join(step.nodes)} (extern {step.name})"
+        try:
+            results = kernel(step.params, *args)
+        except ExecutionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported with the node that failed
+            raise ExecutionError(f"{where}: {type(e).__name__}: {e}") from e
+        for name, result in zip(step.args[step.num_inputs:], results):
+            if tensors.get(name) is not result:
+                self._take_result(name, _array(result), binding, views, tensors, where)
+
+    def _take_result(self, name: str, result: np.ndarray, binding: _Binding, views, tensors, where: str) -> None:
+        """Put a fallback's or sizing extern's `result` in buffer `name`: copied into it
+        where its size was known, else kept, binding the sizes only it tells."""
+        p = self.program
+        b = p.buffers[name]
+        target = views.get(name)
+        if target is not None and target.shape == result.shape:
+            np.copyto(target, result, casting="unsafe")
+            return
+        if target is not None:
+            raise ExecutionError(f"{where}: produced shape {list(result.shape)}, expected {list(target.shape)}")
+        if len(b.shape) != result.ndim:
+            raise ExecutionError(f"{where}: produced shape {list(result.shape)}, expected {list(b.shape)}")
+        for dim, value in zip(b.shape, result.shape):
+            d = sympy.sympify(dim)
+            if d.is_Symbol and d in self._sym_index and d not in binding.bound:
+                binding.sizes[self._sym_index[d]] = value
+                binding.bound.add(d)
+        self._resolve(binding, binding.bound)
+        if binding.shapes.get(name) not in (None, result.shape):  # the sizes it did not bind disagree
+            raise ExecutionError(f"{where}: produced shape {list(result.shape)}, expected {list(binding.shapes[name])}")
+        arr = np.asarray(result, dtype=b.dtype.numpy, order="C")
+        views[name] = arr
+        self._B[p.slots[name]] = arr.ctypes.data
+        if (t := _tensor(arr)) is not None:
+            tensors[name] = t

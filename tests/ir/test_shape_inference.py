@@ -82,3 +82,28 @@ def test_inferred_shapes_match_the_shapes_that_run(case):
         expected = tuple(int(sympy.sympify(d).subs(sizes)) for d in v.type.shape)
         assert expected == actual[v.name].shape, (v.name, v.type, actual[v.name].shape)
         assert v.type.dtype.numpy == actual[v.name].dtype
+
+
+def test_axes_and_shapes_fed_at_run_time_keep_a_known_rank():
+    """A reduction with keepdims, or with a static number of axes fed at run time, keeps a
+    known rank (its dims fresh sizes, or 1 where the input's is); so do Squeeze/Unsqueeze
+    with fed axes and Expand to a fed shape (x's dims that are not 1 stay)."""
+    from ember.ir import DType, Graph, Value
+
+    x = Value("x", TensorType(DType.float32, (BATCH, 1, 4)))
+    axes = Value("axes", TensorType(DType.int64, (2,)))
+    shape = Value("shape", TensorType(DType.int64, (4,)))
+    g = Graph("g", inputs=[x, axes, shape], opsets={"": 28})
+    kept = g.add_node("ReduceSum", [x, axes], [Value("kept")], {"keepdims": 1}).outputs[0]
+    dropped = g.add_node("ReduceMax", [x, axes], [Value("dropped")], {"keepdims": 0}).outputs[0]
+    squeezed = g.add_node("Squeeze", [x, axes], [Value("squeezed")]).outputs[0]
+    unsqueezed = g.add_node("Unsqueeze", [x, axes], [Value("unsqueezed")]).outputs[0]
+    expanded = g.add_node("Expand", [x, shape], [Value("expanded")]).outputs[0]
+    g.outputs = [kept, dropped, squeezed, unsqueezed, expanded]
+    infer_types(g)
+    k = kept.type.shape
+    assert len(k) == 3 and k[1] == 1 and is_unknown(k[0]) and is_unknown(k[2])
+    assert len(dropped.type.shape) == 1 and is_unknown(dropped.type.shape[0])
+    assert len(squeezed.type.shape) == 1 and len(unsqueezed.type.shape) == 5
+    e = expanded.type.shape
+    assert len(e) == 4 and e[1] == BATCH and e[3] == 4 and is_unknown(e[0]) and is_unknown(e[2])

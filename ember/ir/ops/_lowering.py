@@ -24,11 +24,14 @@ KERNEL_FLOATS = FLOATS | {DType.float16, DType.bfloat16}
 SQRT1_2 = 0.7071067811865476
 
 
-def register_lowering(*ops: str):
-    """Attach the decorated lowering to each op in `ops`."""
+def register_lowering(*ops: str, sizes_outputs: bool = False):
+    """Attach the decorated lowering to each op in `ops`. One that `sizes_outputs` may
+    be given nodes whose outputs have sizes known only when they run (it computes them
+    with an extern that allocates them: `ctx.extern`)."""
     def attach(fn):
         for op in ops:
             get_op(op).lower = fn
+        fn.sizes_outputs = sizes_outputs
         return fn
     return attach
 

@@ -154,8 +154,9 @@ def _lower_pad(ctx, node, ins):
     pads = constant_ints(ctx, node.inputs[1])
     axes = constant_ints(ctx, node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None \
         else list(range(rank))
-    if pads is None or axes is None:
-        raise NotLowerable("pads or axes are not constants")
+    if pads is None or axes is None or not ctx.knows(shape):  # fed at run time: torch pads
+        return ctx.extern("pad", [*ins, *[None] * (4 - len(ins))], [(dtype, shape)], where=node.describe(),
+                          mode=mode)
     axes = [normalize_axis(a, rank) for a in axes]
     begin = [0] * rank
     for j, a in enumerate(axes):
@@ -205,7 +206,7 @@ register_lowering("ScatterElements")(_lower_scatter_elements)
 register_lowering("ScatterND")(_lower_scatter_nd)
 register_lowering("OneHot")(_lower_one_hot)
 register_lowering("Trilu")(_lower_trilu)
-register_lowering("Pad")(_lower_pad)
+register_lowering("Pad", sizes_outputs=True)(_lower_pad)
 register_lowering("Split")(_lower_split)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 
+import numpy as np
 import sympy
 
 from ..dtypes import DType
 from ..graph import Node
+from ..types import fresh_symbol
 from ._lowering import (
     FLOATS,
     KERNEL_FLOATS,
@@ -34,9 +37,10 @@ def _reduce(node: Node, ins):
         return [tensor(dtype, None)] if dtype else [None]
     has_axes = len(ins) > 1 and ins[1] is not None
     axes = contents(ins[1]) if has_axes else []
-    if axes is None or not all(isinstance(a, int) for a in axes):
-        return [tensor(dtype, None)]
     keep = node.attrs.get("keepdims", 1)
+    if axes is None or not all(isinstance(a, int) for a in axes):
+        return [tensor(dtype, _runtime_axes_dims(dims, shape_of(ins[1]), keep,
+                                                 node.attrs.get("noop_with_empty_axes", 0)))]
     if not axes:
         if node.attrs.get("noop_with_empty_axes", 0):
             return [tensor(dtype, dims)]
@@ -44,6 +48,20 @@ def _reduce(node: Node, ins):
     axes = {normalize_axis(a, len(dims)) for a in axes}
     out = [1 if i in axes else d for i, d in enumerate(dims) if keep or i not in axes]
     return [tensor(dtype, out)]
+
+
+def _runtime_axes_dims(dims, axes_shape, keep: int, noop: int):
+    """The output dims of a reduction whose axes are fed at run time, or None where even
+    the rank is unknown: keepdims keeps the rank, and so does knowing how many axes are
+    fed. Each dim that may or may not be reduced is a fresh size, bound when it runs."""
+    if keep:
+        return [1 if d == 1 else fresh_symbol() for d in dims]
+    if axes_shape is None or len(axes_shape) != 1 or not isinstance(axes_shape[0], int):
+        return None
+    count = axes_shape[0]
+    if count == 0:
+        return list(dims) if noop else []
+    return [fresh_symbol() for _ in range(len(dims) - count)] if count <= len(dims) else None
 
 
 for _op in REDUCTIONS:
@@ -124,22 +142,24 @@ def _lower_reduce(op: str):
         if axes is None:
             axes = _axes_from_shapes(x.shape, out_type(node)[1], a["keepdims"])
             if not axes:  # None, or nothing but unit dims reduced (which the type cannot tell)
-                raise NotLowerable("axes known only when it runs, and the output's type does not tell them")
+                return _reduce_extern(ctx, node, ins)
             # checked when it runs: other axes would give a wrong result silently
             ctx.extern("check_axes", [ins[1]], [], where=node.describe(), rank=rank, expected=sorted(axes),
                        noop_with_empty_axes=a["noop_with_empty_axes"],
                        unit_axes=[i for i, d in enumerate(x.shape) if a["keepdims"] and d == 1])
         if not axes:
-            if a["noop_with_empty_axes"]:
-                return [ctx.pointwise(x.shape, x.dtype, lambda b, i: x.load(b, i), cost=x.cost)]
+            if a["noop_with_empty_axes"]:  # each element reduced alone: |x| for L1, x*x for SumSquare ...
+                def alone(b, i):
+                    v = transform(V(b, x.load(b, i), x.dtype))
+                    return finish(v, V(b, b.const(1, x.dtype), x.dtype)).cast(x.dtype).name
+                return [ctx.pointwise(x.shape, x.dtype, alone, cost=x.cost + 2)]
             axes = list(range(rank))
         axes = {normalize_axis(v, rank) for v in axes}
-        if any(x.shape[i] == 0 for i in axes) or (op in ("ReduceL2", "ReduceLogSum", "ReduceMean")
-                                                   and x.dtype not in KERNEL_FLOATS):
-            raise NotLowerable("empty reduction, or integer result of a float formula")
-        if x.dtype in KERNEL_FLOATS - FLOATS and how not in ("max", "min"):
-            raise NotLowerable("a 16-bit float sum or product (numpy rounds it its own way)")
+        _check_reducible(op, x.dtype)
         dtype, out_shape = out_type(node)
+        if any(x.shape[i] == 0 for i in axes):  # the empty set: every output is the identity
+            identity = _empty_identity(op, x.dtype)
+            return [ctx.pointwise(out_shape, dtype, lambda b, i: b.const(identity, dtype), cost=0)]
         out = ctx.new_buffer("reduce", dtype, out_shape)
         acc_dtype = x.dtype
 
@@ -158,6 +178,49 @@ def _lower_reduce(op: str):
 
         return [TensorRef(dtype, out_shape, buffer=out)]
     return lower
+
+
+def _check_reducible(op: str, dtype: DType) -> None:
+    if op in ("ReduceL2", "ReduceLogSum", "ReduceMean", "ReduceLogSumExp") and dtype not in KERNEL_FLOATS:
+        raise NotLowerable("integer result of a float formula")
+    if dtype in KERNEL_FLOATS - FLOATS and op not in ("ReduceMax", "ReduceMin"):
+        raise NotLowerable("a 16-bit float sum or product (numpy rounds it its own way)")
+
+
+def _empty_identity(op: str, dtype: DType):
+    """What reducing an empty set gives (the reference's constants): 0, 1, NaN for the
+    mean, -inf for the logs, and the smallest (largest) value for Max (Min)."""
+    if op in ("ReduceMax", "ReduceMin"):
+        low = op == "ReduceMax"
+        if dtype == DType.bool:
+            return not low
+        if dtype in KERNEL_FLOATS:
+            return -math.inf if low else math.inf
+        info = np.iinfo(dtype.numpy)
+        return int(info.min if low else info.max)
+    return {"ReduceProd": 1, "ReduceMean": math.nan, "ReduceLogSum": -math.inf,
+            "ReduceLogSumExp": -math.inf}.get(op, 0)
+
+
+def _reduce_extern(ctx, node, ins):
+    """A reduction whose axes are known only when it runs (torch's kernels); its output
+    sizes, where the type does not tell them, are bound when it runs."""
+    x = ins[0]
+    op, a = node.op, attrs(node)
+    _check_reducible(op, x.dtype)
+    if x.dtype == DType.bool and op not in ("ReduceMax", "ReduceMin"):
+        raise NotLowerable(f"{op} of {x.dtype.name} with axes known only when it runs")
+    axes = ins[1] if len(ins) > 1 else None
+    return ctx.extern("reduce", [x, axes], [out_type(node)], where=node.describe(), op=op,
+                      keepdims=a["keepdims"], noop_with_empty_axes=a["noop_with_empty_axes"],
+                      identity=_empty_identity(op, x.dtype))
+
+
+def _lower_log_sum_exp(ctx, node, ins):
+    """ReduceLogSumExp with axes fed at run time; with constant axes, its function body."""
+    if len(node.inputs) < 2 or node.inputs[1] is None or constant_ints(ctx, node.inputs[1]) is not None:
+        raise NotLowerable("constant axes: lowered through its function body")
+    return _reduce_extern(ctx, node, ins)
 
 
 def _lower_arg_extreme(how: str):
@@ -206,7 +269,8 @@ register_lowering("RMSNormalization")(_lower_rmsnorm)
 register_lowering("Softmax")(_lower_softmax(False))
 register_lowering("LogSoftmax")(_lower_softmax(True))
 for _op in _REDUCE:
-    register_lowering(_op)(_lower_reduce(_op))
+    register_lowering(_op, sizes_outputs=True)(_lower_reduce(_op))
+register_lowering("ReduceLogSumExp", sizes_outputs=True)(_lower_log_sum_exp)
 for _op, _how in (("ArgMax", "max"), ("ArgMin", "min")):
     standard_op(_op)
     register_lowering(_op)(_lower_arg_extreme(_how))

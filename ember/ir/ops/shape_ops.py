@@ -85,8 +85,16 @@ def _axes(ins, index: int, node: Node) -> list[int] | None:
     return node.attrs.get("axes")
 
 
+def _fed_axes(ins) -> int | None:
+    """How many axes an axes input fed at run time holds, when its type tells."""
+    n = shape_of(ins[1]) if len(ins) > 1 else None
+    return n[0] if n is not None and len(n) == 1 and isinstance(n[0], int) else None
+
+
 def _unsqueeze(node: Node, ins):
     dims, axes = shape_of(ins[0]), _axes(ins, 1, node)
+    if dims is not None and axes is None and _fed_axes(ins) is not None:  # the rank, not where the 1s go
+        return [tensor(dtype_of(ins[0]), [fresh_symbol() for _ in range(len(dims) + _fed_axes(ins))])]
     if dims is None or axes is None:
         return [None]
     rank = len(dims) + len(axes)
@@ -103,7 +111,10 @@ def _squeeze(node: Node, ins):
         return [None]
     axes = _axes(ins, 1, node)
     if axes is None and len(ins) > 1 and ins[1] is not None:
-        return [None]
+        count = _fed_axes(ins)
+        if count is None or count == 0 or count > len(dims):
+            return [None]
+        return [tensor(dtype_of(ins[0]), [fresh_symbol() for _ in range(len(dims) - count)])]
     drop = {normalize_axis(a, len(dims)) for a in axes} if axes else {i for i, d in enumerate(dims) if d == 1}
     out = [d for i, d in enumerate(dims) if i not in drop]
     return [tensor(dtype_of(ins[0]), out, contents(ins[0]))]
@@ -145,7 +156,12 @@ def _reshape(node: Node, ins):
 
 def _expand(node: Node, ins):
     target = contents(ins[1])
-    dims = shape_of(ins[0])
+    dims, n = shape_of(ins[0]), shape_of(ins[1])
+    if target is None and dims is not None and n is not None and len(n) == 1 and isinstance(n[0], int):
+        # a shape fed at run time, of a known length: where x's dim is not 1, the output's is x's
+        rank = max(len(dims), n[0])
+        padded = (1,) * (rank - len(dims)) + tuple(dims)
+        return [tensor(dtype_of(ins[0]), [fresh_symbol() if d == 1 else d for d in padded])]
     if target is None or dims is None:
         return [tensor(dtype_of(ins[0]), None)] if dtype_of(ins[0]) else [None]
     return [tensor(dtype_of(ins[0]), broadcast(dims, tuple(target)))]
@@ -252,6 +268,9 @@ def _lower_view(ctx, node, ins):
     """Reshape, Flatten: the same elements in the same order under another shape."""
     dtype, shape = out_type(node)
     x = ins[0]
+    if not ctx.knows(shape):  # a shape fed at run time
+        return ctx.extern("reshape", ins[:2], [(dtype, shape)], where=node.describe(),
+                          allowzero=attrs(node)["allowzero"])
     if x.lazy and [d for d in shape if d != 1] == [d for d in x.shape if d != 1]:
         return _lower_unit_dims(ctx, node, ins)
     return [ctx.alias(x, shape)]
@@ -261,6 +280,8 @@ def _lower_unit_dims(ctx, node, ins):
     """Squeeze, Unsqueeze (and reshapes that only add or drop 1s): an index remap."""
     dtype, shape = out_type(node)
     x = ins[0]
+    if not ctx.knows(shape) and node.op in ("Squeeze", "Unsqueeze"):  # axes fed at run time
+        return ctx.extern(node.op.lower(), ins[:2], [(dtype, shape)], where=node.describe())
     keep_out = [i for i, d in enumerate(shape) if d != 1]
     keep_in = [i for i, d in enumerate(x.shape) if d != 1]
     if not x.lazy or len(keep_in) != len(keep_out):
@@ -292,6 +313,8 @@ def _lower_transpose(ctx, node, ins):
 def _lower_expand(ctx, node, ins):
     dtype, shape = out_type(node)
     x = ins[0]
+    if not ctx.knows(shape):  # a shape fed at run time
+        return ctx.extern("expand", ins[:2], [(dtype, shape)], where=node.describe())
     return [ctx.pointwise(shape, dtype, lambda b, i: x.load(b, ctx.broadcast(x, i, shape)), cost=x.cost)]
 
 
@@ -320,9 +343,11 @@ def _lower_slice(ctx, node, ins):
     consts = [None if v is None else v.const if v.const is not None else ctx.known_contents(v)
               for v in node.inputs[1:]]
     consts = [None if c is None else np.asarray(c, dtype=object) for c in consts]
-    if any(v is not None and (c is None or not all(isinstance(x, (int, np.integer)) for x in c.reshape(-1)))
-           for i, (v, c) in enumerate(zip(node.inputs[1:], consts)) if i != 1):
-        raise NotLowerable("slice starts, axes or steps are not constants")
+    if not ctx.knows(shape) or any(
+            v is not None and (c is None or not all(isinstance(x, (int, np.integer)) for x in c.reshape(-1)))
+            for i, (v, c) in enumerate(zip(node.inputs[1:], consts)) if i != 1):
+        # starts, axes or steps fed at run time: torch slices
+        return ctx.extern("slice", [*ins, *[None] * (5 - len(ins))], [(dtype, shape)], where=node.describe())
     starts = [int(s) for s in consts[0].reshape(-1)]
     axes = [normalize_axis(int(a), rank) for a in consts[2].reshape(-1)] if len(consts) > 2 and consts[2] is not None \
         else list(range(len(starts)))
@@ -340,6 +365,8 @@ def _lower_slice(ctx, node, ins):
 
 def _lower_range(ctx, node, ins):
     dtype, shape = out_type(node)
+    if not ctx.knows(shape):  # a length known only when it runs
+        return ctx.extern("range", ins, [(dtype, shape)], where=node.describe())
     start, _, delta = ins
     return [ctx.pointwise(shape, dtype, lambda b, i: (V(b, start.load(b, ()), dtype) + V(b, b.index(i[0], dtype), dtype)
                                                       * V(b, delta.load(b, ()), dtype)).name, cost=3)]
@@ -374,15 +401,18 @@ def _lower_constant_of_shape(ctx, node, ins):
     dtype, shape = out_type(node)
     value = attrs(node)["value"]
     scalar = 0 if value is None else np.asarray(value).reshape(-1)[0].item()
+    if not ctx.knows(shape):  # a shape fed at run time
+        return ctx.extern("constant_of_shape", ins, [(dtype, shape)], where=node.describe(), value=scalar,
+                          dtype=dtype.name)
     return [ctx.pointwise(shape, dtype, lambda b, i: b.const(scalar, dtype), cost=0)]
 
 
-register_lowering("Reshape", "Flatten")(_lower_view)
-register_lowering("Squeeze", "Unsqueeze")(_lower_unit_dims)
+register_lowering("Reshape", "Flatten", sizes_outputs=True)(_lower_view)
+register_lowering("Squeeze", "Unsqueeze", sizes_outputs=True)(_lower_unit_dims)
 register_lowering("Transpose")(_lower_transpose)
-register_lowering("Expand")(_lower_expand)
+register_lowering("Expand", sizes_outputs=True)(_lower_expand)
 register_lowering("Gather")(_lower_gather)
-register_lowering("Slice")(_lower_slice)
-register_lowering("Range")(_lower_range)
+register_lowering("Slice", sizes_outputs=True)(_lower_slice)
+register_lowering("Range", sizes_outputs=True)(_lower_range)
 register_lowering("Concat")(_lower_concat)
-register_lowering("ConstantOfShape")(_lower_constant_of_shape)
+register_lowering("ConstantOfShape", sizes_outputs=True)(_lower_constant_of_shape)
