@@ -256,3 +256,18 @@ def test_data_movement_keeps_small_types():
     nodes = tuple(("Transpose", ((t, a.shape),), (t, a.shape[::-1]), (("perm", (1, 0)),))
                   for t, a in zip(types, arrays))
     _run_and_check(nodes, [[a] for a in arrays])
+
+
+def test_a_constant_nonzero_float8_zero_point_stays_on_the_reference():
+    """The reference raises for a float8 zero point that is not 0; a constant one is seen
+    when compiling (a fed one is taken as 0)."""
+    from ember.codegen.lowering import lower_graph
+
+    for zero, lowered in ((0.0, True), (-0.0, True), (2.0, False)):
+        x = Value("x", TensorType(DType.float8e4m3fn, (N,)))
+        g = Graph("g", inputs=[x], opsets={"": 25})
+        scale = g.add_constant("scale", np.array(0.5, np.float32))
+        zp = g.add_constant("zp", np.array(zero, np.float32).astype(ml_dtypes.float8_e4m3fn))
+        g.outputs = g.add_node("DequantizeLinear", [x, scale, zp], [Value("y", TensorType(DType.float32, (N,)))],
+                               {}).outputs
+        assert (lower_graph(g).fallbacks == []) == lowered, zero

@@ -7,6 +7,7 @@ float32 (or, to dequantize, 16-bit float) scales."""
 from __future__ import annotations
 
 import ml_dtypes
+import numpy as np
 import sympy
 
 from ..dtypes import DType
@@ -54,7 +55,12 @@ def _lower_dequantize(ctx, node, ins):
     if dtype not in (DType.float32, DType.float16, DType.bfloat16) or (zero is not None and zero.dtype != x.dtype):
         raise NotLowerable("an output or zero point type the kernel does not take")
     if small_float:
-        zero = None  # the reference does not subtract a float zero point (a float8 one must be 0: it raises otherwise)
+        # the reference subtracts no float zero point; a float8 one must be 0 (it raises
+        # otherwise): checked here when it is a constant, taken as 0 when it is fed
+        known = node.inputs[2].const if zero is not None else None
+        if x.dtype in _FLOAT8 and known is not None and np.any(np.asarray(known).astype(np.float32) != 0):
+            raise NotLowerable("a float8 zero point that is not 0")
+        zero = None
     scale_at = _per_element(ctx, node, x.shape, scale)
     zero_at = None if zero is None else _per_element(ctx, node, x.shape, zero)
 
