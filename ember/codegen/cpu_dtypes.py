@@ -26,9 +26,11 @@ values do. The encodings match numpy / ml_dtypes `astype` bit for bit:
                       truncating, with NaN and out-of-range values as INT32_MIN (x86, which
                       ml_dtypes follows). Decoding reads only the low bits.
 
-The float decodings are 256-entry tables built from ml_dtypes itself (so exact by
-construction); the encodings are functions, tested exhaustively against ml_dtypes by
-tests/codegen/test_low_precision.py.
+The 16-bit floats' conversions are in cpu_prelude.py (bit arithmetic); the decodings of the
+smaller floats are tables (256 or 16 entries) built from ml_dtypes itself, so exact by
+construction; the encodings are functions, tested exhaustively against ml_dtypes by
+tests/codegen/test_low_precision.py. `prelude()` is pasted into a translation unit only
+when its kernels call one of them.
 """
 
 from __future__ import annotations
