@@ -73,6 +73,7 @@ OPS = {
     "where": "({0} ? {1} : {2})", "cast": "ember_cast<T>({0})",
     "cast_e8m0": "ember_cast_e8m0({0}, {1}, {2})",
 }
+BITS_OPS = {"cast_e8m0"}  # ops whose C++ gives the storage bits of their (narrow) result
 EXTRA_PRELUDE = r"""
 template <typename T> static inline T ember_div(T a, T b) {
   if constexpr (std::is_integral_v<T>) return b == 0 ? T(0) : T(a / b); else return a / b;
@@ -193,18 +194,18 @@ def _literal(value, dtype: DType) -> str:
 
 
 def _narrowing_cast(x: str, src: DType, dst: DType) -> str:
-    """C++ for `x` (of `src`) cast to the narrow type `dst`, rounded or wrapped as numpy's
-    astype does: float16 from double in one rounding; the other narrow floats through float
-    (as ml_dtypes does); 4- and 2-bit integers keep the low bits, of a float truncated to
-    int32 first."""
+    """C++ for the storage bits of `x` (of `src`) cast to the narrow type `dst`, rounded or
+    wrapped as numpy's astype does: float16 from double in one rounding; the other narrow
+    floats through float (as ml_dtypes does); 4- and 2-bit integers keep the low bits, of a
+    float truncated to int32 first."""
     c = C_TYPES[dst]
     if dst == DType.float16 and src == DType.float64:
-        return f"ember_h2f(ember_d2h({x}))"
+        return f"ember_d2h({x})"
     if c.compute == "float":
-        return f"{c.decode}({c.encode}(float({x})))"
+        return f"{c.encode}(float({x}))"
     if src in FLOAT_TYPES:
-        return f"{c.decode}({c.encode}(ember_to_int32({x})))"
-    return f"{c.decode}({c.encode}(int64_t({x})))"
+        return f"{c.encode}(ember_to_int32({x}))"
+    return f"{c.encode}(int64_t({x}))"
 
 
 class _KernelWriter:
@@ -214,6 +215,7 @@ class _KernelWriter:
         self.index = _Index(symbols)
         self.used_buffers: set[str] = set()
         self.accs: dict[str, str] = {}
+        self.bits: dict[str, str] = {}  # temp of a narrow type -> the temp of its storage bits
 
     def stmts(self, body: Body, indent: str) -> list[str]:
         lines = []
@@ -230,7 +232,9 @@ class _KernelWriter:
                 buf, offset, value = s.args
                 self.used_buffers.add(buf)
                 if C_TYPES[s.dtype].narrow:
-                    value = f"{C_TYPES[s.dtype].encode}({value})"
+                    # a value rounded to this type is stored as the bits it was rounded to
+                    bits = self.bits.get(value) if body.dtype(value) == s.dtype else None
+                    value = bits or f"{C_TYPES[s.dtype].encode}({value})"
                 lines.append(f"{buf}[{self.index(offset)}] = {value};")
             elif s.op == "const":
                 lines.append(f"const {t} {s.out} = {_literal(s.args[0], s.dtype)};")
@@ -239,17 +243,28 @@ class _KernelWriter:
             elif s.op == "acc":
                 lines.append(f"const {t} {s.out} = {t}({s.args[0]});")
             elif s.op == "cast" and C_TYPES[s.dtype].narrow:
-                lines.append(f"const {t} {s.out} = {_narrowing_cast(s.args[0], body.dtype(s.args[0]), s.dtype)};")
+                lines += self._rounded(s, _narrowing_cast(s.args[0], body.dtype(s.args[0]), s.dtype))
             else:
                 expr = OPS[s.op].format(*s.args).replace("<T>", f"<{t}>").replace("T(", f"{t}(")
                 if s.op == "pow":
                     a, b = (body.dtype(x) for x in s.args)
                     expr = f"ember_pow<{t}, {CTYPE[a]}, {CTYPE[b]}>({s.args[0]}, {s.args[1]})"
-                if s.dtype in C_TYPES and C_TYPES[s.dtype].narrow:
+                if s.op in BITS_OPS:
+                    lines += self._rounded(s, expr)
+                elif s.dtype in C_TYPES and C_TYPES[s.dtype].narrow:
                     # each result rounds to its type, as numpy's do
-                    expr = f"{C_TYPES[s.dtype].decode}({C_TYPES[s.dtype].encode}({expr}))"
-                lines.append(f"const {t} {s.out} = {expr};")
+                    lines += self._rounded(s, f"{C_TYPES[s.dtype].encode}({expr})")
+                else:
+                    lines.append(f"const {t} {s.out} = {expr};")
         return [indent + line for line in lines]
+
+    def _rounded(self, s, bits_expr: str) -> list[str]:
+        """A narrow-typed result: its storage bits, then its value decoded from them (a
+        store of it writes the bits; unused, the compiler drops either)."""
+        c = C_TYPES[s.dtype]
+        self.bits[s.out] = f"{s.out}_bits"
+        return [f"const {c.storage} {s.out}_bits = {bits_expr};",
+                f"const {c.compute} {s.out} = {c.decode}({s.out}_bits);"]
 
     def _loops(self, ranges, prefix: str, indent: str, parallel: str | None, simd: str | None, start: int = 0):
         """Open a loop per range; returns (lines, indent of the body, closing lines)."""

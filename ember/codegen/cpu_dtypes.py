@@ -92,8 +92,6 @@ FLOAT_TYPES = {d for d, c in C_TYPES.items() if c.compute in ("float", "double")
 # float formats of at most 8 bits (decoded through a table)
 SMALL_FLOATS = (DType.float8e4m3fn, DType.float8e4m3fnuz, DType.float8e5m2, DType.float8e5m2fnuz,
                 DType.float8e8m0, DType.float4e2m1)
-# ONNX Cast's round_mode for float8e8m0 -> the mode number ember_cast_e8m0 takes
-E8M0_ROUND_MODES = {"up": 0, "down": 1, "nearest": 2}
 
 
 def _decode_table(dtype: DType) -> str:
@@ -161,18 +159,17 @@ EMBER_INLINE std::uint8_t ember_float_to_f8e8m0(float x) {
   return (x > 0.0f && u < 0x7f800000u) ? (std::uint8_t)code : (std::uint8_t)0xff;
 }
 
-// ONNX Cast to float8e8m0 (onnx.numpy_helper.to_float8e8m0): the float's exponent bits (its
+// ONNX Cast to float8e8m0 (onnx.numpy_helper.to_float8e8m0), its code: the float's exponent bits (its
 // sign ignored), rounded by `mode` (0 up: any mantissa; 1 down; 2 nearest: guard bit and
 // round, sticky or a nonzero exponent); with `saturate`, 2^127 never rounds up to NaN.
-EMBER_INLINE float ember_cast_e8m0(float x, int mode, bool saturate) {
+EMBER_INLINE std::uint8_t ember_cast_e8m0(float x, int mode, bool saturate) {
   const std::uint32_t u = ember_f2u(x);
   const std::uint32_t exp = (u >> 23) & 0xffu;
   const bool up = (u & 0x7fffffu) != 0;
   const bool nearest = (u & 0x400000u) != 0 && ((u & 0x3fffffu) != 0 || exp > 0);
   bool round_up = mode == 0 ? up : (mode == 2 ? nearest : false);
   round_up = round_up && !(saturate && exp == 0xfeu);
-  const std::uint32_t code = exp == 0xffu ? 0xffu : exp + (round_up ? 1u : 0u);
-  return ember_f8e8m0_to_float((std::uint8_t)code);
+  return (std::uint8_t)(exp == 0xffu ? 0xffu : exp + (round_up ? 1u : 0u));
 }
 """
 
