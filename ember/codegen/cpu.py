@@ -29,23 +29,22 @@ import sympy
 
 from ..errors import ExecutionError
 from ..ir.dtypes import DType
+from .cpu_dtypes import C_TYPES, FLOAT_TYPES
+from .cpu_dtypes import needs_prelude as needs_dtypes_prelude
+from .cpu_dtypes import prelude as dtypes_prelude
 from .cpu_prelude import PRELUDE
 from .kir import Body, Buffer, Kernel, Stage
 
 log = logging.getLogger("ember.codegen")
 
-# the C++ type of a value in a kernel body; 16-bit floats compute as float
-CTYPE = {DType.float32: "float", DType.float64: "double", DType.int64: "int64_t", DType.int32: "int32_t",
-         DType.int16: "int16_t", DType.int8: "int8_t", DType.uint8: "uint8_t", DType.uint16: "uint16_t",
-         DType.uint32: "uint32_t", DType.uint64: "uint64_t", DType.bool: "bool",
-         DType.float16: "float", DType.bfloat16: "float"}
-# 16-bit floats are stored as their bits; (to float, from float) conversions on load and store
-HALF = {DType.float16: ("ember_h2f", "ember_f2h"), DType.bfloat16: ("ember_bf2f", "ember_f2bf")}
-FLOAT_TYPES = {DType.float32, DType.float64, *HALF}
+# the C++ type of a value in a kernel body (narrow types compute in a wider one: cpu_dtypes)
+CTYPE = {d: c.compute for d, c in C_TYPES.items()}
 
 
 def storage_type(dtype: DType) -> str:
-    return "uint16_t" if dtype in HALF else CTYPE[dtype]
+    return C_TYPES[dtype].storage
+
+
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno",
          "-fno-trapping-math", "-w"]
 PARALLEL_MIN_ELEMENTS = 1 << 15  # loops over fewer elements stay on one thread
@@ -72,7 +71,9 @@ OPS = {
     "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})", "bitnot": "(~{0})",
     "shl": "ember_shl({0}, {1})", "shr": "ember_shr({0}, {1})",
     "where": "({0} ? {1} : {2})", "cast": "ember_cast<T>({0})",
+    "cast_e8m0": "ember_cast_e8m0({0}, {1}, {2})",
 }
+BITS_OPS = {"cast_e8m0"}  # ops whose C++ gives the storage bits of their (narrow) result
 EXTRA_PRELUDE = r"""
 // index min/max by value (std::min/max take references, which keeps loops from vectorizing)
 static inline int64_t ember_imin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -185,13 +186,29 @@ def _literal(value, dtype: DType) -> str:
     if dtype == DType.bool:
         return "true" if value else "false"
     if dtype in FLOAT_TYPES:
-        v = float(np.asarray(value, dtype=dtype.numpy)) if dtype in HALF else float(value)
+        v = float(np.asarray(value, dtype=dtype.numpy).astype(np.float64)) if C_TYPES[dtype].narrow else float(value)
         if math.isnan(v):
             return f"std::numeric_limits<{t}>::quiet_NaN()"
         if math.isinf(v):
             return f"{'-' if v < 0 else ''}std::numeric_limits<{t}>::infinity()"
         return f"{t}({v.hex()})"
-    return f"{t}({int(value)}{'ULL' if dtype == DType.uint64 else 'LL'})"
+    v = int(np.asarray(value, dtype=dtype.numpy).astype(np.int64)) if C_TYPES[dtype].narrow else int(value)
+    return f"{t}({v}{'ULL' if dtype == DType.uint64 else 'LL'})"
+
+
+def _narrowing_cast(x: str, src: DType, dst: DType) -> str:
+    """C++ for the storage bits of `x` (of `src`) cast to the narrow type `dst`, rounded or
+    wrapped as numpy's astype does: float16 from double in one rounding; the other narrow
+    floats through float (as ml_dtypes does); 4- and 2-bit integers keep the low bits, of a
+    float truncated to int32 first."""
+    c = C_TYPES[dst]
+    if dst == DType.float16 and src == DType.float64:
+        return f"ember_d2h({x})"
+    if c.compute == "float":
+        return f"{c.encode}(float({x}))"
+    if src in FLOAT_TYPES:
+        return f"{c.encode}(ember_to_int32({x}))"
+    return f"{c.encode}(int64_t({x}))"
 
 
 class _KernelWriter:
@@ -201,6 +218,7 @@ class _KernelWriter:
         self.index = _Index(symbols)
         self.used_buffers: set[str] = set()
         self.accs: dict[str, str] = {}
+        self.bits: dict[str, str] = {}  # temp of a narrow type -> the temp of its storage bits
 
     def stmts(self, body: Body, indent: str) -> list[str]:
         lines = []
@@ -210,14 +228,16 @@ class _KernelWriter:
                 buf, offset = s.args
                 self.used_buffers.add(buf)
                 value = f"{buf}[{self.index(offset)}]"
-                if s.dtype in HALF:
-                    value = f"{HALF[s.dtype][0]}({value})"
+                if C_TYPES[s.dtype].narrow:
+                    value = f"{C_TYPES[s.dtype].decode}({value})"
                 lines.append(f"const {t} {s.out} = {value};")
             elif s.op == "store":
                 buf, offset, value = s.args
                 self.used_buffers.add(buf)
-                if s.dtype in HALF:
-                    value = f"{HALF[s.dtype][1]}({value})"
+                if C_TYPES[s.dtype].narrow:
+                    # a value rounded to this type is stored as the bits it was rounded to
+                    bits = self.bits.get(value) if body.dtype(value) == s.dtype else None
+                    value = bits or f"{C_TYPES[s.dtype].encode}({value})"
                 lines.append(f"{buf}[{self.index(offset)}] = {value};")
             elif s.op == "const":
                 lines.append(f"const {t} {s.out} = {_literal(s.args[0], s.dtype)};")
@@ -225,18 +245,29 @@ class _KernelWriter:
                 lines.append(f"const {t} {s.out} = {t}({self.index(s.args[0])});")
             elif s.op == "acc":
                 lines.append(f"const {t} {s.out} = {t}({s.args[0]});")
+            elif s.op == "cast" and C_TYPES[s.dtype].narrow:
+                lines += self._rounded(s, _narrowing_cast(s.args[0], body.dtype(s.args[0]), s.dtype))
             else:
                 expr = OPS[s.op].format(*s.args).replace("<T>", f"<{t}>").replace("T(", f"{t}(")
-                if s.op == "cast" and s.dtype in HALF:
-                    expr = f"float({s.args[0]})"
                 if s.op == "pow":
                     a, b = (body.dtype(x) for x in s.args)
                     expr = f"ember_pow<{t}, {CTYPE[a]}, {CTYPE[b]}>({s.args[0]}, {s.args[1]})"
-                if s.dtype in HALF:  # each result rounds to the 16-bit float, as numpy's do
-                    to_float, from_float = HALF[s.dtype]
-                    expr = f"{to_float}({from_float}({expr}))"
-                lines.append(f"const {t} {s.out} = {expr};")
+                if s.op in BITS_OPS:
+                    lines += self._rounded(s, expr)
+                elif s.dtype in C_TYPES and C_TYPES[s.dtype].narrow:
+                    # each result rounds to its type, as numpy's do
+                    lines += self._rounded(s, f"{C_TYPES[s.dtype].encode}({expr})")
+                else:
+                    lines.append(f"const {t} {s.out} = {expr};")
         return [indent + line for line in lines]
+
+    def _rounded(self, s, bits_expr: str) -> list[str]:
+        """A narrow-typed result: its storage bits, then its value decoded from them (a
+        store of it writes the bits; unused, the compiler drops either)."""
+        c = C_TYPES[s.dtype]
+        self.bits[s.out] = f"{s.out}_bits"
+        return [f"const {c.storage} {s.out}_bits = {bits_expr};",
+                f"const {c.compute} {s.out} = {c.decode}({s.out}_bits);"]
 
     def _loops(self, ranges, prefix: str, indent: str, parallel: str | None, simd: str | None, start: int = 0):
         """Open a loop per range; returns (lines, indent of the body, closing lines)."""
@@ -329,7 +360,8 @@ def render(kernels: list[Kernel], buffers: dict[str, Buffer], slots: dict[str, i
         lines = _KernelWriter(k, buffers, slots, symbols).render()
         rendered.append({"name": k.name, "lines": lines, "comment": ", ".join(k.nodes)[:200].replace("\n", " ")})
     segs = [{"name": f"seg{i}", "kernels": names} for i, names in enumerate(segments)]
-    return TEMPLATE.render(prelude=PRELUDE + "#include <omp.h>\n#include <type_traits>\n" + EXTRA_PRELUDE,
+    narrow = dtypes_prelude() if needs_dtypes_prelude("\n".join(line for k in rendered for line in k["lines"])) else ""
+    return TEMPLATE.render(prelude=PRELUDE + narrow + "#include <omp.h>\n#include <type_traits>\n" + EXTRA_PRELUDE,
                            kernels=rendered, segments=segs)
 
 

@@ -28,7 +28,7 @@ from ..ir.dtypes import DType
 from ..ir.types import Dim
 
 # scalar op -> number of operands. Comparisons and logic give bool; `cast` takes its
-# target dtype from the statement.
+# target dtype from the statement (and means numpy's astype).
 SCALAR_OPS = {
     "add": 2, "sub": 2, "mul": 2, "div": 2, "floordiv": 2, "mod": 2, "fmod": 2, "pow": 2,
     "max": 2, "min": 2, "atan2": 2,
@@ -40,6 +40,7 @@ SCALAR_OPS = {
     "lt": 2, "le": 2, "gt": 2, "ge": 2, "eq": 2, "ne": 2, "and": 2, "or": 2, "xor": 2, "not": 1,
     "bitand": 2, "bitor": 2, "bitxor": 2, "bitnot": 1, "shl": 2, "shr": 2,
     "where": 3, "cast": 1,
+    "cast_e8m0": 3,  # ONNX Cast to float8e8m0: (float32 x, int32 round mode 0 up / 1 down / 2 nearest, bool saturate)
 }
 REDUCE_OPS = ("sum", "max", "min", "prod")
 

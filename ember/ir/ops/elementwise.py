@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import operator
 
+import ml_dtypes
 import numpy as np
 import sympy
 
@@ -270,12 +271,44 @@ def _lower_clip(ctx, node, ins):
     return [pointwise(ctx, node, ins, clip)]
 
 
+# Cast's `saturate` clips to the finite range for these (onnx.numpy_helper.saturate_cast)
+_SATURATING = {DType.float8e4m3fn, DType.float8e4m3fnuz, DType.float8e5m2, DType.float8e5m2fnuz}
+_SMALL_FLOATS = _SATURATING | {DType.float8e8m0, DType.float4e2m1}
+_E8M0_ROUND_MODES = {"up": 0, "down": 1, "nearest": 2}  # the mode numbers of the cast_e8m0 scalar op
+
+
 def _lower_cast(ctx, node, ins):
-    """Cast, and CastLike (to its second input's dtype)."""
+    """Cast, and CastLike (to its second input's dtype), as onnx.reference's cast_to: to a
+    float8 with `saturate`, numpy.clip to its finite range (in the input's type) then astype;
+    to float8e8m0, the exponent rounded by `round_mode` (the cast_e8m0 scalar op); else astype,
+    which the renderer rounds or wraps as numpy / ml_dtypes do (ember/codegen/cpu_dtypes.py)."""
     dtype, _ = out_type(node)
-    if ins[0].dtype == DType.float64 and dtype in KERNEL_FLOATS - FLOATS:
-        raise NotLowerable("float64 to a 16-bit float rounds once in numpy, twice through float32")
-    return [pointwise(ctx, node, ins[:1], lambda x: x.cast(dtype))]
+    src = ins[0].dtype
+    a = attrs(node)
+    saturate = bool(a["saturate"])
+    if src in _SMALL_FLOATS and not dtype.is_float:
+        raise NotLowerable(f"{src.name} to {dtype.name}: ml_dtypes saturates inf and NaN its own way")
+    if dtype == DType.float8e8m0:
+        mode = _E8M0_ROUND_MODES.get(a["round_mode"])
+        if mode is None:
+            raise NotLowerable(f"round_mode {a['round_mode']!r}")
+
+        def convert(x):
+            b = x.body
+            return x.cast(DType.float32).op("cast_e8m0", V(b, b.const(mode, DType.int32), DType.int32),
+                                             V(b, b.const(saturate, DType.bool), DType.bool), dtype=dtype)
+    elif dtype in _SATURATING and saturate:
+        if src not in KERNEL_FLOATS and not src.is_integer and src != DType.bool:
+            raise NotLowerable(f"saturating {src.name} to {dtype.name}")
+        high = float(ml_dtypes.finfo(dtype.numpy).max)
+
+        def convert(x):
+            x = x if src in KERNEL_FLOATS else x.cast(DType.float32)  # integers: the clip is in float64
+            return x.max(-high).min(high).cast(dtype)
+    else:
+        def convert(x):
+            return x.cast(dtype)
+    return [pointwise(ctx, node, ins[:1], convert)]
 
 
 def _lower_isinf(ctx, node, ins):

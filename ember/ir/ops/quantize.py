@@ -1,11 +1,13 @@
 """Linear (de)quantization: QuantizeLinear, DequantizeLinear. Schemas, type functions and
 references are ONNX's. Their lowerings are pointwise, with the scale and zero point
 indexed per tensor, per axis or per block; they take the integer types whose arithmetic
-the reference does in float32 exactly (8- and 16-bit), and float32 (or, to dequantize,
-16-bit float) scales."""
+the reference does in float32 exactly (2- to 16-bit), the float8 kinds and float4e2m1, and
+float32 (or, to dequantize, 16-bit float) scales."""
 
 from __future__ import annotations
 
+import ml_dtypes
+import numpy as np
 import sympy
 
 from ..dtypes import DType
@@ -16,7 +18,10 @@ from .onnx_standard import standard_op
 for _op in ("QuantizeLinear", "DequantizeLinear"):
     standard_op(_op)
 
-_INTEGERS = {DType.int8: (-128, 127), DType.uint8: (0, 255), DType.int16: (-32768, 32767), DType.uint16: (0, 65535)}
+_INTEGERS = {DType.int8: (-128, 127), DType.uint8: (0, 255), DType.int16: (-32768, 32767), DType.uint16: (0, 65535),
+             DType.int4: (-8, 7), DType.uint4: (0, 15), DType.int2: (-2, 1), DType.uint2: (0, 3)}
+# float8 kinds: the reference ignores their zero point (it must be 0), and saturates or not
+_FLOAT8 = {DType.float8e4m3fn, DType.float8e4m3fnuz, DType.float8e5m2, DType.float8e5m2fnuz}
 
 
 def _per_element(ctx, node, x_shape, param):
@@ -43,10 +48,19 @@ def _lower_dequantize(ctx, node, ins):
     x, scale = ins[0], ins[1]
     zero = ins[2] if len(ins) > 2 else None
     dtype, shape = out_type(node)
-    if x.dtype not in _INTEGERS or scale.dtype not in (DType.float32, DType.float16, DType.bfloat16):
+    small_float = x.dtype in _FLOAT8 or x.dtype == DType.float4e2m1
+    if (x.dtype not in _INTEGERS and not small_float) or scale.dtype not in (DType.float32, DType.float16,
+                                                                             DType.bfloat16):
         raise NotLowerable(f"dequantizing {x.dtype.name} with {scale.dtype.name} scales")
     if dtype not in (DType.float32, DType.float16, DType.bfloat16) or (zero is not None and zero.dtype != x.dtype):
         raise NotLowerable("an output or zero point type the kernel does not take")
+    if small_float:
+        # the reference subtracts no float zero point; a float8 one must be 0 (it raises
+        # otherwise): checked here when it is a constant, taken as 0 when it is fed
+        known = node.inputs[2].const if zero is not None else None
+        if x.dtype in _FLOAT8 and known is not None and np.any(np.asarray(known).astype(np.float32) != 0):
+            raise NotLowerable("a float8 zero point that is not 0")
+        zero = None
     scale_at = _per_element(ctx, node, x.shape, scale)
     zero_at = None if zero is None else _per_element(ctx, node, x.shape, zero)
 
@@ -67,11 +81,29 @@ def _lower_quantize(ctx, node, ins):
     a = attrs(node)
     if x.dtype != DType.float32 or scale.dtype != DType.float32 or a.get("precision"):
         raise NotLowerable(f"quantizing {x.dtype.name} with {scale.dtype.name} scales")
-    if dtype not in _INTEGERS or (zero is not None and zero.dtype != dtype):
-        raise NotLowerable(f"quantizing to {dtype.name}")
-    low, high = _INTEGERS[dtype]
+    if zero is not None and zero.dtype != dtype:
+        raise NotLowerable("a zero point of another type")
     scale_at = _per_element(ctx, node, x.shape, scale)
     zero_at = None if zero is None else _per_element(ctx, node, x.shape, zero)
+    if dtype in _FLOAT8:
+        high = float(ml_dtypes.finfo(dtype.numpy).max) if a["saturate"] else None
+
+        def value(b, index):
+            # x / scale, clipped to the finite range with saturate, rounded once (no zero point)
+            q = V(b, x.load(b, index), x.dtype) / V(b, scale_at(b, index), scale.dtype)
+            return (q if high is None else q.max(-high).min(high)).cast(dtype).name
+        return [ctx.pointwise(shape, dtype, value, cost=4 + x.cost)]
+    if dtype == DType.float4e2m1:
+        def value(b, index):
+            # x / scale + zero, in float32, rounded once (float4 saturates on its own)
+            q = V(b, x.load(b, index), x.dtype) / V(b, scale_at(b, index), scale.dtype)
+            if zero_at is not None:
+                q = q + V(b, zero_at(b, index), zero.dtype).cast(DType.float32)
+            return q.cast(dtype).name
+        return [ctx.pointwise(shape, dtype, value, cost=3 + x.cost)]
+    if dtype not in _INTEGERS:
+        raise NotLowerable(f"quantizing to {dtype.name}")
+    low, high = _INTEGERS[dtype]
 
     def value(b, index):
         # clip(int32(rint(x / scale)) + zero): numpy's float -> int32 gives INT32_MIN out of range (NaN too)
