@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import sympy
 import torch
@@ -30,18 +31,24 @@ from ..errors import ExecutionError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
-from . import externs_ops  # noqa: F401 - registers its externs
+from . import externs_linalg, externs_ops  # noqa: F401 - register their externs
 from .externs import ADOPTS, EXTERNS, PREPARE
 from .program import Program
 
 
 _TORCH_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int64, np.int32, np.int16, np.int8,
-                                        np.uint8, np.bool_)}
+                                        np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)}
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def _tensor(a) -> torch.Tensor | None:
-    """A torch view of a numpy array, for externs (None where torch has no such dtype)."""
-    if not isinstance(a, np.ndarray) or a.dtype not in _TORCH_DTYPES:
+    """A torch view of a numpy array, for externs (None where torch has no such dtype).
+    bfloat16 (ml_dtypes' in numpy) is viewed through its bits."""
+    if not isinstance(a, np.ndarray):
+        return None
+    if a.dtype == _BFLOAT16:
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    if a.dtype not in _TORCH_DTYPES:
         return None
     return torch.from_numpy(a)
 

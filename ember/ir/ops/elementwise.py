@@ -165,12 +165,23 @@ def _gelu(x: V, approximate: str) -> V:
     return 0.5 * x * (1 + (x * SQRT1_2).erf())
 
 
+HALF = "16-bit floats too"  # an op whose lowering rounds 16-bit floats as the reference does
+
+
+def _wide(x: V) -> V:
+    """x as numpy promotes it against a float32 attribute (onnx.reference keeps float
+    attributes as np.float32): 16-bit floats widen to float32."""
+    return x.cast(DType.float32) if x.dtype in KERNEL_FLOATS - FLOATS else x
+
+
+# op -> (scalar formula, which dtypes: False any, True float32/64, HALF any float)
 _UNARY_LOWERINGS = {
     "Neg": (lambda x, a: -x, False), "Abs": (lambda x, a: x.abs(), False),
     "Identity": (lambda x, a: x, False), "Sign": (lambda x, a: x.sign(), False),
-    "Not": (lambda x, a: x.op("not"), False), "IsNaN": (lambda x, a: x.isnan(dtype=DType.bool), True), "BitwiseNot": (lambda x, a: x.bitnot(), False),
+    "Not": (lambda x, a: x.op("not"), False), "IsNaN": (lambda x, a: x.isnan(dtype=DType.bool), HALF),
+    "BitwiseNot": (lambda x, a: x.bitnot(), False),
     "Relu": (lambda x, a: x.max(0), False),
-    "Exp": (lambda x, a: x.exp(), True), "Log": (lambda x, a: x.log(), True), "Sqrt": (lambda x, a: x.sqrt(), True),
+    "Exp": (lambda x, a: x.exp(), HALF), "Log": (lambda x, a: x.log(), True), "Sqrt": (lambda x, a: x.sqrt(), True),
     "Reciprocal": (lambda x, a: x.reciprocal(), True), "Tanh": (lambda x, a: x.tanh(), True),
     "Erf": (lambda x, a: x.erf(), True), "Sigmoid": (lambda x, a: x.sigmoid(), True),
     "Sin": (lambda x, a: x.sin(), True), "Cos": (lambda x, a: x.cos(), True), "Tan": (lambda x, a: x.tan(), True),
@@ -182,11 +193,11 @@ _UNARY_LOWERINGS = {
     "Round": (lambda x, a: x.round(), True), "Softplus": (lambda x, a: x.softplus(), True),
     "Softsign": (lambda x, a: x / (1 + x.abs()), True),
     "Gelu": (lambda x, a: _gelu(x, a["approximate"]), True),
-    "Swish": (lambda x, a: x * (a["alpha"] * x).sigmoid(), True),
+    "Swish": (lambda x, a: x * (a["alpha"] * _wide(x)).sigmoid().cast(x.dtype), HALF),
     "Mish": (lambda x, a: x * x.softplus().tanh(), True),
     "LeakyRelu": (lambda x, a: (x < 0).where(a["alpha"] * x, x), True),
-    "Elu": (lambda x, a: (x < 0).where(a["alpha"] * (x.exp() - 1), x), True),
-    "Celu": (lambda x, a: x.max(0) + (a["alpha"] * ((x / a["alpha"]).exp() - 1)).min(0), True),
+    "Elu": (lambda x, a: (x > 0).where(_wide(x), a["alpha"] * _wide(x.expm1())), HALF),
+    "Celu": (lambda x, a: _wide(x.max(0)) + (a["alpha"] * (_wide(x) / a["alpha"]).expm1()).min(0), HALF),
     "Selu": (lambda x, a: (x <= 0).where(a["gamma"] * (a["alpha"] * x.exp() - a["alpha"]), a["gamma"] * x), True),
     "HardSigmoid": (lambda x, a: (a["alpha"] * x + a["beta"]).max(0).min(1), True),
     "HardSwish": (lambda x, a: x * (x / 6 + 0.5).max(0).min(1), True),
@@ -210,7 +221,9 @@ def _lower_unary(op: str):
     fn, floats_only = _UNARY_LOWERINGS[op]
 
     def lower(ctx, node, ins):
-        if floats_only and ins[0].dtype not in FLOATS:  # (16-bit floats would round differently)
+        # 16-bit floats round each step's result, as numpy's loops do, but only the
+        # formulas marked HALF widen to float32 where the reference does
+        if floats_only and ins[0].dtype not in (KERNEL_FLOATS if floats_only == HALF else FLOATS):
             raise NotLowerable(f"{op} on {ins[0].dtype.name}")
         a = attrs(node)
         return [pointwise(ctx, node, ins, lambda x: fn(x, a))]

@@ -69,9 +69,12 @@ def _lower_rmsnorm(ctx, node, ins):
 
 def _lower_softmax(log: bool):
     def lower(ctx, node, ins):
-        if ins[0].dtype not in FLOATS or not ins[0].shape:
+        if ins[0].dtype not in KERNEL_FLOATS or not ins[0].shape:
             raise NotLowerable("not float, or a scalar")
-        return [rows_softmax(ctx, ins[0], normalize_axis(attrs(node)["axis"], len(ins[0].shape)), log)]
+        axis = normalize_axis(attrs(node)["axis"], len(ins[0].shape))
+        if ins[0].dtype not in FLOATS:  # the reference's 16-bit roundings, in torch
+            return ctx.extern("softmax16", [ins[0]], [out_type(node)], axis=axis, log=log)
+        return [rows_softmax(ctx, ins[0], axis, log)]
     return lower
 
 
