@@ -100,3 +100,39 @@ def recurrent(params, x, w, r, b, seq_lens, h0, c0, p, y, y_h, y_c=None):
         if target is not None:
             stacked = torch.stack(states)
             target.copy_(stacked.transpose(0, 1) if layout else stacked)
+
+
+# -- LinearAttention ----------------------------------------------------------------------
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, H*D] -> [B, H, T, D], in float32."""
+    b, t, _ = x.shape
+    return x.reshape(b, t, heads, -1).transpose(1, 2).float()
+
+
+@extern("linear_attention")
+def linear_attention(params, query, key, value, past_state, decay, beta, output, present_state):
+    """The reference's recurrence (onnx.reference LinearAttention) in float32 torch ops:
+    per step, state *= exp(decay); v <- beta (v - S^T k); S += k v^T; o = scale q S,
+    query heads reading their kv head's state."""
+    heads, kv_heads = params["q_num_heads"], params["kv_num_heads"]
+    q, k, v = _heads(query, heads), _heads(key, kv_heads), _heads(value, kv_heads)
+    b, t, d_k, d_v = q.shape[0], q.shape[2], k.shape[-1], v.shape[-1]
+    group = heads // kv_heads
+    if decay is not None:  # [B, T, H_kv] per head, or [B, T, H_kv * d_k] per key dim
+        decay = decay.reshape(b, t, kv_heads, -1).transpose(1, 2).float()
+    if beta is not None:  # [B, T, H_kv or 1]
+        beta = beta.reshape(b, t, beta.shape[-1], 1).transpose(1, 2).float()
+    state = past_state.float().clone() if past_state is not None else q.new_zeros((b, kv_heads, d_k, d_v))
+    scale = params["scale"] or 1.0 / (d_k ** 0.5)
+    out = q.new_zeros((b, heads, t, d_v))
+    for i in range(t):
+        k_t, v_t = k[:, :, i], v[:, :, i]
+        if params["gating"]:
+            state = state * torch.exp(decay[:, :, i])[..., None]
+        if params["delta"]:
+            v_t = beta[:, :, i] * (v_t - torch.einsum("bhdm,bhd->bhm", state, k_t))
+        state = state + k_t[..., :, None] * v_t[..., None, :]
+        read = state if group == 1 else state.repeat_interleave(group, dim=1)
+        out[:, :, i] = scale * torch.einsum("bhd,bhdm->bhm", q[:, :, i], read)
+    output.copy_(out.transpose(1, 2).reshape(output.shape))
+    present_state.copy_(state)

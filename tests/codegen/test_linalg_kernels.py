@@ -151,3 +151,35 @@ def test_recurrent_settings_the_kernel_does_not_run_stay_on_the_reference(attrs,
     graph.nodes[0].attrs.update(attrs)
     reasons = lower_graph(graph).fallback_reasons
     assert why in reasons[graph.nodes[0].name]
+
+
+@pytest.mark.parametrize("rule", ["linear", "gated", "delta", "gated_delta"])
+@SETTINGS
+@given(data=st.data())
+def test_linear_attention(data, rule):
+    kv_heads = data.draw(st.integers(1, 2))
+    heads = kv_heads * data.draw(st.integers(1, 2))
+    b, t, d_k, d_v = (data.draw(st.integers(1, 3)) for _ in range(4))
+    f32 = DType.float32
+    shapes = {"q": (b, t, heads * d_k), "k": (b, t, kv_heads * d_k), "v": (b, t, kv_heads * d_v)}
+    if data.draw(st.booleans()):
+        shapes["past"] = (b, kv_heads, d_k, d_v)
+    if rule in ("gated", "gated_delta"):
+        shapes["decay"] = (b, t, kv_heads * data.draw(st.sampled_from([1, d_k])))
+    if rule in ("delta", "gated_delta"):
+        shapes["beta"] = (b, t, data.draw(st.sampled_from([1, kv_heads])))
+    values = {name: Value(name, TensorType(f32, shape)) for name, shape in shapes.items()}
+    args = [values.get(name) for name in ("q", "k", "v", "past", "decay", "beta")]
+    while args[-1] is None:
+        args.pop()
+    g = Graph("g", inputs=list(values.values()), opsets={"": 28})
+    outs = [Value("y", TensorType(f32, (b, t, heads * d_v))), Value("state", TensorType(f32, (b, kv_heads, d_k, d_v)))]
+    g.outputs = g.add_node("LinearAttention", args, outs,
+                           {"q_num_heads": heads, "kv_num_heads": kv_heads, "update_rule": rule,
+                            "scale": data.draw(st.sampled_from([0.0, 0.5]))}).outputs
+    compiled = ember.compile(copy.deepcopy(g), opt_level=0)
+    assert compiled.stats.fallback_nodes == []
+    bounds = {"decay": (-1, 0), "beta": (0, 1)}
+    feeds = {name: data.draw(hnp.arrays(np.float32, shape, elements=st.floats(*bounds.get(name, (-2, 2)), width=32)))
+             for name, shape in shapes.items()}
+    _check(compiled, g, feeds, rtol=1e-5, atol=1e-5)

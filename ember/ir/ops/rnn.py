@@ -1,4 +1,4 @@
-"""Recurrent layers: RNN, GRU, LSTM. Schemas, type functions and references are ONNX's
+"""Recurrences over time: RNN, GRU, LSTM (and LinearAttention, at the end). Schemas, type functions and references are ONNX's
 (onnx.reference); the lowering is one torch extern (`recurrent`) that runs the input
 projection of every time step as one GEMM, then the recurrence step by step.
 
@@ -10,13 +10,13 @@ stay on the reference fallback, whose meaning they are.
 
 from __future__ import annotations
 
-from ._lowering import FLOATS, NotLowerable, attrs, register_lowering
+from ._lowering import FLOATS, KERNEL_FLOATS, NotLowerable, attrs, out_type, register_lowering
 from .onnx_standard import standard_op
 
 # op -> (gates, default activations of one direction)
 RECURRENT = {"RNN": (1, ["tanh"]), "GRU": (3, ["sigmoid", "tanh"]), "LSTM": (4, ["sigmoid", "tanh", "tanh"])}
 
-for _op in RECURRENT:
+for _op in [*RECURRENT, "LinearAttention"]:
     standard_op(_op)
 
 
@@ -56,3 +56,25 @@ def _lower_recurrent(ctx, node, ins):
 
 for _op in RECURRENT:
     register_lowering(_op)(_lower_recurrent)
+
+
+# -- LinearAttention ---------------------------------------------------------------------
+# A recurrence over time too: a [d_k, d_v] state per kv head decays (gated), is corrected
+# towards the value (delta), takes k v^T, and is read by q; in float32, as the reference.
+def _lower_linear_attention(ctx, node, ins):
+    a = attrs(node)
+    present = [r for r in ins if r is not None]
+    if any(r.dtype not in KERNEL_FLOATS for r in present) or any(len(r.shape) != 3 for r in ins[:3]):
+        raise NotLowerable("not float, or q, k, v not [B, T, H*D]")
+    rule = a["update_rule"]
+    gating, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+    inputs = list(ins) + [None] * (6 - len(ins))
+    if gating != (inputs[4] is not None) or delta != (inputs[5] is not None):
+        raise NotLowerable(f"update_rule {rule!r} with decay/beta inputs that do not match it")
+    outs = [out_type(node, i) for i in range(2)]
+    refs = ctx.extern("linear_attention", inputs, outs, q_num_heads=a["q_num_heads"], kv_num_heads=a["kv_num_heads"],
+                      scale=float(a["scale"] or 0.0), gating=gating, delta=delta)
+    return [ref if value is not None else None for ref, value in zip(refs, node.outputs)]
+
+
+register_lowering("LinearAttention")(_lower_linear_attention)
