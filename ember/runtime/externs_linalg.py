@@ -136,3 +136,18 @@ def linear_attention(params, query, key, value, past_state, decay, beta, output,
         out[:, :, i] = scale * torch.einsum("bhd,bhdm->bhm", q[:, :, i], read)
     output.copy_(out.transpose(1, 2).reshape(output.shape))
     present_state.copy_(state)
+
+
+# -- integers ------------------------------------------------------------------------------
+@extern("integer_pow")
+def integer_pow(params, x, y, out):
+    """x ** y for integers as numpy: exact, wrapping in the wider type, then cast to x's
+    dtype; a negative exponent is an error, as in numpy."""
+    if bool((y < 0).any()):
+        raise ExecutionError(f"{params['where']}: integers to negative integer powers are not allowed")
+    out.copy_(torch.pow(x, y))
+
+
+@extern("bitcast")
+def bitcast(params, x, y):
+    y.copy_(x.view(y.dtype))

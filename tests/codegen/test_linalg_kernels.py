@@ -183,3 +183,50 @@ def test_linear_attention(data, rule):
     feeds = {name: data.draw(hnp.arrays(np.float32, shape, elements=st.floats(*bounds.get(name, (-2, 2)), width=32)))
              for name, shape in shapes.items()}
     _check(compiled, g, feeds, rtol=1e-5, atol=1e-5)
+
+
+# -- integers, bits ---------------------------------------------------------------------
+@pytest.mark.parametrize("x_dtype, y_dtype", [(DType.int32, DType.int32), (DType.int64, DType.int64),
+                                              (DType.int32, DType.int64), (DType.int8, DType.int8),
+                                              (DType.int32, DType.float32), (DType.int64, DType.float32)])
+@SETTINGS
+@given(data=st.data())
+def test_integer_pow_is_exact_and_wraps_as_numpy(data, x_dtype, y_dtype):
+    compiled, graph = _compiled("Pow", (("x", x_dtype, (N,)), ("y", y_dtype, (N,))), (("z", x_dtype, (N,)),))
+    n = data.draw(st.integers(0, 20))
+    info = np.iinfo(x_dtype.numpy)
+    x = data.draw(hnp.arrays(x_dtype.numpy, (n,), elements=st.integers(max(info.min, -50), min(info.max, 50))))
+    if y_dtype == DType.float32:  # results within the integer's range (outside it, casts differ: see Cast)
+        x = np.clip(x, -10, 10)
+        y = data.draw(hnp.arrays(np.float32, (n,), elements=st.sampled_from([0.0, 1.0, 2.0, 3.0, 7.0, 8.0])))
+    else:
+        y = data.draw(hnp.arrays(y_dtype.numpy, (n,), elements=st.integers(0, 70)))  # wraps past the width
+    _check(compiled, graph, {"x": x, "y": y})
+    if n and y_dtype != DType.float32:
+        y[0] = -1
+        with pytest.raises(ember.ExecutionError, match="negative integer powers"):
+            compiled.run({"x": x, "y": y})
+
+
+@pytest.mark.parametrize("src, dst", [(DType.float32, DType.int32), (DType.int64, DType.float64),
+                                      (DType.bool, DType.uint8), (DType.uint16, DType.int16),
+                                      (DType.float16, DType.int16), (DType.uint32, DType.float32)])
+@SETTINGS
+@given(data=st.data())
+def test_bitcast_reads_the_same_bytes(data, src, dst):
+    compiled, graph = _compiled("BitCast", (("x", src, (N, 2)),), (("y", dst, (N, 2)),), (("to", dst.onnx_code),))
+    n = data.draw(st.integers(0, 6))
+    raw = data.draw(hnp.arrays(np.uint8, (n, 2, src.numpy.itemsize)))
+    x = raw.view(src.numpy).reshape(n, 2) if src != DType.bool else (raw[..., 0] & 1).astype(bool)
+    got, want = compiled.run({"x": x})["y"], evaluate(copy.deepcopy(graph), {"x": x})["y"]
+    assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("k", [-5, -1, 0, 2, 7])
+@pytest.mark.parametrize("dtype", [None, DType.float32, DType.int64, DType.bool])
+def test_eye_like(k, dtype):
+    out = dtype or DType.int32
+    attrs = (("k", k),) + ((("dtype", dtype.onnx_code),) if dtype else ())
+    compiled, graph = _compiled("EyeLike", (("x", DType.int32, (N, M)),), (("y", out, (N, M)),), attrs)
+    for shape in [(3, 4), (5, 2), (0, 3), (1, 1)]:
+        _check(compiled, graph, {"x": np.zeros(shape, np.int32)})

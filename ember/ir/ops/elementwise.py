@@ -156,6 +156,8 @@ standard_op("IsNaN", infer=_bool_like)
 standard_op("IsInf", infer=_bool_like)
 standard_op("Where", infer=_where)
 standard_op("Dropout", infer=same_shape())
+standard_op("BitCast")
+standard_op("EyeLike")
 
 
 # -- Kernel IR lowerings ----------------------------------------------------------------
@@ -241,9 +243,17 @@ def _lower_binary(op: str):
 
 
 def _lower_pow(ctx, node, ins):
-    if ins[0].dtype not in FLOATS:
-        raise NotLowerable("integer Pow")
-    return [pointwise(ctx, node, ins, lambda x, y: x.op("pow", y.cast(x.dtype)))]
+    x, y = ins
+    if x.dtype in FLOATS:
+        return [pointwise(ctx, node, ins, lambda x, y: x.op("pow", y.cast(x.dtype)))]
+    if x.dtype in KERNEL_FLOATS:
+        raise NotLowerable(f"Pow on {x.dtype.name}")
+    if y.dtype in FLOATS:  # numpy: int ** float computes in float64, then casts back
+        return [pointwise(ctx, node, ins, lambda x, y: x.cast(DType.float64).op("pow", y.cast(DType.float64)))]
+    if y.dtype in KERNEL_FLOATS or {x.dtype, y.dtype} & {DType.bool, DType.uint16, DType.uint32, DType.uint64}:
+        raise NotLowerable(f"Pow of {x.dtype.name} by {y.dtype.name} (torch has no such pow)")
+    # integers: exact, wrapping like numpy's (torch squares and multiplies in the wider type)
+    return ctx.extern("integer_pow", [x, y], [out_type(node)], where=node.describe())
 
 
 def _lower_mod(ctx, node, ins):
@@ -330,3 +340,27 @@ def _lower_hardmax(ctx, node, ins):
     if x.dtype not in FLOATS:
         raise NotLowerable("not float")
     return ctx.extern("hardmax", [x], [out_type(node)], axis=normalize_axis(attrs(node)["axis"], len(x.shape)))
+
+
+@register_lowering("BitCast")
+def _lower_bitcast(ctx, node, ins):
+    """The same bytes read as another dtype of the same width (torch's view)."""
+    dtype, shape = out_type(node)
+    if ins[0].dtype.numpy.itemsize != dtype.numpy.itemsize:
+        raise NotLowerable("different widths")
+    return ctx.extern("bitcast", [ins[0]], [(dtype, shape)])
+
+
+@register_lowering("EyeLike")
+def _lower_eye_like(ctx, node, ins):
+    """1 on the k-th diagonal, 0 elsewhere."""
+    dtype, shape = out_type(node)
+    if len(shape) != 2:
+        raise NotLowerable("not 2-d")
+    k = attrs(node)["k"]
+
+    def eye(b, index):
+        on = V(b, b.index(index[1] - index[0]), DType.int64).eq(k, dtype=DType.bool)
+        return on.where(V(b, b.const(1, dtype), dtype), 0).name
+
+    return [ctx.pointwise(shape, dtype, eye)]
