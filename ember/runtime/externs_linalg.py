@@ -151,3 +151,61 @@ def integer_pow(params, x, y, out):
 @extern("bitcast")
 def bitcast(params, x, y):
     y.copy_(x.view(y.dtype))
+
+
+# -- integer and quantized matmul / conv --------------------------------------------------------
+def _centered(x, zero, per_channel: bool = False):
+    """x - zero point, exactly, in int64 (a zero point per output channel of a filter
+    broadcasts over the filter's other axes)."""
+    x = x.to(torch.int64)
+    if zero is None:
+        return x
+    zero = zero.to(torch.int64)
+    if per_channel and zero.numel() > 1:
+        return x - zero.reshape(-1, *[1] * (x.dim() - 1))
+    return x - zero.reshape(())
+
+
+def _requantize(acc, x_scale, w_scale, y_scale, y_zero, y):
+    """The int32 accumulator scaled as the reference does (the scales multiplied in their
+    own dtype, the product applied in float64), plus the zero point, rounded half to
+    even, clipped to y's range."""
+    scale = x_scale.reshape(()) * w_scale / y_scale.reshape(())
+    if scale.numel() > 1:  # one per output channel: axis 1 of the result
+        scale = scale.reshape(-1, *[1] * (acc.dim() - 2))
+    else:
+        scale = scale.reshape(())
+    d = acc.to(torch.float64) * scale.to(torch.float64) + y_zero.reshape(()).to(torch.float64)
+    info = torch.iinfo(y.dtype)
+    y.copy_(torch.round(d).clamp_(info.min, info.max))
+
+
+@extern("integer_matmul")
+def integer_matmul(params, a, b, a_zero, b_zero, *rest):
+    """MatMulInteger (int32 out) or QLinearMatMul (requantized to the output zero point's dtype)."""
+    *scales, y = rest
+    acc = torch.matmul(_centered(a, a_zero), _centered(b, b_zero)).to(torch.int32)  # int32 wraps
+    if not scales:
+        y.copy_(acc)
+        return
+    a_scale, b_scale, y_scale, y_zero = scales
+    _requantize(acc, a_scale, b_scale.reshape(()), y_scale, y_zero, y)
+
+
+@extern("integer_conv")
+def integer_conv(params, x, w, x_zero, w_zero, bias, x_scale, w_scale, y_scale, y_zero, y):
+    """ConvInteger (int32 out) or QLinearConv (requantized): the convolution of the
+    centered integers in float64, exact, through the float conv extern."""
+    from .externs import conv
+
+    xc = _centered(x, x_zero).to(torch.float64)
+    wc = _centered(w, w_zero, per_channel=True).to(torch.float64)
+    acc = conv({**params["conv"], "activation": ""}, xc, wc, None, None, None)
+    acc = acc.to(torch.int64).to(torch.int32)
+    if bias is not None:
+        acc = acc + bias.reshape(-1, *[1] * (acc.dim() - 2)).to(torch.int32)
+    if x_scale is None:
+        y.copy_(acc)
+        return
+    _requantize(acc, x_scale, w_scale.reshape(-1) if w_scale.numel() > 1 else w_scale.reshape(()), y_scale,
+                y_zero, y)

@@ -230,3 +230,63 @@ def test_eye_like(k, dtype):
     compiled, graph = _compiled("EyeLike", (("x", DType.int32, (N, M)),), (("y", out, (N, M)),), attrs)
     for shape in [(3, 4), (5, 2), (0, 3), (1, 1)]:
         _check(compiled, graph, {"x": np.zeros(shape, np.int32)})
+
+
+def _ints(dtype, shape):
+    info = np.iinfo(dtype.numpy)
+    return hnp.arrays(dtype.numpy, shape, elements=st.integers(info.min, info.max))
+
+
+@pytest.mark.parametrize("dtype", [DType.uint8, DType.int8])
+@SETTINGS
+@given(data=st.data())
+def test_matmul_integer_is_exact(data, dtype):
+    compiled, graph = _compiled("MatMulInteger", (("a", dtype, (2, N, 5)), ("b", dtype, (5, M)), ("az", dtype, (1,)),
+                                                  ("bz", dtype, ())), (("y", DType.int32, (2, N, M)),))
+    n, m = data.draw(st.integers(0, 4)), data.draw(st.integers(1, 4))
+    feeds = {"a": data.draw(_ints(dtype, (2, n, 5))), "b": data.draw(_ints(dtype, (5, m))),
+             "az": data.draw(_ints(dtype, (1,))), "bz": data.draw(_ints(dtype, ()))}
+    _check(compiled, graph, feeds)
+
+
+@pytest.mark.parametrize("dtype", [DType.uint8, DType.int8])
+@pytest.mark.parametrize("scale_dtype", [DType.float32, DType.float16])
+@SETTINGS
+@given(data=st.data())
+def test_qlinear_matmul_requantizes_as_the_reference(data, dtype, scale_dtype):
+    one = (1,)
+    inputs = (("a", dtype, (N, 4)), ("as", scale_dtype, one), ("az", dtype, one), ("b", dtype, (4, M)),
+              ("bs", scale_dtype, one), ("bz", dtype, one), ("ys", scale_dtype, one), ("yz", dtype, one))
+    compiled, graph = _compiled("QLinearMatMul", inputs, (("y", dtype, (N, M)),))
+    n, m = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    scale = st.floats(2.0 ** -8, 2.0 ** 2, width=16 if scale_dtype == DType.float16 else 32)
+    feeds = {}
+    for name, d, shape in inputs:
+        shape = tuple({N: n, M: m}.get(s, s) for s in shape)
+        feeds[name] = (data.draw(hnp.arrays(d.numpy, shape, elements=scale)) if d == scale_dtype
+                       else data.draw(_ints(d, shape)))
+    _check(compiled, graph, feeds)
+
+
+@pytest.mark.parametrize("op", ["ConvInteger", "QLinearConv"])
+@SETTINGS
+@given(data=st.data())
+def test_integer_convolutions_are_exact(data, op):
+    u8, f32 = DType.uint8, DType.float32
+    c_out, pad, stride = data.draw(st.integers(1, 3)), data.draw(st.integers(0, 1)), data.draw(st.integers(1, 2))
+    per_channel = data.draw(st.booleans())
+    w_param = (c_out,) if per_channel else ()
+    h = data.draw(st.integers(2, 6))
+    out = (h + 2 * pad - 2) // stride + 1
+    attrs = (("pads", (pad,) * 4), ("strides", (stride, stride)))
+    if op == "ConvInteger":
+        inputs = (("x", u8, (1, 2, h, h)), ("w", u8, (c_out, 2, 2, 2)), ("xz", u8, ()), ("wz", u8, w_param))
+        y = DType.int32
+    else:
+        inputs = (("x", u8, (1, 2, h, h)), ("xs", f32, ()), ("xz", u8, ()), ("w", u8, (c_out, 2, 2, 2)),
+                  ("ws", f32, w_param), ("wz", u8, w_param), ("ys", f32, ()), ("yz", u8, ()))
+        y = u8
+    compiled, graph = _compiled(op, inputs, (("y", y, (1, c_out, out, out)),), attrs)
+    feeds = {name: (data.draw(hnp.arrays(np.float32, shape, elements=st.floats(2.0 ** -8, 2.0 ** 2, width=32)))
+                    if d == f32 else data.draw(_ints(d, shape))) for name, d, shape in inputs}
+    _check(compiled, graph, feeds)
