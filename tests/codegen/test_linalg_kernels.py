@@ -290,3 +290,20 @@ def test_integer_convolutions_are_exact(data, op):
     feeds = {name: (data.draw(hnp.arrays(np.float32, shape, elements=st.floats(2.0 ** -8, 2.0 ** 2, width=32)))
                     if d == f32 else data.draw(_ints(d, shape))) for name, d, shape in inputs}
     _check(compiled, graph, feeds)
+
+
+# -- reductions and normalizations -----------------------------------------------------------
+@pytest.mark.parametrize("axes, keepdims", [((1,), 1), ((0, 2), 0), ((-1,), 1)])
+@SETTINGS
+@given(data=st.data())
+def test_reduce_log_sum_exp(data, axes, keepdims):
+    shape = (3, N, 2)
+    out = tuple(1 if a in [x % 3 for x in axes] else d for a, d in enumerate(shape)
+                if keepdims or a not in [x % 3 for x in axes])
+    consts = ((1, np.array(axes, np.int64).tobytes(), np.int64, (len(axes),)),)
+    compiled, graph = _compiled("ReduceLogSumExp", (("x", DType.float64, shape),), (("y", DType.float64, out),),
+                                (("keepdims", keepdims),), consts)
+    n = data.draw(st.integers(0, 5))  # 0: an empty reduction gives -inf
+    special = st.sampled_from([np.inf, -np.inf, np.nan, 800.0, -800.0])
+    x = data.draw(hnp.arrays(np.float64, (3, n, 2), elements=st.one_of(st.floats(-50, 50), special)))
+    _check(compiled, graph, {"x": x}, rtol=1e-12, atol=1e-12)

@@ -116,8 +116,26 @@ def _axes_from_shapes(in_shape, out_shape, keepdims: int) -> list[int] | None:
     return choices[0] if len(choices) == 1 else None
 
 
+def _log_sum_exp_stages(ctx, x, dtype):
+    """The reference's log-sum-exp: m = max over the finite elements (infinities count as
+    -inf), then log(sum(exp(x - m))) + m; an empty row gives -inf."""
+    def stages(Stage, full, out, store_index):
+        b0 = ctx.body()
+        v = V(b0, x.load(b0, full), x.dtype)
+        finite = v.isinf(dtype=DType.bool).where(float("-inf"), v)
+        b1 = ctx.body()
+        m1 = V(b1, b1.acc("acc_max", x.dtype), x.dtype)
+        e = (V(b1, x.load(b1, full), x.dtype) - m1).exp()
+        b2 = ctx.body()
+        total = V(b2, b2.acc("acc_sum", x.dtype), x.dtype).log() + V(b2, b2.acc("acc_max", x.dtype), x.dtype)
+        b2.store(out, store_index, total.cast(dtype).name)
+        return [Stage("reduce", b0, value=finite.name, reduce="max", acc="acc_max", acc_dtype=x.dtype),
+                Stage("reduce", b1, value=e.name, reduce="sum", acc="acc_sum", acc_dtype=x.dtype), Stage("row", b2)]
+    return stages
+
+
 def _lower_reduce(op: str):
-    transform, how, finish = _REDUCE[op]
+    transform, how, finish = _REDUCE.get(op, (None, "logsumexp", None))
 
     def lower(ctx, node, ins):
         x = ins[0]
@@ -137,8 +155,10 @@ def _lower_reduce(op: str):
                 return [ctx.pointwise(x.shape, x.dtype, lambda b, i: x.load(b, i), cost=x.cost)]
             axes = list(range(rank))
         axes = {normalize_axis(v, rank) for v in axes}
-        if any(x.shape[i] == 0 for i in axes) or (op in ("ReduceL2", "ReduceLogSum", "ReduceMean")
-                                                   and x.dtype not in KERNEL_FLOATS):
+        if op == "ReduceLogSumExp" and x.dtype not in FLOATS:
+            raise NotLowerable(f"ReduceLogSumExp on {x.dtype.name}")
+        if (any(x.shape[i] == 0 for i in axes) and how != "logsumexp") or (
+                op in ("ReduceL2", "ReduceLogSum", "ReduceMean") and x.dtype not in KERNEL_FLOATS):
             raise NotLowerable("empty reduction, or integer result of a float formula")
         if x.dtype in KERNEL_FLOATS - FLOATS and how not in ("max", "min"):
             raise NotLowerable("a 16-bit float sum or product (numpy rounds it its own way)")
@@ -146,14 +166,18 @@ def _lower_reduce(op: str):
         out = ctx.new_buffer("reduce", dtype, out_shape)
         acc_dtype = x.dtype
 
+        def out_index(xv):
+            xs = iter(xv)
+            return tuple(0 if i in axes else next(xs) for i in range(rank)) if a["keepdims"] else tuple(xv)
+
         def stages(Stage, full, xv, n):
+            if how == "logsumexp":
+                return _log_sum_exp_stages(ctx, x, dtype)(Stage, full, out, out_index(xv))
             b0 = ctx.body()
             v = transform(V(b0, x.load(b0, full), x.dtype))
             b1 = ctx.body()
             s = finish(V(b1, b1.acc("acc", acc_dtype), acc_dtype), V(b1, b1.index(n, acc_dtype), acc_dtype))
-            xs = iter(xv)
-            out_index = tuple(0 if i in axes else next(xs) for i in range(rank)) if a["keepdims"] else tuple(xv)
-            b1.store(out, out_index, s.cast(dtype).name)
+            b1.store(out, out_index(xv), s.cast(dtype).name)
             return [Stage("reduce", b0, value=v.name, reduce=how, acc="acc", acc_dtype=acc_dtype), Stage("row", b1)]
 
         reduce_kernel(ctx, op, x.shape, axes, stages)
@@ -208,7 +232,7 @@ register_lowering("LayerNormalization")(_lower_layernorm)
 register_lowering("RMSNormalization")(_lower_rmsnorm)
 register_lowering("Softmax")(_lower_softmax(False))
 register_lowering("LogSoftmax")(_lower_softmax(True))
-for _op in _REDUCE:
+for _op in [*_REDUCE, "ReduceLogSumExp"]:
     register_lowering(_op)(_lower_reduce(_op))
 for _op, _how in (("ArgMax", "max"), ("ArgMin", "min")):
     standard_op(_op)
