@@ -307,3 +307,69 @@ def test_reduce_log_sum_exp(data, axes, keepdims):
     special = st.sampled_from([np.inf, -np.inf, np.nan, 800.0, -800.0])
     x = data.draw(hnp.arrays(np.float64, (3, n, 2), elements=st.one_of(st.floats(-50, 50), special)))
     _check(compiled, graph, {"x": x}, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@SETTINGS
+@given(data=st.data())
+def test_lp_normalization(data, p, axis):
+    compiled, graph = _compiled("LpNormalization", (("x", DType.float32, (N, 3)),), (("y", DType.float32, (N, 3)),),
+                                (("p", p), ("axis", axis)))
+    x = data.draw(hnp.arrays(np.float32, (data.draw(st.integers(0, 5)), 3),
+                             elements=st.sampled_from([0.0, 1.0, -2.0, 3.5, -0.25])))  # zero norms too
+    _check(compiled, graph, {"x": x}, rtol=1e-6, atol=1e-7)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_instance_normalization(data):
+    compiled, graph = _compiled("InstanceNormalization", (("x", DType.float32, (N, 3, M, 2)), ("s", DType.float32, (3,)),
+                                                          ("b", DType.float32, (3,))),
+                                (("y", DType.float32, (N, 3, M, 2)),), (("epsilon", 1e-3),))
+    n, m = data.draw(st.integers(0, 3)), data.draw(st.integers(1, 4))
+    feeds = {"x": data.draw(hnp.arrays(np.float32, (n, 3, m, 2), elements=st.floats(-10, 10, width=32))),
+             "s": data.draw(hnp.arrays(np.float32, (3,), elements=st.floats(-2, 2, width=32))),
+             "b": data.draw(hnp.arrays(np.float32, (3,), elements=st.floats(-2, 2, width=32)))}
+    _check(compiled, graph, feeds, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("axes", [(0, 2, 3), (1,), (2, 3)])
+@SETTINGS
+@given(data=st.data())
+def test_mean_variance_normalization(data, axes):
+    compiled, graph = _compiled("MeanVarianceNormalization", (("x", DType.float32, (2, 3, N, 2)),),
+                                (("y", DType.float32, (2, 3, N, 2)),), (("axes", axes),))
+    # E[x^2] - E[x]^2 cancels, so the sums' order would show: integer values sum exactly in any order
+    x = data.draw(hnp.arrays(np.float32, (2, 3, data.draw(st.integers(1, 4)), 2), elements=st.integers(-4, 4).map(float)))
+    _check(compiled, graph, {"x": x}, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+@SETTINGS
+@given(data=st.data())
+def test_lrn_sums_a_window_of_channels(data, size):
+    compiled, graph = _compiled("LRN", (("x", DType.float32, (N, 4, M, 2)),), (("y", DType.float32, (N, 4, M, 2)),),
+                                (("size", size), ("alpha", 0.5), ("beta", 0.75), ("bias", 1.5)))
+    x = data.draw(hnp.arrays(np.float32, (data.draw(st.integers(0, 3)), 4, data.draw(st.integers(1, 3)), 2),
+                             elements=st.floats(-3, 3, width=32)))
+    _check(compiled, graph, {"x": x}, rtol=1e-5, atol=1e-6)
+
+
+def test_lrn_and_lp_normalization_references_agree_with_onnx_where_it_follows_the_spec():
+    """ember's references fix two slips of onnx.reference (LRN windows only the first N
+    channels; L1 norms sum x, not |x|); where those do not show, they agree with it."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(0)
+    for op, attrs, x in [("LRN", {"size": 3, "alpha": 0.5, "beta": 0.75, "bias": 1.5},
+                          rng.standard_normal((4, 4, 2, 2)).astype(np.float32)),
+                         ("LpNormalization", {"p": 1, "axis": 1}, rng.random((3, 4)).astype(np.float32))]:
+        proto = helper.make_model(helper.make_graph([helper.make_node(op, ["x"], ["y"], **attrs)], "g",
+                                                    [helper.make_tensor_value_info("x", 1, x.shape)],
+                                                    [helper.make_tensor_value_info("y", 1, x.shape)]))
+        compiled, graph = _compiled(op, (("x", DType.float32, x.shape),), (("y", DType.float32, x.shape),),
+                                    tuple(attrs.items()))
+        want = ReferenceEvaluator(proto).run(None, {"x": x})[0]
+        np.testing.assert_allclose(evaluate(copy.deepcopy(graph), {"x": x})["y"], want, rtol=1e-6)
