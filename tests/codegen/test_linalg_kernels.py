@@ -373,3 +373,54 @@ def test_lrn_and_lp_normalization_references_agree_with_onnx_where_it_follows_th
                                     tuple(attrs.items()))
         want = ReferenceEvaluator(proto).run(None, {"x": x})[0]
         np.testing.assert_allclose(evaluate(copy.deepcopy(graph), {"x": x})["y"], want, rtol=1e-6)
+
+
+# -- index remaps -----------------------------------------------------------------------------
+@pytest.mark.parametrize("batch_dims, k", [(0, 1), (0, 2), (1, 1)])
+@SETTINGS
+@given(data=st.data())
+def test_gather_nd(data, batch_dims, k):
+    dshape = (2, 3, 4)
+    n = data.draw(st.integers(0, 3))
+    ishape = (2, n, k) if batch_dims else (n, k)
+    out = (*ishape[:-1], *dshape[batch_dims + k:])
+    compiled, graph = _compiled("GatherND", (("x", DType.float32, dshape), ("i", DType.int64, ishape)),
+                                (("y", DType.float32, out),), (("batch_dims", batch_dims),))
+    x = np.arange(24, dtype=np.float32).reshape(dshape)
+    bounds = [dshape[batch_dims + j] for j in range(k)]
+    i = np.stack([data.draw(hnp.arrays(np.int64, ishape[:-1], elements=st.integers(-d, d - 1))) for d in bounds], -1)
+    _check(compiled, graph, {"x": x, "i": i})
+
+
+@pytest.mark.parametrize("batch_axis, time_axis", [(0, 1), (1, 0)])
+@SETTINGS
+@given(data=st.data())
+def test_reverse_sequence(data, batch_axis, time_axis):
+    steps, batch = data.draw(st.integers(1, 5)), 3
+    shape = [0, 0, 2]
+    shape[batch_axis], shape[time_axis] = batch, steps
+    compiled, graph = _compiled("ReverseSequence", (("x", DType.int32, tuple(shape)), ("n", DType.int64, (batch,))),
+                                (("y", DType.int32, tuple(shape)),),
+                                (("batch_axis", batch_axis), ("time_axis", time_axis)))
+    x = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    lens = data.draw(hnp.arrays(np.int64, (batch,), elements=st.integers(-steps - 1, steps + 1)))
+    _check(compiled, graph, {"x": x, "n": lens})
+
+
+@pytest.mark.parametrize("mode", ["linear", "circular"])
+@SETTINGS
+@given(data=st.data())
+def test_tensor_scatter(data, mode):
+    cache, length = data.draw(st.integers(1, 5)), data.draw(st.integers(0, 3))
+    length = min(length, cache)
+    compiled, graph = _compiled("TensorScatter", (("past", DType.float32, (2, 3, cache, 2)),
+                                                  ("new", DType.float32, (2, 3, length, 2)), ("w", DType.int64, (2,))),
+                                (("y", DType.float32, (2, 3, cache, 2)),), (("mode", mode),))
+    past = np.arange(12 * cache, dtype=np.float32).reshape(2, 3, cache, 2)
+    new = -1 - np.arange(12 * length, dtype=np.float32).reshape(2, 3, length, 2)
+    top = cache - length if mode == "linear" else 3 * cache
+    w = data.draw(hnp.arrays(np.int64, (2,), elements=st.integers(-cache if mode == "linear" else 0, top)))
+    _check(compiled, graph, {"past": past, "new": new, "w": w})
+    if mode == "linear":
+        with pytest.raises(ember.ExecutionError, match="write_indices"):
+            compiled.run({"past": past, "new": new, "w": np.array([0, cache - length + 1], np.int64)})
