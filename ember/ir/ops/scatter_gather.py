@@ -5,7 +5,6 @@ positions are checked when it runs where the reference would fail."""
 
 from __future__ import annotations
 
-
 from ..dtypes import DType
 from ._lowering import NotLowerable, V, attrs, out_type, register_lowering
 from ._symbolic import normalize_axis
