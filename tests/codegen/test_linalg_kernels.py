@@ -24,11 +24,15 @@ N, M = symbol("n"), symbol("m")
 HALVES = [DType.float16, DType.bfloat16]
 
 
-def _check(compiled, graph, feeds, rtol=0.0, atol=0.0):
+def _check(compiled, graph, feeds, rtol=0.0, atol=0.0, declared_dtypes=False):
     """The compiled outputs against the reference's: the same dtype and shape, values
-    within rtol/atol (0: exactly, NaN where the reference has NaN)."""
+    within rtol/atol (0: exactly, NaN where the reference has NaN). declared_dtypes:
+    the reference's results are first cast to the graph's declared output dtypes (a
+    reference that computes in a wider type than it declares)."""
     want = evaluate(copy.deepcopy(graph), feeds)
     got = compiled.run(feeds)
+    if declared_dtypes:
+        want = {v.name: want[v.name].astype(v.type.dtype.numpy) for v in graph.outputs}
     for name in want:
         assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
         g, w = got[name], want[name]
@@ -424,3 +428,56 @@ def test_tensor_scatter(data, mode):
     if mode == "linear":
         with pytest.raises(ember.ExecutionError, match="write_indices"):
             compiled.run({"past": past, "new": new, "w": np.array([0, cache - length + 1], np.int64)})
+
+
+# -- optimizer steps, ai.onnx.ml --------------------------------------------------------------
+OPTIMIZERS = {"Adagrad": ("G", "H"), "Adam": ("G", "V", "H"), "Momentum": ("G", "V")}
+
+
+@pytest.mark.parametrize("op, attrs", [
+    ("Adagrad", (("decay_factor", 0.1), ("epsilon", 1e-5), ("norm_coefficient", 0.001))),
+    ("Adam", (("alpha", 0.95), ("beta", 0.85), ("epsilon", 1e-2), ("norm_coefficient", 0.001),
+              ("norm_coefficient_post", 0.01))),
+    ("Momentum", (("alpha", 0.95), ("beta", 0.85), ("mode", "standard"), ("norm_coefficient", 0.001))),
+    ("Momentum", (("alpha", 0.9), ("beta", 1.0), ("mode", "nesterov"), ("norm_coefficient", 0.01)))])
+@SETTINGS
+@given(data=st.data())
+def test_optimizer_steps(data, op, attrs):
+    n = data.draw(st.integers(1, 2))  # tensors updated at once
+    shapes = [(data.draw(st.integers(0, 3)),) for _ in range(n)]
+    kinds = ("X", *OPTIMIZERS[op])
+    inputs = [("R", DType.float32, ()), ("T", DType.int64, ())]
+    inputs += [(f"{kind}{k}", DType.float32, shapes[k]) for kind in kinds for k in range(n)]
+    outputs = tuple((f"{kind}{k}_new", DType.float32, shapes[k]) for kind in ("X", *OPTIMIZERS[op][1:])
+                    for k in range(n))
+    compiled, graph = _compiled(f"ai.onnx.preview.training.{op}", tuple(inputs), outputs, attrs)
+    feeds = {"R": np.float32(data.draw(st.floats(0.01, 1))), "T": np.int64(data.draw(st.integers(0, 3)))}
+    for name, _, shape in inputs[2:]:
+        low = 0 if name.startswith("H") else -2  # squared-gradient accumulators are not negative
+        feeds[name] = data.draw(hnp.arrays(np.float32, shape, elements=st.floats(low, 2, width=32)))
+    # (onnx.reference's Adam of one tensor returns float64)
+    _check(compiled, graph, feeds, rtol=1e-5, atol=1e-6, declared_dtypes=True)
+
+
+@SETTINGS
+@given(data=st.data(), threshold=st.sampled_from([0.0, 1.0, -0.5]))
+def test_binarizer(data, threshold):
+    compiled, graph = _compiled("ai.onnx.ml.Binarizer", (("x", DType.float32, (N,)),), (("y", DType.float32, (N,)),),
+                                (("threshold", threshold),))
+    x = data.draw(hnp.arrays(np.float32, (data.draw(st.integers(0, 9)),),
+                             elements=st.sampled_from([0.0, 1.0, -0.5, 2.0, np.nan, -np.inf])))
+    _check(compiled, graph, {"x": x})
+
+
+@pytest.mark.parametrize("x_shape, i_shape", [((3, 4), (2,)), ((2, 3, 4), (1, 3)), ((4,), (2,)), ((3, 4), (2, 2))])
+@SETTINGS
+@given(data=st.data())
+def test_array_feature_extractor(data, x_shape, i_shape):
+    count = int(np.prod(i_shape))
+    out = (1, count) if len(x_shape) == 1 else (*x_shape[:-1], count)
+    compiled, graph = _compiled("ai.onnx.ml.ArrayFeatureExtractor", (("x", DType.float32, x_shape),
+                                                                      ("i", DType.int64, i_shape)),
+                                (("y", DType.float32, out),))
+    x = np.arange(np.prod(x_shape), dtype=np.float32).reshape(x_shape)
+    i = data.draw(hnp.arrays(np.int64, i_shape, elements=st.integers(-x_shape[-1], x_shape[-1] - 1)))
+    _check(compiled, graph, {"x": x, "i": i})
