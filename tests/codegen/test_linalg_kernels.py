@@ -481,3 +481,27 @@ def test_array_feature_extractor(data, x_shape, i_shape):
     x = np.arange(np.prod(x_shape), dtype=np.float32).reshape(x_shape)
     i = data.draw(hnp.arrays(np.int64, i_shape, elements=st.integers(-x_shape[-1], x_shape[-1] - 1)))
     _check(compiled, graph, {"x": x, "i": i})
+
+
+@SETTINGS
+@given(data=st.data(), momentum=st.sampled_from([0.9, 0.5]))
+def test_batch_normalization_in_training_mode(data, momentum):
+    f32, c = DType.float32, (3,)
+    compiled, graph = _compiled("BatchNormalization", (("x", f32, (N, 3, M)), ("s", f32, c), ("b", f32, c),
+                                                       ("mean", f32, c), ("var", f32, c)),
+                                (("y", f32, (N, 3, M)), ("running_mean", f32, c), ("running_var", f32, c)),
+                                (("training_mode", 1), ("momentum", momentum), ("epsilon", 1e-3)))
+    n, m = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+    feeds = {"x": data.draw(hnp.arrays(np.float32, (n, 3, m), elements=st.floats(-5, 5, width=32)))}
+    for name in ("s", "b", "mean", "var"):
+        feeds[name] = data.draw(hnp.arrays(np.float32, c, elements=st.floats(0, 2, width=32)))
+    _check(compiled, graph, feeds, rtol=1e-4, atol=1e-4)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_det(data):
+    k = data.draw(st.integers(1, 4))
+    compiled, graph = _compiled("Det", (("x", DType.float64, (N, k, k)),), (("y", DType.float64, (N,)),))
+    x = data.draw(hnp.arrays(np.float64, (data.draw(st.integers(0, 3)), k, k), elements=st.floats(-3, 3)))
+    _check(compiled, graph, {"x": x}, rtol=1e-9, atol=1e-9)

@@ -65,3 +65,15 @@ def _lower_einsum(ctx, node, ins):
     if not ins or any(r is None or r.dtype not in KERNEL_FLOATS or r.dtype != ins[0].dtype for r in ins):
         raise NotLowerable("not float")
     return ctx.extern("einsum", list(ins), [out_type(node)], equation=attrs(node)["equation"])
+
+
+standard_op("Det")
+
+
+@register_lowering("Det")
+def _lower_det(ctx, node, ins):
+    """LU factorization in torch (LAPACK's getrf, as numpy's det)."""
+    (x,) = ins
+    if x.dtype not in FLOATS or len(x.shape) < 2:
+        raise NotLowerable("not float matrices")
+    return ctx.extern("det", [x], [out_type(node)])

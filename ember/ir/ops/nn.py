@@ -203,6 +203,8 @@ def _lower_global_pool(kind: str):
 
 
 def _lower_batchnorm(ctx, node, ins):
+    if attrs(node)["training_mode"]:
+        return _lower_batchnorm_training(ctx, node, ins)
     if len([v for v in node.outputs if v is not None]) > 1 or ins[0].dtype not in FLOATS:
         raise NotLowerable("training mode outputs, or not float")
     eps = float(attrs(node)["epsilon"])
@@ -215,6 +217,49 @@ def _lower_batchnorm(ctx, node, ins):
         s, bb, m, vv = (V(b, r.load(b, c), r.dtype).cast(dtype) for r in (scale, bias, mean, var))
         return ((v - m) * (vv + eps).rsqrt() * s + bb).name
     return [ctx.pointwise(shape, dtype, load, cost=6 + x.cost)]
+
+
+def _lower_batchnorm_training(ctx, node, ins):
+    """Training mode: normalized with the batch's statistics (mean and biased variance
+    over every axis but the channels'); the running mean and variance outputs blend
+    them into the inputs' by `momentum`."""
+    from ...codegen.lowering import TensorRef
+    from ._lowering import reduce_kernel
+
+    x, scale, bias, mean, var = ins
+    if x.dtype not in FLOATS or len(x.shape) < 2 or any(r.dtype != x.dtype for r in ins):
+        raise NotLowerable("not float, or fewer than 2 dims")
+    a = attrs(node)
+    eps, momentum = float(a["epsilon"]), float(a["momentum"])
+    dtype, shape = out_type(node)
+    y = ctx.new_buffer("batchnorm", dtype, shape)
+    stats = [ctx.new_buffer(v.name, *out_type(node, i)) if v is not None else None
+             for i, v in enumerate(node.outputs) if i > 0]
+
+    def stages(Stage, full, xv, n):
+        c = (full[1],)
+        b0, b1, b2, b3 = ctx.body(), ctx.body(), ctx.body(), ctx.body()
+
+        def batch_mean(b):
+            return V(b, b.acc("acc_sum", dtype), dtype) / V(b, b.index(n, dtype), dtype)
+
+        d1 = V(b1, x.load(b1, full), dtype) - batch_mean(b1)
+        batch_var = V(b2, b2.acc("acc_var", dtype), dtype) / V(b2, b2.index(n, dtype), dtype)
+        for buf, running, batch in zip(stats, (mean, var), (batch_mean(b2), batch_var)):
+            if buf is not None:
+                blend = V(b2, running.load(b2, (xv[0],)), dtype) * momentum + batch * (1 - momentum)
+                b2.store(buf, (xv[0],), blend.name)
+        var3 = V(b3, b3.acc("acc_var", dtype), dtype) / V(b3, b3.index(n, dtype), dtype)
+        s, bb = (V(b3, r.load(b3, c), dtype) for r in (scale, bias))
+        out = s * (V(b3, x.load(b3, full), dtype) - batch_mean(b3)) / (var3 + eps).sqrt() + bb
+        b3.store(y, full, out.name)
+        return [Stage("reduce", b0, value=x.load(b0, full), reduce="sum", acc="acc_sum", acc_dtype=dtype),
+                Stage("reduce", b1, value=(d1 * d1).name, reduce="sum", acc="acc_var", acc_dtype=dtype),
+                Stage("row", b2), Stage("loop", b3)]
+
+    reduce_kernel(ctx, node.op, shape, {a for a in range(len(shape)) if a != 1}, stages)
+    return [TensorRef(dtype, shape, buffer=y)] + [TensorRef(b.dtype, b.shape, buffer=b) if b is not None else None
+                                                   for b in stats]
 
 
 register_lowering("Conv")(lower_conv)
