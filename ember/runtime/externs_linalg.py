@@ -214,3 +214,17 @@ def integer_conv(params, x, w, x_zero, w_zero, bias, x_scale, w_scale, y_scale, 
 @extern("det")
 def det(params, x, y):
     y.copy_(torch.linalg.det(x))
+
+
+# -- 16-bit floats --------------------------------------------------------------------------
+@extern("conv16")
+def conv16(params, x, w, bias, total, y):
+    """A float16/bfloat16 convolution (and ember.Conv's epilogue) in float32, rounded once
+    into y."""
+    from .externs import conv
+
+    def wide(t):
+        return None if t is None else t.float()
+
+    params = {k: v for k, v in params.items() if k != "packed"}
+    y.copy_(conv(params, wide(x), wide(w), wide(bias), wide(total), None))

@@ -505,3 +505,17 @@ def test_det(data):
     compiled, graph = _compiled("Det", (("x", DType.float64, (N, k, k)),), (("y", DType.float64, (N,)),))
     x = data.draw(hnp.arrays(np.float64, (data.draw(st.integers(0, 3)), k, k), elements=st.floats(-3, 3)))
     _check(compiled, graph, {"x": x}, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", HALVES)
+@SETTINGS
+@given(data=st.data())
+def test_16bit_convolution_rounds_once(data, dtype):
+    pad, group = data.draw(st.integers(0, 1)), data.draw(st.sampled_from([1, 2]))
+    compiled, graph = _compiled("Conv", (("x", dtype, (N, 2, 6)), ("w", dtype, (4, 2 // group, 3)), ("b", dtype, (4,))),
+                                (("y", dtype, (N, 4, 4 + 2 * pad)),), (("pads", (pad, pad)), ("group", group)))
+    n = data.draw(st.integers(1, 2))
+    feeds = {"x": data.draw(_halves(dtype, (n, 2, 6))), "w": data.draw(_halves(dtype, (4, 2 // group, 3))),
+             "b": data.draw(_halves(dtype, (4,)))}
+    # float32 sums against the reference's float64: one 16-bit ulp apart at most
+    _check(compiled, graph, feeds, rtol=2 ** -7 if dtype == DType.bfloat16 else 2 ** -10, atol=1e-2)

@@ -13,6 +13,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..graph import Node
 from ._lowering import (
     FLOATS,
+    KERNEL_FLOATS,
     NotLowerable,
     V,
     attrs,
@@ -134,15 +135,17 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
     layout) as the conv extern. `node` is the plain Conv (sharing the fused node's output)."""
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
-    if x.dtype not in FLOATS or len(x.shape) not in (3, 4, 5):
+    if x.dtype not in KERNEL_FLOATS or len(x.shape) not in (3, 4, 5):
         raise NotLowerable("not a float 1-3d convolution")
+    # 16-bit floats: float32 in torch, rounded once (the reference accumulates wide too)
+    name = "conv" if x.dtype in FLOATS else "conv16"
     a = attrs(node)
     kernel = list(w.shape[2:])
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
     pads = _pads(a, _static_spatial(x, channels_last), kernel, strides, dilations)
     shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else tuple(x.shape)
-    return ctx.extern("conv", [x, w, bias, total], [out_type(node)],
+    return ctx.extern(name, [x, w, bias, total], [out_type(node)],
                       pads=[p for p, _ in pads] + [q for _, q in pads],
                       strides=list(strides), dilations=list(dilations), group=int(a["group"]), activation=activation,
                       channels_last=channels_last,
@@ -224,7 +227,6 @@ def _lower_batchnorm_training(ctx, node, ins):
     over every axis but the channels'); the running mean and variance outputs blend
     them into the inputs' by `momentum`."""
     from ...codegen.lowering import TensorRef
-    from ._lowering import reduce_kernel
 
     x, scale, bias, mean, var = ins
     if x.dtype not in FLOATS or len(x.shape) < 2 or any(r.dtype != x.dtype for r in ins):
