@@ -519,3 +519,16 @@ def test_16bit_convolution_rounds_once(data, dtype):
              "b": data.draw(_halves(dtype, (4,)))}
     # float32 sums against the reference's float64: one 16-bit ulp apart at most
     _check(compiled, graph, feeds, rtol=2 ** -7 if dtype == DType.bfloat16 else 2 ** -10, atol=1e-2)
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceProd", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2",
+                                "ReduceLogSum", "ReduceSumSquare", "ReduceMean"])
+@pytest.mark.parametrize("dtype", [DType.float32, DType.int64])
+def test_empty_reductions_give_the_fold_identity(op, dtype):
+    if dtype == DType.int64 and op in ("ReduceL2", "ReduceLogSum", "ReduceMean"):
+        return  # (a float formula: stays on the reference)
+    consts = ((1, np.array([1], np.int64).tobytes(), np.int64, (1,)),)
+    compiled, graph = _compiled(op, (("x", dtype, (2, N, 3)),), (("y", dtype, (2, 1, 3)),), (("keepdims", 1),), consts)
+    for n in (0, 2):
+        x = np.arange(6 * n).reshape(2, n, 3).astype(dtype.numpy)
+        _check(compiled, graph, {"x": x}, rtol=1e-6)

@@ -160,9 +160,9 @@ def _lower_reduce(op: str):
         axes = {normalize_axis(v, rank) for v in axes}
         if op == "ReduceLogSumExp" and x.dtype not in FLOATS:
             raise NotLowerable(f"ReduceLogSumExp on {x.dtype.name}")
-        if (any(x.shape[i] == 0 for i in axes) and how != "logsumexp") or (
-                op in ("ReduceL2", "ReduceLogSum", "ReduceMean") and x.dtype not in KERNEL_FLOATS):
-            raise NotLowerable("empty reduction, or integer result of a float formula")
+        # (an empty reduction gives the fold's identity, as the reference: 0, 1, -inf, inf)
+        if op in ("ReduceL2", "ReduceLogSum", "ReduceMean") and x.dtype not in KERNEL_FLOATS:
+            raise NotLowerable("integer result of a float formula")
         if x.dtype in KERNEL_FLOATS - FLOATS and how not in ("max", "min"):
             raise NotLowerable("a 16-bit float sum or product (numpy rounds it its own way)")
         dtype, out_shape = out_type(node)
