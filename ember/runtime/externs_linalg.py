@@ -228,3 +228,54 @@ def conv16(params, x, w, bias, total, y):
 
     params = {k: v for k, v in params.items() if k != "packed"}
     y.copy_(conv(params, wide(x), wide(w), wide(bias), wide(total), None))
+
+
+# -- ai.onnx.ml.TreeEnsemble ------------------------------------------------------------------
+_TREE_COMPARE = [torch.le, torch.lt, torch.ge, torch.gt, torch.eq, torch.ne]  # by mode; 6: set membership
+
+
+def _walk(params, x, root):
+    """(weight, target) of the leaf each row of x reaches from `root`, the whole batch at
+    once: each step moves every row still on a branch node by its node's test."""
+    p = {k: torch.tensor(params[k]) for k in ("modes", "features", "true_ids", "false_ids", "true_leafs",
+                                              "false_leafs", "missing")}
+    splits = torch.tensor(params["splits"], dtype=torch.float64)
+    width = max([len(m) for m in params["members"]] + [1])
+    members = torch.tensor([m + [float("nan")] * (width - len(m)) for m in params["members"]], dtype=torch.float64)
+    rows = torch.arange(x.shape[0])
+    degenerate = (params["true_leafs"][root] and params["false_leafs"][root]
+                  and params["true_ids"][root] == params["false_ids"][root])
+    at = torch.full((x.shape[0],), root)  # (a one-leaf tree: its leaf has the root's index)
+    leaf = torch.full((x.shape[0],), bool(degenerate))
+    for _ in range(len(params["modes"]) + 1):
+        if bool(leaf.all()):
+            break
+        node = torch.where(leaf, torch.zeros_like(at), at)
+        v = x[rows, p["features"][node]].to(torch.float64)
+        mode = p["modes"][node]
+        go_true = torch.zeros_like(leaf)
+        for m, compare in enumerate(_TREE_COMPARE):
+            go_true |= (mode == m) & compare(v, splits[node])
+        go_true |= (mode == 6) & (v[:, None] == members[node]).any(1)
+        go_true |= p["missing"][node].bool() & torch.isnan(v)
+        nxt = torch.where(go_true, p["true_ids"][node], p["false_ids"][node])
+        nxt_leaf = torch.where(go_true, p["true_leafs"][node], p["false_leafs"][node]).bool()
+        at = torch.where(leaf, at, nxt)
+        leaf = leaf | nxt_leaf
+    return torch.tensor(params["leaf_weights"], dtype=torch.float64)[at], torch.tensor(params["leaf_targets"])[at]
+
+
+@extern("tree_ensemble")
+def tree_ensemble(params, x, y):
+    """The reference's aggregation, tree by tree: sum, average (each weight / trees), min
+    or max per target, starting from 0 or the dtype's extreme."""
+    how, trees = params["aggregate"], len(params["roots"])
+    info = torch.finfo(y.dtype)
+    result = torch.full(y.shape, {0: 0.0, 1: 0.0, 2: info.max, 3: info.min}[how], dtype=torch.float64)
+    rows = torch.arange(x.shape[0])
+    for root in params["roots"]:
+        weight, target = _walk(params, x, root)
+        current = result[rows, target]
+        result[rows, target] = {0: lambda: current + weight / trees, 1: lambda: current + weight,
+                                2: lambda: torch.minimum(current, weight), 3: lambda: torch.maximum(current, weight)}[how]()
+    y.copy_(result)

@@ -532,3 +532,79 @@ def test_empty_reductions_give_the_fold_identity(op, dtype):
     for n in (0, 2):
         x = np.arange(6 * n).reshape(2, n, 3).astype(dtype.numpy)
         _check(compiled, graph, {"x": x}, rtol=1e-6)
+
+
+def _random_trees(data, features, n_targets):
+    """TreeEnsemble attributes for a few random trees (depth up to 3, every test mode)."""
+    nodes = {k: [] for k in ("modes", "splits", "features", "true_ids", "false_ids", "true_leafs", "false_leafs",
+                             "missing")}
+    leaves, weights, members = [], [], []
+
+    def leaf():
+        leaves.append(data.draw(st.integers(0, n_targets - 1)))
+        weights.append(data.draw(st.floats(-10, 10, width=32)))
+        return len(leaves) - 1, 1
+
+    def branch(depth):
+        if depth == 3 or (depth and data.draw(st.integers(0, 3)) == 0):  # (roots branch)
+            return leaf()
+        i = len(nodes["modes"])
+        mode = data.draw(st.integers(0, 6))
+        for key in nodes:
+            nodes[key].append(0)
+        nodes["modes"][i], nodes["features"][i] = mode, data.draw(st.integers(0, features - 1))
+        nodes["splits"][i] = data.draw(st.sampled_from([-1.0, 0.0, 0.5, 2.0])) if mode != 6 else float("nan")
+        nodes["missing"][i] = data.draw(st.integers(0, 1))
+        if mode == 6:
+            members.extend(data.draw(st.lists(st.sampled_from([-1.0, 0.5, 2.0, 3.0]), min_size=1, max_size=3)))
+            members.append(float("nan"))
+        nodes["true_ids"][i], nodes["true_leafs"][i] = branch(depth + 1)
+        nodes["false_ids"][i], nodes["false_leafs"][i] = branch(depth + 1)
+        return i, 0
+
+    roots = []
+    for _ in range(data.draw(st.integers(1, 3))):
+        roots.append(branch(0)[0])  # (one-leaf trees: see the test after this one)
+    attrs = {"nodes_modes": np.array(nodes["modes"], np.uint8), "nodes_splits": np.array(nodes["splits"], np.float32),
+             "nodes_featureids": nodes["features"], "nodes_truenodeids": nodes["true_ids"],
+             "nodes_falsenodeids": nodes["false_ids"], "nodes_trueleafs": nodes["true_leafs"],
+             "nodes_falseleafs": nodes["false_leafs"], "nodes_missing_value_tracks_true": nodes["missing"],
+             "leaf_targetids": leaves, "leaf_weights": np.array(weights, np.float32), "tree_roots": roots,
+             "n_targets": n_targets}
+    if members:
+        attrs["membership_values"] = np.array(members, np.float32)
+    return attrs
+
+
+@pytest.mark.parametrize("aggregate", [0, 1, 2, 3])
+@SETTINGS
+@given(data=st.data())
+def test_tree_ensemble(data, aggregate):
+    attrs = {**_random_trees(data, 2, 3), "aggregate_function": aggregate}
+    rows = data.draw(st.integers(1, 5))
+    g = Graph("g", inputs=[Value("x", TensorType(DType.float32, (rows, 2)))], opsets={"": 28, "ai.onnx.ml": 5})
+    g.outputs = g.add_node("ai.onnx.ml.TreeEnsemble", list(g.inputs), [Value("y", TensorType(DType.float32, (rows, 3)))],
+                           attrs).outputs
+    compiled = ember.compile(copy.deepcopy(g), opt_level=0)
+    assert compiled.stats.fallback_nodes == []
+    x = data.draw(hnp.arrays(np.float32, (rows, 2), elements=st.sampled_from([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0, np.nan])))
+    _check(compiled, g, {"x": x}, rtol=1e-6, atol=1e-5)
+
+
+def test_tree_ensemble_one_leaf_trees_read_the_leaf_at_the_root_index():
+    """A tree that is one leaf (a root whose both branches are that leaf): the reference
+    reads the leaf at the root's index, so a kernel runs only where that is the leaf named."""
+    def graph(leaf):
+        g = Graph("g", inputs=[Value("x", TensorType(DType.float32, (2, 1)))], opsets={"": 28, "ai.onnx.ml": 5})
+        attrs = {"nodes_modes": np.zeros(2, np.uint8), "nodes_splits": np.zeros(2, np.float32),
+                 "nodes_featureids": [0, 0], "nodes_truenodeids": [1, leaf], "nodes_falsenodeids": [0, leaf],
+                 "nodes_trueleafs": [1, 1], "nodes_falseleafs": [1, 1], "leaf_targetids": [0, 0],
+                 "leaf_weights": np.array([2.0, 5.0], np.float32), "tree_roots": [0, 1], "n_targets": 1,
+                 "aggregate_function": 1}
+        g.outputs = g.add_node("ai.onnx.ml.TreeEnsemble", list(g.inputs),
+                               [Value("y", TensorType(DType.float32, (2, 1)))], attrs).outputs
+        return g
+    compiled = ember.compile(copy.deepcopy(graph(1)), opt_level=0)
+    assert compiled.stats.fallback_nodes == []
+    _check(compiled, graph(1), {"x": np.array([[-1.0], [1.0]], np.float32)})
+    assert "one-leaf tree" in next(iter(lower_graph(graph(0)).fallback_reasons.values()))

@@ -1,5 +1,5 @@
-"""Optimizer steps of ai.onnx.preview.training (Adagrad, Adam, Momentum) and the small
-ai.onnx.ml ops Binarizer and ArrayFeatureExtractor. Schemas, type functions and
+"""Optimizer steps of ai.onnx.preview.training (Adagrad, Adam, Momentum) and the
+ai.onnx.ml ops Binarizer, ArrayFeatureExtractor and TreeEnsemble. Schemas, type functions and
 references are ONNX's. Each optimizer updates every tensor it is given elementwise,
 with the learning rate R and step count T as scalars: pointwise kernels, one per
 output, computing in float64 (the reference mixes float32 and float64) and rounding
@@ -14,7 +14,7 @@ from .onnx_standard import standard_op
 TRAINING = "ai.onnx.preview.training"
 for _op in ("Adagrad", "Adam", "Momentum"):
     standard_op(_op, TRAINING)
-for _op in ("Binarizer", "ArrayFeatureExtractor"):
+for _op in ("Binarizer", "ArrayFeatureExtractor", "TreeEnsemble"):
     standard_op(_op, "ai.onnx.ml")
 
 F64 = DType.float64
@@ -98,3 +98,35 @@ def _lower_array_feature_extractor(ctx, node, ins):
         return x.load(b, (*index[:-1], at) if len(x.shape) > 1 else (at,))
 
     return [ctx.pointwise(shape, dtype, load, cost=5)]
+
+
+@register_lowering("ai.onnx.ml.TreeEnsemble")
+def _lower_tree_ensemble(ctx, node, ins):
+    """Every row walks every tree at once (a torch extern): the trees' arrays as params."""
+    (x,) = ins
+    a = attrs(node)
+    if x.dtype not in FLOATS or len(x.shape) != 2 or a["post_transform"] != 0 or a["aggregate_function"] not in range(4):
+        raise NotLowerable("not a float matrix, or a post transform (the reference applies none)")
+    modes = [int(m) for m in a["nodes_modes"]]
+    if a["membership_values"] is not None and any(v == 0 for v in a["membership_values"]):
+        raise NotLowerable("a set member 0.0 (the reference ends a set there)")
+    members, values = [], iter([float(v) for v in (a["membership_values"] if a["membership_values"] is not None
+                                                   else [])])
+    for mode in modes:  # each MEMBER node's set: the next run of membership values up to a NaN
+        found = []
+        while mode == 6 and (v := next(values, float("nan"))) == v:
+            found.append(v)
+        members.append(found)
+    for root in a["tree_roots"]:
+        if (a["nodes_trueleafs"][root] and a["nodes_falseleafs"][root]
+                and a["nodes_truenodeids"][root] == a["nodes_falsenodeids"][root] != root):
+            raise NotLowerable("a one-leaf tree whose leaf index is not its root's (the reference reads the root's)")
+    count = len(modes)
+    missing = a["nodes_missing_value_tracks_true"] or [0] * count
+    return ctx.extern("tree_ensemble", [x], [out_type(node)], modes=modes, members=members,
+                      splits=[float(v) for v in a["nodes_splits"]], features=list(a["nodes_featureids"]),
+                      true_ids=list(a["nodes_truenodeids"]), false_ids=list(a["nodes_falsenodeids"]),
+                      true_leafs=list(a["nodes_trueleafs"]), false_leafs=list(a["nodes_falseleafs"]),
+                      missing=[int(m) for m in missing], roots=list(a["tree_roots"]),
+                      leaf_weights=[float(w) for w in a["leaf_weights"]], leaf_targets=list(a["leaf_targetids"]),
+                      aggregate=a["aggregate_function"], n_targets=a["n_targets"])
