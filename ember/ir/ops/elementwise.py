@@ -342,12 +342,16 @@ def _lower_hardmax(ctx, node, ins):
     return ctx.extern("hardmax", [x], [out_type(node)], axis=normalize_axis(attrs(node)["axis"], len(x.shape)))
 
 
+_TORCH_VIEWS = {DType.float16, DType.bfloat16, DType.float32, DType.float64, DType.int8, DType.int16, DType.int32,
+                DType.int64, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}
+
+
 @register_lowering("BitCast")
 def _lower_bitcast(ctx, node, ins):
     """The same bytes read as another dtype of the same width (torch's view)."""
     dtype, shape = out_type(node)
-    if ins[0].dtype.numpy.itemsize != dtype.numpy.itemsize:
-        raise NotLowerable("different widths")
+    if ins[0].dtype.numpy.itemsize != dtype.numpy.itemsize or not {ins[0].dtype, dtype} <= _TORCH_VIEWS:
+        raise NotLowerable("different widths, or a dtype torch has no view of")
     return ctx.extern("bitcast", [ins[0]], [(dtype, shape)])
 
 

@@ -41,7 +41,9 @@ def _lower_recurrent(ctx, node, ins):
     _check_supported(op, a)
     layout = a["layout"]
     seq, batch = (x.shape[1], x.shape[0]) if layout else (x.shape[0], x.shape[1])
-    hidden = w.shape[1] // RECURRENT[op][0]
+    hidden = a["hidden_size"] or w.shape[1] // RECURRENT[op][0]
+    if not isinstance(hidden, int):
+        raise NotLowerable("hidden size not static")
     y_shape = (batch, seq, directions, hidden) if layout else (seq, directions, batch, hidden)
     state = (batch, directions, hidden) if layout else (directions, batch, hidden)
     inputs = list(ins) + [None] * (8 - len(ins))
@@ -71,7 +73,10 @@ def _lower_linear_attention(ctx, node, ins):
     inputs = list(ins) + [None] * (6 - len(ins))
     if gating != (inputs[4] is not None) or delta != (inputs[5] is not None):
         raise NotLowerable(f"update_rule {rule!r} with decay/beta inputs that do not match it")
-    outs = [out_type(node, i) for i in range(2)]
+    q, k, v, past = inputs[:4]
+    kv_heads = a["kv_num_heads"]
+    state = (q.shape[0], kv_heads, k.shape[-1] // kv_heads, v.shape[-1] // kv_heads)  # [B, Hkv, d_k, d_v]
+    outs = [out_type(node, 0), ((past if past is not None else q).dtype, state)]
     refs = ctx.extern("linear_attention", inputs, outs, q_num_heads=a["q_num_heads"], kv_num_heads=a["kv_num_heads"],
                       scale=float(a["scale"] or 0.0), gating=gating, delta=delta)
     return [ref if value is not None else None for ref, value in zip(refs, node.outputs)]

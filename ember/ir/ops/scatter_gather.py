@@ -67,6 +67,8 @@ def _lower_tensor_scatter(ctx, node, ins):
     if axis == 0:
         raise NotLowerable("axis 0 (the batch)")
     cache, length = shape[axis], update.shape[axis]
+    if isinstance(cache, int) and isinstance(length, int) and length > cache:
+        raise NotLowerable("an update longer than the cache (the reference fails)")
     if writes is not None and a["mode"] == "linear":  # the reference fails past the end: so does this
         ctx.extern("check_write_indices", [writes], [], where=node.describe(), cache=cache, length=length,
                    axis=axis, shape=list(shape))
