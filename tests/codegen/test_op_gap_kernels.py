@@ -313,3 +313,12 @@ def test_tree_ensemble_one_leaf_trees_read_the_leaf_at_the_root_index():
     assert compiled.stats.fallback_nodes == []
     _check(compiled, graph(1), {"x": np.array([[-1.0], [1.0]], np.float32)})
     assert "one-leaf tree" in next(iter(lower_graph(graph(0)).fallback_reasons.values()))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_inference_dropout_passes_x_and_a_full_mask(data):
+    compiled, graph = _compiled("Dropout", (("x", DType.float32, (N, 3)), ("r", DType.float32, ())),
+                                (("y", DType.float32, (N, 3)), ("mask", DType.bool, (N, 3))))
+    x = data.draw(hnp.arrays(np.float32, (data.draw(st.integers(0, 4)), 3), elements=st.floats(-5, 5, width=32)))
+    _check(compiled, graph, {"x": x, "r": np.float32(data.draw(st.floats(0, 0.9)))})

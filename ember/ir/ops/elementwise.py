@@ -325,10 +325,15 @@ register_lowering("Cast", "CastLike")(_lower_cast)
 register_lowering("IsInf")(_lower_isinf)
 register_lowering("Where")(lambda ctx, node, ins: [pointwise(ctx, node, ins, lambda c, a, b: c.where(a, b))])
 def _lower_dropout(ctx, node, ins):
+    """Inference: y = x, and the mask (if asked for) all true."""
     training = node.inputs[2] if len(node.inputs) > 2 else None
-    if len(node.outputs) > 1 or (training is not None and (training.const is None or training.const.any())):
+    if training is not None and (training.const is None or training.const.any()):
         raise NotLowerable("training-mode dropout draws random numbers")
-    return [pointwise(ctx, node, ins[:1], lambda x: x)]
+    outs = [pointwise(ctx, node, ins[:1], lambda x: x)]
+    if len(node.outputs) > 1 and node.outputs[1] is not None:
+        dtype, shape = out_type(node, 1)
+        outs.append(ctx.pointwise(shape, dtype, lambda b, i: b.const(True, dtype), cost=0))
+    return outs
 
 
 register_lowering("Dropout")(_lower_dropout)
