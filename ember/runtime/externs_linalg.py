@@ -279,3 +279,32 @@ def tree_ensemble(params, x, y):
         result[rows, target] = {0: lambda: current + weight / trees, 1: lambda: current + weight,
                                 2: lambda: torch.minimum(current, weight), 3: lambda: torch.maximum(current, weight)}[how]()
     y.copy_(result)
+
+
+# -- TfIdfVectorizer -------------------------------------------------------------------------
+@extern("tfidf")
+def tfidf(params, x, y):
+    """Counts of the pool's n-grams in each row, every skip distance up to max_skip + 1
+    (unigrams once), then TF / IDF / TFIDF weighting, as the reference."""
+    rows = x.reshape(1, -1).to(torch.int64) if x.dim() <= 1 else x.to(torch.int64)
+    width = rows.shape[1]
+    counts = torch.zeros((rows.shape[0], y.shape[-1]), dtype=torch.int64)
+    for d in range(1, params["max_skip"] + 2):
+        smallest = params["min_n"] if d == 1 else max(params["min_n"], 2)
+        for n in range(smallest, params["max_n"] + 1):
+            grams, span = params["grams"].get(n, []), (n - 1) * d + 1
+            if not grams or span > width:
+                continue
+            windows = torch.stack([rows[:, k * d:k * d + width - span + 1] for k in range(n)], -1)  # [B, S, n]
+            pool = torch.tensor([g for g, _ in grams], dtype=torch.int64)  # [P, n]
+            hits = (windows[:, :, None, :] == pool).all(-1).sum(1)  # [B, P]
+            counts.index_add_(1, torch.tensor([c for _, c in grams]), hits)
+    weights = torch.tensor(params["weights"], dtype=torch.float32) if params["weights"] else None
+    mode = params["mode"]
+    if mode == "TF":
+        out = counts.to(torch.float32)
+    elif mode == "IDF":
+        out = (counts > 0).to(torch.float32) * (weights if weights is not None else 1)
+    else:
+        out = counts.to(torch.float32) * (weights if weights is not None else 1)
+    y.copy_(out.reshape(y.shape))

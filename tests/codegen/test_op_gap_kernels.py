@@ -322,3 +322,32 @@ def test_inference_dropout_passes_x_and_a_full_mask(data):
                                 (("y", DType.float32, (N, 3)), ("mask", DType.bool, (N, 3))))
     x = data.draw(hnp.arrays(np.float32, (data.draw(st.integers(0, 4)), 3), elements=st.floats(-5, 5, width=32)))
     _check(compiled, graph, {"x": x, "r": np.float32(data.draw(st.floats(0, 0.9)))})
+
+
+@pytest.mark.parametrize("mode", ["TF", "IDF", "TFIDF"])
+@SETTINGS
+@given(data=st.data())
+def test_tfidf_vectorizer(data, mode):
+    """Random pools of 1- to 3-grams over a few token values (repeats included), every
+    skip count, batched or not, with and without weights."""
+    tokens = st.integers(0, 3)
+    per_size = [data.draw(st.integers(0, 3)) for _ in range(3)]  # how many 1-, 2-, 3-grams
+    pool, counts = [], []
+    for n, k in enumerate(per_size, start=1):
+        counts.append(len(pool))
+        pool += data.draw(st.lists(tokens, min_size=n * k, max_size=n * k))
+    total = sum(per_size)
+    indexes = data.draw(st.permutations(range(max(total, 1))))[:total] or [0]
+    low = data.draw(st.integers(1, 3))
+    attrs = {"mode": mode, "pool_int64s": pool or [0], "ngram_counts": counts, "ngram_indexes": indexes,
+             "min_gram_length": low, "max_gram_length": data.draw(st.integers(low, 3)),
+             "max_skip_count": data.draw(st.integers(0, 3))}
+    size = max(indexes) + 1
+    if mode != "TF" or data.draw(st.booleans()):  # (onnx.reference's IDF and TFIDF need weights)
+        attrs["weights"] = data.draw(st.lists(st.floats(0.5, 2, width=32), min_size=size, max_size=size))
+    batched = data.draw(st.booleans())
+    shape = (2, data.draw(st.integers(1, 7))) if batched else (data.draw(st.integers(1, 7)),)
+    compiled, graph = _compiled("TfIdfVectorizer", (("x", DType.int64, shape),),
+                                (("y", DType.float32, (2, size) if batched else (size,)),),
+                                tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items()))
+    _check(compiled, graph, {"x": data.draw(hnp.arrays(np.int64, shape, elements=tokens))}, rtol=1e-6)
