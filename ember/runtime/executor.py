@@ -33,23 +33,24 @@ from ..errors import ExecutionError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
-from . import externs_control, externs_dynamic, externs_ops  # noqa: F401 - registers their externs
+from . import externs_control, externs_dynamic, externs_linalg, externs_ops  # noqa: F401 - registers their externs
 from .externs import ADOPTS, EXTERNS, PREPARE
 from .program import Program
 
 
 _TORCH_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int64, np.int32, np.int16, np.int8,
-                                        np.uint8, np.bool_)}
-
-
+                                        np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)}
 _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def _tensor(a) -> torch.Tensor | None:
-    """A torch view of a numpy array, for externs (None where torch has no such dtype)."""
-    if isinstance(a, np.ndarray) and a.dtype == _BFLOAT16:  # the same bits, as torch's bfloat16
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    if not isinstance(a, np.ndarray) or a.dtype not in _TORCH_DTYPES:
+    """A torch view of a numpy array, for externs (None where torch has no such dtype).
+    bfloat16 (ml_dtypes' in numpy) is viewed through its bits."""
+    if not isinstance(a, np.ndarray):
+        return None
+    if a.dtype == _BFLOAT16:
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    if a.dtype not in _TORCH_DTYPES:
         return None
     return torch.from_numpy(a)
 

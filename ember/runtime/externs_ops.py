@@ -72,3 +72,14 @@ def hardmax(params, x, y):
 def einsum(params, *args):
     *operands, y = args
     y.copy_(torch.einsum(params["equation"], *operands))
+
+
+@extern("check_write_indices")
+def check_write_indices(params, writes):
+    """TensorScatter in linear mode writes `length` steps from each write index: past the
+    cache's end the reference fails, and so does this (a negative index counts from the end)."""
+    cache, length = int(params["cache"]), int(params["length"])
+    bad = [int(w) for w in writes.reshape(-1).tolist() if not -cache <= int(w) <= cache - length]
+    if bad:
+        raise ExecutionError(f"{params['where']}: write_indices {bad} would write past the cache's "
+                             f"{cache} steps along axis {params['axis']} (linear mode, {length} steps)")

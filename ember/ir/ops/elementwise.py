@@ -157,6 +157,8 @@ standard_op("IsNaN", infer=_bool_like)
 standard_op("IsInf", infer=_bool_like)
 standard_op("Where", infer=_where)
 standard_op("Dropout", infer=same_shape())
+standard_op("BitCast")
+standard_op("EyeLike")
 
 
 # -- Kernel IR lowerings ----------------------------------------------------------------
@@ -166,12 +168,23 @@ def _gelu(x: V, approximate: str) -> V:
     return 0.5 * x * (1 + (x * SQRT1_2).erf())
 
 
+HALF = "16-bit floats too"  # an op whose lowering rounds 16-bit floats as the reference does
+
+
+def _wide(x: V) -> V:
+    """x as numpy promotes it against a float32 attribute (onnx.reference keeps float
+    attributes as np.float32): 16-bit floats widen to float32."""
+    return x.cast(DType.float32) if x.dtype in KERNEL_FLOATS - FLOATS else x
+
+
+# op -> (scalar formula, which dtypes: False any, True float32/64, HALF any float)
 _UNARY_LOWERINGS = {
     "Neg": (lambda x, a: -x, False), "Abs": (lambda x, a: x.abs(), False),
     "Identity": (lambda x, a: x, False), "Sign": (lambda x, a: x.sign(), False),
-    "Not": (lambda x, a: x.op("not"), False), "IsNaN": (lambda x, a: x.isnan(dtype=DType.bool), True), "BitwiseNot": (lambda x, a: x.bitnot(), False),
+    "Not": (lambda x, a: x.op("not"), False), "IsNaN": (lambda x, a: x.isnan(dtype=DType.bool), HALF),
+    "BitwiseNot": (lambda x, a: x.bitnot(), False),
     "Relu": (lambda x, a: x.max(0), False),
-    "Exp": (lambda x, a: x.exp(), True), "Log": (lambda x, a: x.log(), True), "Sqrt": (lambda x, a: x.sqrt(), True),
+    "Exp": (lambda x, a: x.exp(), HALF), "Log": (lambda x, a: x.log(), True), "Sqrt": (lambda x, a: x.sqrt(), True),
     "Reciprocal": (lambda x, a: x.reciprocal(), True), "Tanh": (lambda x, a: x.tanh(), True),
     "Erf": (lambda x, a: x.erf(), True), "Sigmoid": (lambda x, a: x.sigmoid(), True),
     "Sin": (lambda x, a: x.sin(), True), "Cos": (lambda x, a: x.cos(), True), "Tan": (lambda x, a: x.tan(), True),
@@ -183,11 +196,11 @@ _UNARY_LOWERINGS = {
     "Round": (lambda x, a: x.round(), True), "Softplus": (lambda x, a: x.softplus(), True),
     "Softsign": (lambda x, a: x / (1 + x.abs()), True),
     "Gelu": (lambda x, a: _gelu(x, a["approximate"]), True),
-    "Swish": (lambda x, a: x * (a["alpha"] * x).sigmoid(), True),
+    "Swish": (lambda x, a: x * (a["alpha"] * _wide(x)).sigmoid().cast(x.dtype), HALF),
     "Mish": (lambda x, a: x * x.softplus().tanh(), True),
     "LeakyRelu": (lambda x, a: (x < 0).where(a["alpha"] * x, x), True),
-    "Elu": (lambda x, a: (x < 0).where(a["alpha"] * (x.exp() - 1), x), True),
-    "Celu": (lambda x, a: x.max(0) + (a["alpha"] * ((x / a["alpha"]).exp() - 1)).min(0), True),
+    "Elu": (lambda x, a: (x > 0).where(_wide(x), a["alpha"] * _wide(x.expm1())), HALF),
+    "Celu": (lambda x, a: _wide(x.max(0)) + (a["alpha"] * (_wide(x) / a["alpha"]).expm1()).min(0), HALF),
     "Selu": (lambda x, a: (x <= 0).where(a["gamma"] * (a["alpha"] * x.exp() - a["alpha"]), a["gamma"] * x), True),
     "HardSigmoid": (lambda x, a: (a["alpha"] * x + a["beta"]).max(0).min(1), True),
     "HardSwish": (lambda x, a: x * (x / 6 + 0.5).max(0).min(1), True),
@@ -211,7 +224,9 @@ def _lower_unary(op: str):
     fn, floats_only = _UNARY_LOWERINGS[op]
 
     def lower(ctx, node, ins):
-        if floats_only and ins[0].dtype not in FLOATS:  # (16-bit floats would round differently)
+        # 16-bit floats round each step's result, as numpy's loops do, but only the
+        # formulas marked HALF widen to float32 where the reference does
+        if floats_only and ins[0].dtype not in (KERNEL_FLOATS if floats_only == HALF else FLOATS):
             raise NotLowerable(f"{op} on {ins[0].dtype.name}")
         a = attrs(node)
         return [pointwise(ctx, node, ins, lambda x: fn(x, a))]
@@ -229,9 +244,17 @@ def _lower_binary(op: str):
 
 
 def _lower_pow(ctx, node, ins):
-    if ins[0].dtype not in FLOATS:
-        raise NotLowerable("integer Pow")
-    return [pointwise(ctx, node, ins, lambda x, y: x.op("pow", y.cast(x.dtype)))]
+    x, y = ins
+    if x.dtype in FLOATS:
+        return [pointwise(ctx, node, ins, lambda x, y: x.op("pow", y.cast(x.dtype)))]
+    if x.dtype in KERNEL_FLOATS:
+        raise NotLowerable(f"Pow on {x.dtype.name}")
+    if y.dtype in FLOATS:  # numpy: int ** float computes in float64, then casts back
+        return [pointwise(ctx, node, ins, lambda x, y: x.cast(DType.float64).op("pow", y.cast(DType.float64)))]
+    if y.dtype in KERNEL_FLOATS or {x.dtype, y.dtype} & {DType.bool, DType.uint16, DType.uint32, DType.uint64}:
+        raise NotLowerable(f"Pow of {x.dtype.name} by {y.dtype.name} (torch has no such pow)")
+    # integers: exact, wrapping like numpy's (torch squares and multiplies in the wider type)
+    return ctx.extern("integer_pow", [x, y], [out_type(node)], where=node.describe())
 
 
 def _lower_mod(ctx, node, ins):
@@ -335,10 +358,15 @@ register_lowering("Cast", "CastLike")(_lower_cast)
 register_lowering("IsInf")(_lower_isinf)
 register_lowering("Where")(lambda ctx, node, ins: [pointwise(ctx, node, ins, lambda c, a, b: c.where(a, b))])
 def _lower_dropout(ctx, node, ins):
+    """Inference: y = x, and the mask (if asked for) all true."""
     training = node.inputs[2] if len(node.inputs) > 2 else None
-    if len(node.outputs) > 1 or (training is not None and (training.const is None or training.const.any())):
+    if training is not None and (training.const is None or training.const.any()):
         raise NotLowerable("training-mode dropout draws random numbers")
-    return [pointwise(ctx, node, ins[:1], lambda x: x)]
+    outs = [pointwise(ctx, node, ins[:1], lambda x: x)]
+    if len(node.outputs) > 1 and node.outputs[1] is not None:
+        dtype, shape = out_type(node, 1)
+        outs.append(ctx.pointwise(shape, dtype, lambda b, i: b.const(True, dtype), cost=0))
+    return outs
 
 
 register_lowering("Dropout")(_lower_dropout)
@@ -350,3 +378,31 @@ def _lower_hardmax(ctx, node, ins):
     if x.dtype not in FLOATS:
         raise NotLowerable("not float")
     return ctx.extern("hardmax", [x], [out_type(node)], axis=normalize_axis(attrs(node)["axis"], len(x.shape)))
+
+
+_TORCH_VIEWS = {DType.float16, DType.bfloat16, DType.float32, DType.float64, DType.int8, DType.int16, DType.int32,
+                DType.int64, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}
+
+
+@register_lowering("BitCast")
+def _lower_bitcast(ctx, node, ins):
+    """The same bytes read as another dtype of the same width (torch's view)."""
+    dtype, shape = out_type(node)
+    if ins[0].dtype.numpy.itemsize != dtype.numpy.itemsize or not {ins[0].dtype, dtype} <= _TORCH_VIEWS:
+        raise NotLowerable("different widths, or a dtype torch has no view of")
+    return ctx.extern("bitcast", [ins[0]], [(dtype, shape)])
+
+
+@register_lowering("EyeLike")
+def _lower_eye_like(ctx, node, ins):
+    """1 on the k-th diagonal, 0 elsewhere."""
+    dtype, shape = out_type(node)
+    if len(shape) != 2:
+        raise NotLowerable("not 2-d")
+    k = attrs(node)["k"]
+
+    def eye(b, index):
+        on = V(b, b.index(index[1] - index[0]), DType.int64).eq(k, dtype=DType.bool)
+        return on.where(V(b, b.const(1, dtype), dtype), 0).name
+
+    return [ctx.pointwise(shape, dtype, eye)]

@@ -23,6 +23,7 @@ from ..graph import Node, Value
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
 from ._lowering import (
     FLOATS,
+    KERNEL_FLOATS,
     NotLowerable,
     V,
     out_type,
@@ -400,7 +401,7 @@ def _lower_skip_layernorm(ctx, node, ins):
 
 
 def _lower_swiglu(ctx, node, ins):
-    if ins[0].dtype not in FLOATS:
+    if ins[0].dtype not in KERNEL_FLOATS:
         raise NotLowerable("not float")
     return [pointwise(ctx, node, ins, lambda g, u: g * g.sigmoid() * u)]
 

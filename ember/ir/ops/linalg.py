@@ -4,7 +4,7 @@ numpy's matmul rules with symbolic batch dims."""
 from __future__ import annotations
 
 from ..graph import Node
-from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
+from ._lowering import FLOATS, KERNEL_FLOATS, NotLowerable, attrs, out_type, register_lowering
 from ._symbolic import broadcast, dtype_of, shape_of, tensor
 from .onnx_standard import standard_op
 
@@ -41,7 +41,8 @@ standard_op("Einsum")
 # -- Kernel IR lowerings ----------------------------------------------------------------
 def _lower_matmul(ctx, node, ins):
     a, b = ins
-    if a.dtype not in FLOATS or b.dtype != a.dtype or len(a.shape) < 1 or len(b.shape) < 1:
+    # 16-bit floats: torch accumulates in float32 and rounds once, as numpy's matmul does
+    if a.dtype not in KERNEL_FLOATS or b.dtype != a.dtype or len(a.shape) < 1 or len(b.shape) < 1:
         raise NotLowerable("not float")
     return ctx.extern("matmul", [a, b], [out_type(node)])
 
@@ -61,6 +62,18 @@ register_lowering("Gemm")(_lower_gemm)
 
 @register_lowering("Einsum")
 def _lower_einsum(ctx, node, ins):
-    if not ins or any(r is None or r.dtype not in FLOATS or r.dtype != ins[0].dtype for r in ins):
+    if not ins or any(r is None or r.dtype not in KERNEL_FLOATS or r.dtype != ins[0].dtype for r in ins):
         raise NotLowerable("not float")
     return ctx.extern("einsum", list(ins), [out_type(node)], equation=attrs(node)["equation"])
+
+
+standard_op("Det")
+
+
+@register_lowering("Det")
+def _lower_det(ctx, node, ins):
+    """LU factorization in torch (LAPACK's getrf, as numpy's det)."""
+    (x,) = ins
+    if x.dtype not in FLOATS or len(x.shape) < 2:
+        raise NotLowerable("not float matrices")
+    return ctx.extern("det", [x], [out_type(node)])

@@ -13,6 +13,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..graph import Node
 from ._lowering import (
     FLOATS,
+    KERNEL_FLOATS,
     NotLowerable,
     V,
     attrs,
@@ -134,15 +135,17 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
     layout) as the conv extern. `node` is the plain Conv (sharing the fused node's output)."""
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
-    if x.dtype not in FLOATS or len(x.shape) not in (3, 4, 5):
+    if x.dtype not in KERNEL_FLOATS or len(x.shape) not in (3, 4, 5):
         raise NotLowerable("not a float 1-3d convolution")
+    # 16-bit floats: float32 in torch, rounded once (the reference accumulates wide too)
+    name = "conv" if x.dtype in FLOATS else "conv16"
     a = attrs(node)
     kernel = list(w.shape[2:])
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
     pads = _pads(a, _static_spatial(x, channels_last), kernel, strides, dilations)
     shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else tuple(x.shape)
-    return ctx.extern("conv", [x, w, bias, total], [out_type(node)],
+    return ctx.extern(name, [x, w, bias, total], [out_type(node)],
                       pads=[p for p, _ in pads] + [q for _, q in pads],
                       strides=list(strides), dilations=list(dilations), group=int(a["group"]), activation=activation,
                       channels_last=channels_last,
@@ -203,6 +206,8 @@ def _lower_global_pool(kind: str):
 
 
 def _lower_batchnorm(ctx, node, ins):
+    if attrs(node)["training_mode"]:
+        return _lower_batchnorm_training(ctx, node, ins)
     if len([v for v in node.outputs if v is not None]) > 1 or ins[0].dtype not in FLOATS:
         raise NotLowerable("training mode outputs, or not float")
     eps = float(attrs(node)["epsilon"])
@@ -215,6 +220,48 @@ def _lower_batchnorm(ctx, node, ins):
         s, bb, m, vv = (V(b, r.load(b, c), r.dtype).cast(dtype) for r in (scale, bias, mean, var))
         return ((v - m) * (vv + eps).rsqrt() * s + bb).name
     return [ctx.pointwise(shape, dtype, load, cost=6 + x.cost)]
+
+
+def _lower_batchnorm_training(ctx, node, ins):
+    """Training mode: normalized with the batch's statistics (mean and biased variance
+    over every axis but the channels'); the running mean and variance outputs blend
+    them into the inputs' by `momentum`."""
+    from ...codegen.lowering import TensorRef
+
+    x, scale, bias, mean, var = ins
+    if x.dtype not in FLOATS or len(x.shape) < 2 or any(r.dtype != x.dtype for r in ins):
+        raise NotLowerable("not float, or fewer than 2 dims")
+    a = attrs(node)
+    eps, momentum = float(a["epsilon"]), float(a["momentum"])
+    dtype, shape = out_type(node)
+    y = ctx.new_buffer("batchnorm", dtype, shape)
+    stats = [ctx.new_buffer(v.name, *out_type(node, i)) if v is not None else None
+             for i, v in enumerate(node.outputs) if i > 0]
+
+    def stages(Stage, full, xv, n):
+        c = (full[1],)
+        b0, b1, b2, b3 = ctx.body(), ctx.body(), ctx.body(), ctx.body()
+
+        def batch_mean(b):
+            return V(b, b.acc("acc_sum", dtype), dtype) / V(b, b.index(n, dtype), dtype)
+
+        d1 = V(b1, x.load(b1, full), dtype) - batch_mean(b1)
+        batch_var = V(b2, b2.acc("acc_var", dtype), dtype) / V(b2, b2.index(n, dtype), dtype)
+        for buf, running, batch in zip(stats, (mean, var), (batch_mean(b2), batch_var)):
+            if buf is not None:
+                blend = V(b2, running.load(b2, (xv[0],)), dtype) * momentum + batch * (1 - momentum)
+                b2.store(buf, (xv[0],), blend.name)
+        var3 = V(b3, b3.acc("acc_var", dtype), dtype) / V(b3, b3.index(n, dtype), dtype)
+        s, bb = (V(b3, r.load(b3, c), dtype) for r in (scale, bias))
+        out = s * (V(b3, x.load(b3, full), dtype) - batch_mean(b3)) / (var3 + eps).sqrt() + bb
+        b3.store(y, full, out.name)
+        return [Stage("reduce", b0, value=x.load(b0, full), reduce="sum", acc="acc_sum", acc_dtype=dtype),
+                Stage("reduce", b1, value=(d1 * d1).name, reduce="sum", acc="acc_var", acc_dtype=dtype),
+                Stage("row", b2), Stage("loop", b3)]
+
+    reduce_kernel(ctx, node.op, shape, {a for a in range(len(shape)) if a != 1}, stages)
+    return [TensorRef(dtype, shape, buffer=y)] + [TensorRef(b.dtype, b.shape, buffer=b) if b is not None else None
+                                                   for b in stats]
 
 
 register_lowering("Conv")(lower_conv)

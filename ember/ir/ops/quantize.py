@@ -115,3 +115,64 @@ def _lower_quantize(ctx, node, ins):
             qi = (qi + 2**31).bitand(2**32 - 1) - 2**31  # int32 wraps as the reference's sum does
         return qi.max(low).min(high).cast(dtype).name
     return [ctx.pointwise(shape, dtype, value, cost=6 + x.cost)]
+
+
+# -- integer and quantized matmul / conv ----------------------------------------------------
+# torch externs: the integer products exactly (int64, or float64 for convolutions, whose
+# sums of 8-bit products stay far below 2^53), wrapped to int32 as the reference's int32
+# arithmetic; the requantizing ops then scale in float64, round half to even and clip.
+for _op in ("MatMulInteger", "QLinearMatMul", "ConvInteger", "QLinearConv"):
+    standard_op(_op)
+_EIGHT_BIT = {DType.int8, DType.uint8}
+
+
+def _one_value(*refs) -> bool:
+    return all(r is None or all(d == 1 for d in r.shape) for r in refs)
+
+
+def _per_channel_ok(w, *refs) -> bool:
+    """Scales / zero points of one value, or one per output channel of a 2-d filter."""
+    return all(r is None or all(d == 1 for d in r.shape) or (len(w.shape) == 4 and tuple(r.shape) == (w.shape[0],))
+               for r in refs)
+
+
+@register_lowering("MatMulInteger", "QLinearMatMul")
+def _lower_integer_matmul(ctx, node, ins):
+    ins = list(ins) + [None] * (8 - len(ins))
+    if node.op == "MatMulInteger":
+        a, b, a_zero, b_zero = ins[:4]
+        scales = []
+    else:
+        a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero = ins
+        scales = [a_scale, b_scale, y_scale]
+    if a.dtype not in _EIGHT_BIT or b.dtype not in _EIGHT_BIT or not _one_value(a_zero, b_zero, *scales, *ins[7:]):
+        raise NotLowerable("not 8-bit, or scales / zero points of more than one value")
+    if scales and (any(s.dtype not in (DType.float32, DType.float16) for s in scales) or ins[7] is None):
+        raise NotLowerable("scales not float32/float16, or no output zero point")
+    operands = [a, b, a_zero, b_zero, *([*scales, ins[7]] if scales else [])]
+    return ctx.extern("integer_matmul", operands, [out_type(node)])
+
+
+@register_lowering("ConvInteger", "QLinearConv")
+def _lower_integer_conv(ctx, node, ins):
+    from .nn import _pads, _static_spatial
+
+    ins = list(ins) + [None] * (9 - len(ins))
+    if node.op == "ConvInteger":
+        x, w, x_zero, w_zero = ins[:4]
+        x_scale = w_scale = y_scale = y_zero = bias = None
+    else:
+        x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero, bias = ins
+    if (x.dtype not in _EIGHT_BIT or w.dtype not in _EIGHT_BIT or len(x.shape) not in (3, 4, 5)
+            or not _one_value(x_zero, x_scale, y_scale, y_zero) or not _per_channel_ok(w, w_zero, w_scale)):
+        raise NotLowerable("not an 8-bit 1-3d convolution, or scales / zero points per something else than "
+                           "the output channel of a 2-d filter")
+    a = attrs(node)
+    kernel = list(w.shape[2:])
+    rank = len(kernel)
+    strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
+    pads = _pads(a, _static_spatial(x, False), kernel, strides, dilations)
+    conv = {"pads": [p for p, _ in pads] + [q for _, q in pads], "strides": list(strides),
+            "dilations": list(dilations), "group": int(a["group"])}
+    return ctx.extern("integer_conv", [x, w, x_zero, w_zero, bias, x_scale, w_scale, y_scale, y_zero],
+                      [out_type(node)], conv=conv)

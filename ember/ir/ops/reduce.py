@@ -10,6 +10,7 @@ import sympy
 
 from ..dtypes import DType
 from ..graph import Node
+from ..registry import get_op
 from ..types import fresh_symbol
 from ._lowering import (
     FLOATS,
@@ -87,9 +88,12 @@ def _lower_rmsnorm(ctx, node, ins):
 
 def _lower_softmax(log: bool):
     def lower(ctx, node, ins):
-        if ins[0].dtype not in FLOATS or not ins[0].shape:
+        if ins[0].dtype not in KERNEL_FLOATS or not ins[0].shape:
             raise NotLowerable("not float, or a scalar")
-        return [rows_softmax(ctx, ins[0], normalize_axis(attrs(node)["axis"], len(ins[0].shape)), log)]
+        axis = normalize_axis(attrs(node)["axis"], len(ins[0].shape))
+        if ins[0].dtype not in FLOATS:  # the reference's 16-bit roundings, in torch
+            return ctx.extern("softmax16", [ins[0]], [out_type(node)], axis=axis, log=log)
+        return [rows_softmax(ctx, ins[0], axis, log)]
     return lower
 
 
@@ -131,8 +135,26 @@ def _axes_from_shapes(in_shape, out_shape, keepdims: int) -> list[int] | None:
     return choices[0] if len(choices) == 1 else None
 
 
+def _log_sum_exp_stages(ctx, x, dtype):
+    """The reference's log-sum-exp: m = max over the finite elements (infinities count as
+    -inf), then log(sum(exp(x - m))) + m; an empty row gives -inf."""
+    def stages(Stage, full, out, store_index):
+        b0 = ctx.body()
+        v = V(b0, x.load(b0, full), x.dtype)
+        finite = v.isinf(dtype=DType.bool).where(float("-inf"), v)
+        b1 = ctx.body()
+        m1 = V(b1, b1.acc("acc_max", x.dtype), x.dtype)
+        e = (V(b1, x.load(b1, full), x.dtype) - m1).exp()
+        b2 = ctx.body()
+        total = V(b2, b2.acc("acc_sum", x.dtype), x.dtype).log() + V(b2, b2.acc("acc_max", x.dtype), x.dtype)
+        b2.store(out, store_index, total.cast(dtype).name)
+        return [Stage("reduce", b0, value=finite.name, reduce="max", acc="acc_max", acc_dtype=x.dtype),
+                Stage("reduce", b1, value=e.name, reduce="sum", acc="acc_sum", acc_dtype=x.dtype), Stage("row", b2)]
+    return stages
+
+
 def _lower_reduce(op: str):
-    transform, how, finish = _REDUCE[op]
+    transform, how, finish = _REDUCE.get(op, (None, "logsumexp", None))
 
     def lower(ctx, node, ins):
         x = ins[0]
@@ -163,14 +185,18 @@ def _lower_reduce(op: str):
         out = ctx.new_buffer("reduce", dtype, out_shape)
         acc_dtype = x.dtype
 
+        def out_index(xv):
+            xs = iter(xv)
+            return tuple(0 if i in axes else next(xs) for i in range(rank)) if a["keepdims"] else tuple(xv)
+
         def stages(Stage, full, xv, n):
+            if how == "logsumexp":
+                return _log_sum_exp_stages(ctx, x, dtype)(Stage, full, out, out_index(xv))
             b0 = ctx.body()
             v = transform(V(b0, x.load(b0, full), x.dtype))
             b1 = ctx.body()
             s = finish(V(b1, b1.acc("acc", acc_dtype), acc_dtype), V(b1, b1.index(n, acc_dtype), acc_dtype))
-            xs = iter(xv)
-            out_index = tuple(0 if i in axes else next(xs) for i in range(rank)) if a["keepdims"] else tuple(xv)
-            b1.store(out, out_index, s.cast(dtype).name)
+            b1.store(out, out_index(xv), s.cast(dtype).name)
             return [Stage("reduce", b0, value=v.name, reduce=how, acc="acc", acc_dtype=acc_dtype), Stage("row", b1)]
 
         reduce_kernel(ctx, op, x.shape, axes, stages)
@@ -214,13 +240,6 @@ def _reduce_extern(ctx, node, ins):
     return ctx.extern("reduce", [x, axes], [out_type(node)], where=node.describe(), op=op,
                       keepdims=a["keepdims"], noop_with_empty_axes=a["noop_with_empty_axes"],
                       identity=_empty_identity(op, x.dtype))
-
-
-def _lower_log_sum_exp(ctx, node, ins):
-    """ReduceLogSumExp with axes fed at run time; with constant axes, its function body."""
-    if len(node.inputs) < 2 or node.inputs[1] is None or constant_ints(ctx, node.inputs[1]) is not None:
-        raise NotLowerable("constant axes: lowered through its function body")
-    return _reduce_extern(ctx, node, ins)
 
 
 def _lower_arg_extreme(how: str):
@@ -268,9 +287,156 @@ register_lowering("LayerNormalization")(_lower_layernorm)
 register_lowering("RMSNormalization")(_lower_rmsnorm)
 register_lowering("Softmax")(_lower_softmax(False))
 register_lowering("LogSoftmax")(_lower_softmax(True))
-for _op in _REDUCE:
+for _op in [*_REDUCE, "ReduceLogSumExp"]:  # axes fed at run time: the reduce extern sizes the output
     register_lowering(_op, sizes_outputs=True)(_lower_reduce(_op))
-register_lowering("ReduceLogSumExp", sizes_outputs=True)(_lower_log_sum_exp)
 for _op, _how in (("ArgMax", "max"), ("ArgMin", "min")):
     standard_op(_op)
     register_lowering(_op)(_lower_arg_extreme(_how))
+
+
+# -- normalizations over some axes --------------------------------------------------------
+def _normalize_kernel(ctx, node, x, axes: set[int], sums, finish):
+    """A reduction kernel over `axes` of x: each of `sums` (value fn of the element's V)
+    is summed into an accumulator; then a loop stores finish(body, x's V, [sums' V],
+    n, full index) at every element. Returns the output ref."""
+    dtype, shape = out_type(node)
+    out = ctx.new_buffer(node.op, dtype, shape)
+
+    def stages(Stage, full, xv, n):
+        out_stages = []
+        for i, fn in enumerate(sums):
+            b = ctx.body()
+            out_stages.append(Stage("reduce", b, value=fn(V(b, x.load(b, full), x.dtype)).name, reduce="sum",
+                                    acc=f"acc{i}", acc_dtype=x.dtype))
+        b = ctx.body()
+        accs = [V(b, b.acc(f"acc{i}", x.dtype), x.dtype) for i in range(len(sums))]
+        y = finish(b, V(b, x.load(b, full), x.dtype), accs, V(b, b.index(n, x.dtype), x.dtype), full)
+        b.store(out, full, y.cast(dtype).name)
+        return [*out_stages, Stage("loop", b)]
+
+    reduce_kernel(ctx, node.op, x.shape, axes, stages)
+    from ...codegen.lowering import TensorRef
+
+    return TensorRef(dtype, shape, buffer=out)
+
+
+def _lp_normalization_reference(node):
+    a = attrs(node)
+
+    def run(x):
+        """x / (sum |x|^p)^(1/p) along axis, 0 where the norm is 0."""
+        norm = np.power(np.power(np.abs(x), a["p"]).sum(axis=a["axis"], keepdims=True), 1.0 / a["p"])
+        return (np.where(norm == 0, 0, x / norm).astype(x.dtype),)
+    return run
+
+
+get_op("LpNormalization").reference = _lp_normalization_reference
+
+
+@register_lowering("LpNormalization")
+def _lower_lp_normalization(ctx, node, ins):
+    (x,), a = ins, attrs(node)
+    if x.dtype not in FLOATS or a["p"] not in (1, 2) or not x.shape:
+        raise NotLowerable("not float, p other than 1 or 2, or a scalar")
+
+    def finish(b, v, accs, n, full):
+        norm = accs[0] if a["p"] == 1 else accs[0].sqrt()
+        return (norm.eq(0, dtype=DType.bool)).where(0.0, v / norm)
+
+    magnitude = (lambda v: v.abs()) if a["p"] == 1 else (lambda v: v * v)
+    return [_normalize_kernel(ctx, node, x, {normalize_axis(a["axis"], len(x.shape))}, [magnitude], finish)]
+
+
+standard_op("InstanceNormalization")
+
+
+@register_lowering("InstanceNormalization")
+def _lower_instance_normalization(ctx, node, ins):
+    """s * (x - mean) / sqrt(var + epsilon) + bias over each (sample, channel)'s spatial axes."""
+    x, scale, bias = ins
+    if x.dtype not in FLOATS or len(x.shape) < 3 or scale.dtype != x.dtype or bias.dtype != x.dtype:
+        raise NotLowerable("not float, or fewer than 3 dims")
+    eps = attrs(node)["epsilon"]
+    spatial = set(range(2, len(x.shape)))
+    dtype, shape = out_type(node)
+    out = ctx.new_buffer(node.op, dtype, shape)
+
+    def stages(Stage, full, xv, n):
+        b0 = ctx.body()
+        b1 = ctx.body()
+        count = V(b1, b1.index(n, x.dtype), x.dtype)
+        mean1 = V(b1, b1.acc("acc_sum", x.dtype), x.dtype) / count
+        d1 = V(b1, x.load(b1, full), x.dtype) - mean1
+        b2 = ctx.body()
+        count = V(b2, b2.index(n, x.dtype), x.dtype)
+        mean = V(b2, b2.acc("acc_sum", x.dtype), x.dtype) / count
+        var = V(b2, b2.acc("acc_var", x.dtype), x.dtype) / count
+        s = V(b2, scale.load(b2, (full[1],)), x.dtype)
+        y = s * (V(b2, x.load(b2, full), x.dtype) - mean) / (var + eps).sqrt() + V(b2, bias.load(b2, (full[1],)), x.dtype)
+        b2.store(out, full, y.cast(dtype).name)
+        return [Stage("reduce", b0, value=x.load(b0, full), reduce="sum", acc="acc_sum", acc_dtype=x.dtype),
+                Stage("reduce", b1, value=(d1 * d1).name, reduce="sum", acc="acc_var", acc_dtype=x.dtype),
+                Stage("loop", b2)]
+
+    reduce_kernel(ctx, node.op, x.shape, spatial, stages)
+    from ...codegen.lowering import TensorRef
+
+    return [TensorRef(dtype, shape, buffer=out)]
+
+
+@register_lowering("MeanVarianceNormalization")
+def _lower_mean_variance_normalization(ctx, node, ins):
+    """The function body's formula: (x - E[x]) / (sqrt(E[x^2] - E[x]^2) + 1e-9) over `axes`."""
+    (x,) = ins
+    if x.dtype not in FLOATS or not x.shape:
+        raise NotLowerable("not float, or a scalar")
+    axes = {normalize_axis(v, len(x.shape)) for v in attrs(node)["axes"]}
+
+    def finish(b, v, accs, n, full):
+        mean, mean_square = accs[0] / n, accs[1] / n
+        return (v - mean) / ((mean_square - mean * mean).sqrt() + 1e-9)
+
+    return [_normalize_kernel(ctx, node, x, axes, [lambda v: v, lambda v: v * v], finish)]
+
+
+def _lrn_reference(node):
+    a = attrs(node)
+
+    def run(x):
+        """x / (bias + alpha / size * (sum of x^2 over a window of channels)) ** beta."""
+        size, channels = a["size"], x.shape[1]
+        before, after = (size - 1) // 2, math.ceil((size - 1) / 2) + 1
+        squares = x * x
+        total = np.zeros_like(x)
+        for c in range(channels):  # (onnx.reference loops over the batch here: a slip for N != C)
+            total[:, c] = squares[:, max(0, c - before):min(channels, c + after)].sum(axis=1)
+        return ((x / (a["bias"] + (a["alpha"] / size) * total) ** a["beta"]).astype(x.dtype),)
+    return run
+
+
+standard_op("LRN", reference=_lrn_reference)
+
+
+@register_lowering("LRN")
+def _lower_lrn(ctx, node, ins):
+    (x,), a = ins, attrs(node)
+    if x.dtype not in FLOATS or len(x.shape) < 3:
+        raise NotLowerable("not float, or fewer than 3 dims")
+    size, channels = a["size"], x.shape[1]
+    before = (size - 1) // 2
+
+    def lrn(b, index):
+        v = V(b, x.load(b, index), x.dtype)
+        total = None
+        for k in range(size):  # the window, unrolled: channels outside [0, C) add nothing
+            c = index[1] - before + k
+            at = V(b, b.index(c), DType.int64)
+            inside = (at >= 0).op("and", at < V(b, b.index(channels), DType.int64), dtype=DType.bool)
+            w = V(b, x.load(b, (index[0], sympy.Max(0, sympy.Min(c, channels - 1)), *index[2:])), x.dtype)
+            term = inside.where(w * w, 0.0)
+            total = term if total is None else total + term
+        base = a["bias"] + float(np.float32(a["alpha"]) / np.float32(size)) * total
+        return (v / base.op("pow", V(b, b.const(a["beta"], x.dtype), x.dtype))).name
+
+    return [ctx.pointwise(x.shape, x.dtype, lrn, cost=6 * size)]
+

@@ -1,0 +1,85 @@
+"""Recurrences over time: RNN, GRU, LSTM (and LinearAttention, at the end). Schemas, type functions and references are ONNX's
+(onnx.reference); the lowering is one torch extern (`recurrent`) that runs the input
+projection of every time step as one GEMM, then the recurrence step by step.
+
+What the reference computes is what the kernel computes: its default activations
+(RNN tanh, GRU sigmoid/tanh, LSTM sigmoid/tanh/tanh), no clip, no coupled input and
+forget gates, every sequence at full length (checked when it runs). Other settings
+stay on the reference fallback, whose meaning they are.
+"""
+
+from __future__ import annotations
+
+from ._lowering import FLOATS, KERNEL_FLOATS, NotLowerable, attrs, out_type, register_lowering
+from .onnx_standard import standard_op
+
+# op -> (gates, default activations of one direction)
+RECURRENT = {"RNN": (1, ["tanh"]), "GRU": (3, ["sigmoid", "tanh"]), "LSTM": (4, ["sigmoid", "tanh", "tanh"])}
+
+for _op in [*RECURRENT, "LinearAttention"]:
+    standard_op(_op)
+
+
+def _check_supported(op: str, a: dict) -> None:
+    defaults = RECURRENT[op][1]  # per direction (RNN's schema default lists tanh twice)
+    activations = [s.lower() for s in (a.get("activations") or [])]
+    if any(name != defaults[i % len(defaults)] for i, name in enumerate(activations)):
+        raise NotLowerable(f"activations {a['activations']} (the kernel runs the defaults)")
+    if a.get("clip") is not None:
+        raise NotLowerable("clip")
+    if a.get("input_forget"):
+        raise NotLowerable("input_forget")
+
+
+def _lower_recurrent(ctx, node, ins):
+    op = node.op
+    a = attrs(node)
+    x, w = ins[0], ins[1]
+    if x.dtype not in FLOATS or any(r is not None and r.dtype != x.dtype for r in ins[:4]):
+        raise NotLowerable("not float")
+    directions = 2 if a["direction"] == "bidirectional" else 1
+    _check_supported(op, a)
+    layout = a["layout"]
+    seq, batch = (x.shape[1], x.shape[0]) if layout else (x.shape[0], x.shape[1])
+    hidden = a["hidden_size"] or w.shape[1] // RECURRENT[op][0]
+    if not isinstance(hidden, int):
+        raise NotLowerable("hidden size not static")
+    y_shape = (batch, seq, directions, hidden) if layout else (seq, directions, batch, hidden)
+    state = (batch, directions, hidden) if layout else (directions, batch, hidden)
+    inputs = list(ins) + [None] * (8 - len(ins))
+    if op != "LSTM":  # RNN and GRU: X, W, R, B, sequence_lens, initial_h
+        inputs = inputs[:6] + [None, None]
+    outputs = [(x.dtype, y_shape), (x.dtype, state)] + ([(x.dtype, state)] if op == "LSTM" else [])
+    refs = ctx.extern("recurrent", inputs, outputs, op=op, direction=a["direction"], layout=layout,
+                      hidden_size=int(hidden), linear_before_reset=int(a.get("linear_before_reset") or 0),
+                      where=node.describe())
+    return [ref if value is not None else None for ref, value in zip(refs, node.outputs)]
+
+
+for _op in RECURRENT:
+    register_lowering(_op)(_lower_recurrent)
+
+
+# -- LinearAttention ---------------------------------------------------------------------
+# A recurrence over time too: a [d_k, d_v] state per kv head decays (gated), is corrected
+# towards the value (delta), takes k v^T, and is read by q; in float32, as the reference.
+def _lower_linear_attention(ctx, node, ins):
+    a = attrs(node)
+    present = [r for r in ins if r is not None]
+    if any(r.dtype not in KERNEL_FLOATS for r in present) or any(len(r.shape) != 3 for r in ins[:3]):
+        raise NotLowerable("not float, or q, k, v not [B, T, H*D]")
+    rule = a["update_rule"]
+    gating, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+    inputs = list(ins) + [None] * (6 - len(ins))
+    if gating != (inputs[4] is not None) or delta != (inputs[5] is not None):
+        raise NotLowerable(f"update_rule {rule!r} with decay/beta inputs that do not match it")
+    q, k, v, past = inputs[:4]
+    kv_heads = a["kv_num_heads"]
+    state = (q.shape[0], kv_heads, k.shape[-1] // kv_heads, v.shape[-1] // kv_heads)  # [B, Hkv, d_k, d_v]
+    outs = [out_type(node, 0), ((past if past is not None else q).dtype, state)]
+    refs = ctx.extern("linear_attention", inputs, outs, q_num_heads=a["q_num_heads"], kv_num_heads=a["kv_num_heads"],
+                      scale=float(a["scale"] or 0.0), gating=gating, delta=delta)
+    return [ref if value is not None else None for ref, value in zip(refs, node.outputs)]
+
+
+register_lowering("LinearAttention")(_lower_linear_attention)

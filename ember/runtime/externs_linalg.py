@@ -1,0 +1,310 @@
+"""Externs for linear algebra, recurrent, integer and 16-bit float ops: torch kernels
+that reproduce the reference's arithmetic (its dtypes, its rounding, its order where
+the order shows in the result)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ExecutionError
+from .externs import extern
+
+
+def _sum_like_numpy(e: torch.Tensor, axis: int) -> torch.Tensor:
+    """numpy's sum of a 16-bit float tensor along `axis` (keepdims): float16 along the
+    innermost axis accumulates in float32 and rounds once; otherwise (and always for
+    ml_dtypes' bfloat16) each partial sum rounds to the 16-bit type, in index order."""
+    if e.dtype == torch.float16 and all(d == 1 for d in e.shape[axis + 1:]):
+        return e.sum(axis, keepdim=True, dtype=torch.float32).to(e.dtype)
+    acc = e.narrow(axis, 0, 1).clone()
+    for i in range(1, e.shape[axis]):
+        acc += e.narrow(axis, i, 1)
+    return acc
+
+
+@extern("softmax16")
+def softmax16(params, x, y):
+    """Softmax (or LogSoftmax) of a 16-bit float tensor as the reference computes it in
+    that dtype: x - max, exp, the sum (see `_sum_like_numpy`), a division, each result
+    rounded to the 16-bit type."""
+    if x.numel() == 0:
+        return
+    axis = params["axis"]
+    e = torch.exp(x - x.amax(axis, keepdim=True))
+    result = e / _sum_like_numpy(e, axis)
+    y.copy_(torch.log(result) if params["log"] else result)
+
+
+# -- RNN, GRU, LSTM ---------------------------------------------------------------------
+def _rnn_direction(op, xs, w, r, b, h, c, p, linear_before_reset):
+    """One direction over time-major xs [seq, batch, in]: its outputs [seq, batch, hidden],
+    last hidden and cell state. Gates in ONNX's order (GRU z r h, LSTM i o f c)."""
+    hidden = r.shape[-1]
+    gates = w.shape[0] // hidden
+    wb, rb = (b[:gates * hidden], b[gates * hidden:]) if b is not None else (0, torch.zeros(gates * hidden,
+                                                                                           dtype=xs.dtype))
+    projected = torch.matmul(xs, w.t()) + wb  # every step's input projection: one GEMM
+    outs = []
+    for xw in projected:
+        if op == "RNN":
+            h = torch.tanh(xw + h @ r.t() + rb)
+        elif op == "GRU":
+            zr = torch.sigmoid(xw[:, :2 * hidden] + h @ r[:2 * hidden].t() + rb[:2 * hidden])
+            z, reset = zr[:, :hidden], zr[:, hidden:]
+            r_h, rb_h = r[2 * hidden:], rb[2 * hidden:]
+            if linear_before_reset:
+                candidate = torch.tanh(xw[:, 2 * hidden:] + reset * (h @ r_h.t() + rb_h))
+            else:
+                candidate = torch.tanh(xw[:, 2 * hidden:] + (reset * h) @ r_h.t() + rb_h)
+            h = (1 - z) * candidate + z * h
+        else:
+            i, o, f, g = (xw + h @ r.t() + rb).split(hidden, dim=-1)
+            p_i, p_o, p_f = (p[:hidden], p[hidden:2 * hidden], p[2 * hidden:]) if p is not None else (0, 0, 0)
+            i = torch.sigmoid(i + p_i * c)
+            f = torch.sigmoid(f + p_f * c)
+            c = f * c + i * torch.tanh(g)
+            h = torch.sigmoid(o + p_o * c) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs) if outs else xs.new_zeros((0, *h.shape)), h, c
+
+
+@extern("recurrent")
+def recurrent(params, x, w, r, b, seq_lens, h0, c0, p, y, y_h, y_c=None):
+    """RNN / GRU / LSTM (see ember/ir/ops/rnn.py): each direction's recurrence, the
+    reverse one over the time-flipped input."""
+    layout = params["layout"]
+    xs = x.transpose(0, 1) if layout else x  # [seq, batch, in]
+    if seq_lens is not None and bool((seq_lens != xs.shape[0]).any()):
+        raise ExecutionError(f"{params['where']}: sequence_lens {seq_lens.tolist()} shorter than the "
+                             f"sequence ({xs.shape[0]}): the kernel runs every sequence at full length")
+    directions, batch, hidden = w.shape[0], xs.shape[1], params["hidden_size"]
+
+    def state(t):
+        if t is None:
+            return xs.new_zeros((directions, batch, hidden))
+        return t.transpose(0, 1) if layout else t
+
+    h0, c0 = state(h0), state(c0)
+    ys, hs, cs = [], [], []
+    for d in range(directions):
+        reverse = params["direction"] == "reverse" or d == 1
+        seq = xs.flip(0) if reverse else xs
+        out, h, c = _rnn_direction(params["op"], seq, w[d], r[d], None if b is None else b[d], h0[d], c0[d],
+                                   None if p is None else p[d], params["linear_before_reset"])
+        ys.append(out.flip(0) if reverse else out)
+        hs.append(h)
+        cs.append(c)
+    y_all = torch.stack(ys, 1)  # [seq, dirs, batch, hidden]
+    y.copy_(y_all.permute(2, 0, 1, 3) if layout else y_all)
+    for target, states in ((y_h, hs), (y_c, cs)):
+        if target is not None:
+            stacked = torch.stack(states)
+            target.copy_(stacked.transpose(0, 1) if layout else stacked)
+
+
+# -- LinearAttention ----------------------------------------------------------------------
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, H*D] -> [B, H, T, D], in float32."""
+    b, t, _ = x.shape
+    return x.reshape(b, t, heads, -1).transpose(1, 2).float()
+
+
+@extern("linear_attention")
+def linear_attention(params, query, key, value, past_state, decay, beta, output, present_state):
+    """The reference's recurrence (onnx.reference LinearAttention) in float32 torch ops:
+    per step, state *= exp(decay); v <- beta (v - S^T k); S += k v^T; o = scale q S,
+    query heads reading their kv head's state."""
+    heads, kv_heads = params["q_num_heads"], params["kv_num_heads"]
+    q, k, v = _heads(query, heads), _heads(key, kv_heads), _heads(value, kv_heads)
+    b, t, d_k, d_v = q.shape[0], q.shape[2], k.shape[-1], v.shape[-1]
+    group = heads // kv_heads
+    if decay is not None:  # [B, T, H_kv] per head, or [B, T, H_kv * d_k] per key dim
+        decay = decay.reshape(b, t, kv_heads, -1).transpose(1, 2).float()
+    if beta is not None:  # [B, T, H_kv or 1]
+        beta = beta.reshape(b, t, beta.shape[-1], 1).transpose(1, 2).float()
+    state = past_state.float().clone() if past_state is not None else q.new_zeros((b, kv_heads, d_k, d_v))
+    scale = params["scale"] or 1.0 / (d_k ** 0.5)
+    out = q.new_zeros((b, heads, t, d_v))
+    for i in range(t):
+        k_t, v_t = k[:, :, i], v[:, :, i]
+        if params["gating"]:
+            state = state * torch.exp(decay[:, :, i])[..., None]
+        if params["delta"]:
+            v_t = beta[:, :, i] * (v_t - torch.einsum("bhdm,bhd->bhm", state, k_t))
+        state = state + k_t[..., :, None] * v_t[..., None, :]
+        read = state if group == 1 else state.repeat_interleave(group, dim=1)
+        out[:, :, i] = scale * torch.einsum("bhd,bhdm->bhm", q[:, :, i], read)
+    output.copy_(out.transpose(1, 2).reshape(output.shape))
+    present_state.copy_(state)
+
+
+# -- integers ------------------------------------------------------------------------------
+@extern("integer_pow")
+def integer_pow(params, x, y, out):
+    """x ** y for integers as numpy: exact, wrapping in the wider type, then cast to x's
+    dtype; a negative exponent is an error, as in numpy."""
+    if bool((y < 0).any()):
+        raise ExecutionError(f"{params['where']}: integers to negative integer powers are not allowed")
+    out.copy_(torch.pow(x, y))
+
+
+@extern("bitcast")
+def bitcast(params, x, y):
+    y.copy_(x.view(y.dtype))
+
+
+# -- integer and quantized matmul / conv --------------------------------------------------------
+def _centered(x, zero, per_channel: bool = False):
+    """x - zero point, exactly, in int64 (a zero point per output channel of a filter
+    broadcasts over the filter's other axes)."""
+    x = x.to(torch.int64)
+    if zero is None:
+        return x
+    zero = zero.to(torch.int64)
+    if per_channel and zero.numel() > 1:
+        return x - zero.reshape(-1, *[1] * (x.dim() - 1))
+    return x - zero.reshape(())
+
+
+def _requantize(acc, x_scale, w_scale, y_scale, y_zero, y):
+    """The int32 accumulator scaled as the reference does (the scales multiplied in their
+    own dtype, the product applied in float64), plus the zero point, rounded half to
+    even, clipped to y's range."""
+    scale = x_scale.reshape(()) * w_scale / y_scale.reshape(())
+    if scale.numel() > 1:  # one per output channel: axis 1 of the result
+        scale = scale.reshape(-1, *[1] * (acc.dim() - 2))
+    else:
+        scale = scale.reshape(())
+    d = acc.to(torch.float64) * scale.to(torch.float64) + y_zero.reshape(()).to(torch.float64)
+    info = torch.iinfo(y.dtype)
+    y.copy_(torch.round(d).clamp_(info.min, info.max))
+
+
+@extern("integer_matmul")
+def integer_matmul(params, a, b, a_zero, b_zero, *rest):
+    """MatMulInteger (int32 out) or QLinearMatMul (requantized to the output zero point's dtype)."""
+    *scales, y = rest
+    acc = torch.matmul(_centered(a, a_zero), _centered(b, b_zero)).to(torch.int32)  # int32 wraps
+    if not scales:
+        y.copy_(acc)
+        return
+    a_scale, b_scale, y_scale, y_zero = scales
+    _requantize(acc, a_scale, b_scale.reshape(()), y_scale, y_zero, y)
+
+
+@extern("integer_conv")
+def integer_conv(params, x, w, x_zero, w_zero, bias, x_scale, w_scale, y_scale, y_zero, y):
+    """ConvInteger (int32 out) or QLinearConv (requantized): the convolution of the
+    centered integers in float64, exact, through the float conv extern."""
+    from .externs import conv
+
+    xc = _centered(x, x_zero).to(torch.float64)
+    wc = _centered(w, w_zero, per_channel=True).to(torch.float64)
+    acc = conv({**params["conv"], "activation": ""}, xc, wc, None, None, None)
+    acc = acc.to(torch.int64).to(torch.int32)
+    if bias is not None:
+        acc = acc + bias.reshape(-1, *[1] * (acc.dim() - 2)).to(torch.int32)
+    if x_scale is None:
+        y.copy_(acc)
+        return
+    _requantize(acc, x_scale, w_scale.reshape(-1) if w_scale.numel() > 1 else w_scale.reshape(()), y_scale,
+                y_zero, y)
+
+
+@extern("det")
+def det(params, x, y):
+    y.copy_(torch.linalg.det(x))
+
+
+# -- 16-bit floats --------------------------------------------------------------------------
+@extern("conv16")
+def conv16(params, x, w, bias, total, y):
+    """A float16/bfloat16 convolution (and ember.Conv's epilogue) in float32, rounded once
+    into y."""
+    from .externs import conv
+
+    def wide(t):
+        return None if t is None else t.float()
+
+    params = {k: v for k, v in params.items() if k != "packed"}
+    y.copy_(conv(params, wide(x), wide(w), wide(bias), wide(total), None))
+
+
+# -- ai.onnx.ml.TreeEnsemble ------------------------------------------------------------------
+_TREE_COMPARE = [torch.le, torch.lt, torch.ge, torch.gt, torch.eq, torch.ne]  # by mode; 6: set membership
+
+
+def _walk(params, x, root):
+    """(weight, target) of the leaf each row of x reaches from `root`, the whole batch at
+    once: each step moves every row still on a branch node by its node's test."""
+    p = {k: torch.tensor(params[k]) for k in ("modes", "features", "true_ids", "false_ids", "true_leafs",
+                                              "false_leafs", "missing")}
+    splits = torch.tensor(params["splits"], dtype=torch.float64)
+    width = max([len(m) for m in params["members"]] + [1])
+    members = torch.tensor([m + [float("nan")] * (width - len(m)) for m in params["members"]], dtype=torch.float64)
+    rows = torch.arange(x.shape[0])
+    degenerate = (params["true_leafs"][root] and params["false_leafs"][root]
+                  and params["true_ids"][root] == params["false_ids"][root])
+    at = torch.full((x.shape[0],), root)  # (a one-leaf tree: its leaf has the root's index)
+    leaf = torch.full((x.shape[0],), bool(degenerate))
+    for _ in range(len(params["modes"]) + 1):
+        if bool(leaf.all()):
+            break
+        node = torch.where(leaf, torch.zeros_like(at), at)
+        v = x[rows, p["features"][node]].to(torch.float64)
+        mode = p["modes"][node]
+        go_true = torch.zeros_like(leaf)
+        for m, compare in enumerate(_TREE_COMPARE):
+            go_true |= (mode == m) & compare(v, splits[node])
+        go_true |= (mode == 6) & (v[:, None] == members[node]).any(1)
+        go_true |= p["missing"][node].bool() & torch.isnan(v)
+        nxt = torch.where(go_true, p["true_ids"][node], p["false_ids"][node])
+        nxt_leaf = torch.where(go_true, p["true_leafs"][node], p["false_leafs"][node]).bool()
+        at = torch.where(leaf, at, nxt)
+        leaf = leaf | nxt_leaf
+    return torch.tensor(params["leaf_weights"], dtype=torch.float64)[at], torch.tensor(params["leaf_targets"])[at]
+
+
+@extern("tree_ensemble")
+def tree_ensemble(params, x, y):
+    """The reference's aggregation, tree by tree: sum, average (each weight / trees), min
+    or max per target, starting from 0 or the dtype's extreme."""
+    how, trees = params["aggregate"], len(params["roots"])
+    info = torch.finfo(y.dtype)
+    result = torch.full(y.shape, {0: 0.0, 1: 0.0, 2: info.max, 3: info.min}[how], dtype=torch.float64)
+    rows = torch.arange(x.shape[0])
+    for root in params["roots"]:
+        weight, target = _walk(params, x, root)
+        current = result[rows, target]
+        result[rows, target] = {0: lambda: current + weight / trees, 1: lambda: current + weight,
+                                2: lambda: torch.minimum(current, weight), 3: lambda: torch.maximum(current, weight)}[how]()
+    y.copy_(result)
+
+
+# -- TfIdfVectorizer -------------------------------------------------------------------------
+@extern("tfidf")
+def tfidf(params, x, y):
+    """Counts of the pool's n-grams in each row, every skip distance up to max_skip + 1
+    (unigrams once), then TF / IDF / TFIDF weighting, as the reference."""
+    rows = x.reshape(1, -1).to(torch.int64) if x.dim() <= 1 else x.to(torch.int64)
+    width = rows.shape[1]
+    counts = torch.zeros((rows.shape[0], y.shape[-1]), dtype=torch.int64)
+    for d in range(1, params["max_skip"] + 2):
+        smallest = params["min_n"] if d == 1 else max(params["min_n"], 2)
+        for n in range(smallest, params["max_n"] + 1):
+            grams, span = params["grams"].get(n, []), (n - 1) * d + 1
+            if not grams or span > width:
+                continue
+            windows = torch.stack([rows[:, k * d:k * d + width - span + 1] for k in range(n)], -1)  # [B, S, n]
+            pool = torch.tensor([g for g, _ in grams], dtype=torch.int64)  # [P, n]
+            hits = (windows[:, :, None, :] == pool).all(-1).sum(1)  # [B, P]
+            counts.index_add_(1, torch.tensor([c for _, c in grams]), hits)
+    weights = torch.tensor(params["weights"], dtype=torch.float32) if params["weights"] else None
+    mode = params["mode"]
+    if mode == "TF":
+        out = counts.to(torch.float32)
+    elif mode == "IDF":
+        out = (counts > 0).to(torch.float32) * (weights if weights is not None else 1)
+    else:
+        out = counts.to(torch.float32) * (weights if weights is not None else 1)
+    y.copy_(out.reshape(y.shape))
