@@ -40,7 +40,7 @@ KERNEL_DTYPES = {DType.float32, DType.float64, DType.float16, DType.bfloat16, DT
 
 # dtypes externs take (the executor hands them torch views of the buffers)
 EXTERN_DTYPES = {DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int64, DType.int32, DType.int16,
-                 DType.int8, DType.uint8, DType.bool}
+                 DType.int8, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""The `control` extern: If and Scan whose bodies ember compiled into programs of their
-own (ember/ir/ops/control_flow.py lowers them). `prepare` builds each body's kernels
-once; a run executes the branch taken, or the body once per scan step, on those kernels,
-with the values the bodies read from the enclosing graph passed in as inputs."""
+"""The `control` extern: If, Scan and Loop whose bodies ember compiled into programs of
+their own (ember/ir/ops/control_flow.py lowers them). `prepare` builds each body's
+kernels once; a run executes the branch taken, or the body once per scan step or loop
+iteration, on those kernels, with the values the bodies read from the enclosing graph
+passed in as inputs. Loop's scan outputs have a length only the run tells: the extern
+allocates them and returns every output (the executor binds their sizes)."""
 
 from __future__ import annotations
 
@@ -36,8 +38,10 @@ def control(params, *args):
     ins, outs = [_array(t) for t in args[:n_in]], [_array(t) for t in args[n_in:]]
     if params["kind"] == "if":
         _run_if(params, ins, outs)
-    else:
+    elif params["kind"] == "scan":
         _run_scan(params, ins, outs)
+    else:
+        return _run_loop(params, ins, outs, args[n_in:])
 
 
 def _run_if(params, ins, outs):
@@ -74,3 +78,35 @@ def _run_scan(params, ins, outs):
             _store(y[t, ...], value, params["where"], f"scan output {k} at step {t}")
     for k, (y, value) in enumerate(zip(outs[:num_state], state)):
         _store(y, value, params["where"], f"final state {k}")
+
+
+def _run_loop(params, ins, outs, given):
+    import torch
+
+    from ..ir.ops.control_flow import _empty_scan_output
+
+    num_carried = params["num_carried"]
+    max_trip, cond, state, scope = ins[0], ins[1], list(ins[2:2 + num_carried]), ins[2 + num_carried:]
+    limit = None if max_trip is None else int(max_trip.reshape(-1)[0])
+    going = True if cond is None else bool(cond.reshape(-1)[0])
+    body = params["executors"][0]
+    scans: list[list] = [[] for _ in range(len(outs) - num_carried)]
+    i = 0
+    while going and (limit is None or i < limit):
+        results = body.run([np.array(i, np.int64), np.array(going), *state, *scope])
+        going = bool(np.asarray(results[0]).reshape(-1)[0])
+        state = results[1:1 + num_carried]
+        for acc, item in zip(scans, results[1 + num_carried:]):
+            acc.append(np.array(item))  # a copy: the body's next run may reuse its output
+        i += 1
+    body_outputs = params["bodies"][0].outputs
+    values = [*state, *(np.stack(acc) if acc else _empty_scan_output(body_outputs[1 + num_carried + k])
+                        for k, acc in enumerate(scans))]
+    returned = []
+    for k, (y, tensor, value) in enumerate(zip(outs, given, values)):
+        if y is not None:  # a size known before the run: written in place
+            _store(y, value, params["where"], f"loop output {k}")
+            returned.append(tensor)
+        else:
+            returned.append(torch.from_numpy(np.ascontiguousarray(value)))
+    return returned

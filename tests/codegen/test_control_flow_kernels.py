@@ -92,3 +92,40 @@ def test_a_body_with_a_fallback_node_keeps_the_whole_node_on_the_fallback():
     reasons = lower_graph(compiled.graph).fallback_reasons
     assert list(reasons.values()) == [next(iter(reasons.values()))]
     assert "the then branch has nodes on the fallback" in next(iter(reasons.values()))
+
+
+def _loop_model():
+    """for i < M while s < limit: s += x * i; emits s * 2 each iteration (a scan output
+    whose length only the run tells), reading x from the enclosing graph."""
+    body = helper.make_graph(
+        [helper.make_node("Cast", ["i"], ["fi"], to=F), helper.make_node("Mul", ["x", "fi"], ["xi"]),
+         helper.make_node("Add", ["s", "xi"], ["s_next"]),
+         helper.make_node("ReduceSum", ["s_next"], ["total"], keepdims=0),
+         helper.make_node("Less", ["total", "limit"], ["go"]),
+         helper.make_node("Mul", ["s_next", "two"], ["emit"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s", F, [3])],
+        [helper.make_tensor_value_info("go", TensorProto.BOOL, []), helper.make_tensor_value_info("s_next", F, [3]),
+         helper.make_tensor_value_info("emit", F, [3])],
+        [helper.make_tensor("two", F, [], [2.0])])
+    loop = helper.make_node("Loop", ["M", "c0", "s0"], ["s_final", "emitted"], body=body)
+    return _model([loop], [helper.make_tensor_value_info("M", TensorProto.INT64, []),
+                           helper.make_tensor_value_info("c0", TensorProto.BOOL, []),
+                           helper.make_tensor_value_info("s0", F, [3]), helper.make_tensor_value_info("x", F, [3]),
+                           helper.make_tensor_value_info("limit", F, [])],
+                  [helper.make_tensor_value_info("s_final", F, [3]), helper.make_tensor_value_info("emitted", F, ["n", 3])])
+
+
+def test_loop_runs_its_body_on_kernels_for_a_count_only_the_run_tells():
+    model = _loop_model()
+    compiled = ember.compile(model)
+    assert compiled.stats.fallback_nodes == []
+    reference = ember.compile(model, codegen=False)
+    rng = np.random.default_rng(0)
+    for trips, go, limit in ((5, True, 1e9), (0, True, 1e9), (7, True, 3.0), (4, False, 1e9)):
+        feeds = {"M": np.array(trips, np.int64), "c0": np.array(go), "s0": rng.random(3).astype(np.float32),
+                 "x": rng.random(3).astype(np.float32), "limit": np.array(limit, np.float32)}
+        got, want = compiled.run(feeds), reference.run(feeds)
+        for name in want:  # one program for every count
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6)

@@ -141,8 +141,8 @@ standard_op("SequenceMap", reference=_sequence_map)
 # If and Scan run on kernels when every node of their bodies does: each body becomes a
 # standalone graph (its outer-scope reads turned into inputs), optimized and lowered like
 # a model, and the `control` extern runs its compiled program once per branch taken or
-# per scan step. Loop's scan outputs have a length only the run tells, so Loop stays on
-# the fallback.
+# per scan step, or per loop iteration (Loop's scan outputs have a length only the run
+# tells: the extern allocates them and the executor binds their sizes).
 
 def _standalone(body, free: list, input_types: list | None = None):
     """A copy of subgraph `body` whose outer-scope reads `free` are extra inputs (after its
@@ -221,6 +221,22 @@ def _lower_scan(ctx, node, ins):
                       where=node.describe())
 
 
+def _lower_loop(ctx, node, ins):
+    from ..dtypes import DType
+    from ..types import TensorType
+    from ._lowering import out_type
+
+    body = node.attrs["body"]
+    num_carried = len(node.inputs) - 2
+    types = [TensorType(DType.int64, ()), TensorType(DType.bool, ()), *(v.type for v in node.inputs[2:])]
+    free = body.free_values()
+    graph = _compiled_body(body, free, types, "the loop body")
+    outer = _outer_refs(ctx, free)
+    return ctx.extern("control", [*ins, *outer], [out_type(node, i) for i in range(len(node.outputs))],
+                      kind="loop", num_outputs=len(node.outputs), bodies=[graph], num_carried=num_carried,
+                      where=node.describe())
+
+
 def _outer_refs(ctx, values: list) -> list:
     from ._lowering import NotLowerable
 
@@ -233,9 +249,9 @@ def _outer_refs(ctx, values: list) -> list:
 def _register_lowerings():
     from ._lowering import register_lowering
 
-    for op, fn in (("If", _lower_if), ("Scan", _lower_scan)):
+    for op, fn in (("If", _lower_if), ("Scan", _lower_scan), ("Loop", _lower_loop)):
+        register_lowering(op, sizes_outputs=op == "Loop")(fn)
         fn.handles_subgraphs = True
-        register_lowering(op)(fn)
 
 
 _register_lowerings()
