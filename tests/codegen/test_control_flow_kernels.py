@@ -129,3 +129,26 @@ def test_loop_runs_its_body_on_kernels_for_a_count_only_the_run_tells():
         got, want = compiled.run(feeds), reference.run(feeds)
         for name in want:  # one program for every count
             np.testing.assert_allclose(got[name], want[name], rtol=1e-6)
+
+
+def test_scan_and_loop_outputs_are_typed_from_their_bodies():
+    """With no declared output types, inference types the scan outputs from the body
+    ([length, *body output] at the output axis) and Loop's as [iterations, *body output],
+    so both still lower."""
+    from ember.frontends.onnx import load_onnx
+    from ember.ir.shape_inference import infer_types
+
+    scan = _scan_model(4, 3, 0, 0, 1, 0)
+    loop = _loop_model()
+    for model in (scan, loop):
+        for out in model.graph.output:
+            out.type.tensor_type.ClearField("shape")
+    g = load_onnx(scan)
+    known = infer_types(g)
+    state, ys = (known[id(v)].type.shape for v in g.nodes[-1].outputs)
+    assert state == (3,) and ys == (3, 4)  # scan_output_axes=[1]: [cols, rows]
+    g = load_onnx(loop)
+    state, emitted = (known_t.type.shape for known_t in (infer_types(g)[id(v)] for v in g.nodes[-1].outputs))
+    assert state == (3,) and len(emitted) == 2 and emitted[1] == 3
+    for model in (scan, loop):
+        assert ember.compile(model).stats.fallback_nodes == []

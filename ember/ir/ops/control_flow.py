@@ -132,8 +132,59 @@ def _sequence_map(node: Node):
 
 
 standard_op("If", reference=_if)
-standard_op("Loop", reference=_loop)
-standard_op("Scan", reference=_scan)
+def _loop_infer(node: Node, ins: list) -> list:
+    """Carried values typed as their initial values; scan outputs as the body's outputs
+    after a leading count of iterations only the run tells."""
+    from ..types import TensorType, fresh_symbol
+    from ._symbolic import shape_of, tensor
+
+    body = node.attrs["body"]
+    num_carried = len(node.inputs) - 2
+    outs = []
+    for i, v in enumerate(body.outputs[1:]):
+        t = v.type
+        if not isinstance(t, TensorType):
+            outs.append(None)
+        elif i < num_carried:
+            given = shape_of(ins[2 + i]) if 2 + i < len(ins) else None
+            outs.append(tensor(t.dtype, given if given is not None else t.shape))
+        else:
+            outs.append(tensor(t.dtype, None if t.shape is None else (fresh_symbol(), *t.shape)))
+    return outs
+
+
+standard_op("Loop", reference=_loop, infer=_loop_infer)
+def _scan_infer(node: Node, ins: list) -> list:
+    """Final states typed as the initial states; scan outputs as the body's outputs with the
+    scan length (the scan inputs' length along their axis) inserted at their axis."""
+    from ..types import TensorType, fresh_symbol
+    from ._symbolic import shape_of, tensor
+
+    body = node.attrs["body"]
+    num_scan_in = node.attrs["num_scan_inputs"]
+    num_state = len(node.inputs) - num_scan_in
+    in_axes = node.attrs.get("scan_input_axes") or [0] * num_scan_in
+    out_axes = node.attrs.get("scan_output_axes") or [0] * (len(body.outputs) - num_state)
+    first = shape_of(ins[num_state]) if num_scan_in and len(ins) > num_state else None
+    length = first[in_axes[0] % len(first)] if first else fresh_symbol()
+    outs = []
+    for i, v in enumerate(body.outputs):
+        t = v.type
+        if not isinstance(t, TensorType):
+            outs.append(None)
+        elif i < num_state:
+            given = shape_of(ins[i]) if i < len(ins) else None
+            outs.append(tensor(t.dtype, given if given is not None else t.shape))
+        elif t.shape is None:
+            outs.append(tensor(t.dtype, None))
+        else:
+            shape = list(t.shape)
+            shape.insert(out_axes[i - num_state] % (len(shape) + 1), length)
+            outs.append(tensor(t.dtype, shape))
+    return outs
+
+
+standard_op("Scan", reference=_scan, infer=_scan_infer)
 standard_op("SequenceMap", reference=_sequence_map)
 
 
