@@ -37,8 +37,8 @@ def config_from_hf(d: dict[str, Any], family: str = "llama") -> ModelConfig:
     )
 
 
-def config_from_gguf(meta: dict[str, Any], tensor_names: list[str]) -> ModelConfig:
-    """The config llama.cpp's converter recorded as `llama.*` metadata."""
+def config_from_gguf(meta: dict[str, Any], tensor_names: list[str], family: str = "llama") -> ModelConfig:
+    """The config llama.cpp's converter recorded as `llama.*` (`qwen2.*`, ...) metadata."""
     a = meta["general.architecture"]
     if "rope_freqs.weight" in tensor_names:
         raise ModelError("GGUF: per-frequency rope factors (rope_freqs.weight, Llama 3.1 scaling) are not "
@@ -59,7 +59,7 @@ def config_from_gguf(meta: dict[str, Any], tensor_names: list[str]) -> ModelConf
         if scaling == "yarn":
             rope["original_max_position_embeddings"] = int(key("rope.scaling.original_context_length"))
     return ModelConfig(
-        family="llama",
+        family=family,
         vocab_size=int(vocab),
         hidden_size=hidden,
         intermediate_size=int(key("feed_forward_length")),
