@@ -117,3 +117,20 @@ def test_unknown_gguf_architecture(tmp_path):
 def test_unknown_dtype(folder):
     with pytest.raises(ember.ModelError, match="dtype 'int8' is not supported"):
         load_pretrained(folder, dtype="int8")
+
+
+def test_float32_weights_stay_mapped(folder):
+    """A float32 safetensors weight becomes a constant that views the mapped file: nothing
+    is read or copied until the compiled model packs it."""
+    graph = load_pretrained(folder, progress=False).graph()
+    weights = {v.name: v.const for v in graph.constants}
+
+    def mapped(a):
+        while isinstance(a, np.ndarray):
+            if isinstance(a, np.memmap):
+                return True
+            a = a.base
+        return False
+
+    assert mapped(weights["model.layers.0.self_attn.q_proj.weight"])
+    assert mapped(weights["model.embed_tokens.weight"])
