@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelError
+from ...errors import ModelError, UnsupportedError
 from ...ir.graph import Graph
 from . import llama, qwen2  # noqa: F401 - register their architectures
 from .config import ModelConfig
@@ -34,10 +34,21 @@ class PretrainedModel:
     def cache_shape(self, num_blocks: int, block_size: int = 16) -> tuple[int, int, int, int]:
         return cache_shape(self.config, num_blocks, block_size)
 
-    @property
-    def tokenizer_file(self) -> Path | None:
-        file = self.path / "tokenizer.json"
-        return file if self.path.is_dir() and file.is_file() else None
+    def tokenizer(self):
+        """The model's tokenizer, with its chat template: transformers' fast tokenizer read
+        from the folder's tokenizer files or the GGUF metadata (local files only, no
+        remote code)."""
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise UnsupportedError("the tokenizer needs transformers (pip install transformers)") from None
+        try:
+            if self.path.is_dir():
+                return AutoTokenizer.from_pretrained(self.path, local_files_only=True, trust_remote_code=False)
+            return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name, local_files_only=True,
+                                                 trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelError(f"{self.path}: cannot load its tokenizer: {e}") from None
 
 
 def load_pretrained(path: str | os.PathLike, *, dtype="float32", progress: bool = True) -> PretrainedModel:
