@@ -60,7 +60,12 @@ def compare_logits(model, folder, *, compiled=True, prefill=(5, 3, 9), steps=4, 
 
 
 @pytest.fixture
-def smollm2_gguf():
+def smollm2_gguf(smollm2_gguf_path):
+    return smollm2_gguf_path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_path():
     import importlib.util
     import pathlib
 

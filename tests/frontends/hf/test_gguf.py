@@ -14,6 +14,7 @@ from ember.frontends.hf import load_pretrained
 from ember.frontends.hf.gguf_file import GGUFWeights, open_gguf, unpermute
 
 from .conftest import compare_logits, save_tiny
+from .paged import PagedRunner
 
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1]
 
@@ -131,25 +132,30 @@ def test_smollm2_gguf_config_and_tensors(smollm2_gguf):
     assert w.take("model.norm.weight", (576,)).shape == (576,)
 
 
-@pytest.mark.slow
-def test_smollm2_gguf_logits_match_transformers(smollm2_gguf):
-    """The whole model against transformers reading the same GGUF (its own config mapping
-    and q/k un-permutation; both dequantize with gguf)."""
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf_path):
+    """(transformers' model of the SmolLM2 GGUF, ember's PretrainedModel, its compiled graph)."""
     import torch
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    config = {k: v for k, v in load_gguf_checkpoint(smollm2_gguf)["config"].items() if k != "tokenizer"}
+    # transformers' own config mapping and q/k un-permutation; both dequantize with gguf
+    config = {k: v for k, v in load_gguf_checkpoint(smollm2_gguf_path)["config"].items() if k != "tokenizer"}
     reference = LlamaForCausalLM(LlamaConfig(**config)).eval()
-    tensors = load_gguf_checkpoint(smollm2_gguf, return_tensors=True, model_to_load=reference)["tensors"]
+    tensors = load_gguf_checkpoint(smollm2_gguf_path, return_tensors=True, model_to_load=reference)["tensors"]
     reference.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=False)
     reference.tie_weights()
-    model = load_pretrained(smollm2_gguf, progress=False)
-    compiled = ember.compile(model.graph(block_size=16, max_model_len=256))
+    model = load_pretrained(smollm2_gguf_path, progress=False)
+    return reference, model, ember.compile(model.graph(block_size=16, max_model_len=256))
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_logits_match_transformers(smollm2):
+    import torch
+
+    reference, model, compiled = smollm2
     tokens = [1, 9690, 28, 253, 5248, 314, 2114, 30, 2]
     with torch.no_grad():
         want = reference(torch.tensor([tokens])).logits[0].numpy()
-    from .paged import PagedRunner
-
     runner = PagedRunner(lambda feeds: compiled.run(feeds)["logits"], model.config, block_size=16)
     seq = runner.add_sequence()
     got = [runner.step({seq: tokens[:5]}, all_logits=True)[seq]]
@@ -159,3 +165,37 @@ def test_smollm2_gguf_logits_match_transformers(smollm2_gguf):
     err = np.abs(got - want).max()
     print(f"SmolLM2 GGUF: max abs {err:.2e}, max rel {err / np.abs(want).max():.2e}")
     assert err / np.abs(want).max() < 1e-4
+
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "How do I sort a list in Python?"]
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_continuations_match_transformers(smollm2):
+    """Three chat prompts decoded greedily for 32 tokens, together in one flattened batch,
+    give the tokens transformers' greedy generate gives."""
+    import torch
+
+    reference, model, compiled = smollm2
+    tokenizer = model.tokenizer()
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=False) for p in PROMPTS]
+    want = []
+    with torch.no_grad():
+        for p in prompts:
+            # no stop at <|im_end|>, and an explicit mask: generate would otherwise mask the prompt's
+            # <|im_end|> tokens, which are also SmolLM2's pad token
+            out = reference.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                     max_new_tokens=32, do_sample=False, eos_token_id=None)
+            want.append(out[0, len(p):].tolist())
+    runner = PagedRunner(lambda feeds: compiled.run(feeds)["logits"], model.config, num_blocks=64, block_size=16)
+    seqs = [runner.add_sequence() for _ in prompts]
+    got = [[] for _ in prompts]
+    step = {s: p for s, p in zip(seqs, prompts)}
+    for _ in range(32):
+        logits = runner.step(step)
+        step = {s: [int(logits[s][-1].argmax())] for s in seqs}
+        for s in seqs:
+            got[s].append(step[s][0])
+    print([tokenizer.decode(g) for g in got])
+    assert got == want
