@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ExecutionError
+from . import externs_paged  # noqa: F401 - registers the paged-attention extern
 from .externs import extern
 
 

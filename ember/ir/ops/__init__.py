@@ -2,7 +2,7 @@
 first registers what it defines itself, then the remaining standard ONNX ops get the
 delegating defaults."""
 
-from . import control_flow, data_dependent, elementwise, ember_nn, indexing, linalg, nn, optional, quantize, reduce, rnn, scans, scatter_gather, shape_ops, text, training  # noqa: F401,E501
+from . import control_flow, data_dependent, elementwise, ember_nn, indexing, linalg, nn, optional, paged_attention, quantize, reduce, rnn, scans, scatter_gather, shape_ops, text, training  # noqa: F401,E501
 from .onnx_standard import register_remaining
 
 register_remaining()

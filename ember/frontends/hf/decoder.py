@@ -1,0 +1,138 @@
+"""The forward graph of a Llama-style decoder (pre-norm RMSNorm blocks, rotary
+attention over a paged KV cache, SwiGLU MLP), over a flattened batch of tokens.
+
+Inputs (T new tokens of B sequences; N positions whose logits are wanted):
+
+    input_ids [T], positions [T], slot_mapping [T]          int64
+    block_tables [B, max_blocks], query_start_loc [B+1], seq_lens [B], logit_indices [N]   int64
+    k_cache_{i}, v_cache_{i} [num_blocks, block_size, Hkv, D]   per layer, the model's dtype,
+                                                            written in place (see ember.PagedAttention)
+
+Output: logits [N, vocab] of the tokens at logit_indices (rows of the flattened batch).
+
+Weights keep Hugging Face's names (`model.layers.0.self_attn.q_proj.weight`); a linear
+layer's [out, in] weight becomes ember.Linear's [in, out] (a transposed view).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+from ...errors import ModelError
+from ...ir.dtypes import DType
+from ...ir.graph import Graph
+from ...ir.types import symbol
+from ._builder import GraphBuilder
+from .config import ModelConfig
+from .rope import cos_sin_tables
+from .weights import Weights
+
+FEEDS = ("input_ids", "positions", "slot_mapping", "block_tables", "query_start_loc", "seq_lens", "logit_indices")
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    block_size: int = 16              # tokens per KV-cache block
+    max_model_len: int | None = None  # longest sequence (positions with rotary tables); default: the config's
+
+
+def cache_shape(config: ModelConfig, num_blocks: int, block_size: int) -> tuple[int, int, int, int]:
+    """The shape of each layer's k (and v) cache."""
+    return (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+
+
+def cache_names(layer: int) -> tuple[str, str]:
+    return f"k_cache_{layer}", f"v_cache_{layer}"
+
+
+def weight_names(config: ModelConfig, weights: Weights) -> list[str]:
+    """Every tensor the graph takes (for the progress bar)."""
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not (config.tie_word_embeddings and "lm_head.weight" not in weights):
+        names.append("lm_head.weight")
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+        for proj in ("q", "k", "v", "o"):
+            names.append(f"{p}self_attn.{proj}_proj.weight")
+            if config.attention_bias and proj != "o" or config.o_proj_bias and proj == "o":
+                names.append(f"{p}self_attn.{proj}_proj.bias")
+        for proj in ("gate", "up", "down"):
+            names.append(f"{p}mlp.{proj}_proj.weight")
+            if config.mlp_bias:
+                names.append(f"{p}mlp.{proj}_proj.bias")
+    return names
+
+
+def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions = ForwardOptions()) -> Graph:
+    if config.hidden_act != "silu":
+        raise ModelError(f"hidden_act {config.hidden_act!r} is not supported for {config.family} (only silu)")
+    c = config
+    dtype = DType.from_numpy(weights.dtype)
+    g = GraphBuilder(f"{c.family}_forward")
+    T, B, N, max_blocks, num_blocks = (symbol(s) for s in ("num_tokens", "num_seqs", "num_logits", "max_blocks",
+                                                            "num_blocks"))
+    ids = g.input("input_ids", DType.int64, (T,))
+    positions = g.input("positions", DType.int64, (T,))
+    slots = g.input("slot_mapping", DType.int64, (T,))
+    tables = g.input("block_tables", DType.int64, (B, max_blocks))
+    starts = g.input("query_start_loc", DType.int64, (B + 1,))
+    lens = g.input("seq_lens", DType.int64, (B,))
+    logit_indices = g.input("logit_indices", DType.int64, (N,))
+    caches = [tuple(g.input(name, dtype, (num_blocks, options.block_size, c.num_kv_heads, c.head_dim))
+                    for name in cache_names(i)) for i in range(c.num_layers)]
+
+    weights.start(len(weight_names(c, weights)))
+    try:
+        def tensor(name, shape):
+            return g.const(name, weights.take(name, shape))
+
+        def linear(x, name, n_in, n_out, bias):
+            w = weights.take(name + ".weight", (n_out, n_in)).T
+            b = tensor(name + ".bias", (n_out,)) if bias else None
+            return g("ember.Linear", x, g.const(name + ".weight", w), b)
+
+        def norm(x, name):
+            return g("RMSNormalization", x, tensor(name, (c.hidden_size,)), axis=-1, epsilon=c.rms_norm_eps)
+
+        embed = weights.take("model.embed_tokens.weight", (c.vocab_size, c.hidden_size))
+        h = g("Gather", g.const("model.embed_tokens.weight", embed), ids, axis=0)
+        cos_table, sin_table = cos_sin_tables(c, options.max_model_len or c.max_position_embeddings)
+        cos_table, sin_table = g.const("rope.cos", cos_table.astype(weights.dtype)), \
+            g.const("rope.sin", sin_table.astype(weights.dtype))
+        unsqueeze = g.ints([1])
+        cos = g("Unsqueeze", g("Gather", cos_table, positions, axis=0), unsqueeze)  # [T, 1, D]
+        sin = g("Unsqueeze", g("Gather", sin_table, positions, axis=0), unsqueeze)
+        q_heads, kv_heads = g.ints([-1, c.num_heads, c.head_dim]), g.ints([-1, c.num_kv_heads, c.head_dim])
+        q_flat, kv_flat = g.ints([-1, c.num_heads * c.head_dim]), g.ints([-1, c.num_kv_heads * c.head_dim])
+
+        def rotate(x, heads, flat):
+            return g("Reshape", g("ember.RotaryEmbedding", g("Reshape", x, heads), cos, sin), flat)
+
+        q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        for i in range(c.num_layers):
+            p = f"model.layers.{i}."
+            x = norm(h, p + "input_layernorm.weight")
+            q = linear(x, p + "self_attn.q_proj", c.hidden_size, q_width, c.attention_bias)
+            k = linear(x, p + "self_attn.k_proj", c.hidden_size, kv_width, c.attention_bias)
+            v = linear(x, p + "self_attn.v_proj", c.hidden_size, kv_width, c.attention_bias)
+            q, k = rotate(q, q_heads, q_flat), rotate(k, kv_heads, kv_flat)
+            window = c.sliding_window if c.is_sliding(i) else 0
+            attn = g("ember.PagedAttention", q, k, v, *caches[i], slots, tables, starts, lens,
+                     num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, sliding_window=window)
+            h = g("Add", h, linear(attn, p + "self_attn.o_proj", q_width, c.hidden_size, c.o_proj_bias))
+            x = norm(h, p + "post_attention_layernorm.weight")
+            gate = linear(x, p + "mlp.gate_proj", c.hidden_size, c.intermediate_size, c.mlp_bias)
+            up = linear(x, p + "mlp.up_proj", c.hidden_size, c.intermediate_size, c.mlp_bias)
+            h = g("Add", h, linear(g("ember.SwiGLU", gate, up), p + "mlp.down_proj", c.intermediate_size,
+                                   c.hidden_size, c.mlp_bias))
+        last = norm(g("Gather", h, logit_indices, axis=0), "model.norm.weight")
+        if c.tie_word_embeddings and "lm_head.weight" not in weights:
+            head = g.const("lm_head.weight", embed.T)
+        else:
+            head = g.const("lm_head.weight", weights.take("lm_head.weight", (c.vocab_size, c.hidden_size)).T)
+        logits = g("ember.Linear", last, head, name="logits")
+    finally:
+        weights.finish()
+    return g.finish([logits])

