@@ -294,3 +294,26 @@ def test_squeeze_of_a_fused_value_whose_unit_dim_is_a_size_symbol():
     assert compiled.stats.fallback_nodes == []
     x = np.random.default_rng(0).standard_normal((2, 1, 3)).astype(np.float32)
     np.testing.assert_array_equal(compiled.run({"x": x})["y"], -x[:, 0, :])
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), half=st.integers(1, 5), heads=st.integers(1, 3), tokens=st.integers(0, 4),
+       shared=st.booleans())
+def test_rotary_embedding_kernel_matches_its_reference(data, half, heads, tokens, shared):
+    """ember.RotaryEmbedding as one generated kernel; cos/sin per token (shared over heads)
+    or per element."""
+    d = 2 * half
+    x = data.draw(hnp.arrays(np.float32, (tokens, heads, d), elements=st.floats(-3, 3, width=32)))
+    table = (tokens, 1, d) if shared else (tokens, heads, d)
+    cos = data.draw(hnp.arrays(np.float32, table, elements=st.floats(-1, 1, width=32)))
+    sin = data.draw(hnp.arrays(np.float32, table, elements=st.floats(-1, 1, width=32)))
+    f32 = DType.float32
+    inputs = [Value("x", TensorType(f32, x.shape)), Value("cos", TensorType(f32, table)),
+              Value("sin", TensorType(f32, table))]
+    g = Graph("g", inputs=inputs, opsets={"": 28})
+    g.outputs = g.add_node("ember.RotaryEmbedding", inputs, [Value("y", TensorType(f32, x.shape))]).outputs
+    feeds = {"x": x, "cos": cos, "sin": sin}
+    compiled = ember.compile(g, opt_level=0)
+    assert compiled.stats.fallback_nodes == []
+    want = ember.compile(g, opt_level=0, codegen=False).run(feeds)["y"]
+    np.testing.assert_allclose(compiled.run(feeds)["y"], want, rtol=1e-6, atol=1e-6)

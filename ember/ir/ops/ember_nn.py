@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import sympy
 
+from ..dtypes import DType
 from ..graph import Node, Value
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
 from ._lowering import (
@@ -406,6 +407,29 @@ def _lower_swiglu(ctx, node, ins):
     return [pointwise(ctx, node, ins, lambda g, u: g * g.sigmoid() * u)]
 
 
+def _lower_rotary(ctx, node, ins):
+    """x * cos + rotate_half(x) * sin as one pointwise kernel: element i of the last axis
+    reads its partner (i + d/2) mod d, negated in the first half."""
+    x, cos, sin = ins
+    dtype, shape = out_type(node)
+    d = x.shape[-1] if x.shape else None
+    if x.dtype not in FLOATS or not isinstance(d, int) or d % 2:
+        raise NotLowerable("not float, or a last axis of no static even size")
+    half = d // 2
+
+    def load(b, index):
+        i = index[-1]
+        partner = (*index[:-1], sympy.Mod(i + half, d))
+        value = V(b, x.load(b, ctx.broadcast(x, index, shape)), x.dtype)
+        other = V(b, x.load(b, ctx.broadcast(x, partner, shape)), x.dtype)
+        rotated = (V(b, b.index(i), DType.int64) < half).where(-other, other)
+        c = V(b, cos.load(b, ctx.broadcast(cos, index, shape)), cos.dtype).cast(x.dtype)
+        s = V(b, sin.load(b, ctx.broadcast(sin, index, shape)), sin.dtype).cast(x.dtype)
+        return (value * c + rotated * s).cast(dtype).name
+
+    return [ctx.pointwise(shape, dtype, load, cost=8 + 2 * x.cost + cos.cost + sin.cost)]
+
+
 def _lower_fused_conv(ctx, node, ins):
     total = ins[3] if len(ins) > 3 else None
     activation = get_op(node.op).attr(node, "activation")
@@ -418,5 +442,6 @@ register_lowering("ember.Conv")(_lower_fused_conv)
 register_lowering("ember.MaxPool")(lambda ctx, node, ins: nn.lower_max_pool(ctx, _standard_node(node, "MaxPool", 1),
                                                                              ins, channels_last=True))
 register_lowering("ember.Attention")(_lower_attention)
+register_lowering("ember.RotaryEmbedding")(_lower_rotary)
 register_lowering("ember.SkipLayerNorm")(_lower_skip_layernorm)
 register_lowering("ember.SwiGLU")(_lower_swiglu)
