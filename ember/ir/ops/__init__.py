@@ -2,7 +2,20 @@
 first registers what it defines itself, then the remaining standard ONNX ops get the
 delegating defaults."""
 
-from . import control_flow, elementwise, ember_nn, indexing, linalg, nn, optional, quantize, reduce, scans, shape_ops  # noqa: F401
+from . import (  # noqa: F401
+    control_flow,
+    elementwise,
+    ember_nn,
+    image,
+    indexing,
+    linalg,
+    nn,
+    optional,
+    quantize,
+    reduce,
+    scans,
+    shape_ops,
+)
 from .onnx_standard import register_remaining
 
 register_remaining()

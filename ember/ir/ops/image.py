@@ -1,0 +1,76 @@
+"""Image resampling ops: Resize, GridSample, AffineGrid. Schemas, type functions and
+references are ONNX's; the lowerings are externs in torch ops
+(ember/runtime/externs_image.py) that read the scales, sizes, roi, grid or size fed
+at run time and check them against the output's declared type."""
+
+from __future__ import annotations
+
+from ..dtypes import DType
+from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
+from ._symbolic import normalize_axis
+from .onnx_standard import standard_op
+
+for _op in ("Resize", "GridSample", "AffineGrid"):
+    standard_op(_op)
+
+# what the externs read and write: dtypes torch views ember's buffers as
+TORCH_FLOATS = FLOATS | {DType.float16}
+_RESIZED = TORCH_FLOATS | {DType.int8, DType.uint8, DType.int16, DType.int32, DType.int64}
+_COORDINATE_MODES = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
+                     "tf_crop_and_resize"}
+_NEAREST_MODES = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"}
+
+
+def static_output(node, i: int = 0):
+    """The output's (dtype, shape), which must be static: the extern fills a buffer of it."""
+    dtype, shape = out_type(node, i)
+    if not all(isinstance(d, int) for d in shape):
+        raise NotLowerable("output size depends on values fed at run time")
+    return dtype, shape
+
+
+@register_lowering("Resize")
+def _lower_resize(ctx, node, ins):
+    x, roi, scales, sizes = (ins + [None] * 4)[:4]
+    a = attrs(node)
+    if x.dtype not in _RESIZED:
+        raise NotLowerable(f"Resize of {x.dtype.name}")
+    if a["mode"] not in ("nearest", "linear", "cubic") or a["coordinate_transformation_mode"] not in _COORDINATE_MODES \
+            or a["nearest_mode"] not in _NEAREST_MODES or (a["mode"] == "nearest" and a["antialias"]):
+        raise NotLowerable("a mode the definition does not have")
+    if scales is None and sizes is None:
+        raise NotLowerable("neither scales nor sizes")
+    rank = len(x.shape)
+    axes = [normalize_axis(v, rank) for v in a["axes"]] if a["axes"] else list(range(rank))
+    if not all(isinstance(x.shape[v], int) for v in axes):
+        raise NotLowerable("symbolic resized dims")
+    dtype, shape = static_output(node)
+    return ctx.extern("resize", [x, roi, scales, sizes], [(dtype, shape)], where=node.describe(), axes=axes,
+                      mode=a["mode"], coordinate_transformation_mode=a["coordinate_transformation_mode"],
+                      nearest_mode=a["nearest_mode"], cubic_coeff_a=float(a["cubic_coeff_a"]),
+                      exclude_outside=bool(a["exclude_outside"]), antialias=bool(a["antialias"]),
+                      extrapolation_value=float(a["extrapolation_value"]),
+                      keep_aspect_ratio_policy=a["keep_aspect_ratio_policy"])
+
+
+@register_lowering("GridSample")
+def _lower_grid_sample(ctx, node, ins):
+    x, grid = ins
+    a = attrs(node)
+    if x.dtype not in TORCH_FLOATS or grid.dtype not in TORCH_FLOATS:
+        raise NotLowerable("not float")
+    if a["mode"] not in ("nearest", "linear", "cubic") or a["padding_mode"] not in ("zeros", "border", "reflection"):
+        raise NotLowerable("a mode the definition does not have")
+    if not all(isinstance(d, int) for d in x.shape[2:]):
+        raise NotLowerable("symbolic spatial dims")
+    return ctx.extern("grid_sample", [x, grid], [out_type(node)], mode=a["mode"], padding_mode=a["padding_mode"],
+                      align_corners=bool(a["align_corners"]))
+
+
+@register_lowering("AffineGrid")
+def _lower_affine_grid(ctx, node, ins):
+    theta, size = ins
+    if theta.dtype not in TORCH_FLOATS or len(theta.shape) != 3 or len(out_type(node)[1]) not in (4, 5):
+        raise NotLowerable("not a float 2-d or 3-d grid")
+    return ctx.extern("affine_grid", [theta, size], [static_output(node)], where=node.describe(),
+                      align_corners=bool(attrs(node)["align_corners"]))

@@ -1,0 +1,258 @@
+"""Externs for image ops: Resize, GridSample and AffineGrid, written in torch ops.
+
+Resize and GridSample are separable: each output element is a weighted sum of input
+elements picked by a few taps per resized axis. The taps (indices) and weights are
+computed here from the scales, sizes, roi or grid fed at run time, in float64 as
+ONNX's definition does, and the sum is one gather and one reduction per axis (Resize)
+or over every tap combination (GridSample).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ExecutionError
+from .externs import extern
+
+F64 = torch.float64
+
+
+# -- Resize -------------------------------------------------------------------------------
+def _source_coords(params, out_n: int, in_n: int, scale: float, roi) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each output index's coordinate in the input along one axis, and (crop and resize
+    only) which ones fall outside the input and take the extrapolation value."""
+    y = torch.arange(out_n, dtype=F64)
+    out_w = scale * in_n  # the unrounded output width, as the definition uses it
+    mode = params["coordinate_transformation_mode"]
+    if mode == "align_corners":
+        return (torch.zeros(out_n, dtype=F64) if out_w == 1 else y * (in_n - 1) / (out_w - 1)), None
+    if mode == "asymmetric":
+        return y / scale, None
+    if mode == "tf_crop_and_resize":
+        lo, hi = roi
+        x = torch.full((out_n,), (hi - lo) * (in_n - 1) / 2, dtype=F64) if out_w == 1 \
+            else y * (hi - lo) * (in_n - 1) / (out_w - 1)
+        x = x + lo * (in_n - 1)
+        return x, (x < 0) | (x > in_n - 1)
+    if mode == "pytorch_half_pixel":
+        return (torch.full((out_n,), -0.5, dtype=F64) if out_w == 1 else (y + 0.5) / scale - 0.5), None
+    if mode == "half_pixel":
+        return (y + 0.5) / scale - 0.5, None
+    # half_pixel_symmetric: the centre of the input maps to the centre of the output
+    offset = in_n / 2 * (1 - out_n / out_w)
+    return offset + (y + 0.5) / scale - 0.5, None
+
+
+def _cubic(x: torch.Tensor, a: float) -> torch.Tensor:
+    """Keys' cubic convolution kernel at distance |x|."""
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x <= 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _tap_weights(params, ratio: torch.Tensor, scale: float) -> torch.Tensor:
+    """[out, taps] interpolation weights, given each output's distance `ratio` in (0, 1]
+    past the input index at or left of its source coordinate."""
+    mode, r = params["mode"], ratio[:, None]
+    if mode == "nearest":
+        how = params["nearest_mode"]
+        right = {"round_prefer_floor": r > 0.5, "round_prefer_ceil": r >= 0.5,
+                 "floor": torch.zeros_like(r, dtype=torch.bool), "ceil": torch.ones_like(r, dtype=torch.bool)}[how]
+        right = right | (r == 1)
+        return torch.cat([(~right).to(F64), right.to(F64)], dim=1)
+    a = params["cubic_coeff_a"]
+    if params["antialias"]:  # the kernel stretched by 1/scale when downsampling, renormalized
+        s = min(scale, 1.0)
+        reach = 1 if mode == "linear" else 2
+        start = math.floor(-reach / s) + 1
+        taps = torch.arange(start, 2 - start, dtype=F64)
+        x = (taps[None, :] - r) * s
+        w = (1 - x.abs()).clamp(0, 1) if mode == "linear" else _cubic(x, a)
+        return w / w.sum(dim=1, keepdim=True)
+    if mode == "linear":
+        return torch.cat([1 - r, r], dim=1)
+    return _cubic(torch.arange(-1, 3, dtype=F64)[None, :] - r, a)
+
+
+def _resize_axis(params, data: torch.Tensor, axis: int, scale: float, out_n: int, roi) -> torch.Tensor:
+    """`data` (float64) resized along `axis` to `out_n` elements."""
+    in_n = data.shape[axis]
+    if out_n == 0 or data.numel() == 0:
+        shape = list(data.shape)
+        shape[axis] = out_n
+        return data.new_zeros(shape)
+    x, outside = _source_coords(params, out_n, in_n, scale, roi)
+    floor = torch.floor(x)
+    weights = _tap_weights(params, torch.where(x == floor, torch.ones_like(x), x - floor), scale)
+    n = weights.shape[1]
+    # the n input indices nearest the source coordinate, ties to the smaller (edge padded)
+    pad = math.ceil(n / 2)
+    p = torch.floor(x + pad)
+    frac = x + pad - p
+    if n % 2 == 0:
+        offset = torch.where(frac == 0, -(n // 2), -(n // 2) + 1)
+    else:
+        offset = torch.where(frac <= 0.5, -((n - 1) // 2), -((n - 1) // 2) + 1)
+    taps = (p.long() + offset)[:, None] + torch.arange(n)[None, :] - pad
+    if params["exclude_outside"]:
+        weights = torch.where((taps < 0) | (taps >= in_n), 0.0, weights)
+        total = weights.sum(dim=1, keepdim=True)
+        weights = weights / torch.where(total == 0, 1.0, total)
+    gathered = data.index_select(axis, taps.clamp(0, in_n - 1).reshape(-1)).unflatten(axis, (out_n, n))
+    shape = (1,) * axis + (out_n, n) + (1,) * (data.dim() - axis - 1)
+    result = (gathered * weights.reshape(shape)).sum(dim=axis + 1)
+    if outside is not None:
+        mask = outside.reshape((1,) * axis + (out_n,) + (1,) * (data.dim() - axis - 1))
+        result = torch.where(mask, params["extrapolation_value"], result)
+    return result
+
+
+def _resize_plan(params, shape, roi, scales, sizes) -> tuple[list[float], list[int], list | None]:
+    """(scale, output size) of every axis and the roi per axis, from the inputs fed."""
+    rank, axes = len(shape), params["axes"]
+    full_scales, out = [1.0] * rank, list(shape)
+    if scales is not None and scales.numel():
+        for a, s in zip(axes, scales.tolist()):
+            full_scales[a] = float(s)
+            out[a] = int(s * shape[a])
+    else:
+        for a, n in zip(axes, sizes.tolist()):
+            out[a] = int(n)
+            full_scales[a] = n / shape[a]
+        policy = params["keep_aspect_ratio_policy"]
+        if policy != "stretch":
+            scale = (min if policy == "not_larger" else max)(full_scales[a] for a in axes)
+            for a in axes:
+                full_scales[a], out[a] = scale, int(scale * shape[a] + 0.5)
+    rois = None
+    if roi is not None and roi.numel():
+        values, k = roi.tolist(), len(axes)
+        rois = [(0.0, 1.0)] * rank
+        for i, a in enumerate(axes):
+            rois[a] = (values[i], values[k + i])
+    return full_scales, out, rois
+
+
+def _saturate(result: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast as the definition does: integers rounded half to even, then clipped."""
+    if dtype.is_floating_point:
+        info = torch.finfo(dtype)
+        return result.clamp(info.min, info.max).to(dtype)
+    info = torch.iinfo(dtype)
+    return result.round().clamp(info.min, info.max).to(dtype)
+
+
+@extern("resize")
+def resize(params, x, roi, scales, sizes, y):
+    if params["coordinate_transformation_mode"] == "tf_crop_and_resize" and (roi is None or not roi.numel()):
+        raise ExecutionError(f"{params['where']}: tf_crop_and_resize needs a roi")
+    full_scales, out, rois = _resize_plan(params, x.shape, roi, scales, sizes)
+    if out != list(y.shape):
+        raise ExecutionError(f"{params['where']}: the scales or sizes fed give an output of shape {out}, "
+                             f"but the model's declared output type is {list(y.shape)}")
+    result = x.to(F64)
+    for a in params["axes"]:
+        identity = math.isclose(full_scales[a], 1.0) and out[a] == x.shape[a] and (
+            rois is None or (math.isclose(rois[a][0], 0.0) and math.isclose(rois[a][1], 1.0)))
+        if not identity:
+            result = _resize_axis(params, result, a, full_scales[a], out[a], None if rois is None else rois[a])
+    y.copy_(_saturate(result, y.dtype))
+
+
+# -- GridSample ---------------------------------------------------------------------------
+def _reflect(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Reflect coordinates outside [lo, hi] off the borders until they fall inside."""
+    span = hi - lo
+    below, above = lo - x, x - hi
+    dx = torch.where(x < lo, below, above)
+    n = torch.trunc(dx / span)
+    r = dx - n * span
+    even = torch.remainder(n, 2) == 0
+    low_side = torch.where(even, lo + r, hi - r)
+    high_side = torch.where(even, hi - r, lo + r)
+    return torch.where(x < lo, low_side, torch.where(x > hi, high_side, x))
+
+
+def _grid_taps(params, coord: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input index, weight) of each tap along one spatial axis of `size` for the
+    normalized coordinates `coord`; an index of -1 reads zero (zeros padding)."""
+    align, padding, mode = params["align_corners"], params["padding_mode"], params["mode"]
+    # denormalized in the grid's own dtype, as the definition does, then carried in float64
+    x = ((coord + 1) / 2 * (size - 1) if align else ((coord + 1) * size - 1) / 2).to(F64)
+    lo, hi = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
+    if mode == "nearest":
+        x = torch.round(x)  # half to even, as rint
+    outside = (x < lo) | (x > hi)
+    if padding == "border":
+        x = torch.where(outside, x.clamp(0, size - 1), x)
+    elif padding == "reflection":
+        x = torch.where(outside, _reflect(x, lo, hi), x)
+
+    def pixel(i: torch.Tensor) -> torch.Tensor:
+        if padding == "zeros":
+            return torch.where((i >= 0) & (i < size), i, -1)
+        if padding == "border":
+            return i.clamp(0, size - 1)
+        return torch.trunc(_reflect(i.to(F64), lo, hi)).long()
+
+    if mode == "nearest":
+        return [(pixel(torch.trunc(x).long()), torch.ones_like(x))]
+    x0 = torch.floor(x)
+    t = x - x0
+    if mode == "linear":
+        offsets, weights = (0, 1), (1 - t, t)
+    else:
+        offsets, weights = (-1, 0, 1, 2), tuple(_cubic(t - o, -0.75) for o in (-1, 0, 1, 2))
+    return [(pixel(x0.long() + o), w) for o, w in zip(offsets, weights)]
+
+
+@extern("grid_sample")
+def grid_sample(params, x, grid, y):
+    n, c, *dims = x.shape
+    if y.numel() == 0:
+        return
+    coords = grid.reshape(n, -1, len(dims))  # [N, points, D], the last axis first
+    per_axis = [_grid_taps(params, coords[..., len(dims) - 1 - i], size) for i, size in enumerate(dims)]
+    flat = x.reshape(n, c, -1).to(F64)
+    total = torch.zeros(n, c, coords.shape[1], dtype=F64)
+    strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
+
+    def accumulate(axis: int, index, weight, valid):
+        if axis == len(dims):
+            picked = torch.gather(flat, 2, torch.where(valid, index, 0)[:, None, :].expand(n, c, -1))
+            nonlocal total
+            total = total + torch.where(valid[:, None, :], picked, 0.0) * weight[:, None, :]
+            return
+        for tap, w in per_axis[axis]:
+            accumulate(axis + 1, index + tap.clamp(min=0) * strides[axis], weight * w, valid & (tap >= 0))
+
+    zero = torch.zeros(coords.shape[:2], dtype=torch.long)
+    accumulate(0, zero, torch.ones(coords.shape[:2], dtype=F64), torch.ones(coords.shape[:2], dtype=torch.bool))
+    y.copy_(total.reshape(y.shape).to(y.dtype))
+
+
+# -- AffineGrid ---------------------------------------------------------------------------
+def _grid_points(n: int, align_corners: bool) -> torch.Tensor:
+    """Normalized coordinates of n pixels: their centres, or (align_corners) -1 to 1 by
+    corners, where a single pixel sits at -1 as the definition's arange puts it."""
+    i = torch.arange(n, dtype=F64)
+    if align_corners:
+        return -1 + i * (2.0 / (n - 1)) if n > 1 else torch.full((n,), -1.0, dtype=F64)
+    return -1 + 1.0 / n + i * (2.0 / n)
+
+
+@extern("affine_grid")
+def affine_grid(params, theta, size, y):
+    n, *dims, k = y.shape
+    fed = [int(v) for v in size.tolist()]
+    if fed[0] != n or fed[2:] != list(dims):
+        raise ExecutionError(f"{params['where']}: size {fed} fed at run time, but the model's declared "
+                             f"output type is {list(y.shape)}")
+    # (x, y[, z], 1) at every output pixel, x along the last axis, times each theta
+    axes = torch.meshgrid(*[_grid_points(d, params["align_corners"]) for d in dims], indexing="ij")
+    base = torch.stack([*reversed(axes), torch.ones(dims, dtype=F64)], dim=-1).reshape(-1, k + 1)
+    grid = torch.matmul(base, theta.to(F64).transpose(1, 2))
+    y.copy_(grid.reshape(y.shape).to(y.dtype))
