@@ -30,7 +30,7 @@ from ..errors import ExecutionError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
-from . import externs_image, externs_ops, externs_signal  # noqa: F401 - register their externs
+from . import externs_image, externs_ops, externs_signal, externs_spatial  # noqa: F401 - register their externs
 from .externs import ADOPTS, EXTERNS, PREPARE
 from .program import Program
 

@@ -15,6 +15,7 @@ from . import (  # noqa: F401
     reduce,
     scans,
     shape_ops,
+    spatial,
     spectral,
 )
 from .onnx_standard import register_remaining
