@@ -88,8 +88,8 @@ def window_pool(params, x, y, indices=None):
 
 @extern("conv_transpose")
 def conv_transpose(params, x, w, bias, y):
-    """The full transposed convolution, then the output's window of it: `begin` elements
-    cropped off the front of each axis, zeros past its end."""
+    """The full transposed convolution, then the output's window of it: output element j
+    of each axis is full element j + begin (zero where there is none)."""
     dims = x.dim() - 2
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[dims]
     full = fn(x, w, None, stride=tuple(params["strides"]), groups=params["group"],
@@ -97,9 +97,10 @@ def conv_transpose(params, x, w, bias, y):
     y.zero_()
     src, dst = [slice(None)] * 2, [slice(None)] * 2
     for i, b in enumerate(params["begin"]):
-        n = min(y.shape[2 + i], full.shape[2 + i] - b)
-        src.append(slice(b, b + max(n, 0)))
-        dst.append(slice(0, max(n, 0)))
+        first = max(0, -b)  # the first output element with a full element
+        n = max(0, min(y.shape[2 + i], full.shape[2 + i] - b) - first)
+        src.append(slice(first + b, first + b + n))
+        dst.append(slice(first, first + n))
     y[tuple(dst)] = full[tuple(src)]
     if bias is not None:
         y += bias.reshape(1, -1, *[1] * dims)

@@ -142,7 +142,7 @@ def _lower_conv_transpose(ctx, node, ins):
         raise NotLowerable("symbolic kernel")
     begin, out = _conv_transpose_geometry(a, _static_spatial(x), list(w.shape[2:]))
     dtype, shape = out_type(node)
-    if list(shape[2:]) != out or any(b < 0 for b in begin):
+    if list(shape[2:]) != out:
         raise NotLowerable("an output type that disagrees with the pads and output_shape")
     dims = len(out)
     return ctx.extern("conv_transpose", [x, w, bias], [(dtype, shape)], begin=begin,
