@@ -256,3 +256,52 @@ def affine_grid(params, theta, size, y):
     base = torch.stack([*reversed(axes), torch.ones(dims, dtype=F64)], dim=-1).reshape(-1, k + 1)
     grid = torch.matmul(base, theta.to(F64).transpose(1, 2))
     y.copy_(grid.reshape(y.shape).to(y.dtype))
+
+
+# -- NonMaxSuppression ----------------------------------------------------------------------
+def _suppresses(boxes: torch.Tensor, center_point_box: bool, iou_threshold: float) -> torch.Tensor:
+    """[B, B]: box i and box j overlap by more than the threshold (in the boxes' dtype;
+    boxes with no area, or not overlapping, never suppress)."""
+    if center_point_box:
+        cx, cy, w, h = boxes.unbind(-1)
+        x_lo, x_hi, y_lo, y_hi = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2
+    else:
+        y1, x1, y2, x2 = boxes.unbind(-1)
+        x_lo, x_hi = torch.minimum(x1, x2), torch.maximum(x1, x2)
+        y_lo, y_hi = torch.minimum(y1, y2), torch.maximum(y1, y2)
+    ix_lo, ix_hi = torch.maximum(x_lo[:, None], x_lo[None, :]), torch.minimum(x_hi[:, None], x_hi[None, :])
+    iy_lo, iy_hi = torch.maximum(y_lo[:, None], y_lo[None, :]), torch.minimum(y_hi[:, None], y_hi[None, :])
+    inter = (ix_hi - ix_lo) * (iy_hi - iy_lo)
+    area = (x_hi - x_lo) * (y_hi - y_lo)
+    union = area[:, None] + area[None, :] - inter
+    overlap = (ix_hi > ix_lo) & (iy_hi > iy_lo) & (inter > 0)
+    valid = (area[:, None] > 0) & (area[None, :] > 0) & (union > 0)
+    return overlap & valid & (inter / union > iou_threshold)
+
+
+@extern("non_max_suppression")
+def non_max_suppression(params, boxes, scores, max_output, iou_threshold, score_threshold, y):
+    """Per batch and class: boxes by descending score (ties: lower index first) above the
+    score threshold, each kept unless it overlaps one kept before; at most max_output."""
+    limit = max(int(max_output.reshape(-1)[0]), 0) if max_output is not None and max_output.numel() else 0
+    iou = float(iou_threshold.reshape(-1)[0]) if iou_threshold is not None and iou_threshold.numel() else 0.0
+    selected = []
+    for b in range(boxes.shape[0]):
+        suppresses = _suppresses(boxes[b], params["center_point_box"], iou)
+        for c in range(scores.shape[1]):
+            s = scores[b, c]
+            order = torch.sort(s, descending=True, stable=True).indices
+            if score_threshold is not None and score_threshold.numel():
+                order = order[s[order] > score_threshold.reshape(-1)[0]]
+            kept: list[int] = []
+            for i in order.tolist():
+                if len(kept) >= limit:
+                    break
+                if not kept or not bool(suppresses[i, kept].any()):
+                    kept.append(i)
+            selected += [(b, c, i) for i in kept]
+    if len(selected) != y.shape[0]:
+        raise ExecutionError(f"{params['where']}: {len(selected)} boxes selected, but the model's declared "
+                             f"output type has {y.shape[0]}")
+    if selected:
+        y.copy_(torch.tensor(selected, dtype=torch.int64))

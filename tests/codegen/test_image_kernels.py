@@ -100,3 +100,17 @@ def test_affine_grid(data, dims, align):
     theta = data.draw(_floats((n, dims, dims + 1), lo=-2, hi=2))
     size = np.array([n, data.draw(st.integers(1, 3)), *[data.draw(st.integers(1, 5)) for _ in range(dims)]], np.int64)
     check_kernel("AffineGrid", [("theta", theta), ("size", size)], {"align_corners": int(align)})
+
+
+@SETTINGS
+@given(data=st.data(), center=st.booleans(), with_score_threshold=st.booleans())
+def test_non_max_suppression(data, center, with_score_threshold):
+    batches, classes, count = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 8))
+    # coordinates on a coarse grid: identical boxes, touching boxes, empty boxes, tied scores
+    boxes = data.draw(hnp.arrays(np.float32, (batches, count, 4), elements=st.integers(0, 4).map(float)))
+    scores = data.draw(hnp.arrays(np.float32, (batches, classes, count), elements=st.sampled_from([0.1, 0.5, 0.7, 0.9])))
+    inputs = [("boxes", boxes), ("scores", scores), ("max", np.array([data.draw(st.integers(0, 5))], np.int64)),
+              ("iou", np.array([data.draw(st.sampled_from([0.0, 0.3, 0.5]))], np.float32))]
+    if with_score_threshold:
+        inputs.append(("score", np.array([data.draw(st.sampled_from([0.0, 0.5, 0.7]))], np.float32)))
+    check_kernel("NonMaxSuppression", inputs, {"center_point_box": int(center)}, exact=True)

@@ -10,7 +10,7 @@ from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
 from ._symbolic import normalize_axis
 from .onnx_standard import standard_op
 
-for _op in ("Resize", "GridSample", "AffineGrid"):
+for _op in ("Resize", "GridSample", "AffineGrid", "NonMaxSuppression"):
     standard_op(_op)
 
 # what the externs read and write: dtypes torch views ember's buffers as
@@ -74,3 +74,14 @@ def _lower_affine_grid(ctx, node, ins):
         raise NotLowerable("not a float 2-d or 3-d grid")
     return ctx.extern("affine_grid", [theta, size], [static_output(node)], where=node.describe(),
                       align_corners=bool(attrs(node)["align_corners"]))
+
+
+@register_lowering("NonMaxSuppression")
+def _lower_non_max_suppression(ctx, node, ins):
+    boxes, scores = ins[0], ins[1]
+    rest = (ins[2:] + [None] * 3)[:3]
+    if boxes.dtype not in TORCH_FLOATS or scores.dtype not in TORCH_FLOATS:
+        raise NotLowerable("not float")
+    # how many boxes are kept depends on the values; only a declared output type fixes it
+    return ctx.extern("non_max_suppression", [boxes, scores, *rest], [static_output(node)], where=node.describe(),
+                      center_point_box=bool(attrs(node)["center_point_box"]))
