@@ -305,3 +305,53 @@ def non_max_suppression(params, boxes, scores, max_output, iou_threshold, score_
                              f"output type has {y.shape[0]}")
     if selected:
         y.copy_(torch.tensor(selected, dtype=torch.int64))
+
+
+# -- RoiAlign -------------------------------------------------------------------------------
+def _roi_samples(start: float, bin_size: float, bins: int, grid: int, size: int):
+    """Bilinear taps along one axis of every sample point of every bin, [bins, grid] each:
+    (low index, high index, weight of low, weight of high, inside the feature map)."""
+    at = (start + torch.arange(bins, dtype=F64)[:, None] * bin_size
+          + (torch.arange(grid, dtype=F64)[None, :] + 0.5) * bin_size / grid)
+    inside = (at >= -1.0) & (at <= size)
+    at = at.clamp(min=0)
+    low = at.long()  # (at >= 0: truncation is floor)
+    last = low >= size - 1
+    low = torch.where(last, size - 1, low)
+    high = torch.where(last, size - 1, low + 1)
+    frac = torch.where(last, 0.0, at - low)
+    return low, high, 1 - frac, frac, inside
+
+
+@extern("roi_align")
+def roi_align(params, x, rois, batch_indices, y):
+    """Each region's bins, each the average (or the max) of a grid of bilinear samples."""
+    height, width = x.shape[2:]
+    ph, pw = y.shape[2:]
+    scale, ratio = params["spatial_scale"], params["sampling_ratio"]
+    offset = 0.5 if params["half_pixel"] else 0.0
+    for n in range(rois.shape[0]):
+        x0, y0, x1, y1 = (float(v) * scale - offset for v in rois[n].tolist())
+        roi_w, roi_h = x1 - x0, y1 - y0
+        if not params["half_pixel"]:
+            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+        grid_h = ratio if ratio > 0 else math.ceil(roi_h / ph)
+        grid_w = ratio if ratio > 0 else math.ceil(roi_w / pw)
+        ylo, yhi, ywl, ywh, yin = _roi_samples(y0, roi_h / ph, ph, grid_h, height)
+        xlo, xhi, xwl, xwh, xin = _roi_samples(x0, roi_w / pw, pw, grid_w, width)
+        feature = x[int(batch_indices[n])].to(F64)  # [C, H, W]
+        inside = (yin[:, :, None, None] & xin[None, None, :, :])  # [ph, gh, pw, gw]
+
+        def term(yi, yw, xi, xw):
+            picked = feature[:, yi[:, :, None, None], xi[None, None, :, :]]
+            return picked * torch.where(inside, yw[:, :, None, None] * xw[None, None, :, :], 0.0)
+
+        terms = [term(ylo, ywl, xlo, xwl), term(ylo, ywl, xhi, xwh), term(yhi, ywh, xlo, xwl),
+                 term(yhi, ywh, xhi, xwh)]
+        if params["mode"] == "avg":
+            pooled = sum(terms).sum(dim=(2, 4)) / max(grid_h * grid_w, 1)
+        elif grid_h * grid_w:
+            pooled = torch.stack(terms).amax(dim=0).amax(dim=(2, 4))
+        else:
+            pooled = torch.zeros(x.shape[1], ph, pw, dtype=F64)
+        y[n].copy_(pooled.to(y.dtype))

@@ -114,3 +114,21 @@ def test_non_max_suppression(data, center, with_score_threshold):
     if with_score_threshold:
         inputs.append(("score", np.array([data.draw(st.sampled_from([0.0, 0.5, 0.7]))], np.float32)))
     check_kernel("NonMaxSuppression", inputs, {"center_point_box": int(center)}, exact=True)
+
+
+@SETTINGS
+@given(data=st.data(), mode=st.sampled_from(["avg", "max"]), half_pixel=st.booleans(),
+       sampling_ratio=st.integers(0, 3))
+def test_roi_align(data, mode, half_pixel, sampling_ratio):
+    n, c = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    h, w = data.draw(st.integers(1, 8)), data.draw(st.integers(1, 8))
+    x = data.draw(_floats((n, c, h, w)))
+    count = data.draw(st.integers(1, 4))
+    # regions inside, across and outside the feature map, some of no extent
+    corners = data.draw(hnp.arrays(np.float32, (count, 4), elements=st.floats(-3, 10, width=32)))
+    rois = np.concatenate([np.minimum(corners[:, :2], corners[:, 2:]), np.maximum(corners[:, :2], corners[:, 2:])], 1)
+    batch = data.draw(hnp.arrays(np.int64, (count,), elements=st.integers(0, n - 1)))
+    attrs = {"mode": mode, "coordinate_transformation_mode": "half_pixel" if half_pixel else "output_half_pixel",
+             "output_height": data.draw(st.integers(1, 4)), "output_width": data.draw(st.integers(1, 4)),
+             "sampling_ratio": sampling_ratio, "spatial_scale": data.draw(st.sampled_from([1.0, 0.5, 0.25]))}
+    check_kernel("RoiAlign", [("x", x), ("rois", rois), ("batch", batch)], attrs, rtol=1e-4, atol=1e-4)

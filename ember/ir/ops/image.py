@@ -10,7 +10,7 @@ from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
 from ._symbolic import normalize_axis
 from .onnx_standard import standard_op
 
-for _op in ("Resize", "GridSample", "AffineGrid", "NonMaxSuppression"):
+for _op in ("Resize", "GridSample", "AffineGrid", "NonMaxSuppression", "RoiAlign"):
     standard_op(_op)
 
 # what the externs read and write: dtypes torch views ember's buffers as
@@ -85,3 +85,14 @@ def _lower_non_max_suppression(ctx, node, ins):
     # how many boxes are kept depends on the values; only a declared output type fixes it
     return ctx.extern("non_max_suppression", [boxes, scores, *rest], [static_output(node)], where=node.describe(),
                       center_point_box=bool(attrs(node)["center_point_box"]))
+
+
+@register_lowering("RoiAlign")
+def _lower_roi_align(ctx, node, ins):
+    x, rois, batch_indices = ins
+    if x.dtype not in TORCH_FLOATS or len(x.shape) != 4:
+        raise NotLowerable("not a float [N, C, H, W] feature map")
+    a = attrs(node)
+    return ctx.extern("roi_align", ins, [out_type(node)], mode=a["mode"],
+                      half_pixel=a["coordinate_transformation_mode"] == "half_pixel",
+                      spatial_scale=float(a["spatial_scale"]), sampling_ratio=int(a["sampling_ratio"]))
