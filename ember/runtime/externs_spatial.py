@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+F64 = torch.float64
+
 from ..errors import ExecutionError
 from .externs import extern
 
@@ -154,3 +156,47 @@ def max_unpool(params, x, indices, output_shape, y):
     unpooled.view(-1)[flat] = x.reshape(-1)
     y.zero_()
     y[tuple(slice(0, d) for d in unpooled.shape)] = unpooled
+
+
+def _bilinear(image: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """image [N, C, H, W] sampled at (ys, xs) [N, *points] bilinearly, zero outside:
+    [N, C, *points]."""
+    n, c, height, width = image.shape
+    flat = image.reshape(n, c, -1)
+    y0, x0 = torch.floor(ys), torch.floor(xs)
+    total = 0
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        yi, xi = y0 + dy, x0 + dx
+        weight = (1 - (ys - yi).abs()) * (1 - (xs - xi).abs())
+        inside = (yi >= 0) & (yi < height) & (xi >= 0) & (xi < width)
+        index = (yi.clamp(0, height - 1) * width + xi.clamp(0, width - 1)).long().reshape(n, 1, -1)
+        picked = torch.gather(flat, 2, index.expand(n, c, -1)).reshape(n, c, *ys.shape[1:])
+        total = total + torch.where(inside, weight, 0.0)[:, None] * picked
+    return total
+
+
+@extern("deform_conv")
+def deform_conv(params, x, w, offset, bias, mask, y):
+    """A 2-d convolution whose taps are moved by `offset` (per offset group, kernel tap
+    and output position), sampled bilinearly, and scaled by `mask`."""
+    n, c, _, _ = x.shape
+    oc, cpg, kh, kw = w.shape
+    oh, ow = y.shape[2:]
+    groups, offset_groups = params["group"], params["offset_group"]
+    (sh, sw), (dh, dw), pads = params["strides"], params["dilations"], params["pads"]
+    offset = offset.to(F64).reshape(n, offset_groups, kh, kw, 2, oh, ow)
+    base_h = (-pads[0] + sh * torch.arange(oh, dtype=F64))[None, :, None] + dh * torch.arange(kh, dtype=F64)[:, None, None]
+    base_w = (-pads[1] + sw * torch.arange(ow, dtype=F64))[None, None, :] + dw * torch.arange(kw, dtype=F64)[:, None, None]
+    ys = base_h[None, None, :, None] + offset[:, :, :, :, 0]  # [N, G, kh, kw, oh, ow]
+    xs = base_w[None, None, None, :] + offset[:, :, :, :, 1]
+    per_group = c // offset_groups
+    cols = torch.cat([_bilinear(x[:, g * per_group:(g + 1) * per_group].to(F64), ys[:, g], xs[:, g])
+                      for g in range(offset_groups)], dim=1)  # [N, C, kh, kw, oh, ow]
+    if mask is not None:
+        scale = mask.to(F64).reshape(n, offset_groups, 1, kh, kw, oh, ow)
+        cols = (cols.reshape(n, offset_groups, per_group, kh, kw, oh, ow) * scale).reshape(cols.shape)
+    cols = cols.reshape(n, groups, cpg * kh * kw, oh * ow)
+    out = torch.einsum("gok,ngkp->ngop", w.to(F64).reshape(groups, oc // groups, -1), cols).reshape(n, oc, oh, ow)
+    if bias is not None:
+        out = out + bias.to(F64).reshape(1, -1, 1, 1)
+    y.copy_(out.to(y.dtype))

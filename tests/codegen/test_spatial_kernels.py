@@ -135,3 +135,28 @@ def test_max_unpool(data, dims, with_shape):
     if with_shape:
         inputs.append(("shape", np.array([n, c, *[u + data.draw(st.integers(0, 2)) for u in unpooled]], np.int64)))
     check_kernel("MaxUnpool", inputs, {"kernel_shape": kernel, "strides": strides}, exact=True)
+
+
+@SETTINGS
+@given(data=st.data(), group=st.sampled_from([1, 2]), offset_group=st.sampled_from([1, 2]),
+       with_bias=st.booleans(), with_mask=st.booleans())
+def test_deform_conv(data, group, offset_group, with_bias, with_mask):
+    kernel, strides, dilations, pads, spatial = _geometry(data, 2)
+    spatial = [max(s, 2) for s in spatial]  # (the reference normalizes coordinates by size - 1)
+    c = group * offset_group * data.draw(st.integers(1, 2))
+    oc = group * data.draw(st.integers(1, 2))
+    n = data.draw(st.integers(1, 2))
+    out = [(s + pads[i] + pads[2 + i] - (k - 1) * d - 1) // st_ + 1
+           for i, (s, k, d, st_) in enumerate(zip(spatial, kernel, dilations, strides))]
+    assume(all(o >= 1 for o in out))
+    x = _floats(data, (n, c, *spatial))
+    w = _floats(data, (oc, c // group, *kernel))
+    taps = offset_group * kernel[0] * kernel[1]
+    offset = data.draw(hnp.arrays(np.float32, (n, 2 * taps, *out), elements=st.floats(-2.5, 2.5, width=32)))
+    inputs = [("x", x), ("w", w), ("offset", offset),
+              ("b", _floats(data, (oc,)) if with_bias else None),
+              ("mask", data.draw(hnp.arrays(np.float32, (n, taps, *out), elements=st.floats(0, 1, width=32)))
+               if with_mask else None)]
+    attrs = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads, "group": group,
+             "offset_group": offset_group}
+    check_kernel("DeformConv", inputs, attrs, rtol=1e-4, atol=1e-3)

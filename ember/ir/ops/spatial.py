@@ -13,7 +13,7 @@ from ..dtypes import DType
 from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
 from .onnx_standard import standard_op
 
-for _op in ("LpPool", "ConvTranspose", "Col2Im", "MaxUnpool"):
+for _op in ("LpPool", "ConvTranspose", "Col2Im", "MaxUnpool", "DeformConv"):
     standard_op(_op)
 
 _UNSIGNED = {DType.uint8, DType.uint16, DType.uint32, DType.uint64}
@@ -176,3 +176,20 @@ def _lower_max_unpool(ctx, node, ins):
         raise NotLowerable("an output type smaller than the unpooled shape, or known only when it runs")
     return ctx.extern("max_unpool", [x, indices, output_shape], [(dtype, shape)], where=node.describe(),
                       unpooled=unpooled)
+
+
+@register_lowering("DeformConv")
+def _lower_deform_conv(ctx, node, ins):
+    x, w, offset = ins[:3]
+    bias, mask = (ins[3:] + [None, None])[:2]
+    if x.dtype not in _POOLED or len(x.shape) != 4:
+        raise NotLowerable("not a float 2-d deformable convolution")
+    a = attrs(node)
+    _static_spatial(x)
+    dtype, shape = out_type(node)
+    if not all(isinstance(d, int) for d in (*w.shape, *shape[1:])):
+        raise NotLowerable("symbolic filter or output sizes")
+    return ctx.extern("deform_conv", [x, w, offset, bias, mask], [(dtype, shape)],
+                      strides=list(a.get("strides") or [1, 1]), dilations=list(a.get("dilations") or [1, 1]),
+                      pads=list(a.get("pads") or [0] * 4), group=int(a.get("group") or 1),
+                      offset_group=int(a.get("offset_group") or 1))
