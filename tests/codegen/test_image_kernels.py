@@ -132,3 +132,26 @@ def test_roi_align(data, mode, half_pixel, sampling_ratio):
              "output_height": data.draw(st.integers(1, 4)), "output_width": data.draw(st.integers(1, 4)),
              "sampling_ratio": sampling_ratio, "spatial_scale": data.draw(st.sampled_from([1.0, 0.5, 0.25]))}
     check_kernel("RoiAlign", [("x", x), ("rois", rois), ("batch", batch)], attrs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize_with_a_batch_known_only_when_it_runs(mode):
+    """One compiled Resize serves every batch size (the output's type fixes the rest)."""
+    import copy
+
+    from ember.ir import DType, Graph, TensorType, Value
+    from ember.ir.interpreter import evaluate
+    from ember.ir.types import symbol
+
+    n = symbol("n")
+    x = Value("x", TensorType(DType.float32, (n, 2, 3, 4)))
+    g = Graph("g", inputs=[x], opsets={"": 28})
+    scales = g.add_constant("scales", np.array([1, 1, 2, 1.5], np.float32))
+    y = Value("y", TensorType(DType.float32, (n, 2, 6, 6)))
+    g.outputs = g.add_node("Resize", [x, None, scales], [y], {"mode": mode}).outputs
+    compiled = ember.compile(copy.deepcopy(g), opt_level=0)
+    assert compiled.stats.fallback_nodes == []
+    for batch in (1, 3):
+        feeds = {"x": np.random.default_rng(batch).standard_normal((batch, 2, 3, 4)).astype(np.float32)}
+        np.testing.assert_allclose(compiled.run(feeds)["y"], evaluate(copy.deepcopy(g), feeds)["y"], rtol=1e-5,
+                                   atol=1e-5)

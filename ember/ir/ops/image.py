@@ -1,7 +1,9 @@
 """Image resampling ops: Resize, GridSample, AffineGrid. Schemas, type functions and
 references are ONNX's; the lowerings are externs in torch ops
 (ember/runtime/externs_image.py) that read the scales, sizes, roi, grid or size fed
-at run time and check them against the output's declared type."""
+at run time and check them against the output's declared type: its sizes (known
+before the kernel runs, or the node would not be lowered) are the buffer the extern
+fills, which makes a NonMaxSuppression whose type does not fix its count a fallback."""
 
 from __future__ import annotations
 
@@ -21,14 +23,6 @@ _COORDINATE_MODES = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel",
 _NEAREST_MODES = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"}
 
 
-def static_output(node, i: int = 0):
-    """The output's (dtype, shape), which must be static: the extern fills a buffer of it."""
-    dtype, shape = out_type(node, i)
-    if not all(isinstance(d, int) for d in shape):
-        raise NotLowerable("output size depends on values fed at run time")
-    return dtype, shape
-
-
 @register_lowering("Resize")
 def _lower_resize(ctx, node, ins):
     x, roi, scales, sizes = (ins + [None] * 4)[:4]
@@ -42,10 +36,7 @@ def _lower_resize(ctx, node, ins):
         raise NotLowerable("neither scales nor sizes")
     rank = len(x.shape)
     axes = [normalize_axis(v, rank) for v in a["axes"]] if a["axes"] else list(range(rank))
-    if not all(isinstance(x.shape[v], int) for v in axes):
-        raise NotLowerable("symbolic resized dims")
-    dtype, shape = static_output(node)
-    return ctx.extern("resize", [x, roi, scales, sizes], [(dtype, shape)], where=node.describe(), axes=axes,
+    return ctx.extern("resize", [x, roi, scales, sizes], [out_type(node)], where=node.describe(), axes=axes,
                       mode=a["mode"], coordinate_transformation_mode=a["coordinate_transformation_mode"],
                       nearest_mode=a["nearest_mode"], cubic_coeff_a=float(a["cubic_coeff_a"]),
                       exclude_outside=bool(a["exclude_outside"]), antialias=bool(a["antialias"]),
@@ -61,8 +52,6 @@ def _lower_grid_sample(ctx, node, ins):
         raise NotLowerable("not float")
     if a["mode"] not in ("nearest", "linear", "cubic") or a["padding_mode"] not in ("zeros", "border", "reflection"):
         raise NotLowerable("a mode the definition does not have")
-    if not all(isinstance(d, int) for d in x.shape[2:]):
-        raise NotLowerable("symbolic spatial dims")
     return ctx.extern("grid_sample", [x, grid], [out_type(node)], mode=a["mode"], padding_mode=a["padding_mode"],
                       align_corners=bool(a["align_corners"]))
 
@@ -72,7 +61,7 @@ def _lower_affine_grid(ctx, node, ins):
     theta, size = ins
     if theta.dtype not in TORCH_FLOATS or len(theta.shape) != 3 or len(out_type(node)[1]) not in (4, 5):
         raise NotLowerable("not a float 2-d or 3-d grid")
-    return ctx.extern("affine_grid", [theta, size], [static_output(node)], where=node.describe(),
+    return ctx.extern("affine_grid", [theta, size], [out_type(node)], where=node.describe(),
                       align_corners=bool(attrs(node)["align_corners"]))
 
 
@@ -83,7 +72,7 @@ def _lower_non_max_suppression(ctx, node, ins):
     if boxes.dtype not in TORCH_FLOATS or scores.dtype not in TORCH_FLOATS:
         raise NotLowerable("not float")
     # how many boxes are kept depends on the values; only a declared output type fixes it
-    return ctx.extern("non_max_suppression", [boxes, scores, *rest], [static_output(node)], where=node.describe(),
+    return ctx.extern("non_max_suppression", [boxes, scores, *rest], [out_type(node)], where=node.describe(),
                       center_point_box=bool(attrs(node)["center_point_box"]))
 
 
