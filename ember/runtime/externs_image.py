@@ -355,3 +355,26 @@ def roi_align(params, x, rois, batch_indices, y):
         else:
             pooled = torch.zeros(x.shape[1], ph, pw, dtype=F64)
         y[n].copy_(pooled.to(y.dtype))
+
+
+# -- CenterCropPad --------------------------------------------------------------------------
+def _centred(small: int, large: int) -> slice:
+    """Where `small` elements sit centred in `large` (an odd margin puts the extra one last)."""
+    start = (large - small) // 2
+    return slice(start, start + small)
+
+
+@extern("center_crop_pad")
+def center_crop_pad(params, x, shape, y):
+    """x cropped (centred) along the axes longer than asked, zero-padded (centred) along
+    the shorter ones."""
+    out = list(x.shape)
+    for a, n in zip(params["axes"], shape.tolist()):
+        out[a] = int(n)
+    if out != list(y.shape):
+        raise ExecutionError(f"{params['where']}: shape {shape.tolist()} fed at run time, but the model's "
+                             f"declared output type is {list(y.shape)}")
+    src = tuple(_centred(m, n) if m < n else slice(None) for n, m in zip(x.shape, out))
+    dst = tuple(_centred(n, m) if n < m else slice(None) for n, m in zip(x.shape, out))
+    y.zero_()
+    y[dst] = x[src]

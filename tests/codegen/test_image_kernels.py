@@ -155,3 +155,14 @@ def test_resize_with_a_batch_known_only_when_it_runs(mode):
         feeds = {"x": np.random.default_rng(batch).standard_normal((batch, 2, 3, 4)).astype(np.float32)}
         np.testing.assert_allclose(compiled.run(feeds)["y"], evaluate(copy.deepcopy(g), feeds)["y"], rtol=1e-5,
                                    atol=1e-5)
+
+
+@SETTINGS
+@given(data=st.data(), dtype=st.sampled_from([np.float32, np.int64, np.bool_]))
+def test_center_crop_pad(data, dtype):
+    rank = data.draw(st.integers(1, 4))
+    shape = tuple(data.draw(st.lists(st.integers(0, 6), min_size=rank, max_size=rank)))
+    axes = sorted(data.draw(st.sets(st.integers(0, rank - 1), min_size=1)))
+    x = data.draw(hnp.arrays(dtype, shape))
+    target = np.array([data.draw(st.integers(0, 8)) for _ in axes], np.int64)
+    check_kernel("CenterCropPad", [("x", x), ("shape", target)], {"axes": axes}, exact=True)

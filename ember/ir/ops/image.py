@@ -12,7 +12,7 @@ from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
 from ._symbolic import normalize_axis
 from .onnx_standard import standard_op
 
-for _op in ("Resize", "GridSample", "AffineGrid", "NonMaxSuppression", "RoiAlign"):
+for _op in ("Resize", "GridSample", "AffineGrid", "NonMaxSuppression", "RoiAlign", "CenterCropPad"):
     standard_op(_op)
 
 # what the externs read and write: dtypes torch views ember's buffers as
@@ -85,3 +85,13 @@ def _lower_roi_align(ctx, node, ins):
     return ctx.extern("roi_align", ins, [out_type(node)], mode=a["mode"],
                       half_pixel=a["coordinate_transformation_mode"] == "half_pixel",
                       spatial_scale=float(a["spatial_scale"]), sampling_ratio=int(a["sampling_ratio"]))
+
+
+@register_lowering("CenterCropPad")
+def _lower_center_crop_pad(ctx, node, ins):
+    x, shape = ins
+    if x.dtype not in _RESIZED | {DType.bool}:
+        raise NotLowerable(f"CenterCropPad of {x.dtype.name}")
+    rank, axes = len(x.shape), attrs(node)["axes"]
+    axes = [normalize_axis(v, rank) for v in axes] if axes else list(range(rank))
+    return ctx.extern("center_crop_pad", [x, shape], [out_type(node)], where=node.describe(), axes=axes)
