@@ -9,6 +9,8 @@ or over every tap combination (GridSample).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import torch
@@ -219,18 +221,12 @@ def grid_sample(params, x, grid, y):
     flat = x.reshape(n, c, -1).to(F64)
     total = torch.zeros(n, c, coords.shape[1], dtype=F64)
     strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
-
-    def accumulate(axis: int, index, weight, valid):
-        if axis == len(dims):
-            picked = torch.gather(flat, 2, torch.where(valid, index, 0)[:, None, :].expand(n, c, -1))
-            nonlocal total
-            total = total + torch.where(valid[:, None, :], picked, 0.0) * weight[:, None, :]
-            return
-        for tap, w in per_axis[axis]:
-            accumulate(axis + 1, index + tap.clamp(min=0) * strides[axis], weight * w, valid & (tap >= 0))
-
-    zero = torch.zeros(coords.shape[:2], dtype=torch.long)
-    accumulate(0, zero, torch.ones(coords.shape[:2], dtype=F64), torch.ones(coords.shape[:2], dtype=torch.bool))
+    for taps in itertools.product(*per_axis):  # one tap along each axis: a weighted input element
+        index = sum(tap.clamp(min=0) * stride for (tap, _), stride in zip(taps, strides))
+        weight = functools.reduce(torch.mul, [w for _, w in taps])
+        valid = functools.reduce(torch.logical_and, [tap >= 0 for tap, _ in taps])
+        picked = torch.gather(flat, 2, index[:, None, :].expand(n, c, -1))
+        total += torch.where(valid[:, None, :], picked, 0.0) * weight[:, None, :]
     y.copy_(total.reshape(y.shape).to(y.dtype))
 
 

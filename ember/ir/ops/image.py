@@ -12,7 +12,7 @@ from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
 from ._symbolic import normalize_axis
 from .onnx_standard import standard_op
 
-for _op in ("Resize", "GridSample", "AffineGrid", "NonMaxSuppression", "RoiAlign", "CenterCropPad"):
+for _op in ("Resize", "GridSample", "AffineGrid", "NonMaxSuppression", "RoiAlign", "CenterCropPad", "ImageDecoder"):
     standard_op(_op)
 
 # what the externs read and write: dtypes torch views ember's buffers as
@@ -95,3 +95,8 @@ def _lower_center_crop_pad(ctx, node, ins):
     rank, axes = len(x.shape), attrs(node)["axes"]
     axes = [normalize_axis(v, rank) for v in axes] if axes else list(range(rank))
     return ctx.extern("center_crop_pad", [x, shape], [out_type(node)], where=node.describe(), axes=axes)
+
+
+@register_lowering("ImageDecoder")
+def _lower_image_decoder(ctx, node, ins):
+    raise NotLowerable("decoding JPEG/PNG/... needs an image codec library; torch's CPU kernels have none")
