@@ -10,11 +10,9 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..dtypes import DType
 from ..graph import Node
 from ._lowering import (
     FLOATS,
-    KERNEL_FLOATS,
     NotLowerable,
     V,
     attrs,
@@ -132,45 +130,25 @@ def _static_spatial(x, channels_last: bool) -> list[int]:
     return spatial
 
 
-def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: bool = False, out_dtype=None):
+def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: bool = False):
     """Conv (and ember.Conv's epilogue: `total` added, then `activation`; its channels-last
-    layout) as the conv extern. `node` is the plain Conv (sharing the fused node's output);
-    `out_dtype` overrides its output's dtype (a 16-bit Conv computed in float32)."""
+    layout) as the conv extern. `node` is the plain Conv (sharing the fused node's output)."""
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
-    if len(x.shape) not in (3, 4, 5) or x.dtype not in KERNEL_FLOATS:
+    if x.dtype not in FLOATS or len(x.shape) not in (3, 4, 5):
         raise NotLowerable("not a float 1-3d convolution")
-    if x.dtype not in FLOATS:
-        if total is not None or activation or channels_last:
-            raise NotLowerable("a fused 16-bit float convolution")
-        return _lower_conv_16bit(ctx, node, ins)
     a = attrs(node)
     kernel = list(w.shape[2:])
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
     pads = _pads(a, _static_spatial(x, channels_last), kernel, strides, dilations)
     shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else tuple(x.shape)
-    dtype, out_shape = out_type(node)
-    return ctx.extern("conv", [x, w, bias, total], [(out_dtype or dtype, out_shape)],
+    return ctx.extern("conv", [x, w, bias, total], [out_type(node)],
                       pads=[p for p, _ in pads] + [q for _, q in pads],
                       strides=list(strides), dilations=list(dilations), group=int(a["group"]), activation=activation,
                       channels_last=channels_last,
                       # the input shape (a symbolic batch as 1) picks oneDNN's kernel and the filter layout
                       input_shape=[d if isinstance(d, int) else 1 for d in shape])
-
-
-def _lower_conv_16bit(ctx, node, ins):
-    """A float16/bfloat16 Conv as the float32 conv extern between two casts (the
-    reference accumulates in float64 and rounds once to 16 bits; this rounds the float32
-    sum once)."""
-    dtype, shape = out_type(node)
-
-    def widen(ref):
-        return ctx.pointwise(ref.shape, DType.float32,
-                             lambda b, i: V(b, ref.load(b, i), ref.dtype).cast(DType.float32).name, cost=1 + ref.cost)
-
-    y = lower_conv(ctx, node, [None if r is None else widen(r) for r in ins], out_dtype=DType.float32)[0]
-    return [ctx.pointwise(shape, dtype, lambda b, i: V(b, y.load(b, i), DType.float32).cast(dtype).name, cost=1)]
 
 
 def _lower_pool(kind: str):
