@@ -14,6 +14,7 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ExecutionError
 from .externs import extern
@@ -80,7 +81,10 @@ def _tap_weights(params, ratio: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _resize_axis(params, data: torch.Tensor, axis: int, scale: float, out_n: int, roi) -> torch.Tensor:
-    """`data` (float64) resized along `axis` to `out_n` elements."""
+    """`data` resized along `axis` to `out_n` elements: the nearest element (in data's
+    dtype), or the weighted sum of the taps (data in float64, as the definition computes).
+    (The definition's nearest is a weighted sum too, whose zero weight on the other
+    neighbour turns a NaN or infinity there into NaN; picking the element does not.)"""
     in_n = data.shape[axis]
     if out_n == 0 or data.numel() == 0:
         shape = list(data.shape)
@@ -103,12 +107,14 @@ def _resize_axis(params, data: torch.Tensor, axis: int, scale: float, out_n: int
         weights = torch.where((taps < 0) | (taps >= in_n), 0.0, weights)
         total = weights.sum(dim=1, keepdim=True)
         weights = weights / torch.where(total == 0, 1.0, total)
-    gathered = data.index_select(axis, taps.clamp(0, in_n - 1).reshape(-1)).unflatten(axis, (out_n, n))
-    shape = (1,) * axis + (out_n, n) + (1,) * (data.dim() - axis - 1)
-    result = (gathered * weights.reshape(shape)).sum(dim=axis + 1)
+    taps = taps.clamp(0, in_n - 1)
+    along = (1,) * axis + (out_n,) + (1,) * (data.dim() - axis - 1)  # a [out] vector along `axis`
+    if params["mode"] == "nearest" and not params["exclude_outside"]:  # one tap of weight 1: pick it
+        result = data.index_select(axis, taps.gather(1, weights.argmax(dim=1, keepdim=True))[:, 0])
+    else:
+        result = sum(data.index_select(axis, taps[:, k]) * weights[:, k].reshape(along) for k in range(n))
     if outside is not None:
-        mask = outside.reshape((1,) * axis + (out_n,) + (1,) * (data.dim() - axis - 1))
-        result = torch.where(mask, params["extrapolation_value"], result)
+        result = torch.where(outside.reshape(along), params["extrapolation_value"], result)
     return result
 
 
@@ -140,11 +146,33 @@ def _resize_plan(params, shape, roi, scales, sizes) -> tuple[list[float], list[i
 
 def _saturate(result: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Cast as the definition does: integers rounded half to even, then clipped."""
+    if result.dtype == dtype:
+        return result
     if dtype.is_floating_point:
         info = torch.finfo(dtype)
         return result.clamp(info.min, info.max).to(dtype)
     info = torch.iinfo(dtype)
     return result.round().clamp(info.min, info.max).to(dtype)
+
+
+_TORCH_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _torch_linear(params, x: torch.Tensor, scales: list[float], out: list[int]) -> torch.Tensor | None:
+    """The resize by torch's own linear interpolation, where it computes the definition's
+    formula (half-pixel source coordinates, edge taps clamped, no antialias) over the
+    trailing 1-3 axes with the definition's scales; None elsewhere."""
+    rank, mode = x.dim(), params["coordinate_transformation_mode"]
+    if (params["mode"] != "linear" or params["antialias"] or mode not in ("half_pixel", "pytorch_half_pixel")
+            or x.dtype not in (torch.float32, torch.float64) or not 3 <= rank <= 5
+            or any(scales[a] != 1.0 or out[a] != x.shape[a] for a in (0, 1))):
+        return None
+    spatial = range(2, rank)
+    if any(math.floor(x.shape[a] * scales[a]) != out[a] or (mode == "pytorch_half_pixel" and out[a] <= 1)
+           for a in spatial) or x.numel() == 0 or 0 in out:
+        return None
+    return F.interpolate(x, scale_factor=[scales[a] for a in spatial], mode=_TORCH_LINEAR[rank - 2],
+                         align_corners=False, recompute_scale_factor=False)
 
 
 @extern("resize")
@@ -155,7 +183,11 @@ def resize(params, x, roi, scales, sizes, y):
     if out != list(y.shape):
         raise ExecutionError(f"{params['where']}: the scales or sizes fed give an output of shape {out}, "
                              f"but the model's declared output type is {list(y.shape)}")
-    result = x.to(F64)
+    fast = _torch_linear(params, x, full_scales, out) if rois is None else None
+    if fast is not None:
+        y.copy_(fast)
+        return
+    result = x if params["mode"] == "nearest" and not params["exclude_outside"] else x.to(F64)
     for a in params["axes"]:
         identity = math.isclose(full_scales[a], 1.0) and out[a] == x.shape[a] and (
             rois is None or (math.isclose(rois[a][0], 0.0) and math.isclose(rois[a][1], 1.0)))

@@ -166,3 +166,22 @@ def test_center_crop_pad(data, dtype):
     x = data.draw(hnp.arrays(dtype, shape))
     target = np.array([data.draw(st.integers(0, 8)) for _ in axes], np.int64)
     check_kernel("CenterCropPad", [("x", x), ("shape", target)], {"axes": axes}, exact=True)
+
+
+@SETTINGS
+@given(data=st.data(), coords=st.sampled_from(["half_pixel", "pytorch_half_pixel"]),
+       dtype=st.sampled_from([np.float32, np.float64]), by_sizes=st.booleans(), exclude_outside=st.booleans())
+def test_resize_linear_through_torch_interpolate(data, coords, dtype, by_sizes, exclude_outside):
+    """Linear half-pixel resizes of the trailing axes run on torch's interpolate: the same
+    formula, edges included."""
+    rank = data.draw(st.integers(3, 5))
+    shape = tuple(data.draw(st.lists(st.integers(1, 6), min_size=rank, max_size=rank)))
+    x = data.draw(_floats(shape, dtype))
+    attrs = {"mode": "linear", "coordinate_transformation_mode": coords, "exclude_outside": int(exclude_outside)}
+    if by_sizes:
+        sizes = np.array([*shape[:2], *[data.draw(st.integers(2, 12)) for _ in shape[2:]]], np.int64)
+        inputs = [("x", x), ("roi", None), ("scales", None), ("sizes", sizes)]
+    else:
+        spatial = [data.draw(st.sampled_from([0.5, 0.75, 1.0, 1.5, 2.0, 2.5])) for _ in shape[2:]]
+        inputs = [("x", x), ("roi", None), ("scales", np.array([1, 1, *spatial], np.float32))]
+    check_kernel("Resize", inputs, attrs, rtol=1e-5, atol=1e-4)
