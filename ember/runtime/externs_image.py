@@ -155,24 +155,29 @@ def _saturate(result: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return result.round().clamp(info.min, info.max).to(dtype)
 
 
-_TORCH_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_TORCH_MODES = {("linear", 1): "linear", ("linear", 2): "bilinear", ("linear", 3): "trilinear",
+                ("cubic", 2): "bicubic"}
 
 
-def _torch_linear(params, x: torch.Tensor, scales: list[float], out: list[int]) -> torch.Tensor | None:
-    """The resize by torch's own linear interpolation, where it computes the definition's
-    formula (half-pixel source coordinates, edge taps clamped, no antialias) over the
-    trailing 1-3 axes with the definition's scales; None elsewhere."""
-    rank, mode = x.dim(), params["coordinate_transformation_mode"]
-    if (params["mode"] != "linear" or params["antialias"] or mode not in ("half_pixel", "pytorch_half_pixel")
-            or x.dtype not in (torch.float32, torch.float64) or not 3 <= rank <= 5
+def _torch_interpolate(params, x: torch.Tensor, scales: list[float], out: list[int]) -> torch.Tensor | None:
+    """The resize by torch's own interpolation, where it computes the definition's formula
+    (half-pixel source coordinates, edge taps clamped, no antialias; cubic with a = -0.75
+    and outside taps kept) over the trailing 1-3 axes with the definition's scales; None
+    elsewhere."""
+    rank, coords = x.dim(), params["coordinate_transformation_mode"]
+    torch_mode = _TORCH_MODES.get((params["mode"], rank - 2))
+    cubic_as_torch = params["cubic_coeff_a"] == -0.75 and not params["exclude_outside"]
+    if (torch_mode is None or params["antialias"] or coords not in ("half_pixel", "pytorch_half_pixel")
+            or (params["mode"] == "cubic" and not cubic_as_torch)
+            or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0 or 0 in out
             or any(scales[a] != 1.0 or out[a] != x.shape[a] for a in (0, 1))):
         return None
     spatial = range(2, rank)
-    if any(math.floor(x.shape[a] * scales[a]) != out[a] or (mode == "pytorch_half_pixel" and out[a] <= 1)
-           for a in spatial) or x.numel() == 0 or 0 in out:
+    if any(math.floor(x.shape[a] * scales[a]) != out[a] or (coords == "pytorch_half_pixel" and out[a] <= 1)
+           for a in spatial):
         return None
-    return F.interpolate(x, scale_factor=[scales[a] for a in spatial], mode=_TORCH_LINEAR[rank - 2],
-                         align_corners=False, recompute_scale_factor=False)
+    return F.interpolate(x, scale_factor=[scales[a] for a in spatial], mode=torch_mode, align_corners=False,
+                         recompute_scale_factor=False)
 
 
 @extern("resize")
@@ -183,7 +188,7 @@ def resize(params, x, roi, scales, sizes, y):
     if out != list(y.shape):
         raise ExecutionError(f"{params['where']}: the scales or sizes fed give an output of shape {out}, "
                              f"but the model's declared output type is {list(y.shape)}")
-    fast = _torch_linear(params, x, full_scales, out) if rois is None else None
+    fast = _torch_interpolate(params, x, full_scales, out) if rois is None else None
     if fast is not None:
         y.copy_(fast)
         return

@@ -170,14 +170,16 @@ def test_center_crop_pad(data, dtype):
 
 @SETTINGS
 @given(data=st.data(), coords=st.sampled_from(["half_pixel", "pytorch_half_pixel"]),
-       dtype=st.sampled_from([np.float32, np.float64]), by_sizes=st.booleans(), exclude_outside=st.booleans())
-def test_resize_linear_through_torch_interpolate(data, coords, dtype, by_sizes, exclude_outside):
-    """Linear half-pixel resizes of the trailing axes run on torch's interpolate: the same
-    formula, edges included."""
-    rank = data.draw(st.integers(3, 5))
+       dtype=st.sampled_from([np.float32, np.float64]), by_sizes=st.booleans(), exclude_outside=st.booleans(),
+       mode=st.sampled_from(["linear", "cubic"]))
+def test_resize_through_torch_interpolate(data, coords, dtype, by_sizes, exclude_outside, mode):
+    """Linear and cubic half-pixel resizes of the trailing axes run on torch's interpolate:
+    the same formula, edges included."""
+    rank = 4 if mode == "cubic" else data.draw(st.integers(3, 5))
     shape = tuple(data.draw(st.lists(st.integers(1, 6), min_size=rank, max_size=rank)))
     x = data.draw(_floats(shape, dtype))
-    attrs = {"mode": "linear", "coordinate_transformation_mode": coords, "exclude_outside": int(exclude_outside)}
+    attrs = {"mode": mode, "coordinate_transformation_mode": coords,
+             "exclude_outside": int(exclude_outside and mode == "linear")}
     if by_sizes:
         sizes = np.array([*shape[:2], *[data.draw(st.integers(2, 12)) for _ in shape[2:]]], np.int64)
         inputs = [("x", x), ("roi", None), ("scales", None), ("sizes", sizes)]
