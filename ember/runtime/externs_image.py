@@ -34,8 +34,10 @@ def _source_coords(params, out_n: int, in_n: int, scale: float, roi) -> tuple[to
     if mode == "asymmetric":
         return y / scale, None
     if mode == "tf_crop_and_resize":
+        # the roi's own arithmetic in its dtype (float32 scalars, as in the definition): where
+        # a source coordinate lands on the input's edge, its rounding decides extrapolation
         lo, hi = roi
-        x = torch.full((out_n,), (hi - lo) * (in_n - 1) / 2, dtype=F64) if out_w == 1 \
+        x = torch.full((out_n,), float((hi - lo) * (in_n - 1) / 2), dtype=F64) if out_w == 1 \
             else y * (hi - lo) * (in_n - 1) / (out_w - 1)
         x = x + lo * (in_n - 1)
         return x, (x < 0) | (x > in_n - 1)
@@ -66,18 +68,47 @@ def _tap_weights(params, ratio: torch.Tensor, scale: float) -> torch.Tensor:
                  "floor": torch.zeros_like(r, dtype=torch.bool), "ceil": torch.ones_like(r, dtype=torch.bool)}[how]
         right = right | (r == 1)
         return torch.cat([(~right).to(F64), right.to(F64)], dim=1)
-    a = params["cubic_coeff_a"]
+    if mode == "cubic":
+        return _cubic_weights(r, params["cubic_coeff_a"], scale, params["antialias"])
     if params["antialias"]:  # the kernel stretched by 1/scale when downsampling, renormalized
         s = min(scale, 1.0)
-        reach = 1 if mode == "linear" else 2
-        start = math.floor(-reach / s) + 1
-        taps = torch.arange(start, 2 - start, dtype=F64)
-        x = (taps[None, :] - r) * s
-        w = (1 - x.abs()).clamp(0, 1) if mode == "linear" else _cubic(x, a)
+        start = math.floor(-1 / s) + 1
+        x = (torch.arange(start, 2 - start, dtype=F64)[None, :] - r) * s
+        w = (1 - x.abs()).clamp(0, 1)
         return w / w.sum(dim=1, keepdim=True)
-    if mode == "linear":
-        return torch.cat([1 - r, r], dim=1)
-    return _cubic(torch.arange(-1, 3, dtype=F64)[None, :] - r, a)
+    return torch.cat([1 - r, r], dim=1)
+
+
+def _cubic_weights(r: torch.Tensor, a: float, scale: float, antialias: bool) -> torch.Tensor:
+    """Keys' cubic kernel at each tap, computed in float32 with the distances rounded to
+    float32 where the definition's float32 coefficient `a` meets them (integer outputs,
+    rounded half to even, must see the same sums as the reference)."""
+    a = torch.tensor(a, dtype=torch.float32)
+    f32 = lambda t: t.to(torch.float32)  # noqa: E731
+    if antialias:  # the kernel stretched by 1/scale when downsampling, renormalized
+        s = min(scale, 1.0)
+        start = math.floor(-2 / s) + 1
+        x = ((torch.arange(start, 2 - start, dtype=F64)[None, :] - r) * s).abs()
+        x2 = x * x
+        x3 = x * x2
+        near = (a + 2) * f32(x3) - (a + 3) * f32(x2) + 1
+        far = a * f32(x3) - 5 * a * f32(x2) + 8 * a * f32(x) - 4 * a
+        w = torch.where(x <= 1, near, torch.where(x < 2, far, 0.0))
+        total = w[:, 0]
+        for k in range(1, w.shape[1]):  # one tap after another, in float32
+            total = total + w[:, k]
+        # (the definition's taps past the kernel are float64 zeros, which make it divide in float64)
+        return torch.where((x >= 2).any(dim=1, keepdim=True), w.to(F64) / total[:, None].to(F64),
+                           (w / total[:, None]).to(F64))
+
+    def far(d):
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    def near(d):
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    # at distances r + 1, r, 1 - r and (1 - r) + 1, each formed as the definition forms it
+    return torch.cat([far(f32(r + 1)), near(f32(r)), near(f32(1 - r)), far(f32((1 - r) + 1))], dim=1).to(F64)
 
 
 def _resize_axis(params, data: torch.Tensor, axis: int, scale: float, out_n: int, roi) -> torch.Tensor:
@@ -137,10 +168,10 @@ def _resize_plan(params, shape, roi, scales, sizes) -> tuple[list[float], list[i
                 full_scales[a], out[a] = scale, int(scale * shape[a] + 0.5)
     rois = None
     if roi is not None and roi.numel():
-        values, k = roi.tolist(), len(axes)
+        values, k = roi.reshape(-1), len(axes)
         rois = [(0.0, 1.0)] * rank
         for i, a in enumerate(axes):
-            rois[a] = (values[i], values[k + i])
+            rois[a] = (values[i], values[k + i])  # 0-d tensors of roi's dtype
     return full_scales, out, rois
 
 
@@ -195,7 +226,7 @@ def resize(params, x, roi, scales, sizes, y):
     result = x if params["mode"] == "nearest" and not params["exclude_outside"] else x.to(F64)
     for a in params["axes"]:
         identity = math.isclose(full_scales[a], 1.0) and out[a] == x.shape[a] and (
-            rois is None or (math.isclose(rois[a][0], 0.0) and math.isclose(rois[a][1], 1.0)))
+            rois is None or (math.isclose(float(rois[a][0]), 0.0) and math.isclose(float(rois[a][1]), 1.0)))
         if not identity:
             result = _resize_axis(params, result, a, full_scales[a], out[a], None if rois is None else rois[a])
     y.copy_(_saturate(result, y.dtype))
