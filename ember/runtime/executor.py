@@ -33,7 +33,15 @@ from ..errors import ExecutionError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
-from . import externs_control, externs_dynamic, externs_linalg, externs_ops  # noqa: F401 - registers their externs
+from . import (  # noqa: F401 - registers their externs
+    externs_control,
+    externs_dynamic,
+    externs_image,
+    externs_linalg,
+    externs_ops,
+    externs_signal,
+    externs_spatial,
+)
 from .externs import ADOPTS, EXTERNS, PREPARE
 from .program import Program
 

@@ -2,7 +2,28 @@
 first registers what it defines itself, then the remaining standard ONNX ops get the
 delegating defaults."""
 
-from . import control_flow, data_dependent, elementwise, ember_nn, indexing, linalg, nn, optional, paged_attention, quantize, reduce, rnn, scans, scatter_gather, shape_ops, text, training  # noqa: F401,E501
+from . import (  # noqa: F401
+    control_flow,
+    data_dependent,
+    elementwise,
+    ember_nn,
+    image,
+    indexing,
+    linalg,
+    nn,
+    optional,
+    paged_attention,
+    quantize,
+    reduce,
+    rnn,
+    scans,
+    scatter_gather,
+    shape_ops,
+    spatial,
+    spectral,
+    text,
+    training,
+)
 from .onnx_standard import register_remaining
 
 register_remaining()

@@ -22,6 +22,7 @@ from ._lowering import (
     register_lowering,
 )
 from .onnx_standard import _delegate_reference, standard_op
+from .spatial import lower_window_pool
 
 
 def _pads(attrs: dict, in_shape, kernel, strides, dilations) -> list[tuple[int, int]]:
@@ -156,18 +157,24 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
 def _lower_pool(kind: str):
     def lower(ctx, node, ins, channels_last: bool = False):
         x = ins[0]
-        if len(node.outputs) > 1 or x.dtype not in FLOATS or len(x.shape) not in (3, 4, 5):
-            raise NotLowerable("indices output, or not a float 1-3d pool")
+        general = None if channels_last else lambda: lower_window_pool(ctx, node, ins, kind)
+        if len([v for v in node.outputs if v is not None]) > 1 or x.dtype not in FLOATS \
+                or len(x.shape) not in (3, 4, 5):
+            if general is None:
+                raise NotLowerable("indices output, or not a float 1-3d pool")
+            return general()
         a = attrs(node)
         kernel = list(a["kernel_shape"])
         rank = len(kernel)
         strides, dilations = a["strides"] or [1] * rank, a.get("dilations") or [1] * rank
         pads = _pads(a, _static_spatial(x, channels_last), kernel, strides, dilations)
-        if kind == "avg" and (any(d != 1 for d in dilations) or (any(p != q for p, q in pads))
-                              and not a["count_include_pad"]):
-            raise NotLowerable("dilated or asymmetrically padded average pool")
-        if any(max(p, q) > k // 2 for (p, q), k in zip(pads, kernel)) and kind == "avg":
-            raise NotLowerable("padding over half the window")
+        if kind == "avg" and ((any(d != 1 for d in dilations) or (any(p != q for p, q in pads))
+                               and not a["count_include_pad"])
+                              or any(max(p, q) > k // 2 for (p, q), k in zip(pads, kernel))):
+            # torch's average pool has no dilation, and pads symmetrically up to half the window
+            if general is None:
+                raise NotLowerable("dilated or asymmetrically padded average pool, or padding over half the window")
+            return general()
         return ctx.extern("pool", [x], [out_type(node)], kind=kind, kernel=kernel, strides=list(strides),
                           dilations=list(dilations), pads=[p for p, _ in pads] + [q for _, q in pads],
                           ceil_mode=bool(a["ceil_mode"]),

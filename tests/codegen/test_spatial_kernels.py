@@ -1,0 +1,162 @@
+"""Window pools, ConvTranspose, Col2Im and MaxUnpool externs against their reference
+implementations, on random shapes and window geometries."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from ember.codegen import cpu
+
+from .image_kernel_check import SETTINGS, check_kernel, reference
+
+pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
+
+
+def _floats(data, shape, dtype=np.float32):
+    return data.draw(hnp.arrays(dtype, shape, elements=st.floats(-10, 10, width=32)))
+
+
+def _geometry(data, dims, with_dilations=True):
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(dims)]
+    strides = [data.draw(st.integers(1, 3)) for _ in range(dims)]
+    dilations = [data.draw(st.integers(1, 2)) if with_dilations else 1 for _ in range(dims)]
+    pads = [data.draw(st.integers(0, k - 1)) for k in kernel] * 2
+    pads = [data.draw(st.integers(0, kernel[i % dims] - 1)) for i in range(2 * dims)]
+    spatial = [data.draw(st.integers((k - 1) * d + 1, 7)) for k, d in zip(kernel, dilations)]
+    return kernel, strides, dilations, pads, spatial
+
+
+def _reference_runs(op, inputs, attrs, num_outputs=1):
+    """False where the reference itself cannot run this geometry (its loops index out of
+    range for some ceil-mode windows)."""
+    try:
+        reference(op, inputs, attrs, num_outputs)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+@SETTINGS
+@given(data=st.data(), op=st.sampled_from(["AveragePool", "LpPool"]), dims=st.integers(1, 3),
+       ceil=st.booleans(), count_include_pad=st.booleans(),
+       auto_pad=st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+def test_average_and_lp_pools(data, op, dims, ceil, count_include_pad, auto_pad):
+    kernel, strides, dilations, pads, spatial = _geometry(data, dims, with_dilations=auto_pad == "NOTSET")
+    x = _floats(data, (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), *spatial))
+    attrs = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "auto_pad": auto_pad}
+    if auto_pad == "NOTSET":
+        attrs.update(pads=pads, ceil_mode=int(ceil))
+    if op == "AveragePool":
+        attrs["count_include_pad"] = int(count_include_pad)
+    else:
+        attrs["p"] = data.draw(st.integers(1, 3))
+    assume(_reference_runs(op, [("x", x)], attrs))
+    check_kernel(op, [("x", x)], attrs, rtol=1e-4, atol=1e-4)
+
+
+@SETTINGS
+@given(data=st.data(), dims=st.integers(1, 3), ceil=st.booleans(), storage_order=st.sampled_from([0, 1]))
+def test_max_pool_indices(data, dims, ceil, storage_order):
+    kernel, strides, dilations, pads, spatial = _geometry(data, dims)
+    # the reference's own MaxPool path for unit strides and dilations computes other indices
+    assume(any(s != 1 for s in strides) or any(d != 1 for d in dilations))
+    x = data.draw(hnp.arrays(np.float32, (1, 2, *spatial), elements=st.integers(-20, 20).map(float)))
+    attrs = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads,
+             "ceil_mode": int(ceil), "storage_order": storage_order if dims == 2 else 0}
+    assume(_reference_runs("MaxPool", [("x", x)], attrs, 2))
+    check_kernel("MaxPool", [("x", x)], attrs, num_outputs=2, exact=True)
+
+
+@SETTINGS
+@given(data=st.data(), dims=st.integers(1, 3))
+def test_max_pool_of_unsigned_integers(data, dims):
+    kernel, strides, dilations, pads, spatial = _geometry(data, dims, with_dilations=False)
+    x = data.draw(hnp.arrays(np.uint8, (1, 2, *spatial)))
+    attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads}
+    check_kernel("MaxPool", [("x", x)], attrs, exact=True)
+
+
+@SETTINGS
+@given(data=st.data(), dims=st.integers(1, 3), group=st.sampled_from([1, 2]), with_bias=st.booleans(),
+       how=st.sampled_from(["pads", "output_padding", "output_shape", "SAME_UPPER", "SAME_LOWER"]))
+def test_conv_transpose(data, dims, group, with_bias, how):
+    kernel, strides, dilations, pads, spatial = _geometry(data, dims)
+    c, m = group * data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    x = _floats(data, (data.draw(st.integers(1, 2)), c, *spatial))
+    w = _floats(data, (c, m, *kernel))
+    attrs = {"strides": strides, "dilations": dilations, "group": group}
+    if how == "pads":
+        attrs["pads"] = pads
+    elif how == "output_padding":
+        attrs["output_padding"] = [data.draw(st.integers(0, max(s, d) - 1)) for s, d in zip(strides, dilations)]
+    elif how == "output_shape":
+        attrs["output_shape"] = [s * (n - 1) + (k - 1) * d + 1 + data.draw(st.integers(-1, 1))
+                                 for s, n, k, d in zip(strides, spatial, kernel, dilations)]
+    else:  # (where SAME would crop less than nothing, onnx's type inference and reference disagree)
+        assume(all((k - 1) * d + 1 >= s for k, d, s in zip(kernel, dilations, strides)))
+        attrs["auto_pad"] = how
+    # (onnx.reference adds bias[0:m] to every group's channels: no bias with groups)
+    inputs = [("x", x), ("w", w)] + ([("b", _floats(data, (m * group,)))] if with_bias and group == 1 else [])
+    assume(_reference_runs("ConvTranspose", inputs, attrs))
+    check_kernel("ConvTranspose", inputs, attrs, rtol=1e-4, atol=1e-3)
+
+
+@SETTINGS
+@given(data=st.data(), dims=st.integers(2, 3))
+def test_col2im(data, dims):
+    block, strides, dilations, pads, image = _geometry(data, dims)
+    counts = [(n + pads[i] + pads[dims + i] - (b - 1) * d - 1) // s + 1
+              for i, (n, b, s, d) in enumerate(zip(image, block, strides, dilations))]
+    assume(all(c >= 1 for c in counts))
+    c = data.draw(st.integers(1, 2))
+    cols = _floats(data, (data.draw(st.integers(1, 2)), c * int(np.prod(block)), int(np.prod(counts))))
+    inputs = [("cols", cols), ("image", np.array(image, np.int64)), ("block", np.array(block, np.int64))]
+    attrs = {"strides": strides, "dilations": dilations, "pads": pads}
+    assume(_reference_runs("Col2Im", inputs, attrs))
+    check_kernel("Col2Im", inputs, attrs, rtol=1e-5, atol=1e-4)
+
+
+@SETTINGS
+@given(data=st.data(), dims=st.integers(1, 3), with_shape=st.booleans())
+def test_max_unpool(data, dims, with_shape):
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(dims)]
+    strides = [data.draw(st.integers(1, 3)) for _ in range(dims)]
+    spatial = [data.draw(st.integers(1, 4)) for _ in range(dims)]
+    n, c = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    unpooled = [(s_ - 1) * st_ + k for s_, st_, k in zip(spatial, strides, kernel)]
+    total = n * c * int(np.prod(unpooled))
+    count = n * c * int(np.prod(spatial))
+    assume(count <= total)
+    order = np.array(data.draw(st.permutations(range(total))))[:count]
+    x = _floats(data, (n, c, *spatial))
+    inputs = [("x", x), ("i", order.reshape(x.shape).astype(np.int64))]
+    if with_shape:
+        inputs.append(("shape", np.array([n, c, *[u + data.draw(st.integers(0, 2)) for u in unpooled]], np.int64)))
+    check_kernel("MaxUnpool", inputs, {"kernel_shape": kernel, "strides": strides}, exact=True)
+
+
+@SETTINGS
+@given(data=st.data(), group=st.sampled_from([1, 2]), offset_group=st.sampled_from([1, 2]),
+       with_bias=st.booleans(), with_mask=st.booleans())
+def test_deform_conv(data, group, offset_group, with_bias, with_mask):
+    kernel, strides, dilations, pads, spatial = _geometry(data, 2)
+    spatial = [max(s, 2) for s in spatial]  # (the reference normalizes coordinates by size - 1)
+    c = group * offset_group * data.draw(st.integers(1, 2))
+    oc = group * data.draw(st.integers(1, 2))
+    n = data.draw(st.integers(1, 2))
+    out = [(s + pads[i] + pads[2 + i] - (k - 1) * d - 1) // st_ + 1
+           for i, (s, k, d, st_) in enumerate(zip(spatial, kernel, dilations, strides))]
+    assume(all(o >= 1 for o in out))
+    x = _floats(data, (n, c, *spatial))
+    w = _floats(data, (oc, c // group, *kernel))
+    taps = offset_group * kernel[0] * kernel[1]
+    offset = data.draw(hnp.arrays(np.float32, (n, 2 * taps, *out), elements=st.floats(-2.5, 2.5, width=32)))
+    inputs = [("x", x), ("w", w), ("offset", offset),
+              ("b", _floats(data, (oc,)) if with_bias else None),
+              ("mask", data.draw(hnp.arrays(np.float32, (n, taps, *out), elements=st.floats(0, 1, width=32)))
+               if with_mask else None)]
+    attrs = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads, "group": group,
+             "offset_group": offset_group}
+    check_kernel("DeformConv", inputs, attrs, rtol=1e-4, atol=1e-3)
