@@ -171,15 +171,18 @@ def _attention_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
     return [tensor(dtype, (q[0], q[1], int(width) if width.is_Integer else width))]
 
 
+# the heads of an attention op (ember.Attention, ember.PagedAttention): kv_num_heads 0
+# means num_heads, scale 0 means 1/sqrt(head size)
+HEAD_ATTRS = {"num_heads": AttrSpec("num_heads", "int", required=True),
+              "kv_num_heads": AttrSpec("kv_num_heads", "int", 0),
+              "scale": AttrSpec("scale", "float", 0.0)}
+
 register_op(OpDef(
     "ember.Attention",
     inputs=(ParamSpec("q"), ParamSpec("k", optional=True), ParamSpec("v", optional=True),
             ParamSpec("bias", optional=True)),
     outputs=(ParamSpec("y"),),
-    attrs={"num_heads": AttrSpec("num_heads", "int", required=True),
-           "kv_num_heads": AttrSpec("kv_num_heads", "int", 0),
-           "scale": AttrSpec("scale", "float", 0.0),
-           "causal": AttrSpec("causal", "int", 0)},
+    attrs={**HEAD_ATTRS, "causal": AttrSpec("causal", "int", 0)},
     reference=_attention_reference, infer=_attention_infer,
     doc="softmax(q k^T * scale + bias) v over heads; packed [B, S, H*D] or [B, H, S, D] layout; "
         "k and v absent: q packs all three, [B, S, (H + 2 Hkv) * D]",

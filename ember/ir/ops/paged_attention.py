@@ -33,6 +33,7 @@ from ..graph import Node
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
 from ._lowering import FLOATS, NotLowerable, out_type, register_lowering
 from ._symbolic import dtype_of, shape_of, tensor
+from .ember_nn import HEAD_ATTRS
 
 INPUTS = ("q", "k", "v", "k_cache", "v_cache", "slot_mapping", "block_tables", "query_start_loc", "seq_lens")
 
@@ -115,10 +116,7 @@ register_op(OpDef(
     "ember.PagedAttention",
     inputs=tuple(ParamSpec(name) for name in INPUTS),
     outputs=(ParamSpec("y"),),
-    attrs={"num_heads": AttrSpec("num_heads", "int", required=True),
-           "kv_num_heads": AttrSpec("kv_num_heads", "int", 0),
-           "scale": AttrSpec("scale", "float", 0.0),
-           "sliding_window": AttrSpec("sliding_window", "int", 0)},
+    attrs={**HEAD_ATTRS, "sliding_window": AttrSpec("sliding_window", "int", 0)},
     reference=_reference, infer=_infer,
     deterministic=False,  # writes the caches
     doc="causal attention of flattened sequences over a block-paged KV cache it writes the new k, v into "
