@@ -16,11 +16,11 @@ def save_tiny(model_cls, config, path, seed: int = 0):
     model = model_cls(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or ".ln_" in name:  # GPT-2 calls its LayerNorms ln_1, ln_2, ln_f
                 p.copy_(1 + 0.1 * torch.randn_like(p))
             elif p.dim() == 1:
                 p.normal_(0, 0.1)
-            elif "embed" in name:
+            elif "embed" in name or ".wte." in name or ".wpe." in name:
                 p.normal_(0, 1)
             else:
                 p.normal_(0, p.shape[1] ** -0.5)
