@@ -1,6 +1,6 @@
 """The Hugging Face frontend: an LLM's folder (config.json + safetensors) or GGUF file
 -> the ember Graph of its forward step over a flattened batch of tokens with a paged KV
-cache. One file per architecture family (`llama`, `qwen2`, `gpt2`), registered in `registry`.
+cache. One file per architecture family (`llama`, `qwen2`, `gpt2`, `mixtral`), registered in `registry`.
 
     model = load_pretrained("path/to/folder-or.gguf")
     graph = model.graph(block_size=16)       # weights read now

@@ -29,6 +29,8 @@ class ModelConfig:
     sliding_window: int = 0        # 0: every earlier key is visible
     layer_types: tuple[str, ...] = ()  # per layer "sliding_attention" | "full_attention"; () : all alike
     hidden_act: str = "silu"
+    num_experts: int = 0           # > 0: each MLP is a mixture of this many SwiGLU experts (Mixtral)
+    experts_per_token: int = 0     # the top-k experts each token is routed to
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the config as read
 
     def is_sliding(self, layer: int) -> bool:

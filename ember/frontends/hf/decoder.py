@@ -58,6 +58,11 @@ def weight_names(config: ModelConfig, weights: Weights) -> list[str]:
             names.append(f"{p}self_attn.{proj}_proj.weight")
             if config.attention_bias and proj != "o" or config.o_proj_bias and proj == "o":
                 names.append(f"{p}self_attn.{proj}_proj.bias")
+        if config.num_experts:
+            names.append(f"{p}block_sparse_moe.gate.weight")
+            names += [f"{p}block_sparse_moe.experts.{e}.w{j}.weight" for e in range(config.num_experts)
+                      for j in (1, 2, 3)]
+            continue
         for proj in ("gate", "up", "down"):
             names.append(f"{p}mlp.{proj}_proj.weight")
             if config.mlp_bias:
@@ -123,6 +128,9 @@ def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions
                      num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, sliding_window=window)
             h = g("Add", h, linear(attn, p + "self_attn.o_proj", q_width, c.hidden_size, c.o_proj_bias))
             x = norm(h, p + "post_attention_layernorm.weight")
+            if c.num_experts:
+                h = g("Add", h, _mixture_of_experts(g, c, x, p + "block_sparse_moe.", linear, dtype))
+                continue
             gate = linear(x, p + "mlp.gate_proj", c.hidden_size, c.intermediate_size, c.mlp_bias)
             up = linear(x, p + "mlp.up_proj", c.hidden_size, c.intermediate_size, c.mlp_bias)
             h = g("Add", h, linear(g("ember.SwiGLU", gate, up), p + "mlp.down_proj", c.intermediate_size,
@@ -136,3 +144,28 @@ def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions
     finally:
         weights.finish()
     return g.finish([logits])
+
+
+def _mixture_of_experts(g, c: ModelConfig, x, prefix: str, linear, dtype: DType):
+    """Mixtral's sparse MLP: the router's top-k logits, softmaxed, weigh the SwiGLU experts
+    they pick (softmax over all experts then renormalized over the top k is the same
+    distribution). Every expert runs on every token and its weight is 0 where it was not
+    picked: exact, E/k times the work of routing; a grouped-GEMM kernel is the engine's."""
+    import numpy as np
+
+    router = linear(x, prefix + "gate", c.hidden_size, c.num_experts, False)  # [T, E]
+    top = g.graph.add_node("TopK", [router, g.ints([c.experts_per_token])], 2,
+                           {"axis": -1, "largest": 1, "sorted": 1}, f"{prefix}top_k").outputs
+    probs = g("Softmax", top[0], axis=-1)
+    zeros = g("ConstantOfShape", g("Shape", router), value=np.zeros(1, dtype.numpy))
+    weights = g("ScatterElements", zeros, top[1], probs, axis=1)  # [T, E], 0 where not picked
+    total = None
+    for e in range(c.num_experts):
+        name = f"{prefix}experts.{e}."
+        gate = linear(x, name + "w1", c.hidden_size, c.intermediate_size, False)
+        up = linear(x, name + "w3", c.hidden_size, c.intermediate_size, False)
+        y = linear(g("ember.SwiGLU", gate, up), name + "w2", c.intermediate_size, c.hidden_size, False)
+        share = g("Slice", weights, g.ints([e]), g.ints([e + 1]), g.ints([1]))  # [T, 1]
+        y = g("Mul", y, share)
+        total = y if total is None else g("Add", total, y)
+    return total

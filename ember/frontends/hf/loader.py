@@ -11,7 +11,7 @@ from typing import Any
 
 from ...errors import ModelError, UnsupportedError
 from ...ir.graph import Graph
-from . import gpt2, llama, qwen2  # noqa: F401 - register their architectures
+from . import gpt2, llama, mixtral, qwen2  # noqa: F401 - register their architectures
 from .config import ModelConfig
 from .decoder import ForwardOptions, cache_shape
 from .gguf_file import GGUFWeights, metadata, open_gguf
