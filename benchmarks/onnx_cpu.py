@@ -1,8 +1,14 @@
 """ember vs onnxruntime on the CPU, in one run: latency (median of --runs after warm-up,
 in blocks of --block runs per engine, the blocks alternating so that both engines see
-the same drift in machine speed — interleaving single runs would let one engine's
-spinning worker threads slow the other's next run) and peak resident memory (each
-engine alone in a fresh process, VmHWM).
+the same drift in machine speed) and peak resident memory (each engine alone in a fresh
+process, VmHWM).
+
+Idle worker threads spin before they sleep: onnxruntime's for ~40 ms of CPU after a run,
+ember's OpenMP threads for ~10 ms (measured with time.process_time over an idle pause
+after a run). So each block starts with untimed runs of its engine for at least
+--settle seconds (default 0.1; busy, so the cores do not idle): neither engine's timed
+runs share the cores with the other's spinning threads. (With one untimed run only,
+MiniLM b1's ember runs right after an onnxruntime block took 26 ms instead of 19.)
 
 Workloads: MiniLM (batch 1 and 8, sequence 128, real tokens) and onnx's light ResNet-50
 (batch 1). onnxruntime runs with every graph optimization and the same thread count.
@@ -63,7 +69,8 @@ def make_runner(engine: str, path: Path, threads: int):
     return lambda feeds: session.run(None, feeds)
 
 
-def latency(runs: int, warmup: int, threads: int, block: int = 5, only: str | None = None) -> list[dict]:
+def latency(runs: int, warmup: int, threads: int, block: int = 5, only: str | None = None,
+            settle: float = 0.1) -> list[dict]:
     rows = []
     for name, (path, feeds) in workloads().items():
         if only and only.lower() not in name.lower():
@@ -78,7 +85,10 @@ def latency(runs: int, warmup: int, threads: int, block: int = 5, only: str | No
                 run(feeds)
         while len(times["ember"]) < runs:
             for engine, run in runners.items():
-                run(feeds)  # one untimed run: the other engine's threads have gone to sleep
+                until = time.perf_counter() + settle
+                run(feeds)  # untimed, for at least `settle` s: the other engine's threads stop spinning
+                while time.perf_counter() < until:
+                    run(feeds)
                 for _ in range(min(block, runs - len(times[engine]))):
                     t0 = time.perf_counter()
                     run(feeds)
@@ -119,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: all cores)")
     parser.add_argument("--only", help="run the workloads whose name contains this (e.g. ResNet); skips memory")
+    parser.add_argument("--settle", type=float, default=0.1,
+                        help="seconds of untimed runs before each block, while the other engine's threads stop spinning")
     parser.add_argument("--write", type=Path, help="replace this benchmark's section of a markdown file")
     args = parser.parse_args(argv)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
     print(f"{machine}; threads {args.threads}; median of {args.runs} runs after {args.warmup} warm-up")
-    rows = latency(args.runs, args.warmup, args.threads, args.block, args.only)
+    rows = latency(args.runs, args.warmup, args.threads, args.block, args.only, args.settle)
     if args.only:
         return 0
     rss = {engine: peak_rss(engine, 8, args.threads, 5) for engine in ("ember", "onnxruntime")}
@@ -140,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         section = "\n".join([
             "## CPU latency — ember vs onnxruntime", "",
             "`python benchmarks/onnx_cpu.py --write docs/benchmarks.md` — medians of "
-            f"{args.runs} runs per engine ({args.warmup} warm-up runs, then alternating blocks of {args.block}), "
+            f"{args.runs} runs per engine ({args.warmup} warm-up runs, then alternating blocks of {args.block}, "
+            f"each after {args.settle:g} s of untimed runs), "
             f"{args.threads} threads each, onnxruntime with ORT_ENABLE_ALL.", "",
             f"{time.strftime('%Y-%m-%d')}, {machine}, Python {platform.python_version()}, torch {torch.__version__}, "
             f"onnxruntime {onnxruntime.__version__}:", "", *table, "",
