@@ -44,11 +44,11 @@ class SequenceGenerator:
     reused by every call."""
 
     def __init__(self, compiled, config, *, block_size: int = 16, max_len: int = 2048):
-        from ..frontends.hf import cache_names
+        from ..frontends.hf.decoder import cache_names, cache_shape
 
         self.compiled, self.block_size, self.max_len = compiled, block_size, max_len
         blocks = -(-max_len // block_size)
-        shape = (blocks, block_size, config.num_kv_heads, config.head_dim)
+        shape = cache_shape(config, blocks, block_size)
         self.caches = {name: np.zeros(shape, np.float32) for i in range(config.num_layers)
                        for name in cache_names(i)}
         self.table = np.arange(blocks, dtype=np.int64)[None, :]  # the sequence owns every block, in order

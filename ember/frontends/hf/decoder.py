@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ...errors import ModelError
 from ...ir.dtypes import DType
-from ...ir.graph import Graph
+from ...ir.graph import Graph, Value
 from ...ir.types import symbol
 from ._builder import GraphBuilder
 from .config import ModelConfig
@@ -70,12 +70,23 @@ def weight_names(config: ModelConfig, weights: Weights) -> list[str]:
     return names
 
 
-def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions = ForwardOptions()) -> Graph:
-    if config.hidden_act != "silu":
-        raise ModelError(f"hidden_act {config.hidden_act!r} is not supported for {config.family} (only silu)")
-    c = config
-    dtype = DType.from_numpy(weights.dtype)
-    g = GraphBuilder(f"{c.family}_forward")
+@dataclass(frozen=True)
+class BatchInputs:
+    """The graph inputs of a forward step (see the module docstring), as every family's
+    builder declares them."""
+
+    ids: Value
+    positions: Value
+    logit_indices: Value
+    caches: list[tuple[Value, Value]]
+    paging: tuple[Value, ...]  # slot_mapping, block_tables, query_start_loc, seq_lens
+
+    def paged(self, layer: int) -> tuple[Value, ...]:
+        """ember.PagedAttention's inputs after q, k, v for `layer`: its caches, then the paging."""
+        return (*self.caches[layer], *self.paging)
+
+
+def batch_inputs(g: GraphBuilder, config: ModelConfig, options: ForwardOptions, dtype: DType) -> BatchInputs:
     T, B, N, max_blocks, num_blocks = (symbol(s) for s in ("num_tokens", "num_seqs", "num_logits", "max_blocks",
                                                             "num_blocks"))
     ids = g.input("input_ids", DType.int64, (T,))
@@ -85,8 +96,19 @@ def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions
     starts = g.input("query_start_loc", DType.int64, (B + 1,))
     lens = g.input("seq_lens", DType.int64, (B,))
     logit_indices = g.input("logit_indices", DType.int64, (N,))
-    caches = [tuple(g.input(name, dtype, (num_blocks, options.block_size, c.num_kv_heads, c.head_dim))
-                    for name in cache_names(i)) for i in range(c.num_layers)]
+    shape = cache_shape(config, num_blocks, options.block_size)
+    caches = [tuple(g.input(name, dtype, shape) for name in cache_names(i)) for i in range(config.num_layers)]
+    return BatchInputs(ids, positions, logit_indices, caches, (slots, tables, starts, lens))
+
+
+def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions = ForwardOptions()) -> Graph:
+    if config.hidden_act != "silu":
+        raise ModelError(f"hidden_act {config.hidden_act!r} is not supported for {config.family} (only silu)")
+    c = config
+    dtype = DType.from_numpy(weights.dtype)
+    g = GraphBuilder(f"{c.family}_forward")
+    inputs = batch_inputs(g, c, options, dtype)
+    ids, positions, logit_indices = inputs.ids, inputs.positions, inputs.logit_indices
 
     weights.start(len(weight_names(c, weights)))
     try:
@@ -124,7 +146,7 @@ def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions
             v = linear(x, p + "self_attn.v_proj", c.hidden_size, kv_width, c.attention_bias)
             q, k = rotate(q, q_heads, q_flat), rotate(k, kv_heads, kv_flat)
             window = c.sliding_window if c.is_sliding(i) else 0
-            attn = g("ember.PagedAttention", q, k, v, *caches[i], slots, tables, starts, lens,
+            attn = g("ember.PagedAttention", q, k, v, *inputs.paged(i),
                      num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, sliding_window=window)
             h = g("Add", h, linear(attn, p + "self_attn.o_proj", q_width, c.hidden_size, c.o_proj_bias))
             x = norm(h, p + "post_attention_layernorm.weight")

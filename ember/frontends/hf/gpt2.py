@@ -10,10 +10,9 @@ from typing import Any
 from ...errors import ModelError
 from ...ir.dtypes import DType
 from ...ir.graph import Graph
-from ...ir.types import symbol
 from ._builder import GraphBuilder
 from .config import ModelConfig, require
-from .decoder import ForwardOptions, cache_names
+from .decoder import ForwardOptions, batch_inputs
 from .registry import Architecture, register_architecture
 from .weights import Weights
 
@@ -60,17 +59,7 @@ def build(config: ModelConfig, weights: Weights, options: ForwardOptions = Forwa
         raise ModelError("gpt2: scale_attn_weights=False is not supported")
     dtype = DType.from_numpy(weights.dtype)
     g = GraphBuilder("gpt2_forward")
-    T, B, N, max_blocks, num_blocks = (symbol(s) for s in ("num_tokens", "num_seqs", "num_logits", "max_blocks",
-                                                            "num_blocks"))
-    ids = g.input("input_ids", DType.int64, (T,))
-    positions = g.input("positions", DType.int64, (T,))
-    slots = g.input("slot_mapping", DType.int64, (T,))
-    tables = g.input("block_tables", DType.int64, (B, max_blocks))
-    starts = g.input("query_start_loc", DType.int64, (B + 1,))
-    lens = g.input("seq_lens", DType.int64, (B,))
-    logit_indices = g.input("logit_indices", DType.int64, (N,))
-    caches = [tuple(g.input(name, dtype, (num_blocks, options.block_size, c.num_heads, c.head_dim))
-                    for name in cache_names(i)) for i in range(c.num_layers)]
+    inputs = batch_inputs(g, c, options, dtype)  # num_kv_heads is num_heads
     hidden, width = c.hidden_size, c.num_heads * c.head_dim
     approximate = GELUS[c.hidden_act]
     prefix = "transformer." if "transformer.wte.weight" in weights else ""
@@ -88,20 +77,20 @@ def build(config: ModelConfig, weights: Weights, options: ForwardOptions = Forwa
                      axis=-1, epsilon=c.rms_norm_eps)
 
         wte = weights.take(prefix + "wte.weight", (c.vocab_size, hidden))
-        h = g("Add", g("Gather", g.const(prefix + "wte.weight", wte), ids, axis=0),
-              g("Gather", tensor("wpe.weight", (c.max_position_embeddings, hidden)), positions, axis=0))
+        h = g("Add", g("Gather", g.const(prefix + "wte.weight", wte), inputs.ids, axis=0),
+              g("Gather", tensor("wpe.weight", (c.max_position_embeddings, hidden)), inputs.positions, axis=0))
         thirds = g.ints([width, width, width])
         for i in range(c.num_layers):
             p = f"h.{i}."
             qkv = linear(layer_norm(h, p + "ln_1"), p + "attn.c_attn", hidden, 3 * width)
             q, k, v = (g.graph.add_node("Split", [qkv, thirds], 3, {"axis": -1}, f"split_{i}").outputs)
-            attn = g("ember.PagedAttention", q, k, v, *caches[i], slots, tables, starts, lens,
+            attn = g("ember.PagedAttention", q, k, v, *inputs.paged(i),
                      num_heads=c.num_heads, kv_num_heads=c.num_heads)
             h = g("Add", h, linear(attn, p + "attn.c_proj", width, hidden))
             up = linear(layer_norm(h, p + "ln_2"), p + "mlp.c_fc", hidden, c.intermediate_size)
             h = g("Add", h, linear(g("Gelu", up, approximate=approximate), p + "mlp.c_proj", c.intermediate_size,
                                    hidden))
-        last = layer_norm(g("Gather", h, logit_indices, axis=0), "ln_f")
+        last = layer_norm(g("Gather", h, inputs.logit_indices, axis=0), "ln_f")
         if "lm_head.weight" in weights and not c.tie_word_embeddings:
             head = g.const("lm_head.weight", weights.take("lm_head.weight", (c.vocab_size, hidden)).T)
         else:
