@@ -58,17 +58,10 @@ def _loop(node: Node):
         num_scan = len(node.outputs) - num_carried
         if scans is None:
             scans = [[] for _ in range(num_scan)]
-        return (*state, *[_stack(acc, _empty_scan(node, num_carried + k)) for k, acc in enumerate(scans)])
+        return (*state, *[_stack(acc, _empty_scan_output(node.attrs["body"].outputs[1 + num_carried + k])) for k, acc in enumerate(scans)])
 
     return run
 
-
-def _empty_scan(node: Node, index: int):
-    body_out = node.attrs["body"].outputs[1 + index]
-    t = body_out.type
-    dtype = t.dtype.numpy if t is not None and hasattr(t, "dtype") else np.float32
-    shape = (0,) + tuple(d if isinstance(d, int) else 0 for d in (t.shape or ())) if t is not None and hasattr(t, "shape") else (0,)
-    return np.zeros(shape, dtype=dtype)
 
 
 def _scan(node: Node):
@@ -109,11 +102,12 @@ def _scan(node: Node):
 
 
 def _empty_scan_output(body_out) -> np.ndarray:
-    """A scan output after no steps: [0, *the body output's shape] (when its type says it)."""
+    """A scan output (Scan's or Loop's) after no steps: [0, *the body output's shape], a
+    dim its type does not fix counted 0; [0] float32 where it has no tensor type."""
     t = body_out.type
-    if t is None or getattr(t, "shape", None) is None or not all(isinstance(d, int) for d in t.shape):
-        return np.zeros((0,), np.float32 if t is None or not hasattr(t, "dtype") else t.dtype.numpy)
-    return np.zeros((0, *t.shape), t.dtype.numpy)
+    dtype = t.dtype.numpy if t is not None and hasattr(t, "dtype") else np.float32
+    shape = getattr(t, "shape", None) or ()
+    return np.zeros((0, *(d if isinstance(d, int) else 0 for d in shape)), dtype=dtype)
 
 
 def _sequence_map(node: Node):
