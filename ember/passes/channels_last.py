@@ -90,8 +90,13 @@ def _whole_image_check(m: Match) -> str | None:
     return None
 
 
-def _whole_image_replacement(op, y, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, count_include_pad):
+def _spatial_mean(op, y):
+    """The mean of [N, H, W, C] activations over H and W, as [N, C, 1, 1]."""
     return op.Transpose(op.ReduceMean(y, op.constant(np.array([1, 2], np.int64)), keepdims=1), perm=TO_FIRST)
+
+
+def _whole_image_replacement(op, y, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, count_include_pad):
+    return _spatial_mean(op, y)
 
 
 WHOLE_IMAGE_POOL = Rewrite("whole_image_average_pool_channels_last", _whole_image_pool_pattern,
@@ -107,12 +112,7 @@ def _global_pool_check(m: Match) -> str | None:
     return None if y is not None and y.shape is not None and len(y.shape) == 4 else "not a 2-d pool"
 
 
-def _global_pool_replacement(op, y):
-    return op.Transpose(op.ReduceMean(y, op.constant(np.array([1, 2], np.int64)), keepdims=1), perm=TO_FIRST)
-
-
-GLOBAL_POOL = Rewrite("global_average_pool_channels_last", _global_pool_pattern, _global_pool_replacement,
-                      _global_pool_check)
+GLOBAL_POOL = Rewrite("global_average_pool_channels_last", _global_pool_pattern, _spatial_mean, _global_pool_check)
 
 REWRITES = [_rewrite("Conv", 2), _rewrite("Conv", 3),
             _rewrite("ember.Conv", 2), _rewrite("ember.Conv", 3), _rewrite("ember.Conv", 4), MAX_POOL,
