@@ -5,9 +5,10 @@ caller's arrays and calls the steps in order — a generated segment is one ctyp
 into the kernel library, an extern one torch call, a fallback the node's reference
 implementation. A size only a step's result tells (NonZero's count, a shape fed at run
 time) is bound from that result — a fallback's, or a sizing extern's, which allocates
-such outputs itself — and the buffers after it are allocated with it. Everything that depends only on the input shapes (size symbols, buffer
-shapes, the arena plan, every slot's address, torch views for externs) is computed once
-per new shape and cached: a new batch or sequence length never recompiles.
+such outputs itself — and the buffers after it are allocated with it. Everything that
+depends only on the input shapes (size symbols, buffer shapes, the arena plan, every
+slot's address, torch views for externs) is computed once per new shape and cached: a
+new batch or sequence length never recompiles.
 
 `ReferenceExecutor` interprets the graph node by node (the whole-graph fallback, used
 when no C++ compiler is present or codegen is turned off).

@@ -21,10 +21,6 @@ def prepare_control(params, constants):
     return {**params, "executors": [Executor(generate(graph)) for graph in params["bodies"]]}
 
 
-def _array(t):
-    return None if t is None else t.numpy()
-
-
 def _store(y: np.ndarray, value, where: str, what: str) -> None:
     value = np.asarray(value)
     if value.shape != y.shape:
@@ -34,8 +30,11 @@ def _store(y: np.ndarray, value, where: str, what: str) -> None:
 
 @extern("control")
 def control(params, *args):
+    from .executor import _array  # (the executor imports this module)
+
     n_in = len(args) - params["num_outputs"]
-    ins, outs = [_array(t) for t in args[:n_in]], [_array(t) for t in args[n_in:]]
+    arrays = [None if t is None else _array(t) for t in args]
+    ins, outs = arrays[:n_in], arrays[n_in:]
     if params["kind"] == "if":
         _run_if(params, ins, outs)
     elif params["kind"] == "scan":
