@@ -259,11 +259,12 @@ def conv(params, x, w, bias, total, y):
             result = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, padding, stride, dilation, group,
                                                              attr, [], algorithm or None)
         else:  # act(conv(x) + total): oneDNN fuses ReLU after the sum, torch runs the others
-            binary = (torch.ops.mkldnn._convolution_pointwise_.binary if y is None and params.get("sum_in_place")
-                      else torch.ops.mkldnn._convolution_pointwise.binary)  # in place: into total
-            args = (total, x) if binary is torch.ops.mkldnn._convolution_pointwise_.binary else (x, total)
-            result = binary(*args, packed, bias, padding, stride, dilation, group, "add", 1.0,
-                            attr if activation == "relu" else None, [], None)
+            post = (packed, bias, padding, stride, dilation, group, "add", 1.0,
+                    attr if activation == "relu" else None, [], None)
+            if y is None and params.get("sum_in_place"):  # into total's own tensor, which dies here
+                result = torch.ops.mkldnn._convolution_pointwise_.binary(total, x, *post)
+            else:
+                result = torch.ops.mkldnn._convolution_pointwise.binary(x, total, *post)
             if activation not in ("", "relu"):
                 _TORCH_ACTIVATIONS[activation](result)
     else:
