@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 
 from ...errors import ModelError
 from ...ir.dtypes import DType
@@ -173,8 +174,6 @@ def _mixture_of_experts(g, c: ModelConfig, x, prefix: str, linear, dtype: DType)
     they pick (softmax over all experts then renormalized over the top k is the same
     distribution). Every expert runs on every token and its weight is 0 where it was not
     picked: exact, E/k times the work of routing; a grouped-GEMM kernel is the engine's."""
-    import numpy as np
-
     router = linear(x, prefix + "gate", c.hidden_size, c.num_experts, False)  # [T, E]
     top = g.graph.add_node("TopK", [router, g.ints([c.experts_per_token])], 2,
                            {"axis": -1, "largest": 1, "sorted": 1}, f"{prefix}top_k").outputs

@@ -44,8 +44,11 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
     )
 
 
-def _weight_count(config: ModelConfig) -> int:
-    return 4 + 12 * config.num_layers
+def _weight_count(config: ModelConfig, weights: Weights) -> int:
+    """Tensors the graph takes (for the progress bar): wte, wpe, ln_f's two, 12 a layer, and
+    an untied LM head."""
+    untied = "lm_head.weight" in weights and not config.tie_word_embeddings
+    return 4 + 12 * config.num_layers + untied
 
 
 def build(config: ModelConfig, weights: Weights, options: ForwardOptions = ForwardOptions()) -> Graph:
@@ -64,7 +67,7 @@ def build(config: ModelConfig, weights: Weights, options: ForwardOptions = Forwa
     approximate = GELUS[c.hidden_act]
     prefix = "transformer." if "transformer.wte.weight" in weights else ""
 
-    weights.start(_weight_count(c))
+    weights.start(_weight_count(c, weights))
     try:
         def tensor(name, shape):
             return g.const(prefix + name, weights.take(prefix + name, shape))
