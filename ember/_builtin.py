@@ -63,6 +63,27 @@ def default_llm() -> Path:
     return files[0]
 
 
+def transformers_llm(path: Path):
+    """transformers' own model of an LLM folder or GGUF file (its config mapping and
+    dequantization), float32, in eval mode: the peer ember is compared with."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if path.is_file():
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+        config = {k: v for k, v in load_gguf_checkpoint(path)["config"].items() if k != "tokenizer"}
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=False)
+        model.tie_weights()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    return model.float().eval()
+
+
 def cache_dir() -> Path:
     """ember's cache folder: $EMBER_CACHE_DIR, else ~/.cache/ember."""
     return Path(os.environ.get("EMBER_CACHE_DIR") or Path.home() / ".cache" / "ember")

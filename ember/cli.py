@@ -340,21 +340,11 @@ def cmd_generate(args) -> int:
 
 def _compare_transformers(path: Path, prompt_ids: list[int], result, stop: set[int]) -> str:
     """transformers' greedy generate of as many tokens on the same prompt and weights."""
-    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    if path.is_file():  # transformers' own GGUF reading (its config mapping and dequantization)
-        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    from ._builtin import transformers_llm
 
-        config = {k: v for k, v in load_gguf_checkpoint(path)["config"].items() if k != "tokenizer"}
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
-        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
-        model.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=False)
-        model.tie_weights()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-    model = model.float().eval()
+    model = transformers_llm(path)
     ids = torch.tensor([prompt_ids])
     n = len(result.token_ids)
     with torch.no_grad():

@@ -24,12 +24,12 @@ from ...errors import ModelError
 from ...ir.dtypes import DType
 from ...ir.graph import Graph, Value
 from ...ir.types import symbol
+from ...runtime.model_runner import FEEDS  # noqa: F401 - the runtime's contract, re-exported: these inputs, then the caches
 from ._builder import GraphBuilder
 from .config import ModelConfig
 from .rope import cos_sin_tables
 from .weights import Weights
 
-FEEDS = ("input_ids", "positions", "slot_mapping", "block_tables", "query_start_loc", "seq_lens", "logit_indices")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""The model runner: one engine step's `SchedulerOutput` -> the flattened batch of the
+LLM's compiled forward graph -> the logits the sampler needs.
+
+It owns the KV cache: every graph input that is not one of the step's `FEEDS` is a
+cache array ([num_blocks, block_size, Hkv, D] for each layer's k and v, written in place
+by ember.PagedAttention), allocated here from its declared type with the `num_blocks`
+the engine sized. It is the one place that builds the graph's feeds: the new tokens of every scheduled request, in the scheduler's order, flattened;
+their positions; their cache slots (block_ids[pos // block_size] * block_size +
+pos % block_size); the block tables padded to the longest; the query start offsets and
+sequence lengths; and the rows whose logits are wanted (each request's last token when
+it samples, every new prompt token when it asked for prompt logprobs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .request import SchedulerOutput
+
+
+# the per-step inputs of an LLM's forward graph (ember/frontends/hf/decoder.py builds it)
+FEEDS = ("input_ids", "positions", "slot_mapping", "block_tables", "query_start_loc", "seq_lens", "logit_indices")
+
+
+@dataclass
+class RunnerOutput:
+    """Logits [N, vocab] and, per scheduled request (by id), its rows of them: `sample`
+    the row of its last token (or None), `prompt` the rows of the prompt tokens this step
+    computed (for prompt logprobs; empty unless asked for) and the position of the first."""
+
+    logits: np.ndarray
+    sample_rows: dict[str, int]
+    prompt_rows: dict[str, tuple[int, list[int]]]
+
+
+class ModelRunner:
+    """Runs `compiled` (an LLM's forward graph) over a KV cache of `num_blocks` blocks."""
+
+    def __init__(self, compiled, num_blocks: int):
+        self.compiled, self.caches = compiled, {}
+        for info in compiled.inputs:
+            if info.name not in FEEDS:
+                shape = tuple(num_blocks if i == 0 else int(d) for i, d in enumerate(info.shape))
+                self.caches[info.name] = np.zeros(shape, info.dtype.numpy)
+        if not self.caches:
+            raise ValueError("the compiled graph has no KV-cache inputs: it is not an LLM forward graph")
+        self.block_size = next(iter(self.caches.values())).shape[1]
+
+    @staticmethod
+    def bytes_per_block(compiled) -> int:
+        """The cache memory one block takes, over every layer's k and v."""
+        return sum(int(np.prod([int(d) for d in info.shape[1:]])) * info.dtype.numpy().itemsize
+                   for info in compiled.inputs if info.name not in FEEDS)
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(c.nbytes for c in self.caches.values())
+
+    def feeds(self, out: SchedulerOutput) -> tuple[dict[str, np.ndarray], RunnerOutput]:
+        """The graph's feeds for `out`, and where each request's logits will be."""
+        bs, n = self.block_size, len(out.scheduled)
+        lengths = np.array([len(s.token_ids) for s in out.scheduled], np.int64)
+        starts = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        ids = np.fromiter((t for s in out.scheduled for t in s.token_ids), np.int64, int(starts[-1]))
+        first = np.array([s.start for s in out.scheduled], np.int64)
+        positions = np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1] - first, lengths)
+        width = max(len(s.block_ids) for s in out.scheduled)
+        tables = np.zeros((n, width), np.int64)
+        for row, s in enumerate(out.scheduled):
+            tables[row, :len(s.block_ids)] = s.block_ids
+        seq_rows = np.repeat(np.arange(n), lengths)
+        slots = tables[seq_rows, positions // bs] * bs + positions % bs
+        wanted: list[int] = []
+        sample_rows, prompt_rows = {}, {}
+        for row, s in enumerate(out.scheduled):
+            request, begin = s.request, int(starts[row])
+            if request.sampling_params.prompt_logprobs is not None and s.start < request.num_prompt_tokens:
+                # logits of tokens start.. predict tokens start+1..; the prompt's own ones end at its last
+                count = min(len(s.token_ids), request.num_prompt_tokens - s.start)
+                prompt_rows[request.request_id] = (s.start, list(range(len(wanted), len(wanted) + count)))
+                wanted += range(begin, begin + count)
+            if s.sample:
+                last = begin + len(s.token_ids) - 1
+                if wanted and wanted[-1] == last:
+                    sample_rows[request.request_id] = len(wanted) - 1
+                else:
+                    sample_rows[request.request_id] = len(wanted)
+                    wanted.append(last)
+        feeds = {"input_ids": ids, "positions": positions, "slot_mapping": slots, "block_tables": tables,
+                 "query_start_loc": starts, "seq_lens": first + lengths,
+                 "logit_indices": np.array(wanted, np.int64), **self.caches}
+        return feeds, RunnerOutput(np.empty((0, 0), np.float32), sample_rows, prompt_rows)
+
+    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        """Run one step. A step whose requests want no logits still runs (it fills the cache)."""
+        feeds, result = self.feeds(out)
+        result.logits = self.compiled.run(feeds)["logits"]
+        return result
