@@ -3,12 +3,15 @@ a single GGUF file, as a `PretrainedModel` whose forward graph is built on deman
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..._builtin import cache_dir
 from ...errors import ModelError, UnsupportedError
 from ...ir.graph import Graph
 from . import gpt2, llama, mixtral, qwen2  # noqa: F401 - register their architectures
@@ -45,8 +48,21 @@ class PretrainedModel:
         try:
             if self.path.is_dir():
                 return AutoTokenizer.from_pretrained(self.path, local_files_only=True, trust_remote_code=False)
-            return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name, local_files_only=True,
-                                                 trust_remote_code=False)
+            # building it from GGUF metadata takes transformers ~20 s: keep the result, by file identity
+            stat = self.path.stat()
+            key = hashlib.sha256(f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+            cached = cache_dir() / "tokenizers" / key
+            if (cached / "tokenizer.json").is_file():
+                return AutoTokenizer.from_pretrained(cached, local_files_only=True, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name,
+                                                      local_files_only=True, trust_remote_code=False)
+            try:
+                tmp = cached.with_name(f"{key}.{os.getpid()}.tmp")
+                tokenizer.save_pretrained(tmp)
+                os.replace(tmp, cached)
+            except OSError:  # a read-only or raced cache: the tokenizer is fine without it
+                shutil.rmtree(tmp, ignore_errors=True)
+            return tokenizer
         except (OSError, ValueError, KeyError) as e:
             raise ModelError(f"{self.path}: cannot load its tokenizer: {e}") from None
 
