@@ -307,7 +307,9 @@ def cmd_generate(args) -> int:
     import ember
     from ._builtin import default_llm
     from .frontends.hf import load_pretrained
-    from .runtime.generate import SequenceGenerator, TextStream
+    from .runtime.detokenizer import IncrementalDetokenizer
+    from .runtime.generate import SequenceGenerator
+    from .runtime.request import SamplingParams
 
     if args.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1, got {args.max_tokens}")
@@ -324,12 +326,12 @@ def cmd_generate(args) -> int:
                                              add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer.encode(text, add_special_tokens=False)
     generator = SequenceGenerator(compiled, model.config, max_len=len(prompt_ids) + args.max_tokens)
-    stream = TextStream(tokenizer)
+    stream = IncrementalDetokenizer(tokenizer, prompt_ids, SamplingParams())
     stop = {t for t in (tokenizer.eos_token_id,) if t is not None}
     result = generator.generate(prompt_ids, max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.seed, stop_ids=stop,
-                                on_token=lambda t: print(stream.push(t), end="", flush=True))
-    print()
+                                on_token=lambda t: print(stream.update(t), end="", flush=True))
+    print(stream.flush())
     print(f"ember: {path.name}, loaded and compiled in {load_s:.1f} s; {result.prompt_tokens} prompt tokens "
           f"in {_ms(result.prefill_s)}, {len(result.token_ids)} generated ({result.finish_reason}), "
           f"{result.decode_tokens_per_s:.1f} tokens/s decoding", file=sys.stderr)

@@ -1,8 +1,9 @@
 """One sequence, token by token, over an LLM's compiled forward graph: the smallest
 driver of the paged-KV contract (ember/frontends/hf builds the graph). The prompt is one
 prefill step, then each decode step feeds the last token; greedy, or sampled with a
-temperature and top-p from a seeded generator; it stops at a stop token or after
-`max_tokens`. Issue 6's engine batches many requests over the same graph.
+temperature and top-p from a seeded generator (ember/runtime/sampler.py); it stops at a
+stop token or after `max_tokens`. Issue 6's engine batches many requests over the same
+graph.
 
     generator = SequenceGenerator(compiled, config)
     result = generator.generate(prompt_ids, max_tokens=64, stop_ids={eos})
@@ -16,8 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..errors import InputError
+from .request import SamplingParams
+from .sampler import Sampler, SamplingState
 
 
 @dataclass
@@ -74,9 +78,9 @@ class SequenceGenerator:
         if len(prompt_ids) + max_tokens > self.max_len:
             raise InputError(f"{len(prompt_ids)} prompt tokens + max_tokens {max_tokens} exceed the "
                              f"{self.max_len} positions this generator's KV cache holds")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise InputError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature} and {top_p}")
-        rng = np.random.default_rng(seed)
+        sampler = Sampler()
+        state = SamplingState(SamplingParams(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens),
+                              prompt_ids)
         stop = set(stop_ids)
         start = time.perf_counter()
         logits = self._step(prompt_ids, 0)
@@ -85,7 +89,7 @@ class SequenceGenerator:
         reason = "length"
         start = time.perf_counter()
         while len(out) < max_tokens:
-            token = _pick(logits, temperature, top_p, rng)
+            token = sampler.sample(torch.as_tensor(logits, dtype=torch.float32)[None], [state]).token_ids[0]
             out.append(token)
             if on_token is not None:
                 on_token(token)
@@ -96,36 +100,3 @@ class SequenceGenerator:
                 break
             logits = self._step([token], len(prompt_ids) + len(out) - 1)
         return Generation(out, reason, len(prompt_ids), prefill_s, time.perf_counter() - start)
-
-
-def _pick(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    """The next token: the argmax (temperature 0), else a draw from softmax(logits / T)
-    kept to the smallest set of most likely tokens whose mass reaches top_p."""
-    if temperature == 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if top_p < 1:
-        order = np.argsort(-p, kind="stable")
-        keep = order[:int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]
-        mask = np.zeros_like(p)
-        mask[keep] = p[keep]
-        p = mask / mask.sum()
-    return int(rng.choice(len(p), p=p))
-
-
-class TextStream:
-    """Incremental detokenization: `push(token)` returns the text the sequence gained,
-    holding back an incomplete UTF-8 character until its last byte arrives."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.shown = tokenizer, [], 0
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
-            return ""
-        new, self.shown = text[self.shown:], len(text)
-        return new

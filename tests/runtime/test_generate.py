@@ -1,6 +1,6 @@
 """One-sequence generation over the compiled forward graph: greedy tokens equal
 transformers' greedy generate, sampling is reproducible by seed, bad requests are
-InputErrors, and streamed text never splits a UTF-8 character."""
+InputErrors. (The sampler and the streamed text: test_sampler.py, test_detokenizer.py.)"""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import ember
 from ember.frontends.hf import load_pretrained
-from ember.runtime.generate import SequenceGenerator, TextStream
+from ember.runtime.generate import SequenceGenerator
 
 from ..frontends.hf.conftest import save_tiny
 
@@ -62,21 +62,6 @@ def test_bad_requests_are_input_errors(tiny, kwargs, message):
     generator = SequenceGenerator(compiled, model.config, block_size=4, max_len=64)
     with pytest.raises(ember.InputError, match=message):
         generator.generate(**kwargs)
-
-
-class _ByteTokenizer:
-    """Each token is one byte of UTF-8."""
-
-    def decode(self, ids, skip_special_tokens=True):
-        return bytes(ids).decode("utf-8", errors="replace")
-
-
-def test_streamed_text_never_splits_a_character():
-    text = "naïve 日本 ✓"
-    stream = TextStream(_ByteTokenizer())
-    pieces = [stream.push(b) for b in text.encode()]
-    assert "".join(pieces) == text
-    assert all("\ufffd" not in p for p in pieces)
 
 
 @pytest.mark.slow
