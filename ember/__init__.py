@@ -9,10 +9,12 @@ from .api import CompiledModel, CompileStats, InferenceSession, compile
 from .errors import (EmberError, ExecutionError, InputError, IRError, ModelError,
                      UnsupportedError)
 from .ir.dtypes import DType
+from .llm import LLM, AsyncLLM
+from .runtime.request import SamplingParams
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "CompiledModel", "CompileStats", "InferenceSession", "DType",
+    "compile", "CompiledModel", "LLM", "AsyncLLM", "SamplingParams", "CompileStats", "InferenceSession", "DType",
     "EmberError", "ModelError", "InputError", "IRError", "ExecutionError", "UnsupportedError",
 ]

@@ -51,7 +51,7 @@ class ModelRunner:
     @staticmethod
     def bytes_per_block(compiled) -> int:
         """The cache memory one block takes, over every layer's k and v."""
-        return sum(int(np.prod([int(d) for d in info.shape[1:]])) * info.dtype.numpy().itemsize
+        return sum(int(np.prod([int(d) for d in info.shape[1:]])) * info.dtype.numpy.itemsize
                    for info in compiled.inputs if info.name not in FEEDS)
 
     @property

@@ -89,7 +89,8 @@ def test_min_p_never_draws_a_token_below_the_threshold():
 
 def allowed(logits: np.ndarray, p: SamplingParams, slack: float = 1e-4) -> set[int]:
     """The tokens a definition-by-definition reference keeps (with a little slack at the
-    top_p and min_p boundaries, where float32 and float64 may disagree)."""
+    top_p and min_p boundaries, where float32 and float64 may disagree; ties with the
+    last token kept are kept, as the sampler does)."""
     x = logits.astype(np.float64) / p.temperature
     keep = np.ones(len(x), bool)
     probs = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
@@ -99,8 +100,8 @@ def allowed(logits: np.ndarray, p: SamplingParams, slack: float = 1e-4) -> set[i
     if p.top_p < 1:
         order = [i for i in np.argsort(-x, kind="stable") if keep[i]]
         mass = probs[order] / probs[order].sum()
-        keep[:] = False
-        keep[order[:int(np.searchsorted(np.cumsum(mass), p.top_p - slack)) + 1]] = True
+        last = order[int(np.searchsorted(np.cumsum(mass), p.top_p - slack))]
+        keep &= probs >= probs[last]  # a token tied with the last one kept is kept too
     return {int(i) for i in np.flatnonzero(keep)}
 
 

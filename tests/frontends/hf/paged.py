@@ -1,9 +1,11 @@
-"""A minimal driver of the forward graph for tests: a paged KV cache with blocks handed
-out in a shuffled order, and feeds for a step that adds some tokens to each sequence."""
+"""Helpers of the HF-frontend and engine tests: tiny random-init transformers models, and
+a minimal driver of the forward graph (a paged KV cache with blocks handed out in a
+shuffled order, and feeds for a step that adds some tokens to each sequence)."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ember.frontends.hf import cache_names
 
@@ -57,3 +59,23 @@ class PagedRunner:
             out[seq] = logits[row:row + n]
             row += n
         return out
+
+
+def save_tiny(model_cls, config, path, seed: int = 0):
+    """A random-init transformers model, saved. Every parameter is drawn (biases and norm
+    weights too) at a scale that keeps activations and logits of order 1, so an error in
+    the rotary angles or a mask shows well above the tolerance."""
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name:  # GPT-2 calls its LayerNorms ln_1, ln_2, ln_f
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif p.dim() == 1:
+                p.normal_(0, 0.1)
+            elif "embed" in name or ".wte." in name or ".wpe." in name:
+                p.normal_(0, 1)
+            else:
+                p.normal_(0, p.shape[1] ** -0.5)
+    model.save_pretrained(path)
+    return model

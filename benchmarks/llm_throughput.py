@@ -1,0 +1,166 @@
+"""ember's LLM engine vs transformers' generate, offline throughput, in one run.
+
+The workload (seeded): --requests requests (default 64), prompts of random token ids with
+lengths uniform in [16, 512], output lengths uniform in [16, 256], every request
+generating exactly its length (ignore_eos), greedy, on the built-in SmolLM2-135M-Instruct
+(or --model). Every request arrives at the start.
+
+- ember: `ember.LLM` with its defaults (continuous batching, chunked prefill, paged KV
+  cache with prefix caching), all requests handed to one `generate` call.
+- transformers: `generate` over static batches of 8 in arrival order (left padding; each
+  batch runs to its longest output; only the tokens each request asked for are counted).
+
+Reported: requests/s, output tokens/s, time to first token (TTFT: from the start to the
+request's first token) and time per output token (TPOT: its decoding time over its
+tokens after the first), medians and p90; the wall time of each engine.
+
+    python benchmarks/llm_throughput.py [--requests 64] [--seed 0] [--threads N] [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import ember
+from ember import _builtin
+
+
+@dataclass
+class Result:
+    engine: str
+    wall_s: float
+    output_tokens: int
+    ttft: list[float]
+    tpot: list[float]
+
+    def row(self, requests: int) -> dict[str, float]:
+        return {"requests/s": requests / self.wall_s, "output tokens/s": self.output_tokens / self.wall_s,
+                "TTFT median s": float(np.median(self.ttft)), "TTFT p90 s": float(np.percentile(self.ttft, 90)),
+                "TPOT median ms": 1e3 * float(np.median(self.tpot)),
+                "TPOT p90 ms": 1e3 * float(np.percentile(self.tpot, 90)), "wall s": self.wall_s}
+
+
+def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
+    rng = np.random.default_rng(seed)
+    prompt_lens = rng.integers(16, 512, n, endpoint=True)
+    output_lens = rng.integers(16, 256, n, endpoint=True)
+    # ids from the ordinary vocabulary (no special tokens) so neither engine stops early
+    return [(rng.integers(1000, vocab, p).tolist(), int(o)) for p, o in zip(prompt_lens, output_lens)]
+
+
+def run_ember(path: Path, requests, threads: int) -> Result:
+    llm = ember.LLM(str(path), intra_op_threads=threads)
+    params = [ember.SamplingParams(temperature=0, max_tokens=out, ignore_eos=True) for _, out in requests]
+    llm.generate([{"prompt_token_ids": p} for p, _ in requests], params[:1], use_tqdm=False)  # warm-up
+    start = time.perf_counter()
+    outputs = llm.generate([{"prompt_token_ids": p} for p, _ in requests], params, use_tqdm=False)
+    wall = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    assert all(len(o.outputs[0].token_ids) == out for o, (_, out) in zip(outputs, requests))
+    ttft = [o.metrics.first_token_time - start for o in outputs]
+    tpot = [o.metrics.time_per_output_token for o in outputs]
+    return Result("ember", wall, tokens, ttft, tpot)
+
+
+def run_transformers(path: Path, requests, threads: int, batch: int = 8) -> Result:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    torch.set_num_threads(threads)
+    model = _builtin.transformers_llm(path)
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+
+    class Clock(StoppingCriteria):  # called once per generated token: when each token came
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.times.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    with torch.no_grad():  # warm-up
+        model.generate(torch.tensor([requests[0][0][:16]]), max_new_tokens=2, do_sample=False, pad_token_id=pad)
+    ttft, tpot, tokens = [], [], 0
+    start = time.perf_counter()
+    for b in range(0, len(requests), batch):
+        group = requests[b:b + batch]
+        width = max(len(p) for p, _ in group)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p, _ in group])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in group])
+        longest = max(out for _, out in group)
+        clock = Clock()
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=longest, min_new_tokens=longest,
+                           do_sample=False, pad_token_id=pad, stopping_criteria=StoppingCriteriaList([clock]))
+        for _, out in group:
+            tokens += out
+            ttft.append(clock.times[0] - start)
+            tpot.append((clock.times[out - 1] - clock.times[0]) / max(out - 1, 1))
+    return Result("transformers", time.perf_counter() - start, tokens, ttft, tpot)
+
+
+def table(results: list[Result], requests: int) -> list[str]:
+    rows = [r.row(requests) for r in results]
+    keys = list(rows[0])
+    lines = ["| engine | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for r, row in zip(results, rows):
+        lines.append(f"| {r.engine} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    return lines
+
+
+def write_section(path: Path, lines: list[str]) -> None:
+    begin, end = "<!-- llm_throughput:begin -->", "<!-- llm_throughput:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = "\n".join([begin, *lines, end])
+    if begin in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="LLM folder or GGUF file (default: the built-in SmolLM2-135M-Instruct)")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--engines", default="ember,transformers", help="comma-separated, run in this order")
+    parser.add_argument("--write", type=Path, help="write the table into this markdown file")
+    args = parser.parse_args(argv)
+    path = Path(args.model) if args.model else _builtin.default_llm()
+    from ember.frontends.hf import load_pretrained
+
+    vocab = load_pretrained(path, progress=False).config.vocab_size
+    requests = workload(args.requests, args.seed, vocab)
+    results = []
+    for engine in args.engines.split(","):
+        run = {"ember": run_ember, "transformers": run_transformers}[engine]
+        print(f"running {engine} on {len(requests)} requests ...", file=sys.stderr, flush=True)
+        results.append(run(path, requests, args.threads))
+        print("\n".join(table(results[-1:], len(requests))), file=sys.stderr, flush=True)
+    lines = table(results, len(requests))
+    if len(results) == 2:
+        ratio = results[0].output_tokens / results[0].wall_s / (results[1].output_tokens / results[1].wall_s)
+        lines.append("")
+        lines.append(f"{results[0].engine} / {results[1].engine} output tokens/s: **{ratio:.2f}x**")
+    header = [f"## LLM throughput: {path.name}, {len(requests)} requests (seed {args.seed})", "",
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; "
+              f"{time.strftime('%Y-%m-%d')}; `python benchmarks/llm_throughput.py`", ""]
+    print("\n".join(header + lines))
+    if args.write:
+        write_section(args.write, header + lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

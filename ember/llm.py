@@ -1,0 +1,233 @@
+"""ember's LLM APIs: `LLM` for offline batches, `AsyncLLM` for streaming (what the server
+sits on). Both open a Hugging Face folder or GGUF file (default: the built-in
+SmolLM2-135M-Instruct), compile its forward graph and run it in an `LLMEngine`.
+
+    llm = ember.LLM()                                  # or ember.LLM("model.gguf", max_num_seqs=32)
+    for out in llm.generate(["Hello", "The capital of France is"], ember.SamplingParams(max_tokens=32)):
+        print(out.outputs[0].text)
+
+    llm = ember.AsyncLLM()
+    async for out in llm.generate("Hello", ember.SamplingParams(max_tokens=32), request_id="a"):
+        print(out.outputs[0].text)                   # cumulative; out.finished on the last
+
+Options: the `EngineOptions` fields (block_size, kv_cache_memory, max_num_batched_tokens,
+max_num_seqs, max_model_len, enable_prefix_caching), plus `intra_op_threads` and
+`target` for the compiler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import os
+import queue
+import sys
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from .errors import ExecutionError, InputError
+from .runtime.engine import EngineOptions, LLMEngine, RequestOutput, StepError
+from .runtime.request import SamplingParams
+
+_ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
+
+
+def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
+                 intra_op_threads: int | None = None, progress: bool | None = None, **options) -> LLMEngine:
+    """Open `model`, compile its forward graph, and return an engine over it."""
+    from . import api
+    from ._builtin import default_llm
+    from .frontends.hf import load_pretrained
+
+    unknown = set(options) - _ENGINE_FIELDS
+    if unknown:
+        raise InputError(f"unknown engine option(s) {sorted(unknown)}; the options are {sorted(_ENGINE_FIELDS)}, "
+                         "intra_op_threads and target")
+    engine_options = EngineOptions(**options)
+    path = Path(model) if model is not None else default_llm()
+    progress = sys.stderr.isatty() if progress is None else progress
+    pretrained = load_pretrained(path, progress=progress)
+    max_len = engine_options.max_model_len or pretrained.config.max_position_embeddings
+    graph = pretrained.graph(block_size=engine_options.block_size, max_model_len=max_len)
+    compiled = api.compile(graph, target=target, intra_op_threads=intra_op_threads)
+    tokenizer = pretrained.tokenizer()
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return LLMEngine(compiled, tokenizer, vocab_size=pretrained.config.vocab_size, eos_token_ids=eos,
+                     max_model_len=max_len, options=engine_options)
+
+
+def _chat_prompt(tokenizer, messages: list[dict]) -> dict:
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("this model's tokenizer has no chat template: use generate() with a plain prompt")
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return {"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
+
+
+class LLM:
+    """Offline generation: hand over all prompts, get all outputs back in order."""
+
+    def __init__(self, model: str | os.PathLike | None = None, **options):
+        self.engine = build_engine(model, **options)
+        self.tokenizer = self.engine.tokenizer
+
+    def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """`prompts`: a string, token ids, a dict ("prompt" / "prompt_token_ids"), or a list
+        of them; `sampling_params`: one for all, or one per prompt."""
+        if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        return self._run(list(prompts), sampling_params, use_tqdm)
+
+    def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+             use_tqdm: bool = True) -> list[RequestOutput]:
+        """`messages`: one conversation (a list of {"role", "content"} dicts) or a list of them;
+        the model's chat template makes each a prompt that asks for the assistant's turn."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        return self._run([_chat_prompt(self.tokenizer, c) for c in conversations], sampling_params, use_tqdm)
+
+    def _run(self, prompts: list, params, use_tqdm: bool) -> list[RequestOutput]:
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise InputError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        engine, ids = self.engine, []
+        try:
+            for prompt, p in zip(prompts, params):
+                ids.append(engine.add_request(None, prompt, p))
+            results: dict[str, RequestOutput] = {}
+            bar = _progress(len(ids), use_tqdm)
+            while engine.has_unfinished():
+                for out in engine.step():
+                    if out.finished:
+                        results[out.request_id] = out
+                        if bar is not None:
+                            bar.update(1)
+            if bar is not None:
+                bar.close()
+        except BaseException:
+            engine.abort_request(ids)
+            raise
+        return [results[i] for i in ids]
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="requests", unit="req", file=sys.stderr)
+
+
+class AsyncLLM:
+    """Streaming generation for many concurrent callers. The engine runs in a thread of
+    its own; `generate` is an async iterator of cumulative RequestOutputs per request."""
+
+    def __init__(self, model: str | os.PathLike | None = None, **options):
+        self.engine = build_engine(model, **options)
+        self.tokenizer = self.engine.tokenizer
+        self._commands: queue.Queue = queue.Queue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="ember-engine", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side ------------------------------------------------------------------
+    async def generate(self, prompt, sampling_params: SamplingParams | None = None,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yield the request's output each time it gains tokens; the last has finished=True.
+        Raises InputError for a bad request (nothing queued) and ExecutionError if the
+        model fails on it. Closing the iterator early aborts the request."""
+        loop = asyncio.get_running_loop()
+        stream: asyncio.Queue = asyncio.Queue()
+        request_id = await self._call(self._add, prompt, sampling_params, request_id, loop, stream)
+        finished = False
+        try:
+            while True:
+                item = await stream.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._commands.put((self._abort, (request_id,), None))
+
+    async def chat(self, messages: list[dict], sampling_params: SamplingParams | None = None,
+                   request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        async for out in self.generate(_chat_prompt(self.tokenizer, messages), sampling_params, request_id):
+            yield out
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks; its iterator ends without a final output."""
+        await self._call(self._abort, request_id)
+
+    def shutdown(self) -> None:
+        self._stopped = True
+        self._commands.put(None)
+        self._thread.join(timeout=10)
+
+    async def _call(self, fn, *args):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put((fn, args, future))
+        return await asyncio.wrap_future(future)
+
+    # -- the engine thread ------------------------------------------------------------------
+    def _add(self, prompt, params, request_id, loop, stream) -> str:
+        rid = self.engine.add_request(request_id, prompt, params)
+        self._streams[rid] = (loop, stream)
+        return rid
+
+    def _abort(self, request_id: str) -> None:
+        self.engine.abort_request(request_id)
+        self._streams.pop(request_id, None)
+
+    def _send(self, request_id: str, item) -> None:
+        target = self._streams.get(request_id)
+        if target is not None:
+            loop, stream = target
+            loop.call_soon_threadsafe(stream.put_nowait, item)
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            block = not self.engine.has_unfinished()
+            while True:  # every command that came in, waiting for one when there is no work
+                try:
+                    command = self._commands.get(block=block)
+                except queue.Empty:
+                    break
+                if command is None:
+                    return
+                fn, args, future = command
+                try:
+                    result = fn(*args)
+                except BaseException as e:
+                    if future is not None:
+                        future.set_exception(e)
+                else:
+                    if future is not None:
+                        future.set_result(result)
+                block = False
+            if not self.engine.has_unfinished():
+                continue
+            try:
+                outputs = self.engine.step()
+            except StepError as e:
+                for rid in e.request_ids:
+                    self._send(rid, e)
+                    self._streams.pop(rid, None)
+                continue
+            except Exception as e:  # a fault of the engine itself: fail every request, keep serving
+                error = ExecutionError(f"the engine failed: {type(e).__name__}: {e}")
+                for rid in list(self._streams):
+                    self._send(rid, error)
+                    self._abort(rid)
+                continue
+            for out in outputs:
+                self._send(out.request_id, out)
+                if out.finished:
+                    self._streams.pop(out.request_id, None)

@@ -1,0 +1,316 @@
+"""The LLM engine: requests in, tokens out, one `step()` at a time.
+
+    engine = LLMEngine(compiled, tokenizer, vocab_size=..., eos_token_ids={2})
+    engine.add_request("a", prompt_token_ids, SamplingParams(max_tokens=32))
+    while engine.has_unfinished():
+        for output in engine.step(): ...       # RequestOutput, cumulative
+
+A step asks the scheduler what to compute (a `SchedulerOutput`), has the model runner run
+the compiled forward graph over it, samples a token for every request whose known tokens
+are all computed, hands the tokens back to the scheduler (which stops requests on token
+ids and lengths) and then to each request's detokenizer (which stops them on stop
+strings). Every finish — stop, length, abort, error — frees the request's KV blocks.
+
+A request with n > 1 samples is fanned out into n sequences (ids `<id>:<i>`, seeds
+seed + i) whose prompts share KV blocks through the prefix cache; its `RequestOutput`
+holds the n completions and is finished when all are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ..errors import EmberError, ExecutionError, InputError
+from .detokenizer import IncrementalDetokenizer
+from .kv_pool import KVBlockPool
+from .model_runner import ModelRunner
+from .request import Request, RequestStatus, SamplingParams
+from .sampler import Logprob, Sampler, SamplingState, prompt_logprobs
+from .scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs. `kv_cache_memory`: bytes of KV cache (default 2 GiB; the
+    block count follows from the model's layers, heads and `block_size`)."""
+
+    block_size: int = 16
+    kv_cache_memory: int = 2 << 30
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 64
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self):
+        for name in ("block_size", "kv_cache_memory", "max_num_batched_tokens", "max_num_seqs"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InputError(f"engine option {name} must be a positive integer, got {getattr(self, name)!r}")
+
+
+class StepError(ExecutionError):
+    """The model failed in a step; `request_ids` are the requests it aborted."""
+
+    def __init__(self, message: str, request_ids: list[str]):
+        super().__init__(message)
+        self.request_ids = request_ids
+
+
+@dataclass
+class RequestMetrics:
+    """Times (time.monotonic) of a request's arrival, first and last token and finish."""
+
+    arrival_time: float
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finished_time: float | None = None
+    num_generated_tokens: int = 0
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+    @property
+    def time_per_output_token(self) -> float:
+        """Decoding time over the tokens after the first (nan with fewer than two)."""
+        if self.num_generated_tokens < 2:
+            return math.nan
+        return (self.last_token_time - self.first_token_time) / (self.num_generated_tokens - 1)
+
+
+@dataclass
+class CompletionOutput:
+    """One of a request's n samples."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict[int, Logprob]] | None
+    finish_reason: str | None      # "stop", "length", "abort", or None while running
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    prompt_logprobs: list[dict[int, Logprob] | None] | None
+    outputs: list[CompletionOutput]
+    finished: bool
+    metrics: RequestMetrics
+    num_cached_tokens: int = 0
+
+
+@dataclass
+class _Sequence:
+    """The engine's state of one of a request's samples."""
+
+    request: Request
+    index: int
+    sampling: SamplingState
+    detokenizer: IncrementalDetokenizer
+    logprobs: list[dict[int, Logprob]] | None
+
+
+@dataclass
+class _Parent:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    metrics: RequestMetrics
+    sequences: list[_Sequence] = field(default_factory=list)
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+    error: BaseException | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(s.request.finished for s in self.sequences)
+
+    def output(self) -> RequestOutput:
+        outs = [CompletionOutput(s.index, s.detokenizer.text, list(s.request.output_token_ids), s.logprobs,
+                                 s.request.status.value if s.request.finished else None, s.request.stop_reason)
+                for s in self.sequences]
+        cached = min((s.request.num_cached_tokens for s in self.sequences), default=0)
+        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, self.prompt_logprobs, outs,
+                             self.finished, self.metrics, cached)
+
+
+class LLMEngine:
+    """Continuous batching over `compiled`, an LLM's forward graph (see
+    ember/runtime/model_runner.py for its inputs), with `tokenizer` (a transformers
+    tokenizer) for text in and out."""
+
+    def __init__(self, compiled, tokenizer, *, vocab_size: int, eos_token_ids=(), max_model_len: int,
+                 options: EngineOptions = EngineOptions()):
+        self.tokenizer, self.vocab_size, self.options = tokenizer, vocab_size, options
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        per_block = ModelRunner.bytes_per_block(compiled)
+        num_blocks = options.kv_cache_memory // per_block
+        if num_blocks < 1:
+            raise InputError(f"kv_cache_memory {options.kv_cache_memory} bytes holds no block "
+                             f"(one block of {options.block_size} tokens takes {per_block} bytes)")
+        self.max_model_len = min(max_model_len, num_blocks * options.block_size)
+        self.runner = ModelRunner(compiled, num_blocks)
+        if self.runner.block_size != options.block_size:
+            raise InputError(f"the graph was built for KV blocks of {self.runner.block_size} tokens, "
+                             f"the engine's block_size is {options.block_size}")
+        self.pool = KVBlockPool(num_blocks, options.block_size, enable_prefix_caching=options.enable_prefix_caching)
+        self.scheduler = Scheduler(self.pool, max_num_batched_tokens=options.max_num_batched_tokens,
+                                   max_num_seqs=options.max_num_seqs, max_model_len=self.max_model_len)
+        self.sampler = Sampler()
+        self._parents: dict[str, _Parent] = {}
+        self._sequences: dict[str, tuple[_Parent, _Sequence]] = {}
+        self._ids = itertools.count()
+
+    # -- requests -------------------------------------------------------------------------
+    def add_request(self, request_id: str | None, prompt: str | list[int] | dict,
+                    params: SamplingParams | None = None) -> str:
+        """Queue a request; returns its id. `prompt`: text, token ids, or a dict with
+        "prompt" or "prompt_token_ids". Raises InputError for a bad prompt or one too
+        long for the model or the KV cache."""
+        params = params or SamplingParams()
+        request_id = str(next(self._ids)) if request_id is None else str(request_id)
+        if request_id in self._parents:
+            raise InputError(f"request id {request_id!r} is already in use")
+        text, ids = self._prompt(prompt)
+        parent = _Parent(request_id, text, ids, params, RequestMetrics(time.monotonic()))
+        children = []
+        for i in range(params.n):
+            child = params if params.n == 1 else replace(params, n=1, seed=None if params.seed is None
+                                                         else params.seed + i)
+            rid = request_id if params.n == 1 else f"{request_id}:{i}"
+            request = Request(rid, list(ids), child, self.eos_token_ids, parent.metrics.arrival_time)
+            state = SamplingState(child, ids, self.eos_token_ids)
+            detok = IncrementalDetokenizer(self.tokenizer, ids, child)
+            children.append(_Sequence(request, i, state, detok, [] if child.logprobs is not None else None))
+        for seq in children:  # all or none: the scheduler checks each against the model and pool
+            try:
+                self.scheduler.add_request(seq.request)
+            except EmberError:
+                self.scheduler.finish_requests([s.request.request_id for s in children], RequestStatus.FINISHED_ABORTED)
+                raise
+        parent.sequences = children
+        self._parents[request_id] = parent
+        for seq in children:
+            self._sequences[seq.request.request_id] = (parent, seq)
+        return request_id
+
+    def _prompt(self, prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                prompt = list(prompt["prompt_token_ids"])
+            elif "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise InputError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            text = prompt
+        else:
+            try:
+                ids = [int(t) for t in prompt]
+            except (TypeError, ValueError):
+                raise InputError(f"a prompt is text or a list of token ids, got {type(prompt).__name__}") from None
+            text = None
+        if not ids:
+            raise InputError("the prompt has no tokens")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InputError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        return text, ids
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        """Stop requests (unknown or finished ids are ignored) and free their blocks."""
+        for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
+            parent = self._parents.pop(rid, None)
+            if parent is None:
+                continue
+            ids = [s.request.request_id for s in parent.sequences]
+            self.scheduler.finish_requests(ids, RequestStatus.FINISHED_ABORTED)
+            for sid in ids:
+                self._sequences.pop(sid, None)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._parents)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self._parents)
+
+    # -- a step ---------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one step; returns the outputs of the requests that gained tokens or
+        finished in it (cumulative: each holds all of its text so far). If the model
+        fails, the step's requests are aborted (their blocks freed) and an
+        ExecutionError names them; the other requests go on."""
+        out = self.scheduler.schedule()
+        if out.empty:
+            return []
+        try:
+            result = self.runner.execute(out)
+            logits = torch.from_numpy(np.asarray(result.logits))
+            rows, sequences = [], []
+            for s in out.scheduled:
+                rid = s.request.request_id
+                if rid in result.sample_rows and rid in self._sequences:
+                    rows.append(result.sample_rows[rid])
+                    sequences.append(self._sequences[rid])
+            sampled = self.sampler.sample(logits[rows], [seq.sampling for _, seq in sequences]) if rows else None
+            for rid, (start, prompt_rows) in result.prompt_rows.items():
+                self._prompt_logprobs(rid, start, logits[prompt_rows])
+        except Exception as e:
+            failed = sorted({self._sequences[s.request.request_id][0].request_id for s in out.scheduled
+                             if s.request.request_id in self._sequences})
+            self.abort_request(failed)
+            raise StepError(f"the model step failed for requests {failed}: {e}", failed) from e
+        now = time.monotonic()
+        tokens = {seq.request.request_id: tok for (_, seq), tok in zip(sequences, sampled.token_ids)} if rows else {}
+        self.scheduler.update_from_output(out, tokens)
+        touched: dict[str, _Parent] = {}
+        for i, (parent, seq) in enumerate(sequences):  # the sampler has recorded the tokens in their states
+            request, token = seq.request, tokens[seq.request.request_id]
+            if seq.logprobs is not None:
+                seq.logprobs.append(sampled.logprobs[i])
+            stopped_on_token = request.status is RequestStatus.FINISHED_STOPPED
+            seq.detokenizer.update(token, stop_terminated=stopped_on_token)
+            if seq.detokenizer.stop_reason is not None and not request.finished:
+                request.stop_reason = seq.detokenizer.stop_reason
+                self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
+            elif request.finished and not stopped_on_token:
+                seq.detokenizer.flush()
+            m = parent.metrics
+            m.first_token_time = m.first_token_time or now
+            m.last_token_time = now
+            m.num_generated_tokens += 1
+            touched[parent.request_id] = parent
+        outputs = []
+        for parent in touched.values():
+            if parent.finished:
+                parent.metrics.finished_time = now
+                del self._parents[parent.request_id]
+                for s in parent.sequences:
+                    self._sequences.pop(s.request.request_id, None)
+            outputs.append(parent.output())
+        return outputs
+
+    def _prompt_logprobs(self, rid: str, start: int, logits: torch.Tensor) -> None:
+        parent, seq = self._sequences[rid]
+        if seq.index != 0:
+            return
+        ids = parent.prompt_token_ids
+        if parent.prompt_logprobs is None:
+            parent.prompt_logprobs = [None]  # the first prompt token has no logprob
+        if len(parent.prompt_logprobs) != start + 1:  # recomputed after a preemption: have them
+            return
+        # row j holds the logits after token start+j, which predict token start+j+1
+        count = min(len(logits), len(ids) - 1 - start)
+        if count > 0:
+            parent.prompt_logprobs += prompt_logprobs(logits[:count], ids[start + 1:start + 1 + count],
+                                                      parent.params.prompt_logprobs)
