@@ -59,7 +59,7 @@ def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
 def run_ember(path: Path, requests, threads: int) -> Result:
     llm = ember.LLM(str(path), intra_op_threads=threads)
     params = [ember.SamplingParams(temperature=0, max_tokens=out, ignore_eos=True) for _, out in requests]
-    llm.generate([{"prompt_token_ids": p} for p, _ in requests], params[:1], use_tqdm=False)  # warm-up
+    llm.generate([{"prompt_token_ids": requests[0][0]}], params[0], use_tqdm=False)  # warm-up
     start = time.perf_counter()
     outputs = llm.generate([{"prompt_token_ids": p} for p, _ in requests], params, use_tqdm=False)
     wall = time.perf_counter() - start

@@ -304,43 +304,43 @@ def cmd_generate(args) -> int:
     """Answer one prompt with an LLM (default: the built-in SmolLM2-135M-Instruct), the
     text streaming as it decodes; then the speed, and with --compare transformers' on
     the same prompt."""
-    import ember
     from ._builtin import default_llm
-    from .frontends.hf import load_pretrained
-    from .runtime.detokenizer import IncrementalDetokenizer
-    from .runtime.generate import SequenceGenerator
+    from .llm import _chat_prompt, build_engine
     from .runtime.request import SamplingParams
 
     if args.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                            max_tokens=args.max_tokens)
     path = Path(args.model) if args.model else default_llm()
     start = time.perf_counter()
-    model = load_pretrained(path, progress=sys.stderr.isatty())
-    tokenizer = model.tokenizer()
-    compiled = ember.compile(model.graph(block_size=16), target=args.target)
+    engine = build_engine(path, target=args.target, kv_cache_memory=256 << 20)
     load_s = time.perf_counter() - start
+    tokenizer = engine.tokenizer
     if args.raw or not getattr(tokenizer, "chat_template", None):
-        prompt_ids = tokenizer.encode(args.prompt)
+        prompt = {"prompt_token_ids": tokenizer.encode(args.prompt)}
     else:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}],
-                                             add_generation_prompt=True, tokenize=False)
-        prompt_ids = tokenizer.encode(text, add_special_tokens=False)
-    generator = SequenceGenerator(compiled, model.config, max_len=len(prompt_ids) + args.max_tokens)
-    stream = IncrementalDetokenizer(tokenizer, prompt_ids, SamplingParams())
-    stop = {t for t in (tokenizer.eos_token_id,) if t is not None}
-    result = generator.generate(prompt_ids, max_tokens=args.max_tokens, temperature=args.temperature,
-                                top_p=args.top_p, seed=args.seed, stop_ids=stop,
-                                on_token=lambda t: print(stream.update(t), end="", flush=True))
-    print(stream.flush())
-    print(f"ember: {path.name}, loaded and compiled in {load_s:.1f} s; {result.prompt_tokens} prompt tokens "
-          f"in {_ms(result.prefill_s)}, {len(result.token_ids)} generated ({result.finish_reason}), "
-          f"{result.decode_tokens_per_s:.1f} tokens/s decoding", file=sys.stderr)
+        prompt = _chat_prompt(tokenizer, [{"role": "user", "content": args.prompt}])
+    engine.add_request("cli", prompt, params)
+    shown, out = 0, None
+    while engine.has_unfinished():
+        for out in engine.step():
+            text = out.outputs[0].text
+            print(text[shown:], end="", flush=True)
+            shown = len(text)
+    print()
+    sample, m = out.outputs[0], out.metrics
+    speed = 1 / m.time_per_output_token if m.num_generated_tokens > 1 else math.nan
+    print(f"ember: {path.name}, loaded and compiled in {load_s:.1f} s; {len(out.prompt_token_ids)} prompt tokens "
+          f"in {_ms(m.time_to_first_token)}, {len(sample.token_ids)} generated ({sample.finish_reason}), "
+          f"{speed:.1f} tokens/s decoding", file=sys.stderr)
     if args.compare:
-        print(_compare_transformers(path, prompt_ids, result, stop), file=sys.stderr)
+        stop = {t for t in (tokenizer.eos_token_id,) if t is not None}
+        print(_compare_transformers(path, out.prompt_token_ids, sample.token_ids, stop), file=sys.stderr)
     return 0
 
 
-def _compare_transformers(path: Path, prompt_ids: list[int], result, stop: set[int]) -> str:
+def _compare_transformers(path: Path, prompt_ids: list[int], token_ids: list[int], stop: set[int]) -> str:
     """transformers' greedy generate of as many tokens on the same prompt and weights."""
     import torch
 
@@ -348,7 +348,7 @@ def _compare_transformers(path: Path, prompt_ids: list[int], result, stop: set[i
 
     model = transformers_llm(path)
     ids = torch.tensor([prompt_ids])
-    n = len(result.token_ids)
+    n = len(token_ids)
     with torch.no_grad():
         start = time.perf_counter()
         model(ids)  # prefill alone, to time decoding as ember's line does
@@ -359,7 +359,7 @@ def _compare_transformers(path: Path, prompt_ids: list[int], result, stop: set[i
         total_s = time.perf_counter() - start
     new = out[0, len(prompt_ids):].tolist()
     speed = (len(new) - 1) / max(total_s - prefill_s, 1e-9) if len(new) > 1 else math.nan
-    same = "the same tokens as ember" if new == result.token_ids else "other tokens than ember (ember sampled, or they diverge)"
+    same = "the same tokens as ember" if new == token_ids else "other tokens than ember (ember sampled, or they diverge)"
     return f"transformers: {len(new)} tokens greedy, {speed:.1f} tokens/s decoding; {same}"
 
 

@@ -156,3 +156,11 @@ def test_profile(tiny, tmp_path, capsys):
     assert "ms/run" in out and "total" in out and trace.is_file()
     assert main(["profile", str(tiny)]) == 2  # n has no size: a usage error naming it
     assert "--dim n=N" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ember_generate_answers_with_the_built_in_model(capsys):
+    assert main(["generate", "What is the capital of France? One word.", "--max-tokens", "16"]) == 0
+    out, err = capsys.readouterr()
+    assert "Paris" in out
+    assert "tokens/s decoding" in err

@@ -66,6 +66,11 @@ class IncrementalDetokenizer:
         """The output text so far (held-back characters included, stop string cut off)."""
         return self._text
 
+    @property
+    def shown(self) -> str:
+        """The text given out so far by `update` and `flush` (what a stream has shown)."""
+        return self._text[:self._shown]
+
     def update(self, token_id: int, *, stop_terminated: bool = False) -> str:
         """Add an output token; the text that can be shown now."""
         if self.stop_reason is not None:

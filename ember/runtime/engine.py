@@ -85,7 +85,8 @@ class RequestMetrics:
 
 @dataclass
 class CompletionOutput:
-    """One of a request's n samples."""
+    """One of a request's n samples. While it runs, `text` is what may be shown so far:
+    text that may yet turn out to be a stop string or half a character is held back."""
 
     index: int
     text: str
@@ -134,7 +135,7 @@ class _Parent:
         return all(s.request.finished for s in self.sequences)
 
     def output(self) -> RequestOutput:
-        outs = [CompletionOutput(s.index, s.detokenizer.text, list(s.request.output_token_ids), s.logprobs,
+        outs = [CompletionOutput(s.index, s.detokenizer.shown, list(s.request.output_token_ids), s.logprobs,
                                  s.request.status.value if s.request.finished else None, s.request.stop_reason)
                 for s in self.sequences]
         cached = min((s.request.num_cached_tokens for s in self.sequences), default=0)

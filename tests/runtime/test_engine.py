@@ -68,6 +68,20 @@ def test_batch_of_mixed_lengths_equals_each_alone(llm, alone):
     assert_pool_free(llm.engine)
 
 
+def test_greedy_tokens_equal_transformers_greedy_generate(llm, tiny_llm_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llm_dir, dtype=torch.float32).eval()
+    for prompt in prompts(3, seed=20):
+        with torch.no_grad():
+            want = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                      max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
+        got = llm.generate([{"prompt_token_ids": prompt}], greedy(16), use_tqdm=False)[0]
+        assert got.outputs[0].token_ids == want[0, len(prompt):].tolist()
+        assert got.outputs[0].text == llm.tokenizer.decode(got.outputs[0].token_ids, skip_special_tokens=True)
+
+
 def test_chunked_prefill_gives_the_same_tokens(tiny_llm_dir, alone):
     small = make_llm(tiny_llm_dir, max_num_batched_tokens=8)  # every prompt here is prefilled in chunks
     ps = prompts(4, seed=2, low=20, high=60)
