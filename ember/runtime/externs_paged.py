@@ -1,17 +1,62 @@
-"""The paged-attention extern: ember.PagedAttention on torch's CPU kernels, one
-scaled-dot-product attention per sequence over the keys its block table gathers.
-A stop-gap until the fused CPU kernel (one pass over the blocks, no gather)."""
+"""The paged-attention extern: ember.PagedAttention on ember's fused CPU kernel
+(codegen/paged_attention.py: the cache written and read in place, one online-softmax pass
+over each sequence's blocks). Where that kernel cannot run — an element type it lacks, no
+C++ compiler, strided arrays, indices it rejects — torch's kernels do it instead: one
+scaled-dot-product attention per sequence over the keys its block table gathers."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..codegen import paged_attention as kernel
 from .externs import extern
+
+_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 @extern("paged_attention")
 def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y):
+    if not _fused(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y):
+        gathered(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y)
+
+
+def _fused(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y) -> bool:
+    """Run the fused kernel if it takes these arrays; False if it did nothing."""
+    dtype = _DTYPES.get(q.dtype)
+    heads, kv_heads = params["num_heads"], params["kv_num_heads"]
+    if (dtype is None or not kernel.available(dtype)
+            or any(t.dtype != q.dtype for t in (k, v, k_cache, v_cache, y))
+            or any(t.dtype != torch.int64 or not t.is_contiguous()
+                   for t in (slot_mapping, block_tables, query_start_loc, seq_lens))
+            or any(t.dim() != 2 or t.stride(1) != 1 for t in (q, k, v, y))
+            or not (k_cache.dim() == v_cache.dim() == 4 and k_cache.is_contiguous() and v_cache.is_contiguous())
+            or block_tables.dim() != 2 or seq_lens.dim() != 1 or heads % kv_heads
+            or params["sliding_window"] < 0):
+        return False
+    # the kernel trusts the shapes: any mismatch is torch's to report
+    num_blocks, block_size, _, head_dim = k_cache.shape
+    tokens, v_head_dim = q.shape[0], v_cache.shape[3]
+    if (k_cache.shape[:3] != (num_blocks, block_size, kv_heads) or v_cache.shape[:3] != k_cache.shape[:3]
+            or min(head_dim, v_head_dim, block_size) < 1
+            or q.shape[1] != heads * head_dim or k.shape != (tokens, kv_heads * head_dim)
+            or v.shape != (tokens, kv_heads * v_head_dim) or y.shape != (tokens, heads * v_head_dim)
+            or slot_mapping.shape != (tokens,) or block_tables.shape[0] < seq_lens.numel()
+            or query_start_loc.shape != (seq_lens.numel() + 1,)):
+        return False
+    arrays = {"q": q, "k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache, "slot_mapping": slot_mapping,
+              "block_tables": block_tables, "query_start_loc": query_start_loc, "seq_lens": seq_lens, "y": y}
+    sizes = {"num_tokens": tokens, "num_seqs": seq_lens.numel(), "max_blocks": block_tables.shape[1],
+             "num_blocks": num_blocks, "block_size": block_size, "num_heads": heads, "kv_num_heads": kv_heads,
+             "head_dim": head_dim, "v_head_dim": v_head_dim, "q_stride": q.stride(0),
+             "k_stride": k.stride(0), "v_stride": v.stride(0), "y_stride": y.stride(0),
+             "sliding_window": params["sliding_window"], "threads": torch.get_num_threads()}
+    return kernel.paged_attention(dtype, {name: t.data_ptr() for name, t in arrays.items()}, sizes, params["scale"])
+
+
+def gathered(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y):
+    """The same on torch: the caches written by index, then each sequence's keys and values
+    gathered out of them for one scaled-dot-product attention."""
     heads, kv_heads = params["num_heads"], params["kv_num_heads"]
     scale, window = params["scale"] or None, params["sliding_window"]
     num_blocks, block_size, _, head_dim = k_cache.shape

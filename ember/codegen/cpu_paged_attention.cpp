@@ -1,0 +1,567 @@
+// ember.PagedAttention, fused, for the CPU: see ember/codegen/paged_attention.py, which
+// builds this file after ember's CPU prelude (ember_expf, the 16-bit float conversions) and
+// a definition of EMBER_PAGED_ELEMENT, the element type (F32, F16 or BF16).
+//
+// One call: write the new tokens' k and v into the caches at their slots, then attend.
+// The attention is flash-attention's online softmax over the keys of each sequence, read
+// in place from the cache blocks its block table names (no gathered copy of the cache),
+// a chunk of KC keys at a time. The work is split into items, which run in parallel
+// (OpenMP, dynamic schedule, the costliest first); an item's rows are (query, query head)
+// pairs of one sequence, and every K and V row it loads serves all the rows of its kv head.
+// Two kernels, by the rows an item has per kv head:
+//
+//   few_kernel   at most FEW_ROWS (decode: one query, a GQA group of heads). An item takes
+//                whole kv heads (all of them, unless the threads need more items), so it
+//                reads whole cache rows. Scores are dot products along D, summed for a
+//                chunk's KC keys at once into one vector, the softmax runs on that vector,
+//                and O += P V along Dv with O's row in registers.
+//   rows_kernel  more (prefill: tiles of queries times the group's heads, up to TILE_ROWS):
+//                the rows are vector lanes. q^T [D][L] is packed once; each key element is
+//                broadcast against it (S = K q^T, a register-blocked outer product), the
+//                softmax runs lane-wise, and O^T [Dv][L] += V^T P the same way: no
+//                horizontal sums. A tile reads keys only up to its last query's position.
+//
+// Scores, softmax and output accumulate in float32 whatever the element type; an item's
+// result does not depend on the thread count.
+
+#include <omp.h>
+#include <algorithm>
+#include <cstdlib>
+#include <vector>
+
+#define EMBER_INLINE_MEMBER inline __attribute__((always_inline))  // EMBER_INLINE is static
+
+namespace ember_paged {
+
+constexpr int W = 16;         // lanes of a vector (one AVX-512 register of floats)
+constexpr int KC = W;         // keys per softmax chunk: few_kernel holds a chunk's scores in a vector
+constexpr int MAX_ROWS = 64;  // rows of an item
+constexpr int FEW_ROWS = 8;   // items of at most this many rows per kv head use few_kernel
+constexpr int TILE_ROWS = 32; // rows_kernel's rows: 2 vectors (q^T, O^T and S of 64 rows overflow L1)
+
+typedef float vec __attribute__((vector_size(W * sizeof(float))));
+typedef int32_t ivec __attribute__((vector_size(W * sizeof(int32_t))));
+
+EMBER_INLINE vec vload(const float* p) { vec v; std::memcpy(&v, p, sizeof v); return v; }
+EMBER_INLINE void vstore(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
+EMBER_INLINE vec vsplat(float x) {  // a broadcast (`vec{} + x` would add 0 first)
+  static_assert(W == 16, "one initializer per lane");
+  return vec{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
+EMBER_INLINE vec vmax(vec a, vec b) { return a > b ? a : b; }
+// max and sum of a vector's lanes, as trees (a loop over the lanes would run in order)
+EMBER_INLINE float hmax(vec v) {
+  v = vmax(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  v = vmax(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+  v = vmax(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+  v = vmax(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+  return v[0];
+}
+EMBER_INLINE float hsum(vec v) {
+  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  return v[0];
+}
+// The lane sums of 16 vectors, as one vector: a tree of adds, each folding two vectors'
+// halves into one (keys 2i and 2i+1, then 4i..4i+3, ...), so no lane is summed alone.
+EMBER_INLINE vec sum_lanes(const vec* x) {
+  static_assert(W == 16, "four levels of halving");
+  vec a[8], b[4], c[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)
+    a[i] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22,
+                                   23) +
+           __builtin_shufflevector(x[2 * i], x[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29,
+                                   30, 31);
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)
+    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)
+    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+// element types: how a stored value becomes a float and back
+struct F32 {
+  using T = float;
+  EMBER_INLINE float load(float x) { return x; }
+  EMBER_INLINE float store(float x) { return x; }
+};
+struct F16 {
+  using T = std::uint16_t;
+  EMBER_INLINE float load(T x) { return ember_h2f(x); }
+  EMBER_INLINE T store(float x) { return ember_f2h(x); }
+};
+struct BF16 {
+  using T = std::uint16_t;
+  EMBER_INLINE float load(T x) { return ember_bf2f(x); }
+  EMBER_INLINE T store(float x) { return ember_f2bf(x); }
+};
+
+// The call's arguments: P (pointers) and S (sizes), in the order paged_attention.py passes them.
+enum { P_Q, P_K, P_V, P_K_CACHE, P_V_CACHE, P_SLOTS, P_TABLES, P_STARTS, P_LENS, P_Y, NUM_P };
+enum { S_TOKENS, S_SEQS, S_MAX_BLOCKS, S_NUM_BLOCKS, S_BLOCK_SIZE, S_HEADS, S_KV_HEADS, S_D, S_DV,
+       S_Q_STRIDE, S_K_STRIDE, S_V_STRIDE, S_Y_STRIDE, S_WINDOW, S_THREADS, NUM_S };
+
+struct Call {
+  const void* q; void* k_cache; void* v_cache; void* y;
+  const int64_t *tables, *starts, *lens;
+  int64_t max_blocks, block_size, heads, kv_heads, group, D, DV, q_stride, y_stride, window;
+  float scale;
+};
+
+// Queries [first_query, +num_queries) of sequence `seq` (its new tokens, counted from 0), with
+// query heads [first_head, +num_heads): rows_kernel's items stay within one kv head's group.
+struct Item {
+  int64_t seq, first_query, num_queries, first_head, num_heads, cost;
+};
+
+// The rows of an item, and where each reads its query and writes its output.
+template <class E>
+struct Rows {
+  using T = typename E::T;
+  int n;
+  int32_t first_key[MAX_ROWS], last_key[MAX_ROWS];  // the keys a row sees: [first, last]
+  int32_t kv[MAX_ROWS];                              // its kv head, from the item's first
+  const T* q[MAX_ROWS];
+  T* y[MAX_ROWS];
+  int64_t lo, hi;  // the keys any row sees
+
+  Rows(const Call& c, const Item& it) : n(int(it.num_queries * it.num_heads)) {
+    const int64_t start = c.starts[it.seq], n_new = c.starts[it.seq + 1] - start, len = c.lens[it.seq];
+    lo = INT64_MAX; hi = -1;
+    for (int r = 0; r < n; ++r) {
+      const int64_t i = it.first_query + r / it.num_heads;
+      const int64_t head = it.first_head + r % it.num_heads;
+      const int64_t pos = len - n_new + i;
+      const int64_t first = c.window > 0 ? std::max<int64_t>(0, pos - c.window + 1) : 0;
+      first_key[r] = int32_t(first);
+      last_key[r] = int32_t(pos);
+      kv[r] = int32_t(head / c.group - it.first_head / c.group);
+      lo = std::min(lo, first);
+      hi = std::max(hi, pos);
+      q[r] = static_cast<const T*>(c.q) + (start + i) * c.q_stride + head * c.D;
+      y[r] = static_cast<T*>(c.y) + (start + i) * c.y_stride + head * c.DV;
+    }
+  }
+};
+
+// The cache rows of a sequence's keys, KC keys at a time, of the item's first kv head (its
+// other kv heads follow, each D or DV further on). Past the last key a chunk repeats it
+// (read but masked), so a chunk is always whole. few_kernel, which uses each row for a few
+// rows of its own only, prefetches the next chunk's rows while it computes on this one:
+// spread over its loop (a burst of prefetches stalls) and into L2 (L1 would evict what is
+// being computed on), since blocks sit anywhere in the cache, where no hardware prefetcher
+// looks (decode, 64 sequences x 400 keys, 1 thread: 6.0 ms without, 3.2 with).
+// rows_kernel is compute bound: prefetching there only costs.
+template <class E>
+struct Chunks {
+  using T = typename E::T;
+  const Call& c;
+  const int64_t* table;
+  int64_t hi, kv_head, k_bytes, v_bytes;  // the last key; the bytes of a key's row the item reads
+  const T* k[2][KC];                      // this chunk's rows and the next's
+  const T* v[2][KC];
+  int cur = 0, next_kc = 0;
+
+  Chunks(const Call& c_, const Item& it, int64_t lo, int64_t hi_)
+      : c(c_), table(c_.tables + it.seq * c_.max_blocks), hi(hi_), kv_head(it.first_head / c_.group) {
+    const int64_t kv_heads = (it.first_head + it.num_heads - 1) / c.group + 1 - kv_head;
+    k_bytes = kv_heads * c.D * int64_t(sizeof(T));
+    v_bytes = kv_heads * c.DV * int64_t(sizeof(T));
+    locate(lo, cur);
+  }
+  void locate(int64_t j0, int into) {
+    next_kc = int(std::max<int64_t>(0, std::min<int64_t>(KC, hi - j0 + 1)));
+    if (next_kc == 0) return;
+    int64_t block = j0 / c.block_size, offset = j0 % c.block_size;
+    for (int jj = 0; jj < KC; ++jj) {
+      const int64_t row = (table[block] * c.block_size + offset) * c.kv_heads + kv_head;
+      k[into][jj] = static_cast<const T*>(c.k_cache) + row * c.D;
+      v[into][jj] = static_cast<const T*>(c.v_cache) + row * c.DV;
+      if (jj + 1 < next_kc && ++offset == c.block_size) { offset = 0; ++block; }
+    }
+  }
+  // The chunk of keys j0 .. (the one after the last call's) in kp, vp; returns its number of keys.
+  EMBER_INLINE_MEMBER int next(int64_t j0, const T* const*& kp, const T* const*& vp) {
+    kp = k[cur];
+    vp = v[cur];
+    cur ^= 1;
+    locate(j0 + KC, cur);
+    return int(std::min<int64_t>(KC, hi - j0 + 1));
+  }
+  // Part i of n of the next chunk's rows on their way to L2.
+  EMBER_INLINE_MEMBER void prefetch(int i, int n) const {
+    for (int jj = i * next_kc / n; jj < (i + 1) * next_kc / n; ++jj) {
+      for (int64_t b = 0; b < k_bytes; b += 64) __builtin_prefetch((const char*)k[cur][jj] + b, 0, 2);
+      for (int64_t b = 0; b < v_bytes; b += 64) __builtin_prefetch((const char*)v[cur][jj] + b, 0, 2);
+    }
+  }
+};
+
+// Online softmax of one row's scores of keys j0 .. j0 + KC: masked to the keys the row sees,
+// turned into probabilities p; returns the factor its running sums scale by.
+EMBER_INLINE float softmax_chunk(vec scores, int64_t j0, int kc, int32_t first, int32_t last, float& m, float& l,
+                                 float* p) {
+  const ivec jj = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const ivec j = jj + int32_t(j0);
+  scores = (jj < kc) & (j >= first) & (j <= last) ? scores : vsplat(-INFINITY);
+  const float mx = std::max(m, hmax(scores));
+  const float base = mx == -INFINITY ? 0.0f : mx;  // nothing seen yet: exp(-inf) = 0 everywhere
+  const float alpha = ember_expf(m - base);
+  vstore(p, scores - base);
+#pragma omp simd
+  for (int i = 0; i < KC; ++i) p[i] = ember_expf(p[i]);
+  m = mx;
+  l = l * alpha + hsum(vload(p));
+  return alpha;
+}
+
+// A vector of W values of element type E, as floats.
+template <class E>
+EMBER_INLINE vec vload_as(const typename E::T* p) {
+  if constexpr (std::is_same_v<E, F32>) {
+    return vload(p);
+  } else {
+    alignas(64) float x[W];
+#pragma omp simd
+    for (int i = 0; i < W; ++i) x[i] = E::load(p[i]);
+    return vload(x);
+  }
+}
+
+// W partial sums of q . k (over lanes d % W), q of floats and k of E.
+template <class E, int D_>
+EMBER_INLINE vec partial_dot(const float* q, const typename E::T* k, int64_t D) {
+  if constexpr (D_ > 0 && D_ % W == 0) {
+    vec acc = vload(q) * vload_as<E>(k);
+#pragma GCC unroll 16
+    for (int i = 1; i < D_ / W; ++i) acc += vload(q + i * W) * vload_as<E>(k + i * W);
+    return acc;
+  } else {
+    float dot = 0.0f;
+#pragma omp simd reduction(+:dot)
+    for (int64_t d = 0; d < D; ++d) dot += q[d] * E::load(k[d]);
+    vec acc = {};
+    acc[0] = dot;
+    return acc;
+  }
+}
+
+// o [DV] = alpha o + sum over the chunk's keys of p[jj] v[jj][off:off + DV]: o in registers
+// when DV is a known multiple of W.
+template <class E, int DV_>
+EMBER_INLINE void accumulate_row(float* o, float alpha, const float* p, const typename E::T* const* v, int64_t off,
+                                 int kc, int64_t DV) {
+  if constexpr (DV_ > 0 && DV_ % W == 0) {
+    vec acc[DV_ / W];
+#pragma GCC unroll 16
+    for (int i = 0; i < DV_ / W; ++i) acc[i] = vload(o + i * W) * alpha;
+    for (int jj = 0; jj < kc; ++jj) {
+      const vec pj = vsplat(p[jj]);
+      const typename E::T* row = v[jj] + off;
+#pragma GCC unroll 16
+      for (int i = 0; i < DV_ / W; ++i) acc[i] += pj * vload_as<E>(row + i * W);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < DV_ / W; ++i) vstore(o + i * W, acc[i]);
+  } else {
+#pragma omp simd
+    for (int64_t dv = 0; dv < DV; ++dv) o[dv] *= alpha;
+    for (int jj = 0; jj < kc; ++jj) {
+      const float pj = p[jj];
+      const typename E::T* row = v[jj] + off;
+#pragma omp simd
+      for (int64_t dv = 0; dv < DV; ++dv) o[dv] += pj * E::load(row[dv]);
+    }
+  }
+}
+
+// Few rows per kv head (decode), of one or several kv heads: each row's scores are dot
+// products along D. work: q [n][D], o [n][DV].
+template <class E, int D_, int DV_>
+static void few_kernel(const Call& c, const Item& it, float* work) {
+  using T = typename E::T;
+  const int64_t D = D_ ? D_ : c.D, DV = DV_ ? DV_ : c.DV;
+  const Rows<E> rows(c, it);
+  const int n = rows.n;
+  float* q = work;
+  float* o = q + n * D;
+  float m[MAX_ROWS], l[MAX_ROWS];
+  for (int r = 0; r < n; ++r) {
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) q[r * D + d] = E::load(rows.q[r][d]) * c.scale;
+    std::fill(o + r * DV, o + (r + 1) * DV, 0.0f);
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+  }
+  Chunks<E> chunks(c, it, rows.lo, rows.hi);
+  const T* const* kp;
+  const T* const* vp;
+  for (int64_t j0 = rows.lo; j0 <= rows.hi; j0 += KC) {
+    const int kc = chunks.next(j0, kp, vp);
+    for (int r = 0; r < n; ++r) {
+      chunks.prefetch(r, n);
+      // each key's products with the row's query in W lanes of partial sums, then all summed at once
+      const float* qr = q + r * D;
+      const int64_t off = rows.kv[r] * D;
+      vec dots[KC];
+#pragma GCC unroll 16
+      for (int jj = 0; jj < KC; ++jj) dots[jj] = partial_dot<E, D_>(qr, kp[jj] + off, D);
+      alignas(64) float p[KC];
+      const float alpha = softmax_chunk(sum_lanes(dots), j0, kc, rows.first_key[r], rows.last_key[r], m[r], l[r], p);
+      accumulate_row<E, DV_>(o + r * DV, alpha, p, vp, rows.kv[r] * DV, kc, DV);
+    }
+  }
+  for (int r = 0; r < n; ++r) {
+    const float inv = 1.0f / l[r];
+#pragma omp simd
+    for (int64_t dv = 0; dv < DV; ++dv) rows.y[r][dv] = E::store(o[r * DV + dv] * inv);
+  }
+}
+
+// Up to NV * W rows, one per vector lane. work: q^T [D][L], o^T [DV][L].
+template <class E, int NV, int D_, int DV_>
+static void rows_kernel(const Call& c, const Item& it, float* work) {
+  using T = typename E::T;
+  constexpr int L = NV * W;
+  constexpr int KB = 16 / NV;  // keys per register block of S: KB * NV accumulators
+  constexpr int DB = 16 / NV;  // value columns per register block of O
+  static_assert(KC % KB == 0, "a chunk is whole register blocks");
+  const int64_t D = D_ ? D_ : c.D, DV = DV_ ? DV_ : c.DV;
+  const Rows<E> rows(c, it);
+  float* qt = work;
+  float* ot = work + D * L;
+  alignas(64) float s[KC][L];
+  alignas(64) float m[L], l[L], alpha[L];
+  alignas(64) int32_t first[L], last[L];
+  for (int r = 0; r < L; ++r) {
+    // lanes past the rows: a zero query that sees row 0's keys (finite, never written)
+    const int src = r < rows.n ? r : 0;
+    first[r] = rows.first_key[src];
+    last[r] = rows.last_key[src];
+    for (int64_t d = 0; d < D; ++d) qt[d * L + r] = r < rows.n ? E::load(rows.q[r][d]) * c.scale : 0.0f;
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+  }
+  std::fill(ot, ot + DV * L, 0.0f);
+  Chunks<E> chunks(c, it, rows.lo, rows.hi);
+  const T* const* kp;
+  const T* const* vp;
+  for (int64_t j0 = rows.lo; j0 <= rows.hi; j0 += KC) {
+    const int kc = chunks.next(j0, kp, vp);
+    // S [KC][L] = K q^T: for each d, key elements broadcast against the row vectors of q^T
+    for (int jb = 0; jb < kc; jb += KB) {
+      vec acc[KB][NV] = {};
+      for (int64_t d = 0; d < D; ++d) {
+        vec qv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) qv[v] = vload(qt + d * L + v * W);
+#pragma GCC unroll 16
+        for (int kb = 0; kb < KB; ++kb) {
+          const vec kv = vsplat(E::load(kp[jb + kb][d]));
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[kb][v] += kv * qv[v];
+        }
+      }
+#pragma GCC unroll 16
+      for (int kb = 0; kb < KB; ++kb)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) vstore(&s[jb + kb][v * W], acc[kb][v]);
+    }
+    // online softmax, lane-wise
+    for (int jj = 0; jj < KC; ++jj) {
+      const int64_t j = j0 + jj;
+      const bool real = jj < kc;
+#pragma omp simd
+      for (int r = 0; r < L; ++r) s[jj][r] = (real && j >= first[r] && j <= last[r]) ? s[jj][r] : -INFINITY;
+    }
+    alignas(64) float mx[L], base[L];
+#pragma omp simd
+    for (int r = 0; r < L; ++r) mx[r] = m[r];
+    for (int jj = 0; jj < kc; ++jj) {
+#pragma omp simd
+      for (int r = 0; r < L; ++r) mx[r] = std::max(mx[r], s[jj][r]);
+    }
+#pragma omp simd
+    for (int r = 0; r < L; ++r) {
+      base[r] = mx[r] == -INFINITY ? 0.0f : mx[r];
+      alpha[r] = ember_expf(m[r] - base[r]);
+      m[r] = mx[r];
+      l[r] *= alpha[r];
+    }
+    for (int jj = 0; jj < kc; ++jj) {
+#pragma omp simd
+      for (int r = 0; r < L; ++r) {
+        s[jj][r] = ember_expf(s[jj][r] - base[r]);
+        l[r] += s[jj][r];
+      }
+    }
+    // O^T [DV][L] = alpha O^T + V^T P, DB value columns at a time in registers
+    vec av[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) av[v] = vload(alpha + v * W);
+    int64_t dv0 = 0;
+    for (; dv0 + DB <= DV; dv0 += DB) {
+      vec acc[DB][NV];
+#pragma GCC unroll 16
+      for (int dd = 0; dd < DB; ++dd)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[dd][v] = vload(ot + (dv0 + dd) * L + v * W) * av[v];
+      for (int jj = 0; jj < kc; ++jj) {
+        vec pv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) pv[v] = vload(&s[jj][v * W]);
+        const T* vrow = vp[jj] + dv0;
+#pragma GCC unroll 16
+        for (int dd = 0; dd < DB; ++dd) {
+          const vec x = vsplat(E::load(vrow[dd]));
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[dd][v] += x * pv[v];
+        }
+      }
+#pragma GCC unroll 16
+      for (int dd = 0; dd < DB; ++dd)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) vstore(ot + (dv0 + dd) * L + v * W, acc[dd][v]);
+    }
+    for (; dv0 < DV; ++dv0) {  // the last DV % DB columns, one at a time
+      vec acc[NV];
+      for (int v = 0; v < NV; ++v) acc[v] = vload(ot + dv0 * L + v * W) * av[v];
+      for (int jj = 0; jj < kc; ++jj) {
+        const vec x = vsplat(E::load(vp[jj][dv0]));
+        for (int v = 0; v < NV; ++v) acc[v] += x * vload(&s[jj][v * W]);
+      }
+      for (int v = 0; v < NV; ++v) vstore(ot + dv0 * L + v * W, acc[v]);
+    }
+  }
+  for (int r = 0; r < rows.n; ++r) {
+    const float inv = 1.0f / l[r];
+    for (int64_t dv = 0; dv < DV; ++dv) rows.y[r][dv] = E::store(ot[dv * L + r] * inv);
+  }
+}
+
+template <class E, int D_, int DV_>
+static void run_item(const Call& c, const Item& it, float* work) {
+  const int64_t n = it.num_queries * it.num_heads;
+  if (it.num_queries * std::min(c.group, it.num_heads) <= FEW_ROWS) few_kernel<E, D_, DV_>(c, it, work);
+  else if (n <= W) rows_kernel<E, 1, D_, DV_>(c, it, work);
+  else rows_kernel<E, 2, D_, DV_>(c, it, work);
+  static_assert(TILE_ROWS == 2 * W, "rows_kernel's instances");
+}
+
+template <class E, int D_, int DV_>
+static void attend(const Call& c, const std::vector<Item>& items, int threads) {
+  const size_t floats = size_t(c.D + c.DV) * MAX_ROWS;
+#pragma omp parallel num_threads(threads) if (items.size() > 1 && threads > 1)
+  {
+    float* work = static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64));
+#pragma omp for schedule(dynamic, 1)
+    for (size_t i = 0; i < items.size(); ++i) run_item<E, D_, DV_>(c, items[i], work);
+    std::free(work);
+  }
+}
+
+// Indices a kernel cannot trust: the caller falls back to the (raising) torch path.
+static int check_indices(const int64_t* P_slots, const int64_t* S, const int64_t* tables,
+                         const int64_t* starts, const int64_t* lens) {
+  const int64_t T = S[S_TOKENS], B = S[S_SEQS], bs = S[S_BLOCK_SIZE], nb = S[S_NUM_BLOCKS];
+  if (starts[0] < 0 || starts[B] > T) return 1;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = starts[b + 1] - starts[b];
+    if (n < 0) return 1;
+    if (n == 0) continue;
+    if (lens[b] < n || lens[b] > S[S_MAX_BLOCKS] * bs || lens[b] >= INT32_MAX) return 2;
+    for (int64_t jb = 0; jb < (lens[b] + bs - 1) / bs; ++jb) {
+      const int64_t block = tables[b * S[S_MAX_BLOCKS] + jb];
+      if (block < 0 || block >= nb) return 3;
+    }
+  }
+  for (int64_t t = 0; t < T; ++t)
+    if (P_slots[t] >= nb * bs) return 4;
+  return 0;
+}
+
+template <class E>
+static int run(void* const* P, const int64_t* S, float scale) {
+  using T = typename E::T;
+  const auto* slots = static_cast<const int64_t*>(P[P_SLOTS]);
+  Call c;
+  c.tables = static_cast<const int64_t*>(P[P_TABLES]);
+  c.starts = static_cast<const int64_t*>(P[P_STARTS]);
+  c.lens = static_cast<const int64_t*>(P[P_LENS]);
+  if (int bad = check_indices(slots, S, c.tables, c.starts, c.lens)) return bad;
+  c.q = P[P_Q]; c.k_cache = P[P_K_CACHE]; c.v_cache = P[P_V_CACHE]; c.y = P[P_Y];
+  c.max_blocks = S[S_MAX_BLOCKS]; c.block_size = S[S_BLOCK_SIZE];
+  c.heads = S[S_HEADS]; c.kv_heads = S[S_KV_HEADS]; c.group = c.heads / c.kv_heads;
+  c.D = S[S_D]; c.DV = S[S_DV]; c.q_stride = S[S_Q_STRIDE]; c.y_stride = S[S_Y_STRIDE];
+  c.window = S[S_WINDOW];
+  c.scale = scale;
+  const int64_t T_ = S[S_TOKENS], B = S[S_SEQS];
+
+  // the new keys and values into their slots, in token order (a repeated slot keeps the last)
+  const int64_t kw = c.kv_heads * c.D, vw = c.kv_heads * c.DV;
+  for (int64_t t = 0; t < T_; ++t) {
+    if (slots[t] < 0) continue;
+    std::memcpy(static_cast<T*>(c.k_cache) + slots[t] * kw, static_cast<const T*>(P[P_K]) + t * S[S_K_STRIDE],
+                kw * sizeof(T));
+    std::memcpy(static_cast<T*>(c.v_cache) + slots[t] * vw, static_cast<const T*>(P[P_V]) + t * S[S_V_STRIDE],
+                vw * sizeof(T));
+  }
+  // rows of no sequence are 0
+  for (int64_t t = 0; t < T_; ++t)
+    if (t < c.starts[0] || t >= c.starts[B])
+      std::memset(static_cast<T*>(c.y) + t * c.y_stride, 0, c.heads * c.DV * sizeof(T));
+
+  // Items. Few rows per kv head (decode): whole kv heads, as many as keep enough items for
+  // the threads, so that a cache block's rows are read together. Else tiles of queries, of
+  // one kv head's group of query heads (or of part of it past TILE_ROWS heads).
+  const int threads = int(std::max<int64_t>(1, S[S_THREADS]));
+  int64_t active = 0;
+  for (int64_t b = 0; b < B; ++b) active += c.starts[b + 1] > c.starts[b];
+  const int64_t kv_parts = std::min<int64_t>(c.kv_heads, (2 * threads + active - 1) / std::max<int64_t>(active, 1));
+  std::vector<Item> items;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = c.starts[b + 1] - c.starts[b], len = c.lens[b];
+    if (n == 0) continue;
+    if (n * c.group <= FEW_ROWS) {
+      const int64_t per_item = std::max<int64_t>(1, std::min(MAX_ROWS / (n * c.group),
+                                                               (c.kv_heads + kv_parts - 1) / kv_parts));
+      const int64_t keys = c.window > 0 ? std::min(len, c.window + n - 1) : len;
+      for (int64_t h = 0; h < c.kv_heads; h += per_item) {
+        const int64_t heads = std::min(per_item, c.kv_heads - h) * c.group;
+        items.push_back({b, 0, n, h * c.group, heads, n * heads * keys});
+      }
+      continue;
+    }
+    const int64_t heads_per_item = std::min<int64_t>(c.group, TILE_ROWS);
+    for (int64_t h = 0; h < c.kv_heads; ++h)
+      for (int64_t g0 = 0; g0 < c.group; g0 += heads_per_item) {
+        const int64_t ng = std::min(heads_per_item, c.group - g0), tile = std::max<int64_t>(1, TILE_ROWS / ng);
+        for (int64_t i0 = 0; i0 < n; i0 += tile) {
+          const int64_t nq = std::min(tile, n - i0), last = len - n + i0 + nq - 1;
+          const int64_t first = c.window > 0 ? std::max<int64_t>(0, last - nq + 1 - c.window + 1) : 0;
+          items.push_back({b, i0, nq, h * c.group + g0, ng, nq * ng * (last + 1 - first)});
+        }
+      }
+  }
+  // the longest first, so that the dynamic schedule ends evenly
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
+  if (c.D == 64 && c.DV == 64) attend<E, 64, 64>(c, items, threads);
+  else if (c.D == 128 && c.DV == 128) attend<E, 128, 128>(c, items, threads);
+  else attend<E, 0, 0>(c, items, threads);
+  return 0;
+}
+
+}  // namespace ember_paged
+
+// The element type is the builder's choice: one library per type (paged_attention.py).
+extern "C" int ember_paged_attention(void* const* P, const int64_t* S, float scale) {
+  return ember_paged::run<ember_paged::EMBER_PAGED_ELEMENT>(P, S, scale);
+}

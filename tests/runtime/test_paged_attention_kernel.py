@@ -1,0 +1,208 @@
+"""ember's fused paged-attention kernel (codegen/paged_attention.py, through the extern in
+runtime/externs_paged.py) against ember.PagedAttention's numpy reference, on random
+batches: sequences with no new tokens, one (decode) or many (prefill, and prefill chunks
+after cached context), cache blocks handed out shuffled, block sizes 1/4/16, GQA groups,
+head dims 8/64 (and the other code paths: 24, 128, a value head dim of its own), sliding
+windows, padding tokens past the last sequence; the caches after the write equal the
+reference's. The torch path is made to fail in these tests, so they pass only on the kernel."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import ember
+from ember.codegen import cpu
+from ember.codegen import paged_attention as kernel
+from ember.ir import DType, Graph, TensorType, Value, symbol
+from ember.ir.ops.paged_attention import INPUTS, paged_attention
+from ember.runtime import externs_paged
+from ember.runtime.executor import _tensor
+
+pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
+
+
+@pytest.fixture
+def no_torch_path(monkeypatch):
+    def fail(*args):
+        raise AssertionError("the extern fell back to the torch path")
+
+    monkeypatch.setattr(externs_paged, "gathered", fail)
+
+
+def _batch(rng, seqs, heads, kv_heads, d, block_size, *, dv=None, padding=0, dtype=np.float32):
+    """Feeds for one step: sequence i has seqs[i] = (cached tokens, new tokens), its blocks
+    drawn from a shuffled free list (the cache's other rows hold noise); `padding` tokens of
+    no sequence (slot -1) at the end."""
+    dv = dv or d
+    need = sum(-(-(c + n) // block_size) for c, n in seqs)
+    num_blocks = need + 3
+    k_cache = rng.standard_normal((num_blocks, block_size, kv_heads, d)).astype(dtype)
+    v_cache = rng.standard_normal((num_blocks, block_size, kv_heads, dv)).astype(dtype)
+    free = list(rng.permutation(num_blocks))
+    max_blocks = max([-(-(c + n) // block_size) for c, n in seqs] + [1])
+    tables = np.full((len(seqs), max_blocks), -7, np.int64)  # unused entries: never read
+    slots, starts, lens = [], [0], []
+    for b, (cached, new) in enumerate(seqs):
+        blocks = [free.pop() for _ in range(-(-(cached + new) // block_size))]
+        tables[b, :len(blocks)] = blocks
+        slots += [blocks[p // block_size] * block_size + p % block_size for p in range(cached, cached + new)]
+        starts.append(starts[-1] + new)
+        lens.append(cached + new)
+    tokens = starts[-1] + padding
+    return {"q": rng.standard_normal((tokens, heads * d)).astype(dtype),
+            "k": rng.standard_normal((tokens, kv_heads * d)).astype(dtype),
+            "v": rng.standard_normal((tokens, kv_heads * dv)).astype(dtype),
+            "k_cache": k_cache, "v_cache": v_cache, "slot_mapping": np.array(slots + [-1] * padding, np.int64),
+            "block_tables": tables, "query_start_loc": np.array(starts, np.int64),
+            "seq_lens": np.array(lens, np.int64)}
+
+
+def _run_extern(feeds, heads, kv_heads, window=0, scale=0.0):
+    """The extern on torch views of `feeds` (its caches written in place); returns y."""
+    q = feeds["q"]
+    y = np.full((q.shape[0], heads * feeds["v_cache"].shape[3]), 7, q.dtype)  # every row must be written
+    params = {"num_heads": heads, "kv_num_heads": kv_heads, "scale": scale, "sliding_window": window}
+    externs_paged.paged_attention(params, *(_tensor(feeds[n]) for n in INPUTS), _tensor(y))
+    return y
+
+
+def _check(feeds, heads, kv_heads, window=0, scale=0.0, rtol=1e-5, atol=1e-5):
+    ref = {n: a.copy() for n, a in feeds.items()}
+    want = paged_attention(*(ref[n] for n in INPUTS), num_heads=heads, kv_num_heads=kv_heads, scale=scale,
+                           sliding_window=window)
+    got = _run_extern(feeds, heads, kv_heads, window, scale)
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=rtol, atol=atol)
+    for name in ("k_cache", "v_cache"):
+        np.testing.assert_array_equal(feeds[name], ref[name])
+
+
+SEQS = st.lists(st.tuples(st.integers(0, 50), st.sampled_from([0, 1, 1, 2, 5, 17, 40])), min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seqs=SEQS, kv_heads=st.integers(1, 3), group=st.sampled_from([1, 3, 4]), d=st.sampled_from([8, 64]),
+       block_size=st.sampled_from([1, 4, 16]), window=st.sampled_from([0, 0, 1, 6, 20]),
+       padding=st.sampled_from([0, 0, 3]), seed=st.integers(0, 2**16))
+def test_kernel_matches_the_reference(no_torch_path, seqs, kv_heads, group, d, block_size, window, padding, seed):
+    assume(sum(new for _, new in seqs) > 0)  # the reference cannot reshape the k of no written token
+    rng = np.random.default_rng(seed)
+    feeds = _batch(rng, seqs, kv_heads * group, kv_heads, d, block_size, padding=padding)
+    _check(feeds, kv_heads * group, kv_heads, window)
+
+
+@pytest.mark.parametrize("d, dv", [(24, 24), (128, 128), (64, 32), (40, 72)])
+@pytest.mark.parametrize("seqs", [[(0, 70)], [(30, 1), (0, 1), (90, 1)], [(33, 9), (5, 0), (20, 3)]])
+def test_other_head_dims(no_torch_path, d, dv, seqs):
+    rng = np.random.default_rng(d + dv)
+    feeds = _batch(rng, seqs, 6, 2, d, 16, dv=dv, padding=2)
+    _check(feeds, 6, 2, window=0, scale=0.3)
+
+
+@pytest.mark.parametrize("group", [8, 16, 80])  # 80 query heads on one kv head: more rows than one item holds
+def test_large_groups(no_torch_path, group):
+    rng = np.random.default_rng(group)
+    feeds = _batch(rng, [(20, 1), (7, 12), (0, 3)], group, 1, 8, 4)
+    _check(feeds, group, 1, window=9)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_half_precision_caches(no_torch_path, dtype):
+    """float16 and bfloat16 compute in float32 as the reference does; the output is rounded once."""
+    rng = np.random.default_rng(1)
+    feeds = _batch(rng, [(40, 1), (0, 30), (17, 5)], 8, 2, 64, 16, padding=1, dtype=dtype)
+    _check(feeds, 8, 2, window=0, rtol=1e-2, atol=1e-2)
+
+
+def test_results_do_not_depend_on_the_thread_count(no_torch_path):
+    rng = np.random.default_rng(2)
+    feeds = _batch(rng, [(100, 1)] * 6 + [(0, 90), (64, 40)], 9, 3, 64, 16)
+    threads = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            out.append(_run_extern({k: a.copy() for k, a in feeds.items()}, 9, 3))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_strided_rows_are_read_in_place(no_torch_path):
+    """q, k and v as column slices of one fused qkv buffer, as a model's projections give them."""
+    rng = np.random.default_rng(3)
+    feeds = _batch(rng, [(10, 4), (3, 1)], 4, 2, 8, 4)
+    qkv = np.concatenate([feeds["q"], feeds["k"], feeds["v"]], axis=1)
+    strided = dict(feeds, q=qkv[:, :32], k=qkv[:, 32:48], v=qkv[:, 48:])
+    assert not strided["q"].flags.c_contiguous
+    _check(strided, 4, 2)
+
+
+def test_the_compiled_graph_runs_the_kernel(no_torch_path):
+    heads, kv_heads, d, block_size = 4, 2, 8, 4
+    T, B, M, NB = (symbol(s) for s in ("t", "b", "m", "nb"))
+    shapes = {"q": (T, heads * d), "k": (T, kv_heads * d), "v": (T, kv_heads * d),
+              "k_cache": (NB, block_size, kv_heads, d), "v_cache": (NB, block_size, kv_heads, d),
+              "slot_mapping": (T,), "block_tables": (B, M), "query_start_loc": (B + 1,), "seq_lens": (B,)}
+    inputs = [Value(n, TensorType(DType.float32 if i < 5 else DType.int64, shapes[n])) for i, n in enumerate(INPUTS)]
+    g = Graph("g", inputs=inputs, opsets={"": 23})
+    node = g.add_node("ember.PagedAttention", inputs, [Value("y", TensorType(DType.float32, (T, heads * d)))],
+                      {"num_heads": heads, "kv_num_heads": kv_heads})
+    g.outputs = list(node.outputs)
+    compiled = ember.compile(g)
+    assert compiled.stats.fallback_nodes == []
+    feeds = _batch(np.random.default_rng(4), [(6, 3), (0, 5), (9, 1)], heads, kv_heads, d, block_size, padding=2)
+    ref = {n: a.copy() for n, a in feeds.items()}
+    want = paged_attention(*(ref[n] for n in INPUTS), num_heads=heads, kv_num_heads=kv_heads)
+    np.testing.assert_allclose(compiled.run(feeds)["y"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(feeds["k_cache"], ref["k_cache"])
+
+
+_GATHERED = externs_paged.gathered
+
+
+def test_what_the_kernel_lacks_runs_on_torch(monkeypatch):
+    ran = []
+    monkeypatch.setattr(externs_paged, "gathered", lambda *a: ran.append(1) or _GATHERED(*a))
+    feeds = _batch(np.random.default_rng(5), [(5, 2)], 2, 1, 8, 4, dtype=np.float64)
+    _check(feeds, 2, 1)
+    assert ran == [1]
+
+
+def test_without_a_compiler_the_extern_runs_on_torch(monkeypatch):
+    ran = []
+    monkeypatch.setattr(externs_paged, "gathered", lambda *a: ran.append(1) or _GATHERED(*a))
+    monkeypatch.setattr(cpu, "compiler", lambda: None)
+    kernel._kernel.cache_clear()
+    try:
+        assert not kernel.available("float32")
+        feeds = _batch(np.random.default_rng(6), [(5, 2), (0, 3)], 4, 2, 8, 4)
+        _check(feeds, 4, 2)
+    finally:
+        kernel._kernel.cache_clear()
+    assert ran == [1]
+
+
+@pytest.mark.parametrize("break_it", ["slot past the cache", "block past the cache", "fewer keys than new tokens"])
+def test_bad_indices_are_reported_not_read(break_it):
+    """The kernel rejects indices that point outside the cache before it writes anything;
+    the torch path then raises for them."""
+    feeds = _batch(np.random.default_rng(7), [(5, 2), (0, 3)], 4, 2, 8, 4)
+    if break_it == "slot past the cache":
+        feeds["slot_mapping"][1] = feeds["k_cache"].shape[0] * 4
+    elif break_it == "block past the cache":
+        feeds["block_tables"][1, 0] = 10**6
+    else:
+        feeds["seq_lens"][1] = 2
+    arrays = {n: _tensor(feeds[n]) for n in INPUTS}
+    y = torch.zeros(feeds["q"].shape[0], 32)
+    params = {"num_heads": 4, "kv_num_heads": 2, "scale": 0.0, "sliding_window": 0}
+    before = feeds["k_cache"].copy()
+    assert not externs_paged._fused(params, *arrays.values(), y)
+    np.testing.assert_array_equal(feeds["k_cache"], before)
+    if break_it != "fewer keys than new tokens":  # the reference's meaning of that one is NaN rows
+        with pytest.raises((IndexError, RuntimeError)):
+            externs_paged.paged_attention(params, *arrays.values(), y)
