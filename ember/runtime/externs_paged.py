@@ -23,6 +23,8 @@ def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_table
 
 def _fused(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y) -> bool:
     """Run the fused kernel if it takes these arrays; False if it did nothing."""
+    if q.dim() == 2 and q.shape[0] == 0 and y.numel() == 0:  # no new token: nothing to write or attend
+        return True
     dtype = _DTYPES.get(q.dtype)
     heads, kv_heads = params["num_heads"], params["kv_num_heads"]
     if (dtype is None or not kernel.available(dtype)

@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ember
@@ -88,7 +88,6 @@ SEQS = st.lists(st.tuples(st.integers(0, 50), st.sampled_from([0, 1, 1, 2, 5, 17
        block_size=st.sampled_from([1, 4, 16]), window=st.sampled_from([0, 0, 1, 6, 20]),
        padding=st.sampled_from([0, 0, 3]), seed=st.integers(0, 2**16))
 def test_kernel_matches_the_reference(no_torch_path, seqs, kv_heads, group, d, block_size, window, padding, seed):
-    assume(sum(new for _, new in seqs) > 0)  # the reference cannot reshape the k of no written token
     rng = np.random.default_rng(seed)
     feeds = _batch(rng, seqs, kv_heads * group, kv_heads, d, block_size, padding=padding)
     _check(feeds, kv_heads * group, kv_heads, window)

@@ -52,8 +52,8 @@ def write_cache(k, v, k_cache, v_cache, slot_mapping) -> None:
     slots = slot_mapping[valid]
     k_flat = k_cache.reshape(num_blocks * block_size, kv_heads, -1)
     v_flat = v_cache.reshape(num_blocks * block_size, kv_heads, -1)
-    k_flat[slots] = k[valid].reshape(len(slots), kv_heads, -1)
-    v_flat[slots] = v[valid].reshape(len(slots), kv_heads, -1)
+    k_flat[slots] = k[valid].reshape(len(slots), kv_heads, k_cache.shape[3])  # explicit dims: no slot may be valid
+    v_flat[slots] = v[valid].reshape(len(slots), kv_heads, v_cache.shape[3])
 
 
 def paged_attention(q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, *,
