@@ -32,6 +32,8 @@ examples:
   ember run model.onnx --input ids=ids.npy --input mask=mask.npy --output-dir out/
   ember demo                             sentence embeddings with all-MiniLM-L6-v2
   ember generate "What is a compiler?"   a chat answer from the built-in SmolLM2-135M-Instruct
+  ember bench model.onnx --dim batch=1 --onnxruntime    latency, against onnxruntime
+  ember bench                            the built-in LLM's offline throughput
   ember demo --sentence "I like tea." --sentence "Tea is my favourite drink."
 
 set EMBER_DEBUG=1 to see the traceback of an error.
@@ -222,13 +224,18 @@ def _random_feeds(compiled, dims: dict[str, int]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def cmd_profile(args: argparse.Namespace) -> int:
+def _dims(specs: list[str]) -> dict[str, int]:
     dims = {}
-    for spec in args.dim:
+    for spec in specs:
         name, sep, value = spec.partition("=")
         if not sep or not value.isdigit():
             raise UsageError(f"--dim takes NAME=INT, got {spec!r}")
         dims[name] = int(value)
+    return dims
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    dims = _dims(args.dim)
     compiled, compile_s = _compile(args.model, args.target, profile=True)
     feeds = _load_feeds(args.input) if args.input else _random_feeds(compiled, dims)
     compiled.run(feeds)  # warm-up: binds the shapes, plans memory
@@ -243,6 +250,84 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(compiled.profile(trace=args.trace))
     if args.trace:
         print(f"trace       {args.trace} (open in https://ui.perfetto.dev)")
+    return 0
+
+
+# -- ember bench ------------------------------------------------------------------------
+def _percentiles(seconds: list[float]) -> str:
+    ms = 1e3 * np.asarray(seconds)
+    return f"median {np.median(ms):.2f} ms, p90 {np.percentile(ms, 90):.2f} ms"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """An ONNX model's latency (against onnxruntime with --onnxruntime), or an LLM's
+    offline throughput on a seeded synthetic workload."""
+    if args.runs < 1 or args.requests < 1 or args.prompt_len < 1 or args.max_tokens < 1:
+        raise UsageError("--runs, --requests, --prompt-len and --max-tokens must be at least 1")
+    if args.model and args.model.endswith(".onnx"):
+        return _bench_onnx(args)
+    return _bench_llm(args)
+
+
+def _bench_onnx(args: argparse.Namespace) -> int:
+    dims = _dims(args.dim)
+    compiled, compile_s = _compile(args.model, args.target)
+    feeds = _load_feeds(args.input) if args.input else _random_feeds(compiled, dims)
+    runners = {"ember": lambda: compiled.run(feeds)}
+    if args.onnxruntime:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UsageError("--onnxruntime needs onnxruntime (pip install onnxruntime)") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
+        runners["onnxruntime"] = lambda: session.run(None, feeds)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for run in runners.values():  # warm-up
+        run()
+    block = 5
+    while min(len(t) for t in times.values()) < args.runs:  # alternating blocks: both see the same drift
+        for name, run in runners.items():
+            for _ in range(block):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    print(f"bench       {args.model}: {args.runs} runs each after a warm-up; ember compiled in {_ms(compile_s)}")
+    for name, t in times.items():
+        print(f"{name:<11} {_percentiles(t)}")
+    if args.onnxruntime:
+        print(f"ratio       ember / onnxruntime median: {np.median(times['ember']) / np.median(times['onnxruntime']):.2f}")
+    return 0
+
+
+def _bench_llm(args: argparse.Namespace) -> int:
+    from ._builtin import default_llm
+    from .llm import LLM
+    from .runtime.request import SamplingParams
+
+    path = Path(args.model) if args.model else default_llm()
+    start = time.perf_counter()
+    llm = LLM(path)
+    load_s = time.perf_counter() - start
+    rng = np.random.default_rng(args.seed)
+    vocab = llm.engine.vocab_size
+    prompts = [{"prompt_token_ids": rng.integers(min(1000, vocab // 2), vocab, args.prompt_len).tolist()}
+               for _ in range(args.requests)]
+    params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
+    llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)  # warm-up
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=sys.stderr.isatty())
+    wall = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    ttft = [o.metrics.time_to_first_token for o in outputs]
+    tpot = [o.metrics.time_per_output_token for o in outputs]
+    print(f"bench       {path.name}: {args.requests} requests of {args.prompt_len} prompt tokens and "
+          f"{args.max_tokens} output tokens (greedy, seed {args.seed}); loaded and compiled in {load_s:.1f} s")
+    print(f"throughput  {args.requests / wall:.2f} requests/s, {tokens / wall:.1f} output tokens/s "
+          f"({wall:.1f} s in all)")
+    print(f"TTFT        {_percentiles(ttft)}")
+    print(f"TPOT        {_percentiles(tpot)}")
     return 0
 
 
@@ -411,6 +496,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the size of a symbolic dim for random inputs (repeatable)")
     p.add_argument("--runs", type=int, default=10, help="timed runs (default: 10)")
     p.add_argument("--trace", metavar="FILE.json", help="also write a Chrome trace (Perfetto opens it)")
+
+    p = add("bench", cmd_bench, "time a model: an ONNX model's latency, or an LLM's throughput",
+            "examples:\n  ember bench model.onnx --dim batch=1 --dim seq=128 --onnxruntime\n"
+            "  ember bench                                  the built-in SmolLM2: offline throughput\n"
+            "  ember bench model.gguf --requests 64 --prompt-len 256 --max-tokens 128")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="an ONNX file, a Hugging Face LLM folder or a GGUF file (default: the built-in SmolLM2)")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="ONNX: feed the array in FILE.npy to input NAME (default: random inputs)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="ONNX: the size of a symbolic dim for random inputs (repeatable)")
+    p.add_argument("--runs", type=int, default=20, help="ONNX: timed runs per engine (default: 20)")
+    p.add_argument("--onnxruntime", action="store_true", help="ONNX: also time onnxruntime, in the same run")
+    p.add_argument("--requests", type=int, default=32, help="LLM: requests, all arriving at once (default: 32)")
+    p.add_argument("--prompt-len", type=int, default=256, help="LLM: prompt tokens per request (default: 256)")
+    p.add_argument("--max-tokens", type=int, default=64, help="LLM: output tokens per request (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="LLM: seed of the random prompts (default: 0)")
 
     p = add("generate", cmd_generate, "answer a prompt with an LLM (default: the built-in SmolLM2-135M-Instruct)",
             'examples:\n  ember generate "What is a compiler?"\n'

@@ -9,3 +9,24 @@ def minilm_onnx() -> pathlib.Path:
     from ember import _builtin
 
     return _builtin.export_minilm()
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory):
+    """A random-init two-layer Llama (GQA, vocab of SmolLM2) saved with the built-in
+    SmolLM2's tokenizer and chat template: a real tokenizer over a model that runs fast."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ember._builtin import default_llm
+    from ember.frontends.hf import load_pretrained
+    from tests.frontends.hf.paged import save_tiny
+
+    folder = tmp_path_factory.mktemp("tiny_llm")
+    tokenizer = load_pretrained(default_llm(), progress=False).tokenizer()
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    save_tiny(LlamaForCausalLM, config, folder)
+    return folder

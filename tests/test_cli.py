@@ -164,3 +164,20 @@ def test_ember_generate_answers_with_the_built_in_model(capsys):
     out, err = capsys.readouterr()
     assert "Paris" in out
     assert "tokens/s decoding" in err
+
+
+def test_bench_onnx_against_onnxruntime(tiny, capsys):
+    assert main(["bench", str(tiny), "--dim", "n=2", "--runs", "5", "--onnxruntime"]) == 0
+    out = capsys.readouterr().out
+    assert "ember " in out and "onnxruntime median" in out and "ratio" in out
+
+
+def test_bench_llm_throughput(tiny_llm_dir, capsys):
+    assert main(["bench", str(tiny_llm_dir), "--requests", "3", "--prompt-len", "8", "--max-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "3 requests of 8 prompt tokens and 4 output tokens" in out and "output tokens/s" in out
+
+
+def test_bench_refuses_bad_counts(tiny, capsys):
+    assert main(["bench", str(tiny), "--runs", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
