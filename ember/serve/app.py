@@ -151,8 +151,8 @@ class _Server:
     def check_length(self, ids: list[int], max_tokens: int | None, prompt_param: str, max_param: str) -> None:
         n, limit = len(ids), self.max_model_len
         if n >= limit:
-            raise APIError(400, f"the prompt has {n} tokens, which leaves no room for output in this model's "
-                           f"max_model_len of {limit}", param=prompt_param, code="context_length_exceeded")
+            raise APIError(400, f"the prompt ('{prompt_param}') has {n} tokens, which leaves no room for output in "
+                           f"this model's max_model_len of {limit}", param=prompt_param, code="context_length_exceeded")
         if max_tokens is not None and n + max_tokens > limit:
             raise APIError(400, f"'{max_param}' is too large: the prompt has {n} tokens and max_model_len is "
                            f"{limit}, so at most {limit - n} can be generated, not {max_tokens}",
@@ -195,8 +195,9 @@ class _Server:
         body = parse(ChatCompletionRequest, await request.body())
         body.check_supported()
         self.check_model(body.model)
+        conversation = body.conversation()
         try:
-            ids = _chat_prompt(self.llm.tokenizer, body.conversation())["prompt_token_ids"]
+            ids = _chat_prompt(self.llm.tokenizer, conversation)["prompt_token_ids"]
         except InputError as e:
             raise APIError(400, str(e), param="messages") from None
         except Exception as e:  # the template itself refused (a role it does not know, ...)

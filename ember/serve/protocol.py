@@ -131,7 +131,8 @@ class ChatMessage(_Body):
             return self.content or ""
         for part in self.content:
             if part.type != "text" or part.text is None:
-                raise APIError(400, f"content parts of type {part.type!r} are not supported (only text)",
+                raise APIError(400, f"'messages.{index}.content': content parts of type {part.type!r} are not "
+                               "supported (only text)",
                                param=f"messages.{index}.content")
         return "".join(part.text for part in self.content)
 
