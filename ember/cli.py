@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     p.add_argument("--served-model-name", metavar="NAME",
-                   help="the model's name in the API (default: the folder or file name)")
+                   help="the model's name in the API (default: the folder's name, the file's without extension)")
     p.add_argument("--api-key", metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $EMBER_API_KEY, else none)")
     _add_engine_options(p)

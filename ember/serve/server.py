@@ -24,12 +24,15 @@ import uvicorn
 from ..llm import AsyncLLM
 from .app import create_app
 
+BUILTIN_NAME = "SmolLM2-135M-Instruct"
+
 
 def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 8000,
           model_name: str | None = None, api_key: str | None = None, max_queue: int = 256,
           shutdown_timeout: float = 30.0, log_level: str = "warning",
           on_ready: Callable[[str], None] | None = None, **engine_options) -> None:
-    """Serve `model` (default: the built-in SmolLM2) until SIGTERM/SIGINT. `on_ready` is
+    """Serve `model` (default: the built-in SmolLM2) until SIGTERM/SIGINT, as `model_name`
+    (default: the folder's name, or the file's without its extension). `on_ready` is
     called with the base URL (http://host:port/v1) once requests are taken; port 0
     picks a free port. `engine_options` go to AsyncLLM (max_model_len, max_num_seqs,
     kv_cache_memory, target, ...)."""
@@ -43,7 +46,9 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
         sock.close()
         raise
     try:
-        app = create_app(llm, model_name or path.name, api_key=api_key, max_queue=max_queue)
+        if model_name is None:
+            model_name = BUILTIN_NAME if model is None else path.stem if path.is_file() else path.name
+        app = create_app(llm, model_name, api_key=api_key, max_queue=max_queue)
         config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "info", "trace"),
                                 timeout_graceful_shutdown=shutdown_timeout)
         bound_host, bound_port = sock.getsockname()[:2]
