@@ -225,3 +225,21 @@ def test_metrics_count_tokens_and_latency(server, client):
     client.completions.create(model=MODEL, prompt="The quick brown fox " * 8, max_tokens=1)
     client.completions.create(model=MODEL, prompt="The quick brown fox " * 8, max_tokens=1)
     assert server.metrics()["ember_prefix_cache_hits_total"] > after["ember_prefix_cache_hits_total"]
+
+
+def test_the_python_example_in_docs_runs(llm, capsys):
+    import re
+    from pathlib import Path
+
+    from ember.serve import create_app
+
+    from .conftest import LiveServer
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "serve.md"
+    (example,) = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    live = LiveServer(create_app(llm, "SmolLM2-135M-Instruct"))
+    try:
+        exec(compile(example.replace("http://127.0.0.1:8000/v1", live.url), "docs/serve.md", "exec"), {})
+    finally:
+        live.stop()
+    assert "CompletionUsage(completion_tokens=16" in capsys.readouterr().out
