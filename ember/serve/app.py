@@ -160,6 +160,8 @@ class _Server:
 
     def admit(self, cost: int) -> Callable[[], None]:
         """Take `cost` sequences' room in the queue; returns the function that gives it back."""
+        if not self.llm.is_running:
+            raise APIError(503, "the engine has stopped", type="server_error", code="engine_stopped")
         if self.num_pending and self.num_pending + cost > self.max_pending:
             self.metrics.rejected.inc()
             raise APIError(503, f"the server is full ({self.num_pending} sequences in flight, at most "

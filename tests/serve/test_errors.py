@@ -200,3 +200,21 @@ def test_client_gone_before_a_whole_answer_frees_its_blocks(server):
     assert wait_until(lambda: server.metrics()["ember_kv_cache_blocks_used"] == 0)
     assert server.metrics()[aborted] == before + 4
     assert server.metrics()["ember_num_requests_pending"] == 0
+
+
+def test_a_model_failure_is_a_500_and_serving_goes_on(server, llm, monkeypatch):
+    errors = 'ember_completions_finished_total{finish_reason="error"}'
+    before = server.metrics().get(errors, 0)
+    runner = llm.engine.runner
+    monkeypatch.setattr(runner, "execute", lambda out: (_ for _ in ()).throw(RuntimeError("boom")))
+    status, body = server.request("POST", COMPLETIONS, completion())
+    assert status == 500 and body["error"]["type"] == "server_error" and "boom" in body["error"]["message"]
+    status, text = server.request("POST", CHAT, chat(stream=True))
+    events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert status == 200 and events[-1] == "[DONE]"
+    assert "boom" in json.loads(events[-2])["error"]["message"]
+    monkeypatch.undo()
+    assert server.request("POST", COMPLETIONS, completion())[0] == 200
+    metrics = server.metrics()
+    assert metrics[errors] == before + 2
+    assert metrics["ember_kv_cache_blocks_used"] == 0 and metrics["ember_num_requests_pending"] == 0
