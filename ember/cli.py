@@ -1,4 +1,4 @@
-"""The `ember` command: inspect a model, run it on .npy files, or run the MiniLM demo.
+"""The `ember` command: inspect, compile, run and profile models; generate, chat and serve with LLMs.
 
 Every user error (an `ember.EmberError`, a missing file, a malformed `--input`) ends as
 one line `ember: error: <message>` on stderr and exit status 2; set EMBER_DEBUG=1 to
@@ -32,8 +32,10 @@ examples:
   ember run model.onnx --input ids=ids.npy --input mask=mask.npy --output-dir out/
   ember demo                             sentence embeddings with all-MiniLM-L6-v2
   ember generate "What is a compiler?"   a chat answer from the built-in SmolLM2-135M-Instruct
-  ember bench model.onnx --dim batch=1 --onnxruntime    latency, against onnxruntime
+  ember chat                             a conversation with it in the terminal
+  ember serve --port 8000                an OpenAI-compatible server (/v1/chat/completions, ...)
   ember bench                            the built-in LLM's offline throughput
+  ember bench model.onnx --dim batch=1 --onnxruntime    latency, against onnxruntime
   ember demo --sentence "I like tea." --sentence "Tea is my favourite drink."
 
 set EMBER_DEBUG=1 to see the traceback of an error.
@@ -448,6 +450,69 @@ def _compare_transformers(path: Path, prompt_ids: list[int], token_ids: list[int
     return f"transformers: {len(new)} tokens greedy, {speed:.1f} tokens/s decoding; {same}"
 
 
+# -- serve and chat -----------------------------------------------------------------------
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _byte_size(text: str) -> int:
+    """'2G', '512MiB', '1.5g', '1048576' -> bytes (powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, flags=re.I)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size like 2G, 512M or a number of bytes, got {text!r}")
+    return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+
+
+def _engine_options(args) -> dict[str, Any]:
+    names = ("max_model_len", "max_num_seqs", "kv_cache_memory", "block_size", "max_num_batched_tokens")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def cmd_serve(args) -> int:
+    """Serve an LLM over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
+    try:
+        from .serve import serve
+    except ImportError as e:
+        raise UsageError(f"ember serve needs the serve extra (pip install 'ember[serve]'): {e}") from None
+    api_key = args.api_key or os.environ.get("EMBER_API_KEY") or None
+    _status(f"loading and compiling {args.model or 'the built-in SmolLM2-135M-Instruct'} for {args.target} ...")
+    serve(args.model, host=args.host, port=args.port, model_name=args.served_model_name, api_key=api_key,
+          max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
+          target=args.target, **_engine_options(args))
+    _status("stopped")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    """Chat in the terminal, one stdin line per message, with a local model or a server."""
+    from . import _chat
+    from .runtime.request import SamplingParams
+
+    if args.max_tokens < 1:
+        raise UsageError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    if args.url:
+        if args.model:
+            raise UsageError("give a MODEL or --url, not both")
+        sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p}
+        if args.seed is not None:
+            sampling["seed"] = args.seed
+        session = _chat.RemoteChat(args.url, args.api_key or os.environ.get("EMBER_API_KEY"), sampling)
+    else:
+        from .llm import build_engine
+
+        params = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                max_tokens=args.max_tokens)
+        _status(f"loading and compiling {args.model or 'the built-in SmolLM2-135M-Instruct'} for {args.target} ...")
+        options = {"kv_cache_memory": 256 << 20, **_engine_options(args)}
+        engine = build_engine(args.model, target=args.target, **options)
+        _chat.check_model_can_chat(engine.tokenizer)
+        session = _chat.LocalChat(engine, params)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        _status("type a message and press Enter; /reset forgets the conversation, /exit (or Ctrl-D) ends it")
+    _chat.converse(session, _chat.lines(sys.stdin, "> " if interactive else None), sys.stdout, system=args.system)
+    return 0
+
+
 # -- the parser and main ----------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -529,11 +594,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true",
                    help="also time transformers' greedy generate on the same prompt and weights")
 
+    p = add("serve", cmd_serve, "serve an LLM over an OpenAI-compatible HTTP API (default: the built-in SmolLM2)",
+            "examples:\n  ember serve                                  the built-in SmolLM2 on http://127.0.0.1:8000/v1\n"
+            "  ember serve path/to/model --host 0.0.0.0 --port 8080 --api-key s3cret\n"
+            "  ember serve model.gguf --max-model-len 4096 --max-num-seqs 32 --kv-cache-memory 4G\n"
+            "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+            "       -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}]}'\n\n"
+            "routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, GET /health, GET /metrics;\n"
+            "SIGTERM or Ctrl-C finishes the requests in flight (up to --shutdown-timeout), then exits.")
+    p.add_argument("model", metavar="MODEL", nargs="?",
+                   help="a Hugging Face model folder or a GGUF file (default: the built-in SmolLM2)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
+    p.add_argument("--served-model-name", metavar="NAME",
+                   help="the model's name in the API (default: the folder's name, the file's without extension)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $EMBER_API_KEY, else none)")
+    _add_engine_options(p)
+    p.add_argument("--max-queue", type=int, default=256, metavar="N",
+                   help="sequences that may wait beyond --max-num-seqs; past that, 503 (default: 256)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long requests in flight may run on (default: 30)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level; info and debug log each request (default: warning)")
+
+    p = add("chat", cmd_chat, "chat with an LLM in the terminal, answers streamed (default: the built-in SmolLM2)",
+            "examples:\n  ember chat\n  ember chat path/to/model --system \"You are terse.\" --temperature 0.7\n"
+            "  printf 'What is a compiler?\\nAnd an interpreter?\\n' | ember chat\n"
+            "  ember chat --url http://127.0.0.1:8000/v1          the model a running `ember serve` serves\n\n"
+            "each line is a message; /reset forgets the conversation, /exit or Ctrl-D ends it.")
+    p.add_argument("model", metavar="MODEL", nargs="?",
+                   help="a Hugging Face model folder or a GGUF file (default: the built-in SmolLM2)")
+    p.add_argument("--url", help="chat with the model of the OpenAI-compatible server at this /v1 URL instead")
+    p.add_argument("--api-key", metavar="KEY", help="the server's API key, with --url (default: $EMBER_API_KEY)")
+    p.add_argument("--system", metavar="TEXT", help="a system message that opens the conversation")
+    p.add_argument("--max-tokens", type=int, default=512, help="tokens per answer at most (default: 512)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample from the top-p mass (default: 1)")
+    p.add_argument("--seed", type=int, help="seed of the sampler")
+    _add_engine_options(p, serving=False)
+
     p = add("demo", cmd_demo, "embed sentences with all-MiniLM-L6-v2, compiled by ember",
             'example:\n  ember demo --sentence "A cat sits." --sentence "A kitten is sitting."')
     p.add_argument("--sentence", "-s", action="append", metavar="TEXT",
                    help="a sentence to embed (repeatable; default: four built-in samples)")
     return parser
+
+
+def _add_engine_options(p: argparse.ArgumentParser, serving: bool = True) -> None:
+    p.add_argument("--max-model-len", type=int, metavar="N",
+                   help="longest prompt + output in tokens (default: the model's context length)")
+    p.add_argument("--kv-cache-memory", type=_byte_size, metavar="SIZE",
+                   help=f"memory for the KV cache, e.g. 512M or 4G (default: {'2G' if serving else '256M'})")
+    if serving:
+        p.add_argument("--max-num-seqs", type=int, metavar="N",
+                       help="sequences the engine runs at once (default: 64)")
+        p.add_argument("--max-num-batched-tokens", type=int, metavar="N",
+                       help="tokens one engine step computes at most (default: 2048)")
+        p.add_argument("--block-size", type=int, metavar="N", help="tokens per KV cache block (default: 16)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from .errors import ExecutionError, InputError
-from .runtime.engine import EngineOptions, LLMEngine, RequestOutput, StepError
+from .runtime.engine import EngineOptions, EngineStats, LLMEngine, RequestOutput, StepError
 from .runtime.request import SamplingParams
 
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
@@ -165,6 +165,16 @@ class AsyncLLM:
     async def abort(self, request_id: str) -> None:
         """Stop a request and free its blocks; its iterator ends without a final output."""
         await self._call(self._abort, request_id)
+
+    def stats(self) -> EngineStats:
+        """The engine's load now. Safe from any thread: each number is current, though the
+        set is not taken at one instant of the engine thread."""
+        return self.engine.stats()
+
+    @property
+    def is_running(self) -> bool:
+        """False once shut down, or if the engine thread died."""
+        return not self._stopped and self._thread.is_alive()
 
     def shutdown(self) -> None:
         self._stopped = True

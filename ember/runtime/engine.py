@@ -61,6 +61,21 @@ class StepError(ExecutionError):
         self.request_ids = request_ids
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """The engine's load at one moment (what a server's metrics show). Sequences, not
+    requests: a request with n samples counts n. The prefix-cache numbers are totals of
+    prompt tokens looked up at admission and of those found in the cache."""
+
+    num_running: int
+    num_waiting: int
+    num_kv_blocks: int
+    num_free_kv_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+
 @dataclass
 class RequestMetrics:
     """Times (time.monotonic) of a request's arrival, first and last token and finish."""
@@ -244,6 +259,12 @@ class LLMEngine:
     @property
     def num_unfinished(self) -> int:
         return len(self._parents)
+
+    def stats(self) -> EngineStats:
+        scheduler, pool = self.scheduler, self.pool
+        return EngineStats(scheduler.num_running, scheduler.num_waiting, pool.num_blocks, pool.num_free_blocks,
+                           scheduler.stats.prefix_cache_queries, scheduler.stats.prefix_cache_hits,
+                           scheduler.stats.num_preemptions)
 
     # -- a step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

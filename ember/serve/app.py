@@ -1,0 +1,391 @@
+"""The OpenAI-compatible HTTP API over an `AsyncLLM`.
+
+    app = create_app(ember.AsyncLLM(), "SmolLM2-135M-Instruct", api_key=None, max_queue=256)
+    uvicorn.run(app)                     # or `ember serve`, which also stops gracefully
+
+Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (both
+streamed as server-sent events with `"stream": true`), `GET /health`, `GET /metrics`.
+With `api_key`, the /v1 routes need `Authorization: Bearer <api_key>`.
+
+Notes:
+
+1. Every error is OpenAI's body, `{"error": {"message", "type", "param", "code"}}`: 400
+   for a bad request (naming the field in `param`), 401 for a wrong API key, 404 for an
+   unknown model or route, 503 when the server is full, 500 if the model fails.
+2. The server checks what it can before it queues anything (the body, the model, each
+   prompt's length against max_model_len and max_tokens), so a bad request is a 400
+   even when streamed; a model failure during a stream is an `error` event, then
+   `[DONE]`.
+3. The queue is bounded: the server admits at most `max_num_seqs + max_queue` sequences
+   (a request counts n for each of its prompts) and answers 503 at once past that. A
+   request is always admitted when nothing else is, however large.
+4. A client that goes away aborts its requests (streamed or not): the engine stops them
+   and frees their KV blocks at its next step.
+5. Each prompt is one engine request (`<response id>-<i>`); a response's choices are
+   numbered prompt by prompt: choice `i * n + j` is sample j of prompt i.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import EmberError, InputError
+from ..llm import AsyncLLM, _chat_prompt
+from ..runtime.engine import RequestOutput
+from ..runtime.request import SamplingParams
+from .metrics import ServerMetrics
+from .protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
+from .responses import ChatFormat, CompletionFormat, Cursor, TokenText, usage
+
+
+def create_app(llm: AsyncLLM, model_name: str, *, api_key: str | None = None, max_queue: int = 256) -> FastAPI:
+    """An ASGI app serving `llm` as the model `model_name`. The caller owns `llm` (and
+    shuts it down); several apps may share one."""
+    server = _Server(llm, model_name, api_key, max_queue)
+    app = FastAPI(title="ember", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return JSONResponse(e.body(), e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        message = f"{request.method} {request.url.path}: {e.detail}"
+        return JSONResponse(APIError(e.status_code, message, code=code).body(), e.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception):
+        body = APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error").body()
+        return JSONResponse(body, 500)
+
+    @app.get("/health")
+    async def health():
+        if not llm.is_running:
+            return JSONResponse({"status": "the engine has stopped"}, 503)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        server.authorize(request)
+        return {"object": "list", "data": [server.model_card()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(request: Request, model: str):
+        server.authorize(request)
+        server.check_model(model)
+        return server.model_card()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await server.completions(request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await server.chat_completions(request)
+
+    return app
+
+
+class _Server:
+    def __init__(self, llm: AsyncLLM, model_name: str, api_key: str | None, max_queue: int):
+        if max_queue < 0:
+            raise InputError(f"max_queue must be >= 0, got {max_queue}")
+        self.llm, self.model_name, self.api_key = llm, model_name, api_key
+        engine = llm.engine  # its fixed facts only; all traffic goes through llm
+        self.max_model_len, self.vocab_size = engine.max_model_len, engine.vocab_size
+        self.max_pending = engine.options.max_num_seqs + max_queue
+        self.num_pending = 0
+        self.created = int(time.time())
+        self.token_text = TokenText(llm.tokenizer)
+        self.metrics = ServerMetrics(llm, lambda: self.num_pending)
+
+    # -- checks -----------------------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise APIError(401, "invalid or missing API key: send the header 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise APIError(404, f"the model {model!r} does not exist: this server serves {self.model_name!r}",
+                           param="model", code="model_not_found")
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "ember",
+                "max_model_len": self.max_model_len}
+
+    def prompt_ids(self, prompt: str | list[int], param: str) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.llm.tokenizer.encode(prompt)
+        else:
+            ids = list(prompt)
+            bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+            if bad is not None:
+                raise APIError(400, f"token id {bad} in '{param}' is outside the vocabulary [0, {self.vocab_size})",
+                               param=param)
+        if not ids:
+            raise APIError(400, f"'{param}' has no tokens", param=param)
+        return ids
+
+    def check_length(self, ids: list[int], max_tokens: int | None, prompt_param: str, max_param: str) -> None:
+        n, limit = len(ids), self.max_model_len
+        if n >= limit:
+            raise APIError(400, f"the prompt ('{prompt_param}') has {n} tokens, which leaves no room for output in "
+                           f"this model's max_model_len of {limit}", param=prompt_param, code="context_length_exceeded")
+        if max_tokens is not None and n + max_tokens > limit:
+            raise APIError(400, f"'{max_param}' is too large: the prompt has {n} tokens and max_model_len is "
+                           f"{limit}, so at most {limit - n} can be generated, not {max_tokens}",
+                           param=max_param, code="context_length_exceeded")
+
+    def admit(self, cost: int) -> Callable[[], None]:
+        """Take `cost` sequences' room in the queue; returns the function that gives it back."""
+        if not self.llm.is_running:
+            raise APIError(503, "the engine has stopped", type="server_error", code="engine_stopped")
+        if self.num_pending and self.num_pending + cost > self.max_pending:
+            self.metrics.rejected.inc()
+            raise APIError(503, f"the server is full ({self.num_pending} sequences in flight, at most "
+                           f"{self.max_pending}): retry later", type="server_error", code="server_overloaded",
+                           headers={"Retry-After": "1"})
+        self.num_pending += cost
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.num_pending -= cost
+
+        return release
+
+    # -- the endpoints ----------------------------------------------------------------------
+    async def completions(self, request: Request):
+        self.authorize(request)
+        body = parse(CompletionRequest, await request.body())
+        body.check_supported()
+        self.check_model(body.model)
+        prompts = [self.prompt_ids(p, "prompt") for p in body.prompts()]
+        max_tokens = 16 if body.max_tokens is None else body.max_tokens   # OpenAI's default
+        for ids in prompts:
+            self.check_length(ids, max_tokens, "prompt", "max_tokens")
+        params = _sampling_params(body, max_tokens, body.logprobs)
+        fmt = CompletionFormat(self.token_text, body.logprobs)
+        return await self._respond(request, fmt, prompts, params, bool(body.stream), body.include_usage)
+
+    async def chat_completions(self, request: Request):
+        self.authorize(request)
+        body = parse(ChatCompletionRequest, await request.body())
+        body.check_supported()
+        self.check_model(body.model)
+        conversation = body.conversation()
+        try:
+            ids = _chat_prompt(self.llm.tokenizer, conversation)["prompt_token_ids"]
+        except InputError as e:
+            raise APIError(400, str(e), param="messages") from None
+        except Exception as e:  # the template itself refused (a role it does not know, ...)
+            raise APIError(400, f"the chat template failed on these messages: {e}", param="messages") from None
+        if not ids:
+            raise APIError(400, "'messages' make an empty prompt", param="messages")
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        self.check_length(ids, max_tokens, "messages", body.max_tokens_param)
+        num_logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        params = _sampling_params(body, max_tokens, num_logprobs)
+        fmt = ChatFormat(self.token_text, num_logprobs)
+        return await self._respond(request, fmt, [ids], params, bool(body.stream), body.include_usage)
+
+    async def _respond(self, request: Request, fmt, prompts: list[list[int]], params: SamplingParams,
+                       stream: bool, include_usage: bool):
+        release = self.admit(len(prompts) * params.n)
+        response_id = f"{fmt.id_prefix}{uuid.uuid4().hex}"
+        head = {"id": response_id, "object": fmt.chunk_object if stream else fmt.object,
+                "created": int(time.time()), "model": self.model_name}
+        outputs = self._outputs(response_id, prompts, params)
+        if stream:
+            events = self._events(fmt, head, outputs, len(prompts), params.n, include_usage)
+            return _EventStream(events, on_close=release)
+        try:
+            finals = await _unless_disconnected(request, _last_outputs(outputs, len(prompts)))
+        except InputError as e:
+            raise APIError(400, str(e)) from None
+        except EmberError as e:
+            raise APIError(500, str(e), type="server_error") from None
+        finally:
+            release()
+        if finals is None:  # the client went away: its requests are aborted; nobody reads this
+            return Response(status_code=499)
+        choices = [fmt.choice(i * params.n + c.index, c) for i, out in enumerate(finals) for c in out.outputs]
+        return JSONResponse({**head, "choices": choices, "usage": usage(finals)})
+
+    async def _events(self, fmt, head: dict, outputs: AsyncIterator[tuple[int, RequestOutput]],
+                      num_prompts: int, n: int, include_usage: bool) -> AsyncIterator[str]:
+        """The stream's server-sent events: a chunk for each choice each time it gains text
+        or finishes, then (include_usage) a chunk with the usage, then [DONE]."""
+        extra = {"usage": None} if include_usage else {}
+        cursors = [Cursor() for _ in range(num_prompts * n)]
+        finals: list[RequestOutput | None] = [None] * num_prompts
+        opening = fmt.opening_choices(num_prompts * n)
+        if opening:
+            yield _event({**head, "choices": opening, **extra})
+        try:
+            async with aclosing(outputs):
+                async for i, out in outputs:
+                    finals[i] = out
+                    for c in out.outputs:
+                        index = i * n + c.index
+                        delta = cursors[index].advance(c)
+                        if delta is not None:
+                            yield _event({**head, "choices": [fmt.chunk_choice(index, delta, cursors[index])], **extra})
+            if include_usage:
+                yield _event({**head, "choices": [], "usage": usage(finals)})
+        except InputError as e:
+            yield _event(APIError(400, str(e)).body())
+        except EmberError as e:
+            yield _event(APIError(500, str(e), type="server_error").body())
+        yield "data: [DONE]\n\n"
+
+    async def _outputs(self, response_id: str, prompts: list[list[int]],
+                       params: SamplingParams) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """(prompt index, cumulative output) as each prompt's request gains tokens."""
+        streams = [self._request(f"{response_id}-{i}", ids, params) for i, ids in enumerate(prompts)]
+        async with aclosing(_merge(streams)) as merged:
+            async for item in merged:
+                yield item
+
+    async def _request(self, request_id: str, ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """One engine request's outputs; counted in the metrics when it ends, however it ends."""
+        last, outcome = None, "ok"
+        try:
+            async with aclosing(self.llm.generate({"prompt_token_ids": ids}, params, request_id)) as stream:
+                async for out in stream:
+                    last = out
+                    yield out
+        except InputError:
+            outcome = "refused"  # before it was queued: nothing to count
+            raise
+        except EmberError:
+            outcome = "error"
+            raise
+        finally:
+            if outcome != "refused":
+                self.metrics.observe(len(ids), params.n, last, error=outcome == "error")
+
+
+def _sampling_params(body, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    try:
+        return body.sampling_params(max_tokens, logprobs)
+    except InputError as e:  # a combination SamplingParams refuses (its message names the field)
+        raise APIError(400, str(e), param=str(e).split(" ", 1)[0]) from None
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def _merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Items of several streams as they come, as (stream index, item). Closing the merge
+    closes every stream; the first error ends it."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as stream:
+            async for item in stream:
+                yield 0, item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, stream) -> None:
+        try:
+            async with aclosing(stream):
+                async for item in stream:
+                    await queue.put((i, item))
+        except Exception as e:
+            await queue.put((i, e))
+        finally:
+            queue.put_nowait((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _last_outputs(outputs: AsyncIterator[tuple[int, RequestOutput]], num_prompts: int) -> list[RequestOutput]:
+    finals: list[RequestOutput | None] = [None] * num_prompts
+    async with aclosing(outputs):
+        async for i, out in outputs:
+            finals[i] = out
+    return finals
+
+
+async def _unless_disconnected(request: Request, work):
+    """`await work`, unless the client disconnects first: then cancel it and return None."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler was cancelled (the server is stopping)
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events; when the response ends, however it ends (the client gone, the
+    server stopping), the event generator is closed (its requests aborted) and
+    `on_close` gives back the request's room in the queue."""
+
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._events, self._on_close = events, on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._events.aclose()
+            finally:
+                self._on_close()
