@@ -120,6 +120,35 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="requests", unit="req", file=sys.stderr)
 
 
+_ENDED = object()  # a stream's end without a final output (the request was aborted)
+
+
+class _Stream:
+    """One request's newest output, handed from the engine thread to its reader. Outputs
+    are cumulative, so a reader that falls behind only needs the newest: it is kept in
+    place of the older one (memory stays one output per request, however slow the
+    reader). An error or the end replaces whatever waits and is never replaced."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop, self._ready, self._lock = loop, asyncio.Event(), threading.Lock()
+        self._item = None
+
+    def put(self, item) -> None:  # the engine thread
+        with self._lock:
+            waiting = self._item is not None
+            if not (self._item is _ENDED or isinstance(self._item, BaseException)):
+                self._item = item
+        if not waiting:
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def get(self):  # the reader's event loop
+        await self._ready.wait()
+        with self._lock:
+            item, self._item = self._item, None
+            self._ready.clear()
+        return item
+
+
 class AsyncLLM:
     """Streaming generation for many concurrent callers. The engine runs in a thread of
     its own; `generate` is an async iterator of cumulative RequestOutputs per request."""
@@ -128,7 +157,7 @@ class AsyncLLM:
         self.engine = build_engine(model, **options)
         self.tokenizer = self.engine.tokenizer
         self._commands: queue.Queue = queue.Queue()
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._streams: dict[str, _Stream] = {}
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="ember-engine", daemon=True)
         self._thread.start()
@@ -139,15 +168,16 @@ class AsyncLLM:
         """Yield the request's output each time it gains tokens; the last has finished=True.
         Raises InputError for a bad request (nothing queued) and ExecutionError if the
         model fails on it. Closing the iterator early aborts the request."""
-        loop = asyncio.get_running_loop()
-        stream: asyncio.Queue = asyncio.Queue()
-        request_id = await self._call(self._add, prompt, sampling_params, request_id, loop, stream)
+        stream = _Stream(asyncio.get_running_loop())
+        request_id = await self._call(self._add, prompt, sampling_params, request_id, stream)
         finished = False
         try:
             while True:
                 item = await stream.get()
-                if isinstance(item, BaseException):
+                if item is _ENDED or isinstance(item, BaseException):
                     finished = True
+                    if item is _ENDED:
+                        return
                     raise item
                 finished = item.finished
                 yield item
@@ -187,20 +217,20 @@ class AsyncLLM:
         return await asyncio.wrap_future(future)
 
     # -- the engine thread ------------------------------------------------------------------
-    def _add(self, prompt, params, request_id, loop, stream) -> str:
+    def _add(self, prompt, params, request_id, stream) -> str:
         rid = self.engine.add_request(request_id, prompt, params)
-        self._streams[rid] = (loop, stream)
+        self._streams[rid] = stream
         return rid
 
     def _abort(self, request_id: str) -> None:
         self.engine.abort_request(request_id)
+        self._send(request_id, _ENDED)  # its iterator ends (a no-op when the iterator itself asked)
         self._streams.pop(request_id, None)
 
     def _send(self, request_id: str, item) -> None:
-        target = self._streams.get(request_id)
-        if target is not None:
-            loop, stream = target
-            loop.call_soon_threadsafe(stream.put_nowait, item)
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.put(item)
 
     def _loop(self) -> None:
         while not self._stopped:

@@ -269,5 +269,27 @@ def test_async_llm_streams_aborts_and_keeps_serving(tiny_llm_dir, alone):
         llm.shutdown()
 
 
+def test_async_abort_ends_the_stream_and_a_slow_reader_gets_the_newest_output(tiny_llm_dir):
+    llm = AsyncLLM(tiny_llm_dir, block_size=BLOCK, kv_cache_memory=1024 * 256, max_model_len=512)
+
+    async def main():
+        seen = []
+        async for out in llm.generate({"prompt_token_ids": prompts(1, seed=16)[0]}, greedy(300), request_id="x"):
+            seen.append(len(out.outputs[0].token_ids))
+            if len(seen) == 1:
+                await asyncio.sleep(0.3)  # a slow reader: the steps meanwhile collapse into one output
+            else:
+                await llm.abort("x")
+        return seen
+
+    try:
+        seen = asyncio.run(asyncio.wait_for(main(), 30))
+        assert len(seen) == 2 and seen[-1] < 300  # it ended at the abort, without a finished output
+        assert seen[1] - seen[0] > 1              # the newest output, not the next step's
+        assert_pool_free(llm.engine)
+    finally:
+        llm.shutdown()
+
+
 def test_public_names():
     assert ember.LLM is LLM and ember.AsyncLLM is AsyncLLM and ember.SamplingParams is SamplingParams
