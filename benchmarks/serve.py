@@ -112,7 +112,7 @@ class Server:
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + 600
         while True:
-            match = next((m for m in map(re.compile(r"serving at (http://\S+/v1)").search, self.lines) if m), None)
+            match = next((m for m in map(re.compile(r"serving .*?at (http://\S+/v1)").search, self.lines) if m), None)
             if match:
                 self.url = match[1]
                 return

@@ -13,7 +13,7 @@ def _readme_commands() -> list[str]:
 def test_readme_has_exactly_two_setup_commands():
     commands = _readme_commands()
     assert len(commands) == 2, commands
-    assert commands[0].endswith("ember demo")
+    assert commands[0].endswith("ember serve")
     assert "pytest" in commands[1]
 
 

@@ -206,12 +206,16 @@ class LLMEngine:
             state = SamplingState(child, ids, self.eos_token_ids)
             detok = IncrementalDetokenizer(self.tokenizer, ids, child)
             children.append(_Sequence(request, i, state, detok, [] if child.logprobs is not None else None))
+        if any(seq.request.request_id in self._sequences for seq in children):
+            raise InputError(f"request id {request_id!r} clashes with a sample of another request")
+        added = []
         for seq in children:  # all or none: the scheduler checks each against the model and pool
             try:
                 self.scheduler.add_request(seq.request)
             except EmberError:
-                self.scheduler.finish_requests([s.request.request_id for s in children], RequestStatus.FINISHED_ABORTED)
+                self.scheduler.finish_requests(added, RequestStatus.FINISHED_ABORTED)
                 raise
+            added.append(seq.request.request_id)
         parent.sequences = children
         self._parents[request_id] = parent
         for seq in children:

@@ -53,7 +53,9 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
                                 timeout_graceful_shutdown=shutdown_timeout)
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        _Server(config, lambda: (on_ready or _print_ready)(f"http://{shown}:{bound_port}/v1")).run(sockets=[sock])
+        url = f"http://{shown}:{bound_port}/v1"
+        ready = on_ready or (lambda url: _print_ready(url, model_name, api_key))
+        _Server(config, lambda: ready(url)).run(sockets=[sock])
     finally:
         llm.shutdown()
 
@@ -72,8 +74,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _print_ready(url: str) -> None:
-    print(f"ember: serving at {url} (SIGTERM or Ctrl-C stops it)", file=sys.stderr, flush=True)
+def _print_ready(url: str, model_name: str, api_key: str | None) -> None:
+    """The ready line, and how to call the server: curl, and the openai client."""
+    key = "$EMBER_API_KEY" if api_key else "unused"
+    auth = f" -H \"Authorization: Bearer {key}\"" if api_key else ""
+    print(f"""ember: serving {model_name} at {url} (SIGTERM or Ctrl-C stops it)
+
+  curl {url}/chat/completions -H "Content-Type: application/json"{auth} \\
+    -d '{{"model": "{model_name}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}", api_key="{key}"); print(c.chat.completions.create(model="{model_name}", messages=[{{"role": "user", "content": "Hi!"}}]).choices[0].message.content)'
+""", file=sys.stderr, flush=True)
 
 
 class _Server(uvicorn.Server):

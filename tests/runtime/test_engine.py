@@ -200,6 +200,20 @@ def test_bad_requests_are_refused_and_leave_nothing_behind(llm):
     assert_pool_free(engine)
 
 
+def test_a_request_id_that_clashes_is_refused_and_the_other_request_goes_on(llm, alone):
+    engine, p = llm.engine, prompts(1, seed=17)[0]
+    engine.add_request("r", {"prompt_token_ids": p}, SamplingParams(n=2, temperature=0, max_tokens=4, ignore_eos=True))
+    for rid in ("r", "r:1"):
+        with pytest.raises(InputError, match="r"):
+            engine.add_request(rid, {"prompt_token_ids": p}, greedy(4))
+    done = []
+    while engine.has_unfinished():
+        done += [o for o in engine.step() if o.finished]
+    assert [o.request_id for o in done] == ["r"]
+    assert [s.token_ids for s in done[0].outputs] == [alone(p, 4)] * 2
+    assert_pool_free(engine)
+
+
 def test_aborting_100_in_flight_requests_frees_every_block(llm):
     engine, rng = llm.engine, np.random.default_rng(11)
     ids = [engine.add_request(None, {"prompt_token_ids": p}, greedy(int(rng.integers(5, 40))))

@@ -44,7 +44,7 @@ def start_serve(model_dir, *args):
     threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        found = [re.search(r"serving at http://127\.0\.0\.1:(\d+)/v1", line) for line in lines]
+        found = [re.search(r"serving .* at http://127\.0\.0\.1:(\d+)/v1", line) for line in lines]
         if any(found):
             return process, int(next(m for m in found if m)[1]), lines
         time.sleep(0.05)
