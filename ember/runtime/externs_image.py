@@ -13,6 +13,7 @@ import functools
 import itertools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -394,15 +395,21 @@ def roi_align(params, x, rois, batch_indices, y):
     ph, pw = y.shape[2:]
     scale, ratio = params["spatial_scale"], params["sampling_ratio"]
     offset = 0.5 if params["half_pixel"] else 0.0
+    if rois.dtype not in (torch.float16, torch.float32, torch.float64):
+        rois = rois.float()
+    real = rois.numpy().dtype.type
     for n in range(rois.shape[0]):
-        x0, y0, x1, y1 = (float(v) * scale - offset for v in rois[n].tolist())
+        # the region in the rois' own precision, as the reference works it: a float32 width
+        # that rounds to 0 takes no samples (in float64 it would take one)
+        x0, y0, x1, y1 = (v * real(scale) - real(offset) for v in rois[n].numpy())
         roi_w, roi_h = x1 - x0, y1 - y0
         if not params["half_pixel"]:
-            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
-        grid_h = ratio if ratio > 0 else math.ceil(roi_h / ph)
-        grid_w = ratio if ratio > 0 else math.ceil(roi_w / pw)
-        ylo, yhi, ywl, ywh, yin = _roi_samples(y0, roi_h / ph, ph, grid_h, height)
-        xlo, xhi, xwl, xwh, xin = _roi_samples(x0, roi_w / pw, pw, grid_w, width)
+            roi_w, roi_h = max(roi_w, real(1)), max(roi_h, real(1))
+        bin_h, bin_w = roi_h / real(ph), roi_w / real(pw)
+        grid_h = ratio if ratio > 0 else int(np.ceil(bin_h))
+        grid_w = ratio if ratio > 0 else int(np.ceil(bin_w))
+        ylo, yhi, ywl, ywh, yin = _roi_samples(float(y0), float(bin_h), ph, grid_h, height)
+        xlo, xhi, xwl, xwh, xin = _roi_samples(float(x0), float(bin_w), pw, grid_w, width)
         feature = x[int(batch_indices[n])].to(F64)  # [C, H, W]
         inside = (yin[:, :, None, None] & xin[None, None, :, :])  # [ph, gh, pw, gw]
 
