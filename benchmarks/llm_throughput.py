@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _report import markdown_table, write_section  # benchmarks/_report.py
 
 import ember
 from ember import _builtin
@@ -108,23 +109,7 @@ def run_transformers(path: Path, requests, threads: int, batch: int = 8) -> Resu
 
 
 def table(results: list[Result], requests: int) -> list[str]:
-    rows = [r.row(requests) for r in results]
-    keys = list(rows[0])
-    lines = ["| engine | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for r, row in zip(results, rows):
-        lines.append(f"| {r.engine} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
-    return lines
-
-
-def write_section(path: Path, lines: list[str]) -> None:
-    begin, end = "<!-- llm_throughput:begin -->", "<!-- llm_throughput:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = "\n".join([begin, *lines, end])
-    if begin in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    return markdown_table("engine", [r.engine for r in results], [r.row(requests) for r in results])
 
 
 def main(argv=None) -> int:
@@ -158,7 +143,7 @@ def main(argv=None) -> int:
               f"{time.strftime('%Y-%m-%d')}; `python benchmarks/llm_throughput.py`", ""]
     print("\n".join(header + lines))
     if args.write:
-        write_section(args.write, header + lines)
+        write_section(args.write, "llm_throughput", header + lines)
     return 0
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _report import markdown_table, write_section  # benchmarks/_report.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,23 +136,7 @@ class Server:
 
 
 def table(levels: list[Level]) -> list[str]:
-    rows = [lv.row() for lv in levels]
-    keys = list(rows[0])
-    lines = ["| concurrency | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for lv, row in zip(levels, rows):
-        lines.append(f"| {lv.concurrency} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
-    return lines
-
-
-def write_section(path: Path, lines: list[str]) -> None:
-    begin, end = "<!-- serve:begin -->", "<!-- serve:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = "\n".join([begin, *lines, end])
-    if begin in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    return markdown_table("concurrency", [lv.concurrency for lv in levels], [lv.row() for lv in levels])
 
 
 def main(argv=None) -> int:
@@ -209,7 +194,7 @@ def main(argv=None) -> int:
     lines = header + table(results)
     print("\n".join(lines))
     if args.write:
-        write_section(args.write, lines)
+        write_section(args.write, "serve", lines)
     return 0
 
 

@@ -514,6 +514,14 @@ def cmd_chat(args) -> int:
 
 
 # -- the parser and main ----------------------------------------------------------------
+def _feed_arguments(p: argparse.ArgumentParser, scope: str = "") -> None:
+    """--input and --dim: given inputs, or the sizes of random ones."""
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                   help=scope + "feed the array in FILE.npy to input NAME (default: random inputs)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help=scope + "the size of a symbolic dim for random inputs (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ember", description="ember: a model compiler and inference runtime.",
@@ -555,10 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n  ember profile model.onnx --dim batch=8 --dim seq=128\n"
             "  ember profile model.onnx --input x=x.npy --runs 20 --trace trace.json")
     p.add_argument("model", metavar="MODEL", help="an ONNX file")
-    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
-                   help="feed the array in FILE.npy to input NAME (default: random inputs)")
-    p.add_argument("--dim", action="append", default=[], metavar="NAME=N",
-                   help="the size of a symbolic dim for random inputs (repeatable)")
+    _feed_arguments(p)
     p.add_argument("--runs", type=int, default=10, help="timed runs (default: 10)")
     p.add_argument("--trace", metavar="FILE.json", help="also write a Chrome trace (Perfetto opens it)")
 
@@ -568,10 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  ember bench model.gguf --requests 64 --prompt-len 256 --max-tokens 128")
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="an ONNX file, a Hugging Face LLM folder or a GGUF file (default: the built-in SmolLM2)")
-    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
-                   help="ONNX: feed the array in FILE.npy to input NAME (default: random inputs)")
-    p.add_argument("--dim", action="append", default=[], metavar="NAME=N",
-                   help="ONNX: the size of a symbolic dim for random inputs (repeatable)")
+    _feed_arguments(p, "ONNX: ")
     p.add_argument("--runs", type=int, default=20, help="ONNX: timed runs per engine (default: 20)")
     p.add_argument("--onnxruntime", action="store_true", help="ONNX: also time onnxruntime, in the same run")
     p.add_argument("--requests", type=int, default=32, help="LLM: requests, all arriving at once (default: 32)")
