@@ -104,6 +104,14 @@ class CompiledModel:
             write_trace(records, ops, trace)
         return format_table(summarize(records, ops, getattr(self, "_runs", 0)))
 
+    def export_onnx(self, path: str | os.PathLike, standard_ops_only: bool = False, **options: Any):
+        """Write the optimised graph as an ONNX model (onnxruntime's `optimized_model_filepath`):
+        ember's fused ops in the `ember` domain, or with `standard_ops_only=True` decomposed
+        into standard ops any ONNX runtime loads. See `ember.export.export_onnx`."""
+        from .export import export_onnx
+
+        return export_onnx(self.graph, path, standard_ops_only=standard_ops_only, **options)
+
     def __repr__(self) -> str:
         sig = ", ".join(map(str, self.inputs))
         out = ", ".join(map(str, self.outputs))

@@ -107,3 +107,17 @@ def test_axes_and_shapes_fed_at_run_time_keep_a_known_rank():
     assert len(squeezed.type.shape) == 1 and len(unsqueezed.type.shape) == 5
     e = expanded.type.shape
     assert len(e) == 4 and e[1] == BATCH and e[3] == 4 and is_unknown(e[0]) and is_unknown(e[2])
+
+
+def test_packed_qkv_attention_with_its_absent_inputs_left_out():
+    """ember.Attention(qkv) as an ONNX file writes it (trailing absent inputs dropped)
+    types like ember.Attention(qkv, None, None)."""
+    from ember.ir import DType, Graph, Value
+
+    for inputs in (1, 3):
+        qkv = Value("qkv", TensorType(DType.float32, (BATCH, SEQ, 48)))
+        g = Graph("g", inputs=[qkv], opsets={"": 28})
+        node = g.add_node("ember.Attention", [qkv, None, None][:inputs], [Value("y")], {"num_heads": 4, "kv_num_heads": 2})
+        g.outputs = node.outputs
+        infer_types(g)
+        assert str(node.outputs[0].type) == "f32[batch, seq, 24]"

@@ -155,10 +155,11 @@ def _attention_reference(node: Node):
 
 def _attention_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
     heads, kv_heads, _, _ = _attention_attrs(get_op(node.op), node)
-    dtype, q, v = dtype_of(ins[0]), shape_of(ins[0]), shape_of(ins[2])
+    k, v_known = (list(ins[1:3]) + [None, None])[:2]  # trailing absent inputs may be left out
+    dtype, q, v = dtype_of(ins[0]), shape_of(ins[0]), shape_of(v_known)
     if dtype is None:
         return [None]
-    if ins[1] is None and ins[2] is None:  # packed q, k, v
+    if k is None and v_known is None:  # packed q, k, v
         if q is None or len(q) != 3:
             return [tensor(dtype, None)]
         width = sympy.sympify(q[2]) * heads / (heads + 2 * kv_heads)
