@@ -34,6 +34,7 @@ from ..errors import ExecutionError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
+from ._malloc import tune_malloc
 from . import (  # noqa: F401 - registers their externs
     externs_control,
     externs_dynamic,
@@ -99,6 +100,7 @@ class Executor:
     def __init__(self, program: Program, threads: int | None = None):
         from ..codegen import cpu
 
+        tune_malloc()  # runs reuse freed heap blocks instead of faulting fresh pages in (see _malloc)
         p = self.program = program
         self._lock = threading.Lock()
         self._lib = cpu.load(program.library) if program.library else None
