@@ -123,9 +123,12 @@ class Executor:
             else:
                 self._steps.append(("fallback", None, step))  # the reference is prepared on first use
         self._shape_fns = {}
+        compiled: dict[tuple, Any] = {}  # many buffers share a shape: lambdify each once (~1 ms a call)
         for name, b in p.buffers.items():
-            exprs = [sympy.sympify(d) for d in (*b.shape, *(b.fill or ()))]
-            self._shape_fns[name] = (len(b.shape), sympy.lambdify(p.symbols, exprs, "math") if exprs else None,
+            exprs = tuple(sympy.sympify(d) for d in (*b.shape, *(b.fill or ())))
+            if exprs and exprs not in compiled:
+                compiled[exprs] = sympy.lambdify(p.symbols, list(exprs), "math")
+            self._shape_fns[name] = (len(b.shape), compiled.get(exprs),
                                      set().union(*(e.free_symbols for e in exprs)) if exprs else set())
         self._input_dims = []
         for name in p.inputs:
