@@ -172,20 +172,25 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
         if target not in TARGETS:
             raise ArtifactError(f"{reader.path} was compiled for target {target!r}, which this ember cannot run "
                                 f"(it runs {', '.join(TARGETS)})")
-        tensors = read_tensors(reader.read_buffer(WEIGHTS), WEIGHTS)
-        graph = codec.parse_graph_checked(_text(reader, GRAPH), tensors, GRAPH)
-        _check_signature(reader, graph)
-        program = None
-        if reader.has(PROGRAM):
-            libraries = resolve_libraries(reader, m.get("libraries"), (m.get("machine") or {}).get("key"))
-            if libraries is not None:
-                try:
-                    encoded = json.loads(reader.read(PROGRAM))
-                except ValueError as e:
-                    raise ArtifactError(f"{reader.path}: {PROGRAM} is not JSON ({e})") from None
-                program = codec.decode_program(encoded, codec.Loading(tensors, libraries, graph))
-        llm = _llm_info(reader, m, LLMInfo) if m.get("kind") == "llm" else None
-        passes = _passes(m, PassStats)
+        try:  # the weights are hashed meanwhile (nothing below reads them) and checked before any use
+            tensors = read_tensors(reader.read_buffer(WEIGHTS, check_later=True), WEIGHTS)
+            graph = codec.parse_graph_checked(_text(reader, GRAPH), tensors, GRAPH)
+            _check_signature(reader, graph)
+            program = None
+            if reader.has(PROGRAM):
+                libraries = resolve_libraries(reader, m.get("libraries"), (m.get("machine") or {}).get("key"))
+                if libraries is not None:
+                    try:
+                        encoded = json.loads(reader.read(PROGRAM))
+                    except ValueError as e:
+                        raise ArtifactError(f"{reader.path}: {PROGRAM} is not JSON ({e})") from None
+                    program = codec.decode_program(encoded, codec.Loading(tensors, libraries, graph))
+            llm = _llm_info(reader, m, LLMInfo) if m.get("kind") == "llm" else None
+            passes = _passes(m, PassStats)
+        except ArtifactError:
+            reader.check_pending()  # damaged weights explain the error better
+            raise
+        reader.check_pending()
     timings = {"load": time.perf_counter() - start}
     compiled = CompiledModel(graph, target, timings, passes, codegen=False, intra_op_threads=intra_op_threads,
                              profile=profile, program=program, options=m.get("options") or {})

@@ -15,9 +15,12 @@ import os
 import re
 import secrets
 import struct
+import threading
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+import numpy as np
 
 from ..errors import ArtifactError
 
@@ -98,6 +101,7 @@ class ArchiveReader:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._pending: list = []  # members whose sha256 is being computed (read_buffer)
         try:
             self._file = open(self.path, "rb")
         except OSError as e:
@@ -119,6 +123,8 @@ class ArchiveReader:
             raise
 
     def close(self) -> None:
+        for _, _, thread, _ in self._pending:
+            thread.join()
         self._zip.close()
         self._file.close()
 
@@ -186,15 +192,17 @@ class ArchiveReader:
         self._verify(name, data)
         return data
 
-    def read_buffer(self, name: str) -> bytearray:
-        """Member `name` into a writable buffer, checked; a stored (uncompressed) member
-        is read straight from the file, in one piece."""
+    def read_buffer(self, name: str, *, check_later: bool = False) -> np.ndarray:
+        """Member `name` into a writable uint8 array, checked; a stored (uncompressed)
+        member is read straight from the file into it, in one piece. `check_later`: its
+        sha256 is computed in a thread while the caller goes on, and `check_pending()`
+        (which the caller must call before using the contents) raises if it differs."""
         entry = self._entry(name)
         info = self._zip.getinfo(name)
         if info.file_size != entry["size"]:
             raise ArtifactError(f"{self.path}: member {name!r} has the wrong size (tampered with or corrupt)")
         if info.compress_type != zipfile.ZIP_STORED:
-            data = bytearray(self._read_zip_member(name))
+            data = np.frombuffer(bytearray(self._read_zip_member(name)), np.uint8)
         else:
             self._file.seek(info.header_offset)
             header = self._file.read(30)
@@ -202,11 +210,24 @@ class ArchiveReader:
                 raise ArtifactError(f"{self.path}: member {name!r} cannot be read, the file is corrupt or truncated")
             name_len, extra_len = struct.unpack("<HH", header[26:30])
             self._file.seek(info.header_offset + 30 + name_len + extra_len)
-            data = bytearray(info.file_size)
-            if self._file.readinto(data) != info.file_size:
+            data = np.empty(info.file_size, np.uint8)  # not zeroed first: 90 MB of MiniLM, 40 ms less
+            if self._file.readinto(memoryview(data)) != info.file_size:
                 raise ArtifactError(f"{self.path}: member {name!r} is cut short: the file is truncated")
-        self._verify(name, data)
+        if check_later:  # hashlib lets go of the GIL: parsing the rest overlaps hashing this
+            digest = hashlib.sha256()
+            thread = threading.Thread(target=digest.update, args=(memoryview(data),), daemon=True)
+            thread.start()
+            self._pending.append((name, data, thread, digest))
+        else:
+            self._verify(name, data)
         return data
+
+    def check_pending(self) -> None:
+        """Wait for the sha256 of every member read with `check_later`; raise if one differs."""
+        while self._pending:
+            name, data, thread, digest = self._pending.pop(0)
+            thread.join()
+            self._verify(name, data, digest)
 
     def _entry(self, name: str) -> dict:
         entry = self.members.get(name)
@@ -214,9 +235,10 @@ class ArchiveReader:
             raise ArtifactError(f"{self.path}: member {name!r} is missing (the manifest does not list it)")
         return entry
 
-    def _verify(self, name: str, data) -> None:
+    def _verify(self, name: str, data, digest=None) -> None:
         entry = self.members[name]
-        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        digest = digest or hashlib.sha256(memoryview(data))
+        if len(data) != entry["size"] or digest.hexdigest() != entry["sha256"]:
             raise ArtifactError(f"{self.path}: member {name!r} does not match its sha256 in the manifest "
                                 "(corrupt or tampered with)")
 

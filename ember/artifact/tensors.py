@@ -66,14 +66,14 @@ class TensorStore:
         save_file(plain, str(path), metadata={RAW: json.dumps(raw, sort_keys=True)})
 
 
-def read_tensors(data: bytearray, member: str) -> dict[str, np.ndarray]:
-    """The tensors of the safetensors file in `data`, viewing `data` (no copy)."""
+def read_tensors(data: np.ndarray, member: str) -> dict[str, np.ndarray]:
+    """The tensors of the safetensors file in `data` (uint8), viewing `data` (no copy)."""
     def bad(why: str) -> ArtifactError:
         return ArtifactError(f"member {member!r} is not a valid safetensors file: {why}")
 
     if len(data) < 8:
         raise bad("shorter than its header")
-    (n,) = struct.unpack("<Q", data[:8])
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
     if n > min(MAX_HEADER, len(data) - 8):
         raise bad(f"a header of {n} bytes")
     try:
