@@ -167,8 +167,8 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
     with ArchiveReader(path) as reader:
         if digest is not None and reader.digest != digest:
             raise ArtifactError(f"{reader.path} has digest {reader.digest}, not the {digest} asked for")
-        m = reader.manifest
-        target = m.get("target")
+        m = _checked_manifest(reader)
+        target = m["target"]
         if target not in TARGETS:
             raise ArtifactError(f"{reader.path} was compiled for target {target!r}, which this ember cannot run "
                                 f"(it runs {', '.join(TARGETS)})")
@@ -178,14 +178,14 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
             _check_signature(reader, graph)
             program = None
             if reader.has(PROGRAM):
-                libraries = resolve_libraries(reader, m.get("libraries"), (m.get("machine") or {}).get("key"))
+                libraries = resolve_libraries(reader, m["libraries"], m["machine"].get("key"))
                 if libraries is not None:
                     try:
                         encoded = json.loads(reader.read(PROGRAM))
                     except ValueError as e:
                         raise ArtifactError(f"{reader.path}: {PROGRAM} is not JSON ({e})") from None
                     program = codec.decode_program(encoded, codec.Loading(tensors, libraries, graph))
-            llm = _llm_info(reader, m, LLMInfo) if m.get("kind") == "llm" else None
+            llm = _llm_info(reader, m, LLMInfo) if m["kind"] == "llm" else None
             passes = _passes(m, PassStats)
         except ArtifactError:
             reader.check_pending()  # damaged weights explain the error better
@@ -193,11 +193,27 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
         reader.check_pending()
     timings = {"load": time.perf_counter() - start}
     compiled = CompiledModel(graph, target, timings, passes, codegen=False, intra_op_threads=intra_op_threads,
-                             profile=profile, program=program, options=m.get("options") or {})
+                             profile=profile, program=program, options=m["options"])
     compiled.llm = llm
     compiled.artifact = {"path": str(reader.path), "digest": reader.digest, "format_version": m["format_version"],
                          "ember_version": m.get("ember_version")}
     return compiled
+
+
+# the manifest's fields that loading reads: (type, default when absent)
+_FIELDS = {"target": (str, None), "kind": (str, "model"), "options": (dict, {}), "signature": (dict, {}),
+           "machine": (dict, {}), "libraries": (list, []), "stats": (dict, {}), "llm": (dict, None)}
+
+
+def _checked_manifest(reader: ArchiveReader) -> dict:
+    m = dict(reader.manifest)
+    for name, (kind, default) in _FIELDS.items():
+        value = m.setdefault(name, default)
+        if value is not None and not isinstance(value, kind) or value is None and name == "target":
+            raise ArtifactError(f"{reader.path}: the manifest's {name!r} is malformed")
+    if m["kind"] not in ("model", "llm") or (m["kind"] == "llm") != (m["llm"] is not None):
+        raise ArtifactError(f"{reader.path}: the manifest's kind {m['kind']!r} is not one ember writes")
+    return m
 
 
 def _text(reader: ArchiveReader, name: str) -> str:
@@ -210,7 +226,8 @@ def _text(reader: ArchiveReader, name: str) -> str:
 def _check_signature(reader: ArchiveReader, graph) -> None:
     signature = reader.manifest.get("signature") or {}
     for key, values in (("inputs", graph.inputs), ("outputs", graph.outputs)):
-        listed = [i.get("name") if isinstance(i, dict) else None for i in signature.get(key) or []]
+        entries = signature.get(key)
+        listed = [i.get("name") if isinstance(i, dict) else None for i in entries] if isinstance(entries, list) else None
         if listed != [v.name for v in values]:
             raise ArtifactError(f"{reader.path}: the manifest's {key} {listed} are not the graph's "
                                 f"{[v.name for v in values]}")
@@ -219,8 +236,8 @@ def _check_signature(reader: ArchiveReader, graph) -> None:
 def _passes(manifest: dict, PassStats) -> list:
     try:
         return [PassStats(str(p["name"]), float(p["seconds"]), int(p["nodes_before"]), int(p["nodes_after"]),
-                          bool(p["modified"])) for p in (manifest.get("stats") or {}).get("passes") or []]
-    except (KeyError, TypeError, ValueError):
+                          bool(p["modified"])) for p in manifest["stats"].get("passes") or []]
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise ArtifactError("the manifest's pass statistics are malformed") from None
 
 

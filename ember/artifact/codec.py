@@ -112,7 +112,7 @@ class Saving:
     where kernel libraries go (`add_library(source, path)` -> index), and the graph a
     fallback's node and values belong to."""
 
-    add_tensor: Callable[[np.ndarray], str]
+    add_tensor: Callable[..., str]  # (array, its digest if known) -> its key
     add_library: Callable[[str, str | None], int]
     graph: Graph | None = None
     _node_index: dict[int, int] = field(default_factory=dict)
@@ -259,22 +259,23 @@ def _list(x) -> list:
     return x
 
 
-def _graph_text(graph: Graph, s: Saving) -> str:
-    for key, array in resources(graph).items():
-        if s.add_tensor(array) != key:
-            raise ArtifactError(f"graph {graph.name!r}: tensor {key} does not keep its digest")
+def _graph_text(graph: Graph, s: Saving, found: dict | None = None) -> str:
+    found = resources(graph) if found is None else found
+    for key, array in found.items():
+        s.add_tensor(array, key)
     try:
         return print_graph(graph)
     except TypeError as e:  # an attribute the printed form has no syntax for
         raise ArtifactError(f"graph {graph.name!r} cannot be printed: {e}") from None
 
 
-def graph_text(graph: Graph, add_tensor: Callable[[np.ndarray], str]) -> str:
+def graph_text(graph: Graph, add_tensor: Callable[..., str]) -> str:
     """The printed IR of `graph`, its large tensors handed to `add_tensor`; checked to
     read back as the same graph."""
-    text = _graph_text(graph, Saving(add_tensor, lambda *a: 0))
+    found = resources(graph)
+    text = _graph_text(graph, Saving(add_tensor, lambda *a: 0), found)
     try:
-        again = print_graph(parse_graph(text, resources(graph)))
+        again = print_graph(parse_graph(text, found))
     except IRError as e:
         raise ArtifactError(f"graph {graph.name!r} does not read back from its printed form: {e}") from None
     if again != text:

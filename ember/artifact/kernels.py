@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -75,11 +76,15 @@ def resolve_libraries(reader: ArchiveReader, entries: list, built_for: str | Non
 def _cached(reader: ArchiveReader, member: str) -> Path:
     data = reader.read(member)
     digest = hashlib.sha256(data).hexdigest()
-    target = cpu._cache_dir() / f"artifact-{digest[:32]}.so"
-    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == digest:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    name = f"artifact-{digest[:32]}.so"
+    target = cpu._cache_dir() / name
+    try:
+        if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == digest:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # no kernel cache to write to (a read-only home): a folder of this process's own
+        target = Path(tempfile.mkdtemp(prefix="ember-kernels-")) / name
+    tmp = target.with_name(f"{name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, target)
     return target

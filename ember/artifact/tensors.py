@@ -37,11 +37,12 @@ class TensorStore:
         self.arrays: dict[str, np.ndarray] = {}
         self._by_id: dict[int, tuple[str, np.ndarray]] = {}  # the array kept: its id stays unique
 
-    def add(self, array: np.ndarray) -> str:
+    def add(self, array: np.ndarray, key: str | None = None) -> str:
+        """`array`'s key (its digest; `key` when the caller has computed it)."""
         known = self._by_id.get(id(array))
         if known is not None:
             return known[0]
-        key = digest(array)
+        key = key or digest(array)
         self.arrays.setdefault(key, array)
         self._by_id[id(array)] = (key, array)
         return key

@@ -183,3 +183,18 @@ def test_forged_weights_header(artifact, tmp_path):
     header = b'{"x": {"dtype": "F32", "shape": [1000000], "data_offsets": [0, 4000000]}}'
     contents["weights.safetensors"] = len(header).to_bytes(8, "little") + header + weights[8:]
     refused(rezip(tmp_path / "m.ember", contents, fix_hashes=True), "not a valid safetensors file")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m.update(options=[1]), "manifest's 'options' is malformed"),
+    (lambda m: m.pop("target"), "manifest's 'target' is malformed"),
+    (lambda m: m.update(target="tpu"), "compiled for target 'tpu', which this ember cannot run"),
+    (lambda m: m.update(kind="plugin"), "kind 'plugin' is not one ember writes"),
+    (lambda m: m["signature"]["inputs"][0].update(name="z"), "manifest's inputs \\['z'\\] are not the graph's"),
+    (lambda m: m.update(libraries="kernels/0.so"), "manifest's 'libraries' is malformed"),
+    (lambda m: m.update(libraries=[{"source": 3}]), "list of kernel libraries is malformed"),
+    (lambda m: m["members"]["graph.ir"].update(size=-1), "entry for member 'graph.ir' is malformed"),
+    (lambda m: m.update(format="zip"), "not an ember artifact's manifest"),
+])
+def test_a_malformed_manifest(artifact, tmp_path, edit, match):
+    refused(rezip(tmp_path / "m.ember", members(artifact), manifest_edit=edit), match)
