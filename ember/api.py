@@ -177,6 +177,8 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     if isinstance(model, Graph):
         verify_graph(model)
         graph = model
+    elif isinstance(model, (str, os.PathLike)) and _is_artifact(model):
+        raise UnsupportedError(f"{model} is a compiled artifact: load it with ember.load({str(model)!r})")
     else:
         graph = load_onnx(model, base_dir=base_dir)
     timings["import"] = time.perf_counter() - t0
@@ -188,6 +190,12 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
                  "passes": [list(p) for p in passes or []]}
     return CompiledModel(graph, target, timings, pass_stats, codegen=codegen, intra_op_threads=threads,
                          profile=profile, options=recorded)
+
+
+def _is_artifact(path) -> bool:
+    from .artifact import is_artifact
+
+    return is_artifact(path)
 
 
 @dataclass(frozen=True)
@@ -206,7 +214,8 @@ class NodeArg:
 
 
 class InferenceSession:
-    """onnxruntime's `InferenceSession`, backed by ember: switching is one import.
+    """onnxruntime's `InferenceSession`, backed by ember: switching is one import. It
+    takes an ember artifact (`model.ember`) as well as an ONNX model.
 
         sess = ember.InferenceSession("model.onnx")
         (logits,) = sess.run(None, {"input": x})
@@ -219,6 +228,11 @@ class InferenceSession:
             name = provider[0] if isinstance(provider, tuple) else provider
             if name not in ("CPUExecutionProvider", "EmberCPU"):
                 warnings.warn(f"provider {name!r} is not available in ember; using the CPU", stacklevel=2)
+        if isinstance(path_or_bytes, (str, os.PathLike)) and _is_artifact(path_or_bytes):
+            from .artifact import load
+
+            self._model = load(path_or_bytes)
+            return
         base = os.path.dirname(os.fspath(path_or_bytes)) if isinstance(path_or_bytes, (str, os.PathLike)) else None
         self._model = compile(path_or_bytes, target=target, **({"base_dir": base} if base else {}))
 

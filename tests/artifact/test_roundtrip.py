@@ -211,3 +211,13 @@ def test_profile_and_threads_options(tmp_path):
     loaded = ember.load(path, profile=True, intra_op_threads=1)
     loaded.run({"x": np.ones((2, 4), np.float32)})
     assert "extern matmul" in loaded.profile()
+
+
+def test_inference_session_takes_an_artifact_and_compile_points_to_load(tmp_path):
+    compiled = ember.compile(models.matmul_gelu())
+    path = compiled.save(tmp_path / "m.ember")
+    x = np.ones((2, 4), np.float32)
+    (y,) = ember.InferenceSession(str(path)).run(None, {"x": x})
+    np.testing.assert_array_equal(y, compiled.run({"x": x})["y"])
+    with pytest.raises(ember.UnsupportedError, match="is a compiled artifact: load it with ember.load"):
+        ember.compile(path)
