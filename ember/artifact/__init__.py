@@ -76,7 +76,7 @@ def save(compiled, path: str | os.PathLike) -> Path:
             writer.add_bytes(PROGRAM, json.dumps(encoded, allow_nan=False, separators=(",", ":")).encode())
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             store.save(Path(tmp) / WEIGHTS)
-            writer.add_file(WEIGHTS, Path(tmp) / WEIGHTS)
+            writer.add_file(WEIGHTS, Path(tmp) / WEIGHTS, chunked=True)
             if compiled.llm is not None:
                 _save_tokenizer(writer, compiled.llm.tokenizer, Path(tmp) / "tokenizer")
         stats = compiled.stats

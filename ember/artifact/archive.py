@@ -9,13 +9,13 @@ size or sha256 differs. Members are read only when asked for, and checked as the
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
 import re
 import secrets
 import struct
-import threading
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,7 +28,7 @@ MANIFEST = "manifest.json"
 FORMAT = "ember-artifact"
 FORMAT_VERSION = 1
 MAX_MANIFEST = 64 << 20
-_CHUNK = 8 << 20
+CHUNK = 16 << 20  # bytes per chunk of a member read and (`chunked`) hashed
 
 
 def check_member_name(name: str) -> None:
@@ -58,15 +58,20 @@ class ArchiveWriter:
         self.members[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         self._zip.writestr(_info(name, compress), data)
 
-    def add_file(self, name: str, source: str | os.PathLike, compress: bool = False) -> None:
+    def add_file(self, name: str, source: str | os.PathLike, compress: bool = False, chunked: bool = False) -> None:
+        """`chunked`: also record the sha256 of every CHUNK bytes, which a reader checks
+        in parallel (a large member: the weights)."""
         check_member_name(name)
-        digest, size = hashlib.sha256(), 0
+        digest, size, chunks = hashlib.sha256(), 0, []
         with open(source, "rb") as src, self._zip.open(_info(name, compress), "w", force_zip64=True) as dst:
-            while chunk := src.read(_CHUNK):
+            while chunk := src.read(CHUNK):
                 digest.update(chunk)
+                chunks.append(hashlib.sha256(chunk).hexdigest())
                 size += len(chunk)
                 dst.write(chunk)
         self.members[name] = {"sha256": digest.hexdigest(), "size": size}
+        if chunked:
+            self.members[name]["chunks"] = {"size": CHUNK, "sha256": chunks}
 
     def close(self, manifest: dict[str, Any]) -> bytes:
         """Write `manifest` (with the members filled in) and move the file into place;
@@ -123,8 +128,8 @@ class ArchiveReader:
             raise
 
     def close(self) -> None:
-        for _, _, thread, _ in self._pending:
-            thread.join()
+        for _, _, hashes in self._pending:
+            concurrent.futures.wait(hashes)
         self._zip.close()
         self._file.close()
 
@@ -161,7 +166,7 @@ class ArchiveReader:
         for name, entry in self.members.items():
             check_member_name(name)
             if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-                    and type(entry.get("size")) is int and entry["size"] >= 0):
+                    and type(entry.get("size")) is int and entry["size"] >= 0 and _chunks_ok(entry)):
                 raise ArtifactError(f"{self.path}: the manifest's entry for member {name!r} is malformed")
         names = set(self._zip.namelist())
         missing = sorted(set(self.members) - names)
@@ -194,9 +199,10 @@ class ArchiveReader:
 
     def read_buffer(self, name: str, *, check_later: bool = False) -> np.ndarray:
         """Member `name` into a writable uint8 array, checked; a stored (uncompressed)
-        member is read straight from the file into it, in one piece. `check_later`: its
-        sha256 is computed in a thread while the caller goes on, and `check_pending()`
-        (which the caller must call before using the contents) raises if it differs."""
+        member is read straight from the file into it, in one piece. `check_later`: it
+        is hashed in threads (each chunk's sha256 in parallel, where the manifest has
+        them) while the caller goes on, and `check_pending()` (which the caller must call
+        before using the contents) raises if a hash differs."""
         entry = self._entry(name)
         info = self._zip.getinfo(name)
         if info.file_size != entry["size"]:
@@ -214,20 +220,27 @@ class ArchiveReader:
             if self._file.readinto(memoryview(data)) != info.file_size:
                 raise ArtifactError(f"{self.path}: member {name!r} is cut short: the file is truncated")
         if check_later:  # hashlib lets go of the GIL: parsing the rest overlaps hashing this
-            digest = hashlib.sha256()
-            thread = threading.Thread(target=digest.update, args=(memoryview(data),), daemon=True)
-            thread.start()
-            self._pending.append((name, data, thread, digest))
+            view, chunks = memoryview(data), entry.get("chunks")
+            spans = [(0, len(data))] if chunks is None else [
+                (start, min(start + chunks["size"], len(data))) for start in range(0, len(data), chunks["size"])]
+            pool = concurrent.futures.ThreadPoolExecutor(min(len(spans), os.cpu_count() or 1) or 1)
+            hashes = [pool.submit(lambda a, b: hashlib.sha256(view[a:b]).hexdigest(), a, b) for a, b in spans]
+            pool.shutdown(wait=False)
+            self._pending.append((name, data, hashes))
         else:
             self._verify(name, data)
         return data
 
     def check_pending(self) -> None:
-        """Wait for the sha256 of every member read with `check_later`; raise if one differs."""
+        """Wait for the hashes of every member read with `check_later`; raise if one differs."""
         while self._pending:
-            name, data, thread, digest = self._pending.pop(0)
-            thread.join()
-            self._verify(name, data, digest)
+            name, data, hashes = self._pending.pop(0)
+            entry = self.members[name]
+            got = [h.result() for h in hashes]
+            expected = entry["chunks"]["sha256"] if "chunks" in entry else [entry["sha256"]]
+            if len(data) != entry["size"] or got != expected:
+                raise ArtifactError(f"{self.path}: member {name!r} does not match its sha256 in the manifest "
+                                    "(corrupt or tampered with)")
 
     def _entry(self, name: str) -> dict:
         entry = self.members.get(name)
@@ -235,12 +248,21 @@ class ArchiveReader:
             raise ArtifactError(f"{self.path}: member {name!r} is missing (the manifest does not list it)")
         return entry
 
-    def _verify(self, name: str, data, digest=None) -> None:
+    def _verify(self, name: str, data) -> None:
         entry = self.members[name]
-        digest = digest or hashlib.sha256(memoryview(data))
-        if len(data) != entry["size"] or digest.hexdigest() != entry["sha256"]:
+        if len(data) != entry["size"] or hashlib.sha256(memoryview(data)).hexdigest() != entry["sha256"]:
             raise ArtifactError(f"{self.path}: member {name!r} does not match its sha256 in the manifest "
                                 "(corrupt or tampered with)")
+
+
+def _chunks_ok(entry: dict) -> bool:
+    chunks = entry.get("chunks")
+    if chunks is None:
+        return True
+    size = chunks.get("size") if isinstance(chunks, dict) else None
+    hashes = chunks.get("sha256") if isinstance(chunks, dict) else None
+    return (type(size) is int and size >= 1 << 20 and isinstance(hashes, list)
+            and all(isinstance(h, str) for h in hashes) and len(hashes) == -(-entry["size"] // size))
 
 
 def _parse_manifest(data: bytes, path: Path) -> dict:

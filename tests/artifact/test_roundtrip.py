@@ -2,6 +2,7 @@
 pass or C++ build on load (on the machine it was built for), a rebuild with a warning
 on another."""
 
+import hashlib
 import json
 import zipfile
 
@@ -189,6 +190,10 @@ def test_manifest_records_the_model(tmp_path):
                                      "kernels/0.so"}
     with zipfile.ZipFile(path) as z:
         assert json.loads(z.read("manifest.json"))["members"]["graph.ir"]["sha256"] == facts["members"]["graph.ir"]["sha256"]
+        weights = z.read("weights.safetensors")
+    chunks = facts["members"]["weights.safetensors"]["chunks"]  # checked in parallel on load
+    assert chunks["sha256"] == [hashlib.sha256(weights[i:i + chunks["size"]]).hexdigest()
+                                for i in range(0, len(weights), chunks["size"])]
     loaded = ember.load(path, digest=facts["digest"])
     assert loaded.artifact["digest"] == facts["digest"] and loaded.options["opt_level"] == 1
 

@@ -194,6 +194,8 @@ def test_forged_weights_header(artifact, tmp_path):
     (lambda m: m.update(libraries="kernels/0.so"), "manifest's 'libraries' is malformed"),
     (lambda m: m.update(libraries=[{"source": 3}]), "list of kernel libraries is malformed"),
     (lambda m: m["members"]["graph.ir"].update(size=-1), "entry for member 'graph.ir' is malformed"),
+    (lambda m: m["members"]["weights.safetensors"]["chunks"]["sha256"].append("00"),
+     "entry for member 'weights.safetensors' is malformed"),
     (lambda m: m.update(format="zip"), "not an ember artifact's manifest"),
 ])
 def test_a_malformed_manifest(artifact, tmp_path, edit, match):
