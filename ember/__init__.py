@@ -3,10 +3,12 @@
     import ember
     model = ember.compile("model.onnx")          # target="cpu"
     outputs = model.run({"input": x})            # dict of numpy arrays
+    model.save("model.ember")                    # an artifact: ember.load("model.ember")
 """
 
 from .api import CompiledModel, CompileStats, InferenceSession, compile
-from .errors import (EmberError, ExecutionError, InputError, IRError, ModelError,
+from .artifact import load
+from .errors import (ArtifactError, EmberError, ExecutionError, InputError, IRError, ModelError,
                      UnsupportedError)
 from .ir.dtypes import DType
 from .llm import LLM, AsyncLLM
@@ -15,6 +17,7 @@ from .runtime.request import SamplingParams
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "CompiledModel", "LLM", "AsyncLLM", "SamplingParams", "CompileStats", "InferenceSession", "DType",
+    "compile", "load", "CompiledModel", "LLM", "AsyncLLM", "SamplingParams", "CompileStats", "InferenceSession", "DType",
     "EmberError", "ModelError", "InputError", "IRError", "ExecutionError", "UnsupportedError",
+    "ArtifactError",
 ]

@@ -7,6 +7,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,19 +48,47 @@ class CompileStats:
         return "\n".join(lines)
 
 
+@dataclass
+class LLMInfo:
+    """What an LLM's compiled forward graph needs beside itself to serve: its tokenizer
+    (with the chat template) and the facts the engine is built with. From an artifact,
+    the tokenizer is made from the saved files when first asked for."""
+
+    vocab_size: int
+    eos_token_ids: list[int]
+    max_model_len: int
+    block_size: int
+    source: str = ""  # the folder or GGUF file it was compiled from
+    _tokenizer: Any = None
+    _tokenizer_files: dict[str, bytes] | None = None  # file name -> contents, from an artifact
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None and self._tokenizer_files is not None:
+            from .artifact import tokenizer_from_files
+
+            self._tokenizer = tokenizer_from_files(self._tokenizer_files)
+        return self._tokenizer
+
+
 class CompiledModel:
-    """A model compiled for one target. `run` takes and returns numpy arrays by name."""
+    """A model compiled for one target. `run` takes and returns numpy arrays by name;
+    `save` writes it as an artifact that `ember.load` reads back without compiling."""
 
     def __init__(self, graph: Graph, target: str, timings: dict[str, float],
                  passes: list[PassStats] | None = None, *, codegen: bool = True,
-                 intra_op_threads: int | None = None, profile: bool = False):
+                 intra_op_threads: int | None = None, profile: bool = False, program=None,
+                 options: dict[str, Any] | None = None):
         from .codegen import cpu, generate
 
         self.graph = graph
         self.target = target
-        self.program = None
+        self.program = program  # given: loaded from an artifact
+        self.options = dict(options or {})  # how it was compiled, as an artifact records it
+        self.llm: LLMInfo | None = None
+        self.artifact: dict[str, Any] | None = None  # loaded from one: its path, digest and versions
         t0 = time.perf_counter()
-        if codegen and os.environ.get("EMBER_CODEGEN", "1") != "0" and cpu.compiler() is not None:
+        if program is None and codegen and os.environ.get("EMBER_CODEGEN", "1") != "0" and cpu.compiler() is not None:
             try:
                 self.program = generate(graph)
             except NotLowerable:  # sequences or optionals cross the graph's boundary
@@ -90,6 +119,14 @@ class CompiledModel:
         return {info.name: out for info, out in zip(self.outputs, results)}
 
     __call__ = run
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this model as one artifact file (by convention `.ember`): the optimized
+        graph, the program, weights, kernel sources and the built library, and for an
+        LLM its tokenizer. `ember.load(path)` runs it again with no compiling."""
+        from .artifact import save
+
+        return save(self, path)
 
     def profile(self, trace: str | os.PathLike | None = None) -> str:
         """The per-kernel timings of every run so far, as a table by kind (compile with
@@ -148,6 +185,8 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     if isinstance(model, Graph):
         verify_graph(model)
         graph = model
+    elif isinstance(model, (str, os.PathLike)) and _is_artifact(model):
+        raise UnsupportedError(f"{model} is a compiled artifact: load it with ember.load({str(model)!r})")
     else:
         graph = load_onnx(model, base_dir=base_dir)
     timings["import"] = time.perf_counter() - t0
@@ -155,8 +194,16 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     manager = PassManager(build_pipeline(opt_level, passes), verify=verify, dump_ir=dump_ir)
     graph, pass_stats = manager.run(graph)
     timings["passes"] = time.perf_counter() - t0
+    recorded = {"opt_level": opt_level, "codegen": bool(codegen),
+                 "passes": [list(p) for p in passes or []]}
     return CompiledModel(graph, target, timings, pass_stats, codegen=codegen, intra_op_threads=threads,
-                         profile=profile)
+                         profile=profile, options=recorded)
+
+
+def _is_artifact(path) -> bool:
+    from .artifact import is_artifact
+
+    return is_artifact(path)
 
 
 @dataclass(frozen=True)
@@ -175,7 +222,8 @@ class NodeArg:
 
 
 class InferenceSession:
-    """onnxruntime's `InferenceSession`, backed by ember: switching is one import.
+    """onnxruntime's `InferenceSession`, backed by ember: switching is one import. It
+    takes an ember artifact (`model.ember`) as well as an ONNX model.
 
         sess = ember.InferenceSession("model.onnx")
         (logits,) = sess.run(None, {"input": x})
@@ -188,6 +236,11 @@ class InferenceSession:
             name = provider[0] if isinstance(provider, tuple) else provider
             if name not in ("CPUExecutionProvider", "EmberCPU"):
                 warnings.warn(f"provider {name!r} is not available in ember; using the CPU", stacklevel=2)
+        if isinstance(path_or_bytes, (str, os.PathLike)) and _is_artifact(path_or_bytes):
+            from .artifact import load
+
+            self._model = load(path_or_bytes)
+            return
         base = os.path.dirname(os.fspath(path_or_bytes)) if isinstance(path_or_bytes, (str, os.PathLike)) else None
         self._model = compile(path_or_bytes, target=target, **({"base_dir": base} if base else {}))
 

@@ -28,6 +28,8 @@ examples:
   ember inspect model.onnx               signature, opset, op histogram, parameter count
   ember inspect model.onnx --json        the same as JSON
   ember compile model.onnx --dump-ir ir/ what each pass did, and the IR after each
+  ember compile model.onnx -o model.ember an artifact: ember run/inspect/profile read it, no compiling
+  ember compile model.gguf -o llm.ember  an LLM artifact (tokenizer inside): ember serve llm.ember
   ember run model.onnx --input x=x.npy   run once, print a summary of each output
   ember run model.onnx --input ids=ids.npy --input mask=mask.npy --output-dir out/
   ember demo                             sentence embeddings with all-MiniLM-L6-v2
@@ -63,10 +65,18 @@ def _ms(seconds: float) -> str:
 
 
 def _compile(model: str, target: str, **options):
+    """`model` compiled for `target`; an artifact is loaded instead (no compiling)."""
     import ember
+    from .artifact import is_artifact
 
-    _status(f"compiling {model} for {target} ...")
     t0 = time.perf_counter()
+    if is_artifact(model):
+        _status(f"loading {model} ...")
+        compiled = ember.load(model, **{k: v for k, v in options.items() if k in ("profile", "intra_op_threads")})
+        if compiled.target != target:
+            raise UsageError(f"{model} was compiled for target {compiled.target!r}, not {target!r}")
+        return compiled, time.perf_counter() - t0
+    _status(f"compiling {model} for {target} ...")
     compiled = ember.compile(model, target=target, **options)
     return compiled, time.perf_counter() - t0
 
@@ -86,6 +96,10 @@ def _original_opsets(model: str) -> dict[str, int]:
 
 # -- ember inspect ----------------------------------------------------------------------
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .artifact import is_artifact
+
+    if is_artifact(args.model):
+        return _inspect_artifact(args)
     compiled, _ = _compile(args.model, args.target)
     graph = compiled.graph
     upgraded = {(d or "ai.onnx"): v for d, v in graph.opsets.items()}
@@ -117,10 +131,60 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_artifact(args: argparse.Namespace) -> int:
+    from .artifact import inspect
+
+    facts = inspect(args.model)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    machine, program, stats = facts.get("machine") or {}, facts.get("program"), facts.get("stats") or {}
+    print(f"artifact    {facts['path']} ({_human(facts['file_size'])}B, format version {facts['format_version']}, "
+          f"ember {facts.get('ember_version')}, {facts.get('created')})")
+    print(f"digest      {facts['digest']} (every member checked against its sha256)")
+    print(f"kind        {facts.get('kind')}, target {facts.get('target')}")
+    host = "this machine" if facts["host_matches"] else "another machine: its kernels are rebuilt on load"
+    print(f"built for   {machine.get('arch')} {machine.get('system')} with {machine.get('compiler')} ({host})")
+    options = ", ".join(f"{k} {v}" for k, v in (facts.get("options") or {}).items() if v not in ([], None))
+    print(f"options     {options}")
+    for title in ("inputs", "outputs"):
+        print(title)
+        for info in facts["signature"][title]:
+            print(f"  {info['name']}: {info['type']}")
+    if facts.get("llm"):
+        llm = facts["llm"]
+        print(f"llm         from {llm['source']}: vocabulary {llm['vocab_size']}, up to {llm['max_model_len']} "
+              f"tokens, KV blocks of {llm['block_size']}, eos {llm['eos_token_ids']}")
+    print(f"nodes       {stats.get('num_nodes')}")
+    if program:
+        externs = ", ".join(f"{name}×{n}" for name, n in program["externs"].items())
+        print(f"kernels     {program['num_kernels']}: {program['generated_kernels']} generated in "
+              f"{program['segments']} segments, externs {externs or 'none'}; {program['fused_nodes']} nodes "
+              f"fused, {len(program['fallbacks'])} on the reference fallback")
+    else:
+        print("kernels     none: every node runs its reference implementation")
+    print("members")
+    width = max(len(name) for name in facts["members"])
+    for name, entry in facts["members"].items():
+        print(f"  {name:<{width}}  {_human(entry['size']):>7}B  ({_human(entry['stored_size'])}B stored)")
+    return 0
+
+
 # -- ember compile ----------------------------------------------------------------------
+def _is_llm_source(model: str) -> bool:
+    """A Hugging Face folder or a GGUF file (what the LLM frontend reads), not ONNX."""
+    path = Path(model)
+    return path.is_dir() or path.suffix.lower() == ".gguf"
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
-    compiled, seconds = _compile(args.model, args.target, opt_level=args.opt_level,
-                                 verify=args.verify or None, dump_ir=args.dump_ir)
+    if _is_llm_source(args.model):
+        compiled, seconds = _compile_llm(args)
+    else:
+        if args.block_size is not None or args.max_model_len is not None:
+            raise UsageError("--block-size and --max-model-len are for LLMs (a Hugging Face folder or a GGUF file)")
+        compiled, seconds = _compile(args.model, args.target, opt_level=args.opt_level,
+                                     verify=args.verify or None, dump_ir=args.dump_ir)
     stats = compiled.stats
     print(f"compiled    {args.model} at O{args.opt_level} for {args.target} in {_ms(seconds)}")
     print(f"nodes       {stats.num_nodes}")
@@ -131,7 +195,23 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"  {p.name:<{width}}  {p.nodes_before:>6} -> {p.nodes_after:<6} {_ms(p.seconds):>10}{change}")
     if args.dump_ir:
         print(f"IR after each pass written to {args.dump_ir}/")
+    if args.output:
+        t0 = time.perf_counter()
+        path = compiled.save(args.output)
+        print(f"saved       {path} ({_human(path.stat().st_size)}B) in {_ms(time.perf_counter() - t0)}")
     return 0
+
+
+def _compile_llm(args: argparse.Namespace):
+    from .llm import compile_llm
+
+    if args.opt_level != 2 or args.dump_ir or args.verify:
+        raise UsageError("an LLM compiles at O2: --opt-level, --dump-ir and --verify are for ONNX models")
+    _status(f"compiling {args.model} for {args.target} ...")
+    t0 = time.perf_counter()
+    compiled = compile_llm(args.model, target=args.target, block_size=args.block_size or 16,
+                           max_model_len=args.max_model_len)
+    return compiled, time.perf_counter() - t0
 
 
 # -- ember run --------------------------------------------------------------------------
@@ -266,9 +346,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     offline throughput on a seeded synthetic workload."""
     if args.runs < 1 or args.requests < 1 or args.prompt_len < 1 or args.max_tokens < 1:
         raise UsageError("--runs, --requests, --prompt-len and --max-tokens must be at least 1")
-    if args.model and args.model.endswith(".onnx"):
+    if args.model and (args.model.endswith(".onnx") or _is_model_artifact(args.model)):
         return _bench_onnx(args)
     return _bench_llm(args)
+
+
+def _is_model_artifact(model: str) -> bool:
+    from .artifact import inspect, is_artifact
+
+    return is_artifact(model) and inspect(model, verify=False).get("kind") != "llm"
 
 
 def _bench_onnx(args: argparse.Namespace) -> int:
@@ -536,15 +622,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("inspect", cmd_inspect, "show a model's signature, opset, op histogram and size",
-            "example:\n  ember inspect model.onnx --json")
-    p.add_argument("model", metavar="MODEL", help="an ONNX file")
+    p = add("inspect", cmd_inspect, "show a model's signature, opset, op histogram and size, or an artifact's "
+            "manifest, signature, kernels and sizes",
+            "examples:\n  ember inspect model.onnx --json\n  ember inspect model.ember")
+    p.add_argument("model", metavar="MODEL", help="an ONNX file or an artifact (.ember)")
     p.add_argument("--json", action="store_true", help="print the same facts as JSON")
 
-    p = add("compile", cmd_compile, "compile a model and report what each pass did",
+    p = add("compile", cmd_compile, "compile a model, report what each pass did, and save it as an artifact",
             "examples:\n  ember compile model.onnx\n  ember compile model.onnx --opt-level 0\n"
-            "  ember compile model.onnx --dump-ir ir/ --verify")
-    p.add_argument("model", metavar="MODEL", help="an ONNX file")
+            "  ember compile model.onnx --dump-ir ir/ --verify\n"
+            "  ember compile model.onnx -o model.ember        then: ember run model.ember --input x=x.npy\n"
+            "  ember compile model.gguf -o llm.ember          then: ember serve llm.ember")
+    p.add_argument("model", metavar="MODEL", help="an ONNX file, or an LLM: a Hugging Face folder or a GGUF file")
+    p.add_argument("--output", "-o", metavar="OUT.ember",
+                   help="save the compiled model as an artifact (ember.load, ember run/serve read it back)")
+    p.add_argument("--block-size", type=int, metavar="N", help="LLM: tokens per KV cache block (default: 16)")
+    p.add_argument("--max-model-len", type=int, metavar="N",
+                   help="LLM: longest prompt + output in tokens (default: the model's context length)")
     p.add_argument("--opt-level", "-O", type=int, default=2, choices=range(4), metavar="N",
                    help="pass pipeline O0-O3 (default: 2)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass to DIR")
@@ -552,8 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", cmd_run, "run a model once on inputs read from .npy files",
             "examples:\n  ember run model.onnx --input x=x.npy\n"
-            "  ember run model.onnx --input x=x.npy --input y=y.npy --output-dir out/")
-    p.add_argument("model", metavar="MODEL", help="an ONNX file")
+            "  ember run model.onnx --input x=x.npy --input y=y.npy --output-dir out/\n"
+            "  ember run model.ember --input x=x.npy          an artifact: loaded, not compiled")
+    p.add_argument("model", metavar="MODEL", help="an ONNX file or an artifact (.ember)")
     p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
                    help="feed the array in FILE.npy to input NAME (repeat for each input)")
     p.add_argument("--output-dir", "-o", metavar="DIR",
@@ -562,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("profile", cmd_profile, "run a compiled model and print where the time goes, by kernel kind",
             "examples:\n  ember profile model.onnx --dim batch=8 --dim seq=128\n"
             "  ember profile model.onnx --input x=x.npy --runs 20 --trace trace.json")
-    p.add_argument("model", metavar="MODEL", help="an ONNX file")
+    p.add_argument("model", metavar="MODEL", help="an ONNX file or an artifact (.ember)")
     _feed_arguments(p)
     p.add_argument("--runs", type=int, default=10, help="timed runs (default: 10)")
     p.add_argument("--trace", metavar="FILE.json", help="also write a Chrome trace (Perfetto opens it)")
@@ -572,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  ember bench                                  the built-in SmolLM2: offline throughput\n"
             "  ember bench model.gguf --requests 64 --prompt-len 256 --max-tokens 128")
     p.add_argument("model", nargs="?", metavar="MODEL",
-                   help="an ONNX file, a Hugging Face LLM folder or a GGUF file (default: the built-in SmolLM2)")
+                   help="an ONNX file, a Hugging Face LLM folder, a GGUF file or an artifact "
+                        "(default: the built-in SmolLM2)")
     _feed_arguments(p, "ONNX: ")
     p.add_argument("--runs", type=int, default=20, help="ONNX: timed runs per engine (default: 20)")
     p.add_argument("--onnxruntime", action="store_true", help="ONNX: also time onnxruntime, in the same run")
@@ -587,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
             '  ember generate "Hello" --model path/to/model-folder-or.gguf --compare')
     p.add_argument("prompt", metavar="PROMPT", help="the prompt (sent through the model's chat template)")
     p.add_argument("--model", "-m", metavar="PATH",
-                   help="a Hugging Face model folder or a GGUF file (default: the built-in SmolLM2)")
+                   help="a Hugging Face model folder, a GGUF file or an LLM artifact (default: the built-in SmolLM2)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most (default: 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
     p.add_argument("--top-p", type=float, default=1.0, help="sample from the top-p mass (default: 1)")
@@ -605,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
             "routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, GET /health, GET /metrics;\n"
             "SIGTERM or Ctrl-C finishes the requests in flight (up to --shutdown-timeout), then exits.")
     p.add_argument("model", metavar="MODEL", nargs="?",
-                   help="a Hugging Face model folder or a GGUF file (default: the built-in SmolLM2)")
+                   help="a Hugging Face model folder, a GGUF file or an LLM artifact (default: the built-in SmolLM2)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     p.add_argument("--served-model-name", metavar="NAME",
@@ -626,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  ember chat --url http://127.0.0.1:8000/v1          the model a running `ember serve` serves\n\n"
             "each line is a message; /reset forgets the conversation, /exit or Ctrl-D ends it.")
     p.add_argument("model", metavar="MODEL", nargs="?",
-                   help="a Hugging Face model folder or a GGUF file (default: the built-in SmolLM2)")
+                   help="a Hugging Face model folder, a GGUF file or an LLM artifact (default: the built-in SmolLM2)")
     p.add_argument("--url", help="chat with the model of the OpenAI-compatible server at this /v1 URL instead")
     p.add_argument("--api-key", metavar="KEY", help="the server's API key, with --url (default: $EMBER_API_KEY)")
     p.add_argument("--system", metavar="TEXT", help="a system message that opens the conversation")

@@ -24,3 +24,8 @@ class ExecutionError(EmberError):
 
 class UnsupportedError(EmberError):
     """A feature, option or target that ember does not provide (yet)."""
+
+
+class ArtifactError(EmberError):
+    """A saved artifact (`.ember` file) cannot be written or read: corrupt, truncated,
+    tampered with, or from a newer ember. The message names the member at fault."""

@@ -1,6 +1,7 @@
 """ember's LLM APIs: `LLM` for offline batches, `AsyncLLM` for streaming (what the server
 sits on). Both open a Hugging Face folder or GGUF file (default: the built-in
-SmolLM2-135M-Instruct), compile its forward graph and run it in an `LLMEngine`.
+SmolLM2-135M-Instruct), compile its forward graph and run it in an `LLMEngine` — or
+load an artifact of it (`ember compile model.gguf -o model.ember`), compiled already.
 
     llm = ember.LLM()                                  # or ember.LLM("model.gguf", max_num_seqs=32)
     for out in llm.generate(["Hello", "The capital of France is"], ember.SamplingParams(max_tokens=32)):
@@ -36,10 +37,10 @@ _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
 
 def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
                  intra_op_threads: int | None = None, progress: bool | None = None, **options) -> LLMEngine:
-    """Open `model`, compile its forward graph, and return an engine over it."""
-    from . import api
+    """Open `model` (a Hugging Face folder, a GGUF file, or an artifact that `ember compile`
+    wrote), compile its forward graph unless it is an artifact, and return an engine over it."""
     from ._builtin import default_llm
-    from .frontends.hf import load_pretrained
+    from .artifact import is_artifact
 
     unknown = set(options) - _ENGINE_FIELDS
     if unknown:
@@ -47,15 +48,59 @@ def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
                          "intra_op_threads and target")
     engine_options = EngineOptions(**options)
     path = Path(model) if model is not None else default_llm()
+    if is_artifact(path):
+        compiled, engine_options = _load_artifact(path, target, intra_op_threads, options)
+    else:
+        compiled = compile_llm(path, target=target, block_size=engine_options.block_size,
+                               max_model_len=engine_options.max_model_len, intra_op_threads=intra_op_threads,
+                               progress=progress)
+    info = compiled.llm
+    return LLMEngine(compiled, info.tokenizer, vocab_size=info.vocab_size, eos_token_ids=info.eos_token_ids,
+                     max_model_len=engine_options.max_model_len or info.max_model_len, options=engine_options)
+
+
+def compile_llm(model: str | os.PathLike, *, target: str = "cpu", block_size: int = 16,
+                max_model_len: int | None = None, intra_op_threads: int | None = None,
+                progress: bool | None = None):
+    """The forward graph of the LLM at `model` (a Hugging Face folder or a GGUF file),
+    compiled for KV-cache blocks of `block_size` tokens and sequences of up to
+    `max_model_len` (default: the model's context length), with its tokenizer and facts
+    in `compiled.llm`: what `compiled.save()` puts in an LLM artifact."""
+    from . import api
+    from .frontends.hf import load_pretrained
+
+    path = Path(model)
     progress = sys.stderr.isatty() if progress is None else progress
     pretrained = load_pretrained(path, progress=progress)
-    max_len = engine_options.max_model_len or pretrained.config.max_position_embeddings
-    graph = pretrained.graph(block_size=engine_options.block_size, max_model_len=max_len)
+    max_len = max_model_len or pretrained.config.max_position_embeddings
+    graph = pretrained.graph(block_size=block_size, max_model_len=max_len)
     compiled = api.compile(graph, target=target, intra_op_threads=intra_op_threads)
     tokenizer = pretrained.tokenizer()
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return LLMEngine(compiled, tokenizer, vocab_size=pretrained.config.vocab_size, eos_token_ids=eos,
-                     max_model_len=max_len, options=engine_options)
+    compiled.options.update(block_size=block_size, max_model_len=max_len)
+    compiled.llm = api.LLMInfo(pretrained.config.vocab_size, eos, max_len, block_size, source=path.name,
+                               _tokenizer=tokenizer)
+    return compiled
+
+
+def _load_artifact(path: Path, target: str, intra_op_threads: int | None, options: dict):
+    """An LLM artifact, and the engine options it allows: its block size (the graph's
+    caches are shaped by it) and a max_model_len no longer than it was compiled for."""
+    from .artifact import load
+
+    compiled = load(path, intra_op_threads=intra_op_threads)
+    info = compiled.llm
+    if info is None:
+        raise InputError(f"{path} is an artifact of a model that is not an LLM (use ember.load and run it)")
+    if compiled.target != target:
+        raise InputError(f"{path} was compiled for target {compiled.target!r}, not {target!r}")
+    if options.get("block_size", info.block_size) != info.block_size:
+        raise InputError(f"{path} was compiled for KV-cache blocks of {info.block_size} tokens, not "
+                         f"{options['block_size']}: compile it again with --block-size {options['block_size']}")
+    if (options.get("max_model_len") or 0) > info.max_model_len:
+        raise InputError(f"{path} was compiled for sequences of up to {info.max_model_len} tokens, not "
+                         f"{options['max_model_len']}: compile it again with --max-model-len {options['max_model_len']}")
+    return compiled, EngineOptions(**{**options, "block_size": info.block_size})
 
 
 def _chat_prompt(tokenizer, messages: list[dict]) -> dict:

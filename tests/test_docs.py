@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["ir.md", "passes.md", "export.md", pytest.param("llm.md", marks=pytest.mark.slow)]  # llm.md runs the built-in LLM
+PAGES = ["ir.md", "passes.md", "export.md", "artifacts.md",
+         pytest.param("llm.md", marks=pytest.mark.slow)]  # llm.md runs the built-in LLM
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -1,7 +1,8 @@
 """Code generation: Graph IR -> Kernel IR (lowering.py) -> C++ (cpu.py) -> a Program.
 
 `generate(graph)` lowers every node it can, groups runs of generated kernels into
-segments, renders and builds the library, and returns the `Program` the executor runs.
+segments, renders and builds the library, and returns the `Program` the executor runs
+(a control-flow step carries its bodies' programs, generated here too).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def generate(graph: Graph) -> Program:
         else:
             params = dict(k.params)
             n = params.pop("num_inputs")
+            if k.extern == "control":  # If/Loop/Scan: each body is a program of its own
+                params["programs"] = [generate(body) for body in params["bodies"]]
             steps.append(Step(k.kind, k.extern or k.nodes[0], k.args, n, params, nodes=k.nodes,
                               parts=((frozenset(k.args) | {b for _, b in params.get("scope", ())}) - {""},)))
     program = Program(buffers, slots, ordered, steps, lowered.inputs, lowered.outputs, lowered.constants,

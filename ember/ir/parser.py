@@ -119,7 +119,7 @@ class _Parser:
         body = self.until("]").strip()
         if body == "*":
             return TensorType(dtype, None)
-        dims = [parse_dim(d) for d in _split_top(body)] if body else []
+        dims = [parse_dim(d, printed=True) for d in _split_top(body)] if body else []
         return TensorType(dtype, tuple(dims))
 
     # -- values ---------------------------------------------------------------------

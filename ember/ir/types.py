@@ -35,8 +35,9 @@ def fresh_symbol(prefix: str = "unk") -> sympy.Symbol:
     return symbol(f"_{prefix}{next(_fresh_counter)}")
 
 
-def parse_dim(text: str) -> Dim:
-    """A dim from its printed form or an ONNX dim_param: `3`, `batch`, `2*seq + 1`.
+def parse_dim(text: str, *, printed: bool = False) -> Dim:
+    """A dim from an ONNX dim_param or (`printed`) from the printed IR: `3`, `batch`,
+    `2*seq + 1`; printed dims may be any `parse_dim_expr` expression (`floor(seq/2)`).
 
     Names that are not valid identifiers (`gpu_0/batch`) become a symbol with the
     offending characters replaced, so every dim_param maps to some symbol."""
@@ -45,15 +46,121 @@ def parse_dim(text: str) -> Dim:
         return int(text)
     if _IDENT.match(text):
         return symbol(text)
-    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
-    if names and re.fullmatch(r"[A-Za-z0-9_+\-*() ]+", text):
+    if re.search(r"[A-Za-z_]", text) and (printed or re.fullmatch(r"[A-Za-z0-9_+\-*() ]+", text)):
         try:
-            expr = sympy.sympify(text, locals={n: symbol(n) for n in names})
-            if isinstance(expr, sympy.Expr) and expr.free_symbols:
+            expr = parse_dim_expr(text)
+            if expr.free_symbols:
                 return expr
-        except (sympy.SympifyError, SyntaxError, TypeError):
+        except ValueError:
             pass
     return symbol(sanitize_name(text))
+
+
+_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(\*\*|[-+*/(),]))")
+_DIM_FUNCTIONS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "Mod": sympy.Mod, "Max": sympy.Max,
+                  "Min": sympy.Min, "Abs": sympy.Abs}
+MAX_DIM_EXPONENT = 64  # `**` beyond this is refused: `9**9**9` would take sympy forever
+_MAX_DIM_DEPTH = 64
+
+
+def parse_dim_expr(text: str) -> sympy.Expr:
+    """The dim expression `text` in sympy's printed form (`2*seq + 1`, `seq/2`,
+    `floor(seq/2)`, `Max(1, n)`), read without `eval`: integers, names (dim symbols),
+    + - * / ** (integer exponents up to MAX_DIM_EXPONENT), parentheses and the functions
+    floor, ceiling, Mod, Max, Min, Abs. ValueError if it is not one."""
+    tokens, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise ValueError(f"unexpected {text[pos:].strip()[:10]!r} in dim {text!r}")
+        tokens.append(m.group(1) and ("int", m.group(1)) or m.group(2) and ("name", m.group(2)) or ("op", m.group(3)))
+        pos = m.end()
+    parser = _DimExpr(tokens, text)
+    expr = parser.sum(0)
+    if parser.pos != len(tokens):
+        raise ValueError(f"unexpected {tokens[parser.pos][1]!r} in dim {text!r}")
+    return sympy.sympify(expr)
+
+
+class _DimExpr:
+    """Recursive descent over the tokens of a dim expression, with Python's precedence."""
+
+    def __init__(self, tokens: list[tuple[str, str]], text: str):
+        self.tokens, self.text, self.pos = tokens, text, 0
+
+    def peek(self, *ops: str) -> bool:
+        return self.pos < len(self.tokens) and self.tokens[self.pos] in [("op", o) for o in ops]
+
+    def take(self) -> tuple[str, str]:
+        if self.pos == len(self.tokens):
+            raise ValueError(f"dim {self.text!r} ends too early")
+        self.pos += 1
+        return self.tokens[self.pos - 1]
+
+    def expect(self, op: str) -> None:
+        if self.take() != ("op", op):
+            raise ValueError(f"expected {op!r} in dim {self.text!r}")
+
+    def sum(self, depth: int):
+        if depth > _MAX_DIM_DEPTH:
+            raise ValueError(f"dim {self.text!r} nests too deeply")
+        value = self.product(depth)
+        while self.peek("+", "-"):
+            op = self.take()[1]
+            right = self.product(depth)
+            value = value + right if op == "+" else value - right
+        return value
+
+    def product(self, depth: int):
+        value = self.unary(depth)
+        while self.peek("*", "/"):
+            op = self.take()[1]
+            right = self.unary(depth)
+            if op == "/" and right == 0:
+                raise ValueError(f"division by zero in dim {self.text!r}")
+            value = value * right if op == "*" else value / right
+        return value
+
+    def unary(self, depth: int):
+        if self.peek("-", "+"):
+            sign = self.take()[1]
+            value = self.unary(depth + 1)
+            return -value if sign == "-" else value
+        base = self.atom(depth)
+        if self.peek("**"):
+            self.take()
+            exponent = self.unary(depth + 1)
+            if not (exponent.is_Integer and abs(int(exponent)) <= MAX_DIM_EXPONENT):
+                raise ValueError(f"exponent {exponent} in dim {self.text!r}: only integers up to {MAX_DIM_EXPONENT}")
+            if base == 0 and exponent < 0:
+                raise ValueError(f"division by zero in dim {self.text!r}")
+            base = base**exponent
+        return base
+
+    def atom(self, depth: int):
+        kind, token = self.take()
+        if kind == "int":
+            if len(token) > 40:
+                raise ValueError(f"integer too long in dim {self.text!r}")
+            return sympy.Integer(int(token))
+        if kind == "name" and self.peek("("):
+            if token not in _DIM_FUNCTIONS:
+                raise ValueError(f"unknown function {token!r} in dim {self.text!r}")
+            self.take()
+            args = [self.sum(depth + 1)]
+            while self.peek(","):
+                self.take()
+                args.append(self.sum(depth + 1))
+            self.expect(")")
+            return _DIM_FUNCTIONS[token](*args)
+        if kind == "name":
+            return symbol(token)
+        if token == "(":
+            value = self.sum(depth + 1)
+            self.expect(")")
+            return value
+        raise ValueError(f"unexpected {token!r} in dim {self.text!r}")
 
 
 def sanitize_name(text: str) -> str:

@@ -96,6 +96,17 @@ class _Binding:
     pointers: list[int] = field(default_factory=list)
 
 
+def _shape_function(exprs: tuple, symbols: list, index: dict):
+    """`exprs` as a function of the size symbols' values (a list, in `symbols` order):
+    sympy's lambdify, unless each is an integer or a size symbol (most buffers'
+    shapes), which needs no generated code (lambdify takes ~1 ms a call)."""
+    if all(e.is_Integer or e in index for e in exprs):
+        parts = [(index[e], 0) if e in index else (None, int(e)) for e in exprs]
+        return lambda values: [values[i] if i is not None else c for i, c in parts]
+    fn = sympy.lambdify(symbols, list(exprs), "math")
+    return lambda values: fn(*values)
+
+
 class Executor:
     def __init__(self, program: Program, threads: int | None = None):
         from ..codegen import cpu
@@ -125,9 +136,12 @@ class Executor:
             else:
                 self._steps.append(("fallback", None, step))  # the reference is prepared on first use
         self._shape_fns = {}
+        compiled: dict[tuple, Any] = {}  # many buffers share a shape: one function each
         for name, b in p.buffers.items():
-            exprs = [sympy.sympify(d) for d in (*b.shape, *(b.fill or ()))]
-            self._shape_fns[name] = (len(b.shape), sympy.lambdify(p.symbols, exprs, "math") if exprs else None,
+            exprs = tuple(sympy.sympify(d) for d in (*b.shape, *(b.fill or ())))
+            if exprs and exprs not in compiled:
+                compiled[exprs] = _shape_function(exprs, p.symbols, self._sym_index)
+            self._shape_fns[name] = (len(b.shape), compiled.get(exprs),
                                      set().union(*(e.free_symbols for e in exprs)) if exprs else set())
         self._input_dims = []
         for name in p.inputs:
@@ -255,7 +269,7 @@ class Executor:
             if not free <= bound:
                 binding.shapes[name] = None  # late: known once a fallback binds its sizes
                 continue
-            values = [int(v) for v in fn(*args)] if fn is not None else []
+            values = [int(v) for v in fn(args)] if fn is not None else []
             binding.shapes[name] = tuple(values[:rank])
             b = p.buffers[name]
             if b.kind == "fill" and b.view_of is None:

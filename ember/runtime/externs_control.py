@@ -1,9 +1,10 @@
 """The `control` extern: If, Scan and Loop whose bodies ember compiled into programs of
-their own (ember/ir/ops/control_flow.py lowers them). `prepare` builds each body's
-kernels once; a run executes the branch taken, or the body once per scan step or loop
-iteration, on those kernels, with the values the bodies read from the enclosing graph
-passed in as inputs. Loop's scan outputs have a length only the run tells: the extern
-allocates them and returns every output (the executor binds their sizes)."""
+their own (ember/ir/ops/control_flow.py lowers them; codegen puts their programs in the
+step's params). `prepare` makes an executor of each body's program once; a run executes
+the branch taken, or the body once per scan step or loop iteration, on those kernels,
+with the values the bodies read from the enclosing graph passed in as inputs. Loop's
+scan outputs have a length only the run tells: the extern allocates them and returns
+every output (the executor binds their sizes)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ from .externs import extern, prepare
 
 @prepare("control")
 def prepare_control(params, constants):
-    from ..codegen import generate
     from .executor import Executor
 
-    return {**params, "executors": [Executor(generate(graph)) for graph in params["bodies"]]}
+    return {**params, "executors": [Executor(program) for program in params["programs"]]}
 
 
 def _store(y: np.ndarray, value, where: str, what: str) -> None:

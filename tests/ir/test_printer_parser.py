@@ -94,3 +94,29 @@ def test_every_conformance_graph_round_trips():
                         assert a.tobytes() == b.tobytes() or a.dtype == object and a.tolist() == b.tolist(), name
             checked += 1
     assert checked > 1800
+
+
+def test_printed_dims_round_trip_without_eval():
+    """Dims print as sympy's str and read back through ember's own expression parser
+    (no sympify of text): floor, ceiling, Mod, Max, Min, powers and quotients."""
+    import sympy
+
+    from ember.ir.types import parse_dim
+
+    seq, batch = symbol("seq"), symbol("batch")
+    for dim in (2 * seq + 1, sympy.floor(seq / 2), sympy.Mod(seq, 3), seq**2, (seq + 1) / 2, 5 - seq,
+                4 * sympy.ceiling(seq / 4), sympy.Min(seq, batch) + sympy.Abs(seq - batch), batch * seq - 1):
+        assert parse_dim(str(dim), printed=True) == dim
+    g = Graph("main", inputs=[Value("x", TensorType(DType.float32, (sympy.floor(seq / 2), sympy.Max(seq, batch))))])
+    g.outputs = list(g.inputs)
+    assert print_graph(parse_graph(print_graph(g))) == print_graph(g)
+
+
+@pytest.mark.parametrize("text", ["9**9**9**9", "exit()", "__import__(1)", "x**(1/2)", "a.b", "(" * 100 + "x" + ")" * 100])
+def test_dims_that_are_not_expressions_become_symbols(text):
+    """Text that is not a dim expression (or would take sympy forever) is a symbol of its own."""
+    from ember.ir.types import parse_dim
+
+    for printed in (False, True):
+        dim = parse_dim(text, printed=printed)
+        assert dim.is_Symbol

@@ -1,0 +1,78 @@
+"""`ember compile -o`, `ember inspect`, `ember run`, `ember profile` and `ember bench` on
+artifacts, in-process through main()."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from ember.cli import main
+
+from . import models
+
+
+@pytest.fixture
+def onnx_model(tmp_path):
+    path = tmp_path / "mm.onnx"
+    onnx.save(models.matmul_gelu(), path)
+    np.save(tmp_path / "x.npy", np.arange(8, dtype=np.float32).reshape(2, 4))
+    return path
+
+
+def test_compile_o_inspect_run(onnx_model, tmp_path, capsys):
+    out_file = tmp_path / "mm.ember"
+    assert main(["compile", str(onnx_model), "-o", str(out_file), "--opt-level", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "at O1" in out and f"saved       {out_file}" in out and out_file.is_file()
+
+    assert main(["inspect", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    for line in ("format version 1", "every member checked", "kind        model, target cpu", "(this machine)",
+                 "opt_level 1", "  x: f32[n, 4]", "  y: f32[n, 3]", "externs matmul×1", "weights.safetensors",
+                 "kernels/0.so"):
+        assert line in out, line
+
+    assert main(["inspect", str(out_file), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["signature"]["inputs"] == [{"name": "x", "type": "f32[n, 4]"}]
+    assert facts["verified"] and facts["host_matches"] and len(facts["digest"]) == 64
+
+    results = {}
+    for model in (onnx_model, out_file):
+        outputs = tmp_path / f"out-{model.suffix[1:]}"
+        assert main(["run", str(model), "--input", f"x={tmp_path / 'x.npy'}", "--output-dir", str(outputs)]) == 0
+        results[model.suffix] = np.load(outputs / "y.npy")
+    assert "loading" in capsys.readouterr().err
+    assert results[".ember"].tobytes() == results[".onnx"].tobytes()
+
+
+def test_profile_and_bench_an_artifact(onnx_model, tmp_path, capsys):
+    out_file = tmp_path / "mm.ember"
+    assert main(["compile", str(onnx_model), "-o", str(out_file)]) == 0
+    assert main(["profile", str(out_file), "--dim", "n=4", "--runs", "2"]) == 0
+    assert "extern matmul" in capsys.readouterr().out
+    assert main(["bench", str(out_file), "--dim", "n=4", "--runs", "5"]) == 0
+    assert "ember       median" in capsys.readouterr().out
+
+
+def test_compile_an_llm_to_an_artifact(tiny_llm_dir, tmp_path, capsys):
+    out_file = tmp_path / "tiny.ember"
+    assert main(["compile", str(tiny_llm_dir), "-o", str(out_file), "--block-size", "8", "--max-model-len", "256"]) == 0
+    assert "saved" in capsys.readouterr().out
+    assert main(["inspect", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "kind        llm" in out and "up to 256 tokens, KV blocks of 8" in out
+    assert "tokenizer/tokenizer.json" in out and "paged_attention×2" in out
+    assert main(["generate", "Hi", "--model", str(out_file), "--max-tokens", "3", "--raw"]) == 0
+
+
+def test_compile_errors(onnx_model, tmp_path, capsys):
+    assert main(["compile", str(onnx_model), "--block-size", "8"]) == 2
+    assert "--block-size and --max-model-len are for LLMs" in capsys.readouterr().err
+    bad = tmp_path / "bad.ember"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    assert main(["run", str(bad), "--input", f"x={tmp_path / 'x.npy'}"]) == 2
+    assert "ember: error:" in capsys.readouterr().err
+    assert main(["inspect", str(bad)]) == 2
+    assert "not an ember artifact, or it is truncated" in capsys.readouterr().err
