@@ -6,11 +6,13 @@ import asyncio
 import http.client
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -97,13 +99,17 @@ def test_ember_serve_serves_an_artifact(tiny_llm_dir, tiny_artifact):
     process = subprocess.Popen([sys.executable, "-m", "ember.cli", "serve", str(tiny_artifact), "--port", "0",
                                 "--kv-cache-memory", "32M"], stderr=subprocess.PIPE, text=True, env=env)
     try:
-        port = None
-        for line in process.stderr:  # the status lines, up to the one that says where it serves
-            if m := re.search(r"serving at http://127\.0\.0\.1:(\d+)/v1", line):
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+        port, deadline = None, time.monotonic() + 120
+        while port is None and time.monotonic() < deadline:  # the status lines, up to the one saying where
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if m := re.search(r"serving .*?at http://127\.0\.0\.1:(\d+)/v1", line):
                 port = int(m[1])
-                break
-        assert port is not None, "ember serve did not start"
-        threading.Thread(target=process.stderr.read, daemon=True).start()  # the pipe never fills
+        assert port is not None, "ember serve did not say where it serves within 120 s"
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         body = {"model": "tiny", "prompt": "Hello, my name is", "max_tokens": GREEDY.max_tokens, "temperature": 0,
                 "ignore_eos": True}
