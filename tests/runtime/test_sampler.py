@@ -101,7 +101,7 @@ def allowed(logits: np.ndarray, p: SamplingParams, slack: float = 1e-4) -> set[i
         order = [i for i in np.argsort(-x, kind="stable") if keep[i]]
         mass = probs[order] / probs[order].sum()
         last = order[int(np.searchsorted(np.cumsum(mass), p.top_p - slack))]
-        keep &= probs >= probs[last]  # a token tied with the last one kept is kept too
+        keep &= probs >= probs[last] * (1 - 1e-6)  # ties with the last one kept (as float32 sees them) too
     return {int(i) for i in np.flatnonzero(keep)}
 
 
