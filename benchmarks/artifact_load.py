@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import write_section  # benchmarks/_report.py
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- artifact:begin -->", "<!-- artifact:end -->"
 
 
 def child(mode: str, model: str) -> None:
@@ -57,16 +57,6 @@ def measure(mode: str, model: Path, cache: Path) -> dict:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["process_s"] = wall
     return result
-
-
-def write_section(path: Path, lines: list[str]) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = "\n".join([BEGIN, *lines, END])
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def _seconds(values: list[float]) -> str:
@@ -131,7 +121,7 @@ def main(argv=None) -> int:
               f"Python {platform.python_version()}, torch {torch.__version__}:", ""]
     print("\n".join(header + lines))
     if args.write:
-        write_section(args.write, header + lines)
+        write_section(args.write, "artifact", header + lines)
     return 0
 
 
