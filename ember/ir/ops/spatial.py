@@ -141,6 +141,10 @@ def _lower_conv_transpose(ctx, node, ins):
     if not all(isinstance(d, int) for d in w.shape[2:]):
         raise NotLowerable("symbolic kernel")
     begin, out = _conv_transpose_geometry(a, _static_spatial(x), list(w.shape[2:]))
+    if any(b < 0 for b in begin):
+        # an output_shape past the full transposed convolution: onnx.reference does not pad
+        # it with zeros as the spec's negative padding would; its reference keeps the meaning
+        raise NotLowerable("an output_shape larger than the full transposed convolution")
     dtype, shape = out_type(node)
     if list(shape[2:]) != out:
         raise NotLowerable("an output type that disagrees with the pads and output_shape")
