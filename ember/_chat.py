@@ -42,17 +42,8 @@ class LocalChat:
             raise TooLong(f"{num_prompt} tokens, max_model_len {self.engine.max_model_len}")
         params = replace(self.params, max_tokens=min(self.params.max_tokens, room))
         self._ids += 1
-        request_id = f"chat-{self._ids}"
-        self.engine.add_request(request_id, prompt, params)
-        shown = 0
-        try:
-            while self.engine.has_unfinished():
-                for out in self.engine.step():
-                    text = out.outputs[0].text
-                    yield text[shown:]
-                    shown = len(text)
-        finally:
-            self.engine.abort_request(request_id)  # a no-op once it finished
+        for delta, _ in self.engine.stream(f"chat-{self._ids}", prompt, params):
+            yield delta
 
 
 class RemoteChat:

@@ -494,13 +494,9 @@ def cmd_generate(args) -> int:
         prompt = {"prompt_token_ids": tokenizer.encode(args.prompt)}
     else:
         prompt = _chat_prompt(tokenizer, [{"role": "user", "content": args.prompt}])
-    engine.add_request("cli", prompt, params)
-    shown, out = 0, None
-    while engine.has_unfinished():
-        for out in engine.step():
-            text = out.outputs[0].text
-            print(text[shown:], end="", flush=True)
-            shown = len(text)
+    out = None
+    for delta, out in engine.stream("cli", prompt, params):
+        print(delta, end="", flush=True)
     print()
     sample, m = out.outputs[0], out.metrics
     speed = 1 / m.time_per_output_token if m.num_generated_tokens > 1 else math.nan

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -256,6 +257,24 @@ class LLMEngine:
             self.scheduler.finish_requests(ids, RequestStatus.FINISHED_ABORTED)
             for sid in ids:
                 self._sequences.pop(sid, None)
+
+    def stream(self, request_id: str, prompt, params: SamplingParams | None = None
+               ) -> Iterator[tuple[str, RequestOutput]]:
+        """Add a request and step the engine until nothing is left, yielding each new piece
+        of the request's (first sample's) text with the output it came in. Closing the
+        iterator early aborts the request. For one request at a time (`ember generate`,
+        `ember chat`); batches go through `step`."""
+        self.add_request(request_id, prompt, params)
+        shown = 0
+        try:
+            while self.has_unfinished():
+                for out in self.step():
+                    if out.request_id == request_id:
+                        text = out.outputs[0].text
+                        yield text[shown:], out
+                        shown = len(text)
+        finally:
+            self.abort_request(request_id)  # a no-op once it finished
 
     def has_unfinished(self) -> bool:
         return bool(self._parents)

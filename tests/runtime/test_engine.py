@@ -305,5 +305,16 @@ def test_async_abort_ends_the_stream_and_a_slow_reader_gets_the_newest_output(ti
         llm.shutdown()
 
 
+def test_stream_yields_the_text_piece_by_piece_and_closing_it_aborts(llm, alone):
+    p = prompts(1, seed=18)[0]
+    pieces = list(llm.engine.stream("s", {"prompt_token_ids": p}, greedy(6)))
+    assert "".join(delta for delta, _ in pieces) == pieces[-1][1].outputs[0].text
+    assert pieces[-1][1].finished and pieces[-1][1].outputs[0].token_ids == alone(p, 6)
+    stream = llm.engine.stream("t", {"prompt_token_ids": p}, greedy(200))
+    next(stream)
+    stream.close()
+    assert_pool_free(llm.engine)
+
+
 def test_public_names():
     assert ember.LLM is LLM and ember.AsyncLLM is AsyncLLM and ember.SamplingParams is SamplingParams
