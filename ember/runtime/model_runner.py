@@ -58,8 +58,9 @@ class ModelRunner:
     def cache_bytes(self) -> int:
         return sum(c.nbytes for c in self.caches.values())
 
-    def feeds(self, out: SchedulerOutput) -> tuple[dict[str, np.ndarray], RunnerOutput]:
-        """The graph's feeds for `out`, and where each request's logits will be."""
+    def feeds(self, out: SchedulerOutput) -> tuple[dict[str, np.ndarray], dict[str, int], dict]:
+        """The graph's feeds for `out`, and where each request's logits will be (the
+        `sample_rows` and `prompt_rows` of RunnerOutput)."""
         bs, n = self.block_size, len(out.scheduled)
         lengths = np.array([len(s.token_ids) for s in out.scheduled], np.int64)
         starts = np.zeros(n + 1, np.int64)
@@ -92,10 +93,9 @@ class ModelRunner:
         feeds = {"input_ids": ids, "positions": positions, "slot_mapping": slots, "block_tables": tables,
                  "query_start_loc": starts, "seq_lens": first + lengths,
                  "logit_indices": np.array(wanted, np.int64), **self.caches}
-        return feeds, RunnerOutput(np.empty((0, 0), np.float32), sample_rows, prompt_rows)
+        return feeds, sample_rows, prompt_rows
 
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         """Run one step. A step whose requests want no logits still runs (it fills the cache)."""
-        feeds, result = self.feeds(out)
-        result.logits = self.compiled.run(feeds)["logits"]
-        return result
+        feeds, sample_rows, prompt_rows = self.feeds(out)
+        return RunnerOutput(self.compiled.run(feeds)["logits"], sample_rows, prompt_rows)
