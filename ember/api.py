@@ -19,7 +19,7 @@ from .ir.graph import Graph
 from .ir.ops._lowering import NotLowerable
 from .ir.verifier import verify as verify_graph
 from .passes import PassManager, PassStats, build_pipeline
-from .runtime.executor import Executor, ReferenceExecutor
+from .runtime.executor import Executor, ReferenceExecutor, default_threads
 
 TARGETS = ("cpu",)
 
@@ -96,7 +96,7 @@ class CompiledModel:
             timings["codegen"] = time.perf_counter() - t0
         if self.program is not None:
             t0 = time.perf_counter()
-            self._executor = Executor(self.program, threads=intra_op_threads or os.cpu_count())
+            self._executor = Executor(self.program, threads=intra_op_threads or default_threads())
             self._executor.profile = [] if profile else None
             fallbacks, kernels, fused = self.program.fallbacks, self.program.num_kernels, self.program.fused_nodes
         else:
@@ -167,7 +167,8 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     passes: extra registered passes placed by name, e.g. [("my_fusion", "after", "fold_constants")].
     codegen: generate C++ kernels (default; needs a C++ compiler, else every node runs its
         reference implementation); False (or EMBER_CODEGEN=0) interprets the graph.
-    intra_op_threads: threads per kernel (default: every core).
+    intra_op_threads: threads per kernel (default: OMP_NUM_THREADS where set, else every
+        core this process may use).
     profile: record every kernel's time; read it with `compiled.profile()`.
 
     Raises `ModelError` for a model ember cannot take, `UnsupportedError` for an unknown

@@ -358,6 +358,8 @@ def _is_model_artifact(model: str) -> bool:
 
 
 def _bench_onnx(args: argparse.Namespace) -> int:
+    from .runtime.executor import default_threads
+
     dims = _dims(args.dim)
     compiled, compile_s = _compile(args.model, args.target)
     feeds = _load_feeds(args.input) if args.input else _random_feeds(compiled, dims)
@@ -368,7 +370,7 @@ def _bench_onnx(args: argparse.Namespace) -> int:
         except ImportError:
             raise UsageError("--onnxruntime needs onnxruntime (pip install onnxruntime)") from None
         options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = default_threads()  # the threads ember's run uses
         session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
         runners["onnxruntime"] = lambda: session.run(None, feeds)
     times: dict[str, list[float]] = {name: [] for name in runners}

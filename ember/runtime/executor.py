@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import threading
 import time
 import warnings
@@ -105,6 +106,18 @@ def _shape_function(exprs: tuple, symbols: list, index: dict):
         return lambda values: [values[i] if i is not None else c for i, c in parts]
     fn = sympy.lambdify(symbols, list(exprs), "math")
     return lambda values: fn(*values)
+
+
+def default_threads() -> int:
+    """Threads per kernel when the caller names none: OMP_NUM_THREADS where it is set to
+    a positive number (as torch and OpenMP read it), else every core this process may
+    run on (its CPU affinity: a container's or `taskset`'s share, not the whole host's)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 class Executor:
