@@ -25,7 +25,8 @@ def tiny(tmp_path):
          helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
         [helper.make_tensor_value_info("out/scores", TensorProto.FLOAT, ["n", 3])],
         initializer=[numpy_helper.from_array(W, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    # opset 13's IR version, not onnx's newest (which an older onnxruntime cannot read)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
     path = tmp_path / "tiny.onnx"
     onnx.save(model, path)
     return path

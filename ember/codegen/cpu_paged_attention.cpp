@@ -23,6 +23,14 @@
 //
 // Scores, softmax and output accumulate in float32 whatever the element type; an item's
 // result does not depend on the thread count.
+//
+// The same kernel runs dense attention (ember.Attention on packed [B, S, heads * D] rows,
+// paged_attention.dense_attention): no slots to store (P_SLOTS null), each batch row one
+// "block" of the "cache", which is the k and v arrays themselves (a slot's row S_K_SLOT /
+// S_V_SLOT elements from the last), every key visible unless S_CAUSAL, and an optional
+// additive float32 bias (P_BIAS; a mask): the row of a sequence b, query head h and query i
+// (counted from the sequence's first new token) starts at b S_BIAS_SEQ + h S_BIAS_HEAD +
+// i S_BIAS_QUERY (strides that may be 0) and holds one value per key.
 
 #include <omp.h>
 #include <algorithm>
@@ -105,14 +113,19 @@ struct BF16 {
 };
 
 // The call's arguments: P (pointers) and S (sizes), in the order paged_attention.py passes them.
-enum { P_Q, P_K, P_V, P_K_CACHE, P_V_CACHE, P_SLOTS, P_TABLES, P_STARTS, P_LENS, P_Y, NUM_P };
+enum { P_Q, P_K, P_V, P_K_CACHE, P_V_CACHE, P_SLOTS, P_TABLES, P_STARTS, P_LENS, P_Y, P_BIAS, NUM_P };
 enum { S_TOKENS, S_SEQS, S_MAX_BLOCKS, S_NUM_BLOCKS, S_BLOCK_SIZE, S_HEADS, S_KV_HEADS, S_D, S_DV,
-       S_Q_STRIDE, S_K_STRIDE, S_V_STRIDE, S_Y_STRIDE, S_WINDOW, S_THREADS, NUM_S };
+       S_Q_STRIDE, S_K_STRIDE, S_V_STRIDE, S_Y_STRIDE, S_WINDOW, S_THREADS, S_CAUSAL, S_K_SLOT, S_V_SLOT,
+       S_BIAS_SEQ, S_BIAS_HEAD, S_BIAS_QUERY, NUM_S };
 
 struct Call {
   const void* q; void* k_cache; void* v_cache; void* y;
   const int64_t *tables, *starts, *lens;
+  const float* bias;  // added to the scores, or null; its rows' strides:
+  int64_t bias_seq, bias_head, bias_query;
   int64_t max_blocks, block_size, heads, kv_heads, group, D, DV, q_stride, y_stride, window;
+  int64_t k_slot, v_slot;
+  bool causal;
   float scale;
 };
 
@@ -131,6 +144,7 @@ struct Rows {
   int32_t kv[MAX_ROWS];                              // its kv head, from the item's first
   const T* q[MAX_ROWS];
   T* y[MAX_ROWS];
+  const float* bias[MAX_ROWS];  // the row's bias of each key, or null
   int64_t lo, hi;  // the keys any row sees
 
   Rows(const Call& c, const Item& it) : n(int(it.num_queries * it.num_heads)) {
@@ -139,14 +153,15 @@ struct Rows {
     for (int r = 0; r < n; ++r) {
       const int64_t i = it.first_query + r / it.num_heads;
       const int64_t head = it.first_head + r % it.num_heads;
-      const int64_t pos = len - n_new + i;
-      const int64_t first = c.window > 0 ? std::max<int64_t>(0, pos - c.window + 1) : 0;
+      const int64_t pos = c.causal ? len - n_new + i : len - 1;  // the last key the row sees
+      const int64_t first = c.window > 0 && c.causal ? std::max<int64_t>(0, pos - c.window + 1) : 0;
       first_key[r] = int32_t(first);
       last_key[r] = int32_t(pos);
       kv[r] = int32_t(head / c.group - it.first_head / c.group);
       lo = std::min(lo, first);
       hi = std::max(hi, pos);
       q[r] = static_cast<const T*>(c.q) + (start + i) * c.q_stride + head * c.D;
+      bias[r] = c.bias ? c.bias + it.seq * c.bias_seq + head * c.bias_head + i * c.bias_query : nullptr;
       y[r] = static_cast<T*>(c.y) + (start + i) * c.y_stride + head * c.DV;
     }
   }
@@ -182,9 +197,9 @@ struct Chunks {
     if (next_kc == 0) return;
     int64_t block = j0 / c.block_size, offset = j0 % c.block_size;
     for (int jj = 0; jj < KC; ++jj) {
-      const int64_t row = (table[block] * c.block_size + offset) * c.kv_heads + kv_head;
-      k[into][jj] = static_cast<const T*>(c.k_cache) + row * c.D;
-      v[into][jj] = static_cast<const T*>(c.v_cache) + row * c.DV;
+      const int64_t slot = table[block] * c.block_size + offset;
+      k[into][jj] = static_cast<const T*>(c.k_cache) + slot * c.k_slot + kv_head * c.D;
+      v[into][jj] = static_cast<const T*>(c.v_cache) + slot * c.v_slot + kv_head * c.DV;
       if (jj + 1 < next_kc && ++offset == c.block_size) { offset = 0; ++block; }
     }
   }
@@ -315,12 +330,18 @@ static void few_kernel(const Call& c, const Item& it, float* work) {
 #pragma GCC unroll 16
       for (int jj = 0; jj < KC; ++jj) dots[jj] = partial_dot<E, D_>(qr, kp[jj] + off, D);
       alignas(64) float p[KC];
-      const float alpha = softmax_chunk(sum_lanes(dots), j0, kc, rows.first_key[r], rows.last_key[r], m[r], l[r], p);
+      vec scores = sum_lanes(dots);
+      if (rows.bias[r]) {
+        alignas(64) float b[KC] = {};
+        std::memcpy(b, rows.bias[r] + j0, kc * sizeof(float));
+        scores += vload(b);
+      }
+      const float alpha = softmax_chunk(scores, j0, kc, rows.first_key[r], rows.last_key[r], m[r], l[r], p);
       accumulate_row<E, DV_>(o + r * DV, alpha, p, vp, rows.kv[r] * DV, kc, DV);
     }
   }
   for (int r = 0; r < n; ++r) {
-    const float inv = 1.0f / l[r];
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;  // every key masked (-inf bias): 0, as the reference
 #pragma omp simd
     for (int64_t dv = 0; dv < DV; ++dv) rows.y[r][dv] = E::store(o[r * DV + dv] * inv);
   }
@@ -341,11 +362,15 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
   alignas(64) float s[KC][L];
   alignas(64) float m[L], l[L], alpha[L];
   alignas(64) int32_t first[L], last[L];
+  const float* bias[L];
+  bool same_bias = true;  // one bias row for every row: added as a scalar per key
   for (int r = 0; r < L; ++r) {
     // lanes past the rows: a zero query that sees row 0's keys (finite, never written)
     const int src = r < rows.n ? r : 0;
     first[r] = rows.first_key[src];
     last[r] = rows.last_key[src];
+    bias[r] = rows.bias[src];
+    same_bias = same_bias && bias[r] == rows.bias[0];
     for (int64_t d = 0; d < D; ++d) qt[d * L + r] = r < rows.n ? E::load(rows.q[r][d]) * c.scale : 0.0f;
     m[r] = -INFINITY;
     l[r] = 0.0f;
@@ -379,8 +404,12 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
     for (int jj = 0; jj < KC; ++jj) {
       const int64_t j = j0 + jj;
       const bool real = jj < kc;
+      if (bias[0] && !same_bias && real) {
+        for (int r = 0; r < L; ++r) s[jj][r] += bias[r][j];
+      }
+      const float b = real && bias[0] && same_bias ? bias[0][j] : 0.0f;
 #pragma omp simd
-      for (int r = 0; r < L; ++r) s[jj][r] = (real && j >= first[r] && j <= last[r]) ? s[jj][r] : -INFINITY;
+      for (int r = 0; r < L; ++r) s[jj][r] = (real && j >= first[r] && j <= last[r]) ? s[jj][r] + b : -INFINITY;
     }
     alignas(64) float mx[L], base[L];
 #pragma omp simd
@@ -442,7 +471,7 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
     }
   }
   for (int r = 0; r < rows.n; ++r) {
-    const float inv = 1.0f / l[r];
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;  // every key masked (-inf bias): 0, as the reference
     for (int64_t dv = 0; dv < DV; ++dv) rows.y[r][dv] = E::store(ot[dv * L + r] * inv);
   }
 }
@@ -483,9 +512,25 @@ static int check_indices(const int64_t* P_slots, const int64_t* S, const int64_t
       if (block < 0 || block >= nb) return 3;
     }
   }
-  for (int64_t t = 0; t < T; ++t)
-    if (P_slots[t] >= nb * bs) return 4;
+  if (P_slots)
+    for (int64_t t = 0; t < T; ++t)
+      if (P_slots[t] >= nb * bs) return 4;
   return 0;
+}
+
+// Whether every query's bias row equals the first's, for each sequence and head: a padding
+// mask broadcast along the queries but stored whole (transformers' [B, 1, Sq, Sk] masks),
+// which is then read as one row (~20% of BERT's attention time otherwise).
+static bool same_bias_rows(const Call& c, int64_t seqs, int64_t keys) {
+  for (int64_t b = 0; b < seqs; ++b) {
+    const int64_t n = c.starts[b + 1] - c.starts[b], len = std::min(c.lens[b], keys);
+    for (int64_t h = 0; h < (c.bias_head ? c.heads : 1); ++h) {
+      const float* first = c.bias + b * c.bias_seq + h * c.bias_head;
+      for (int64_t i = 1; i < n; ++i)
+        if (std::memcmp(first, first + i * c.bias_query, len * sizeof(float)) != 0) return false;
+    }
+  }
+  return true;
 }
 
 template <class E>
@@ -502,12 +547,18 @@ static int run(void* const* P, const int64_t* S, float scale) {
   c.heads = S[S_HEADS]; c.kv_heads = S[S_KV_HEADS]; c.group = c.heads / c.kv_heads;
   c.D = S[S_D]; c.DV = S[S_DV]; c.q_stride = S[S_Q_STRIDE]; c.y_stride = S[S_Y_STRIDE];
   c.window = S[S_WINDOW];
+  c.causal = S[S_CAUSAL] != 0;
+  c.k_slot = S[S_K_SLOT]; c.v_slot = S[S_V_SLOT];
+  c.bias = static_cast<const float*>(P[P_BIAS]);
+  c.bias_seq = S[S_BIAS_SEQ]; c.bias_head = S[S_BIAS_HEAD]; c.bias_query = S[S_BIAS_QUERY];
+  if (c.bias && c.bias_query != 0 && same_bias_rows(c, S[S_SEQS], S[S_BLOCK_SIZE] * S[S_MAX_BLOCKS]))
+    c.bias_query = 0;  // one row per sequence and head: rows_kernel adds it as a scalar per key
   c.scale = scale;
   const int64_t T_ = S[S_TOKENS], B = S[S_SEQS];
 
   // the new keys and values into their slots, in token order (a repeated slot keeps the last)
   const int64_t kw = c.kv_heads * c.D, vw = c.kv_heads * c.DV;
-  for (int64_t t = 0; t < T_; ++t) {
+  for (int64_t t = 0; slots && t < T_; ++t) {
     if (slots[t] < 0) continue;
     std::memcpy(static_cast<T*>(c.k_cache) + slots[t] * kw, static_cast<const T*>(P[P_K]) + t * S[S_K_STRIDE],
                 kw * sizeof(T));
@@ -533,7 +584,7 @@ static int run(void* const* P, const int64_t* S, float scale) {
     if (n * c.group <= FEW_ROWS) {
       const int64_t per_item = std::max<int64_t>(1, std::min(MAX_ROWS / (n * c.group),
                                                                (c.kv_heads + kv_parts - 1) / kv_parts));
-      const int64_t keys = c.window > 0 ? std::min(len, c.window + n - 1) : len;
+      const int64_t keys = c.window > 0 && c.causal ? std::min(len, c.window + n - 1) : len;
       for (int64_t h = 0; h < c.kv_heads; h += per_item) {
         const int64_t heads = std::min(per_item, c.kv_heads - h) * c.group;
         items.push_back({b, 0, n, h * c.group, heads, n * heads * keys});
@@ -545,15 +596,16 @@ static int run(void* const* P, const int64_t* S, float scale) {
       for (int64_t g0 = 0; g0 < c.group; g0 += heads_per_item) {
         const int64_t ng = std::min(heads_per_item, c.group - g0), tile = std::max<int64_t>(1, TILE_ROWS / ng);
         for (int64_t i0 = 0; i0 < n; i0 += tile) {
-          const int64_t nq = std::min(tile, n - i0), last = len - n + i0 + nq - 1;
-          const int64_t first = c.window > 0 ? std::max<int64_t>(0, last - nq + 1 - c.window + 1) : 0;
+          const int64_t nq = std::min(tile, n - i0), last = c.causal ? len - n + i0 + nq - 1 : len - 1;
+          const int64_t first = c.window > 0 && c.causal ? std::max<int64_t>(0, last - nq + 1 - c.window + 1) : 0;
           items.push_back({b, i0, nq, h * c.group + g0, ng, nq * ng * (last + 1 - first)});
         }
       }
   }
   // the longest first, so that the dynamic schedule ends evenly
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
-  if (c.D == 64 && c.DV == 64) attend<E, 64, 64>(c, items, threads);
+  if (c.D == 32 && c.DV == 32) attend<E, 32, 32>(c, items, threads);  // BERT-sized heads
+  else if (c.D == 64 && c.DV == 64) attend<E, 64, 64>(c, items, threads);
   else if (c.D == 128 && c.DV == 128) attend<E, 128, 128>(c, items, threads);
   else attend<E, 0, 0>(c, items, threads);
   return 0;

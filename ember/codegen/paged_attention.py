@@ -25,9 +25,11 @@ log = logging.getLogger("ember.codegen")
 
 DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # -> the kernel's element type
 # the pointer and size arguments, in the order of the kernel's P_* and S_* enums
-ARRAYS = ("q", "k", "v", "k_cache", "v_cache", "slot_mapping", "block_tables", "query_start_loc", "seq_lens", "y")
+ARRAYS = ("q", "k", "v", "k_cache", "v_cache", "slot_mapping", "block_tables", "query_start_loc", "seq_lens", "y",
+          "bias")
 SIZES = ("num_tokens", "num_seqs", "max_blocks", "num_blocks", "block_size", "num_heads", "kv_num_heads",
-         "head_dim", "v_head_dim", "q_stride", "k_stride", "v_stride", "y_stride", "sliding_window", "threads")
+         "head_dim", "v_head_dim", "q_stride", "k_stride", "v_stride", "y_stride", "sliding_window", "threads",
+         "causal", "k_slot_stride", "v_slot_stride", "bias_seq_stride", "bias_head_stride", "bias_query_stride")
 SOURCE = Path(__file__).with_name("cpu_paged_attention.cpp")
 
 
@@ -53,8 +55,62 @@ def available(dtype: str) -> bool:
 def paged_attention(dtype: str, arrays: dict[str, int], sizes: dict[str, int], scale: float) -> bool:
     """Run the kernel on the arrays at the addresses `arrays` (by name, ARRAYS) of `dtype`
     with `sizes` (SIZES; strides are rows' strides in elements, `threads` the OpenMP team
-    size); scale 0 means 1/sqrt(head_dim). False: the indices were invalid, nothing ran."""
-    pointers = (ctypes.c_void_p * len(ARRAYS))(*(arrays[name] for name in ARRAYS))
+    size); scale 0 means 1/sqrt(head_dim). False: the indices were invalid, nothing ran.
+    A missing array is a null pointer: no slot_mapping stores nothing, no bias adds none.
+    `causal` 0: every key of a sequence is visible to each of its queries; the slot strides
+    are the elements between the cache rows of consecutive slots; the bias strides, those
+    between the bias rows of consecutive sequences, query heads and queries (float32 bias,
+    one value per key)."""
+    pointers = (ctypes.c_void_p * len(ARRAYS))(*(arrays.get(name) or None for name in ARRAYS))
     values = (ctypes.c_int64 * len(SIZES))(*(sizes[name] for name in SIZES))
     scale = scale or sizes["head_dim"] ** -0.5
     return _kernel(dtype)(pointers, values, scale) == 0
+
+
+def dense_attention(q, k, v, bias, y, heads: int, kv_heads: int, scale: float, causal: bool) -> bool:
+    """ember.Attention of packed rows on the same kernel: q [B, Sq, heads * D], k and v
+    [B, Sk, kv_heads * D] (torch tensors; views of one packed QKV array are fine), y
+    [B, Sq, heads * Dv], bias None or an additive float32 bias that broadcasts to
+    [B, heads, Sq, Sk] (a mask; -inf masks a key). Each batch row is one sequence whose
+    "cache" is k and v themselves. False, having done nothing, where the kernel does not
+    take these arrays (their caller's path does). Called once per attention layer per run:
+    its checks and arguments cost a few microseconds, not the tens that torch calls would."""
+    import torch
+
+    kernel = _kernel("float32") if q.dtype == torch.float32 else None
+    if kernel is None or heads % kv_heads or q.dim() != 3 or k.dim() != 3 or v.dim() != 3 or y.dim() != 3:
+        return False
+    (b, sq, qw), (_, sk, kw), vw = q.shape, k.shape, v.shape[2]
+    d, dv = qw // heads, vw // kv_heads
+    if (min(b, sq, sk, d, dv) < 1 or sq > sk or qw != heads * d or kw != kv_heads * d or vw != kv_heads * dv
+            or tuple(v.shape[:2]) != (b, sk) or tuple(y.shape) != (b, sq, heads * dv)
+            or any(t.dtype != torch.float32 for t in (k, v, y))):
+        return False
+    qs, ks, vs, ys = q.stride(), k.stride(), v.stride(), y.stride()
+    if any(st[2] != 1 or st[0] != n * st[1] for st, n in ((qs, sq), (ks, sk), (vs, sk), (ys, sq))):
+        return False
+    bias_strides, bias_ptr = (0, 0, 0), None
+    if bias is not None:
+        if bias.dtype != torch.float32 or not 1 <= bias.dim() <= 4:
+            return False
+        pad = 4 - bias.dim()
+        shape, st = (1,) * pad + tuple(bias.shape), (0,) * pad + bias.stride()
+        if shape[3] != sk or (sk > 1 and st[3] != 1) or any(n not in (1, full) for n, full in zip(shape, (b, heads, sq))):
+            return False
+        bias_strides, bias_ptr = tuple(0 if n == 1 else s for n, s in zip(shape[:3], st[:3])), bias.data_ptr()
+    _, (tables, starts, lens) = _dense_indices(b, sq, sk)
+    pointers = (ctypes.c_void_p * len(ARRAYS))(q.data_ptr(), None, None, k.data_ptr(), v.data_ptr(), None, tables,
+                                               starts, lens, y.data_ptr(), bias_ptr)
+    sizes = (ctypes.c_int64 * len(SIZES))(b * sq, b, 1, b, sk, heads, kv_heads, d, dv, qs[1], 0, 0, ys[1], 0,
+                                          torch.get_num_threads(), int(causal), ks[1], vs[1], *bias_strides)
+    return kernel(pointers, sizes, scale or d ** -0.5) == 0
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_indices(b: int, sq: int, sk: int):
+    """Dense attention's block tables, query starts and sequence lengths (each sequence one
+    block of sk keys), and their addresses."""
+    import numpy as np
+
+    arrays = (np.arange(b, dtype=np.int64), np.arange(0, b * sq + 1, sq, dtype=np.int64), np.full(b, sk, np.int64))
+    return arrays, tuple(a.ctypes.data for a in arrays)

@@ -69,10 +69,14 @@ def _convert(model: onnx.ModelProto, current: int, opset: int) -> onnx.ModelProt
         # ember's IR already holds every op in its newest form; a newer number means nothing new
         raise UnsupportedError(f"opset {opset} is newer than the graph's ({current})")
     try:
-        return onnx.version_converter.convert_version(model, opset)
+        model = onnx.version_converter.convert_version(model, opset)
     except Exception as e:
         raise UnsupportedError(f"cannot write the model at opset {opset} (onnx's version converter: {e}); "
                                f"export at opset {current}") from None
+    # the converter keeps the IR version of the newest opset: an older runtime (onnxruntime
+    # 1.30 reads IR 13 at most, which onnx 1.23's opset 28 needs 14 of) would refuse the model
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    return model
 
 
 def _save(model: onnx.ModelProto, path: Path, external_data: bool | None, num_weight_bytes: int) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..codegen import paged_attention
+
 EXTERNS: dict[str, Callable] = {}
 PREPARE: dict[str, Callable] = {}
 ADOPTS: set[str] = set()  # externs that, given None for their output, return it (after `prepare`)
@@ -163,6 +165,8 @@ def attention(params, q, k, v, bias, y):
 
         q, k, v = split_qkv(q, heads, kv_heads)
     if q.dim() == 3:  # packed [B, S, H*D]
+        if paged_attention.dense_attention(q, k, v, bias, y, heads, kv_heads, scale, causal):
+            return  # ember's fused kernel (the paged one, each batch row a sequence)
         b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
         q = q.view(b, sq, heads, -1).transpose(1, 2)
         k = k.view(b, sk, kv_heads, -1).transpose(1, 2)

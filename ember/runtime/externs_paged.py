@@ -52,7 +52,9 @@ def _fused(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_
              "num_blocks": num_blocks, "block_size": block_size, "num_heads": heads, "kv_num_heads": kv_heads,
              "head_dim": head_dim, "v_head_dim": v_head_dim, "q_stride": q.stride(0),
              "k_stride": k.stride(0), "v_stride": v.stride(0), "y_stride": y.stride(0),
-             "sliding_window": params["sliding_window"], "threads": torch.get_num_threads()}
+             "sliding_window": params["sliding_window"], "threads": torch.get_num_threads(), "causal": 1,
+             "k_slot_stride": kv_heads * head_dim, "v_slot_stride": kv_heads * v_head_dim,
+             "bias_seq_stride": 0, "bias_head_stride": 0, "bias_query_stride": 0}
     return kernel.paged_attention(dtype, {name: t.data_ptr() for name, t in arrays.items()}, sizes, params["scale"])
 
 

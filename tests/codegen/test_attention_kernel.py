@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.integers(1, 3), heads=st.sampled_from([1, 2, 4]), group=st.sampled_from([1, 2]),
-       sq=st.integers(1, 40), sk=st.sampled_from([1, 7, 40, 300]), d=st.sampled_from([4, 8]),
+       sq=st.integers(1, 40), sk=st.sampled_from([1, 7, 40, 300]), d=st.sampled_from([4, 8, 32, 64]),
        packed=st.booleans(), mask=st.sampled_from([None, "keys", "full", "keys_inf", "shared", "2d"]), causal=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_attention_kernel_matches_the_reference(batch, heads, group, sq, sk, d, packed, mask, causal, seed):
@@ -50,14 +50,43 @@ def test_attention_kernel_matches_the_reference(batch, heads, group, sq, sk, d, 
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("packed", [False, True])  # packed rows run on ember's fused (paged) kernel
 @pytest.mark.parametrize("sk", [1, 300])
-def test_a_row_with_every_key_masked_is_zero(sk):
-    feeds = {n: np.ones((1, 2, 3, 4), np.float32) for n in ("q", "k", "v")}
-    feeds["k"] = feeds["v"] = np.ones((1, 2, sk, 4), np.float32)
+def test_a_row_with_every_key_masked_is_zero(sk, packed):
+    out = (1, 3, 8) if packed else (1, 2, 3, 4)
+    feeds = {"q": np.ones(out, np.float32)}
+    feeds["k"] = feeds["v"] = np.ones((1, sk, 8) if packed else (1, 2, sk, 4), np.float32)
     feeds["bias"] = np.full((1, 1, 1, sk), -np.inf, np.float32)
     g = Graph("g", opsets={"": 28})
     g.inputs = [Value(n, TensorType(DType.float32, a.shape)) for n, a in feeds.items()]
-    node = g.add_node("ember.Attention", list(g.inputs), [Value("y", TensorType(DType.float32, (1, 2, 3, 4)))],
+    node = g.add_node("ember.Attention", list(g.inputs), [Value("y", TensorType(DType.float32, out))],
                       {"num_heads": 2})
     g.outputs = list(node.outputs)
-    np.testing.assert_array_equal(ember.compile(g, opt_level=0).run(feeds)["y"], np.zeros((1, 2, 3, 4), np.float32))
+    np.testing.assert_array_equal(ember.compile(g, opt_level=0).run(feeds)["y"], np.zeros(out, np.float32))
+
+
+def test_packed_float32_attention_runs_on_the_fused_kernel(monkeypatch):
+    """BERT's case: q, k and v slices of one packed QKV array, a padding mask stored as
+    [B, 1, Sq, Sk] (every query row alike) — the fused kernel takes it, and it matches the
+    reference with some keys of each sequence masked."""
+    from ember.codegen import paged_attention
+
+    taken = []
+    dense = paged_attention.dense_attention
+    monkeypatch.setattr(paged_attention, "dense_attention", lambda *a, **k: taken.append(dense(*a, **k)) or taken[-1])
+    rng = np.random.default_rng(0)
+    batch, seq, heads, d = 3, 20, 4, 32
+    padding = np.zeros((batch, 1, 1, seq), np.float32)
+    for b in range(batch):
+        padding[b, ..., seq - 4 * b:] = np.finfo(np.float32).min
+    feeds = {"qkv": rng.standard_normal((batch, seq, 3 * heads * d)).astype(np.float32),
+             "bias": np.broadcast_to(padding, (batch, 1, seq, seq)).copy()}
+    g = Graph("g", opsets={"": 28})
+    g.inputs = [Value(n, TensorType(DType.float32, a.shape)) for n, a in feeds.items()]
+    node = g.add_node("ember.Attention", [g.inputs[0], None, None, g.inputs[1]],
+                      [Value("y", TensorType(DType.float32, (batch, seq, heads * d)))], {"num_heads": heads})
+    g.outputs = list(node.outputs)
+    want = ember.compile(g, opt_level=0, codegen=False).run(feeds)["y"]
+    got = ember.compile(g, opt_level=0).run(feeds)["y"]
+    assert taken == [True]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

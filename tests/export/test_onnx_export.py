@@ -186,6 +186,7 @@ def test_an_older_opset_through_the_version_converter():
     compiled = ember.compile(_loop_and_if_model())
     model = export_onnx(compiled.graph, standard_ops_only=True, opset=21)
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 21)]
+    assert model.ir_version == 10  # opset 21's, which older onnxruntimes read, not the newest opset's
     onnx.checker.check_model(model, full_check=True)
     feeds = {"x": np.ones((2, 4), np.float32), "n": np.array(2, np.int64)}
     np.testing.assert_allclose(run_onnxruntime(model, feeds)["out"], compiled.run(feeds)["out"], atol=1e-5)

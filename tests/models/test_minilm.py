@@ -1,6 +1,7 @@
 """all-MiniLM-L6-v2, exported by torch.onnx.export, through ember vs onnxruntime."""
 
 import numpy as np
+import onnx
 import pytest
 
 import ember
@@ -70,7 +71,8 @@ def test_inference_session_is_a_drop_in(minilm_onnx, session):
 
 def test_o2_matches_the_unoptimized_reference(minilm_onnx, compiled):
     reference = ember.compile(str(minilm_onnx), opt_level=0)
-    assert compiled.stats.num_nodes < reference.stats.num_nodes == 669
+    # opt level 0 keeps the exported graph's nodes (669 from torch 2.13's exporter, 620 from 2.11's)
+    assert compiled.stats.num_nodes < reference.stats.num_nodes == len(onnx.load(minilm_onnx).graph.node)
     feeds = _builtin.tokenize(_builtin.SAMPLE_SENTENCES)
     (ours,) = compiled.run(feeds).values()
     (ref,) = reference.run(feeds).values()
