@@ -141,7 +141,7 @@ def _inspect_artifact(args: argparse.Namespace) -> int:
     machine, program, stats = facts.get("machine") or {}, facts.get("program"), facts.get("stats") or {}
     print(f"artifact    {facts['path']} ({_human(facts['file_size'])}B, format version {facts['format_version']}, "
           f"ember {facts.get('ember_version')}, {facts.get('created')})")
-    print(f"digest      {facts['digest']} (every member checked against its sha256)")
+    print(f"digest      {facts['digest']} (every member checked against its hash)")
     print(f"kind        {facts.get('kind')}, target {facts.get('target')}")
     host = "this machine" if facts["host_matches"] else "another machine: its kernels are rebuilt on load"
     print(f"built for   {machine.get('arch')} {machine.get('system')} with {machine.get('compiler')} ({host})")

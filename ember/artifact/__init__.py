@@ -7,7 +7,7 @@
 The file is a zip (archive.py) of:
 
     manifest.json          format and ember version, target, signature, options, machine key,
-                           the program's summary, LLM facts, and every member's sha256 and size
+                           the program's summary, LLM facts, and every member's hash and size
     graph.ir               the optimized graph in ember's printed IR (large tensors by digest)
     program.json           the Program (codec.py): buffers, steps, size expressions as trees
     weights.safetensors    every tensor of both, once, by digest (tensors.py)
@@ -76,7 +76,7 @@ def save(compiled, path: str | os.PathLike) -> Path:
             writer.add_bytes(PROGRAM, json.dumps(encoded, allow_nan=False, separators=(",", ":")).encode())
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             store.save(Path(tmp) / WEIGHTS)
-            writer.add_file(WEIGHTS, Path(tmp) / WEIGHTS, chunked=True)
+            writer.add_file(WEIGHTS, Path(tmp) / WEIGHTS, algorithm="blake3")
             if compiled.llm is not None:
                 _save_tokenizer(writer, compiled.llm.tokenizer, Path(tmp) / "tokenizer")
         stats = compiled.stats
@@ -277,7 +277,7 @@ def tokenizer_from_files(files: dict[str, bytes]):
 # -- inspecting ---------------------------------------------------------------------------
 def inspect(path: str | os.PathLike, *, verify: bool = True) -> dict:
     """The manifest of the artifact at `path`, with its digest, file size, each member's
-    stored size, and (`verify`) every member checked against its sha256."""
+    stored size, and (`verify`) every member checked against its hash."""
     with ArchiveReader(path) as reader:
         facts = dict(reader.manifest)
         facts["path"] = str(reader.path)

@@ -28,7 +28,7 @@ def test_compile_o_inspect_run(onnx_model, tmp_path, capsys):
 
     assert main(["inspect", str(out_file)]) == 0
     out = capsys.readouterr().out
-    for line in ("format version 1", "every member checked", "kind        model, target cpu", "(this machine)",
+    for line in ("format version 2", "every member checked", "kind        model, target cpu", "(this machine)",
                  "opt_level 1", "  x: f32[n, 4]", "  y: f32[n, 3]", "externs matmul×1", "weights.safetensors",
                  "kernels/0.so"):
         assert line in out, line

@@ -6,6 +6,7 @@ import hashlib
 import json
 import zipfile
 
+import blake3
 import ml_dtypes
 import numpy as np
 import pytest
@@ -180,7 +181,7 @@ def test_manifest_records_the_model(tmp_path):
     compiled = ember.compile(models.matmul_gelu(), opt_level=1)
     path = compiled.save(tmp_path / "m.ember")
     facts = inspect(path)
-    assert facts["format_version"] == 1 and facts["ember_version"] == ember.__version__
+    assert facts["format_version"] == 2 and facts["ember_version"] == ember.__version__
     assert facts["kind"] == "model" and facts["target"] == "cpu" and facts["host_matches"]
     assert facts["signature"] == {"inputs": [{"name": "x", "type": "f32[n, 4]"}],
                                   "outputs": [{"name": "y", "type": "f32[n, 3]"}]}
@@ -191,9 +192,8 @@ def test_manifest_records_the_model(tmp_path):
     with zipfile.ZipFile(path) as z:
         assert json.loads(z.read("manifest.json"))["members"]["graph.ir"]["sha256"] == facts["members"]["graph.ir"]["sha256"]
         weights = z.read("weights.safetensors")
-    chunks = facts["members"]["weights.safetensors"]["chunks"]  # checked in parallel on load
-    assert chunks["sha256"] == [hashlib.sha256(weights[i:i + chunks["size"]]).hexdigest()
-                                for i in range(0, len(weights), chunks["size"])]
+    entry = facts["members"]["weights.safetensors"]  # BLAKE3: fast to check on load
+    assert set(entry) == {"blake3", "size", "stored_size"} and entry["blake3"] == blake3.blake3(weights).hexdigest()
     loaded = ember.load(path, digest=facts["digest"])
     assert loaded.artifact["digest"] == facts["digest"] and loaded.options["opt_level"] == 1
 
@@ -201,7 +201,8 @@ def test_manifest_records_the_model(tmp_path):
 def test_saving_twice_gives_the_same_members(tmp_path):
     compiled = ember.compile(models.matmul_gelu())
     a, b = inspect(compiled.save(tmp_path / "a.ember")), inspect(compiled.save(tmp_path / "b.ember"))
-    assert {k: v["sha256"] for k, v in a["members"].items()} == {k: v["sha256"] for k, v in b["members"].items()}
+    assert ({k: v.get("sha256") or v["blake3"] for k, v in a["members"].items()}
+            == {k: v.get("sha256") or v["blake3"] for k, v in b["members"].items()})
 
 
 def test_a_loaded_model_saves_again(tmp_path):
@@ -226,3 +227,34 @@ def test_inference_session_takes_an_artifact_and_compile_points_to_load(tmp_path
     np.testing.assert_array_equal(y, compiled.run({"x": x})["y"])
     with pytest.raises(ember.UnsupportedError, match="is a compiled artifact: load it with ember.load"):
         ember.compile(path)
+
+
+def test_a_format_1_artifact_still_loads(tmp_path):
+    """Format 1 checked the weights by the sha256 of each 16 MiB chunk; such an artifact
+    loads, and a changed weight is still refused."""
+    compiled = ember.compile(models.matmul_gelu())
+    path = compiled.save(tmp_path / "m.ember")
+    with zipfile.ZipFile(path) as z:
+        contents = {name: z.read(name) for name in z.namelist()}
+    manifest = json.loads(contents.pop("manifest.json"))
+    weights = contents["weights.safetensors"]
+
+    def write(target, weights_bytes):
+        size = 1 << 24
+        manifest["format_version"] = 1
+        manifest["members"]["weights.safetensors"] = {
+            "sha256": hashlib.sha256(weights).hexdigest(), "size": len(weights),
+            "chunks": {"size": size, "sha256": [hashlib.sha256(weights[i:i + size]).hexdigest()
+                                                for i in range(0, len(weights), size)]}}
+        with zipfile.ZipFile(target, "w") as z:
+            for name, data in {**contents, "weights.safetensors": weights_bytes}.items():
+                z.writestr(name, data)
+            z.writestr("manifest.json", json.dumps(manifest))
+        return target
+
+    x = {"x": np.ones((2, 4), np.float32)}
+    np.testing.assert_array_equal(ember.load(write(tmp_path / "v1.ember", weights)).run(x)["y"], compiled.run(x)["y"])
+    changed = bytearray(weights)
+    changed[-1] ^= 1
+    with pytest.raises(ember.ArtifactError, match="'weights.safetensors' does not match its sha256"):
+        ember.load(write(tmp_path / "v1-changed.ember", bytes(changed)))

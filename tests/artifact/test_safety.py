@@ -64,7 +64,7 @@ def test_a_flipped_byte_in_the_weights(tmp_path):
         info = z.getinfo("weights.safetensors")
     data[info.header_offset + 30 + len(info.filename) + info.file_size - 1] ^= 0x01  # the last weight's last byte
     path.write_bytes(data)
-    with pytest.raises(ArtifactError, match="member 'weights.safetensors' does not match its sha256"):
+    with pytest.raises(ArtifactError, match="member 'weights.safetensors' does not match its blake3"):
         ember.load(path)
 
 
@@ -194,8 +194,11 @@ def test_forged_weights_header(artifact, tmp_path):
     (lambda m: m.update(libraries="kernels/0.so"), "manifest's 'libraries' is malformed"),
     (lambda m: m.update(libraries=[{"source": 3}]), "list of kernel libraries is malformed"),
     (lambda m: m["members"]["graph.ir"].update(size=-1), "entry for member 'graph.ir' is malformed"),
-    (lambda m: m["members"]["weights.safetensors"]["chunks"]["sha256"].append("00"),
+    (lambda m: m["members"]["weights.safetensors"].update(blake3=7), "entry for member 'weights.safetensors' is malformed"),
+    (lambda m: m["members"]["weights.safetensors"].update(sha256="00"),  # two hashes: which one counts?
      "entry for member 'weights.safetensors' is malformed"),
+    (lambda m: m["members"]["weights.safetensors"].update(chunks={"size": 1 << 24, "sha256": ["00"]}),
+     "entry for member 'weights.safetensors' is malformed"),  # a format-1 chunk list without its sha256
     (lambda m: m.update(format="zip"), "not an ember artifact's manifest"),
 ])
 def test_a_malformed_manifest(artifact, tmp_path, edit, match):
