@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import ArtifactError
 from . import codec
 from .archive import FORMAT_VERSION, ArchiveReader, ArchiveWriter
-from .kernels import LibraryWriter, machine, resolve_libraries
+from .kernels import LibraryWriter, add_kernel_libraries, install_kernel_libraries, machine, resolve_libraries
 from .tensors import TensorStore, read_tensors
 
 __all__ = ["save", "load", "inspect", "is_artifact", "FORMAT_VERSION"]
@@ -91,6 +91,7 @@ def save(compiled, path: str | os.PathLike) -> Path:
             "software": _software(),
             "program": None if program is None else _program_summary(program),
             "libraries": libraries.entries,
+            "kernel_libraries": [] if program is None else add_kernel_libraries(writer, program),
             "stats": {"num_nodes": stats.num_nodes, "op_histogram": stats.op_histogram,
                       "passes": [{"name": p.name, "seconds": p.seconds, "nodes_before": p.nodes_before,
                                   "nodes_after": p.nodes_after, "modified": p.modified} for p in stats.passes],
@@ -179,6 +180,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
             program = None
             if reader.has(PROGRAM):
                 libraries = resolve_libraries(reader, m["libraries"], m["machine"].get("key"))
+                install_kernel_libraries(reader, m["kernel_libraries"], m["machine"].get("key"))
                 if libraries is not None:
                     try:
                         encoded = json.loads(reader.read(PROGRAM))
@@ -202,7 +204,8 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
 
 # the manifest's fields that loading reads: (type, default when absent)
 _FIELDS = {"target": (str, None), "kind": (str, "model"), "options": (dict, {}), "signature": (dict, {}),
-           "machine": (dict, {}), "libraries": (list, []), "stats": (dict, {}), "llm": (dict, None)}
+           "machine": (dict, {}), "libraries": (list, []), "kernel_libraries": (list, []), "stats": (dict, {}),
+           "llm": (dict, None)}
 
 
 def _checked_manifest(reader: ArchiveReader) -> dict:

@@ -47,6 +47,43 @@ class LibraryWriter:
         return index
 
 
+def add_kernel_libraries(writer: ArchiveWriter, program) -> list[dict]:
+    """Ship the hand-written kernel libraries `program` runs (the paged-attention kernel
+    of each element type it needs), source and, where it built here, binary: a load on
+    this machine then builds nothing. Returns their manifest entries."""
+    from ..codegen import paged_attention
+
+    entries = []
+    for dtype in paged_attention.dtypes_used(program):
+        entry = {"kernel": "paged_attention", "dtype": dtype, "source": f"kernels/paged_attention-{dtype}.cpp",
+                 "binary": None}
+        writer.add_bytes(entry["source"], paged_attention.source(dtype).encode())
+        built = paged_attention.library(dtype)
+        if built is not None and built.is_file():
+            entry["binary"] = f"kernels/paged_attention-{dtype}.so"
+            writer.add_file(entry["binary"], built, compress=True)
+        entries.append(entry)
+    return entries
+
+
+def install_kernel_libraries(reader: ArchiveReader, entries: list, built_for: str | None) -> None:
+    """Use the shipped hand-written kernel libraries where they were built for this
+    machine (copied into the kernel cache like the program's own); elsewhere each is
+    built from ember's own source on first use, as without an artifact."""
+    from ..codegen import paged_attention
+
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and e.get("kernel") == "paged_attention" and e.get("dtype") in paged_attention.DTYPES
+            and isinstance(e.get("source"), str) and (e.get("binary") is None or isinstance(e["binary"], str))
+            for e in entries):
+        raise ArtifactError(f"{reader.path}: the manifest's list of kernel libraries is malformed")
+    if built_for != cpu._machine_key():
+        return
+    for e in entries:
+        if e["binary"]:
+            paged_attention.install(e["dtype"], str(_cached(reader, e["binary"])))
+
+
 def resolve_libraries(reader: ArchiveReader, entries: list, built_for: str | None) -> list[tuple[str, str | None]] | None:
     """(source, path of a loadable library) for each shipped library; None when they
     are for another machine and this one has no C++ compiler to rebuild them."""

@@ -33,14 +33,47 @@ SIZES = ("num_tokens", "num_seqs", "max_blocks", "num_blocks", "block_size", "nu
 SOURCE = Path(__file__).with_name("cpu_paged_attention.cpp")
 
 
+_INSTALLED: dict[str, str] = {}  # dtype -> a library an artifact shipped for this machine
+
+
+def source(dtype: str) -> str:
+    """The C++ of `dtype`'s kernel (one translation unit)."""
+    return f"{PRELUDE}\n#define EMBER_PAGED_ELEMENT {DTYPES[dtype]}\n{SOURCE.read_text()}"
+
+
+def library(dtype: str) -> Path | None:
+    """The built library of `dtype`'s kernel (built now if the kernel cache lacks it);
+    None without a C++ compiler."""
+    if dtype in _INSTALLED:
+        return Path(_INSTALLED[dtype])
+    return None if cpu.compiler() is None else cpu.build(source(dtype))
+
+
+def install(dtype: str, path: str) -> None:
+    """Use the library at `path` (an artifact's, built for this machine) as `dtype`'s
+    kernel, rather than building it: loading an artifact runs no C++ compiler."""
+    _INSTALLED[dtype] = path
+
+
+def dtypes_used(program) -> list[str]:
+    """The element types `program`'s steps run this kernel for: its paged-attention steps'
+    and its float32 attention steps' (packed rows run on it: `dense_attention`)."""
+    used = set()
+    for step in program.steps:
+        if step.kind == "extern" and step.name in ("attention", "paged_attention"):
+            dtype = program.buffers[step.args[0]].dtype.name
+            if dtype in DTYPES and (step.name == "paged_attention" or dtype == "float32"):
+                used.add(dtype)
+    return sorted(used)
+
+
 @functools.lru_cache(maxsize=None)
 def _kernel(dtype: str):
     """The kernel for `dtype`'s elements, built on first use; None without a compiler."""
-    if cpu.compiler() is None:
+    if dtype not in _INSTALLED and cpu.compiler() is None:
         return None
-    source = f"{PRELUDE}\n#define EMBER_PAGED_ELEMENT {DTYPES[dtype]}\n{SOURCE.read_text()}"
     try:
-        fn = cpu.load(str(cpu.build(source))).ember_paged_attention
+        fn = cpu.load(str(library(dtype))).ember_paged_attention
     except ExecutionError as e:
         log.warning("ember: the %s paged-attention kernel did not build; it runs on torch instead:\n%s", dtype, e)
         return None

@@ -122,12 +122,14 @@ def default_threads() -> int:
 
 class Executor:
     def __init__(self, program: Program, threads: int | None = None):
-        from ..codegen import cpu
+        from ..codegen import cpu, paged_attention
 
         tune_malloc()  # runs reuse freed heap blocks instead of faulting fresh pages in (see _malloc)
         p = self.program = program
         self._lock = threading.Lock()
         self._lib = cpu.load(program.library) if program.library else None
+        for dtype in paged_attention.dtypes_used(program):  # built (or loaded) now, not in the first run
+            paged_attention.available(dtype)
         if threads:
             torch.set_num_threads(threads)
             if self._lib is not None:

@@ -258,3 +258,44 @@ def test_a_format_1_artifact_still_loads(tmp_path):
     changed[-1] ^= 1
     with pytest.raises(ember.ArtifactError, match="'weights.safetensors' does not match its sha256"):
         ember.load(write(tmp_path / "v1-changed.ember", bytes(changed)))
+
+
+def _packed_attention_graph() -> Graph:
+    """ember.Attention on packed float32 rows (BERT's fused QKV), which runs on ember's
+    paged-attention kernel library."""
+    g = Graph("g", opsets={"": 28})
+    g.inputs = [Value("qkv", TensorType(DType.float32, (symbol("b"), 6, 3 * 2 * 8)))]
+    node = g.add_node("ember.Attention", [g.inputs[0], None, None],
+                      [Value("y", TensorType(DType.float32, (symbol("b"), 6, 2 * 8)))], {"num_heads": 2})
+    g.outputs = list(node.outputs)
+    return g
+
+
+def test_an_artifact_ships_the_attention_kernel_library(tmp_path, monkeypatch):
+    """The hand-written kernel a program runs is in the artifact, built for this machine:
+    loaded with an empty kernel cache, nothing is compiled, and the kernel runs."""
+    from ember.codegen import paged_attention
+
+    qkv = {"qkv": np.random.default_rng(0).standard_normal((2, 6, 48)).astype(np.float32)}
+    compiled = ember.compile(_packed_attention_graph())
+    expected = compiled.run(qkv)["y"]
+    path = compiled.save(tmp_path / "m.ember")
+    entries = inspect(path)["kernel_libraries"]
+    assert entries == [{"kernel": "paged_attention", "dtype": "float32", "source": "kernels/paged_attention-float32.cpp",
+                        "binary": "kernels/paged_attention-float32.so"}]
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(paged_attention, "_INSTALLED", {})
+    paged_attention._kernel.cache_clear()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading an artifact compiled something")
+
+    monkeypatch.setattr(cpu, "build", refuse)
+    monkeypatch.setattr("subprocess.run", refuse)
+    taken = []
+    dense = paged_attention.dense_attention
+    monkeypatch.setattr(paged_attention, "dense_attention", lambda *a, **k: taken.append(dense(*a, **k)) or taken[-1])
+    loaded = ember.load(path)
+    np.testing.assert_array_equal(loaded.run(qkv)["y"], expected)
+    assert taken == [True] and "artifact-" in paged_attention._INSTALLED["float32"]
+    paged_attention._kernel.cache_clear()  # later tests build (or find) their own
