@@ -175,6 +175,7 @@ def test_without_a_compiler_the_extern_runs_on_torch(monkeypatch):
     ran = []
     monkeypatch.setattr(externs_paged, "gathered", lambda *a: ran.append(1) or _GATHERED(*a))
     monkeypatch.setattr(cpu, "compiler", lambda: None)
+    monkeypatch.setattr(kernel, "_INSTALLED", {})  # nor a library an artifact loaded earlier shipped
     kernel._kernel.cache_clear()
     try:
         assert not kernel.available("float32")
