@@ -3,7 +3,10 @@ program once, each under the digest the printed IR names it by (`resource<digest
 
 safetensors has no bfloat16, float8, int4 or string element types in numpy: such a
 tensor is stored as its raw bytes (uint8) and the metadata entry `ember.raw` names its
-ember dtype and shape. Reading parses the header itself (strictly: known dtypes, offsets
+ember dtype and shape; a Fortran-order matrix (a weight codegen stores transposed) is
+stored as its transpose and named in `ember.raw`'s `$transposed` list, so it loads in
+the same layout.
+Reading parses the header itself (strictly: known dtypes, offsets
 in bounds and in order) and views each tensor in place in one writable buffer, so a
 large model is read once and never copied.
 """
@@ -21,6 +24,7 @@ from ..ir.dtypes import DType
 from ..ir.printer import digest
 
 RAW = "ember.raw"
+TRANSPOSED = "$transposed"  # in RAW's object (one metadata entry: safetensors writes several in any order)
 MAX_HEADER = 100 << 20  # bytes of JSON header a safetensors reader accepts at most
 
 # safetensors' element types numpy has
@@ -50,8 +54,11 @@ class TensorStore:
     def save(self, path) -> None:
         from safetensors.numpy import save_file
 
-        plain, raw = {}, {}
+        plain, raw, transposed = {}, {}, []
         for key, array in self.arrays.items():
+            if array.ndim == 2 and array.flags.f_contiguous and not array.flags.c_contiguous:
+                array = array.T  # [N, K] in C order: read back as its transpose, a view
+                transposed.append(key)
             array = np.ascontiguousarray(array)
             if array.dtype in _NATIVE:
                 plain[key] = array
@@ -64,6 +71,8 @@ class TensorStore:
                 plain[key] = np.frombuffer(json.dumps(items).encode(), np.uint8)
             else:
                 plain[key] = array.reshape(-1).view(np.uint8)
+        if transposed:
+            raw[TRANSPOSED] = sorted(transposed)  # not a digest: no tensor has this name
         save_file(plain, str(path), metadata={RAW: json.dumps(raw, sort_keys=True)})
 
 
@@ -89,6 +98,10 @@ def read_tensors(data: np.ndarray, member: str) -> dict[str, np.ndarray]:
         _require(isinstance(raw, dict))
     except (ValueError, AttributeError):
         raise bad(f"metadata {RAW!r} is not a JSON object") from None
+    transposed = raw.pop(TRANSPOSED, [])
+    if not (isinstance(transposed, list) and all(isinstance(k, str) for k in transposed)):
+        raise bad(f"metadata {RAW!r} has a {TRANSPOSED!r} entry that is not a list of names")
+    transposed = set(transposed)
     body = memoryview(data)[8 + n:]
     spans = []
     tensors = {}
@@ -104,6 +117,10 @@ def read_tensors(data: np.ndarray, member: str) -> dict[str, np.ndarray]:
         spans.append((start, end, key))
         array = np.frombuffer(body[start:end], dtype=dtype).reshape(shape)
         tensors[key] = _from_raw(array, raw[key], key, bad) if key in raw else array
+        if key in transposed:
+            if tensors[key].ndim != 2:
+                raise bad(f"tensor {key!r} is marked transposed but is not a matrix")
+            tensors[key] = tensors[key].T
     position = 0
     for start, end, key in sorted(spans):
         if start != position:

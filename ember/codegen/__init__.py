@@ -21,6 +21,7 @@ def generate(graph: Graph) -> Program:
     from . import cpu
     from .lowering import lower_graph
 
+    store_weights_transposed(graph)
     lowered = lower_graph(graph)
     buffers = lowered.buffers
     slots = {name: i for i, name in enumerate(buffers)}
@@ -64,3 +65,25 @@ def generate(graph: Graph) -> Program:
         program.source = cpu.render(generated, buffers, slots, {s: i for i, s in enumerate(ordered)}, segments)
         program.library = str(cpu.build(program.source))
     return program
+
+
+def store_weights_transposed(graph: Graph) -> None:
+    """Float32 matrix weights that only ember.Linear reads (as its weight, [K, N]) are kept
+    in Fortran order: the same array, stored as [N, K]. oneDNN packs a weight from that
+    layout; from [K, N] it needs a transposed copy first, which cost ~20 of the ~40 ms of
+    MiniLM's preparation on every compile and every artifact load (artifacts keep the
+    layout). No generated kernel reads such an array (Linear is always an extern)."""
+    import numpy as np
+
+    readers: dict[int, list] = {}
+    for node in graph.nodes:
+        for i, value in enumerate(node.inputs):
+            if value is not None and value.is_constant:
+                readers.setdefault(id(value), []).append((node.op, i))
+    outputs = {id(v) for v in graph.outputs}
+    for value in graph.constants:
+        a = value.const
+        if (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2 and min(a.shape) > 1
+                and a.flags.c_contiguous and id(value) not in outputs
+                and readers.get(id(value)) and all(r == ("ember.Linear", 1) for r in readers[id(value)])):
+            value.const = np.asfortranarray(a)

@@ -159,7 +159,12 @@ class Executor:
         self._B_addr = ctypes.c_void_p(ctypes.addressof(self._B))
         self._sym_index = {s: i for i, s in enumerate(p.symbols)}
         self._root = {name: self._root_of(name) for name in p.buffers}
-        self._constants = {name: np.asarray(a, order="C") for name, a in p.constants.items()}
+        # C order for every constant a generated kernel may read through its pointer; a
+        # weight only externs read keeps its layout (codegen.store_weights_transposed)
+        kernel_reads = {self._root[n] for step in p.steps if step.kind == "segment" for part in step.parts
+                        for n in part if n in self._root}
+        self._constants = {name: np.asarray(a) if name not in kernel_reads and np.asarray(a).flags.f_contiguous
+                           else np.asarray(a, order="C") for name, a in p.constants.items()}
         # every step, prepared: (kind, callable, arg names, num inputs, params)
         self._steps = []
         for step in p.steps:

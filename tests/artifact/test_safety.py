@@ -203,3 +203,22 @@ def test_forged_weights_header(artifact, tmp_path):
 ])
 def test_a_malformed_manifest(artifact, tmp_path, edit, match):
     refused(rezip(tmp_path / "m.ember", members(artifact), manifest_edit=edit), match)
+
+
+@pytest.mark.parametrize("listed, match", [
+    ("vector", "is marked transposed but is not a matrix"),
+    ("not a list", "'\\$transposed' entry that is not a list of names"),
+])
+def test_forged_transposed_weights(tmp_path, listed, match):
+    """The list of weights stored transposed is checked like the rest of the header."""
+    contents = members(ember.compile(models.matmul_gelu()).save(tmp_path / "source.ember"))
+    weights = contents["weights.safetensors"]
+    n = int.from_bytes(weights[:8], "little")
+    header = json.loads(weights[8:8 + n])
+    vector = next(k for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 1)
+    raw = json.loads(header.setdefault("__metadata__", {}).get("ember.raw", "{}"))
+    raw["$transposed"] = [vector] if listed == "vector" else vector
+    header["__metadata__"]["ember.raw"] = json.dumps(raw)
+    encoded = json.dumps(header).encode()
+    contents["weights.safetensors"] = len(encoded).to_bytes(8, "little") + encoded + weights[8 + n:]
+    refused(rezip(tmp_path / "m.ember", contents, fix_hashes=True), match)
