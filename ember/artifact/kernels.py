@@ -58,7 +58,10 @@ def add_kernel_libraries(writer: ArchiveWriter, program) -> list[dict]:
         entry = {"kernel": "paged_attention", "dtype": dtype, "source": f"kernels/paged_attention-{dtype}.cpp",
                  "binary": None}
         writer.add_bytes(entry["source"], paged_attention.source(dtype).encode())
-        built = paged_attention.library(dtype)
+        try:
+            built = paged_attention.library(dtype)
+        except ExecutionError:  # it does not build here: the source alone (the run falls back to torch)
+            built = None
         if built is not None and built.is_file():
             entry["binary"] = f"kernels/paged_attention-{dtype}.so"
             writer.add_file(entry["binary"], built, compress=True)
@@ -68,8 +71,9 @@ def add_kernel_libraries(writer: ArchiveWriter, program) -> list[dict]:
 
 def install_kernel_libraries(reader: ArchiveReader, entries: list, built_for: str | None) -> None:
     """Use the shipped hand-written kernel libraries where they were built for this
-    machine (copied into the kernel cache like the program's own); elsewhere each is
-    built from ember's own source on first use, as without an artifact."""
+    machine from the very source this ember has (copied into the kernel cache like the
+    program's own); otherwise each is built from ember's own source on first use, as
+    without an artifact (another ember's kernel may take other arguments)."""
     from ..codegen import paged_attention
 
     if not isinstance(entries, list) or not all(
@@ -80,7 +84,7 @@ def install_kernel_libraries(reader: ArchiveReader, entries: list, built_for: st
     if built_for != cpu._machine_key():
         return
     for e in entries:
-        if e["binary"]:
+        if e["binary"] and reader.read(e["source"]) == paged_attention.source(e["dtype"]).encode():
             paged_attention.install(e["dtype"], str(_cached(reader, e["binary"])))
 
 

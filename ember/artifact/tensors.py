@@ -102,6 +102,8 @@ def read_tensors(data: np.ndarray, member: str) -> dict[str, np.ndarray]:
     if not (isinstance(transposed, list) and all(isinstance(k, str) for k in transposed)):
         raise bad(f"metadata {RAW!r} has a {TRANSPOSED!r} entry that is not a list of names")
     transposed = set(transposed)
+    if transposed - set(header):
+        raise bad(f"metadata {RAW!r} lists {sorted(transposed - set(header))[0]!r} as transposed, not a tensor of it")
     body = memoryview(data)[8 + n:]
     spans = []
     tensors = {}

@@ -116,7 +116,7 @@ def dense_attention(q, k, v, bias, y, heads: int, kv_heads: int, scale: float, c
     (b, sq, qw), (_, sk, kw), vw = q.shape, k.shape, v.shape[2]
     d, dv = qw // heads, vw // kv_heads
     if (min(b, sq, sk, d, dv) < 1 or sq > sk or qw != heads * d or kw != kv_heads * d or vw != kv_heads * dv
-            or tuple(v.shape[:2]) != (b, sk) or tuple(y.shape) != (b, sq, heads * dv)
+            or k.shape[0] != b or tuple(v.shape[:2]) != (b, sk) or tuple(y.shape) != (b, sq, heads * dv)
             or any(t.dtype != torch.float32 for t in (k, v, y))):
         return False
     qs, ks, vs, ys = q.stride(), k.stride(), v.stride(), y.stride()

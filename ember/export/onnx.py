@@ -74,9 +74,30 @@ def _convert(model: onnx.ModelProto, current: int, opset: int) -> onnx.ModelProt
         raise UnsupportedError(f"cannot write the model at opset {opset} (onnx's version converter: {e}); "
                                f"export at opset {current}") from None
     # the converter keeps the IR version of the newest opset: an older runtime (onnxruntime
-    # 1.30 reads IR 13 at most, which onnx 1.23's opset 28 needs 14 of) would refuse the model
-    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    # 1.30 reads IR 13 at most, which onnx 1.23's opset 28 needs 14 of) would refuse the
+    # model. Lowered only where every element type is one IR 7 already had: the newer
+    # ones (float8, int4, float4, ...) need the IR versions that brought them.
+    if _classic_types_only(model.graph):
+        model.ir_version = max(7, helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
     return model
+
+
+def _classic_types_only(graph: onnx.GraphProto) -> bool:
+    """Whether every tensor of `graph` (and its subgraphs) has an element type of IR
+    version 7 or older (up to BFLOAT16)."""
+    def types(g):
+        for t in g.initializer:
+            yield t.data_type
+        for v in (*g.input, *g.output, *g.value_info):
+            if v.type.HasField("tensor_type"):
+                yield v.type.tensor_type.elem_type
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t.data_type
+                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                    yield from types(sub)
+    return all(t <= onnx.TensorProto.BFLOAT16 for t in types(graph))
 
 
 def _save(model: onnx.ModelProto, path: Path, external_data: bool | None, num_weight_bytes: int) -> None:

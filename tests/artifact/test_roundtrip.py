@@ -299,3 +299,26 @@ def test_an_artifact_ships_the_attention_kernel_library(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded.run(qkv)["y"], expected)
     assert taken == [True] and "artifact-" in paged_attention._INSTALLED["float32"]
     paged_attention._kernel.cache_clear()  # later tests build (or find) their own
+
+
+def test_a_shipped_kernel_of_another_source_is_not_used(tmp_path, monkeypatch):
+    """A shipped attention kernel whose source is not this ember's (another ember's, which
+    may take other arguments) is not installed: the kernel is built from ember's own source."""
+    from ember.codegen import paged_attention
+
+    compiled = ember.compile(_packed_attention_graph())
+    path = compiled.save(tmp_path / "m.ember")
+    with zipfile.ZipFile(path) as z:
+        contents = {name: z.read(name) for name in z.namelist()}
+    manifest = json.loads(contents.pop("manifest.json"))
+    source = "kernels/paged_attention-float32.cpp"
+    contents[source] = contents[source].replace(b"namespace ember_paged", b"namespace ember_paged_older")
+    manifest["members"][source] = {"sha256": hashlib.sha256(contents[source]).hexdigest(), "size": len(contents[source])}
+    with zipfile.ZipFile(tmp_path / "other.ember", "w") as z:
+        for name, data in contents.items():
+            z.writestr(name, data)
+        z.writestr("manifest.json", json.dumps(manifest))
+    monkeypatch.setattr(paged_attention, "_INSTALLED", {})
+    qkv = {"qkv": np.random.default_rng(0).standard_normal((2, 6, 48)).astype(np.float32)}
+    np.testing.assert_array_equal(ember.load(tmp_path / "other.ember").run(qkv)["y"], compiled.run(qkv)["y"])
+    assert paged_attention._INSTALLED == {}

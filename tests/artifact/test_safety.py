@@ -208,6 +208,7 @@ def test_a_malformed_manifest(artifact, tmp_path, edit, match):
 @pytest.mark.parametrize("listed, match", [
     ("vector", "is marked transposed but is not a matrix"),
     ("not a list", "'\\$transposed' entry that is not a list of names"),
+    ("missing", "lists 'feedfacefeedface' as transposed, not a tensor of it"),
 ])
 def test_forged_transposed_weights(tmp_path, listed, match):
     """The list of weights stored transposed is checked like the rest of the header."""
@@ -217,7 +218,7 @@ def test_forged_transposed_weights(tmp_path, listed, match):
     header = json.loads(weights[8:8 + n])
     vector = next(k for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 1)
     raw = json.loads(header.setdefault("__metadata__", {}).get("ember.raw", "{}"))
-    raw["$transposed"] = [vector] if listed == "vector" else vector
+    raw["$transposed"] = {"vector": [vector], "not a list": vector, "missing": ["feedfacefeedface"]}[listed]
     header["__metadata__"]["ember.raw"] = json.dumps(raw)
     encoded = json.dumps(header).encode()
     contents["weights.safetensors"] = len(encoded).to_bytes(8, "little") + encoded + weights[8 + n:]

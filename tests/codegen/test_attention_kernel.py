@@ -90,3 +90,17 @@ def test_packed_float32_attention_runs_on_the_fused_kernel(monkeypatch):
     got = ember.compile(g, opt_level=0).run(feeds)["y"]
     assert taken == [True]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_fused_kernel_declines_keys_of_another_batch():
+    """k with batch 1 against q and v with batch 4 (the reference broadcasts it): the fused
+    kernel would read 4 batches of keys from an array of one, so it leaves the call to the
+    other path."""
+    import torch
+
+    from ember.codegen import paged_attention
+
+    q, v, y = torch.randn(4, 6, 16), torch.randn(4, 6, 16), torch.empty(4, 6, 16)
+    k = torch.randn(1, 6, 16)
+    assert not paged_attention.dense_attention(q, k, v, None, y, 2, 2, 0.0, False)
+    assert paged_attention.dense_attention(q, k.expand(4, 6, 16).contiguous(), v, None, y, 2, 2, 0.0, False)
