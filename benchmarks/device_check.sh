@@ -68,10 +68,13 @@ steps=${STEPS:-tests peers cpu}
 if [[ $steps == *tests* ]]; then
     echo "== 1. fast test suite, less the $(cat $dev/deselect.txt 2>/dev/null | wc -l) tests that need the SmolLM2 GGUF"
     # one kernel thread per test process: 14 processes share the 16 cores
-    OMP_NUM_THREADS=1 timeout "${TESTS_S:-300}" python3 -m pytest -q -n 14 -p no:cacheprovider -rfE --tb=line \
+    # -v: each result is a line of its own as it comes, so a run cut short by its limit
+    # still names its failures (the summary comes last)
+    OMP_NUM_THREADS=1 timeout "${TESTS_S:-300}" python3 -m pytest -v -n 14 -p no:cacheprovider -rfE --tb=line \
         -o addopts="-m 'not slow'" $(sed 's/^/--deselect=/' $dev/deselect.txt 2>/dev/null) tests > "$out/tests.log" 2>&1
     echo "pytest exit $?"
-    grep -E "^(FAILED|ERROR)" "$out/tests.log" | head -60
+    grep -E " (FAILED|ERROR) " "$out/tests.log" | sed -E 's/^\[gw[0-9]+\] \[ *[0-9]+%\] //' | sort -u | head -60
+    echo "$(grep -cE ' PASSED ' "$out/tests.log") passed; $(grep -cE ' (FAILED|ERROR) ' "$out/tests.log") failed or errors"
     tail -1 "$out/tests.log"
 fi
 
