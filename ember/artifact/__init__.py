@@ -76,7 +76,7 @@ def save(compiled, path: str | os.PathLike) -> Path:
             writer.add_bytes(PROGRAM, json.dumps(encoded, allow_nan=False, separators=(",", ":")).encode())
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             store.save(Path(tmp) / WEIGHTS)
-            writer.add_file(WEIGHTS, Path(tmp) / WEIGHTS, algorithm="blake3")
+            writer.add_file(WEIGHTS, Path(tmp) / WEIGHTS, algorithm="blake3", aligned=True)
             if compiled.llm is not None:
                 _save_tokenizer(writer, compiled.llm.tokenizer, Path(tmp) / "tokenizer")
         stats = compiled.stats
@@ -152,12 +152,16 @@ def _program_summary(program) -> dict:
 
 # -- loading ------------------------------------------------------------------------------
 def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profile: bool = False,
-         digest: str | None = None):
+         digest: str | None = None, mmap: bool = True):
     """Read the artifact at `path` back into a CompiledModel, with no frontend, pass or
     (on the machine it was built for) C++ compiler run.
 
     intra_op_threads, profile: as for `ember.compile`.
     digest: the artifact's expected digest (`ember inspect` shows it); another is refused.
+    mmap: map the weights from the file (copy-on-write: the page cache's pages, nothing
+        copied; checked by their hash all the same) rather than read them into memory of
+        the process's own. Replace a loaded artifact by writing a new file and renaming
+        it over the old (as `save` does), never by rewriting it in place.
 
     Raises ArtifactError, naming what is wrong, for a file that is not an artifact or is
     truncated, corrupt, tampered with or from a newer ember."""
@@ -174,7 +178,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
             raise ArtifactError(f"{reader.path} was compiled for target {target!r}, which this ember cannot run "
                                 f"(it runs {', '.join(TARGETS)})")
         try:  # the weights are hashed meanwhile (nothing below reads them) and checked before any use
-            tensors = read_tensors(reader.read_buffer(WEIGHTS, check_later=True), WEIGHTS)
+            tensors = read_tensors(reader.read_buffer(WEIGHTS, check_later=True, mapped=mmap), WEIGHTS)
             graph = codec.parse_graph_checked(_text(reader, GRAPH), tensors, GRAPH)
             _check_signature(reader, graph)
             program = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import mmap
 import os
 import re
 import secrets
@@ -31,6 +32,8 @@ FORMAT_VERSION = 2  # 2: the weights' hash is BLAKE3; 1 (still read): sha256 per
 MAX_MANIFEST = 64 << 20
 CHUNK = 16 << 20  # bytes per chunk of a member copied into the archive
 HASHES = ("sha256", "blake3")  # a member's entry names exactly one
+ALIGN = 64  # a stored member written `aligned` starts at a multiple of this in the file (its arrays map in place)
+_ALIGNMENT_EXTRA = 0xD935  # the zip extra field that pads a local header (zipalign's)
 
 
 def _blake3():
@@ -75,12 +78,23 @@ class ArchiveWriter:
         self.members[name] = {"sha256": hash_of("sha256", data), "size": len(data)}
         self._zip.writestr(_info(name, compress), data)
 
-    def add_file(self, name: str, source: str | os.PathLike, compress: bool = False, algorithm: str = "sha256") -> None:
-        """`algorithm` "blake3" for a large member a load must check fast (the weights)."""
+    def add_file(self, name: str, source: str | os.PathLike, compress: bool = False, algorithm: str = "sha256",
+                 aligned: bool = False) -> None:
+        """`algorithm` "blake3" for a large member a load must check fast (the weights);
+        `aligned` (stored members): its data starts at a multiple of ALIGN in the file, a
+        padding extra field in its local header making up the difference, so that a
+        reader can map it and use its arrays in place."""
         check_member_name(name)
         digest = _blake3()(max_threads=-1) if algorithm == "blake3" else hashlib.sha256()
         size = 0
-        with open(source, "rb") as src, self._zip.open(_info(name, compress), "w", force_zip64=True) as dst:
+        info = _info(name, compress)
+        if aligned and not compress:
+            start = self._fp.tell()  # where zipfile writes the local header
+            info.CRC = info.compress_size = info.file_size = 0  # as zipfile sets them before writing it
+            header = len(info.FileHeader(True)) + 6  # zip64 (forced below), plus the padding field's own header
+            pad = -(start + header) % ALIGN
+            info.extra = struct.pack("<HHH", _ALIGNMENT_EXTRA, 2 + pad, ALIGN) + bytes(pad)
+        with open(source, "rb") as src, self._zip.open(info, "w", force_zip64=True) as dst:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
@@ -121,6 +135,7 @@ class ArchiveReader:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._pending: list = []  # members whose sha256 is being computed (read_buffer)
+        self._map: mmap.mmap | None = None  # the whole file, copy-on-write, once a member is mapped
         try:
             self._file = open(self.path, "rb")
         except OSError as e:
@@ -212,12 +227,16 @@ class ArchiveReader:
         self._verify(name, data)
         return data
 
-    def read_buffer(self, name: str, *, check_later: bool = False) -> np.ndarray:
+    def read_buffer(self, name: str, *, check_later: bool = False, mapped: bool = False) -> np.ndarray:
         """Member `name` into a writable uint8 array, checked; a stored (uncompressed)
         member is read straight from the file into it. `check_later`: it is hashed on
         other threads (a BLAKE3 as it is read, a format-1 member's chunks' sha256 in
         parallel) while the caller goes on, and `check_pending()` (which the caller must
-        call before using the contents) raises if a hash differs."""
+        call before using the contents) raises if a hash differs. `mapped`: a stored
+        member whose data starts at a multiple of ALIGN is not read but mapped from the
+        file, copy-on-write (its pages are the page cache's: nothing is copied or zeroed,
+        and the hash reads them where they are); the file must then not be rewritten in
+        place while its arrays are in use."""
         entry = self._entry(name)
         info = self._zip.getinfo(name)
         if info.file_size != entry["size"]:
@@ -230,7 +249,10 @@ class ArchiveReader:
             if len(header) != 30 or header[:4] != b"PK\x03\x04":
                 raise ArtifactError(f"{self.path}: member {name!r} cannot be read, the file is corrupt or truncated")
             name_len, extra_len = struct.unpack("<HH", header[26:30])
-            self._file.seek(info.header_offset + 30 + name_len + extra_len)
+            offset = info.header_offset + 30 + name_len + extra_len
+            if mapped and offset % ALIGN == 0 and info.file_size:
+                return self._mapped(name, entry, offset, info.file_size, check_later)
+            self._file.seek(offset)
             data = np.empty(info.file_size, np.uint8)  # not zeroed first: 90 MB of MiniLM, 40 ms less
             if check_later and "blake3" in entry:
                 # read CHUNK bytes at a time, each hashed on a thread while the next is read
@@ -257,6 +279,22 @@ class ArchiveReader:
             hashes = [pool.submit(lambda a, b: hash_of(algorithm, view[a:b]), a, b) for a, b in spans]
             pool.shutdown(wait=False)
             self._pending.append((name, data, hashes))
+        else:
+            self._verify(name, data)
+        return data
+
+    def _mapped(self, name: str, entry: dict, offset: int, size: int, check_later: bool) -> np.ndarray:
+        try:
+            if self._map is None:
+                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+            data = np.frombuffer(self._map, np.uint8, count=size, offset=offset)
+        except (ValueError, OSError):  # shorter than its directory says
+            raise ArtifactError(f"{self.path}: member {name!r} is cut short: the file is truncated") from None
+        if check_later and "chunks" not in entry:
+            algorithm = _algorithm(entry)
+            pool = concurrent.futures.ThreadPoolExecutor(1)
+            self._pending.append((name, data, [pool.submit(hash_of, algorithm, data)]))
+            pool.shutdown(wait=False)
         else:
             self._verify(name, data)
         return data

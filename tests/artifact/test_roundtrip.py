@@ -4,6 +4,7 @@ on another."""
 
 import hashlib
 import json
+import mmap
 import zipfile
 
 import blake3
@@ -322,3 +323,41 @@ def test_a_shipped_kernel_of_another_source_is_not_used(tmp_path, monkeypatch):
     qkv = {"qkv": np.random.default_rng(0).standard_normal((2, 6, 48)).astype(np.float32)}
     np.testing.assert_array_equal(ember.load(tmp_path / "other.ember").run(qkv)["y"], compiled.run(qkv)["y"])
     assert paged_attention._INSTALLED == {}
+
+
+def test_weights_are_aligned_and_mapped_in_place(tmp_path):
+    """The weights member starts at a multiple of 64 in the file, so a load maps it (the
+    page cache's pages, copy-on-write) rather than reading it; mmap=False reads it into
+    memory of the process's own. Both give the same outputs, and a mapped load still
+    refuses weights changed on disk before it."""
+    import struct
+
+    from ember.artifact.archive import ALIGN
+
+    compiled = ember.compile(models.matmul_gelu())
+    path = compiled.save(tmp_path / "m.ember")
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("weights.safetensors")
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    offset = info.header_offset + 30 + name_len + extra_len
+    assert offset % ALIGN == 0
+    x = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
+    mapped, copied = ember.load(path), ember.load(path, mmap=False)
+    np.testing.assert_array_equal(mapped.run(x)["y"], compiled.run(x)["y"])
+    np.testing.assert_array_equal(copied.run(x)["y"], compiled.run(x)["y"])
+    weights = {id(c): c for c in mapped.program.constants.values()}
+    assert all(isinstance(_root_base(c), mmap.mmap) for c in weights.values())
+    assert not any(isinstance(_root_base(c), mmap.mmap) for c in copied.program.constants.values())
+    data[offset + info.file_size - 1] ^= 1  # the last weight's last byte
+    (tmp_path / "changed.ember").write_bytes(data)
+    with pytest.raises(ember.ArtifactError, match="'weights.safetensors' does not match its blake3"):
+        ember.load(tmp_path / "changed.ember")
+
+
+def _root_base(array):
+    """What `array`'s memory belongs to, following numpy's base chain (an mmap for a mapped load)."""
+    base = array
+    while (isinstance(base, np.ndarray) and base.base is not None) or isinstance(base, memoryview):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    return base
