@@ -77,6 +77,12 @@ def _pack_linear_weight(w_nk):
     return torch.ops.mkldnn._reorder_linear_weight(w_nk, None)  # a new tensor: the scratch is free again
 
 
+def release_scratch() -> None:
+    """Drop this thread's transpose scratch (the executor calls it once its weights are
+    packed: it can be as large as the largest weight)."""
+    _scratch.__dict__.pop("buffer", None)
+
+
 @prepare("linear")
 def prepare_linear(params, constants):
     """A float32 constant weight [K, N] is packed once for oneDNN's GEMM (which also runs
