@@ -83,7 +83,10 @@ class _Builder:
                 out[axis] = 1
             else:
                 del out[axis]
-            self.node(self.draw(st.sampled_from(REDUCE)), [x, self.const([axis], np.int64)], out,
+            # the mean of nothing (an axis an empty slice left 0 long) is NaN in onnx.reference
+            # and ember, 0 in onnxruntime: a case the peers disagree on, not drawn here
+            ops = [op for op in REDUCE if not (op == "ReduceMean" and shape[axis] == 0)]
+            self.node(self.draw(st.sampled_from(ops)), [x, self.const([axis], np.int64)], out,
                       {"keepdims": int(keep)})
         elif kind == "matmul" and static and static[-1] == len(shape) - 1:
             k = self.draw(st.integers(1, 4))
