@@ -251,30 +251,14 @@ class ArchiveReader:
             name_len, extra_len = struct.unpack("<HH", header[26:30])
             offset = info.header_offset + 30 + name_len + extra_len
             if mapped and offset % ALIGN == 0 and info.file_size:
-                return self._mapped(name, entry, offset, info.file_size, check_later)
-            self._file.seek(offset)
-            data = np.empty(info.file_size, np.uint8)  # not zeroed first: 90 MB of MiniLM, 40 ms less
-            if check_later and "blake3" in entry:
-                # read CHUNK bytes at a time, each hashed on a thread while the next is read
-                # (MiniLM: ~22 ms for both, where reading then hashing took ~30)
-                hasher, view = _blake3()(), memoryview(data)
-                pool = concurrent.futures.ThreadPoolExecutor(1)  # one worker: the updates stay in order
-                for start in range(0, len(data), CHUNK):
-                    end = min(start + CHUNK, len(data))
-                    if self._file.readinto(view[start:end]) != end - start:
-                        pool.shutdown(wait=True)
-                        raise ArtifactError(f"{self.path}: member {name!r} is cut short: the file is truncated")
-                    pool.submit(hasher.update, view[start:end])
-                self._pending.append((name, data, [pool.submit(hasher.hexdigest)]))
-                pool.shutdown(wait=False)
-                return data
-            if self._file.readinto(memoryview(data)) != info.file_size:
-                raise ArtifactError(f"{self.path}: member {name!r} is cut short: the file is truncated")
+                data = self._mapped(name, offset, info.file_size)
+            else:
+                data, hashed = self._read_stored(name, entry, offset, info.file_size, check_later)
+                if hashed:  # hashed chunk by chunk as it was read: its hash is pending already
+                    return data
         if check_later:  # the hashes let go of the GIL: parsing the rest overlaps hashing this
-            view, chunks = memoryview(data), entry.get("chunks")
-            spans = [(0, len(data))] if chunks is None else [
-                (start, min(start + chunks["size"], len(data))) for start in range(0, len(data), chunks["size"])]
-            algorithm = _algorithm(entry)
+            view, algorithm = memoryview(data), _algorithm(entry)
+            spans = _spans(entry, len(data))
             pool = concurrent.futures.ThreadPoolExecutor(min(len(spans), os.cpu_count() or 1) or 1)
             hashes = [pool.submit(lambda a, b: hash_of(algorithm, view[a:b]), a, b) for a, b in spans]
             pool.shutdown(wait=False)
@@ -283,33 +267,44 @@ class ArchiveReader:
             self._verify(name, data)
         return data
 
-    def _mapped(self, name: str, entry: dict, offset: int, size: int, check_later: bool) -> np.ndarray:
+    def _read_stored(self, name: str, entry: dict, offset: int, size: int,
+                     check_later: bool) -> tuple[np.ndarray, bool]:
+        """A stored member's bytes, read from `offset`, and whether they were hashed as they
+        were read: a BLAKE3 member to be checked later is read CHUNK bytes at a time, each
+        hashed on a thread while the next is read (MiniLM: ~22 ms for both, where reading
+        then hashing took ~30), its hash put in `_pending`."""
+        self._file.seek(offset)
+        data = np.empty(size, np.uint8)  # not zeroed first: 90 MB of MiniLM, 40 ms less
+        if not (check_later and "blake3" in entry):
+            if self._file.readinto(memoryview(data)) != size:
+                raise ArtifactError(f"{self.path}: member {name!r} is cut short: the file is truncated")
+            return data, False
+        hasher, view = _blake3()(), memoryview(data)
+        pool = concurrent.futures.ThreadPoolExecutor(1)  # one worker: the updates stay in order
+        for start in range(0, size, CHUNK):
+            end = min(start + CHUNK, size)
+            if self._file.readinto(view[start:end]) != end - start:
+                pool.shutdown(wait=True)
+                raise ArtifactError(f"{self.path}: member {name!r} is cut short: the file is truncated")
+            pool.submit(hasher.update, view[start:end])
+        self._pending.append((name, data, [pool.submit(hasher.hexdigest)]))
+        pool.shutdown(wait=False)
+        return data, True
+
+    def _mapped(self, name: str, offset: int, size: int) -> np.ndarray:
+        """A stored member's bytes as a copy-on-write mapping of the file (not yet checked)."""
         try:
             if self._map is None:
                 self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
-            data = np.frombuffer(self._map, np.uint8, count=size, offset=offset)
+            return np.frombuffer(self._map, np.uint8, count=size, offset=offset)
         except (ValueError, OSError):  # shorter than its directory says
             raise ArtifactError(f"{self.path}: member {name!r} is cut short: the file is truncated") from None
-        if check_later and "chunks" not in entry:
-            algorithm = _algorithm(entry)
-            pool = concurrent.futures.ThreadPoolExecutor(1)
-            self._pending.append((name, data, [pool.submit(hash_of, algorithm, data)]))
-            pool.shutdown(wait=False)
-        else:
-            self._verify(name, data)
-        return data
 
     def check_pending(self) -> None:
         """Wait for the hashes of every member read with `check_later`; raise if one differs."""
         while self._pending:
             name, data, hashes = self._pending.pop(0)
-            entry = self.members[name]
-            got = [h.result() for h in hashes]
-            algorithm = _algorithm(entry)
-            expected = entry["chunks"]["sha256"] if "chunks" in entry else [entry[algorithm]]
-            if len(data) != entry["size"] or got != expected:
-                raise ArtifactError(f"{self.path}: member {name!r} does not match its {algorithm} in the manifest "
-                                    "(corrupt or tampered with)")
+            self._check(name, data, [h.result() for h in hashes])
 
     def _entry(self, name: str) -> dict:
         entry = self.members.get(name)
@@ -318,21 +313,29 @@ class ArchiveReader:
         return entry
 
     def _verify(self, name: str, data) -> None:
+        entry, view = self.members[name], memoryview(data)
+        self._check(name, data, [hash_of(_algorithm(entry), view[a:b]) for a, b in _spans(entry, len(data))])
+
+    def _check(self, name: str, data, got: list[str]) -> None:
+        """Raise unless `got`, the hashes of `data`'s spans (`_spans`), are the manifest's."""
         entry = self.members[name]
-        algorithm = _algorithm(entry)
-        if "chunks" in entry:
-            got = [hash_of("sha256", memoryview(data)[a:a + entry["chunks"]["size"]])
-                   for a in range(0, len(data), entry["chunks"]["size"])]
-            ok = got == entry["chunks"]["sha256"]
-        else:
-            ok = hash_of(algorithm, data) == entry[algorithm]
-        if len(data) != entry["size"] or not ok:
-            raise ArtifactError(f"{self.path}: member {name!r} does not match its {algorithm} in the manifest "
-                                "(corrupt or tampered with)")
+        expected = entry["chunks"]["sha256"] if "chunks" in entry else [entry[_algorithm(entry)]]
+        if len(data) != entry["size"] or got != expected:
+            raise ArtifactError(f"{self.path}: member {name!r} does not match its {_algorithm(entry)} in the "
+                                "manifest (corrupt or tampered with)")
 
 
 def _algorithm(entry: dict) -> str:
     return "blake3" if "blake3" in entry else "sha256"
+
+
+def _spans(entry: dict, size: int) -> list[tuple[int, int]]:
+    """The byte ranges of a member that are hashed apart: a format-1 entry's chunks, else
+    the whole member."""
+    chunks = entry.get("chunks")
+    if chunks is None:
+        return [(0, size)]
+    return [(start, min(start + chunks["size"], size)) for start in range(0, size, chunks["size"])]
 
 
 def _chunks_ok(entry: dict) -> bool:
