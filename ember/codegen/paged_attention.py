@@ -110,8 +110,7 @@ def dense_attention(q, k, v, bias, y, heads: int, kv_heads: int, scale: float, c
     its checks and arguments cost a few microseconds, not the tens that torch calls would."""
     import torch
 
-    kernel = _kernel("float32") if q.dtype == torch.float32 else None
-    if kernel is None or heads % kv_heads or q.dim() != 3 or k.dim() != 3 or v.dim() != 3 or y.dim() != 3:
+    if q.dtype != torch.float32 or _kernel("float32") is None or heads % kv_heads or q.dim() != 3 or k.dim() != 3 or v.dim() != 3 or y.dim() != 3:
         return False
     (b, sq, qw), (_, sk, kw), vw = q.shape, k.shape, v.shape[2]
     d, dv = qw // heads, vw // kv_heads
@@ -132,11 +131,14 @@ def dense_attention(q, k, v, bias, y, heads: int, kv_heads: int, scale: float, c
             return False
         bias_strides, bias_ptr = tuple(0 if n == 1 else s for n, s in zip(shape[:3], st[:3])), bias.data_ptr()
     _, (tables, starts, lens) = _dense_indices(b, sq, sk)
-    pointers = (ctypes.c_void_p * len(ARRAYS))(q.data_ptr(), None, None, k.data_ptr(), v.data_ptr(), None, tables,
-                                               starts, lens, y.data_ptr(), bias_ptr)
-    sizes = (ctypes.c_int64 * len(SIZES))(b * sq, b, 1, b, sk, heads, kv_heads, d, dv, qs[1], 0, 0, ys[1], 0,
-                                          torch.get_num_threads(), int(causal), ks[1], vs[1], *bias_strides)
-    return kernel(pointers, sizes, scale or d ** -0.5) == 0
+    arrays = {"q": q.data_ptr(), "k_cache": k.data_ptr(), "v_cache": v.data_ptr(), "block_tables": tables,
+              "query_start_loc": starts, "seq_lens": lens, "y": y.data_ptr(), "bias": bias_ptr}
+    sizes = {"num_tokens": b * sq, "num_seqs": b, "max_blocks": 1, "num_blocks": b, "block_size": sk,
+             "num_heads": heads, "kv_num_heads": kv_heads, "head_dim": d, "v_head_dim": dv, "q_stride": qs[1],
+             "k_stride": 0, "v_stride": 0, "y_stride": ys[1], "sliding_window": 0, "threads": torch.get_num_threads(),
+             "causal": int(causal), "k_slot_stride": ks[1], "v_slot_stride": vs[1], "bias_seq_stride": bias_strides[0],
+             "bias_head_stride": bias_strides[1], "bias_query_stride": bias_strides[2]}
+    return paged_attention("float32", arrays, sizes, scale)
 
 
 @functools.lru_cache(maxsize=64)
