@@ -163,8 +163,10 @@ class Executor:
         # weight only externs read keeps its layout (codegen.store_weights_transposed)
         kernel_reads = {self._root[n] for step in p.steps if step.kind == "segment" for part in step.parts
                         for n in part if n in self._root}
-        self._constants = {name: np.asarray(a) if name not in kernel_reads and np.asarray(a).flags.f_contiguous
-                           else np.asarray(a, order="C") for name, a in p.constants.items()}
+        self._constants = {}
+        for name, a in p.constants.items():
+            a = np.asarray(a)
+            self._constants[name] = a if a.flags.f_contiguous and name not in kernel_reads else np.asarray(a, order="C")
         # every step, prepared: (kind, callable, arg names, num inputs, params)
         self._steps = []
         for step in p.steps:

@@ -33,22 +33,3 @@ def test_packed_weights_do_not_share_the_transpose_scratch():
     for w, p in zip(weights, packed):
         got = externs.linear({"packed": p}, x, w, None, None)
         torch.testing.assert_close(got, x @ w, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.skipif(not externs._onednn(), reason="torch without oneDNN: the weights are not packed")
-def test_the_transpose_scratch_is_released_after_preparing():
-    import ember
-    from ember.ir import DType, Graph, TensorType, Value, symbol
-
-    w = np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32)
-    g = Graph("g", opsets={"": 28})
-    x = Value("x", TensorType(DType.float32, (symbol("n"), 8)))
-    weight = g.add_constant("W", w)
-    g.inputs = [x]
-    (y,) = g.add_node("ember.Linear", [x, weight], [Value("y", TensorType(DType.float32, (symbol("n"), 5)))]).outputs
-    (z,) = g.add_node("Add", [y, weight], [Value("z", TensorType(DType.float32, (8, 5)))]).outputs  # keeps W in C order
-    g.outputs = [z]
-    compiled = ember.compile(g, opt_level=0)
-    assert getattr(externs._scratch, "buffer", None) is None
-    feeds = {"x": np.ones((8, 8), np.float32)}
-    np.testing.assert_allclose(compiled.run(feeds)["z"], feeds["x"] @ w + w, rtol=1e-5, atol=1e-5)
