@@ -18,6 +18,7 @@ from ember.codegen import cpu
 from ember.ir import DType, Graph, TensorType, Value, print_graph, symbol
 
 from . import models
+from .zips import members, rezip
 
 X = np.array([[1, -2, 3], [0.5, 0.25, -1]], np.float32)
 
@@ -234,24 +235,19 @@ def test_a_format_1_artifact_still_loads(tmp_path):
     """Format 1 checked the weights by the sha256 of each 16 MiB chunk; such an artifact
     loads, and a changed weight is still refused."""
     compiled = ember.compile(models.matmul_gelu())
-    path = compiled.save(tmp_path / "m.ember")
-    with zipfile.ZipFile(path) as z:
-        contents = {name: z.read(name) for name in z.namelist()}
-    manifest = json.loads(contents.pop("manifest.json"))
+    contents = members(compiled.save(tmp_path / "m.ember"))
     weights = contents["weights.safetensors"]
 
-    def write(target, weights_bytes):
+    def format_1(manifest):
         size = 1 << 24
         manifest["format_version"] = 1
         manifest["members"]["weights.safetensors"] = {
             "sha256": hashlib.sha256(weights).hexdigest(), "size": len(weights),
             "chunks": {"size": size, "sha256": [hashlib.sha256(weights[i:i + size]).hexdigest()
                                                 for i in range(0, len(weights), size)]}}
-        with zipfile.ZipFile(target, "w") as z:
-            for name, data in {**contents, "weights.safetensors": weights_bytes}.items():
-                z.writestr(name, data)
-            z.writestr("manifest.json", json.dumps(manifest))
-        return target
+
+    def write(target, weights_bytes):
+        return rezip(target, {**contents, "weights.safetensors": weights_bytes}, manifest_edit=format_1)
 
     x = {"x": np.ones((2, 4), np.float32)}
     np.testing.assert_array_equal(ember.load(write(tmp_path / "v1.ember", weights)).run(x)["y"], compiled.run(x)["y"])
@@ -308,17 +304,10 @@ def test_a_shipped_kernel_of_another_source_is_not_used(tmp_path, monkeypatch):
     from ember.codegen import paged_attention
 
     compiled = ember.compile(_packed_attention_graph())
-    path = compiled.save(tmp_path / "m.ember")
-    with zipfile.ZipFile(path) as z:
-        contents = {name: z.read(name) for name in z.namelist()}
-    manifest = json.loads(contents.pop("manifest.json"))
+    contents = members(compiled.save(tmp_path / "m.ember"))
     source = "kernels/paged_attention-float32.cpp"
     contents[source] = contents[source].replace(b"namespace ember_paged", b"namespace ember_paged_older")
-    manifest["members"][source] = {"sha256": hashlib.sha256(contents[source]).hexdigest(), "size": len(contents[source])}
-    with zipfile.ZipFile(tmp_path / "other.ember", "w") as z:
-        for name, data in contents.items():
-            z.writestr(name, data)
-        z.writestr("manifest.json", json.dumps(manifest))
+    rezip(tmp_path / "other.ember", contents, fix_hashes=True)
     monkeypatch.setattr(paged_attention, "_INSTALLED", {})
     qkv = {"qkv": np.random.default_rng(0).standard_normal((2, 6, 48)).astype(np.float32)}
     np.testing.assert_array_equal(ember.load(tmp_path / "other.ember").run(qkv)["y"], compiled.run(qkv)["y"])

@@ -4,7 +4,6 @@ member, a future format, a manifest that is not JSON; and, for a forger who also
 the manifest's hashes, program JSON that would make ember do anything but run its own
 kernels."""
 
-import hashlib
 import json
 import zipfile
 
@@ -15,6 +14,7 @@ import ember
 from ember import ArtifactError
 
 from . import models
+from .zips import members, rezip
 
 X = np.array([[1, -2, 3], [0.5, 0.25, -1]], np.float32)
 
@@ -23,28 +23,6 @@ X = np.array([[1, -2, 3], [0.5, 0.25, -1]], np.float32)
 def artifact(tmp_path_factory):
     path = tmp_path_factory.mktemp("artifact") / "model.ember"
     ember.compile(models.with_fallback()).save(path)
-    return path
-
-
-def members(path) -> dict[str, bytes]:
-    with zipfile.ZipFile(path) as z:
-        return {name: z.read(name) for name in z.namelist()}
-
-
-def rezip(path, contents: dict[str, bytes], fix_hashes: bool = False, manifest_edit=None):
-    """Write `contents` as an artifact at `path`; `fix_hashes` rewrites the manifest's
-    sha256 and size of every member (a forger's artifact, consistent with itself)."""
-    manifest = json.loads(contents["manifest.json"])
-    if fix_hashes:
-        manifest["members"] = {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-                               for name, data in contents.items() if name != "manifest.json"}
-    if manifest_edit:
-        manifest_edit(manifest)
-    with zipfile.ZipFile(path, "w") as z:
-        for name, data in contents.items():
-            if name != "manifest.json":
-                z.writestr(zipfile.ZipInfo(name), data)
-        z.writestr("manifest.json", json.dumps(manifest))
     return path
 
 
