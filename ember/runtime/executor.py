@@ -46,7 +46,7 @@ from . import (  # noqa: F401 - registers their externs
     externs_signal,
     externs_spatial,
 )
-from .externs import ADOPTS, EXTERNS, PREPARE, release_scratch
+from .externs import ADOPTS, EXTERNS, PREPARE
 from .program import Program
 
 
@@ -178,7 +178,6 @@ class Executor:
                 self._steps.append(("extern", EXTERNS[step.name], self._prepared(step)))
             else:
                 self._steps.append(("fallback", None, step))  # the reference is prepared on first use
-        release_scratch()
         self._shape_fns = {}
         compiled: dict[tuple, Any] = {}  # many buffers share a shape: one function each
         for name, b in p.buffers.items():

@@ -12,7 +12,6 @@ library kernel wants (oneDNN's blocked formats), so no run pays for that.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import torch
@@ -61,26 +60,11 @@ _TORCH_ACTIVATIONS = {"": None, "relu": torch.relu_, "gelu": lambda y: y.copy_(F
                       "silu": lambda y: y.copy_(F.silu(y))}
 
 
-_scratch = threading.local()
-
-
 def _pack_linear_weight(w_nk):
-    """oneDNN's packed copy of a [N, K] float32 weight given as any (strided) view. A
-    transposed view is made contiguous in a scratch buffer this thread keeps, not in a
-    fresh tensor per weight: each fresh one faulted its pages in (on MiniLM, ~5,000 page
-    faults and ~15 ms of a load's preparation)."""
-    if not w_nk.is_contiguous():
-        buffer = getattr(_scratch, "buffer", None)
-        if buffer is None or buffer.numel() < w_nk.numel():
-            buffer = _scratch.buffer = torch.empty(w_nk.numel(), dtype=torch.float32)
-        w_nk = buffer[:w_nk.numel()].view(w_nk.shape).copy_(w_nk)
-    return torch.ops.mkldnn._reorder_linear_weight(w_nk, None)  # a new tensor: the scratch is free again
-
-
-def release_scratch() -> None:
-    """Drop this thread's transpose scratch (the executor calls it once its weights are
-    packed: it can be as large as the largest weight)."""
-    _scratch.__dict__.pop("buffer", None)
+    """oneDNN's packed copy of a [N, K] float32 weight given as any (strided) view: a
+    weight codegen stored transposed (`store_weights_transposed`) is packed as it is;
+    another is made contiguous first."""
+    return torch.ops.mkldnn._reorder_linear_weight(w_nk.contiguous(), None)
 
 
 @prepare("linear")

@@ -23,9 +23,9 @@ def test_default_threads_is_this_process_cores_otherwise(monkeypatch, value):
 
 
 @pytest.mark.skipif(not externs._onednn(), reason="torch without oneDNN: the weights are not packed")
-def test_packed_weights_do_not_share_the_transpose_scratch():
-    """Two linear weights packed one after the other through the shared transpose scratch:
-    each GEMM still gives x @ w, so a packed copy never aliases the scratch."""
+def test_packed_weights_are_their_own():
+    """Two C-order linear weights packed one after the other: each GEMM still gives
+    x @ w, so a packed copy never aliases a temporary of the packing."""
     rng = np.random.default_rng(0)
     weights = [torch.from_numpy(rng.standard_normal((48, 80), dtype=np.float32)) for _ in range(2)]
     packed = [externs.prepare_linear({}, {1: w})["packed"] for w in weights]
