@@ -166,6 +166,9 @@ class _Index:
         if isinstance(e, sympy.floor):
             num, den = sympy.fraction(sympy.together(e.args[0]))
             return f"ember_floordiv<int64_t>({self(num)}, {self(den)})"
+        if isinstance(e, sympy.ceiling):  # ceil(n/d) = -floor(-n/d)
+            num, den = sympy.fraction(sympy.together(e.args[0]))
+            return f"(-ember_floordiv<int64_t>({self(-num)}, {self(den)}))"
         if isinstance(e, sympy.Abs):
             return f"std::abs(int64_t({self(e.args[0])}))"
         if isinstance(e, sympy.Mod):

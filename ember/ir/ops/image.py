@@ -10,10 +10,13 @@ from __future__ import annotations
 from ..dtypes import DType
 from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
 from ._symbolic import normalize_axis
+from ..registry import get_op
+from ._geometry import resize_infer
 from .onnx_standard import standard_op
 
 for _op in ("Resize", "GridSample", "AffineGrid", "NonMaxSuppression", "RoiAlign", "CenterCropPad", "ImageDecoder"):
     standard_op(_op)
+get_op("Resize").infer = resize_infer(get_op("Resize").infer)
 
 # what the externs read and write: dtypes torch views ember's buffers as
 TORCH_FLOATS = FLOATS | {DType.float16}

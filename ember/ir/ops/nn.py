@@ -21,6 +21,8 @@ from ._lowering import (
     reduce_kernel,
     register_lowering,
 )
+from ..registry import get_op
+from ._geometry import spatial_infer
 from .onnx_standard import _delegate_reference, standard_op
 from .spatial import lower_window_pool
 
@@ -121,14 +123,21 @@ standard_op_def = {
     "MaxPool": standard_op("MaxPool", reference=_pool("MaxPool")),
     "AveragePool": standard_op("AveragePool", reference=_pool("AveragePool")),
 }
+for _op, _kind in (("Conv", "conv"), ("MaxPool", "pool"), ("AveragePool", "pool")):
+    get_op(_op).infer = spatial_infer(get_op(_op).infer, _kind)
 
 
 # -- Kernel IR lowerings ----------------------------------------------------------------
-def _static_spatial(x, channels_last: bool) -> list[int]:
+def _kernel_pads(a: dict, x, kernel, strides, dilations, channels_last: bool) -> list[tuple[int, int]]:
+    """The (begin, end) padding of each spatial axis, which a kernel fixes when it is made:
+    integers, symbolic spatial sizes included, except SAME padding at a stride above 1
+    (its total then depends on the size)."""
     spatial = list(x.shape[1:-1] if channels_last else x.shape[2:])
-    if not all(isinstance(d, int) for d in spatial):
-        raise NotLowerable("symbolic spatial dims")
-    return spatial
+    if a.get("auto_pad") in ("SAME_UPPER", "SAME_LOWER") and any(
+            not isinstance(n, int) and s != 1 for n, s in zip(spatial, strides)):
+        raise NotLowerable("SAME padding at a stride above 1 on a symbolic spatial size")
+    # at stride 1 SAME pads (k - 1)*d in all, whatever the size: any size stands in for n
+    return _pads(a, [n if isinstance(n, int) else 1 << 20 for n in spatial], kernel, strides, dilations)
 
 
 def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: bool = False):
@@ -144,14 +153,19 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
     kernel = list(w.shape[2:])
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
-    pads = _pads(a, _static_spatial(x, channels_last), kernel, strides, dilations)
+    pads = _kernel_pads(a, x, kernel, strides, dilations, channels_last)
     shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else tuple(x.shape)
     return ctx.extern(name, [x, w, bias, total], [out_type(node)],
                       pads=[p for p, _ in pads] + [q for _, q in pads],
                       strides=list(strides), dilations=list(dilations), group=int(a["group"]), activation=activation,
                       channels_last=channels_last,
-                      # the input shape (a symbolic batch as 1) picks oneDNN's kernel and the filter layout
-                      input_shape=[d if isinstance(d, int) else 1 for d in shape])
+                      # the input shape picks oneDNN's kernel and the filter layout: a symbolic
+                      # batch as 1, a symbolic spatial size as a typical one
+                      input_shape=[d if isinstance(d, int) else (1 if i == 0 else _TYPICAL_SPATIAL)
+                                   for i, d in enumerate(shape)])
+
+
+_TYPICAL_SPATIAL = 64
 
 
 def _lower_pool(kind: str):
@@ -167,7 +181,7 @@ def _lower_pool(kind: str):
         kernel = list(a["kernel_shape"])
         rank = len(kernel)
         strides, dilations = a["strides"] or [1] * rank, a.get("dilations") or [1] * rank
-        pads = _pads(a, _static_spatial(x, channels_last), kernel, strides, dilations)
+        pads = _kernel_pads(a, x, kernel, strides, dilations, channels_last)
         if (kind == "avg" and a.get("auto_pad") in ("SAME_UPPER", "SAME_LOWER") and not a["count_include_pad"]
                 and any(s != 1 for s in strides)):
             # the reference counts a strided SAME window's elements its own way (it disagrees

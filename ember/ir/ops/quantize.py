@@ -13,6 +13,8 @@ import sympy
 from ..dtypes import DType
 from ._lowering import NotLowerable, V, attrs, out_type, register_lowering
 from ._symbolic import normalize_axis
+from ..registry import get_op
+from ._geometry import spatial_infer
 from .onnx_standard import standard_op
 
 for _op in ("QuantizeLinear", "DequantizeLinear"):
@@ -123,6 +125,8 @@ def _lower_quantize(ctx, node, ins):
 # arithmetic; the requantizing ops then scale in float64, round half to even and clip.
 for _op in ("MatMulInteger", "QLinearMatMul", "ConvInteger", "QLinearConv"):
     standard_op(_op)
+get_op("ConvInteger").infer = spatial_infer(get_op("ConvInteger").infer, "conv")
+get_op("QLinearConv").infer = spatial_infer(get_op("QLinearConv").infer, "conv", weights=3)
 _EIGHT_BIT = {DType.int8, DType.uint8}
 
 
@@ -155,7 +159,7 @@ def _lower_integer_matmul(ctx, node, ins):
 
 @register_lowering("ConvInteger", "QLinearConv")
 def _lower_integer_conv(ctx, node, ins):
-    from .nn import _pads, _static_spatial
+    from .nn import _kernel_pads
 
     ins = list(ins) + [None] * (9 - len(ins))
     if node.op == "ConvInteger":
@@ -171,7 +175,7 @@ def _lower_integer_conv(ctx, node, ins):
     kernel = list(w.shape[2:])
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
-    pads = _pads(a, _static_spatial(x, False), kernel, strides, dilations)
+    pads = _kernel_pads(a, x, kernel, strides, dilations, False)
     conv = {"pads": [p for p, _ in pads] + [q for _, q in pads], "strides": list(strides),
             "dilations": list(dilations), "group": int(a["group"])}
     return ctx.extern("integer_conv", [x, w, x_zero, w_zero, bias, x_scale, w_scale, y_scale, y_zero],

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import math
 
+import sympy
+
 from ..dtypes import DType
 from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
+from ..registry import get_op
+from ._geometry import spatial_infer
 from .onnx_standard import standard_op
 
 for _op in ("LpPool", "ConvTranspose", "Col2Im", "MaxUnpool", "DeformConv"):
     standard_op(_op)
+get_op("LpPool").infer = spatial_infer(get_op("LpPool").infer, "pool")
+get_op("ConvTranspose").infer = spatial_infer(get_op("ConvTranspose").infer, "conv_transpose")
 
 _UNSIGNED = {DType.uint8, DType.uint16, DType.uint32, DType.uint64}
 _POOLED = FLOATS | {DType.float16}
@@ -140,13 +146,16 @@ def _lower_conv_transpose(ctx, node, ins):
     a = attrs(node)
     if not all(isinstance(d, int) for d in w.shape[2:]):
         raise NotLowerable("symbolic kernel")
-    begin, out = _conv_transpose_geometry(a, _static_spatial(x), list(w.shape[2:]))
+    begin, out = _conv_transpose_geometry(a, list(x.shape[2:]), list(w.shape[2:]))
+    if not all(isinstance(b, int) or getattr(b, "is_Integer", False) for b in begin):
+        raise NotLowerable("an output_shape whose crop depends on a symbolic input size")
+    begin = [int(b) for b in begin]
     if any(b < 0 for b in begin):
         # an output_shape past the full transposed convolution: onnx.reference does not pad
         # it with zeros as the spec's negative padding would; its reference keeps the meaning
         raise NotLowerable("an output_shape larger than the full transposed convolution")
     dtype, shape = out_type(node)
-    if list(shape[2:]) != out:
+    if any(sympy.simplify(d - o) != 0 for d, o in zip(shape[2:], out)):
         raise NotLowerable("an output type that disagrees with the pads and output_shape")
     dims = len(out)
     return ctx.extern("conv_transpose", [x, w, bias], [(dtype, shape)], begin=begin,
