@@ -46,15 +46,25 @@ def parse_dim(text: str, *, printed: bool = False) -> Dim:
         return int(text)
     if _IDENT.match(text):
         return symbol(text)
-    if re.search(r"[A-Za-z_]", text) and (printed or re.fullmatch(r"[A-Za-z0-9_+\-*() ]+", text)):
+    if re.search(r"[A-Za-z_]", text) and (printed or re.fullmatch(r"[A-Za-z0-9_+\-*() ]+", text)
+                                          or _EXPORTED_EXPR.fullmatch(text) and _LOOKS_COMPUTED.search(text)):
         try:
             expr = parse_dim_expr(text)
-            if expr.free_symbols:
+            # an exported name read as an expression must be a whole number whatever its
+            # symbols are (`Max(0, N - 240)/160` is not: it stays a name)
+            if expr.free_symbols and (printed or not _EXPORTED_EXPR.fullmatch(text) or expr.is_integer):
                 return expr
         except ValueError:
             pass
     return symbol(sanitize_name(text))
 
+
+# exporters (torch's dynamo exporter, onnx-asr's) name a computed dim by its expression,
+# `floor(DynamicDimension_1/2 - 1/2) + 1`, `Max(0, N - Mod(N + 80, 160) - 240)/160`: read
+# as that expression where it calls a dim function or divides by a number (`gpu_0/batch`
+# stays a name)
+_EXPORTED_EXPR = re.compile(r"[A-Za-z0-9_+\-*/(), ]+")
+_LOOKS_COMPUTED = re.compile(r"\b(?:floor|ceiling|Mod|Max|Min|Abs)\(|/\s*\d")
 
 _TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(\*\*|[-+*/(),]))")
 _DIM_FUNCTIONS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "Mod": sympy.Mod, "Max": sympy.Max,

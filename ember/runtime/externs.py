@@ -199,12 +199,26 @@ def _pad(x, pads, value):
     return F.pad(x, [p for pair in zip(reversed(pads[:dims]), reversed(pads[dims:])) for p in pair], value=value)
 
 
+def _pads_for(params, x) -> list[int]:
+    """(begin..., end...) pads: fixed when compiled, or (SAME at a stride above 1 on a
+    symbolic size) ONNX's SAME padding of this input's spatial size."""
+    if params["pads"] is not None:
+        return params["pads"]
+    begin, end = [], []
+    for n, k, s, d in zip(x.shape[2:], params["kernel"], params["strides"], params["dilations"]):
+        total = max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
+        small, big = total // 2, total - total // 2
+        begin.append(small if params["same"] == "SAME_UPPER" else big)
+        end.append(big if params["same"] == "SAME_UPPER" else small)
+    return begin + end
+
+
 @extern("pool")
 def pool(params, x, y):
     if params.get("channels_last"):
         x, y = _channels_first_view(x), _channels_first_view(y)
     dims = x.dim() - 2
-    pads, kernel, strides = params["pads"], params["kernel"], params["strides"]
+    pads, kernel, strides = _pads_for(params, x), params["kernel"], params["strides"]
     begin, end = pads[:dims], pads[dims:]
     symmetric = list(begin) == list(end) and all(p <= k // 2 for p, k in zip(begin, kernel))
     if params["kind"] == "max":
@@ -226,10 +240,11 @@ def _channels_first_view(t):
 
 
 def _conv_args(params, x):
-    """(padding, stride, dilation) for torch, or None when the pads are asymmetric."""
+    """(padding, stride, dilation) for torch, or None when the pads are asymmetric or
+    depend on the input's size."""
     dims = x.dim() - 2
     pads = params["pads"]
-    if list(pads[:dims]) != list(pads[dims:]):
+    if pads is None or list(pads[:dims]) != list(pads[dims:]):
         return None
     return list(pads[:dims]), list(params["strides"]), list(params["dilations"])
 
@@ -282,7 +297,7 @@ def conv(params, x, w, bias, total, y):
         x = x.contiguous()  # torch's own channels-last convolutions can be 10x slower
         args = _conv_args(params, x)
         if args is None:
-            x, padding = _pad(x, params["pads"], 0.0), 0
+            x, padding = _pad(x, _pads_for(params, x), 0.0), 0
         else:
             padding = tuple(args[0])
         result = fn(x, w, bias, stride=tuple(params["strides"]), padding=padding,

@@ -52,8 +52,8 @@ def _window(data, spatial_min=9):
        auto_pad=st.sampled_from(["NOTSET", "NOTSET", "VALID", "SAME_UPPER"]))
 def test_conv(data, group, relu, auto_pad):
     kernel, strides, dilations, pads = _window(data)
-    if auto_pad == "SAME_UPPER":  # SAME at stride 2 pads by the size: declined, tested below
-        strides, dilations = [1, 1], [1, 1]  # (onnxruntime has no dilated SAME)
+    if auto_pad == "SAME_UPPER":  # (SAME at stride 2: tested below; onnxruntime has no dilated SAME)
+        strides, dilations = [1, 1], [1, 1]
     channels = 4
     w = np.random.default_rng(1).standard_normal((8, channels // group, *kernel)).astype(np.float32)
     attrs = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "group": group}
@@ -65,19 +65,20 @@ def test_conv(data, group, relu, auto_pad):
     _check(_model(nodes, channels, initializers=[numpy_helper.from_array(w, "w")]), channels)
 
 
-def test_conv_same_padding_at_stride_two_is_declined_by_name():
-    w = np.ones((2, 2, 3, 3), np.float32)
-    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")
-    model = _model([node], 2, initializers=[numpy_helper.from_array(w, "w")])
-    compiled = ember.compile(model)
-    # its pads depend on the size: it runs on the reference, correctly, and says why
-    assert len(compiled.stats.fallback_nodes) == 1
-    from ember.codegen.lowering import lower_graph
-
-    assert "SAME padding at a stride above 1" in next(iter(lower_graph(compiled.graph).fallback_reasons.values()))
-    x = np.random.default_rng(0).standard_normal((1, 2, 11, 8)).astype(np.float32)
-    sess = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(compiled.run({"x": x})["y"], sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("op", ["Conv", "MaxPool"])
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+def test_same_padding_at_stride_two_pads_by_the_size_it_runs_at(op, auto_pad):
+    """tf2onnx's SAME at stride 2: the total padding depends on the size (odd or even), so
+    the kernel computes it each run, asymmetric where the total is odd."""
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": auto_pad}
+    if op == "Conv":
+        w = np.random.default_rng(3).standard_normal((4, 2, 3, 3)).astype(np.float32)
+        model = _model([helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], 2,
+                       initializers=[numpy_helper.from_array(w, "w")])
+    else:
+        model = _model([helper.make_node("MaxPool", ["x"], ["y"], **attrs)], 2)
+    compiled = _check(model, 2)
+    assert [str(d) for d in compiled.graph.outputs[0].type.shape[2:]] == ["ceiling(h/2)", "ceiling(w/2)"]
 
 
 @SETTINGS

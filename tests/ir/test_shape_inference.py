@@ -121,3 +121,31 @@ def test_packed_qkv_attention_with_its_absent_inputs_left_out():
         g.outputs = node.outputs
         infer_types(g)
         assert str(node.outputs[0].type) == "f32[batch, seq, 24]"
+
+
+def test_exported_dim_names_that_are_expressions_are_read_as_expressions():
+    from ember.ir.types import parse_dim
+
+    d = parse_dim("floor(DynamicDimension_1/2 - 1/2) + 1")  # torch's dynamo exporter
+    assert not isinstance(d, sympy.Symbol) and d.subs({sympy.Symbol("DynamicDimension_1", integer=True,
+                                                                     positive=True): 9}) == 5
+    assert isinstance(parse_dim("gpu_0/batch"), sympy.Symbol)  # a name with a slash stays a name
+    # a fraction sympy cannot prove whole stays a name rather than a non-integer size
+    assert isinstance(parse_dim("Max(0, N - Mod(N + 80, 160) - 240)/160"), sympy.Symbol)
+
+
+def test_broadcasting_two_unrelated_sizes_takes_the_larger_and_runs_either_way():
+    """Two symbolic sizes that must be equal or 1 when it runs (an FPN's up-sampled map
+    beside the finer one): the output is their Max, on a kernel, right for both cases."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, None)
+    model = helper.make_model(helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"])], "g", [x, y], [z]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    compiled = ember.compile(model.SerializeToString())
+    assert str(compiled.graph.outputs[0].type.shape[0]) == "Max(a, b)"
+    assert compiled.stats.fallback_nodes == []
+    for a, b in ((4, 4), (1, 5), (6, 1)):
+        xs, ys = np.random.rand(a, 3).astype(np.float32), np.random.rand(b, 3).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": xs, "y": ys})["z"], xs + ys, rtol=1e-6)

@@ -12,7 +12,7 @@ import sympy
 from ..dtypes import DType
 from ..graph import Node
 from ..registry import InferFn, Known
-from ..types import Dim, TensorType, fresh_symbol
+from ..types import Dim, TensorType
 
 MAX_VALUE_ELEMENTS = 64  # contents are tracked for shape-sized tensors only
 INT_DTYPES = {DType.int64, DType.int32}
@@ -83,7 +83,10 @@ def broadcast(*shapes) -> tuple | None:
             out.append(others[0])
         else:
             ints = [d for d in others if isinstance(d, int)]
-            out.append(ints[0] if ints else fresh_symbol())  # a symbol that must be 1 or equal
+            # sizes that must each be 1 or equal when it runs: the largest of them (an FPN's
+            # floor(h/32)+1 beside 2*(floor(h/64)+1), equal for the sizes it is fed); kernels
+            # clamp an index into such an input, so a 1 there broadcasts
+            out.append(ints[0] if ints else dim(sympy.Max(*others)))
     return tuple(out)
 
 

@@ -128,16 +128,26 @@ for _op, _kind in (("Conv", "conv"), ("MaxPool", "pool"), ("AveragePool", "pool"
 
 
 # -- Kernel IR lowerings ----------------------------------------------------------------
-def _kernel_pads(a: dict, x, kernel, strides, dilations, channels_last: bool) -> list[tuple[int, int]]:
-    """The (begin, end) padding of each spatial axis, which a kernel fixes when it is made:
-    integers, symbolic spatial sizes included, except SAME padding at a stride above 1
-    (its total then depends on the size)."""
+def _kernel_pads(a: dict, x, kernel, strides, dilations, channels_last: bool,
+                 at_run_time: bool = False) -> list[tuple[int, int]] | None:
+    """The (begin, end) padding of each spatial axis, as integers, symbolic spatial sizes
+    included; except SAME padding at a stride above 1 on a symbolic size, whose total
+    depends on the size: None where the kernel computes it `at_run_time`, else declined."""
     spatial = list(x.shape[1:-1] if channels_last else x.shape[2:])
     if a.get("auto_pad") in ("SAME_UPPER", "SAME_LOWER") and any(
             not isinstance(n, int) and s != 1 for n, s in zip(spatial, strides)):
+        if at_run_time:
+            return None
         raise NotLowerable("SAME padding at a stride above 1 on a symbolic spatial size")
     # at stride 1 SAME pads (k - 1)*d in all, whatever the size: any size stands in for n
     return _pads(a, [n if isinstance(n, int) else 1 << 20 for n in spatial], kernel, strides, dilations)
+
+
+def _pad_params(a: dict, pads) -> dict:
+    """The extern's pads: fixed ones, or SAME's mode for it to pad by the size it is given."""
+    if pads is None:
+        return {"pads": None, "same": a["auto_pad"]}
+    return {"pads": [p for p, _ in pads] + [q for _, q in pads]}
 
 
 def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: bool = False):
@@ -153,10 +163,9 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
     kernel = list(w.shape[2:])
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
-    pads = _kernel_pads(a, x, kernel, strides, dilations, channels_last)
+    pads = _kernel_pads(a, x, kernel, strides, dilations, channels_last, at_run_time=True)
     shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else tuple(x.shape)
-    return ctx.extern(name, [x, w, bias, total], [out_type(node)],
-                      pads=[p for p, _ in pads] + [q for _, q in pads],
+    return ctx.extern(name, [x, w, bias, total], [out_type(node)], **_pad_params(a, pads), kernel=kernel,
                       strides=list(strides), dilations=list(dilations), group=int(a["group"]), activation=activation,
                       channels_last=channels_last,
                       # the input shape picks oneDNN's kernel and the filter layout: a symbolic
@@ -181,7 +190,11 @@ def _lower_pool(kind: str):
         kernel = list(a["kernel_shape"])
         rank = len(kernel)
         strides, dilations = a["strides"] or [1] * rank, a.get("dilations") or [1] * rank
-        pads = _kernel_pads(a, x, kernel, strides, dilations, channels_last)
+        pads = _kernel_pads(a, x, kernel, strides, dilations, channels_last, at_run_time=kind == "max")
+        if pads is None:  # SAME max pool padded by the size: -inf pads, any geometry
+            return ctx.extern("pool", [x], [out_type(node)], kind=kind, kernel=kernel, strides=list(strides),
+                              dilations=list(dilations), **_pad_params(a, pads), ceil_mode=False,
+                              count_include_pad=False, channels_last=channels_last)
         if (kind == "avg" and a.get("auto_pad") in ("SAME_UPPER", "SAME_LOWER") and not a["count_include_pad"]
                 and any(s != 1 for s in strides)):
             # the reference counts a strided SAME window's elements its own way (it disagrees

