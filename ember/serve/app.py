@@ -338,8 +338,8 @@ class _Server:
     async def end_requests(self, message: str) -> int:
         self.stopping = message
         ids = list(self.in_flight)
-        for request_id in ids:
-            await self.llm.abort(request_id, ServerStopping(message))
+        # all queued at once: the engine thread takes them together between two steps
+        await asyncio.gather(*(self.llm.abort(request_id, ServerStopping(message)) for request_id in ids))
         return len(ids)
 
 
