@@ -1,7 +1,9 @@
 """`ember chat`: a conversation in the terminal, each answer streamed as it decodes.
 
 One line of stdin is one user message (so piped stdin works: `printf 'Hi\\n' | ember chat`).
-`/exit` (or `/quit`, or end of input) ends it, `/reset` forgets the conversation so far.
+`/help` lists the commands: `/reset` forgets the conversation so far (and says so), `/exit`
+(or `/quit`, or end of input) ends it. Commands answer on stderr, so stdout holds the
+model's answers alone.
 The model is a local one (compiled here, like `ember generate`) or, with `--url`, the one
 an `ember serve` (or any OpenAI-compatible server) serves. When the conversation no longer
 fits the model's context, its oldest turns are dropped.
@@ -10,6 +12,7 @@ fits the model's context, its oldest turns are dropped.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -113,8 +116,22 @@ def lines(stdin: TextIO, prompt: str | None) -> Iterator[str]:
         yield line
 
 
-def converse(session, user_lines: Iterable[str], out: TextIO, *, system: str | None = None) -> int:
-    """Answer each line; returns how many were answered."""
+COMMANDS = {
+    "/help": "list these commands",
+    "/reset": "forget the conversation so far (a --system message stays)",
+    "/exit": "end the chat (also /quit, or Ctrl-D)",
+}
+
+
+def help_text() -> str:
+    return "commands:\n" + "\n".join(f"  {name:<7} {what}" for name, what in COMMANDS.items())
+
+
+def converse(session, user_lines: Iterable[str], out: TextIO, *, system: str | None = None,
+             notes: TextIO | None = None) -> int:
+    """Answer each line (commands answer on `notes`, default stderr); returns how many
+    were answered."""
+    notes = notes or sys.stderr
     opening = [{"role": "system", "content": system}] if system else []
     history = list(opening)
     answered = 0
@@ -124,8 +141,17 @@ def converse(session, user_lines: Iterable[str], out: TextIO, *, system: str | N
             continue
         if text in ("/exit", "/quit"):
             break
+        if text == "/help":
+            print(help_text(), file=notes, flush=True)
+            continue
         if text == "/reset":
+            forgotten = (len(history) - len(opening)) // 2
             history = list(opening)
+            print(f"ember: conversation reset ({forgotten} exchange{'s' * (forgotten != 1)} forgotten)",
+                  file=notes, flush=True)
+            continue
+        if re.fullmatch(r"/[a-z]+", text):  # a command word, not a message that starts with a path
+            print(f"ember: unknown command {text} (/help lists the commands)", file=notes, flush=True)
             continue
         history.append({"role": "user", "content": text})
         while True:

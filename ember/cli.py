@@ -96,29 +96,33 @@ def _original_opsets(model: str) -> dict[str, int]:
 
 # -- ember inspect ----------------------------------------------------------------------
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from ._signature import TensorInfo
     from .artifact import is_artifact
 
     if is_artifact(args.model):
         return _inspect_artifact(args)
-    compiled, _ = _compile(args.model, args.target)
-    graph = compiled.graph
+    graph, shown = _inspected_graph(args)
+    inputs = [TensorInfo(v.name, v.type) for v in graph.inputs]
+    outputs = [TensorInfo(v.name, v.type) for v in graph.outputs]
     upgraded = {(d or "ai.onnx"): v for d, v in graph.opsets.items()}
     opsets = {d: {"original": v, "ember": upgraded.get(d, v)} for d, v in _original_opsets(args.model).items()}
     histogram = graph.op_histogram()  # sorted by count, then name
     params = graph.num_parameters()
     if args.json:
         print(json.dumps({
-            "model": args.model, "opsets": opsets,
-            "inputs": [_info_json(i) for i in compiled.inputs],
-            "outputs": [_info_json(o) for o in compiled.outputs],
+            "model": args.model, "graph": "optimized" if args.optimized else "file",
+            "opt_level": args.opt_level if args.optimized else None, "opsets": opsets,
+            "inputs": [_info_json(i) for i in inputs],
+            "outputs": [_info_json(o) for o in outputs],
             "num_nodes": sum(histogram.values()), "num_parameters": params,
             "op_histogram": histogram}, indent=2))
         return 0
     print(f"model       {args.model}")
+    print(f"graph       {shown}")
     for domain, v in opsets.items():
         note = f" (ember upgraded it to {v['ember']})" if v["ember"] != v["original"] else ""
         print(f"opset       {domain} {v['original']}{note}")
-    for title, infos in (("inputs", compiled.inputs), ("outputs", compiled.outputs)):
+    for title, infos in (("inputs", inputs), ("outputs", outputs)):
         print(title)
         for info in infos:
             print(f"  {info}")
@@ -129,6 +133,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for op, count in histogram.items():
         print(f"  {op:<{width}}  {count:>5}")
     return 0
+
+
+def _inspected_graph(args: argparse.Namespace):
+    """The graph `ember inspect` shows, and a line that says which one it is."""
+    if not args.optimized:
+        from .frontends.onnx import load_onnx
+
+        return load_onnx(args.model), ("the file's, as ember imports it (opsets upgraded, no pass run; "
+                                       "--optimized shows it after the passes)")
+    import ember
+
+    # the passes alone: no kernel is generated or built for a look at the graph
+    compiled = ember.compile(args.model, target=args.target, opt_level=args.opt_level, codegen=False)
+    num_passes = sum(p.modified for p in compiled.stats.passes)
+    return compiled.graph, (f"optimized: after the O{args.opt_level} pass pipeline ({num_passes} passes changed "
+                            f"it in {_ms(compiled.stats.timings['passes'])}), as ember runs it")
 
 
 def _inspect_artifact(args: argparse.Namespace) -> int:
@@ -143,6 +163,7 @@ def _inspect_artifact(args: argparse.Namespace) -> int:
           f"ember {facts.get('ember_version')}, {facts.get('created')})")
     print(f"digest      {facts['digest']} (every member checked against its hash)")
     print(f"kind        {facts.get('kind')}, target {facts.get('target')}")
+    print("graph       optimized: an artifact holds the graph after the passes, as ember runs it")
     host = "this machine" if facts["host_matches"] else "another machine: its kernels are rebuilt on load"
     print(f"built for   {machine.get('arch')} {machine.get('system')} with {machine.get('compiler')} ({host})")
     options = ", ".join(f"{k} {v}" for k, v in (facts.get("options") or {}).items() if v not in ([], None))
@@ -557,11 +578,13 @@ def cmd_serve(args) -> int:
         from .serve import serve
     except ImportError as e:
         raise UsageError(f"ember serve needs the serve extra (pip install 'ember[serve]'): {e}") from None
+    if args.default_max_tokens < 0:
+        raise UsageError(f"--default-max-tokens must be 0 (no default) or more, got {args.default_max_tokens}")
     api_key = args.api_key or os.environ.get("EMBER_API_KEY") or None
     _status(f"loading and compiling {args.model or 'the built-in SmolLM2-135M-Instruct'} for {args.target} ...")
     serve(args.model, host=args.host, port=args.port, model_name=args.served_model_name, api_key=api_key,
           max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
-          target=args.target, **_engine_options(args))
+          default_max_tokens=args.default_max_tokens or None, target=args.target, **_engine_options(args))
     _status("stopped")
     return 0
 
@@ -592,7 +615,7 @@ def cmd_chat(args) -> int:
         session = _chat.LocalChat(engine, params)
     interactive = sys.stdin.isatty()
     if interactive:
-        _status("type a message and press Enter; /reset forgets the conversation, /exit (or Ctrl-D) ends it")
+        _status("type a message and press Enter; /help lists the commands, /exit (or Ctrl-D) ends it")
     _chat.converse(session, _chat.lines(sys.stdin, "> " if interactive else None), sys.stdout, system=args.system)
     return 0
 
@@ -622,8 +645,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("inspect", cmd_inspect, "show a model's signature, opset, op histogram and size, or an artifact's "
             "manifest, signature, kernels and sizes",
-            "examples:\n  ember inspect model.onnx --json\n  ember inspect model.ember")
+            "examples:\n  ember inspect model.onnx                the file's graph\n"
+            "  ember inspect model.onnx --optimized    the graph after the passes, as ember runs it\n"
+            "  ember inspect model.onnx --json\n  ember inspect model.ember")
     p.add_argument("model", metavar="MODEL", help="an ONNX file or an artifact (.ember)")
+    p.add_argument("--optimized", action="store_true",
+                   help="show the graph after ember's passes (what it runs) instead of the file's graph; an "
+                        "artifact always holds the optimized one")
+    p.add_argument("--opt-level", "-O", type=int, default=2, choices=range(4), metavar="N",
+                   help="with --optimized: the pass pipeline O0-O3 (default: 2)")
     p.add_argument("--json", action="store_true", help="print the same facts as JSON")
 
     p = add("compile", cmd_compile, "compile a model, report what each pass did, and save it as an artifact",
@@ -707,6 +737,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $EMBER_API_KEY, else none)")
     _add_engine_options(p)
+    p.add_argument("--default-max-tokens", type=int, default=1024, metavar="N",
+                   help="max_tokens of a chat request that sets none, so a sampled answer cannot run on to "
+                        "the context limit; 0: up to --max-model-len, as OpenAI (default: 1024; "
+                        "/v1/completions keeps OpenAI's 16)")
     p.add_argument("--max-queue", type=int, default=256, metavar="N",
                    help="sequences that may wait beyond --max-num-seqs; past that, 503 (default: 256)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -718,7 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n  ember chat\n  ember chat path/to/model --system \"You are terse.\" --temperature 0.7\n"
             "  printf 'What is a compiler?\\nAnd an interpreter?\\n' | ember chat\n"
             "  ember chat --url http://127.0.0.1:8000/v1          the model a running `ember serve` serves\n\n"
-            "each line is a message; /reset forgets the conversation, /exit or Ctrl-D ends it.")
+            "each line is a message; /help lists the commands: /reset forgets the conversation, /exit or Ctrl-D\n"
+            "ends it.")
     p.add_argument("model", metavar="MODEL", nargs="?",
                    help="a Hugging Face model folder, a GGUF file or an LLM artifact (default: the built-in SmolLM2)")
     p.add_argument("--url", help="chat with the model of the OpenAI-compatible server at this /v1 URL instead")

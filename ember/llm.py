@@ -237,9 +237,10 @@ class AsyncLLM:
         async for out in self.generate(_chat_prompt(self.tokenizer, messages), sampling_params, request_id):
             yield out
 
-    async def abort(self, request_id: str) -> None:
-        """Stop a request and free its blocks; its iterator ends without a final output."""
-        await self._call(self._abort, request_id)
+    async def abort(self, request_id: str, error: BaseException | None = None) -> None:
+        """Stop a request and free its blocks; its iterator ends without a final output,
+        or raises `error` if one is given (a server ending its requests on shutdown)."""
+        await self._call(self._abort, request_id, error)
 
     def stats(self) -> EngineStats:
         """The engine's load now. Safe from any thread: each number is current, though the
@@ -267,9 +268,10 @@ class AsyncLLM:
         self._streams[rid] = stream
         return rid
 
-    def _abort(self, request_id: str) -> None:
+    def _abort(self, request_id: str, error: BaseException | None = None) -> None:
         self.engine.abort_request(request_id)
-        self._send(request_id, _ENDED)  # its iterator ends (a no-op when the iterator itself asked)
+        # its iterator ends, or raises `error` (a no-op when the iterator itself asked)
+        self._send(request_id, _ENDED if error is None else error)
         self._streams.pop(request_id, None)
 
     def _send(self, request_id: str, item) -> None:

@@ -88,6 +88,39 @@ def test_inspect_json(tiny, capsys):
     assert info["num_nodes"] == 2 and info["num_parameters"] == 12
 
 
+@pytest.fixture
+def linear_relu(tmp_path):
+    """y = relu(x @ W + b): three nodes in the file, one ember.Linear after the passes."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+         helper.make_node("Relu", ["a"], ["y"])],
+        "linear_relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(np.ones(3, np.float32), "b")])
+    path = tmp_path / "linear_relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), path)
+    return path
+
+
+def test_inspect_says_which_graph_it_shows(linear_relu, capsys):
+    assert main(["inspect", str(linear_relu)]) == 0
+    out = capsys.readouterr().out
+    assert "graph       the file's, as ember imports it (opsets upgraded, no pass run" in out
+    assert "nodes       3" in out and "  Relu " in out
+    assert main(["inspect", str(linear_relu), "--optimized"]) == 0
+    out = capsys.readouterr().out
+    assert "graph       optimized: after the O2 pass pipeline" in out
+    assert "nodes       1" in out and "  ember.Linear " in out and "Relu" not in out
+    assert "x: f32[n, 4]" in out and "parameters  15 (15)" in out
+    assert main(["inspect", str(linear_relu), "--optimized", "-O", "0", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["graph"] == "optimized" and info["opt_level"] == 0
+    assert info["op_histogram"] == {"Add": 1, "MatMul": 1, "Relu": 1}
+    assert main(["inspect", str(linear_relu), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["graph"] == "file"
+
+
 def test_run_writes_outputs(tiny, feeds, tmp_path, capsys):
     x, y = feeds
     out_dir = tmp_path / "out"

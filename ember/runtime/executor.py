@@ -132,7 +132,13 @@ def _polynomial(expr, index: dict):
 def default_threads() -> int:
     """Threads per kernel when the caller names none: OMP_NUM_THREADS where it is set to
     a positive number (as torch and OpenMP read it), else every core this process may
-    run on (its CPU affinity: a container's or `taskset`'s share, not the whole host's)."""
+    run on (its CPU affinity: a container's or `taskset`'s share, not the whole host's).
+
+    Neither the thread count nor OpenMP's wait policy adapts to other load: on 2 cores
+    with one busy, one thread runs MiniLM b1 1.4-1.7x faster than two, but 1.6x slower
+    when both are free, and OMP_WAIT_POLICY=PASSIVE costs 1.6-2x on a quiet machine
+    (docs/benchmarks.md, benchmarks/contention.py); so the caller who shares cores
+    chooses (OMP_WAIT_POLICY before Python starts, intra_op_threads)."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     if value.isdigit() and int(value) > 0:
         return int(value)

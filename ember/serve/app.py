@@ -1,7 +1,9 @@
 """The OpenAI-compatible HTTP API over an `AsyncLLM`.
 
-    app = create_app(ember.AsyncLLM(), "SmolLM2-135M-Instruct", api_key=None, max_queue=256)
+    app = create_app(ember.AsyncLLM(), "SmolLM2-135M-Instruct", api_key=None, max_queue=256,
+                     default_max_tokens=1024)
     uvicorn.run(app)                     # or `ember serve`, which also stops gracefully
+    await end_requests(app, "...")       # end every open request with an error (a server stopping)
 
 Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (both
 streamed as server-sent events with `"stream": true`), `GET /health`, `GET /metrics`.
@@ -11,7 +13,7 @@ Notes:
 
 1. Every error is OpenAI's body, `{"error": {"message", "type", "param", "code"}}`: 400
    for a bad request (naming the field in `param`), 401 for a wrong API key, 404 for an
-   unknown model or route, 503 when the server is full, 500 if the model fails.
+   unknown model or route, 503 when the server is full or stopping, 500 if the model fails.
 2. The server checks what it can before it queues anything (the body, the model, each
    prompt's length against max_model_len and max_tokens), so a bad request is a 400
    even when streamed; a model failure during a stream is an `error` event, then
@@ -21,7 +23,14 @@ Notes:
    request is always admitted when nothing else is, however large.
 4. A client that goes away aborts its requests (streamed or not): the engine stops them
    and frees their KV blocks at its next step.
-5. Each prompt is one engine request (`<response id>-<i>`); a response's choices are
+5. A chat request without max_tokens generates at most `default_max_tokens` (or up to
+   max_model_len, if less room is left): with no bound, a sampled answer that never says
+   EOS runs to the context limit (8,155 tokens, 13 minutes, for the ready banner's old
+   curl line). /v1/completions keeps OpenAI's default of 16.
+6. `end_requests` (the server stopping after its shutdown timeout) ends every open
+   request as a model failure would, with OpenAI's error: a 503 body, or for a stream a
+   final `error` event, then `[DONE]`; new requests get a 503 from then on.
+7. Each prompt is one engine request (`<response id>-<i>`); a response's choices are
    numbered prompt by prompt: choice `i * n + j` is sample j of prompt i.
 """
 
@@ -51,10 +60,15 @@ from .protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
 from .responses import ChatFormat, CompletionFormat, Cursor, TokenText, usage
 
 
-def create_app(llm: AsyncLLM, model_name: str, *, api_key: str | None = None, max_queue: int = 256) -> FastAPI:
+DEFAULT_MAX_TOKENS = 1024
+
+
+def create_app(llm: AsyncLLM, model_name: str, *, api_key: str | None = None, max_queue: int = 256,
+               default_max_tokens: int | None = DEFAULT_MAX_TOKENS) -> FastAPI:
     """An ASGI app serving `llm` as the model `model_name`. The caller owns `llm` (and
-    shuts it down); several apps may share one."""
-    server = _Server(llm, model_name, api_key, max_queue)
+    shuts it down); several apps may share one. `default_max_tokens` bounds a chat
+    request that sets no max_tokens (None: up to max_model_len, OpenAI's rule)."""
+    server = _Server(llm, model_name, api_key, max_queue, default_max_tokens)
     app = FastAPI(title="ember", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
 
@@ -105,11 +119,28 @@ def create_app(llm: AsyncLLM, model_name: str, *, api_key: str | None = None, ma
     return app
 
 
+async def end_requests(app: FastAPI, message: str) -> int:
+    """End every request `app` has open with OpenAI's error (503, `server_shutting_down`:
+    a JSON body, or a stream's last `error` event then `[DONE]`) and refuse new ones with
+    it; returns how many engine requests were ended."""
+    return await app.state.server.end_requests(message)
+
+
+class ServerStopping(EmberError):
+    """The server ended a request because it is stopping (raised into its output stream)."""
+
+
 class _Server:
-    def __init__(self, llm: AsyncLLM, model_name: str, api_key: str | None, max_queue: int):
+    def __init__(self, llm: AsyncLLM, model_name: str, api_key: str | None, max_queue: int,
+                 default_max_tokens: int | None):
         if max_queue < 0:
             raise InputError(f"max_queue must be >= 0, got {max_queue}")
+        if default_max_tokens is not None and default_max_tokens < 1:
+            raise InputError(f"default_max_tokens must be at least 1, got {default_max_tokens}")
         self.llm, self.model_name, self.api_key = llm, model_name, api_key
+        self.default_max_tokens = default_max_tokens
+        self.in_flight: set[str] = set()      # engine request ids, for end_requests
+        self.stopping: str | None = None      # why, once end_requests has run
         engine = llm.engine  # its fixed facts only; all traffic goes through llm
         self.max_model_len, self.vocab_size = engine.max_model_len, engine.vocab_size
         self.max_pending = engine.options.max_num_seqs + max_queue
@@ -163,6 +194,8 @@ class _Server:
         """Take `cost` sequences' room in the queue; returns the function that gives it back."""
         if not self.llm.is_running:
             raise APIError(503, "the engine has stopped", type="server_error", code="engine_stopped")
+        if self.stopping is not None:
+            raise _stopping_error(ServerStopping(self.stopping))
         if self.num_pending and self.num_pending + cost > self.max_pending:
             self.metrics.rejected.inc()
             raise APIError(503, f"the server is full ({self.num_pending} sequences in flight, at most "
@@ -209,6 +242,8 @@ class _Server:
             raise APIError(400, "'messages' make an empty prompt", param="messages")
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         self.check_length(ids, max_tokens, "messages", body.max_tokens_param)
+        if max_tokens is None and self.default_max_tokens is not None:
+            max_tokens = min(self.default_max_tokens, self.max_model_len - len(ids))
         num_logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = _sampling_params(body, max_tokens, num_logprobs)
         fmt = ChatFormat(self.token_text, num_logprobs)
@@ -226,6 +261,8 @@ class _Server:
             return _EventStream(events, on_close=release)
         try:
             finals = await _unless_disconnected(request, _last_outputs(outputs, len(prompts)))
+        except ServerStopping as e:
+            raise _stopping_error(e) from None
         except InputError as e:
             raise APIError(400, str(e)) from None
         except EmberError as e:
@@ -260,6 +297,8 @@ class _Server:
                 yield _event({**head, "choices": [], "usage": usage(finals)})
         except InputError as e:
             yield _event(APIError(400, str(e)).body())
+        except ServerStopping as e:
+            yield _event(_stopping_error(e).body())
         except EmberError as e:
             yield _event(APIError(500, str(e), type="server_error").body())
         yield "data: [DONE]\n\n"
@@ -275,7 +314,12 @@ class _Server:
     async def _request(self, request_id: str, ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
         """One engine request's outputs; counted in the metrics when it ends, however it ends."""
         last, outcome = None, "ok"
+        # no await between joining in_flight and generate() queueing the request, so an
+        # end_requests that sees this id aborts it after the engine has it
+        self.in_flight.add(request_id)
         try:
+            if self.stopping is not None:
+                raise ServerStopping(self.stopping)
             async with aclosing(self.llm.generate({"prompt_token_ids": ids}, params, request_id)) as stream:
                 async for out in stream:
                     last = out
@@ -287,8 +331,20 @@ class _Server:
             outcome = "error"
             raise
         finally:
+            self.in_flight.discard(request_id)
             if outcome != "refused":
                 self.metrics.observe(len(ids), params.n, last, error=outcome == "error")
+
+    async def end_requests(self, message: str) -> int:
+        self.stopping = message
+        ids = list(self.in_flight)
+        # all queued at once: the engine thread takes them together between two steps
+        await asyncio.gather(*(self.llm.abort(request_id, ServerStopping(message)) for request_id in ids))
+        return len(ids)
+
+
+def _stopping_error(e: ServerStopping) -> APIError:
+    return APIError(503, str(e), type="server_error", code="server_shutting_down")
 
 
 def _sampling_params(body, max_tokens: int | None, logprobs: int | None) -> SamplingParams:

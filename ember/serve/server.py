@@ -6,12 +6,17 @@ built (so a port in use fails at once) but only listened on once the server is r
 
 SIGTERM or SIGINT (Ctrl-C) stops it gracefully: the listening socket closes, idle
 connections close, requests in flight (streams too) run to their end for up to
-`shutdown_timeout` seconds (then they are aborted), the engine thread stops, and the
-process exits with status 0. A second Ctrl-C exits at once.
+`shutdown_timeout` seconds, the engine thread stops, and the process exits with status
+0. A second Ctrl-C exits at once. Requests still open at the timeout are ended by the
+app itself (`end_requests`: OpenAI's 503 error body, or a stream's `error` event then
+`[DONE]`), and uvicorn is given a few seconds more to send those: left to uvicorn's own
+timeout, they were cancelled mid-way (a plain-text 500, a stream with no end and a
+traceback in the log for each).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -22,20 +27,25 @@ from pathlib import Path
 import uvicorn
 
 from ..llm import AsyncLLM
-from .app import create_app
+from .app import DEFAULT_MAX_TOKENS, create_app, end_requests
 
 BUILTIN_NAME = "SmolLM2-135M-Instruct"
+# after end_requests, how long the ended requests get to send their error (then uvicorn
+# cancels what is left)
+_GRACE_AFTER_ENDING = 5.0
 
 
 def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 8000,
           model_name: str | None = None, api_key: str | None = None, max_queue: int = 256,
           shutdown_timeout: float = 30.0, log_level: str = "warning",
+          default_max_tokens: int | None = DEFAULT_MAX_TOKENS,
           on_ready: Callable[[str], None] | None = None, **engine_options) -> None:
     """Serve `model` (default: the built-in SmolLM2) until SIGTERM/SIGINT, as `model_name`
     (default: the folder's name, or the file's without its extension). `on_ready` is
     called with the base URL (http://host:port/v1) once requests are taken; port 0
-    picks a free port. `engine_options` go to AsyncLLM (max_model_len, max_num_seqs,
-    kv_cache_memory, target, ...)."""
+    picks a free port. `default_max_tokens` bounds a chat request that sets no
+    max_tokens (None: up to max_model_len). `engine_options` go to AsyncLLM
+    (max_model_len, max_num_seqs, kv_cache_memory, target, ...)."""
     from .._builtin import default_llm
 
     path = Path(model) if model is not None else default_llm()
@@ -48,14 +58,15 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     try:
         if model_name is None:
             model_name = BUILTIN_NAME if model is None else path.stem if path.is_file() else path.name
-        app = create_app(llm, model_name, api_key=api_key, max_queue=max_queue)
+        app = create_app(llm, model_name, api_key=api_key, max_queue=max_queue,
+                         default_max_tokens=default_max_tokens)
         config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "info", "trace"),
-                                timeout_graceful_shutdown=shutdown_timeout)
+                                timeout_graceful_shutdown=shutdown_timeout + _GRACE_AFTER_ENDING)
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         url = f"http://{shown}:{bound_port}/v1"
         ready = on_ready or (lambda url: _print_ready(url, model_name, api_key))
-        _Server(config, lambda: ready(url)).run(sockets=[sock])
+        _Server(config, lambda: ready(url), shutdown_timeout).run(sockets=[sock])
     finally:
         llm.shutdown()
 
@@ -75,27 +86,44 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _print_ready(url: str, model_name: str, api_key: str | None) -> None:
-    """The ready line, and how to call the server: curl, and the openai client."""
+    """The ready line, and how to call the server: curl, and the openai client. Both set
+    max_tokens, so they answer in seconds whatever the model samples."""
     key = "$EMBER_API_KEY" if api_key else "unused"
     auth = f" -H \"Authorization: Bearer {key}\"" if api_key else ""
     print(f"""ember: serving {model_name} at {url} (SIGTERM or Ctrl-C stops it)
 
   curl {url}/chat/completions -H "Content-Type: application/json"{auth} \\
-    -d '{{"model": "{model_name}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+    -d '{{"model": "{model_name}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}], "max_tokens": 64}}'
 
-  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}", api_key="{key}"); print(c.chat.completions.create(model="{model_name}", messages=[{{"role": "user", "content": "Hi!"}}]).choices[0].message.content)'
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}", api_key="{key}"); print(c.chat.completions.create(model="{model_name}", messages=[{{"role": "user", "content": "Hi!"}}], max_tokens=64).choices[0].message.content)'
 """, file=sys.stderr, flush=True)
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]):
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None], shutdown_timeout: float):
         super().__init__(config)
         self._on_ready = on_ready
+        self._shutdown_timeout = shutdown_timeout
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
         if self.started and not self.should_exit:
             self._on_ready()
+
+    async def shutdown(self, sockets=None) -> None:
+        # uvicorn waits for the requests in flight up to its own timeout (ours plus a
+        # grace); at ours, the app ends them with an error they can still send
+        tasks: list[asyncio.Task] = []   # holds the task, which the loop only references weakly
+        ending = asyncio.get_running_loop().call_later(
+            self._shutdown_timeout, lambda: tasks.append(asyncio.ensure_future(self._end_requests())))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            ending.cancel()
+
+    async def _end_requests(self) -> None:
+        await end_requests(self.config.app, f"the server is shutting down: the request did not finish within "
+                                            f"the shutdown timeout of {self._shutdown_timeout:g} s")
 
     @contextlib.contextmanager
     def capture_signals(self):

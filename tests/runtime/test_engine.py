@@ -318,3 +318,26 @@ def test_stream_yields_the_text_piece_by_piece_and_closing_it_aborts(llm, alone)
 
 def test_public_names():
     assert ember.LLM is LLM and ember.AsyncLLM is AsyncLLM and ember.SamplingParams is SamplingParams
+
+
+def test_async_abort_with_an_error_raises_it_in_the_stream(tiny_llm_dir):
+    """abort(id, error): the request stops, its blocks are freed, and its iterator raises
+    `error` (how a stopping server ends what is still running)."""
+    from ember import ExecutionError
+
+    llm = AsyncLLM(tiny_llm_dir, block_size=BLOCK, kv_cache_memory=1024 * 256, max_model_len=512)
+
+    async def main():
+        seen = 0
+        with pytest.raises(ExecutionError, match="the server is stopping"):
+            async for out in llm.generate({"prompt_token_ids": prompts(1, seed=17)[0]}, greedy(300),
+                                          request_id="x"):
+                seen = len(out.outputs[0].token_ids)
+                await llm.abort("x", ExecutionError("the server is stopping"))
+        return seen
+
+    try:
+        assert 0 < asyncio.run(asyncio.wait_for(main(), 30)) < 300
+        assert_pool_free(llm.engine)
+    finally:
+        llm.shutdown()

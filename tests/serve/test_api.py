@@ -243,3 +243,35 @@ def test_the_python_example_in_docs_runs(llm, capsys):
     finally:
         live.stop()
     assert "CompletionUsage(completion_tokens=16" in capsys.readouterr().out
+
+
+def test_chat_without_max_tokens_stops_at_the_default(llm):
+    """A chat request that sets no max_tokens ends after default_max_tokens (or what is left
+    of max_model_len), not at the context limit; one that sets it gets what it asked for."""
+    import openai
+
+    from ember.serve import create_app
+
+    from .conftest import LiveServer
+
+    messages = [{"role": "user", "content": "Tell me a long story."}]
+    room = llm.engine.max_model_len - chat_prompt_len(llm, messages)
+    for default, expected in ((5, 5), (None, room), (10 * room, room)):
+        live = LiveServer(create_app(llm, MODEL, default_max_tokens=default))
+        try:
+            client = openai.OpenAI(base_url=live.url, api_key="unused", max_retries=0, timeout=60)
+            out = client.chat.completions.create(model=MODEL, messages=messages, extra_body=IGNORE_EOS)
+            assert out.usage.completion_tokens == expected and out.choices[0].finish_reason == "length"
+            asked = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=7,
+                                                   extra_body=IGNORE_EOS)
+            assert asked.usage.completion_tokens == 7
+        finally:
+            live.stop()
+
+
+def test_default_max_tokens_must_be_positive(llm):
+    from ember import InputError
+    from ember.serve import create_app
+
+    with pytest.raises(InputError, match="default_max_tokens must be at least 1, got 0"):
+        create_app(llm, MODEL, default_max_tokens=0)

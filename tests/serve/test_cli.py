@@ -52,6 +52,13 @@ def start_serve(model_dir, *args):
     raise AssertionError("ember serve did not start:\n" + "".join(lines))
 
 
+def metrics(port) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    return {m[1]: float(m[2]) for m in re.finditer(r"^([^#\s][^\s]*) (\S+)$", text, flags=re.M)}
+
+
 def refuses_connections(port) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -82,6 +89,110 @@ def test_sigterm_finishes_requests_in_flight_then_exits(tiny_llm_dir):
             process.kill()
 
 
+def test_sigterm_past_the_shutdown_timeout_ends_each_request_with_an_error(tiny_llm_dir):
+    """Requests still running when --shutdown-timeout passes end with OpenAI's error: a
+    503 JSON body, or a stream's `error` event then [DONE]; the log has no traceback."""
+    import openai
+
+    process, port, stderr = start_serve(tiny_llm_dir, "--kv-cache-memory", "4M", "--max-model-len", "1024",
+                                        "--shutdown-timeout", "0.5")
+    url = f"http://127.0.0.1:{port}/v1"
+    body = {"prompt": "hello", "max_tokens": 1000, "ignore_eos": True}
+    results = {}
+
+    def raw(name, stream):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({**body, "stream": stream}),
+                     {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        results[name] = response.status, response.getheader("Content-Type"), response.read().decode()
+
+    def client(name, stream):
+        c = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        try:
+            out = c.completions.create(model=tiny_llm_dir.name, prompt="hello", max_tokens=1000, stream=stream,
+                                       extra_body={"ignore_eos": True})
+            results[name] = [chunk.choices[0].text for chunk in out] if stream else out
+        except openai.APIError as e:
+            results[name] = e
+
+    threads = [threading.Thread(target=raw, args=("raw stream", True)),
+               threading.Thread(target=raw, args=("raw whole", False)),
+               threading.Thread(target=client, args=("client stream", True)),
+               threading.Thread(target=client, args=("client whole", False))]
+    try:
+        for t in threads:
+            t.start()
+        pending = 'ember_num_requests_pending'
+        assert wait_until(lambda: metrics(port).get(pending) == 4, timeout=30)
+        process.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=60)
+        assert process.wait(timeout=60) == 0, "".join(stderr)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = "".join(stderr)
+    assert "Traceback" not in log and "ERROR" not in log, log
+
+    status, content_type, text = results["raw whole"]
+    assert status == 503 and content_type == "application/json", text
+    error = json.loads(text)["error"]
+    assert error["code"] == "server_shutting_down" and "shutdown timeout of 0.5 s" in error["message"]
+
+    status, content_type, text = results["raw stream"]
+    assert status == 200 and content_type.startswith("text/event-stream")
+    events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and len(events) > 2, events[-3:]
+    assert json.loads(events[-2])["error"]["code"] == "server_shutting_down"
+    assert all("choices" in json.loads(e) for e in events[:-2])   # it was streaming tokens till then
+
+    for name in ("client whole", "client stream"):
+        assert isinstance(results[name], openai.APIError), (name, results[name])
+        assert "shutdown timeout" in results[name].message
+    assert isinstance(results["client whole"], openai.APIStatusError) and results["client whole"].status_code == 503
+
+
+def test_the_ready_banners_commands_answer_quickly(tiny_llm_dir):
+    """The banner's curl and openai lines, run as printed, get an answer of at most their
+    max_tokens (the tiny random model never says EOS: without one they would run on to
+    the default limit); what the python line imports is in the `serve` extra."""
+    process, port, stderr = start_serve(tiny_llm_dir, "--kv-cache-memory", "4M", "--max-model-len", "1024",
+                                        "--default-max-tokens", "500")
+    try:
+        banner = "".join(stderr)
+        curl = re.search(r"^  (curl .*?'\n)", banner, flags=re.M | re.S)[1]
+        python = re.search(r"^  python (-c '.*')$", banner, flags=re.M)[1]
+        max_tokens = int(re.search(r'"max_tokens": (\d+)', curl)[1])
+        assert max_tokens <= 100 and f"max_tokens={max_tokens}" in python
+        answer = json.loads(subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60,
+                                           check=True).stdout)
+        assert 0 < answer["usage"]["completion_tokens"] <= max_tokens, answer
+        printed = subprocess.run(f"{sys.executable} {python}", shell=True, capture_output=True, text=True,
+                                 timeout=60)
+        assert printed.returncode == 0 and printed.stdout, printed.stderr  # the tiny model's text may be blank
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    serve_extra = {re.match(r"[\w.-]+", req)[0].lower() for req in extras["serve"]}
+    imported = set(re.findall(r"from (\w+) import", python))
+    assert imported == {"openai"} and imported <= serve_extra
+
+
+def test_serve_help_names_the_default_max_tokens(capsys):
+    assert main(["serve", "--help"]) == 0
+    assert re.search(r"--default-max-tokens N\s.*default: 1024", " ".join(capsys.readouterr().out.split()))
+
+
+def test_serve_refuses_a_negative_default_max_tokens(capsys):
+    assert main(["serve", "--default-max-tokens", "-1"]) == 2
+    assert "--default-max-tokens must be 0 (no default) or more, got -1" in capsys.readouterr().err
+
+
 def test_serve_reports_a_port_in_use(tiny_llm_dir, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -96,6 +207,42 @@ def test_chat_with_piped_stdin(tiny_llm_dir, monkeypatch, capsys):
     assert main(["chat", str(tiny_llm_dir), "--max-tokens", "4", "--kv-cache-memory", "1M"]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("\n") >= 2 and "error" not in captured.err
+
+
+def test_chat_knows_help_and_confirms_reset(tiny_llm_dir, monkeypatch, capsys):
+    from ember import _chat
+
+    lines = "/help\nHello!\nAnd again?\n/reset\n/reset\n/frobnicate\n/usr/bin is a folder\n/exit\nnot read\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    assert main(["chat", str(tiny_llm_dir), "--max-tokens", "3", "--kv-cache-memory", "1M"]) == 0
+    captured = capsys.readouterr()
+    assert _chat.help_text() in captured.err
+    for command in ("/help", "/reset", "/exit"):
+        assert re.search(rf"^  {command} +\w", captured.err, flags=re.M), command
+    assert "ember: conversation reset (2 exchanges forgotten)" in captured.err
+    assert "ember: conversation reset (0 exchanges forgotten)" in captured.err
+    assert "ember: unknown command /frobnicate (/help lists the commands)" in captured.err
+    assert "commands:" not in captured.out and "reset" not in captured.out
+
+
+def test_chat_commands_are_not_sent_and_reset_forgets():
+    from ember import _chat
+
+    class Echo:
+        def __init__(self):
+            self.seen = []
+
+        def reply(self, messages):
+            self.seen.append([m["content"] for m in messages])
+            yield f"answer {len(self.seen)}"
+
+    session, out, notes = Echo(), io.StringIO(), io.StringIO()
+    lines = ["/help\n", "Hello!\n", "/reset\n", "/nope\n", "/usr/bin?\n", "/exit\n", "not read\n"]
+    assert _chat.converse(session, lines, out, system="Be brief.", notes=notes) == 2
+    assert session.seen == [["Be brief.", "Hello!"], ["Be brief.", "/usr/bin?"]]
+    assert out.getvalue() == "answer 1\nanswer 2\n"
+    assert notes.getvalue() == (_chat.help_text() + "\nember: conversation reset (1 exchange forgotten)\n"
+                                "ember: unknown command /nope (/help lists the commands)\n")
 
 
 def test_chat_trims_a_conversation_that_outgrows_the_context(tiny_llm_dir):
