@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._signature import _ONNX_TYPE_NAMES
+from ._signature import _ONNX_TYPE_NAMES, check_out
 from .errors import InputError, UnsupportedError
 from .ir.dtypes import DType
 
@@ -175,6 +175,7 @@ class IOBinding:
         self._inputs: dict[str, np.ndarray] = {}
         self._outputs: dict[str, np.ndarray | None] = {}  # name -> the buffer to write, or None
         self._results: list[OrtValue] = []
+        self._targets: list | None = None  # the bound buffers, checked, in output order (made on the next run)
         self.copied_outputs: list[str] = []  # outputs of the last run copied into their buffer
 
     # -- inputs ---------------------------------------------------------------------------
@@ -214,6 +215,7 @@ class IOBinding:
         one, to an array each run allocates."""
         check_device(device_type, device_id, f"output {name!r}")
         name = self._output_name(name)
+        self._targets = None
         if buffer_ptr is None:
             self._outputs[name] = None
             return
@@ -226,6 +228,7 @@ class IOBinding:
         if not isinstance(ortvalue, OrtValue):
             raise InputError(f"output {name!r}: bind_ortvalue_output takes an OrtValue, got {type(ortvalue).__name__}")
         self._outputs[self._output_name(name)] = ortvalue._tensor("bind_ortvalue_output")
+        self._targets = None
 
     def clear_binding_inputs(self) -> None:
         self._inputs.clear()
@@ -233,6 +236,7 @@ class IOBinding:
     def clear_binding_outputs(self) -> None:
         self._outputs.clear()
         self._results = []
+        self._targets = None
 
     def synchronize_inputs(self) -> None:  # CPU memory: nothing to wait for
         pass
@@ -256,8 +260,10 @@ class IOBinding:
         """Run `model` (a CompiledModel) on the bound inputs into the bound outputs."""
         if not self._outputs:
             raise InputError("run_with_iobinding: no output is bound (bind_output at least one)")
-        buffers = {name: b for name, b in self._outputs.items() if b is not None}
+        if self._targets is None:  # checked once per set of bound buffers, not every run
+            buffers = {name: b for name, b in self._outputs.items() if b is not None}
+            self._targets = check_out(model.outputs, buffers) if buffers else []
         # the program's kernels write into each buffer; where they could not (a size only
         # the run tells, the whole-graph interpreter), the output was copied in once
-        results, self.copied_outputs = model._run_into(dict(self._inputs), buffers or None)
+        results, self.copied_outputs = model._run_into(dict(self._inputs), self._targets or None)
         self._results = [OrtValue(results[name]) for name in self._outputs]

@@ -280,6 +280,7 @@ class InferenceSession:
         self._start_ns = time.monotonic_ns()
         self._t0 = time.perf_counter()
         self._model = self._load(path_or_bytes)
+        self._model_output_names = [o.name for o in self._model.outputs]
         if self._profiling:
             self._add_event("session_initialization", self._t0, time.perf_counter() - self._t0)
         if self._options.optimized_model_filepath:
@@ -357,7 +358,9 @@ class InferenceSession:
         if not isinstance(input_feed, dict):
             raise InputError(f"input_feed must be a dict of input name -> array, got {type(input_feed).__name__}")
         names = self._output_names(output_names)
-        results, _ = self._timed_run({k: unwrap(v) for k, v in input_feed.items()}, None, run_options)
+        if any(isinstance(v, OrtValue) for v in input_feed.values()):
+            input_feed = {k: unwrap(v) for k, v in input_feed.items()}
+        results, _ = self._timed_run(input_feed, None, run_options)
         return [results[n] for n in names]
 
     def run_with_ort_values(self, output_names: list[str] | None, input_dict_ort_values: dict[str, OrtValue],
@@ -385,12 +388,13 @@ class InferenceSession:
         self._timed_run(None, iobinding, run_options)
 
     def _output_names(self, output_names: list[str] | None) -> list[str]:
-        known = [o.name for o in self._model.outputs]
-        names = list(output_names) if output_names else known
-        missing = [n for n in names if n not in known]
+        known = self._model_output_names
+        if not output_names:
+            return known
+        missing = [n for n in output_names if n not in known]
         if missing:
             raise InputError(f"unknown output {missing[0]!r}; the model's outputs are {', '.join(known)}")
-        return names
+        return output_names
 
     def _timed_run(self, feeds: dict | None, binding: IOBinding | None, run_options: RunOptions | None):
         if run_options is not None and not isinstance(run_options, RunOptions):
@@ -410,7 +414,8 @@ class InferenceSession:
         seconds = time.perf_counter() - start
         if self._profiling:
             self._add_event("model_run", start, seconds)
-        self._log(logging.DEBUG, f"{tag}: {seconds * 1e3:.3f} ms", level)
+        if level <= logging.DEBUG:  # formatted only when it is logged: runs can take 0.1 ms
+            self._log(logging.DEBUG, f"{tag}: {seconds * 1e3:.3f} ms", level)
         return result
 
     def _log(self, level: int, message: str, threshold: int | None = None) -> None:

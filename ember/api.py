@@ -120,12 +120,12 @@ class CompiledModel:
             shape; the output is written there (and returned as it). The generated
             program's kernels write into it directly; an output whose size only the run
             tells, or one the whole-graph interpreter computes, is copied in once."""
-        return self._run_into(feeds, out)[0]
+        return self._run_into(feeds, None if not out else check_out(self.outputs, out))[0]
 
-    def _run_into(self, feeds, out) -> tuple[dict[str, Any], list[str]]:
-        """`run`, and the names of the outputs it had to copy into their `out` array."""
+    def _run_into(self, feeds, targets: list[np.ndarray | None] | None) -> tuple[dict[str, Any], list[str]]:
+        """`run` into `targets` (`check_out`'s list: an array or None per output), and the
+        names of the outputs it had to copy into their array."""
         ordered = check_feeds(self.graph.inputs, feeds)
-        targets = None if not out else check_out(self.outputs, out)
         if targets is not None and isinstance(self._executor, Executor):
             results = self._executor.run(ordered, out=targets)
         else:
