@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ._signature import _ONNX_TYPE_NAMES, check_out
 from .errors import InputError, UnsupportedError
 from .ir.dtypes import DType
 
@@ -119,6 +118,8 @@ class OrtValue:
         if isinstance(self._value, list):
             inner = OrtValue(self._value[0]).data_type() if self._value else "tensor(float)"
             return f"seq({inner})"
+        from ._signature import _ONNX_TYPE_NAMES  # sympy: loaded on first use, not with `import ember`
+
         dtype = DType.from_numpy(self._tensor("data_type").dtype)
         return f"tensor({_ONNX_TYPE_NAMES.get(dtype, dtype.name)})"
 
@@ -260,6 +261,8 @@ class IOBinding:
         """Run `model` (a CompiledModel) on the bound inputs into the bound outputs."""
         if not self._outputs:
             raise InputError("run_with_iobinding: no output is bound (bind_output at least one)")
+        from ._signature import check_out
+
         if self._targets is None:  # checked once per set of bound buffers, not every run
             buffers = {name: b for name, b in self._outputs.items() if b is not None}
             self._targets = check_out(model.outputs, buffers) if buffers else []

@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ._iobinding import IOBinding, OrtValue, unwrap
@@ -203,25 +204,19 @@ class ModelMetadata:
         return f"<ModelMetadata {self.graph_name!r} by {self.producer_name!r}, version {self.version}>"
 
 
+@dataclass(frozen=True)
 class NodeArg:
     """onnxruntime's description of an input or output: `type` a string such as
     `tensor(float)`, `shape` a list of ints and dim names."""
 
-    __slots__ = ("name", "type", "shape")
-
-    def __init__(self, name: str, type: str, shape: list | None):
-        self.name, self.type, self.shape = name, type, shape
+    name: str
+    type: str
+    shape: list | None
 
     @classmethod
     def from_info(cls, info) -> NodeArg:
         shape = None if info.shape is None else [d if isinstance(d, int) else str(d) for d in info.shape]
         return cls(info.name, info.onnx_type, shape)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, NodeArg) and (self.name, self.type, self.shape) == (other.name, other.type, other.shape)
-
-    def __repr__(self) -> str:
-        return f"NodeArg(name={self.name!r}, type={self.type!r}, shape={self.shape!r})"
 
 
 def _providers(providers: Any, provider_options: Any) -> dict[str, dict[str, str]]:
@@ -307,11 +302,7 @@ class InferenceSession:
         if isinstance(model, (str, os.PathLike)) and is_artifact(model):
             # compiled already, at the opt_level it records; the level asked for has no say
             return load(model, intra_op_threads=threads, profile=self._profiling)
-        if isinstance(model, (str, os.PathLike)):
-            base = {"base_dir": os.path.dirname(os.fspath(model))}
-        else:
-            base = {}
-        return compile(model, opt_level=opt_level, intra_op_threads=threads, profile=self._profiling, **base)
+        return compile(model, opt_level=opt_level, intra_op_threads=threads, profile=self._profiling)
 
     def _write_optimized(self, path: str | os.PathLike) -> None:
         """onnxruntime's optimized_model_filepath: the graph as ember optimized it, its
@@ -329,7 +320,7 @@ class InferenceSession:
         return [NodeArg.from_info(o) for o in self._model.outputs]
 
     def get_overridable_initializers(self) -> list[NodeArg]:
-        return []  # ember folds initializers into the program: none can be fed
+        return []  # ember reads every initializer (one listed as an input too) as a constant: none can be fed
 
     def get_modelmeta(self) -> ModelMetadata:
         return ModelMetadata(self._model.metadata, self._model.graph.name)
