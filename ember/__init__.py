@@ -6,7 +6,10 @@
     model.save("model.ember")                    # an artifact: ember.load("model.ember")
 """
 
-from .api import CompiledModel, CompileStats, InferenceSession, compile
+from ._iobinding import IOBinding, OrtValue
+from ._session import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata, NodeArg, RunOptions,
+                       SessionOptions, get_available_providers, get_device)
+from .api import CompiledModel, CompileStats, compile
 from .artifact import load
 from .errors import (ArtifactError, EmberError, ExecutionError, InputError, IRError, ModelError,
                      UnsupportedError)
@@ -20,4 +23,7 @@ __all__ = [
     "compile", "load", "CompiledModel", "LLM", "AsyncLLM", "SamplingParams", "CompileStats", "InferenceSession", "DType",
     "EmberError", "ModelError", "InputError", "IRError", "ExecutionError", "UnsupportedError",
     "ArtifactError",
+    # onnxruntime's session API (ember/_session.py, ember/_iobinding.py)
+    "SessionOptions", "RunOptions", "GraphOptimizationLevel", "ExecutionMode", "ModelMetadata", "NodeArg",
+    "OrtValue", "IOBinding", "get_available_providers", "get_device",
 ]

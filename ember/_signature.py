@@ -145,3 +145,40 @@ def _check_expressions(inputs, ordered, bindings) -> None:
                     if want != data.shape[axis]:
                         raise InputError(f"input {value.name!r}: expected {t}, got {describe_array(data)} "
                                          f"(dim {axis} = {dim} = {want})")
+
+
+def check_out(outputs: list[TensorInfo], out: Any) -> list[np.ndarray | None]:
+    """Validate preallocated output arrays (output name -> array); return them in output
+    order, None where none was given. Each must be a writeable C-contiguous array of the
+    output's dtype, whose fixed dims agree (symbolic ones are checked by the run)."""
+    if not isinstance(out, Mapping):
+        raise InputError(f"out must be a dict of output name -> array, got {type(out).__name__}")
+    known = {info.name: info for info in outputs}
+    unknown = [name for name in out if name not in known]
+    if unknown:
+        raise InputError(f"unknown output {unknown[0]!r}; the model's outputs are: {', '.join(known)}")
+    for name, array in out.items():
+        info = known[name]
+        where = f"output {name!r}"
+        if info.dtype is None:
+            raise InputError(f"{where} is not a tensor ({info.type}): it cannot be written into an array")
+        if not isinstance(array, np.ndarray):
+            raise InputError(f"{where}: expected a numpy array to write into, got {type(array).__name__}")
+        if array.dtype != info.dtype.numpy:
+            raise InputError(f"{where}: the array given is {describe_array(array)}, the output is {info.type}")
+        if not (array.flags.c_contiguous and array.flags.writeable):
+            raise InputError(f"{where}: the array given must be C-contiguous and writeable")
+        if info.shape is not None and (len(info.shape) != array.ndim or any(
+                isinstance(d, int) and d != n for d, n in zip(info.shape, array.shape))):
+            raise InputError(f"{where}: the array given is {describe_array(array)}, the output is {info.type}")
+    return [out.get(info.name) for info in outputs]
+
+
+def place_output(name: str, result: Any, target: np.ndarray) -> np.ndarray:
+    """Copy the output `result` into the caller's array `target` (check_out's), for a run
+    that could not write it there in place."""
+    if not isinstance(result, np.ndarray) or result.shape != target.shape:
+        raise InputError(f"output {name!r}: this run computed {describe_array(result)}, "
+                         f"the array given for it is {describe_array(target)}")
+    np.copyto(target, result)
+    return target

@@ -1,19 +1,18 @@
-"""The public compile-then-run API: `ember.compile(model).run(feeds)`, and
-`InferenceSession`, onnxruntime's call shape over the same compiled model."""
+"""The public compile-then-run API: `ember.compile(model).run(feeds)`. onnxruntime's
+session API over the same compiled model is `_session.InferenceSession`."""
 
 from __future__ import annotations
 
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._signature import TensorInfo, check_feeds
-from .errors import InputError, UnsupportedError
+from ._signature import TensorInfo, check_feeds, check_out, place_output
+from .errors import UnsupportedError
 from .frontends.onnx import load_onnx
 from .ir.graph import Graph
 from .ir.ops._lowering import NotLowerable
@@ -78,13 +77,16 @@ class CompiledModel:
     def __init__(self, graph: Graph, target: str, timings: dict[str, float],
                  passes: list[PassStats] | None = None, *, codegen: bool = True,
                  intra_op_threads: int | None = None, profile: bool = False, program=None,
-                 options: dict[str, Any] | None = None):
+                 options: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None):
         from .codegen import cpu, generate
 
         self.graph = graph
         self.target = target
         self.program = program  # given: loaded from an artifact
         self.options = dict(options or {})  # how it was compiled, as an artifact records it
+        # the source ONNX model's producer, doc strings, version and metadata_props
+        # (`frontends.onnx.model_metadata`); empty for a Graph compiled as given
+        self.metadata = dict(metadata or {})
         self.llm: LLMInfo | None = None
         self.artifact: dict[str, Any] | None = None  # loaded from one: its path, digest and versions
         t0 = time.perf_counter()
@@ -110,13 +112,32 @@ class CompiledModel:
         self.stats = CompileStats(target, sum(histogram.values()), histogram, list(fallbacks), timings,
                                   list(passes or []), kernels, fused)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    def run(self, feeds: dict[str, np.ndarray], *, out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Run on `feeds` (input name -> array). Returns output name -> array (a list of
-        arrays for a sequence output, None for an empty optional)."""
+        arrays for a sequence output, None for an empty optional).
+
+        out: output name -> a preallocated array of the output's dtype and this run's
+            shape; the output is written there (and returned as it). The generated
+            program's kernels write into it directly; an output whose size only the run
+            tells, or one the whole-graph interpreter computes, is copied in once."""
+        return self._run_into(feeds, None if not out else check_out(self.outputs, out))[0]
+
+    def _run_into(self, feeds, targets: list[np.ndarray | None] | None) -> tuple[dict[str, Any], list[str]]:
+        """`run` into `targets` (`check_out`'s list: an array or None per output), and the
+        names of the outputs it had to copy into their array."""
         ordered = check_feeds(self.graph.inputs, feeds)
-        results = self._executor.run(ordered)
+        if targets is not None and isinstance(self._executor, Executor):
+            results = self._executor.run(ordered, out=targets)
+        else:
+            results = self._executor.run(ordered)
         self._runs = getattr(self, "_runs", 0) + 1
-        return {info.name: out for info, out in zip(self.outputs, results)}
+        copied = []
+        if targets is not None:
+            for i, (info, target) in enumerate(zip(self.outputs, targets)):
+                if target is not None and results[i] is not target:
+                    results[i] = place_output(info.name, results[i], target)
+                    copied.append(info.name)
+        return {info.name: result for info, result in zip(self.outputs, results)}, copied
 
     __call__ = run
 
@@ -182,6 +203,7 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     if options:
         raise UnsupportedError(f"unknown compile option(s): {', '.join(sorted(options))}")
     timings: dict[str, float] = {}
+    metadata: dict[str, Any] = {}
     t0 = time.perf_counter()
     if isinstance(model, Graph):
         verify_graph(model)
@@ -189,7 +211,7 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     elif isinstance(model, (str, os.PathLike)) and _is_artifact(model):
         raise UnsupportedError(f"{model} is a compiled artifact: load it with ember.load({str(model)!r})")
     else:
-        graph = load_onnx(model, base_dir=base_dir)
+        graph = load_onnx(model, base_dir=base_dir, metadata=metadata)
     timings["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     manager = PassManager(build_pipeline(opt_level, passes), verify=verify, dump_ir=dump_ir)
@@ -198,66 +220,10 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     recorded = {"opt_level": opt_level, "codegen": bool(codegen),
                  "passes": [list(p) for p in passes or []]}
     return CompiledModel(graph, target, timings, pass_stats, codegen=codegen, intra_op_threads=threads,
-                         profile=profile, options=recorded)
+                         profile=profile, options=recorded, metadata=metadata)
 
 
 def _is_artifact(path) -> bool:
     from .artifact import is_artifact
 
     return is_artifact(path)
-
-
-@dataclass(frozen=True)
-class NodeArg:
-    """onnxruntime's description of an input/output: `type` is a string like
-    `tensor(float)`, `shape` a list of ints and dim names."""
-
-    name: str
-    type: str
-    shape: list | None
-
-    @classmethod
-    def from_info(cls, info: TensorInfo) -> NodeArg:
-        shape = None if info.shape is None else [d if isinstance(d, int) else str(d) for d in info.shape]
-        return cls(info.name, info.onnx_type, shape)
-
-
-class InferenceSession:
-    """onnxruntime's `InferenceSession`, backed by ember: switching is one import. It
-    takes an ember artifact (`model.ember`) as well as an ONNX model.
-
-        sess = ember.InferenceSession("model.onnx")
-        (logits,) = sess.run(None, {"input": x})
-    """
-
-    def __init__(self, path_or_bytes: Any, sess_options: Any = None, providers: list | None = None,
-                 **kwargs: Any):
-        target = "cpu"
-        for provider in providers or []:
-            name = provider[0] if isinstance(provider, tuple) else provider
-            if name not in ("CPUExecutionProvider", "EmberCPU"):
-                warnings.warn(f"provider {name!r} is not available in ember; using the CPU", stacklevel=2)
-        if isinstance(path_or_bytes, (str, os.PathLike)) and _is_artifact(path_or_bytes):
-            from .artifact import load
-
-            self._model = load(path_or_bytes)
-            return
-        base = os.path.dirname(os.fspath(path_or_bytes)) if isinstance(path_or_bytes, (str, os.PathLike)) else None
-        self._model = compile(path_or_bytes, target=target, **({"base_dir": base} if base else {}))
-
-    def get_inputs(self) -> list[NodeArg]:
-        return [NodeArg.from_info(i) for i in self._model.inputs]
-
-    def get_outputs(self) -> list[NodeArg]:
-        return [NodeArg.from_info(o) for o in self._model.outputs]
-
-    def get_providers(self) -> list[str]:
-        return ["CPUExecutionProvider"]
-
-    def run(self, output_names: list[str] | None, input_feed: dict[str, Any], run_options: Any = None) -> list[Any]:
-        results = self._model.run(input_feed)
-        names = output_names or [o.name for o in self._model.outputs]
-        missing = [n for n in names if n not in results]
-        if missing:
-            raise InputError(f"unknown output {missing[0]!r}; outputs are {', '.join(results)}")
-        return [results[n] for n in names]

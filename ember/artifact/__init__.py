@@ -87,6 +87,7 @@ def save(compiled, path: str | os.PathLike) -> Path:
             "target": compiled.target,
             "signature": {"inputs": [_info(i) for i in compiled.inputs], "outputs": [_info(o) for o in compiled.outputs]},
             "options": _jsonable(compiled.options, "options"),
+            "metadata": _jsonable(compiled.metadata, "metadata"),  # the ONNX model's (get_modelmeta)
             "machine": machine(),
             "software": _software(),
             "program": None if program is None else _program_summary(program),
@@ -199,7 +200,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
         reader.check_pending()
     timings = {"load": time.perf_counter() - start}
     compiled = CompiledModel(graph, target, timings, passes, codegen=False, intra_op_threads=intra_op_threads,
-                             profile=profile, program=program, options=m["options"])
+                             profile=profile, program=program, options=m["options"], metadata=m["metadata"])
     compiled.llm = llm
     compiled.artifact = {"path": str(reader.path), "digest": reader.digest, "format_version": m["format_version"],
                          "ember_version": m.get("ember_version")}
@@ -209,7 +210,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
 # the manifest's fields that loading reads: (type, default when absent)
 _FIELDS = {"target": (str, None), "kind": (str, "model"), "options": (dict, {}), "signature": (dict, {}),
            "machine": (dict, {}), "libraries": (list, []), "kernel_libraries": (list, []), "stats": (dict, {}),
-           "llm": (dict, None)}
+           "llm": (dict, None), "metadata": (dict, {})}
 
 
 def _checked_manifest(reader: ArchiveReader) -> dict:

@@ -32,15 +32,27 @@ from ..ir.verifier import verify
 from ._onnx_weights import MIN_BYTES, CorruptModel, WeightData, split_weights
 
 
-def load_onnx(model, *, base_dir: str | os.PathLike | None = None) -> Graph:
+def load_onnx(model, *, base_dir: str | os.PathLike | None = None, metadata: dict | None = None) -> Graph:
     """Lower an ONNX model (path, serialized bytes or ModelProto) into a verified Graph.
 
     `base_dir` is where external data files are looked up for a ModelProto or bytes;
-    for a path it is the model's folder."""
+    for a path it is the model's folder. `metadata`, when given, is filled with the
+    model's own facts, which the Graph does not carry (`model_metadata`)."""
     proto, weights, base = _read(model, base_dir)
+    if metadata is not None:
+        metadata.update(model_metadata(proto))
     weights.update(_load_external_data(proto, base))
     proto = _normalize(proto, weights)
     return _Importer(proto, weights).run()
+
+
+def model_metadata(proto: onnx.ModelProto) -> dict:
+    """What onnxruntime's `get_modelmeta()` reports: producer, domain, doc strings, the
+    model version and `metadata_props` (custom key/value pairs)."""
+    return {"producer_name": proto.producer_name, "producer_version": proto.producer_version,
+            "graph_name": proto.graph.name, "domain": proto.domain, "description": proto.doc_string,
+            "graph_description": proto.graph.doc_string, "version": int(proto.model_version),
+            "custom_metadata_map": {p.key: p.value for p in proto.metadata_props}}
 
 
 def _read(model, base_dir) -> tuple[onnx.ModelProto, dict[str, WeightData], Path | None]:

@@ -335,11 +335,15 @@ class Executor:
         return plan(sizes, self._life)
 
     # -- running ------------------------------------------------------------------------
-    def run(self, inputs: Sequence[Any]) -> list[Any]:
+    def run(self, inputs: Sequence[Any], out: Sequence[np.ndarray | None] | None = None) -> list[Any]:
+        """Run on `inputs` (in program order). `out`: a caller's array per output (None
+        where it has none) that the kernels write the output into, as they would into one
+        allocated here. The caller checked its dtype and layout; one whose shape is not
+        the run's is left alone (the caller finds the output returned elsewhere)."""
         with self._lock:
-            return self._run(inputs)
+            return self._run(inputs, out)
 
-    def _run(self, inputs: Sequence[Any]) -> list[Any]:
+    def _run(self, inputs: Sequence[Any], out: Sequence[np.ndarray | None] | None = None) -> list[Any]:
         p = self.program
         arrays = [np.asarray(a, dtype=p.buffers[name].dtype.numpy, order="C") for a, name in zip(inputs, p.inputs)]
         key = tuple(a.shape for a in arrays)
@@ -356,12 +360,13 @@ class Executor:
         live: dict[str, np.ndarray] = {}
         for name, a in zip(p.inputs, arrays):
             live[name] = a
-        outputs = []
-        for name in p.outputs:
+        for i, name in enumerate(p.outputs):
             shape = binding.shapes[name]
-            out = np.empty(shape, dtype=p.buffers[name].dtype.numpy) if shape is not None else None
-            live[name] = out
-            outputs.append(out)
+            given = out[i] if out is not None else None
+            if given is not None and given.shape == shape:
+                live[name] = given
+            else:  # none given, a size only the run tells, or the wrong one: the caller sees to it
+                live[name] = np.empty(shape, dtype=p.buffers[name].dtype.numpy) if shape is not None else None
         for name, a in live.items():
             if a is not None:
                 B[p.slots[name]] = a.ctypes.data

@@ -52,13 +52,17 @@ def format_table(rows: list[ProfileRow]) -> str:
     return "\n".join(lines)
 
 
-def write_trace(records: list, ops: dict[str, str], path: str | Path) -> None:
+def trace_events(records: list, ops: dict[str, str], t0: float | None = None) -> list[dict]:
+    """Chrome-trace complete events ("ph": "X"), one per step run, times in µs from `t0`
+    (a `time.perf_counter()` reading; default: the first step's start)."""
     if not records:
-        events = []
-    else:
-        t0 = records[0][1]
-        events = [{"name": step.name if step.kind != "segment" else f"{step.name} ({len(step.kernels)} kernels)",
-                   "cat": _kind(step, ops), "ph": "X", "pid": 0, "tid": 0,
-                   "ts": (start - t0) * 1e6, "dur": seconds * 1e6,
-                   "args": {"nodes": list(step.nodes)[:50]}} for step, start, seconds in records]
-    Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+        return []
+    t0 = records[0][1] if t0 is None else t0
+    return [{"name": step.name if step.kind != "segment" else f"{step.name} ({len(step.kernels)} kernels)",
+             "cat": _kind(step, ops), "ph": "X", "pid": 0, "tid": 0,
+             "ts": (start - t0) * 1e6, "dur": seconds * 1e6,
+             "args": {"nodes": list(step.nodes)[:50]}} for step, start, seconds in records]
+
+
+def write_trace(records: list, ops: dict[str, str], path: str | Path) -> None:
+    Path(path).write_text(json.dumps({"traceEvents": trace_events(records, ops), "displayTimeUnit": "ms"}))
