@@ -43,6 +43,7 @@ from . import (  # noqa: F401 - registers their externs
     externs_image,
     externs_linalg,
     externs_ops,
+    externs_recurrent,
     externs_signal,
     externs_spatial,
 )
