@@ -194,3 +194,28 @@ def _cell(op, xw, h, c, r, rb, p, hidden):
     f = torch.sigmoid(f + p_f * c)
     c = f * c + i * torch.tanh(g)
     return torch.sigmoid(o + p_o * c) * torch.tanh(c), c
+
+
+# -- com.microsoft.DynamicQuantizeLSTM --------------------------------------------------
+def _dequantize(q, scale, zero):
+    """[dirs, K, 4H] 8-bit weights -> LSTM's float [dirs, 4H, K] (ember/ir/ops/contrib_rnn.py)."""
+    dirs = q.shape[0]
+    w = (q.to(torch.int32) - zero.to(torch.int32).reshape(dirs, 1, -1)).to(torch.float32)
+    return (w * scale.to(torch.float32).reshape(dirs, 1, -1)).transpose(1, 2).contiguous()
+
+
+@prepare("quantized_lstm")
+def prepare_quantized_lstm(params, constants):
+    """Constant 8-bit weights are dequantized once, then packed as LSTM's."""
+    if not all(i in constants for i in (1, 2, 8, 9, 10, 11)):
+        return params
+    w = _dequantize(constants[1], constants[8], constants[9])
+    r = _dequantize(constants[2], constants[10], constants[11])
+    packed = prepare_recurrent(params, {**constants, 1: w, 2: r})
+    return {**packed, "dequantized": (w, r)}
+
+
+@extern("quantized_lstm")
+def quantized_lstm(params, x, w, r, b, seq_lens, h0, c0, p, w_scale, w_zero, r_scale, r_zero, y, y_h, y_c):
+    w, r = params.get("dequantized") or (_dequantize(w, w_scale, w_zero), _dequantize(r, r_scale, r_zero))
+    recurrent(params, x, w.to(x.dtype), r.to(x.dtype), b, seq_lens, h0, c0, p, y, y_h, y_c)

@@ -194,3 +194,47 @@ def test_torch_exported_lstm_runs_on_the_kernel(tmp_path):
         assert list(got) == ["y", "h", "c"]
         for g, w in zip(got.values(), want):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+# -- com.microsoft.DynamicQuantizeLSTM ----------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(direction=st.sampled_from(["forward", "reverse", "bidirectional"]), signed=st.booleans(),
+       per_column=st.booleans(), with_lens=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_dynamic_quantize_lstm_matches_the_reference_and_onnxruntime(direction, signed, per_column, with_lens, seed):
+    """The kernel equals the reference (weights dequantized, then LSTM); onnxruntime, which
+    also quantizes X and h to 8 bits on the fly, is within that rounding."""
+    event(f"{direction}, {'int8' if signed else 'uint8'}, scale per {'column' if per_column else 'direction'}, "
+          f"sequence_lens {with_lens}")
+    rng = np.random.default_rng(seed)
+    dirs, hidden, size, seq, batch = 2 if direction == "bidirectional" else 1, 4, 3, 5, 2
+    qtype, zero_at = (np.int8, 0) if signed else (np.uint8, 128)
+    scale_shape = (dirs, 4 * hidden) if per_column else (dirs,)
+
+    def weight(k):
+        return rng.integers(-60, 60, (dirs, k, 4 * hidden)).astype(np.int16) + zero_at
+
+    arrays = {"W": weight(size).astype(qtype), "R": weight(hidden).astype(qtype),
+              "B": (rng.standard_normal((dirs, 8 * hidden)) * 0.3).astype(np.float32),
+              "W_scale": rng.uniform(0.005, 0.02, scale_shape).astype(np.float32),
+              "W_zero_point": np.full(scale_shape, zero_at, qtype),
+              "R_scale": rng.uniform(0.005, 0.02, scale_shape).astype(np.float32),
+              "R_zero_point": np.full(scale_shape, zero_at, qtype)}
+    feeds = {"X": rng.standard_normal((seq, batch, size)).astype(np.float32)}
+    if with_lens:
+        feeds["sequence_lens"] = np.array([seq, 2], np.int32)
+    names = ["X", "W", "R", "B", "sequence_lens" if with_lens else "", "", "", "",
+             "W_scale", "W_zero_point", "R_scale", "R_zero_point"]
+    node = helper.make_node("DynamicQuantizeLSTM", names, ["Y", "Y_h", "Y_c"], domain="com.microsoft",
+                            hidden_size=hidden, direction=direction)
+    inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in feeds.items()]
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(o, 1, None) for o in ("Y", "Y_h", "Y_c")],
+                              [numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    compiled = ember.compile(model)
+    assert compiled.stats.fallback_nodes == []
+    got = compiled.run(feeds)
+    want = evaluate(load_onnx(model), feeds)
+    _assert_close(got, want, 2e-5, "kernel vs reference")
+    theirs = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    _assert_close(dict(zip(want, theirs)), want, 0.03, "onnxruntime vs reference")

@@ -41,7 +41,7 @@ for _op in GATES:
 standard_op("LinearAttention")
 
 
-def _check_supported(op: str, a: dict) -> None:
+def check_kernel_supported(op: str, a: dict) -> None:
     defaults = DEFAULT_ACTIVATIONS[op]  # per direction (RNN's schema default lists tanh twice)
     activations = [s.lower() for s in (a.get("activations") or [])]
     if any(name != defaults[i % len(defaults)] for i, name in enumerate(activations)):
@@ -59,7 +59,7 @@ def _lower_recurrent(ctx, node, ins):
     if x.dtype not in FLOATS or any(r is not None and r.dtype != x.dtype for i, r in enumerate(ins[:8]) if i != 4):
         raise NotLowerable("not float32 or float64 throughout (torch's RNN kernels)")
     directions = 2 if a["direction"] == "bidirectional" else 1
-    _check_supported(op, a)
+    check_kernel_supported(op, a)
     layout = a["layout"]
     seq, batch = (x.shape[1], x.shape[0]) if layout else (x.shape[0], x.shape[1])
     hidden = a["hidden_size"] or w.shape[1] // GATES[op]
