@@ -20,7 +20,7 @@ from ember.frontends.onnx import load_onnx
 from ember.ir.interpreter import evaluate
 
 pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
-SETTINGS = settings(max_examples=20, deadline=None)
+SETTINGS = settings(max_examples=15, deadline=None)
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 OUTPUTS = {"RNN": ["Y", "Y_h"], "GRU": ["Y", "Y_h"], "LSTM": ["Y", "Y_h", "Y_c"]}
 

@@ -78,7 +78,7 @@ def _container(kind: str, a: str, b: str, falls_back: bool) -> list:
             helper.make_node("Scan", ["x", "xs"], ["y", "ys"], body=body, num_scan_inputs=1)]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(container=st.sampled_from(["If", "nested If", "Loop", "Scan"]),
        kinds=st.lists(st.sampled_from(list(OUTER)), min_size=2, max_size=2),
        falls_back=st.booleans(), seed=st.integers(0, 2 ** 32 - 1), positive=st.booleans())
