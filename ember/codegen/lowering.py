@@ -84,6 +84,7 @@ class LoweringContext:
         self.kernels: list[Kernel] = []
         self.constants: dict[str, np.ndarray] = {}
         self.refs: dict[int, TensorRef] = {}
+        self._realized: list[tuple[TensorRef, Callable]] = []  # (ref, its fn) in the order realized
         self.counter = [0]  # SSA temps, shared by every body so names never clash
         self.readers: dict[int, int] = {}
         for node in graph.nodes:
@@ -132,6 +133,7 @@ class LoweringContext:
         index = loop_vars(len(ref.shape))
         body.store(buf, index, ref.fn(body, index))
         self.add_kernel(Kernel("pointwise", "pointwise", ranges=ref.shape, body=body))
+        self._realized.append((ref, ref.fn))
         ref.buffer, ref.fn = buf, None
         return buf
 
@@ -264,7 +266,6 @@ class LoweringContext:
                   if lower is not None else "no lowering")
         if reason is None:
             state = self._checkpoint()
-            lazy = [(r, r.fn) for r in ins if r is not None and r.lazy]
             try:
                 outs = lower(self, node, ins)
                 if outs is not None and self._unbound(outs):
@@ -275,8 +276,6 @@ class LoweringContext:
             except NotLowerable as e:
                 reason = str(e) or "not lowerable"
             self._rollback(state)  # what the lowering added before it declined
-            for r, fn in lazy:  # inputs it realized are lazy again
-                r.buffer, r.fn = None, fn
         if not node.has_subgraphs:
             outs, why = self._expand(node, ins)
             if outs is not None:
@@ -322,11 +321,17 @@ class LoweringContext:
 
     def _checkpoint(self) -> tuple:
         return (len(self.kernels), list(self.buffers), list(self.constants), len(self.fallbacks),
-                dict(self.fallback_reasons), set(self.bound), self.known)
+                dict(self.fallback_reasons), set(self.bound), self.known, len(self._realized))
 
     def _rollback(self, state: tuple) -> None:
-        """Forget the kernels, buffers and bound sizes added since `_checkpoint`."""
-        kernels, buffers, constants_before, fallbacks, reasons, bound, _ = state
+        """Forget the kernels, buffers and bound sizes added since `_checkpoint`. Values
+        realized since are lazy again: the inputs a declining lowering realized, and the
+        outer values a subgraph reads (If/Loop/Scan's), which are no node input, so no
+        ref may keep a buffer that is gone."""
+        kernels, buffers, constants_before, fallbacks, reasons, bound, _, realized = state
+        for ref, fn in reversed(self._realized[realized:]):
+            ref.buffer, ref.fn = None, fn
+        del self._realized[realized:]
         del self.kernels[kernels:]
         self.buffers = {name: self.buffers[name] for name in buffers}
         self.constants = {name: self.constants[name] for name in constants_before}

@@ -43,6 +43,7 @@ from . import (  # noqa: F401 - registers their externs
     externs_image,
     externs_linalg,
     externs_ops,
+    externs_recurrent,
     externs_signal,
     externs_spatial,
 )
@@ -220,7 +221,9 @@ class Executor:
         viewed = {b.view_of for b in p.buffers.values() if b.view_of}
         io = set(p.inputs) | set(p.outputs) | {root for _, root in self._io_aliases}
         self._adopted: dict[int, str] = {}  # step index -> its adopted output
-        fallback_reads = {a for step in p.steps if step.kind == "fallback" for a in step.args}
+        # a fallback reads its inputs and the outer values its subgraphs read (its scope)
+        fallback_reads = {a for step in p.steps if step.kind == "fallback"
+                          for a in (*step.args, *(buf for _, buf in step.params.get("scope", ())))}
         for i, (kind, _, step) in enumerate(self._steps):
             outs = step.args[step.num_inputs:]
             if (kind == "extern" and step.name in ADOPTS and "packed" in step.params and len(outs) == 1

@@ -1,4 +1,4 @@
-"""Externs for linear algebra, recurrent, integer and 16-bit float ops: torch kernels
+"""Externs for linear algebra, linear attention, integer and 16-bit float ops: torch kernels
 that reproduce the reference's arithmetic (its dtypes, its rounding, its order where
 the order shows in the result)."""
 
@@ -33,73 +33,6 @@ def softmax16(params, x, y):
     e = torch.exp(x - x.amax(axis, keepdim=True))
     result = e / _sum_like_numpy(e, axis)
     y.copy_(torch.log(result) if params["log"] else result)
-
-
-# -- RNN, GRU, LSTM ---------------------------------------------------------------------
-def _rnn_direction(op, xs, w, r, b, h, c, p, linear_before_reset):
-    """One direction over time-major xs [seq, batch, in]: its outputs [seq, batch, hidden],
-    last hidden and cell state. Gates in ONNX's order (GRU z r h, LSTM i o f c)."""
-    hidden = r.shape[-1]
-    gates = w.shape[0] // hidden
-    wb, rb = (b[:gates * hidden], b[gates * hidden:]) if b is not None else (0, torch.zeros(gates * hidden,
-                                                                                           dtype=xs.dtype))
-    projected = torch.matmul(xs, w.t()) + wb  # every step's input projection: one GEMM
-    outs = []
-    for xw in projected:
-        if op == "RNN":
-            h = torch.tanh(xw + h @ r.t() + rb)
-        elif op == "GRU":
-            zr = torch.sigmoid(xw[:, :2 * hidden] + h @ r[:2 * hidden].t() + rb[:2 * hidden])
-            z, reset = zr[:, :hidden], zr[:, hidden:]
-            r_h, rb_h = r[2 * hidden:], rb[2 * hidden:]
-            if linear_before_reset:
-                candidate = torch.tanh(xw[:, 2 * hidden:] + reset * (h @ r_h.t() + rb_h))
-            else:
-                candidate = torch.tanh(xw[:, 2 * hidden:] + (reset * h) @ r_h.t() + rb_h)
-            h = (1 - z) * candidate + z * h
-        else:
-            i, o, f, g = (xw + h @ r.t() + rb).split(hidden, dim=-1)
-            p_i, p_o, p_f = (p[:hidden], p[hidden:2 * hidden], p[2 * hidden:]) if p is not None else (0, 0, 0)
-            i = torch.sigmoid(i + p_i * c)
-            f = torch.sigmoid(f + p_f * c)
-            c = f * c + i * torch.tanh(g)
-            h = torch.sigmoid(o + p_o * c) * torch.tanh(c)
-        outs.append(h)
-    return torch.stack(outs) if outs else xs.new_zeros((0, *h.shape)), h, c
-
-
-@extern("recurrent")
-def recurrent(params, x, w, r, b, seq_lens, h0, c0, p, y, y_h, y_c=None):
-    """RNN / GRU / LSTM (see ember/ir/ops/rnn.py): each direction's recurrence, the
-    reverse one over the time-flipped input."""
-    layout = params["layout"]
-    xs = x.transpose(0, 1) if layout else x  # [seq, batch, in]
-    if seq_lens is not None and bool((seq_lens != xs.shape[0]).any()):
-        raise ExecutionError(f"{params['where']}: sequence_lens {seq_lens.tolist()} shorter than the "
-                             f"sequence ({xs.shape[0]}): the kernel runs every sequence at full length")
-    directions, batch, hidden = w.shape[0], xs.shape[1], params["hidden_size"]
-
-    def state(t):
-        if t is None:
-            return xs.new_zeros((directions, batch, hidden))
-        return t.transpose(0, 1) if layout else t
-
-    h0, c0 = state(h0), state(c0)
-    ys, hs, cs = [], [], []
-    for d in range(directions):
-        reverse = params["direction"] == "reverse" or d == 1
-        seq = xs.flip(0) if reverse else xs
-        out, h, c = _rnn_direction(params["op"], seq, w[d], r[d], None if b is None else b[d], h0[d], c0[d],
-                                   None if p is None else p[d], params["linear_before_reset"])
-        ys.append(out.flip(0) if reverse else out)
-        hs.append(h)
-        cs.append(c)
-    y_all = torch.stack(ys, 1)  # [seq, dirs, batch, hidden]
-    y.copy_(y_all.permute(2, 0, 1, 3) if layout else y_all)
-    for target, states in ((y_h, hs), (y_c, cs)):
-        if target is not None:
-            stacked = torch.stack(states)
-            target.copy_(stacked.transpose(0, 1) if layout else stacked)
 
 
 # -- LinearAttention ----------------------------------------------------------------------

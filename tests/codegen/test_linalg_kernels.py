@@ -1,4 +1,4 @@
-"""Kernels for linear algebra, recurrent, integer and 16-bit float ops against their
+"""Kernels for linear algebra, linear attention, integer and 16-bit float ops against their
 reference implementations, on random inputs (hypothesis). Each compiled graph is
 checked to run with no node on the reference fallback."""
 
@@ -12,7 +12,6 @@ from hypothesis.extra import numpy as hnp
 
 import ember
 from ember.codegen import cpu
-from ember.codegen.lowering import lower_graph
 from ember.ir import DType, Graph, TensorType, Value
 from ember.ir.interpreter import evaluate
 from ember.ir.types import symbol
@@ -90,71 +89,7 @@ def test_16bit_unary_ops_round_each_step(data, dtype, op, attrs):
     _check(compiled, graph, {"x": x}, rtol=2 ** -7 if dtype == DType.bfloat16 else 2 ** -10)
 
 
-# -- RNN, GRU, LSTM ---------------------------------------------------------------------
-def _recurrent_graph(op, direction, layout, seq, batch, size, hidden, with_bias, with_state, with_lens,
-                     linear_before_reset):
-    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[op]
-    dirs = 2 if direction == "bidirectional" else 1
-    f32 = DType.float32
-    values = {"X": Value("X", TensorType(f32, (batch, seq, size) if layout else (seq, batch, size))),
-              "W": Value("W", TensorType(f32, (dirs, gates * hidden, size))),
-              "R": Value("R", TensorType(f32, (dirs, gates * hidden, hidden)))}
-    state = (batch, dirs, hidden) if layout else (dirs, batch, hidden)
-    if with_bias:
-        values["B"] = Value("B", TensorType(f32, (dirs, 2 * gates * hidden)))
-    if with_lens:
-        values["sequence_lens"] = Value("sequence_lens", TensorType(DType.int32, (batch,)))
-    if with_state:
-        values["initial_h"] = Value("initial_h", TensorType(f32, state))
-        if op == "LSTM":
-            values["initial_c"] = Value("initial_c", TensorType(f32, state))
-            values["P"] = Value("P", TensorType(f32, (dirs, 3 * hidden)))
-    order = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"][:8 if op == "LSTM" else 6]
-    args = [values.get(name) for name in order]
-    while args[-1] is None:
-        args.pop()
-    y = (batch, seq, dirs, hidden) if layout else (seq, dirs, batch, hidden)
-    outs = [Value("Y", TensorType(f32, y)), Value("Y_h", TensorType(f32, state))]
-    if op == "LSTM":
-        outs.append(Value("Y_c", TensorType(f32, state)))
-    g = Graph("g", inputs=list(values.values()), opsets={"": 28})
-    attrs = {"hidden_size": hidden, "direction": direction, "layout": layout}
-    if op == "GRU":
-        attrs["linear_before_reset"] = linear_before_reset
-    g.outputs = g.add_node(op, args, outs, attrs).outputs
-    return g
-
-
-@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
-@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
-@SETTINGS
-@given(data=st.data())
-def test_recurrent_layers(data, op, direction):
-    layout, with_bias, with_state, with_lens, lbr = (data.draw(st.integers(0, 1)) for _ in range(5))
-    seq, batch, size, hidden = (data.draw(st.integers(1, 4)) for _ in range(4))
-    graph = _recurrent_graph(op, direction, layout, seq, batch, size, hidden, with_bias, with_state, with_lens, lbr)
-    compiled = ember.compile(copy.deepcopy(graph), opt_level=0)
-    assert compiled.stats.fallback_nodes == []
-    feeds = {}
-    for v in graph.inputs:
-        shape = tuple(int(d) for d in v.type.shape)
-        if v.name == "sequence_lens":
-            feeds[v.name] = np.full(shape, seq, np.int32)
-        else:
-            feeds[v.name] = data.draw(hnp.arrays(np.float32, shape, elements=st.floats(-2, 2, width=32)))
-    _check(compiled, graph, feeds, rtol=1e-5, atol=1e-5)
-    if with_lens and seq > 1:  # shorter sequences: the reference ignores them; the kernel says so
-        feeds["sequence_lens"] = np.full(feeds["sequence_lens"].shape, seq - 1, np.int32)
-        with pytest.raises(ember.ExecutionError, match="sequence_lens"):
-            compiled.run(feeds)
-
-
-@pytest.mark.parametrize("attrs, why", [({"clip": 1.0}, "clip"), ({"activations": ["Relu"]}, "activations")])
-def test_recurrent_settings_the_kernel_does_not_run_stay_on_the_reference(attrs, why):
-    graph = _recurrent_graph("RNN", "forward", 0, 2, 1, 3, 2, False, False, False, 0)
-    graph.nodes[0].attrs.update(attrs)
-    reasons = lower_graph(graph).fallback_reasons
-    assert why in reasons[graph.nodes[0].name]
+# RNN, GRU, LSTM: tests/codegen/test_recurrent_kernels.py
 
 
 @pytest.mark.parametrize("rule", ["linear", "gated", "delta", "gated_delta"])

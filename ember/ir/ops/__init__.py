@@ -16,6 +16,7 @@ from . import (  # noqa: F401
     quantize,
     reduce,
     rnn,
+    contrib_rnn,  # after rnn, whose pieces it uses
     scans,
     scatter_gather,
     shape_ops,

@@ -198,7 +198,16 @@ def _standalone(body, free: list, input_types: list | None = None):
     from ..types import TensorType
 
     memo = {id(v): Value(v.name, v.type) for v in free}
+    # every value copied up front (constants' data shared, read-only): deepcopy would
+    # otherwise follow value -> producer -> input -> producer ... and recurse as deep as the
+    # body is long (a 100-node branch passed Python's recursion limit)
+    for g in [body, *body.all_subgraphs()]:
+        for v in g.values():
+            memo.setdefault(id(v), Value(v.name, v.type, v.const))
     graph = copy.deepcopy(body, memo)
+    for node in graph.walk():
+        for out in node.outputs:
+            out.producer = node
     for i, t in enumerate(input_types or []):
         v = graph.inputs[i]
         if t is not None and not (isinstance(v.type, TensorType) and v.type.shape is not None):

@@ -1,27 +1,48 @@
-"""Recurrences over time: RNN, GRU, LSTM (and LinearAttention, at the end). Schemas, type functions and references are ONNX's
-(onnx.reference); the lowering is one torch extern (`recurrent`) that runs the input
-projection of every time step as one GEMM, then the recurrence step by step.
+"""Recurrences over time: RNN, GRU, LSTM (and LinearAttention, at the end). Schemas and type
+functions are ONNX's; the reference is ember's own (_recurrence.py: onnx.reference's
+ignores sequence_lens, clip, activations and input_forget); the lowering is one extern
+(`recurrent`, ember/runtime/externs_recurrent.py) on torch's fused RNN kernels.
 
-What the reference computes is what the kernel computes: its default activations
-(RNN tanh, GRU sigmoid/tanh, LSTM sigmoid/tanh/tanh), no clip, no coupled input and
-forget gates, every sequence at full length (checked when it runs). Other settings
-stay on the reference fallback, whose meaning they are.
+The kernel runs float32 and float64, every direction, layout, sequence_lens, initial
+states, bias, peepholes and both GRU linear_before_reset with the default activations
+(RNN tanh, GRU sigmoid/tanh, LSTM sigmoid/tanh/tanh). Non-default activations, clip and
+input_forget are declined by name and run on the reference.
 """
 
 from __future__ import annotations
 
 from ._lowering import FLOATS, KERNEL_FLOATS, NotLowerable, attrs, out_type, register_lowering
+from ._recurrence import DEFAULT_ACTIVATIONS, recurrence
 from .onnx_standard import standard_op
 
-# op -> (gates, default activations of one direction)
-RECURRENT = {"RNN": (1, ["tanh"]), "GRU": (3, ["sigmoid", "tanh"]), "LSTM": (4, ["sigmoid", "tanh", "tanh"])}
-
-for _op in [*RECURRENT, "LinearAttention"]:
-    standard_op(_op)
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+_INPUTS = 8  # X, W, R, B, sequence_lens, initial_h, initial_c, P (RNN and GRU stop at initial_h)
 
 
-def _check_supported(op: str, a: dict) -> None:
-    defaults = RECURRENT[op][1]  # per direction (RNN's schema default lists tanh twice)
+def _recurrent_reference(op: str):
+    def prepare(node):
+        a = dict(node.attrs)
+        where = node.describe()
+
+        def run(*ins):
+            ins = list(ins) + [None] * (_INPUTS - len(ins))
+            if op != "LSTM":
+                ins = ins[:6] + [None, None]
+            y, y_h, y_c = recurrence(op, a, where, *ins)
+            return (y, y_h) if op != "LSTM" else (y, y_h, y_c)
+
+        return run
+
+    return prepare
+
+
+for _op in GATES:
+    standard_op(_op, reference=_recurrent_reference(_op))
+standard_op("LinearAttention")
+
+
+def check_kernel_supported(op: str, a: dict) -> None:
+    defaults = DEFAULT_ACTIVATIONS[op]  # per direction (RNN's schema default lists tanh twice)
     activations = [s.lower() for s in (a.get("activations") or [])]
     if any(name != defaults[i % len(defaults)] for i, name in enumerate(activations)):
         raise NotLowerable(f"activations {a['activations']} (the kernel runs the defaults)")
@@ -35,28 +56,28 @@ def _lower_recurrent(ctx, node, ins):
     op = node.op
     a = attrs(node)
     x, w = ins[0], ins[1]
-    if x.dtype not in FLOATS or any(r is not None and r.dtype != x.dtype for r in ins[:4]):
-        raise NotLowerable("not float")
+    if x.dtype not in FLOATS or any(r is not None and r.dtype != x.dtype for i, r in enumerate(ins[:8]) if i != 4):
+        raise NotLowerable("not float32 or float64 throughout (torch's RNN kernels)")
     directions = 2 if a["direction"] == "bidirectional" else 1
-    _check_supported(op, a)
+    check_kernel_supported(op, a)
     layout = a["layout"]
     seq, batch = (x.shape[1], x.shape[0]) if layout else (x.shape[0], x.shape[1])
-    hidden = a["hidden_size"] or w.shape[1] // RECURRENT[op][0]
+    hidden = a["hidden_size"] or w.shape[1] // GATES[op]
     if not isinstance(hidden, int):
         raise NotLowerable("hidden size not static")
     y_shape = (batch, seq, directions, hidden) if layout else (seq, directions, batch, hidden)
     state = (batch, directions, hidden) if layout else (directions, batch, hidden)
-    inputs = list(ins) + [None] * (8 - len(ins))
-    if op != "LSTM":  # RNN and GRU: X, W, R, B, sequence_lens, initial_h
+    inputs = list(ins) + [None] * (_INPUTS - len(ins))
+    if op != "LSTM":
         inputs = inputs[:6] + [None, None]
     outputs = [(x.dtype, y_shape), (x.dtype, state)] + ([(x.dtype, state)] if op == "LSTM" else [])
     refs = ctx.extern("recurrent", inputs, outputs, op=op, direction=a["direction"], layout=layout,
                       hidden_size=int(hidden), linear_before_reset=int(a.get("linear_before_reset") or 0),
-                      where=node.describe())
+                      has_bias=inputs[3] is not None, has_peephole=inputs[7] is not None, where=node.describe())
     return [ref if value is not None else None for ref, value in zip(refs, node.outputs)]
 
 
-for _op in RECURRENT:
+for _op in GATES:
     register_lowering(_op)(_lower_recurrent)
 
 
