@@ -35,6 +35,11 @@ FALLBACKS: dict[str, Fallbacks] = {
     "onnx-asr/kaldi": Fallbacks(
         {"STFT": 1, "ReduceSumSquare": 1, "MatMul": 1, "Clip": 1, "Log": 1, "Shape": 1, "Where": 1},
         STFT_UNKNOWN_RANK),
+    "openwakeword/silero_vad": Fallbacks(
+        {"If": 1},
+        "the outer If (sample rate 16k or 8k) has an inner If whose two branches give outputs of "
+        "different rank, which no kernel's buffers can hold; the If runs on the reference, its "
+        "bodies' LSTMs and convolutions inside it too"),
     "onnx-asr/wespeaker": Fallbacks(
         {"DFT": 1},
         "the Scan's frames output keeps the file's dim, a symbol named after a fraction "
