@@ -62,7 +62,7 @@ SMALL_FLOATS: dict[DType, SmallFloat] = {
 }
 # Cast's `saturate` clips to the finite range first for these
 SATURATING = (DType.float8e4m3fn, DType.float8e4m3fnuz, DType.float8e5m2, DType.float8e5m2fnuz)
-SMALL_INTS = {DType.int4: (4, True), DType.uint4: (4, False), DType.int2: (2, True), DType.uint2: (2, False)}
+SMALL_INT_BITS = {DType.int4: 4, DType.uint4: 4, DType.int2: 2, DType.uint2: 2}  # held as their low bits
 # decoded to float32 (floats) or int8 (integers) before converting: exact
 NARROW_FLOATS = (DType.bfloat16, *SMALL_FLOATS, DType.float8e8m0, DType.float6e2m3, DType.float6e3m2)
 _INT32_MIN = -(1 << 31)
@@ -89,7 +89,7 @@ def cast(x: np.ndarray, to: DType, saturate: bool = True, round_mode: str = "up"
         return x.copy()
     if src in NARROW_FLOATS:
         x, src = x.astype(np.float32), DType.float32
-    elif src in SMALL_INTS:
+    elif src in SMALL_INT_BITS:
         x, src = x.astype(np.int8), DType.int8
     if to == DType.bool:
         return x != 0
@@ -105,10 +105,9 @@ def cast(x: np.ndarray, to: DType, saturate: bool = True, round_mode: str = "up"
             high = np.float32(finite_max(to))
             f = np.clip(f, -high, high)  # keeps NaN
         return encode_small_float(f, SMALL_FLOATS[to]).view(to.numpy)
-    if to in SMALL_INTS:
-        bits, signed = SMALL_INTS[to]
-        v = _truncate(x, np.int32, _INT32_MIN, 2.0 ** 31) if src.is_float else x.astype(np.int64)
-        low = v.astype(np.int64) & ((1 << bits) - 1)
+    if to in SMALL_INT_BITS:
+        v = _truncate_to_int32(x) if src.is_float else x
+        low = v.astype(np.int64) & ((1 << SMALL_INT_BITS[to]) - 1)
         return low.astype(np.uint8).view(to.numpy)
     return x.astype(to.numpy)
 
@@ -117,11 +116,11 @@ def _as_float32(x: np.ndarray) -> np.ndarray:
     return x if x.dtype == np.float32 else x.astype(np.float32)
 
 
-def _truncate(x: np.ndarray, dtype, invalid: int, limit: float) -> np.ndarray:
-    """x truncated toward zero to `dtype`; NaN and |x| >= limit as `invalid`."""
+def _truncate_to_int32(x: np.ndarray) -> np.ndarray:
+    """x truncated toward zero; NaN, inf and values out of int32's range as INT32_MIN."""
     with np.errstate(invalid="ignore"):
-        ok = np.abs(x) < limit  # false for NaN
-        return np.where(ok, np.trunc(np.where(ok, x, 0)), invalid).astype(dtype)
+        ok = np.abs(x) < 2.0**31  # false for NaN
+        return np.where(ok, np.trunc(np.where(ok, x, 0)), _INT32_MIN).astype(np.int32)
 
 
 def _encode_bfloat16(f: np.ndarray) -> np.ndarray:

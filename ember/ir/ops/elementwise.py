@@ -324,7 +324,7 @@ def _lower_cast(ctx, node, ins):
     src = ins[0].dtype
     a = attrs(node)
     saturate = bool(a["saturate"])
-    if src in _SMALL_FLOATS and dtype.is_integer and dtype not in casting.SMALL_INTS:
+    if src in _SMALL_FLOATS and dtype.is_integer and dtype not in casting.SMALL_INT_BITS:
         # the reference converts their float32 value by numpy's astype, whose results for
         # inf and NaN (which these formats hold) differ from the kernels' C++ conversion
         raise NotLowerable(f"{src.name} to {dtype.name}: inf and NaN convert as numpy's astype does")
