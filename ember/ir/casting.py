@@ -1,23 +1,26 @@
 """ONNX Cast on numpy arrays, by ember's rules rather than by ml_dtypes' `astype`.
 
 ml_dtypes gives ember the storage of bfloat16, the float8/float4 kinds and the 4- and 2-bit
-integers, but its conversions change between releases: 0.7 turns every float that is out
-of range of an integer type (NaN and inf included) into 0, where 0.5 and 0.6 converted as a
-C cast does (ONNX's own test data for Cast to INT4/UINT4/INT2/UINT2 wraps). onnx.reference's
+integers, but its conversions change between releases: 0.7 turns a float out of an integer
+type's range (NaN and inf included) into 0 where either type is one of its own (float32 to
+int4, bfloat16 to int8), where 0.5 and 0.6 converted as a C cast does (ONNX's own test data
+for Cast to INT4/UINT4/INT2/UINT2 wraps). onnx.reference's
 Cast is `astype`, so it moves with them. ember's Cast -- the reference implementation, the
 constant folding that runs it, and the generated kernels (codegen/cpu_dtypes.py renders
 the same rules in C++, from the tables below) -- is defined here instead:
 
     to bool           nonzero (NaN included) is true.
     to bfloat16, float8e4m3fn/e4m3fnuz/e5m2/e5m2fnuz, float4e2m1
-                      the value as float32 (float64 rounded to nearest even first; integers
-                      converted in one rounding), then rounded to nearest even. bfloat16
+                      the value as float32 (a float64 rounded to it first, so twice, as
+                      ml_dtypes and onnx.reference do; an integer in one rounding), then
+                      rounded to nearest even. bfloat16
                       keeps inf and NaN. The float8 kinds with `saturate` (ONNX's default)
                       first clip to their finite range, so inf and overflow give +-max and NaN
                       stays NaN; without it overflow and inf give inf for e5m2 and NaN for
                       the others (ONNX's Cast table). float4e2m1 has no inf or NaN: overflow
-                      and inf give +-6, a NaN +-0 (ml_dtypes 0.5's choice, which the ONNX
-                      node suite's expected outputs follow).
+                      and inf give +-6, a NaN -0 (or, with its sign bit set, +0): ml_dtypes'
+                      choice, which the node suite's expected outputs follow (onnx's float4
+                      notes say 6).
     to float8e8m0     onnx.numpy_helper.to_float8e8m0 of the float32 value (round_mode and
                       saturate as given): onnx's own bit arithmetic.
     to int4, uint4, int2, uint2
