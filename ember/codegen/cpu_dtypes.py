@@ -5,30 +5,32 @@ it (ml_dtypes keeps its 4- and 2-bit types one per byte, in the low bits). A ker
 computes with a wider C type; a *narrow* type (storage differs from what the body computes
 with) converts on every load (`decode`, exact) and store (`encode`), and every result of
 that type is rounded to it again (`encode` then `decode`), as numpy's ufuncs on ml_dtypes
-values do. The encodings match numpy / ml_dtypes `astype` bit for bit:
+values do. The encodings are ember's Cast rules (ember/ir/casting.py, which the reference
+implementation runs), bit for bit, whatever the installed ml_dtypes' `astype` does:
 
     float16           round to nearest even from float; from double in one rounding
                       (`ember_d2h`, as numpy does), not twice through float.
     bfloat16, float8*, float4e2m1
                       round to nearest even from float; a double is rounded to float
-                      first, as ml_dtypes does. Overflow and infinities: inf for e5m2,
-                      NaN for e4m3fn and the fnuz kinds, the largest finite value for
-                      float4e2m1 (which has no inf or NaN: a NaN becomes -0 or, negative, +0,
-                      ml_dtypes' choice). fnuz kinds have no -0 (it becomes +0) and one NaN
-                      (0x80).
+                      first. Overflow and infinities: inf for e5m2, NaN for e4m3fn and the
+                      fnuz kinds, the largest finite value for float4e2m1 (which has no inf
+                      or NaN: a NaN becomes -0 or, negative, +0). fnuz kinds have no -0 (it
+                      becomes +0) and one NaN (0x80). The parameters of each format are
+                      casting.SMALL_FLOATS.
     float8e8m0        a power of two 2^(code - 127), no zero, no sign: nonpositive values,
                       NaN and inf encode as NaN (0xff); otherwise the exponent, rounded up
-                      when the mantissa is at least one half (ml_dtypes' astype). ONNX Cast
-                      to it rounds by its own rules (`ember_cast_e8m0`, round_mode and
-                      saturate), used by the scalar op `cast_e8m0`.
+                      when the mantissa is at least one half (ml_dtypes 0.5's astype; only
+                      arithmetic on float8e8m0 values rounds this way). ONNX Cast to it
+                      rounds by its own rules (`ember_cast_e8m0`, round_mode and saturate),
+                      used by the scalar op `cast_e8m0`.
     int4, uint4, int2, uint2
                       the low bits of the value (wrapping); a float goes through int32 first,
-                      truncating, with NaN and out-of-range values as INT32_MIN (x86, which
-                      ml_dtypes follows). Decoding reads only the low bits.
+                      truncating, with NaN and out-of-range values as INT32_MIN (x86's
+                      cvttss2si), so as 0. Decoding reads only the low bits.
 
 The 16-bit floats' conversions are in cpu_prelude.py (bit arithmetic); the decodings of the
-smaller floats are tables (256 or 16 entries) built from ml_dtypes itself, so exact by
-construction; the encodings are functions, tested exhaustively against ml_dtypes by
+smaller floats are tables (256 or 16 entries) built from ml_dtypes itself (decoding is
+exact); the encodings are functions, tested exhaustively against the reference by
 tests/codegen/test_low_precision.py. `prelude()` is pasted into a translation unit only
 when its kernels call one of them.
 """
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ir import casting
 from ..ir.dtypes import DType
 
 
@@ -105,15 +108,10 @@ def _decode_table(dtype: DType) -> str:
             f"EMBER_INLINE float {name}(std::uint8_t b) {{ return ember_u2f({name}_table[b & {mask}u]); }}\n")
 
 
-# Encodings of the small float formats: one template over the format's parameters.
-#   M, BIAS   mantissa bits and exponent bias
-#   SIGN      the sign bit (0x80, or 0x8 for float4)
-#   MAXC      the largest finite magnitude code
-#   OVF       the code of an overflow or an infinity, before the sign (fnuz: 0x80, no sign)
-#   NANP/NANN the code of a NaN with the sign bit clear / set
-#   FNUZ      no -0 (and the sign is not applied to OVF)
+# Encodings of the small float formats: one template over each format's parameters, which
+# ember/ir/casting.py's SMALL_FLOATS holds (and its encode_small_float computes the same way).
 _SMALL_FLOAT_ENCODE = r"""
-// float -> a small float format, round to nearest even, ml_dtypes' astype (see cpu_dtypes.py).
+// float -> a small float format, round to nearest even (ember/ir/casting.py's rules).
 template <int M, int BIAS, unsigned SIGN, unsigned MAXC, unsigned OVF, unsigned NANP, unsigned NANN, bool FNUZ>
 EMBER_INLINE std::uint8_t ember_float_to_small(float x) {
   const std::uint32_t u = ember_f2u(x);
@@ -133,22 +131,11 @@ EMBER_INLINE std::uint8_t ember_float_to_small(float x) {
   code = a > 0x7f800000u ? (neg ? NANN : NANP) : code;
   return (std::uint8_t)code;
 }
-EMBER_INLINE std::uint8_t ember_float_to_f8e4m3fn(float x) {
-  return ember_float_to_small<3, 7, 0x80, 0x7e, 0x7f, 0x7f, 0xff, false>(x);
-}
-EMBER_INLINE std::uint8_t ember_float_to_f8e4m3fnuz(float x) {
-  return ember_float_to_small<3, 8, 0x80, 0x7f, 0x80, 0x80, 0x80, true>(x);
-}
-EMBER_INLINE std::uint8_t ember_float_to_f8e5m2(float x) {
-  return ember_float_to_small<2, 15, 0x80, 0x7b, 0x7c, 0x7e, 0xfe, false>(x);
-}
-EMBER_INLINE std::uint8_t ember_float_to_f8e5m2fnuz(float x) {
-  return ember_float_to_small<2, 16, 0x80, 0x7f, 0x80, 0x80, 0x80, true>(x);
-}
-EMBER_INLINE std::uint8_t ember_float_to_f4e2m1(float x) {
-  return ember_float_to_small<1, 1, 0x8, 0x7, 0x7, 0x8, 0x0, false>(x);
-}
-
+""" + "".join(
+    f"EMBER_INLINE std::uint8_t {C_TYPES[d].encode}(float x) {{\n"
+    f"  return ember_float_to_small<{f.mantissa_bits}, {f.bias}, {f.sign:#x}, {f.max_code:#x}, {f.overflow:#x}, "
+    f"{f.nan:#x}, {f.neg_nan:#x}, {str(f.fnuz).lower()}>(x);\n}}\n"
+    for d, f in casting.SMALL_FLOATS.items()) + r"""
 // float -> float8e8m0, ml_dtypes' astype: the exponent, rounded up from a mantissa >= 1/2;
 // a subnormal float is 2^-127 (code 0) up to it and 2^-126 above; NaN for x <= 0, NaN, inf.
 EMBER_INLINE std::uint8_t ember_float_to_f8e8m0(float x) {

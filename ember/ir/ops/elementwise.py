@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import operator
 
-import ml_dtypes
 import numpy as np
 import sympy
 
+from .. import casting
 from ..dtypes import DType
 from ..graph import Node
 from ..registry import Known
@@ -115,12 +115,28 @@ def _cast(node: Node, ins: list[Known | None]) -> list[Known | None]:
     dtype = DType.from_onnx(node.attrs["to"])
     shape = shape_of(ins[0])
     value = contents(ins[0]) if track(dtype, shape) and dtype is not DType.bool else None
+    if value is not None and dtype == DType.int32:  # a known int wraps as Cast wraps it (INT64_MAX is -1)
+        value = [(x + 2**31) % 2**32 - 2**31 if isinstance(x, int) else x for x in value]
     return [tensor(dtype, shape, value)]
 
 
 def _cast_like(node: Node, ins: list[Known | None]) -> list[Known | None]:
     dtype = dtype_of(ins[1])
     return [tensor(dtype, shape_of(ins[0]))] if dtype else [None]
+
+
+def _cast_reference(node: Node):
+    """Cast and CastLike by ember's rules (ember/ir/casting.py), not ml_dtypes' astype,
+    which changes between its releases."""
+    a = attrs(node)
+    saturate, round_mode = bool(a["saturate"]), a["round_mode"]
+    to = DType.from_onnx(a["to"]) if node.op == "Cast" else None
+
+    def run(x, like=None):
+        dtype = to if like is None else DType.from_numpy(like.dtype)
+        return (casting.cast(x, dtype, saturate, round_mode),)
+
+    return run
 
 
 def _bool_like(node: Node, ins: list[Known | None]) -> list[Known | None]:
@@ -151,8 +167,8 @@ for _op in UNARY:
     standard_op(_op, infer=_unary(_op))
 for _op in ("Sum", "Mean"):
     standard_op(_op, infer=_variadic)
-standard_op("Cast", infer=_cast)
-standard_op("CastLike", infer=_cast_like)
+standard_op("Cast", infer=_cast, reference=_cast_reference)
+standard_op("CastLike", infer=_cast_like, reference=_cast_reference)
 standard_op("IsNaN", infer=_bool_like)
 standard_op("IsInf", infer=_bool_like)
 standard_op("Where", infer=_where)
@@ -294,23 +310,24 @@ def _lower_clip(ctx, node, ins):
     return [pointwise(ctx, node, ins, clip)]
 
 
-# Cast's `saturate` clips to the finite range for these (onnx.numpy_helper.saturate_cast)
-_SATURATING = {DType.float8e4m3fn, DType.float8e4m3fnuz, DType.float8e5m2, DType.float8e5m2fnuz}
-_SMALL_FLOATS = _SATURATING | {DType.float8e8m0, DType.float4e2m1}
+_SMALL_FLOATS = {*casting.SATURATING, DType.float8e8m0, DType.float4e2m1}
 _E8M0_ROUND_MODES = {"up": 0, "down": 1, "nearest": 2}  # the mode numbers of the cast_e8m0 scalar op
 
 
 def _lower_cast(ctx, node, ins):
-    """Cast, and CastLike (to its second input's dtype), as onnx.reference's cast_to: to a
-    float8 with `saturate`, numpy.clip to its finite range (in the input's type) then astype;
-    to float8e8m0, the exponent rounded by `round_mode` (the cast_e8m0 scalar op); else astype,
-    which the renderer rounds or wraps as numpy / ml_dtypes do (ember/codegen/cpu_dtypes.py)."""
+    """Cast, and CastLike (to its second input's dtype), by ember/ir/casting.py's rules: to a
+    float8 with `saturate`, clipped to its finite range (in the input's type) and then
+    converted; to float8e8m0, the exponent rounded by `round_mode` (the cast_e8m0 scalar
+    op); else a plain conversion, which the renderer rounds or wraps by the same rules
+    (ember/codegen/cpu_dtypes.py)."""
     dtype, _ = out_type(node)
     src = ins[0].dtype
     a = attrs(node)
     saturate = bool(a["saturate"])
-    if src in _SMALL_FLOATS and not dtype.is_float:
-        raise NotLowerable(f"{src.name} to {dtype.name}: ml_dtypes saturates inf and NaN its own way")
+    if src in _SMALL_FLOATS and dtype.is_integer and dtype not in casting.SMALL_INT_BITS:
+        # the reference converts their float32 value by numpy's astype, whose results for
+        # inf and NaN (which these formats hold) differ from the kernels' C++ conversion
+        raise NotLowerable(f"{src.name} to {dtype.name}: inf and NaN convert as numpy's astype does")
     if dtype == DType.float8e8m0:
         mode = _E8M0_ROUND_MODES.get(a["round_mode"])
         if mode is None:
@@ -320,13 +337,13 @@ def _lower_cast(ctx, node, ins):
             b = x.body
             return x.cast(DType.float32).op("cast_e8m0", V(b, b.const(mode, DType.int32), DType.int32),
                                              V(b, b.const(saturate, DType.bool), DType.bool), dtype=dtype)
-    elif dtype in _SATURATING and saturate:
+    elif dtype in casting.SATURATING and saturate:
         if src not in KERNEL_FLOATS and not src.is_integer and src != DType.bool:
             raise NotLowerable(f"saturating {src.name} to {dtype.name}")
-        high = float(ml_dtypes.finfo(dtype.numpy).max)
+        high = casting.finite_max(dtype)
 
         def convert(x):
-            x = x if src in KERNEL_FLOATS else x.cast(DType.float32)  # integers: the clip is in float64
+            x = x if src in KERNEL_FLOATS else x.cast(DType.float32)  # integers: clipped as float32
             return x.max(-high).min(high).cast(dtype)
     else:
         def convert(x):
