@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ._signature import TensorInfo, check_feeds, check_out, place_output
-from .errors import UnsupportedError
+from .errors import EmberError, ModelError, UnsupportedError
 from .frontends.onnx import load_onnx
 from .ir.graph import Graph
 from .ir.ops._lowering import NotLowerable
@@ -202,6 +202,17 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     profile = options.pop("profile", False)
     if options:
         raise UnsupportedError(f"unknown compile option(s): {', '.join(sorted(options))}")
+    try:
+        return _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile)
+    except EmberError:
+        raise
+    except RecursionError as e:
+        raise ModelError(f"ember could not compile this model: it nests too deeply ({e})") from e
+    except Exception as e:  # noqa: BLE001 - a malformed model must not escape as a library's error
+        raise ModelError(f"ember could not compile this model: {type(e).__name__}: {e}") from e
+
+
+def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile) -> CompiledModel:
     timings: dict[str, float] = {}
     metadata: dict[str, Any] = {}
     t0 = time.perf_counter()

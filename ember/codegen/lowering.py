@@ -275,6 +275,9 @@ class LoweringContext:
                 reason = "lowering declined"
             except NotLowerable as e:
                 reason = str(e) or "not lowerable"
+            except Exception as e:  # noqa: BLE001 - a node its lowering cannot read (a malformed model)
+                # runs its reference, which names what is wrong with it if anything is
+                reason = f"its lowering failed: {type(e).__name__}: {e}"
             self._rollback(state)  # what the lowering added before it declined
         if not node.has_subgraphs:
             outs, why = self._expand(node, ins)

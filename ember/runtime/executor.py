@@ -32,7 +32,7 @@ import numpy as np
 import sympy
 import torch
 
-from ..errors import ExecutionError
+from ..errors import EmberError, ExecutionError, InputError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
@@ -324,6 +324,11 @@ class Executor:
             values = [int(v) for v in fn(args)] if fn is not None else []
             binding.shapes[name] = tuple(values[:rank])
             b = p.buffers[name]
+            if any(d < 0 for d in binding.shapes[name]):  # e.g. a window longer than the input
+                sizes = ", ".join(f"{s} = {v}" for s, v in zip(p.symbols, args))
+                raise InputError(f"the inputs are too small for this model: {name}, of shape "
+                                 f"[{', '.join(map(str, b.shape))}], would be {list(binding.shapes[name])} "
+                                 f"with {sizes}")
             if b.kind == "fill" and b.view_of is None:
                 binding.views[name] = np.array(values[rank:], dtype=b.dtype.numpy).reshape(binding.shapes[name])
 
@@ -388,8 +393,22 @@ class Executor:
                 if (t := _tensor(v)) is not None:
                     tensors[name] = t
         sizes_addr = ctypes.c_void_p(binding.sizes.ctypes.data)
+        try:
+            self._run_steps(p, binding, views, tensors, late, sizes_addr)
+        except (EmberError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - a library's failure (oneDNN's, torch's), named with its node
+            step = self._steps[self._at][2]
+            nodes = ", ".join(repr(n) for n in step.nodes[:3]) or repr(step.name)
+            raise ExecutionError(f"{step.kind} {step.name!r} (node {nodes}) failed: {type(e).__name__}: "
+                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+        return [views[name] if views.get(name) is not None else live[name] for name in p.outputs]
+
+    def _run_steps(self, p, binding, views, tensors, late, sizes_addr) -> None:
+        B = self._B
         profile = self.profile
         for i, (kind, fn, step) in enumerate(self._steps):
+            self._at = i
             if kind == "fallback" and fn is None:
                 fn = self._prepare(i)
             if late:
@@ -416,7 +435,6 @@ class Executor:
             for name in self._release.get(i, ()):  # its last reader has run
                 tensors.pop(name, None)
                 views.pop(name, None)
-        return [views[name] if views.get(name) is not None else live[name] for name in p.outputs]
 
     def _prepare(self, i: int):
         kind, _, step = self._steps[i]
