@@ -3,6 +3,7 @@ first registers what it defines itself, then the remaining standard ONNX ops get
 delegating defaults."""
 
 from . import (  # noqa: F401
+    contrib_microsoft,
     control_flow,
     data_dependent,
     elementwise,
