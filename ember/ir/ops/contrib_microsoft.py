@@ -326,14 +326,12 @@ def _expand_simplified(op, node, used):
     return [op.RMSNormalization(x, scale, axis=opdef.attr(node, "axis"), epsilon=opdef.attr(node, "epsilon"))]
 
 
-# onnxruntime defines this one in the default domain; exporters write it in both
-for _name in ("SimplifiedLayerNormalization", MS + "SimplifiedLayerNormalization"):
-    register_op(OpDef(
-        _name, inputs=_params("X", "scale", required=2), outputs=_params("Y", "inv_std_var"),
+# onnxruntime defines this one in the default domain: the ONNX frontend moves such nodes here
+_define("SimplifiedLayerNormalization", _params("X", "scale", required=2), _params("Y", "inv_std_var"),
+        _simplified_reference, _simplified_infer, _expand_simplified,
         attrs={"axis": AttrSpec("axis", "int", -1), "epsilon": AttrSpec("epsilon", "float", 1e-5),
                "stash_type": AttrSpec("stash_type", "int", 1)},
-        reference=_simplified_reference, infer=_simplified_infer, expand=_expand_simplified,
-        doc="Y = X / sqrt(mean(X^2 over axis..) + epsilon) * scale (RMSNorm)"))
+        doc="Y = X / sqrt(mean(X^2 over axis..) + epsilon) * scale (RMSNorm)")
 
 
 # -- EmbedLayerNormalization ----------------------------------------------------------
@@ -574,7 +572,8 @@ def _attention_reference(node: Node):
         if attention_bias is not None:
             extra = _f32(attention_bias) if extra is None else extra + _f32(attention_bias)
         y = _merge_heads(_scaled_attention(q, k, v, extra, scale))
-        return y.astype(x.dtype), np.stack([k, v]).astype(x.dtype)
+        present = np.stack([k, v]).astype(x.dtype) if k.shape == v.shape else None  # none for unequal sizes
+        return y.astype(x.dtype), present
 
     return run
 
@@ -621,18 +620,25 @@ def mask_bias_nodes(op, mask, reference, filter_value: float):
         two = True
     else:
         raise NotLowerable("mask_index is neither [B] nor [2B] as far as shapes tell")
+    index = op.Cast(mask, to=int(DType.int64.onnx_code))
+    if not two:
+        return end_mask_nodes(op, index, None, reference, filter_value)
+    halves = op.Reshape(index, op.constant(np.asarray([2, -1], np.int64)))
+    ends = op.Gather(halves, _scalar_of(op, 0, np.int64), axis=0)
+    starts = op.Gather(halves, _scalar_of(op, 1, np.int64), axis=0)
+    return end_mask_nodes(op, ends, starts, reference, filter_value)
+
+
+def end_mask_nodes(op, ends, starts, reference, filter_value: float):
+    """[B, 1, 1, T] float32: 0 for keys in [starts[b], ends[b]) (int64 [B] values; no
+    starts: from 0), filter_value elsewhere; T is dim 1 of `reference`."""
     count = op.Squeeze(op.Shape(reference, start=1, end=2), op.constant(np.asarray([0], np.int64)))
     positions = op.Range(_scalar_of(op, 0, np.int64), count, _scalar_of(op, 1, np.int64))
-    index = op.Cast(mask, to=int(DType.int64.onnx_code))
     column = op.constant(np.asarray([1], np.int64))
-    if not two:
-        keep = op.Less(positions, op.Unsqueeze(index, column))
-    else:
-        halves = op.Reshape(index, op.constant(np.asarray([2, -1], np.int64)))
-        ends = op.Gather(halves, _scalar_of(op, 0, np.int64), axis=0)
-        starts = op.Gather(halves, _scalar_of(op, 1, np.int64), axis=0)
-        keep = op.And(op.Less(positions, op.Unsqueeze(ends, column)),
-                      op.GreaterOrEqual(positions, op.Unsqueeze(starts, column)))
+    keep = op.Less(positions, op.Unsqueeze(ends, column))
+    if starts is not None:
+        keep = op.And(keep, op.GreaterOrEqual(positions, op.Unsqueeze(starts, column)))
+    zero, filler = _scalar_of(op, 0.0, np.float32), _scalar_of(op, filter_value, np.float32)
     return op.Unsqueeze(op.Where(keep, zero, filler), op.constant(np.asarray([1, 2], np.int64)))
 
 
@@ -754,15 +760,17 @@ def _expand_mha(op, node, used):
             return op.Add(x, piece)
 
         query, key, value = part(query, 0), part(key, 1), part(value, 2)
-    extra = _plus(op, mask_bias_nodes(op, mask, key, filter_value), attention_bias)
+    extra = _plus(op, mask_bias_nodes(op, mask, node.inputs[1], filter_value), attention_bias)
     y = op("ember.Attention", query, key, value, *([extra] if extra is not None else []),
            num_heads=heads, scale=scale, causal=int(causal))
-    used = list(used) + [False] * (3 - len(used))
+    used = list(used) + [False] * 3
+    present = [_to_heads(op, x, heads) if used[i] else None for i, x in ((1, key), (2, value))]
+    return [y, *present, None][:len(node.outputs)]
 
-    def present(x):
-        return op.Transpose(op.Reshape(x, op.constant(np.asarray([0, 0, heads, -1], np.int64))), perm=[0, 2, 1, 3])
 
-    return [y, present(key) if used[1] else None, present(value) if used[2] else None, None][:len(node.outputs)]
+def _to_heads(op, x, heads: int):
+    """[B, S, N*H] -> [B, N, S, H], the layout of a present key or value."""
+    return op.Transpose(op.Reshape(x, op.constant(np.asarray([0, 0, heads, -1], np.int64))), perm=[0, 2, 1, 3])
 
 
 _define("MultiHeadAttention", _params("query", "key", "value", "bias", "key_padding_mask", "attention_bias",
@@ -855,8 +863,8 @@ def _expand_gqa(op, node, used):
         raise NotLowerable("past state, packed qkv, position_ids or head_sink")
     if s["softcap"] or s["smooth_softmax"] or s["local_window_size"] >= 0 or attention_bias is not None:
         raise NotLowerable("softcap, smooth softmax, local window or attention_bias")
-    if any(used[1:]) or _type_dtype(query) != DType.float32:
-        raise NotLowerable("reads present_key/present_value, or not float32")
+    if (len(used) > 3 and used[3]) or _type_dtype(query) != DType.float32:
+        raise NotLowerable("reads output_qk, or not float32")
     if s["do_rotary"]:
         rotate = dict(num_heads=0, interleaved=bool(s["rotary_interleaved"]))
         q_head = _type_shape(query)[-1] // s["num_heads"] if _type_shape(query) else None
@@ -867,9 +875,12 @@ def _expand_gqa(op, node, used):
         key = rotary_nodes(op, key, None, cos_cache, sin_cache, **{**rotate, "num_heads": s["kv_num_heads"]})
     # the first prompt: sequence b's keys are its first seqlens_k[b] + 1 (right padding)
     ends = op.Add(op.Cast(seqlens_k, to=int(DType.int64.onnx_code)), _scalar_of(op, 1, np.int64))
-    extra = mask_bias_nodes(op, op.Cast(ends, to=int(DType.int32.onnx_code)), key, MASK_FILTER)
-    return [op("ember.Attention", query, key, value, extra, num_heads=s["num_heads"], kv_num_heads=s["kv_num_heads"],
-               scale=float(s["scale"]), causal=1), None, None][:len(node.outputs)]
+    extra = end_mask_nodes(op, ends, None, node.inputs[1], MASK_FILTER)
+    y = op("ember.Attention", query, key, value, extra, num_heads=s["num_heads"], kv_num_heads=s["kv_num_heads"],
+           scale=float(s["scale"]), causal=1)
+    used = list(used) + [False] * 3
+    present = [_to_heads(op, x, s["kv_num_heads"]) if used[i] else None for i, x in ((1, key), (2, value))]
+    return [y, *present, None][:len(node.outputs)]
 
 
 _define("GroupQueryAttention",
