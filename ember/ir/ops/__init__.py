@@ -4,6 +4,7 @@ delegating defaults."""
 
 from . import (  # noqa: F401
     contrib_microsoft,
+    contrib_microsoft_attention,
     control_flow,
     data_dependent,
     elementwise,
