@@ -87,7 +87,8 @@ def _export(module, args, path: Path, inputs: list[str], outputs: list[str]) -> 
                           output_names=outputs, dynamic_axes={n: {0: "batch", 1: "seq"} for n in inputs})
 
 
-def optimize(source: Path, target: Path, model_type: str, **options) -> Path:
+def optimize(source: Path, target: Path, model_type: str, num_heads: int = HEADS, hidden_size: int = HIDDEN,
+             **options) -> Path:
     """onnxruntime.transformers.optimizer's fusions of `source` (options: FusionOptions
     attributes, or raw_mask=True for a [B, S] attention mask input to Attention)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -100,7 +101,7 @@ def optimize(source: Path, target: Path, model_type: str, **options) -> Path:
         setattr(fusion, key, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimized = optimize_model(str(source), model_type=model_type, num_heads=HEADS, hidden_size=HIDDEN,
+        optimized = optimize_model(str(source), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
                                    optimization_options=fusion)
     optimized.save_model_to_file(str(target))
     return target

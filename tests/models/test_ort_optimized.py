@@ -65,3 +65,20 @@ def test_compiles_on_kernels_and_matches_onnxruntime(optimized, name, opt_level)
         for ours, theirs in zip(got, want, strict=True):
             assert ours.shape == theirs.shape
             np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_optimized_minilm_matches_onnxruntime(minilm_onnx, tmp_path):
+    """The pre-trained MiniLM, optimized by onnxruntime (its attention is left unfused there:
+    ember's fuse_attention takes it after the contrib ops are expanded)."""
+    from ember import _builtin
+
+    path = optimize(minilm_onnx, tmp_path / "minilm.onnx", "bert", num_heads=12, hidden_size=384)
+    assert dict(contrib_ops(path)) == {"SkipLayerNormalization": 12, "BiasGelu": 6}
+    compiled = ember.compile(str(path))
+    assert compiled.stats.fallback_nodes == [] and compiled.stats.op_histogram["ember.Attention"] == 6
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = _builtin.tokenize(_builtin.SAMPLE_SENTENCES)
+    (want,) = session.run(None, feeds)
+    (got,) = compiled.run(feeds).values()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
