@@ -168,6 +168,19 @@ def test_simplified_layer_norm(size, seed):
     check(SIMPLIFIED, {"x": _normal(rng, *size, H), "scale": _normal(rng, H)})
 
 
+def test_simplified_layer_norm_in_the_default_domain_is_moved_on_a_copy():
+    """onnxruntime registers SimplifiedLayerNormalization in the default domain; the ONNX
+    frontend imports it as com.microsoft's and leaves the caller's model as it was."""
+    import onnx
+
+    from ember.frontends.onnx import load_onnx
+
+    proto = onnx.load_from_string(SIMPLIFIED)
+    graph = load_onnx(proto)
+    assert [n.op for n in graph.nodes] == ["com.microsoft.SimplifiedLayerNormalization"]
+    assert proto.graph.node[0].domain == ""
+
+
 # -- EmbedLayerNormalization ------------------------------------------------------------------
 VOCAB, POSITIONS, SEGMENTS = 20, 12, 3
 
