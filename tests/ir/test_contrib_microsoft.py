@@ -269,15 +269,34 @@ def test_attention(name, size, seed):
     check(model, feeds, rtol=1e-4, atol=1e-4)
 
 
-def test_attention_with_past_runs_on_its_reference():
-    model = contrib_model("Attention", [("x", F32, ["B", "S", HIDDEN]), ("w", F32, [HIDDEN, 3 * HIDDEN]),
-                                        ("b", F32, [3 * HIDDEN]), ("mask", I32, ["B", "T"]),
-                                        ("past", F32, [2, "B", HEADS, "P", HIDDEN // HEADS])],
-                          ["y", "present"], num_heads=HEADS, unidirectional=1)
-    rng = np.random.default_rng(3)
-    feeds = {"x": _normal(rng, 2, 3, HIDDEN), "w": _normal(rng, HIDDEN, 3 * HIDDEN), "b": _normal(rng, 3 * HIDDEN),
-             "mask": np.ones((2, 7), I32), "past": _normal(rng, 2, 2, HEADS, 4, HIDDEN // HEADS)}
-    check(model, feeds, atol=1e-4, fallback="past state")
+ATTENTION_PAST = {
+    mask: contrib_model("Attention", [("x", F32, ["B", "S", HIDDEN]), ("w", F32, [HIDDEN, 3 * HIDDEN]),
+                                      ("b", F32, [3 * HIDDEN]), ("mask", I32, ["B", "T"] if mask == "raw" else ["B"]),
+                                      ("past", F32, [2, "B", HEADS, "P", HIDDEN // HEADS])],
+                        ["y", "present"], num_heads=HEADS, unidirectional=1)
+    for mask in ("raw", "end")}
+
+
+@pytest.mark.parametrize("mask", sorted(ATTENTION_PAST))
+@SETTINGS
+@given(size=sizes, past=st.integers(0, 5), seed=seeds)
+def test_attention_with_past(mask, size, past, seed):
+    """GPT-2 style decoding: a past of P keys and values, S new ones, present [2, B, N, P + S, H]."""
+    batch, seq = size
+    rng = np.random.default_rng(seed)
+    lengths = past + _lengths(rng, batch, seq)
+    feeds = {"x": _normal(rng, batch, seq, HIDDEN), "w": _normal(rng, HIDDEN, 3 * HIDDEN) / 2,
+             "b": _normal(rng, 3 * HIDDEN), "past": _normal(rng, 2, batch, HEADS, past, HIDDEN // HEADS),
+             "mask": _padding_mask(lengths, past + seq) if mask == "raw" else lengths.astype(I32)}
+    event(f"past {'empty' if past == 0 else 'given'}")
+    check(ATTENTION_PAST[mask], feeds, atol=1e-4)
+
+
+def test_attention_with_rotary_runs_on_its_reference_refusing_clearly():
+    model = contrib_model("Attention", [("x", F32, ["B", "S", HIDDEN]), ("w", F32, [HIDDEN, 3 * HIDDEN])], ["y"],
+                          num_heads=HEADS, do_rotary=1)
+    with pytest.raises(Exception, match="do_rotary=1 has no reference"):
+        list(evaluate(_graph(model), {"x": np.ones((1, 2, HIDDEN), F32), "w": np.ones((HIDDEN, 3 * HIDDEN), F32)}))
 
 
 # -- MultiHeadAttention -------------------------------------------------------------------------
@@ -289,6 +308,28 @@ def _mha(bias: bool, mask: str, unidirectional: int = 0, present: bool = False):
         inputs.pop()
     outputs = ["y", "present_key", "present_value"] if present else ["y"]
     return contrib_model("MultiHeadAttention", inputs, outputs, num_heads=HEADS, unidirectional=unidirectional)
+
+
+MHA_PAST = contrib_model("MultiHeadAttention", [("q", F32, ["B", "S", HIDDEN]), ("k", F32, ["B", "S", HIDDEN]),
+                                                ("v", F32, ["B", "S", HIDDEN]), ("bias", F32, [3 * HIDDEN]),
+                                                ("mask", I32, ["B", "T"]), None,
+                                                ("past_key", F32, ["B", HEADS, "P", HIDDEN // HEADS]),
+                                                ("past_value", F32, ["B", HEADS, "P", HIDDEN // HEADS])],
+                         ["y", "present_key", "present_value"], num_heads=HEADS, unidirectional=1)
+
+
+@SETTINGS
+@given(size=sizes, past=st.integers(0, 5), seed=seeds)
+def test_multi_head_attention_with_past(size, past, seed):
+    batch, seq = size
+    rng = np.random.default_rng(seed)
+    head = HIDDEN // HEADS
+    feeds = {"q": _normal(rng, batch, seq, HIDDEN), "k": _normal(rng, batch, seq, HIDDEN),
+             "v": _normal(rng, batch, seq, HIDDEN), "bias": _normal(rng, 3 * HIDDEN),
+             "mask": _padding_mask(past + _lengths(rng, batch, seq), past + seq),
+             "past_key": _normal(rng, batch, HEADS, past, head), "past_value": _normal(rng, batch, HEADS, past, head)}
+    event(f"past {'empty' if past == 0 else 'given'}")
+    check(MHA_PAST, feeds, atol=1e-4)
 
 
 MHA = {

@@ -230,10 +230,11 @@ def _scalar_of(op, value: int | float, dtype):
     return op.constant(np.asarray(value, dtype))
 
 
-def mask_bias_nodes(op, mask, reference, filter_value: float):
+def mask_bias_nodes(op, mask, reference, filter_value: float, keys=None):
     """onnxruntime's additive key mask as a [B, 1, 1 or S, T] float32 value built in
-    standard ops (see _mask_bias); `reference` is a [B, T, ...] value whose dim 1 is the
-    number of keys. None when there is no mask."""
+    standard ops (see _mask_bias); `reference` is a typed [B, T, ...] value (a node
+    input), `keys` a (value, axis) whose dim `axis` is the number of keys T (default:
+    the reference's dim 1). None when there is no mask."""
     if mask is None:
         return None
     shape, ref_shape = type_shape(mask), type_shape(reference)
@@ -253,18 +254,20 @@ def mask_bias_nodes(op, mask, reference, filter_value: float):
     else:
         raise NotLowerable("mask_index is neither [B] nor [2B] as far as shapes tell")
     index = op.Cast(mask, to=int(DType.int64.onnx_code))
+    keys = keys or (reference, 1)
     if not two:
-        return end_mask_nodes(op, index, None, reference, filter_value)
+        return end_mask_nodes(op, index, None, keys, filter_value)
     halves = op.Reshape(index, op.constant(np.asarray([2, -1], np.int64)))
     ends = op.Gather(halves, _scalar_of(op, 0, np.int64), axis=0)
     starts = op.Gather(halves, _scalar_of(op, 1, np.int64), axis=0)
-    return end_mask_nodes(op, ends, starts, reference, filter_value)
+    return end_mask_nodes(op, ends, starts, keys, filter_value)
 
 
-def end_mask_nodes(op, ends, starts, reference, filter_value: float):
+def end_mask_nodes(op, ends, starts, keys, filter_value: float):
     """[B, 1, 1, T] float32: 0 for keys in [starts[b], ends[b]) (int64 [B] values; no
-    starts: from 0), filter_value elsewhere; T is dim 1 of `reference`."""
-    count = op.Squeeze(op.Shape(reference, start=1, end=2), op.constant(np.asarray([0], np.int64)))
+    starts: from 0), filter_value elsewhere; keys: (value, axis) whose dim axis is T."""
+    value, axis = keys
+    count = op.Squeeze(op.Shape(value, start=axis, end=axis + 1), op.constant(np.asarray([0], np.int64)))
     positions = op.Range(_scalar_of(op, 0, np.int64), count, _scalar_of(op, 1, np.int64))
     column = op.constant(np.asarray([1], np.int64))
     keep = op.Less(positions, op.Unsqueeze(ends, column))
@@ -282,21 +285,39 @@ def _expand_attention(op, node, used):
     x, w, bias, mask, past, attention_bias, past_len = padded_inputs(node, 7)
     heads, scale, causal, filter_value = _attention_settings(node)
     opdef = get_op(node.op)
-    if past is not None or past_len is not None or opdef.attr(node, "do_rotary"):
-        raise NotLowerable("past state or rotary")
-    if len(used) > 1 and used[1]:
-        raise NotLowerable("reads present")
-    if type_dtype(x) != DType.float32 or len(type_shape(w) or ()) != 2:
-        raise NotLowerable("not float32 with a matrix weight")
-    sizes = list(opdef.attr(node, "qkv_hidden_sizes") or [])
+    if past_len is not None or opdef.attr(node, "do_rotary") or opdef.attr(node, "past_present_share_buffer"):
+        raise NotLowerable("a shared past/present buffer, or rotary")
+    w_shape = type_shape(w)
+    if type_dtype(x) != DType.float32 or w_shape is None or len(w_shape) != 2 or not isinstance(w_shape[1], int):
+        raise NotLowerable("not float32 with a matrix weight of known width")
+    sizes = list(opdef.attr(node, "qkv_hidden_sizes") or []) or [w_shape[1] // 3] * 3
+    wants_present = len(used) > 1 and used[1]
+    if (past is not None or wants_present) and not sizes[0] == sizes[1] == sizes[2]:
+        raise NotLowerable("past/present with unequal q, k, v sizes")
     qkv = op("ember.Linear", x, w, *([bias] if bias is not None else []))
-    extra = _plus(op, mask_bias_nodes(op, mask, x, filter_value), attention_bias)
-    tail = [extra] if extra is not None else []
     settings = dict(num_heads=heads, scale=scale, causal=int(causal))
-    if not sizes or sizes[0] == sizes[1] == sizes[2]:
-        return [op("ember.Attention", qkv, *([None, None] + tail if tail else []), **settings)]
-    q, k, v = op.Split(qkv, op.constant(np.asarray(sizes, np.int64)), axis=-1, _outputs=3)
-    return [op("ember.Attention", q, k, v, *tail, **settings)]
+    if past is None and not wants_present:
+        extra = _plus(op, mask_bias_nodes(op, mask, x, filter_value), attention_bias)
+        tail = [extra] if extra is not None else []
+        if sizes[0] == sizes[1] == sizes[2]:  # packed q, k, v: the layout ember.Attention reads as is
+            return [op("ember.Attention", qkv, *([None, None] + tail if tail else []), **settings)]
+        q, k, v = op.Split(qkv, op.constant(np.asarray(sizes, np.int64)), axis=-1, _outputs=3)
+        return [op("ember.Attention", q, k, v, *tail, **settings)]
+    # with a past: attention over [B, N, T, H] keys and values, T = P + S (causal aligned to the end)
+    q, k, v = (_to_heads(op, t, heads) for t in op.Split(qkv, op.constant(np.asarray(sizes, np.int64)), axis=-1,
+                                                            _outputs=3))
+    if past is not None:
+        k, v = (op.Concat(op.Gather(past, _scalar_of(op, i, np.int64), axis=0), t, axis=2) for i, t in ((0, k), (1, v)))
+    extra = _plus(op, mask_bias_nodes(op, mask, x, filter_value, keys=(k, 2)), attention_bias)
+    y = op("ember.Attention", q, k, v, *([extra] if extra is not None else []), **settings)
+    first = op.constant(np.asarray([0], np.int64))
+    present = op.Concat(op.Unsqueeze(k, first), op.Unsqueeze(v, first), axis=0) if wants_present else None
+    return [_from_heads(op, y), present][:len(node.outputs)]
+
+
+def _from_heads(op, y):
+    """[B, N, S, H] -> [B, S, N*H]."""
+    return op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), op.constant(np.asarray([0, 0, -1], np.int64)))
 
 
 define("Attention", params("input", "weights", "bias", "mask_index", "past", "attention_bias",
@@ -376,8 +397,10 @@ def _expand_mha(op, node, used):
     query, key, value, bias, mask, attention_bias, past_key, past_value, past_len, cache = padded_inputs(node, 10)
     heads, scale, causal, filter_value = _mha_settings(node)
     shapes = [type_shape(v) for v in (query, key, value)]
-    if any(s is None or len(s) != 3 for s in shapes) or past_key is not None or cache is not None:
-        raise NotLowerable("not 3-D query, key and value without past state")
+    if any(s is None or len(s) != 3 for s in shapes) or past_len is not None or cache is not None:
+        raise NotLowerable("not 3-D query, key and value, or a shared past/present buffer")
+    if (past_key is None) != (past_value is None):
+        raise NotLowerable("only one of past_key and past_value")
     if type_dtype(query) != DType.float32 or (len(used) > 3 and used[3]):
         raise NotLowerable("not float32, or reads qk")
     dq, dk, dv = (s[-1] for s in shapes)
@@ -392,12 +415,20 @@ def _expand_mha(op, node, used):
             return op.Add(x, piece)
 
         query, key, value = part(query, 0), part(key, 1), part(value, 2)
-    extra = _plus(op, mask_bias_nodes(op, mask, node.inputs[1], filter_value), attention_bias)
-    y = op("ember.Attention", query, key, value, *([extra] if extra is not None else []),
-           num_heads=heads, scale=scale, causal=int(causal))
     used = list(used) + [False] * 3
-    present = [_to_heads(op, x, heads) if used[i] else None for i, x in ((1, key), (2, value))]
-    return [y, *present, None][:len(node.outputs)]
+    settings = dict(num_heads=heads, scale=scale, causal=int(causal))
+    if past_key is None:
+        extra = _plus(op, mask_bias_nodes(op, mask, node.inputs[1], filter_value), attention_bias)
+        y = op("ember.Attention", query, key, value, *([extra] if extra is not None else []), **settings)
+        present = [_to_heads(op, x, heads) if used[i] else None for i, x in ((1, key), (2, value))]
+        return [y, *present, None][:len(node.outputs)]
+    # with a past: attention over [B, N, P + L, H] keys and values (causal aligned to the end)
+    key = op.Concat(past_key, _to_heads(op, key, heads), axis=2)
+    value = op.Concat(past_value, _to_heads(op, value, heads), axis=2)
+    extra = _plus(op, mask_bias_nodes(op, mask, node.inputs[0], filter_value, keys=(key, 2)), attention_bias)
+    y = op("ember.Attention", _to_heads(op, query, heads), key, value, *([extra] if extra is not None else []),
+           **settings)
+    return [_from_heads(op, y), key if used[1] else None, value if used[2] else None, None][:len(node.outputs)]
 
 
 def _to_heads(op, x, heads: int):
@@ -508,7 +539,7 @@ def _expand_gqa(op, node, used):
         key = rotary_nodes(op, key, None, cos_cache, sin_cache, **{**rotate, "num_heads": s["kv_num_heads"]})
     # the first prompt: sequence b's keys are its first seqlens_k[b] + 1 (right padding)
     ends = op.Add(op.Cast(seqlens_k, to=int(DType.int64.onnx_code)), _scalar_of(op, 1, np.int64))
-    extra = end_mask_nodes(op, ends, None, node.inputs[1], MASK_FILTER)
+    extra = end_mask_nodes(op, ends, None, (node.inputs[1], 1), MASK_FILTER)
     y = op("ember.Attention", query, key, value, extra, num_heads=s["num_heads"], kv_num_heads=s["kv_num_heads"],
            scale=float(s["scale"]), causal=1)
     used = list(used) + [False] * 3
