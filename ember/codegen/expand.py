@@ -1,4 +1,4 @@
-"""Lowering a standard op through its ONNX function body.
+"""Lowering an op through its ONNX function body, or through its own expansion.
 
 Many ONNX ops are defined by a function: a small graph of simpler ops (Attention,
 NegativeLogLikelihoodLoss, LayerNormalization with its statistics outputs, ...). A node
@@ -6,7 +6,8 @@ whose op has no lowering of its own can still run on kernels when every node of 
 body lowers: `function_nodes` builds the body as IR nodes reading the node's inputs,
 with the node's attributes substituted and Constant nodes turned into constant values;
 the lowering context lowers them in order, and keeps the result only if nothing in it
-fell back.
+fell back. An op defined as a rewrite into other ops (`OpDef.expand`: onnxruntime's
+contrib ops) is lowered the same way through `expansion_nodes`.
 """
 
 from __future__ import annotations
@@ -128,3 +129,39 @@ def function_nodes(node: Node) -> tuple[list[Node], list[Value | None], list[Val
     if any(o.name not in scope for o in graph.output):
         return None
     return nodes, [scope[o.name] for o in graph.output], constants
+
+
+class _NodeBuilder:
+    """The `op` an expansion builds with: `op("ember.Attention", q, ..., num_heads=4)`,
+    `op.Add(a, b)`, `op.constant(array)`; types are inferred afterwards."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.nodes: list[Node] = []
+        self.constants: list[Value] = []
+
+    def __call__(self, op: str, *inputs, _outputs: int = 1, **attrs):
+        name = f"{self.prefix}/{op.rpartition('.')[2]}_{len(self.nodes)}"
+        outputs = [Value(f"{name}:{i}") for i in range(_outputs)]
+        self.nodes.append(Node(op, list(inputs), outputs, {k: v for k, v in attrs.items() if v is not None}, name))
+        return outputs[0] if _outputs == 1 else outputs
+
+    def __getattr__(self, op: str):
+        if op.startswith("_"):
+            raise AttributeError(op)
+        return lambda *inputs, **attrs: self(op, *inputs, **attrs)
+
+    def constant(self, data) -> Value:
+        data = np.asarray(data)
+        value = Value(f"{self.prefix}/const{len(self.constants)}", TensorType(DType.from_numpy(data.dtype), data.shape),
+                      const=data)
+        self.constants.append(value)
+        return value
+
+
+def expansion_nodes(node: Node, used: list[bool]) -> tuple[list[Node], list[Value | None], list[Value]]:
+    """`node` rewritten by its op's `expand` into IR nodes reading `node`'s inputs: (nodes,
+    the values standing for the node's outputs, constant values)."""
+    builder = _NodeBuilder(node.name)
+    outs = get_op(node.op).expand(builder, node, used)
+    return builder.nodes, list(outs), builder.constants

@@ -288,11 +288,15 @@ class LoweringContext:
         return self._fallback(node, ins)
 
     def _expand(self, node: Node, ins: list[TensorRef | None]) -> tuple[list[TensorRef | None] | None, str]:
-        """`node` lowered through its op's ONNX function body; or None (nothing changed)
+        """`node` lowered through its op's expansion or ONNX function body; or None (nothing changed)
         and why, when there is none or some node of it would fall back."""
-        from .expand import function_nodes
+        from .expand import expansion_nodes, function_nodes
 
-        built = function_nodes(node)
+        if get_op(node.op).expand is not None:
+            used = [self.readers.get(id(v), 0) > 0 or id(v) in self.returned for v in node.outputs]
+            built = expansion_nodes(node, used)
+        else:
+            built = function_nodes(node)
         if built is None:
             return None, ""
         nodes, outs, constants = built

@@ -129,7 +129,36 @@ def _read_external(tensor: onnx.TensorProto, base: Path | None) -> np.ndarray:
     return raw
 
 
+# onnxruntime's contrib ops that it registers in the default domain (exporters write them
+# there); ember defines them in com.microsoft with the others, and the version converter
+# would refuse them as unknown standard ops
+ORT_DEFAULT_DOMAIN_OPS = {"SimplifiedLayerNormalization"}
+
+
+def _move_ort_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """`proto` with onnxruntime's default-domain contrib ops moved to com.microsoft (a copy
+    when there are any: the caller's model is left as it is)."""
+    def nodes(graph):
+        for node in graph.node:
+            yield node
+            for a in node.attribute:
+                for g in [a.g] if a.HasField("g") else list(a.graphs):
+                    yield from nodes(g)
+
+    if not any(n.domain in ("", "ai.onnx") and n.op_type in ORT_DEFAULT_DOMAIN_OPS for n in nodes(proto.graph)):
+        return proto
+    moved = onnx.ModelProto()
+    moved.CopyFrom(proto)
+    for node in nodes(moved.graph):
+        if node.domain in ("", "ai.onnx") and node.op_type in ORT_DEFAULT_DOMAIN_OPS:
+            node.domain = "com.microsoft"
+    if not any(o.domain == "com.microsoft" for o in moved.opset_import):
+        moved.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return moved
+
+
 def _normalize(proto: onnx.ModelProto, weights: dict[str, WeightData]) -> onnx.ModelProto:
+    proto = _move_ort_ops(proto)
     if proto.functions:
         try:
             proto = onnx.inliner.inline_local_functions(proto)

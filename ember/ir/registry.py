@@ -69,6 +69,10 @@ class OpDef:
     deterministic: bool = True  # False for random ops: never folded or deduplicated
     doc: str = ""
     lower: Callable | None = None  # (ctx, node, inputs) -> outputs in Kernel IR; ember/codegen
+    # (op, node, used) -> one value (or None where not `used`) per output: the op rewritten
+    # into other ops with a node builder `op` (as passes/rewriter.py's replacements write);
+    # how an op with no lowering of its own reaches kernels (passes: expand_ops; codegen)
+    expand: Callable | None = None
 
     @property
     def domain(self) -> str:

@@ -3,8 +3,9 @@ built-in pass (one file each). Third parties register with `register_pass` or th
 `ember.passes` entry-point group."""
 
 from . import (  # noqa: F401  (importing registers them)
-    canonicalize, channels_last, common_subexpressions, dead_code, fold_constants, fuse_attention, fuse_bias_activation,
-    fuse_conv, fuse_gelu, fuse_linear, fuse_norms, fuse_qkv, fuse_rotary, fuse_silu, fuse_skip_layernorm,
+    canonicalize, channels_last, common_subexpressions, dead_code, expand_ops, fold_constants, fuse_attention,
+    fuse_bias_activation, fuse_conv, fuse_gelu, fuse_linear, fuse_norms, fuse_qkv, fuse_rotary, fuse_silu,
+    fuse_skip_layernorm,
 )
 from .base import Pass, PassResult
 from .manager import PassManager, PassStats

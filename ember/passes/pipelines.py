@@ -11,7 +11,7 @@ from .registry import get_pass
 
 O0: list[str] = []
 O1 = ["fold_constants", "canonicalize", "eliminate_dead_code"]
-O2 = ["fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_norms", "fuse_gelu",
+O2 = ["expand_ops", "fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_norms", "fuse_gelu",
       "fuse_silu", "fuse_rotary", "fuse_linear", "fuse_attention", "fuse_qkv", "fuse_skip_layernorm",
       "fuse_bias_activation", "fuse_conv", "channels_last", "eliminate_common_subexpressions", "canonicalize",
       "eliminate_dead_code"]

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from ember.passes import build_pipeline, get_pass, registered_passes
 from ember.testing import check_pass, graphs_and_feeds
 
-BUILTIN = ["fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_norms", "fuse_gelu",
+BUILTIN = ["expand_ops", "fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_norms", "fuse_gelu",
            "fuse_silu", "fuse_rotary", "fuse_linear", "fuse_attention", "fuse_qkv", "fuse_skip_layernorm",
            "fuse_bias_activation", "fuse_conv", "channels_last", "eliminate_dead_code"]
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -3,6 +3,8 @@ first registers what it defines itself, then the remaining standard ONNX ops get
 delegating defaults."""
 
 from . import (  # noqa: F401
+    contrib_microsoft,
+    contrib_microsoft_attention,
     control_flow,
     data_dependent,
     elementwise,

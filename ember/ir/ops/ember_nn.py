@@ -381,8 +381,8 @@ def _lower_attention(ctx, node, ins):
     if ins[0].dtype not in FLOATS:
         raise NotLowerable("not float")
     heads, kv_heads, scale, causal = _attention_attrs(get_op(node.op), node)
-    bias = ins[3] if len(ins) > 3 else None
-    return ctx.extern("attention", [ins[0], ins[1], ins[2], bias], [out_type(node)], num_heads=heads,
+    q, k, v, bias = (list(ins) + [None] * 4)[:4]  # packed q, k, v without a bias: one input
+    return ctx.extern("attention", [q, k, v, bias], [out_type(node)], num_heads=heads,
                       kv_num_heads=kv_heads, scale=scale, causal=causal)
 
 

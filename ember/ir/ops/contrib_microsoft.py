@@ -1,0 +1,391 @@
+"""onnxruntime's contrib ops (domain com.microsoft) that optimized exports carry: what
+`onnxruntime.transformers.optimizer` and Optimum write for BERT, GPT-2 and LLaMA-style
+models. Semantics follow onnxruntime's ContribOperators.md and its CPU kernels (masks add
+`mask_filter_value`, -10000, rather than -inf, as they do).
+
+The attention ops and rotary live in contrib_microsoft_attention.py. Each op is one
+definition: schema, type function, numpy reference (its meaning),
+and `expand`: the op rewritten into ember's fused ops and standard ones, which is how
+it reaches kernels (the `expand_ops` pass applies it before the fusions; codegen applies
+it to a node that reaches lowering). An expansion that does not cover a node's form
+raises NotLowerable and the node runs on its reference.
+
+    SkipLayerNormalization(x, skip, g, b?, bias?)     -> ember.SkipLayerNorm(x + bias, skip, g, b)
+    SkipSimplifiedLayerNormalization(x, skip, g, bias?) -> RMSNormalization(x + skip + bias, g)
+    SimplifiedLayerNormalization(x, g)          -> RMSNormalization(x, g)
+    EmbedLayerNormalization(ids, seg?, W, P, Sg?, g, b, mask?, pos?) -> Gathers -> LayerNormalization
+    Gelu, BiasGelu, FastGelu, QuickGelu, BiasAdd, FusedMatMul -> Gelu / Add / Sigmoid / MatMul
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from ..dtypes import DType
+from ..graph import Node
+from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
+from ..types import TensorType
+from ._lowering import NotLowerable
+from ._symbolic import broadcast, dtype_of, shape_of, tensor
+from .ember_nn import ACTIVATIONS
+
+MS = "com.microsoft."
+
+
+# -- helpers ----------------------------------------------------------------------
+def padded_inputs(node: Node, count: int) -> list:
+    """node's inputs padded with None to `count` (absent trailing inputs)."""
+    return (list(node.inputs) + [None] * count)[:count]
+
+
+def padded_args(values: tuple, count: int) -> list:
+    return (list(values) + [None] * count)[:count]
+
+
+def type_shape(value) -> tuple | None:
+    t = value.type if value is not None else None
+    return tuple(t.shape) if isinstance(t, TensorType) and t.shape is not None else None
+
+
+def type_dtype(value) -> DType | None:
+    t = value.type if value is not None else None
+    return t.dtype if isinstance(t, TensorType) else None
+
+
+def same_dims(a, b) -> bool:
+    return a is not None and b is not None and sympy.simplify(sympy.sympify(a) - sympy.sympify(b)) == 0
+
+
+def as_f32(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32) if x.dtype.itemsize < 4 else x
+
+
+def _layer_norm(h: np.ndarray, eps: float, gamma, beta=None, rms: bool = False):
+    """(y, mean, inv_std_var) over the last axis, computed in float32 at least."""
+    h = as_f32(h)
+    mean = h.mean(axis=-1, keepdims=True)
+    centered = h if rms else h - mean
+    inv = 1 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+    y = centered * inv * gamma
+    if beta is not None:
+        y = y + beta
+    return y, mean, inv
+
+
+def _same_type_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    dtype = dtype_of(ins[0])
+    return [None if dtype is None else tensor(dtype, broadcast(*(shape_of(k) for k in ins if k is not None)))]
+
+
+def define(name: str, inputs: tuple, outputs: tuple, reference, infer, expand, attrs=None, doc=""):
+    register_op(OpDef(MS + name, inputs=inputs, outputs=outputs, attrs=attrs or {}, reference=reference,
+                      infer=infer, expand=expand, doc=doc))
+
+
+def params(*names: str, required: int = 1) -> tuple[ParamSpec, ...]:
+    return tuple(ParamSpec(n, optional=i >= required) for i, n in enumerate(names))
+
+
+def _scalar(op, value: float, dtype: DType | None):
+    return op.constant(np.asarray(value, dtype=(dtype or DType.float32).numpy))
+
+
+# -- activations: Gelu, BiasGelu, FastGelu, QuickGelu, BiasAdd --------------------
+def _elementwise_reference(fn):
+    def prepare(node: Node):
+        opdef = get_op(node.op)
+        attrs = {name: opdef.attr(node, name) for name in opdef.attrs}
+
+        def run(*args):
+            x = args[0]
+            return (np.asarray(fn(*[as_f32(a) if a is not None else None for a in args], **attrs)).astype(x.dtype),)
+
+        return run
+
+    return prepare
+
+
+def _with_bias(op, x, bias):
+    return op.Add(x, bias) if bias is not None else x
+
+
+define("Gelu", params("X"), params("Y"),
+       _elementwise_reference(lambda x: ACTIVATIONS["gelu"](x)), _same_type_infer,
+       lambda op, node, used: [op.Gelu(node.inputs[0])],
+       doc="Y = X * Phi(X) (erf form)")
+define("BiasGelu", params("A", "B", required=2), params("C"),
+       _elementwise_reference(lambda a, b: ACTIVATIONS["gelu"](a + b)), _same_type_infer,
+       lambda op, node, used: [op.Gelu(op.Add(node.inputs[0], node.inputs[1]))],
+       doc="C = Gelu(A + B) (erf form); B: [hidden]")
+define("FastGelu", params("X", "bias"), params("Y"),
+       _elementwise_reference(lambda x, bias=None: ACTIVATIONS["gelu_tanh"](x if bias is None else x + bias)),
+       _same_type_infer,
+       lambda op, node, used: [op.Gelu(_with_bias(op, *padded_inputs(node, 2)), approximate="tanh")],
+       doc="Y = Gelu_tanh(X + bias): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))")
+
+
+def _expand_quick_gelu(op, node, used):
+    x = node.inputs[0]
+    alpha = get_op(node.op).attr(node, "alpha")
+    return [op.Mul(x, op.Sigmoid(op.Mul(x, _scalar(op, alpha, type_dtype(x)))))]
+
+
+define("QuickGelu", params("X"), params("Y"),
+       _elementwise_reference(lambda x, alpha: x / (1 + np.exp(-alpha * x))), _same_type_infer,
+       _expand_quick_gelu, attrs={"alpha": AttrSpec("alpha", "float", 1.702)},
+       doc="Y = X * sigmoid(alpha * X)")
+define("BiasAdd", params("X", "bias", "skip", required=3), params("Y"),
+       _elementwise_reference(lambda x, bias, skip: x + bias + skip), _same_type_infer,
+       lambda op, node, used: [op.Add(op.Add(node.inputs[0], node.inputs[1]), node.inputs[2])],
+       doc="Y = X + bias + skip; X, skip: [N, S, C], bias: [C]")
+
+
+# -- FusedMatMul --------------------------------------------------------------------
+def _matmul_perm(rank: int, trans: bool, trans_batch: bool) -> list[int] | None:
+    """The transpose FusedMatMul applies to an operand of `rank` before multiplying:
+    transBatch moves the first axis just before the last one (its batch axes become
+    the leading ones), then trans swaps the last two. None: no transpose."""
+    perm = list(range(rank))
+    if trans_batch and rank >= 3:
+        perm = perm[1:-1] + [perm[0], perm[-1]]
+    if trans and rank >= 2:
+        perm[-2], perm[-1] = perm[-1], perm[-2]
+    return None if perm == list(range(rank)) else perm
+
+
+def _fused_matmul_settings(node: Node):
+    opdef = get_op(node.op)
+    return (float(opdef.attr(node, "alpha")), bool(opdef.attr(node, "transA")), bool(opdef.attr(node, "transB")),
+            bool(opdef.attr(node, "transBatchA")), bool(opdef.attr(node, "transBatchB")))
+
+
+def _fused_matmul_reference(node: Node):
+    alpha, ta, tb, tba, tbb = _fused_matmul_settings(node)
+
+    def run(a, b):
+        pa, pb = _matmul_perm(a.ndim, ta, tba), _matmul_perm(b.ndim, tb, tbb)
+        y = np.matmul(a.transpose(pa) if pa else a, b.transpose(pb) if pb else b)
+        return ((y * alpha if alpha != 1 else y).astype(a.dtype, copy=False),)
+
+    return run
+
+
+def _fused_matmul_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    alpha, ta, tb, tba, tbb = _fused_matmul_settings(node)
+    a, b, dtype = shape_of(ins[0]), shape_of(ins[1]), dtype_of(ins[0])
+    if dtype is None:
+        return [None]
+    if a is None or b is None:
+        return [tensor(dtype, None)]
+    pa, pb = _matmul_perm(len(a), ta, tba), _matmul_perm(len(b), tb, tbb)
+    a = [a[i] for i in pa] if pa else a
+    b = [b[i] for i in pb] if pb else b
+    return get_op("MatMul").infer(Node("MatMul", [], [], {}, node.name), [tensor(dtype, a), tensor(dtype, b)])
+
+
+def _expand_fused_matmul(op, node, used):
+    alpha, ta, tb, tba, tbb = _fused_matmul_settings(node)
+    a, b = node.inputs[:2]
+    ranks = type_shape(a), type_shape(b)
+    if None in ranks:
+        raise NotLowerable("operands of unknown rank")
+    pa, pb = _matmul_perm(len(ranks[0]), ta, tba), _matmul_perm(len(ranks[1]), tb, tbb)
+    y = op.MatMul(op.Transpose(a, perm=pa) if pa else a, op.Transpose(b, perm=pb) if pb else b)
+    return [op.Mul(y, _scalar(op, alpha, type_dtype(a))) if alpha != 1 else y]
+
+
+define("FusedMatMul", params("A", "B", required=2), params("Y"),
+       _fused_matmul_reference, _fused_matmul_infer, _expand_fused_matmul,
+       attrs={"alpha": AttrSpec("alpha", "float", 1.0), "transA": AttrSpec("transA", "int", 0),
+              "transB": AttrSpec("transB", "int", 0), "transBatchA": AttrSpec("transBatchA", "int", 0),
+              "transBatchB": AttrSpec("transBatchB", "int", 0)},
+       doc="Y = alpha * op(A) @ op(B); transBatch moves the first axis behind the batch axes, trans swaps "
+           "the last two")
+
+
+# -- layer norms ----------------------------------------------------------------------
+def _norm_outputs_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    """[y, mean, inv_std_var, sum]: y and sum like the input, the statistics [..., 1] in float32."""
+    dtype, x = dtype_of(ins[0]), shape_of(ins[0])
+    if dtype is None:
+        return [None] * len(node.outputs)
+    stats = tensor(DType.float32 if dtype.bits < 32 else dtype, None if x is None else (*x[:-1], 1))
+    return [tensor(dtype, x), stats, stats, tensor(dtype, x)][:len(node.outputs)]
+
+
+def _skip_norm_reference(rms: bool):
+    def prepare(node: Node):
+        eps = get_op(node.op).attr(node, "epsilon")
+
+        def run(*args):
+            if rms:
+                (x, skip, gamma, bias), beta = padded_args(args, 4), None
+            else:
+                x, skip, gamma, beta, bias = padded_args(args, 5)
+            total = x + skip if bias is None else x + skip + bias
+            y, mean, inv = _layer_norm(total, eps, gamma, beta, rms=rms)
+            return y.astype(x.dtype), mean, inv, total
+
+        return run
+
+    return prepare
+
+
+def _skip_statistics(op, total, eps: float, rms: bool):
+    """(mean, inv_std_var) of `total` over its last axis, in standard ops."""
+    axes = op.constant(np.asarray([-1], np.int64))
+    mean = op.ReduceMean(total, axes, keepdims=1)
+    centered = total if rms else op.Sub(total, mean)
+    variance = op.ReduceMean(op.Mul(centered, centered), axes, keepdims=1)
+    inv = op.Reciprocal(op.Sqrt(op.Add(variance, _scalar(op, eps, type_dtype(total)))))
+    return mean, inv
+
+
+def _expand_skip_layernorm(op, node, used):
+    x, skip, gamma, beta, bias = padded_inputs(node, 5)
+    eps = get_op(node.op).attr(node, "epsilon")
+    if type_dtype(x) not in (DType.float32, DType.float64):
+        raise NotLowerable("not float32 or float64 (the statistics outputs are float32)")
+    biased = _with_bias(op, x, bias)
+    used = list(used) + [False] * (4 - len(used))
+    if type_shape(x) == type_shape(skip) and type_shape(x) is not None and not (used[1] or used[2]):
+        norm_inputs = [biased, skip, gamma] + ([beta] if beta is not None else [])
+        if used[3]:
+            y, total = op("ember.SkipLayerNorm", *norm_inputs, epsilon=eps, _outputs=2)
+        else:
+            y, total = op("ember.SkipLayerNorm", *norm_inputs, epsilon=eps), None
+        return [y, None, None, total][:len(node.outputs)]
+    total = op.Add(biased, skip)  # skip broadcasts ([1, S, H] or [S, H])
+    y = op.LayerNormalization(total, gamma, *([beta] if beta is not None else []), axis=-1, epsilon=eps)
+    mean, inv = _skip_statistics(op, total, eps, rms=False) if used[1] or used[2] else (None, None)
+    return [y, mean, inv, total][:len(node.outputs)]
+
+
+define("SkipLayerNormalization", params("input", "skip", "gamma", "beta", "bias", required=3),
+       params("output", "mean", "inv_std_var", "input_skip_bias_sum"),
+       _skip_norm_reference(rms=False), _norm_outputs_infer, _expand_skip_layernorm,
+       attrs={"epsilon": AttrSpec("epsilon", "float", 1e-12)},
+       doc="s = input + skip + bias; output = LayerNorm(s) * gamma + beta over the last axis; "
+           "also mean and inv_std_var of s, and s")
+
+
+def _expand_skip_simplified(op, node, used):
+    x, skip, gamma, bias = padded_inputs(node, 4)
+    eps = get_op(node.op).attr(node, "epsilon")
+    if type_dtype(x) not in (DType.float32, DType.float64):
+        raise NotLowerable("not float32 or float64 (the statistics outputs are float32)")
+    used = list(used) + [False] * (4 - len(used))
+    if used[1]:
+        raise NotLowerable("reads the mean output, which onnxruntime does not define for an RMS norm")
+    total = op.Add(_with_bias(op, x, bias), skip)
+    y = op.RMSNormalization(total, gamma, axis=-1, epsilon=eps)
+    inv = _skip_statistics(op, total, eps, rms=True)[1] if used[2] else None
+    return [y, None, inv, total][:len(node.outputs)]
+
+
+define("SkipSimplifiedLayerNormalization", params("input", "skip", "gamma", "bias", required=3),
+       params("output", "mean", "inv_std_var", "input_skip_bias_sum"),
+       _skip_norm_reference(rms=True), _norm_outputs_infer, _expand_skip_simplified,
+       attrs={"epsilon": AttrSpec("epsilon", "float", 1e-12)},
+       doc="s = input + skip + bias; output = s / sqrt(mean(s^2) + eps) * gamma over the last axis; "
+           "also inv_std_var and s")
+
+
+def _simplified_reference(node: Node):
+    opdef = get_op(node.op)
+    eps, axis = opdef.attr(node, "epsilon"), opdef.attr(node, "axis")
+
+    def run(x, scale):
+        axes = tuple(range(axis % x.ndim, x.ndim))
+        h = as_f32(x)
+        inv = 1 / np.sqrt((h * h).mean(axis=axes, keepdims=True) + eps)
+        return (h * inv * scale).astype(x.dtype), inv
+
+    return run
+
+
+def _simplified_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    dtype, x = dtype_of(ins[0]), shape_of(ins[0])
+    if dtype is None:
+        return [None] * len(node.outputs)
+    axis = get_op(node.op).attr(node, "axis")
+    stats = None if x is None else tuple(d if i < axis % len(x) else 1 for i, d in enumerate(x))
+    return [tensor(dtype, x), tensor(DType.float32 if dtype.bits < 32 else dtype, stats)][:len(node.outputs)]
+
+
+def _expand_simplified(op, node, used):
+    if len(used) > 1 and used[1]:
+        raise NotLowerable("reads inv_std_var")
+    opdef = get_op(node.op)
+    x, scale = node.inputs[:2]
+    return [op.RMSNormalization(x, scale, axis=opdef.attr(node, "axis"), epsilon=opdef.attr(node, "epsilon"))]
+
+
+# onnxruntime defines this one in the default domain: the ONNX frontend moves such nodes here
+define("SimplifiedLayerNormalization", params("X", "scale", required=2), params("Y", "inv_std_var"),
+       _simplified_reference, _simplified_infer, _expand_simplified,
+       attrs={"axis": AttrSpec("axis", "int", -1), "epsilon": AttrSpec("epsilon", "float", 1e-5),
+              "stash_type": AttrSpec("stash_type", "int", 1)},
+       doc="Y = X / sqrt(mean(X^2 over axis..) + epsilon) * scale (RMSNorm)")
+
+
+# -- EmbedLayerNormalization ----------------------------------------------------------
+def _embed_reference(node: Node):
+    eps = get_op(node.op).attr(node, "epsilon")
+
+    def run(*args):
+        ids, segments, words, positions, segment_table, gamma, beta, mask, position_ids = padded_args(args, 9)
+        seq = ids.shape[1]
+        position_ids = np.arange(seq)[None, :] if position_ids is None else position_ids
+        total = words[ids] + positions[position_ids]
+        if segments is not None and segment_table is not None:
+            total = total + segment_table[segments]
+        y, _, _ = _layer_norm(total, eps, gamma, beta)
+        mask_index = (mask.sum(axis=1) if mask is not None else np.zeros(ids.shape[0])).astype(np.int32)
+        return y.astype(words.dtype), mask_index, total
+
+    return run
+
+
+def _embed_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    ids, words, dtype = shape_of(ins[0]), shape_of(ins[2]), dtype_of(ins[2])
+    if dtype is None:
+        return [None] * len(node.outputs)
+    shape = None if ids is None or words is None else (*ids, words[-1])
+    return [tensor(dtype, shape), tensor(DType.int32, None if ids is None else ids[:1]),
+            tensor(dtype, shape)][:len(node.outputs)]
+
+
+def _expand_embed(op, node, used):
+    ids, segments, words, positions, segment_table, gamma, beta, mask, position_ids = padded_inputs(node, 9)
+    eps = get_op(node.op).attr(node, "epsilon")
+    if position_ids is None:  # the first S rows of the position table
+        seq = op.Shape(ids, start=1, end=2)
+        position_rows = op.Slice(positions, op.constant(np.asarray([0], np.int64)), seq,
+                                 op.constant(np.asarray([0], np.int64)))
+    else:
+        position_rows = op.Gather(positions, position_ids, axis=0)
+    total = op.Add(op.Gather(words, ids, axis=0), position_rows)
+    if segments is not None and segment_table is not None:
+        total = op.Add(total, op.Gather(segment_table, segments, axis=0))
+    y = op.LayerNormalization(total, gamma, beta, axis=-1, epsilon=eps)
+    mask_index = None
+    if len(used) > 1 and used[1]:
+        if mask is not None:
+            mask_index = op.Cast(op.ReduceSum(mask, op.constant(np.asarray([1], np.int64)), keepdims=0),
+                                 to=int(DType.int32.onnx_code))
+        else:
+            mask_index = op.ConstantOfShape(op.Shape(ids, start=0, end=1), value=np.zeros(1, np.int32))
+    return [y, mask_index, total][:len(node.outputs)]
+
+
+define("EmbedLayerNormalization",
+       params("input_ids", "segment_ids", "word_embedding", "position_embedding", "segment_embedding", "gamma",
+              "beta", "mask", "position_ids", required=1),
+       params("output", "mask_index", "embedding_sum"),
+       _embed_reference, _embed_infer, _expand_embed,
+       attrs={"epsilon": AttrSpec("epsilon", "float", 1e-12),
+              "mask_index_type": AttrSpec("mask_index_type", "int", 1)},
+       doc="s = word[ids] + position[position_ids or 0..S-1] + segment[segment_ids]; output = LayerNorm(s) * gamma "
+           "+ beta; mask_index = number of ones in each mask row (int32)")
