@@ -20,10 +20,12 @@ def mlp():
     w, b = rng.standard_normal((32, 48), dtype=np.float32), rng.standard_normal(48, dtype=np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["a"]),
              helper.make_node("Relu", ["a"], ["y"])]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 32])],
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 32])
+    graph = helper.make_graph(nodes, "mlp", [x],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 48])],
                               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     model = ember.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    assert [n.op for n in model.graph.nodes] == ["ember.Linear"]
     return model, lambda x: np.maximum(x @ w + b, 0)
 
 
