@@ -28,6 +28,7 @@ from ..ir.ops import _onnx_bridge as bridge
 from ..ir.ops.onnx_standard import latest_opsets
 from ..ir.registry import get_op, has_op
 from ..ir.shape_inference import infer_types
+from ..ir.types import sanitize_name, symbol
 from ..ir.verifier import verify
 from ._onnx_weights import MIN_BYTES, CorruptModel, WeightData, split_weights
 
@@ -159,6 +160,7 @@ def _move_ort_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def _normalize(proto: onnx.ModelProto, weights: dict[str, WeightData]) -> onnx.ModelProto:
     proto = _move_ort_ops(proto)
+    _clear_anonymous_dims(proto.graph)
     if proto.functions:
         try:
             proto = onnx.inliner.inline_local_functions(proto)
@@ -186,11 +188,36 @@ def _normalize(proto: onnx.ModelProto, weights: dict[str, WeightData]) -> onnx.M
     return proto
 
 
+def _clear_anonymous_dims(graph: onnx.GraphProto) -> None:
+    """Make every anonymous dim (`?`, `""`, `-1`, `None`, `unk__N`: see
+    `bridge.is_anonymous_dim`) a plain unknown one, in this graph and its subgraphs, so
+    that onnx's shape inference does not take two `?` for the same dim either."""
+    for dim in _declared_dims(graph):
+        if bridge.is_anonymous_dim(dim):
+            dim.Clear()
+
+
+def _declared_dims(graph: onnx.GraphProto):
+    """Every dim of every declared type (inputs, outputs, value_info), subgraphs included."""
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        tp = vi.type
+        while tp.WhichOneof("value") in ("sequence_type", "optional_type"):
+            tp = getattr(tp, tp.WhichOneof("value")).elem_type
+        if tp.WhichOneof("value") == "tensor_type" and tp.tensor_type.HasField("shape"):
+            yield from tp.tensor_type.shape.dim
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in (attr.g,) if attr.HasField("g") else attr.graphs:
+                yield from _declared_dims(sub)
+
+
 class _Importer:
     def __init__(self, proto: onnx.ModelProto, weights: dict[str, WeightData] | None = None):
         self.proto = proto
         self.weights = dict(weights or {})  # the main graph's, taken as its initializers are read
         self.types: dict[str, onnx.TypeProto] = {}
+        # dim names taken, by the model's own dims and by the symbols made for anonymous ones
+        self.dim_names = {d.dim_param.strip() for d in _declared_dims(proto.graph) if d.HasField("dim_param")}
         self.opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in proto.opset_import}
         self.opsets[""] = latest_opsets()[""]
 
@@ -214,9 +241,21 @@ class _Importer:
         if tp is None:
             return None
         try:
-            return bridge.type_from_proto(tp)
+            return bridge.type_from_proto(tp, lambda axis: self._anonymous_dim(name, axis))
         except (IRError, ValueError) as e:
             raise ModelError(f"value {name!r}: {e}") from None
+
+    def _anonymous_dim(self, value: str, axis: int):
+        """A new symbol for an anonymous dim, named after where it is declared so that a
+        message about it reads `_x_dim2` (value 'x', dim 2) rather than `_unk17`. The
+        leading `_` marks it unknown to shape inference, as every fresh symbol is."""
+        base = f"_{sanitize_name(value)}_dim{axis}"
+        name, n = base, 1
+        while name in self.dim_names:
+            n += 1
+            name = f"{base}_{n}"
+        self.dim_names.add(name)
+        return symbol(name)
 
     def graph(self, g: onnx.GraphProto, outer: ChainMap) -> Graph:
         self._collect_types(g)

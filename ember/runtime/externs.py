@@ -12,6 +12,7 @@ library kernel wants (oneDNN's blocked formats), so no run pays for that.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -67,6 +68,39 @@ def _pack_linear_weight(w_nk):
     return torch.ops.mkldnn._reorder_linear_weight(w_nk.contiguous(), None)
 
 
+def _row_class(rows: int) -> int:
+    """The row count a packed GEMM runs at: `rows` up to 8, else rounded up to one of four
+    classes per doubling (at most 1/4 more rows, 1/8 on average; 128, 256, 1024 stay as
+    they are). oneDNN makes a primitive per GEMM shape, and it and torch each keep up to
+    1,024 (~0.6 MiB a shape between them at MiniLM's sizes): with the row count of every
+    batch and every engine step, a process grew by hundreds of MiB. In classes, GEMMs of
+    up to 4,096 rows have 44 shapes each, and the caches stop growing once those exist."""
+    step = 1 << max(rows.bit_length() - 3, 0)
+    return -(-rows // step) * step
+
+
+_padding = threading.local()  # per thread: the buffer padded GEMM inputs are copied into
+
+
+def _packed_linear(x, packed, bias, attr: str, algorithm):
+    """oneDNN's GEMM of x [..., K] with a packed weight (bias and activation as post-ops),
+    run at `_row_class` rows: x copied into a buffer with zero rows after it (one per
+    thread, as large as the largest so far), their results dropped."""
+    rows, width = (x.numel() // x.shape[-1], x.shape[-1]) if x.shape[-1] else (0, 0)
+    padded = _row_class(rows)
+    if padded == rows:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, attr, [], algorithm)
+    buffer = getattr(_padding, "buffer", None)
+    if buffer is None or buffer.numel() < padded * width or buffer.dtype != x.dtype:
+        buffer = _padding.buffer = torch.empty(padded * width, dtype=x.dtype)
+    x2 = buffer[:padded * width].view(padded, width)
+    rows_np = x2.numpy()  # numpy's copy: torch's took ~20 ms for 800x384 on a busy 2-core VM
+    rows_np[:rows] = x.numpy().reshape(rows, width)
+    rows_np[rows:] = 0
+    y = torch.ops.mkldnn._linear_pointwise(x2, packed, bias, attr, [], algorithm)
+    return y[:rows].view(*x.shape[:-1], y.shape[-1])
+
+
 @prepare("linear")
 def prepare_linear(params, constants):
     """A float32 constant weight [K, N] is packed once for oneDNN's GEMM (which also runs
@@ -84,7 +118,7 @@ def linear(params, x, w, bias, y):
     packed = params.get("packed")
     if packed is not None and x.dtype == torch.float32 and x.numel() and (bias is None or bias.dtype == x.dtype):
         attr, algorithm = _ONEDNN_ACTIVATIONS[activation]
-        return _store(y, torch.ops.mkldnn._linear_pointwise(x, packed, bias, attr, [], algorithm or None))
+        return _store(y, _packed_linear(x, packed, bias, attr, algorithm or None))
     if y is None:
         y = torch.empty((*x.shape[:-1], w.shape[-1]), dtype=x.dtype)
     if x.numel() == 0 or w.numel() == 0:
@@ -131,7 +165,7 @@ def prepare_gemm(params, constants):
 def gemm(params, a, b, c, y):
     packed = params.get("packed")
     if packed is not None and a.dtype == torch.float32 and a.numel():
-        return _store(y, torch.ops.mkldnn._linear_pointwise(a, packed, params["bias"], "none", [], None))
+        return _store(y, _packed_linear(a, packed, params["bias"], "none", None))
     if y is None:
         y = torch.empty(a.shape[1] if params["trans_a"] else a.shape[0],
                         b.shape[0] if params["trans_b"] else b.shape[1], dtype=a.dtype)

@@ -7,6 +7,7 @@ and reference implementations delegate to `onnx.shape_inference` / `onnx.referen
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from onnx import helper, numpy_helper
 from ...errors import IRError
 from ..dtypes import DType
 from ..graph import Graph, Node
-from ..types import OptionalType, SequenceType, TensorType, Type, fresh_symbol, parse_dim
+from ..types import Dim, OptionalType, SequenceType, TensorType, Type, fresh_symbol, parse_dim
 
 ATTR_KIND = {
     onnx.AttributeProto.FLOAT: "float", onnx.AttributeProto.INT: "int",
@@ -29,12 +30,25 @@ ATTR_KIND = {
     onnx.AttributeProto.SPARSE_TENSORS: "sparse_tensors",
 }
 ATTR_CODE = {kind: code for code, kind in ATTR_KIND.items()}
-# dim_params onnx's shape inference invents for dims it cannot name: each is a new unknown
-_ONNX_UNKNOWN = re.compile(r"^unk__\d+$")
+# dim_params that name no dim, only "unknown": exporters write `?`, `""`, `-1`, `None`
+# (tf2onnx: `unk__N`, as onnx's shape inference does for dims it cannot name). Each is
+# a dim of its own; only a real name (`batch`) says two dims are equal. Anonymous: no
+# letter or digit at all, a negative number, or a spelling of "unknown".
+_ANONYMOUS_PARAM = re.compile(r"^(?:[\W_]*|-\d+|none|null|unk__\d+)$", re.IGNORECASE)
+
+
+def is_anonymous_dim(d: onnx.TensorShapeProto.Dimension) -> bool:
+    """A dim that declares nothing but that it is unknown: no value and no real name."""
+    if d.HasField("dim_value"):
+        return d.dim_value < 0
+    return not d.HasField("dim_param") or bool(_ANONYMOUS_PARAM.match(d.dim_param.strip()))
 
 
 # -- types ------------------------------------------------------------------------
-def type_from_proto(tp: onnx.TypeProto) -> Type | None:
+def type_from_proto(tp: onnx.TypeProto, fresh: Callable[[int], Dim] | None = None) -> Type | None:
+    """The IR type of an ONNX type. Each anonymous dim (`is_anonymous_dim`) becomes a new
+    symbol: `fresh(axis)` where given (the frontend names it after its value and axis),
+    else `fresh_symbol()`."""
     which = tp.WhichOneof("value")
     if which == "tensor_type":
         tt = tp.tensor_type
@@ -44,18 +58,18 @@ def type_from_proto(tp: onnx.TypeProto) -> Type | None:
         if not tt.HasField("shape"):
             return TensorType(dtype, None)
         dims = []
-        for d in tt.shape.dim:
-            if d.HasField("dim_value") and d.dim_value >= 0:
+        for axis, d in enumerate(tt.shape.dim):
+            if is_anonymous_dim(d):
+                dims.append(fresh(axis) if fresh else fresh_symbol())
+            elif d.HasField("dim_value"):
                 dims.append(int(d.dim_value))
-            elif d.HasField("dim_param") and d.dim_param and not _ONNX_UNKNOWN.match(d.dim_param):
-                dims.append(parse_dim(d.dim_param))
             else:
-                dims.append(fresh_symbol())
+                dims.append(parse_dim(d.dim_param))
         return TensorType(dtype, tuple(dims))
     if which == "sequence_type":
-        return SequenceType(type_from_proto(tp.sequence_type.elem_type))
+        return SequenceType(type_from_proto(tp.sequence_type.elem_type, fresh))
     if which == "optional_type":
-        return OptionalType(type_from_proto(tp.optional_type.elem_type))
+        return OptionalType(type_from_proto(tp.optional_type.elem_type, fresh))
     if which is None:
         return None
     raise IRError(f"ONNX type {which!r} is not supported")
