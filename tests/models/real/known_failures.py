@@ -29,8 +29,4 @@ FAILURES: dict[str, Failure] = {
     "onnx-asr/kaldi": Failure("run", "ExecutionError", STFT_RANK_2.replace("n12_2", "n24")),
     "text2tashkeel/rawi.int8": Failure("wrong", "AssertionError", DYNAMIC_QUANTIZE_LSTM),
     "text2tashkeel/bilstm.int8": Failure("wrong", "AssertionError", DYNAMIC_QUANTIZE_LSTM),
-    "rapidocr/ch_ppocr_mobile_v2.0_cls": Failure(
-        "run", "InputError",
-        "InputError: input 'x': expected f32[_unk0, 3, _, _], got f32[1, 3, 48, 192] (dim 3 is _, which "
-        "input 'x' set to 48) -- the two '?' dims of [-1, 3, ?, ?] are taken as one symbol"),
 }
