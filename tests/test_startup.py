@@ -56,7 +56,8 @@ def test_the_public_api_is_unchanged():
     exec("from ember import *", namespace)
     assert names <= set(namespace)
     for name, module in [("compile", "api"), ("CompiledModel", "api"), ("CompileStats", "api"),
-                         ("InferenceSession", "api"), ("load", "artifact"), ("DType", "ir.dtypes"), ("LLM", "llm"),
+                         ("InferenceSession", "_session"), ("SessionOptions", "_session"), ("OrtValue", "_iobinding"),
+                         ("load", "artifact"), ("DType", "ir.dtypes"), ("LLM", "llm"),
                          ("AsyncLLM", "llm"), ("SamplingParams", "runtime.request")]:
         assert getattr(ember, name) is getattr(importlib.import_module(f"ember.{module}"), name), name
     assert ember.passes.PassManager is ember.passes.manager.PassManager  # subpackages by attribute, as before
