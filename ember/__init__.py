@@ -6,16 +6,13 @@
     model.save("model.ember")                    # an artifact: ember.load("model.ember")
 """
 
-from ._iobinding import IOBinding, OrtValue
-from ._session import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata, NodeArg, RunOptions,
-                       SessionOptions, get_available_providers, get_device)
-from .api import CompiledModel, CompileStats, compile
-from .artifact import load
+# `import ember` loads only this file and the exceptions: every CLI call and script pays
+# for what is imported here, and torch, sympy, onnx, jinja2 and transformers take seconds.
+# The rest of the public API loads on first use (PEP 562), each name from its module.
+from typing import TYPE_CHECKING
+
 from .errors import (ArtifactError, EmberError, ExecutionError, InputError, IRError, ModelError,
                      UnsupportedError)
-from .ir.dtypes import DType
-from .llm import LLM, AsyncLLM
-from .runtime.request import SamplingParams
 
 __version__ = "0.1.0"
 
@@ -27,3 +24,46 @@ __all__ = [
     "SessionOptions", "RunOptions", "GraphOptimizationLevel", "ExecutionMode", "ModelMetadata", "NodeArg",
     "OrtValue", "IOBinding", "get_available_providers", "get_device",
 ]
+
+# public name -> the module that defines it
+_LAZY = {
+    "compile": ".api", "CompiledModel": ".api", "CompileStats": ".api",
+    "InferenceSession": "._session", "SessionOptions": "._session", "RunOptions": "._session",
+    "GraphOptimizationLevel": "._session", "ExecutionMode": "._session", "ModelMetadata": "._session",
+    "NodeArg": "._session", "get_available_providers": "._session", "get_device": "._session",
+    "OrtValue": "._iobinding", "IOBinding": "._iobinding",
+    "load": ".artifact",
+    "DType": ".ir.dtypes",
+    "LLM": ".llm", "AsyncLLM": ".llm",
+    "SamplingParams": ".runtime.request",
+}
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ resolves these
+    from ._iobinding import IOBinding, OrtValue
+    from ._session import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata, NodeArg,
+                           RunOptions, SessionOptions, get_available_providers, get_device)
+    from .api import CompiledModel, CompileStats, compile
+    from .artifact import load
+    from .ir.dtypes import DType
+    from .llm import LLM, AsyncLLM
+    from .runtime.request import SamplingParams
+del TYPE_CHECKING
+
+
+def __getattr__(name: str):
+    import importlib.util
+
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    # `ember.passes.X` and the like worked after a bare `import ember` while this file
+    # imported everything; subpackages still load on first attribute access
+    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -7,18 +7,17 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._signature import TensorInfo, check_feeds, check_out, place_output
 from .errors import EmberError, ModelError, UnsupportedError
-from .frontends.onnx import load_onnx
 from .ir.graph import Graph
-from .ir.ops._lowering import NotLowerable
-from .ir.verifier import verify as verify_graph
-from .passes import PassManager, PassStats, build_pipeline
 from .runtime.executor import Executor, ReferenceExecutor, default_threads
+
+if TYPE_CHECKING:  # the frontend and the passes load in compile(): ember.load needs neither
+    from .passes import PassStats
 
 TARGETS = ("cpu",)
 
@@ -91,6 +90,8 @@ class CompiledModel:
         self.artifact: dict[str, Any] | None = None  # loaded from one: its path, digest and versions
         t0 = time.perf_counter()
         if program is None and codegen and os.environ.get("EMBER_CODEGEN", "1") != "0" and cpu.compiler() is not None:
+            from .ir.ops._lowering import NotLowerable  # (the ops load with the compiler, not for ember.load)
+
             try:
                 self.program = generate(graph)
             except NotLowerable:  # sequences or optionals cross the graph's boundary
@@ -213,6 +214,10 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
 
 
 def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile) -> CompiledModel:
+    from .frontends.onnx import load_onnx
+    from .ir.verifier import verify as verify_graph
+    from .passes import PassManager, build_pipeline
+
     timings: dict[str, float] = {}
     metadata: dict[str, Any] = {}
     t0 = time.perf_counter()

@@ -180,7 +180,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
                                 f"(it runs {', '.join(TARGETS)})")
         try:  # the weights are hashed meanwhile (nothing below reads them) and checked before any use
             tensors = read_tensors(reader.read_buffer(WEIGHTS, check_later=True, mapped=mmap), WEIGHTS)
-            graph = codec.parse_graph_checked(_text(reader, GRAPH), tensors, GRAPH)
+            graph = codec.parse_graph_checked(_text(reader, GRAPH), tensors, GRAPH, check_ops=False)
             _check_signature(reader, graph)
             program = None
             if reader.has(PROGRAM):
@@ -192,6 +192,8 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
                     except ValueError as e:
                         raise ArtifactError(f"{reader.path}: {PROGRAM} is not JSON ({e})") from None
                     program = codec.decode_program(encoded, codec.Loading(tensors, libraries, graph))
+            if program is None:  # the reference interpreter runs every node (else: codec.check_ops_known)
+                codec.check_ops_known(graph.walk(), GRAPH)
             llm = _llm_info(reader, m, LLMInfo) if m["kind"] == "llm" else None
             passes = _passes(m, PassStats)
         except ArtifactError:

@@ -1,12 +1,16 @@
 """Element types. One `DType` per ONNX tensor element type, with its numpy dtype
 (`ml_dtypes` for bfloat16, the float8/float6/float4 kinds and the sub-byte integers), so
-quantization and the GPU backend can name int4/int8/fp8 without a second table."""
+quantization and the GPU backend can name int4/int8/fp8 without a second table.
+
+ml_dtypes is imported when one of its types is first asked for: loading it registers
+casts between all its types and takes a second on some machines, which a process that
+never sees a bfloat16 (`import ember`, loading and running a float32 artifact) should
+not pay. Its types are named here by their ml_dtypes attribute."""
 
 from __future__ import annotations
 
 import enum
 
-import ml_dtypes
 import numpy as np
 
 
@@ -27,19 +31,19 @@ class DType(enum.Enum):
     uint64 = (13, "u64", np.dtype(np.uint64), 64)
     complex64 = (14, "c64", np.dtype(np.complex64), 64)
     complex128 = (15, "c128", np.dtype(np.complex128), 128)
-    bfloat16 = (16, "bf16", np.dtype(ml_dtypes.bfloat16), 16)
-    float8e4m3fn = (17, "f8e4m3fn", np.dtype(ml_dtypes.float8_e4m3fn), 8)
-    float8e4m3fnuz = (18, "f8e4m3fnuz", np.dtype(ml_dtypes.float8_e4m3fnuz), 8)
-    float8e5m2 = (19, "f8e5m2", np.dtype(ml_dtypes.float8_e5m2), 8)
-    float8e5m2fnuz = (20, "f8e5m2fnuz", np.dtype(ml_dtypes.float8_e5m2fnuz), 8)
-    uint4 = (21, "u4", np.dtype(ml_dtypes.uint4), 4)
-    int4 = (22, "i4", np.dtype(ml_dtypes.int4), 4)
-    float4e2m1 = (23, "f4e2m1", np.dtype(ml_dtypes.float4_e2m1fn), 4)
-    float8e8m0 = (24, "f8e8m0", np.dtype(ml_dtypes.float8_e8m0fnu), 8)
-    uint2 = (25, "u2", np.dtype(ml_dtypes.uint2), 2)
-    int2 = (26, "i2", np.dtype(ml_dtypes.int2), 2)
-    float6e2m3 = (27, "f6e2m3", np.dtype(ml_dtypes.float6_e2m3fn), 6)
-    float6e3m2 = (28, "f6e3m2", np.dtype(ml_dtypes.float6_e3m2fn), 6)
+    bfloat16 = (16, "bf16", "bfloat16", 16)
+    float8e4m3fn = (17, "f8e4m3fn", "float8_e4m3fn", 8)
+    float8e4m3fnuz = (18, "f8e4m3fnuz", "float8_e4m3fnuz", 8)
+    float8e5m2 = (19, "f8e5m2", "float8_e5m2", 8)
+    float8e5m2fnuz = (20, "f8e5m2fnuz", "float8_e5m2fnuz", 8)
+    uint4 = (21, "u4", "uint4", 4)
+    int4 = (22, "i4", "int4", 4)
+    float4e2m1 = (23, "f4e2m1", "float4_e2m1fn", 4)
+    float8e8m0 = (24, "f8e8m0", "float8_e8m0fnu", 8)
+    uint2 = (25, "u2", "uint2", 2)
+    int2 = (26, "i2", "int2", 2)
+    float6e2m3 = (27, "f6e2m3", "float6_e2m3fn", 6)
+    float6e3m2 = (28, "f6e3m2", "float6_e3m2fn", 6)
 
     @property
     def onnx_code(self) -> int:
@@ -51,7 +55,8 @@ class DType(enum.Enum):
 
     @property
     def numpy(self) -> np.dtype:
-        return self.value[2]
+        dtype = self.value[2]
+        return _ml_dtype(dtype) if isinstance(dtype, str) else dtype
 
     @property
     def bits(self) -> int:
@@ -83,10 +88,13 @@ class DType(enum.Enum):
         dtype = np.dtype(dtype)
         if dtype.kind in "OSU":
             return cls.string
-        try:
-            return _BY_NUMPY[dtype]
-        except KeyError:
-            raise ValueError(f"numpy dtype {dtype} has no ember DType") from None
+        found = _BY_NUMPY.get(dtype)
+        if found is None and dtype.kind == "V":  # ml_dtypes' types are kind V
+            _BY_NUMPY.update((d.numpy, d) for d in DType if isinstance(d.value[2], str))
+            found = _BY_NUMPY.get(dtype)
+        if found is None:
+            raise ValueError(f"numpy dtype {dtype} has no ember DType")
+        return found
 
     @classmethod
     def from_short(cls, short: str) -> DType:
@@ -98,4 +106,16 @@ class DType(enum.Enum):
 
 _BY_CODE = {d.onnx_code: d for d in DType}
 _BY_SHORT = {d.short: d for d in DType}
-_BY_NUMPY = {d.numpy: d for d in DType if d is not DType.string}
+# ml_dtypes' types join on the first lookup of a kind-V dtype (they can only exist once
+# ml_dtypes is imported)
+_BY_NUMPY = {d.numpy: d for d in DType if d is not DType.string and not isinstance(d.value[2], str)}
+_ML_DTYPES: dict[str, np.dtype] = {}
+
+
+def _ml_dtype(name: str) -> np.dtype:
+    dtype = _ML_DTYPES.get(name)
+    if dtype is None:
+        import ml_dtypes
+
+        dtype = _ML_DTYPES[name] = np.dtype(getattr(ml_dtypes, name))
+    return dtype

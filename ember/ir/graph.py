@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 from .dtypes import DType
@@ -175,6 +174,8 @@ class Graph:
         """Reorder `nodes` so every node comes after the producers of what it reads.
         Raises `networkx.NetworkXUnfeasible` naming nothing if there is a cycle; callers
         that know the source (the frontend) turn that into a ModelError."""
+        import networkx as nx  # not at the top: loading an artifact never sorts
+
         index = {id(n): i for i, n in enumerate(self.nodes)}
         dag = nx.DiGraph()
         dag.add_nodes_from(range(len(self.nodes)))
@@ -190,6 +191,8 @@ class Graph:
         self.nodes = [self.nodes[i] for i in order]
 
     def find_cycle(self) -> list[Node]:
+        import networkx as nx
+
         index = {id(n): i for i, n in enumerate(self.nodes)}
         dag = nx.DiGraph()
         for i, node in enumerate(self.nodes):

@@ -13,12 +13,30 @@ from .base import Pass
 ENTRY_POINT_GROUP = "ember.passes"
 _PASSES: dict[str, Callable[[], Pass]] = {}
 _entry_points_loaded = False
+_builtin_loaded = False
+
+
+def _load_builtin() -> None:
+    """Import (and so register) ember's own passes, on the first lookup by name rather
+    than with the package: `ember.load` needs only `PassStats`, and the passes import the
+    op registry (onnx, ml_dtypes)."""
+    global _builtin_loaded
+    if _builtin_loaded:
+        return
+    _builtin_loaded = True
+    from . import (  # noqa: F401
+        canonicalize, channels_last, common_subexpressions, dead_code, expand_ops, fold_constants, fuse_attention,
+        fuse_bias_activation, fuse_conv, fuse_gelu, fuse_linear, fuse_norms, fuse_qkv, fuse_rotary, fuse_silu,
+        fuse_skip_layernorm,
+    )
 
 
 def register_pass(cls: type[Pass], *, replace: bool = False) -> type[Pass]:
     """Register a Pass subclass under its `name` (usable as a class decorator)."""
     if not cls.name:
         raise UnsupportedError(f"{cls.__name__} has no `name`")
+    if not cls.__module__.startswith(__package__ + "."):
+        _load_builtin()  # a third party's pass meets ember's own names, as it would have before
     if cls.name in _PASSES and not replace and _PASSES[cls.name] is not cls:
         raise UnsupportedError(f"a pass named {cls.name!r} is already registered")
     _PASSES[cls.name] = cls
@@ -40,6 +58,7 @@ def _load_entry_points() -> None:
 
 
 def get_pass(name: str) -> Pass:
+    _load_builtin()
     if name not in _PASSES:
         _load_entry_points()
     try:
@@ -49,5 +68,7 @@ def get_pass(name: str) -> Pass:
 
 
 def registered_passes() -> list[str]:
+    _load_builtin()
     _load_entry_points()
     return sorted(_PASSES)
+

@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 import sympy
 import torch
 
 from ..errors import EmberError, ExecutionError, InputError
+from ..ir.dtypes import DType
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
@@ -58,7 +58,6 @@ from .program import Program
 
 _TORCH_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int64, np.int32, np.int16, np.int8,
                                         np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)}
-_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 MAX_BINDINGS = 16  # input-shape tuples whose bindings an executor keeps (least recently used go)
 
 
@@ -67,7 +66,7 @@ def _tensor(a) -> torch.Tensor | None:
     bfloat16 (ml_dtypes' in numpy) is viewed through its bits."""
     if not isinstance(a, np.ndarray):
         return None
-    if a.dtype == _BFLOAT16:
+    if a.dtype.kind == "V" and a.dtype == DType.bfloat16.numpy:  # (ml_dtypes' kinds are V: no import for others)
         return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
     if a.dtype not in _TORCH_DTYPES:
         return None
@@ -77,7 +76,7 @@ def _tensor(a) -> torch.Tensor | None:
 def _array(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a torch tensor an extern returned."""
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(_BFLOAT16)
+        return t.view(torch.int16).numpy().view(DType.bfloat16.numpy)
     return t.numpy()
 
 

@@ -185,7 +185,7 @@ def gemm(params, a, b, c, y):
 def attention(params, q, k, v, bias, y):
     heads, kv_heads, scale, causal = params["num_heads"], params["kv_num_heads"], params["scale"], params["causal"]
     if k is None:  # q, k and v packed in one [B, S, (H + 2 Hkv) * D] tensor: strided views of it
-        from ..ir.ops.ember_nn import split_qkv
+        from ..ir.packed_qkv import split_qkv
 
         q, k, v = split_qkv(q, heads, kv_heads)
     if q.dim() == 3:  # packed [B, S, H*D]

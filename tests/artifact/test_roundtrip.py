@@ -102,7 +102,6 @@ def test_minilm_round_trip(minilm_onnx, tmp_path):
 
 
 def test_loading_runs_no_frontend_pass_or_compiler(tmp_path, monkeypatch):
-    import ember.api
     from ember.passes import PassManager
 
     compiled = ember.compile(models.with_if(False))
@@ -116,7 +115,7 @@ def test_loading_runs_no_frontend_pass_or_compiler(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu, "build", refuse)
     monkeypatch.setattr(cpu, "render", refuse)
     monkeypatch.setattr(PassManager, "run", refuse)
-    monkeypatch.setattr(ember.api, "load_onnx", refuse)
+    monkeypatch.setattr("ember.frontends.onnx.load_onnx", refuse)
     monkeypatch.setattr("ember.codegen.generate", refuse)
     monkeypatch.setattr("ember.codegen.lowering.lower_graph", refuse)
     monkeypatch.setattr("subprocess.run", refuse)

@@ -149,10 +149,31 @@ def test_forged_program_json(artifact, tmp_path, edit, match):
     refused(forged_program(artifact, tmp_path, edit), match)
 
 
-def test_forged_graph_with_an_unknown_op(artifact, tmp_path):
-    contents = members(artifact)
+def test_forged_graph_with_an_unknown_op_where_its_reference_would_run(artifact, tmp_path):
+    contents = members(artifact)  # Scaler is the program's fallback: run by the op's reference
+    contents["graph.ir"] = contents["graph.ir"].replace(b"= ai.onnx.ml.Scaler(", b"= os.system(")
+    refused(rezip(tmp_path / "m.ember", contents, fix_hashes=True), "op os.system.* is not an op this ember knows")
+
+
+def test_forged_graph_with_an_unknown_op_and_no_program(tmp_path):
+    path = ember.compile(models.with_fallback(), codegen=False).save(tmp_path / "plain.ember")
+    contents = members(path)
+    assert "program.json" not in contents  # the reference interpreter runs every node
     contents["graph.ir"] = contents["graph.ir"].replace(b"= Mul(", b"= os.system(")
     refused(rezip(tmp_path / "m.ember", contents, fix_hashes=True), "op os.system.* is not an op this ember knows")
+
+
+def test_an_unknown_op_name_on_a_kernel_node_is_never_looked_up(artifact, tmp_path):
+    """Mul is computed by a generated kernel of the program: its name in graph.ir is not
+    checked on load (that would import the op registry, onnx and ml_dtypes, for nothing),
+    and nothing resolves it to run. The outputs are the shipped kernels'; the graph itself
+    is refused wherever its ops are used."""
+    contents = members(artifact)
+    contents["graph.ir"] = contents["graph.ir"].replace(b"= Mul(", b"= os.system(")
+    forged = ember.load(rezip(tmp_path / "m.ember", contents, fix_hashes=True))
+    np.testing.assert_array_equal(forged.run({"x": X})["y"], ember.load(artifact).run({"x": X})["y"])
+    with pytest.raises(ember.IRError, match="os.system"):
+        ember.compile(forged.graph)
 
 
 def test_forged_weights_header(artifact, tmp_path):

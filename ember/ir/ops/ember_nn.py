@@ -21,6 +21,7 @@ import sympy
 
 from ..dtypes import DType
 from ..graph import Node, Value
+from ..packed_qkv import split_qkv
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
 from ._lowering import (
     FLOATS,
@@ -90,15 +91,7 @@ register_op(OpDef(
 # with every key masked yields 0 (not NaN). `scale` 0 means 1/sqrt(D).
 # Packed q, k and v in one tensor (k and v absent; fuse_qkv makes it from three linear
 # layers, so one GEMM computes them): q: [B, S, (H + 2 Hkv) * D], the query heads first,
-# then the key heads, then the value heads.
-
-
-def split_qkv(qkv, num_heads: int, kv_num_heads: int):
-    """q, k, v of a packed [B, S, (H + 2 Hkv) * D] tensor: slices of its last axis
-    (views, for numpy arrays and torch tensors alike)."""
-    d = qkv.shape[-1] // (num_heads + 2 * kv_num_heads)
-    q_end, k_end = num_heads * d, (num_heads + kv_num_heads) * d
-    return qkv[..., :q_end], qkv[..., q_end:k_end], qkv[..., k_end:]
+# then the key heads, then the value heads (split_qkv, in ember/ir/packed_qkv.py, splits it).
 
 
 def _attention_attrs(opdef: OpDef, node: Node):

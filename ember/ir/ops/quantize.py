@@ -6,7 +6,6 @@ float32 (or, to dequantize, 16-bit float) scales."""
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 import sympy
 
@@ -88,6 +87,8 @@ def _lower_quantize(ctx, node, ins):
     scale_at = _per_element(ctx, node, x.shape, scale)
     zero_at = None if zero is None else _per_element(ctx, node, x.shape, zero)
     if dtype in _FLOAT8:
+        import ml_dtypes  # (on first use: ember.ir.dtypes says why)
+
         high = float(ml_dtypes.finfo(dtype.numpy).max) if a["saturate"] else None
 
         def value(b, index):

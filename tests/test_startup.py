@@ -1,0 +1,96 @@
+"""Start-up: `import ember` loads none of the heavy libraries, and loading and running a
+compiled artifact loads nothing that only compiling needs (onnx and ml_dtypes, the op
+registry, the passes, the frontends, jinja2). Each check runs in a fresh interpreter and
+reads its sys.modules; the public API stays what it was."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ember
+
+from .artifact import models
+
+ROOT = Path(ember.__file__).resolve().parents[1]  # the ember these tests import, in the child too
+
+# libraries that take from tens of milliseconds (jinja2) to seconds (torch, ml_dtypes) to import
+HEAVY = {"torch", "onnx", "sympy", "transformers", "jinja2", "networkx", "ml_dtypes", "tokenizers", "fastapi",
+         "uvicorn", "safetensors", "onnxruntime", "gguf", "PIL", "tqdm"}
+# what compiling needs and running a compiled program does not
+COMPILING = {"onnx", "ml_dtypes", "jinja2", "networkx", "transformers", "tokenizers"}
+COMPILER_MODULES = ("ember.frontends", "ember.ir.ops", "ember.passes.canonicalize", "ember.passes.fuse_attention",
+                    "ember.codegen.lowering")
+
+
+def modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running `code`."""
+    script = code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def top_level(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+def test_import_ember_loads_no_heavy_library():
+    loaded = modules_after("import ember")
+    assert "ember" in loaded
+    assert not top_level(loaded) & HEAVY, sorted(top_level(loaded) & HEAVY)
+
+
+def test_the_public_api_is_unchanged():
+    names = set(ember.__all__)
+    assert names <= set(dir(ember))
+    namespace: dict = {}
+    exec("from ember import *", namespace)
+    assert names <= set(namespace)
+    for name, module in [("compile", "api"), ("CompiledModel", "api"), ("CompileStats", "api"),
+                         ("InferenceSession", "_session"), ("SessionOptions", "_session"), ("OrtValue", "_iobinding"),
+                         ("load", "artifact"), ("DType", "ir.dtypes"), ("LLM", "llm"),
+                         ("AsyncLLM", "llm"), ("SamplingParams", "runtime.request")]:
+        assert getattr(ember, name) is getattr(importlib.import_module(f"ember.{module}"), name), name
+    assert ember.passes.PassManager is ember.passes.manager.PassManager  # subpackages by attribute, as before
+    assert "fuse_gelu" in ember.passes.registered_passes()
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        ember.no_such_thing  # noqa: B018
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, minilm_onnx) -> dict[str, tuple[Path, Path]]:
+    """(artifact, feeds .npz) of a small model and of MiniLM (packed attention)."""
+    from ember import _builtin
+
+    folder = tmp_path_factory.mktemp("startup")
+    cases = {"matmul_gelu": (models.matmul_gelu(), {"x": np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)}),
+             "minilm": (minilm_onnx, _builtin.tokenize(_builtin.SAMPLE_SENTENCES))}
+    found = {}
+    for name, (model, feeds) in cases.items():
+        path = ember.compile(model).save(folder / f"{name}.ember")
+        np.savez(folder / f"{name}.npz", **feeds)
+        found[name] = (path, folder / f"{name}.npz")
+    return found
+
+
+@pytest.mark.parametrize("name", ["matmul_gelu", "minilm"])
+def test_loading_and_running_an_artifact_imports_nothing_compiling_needs(artifacts, name):
+    path, feeds = artifacts[name]
+    loaded = modules_after(f"import ember, numpy as np\n"
+                           f"feeds = dict(np.load({str(feeds)!r}))\n"
+                           f"model = ember.load({str(path)!r})\n"
+                           f"assert ember.load({str(path)!r}).program is not None\n"
+                           f"model.run(feeds)")
+    assert "ember.runtime.executor" in loaded and "torch" in loaded  # it did load and run the program
+    assert not top_level(loaded) & COMPILING, sorted(top_level(loaded) & COMPILING)
+    compiler = sorted(m for m in loaded if m.startswith(COMPILER_MODULES))
+    assert not compiler, compiler
