@@ -20,21 +20,16 @@ class Fallbacks:
 # an expression such as `floor_DynamicDimension_1_2___1_2____1`); "symbolic spatial dims" =
 # the op's lowering declines a runtime H/W/L; "a value that is not a tensor of known rank"
 # = shape inference gave up on the value.
-STFT_UNKNOWN_RANK = (
-    "STFT's shape function gives no rank for a [batch, N] signal (the spec's [batch, N, 1] with "
-    "the trailing dim left out, which onnxruntime accepts), so STFT and every node after it: "
-    "'a value that is not a tensor of known rank'; Shape: 'no lowering'")
+UNKNOWN_PADDED_LENGTH = (
+    "the frame count is an expression in a signal length that shape inference leaves unknown "
+    "(floor(_unkN/160 - 16/5) + 1, _unkN from a node before the STFT whose length it cannot follow), "
+    "met beside the file's name for it (T); the node reading both keeps the unbound name: "
+    "'a size known only when it runs'")
 
 FALLBACKS: dict[str, Fallbacks] = {
-    "onnx-asr/nemo128": Fallbacks(
-        {"STFT": 1, "ReduceSumSquare": 2, "MatMul": 1, "Add": 2, "Log": 1, "Transpose": 1, "Shape": 1,
-         "Where": 3, "ReduceSum": 1, "Div": 3, "Sub": 1, "Sqrt": 1}, STFT_UNKNOWN_RANK),
-    "onnx-asr/whisper80": Fallbacks(
-        {"STFT": 1, "Slice": 1, "ReduceSumSquare": 1, "MatMul": 1, "Clip": 1, "Log": 1, "Div": 2,
-         "ReduceMax": 1, "Sub": 1, "Max": 1, "Add": 1, "Transpose": 1}, STFT_UNKNOWN_RANK),
-    "onnx-asr/kaldi": Fallbacks(
-        {"STFT": 1, "ReduceSumSquare": 1, "MatMul": 1, "Clip": 1, "Log": 1, "Shape": 1, "Where": 1},
-        STFT_UNKNOWN_RANK),
+    "onnx-asr/nemo128": Fallbacks({"Where": 1}, UNKNOWN_PADDED_LENGTH),
+    "onnx-asr/whisper80": Fallbacks({"Transpose": 1}, UNKNOWN_PADDED_LENGTH),
+    "onnx-asr/kaldi": Fallbacks({"Where": 1}, UNKNOWN_PADDED_LENGTH),
     "openwakeword/silero_vad": Fallbacks(
         {"If": 1},
         "the outer If (sample rate 16k or 8k) has an inner If whose two branches give outputs of "
