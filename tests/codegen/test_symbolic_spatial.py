@@ -134,8 +134,9 @@ def test_a_small_detector_keeps_every_kernel():
     """Conv + BatchNorm + ReLU, a depthwise conv with HardSwish, Sigmoid, a pool, a
     nearest upsample and a ConvTranspose, exported by torch with batch, height and width
     dynamic: every node on a kernel (on the reference each was 25-120x slower)."""
-    torch = pytest.importorskip("torch")
     import io
+
+    import torch
 
     class Net(torch.nn.Module):
         def __init__(self):

@@ -14,13 +14,13 @@ import collections
 from functools import cache
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from .cases import CASES, Case
 from .known_failures import FAILURES
 from .known_fallbacks import FALLBACKS
 
-ort = pytest.importorskip("onnxruntime")
 
 
 def _error_class(name: str) -> type[BaseException]:
