@@ -468,3 +468,27 @@ def test_errors_interleaved_with_good_compiles(tmp_path, external_model):
         np.testing.assert_allclose(good.run({"x": x})["y"], x @ W, rtol=1e-6)
     # and the external-data model in the same folder still loads fine
     np.testing.assert_allclose(ember.compile(str(folder / "m.onnx")).run({"x": x})["y"], x @ W, rtol=1e-6)
+
+
+def test_a_library_failure_while_running_names_its_node():
+    """An extern's library error (oneDNN's, torch's) leaves as an ember ExecutionError that
+    names the node, not a bare RuntimeError."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    model = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                                                [x], [y], [w]), opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    compiled = ember.compile(model.SerializeToString())
+    steps = compiled._executor._steps
+    (at,) = [i for i, (kind, _, _) in enumerate(steps) if kind == "extern"]
+
+    def broken(params, *args):
+        raise RuntimeError("could not construct a memory descriptor using a format tag")
+
+    steps[at] = (steps[at][0], broken, steps[at][2])
+    with pytest.raises(ember.ExecutionError, match=r"'mm'.*RuntimeError: could not construct a memory descriptor"):
+        compiled.run({"x": np.ones((2, 4), np.float32)})

@@ -403,48 +403,47 @@ class Executor:
                 if (t := _tensor(v)) is not None:
                     tensors[name] = t
         sizes_addr = ctypes.c_void_p(binding.sizes.ctypes.data)
-        try:
-            self._run_steps(p, binding, views, tensors, late, sizes_addr)
-        except (EmberError, KeyboardInterrupt):
-            raise
-        except Exception as e:  # noqa: BLE001 - a library's failure (oneDNN's, torch's), named with its node
-            step = self._steps[self._at][2]
-            nodes = ", ".join(repr(n) for n in step.nodes[:3]) or repr(step.name)
-            raise ExecutionError(f"{step.kind} {step.name!r} (node {nodes}) failed: {type(e).__name__}: "
-                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+        self._run_steps(p, binding, views, tensors, late, sizes_addr)
         return [views[name] if views.get(name) is not None else live[name] for name in p.outputs]
 
     def _run_steps(self, p, binding, views, tensors, late, sizes_addr) -> None:
         B = self._B
         profile = self.profile
-        for i, (kind, fn, step) in enumerate(self._steps):
-            self._at = i
-            if kind == "fallback" and fn is None:
-                fn = self._prepare(i)
-            if late:
-                self._allocate_late(binding, step, views, tensors)
-            if profile is not None:
-                start = time.perf_counter()
-            if kind == "segment":
-                fn(self._B_addr, sizes_addr)
-            elif kind == "extern" and step.params.get("sizes_outputs"):
-                self._sizing_extern(fn, step, binding, views, tensors)
-            elif kind == "extern":
-                adopted = self._adopted.get(i)
-                args = [tensors.get(a) if a and a != adopted else None for a in step.args]
-                result = fn(step.params, *args)
-                if adopted is not None:
-                    tensors[adopted] = result
-                    B[p.slots[adopted]] = result.data_ptr()
-                    if adopted in self._needs_view:
-                        views[adopted] = result.numpy()
-            else:
-                self._fallback(fn, step, binding, views, tensors)
-            if profile is not None:
-                profile.append((step, start, time.perf_counter() - start))
-            for name in self._release.get(i, ()):  # its last reader has run
-                tensors.pop(name, None)
-                views.pop(name, None)
+        step = None
+        try:
+            for i, (kind, fn, step) in enumerate(self._steps):
+                if kind == "fallback" and fn is None:
+                    fn = self._prepare(i)
+                if late:
+                    self._allocate_late(binding, step, views, tensors)
+                if profile is not None:
+                    start = time.perf_counter()
+                if kind == "segment":
+                    fn(self._B_addr, sizes_addr)
+                elif kind == "extern" and step.params.get("sizes_outputs"):
+                    self._sizing_extern(fn, step, binding, views, tensors)
+                elif kind == "extern":
+                    adopted = self._adopted.get(i)
+                    args = [tensors.get(a) if a and a != adopted else None for a in step.args]
+                    result = fn(step.params, *args)
+                    if adopted is not None:
+                        tensors[adopted] = result
+                        B[p.slots[adopted]] = result.data_ptr()
+                        if adopted in self._needs_view:
+                            views[adopted] = result.numpy()
+                else:
+                    self._fallback(fn, step, binding, views, tensors)
+                if profile is not None:
+                    profile.append((step, start, time.perf_counter() - start))
+                for name in self._release.get(i, ()):  # its last reader has run
+                    tensors.pop(name, None)
+                    views.pop(name, None)
+        except (EmberError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - a library's failure (oneDNN's, torch's), named with its node
+            nodes = ", ".join(repr(n) for n in step.nodes[:3]) or repr(step.name)
+            raise ExecutionError(f"{step.kind} {step.name!r} (node {nodes}) failed: {type(e).__name__}: "
+                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
 
     def _prepare(self, i: int):
         kind, _, step = self._steps[i]
