@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from ember.errors import EmberError
 from ember.ir.interpreter import evaluate
 
 from .contrib_check import _compiled, _graph, _session, check, contrib_model
@@ -295,7 +296,7 @@ def test_attention_with_past(mask, size, past, seed):
 def test_attention_with_rotary_runs_on_its_reference_refusing_clearly():
     model = contrib_model("Attention", [("x", F32, ["B", "S", HIDDEN]), ("w", F32, [HIDDEN, 3 * HIDDEN])], ["y"],
                           num_heads=HEADS, do_rotary=1)
-    with pytest.raises(Exception, match="do_rotary=1 has no reference"):
+    with pytest.raises(EmberError, match="do_rotary=1 has no reference"):
         list(evaluate(_graph(model), {"x": np.ones((1, 2, HIDDEN), F32), "w": np.ones((HIDDEN, 3 * HIDDEN), F32)}))
 
 

@@ -37,13 +37,13 @@ def window_outputs(a: dict, spatial, kernel, *, ceil_mode: bool = False) -> list
     strides = list(a.get("strides") or [1] * dims)
     dilations = list(a.get("dilations") or [1] * dims)
     auto_pad = a.get("auto_pad", "NOTSET") or "NOTSET"
+    pads = [0] * (2 * dims) if auto_pad == "VALID" else list(a.get("pads") or [0] * (2 * dims))
     out = []
     for i, (n, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations)):
         extent = d * (k - 1) + 1
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             out.append(ceil_div(n, s))
             continue
-        pads = [0] * (2 * dims) if auto_pad == "VALID" else list(a.get("pads") or [0] * (2 * dims))
         begin, end = pads[i], pads[dims + i]
         span = n + begin + end - extent
         if not ceil_mode:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
+from ...errors import UnsupportedError
 from ..dtypes import DType
 from ..graph import Node
 from ..registry import AttrSpec, Known, get_op
@@ -188,7 +189,7 @@ def _attention_reference(node: Node):
     opdef = get_op(node.op)
     sizes = list(opdef.attr(node, "qkv_hidden_sizes") or [])
     if opdef.attr(node, "do_rotary"):
-        raise NotImplementedError("Attention with do_rotary=1 has no reference in ember")
+        raise UnsupportedError(f"{node.describe()}: Attention with do_rotary=1 has no reference in ember")
 
     def run(x, w, bias=None, mask=None, past=None, attention_bias=None, past_sequence_length=None):
         qkv = np.matmul(as_f32(x), as_f32(w)) + (0 if bias is None else as_f32(bias))

@@ -37,7 +37,7 @@ def _stft_signal_infer(delegate):
             ins = [tensor(dtype_of(ins[0]), (*x, 1)), *ins[1:]]
             x = shape_of(ins[0])
         results = list(delegate(node, ins))
-        if results and results[0] is not None and shape_of(results[0]) is not None or x is None or len(x) != 3:
+        if (results and results[0] is not None and shape_of(results[0]) is not None) or x is None or len(x) != 3:
             return results
         window = shape_of(ins[2]) if len(ins) > 2 and ins[2] is not None else None
         step, length = scalar(1, ins, node), scalar(3, ins, node)
