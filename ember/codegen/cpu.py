@@ -46,7 +46,9 @@ def storage_type(dtype: DType) -> str:
 
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno",
          "-fno-trapping-math", "-w"]
-PARALLEL_MIN_ELEMENTS = 1 << 15  # loops over fewer elements stay on one thread
+PARALLEL_MIN_ELEMENTS = 1 << 15  # loops over fewer elements stay on one thread...
+PARALLEL_MIN_WORK = 1 << 17  # ...and pointwise loops over fewer elements x statements a body
+PARALLEL_FLOOR = 1 << 10  # (a convolution's 50-statement body splits at 2,600 elements, not 32,768)
 
 # scalar op -> C++ (T: the statement's C type)
 OPS = {
@@ -302,15 +304,17 @@ class _KernelWriter:
             indent += "  "
         return lines, indent, closes
 
-    def _parallel(self, elements) -> str:
-        return ("#pragma omp parallel for{collapse} if(" + self.index(elements) +
-                f" >= {PARALLEL_MIN_ELEMENTS})")
+    def _parallel(self, elements, statements: int = 0) -> str:
+        least = PARALLEL_MIN_ELEMENTS
+        if statements:
+            least = max(PARALLEL_FLOOR, min(least, PARALLEL_MIN_WORK // statements))
+        return "#pragma omp parallel for{collapse} if(" + self.index(elements) + f" >= {least})"
 
     def render(self) -> list[str]:
         k = self.k
         if k.kind == "pointwise":
             n = len(k.ranges)
-            par = self._parallel(sympy.Mul(*k.ranges)) if n and not k.serial else None
+            par = self._parallel(sympy.Mul(*k.ranges), len(k.body.stmts)) if n and not k.serial else None
             if k.serial:
                 lines, indent, closes = self._loops(k.ranges, "x", "", None, None)
             elif n <= 1:

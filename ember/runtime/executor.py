@@ -102,6 +102,9 @@ class _Binding:
     views: dict[str, np.ndarray] = field(default_factory=dict)  # numpy view of each arena/fill buffer
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     pointers: list[int] = field(default_factory=list)
+    late: bool = False  # some size is known only once a step has run (a fallback's, a sizing extern's)
+    sizes_addr: Any = None  # ctypes pointer to `sizes`, as segments take it
+    kept: dict = field(default_factory=dict)  # views a run replaces and puts back (name -> (view, tensor))
 
 
 def _shape_function(exprs: tuple, symbols: list, index: dict):
@@ -207,6 +210,12 @@ class Executor:
         self._adopt_outputs()
         self._temps = [n for n, b in p.buffers.items() if b.kind == "temp" and b.view_of is None
                        and n not in self._adopted]
+        self._input_dtypes = [p.buffers[name].dtype.numpy for name in p.inputs]
+        self._output_dtypes = [p.buffers[name].dtype.numpy for name in p.outputs]
+        # buffers an extern, a fallback or a control step reads as torch tensors (the others
+        # need no torch view of the run's arrays), and the names a run adds to its binding
+        self._torch_reads = {a for step in p.steps if step.kind != "segment" for a in step.args if a}
+        self._per_run = [*p.inputs, *p.outputs, *(n for n, _ in self._io_aliases), *self._adopted_names]
         parts = [part for step in p.steps for part in step.parts]
         from ..codegen.memory import lifetimes
 
@@ -232,7 +241,8 @@ class Executor:
                           for a in (*step.args, *(buf for _, buf in step.params.get("scope", ())))}
         for i, (kind, _, step) in enumerate(self._steps):
             outs = step.args[step.num_inputs:]
-            if (kind == "extern" and step.name in ADOPTS and "packed" in step.params and len(outs) == 1
+            if (kind == "extern" and step.name in ADOPTS and ("packed" in step.params or "pointwise" in step.params)
+                    and len(outs) == 1
                     and p.buffers[outs[0]].kind == "temp" and p.buffers[outs[0]].view_of is None
                     and outs[0] not in viewed and outs[0] not in io):
                 self._adopted[i] = outs[0]
@@ -312,9 +322,12 @@ class Executor:
                 binding.views[name] = binding.views[root].reshape(shape)
                 pointers[slot] = binding.views[root].ctypes.data
         binding.pointers = pointers
+        binding.late = any(s is None for s in binding.shapes.values())
+        binding.sizes_addr = ctypes.c_void_p(binding.sizes.ctypes.data)
         with warnings.catch_warnings():  # weights may be read-only arrays; externs only read them
             warnings.simplefilter("ignore", UserWarning)
             binding.tensors = {n: t for n, v in binding.views.items() if (t := _tensor(v)) is not None}
+        binding.kept = {n: (binding.views[n], binding.tensors.get(n)) for n in self._per_run if n in binding.views}
         return binding
 
     def _resolve(self, binding: _Binding, bound: set) -> None:
@@ -359,7 +372,7 @@ class Executor:
 
     def _run(self, inputs: Sequence[Any], out: Sequence[np.ndarray | None] | None = None) -> list[Any]:
         p = self.program
-        arrays = [np.asarray(a, dtype=p.buffers[name].dtype.numpy, order="C") for a, name in zip(inputs, p.inputs)]
+        arrays = [np.asarray(a, dtype=dtype, order="C") for a, dtype in zip(inputs, self._input_dtypes)]
         key = tuple(a.shape for a in arrays)
         binding = self._bindings.get(key)
         if binding is None:
@@ -373,38 +386,47 @@ class Executor:
             for slot, ptr in enumerate(binding.pointers):
                 B[slot] = ptr
             self._pointed = binding
-        views = dict(binding.views)
-        tensors = dict(binding.tensors)
-        live: dict[str, np.ndarray] = {}
-        for name, a in zip(p.inputs, arrays):
-            live[name] = a
-        for i, name in enumerate(p.outputs):
-            shape = binding.shapes[name]
-            given = out[i] if out is not None else None
-            if given is not None and given.shape == shape:
-                live[name] = given
-            else:  # none given, a size only the run tells, or the wrong one: the caller sees to it
-                live[name] = np.empty(shape, dtype=p.buffers[name].dtype.numpy) if shape is not None else None
-        for name, a in live.items():
-            if a is not None:
-                B[p.slots[name]] = a.ctypes.data
-                views[name] = a
-                if (t := _tensor(a)) is not None:
-                    tensors[name] = t
-        late = any(s is None for s in binding.shapes.values())
+        late = binding.late
         if late:  # data-dependent sizes: this run binds its own
             binding = _Binding(binding.sizes.copy(), dict(binding.shapes), set(binding.bound), dict(binding.views),
                                binding.tensors, binding.pointers)
-        for name, root in self._io_aliases:
-            base = live.get(root)
-            if base is not None and binding.shapes.get(name) is not None:
-                v = views[name] = base.reshape(binding.shapes[name])
-                B[p.slots[name]] = v.ctypes.data
-                if (t := _tensor(v)) is not None:
-                    tensors[name] = t
-        sizes_addr = ctypes.c_void_p(binding.sizes.ctypes.data)
-        self._run_steps(p, binding, views, tensors, late, sizes_addr)
-        return [views[name] if views.get(name) is not None else live[name] for name in p.outputs]
+            binding.sizes_addr = ctypes.c_void_p(binding.sizes.ctypes.data)
+            views, tensors = binding.views, dict(binding.tensors)
+        else:  # the binding's own maps, the run's arrays added and taken out again at the end
+            views, tensors = binding.views, binding.tensors
+        try:
+            live: dict[str, np.ndarray] = dict(zip(p.inputs, arrays))
+            for i, name in enumerate(p.outputs):
+                shape = binding.shapes[name]
+                given = out[i] if out is not None else None
+                if given is not None and given.shape == shape:
+                    live[name] = given
+                else:  # none given, a size only the run tells, or the wrong one: the caller sees to it
+                    live[name] = np.empty(shape, dtype=self._output_dtypes[i]) if shape is not None else None
+            slots, torch_reads = p.slots, self._torch_reads
+            for name, a in live.items():
+                if a is not None:
+                    B[slots[name]] = a.ctypes.data
+                    views[name] = a
+                    if name in torch_reads and (t := _tensor(a)) is not None:
+                        tensors[name] = t
+            for name, root in self._io_aliases:
+                base = live.get(root)
+                if base is not None and binding.shapes.get(name) is not None:
+                    v = views[name] = base.reshape(binding.shapes[name])
+                    B[slots[name]] = v.ctypes.data
+                    if name in torch_reads and (t := _tensor(v)) is not None:
+                        tensors[name] = t
+            self._run_steps(p, binding, views, tensors, late, binding.sizes_addr)
+            return [views[name] if views.get(name) is not None else live[name] for name in p.outputs]
+        finally:
+            if not late:
+                for name in self._per_run:
+                    views.pop(name, None)
+                    tensors.pop(name, None)
+                if binding.kept:
+                    for name, (view, tensor) in binding.kept.items():
+                        views[name], tensors[name] = view, tensor
 
     def _run_steps(self, p, binding, views, tensors, late, sizes_addr) -> None:
         B = self._B

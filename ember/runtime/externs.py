@@ -61,11 +61,40 @@ _TORCH_ACTIVATIONS = {"": None, "relu": torch.relu_, "gelu": lambda y: y.copy_(F
                       "silu": lambda y: y.copy_(F.silu(y))}
 
 
-def _pack_linear_weight(w_nk):
-    """oneDNN's packed copy of a [N, K] float32 weight given as any (strided) view: a
-    weight codegen stored transposed (`store_weights_transposed`) is packed as it is;
-    another is made contiguous first."""
-    return torch.ops.mkldnn._reorder_linear_weight(w_nk.contiguous(), None)
+class _LinearWeight:
+    """A float32 weight for GEMMs: oneDNN's packed copy and the weight itself as a [K, N]
+    view. oneDNN's GEMM costs ~25 us a call before any work (it builds its primitive's
+    arguments each call) where MKL's addmm costs ~4 us, and runs large GEMMs up to 1.9x
+    faster: a GEMM of at most `SMALL_MACS` multiply-adds runs on addmm, a larger one on
+    the packed copy (benchmarks: hey_jarvis' 1x1536x128 takes 30 us on oneDNN, 10 on addmm;
+    at 64x256x256 they are even)."""
+
+    SMALL_MACS = 1 << 21
+    __slots__ = ("packed", "kn")
+
+    def __init__(self, w_nk):
+        # a weight codegen stored transposed (`store_weights_transposed`) is packed as it
+        # is; another is made contiguous first
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w_nk.contiguous(), None)
+        self.kn = w_nk.t()
+
+    def __call__(self, x, bias, activation: str, y=None):
+        """act(x [..., K] @ W + bias), into y (of x's rows) where given."""
+        k, n = self.kn.shape
+        rows = x.numel() // k if k else 0
+        if rows * k * n > self.SMALL_MACS:
+            attr, algorithm = _ONEDNN_ACTIVATIONS[activation]
+            return _store(y, _packed_linear(x, self.packed, bias, attr, algorithm or None))
+        if y is None:
+            y = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
+        x2, y2 = x.reshape(rows, k), y.view(rows, n)
+        if bias is not None:
+            torch.addmm(bias, x2, self.kn, out=y2)
+        else:
+            torch.mm(x2, self.kn, out=y2)
+        if activation:
+            _TORCH_ACTIVATIONS[activation](y)
+        return y
 
 
 def _row_class(rows: int) -> int:
@@ -109,7 +138,7 @@ def prepare_linear(params, constants):
     w = constants.get(1)
     if w is None or w.dtype != torch.float32 or w.dim() != 2 or w.numel() == 0 or not _onednn():
         return params
-    return {**params, "packed": _pack_linear_weight(w.t())}
+    return {**params, "packed": _LinearWeight(w.t())}
 
 
 @extern("linear", adopts=True)
@@ -117,8 +146,7 @@ def linear(params, x, w, bias, y):
     activation = params.get("activation", "")
     packed = params.get("packed")
     if packed is not None and x.dtype == torch.float32 and x.numel() and (bias is None or bias.dtype == x.dtype):
-        attr, algorithm = _ONEDNN_ACTIVATIONS[activation]
-        return _store(y, _packed_linear(x, packed, bias, attr, algorithm or None))
+        return packed(x, bias, activation, y)
     if y is None:
         y = torch.empty((*x.shape[:-1], w.shape[-1]), dtype=x.dtype)
     if x.numel() == 0 or w.numel() == 0:
@@ -158,14 +186,14 @@ def prepare_gemm(params, constants):
     if c is not None and (c.dtype != torch.float32 or c.numel() != n or c.dim() == 2 and c.shape[0] != 1):
         return params
     weight = b if params["trans_b"] else b.t()
-    return {**params, "packed": _pack_linear_weight(weight), "bias": None if c is None else c.reshape(n).contiguous()}
+    return {**params, "packed": _LinearWeight(weight), "bias": None if c is None else c.reshape(n).contiguous()}
 
 
 @extern("gemm", adopts=True)
 def gemm(params, a, b, c, y):
     packed = params.get("packed")
     if packed is not None and a.dtype == torch.float32 and a.numel():
-        return _store(y, _packed_linear(a, packed, params["bias"], "none", None))
+        return packed(a, params["bias"], "", y)
     if y is None:
         y = torch.empty(a.shape[1] if params["trans_a"] else a.shape[0],
                         b.shape[0] if params["trans_b"] else b.shape[1], dtype=a.dtype)
@@ -179,6 +207,19 @@ def gemm(params, a, b, c, y):
     else:
         torch.addmm(c, a, b, beta=beta, alpha=alpha, out=y)
     return y
+
+
+def _pointwise_conv(params, weight: _LinearWeight, x, bias, total, y):
+    """A 1x1 convolution of channels-last x [N, *spatial, C] as one GEMM over its rows,
+    the bias and the activation as post-ops; with a residual, act(x W + b + total)."""
+    activation = params.get("activation", "")
+    if total is None:
+        return weight(x, bias, activation, y)
+    result = weight(x, bias, "", y)
+    result += total
+    if activation:
+        _TORCH_ACTIVATIONS[activation](result)
+    return result
 
 
 @extern("attention")
@@ -292,6 +333,12 @@ def prepare_conv(params, constants):
             or params.get("activation", "") not in _ONEDNN_ACTIVATIONS or _conv_args(params, w) is None):
         return params
     padding, stride, dilation = _conv_args(params, w)
+    if (params.get("channels_last") and w.shape[2:] == (1, 1) and params["group"] == 1
+            and padding == [0, 0] and stride == [1, 1]):
+        # a pointwise convolution over [N, H, W, C] rows is a GEMM: packed as a linear
+        # weight it runs at full speed whatever H and W are, where a convolution weight
+        # packed without the input's shape (a symbolic one) can run 40x slower (1x1 at 3x40)
+        return {**params, "pointwise": _LinearWeight(w.reshape(w.shape[0], w.shape[1]))}
     # without the input shape oneDNN may pick a layout its kernel for the real shape does not
     # take (a 1x1 conv at 14x14 then runs 7x slower)
     packed = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), padding, stride, dilation, params["group"],
@@ -301,6 +348,10 @@ def prepare_conv(params, constants):
 
 @extern("conv", adopts=True)
 def conv(params, x, w, bias, total, y):
+    pointwise = params.get("pointwise")
+    if (pointwise is not None and x.dtype == torch.float32 and x.numel() and x.is_contiguous()
+            and (bias is None or bias.dtype == x.dtype) and (total is None or total.is_contiguous())):
+        return _pointwise_conv(params, pointwise, x, bias, total, y)
     last = bool(params.get("channels_last"))
     if last:  # [N, *spatial, C] buffers as torch's channels-last tensors
         x = _channels_first_view(x)

@@ -4,7 +4,7 @@ random shapes, differential against the unoptimised reference, and the graph the
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -110,7 +110,8 @@ def test_residual_is_summed_into_in_place_only_when_nothing_reads_it_later(resid
     """The convolution accumulates into its residual's tensor when that tensor dies there;
     a residual some later node reads must stay as it was."""
     rng = np.random.default_rng(2)
-    model = _block(rng, 4, 4, 6, 3, 1, True, False, "Add", True)
+    # 64 input channels: both convolutions run on oneDNN (a generated kernel takes fewer)
+    model = _block(rng, 64, 4, 6, 3, 1, True, False, "Add", True)
     if residual_read_again:  # y2 = r * 2 after the block reads the shortcut's output again
         model.graph.node.append(helper.make_node("Mul", ["r", "two"], ["y2"], name="again"))
         model.graph.initializer.append(numpy_helper.from_array(np.array(2, np.float32), "two"))
@@ -119,7 +120,7 @@ def test_residual_is_summed_into_in_place_only_when_nothing_reads_it_later(resid
     assert _steps_summing_in_place(compiled) == (0 if residual_read_again else 1)
     reference = ember.compile(model, opt_level=0, codegen=False)
     for _ in range(2):  # a second run sees the buffers the first one left
-        x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+        x = rng.standard_normal((2, 64, 6, 6)).astype(np.float32)
         got, want = compiled.run({"x": x}), reference.run({"x": x})
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
@@ -137,20 +138,42 @@ def test_batchnorm_on_a_computed_filter_is_left_alone():
     assert ("fold_batchnorm_bias", "bn", "the filter is not a float constant") in fuse.report.rejected
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _conv_path(compiled) -> str:
+    """Which kernel ran the model's one convolution: ember's generated kernel, oneDNN's
+    GEMM (a pointwise one), oneDNN's convolution, or torch's."""
+    convs = [step for kind, _, step in compiled._executor._steps if kind == "extern" and step.name == "conv"]
+    if not convs:
+        return "generated"
+    (step,) = convs
+    return "gemm" if "pointwise" in step.params else "onednn" if "packed" in step.params else "torch"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(activation=st.sampled_from(["", "relu", "gelu", "gelu_tanh", "silu"]), channels_last=st.booleans(),
-       with_sum=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_ember_conv_kernel_matches_its_reference(activation, channels_last, with_sum, with_bias, seed):
-    """Every epilogue the op allows, in both layouts, on the extern kernel."""
+       with_sum=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**16),
+       form=st.sampled_from(["dense", "depthwise", "wide", "pointwise"]), kernel=st.integers(1, 4),
+       stride=st.integers(1, 2), dilation=st.integers(1, 2), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
+       size=st.tuples(st.integers(3, 9), st.integers(3, 9)))
+def test_ember_conv_kernel_matches_its_reference(activation, channels_last, with_sum, with_bias, seed, form, kernel,
+                                                 stride, dilation, pads, size):
+    """Every epilogue the op allows, in both layouts and any geometry, on each kernel that
+    runs it: generated (dense with few input channels, depthwise), oneDNN's GEMM (a 1x1
+    convolution of many channels), oneDNN's or torch's convolution."""
     from ember.ir import DType, Graph, TensorType, Value
 
     rng = np.random.default_rng(seed)
-    x_shape, y_shape = ((2, 5, 5, 3), (2, 5, 5, 4)) if channels_last else ((2, 3, 5, 5), (2, 4, 5, 5))
+    c, m, group = {"dense": (3, 4, 1), "depthwise": (6, 6, 6), "wide": (8, 5, 1), "pointwise": (64, 8, 1)}[form]
+    if form == "pointwise":
+        kernel, stride, dilation, pads = 1, 1, 1, [0, 0, 0, 0]
+    h, w = size
+    out = [(n + p + q - dilation * (kernel - 1) - 1) // stride + 1 for n, p, q in zip(size, pads[:2], pads[2:])]
+    assume(min(out) >= 1)
+    x_shape, y_shape = ((2, h, w, c), (2, *out, m)) if channels_last else ((2, c, h, w), (2, m, *out))
     g = Graph("g", opsets={"": 28})
     x = Value("x", TensorType(DType.float32, x_shape))
     g.inputs.append(x)
-    inputs = [x, g.add_constant("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
-              g.add_constant("b", rng.standard_normal(4).astype(np.float32)) if with_bias else None]
+    inputs = [x, g.add_constant("w", rng.standard_normal((m, c // group, kernel, kernel)).astype(np.float32)),
+              g.add_constant("b", rng.standard_normal(m).astype(np.float32)) if with_bias else None]
     feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
     if with_sum:
         r = Value("r", TensorType(DType.float32, y_shape))
@@ -160,12 +183,19 @@ def test_ember_conv_kernel_matches_its_reference(activation, channels_last, with
     while inputs[-1] is None:
         inputs.pop()
     node = g.add_node("ember.Conv", inputs, [Value("y", TensorType(DType.float32, y_shape))],
-                      {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "activation": activation,
+                      {"kernel_shape": [kernel, kernel], "pads": pads, "strides": [stride, stride],
+                       "dilations": [dilation, dilation], "group": group, "activation": activation,
                        "channels_last": int(channels_last)})
     g.outputs = list(node.outputs)
     want = ember.compile(g, opt_level=0, codegen=False).run(feeds)["y"]
     compiled = ember.compile(g, opt_level=0)
     assert compiled.stats.fallback_nodes == []
+    path = _conv_path(compiled)
+    event(f"{form} ran on {path}")
+    if channels_last and form in ("dense", "depthwise"):
+        assert path == "generated"
+    if channels_last and form == "pointwise":
+        assert path == "gemm"
     np.testing.assert_allclose(compiled.run(feeds)["y"], want, rtol=1e-4, atol=1e-4)
 
 

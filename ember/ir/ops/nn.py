@@ -18,6 +18,7 @@ from ..graph import Node
 from ._lowering import (
     FLOATS,
     KERNEL_FLOATS,
+    SQRT1_2,
     NotLowerable,
     V,
     attrs,
@@ -168,6 +169,9 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
     pads = _kernel_pads(a, x, kernel, strides, dilations, channels_last, at_run_time=True)
+    if channels_last and pads is not None and _direct(ctx, w, int(a["group"]), x, kernel, activation):
+        return [_direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, strides, dilations, pads,
+                                    depthwise=int(a["group"]) > 1)]
     shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else tuple(x.shape)
     return ctx.extern(name, [x, w, bias, total], [out_type(node)], **_pad_params(a, pads), kernel=kernel,
                       strides=list(strides), dilations=list(dilations), group=int(a["group"]), activation=activation,
@@ -179,6 +183,91 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
 
 
 _TYPICAL_SPATIAL = 64
+_DIRECT_MAX_TERMS = 49  # products per output element of a generated convolution; more: the extern
+# ember.Conv's activations in a generated kernel's scalar maths
+_ACTIVATIONS = {
+    "": lambda v: v,
+    "relu": lambda v: v.op("max", 0.0),
+    "silu": lambda v: v * v.sigmoid(),
+    "gelu": lambda v: v * 0.5 * ((v * SQRT1_2).erf() + 1.0),
+    "gelu_tanh": lambda v: v * 0.5 * (((v * v * v * 0.044715 + v) * 0.7978845608028654).tanh() + 1.0),
+}
+
+
+def _direct(ctx, w, group: int, x, kernel, activation: str) -> bool:
+    """Whether a channels-last convolution with a constant float32 filter is a generated
+    kernel's work: depthwise (one filter per channel) or dense with few input channels,
+    at most `_DIRECT_MAX_TERMS` products an output element."""
+    channels = x.shape[-1]
+    if not (w.buffer is not None and w.buffer.kind == "constant" and w.buffer.name in ctx.constants
+            and x.dtype == DType.float32 and w.dtype == DType.float32 and isinstance(channels, int)
+            and activation in _ACTIVATIONS):
+        return False
+    taps = math.prod(kernel)
+    if group == channels and tuple(w.shape[:2]) == (channels, 1):
+        return taps <= _DIRECT_MAX_TERMS
+    return group == 1 and taps * channels <= _DIRECT_MAX_TERMS
+
+
+def _direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, strides, dilations, pads,
+                        depthwise: bool):
+    """A channels-last convolution as a generated pointwise kernel: each output element
+    (n, *o, c) the sum of its window's taps times the filter, the bias, the residual and
+    the activation in the same kernel, and whatever pointwise ops follow fuse with it.
+    Depthwise, tap t reads input channel c and filter [t, c]; dense, every input channel
+    i of the tap, times filter [t, i, c]. The filter is stored with the output channel
+    last, so the channel loop reads it contiguously. A padded input is first copied into
+    a buffer with zeros around it, so the taps read with no condition and the channel loop
+    vectorizes (with a condition per tap gcc 12 leaves it scalar: 10x slower). oneDNN's
+    call costs 25-40 us whatever the size, and mobile CNNs run dozens of small depthwise
+    convolutions and a small dense one at their input."""
+    dtype, shape = out_type(node)  # channels-last: the fused node's output
+    channels = x.shape[-1]
+    filters = np.asarray(ctx.constants[w.buffer.name], dtype=np.float32)  # [O, I/group, *kernel]
+    filters = np.ascontiguousarray(np.moveaxis(filters.reshape(filters.shape[0], -1, *kernel), (0, 1), (-1, -2)))
+    if depthwise:
+        filters = filters.reshape(*kernel, channels)
+    wbuf = ctx.new_buffer("conv_filter", DType.float32, filters.shape, "constant")
+    ctx.constants[wbuf.name] = filters
+    xp = _zero_padded(ctx, x, pads) if any(p or q for p, q in pads) else x
+    if xp.lazy:  # read once per tap: computed once
+        xp = type(x)(x.dtype, x.shape, buffer=ctx.realize(xp))
+
+    def load(b, index):
+        c = index[-1]
+        acc = V(b, bias.load(b, (c,)), DType.float32) if bias is not None else None
+        for tap in itertools.product(*[range(k) for k in kernel]):
+            src = [o * s + t * d for o, t, s, d in zip(index[1:-1], tap, strides, dilations)]
+            for i in ([c] if depthwise else range(channels)):
+                product = (V(b, xp.load(b, (index[0], *src, i)), DType.float32)
+                           * V(b, b.load(wbuf, (*tap, c) if depthwise else (*tap, i, c)), DType.float32))
+                acc = product if acc is None else acc + product
+        if total is not None:
+            acc = acc + V(b, total.load(b, tuple(index)), total.dtype).cast(DType.float32)
+        return _ACTIVATIONS[activation](acc).cast(dtype).name
+
+    terms = math.prod(kernel) * (1 if depthwise else channels)
+    return ctx.pointwise(shape, dtype, load, cost=2 * terms + (total.cost if total is not None else 0))
+
+
+def _zero_padded(ctx, x, pads):
+    """Channels-last x [N, *spatial, C] with `pads` (begin, end) zeros around each spatial
+    axis, realized."""
+    spatial = list(x.shape[1:-1])
+    shape = (x.shape[0], *[n + p + q for n, (p, q) in zip(spatial, pads)], x.shape[-1])
+
+    def load(b, index):
+        src, inside = [index[0]], None
+        for o, (begin, _), n in zip(index[1:-1], pads, spatial):
+            at = o - begin
+            src.append(sympy.Min(sympy.Max(at, 0), n - 1))
+            i = V(b, b.index(at), DType.int64)
+            ok = (i >= 0).op("and", i < V(b, b.index(n), DType.int64), dtype=DType.bool)
+            inside = ok if inside is None else inside.op("and", ok, dtype=DType.bool)
+        return inside.where(V(b, x.load(b, (*src, index[-1])), x.dtype), 0.0).name
+
+    ref = ctx.pointwise(shape, x.dtype, load, cost=4 + x.cost)
+    return type(x)(x.dtype, shape, buffer=ctx.realize(ref))
 
 
 def _lower_pool(kind: str):
