@@ -73,6 +73,19 @@ def _tensor(a) -> torch.Tensor | None:
     return torch.from_numpy(a)
 
 
+_addressof, _chars = ctypes.addressof, ctypes.c_char.from_buffer
+
+
+def _address(a: np.ndarray) -> int:
+    """The address of a C-contiguous array's data: through ctypes' buffer view (0.3 us)
+    where the array is writable and not empty, else numpy's `ctypes.data` (1.1 us: a run
+    of a small model takes one per input and output)."""
+    try:
+        return _addressof(_chars(a))
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data
+
+
 def _array(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a torch tensor an extern returned."""
     if t.dtype == torch.bfloat16:
@@ -406,7 +419,7 @@ class Executor:
             slots, torch_reads = p.slots, self._torch_reads
             for name, a in live.items():
                 if a is not None:
-                    B[slots[name]] = a.ctypes.data
+                    B[slots[name]] = _address(a)
                     views[name] = a
                     if name in torch_reads and (t := _tensor(a)) is not None:
                         tensors[name] = t
@@ -414,7 +427,7 @@ class Executor:
                 base = live.get(root)
                 if base is not None and binding.shapes.get(name) is not None:
                     v = views[name] = base.reshape(binding.shapes[name])
-                    B[slots[name]] = v.ctypes.data
+                    B[slots[name]] = _address(v)
                     if name in torch_reads and (t := _tensor(v)) is not None:
                         tensors[name] = t
             self._run_steps(p, binding, views, tensors, late, binding.sizes_addr)

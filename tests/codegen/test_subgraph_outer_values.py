@@ -126,3 +126,40 @@ def test_a_declined_lowering_leaves_no_ref_on_a_buffer_it_dropped():
     ctx._rollback(state)
     assert ref.lazy and buffer.name not in ctx.buffers
     assert ctx.realize(ref).name in ctx.buffers  # realized again when a later step needs it
+
+
+def test_a_scan_body_keeps_the_outer_constants_it_reads_as_constants():
+    """A Scan body that slices its carried state by indices the enclosing graph holds as
+    initializers (a waveform framer, as onnx-asr's wespeaker front-end): the body's copy
+    keeps them as its own constants, so its Slice is static and runs in its one kernel
+    segment, rather than being fed them every step and slicing on an extern."""
+    rng = np.random.default_rng(0)
+    body = helper.make_graph(
+        [helper.make_node("Concat", ["state", "hop"], ["frame"], axis=1),
+         helper.make_node("Slice", ["frame", "starts", "ends", "axes"], ["next"])],
+        "framer",
+        [helper.make_tensor_value_info("state", F, [1, 6]), helper.make_tensor_value_info("hop", F, [1, 4])],
+        [helper.make_tensor_value_info("next", F, [1, 6]), helper.make_tensor_value_info("frame", F, [1, 10])])
+    scan = helper.make_node("Scan", ["s0", "hops"], ["final", "frames"], body=body, num_scan_inputs=1,
+                            scan_input_axes=[1])
+    inits = [numpy_helper.from_array(np.array([4], np.int64), "starts"),
+             numpy_helper.from_array(np.array([10], np.int64), "ends"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    graph = helper.make_graph([scan], "g", [helper.make_tensor_value_info("s0", F, [1, 6]),
+                                            helper.make_tensor_value_info("hops", F, [1, "steps", 4])],
+                              [helper.make_tensor_value_info("final", F, None),
+                               helper.make_tensor_value_info("frames", F, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = ember.compile(model)
+    assert compiled.stats.fallback_nodes == []
+    (control,) = [step for kind, _, step in compiled._executor._steps if step.name == "control"]
+    (body_executor,) = control.params["executors"]
+    assert [(kind, step.kind) for kind, _, step in body_executor._steps] == [("segment", "segment")]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for steps in (1, 7):
+        feeds = {"s0": rng.standard_normal((1, 6)).astype(np.float32),
+                 "hops": rng.standard_normal((1, steps, 4)).astype(np.float32)}
+        want = session.run(None, feeds)
+        got = compiled.run(feeds)
+        np.testing.assert_allclose(got["final"], want[0], rtol=1e-6)
+        np.testing.assert_allclose(got["frames"], want[1], rtol=1e-6)

@@ -189,15 +189,27 @@ standard_op("SequenceMap", reference=_sequence_map)
 # per scan step, or per loop iteration (Loop's scan outputs have a length only the run
 # tells: the extern allocates them and the executor binds their sizes).
 
+def _outer_reads(body) -> list:
+    """The outer-scope values `body` reads at run time: every free value but the enclosing
+    graphs' constants, which its standalone copy keeps as constants of its own (a Scan body
+    that slices by outer constant indices then slices on a kernel, not an extern reading
+    them each step)."""
+    return [v for v in body.free_values() if v.const is None]
+
+
 def _standalone(body, free: list, input_types: list | None = None):
     """A copy of subgraph `body` whose outer-scope reads `free` are extra inputs (after its
-    own), with its own inputs typed `input_types` where it declares no shape."""
+    own) and whose outer constants are its own, with its own inputs typed `input_types`
+    where it declares no shape."""
     import copy
 
     from ..graph import Value
     from ..types import TensorType
 
     memo = {id(v): Value(v.name, v.type) for v in free}
+    constants = [v for v in body.free_values() if v.const is not None]
+    for v in constants:
+        memo[id(v)] = Value(v.name, v.type, v.const)
     # every value copied up front (constants' data shared, read-only): deepcopy would
     # otherwise follow value -> producer -> input -> producer ... and recurse as deep as the
     # body is long (a 100-node branch passed Python's recursion limit)
@@ -213,6 +225,7 @@ def _standalone(body, free: list, input_types: list | None = None):
         if t is not None and not (isinstance(v.type, TensorType) and v.type.shape is not None):
             v.type = t
     graph.inputs = [*graph.inputs, *(memo[id(v)] for v in free)]
+    graph.constants.extend(memo[id(v)] for v in constants)
     return graph
 
 
@@ -244,7 +257,7 @@ def _lower_if(ctx, node, ins):
     from ._lowering import out_type
 
     branches = [node.attrs["then_branch"], node.attrs["else_branch"]]
-    free = [b.free_values() for b in branches]
+    free = [_outer_reads(b) for b in branches]
     graphs = [_compiled_body(b, f, None, f"the {name} branch") for b, f, name in zip(branches, free, ("then", "else"))]
     scope = list({id(v): v for f in free for v in f}.values())
     index = {id(v): i for i, v in enumerate(scope)}
@@ -264,7 +277,7 @@ def _lower_scan(ctx, node, ins):
     in_axes = list(node.attrs.get("scan_input_axes") or [0] * num_scan_in)
     types = [v.type for v in node.inputs[:num_state]]
     types += [_scan_slice_type(v.type, ax) for v, ax in zip(node.inputs[num_state:], in_axes)]
-    free = body.free_values()
+    free = _outer_reads(body)
     graph = _compiled_body(body, free, types, "the scan body")
     outer = _outer_refs(ctx, free)
     return ctx.extern("control", [*ins, *outer], [out_type(node, i) for i in range(len(node.outputs))],
@@ -283,7 +296,7 @@ def _lower_loop(ctx, node, ins):
     body = node.attrs["body"]
     num_carried = len(node.inputs) - 2
     types = [TensorType(DType.int64, ()), TensorType(DType.bool, ()), *(v.type for v in node.inputs[2:])]
-    free = body.free_values()
+    free = _outer_reads(body)
     graph = _compiled_body(body, free, types, "the loop body")
     outer = _outer_refs(ctx, free)
     return ctx.extern("control", [*ins, *outer], [out_type(node, i) for i in range(len(node.outputs))],
