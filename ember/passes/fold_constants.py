@@ -40,6 +40,8 @@ class FoldConstants(Pass):
                 results = opdef.reference(node)(*[None if v is None else v.const for v in node.inputs])
             except Exception:  # noqa: BLE001 - a node that fails stays, for run time to report
                 continue
+            # a 0-d result may come back as a numpy scalar (Cast of a 0-d constant does)
+            results = [np.asarray(r) if isinstance(r, np.generic) else r for r in results]
             if not all(isinstance(r, np.ndarray) and r.size <= self.max_elements for r in results):
                 continue
             graph.nodes.remove(node)

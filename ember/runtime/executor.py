@@ -241,6 +241,11 @@ class Executor:
         self._pointed: _Binding | None = None  # the binding whose addresses the slots hold
         self.profile: list | None = None  # (step, start, seconds) of every step run, when profiling
 
+    @property
+    def output_dtypes(self) -> list:
+        """The numpy dtype of each output, in program order."""
+        return self._output_dtypes
+
     def _adopt_outputs(self) -> None:
         """Externs that return their output (oneDNN's GEMM and convolution allocate it) keep
         that tensor as the buffer: no copy into the arena, whose pages it would fault in
@@ -404,7 +409,9 @@ class Executor:
             binding = _Binding(binding.sizes.copy(), dict(binding.shapes), set(binding.bound), dict(binding.views),
                                binding.tensors, binding.pointers)
             binding.sizes_addr = ctypes.c_void_p(binding.sizes.ctypes.data)
-            views, tensors = binding.views, dict(binding.tensors)
+            # the run's maps apart from the binding's: `_allocate_late` tells a buffer this
+            # run has not placed yet by its absence from the run's views
+            views, tensors = dict(binding.views), dict(binding.tensors)
         else:  # the binding's own maps, the run's arrays added and taken out again at the end
             views, tensors = binding.views, binding.tensors
         try:

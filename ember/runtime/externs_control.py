@@ -48,9 +48,25 @@ def _run_if(params, ins, outs):
     if cond is None or cond.size != 1:
         raise ExecutionError(f"{params['where']}: the condition must hold one element")
     taken = 0 if bool(cond.reshape(-1)[0]) else 1
-    results = params["executors"][taken].run([scope[i] for i in params["reads"][taken]])
+    body = params["executors"][taken]
+    results = body.run([scope[i] for i in params["reads"][taken]], out=_writable(body, outs))
     for k, (y, value) in enumerate(zip(outs, results)):
-        _store(y, value, params["where"], f"output {k} of the {('then', 'else')[taken]} branch")
+        if value is not y:
+            _store(y, value, params["where"], f"output {k} of the {('then', 'else')[taken]} branch")
+
+
+def _writable(body, outs: list) -> list:
+    """The outputs a body's kernels may write directly (no copy after the run): those of
+    its output's dtype, C-contiguous, not aliasing each other."""
+    dtypes = body.output_dtypes
+    chosen, seen = [], set()
+    for y, dtype in zip(outs, dtypes):
+        ok = (y is not None and y.dtype == dtype and y.flags.c_contiguous and y.size
+              and y.__array_interface__["data"][0] not in seen)
+        chosen.append(y if ok else None)
+        if ok:
+            seen.add(y.__array_interface__["data"][0])
+    return chosen
 
 
 def _run_scan(params, ins, outs):
@@ -71,12 +87,22 @@ def _run_scan(params, ins, outs):
         ys.append(y[::-1] if reverse else y)
     body = params["executors"][0]
     for t in range(steps):
-        results = body.run([*state, *(np.ascontiguousarray(x[t]) for x in xs), *scope])
+        rows = [y[t, ...] for y in ys]
+        results = body.run([*state, *(np.ascontiguousarray(x[t]) for x in xs), *scope],
+                           out=[None] * num_state + _writable_rows(body, num_state, rows))
         state = results[:num_state]
-        for k, (y, value) in enumerate(zip(ys, results[num_state:])):
-            _store(y[t, ...], value, params["where"], f"scan output {k} at step {t}")
+        for k, (y, value) in enumerate(zip(rows, results[num_state:])):
+            if value is not y:
+                _store(y, value, params["where"], f"scan output {k} at step {t}")
     for k, (y, value) in enumerate(zip(outs[:num_state], state)):
         _store(y, value, params["where"], f"final state {k}")
+
+
+def _writable_rows(body, num_state: int, rows: list) -> list:
+    """The scan outputs' rows a body's kernels may write directly (the state outputs are
+    fed back, so they are never written over)."""
+    dtypes = body.output_dtypes[num_state:]
+    return [y if y.dtype == dtype and y.flags.c_contiguous and y.size else None for y, dtype in zip(rows, dtypes)]
 
 
 def _run_loop(params, ins, outs, given):

@@ -30,11 +30,6 @@ FALLBACKS: dict[str, Fallbacks] = {
     "onnx-asr/nemo128": Fallbacks({"Where": 1}, UNKNOWN_PADDED_LENGTH),
     "onnx-asr/whisper80": Fallbacks({"Transpose": 1}, UNKNOWN_PADDED_LENGTH),
     "onnx-asr/kaldi": Fallbacks({"Where": 1}, UNKNOWN_PADDED_LENGTH),
-    "openwakeword/silero_vad": Fallbacks(
-        {"If": 1},
-        "the outer If (sample rate 16k or 8k) has an inner If whose two branches give outputs of "
-        "different rank, which no kernel's buffers can hold; the If runs on the reference, its "
-        "bodies' LSTMs and convolutions inside it too"),
     "onnx-asr/wespeaker": Fallbacks(
         {"DFT": 1},
         "the Scan's frames output keeps the file's dim, a symbol named after a fraction "
