@@ -240,7 +240,8 @@ EMBER_INLINE double ember_sigmoid(double x) {
 template <typename T>
 EMBER_INLINE T ember_max(T a, T b) {
   if constexpr (std::is_floating_point_v<T>) {
-    return a != a ? a : (a > b ? a : b);
+    const T m = a > b ? a : b;  // two flat selects: nested ones keep gcc 12 from vectorizing a
+    return a != a ? a : m;      // chain of them (a 3x3 max pool ran scalar)
   } else {
     return a > b ? a : b;
   }
@@ -249,7 +250,8 @@ EMBER_INLINE T ember_max(T a, T b) {
 template <typename T>
 EMBER_INLINE T ember_min(T a, T b) {
   if constexpr (std::is_floating_point_v<T>) {
-    return a != a ? a : (a < b ? a : b);
+    const T m = a < b ? a : b;  // (as ember_max)
+    return a != a ? a : m;
   } else {
     return a < b ? a : b;
   }
