@@ -1,0 +1,54 @@
+"""The step loop of com.microsoft.DynamicQuantizeLSTM (cpu_quantized_lstm.cpp): built once
+with the system C++ compiler, cached like every kernel library, called through ctypes with
+the data pointers of its arrays. Each step quantizes h and runs a small integer GEMM, then
+a few hundred float32 operations whose every bit must match onnxruntime's (the next step
+quantizes their result): torch calls for those cost ~50 times what the loop does in C++.
+
+`available()` says whether the kernel is there (a C++ compiler, a build that worked);
+`run(...)` runs it on float32 / int16 / int64 torch tensors, contiguous.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from pathlib import Path
+
+from ..errors import ExecutionError
+from . import cpu
+
+log = logging.getLogger("ember.codegen")
+
+SOURCE = Path(__file__).with_name("cpu_quantized_lstm.cpp")
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel():
+    """The kernel, built on first use; None without a compiler or where it did not build."""
+    if cpu.compiler() is None:
+        return None
+    try:
+        fn = cpu.load(str(cpu.build(SOURCE.read_text()))).ember_quantized_lstm
+    except ExecutionError as e:
+        log.warning("ember: the DynamicQuantizeLSTM kernel did not build; it runs on the reference instead:\n%s", e)
+        return None
+    fn.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 6
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def available() -> bool:
+    return _kernel() is not None
+
+
+def run(xw, r, r_scale, bias, peephole, lens, h, c, out, group: int, has_y: bool) -> None:
+    """The recurrence (see cpu_quantized_lstm.cpp for what each array holds), quantizing h
+    in groups of `group` rows; h, c and out are written in place."""
+    dirs, steps, batch, n4 = xw.shape
+
+    def ptr(t):
+        return None if t is None else t.data_ptr()
+
+    _kernel()(ptr(xw), ptr(r), ptr(r_scale), ptr(bias), ptr(peephole), ptr(lens), ptr(h), ptr(c), ptr(out),
+              dirs, steps, batch, n4 // 4, group, int(has_y))
