@@ -21,15 +21,40 @@ from . import cpu
 log = logging.getLogger("ember.codegen")
 
 SOURCE = Path(__file__).with_name("cpu_quantized_lstm.cpp")
+EXTERN = "quantized_lstm"  # the extern whose steps run this kernel
+
+_INSTALLED: list[str] = []  # a library an artifact shipped for this machine
+
+
+def source() -> str:
+    return SOURCE.read_text()
+
+
+def library() -> Path | None:
+    """The built library (built now if the kernel cache lacks it); None without a C++
+    compiler."""
+    if _INSTALLED:
+        return Path(_INSTALLED[0])
+    return None if cpu.compiler() is None else cpu.build(source())
+
+
+def install(path: str) -> None:
+    """Use the library at `path` (an artifact's, built for this machine from this very
+    source) rather than building it: loading an artifact runs no C++ compiler."""
+    _INSTALLED[:] = [path]
+
+
+def used_by(program) -> bool:
+    return any(step.kind == "extern" and step.name == EXTERN for step in program.steps)
 
 
 @functools.lru_cache(maxsize=None)
 def _kernel():
     """The kernel, built on first use; None without a compiler or where it did not build."""
-    if cpu.compiler() is None:
+    if not _INSTALLED and cpu.compiler() is None:
         return None
     try:
-        fn = cpu.load(str(cpu.build(SOURCE.read_text()))).ember_quantized_lstm
+        fn = cpu.load(str(library())).ember_quantized_lstm
     except ExecutionError as e:
         log.warning("ember: the DynamicQuantizeLSTM kernel did not build; it runs on the reference instead:\n%s", e)
         return None

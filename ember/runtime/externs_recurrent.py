@@ -201,7 +201,9 @@ def _cell(op, xw, h, c, r, rb, p, hidden):
 @prepare("quantized_lstm")
 def prepare_quantized_lstm(params, constants):
     """Constant 8-bit weights (with their scales, zero points, B and P where given) are
-    turned into exact integer GEMM operands once."""
+    turned into exact integer GEMM operands once; the C++ step loop is built (or found in
+    the kernel cache) now, not in the first run."""
+    quantized.kernel.available()
     needed = [1, 2, 8, 9, 10, 11] + [i for i, given in ((3, params["has_bias"]), (7, params["has_peephole"])) if given]
     if any(i not in constants for i in needed):
         return params

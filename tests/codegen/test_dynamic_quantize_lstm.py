@@ -181,3 +181,59 @@ def test_mlas_logistic_and_tanh_equal_onnxruntime_to_the_bit(op, ours):
     model.ir_version = 8
     theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(ours(x), theirs)
+
+
+def test_without_the_kernel_the_extern_runs_the_reference_equal_to_onnxruntime(monkeypatch):
+    """No C++ compiler (or a kernel that did not build): the same arithmetic, in numpy."""
+    rng = np.random.default_rng(4)
+    arrays = {"W": rng.integers(0, 256, (2, 3, 12)).astype(np.uint8),
+              "R": rng.integers(0, 256, (2, 3, 12)).astype(np.uint8),
+              "B": rng.standard_normal((2, 24)).astype(np.float32),
+              "W_scale": np.array([0.02, 0.01], np.float32), "W_zero_point": np.array([120, 131], np.uint8),
+              "R_scale": np.full((2, 12), 0.03, np.float32), "R_zero_point": np.full((2, 12), 128, np.uint8)}
+    feeds = {"X": rng.standard_normal((5, 3, 3)).astype(np.float32), "sequence_lens": np.array([5, 2, 0], np.int32)}
+    model = _model({"hidden_size": 3, "direction": "bidirectional"}, arrays, feeds, ["Y", "Y_h", "Y_c"])
+    compiled = ember.compile(model)
+    assert compiled.stats.fallback_nodes == []
+    ran = []
+    monkeypatch.setattr(kernel, "available", lambda: False)
+    monkeypatch.setattr(kernel, "run", lambda *args, **kwargs: ran.append(args))
+    for (name, ours), theirs in zip(compiled.run(feeds).items(), _onnxruntime(model, feeds)):
+        np.testing.assert_array_equal(np.asarray(ours), theirs, err_msg=name)
+    assert ran == []
+
+
+def test_an_artifact_ships_the_step_loop_built_for_this_machine(tmp_path, monkeypatch):
+    """Saved, the model carries the C++ step loop's source and library: loaded with an empty
+    kernel cache, nothing is compiled, and the shipped kernel runs."""
+    from ember.artifact import inspect
+
+    rng = np.random.default_rng(5)
+    arrays = {"W": rng.integers(-127, 128, (1, 4, 8)).astype(np.int8),
+              "R": rng.integers(-127, 128, (1, 2, 8)).astype(np.int8),
+              "W_scale": np.array([0.02], np.float32), "W_zero_point": np.array([0], np.int8),
+              "R_scale": np.array([0.03], np.float32), "R_zero_point": np.array([0], np.int8)}
+    feeds = {"X": rng.standard_normal((4, 2, 4)).astype(np.float32)}
+    compiled = ember.compile(_model({"hidden_size": 2}, arrays, feeds, ["Y", "Y_h"]))
+    expected = compiled.run(feeds)
+    path = compiled.save(tmp_path / "m.ember")
+    assert [e for e in inspect(path)["kernel_libraries"] if e["kernel"] == "quantized_lstm"] == [
+        {"kernel": "quantized_lstm", "dtype": "float32", "source": "kernels/quantized_lstm.cpp",
+         "binary": "kernels/quantized_lstm.so"}]
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(kernel, "_INSTALLED", [])
+    kernel._kernel.cache_clear()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading an artifact compiled something")
+
+    monkeypatch.setattr(cpu, "build", refuse)
+    monkeypatch.setattr("subprocess.run", refuse)
+    ran = []
+    run = kernel.run
+    monkeypatch.setattr(kernel, "run", lambda *a, **k: ran.append(run(*a, **k)))
+    got = ember.load(path).run(feeds)
+    for name in expected:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]), err_msg=name)
+    assert len(ran) == 1 and "artifact-" in kernel._INSTALLED[0]
+    kernel._kernel.cache_clear()  # later tests build (or find) their own
