@@ -62,52 +62,55 @@ void step_row(const Direction& dir, const float* xw, const int32_t* q, const flo
         for (int64_t n = 0; n < n4; ++n) acc[n] += a * static_cast<int32_t>(row[n]);
     }
     for (int64_t n = 0; n < n4; ++n) gates[n] = xw[n] + static_cast<float>(acc[n]) * multiplier[n];
-    const float *gi = gates, *go = gi + hidden, *gf = go + hidden, *gc = gf + hidden;
+    // each pass one loop over the units, so that the compiler vectorizes it
+    float *gi = gates, *go = gi + hidden, *gf = go + hidden, *gc = gf + hidden;
     const float *b = dir.bias, *p = dir.peephole;
-    for (int64_t j = 0; j < hidden; ++j) {
-        float i_ = gi[j], f_ = gf[j], c_ = gc[j], o_ = go[j];
-        if (p) {
-            i_ += c[j] * p[j];
-            f_ += c[j] * p[2 * hidden + j];
-        }
-        if (b) {
-            i_ += b[j];
-            f_ += b[2 * hidden + j];
-            c_ += b[3 * hidden + j];
-        }
-        const float i = logistic(i_), f = logistic(f_), g = mlas_tanh(c_);
-        const float c_new = c[j] * f + i * g;
-        if (p) o_ += c_new * p[hidden + j];
-        if (b) o_ += b[hidden + j];
-        c[j] = c_new;
-        h[j] = y[j] = mlas_tanh(c_new) * logistic(o_);
+    if (p) {
+        for (int64_t j = 0; j < hidden; ++j) gi[j] += c[j] * p[j];
+        for (int64_t j = 0; j < hidden; ++j) gf[j] += c[j] * p[2 * hidden + j];
     }
+    if (b) {
+        for (int64_t j = 0; j < hidden; ++j) gi[j] += b[j];
+        for (int64_t j = 0; j < hidden; ++j) gf[j] += b[2 * hidden + j];
+        for (int64_t j = 0; j < hidden; ++j) gc[j] += b[3 * hidden + j];
+    }
+    for (int64_t j = 0; j < hidden; ++j) gi[j] = logistic(gi[j]);
+    for (int64_t j = 0; j < hidden; ++j) gf[j] = logistic(gf[j]);
+    for (int64_t j = 0; j < hidden; ++j) gc[j] = mlas_tanh(gc[j]);
+    for (int64_t j = 0; j < hidden; ++j) c[j] = c[j] * gf[j] + gi[j] * gc[j];
+    if (p)
+        for (int64_t j = 0; j < hidden; ++j) go[j] += c[j] * p[hidden + j];
+    if (b)
+        for (int64_t j = 0; j < hidden; ++j) go[j] += b[hidden + j];
+    for (int64_t j = 0; j < hidden; ++j) h[j] = y[j] = mlas_tanh(c[j]) * logistic(go[j]);
 }
 
 }  // namespace
 
-// xw [dirs, steps, batch, 4H]: X.W of each direction's steps in the order it runs them;
-// r [dirs, H, 4H]: R less its zero point; r_scale [dirs, 4H]; bias [dirs, 4H] (Wb + Rb) or null;
-// peephole [dirs, 3H] (i o f) or null; lens [batch] or null (every sequence `steps` long).
-// h, c [dirs, batch, H]: the initial states in, the last ones out (each held from its sequence's
-// end); out [steps, dirs, batch, H]: each step's h in running order, 0 past a sequence's end.
-// group: the rows quantized together (onnxruntime splits a batch over its threads);
-// has_y: a step quantizes the previous step's outputs (0 past an end), else the held states.
+// xw [dirs, steps, batch, 4H]: X.W of every step; r [dirs, H, 4H]: R less its zero point;
+// r_scale [dirs, 4H]; bias [dirs, 4H] (Wb + Rb) or null; peephole [dirs, 3H] (i o f) or null;
+// lens [batch] or null (every sequence `steps` long). A direction d with bit d of `reversed`
+// set runs step order[t, b] ([steps, batch]) of sequence b at its t-th step (each sequence
+// backwards within its length). h, c [dirs, batch, H]: the initial states in, the last ones
+// out (each held from its sequence's end); out [steps, dirs, batch, H]: h of every step, 0
+// past a sequence's end. group: the rows quantized together (onnxruntime splits a batch over
+// its threads). has_y: a step quantizes the previous step's outputs (0 past an end), else
+// the held states. threads: how many run the directions, which are independent.
 extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const float* r_scale, const float* bias,
-                                    const float* peephole, const int64_t* lens, float* h, float* c, float* out,
-                                    int64_t dirs, int64_t steps, int64_t batch, int64_t hidden, int64_t group,
-                                    int64_t has_y) {
+                                    const float* peephole, const int64_t* lens, const int64_t* order, float* h,
+                                    float* c, float* out, int64_t dirs, int64_t steps, int64_t batch, int64_t hidden,
+                                    int64_t reversed, int64_t group, int64_t has_y, int64_t threads) {
     const int64_t n4 = 4 * hidden;
-    // the two directions are independent: one thread each
-#pragma omp parallel for num_threads(static_cast<int>(dirs)) schedule(static, 1)
+#pragma omp parallel for num_threads(static_cast<int>(threads)) schedule(static, 1)
     for (int64_t d = 0; d < dirs; ++d) {
         std::vector<float> seen(batch * hidden), gates(n4), multiplier(n4);
         std::vector<int32_t> q(batch * hidden), acc(n4);
         const Direction dir{r + d * hidden * n4, r_scale + d * n4, bias ? bias + d * n4 : nullptr,
                             peephole ? peephole + d * 3 * hidden : nullptr, hidden};
+        const bool backwards = (reversed >> d) & 1;
         float* hd = h + d * batch * hidden;
         float* cd = c + d * batch * hidden;
-        std::memcpy(seen.data(), hd, sizeof(float) * batch * hidden);
+        std::memcpy(seen.data(), hd, sizeof(float) * batch * hidden);  // the first step quantizes the initial h
         for (int64_t t = 0; t < steps; ++t) {
             for (int64_t first = 0; first < batch; first += group) {
                 const int64_t end = std::min(batch, first + group);
@@ -121,19 +124,21 @@ extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const flo
                 for (int64_t i = first * hidden; i < end * hidden; ++i)
                     q[i] = static_cast<int32_t>(std::nearbyint(std::min(std::max(seen[i] / scale, -zero), 255.0f - zero)));
                 for (int64_t n = 0; n < n4; ++n) multiplier[n] = scale * dir.r_scale[n];
+                // the group's q is taken: each row's `seen` now becomes what the next step quantizes
                 for (int64_t b = first; b < end; ++b) {
-                    float* y = out + ((t * dirs + d) * batch + b) * hidden;
+                    const int64_t s = backwards ? order[t * batch + b] : t;
+                    float* y = out + ((s * dirs + d) * batch + b) * hidden;
+                    float* next = seen.data() + b * hidden;
                     if (lens && t >= lens[b]) {
                         std::fill(y, y + hidden, 0.0f);
+                        if (has_y) std::fill(next, next + hidden, 0.0f);  // else it holds the last h
                         continue;
                     }
-                    step_row(dir, xw + ((d * steps + t) * batch + b) * n4, q.data() + b * hidden, multiplier.data(),
+                    step_row(dir, xw + ((d * steps + s) * batch + b) * n4, q.data() + b * hidden, multiplier.data(),
                              hd + b * hidden, cd + b * hidden, y, acc.data(), gates.data());
+                    std::memcpy(next, y, sizeof(float) * hidden);
                 }
             }
-            // the next step's h matrix: this step's outputs (0 past an end), or the held states
-            std::memcpy(seen.data(), has_y ? out + (t * dirs + d) * batch * hidden : hd,
-                        sizeof(float) * batch * hidden);
         }
     }
     return 0;

@@ -58,7 +58,7 @@ def _kernel():
     except ExecutionError as e:
         log.warning("ember: the DynamicQuantizeLSTM kernel did not build; it runs on the reference instead:\n%s", e)
         return None
-    fn.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 6
+    fn.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 8
     fn.restype = ctypes.c_int
     return fn
 
@@ -67,13 +67,17 @@ def available() -> bool:
     return _kernel() is not None
 
 
-def run(xw, r, r_scale, bias, peephole, lens, h, c, out, group: int, has_y: bool) -> None:
-    """The recurrence (see cpu_quantized_lstm.cpp for what each array holds), quantizing h
-    in groups of `group` rows; h, c and out are written in place."""
+def run(xw, r, r_scale, bias, peephole, lens, order, h, c, out, reversed_dirs: list[bool], group: int,
+        has_y: bool, threads: int = 1) -> None:
+    """The recurrence (see cpu_quantized_lstm.cpp for what each array holds), the
+    directions in `reversed_dirs` backwards (step order[t, b] at step t), h quantized in
+    groups of `group` rows, the directions on up to `threads` threads; h, c and out are
+    written in place."""
     dirs, steps, batch, n4 = xw.shape
 
     def ptr(t):
         return None if t is None else t.data_ptr()
 
-    _kernel()(ptr(xw), ptr(r), ptr(r_scale), ptr(bias), ptr(peephole), ptr(lens), ptr(h), ptr(c), ptr(out),
-              dirs, steps, batch, n4 // 4, group, int(has_y))
+    _kernel()(ptr(xw), ptr(r), ptr(r_scale), ptr(bias), ptr(peephole), ptr(lens), ptr(order), ptr(h), ptr(c),
+              ptr(out), dirs, steps, batch, n4 // 4, sum(1 << d for d, back in enumerate(reversed_dirs) if back),
+              group, int(has_y), max(1, min(threads, dirs)))

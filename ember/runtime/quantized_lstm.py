@@ -72,20 +72,15 @@ def run(params: dict, packed: dict, x, seq_lens, h0, c0, y, y_h, y_c) -> None:
     c = torch.zeros((dirs, batch, hidden)) if c0 is None else c0.to(torch.float32).clone().contiguous()
     out = torch.zeros((seq, dirs, batch, hidden))
     if steps and batch:
-        reverse = [params["direction"] == "reverse" or d == 1 for d in range(dirs)]
         # X quantized once over the steps that run: a reversed direction reads the same rows
         qx, x_scale = quantize(x[:steps])
         projected = torch.matmul(qx.reshape(1, steps * batch, -1).to(packed["w"].dtype), packed["w"])
         projected = (projected.to(torch.float32) * (x_scale * packed["w_scale"])).view(dirs, steps, batch, -1)
-        order = _step_order(steps, lens, batch)
-        for d in range(dirs):
-            if reverse[d]:
-                projected[d] = projected[d].gather(0, order[..., None].expand_as(projected[d]))
-        kernel.run(projected.contiguous(), packed["r"], packed["r_scale"], packed["bias"], packed["peephole"], lens,
-                   h, c, out[:steps], rows_per_group(batch, hidden, threads()), params["has_y"])
-        for d in range(dirs):
-            if reverse[d]:
-                out[:steps, d] = out[:steps, d].gather(0, order[..., None].expand_as(out[:steps, d]))
+        reversed_dirs = [params["direction"] == "reverse" or d == 1 for d in range(dirs)]
+        order = _step_order(steps, lens, batch) if any(reversed_dirs) else None
+        n = threads()
+        kernel.run(projected, packed["r"], packed["r_scale"], packed["bias"], packed["peephole"], lens, order,
+                   h, c, out[:steps], reversed_dirs, rows_per_group(batch, hidden, n), params["has_y"], n)
     if lens is not None:  # an empty sequence's last states are 0
         h *= (lens > 0)[None, :, None]
         c *= (lens > 0)[None, :, None]
@@ -96,8 +91,8 @@ def run(params: dict, packed: dict, x, seq_lens, h0, c0, y, y_h, y_c) -> None:
 
 def _step_order(steps: int, lens, batch: int) -> torch.Tensor:
     """[steps, batch] indices reversing each sequence within its length (steps past it
-    stay, as onnxruntime's ReverseSequence leaves them); an involution."""
+    stay, as onnxruntime's ReverseSequence leaves them), contiguous int64."""
     t = torch.arange(steps)[:, None].expand(steps, batch)
     if lens is None:
-        return steps - 1 - t
-    return torch.where(t < lens, lens - 1 - t, t)
+        return (steps - 1 - t).contiguous()
+    return torch.where(t < lens, lens - 1 - t, t).contiguous()
