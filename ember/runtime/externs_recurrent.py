@@ -17,6 +17,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ExecutionError
+from ..ir.ops.contrib_rnn import check_shapes, threads
 from . import quantized_lstm as quantized
 from .externs import extern, prepare
 
@@ -207,15 +208,22 @@ def prepare_quantized_lstm(params, constants):
     needed = [1, 2, 8, 9, 10, 11] + [i for i, given in ((3, params["has_bias"]), (7, params["has_peephole"])) if given]
     if any(i not in constants for i in needed):
         return params
-    return {**params, "packed": quantized.pack(*(constants.get(i) for i in (1, 2, 3, 7, 8, 9, 10, 11)),
-                                               params["hidden_size"])}
+    weights = [constants.get(i) for i in (1, 2, 3, 7, 8, 9, 10, 11)]
+    try:
+        check_shapes(params["where"], params["direction"], params["hidden_size"], None, *weights[:3], None, None,
+                     *weights[3:])
+    except ExecutionError:
+        return params  # each run says what is wrong
+    return {**params, "packed": quantized.pack(*weights, params["hidden_size"])}
 
 
 @extern("quantized_lstm")
 def quantized_lstm(params, x, w, r, b, seq_lens, h0, c0, p, w_scale, w_zero, r_scale, r_zero, y, y_h, y_c):
     """DynamicQuantizeLSTM (see quantized_lstm.py); outputs written in place."""
+    check_shapes(params["where"], params["direction"], params["hidden_size"], x, w, r, b, h0, c0, p, w_scale, w_zero,
+                 r_scale, r_zero)
     if not quantized.kernel.available():  # no C++ compiler: the reference, which is the same arithmetic
-        from ..ir.ops.contrib_rnn import quantized_lstm as reference, threads
+        from ..ir.ops.contrib_rnn import quantized_lstm as reference
 
         ins = [None if t is None else t.numpy() for t in (x, w, r, b, seq_lens, h0, c0, p, w_scale, w_zero, r_scale,
                                                            r_zero)]

@@ -237,3 +237,21 @@ def test_an_artifact_ships_the_step_loop_built_for_this_machine(tmp_path, monkey
         np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]), err_msg=name)
     assert len(ran) == 1 and "artifact-" in kernel._INSTALLED[0]
     kernel._kernel.cache_clear()  # later tests build (or find) their own
+
+
+@pytest.mark.parametrize("name, shape", [("R", (1, 3, 8)), ("W", (1, 2, 12)), ("R_scale", (1, 5)),
+                                         ("B", (1, 12)), ("initial_h", (1, 3, 2))])
+def test_an_input_of_the_wrong_shape_is_an_execution_error_naming_it(name, shape):
+    rng = np.random.default_rng(6)
+    values = {"W": rng.integers(-127, 128, (1, 2, 8)).astype(np.int8),
+              "R": rng.integers(-127, 128, (1, 2, 8)).astype(np.int8),
+              "B": rng.standard_normal((1, 16)).astype(np.float32),
+              "initial_h": rng.standard_normal((1, 2, 2)).astype(np.float32),
+              "W_scale": np.array([0.02], np.float32), "W_zero_point": np.array([0], np.int8),
+              "R_scale": np.array([0.02], np.float32), "R_zero_point": np.array([0], np.int8)}
+    dtype = values[name].dtype
+    values[name] = np.zeros(shape, dtype)
+    feeds = {"X": rng.standard_normal((3, 2, 2)).astype(np.float32), "initial_h": values.pop("initial_h")}
+    compiled = ember.compile(_model({"hidden_size": 2}, values, feeds, ["Y"]))
+    with pytest.raises(ember.ExecutionError, match=name):
+        compiled.run(feeds)

@@ -76,6 +76,28 @@ def integer_gemm(a: np.ndarray, w: np.ndarray, w_scale: np.ndarray) -> np.ndarra
     return (qa @ w).astype(np.float32) * (a_scale * w_scale)
 
 
+def check_shapes(where: str, direction: str, hidden: int, x, w, r, b, h0, c0, p, w_scale, w_zero, r_scale,
+                 r_zero) -> None:
+    """ExecutionError naming the input whose shape does not fit (numpy arrays or torch
+    tensors): the kernel reads its arrays by these shapes. Without X (None), W's input
+    size and the states' batch go unchecked."""
+    dirs = 2 if direction == "bidirectional" else 1
+    if x is not None and len(x.shape) != 3:
+        raise ExecutionError(f"{where}: X must be [seq, batch, input_size], got shape {tuple(x.shape)}")
+    _, batch, size = x.shape if x is not None else (None, None, w.shape[1] if len(w.shape) == 3 else None)
+    expected = {"W": (w, (dirs, size, 4 * hidden)), "R": (r, (dirs, hidden, 4 * hidden)),
+                "B": (b, (dirs, 8 * hidden)), "initial_h": (h0, (dirs, batch, hidden)),
+                "initial_c": (c0, (dirs, batch, hidden)), "P": (p, (dirs, 3 * hidden))}
+    for name, (value, shape) in expected.items():
+        if value is not None and None not in shape and tuple(value.shape) != shape:
+            raise ExecutionError(f"{where}: {name} must have shape {list(shape)} (hidden_size {hidden}, {dirs} "
+                                 f"direction(s)), got {list(value.shape)}")
+    for name, value in (("W_scale", w_scale), ("W_zero_point", w_zero), ("R_scale", r_scale), ("R_zero_point", r_zero)):
+        if tuple(value.shape) not in ((dirs,), (dirs, 4 * hidden)):
+            raise ExecutionError(f"{where}: {name} must have shape [{dirs}] (per direction) or [{dirs}, "
+                                 f"{4 * hidden}] (per column), got {list(value.shape)}")
+
+
 def rows_per_group(batch: int, hidden: int, threads: int) -> int:
     """How many of the batch's rows onnxruntime quantizes together for a step's h-GEMM: it
     splits the batch over its threads where the batch is large or the layer narrow."""
@@ -88,6 +110,10 @@ def quantized_lstm(attrs: dict, where: str, has_y: bool, threads: int, x, w, r, 
                    w_scale, w_zero, r_scale, r_zero):
     """(Y, Y_h, Y_c) as onnxruntime's DeepCPU LSTM computes them with 8-bit weights (see
     the module's docstring)."""
+    if not attrs.get("hidden_size"):
+        raise ExecutionError(f"{where}: DynamicQuantizeLSTM needs hidden_size")
+    check_shapes(where, attrs.get("direction") or "forward", attrs["hidden_size"], x, w, r, b, h0, c0, p, w_scale,
+                 w_zero, r_scale, r_zero)
     seq, batch = x.shape[:2]
     directions, hidden = w.shape[0], r.shape[1]
     lens = np.full(batch, seq, np.int64) if seq_lens is None else np.asarray(seq_lens, np.int64).reshape(-1)
