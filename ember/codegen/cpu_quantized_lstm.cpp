@@ -121,8 +121,10 @@ extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const flo
                 }
                 const float scale = hi == lo ? 1.0f : (hi - lo) / 255.0f;
                 const float zero = std::nearbyint(std::min(std::max(0.0f - lo / scale, 0.0f), 255.0f));
-                for (int64_t i = first * hidden; i < end * hidden; ++i)
-                    q[i] = static_cast<int32_t>(std::nearbyint(std::min(std::max(seen[i] / scale, -zero), 255.0f - zero)));
+                for (int64_t i = first * hidden; i < end * hidden; ++i) {
+                    const float v = std::min(std::max(seen[i] / scale, -zero), 255.0f - zero);
+                    q[i] = static_cast<int32_t>(std::nearbyint(v));
+                }
                 for (int64_t n = 0; n < n4; ++n) multiplier[n] = scale * dir.r_scale[n];
                 // the group's q is taken: each row's `seen` now becomes what the next step quantizes
                 for (int64_t b = first; b < end; ++b) {

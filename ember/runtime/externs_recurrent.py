@@ -228,7 +228,7 @@ def quantized_lstm(params, x, w, r, b, seq_lens, h0, c0, p, w_scale, w_zero, r_s
         ins = [None if t is None else t.numpy() for t in (x, w, r, b, seq_lens, h0, c0, p, w_scale, w_zero, r_scale,
                                                            r_zero)]
         attrs = {"direction": params["direction"], "hidden_size": params["hidden_size"]}
-        results = reference(attrs, params["where"], params["has_y"], threads(), *ins)
+        results = reference(attrs, params["where"], params.get("has_y", True), threads(), *ins)
         for target, value in zip((y, y_h, y_c), results):
             if target is not None:
                 target.copy_(torch.from_numpy(value))

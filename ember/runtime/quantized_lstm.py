@@ -80,7 +80,7 @@ def run(params: dict, packed: dict, x, seq_lens, h0, c0, y, y_h, y_c) -> None:
         order = _step_order(steps, lens, batch) if any(reversed_dirs) else None
         n = threads()
         kernel.run(projected, packed["r"], packed["r_scale"], packed["bias"], packed["peephole"], lens, order,
-                   h, c, out[:steps], reversed_dirs, rows_per_group(batch, hidden, n), params["has_y"], n)
+                   h, c, out[:steps], reversed_dirs, rows_per_group(batch, hidden, n), params.get("has_y", True), n)
     if lens is not None:  # an empty sequence's last states are 0
         h *= (lens > 0)[None, :, None]
         c *= (lens > 0)[None, :, None]

@@ -45,7 +45,8 @@ def _model(attrs: dict, arrays: dict, feeds: dict, outputs: list[str]):
               for n, a in feeds.items()]
     graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(o, 1, None) for o in outs if o],
                               [numpy_helper.from_array(a, n) for n, a in arrays.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     return model
 
@@ -94,14 +95,14 @@ def layers(draw):
     if peephole:
         values["P"] = (rng.standard_normal((dirs, 3 * hidden)) * 0.5).astype(np.float32)
     constant_weights = draw(st.booleans())
-    fed = {"X", "sequence_lens", "initial_h", "initial_c"} | (set() if constant_weights else set(INPUTS[1:]) - {"sequence_lens"})
+    fed = {"X", "sequence_lens", "initial_h", "initial_c"} | (set() if constant_weights else set(INPUTS[1:]))
     feeds = {n: a for n, a in values.items() if n in fed}
     arrays = {n: a for n, a in values.items() if n not in fed}
     groups = -(-batch // rows_per_group(batch, hidden, torch.get_num_threads()))
     event(f"{direction}, {'int8' if signed else 'uint8'}, scale per {'column' if per_column else 'direction'}")
     event(f"sequence_lens {lens_kind}, initial state {with_state}, peepholes {peephole}, outputs {sorted(outputs)}")
-    event(f"{'constant' if constant_weights else 'fed'} weights, h quantized in {min(groups, 2)}{'+' if groups > 2 else ''} "
-          f"group(s) of rows")
+    event(f"{'constant' if constant_weights else 'fed'} weights, "
+          f"h quantized in {min(groups, 2)}{'+' if groups > 2 else ''} group(s) of rows")
     return _model({"hidden_size": hidden, "direction": direction}, arrays, feeds, outputs), feeds
 
 
@@ -173,9 +174,11 @@ def test_the_kernel_builds_here():
 @pytest.mark.parametrize("op, ours", [("Sigmoid", _mlas_math.logistic), ("Tanh", _mlas_math.tanh)])
 def test_mlas_logistic_and_tanh_equal_onnxruntime_to_the_bit(op, ours):
     rng = np.random.default_rng(1)
-    x = np.concatenate([rng.standard_normal(100_000) * 4, rng.uniform(-25, 25, 100_000),
-                        np.linspace(-1, 1, 20_001), [0.0, -0.0, 9.0, -9.0, 18.0, -18.0, 1e-30, 40.0]]).astype(np.float32)
-    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", 1, [None])],
+    edges = [0.0, -0.0, 9.0, -9.0, 18.0, -18.0, 1e-30, 40.0]
+    x = np.concatenate([rng.standard_normal(100_000) * 4, rng.uniform(-25, 25, 100_000), np.linspace(-1, 1, 20_001),
+                        edges]).astype(np.float32)
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", 1, [None])],
                               [helper.make_tensor_value_info("y", 1, [None])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
