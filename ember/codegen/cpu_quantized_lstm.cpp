@@ -49,8 +49,8 @@ struct Direction {
     int64_t hidden;
 };
 
-// One sequence's step: gates = X.W + q.R scaled, then onnxruntime's LSTM cell; q is its h
-// quantized (less the zero point), scale the multiplier of each of q.R's columns.
+// One sequence's step: gates = X.W + q.R * multiplier, then onnxruntime's LSTM cell; q is the
+// sequence's h quantized (less the zero point), multiplier h's scale times each column's of R.
 void step_row(const Direction& dir, const float* xw, const int32_t* q, const float* multiplier, float* h, float* c,
               float* y, int32_t* acc, float* gates) {
     const int64_t hidden = dir.hidden, n4 = 4 * hidden;

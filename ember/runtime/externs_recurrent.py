@@ -222,7 +222,7 @@ def quantized_lstm(params, x, w, r, b, seq_lens, h0, c0, p, w_scale, w_zero, r_s
     """DynamicQuantizeLSTM (see quantized_lstm.py); outputs written in place."""
     check_shapes(params["where"], params["direction"], params["hidden_size"], x, w, r, b, h0, c0, p, w_scale, w_zero,
                  r_scale, r_zero)
-    if not quantized.kernel.available():  # no C++ compiler: the reference, which is the same arithmetic
+    if not quantized.kernel_takes(params["hidden_size"]):  # the reference: the same arithmetic
         from ..ir.ops.contrib_rnn import quantized_lstm as reference
 
         ins = [None if t is None else t.numpy() for t in (x, w, r, b, seq_lens, h0, c0, p, w_scale, w_zero, r_scale,

@@ -56,6 +56,12 @@ def quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.maximum(torch.minimum(torch.round(a / scale), 255 - zero), -zero), scale
 
 
+def kernel_takes(hidden: int) -> bool:
+    """Whether the C++ step loop runs this layer: it is built (a C++ compiler), and its
+    int32 sums of h.R cannot overflow (each term is within 255 * 255)."""
+    return hidden * 255 * 255 < 2 ** 31 and kernel.available()
+
+
 def run(params: dict, packed: dict, x, seq_lens, h0, c0, y, y_h, y_c) -> None:
     """Y, Y_h and Y_c (those given) written in place."""
     hidden, where = params["hidden_size"], params["where"]
