@@ -17,7 +17,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ExecutionError
-from ..ir.ops.contrib_rnn import check_shapes, threads
+from ..ir.quantized_lstm import check_shapes, threads
 from . import quantized_lstm as quantized
 from .externs import extern, prepare
 

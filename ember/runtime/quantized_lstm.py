@@ -15,7 +15,7 @@ import torch
 
 from ..codegen import quantized_lstm as kernel
 from ..errors import ExecutionError
-from ..ir.ops.contrib_rnn import rows_per_group, threads
+from ..ir.quantized_lstm import rows_per_group, threads
 
 _FLOAT32_EXACT = 2 ** 24
 

@@ -4,7 +4,7 @@ reference (ember/ir/ops/contrib_rnn.py) on random layers (hypothesis): every dir
 int8 and uint8 weights, scales per direction or per column, sequence_lens, initial
 states, peepholes, batches that onnxruntime splits over its threads, any subset of the
 outputs, constant or fed weights. onnxruntime runs with ember's thread count, which sets
-how it groups a batch's rows (contrib_rnn.rows_per_group).
+how it groups a batch's rows (ember/ir/quantized_lstm.py's rows_per_group).
 
 MLAS's logistic and tanh (ember/ir/ops/_mlas_math.py) are checked against onnxruntime's
 Sigmoid and Tanh, which call the same kernels. All of it holds for onnxruntime on x86-64
@@ -26,7 +26,7 @@ from ember.codegen.lowering import lower_graph
 from ember.frontends.onnx import load_onnx
 from ember.ir.interpreter import evaluate
 from ember.ir.ops import _mlas_math
-from ember.ir.ops.contrib_rnn import rows_per_group
+from ember.ir.quantized_lstm import rows_per_group
 
 pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
 INPUTS = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P",

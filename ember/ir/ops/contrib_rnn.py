@@ -7,7 +7,10 @@
 W is [dirs, input_size, 4 * hidden] and R [dirs, hidden, 4 * hidden], int8 or uint8 (the
 transposes of LSTM's), with a scale and zero point per direction ([dirs]) or per column
 ([dirs, 4 * hidden]); gates i o f c, as LSTM's. Its meaning is what onnxruntime computes
-(contrib_ops/cpu/quantization/dynamic_quantize_lstm.cc over the DeepCPU LSTM), to the bit:
+(contrib_ops/cpu/quantization/dynamic_quantize_lstm.cc over the DeepCPU LSTM), to the bit
+where onnxruntime runs on x86-64 with FMA3 and a u8s8 GEMM that sums exactly (AVX-512 VNNI
+or AVX-VNNI; on plain AVX2 it saturates pairs of products at int16, elsewhere its logistic
+and tanh are other polynomials):
 
 - Every product with W or R is an integer GEMM: the other operand is quantized to uint8
   on the fly, its scale (max - min) / 255 over its range widened to hold 0, its zero point
@@ -15,10 +18,11 @@ transposes of LSTM's), with a scale and zero point per direction ([dirs]) or per
   (float32), are the product.
 - X is quantized once, over the steps that run (the longest sequence's), for both
   directions; each step quantizes the batch's h, in groups of rows where onnxruntime splits
-  the batch over its threads (`rows_per_group`; ember assumes as many threads as its own
-  intra-op threads, which default as onnxruntime's do to the machine's cores). With Y
-  asked for, a step's h is the previous step's outputs (0 past a sequence's end), else the
-  held states (onnxruntime reads memory it never wrote for a sequence of length 0 then).
+  the batch over its threads (`rows_per_group` in ember/ir/quantized_lstm.py; ember
+  assumes as many threads as its own intra-op threads, which default as onnxruntime's do
+  to the machine's cores). With Y asked for, a step's h is the previous step's outputs (0
+  past a sequence's end), else the held states (onnxruntime reads memory it never wrote
+  for a sequence of length 0 then).
 - The gates add X.W, then h.R, then the peepholes, then Wb + Rb (summed first); the
   logistic and tanh are MLAS's float32 polynomials (_mlas_math.py). An ulp off there moves
   a value across a rounding edge of the next step's quantization, and the outputs by ~1e-2.
@@ -35,6 +39,7 @@ import numpy as np
 from ...errors import ExecutionError
 from ..dtypes import DType
 from ..graph import Node
+from ..quantized_lstm import check_shapes, rows_per_group, threads
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, register_op
 from ._lowering import NotLowerable, attrs, register_lowering
 from ._mlas_math import logistic, tanh
@@ -74,36 +79,6 @@ def integer_gemm(a: np.ndarray, w: np.ndarray, w_scale: np.ndarray) -> np.ndarra
     in integers (exact in float64), then scaled by a's scale times w's (float32)."""
     qa, a_scale = quantize_activations(a)
     return (qa @ w).astype(np.float32) * (a_scale * w_scale)
-
-
-def check_shapes(where: str, direction: str, hidden: int, x, w, r, b, h0, c0, p, w_scale, w_zero, r_scale,
-                 r_zero) -> None:
-    """ExecutionError naming the input whose shape does not fit (numpy arrays or torch
-    tensors): the kernel reads its arrays by these shapes. Without X (None), W's input
-    size and the states' batch go unchecked."""
-    dirs = 2 if direction == "bidirectional" else 1
-    if x is not None and len(x.shape) != 3:
-        raise ExecutionError(f"{where}: X must be [seq, batch, input_size], got shape {tuple(x.shape)}")
-    _, batch, size = x.shape if x is not None else (None, None, w.shape[1] if len(w.shape) == 3 else None)
-    expected = {"W": (w, (dirs, size, 4 * hidden)), "R": (r, (dirs, hidden, 4 * hidden)),
-                "B": (b, (dirs, 8 * hidden)), "initial_h": (h0, (dirs, batch, hidden)),
-                "initial_c": (c0, (dirs, batch, hidden)), "P": (p, (dirs, 3 * hidden))}
-    for name, (value, shape) in expected.items():
-        if value is not None and None not in shape and tuple(value.shape) != shape:
-            raise ExecutionError(f"{where}: {name} must have shape {list(shape)} (hidden_size {hidden}, {dirs} "
-                                 f"direction(s)), got {list(value.shape)}")
-    for name, value in (("W_scale", w_scale), ("W_zero_point", w_zero), ("R_scale", r_scale), ("R_zero_point", r_zero)):
-        if tuple(value.shape) not in ((dirs,), (dirs, 4 * hidden)):
-            raise ExecutionError(f"{where}: {name} must have shape [{dirs}] (per direction) or [{dirs}, "
-                                 f"{4 * hidden}] (per column), got {list(value.shape)}")
-
-
-def rows_per_group(batch: int, hidden: int, threads: int) -> int:
-    """How many of the batch's rows onnxruntime quantizes together for a step's h-GEMM: it
-    splits the batch over its threads where the batch is large or the layer narrow."""
-    if batch > 4 or (batch >= 2 and hidden <= 256):
-        return -(-batch // max(threads, 1))
-    return max(batch, 1)
 
 
 def quantized_lstm(attrs: dict, where: str, has_y: bool, threads: int, x, w, r, b, seq_lens, h0, c0, p,
@@ -174,15 +149,6 @@ def asks_for_y(node: Node) -> bool:
     `<node>_unused<i>`."""
     y = node.outputs[0] if node.outputs else None
     return y is not None and y.name != f"{node.name}_unused0"
-
-
-def threads() -> int:
-    """The thread count onnxruntime's grouping of rows assumes (rows_per_group): ember's own
-    (torch's, which the executor sets to intra_op_threads, by default the cores it may use;
-    onnxruntime's default is the physical cores, the same but where cores share SMT)."""
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _reference(node: Node):
