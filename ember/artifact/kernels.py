@@ -49,21 +49,25 @@ class LibraryWriter:
 
 def add_kernel_libraries(writer: ArchiveWriter, program) -> list[dict]:
     """Ship the hand-written kernel libraries `program` runs (the paged-attention kernel
-    of each element type it needs), source and, where it built here, binary: a load on
-    this machine then builds nothing. Returns their manifest entries."""
-    from ..codegen import paged_attention
+    of each element type it needs, the DynamicQuantizeLSTM step loop), source and, where
+    it built here, binary: a load on this machine then builds nothing. Returns their
+    manifest entries."""
+    from ..codegen import paged_attention, quantized_lstm
 
+    kernels = [("paged_attention", dtype, f"paged_attention-{dtype}", lambda d=dtype: paged_attention.source(d),
+                lambda d=dtype: paged_attention.library(d)) for dtype in paged_attention.dtypes_used(program)]
+    if quantized_lstm.used_by(program):
+        kernels.append(("quantized_lstm", "float32", "quantized_lstm", quantized_lstm.source, quantized_lstm.library))
     entries = []
-    for dtype in paged_attention.dtypes_used(program):
-        entry = {"kernel": "paged_attention", "dtype": dtype, "source": f"kernels/paged_attention-{dtype}.cpp",
-                 "binary": None}
-        writer.add_bytes(entry["source"], paged_attention.source(dtype).encode())
+    for kernel, dtype, stem, source, library in kernels:
+        entry = {"kernel": kernel, "dtype": dtype, "source": f"kernels/{stem}.cpp", "binary": None}
+        writer.add_bytes(entry["source"], source().encode())
         try:
-            built = paged_attention.library(dtype)
-        except ExecutionError:  # it does not build here: the source alone (the run falls back to torch)
+            built = library()
+        except ExecutionError:  # it does not build here: the source alone (the run falls back)
             built = None
         if built is not None and built.is_file():
-            entry["binary"] = f"kernels/paged_attention-{dtype}.so"
+            entry["binary"] = f"kernels/{stem}.so"
             writer.add_file(entry["binary"], built, compress=True)
         entries.append(entry)
     return entries
@@ -74,17 +78,23 @@ def install_kernel_libraries(reader: ArchiveReader, entries: list, built_for: st
     machine from the very source this ember has (copied into the kernel cache like the
     program's own); otherwise each is built from ember's own source on first use, as
     without an artifact (another ember's kernel may take other arguments)."""
-    from ..codegen import paged_attention
+    from ..codegen import paged_attention, quantized_lstm
 
+    known = {("paged_attention", dtype) for dtype in paged_attention.DTYPES} | {("quantized_lstm", "float32")}
     if not isinstance(entries, list) or not all(
-            isinstance(e, dict) and e.get("kernel") == "paged_attention" and e.get("dtype") in paged_attention.DTYPES
+            isinstance(e, dict) and (e.get("kernel"), e.get("dtype")) in known
             and isinstance(e.get("source"), str) and (e.get("binary") is None or isinstance(e["binary"], str))
             for e in entries):
         raise ArtifactError(f"{reader.path}: the manifest's list of kernel libraries is malformed")
     if built_for != cpu._machine_key():
         return
     for e in entries:
-        if e["binary"] and reader.read(e["source"]) == paged_attention.source(e["dtype"]).encode():
+        if not e["binary"]:
+            continue
+        if e["kernel"] == "quantized_lstm":
+            if reader.read(e["source"]) == quantized_lstm.source().encode():
+                quantized_lstm.install(str(_cached(reader, e["binary"])))
+        elif reader.read(e["source"]) == paged_attention.source(e["dtype"]).encode():
             paged_attention.install(e["dtype"], str(_cached(reader, e["binary"])))
 
 

@@ -17,6 +17,8 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ExecutionError
+from ..ir.quantized_lstm import check_shapes, threads
+from . import quantized_lstm as quantized
 from .externs import extern, prepare
 
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
@@ -196,26 +198,40 @@ def _cell(op, xw, h, c, r, rb, p, hidden):
     return torch.sigmoid(o + p_o * c) * torch.tanh(c), c
 
 
-# -- com.microsoft.DynamicQuantizeLSTM --------------------------------------------------
-def _dequantize(q, scale, zero):
-    """[dirs, K, 4H] 8-bit weights -> LSTM's float [dirs, 4H, K] (ember/ir/ops/contrib_rnn.py)."""
-    dirs = q.shape[0]
-    w = (q.to(torch.int32) - zero.to(torch.int32).reshape(dirs, 1, -1)).to(torch.float32)
-    return (w * scale.to(torch.float32).reshape(dirs, 1, -1)).transpose(1, 2).contiguous()
-
-
+# -- com.microsoft.DynamicQuantizeLSTM: onnxruntime's quantized recurrence (quantized_lstm.py) --
 @prepare("quantized_lstm")
 def prepare_quantized_lstm(params, constants):
-    """Constant 8-bit weights are dequantized once, then packed as LSTM's."""
-    if not all(i in constants for i in (1, 2, 8, 9, 10, 11)):
+    """Constant 8-bit weights (with their scales, zero points, B and P where given) are
+    turned into exact integer GEMM operands once; the C++ step loop is built (or found in
+    the kernel cache) now, not in the first run."""
+    quantized.kernel.available()
+    needed = [1, 2, 8, 9, 10, 11] + [i for i, given in ((3, params["has_bias"]), (7, params["has_peephole"])) if given]
+    if any(i not in constants for i in needed):
         return params
-    w = _dequantize(constants[1], constants[8], constants[9])
-    r = _dequantize(constants[2], constants[10], constants[11])
-    packed = prepare_recurrent(params, {**constants, 1: w, 2: r})
-    return {**packed, "dequantized": (w, r)}
+    weights = [constants.get(i) for i in (1, 2, 3, 7, 8, 9, 10, 11)]
+    try:
+        check_shapes(params["where"], params["direction"], params["hidden_size"], None, *weights[:3], None, None,
+                     *weights[3:])
+    except ExecutionError:
+        return params  # each run says what is wrong
+    return {**params, "packed": quantized.pack(*weights, params["hidden_size"])}
 
 
 @extern("quantized_lstm")
 def quantized_lstm(params, x, w, r, b, seq_lens, h0, c0, p, w_scale, w_zero, r_scale, r_zero, y, y_h, y_c):
-    w, r = params.get("dequantized") or (_dequantize(w, w_scale, w_zero), _dequantize(r, r_scale, r_zero))
-    recurrent(params, x, w.to(x.dtype), r.to(x.dtype), b, seq_lens, h0, c0, p, y, y_h, y_c)
+    """DynamicQuantizeLSTM (see quantized_lstm.py); outputs written in place."""
+    check_shapes(params["where"], params["direction"], params["hidden_size"], x, w, r, b, h0, c0, p, w_scale, w_zero,
+                 r_scale, r_zero)
+    if not quantized.kernel_takes(params["hidden_size"]):  # the reference: the same arithmetic
+        from ..ir.ops.contrib_rnn import quantized_lstm as reference
+
+        ins = [None if t is None else t.numpy() for t in (x, w, r, b, seq_lens, h0, c0, p, w_scale, w_zero, r_scale,
+                                                           r_zero)]
+        attrs = {"direction": params["direction"], "hidden_size": params["hidden_size"]}
+        results = reference(attrs, params["where"], params.get("has_y", True), threads(), *ins)
+        for target, value in zip((y, y_h, y_c), results):
+            if target is not None:
+                target.copy_(torch.from_numpy(value))
+        return
+    packed = params.get("packed") or quantized.pack(w, r, b, p, w_scale, w_zero, r_scale, r_zero, params["hidden_size"])
+    quantized.run(params, packed, x, seq_lens, h0, c0, y, y_h, y_c)

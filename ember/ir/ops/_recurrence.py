@@ -34,8 +34,9 @@ _ACTIVATIONS = {
 DEFAULT_ACTIVATIONS = {"RNN": ["tanh"], "GRU": ["sigmoid", "tanh"], "LSTM": ["sigmoid", "tanh", "tanh"]}
 
 
-def activation_functions(op: str, attrs: dict, directions: int, where: str) -> list[list]:
-    """Per direction, the op's activation functions (f, g, h order) as callables of x."""
+def activation_functions(op: str, attrs: dict, directions: int, where: str, exact: dict | None = None) -> list[list]:
+    """Per direction, the op's activation functions (f, g, h order) as callables of x;
+    `exact` maps names to functions of x that replace ember's (onnxruntime's own)."""
     names = [s.lower() for s in (attrs.get("activations") or [])]
     per = len(DEFAULT_ACTIVATIONS[op])
     if not names:
@@ -52,6 +53,9 @@ def activation_functions(op: str, attrs: dict, directions: int, where: str) -> l
     for name in names:
         if name not in _ACTIVATIONS:
             raise ExecutionError(f"{where}: unknown activation {name!r}")
+        if exact and name in exact:
+            functions.append(exact[name])
+            continue
         fn, alpha, beta = _ACTIVATIONS[name]
         if alpha is not None and alphas:
             alpha = alphas.pop(0)

