@@ -246,3 +246,39 @@ def test_whole_image_average_pool_of_channels_last_activations_is_a_mean(pool):
         np.testing.assert_allclose(compiled.run({"x": x})["y"],
                                    ember.compile(model, opt_level=0, codegen=False).run({"x": x})["y"],
                                    rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), kernel=st.integers(1, 9), stride=st.integers(1, 2), dilation=st.integers(1, 3),
+       pad=st.integers(0, 4), group=st.sampled_from([1, 2]), relu=st.booleans(), length=st.integers(9, 40),
+       residual=st.booleans())
+def test_one_d_convolutions_run_on_onednn_as_height_one(seed, kernel, stride, dilation, pad, group, relu, length,
+                                                        residual):
+    """A Conv1d with a constant filter (attacut's dilated ones) runs on oneDNN's packed
+    2-d convolution at height 1, with its epilogue, and matches the reference."""
+    rng = np.random.default_rng(seed)
+    c, m = 6, 8
+    assume((length + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1 >= 1)
+    inits = [numpy_helper.from_array(rng.standard_normal((m, c // group, kernel)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(m).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y0"], kernel_shape=[kernel], strides=[stride],
+                              dilations=[dilation], pads=[pad, pad], group=group)]
+    last = "y0"
+    if residual:
+        nodes.append(helper.make_node("Add", [last, last], ["y1"]))
+        last = "y1"
+    if relu:
+        nodes.append(helper.make_node("Relu", [last], ["y2"]))
+        last = "y2"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    graph = helper.make_graph(nodes, "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c, "l"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = ember.compile(model)
+    convs = [step for kind, _, step in compiled._executor._steps if step.name == "conv"]
+    event(f"one_d on oneDNN: {any(step.params.get('one_d') for step in convs)}")
+    assert convs and all(step.params.get("one_d") for step in convs)
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, c, length)).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
