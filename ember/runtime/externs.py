@@ -337,11 +337,11 @@ def prepare_conv(params, constants):
         # a 1-d convolution runs as a 2-d one of height 1: torch's own conv1d takes 3.6x as
         # long (attacut's dilated Conv1d: 276 vs 77 us)
         shape = params.get("input_shape")
-        packed = torch.ops.mkldnn._reorder_convolution_weight(
-            w.unsqueeze(2).contiguous(), [0, *padding], [1, *stride], [1, *dilation], params["group"],
-            [*shape[:2], 1, shape[2]] if shape else None)
-        return {**params, "packed": packed, "one_d": True,
-                "torch_args": ([0, *padding], [1, *stride], [1, *dilation])}
+        args = ([0, *padding], [1, *stride], [1, *dilation])
+        packed = _pack_conv_weight(w.unsqueeze(2), args, params["group"], [*shape[:2], 1, shape[2]] if shape else None)
+        if packed is None:
+            return params
+        return {**params, "packed": packed, "one_d": True, "torch_args": args}
     if (params.get("channels_last") and not params.get("static_input") and w.shape[2:] == (1, 1) and params["group"] == 1
             and padding == [0, 0] and stride == [1, 1]):
         # a pointwise convolution over [N, H, W, C] rows is a GEMM: packed as a linear
@@ -351,9 +351,22 @@ def prepare_conv(params, constants):
         return {**params, "pointwise": _LinearWeight(w.reshape(w.shape[0], w.shape[1]))}
     # without the input shape oneDNN may pick a layout its kernel for the real shape does not
     # take (a 1x1 conv at 14x14 then runs 7x slower)
-    packed = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), padding, stride, dilation, params["group"],
-                                                          params.get("input_shape"))
+    packed = _pack_conv_weight(w, (padding, stride, dilation), params["group"], params.get("input_shape"))
+    if packed is None:
+        return params
     return {**params, "packed": packed, "torch_args": (padding, stride, dilation)}
+
+
+def _pack_conv_weight(w, args, group: int, input_shape):
+    """oneDNN's packed copy of a 2-d filter for inputs of `input_shape` (a stand-in where
+    sizes are symbolic), without it where oneDNN refuses that shape (a stand-in shorter
+    than the window), or None where it refuses both: the convolution then runs on torch's."""
+    for shape in (input_shape, None) if input_shape else (None,):
+        try:
+            return torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), *args, group, shape)
+        except RuntimeError:
+            continue
+    return None
 
 
 @extern("conv", adopts=True)

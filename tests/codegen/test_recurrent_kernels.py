@@ -9,7 +9,7 @@ by name and the reference matches onnxruntime on them."""
 import numpy as np
 import onnxruntime as ort
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
@@ -108,11 +108,16 @@ def _assert_close(got: dict, want: dict, tol: float, what: str) -> None:
 @SETTINGS
 @given(data=st.data())
 def test_recurrent_kernel_matches_the_reference_and_onnxruntime(data, op, direction):
+    from ember.runtime.externs_recurrent import STEP_KERNEL_RUNS
+
     model, feeds, layout, dtype = data.draw(recurrent_cases(op, direction))
     compiled = ember.compile(model)
     assert compiled.stats.fallback_nodes == []
     tol = 2e-5 if dtype == np.float32 else 1e-10
+    before = STEP_KERNEL_RUNS[0]
     got = compiled.run(feeds)
+    if op == "LSTM":  # small float32 LSTMs of full-length sequences: ember's own step loop
+        event(f"LSTM on ember's step kernel: {STEP_KERNEL_RUNS[0] > before}")
     want = evaluate(load_onnx(model), feeds)
     _assert_close(got, want, tol, "kernel vs reference")
     # onnxruntime runs neither layout 1 nor float64 RNNs, and aborts the process on some empty sequences
@@ -194,3 +199,75 @@ def test_torch_exported_lstm_runs_on_the_kernel(tmp_path):
         assert list(got) == ["y", "h", "c"]
         for g, w in zip(got.values(), want):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), direction=st.sampled_from(["forward", "reverse", "bidirectional"]))
+def test_small_lstms_run_on_the_step_kernel_and_match_onnxruntime(data, direction):
+    """A float32 LSTM with constant weights, full-length sequences and a small batch and
+    hidden size runs on ember's C++ step loop (codegen/lstm.py), every time, and matches
+    the reference and onnxruntime: any direction, hidden size across SIMD widths, initial
+    states or none, any outputs."""
+    from ember.runtime.externs_recurrent import STEP_KERNEL_RUNS
+
+    dirs = 2 if direction == "bidirectional" else 1
+    hidden, batch = data.draw(st.integers(1, 70)), data.draw(st.integers(1, 8))
+    seq, size = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 40))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+
+    def normal(*shape, scale=0.5):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    arrays = {"W": normal(dirs, 4 * hidden, size), "R": normal(dirs, 4 * hidden, hidden),
+              "B": normal(dirs, 8 * hidden)}
+    feeds = {"X": normal(seq, batch, size, scale=1.0)}
+    if data.draw(st.booleans()):
+        feeds["initial_h"] = normal(dirs, batch, hidden)
+        feeds["initial_c"] = normal(dirs, batch, hidden)
+    outputs = data.draw(st.lists(st.sampled_from(OUTPUTS["LSTM"]), min_size=1, unique=True))
+    model = _model("LSTM", {"hidden_size": hidden, "direction": direction}, arrays, feeds, outputs, np.float32)
+    compiled = ember.compile(model)
+    before = STEP_KERNEL_RUNS[0]
+    got = compiled.run(feeds)
+    assert STEP_KERNEL_RUNS[0] == before + 1
+    event(f"hidden {'<16' if hidden < 16 else '16-63' if hidden < 64 else '64+'}, batch {'1' if batch == 1 else '2+'}")
+    want = evaluate(load_onnx(model), feeds)
+    _assert_close(got, want, 2e-5, "step kernel vs reference")
+    theirs = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    _assert_close(dict(zip(want, theirs)), want, 2e-5, "onnxruntime vs reference")
+
+
+def test_an_artifact_ships_the_lstm_step_loop(tmp_path, monkeypatch):
+    """Saved, a model with a small LSTM carries the C++ step loop's source and library:
+    loaded with an empty kernel cache, nothing is compiled, and the shipped kernel runs."""
+    from ember.artifact import inspect
+    from ember.codegen import cpu
+    from ember.codegen import lstm as kernel
+
+    rng = np.random.default_rng(7)
+    arrays = {"W": rng.standard_normal((2, 12, 4)).astype(np.float32),
+              "R": rng.standard_normal((2, 12, 3)).astype(np.float32)}
+    feeds = {"X": rng.standard_normal((5, 2, 4)).astype(np.float32)}
+    compiled = ember.compile(_model("LSTM", {"hidden_size": 3, "direction": "bidirectional"}, arrays, feeds,
+                                    ["Y", "Y_h"], np.float32))
+    expected = compiled.run(feeds)
+    path = compiled.save(tmp_path / "m.ember")
+    assert [e for e in inspect(path)["kernel_libraries"] if e["kernel"] == "lstm"] == [
+        {"kernel": "lstm", "dtype": "float32", "source": "kernels/lstm.cpp", "binary": "kernels/lstm.so"}]
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(kernel, "_INSTALLED", [])
+    kernel._kernel.cache_clear()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading an artifact compiled something")
+
+    monkeypatch.setattr(cpu, "build", refuse)
+    monkeypatch.setattr("subprocess.run", refuse)
+    ran = []
+    run = kernel.run
+    monkeypatch.setattr(kernel, "run", lambda *a, **k: ran.append(run(*a, **k)))
+    got = ember.load(path).run(feeds)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert len(ran) == 1 and "artifact-" in kernel._INSTALLED[0]
+    kernel._kernel.cache_clear()  # later tests build (or find) their own
