@@ -335,8 +335,13 @@ def prepare_conv(params, constants):
     padding, stride, dilation = _conv_args(params, w)
     if w.dim() == 3:
         # a 1-d convolution runs as a 2-d one of height 1: torch's own conv1d takes 3.6x as
-        # long (attacut's dilated Conv1d: 276 vs 77 us)
+        # long (attacut's dilated Conv1d: 276 vs 77 us). Not one whose window outgrows the
+        # stand-in for a symbolic length: packed for that stand-in, oneDNN's kernel for the
+        # real length can be 30x slower than torch's (gigaam's 320-tap framing conv)
         shape = params.get("input_shape")
+        extent = (w.shape[2] - 1) * dilation[0] + 1
+        if not params.get("static_input") and (not shape or extent > shape[2]):
+            return params
         args = ([0, *padding], [1, *stride], [1, *dilation])
         packed = _pack_conv_weight(w.unsqueeze(2), args, params["group"], [*shape[:2], 1, shape[2]] if shape else None)
         if packed is None:
