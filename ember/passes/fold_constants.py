@@ -28,6 +28,18 @@ class FoldConstants(Pass):
         self.max_elements = max_elements
 
     def run(self, graph: Graph) -> PassResult:
+        """Fold until nothing more folds (a branch an If became may hold Constants and
+        shape arithmetic of its own), at most `MAX_ROUNDS` times."""
+        modified = False
+        for _ in range(self.MAX_ROUNDS):
+            if not self._round(graph):
+                break
+            modified = True
+        return PassResult(graph, modified)
+
+    MAX_ROUNDS = 4
+
+    def _round(self, graph: Graph) -> bool:
         modified = self._fold_known_shapes(graph)
         modified |= _inline_constant_ifs(graph)
         for node in list(graph.nodes):
@@ -49,7 +61,7 @@ class FoldConstants(Pass):
                 graph.replace_all_uses(old, graph.add_constant(old.name, data))
             modified = True
         modified |= _inline_constant_ifs(graph)  # conditions this fold made constant
-        return PassResult(graph, modified)
+        return modified
 
     @staticmethod
     def _fold_known_shapes(graph: Graph) -> bool:
@@ -58,6 +70,7 @@ class FoldConstants(Pass):
         for node in list(graph.nodes):
             if not get_op(node.op).deterministic or node.op == "Constant":
                 continue
+            replaced = 0
             for old in node.outputs:
                 k = known.get(id(old))
                 if k is None or k.value is None or not isinstance(old.type, TensorType):
@@ -68,7 +81,10 @@ class FoldConstants(Pass):
                 data = np.array(items, dtype=old.type.dtype.numpy).reshape(k.value.shape)
                 name, old.name = old.name, f"{old.name}.folded"  # the constant takes its name
                 graph.replace_all_uses(old, graph.add_constant(name, data))
+                replaced += 1
                 modified = True
+            if replaced and replaced == len(node.outputs):  # nothing reads it now: not folded again
+                graph.nodes.remove(node)
         return modified
 
 
