@@ -282,3 +282,33 @@ def test_one_d_convolutions_run_on_onednn_as_height_one(seed, kernel, stride, di
     for batch in (1, 3):
         x = rng.standard_normal((batch, c, length)).astype(np.float32)
         np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
+def test_elementwise_ops_between_convolutions_stay_channels_last():
+    """MobileNetV3's pattern: activations between convolutions (HardSwish, HardSigmoid,
+    LeakyRelu, a scalar Mul, two branches added) keep the channels-last layout: the graph
+    converts once at the input and once at the output, and matches the reference."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w0"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.3, "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3, "w2"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32) * 0.3, "w3"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c0"], ["h0"]),
+             helper.make_node("Conv", ["h0", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("HardSigmoid", ["c1"], ["h1"], alpha=0.25, beta=0.4),
+             helper.make_node("Conv", ["h0", "w2"], ["c2"]),
+             helper.make_node("LeakyRelu", ["c2"], ["h2"], alpha=0.1),
+             helper.make_node("Mul", ["h2", "two"], ["m2"]),
+             helper.make_node("Add", ["h1", "m2"], ["s"]),
+             helper.make_node("Conv", ["s", "w3"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "mobile", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = ember.compile(model)
+    assert compiled.stats.op_histogram.get("Transpose") == 2, compiled.stats.op_histogram
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    for shape in ((1, 3, 9, 7), (2, 3, 6, 10)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
