@@ -10,8 +10,10 @@ two convolutions are inverse pairs: eliminate_common_subexpressions merges the c
 of one transpose and canonicalize cancels the pairs, so a ResNet converts its layout
 once at the input and once before the pooling head (onnxruntime's NHWC transformer does
 the same). A MaxPool reading channels-last activations becomes ember.MaxPool on them.
-Elementwise ops (unary ones, and binary ones of two channels-last operands or with a
-one-element constant) let the transpose back to channels-first move past them.
+Elementwise ops let the transpose back to channels-first move past them
+(`sink_transposes`), their other operands permuted alike, even where the transpose has
+other readers; a GlobalAveragePool becomes a spatial mean on the way. PP-OCR's and
+PicoDet's backbones went from 86-199 transposes to 2-36.
 
     MaxPool(Transpose(y, NCHW)) -> Transpose(ember.MaxPool(y, channels_last=1), NCHW)
     AveragePool(Transpose(y, NCHW)) over the whole image | GlobalAveragePool(Transpose(y, NCHW))
@@ -21,6 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir.graph import Node, Value
+from ..ir.types import TensorType
+from .base import PassResult
 from .fuse_conv import CONV_ATTRS
 from .registry import register_pass
 from .rewriter import Match, Rewrite, RewritePass
@@ -196,7 +201,104 @@ REWRITES = [_rewrite("Conv", 2), _rewrite("Conv", 3),
             WHOLE_IMAGE_POOL, GLOBAL_POOL, *ELEMENTWISE]
 
 
+# ops whose every output element depends only on the elements at the same index of their
+# inputs (broadcast): any layout computes them, so a channels-first transpose moves past
+# them even where its output has other readers (the rewriter keeps those as they are)
+SINKABLE = (set(UNARY) | set(BINARY)
+            | {"HardSigmoid", "LeakyRelu", "Clip", "Elu", "Selu", "Celu", "Cast", "ThresholdedRelu", "Gelu",
+               "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Where", "Sum",
+               "Mean"})
+
+
+def _rank4(v) -> bool:
+    t = v.type
+    return isinstance(t, TensorType) and t.shape is not None and len(t.shape) == 4
+
+
+def _channels_first_source(v):
+    """x where `v` is Transpose(x, perm=[0, 3, 1, 2]) of a rank-4 x, else None."""
+    p = v.producer
+    if p is not None and p.op == "Transpose" and list(p.attrs.get("perm") or []) == TO_FIRST and _rank4(p.inputs[0]):
+        return p.inputs[0]
+    return None
+
+
+def sink_transposes(graph) -> int:
+    """Each elementwise node with a rank-4 input that comes channels-last through a
+    transpose to channels-first computes on the channels-last values instead, one
+    transpose after it: u(T(a), b, s) -> T(u(a, b', s)), where b' is another such
+    transpose's input, a constant permuted alike (broadcast to rank 4 first), or b
+    transposed to channels-last; one-element constants stay. A GlobalAveragePool of
+    T(a) becomes T(ReduceMean(a) over the spatial axes). Readers of T(a) that are not
+    elementwise keep it. Returns how many nodes moved; canonicalize then cancels the
+    pairs of transposes this leaves, eliminate_dead_code the transposes no one reads."""
+    moved, i = 0, 0
+    while i < len(graph.nodes):
+        u = graph.nodes[i]
+        if len(u.outputs) != 1 or not _rank4(u.outputs[0]):
+            i += 1
+            continue
+        out = u.outputs[0]
+        t = out.type
+        last = Value(f"{out.name}/channels_last", TensorType(t.dtype, tuple(t.shape[j] for j in TO_LAST)))
+        if u.op == "GlobalAveragePool" and _channels_first_source(u.inputs[0]) is not None:
+            axes = graph.add_constant(f"{u.name}/spatial_axes", np.array([1, 2], np.int64))
+            new = [Node("ReduceMean", [_channels_first_source(u.inputs[0]), axes], [last], {"keepdims": 1},
+                        name=f"{u.name}/channels_last")]
+        else:
+            new = _sunk(graph, u, last)
+            if new is None:
+                i += 1
+                continue
+        back = Value(out.name, t)
+        out.name = f"{out.name}.moved"
+        new.append(Node("Transpose", [last], [back], {"perm": list(TO_FIRST)}, name=f"{u.name}/to_first"))
+        graph.nodes[i:i + 1] = new
+        graph.replace_all_uses(out, back)
+        moved += 1
+        i += len(new)
+    return moved
+
+
+def _sunk(graph, u, last) -> list | None:
+    """The nodes computing elementwise `u` channels-last into `last`, or None where it
+    does not take a channels-first transpose's output."""
+    if u.op not in SINKABLE or u.has_subgraphs:
+        return None
+    sources = [None if v is None else _channels_first_source(v) for v in u.inputs]
+    if all(s is None for s in sources):
+        return None
+    nodes, inputs = [], []
+    for v, src in zip(u.inputs, sources):
+        if v is None or src is not None:
+            inputs.append(src)
+        elif v.const is not None and v.const.size == 1:
+            inputs.append(v)
+        elif v.const is not None and v.const.ndim <= 4:
+            data = v.const.reshape((1,) * (4 - v.const.ndim) + v.const.shape).transpose(TO_LAST)
+            inputs.append(graph.add_constant(f"{v.name}/channels_last", np.ascontiguousarray(data)))
+        elif _rank4(v):
+            t = v.type
+            v_last = Value(f"{v.name}/channels_last", TensorType(t.dtype, tuple(t.shape[j] for j in TO_LAST)))
+            nodes.append(Node("Transpose", [v], [v_last], {"perm": list(TO_LAST)}, name=f"{u.name}/{v.name}/to_last"))
+            inputs.append(v_last)
+        else:  # a lower-rank tensor broadcast against rank 4: left as it is
+            return None
+    return [*nodes, Node(u.op, inputs, [last], u.attrs, name=f"{u.name}/channels_last")]
+
+
 @register_pass
 class ChannelsLast(RewritePass):
     name = "channels_last"
     rewrites = REWRITES
+
+    def run(self, graph):
+        result = super().run(graph)
+        modified = result.modified
+        for _ in range(4):  # moving transposes exposes pools and convolutions to the rewrites
+            if not sink_transposes(graph):
+                break
+            modified = True
+            if not super().run(graph).modified:
+                break
+        return PassResult(graph, modified)

@@ -312,3 +312,44 @@ def test_elementwise_ops_between_convolutions_stay_channels_last():
     for shape in ((1, 3, 9, 7), (2, 3, 6, 10)):
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
+def test_transposes_move_past_elementwise_readers_they_share():
+    """PP-LCNet's blocks: a convolution's output read by several elementwise ops at once
+    (HardSwish written out as x * clip(x + 3, 0, 6) / 6), a squeeze-excite block
+    (GlobalAveragePool -> 1x1 convolutions -> HardSigmoid -> Mul), a per-channel constant
+    scale: every transpose moves past them (the rewriter alone refused, as the shared
+    transpose is read outside each match), so only the input's and the output's are
+    left, and the outputs match the reference."""
+    rng = np.random.default_rng(6)
+    c = 8
+    inits = [numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32) * 0.5, "w0"),
+             numpy_helper.from_array(rng.standard_normal((2, c, 1, 1)).astype(np.float32) * 0.5, "wa"),
+             numpy_helper.from_array(rng.standard_normal((c, 2, 1, 1)).astype(np.float32) * 0.5, "wb"),
+             numpy_helper.from_array(rng.standard_normal((4, c, 3, 3)).astype(np.float32) * 0.3, "w1"),
+             numpy_helper.from_array(rng.uniform(0.5, 2, (1, c, 1, 1)).astype(np.float32), "scale"),
+             numpy_helper.from_array(np.array(3.0, np.float32), "three"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "six")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c0", "three"], ["p3"]),
+             helper.make_node("Clip", ["p3", "zero", "six"], ["r6"]),
+             helper.make_node("Mul", ["c0", "r6"], ["m"]),
+             helper.make_node("Div", ["m", "six"], ["hs"]),
+             helper.make_node("GlobalAveragePool", ["hs"], ["g"]),
+             helper.make_node("Conv", ["g", "wa"], ["ga"]),
+             helper.make_node("Relu", ["ga"], ["gr"]),
+             helper.make_node("Conv", ["gr", "wb"], ["gb"]),
+             helper.make_node("HardSigmoid", ["gb"], ["gate"], alpha=0.2, beta=0.5),
+             helper.make_node("Mul", ["hs", "gate"], ["se"]),
+             helper.make_node("Mul", ["se", "scale"], ["scaled"]),
+             helper.make_node("Conv", ["scaled", "w1"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "lcnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = ember.compile(model)
+    assert compiled.stats.op_histogram.get("Transpose") == 2, compiled.stats.op_histogram
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    for shape in ((1, 3, 9, 7), (2, 3, 6, 10)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
