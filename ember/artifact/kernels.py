@@ -52,14 +52,15 @@ def add_kernel_libraries(writer: ArchiveWriter, program) -> list[dict]:
     of each element type it needs, the LSTM and DynamicQuantizeLSTM step loops), source and, where
     it built here, binary: a load on this machine then builds nothing. Returns their
     manifest entries."""
-    from ..codegen import lstm, paged_attention, quantized_lstm
+    from ..codegen import lstm, paged_attention, quantized_lstm, small_conv
 
     kernels = [("paged_attention", dtype, f"paged_attention-{dtype}", lambda d=dtype: paged_attention.source(d),
                 lambda d=dtype: paged_attention.library(d)) for dtype in paged_attention.dtypes_used(program)]
     if quantized_lstm.used_by(program):
         kernels.append(("quantized_lstm", "float32", "quantized_lstm", quantized_lstm.source, quantized_lstm.library))
-    if lstm.used_by(program):
-        kernels.append(("lstm", "float32", "lstm", lstm.source, lstm.library))
+    for name, module in (("lstm", lstm), ("small_conv", small_conv)):
+        if module.used_by(program):
+            kernels.append((name, "float32", name, module.KERNEL.source, module.KERNEL.library))
     entries = []
     for kernel, dtype, stem, source, library in kernels:
         entry = {"kernel": kernel, "dtype": dtype, "source": f"kernels/{stem}.cpp", "binary": None}
@@ -80,10 +81,11 @@ def install_kernel_libraries(reader: ArchiveReader, entries: list, built_for: st
     machine from the very source this ember has (copied into the kernel cache like the
     program's own); otherwise each is built from ember's own source on first use, as
     without an artifact (another ember's kernel may take other arguments)."""
-    from ..codegen import lstm, paged_attention, quantized_lstm
+    from ..codegen import lstm, paged_attention, quantized_lstm, small_conv
 
-    known = {("paged_attention", dtype) for dtype in paged_attention.DTYPES} | {("quantized_lstm", "float32"),
-                                                                              ("lstm", "float32")}
+    handwritten = {"lstm": lstm.KERNEL, "small_conv": small_conv.KERNEL}
+    known = {("paged_attention", dtype) for dtype in paged_attention.DTYPES} | {("quantized_lstm", "float32")} | {
+        (name, "float32") for name in handwritten}
     if not isinstance(entries, list) or not all(
             isinstance(e, dict) and (e.get("kernel"), e.get("dtype")) in known
             and isinstance(e.get("source"), str) and (e.get("binary") is None or isinstance(e["binary"], str))
@@ -97,9 +99,10 @@ def install_kernel_libraries(reader: ArchiveReader, entries: list, built_for: st
         if e["kernel"] == "quantized_lstm":
             if reader.read(e["source"]) == quantized_lstm.source().encode():
                 quantized_lstm.install(str(_cached(reader, e["binary"])))
-        elif e["kernel"] == "lstm":
-            if reader.read(e["source"]) == lstm.source().encode():
-                lstm.install(str(_cached(reader, e["binary"])))
+        elif e["kernel"] in handwritten:
+            kernel = handwritten[e["kernel"]]
+            if reader.read(e["source"]) == kernel.source().encode():
+                kernel.install(str(_cached(reader, e["binary"])))
         elif reader.read(e["source"]) == paged_attention.source(e["dtype"]).encode():
             paged_attention.install(e["dtype"], str(_cached(reader, e["binary"])))
 

@@ -12,6 +12,7 @@ library kernel wants (oneDNN's blocked formats), so no run pays for that.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 
@@ -209,6 +210,39 @@ def gemm(params, a, b, c, y):
     return y
 
 
+def _small_conv(params, x, w, bias, total, y):
+    """A channels-first float32 1-d or 2-d convolution of at most small_conv.MAX_MACS
+    multiply-adds on ember's direct loop (codegen/small_conv.py), the bias and a ReLU in
+    it, a residual added after; None where it does not apply (the caller goes on)."""
+    activation = params.get("activation", "")
+    small = params.get("small_weight")
+    if (small is None or x.dim() not in (3, 4) or x.dtype != torch.float32 or activation not in ("", "relu")
+            or (bias is not None and bias.dtype != torch.float32) or not x.is_contiguous()
+            or (y is not None and not y.is_contiguous())):
+        return None
+    from ..codegen import small_conv
+
+    dims = x.dim() - 2
+    pads = _pads_for(params, x)
+    out = [(n + pads[i] + pads[dims + i] - d * (k - 1) - 1) // s + 1
+           for i, (n, k, s, d) in enumerate(zip(x.shape[2:], w.shape[2:], params["strides"], params["dilations"]))]
+    macs = x.shape[0] * w.shape[0] * math.prod(out) * w[0].numel()
+    if min(out, default=1) < 1 or macs > small_conv.MAX_MACS or not small_conv.KERNEL.available():
+        return None
+    result = y if y is not None else torch.empty((x.shape[0], w.shape[0], *out), dtype=x.dtype)
+    relu = activation == "relu" and total is None
+    if dims == 1:  # as height 1
+        small_conv.run(x.unsqueeze(2), small, bias, result.unsqueeze(2), [1, *params["strides"]],
+                       [1, *params["dilations"]], [0, pads[0]], params["group"], relu)
+    else:
+        small_conv.run(x, small, bias, result, params["strides"], params["dilations"], pads[:2], params["group"], relu)
+    if total is not None:
+        result += total
+        if activation == "relu":
+            result.relu_()
+    return result
+
+
 def _pointwise_conv(params, weight: _LinearWeight, x, bias, total, y):
     """A 1x1 convolution of channels-last x [N, *spatial, C] as one GEMM over its rows,
     the bias and the activation as post-ops; with a residual, act(x W + b + total)."""
@@ -327,7 +361,22 @@ def _conv_args(params, x):
 @prepare("conv")
 def prepare_conv(params, constants):
     """A float32 constant 2-d filter is packed once into oneDNN's blocked layout; the
-    bias, the residual sum and the activation run as post-ops of the convolution."""
+    bias, the residual sum and the activation run as post-ops of the convolution. A
+    channels-first one is also laid out for ember's small direct loop ([groups, C/groups,
+    KH, KW, O/groups]), which runs the calls of tiny work."""
+    prepared = _prepare_onednn(params, constants)
+    w = constants.get(1)
+    if (w is not None and w.dtype == torch.float32 and w.dim() in (3, 4) and not params.get("channels_last")
+            and w.shape[0] % params["group"] == 0):
+        w4 = w.unsqueeze(2) if w.dim() == 3 else w
+        o, per_group, kh, kw = w4.shape
+        groups = params["group"]
+        small = w4.reshape(groups, o // groups, per_group, kh, kw).permute(0, 2, 3, 4, 1).contiguous()
+        prepared = {**prepared, "small_weight": small}
+    return prepared
+
+
+def _prepare_onednn(params, constants):
     w = constants.get(1)
     if (w is None or w.dtype != torch.float32 or w.dim() not in (3, 4) or not _onednn()
             or params.get("activation", "") not in _ONEDNN_ACTIVATIONS or _conv_args(params, w) is None):
@@ -381,6 +430,8 @@ def conv(params, x, w, bias, total, y):
             and (bias is None or bias.dtype == x.dtype) and (total is None or total.is_contiguous())):
         return _pointwise_conv(params, pointwise, x, bias, total, y)
     last = bool(params.get("channels_last"))
+    if not last and (small := _small_conv(params, x, w, bias, total, y)) is not None:
+        return small
     if last:  # [N, *spatial, C] buffers as torch's channels-last tensors
         x = _channels_first_view(x)
         y = _channels_first_view(y) if y is not None else None

@@ -255,8 +255,8 @@ def test_an_artifact_ships_the_lstm_step_loop(tmp_path, monkeypatch):
     assert [e for e in inspect(path)["kernel_libraries"] if e["kernel"] == "lstm"] == [
         {"kernel": "lstm", "dtype": "float32", "source": "kernels/lstm.cpp", "binary": "kernels/lstm.so"}]
     monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(kernel, "_INSTALLED", [])
-    kernel._kernel.cache_clear()
+    monkeypatch.setattr(kernel.KERNEL, "_installed", None)
+    kernel.KERNEL.reset()
 
     def refuse(*args, **kwargs):
         raise AssertionError("loading an artifact compiled something")
@@ -266,8 +266,10 @@ def test_an_artifact_ships_the_lstm_step_loop(tmp_path, monkeypatch):
     ran = []
     run = kernel.run
     monkeypatch.setattr(kernel, "run", lambda *a, **k: ran.append(run(*a, **k)))
-    got = ember.load(path).run(feeds)
-    for name in expected:
-        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-    assert len(ran) == 1 and "artifact-" in kernel._INSTALLED[0]
-    kernel._kernel.cache_clear()  # later tests build (or find) their own
+    try:
+        got = ember.load(path).run(feeds)
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        assert len(ran) == 1 and "artifact-" in kernel.KERNEL._installed
+    finally:
+        kernel.KERNEL.reset()  # later tests build (or find) their own

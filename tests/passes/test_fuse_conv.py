@@ -1,6 +1,8 @@
 """fuse_conv and channels_last: convolution blocks (BatchNorm, residual add, ReLU) on
 random shapes, differential against the unoptimised reference, and the graph they make."""
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
+from ember.codegen import small_conv
 from ember.frontends.onnx import load_onnx
 from ember.passes import get_pass
 from ember.testing import check_pass
@@ -195,12 +198,19 @@ def test_ember_conv_kernel_matches_its_reference(form, activation, channels_last
     compiled = ember.compile(g, opt_level=0)
     assert compiled.stats.fallback_nodes == []
     path = _conv_path(compiled)
+    before = small_conv.RUNS[0]
+    got = compiled.run(feeds)["y"]
+    if small_conv.RUNS[0] > before:
+        path = "the small direct loop"
+    elif not channels_last and path != "generated" and activation in ("", "relu"):
+        macs = 2 * math.prod(out) * m * (c // group) * kernel * kernel
+        assert macs > small_conv.MAX_MACS, "a tiny channels-first convolution skipped the small loop"
     event(f"{form} ran on {path}")
     if channels_last and form in ("dense", "depthwise"):
         assert path == "generated"
     if channels_last and form == "pointwise":
         assert path == ("gemm" if symbolic_batch else "onednn")
-    np.testing.assert_allclose(compiled.run(feeds)["y"], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_a_max_pool_between_convolutions_pools_channels_last():

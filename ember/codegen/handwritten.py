@@ -1,0 +1,69 @@
+"""Hand-written C++ kernels the runtime calls through ctypes (the LSTM step loop, the
+small direct convolution): each is one source file, built once with the system C++
+compiler and cached like every kernel library, shipped in artifacts (ember/artifact/
+kernels.py: `source`, `library`, `install`) so that a load builds nothing."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+
+from ..errors import ExecutionError
+from . import cpu
+
+log = logging.getLogger("ember.codegen")
+
+
+class HandWritten:
+    """The kernel `symbol` of `file` (next to this module), with its ctypes argument
+    types; with `prelude`, ember's CPU prelude (codegen/cpu_prelude.py) is pasted first."""
+
+    def __init__(self, file: str, symbol: str, argtypes: list, prelude: bool = False, what: str = ""):
+        self.path = Path(__file__).with_name(file)
+        self.symbol, self.argtypes, self.prelude, self.what = symbol, argtypes, prelude, what or symbol
+        self._installed: str | None = None  # a library an artifact shipped for this machine
+        self._fn = None
+        self._tried = False
+
+    def source(self) -> str:
+        text = self.path.read_text()
+        if self.prelude:
+            from .cpu_prelude import PRELUDE
+
+            text = PRELUDE + text
+        return text
+
+    def library(self) -> Path | None:
+        """The built library (built now if the kernel cache lacks it); None without a C++
+        compiler."""
+        if self._installed:
+            return Path(self._installed)
+        return None if cpu.compiler() is None else cpu.build(self.source())
+
+    def install(self, path: str) -> None:
+        """Use the library at `path` (an artifact's, built for this machine from this very
+        source) rather than building it."""
+        self._installed = path
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the loaded function (the next call loads or builds it again)."""
+        self._fn, self._tried = None, False
+
+    def fn(self):
+        """The kernel's ctypes function, built on first use; None without a compiler or
+        where it did not build."""
+        if not self._tried:
+            self._tried = True
+            if self._installed or cpu.compiler() is not None:
+                try:
+                    fn = getattr(cpu.load(str(self.library())), self.symbol)
+                    fn.argtypes, fn.restype = self.argtypes, None
+                    self._fn = fn
+                except ExecutionError as e:
+                    log.warning("ember: the %s kernel did not build; it runs on torch's instead:\n%s", self.what, e)
+        return self._fn
+
+    def available(self) -> bool:
+        return self.fn() is not None
