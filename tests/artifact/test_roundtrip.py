@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import ember
+from tests.artifact.zips import refuse_building
 from ember.artifact import inspect
 from ember.codegen import cpu
 from ember.ir import DType, Graph, TensorType, Value, print_graph, symbol
@@ -279,15 +280,9 @@ def test_an_artifact_ships_the_attention_kernel_library(tmp_path, monkeypatch):
     entries = inspect(path)["kernel_libraries"]
     assert entries == [{"kernel": "paged_attention", "dtype": "float32", "source": "kernels/paged_attention-float32.cpp",
                         "binary": "kernels/paged_attention-float32.so"}]
-    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(paged_attention, "_INSTALLED", {})
     paged_attention._kernel.cache_clear()
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("loading an artifact compiled something")
-
-    monkeypatch.setattr(cpu, "build", refuse)
-    monkeypatch.setattr("subprocess.run", refuse)
+    refuse_building(monkeypatch, tmp_path)
     taken = []
     dense = paged_attention.dense_attention
     monkeypatch.setattr(paged_attention, "dense_attention", lambda *a, **k: taken.append(dense(*a, **k)) or taken[-1])

@@ -25,3 +25,17 @@ def rezip(path, contents: dict[str, bytes], fix_hashes: bool = False, manifest_e
                 z.writestr(zipfile.ZipInfo(name), data)
         z.writestr("manifest.json", json.dumps(manifest))
     return path
+
+
+def refuse_building(monkeypatch, tmp_path) -> None:
+    """From here on the kernel cache is empty and any C++ build fails the test: what
+    loading an artifact whose libraries were built for this machine must not need."""
+    from ember.codegen import cpu
+
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "empty-cache"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading an artifact compiled something")
+
+    monkeypatch.setattr(cpu, "build", refuse)
+    monkeypatch.setattr("subprocess.run", refuse)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 import ember
+from tests.artifact.zips import refuse_building
 from ember.codegen import cpu
 from ember.codegen import quantized_lstm as kernel
 from ember.codegen.lowering import lower_graph
@@ -223,15 +224,9 @@ def test_an_artifact_ships_the_step_loop_built_for_this_machine(tmp_path, monkey
     assert [e for e in inspect(path)["kernel_libraries"] if e["kernel"] == "quantized_lstm"] == [
         {"kernel": "quantized_lstm", "dtype": "float32", "source": "kernels/quantized_lstm.cpp",
          "binary": "kernels/quantized_lstm.so"}]
-    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(kernel, "_INSTALLED", [])
     kernel._kernel.cache_clear()
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("loading an artifact compiled something")
-
-    monkeypatch.setattr(cpu, "build", refuse)
-    monkeypatch.setattr("subprocess.run", refuse)
+    refuse_building(monkeypatch, tmp_path)
     ran = []
     run = kernel.run
     monkeypatch.setattr(kernel, "run", lambda *a, **k: ran.append(run(*a, **k)))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 import ember
+from tests.artifact.zips import refuse_building
 from ember.codegen import cpu
 from ember.codegen.lowering import lower_graph
 from ember.frontends.onnx import load_onnx
@@ -241,7 +242,6 @@ def test_an_artifact_ships_the_lstm_step_loop(tmp_path, monkeypatch):
     """Saved, a model with a small LSTM carries the C++ step loop's source and library:
     loaded with an empty kernel cache, nothing is compiled, and the shipped kernel runs."""
     from ember.artifact import inspect
-    from ember.codegen import cpu
     from ember.codegen import lstm as kernel
 
     rng = np.random.default_rng(7)
@@ -254,15 +254,9 @@ def test_an_artifact_ships_the_lstm_step_loop(tmp_path, monkeypatch):
     path = compiled.save(tmp_path / "m.ember")
     assert [e for e in inspect(path)["kernel_libraries"] if e["kernel"] == "lstm"] == [
         {"kernel": "lstm", "dtype": "float32", "source": "kernels/lstm.cpp", "binary": "kernels/lstm.so"}]
-    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(kernel.KERNEL, "_installed", None)
     kernel.KERNEL.reset()
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("loading an artifact compiled something")
-
-    monkeypatch.setattr(cpu, "build", refuse)
-    monkeypatch.setattr("subprocess.run", refuse)
+    refuse_building(monkeypatch, tmp_path)
     ran = []
     run = kernel.run
     monkeypatch.setattr(kernel, "run", lambda *a, **k: ran.append(run(*a, **k)))
