@@ -240,6 +240,7 @@ class Executor:
         self._arena = torch.empty(0, dtype=torch.uint8)
         self._pointed: _Binding | None = None  # the binding whose addresses the slots hold
         self.profile: list | None = None  # (step, start, seconds) of every step run, when profiling
+        self._step_plan: list | None = None  # the steps prepared for a run of known sizes (`_make_plan`)
 
     @property
     def output_dtypes(self) -> list:
@@ -449,35 +450,35 @@ class Executor:
                         views[name], tensors[name] = view, tensor
 
     def _run_steps(self, p, binding, views, tensors, late, sizes_addr) -> None:
-        B = self._B
         profile = self.profile
         step = None
         try:
-            for i, (kind, fn, step) in enumerate(self._steps):
-                if kind == "fallback" and fn is None:
-                    fn = self._prepare(i)
-                if late:
-                    self._allocate_late(binding, step, views, tensors)
+            if not late and profile is None:  # every size known: the prepared plan, least Python a step
+                B, B_addr, needs_view = self._B, self._B_addr, self._needs_view
+                for i, (code, fn, step, args, adopted, release) in enumerate(self._step_plan or self._make_plan()):
+                    if code == 0:
+                        fn(B_addr, sizes_addr)
+                    elif code == 1:
+                        result = fn(step.params, *[tensors.get(a) if a else None for a in args])
+                        if adopted is not None:
+                            tensors[adopted] = result
+                            B[p.slots[adopted]] = result.data_ptr()
+                            if adopted in needs_view:
+                                views[adopted] = result.numpy()
+                    else:
+                        self._step(i, p, binding, views, tensors, False, sizes_addr)
+                    for name in release:  # its last reader has run
+                        tensors.pop(name, None)
+                        views.pop(name, None)
+                return
+            for i in range(len(self._steps)):
+                step = self._steps[i][2]
                 if profile is not None:
                     start = time.perf_counter()
-                if kind == "segment":
-                    fn(self._B_addr, sizes_addr)
-                elif kind == "extern" and step.params.get("sizes_outputs"):
-                    self._sizing_extern(fn, step, binding, views, tensors)
-                elif kind == "extern":
-                    adopted = self._adopted.get(i)
-                    args = [tensors.get(a) if a and a != adopted else None for a in step.args]
-                    result = fn(step.params, *args)
-                    if adopted is not None:
-                        tensors[adopted] = result
-                        B[p.slots[adopted]] = result.data_ptr()
-                        if adopted in self._needs_view:
-                            views[adopted] = result.numpy()
-                else:
-                    self._fallback(fn, step, binding, views, tensors)
+                self._step(i, p, binding, views, tensors, late, sizes_addr)
                 if profile is not None:
                     profile.append((step, start, time.perf_counter() - start))
-                for name in self._release.get(i, ()):  # its last reader has run
+                for name in self._release.get(i, ()):
                     tensors.pop(name, None)
                     views.pop(name, None)
         except (EmberError, KeyboardInterrupt):
@@ -486,6 +487,48 @@ class Executor:
             nodes = ", ".join(repr(n) for n in step.nodes[:3]) or repr(step.name)
             raise ExecutionError(f"{step.kind} {step.name!r} (node {nodes}) failed: {type(e).__name__}: "
                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+
+    def _make_plan(self) -> list:
+        """Each step as (code, fn, step, argument names, adopted output, names released
+        after it): code 0 a segment, 1 an extern of known output sizes (its adopted
+        output's name blanked in its arguments), 2 anything else (`_step` runs it)."""
+        plan = []
+        for i, (kind, fn, step) in enumerate(self._steps):
+            adopted = self._adopted.get(i)
+            release = tuple(self._release.get(i, ()))
+            if kind == "segment":
+                plan.append((0, fn, step, (), None, release))
+            elif kind == "extern" and not step.params.get("sizes_outputs"):
+                args = tuple("" if a == adopted else a for a in step.args)
+                plan.append((1, fn, step, args, adopted, release))
+            else:
+                plan.append((2, fn, step, (), None, release))
+        self._step_plan = plan
+        return plan
+
+    def _step(self, i, p, binding, views, tensors, late, sizes_addr) -> None:
+        """Run step i, whatever its kind (a fallback's reference prepared on first use;
+        a late-sized run's buffers allocated as their sizes become known)."""
+        kind, fn, step = self._steps[i]
+        if kind == "fallback" and fn is None:
+            fn = self._prepare(i)
+        if late:
+            self._allocate_late(binding, step, views, tensors)
+        if kind == "segment":
+            fn(self._B_addr, sizes_addr)
+        elif kind == "extern" and step.params.get("sizes_outputs"):
+            self._sizing_extern(fn, step, binding, views, tensors)
+        elif kind == "extern":
+            adopted = self._adopted.get(i)
+            args = [tensors.get(a) if a and a != adopted else None for a in step.args]
+            result = fn(step.params, *args)
+            if adopted is not None:
+                tensors[adopted] = result
+                self._B[p.slots[adopted]] = result.data_ptr()
+                if adopted in self._needs_view:
+                    views[adopted] = result.numpy()
+        else:
+            self._fallback(fn, step, binding, views, tensors)
 
     def _prepare(self, i: int):
         kind, _, step = self._steps[i]

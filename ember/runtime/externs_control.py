@@ -61,11 +61,12 @@ def _writable(body, outs: list) -> list:
     dtypes = body.output_dtypes
     chosen, seen = [], set()
     for y, dtype in zip(outs, dtypes):
-        ok = (y is not None and y.dtype == dtype and y.flags.c_contiguous and y.size
-              and y.__array_interface__["data"][0] not in seen)
+        ok = y is not None and y.dtype == dtype and y.flags.c_contiguous and y.size
+        if ok and len(outs) > 1:  # (one output aliases nothing)
+            address = y.__array_interface__["data"][0]
+            ok = address not in seen
+            seen.add(address)
         chosen.append(y if ok else None)
-        if ok:
-            seen.add(y.__array_interface__["data"][0])
     return chosen
 
 
