@@ -1,7 +1,9 @@
 """A direct convolution for tiny sizes (cpu_small_conv.cpp): the `conv` extern runs a call
 of at most `MAX_MACS` multiply-adds on it instead of oneDNN, whose call costs 25-40 us
 before any work (silero VAD's 18 Conv1d of a few thousand multiply-adds each took 1.2 of
-its 2.0 ms). Float32, channels-first, 1-d (as height 1) or 2-d."""
+its 2.0 ms). Float32, channels-first, 1-d (as height 1) or 2-d; the extern
+(runtime/externs.py, `_small_conv`) calls `KERNEL.fn()` with the data pointers, the
+sizes and the geometry, the filter laid out [groups, C/groups, KH, KW, O/groups]."""
 
 from __future__ import annotations
 
@@ -21,15 +23,3 @@ def used_by(program) -> bool:
     return any(step.name == "conv" or (step.name == "control"
                                        and any(used_by(body) for body in step.params.get("programs", ())))
                for step in program.steps if step.kind == "extern")
-
-
-def run(x, w, bias, y, strides, dilations, pads, groups: int, relu: bool) -> None:
-    """y = conv(x, w) + bias (ReLU'd): x [N, C, H, W], w laid out [groups, C/groups, KH,
-    KW, O/groups], y [N, O, OH, OW], all contiguous float32; pads (top, left) (the end
-    pads are what y's size leaves)."""
-    RUNS[0] += 1
-    n, c, h, width = x.shape
-    _, _, kh, kw, _ = w.shape
-    KERNEL.fn()(x.data_ptr(), w.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), n, c, h, width,
-                y.shape[1], kh, kw, y.shape[2], y.shape[3], strides[0], strides[1], dilations[0], dilations[1],
-                pads[0], pads[1], groups, int(relu))
