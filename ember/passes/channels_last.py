@@ -122,88 +122,21 @@ def _global_pool_check(m: Match) -> str | None:
 GLOBAL_POOL = Rewrite("global_average_pool_channels_last", _global_pool_pattern, _spatial_mean, _global_pool_check)
 
 # elementwise ops do not care about layout: a transpose back to channels-first moves past
-# them, so the activations between two convolutions stay channels-last (MobileNetV3's
-# HardSwish between every pair, PP-OCR's SE blocks), as onnxruntime's NHWC transformer
-# moves its transposes; canonicalize then cancels the pairs this leaves
+# them (`sink_transposes`), so the activations between two convolutions stay channels-last
+# (MobileNetV3's HardSwish between every pair, PP-OCR's SE blocks), as onnxruntime's NHWC
+# transformer moves its transposes; canonicalize then cancels the pairs this leaves
 UNARY = ("Relu", "Sigmoid", "Tanh", "HardSwish", "Abs", "Neg", "Exp", "Sqrt", "Softsign", "Softplus", "Erf",
          "Mish", "Identity", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Not", "IsNaN")
-
-
-def _unary(name: str) -> Rewrite:
-    def pattern(op, y):
-        return getattr(op, name)(op.Transpose(y, perm=TO_FIRST))
-
-    def replacement(op, y):
-        return op.Transpose(getattr(op, name)(y), perm=TO_FIRST)
-
-    return Rewrite(f"{name.lower()}_channels_last", pattern, replacement)
-
-
-def _hard_sigmoid_pattern(op, y, alpha, beta):
-    return op.HardSigmoid(op.Transpose(y, perm=TO_FIRST), alpha=alpha, beta=beta)
-
-
-def _hard_sigmoid_replacement(op, y, alpha, beta):
-    return op.Transpose(op.HardSigmoid(y, alpha=alpha, beta=beta), perm=TO_FIRST)
-
-
-def _leaky_relu_pattern(op, y, alpha):
-    return op.LeakyRelu(op.Transpose(y, perm=TO_FIRST), alpha=alpha)
-
-
-def _leaky_relu_replacement(op, y, alpha):
-    return op.Transpose(op.LeakyRelu(y, alpha=alpha), perm=TO_FIRST)
-
-
 BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow")
-
-
-def _both_transposed(name: str) -> Rewrite:
-    """name(Transpose(a), Transpose(b)) -> Transpose(name(a, b)): the same permutation of
-    both operands keeps numpy broadcasting's meaning."""
-    def pattern(op, a, b):
-        return getattr(op, name)(op.Transpose(a, perm=TO_FIRST), op.Transpose(b, perm=TO_FIRST))
-
-    def replacement(op, a, b):
-        return op.Transpose(getattr(op, name)(a, b), perm=TO_FIRST)
-
-    return Rewrite(f"{name.lower()}_both_channels_last", pattern, replacement)
-
-
-def _scalar_check(m: Match) -> str | None:
-    s = m["s"]
-    if s.const is None or s.const.size != 1 or s.const.ndim > 4:
-        return "the other operand is not a constant of one element"
-    return None
-
-
-def _with_scalar(name: str, transposed_first: bool) -> Rewrite:
-    """name(Transpose(a), s) (or name(s, Transpose(a))) with s a one-element constant."""
-    def pattern(op, a, s):
-        t = op.Transpose(a, perm=TO_FIRST)
-        return getattr(op, name)(t, s) if transposed_first else getattr(op, name)(s, t)
-
-    def replacement(op, a, s):
-        return op.Transpose(getattr(op, name)(a, s) if transposed_first else getattr(op, name)(s, a), perm=TO_FIRST)
-
-    side = "left" if transposed_first else "right"
-    return Rewrite(f"{name.lower()}_scalar_{side}_channels_last", pattern, replacement, _scalar_check)
-
-
-ELEMENTWISE = ([_unary(name) for name in UNARY]
-               + [Rewrite("hardsigmoid_channels_last", _hard_sigmoid_pattern, _hard_sigmoid_replacement),
-                  Rewrite("leakyrelu_channels_last", _leaky_relu_pattern, _leaky_relu_replacement)]
-               + [_both_transposed(name) for name in BINARY]
-               + [_with_scalar(name, first) for name in BINARY for first in (True, False)])
 
 REWRITES = [_rewrite("Conv", 2), _rewrite("Conv", 3),
             _rewrite("ember.Conv", 2), _rewrite("ember.Conv", 3), _rewrite("ember.Conv", 4), MAX_POOL,
-            WHOLE_IMAGE_POOL, GLOBAL_POOL, *ELEMENTWISE]
+            WHOLE_IMAGE_POOL, GLOBAL_POOL]
 
 
 # ops whose every output element depends only on the elements at the same index of their
 # inputs (broadcast): any layout computes them, so a channels-first transpose moves past
-# them even where its output has other readers (the rewriter keeps those as they are)
+# them, even where its output has other readers (the rewriter refuses such a match)
 SINKABLE = (set(UNARY) | set(BINARY)
             | {"HardSigmoid", "LeakyRelu", "Clip", "Elu", "Selu", "Celu", "Cast", "ThresholdedRelu", "Gelu",
                "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Where", "Sum",
