@@ -451,34 +451,28 @@ class Executor:
 
     def _run_steps(self, p, binding, views, tensors, late, sizes_addr) -> None:
         profile = self.profile
+        B, B_addr, needs_view = self._B, self._B_addr, self._needs_view
         step = None
         try:
-            if not late and profile is None:  # every size known: the prepared plan, least Python a step
-                B, B_addr, needs_view = self._B, self._B_addr, self._needs_view
-                for i, (code, fn, step, args, adopted, release) in enumerate(self._step_plan or self._make_plan()):
-                    if code == 0:
-                        fn(B_addr, sizes_addr)
-                    elif code == 1:
-                        result = fn(step.params, *[tensors.get(a) if a else None for a in args])
-                        if adopted is not None:
-                            tensors[adopted] = result
-                            B[p.slots[adopted]] = result.data_ptr()
-                            if adopted in needs_view:
-                                views[adopted] = result.numpy()
-                    else:
-                        self._step(i, p, binding, views, tensors, False, sizes_addr)
-                    for name in release:  # its last reader has run
-                        tensors.pop(name, None)
-                        views.pop(name, None)
-                return
-            for i in range(len(self._steps)):
-                step = self._steps[i][2]
+            for i, (code, fn, step, args, adopted, release) in enumerate(self._step_plan or self._make_plan()):
+                if late:  # buffers whose sizes earlier steps told
+                    self._allocate_late(binding, step, views, tensors)
                 if profile is not None:
                     start = time.perf_counter()
-                self._step(i, p, binding, views, tensors, late, sizes_addr)
+                if code == 0:
+                    fn(B_addr, sizes_addr)
+                elif code == 1:
+                    result = fn(step.params, *[tensors.get(a) if a else None for a in args])
+                    if adopted is not None:
+                        tensors[adopted] = result
+                        B[p.slots[adopted]] = result.data_ptr()
+                        if adopted in needs_view:
+                            views[adopted] = result.numpy()
+                else:
+                    self._sizing_or_fallback(i, binding, views, tensors)
                 if profile is not None:
                     profile.append((step, start, time.perf_counter() - start))
-                for name in self._release.get(i, ()):
+                for name in release:  # its last reader has run
                     tensors.pop(name, None)
                     views.pop(name, None)
         except (EmberError, KeyboardInterrupt):
@@ -490,8 +484,9 @@ class Executor:
 
     def _make_plan(self) -> list:
         """Each step as (code, fn, step, argument names, adopted output, names released
-        after it): code 0 a segment, 1 an extern of known output sizes (its adopted
-        output's name blanked in its arguments), 2 anything else (`_step` runs it)."""
+        after it), decided once rather than on every run: code 0 a segment, 1 an extern of
+        known output sizes (its adopted output's name blanked in its arguments), 2 a sizing
+        extern or a fallback (`_sizing_or_fallback`)."""
         plan = []
         for i, (kind, fn, step) in enumerate(self._steps):
             adopted = self._adopted.get(i)
@@ -506,29 +501,16 @@ class Executor:
         self._step_plan = plan
         return plan
 
-    def _step(self, i, p, binding, views, tensors, late, sizes_addr) -> None:
-        """Run step i, whatever its kind (a fallback's reference prepared on first use;
-        a late-sized run's buffers allocated as their sizes become known)."""
+    def _sizing_or_fallback(self, i, binding, views, tensors) -> None:
+        """Run step i: an extern that sizes its outputs, or a fallback (its reference
+        prepared on first use)."""
         kind, fn, step = self._steps[i]
-        if kind == "fallback" and fn is None:
-            fn = self._prepare(i)
-        if late:
-            self._allocate_late(binding, step, views, tensors)
-        if kind == "segment":
-            fn(self._B_addr, sizes_addr)
-        elif kind == "extern" and step.params.get("sizes_outputs"):
+        if kind == "extern":
             self._sizing_extern(fn, step, binding, views, tensors)
-        elif kind == "extern":
-            adopted = self._adopted.get(i)
-            args = [tensors.get(a) if a and a != adopted else None for a in step.args]
-            result = fn(step.params, *args)
-            if adopted is not None:
-                tensors[adopted] = result
-                self._B[p.slots[adopted]] = result.data_ptr()
-                if adopted in self._needs_view:
-                    views[adopted] = result.numpy()
-        else:
-            self._fallback(fn, step, binding, views, tensors)
+            return
+        if fn is None:
+            fn = self._prepare(i)
+        self._fallback(fn, step, binding, views, tensors)
 
     def _prepare(self, i: int):
         kind, _, step = self._steps[i]
