@@ -47,18 +47,25 @@ class LibraryWriter:
         return index
 
 
+def _handwritten() -> dict:
+    """Manifest name -> module of each single-source hand-written kernel (codegen/
+    handwritten.py: its `KERNEL` and `used_by`)."""
+    from ..codegen import lstm, quantized_lstm, small_conv
+
+    return {"quantized_lstm": quantized_lstm, "lstm": lstm, "small_conv": small_conv}
+
+
 def add_kernel_libraries(writer: ArchiveWriter, program) -> list[dict]:
     """Ship the hand-written kernel libraries `program` runs (the paged-attention kernel
-    of each element type it needs, the LSTM and DynamicQuantizeLSTM step loops), source and, where
+    of each element type it needs, the LSTM and DynamicQuantizeLSTM step loops, the small
+    convolution), source and, where
     it built here, binary: a load on this machine then builds nothing. Returns their
     manifest entries."""
-    from ..codegen import lstm, paged_attention, quantized_lstm, small_conv
+    from ..codegen import paged_attention
 
     kernels = [("paged_attention", dtype, f"paged_attention-{dtype}", lambda d=dtype: paged_attention.source(d),
                 lambda d=dtype: paged_attention.library(d)) for dtype in paged_attention.dtypes_used(program)]
-    if quantized_lstm.used_by(program):
-        kernels.append(("quantized_lstm", "float32", "quantized_lstm", quantized_lstm.source, quantized_lstm.library))
-    for name, module in (("lstm", lstm), ("small_conv", small_conv)):
+    for name, module in _handwritten().items():
         if module.used_by(program):
             kernels.append((name, "float32", name, module.KERNEL.source, module.KERNEL.library))
     entries = []
@@ -81,10 +88,10 @@ def install_kernel_libraries(reader: ArchiveReader, entries: list, built_for: st
     machine from the very source this ember has (copied into the kernel cache like the
     program's own); otherwise each is built from ember's own source on first use, as
     without an artifact (another ember's kernel may take other arguments)."""
-    from ..codegen import lstm, paged_attention, quantized_lstm, small_conv
+    from ..codegen import paged_attention
 
-    handwritten = {"lstm": lstm.KERNEL, "small_conv": small_conv.KERNEL}
-    known = {("paged_attention", dtype) for dtype in paged_attention.DTYPES} | {("quantized_lstm", "float32")} | {
+    handwritten = {name: module.KERNEL for name, module in _handwritten().items()}
+    known = {("paged_attention", dtype) for dtype in paged_attention.DTYPES} | {
         (name, "float32") for name in handwritten}
     if not isinstance(entries, list) or not all(
             isinstance(e, dict) and (e.get("kernel"), e.get("dtype")) in known
@@ -96,10 +103,7 @@ def install_kernel_libraries(reader: ArchiveReader, entries: list, built_for: st
     for e in entries:
         if not e["binary"]:
             continue
-        if e["kernel"] == "quantized_lstm":
-            if reader.read(e["source"]) == quantized_lstm.source().encode():
-                quantized_lstm.install(str(_cached(reader, e["binary"])))
-        elif e["kernel"] in handwritten:
+        if e["kernel"] in handwritten:
             kernel = handwritten[e["kernel"]]
             if reader.read(e["source"]) == kernel.source().encode():
                 kernel.install(str(_cached(reader, e["binary"])))

@@ -1,5 +1,5 @@
-"""Hand-written C++ kernels the runtime calls through ctypes (the LSTM step loop, the
-small direct convolution): each is one source file, built once with the system C++
+"""Hand-written C++ kernels the runtime calls through ctypes (the LSTM and
+DynamicQuantizeLSTM step loops, the small direct convolution): each is one source file, built once with the system C++
 compiler and cached like every kernel library, shipped in artifacts (ember/artifact/
 kernels.py: `source`, `library`, `install`) so that a load builds nothing."""
 
@@ -19,9 +19,11 @@ class HandWritten:
     """The kernel `symbol` of `file` (next to this module), with its ctypes argument
     types; with `prelude`, ember's CPU prelude (codegen/cpu_prelude.py) is pasted first."""
 
-    def __init__(self, file: str, symbol: str, argtypes: list, prelude: bool = False, what: str = ""):
+    def __init__(self, file: str, symbol: str, argtypes: list, prelude: bool = False, what: str = "",
+                 restype=None, instead: str = "torch's"):
         self.path = Path(__file__).with_name(file)
         self.symbol, self.argtypes, self.prelude, self.what = symbol, argtypes, prelude, what or symbol
+        self.restype, self.instead = restype, instead  # what runs where it does not build
         self._installed: str | None = None  # a library an artifact shipped for this machine
         self._fn = None
         self._tried = False
@@ -59,11 +61,20 @@ class HandWritten:
             if self._installed or cpu.compiler() is not None:
                 try:
                     fn = getattr(cpu.load(str(self.library())), self.symbol)
-                    fn.argtypes, fn.restype = self.argtypes, None
+                    fn.argtypes, fn.restype = self.argtypes, self.restype
                     self._fn = fn
                 except ExecutionError as e:
-                    log.warning("ember: the %s kernel did not build; it runs on torch's instead:\n%s", self.what, e)
+                    log.warning("ember: the %s kernel did not build; it runs on %s instead:\n%s", self.what,
+                                self.instead, e)
         return self._fn
 
     def available(self) -> bool:
         return self.fn() is not None
+
+
+def program_uses(program, predicate) -> bool:
+    """Whether a step of `program`, or of a control-flow body in it, is an extern that
+    `predicate(step)` accepts (which hand-written kernels an artifact ships)."""
+    return any(predicate(step) or (step.name == "control"
+                                   and any(program_uses(body, predicate) for body in step.params.get("programs", ())))
+               for step in program.steps if step.kind == "extern")

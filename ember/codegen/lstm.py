@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 
-from .handwritten import HandWritten
+from .handwritten import HandWritten, program_uses
 
 KERNEL = HandWritten("cpu_lstm.cpp", "ember_lstm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6, prelude=True,
                      what="LSTM")
@@ -17,9 +17,7 @@ KERNEL = HandWritten("cpu_lstm.cpp", "ember_lstm", [ctypes.c_void_p] * 5 + [ctyp
 def used_by(program) -> bool:
     """Whether `program` (or a control-flow body in it) has an LSTM the kernel may run
     (the `recurrent` extern's)."""
-    return any((step.name == "recurrent" and step.params.get("op") == "LSTM")
-               or (step.name == "control" and any(used_by(body) for body in step.params.get("programs", ())))
-               for step in program.steps if step.kind == "extern")
+    return program_uses(program, lambda step: step.name == "recurrent" and step.params.get("op") == "LSTM")
 
 
 def run(xw, r, h, c, y, backward: list[bool], threads: int = 1) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 
-from .handwritten import HandWritten
+from .handwritten import HandWritten, program_uses
 
 MAX_MACS = 1 << 16
 RUNS = [0]  # calls run here (tests read it)
@@ -19,7 +19,6 @@ KERNEL = HandWritten("cpu_small_conv.cpp", "ember_small_conv", [ctypes.c_void_p]
 
 
 def used_by(program) -> bool:
-    """Whether `program` (or a control-flow body in it) has a convolution extern."""
-    return any(step.name == "conv" or (step.name == "control"
-                                       and any(used_by(body) for body in step.params.get("programs", ())))
-               for step in program.steps if step.kind == "extern")
+    """Whether `program` (or a control-flow body in it) has a channels-first convolution
+    extern."""
+    return program_uses(program, lambda step: step.name == "conv" and not step.params.get("channels_last"))

@@ -387,8 +387,10 @@ def prepare_conv(params, constants):
     KH, KW, O/groups]), which runs the calls of tiny work."""
     prepared = _prepare_onednn(params, constants)
     w = constants.get(1)
+    # a call does at least w.numel() multiply-adds (one output position): a larger filter
+    # never runs on the small loop, and is not laid out for it
     if (w is not None and w.dtype == torch.float32 and w.dim() in (3, 4) and not params.get("channels_last")
-            and w.shape[0] % params["group"] == 0):
+            and w.shape[0] % params["group"] == 0 and w.numel() <= _small_conv_module().MAX_MACS):
         w4 = w.unsqueeze(2) if w.dim() == 3 else w
         o, per_group, kh, kw = w4.shape
         groups = params["group"]

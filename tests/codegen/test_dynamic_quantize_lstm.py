@@ -224,8 +224,8 @@ def test_an_artifact_ships_the_step_loop_built_for_this_machine(tmp_path, monkey
     assert [e for e in inspect(path)["kernel_libraries"] if e["kernel"] == "quantized_lstm"] == [
         {"kernel": "quantized_lstm", "dtype": "float32", "source": "kernels/quantized_lstm.cpp",
          "binary": "kernels/quantized_lstm.so"}]
-    monkeypatch.setattr(kernel, "_INSTALLED", [])
-    kernel._kernel.cache_clear()
+    monkeypatch.setattr(kernel.KERNEL, "_installed", None)
+    kernel.KERNEL.reset()
     refuse_building(monkeypatch, tmp_path)
     ran = []
     run = kernel.run
@@ -233,8 +233,8 @@ def test_an_artifact_ships_the_step_loop_built_for_this_machine(tmp_path, monkey
     got = ember.load(path).run(feeds)
     for name in expected:
         np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]), err_msg=name)
-    assert len(ran) == 1 and "artifact-" in kernel._INSTALLED[0]
-    kernel._kernel.cache_clear()  # later tests build (or find) their own
+    assert len(ran) == 1 and "artifact-" in kernel.KERNEL._installed
+    kernel.KERNEL.reset()  # later tests build (or find) their own
 
 
 @pytest.mark.parametrize("name, shape", [("R", (1, 3, 8)), ("W", (1, 2, 12)), ("R_scale", (1, 5)),
