@@ -230,7 +230,7 @@ def _direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, stride
         filters = filters.reshape(*kernel, channels)
     wbuf = ctx.new_buffer("conv_filter", DType.float32, filters.shape, "constant")
     ctx.constants[wbuf.name] = filters
-    xp = _zero_padded(ctx, x, pads) if any(p or q for p, q in pads) else x
+    xp = _padded(ctx, x, pads, 0.0, 1) if any(p or q for p, q in pads) else x
     if xp.lazy:  # read once per tap: computed once
         xp = type(x)(x.dtype, x.shape, buffer=ctx.realize(xp))
 
@@ -249,12 +249,6 @@ def _direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, stride
 
     terms = math.prod(kernel) * (1 if depthwise else channels)
     return ctx.pointwise(shape, dtype, load, cost=2 * terms + (total.cost if total is not None else 0))
-
-
-def _zero_padded(ctx, x, pads):
-    """Channels-last x [N, *spatial, C] with `pads` (begin, end) zeros around each spatial
-    axis, realized."""
-    return _padded(ctx, x, pads, 0.0, 1)
 
 
 def _padded(ctx, x, pads, fill: float, first: int, extents=None):
