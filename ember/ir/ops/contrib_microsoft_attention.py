@@ -179,6 +179,7 @@ def _scaled_attention(q, k, v, bias, scale: float, softcap: float = 0.0, sink=No
 
 
 def _attention_settings(node: Node):
+    """(num_heads, scale, unidirectional, mask_filter_value): Attention's and MultiHeadAttention's."""
     opdef = get_op(node.op)
     return (opdef.attr(node, "num_heads"), float(opdef.attr(node, "scale")), bool(opdef.attr(node, "unidirectional")),
             float(opdef.attr(node, "mask_filter_value")))
@@ -336,14 +337,8 @@ define("Attention", params("input", "weights", "bias", "mask_index", "past", "at
 
 
 # -- MultiHeadAttention -------------------------------------------------------------
-def _mha_settings(node: Node):
-    opdef = get_op(node.op)
-    return (opdef.attr(node, "num_heads"), float(opdef.attr(node, "scale")), bool(opdef.attr(node, "unidirectional")),
-            float(opdef.attr(node, "mask_filter_value")))
-
-
 def _mha_reference(node: Node):
-    heads, scale, causal, filter_value = _mha_settings(node)
+    heads, scale, causal, filter_value = _attention_settings(node)
 
     def run(query, key=None, value=None, bias=None, key_padding_mask=None, attention_bias=None, past_key=None,
             past_value=None, past_sequence_length=None, cache_indirection=None):
@@ -396,7 +391,7 @@ def _mha_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
 
 def _expand_mha(op, node, used):
     query, key, value, bias, mask, attention_bias, past_key, past_value, past_len, cache = padded_inputs(node, 10)
-    heads, scale, causal, filter_value = _mha_settings(node)
+    heads, scale, causal, filter_value = _attention_settings(node)
     shapes = [type_shape(v) for v in (query, key, value)]
     if any(s is None or len(s) != 3 for s in shapes) or past_len is not None or cache is not None:
         raise NotLowerable("not 3-D query, key and value, or a shared past/present buffer")
