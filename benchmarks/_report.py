@@ -1,9 +1,28 @@
-"""What the benchmark scripts share: a markdown table of their rows, and writing it into
-its own marked section of docs/benchmarks.md (replaced on each run, the rest kept)."""
+"""What the benchmark scripts share: the name of the CPU that ran them, a markdown table of
+their rows, and writing it into its own marked section of docs/benchmarks.md (replaced on
+each run, the rest kept)."""
 
 from __future__ import annotations
 
+import platform
+import subprocess
 from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu gives it, with the vector extensions that change the
+    figures (AVX-512, AMX) where it has them: every figure names the machine it ran on."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                name = line.split(":", 1)[1].strip()
+                flags = next((ln for ln in out.splitlines() if ln.startswith("Flags:")), "")
+                extras = [f for f in ("avx512f", "amx_tile") if f" {f}" in flags]
+                return name + (f" ({', '.join(extras)})" if extras else "")
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def markdown_table(first: str, labels: list, rows: list[dict[str, float]]) -> list[str]:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _report import write_section  # benchmarks/_report.py
+from _report import cpu_name, write_section  # benchmarks/_report.py
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD, COMPILE_COLD, COMPILE_WARM, ORT = ("load artifact, empty kernel cache", "compile, empty kernel cache",
@@ -155,8 +155,7 @@ def main(argv=None) -> int:
     import onnxruntime
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True,
-                text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
+    cpu = cpu_name()
     header = ["## Artifact load vs compile — MiniLM", "",
               f"`python benchmarks/artifact_load.py --runs {args.runs}` — all-MiniLM-L6-v2 (ONNX, opset 17) on the "
               f"four sample sentences of `ember demo`; each measurement a fresh process, timed from its start (as a "

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import cpu_name  # benchmarks/_report.py
 
 HERE = Path(__file__).resolve().parent
 
@@ -100,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         os.setsid()
         Path("/proc/self/autogroup").write_text("-20")
         os.nice(-20 - os.nice(0))
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "?")
+    cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores, {platform.machine()}; threads {args.threads}; busy loop on core "
           f"{args.core}; load average before: {os.getloadavg()[0]:.1f}"
           f"{'; at nice -20 in an autogroup of its own' if args.high_priority else ''}", flush=True)

@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of untimed runs before each block, while the other engine's threads stop spinning")
     parser.add_argument("--write", type=Path, help="replace this benchmark's section of a markdown file")
     args = parser.parse_args(argv)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
+    from _report import cpu_name  # benchmarks/_report.py (here: tests load this file by its path)
+
+    machine = f"{cpu_name()}, {platform.machine()}, {os.cpu_count()} cores"
     print(f"{machine}; threads {args.threads}; median of {args.runs} runs after {args.warmup} warm-up")
     rows = latency(args.runs, args.warmup, args.threads, args.block, args.only, args.settle)
     if args.only:

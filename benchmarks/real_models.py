@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _report import write_section  # benchmarks/_report.py
+from _report import cpu_name, write_section  # benchmarks/_report.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,20 +220,6 @@ def section(rows: list[dict], args, machine: str, summary: str) -> list[str]:
         "| max abs diff |",
         "|---|---|---|---|---|---|---|", *[describe(r) for r in rows], "", f"**{summary}.**", "",
         "Inputs: " + "; ".join(f"{r['model']}: {r['inputs']}" for r in rows) + ".", ""]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                name = line.split(":", 1)[1].strip()
-                flags = next((ln for ln in out.splitlines() if ln.startswith("Flags:")), "")
-                extras = [f for f in ("avx512f", "amx_tile") if f" {f}" in flags]
-                return name + (f" ({', '.join(extras)})" if extras else "")
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:

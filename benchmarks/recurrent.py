@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _report import cpu_name  # benchmarks/_report.py
 
 HIDDEN, SEQ, SIZE = 64, 50, 40
 
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     parser.add_argument("--only", help="run the workloads whose name contains this")
     args = parser.parse_args(argv)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores; threads {args.threads}; median over {args.rounds} processes per "
           f"engine of the median of {args.runs} runs")
     rows = []

@@ -10,10 +10,8 @@ lookup; at 8x100 (800 rows, run at 896) they differ by the padding.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +19,7 @@ import torch
 import ember
 from ember import _builtin
 from ember.runtime import externs
+from _report import cpu_name  # benchmarks/_report.py
 
 
 def _exact_linear(params, x, w, bias, y):
@@ -62,8 +61,7 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
             medians[name].append(statistics.median(times))
     externs.EXTERNS["linear"] = classed
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     print(f"MiniLM b{args.batch}x{args.seq}, {cpu}, {torch.get_num_threads()} threads, "
           f"{args.rounds} alternating rounds of {args.runs} runs:")
     for name, values in medians.items():

@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(out.stdout.strip().splitlines()[-1])
         names.append(result["name"])
         rows.append(result["row"])
-    from _report import markdown_table, write_section  # benchmarks/_report.py
+    from _report import cpu_name, markdown_table, write_section  # benchmarks/_report.py
 
-    cpu = _cpu_model()
+    cpu = cpu_name()
     lines = [f"Soak, {time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; "
              f"{args.runs} MiniLM runs, {args.requests} LLM requests ({args.llm} model), "
              f"warm-up the first {args.warmup:.0%}:", "",
@@ -180,16 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         write_section(args.write, "soak-memory", ["## Memory under varying shapes (soak)", "", *lines])
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
