@@ -79,6 +79,22 @@ EXTRA_PRELUDE = r"""
 // index min/max by value (std::min/max take references, which keeps loops from vectorizing)
 static inline int64_t ember_imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t ember_imax(int64_t a, int64_t b) { return a > b ? a : b; }
+// a select on a condition that does not change along the vectorized loop (the loop's own
+// `c ? a : b` there: gcc 12 vectorizes no select on a scalar condition, and the whole loop
+// runs scalar): a blend of the bits, which it vectorizes as AND/OR with a broadcast mask
+template <typename T> static inline T ember_blend(bool c, T a, T b) {
+  using U = std::conditional_t<sizeof(T) == 1, uint8_t, std::conditional_t<sizeof(T) == 2, uint16_t,
+            std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>>;
+  static_assert(sizeof(T) == sizeof(U), "ember_blend: a type of 1, 2, 4 or 8 bytes");
+  const U m = U(0) - U(c);
+  U ua, ub;
+  std::memcpy(&ua, &a, sizeof(T));
+  std::memcpy(&ub, &b, sizeof(T));
+  const U r = (ua & m) | (ub & U(~m));
+  T out;
+  std::memcpy(&out, &r, sizeof(T));
+  return out;
+}
 template <typename T> static inline T ember_div(T a, T b) {
   if constexpr (std::is_integral_v<T>) return b == 0 ? T(0) : T(a / b); else return a / b;
 }
@@ -231,6 +247,42 @@ def _narrowing_cast(x: str, src: DType, dst: DType) -> str:
     return f"{c.encode}(int64_t({x}))"
 
 
+def _split_invariant(body: Body, var: str) -> tuple[Body, Body]:
+    """`body`'s statements split in two: those whose value does not change along the
+    innermost loop (`var`), to run once before it, and the rest. gcc's vectorizer gives
+    up on a `#pragma omp simd` loop over a select on a condition of the outer indices (a
+    1x1 convolution zero-padded for the next one ran scalar, 10x slower per multiply-add
+    than its neighbours); computed before the loop, the condition is a plain scalar. A
+    load whose address does not move is read once: the value the loop would read first,
+    which is the one a pointwise kernel means even where its output overwrites it."""
+    def uses(expr) -> bool:  # the loop variable, or a temp that moves (an indirect load's index)
+        names = {symbol.name for symbol in sympy.sympify(expr).free_symbols}
+        return f"${var}" in names or any(name[1:] in varying for name in names)
+
+    stored = {s.args[0] for s in body.stmts if s.op == "store"}
+    varying: set[str] = set()
+    hoisted, rest = Body(), Body()
+    hoisted.dtypes = rest.dtypes = body.dtypes
+    for s in body.stmts:
+        if s.op == "store":
+            moves = True
+        elif s.op == "load":
+            moves = uses(s.args[1]) or s.args[0] in stored
+        elif s.op == "index":
+            moves = uses(s.args[0])
+        elif s.op == "const":
+            moves = False
+        else:
+            moves = s.op == "acc" or any(isinstance(a, str) and a in varying for a in s.args)
+        if moves:
+            if s.out is not None:
+                varying.add(s.out)
+            rest.stmts.append(s)
+        else:
+            hoisted.stmts.append(s)
+    return hoisted, rest
+
+
 class _KernelWriter:
     def __init__(self, kernel: Kernel, buffers: dict[str, Buffer], slots: dict[str, int],
                  symbols: dict[sympy.Symbol, int]):
@@ -239,6 +291,7 @@ class _KernelWriter:
         self.used_buffers: set[str] = set()
         self.accs: dict[str, str] = {}
         self.bits: dict[str, str] = {}  # temp of a narrow type -> the temp of its storage bits
+        self.invariant: set[str] = set()  # temps computed before the innermost loop
 
     def stmts(self, body: Body, indent: str) -> list[str]:
         lines = []
@@ -277,6 +330,8 @@ class _KernelWriter:
                 elif s.dtype in C_TYPES and C_TYPES[s.dtype].narrow:
                     # each result rounds to its type, as numpy's do
                     lines += self._rounded(s, f"{C_TYPES[s.dtype].encode}({expr})")
+                elif s.op == "where" and s.args[0] in self.invariant:
+                    lines.append(f"const {t} {s.out} = ember_blend<{t}>({s.args[0]}, {s.args[1]}, {s.args[2]});")
                 else:
                     lines.append(f"const {t} {s.out} = {expr};")
         return [indent + line for line in lines]
@@ -322,9 +377,13 @@ class _KernelWriter:
                                                     None)
             else:
                 outer, indent, outer_closes = self._loops(k.ranges[:-1], "x", "", par, None)
-                inner, indent, inner_closes = self._loops(k.ranges[-1:], "x", indent, None, "#pragma omp simd",
-                                                          start=n - 1)
-                lines, closes = outer + inner, inner_closes + outer_closes
+                hoisted, body = _split_invariant(k.body, f"x{n - 1}")
+                self.invariant = {st.out for st in hoisted.stmts if st.out is not None}
+                inner, inner_indent, inner_closes = self._loops(k.ranges[-1:], "x", indent, None,
+                                                                "#pragma omp simd", start=n - 1)
+                lines = outer + self.stmts(hoisted, indent) + inner + self.stmts(body, inner_indent)
+                lines += inner_closes + outer_closes
+                return self._declarations() + lines
             lines += self.stmts(k.body, indent) + closes
         else:
             rows = sympy.Mul(*k.ranges) if k.ranges else 1
@@ -334,11 +393,15 @@ class _KernelWriter:
             for i, stage in enumerate(k.stages):
                 lines += self._stage(stage, indent)
             lines += closes
+        return self._declarations() + lines
+
+    def _declarations(self) -> list[str]:
+        """The size symbols and buffer pointers the rendered loops use."""
         decls = [f"const int64_t s{i} = S[{i}];" for i in sorted(self.index.used)]
         for name in sorted(self.used_buffers, key=lambda n: self.slots[n]):
             t = storage_type(self.buffers[name].dtype)
             decls.append(f"{t}* {name} = reinterpret_cast<{t}*>(B[{self.slots[name]}]);")
-        return decls + lines
+        return decls
 
     def _stage(self, stage: Stage, indent: str) -> list[str]:
         k = self.k
