@@ -162,8 +162,11 @@ def sink_transposes(graph) -> int:
     transpose after it: u(T(a), b, s) -> T(u(a, b', s)), where b' is another such
     transpose's input, a constant permuted alike (broadcast to rank 4 first), or b
     transposed to channels-last; one-element constants stay. A GlobalAveragePool of
-    T(a) becomes T(ReduceMean(a) over the spatial axes). Readers of T(a) that are not
-    elementwise keep it. Returns how many nodes moved; canonicalize then cancels the
+    T(a) becomes T(ReduceMean(a) over the spatial axes), a MaxPool T(ember.MaxPool(a)),
+    a Concat of rank-4 values one along the matching channels-last axis (PP-OCRv6's
+    stem concatenates a max pool of a shared activation with a convolution's output:
+    channels-first, the pool read it back across channels, 0.35 ms a run). Readers of
+    T(a) that are none of these keep it. Returns how many nodes moved; canonicalize then cancels the
     pairs of transposes this leaves, eliminate_dead_code the transposes no one reads."""
     moved, i = 0, 0
     while i < len(graph.nodes):
@@ -196,7 +199,18 @@ def sink_transposes(graph) -> int:
 def _sunk(graph, u, last) -> list | None:
     """The nodes computing elementwise `u` channels-last into `last`, or None where it
     does not take a channels-first transpose's output."""
-    if u.op not in SINKABLE or u.has_subgraphs:
+    if u.op == "MaxPool":  # pooled where it is, as MAX_POOL does for an unshared transpose
+        source = _channels_first_source(u.inputs[0])
+        if source is None:
+            return None
+        return [Node("ember.MaxPool", [source], [last], {**u.attrs, "channels_last": 1}, name=f"{u.name}/channels_last")]
+    concat_axis = None
+    if u.op == "Concat":  # joined along the same axis of the channels-last values
+        axis = u.attrs.get("axis")
+        if axis is None or not all(v is not None and _rank4(v) for v in u.inputs):
+            return None
+        concat_axis = TO_LAST.index(axis % 4)
+    elif u.op not in SINKABLE or u.has_subgraphs:
         return None
     sources = [None if v is None else _channels_first_source(v) for v in u.inputs]
     if all(s is None for s in sources):
@@ -217,7 +231,8 @@ def _sunk(graph, u, last) -> list | None:
             inputs.append(v_last)
         else:  # a lower-rank tensor broadcast against rank 4: left as it is
             return None
-    return [*nodes, Node(u.op, inputs, [last], u.attrs, name=f"{u.name}/channels_last")]
+    attrs = u.attrs if concat_axis is None else {**u.attrs, "axis": concat_axis}
+    return [*nodes, Node(u.op, inputs, [last], attrs, name=f"{u.name}/channels_last")]
 
 
 @register_pass

@@ -90,3 +90,34 @@ def test_selects_on_outer_indices_are_blended_and_exact(dtype):
         x.flat[:3] = [np.nan, np.inf, -np.inf]
     want = -np.pad(x, [(0, 1), (2, 3), (1, 2), (0, 0)])
     np.testing.assert_array_equal(compiled.run({"x": x})["y"], want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_innermost_concat_and_pad_run_as_one_loop_per_range(dtype):
+    """A Concat along the innermost axis (channels-last channels) and a Pad of it select
+    per element between reads at clamped indices, which gcc leaves scalar (gathers): the
+    innermost loop is split where the selects change arm (`inner_split`), each range a
+    loop of plain reads. Exact against numpy, the ranges' edges included."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    pads = numpy_helper.from_array(np.array([0, 0, 0, 3, 0, 0, 0, 5], np.int64), "pads")
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["a"], ["ra"]),
+         helper.make_node("Concat", ["ra", "b", "c"], ["cat"], axis=3),
+         helper.make_node("Pad", ["cat", "pads"], ["padded"]),
+         helper.make_node("Neg", ["padded"], ["y"])], "g",
+        [helper.make_tensor_value_info("a", onnx_type, [2, 3, 4, 24]),
+         helper.make_tensor_value_info("b", onnx_type, [2, 3, 4, 8]),
+         helper.make_tensor_value_info("c", onnx_type, [2, 3, 4, 17])],
+        [helper.make_tensor_value_info("y", onnx_type, None)], [pads])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    compiled = ember.compile(model)
+    source = compiled.program.source
+    for start in (3, 27, 35, 52):  # the ranges' loops: pad | a | b | c | pad
+        assert f"int64_t x3 = {start}; x3 <" in source, start
+    rng = np.random.default_rng(1)
+    feeds = {name: (rng.standard_normal((2, 3, 4, n)) * 9).astype(dtype) for name, n in (("a", 24), ("b", 8), ("c", 17))}
+    cat = np.concatenate([np.maximum(feeds["a"], 0), feeds["b"], feeds["c"]], axis=3)
+    want = -np.pad(cat, [(0, 0), (0, 0), (0, 0), (3, 5)])
+    np.testing.assert_array_equal(compiled.run(feeds)["y"], want)
