@@ -353,6 +353,27 @@ def test_transposes_move_past_elementwise_readers_they_share():
     _converts_layout_once_and_matches(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), rng)
 
 
+def test_a_shared_activation_pools_and_concatenates_channels_last():
+    """PP-OCRv6's stem: one activation read by a convolution and by a MaxPool (SAME_UPPER),
+    the pool concatenated with the convolution's output along channels, then convolved.
+    The shared transpose kept MAX_POOL's rewrite away; the pool and the Concat now move
+    onto the channels-last values (the Concat along their last axis), leaving only the
+    input's and the output's transposes, and match the reference."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.5, "w0"),
+             numpy_helper.from_array(rng.standard_normal((6, 8, 2, 2)).astype(np.float32) * 0.5, "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 14, 3, 3)).astype(np.float32) * 0.3, "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1"], ["c1"], auto_pad="SAME_UPPER"),
+             helper.make_node("MaxPool", ["r0"], ["p"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"),
+             helper.make_node("Concat", ["p", "c1"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "w2"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    _converts_layout_once_and_matches(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), rng)
+
+
 def _converts_layout_once_and_matches(model, rng) -> None:
     """`model` (input x [n, 3, h, w]) keeps two transposes, the input's and the output's,
     and matches the unoptimised reference at two sizes."""
