@@ -17,6 +17,31 @@ extern "C" void ember_small_conv(const float* x, const float* w, const float* bi
                                  int64_t dil_h, int64_t dil_w, int64_t pad_h, int64_t pad_w, int64_t groups,
                                  int64_t relu) {
     const int64_t per_group = channels / groups, outs = outputs / groups;
+    if (per_group == 1 && outs == 1) {  // depthwise: one output channel a channel, positions innermost
+        for (int64_t n = 0; n < n_batch; ++n) {
+            for (int64_t c = 0; c < channels; ++c) {
+                const float* xc = x + (n * channels + c) * height * width;
+                const float* wc = w + c * kh * kw;  // [groups, 1, KH, KW, 1]
+                float* yc = y + (n * outputs + c) * out_h * out_w;
+                const float b = bias != nullptr ? bias[c] : 0.0f;
+                for (int64_t oh = 0; oh < out_h; ++oh) {
+                    for (int64_t ow = 0; ow < out_w; ++ow) {
+                        float a = b;
+                        for (int64_t i = 0; i < kh; ++i) {
+                            const int64_t ih = oh * stride_h + i * dil_h - pad_h;
+                            if (ih < 0 || ih >= height) continue;
+                            for (int64_t j = 0; j < kw; ++j) {
+                                const int64_t iw = ow * stride_w + j * dil_w - pad_w;
+                                if (iw >= 0 && iw < width) a += xc[ih * width + iw] * wc[i * kw + j];
+                            }
+                        }
+                        yc[oh * out_w + ow] = relu && a < 0.0f ? 0.0f : a;
+                    }
+                }
+            }
+        }
+        return;
+    }
     std::vector<float> acc(outs);
     for (int64_t n = 0; n < n_batch; ++n) {
         for (int64_t g = 0; g < groups; ++g) {

@@ -18,11 +18,33 @@ from ._lowering import (
     out_type,
     register_lowering,
 )
-from ._symbolic import normalize_axis
+from ..types import fresh_symbol
+from ._symbolic import contents, dim, dtype_of, normalize_axis, shape_of, tensor
 from .onnx_standard import standard_op
 
-for _op in ("GatherElements", "ScatterElements", "ScatterND", "OneHot", "Pad", "Split", "TopK"):  # Trilu: elementwise.py
+for _op in ("GatherElements", "ScatterElements", "ScatterND", "OneHot", "Split", "TopK"):  # Trilu: elementwise.py
     standard_op(_op)
+
+
+def _pad_infer(node, ins):
+    """Each padded dim grows by its two pads, symbolic or not (onnx's inference gives a
+    symbolic dim an unknown size: silero VAD's reflect pad then sized everything after it
+    at run time, through the executor's slow late path)."""
+    dims, dtype = shape_of(ins[0]), dtype_of(ins[0])
+    if dims is None or dtype is None:
+        return [tensor(dtype, None) if dtype else None]
+    pads = contents(ins[1]) if len(ins) > 1 and ins[1] is not None else None
+    axes = contents(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(dims)))
+    if pads is None or axes is None or len(pads) != 2 * len(axes) or not all(isinstance(p, int) for p in pads):
+        return [tensor(dtype, [fresh_symbol() for _ in dims])]
+    out = list(dims)
+    for j, axis in enumerate(axes):
+        a = normalize_axis(axis, len(dims))
+        out[a] = dim(dims[a] + pads[j] + pads[j + len(axes)])
+    return [tensor(dtype, out)]
+
+
+standard_op("Pad", infer=_pad_infer)
 
 
 def _kir():

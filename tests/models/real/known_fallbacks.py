@@ -22,14 +22,13 @@ class Fallbacks:
 # = shape inference gave up on the value.
 UNKNOWN_PADDED_LENGTH = (
     "the frame count is an expression in a signal length that shape inference leaves unknown "
-    "(floor(_unkN/160 - 16/5) + 1, _unkN from a node before the STFT whose length it cannot follow), "
+    "(floor(_unkN/160 - 16/5) + 1, _unkN from a node before the STFT whose length it cannot follow; "
+    "nemo128's and kaldi's Where went once Pad's inference added constant pads to a symbolic length), "
     "met beside the file's name for it (T); the node reading both keeps the unbound name: "
     "'a size known only when it runs'")
 
 FALLBACKS: dict[str, Fallbacks] = {
-    "onnx-asr/nemo128": Fallbacks({"Where": 1}, UNKNOWN_PADDED_LENGTH),
     "onnx-asr/whisper80": Fallbacks({"Transpose": 1}, UNKNOWN_PADDED_LENGTH),
-    "onnx-asr/kaldi": Fallbacks({"Where": 1}, UNKNOWN_PADDED_LENGTH),
     "onnx-asr/wespeaker": Fallbacks(
         {"DFT": 1},
         "the Scan's frames output keeps the file's dim, a symbol named after a fraction "
