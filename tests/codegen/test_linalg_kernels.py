@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from onnx import TensorProto, helper, numpy_helper
 
 import ember
 from ember.codegen import cpu
@@ -258,3 +259,39 @@ def test_16bit_convolution_rounds_once(data, dtype):
              "b": data.draw(_halves(dtype, (4,)))}
     # float32 sums against the reference's float64: one 16-bit ulp apart at most
     _check(compiled, graph, feeds, rtol=2 ** -7 if dtype == DType.bfloat16 else 2 ** -10, atol=1e-2)
+
+
+@pytest.mark.parametrize("form", ["gemm_trans_b", "gemm", "matmul_add_relu", "gemm_3_rows"])
+def test_small_products_with_constant_weights_are_generated(form):
+    """A product of a static-shape x with a constant weight of at most SMALL_MATMUL_MACS
+    multiply-adds runs as a generated reduction kernel inside the segment (no library
+    call, which costs more than such a product: openwakeword's heads), bias and ReLU
+    in it; a larger one stays on the GEMM extern. Both match numpy."""
+    from ember.ir.ops._lowering import SMALL_MATMUL_MACS
+
+    rng = np.random.default_rng(3)
+    rows = 3 if form == "gemm_3_rows" else 1
+    k, n = 96, 40
+    w = rng.standard_normal((n, k) if form in ("gemm_trans_b", "gemm_3_rows") else (k, n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    if form == "matmul_add_relu":
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["s"]),
+                 helper.make_node("Relu", ["s"], ["y"])]
+    else:
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=int(form != "gemm"))]
+    big = np.zeros((1, SMALL_MATMUL_MACS // n + 1), np.float32)  # x of more than the limit's work: an extern
+    for x_shape in ((rows, k), big.shape):
+        kk = x_shape[1]
+        ww = w if kk == k else rng.standard_normal((n, kk) if form in ("gemm_trans_b", "gemm_3_rows") else (kk, n)).astype(np.float32)
+        inits[0] = numpy_helper.from_array(ww, "w")
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        compiled = ember.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+        kinds = [step.kind for step in compiled.program.steps]
+        assert kinds == (["segment"] if kk == k else ["extern"]), (x_shape, kinds)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        want = x @ (ww.T if form in ("gemm_trans_b", "gemm_3_rows") else ww) + b
+        if form == "matmul_add_relu":
+            want = np.maximum(want, 0)
+        np.testing.assert_allclose(compiled.run({"x": x})["y"], want, rtol=1e-5, atol=1e-4)

@@ -212,6 +212,54 @@ def rows_normalize(ctx, x, axis: int, eps: float, gamma=None, beta=None, rms: bo
     return TensorRef(dtype, shape, buffer=out)
 
 
+SMALL_MATMUL_MACS = 1 << 18  # a product of at most this much work with a constant weight is generated
+
+
+def small_matmul(ctx, x, w_nk, bias, activation: str, shape):
+    """act(x [..., K] @ W + bias) as a generated reduction kernel, for a float32 x of
+    static shape and a constant weight W given as `w_nk` ([N, K], numpy) of at most
+    SMALL_MATMUL_MACS multiply-adds; None where that does not apply (the caller's extern
+    runs it). A library GEMM costs 2-10 us a call before any work (MKL's addmm,
+    oneDNN's ~25), more than such a product takes: hey_jarvis' three Gemms (1x1536x128,
+    1x128x128, 1x128x1) took 50 of its 90 us. Generated, each output is a vectorized dot
+    product of x's row with W's row, run inside the segment with its neighbours."""
+    import numpy as np
+
+    if (x.dtype != DType.float32 or not all(isinstance(d, int) for d in x.shape) or len(x.shape) < 1
+            or activation not in ("", "relu") or w_nk is None or w_nk.dtype != np.float32 or w_nk.ndim != 2):
+        return None
+    n, k = w_nk.shape
+    rows = int(np.prod(x.shape[:-1])) if len(x.shape) > 1 else 1
+    if x.shape[-1] != k or rows * n * k > SMALL_MATMUL_MACS or n * k == 0 or rows == 0:
+        return None
+    if bias is not None and (bias.dtype != DType.float32 or tuple(bias.shape) not in ((n,), (1, n), (1,), ())):
+        return None
+    Stage, loop_vars = _kir()
+    weight = ctx.new_buffer("weight_nk", DType.float32, (n, k), "constant")
+    ctx.constants[weight.name] = np.ascontiguousarray(w_nk)
+    if x.fn is not None:  # a lazy producer would be recomputed for each of the N outputs
+        from ...codegen.lowering import TensorRef
+
+        x = TensorRef(x.dtype, x.shape, buffer=ctx.realize(x))
+    out = ctx.new_buffer("matmul", DType.float32, tuple(shape))
+    xv, (r,) = loop_vars(len(shape), "x"), loop_vars(1, "r")
+    b0 = ctx.body()
+    product = V(b0, x.load(b0, (*xv[:-1], r)), DType.float32) * V(b0, b0.load(weight, (xv[-1], r)), DType.float32)
+    b1 = ctx.body()
+    y = V(b1, b1.acc("acc_dot", DType.float32), DType.float32)
+    if bias is not None:
+        y = y + V(b1, bias.load(b1, ctx.broadcast(bias, (xv[-1],), (n,))), DType.float32)
+    if activation == "relu":
+        y = y.op("max", 0.0)
+    b1.store(out, xv, y.name)
+    ctx.reduction("matmul", tuple(shape), (k,), [
+        Stage("reduce", b0, value=product.name, reduce="sum", acc="acc_dot", acc_dtype=DType.float32),
+        Stage("row", b1)])
+    from ...codegen.lowering import TensorRef
+
+    return TensorRef(DType.float32, tuple(shape), buffer=out)
+
+
 def rows_softmax(ctx, x, axis: int, log: bool = False):
     shape, dtype = x.shape, x.dtype
     out = ctx.new_buffer("softmax", dtype, shape)

@@ -3,8 +3,10 @@ numpy's matmul rules with symbolic batch dims."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..graph import Node
-from ._lowering import FLOATS, KERNEL_FLOATS, NotLowerable, attrs, out_type, register_lowering
+from ._lowering import FLOATS, KERNEL_FLOATS, NotLowerable, attrs, out_type, register_lowering, small_matmul
 from ._symbolic import broadcast, dtype_of, shape_of, tensor
 from .onnx_standard import standard_op
 
@@ -52,6 +54,12 @@ def _lower_gemm(ctx, node, ins):
         raise NotLowerable("not float")
     a = attrs(node)
     c = ins[2] if len(ins) > 2 else None
+    b = node.inputs[1]
+    if b.is_constant and not a["transA"] and a["alpha"] == 1 and (c is None or a["beta"] == 1):
+        w = np.asarray(b.const)
+        small = small_matmul(ctx, ins[0], w if a["transB"] else w.T, c, "", out_type(node)[1])
+        if small is not None:
+            return [small]
     return ctx.extern("gemm", [ins[0], ins[1], c], [out_type(node)], alpha=float(a["alpha"]), beta=float(a["beta"]),
                       trans_a=bool(a["transA"]), trans_b=bool(a["transB"]))
 
