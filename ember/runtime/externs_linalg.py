@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ExecutionError
-from .externs import extern
+from .externs import extern, prepare
 
 
 def _sum_like_numpy(e: torch.Tensor, axis: int) -> torch.Tensor:
@@ -114,11 +114,32 @@ def _requantize(acc, x_scale, w_scale, y_scale, y_zero, y):
     y.copy_(torch.round(d).clamp_(info.min, info.max))
 
 
+@prepare("integer_matmul")
+def prepare_integer_matmul(params, constants):
+    """A constant B (and its zero point) is centered once, in float64."""
+    b, b_zero = constants.get(1), constants.get(3)
+    if b is None:
+        return params
+    # (a zero point fed at run time is not among the constants: the run then sees one the
+    # prepared copy was not centered with, and centers B itself)
+    return {**params, "b_centered": _centered(b, b_zero).to(torch.float64), "b_zero_constant": b_zero is not None}
+
+
 @extern("integer_matmul")
 def integer_matmul(params, a, b, a_zero, b_zero, *rest):
-    """MatMulInteger (int32 out) or QLinearMatMul (requantized to the output zero point's dtype)."""
+    """MatMulInteger (int32 out) or QLinearMatMul (requantized to the output zero point's
+    dtype). The centered 8-bit operands multiplied in float64, which is exact (each
+    product at most 255^2, a sum exact below 2^53, ~10^11 terms) and runs on BLAS: in
+    int64, torch's matmul has no BLAS (text2tashkeel's [40x40x512]x[512x1]: 6.3 ms)."""
     *scales, y = rest
-    acc = torch.matmul(_centered(a, a_zero), _centered(b, b_zero)).to(torch.int32)  # int32 wraps
+    centered_b = params.get("b_centered")
+    if centered_b is None or (b_zero is not None) != params["b_zero_constant"]:
+        centered_b = _centered(b, b_zero).to(torch.float64)
+    a64 = a.to(torch.float64)  # (exact: one conversion, then the zero point subtracted in place)
+    if a_zero is not None:
+        a64 -= a_zero.to(torch.float64).reshape(())
+    product = torch.matmul(a64, centered_b)
+    acc = product.to(torch.int64).to(torch.int32)  # int32 wraps
     if not scales:
         y.copy_(acc)
         return
