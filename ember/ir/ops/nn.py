@@ -179,6 +179,7 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
                       # the input shape picks oneDNN's kernel and the filter layout: a symbolic
                       # batch as 1, a symbolic spatial size as a typical one
                       static_input=all(isinstance(d, int) for d in shape),
+                      static_but_batch=all(isinstance(d, int) for d in shape[1:]),
                       input_shape=[d if isinstance(d, int) else (1 if i == 0 else _TYPICAL_SPATIAL)
                                    for i, d in enumerate(shape)])
 
