@@ -426,10 +426,14 @@ def _prepare_onednn(params, constants):
         # packed without the input's shape (a symbolic one) can run 40x slower (1x1 at 3x40).
         # With the input's shape known oneDNN's convolution is faster (ResNet-50: 37 vs 46 ms).
         # Known but for the batch, the filter is also packed for batch 1, which the calls of
-        # that batch take (opennsfw b1: 13.8 -> 11.4 ms; at b4 the GEMM is 10% faster)
+        # that batch take (opennsfw b1: 13.8 -> 11.4 ms; at b4 the GEMM is 10% faster) unless
+        # so small that the GEMM runs on addmm (a squeeze-excite block's 1x1 at 1x1: 35 us
+        # on oneDNN's convolution, 4 on addmm)
         pointwise = _LinearWeight(w.reshape(w.shape[0], w.shape[1]))
-        packed = _pack_conv_weight(w, (padding, stride, dilation), params["group"], params.get("input_shape")) \
-            if params.get("static_but_batch") else None
+        shape = params.get("input_shape") or []
+        work = math.prod(shape[2:]) * w.shape[0] * w.shape[1] if len(shape) == 4 else 0
+        packed = _pack_conv_weight(w, (padding, stride, dilation), params["group"], shape) \
+            if params.get("static_but_batch") and work > _LinearWeight.SMALL_MACS else None
         if packed is None:
             return {**params, "pointwise": pointwise}
         return {**params, "pointwise": pointwise, "packed": packed, "torch_args": (padding, stride, dilation),
