@@ -66,11 +66,72 @@ def describe_array(x: Any) -> str:
     return type(x).__name__
 
 
+class _FeedPlan:
+    """What checking feeds against `inputs` needs, worked out once: per input its name,
+    numpy dtype, rank, fixed dims and symbol dims; None where some input needs the
+    general check (an optional, a sequence, an expression dim, an unknown shape). A
+    small model's run takes 10-20 us: the general check cost a third of it."""
+
+    __slots__ = ("inputs", "names", "entries")
+
+    def __init__(self, inputs: list[Value]):
+        self.inputs = inputs
+        self.names = frozenset(v.name for v in inputs)
+        self.entries = []
+        for v in inputs:
+            t = v.type
+            if not isinstance(t, TensorType) or t.shape is None:
+                self.entries = None
+                return
+            fixed, symbols = [], []
+            for axis, d in enumerate(t.shape):
+                if isinstance(d, int):
+                    fixed.append((axis, d))
+                elif isinstance(d, sympy.Symbol):
+                    symbols.append((axis, d))
+                else:
+                    self.entries = None
+                    return
+            self.entries.append((v.name, t.dtype.numpy, len(t.shape), tuple(fixed), tuple(symbols)))
+
+    def check(self, feeds) -> list | None:
+        """The feeds in input order where they pass every check, else None (the general
+        check then says what is wrong)."""
+        if type(feeds) is not dict or len(feeds) != len(self.entries) or not self.names.issuperset(feeds):
+            return None
+        ordered, bound = [], {}
+        for name, dtype, rank, fixed, symbols in self.entries:
+            data = feeds[name]
+            if type(data) is not np.ndarray or data.dtype != dtype or data.ndim != rank:
+                return None
+            shape = data.shape
+            for axis, size in fixed:
+                if shape[axis] != size:
+                    return None
+            for axis, symbol in symbols:
+                if bound.setdefault(symbol, shape[axis]) != shape[axis]:
+                    return None
+            ordered.append(data)
+        return ordered
+
+
+_PLANS: dict[int, _FeedPlan] = {}  # by id of the inputs list (each plan keeps its list alive)
+
+
 def check_feeds(inputs: list[Value], feeds: Any) -> list[Any]:
     """Validate `feeds` against the graph inputs; return them in input order.
 
     Every symbol in the input shapes is bound by the first dim that uses it; each later
     use (and each dim that is an expression of bound symbols) must agree."""
+    plan = _PLANS.get(id(inputs))
+    if plan is None or plan.inputs is not inputs:
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        plan = _PLANS[id(inputs)] = _FeedPlan(inputs)
+    if plan.entries is not None:
+        ordered = plan.check(feeds)
+        if ordered is not None:
+            return ordered
     if not isinstance(feeds, Mapping):
         raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
     expected = {v.name: v for v in inputs}
