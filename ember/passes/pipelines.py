@@ -10,14 +10,15 @@ from .base import Pass
 from .registry import get_pass
 
 O0: list[str] = []
-O1 = ["fold_constants", "canonicalize", "eliminate_dead_code"]
+O1 = ["fold_constants", "canonicalize", "eliminate_dead_code", "flush_denormals"]
+# flush_denormals last, after the fusions that scale weights (see its module).
 # fold_constants twice: shapes that canonicalize and CSE make known (an If on a rank the
 # exporter tested at run time, as silero VAD's) fold, and their branches inline, before fusion
 O2 = ["expand_ops", "fold_constants", "canonicalize", "eliminate_common_subexpressions", "fold_constants",
       "fuse_norms", "fuse_gelu",
       "fuse_silu", "fuse_rotary", "fuse_linear", "fuse_attention", "fuse_qkv", "fuse_skip_layernorm",
       "fuse_bias_activation", "fuse_conv", "channels_last", "eliminate_common_subexpressions", "canonicalize",
-      "eliminate_dead_code"]
+      "eliminate_dead_code", "flush_denormals"]
 O3 = list(O2)
 PIPELINES = {0: O0, 1: O1, 2: O2, 3: O3}
 

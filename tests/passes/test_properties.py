@@ -9,7 +9,7 @@ from ember.testing import check_pass, graphs_and_feeds
 
 BUILTIN = ["expand_ops", "fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_norms", "fuse_gelu",
            "fuse_silu", "fuse_rotary", "fuse_linear", "fuse_attention", "fuse_qkv", "fuse_skip_layernorm",
-           "fuse_bias_activation", "fuse_conv", "channels_last", "eliminate_dead_code"]
+           "fuse_bias_activation", "fuse_conv", "channels_last", "eliminate_dead_code", "flush_denormals"]
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
