@@ -169,7 +169,8 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
     pads = _kernel_pads(a, x, kernel, strides, dilations, channels_last, at_run_time=True)
-    if channels_last and pads is not None and _direct(ctx, w, int(a["group"]), x, kernel, activation):
+    if channels_last and pads is not None and _direct(ctx, w, int(a["group"]), x, kernel, activation,
+                                                      out_type(node)[1]):
         return [_direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, strides, dilations, pads,
                                     depthwise=int(a["group"]) > 1)]
     shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else tuple(x.shape)
@@ -186,6 +187,7 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
 
 _TYPICAL_SPATIAL = 64
 _DIRECT_MAX_TERMS = 49  # products per output element of a generated convolution; more: the extern
+_DIRECT_SMALL_TERMS, _DIRECT_SMALL_MACS = 512, 1 << 20  # ...unless an image's convolution is this small
 # ember.Conv's activations in a generated kernel's scalar maths
 _ACTIVATIONS = {
     "": lambda v: v,
@@ -196,10 +198,13 @@ _ACTIVATIONS = {
 }
 
 
-def _direct(ctx, w, group: int, x, kernel, activation: str) -> bool:
+def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> bool:
     """Whether a channels-last convolution with a constant float32 filter is a generated
     kernel's work: depthwise (one filter per channel) or dense with few input channels,
-    at most `_DIRECT_MAX_TERMS` products an output element."""
+    at most `_DIRECT_MAX_TERMS` products an output element; or dense with up to
+    `_DIRECT_SMALL_TERMS` products where an image's whole convolution is small (static
+    spatial sizes, at most `_DIRECT_SMALL_MACS` multiply-adds): oneDNN's call costs more
+    than the work there (MTCNN's RNet: 28->48 3x3 at 11x11, 54 us on oneDNN)."""
     channels = x.shape[-1]
     if not (w.buffer is not None and w.buffer.kind == "constant" and w.buffer.name in ctx.constants
             and x.dtype == DType.float32 and w.dtype == DType.float32 and isinstance(channels, int)
@@ -208,7 +213,14 @@ def _direct(ctx, w, group: int, x, kernel, activation: str) -> bool:
     taps = math.prod(kernel)
     if group == channels and tuple(w.shape[:2]) == (channels, 1):
         return taps <= _DIRECT_MAX_TERMS
-    return group == 1 and taps * channels <= _DIRECT_MAX_TERMS
+    if group != 1:
+        return False
+    if taps * channels <= _DIRECT_MAX_TERMS:
+        return True
+    per_image = out_shape[1:]
+    return (taps * channels <= _DIRECT_SMALL_TERMS and len(per_image) == len(kernel) + 1
+            and all(isinstance(d, int) for d in per_image)
+            and math.prod(per_image) * taps * channels <= _DIRECT_SMALL_MACS)
 
 
 def _direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, strides, dilations, pads,
