@@ -381,6 +381,29 @@ def test_pointwise_convolution_of_a_symbolic_batch_has_both_paths():
         np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
 
 
+def test_uneven_pads_become_a_padded_copy_and_run_on_onednn():
+    """SAME_UPPER at an even window pads one more at the end: oneDNN's convolution takes
+    even pads only, so the input is copied zero-padded first and the convolution (packed
+    for oneDNN, no pads) runs on it; it matches the reference at two symbolic sizes."""
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array(rng.standard_normal((24, 3, 3, 3)).astype(np.float32), "w0"),
+             numpy_helper.from_array(rng.standard_normal((48, 24, 2, 2)).astype(np.float32) * 0.3, "w1")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1"], ["y"], auto_pad="SAME_UPPER")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = ember.compile(model)
+    (conv,) = [step for kind, _, step in compiled._executor._steps
+               if kind == "extern" and step.name == "conv" and step.params["kernel"] == [2, 2]]
+    assert conv.params["pads"] == [0, 0, 0, 0] and "packed" in conv.params
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    for shape in ((1, 3, 12, 20), (2, 3, 9, 7)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
 def test_a_shared_activation_pools_and_concatenates_channels_last():
     """PP-OCRv6's stem: one activation read by a convolution and by a MaxPool (SAME_UPPER),
     the pool concatenated with the convolution's output along channels, then convolved.
