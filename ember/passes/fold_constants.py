@@ -42,11 +42,30 @@ class FoldConstants(Pass):
     def _round(self, graph: Graph) -> bool:
         modified = self._fold_known_shapes(graph)
         modified |= _inline_constant_ifs(graph)
+        folded: dict[tuple, list] = {}  # (op, attrs, input values) -> the constants it folded to
+        outputs = {id(v) for v in graph.outputs}  # (keep their names: folded into named copies)
         for node in list(graph.nodes):
             opdef = get_op(node.op)
             if not opdef.deterministic or node.has_subgraphs:
                 continue
             if not all(v is None or v.const is not None for v in node.inputs):
+                continue
+            aliased = any(id(v) in outputs for v in node.outputs)
+            if node.op == "Identity" and len(node.outputs) == 1 and not aliased:
+                # the same constant, not a copy: chython-rxnmap reads each shared layer's
+                # weight through an Identity per layer, and 8 weights became 61 copies
+                # (each packed for oneDNN apart, 16 of one 12 MB weight)
+                graph.nodes.remove(node)
+                graph.replace_all_uses(node.outputs[0], node.inputs[0])
+                modified = True
+                continue
+            key = (node.op, repr(sorted(node.attrs.items())), tuple(id(v) for v in node.inputs)) \
+                if node.inputs and not aliased else None
+            if key in folded:  # the same op on the same constants: its constants again
+                graph.nodes.remove(node)
+                for old, value in zip(node.outputs, folded[key]):
+                    graph.replace_all_uses(old, value)
+                modified = True
                 continue
             try:
                 results = opdef.reference(node)(*[None if v is None else v.const for v in node.inputs])
@@ -57,8 +76,12 @@ class FoldConstants(Pass):
             if not all(isinstance(r, np.ndarray) and r.size <= self.max_elements for r in results):
                 continue
             graph.nodes.remove(node)
+            values = []
             for old, data in zip(node.outputs, results):
-                graph.replace_all_uses(old, graph.add_constant(old.name, data))
+                values.append(graph.add_constant(old.name, data))
+                graph.replace_all_uses(old, values[-1])
+            if key is not None:
+                folded[key] = values
             modified = True
         modified |= _inline_constant_ifs(graph)  # conditions this fold made constant
         return modified
