@@ -33,23 +33,28 @@ def control(params, *args):
     from .executor import _array  # (the executor imports this module)
 
     n_in = len(args) - params["num_outputs"]
+    if params["kind"] == "if":  # only the condition, the taken branch's reads and the outputs as numpy
+        _run_if(params, args[:n_in], [None if t is None else _array(t) for t in args[n_in:]])
+        return
     arrays = [None if t is None else _array(t) for t in args]
     ins, outs = arrays[:n_in], arrays[n_in:]
-    if params["kind"] == "if":
-        _run_if(params, ins, outs)
-    elif params["kind"] == "scan":
+    if params["kind"] == "scan":
         _run_scan(params, ins, outs)
     else:
         return _run_loop(params, ins, outs, args[n_in:])
 
 
 def _run_if(params, ins, outs):
-    cond, scope = ins[0], ins[1:]
+    """`ins`: the condition and the scope, as torch tensors."""
+    from .executor import _array
+
+    cond, scope = None if ins[0] is None else _array(ins[0]), ins[1:]  # (numpy's indexing: ~4x torch's)
     if cond is None or cond.size != 1:
         raise ExecutionError(f"{params['where']}: the condition must hold one element")
     taken = 0 if bool(cond.reshape(-1)[0]) else 1
     body = params["executors"][taken]
-    results = body.run([scope[i] for i in params["reads"][taken]], out=_writable(body, outs))
+    reads = [None if (t := scope[i]) is None else _array(t) for i in params["reads"][taken]]
+    results = body.run(reads, out=_writable(body, outs))
     for k, (y, value) in enumerate(zip(outs, results)):
         if value is not y:
             _store(y, value, params["where"], f"output {k} of the {('then', 'else')[taken]} branch")
