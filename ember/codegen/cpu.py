@@ -379,7 +379,7 @@ class _KernelWriter:
             else:
                 lines, indent, outer_closes = self._loops(k.ranges[:-1], "x", "", par, None)
                 var = f"x{n - 1}"
-                pieces = split_inner(k.body, var, k.ranges[-1]) or [(0, k.ranges[-1], k.body)]
+                pieces = split_inner(k.body, n, k.ranges[-1]) or [(0, k.ranges[-1], k.body)]
                 for start, stop, piece in pieces:
                     # each range its own block: the hoisted temps of each are defined once in it
                     inner = indent + "  " if len(pieces) > 1 else indent

@@ -19,7 +19,7 @@ import dataclasses
 import sympy
 
 from ..ir.dtypes import DType
-from .kir import Body, Stmt
+from .kir import Body, Stmt, loop_vars, temp_symbol
 
 MAX_PIECES = 8
 _COMPARE = {"lt": lambda a, b: a < b, "le": lambda a, b: a <= b, "gt": lambda a, b: a > b,
@@ -137,8 +137,7 @@ def _piece(body: Body, conds: dict, var: sympy.Symbol, start: int, stop: int) ->
             args = (_unclamped(args[0], var, start, stop),)
         elif s.op in ("load", "store"):
             offset = args[1]
-            renamed = {sym: sympy.Symbol(f"${alias[sym.name[1:]]}", integer=True)
-                       for sym in offset.free_symbols if sym.name[1:] in alias}
+            renamed = {sym: temp_symbol(alias[sym.name[1:]]) for sym in offset.free_symbols if sym.name[1:] in alias}
             args = (args[0], _unclamped(offset.xreplace(renamed) if renamed else offset, var, start, stop), *args[2:])
         stmts.append(dataclasses.replace(s, args=args))
     # drop what feeds no store (the arm not taken, the folded conditions)
@@ -159,17 +158,12 @@ def _piece(body: Body, conds: dict, var: sympy.Symbol, start: int, stop: int) ->
     return piece
 
 
-def split_inner(body: Body, var_name: str, extent) -> list[tuple[int, int, Body]] | None:
-    """The innermost loop over [0, extent) as ranges (start, stop, body), or None where
-    no select changes arm inside it (or its extent is not a number)."""
-    if not isinstance(extent, int) and not (isinstance(extent, sympy.Integer)):
+def split_inner(body: Body, rank: int, extent) -> list[tuple[int, int, Body]] | None:
+    """The innermost of `rank` loops, over [0, extent), as ranges (start, stop, body), or
+    None where no select changes arm inside it (or its extent is not a number)."""
+    if not isinstance(extent, (int, sympy.Integer)):
         return None
-    extent = int(extent)
-    var = next((s for st in body.stmts for e in st.args if isinstance(e, sympy.Basic)
-                for s in e.free_symbols if s.name == f"${var_name}"), None)
-    if var is None:
-        return None
-    pieces = _split(body, var, 0, extent, [MAX_PIECES])
+    pieces = _split(body, loop_vars(rank)[-1], 0, int(extent), [MAX_PIECES])
     return pieces if len(pieces) > 1 else None
 
 

@@ -437,7 +437,7 @@ def _prepare_onednn(params, constants):
         if packed is None:
             return {**params, "pointwise": pointwise}
         return {**params, "pointwise": pointwise, "packed": packed, "torch_args": (padding, stride, dilation),
-                "packed_batch": params["input_shape"][0]}
+                "packed_batch": shape[0]}
     # without the input shape oneDNN may pick a layout its kernel for the real shape does not
     # take (a 1x1 conv at 14x14 then runs 7x slower)
     packed = _pack_conv_weight(w, (padding, stride, dilation), params["group"], params.get("input_shape"))

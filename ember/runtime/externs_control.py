@@ -28,15 +28,20 @@ def _store(y: np.ndarray, value, where: str, what: str) -> None:
     np.copyto(y, value, casting="unsafe")
 
 
-@extern("control")
-def control(params, *args):
+def _numpy(t):
+    """A numpy view of an extern's tensor argument (None stays None)."""
     from .executor import _array  # (the executor imports this module)
 
+    return None if t is None else _array(t)
+
+
+@extern("control")
+def control(params, *args):
     n_in = len(args) - params["num_outputs"]
     if params["kind"] == "if":  # only the condition, the taken branch's reads and the outputs as numpy
-        _run_if(params, args[:n_in], [None if t is None else _array(t) for t in args[n_in:]])
+        _run_if(params, args[:n_in], [_numpy(t) for t in args[n_in:]])
         return
-    arrays = [None if t is None else _array(t) for t in args]
+    arrays = [_numpy(t) for t in args]
     ins, outs = arrays[:n_in], arrays[n_in:]
     if params["kind"] == "scan":
         _run_scan(params, ins, outs)
@@ -46,14 +51,12 @@ def control(params, *args):
 
 def _run_if(params, ins, outs):
     """`ins`: the condition and the scope, as torch tensors."""
-    from .executor import _array
-
-    cond, scope = None if ins[0] is None else _array(ins[0]), ins[1:]  # (numpy's indexing: ~4x torch's)
+    cond, scope = _numpy(ins[0]), ins[1:]  # (numpy's indexing: ~4x torch's)
     if cond is None or cond.size != 1:
         raise ExecutionError(f"{params['where']}: the condition must hold one element")
     taken = 0 if bool(cond.reshape(-1)[0]) else 1
     body = params["executors"][taken]
-    reads = [None if (t := scope[i]) is None else _array(t) for i in params["reads"][taken]]
+    reads = [_numpy(scope[i]) for i in params["reads"][taken]]
     results = body.run(reads, out=_writable(body, outs))
     for k, (y, value) in enumerate(zip(outs, results)):
         if value is not y:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 import ember
-from tests.artifact.zips import refuse_building
+from tests.artifact.zips import runs_the_shipped_kernel
 from ember.codegen import cpu
 from ember.codegen import quantized_lstm as kernel
 from ember.codegen.lowering import lower_graph
@@ -210,8 +210,6 @@ def test_without_the_kernel_the_extern_runs_the_reference_equal_to_onnxruntime(m
 def test_an_artifact_ships_the_step_loop_built_for_this_machine(tmp_path, monkeypatch):
     """Saved, the model carries the C++ step loop's source and library: loaded with an empty
     kernel cache, nothing is compiled, and the shipped kernel runs."""
-    from ember.artifact import inspect
-
     rng = np.random.default_rng(5)
     arrays = {"W": rng.integers(-127, 128, (1, 4, 8)).astype(np.int8),
               "R": rng.integers(-127, 128, (1, 2, 8)).astype(np.int8),
@@ -219,22 +217,7 @@ def test_an_artifact_ships_the_step_loop_built_for_this_machine(tmp_path, monkey
               "R_scale": np.array([0.03], np.float32), "R_zero_point": np.array([0], np.int8)}
     feeds = {"X": rng.standard_normal((4, 2, 4)).astype(np.float32)}
     compiled = ember.compile(_model({"hidden_size": 2}, arrays, feeds, ["Y", "Y_h"]))
-    expected = compiled.run(feeds)
-    path = compiled.save(tmp_path / "m.ember")
-    assert [e for e in inspect(path)["kernel_libraries"] if e["kernel"] == "quantized_lstm"] == [
-        {"kernel": "quantized_lstm", "dtype": "float32", "source": "kernels/quantized_lstm.cpp",
-         "binary": "kernels/quantized_lstm.so"}]
-    monkeypatch.setattr(kernel.KERNEL, "_installed", None)
-    kernel.KERNEL.reset()
-    refuse_building(monkeypatch, tmp_path)
-    ran = []
-    run = kernel.run
-    monkeypatch.setattr(kernel, "run", lambda *a, **k: ran.append(run(*a, **k)))
-    got = ember.load(path).run(feeds)
-    for name in expected:
-        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]), err_msg=name)
-    assert len(ran) == 1 and "artifact-" in kernel.KERNEL._installed
-    kernel.KERNEL.reset()  # later tests build (or find) their own
+    runs_the_shipped_kernel(compiled, feeds, kernel, "quantized_lstm", tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("name, shape", [("R", (1, 3, 8)), ("W", (1, 2, 12)), ("R_scale", (1, 5)),

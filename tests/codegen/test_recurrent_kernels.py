@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 import ember
-from tests.artifact.zips import refuse_building
+from tests.artifact.zips import runs_the_shipped_kernel
 from ember.codegen import cpu
 from ember.codegen.lowering import lower_graph
 from ember.frontends.onnx import load_onnx
@@ -241,7 +241,6 @@ def test_small_lstms_run_on_the_step_kernel_and_match_onnxruntime(data, directio
 def test_an_artifact_ships_the_lstm_step_loop(tmp_path, monkeypatch):
     """Saved, a model with a small LSTM carries the C++ step loop's source and library:
     loaded with an empty kernel cache, nothing is compiled, and the shipped kernel runs."""
-    from ember.artifact import inspect
     from ember.codegen import lstm as kernel
 
     rng = np.random.default_rng(7)
@@ -250,20 +249,4 @@ def test_an_artifact_ships_the_lstm_step_loop(tmp_path, monkeypatch):
     feeds = {"X": rng.standard_normal((5, 2, 4)).astype(np.float32)}
     compiled = ember.compile(_model("LSTM", {"hidden_size": 3, "direction": "bidirectional"}, arrays, feeds,
                                     ["Y", "Y_h"], np.float32))
-    expected = compiled.run(feeds)
-    path = compiled.save(tmp_path / "m.ember")
-    assert [e for e in inspect(path)["kernel_libraries"] if e["kernel"] == "lstm"] == [
-        {"kernel": "lstm", "dtype": "float32", "source": "kernels/lstm.cpp", "binary": "kernels/lstm.so"}]
-    monkeypatch.setattr(kernel.KERNEL, "_installed", None)
-    kernel.KERNEL.reset()
-    refuse_building(monkeypatch, tmp_path)
-    ran = []
-    run = kernel.run
-    monkeypatch.setattr(kernel, "run", lambda *a, **k: ran.append(run(*a, **k)))
-    try:
-        got = ember.load(path).run(feeds)
-        for name in expected:
-            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-        assert len(ran) == 1 and "artifact-" in kernel.KERNEL._installed
-    finally:
-        kernel.KERNEL.reset()  # later tests build (or find) their own
+    runs_the_shipped_kernel(compiled, feeds, kernel, "lstm", tmp_path, monkeypatch)

@@ -229,10 +229,7 @@ def test_a_max_pool_between_convolutions_pools_channels_last():
     compiled = ember.compile(model)
     assert compiled.stats.op_histogram == {"ember.Conv": 2, "ember.MaxPool": 1, "Transpose": 2}
     assert compiled.stats.fallback_nodes == []
-    reference = ember.compile(model, opt_level=0, codegen=False)
-    for batch in (1, 3):
-        x = rng.standard_normal((batch, 3, 17, 17)).astype(np.float32)
-        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
+    _matches_reference(compiled, model, rng, [(batch, 3, 17, 17) for batch in (1, 3)])
 
 
 @pytest.mark.parametrize("pool", ["AveragePool", "GlobalAveragePool", "AveragePool_padded"])
@@ -290,10 +287,7 @@ def test_one_d_convolutions_run_on_onednn_as_height_one(seed, kernel, stride, di
     convs = [step for kind, _, step in compiled._executor._steps if step.name == "conv"]
     event(f"one_d on oneDNN: {any(step.params.get('one_d') for step in convs)}")
     assert convs and all(step.params.get("one_d") for step in convs)
-    reference = ember.compile(model, opt_level=0, codegen=False)
-    for batch in (1, 3):
-        x = rng.standard_normal((batch, c, length)).astype(np.float32)
-        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
+    _matches_reference(compiled, model, rng, [(batch, c, length) for batch in (1, 3)])
 
 
 def test_elementwise_ops_between_convolutions_stay_channels_last():
@@ -315,9 +309,8 @@ def test_elementwise_ops_between_convolutions_stay_channels_last():
              helper.make_node("Mul", ["h2", "two"], ["m2"]),
              helper.make_node("Add", ["h1", "m2"], ["s"]),
              helper.make_node("Conv", ["s", "w3"], ["y"], pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "mobile", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    _converts_layout_once_and_matches(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), rng)
+    model = _image_model(nodes, inits, "mobile")
+    _converts_layout_once_and_matches(model, rng)
 
 
 def test_transposes_move_past_elementwise_readers_they_share():
@@ -350,9 +343,8 @@ def test_transposes_move_past_elementwise_readers_they_share():
              helper.make_node("Mul", ["hs", "gate"], ["se"]),
              helper.make_node("Mul", ["se", "scale"], ["scaled"]),
              helper.make_node("Conv", ["scaled", "w1"], ["y"], pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "lcnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    _converts_layout_once_and_matches(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), rng)
+    model = _image_model(nodes, inits, "lcnet")
+    _converts_layout_once_and_matches(model, rng)
 
 
 def test_pointwise_convolution_of_a_symbolic_batch_has_both_paths():
@@ -376,10 +368,7 @@ def test_pointwise_convolution_of_a_symbolic_batch_has_both_paths():
     pointwise = [step for kind, _, step in compiled._executor._steps
                  if kind == "extern" and step.name == "conv" and "pointwise" in step.params]
     assert [("packed" in step.params, step.params.get("packed_batch")) for step in pointwise] == [(True, 1), (False, None)]
-    reference = ember.compile(model, opt_level=0, codegen=False)
-    for batch in (1, 3, 1):
-        x = rng.standard_normal((batch, 3, 12, 16)).astype(np.float32)
-        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
+    _matches_reference(compiled, model, rng, [(batch, 3, 12, 16) for batch in (1, 3, 1)])
 
 
 def test_uneven_pads_become_a_padded_copy_and_run_on_onednn():
@@ -392,17 +381,12 @@ def test_uneven_pads_become_a_padded_copy_and_run_on_onednn():
     nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c0"], ["r0"]),
              helper.make_node("Conv", ["r0", "w1"], ["y"], auto_pad="SAME_UPPER")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _image_model(nodes, inits)
     compiled = ember.compile(model)
     (conv,) = [step for kind, _, step in compiled._executor._steps
                if kind == "extern" and step.name == "conv" and step.params["kernel"] == [2, 2]]
     assert conv.params["pads"] == [0, 0, 0, 0] and "packed" in conv.params
-    reference = ember.compile(model, opt_level=0, codegen=False)
-    for shape in ((1, 3, 12, 20), (2, 3, 9, 7)):
-        x = rng.standard_normal(shape).astype(np.float32)
-        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
+    _matches_reference(compiled, model, rng, ((1, 3, 12, 20), (2, 3, 9, 7)))
 
 
 def test_a_shared_activation_pools_and_concatenates_channels_last():
@@ -421,9 +405,23 @@ def test_a_shared_activation_pools_and_concatenates_channels_last():
              helper.make_node("MaxPool", ["r0"], ["p"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"),
              helper.make_node("Concat", ["p", "c1"], ["cat"], axis=1),
              helper.make_node("Conv", ["cat", "w2"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])]
-    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+    model = _image_model(nodes, inits, "stem")
+    _converts_layout_once_and_matches(model, rng)
+
+
+def _image_model(nodes, inits, name: str = "g"):
+    """A model of `nodes` from input x [n, 3, h, w] to output y, opset 17."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    _converts_layout_once_and_matches(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), rng)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _matches_reference(compiled, model, rng, shapes) -> None:
+    """`compiled` gives y as the unoptimised reference of `model` does, for x of each shape."""
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    for shape in shapes:
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
 
 
 def _converts_layout_once_and_matches(model, rng) -> None:
@@ -431,7 +429,4 @@ def _converts_layout_once_and_matches(model, rng) -> None:
     and matches the unoptimised reference at two sizes."""
     compiled = ember.compile(model)
     assert compiled.stats.op_histogram.get("Transpose") == 2, compiled.stats.op_histogram
-    reference = ember.compile(model, opt_level=0, codegen=False)
-    for shape in ((1, 3, 9, 7), (2, 3, 6, 10)):
-        x = rng.standard_normal(shape).astype(np.float32)
-        np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
+    _matches_reference(compiled, model, rng, ((1, 3, 9, 7), (2, 3, 6, 10)))

@@ -9,6 +9,7 @@ scalar maths written on `V`, a value in a kernel body with Python operators:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -223,13 +224,13 @@ def small_matmul(ctx, x, w_nk, bias, activation: str, shape):
     oneDNN's ~25), more than such a product takes: hey_jarvis' three Gemms (1x1536x128,
     1x128x128, 1x128x1) took 50 of its 90 us. Generated, each output is a vectorized dot
     product of x's row with W's row, run inside the segment with its neighbours."""
-    import numpy as np
+    from ...codegen.lowering import TensorRef
 
-    if (x.dtype != DType.float32 or not all(isinstance(d, int) for d in x.shape) or len(x.shape) < 1
+    if (x.dtype != DType.float32 or not x.shape or not all(isinstance(d, int) for d in x.shape)
             or activation not in ("", "relu") or w_nk is None or w_nk.dtype != np.float32 or w_nk.ndim != 2):
         return None
     n, k = w_nk.shape
-    rows = int(np.prod(x.shape[:-1])) if len(x.shape) > 1 else 1
+    rows = math.prod(x.shape[:-1])
     if x.shape[-1] != k or rows * n * k > SMALL_MATMUL_MACS or n * k == 0 or rows == 0:
         return None
     if bias is not None and (bias.dtype != DType.float32 or tuple(bias.shape) not in ((n,), (1, n), (1,), ())):
@@ -238,8 +239,6 @@ def small_matmul(ctx, x, w_nk, bias, activation: str, shape):
     weight = ctx.new_buffer("weight_nk", DType.float32, (n, k), "constant")
     ctx.constants[weight.name] = np.ascontiguousarray(w_nk)
     if x.fn is not None:  # a lazy producer would be recomputed for each of the N outputs
-        from ...codegen.lowering import TensorRef
-
         x = TensorRef(x.dtype, x.shape, buffer=ctx.realize(x))
     out = ctx.new_buffer("matmul", DType.float32, tuple(shape))
     xv, (r,) = loop_vars(len(shape), "x"), loop_vars(1, "r")
@@ -255,8 +254,6 @@ def small_matmul(ctx, x, w_nk, bias, activation: str, shape):
     ctx.reduction("matmul", tuple(shape), (k,), [
         Stage("reduce", b0, value=product.name, reduce="sum", acc="acc_dot", acc_dtype=DType.float32),
         Stage("row", b1)])
-    from ...codegen.lowering import TensorRef
-
     return TensorRef(DType.float32, tuple(shape), buffer=out)
 
 

@@ -367,14 +367,14 @@ def _lower_linear(ctx, node, ins):
     bias = ins[2] if len(ins) > 2 else None
     if x.dtype not in FLOATS or len(w.shape) != 2:
         raise NotLowerable("not a float matrix weight")
+    activation = get_op(node.op).attr(node, "activation")
     weight = node.inputs[1]
     if weight.is_constant:  # [K, N]
-        small = small_matmul(ctx, x, np.asarray(weight.const).T, bias, get_op(node.op).attr(node, "activation"),
-                             out_type(node)[1])
+        small = small_matmul(ctx, x, np.asarray(weight.const).T, bias, activation, out_type(node)[1])
         if small is not None:
             return [small]
     # the extern applies the activation (oneDNN runs it as a post-op of the GEMM)
-    return ctx.extern("linear", [x, w, bias], [out_type(node)], activation=get_op(node.op).attr(node, "activation"))
+    return ctx.extern("linear", [x, w, bias], [out_type(node)], activation=activation)
 
 
 def _lower_attention(ctx, node, ins):
