@@ -139,7 +139,7 @@ REWRITES = [_rewrite("Conv", 2), _rewrite("Conv", 3),
 # them, even where its output has other readers (the rewriter refuses such a match)
 SINKABLE = (set(UNARY) | set(BINARY)
             | {"HardSigmoid", "LeakyRelu", "Clip", "Elu", "Selu", "Celu", "Cast", "ThresholdedRelu", "Gelu",
-               "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Where", "Sum",
+               "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Where", "Sum", "PRelu",
                "Mean"})
 
 

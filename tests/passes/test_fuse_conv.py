@@ -313,6 +313,25 @@ def test_elementwise_ops_between_convolutions_stay_channels_last():
     _converts_layout_once_and_matches(model, rng)
 
 
+def test_prelu_between_convolutions_and_pools_stays_channels_last():
+    """MTCNN's pattern (tf2onnx): Conv -> PRelu with a per-channel slope [C, 1, 1] ->
+    MaxPool -> Conv. The slope is permuted with the activations, so the graph converts
+    once each way (PRelu kept a transpose pair around each block: a pool read across
+    channels, 1.6 -> 1.2 ms on MTCNN's P-Net), and matches the reference."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.standard_normal((10, 3, 3, 3)).astype(np.float32) * 0.5, "w0"),
+             numpy_helper.from_array(rng.uniform(-0.5, 0.5, (10, 1, 1)).astype(np.float32), "slope0"),
+             numpy_helper.from_array(rng.standard_normal((16, 10, 2, 2)).astype(np.float32) * 0.3, "w1"),
+             numpy_helper.from_array(rng.uniform(-0.5, 0.5, (16, 1, 1)).astype(np.float32), "slope1")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"]),
+             helper.make_node("PRelu", ["c0", "slope0"], ["p0"]),
+             helper.make_node("MaxPool", ["p0"], ["m0"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["m0", "w1"], ["c1"]),
+             helper.make_node("PRelu", ["c1", "slope1"], ["y"])]
+    model = _image_model(nodes, inits, "mtcnn")
+    _converts_layout_once_and_matches(model, rng)
+
+
 def test_transposes_move_past_elementwise_readers_they_share():
     """PP-LCNet's blocks: a convolution's output read by several elementwise ops at once
     (HardSwish written out as x * clip(x + 3, 0, 6) / 6), a squeeze-excite block
