@@ -33,7 +33,7 @@ from .cpu_dtypes import needs_prelude as needs_dtypes_prelude
 from .cpu_dtypes import prelude as dtypes_prelude
 from .cpu_prelude import PRELUDE
 from .inner_split import split_inner
-from .kir import Body, Buffer, Kernel, Stage
+from .kir import Body, Buffer, Kernel, Stage, loop_vars
 
 log = logging.getLogger("ember.codegen")
 
@@ -77,6 +77,11 @@ OPS = {
 }
 BITS_OPS = {"cast_e8m0"}  # ops whose C++ gives the storage bits of their (narrow) result
 EXTRA_PRELUDE = r"""
+// a stride the vectorizer does not see as a constant: gcc 12 takes a load at a constant
+// stride of 8 or more along the vectorized loop for one of a group of interleaved accesses
+// that size, finds no vector type for the group and leaves the whole loop scalar (a
+// transposed read with a log after it: 88 us; at an opaque stride, gathered: 11.5 us)
+static inline int64_t ember_opaque(int64_t v) { asm("" : "+r"(v)); return v; }
 // index min/max by value (std::min/max take references, which keeps loops from vectorizing)
 static inline int64_t ember_imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t ember_imax(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -293,6 +298,8 @@ class _KernelWriter:
         self.accs: dict[str, str] = {}
         self.bits: dict[str, str] = {}  # temp of a narrow type -> the temp of its storage bits
         self.invariant: set[str] = set()  # temps computed before the innermost loop
+        self.inner: sympy.Symbol | None = None  # the vectorized loop's variable, while its body renders
+        self.strides: set[int] = set()  # constant strides along it rendered opaque (`_opaque_stride`)
 
     def stmts(self, body: Body, indent: str) -> list[str]:
         lines = []
@@ -301,7 +308,7 @@ class _KernelWriter:
             if s.op == "load":
                 buf, offset = s.args
                 self.used_buffers.add(buf)
-                value = f"{buf}[{self.index(offset)}]"
+                value = f"{buf}[{self.index(self._opaque_stride(offset))}]"
                 if C_TYPES[s.dtype].narrow:
                     value = f"{C_TYPES[s.dtype].decode}({value})"
                 lines.append(f"const {t} {s.out} = {value};")
@@ -312,7 +319,7 @@ class _KernelWriter:
                     # a value rounded to this type is stored as the bits it was rounded to
                     bits = self.bits.get(value) if body.dtype(value) == s.dtype else None
                     value = bits or f"{C_TYPES[s.dtype].encode}({value})"
-                lines.append(f"{buf}[{self.index(offset)}] = {value};")
+                lines.append(f"{buf}[{self.index(self._opaque_stride(offset))}] = {value};")
             elif s.op == "const":
                 lines.append(f"const {t} {s.out} = {_literal(s.args[0], s.dtype)};")
             elif s.op == "index":
@@ -336,6 +343,28 @@ class _KernelWriter:
                 else:
                     lines.append(f"const {t} {s.out} = {expr};")
         return [indent + line for line in lines]
+
+    OPAQUE_MIN_STRIDE = 8  # at 2-4 gcc's interleaved loads are faster than gathers
+
+    def _opaque_stride(self, offset):
+        """`offset` with a constant stride of at least OPAQUE_MIN_STRIDE elements along
+        the vectorized loop replaced by a variable the compiler cannot see through
+        (`ember_opaque`, declared at the kernel's top): then it vectorizes the loop with
+        strided loads and stores instead of leaving it scalar."""
+        v = self.inner
+        if v is None:
+            return offset
+        offset = sympy.sympify(offset)
+        if v not in offset.free_symbols:
+            return offset
+        c = offset.coeff(v)
+        if not c.is_Integer or abs(int(c)) < self.OPAQUE_MIN_STRIDE:
+            return offset
+        rest = sympy.expand(offset - c * v)
+        if v in rest.free_symbols:  # not linear in the loop variable
+            return offset
+        self.strides.add(abs(int(c)))
+        return rest + (1 if c > 0 else -1) * sympy.Symbol(f"$st{abs(int(c))}", integer=True) * v
 
     def _rounded(self, s, bits_expr: str) -> list[str]:
         """A narrow-typed result: its storage bits, then its value decoded from them (a
@@ -376,6 +405,7 @@ class _KernelWriter:
             elif n <= 1:
                 lines, indent, closes = self._loops(k.ranges, "x", "", par and par.replace(" for{", " for simd{"),
                                                     None)
+                self.inner = loop_vars(1)[0] if n else None
             else:
                 lines, indent, outer_closes = self._loops(k.ranges[:-1], "x", "", par, None)
                 var = f"x{n - 1}"
@@ -389,7 +419,9 @@ class _KernelWriter:
                     lines += self.stmts(hoisted, inner)
                     lines += [f"{inner}#pragma omp simd",
                               f"{inner}for (int64_t {var} = {start}; {var} < {self.index(stop)}; ++{var}) {{"]
+                    self.inner = loop_vars(n)[-1]
                     lines += self.stmts(body, inner + "  ") + [inner + "}"]
+                    self.inner = None
                     lines += [indent + "}"] if len(pieces) > 1 else []
                 return self._declarations() + lines + outer_closes
             lines += self.stmts(k.body, indent) + closes
@@ -406,6 +438,7 @@ class _KernelWriter:
     def _declarations(self) -> list[str]:
         """The size symbols and buffer pointers the rendered loops use."""
         decls = [f"const int64_t s{i} = S[{i}];" for i in sorted(self.index.used)]
+        decls += [f"const int64_t st{c} = ember_opaque({c});" for c in sorted(self.strides)]
         for name in sorted(self.used_buffers, key=lambda n: self.slots[n]):
             t = storage_type(self.buffers[name].dtype)
             decls.append(f"{t}* {name} = reinterpret_cast<{t}*>(B[{self.slots[name]}]);")
@@ -417,7 +450,10 @@ class _KernelWriter:
             return self.stmts(stage.body, indent)
         if stage.kind == "loop":
             lines, inner, closes = self._loops(k.reduction, "r", indent, None, "#pragma omp simd")
-            return lines + self.stmts(stage.body, inner) + closes
+            self.inner = loop_vars(len(k.reduction), "r")[-1] if k.reduction else None
+            body = self.stmts(stage.body, inner)
+            self.inner = None
+            return lines + body + closes
         t = CTYPE[stage.acc_dtype]
         is_float = stage.acc_dtype in FLOAT_TYPES
         init = {"sum": "0", "prod": "1",
@@ -441,7 +477,9 @@ class _KernelWriter:
             # 49x196 rows of 3: 110 us)
             simd = "#pragma GCC unroll 16"
         loop, inner, closes = self._loops(k.reduction, "r", indent, None, simd)
+        self.inner = loop_vars(len(k.reduction), "r")[-1] if k.reduction and simd.startswith("#pragma omp") else None
         body = self.stmts(stage.body, inner)
+        self.inner = None
         body.append(inner + fold.format(a=stage.acc, v=f"{t}({stage.value})"))
         if nan_guard:
             body.append(f"{inner}{stage.acc}_nan |= int({stage.value} != {stage.value});")

@@ -121,3 +121,39 @@ def test_innermost_concat_and_pad_run_as_one_loop_per_range(dtype):
     cat = np.concatenate([np.maximum(feeds["a"], 0), feeds["b"], feeds["c"]], axis=3)
     want = -np.pad(cat, [(0, 0), (0, 0), (0, 0), (3, 5)])
     np.testing.assert_array_equal(compiled.run(feeds)["y"], want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_strided_reads_along_the_inner_loop_are_opaque_strides(dtype):
+    """Transposed reads (strides 64 and 24 along the vectorized loop: gcc 12 left such a
+    loop scalar) go through `ember_opaque` strides; a read at stride 2 (a strided slice)
+    keeps its constant. Exact against numpy at two sizes of the symbolic dims."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    starts, ends, axes, steps = (numpy_helper.from_array(np.array([v], np.int64), name)
+                                 for v, name in ((0, "starts"), (1 << 30, "ends"), (1, "axes"), (2, "steps")))
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["a"], ["t"], perm=[0, 2, 1]),
+         helper.make_node("Abs", ["t"], ["y"]),
+         helper.make_node("Neg", ["b"], ["nb"]),
+         helper.make_node("Transpose", ["nb"], ["z"], perm=[1, 0]),
+         helper.make_node("Slice", ["c", "starts", "ends", "axes", "steps"], ["s"]),
+         helper.make_node("Neg", ["s"], ["w"])], "g",
+        [helper.make_tensor_value_info("a", onnx_type, ["n", "l", 64]),
+         helper.make_tensor_value_info("b", onnx_type, ["m", 24]),
+         helper.make_tensor_value_info("c", onnx_type, [5, 40])],
+        [helper.make_tensor_value_info(v, onnx_type, None) for v in "yzw"], [starts, ends, axes, steps])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    compiled = ember.compile(model)
+    source = compiled.program.source
+    assert "ember_opaque(64)" in source and "ember_opaque(24)" in source and "ember_opaque(2)" not in source
+    rng = np.random.default_rng(2)
+    for n, l, m in ((1, 99, 7), (2, 33, 40)):
+        feeds = {"a": (rng.standard_normal((n, l, 64)) * 9).astype(dtype),
+                 "b": (rng.standard_normal((m, 24)) * 9).astype(dtype),
+                 "c": (rng.standard_normal((5, 40)) * 9).astype(dtype)}
+        out = compiled.run(feeds)
+        np.testing.assert_array_equal(out["y"], np.abs(feeds["a"].transpose(0, 2, 1)))
+        np.testing.assert_array_equal(out["z"], -feeds["b"].T)
+        np.testing.assert_array_equal(out["w"], -feeds["c"][:, ::2])
