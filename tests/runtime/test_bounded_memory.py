@@ -59,18 +59,24 @@ def test_row_classes_are_few_and_close_to_the_rows():
     assert [externs._row_class(r) for r in (1, 8, 9, 17, 128, 129, 1024)] == [1, 8, 10, 20, 128, 160, 1024]
 
 
-@pytest.mark.skipif(not externs._onednn(), reason="torch without oneDNN: no packed GEMM to pad")
-@pytest.mark.parametrize("rows", [9, 37, 129, 130])
-def test_a_gemm_off_its_class_is_padded_and_sliced(rows):
+@pytest.mark.skipif(not externs._onednn(), reason="torch without oneDNN: no packed GEMM")
+@pytest.mark.parametrize("rows", [9, 37, 128, 129, 130])
+def test_a_gemm_off_its_row_class_runs_on_addmm(rows, monkeypatch):
+    """A GEMM past addmm's range runs on oneDNN's packed weight only at a row class: at
+    other row counts on addmm (no oneDNN primitive for that shape). Both match."""
     rng = np.random.default_rng(rows)
     w = torch.from_numpy(rng.standard_normal((48, 80), dtype=np.float32))
     bias = torch.from_numpy(rng.standard_normal(80, dtype=np.float32))
     params = externs.prepare_linear({"activation": "relu"}, {1: w})
+    monkeypatch.setattr(externs._LinearWeight, "SMALL_MACS", 0)  # every call past addmm's range
+    calls = []
+    packed = externs._packed_linear
+    monkeypatch.setattr(externs, "_packed_linear", lambda *a: calls.append(1) or packed(*a))
     x = torch.from_numpy(rng.standard_normal((1, rows, 48), dtype=np.float32))
-    assert externs._row_class(rows) > rows  # the padded path runs
     got = externs.linear(params, x, w, bias, None)
     assert got.shape == (1, rows, 80) and got.is_contiguous()
     torch.testing.assert_close(got, torch.relu(x @ w + bias), rtol=1e-4, atol=1e-4)
     out = torch.empty(1, rows, 80)
     assert externs.linear(params, x, w, bias, out) is out
     torch.testing.assert_close(out, got)
+    assert len(calls) == (2 if externs._row_class(rows) == rows else 0)
