@@ -2,8 +2,8 @@
 (externs._row_class, issue 20 item 9) and without, in one process, alternating rounds
 of --runs runs; medians of each round, then the median over rounds. The rows of b1x128
 (128) and b8x128 (1,024) are classes already: there the two differ only by the class
-lookup; at 8x100 (800 rows, not a class) the classed run takes addmm where the other
-takes oneDNN at 800 rows.
+lookup; at 8x100 (800 rows, not a class) the classed run pads the GEMMs of large weights
+to 896 rows and runs those of small ones on addmm.
 
     python benchmarks/row_classes_speed.py [--batch 1] [--seq 128] [--rounds 10] [--runs 20]
 """

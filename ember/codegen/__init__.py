@@ -36,8 +36,13 @@ def generate(graph: Graph) -> Program:
     steps: list[Step] = []
     segments: list[list[str]] = []
     generated = []
+    small: dict[str, list] = {}  # extern kernel -> the kernels of its small path, run as a segment of their own
+    extern_steps: dict[str, Step] = {}
     for k in lowered.kernels:
-        if k.kind in ("pointwise", "reduction"):
+        if k.small_for is not None:
+            generated.append(k)
+            small.setdefault(k.small_for, []).append(k)
+        elif k.kind in ("pointwise", "reduction"):
             generated.append(k)
             if steps and steps[-1].kind == "segment":
                 seg = steps[-1]
@@ -58,6 +63,12 @@ def generate(graph: Graph) -> Program:
                 params["programs"] = [generate(body) for body in params["bodies"]]
             steps.append(Step(k.kind, k.extern or k.nodes[0], k.args, n, params, nodes=k.nodes,
                               parts=((frozenset(k.args) | {b for _, b in params.get("scope", ())}) - {""},)))
+            extern_steps[k.name] = steps[-1]
+    for name, kernels in small.items():  # the step chooses per input shapes (executor: `_small_steps`)
+        step = extern_steps[name]
+        step.params["small"] = {**step.params["small"], "segment": f"seg{len(segments)}"}
+        step.parts += tuple(frozenset(k.reads() | k.writes()) for k in kernels)
+        segments.append([k.name for k in kernels])
     program = Program(buffers, slots, ordered, steps, lowered.inputs, lowered.outputs, lowered.constants,
                       num_kernels=len(lowered.kernels) - len(lowered.fallbacks), fused_nodes=lowered.fused_nodes,
                       fallbacks=lowered.fallbacks)

@@ -163,6 +163,7 @@ class Kernel:
     params: dict[str, Any] = field(default_factory=dict)  # extern: its settings
     nodes: tuple[str, ...] = ()           # graph nodes this kernel computes
     serial: bool = False                  # pointwise: run the elements in order, on one thread
+    small_for: str | None = None          # generated: the extern whose small-size path it is (`small_path`)
 
     def reads(self) -> set[str]:
         if self.kind == "extern":

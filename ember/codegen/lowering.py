@@ -184,6 +184,32 @@ class LoweringContext:
                                params={"num_inputs": len(args), **params}))
         return [TensorRef(b.dtype, b.shape, buffer=b) for b in outs]
 
+    def small_path(self, out: TensorRef, build: Callable[[Buffer], TensorRef | None], elements: int) -> None:
+        """Generated kernels that compute the extern just added (`out`: its output)
+        instead of it where that output has at most `elements` elements, as the executor
+        finds for each set of input shapes: a library call costs more than such small
+        work (10-70 us a oneDNN convolution or GEMM before any work), and with a symbolic
+        batch or image size the work is not known before the run. `build(buffer)` returns
+        the value, lazy or realized into `buffer`, or None (no such path). It may add
+        kernels of its own (a padded copy): they run only on the small path, so they may
+        write only buffers it makes."""
+        ext = self.kernels[-1]
+        assert ext.kind == "extern" and out.buffer is not None and out.buffer.name in ext.args, "small_path: not the last extern's output"
+        kernels, buffers = len(self.kernels), set(self.buffers)
+        ref = build(out.buffer)
+        if ref is None:
+            del self.kernels[kernels:]
+            return
+        if ref.buffer is not out.buffer:
+            source = ref if ref.lazy else TensorRef(ref.dtype, ref.shape, fn=lambda b, i, r=ref: r.load(b, i))
+            body, index = self.body(), loop_vars(len(out.shape))
+            body.store(out.buffer, index, source.fn(body, index))
+            self.add_kernel(Kernel("pointwise", "pointwise", ranges=out.shape, body=body))
+        for k in self.kernels[kernels:]:
+            assert k.writes() <= (set(self.buffers) - buffers) | {out.buffer.name}, "small_path: a kernel writes outside it"
+            k.small_for = ext.name
+        ext.params["small"] = {"elements": int(elements)}
+
     def knows(self, shape) -> bool:
         """Whether every size of `shape` is known before the kernel that computes it runs."""
         return all(sympy.sympify(d).free_symbols <= self.bound for d in shape)

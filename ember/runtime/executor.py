@@ -116,6 +116,7 @@ class _Binding:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     pointers: list[int] = field(default_factory=list)
     late: bool = False  # some size is known only once a step has run (a fallback's, a sizing extern's)
+    small: frozenset = frozenset()  # steps that run their small path (generated kernels) at these sizes
     sizes_addr: Any = None  # ctypes pointer to `sizes`, as segments take it
     kept: dict = field(default_factory=dict)  # views a run replaces and puts back (name -> (view, tensor))
 
@@ -189,8 +190,9 @@ class Executor:
         self._root = {name: self._root_of(name) for name in p.buffers}
         # C order for every constant a generated kernel may read through its pointer; a
         # weight only externs read keeps its layout (codegen.store_weights_transposed)
-        kernel_reads = {self._root[n] for step in p.steps if step.kind == "segment" for part in step.parts
-                        for n in part if n in self._root}
+        kernel_reads = {self._root[n] for step in p.steps
+                        for part in (step.parts if step.kind == "segment" else step.parts[1:] if "small" in step.params
+                                     else ()) for n in part if n in self._root}
         self._constants = {}
         for name, a in p.constants.items():
             a = np.asarray(a)
@@ -207,6 +209,10 @@ class Executor:
                 self._steps.append(("extern", EXTERNS[step.name], self._prepared(step)))
             else:
                 self._steps.append(("fallback", None, step))  # the reference is prepared on first use
+        # extern steps with a small path: index -> (most output elements it runs at, the output)
+        self._small_steps = {i: (step.params["small"]["elements"], step.args[step.num_inputs])
+                             for i, (kind, _, step) in enumerate(self._steps)
+                             if kind == "extern" and "small" in step.params}
         self._shape_fns = {}
         compiled: dict[tuple, Any] = {}  # many buffers share a shape: one function each
         for name, b in p.buffers.items():
@@ -262,6 +268,7 @@ class Executor:
         for i, (kind, _, step) in enumerate(self._steps):
             outs = step.args[step.num_inputs:]
             if (kind == "extern" and step.name in ADOPTS and ("packed" in step.params or "pointwise" in step.params)
+                    and "small" not in step.params  # its small path writes the planned buffer
                     and len(outs) == 1
                     and p.buffers[outs[0]].kind == "temp" and p.buffers[outs[0]].view_of is None
                     and outs[0] not in viewed and outs[0] not in io):
@@ -304,11 +311,12 @@ class Executor:
                 constants[i] = array.reshape(shape)
                 roots.append((i, root, shape))
         key = None
-        if step.name in self.SHARED_PREPARE and roots:
-            key = (step.name, tuple(roots), repr(sorted(step.params.items())))
+        if step.name in self.SHARED_PREPARE and roots:  # (each step's small path is its own)
+            key = (step.name, tuple(roots), repr(sorted((k, v) for k, v in step.params.items() if k != "small")))
             shared = self._shared_prepared.get(key)
             if shared is not None:
-                return dataclasses.replace(step, params=shared)
+                own = {"small": step.params["small"]} if "small" in step.params else {}
+                return dataclasses.replace(step, params={**shared, **own})
         with warnings.catch_warnings():  # read-only weights: the hook only reads them
             warnings.simplefilter("ignore", UserWarning)
             params = hook(step.params, {i: t for i, a in constants.items() if (t := _tensor(a)) is not None})
@@ -358,6 +366,8 @@ class Executor:
                 pointers[slot] = binding.views[root].ctypes.data
         binding.pointers = pointers
         binding.late = any(s is None for s in binding.shapes.values())
+        binding.small = frozenset(i for i, (elements, out) in self._small_steps.items()
+                                  if binding.shapes.get(out) is not None and math.prod(binding.shapes[out]) <= elements)
         binding.sizes_addr = ctypes.c_void_p(binding.sizes.ctypes.data)
         with warnings.catch_warnings():  # weights may be read-only arrays; externs only read them
             warnings.simplefilter("ignore", UserWarning)
@@ -424,7 +434,7 @@ class Executor:
         late = binding.late
         if late:  # data-dependent sizes: this run binds its own
             binding = _Binding(binding.sizes.copy(), dict(binding.shapes), set(binding.bound), dict(binding.views),
-                               binding.tensors, binding.pointers)
+                               binding.tensors, binding.pointers, small=binding.small)
             binding.sizes_addr = ctypes.c_void_p(binding.sizes.ctypes.data)
             # the run's maps apart from the binding's: `_allocate_late` tells a buffer this
             # run has not placed yet by its absence from the run's views
@@ -467,7 +477,7 @@ class Executor:
 
     def _run_steps(self, p, binding, views, tensors, late, sizes_addr) -> None:
         profile = self.profile
-        B, B_addr, needs_view = self._B, self._B_addr, self._needs_view
+        B, B_addr, needs_view, small = self._B, self._B_addr, self._needs_view, binding.small
         step = None
         try:
             for i, (code, fn, step, args, adopted, release) in enumerate(self._step_plan or self._make_plan()):
@@ -475,6 +485,8 @@ class Executor:
                     self._allocate_late(binding, step, views, tensors)
                 if profile is not None:
                     start = time.perf_counter()
+                if code == 3:  # an extern with a small path: which runs at these sizes
+                    code, fn = (0, fn[0]) if i in small else (1, fn[1])
                 if code == 0:
                     fn(B_addr, sizes_addr)
                 elif code == 1:
@@ -502,13 +514,18 @@ class Executor:
         """Each step as (code, fn, step, argument names, adopted output, names released
         after it), decided once rather than on every run: code 0 a segment, 1 an extern of
         known output sizes (its adopted output's name blanked in its arguments), 2 a sizing
-        extern or a fallback (`_sizing_or_fallback`)."""
+        extern or a fallback (`_sizing_or_fallback`), 3 an extern with a small path (fn: the
+        path's segment and the extern; the binding says which runs)."""
         plan = []
         for i, (kind, fn, step) in enumerate(self._steps):
             adopted = self._adopted.get(i)
             release = tuple(self._release.get(i, ()))
             if kind == "segment":
                 plan.append((0, fn, step, (), None, release))
+            elif i in self._small_steps:
+                segment = getattr(self._lib, step.params["small"]["segment"])
+                segment.argtypes, segment.restype = [ctypes.c_void_p, ctypes.c_void_p], None
+                plan.append((3, (segment, fn), step, step.args, None, release))
             elif kind == "extern" and not step.params.get("sizes_outputs"):
                 args = tuple("" if a == adopted else a for a in step.args)
                 plan.append((1, fn, step, args, adopted, release))

@@ -13,6 +13,7 @@ library kernel wants (oneDNN's blocked formats), so no run pays for that.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import torch
@@ -67,12 +68,15 @@ class _LinearWeight:
     arguments each call) where MKL's addmm costs ~4 us, and runs large GEMMs up to 1.9x
     faster: a GEMM of at most `SMALL_MACS` multiply-adds runs on addmm, a larger one on
     the packed copy (benchmarks: hey_jarvis' 1x1536x128 takes 30 us on oneDNN, 10 on addmm;
-    at 64x256x256 they are even) if its row count is one of `_row_class`'s. Other row
-    counts run on addmm too: padded to the class, oneDNN's GEMM took 1.15-1.35x addmm's
-    time (the copy and up to a quarter more rows; 97x512x257: 152 vs 111 us on a 2-core
-    Xeon), and addmm keeps no primitive per shape."""
+    at 64x256x256 they are even). A weight of at most `SMALL_WEIGHT` elements (in a
+    core's L2) runs on addmm at other row counts than `_row_class`'s too: padded to the
+    class, oneDNN's GEMM took 1.15-1.35x addmm's time (the copy and up to a quarter more
+    rows; 97x512x257: 152 vs 111 us on a 2-core Xeon). A larger one streams from memory,
+    where oneDNN's packed layout runs 1.3-2.2x faster than addmm (15x1024x4096: 0.85 vs
+    1.8 ms; chython-rxnmap 44 -> 79 ms on addmm), padded rows and all."""
 
     SMALL_MACS = 1 << 21
+    SMALL_WEIGHT = 1 << 18
     __slots__ = ("packed", "kn")
 
     def __init__(self, w_nk):
@@ -85,7 +89,7 @@ class _LinearWeight:
         """act(x [..., K] @ W + bias), into y (of x's rows) where given."""
         k, n = self.kn.shape
         rows = x.numel() // k if k else 0
-        if rows * k * n > self.SMALL_MACS and _row_class(rows) == rows:
+        if rows * k * n > self.SMALL_MACS and (_row_class(rows) == rows or k * n > self.SMALL_WEIGHT):
             attr, algorithm = _ONEDNN_ACTIVATIONS[activation]
             return _store(y, _packed_linear(x, self.packed, bias, attr, algorithm or None))
         if y is None:
@@ -105,16 +109,33 @@ def _row_class(rows: int) -> int:
     doubling (128, 256, 1024 are classes; `rows` is rounded up to the next). oneDNN makes a
     primitive per GEMM shape, and it and torch each keep up to 1,024 (~0.6 MiB a shape
     between them at MiniLM's sizes): with the row count of every batch and every engine
-    step, a process grew by hundreds of MiB. GEMMs of other row counts run on addmm
-    (`_LinearWeight`), so up to 4,096 rows oneDNN sees 44 shapes a weight, and the caches
-    stop growing once those exist."""
+    step, a process grew by hundreds of MiB. A GEMM of other rows runs padded to the next
+    class (or on addmm: `_LinearWeight`), so up to 4,096 rows oneDNN sees 44 shapes a
+    weight, and the caches stop growing once those exist."""
     step = 1 << max(rows.bit_length() - 3, 0)
     return -(-rows // step) * step
 
 
+_padding = threading.local()  # per thread: the buffer padded GEMM inputs are copied into
+
+
 def _packed_linear(x, packed, bias, attr: str, algorithm):
-    """oneDNN's GEMM of x [..., K] with a packed weight (bias and activation as post-ops)."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, attr, [], algorithm)
+    """oneDNN's GEMM of x [..., K] with a packed weight (bias and activation as post-ops),
+    run at `_row_class` rows: x copied into a buffer with zero rows after it (one per
+    thread, as large as the largest so far), their results dropped."""
+    rows, width = (x.numel() // x.shape[-1], x.shape[-1]) if x.shape[-1] else (0, 0)
+    padded = _row_class(rows)
+    if padded == rows:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, attr, [], algorithm)
+    buffer = getattr(_padding, "buffer", None)
+    if buffer is None or buffer.numel() < padded * width or buffer.dtype != x.dtype:
+        buffer = _padding.buffer = torch.empty(padded * width, dtype=x.dtype)
+    x2 = buffer[:padded * width].view(padded, width)
+    rows_np = x2.numpy()  # numpy's copy: torch's took ~20 ms for 800x384 on a busy 2-core VM
+    rows_np[:rows] = x.numpy().reshape(rows, width)
+    rows_np[rows:] = 0
+    y = torch.ops.mkldnn._linear_pointwise(x2, packed, bias, attr, [], algorithm)
+    return y[:rows].view(*x.shape[:-1], y.shape[-1])
 
 
 @prepare("linear")

@@ -61,17 +61,21 @@ def test_row_classes_are_few_and_close_to_the_rows():
 
 @pytest.mark.skipif(not externs._onednn(), reason="torch without oneDNN: no packed GEMM")
 @pytest.mark.parametrize("rows", [9, 37, 128, 129, 130])
-def test_a_gemm_off_its_row_class_runs_on_addmm(rows, monkeypatch):
-    """A GEMM past addmm's range runs on oneDNN's packed weight only at a row class: at
-    other row counts on addmm (no oneDNN primitive for that shape). Both match."""
+@pytest.mark.parametrize("large_weight", [False, True])
+def test_a_gemm_off_its_row_class_is_padded_or_runs_on_addmm(rows, large_weight, monkeypatch):
+    """A GEMM past addmm's range runs on oneDNN's packed weight at a row class; at other
+    row counts, padded to the class and sliced where the weight is large, on addmm where
+    it is small (no oneDNN primitive for that shape either way). All match."""
     rng = np.random.default_rng(rows)
     w = torch.from_numpy(rng.standard_normal((48, 80), dtype=np.float32))
     bias = torch.from_numpy(rng.standard_normal(80, dtype=np.float32))
     params = externs.prepare_linear({"activation": "relu"}, {1: w})
     monkeypatch.setattr(externs._LinearWeight, "SMALL_MACS", 0)  # every call past addmm's range
+    monkeypatch.setattr(externs._LinearWeight, "SMALL_WEIGHT", 0 if large_weight else 48 * 80)
     calls = []
     packed = externs._packed_linear
     monkeypatch.setattr(externs, "_packed_linear", lambda *a: calls.append(1) or packed(*a))
+    externs._padding.buffer = None
     x = torch.from_numpy(rng.standard_normal((1, rows, 48), dtype=np.float32))
     got = externs.linear(params, x, w, bias, None)
     assert got.shape == (1, rows, 80) and got.is_contiguous()
@@ -79,4 +83,6 @@ def test_a_gemm_off_its_row_class_runs_on_addmm(rows, monkeypatch):
     out = torch.empty(1, rows, 80)
     assert externs.linear(params, x, w, bias, out) is out
     torch.testing.assert_close(out, got)
-    assert len(calls) == (2 if externs._row_class(rows) == rows else 0)
+    on_class = externs._row_class(rows) == rows
+    assert len(calls) == (2 if on_class or large_weight else 0)
+    assert (externs._padding.buffer is not None) == (large_weight and not on_class)  # padded, sliced

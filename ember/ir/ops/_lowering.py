@@ -214,23 +214,26 @@ def rows_normalize(ctx, x, axis: int, eps: float, gamma=None, beta=None, rms: bo
 
 
 SMALL_MATMUL_MACS = 1 << 18  # a product of at most this much work with a constant weight is generated
+SMALL_PATH_WEIGHT = 1 << 17  # the largest weight (elements) a GEMM extern's small path is made for
 
 
-def small_matmul(ctx, x, w_nk, bias, activation: str, shape):
+def small_matmul(ctx, x, w_nk, bias, activation: str, shape, out=None):
     """act(x [..., K] @ W + bias) as a generated reduction kernel, for a float32 x of
     static shape and a constant weight W given as `w_nk` ([N, K], numpy) of at most
     SMALL_MATMUL_MACS multiply-adds; None where that does not apply (the caller's extern
     runs it). A library GEMM costs 2-10 us a call before any work (MKL's addmm,
     oneDNN's ~25), more than such a product takes: hey_jarvis' three Gemms (1x1536x128,
     1x128x128, 1x128x1) took 50 of its 90 us. Generated, each output is a vectorized dot
-    product of x's row with W's row, run inside the segment with its neighbours."""
+    product of x's row with W's row, run inside the segment with its neighbours. Given
+    `out` (a buffer to write), x's rows may be symbolic: the extern's small path
+    (`small_matmul_path`)."""
     from ...codegen.lowering import TensorRef
 
-    if (x.dtype != DType.float32 or not x.shape or not all(isinstance(d, int) for d in x.shape)
+    if (x.dtype != DType.float32 or not x.shape or (out is None and not all(isinstance(d, int) for d in x.shape))
             or activation not in ("", "relu") or w_nk is None or w_nk.dtype != np.float32 or w_nk.ndim != 2):
         return None
     n, k = w_nk.shape
-    rows = math.prod(x.shape[:-1])
+    rows = math.prod(x.shape[:-1]) if out is None else 1
     if x.shape[-1] != k or rows * n * k > SMALL_MATMUL_MACS or n * k == 0 or rows == 0:
         return None
     if bias is not None and (bias.dtype != DType.float32 or tuple(bias.shape) not in ((n,), (1, n), (1,), ())):
@@ -240,7 +243,7 @@ def small_matmul(ctx, x, w_nk, bias, activation: str, shape):
     ctx.constants[weight.name] = np.ascontiguousarray(w_nk)
     if x.fn is not None:  # a lazy producer would be recomputed for each of the N outputs
         x = TensorRef(x.dtype, x.shape, buffer=ctx.realize(x))
-    out = ctx.new_buffer("matmul", DType.float32, tuple(shape))
+    out = out or ctx.new_buffer("matmul", DType.float32, tuple(shape))
     xv, (r,) = loop_vars(len(shape), "x"), loop_vars(1, "r")
     b0 = ctx.body()
     product = V(b0, x.load(b0, (*xv[:-1], r)), DType.float32) * V(b0, b0.load(weight, (xv[-1], r)), DType.float32)
@@ -255,6 +258,19 @@ def small_matmul(ctx, x, w_nk, bias, activation: str, shape):
         Stage("reduce", b0, value=product.name, reduce="sum", acc="acc_dot", acc_dtype=DType.float32),
         Stage("row", b1)])
     return TensorRef(DType.float32, tuple(shape), buffer=out)
+
+
+def small_matmul_path(ctx, out, x, w_nk, bias, activation: str) -> None:
+    """The GEMM extern just added (output `out`) runs as `small_matmul`'s generated
+    kernel at the sizes where that does at most SMALL_MATMUL_MACS multiply-adds: with a
+    symbolic batch (MTCNN's heads, 8-16 us an addmm call at batch 1) the work is known
+    only when it runs. The kernel reads its own [N, K] copy of the weight: not for a
+    weight of over SMALL_PATH_WEIGHT elements, whose path would run at a few rows at
+    most (MiniLM's 384x384 weights: at one row), for the memory."""
+    if w_nk is None or w_nk.ndim != 2 or not w_nk.shape[1] or w_nk.size > SMALL_PATH_WEIGHT:
+        return
+    ctx.small_path(out, lambda buffer: small_matmul(ctx, x, w_nk, bias, activation, out.shape, out=buffer),
+                   SMALL_MATMUL_MACS // w_nk.shape[1])
 
 
 def rows_softmax(ctx, x, axis: int, log: bool = False):

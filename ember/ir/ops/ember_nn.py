@@ -33,6 +33,7 @@ from ._lowering import (
     register_lowering,
     rows_normalize,
     small_matmul,
+    small_matmul_path,
 )
 from ._symbolic import broadcast, dtype_of, shape_of, tensor
 from . import nn  # registers Conv and MaxPool, whose attributes ember.Conv and ember.MaxPool share
@@ -374,7 +375,10 @@ def _lower_linear(ctx, node, ins):
         if small is not None:
             return [small]
     # the extern applies the activation (oneDNN runs it as a post-op of the GEMM)
-    return ctx.extern("linear", [x, w, bias], [out_type(node)], activation=activation)
+    outs = ctx.extern("linear", [x, w, bias], [out_type(node)], activation=activation)
+    if weight.is_constant:
+        small_matmul_path(ctx, outs[0], x, np.asarray(weight.const).T, bias, activation)
+    return outs
 
 
 def _lower_attention(ctx, node, ins):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Node
-from ._lowering import FLOATS, KERNEL_FLOATS, NotLowerable, attrs, out_type, register_lowering, small_matmul
+from ._lowering import FLOATS, KERNEL_FLOATS, NotLowerable, attrs, out_type, register_lowering, small_matmul, small_matmul_path
 from ._symbolic import broadcast, dtype_of, shape_of, tensor
 from .onnx_standard import standard_op
 
@@ -55,13 +55,18 @@ def _lower_gemm(ctx, node, ins):
     a = attrs(node)
     c = ins[2] if len(ins) > 2 else None
     b = node.inputs[1]
+    w_nk = None
     if b.is_constant and not a["transA"] and a["alpha"] == 1 and (c is None or a["beta"] == 1):
         w = np.asarray(b.const)
-        small = small_matmul(ctx, ins[0], w if a["transB"] else w.T, c, "", out_type(node)[1])
+        w_nk = w if a["transB"] else w.T
+        small = small_matmul(ctx, ins[0], w_nk, c, "", out_type(node)[1])
         if small is not None:
             return [small]
-    return ctx.extern("gemm", [ins[0], ins[1], c], [out_type(node)], alpha=float(a["alpha"]), beta=float(a["beta"]),
+    outs = ctx.extern("gemm", [ins[0], ins[1], c], [out_type(node)], alpha=float(a["alpha"]), beta=float(a["beta"]),
                       trans_a=bool(a["transA"]), trans_b=bool(a["transB"]))
+    if w_nk is not None:
+        small_matmul_path(ctx, outs[0], ins[0], w_nk, c, "")
+    return outs
 
 
 register_lowering("MatMul")(_lower_matmul)

@@ -5,6 +5,7 @@ path (pooling with ceil_mode/dilations, MaxPool's Indices output) use onnx.refer
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -26,6 +27,7 @@ from ._lowering import (
     reduce_kernel,
     register_lowering,
     small_matmul,
+    small_matmul_path,
 )
 from ..registry import get_op
 from ._geometry import spatial_infer
@@ -170,10 +172,12 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
     rank = len(kernel)
     strides, dilations = a["strides"] or [1] * rank, a["dilations"] or [1] * rank
     pads = _kernel_pads(a, x, kernel, strides, dilations, channels_last, at_run_time=True)
-    if channels_last and pads is not None and _direct(ctx, w, int(a["group"]), x, kernel, activation,
-                                                      out_type(node)[1]):
-        return [_direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, strides, dilations, pads,
-                                    depthwise=int(a["group"]) > 1)]
+    direct = (_direct(ctx, w, int(a["group"]), x, kernel, activation, out_type(node)[1])
+              if channels_last and pads is not None else None)
+    generated = functools.partial(_direct_conv_kernel, ctx, node, x, w, bias, total, activation, kernel, strides,
+                                  dilations, pads, depthwise=int(a["group"]) > 1)
+    if direct == math.inf:
+        return [generated()]
     if not channels_last and pads is not None and _framed(ctx, w, int(a["group"]), x, bias, activation):
         return [_framed_conv(ctx, node, x, w, bias, total, activation, kernel[0], strides[0], dilations[0], pads[0])]
     if pads is not None and x.dtype == DType.float32 and any(p != q for p, q in pads):
@@ -183,7 +187,7 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
         pads = [(0, 0)] * rank
         a = {**a, "auto_pad": "NOTSET"}
     shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else tuple(x.shape)
-    return ctx.extern(name, [x, w, bias, total], [out_type(node)], **_pad_params(a, pads), kernel=kernel,
+    outs = ctx.extern(name, [x, w, bias, total], [out_type(node)], **_pad_params(a, pads), kernel=kernel,
                       strides=list(strides), dilations=list(dilations), group=int(a["group"]), activation=activation,
                       channels_last=channels_last,
                       # the input shape picks oneDNN's kernel and the filter layout: a symbolic
@@ -192,6 +196,9 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
                       static_but_batch=all(isinstance(d, int) for d in shape[1:]),
                       input_shape=[d if isinstance(d, int) else (1 if i == 0 else _TYPICAL_SPATIAL)
                                    for i, d in enumerate(shape)])
+    if direct is not None:  # the sizes known only when it runs tell whether the work is small
+        ctx.small_path(outs[0], lambda _: generated(), direct)
+    return outs
 
 
 _TYPICAL_SPATIAL = 64
@@ -207,30 +214,36 @@ _ACTIVATIONS = {
 }
 
 
-def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> bool:
-    """Whether a channels-last convolution with a constant float32 filter is a generated
-    kernel's work: depthwise (one filter per channel) or dense with few input channels,
-    at most `_DIRECT_MAX_TERMS` products an output element; or dense with up to
-    `_DIRECT_SMALL_TERMS` products where the whole convolution is small (static sizes, at
-    most `_DIRECT_SMALL_MACS` multiply-adds): oneDNN's call costs more than the work there
-    (openwakeword's embedding: 1.50 -> 1.34 ms)."""
+def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> float | None:
+    """The most output elements at which a channels-last convolution with a constant
+    float32 filter is a generated kernel's work (math.inf: at any size), or None: depthwise
+    (one filter per channel) or dense with few input channels, at most
+    `_DIRECT_MAX_TERMS` products an output element, at any size; dense with up to
+    `_DIRECT_SMALL_TERMS` products where the whole convolution does at most
+    `_DIRECT_SMALL_MACS` multiply-adds: oneDNN's call costs more than the work there
+    (openwakeword's embedding: 1.50 -> 1.34 ms). With symbolic sizes the executor tells
+    from the run's (`small_path`): a generated kernel of many products falls far behind
+    oneDNN at a large batch (deepcut's 49 rows: 0.7 -> 2.7x), and MTCNN's R-Net at batch 1
+    ran its three convolutions on oneDNN at 50-70 us each."""
     channels = x.shape[-1]
     if not (w.buffer is not None and w.buffer.kind == "constant" and w.buffer.name in ctx.constants
             and x.dtype == DType.float32 and w.dtype == DType.float32 and isinstance(channels, int)
             and activation in _ACTIVATIONS):
-        return False
+        return None
     taps = math.prod(kernel)
     if group == channels and tuple(w.shape[:2]) == (channels, 1):
-        return taps <= _DIRECT_MAX_TERMS
+        return math.inf if taps <= _DIRECT_MAX_TERMS else None
     if group != 1:
-        return False
+        return None
     if taps * channels <= _DIRECT_MAX_TERMS:
-        return True
-    # the whole call's work, batch included: with a symbolic batch a generated kernel of
-    # many products falls far behind oneDNN at a large one (deepcut's 49 rows: 0.7 -> 2.7x)
-    return (taps * channels <= _DIRECT_SMALL_TERMS and len(out_shape) == len(kernel) + 2
-            and all(isinstance(d, int) for d in out_shape)
-            and math.prod(out_shape) * taps * channels <= _DIRECT_SMALL_MACS)
+        return math.inf
+    if taps * channels > _DIRECT_SMALL_TERMS or len(out_shape) != len(kernel) + 2:
+        return None
+    elements = _DIRECT_SMALL_MACS // (taps * channels)
+    least = math.prod(d if isinstance(d, int) else 1 for d in out_shape)  # every symbolic size 1
+    if least > elements:
+        return None
+    return math.inf if all(isinstance(d, int) for d in out_shape) else elements
 
 
 def _direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, strides, dilations, pads,
@@ -318,6 +331,7 @@ def _framed_conv(ctx, node, x, w, bias, total, activation: str, taps: int, strid
     if rows is None:
         (rows,) = ctx.extern("linear", [frames, weight, bias], [(DType.float32, (n, length, outputs))],
                              activation=fused)
+        small_matmul_path(ctx, rows, frames, filters, bias, fused)
 
     def load(b, index):
         batch, o, t = index
