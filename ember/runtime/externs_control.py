@@ -55,8 +55,13 @@ def _run_if(params, ins, outs):
     if cond is None or cond.size != 1:
         raise ExecutionError(f"{params['where']}: the condition must hold one element")
     taken = 0 if bool(cond.reshape(-1)[0]) else 1
-    body = params["executors"][taken]
     reads = [_numpy(scope[i]) for i in params["reads"][taken]]
+    through = (params.get("passthrough") or [None, None])[taken]
+    if through is not None:  # the branch hands its reads through: copied, no run of its program
+        for k, (y, i) in enumerate(zip(outs, through)):
+            _store(y, reads[i], params["where"], f"output {k} of the {('then', 'else')[taken]} branch")
+        return
+    body = params["executors"][taken]
     results = body.run(reads, out=_writable(body, outs))
     for k, (y, value) in enumerate(zip(outs, results)):
         if value is not y:

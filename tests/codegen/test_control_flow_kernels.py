@@ -62,13 +62,14 @@ def test_scan_runs_its_body_on_kernels(rows, cols, in_axis, in_dir, out_axis, ou
     assert compiled.stats.fallback_nodes == []
 
 
-def _if_model(then_op: str):
-    """y = cond ? then_op(a) : a - b, both branches reading a (and b) from outside."""
+def _if_model(then_op: str, else_op: str = "Sub"):
+    """y = cond ? then_op(a) : a - b (else_op(a, b), or else_op(a) for a unary one), both
+    branches reading a (and b) from outside."""
     def branch(name, nodes):
         return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", F, [3])])
 
     then_branch = branch("then", [helper.make_node(then_op, ["a"], ["then_y"])])
-    else_branch = branch("else", [helper.make_node("Sub", ["a", "b"], ["else_y"])])
+    else_branch = branch("else", [helper.make_node(else_op, ["a", "b"] if else_op == "Sub" else ["a"], ["else_y"])])
     node = helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)
     return _model([node], [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
                            helper.make_tensor_value_info("a", F, [3]), helper.make_tensor_value_info("b", F, [3])],
@@ -82,6 +83,26 @@ def test_if_runs_the_branch_taken_on_kernels(cond):
              "b": rng.standard_normal(3).astype(np.float32)}
     compiled = _check(_if_model("Neg"), feeds)
     assert compiled.stats.fallback_nodes == []
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_an_identity_branch_hands_its_value_through_without_a_run(cond, monkeypatch):
+    """hey_jarvis' If: cond ? Neg(a) : Identity(a). The Identity branch is a copy of what
+    it reads, made without running its program; either branch matches the reference."""
+    from ember.runtime import executor
+
+    rng = np.random.default_rng(1)
+    feeds = {"cond": np.array(cond), "a": rng.standard_normal(3).astype(np.float32),
+             "b": rng.standard_normal(3).astype(np.float32)}
+    compiled = ember.compile(_if_model("Neg", else_op="Identity"))
+    (step,) = [step for _, _, step in compiled._executor._steps if step.name == "control"]
+    assert step.params["passthrough"] == [None, [0]]
+    runs = []
+    run = executor.Executor.run
+    monkeypatch.setattr(executor.Executor, "run", lambda self, *a, **k: runs.append(self) or run(self, *a, **k))
+    got = compiled.run(feeds)["y"]
+    np.testing.assert_array_equal(got, -feeds["a"] if cond else feeds["a"])
+    assert len(runs) == (2 if cond else 1)  # the model's own run, and the Neg branch's
 
 
 def test_a_body_with_a_fallback_node_keeps_the_whole_node_on_the_fallback():
