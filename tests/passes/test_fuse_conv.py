@@ -257,18 +257,19 @@ def test_whole_image_average_pool_of_channels_last_activations_is_a_mean(pool):
                                    rtol=1e-4, atol=1e-5)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16), kernel=st.integers(1, 9), stride=st.integers(1, 2), dilation=st.integers(1, 3),
        pad=st.integers(0, 4), group=st.sampled_from([1, 2]), relu=st.booleans(), length=st.integers(9, 40),
-       residual=st.booleans())
-def test_one_d_convolutions_run_as_frames_and_a_gemm_or_on_onednn(seed, kernel, stride, dilation, pad, group, relu,
-                                                                   length, residual):
+       residual=st.booleans(), c=st.sampled_from([6, 64]))
+def test_one_d_convolutions_run_as_frames_generated_or_on_onednn(seed, kernel, stride, dilation, pad, group, relu,
+                                                                  length, residual, c):
     """A Conv1d with a constant filter of one group and a window of at least 16 products
     (attacut's dilated ones, an STFT's framing one) runs as frames times the filter as a
-    GEMM weight; another (grouped, or a small window) on oneDNN's packed 2-d convolution at
-    height 1. Either takes its epilogue and matches the reference."""
+    GEMM weight; another of at most 49 products an output (silero_vad's depthwise ones)
+    as a generated kernel; the rest (grouped, wide) on oneDNN's packed 2-d convolution at
+    height 1. Each takes its epilogue and matches the reference."""
     rng = np.random.default_rng(seed)
-    c, m = 6, 8
+    m = 8
     assume((length + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1 >= 1)
     inits = [numpy_helper.from_array(rng.standard_normal((m, c // group, kernel)).astype(np.float32), "w"),
              numpy_helper.from_array(rng.standard_normal(m).astype(np.float32), "b")]
@@ -287,10 +288,13 @@ def test_one_d_convolutions_run_as_frames_and_a_gemm_or_on_onednn(seed, kernel, 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     compiled = ember.compile(model)
     convs = [step for kind, _, step in compiled._executor._steps if step.name == "conv"]
-    framed = group == 1 and c * kernel >= 16
-    event(f"framed: {framed}")
-    if framed:
-        assert not convs and {step.name for _, _, step in compiled._executor._steps if step.kind == "extern"} == {"linear"}
+    externs = {step.name for _, _, step in compiled._executor._steps if step.kind == "extern"}
+    path = ("framed" if group == 1 and c * kernel >= 16 else "generated" if c // group * kernel <= 49 else "oneDNN")
+    event(f"path: {path}")
+    if path == "framed":
+        assert not convs and externs == {"linear"}
+    elif path == "generated":
+        assert not externs
     else:
         assert convs and all(step.params.get("one_d") for step in convs)
     _matches_reference(compiled, model, rng, [(batch, c, length) for batch in (1, 3)])

@@ -180,6 +180,9 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
         return [generated()]
     if not channels_last and pads is not None and _framed(ctx, w, int(a["group"]), x, bias, activation):
         return [_framed_conv(ctx, node, x, w, bias, total, activation, kernel[0], strides[0], dilations[0], pads[0])]
+    if not channels_last and pads is not None and _few_terms(ctx, w, x, bias, activation):
+        return [_channels_first_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, strides, dilations,
+                                            pads, int(a["group"]))]
     if pads is not None and x.dtype == DType.float32 and any(p != q for p, q in pads):
         # uneven pads (SAME_UPPER at an even window): oneDNN's convolution takes even ones
         # only, torch's ran at 30-40 GFLOP/s; a zero-padded copy, then no pads
@@ -343,6 +346,53 @@ def _framed_conv(ctx, node, x, w, bias, total, activation: str, taps: int, strid
         return value.cast(dtype).name
 
     return ctx.pointwise(shape, dtype, load, cost=2 + (total.cost if total is not None else 0))
+
+
+def _few_terms(ctx, w, x, bias, activation: str) -> bool:
+    """Whether a channels-first convolution is a generated kernel's work: a constant
+    float32 filter of at most `_DIRECT_MAX_TERMS` products an output element (a depthwise
+    one, or one of a channel or two): the work is a few multiply-adds an element, which a
+    vectorized loop does at memory speed, where a oneDNN call took 12-35 us (silero_vad's
+    depthwise 1-d convolutions of 5 taps)."""
+    return (x.dtype == DType.float32 and w.dtype == DType.float32 and w.buffer is not None
+            and w.buffer.kind == "constant" and w.buffer.name in ctx.constants and len(x.shape) in (3, 4, 5)
+            and math.prod(w.shape[1:]) <= _DIRECT_MAX_TERMS and (bias is None or bias.dtype == DType.float32)
+            and activation in _ACTIVATIONS)
+
+
+def _channels_first_conv_kernel(ctx, node, x, w, bias, total, activation: str, kernel, strides, dilations, pads,
+                                group: int):
+    """A channels-first convolution of few products an output element as a generated
+    pointwise kernel: output (n, o, *p) sums, over the input channels of o's group and the
+    window's taps, x's elements times the filter, then the bias, the residual and the
+    activation; its innermost loop runs along the last spatial axis, x's contiguous one.
+    A padded input is copied with zeros around it first, as `_direct_conv_kernel` does."""
+    dtype, shape = out_type(node)
+    filters = np.ascontiguousarray(ctx.constants[w.buffer.name], dtype=np.float32)  # [O, C/group, *kernel]
+    wbuf = ctx.new_buffer("conv_filter", DType.float32, filters.shape, "constant")
+    ctx.constants[wbuf.name] = filters
+    outputs, per_group = filters.shape[0], filters.shape[1]
+    out_per_group = outputs // group
+    xp = _padded(ctx, x, pads, 0.0, 2) if any(p or q for p, q in pads) else x
+    if xp.lazy:  # read once per tap: computed once
+        xp = type(x)(x.dtype, x.shape, buffer=ctx.realize(xp))
+
+    def load(b, index):
+        n, o, spatial = index[0], index[1], index[2:]
+        first = 0 if group == 1 else o * per_group if out_per_group == 1 else sympy.floor(o / out_per_group) * per_group
+        acc = V(b, bias.load(b, (o,)), DType.float32) if bias is not None else None
+        for i in range(per_group):
+            for tap in itertools.product(*[range(k) for k in kernel]):
+                src = [p * s + t * d for p, t, s, d in zip(spatial, tap, strides, dilations)]
+                product = (V(b, xp.load(b, (n, first + i, *src)), DType.float32)
+                           * V(b, b.load(wbuf, (o, i, *tap)), DType.float32))
+                acc = product if acc is None else acc + product
+        if total is not None:
+            acc = acc + V(b, total.load(b, tuple(index)), total.dtype).cast(DType.float32)
+        return _ACTIVATIONS[activation](acc).cast(dtype).name
+
+    terms = per_group * math.prod(kernel)
+    return ctx.pointwise(shape, dtype, load, cost=2 * terms + (total.cost if total is not None else 0))
 
 
 def _padded(ctx, x, pads, fill: float, first: int, extents=None):
