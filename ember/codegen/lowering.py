@@ -194,7 +194,8 @@ class LoweringContext:
         kernels of its own (a padded copy): they run only on the small path, so they may
         write only buffers it makes."""
         ext = self.kernels[-1]
-        assert ext.kind == "extern" and out.buffer is not None and out.buffer.name in ext.args, "small_path: not the last extern's output"
+        assert ext.kind == "extern" and out.buffer is not None and out.buffer.name in ext.args, \
+            "small_path: not the last extern's output"
         kernels, buffers = len(self.kernels), set(self.buffers)
         ref = build(out.buffer)
         if ref is None:
@@ -206,7 +207,8 @@ class LoweringContext:
             body.store(out.buffer, index, source.fn(body, index))
             self.add_kernel(Kernel("pointwise", "pointwise", ranges=out.shape, body=body))
         for k in self.kernels[kernels:]:
-            assert k.writes() <= (set(self.buffers) - buffers) | {out.buffer.name}, "small_path: a kernel writes outside it"
+            assert k.writes() <= (set(self.buffers) - buffers) | {out.buffer.name}, \
+                "small_path: a kernel writes outside it"
             k.small_for = ext.name
         ext.params["small"] = {"elements": int(elements)}
 

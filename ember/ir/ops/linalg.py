@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Node
-from ._lowering import FLOATS, KERNEL_FLOATS, NotLowerable, attrs, out_type, register_lowering, small_matmul, small_matmul_path
+from ._lowering import (FLOATS, KERNEL_FLOATS, NotLowerable, attrs, out_type, register_lowering, small_matmul,
+                        small_matmul_path)
 from ._symbolic import broadcast, dtype_of, shape_of, tensor
 from .onnx_standard import standard_op
 
