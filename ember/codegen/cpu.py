@@ -298,10 +298,13 @@ class _KernelWriter:
         self.accs: dict[str, str] = {}
         self.bits: dict[str, str] = {}  # temp of a narrow type -> the temp of its storage bits
         self.invariant: set[str] = set()  # temps computed before the innermost loop
-        self.inner: sympy.Symbol | None = None  # the vectorized loop's variable, while its body renders
+        self.inner: sympy.Symbol | None = None  # the vectorized loop's variable, while its body renders (`stmts`)
         self.strides: set[int] = set()  # constant strides along it rendered opaque (`_opaque_stride`)
 
-    def stmts(self, body: Body, indent: str) -> list[str]:
+    def stmts(self, body: Body, indent: str, vectorized: sympy.Symbol | None = None) -> list[str]:
+        """`body`'s statements as C++ lines; `vectorized`: the variable of the `omp simd`
+        loop they run in, if they do (its constant strides are rendered opaque)."""
+        self.inner = vectorized
         lines = []
         for s in body.stmts:
             t = CTYPE.get(s.dtype, "void")
@@ -405,7 +408,6 @@ class _KernelWriter:
             elif n <= 1:
                 lines, indent, closes = self._loops(k.ranges, "x", "", par and par.replace(" for{", " for simd{"),
                                                     None)
-                self.inner = loop_vars(1)[0] if n else None
             else:
                 lines, indent, outer_closes = self._loops(k.ranges[:-1], "x", "", par, None)
                 var = f"x{n - 1}"
@@ -419,12 +421,11 @@ class _KernelWriter:
                     lines += self.stmts(hoisted, inner)
                     lines += [f"{inner}#pragma omp simd",
                               f"{inner}for (int64_t {var} = {start}; {var} < {self.index(stop)}; ++{var}) {{"]
-                    self.inner = loop_vars(n)[-1]
-                    lines += self.stmts(body, inner + "  ") + [inner + "}"]
-                    self.inner = None
+                    lines += self.stmts(body, inner + "  ", loop_vars(n)[-1]) + [inner + "}"]
                     lines += [indent + "}"] if len(pieces) > 1 else []
                 return self._declarations() + lines + outer_closes
-            lines += self.stmts(k.body, indent) + closes
+            vectorized = loop_vars(1)[0] if n == 1 and not k.serial else None
+            lines += self.stmts(k.body, indent, vectorized) + closes
         else:
             rows = sympy.Mul(*k.ranges) if k.ranges else 1
             total = rows * (sympy.Mul(*k.reduction) if k.reduction else 1)
@@ -450,10 +451,8 @@ class _KernelWriter:
             return self.stmts(stage.body, indent)
         if stage.kind == "loop":
             lines, inner, closes = self._loops(k.reduction, "r", indent, None, "#pragma omp simd")
-            self.inner = loop_vars(len(k.reduction), "r")[-1] if k.reduction else None
-            body = self.stmts(stage.body, inner)
-            self.inner = None
-            return lines + body + closes
+            vectorized = loop_vars(len(k.reduction), "r")[-1] if k.reduction else None
+            return lines + self.stmts(stage.body, inner, vectorized) + closes
         t = CTYPE[stage.acc_dtype]
         is_float = stage.acc_dtype in FLOAT_TYPES
         init = {"sum": "0", "prod": "1",
@@ -477,9 +476,8 @@ class _KernelWriter:
             # 49x196 rows of 3: 110 us)
             simd = "#pragma GCC unroll 16"
         loop, inner, closes = self._loops(k.reduction, "r", indent, None, simd)
-        self.inner = loop_vars(len(k.reduction), "r")[-1] if k.reduction and simd.startswith("#pragma omp") else None
-        body = self.stmts(stage.body, inner)
-        self.inner = None
+        vectorized = loop_vars(len(k.reduction), "r")[-1] if k.reduction and simd.startswith("#pragma omp") else None
+        body = self.stmts(stage.body, inner, vectorized)
         body.append(inner + fold.format(a=stage.acc, v=f"{t}({stage.value})"))
         if nan_guard:
             body.append(f"{inner}{stage.acc}_nan |= int({stage.value} != {stage.value});")

@@ -110,6 +110,12 @@ class LoweringContext:
         self.buffers[name] = buf
         return buf
 
+    def constant(self, hint: str, dtype: DType, array: np.ndarray) -> Buffer:
+        """A constant buffer holding `array` (a weight laid out for a generated kernel)."""
+        buf = self.new_buffer(hint, dtype, array.shape, "constant")
+        self.constants[buf.name] = array
+        return buf
+
     def add_kernel(self, kernel: Kernel) -> Kernel:
         kernel.name = f"k{len(self.kernels)}_{kernel.name}"
         if self._node is not None and not kernel.nodes:

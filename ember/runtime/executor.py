@@ -202,9 +202,7 @@ class Executor:
         self._shared_prepared: dict[tuple, dict] = {}
         for step in p.steps:
             if step.kind == "segment":
-                fn = getattr(self._lib, step.name)
-                fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p], None
-                self._steps.append(("segment", fn, step))
+                self._steps.append(("segment", self._segment(step.name), step))
             elif step.kind == "extern":
                 self._steps.append(("extern", EXTERNS[step.name], self._prepared(step)))
             else:
@@ -323,6 +321,12 @@ class Executor:
         if key is not None:
             self._shared_prepared[key] = params
         return step if params is step.params else dataclasses.replace(step, params=params)
+
+    def _segment(self, name: str):
+        """The library's segment function `name`, typed as segments are: (slots, sizes)."""
+        fn = getattr(self._lib, name)
+        fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p], None
+        return fn
 
     def _root_of(self, name: str) -> str:
         b = self.program.buffers[name]
@@ -523,9 +527,7 @@ class Executor:
             if kind == "segment":
                 plan.append((0, fn, step, (), None, release))
             elif i in self._small_steps:
-                segment = getattr(self._lib, step.params["small"]["segment"])
-                segment.argtypes, segment.restype = [ctypes.c_void_p, ctypes.c_void_p], None
-                plan.append((3, (segment, fn), step, step.args, None, release))
+                plan.append((3, (self._segment(step.params["small"]["segment"]), fn), step, step.args, None, release))
             elif kind == "extern" and not step.params.get("sizes_outputs"):
                 args = tuple("" if a == adopted else a for a in step.args)
                 plan.append((1, fn, step, args, adopted, release))

@@ -239,11 +239,11 @@ def small_matmul(ctx, x, w_nk, bias, activation: str, shape, out=None):
     if bias is not None and (bias.dtype != DType.float32 or tuple(bias.shape) not in ((n,), (1, n), (1,), ())):
         return None
     Stage, loop_vars = _kir()
-    weight = ctx.new_buffer("weight_nk", DType.float32, (n, k), "constant")
-    ctx.constants[weight.name] = np.ascontiguousarray(w_nk)
+    weight = ctx.constant("weight_nk", DType.float32, np.ascontiguousarray(w_nk))
     if x.fn is not None:  # a lazy producer would be recomputed for each of the N outputs
         x = TensorRef(x.dtype, x.shape, buffer=ctx.realize(x))
-    out = out or ctx.new_buffer("matmul", DType.float32, tuple(shape))
+    if out is None:
+        out = ctx.new_buffer("matmul", DType.float32, tuple(shape))
     xv, (r,) = loop_vars(len(shape), "x"), loop_vars(1, "r")
     b0 = ctx.body()
     product = V(b0, x.load(b0, (*xv[:-1], r)), DType.float32) * V(b0, b0.load(weight, (xv[-1], r)), DType.float32)

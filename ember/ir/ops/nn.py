@@ -217,6 +217,13 @@ _ACTIVATIONS = {
 }
 
 
+def _constant_filter(ctx, w, x, activation: str) -> bool:
+    """Whether a generated kernel can compute a convolution of x by w: a constant filter,
+    float32 both, and an activation it has the scalar maths of."""
+    return (w.buffer is not None and w.buffer.kind == "constant" and w.buffer.name in ctx.constants
+            and x.dtype == DType.float32 and w.dtype == DType.float32 and activation in _ACTIVATIONS)
+
+
 def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> float | None:
     """The most output elements at which a channels-last convolution with a constant
     float32 filter is a generated kernel's work (math.inf: at any size), or None: depthwise
@@ -229,9 +236,7 @@ def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> flo
     oneDNN at a large batch (deepcut's 49 rows: 0.7 -> 2.7x), and MTCNN's R-Net at batch 1
     ran its three convolutions on oneDNN at 50-70 us each."""
     channels = x.shape[-1]
-    if not (w.buffer is not None and w.buffer.kind == "constant" and w.buffer.name in ctx.constants
-            and x.dtype == DType.float32 and w.dtype == DType.float32 and isinstance(channels, int)
-            and activation in _ACTIVATIONS):
+    if not (_constant_filter(ctx, w, x, activation) and isinstance(channels, int)):
         return None
     taps = math.prod(kernel)
     if group == channels and tuple(w.shape[:2]) == (channels, 1):
@@ -267,11 +272,8 @@ def _direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, stride
     filters = np.ascontiguousarray(np.moveaxis(filters.reshape(filters.shape[0], -1, *kernel), (0, 1), (-1, -2)))
     if depthwise:
         filters = filters.reshape(*kernel, channels)
-    wbuf = ctx.new_buffer("conv_filter", DType.float32, filters.shape, "constant")
-    ctx.constants[wbuf.name] = filters
-    xp = _padded(ctx, x, pads, 0.0, 1) if any(p or q for p, q in pads) else x
-    if xp.lazy:  # read once per tap: computed once
-        xp = type(x)(x.dtype, x.shape, buffer=ctx.realize(xp))
+    wbuf = ctx.constant("conv_filter", DType.float32, filters)
+    xp = _window_input(ctx, x, pads, 1)
 
     def load(b, index):
         c = index[-1]
@@ -282,21 +284,35 @@ def _direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, stride
                 product = (V(b, xp.load(b, (index[0], *src, i)), DType.float32)
                            * V(b, b.load(wbuf, (*tap, c) if depthwise else (*tap, i, c)), DType.float32))
                 acc = product if acc is None else acc + product
-        if total is not None:
-            acc = acc + V(b, total.load(b, tuple(index)), total.dtype).cast(DType.float32)
-        return _ACTIVATIONS[activation](acc).cast(dtype).name
+        return _epilogue(b, acc, index, total, activation, dtype)
 
     terms = math.prod(kernel) * (1 if depthwise else channels)
     return ctx.pointwise(shape, dtype, load, cost=2 * terms + (total.cost if total is not None else 0))
 
 
+def _window_input(ctx, x, pads, first: int):
+    """x as a generated convolution reads it, once per tap: zero-padded by `pads` around
+    its spatial axes (from axis `first`), so the taps read with no condition, or realized,
+    so a lazy producer is computed once."""
+    if any(p or q for p, q in pads):
+        return _padded(ctx, x, pads, 0.0, first)
+    return x if not x.lazy else type(x)(x.dtype, x.shape, buffer=ctx.realize(x))
+
+
+def _epilogue(b, acc: V, index, total, activation: str, dtype) -> str:
+    """A generated convolution's output element: `acc` plus the residual `total` at
+    `index` (ember.Conv's), through the activation, in the output's dtype."""
+    if total is not None:
+        acc = acc + V(b, total.load(b, tuple(index)), total.dtype).cast(DType.float32)
+    return _ACTIVATIONS[activation](acc).cast(dtype).name
+
+
 def _framed(ctx, w, group: int, x, bias, activation: str) -> bool:
     """Whether a channels-first 1-d convolution runs as frames and a GEMM: a constant
     float32 filter, one group, and a window of at least `_FRAMED_MIN_WINDOW` products."""
-    return (len(x.shape) == 3 and group == 1 and x.dtype == DType.float32 and w.dtype == DType.float32
-            and w.buffer is not None and w.buffer.kind == "constant" and w.buffer.name in ctx.constants
+    return (len(x.shape) == 3 and group == 1 and _constant_filter(ctx, w, x, activation)
             and isinstance(x.shape[1], int) and x.shape[1] * w.shape[2] >= _FRAMED_MIN_WINDOW
-            and (bias is None or bias.dtype == DType.float32) and activation in _ACTIVATIONS)
+            and (bias is None or bias.dtype == DType.float32))
 
 
 _FRAMED_MIN_WINDOW = 16  # input channels x taps
@@ -326,8 +342,8 @@ def _framed_conv(ctx, node, x, w, bias, total, activation: str, taps: int, strid
     frames = ctx.alias(ctx.pointwise((n, length, channels, taps), DType.float32, frame, cost=1 + xp.cost),
                        (n, length, channels * taps))
     filters = np.asarray(ctx.constants[w.buffer.name], dtype=np.float32).reshape(outputs, channels * taps)
-    kn = ctx.new_buffer("conv_filter_kn", DType.float32, (channels * taps, outputs), "constant")
-    ctx.constants[kn.name] = np.asfortranarray(filters.T)  # [K, N] stored as [N, K]: oneDNN packs it as it is
+    # [K, N] stored as [N, K]: oneDNN packs it as it is
+    kn = ctx.constant("conv_filter_kn", DType.float32, np.asfortranarray(filters.T))
     fused = activation if total is None and activation in ("", "relu") else ""
     weight = TensorRef(DType.float32, kn.shape, buffer=kn)
     rows = small_matmul(ctx, frames, filters, bias, fused, (n, length, outputs))
@@ -339,11 +355,7 @@ def _framed_conv(ctx, node, x, w, bias, total, activation: str, taps: int, strid
     def load(b, index):
         batch, o, t = index
         value = V(b, rows.load(b, (batch, t, o)), DType.float32)
-        if total is not None:
-            value = value + V(b, total.load(b, tuple(index)), total.dtype).cast(DType.float32)
-        if activation != fused:
-            value = _ACTIVATIONS[activation](value)
-        return value.cast(dtype).name
+        return _epilogue(b, value, index, total, activation if activation != fused else "", dtype)
 
     return ctx.pointwise(shape, dtype, load, cost=2 + (total.cost if total is not None else 0))
 
@@ -354,10 +366,8 @@ def _few_terms(ctx, w, x, bias, activation: str) -> bool:
     one, or one of a channel or two): the work is a few multiply-adds an element, which a
     vectorized loop does at memory speed, where a oneDNN call took 12-35 us (silero_vad's
     depthwise 1-d convolutions of 5 taps)."""
-    return (x.dtype == DType.float32 and w.dtype == DType.float32 and w.buffer is not None
-            and w.buffer.kind == "constant" and w.buffer.name in ctx.constants and len(x.shape) in (3, 4, 5)
-            and math.prod(w.shape[1:]) <= _DIRECT_MAX_TERMS and (bias is None or bias.dtype == DType.float32)
-            and activation in _ACTIVATIONS)
+    return (_constant_filter(ctx, w, x, activation) and len(x.shape) in (3, 4, 5)
+            and math.prod(w.shape[1:]) <= _DIRECT_MAX_TERMS and (bias is None or bias.dtype == DType.float32))
 
 
 def _channels_first_conv_kernel(ctx, node, x, w, bias, total, activation: str, kernel, strides, dilations, pads,
@@ -366,16 +376,13 @@ def _channels_first_conv_kernel(ctx, node, x, w, bias, total, activation: str, k
     pointwise kernel: output (n, o, *p) sums, over the input channels of o's group and the
     window's taps, x's elements times the filter, then the bias, the residual and the
     activation; its innermost loop runs along the last spatial axis, x's contiguous one.
-    A padded input is copied with zeros around it first, as `_direct_conv_kernel` does."""
+    A padded input is copied with zeros around it first (`_window_input`)."""
     dtype, shape = out_type(node)
     filters = np.ascontiguousarray(ctx.constants[w.buffer.name], dtype=np.float32)  # [O, C/group, *kernel]
-    wbuf = ctx.new_buffer("conv_filter", DType.float32, filters.shape, "constant")
-    ctx.constants[wbuf.name] = filters
+    wbuf = ctx.constant("conv_filter", DType.float32, filters)
     outputs, per_group = filters.shape[0], filters.shape[1]
     out_per_group = outputs // group
-    xp = _padded(ctx, x, pads, 0.0, 2) if any(p or q for p, q in pads) else x
-    if xp.lazy:  # read once per tap: computed once
-        xp = type(x)(x.dtype, x.shape, buffer=ctx.realize(xp))
+    xp = _window_input(ctx, x, pads, 2)
 
     def load(b, index):
         n, o, spatial = index[0], index[1], index[2:]
@@ -387,9 +394,7 @@ def _channels_first_conv_kernel(ctx, node, x, w, bias, total, activation: str, k
                 product = (V(b, xp.load(b, (n, first + i, *src)), DType.float32)
                            * V(b, b.load(wbuf, (o, i, *tap)), DType.float32))
                 acc = product if acc is None else acc + product
-        if total is not None:
-            acc = acc + V(b, total.load(b, tuple(index)), total.dtype).cast(DType.float32)
-        return _ACTIVATIONS[activation](acc).cast(dtype).name
+        return _epilogue(b, acc, index, total, activation, dtype)
 
     terms = per_group * math.prod(kernel)
     return ctx.pointwise(shape, dtype, load, cost=2 * terms + (total.cost if total is not None else 0))
