@@ -176,6 +176,12 @@ extern "C" void ember_set_threads(int n) { omp_set_num_threads(n); }
 
 
 # -- index expressions ------------------------------------------------------------
+def _is_call(e) -> bool:
+    """Whether `_Index` renders this sympy node as a function call."""
+    return (isinstance(e, (sympy.floor, sympy.ceiling, sympy.Mod, sympy.Max, sympy.Min, sympy.Abs))
+            or (e.is_Mul and sympy.fraction(e)[1] != 1))
+
+
 class _Index:
     """Renders sympy index expressions as int64 C++."""
 
@@ -300,6 +306,7 @@ class _KernelWriter:
         self.invariant: set[str] = set()  # temps computed before the innermost loop
         self.inner: sympy.Symbol | None = None  # the vectorized loop's variable, while its body renders (`stmts`)
         self.strides: set[int] = set()  # constant strides along it rendered opaque (`_opaque_stride`)
+        self.bases: dict | None = None  # address parts computed before the vectorized loop (`_address`)
 
     def stmts(self, body: Body, indent: str, vectorized: sympy.Symbol | None = None) -> list[str]:
         """`body`'s statements as C++ lines; `vectorized`: the variable of the `omp simd`
@@ -311,7 +318,7 @@ class _KernelWriter:
             if s.op == "load":
                 buf, offset = s.args
                 self.used_buffers.add(buf)
-                value = f"{buf}[{self.index(self._opaque_stride(offset))}]"
+                value = f"{buf}[{self.index(self._address(offset))}]"
                 if C_TYPES[s.dtype].narrow:
                     value = f"{C_TYPES[s.dtype].decode}({value})"
                 lines.append(f"const {t} {s.out} = {value};")
@@ -322,7 +329,7 @@ class _KernelWriter:
                     # a value rounded to this type is stored as the bits it was rounded to
                     bits = self.bits.get(value) if body.dtype(value) == s.dtype else None
                     value = bits or f"{C_TYPES[s.dtype].encode}({value})"
-                lines.append(f"{buf}[{self.index(self._opaque_stride(offset))}] = {value};")
+                lines.append(f"{buf}[{self.index(self._address(offset))}] = {value};")
             elif s.op == "const":
                 lines.append(f"const {t} {s.out} = {_literal(s.args[0], s.dtype)};")
             elif s.op == "index":
@@ -348,6 +355,27 @@ class _KernelWriter:
         return [indent + line for line in lines]
 
     OPAQUE_MIN_STRIDE = 8  # at 2-4 gcc's interleaved loads are faster than gathers
+
+    def _address(self, offset):
+        """A load's or store's offset as rendered in the vectorized loop: its constant
+        strides opaque (`_opaque_stride`), and where `bases` collects them, the terms that
+        do not move along the loop and call a function (a floor division, a max: a batch
+        offset of wespeaker's symbolic frame count) as one variable computed before it.
+        gcc found no vector type for such an address and left the loop scalar (98x80
+        logarithms: 114 us)."""
+        offset = self._opaque_stride(offset)
+        v = self.inner
+        if v is None or self.bases is None:
+            return offset
+        offset = sympy.sympify(offset)
+        fixed = sympy.Add(*(t for t in sympy.Add.make_args(offset) if v not in t.free_symbols))
+        if fixed.is_Integer or not any(_is_call(a) for a in sympy.preorder_traversal(fixed)):
+            return offset
+        if any(sym.name.startswith("$") and sym.name[1] not in "xs" and sym.name[1:] not in self.invariant
+               for sym in fixed.free_symbols):  # a temp computed in the loop
+            return offset
+        name = self.bases.setdefault(fixed, f"base{len(self.bases)}")
+        return offset - fixed + sympy.Symbol(f"${name}", integer=True)
 
     def _opaque_stride(self, offset):
         """`offset` with a constant stride of at least OPAQUE_MIN_STRIDE elements along
@@ -401,17 +429,24 @@ class _KernelWriter:
     def render(self) -> list[str]:
         k = self.k
         if k.kind == "pointwise":
-            n = len(k.ranges)
+            # trailing loops of one iteration are no loops: their variables are 0, and the
+            # innermost loop left is the vectorized one (wespeaker's [..., 400, 1] frames
+            # ran one scalar element per iteration of a simd loop of one)
+            ranges = list(k.ranges)
+            while len(ranges) > 1 and not k.serial and ranges[-1] == 1:
+                ranges.pop()
+            units = [f"const int64_t x{i} = 0;" for i in range(len(ranges), len(k.ranges))]
+            n = len(ranges)
             par = self._parallel(sympy.Mul(*k.ranges), len(k.body.stmts)) if n and not k.serial else None
             if k.serial:
-                lines, indent, closes = self._loops(k.ranges, "x", "", None, None)
+                lines, indent, closes = self._loops(ranges, "x", "", None, None)
             elif n <= 1:
-                lines, indent, closes = self._loops(k.ranges, "x", "", par and par.replace(" for{", " for simd{"),
+                lines, indent, closes = self._loops(ranges, "x", "", par and par.replace(" for{", " for simd{"),
                                                     None)
             else:
-                lines, indent, outer_closes = self._loops(k.ranges[:-1], "x", "", par, None)
+                lines, indent, outer_closes = self._loops(ranges[:-1], "x", "", par, None)
                 var = f"x{n - 1}"
-                pieces = split_inner(k.body, n, k.ranges[-1]) or [(0, k.ranges[-1], k.body)]
+                pieces = split_inner(k.body, n, ranges[-1]) or [(0, ranges[-1], k.body)]
                 for start, stop, piece in pieces:
                     # each range its own block: the hoisted temps of each are defined once in it
                     inner = indent + "  " if len(pieces) > 1 else indent
@@ -419,13 +454,18 @@ class _KernelWriter:
                     self.invariant = {st.out for st in hoisted.stmts if st.out is not None}
                     lines += [indent + "{"] if len(pieces) > 1 else []
                     lines += self.stmts(hoisted, inner)
+                    self.bases = {}
+                    looped = self.stmts(body, inner + "  ", loop_vars(n)[-1])
+                    lines += [f"{inner}const int64_t {name} = {self.index(e)};" for e, name in self.bases.items()]
+                    self.bases = None
                     lines += [f"{inner}#pragma omp simd",
                               f"{inner}for (int64_t {var} = {start}; {var} < {self.index(stop)}; ++{var}) {{"]
-                    lines += self.stmts(body, inner + "  ", loop_vars(n)[-1]) + [inner + "}"]
+                    lines += looped + [inner + "}"]
                     lines += [indent + "}"] if len(pieces) > 1 else []
-                return self._declarations() + lines + outer_closes
+                return self._declarations() + units + lines + outer_closes
             vectorized = loop_vars(1)[0] if n == 1 and not k.serial else None
             lines += self.stmts(k.body, indent, vectorized) + closes
+            return self._declarations() + units + lines
         else:
             rows = sympy.Mul(*k.ranges) if k.ranges else 1
             total = rows * (sympy.Mul(*k.reduction) if k.reduction else 1)

@@ -123,6 +123,40 @@ def test_innermost_concat_and_pad_run_as_one_loop_per_range(dtype):
     np.testing.assert_array_equal(compiled.run(feeds)["y"], want)
 
 
+def test_trailing_unit_loops_go_and_moving_addresses_keep_their_calls_out_of_the_vector_loop():
+    """A kernel over [b, t, 40, 1] vectorizes its loop of 40 (the trailing one of 1 is
+    no loop, its variable a constant 0); where a batch offset is a floor division of a
+    symbolic size (the rows of s[:, 8:2**30], Min(2**30, n) - Min(8, n) long), it is
+    computed once before the vectorized loop (`base0`) rather than in each address: gcc
+    left both loops scalar. Exact against numpy at three sizes, one of them with no
+    frames at all."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([0, -1, 4], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["a"], ["y"]),
+         helper.make_node("Slice", ["s", "start", "end", "axis"], ["cut"]),
+         helper.make_node("Reshape", ["cut", "shape"], ["frames"]),
+         helper.make_node("Neg", ["frames"], ["z"])], "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["b", "t", 40, 1]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, "n"])],
+        [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in "yz"],
+        [shape, *(numpy_helper.from_array(np.array([v], np.int64), name)
+                  for v, name in ((8, "start"), (1 << 30, "end"), (1, "axis")))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    compiled = ember.compile(model)
+    source = compiled.program.source
+    assert "const int64_t x3 = 0;" in source and "for (int64_t x3" not in source
+    assert "const int64_t base0 = " in source
+    rng = np.random.default_rng(4)
+    for b, t, n in ((1, 3, 48), (2, 5, 8), (3, 1, 100)):
+        feeds = {"a": rng.standard_normal((b, t, 40, 1)).astype(np.float32),
+                 "s": rng.standard_normal((2, n)).astype(np.float32)}
+        out = compiled.run(feeds)
+        np.testing.assert_array_equal(out["y"], -feeds["a"])
+        np.testing.assert_array_equal(out["z"], -feeds["s"][:, 8:].reshape(2, -1, 4))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.int32])
 def test_strided_reads_along_the_inner_loop_are_opaque_strides(dtype):
     """Transposed reads (strides 64 and 24 along the vectorized loop: gcc 12 left such a

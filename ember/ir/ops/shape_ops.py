@@ -193,11 +193,15 @@ def _constant_of_shape(node: Node, ins):
 
 
 def _clamp(x, lo, hi):
-    """min(max(x, lo), hi), assuming in-range when sympy cannot decide."""
+    """min(max(x, lo), hi): where sympy cannot decide, a constant bound is clamped to a
+    symbolic size as Min (slicing [8:2**30] of a length n is n - 8 long, not 2**30 - 8: a
+    kernel sized so read far past the input), and a symbolic bound is taken as in range."""
     if decide(sympy.Lt(x, lo)):
         return lo
     if decide(sympy.Gt(x, hi)):
         return hi
+    if isinstance(x, int) and not isinstance(hi, int) and decide(sympy.Le(x, hi)) is None:
+        return sympy.Min(x, hi)
     return x
 
 
