@@ -121,6 +121,32 @@ class _Binding:
     kept: dict = field(default_factory=dict)  # views a run replaces and puts back (name -> (view, tensor))
 
 
+class _DirectRun:
+    """`Executor.direct`'s runner: call it with the addresses of the inputs and of an
+    array per output, all C-contiguous, of the program's dtypes and the shapes it was
+    made for (the caller's duty: nothing is checked), with the executor's lock held."""
+
+    __slots__ = ("executor", "binding", "calls", "slots", "output_shapes")
+
+    def __init__(self, executor, binding, calls, slots, output_shapes):
+        self.executor, self.binding, self.calls = executor, binding, calls
+        self.slots, self.output_shapes = slots, output_shapes
+
+    def __call__(self, addresses: Sequence[int]) -> None:
+        """`addresses`: the data of the inputs, then of the outputs (which the kernels write)."""
+        ex, binding = self.executor, self.binding
+        B = ex._B
+        if ex._pointed is not binding:
+            for slot, ptr in enumerate(binding.pointers):
+                B[slot] = ptr
+            ex._pointed = binding
+        for slot, address in zip(self.slots, addresses):
+            B[slot] = address
+        B_addr, sizes = ex._B_addr, binding.sizes_addr
+        for fn in self.calls:
+            fn(B_addr, sizes)
+
+
 def _shape_function(exprs: tuple, symbols: list, index: dict):
     """`exprs` as a function of the size symbols' values (a list, in `symbols` order):
     integers, size symbols, and sums and products of them (nearly every buffer's shape)
@@ -246,6 +272,11 @@ class Executor:
         self._pointed: _Binding | None = None  # the binding whose addresses the slots hold
         self.profile: list | None = None  # (step, start, seconds) of every step run, when profiling
         self._step_plan: list | None = None  # the steps prepared for a run of known sizes (`_make_plan`)
+
+    @property
+    def input_dtypes(self) -> list:
+        """The numpy dtype of each input, in program order."""
+        return self._input_dtypes
 
     @property
     def output_dtypes(self) -> list:
@@ -478,6 +509,43 @@ class Executor:
                 if binding.kept:
                     for name, (view, tensor) in binding.kept.items():
                         views[name], tensors[name] = view, tensor
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held by each run; a caller of `direct`'s runner holds it around its calls."""
+        return self._lock
+
+    def direct(self, shapes: Sequence[tuple]) -> _DirectRun | None:
+        """A run at these input shapes that only sets the inputs' and outputs' addresses
+        and calls generated code: for a program whose every step at these sizes is a
+        segment (or an extern on its small path), whose outputs are buffers of their own
+        (no input or constant handed through, no aliases) of sizes the inputs tell. None
+        where that does not hold, or while profiling. Scan runs its body so once a step:
+        ~2 us of Python a step where a run costs ~10 (wespeaker's 98 frames)."""
+        p = self.program
+        names = [*p.inputs, *p.outputs]
+        if (self.profile is not None or self._io_aliases or len(set(names)) != len(names)
+                or any(p.buffers[self._root[n]].kind not in ("input", "output") for n in names)):
+            return None
+        key = tuple(tuple(int(d) for d in s) for s in shapes)
+        with self._lock:
+            binding = self._bindings.get(key)
+            if binding is None:
+                binding = self._bindings[key] = self._bind(key)
+                if len(self._bindings) > self.max_bindings:
+                    self._bindings.popitem(last=False)
+        if binding.late or any(binding.shapes.get(n) is None for n in p.outputs):
+            return None
+        calls = []
+        for i, (code, fn, *_) in enumerate(self._step_plan or self._make_plan()):
+            if code == 0:
+                calls.append(fn)
+            elif code == 3 and i in binding.small:
+                calls.append(fn[0])
+            else:
+                return None
+        return _DirectRun(self, binding, calls, [p.slots[n] for n in names],
+                          [binding.shapes[n] for n in p.outputs])
 
     def _run_steps(self, p, binding, views, tensors, late, sizes_addr) -> None:
         profile = self.profile

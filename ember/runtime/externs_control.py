@@ -100,6 +100,9 @@ def _run_scan(params, ins, outs):
         y = np.moveaxis(y, axis % y.ndim, 0)
         ys.append(y[::-1] if reverse else y)
     body = params["executors"][0]
+    if steps and (final := _scan_direct(params, body, state, xs, scope, ys, steps)) is not None:
+        state = final
+        steps = 0
     for t in range(steps):
         rows = [y[t, ...] for y in ys]
         results = body.run([*state, *(np.ascontiguousarray(x[t]) for x in xs), *scope],
@@ -110,6 +113,64 @@ def _run_scan(params, ins, outs):
                 _store(y, value, params["where"], f"scan output {k} at step {t}")
     for k, (y, value) in enumerate(zip(outs[:num_state], state)):
         _store(y, value, params["where"], f"final state {k}")
+
+
+def _scan_direct(params, body, state, xs, scope, ys, steps: int):
+    """Scan's steps on the body's generated code alone (`Executor.direct`), where its
+    program is all kernels at these sizes, each state keeps its shape and dtype, and
+    every value has the body's dtype: the state written into two buffers in turn, scan
+    rows and outputs that are not C-contiguous through one of their own. Returns the
+    final state, or None where the run must go step by step through `Executor.run`."""
+    num_state, ins = len(state), [*state, *(x[0, ...] for x in xs), *scope]
+    dtypes, out_dtypes = body.input_dtypes, body.output_dtypes
+    if any(a is None or a.dtype != d for a, d in zip(ins, dtypes)) or any(y.dtype != d for y, d in
+                                                                         zip(ys, out_dtypes[num_state:])):
+        return None
+    runner = body.direct([a.shape for a in ins])
+    if runner is None or [tuple(s) for s in runner.output_shapes[:num_state]] != [a.shape for a in state]:
+        return None
+    rows = [np.empty(y.shape[1:], y.dtype) if not y[0, ...].flags.c_contiguous else None for y in ys]
+    frames = [np.empty(x.shape[1:], x.dtype) if not x[0, ...].flags.c_contiguous else None for x in xs]
+    buffers = [[_c_order(a) for a in state], [np.empty_like(a) for a in state], [np.empty_like(a) for a in state]]
+    scope = [_c_order(a) for a in scope]
+    # each step's addresses: a scan input's or output's row moves by its stride (or is a
+    # buffer of its own, copied), the state alternates between buffers 1 and 2
+    addresses = [*(0 for _ in state), *(_data(x) if f is None else _data(f) for x, f in zip(xs, frames)),
+                 *(_data(a) for a in scope), *(0 for _ in state), *(_data(y) if r is None else _data(r)
+                                                                    for y, r in zip(ys, rows))]
+    state_data = [[_data(a) for a in group] for group in buffers]
+    moving = [(num_state + i, x.strides[0]) for i, (x, f) in enumerate(zip(xs, frames)) if f is None] + \
+             [(len(addresses) - len(ys) + i, y.strides[0]) for i, (y, r) in enumerate(zip(ys, rows)) if r is None]
+    starts = [addresses[i] for i, _ in moving]
+    out_at = num_state + len(xs) + len(scope)
+    with body.lock:
+        for t in range(steps):
+            addresses[:num_state] = state_data[0 if t == 0 else 2 - t % 2]
+            addresses[out_at:out_at + num_state] = state_data[1 + t % 2]
+            for (i, stride), start in zip(moving, starts):
+                addresses[i] = start + t * stride
+            for x, f in zip(xs, frames):
+                if f is not None:
+                    np.copyto(f, x[t, ...])
+            runner(addresses)
+            for y, r in zip(ys, rows):
+                if r is not None:
+                    y[t, ...] = r
+    return buffers[1 + (steps - 1) % 2]
+
+
+def _data(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _c_order(a: np.ndarray) -> np.ndarray:
+    """a, or a C-contiguous copy of it (np.ascontiguousarray makes a 0-d array 1-d)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
+def _copied(into: np.ndarray, value: np.ndarray) -> np.ndarray:
+    np.copyto(into, value)
+    return into
 
 
 def _writable_rows(body, num_state: int, rows: list) -> list:

@@ -2,10 +2,13 @@
 reference interpreter, over random shapes, axes and directions; and the cases that must
 stay on the fallback."""
 
+import contextlib
+from unittest import mock
+
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
@@ -58,7 +61,60 @@ def test_scan_runs_its_body_on_kernels(rows, cols, in_axis, in_dir, out_axis, ou
     feeds = {"s0": rng.standard_normal(cols).astype(np.float32),
              "x": rng.standard_normal([rows, cols] if in_axis == 0 else [cols, rows]).astype(np.float32),
              "w": rng.standard_normal(cols).astype(np.float32)}
-    compiled = _check(model, feeds)
+    with _direct_scans() as direct:
+        compiled = _check(model, feeds)
+    assert compiled.stats.fallback_nodes == []
+    assert direct == ([True] if rows else [])  # every step on the body's kernels alone
+    event(f"scan on the body's kernels alone: {bool(direct)}")
+
+
+@contextlib.contextmanager
+def _direct_scans():
+    """Whether each Scan run inside went through `Executor.direct` (True) or ran its
+    body step by step (False)."""
+    from ember.runtime import externs_control
+
+    seen, real = [], externs_control._scan_direct
+
+    def spy(*args):
+        final = real(*args)
+        seen.append(final is not None)
+        return final
+    with mock.patch.object(externs_control, "_scan_direct", spy):
+        yield seen
+
+
+def test_a_framing_scan_runs_on_its_body_kernels_over_strided_frames():
+    """wespeaker's front end: the state keeps the last 240 samples, each step's frame is
+    the state and the next 160 (Concat, Slice). With a batch of 2 and the scan axis 1, a
+    step's frame and its output row are not C-contiguous: copied through buffers of
+    their own. Every step runs the body's kernels alone; both batches match the reference."""
+    body = helper.make_graph(
+        [helper.make_node("Concat", ["prev", "curr"], ["frame"], axis=1),
+         helper.make_node("Slice", ["frame", "hop", "end", "axis"], ["next"])],
+        "body",
+        [helper.make_tensor_value_info("prev", F, ["b", 24]), helper.make_tensor_value_info("curr", F, ["b", 16])],
+        [helper.make_tensor_value_info("next", F, ["b", 24]), helper.make_tensor_value_info("frame", F, ["b", 40])],
+        [helper.make_tensor("hop", TensorProto.INT64, [1], [16]), helper.make_tensor("end", TensorProto.INT64, [1], [99]),
+         helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+    scan = helper.make_node("Scan", ["x0", "x"], ["last", "frames"], body=body, num_scan_inputs=1,
+                            scan_input_axes=[1], scan_output_axes=[1])
+    model = _model([scan], [helper.make_tensor_value_info("x0", F, ["b", 24]),
+                            helper.make_tensor_value_info("x", F, ["b", "t", 16])],
+                   [helper.make_tensor_value_info("last", F, ["b", 24]),
+                    helper.make_tensor_value_info("frames", F, ["b", "t", 40])])
+    rng = np.random.default_rng(3)
+    compiled = ember.compile(model)
+    reference = ember.compile(model, codegen=False)
+    for batch, steps in ((2, 7), (1, 5), (2, 7)):
+        feeds = {"x0": rng.standard_normal((batch, 24)).astype(np.float32),
+                 "x": rng.standard_normal((batch, steps, 16)).astype(np.float32)}
+        with _direct_scans() as direct:
+            got = compiled.run(feeds)
+        want = reference.run(feeds)
+        assert direct == [True]
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
     assert compiled.stats.fallback_nodes == []
 
 

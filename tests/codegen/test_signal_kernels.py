@@ -72,3 +72,34 @@ def test_mel_weight_matrix(data):
               ("rate", np.array(rate, np.int32)), ("low", np.array(low, np.float32)),
               ("high", np.array(high, np.float32))]
     check_kernel("MelWeightMatrix", inputs, {}, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [16, 12, 20])  # as long as the frames, shorter (cut), longer (zero-padded)
+@pytest.mark.parametrize("onesided", [0, 1])
+def test_a_real_dft_of_constant_length_is_a_product_with_the_dft_matrix(length, onesided):
+    """wespeaker's DFT: real frames [batch, frames, 16, 1] of a symbolic count, a constant
+    length and axis. Its output is typed from the input (the frame count carried through,
+    not left to a name no input binds) and it runs as a GEMM with the DFT matrix (no
+    `dft` extern, no fallback), matching the reference's FFT at two frame counts."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("DFT", ["x", "n", "axis"], ["y"], onesided=onesided)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 16, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("n", TensorProto.INT64, [], [length]), helper.make_tensor("axis", TensorProto.INT64, [], [-2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    import ember
+
+    compiled = ember.compile(model)
+    reference = ember.compile(model, codegen=False)
+    assert compiled.stats.fallback_nodes == []
+    assert [step.name for _, _, step in compiled._executor._steps if step.kind == "extern"] in ([], ["linear"])
+    bins = length // 2 + 1 if onesided else length
+    assert [str(d) for d in compiled.outputs[0].shape] == ["b", "t", str(bins), "2"]
+    rng = np.random.default_rng(length)
+    for batch, frames in ((1, 9), (2, 3)):
+        x = rng.standard_normal((batch, frames, 16, 1)).astype(np.float32)
+        got, want = compiled.run({"x": x})["y"], reference.run({"x": x})["y"]
+        assert got.shape == (batch, frames, bins, 2)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

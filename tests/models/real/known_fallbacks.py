@@ -29,11 +29,4 @@ UNKNOWN_PADDED_LENGTH = (
 
 FALLBACKS: dict[str, Fallbacks] = {
     "onnx-asr/whisper80": Fallbacks({"Transpose": 1}, UNKNOWN_PADDED_LENGTH),
-    "onnx-asr/wespeaker": Fallbacks(
-        {"DFT": 1},
-        "the Scan's frames output keeps the file's dim, a symbol named after a fraction "
-        "(Max_0__N___Mod_N___80__160____240__160, from 'Max(0, N - Mod(N + 80, 160) - 240)/160', which "
-        "sympy cannot prove whole, so it stays a name) that no input binds; the frames broadcast "
-        "against the computed expression as Max(name, expression), and the DFT reading them has "
-        "'a size known only when it runs'"),
 }
