@@ -273,8 +273,21 @@ def _small_conv_module():
 
 def _pointwise_conv(params, weight: _LinearWeight, x, bias, total, y):
     """A 1x1 convolution of channels-last x [N, *spatial, C] as one GEMM over its rows,
-    the bias and the activation as post-ops; with a residual, act(x W + b + total)."""
+    the bias and the activation as post-ops; with a residual, act(x W + b + total). At
+    the rows it was prepared for (`exact_rows`), oneDNN's GEMM runs them unpadded, the
+    residual added as a post-op too."""
     activation = params.get("activation", "")
+    k, n = weight.kn.shape
+    if x.numel() // k == params.get("exact_rows"):
+        x2 = x.view(-1, k)
+        if total is None:
+            attr, algorithm = _ONEDNN_ACTIVATIONS[activation]
+            result = torch.ops.mkldnn._linear_pointwise(x2, weight.packed, bias, attr, [], algorithm or None)
+        else:
+            result = torch.ops.mkldnn._linear_pointwise.binary(x2, total.view(-1, n), weight.packed, bias, "add")
+            if activation:
+                _TORCH_ACTIVATIONS[activation](result)
+        return _store(y, result.view(*x.shape[:-1], n))
     if total is None:
         return weight(x, bias, activation, y)
     result = weight(x, bias, "", y)
@@ -431,20 +444,15 @@ def _prepare_onednn(params, constants):
         # a pointwise convolution over [N, H, W, C] rows is a GEMM: packed as a linear
         # weight it runs at full speed whatever H and W are, where a convolution weight
         # packed without the input's shape (a symbolic one) can run 40x slower (1x1 at 3x40).
-        # With the input's shape known oneDNN's convolution is faster (ResNet-50: 37 vs 46 ms).
-        # Known but for the batch, the filter is also packed for batch 1, which the calls of
-        # that batch take (opennsfw b1: 13.8 -> 11.4 ms; at b4 the GEMM is 10% faster) unless
-        # so small that the GEMM runs on addmm (a squeeze-excite block's 1x1 at 1x1: 35 us
-        # on oneDNN's convolution, 4 on addmm)
-        pointwise = _LinearWeight(w.reshape(w.shape[0], w.shape[1]))
-        shape = params.get("input_shape") or []
-        work = math.prod(shape[2:]) * w.shape[0] * w.shape[1] if len(shape) == 4 else 0
-        packed = _pack_conv_weight(w, (padding, stride, dilation), params["group"], shape) \
-            if params.get("static_but_batch") and work > _LinearWeight.SMALL_MACS else None
-        if packed is None:
-            return {**params, "pointwise": pointwise}
-        return {**params, "pointwise": pointwise, "packed": packed, "torch_args": (padding, stride, dilation),
-                "packed_batch": shape[0]}
+        # Known but for the batch, the calls of the stand-in batch run oneDNN's GEMM at
+        # their exact rows, one shape more for its primitive cache: as fast as its
+        # convolution packed for that shape or faster (64->128 channels at 56x56: 169 vs 350
+        # us, 16->32 at 112x112: 66 vs 114 on a 2-core Xeon), where padded to a row class
+        # the copy took as long as the GEMM
+        rows = math.prod(shape[2:]) * shape[0] if len(shape := params.get("input_shape") or []) == 4 else 0
+        exact = params.get("static_but_batch") and rows * w.shape[0] * w.shape[1] > _LinearWeight.SMALL_MACS
+        return {**params, "pointwise": _LinearWeight(w.reshape(w.shape[0], w.shape[1])),
+                "exact_rows": rows if exact else None}
     # without the input shape oneDNN may pick a layout its kernel for the real shape does not
     # take (a 1x1 conv at 14x14 then runs 7x slower)
     packed = _pack_conv_weight(w, (padding, stride, dilation), params["group"], params.get("input_shape"))
@@ -469,7 +477,6 @@ def _pack_conv_weight(w, args, group: int, input_shape):
 def conv(params, x, w, bias, total, y):
     pointwise = params.get("pointwise")
     if (pointwise is not None and x.dtype == torch.float32 and x.numel() and x.is_contiguous()
-            and x.shape[0] != params.get("packed_batch")
             and (bias is None or bias.dtype == x.dtype) and (total is None or total.is_contiguous())):
         return _pointwise_conv(params, pointwise, x, bias, total, y)
     last = bool(params.get("channels_last"))

@@ -376,27 +376,34 @@ def test_transposes_move_past_elementwise_readers_they_share():
     _converts_layout_once_and_matches(model, rng)
 
 
-def test_pointwise_convolution_of_a_symbolic_batch_has_both_paths():
-    """A 1x1 channels-last convolution whose sizes are static but for the batch keeps its
-    filter packed for oneDNN's convolution at batch 1 (the stand-in), which the calls of
-    batch 1 take, and as a GEMM weight for other batches; a squeeze-excite one (1x1 at
-    1x1, under addmm's range) only as the GEMM weight. All match the reference."""
+def test_pointwise_convolution_of_a_symbolic_batch_runs_its_exact_rows_on_onednn():
+    """A 1x1 channels-last convolution whose sizes are static but for the batch runs the
+    stand-in batch's rows (batch 1: 12 x 16) on oneDNN's GEMM unpadded, its residual and
+    ReLU fused into it as well, other batches as a GEMM of a row class; a squeeze-excite
+    one (1x1 at 1x1, under addmm's range) has no exact rows. All match the reference."""
     rng = np.random.default_rng(8)
     inits = [numpy_helper.from_array(rng.standard_normal((64, 3, 3, 3)).astype(np.float32), "w0"),
              numpy_helper.from_array(rng.standard_normal((256, 64, 1, 1)).astype(np.float32) * 0.2, "w1"),
+             numpy_helper.from_array(rng.standard_normal((256, 256, 1, 1)).astype(np.float32) * 0.1, "w3"),
              numpy_helper.from_array(rng.standard_normal((8, 256, 1, 1)).astype(np.float32) * 0.1, "w2")]
     nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c0"], ["r0"]),
              helper.make_node("Conv", ["r0", "w1"], ["c1"]),
-             helper.make_node("GlobalAveragePool", ["c1"], ["g"]),
+             helper.make_node("Conv", ["c1", "w3"], ["c2"]),
+             helper.make_node("Add", ["c2", "c1"], ["s2"]),
+             helper.make_node("Relu", ["s2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
              helper.make_node("Conv", ["g", "w2"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 12, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     compiled = ember.compile(model)
-    pointwise = [step for kind, _, step in compiled._executor._steps
-                 if kind == "extern" and step.name == "conv" and "pointwise" in step.params]
-    assert [("packed" in step.params, step.params.get("packed_batch")) for step in pointwise] == [(True, 1), (False, None)]
+    pointwise = [(step, args) for kind, _, step in compiled._executor._steps
+                 if kind == "extern" and step.name == "conv" and "pointwise" in step.params
+                 for args in [step.args[:step.num_inputs]]]
+    assert [step.params["exact_rows"] for step, _ in pointwise] == [192, 192, None]
+    assert [step.params["activation"] for step, _ in pointwise] == ["", "relu", ""]
+    assert [bool(args[3]) for _, args in pointwise] == [False, True, False], pointwise  # the residual
     _matches_reference(compiled, model, rng, [(batch, 3, 12, 16) for batch in (1, 3, 1)])
 
 

