@@ -219,3 +219,29 @@ def test_strided_reads_along_the_inner_loop_are_opaque_strides(dtype):
         np.testing.assert_array_equal(out["y"], np.abs(feeds["a"].transpose(0, 2, 1)))
         np.testing.assert_array_equal(out["z"], -feeds["b"].T)
         np.testing.assert_array_equal(out["w"], -feeds["c"][:, ::2])
+
+
+def test_a_long_float_sum_runs_as_four_sums_of_blocks():
+    """A dot product of 1,000 (a Gemm of one row, generated: hey_jarvis' 1,536) sums four
+    blocks of 240 in one vectorized loop, then the 40 left, so no add waits on the last;
+    a sum of 200 keeps one accumulator. Both match numpy's float64 within float32 error."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(6)
+    w_long = rng.standard_normal((1000, 8)).astype(np.float32)
+    w_short = rng.standard_normal((200, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["a", "wl"], ["y"]), helper.make_node("Gemm", ["b", "ws"], ["z"])], "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 1000]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 200])],
+        [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in "yz"],
+        [numpy_helper.from_array(w_long, "wl"), numpy_helper.from_array(w_short, "ws")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    compiled = ember.compile(model)
+    source = compiled.program.source
+    assert source.count("reduction(+:acc_dot_0,acc_dot_1,acc_dot_2,acc_dot_3)") == 1
+    assert "r0 < 240;" in source and "r0 = 960; r0 < 1000;" in source
+    feeds = {"a": rng.standard_normal((1, 1000)).astype(np.float32), "b": rng.standard_normal((1, 200)).astype(np.float32)}
+    out = compiled.run(feeds)
+    np.testing.assert_allclose(out["y"], feeds["a"].astype(np.float64) @ w_long, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out["z"], feeds["b"].astype(np.float64) @ w_short, rtol=1e-5, atol=1e-4)
