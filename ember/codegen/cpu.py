@@ -172,6 +172,10 @@ extern "C" void {{ seg.name }}(char** B, const int64_t* S) {
 }
 {% endfor %}
 extern "C" void ember_set_threads(int n) { omp_set_num_threads(n); }
+// a run of segments in one call from Python (runtime.executor: a binding's chained plan)
+extern "C" void ember_chain(void (**fns)(char**, const int64_t*), int64_t n, char** B, const int64_t* S) {
+  for (int64_t i = 0; i < n; ++i) fns[i](B, S);
+}
 """, trim_blocks=False, lstrip_blocks=False)
 
 

@@ -56,13 +56,21 @@ def test_small_paths_run_at_small_sizes_and_the_library_at_large_ones(saved, tmp
     assert set(small) == {"conv", "gemm", "linear"}, small  # the 8->12 convolution, the Gemm, the MatMul + Add
     reference = ember.compile(model, opt_level=0, codegen=False)
     executor = compiled._executor
-    chosen = {}
+    chosen, calls = {}, {}
     for batch in (1, 2, 300, 1):
         x = rng.standard_normal((batch, 12, 12, 3)).astype(np.float32)
         np.testing.assert_allclose(compiled.run({"x": x})["y"], reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
         binding = executor._bindings[((batch, 12, 12, 3),)]
         chosen[batch] = sorted(executor._steps[i][2].name for i in binding.small)
+        # consecutive generated steps (segments, small paths) are one call from Python
+        calls[batch] = [(code, getattr(fn, "__name__", None) or (step.name if code != 4 else fn[2]))
+                        for code, fn, step, *_ in binding.chained]
     assert chosen[1] == chosen[2] == ["conv", "gemm", "linear"]  # every small path
+    steps = len(executor._steps)
+    assert calls[1] == calls[2] == [(4, steps)], calls
+    # at 300 the convolution and the Gemm run their externs; the last segment and the head's
+    # small path are one call
+    assert calls[300] == [(0, "seg0"), (1, "conv"), (0, "seg1"), (1, "gemm"), (4, 2)], calls[300]
     # 300 x 3 x 3 x 12 outputs x 72 products and 300 x 108 x 16 are past their limits; the
     # 16 -> 4 head's 300 x 16 x 4 is not
     assert chosen[300] == ["linear"]
