@@ -122,6 +122,11 @@ class _Binding:
     chained: list | None = None  # the steps at these sizes, consecutive generated ones one call (`_chain`)
 
 
+def _numpy_extern(step) -> bool:
+    """Whether an extern step takes the run's numpy arrays (plan code 5): If and Scan."""
+    return step.name == "control" and not step.params.get("sizes_outputs")
+
+
 class _DirectRun:
     """`Executor.direct`'s runner: call it with the addresses of the inputs and of an
     array per output, all C-contiguous, of the program's dtypes and the shapes it was
@@ -259,7 +264,8 @@ class Executor:
         self._output_dtypes = [p.buffers[name].dtype.numpy for name in p.outputs]
         # buffers an extern, a fallback or a control step reads as torch tensors (the others
         # need no torch view of the run's arrays), and the names a run adds to its binding
-        self._torch_reads = {a for step in p.steps if step.kind != "segment" for a in step.args if a}
+        self._torch_reads = {a for step in p.steps if step.kind != "segment" and not _numpy_extern(step)
+                             for a in step.args if a}
         self._per_run = [*p.inputs, *p.outputs, *(n for n, _ in self._io_aliases), *self._adopted_names]
         parts = [part for step in p.steps for part in step.parts]
         from ..codegen.memory import lifetimes
@@ -599,6 +605,8 @@ class Executor:
                     fn[0](fn[1], fn[2], B_addr, sizes_addr)
                 elif code == 0:
                     fn(B_addr, sizes_addr)
+                elif code == 5:  # an extern of numpy arguments where the run has them (control flow)
+                    fn(step.params, *[(views.get(a) if a in views else tensors.get(a)) if a else None for a in args])
                 elif code == 1:
                     result = fn(step.params, *[tensors.get(a) if a else None for a in args])
                     if adopted is not None:
@@ -625,7 +633,10 @@ class Executor:
         after it), decided once rather than on every run: code 0 a segment, 1 an extern of
         known output sizes (its adopted output's name blanked in its arguments), 2 a sizing
         extern or a fallback (`_sizing_or_fallback`), 3 an extern with a small path (fn: the
-        path's segment and the extern; the binding says which runs)."""
+        path's segment and the extern; the binding says which runs), 5 If or Scan (the
+        `control` extern), given the run's numpy arrays where it has them: its bodies run
+        on numpy, and a torch view of each argument cost ~1 us (4 of hey_jarvis' 8 us If).
+        A binding's chained plan adds code 4 (`_chain`)."""
         plan = []
         for i, (kind, fn, step) in enumerate(self._steps):
             adopted = self._adopted.get(i)
@@ -634,6 +645,8 @@ class Executor:
                 plan.append((0, fn, step, (), None, release))
             elif i in self._small_steps:
                 plan.append((3, (self._segment(step.params["small"]["segment"]), fn), step, step.args, None, release))
+            elif kind == "extern" and _numpy_extern(step) and adopted is None:
+                plan.append((5, fn, step, step.args, None, release))  # If and Scan take numpy arrays
             elif kind == "extern" and not step.params.get("sizes_outputs"):
                 args = tuple("" if a == adopted else a for a in step.args)
                 plan.append((1, fn, step, args, adopted, release))

@@ -29,10 +29,14 @@ def _store(y: np.ndarray, value, where: str, what: str) -> None:
 
 
 def _numpy(t):
-    """A numpy view of an extern's tensor argument (None stays None)."""
+    """A numpy view of an argument: the executor hands this extern numpy arrays where it
+    has them (plan code 5), torch tensors otherwise; None stays None."""
+    if t is None or isinstance(t, np.ndarray):
+        return t
     from .executor import _array  # (the executor imports this module)
 
-    return None if t is None else _array(t)
+    return _array(t)
+
 
 
 @extern("control")

@@ -159,6 +159,9 @@ def test_an_identity_branch_hands_its_value_through_without_a_run(cond, monkeypa
     got = compiled.run(feeds)["y"]
     np.testing.assert_array_equal(got, -feeds["a"] if cond else feeds["a"])
     assert len(runs) == (2 if cond else 1)  # the model's own run, and the Neg branch's
+    # the If step is handed the run's numpy arrays (plan code 5): no torch view of its inputs
+    assert [code for code, _, step, *_ in compiled._executor._step_plan if step.name == "control"] == [5]
+    assert not compiled._executor._torch_reads & {"a", "b", "cond"}
 
 
 def test_a_body_with_a_fallback_node_keeps_the_whole_node_on_the_fallback():
