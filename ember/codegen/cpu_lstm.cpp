@@ -56,10 +56,33 @@ void direction(const float* xw, const float* r, float* h, float* c, float* y, in
 }  // namespace
 
 // xw [dirs, steps, batch, 4H], r [dirs, H, 4H] (R transposed), h and c [dirs, batch, H] (initial in, final out),
-// y [steps, dirs, batch, H] or null. Directions run on their own threads when `threads` > 1.
+// y [steps, dirs, batch, H] or null. Directions run on their own threads when `threads` > 1. With xw null, the
+// input projections are made here from x [steps, batch, input], w [dirs, input, 4H] (W transposed) and bias
+// [dirs, 4H] (Wb + Rb): a small LSTM's one GEMM (silero_vad's one step of 64) cost more in a torch call than here.
 extern "C" void ember_lstm(const float* xw, const float* r, float* h, float* c, float* y, int64_t dirs,
-                           int64_t steps, int64_t batch, int64_t hidden, int64_t backward, int64_t threads) {
+                           int64_t steps, int64_t batch, int64_t hidden, int64_t backward, int64_t threads,
+                           const float* x, const float* w, const float* bias, int64_t input) {
     const int64_t n4 = 4 * hidden;
+    std::vector<float> projected;
+    if (xw == nullptr) {
+        const int64_t rows = steps * batch;
+        projected.resize(dirs * rows * n4);
+        for (int64_t d = 0; d < dirs; ++d) {
+            for (int64_t row = 0; row < rows; ++row) {
+                float* out = projected.data() + (d * rows + row) * n4;
+                const float* x_row = x + row * input;
+#pragma omp simd
+                for (int64_t j = 0; j < n4; ++j) out[j] = bias[d * n4 + j];
+                for (int64_t i = 0; i < input; ++i) {
+                    const float xi = x_row[i];
+                    const float* wi = w + (d * input + i) * n4;
+#pragma omp simd
+                    for (int64_t j = 0; j < n4; ++j) out[j] += xi * wi[j];
+                }
+            }
+        }
+        xw = projected.data();
+    }
 #pragma omp parallel for num_threads(threads) if (threads > 1)
     for (int64_t d = 0; d < dirs; ++d) {
         direction(xw + d * steps * batch * n4, r + d * n4 * hidden, h + d * batch * hidden, c + d * batch * hidden,

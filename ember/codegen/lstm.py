@@ -10,8 +10,8 @@ import ctypes
 
 from .handwritten import HandWritten, program_uses
 
-KERNEL = HandWritten("cpu_lstm.cpp", "ember_lstm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6, prelude=True,
-                     what="LSTM")
+KERNEL = HandWritten("cpu_lstm.cpp", "ember_lstm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 +
+                     [ctypes.c_void_p] * 3 + [ctypes.c_int64], prelude=True, what="LSTM")
 
 
 def used_by(program) -> bool:
@@ -20,12 +20,19 @@ def used_by(program) -> bool:
     return program_uses(program, lambda step: step.name == "recurrent" and step.params.get("op") == "LSTM")
 
 
-def run(xw, r, h, c, y, backward: list[bool], threads: int = 1) -> None:
+def run(xw, r, h, c, y, backward: list[bool], threads: int = 1, x=None, w=None, bias=None) -> None:
     """xw [dirs, steps, batch, 4H] (X.W + both biases, gates i f g o), r [dirs, H, 4H]
     (R transposed); h and c [dirs, batch, H] hold the initial states and receive the
     final ones; y [steps, dirs, batch, H] (or None) every step's h. Directions in
-    `backward` run from the last step."""
-    dirs, steps, batch, n4 = xw.shape
-    KERNEL.fn()(xw.data_ptr(), r.data_ptr(), h.data_ptr(), c.data_ptr(), None if y is None else y.data_ptr(),
-                dirs, steps, batch, n4 // 4, sum(1 << d for d, back in enumerate(backward) if back),
-                max(1, min(threads, dirs)))
+    `backward` run from the last step. With xw None, the kernel projects x [steps,
+    batch, input] itself by w [dirs, input, 4H] and bias [dirs, 4H] (all contiguous)."""
+    dirs, hidden = r.shape[0], r.shape[1]
+    if xw is None:
+        steps, batch, size = x.shape
+        projection = (x.data_ptr(), w.data_ptr(), bias.data_ptr(), size)
+    else:
+        _, steps, batch, _ = xw.shape
+        projection = (None, None, None, 0)
+    KERNEL.fn()(None if xw is None else xw.data_ptr(), r.data_ptr(), h.data_ptr(), c.data_ptr(),
+                None if y is None else y.data_ptr(), dirs, steps, batch, hidden,
+                sum(1 << d for d, back in enumerate(backward) if back), max(1, min(threads, dirs)), *projection)

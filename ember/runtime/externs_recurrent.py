@@ -126,6 +126,9 @@ def recurrent(params, x, w, r, b, seq_lens, h0, c0, p, y, y_h, y_c=None):
 _STEP_KERNEL_MAX_BATCH = 8
 _STEP_KERNEL_MAX_HIDDEN = 256
 STEP_KERNEL_RUNS = [0]  # LSTM runs the step kernel made (tests read it)
+# input projections of at most this many multiply-adds the step kernel makes itself (one
+# torch GEMM call costs ~3 us, more than silero_vad's 64x256 projection of one step)
+_KERNEL_PROJECTS_MACS = 1 << 16
 
 
 def _step_kernel_available() -> bool:
@@ -141,8 +144,12 @@ def _lstm_on_step_kernel(params, kernel, x, h0, c0, y, y_h, y_c, seq, batch, dir
 
     STEP_KERNEL_RUNS[0] += 1
     w_t, r_t, bias = kernel  # [dirs, in, 4H], [dirs, H, 4H], [dirs, 1, 4H]
-    x2 = x.reshape(1, seq * batch, x.shape[-1]).expand(directions, -1, -1)
-    xw = torch.baddbmm(bias, x2, w_t).view(directions, seq, batch, 4 * hidden)
+    small = directions * seq * batch * x.shape[-1] * 4 * hidden <= _KERNEL_PROJECTS_MACS and x.is_contiguous()
+    if small:  # the kernel projects the inputs itself
+        xw = None
+    else:
+        x2 = x.reshape(1, seq * batch, x.shape[-1]).expand(directions, -1, -1)
+        xw = torch.baddbmm(bias, x2, w_t).view(directions, seq, batch, 4 * hidden)
     h = y_h if y_h is not None and y_h.is_contiguous() else torch.empty((directions, batch, hidden))
     c = y_c if y_c is not None and y_c.is_contiguous() else torch.empty((directions, batch, hidden))
     h.copy_(h0)
@@ -150,7 +157,8 @@ def _lstm_on_step_kernel(params, kernel, x, h0, c0, y, y_h, y_c, seq, batch, dir
     out = y if y is not None and y.is_contiguous() else None
     backward = [params["direction"] == "reverse" or d == 1 for d in range(directions)]
     work = seq * batch * 4 * hidden * hidden
-    lstm.run(xw, r_t, h, c, out, backward, torch.get_num_threads() if work >= 1 << 22 else 1)
+    lstm.run(xw, r_t, h, c, out, backward, torch.get_num_threads() if work >= 1 << 22 else 1,
+             *((x, w_t, bias) if small else ()))
     if y is not None and out is None:
         raise ExecutionError(f"{params['where']}: Y is not contiguous")
     for target, state in ((y_h, h), (y_c, c)):
