@@ -95,7 +95,8 @@ def test_a_framing_scan_runs_on_its_body_kernels_over_strided_frames():
         "body",
         [helper.make_tensor_value_info("prev", F, ["b", 24]), helper.make_tensor_value_info("curr", F, ["b", 16])],
         [helper.make_tensor_value_info("next", F, ["b", 24]), helper.make_tensor_value_info("frame", F, ["b", 40])],
-        [helper.make_tensor("hop", TensorProto.INT64, [1], [16]), helper.make_tensor("end", TensorProto.INT64, [1], [99]),
+        [helper.make_tensor("hop", TensorProto.INT64, [1], [16]),
+         helper.make_tensor("end", TensorProto.INT64, [1], [99]),
          helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
     scan = helper.make_node("Scan", ["x0", "x"], ["last", "frames"], body=body, num_scan_inputs=1,
                             scan_input_axes=[1], scan_output_axes=[1])

@@ -241,7 +241,8 @@ def test_a_long_float_sum_runs_as_four_sums_of_blocks():
     source = compiled.program.source
     assert source.count("reduction(+:acc_dot_0,acc_dot_1,acc_dot_2,acc_dot_3)") == 1
     assert "r0 < 240;" in source and "r0 = 960; r0 < 1000;" in source
-    feeds = {"a": rng.standard_normal((1, 1000)).astype(np.float32), "b": rng.standard_normal((1, 200)).astype(np.float32)}
+    feeds = {"a": rng.standard_normal((1, 1000)).astype(np.float32),
+             "b": rng.standard_normal((1, 200)).astype(np.float32)}
     out = compiled.run(feeds)
     np.testing.assert_allclose(out["y"], feeds["a"].astype(np.float64) @ w_long, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(out["z"], feeds["b"].astype(np.float64) @ w_short, rtol=1e-5, atol=1e-4)

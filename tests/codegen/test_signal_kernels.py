@@ -87,7 +87,8 @@ def test_a_real_dft_of_constant_length_is_a_product_with_the_dft_matrix(length, 
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 16, 1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [helper.make_tensor("n", TensorProto.INT64, [], [length]), helper.make_tensor("axis", TensorProto.INT64, [], [-2])])
+        [helper.make_tensor("n", TensorProto.INT64, [], [length]),
+         helper.make_tensor("axis", TensorProto.INT64, [], [-2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     import ember
 

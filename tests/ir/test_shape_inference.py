@@ -184,7 +184,8 @@ def test_a_constant_slice_bound_is_clamped_to_a_symbolic_size():
     inits = [helper.make_tensor(name, TensorProto.INT64, [1], [v])
              for name, v in (("s0", 2), ("e0", 5), ("s1", 1), ("e1", 2**30), ("ax", 1))]
     graph = helper.make_graph(
-        [helper.make_node("Slice", ["x", "s0", "e0", "ax"], ["a"]), helper.make_node("Slice", ["x", "s1", "e1", "ax"], ["b"]),
+        [helper.make_node("Slice", ["x", "s0", "e0", "ax"], ["a"]),
+         helper.make_node("Slice", ["x", "s1", "e1", "ax"], ["b"]),
          helper.make_node("Neg", ["a"], ["y"]), helper.make_node("Neg", ["b"], ["z"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "n"])],
         [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in "yz"], inits)
