@@ -297,6 +297,9 @@ def _pointwise_conv(params, weight: _LinearWeight, x, bias, total, y):
     return result
 
 
+_SDPA_MIN_SCORES = 1 << 16  # heads x queries x keys from which an encoder's attention runs on SDPA
+
+
 @extern("attention")
 def attention(params, q, k, v, bias, y):
     heads, kv_heads, scale, causal = params["num_heads"], params["kv_num_heads"], params["scale"], params["causal"]
@@ -304,8 +307,13 @@ def attention(params, q, k, v, bias, y):
         from ..ir.packed_qkv import split_qkv
 
         q, k, v = split_qkv(q, heads, kv_heads)
+    # an encoder's attention over many scores runs on torch's fused SDPA kernel: ember's
+    # paged one (made for decoding) and the per-row GEMMs took 1.12-1.2x its time at
+    # MiniLM's 12 heads x 128 x 128 (batch 1 and 8, a 2-core Xeon, torch 2.13)
+    encoder = not causal and heads * q.shape[-2 if q.dim() == 4 else 1] * k.shape[-2 if k.dim() == 4 else 1] \
+        >= _SDPA_MIN_SCORES
     if q.dim() == 3:  # packed [B, S, H*D]
-        if paged_attention.dense_attention(q, k, v, bias, y, heads, kv_heads, scale, causal):
+        if not encoder and paged_attention.dense_attention(q, k, v, bias, y, heads, kv_heads, scale, causal):
             return  # ember's fused kernel (the paged one, each batch row a sequence)
         b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
         q = q.view(b, sq, heads, -1).transpose(1, 2)
@@ -321,7 +329,7 @@ def attention(params, q, k, v, bias, y):
         causal_bias = torch.zeros(sq, sk, dtype=q.dtype).masked_fill(~visible, float("-inf"))
         mask = causal_bias if bias is None else bias + causal_bias
         causal = False
-    if (not causal and kv_heads == heads and q.dtype == torch.float32 and heads * sq * sk <= 1 << 21
+    if (not causal and not encoder and kv_heads == heads and q.dtype == torch.float32 and heads * sq * sk <= 1 << 21
             and (mask is None or bool(torch.isfinite(mask).all()))):
         _attention_per_batch(q, k, v, mask, scale or q.shape[-1] ** -0.5, out)
         return

@@ -51,9 +51,9 @@ def test_attention_kernel_matches_the_reference(batch, heads, group, sq, sk, d, 
 
 
 @pytest.mark.parametrize("packed", [False, True])  # packed rows run on ember's fused (paged) kernel
-@pytest.mark.parametrize("sk", [1, 300])
-def test_a_row_with_every_key_masked_is_zero(sk, packed):
-    out = (1, 3, 8) if packed else (1, 2, 3, 4)
+@pytest.mark.parametrize("sk, sq", [(1, 3), (300, 3), (300, 300)])  # 2 x 300 x 300 scores: on SDPA
+def test_a_row_with_every_key_masked_is_zero(sk, sq, packed):
+    out = (1, sq, 8) if packed else (1, 2, sq, 4)
     feeds = {"q": np.ones(out, np.float32)}
     feeds["k"] = feeds["v"] = np.ones((1, sk, 8) if packed else (1, 2, sk, 4), np.float32)
     feeds["bias"] = np.full((1, 1, 1, sk), -np.inf, np.float32)
@@ -90,6 +90,37 @@ def test_packed_float32_attention_runs_on_the_fused_kernel(monkeypatch):
     got = ember.compile(g, opt_level=0).run(feeds)["y"]
     assert taken == [True]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_an_encoders_attention_over_many_scores_runs_on_sdpa(monkeypatch):
+    """MiniLM's case at its size (12 heads x 128 x 128 scores, a padding mask, packed
+    rows): torch's fused SDPA runs it (ember's paged kernel took 1.12-1.2x as long), the
+    paged kernel is not tried; a causal one keeps the paged kernel. Both match the
+    reference."""
+    from ember.codegen import paged_attention
+    from ember.runtime import externs
+
+    dense, sdpa = [], []
+    real_dense, real_sdpa = paged_attention.dense_attention, externs.F.scaled_dot_product_attention
+    monkeypatch.setattr(paged_attention, "dense_attention", lambda *a, **k: dense.append(1) or real_dense(*a, **k))
+    monkeypatch.setattr(externs.F, "scaled_dot_product_attention", lambda *a, **k: sdpa.append(1) or real_sdpa(*a, **k))
+    rng = np.random.default_rng(1)
+    batch, seq, heads, d = 2, 128, 12, 32
+    for causal in (0, 1):
+        padding = np.zeros((batch, 1, 1, seq), np.float32)
+        padding[1, ..., 100:] = -np.inf
+        feeds = {"qkv": rng.standard_normal((batch, seq, 3 * heads * d)).astype(np.float32), "bias": padding}
+        g = Graph("g", opsets={"": 28})
+        g.inputs = [Value(n, TensorType(DType.float32, a.shape)) for n, a in feeds.items()]
+        node = g.add_node("ember.Attention", [g.inputs[0], None, None, g.inputs[1]],
+                          [Value("y", TensorType(DType.float32, (batch, seq, heads * d)))],
+                          {"num_heads": heads, "causal": causal})
+        g.outputs = list(node.outputs)
+        want = ember.compile(g, opt_level=0, codegen=False).run(feeds)["y"]
+        dense.clear(), sdpa.clear()
+        got = ember.compile(g, opt_level=0).run(feeds)["y"]
+        assert (dense, sdpa) == (([], [1]) if not causal else ([1], [])), (causal, dense, sdpa)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_the_fused_kernel_declines_keys_of_another_batch():
