@@ -536,7 +536,7 @@ class _KernelWriter:
         if (stage.reduce == "sum" and is_float and len(k.reduction) == 1 and _static(k.reduction[0])
                 and int(k.reduction[0]) >= SPLIT_SUM_MIN):
             return lines + self._split_sum(stage, indent, t, int(k.reduction[0]))
-        if all(isinstance(d, (int, sympy.Integer)) for d in k.reduction) and math.prod(map(int, k.reduction)) <= 16:
+        if all(_static(d) for d in k.reduction) and math.prod(map(int, k.reduction)) <= 16:
             # a few elements a row (a max over a stack of 3): unrolled, its selects on the
             # index fold; an `omp simd` reduction's set-up cost more than the work (attacut's
             # 49x196 rows of 3: 110 us)
@@ -551,7 +551,6 @@ class _KernelWriter:
         if nan_guard:
             lines.append(f"{indent}if ({stage.acc}_nan) {stage.acc} = std::numeric_limits<{t}>::quiet_NaN();")
         return lines
-
 
     def _split_sum(self, stage: Stage, indent: str, t: str, extent: int) -> list[str]:
         """A float sum over one long static range as SPLIT_SUM_WAYS sums over contiguous

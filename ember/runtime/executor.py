@@ -142,10 +142,7 @@ class _DirectRun:
         """`addresses`: the data of the inputs, then of the outputs (which the kernels write)."""
         ex, binding = self.executor, self.binding
         B = ex._B
-        if ex._pointed is not binding:
-            for slot, ptr in enumerate(binding.pointers):
-                B[slot] = ptr
-            ex._pointed = binding
+        ex._point(binding)
         for slot, address in zip(self.slots, addresses):
             B[slot] = address
         B_addr, sizes = ex._B_addr, binding.sizes_addr
@@ -373,6 +370,26 @@ class Executor:
         return b.name
 
     # -- binding ------------------------------------------------------------------------
+    def _binding(self, key: tuple) -> _Binding:
+        """The binding of these input shapes (made now if not kept), the most recently
+        used; at most `max_bindings` are kept. The caller holds the lock."""
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self._bindings[key] = self._bind(key)
+            if len(self._bindings) > self.max_bindings:
+                self._bindings.popitem(last=False)
+        else:
+            self._bindings.move_to_end(key)
+        return binding
+
+    def _point(self, binding: _Binding) -> None:
+        """Make the slots hold this binding's addresses (where they hold another's)."""
+        if binding is not self._pointed:
+            B = self._B
+            for slot, ptr in enumerate(binding.pointers):
+                B[slot] = ptr
+            self._pointed = binding
+
     def _bind(self, shapes: tuple) -> _Binding:
         p = self.program
         sizes = np.zeros(max(len(p.symbols), 1), dtype=np.int64)
@@ -493,19 +510,9 @@ class Executor:
     def _run(self, inputs: Sequence[Any], out: Sequence[np.ndarray | None] | None = None) -> list[Any]:
         p = self.program
         arrays = [np.asarray(a, dtype=dtype, order="C") for a, dtype in zip(inputs, self._input_dtypes)]
-        key = tuple(a.shape for a in arrays)
-        binding = self._bindings.get(key)
-        if binding is None:
-            binding = self._bindings[key] = self._bind(key)
-            if len(self._bindings) > self.max_bindings:
-                self._bindings.popitem(last=False)
-        else:
-            self._bindings.move_to_end(key)
+        binding = self._binding(tuple(a.shape for a in arrays))
         B = self._B
-        if binding is not self._pointed:  # the slots hold another binding's addresses
-            for slot, ptr in enumerate(binding.pointers):
-                B[slot] = ptr
-            self._pointed = binding
+        self._point(binding)
         late = binding.late
         if late:  # data-dependent sizes: this run binds its own
             binding = _Binding(binding.sizes.copy(), dict(binding.shapes), set(binding.bound), dict(binding.views),
@@ -567,13 +574,8 @@ class Executor:
         if (self.profile is not None or self._io_aliases or len(set(names)) != len(names)
                 or any(p.buffers[self._root[n]].kind not in ("input", "output") for n in names)):
             return None
-        key = tuple(tuple(int(d) for d in s) for s in shapes)
         with self._lock:
-            binding = self._bindings.get(key)
-            if binding is None:
-                binding = self._bindings[key] = self._bind(key)
-                if len(self._bindings) > self.max_bindings:
-                    self._bindings.popitem(last=False)
+            binding = self._binding(tuple(tuple(int(d) for d in s) for s in shapes))
         if binding.late or any(binding.shapes.get(n) is None for n in p.outputs):
             return None
         calls = []

@@ -38,7 +38,6 @@ def _numpy(t):
     return _array(t)
 
 
-
 @extern("control")
 def control(params, *args):
     n_in = len(args) - params["num_outputs"]

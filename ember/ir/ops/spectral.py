@@ -128,11 +128,15 @@ def _dft_as_product(ctx, node, x, dft_length, axis, a):
     import numpy as np
 
     from ...codegen.lowering import TensorRef
-    from ._lowering import small_matmul, small_matmul_path
+    from ._lowering import constant_ints, small_matmul, small_matmul_path
+
+    def scalar(i):  # the one integer node input i holds before anything runs, else None
+        values = constant_ints(ctx, node.inputs[i])
+        return values[0] if values and len(values) == 1 else None
 
     rank = len(x.shape)
-    given_axis = _constant_int(ctx, axis) if axis is not None else -2
-    length = _constant_int(ctx, dft_length) if dft_length is not None else x.shape[-2]
+    given_axis = scalar(2) if axis is not None else -2
+    length = scalar(1) if dft_length is not None else x.shape[-2]
     if (a["inverse"] or x.dtype != DType.float32 or x.shape[-1] != 1 or not isinstance(given_axis, int)
             or given_axis % rank != rank - 2 or not isinstance(length, int) or not isinstance(x.shape[-2], int)
             or not 0 < length <= _DFT_PRODUCT_LENGTH):
@@ -155,16 +159,6 @@ def _dft_as_product(ctx, node, x, dft_length, axis, a):
                              [(DType.float32, (*lead, 2 * bins))], activation="")
         small_matmul_path(ctx, rows, frames, nk, None, "")
     return ctx.alias(rows, tuple(shape))
-
-
-def _constant_int(ctx, ref):
-    """The single integer a constant tensor input holds, else None."""
-    import numpy as np
-
-    if ref is None or ref.buffer is None or ref.buffer.kind != "constant" or ref.buffer.name not in ctx.constants:
-        return None
-    value = np.asarray(ctx.constants[ref.buffer.name]).reshape(-1)
-    return int(value[0]) if value.size == 1 and value.dtype.kind in "iu" else None
 
 
 @register_lowering("STFT")
