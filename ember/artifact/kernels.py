@@ -50,15 +50,15 @@ class LibraryWriter:
 def _handwritten() -> dict:
     """Manifest name -> module of each single-source hand-written kernel (codegen/
     handwritten.py: its `KERNEL` and `used_by`)."""
-    from ..codegen import lstm, quantized_lstm, small_conv
+    from ..codegen import gemm, lstm, quantized_lstm, small_conv
 
-    return {"quantized_lstm": quantized_lstm, "lstm": lstm, "small_conv": small_conv}
+    return {"quantized_lstm": quantized_lstm, "lstm": lstm, "small_conv": small_conv, "gemm": gemm}
 
 
 def add_kernel_libraries(writer: ArchiveWriter, program) -> list[dict]:
     """Ship the hand-written kernel libraries `program` runs (the paged-attention kernel
     of each element type it needs, the LSTM and DynamicQuantizeLSTM step loops, the small
-    convolution), source and, where
+    convolution, the tiled GEMM), source and, where
     it built here, binary: a load on this machine then builds nothing. Returns their
     manifest entries."""
     from ..codegen import paged_attention

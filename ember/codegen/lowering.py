@@ -84,7 +84,7 @@ class LoweringContext:
         self.kernels: list[Kernel] = []
         self.constants: dict[str, np.ndarray] = {}
         self.refs: dict[int, TensorRef] = {}
-        self._realized: list[tuple[TensorRef, Callable]] = []  # (ref, its fn) in the order realized
+        self._realized: list[tuple[TensorRef, Callable, int]] = []  # (ref, its fn, its cost) in the order realized
         self.counter = [0]  # SSA temps, shared by every body so names never clash
         self.readers: dict[int, int] = {}
         for node in graph.nodes:
@@ -139,8 +139,10 @@ class LoweringContext:
         index = loop_vars(len(ref.shape))
         body.store(buf, index, ref.fn(body, index))
         self.add_kernel(Kernel("pointwise", "pointwise", ranges=ref.shape, body=body))
-        self._realized.append((ref, ref.fn))
-        ref.buffer, ref.fn = buf, None
+        self._realized.append((ref, ref.fn, ref.cost))
+        # a load from now on: a consumer that took the computation's cost for its own
+        # realized itself too (a HardSwish after a generated convolution: a pass of its own)
+        ref.buffer, ref.fn, ref.cost = buf, None, 0
         return buf
 
     def alias(self, ref: TensorRef, shape) -> TensorRef:
@@ -370,8 +372,8 @@ class LoweringContext:
         outer values a subgraph reads (If/Loop/Scan's), which are no node input, so no
         ref may keep a buffer that is gone."""
         kernels, buffers, constants_before, fallbacks, reasons, bound, _, realized = state
-        for ref, fn in reversed(self._realized[realized:]):
-            ref.buffer, ref.fn = None, fn
+        for ref, fn, cost in reversed(self._realized[realized:]):
+            ref.buffer, ref.fn, ref.cost = None, fn, cost
         del self._realized[realized:]
         del self.kernels[kernels:]
         self.buffers = {name: self.buffers[name] for name in buffers}

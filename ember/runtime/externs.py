@@ -415,6 +415,8 @@ def prepare_conv(params, constants):
     KH, KW, O/groups]), which runs the calls of tiny work."""
     prepared = _prepare_onednn(params, constants)
     w = constants.get(1)
+    if (tiled := _tiled_weight(params, w)) is not None:
+        prepared = {**prepared, "tiled": tiled, "tiled_n": int(w.shape[0])}
     # a call does at least w.numel() multiply-adds (one output position): a larger filter
     # never runs on the small loop, and is not laid out for it
     if (w is not None and w.dtype == torch.float32 and w.dim() in (3, 4) and not params.get("channels_last")
@@ -481,8 +483,60 @@ def _pack_conv_weight(w, args, group: int, input_shape):
     return None
 
 
+def _tiled_weight(params, w):
+    """A channels-last 1x1 convolution's float32 constant filter [N, K, 1, 1] in the
+    tiled GEMM's panels (codegen/gemm.py), where it has at most gemm.MAX_WEIGHT elements
+    and the epilogue is one that kernel runs; else None."""
+    if (w is None or w.dtype != torch.float32 or w.dim() != 4 or tuple(w.shape[2:]) != (1, 1)
+            or not params.get("channels_last") or params["group"] != 1 or params.get("activation", "") not in ("", "relu")
+            or list(params["strides"]) != [1, 1] or params["pads"] is None or any(params["pads"])):
+        return None
+    gemm = _gemm_module()
+    n, k = w.shape[:2]
+    if n * k > gemm.MAX_WEIGHT:
+        return None
+    packed = gemm.pack(w.reshape(n, k).numpy().T)
+    return None if packed is None else torch.from_numpy(packed)
+
+
+def _tiled_pointwise(params, x, bias, total, y):
+    """A channels-last 1x1 convolution on the tiled GEMM (codegen/gemm.py): x [N, *spatial,
+    K] as rows, act(rows W + bias + total) written straight into y (allocated where the
+    executor gives none). None where the call does not fit it (the caller goes on)."""
+    gemm = _gemm_module()
+    k = x.shape[-1]
+    rows = x.numel() // k if k else 0
+    n = params["tiled_n"]
+    if (x.dtype != torch.float32 or not rows or (rows * n > gemm.MAX_OUTPUT and k > gemm.ANY_OUTPUT_MAX_K)
+            or not x.is_contiguous()
+            or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
+            or (total is not None and (total.dtype != torch.float32 or not total.is_contiguous()))
+            or (y is not None and not y.is_contiguous())):
+        return None
+    if gemm.KERNEL.fn() is None:
+        return None
+    if y is None:
+        y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
+    gemm.run(x, params["tiled"], bias, total, y, rows, k, n, params.get("activation", "") == "relu",
+             torch.get_num_threads())
+    return y
+
+
+_GEMM = []  # codegen.gemm, imported on first use
+
+
+def _gemm_module():
+    if not _GEMM:
+        from ..codegen import gemm
+
+        _GEMM.append(gemm)
+    return _GEMM[0]
+
+
 @extern("conv", adopts=True)
 def conv(params, x, w, bias, total, y):
+    if params.get("tiled") is not None and (tiled := _tiled_pointwise(params, x, bias, total, y)) is not None:
+        return tiled
     pointwise = params.get("pointwise")
     if (pointwise is not None and x.dtype == torch.float32 and x.numel() and x.is_contiguous()
             and (bias is None or bias.dtype == x.dtype) and (total is None or total.is_contiguous())):

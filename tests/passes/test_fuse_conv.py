@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
-from ember.codegen import small_conv
+from ember.codegen import gemm, small_conv
 from ember.frontends.onnx import load_onnx
 from ember.passes import get_pass
 from ember.testing import check_pass
@@ -161,9 +161,9 @@ def _conv_path(compiled) -> str:
 def test_ember_conv_kernel_matches_its_reference(form, activation, channels_last, with_sum, with_bias, seed, kernel,
                                                  stride, dilation, pads, size, symbolic_batch):
     """Every epilogue the op allows, in both layouts and any geometry, on each kernel that
-    runs it: generated (dense with few input channels, depthwise), oneDNN's GEMM (a 1x1
-    convolution of many channels whose input shape is not static), oneDNN's or torch's
-    convolution."""
+    runs it: generated (dense with few input channels, depthwise), the tiled GEMM (a 1x1
+    convolution of many channels with no activation or a ReLU), oneDNN's GEMM (another
+    whose input shape is not static), oneDNN's or torch's convolution."""
     import sympy
 
     from ember.ir import DType, Graph, TensorType, Value
@@ -199,10 +199,12 @@ def test_ember_conv_kernel_matches_its_reference(form, activation, channels_last
     compiled = ember.compile(g, opt_level=0)
     assert compiled.stats.fallback_nodes == []
     path = _conv_path(compiled)
-    before = small_conv.RUNS[0]
+    before, tiled_before = small_conv.RUNS[0], gemm.RUNS[0]
     got = compiled.run(feeds)["y"]
     if small_conv.RUNS[0] > before:
         path = "the small direct loop"
+    elif gemm.RUNS[0] > tiled_before:
+        path = "the tiled GEMM"
     elif not channels_last and path != "generated" and activation in ("", "relu"):
         macs = 2 * math.prod(out) * m * (c // group) * kernel * kernel
         assert macs > small_conv.MAX_MACS, "a tiny channels-first convolution skipped the small loop"
@@ -210,8 +212,8 @@ def test_ember_conv_kernel_matches_its_reference(form, activation, channels_last
     if channels_last and (form in ("dense", "depthwise") or form == "wide" and not symbolic_batch):
         # wide: generated where the whole convolution's work is known and small
         assert path == "generated"
-    if channels_last and form == "pointwise":
-        assert path == ("gemm" if symbolic_batch else "onednn")
+    if channels_last and form == "pointwise":  # the tiled GEMM has ReLU as its one activation
+        assert path == ("the tiled GEMM" if activation in ("", "relu") else "gemm" if symbolic_batch else "onednn")
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 

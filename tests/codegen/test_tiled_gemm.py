@@ -1,0 +1,127 @@
+"""The tiled GEMM (codegen/cpu_gemm.cpp) that runs channels-last 1x1 convolutions of mid
+sizes: every tail of its register tiles (rows not a multiple of MR, columns not of the
+panel), every epilogue, one thread or two, against numpy; and a model's 1x1 convolution
+actually running on it."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import ember
+from ember.codegen import gemm
+from ember.runtime import externs
+from tests.artifact.zips import runs_the_shipped_kernel
+
+
+def _run(x, w_kn, bias, residual, relu: bool, threads: int, lda: int | None = None):
+    kernel = gemm.KERNEL.fn()
+    assert kernel is not None, "the tiled GEMM did not build"
+    packed = gemm.pack(w_kn)
+    m, k = x.shape[0], w_kn.shape[0]
+    n = w_kn.shape[1]
+    rows = x if lda is None else np.pad(x, ((0, 0), (0, lda - k)))  # rows lda apart
+    y = np.full((m, n), np.nan, np.float32)
+    kernel(rows.ctypes.data, rows.shape[1], packed.ctypes.data, bias.ctypes.data if bias is not None else None,
+           residual.ctypes.data if residual is not None else None, n, y.ctypes.data, n, m, k, n, int(relu), threads)
+    return y
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.one_of(st.sampled_from([12, 24, 36]), st.integers(1, 40)), k=st.integers(1, 70),
+       n=st.one_of(st.sampled_from([32, 64, 96]), st.integers(1, 100)), with_bias=st.booleans(),
+       with_residual=st.booleans(), relu=st.booleans(), threads=st.sampled_from([1, 2, 3]), strided=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_tiled_gemm_matches_numpy(m, k, n, with_bias, with_residual, relu, threads, strided, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
+    residual = rng.standard_normal((m, n)).astype(np.float32) if with_residual else None
+    got = _run(x, w, bias, residual, relu, threads, lda=k + 3 if strided else None)
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    if bias is not None:
+        want += bias
+    if residual is not None:
+        want += residual
+    if relu:
+        want = np.maximum(want, 0)
+    nr = gemm.panel_width()
+    event(f"rows {'whole tiles' if m % 12 == 0 else 'with a tail'}, "
+          f"columns {'whole panels' if n % nr == 0 else 'a partial panel'}")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1, k) ** 0.5)
+
+
+def test_packing_reads_any_strides():
+    rng = np.random.default_rng(0)
+    w_nk = rng.standard_normal((37, 19)).astype(np.float32)  # [N, K] as a conv filter is stored
+    x = rng.standard_normal((25, 19)).astype(np.float32)
+    got = _run(x, w_nk.T, None, None, False, 2)  # a transposed view
+    np.testing.assert_allclose(got, x @ w_nk.T, rtol=1e-5, atol=1e-4)
+
+
+def _pointwise_model(channels: int, outputs: int, size, relu: bool, residual: bool):
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"])]
+    last = "c"
+    if residual:
+        nodes.append(helper.make_node("Add", ["c", "r"], ["s"]))
+        last = "s"
+    if relu:
+        nodes.append(helper.make_node("Relu", [last], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", [last], ["y"]))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, *size])]
+    if residual:
+        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, ["n", outputs, *size]))
+    graph = helper.make_graph(
+        nodes, "pointwise", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.standard_normal((outputs, channels, 1, 1)).astype(np.float32) * 0.1, "w"),
+         numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("relu,residual", [(False, False), (True, False), (True, True)])
+def test_a_mid_size_pointwise_convolution_runs_on_the_tiled_gemm(relu, residual):
+    """64 -> 48 channels at 20x24 (a symbolic batch of 2): a 1x1 convolution of 16 or more
+    channels each way whose output is too large for a generated kernel runs on the tiled
+    GEMM, its bias, residual and ReLU in the same pass, into the same results as the
+    reference."""
+    model = _pointwise_model(64, 48, (20, 24), relu, residual)
+    compiled = ember.compile(model)
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    rng = np.random.default_rng(4)
+    feeds = {"x": rng.standard_normal((2, 64, 20, 24)).astype(np.float32)}
+    if residual:
+        feeds["r"] = rng.standard_normal((2, 48, 20, 24)).astype(np.float32)
+    before = gemm.RUNS[0]
+    got = compiled.run(feeds)["y"]
+    assert gemm.RUNS[0] > before, "the 1x1 convolution did not run on the tiled GEMM"
+    np.testing.assert_allclose(got, reference.run(feeds)["y"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_large_output_of_many_channels_stays_on_onednn():
+    """Beyond gemm.MAX_OUTPUT elements a call (and more than ANY_OUTPUT_MAX_K input
+    channels) oneDNN's blocking wins (ResNet-50's 64->256 at 56x56): the call is left to it."""
+    w = torch.randn(256, 64, 1, 1)
+    params = {"channels_last": True, "group": 1, "activation": "", "strides": [1, 1], "pads": [0, 0, 0, 0],
+              "dilations": [1, 1], "kernel": [1, 1], "tiled_n": 256}
+    params["tiled"] = externs._tiled_weight(params, w)
+    assert params["tiled"] is not None
+    x = torch.randn(1, 56, 56, 64)
+    assert 56 * 56 * 256 > gemm.MAX_OUTPUT and 64 > gemm.ANY_OUTPUT_MAX_K
+    before = gemm.RUNS[0]
+    assert externs._tiled_pointwise(params, x, None, None, None) is None
+    small = torch.randn(1, 8, 8, 64)
+    y = externs._tiled_pointwise(params, small, None, None, None)
+    assert gemm.RUNS[0] == before + 1
+    want = small.reshape(-1, 64) @ w.reshape(256, 64).T
+    np.testing.assert_allclose(y.reshape(-1, 256).numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_an_artifact_ships_the_tiled_gemm(tmp_path, monkeypatch):
+    model = _pointwise_model(64, 48, (20, 24), True, False)
+    feeds = {"x": np.random.default_rng(5).standard_normal((2, 64, 20, 24)).astype(np.float32)}
+    runs_the_shipped_kernel(ember.compile(model), feeds, gemm, "gemm", tmp_path, monkeypatch)
