@@ -3,6 +3,8 @@ session API over the same compiled model is `_session.InferenceSession`."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import time
 from dataclasses import dataclass, field
@@ -112,6 +114,8 @@ class CompiledModel:
         histogram = graph.op_histogram()  # subgraph nodes included, as num_nodes
         self.stats = CompileStats(target, sum(histogram.values()), histogram, list(fallbacks), timings,
                                   list(passes or []), kernels, fused)
+        if graph.num_parameters() >= _LARGE_MODEL_PARAMETERS:
+            _return_freed_heap()
 
     def run(self, feeds: dict[str, np.ndarray], *, out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Run on `feeds` (input name -> array). Returns output name -> array (a list of
@@ -175,6 +179,24 @@ class CompiledModel:
         sig = ", ".join(map(str, self.inputs))
         out = ", ".join(map(str, self.outputs))
         return f"<CompiledModel ({sig}) -> ({out}) on {self.target}, {self.stats.num_nodes} nodes>"
+
+
+_LARGE_MODEL_PARAMETERS = 1 << 23  # from this many weights a compile returns its freed heap (~0.1 s)
+
+
+def _return_freed_heap() -> None:
+    """Hand the heap a compile freed back to the OS: a full garbage collection (the passes'
+    and the lowering's reference cycles), then glibc's malloc_trim, which the process would
+    keep resident otherwise (MiniLM: 460 -> 445 MiB after compiling, its peak over the first
+    runs 492-497 -> 484-487 MiB on a 2-core Xeon). The collection takes ~0.1 s, so a small
+    model's compile skips it. Without glibc, nothing."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    gc.collect()
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
 
 
 def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool | None = None,

@@ -12,6 +12,7 @@ library kernel wants (oneDNN's blocked formats), so no run pays for that.
 
 from __future__ import annotations
 
+import importlib
 import math
 import threading
 from collections.abc import Callable
@@ -242,7 +243,7 @@ def _small_conv(params, x, w, bias, total, y):
         geometry = (strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1])
     else:
         return None
-    sc = _small_conv_module()
+    sc = _codegen("small_conv")
     if out_h < 1 or out_w < 1 or n * groups * outs * out_h * out_w * per_group * kh * kw > sc.MAX_MACS:
         return None
     kernel = sc.KERNEL.fn()
@@ -260,15 +261,14 @@ def _small_conv(params, x, w, bias, total, y):
     return result
 
 
-_SMALL_CONV = []  # codegen.small_conv, imported on first use
+_CODEGEN: dict = {}  # the codegen modules of hand-written kernels, imported on first use
 
 
-def _small_conv_module():
-    if not _SMALL_CONV:
-        from ..codegen import small_conv
-
-        _SMALL_CONV.append(small_conv)
-    return _SMALL_CONV[0]
+def _codegen(name: str):
+    """ember.codegen.<name> (small_conv, gemm): imported when a call first needs it."""
+    if name not in _CODEGEN:
+        _CODEGEN[name] = importlib.import_module(f"ember.codegen.{name}")
+    return _CODEGEN[name]
 
 
 def _pointwise_conv(params, weight: _LinearWeight, x, bias, total, y):
@@ -420,7 +420,7 @@ def prepare_conv(params, constants):
     # a call does at least w.numel() multiply-adds (one output position): a larger filter
     # never runs on the small loop, and is not laid out for it
     if (w is not None and w.dtype == torch.float32 and w.dim() in (3, 4) and not params.get("channels_last")
-            and w.shape[0] % params["group"] == 0 and w.numel() <= _small_conv_module().MAX_MACS):
+            and w.shape[0] % params["group"] == 0 and w.numel() <= _codegen("small_conv").MAX_MACS):
         w4 = w.unsqueeze(2) if w.dim() == 3 else w
         o, per_group, kh, kw = w4.shape
         groups = params["group"]
@@ -491,7 +491,7 @@ def _tiled_weight(params, w):
             or not params.get("channels_last") or params["group"] != 1 or params.get("activation", "") not in ("", "relu")
             or list(params["strides"]) != [1, 1] or params["pads"] is None or any(params["pads"])):
         return None
-    gemm = _gemm_module()
+    gemm = _codegen("gemm")
     n, k = w.shape[:2]
     if n * k > gemm.MAX_WEIGHT:
         return None
@@ -503,7 +503,7 @@ def _tiled_pointwise(params, x, bias, total, y):
     """A channels-last 1x1 convolution on the tiled GEMM (codegen/gemm.py): x [N, *spatial,
     K] as rows, act(rows W + bias + total) written straight into y (allocated where the
     executor gives none). None where the call does not fit it (the caller goes on)."""
-    gemm = _gemm_module()
+    gemm = _codegen("gemm")
     k = x.shape[-1]
     rows = x.numel() // k if k else 0
     n = params["tiled_n"]
@@ -520,17 +520,6 @@ def _tiled_pointwise(params, x, bias, total, y):
     gemm.run(x, params["tiled"], bias, total, y, rows, k, n, params.get("activation", "") == "relu",
              torch.get_num_threads())
     return y
-
-
-_GEMM = []  # codegen.gemm, imported on first use
-
-
-def _gemm_module():
-    if not _GEMM:
-        from ..codegen import gemm
-
-        _GEMM.append(gemm)
-    return _GEMM[0]
 
 
 @extern("conv", adopts=True)
