@@ -59,6 +59,27 @@ def test_average_and_lp_pools(data, op, dims, ceil, count_include_pad, auto_pad)
 
 
 @SETTINGS
+@given(data=st.data(), dims=st.integers(1, 3), ceil=st.booleans(), special=st.booleans())
+def test_max_pool_values_pad_by_clamping_or_by_a_copy(data, dims, ceil, special):
+    """MaxPool's one output on its generated kernel, bit for bit: where no pad reaches a
+    window's length and taps are 1 apart (no ceil mode), a tap outside the input reads the
+    nearest edge element instead of a -inf padded copy, infinities included."""
+    from hypothesis import event
+
+    kernel, strides, dilations, pads, spatial = _geometry(data, dims)
+    x = _floats(data, (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), *spatial))
+    if special:
+        # (not NaN: ember's max propagates it, the reference's comparisons skip it, and the
+        # spec says neither)
+        x.flat[data.draw(st.integers(0, x.size - 1))] = data.draw(st.sampled_from([np.inf, -np.inf]))
+    attrs = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads, "ceil_mode": int(ceil)}
+    assume(_reference_runs("MaxPool", [("x", x)], attrs))
+    clamped = not ceil and set(dilations) == {1} and any(pads)
+    event("clamped taps" if clamped else "padded copy" if any(pads) or ceil else "no padding")
+    check_kernel("MaxPool", [("x", x)], attrs, exact=True)
+
+
+@SETTINGS
 @given(data=st.data(), dims=st.integers(1, 3), ceil=st.booleans(), storage_order=st.sampled_from([0, 1]))
 def test_max_pool_indices(data, dims, ceil, storage_order):
     kernel, strides, dilations, pads, spatial = _geometry(data, dims)
