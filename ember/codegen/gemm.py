@@ -28,30 +28,21 @@ KERNEL = HandWritten("cpu_gemm.cpp", "ember_gemm", [_P, _I, _P, _P, _P, _I, _P, 
                      what="tiled GEMM", instead="oneDNN's")
 
 
-def _library():
-    from . import cpu
-
-    return cpu.load(str(KERNEL.library()))
-
-
 def panel_width() -> int:
     """The columns of one packed panel: 32 with AVX-512, 16 with AVX, 8 without."""
-    fn = _library().ember_gemm_panel
-    fn.restype = ctypes.c_int64
-    return int(fn())
+    return int(KERNEL.companion("ember_gemm_panel", [], ctypes.c_int64)())
 
 
 def pack(w_kn: np.ndarray) -> np.ndarray | None:
     """The [K, N] float32 weight `w_kn` (any strides) in the kernel's panels, or None
     where the kernel does not build here."""
-    if KERNEL.fn() is None:
+    packer = KERNEL.companion("ember_gemm_pack", [_P, _I, _I, _I, _I, _P])
+    if packer is None:
         return None
     nr = panel_width()
     k, n = w_kn.shape
     out = np.empty(-(-n // nr) * nr * k, dtype=np.float32)
     w = np.asarray(w_kn, dtype=np.float32)
-    packer = _library().ember_gemm_pack
-    packer.argtypes, packer.restype = [_P, _I, _I, _I, _I, _P], None
     item = w.itemsize
     packer(w.ctypes.data, k, n, w.strides[0] // item, w.strides[1] // item, out.ctypes.data)
     return out

@@ -26,6 +26,7 @@ class HandWritten:
         self.restype, self.instead = restype, instead  # what runs where it does not build
         self._installed: str | None = None  # a library an artifact shipped for this machine
         self._fn = None
+        self._library = None  # the loaded library (its other functions: `companion`)
         self._tried = False
 
     def source(self) -> str:
@@ -51,7 +52,7 @@ class HandWritten:
 
     def reset(self) -> None:
         """Forget the loaded function (the next call loads or builds it again)."""
-        self._fn, self._tried = None, False
+        self._fn, self._library, self._tried = None, None, False
 
     def fn(self):
         """The kernel's ctypes function, built on first use; None without a compiler or
@@ -60,9 +61,10 @@ class HandWritten:
             self._tried = True
             if self._installed or cpu.compiler() is not None:
                 try:
-                    fn = getattr(cpu.load(str(self.library())), self.symbol)
+                    library = cpu.load(str(self.library()))
+                    fn = getattr(library, self.symbol)
                     fn.argtypes, fn.restype = self.argtypes, self.restype
-                    self._fn = fn
+                    self._fn, self._library = fn, library
                 except ExecutionError as e:
                     log.warning("ember: the %s kernel did not build; it runs on %s instead:\n%s", self.what,
                                 self.instead, e)
@@ -70,6 +72,15 @@ class HandWritten:
 
     def available(self) -> bool:
         return self.fn() is not None
+
+    def companion(self, symbol: str, argtypes: list, restype=None):
+        """Another function of the kernel's library (a packing step beside the kernel), from
+        the library `fn` loaded; None where the kernel is not available."""
+        if self.fn() is None:
+            return None
+        fn = getattr(self._library, symbol)
+        fn.argtypes, fn.restype = argtypes, restype
+        return fn
 
 
 def program_uses(program, predicate) -> bool:

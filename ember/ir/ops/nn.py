@@ -529,7 +529,6 @@ def _max_pool_kernel(ctx, node, x, kernel, strides, dilations, pads, channels_la
         extents = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in
                    zip(shape[first:first + len(kernel)], strides, kernel, dilations)]
         x = _padded(ctx, x, pads, -math.inf, first, extents)
-        clamped = False
     begins = [p for p, _ in pads] if clamped else [0] * len(kernel)
 
     def load(b, index):
