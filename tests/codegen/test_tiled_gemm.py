@@ -1,7 +1,8 @@
-"""The tiled GEMM (codegen/cpu_gemm.cpp) that runs channels-last 1x1 convolutions of mid
-sizes: every tail of its register tiles (rows not a multiple of MR, columns not of the
-panel), every epilogue, one thread or two, against numpy; and a model's 1x1 convolution
-actually running on it."""
+"""The tiled GEMM (codegen/cpu_gemm.cpp) that runs float32 linear layers, Gemms and
+channels-last 1x1 convolutions of mid sizes: every tail of its register tiles (rows not a
+multiple of MR, columns not of the panel), K in blocks, rows in blocks, every epilogue
+(bias, residual, each activation), one thread or more, against numpy; and a model's 1x1
+convolution and linear layers actually running on it."""
 
 import numpy as np
 import pytest
@@ -16,7 +17,23 @@ from ember.runtime import externs
 from tests.artifact.zips import runs_the_shipped_kernel
 
 
-def _run(x, w_kn, bias, residual, relu: bool, threads: int, lda: int | None = None):
+def _activation(name: str, v: np.ndarray) -> np.ndarray:
+    """The activations of the kernel's epilogue, in float64."""
+    from math import erf, pi, sqrt
+
+    if name == "relu":
+        return np.maximum(v, 0)
+    if name == "gelu":
+        return 0.5 * v * (1 + np.vectorize(erf)(v / sqrt(2)))
+    if name == "gelu_tanh":
+        return 0.5 * v * (1 + np.tanh(sqrt(2 / pi) * (v + 0.044715 * v ** 3)))
+    if name == "silu":
+        return v / (1 + np.exp(-v))
+    return v
+
+
+def _run(x, w_kn, bias, residual, relu, threads: int, lda: int | None = None):
+    """The kernel on numpy arrays; `relu` a bool, or an activation's name."""
     kernel = gemm.KERNEL.fn()
     assert kernel is not None, "the tiled GEMM did not build"
     packed = gemm.pack(w_kn)
@@ -25,33 +42,52 @@ def _run(x, w_kn, bias, residual, relu: bool, threads: int, lda: int | None = No
     rows = x if lda is None else np.pad(x, ((0, 0), (0, lda - k)))  # rows lda apart
     y = np.full((m, n), np.nan, np.float32)
     kernel(rows.ctypes.data, rows.shape[1], packed.ctypes.data, bias.ctypes.data if bias is not None else None,
-           residual.ctypes.data if residual is not None else None, n, y.ctypes.data, n, m, k, n, int(relu), threads)
+           residual.ctypes.data if residual is not None else None, n, y.ctypes.data, n, m, k, n,
+           gemm.ACTIVATIONS[relu] if isinstance(relu, str) else int(relu), threads)
     return y
 
 
 @settings(max_examples=60, deadline=None)
-@given(m=st.one_of(st.sampled_from([12, 24, 36]), st.integers(1, 40)), k=st.integers(1, 70),
+@given(m=st.one_of(st.sampled_from([12, 24, 36]), st.integers(1, 40)),
+       k=st.one_of(st.integers(1, 70), st.sampled_from([256, 257, 600])),  # past 256: K in blocks
        n=st.one_of(st.sampled_from([32, 64, 96]), st.integers(1, 100)), with_bias=st.booleans(),
-       with_residual=st.booleans(), relu=st.booleans(), threads=st.sampled_from([1, 2, 3]), strided=st.booleans(),
-       seed=st.integers(0, 2**16))
-def test_tiled_gemm_matches_numpy(m, k, n, with_bias, with_residual, relu, threads, strided, seed):
+       with_residual=st.booleans(), activation=st.sampled_from(sorted(gemm.ACTIVATIONS)),
+       threads=st.sampled_from([1, 2, 3]), strided=st.booleans(), seed=st.integers(0, 2**16))
+def test_tiled_gemm_matches_numpy(m, k, n, with_bias, with_residual, activation, threads, strided, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    w = rng.standard_normal((k, n)).astype(np.float32)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
     residual = rng.standard_normal((m, n)).astype(np.float32) if with_residual else None
-    got = _run(x, w, bias, residual, relu, threads, lda=k + 3 if strided else None)
+    got = _run(x, w, bias, residual, activation, threads, lda=k + 3 if strided else None)
     want = x.astype(np.float64) @ w.astype(np.float64)
     if bias is not None:
         want += bias
     if residual is not None:
         want += residual
-    if relu:
-        want = np.maximum(want, 0)
+    want = _activation(activation, want)
     nr = gemm.panel_width()
     event(f"rows {'whole tiles' if m % 12 == 0 else 'with a tail'}, "
           f"columns {'whole panels' if n % nr == 0 else 'a partial panel'}")
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1, k) ** 0.5)
+    event(f"K {'in blocks' if k > 256 else 'in one pass'}")
+    event(f"activation {activation or 'none'}")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_in_blocks_and_either_split(threads):
+    """Past 1 MiB of x a thread (cpu_gemm.cpp: BLOCK_BYTES): 900 rows of 600 products take
+    K's three blocks as the outer loop; 3000 rows of 200 (one K block) go in row blocks;
+    16 rows and a wide weight split by panels on two threads, the others by rows."""
+    rng = np.random.default_rng(7)
+    for m, k, n in [(900, 600, 70), (3000, 200, 40), (16, 384, 1536)]:
+        assert m * k * 4 / threads > (1 << 20) or m < 100
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        got = _run(x, w, bias, None, "gelu", threads)
+        want = _activation("gelu", x.astype(np.float64) @ w.astype(np.float64) + bias)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_packing_reads_any_strides():
@@ -125,3 +161,68 @@ def test_an_artifact_ships_the_tiled_gemm(tmp_path, monkeypatch):
     model = _pointwise_model(64, 48, (20, 24), True, False)
     feeds = {"x": np.random.default_rng(5).standard_normal((2, 64, 20, 24)).astype(np.float32)}
     runs_the_shipped_kernel(ember.compile(model), feeds, gemm, "gemm", tmp_path, monkeypatch)
+
+
+def _linear_model(k: int, n: int, activation: str):
+    """x [rows, k] -> MatMul + bias -> activation (fused into one ember.Linear)."""
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"])]
+    if activation == "relu":
+        nodes.append(helper.make_node("Relu", ["a"], ["y"]))
+    elif activation == "gelu":
+        nodes.append(helper.make_node("Gelu", ["a"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["a"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+@pytest.mark.parametrize("activation", ["", "relu", "gelu"])
+def test_a_linear_layer_runs_on_the_tiled_gemm_or_mkl(activation):
+    """A float32 linear layer's weight (at most a million elements) is packed for the tiled
+    GEMM, the activation fused into its epilogue; up to TILED_ROWS rows (with an
+    activation TILED_ROWS_ACTIVATION) it runs there, past that on MKL's sgemm and the
+    activation after it. Either way into the planned buffer (not adopted), with the
+    reference's results. (A weight of at most SMALL_PATH_WEIGHT elements runs generated at
+    few rows: this one is larger.)"""
+    from ember.ir.ops import _lowering
+
+    assert 384 * 400 > _lowering.SMALL_PATH_WEIGHT
+    model = _linear_model(384, 400, activation)
+    compiled = ember.compile(model)
+    steps = [step for _, _, step in compiled._executor._steps if step.name == "linear"]
+    assert len(steps) == 1 and isinstance(steps[0].params.get("tiled"), externs._TiledWeight)
+    assert steps[0].params.get("activation", "") == activation
+    assert not compiled._executor._adopted
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    limit = externs._TiledWeight.TILED_ROWS_ACTIVATION if activation else externs._TiledWeight.TILED_ROWS
+    for rows in (1, 13, limit, limit + 3):
+        x = np.random.default_rng(rows).standard_normal((rows, 384)).astype(np.float32)
+        before = gemm.RUNS[0]
+        got = compiled.run({"x": x})["y"]
+        assert gemm.RUNS[0] == before + (rows <= limit)
+        np.testing.assert_allclose(got, reference.run({"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
+def test_activate_in_place():
+    """The epilogue alone (after MKL's GEMM): every activation, any length, NaN kept."""
+    rng = np.random.default_rng(8)
+    for name in sorted(gemm.ACTIVATIONS):
+        for n in (1, 31, 33, 20000):
+            v = rng.standard_normal(n).astype(np.float32) * 4
+            v[0] = np.nan
+            y = torch.from_numpy(v.copy())
+            gemm.activate(y, name, 2)
+            np.testing.assert_allclose(y.numpy(), _activation(name, v.astype(np.float64)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_large_linear_weight_stays_on_onednn():
+    """Past MAX_WEIGHT elements the weight streams from memory, where oneDNN's blocking
+    wins: it is packed for oneDNN, not for the tiled GEMM."""
+    w = torch.randn(1024, 1025)
+    params = externs.prepare_linear({}, {1: w})
+    assert "tiled" not in params and ("packed" in params) == externs._onednn()

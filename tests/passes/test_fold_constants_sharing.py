@@ -39,7 +39,8 @@ def test_a_constant_read_through_identities_stays_one_constant():
     assert [v.name for v in graph.outputs][1] == "w_out"
     compiled = ember.compile(model)
     # and the executor packs it once for every GEMM that reads it
-    packed = [step.params.get("packed") for kind, _, step in compiled._executor._steps if step.name == "linear"]
+    packed = [step.params.get("tiled") or step.params.get("packed")
+              for kind, _, step in compiled._executor._steps if step.name == "linear"]
     assert len(packed) == 4 and packed[0] is not None and all(p is packed[0] for p in packed)
     x = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
     want = x
