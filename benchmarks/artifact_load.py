@@ -151,7 +151,7 @@ def main(argv=None) -> int:
               f"{ratio(LOAD, ORT, 'from_start_s')}. ember's outputs bit-identical across all "
               f"{sum(len(results[n]) for n in ember_cases)} runs; onnxruntime's within {ort_diff:.1e} of them. "
               f"Loading (one run): reading and checking the {size / 1e6:.0f} MB artifact {load_timings['load']:.3f} s, "
-              f"preparing the executor (weights packed for oneDNN) {load_timings['prepare']:.3f} s."]
+              f"preparing the executor (weights packed for its GEMMs) {load_timings['prepare']:.3f} s."]
     import onnxruntime
     import torch
 

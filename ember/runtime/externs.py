@@ -254,7 +254,7 @@ def matmul(params, a, b, y):
 @prepare("gemm")
 def prepare_gemm(params, constants):
     """Gemm(A, B, C) with alpha = beta = 1, A not transposed and B constant is a linear
-    layer: B packed for oneDNN like ember.Linear's weight, C (a row of N, or none) its bias."""
+    layer: B packed like ember.Linear's weight (for the tiled GEMM or oneDNN), C (a row of N, or none) its bias."""
     b, c = constants.get(1), constants.get(2)
     if (b is None or b.dtype != torch.float32 or params["trans_a"] or params["alpha"] != 1
             or not (c is None or params["beta"] == 1) or b.numel() == 0 or not _onednn()):
@@ -381,9 +381,10 @@ def attention(params, q, k, v, bias, y):
         from ..ir.packed_qkv import split_qkv
 
         q, k, v = split_qkv(q, heads, kv_heads)
-    # an encoder's attention over many scores runs on torch's fused SDPA kernel: ember's
-    # paged one (made for decoding) and the per-row GEMMs took 1.12-1.2x its time at
-    # MiniLM's 12 heads x 128 x 128 (batch 1 and 8, a 2-core Xeon, torch 2.13)
+    # packed rows without a causal mask run on ember's encoder attention (codegen/gemm.py);
+    # where it declines, an encoder's attention over many scores runs on torch's fused SDPA
+    # kernel: ember's paged one (made for decoding) and the per-row GEMMs took 1.12-1.2x
+    # its time at MiniLM's 12 heads x 128 x 128 (batch 1 and 8, a 2-core Xeon, torch 2.13)
     encoder = not causal and heads * q.shape[-2 if q.dim() == 4 else 1] * k.shape[-2 if k.dim() == 4 else 1] \
         >= _SDPA_MIN_SCORES
     if q.dim() == 3:  # packed [B, S, H*D]
