@@ -2,7 +2,7 @@
 encoders (cpu_gemm.cpp), and an encoder attention on its tiles (`attention`). The `linear`
 and `gemm` externs run a float32 constant weight of up to a million elements on it
 (runtime/externs.py, `_TiledWeight`: the activation in its epilogue, the output into the
-executor's buffer; MKL's sgemm past a thousand rows, then `activate`); the
+executor's buffer; MKL's sgemm past 256 rows (1024 with an activation), then `activate`); the
 `conv` extern runs a channels-last 1x1 convolution on it (rows x input channels times the
 filter, the bias, the residual and a ReLU in the same pass) where the filter has at most
 `MAX_WEIGHT` elements and a call writes at most `MAX_OUTPUT` (any size with at most
