@@ -39,7 +39,8 @@ from .scheduler import Scheduler
 @dataclass(frozen=True)
 class EngineOptions:
     """How the engine runs. `kv_cache_memory`: bytes of KV cache (default 2 GiB; the
-    block count follows from the model's layers, heads and `block_size`)."""
+    block count follows from the model's layers, heads and `block_size`), resident from
+    the start (model_runner.py: `_resident_zeros`)."""
 
     block_size: int = 16
     kv_cache_memory: int = 2 << 30
