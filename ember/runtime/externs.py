@@ -202,9 +202,11 @@ def _packed_linear(x, packed, bias, attr: str, algorithm):
 
 @prepare("linear")
 def prepare_linear(params, constants):
-    """A float32 constant weight [K, N] is packed once for oneDNN's GEMM (which also runs
-    the bias and the activation as post-ops): 1.3-1.9x MKL's sgemm at the shapes of a
-    transformer layer on AVX-512 machines (benchmarks/onnx_cpu.py)."""
+    """A float32 constant weight [K, N] is packed once: for ember's tiled GEMM up to
+    `_TiledWeight.MAX_WEIGHT` elements (into the planned buffer, the activation in its
+    epilogue), beyond that for oneDNN's GEMM (the bias and the activation as post-ops),
+    1.3-1.9x MKL's sgemm at the shapes of a transformer layer on AVX-512 machines
+    (benchmarks/onnx_cpu.py) where the weight streams from memory."""
     w = constants.get(1)
     if w is None or w.dtype != torch.float32 or w.dim() != 2 or w.numel() == 0:
         return params
@@ -257,7 +259,7 @@ def prepare_gemm(params, constants):
     layer: B packed like ember.Linear's weight (for the tiled GEMM or oneDNN), C (a row of N, or none) its bias."""
     b, c = constants.get(1), constants.get(2)
     if (b is None or b.dtype != torch.float32 or params["trans_a"] or params["alpha"] != 1
-            or not (c is None or params["beta"] == 1) or b.numel() == 0 or not _onednn()):
+            or not (c is None or params["beta"] == 1) or b.numel() == 0):
         return params
     n = b.shape[0] if params["trans_b"] else b.shape[1]
     if c is not None and (c.dtype != torch.float32 or c.numel() != n or c.dim() == 2 and c.shape[0] != 1):
@@ -266,6 +268,8 @@ def prepare_gemm(params, constants):
     bias = None if c is None else c.reshape(n).contiguous()
     if (tiled := _TiledWeight.of(weight.t())) is not None:
         return {**params, "tiled": tiled, "bias": bias}
+    if not _onednn():
+        return params
     return {**params, "packed": _LinearWeight(weight), "bias": bias}
 
 
