@@ -776,7 +776,8 @@ def _add_engine_options(p: argparse.ArgumentParser, serving: bool = True) -> Non
     p.add_argument("--max-model-len", type=int, metavar="N",
                    help="longest prompt + output in tokens (default: the model's context length)")
     p.add_argument("--kv-cache-memory", type=_byte_size, metavar="SIZE",
-                   help=f"memory for the KV cache, e.g. 512M or 4G (default: {'2G' if serving else '256M'})")
+                   help=f"memory for the KV cache, e.g. 512M or 4G, taken when the engine starts "
+                        f"(default: {'2G' if serving else '256M'})")
     if serving:
         p.add_argument("--max-num-seqs", type=int, metavar="N",
                        help="sequences the engine runs at once (default: 64)")
