@@ -3,8 +3,6 @@ session API over the same compiled model is `_session.InferenceSession`."""
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ import numpy as np
 from ._signature import TensorInfo, check_feeds, check_out, place_output
 from .errors import EmberError, ModelError, UnsupportedError
 from .ir.graph import Graph
+from .runtime._malloc import return_freed_heap as _return_freed_heap
 from .runtime.executor import Executor, ReferenceExecutor, default_threads
 
 if TYPE_CHECKING:  # the frontend and the passes load in compile(): ember.load needs neither
@@ -182,21 +181,6 @@ class CompiledModel:
 
 
 _LARGE_MODEL_PARAMETERS = 1 << 23  # from this many weights a compile returns its freed heap (~0.1 s)
-
-
-def _return_freed_heap() -> None:
-    """Hand the heap a compile freed back to the OS: a full garbage collection (the passes'
-    and the lowering's reference cycles), then glibc's malloc_trim, which the process would
-    keep resident otherwise (MiniLM: 460 -> 445 MiB after compiling, its peak over the first
-    runs 492-497 -> 484-487 MiB on a 2-core Xeon). The collection takes ~0.1 s, so a small
-    model's compile skips it. Without glibc, nothing."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    gc.collect()
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    trim(0)
 
 
 def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool | None = None,

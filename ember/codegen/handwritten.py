@@ -27,6 +27,7 @@ class HandWritten:
         self._installed: str | None = None  # a library an artifact shipped for this machine
         self._fn = None
         self._library = None  # the loaded library (its other functions: `companion`)
+        self._companions: dict = {}  # symbol -> its ctypes function, typed once
         self._tried = False
 
     def source(self) -> str:
@@ -53,6 +54,7 @@ class HandWritten:
     def reset(self) -> None:
         """Forget the loaded function (the next call loads or builds it again)."""
         self._fn, self._library, self._tried = None, None, False
+        self._companions = {}
 
     def fn(self):
         """The kernel's ctypes function, built on first use; None without a compiler or
@@ -78,8 +80,10 @@ class HandWritten:
         the library `fn` loaded; None where the kernel is not available."""
         if self.fn() is None:
             return None
-        fn = getattr(self._library, symbol)
-        fn.argtypes, fn.restype = argtypes, restype
+        fn = self._companions.get(symbol)
+        if fn is None:  # typed once: an attention call asks for its function every run
+            fn = self._companions[symbol] = getattr(self._library, symbol)
+            fn.argtypes, fn.restype = argtypes, restype
         return fn
 
 

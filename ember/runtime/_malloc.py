@@ -9,11 +9,13 @@ prefill step that was ~200k page faults and a third of the step's time. With the
 threshold fixed at its ceiling and trimming past 1 GiB only, freed blocks are reused
 from the heap: the faults go, and resident memory stays at its peak (which is what a
 serving process holds anyway). EMBER_MALLOC_TUNING=0 leaves malloc alone.
+`return_freed_heap` trims once, after a large model's compile freed its passes' memory.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 
@@ -37,3 +39,18 @@ def tune_malloc() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     return _done
+
+
+def return_freed_heap() -> None:
+    """Hand the heap a compile freed back to the OS: a full garbage collection (the passes'
+    and the lowering's reference cycles), then glibc's malloc_trim, which the process would
+    keep resident otherwise (MiniLM: 460 -> 445 MiB after compiling, its peak over the first
+    runs 492-497 -> 484-487 MiB on a 2-core Xeon). The collection takes ~0.1 s, so a small
+    model's compile skips it (ember.api). Without glibc, nothing."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    gc.collect()
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)

@@ -140,7 +140,8 @@ class _TiledWeight:
         """act(x [..., K] @ W + bias), into y (of x's rows) where given; None where the call
         does not fit the kernel (the caller goes on)."""
         k, n = self.kn.shape
-        if (x.dtype != torch.float32 or x.shape[-1] != k or activation not in _GEMM_ACTIVATIONS
+        gemm = _codegen("gemm")
+        if (x.dtype != torch.float32 or x.shape[-1] != k or activation not in gemm.ACTIVATIONS
                 or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
                 or (y is not None and not y.is_contiguous())):
             return None
@@ -150,7 +151,7 @@ class _TiledWeight:
             y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
         if not rows or not n:
             return y
-        gemm, threads = _codegen("gemm"), torch.get_num_threads()
+        threads = torch.get_num_threads()
         if rows <= (self.TILED_ROWS if not activation else self.TILED_ROWS_ACTIVATION) or not k:
             gemm.run(x2, self.panels, bias, None, y, rows, k, n, activation, threads)
             return y
@@ -161,9 +162,6 @@ class _TiledWeight:
             torch.mm(x2, self.kn, out=y2)
         gemm.activate(y2, activation, threads)
         return y
-
-
-_GEMM_ACTIVATIONS = frozenset({"", "relu", "gelu", "gelu_tanh", "silu"})
 
 
 def _row_class(rows: int) -> int:
@@ -500,7 +498,7 @@ def prepare_conv(params, constants):
     prepared = _prepare_onednn(params, constants)
     w = constants.get(1)
     if (tiled := _tiled_weight(params, w)) is not None:
-        prepared = {**prepared, "tiled": tiled, "tiled_n": int(w.shape[0])}
+        prepared = {**prepared, "tiled": tiled}
     # a call does at least w.numel() multiply-adds (one output position): a larger filter
     # never runs on the small loop, and is not laid out for it
     if (w is not None and w.dtype == torch.float32 and w.dim() in (3, 4) and not params.get("channels_last")
@@ -568,9 +566,10 @@ def _pack_conv_weight(w, args, group: int, input_shape):
 
 
 def _tiled_weight(params, w):
-    """A channels-last 1x1 convolution's float32 constant filter [N, K, 1, 1] in the
-    tiled GEMM's panels (codegen/gemm.py), where it has at most gemm.MAX_WEIGHT elements
-    and the epilogue is one that kernel runs; else None."""
+    """A channels-last 1x1 convolution's float32 constant filter [N, K, 1, 1] as a
+    `_TiledWeight` (the tiled GEMM's panels, codegen/gemm.py), where it has at most
+    gemm.MAX_WEIGHT elements (a linear layer's limit for calls that write few) and the
+    epilogue is one that kernel runs; else None."""
     if (w is None or w.dtype != torch.float32 or w.dim() != 4 or tuple(w.shape[2:]) != (1, 1)
             or not params.get("channels_last") or params["group"] != 1 or params.get("activation", "") not in ("", "relu")
             or list(params["strides"]) != [1, 1] or params["pads"] is None or any(params["pads"])):
@@ -586,18 +585,16 @@ def _tiled_weight(params, w):
     few = known and shape[0] * shape[2] * shape[3] * n <= gemm.FEW_OUTPUTS
     if n * k > (_TiledWeight.MAX_WEIGHT if vector or few else gemm.MAX_WEIGHT):
         return None
-    packed = gemm.pack(w.reshape(n, k).numpy().T)
-    return None if packed is None else torch.from_numpy(packed)
+    return _TiledWeight.of(w.reshape(n, k).t())
 
 
 def _tiled_pointwise(params, x, bias, total, y):
     """A channels-last 1x1 convolution on the tiled GEMM (codegen/gemm.py): x [N, *spatial,
     K] as rows, act(rows W + bias + total) written straight into y (allocated where the
     executor gives none). None where the call does not fit it (the caller goes on)."""
-    gemm = _codegen("gemm")
-    k = x.shape[-1]
+    gemm, weight = _codegen("gemm"), params["tiled"]
+    k, n = x.shape[-1], weight.kn.shape[1]
     rows = x.numel() // k if k else 0
-    n = params["tiled_n"]
     if (x.dtype != torch.float32 or not rows or (rows * n > gemm.MAX_OUTPUT and k > gemm.ANY_OUTPUT_MAX_K)
             or not x.is_contiguous()
             or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
@@ -608,7 +605,7 @@ def _tiled_pointwise(params, x, bias, total, y):
         return None
     if y is None:
         y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
-    gemm.run(x, params["tiled"], bias, total, y, rows, k, n, params.get("activation", ""),
+    gemm.run(x, weight.panels, bias, total, y, rows, k, n, params.get("activation", ""),
              torch.get_num_threads())
     return y
 

@@ -179,7 +179,7 @@ def test_a_large_output_of_many_channels_stays_on_onednn():
     channels) oneDNN's blocking wins (ResNet-50's 64->256 at 56x56): the call is left to it."""
     w = torch.randn(256, 64, 1, 1)
     params = {"channels_last": True, "group": 1, "activation": "", "strides": [1, 1], "pads": [0, 0, 0, 0],
-              "dilations": [1, 1], "kernel": [1, 1], "tiled_n": 256}
+              "dilations": [1, 1], "kernel": [1, 1]}
     params["tiled"] = externs._tiled_weight(params, w)
     assert params["tiled"] is not None
     x = torch.randn(1, 56, 56, 64)
