@@ -90,7 +90,10 @@ def test_loading_and_running_an_artifact_imports_nothing_compiling_needs(artifac
                            f"model = ember.load({str(path)!r})\n"
                            f"assert ember.load({str(path)!r}).program is not None\n"
                            f"model.run(feeds)")
-    assert "ember.runtime.executor" in loaded and "torch" in loaded  # it did load and run the program
+    assert "ember.runtime.executor" in loaded  # it did load and run the program
+    # torch is imported where a step runs on it (matmul_gelu's MatMul extern), and only there:
+    # MiniLM runs on ember's kernels alone (segments, the tiled GEMM and attention)
+    assert ("torch" in loaded) == (name == "matmul_gelu"), "torch imported" if "torch" in loaded else "no torch"
     assert not top_level(loaded) & COMPILING, sorted(top_level(loaded) & COMPILING)
     compiler = sorted(m for m in loaded if m.startswith(COMPILER_MODULES))
     assert not compiler, compiler

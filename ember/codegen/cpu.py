@@ -659,9 +659,27 @@ def build(source: str) -> Path:
     return target
 
 
+@functools.lru_cache(maxsize=1)
+def _torch_openmp() -> None:
+    """Load the OpenMP runtime torch ships (torch/lib/libgomp*.so*) before any kernel
+    library, so the kernels and torch share one runtime, one pool of threads, whichever
+    imports first: a second runtime's workers would spin against the first's. Found
+    without importing torch (~1 s, which a program that runs only ember's kernels never
+    pays); where torch ships none, torch itself is imported first."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return
+    found = sorted((Path(spec.origin).parent / "lib").glob("libgomp*.so*"))
+    if found:
+        ctypes.CDLL(str(found[0]), mode=ctypes.RTLD_GLOBAL)
+    else:
+        import torch  # noqa: F401
+
+
 @functools.lru_cache(maxsize=256)
 def load(path: str) -> ctypes.CDLL:
-    import torch  # noqa: F401  - torch's OpenMP runtime first, so the kernels share it
-
+    _torch_openmp()
     return ctypes.CDLL(path)
 

@@ -64,57 +64,67 @@ def used_by(program) -> bool:
                             and list(step.params.get("kernel") or ()) == [1, 1]))
 
 
+def _address(a) -> int | None:
+    """The data address of a numpy array or a torch tensor (None for None)."""
+    if a is None:
+        return None
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data_ptr()
+
+
 def run(x, packed, bias, total, y, rows: int, k: int, n: int, activation: str, threads: int) -> None:
     """y [rows, n] = act(x [rows, k] @ W + bias [n] + total [rows, n]), each contiguous
-    (bias and total may be None), W `packed` by `pack`, `activation` one of ACTIVATIONS;
-    on `threads` threads."""
-    KERNEL.fn()(x.data_ptr(), k, packed.data_ptr(), bias.data_ptr() if bias is not None else None,
-                total.data_ptr() if total is not None else None, n, y.data_ptr(), n, rows, k, n,
+    (bias and total may be None; numpy arrays or torch tensors), W `packed` by `pack`,
+    `activation` one of ACTIVATIONS; on `threads` threads."""
+    KERNEL.fn()(_address(x), k, _address(packed), _address(bias), _address(total), n, _address(y), n, rows, k, n,
                 ACTIVATIONS[activation], threads)
     RUNS[0] += 1
 
 
-def activate(y, activation: str, threads: int) -> None:
-    """y = act(y) in place (y contiguous float32), `activation` one of ACTIVATIONS: the
-    epilogue of a GEMM that ran elsewhere."""
+def activate(y: np.ndarray, activation: str, threads: int) -> None:
+    """y = act(y) in place (y a contiguous float32 array), `activation` one of ACTIVATIONS:
+    the epilogue of a GEMM that ran elsewhere."""
     if ACTIVATIONS[activation]:
         fn = KERNEL.companion("ember_activate", [_P, _I, _I, _I])
-        fn(y.data_ptr(), y.numel(), ACTIVATIONS[activation], threads)
+        fn(y.ctypes.data, y.size, ACTIVATIONS[activation], threads)
 
 
 ATTENTION_RUNS = [0]  # attention calls run here (tests read it)
 
 
-def attention(q, k, v, mask, y, heads: int, kv_heads: int, scale: float, threads: int) -> bool:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, y: np.ndarray, heads: int,
+              kv_heads: int, scale: float, threads: int) -> bool:
     """Encoder attention (no causal mask) into y [B, Sq, H*D] from q [B, Sq, H*D] and k, v
-    [B, Sk, Hkv*D] (rows of each at any stride, the last dimension contiguous: views of a
-    packed QKV tensor do), plus the additive float32 `mask` broadcast to [B, H, Sq, Sk]
-    (or None), on `threads` threads (cpu_gemm.cpp: `ember_attention`). False where the
-    call does not fit it (the caller runs another path)."""
+    [B, Sk, Hkv*D] (float32 arrays; rows of each at any stride, the last dimension
+    contiguous: views of a packed QKV array do), plus the additive float32 `mask`
+    broadcast to [B, H, Sq, Sk] (or None), on `threads` threads (cpu_gemm.cpp:
+    `ember_attention`). False where the call does not fit it (the caller runs another path)."""
     fn = KERNEL.companion("ember_attention", [_P, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I, _I, _P, _I, _I,
                                               _I, _I, _I, _I, _I, _I, ctypes.c_float, _I])
-    if fn is None or q.dim() != 3 or k.dim() != 3 or v.dim() != 3 or y.dim() != 3:
+    if fn is None or q.ndim != 3 or k.ndim != 3 or v.ndim != 3 or y.ndim != 3:
         return False
     b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
     d = q.shape[2] // heads if heads else 0
+    item = 4  # float32: strides in elements
     if (not d or q.shape[2] != heads * d or k.shape[2] != kv_heads * d or v.shape[2] != kv_heads * d
             or heads % kv_heads or tuple(y.shape) != (b, sq, heads * d)
             or k.shape[0] != b or tuple(v.shape[:2]) != (b, sk)  # (the reference broadcasts a batch of one)
-            or any(t.stride(2) != 1 for t in (q, k, v, y))):
+            or any(t.dtype != np.float32 or t.strides[2] != item or any(st % item or st < 0 for st in t.strides)
+                   for t in (q, k, v, y))):
         return False
     mb = mh = mi = 0
     if mask is not None:
-        if mask.dim() > 4 or mask.dtype != q.dtype:
+        if mask.ndim > 4 or mask.dtype != np.float32:
             return False
         try:
-            mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)).expand(b, heads, sq, sk)
-        except RuntimeError:  # not broadcastable to the scores
+            mask = np.broadcast_to(mask.reshape((1,) * (4 - mask.ndim) + mask.shape), (b, heads, sq, sk))
+        except ValueError:  # not broadcastable to the scores
             return False
-        if sk > 1 and mask.stride(3) != 1:
+        if (sk > 1 and mask.strides[3] != item) or any(st % item or st < 0 for st in mask.strides):
             return False
-        mb, mh, mi = mask.stride(0), mask.stride(1), mask.stride(2)
-    fn(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1), v.data_ptr(), v.stride(0),
-       v.stride(1), None if mask is None else mask.data_ptr(), mb, mh, mi, y.data_ptr(), y.stride(0), y.stride(1),
-       b, heads, kv_heads, sq, sk, d, scale, threads)
+        mb, mh, mi = (st // item for st in mask.strides[:3])
+    fn(q.ctypes.data, q.strides[0] // item, q.strides[1] // item, k.ctypes.data, k.strides[0] // item,
+       k.strides[1] // item, v.ctypes.data, v.strides[0] // item, v.strides[1] // item,
+       None if mask is None else mask.ctypes.data, mb, mh, mi, y.ctypes.data, y.strides[0] // item,
+       y.strides[1] // item, b, heads, kv_heads, sq, sk, d, scale, threads)
     ATTENTION_RUNS[0] += 1
     return True

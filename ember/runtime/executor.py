@@ -23,10 +23,8 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import math
-import os
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,14 +32,13 @@ from typing import Any
 
 import numpy as np
 import sympy
-import torch
 
 from ..errors import EmberError, ExecutionError, InputError
-from ..ir.dtypes import DType
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
 from ._malloc import tune_malloc
+from ._torch import array as _array, default_threads, set_threads, tensor as _tensor  # noqa: F401 - re-exported
 from . import (  # noqa: F401 - registers their externs
     externs_control,
     externs_dynamic,
@@ -52,25 +49,11 @@ from . import (  # noqa: F401 - registers their externs
     externs_signal,
     externs_spatial,
 )
-from .externs import ADOPTS, EXTERNS, PREPARE
+from .externs import ADOPTS, ARRAYS, EXTERNS, PREPARE
 from .program import Program
 
 
-_TORCH_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int64, np.int32, np.int16, np.int8,
-                                        np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)}
 MAX_BINDINGS = 16  # input-shape tuples whose bindings an executor keeps (least recently used go)
-
-
-def _tensor(a) -> torch.Tensor | None:
-    """A torch view of a numpy array, for externs (None where torch has no such dtype).
-    bfloat16 (ml_dtypes' in numpy) is viewed through its bits."""
-    if not isinstance(a, np.ndarray):
-        return None
-    if a.dtype.kind == "V" and a.dtype == DType.bfloat16.numpy:  # (ml_dtypes' kinds are V: no import for others)
-        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
-    if a.dtype not in _TORCH_DTYPES:
-        return None
-    return torch.from_numpy(a)
 
 
 _addressof, _chars = ctypes.addressof, ctypes.c_char.from_buffer
@@ -84,13 +67,6 @@ def _address(a: np.ndarray) -> int:
         return _addressof(_chars(a))
     except (TypeError, ValueError, BufferError):
         return a.ctypes.data
-
-
-def _array(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a torch tensor an extern returned."""
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(DType.bfloat16.numpy)
-    return t.numpy()
 
 
 class ReferenceExecutor:
@@ -113,7 +89,7 @@ class _Binding:
     shapes: dict[str, tuple[int, ...] | None]
     bound: set = field(default_factory=set)  # symbols with a value
     views: dict[str, np.ndarray] = field(default_factory=dict)  # numpy view of each arena/fill buffer
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    tensors: dict[str, Any] = field(default_factory=dict)  # torch view of each buffer a torch extern reads
     pointers: list[int] = field(default_factory=list)
     late: bool = False  # some size is known only once a step has run (a fallback's, a sizing extern's)
     small: frozenset = frozenset()  # steps that run their small path (generated kernels) at these sizes
@@ -123,8 +99,11 @@ class _Binding:
 
 
 def _numpy_extern(step) -> bool:
-    """Whether an extern step takes the run's numpy arrays (plan code 5): If and Scan."""
-    return step.name == "control" and not step.params.get("sizes_outputs")
+    """Whether an extern step (prepared) takes the run's numpy arrays (plan code 5): If and
+    Scan, whose bodies run on numpy, and the externs that run on ember's own kernels
+    (`ARRAYS`: the tiled GEMM and attention), which need no torch."""
+    takes = ARRAYS.get(step.name)
+    return takes is not None and not step.params.get("sizes_outputs") and takes(step.params)
 
 
 class _DirectRun:
@@ -181,24 +160,6 @@ def _polynomial(expr, index: dict):
     return None
 
 
-def default_threads() -> int:
-    """Threads per kernel when the caller names none: OMP_NUM_THREADS where it is set to
-    a positive number (as torch and OpenMP read it), else every core this process may
-    run on (its CPU affinity: a container's or `taskset`'s share, not the whole host's).
-
-    Neither the thread count nor OpenMP's wait policy adapts to other load: on 2 cores
-    with one busy, one thread runs MiniLM b1 1.4-1.7x faster than two, but 1.6x slower
-    when both are free, and OMP_WAIT_POLICY=PASSIVE costs 1.6-2x on a quiet machine
-    (docs/benchmarks.md, benchmarks/contention.py); so the caller who shares cores
-    chooses (OMP_WAIT_POLICY before Python starts, intra_op_threads)."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
 class Executor:
     def __init__(self, program: Program, threads: int | None = None):
         from ..codegen import cpu, paged_attention
@@ -210,7 +171,7 @@ class Executor:
         for dtype in paged_attention.dtypes_used(program):  # built (or loaded) now, not in the first run
             paged_attention.available(dtype)
         if threads:
-            torch.set_num_threads(threads)
+            set_threads(threads)
             if self._lib is not None:
                 self._lib.ember_set_threads(threads)
         self._B = (ctypes.c_void_p * max(len(p.slots), 1))()
@@ -259,9 +220,10 @@ class Executor:
                        and n not in self._adopted]
         self._input_dtypes = [p.buffers[name].dtype.numpy for name in p.inputs]
         self._output_dtypes = [p.buffers[name].dtype.numpy for name in p.outputs]
-        # buffers an extern, a fallback or a control step reads as torch tensors (the others
-        # need no torch view of the run's arrays), and the names a run adds to its binding
-        self._torch_reads = {a for step in p.steps if step.kind != "segment" and not _numpy_extern(step)
+        # buffers an extern reads as torch tensors (the others need no torch view of the
+        # run's arrays, and a program without such externs never imports torch), and the
+        # names a run adds to its binding
+        self._torch_reads = {a for kind, _, step in self._steps if kind == "extern" and not _numpy_extern(step)
                              for a in step.args if a}
         self._per_run = [*p.inputs, *p.outputs, *(n for n, _ in self._io_aliases), *self._adopted_names]
         parts = [part for step in p.steps for part in step.parts]
@@ -272,7 +234,7 @@ class Executor:
         # which step (index) each root buffer is first written by: a late buffer is allocated then
         self._bindings: OrderedDict[tuple, _Binding] = OrderedDict()  # by input shapes, oldest use first
         self.max_bindings = MAX_BINDINGS
-        self._arena = torch.empty(0, dtype=torch.uint8)
+        self._arena = np.empty(0, dtype=np.uint8)
         self._pointed: _Binding | None = None  # the binding whose addresses the slots hold
         self.profile: list | None = None  # (step, start, seconds) of every step run, when profiling
         self._step_plan: list | None = None  # the steps prepared for a run of known sizes (`_make_plan`)
@@ -296,8 +258,11 @@ class Executor:
         io = set(p.inputs) | set(p.outputs) | {root for _, root in self._io_aliases}
         self._adopted: dict[int, str] = {}  # step index -> its adopted output
         # a fallback reads its inputs and the outer values its subgraphs read (its scope)
-        fallback_reads = {a for step in p.steps if step.kind == "fallback"
+        numpy_reads = {a for step in p.steps if step.kind == "fallback"
                           for a in (*step.args, *(buf for _, buf in step.params.get("scope", ())))}
+        # ...as do externs of numpy arguments (`_numpy_extern`)
+        numpy_reads |= {a for kind, _, step in self._steps if kind == "extern" and _numpy_extern(step)
+                           for a in step.args if a}
         for i, (kind, _, step) in enumerate(self._steps):
             outs = step.args[step.num_inputs:]
             if (kind == "extern" and step.name in ADOPTS and ("packed" in step.params or "pointwise" in step.params)
@@ -307,7 +272,7 @@ class Executor:
                     and outs[0] not in viewed and outs[0] not in io):
                 self._adopted[i] = outs[0]
         self._adopted_names = set(self._adopted.values())
-        self._needs_view = self._adopted_names & fallback_reads
+        self._needs_view = self._adopted_names & numpy_reads
         last: dict[str, int] = {}
         for i, (_, _, step) in enumerate(self._steps):
             for name in set(step.args).union(*step.parts) & self._adopted_names:
@@ -350,9 +315,9 @@ class Executor:
             if shared is not None:
                 own = {"small": step.params["small"]} if "small" in step.params else {}
                 return dataclasses.replace(step, params={**shared, **own})
-        with warnings.catch_warnings():  # read-only weights: the hook only reads them
-            warnings.simplefilter("ignore", UserWarning)
-            params = hook(step.params, {i: t for i, a in constants.items() if (t := _tensor(a)) is not None})
+        if step.name not in ARRAYS:  # (an extern that may take numpy arrays prepares from them)
+            constants = {i: t for i, a in constants.items() if (t := _tensor(a)) is not None}
+        params = hook(step.params, constants)
         if key is not None:
             self._shared_prepared[key] = params
         return step if params is step.params else dataclasses.replace(step, params=params)
@@ -402,11 +367,11 @@ class Executor:
         binding = _Binding(sizes, {}, bound)
         self._resolve(binding, bound)
         offsets, total = self._plan(binding)
-        if total > self._arena.numel():
-            self._arena = torch.empty(total, dtype=torch.uint8)
+        if total > self._arena.size:
+            self._arena = np.empty(total, dtype=np.uint8)
             self._bindings.clear()  # their views would keep the smaller arena alive; they rebind
-        base = self._arena.data_ptr()
-        arena_np = self._arena.numpy()
+        arena_np = self._arena
+        base = arena_np.ctypes.data
         pointers = [0] * len(p.slots)
         for name, slot in p.slots.items():
             b = p.buffers[name]
@@ -428,9 +393,8 @@ class Executor:
         binding.small = frozenset(i for i, (elements, out) in self._small_steps.items()
                                   if binding.shapes.get(out) is not None and math.prod(binding.shapes[out]) <= elements)
         binding.sizes_addr = ctypes.c_void_p(binding.sizes.ctypes.data)
-        with warnings.catch_warnings():  # weights may be read-only arrays; externs only read them
-            warnings.simplefilter("ignore", UserWarning)
-            binding.tensors = {n: t for n, v in binding.views.items() if (t := _tensor(v)) is not None}
+        binding.tensors = {n: t for n, v in binding.views.items() if n in self._torch_reads
+                           and (t := _tensor(v)) is not None}
         binding.kept = {n: (binding.views[n], binding.tensors.get(n)) for n in self._per_run if n in binding.views}
         binding.chained = self._chain(binding)
         return binding
@@ -462,7 +426,7 @@ class Executor:
                 run.append((fn if code == 0 else fn[0], step, release))
                 continue
             flush()
-            chained.append((1, fn[1], step, args, adopted, release) if code == 3 else
+            chained.append((fn[2], fn[1], step, args, adopted, release) if code == 3 else
                            (code, fn, step, args, adopted, release))
         flush()
         return chained
@@ -602,12 +566,12 @@ class Executor:
                 if profile is not None:
                     start = time.perf_counter()
                 if code == 3:  # an extern with a small path: which runs at these sizes
-                    code, fn = (0, fn[0]) if i in small else (1, fn[1])
+                    code, fn = (0, fn[0]) if i in small else (fn[2], fn[1])
                 if code == 4:  # generated steps, called from C (`_chain`)
                     fn[0](fn[1], fn[2], B_addr, sizes_addr)
                 elif code == 0:
                     fn(B_addr, sizes_addr)
-                elif code == 5:  # an extern of numpy arguments where the run has them (control flow)
+                elif code == 5:  # an extern of numpy arguments where the run has them
                     fn(step.params, *[(views.get(a) if a in views else tensors.get(a)) if a else None for a in args])
                 elif code == 1:
                     result = fn(step.params, *[tensors.get(a) if a else None for a in args])
@@ -635,9 +599,10 @@ class Executor:
         after it), decided once rather than on every run: code 0 a segment, 1 an extern of
         known output sizes (its adopted output's name blanked in its arguments), 2 a sizing
         extern or a fallback (`_sizing_or_fallback`), 3 an extern with a small path (fn: the
-        path's segment and the extern; the binding says which runs), 5 If or Scan (the
-        `control` extern), given the run's numpy arrays where it has them: its bodies run
-        on numpy, and a torch view of each argument cost ~1 us (4 of hey_jarvis' 8 us If).
+        path's segment, the extern and its code, 1 or 5; the binding says which runs), 5 an
+        extern of numpy arguments (`_numpy_extern`): If and Scan, whose bodies run on numpy
+        (a torch view of each argument cost ~1 us, 4 of hey_jarvis' 8 us If), and the
+        externs on ember's tiled kernels.
         A binding's chained plan adds code 4 (`_chain`)."""
         plan = []
         for i, (kind, fn, step) in enumerate(self._steps):
@@ -646,9 +611,10 @@ class Executor:
             if kind == "segment":
                 plan.append((0, fn, step, (), None, release))
             elif i in self._small_steps:
-                plan.append((3, (self._segment(step.params["small"]["segment"]), fn), step, step.args, None, release))
+                plan.append((3, (self._segment(step.params["small"]["segment"]), fn, 5 if _numpy_extern(step) else 1),
+                             step, step.args, None, release))
             elif kind == "extern" and _numpy_extern(step) and adopted is None:
-                plan.append((5, fn, step, step.args, None, release))  # If and Scan take numpy arrays
+                plan.append((5, fn, step, step.args, None, release))
             elif kind == "extern" and not step.params.get("sizes_outputs"):
                 args = tuple("" if a == adopted else a for a in step.args)
                 plan.append((1, fn, step, args, adopted, release))
@@ -699,7 +665,7 @@ class Executor:
                 else:
                     continue
                 self._B[p.slots[name]] = views[name].ctypes.data
-                if (t := _tensor(views[name])) is not None:
+                if name in self._torch_reads and (t := _tensor(views[name])) is not None:
                     tensors[name] = t
 
     def _fallback(self, kernel, step, binding: _Binding, views, tensors) -> None:
@@ -761,5 +727,5 @@ class Executor:
         arr = np.asarray(result, dtype=b.dtype.numpy, order="C")
         views[name] = arr
         self._B[p.slots[name]] = arr.ctypes.data
-        if (t := _tensor(arr)) is not None:
+        if name in self._torch_reads and (t := _tensor(arr)) is not None:
             tensors[name] = t

@@ -1,13 +1,19 @@
 """Extern kernels: library implementations (torch's CPU kernels: MKL/oneDNN GEMMs,
-fused attention, convolution) that steps of a Program call by name.
+fused attention, convolution; ember's hand-written tiled GEMM and attention) that steps
+of a Program call by name.
 
 Each takes the step's params and torch tensors viewing its buffers (inputs, then
-outputs) and writes the outputs in place.
+outputs) and writes the outputs in place. An extern registered with `arrays=` a
+predicate of its prepared params takes numpy arrays instead at the steps whose params
+satisfy it (the linear layers that run on the tiled GEMM): a program whose every extern
+step does so never imports torch (runtime/_torch.py: `torch` and `F` here import it on
+first use).
 
 An extern may also have a `prepare(params, constants)` hook, which the executor calls
-once per step with the step's constant inputs (index -> tensor) and whose returned
-params the step then runs with: it is where weights are repacked into the layout the
-library kernel wants (oneDNN's blocked formats), so no run pays for that.
+once per step with the step's constant inputs (index -> tensor; numpy arrays for an
+extern with `arrays`) and whose returned params the step then runs with: it is where
+weights are repacked into the layout the library kernel wants (oneDNN's blocked formats,
+the tiled GEMM's panels), so no run pays for that.
 """
 
 from __future__ import annotations
@@ -17,23 +23,31 @@ import math
 import threading
 from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from ..codegen import paged_attention
+from ._torch import F, tensor as _tensor, threads as _threads, torch
 
 EXTERNS: dict[str, Callable] = {}
 PREPARE: dict[str, Callable] = {}
 ADOPTS: set[str] = set()  # externs that, given None for their output, return it (after `prepare`)
+ARRAYS: dict[str, Callable] = {}  # extern -> whether a step (its prepared params) takes numpy arrays
 
 
-def extern(name: str, adopts: bool = False):
+def extern(name: str, adopts: bool = False, arrays: Callable[[dict], bool] | None = None):
     def register(fn):
         EXTERNS[name] = fn
         if adopts:
             ADOPTS.add(name)
+        if arrays is not None:
+            ARRAYS[name] = arrays
         return fn
     return register
+
+
+def _as_tensors(*args):
+    """Each argument as a torch tensor (numpy arrays viewed, None kept)."""
+    return tuple(a if a is None or not isinstance(a, np.ndarray) else _tensor(a) for a in args)
 
 
 def _store(y, result):
@@ -58,7 +72,7 @@ def _onednn() -> bool:
 # activation -> (oneDNN post-op, its algorithm), and the same in torch for the other paths
 _ONEDNN_ACTIVATIONS = {"": ("none", ""), "relu": ("relu", ""), "gelu": ("gelu", "none"),
                        "gelu_tanh": ("gelu", "tanh"), "silu": ("swish", "")}
-_TORCH_ACTIVATIONS = {"": None, "relu": torch.relu_, "gelu": lambda y: y.copy_(F.gelu(y)),
+_TORCH_ACTIVATIONS = {"": None, "relu": lambda y: y.relu_(), "gelu": lambda y: y.copy_(F.gelu(y)),
                       "gelu_tanh": lambda y: y.copy_(F.gelu(y, approximate="tanh")),
                       "silu": lambda y: y.copy_(F.silu(y))}
 
@@ -117,50 +131,54 @@ class _TiledWeight:
     activation to fuse) it has no blocking for that much x, and MKL's sgemm runs the call
     into the same buffer (SmolLM2's 2048-row prefill chunks: 12.6 ms where oneDNN took
     13.3 and the tiled kernel 17.4). A larger weight streams from memory, where oneDNN's
-    blocking wins (`_LinearWeight`)."""
+    blocking wins (`_LinearWeight`). Calls take numpy arrays: only the sgemm imports torch."""
 
     MAX_WEIGHT = 1 << 20
     TILED_ROWS = 256  # past this many rows MKL's sgemm runs it, into y...
     TILED_ROWS_ACTIVATION = 1024  # ...or past this many with an activation (then a pass of its own)
-    __slots__ = ("panels", "kn")
+    __slots__ = ("panels", "kn", "_kn_tensor")
 
-    def __init__(self, w_kn, panels):
-        self.kn, self.panels = w_kn, panels
+    def __init__(self, w_kn: np.ndarray, panels: np.ndarray):
+        self.kn, self.panels, self._kn_tensor = w_kn, panels, None
 
     @classmethod
-    def of(cls, w_kn) -> "_TiledWeight | None":
-        """The weight [K, N] packed, or None where it is too large or the kernel does not build."""
-        if w_kn.numel() > cls.MAX_WEIGHT:
+    def of(cls, w_kn: np.ndarray) -> "_TiledWeight | None":
+        """The weight [K, N] (a numpy array, any strides) packed, or None where it is too
+        large or the kernel does not build."""
+        if w_kn.size > cls.MAX_WEIGHT:
             return None
-        gemm = _codegen("gemm")
-        panels = gemm.pack(w_kn.numpy())
-        return None if panels is None else cls(w_kn, torch.from_numpy(panels))
+        panels = _codegen("gemm").pack(w_kn)
+        return None if panels is None else cls(w_kn, panels)
 
-    def __call__(self, x, bias, activation: str, y=None):
+    def __call__(self, x: np.ndarray, bias: np.ndarray | None, activation: str, y: np.ndarray | None = None):
         """act(x [..., K] @ W + bias), into y (of x's rows) where given; None where the call
         does not fit the kernel (the caller goes on)."""
         k, n = self.kn.shape
         gemm = _codegen("gemm")
-        if (x.dtype != torch.float32 or x.shape[-1] != k or activation not in gemm.ACTIVATIONS
-                or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
-                or (y is not None and not y.is_contiguous())):
+        if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim == 0 or x.shape[-1] != k
+                or activation not in gemm.ACTIVATIONS
+                or (bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype != np.float32
+                                          or not bias.flags.c_contiguous or bias.size != n))
+                or (y is not None and (not isinstance(y, np.ndarray) or not y.flags.c_contiguous))):
             return None
-        rows = x.numel() // k if k else 0
-        x2 = x.reshape(rows, k) if x.is_contiguous() else x.contiguous().view(rows, k)
+        rows = x.size // k if k else 0
+        x2 = np.ascontiguousarray(x).reshape(rows, k)
         if y is None:
-            y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
+            y = np.empty((*x.shape[:-1], n), dtype=np.float32)
         if not rows or not n:
             return y
-        threads = torch.get_num_threads()
+        threads = _threads()
         if rows <= (self.TILED_ROWS if not activation else self.TILED_ROWS_ACTIVATION) or not k:
             gemm.run(x2, self.panels, bias, None, y, rows, k, n, activation, threads)
             return y
-        y2 = y.view(rows, n)
+        if self._kn_tensor is None:
+            self._kn_tensor = _tensor(self.kn)
+        x_t, y_t = _tensor(x2), _tensor(y.reshape(rows, n))
         if bias is not None:
-            torch.addmm(bias, x2, self.kn, out=y2)
+            torch.addmm(_tensor(bias), x_t, self._kn_tensor, out=y_t)
         else:
-            torch.mm(x2, self.kn, out=y2)
-        gemm.activate(y2, activation, threads)
+            torch.mm(x_t, self._kn_tensor, out=y_t)
+        gemm.activate(y, activation, threads)
         return y
 
 
@@ -206,21 +224,27 @@ def prepare_linear(params, constants):
     1.3-1.9x MKL's sgemm at the shapes of a transformer layer on AVX-512 machines
     (benchmarks/onnx_cpu.py) where the weight streams from memory."""
     w = constants.get(1)
-    if w is None or w.dtype != torch.float32 or w.dim() != 2 or w.numel() == 0:
+    if w is None or w.dtype != np.float32 or w.ndim != 2 or w.size == 0:
         return params
     if (tiled := _TiledWeight.of(w)) is not None:
         return {**params, "tiled": tiled}
     if not _onednn():
         return params
-    return {**params, "packed": _LinearWeight(w.t())}
+    return {**params, "packed": _LinearWeight(_tensor(w).t())}
 
 
-@extern("linear", adopts=True)
+def _tiled(params) -> bool:
+    return "tiled" in params
+
+
+@extern("linear", adopts=True, arrays=_tiled)
 def linear(params, x, w, bias, y):
     activation = params.get("activation", "")
     tiled = params.get("tiled")
-    if tiled is not None and (out := tiled(x, bias, activation, y)) is not None:
-        return out
+    if tiled is not None:  # (numpy arguments)
+        if (out := tiled(x, bias, activation, y)) is not None:
+            return out
+        x, w, bias, y = _as_tensors(x, w, bias, y)
     packed = params.get("packed")
     if packed is not None and x.dtype == torch.float32 and x.numel() and (bias is None or bias.dtype == x.dtype):
         return packed(x, bias, activation, y)
@@ -256,26 +280,30 @@ def prepare_gemm(params, constants):
     """Gemm(A, B, C) with alpha = beta = 1, A not transposed and B constant is a linear
     layer: B packed like ember.Linear's weight (for the tiled GEMM or oneDNN), C (a row of N, or none) its bias."""
     b, c = constants.get(1), constants.get(2)
-    if (b is None or b.dtype != torch.float32 or params["trans_a"] or params["alpha"] != 1
-            or not (c is None or params["beta"] == 1) or b.numel() == 0):
+    if (b is None or b.dtype != np.float32 or params["trans_a"] or params["alpha"] != 1
+            or not (c is None or params["beta"] == 1) or b.size == 0 or b.ndim != 2):
         return params
     n = b.shape[0] if params["trans_b"] else b.shape[1]
-    if c is not None and (c.dtype != torch.float32 or c.numel() != n or c.dim() == 2 and c.shape[0] != 1):
+    if c is not None and (c.dtype != np.float32 or c.size != n or c.ndim == 2 and c.shape[0] != 1):
         return params
-    weight = b if params["trans_b"] else b.t()
-    bias = None if c is None else c.reshape(n).contiguous()
-    if (tiled := _TiledWeight.of(weight.t())) is not None:
+    w_kn = b.T if params["trans_b"] else b
+    bias = None if c is None else np.ascontiguousarray(c.reshape(n))
+    if (tiled := _TiledWeight.of(w_kn)) is not None:
         return {**params, "tiled": tiled, "bias": bias}
     if not _onednn():
         return params
-    return {**params, "packed": _LinearWeight(weight), "bias": bias}
+    return {**params, "packed": _LinearWeight(_tensor(w_kn).t()),
+            "bias": None if bias is None else _tensor(bias)}
 
 
-@extern("gemm", adopts=True)
+@extern("gemm", adopts=True, arrays=_tiled)
 def gemm(params, a, b, c, y):
     tiled = params.get("tiled")
-    if tiled is not None and not params["trans_a"] and (out := tiled(a, params["bias"], "", y)) is not None:
-        return out
+    if tiled is not None:  # (numpy arguments)
+        if not params["trans_a"] and (out := tiled(a, params["bias"], "", y)) is not None:
+            return out
+        a, b, c, y = _as_tensors(a, b, c, y)
+        params = {**params, "bias": _tensor(params["bias"]) if params["bias"] is not None else None}
     packed = params.get("packed")
     if packed is not None and a.dtype == torch.float32 and a.numel():
         return packed(a, params["bias"], "", y)
@@ -376,25 +404,30 @@ def _pointwise_conv(params, weight: _LinearWeight, x, bias, total, y):
 _SDPA_MIN_SCORES = 1 << 16  # heads x queries x keys from which an encoder's attention runs on SDPA
 
 
-@extern("attention")
+def _encoder(params) -> bool:
+    return not params["causal"]
+
+
+@extern("attention", arrays=_encoder)
 def attention(params, q, k, v, bias, y):
     heads, kv_heads, scale, causal = params["num_heads"], params["kv_num_heads"], params["scale"], params["causal"]
     if k is None:  # q, k and v packed in one [B, S, (H + 2 Hkv) * D] tensor: strided views of it
         from ..ir.packed_qkv import split_qkv
 
         q, k, v = split_qkv(q, heads, kv_heads)
-    # packed rows without a causal mask run on ember's encoder attention (codegen/gemm.py);
+    if not causal:  # (numpy arguments) packed rows run on ember's encoder attention (codegen/gemm.py)
+        if (q.ndim == 3 and q.dtype == k.dtype == v.dtype == y.dtype == np.float32
+                and (bias is None or bias.dtype == np.float32)
+                and _codegen("gemm").attention(q, k, v, bias, y, heads, kv_heads, scale or (q.shape[-1] // heads) ** -0.5,
+                                               _threads())):
+            return  # ember's tiled kernel (codegen/cpu_gemm.cpp): no scores or result tensor
+        q, k, v, bias, y = _as_tensors(q, k, v, bias, y)
     # where it declines, an encoder's attention over many scores runs on torch's fused SDPA
     # kernel: ember's paged one (made for decoding) and the per-row GEMMs took 1.12-1.2x
     # its time at MiniLM's 12 heads x 128 x 128 (batch 1 and 8, a 2-core Xeon, torch 2.13)
     encoder = not causal and heads * q.shape[-2 if q.dim() == 4 else 1] * k.shape[-2 if k.dim() == 4 else 1] \
         >= _SDPA_MIN_SCORES
     if q.dim() == 3:  # packed [B, S, H*D]
-        if (not causal and q.dtype == torch.float32 and k.dtype == v.dtype == y.dtype == torch.float32
-                and (bias is None or bias.dtype == torch.float32)
-                and _codegen("gemm").attention(q, k, v, bias, y, heads, kv_heads, scale or (q.shape[-1] // heads) ** -0.5,
-                                               torch.get_num_threads())):
-            return  # ember's tiled kernel (codegen/cpu_gemm.cpp): no scores or result tensor
         if not encoder and paged_attention.dense_attention(q, k, v, bias, y, heads, kv_heads, scale, causal):
             return  # ember's fused kernel (the paged one, each batch row a sequence)
         b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
@@ -585,7 +618,7 @@ def _tiled_weight(params, w):
     few = known and shape[0] * shape[2] * shape[3] * n <= gemm.FEW_OUTPUTS
     if n * k > (_TiledWeight.MAX_WEIGHT if vector or few else gemm.MAX_WEIGHT):
         return None
-    return _TiledWeight.of(w.reshape(n, k).t())
+    return _TiledWeight.of(w.reshape(n, k).t().numpy())
 
 
 def _tiled_pointwise(params, x, bias, total, y):
@@ -605,8 +638,7 @@ def _tiled_pointwise(params, x, bias, total, y):
         return None
     if y is None:
         y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
-    gemm.run(x, weight.panels, bias, total, y, rows, k, n, params.get("activation", ""),
-             torch.get_num_threads())
+    gemm.run(x, weight.panels, bias, total, y, rows, k, n, params.get("activation", ""), _threads())
     return y
 
 

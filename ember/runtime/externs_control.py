@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ExecutionError
+from ._torch import array as _array
 from .externs import extern, prepare
 
 
@@ -33,12 +34,14 @@ def _numpy(t):
     has them (plan code 5), torch tensors otherwise; None stays None."""
     if t is None or isinstance(t, np.ndarray):
         return t
-    from .executor import _array  # (the executor imports this module)
-
     return _array(t)
 
 
-@extern("control")
+def _always(params) -> bool:
+    return True
+
+
+@extern("control", arrays=_always)  # (where it sizes no output: `Executor._numpy_extern`)
 def control(params, *args):
     n_in = len(args) - params["num_outputs"]
     if params["kind"] == "if":  # only the condition, the taken branch's reads and the outputs as numpy

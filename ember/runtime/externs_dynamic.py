@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
+from ._torch import F, torch
 
 from ..errors import ExecutionError
 from .externs import extern
@@ -43,8 +42,8 @@ def _ints(t) -> list[int]:
 
 # -- reductions with axes fed at run time ----------------------------------------------
 # a reduction over no axis, elementwise (the others give the element itself)
-_ALONE = {"ReduceL1": torch.abs, "ReduceL2": lambda x: (x * x).sqrt(), "ReduceSumSquare": lambda x: x * x,
-          "ReduceLogSum": torch.log}
+_ALONE = {"ReduceL1": lambda x: x.abs(), "ReduceL2": lambda x: (x * x).sqrt(), "ReduceSumSquare": lambda x: x * x,
+          "ReduceLogSum": lambda x: x.log()}
 
 
 def _reduce(op: str, x: torch.Tensor, dims: list[int]) -> torch.Tensor:
@@ -86,7 +85,7 @@ def reduce(params, x, axes, y):
     op = params["op"]
     dims = sorted({a % rank for a in fed}) if fed else [] if params["noop_with_empty_axes"] else list(range(rank))
     if not dims:  # each element reduced alone (torch would take no dims as every dim)
-        return _give(params, [y], [_ALONE.get(op, torch.clone)(x).to(x.dtype)])
+        return _give(params, [y], [_ALONE.get(op, lambda x: x.clone())(x).to(x.dtype)])
     shape = [1 if i in dims else n for i, n in enumerate(x.shape)]
     if any(x.shape[d] == 0 for d in dims):
         result = torch.full(shape, params["identity"], dtype=x.dtype)

@@ -14,36 +14,34 @@ import itertools
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from ._torch import F, torch
 
 from ..errors import ExecutionError
 from .externs import extern
 
-F64 = torch.float64
 
 
 # -- Resize -------------------------------------------------------------------------------
 def _source_coords(params, out_n: int, in_n: int, scale: float, roi) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Each output index's coordinate in the input along one axis, and (crop and resize
     only) which ones fall outside the input and take the extrapolation value."""
-    y = torch.arange(out_n, dtype=F64)
+    y = torch.arange(out_n, dtype=torch.float64)
     out_w = scale * in_n  # the unrounded output width, as the definition uses it
     mode = params["coordinate_transformation_mode"]
     if mode == "align_corners":
-        return (torch.zeros(out_n, dtype=F64) if out_w == 1 else y * (in_n - 1) / (out_w - 1)), None
+        return (torch.zeros(out_n, dtype=torch.float64) if out_w == 1 else y * (in_n - 1) / (out_w - 1)), None
     if mode == "asymmetric":
         return y / scale, None
     if mode == "tf_crop_and_resize":
         # the roi's own arithmetic in its dtype (float32 scalars, as in the definition): where
         # a source coordinate lands on the input's edge, its rounding decides extrapolation
         lo, hi = roi
-        x = torch.full((out_n,), float((hi - lo) * (in_n - 1) / 2), dtype=F64) if out_w == 1 \
+        x = torch.full((out_n,), float((hi - lo) * (in_n - 1) / 2), dtype=torch.float64) if out_w == 1 \
             else y * (hi - lo) * (in_n - 1) / (out_w - 1)
         x = x + lo * (in_n - 1)
         return x, (x < 0) | (x > in_n - 1)
     if mode == "pytorch_half_pixel":
-        return (torch.full((out_n,), -0.5, dtype=F64) if out_w == 1 else (y + 0.5) / scale - 0.5), None
+        return (torch.full((out_n,), -0.5, dtype=torch.float64) if out_w == 1 else (y + 0.5) / scale - 0.5), None
     if mode == "half_pixel":
         return (y + 0.5) / scale - 0.5, None
     # half_pixel_symmetric: the centre of the input maps to the centre of the output
@@ -68,13 +66,13 @@ def _tap_weights(params, ratio: torch.Tensor, scale: float) -> torch.Tensor:
         right = {"round_prefer_floor": r > 0.5, "round_prefer_ceil": r >= 0.5,
                  "floor": torch.zeros_like(r, dtype=torch.bool), "ceil": torch.ones_like(r, dtype=torch.bool)}[how]
         right = right | (r == 1)
-        return torch.cat([(~right).to(F64), right.to(F64)], dim=1)
+        return torch.cat([(~right).to(torch.float64), right.to(torch.float64)], dim=1)
     if mode == "cubic":
         return _cubic_weights(r, params["cubic_coeff_a"], scale, params["antialias"])
     if params["antialias"]:  # the kernel stretched by 1/scale when downsampling, renormalized
         s = min(scale, 1.0)
         start = math.floor(-1 / s) + 1
-        x = (torch.arange(start, 2 - start, dtype=F64)[None, :] - r) * s
+        x = (torch.arange(start, 2 - start, dtype=torch.float64)[None, :] - r) * s
         w = (1 - x.abs()).clamp(0, 1)
         return w / w.sum(dim=1, keepdim=True)
     return torch.cat([1 - r, r], dim=1)
@@ -89,7 +87,7 @@ def _cubic_weights(r: torch.Tensor, a: float, scale: float, antialias: bool) -> 
     if antialias:  # the kernel stretched by 1/scale when downsampling, renormalized
         s = min(scale, 1.0)
         start = math.floor(-2 / s) + 1
-        x = ((torch.arange(start, 2 - start, dtype=F64)[None, :] - r) * s).abs()
+        x = ((torch.arange(start, 2 - start, dtype=torch.float64)[None, :] - r) * s).abs()
         x2 = x * x
         x3 = x * x2
         near = (a + 2) * f32(x3) - (a + 3) * f32(x2) + 1
@@ -99,8 +97,8 @@ def _cubic_weights(r: torch.Tensor, a: float, scale: float, antialias: bool) -> 
         for k in range(1, w.shape[1]):  # one tap after another, in float32
             total = total + w[:, k]
         # (the definition's taps past the kernel are float64 zeros, which make it divide in float64)
-        return torch.where((x >= 2).any(dim=1, keepdim=True), w.to(F64) / total[:, None].to(F64),
-                           (w / total[:, None]).to(F64))
+        return torch.where((x >= 2).any(dim=1, keepdim=True), w.to(torch.float64) / total[:, None].to(torch.float64),
+                           (w / total[:, None]).to(torch.float64))
 
     def far(d):
         return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
@@ -109,7 +107,7 @@ def _cubic_weights(r: torch.Tensor, a: float, scale: float, antialias: bool) -> 
         return ((a + 2) * d - (a + 3)) * d * d + 1
 
     # at distances r + 1, r, 1 - r and (1 - r) + 1, each formed as the definition forms it
-    return torch.cat([far(f32(r + 1)), near(f32(r)), near(f32(1 - r)), far(f32((1 - r) + 1))], dim=1).to(F64)
+    return torch.cat([far(f32(r + 1)), near(f32(r)), near(f32(1 - r)), far(f32((1 - r) + 1))], dim=1).to(torch.float64)
 
 
 def _resize_axis(params, data: torch.Tensor, axis: int, scale: float, out_n: int, roi) -> torch.Tensor:
@@ -224,7 +222,7 @@ def resize(params, x, roi, scales, sizes, y):
     if fast is not None:
         y.copy_(fast)
         return
-    result = x if params["mode"] == "nearest" and not params["exclude_outside"] else x.to(F64)
+    result = x if params["mode"] == "nearest" and not params["exclude_outside"] else x.to(torch.float64)
     for a in params["axes"]:
         identity = math.isclose(full_scales[a], 1.0) and out[a] == x.shape[a] and (
             rois is None or (math.isclose(float(rois[a][0]), 0.0) and math.isclose(float(rois[a][1]), 1.0)))
@@ -252,7 +250,7 @@ def _grid_taps(params, coord: torch.Tensor, size: int) -> list[tuple[torch.Tenso
     normalized coordinates `coord`; an index of -1 reads zero (zeros padding)."""
     align, padding, mode = params["align_corners"], params["padding_mode"], params["mode"]
     # denormalized in the grid's own dtype, as the definition does, then carried in float64
-    x = ((coord + 1) / 2 * (size - 1) if align else ((coord + 1) * size - 1) / 2).to(F64)
+    x = ((coord + 1) / 2 * (size - 1) if align else ((coord + 1) * size - 1) / 2).to(torch.float64)
     lo, hi = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
     if mode == "nearest":
         x = torch.round(x)  # half to even, as rint
@@ -267,7 +265,7 @@ def _grid_taps(params, coord: torch.Tensor, size: int) -> list[tuple[torch.Tenso
             return torch.where((i >= 0) & (i < size), i, -1)
         if padding == "border":
             return i.clamp(0, size - 1)
-        return torch.trunc(_reflect(i.to(F64), lo, hi)).long()
+        return torch.trunc(_reflect(i.to(torch.float64), lo, hi)).long()
 
     if mode == "nearest":
         return [(pixel(torch.trunc(x).long()), torch.ones_like(x))]
@@ -287,8 +285,8 @@ def grid_sample(params, x, grid, y):
         return
     coords = grid.reshape(n, -1, len(dims))  # [N, points, D], the last axis first
     per_axis = [_grid_taps(params, coords[..., len(dims) - 1 - i], size) for i, size in enumerate(dims)]
-    flat = x.reshape(n, c, -1).to(F64)
-    total = torch.zeros(n, c, coords.shape[1], dtype=F64)
+    flat = x.reshape(n, c, -1).to(torch.float64)
+    total = torch.zeros(n, c, coords.shape[1], dtype=torch.float64)
     strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
     for taps in itertools.product(*per_axis):  # one tap along each axis: a weighted input element
         index = sum(tap.clamp(min=0) * stride for (tap, _), stride in zip(taps, strides))
@@ -303,9 +301,9 @@ def grid_sample(params, x, grid, y):
 def _grid_points(n: int, align_corners: bool) -> torch.Tensor:
     """Normalized coordinates of n pixels: their centres, or (align_corners) -1 to 1 by
     corners, where a single pixel sits at -1 as the definition's arange puts it."""
-    i = torch.arange(n, dtype=F64)
+    i = torch.arange(n, dtype=torch.float64)
     if align_corners:
-        return -1 + i * (2.0 / (n - 1)) if n > 1 else torch.full((n,), -1.0, dtype=F64)
+        return -1 + i * (2.0 / (n - 1)) if n > 1 else torch.full((n,), -1.0, dtype=torch.float64)
     return -1 + 1.0 / n + i * (2.0 / n)
 
 
@@ -318,8 +316,8 @@ def affine_grid(params, theta, size, y):
                              f"output type is {list(y.shape)}")
     # (x, y[, z], 1) at every output pixel, x along the last axis, times each theta
     axes = torch.meshgrid(*[_grid_points(d, params["align_corners"]) for d in dims], indexing="ij")
-    base = torch.stack([*reversed(axes), torch.ones(dims, dtype=F64)], dim=-1).reshape(-1, k + 1)
-    grid = torch.matmul(base, theta.to(F64).transpose(1, 2))
+    base = torch.stack([*reversed(axes), torch.ones(dims, dtype=torch.float64)], dim=-1).reshape(-1, k + 1)
+    grid = torch.matmul(base, theta.to(torch.float64).transpose(1, 2))
     y.copy_(grid.reshape(y.shape).to(y.dtype))
 
 
@@ -376,8 +374,8 @@ def non_max_suppression(params, boxes, scores, max_output, iou_threshold, score_
 def _roi_samples(start: float, bin_size: float, bins: int, grid: int, size: int):
     """Bilinear taps along one axis of every sample point of every bin, [bins, grid] each:
     (low index, high index, weight of low, weight of high, inside the feature map)."""
-    at = (start + torch.arange(bins, dtype=F64)[:, None] * bin_size
-          + (torch.arange(grid, dtype=F64)[None, :] + 0.5) * bin_size / grid)
+    at = (start + torch.arange(bins, dtype=torch.float64)[:, None] * bin_size
+          + (torch.arange(grid, dtype=torch.float64)[None, :] + 0.5) * bin_size / grid)
     inside = (at >= -1.0) & (at <= size)
     at = at.clamp(min=0)
     low = at.long()  # (at >= 0: truncation is floor)
@@ -410,7 +408,7 @@ def roi_align(params, x, rois, batch_indices, y):
         grid_w = ratio if ratio > 0 else int(np.ceil(bin_w))
         ylo, yhi, ywl, ywh, yin = _roi_samples(float(y0), float(bin_h), ph, grid_h, height)
         xlo, xhi, xwl, xwh, xin = _roi_samples(float(x0), float(bin_w), pw, grid_w, width)
-        feature = x[int(batch_indices[n])].to(F64)  # [C, H, W]
+        feature = x[int(batch_indices[n])].to(torch.float64)  # [C, H, W]
         inside = (yin[:, :, None, None] & xin[None, None, :, :])  # [ph, gh, pw, gw]
 
         def term(yi, yw, xi, xw):
@@ -424,7 +422,7 @@ def roi_align(params, x, rois, batch_indices, y):
         elif grid_h * grid_w:
             pooled = torch.stack(terms).amax(dim=0).amax(dim=(2, 4))
         else:
-            pooled = torch.zeros(x.shape[1], ph, pw, dtype=F64)
+            pooled = torch.zeros(x.shape[1], ph, pw, dtype=torch.float64)
         y[n].copy_(pooled.to(y.dtype))
 
 

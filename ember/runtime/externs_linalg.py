@@ -5,7 +5,7 @@ the order shows in the result)."""
 from __future__ import annotations
 
 import numpy as np
-import torch
+from ._torch import torch
 
 from ..errors import ExecutionError
 from .externs import extern, prepare
@@ -191,7 +191,7 @@ def conv16(params, x, w, bias, total, y):
 
 
 # -- ai.onnx.ml.TreeEnsemble ------------------------------------------------------------------
-_TREE_COMPARE = [torch.le, torch.lt, torch.ge, torch.gt, torch.eq, torch.ne]  # by mode; 6: set membership
+_TREE_COMPARE = ["le", "lt", "ge", "gt", "eq", "ne"]  # torch comparisons by mode; 6: set membership
 
 
 def _walk(params, x, root):
@@ -215,7 +215,7 @@ def _walk(params, x, root):
         mode = p["modes"][node]
         go_true = torch.zeros_like(leaf)
         for m, compare in enumerate(_TREE_COMPARE):
-            go_true |= (mode == m) & compare(v, splits[node])
+            go_true |= (mode == m) & getattr(torch, compare)(v, splits[node])
         go_true |= (mode == 6) & (v[:, None] == members[node]).any(1)
         go_true |= p["missing"][node].bool() & torch.isnan(v)
         nxt = torch.where(go_true, p["true_ids"][node], p["false_ids"][node])

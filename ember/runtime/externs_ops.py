@@ -3,7 +3,7 @@ what a lowering assumed about an input's contents."""
 
 from __future__ import annotations
 
-import torch
+from ._torch import torch
 
 from ..errors import ExecutionError
 from . import externs_paged  # noqa: F401 - registers the paged-attention extern

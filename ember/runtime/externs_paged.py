@@ -6,13 +6,12 @@ scaled-dot-product attention per sequence over the keys its block table gathers.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from ._torch import F, torch
 
 from ..codegen import paged_attention as kernel
 from .externs import extern
 
-_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_DTYPES = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16"}  # by str(dtype)
 
 
 @extern("paged_attention")
@@ -25,7 +24,7 @@ def _fused(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_
     """Run the fused kernel if it takes these arrays; False if it did nothing."""
     if q.dim() == 2 and q.shape[0] == 0 and y.numel() == 0:  # no new token: nothing to write or attend
         return True
-    dtype = _DTYPES.get(q.dtype)
+    dtype = _DTYPES.get(str(q.dtype))
     heads, kv_heads = params["num_heads"], params["kv_num_heads"]
     if (dtype is None or not kernel.available(dtype)
             or any(t.dtype != q.dtype for t in (k, v, k_cache, v_cache, y))

@@ -17,8 +17,7 @@ torch's loop spends ~7 us a step on dispatch there (openWakeWord's hey_mycroft: 
 
 from __future__ import annotations
 
-import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from ._torch import torch
 
 from ..errors import ExecutionError
 from ..ir.quantized_lstm import check_shapes, threads
@@ -27,7 +26,7 @@ from .externs import extern, prepare
 
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 _TORCH_ORDER = {"RNN": [0], "GRU": [1, 0, 2], "LSTM": [0, 2, 3, 1]}  # ONNX gate blocks in torch's order
-_FUSED = {"RNN": torch._VF.rnn_tanh, "GRU": torch._VF.gru, "LSTM": torch._VF.lstm}
+_FUSED = {"RNN": "rnn_tanh", "GRU": "gru", "LSTM": "lstm"}  # torch._VF's kernels
 
 
 def _reorder(t: torch.Tensor, op: str, hidden: int) -> torch.Tensor:
@@ -168,19 +167,20 @@ def _lstm_on_step_kernel(params, kernel, x, h0, c0, y, y_h, y_c, seq, batch, dir
 
 def _fused(op, x, weights, h0, c0, lens, batch_first, bidirectional):
     """torch's fused kernel over the padded batch, or over the packed one (lens given)."""
-    fn = _FUSED[op]
+    fn = getattr(torch._VF, _FUSED[op])
     hx = (h0, c0) if op == "LSTM" else h0
     if lens is None:
         result = fn(x, hx, weights, True, 1, 0.0, False, bidirectional, bool(batch_first))
         return result[0], result[1], result[2] if op == "LSTM" else None
     # torch packs no empty sequence: those run one step, then their results are zeroed
     empty = lens == 0
-    packed = pack_padded_sequence(x, lens.clamp(min=1), batch_first=bool(batch_first), enforce_sorted=False)
+    rnn = torch.nn.utils.rnn
+    packed = rnn.pack_padded_sequence(x, lens.clamp(min=1), batch_first=bool(batch_first), enforce_sorted=False)
     order, unorder = packed.sorted_indices, packed.unsorted_indices
     hx = (h0[:, order], c0[:, order]) if op == "LSTM" else h0[:, order]
     result = fn(packed.data, packed.batch_sizes, hx, weights, True, 1, 0.0, False, bidirectional)
-    out, _ = pad_packed_sequence(PackedSequence(result[0], packed.batch_sizes, order, unorder),
-                                 batch_first=bool(batch_first), total_length=x.shape[1 if batch_first else 0])
+    out, _ = rnn.pad_packed_sequence(rnn.PackedSequence(result[0], packed.batch_sizes, order, unorder),
+                                     batch_first=bool(batch_first), total_length=x.shape[1 if batch_first else 0])
     h_n = result[1][:, unorder]
     c_n = result[2][:, unorder] if op == "LSTM" else None
     if bool(empty.any()):

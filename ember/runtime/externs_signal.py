@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+from ._torch import torch
 
 from ..errors import ExecutionError
 from .externs import extern

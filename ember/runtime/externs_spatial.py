@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
+from ._torch import F, torch
 
-F64 = torch.float64
 
 from ..errors import ExecutionError
 from .externs import extern
@@ -184,19 +182,19 @@ def deform_conv(params, x, w, offset, bias, mask, y):
     oh, ow = y.shape[2:]
     groups, offset_groups = params["group"], params["offset_group"]
     (sh, sw), (dh, dw), pads = params["strides"], params["dilations"], params["pads"]
-    offset = offset.to(F64).reshape(n, offset_groups, kh, kw, 2, oh, ow)
-    base_h = (-pads[0] + sh * torch.arange(oh, dtype=F64))[None, :, None] + dh * torch.arange(kh, dtype=F64)[:, None, None]
-    base_w = (-pads[1] + sw * torch.arange(ow, dtype=F64))[None, None, :] + dw * torch.arange(kw, dtype=F64)[:, None, None]
+    offset = offset.to(torch.float64).reshape(n, offset_groups, kh, kw, 2, oh, ow)
+    base_h = (-pads[0] + sh * torch.arange(oh, dtype=torch.float64))[None, :, None] + dh * torch.arange(kh, dtype=torch.float64)[:, None, None]
+    base_w = (-pads[1] + sw * torch.arange(ow, dtype=torch.float64))[None, None, :] + dw * torch.arange(kw, dtype=torch.float64)[:, None, None]
     ys = base_h[None, None, :, None] + offset[:, :, :, :, 0]  # [N, G, kh, kw, oh, ow]
     xs = base_w[None, None, None, :] + offset[:, :, :, :, 1]
     per_group = c // offset_groups
-    cols = torch.cat([_bilinear(x[:, g * per_group:(g + 1) * per_group].to(F64), ys[:, g], xs[:, g])
+    cols = torch.cat([_bilinear(x[:, g * per_group:(g + 1) * per_group].to(torch.float64), ys[:, g], xs[:, g])
                       for g in range(offset_groups)], dim=1)  # [N, C, kh, kw, oh, ow]
     if mask is not None:
-        scale = mask.to(F64).reshape(n, offset_groups, 1, kh, kw, oh, ow)
+        scale = mask.to(torch.float64).reshape(n, offset_groups, 1, kh, kw, oh, ow)
         cols = (cols.reshape(n, offset_groups, per_group, kh, kw, oh, ow) * scale).reshape(cols.shape)
     cols = cols.reshape(n, groups, cpg * kh * kw, oh * ow)
-    out = torch.einsum("gok,ngkp->ngop", w.to(F64).reshape(groups, oc // groups, -1), cols).reshape(n, oc, oh, ow)
+    out = torch.einsum("gok,ngkp->ngop", w.to(torch.float64).reshape(groups, oc // groups, -1), cols).reshape(n, oc, oh, ow)
     if bias is not None:
-        out = out + bias.to(F64).reshape(1, -1, 1, 1)
+        out = out + bias.to(torch.float64).reshape(1, -1, 1, 1)
     y.copy_(out.to(y.dtype))

@@ -11,7 +11,7 @@ float64. The steps, each quantizing h for its GEMM with R, run in C++
 
 from __future__ import annotations
 
-import torch
+from ._torch import torch
 
 from ..codegen import quantized_lstm as kernel
 from ..errors import ExecutionError

@@ -144,5 +144,6 @@ def test_the_fused_kernel_declines_keys_of_another_batch():
     assert paged_attention.dense_attention(q, k.expand(4, 6, 16).contiguous(), v, None, y, 2, 2, 0.0, False)
     from ember.codegen import gemm
 
+    q, k, v, y = q.numpy(), k.numpy(), v.numpy(), y.numpy()  # (ember's attention takes numpy arrays)
     assert not gemm.attention(q, k, v, None, y, 2, 2, 0.25, 2)
-    assert gemm.attention(q, k.expand(4, 6, 16).contiguous(), v, None, y, 2, 2, 0.25, 2)
+    assert gemm.attention(q, np.ascontiguousarray(np.broadcast_to(k, (4, 6, 16))), v, None, y, 2, 2, 0.25, 2)

@@ -70,7 +70,7 @@ def test_small_paths_run_at_small_sizes_and_the_library_at_large_ones(saved, tmp
     assert calls[1] == calls[2] == [(4, steps)], calls
     # at 300 the convolution and the Gemm run their externs; the last segment and the head's
     # small path are one call
-    assert calls[300] == [(0, "seg0"), (1, "conv"), (0, "seg1"), (1, "gemm"), (4, 2)], calls[300]
+    assert calls[300] == [(0, "seg0"), (1, "conv"), (0, "seg1"), (5, "gemm"), (4, 2)], calls[300]  # (5: numpy arguments)
     # 300 x 3 x 3 x 12 outputs x 72 products and 300 x 108 x 16 are past their limits; the
     # 16 -> 4 head's 300 x 16 x 4 is not
     assert chosen[300] == ["linear"]

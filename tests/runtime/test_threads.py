@@ -1,6 +1,9 @@
-"""The executor's default thread count, and the oneDNN weight packing it prepares."""
+"""The executor's default thread count, torch's (set when torch is first imported), and
+the weight packing it prepares."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +25,24 @@ def test_default_threads_is_this_process_cores_otherwise(monkeypatch, value):
     assert default_threads() == expected
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_torch_imported_later_runs_on_the_executors_threads(threads):
+    """An executor made before torch is imported (a program on ember's kernels) still
+    sets torch's thread count: when a step first needs torch, torch is imported through
+    runtime/_torch.py, which sets it then; the stand-in then reads as torch does."""
+    code = ("import sys\n"
+            "from ember.runtime import _torch\n"
+            f"_torch.set_threads({threads})\n"
+            "assert 'torch' not in sys.modules and _torch.threads() == " + str(threads) + "\n"
+            "assert _torch.torch.zeros(2).sum().item() == 0\n"
+            "import torch\n"
+            "assert _torch.torch.zeros is torch.zeros and _torch.F.relu is torch.nn.functional.relu\n"
+            "print(torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(threads)]
+
+
 @pytest.mark.skipif(not externs._onednn(), reason="torch without oneDNN: the weights are not packed")
 @pytest.mark.parametrize("kind", ["tiled", "packed"])  # ember's tiled GEMM's panels, oneDNN's packed weight
 def test_packed_weights_are_their_own(kind, monkeypatch):
@@ -31,9 +52,11 @@ def test_packed_weights_are_their_own(kind, monkeypatch):
         monkeypatch.setattr(externs._TiledWeight, "MAX_WEIGHT", -1)
     rng = np.random.default_rng(0)
     weights = [torch.from_numpy(rng.standard_normal((48, 80), dtype=np.float32)) for _ in range(2)]
-    prepared = [externs.prepare_linear({}, {1: w}) for w in weights]
+    prepared = [externs.prepare_linear({}, {1: w.numpy()}) for w in weights]  # (its hook reads numpy arrays)
     assert all(kind in p for p in prepared)
     x = torch.from_numpy(rng.standard_normal((5, 48), dtype=np.float32))
     for w, p in zip(weights, prepared):
-        got = externs.linear(p, x, w, None, None)
-        torch.testing.assert_close(got, x @ w, rtol=1e-5, atol=1e-5)
+        # the tiled GEMM takes numpy arrays (no torch), oneDNN's torch tensors
+        got = externs.linear(p, x.numpy(), w.numpy(), None, None) if kind == "tiled" else externs.linear(p, x, w, None, None)
+        assert isinstance(got, np.ndarray if kind == "tiled" else torch.Tensor)
+        torch.testing.assert_close(torch.as_tensor(got), x @ w, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,129 @@
+"""torch, imported when a step first needs it, and the thread count ember's kernels run on.
+
+Importing torch takes ~1 s (2-core Xeon), two thirds of what loading MiniLM's artifact
+took from process start. A program whose steps all run on ember's own kernels (generated
+segments, the tiled GEMM and attention of codegen/gemm.py) never needs it: the executor
+hands those externs numpy arrays, and the extern modules refer to torch through `torch`
+and `F` here, stand-ins that import the real modules on their first attribute access.
+Once imported, a stand-in's namespace is the module's, so later lookups cost what a real
+module's do. The import sets torch's thread count to the executor's (`set_threads`).
+
+`threads()` is the thread count of the last executor made (its intra_op_threads): the
+tiled kernels read it here, where they read torch.get_num_threads() before; torch's own
+kernels get the same count.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import types
+import warnings
+
+import numpy as np
+
+_requested: int | None = None  # the last executor's thread count
+
+
+def default_threads() -> int:
+    """Threads per kernel when the caller names none: OMP_NUM_THREADS where it is set to
+    a positive number (as torch and OpenMP read it), else every core this process may
+    run on (its CPU affinity: a container's or `taskset`'s share, not the whole host's).
+
+    Neither the thread count nor OpenMP's wait policy adapts to other load: on 2 cores
+    with one busy, one thread runs MiniLM b1 1.4-1.7x faster than two, but 1.6x slower
+    when both are free, and OMP_WAIT_POLICY=PASSIVE costs 1.6-2x on a quiet machine
+    (docs/benchmarks.md, benchmarks/contention.py); so the caller who shares cores
+    chooses (OMP_WAIT_POLICY before Python starts, intra_op_threads)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def threads() -> int:
+    """Threads per kernel: the last executor's, else `default_threads()`."""
+    return _requested or default_threads()
+
+
+def set_threads(n: int) -> None:
+    """Run kernels on `n` threads: ember's tiled ones now, torch's now where it is
+    imported, else when it is."""
+    global _requested
+    _requested = n
+    real = sys.modules.get("torch")
+    if real is not None and hasattr(real, "set_num_threads"):  # (not while torch imports itself)
+        real.set_num_threads(n)
+
+
+def loaded() -> bool:
+    """Whether torch has been imported (by ember or anyone)."""
+    return "torch" in sys.modules
+
+
+def _import(name: str) -> types.ModuleType:
+    first = "torch" not in sys.modules
+    module = importlib.import_module(name)
+    if first and _requested:
+        sys.modules["torch"].set_num_threads(_requested)
+    return module
+
+
+class _Deferred(types.ModuleType):
+    """A module that is imported on its first attribute access."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.__dict__["_deferred_name"] = name
+
+    def __getattr__(self, attr: str):
+        module = _import(self.__dict__["_deferred_name"])
+        self.__dict__.update(vars(module))  # from now on, plain lookups
+        return getattr(module, attr)
+
+    def __repr__(self) -> str:
+        return f"<deferred module {self.__dict__['_deferred_name']!r}>"
+
+
+torch = _Deferred("torch")
+F = _Deferred("torch.nn.functional")
+
+
+_TORCH_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int64, np.int32, np.int16, np.int8,
+                                        np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)}
+
+
+def tensor(a):
+    """A torch view of a numpy array (None where torch has no such dtype, or for anything
+    else). bfloat16 (ml_dtypes' in numpy) is viewed through its bits. A read-only
+    array (a weight mapped from a file) is viewed without torch's warning: externs only
+    read their inputs."""
+    if not isinstance(a, np.ndarray):
+        return None
+    if a.dtype.kind == "V" and a.dtype == _bfloat16():  # (ml_dtypes' kinds are V: no import for others)
+        return tensor(a.view(np.uint16)).view(torch.bfloat16)
+    if a.dtype not in _TORCH_DTYPES:
+        return None
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+def array(t) -> np.ndarray:
+    """A numpy view of a torch tensor (an array as it is)."""
+    if isinstance(t, np.ndarray):
+        return t
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_bfloat16())
+    return t.numpy()
+
+
+def _bfloat16():
+    from ..ir.dtypes import DType
+
+    return DType.bfloat16.numpy
