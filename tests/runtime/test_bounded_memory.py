@@ -50,6 +50,32 @@ def test_bindings_are_a_small_lru(mlp):
     assert ((*again, 32),) in executor._bindings
 
 
+def test_the_arena_starts_on_a_page_as_it_grows():
+    """The arena (a numpy array) is page-aligned however numpy placed it, so every planned
+    buffer starts on a cache line: each larger plan reallocates it, aligned again."""
+    from ember.codegen.memory import ALIGN
+    from ember.runtime.executor import ARENA_ALIGNMENT
+
+    rng = np.random.default_rng(2)
+    w1, w2 = rng.standard_normal((32, 40), dtype=np.float32), rng.standard_normal((40, 8), dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("MatMul", ["t", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = ember.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    executor = model._executor
+    sizes = set()
+    for rows in (1, 40, 700, 3000):
+        x = rng.standard_normal((rows, 32), dtype=np.float32)
+        np.testing.assert_allclose(model.run({"x": x})["y"], np.tanh(x @ w1) @ w2, rtol=1e-4, atol=1e-4)
+        sizes.add(executor._arena.size)
+        assert executor._arena.ctypes.data % ARENA_ALIGNMENT == 0
+        temps = [v for n, v in executor._bindings[((rows, 32),)].views.items() if n in executor._temps]
+        assert temps and all(v.ctypes.data % ALIGN == 0 for v in temps)
+    assert len(sizes) == 4  # it grew with every size (and was reallocated)
+
+
 def test_row_classes_are_few_and_close_to_the_rows():
     classes = {externs._row_class(rows) for rows in range(1, 4097)}
     assert len(classes) == 44
