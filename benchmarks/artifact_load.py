@@ -142,8 +142,9 @@ def main(argv=None) -> int:
     def ratio(a: str, b: str, key: str) -> str:
         return f"**{median(a, key) / median(b, key):.1f}x**"
 
-    lines += ["", "Medians. `import ember` loads no heavy library, so torch, sympy (and, compiling, onnx) are "
-              "imported within build. Compile / load, from process start: "
+    lines += ["", "Medians. `import ember` loads no heavy library: sympy (and, compiling, onnx) are imported "
+              "within build, torch only where a step runs on it (none of MiniLM's does). Compile / load, from "
+              "process start: "
               f"{ratio(COMPILE_COLD, LOAD, 'from_start_s')} (empty kernel cache), "
               f"{ratio(COMPILE_WARM, LOAD, 'from_start_s')} (warm); after `import ember` (build + first run): "
               f"{ratio(COMPILE_COLD, LOAD, 'total_s')} (empty), {ratio(COMPILE_WARM, LOAD, 'total_s')} (warm). "
