@@ -65,9 +65,11 @@ def loaded() -> bool:
 
 
 def _import(name: str) -> types.ModuleType:
-    first = "torch" not in sys.modules
+    """The module `name`, and torch's thread count the executor's: set here too where
+    someone else imported torch after the executor was made (torch's own default, the
+    physical cores, can be fewer)."""
     module = importlib.import_module(name)
-    if first and _requested:
+    if _requested:
         sys.modules["torch"].set_num_threads(_requested)
     return module
 
