@@ -2,17 +2,20 @@
 
 `Executor` runs a `Program`: per run it points the input and output slots at the
 caller's arrays and calls the steps in order — a generated segment is one ctypes call
-into the kernel library, an extern one torch call, a fallback the node's reference
+into the kernel library, an extern one library call (torch's, on torch views of the
+run's numpy buffers, or ember's tiled GEMM and attention, on the arrays themselves: a
+program of only those never imports torch), a fallback the node's reference
 implementation. A size only a step's result tells (NonZero's count, a shape fed at run
 time) is bound from that result — a fallback's, or a sizing extern's, which allocates
 such outputs itself — and the buffers after it are allocated with it. Everything that
 depends only on the input shapes (size symbols, buffer shapes, the arena plan, every
-slot's address, torch views for externs) is computed once per new shape and cached: a
-new batch or sequence length never recompiles. The cache keeps the `MAX_BINDINGS` most
-recently used shapes: binding MiniLM b1x128 takes ~1.6 ms, a tenth of a run, so the
-shapes in use stay bound, but a server sees a new shape almost every step and, kept
-forever, the bindings grew without bound. The arena is one buffer as large as the
-largest plan run so far (reallocated, and every binding dropped, when one needs more).
+slot's address, torch views for the externs that take them) is computed once per new
+shape and cached: a new batch or sequence length never recompiles. The cache keeps the
+`MAX_BINDINGS` most recently used shapes: binding MiniLM b1x128 takes ~1.6 ms, a tenth
+of a run, so the shapes in use stay bound, but a server sees a new shape almost every
+step and, kept forever, the bindings grew without bound. The arena is one page-aligned
+numpy buffer as large as the largest plan run so far (reallocated, and every binding
+dropped, when one needs more).
 
 `ReferenceExecutor` interprets the graph node by node (the whole-graph fallback, used
 when no C++ compiler is present or codegen is turned off).
@@ -272,10 +275,10 @@ class Executor:
         self._adopted: dict[int, str] = {}  # step index -> its adopted output
         # a fallback reads its inputs and the outer values its subgraphs read (its scope)
         numpy_reads = {a for step in p.steps if step.kind == "fallback"
-                          for a in (*step.args, *(buf for _, buf in step.params.get("scope", ())))}
+                       for a in (*step.args, *(buf for _, buf in step.params.get("scope", ())))}
         # ...as do externs of numpy arguments (`_numpy_extern`)
         numpy_reads |= {a for kind, _, step in self._steps if kind == "extern" and _numpy_extern(step)
-                           for a in step.args if a}
+                        for a in step.args if a}
         for i, (kind, _, step) in enumerate(self._steps):
             outs = step.args[step.num_inputs:]
             if (kind == "extern" and step.name in ADOPTS and ("packed" in step.params or "pointwise" in step.params)

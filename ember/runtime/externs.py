@@ -5,9 +5,9 @@ of a Program call by name.
 Each takes the step's params and torch tensors viewing its buffers (inputs, then
 outputs) and writes the outputs in place. An extern registered with `arrays=` a
 predicate of its prepared params takes numpy arrays instead at the steps whose params
-satisfy it (the linear layers that run on the tiled GEMM): a program whose every extern
-step does so never imports torch (runtime/_torch.py: `torch` and `F` here import it on
-first use).
+satisfy it (linear layers and Gemms on the tiled GEMM, encoder attention, If and Scan in
+externs_control.py): a program whose every extern step does so never imports torch
+(runtime/_torch.py: `torch` and `F` here import it on first use).
 
 An extern may also have a `prepare(params, constants)` hook, which the executor calls
 once per step with the step's constant inputs (index -> tensor; numpy arrays for an
