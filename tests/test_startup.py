@@ -97,3 +97,33 @@ def test_loading_and_running_an_artifact_imports_nothing_compiling_needs(artifac
     assert not top_level(loaded) & COMPILING, sorted(top_level(loaded) & COMPILING)
     compiler = sorted(m for m in loaded if m.startswith(COMPILER_MODULES))
     assert not compiler, compiler
+
+
+def test_a_step_that_needs_torch_imports_it_then_on_the_executors_threads(artifacts, tmp_path):
+    """MiniLM's artifact runs a batch of a few rows on ember's kernels alone; a batch of
+    1,024 rows sends its GEMMs to MKL's sgemm, which imports torch then (runtime/_torch.py),
+    on the executor's thread count (1 here, where torch's default is every core). Both
+    results match the same model compiled in this process."""
+    path, feeds = artifacts["minilm"]
+    small = dict(np.load(feeds))
+    rng = np.random.default_rng(0)
+    large = {name: (rng.integers(1, 1000, (8, 128)) if name == "input_ids" else np.ones((8, 128))).astype(a.dtype)
+             for name, a in small.items()}
+    np.savez(tmp_path / "large.npz", **large)
+    code = (f"import sys, numpy as np, ember\n"
+            f"model = ember.load({str(path)!r}, intra_op_threads=1)\n"
+            f"small = model.run(dict(np.load({str(feeds)!r})))\n"
+            f"assert 'torch' not in sys.modules, 'a small batch imported torch'\n"
+            f"large = model.run(dict(np.load({str(tmp_path / 'large.npz')!r})))\n"
+            f"import torch\n"
+            f"assert torch.get_num_threads() == 1, torch.get_num_threads()\n"
+            f"np.savez({str(tmp_path / 'out.npz')!r}, **{{'small_' + k: v for k, v in small.items()}},"
+            f" **{{'large_' + k: v for k, v in large.items()}})\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    here = ember.load(path)
+    for which, fed in (("small", small), ("large", large)):
+        for name, want in here.run(fed).items():
+            np.testing.assert_allclose(got[f"{which}_{name}"], want, rtol=1e-4, atol=1e-4)
