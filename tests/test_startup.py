@@ -102,7 +102,8 @@ def test_loading_and_running_an_artifact_imports_nothing_compiling_needs(artifac
 def test_a_step_that_needs_torch_imports_it_then_on_the_executors_threads(artifacts, tmp_path):
     """MiniLM's artifact runs a batch of a few rows on ember's kernels alone; a batch of
     1,024 rows sends its GEMMs to MKL's sgemm, which imports torch then (runtime/_torch.py),
-    on the executor's thread count (1 here, where torch's default is every core). Both
+    on the executor's thread count (1 here, where torch's default is every core), and
+    torch shares the OpenMP runtime the kernels loaded (codegen/cpu.py: torch's own). Both
     results match the same model compiled in this process."""
     path, feeds = artifacts["minilm"]
     small = dict(np.load(feeds))
@@ -117,6 +118,11 @@ def test_a_step_that_needs_torch_imports_it_then_on_the_executors_threads(artifa
             f"large = model.run(dict(np.load({str(tmp_path / 'large.npz')!r})))\n"
             f"import torch\n"
             f"assert torch.get_num_threads() == 1, torch.get_num_threads()\n"
+            # the kernels loaded first, torch after: still one OpenMP runtime (torch's), one thread pool
+            f"import glob, os\n"
+            f"gomp = {{os.path.realpath(line.split()[-1]) for line in open('/proc/self/maps') if 'libgomp' in line}}\n"
+            f"shipped = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), 'lib', 'libgomp*.so*')))\n"
+            f"assert len(gomp) == 1 and (not shipped or gomp == {{os.path.realpath(shipped[0])}}), (gomp, shipped)\n"
             f"np.savez({str(tmp_path / 'out.npz')!r}, **{{'small_' + k: v for k, v in small.items()}},"
             f" **{{'large_' + k: v for k, v in large.items()}})\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
