@@ -22,7 +22,8 @@ __all__ = [
     "ArtifactError",
     # onnxruntime's session API (ember/_session.py, ember/_iobinding.py)
     "SessionOptions", "RunOptions", "GraphOptimizationLevel", "ExecutionMode", "ModelMetadata", "NodeArg",
-    "OrtValue", "IOBinding", "get_available_providers", "get_device",
+    "OrtValue", "IOBinding", "get_available_providers", "get_device", "get_all_providers", "get_version_string",
+    "get_build_info", "set_default_logger_severity", "set_default_logger_verbosity",
 ]
 
 # public name -> the module that defines it
@@ -31,6 +32,8 @@ _LAZY = {
     "InferenceSession": "._session", "SessionOptions": "._session", "RunOptions": "._session",
     "GraphOptimizationLevel": "._session", "ExecutionMode": "._session", "ModelMetadata": "._session",
     "NodeArg": "._session", "get_available_providers": "._session", "get_device": "._session",
+    "get_all_providers": "._session", "get_version_string": "._session", "get_build_info": "._session",
+    "set_default_logger_severity": "._session", "set_default_logger_verbosity": "._session",
     "OrtValue": "._iobinding", "IOBinding": "._iobinding",
     "load": ".artifact",
     "DType": ".ir.dtypes",
@@ -41,7 +44,9 @@ _LAZY = {
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ resolves these
     from ._iobinding import IOBinding, OrtValue
     from ._session import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata, NodeArg,
-                           RunOptions, SessionOptions, get_available_providers, get_device)
+                           RunOptions, SessionOptions, get_all_providers, get_available_providers, get_build_info,
+                           get_device, get_version_string, set_default_logger_severity,
+                           set_default_logger_verbosity)
     from .api import CompiledModel, CompileStats, compile
     from .artifact import load
     from .ir.dtypes import DType

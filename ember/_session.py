@@ -26,12 +26,29 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from ._iobinding import IOBinding, OrtValue, unwrap
 from .errors import ExecutionError, InputError, UnsupportedError
 
 log = logging.getLogger("ember.session")
+
+_POOL: Any = None  # run_async's worker threads, made on first use
+_POOL_LOCK = threading.Lock()
+
+
+def _async_pool():
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            import concurrent.futures
+
+            from .runtime._torch import default_threads
+
+            _POOL = concurrent.futures.ThreadPoolExecutor(max(default_threads(), 2),
+                                                          thread_name_prefix="ember-run-async")
+        return _POOL
 
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -43,6 +60,35 @@ def get_available_providers() -> list[str]:
 
 def get_device() -> str:
     return "CPU"
+
+
+def get_all_providers() -> list[str]:
+    """The execution providers this build knows: ember knows only the one it has."""
+    return [CPU_PROVIDER]
+
+
+def get_version_string() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def get_build_info() -> str:
+    from . import __version__
+
+    return f"ember {__version__}, target cpu (C++/OpenMP kernels built by the system compiler)"
+
+
+def set_default_logger_severity(severity: int) -> None:
+    """onnxruntime's process-wide log threshold (0 verbose ... 4 fatal) as the level of
+    ember's `ember` logger; a session's own `log_severity_level` filters its log after."""
+    logging.getLogger("ember").setLevel(_log_level(severity, "set_default_logger_severity: the severity"))
+
+
+def set_default_logger_verbosity(verbosity: int) -> None:
+    """Accepted, as onnxruntime's (its verbose log's detail): ember's log has one level of detail."""
+    if isinstance(verbosity, bool) or not isinstance(verbosity, int) or verbosity < 0:
+        raise InputError(f"set_default_logger_verbosity takes an integer >= 0, got {verbosity!r}")
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -353,6 +399,36 @@ class InferenceSession:
             input_feed = {k: unwrap(v) for k, v in input_feed.items()}
         results, _ = self._timed_run(input_feed, None, run_options)
         return [results[n] for n in names]
+
+    def run_async(self, output_names: list[str] | None, input_feed: dict[str, Any],
+                  callback: Callable[[list, Any, str], None], user_data: Any, run_options: RunOptions | None = None):
+        """`run` on a worker thread: `callback(outputs, user_data, err)` is called there with
+        the outputs (numpy arrays) and err "", or with no outputs and the error's message.
+        As onnxruntime's: an unknown output or a missing input raises here, at the call; a
+        failing run reports through the callback. Returns None."""
+        if not callable(callback):
+            raise InputError(f"run_async's callback must be callable, got {type(callback).__name__}")
+        if not isinstance(input_feed, dict):
+            raise InputError(f"input_feed must be a dict of input name -> array, got {type(input_feed).__name__}")
+        from .ir.types import OptionalType
+
+        names = self._output_names(output_names)
+        missing = [i.name for i in self._model.inputs if i.name not in input_feed and not isinstance(i.type, OptionalType)]
+        if missing:
+            raise InputError(f"missing input(s) {', '.join(map(repr, missing))} in the input feed "
+                             f"({', '.join(map(repr, input_feed)) or 'empty'})")
+
+        def work() -> None:
+            try:
+                outputs, err = self.run(names, input_feed, run_options), ""
+            except Exception as e:  # noqa: BLE001 - reported to the caller's callback, as onnxruntime does
+                outputs, err = [], f"{type(e).__name__}: {e}"
+            try:
+                callback(outputs, user_data, err)
+            except Exception:  # noqa: BLE001 - the caller's code: logged, not lost in the worker
+                log.exception("run_async: the callback raised")
+
+        _async_pool().submit(work)
 
     def run_with_ort_values(self, output_names: list[str] | None, input_dict_ort_values: dict[str, OrtValue],
                             run_options: RunOptions | None = None) -> list[OrtValue]:

@@ -280,6 +280,54 @@ def test_log_severity_level_filters_ember_s_session_log(model_path, caplog):
         session(ember, model_path, log_severity_level=7)
 
 
+def test_run_async_calls_back_with_the_outputs_or_the_error(model_path):
+    """run_async returns at once; the callback gets (outputs, user_data, "") from a worker
+    thread, or ([], user_data, the error) for a run that fails; an unknown output or a
+    missing input raises at the call, as onnxruntime's do."""
+    import threading
+
+    x = RNG.standard_normal((3, 8)).astype(np.float32)
+
+    def script(rt):
+        sess = session(rt, model_path)
+        calls = []
+        done = threading.Semaphore(0)
+
+        def callback(outputs, user_data, err):
+            calls.append((outputs, user_data, bool(err), threading.current_thread() is threading.main_thread()))
+            done.release()
+
+        returned = [sess.run_async(["y", "label"], {"x": x}, callback, "first"),
+                    sess.run_async(None, {"x": x.astype(np.float64)}, callback, {"second": 2})]
+        assert done.acquire(timeout=60) and done.acquire(timeout=60)
+        calls.sort(key=lambda c: c[2])  # the good run's first, whichever finished first
+        with pytest.raises(ValueError):  # (ember's InputError is one)
+            sess.run_async(None, {}, callback, None)
+        return {"returned": returned, "calls": calls}
+
+    ours = on_both(script)
+    assert ours["calls"][0][2] is False and ours["calls"][1][0] == []
+    assert_same(ours["calls"][0][0], [expected(x)["y"], expected(x)["label"]])
+
+
+def test_module_functions_for_logging_and_versions():
+    import logging as logging_
+
+    before = logging_.getLogger("ember").level
+    try:
+        for rt in ENGINES:
+            rt.set_default_logger_severity(3)
+            rt.set_default_logger_verbosity(0)
+        assert logging_.getLogger("ember").level == logging_.ERROR
+        with pytest.raises(ember.InputError, match="severity"):
+            ember.set_default_logger_severity(9)
+    finally:
+        logging_.getLogger("ember").setLevel(before)
+    assert ember.get_version_string() == ember.__version__ and ember.__version__ in ember.get_build_info()
+    assert ember.get_all_providers() == ember.get_available_providers() == ["CPUExecutionProvider"]
+    assert "CPUExecutionProvider" in onnxruntime.get_all_providers()
+
+
 # -- OrtValue and run_with_ort_values --------------------------------------------------------------
 def test_ortvalue_and_run_with_ort_values(model_path):
     x = RNG.standard_normal((4, 8)).astype(np.float32)
