@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._signature import TensorInfo, check_feeds, check_out, place_output
-from .errors import EmberError, ModelError, UnsupportedError
+from .errors import EmberError, InputError, ModelError, UnsupportedError
 from .ir.graph import Graph
 from .runtime._malloc import return_freed_heap as _return_freed_heap
 from .runtime.executor import Executor, ReferenceExecutor, default_threads
@@ -198,6 +198,9 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     intra_op_threads: threads per kernel (default: OMP_NUM_THREADS where set, else every
         core this process may use).
     profile: record every kernel's time; read it with `compiled.profile()`.
+    fixed_dims: {dim name: size}: an ONNX model's symbolic dims of those names (dim_param)
+        compiled at that size, e.g. {"batch": 1}; the model then takes only that size.
+    fixed_denotations: the same by dim denotation ({"DATA_BATCH": 1}).
 
     Raises `ModelError` for a model ember cannot take, `UnsupportedError` for an unknown
     target, option or pass. A `Graph` is compiled as given: passes edit it in place."""
@@ -207,10 +210,11 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     codegen = options.pop("codegen", True)
     threads = options.pop("intra_op_threads", None)
     profile = options.pop("profile", False)
+    fixed = {key: _fixed(options.pop(key, None) or {}, key) for key in ("fixed_dims", "fixed_denotations")}
     if options:
         raise UnsupportedError(f"unknown compile option(s): {', '.join(sorted(options))}")
     try:
-        return _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile)
+        return _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile, fixed)
     except EmberError:
         raise
     except RecursionError as e:
@@ -219,7 +223,15 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
         raise ModelError(f"ember could not compile this model: {type(e).__name__}: {e}") from e
 
 
-def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile) -> CompiledModel:
+def _fixed(sizes: Any, what: str) -> dict[str, int]:
+    if not isinstance(sizes, dict) or not all(isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool)
+                                              and v >= 0 for k, v in sizes.items()):
+        raise InputError(f"{what} must be a dict of dim name -> size (an integer >= 0), got {sizes!r}")
+    return dict(sizes)
+
+
+def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile,
+             fixed: dict[str, dict[str, int]]) -> CompiledModel:
     from .frontends.onnx import load_onnx
     from .ir.verifier import verify as verify_graph
     from .passes import PassManager, build_pipeline
@@ -228,19 +240,21 @@ def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codege
     metadata: dict[str, Any] = {}
     t0 = time.perf_counter()
     if isinstance(model, Graph):
+        if any(fixed.values()):
+            raise UnsupportedError("fixed_dims and fixed_denotations apply to an ONNX model, not to an ember Graph")
         verify_graph(model)
         graph = model
     elif isinstance(model, (str, os.PathLike)) and _is_artifact(model):
         raise UnsupportedError(f"{model} is a compiled artifact: load it with ember.load({str(model)!r})")
     else:
-        graph = load_onnx(model, base_dir=base_dir, metadata=metadata)
+        graph = load_onnx(model, base_dir=base_dir, metadata=metadata, **fixed)
     timings["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     manager = PassManager(build_pipeline(opt_level, passes), verify=verify, dump_ir=dump_ir)
     graph, pass_stats = manager.run(graph)
     timings["passes"] = time.perf_counter() - t0
     recorded = {"opt_level": opt_level, "codegen": bool(codegen),
-                 "passes": [list(p) for p in passes or []]}
+                 "passes": [list(p) for p in passes or []], **{k: v for k, v in fixed.items() if v}}
     return CompiledModel(graph, target, timings, pass_stats, codegen=codegen, intra_op_threads=threads,
                          profile=profile, options=recorded, metadata=metadata)
 

@@ -310,6 +310,54 @@ def test_run_async_calls_back_with_the_outputs_or_the_error(model_path):
     assert_same(ours["calls"][0][0], [expected(x)["y"], expected(x)["label"]])
 
 
+def test_free_dimension_overrides_fix_dims_by_name_and_by_denotation(model_path, tmp_path):
+    """add_free_dimension_override_by_name / _by_denotation: the inputs' and outputs' dims
+    show the size, a run at that size matches, another size is refused, a name no dim has
+    changes nothing; on ember an artifact (compiled already) refuses overrides."""
+    model = onnx.load(model_path)
+    model.graph.input[0].type.tensor_type.shape.dim[0].denotation = "DATA_BATCH"
+    denoted = str(tmp_path / "denoted.onnx")
+    onnx.save(model, denoted)
+    x = RNG.standard_normal((3, 8)).astype(np.float32)
+
+    def script(rt):
+        seen = {}
+        for how, path, key in (("name", model_path, "batch"), ("denotation", denoted, "DATA_BATCH"),
+                               ("unknown", model_path, "no_such_dim")):
+            opts = rt.SessionOptions()
+            opts.log_severity_level = 3
+            if how == "denotation":
+                opts.add_free_dimension_override_by_denotation(key, 3)
+            else:
+                opts.add_free_dimension_override_by_name(key, 3)
+            sess = rt.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            refused = None
+            if how != "unknown":
+                with pytest.raises(Exception) as info:
+                    sess.run(None, {"x": x[:2]})
+                refused = info.type.__name__
+            seen[how] = {"inputs": [i.shape for i in sess.get_inputs()], "outputs": [o.shape for o in sess.get_outputs()],
+                         "run": sess.run(None, {"x": x}), "refused": refused is not None}
+        return seen
+
+    ours = on_both(script)
+    assert ours["name"]["inputs"] == [[3, 8]] and ours["unknown"]["inputs"] == [["batch", 8]]
+    assert_same(ours["name"]["run"], [expected(x)[k] for k in ("y", "z", "label")])
+    with pytest.raises(ember.InputError, match="dim 0 must be 3"):
+        opts = ember.SessionOptions()
+        opts.add_free_dimension_override_by_name("batch", 3)
+        ember.InferenceSession(model_path, opts).run(None, {"x": x[:2]})
+    with pytest.raises(ember.InputError, match="dim_value"):
+        ember.SessionOptions().add_free_dimension_override_by_name("batch", -1)
+    artifact = ember.compile(model_path).save(tmp_path / "mlp.ember")
+    opts = ember.SessionOptions()
+    opts.add_free_dimension_override_by_name("batch", 3)
+    with pytest.raises(ember.UnsupportedError, match="compiled already"):
+        ember.InferenceSession(str(artifact), opts)
+    fixed = ember.compile(model_path, fixed_dims={"batch": 3})  # the compile option behind it
+    assert [i.shape for i in fixed.inputs] == [(3, 8)] and fixed.options["fixed_dims"] == {"batch": 3}
+
+
 def test_module_functions_for_logging_and_versions():
     import logging as logging_
 

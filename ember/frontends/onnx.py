@@ -33,18 +33,38 @@ from ..ir.verifier import verify
 from ._onnx_weights import MIN_BYTES, CorruptModel, WeightData, split_weights
 
 
-def load_onnx(model, *, base_dir: str | os.PathLike | None = None, metadata: dict | None = None) -> Graph:
+def load_onnx(model, *, base_dir: str | os.PathLike | None = None, metadata: dict | None = None,
+              fixed_dims: dict[str, int] | None = None, fixed_denotations: dict[str, int] | None = None) -> Graph:
     """Lower an ONNX model (path, serialized bytes or ModelProto) into a verified Graph.
 
     `base_dir` is where external data files are looked up for a ModelProto or bytes;
     for a path it is the model's folder. `metadata`, when given, is filled with the
-    model's own facts, which the Graph does not carry (`model_metadata`)."""
+    model's own facts, which the Graph does not carry (`model_metadata`). `fixed_dims` /
+    `fixed_denotations`: sizes for the symbolic dims of the main graph's inputs, outputs
+    and value infos by dim_param name / by denotation (`fix_dims`)."""
     proto, weights, base = _read(model, base_dir)
+    if fixed_dims or fixed_denotations:
+        fix_dims(proto.graph, fixed_dims or {}, fixed_denotations or {})
     if metadata is not None:
         metadata.update(model_metadata(proto))
     weights.update(_load_external_data(proto, base))
     proto = _normalize(proto, weights)
     return _Importer(proto, weights).run()
+
+
+def fix_dims(graph: onnx.GraphProto, by_name: dict[str, int], by_denotation: dict[str, int]) -> None:
+    """Give each symbolic dim of `graph`'s inputs, outputs and value infos whose dim_param
+    is in `by_name` (or whose denotation is in `by_denotation`) that size, in place:
+    onnxruntime's free dimension overrides. A name no dim has changes nothing."""
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        if not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+            continue
+        for dim in info.type.tensor_type.shape.dim:
+            size = by_name.get(dim.dim_param) if dim.HasField("dim_param") else None
+            if size is None and dim.denotation:
+                size = by_denotation.get(dim.denotation)
+            if size is not None:
+                dim.dim_value = size  # (clears dim_param: a dim holds one of the two)
 
 
 def model_metadata(proto: onnx.ModelProto) -> dict:
