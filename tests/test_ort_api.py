@@ -358,6 +358,34 @@ def test_free_dimension_overrides_fix_dims_by_name_and_by_denotation(model_path,
     assert [i.shape for i in fixed.inputs] == [(3, 8)] and fixed.options["fixed_dims"] == {"batch": 3}
 
 
+def test_capi_exception_classes_catch_what_ember_raises(model_path, tmp_path):
+    """Programs catch onnxruntime's exceptions by their capi names: the same except
+    clauses catch ember's errors for the same failures."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+
+    def script(rt):
+        state = rt.capi.onnxruntime_pybind11_state
+        sess = session(rt, model_path)
+        caught = []
+        for attempt, cls in ((lambda: sess.run(None, {"x": np.ones((2, 8), np.float64)}), state.InvalidArgument),
+                             (lambda: sess.run(None, {"x": np.ones((2, 3), np.float32)}), state.InvalidArgument),
+                             (lambda: rt.InferenceSession(str(tmp_path / "missing.onnx")), state.NoSuchFile),
+                             (lambda: rt.InferenceSession(str(bad)), state.InvalidProtobuf)):
+            try:
+                attempt()
+                caught.append(None)
+            except cls:
+                caught.append(cls.__name__ if rt is onnxruntime else "caught")
+        return [c is not None for c in caught]
+
+    assert on_both(script) == [True] * 4
+    from ember.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+    assert InvalidArgument is ember.InputError and RuntimeException is ember.ExecutionError
+    assert Fail is ember.EmberError
+
+
 def test_module_functions_for_logging_and_versions():
     import logging as logging_
 
