@@ -25,8 +25,8 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ._iobinding import IOBinding, OrtValue, unwrap
@@ -135,7 +135,8 @@ class SessionOptions:
     __slots__ = ("graph_optimization_level", "intra_op_num_threads", "inter_op_num_threads", "execution_mode",
                  "enable_profiling", "profile_file_prefix", "optimized_model_filepath", "log_severity_level",
                  "log_verbosity_level", "logid", "enable_cpu_mem_arena", "enable_mem_pattern", "enable_mem_reuse",
-                 "use_deterministic_compute", "use_per_session_threads", "_config", "_dim_overrides")
+                 "use_deterministic_compute", "use_per_session_threads", "_config", "_fixed_dims",
+                 "_fixed_denotations")
 
     def __init__(self):
         self.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -154,19 +155,19 @@ class SessionOptions:
         self.use_deterministic_compute = False
         self.use_per_session_threads = True
         self._config: dict[str, str] = {}
-        self._dim_overrides: dict[tuple[str, str], int] = {}  # ("name" | "denotation", key) -> size
+        self._fixed_dims: dict[str, int] = {}  # free dimension overrides: dim_param -> size...
+        self._fixed_denotations: dict[str, int] = {}  # ...and denotation -> size
 
     def add_free_dimension_override_by_name(self, dim_name: str, dim_value: int) -> None:
         """Fix the symbolic dim called `dim_name` (an ONNX dim_param) to `dim_value` in the
         model's inputs and outputs: the session then takes only that size (feeds of another
         are an InputError), as onnxruntime's. A name no dim has changes nothing."""
-        self._dim_overrides[("name", _override_key(dim_name, "dim_name"))] = _override_size(dim_value)
+        self._fixed_dims[_override_key(dim_name, "dim_name")] = _override_size(dim_value)
 
     def add_free_dimension_override_by_denotation(self, dim_denotation: str, dim_value: int) -> None:
         """As `add_free_dimension_override_by_name`, for the dims whose ONNX denotation is
         `dim_denotation` (`DATA_BATCH`, `DATA_CHANNEL`, ...)."""
-        self._dim_overrides[("denotation", _override_key(dim_denotation, "dim_denotation"))] = \
-            _override_size(dim_value)
+        self._fixed_denotations[_override_key(dim_denotation, "dim_denotation")] = _override_size(dim_value)
 
     def add_session_config_entry(self, key: str, value: str) -> None:
         """Set a config entry (onnxruntime's keys are kept and returned, and change
@@ -370,14 +371,12 @@ class InferenceSession:
             raise InputError(f"intra_op_num_threads must be 0 (ember's default) or more, got {threads}")
         if isinstance(model, (str, os.PathLike)) and is_artifact(model):
             # compiled already, at the opt_level it records; the level asked for has no say
-            if self._options._dim_overrides:
+            if self._options._fixed_dims or self._options._fixed_denotations:
                 raise UnsupportedError("free dimension overrides apply when an ONNX model is compiled; this "
                                        f"artifact ({os.fspath(model)}) was compiled already: its dims stay as they are")
             return load(model, intra_op_threads=threads, profile=self._profiling)
-        overrides = self._options._dim_overrides
-        fixed = {"fixed_dims": {k: v for (kind, k), v in overrides.items() if kind == "name"},
-                 "fixed_denotations": {k: v for (kind, k), v in overrides.items() if kind == "denotation"}}
-        return compile(model, opt_level=opt_level, intra_op_threads=threads, profile=self._profiling, **fixed)
+        return compile(model, opt_level=opt_level, intra_op_threads=threads, profile=self._profiling,
+                       fixed_dims=self._options._fixed_dims, fixed_denotations=self._options._fixed_denotations)
 
     def _write_optimized(self, path: str | os.PathLike) -> None:
         """onnxruntime's optimized_model_filepath: the graph as ember optimized it, its
