@@ -662,10 +662,12 @@ def build(source: str) -> Path:
 @functools.lru_cache(maxsize=1)
 def _torch_openmp() -> None:
     """Load the OpenMP runtime torch ships (torch/lib/libgomp*.so*) before any kernel
-    library, so the kernels and torch share one runtime, one pool of threads, whichever
-    imports first: a second runtime's workers would spin against the first's. Found
-    without importing torch (~1 s, which a program that runs only ember's kernels never
-    pays); where torch ships none, torch itself is imported first."""
+    library, so the kernels and torch share torch's own runtime (one pool of threads)
+    whichever comes first: a kernel library loaded first would bring in the system's
+    libgomp, and torch, imported later, would be bound to that one instead of the one it
+    was built with (the dynamic linker matches libgomp.so.1 by name). Found without
+    importing torch (~1 s, which a program that runs only ember's kernels never pays);
+    where torch ships none, torch itself is imported first."""
     import importlib.util
 
     spec = importlib.util.find_spec("torch")

@@ -59,11 +59,6 @@ def set_threads(n: int) -> None:
         real.set_num_threads(n)
 
 
-def loaded() -> bool:
-    """Whether torch has been imported (by ember or anyone)."""
-    return "torch" in sys.modules
-
-
 def _import(name: str) -> types.ModuleType:
     """The module `name`, and torch's thread count the executor's: set here too where
     someone else imported torch after the executor was made (torch's own default, the
