@@ -196,7 +196,7 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     codegen: generate C++ kernels (default; needs a C++ compiler, else every node runs its
         reference implementation); False (or EMBER_CODEGEN=0) interprets the graph.
     intra_op_threads: threads per kernel (default: OMP_NUM_THREADS where set, else every
-        core this process may use).
+        core this process may use, capped by a cgroup CPU quota: `default_threads`).
     profile: record every kernel's time; read it with `compiled.profile()`.
     fixed_dims: {dim name: size}: an ONNX model's symbolic dims of those names (dim_param)
         compiled at that size, e.g. {"batch": 1}; the model then takes only that size.

@@ -29,7 +29,9 @@ _requested: int | None = None  # the last executor's thread count
 def default_threads() -> int:
     """Threads per kernel when the caller names none: OMP_NUM_THREADS where it is set to
     a positive number (as torch and OpenMP read it), else every core this process may
-    run on (its CPU affinity: a container's or `taskset`'s share, not the whole host's).
+    run on: its CPU affinity (a `taskset`'s or cpuset's share, not the whole host's),
+    capped by a cgroup CPU quota (a container's `--cpus`, `cgroup_cpus`): two threads
+    spinning at each barrier on a quota of one CPU are throttled in turn.
 
     Neither the thread count nor OpenMP's wait policy adapts to other load: on 2 cores
     with one busy, one thread runs MiniLM b1 1.4-1.7x faster than two, but 1.6x slower
@@ -39,9 +41,41 @@ def default_threads() -> int:
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     if value.isdigit() and int(value) > 0:
         return int(value)
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+    quota = cgroup_cpus()
+    return min(cores, quota) if quota else cores
+
+
+# where a cgroup CPU quota is read: v2's "quota period" (or "max period"), then v1's two
+# files; inside a container (its own cgroup namespace) these are the container's
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+CGROUP_V1 = (("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+             ("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us"))
+
+
+def cgroup_cpus() -> int | None:
+    """The CPUs a cgroup CPU quota lets this process use (quota / period, rounded up, at
+    least 1), or None where no quota is set or none can be read."""
+    def read(path: str) -> str | None:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    fields = (read(CGROUP_CPU_MAX) or "").split()
+    if len(fields) != 2:
+        for quota_path, period_path in CGROUP_V1:
+            quota, period = read(quota_path), read(period_path)
+            if quota is not None and period is not None:
+                fields = [quota, period]
+                break
+    if len(fields) != 2 or not fields[1].isdigit() or not fields[0].lstrip("-").isdigit():
+        return None  # no quota ("max", -1), or no cgroup files
+    quota, period = int(fields[0]), int(fields[1])
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, -(-quota // period))
 
 
 def threads() -> int:

@@ -25,6 +25,33 @@ def test_default_threads_is_this_process_cores_otherwise(monkeypatch, value):
     assert default_threads() == expected
 
 
+@pytest.mark.parametrize("files, cpus", [
+    ({"v2": "150000 100000"}, 2), ({"v2": "50000 100000"}, 1), ({"v2": "100 100000"}, 1),
+    ({"v2": "max 100000"}, None), ({"v1": ("300000", "100000")}, 3), ({"v1": ("-1", "100000")}, None),
+    ({"v2": "garbage"}, None), ({}, None),
+])
+def test_a_cgroup_cpu_quota_caps_the_default_threads(tmp_path, monkeypatch, files, cpus):
+    """A container's CPU quota (cgroup v2 cpu.max, or v1's quota / period) caps the
+    default thread count at the CPUs it allows (rounded up); no quota, or no cgroup
+    files, leaves the cores the process may run on."""
+    from ember.runtime import _torch
+
+    v2, quota, period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    if "v2" in files:
+        v2.write_text(files["v2"] + "\n")
+    if "v1" in files:
+        quota.write_text(files["v1"][0] + "\n")
+        period.write_text(files["v1"][1] + "\n")
+    monkeypatch.setattr(_torch, "CGROUP_CPU_MAX", str(v2))
+    monkeypatch.setattr(_torch, "CGROUP_V1", ((str(quota), str(period)),))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert _torch.cgroup_cpus() == cpus
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_threads() == (min(cores, cpus) if cpus else cores)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the caller's count wins over a quota
+    assert default_threads() == 7
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_torch_imported_later_runs_on_the_executors_threads(threads):
     """An executor made before torch is imported (a program on ember's kernels) still
