@@ -21,7 +21,8 @@ __all__ = [
     "EmberError", "ModelError", "InputError", "IRError", "ExecutionError", "UnsupportedError",
     "ArtifactError",
     # onnxruntime's session API (ember/_session.py, ember/_iobinding.py)
-    "SessionOptions", "RunOptions", "GraphOptimizationLevel", "ExecutionMode", "ModelMetadata", "NodeArg",
+    "SessionOptions", "RunOptions", "GraphOptimizationLevel", "ExecutionMode", "ExecutionOrder", "ModelMetadata",
+    "NodeArg",
     "OrtValue", "IOBinding", "get_available_providers", "get_device", "get_all_providers", "get_version_string",
     "get_build_info", "set_default_logger_severity", "set_default_logger_verbosity",
 ]
@@ -30,7 +31,8 @@ __all__ = [
 _LAZY = {
     "compile": ".api", "CompiledModel": ".api", "CompileStats": ".api",
     "InferenceSession": "._session", "SessionOptions": "._session", "RunOptions": "._session",
-    "GraphOptimizationLevel": "._session", "ExecutionMode": "._session", "ModelMetadata": "._session",
+    "GraphOptimizationLevel": "._session", "ExecutionMode": "._session", "ExecutionOrder": "._session",
+    "ModelMetadata": "._session",
     "NodeArg": "._session", "get_available_providers": "._session", "get_device": "._session",
     "get_all_providers": "._session", "get_version_string": "._session", "get_build_info": "._session",
     "set_default_logger_severity": "._session", "set_default_logger_verbosity": "._session",
@@ -43,9 +45,9 @@ _LAZY = {
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ resolves these
     from ._iobinding import IOBinding, OrtValue
-    from ._session import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata, NodeArg,
-                           RunOptions, SessionOptions, get_all_providers, get_available_providers, get_build_info,
-                           get_device, get_version_string, set_default_logger_severity,
+    from ._session import (ExecutionMode, ExecutionOrder, GraphOptimizationLevel, InferenceSession, ModelMetadata,
+                           NodeArg, RunOptions, SessionOptions, get_all_providers, get_available_providers,
+                           get_build_info, get_device, get_version_string, set_default_logger_severity,
                            set_default_logger_verbosity)
     from .api import CompiledModel, CompileStats, compile
     from .artifact import load

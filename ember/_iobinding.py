@@ -92,6 +92,42 @@ class OrtValue:
         check_device(device_type, device_id, "OrtValue.ortvalue_from_shape_and_type")
         return cls(np.empty(_shape(shape, "OrtValue.ortvalue_from_shape_and_type"), numpy_dtype(element_type)))
 
+    @classmethod
+    def ortvalue_from_numpy_with_onnx_type(cls, data: np.ndarray, onnx_element_type: int) -> OrtValue:
+        """The array's memory read as the ONNX element type `onnx_element_type` (an
+        element of the same size: uint8 bytes as float8, uint16 as bfloat16), not a copy."""
+        if not isinstance(data, np.ndarray):
+            raise InputError(f"OrtValue.ortvalue_from_numpy_with_onnx_type takes a numpy array, "
+                             f"got {type(data).__name__}")
+        dtype = numpy_dtype(onnx_element_type) if isinstance(onnx_element_type, (int, np.integer)) else None
+        if dtype is None or dtype.itemsize != data.dtype.itemsize or dtype.kind in "OSU":
+            raise InputError(f"OrtValue.ortvalue_from_numpy_with_onnx_type: element type {onnx_element_type!r} "
+                             f"is not an ONNX numeric type of {data.dtype.itemsize} byte(s), as {data.dtype} is")
+        return cls(np.ascontiguousarray(data).view(dtype))
+
+    @classmethod
+    def from_dlpack(cls, data: Any) -> OrtValue:
+        """An OrtValue sharing the memory of a DLPack tensor (a torch tensor, a numpy or JAX
+        array: anything with `__dlpack__`, or a raw DLPack capsule) on the CPU; no copy."""
+        source = _Capsule(data) if type(data).__name__ == "PyCapsule" else data
+        if not hasattr(source, "__dlpack__"):
+            raise InputError(f"OrtValue.from_dlpack takes a DLPack tensor (with __dlpack__) or capsule, "
+                             f"got {type(data).__name__}")
+        device = getattr(source, "__dlpack_device__", lambda: (1, 0))()
+        if int(device[0]) != 1:  # kDLCPU
+            raise UnsupportedError(f"OrtValue.from_dlpack: the tensor is on DLPack device {tuple(device)}; "
+                                   "ember runs on the CPU only")
+        try:
+            return cls(np.from_dlpack(source))
+        except (TypeError, ValueError, BufferError, RuntimeError) as e:
+            raise InputError(f"OrtValue.from_dlpack: {type(e).__name__}: {e}") from None
+
+    def __dlpack__(self, *args: Any, **kwargs: Any):
+        return self._tensor("__dlpack__").__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._tensor("__dlpack_device__").__dlpack_device__()
+
     def _tensor(self, what: str) -> np.ndarray:
         if not isinstance(self._value, np.ndarray):
             kind = "an empty optional" if self._value is None else "a sequence of tensors"
@@ -161,6 +197,19 @@ class OrtValue:
         if isinstance(self._value, np.ndarray):
             return f"<OrtValue {self.data_type()} {self.shape()} on cpu>"
         return f"<OrtValue {'None' if self._value is None else f'sequence of {len(self._value)}'}>"
+
+
+class _Capsule:
+    """A raw DLPack capsule as numpy's from_dlpack takes one (an object with __dlpack__)."""
+
+    def __init__(self, capsule: Any):
+        self._capsule = capsule
+
+    def __dlpack__(self, *args: Any, **kwargs: Any):
+        return self._capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)
 
 
 def unwrap(value: Any) -> Any:

@@ -112,6 +112,15 @@ class ExecutionMode(enum.IntEnum):
     ORT_PARALLEL = 1  # accepted: ember runs a program's steps in order, each on every intra-op thread
 
 
+class ExecutionOrder(enum.IntEnum):
+    """onnxruntime's node orders (same names and values): accepted; ember runs its
+    program's steps in the order codegen planned."""
+
+    DEFAULT = 0
+    PRIORITY_BASED = 1
+    MEMORY_EFFICIENT = 2
+
+
 # onnxruntime's severities (0 verbose ... 4 fatal) as logging levels; -1 is the default, warning
 _LOG_LEVELS = {-1: logging.WARNING, 0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR,
                4: logging.CRITICAL}
@@ -135,7 +144,7 @@ class SessionOptions:
     __slots__ = ("graph_optimization_level", "intra_op_num_threads", "inter_op_num_threads", "execution_mode",
                  "enable_profiling", "profile_file_prefix", "optimized_model_filepath", "log_severity_level",
                  "log_verbosity_level", "logid", "enable_cpu_mem_arena", "enable_mem_pattern", "enable_mem_reuse",
-                 "use_deterministic_compute", "use_per_session_threads", "_config", "_fixed_dims",
+                 "use_deterministic_compute", "use_per_session_threads", "execution_order", "_config", "_fixed_dims",
                  "_fixed_denotations")
 
     def __init__(self):
@@ -154,6 +163,7 @@ class SessionOptions:
         self.enable_mem_reuse = True
         self.use_deterministic_compute = False
         self.use_per_session_threads = True
+        self.execution_order = ExecutionOrder.DEFAULT
         self._config: dict[str, str] = {}
         self._fixed_dims: dict[str, int] = {}  # free dimension overrides: dim_param -> size...
         self._fixed_denotations: dict[str, int] = {}  # ...and denotation -> size
@@ -168,6 +178,10 @@ class SessionOptions:
         """As `add_free_dimension_override_by_name`, for the dims whose ONNX denotation is
         `dim_denotation` (`DATA_BATCH`, `DATA_CHANNEL`, ...)."""
         self._fixed_denotations[_override_key(dim_denotation, "dim_denotation")] = _override_size(dim_value)
+
+    def has_providers(self) -> bool:
+        """Whether providers were added to the options (`add_provider`): never, in ember."""
+        return False
 
     def add_session_config_entry(self, key: str, value: str) -> None:
         """Set a config entry (onnxruntime's keys are kept and returned, and change
@@ -441,7 +455,8 @@ class InferenceSession:
         from .ir.types import OptionalType
 
         names = self._output_names(output_names)
-        missing = [i.name for i in self._model.inputs if i.name not in input_feed and not isinstance(i.type, OptionalType)]
+        missing = [i.name for i in self._model.inputs
+                   if i.name not in input_feed and not isinstance(i.type, OptionalType)]
         if missing:
             raise InputError(f"missing input(s) {', '.join(map(repr, missing))} in the input feed "
                              f"({', '.join(map(repr, input_feed)) or 'empty'})")

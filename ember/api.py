@@ -224,8 +224,8 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
 
 
 def _fixed(sizes: Any, what: str) -> dict[str, int]:
-    if not isinstance(sizes, dict) or not all(isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool)
-                                              and v >= 0 for k, v in sizes.items()):
+    if not isinstance(sizes, dict) or not all(isinstance(k, str) and k and isinstance(v, int)
+                                              and not isinstance(v, bool) and v >= 0 for k, v in sizes.items()):
         raise InputError(f"{what} must be a dict of dim name -> size (an integer >= 0), got {sizes!r}")
     return dict(sizes)
 

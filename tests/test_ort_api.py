@@ -386,6 +386,40 @@ def test_capi_exception_classes_catch_what_ember_raises(model_path, tmp_path):
     assert Fail is ember.EmberError
 
 
+def test_dlpack_and_reinterpreted_ortvalues():
+    """OrtValue.from_dlpack shares the memory of a numpy array, a torch tensor (bool
+    included) or a raw capsule; an OrtValue is a DLPack tensor itself; an array's bytes
+    read as float8 (ortvalue_from_numpy_with_onnx_type). SessionOptions.execution_order
+    and has_providers() as onnxruntime's."""
+    import torch
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = torch.arange(4, dtype=torch.int64)
+    flags = torch.tensor([True, False, True])
+    raw = np.array([56, 64, 72], np.uint8)
+
+    def script(rt):
+        values = [rt.OrtValue.from_dlpack(x), rt.OrtValue.from_dlpack(t), rt.OrtValue.from_dlpack(flags),
+                  rt.OrtValue.from_dlpack(t.__dlpack__())]
+        shared = [values[0].data_ptr() == x.ctypes.data, values[1].data_ptr() == t.data_ptr()]
+        back = torch.from_dlpack(values[1])
+        f8 = rt.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, TensorProto.FLOAT8E4M3FN)
+        opts = rt.SessionOptions()
+        order = int(opts.execution_order)
+        opts.execution_order = rt.ExecutionOrder.PRIORITY_BASED
+        return {"values": [v.numpy() for v in values], "types": [v.data_type() for v in values], "shared": shared,
+                "back": back.numpy(), "back_shared": back.data_ptr() == t.data_ptr(),
+                "f8": [f8.data_type(), f8.shape(), f8.element_type(), f8.numpy().view(np.uint8)],
+                "order": [order, int(opts.execution_order)], "has_providers": opts.has_providers()}
+
+    ours = on_both(script)
+    assert ours["shared"] == [True, True] and ours["back_shared"]
+    with pytest.raises(ember.InputError, match="DLPack"):
+        ember.OrtValue.from_dlpack(3)
+    with pytest.raises(ember.InputError, match="byte"):
+        ember.OrtValue.ortvalue_from_numpy_with_onnx_type(np.zeros(2, np.float32), TensorProto.FLOAT16)
+
+
 def test_module_functions_for_logging_and_versions():
     import logging as logging_
 
