@@ -78,9 +78,18 @@ def cgroup_cpus() -> int | None:
     return max(1, -(-quota // period))
 
 
+_default: int | None = None  # default_threads(), worked out once for `threads`
+
+
 def threads() -> int:
-    """Threads per kernel: the last executor's, else `default_threads()`."""
-    return _requested or default_threads()
+    """Threads per kernel: the last executor's, else `default_threads()` (worked out once:
+    it reads the environment and cgroup files, ~40 us, and every tiled GEMM asks)."""
+    global _default
+    if _requested:
+        return _requested
+    if _default is None:
+        _default = default_threads()
+    return _default
 
 
 def set_threads(n: int) -> None:
