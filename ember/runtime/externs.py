@@ -120,20 +120,23 @@ class _LinearWeight:
 
 
 class _TiledWeight:
-    """A float32 GEMM weight [K, N] of at most `MAX_WEIGHT` elements in ember's tiled
-    GEMM's panels (codegen/gemm.py, cpu_gemm.cpp), which writes act(x W + bias) straight
-    into the executor's buffer, the activation in its epilogue. oneDNN's GEMM allocated its
-    result every call (the executor adopted it), and under ever-new shapes those
-    allocations fragmented glibc's heap: MiniLM's soak grew 0.04-9.6% after warm-up, now
-    0.01-2%, and its peak memory is 19 MiB lower. On a 2-core Xeon it runs MiniLM b1 ~10%
-    faster than oneDNN did (its 128-row GEMMs, split by panels), SmolLM2's decoding GEMMs
-    (1-64 rows) 1.2-2x faster; past `TILED_ROWS` rows (`TILED_ROWS_ACTIVATION` with an
-    activation to fuse) it has no blocking for that much x, and MKL's sgemm runs the call
-    into the same buffer (SmolLM2's 2048-row prefill chunks: 12.6 ms where oneDNN took
-    13.3 and the tiled kernel 17.4). A larger weight streams from memory, where oneDNN's
-    blocking wins (`_LinearWeight`). Calls take numpy arrays: only the sgemm imports torch."""
+    """A float32 GEMM weight [K, N] in ember's tiled GEMM's panels (codegen/gemm.py,
+    cpu_gemm.cpp), which writes act(x W + bias) straight into the executor's buffer, the
+    activation in its epilogue. oneDNN's GEMM allocated its result every call (the executor
+    adopted it), and under ever-new shapes those allocations fragmented glibc's heap:
+    MiniLM's soak grew 0.04-9.6% after warm-up, now 0.01-2%, and its peak memory is 19 MiB
+    lower. On a 2-core Xeon it runs MiniLM b1 ~10% faster than oneDNN did (its 128-row
+    GEMMs, split by panels), SmolLM2's decoding GEMMs (1-64 rows) 1.2-2x faster. Weights of
+    any size: where a weight streams from memory (chython-rxnmap's 15-row GEMMs over 12 MiB
+    weights, an LLM's vocabulary head) the panels stream 1.2-1.6x faster than oneDNN's
+    packed layout on a 2-core AMD EPYC (AVX2; docs/benchmarks.md), and MKL's sgemm, with no
+    packing, is 2-6x slower there at 4-64 rows. Past `TILED_ROWS` rows (`TILED_ROWS_ACTIVATION`
+    with an activation to fuse) it has no blocking for that much x, and MKL's sgemm runs the
+    call into the same buffer (SmolLM2's 2048-row prefill chunks: 12.6 ms where oneDNN took
+    13.3 and the tiled kernel 17.4, on the Xeon). Calls take numpy arrays: only the sgemm
+    imports torch."""
 
-    MAX_WEIGHT = 1 << 20
+    MAX_WEIGHT = 1 << 20  # a 1x1 convolution's filter, for calls that write few (`_tiled_weight`)
     TILED_ROWS = 256  # past this many rows MKL's sgemm runs it, into y...
     TILED_ROWS_ACTIVATION = 1024  # ...or past this many with an activation (then a pass of its own)
     __slots__ = ("panels", "kn", "_kn_tensor")
@@ -143,10 +146,8 @@ class _TiledWeight:
 
     @classmethod
     def of(cls, w_kn: np.ndarray) -> "_TiledWeight | None":
-        """The weight [K, N] (a numpy array, any strides) packed, or None where it is too
-        large or the kernel does not build."""
-        if w_kn.size > cls.MAX_WEIGHT:
-            return None
+        """The weight [K, N] (a numpy array, any strides) packed, or None where the kernel
+        does not build."""
         panels = _codegen("gemm").pack(w_kn)
         return None if panels is None else cls(w_kn, panels)
 
@@ -218,11 +219,9 @@ def _packed_linear(x, packed, bias, attr: str, algorithm):
 
 @prepare("linear")
 def prepare_linear(params, constants):
-    """A float32 constant weight [K, N] is packed once: for ember's tiled GEMM up to
-    `_TiledWeight.MAX_WEIGHT` elements (into the planned buffer, the activation in its
-    epilogue), beyond that for oneDNN's GEMM (the bias and the activation as post-ops),
-    1.3-1.9x MKL's sgemm at the shapes of a transformer layer on AVX-512 machines
-    (benchmarks/onnx_cpu.py) where the weight streams from memory."""
+    """A float32 constant weight [K, N] is packed once, for ember's tiled GEMM (into the
+    planned buffer, the activation in its epilogue); where that kernel does not build, for
+    oneDNN's GEMM (the bias and the activation as post-ops)."""
     w = constants.get(1)
     if w is None or w.dtype != np.float32 or w.ndim != 2 or w.size == 0:
         return params

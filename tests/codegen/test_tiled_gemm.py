@@ -256,9 +256,17 @@ def test_activate_in_place():
             np.testing.assert_allclose(y, _activation(name, v.astype(np.float64)), rtol=1e-5, atol=1e-6)
 
 
-def test_a_large_linear_weight_stays_on_onednn():
-    """Past MAX_WEIGHT elements the weight streams from memory, where oneDNN's blocking
-    wins: it is packed for oneDNN, not for the tiled GEMM."""
-    w = torch.randn(1024, 1025)
-    params = externs.prepare_linear({}, {1: w.numpy()})
-    assert "tiled" not in params and ("packed" in params) == externs._onednn()
+def test_a_large_linear_weight_runs_on_the_tiled_gemm():
+    """A weight of any size is packed for the tiled GEMM: where it streams from memory
+    (few rows) its panels stream faster than oneDNN's packed layout, and past TILED_ROWS
+    MKL's sgemm runs on the weight as it is."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((1024, 1025), dtype=np.float32)
+    params = externs.prepare_linear({}, {1: w})
+    assert "tiled" in params and "packed" not in params
+    before = gemm.RUNS[0]
+    for rows in (1, 15, externs._TiledWeight.TILED_ROWS + 3):
+        x = rng.standard_normal((rows, 1024), dtype=np.float32)
+        got = externs.linear(params, x, w, None, None)
+        np.testing.assert_allclose(got, x.astype(np.float64) @ w.astype(np.float64), rtol=1e-4, atol=1e-3)
+    assert gemm.RUNS[0] - before == 2  # the third call went to MKL's sgemm

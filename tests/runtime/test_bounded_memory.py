@@ -95,7 +95,7 @@ def test_a_gemm_off_its_row_class_is_padded_or_runs_on_addmm(rows, large_weight,
     rng = np.random.default_rng(rows)
     w = torch.from_numpy(rng.standard_normal((48, 80), dtype=np.float32))
     bias = torch.from_numpy(rng.standard_normal(80, dtype=np.float32))
-    monkeypatch.setattr(externs._TiledWeight, "MAX_WEIGHT", -1)  # oneDNN's packed weight, not the tiled GEMM's
+    monkeypatch.setattr(externs._TiledWeight, "of", classmethod(lambda cls, w: None))  # oneDNN's packed weight: as where the tiled GEMM does not build
     params = externs.prepare_linear({"activation": "relu"}, {1: w.numpy()})
     monkeypatch.setattr(externs._LinearWeight, "SMALL_MACS", 0)  # every call past addmm's range
     monkeypatch.setattr(externs._LinearWeight, "SMALL_WEIGHT", 0 if large_weight else 48 * 80)
