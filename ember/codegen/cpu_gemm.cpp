@@ -75,67 +75,39 @@ static inline void activate(float* v, int64_t act) {
     }
 }
 
-// one MR x NR block (R rows of it, `cols` columns of the panel) over K products; the
-// panel's row k at panel + k * ldp (NR for packed weights). A GEMM whose K is blocked calls
-// it once per block: the `first` starts from the bias, a later one from the partial sums in
-// y, and only the `last` adds the residual and applies the activation.
+// an MR x NR block's start: the bias (cols of it) in every row
 template <int R>
-static void tile(const float* a, int64_t lda, const float* panel, int64_t ldp, int64_t K, float* y, int64_t ldy,
-                 const float* bias, const float* res, int64_t ldr, int64_t act, int64_t cols, const float* next,
-                 int64_t phase) {
-    const bool first = phase & 1, last = phase & 2;
-    vec acc0[R], acc1[R];
-    alignas(64) float edge[NR];  // a partial panel's bias, residual and output, and activations, go through here
-    if (first) {
-        vec b0 = {}, b1 = {};
-        if (bias != nullptr) {
-            if (cols == NR) {
-                b0 = load(bias);
-                b1 = load(bias + VW);
-            } else {
-                std::memset(edge, 0, sizeof edge);
-                std::memcpy(edge, bias, cols * sizeof(float));
-                b0 = load(edge);
-                b1 = load(edge + VW);
-            }
-        }
-        for (int r = 0; r < R; ++r) {
-            acc0[r] = b0;
-            acc1[r] = b1;
-        }
-    } else {
-        for (int r = 0; r < R; ++r) {
-            if (cols == NR) {
-                acc0[r] = load(y + r * ldy);
-                acc1[r] = load(y + r * ldy + VW);
-            } else {
-                std::memset(edge, 0, sizeof edge);
-                std::memcpy(edge, y + r * ldy, cols * sizeof(float));
-                acc0[r] = load(edge);
-                acc1[r] = load(edge + VW);
-            }
+static inline void start(vec* acc0, vec* acc1, const float* bias, int64_t cols, float* edge) {
+    vec b0 = {}, b1 = {};
+    if (bias != nullptr) {
+        if (cols == NR) {
+            b0 = load(bias);
+            b1 = load(bias + VW);
+        } else {
+            std::memset(edge, 0, NR * sizeof(float));
+            std::memcpy(edge, bias, cols * sizeof(float));
+            b0 = load(edge);
+            b1 = load(edge + VW);
         }
     }
-    for (int64_t k = 0; k < K; ++k) {
-        const vec w0 = load(panel + k * ldp), w1 = load(panel + k * ldp + VW);
-        if (next != nullptr) {  // the next panel into L2 while this one's first tile runs
-            __builtin_prefetch(next + k * NR, 0, 2);
-            __builtin_prefetch(next + k * NR + NR / 2, 0, 2);
-        }
-#pragma GCC unroll 12
-        for (int r = 0; r < R; ++r) {
-            const float x = a[r * lda + k];
-            acc0[r] += x * w0;
-            acc1[r] += x * w1;
-        }
+    for (int r = 0; r < R; ++r) {
+        acc0[r] = b0;
+        acc1[r] = b1;
     }
+}
+
+// an MR x NR block's end: on the `last` pass the residual and the activation, then the
+// store of `cols` columns of R rows
+template <int R>
+static inline void finish(vec* acc0, vec* acc1, float* y, int64_t ldy, const float* res, int64_t ldr, int64_t act,
+                          int64_t cols, bool last, float* edge) {
     for (int r = 0; r < R; ++r) {
         if (last && res != nullptr) {
             if (cols == NR) {
                 acc0[r] += load(res + r * ldr);
                 acc1[r] += load(res + r * ldr + VW);
             } else {
-                std::memset(edge, 0, sizeof edge);
+                std::memset(edge, 0, NR * sizeof(float));
                 std::memcpy(edge, res + r * ldr, cols * sizeof(float));
                 acc0[r] += load(edge);
                 acc1[r] += load(edge + VW);
@@ -163,6 +135,76 @@ static void tile(const float* a, int64_t lda, const float* panel, int64_t ldp, i
     }
 }
 
+// one MR x NR block (R rows of it, `cols` columns of the panel) over K products; the
+// panel's row k at panel + k * ldp (NR for packed weights). A GEMM whose K is blocked calls
+// it once per block: the `first` starts from the bias, a later one from the partial sums in
+// y, and only the `last` adds the residual and applies the activation.
+template <int R>
+static void tile(const float* a, int64_t lda, const float* panel, int64_t ldp, int64_t K, float* y, int64_t ldy,
+                 const float* bias, const float* res, int64_t ldr, int64_t act, int64_t cols, const float* next,
+                 int64_t phase) {
+    const bool first = phase & 1, last = phase & 2;
+    vec acc0[R], acc1[R];
+    alignas(64) float edge[NR];  // a partial panel's bias, residual and output, and activations, go through here
+    if (first) {
+        start<R>(acc0, acc1, bias, cols, edge);
+    } else {
+        for (int r = 0; r < R; ++r) {
+            if (cols == NR) {
+                acc0[r] = load(y + r * ldy);
+                acc1[r] = load(y + r * ldy + VW);
+            } else {
+                std::memset(edge, 0, sizeof edge);
+                std::memcpy(edge, y + r * ldy, cols * sizeof(float));
+                acc0[r] = load(edge);
+                acc1[r] = load(edge + VW);
+            }
+        }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+        const vec w0 = load(panel + k * ldp), w1 = load(panel + k * ldp + VW);
+        if (next != nullptr) {  // the next panel into L2 while this one's first tile runs
+            __builtin_prefetch(next + k * NR, 0, 2);
+            __builtin_prefetch(next + k * NR + NR / 2, 0, 2);
+        }
+#pragma GCC unroll 12
+        for (int r = 0; r < R; ++r) {
+            const float x = a[r * lda + k];
+            acc0[r] += x * w0;
+            acc1[r] += x * w1;
+        }
+    }
+    finish<R>(acc0, acc1, y, ldy, res, ldr, act, cols, last, edge);
+}
+
+// a convolution's MR x NR block: R output positions (their inputs' windows `lda` apart)
+// over `taps` window offsets (taps[t] floats from a) of C products each (a tap's channels,
+// or a window row's taps x channels where they are contiguous), the panel holding the
+// taps' C x NR weights one after another; the accumulators stay in registers across all
+// taps x C products
+template <int R>
+static void conv_tile(const float* a, int64_t lda, const int64_t* taps, int64_t ntaps, const float* panel, int64_t C,
+                      float* y, int64_t ldy, const float* bias, const float* res, int64_t ldr, int64_t act,
+                      int64_t cols) {
+    vec acc0[R], acc1[R];
+    alignas(64) float edge[NR];
+    start<R>(acc0, acc1, bias, cols, edge);
+    for (int64_t t = 0; t < ntaps; ++t) {
+        const float* at = a + taps[t];
+        const float* pt = panel + t * C * NR;
+        for (int64_t k = 0; k < C; ++k) {
+            const vec w0 = load(pt + k * NR), w1 = load(pt + k * NR + VW);
+#pragma GCC unroll 12
+            for (int r = 0; r < R; ++r) {
+                const float x = at[r * lda + k];
+                acc0[r] += x * w0;
+                acc1[r] += x * w1;
+            }
+        }
+    }
+    finish<R>(acc0, acc1, y, ldy, res, ldr, act, cols, true, edge);
+}
+
 typedef void (*tile_fn)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, const float*,
                         const float*, int64_t, int64_t, int64_t, const float*, int64_t);
 
@@ -175,10 +217,20 @@ struct Tiles {
     static constexpr tile_fn table[] = {nullptr, tile<R>...};
 };
 }  // namespace
+typedef void (*conv_tile_fn)(const float*, int64_t, const int64_t*, int64_t, const float*, int64_t, float*, int64_t,
+                             const float*, const float*, int64_t, int64_t, int64_t);
+namespace {
+template <int... R>
+struct ConvTiles {
+    static constexpr conv_tile_fn table[] = {nullptr, conv_tile<R>...};
+};
+}  // namespace
 #if defined(__AVX512F__)
 static constexpr const tile_fn* TILES = Tiles<1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12>::table;
+static constexpr const conv_tile_fn* CONV_TILES = ConvTiles<1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12>::table;
 #else
 static constexpr const tile_fn* TILES = Tiles<1, 2, 3, 4, 5, 6>::table;
+static constexpr const conv_tile_fn* CONV_TILES = ConvTiles<1, 2, 3, 4, 5, 6>::table;
 #endif
 
 constexpr int64_t BLOCK_BYTES = 1 << 20;  // x's rows a thread sweeps across the panels at once
@@ -264,6 +316,67 @@ extern "C" void ember_gemm(const float* x, int64_t lda, const float* packed, con
         const int64_t t0 = by_rows ? tiles * t / T : 0, t1 = by_rows ? tiles * (t + 1) / T : tiles;
         const int64_t p0 = by_rows ? 0 : panels * t / T, p1 = by_rows ? panels : panels * (t + 1) / T;
         sweep(x, lda, packed, bias, res, ldr, y, ldy, M, K, N, act, t0, t1, p0, p1);
+    }
+}
+
+// w [O, C, KH, KW] (contiguous) -> panels [ceil(O/NR)][KH][KW][C][NR], zeros past O
+extern "C" void ember_conv_pack(const float* w, int64_t O, int64_t C, int64_t KH, int64_t KW, float* out) {
+    const int64_t panels = (O + NR - 1) / NR, taps = KH * KW;
+    for (int64_t p = 0; p < panels; ++p)
+        for (int64_t t = 0; t < taps; ++t)
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t j = 0; j < NR; ++j) {
+                    const int64_t o = p * NR + j;
+                    out[((p * taps + t) * C + c) * NR + j] = o < O ? w[(o * C + c) * taps + t] : 0.0f;
+                }
+}
+
+// A channels-last 2-d convolution (one group), direct: y [N, OH, OW, O] = act(conv(x) +
+// bias + res), x [N, H, W, C] already padded (its pads zeros), stride (sh, sw), dilation
+// (dh, dw). Each MR x NR block is MR output positions along a row of the output by NR
+// output channels, its accumulators in registers across all KH x KW x C products (the
+// window's taps are offsets from the block's first input; positions are sw x C floats
+// apart): no im2col copy, the epilogue on the registers before the one store. Threads
+// split the blocks of rows (or, where there are few, the panels of output channels); each
+// sweeps its rows across one panel of weights (KH x KW x C x NR floats, in L1/L2) at a time.
+extern "C" void ember_conv(const float* x, int64_t N, int64_t H, int64_t W, int64_t C, const float* packed,
+                           int64_t O, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                           const float* bias, const float* res, float* y, int64_t OH, int64_t OW, int64_t act,
+                           int64_t threads) {
+    if (N <= 0 || OH <= 0 || OW <= 0 || O <= 0) return;
+    constexpr int64_t MAX_TAPS = 1024;
+    // with no dilation along W a window row's KW x C inputs are contiguous, as are the
+    // packed weights of its taps: one tap of KW x C products per window row
+    const bool merged = dw == 1;
+    const int64_t ntaps = merged ? KH : KH * KW, K = merged ? KW * C : C;
+    if (KH * KW <= 0 || ntaps > MAX_TAPS) return;
+    int64_t taps[MAX_TAPS];
+    for (int64_t i = 0; i < ntaps; ++i)
+        taps[i] = merged ? i * dh * W * C : ((i / KW) * dh * W + (i % KW) * dw) * C;
+    // a row of the output in tiles of at most MR positions, as even as they come (21 as
+    // 6 + 5 + 5 + 5, not 6 + 6 + 6 + 3: a tile of few rows has too few accumulators to
+    // hide the multiply-adds' latency)
+    const int64_t row_tiles = (OW + MR - 1) / MR, panels = (O + NR - 1) / NR, tiles = N * OH * row_tiles;
+    if (threads < 1) threads = 1;
+    const bool by_rows = tiles >= 2 * threads || panels < threads;
+    const bool parallel = threads > 1 && N * OH * OW * O * C * KH * KW >= (int64_t(1) << 16);
+#pragma omp parallel num_threads(threads) if (parallel)
+    {
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int64_t t0 = by_rows ? tiles * t / T : 0, t1 = by_rows ? tiles * (t + 1) / T : tiles;
+        const int64_t p0 = by_rows ? 0 : panels * t / T, p1 = by_rows ? panels : panels * (t + 1) / T;
+        for (int64_t p = p0; p < p1; ++p) {
+            const int64_t o0 = p * NR, cols = O - o0 < NR ? O - o0 : NR;
+            const float* panel = packed + p * KH * KW * C * NR;
+            for (int64_t i = t0; i < t1; ++i) {
+                const int64_t row = i / row_tiles, j = i % row_tiles, n = row / OH, oh = row % OH;
+                const int64_t ow0 = OW * j / row_tiles, rows = OW * (j + 1) / row_tiles - ow0;
+                const int64_t out = (row * OW + ow0) * O + o0;
+                CONV_TILES[rows](x + ((n * H + oh * sh) * W + ow0 * sw) * C, sw * C, taps, ntaps, panel, K, y + out, O,
+                                 bias != nullptr ? bias + o0 : nullptr, res != nullptr ? res + out : nullptr, O, act,
+                                 cols);
+            }
+        }
     }
 }
 

@@ -523,13 +523,18 @@ def _conv_args(params, x):
 
 @prepare("conv")
 def prepare_conv(params, constants):
-    """A float32 constant 2-d filter is packed once into oneDNN's blocked layout; the
-    bias, the residual sum and the activation run as post-ops of the convolution. A
-    channels-first one is also laid out for ember's small direct loop ([groups, C/groups,
-    KH, KW, O/groups]), which runs the calls of tiny work."""
-    prepared = _prepare_onednn(params, constants)
+    """A float32 constant 2-d filter is packed once: for ember's direct convolution where
+    its input size is symbolic (`_direct_weight`), else into oneDNN's blocked layout (the
+    bias, the residual sum and the activation as post-ops of the convolution), a mid-size
+    1x1 one also for the tiled GEMM (`_tiled_weight`). A channels-first one is also laid
+    out for ember's small direct loop ([groups, C/groups, KH, KW, O/groups]), which runs
+    the calls of tiny work."""
     w = constants.get(1)
-    if (tiled := _tiled_weight(params, w)) is not None:
+    tiled = _tiled_weight(params, w)
+    if tiled is None and (direct := _direct_weight(params, w)) is not None:
+        return {**params, "direct": direct}  # (no oneDNN copy: a call it declines runs on torch's own)
+    prepared = _prepare_onednn(params, constants)
+    if tiled is not None:
         prepared = {**prepared, "tiled": tiled}
     # a call does at least w.numel() multiply-adds (one output position): a larger filter
     # never runs on the small loop, and is not laid out for it
@@ -620,6 +625,54 @@ def _tiled_weight(params, w):
     return _TiledWeight.of(w.reshape(n, k).t().numpy())
 
 
+def _direct_weight(params, w):
+    """A channels-last 2-d convolution's float32 constant filter (one group, an epilogue
+    the tiled kernels run) in ember's direct convolution's panels (codegen/gemm.py), with
+    its [O, C, KH, KW] shape, where its input's size is symbolic: oneDNN packs its filter
+    for a compile-time stand-in size, and its kernel for the real one can run 2x slower
+    (deepcut's 1x10 and 1x11 over 49 rows: 2.2 ms where packed for their shape 0.7-1.2).
+    It writes the executor's planned buffer (not adopted), the residual added in its
+    epilogue. On a 2-core AMD EPYC: deepcut 12.9 -> 7.8 ms, PP-OCRv6 det 19.0 -> 17.0, rec 10.4 -> 9.2,
+    the PP-OCR classifier 1.45 -> 0.78, the captcha CRNN 13.4 -> 11.2; PicoDet at 800x608
+    4-7% slower (large images, where oneDNN's kernels are the faster). Else None."""
+    shape = params.get("input_shape") or []
+    if (w is None or w.dtype != torch.float32 or w.dim() != 4 or not params.get("channels_last")
+            or params["group"] != 1 or params["pads"] is None or len(shape) != 4
+            or tuple(w.shape[2:]) == (1, 1)  # a GEMM over rows: the pointwise and tiled paths
+            or params.get("activation", "") not in _codegen("gemm").ACTIVATIONS
+            or params.get("static_input")):
+        return None
+    panels = _codegen("gemm").conv_pack(w.numpy())
+    return None if panels is None else (panels, tuple(w.shape))
+
+
+def _direct_conv(params, x, bias, total, y):
+    """A channels-last 2-d convolution on ember's direct kernel: x [N, H, W, C] (copied
+    with its zero pads around it where it has pads), act(conv + bias + total) written
+    straight into y. None where the call does not fit it (the caller goes on)."""
+    panels, (o, c_in, kh, kw) = params["direct"]
+    if (x.dtype != torch.float32 or x.dim() != 4 or x.shape[-1] != c_in or not x.numel() or not x.is_contiguous()
+            or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
+            or (total is not None and (total.dtype != torch.float32 or not total.is_contiguous()))
+            or (y is not None and not y.is_contiguous())):
+        return None
+    top, left, bottom, right = params["pads"]
+    (sh, sw), (dh, dw) = params["strides"], params["dilations"]
+    if top or left or bottom or right:
+        x = F.pad(x, (0, 0, left, right, top, bottom))
+    n, h, w, _ = x.shape
+    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    if oh <= 0 or ow <= 0:
+        return None
+    if y is None:
+        y = torch.empty((n, oh, ow, o), dtype=torch.float32)
+    elif tuple(y.shape) != (n, oh, ow, o):
+        return None
+    _codegen("gemm").conv(x, panels, bias, total, y, (n, h, w, c_in), o, (kh, kw), (sh, sw), (dh, dw),
+                          (oh, ow), params.get("activation", ""), _threads())
+    return y
+
+
 def _tiled_pointwise(params, x, bias, total, y):
     """A channels-last 1x1 convolution on the tiled GEMM (codegen/gemm.py): x [N, *spatial,
     K] as rows, act(rows W + bias + total) written straight into y (allocated where the
@@ -645,6 +698,8 @@ def _tiled_pointwise(params, x, bias, total, y):
 def conv(params, x, w, bias, total, y):
     if params.get("tiled") is not None and (tiled := _tiled_pointwise(params, x, bias, total, y)) is not None:
         return tiled
+    if params.get("direct") is not None and (direct := _direct_conv(params, x, bias, total, y)) is not None:
+        return direct
     pointwise = params.get("pointwise")
     if (pointwise is not None and x.dtype == torch.float32 and x.numel() and x.is_contiguous()
             and (bias is None or bias.dtype == x.dtype) and (total is None or total.is_contiguous())):

@@ -114,8 +114,9 @@ def test_residual_is_summed_into_in_place_only_when_nothing_reads_it_later(resid
     a residual some later node reads must stay as it was."""
     rng = np.random.default_rng(2)
     # 640 input channels: both convolutions run on oneDNN (a generated kernel takes a 1x1
-    # of at most 512 at a small size)
-    model = _block(rng, 640, 4, 6, 3, 1, True, False, "Add", True)
+    # of at most 512 at a small size); a batch of known size (with a symbolic one the 3x3
+    # runs on ember's direct convolution, which adds the residual in its epilogue)
+    model = _block(rng, 640, 4, 6, 3, 1, True, False, "Add", True, batch=2)
     if residual_read_again:  # y2 = r * 2 after the block reads the shortcut's output again
         model.graph.node.append(helper.make_node("Mul", ["r", "two"], ["y2"], name="again"))
         model.graph.initializer.append(numpy_helper.from_array(np.array(2, np.float32), "two"))
@@ -144,12 +145,13 @@ def test_batchnorm_on_a_computed_filter_is_left_alone():
 
 def _conv_path(compiled) -> str:
     """Which kernel ran the model's one convolution: ember's generated kernel, oneDNN's
-    GEMM (a pointwise one), oneDNN's convolution, or torch's."""
+    GEMM (a pointwise one), ember's direct convolution, oneDNN's convolution, or torch's."""
     convs = [step for kind, _, step in compiled._executor._steps if kind == "extern" and step.name == "conv"]
     if not convs:
         return "generated"
     (step,) = convs
-    return "gemm" if "pointwise" in step.params else "onednn" if "packed" in step.params else "torch"
+    return ("gemm" if "pointwise" in step.params else "direct" if "direct" in step.params
+            else "onednn" if "packed" in step.params else "torch")
 
 
 @pytest.mark.parametrize("form", ["dense", "depthwise", "wide", "pointwise"])
@@ -409,22 +411,25 @@ def test_pointwise_convolution_of_a_symbolic_batch_runs_its_exact_rows_on_onednn
     _matches_reference(compiled, model, rng, [(batch, 3, 12, 16) for batch in (1, 3, 1)])
 
 
-def test_uneven_pads_become_a_padded_copy_and_run_on_onednn():
+@pytest.mark.parametrize("size", ["symbolic", "static"])
+def test_uneven_pads_become_a_padded_copy(size):
     """SAME_UPPER at an even window pads one more at the end: oneDNN's convolution takes
-    even pads only, so the input is copied zero-padded first and the convolution (packed
-    for oneDNN, no pads) runs on it; it matches the reference at two symbolic sizes."""
+    even pads only, so the input is copied zero-padded first and the convolution runs on it
+    with no pads: on ember's direct kernel where the image size is symbolic, else packed
+    for oneDNN. It matches the reference (at two sizes where they are symbolic)."""
     rng = np.random.default_rng(9)
     inits = [numpy_helper.from_array(rng.standard_normal((24, 3, 3, 3)).astype(np.float32), "w0"),
              numpy_helper.from_array(rng.standard_normal((48, 24, 2, 2)).astype(np.float32) * 0.3, "w1")]
     nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c0"], ["r0"]),
              helper.make_node("Conv", ["r0", "w1"], ["y"], auto_pad="SAME_UPPER")]
-    model = _image_model(nodes, inits)
+    shapes = ((1, 3, 12, 20), (2, 3, 9, 7)) if size == "symbolic" else ((1, 3, 12, 20),)
+    model = _image_model(nodes, inits, input_shape=["n", 3, "h", "w"] if size == "symbolic" else [1, 3, 12, 20])
     compiled = ember.compile(model)
     (conv,) = [step for kind, _, step in compiled._executor._steps
                if kind == "extern" and step.name == "conv" and step.params["kernel"] == [2, 2]]
-    assert conv.params["pads"] == [0, 0, 0, 0] and "packed" in conv.params
-    _matches_reference(compiled, model, rng, ((1, 3, 12, 20), (2, 3, 9, 7)))
+    assert conv.params["pads"] == [0, 0, 0, 0] and ("direct" if size == "symbolic" else "packed") in conv.params
+    _matches_reference(compiled, model, rng, shapes)
 
 
 def test_a_shared_activation_pools_and_concatenates_channels_last():
@@ -447,9 +452,9 @@ def test_a_shared_activation_pools_and_concatenates_channels_last():
     _converts_layout_once_and_matches(model, rng)
 
 
-def _image_model(nodes, inits, name: str = "g"):
-    """A model of `nodes` from input x [n, 3, h, w] to output y, opset 17."""
-    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+def _image_model(nodes, inits, name: str = "g", input_shape=("n", 3, "h", "w")):
+    """A model of `nodes` from input x [n, 3, h, w] (or `input_shape`) to output y, opset 17."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
