@@ -187,3 +187,18 @@ def test_resize_through_torch_interpolate(data, coords, dtype, by_sizes, exclude
         spatial = [data.draw(st.sampled_from([0.5, 0.75, 1.0, 1.5, 2.0, 2.5])) for _ in shape[2:]]
         inputs = [("x", x), ("roi", None), ("scales", np.array([1, 1, *spatial], np.float32))]
     check_kernel("Resize", inputs, attrs, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+@pytest.mark.parametrize("scales", [[1, 1, 2, 2], [1, 1, 4, 8], [2, 1, 1, 3]])
+def test_nearest_upsampling_by_whole_factors_is_one_broadcasting_copy(dtype, scales):
+    """A nearest resize with asymmetric coordinates and floor rounding by whole factors (the
+    FPN upsampling in PP-OCR's detector) repeats each element: one copy, equal to the
+    reference to the bit."""
+    from ember.runtime import externs_image
+
+    x = np.random.default_rng(len(scales) * scales[-1]).uniform(0, 200, (2, 3, 5, 4)).astype(dtype)
+    attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    before = externs_image.REPEATS[0]
+    check_kernel("Resize", [("x", x), ("roi", None), ("scales", np.array(scales, np.float32))], attrs, exact=True)
+    assert externs_image.REPEATS[0] > before

@@ -203,3 +203,19 @@ def test_deform_conv(data, group, offset_group, with_bias, with_mask):
     attrs = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads, "group": group,
              "offset_group": offset_group}
     check_kernel("DeformConv", inputs, attrs, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kernel, with_bias, batch", [((2, 2), True, 1), ((2, 3), False, 2), ((1, 1), True, 3)])
+def test_a_conv_transpose_of_non_overlapping_windows_is_one_gemm(kernel, with_bias, batch):
+    """Kernel = stride, no pads (the 2x upsampling of PP-OCR's DB head): each input pixel's
+    channels give its output block through one batched GEMM, as the reference computes."""
+    from ember.runtime import externs_spatial
+
+    rng = np.random.default_rng(sum(kernel) + batch)
+    inputs = [("x", rng.standard_normal((batch, 6, 5, 7)).astype(np.float32)),
+              ("w", rng.standard_normal((6, 4, *kernel)).astype(np.float32))]
+    if with_bias:
+        inputs.append(("b", rng.standard_normal(4).astype(np.float32)))
+    before = externs_spatial.BLOCK_RUNS[0]
+    check_kernel("ConvTranspose", inputs, {"strides": list(kernel)}, consts=(1,), rtol=1e-4, atol=1e-4)
+    assert externs_spatial.BLOCK_RUNS[0] == before + 1
