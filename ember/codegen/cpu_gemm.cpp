@@ -410,21 +410,25 @@ extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const 
         for (int64_t task = tasks * t / T; task < tasks * (t + 1) / T; ++task) {
             const int64_t bh = task / blocks, b = bh / H, h = bh % H, i0 = (task % blocks) * QB;
             const int64_t rows = Sq - i0 < QB ? Sq - i0 : QB, kvh = h / group;
-            if (bh != packed) {
+            if (bh != packed) {  // each key's and value's row read once, in order (a column at a time
+                                 // read rows ldk apart: 1/4 of MiniLM's attention time on AVX2)
                 const float* kb = k + b * sbk + kvh * D;
-                for (int64_t p = 0; p < kpanels; ++p)
-                    for (int64_t d = 0; d < D; ++d)
-                        for (int64_t jj = 0; jj < NR; ++jj) {
-                            const int64_t j = p * NR + jj;
-                            kt[(p * D + d) * NR + jj] = j < Sk ? kb[j * ldk + d] * scale : 0.0f;
-                        }
+                if (Sk % NR != 0) std::memset(kt, 0, kpanels * NR * D * sizeof(float));
+                for (int64_t j = 0; j < Sk; ++j) {
+                    float* col = kt + (j / NR) * D * NR + j % NR;
+                    const float* row = kb + j * ldk;
+                    for (int64_t d = 0; d < D; ++d) col[d * NR] = row[d] * scale;
+                }
                 const float* vb = v + b * sbv + kvh * D;
-                for (int64_t p = 0; p < vpanels; ++p)
-                    for (int64_t j = 0; j < Sk; ++j)
-                        for (int64_t dd = 0; dd < NR; ++dd) {
-                            const int64_t d = p * NR + dd;
-                            vp[(p * Sk + j) * NR + dd] = d < D ? vb[j * ldv + d] : 0.0f;
-                        }
+                for (int64_t j = 0; j < Sk; ++j) {
+                    const float* row = vb + j * ldv;
+                    for (int64_t p = 0; p < vpanels; ++p) {
+                        float* out = vp + (p * Sk + j) * NR;
+                        const int64_t cols = D - p * NR < NR ? D - p * NR : NR;
+                        std::memcpy(out, row + p * NR, cols * sizeof(float));
+                        if (cols < NR) std::memset(out + cols, 0, (NR - cols) * sizeof(float));
+                    }
+                }
                 packed = bh;
             }
             const float* qb = q + b * sbq + i0 * ldq + h * D;
