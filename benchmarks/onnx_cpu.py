@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             f"onnxruntime {onnxruntime.__version__}:", "", *table, "",
             f"Peak resident memory, MiniLM b8x128 (a fresh process per engine: load, compile, 5 runs): "
             f"ember {rss['ember']:.0f} MiB, onnxruntime {rss['onnxruntime']:.0f} MiB "
-            f"(ratio {rss['ember'] / rss['onnxruntime']:.2f}).", ""])
+            f"(ratio {rss['ember'] / rss['onnxruntime']:.2f}).", "", ""])
         text = args.write.read_text()
         start = text.find("## CPU latency")
         if start >= 0:

@@ -135,6 +135,18 @@ static inline void finish(vec* acc0, vec* acc1, float* y, int64_t ldy, const flo
     }
 }
 
+// one product of the block: R values of x's column (rows lda apart) times the panel's row
+template <int R>
+__attribute__((always_inline)) static inline void rank1(vec* acc0, vec* acc1, const float* a, int64_t lda, vec w0,
+                                                         vec w1) {
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+        const float x = a[r * lda];
+        acc0[r] += x * w0;
+        acc1[r] += x * w1;
+    }
+}
+
 // one MR x NR block (R rows of it, `cols` columns of the panel) over K products; the
 // panel's row k at panel + k * ldp (NR for packed weights). A GEMM whose K is blocked calls
 // it once per block: the `first` starts from the bias, a later one from the partial sums in
@@ -167,12 +179,7 @@ static void tile(const float* a, int64_t lda, const float* panel, int64_t ldp, i
             __builtin_prefetch(next + k * NR, 0, 2);
             __builtin_prefetch(next + k * NR + NR / 2, 0, 2);
         }
-#pragma GCC unroll 12
-        for (int r = 0; r < R; ++r) {
-            const float x = a[r * lda + k];
-            acc0[r] += x * w0;
-            acc1[r] += x * w1;
-        }
+        rank1<R>(acc0, acc1, a + k, lda, w0, w1);
     }
     finish<R>(acc0, acc1, y, ldy, res, ldr, act, cols, last, edge);
 }
@@ -193,13 +200,7 @@ static void conv_tile(const float* a, int64_t lda, const int64_t* taps, int64_t 
         const float* at = a + taps[t];
         const float* pt = panel + t * C * NR;
         for (int64_t k = 0; k < C; ++k) {
-            const vec w0 = load(pt + k * NR), w1 = load(pt + k * NR + VW);
-#pragma GCC unroll 12
-            for (int r = 0; r < R; ++r) {
-                const float x = at[r * lda + k];
-                acc0[r] += x * w0;
-                acc1[r] += x * w1;
-            }
+            rank1<R>(acc0, acc1, at + k, lda, load(pt + k * NR), load(pt + k * NR + VW));
         }
     }
     finish<R>(acc0, acc1, y, ldy, res, ldr, act, cols, true, edge);

