@@ -28,7 +28,7 @@ def convolutions(draw):
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 5))
     sh, sw, dh, dw = (draw(st.integers(1, 2)) for _ in range(4))
     pads = [draw(st.integers(0, 2)) for _ in range(4)]  # top, left, bottom, right
-    h = draw(st.integers((kh - 1) * dh + 1, 12)) + 0
+    h = draw(st.integers((kh - 1) * dh + 1, 12))
     w = draw(st.integers((kw - 1) * dw + 1, 20))
     return dict(n=draw(st.integers(1, 3)), h=h, w=w, c=draw(st.integers(1, 40)), o=draw(st.integers(1, 70)),
                 kernel=(kh, kw), strides=(sh, sw), dilations=(dh, dw), pads=pads,
