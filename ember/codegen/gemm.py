@@ -19,9 +19,10 @@ panels of NR output channels, each tap's C x NR weights in turn): MR output posi
 row by NR channels a block, the accumulators in registers over every tap and channel (a
 window row's taps merged into one run of KW x C products where W is not dilated), the
 epilogue as the GEMM's. The `conv` extern runs it for filters whose input size is symbolic
-(`_direct_weight`): packed for the real size it runs 1.1-1.9x faster in those models than
-oneDNN packed for a stand-in (deepcut, PP-OCR, the CRNN captcha reader on a 2-core AMD
-EPYC); where the size is known, oneDNN packed for it is 0-15% faster than this kernel."""
+(`_direct_weight`), at sizes other than the stand-in oneDNN packed the filter for: there it
+runs 1.1-1.9x faster in those models than oneDNN (deepcut, PP-OCR, the CRNN captcha reader
+on a 2-core AMD EPYC); at the size it was packed for, oneDNN is 0-15% faster than this
+kernel."""
 
 from __future__ import annotations
 

@@ -523,19 +523,20 @@ def _conv_args(params, x):
 
 @prepare("conv")
 def prepare_conv(params, constants):
-    """A float32 constant 2-d filter is packed once: for ember's direct convolution where
-    its input size is symbolic (`_direct_weight`), else into oneDNN's blocked layout (the
-    bias, the residual sum and the activation as post-ops of the convolution), a mid-size
-    1x1 one also for the tiled GEMM (`_tiled_weight`). A channels-first one is also laid
+    """A float32 constant 2-d filter is packed once into oneDNN's blocked layout (the bias,
+    the residual sum and the activation as post-ops of the convolution); a mid-size 1x1
+    one also for the tiled GEMM (`_tiled_weight`), a KxK one whose input size is symbolic
+    also for ember's direct convolution (`_direct_weight`), which runs the calls off
+    oneDNN's stand-in size. A channels-first one is also laid
     out for ember's small direct loop ([groups, C/groups, KH, KW, O/groups]), which runs
     the calls of tiny work."""
     w = constants.get(1)
     tiled = _tiled_weight(params, w)
-    if tiled is None and (direct := _direct_weight(params, w)) is not None:
-        return {**params, "direct": direct}  # (no oneDNN copy: a call it declines runs on torch's own)
     prepared = _prepare_onednn(params, constants)
     if tiled is not None:
         prepared = {**prepared, "tiled": tiled}
+    elif (direct := _direct_weight(params, w)) is not None:
+        prepared = {**prepared, "direct": direct}
     # a call does at least w.numel() multiply-adds (one output position): a larger filter
     # never runs on the small loop, and is not laid out for it
     if (w is not None and w.dtype == torch.float32 and w.dim() in (3, 4) and not params.get("channels_last")
@@ -631,8 +632,10 @@ def _direct_weight(params, w):
     its [O, C, KH, KW] shape, where its input's size is symbolic: oneDNN packs its filter
     for a compile-time stand-in size, and its kernel for the real one can run 2x slower
     (deepcut's 1x10 and 1x11 over 49 rows: 2.2 ms where packed for their shape 0.7-1.2).
-    It writes the executor's planned buffer (not adopted), the residual added in its
-    epilogue. On a 2-core AMD EPYC: deepcut 12.9 -> 7.8 ms, PP-OCRv6 det 19.0 -> 17.0, rec 10.4 -> 9.2,
+    A call at the stand-in's very size (a symbolic batch run at 1) stays on oneDNN, packed
+    for it (opennsfw at batch 1: 18.0 -> 16.9 ms against this kernel for every call). It writes the planned
+    buffer where the executor gives one, the residual added in its epilogue. On a 2-core
+    AMD EPYC: deepcut 12.9 -> 7.8 ms, PP-OCRv6 det 19.0 -> 17.0, rec 10.4 -> 9.2,
     the PP-OCR classifier 1.45 -> 0.78, the captcha CRNN 13.4 -> 11.2; PicoDet at 800x608
     4-7% slower (large images, where oneDNN's kernels are the faster). Else None."""
     shape = params.get("input_shape") or []
@@ -644,6 +647,13 @@ def _direct_weight(params, w):
         return None
     panels = _codegen("gemm").conv_pack(w.numpy())
     return None if panels is None else (panels, tuple(w.shape))
+
+
+def _off_stand_in(params, x) -> bool:
+    """Whether channels-last x [N, H, W, C] differs from the size oneDNN's filter was
+    packed for (`input_shape`, [N, C, H, W])."""
+    shape = params.get("input_shape")
+    return x.dim() != 4 or shape is None or [x.shape[0], x.shape[3], x.shape[1], x.shape[2]] != list(shape)
 
 
 def _direct_conv(params, x, bias, total, y):
@@ -698,7 +708,8 @@ def _tiled_pointwise(params, x, bias, total, y):
 def conv(params, x, w, bias, total, y):
     if params.get("tiled") is not None and (tiled := _tiled_pointwise(params, x, bias, total, y)) is not None:
         return tiled
-    if params.get("direct") is not None and (direct := _direct_conv(params, x, bias, total, y)) is not None:
+    if (params.get("direct") is not None and (params.get("packed") is None or _off_stand_in(params, x))
+            and (direct := _direct_conv(params, x, bias, total, y)) is not None):
         return direct
     pointwise = params.get("pointwise")
     if (pointwise is not None and x.dtype == torch.float32 and x.numel() and x.is_contiguous()

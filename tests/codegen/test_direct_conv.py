@@ -2,8 +2,8 @@
 `conv`): MR output positions x NR output channels a block, its accumulators in registers
 across every tap and channel, the bias, residual and activation in the epilogue. The
 `conv` extern runs it for a filter whose input size is symbolic (runtime/externs.py,
-`_direct_weight`): against torch on random shapes, and in compiled models against
-onnxruntime at sizes the compile did not see."""
+`_direct_weight`) at sizes other than oneDNN's stand-in: against torch on random shapes,
+and in compiled models against onnxruntime at sizes the compile did not see."""
 
 import numpy as np
 import onnxruntime as ort
@@ -106,4 +106,25 @@ def test_a_convolution_of_symbolic_size_runs_on_the_direct_kernel(kernel, pads, 
         before = gemm.CONV_RUNS[0]
         got = compiled.run(feeds)["y"]
         assert gemm.CONV_RUNS[0] == before + 1, "the convolution did not run on the direct kernel"
+        np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_call_at_onednns_stand_in_size_stays_on_onednn():
+    """oneDNN's filter is packed for a stand-in size (batch 1, a typical image size where
+    they are symbolic): a call of that very size runs on it, packed for it; others on the
+    direct kernel. Both as onnxruntime computes them."""
+    from ember.runtime import externs
+
+    model = _model((3, 3), [1, 1, 1, 1], [1, 1], [1, 1], True, False)
+    compiled = ember.compile(model)
+    (step,) = [s for kind, _, s in compiled._executor._steps if kind == "extern" and s.name == "conv"]
+    assert "direct" in step.params and ("packed" in step.params) == externs._onednn()
+    n, c, h, w = step.params["input_shape"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(8)
+    for size, direct in (((n, c, h, w), not externs._onednn()), ((n, c, h + 3, w), True)):
+        feeds = {"x": rng.standard_normal(size).astype(np.float32)}
+        before = gemm.CONV_RUNS[0]
+        got = compiled.run(feeds)["y"]
+        assert gemm.CONV_RUNS[0] == before + direct
         np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
