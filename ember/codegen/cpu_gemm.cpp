@@ -345,7 +345,7 @@ extern "C" void ember_conv(const float* x, int64_t N, int64_t H, int64_t W, int6
                            const float* bias, const float* res, float* y, int64_t OH, int64_t OW, int64_t act,
                            int64_t threads) {
     if (N <= 0 || OH <= 0 || OW <= 0 || O <= 0) return;
-    constexpr int64_t MAX_TAPS = 1024;
+    constexpr int64_t MAX_TAPS = 1024;  // gemm.py's CONV_MAX_TAPS: the extern sends no larger filter
     // with no dilation along W a window row's KW x C inputs are contiguous, as are the
     // packed weights of its taps: one tap of KW x C products per window row
     const bool merged = dw == 1;

@@ -141,6 +141,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
 
 
 CONV_RUNS = [0]  # direct convolutions run here (tests read it)
+CONV_MAX_TAPS = 1024  # KH x KW of a filter it takes (cpu_gemm.cpp's MAX_TAPS)
 
 
 def conv_pack(w: np.ndarray) -> np.ndarray | None:
@@ -164,6 +165,8 @@ def conv(x, packed, bias, total, y, shape: tuple, out_channels: int, kernel: tup
     each argument contiguous (numpy arrays or torch tensors; bias and total may be None)."""
     fn = KERNEL.companion("ember_conv", [_P, _I, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I, _P, _P, _P, _I, _I, _I,
                                          _I])
+    if kernel[0] * kernel[1] > CONV_MAX_TAPS:
+        raise ValueError(f"a {kernel[0]}x{kernel[1]} filter has more than {CONV_MAX_TAPS} taps")
     n, h, w, c = shape
     fn(_address(x), n, h, w, c, _address(packed), out_channels, *kernel, *strides, *dilations, _address(bias),
        _address(total), _address(y), *out_hw, ACTIVATIONS[activation], threads)

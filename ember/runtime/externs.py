@@ -642,6 +642,7 @@ def _direct_weight(params, w):
     if (w is None or w.dtype != torch.float32 or w.dim() != 4 or not params.get("channels_last")
             or params["group"] != 1 or params["pads"] is None or len(shape) != 4
             or tuple(w.shape[2:]) == (1, 1)  # a GEMM over rows: the pointwise and tiled paths
+            or w.shape[2] * w.shape[3] > _codegen("gemm").CONV_MAX_TAPS
             or params.get("activation", "") not in _codegen("gemm").ACTIVATIONS
             or params.get("static_input")):
         return None
