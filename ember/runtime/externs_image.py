@@ -227,9 +227,8 @@ def _repeat_nearest(params, x: torch.Tensor, scales: list[float], out: list[int]
         if f < 1 or scales[a] != f or out[a] != x.shape[a] * f:
             return False
         factors.append(f)
-    x_view = x.reshape([d for a in range(x.dim()) for d in (x.shape[a], 1)])
-    y.view([d for a in range(x.dim()) for d in (x.shape[a], factors[a])]).copy_(
-        x_view.expand([d for a in range(x.dim()) for d in (x.shape[a], factors[a])]))
+    repeated = [d for a in range(x.dim()) for d in (x.shape[a], factors[a])]  # y as [..., size, factor, ...]
+    y.view(repeated).copy_(x.reshape([d for a in range(x.dim()) for d in (x.shape[a], 1)]).expand(repeated))
     REPEATS[0] += 1
     return True
 
