@@ -38,6 +38,7 @@ static inline vec load(const float* p) { return *reinterpret_cast<const uvec*>(p
 static inline void store(float* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
 
 extern "C" int64_t ember_gemm_panel() { return NR; }
+extern "C" int64_t ember_gemm_block_rows() { return MR; }
 
 // W[k, n] at w[k * stride_k + n * stride_n] -> panels [ceil(N/NR)][K][NR]
 extern "C" void ember_gemm_pack(const float* w, int64_t K, int64_t N, int64_t stride_k, int64_t stride_n,
@@ -184,23 +185,38 @@ static void tile(const float* a, int64_t lda, const float* panel, int64_t ldp, i
     finish<R>(acc0, acc1, y, ldy, res, ldr, act, cols, last, edge);
 }
 
-// a convolution's MR x NR block: R output positions (their inputs' windows `lda` apart)
-// over `taps` window offsets (taps[t] floats from a) of C products each (a tap's channels,
-// or a window row's taps x channels where they are contiguous), the panel holding the
-// taps' C x NR weights one after another; the accumulators stay in registers across all
-// taps x C products
+// a convolution's MR x NR block: R output positions over `ntaps` taps of C products each
+// (a tap's channels, or a window row's taps x channels where they are contiguous), the
+// panel holding the taps' C x NR weights one after another. Position r's inputs for tap t
+// start at a + r * lda + taps[t] (positions along one output row), or, with `at`, at
+// at[t * R + r] (a block that spans output rows, or one at the padded border, whose taps
+// outside the input read a row of zeros). The accumulators stay in registers across all
+// taps x C products.
 template <int R>
-static void conv_tile(const float* a, int64_t lda, const int64_t* taps, int64_t ntaps, const float* panel, int64_t C,
-                      float* y, int64_t ldy, const float* bias, const float* res, int64_t ldr, int64_t act,
-                      int64_t cols) {
+static void conv_tile(const float* a, int64_t lda, const float* const* at, const int64_t* taps, int64_t ntaps,
+                      const float* panel, int64_t C, float* y, int64_t ldy, const float* bias, const float* res,
+                      int64_t ldr, int64_t act, int64_t cols) {
     vec acc0[R], acc1[R];
     alignas(64) float edge[NR];
     start<R>(acc0, acc1, bias, cols, edge);
     for (int64_t t = 0; t < ntaps; ++t) {
-        const float* at = a + taps[t];
         const float* pt = panel + t * C * NR;
-        for (int64_t k = 0; k < C; ++k) {
-            rank1<R>(acc0, acc1, at + k, lda, load(pt + k * NR), load(pt + k * NR + VW));
+        if (at == nullptr) {
+            const float* first = a + taps[t];
+            for (int64_t k = 0; k < C; ++k)
+                rank1<R>(acc0, acc1, first + k, lda, load(pt + k * NR), load(pt + k * NR + VW));
+        } else {
+            const float* row[R];
+            for (int r = 0; r < R; ++r) row[r] = at[t * R + r];
+            for (int64_t k = 0; k < C; ++k) {
+                const vec w0 = load(pt + k * NR), w1 = load(pt + k * NR + VW);
+#pragma GCC unroll 12
+                for (int r = 0; r < R; ++r) {
+                    const float v = row[r][k];
+                    acc0[r] += v * w0;
+                    acc1[r] += v * w1;
+                }
+            }
         }
     }
     finish<R>(acc0, acc1, y, ldy, res, ldr, act, cols, true, edge);
@@ -218,8 +234,8 @@ struct Tiles {
     static constexpr tile_fn table[] = {nullptr, tile<R>...};
 };
 }  // namespace
-typedef void (*conv_tile_fn)(const float*, int64_t, const int64_t*, int64_t, const float*, int64_t, float*, int64_t,
-                             const float*, const float*, int64_t, int64_t, int64_t);
+typedef void (*conv_tile_fn)(const float*, int64_t, const float* const*, const int64_t*, int64_t, const float*,
+                             int64_t, float*, int64_t, const float*, const float*, int64_t, int64_t, int64_t);
 namespace {
 template <int... R>
 struct ConvTiles {
@@ -235,6 +251,7 @@ static constexpr const conv_tile_fn* CONV_TILES = ConvTiles<1, 2, 3, 4, 5, 6>::t
 #endif
 
 constexpr int64_t BLOCK_BYTES = 1 << 20;  // x's rows a thread sweeps across the panels at once
+constexpr int64_t PANELS_BYTES = 1 << 18;  // a convolution's panels a thread runs each block of positions across
 constexpr int64_t KC = 256;  // products a tile adds per pass: a panel's K x NR block stays in L1
 
 // one pass of tiles [b0, b1) x panels [p0, p1) over products [k0, k1); the first tile of
@@ -333,31 +350,37 @@ extern "C" void ember_conv_pack(const float* w, int64_t O, int64_t C, int64_t KH
 }
 
 // A channels-last 2-d convolution (one group), direct: y [N, OH, OW, O] = act(conv(x) +
-// bias + res), x [N, H, W, C] already padded (its pads zeros), stride (sh, sw), dilation
-// (dh, dw). Each MR x NR block is MR output positions along a row of the output by NR
-// output channels, its accumulators in registers across all KH x KW x C products (the
-// window's taps are offsets from the block's first input; positions are sw x C floats
-// apart): no im2col copy, the epilogue on the registers before the one store. Threads
-// split the blocks of rows (or, where there are few, the panels of output channels); each
-// sweeps its rows across one panel of weights (KH x KW x C x NR floats, in L1/L2) at a time.
+// bias + res), x [N, H, W, C] with implicit zero pads (pt rows above, pl columns left; those
+// below and right follow from OH and OW), stride (sh, sw), dilation (dh, dw). Each MR x NR
+// block is MR consecutive output positions (of y's N x OH x OW: a block of a narrow output
+// spans rows, so 7x7 and 4-wide outputs keep all MR rows of accumulators busy) by NR output
+// channels, its accumulators in registers across all KH x KW x C products: no im2col copy,
+// no padded copy of x (a block at the border reads a row of zeros for its taps outside x),
+// the epilogue on the registers before the one store. Threads split the blocks (or, where
+// there are few, the panels of output channels); where a thread's panels fit PANELS_BYTES
+// each block runs across all of them (its inputs read from L1), else one panel at a time is
+// swept across the blocks.
 extern "C" void ember_conv(const float* x, int64_t N, int64_t H, int64_t W, int64_t C, const float* packed,
                            int64_t O, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
-                           const float* bias, const float* res, float* y, int64_t OH, int64_t OW, int64_t act,
-                           int64_t threads) {
-    if (N <= 0 || OH <= 0 || OW <= 0 || O <= 0) return;
+                           int64_t pt, int64_t pl, const float* bias, const float* res, float* y, int64_t OH,
+                           int64_t OW, int64_t act, int64_t threads) {
+    if (N <= 0 || OH <= 0 || OW <= 0 || O <= 0 || C <= 0) return;
     constexpr int64_t MAX_TAPS = 1024;  // gemm.py's CONV_MAX_TAPS: the extern sends no larger filter
+    if (KH * KW <= 0 || KH * KW > MAX_TAPS) return;
     // with no dilation along W a window row's KW x C inputs are contiguous, as are the
-    // packed weights of its taps: one tap of KW x C products per window row
+    // packed weights of its taps: one tap of KW x C products per window row (but at the
+    // border, where each of the KH x KW taps is in x or not)
     const bool merged = dw == 1;
     const int64_t ntaps = merged ? KH : KH * KW, K = merged ? KW * C : C;
-    if (KH * KW <= 0 || ntaps > MAX_TAPS) return;
     int64_t taps[MAX_TAPS];
     for (int64_t i = 0; i < ntaps; ++i)
         taps[i] = merged ? i * dh * W * C : ((i / KW) * dh * W + (i % KW) * dw) * C;
-    // a row of the output in tiles of at most MR positions, as even as they come (21 as
-    // 6 + 5 + 5 + 5, not 6 + 6 + 6 + 3: a tile of few rows has too few accumulators to
-    // hide the multiply-adds' latency)
-    const int64_t row_tiles = (OW + MR - 1) / MR, panels = (O + NR - 1) / NR, tiles = N * OH * row_tiles;
+    // the positions in blocks of at most MR, as even as they come (21 as 6 + 5 + 5 + 5, not
+    // 6 + 6 + 6 + 3: a block of few rows has too few accumulators to hide the multiply-adds'
+    // latency)
+    const int64_t positions = N * OH * OW, panels = (O + NR - 1) / NR, tiles = (positions + MR - 1) / MR;
+    const int64_t panel_floats = KH * KW * C * NR;
+    const float* zeros = new float[K]();  // the inputs of a tap outside x
     if (threads < 1) threads = 1;
     const bool by_rows = tiles >= 2 * threads || panels < threads;
     const bool parallel = threads > 1 && N * OH * OW * O * C * KH * KW >= (int64_t(1) << 16);
@@ -366,19 +389,77 @@ extern "C" void ember_conv(const float* x, int64_t N, int64_t H, int64_t W, int6
         const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
         const int64_t t0 = by_rows ? tiles * t / T : 0, t1 = by_rows ? tiles * (t + 1) / T : tiles;
         const int64_t p0 = by_rows ? 0 : panels * t / T, p1 = by_rows ? panels : panels * (t + 1) / T;
-        for (int64_t p = p0; p < p1; ++p) {
-            const int64_t o0 = p * NR, cols = O - o0 < NR ? O - o0 : NR;
-            const float* panel = packed + p * KH * KW * C * NR;
+        const float** at = new const float*[MR * KH * KW];
+        int64_t q = 0, ow = 0, oh = 0, n = 0;  // the next position, as (image, output row, column)
+        const auto seek = [&](int64_t i) {
+            q = positions * i / tiles, ow = q % OW, oh = q / OW % OH, n = q / (OW * OH);
+        };
+        struct Block {
+            int64_t first, count, ntaps, K;
+            const float* a;  // the first position's first input, where the block is one row inside x
+        };
+        // block i's positions, and the first input of each (position, tap) in `at` unless
+        // the block is one row of positions whose windows are inside x
+        const auto next_block = [&](int64_t i) {
+            Block b{q, positions * (i + 1) / tiles - q, ntaps, K, nullptr};
+            bool one_row = true, rows_in = true, cols_in = true;  // the windows' rows and columns inside x
+            int64_t ih[MR], iw[MR], img[MR];
+            for (int64_t r = 0; r < b.count; ++r, ++q) {
+                ih[r] = oh * sh - pt, iw[r] = ow * sw - pl, img[r] = n;
+                rows_in = rows_in && ih[r] >= 0 && ih[r] + (KH - 1) * dh < H;
+                cols_in = cols_in && iw[r] >= 0 && iw[r] + (KW - 1) * dw < W;
+                if (++ow == OW) {
+                    ow = 0, one_row = one_row && r == b.count - 1;
+                    if (++oh == OH) oh = 0, ++n;
+                }
+            }
+            if (rows_in && cols_in) {
+                for (int64_t r = 0; r < b.count; ++r) {
+                    const float* first = x + ((img[r] * H + ih[r]) * W + iw[r]) * C;
+                    if (r == 0 && one_row) {
+                        b.a = first;
+                        break;
+                    }
+                    for (int64_t k = 0; k < ntaps; ++k) at[k * b.count + r] = first + taps[k];
+                }
+            } else if (cols_in && merged) {  // above or below x: a window row is in x or zeros
+                for (int64_t k = 0; k < KH; ++k)
+                    for (int64_t r = 0; r < b.count; ++r) {
+                        const int64_t h = ih[r] + k * dh;
+                        at[k * b.count + r] = h >= 0 && h < H ? x + ((img[r] * H + h) * W + iw[r]) * C : zeros;
+                    }
+            } else {  // left or right of x: each of the KH x KW taps of C products, in x or zeros
+                b.ntaps = KH * KW, b.K = C;
+                for (int64_t k = 0; k < KH * KW; ++k)
+                    for (int64_t r = 0; r < b.count; ++r) {
+                        const int64_t h = ih[r] + (k / KW) * dh, w = iw[r] + (k % KW) * dw;
+                        at[k * b.count + r] = h >= 0 && h < H && w >= 0 && w < W ? x + ((img[r] * H + h) * W + w) * C
+                                                                                  : zeros;
+                    }
+            }
+            return b;
+        };
+        const auto run = [&](int64_t p, const Block& b) {
+            const int64_t o0 = p * NR, cols = O - o0 < NR ? O - o0 : NR, out = b.first * O + o0;
+            CONV_TILES[b.count](b.a, sw * C, b.a != nullptr ? nullptr : at, taps, b.ntaps, packed + p * panel_floats,
+                                b.K, y + out, O, bias != nullptr ? bias + o0 : nullptr,
+                                res != nullptr ? res + out : nullptr, O, act, cols);
+        };
+        if ((p1 - p0) * panel_floats * int64_t(sizeof(float)) <= PANELS_BYTES) {
+            seek(t0);
             for (int64_t i = t0; i < t1; ++i) {
-                const int64_t row = i / row_tiles, j = i % row_tiles, n = row / OH, oh = row % OH;
-                const int64_t ow0 = OW * j / row_tiles, rows = OW * (j + 1) / row_tiles - ow0;
-                const int64_t out = (row * OW + ow0) * O + o0;
-                CONV_TILES[rows](x + ((n * H + oh * sh) * W + ow0 * sw) * C, sw * C, taps, ntaps, panel, K, y + out, O,
-                                 bias != nullptr ? bias + o0 : nullptr, res != nullptr ? res + out : nullptr, O, act,
-                                 cols);
+                const Block b = next_block(i);
+                for (int64_t p = p0; p < p1; ++p) run(p, b);
+            }
+        } else {
+            for (int64_t p = p0; p < p1; ++p) {
+                seek(t0);
+                for (int64_t i = t0; i < t1; ++i) run(p, next_block(i));
             }
         }
+        delete[] at;
     }
+    delete[] zeros;
 }
 
 // Encoder attention (no causal mask) on the same tiles: for each batch row b and head h,

@@ -49,6 +49,11 @@ def panel_width() -> int:
     return int(KERNEL.companion("ember_gemm_panel", [], ctypes.c_int64)())
 
 
+def block_rows() -> int:
+    """The rows (output positions) of one register block: 12 with AVX-512, 6 without."""
+    return int(KERNEL.companion("ember_gemm_block_rows", [], ctypes.c_int64)())
+
+
 def pack(w_kn: np.ndarray) -> np.ndarray | None:
     """The [K, N] float32 weight `w_kn` (any strides) in the kernel's panels, or None
     where the kernel does not build here."""
@@ -159,15 +164,16 @@ def conv_pack(w: np.ndarray) -> np.ndarray | None:
 
 
 def conv(x, packed, bias, total, y, shape: tuple, out_channels: int, kernel: tuple, strides: tuple,
-         dilations: tuple, out_hw: tuple, activation: str, threads: int) -> None:
+         dilations: tuple, pads: tuple, out_hw: tuple, activation: str, threads: int) -> None:
     """y [N, OH, OW, O] = act(conv(x) + bias [O] + total [N, OH, OW, O]), channels-last,
-    one group: x [N, H, W, C] (`shape`) padded already, the filter `packed` by `conv_pack`,
-    each argument contiguous (numpy arrays or torch tensors; bias and total may be None)."""
-    fn = KERNEL.companion("ember_conv", [_P, _I, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I, _P, _P, _P, _I, _I, _I,
-                                         _I])
+    one group: x [N, H, W, C] (`shape`) with implicit zero `pads` (top, left: those below
+    and right follow from `out_hw`), the filter `packed` by `conv_pack`, each argument
+    contiguous (numpy arrays or torch tensors; bias and total may be None)."""
+    fn = KERNEL.companion("ember_conv", [_P, _I, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I, _P, _P, _P, _I,
+                                         _I, _I, _I])
     if kernel[0] * kernel[1] > CONV_MAX_TAPS:
         raise ValueError(f"a {kernel[0]}x{kernel[1]} filter has more than {CONV_MAX_TAPS} taps")
     n, h, w, c = shape
-    fn(_address(x), n, h, w, c, _address(packed), out_channels, *kernel, *strides, *dilations, _address(bias),
+    fn(_address(x), n, h, w, c, _address(packed), out_channels, *kernel, *strides, *dilations, *pads, _address(bias),
        _address(total), _address(y), *out_hw, ACTIVATIONS[activation], threads)
     CONV_RUNS[0] += 1

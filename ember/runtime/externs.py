@@ -523,20 +523,20 @@ def _conv_args(params, x):
 
 @prepare("conv")
 def prepare_conv(params, constants):
-    """A float32 constant 2-d filter is packed once into oneDNN's blocked layout (the bias,
-    the residual sum and the activation as post-ops of the convolution); a mid-size 1x1
-    one also for the tiled GEMM (`_tiled_weight`), a KxK one whose input size is symbolic
-    also for ember's direct convolution (`_direct_weight`), which runs the calls off
-    oneDNN's stand-in size. A channels-first one is also laid
-    out for ember's small direct loop ([groups, C/groups, KH, KW, O/groups]), which runs
-    the calls of tiny work."""
+    """A float32 constant 2-d filter is packed once: a mid-size 1x1 one for the tiled GEMM
+    (`_tiled_weight`; oneDNN's blocked layout beside it, for the calls that GEMM does not
+    take), another channels-last one of one group for ember's direct convolution
+    (`_direct_weight`), the rest into oneDNN's blocked layout (the bias, the residual sum and
+    the activation as post-ops of the convolution). A channels-first one is also laid out
+    for ember's small direct loop ([groups, C/groups, KH, KW, O/groups]), which runs the
+    calls of tiny work."""
     w = constants.get(1)
-    tiled = _tiled_weight(params, w)
-    prepared = _prepare_onednn(params, constants)
-    if tiled is not None:
-        prepared = {**prepared, "tiled": tiled}
+    if (tiled := _tiled_weight(params, w)) is not None:
+        prepared = {**_prepare_onednn(params, constants), "tiled": tiled}
     elif (direct := _direct_weight(params, w)) is not None:
-        prepared = {**prepared, "direct": direct}
+        prepared = {**params, "direct": direct}
+    else:
+        prepared = _prepare_onednn(params, constants)
     # a call does at least w.numel() multiply-adds (one output position): a larger filter
     # never runs on the small loop, and is not laid out for it
     if (w is not None and w.dtype == torch.float32 and w.dim() in (3, 4) and not params.get("channels_last")
@@ -628,39 +628,29 @@ def _tiled_weight(params, w):
 
 def _direct_weight(params, w):
     """A channels-last 2-d convolution's float32 constant filter (one group, an epilogue
-    the tiled kernels run) in ember's direct convolution's panels (codegen/gemm.py), with
-    its [O, C, KH, KW] shape, where its input's size is symbolic: oneDNN packs its filter
-    for a compile-time stand-in size, and its kernel for the real one can run 2x slower
-    (deepcut's 1x10 and 1x11 over 49 rows: 2.2 ms where packed for their shape 0.7-1.2).
-    A call at the stand-in's very size (a symbolic batch run at 1) stays on oneDNN, packed
-    for it (opennsfw at batch 1: 18.0 -> 16.9 ms against this kernel for every call). It writes the planned
-    buffer where the executor gives one, the residual added in its epilogue. On a 2-core
-    AMD EPYC: deepcut 12.9 -> 7.8 ms, PP-OCRv6 det 19.0 -> 17.0, rec 10.4 -> 9.2,
-    the PP-OCR classifier 1.45 -> 0.78, the captcha CRNN 13.4 -> 11.2; PicoDet at 800x608
-    4-7% slower (large images, where oneDNN's kernels are the faster). Else None."""
-    shape = params.get("input_shape") or []
+    the tiled kernels run; not a 1x1 one of stride 1, a GEMM over rows) in ember's direct
+    convolution's panels (codegen/gemm.py), with its [O, C, KH, KW] shape. It runs every
+    size (oneDNN packs a filter for one input size, a compile-time stand-in where sizes are
+    symbolic, and its kernel for another can run 2x slower: deepcut's 1x10 and 1x11 over 49
+    rows, 2.2 ms where packed for their shape 0.7-1.2), at oneDNN's speed or better at the
+    size oneDNN packed for (openwakeword's embedding, 3x1 and 1x3 filters over 2-32 wide
+    inputs: 1.8 -> 1.0 ms; MTCNN's O-Net 0.49 -> 0.37; ResNet-50 and opennsfw even or 4%
+    faster, on a 2-core AMD EPYC), and writes the planned buffer where the executor gives
+    one, the residual added in its epilogue. Else None."""
     if (w is None or w.dtype != torch.float32 or w.dim() != 4 or not params.get("channels_last")
-            or params["group"] != 1 or params["pads"] is None or len(shape) != 4
-            or tuple(w.shape[2:]) == (1, 1)  # a GEMM over rows: the pointwise and tiled paths
+            or params["group"] != 1 or params["pads"] is None
+            or (tuple(w.shape[2:]) == (1, 1) and list(params["strides"]) == [1, 1] and not any(params["pads"]))
             or w.shape[2] * w.shape[3] > _codegen("gemm").CONV_MAX_TAPS
-            or params.get("activation", "") not in _codegen("gemm").ACTIVATIONS
-            or params.get("static_input")):
+            or params.get("activation", "") not in _codegen("gemm").ACTIVATIONS):
         return None
     panels = _codegen("gemm").conv_pack(w.numpy())
     return None if panels is None else (panels, tuple(w.shape))
 
 
-def _off_stand_in(params, x) -> bool:
-    """Whether channels-last x [N, H, W, C] differs from the size oneDNN's filter was
-    packed for (`input_shape`, [N, C, H, W])."""
-    shape = params.get("input_shape")
-    return x.dim() != 4 or shape is None or [x.shape[0], x.shape[3], x.shape[1], x.shape[2]] != list(shape)
-
-
 def _direct_conv(params, x, bias, total, y):
-    """A channels-last 2-d convolution on ember's direct kernel: x [N, H, W, C] (copied
-    with its zero pads around it where it has pads), act(conv + bias + total) written
-    straight into y. None where the call does not fit it (the caller goes on)."""
+    """A channels-last 2-d convolution on ember's direct kernel: x [N, H, W, C] (its zero
+    pads implicit: the kernel reads zeros for the taps outside x), act(conv + bias +
+    total) written straight into y. None where the call does not fit it (the caller goes on)."""
     panels, (o, c_in, kh, kw) = params["direct"]
     if (x.dtype != torch.float32 or x.dim() != 4 or x.shape[-1] != c_in or not x.numel() or not x.is_contiguous()
             or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
@@ -669,17 +659,15 @@ def _direct_conv(params, x, bias, total, y):
         return None
     top, left, bottom, right = params["pads"]
     (sh, sw), (dh, dw) = params["strides"], params["dilations"]
-    if top or left or bottom or right:
-        x = F.pad(x, (0, 0, left, right, top, bottom))
     n, h, w, _ = x.shape
-    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    oh, ow = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1, (w + left + right - (kw - 1) * dw - 1) // sw + 1
     if oh <= 0 or ow <= 0:
         return None
     if y is None:
         y = torch.empty((n, oh, ow, o), dtype=torch.float32)
     elif tuple(y.shape) != (n, oh, ow, o):
         return None
-    _codegen("gemm").conv(x, panels, bias, total, y, (n, h, w, c_in), o, (kh, kw), (sh, sw), (dh, dw),
+    _codegen("gemm").conv(x, panels, bias, total, y, (n, h, w, c_in), o, (kh, kw), (sh, sw), (dh, dw), (top, left),
                           (oh, ow), params.get("activation", ""), _threads())
     return y
 
@@ -709,8 +697,7 @@ def _tiled_pointwise(params, x, bias, total, y):
 def conv(params, x, w, bias, total, y):
     if params.get("tiled") is not None and (tiled := _tiled_pointwise(params, x, bias, total, y)) is not None:
         return tiled
-    if (params.get("direct") is not None and (params.get("packed") is None or _off_stand_in(params, x))
-            and (direct := _direct_conv(params, x, bias, total, y)) is not None):
+    if params.get("direct") is not None and (direct := _direct_conv(params, x, bias, total, y)) is not None:
         return direct
     pointwise = params.get("pointwise")
     if (pointwise is not None and x.dtype == torch.float32 and x.numel() and x.is_contiguous()

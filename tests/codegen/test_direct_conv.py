@@ -45,7 +45,7 @@ def test_the_kernel_equals_torch(case):
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
     weight = (rng.standard_normal((o, c, kh, kw)) * 0.2).astype(np.float32)
     bias = rng.standard_normal(o).astype(np.float32)
-    xp = np.ascontiguousarray(np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))))
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     want = F.conv2d(torch.from_numpy(xp).permute(0, 3, 1, 2), torch.from_numpy(weight), torch.from_numpy(bias),
                     stride=case["strides"], dilation=case["dilations"]).permute(0, 2, 3, 1)
     total = rng.standard_normal(tuple(want.shape)).astype(np.float32) if case["residual"] else None
@@ -54,12 +54,18 @@ def test_the_kernel_equals_torch(case):
     want = _ACTIVATIONS[case["activation"]](want).numpy()
     y = np.full(want.shape, np.nan, np.float32)
     before = gemm.CONV_RUNS[0]
-    gemm.conv(xp, gemm.conv_pack(weight), bias, total, y, xp.shape, o, case["kernel"], case["strides"],
-              case["dilations"], want.shape[1:3], case["activation"], 2)
+    gemm.conv(x, gemm.conv_pack(weight), bias, total, y, x.shape, o, case["kernel"], case["strides"],
+              case["dilations"], (top, left), want.shape[1:3], case["activation"], 2)
     assert gemm.CONV_RUNS[0] == before + 1
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
     event(f"activation {case['activation'] or 'none'}, residual {case['residual']}")
     event("window rows merged (no dilation along W)" if case["dilations"][1] == 1 else "tap by tap")
+    event("zero pads (blocks at the border read zeros)" if any(case["pads"]) else "no pads")
+    # the kernel's blocks: MR consecutive positions of the N x OH x OW output, as even as they come
+    positions, ow, mr = n * want.shape[1] * want.shape[2], want.shape[2], gemm.block_rows()
+    tiles = -(-positions // mr)
+    spans = any((positions * i // tiles) // ow != (positions * (i + 1) // tiles - 1) // ow for i in range(tiles))
+    event("a block spans output rows" if spans else "every block within one output row")
     event(f"{-(-o // gemm.panel_width())} panel(s) of output channels")
 
 
@@ -109,22 +115,66 @@ def test_a_convolution_of_symbolic_size_runs_on_the_direct_kernel(kernel, pads, 
         np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
 
 
-def test_a_call_at_onednns_stand_in_size_stays_on_onednn():
-    """oneDNN's filter is packed for a stand-in size (batch 1, a typical image size where
-    they are symbolic): a call of that very size runs on it, packed for it; others on the
-    direct kernel. Both as onnxruntime computes them."""
-    from ember.runtime import externs
+def test_every_size_runs_on_the_direct_kernel_and_its_filter_is_packed_once():
+    """oneDNN packs a filter for one input size (a stand-in where sizes are symbolic); the
+    direct kernel runs every size, that one too, and a static input's, at oneDNN's speed or
+    better: its filter is packed for it alone (no oneDNN copy beside it). As onnxruntime
+    computes them."""
+    for static in (False, True):
+        model = _model((3, 3), [1, 1, 1, 1], [1, 1], [1, 1], True, False)
+        if static:
+            dims = model.graph.input[0].type.tensor_type.shape.dim
+            for d, size in zip(dims, (1, 24, 20, 30)):
+                d.dim_value = size
+        compiled = ember.compile(model)
+        (step,) = [s for kind, _, s in compiled._executor._steps if kind == "extern" and s.name == "conv"]
+        assert "direct" in step.params and "packed" not in step.params
+        n, c, h, w = step.params["input_shape"]
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(8)
+        for size in ((n, c, h, w),) if static else ((n, c, h, w), (n, c, h + 3, w)):
+            feeds = {"x": rng.standard_normal(size).astype(np.float32)}
+            before = gemm.CONV_RUNS[0]
+            got = compiled.run(feeds)["y"]
+            assert gemm.CONV_RUNS[0] == before + 1
+            np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
 
-    model = _model((3, 3), [1, 1, 1, 1], [1, 1], [1, 1], True, False)
+
+def test_a_strided_pointwise_convolution_runs_on_the_direct_kernel():
+    """A 1x1 filter of stride 2 (ResNet's downsampling shortcut; of more work than the
+    generated small path takes) is no GEMM over the rows as they lie: it runs on the direct
+    kernel, a position every second input along W."""
+    rng = np.random.default_rng(9)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2])], "pw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 56, 56])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array((rng.standard_normal((128, 64, 1, 1)) * 0.1).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
     compiled = ember.compile(model)
-    (step,) = [s for kind, _, s in compiled._executor._steps if kind == "extern" and s.name == "conv"]
-    assert "direct" in step.params and ("packed" in step.params) == externs._onednn()
-    n, c, h, w = step.params["input_shape"]
+    feeds = {"x": rng.standard_normal((1, 64, 56, 56)).astype(np.float32)}
+    before = gemm.CONV_RUNS[0]
+    got = compiled.run(feeds)["y"]
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(8)
-    for size, direct in (((n, c, h, w), not externs._onednn()), ((n, c, h + 3, w), True)):
-        feeds = {"x": rng.standard_normal(size).astype(np.float32)}
-        before = gemm.CONV_RUNS[0]
-        got = compiled.run(feeds)["y"]
-        assert gemm.CONV_RUNS[0] == before + direct
-        np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
+    assert gemm.CONV_RUNS[0] == before + 1
+
+
+def test_both_loop_orders_of_the_kernel():
+    """A thread runs each block of positions across all its panels of weights where they
+    fit PANELS_BYTES (256 KiB) together, else one panel at a time across its blocks: filters
+    on both sides of that, against torch."""
+    rng = np.random.default_rng(10)
+    nr = gemm.panel_width()
+    for c, o in ((32, 32), (96, 256)):  # 3x3: 32 x 9 x NR floats a panel, one or two; 96 x 9 x NR, 16 or 8
+        x = rng.standard_normal((2, 9, 11, c)).astype(np.float32)
+        weight = (rng.standard_normal((o, c, 3, 3)) * 0.1).astype(np.float32)
+        want = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(weight), padding=1)
+        want = want.permute(0, 2, 3, 1).numpy()
+        y = np.empty(want.shape, np.float32)
+        gemm.conv(x, gemm.conv_pack(weight), None, None, y, x.shape, o, (3, 3), (1, 1), (1, 1), (1, 1),
+                  want.shape[1:3], "", 2)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        per_thread = -(-o // nr) * 9 * c * nr * 4  # bytes of a thread's panels (the blocks split: all of them)
+        assert (per_thread > 2 ** 18) == (c == 96), per_thread

@@ -17,17 +17,17 @@ from ember.passes import get_pass
 from ember.testing import check_pass
 
 
-def _block(rng, c, m, hw, k, stride, bias, bn, residual, relu, batch="n") -> onnx.ModelProto:
-    """x -> Conv -> [BatchNorm] -> [+ residual] -> [Relu] -> y; the residual is a second
-    convolution of x (1x1, same stride) so any shape works."""
-    inits = [numpy_helper.from_array(rng.standard_normal((m, c, k, k)).astype(np.float32), "w")]
+def _block(rng, c, m, hw, k, stride, bias, bn, residual, relu, batch="n", group=1) -> onnx.ModelProto:
+    """x -> Conv (of `group` groups) -> [BatchNorm] -> [+ residual] -> [Relu] -> y; the
+    residual is a second convolution of x (1x1, same stride) so any shape works."""
+    inits = [numpy_helper.from_array(rng.standard_normal((m, c // group, k, k)).astype(np.float32), "w")]
     conv_in = ["x", "w"]
     if bias:
         inits.append(numpy_helper.from_array(rng.standard_normal(m).astype(np.float32), "b"))
         conv_in.append("b")
     pad = k // 2
     nodes = [helper.make_node("Conv", conv_in, ["c"], kernel_shape=[k, k], strides=[stride, stride],
-                              pads=[pad] * 4, name="conv")]
+                              pads=[pad] * 4, group=group, name="conv")]
     last = "c"
     if bn:
         for name, data in {"s": rng.uniform(0.5, 2, m), "beta": rng.standard_normal(m),
@@ -114,9 +114,9 @@ def test_residual_is_summed_into_in_place_only_when_nothing_reads_it_later(resid
     a residual some later node reads must stay as it was."""
     rng = np.random.default_rng(2)
     # 640 input channels: both convolutions run on oneDNN (a generated kernel takes a 1x1
-    # of at most 512 at a small size); a batch of known size (with a symbolic one the 3x3
-    # runs on ember's direct convolution, which adds the residual in its epilogue)
-    model = _block(rng, 640, 4, 6, 3, 1, True, False, "Add", True, batch=2)
+    # of at most 512 at a small size); the 3x3 of 2 groups (one of a single group runs on
+    # ember's direct convolution, which adds the residual in its epilogue)
+    model = _block(rng, 640, 4, 6, 3, 1, True, False, "Add", True, batch=2, group=2)
     if residual_read_again:  # y2 = r * 2 after the block reads the shortcut's output again
         model.graph.node.append(helper.make_node("Mul", ["r", "two"], ["y2"], name="again"))
         model.graph.initializer.append(numpy_helper.from_array(np.array(2, np.float32), "two"))
@@ -415,8 +415,8 @@ def test_pointwise_convolution_of_a_symbolic_batch_runs_its_exact_rows_on_onednn
 def test_uneven_pads_become_a_padded_copy(size):
     """SAME_UPPER at an even window pads one more at the end: oneDNN's convolution takes
     even pads only, so the input is copied zero-padded first and the convolution runs on it
-    with no pads: on ember's direct kernel where the image size is symbolic, else packed
-    for oneDNN. It matches the reference (at two sizes where they are symbolic)."""
+    with no pads, on ember's direct kernel. It matches the reference (at two sizes where
+    they are symbolic)."""
     rng = np.random.default_rng(9)
     inits = [numpy_helper.from_array(rng.standard_normal((24, 3, 3, 3)).astype(np.float32), "w0"),
              numpy_helper.from_array(rng.standard_normal((48, 24, 2, 2)).astype(np.float32) * 0.3, "w1")]
@@ -428,7 +428,7 @@ def test_uneven_pads_become_a_padded_copy(size):
     compiled = ember.compile(model)
     (conv,) = [step for kind, _, step in compiled._executor._steps
                if kind == "extern" and step.name == "conv" and step.params["kernel"] == [2, 2]]
-    assert conv.params["pads"] == [0, 0, 0, 0] and ("direct" if size == "symbolic" else "packed") in conv.params
+    assert conv.params["pads"] == [0, 0, 0, 0] and "direct" in conv.params
     _matches_reference(compiled, model, rng, shapes)
 
 
