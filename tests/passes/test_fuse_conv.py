@@ -109,13 +109,16 @@ def _steps_summing_in_place(compiled) -> int:
 
 
 @pytest.mark.parametrize("residual_read_again", [False, True])
-def test_residual_is_summed_into_in_place_only_when_nothing_reads_it_later(residual_read_again):
+def test_residual_is_summed_into_in_place_only_when_nothing_reads_it_later(residual_read_again, monkeypatch):
     """The convolution accumulates into its residual's tensor when that tensor dies there;
-    a residual some later node reads must stay as it was."""
+    a residual some later node reads must stay as it was. (Both convolutions on oneDNN,
+    whose tensors the executor adopts: a 3x3 of 2 groups, and the 1x1 shortcut kept off the
+    tiled GEMM, which writes the planned buffer and adds a residual in its epilogue.)"""
+    from ember.runtime import externs
+
+    monkeypatch.setattr(externs, "_tiled_weight", lambda params, w: None)
     rng = np.random.default_rng(2)
-    # 640 input channels: both convolutions run on oneDNN (a generated kernel takes a 1x1
-    # of at most 512 at a small size); the 3x3 of 2 groups (one of a single group runs on
-    # ember's direct convolution, which adds the residual in its epilogue)
+    # 640 input channels: a generated kernel takes a 1x1 of at most 512 at a small size
     model = _block(rng, 640, 4, 6, 3, 1, True, False, "Add", True, batch=2, group=2)
     if residual_read_again:  # y2 = r * 2 after the block reads the shortcut's output again
         model.graph.node.append(helper.make_node("Mul", ["r", "two"], ["y2"], name="again"))
@@ -163,9 +166,9 @@ def _conv_path(compiled) -> str:
 def test_ember_conv_kernel_matches_its_reference(form, activation, channels_last, with_sum, with_bias, seed, kernel,
                                                  stride, dilation, pads, size, symbolic_batch):
     """Every epilogue the op allows, in both layouts and any geometry, on each kernel that
-    runs it: generated (dense with few input channels, depthwise), the tiled GEMM (a 1x1
-    convolution of many channels with no activation or a ReLU), oneDNN's GEMM (another
-    whose input shape is not static), oneDNN's or torch's convolution."""
+    runs it: generated (dense with few input channels, depthwise), the tiled GEMM (a
+    channels-last 1x1 convolution of many channels), the direct convolution, oneDNN's or
+    torch's convolution."""
     import sympy
 
     from ember.ir import DType, Graph, TensorType, Value
@@ -214,8 +217,8 @@ def test_ember_conv_kernel_matches_its_reference(form, activation, channels_last
     if channels_last and (form in ("dense", "depthwise") or form == "wide" and not symbolic_batch):
         # wide: generated where the whole convolution's work is known and small
         assert path == "generated"
-    if channels_last and form == "pointwise":  # the tiled GEMM has ReLU as its one activation
-        assert path == ("the tiled GEMM" if activation in ("", "relu") else "gemm" if symbolic_batch else "onednn")
+    if channels_last and form == "pointwise":  # the tiled GEMM runs every activation the op has
+        assert path == "the tiled GEMM"
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -380,11 +383,17 @@ def test_transposes_move_past_elementwise_readers_they_share():
     _converts_layout_once_and_matches(model, rng)
 
 
-def test_pointwise_convolution_of_a_symbolic_batch_runs_its_exact_rows_on_onednn():
-    """A 1x1 channels-last convolution whose sizes are static but for the batch runs the
-    stand-in batch's rows (batch 1: 12 x 16) on oneDNN's GEMM unpadded, its residual and
-    ReLU fused into it as well, other batches as a GEMM of a row class; a squeeze-excite
-    one (1x1 at 1x1, under addmm's range) has no exact rows. All match the reference."""
+@pytest.mark.parametrize("tiled", [True, False])
+def test_pointwise_convolution_of_a_symbolic_batch(tiled, monkeypatch):
+    """A 1x1 channels-last convolution whose sizes are static but for the batch runs on the
+    tiled GEMM, its residual and ReLU in the epilogue. Where that kernel is not there, the
+    stand-in batch's rows (batch 1: 12 x 16) run on oneDNN's GEMM unpadded, the residual and
+    ReLU fused into it as well, other batches as a GEMM of a row class; a squeeze-excite one
+    (1x1 at 1x1, under addmm's range) has no exact rows. All match the reference."""
+    from ember.runtime import externs
+
+    if not tiled:
+        monkeypatch.setattr(externs, "_tiled_weight", lambda params, w: None)
     rng = np.random.default_rng(8)
     inits = [numpy_helper.from_array(rng.standard_normal((64, 3, 3, 3)).astype(np.float32), "w0"),
              numpy_helper.from_array(rng.standard_normal((256, 64, 1, 1)).astype(np.float32) * 0.2, "w1"),
@@ -403,12 +412,17 @@ def test_pointwise_convolution_of_a_symbolic_batch_runs_its_exact_rows_on_onednn
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     compiled = ember.compile(model)
     pointwise = [(step, args) for kind, _, step in compiled._executor._steps
-                 if kind == "extern" and step.name == "conv" and "pointwise" in step.params
+                 if kind == "extern" and step.name == "conv" and step.params["kernel"] == [1, 1]
                  for args in [step.args[:step.num_inputs]]]
-    assert [step.params["exact_rows"] for step, _ in pointwise] == [192, 192, None]
+    if tiled:
+        assert all("tiled" in step.params and "pointwise" not in step.params for step, _ in pointwise)
+    else:
+        assert [step.params["exact_rows"] for step, _ in pointwise] == [192, 192, None]
     assert [step.params["activation"] for step, _ in pointwise] == ["", "relu", ""]
     assert [bool(args[3]) for _, args in pointwise] == [False, True, False], pointwise  # the residual
+    before = gemm.RUNS[0]
     _matches_reference(compiled, model, rng, [(batch, 3, 12, 16) for batch in (1, 3, 1)])
+    assert (gemm.RUNS[0] > before) == tiled
 
 
 @pytest.mark.parametrize("size", ["symbolic", "static"])
