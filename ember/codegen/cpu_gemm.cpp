@@ -148,6 +148,15 @@ __attribute__((always_inline)) static inline void rank1(vec* acc0, vec* acc1, co
     }
 }
 
+// the same on the panel's first VW columns only: a last panel of at most VW output columns
+// (24 channels as 16 + 8) does half the multiply-adds, not a full panel's of which half
+// are thrown away
+template <int R>
+__attribute__((always_inline)) static inline void rank1_half(vec* acc0, const float* a, int64_t lda, vec w0) {
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) acc0[r] += a[r * lda] * w0;
+}
+
 // one MR x NR block (R rows of it, `cols` columns of the panel) over K products; the
 // panel's row k at panel + k * ldp (NR for packed weights). A GEMM whose K is blocked calls
 // it once per block: the `first` starts from the bias, a later one from the partial sums in
@@ -174,13 +183,17 @@ static void tile(const float* a, int64_t lda, const float* panel, int64_t ldp, i
             }
         }
     }
-    for (int64_t k = 0; k < K; ++k) {
-        const vec w0 = load(panel + k * ldp), w1 = load(panel + k * ldp + VW);
-        if (next != nullptr) {  // the next panel into L2 while this one's first tile runs
-            __builtin_prefetch(next + k * NR, 0, 2);
-            __builtin_prefetch(next + k * NR + NR / 2, 0, 2);
+    if (cols <= VW) {  // (the panel's last VW columns are zeros)
+        for (int64_t k = 0; k < K; ++k) rank1_half<R>(acc0, a + k, lda, load(panel + k * ldp));
+    } else {
+        for (int64_t k = 0; k < K; ++k) {
+            const vec w0 = load(panel + k * ldp), w1 = load(panel + k * ldp + VW);
+            if (next != nullptr) {  // the next panel into L2 while this one's first tile runs
+                __builtin_prefetch(next + k * NR, 0, 2);
+                __builtin_prefetch(next + k * NR + NR / 2, 0, 2);
+            }
+            rank1<R>(acc0, acc1, a + k, lda, w0, w1);
         }
-        rank1<R>(acc0, acc1, a + k, lda, w0, w1);
     }
     finish<R>(acc0, acc1, y, ldy, res, ldr, act, cols, last, edge);
 }
@@ -199,22 +212,34 @@ static void conv_tile(const float* a, int64_t lda, const float* const* at, const
     vec acc0[R], acc1[R];
     alignas(64) float edge[NR];
     start<R>(acc0, acc1, bias, cols, edge);
+    const bool half = cols <= VW;  // (the panel's last VW columns are zeros: `rank1_half`)
     for (int64_t t = 0; t < ntaps; ++t) {
         const float* pt = panel + t * C * NR;
         if (at == nullptr) {
             const float* first = a + taps[t];
-            for (int64_t k = 0; k < C; ++k)
-                rank1<R>(acc0, acc1, first + k, lda, load(pt + k * NR), load(pt + k * NR + VW));
+            if (half)
+                for (int64_t k = 0; k < C; ++k) rank1_half<R>(acc0, first + k, lda, load(pt + k * NR));
+            else
+                for (int64_t k = 0; k < C; ++k)
+                    rank1<R>(acc0, acc1, first + k, lda, load(pt + k * NR), load(pt + k * NR + VW));
         } else {
             const float* row[R];
             for (int r = 0; r < R; ++r) row[r] = at[t * R + r];
-            for (int64_t k = 0; k < C; ++k) {
-                const vec w0 = load(pt + k * NR), w1 = load(pt + k * NR + VW);
+            if (half) {
+                for (int64_t k = 0; k < C; ++k) {
+                    const vec w0 = load(pt + k * NR);
 #pragma GCC unroll 12
-                for (int r = 0; r < R; ++r) {
-                    const float v = row[r][k];
-                    acc0[r] += v * w0;
-                    acc1[r] += v * w1;
+                    for (int r = 0; r < R; ++r) acc0[r] += row[r][k] * w0;
+                }
+            } else {
+                for (int64_t k = 0; k < C; ++k) {
+                    const vec w0 = load(pt + k * NR), w1 = load(pt + k * NR + VW);
+#pragma GCC unroll 12
+                    for (int r = 0; r < R; ++r) {
+                        const float v = row[r][k];
+                        acc0[r] += v * w0;
+                        acc1[r] += v * w1;
+                    }
                 }
             }
         }

@@ -67,6 +67,8 @@ def test_the_kernel_equals_torch(case):
     spans = any((positions * i // tiles) // ow != (positions * (i + 1) // tiles - 1) // ow for i in range(tiles))
     event("a block spans output rows" if spans else "every block within one output row")
     event(f"{-(-o // gemm.panel_width())} panel(s) of output channels")
+    if o % gemm.panel_width() and o % gemm.panel_width() <= gemm.panel_width() // 2:
+        event("a last panel of at most half its columns (one vector of them)")
 
 
 def _model(kernel, pads, strides, dilations, relu: bool, residual: bool):
