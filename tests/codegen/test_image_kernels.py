@@ -202,3 +202,35 @@ def test_nearest_upsampling_by_whole_factors_is_one_broadcasting_copy(dtype, sca
     before = externs_image.REPEATS[0]
     check_kernel("Resize", [("x", x), ("roi", None), ("scales", np.array(scales, np.float32))], attrs, exact=True)
     assert externs_image.REPEATS[0] > before
+
+
+@pytest.mark.parametrize("scales, generated", [([1, 1, 2, 3], True), ([1, 1, 8, 8], True), ([1, 1, 1.5, 2], False)])
+def test_nearest_upsampling_by_constant_whole_factors_is_generated_into_its_reader(scales, generated):
+    """With constant scales the FPN upsampling is a gather at floor(i / factor) that the
+    Add reading it computes in its own kernel (no upsampled tensor, no extern call), at any
+    input size, equal to onnxruntime to the bit; a factor that is not whole stays on the
+    extern."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "s"], ["r"], mode="nearest", coordinate_transformation_mode="asymmetric",
+                          nearest_mode="floor"),
+         helper.make_node("Add", ["r", "z"], ["y"])], "fpn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, "h", "w"]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 8, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(scales, np.float32), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    compiled = ember.compile(model)
+    steps = [(kind, step.name) for kind, _, step in compiled._executor._steps]
+    assert (("extern", "resize") not in steps) == generated, steps
+    if generated:
+        assert [kind for kind, _ in steps] == ["segment"]  # the gather inside the Add's kernel
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(11)
+    for n, h, w in ((1, 5, 7), (2, 3, 4)):
+        x = rng.standard_normal((n, 8, h, w)).astype(np.float32)
+        z = rng.standard_normal((n, 8, int(h * scales[2]), int(w * scales[3]))).astype(np.float32)
+        np.testing.assert_array_equal(compiled.run({"x": x, "z": z})["y"], session.run(None, {"x": x, "z": z})[0])

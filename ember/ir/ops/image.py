@@ -1,11 +1,16 @@
 """Image resampling ops: Resize, GridSample, AffineGrid. Schemas, type functions and
-references are ONNX's; the lowerings are externs in torch ops
+references are ONNX's; a nearest Resize by whole constant factors with asymmetric
+coordinates and floor rounding (FPN upsampling) is a generated gather of x at
+floor(i / factor), fused into what reads it; the other lowerings are externs in torch ops
 (ember/runtime/externs_image.py) that read the scales, sizes, roi, grid or size fed
 at run time and check them against the output's declared type: its sizes (known
 before the kernel runs, or the node would not be lowered) are the buffer the extern
 fills, which makes a NonMaxSuppression whose type does not fix its count a fallback."""
 
 from __future__ import annotations
+
+import numpy as np
+import sympy
 
 from ..dtypes import DType
 from ._lowering import FLOATS, NotLowerable, attrs, out_type, register_lowering
@@ -39,12 +44,39 @@ def _lower_resize(ctx, node, ins):
         raise NotLowerable("neither scales nor sizes")
     rank = len(x.shape)
     axes = [normalize_axis(v, rank) for v in a["axes"]] if a["axes"] else list(range(rank))
+    factors = _whole_factors(ctx, node, a, axes, rank)
+    if factors is not None:
+        dtype, shape = out_type(node)
+        return [ctx.pointwise(shape, dtype, lambda b, i: x.load(b, tuple(
+            sympy.floor(v / f) if f > 1 else v for v, f in zip(i, factors))), cost=x.cost + 1)]
     return ctx.extern("resize", [x, roi, scales, sizes], [out_type(node)], where=node.describe(), axes=axes,
                       mode=a["mode"], coordinate_transformation_mode=a["coordinate_transformation_mode"],
                       nearest_mode=a["nearest_mode"], cubic_coeff_a=float(a["cubic_coeff_a"]),
                       exclude_outside=bool(a["exclude_outside"]), antialias=bool(a["antialias"]),
                       extrapolation_value=float(a["extrapolation_value"]),
                       keep_aspect_ratio_policy=a["keep_aspect_ratio_policy"])
+
+
+def _whole_factors(ctx, node, a, axes, rank) -> list[int] | None:
+    """The factor of each axis where the Resize repeats each element a whole number of
+    times (nearest, asymmetric coordinates, floor rounding: source index floor(i / f),
+    scales constant and whole, the output's sizes known); else None."""
+    if (a["mode"] != "nearest" or a["coordinate_transformation_mode"] != "asymmetric" or a["nearest_mode"] != "floor"
+            or a["exclude_outside"] or len(node.inputs) < 3 or node.inputs[2] is None):
+        return None
+    scales = node.inputs[2].const if node.inputs[2].const is not None else ctx.known_contents(node.inputs[2])
+    if scales is None or np.asarray(scales).size != len(axes):
+        return None
+    factors = [1] * rank
+    for axis, scale in zip(axes, np.asarray(scales, dtype=np.float64).reshape(-1).tolist()):
+        if not (scale >= 1 and scale == int(scale)):
+            return None
+        factors[axis] = int(scale)
+    dtype, shape = out_type(node)
+    if not ctx.knows(shape) or any(sympy.expand(shape[k] - node.inputs[0].type.shape[k] * factors[k]) != 0
+                                   for k in range(rank)):
+        return None
+    return factors
 
 
 @register_lowering("GridSample")
