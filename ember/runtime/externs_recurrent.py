@@ -126,8 +126,11 @@ _STEP_KERNEL_MAX_BATCH = 8
 _STEP_KERNEL_MAX_HIDDEN = 256
 STEP_KERNEL_RUNS = [0]  # LSTM runs the step kernel made (tests read it)
 # input projections of at most this many multiply-adds the step kernel makes itself (one
-# torch GEMM call costs ~3 us, more than silero_vad's 64x256 projection of one step)
-_KERNEL_PROJECTS_MACS = 1 << 16
+# torch GEMM call costs ~3 us, more than silero_vad's 64x256 projection of one step; for
+# hey_mycroft's 2 x 16 x 96 -> 256 torch's baddbmm, its threads spinning beside the step
+# loop's after it, and the tiled GEMM both left the model slower: 0.157 and 0.185 ms
+# against 0.149 in the kernel, minima on a 2-core AMD EPYC)
+_KERNEL_PROJECTS_MACS = 1 << 20
 
 
 def _step_kernel_available() -> bool:

@@ -254,3 +254,25 @@ def test_an_artifact_ships_the_lstm_step_loop(tmp_path, monkeypatch):
     compiled = ember.compile(_model("LSTM", {"hidden_size": 3, "direction": "bidirectional"}, arrays, feeds,
                                     ["Y", "Y_h"], np.float32))
     runs_the_shipped_kernel(compiled, feeds, kernel, "lstm", tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("seq, batch, size, hidden", [(16, 1, 96, 64), (20, 8, 40, 70)])
+def test_the_step_kernel_projects_small_inputs_itself_and_large_ones_on_a_gemm(seq, batch, size, hidden):
+    """hey_mycroft's 2 x 16 x 96 -> 256 projection (786K multiply-adds) the step kernel makes
+    itself; a larger one (3.6M) is one batched GEMM before it. Both as onnxruntime computes."""
+    from ember.runtime import externs_recurrent
+
+    rng = np.random.default_rng(seq)
+    arrays = {"W": (rng.standard_normal((2, 4 * hidden, size)) * 0.3).astype(np.float32),
+              "R": (rng.standard_normal((2, 4 * hidden, hidden)) * 0.3).astype(np.float32),
+              "B": (rng.standard_normal((2, 8 * hidden)) * 0.3).astype(np.float32)}
+    feeds = {"X": rng.standard_normal((seq, batch, size)).astype(np.float32)}
+    model = _model("LSTM", {"hidden_size": hidden, "direction": "bidirectional"}, arrays, feeds, ["Y", "Y_h"],
+                   np.float32)
+    in_kernel = 2 * seq * batch * size * 4 * hidden <= externs_recurrent._KERNEL_PROJECTS_MACS
+    assert in_kernel == (batch == 1)
+    before = externs_recurrent.STEP_KERNEL_RUNS[0]
+    got = ember.compile(model).run(feeds)
+    assert externs_recurrent.STEP_KERNEL_RUNS[0] == before + 1
+    theirs = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    _assert_close(got, dict(zip(got, theirs)), 2e-5, "step kernel vs onnxruntime")
