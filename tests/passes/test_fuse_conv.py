@@ -426,11 +426,17 @@ def test_pointwise_convolution_of_a_symbolic_batch(tiled, monkeypatch):
 
 
 @pytest.mark.parametrize("size", ["symbolic", "static"])
-def test_uneven_pads_become_a_padded_copy(size):
-    """SAME_UPPER at an even window pads one more at the end: oneDNN's convolution takes
-    even pads only, so the input is copied zero-padded first and the convolution runs on it
-    with no pads, on ember's direct kernel. It matches the reference (at two sizes where
-    they are symbolic)."""
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_uneven_pads(size, channels_last, monkeypatch):
+    """SAME_UPPER at an even window pads one more at the end. ember's direct convolution
+    (a channels-last filter of one group) pads as it reads, unevenly too: no padded copy.
+    Elsewhere (here: the channels-last rewrite off, so oneDNN's convolution, which takes
+    even pads only) the input is copied zero-padded first and the convolution runs with
+    none. Both match the reference (at two sizes where they are symbolic)."""
+    if not channels_last:
+        from ember.passes import pipelines
+
+        monkeypatch.setitem(pipelines.PIPELINES, 2, [p for p in pipelines.O2 if p != "channels_last"])
     rng = np.random.default_rng(9)
     inits = [numpy_helper.from_array(rng.standard_normal((24, 3, 3, 3)).astype(np.float32), "w0"),
              numpy_helper.from_array(rng.standard_normal((48, 24, 2, 2)).astype(np.float32) * 0.3, "w1")]
@@ -442,8 +448,14 @@ def test_uneven_pads_become_a_padded_copy(size):
     compiled = ember.compile(model)
     (conv,) = [step for kind, _, step in compiled._executor._steps
                if kind == "extern" and step.name == "conv" and step.params["kernel"] == [2, 2]]
-    assert conv.params["pads"] == [0, 0, 0, 0] and "direct" in conv.params
+    if channels_last:
+        assert conv.params["pads"] == [0, 0, 1, 1] and "direct" in conv.params
+    else:
+        assert conv.params["pads"] == [0, 0, 0, 0] and "direct" not in conv.params
+    before = gemm.CONV_RUNS[0]
     _matches_reference(compiled, model, rng, shapes)
+    if channels_last:  # (2 x 3 x 9 x 7 is work for the generated small path)
+        assert gemm.CONV_RUNS[0] >= before + 1
 
 
 def test_a_shared_activation_pools_and_concatenates_channels_last():

@@ -184,7 +184,10 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
     if not channels_last and pads is not None and _few_terms(ctx, w, x, bias, activation):
         return [_channels_first_conv_kernel(ctx, node, x, w, bias, total, activation, kernel, strides, dilations,
                                             pads, int(a["group"]))]
-    if pads is not None and x.dtype == DType.float32 and any(p != q for p, q in pads):
+    # a constant 2-d filter of one group, channels-last, runs on ember's direct convolution
+    # (runtime/externs.py, `_direct_weight`), which pads as it reads, evenly or not
+    on_direct = channels_last and rank == 2 and int(a["group"]) == 1 and node.inputs[1].const is not None
+    if pads is not None and x.dtype == DType.float32 and any(p != q for p, q in pads) and not on_direct:
         # uneven pads (SAME_UPPER at an even window): oneDNN's convolution takes even ones
         # only, torch's ran at 30-40 GFLOP/s; a zero-padded copy, then no pads
         x = _padded(ctx, x, pads, 0.0, 1 if channels_last else 2)
