@@ -637,15 +637,22 @@ def _direct_weight(params, w):
     return None if panels is None else (panels, tuple(w.shape))
 
 
+def _tiles_take(x, bias, total, y) -> bool:
+    """Whether the tiled kernels (the GEMM, the direct convolution) take these operands:
+    float32 x, bias and residual `total`, and x, bias, total and y contiguous (bias, total
+    and y may be None)."""
+    return (x.dtype == torch.float32 and x.is_contiguous()
+            and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
+            and (total is None or (total.dtype == torch.float32 and total.is_contiguous()))
+            and (y is None or y.is_contiguous()))
+
+
 def _direct_conv(params, x, bias, total, y):
     """A channels-last 2-d convolution on ember's direct kernel: x [N, H, W, C] (its zero
     pads implicit: the kernel reads zeros for the taps outside x), act(conv + bias +
     total) written straight into y. None where the call does not fit it (the caller goes on)."""
     panels, (o, c_in, kh, kw) = params["direct"]
-    if (x.dtype != torch.float32 or x.dim() != 4 or x.shape[-1] != c_in or not x.numel() or not x.is_contiguous()
-            or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
-            or (total is not None and (total.dtype != torch.float32 or not total.is_contiguous()))
-            or (y is not None and not y.is_contiguous())):
+    if x.dim() != 4 or x.shape[-1] != c_in or not x.numel() or not _tiles_take(x, bias, total, y):
         return None
     top, left, bottom, right = params["pads"]
     (sh, sw), (dh, dw) = params["strides"], params["dilations"]
@@ -669,10 +676,7 @@ def _tiled_pointwise(params, x, bias, total, y):
     gemm, weight = _codegen("gemm"), params["tiled"]
     k, n = x.shape[-1], weight.kn.shape[1]
     rows = x.numel() // k if k else 0
-    if (x.dtype != torch.float32 or not rows or not x.is_contiguous()
-            or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
-            or (total is not None and (total.dtype != torch.float32 or not total.is_contiguous()))
-            or (y is not None and not y.is_contiguous())):
+    if not rows or not _tiles_take(x, bias, total, y):
         return None
     if gemm.KERNEL.fn() is None:
         return None

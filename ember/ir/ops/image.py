@@ -44,9 +44,9 @@ def _lower_resize(ctx, node, ins):
         raise NotLowerable("neither scales nor sizes")
     rank = len(x.shape)
     axes = [normalize_axis(v, rank) for v in a["axes"]] if a["axes"] else list(range(rank))
-    factors = _whole_factors(ctx, node, a, axes, rank)
+    dtype, shape = out_type(node)
+    factors = _whole_factors(ctx, node, a, axes, shape)
     if factors is not None:
-        dtype, shape = out_type(node)
         return [ctx.pointwise(shape, dtype, lambda b, i: x.load(b, tuple(
             sympy.floor(v / f) if f > 1 else v for v, f in zip(i, factors))), cost=x.cost + 1)]
     return ctx.extern("resize", [x, roi, scales, sizes], [out_type(node)], where=node.describe(), axes=axes,
@@ -57,24 +57,26 @@ def _lower_resize(ctx, node, ins):
                       keep_aspect_ratio_policy=a["keep_aspect_ratio_policy"])
 
 
-def _whole_factors(ctx, node, a, axes, rank) -> list[int] | None:
+def _whole_factors(ctx, node, a, axes, shape) -> list[int] | None:
     """The factor of each axis where the Resize repeats each element a whole number of
     times (nearest, asymmetric coordinates, floor rounding: source index floor(i / f),
-    scales constant and whole, the output's sizes known); else None."""
+    scales constant and whole, the output's sizes `shape` known); else None."""
     if (a["mode"] != "nearest" or a["coordinate_transformation_mode"] != "asymmetric" or a["nearest_mode"] != "floor"
             or a["exclude_outside"] or len(node.inputs) < 3 or node.inputs[2] is None):
         return None
     scales = node.inputs[2].const if node.inputs[2].const is not None else ctx.known_contents(node.inputs[2])
-    if scales is None or np.asarray(scales).size != len(axes):
+    if scales is None:
         return None
-    factors = [1] * rank
-    for axis, scale in zip(axes, np.asarray(scales, dtype=np.float64).reshape(-1).tolist()):
+    scales = np.asarray(scales, dtype=np.float64).reshape(-1).tolist()
+    if len(scales) != len(axes):
+        return None
+    factors = [1] * len(shape)
+    for axis, scale in zip(axes, scales):
         if not (scale >= 1 and scale == int(scale)):
             return None
         factors[axis] = int(scale)
-    dtype, shape = out_type(node)
-    if not ctx.knows(shape) or any(sympy.expand(shape[k] - node.inputs[0].type.shape[k] * factors[k]) != 0
-                                   for k in range(rank)):
+    if not ctx.knows(shape) or any(sympy.expand(shape[k] - node.inputs[0].type.shape[k] * f) != 0
+                                   for k, f in enumerate(factors)):
         return None
     return factors
 
