@@ -11,7 +11,10 @@ this script reported before) is kept beside it. Compiling runs with an empty ker
 (the C++ build included, as on a machine that never compiled the model) and again with a
 warm one; loading runs with an empty kernel cache too (the shipped library is copied into
 it). The cases alternate, five rounds by default; every ember run's output must be
-bit-identical to the others', and onnxruntime's close to them.
+bit-identical to the others', and onnxruntime's close to them. Python modules come from
+their bytecode caches, as after anyone's first import (a child unsets
+PYTHONDONTWRITEBYTECODE, which some sandboxes set: every process then compiles ember's
+~100 modules from source again, ~0.2 s on a 2-core EPYC; the priming run writes them).
 
     python benchmarks/artifact_load.py [--runs 5] [--write docs/benchmarks.md]
 """
@@ -68,6 +71,7 @@ def child(mode: str, model: str, feeds_path: str, output: str, spawned: float) -
 
 def measure(mode: str, model: Path, feeds: Path, output: str, cache: Path) -> dict:
     env = {**os.environ, "EMBER_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     spawned = time.time()
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", mode, str(model), str(feeds), output, repr(spawned)],
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
         np.savez(feeds, **_builtin.tokenize(_builtin.SAMPLE_SENTENCES))
         artifact = ember.compile(onnx_path).save(tmp / "minilm.ember")
         warm = tmp / "warm-cache"
-        measure("compile", onnx_path, feeds, _builtin.OUTPUT_NAME, warm)  # primes the warm cache
+        measure("compile", onnx_path, feeds, _builtin.OUTPUT_NAME, warm)  # primes the warm cache (and bytecode)
+        measure("load", artifact, feeds, _builtin.OUTPUT_NAME, tmp / "primer")
         cases = {COMPILE_COLD: ("compile", onnx_path, True), COMPILE_WARM: ("compile", onnx_path, False),
                  LOAD: ("load", artifact, True), ORT: ("onnxruntime", onnx_path, False)}
         results: dict[str, list[dict]] = {name: [] for name in cases}
@@ -142,8 +147,9 @@ def main(argv=None) -> int:
     def ratio(a: str, b: str, key: str) -> str:
         return f"**{median(a, key) / median(b, key):.1f}x**"
 
-    lines += ["", "Medians. `import ember` loads no heavy library: sympy (and, compiling, onnx) are imported "
-              "within build, torch only where a step runs on it (none of MiniLM's does). Compile / load, from "
+    lines += ["", "Medians. `import ember` loads no heavy library: compiling imports sympy and onnx within build, "
+              "loading neither (a loaded program's sizes are `ember.ir.sizes.Size`s, its graph parsed on first "
+              "use), torch only where a step runs on it (none of MiniLM's does). Compile / load, from "
               "process start: "
               f"{ratio(COMPILE_COLD, LOAD, 'from_start_s')} (empty kernel cache), "
               f"{ratio(COMPILE_WARM, LOAD, 'from_start_s')} (warm); after `import ember` (build + first run): "

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import sympy
 
 from .errors import InputError
 from .ir.dtypes import DType
 from .ir.graph import Value
+from .ir.sizes import evaluate, free_symbols, is_symbol
 from .ir.types import Dim, OptionalType, SequenceType, TensorType, Type
 
 _ONNX_TYPE_NAMES = {
@@ -87,7 +87,7 @@ class _FeedPlan:
             for axis, d in enumerate(t.shape):
                 if isinstance(d, int):
                     fixed.append((axis, d))
-                elif isinstance(d, sympy.Symbol):
+                elif is_symbol(d):
                     symbols.append((axis, d))
                 else:
                     self.entries = None
@@ -139,7 +139,7 @@ def check_feeds(inputs: list[Value], feeds: Any) -> list[Any]:
     if unknown:
         raise InputError(f"unknown input {unknown[0]!r}; the model's inputs are: "
                          f"{', '.join(f'{v.name}: {v.type}' for v in inputs)}")
-    bindings: dict[sympy.Symbol, tuple[int, str]] = {}
+    bindings: dict[Any, tuple[int, str]] = {}  # size symbol -> (its value, who set it)
     ordered = []
     for value in inputs:
         if value.name not in feeds:
@@ -186,7 +186,7 @@ def _check_one(value: Value, data: Any, bindings) -> Any:
             if dim != size:
                 raise InputError(f"input {value.name!r}: expected {t}, got {describe_array(data)} "
                                  f"(dim {axis} must be {dim})")
-        elif isinstance(dim, sympy.Symbol):
+        elif is_symbol(dim):
             if dim in bindings and bindings[dim][0] != size:
                 bound, where = bindings[dim]
                 raise InputError(f"input {value.name!r}: expected {t}, got {describe_array(data)} (dim {axis} is "
@@ -202,9 +202,9 @@ def _check_expressions(inputs, ordered, bindings) -> None:
         if not isinstance(t, TensorType) or t.shape is None or data is None:
             continue
         for axis, dim in enumerate(t.shape):
-            if isinstance(dim, sympy.Expr) and not isinstance(dim, sympy.Symbol):
-                if dim.free_symbols <= values.keys():
-                    want = int(dim.subs(values))
+            if not isinstance(dim, int) and not is_symbol(dim):
+                if free_symbols(dim) <= values.keys():
+                    want = evaluate(dim, values)
                     if want != data.shape[axis]:
                         raise InputError(f"input {value.name!r}: expected {t}, got {describe_array(data)} "
                                          f"(dim {axis} = {dim} = {want})")

@@ -18,6 +18,7 @@ from .runtime._malloc import return_freed_heap as _return_freed_heap
 from .runtime.executor import Executor, ReferenceExecutor, default_threads
 
 if TYPE_CHECKING:  # the frontend and the passes load in compile(): ember.load needs neither
+    from .artifact import DeferredGraph
     from .passes import PassStats
 
 TARGETS = ("cpu",)
@@ -74,13 +75,16 @@ class CompiledModel:
     """A model compiled for one target. `run` takes and returns numpy arrays by name;
     `save` writes it as an artifact that `ember.load` reads back without compiling."""
 
-    def __init__(self, graph: Graph, target: str, timings: dict[str, float],
+    def __init__(self, graph: Graph | DeferredGraph, target: str, timings: dict[str, float],
                  passes: list[PassStats] | None = None, *, codegen: bool = True,
                  intra_op_threads: int | None = None, profile: bool = False, program=None,
                  options: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None):
         from .codegen import cpu, generate
 
-        self.graph = graph
+        # a loaded model's graph is parsed when first asked for (`graph`): loading and
+        # running need only what a DeferredGraph holds
+        self._graph = graph if isinstance(graph, Graph) else None
+        self._deferred_graph = None if isinstance(graph, Graph) else graph
         self.target = target
         self.program = program  # given: loaded from an artifact
         self.options = dict(options or {})  # how it was compiled, as an artifact records it
@@ -108,13 +112,21 @@ class CompiledModel:
             self._executor = ReferenceExecutor(graph)
             fallbacks, kernels, fused = self._executor.fallback_nodes, 0, 0
         timings["prepare"] = time.perf_counter() - t0
+        self._graph_inputs = graph.inputs  # what feeds are checked against (its identity keys the check's plan)
         self.inputs = [TensorInfo(v.name, v.type) for v in graph.inputs]
         self.outputs = [TensorInfo(v.name, v.type) for v in graph.outputs]
         histogram = graph.op_histogram()  # subgraph nodes included, as num_nodes
         self.stats = CompileStats(target, sum(histogram.values()), histogram, list(fallbacks), timings,
                                   list(passes or []), kernels, fused)
-        if graph.num_parameters() >= _LARGE_MODEL_PARAMETERS:
-            _return_freed_heap()
+        if self._graph is not None and graph.num_parameters() >= _LARGE_MODEL_PARAMETERS:
+            _return_freed_heap()  # (a compile's: loading frees no passes' memory)
+
+    @property
+    def graph(self) -> Graph:
+        """The optimized graph (a loaded model's is parsed from the artifact on first use)."""
+        if self._graph is None:
+            self._graph = self._deferred_graph.parse()
+        return self._graph
 
     def run(self, feeds: dict[str, np.ndarray], *, out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Run on `feeds` (input name -> array). Returns output name -> array (a list of
@@ -129,7 +141,7 @@ class CompiledModel:
     def _run_into(self, feeds, targets: list[np.ndarray | None] | None) -> tuple[dict[str, Any], list[str]]:
         """`run` into `targets` (`check_out`'s list: an array or None per output), and the
         names of the outputs it had to copy into their array."""
-        ordered = check_feeds(self.graph.inputs, feeds)
+        ordered = check_feeds(self._graph_inputs, feeds)
         if targets is not None and isinstance(self._executor, Executor):
             results = self._executor.run(ordered, out=targets)
         else:

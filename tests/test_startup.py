@@ -1,6 +1,6 @@
 """Start-up: `import ember` loads none of the heavy libraries, and loading and running a
-compiled artifact loads nothing that only compiling needs (onnx and ml_dtypes, the op
-registry, the passes, the frontends, jinja2). Each check runs in a fresh interpreter and
+compiled artifact loads nothing that only compiling needs (onnx and ml_dtypes, sympy, the
+op registry, the passes, the frontends, jinja2). Each check runs in a fresh interpreter and
 reads its sys.modules; the public API stays what it was."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ ROOT = Path(ember.__file__).resolve().parents[1]  # the ember these tests import
 HEAVY = {"torch", "onnx", "sympy", "transformers", "jinja2", "networkx", "ml_dtypes", "tokenizers", "fastapi",
          "uvicorn", "safetensors", "onnxruntime", "gguf", "PIL", "tqdm"}
 # what compiling needs and running a compiled program does not
-COMPILING = {"onnx", "ml_dtypes", "jinja2", "networkx", "transformers", "tokenizers"}
+COMPILING = {"onnx", "ml_dtypes", "sympy", "jinja2", "networkx", "transformers", "tokenizers"}
 COMPILER_MODULES = ("ember.frontends", "ember.ir.ops", "ember.passes.canonicalize", "ember.passes.fuse_attention",
                     "ember.codegen.lowering")
 
@@ -73,7 +73,9 @@ def artifacts(tmp_path_factory, minilm_onnx) -> dict[str, tuple[Path, Path]]:
 
     folder = tmp_path_factory.mktemp("startup")
     cases = {"matmul_gelu": (models.matmul_gelu(), {"x": np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)}),
-             "minilm": (minilm_onnx, _builtin.tokenize(_builtin.SAMPLE_SENTENCES))}
+             "minilm": (minilm_onnx, _builtin.tokenize(_builtin.SAMPLE_SENTENCES)),
+             "strided_conv": (models.strided_conv(), {"x": np.linspace(-1, 1, 3 * 17 * 23, dtype=np.float32)
+                                                      .reshape(1, 3, 17, 23)})}
     found = {}
     for name, (model, feeds) in cases.items():
         path = ember.compile(model).save(folder / f"{name}.ember")
@@ -82,8 +84,10 @@ def artifacts(tmp_path_factory, minilm_onnx) -> dict[str, tuple[Path, Path]]:
     return found
 
 
-@pytest.mark.parametrize("name", ["matmul_gelu", "minilm"])
+@pytest.mark.parametrize("name", ["matmul_gelu", "minilm", "strided_conv"])
 def test_loading_and_running_an_artifact_imports_nothing_compiling_needs(artifacts, name):
+    """strided_conv's buffer sizes are floor and ceiling expressions of its input's:
+    evaluated without sympy (ember/ir/sizes.py)."""
     path, feeds = artifacts[name]
     loaded = modules_after(f"import ember, numpy as np\n"
                            f"feeds = dict(np.load({str(feeds)!r}))\n"

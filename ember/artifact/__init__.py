@@ -180,20 +180,32 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
                                 f"(it runs {', '.join(TARGETS)})")
         try:  # the weights are hashed meanwhile (nothing below reads them) and checked before any use
             tensors = read_tensors(reader.read_buffer(WEIGHTS, check_later=True, mapped=mmap), WEIGHTS)
-            graph = codec.parse_graph_checked(_text(reader, GRAPH), tensors, GRAPH, check_ops=False)
-            _check_signature(reader, graph)
-            program = None
+            graph_text = _text(reader, GRAPH)
+            signature, where = reader.manifest.get("signature"), reader.path
+
+            def parse_graph():
+                graph = codec.parse_graph_checked(graph_text, tensors, GRAPH, check_ops=False)
+                _check_signature(signature, where, graph)
+                return graph
+
+            program = graph = None
             if reader.has(PROGRAM):
                 libraries = resolve_libraries(reader, m["libraries"], m["machine"].get("key"))
                 install_kernel_libraries(reader, m["kernel_libraries"], m["machine"].get("key"))
                 if libraries is not None:
+                    raw = reader.read(PROGRAM)
                     try:
-                        encoded = json.loads(reader.read(PROGRAM))
+                        encoded = json.loads(raw)
                     except ValueError as e:
                         raise ArtifactError(f"{reader.path}: {PROGRAM} is not JSON ({e})") from None
+                    if b'"$node"' in raw or b'"$value"' in raw:  # steps that point into the graph
+                        graph = parse_graph()
                     program = codec.decode_program(encoded, codec.Loading(tensors, libraries, graph))
             if program is None:  # the reference interpreter runs every node (else: codec.check_ops_known)
+                graph = parse_graph()
                 codec.check_ops_known(graph.walk(), GRAPH)
+            elif graph is None:
+                graph = DeferredGraph.of(program, signature, m["stats"], tensors, parse_graph) or parse_graph()
             llm = _llm_info(reader, m, LLMInfo) if m["kind"] == "llm" else None
             passes = _passes(m, PassStats)
         except ArtifactError:
@@ -233,14 +245,61 @@ def _text(reader: ArchiveReader, name: str) -> str:
         raise ArtifactError(f"{reader.path}: member {name!r} is not UTF-8 text") from None
 
 
-def _check_signature(reader: ArchiveReader, graph) -> None:
-    signature = reader.manifest.get("signature") or {}
+def _check_signature(signature: Any, where: Path, graph) -> None:
+    signature = signature or {}
     for key, values in (("inputs", graph.inputs), ("outputs", graph.outputs)):
         entries = signature.get(key)
         listed = [i.get("name") if isinstance(i, dict) else None for i in entries] if isinstance(entries, list) else None
         if listed != [v.name for v in values]:
-            raise ArtifactError(f"{reader.path}: the manifest's {key} {listed} are not the graph's "
+            raise ArtifactError(f"{where}: the manifest's {key} {listed} are not the graph's "
                                 f"{[v.name for v in values]}")
+
+
+class DeferredGraph:
+    """A loaded model's graph until someone asks for the graph itself (`CompiledModel.graph`
+    parses it then): what loading and running need of it without parsing the printed IR,
+    whose dims are sympy (importing it was ~0.4 s of the ~0.85 s that loading MiniLM and
+    running it once took from process start). Its inputs and outputs are named by the
+    manifest's signature and typed by the program's boundary buffers, whose dims are
+    `ember.ir.sizes.Size`s; the op histogram is the manifest's."""
+
+    @classmethod
+    def of(cls, program, signature: Any, stats: dict, tensors: dict, parse) -> DeferredGraph | None:
+        """None where the program's boundary buffers cannot type the signature (the graph
+        is parsed then)."""
+        boundary = [program.buffers[b] for b in (*program.inputs, *program.outputs)]
+        if not all(b.dtype is not None and b.kind in ("input", "output") for b in boundary):
+            return None
+        return cls(program, signature, stats, tensors, parse)
+
+    def __init__(self, program, signature: Any, stats: dict, tensors: dict, parse):
+        from ..ir.graph import Value
+        from ..ir.types import TensorType
+
+        self.parse = parse
+        names = {}
+        for key, buffers in (("inputs", program.inputs), ("outputs", program.outputs)):
+            entries = (signature or {}).get(key)
+            listed = [i.get("name") if isinstance(i, dict) else None for i in entries] if isinstance(entries, list) else []
+            if len(listed) != len(buffers) or not all(isinstance(n, str) for n in listed):
+                raise ArtifactError(f"the manifest's {key} {str(listed)[:200]} do not match the program's "
+                                    f"{len(buffers)} {key}")
+            names[key] = listed
+        self.inputs = [Value(n, TensorType(program.buffers[b].dtype, program.buffers[b].shape))
+                       for n, b in zip(names["inputs"], program.inputs)]
+        self.outputs = [Value(n, TensorType(program.buffers[b].dtype, program.buffers[b].shape))
+                        for n, b in zip(names["outputs"], program.outputs)]
+        histogram = stats.get("op_histogram")
+        if not isinstance(histogram, dict) or not all(isinstance(k, str) and type(v) is int for k, v in histogram.items()):
+            raise ArtifactError("the manifest's op histogram is malformed")
+        self._histogram = histogram
+        self._parameters = sum(int(a.size) for a in tensors.values())
+
+    def op_histogram(self) -> dict[str, int]:
+        return dict(self._histogram)
+
+    def num_parameters(self) -> int:
+        return self._parameters
 
 
 def _passes(manifest: dict, PassStats) -> list:

@@ -3,8 +3,11 @@
 Buffers, steps and counts are plain JSON. A size expression is a tree of lists:
 `["Add", 1, ["S", "seq", {"integer": true, "positive": true}]]` — integers as numbers,
 `["Q", p, q]` a rational, `["S", name, assumptions]` a symbol, `[function, *args]` for
-the functions in `EXPR_FUNCTIONS`. A dim that is a Python int stays a number; one that
-is a sympy expression is always a list, so the two never mix up.
+the functions in `ember.ir.sizes.FUNCTIONS`. A dim that is a Python int stays a number;
+a symbolic one is always a list, so the two never mix up. Saving reads sympy expressions
+(or `Size`s, re-saving a loaded model); loading decodes a program's buffer shapes and size
+symbols to `Size`s, which the runtime evaluates without importing sympy, and a step
+param's expression to sympy, as the step was made with.
 
 Step params are JSON where they can be, and otherwise a one-key object naming what the
 value is: `$expr` (a size expression), `$tuple`, `$frozenset`, `$dict` (keys that are not
@@ -23,24 +26,22 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import sympy
-from sympy.core.assumptions import _assume_defined
 
+from .._deferred import sympy
 from ..codegen.kir import Buffer
 from ..errors import ArtifactError, IRError
+from ..ir import sizes
 from ..ir.dtypes import DType
 from ..ir.graph import Graph, Node, Value
 from ..ir.parser import parse_graph
 from ..ir.printer import print_graph, resources
+from ..ir.sizes import Size
 from ..runtime.program import Program, Step
 
-EXPR_FUNCTIONS = {"Add": sympy.Add, "Mul": sympy.Mul, "Pow": sympy.Pow, "floor": sympy.floor,
-                  "ceiling": sympy.ceiling, "Mod": sympy.Mod, "Max": sympy.Max, "Min": sympy.Min, "Abs": sympy.Abs}
-_CONSTANTS = {"oo": sympy.oo, "-oo": -sympy.oo, "nan": sympy.nan, "true": sympy.true, "false": sympy.false}
+_CONSTANTS = ("oo", "-oo", "nan", "true", "false")
 # the assumptions ember's symbols are made with (dims; loop variables; temps), tried in turn
 _SYMBOL_KINDS = ({"integer": True, "positive": True}, {"integer": True, "nonnegative": True}, {"integer": True}, {})
 _SYMBOL_NAME = re.compile(r"^\$?[A-Za-z_][A-Za-z0-9_]*$")
-MAX_EXPONENT = 64
 MAX_DEPTH = 200
 
 
@@ -48,6 +49,8 @@ MAX_DEPTH = 200
 def encode_expr(e: Any) -> Any:
     if type(e) is int:
         return e
+    if isinstance(e, Size):
+        return sizes.to_tree(e)
     if isinstance(e, sympy.Integer):
         return int(e)
     if isinstance(e, sympy.Rational):
@@ -55,42 +58,31 @@ def encode_expr(e: Any) -> Any:
     if isinstance(e, sympy.Symbol):
         kind = next((k for k in _SYMBOL_KINDS if sympy.Symbol(e.name, **k) == e), None)
         return ["S", e.name, kind if kind is not None else dict(e.assumptions0)]
-    for name, constant in _CONSTANTS.items():
-        if e is constant or e == constant:
+    for name in _CONSTANTS:
+        if e == sizes.Size(name).to_sympy():
             return [name]
-    if isinstance(e, sympy.Basic) and EXPR_FUNCTIONS.get(e.func.__name__) is e.func:
+    if isinstance(e, sympy.Basic) and e.func.__name__ in sizes.FUNCTIONS and getattr(sympy, e.func.__name__) is e.func:
         return [e.func.__name__, *(encode_expr(a) for a in e.args)]
     raise ArtifactError(f"cannot save the size expression {e} (sympy {type(e).__name__} is not one of "
-                        f"{', '.join(EXPR_FUNCTIONS)})")
+                        f"{', '.join(sizes.FUNCTIONS)})")
 
 
-def decode_expr(tree: Any, depth: int = 0) -> sympy.Expr:
-    if depth > MAX_DEPTH:
-        raise ArtifactError("a size expression nests too deeply")
-    if type(tree) is int:
-        return sympy.Integer(tree)
-    if not isinstance(tree, list) or not tree or not isinstance(tree[0], str):
-        raise ArtifactError(f"bad size expression {str(tree)[:100]}")
-    head, args = tree[0], tree[1:]
-    if head == "S" and len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], dict):
-        if not _SYMBOL_NAME.match(args[0]):  # names reach lambdify's generated code: identifiers only
-            raise ArtifactError(f"bad symbol name {args[0][:100]!r}")
-        if not all(k in _assume_defined and isinstance(v, bool) for k, v in args[1].items()):
-            raise ArtifactError(f"symbol {args[0]!r}: bad assumptions {str(args[1])[:100]}")
-        return sympy.Symbol(args[0], **args[1])
-    if head == "Q" and len(args) == 2 and all(type(a) is int for a in args) and args[1] > 0:
-        return sympy.Rational(args[0], args[1])
-    if head in _CONSTANTS and not args:
-        return _CONSTANTS[head]
-    if head in EXPR_FUNCTIONS and args:
-        values = [decode_expr(a, depth + 1) for a in args]
-        if head == "Pow" and (len(values) != 2 or not (values[1].is_Integer and abs(int(values[1])) <= MAX_EXPONENT)):
-            raise ArtifactError(f"a power {str(tree)[:100]}: only integer exponents up to {MAX_EXPONENT}")
-        try:
-            return EXPR_FUNCTIONS[head](*values)
-        except (TypeError, ValueError, ZeroDivisionError) as e:
-            raise ArtifactError(f"bad size expression {str(tree)[:100]}: {e}") from None
-    raise ArtifactError(f"bad size expression {str(tree)[:100]}: {head!r} is not one ember writes")
+def decode_expr(tree: Any) -> int | Size:
+    """A size expression as loading keeps it: an int or a `Size` (no sympy: importing it
+    was half of loading MiniLM and running it from process start)."""
+    try:
+        e = sizes.from_tree(tree, max_depth=MAX_DEPTH)
+    except ValueError as err:
+        raise ArtifactError(str(err)) from None
+    for sym in sizes.free_symbols(e):
+        if not _SYMBOL_NAME.match(sym.name):  # names reach lambdify's generated code: identifiers only
+            raise ArtifactError(f"bad symbol name {sym.name[:100]!r}")
+        if sym.assumptions not in _SYMBOL_KINDS:
+            from sympy.core.assumptions import _assume_defined
+
+            if not set(sym.assumptions) <= _assume_defined:
+                raise ArtifactError(f"symbol {sym.name!r}: bad assumptions {str(sym.assumptions)[:100]}")
+    return e
 
 
 def encode_dim(d: Any) -> Any:
@@ -163,7 +155,7 @@ def encode_value(x: Any, s: Saving, where: str) -> Any:
         return {"$dict": [[encode_value(k, s, where), encode_value(v, s, where)] for k, v in x.items()]}
     if isinstance(x, DType):
         return {"$dtype": x.name}
-    if isinstance(x, sympy.Basic):
+    if isinstance(x, Size) or isinstance(x, sympy.Basic):
         return {"$expr": encode_expr(x)}
     if isinstance(x, np.ndarray):
         return {"$tensor": s.add_tensor(x)}
@@ -206,7 +198,7 @@ def decode_value(x: Any, ld: Loading, where: str) -> Any:
         return _DECODERS[tag](body, ld, where)
     except KeyError:
         raise ArtifactError(f"{where}: unknown value kind {tag!r} (or a bad reference in it)") from None
-    except (TypeError, ValueError, IndexError) as e:
+    except (TypeError, ValueError, IndexError, ZeroDivisionError) as e:
         raise ArtifactError(f"{where}: bad {tag} value {str(body)[:100]}: {e}") from None
 
 
@@ -246,7 +238,7 @@ _DECODERS = {
     "$float": _decode_float,
     "$scalar": _decode_scalar,
     "$dtype": lambda b, ld, w: DType[b],
-    "$expr": lambda b, ld, w: decode_expr(b),
+    "$expr": lambda b, ld, w: sizes.to_sympy(decode_expr(b)),  # the sympy expression a step was made with
     "$tensor": lambda b, ld, w: ld.tensors[b],
     "$graph": _decode_graph,
     "$program": lambda b, ld, w: decode_program(b, Loading(ld.tensors, ld.libraries)),
@@ -355,7 +347,7 @@ def _decode_program(d: dict, ld: Loading) -> Program:
         if b.view_of is not None and b.view_of not in buffers:
             raise ArtifactError(f"buffer {b.name!r} views {b.view_of!r}, which the program lacks")
     symbols = [decode_expr(t) for t in d["symbols"]]
-    if not all(isinstance(sym, sympy.Symbol) for sym in symbols):
+    if not all(sizes.is_symbol(sym) for sym in symbols):
         raise ArtifactError("the program's size symbols are not all symbols")
     slots = {name: int(slot) for name, slot in d["slots"].items()}
     if set(slots) - set(buffers) or sorted(slots.values()) != list(range(len(slots))):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import sympy
+from .._deferred import sympy
 
 if TYPE_CHECKING:
     from ..ir.graph import Graph

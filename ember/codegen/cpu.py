@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import sympy
 
+from .._deferred import sympy
 from ..errors import ExecutionError
 from ..ir.dtypes import DType
 from .cpu_dtypes import C_TYPES, FLOAT_TYPES

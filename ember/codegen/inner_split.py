@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import sympy
-
+from .._deferred import sympy
 from ..ir.dtypes import DType
 from .kir import Body, Stmt, loop_vars, temp_symbol
 

@@ -22,8 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import sympy
-
+from .._deferred import sympy
 from ..ir.dtypes import DType
 from ..ir.types import Dim
 

@@ -13,11 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-import sympy
-
+from .._deferred import sympy  # imported on first use: `ember.load` + a run needs none (sizes.py)
 from .dtypes import DType
 
-Dim = Union[int, sympy.Expr]
+Dim = Union[int, "sympy.Expr"]  # (a loaded program's dims are ints and `sizes.Size`s)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -67,8 +66,7 @@ _EXPORTED_EXPR = re.compile(r"[A-Za-z0-9_+\-*/(), ]+")
 _LOOKS_COMPUTED = re.compile(r"\b(?:floor|ceiling|Mod|Max|Min|Abs)\(|/\s*\d")
 
 _TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(\*\*|[-+*/(),]))")
-_DIM_FUNCTIONS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "Mod": sympy.Mod, "Max": sympy.Max,
-                  "Min": sympy.Min, "Abs": sympy.Abs}
+_DIM_FUNCTIONS = ("floor", "ceiling", "Mod", "Max", "Min", "Abs")  # sympy's, by name
 MAX_DIM_EXPONENT = 64  # `**` beyond this is refused: `9**9**9` would take sympy forever
 _MAX_DIM_DEPTH = 64
 
@@ -163,7 +161,7 @@ class _DimExpr:
                 self.take()
                 args.append(self.sum(depth + 1))
             self.expect(")")
-            return _DIM_FUNCTIONS[token](*args)
+            return getattr(sympy, token)(*args)
         if kind == "name":
             return symbol(token)
         if token == "(":
@@ -195,7 +193,7 @@ class TensorType:
 
     def __post_init__(self):
         if self.shape is not None:
-            dims = tuple(int(d) if isinstance(d, (int, sympy.Integer)) else d for d in self.shape)
+            dims = tuple(int(d) if isinstance(d, int) or getattr(d, "is_Integer", False) else d for d in self.shape)
             object.__setattr__(self, "shape", dims)
 
     @property

@@ -3,8 +3,7 @@ their schemas, and well-formed types. Raises `IRError` naming the first fault.""
 
 from __future__ import annotations
 
-import sympy
-
+from .._deferred import sympy
 from ..errors import IRError
 from .graph import Graph, Node, Value
 from .registry import get_op, has_op

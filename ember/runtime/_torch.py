@@ -23,6 +23,8 @@ import warnings
 
 import numpy as np
 
+from .._deferred import Deferred
+
 _requested: int | None = None  # the last executor's thread count
 
 
@@ -112,24 +114,8 @@ def _import(name: str) -> types.ModuleType:
     return module
 
 
-class _Deferred(types.ModuleType):
-    """A module that is imported on its first attribute access."""
-
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.__dict__["_deferred_name"] = name
-
-    def __getattr__(self, attr: str):
-        module = _import(self.__dict__["_deferred_name"])
-        self.__dict__.update(vars(module))  # from now on, plain lookups
-        return getattr(module, attr)
-
-    def __repr__(self) -> str:
-        return f"<deferred module {self.__dict__['_deferred_name']!r}>"
-
-
-torch = _Deferred("torch")
-F = _Deferred("torch.nn.functional")
+torch = Deferred("torch", _import)
+F = Deferred("torch.nn.functional", _import)
 
 
 _TORCH_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int64, np.int32, np.int16, np.int8,

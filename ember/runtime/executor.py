@@ -34,12 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import sympy
 
+from .._deferred import sympy
 from ..errors import EmberError, ExecutionError, InputError
 from ..ir.graph import Graph
 from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
+from ..ir.sizes import free_symbols, is_symbol, size_function, to_sympy
 from ._malloc import tune_malloc
 from ._torch import array as _array, default_threads, set_threads, tensor as _tensor  # noqa: F401 - re-exported
 from . import (  # noqa: F401 - registers their externs
@@ -147,33 +148,20 @@ class _DirectRun:
 
 def _shape_function(exprs: tuple, symbols: list, index: dict):
     """`exprs` as a function of the size symbols' values (a list, in `symbols` order):
-    integers, size symbols, and sums and products of them (nearly every buffer's shape)
-    are evaluated as they are; anything else through sympy's lambdify, which takes
-    ~0.5 ms a call (MiniLM's executor made 27 of them: 11 ms of every compile and load)."""
-    parts = [_polynomial(e, index) for e in exprs]
+    `size_function` (ir/sizes.py) evaluates the dims ember writes (integers, symbols, sums,
+    products, powers, fractions, floor, ceiling, Mod, Max, Min, Abs), of a compiled
+    program (sympy) and a loaded one (`Size`) alike; anything else goes through sympy's
+    lambdify, which takes ~0.5 ms a call (MiniLM's executor made 27 of them: 11 ms of
+    every compile and load)."""
+    parts = [size_function(e, index) for e in exprs]
     if all(p is not None for p in parts):
         return lambda values: [p(values) for p in parts]
-    fn = sympy.lambdify(symbols, list(exprs), "math")
+    fn = sympy.lambdify([to_sympy(s) for s in symbols], [to_sympy(e) for e in exprs], "math")
     return lambda values: fn(*values)
 
 
-def _polynomial(expr, index: dict):
-    """`expr` as a function of the symbols' values, if it is an integer, a size symbol, or
-    a sum or product of such (exact integer arithmetic, as lambdify's); else None."""
-    if expr.is_Integer:
-        value = int(expr)
-        return lambda values: value
-    if expr in index:
-        i = index[expr]
-        return lambda values: values[i]
-    if isinstance(expr, (sympy.Add, sympy.Mul)):
-        terms = [_polynomial(a, index) for a in expr.args]
-        if any(t is None for t in terms):
-            return None
-        if isinstance(expr, sympy.Add):
-            return lambda values: sum(t(values) for t in terms)
-        return lambda values: math.prod(t(values) for t in terms)
-    return None
+def _sizes_text(symbols: list, values: list) -> str:
+    return ", ".join(f"{s} = {v}" for s, v in zip(symbols, values))
 
 
 class Executor:
@@ -220,14 +208,13 @@ class Executor:
         self._shape_fns = {}
         compiled: dict[tuple, Any] = {}  # many buffers share a shape: one function each
         for name, b in p.buffers.items():
-            exprs = tuple(sympy.sympify(d) for d in (*b.shape, *(b.fill or ())))
+            exprs = tuple(int(d) if getattr(d, "is_Integer", False) else d for d in (*b.shape, *(b.fill or ())))
             if exprs and exprs not in compiled:
                 compiled[exprs] = _shape_function(exprs, p.symbols, self._sym_index)
-            self._shape_fns[name] = (len(b.shape), compiled.get(exprs),
-                                     set().union(*(e.free_symbols for e in exprs)) if exprs else set())
+            self._shape_fns[name] = (len(b.shape), compiled.get(exprs), set().union(*map(free_symbols, exprs)))
         self._input_dims = []
         for name in p.inputs:
-            self._input_dims.append([self._sym_index.get(d) if isinstance(d, sympy.Symbol) else None
+            self._input_dims.append([self._sym_index.get(d) if is_symbol(d) else None
                                      for d in p.buffers[name].shape])
         io = set(p.inputs) | set(p.outputs)
         self._io_aliases = [(n, self._root[n]) for n in p.buffers if n not in io and self._root[n] in io]
@@ -457,14 +444,17 @@ class Executor:
             if not free <= bound:
                 binding.shapes[name] = None  # late: known once a fallback binds its sizes
                 continue
-            values = [int(v) for v in fn(args)] if fn is not None else []
-            binding.shapes[name] = tuple(values[:rank])
             b = p.buffers[name]
+            try:
+                values = [int(v) for v in fn(args)] if fn is not None else []
+            except (ArithmeticError, ValueError, TypeError) as e:  # a loaded artifact's sizes divide by zero, say
+                raise ExecutionError(f"the size of buffer {name} [{', '.join(map(str, b.shape))}] cannot be "
+                                     f"evaluated at {_sizes_text(p.symbols, args)}: {type(e).__name__}: {e}") from None
+            binding.shapes[name] = tuple(values[:rank])
             if any(d < 0 for d in binding.shapes[name]):  # e.g. a window longer than the input
-                sizes = ", ".join(f"{s} = {v}" for s, v in zip(p.symbols, args))
                 raise InputError(f"the inputs are too small for this model: {name}, of shape "
                                  f"[{', '.join(map(str, b.shape))}], would be {list(binding.shapes[name])} "
-                                 f"with {sizes}")
+                                 f"with {_sizes_text(p.symbols, args)}")
             if b.kind == "fill" and b.view_of is None:
                 binding.views[name] = np.array(values[rank:], dtype=b.dtype.numpy).reshape(binding.shapes[name])
 
@@ -732,9 +722,8 @@ class Executor:
             raise ExecutionError(f"{where}: produced shape {list(result.shape)}, expected {list(target.shape)}")
         if len(b.shape) != result.ndim:
             raise ExecutionError(f"{where}: produced shape {list(result.shape)}, expected {list(b.shape)}")
-        for dim, value in zip(b.shape, result.shape):
-            d = sympy.sympify(dim)
-            if d.is_Symbol and d in self._sym_index and d not in binding.bound:
+        for d, value in zip(b.shape, result.shape):
+            if is_symbol(d) and d in self._sym_index and d not in binding.bound:
                 binding.sizes[self._sym_index[d]] = value
                 binding.bound.add(d)
         self._resolve(binding, binding.bound)

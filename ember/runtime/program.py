@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import sympy
 
+from .._deferred import sympy
 from ..codegen.kir import Buffer
 
 

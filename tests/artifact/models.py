@@ -62,3 +62,15 @@ def with_loop() -> onnx.ModelProto:
                   [helper.make_tensor_value_info("trips", TensorProto.INT64, []),
                    helper.make_tensor_value_info("v0", F, [3]), helper.make_tensor_value_info("x", F, [3])],
                   [helper.make_tensor_value_info("v", F, [3]), helper.make_tensor_value_info("scans", F, ["k", 3])])
+
+
+def strided_conv() -> onnx.ModelProto:
+    """A 3x3 convolution of stride 2 and a ceil-mode max pool over x: f32[n, 3, h, w]:
+    buffer sizes such as floor((h - 1)/2) + 1 and ceiling(...), which a loaded program
+    evaluates without sympy (ember/ir/sizes.py)."""
+    w = np.linspace(-1, 1, 8 * 3 * 9, dtype=np.float32).reshape(8, 3, 3, 3)
+    return _model([helper.make_node("Conv", ["x", "W"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+                   helper.make_node("Relu", ["c"], ["r"]),
+                   helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)],
+                  [helper.make_tensor_value_info("x", F, ["n", 3, "h", "w"])],
+                  [helper.make_tensor_value_info("y", F, None)], [numpy_helper.from_array(w, "W")])

@@ -65,6 +65,7 @@ def quantized_graph() -> Graph:
     ("if", lambda: models.with_if(False), {"x": X}),
     ("if-fallback", lambda: models.with_if(True), {"x": X}),
     ("loop", models.with_loop, {"trips": np.array(4), "v0": np.zeros(3, np.float32), "x": X[0]}),
+    ("strided-conv", models.strided_conv, {"x": np.linspace(-1, 1, 2 * 3 * 17 * 23, dtype=np.float32).reshape(2, 3, 17, 23)}),
 ])
 def test_round_trip_is_bit_identical(name, make, feeds, tmp_path):
     compiled = ember.compile(make())
@@ -76,6 +77,26 @@ def test_round_trip_is_bit_identical(name, make, feeds, tmp_path):
         np.testing.assert_array_equal(loaded.run({"x": -X})["y"], compiled.run({"x": -X})["y"])
     if name.endswith("fallback"):
         assert compiled.stats.fallback_nodes
+
+
+def test_a_loaded_graph_is_parsed_on_first_use(tmp_path):
+    """Loading and running read no printed IR: the signature comes from the manifest and
+    the program's boundary buffers (dims as `ember.ir.sizes.Size`s, no sympy), and every
+    size of every buffer (floor, ceiling of the strides) is evaluated at each input size.
+    The graph is parsed when asked for, and is the compiled one."""
+    compiled = ember.compile(models.strided_conv())
+    loaded = ember.load(compiled.save(tmp_path / "m.ember"))
+    rng = np.random.default_rng(0)
+    for shape in ((1, 3, 17, 23), (2, 3, 8, 9), (1, 3, 1, 2)):
+        x = rng.standard_normal(shape, dtype=np.float32)
+        want, got = compiled.run({"x": x})["y"], loaded.run({"x": x})["y"]
+        assert got.shape == want.shape and got.tobytes() == want.tobytes(), shape
+    assert loaded._graph is None  # not parsed yet
+    assert str(loaded.inputs) == str(compiled.inputs) and str(loaded.outputs) == str(compiled.outputs)
+    assert loaded.stats.num_nodes == compiled.stats.num_nodes and loaded.stats.op_histogram == compiled.stats.op_histogram
+    with pytest.raises(ember.InputError, match="dim 1 must be 3"):
+        loaded.run({"x": np.zeros((1, 4, 8, 8), np.float32)})
+    assert print_graph(loaded.graph) == print_graph(compiled.graph)
 
 
 def test_low_precision_weights_round_trip(tmp_path):

@@ -136,6 +136,8 @@ def fallback_step(program) -> dict:
 @pytest.mark.parametrize("edit, match", [
     (lambda p: fallback_step(p)["params"].update(x={"$pickle": "gASV"}), "unknown value kind '\\$pickle'"),
     (lambda p: p["symbols"].append(["S", "n); __import__('os').system('id'", {}]), "bad symbol name"),
+    (lambda p: p["symbols"].append(["S", "m", {"__class__": True}]), "bad assumptions"),
+    (lambda p: p["buffers"][0]["shape"].insert(0, {"$expr": ["Mod", 3]}), "Mod of 1 arguments"),
     (lambda p: p["buffers"][0]["shape"].insert(0, {"$expr": ["Pow", 9, ["Pow", 9, 9]]}), "only integer exponents"),
     (lambda p: p["buffers"][0]["shape"].insert(0, {"$expr": ["__import__", "os"]}), "is not one ember writes"),
     (lambda p: p["steps"].append({**fallback_step(p), "kind": "extern", "name": "os.system"}),
@@ -147,6 +149,30 @@ def fallback_step(program) -> dict:
 ])
 def test_forged_program_json(artifact, tmp_path, edit, match):
     refused(forged_program(artifact, tmp_path, edit), match)
+
+
+def test_forged_sizes_of_a_program_that_defers_its_graph(tmp_path):
+    """A program that never points into its graph (no fallback) loads without parsing it:
+    its signature's names are the manifest's, checked against the graph when the graph is
+    first asked for; a size that divides by zero is an ExecutionError naming the buffer."""
+    path = ember.compile(models.matmul_gelu()).save(tmp_path / "source.ember")
+    x = np.ones((2, 4), np.float32)
+    renamed = ember.load(rezip(tmp_path / "renamed.ember", members(path),
+                               manifest_edit=lambda m: m["signature"]["inputs"][0].update(name="z")))
+    assert renamed.run({"z": x})["y"].shape == (2, 3)
+    with pytest.raises(ArtifactError, match="manifest's inputs \\['z'\\] are not the graph's \\['x'\\]"):
+        renamed.graph  # noqa: B018
+    with pytest.raises(ArtifactError, match="manifest's inputs .* do not match the program's 1 inputs"):
+        ember.load(rezip(tmp_path / "two.ember", members(path),
+                         manifest_edit=lambda m: m["signature"]["inputs"].append({"name": "w"})))
+
+    def by_zero(p):
+        b = next(b for b in p["buffers"] if b["kind"] == "temp")
+        b["shape"][0] = {"$expr": ["Mod", b["shape"][0]["$expr"], 0]}
+
+    with pytest.raises(ember.ExecutionError, match="the size of buffer .* cannot be evaluated at n = 2: "
+                                                   "ZeroDivisionError"):
+        ember.load(forged_program(path, tmp_path, by_zero)).run({"x": x})
 
 
 def test_forged_graph_with_an_unknown_op_where_its_reference_would_run(artifact, tmp_path):
