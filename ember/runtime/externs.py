@@ -133,11 +133,15 @@ class _TiledWeight:
     packing, is 2-6x slower there at 4-64 rows. Past `TILED_ROWS` rows (`TILED_ROWS_ACTIVATION`
     with an activation to fuse) it has no blocking for that much x, and MKL's sgemm runs the
     call into the same buffer (SmolLM2's 2048-row prefill chunks: 12.6 ms where oneDNN took
-    13.3 and the tiled kernel 17.4, on the Xeon). Calls take numpy arrays: only the sgemm
-    imports torch."""
+    13.3 and the tiled kernel 17.4, on the Xeon); not where x's rows are `TILED_K` floats or
+    fewer, as the GEMMs that convolutions lower to have (a block ConvTranspose's pixels,
+    PP-OCRv6's 3200 x 24 -> 96 and 12800 x 24 -> 4: 236-288 and 128-230 us a call (in-process
+    minima) on MKL's sgemm, whose thread pool sleeps between the model's rare torch calls;
+    139-141 and 85-86 tiled, on a 2-core AMD EPYC). Calls take numpy arrays: only the sgemm imports torch."""
 
     TILED_ROWS = 256  # past this many rows MKL's sgemm runs it, into y...
     TILED_ROWS_ACTIVATION = 1024  # ...or past this many with an activation (then a pass of its own)
+    TILED_K = 64  # ...but not with rows this short, a convolution's lowered as a GEMM (below)
     __slots__ = ("panels", "kn", "_kn_tensor")
 
     def __init__(self, w_kn: np.ndarray, panels: np.ndarray):
@@ -168,7 +172,7 @@ class _TiledWeight:
         if not rows or not n:
             return y
         threads = _threads()
-        if rows <= (self.TILED_ROWS if not activation else self.TILED_ROWS_ACTIVATION) or not k:
+        if rows <= (self.TILED_ROWS if not activation else self.TILED_ROWS_ACTIVATION) or k <= self.TILED_K:
             gemm.run(x2, self.panels, bias, None, y, rows, k, n, activation, threads)
             return y
         if self._kn_tensor is None:

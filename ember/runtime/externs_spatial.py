@@ -16,7 +16,7 @@ from ._torch import F, torch
 
 
 from ..errors import ExecutionError
-from .externs import extern, prepare
+from .externs import extern
 
 
 def _gather_windows(x: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,50 +86,11 @@ def window_pool(params, x, y, indices=None):
     y.copy_(mean.to(y.dtype))
 
 
-BLOCK_RUNS = [0]  # transposed convolutions run as one GEMM of blocks (tests read it)
-
-
-@prepare("conv_transpose")
-def prepare_conv_transpose(params, constants):
-    """A float32 constant 2-d filter [C, O, KH, KW] whose windows do not overlap (kernel =
-    stride, no dilation, one group: the 2x upsampling of PP-OCR's DB head and U-Nets) as a
-    GEMM weight [O x KH x KW, C]: each input pixel's C channels give its output block's
-    O x KH x KW values."""
-    w = constants.get(1)
-    if (w is None or w.dtype != torch.float32 or w.dim() != 4 or params["group"] != 1
-            or list(w.shape[2:]) != list(params["strides"]) or any(d != 1 for d in params["dilations"])):
-        return params
-    c = w.shape[0]
-    return {**params, "blocks": w.reshape(c, -1).t().contiguous()}
-
-
-def _conv_transpose_blocks(params, x, bias, y) -> bool:
-    """The transposed convolution of non-overlapping windows as one batched GEMM (blocks =
-    W^T x, [N, O x KH x KW, H x W]) and one copy that lays each pixel's block out in y (F.
-    conv_transpose2d took 0.8 ms for PP-OCRv6's 24 -> 24 at 40x80 on a 2-core AMD EPYC,
-    this 0.2). False where the output is not exactly the blocks side by side."""
-    blocks = params["blocks"]
-    kh, kw = params["strides"]
-    if x.dtype != torch.float32 or x.dim() != 4 or any(params["begin"]) or not y.is_contiguous():
-        return False
-    n, c, h, w = x.shape
-    o = blocks.shape[0] // (kh * kw)
-    if blocks.shape[1] != c or tuple(y.shape) != (n, o, h * kh, w * kw):
-        return False
-    cols = torch.matmul(blocks, x.reshape(n, c, h * w))
-    y.view(n, o, h, kh, w, kw).copy_(cols.view(n, o, kh, kw, h, w).permute(0, 1, 4, 2, 5, 3))
-    if bias is not None:
-        y += bias.view(1, -1, 1, 1)
-    BLOCK_RUNS[0] += 1
-    return True
-
-
 @extern("conv_transpose")
 def conv_transpose(params, x, w, bias, y):
     """The full transposed convolution, then the output's window of it: output element j
-    of each axis is full element j + begin (zero where there is none)."""
-    if "blocks" in params and _conv_transpose_blocks(params, x, bias, y):
-        return
+    of each axis is full element j + begin (zero where there is none). (Non-overlapping
+    windows, kernel = stride, are lowered as a GEMM and a gather: ir/ops/spatial.py.)"""
     dims = x.dim() - 2
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[dims]
     full = fn(x, w, None, stride=tuple(params["strides"]), groups=params["group"],

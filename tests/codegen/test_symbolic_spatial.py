@@ -108,6 +108,29 @@ def test_conv_transpose(data, output_padding):
     _check(_model([node], 4, initializers=[numpy_helper.from_array(w, "w")]), 4)
 
 
+@pytest.mark.parametrize("kernel", [(2, 2), (3, 2)])
+def test_a_conv_transpose_of_non_overlapping_windows_at_runtime_sizes(kernel):
+    """Kernel = stride (PP-OCRv6's DB head upsampling): the pixels' GEMM runs generated at
+    small sizes and on the tiled kernel beyond, at any row count (24 input channels: rows
+    of few floats, `TILED_K`), the blocks gathered into y with the bias, at every size."""
+    from ember.codegen import gemm
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((24, 5, *kernel)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=list(kernel), strides=list(kernel))
+    model = _model([node], 24, initializers=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    compiled = _check(model, 24)  # small images: the GEMM's generated small path
+    steps = compiled.program.steps
+    assert [s.name for s in steps if s.kind == "extern"] == ["linear"], [s.name for s in steps]
+    x = rng.standard_normal((1, 24, 40, 80)).astype(np.float32)  # 3200 rows: the extern's tiled GEMM
+    before = gemm.RUNS[0]
+    got = compiled.run({"x": x})["y"]
+    assert gemm.RUNS[0] == before + 1
+    (want,) = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("mode,scale", [("nearest", 2.0), ("linear", 2.0), ("linear", 0.5), ("nearest", 3.0)])
 def test_resize_by_scales(mode, scale):
     scales = numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales")
