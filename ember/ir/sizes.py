@@ -41,6 +41,9 @@ class Size:
     def __setattr__(self, name, value):
         raise AttributeError("a Size is immutable")
 
+    def __reduce__(self):  # (copy and pickle: rebuilt from its parts, not by setting slots)
+        return (Size, (self.head, self.args))
+
     @classmethod
     def symbol(cls, name: str, assumptions: dict[str, bool]) -> Size:
         return cls("Symbol", (name, tuple(sorted(assumptions.items()))))

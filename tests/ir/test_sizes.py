@@ -6,6 +6,9 @@ dims exactly too (the executor's shape functions for compiled programs)."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import sympy
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -79,3 +82,6 @@ def test_sizes_hash_and_compare_by_structure():
     assert sizes.is_symbol(seq) and sizes.is_symbol(N) and not sizes.is_symbol(3) and not sizes.is_symbol(N + 1)
     assert sizes.evaluate(Size("floor", (Size("Mul", (Size.rational(1, 2), seq)),)), {seq: 7}) == 3
     assert sizes.evaluate(sympy.floor(N / 2), {N: 7}) == 3
+    expr = Size("floor", (Size("Add", (1, seq)),))
+    assert copy.deepcopy(expr) == expr and pickle.loads(pickle.dumps(expr)) == expr
+    assert pickle.loads(pickle.dumps(expr)).free_symbols == {seq}
