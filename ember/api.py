@@ -118,7 +118,7 @@ class CompiledModel:
         histogram = graph.op_histogram()  # subgraph nodes included, as num_nodes
         self.stats = CompileStats(target, sum(histogram.values()), histogram, list(fallbacks), timings,
                                   list(passes or []), kernels, fused)
-        if self._graph is not None and graph.num_parameters() >= _LARGE_MODEL_PARAMETERS:
+        if self._graph is not None and self._graph.num_parameters() >= _LARGE_MODEL_PARAMETERS:
             _return_freed_heap()  # (a compile's: loading frees no passes' memory)
 
     @property

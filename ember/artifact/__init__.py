@@ -205,7 +205,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
                 graph = parse_graph()
                 codec.check_ops_known(graph.walk(), GRAPH)
             elif graph is None:
-                graph = DeferredGraph.of(program, signature, m["stats"], tensors, parse_graph) or parse_graph()
+                graph = DeferredGraph.of(program, signature, m["stats"], parse_graph) or parse_graph()
             llm = _llm_info(reader, m, LLMInfo) if m["kind"] == "llm" else None
             passes = _passes(m, PassStats)
         except ArtifactError:
@@ -245,11 +245,16 @@ def _text(reader: ArchiveReader, name: str) -> str:
         raise ArtifactError(f"{reader.path}: member {name!r} is not UTF-8 text") from None
 
 
+def _signature_names(signature: Any, key: str) -> list | None:
+    """The names the manifest's signature lists under `key` ("inputs" or "outputs"), None
+    in place of an entry that is not an object; None where there is no such list."""
+    entries = (signature or {}).get(key)
+    return [i.get("name") if isinstance(i, dict) else None for i in entries] if isinstance(entries, list) else None
+
+
 def _check_signature(signature: Any, where: Path, graph) -> None:
-    signature = signature or {}
     for key, values in (("inputs", graph.inputs), ("outputs", graph.outputs)):
-        entries = signature.get(key)
-        listed = [i.get("name") if isinstance(i, dict) else None for i in entries] if isinstance(entries, list) else None
+        listed = _signature_names(signature, key)
         if listed != [v.name for v in values]:
             raise ArtifactError(f"{where}: the manifest's {key} {listed} are not the graph's "
                                 f"{[v.name for v in values]}")
@@ -264,42 +269,35 @@ class DeferredGraph:
     `ember.ir.sizes.Size`s; the op histogram is the manifest's."""
 
     @classmethod
-    def of(cls, program, signature: Any, stats: dict, tensors: dict, parse) -> DeferredGraph | None:
+    def of(cls, program, signature: Any, stats: dict, parse) -> DeferredGraph | None:
         """None where the program's boundary buffers cannot type the signature (the graph
         is parsed then)."""
         boundary = [program.buffers[b] for b in (*program.inputs, *program.outputs)]
         if not all(b.dtype is not None and b.kind in ("input", "output") for b in boundary):
             return None
-        return cls(program, signature, stats, tensors, parse)
+        return cls(program, signature, stats, parse)
 
-    def __init__(self, program, signature: Any, stats: dict, tensors: dict, parse):
+    def __init__(self, program, signature: Any, stats: dict, parse):
         from ..ir.graph import Value
         from ..ir.types import TensorType
 
         self.parse = parse
-        names = {}
+        values = {}
         for key, buffers in (("inputs", program.inputs), ("outputs", program.outputs)):
-            entries = (signature or {}).get(key)
-            listed = [i.get("name") if isinstance(i, dict) else None for i in entries] if isinstance(entries, list) else []
+            listed = _signature_names(signature, key) or []
             if len(listed) != len(buffers) or not all(isinstance(n, str) for n in listed):
                 raise ArtifactError(f"the manifest's {key} {str(listed)[:200]} do not match the program's "
                                     f"{len(buffers)} {key}")
-            names[key] = listed
-        self.inputs = [Value(n, TensorType(program.buffers[b].dtype, program.buffers[b].shape))
-                       for n, b in zip(names["inputs"], program.inputs)]
-        self.outputs = [Value(n, TensorType(program.buffers[b].dtype, program.buffers[b].shape))
-                        for n, b in zip(names["outputs"], program.outputs)]
+            values[key] = [Value(n, TensorType(program.buffers[b].dtype, program.buffers[b].shape))
+                           for n, b in zip(listed, buffers)]
+        self.inputs, self.outputs = values["inputs"], values["outputs"]
         histogram = stats.get("op_histogram")
         if not isinstance(histogram, dict) or not all(isinstance(k, str) and type(v) is int for k, v in histogram.items()):
             raise ArtifactError("the manifest's op histogram is malformed")
         self._histogram = histogram
-        self._parameters = sum(int(a.size) for a in tensors.values())
 
     def op_histogram(self) -> dict[str, int]:
         return dict(self._histogram)
-
-    def num_parameters(self) -> int:
-        return self._parameters
 
 
 def _passes(manifest: dict, PassStats) -> list:

@@ -38,7 +38,6 @@ from ..ir.printer import print_graph, resources
 from ..ir.sizes import Size
 from ..runtime.program import Program, Step
 
-_CONSTANTS = ("oo", "-oo", "nan", "true", "false")
 # the assumptions ember's symbols are made with (dims; loop variables; temps), tried in turn
 _SYMBOL_KINDS = ({"integer": True, "positive": True}, {"integer": True, "nonnegative": True}, {"integer": True}, {})
 _SYMBOL_NAME = re.compile(r"^\$?[A-Za-z_][A-Za-z0-9_]*$")
@@ -58,7 +57,7 @@ def encode_expr(e: Any) -> Any:
     if isinstance(e, sympy.Symbol):
         kind = next((k for k in _SYMBOL_KINDS if sympy.Symbol(e.name, **k) == e), None)
         return ["S", e.name, kind if kind is not None else dict(e.assumptions0)]
-    for name in _CONSTANTS:
+    for name in sizes.CONSTANTS:
         if e == sizes.Size(name).to_sympy():
             return [name]
     if isinstance(e, sympy.Basic) and e.func.__name__ in sizes.FUNCTIONS and getattr(sympy, e.func.__name__) is e.func:

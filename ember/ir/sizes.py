@@ -143,9 +143,7 @@ class Size:
         if head in CONSTANTS:
             return {"oo": sympy.oo, "-oo": -sympy.oo, "nan": sympy.nan, "true": sympy.true,
                     "false": sympy.false}[head]
-        fn = {"Add": sympy.Add, "Mul": sympy.Mul, "Pow": sympy.Pow, "floor": sympy.floor, "ceiling": sympy.ceiling,
-              "Mod": sympy.Mod, "Max": sympy.Max, "Min": sympy.Min, "Abs": sympy.Abs}[head]
-        return fn(*(to_sympy(a) for a in args))
+        return getattr(sympy, head)(*(to_sympy(a) for a in args))  # FUNCTIONS are sympy's names
 
 
 def _factor(a: Any) -> str:

@@ -137,7 +137,8 @@ class _TiledWeight:
     fewer, as the GEMMs that convolutions lower to have (a block ConvTranspose's pixels,
     PP-OCRv6's 3200 x 24 -> 96 and 12800 x 24 -> 4: 236-288 and 128-230 us a call (in-process
     minima) on MKL's sgemm, whose thread pool sleeps between the model's rare torch calls;
-    139-141 and 85-86 tiled, on a 2-core AMD EPYC). Calls take numpy arrays: only the sgemm imports torch."""
+    139-141 and 85-86 tiled, on a 2-core AMD EPYC). Calls take numpy arrays: only the sgemm
+    imports torch."""
 
     TILED_ROWS = 256  # past this many rows MKL's sgemm runs it, into y...
     TILED_ROWS_ACTIVATION = 1024  # ...or past this many with an activation (then a pass of its own)

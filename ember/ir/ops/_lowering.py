@@ -273,6 +273,24 @@ def small_matmul_path(ctx, out, x, w_nk, bias, activation: str) -> None:
                    SMALL_MATMUL_MACS // w_nk.shape[1])
 
 
+def constant_linear(ctx, x, w_kn: np.ndarray, bias, activation: str, shape, name: str):
+    """act(x [..., K] @ W + bias) for a constant float32 W [K, N] (numpy) that a lowering
+    made (a convolution's filter over frames or pixels, a DFT matrix): `small_matmul`'s
+    generated kernel where the work is small and static, else the linear extern on W
+    (the constant `name`, stored as [N, K]: oneDNN packs it as it is), with that kernel as
+    its path at the small sizes known only when it runs."""
+    from ...codegen.lowering import TensorRef
+
+    w_nk = np.ascontiguousarray(w_kn.T, dtype=np.float32)
+    rows = small_matmul(ctx, x, w_nk, bias, activation, shape)
+    if rows is None:
+        kn = ctx.constant(name, DType.float32, np.asfortranarray(w_kn, dtype=np.float32))
+        (rows,) = ctx.extern("linear", [x, TensorRef(DType.float32, kn.shape, buffer=kn), bias],
+                             [(DType.float32, tuple(shape))], activation=activation)
+        small_matmul_path(ctx, rows, x, w_nk, bias, activation)
+    return rows
+
+
 def rows_softmax(ctx, x, axis: int, log: bool = False):
     shape, dtype = x.shape, x.dtype
     out = ctx.new_buffer("softmax", dtype, shape)

@@ -24,11 +24,10 @@ from ._lowering import (
     NotLowerable,
     V,
     attrs,
+    constant_linear,
     out_type,
     reduce_kernel,
     register_lowering,
-    small_matmul,
-    small_matmul_path,
 )
 from ..registry import get_op
 from ._geometry import spatial_infer
@@ -386,15 +385,8 @@ def _framed_conv(ctx, node, x, w, bias, total, activation: str, taps: int, strid
     frames = ctx.alias(ctx.pointwise((n, length, channels, taps), DType.float32, frame, cost=1 + xp.cost),
                        (n, length, channels * taps))
     filters = np.asarray(ctx.constants[w.buffer.name], dtype=np.float32).reshape(outputs, channels * taps)
-    # [K, N] stored as [N, K]: oneDNN packs it as it is
-    kn = ctx.constant("conv_filter_kn", DType.float32, np.asfortranarray(filters.T))
     fused = activation if total is None and activation in ("", "relu") else ""
-    weight = TensorRef(DType.float32, kn.shape, buffer=kn)
-    rows = small_matmul(ctx, frames, filters, bias, fused, (n, length, outputs))
-    if rows is None:
-        (rows,) = ctx.extern("linear", [frames, weight, bias], [(DType.float32, (n, length, outputs))],
-                             activation=fused)
-        small_matmul_path(ctx, rows, frames, filters, bias, fused)
+    rows = constant_linear(ctx, frames, filters.T, bias, fused, (n, length, outputs), "conv_filter_kn")
 
     def load(b, index):
         batch, o, t = index

@@ -178,8 +178,7 @@ def _blocks(ctx, node, x, w, bias, a: dict, begin, dtype, shape):
     transpose extern's torch matmul and copy took 0.35-0.45 ms a call for PP-OCRv6's
     24 -> 24 channels at 40x80 (onnxruntime: 0.14) on a 2-core AMD EPYC. None where it
     does not apply."""
-    from ...codegen.lowering import TensorRef
-    from ._lowering import V, small_matmul, small_matmul_path
+    from ._lowering import V, constant_linear
 
     kernel = list(w.shape[2:])
     if (x.dtype != DType.float32 or len(x.shape) != 4 or int(a["group"]) != 1 or any(begin)
@@ -193,15 +192,9 @@ def _blocks(ctx, node, x, w, bias, a: dict, begin, dtype, shape):
     if tuple(shape) != (n, o, h * kh, wd * kw):
         return None
     filters = np.asarray(ctx.constants[w.buffer.name], dtype=np.float32).reshape(c, o * kh * kw)  # [C, O KH KW]
-    kn = ctx.constant("deconv_filter_kn", DType.float32, np.asfortranarray(filters))  # [K, N] stored as [N, K]
-    weight = TensorRef(DType.float32, kn.shape, buffer=kn)
     pixels = ctx.pointwise((n, h, wd, c), DType.float32, lambda b, i: x.load(b, (i[0], i[3], i[1], i[2])),
                            cost=1 + x.cost)
-    out_shape = (n, h, wd, o * kh * kw)
-    cols = small_matmul(ctx, pixels, filters.T, None, "", out_shape)
-    if cols is None:
-        (cols,) = ctx.extern("linear", [pixels, weight, None], [(DType.float32, out_shape)], activation="")
-        small_matmul_path(ctx, cols, pixels, filters.T, None, "")
+    cols = constant_linear(ctx, pixels, filters, None, "", (n, h, wd, o * kh * kw), "deconv_filter_kn")
 
     def load(b, index):
         batch, oc, oh, ow = index

@@ -127,8 +127,7 @@ def _dft_as_product(ctx, node, x, dft_length, axis, a):
     a product. None where that does not apply."""
     import numpy as np
 
-    from ...codegen.lowering import TensorRef
-    from ._lowering import constant_ints, small_matmul, small_matmul_path
+    from ._lowering import constant_ints, constant_linear
 
     def scalar(i):  # the one integer node input i holds before anything runs, else None
         values = constant_ints(ctx, node.inputs[i])
@@ -148,16 +147,10 @@ def _dft_as_product(ctx, node, x, dft_length, axis, a):
     taken = min(length, x.shape[-2])  # samples past the length are dropped, missing ones are 0
     angle = 2 * np.pi * np.outer(np.arange(taken), np.arange(bins)) / length
     kn = np.stack([np.cos(angle), -np.sin(angle)], axis=-1).reshape(taken, 2 * bins)
-    nk = np.ascontiguousarray(kn.T, dtype=np.float32)
     lead = tuple(x.shape[:-2])
     signal = ctx.alias(x, (*lead, x.shape[-2]))
     frames = signal if taken == x.shape[-2] else ctx.pointwise((*lead, taken), DType.float32, signal.load, cost=1)
-    rows = small_matmul(ctx, frames, nk, None, "", (*lead, 2 * bins))
-    if rows is None:
-        weight = ctx.constant("dft_matrix_kn", DType.float32, np.asfortranarray(kn.astype(np.float32)))
-        (rows,) = ctx.extern("linear", [frames, TensorRef(DType.float32, weight.shape, buffer=weight), None],
-                             [(DType.float32, (*lead, 2 * bins))], activation="")
-        small_matmul_path(ctx, rows, frames, nk, None, "")
+    rows = constant_linear(ctx, frames, kn, None, "", (*lead, 2 * bins), "dft_matrix_kn")
     return ctx.alias(rows, tuple(shape))
 
 
