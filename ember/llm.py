@@ -29,8 +29,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from .errors import ExecutionError, InputError
-from .runtime.engine import EngineOptions, EngineStats, LLMEngine, RequestOutput, StepError
+from .runtime.engine import CompletionOutput, EngineOptions, EngineStats, LLMEngine, RequestOutput, StepError  # noqa: F401
 from .runtime.request import SamplingParams
+from .runtime.sampler import Logprob  # noqa: F401 - with CompletionOutput: the LLM API's result types (ember.serve reads them here)
 
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
 

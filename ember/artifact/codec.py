@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._deferred import sympy
-from ..codegen.kir import Buffer
+from ..ir.kernel import Buffer
 from ..errors import ArtifactError, IRError
 from ..ir import sizes
 from ..ir.dtypes import DType
@@ -36,7 +36,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.parser import parse_graph
 from ..ir.printer import print_graph, resources
 from ..ir.sizes import Size
-from ..runtime.program import Program, Step
+from ..ir.kernel import Program, Step
 
 # the assumptions ember's symbols are made with (dims; loop variables; temps), tried in turn
 _SYMBOL_KINDS = ({"integer": True, "positive": True}, {"integer": True, "nonnegative": True}, {"integer": True}, {})

@@ -13,11 +13,11 @@ from .._deferred import sympy
 
 if TYPE_CHECKING:
     from ..ir.graph import Graph
-    from ..runtime.program import Program
+    from ..ir.kernel import Program
 
 
 def generate(graph: Graph) -> Program:
-    from ..runtime.program import Program, Step
+    from ..ir.kernel import Program, Step
     from . import cpu
     from .lowering import lower_graph
 

@@ -33,7 +33,7 @@ from .cpu_dtypes import needs_prelude as needs_dtypes_prelude
 from .cpu_dtypes import prelude as dtypes_prelude
 from .cpu_prelude import PRELUDE
 from .inner_split import split_inner
-from .kir import Body, Buffer, Kernel, Stage, Stmt, loop_vars
+from ..ir.kernel import Body, Buffer, Kernel, Stage, Stmt, loop_vars
 
 log = logging.getLogger("ember.codegen")
 

@@ -18,7 +18,7 @@ import dataclasses
 
 from .._deferred import sympy
 from ..ir.dtypes import DType
-from .kir import Body, Stmt, loop_vars, temp_symbol
+from ..ir.kernel import Body, Stmt, loop_vars, temp_symbol
 
 MAX_PIECES = 8
 _COMPARE = {"lt": lambda a, b: a < b, "le": lambda a, b: a <= b, "gt": lambda a, b: a > b,

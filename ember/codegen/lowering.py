@@ -28,8 +28,8 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.ops._lowering import NotLowerable
 from ..ir.registry import get_op
 from ..ir.shape_inference import infer_types
-from ..ir.types import Dim, TensorType
-from .kir import Body, Buffer, Kernel, Stage, loop_vars
+from ..ir.types import TensorType
+from ..ir.kernel import Body, Buffer, Kernel, Stage, TensorRef, loop_vars
 
 MAX_INLINE_OPS = 48  # a lazy value whose body has more ops than this is realized
 # dtypes the C++ renderer has types for (ember/codegen/cpu_dtypes.py); other values fall back
@@ -41,25 +41,6 @@ KERNEL_DTYPES = {DType.float32, DType.float64, DType.float16, DType.bfloat16, DT
 # dtypes externs take (the executor hands them torch views of the buffers)
 EXTERN_DTYPES = {DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int64, DType.int32, DType.int16,
                  DType.int8, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}
-
-
-@dataclass
-class TensorRef:
-    dtype: DType
-    shape: tuple[Dim, ...]
-    buffer: Buffer | None = None
-    fn: Callable[[Body, tuple], str] | None = None
-    cost: int = 0  # ops fn emits
-
-    @property
-    def lazy(self) -> bool:
-        return self.buffer is None
-
-    def load(self, body: Body, index) -> str:
-        """This tensor's element at `index` (a tuple of index expressions) in `body`."""
-        if self.buffer is not None:
-            return body.load(self.buffer, tuple(index))
-        return self.fn(body, tuple(index))
 
 
 @dataclass
@@ -77,6 +58,9 @@ class Lowered:
 
 
 class LoweringContext:
+    """Lowers one graph to Kernel IR: the context every op's lowering is given (it
+    implements `ember.ir.ops._lowering.LoweringContext`, the protocol lowerings see)."""
+
     def __init__(self, graph: Graph):
         self.graph = graph
         self.known = infer_types(graph)
@@ -227,6 +211,18 @@ class LoweringContext:
     def known_contents(self, value: Value):
         known = self.known.get(id(value))
         return None if known is None else known.value
+
+    def compile_body(self, graph: Graph, where: str) -> Graph:
+        """A control-flow body (standalone: its outer reads as extra inputs) through the O2
+        pipeline, if every node of it lowers to kernels (NotLowerable otherwise: sequences
+        crossing its boundary, or nodes on the fallback)."""
+        from ..passes import PassManager, build_pipeline
+
+        graph, _ = PassManager(build_pipeline(2)).run(graph)
+        lowered = lower_graph(graph)
+        if lowered.fallbacks:
+            raise NotLowerable(f"{where} has nodes on the fallback ({', '.join(lowered.fallbacks[:3])})")
+        return graph
 
     # -- driving --------------------------------------------------------------------
     def _ref_for_source(self, value: Value, kind: str) -> TensorRef:

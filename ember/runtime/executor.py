@@ -54,7 +54,7 @@ from . import (  # noqa: F401 - registers their externs
     externs_spatial,
 )
 from .externs import ADOPTS, ARRAYS, EXTERNS, PREPARE
-from .program import Program
+from ..ir.kernel import Program
 
 
 MAX_BINDINGS = 16  # input-shape tuples whose bindings an executor keeps (least recently used go)

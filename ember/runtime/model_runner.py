@@ -18,11 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ir.forward import FEEDS
 from .request import SchedulerOutput
-
-
-# the per-step inputs of an LLM's forward graph (ember/frontends/hf/decoder.py builds it)
-FEEDS = ("input_ids", "positions", "slot_mapping", "block_tables", "query_start_loc", "seq_lens", "logit_indices")
 
 
 @dataclass

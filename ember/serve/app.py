@@ -52,9 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import EmberError, InputError
-from ..llm import AsyncLLM, _chat_prompt
-from ..runtime.engine import RequestOutput
-from ..runtime.request import SamplingParams
+from ..llm import AsyncLLM, RequestOutput, SamplingParams, _chat_prompt
 from .metrics import ServerMetrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
 from .responses import ChatFormat, CompletionFormat, Cursor, TokenText, usage

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..runtime.request import SamplingParams
+from ..llm import SamplingParams
 
 MAX_N = 128           # OpenAI's bound on n
 MAX_LOGPROBS = 20     # on top_logprobs (chat) and logprobs (completions)

@@ -12,8 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtime.engine import CompletionOutput, RequestOutput
-from ..runtime.sampler import Logprob
+from ..llm import CompletionOutput, Logprob, RequestOutput
 
 
 class TokenText:

@@ -24,7 +24,7 @@ from ...errors import ModelError
 from ...ir.dtypes import DType
 from ...ir.graph import Graph, Value
 from ...ir.types import symbol
-from ...runtime.model_runner import FEEDS  # noqa: F401 - the runtime's contract, re-exported: these inputs, then the caches
+from ...ir.forward import FEEDS  # noqa: F401 - re-exported: the graph's per-step inputs, then the caches
 from ._builder import GraphBuilder
 from .config import ModelConfig
 from .rope import cos_sin_tables

@@ -1,7 +1,8 @@
 """Helpers the op families use to write their Kernel IR lowerings.
 
-A lowering is `lower(ctx, node, inputs) -> outputs` (see ember/codegen/lowering.py for
-`ctx` and the `TensorRef`s it passes). Most are one line on top of `pointwise`, with the
+A lowering is `lower(ctx, node, inputs) -> outputs`: `ctx` is a `LoweringContext` (below;
+codegen/lowering.py implements it), the inputs and outputs `TensorRef`s (ember/ir/kernel.py).
+Lowerings import nothing from codegen: what they build is Kernel IR, plain data. Most are one line on top of `pointwise`, with the
 scalar maths written on `V`, a value in a kernel body with Python operators:
 
     register_lowering("Softsign")(lambda ctx, node, ins: [pointwise(ctx, node, ins, lambda x: x / (1 + x.abs()))])
@@ -11,12 +12,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import sympy
 
 from ..dtypes import DType
+from ..kernel import Body, Buffer, Kernel, Stage, TensorRef, loop_vars
 from ..registry import get_op
+
+if TYPE_CHECKING:
+    from ..graph import Graph, Value
 
 FLOATS = {DType.float32, DType.float64}  # what extern (library) kernels take
 # what generated kernels compute with: float16 and bfloat16 load and store as 16 bits and
@@ -39,6 +45,59 @@ def register_lowering(*ops: str, sizes_outputs: bool = False):
 
 class NotLowerable(Exception):
     """This node cannot be lowered; it runs on the reference fallback."""
+
+
+class LoweringContext(Protocol):
+    """What an op's lowering may use of the context that lowers a graph (codegen's
+    `ember.codegen.lowering.LoweringContext` implements it). Buffers and kernels it adds
+    become the Program's; a lowering that cannot go on raises `NotLowerable` and the node
+    runs on its reference implementation."""
+
+    graph: Graph                        # the graph being lowered
+    constants: dict[str, np.ndarray]    # constant buffer name -> its contents
+    refs: dict[int, TensorRef]          # id(Value) -> what it lowered to, so far
+
+    def new_buffer(self, hint: str, dtype: DType, shape, kind: str = "temp", **extra) -> Buffer: ...
+
+    def constant(self, hint: str, dtype: DType, array: np.ndarray) -> Buffer:
+        """A constant buffer holding `array` (a weight laid out for a generated kernel)."""
+
+    def add_kernel(self, kernel: Kernel) -> Kernel: ...
+
+    def body(self) -> Body:
+        """An empty kernel body (its SSA temps never clash with another's)."""
+
+    def pointwise(self, shape, dtype: DType, fn: Callable[[Body, tuple], str], cost: int = 1) -> TensorRef:
+        """A lazy value: `fn(body, index)` computes its element at `index` where it is read."""
+
+    def realize(self, ref: TensorRef, kind: str = "temp") -> Buffer:
+        """`ref` in a buffer (a kernel of its own where it is lazy)."""
+
+    def alias(self, ref: TensorRef, shape) -> TensorRef:
+        """`ref`'s elements in row-major order, as `shape` (a reshape without a copy)."""
+
+    def broadcast(self, ref: TensorRef, index, out_shape) -> tuple:
+        """`ref`'s index for the element `index` of its broadcast to `out_shape`."""
+
+    def reduction(self, name: str, outer, inner, stages: list) -> Kernel: ...
+
+    def extern(self, name: str, inputs: list[TensorRef | None], outputs: list[tuple[DType, tuple]],
+               **params) -> list[TensorRef]:
+        """A library kernel `name` over realized inputs (None: an absent optional input)."""
+
+    def small_path(self, out: TensorRef, build: Callable[[Buffer], TensorRef | None], elements: int) -> None:
+        """Generated kernels that compute the extern just added instead of it where its
+        output `out` has at most `elements` elements."""
+
+    def knows(self, shape) -> bool:
+        """Whether every size of `shape` is known before the kernel that computes it runs."""
+
+    def known_contents(self, value: Value): ...
+
+    def compile_body(self, graph: Graph, where: str) -> Graph:
+        """A control-flow body (a standalone graph: its outer reads as extra inputs)
+        optimized as the caller's graph was; `NotLowerable` (naming it by `where`) unless
+        every node of it lowers to kernels."""
 
 
 class V:
@@ -132,13 +191,6 @@ def attrs(node) -> dict:
 
 
 # -- reductions -------------------------------------------------------------------------
-def _kir():
-    from ...codegen.kir import (  # codegen's data types; imported when lowering runs
-        Stage,
-        loop_vars,
-    )
-
-    return Stage, loop_vars
 
 
 def split_index(rank: int, axes: set[int], outer, inner) -> tuple:
@@ -152,7 +204,6 @@ def reduce_kernel(ctx, name: str, shape, axes: set[int], stages_fn) -> None:
     """A reduction kernel over `axes` of `shape`. `stages_fn(Stage, full, outer, n)` returns
     its stages, given the full index of an element (outer and reduction loop variables in
     place), the outer loop variables alone, and the number of elements reduced per row."""
-    Stage, loop_vars = _kir()
     rank = len(shape)
     outer = tuple(d for a, d in enumerate(shape) if a not in axes)
     inner = tuple(d for a, d in enumerate(shape) if a in axes)
@@ -208,7 +259,6 @@ def rows_normalize(ctx, x, axis: int, eps: float, gamma=None, beta=None, rms: bo
         return out_stages
 
     reduce_kernel(ctx, "layernorm" if not rms else "rmsnorm", shape, axes, stages)
-    from ...codegen.lowering import TensorRef
 
     return TensorRef(dtype, shape, buffer=out)
 
@@ -227,7 +277,6 @@ def small_matmul(ctx, x, w_nk, bias, activation: str, shape, out=None):
     product of x's row with W's row, run inside the segment with its neighbours. Given
     `out` (a buffer to write), x's rows may be symbolic: the extern's small path
     (`small_matmul_path`)."""
-    from ...codegen.lowering import TensorRef
 
     if (x.dtype != DType.float32 or not x.shape or (out is None and not all(isinstance(d, int) for d in x.shape))
             or activation not in ("", "relu") or w_nk is None or w_nk.dtype != np.float32 or w_nk.ndim != 2):
@@ -238,7 +287,6 @@ def small_matmul(ctx, x, w_nk, bias, activation: str, shape, out=None):
         return None
     if bias is not None and (bias.dtype != DType.float32 or tuple(bias.shape) not in ((n,), (1, n), (1,), ())):
         return None
-    Stage, loop_vars = _kir()
     weight = ctx.constant("weight_nk", DType.float32, np.ascontiguousarray(w_nk))
     if x.fn is not None:  # a lazy producer would be recomputed for each of the N outputs
         x = TensorRef(x.dtype, x.shape, buffer=ctx.realize(x))
@@ -279,7 +327,6 @@ def constant_linear(ctx, x, w_kn: np.ndarray, bias, activation: str, shape, name
     generated kernel where the work is small and static, else the linear extern on W
     (the constant `name`, stored as [N, K]: oneDNN packs it as it is), with that kernel as
     its path at the small sizes known only when it runs."""
-    from ...codegen.lowering import TensorRef
 
     w_nk = np.ascontiguousarray(w_kn.T, dtype=np.float32)
     rows = small_matmul(ctx, x, w_nk, bias, activation, shape)
@@ -320,6 +367,5 @@ def rows_softmax(ctx, x, axis: int, log: bool = False):
                 Stage("loop", b2)]
 
     reduce_kernel(ctx, "softmax", shape, {axis}, stages)
-    from ...codegen.lowering import TensorRef
 
     return TensorRef(dtype, shape, buffer=out)

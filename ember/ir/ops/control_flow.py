@@ -229,18 +229,10 @@ def _standalone(body, free: list, input_types: list | None = None):
     return graph
 
 
-def _compiled_body(body, free: list, input_types: list | None, where: str):
-    """The optimized standalone copy of `body`, if every node of it lowers to kernels."""
-    from ...codegen.lowering import lower_graph
-    from ...passes import PassManager, build_pipeline
-    from ._lowering import NotLowerable
-
-    graph = _standalone(body, free, input_types)
-    graph, _ = PassManager(build_pipeline(2)).run(graph)
-    lowered = lower_graph(graph)  # NotLowerable when sequences cross its boundary
-    if lowered.fallbacks:
-        raise NotLowerable(f"{where} has nodes on the fallback ({', '.join(lowered.fallbacks[:3])})")
-    return graph
+def _compiled_body(ctx, body, free: list, input_types: list | None, where: str):
+    """The optimized standalone copy of `body`, if every node of it lowers to kernels
+    (`ctx.compile_body`: codegen optimizes and lowers it; NotLowerable otherwise)."""
+    return ctx.compile_body(_standalone(body, free, input_types), where)
 
 
 def _scan_slice_type(t, axis: int):
@@ -258,7 +250,7 @@ def _lower_if(ctx, node, ins):
 
     branches = [node.attrs["then_branch"], node.attrs["else_branch"]]
     free = [_outer_reads(b) for b in branches]
-    graphs = [_compiled_body(b, f, None, f"the {name} branch") for b, f, name in zip(branches, free, ("then", "else"))]
+    graphs = [_compiled_body(ctx, b, f, None, f"the {name} branch") for b, f, name in zip(branches, free, ("then", "else"))]
     scope = list({id(v): v for f in free for v in f}.values())
     index = {id(v): i for i, v in enumerate(scope)}
     outer = _outer_refs(ctx, scope)
@@ -292,7 +284,7 @@ def _lower_scan(ctx, node, ins):
     types = [v.type for v in node.inputs[:num_state]]
     types += [_scan_slice_type(v.type, ax) for v, ax in zip(node.inputs[num_state:], in_axes)]
     free = _outer_reads(body)
-    graph = _compiled_body(body, free, types, "the scan body")
+    graph = _compiled_body(ctx, body, free, types, "the scan body")
     outer = _outer_refs(ctx, free)
     return ctx.extern("control", [*ins, *outer], [out_type(node, i) for i in range(len(node.outputs))],
                       kind="scan", num_outputs=len(node.outputs), bodies=[graph], num_state=num_state, num_scan_in=num_scan_in,
@@ -311,7 +303,7 @@ def _lower_loop(ctx, node, ins):
     num_carried = len(node.inputs) - 2
     types = [TensorType(DType.int64, ()), TensorType(DType.bool, ()), *(v.type for v in node.inputs[2:])]
     free = _outer_reads(body)
-    graph = _compiled_body(body, free, types, "the loop body")
+    graph = _compiled_body(ctx, body, free, types, "the loop body")
     outer = _outer_refs(ctx, free)
     return ctx.extern("control", [*ins, *outer], [out_type(node, i) for i in range(len(node.outputs))],
                       kind="loop", num_outputs=len(node.outputs), bodies=[graph], num_carried=num_carried,

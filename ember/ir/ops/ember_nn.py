@@ -21,6 +21,7 @@ import sympy
 
 from ..dtypes import DType
 from ..graph import Node, Value
+from ..kernel import TensorRef
 from ..packed_qkv import split_qkv
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
 from ._lowering import (
@@ -404,7 +405,6 @@ def _lower_skip_layernorm(ctx, node, ins):
     y = rows_normalize(ctx, total, len(x.shape) - 1, eps, gamma, beta, also_store=store)
     if not want_sum:
         return [y]
-    from ...codegen.lowering import TensorRef
 
     return [y, TensorRef(x.dtype, x.shape, buffer=sum_buf)]
 

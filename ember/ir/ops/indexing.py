@@ -9,6 +9,7 @@ from __future__ import annotations
 import sympy
 
 from ..dtypes import DType
+from ..kernel import Kernel, TensorRef, loop_vars, temp_symbol
 from ._lowering import (
     FLOATS,
     NotLowerable,
@@ -47,20 +48,11 @@ def _pad_infer(node, ins):
 standard_op("Pad", infer=_pad_infer)
 
 
-def _kir():
-    from ...codegen.kir import (  # codegen's data types, at lowering time
-        Kernel,
-        loop_vars,
-        temp_symbol,
-    )
-
-    return Kernel, loop_vars, temp_symbol
 
 
 def _wrapped_index(b, ref, index, extent) -> sympy.Symbol:
     """The value of `ref` at `index` as an index into a dim of `extent` (negative counts
     from the end), as a symbol for index expressions."""
-    _, _, temp_symbol = _kir()
     raw = V(b, ref.load(b, index), ref.dtype).cast(DType.int64)
     n = V(b, b.index(extent), DType.int64)
     return temp_symbol((raw < 0).where(raw + n, raw).name)
@@ -84,7 +76,6 @@ _COMBINE = {"none": lambda old, new: new, "add": lambda old, new: old + new, "mu
 def _scatter(ctx, node, data, updates, target):
     """Copy `data` to a new buffer, then for each element of `updates` (in order, one
     thread) combine it into the element `target(body, index)` names."""
-    Kernel, loop_vars, _ = _kir()
     dtype, shape = out_type(node)
     combine = _COMBINE[attrs(node).get("reduction", "none")]
     out = ctx.new_buffer("scatter", dtype, shape)
@@ -99,7 +90,6 @@ def _scatter(ctx, node, data, updates, target):
     old = V(b, b.load(out, where), dtype)
     b.store(out, where, combine(old, new).name)
     ctx.add_kernel(Kernel("scatter", "pointwise", ranges=tuple(updates.shape), body=b, serial=True))
-    from ...codegen.lowering import TensorRef
 
     return [TensorRef(dtype, shape, buffer=out)]
 

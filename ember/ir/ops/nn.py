@@ -16,6 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..dtypes import DType
 from ..graph import Node
+from ..kernel import TensorRef
 from ._lowering import (
     FLOATS,
     KERNEL_FLOATS,
@@ -369,7 +370,6 @@ def _framed_conv(ctx, node, x, w, bias, total, activation: str, taps: int, strid
     activation, by whatever consumes it. oneDNN's 1-d convolutions ran at 30-70 GFLOP/s
     where its GEMM of the same work runs at 200: melspectrogram's STFT as two 512-tap
     convolutions of stride 160 (0.18 ms each), attacut's dilated 3-tap ones (0.1-0.15 ms)."""
-    from ...codegen.lowering import TensorRef
 
     dtype, shape = out_type(node)
     n, channels, _ = x.shape
@@ -562,7 +562,6 @@ def _lower_global_pool(kind: str):
                           acc_dtype=dtype), Stage("row", b1)]
 
         reduce_kernel(ctx, f"global_{kind}_pool", x.shape, axes, stages)
-        from ...codegen.lowering import TensorRef
 
         return [TensorRef(dtype, shape, buffer=out)]
     return lower
@@ -589,7 +588,6 @@ def _lower_batchnorm_training(ctx, node, ins):
     """Training mode: normalized with the batch's statistics (mean and biased variance
     over every axis but the channels'); the running mean and variance outputs blend
     them into the inputs' by `momentum`."""
-    from ...codegen.lowering import TensorRef
 
     x, scale, bias, mean, var = ins
     if x.dtype not in FLOATS or len(x.shape) < 2 or any(r.dtype != x.dtype for r in ins):

@@ -10,6 +10,7 @@ import sympy
 
 from ..dtypes import DType
 from ..graph import Node
+from ..kernel import TensorRef
 from ..registry import get_op
 from ..types import fresh_symbol
 from ._lowering import (
@@ -200,7 +201,6 @@ def _lower_reduce(op: str):
             return [Stage("reduce", b0, value=v.name, reduce=how, acc="acc", acc_dtype=acc_dtype), Stage("row", b1)]
 
         reduce_kernel(ctx, op, x.shape, axes, stages)
-        from ...codegen.lowering import TensorRef
 
         return [TensorRef(dtype, out_shape, buffer=out)]
     return lower
@@ -277,7 +277,6 @@ def _lower_arg_extreme(how: str):
                     Stage("row", b2)]
 
         reduce_kernel(ctx, node.op, x.shape, {axis}, stages)
-        from ...codegen.lowering import TensorRef
 
         return [TensorRef(dtype, out_shape, buffer=out)]
     return lower
@@ -315,7 +314,6 @@ def _normalize_kernel(ctx, node, x, axes: set[int], sums, finish):
         return [*out_stages, Stage("loop", b)]
 
     reduce_kernel(ctx, node.op, x.shape, axes, stages)
-    from ...codegen.lowering import TensorRef
 
     return TensorRef(dtype, shape, buffer=out)
 
@@ -379,7 +377,6 @@ def _lower_instance_normalization(ctx, node, ins):
                 Stage("loop", b2)]
 
     reduce_kernel(ctx, node.op, x.shape, spatial, stages)
-    from ...codegen.lowering import TensorRef
 
     return [TensorRef(dtype, shape, buffer=out)]
 

@@ -6,9 +6,10 @@ positions are checked when it runs where the reference would fail."""
 from __future__ import annotations
 
 from ..dtypes import DType
+from ..kernel import temp_symbol
 from ._lowering import NotLowerable, V, attrs, out_type, register_lowering
 from ._symbolic import normalize_axis
-from .indexing import _kir, _wrapped_index
+from .indexing import _wrapped_index
 from .onnx_standard import standard_op
 
 for _op in ("GatherND", "ReverseSequence", "TensorScatter"):
@@ -36,7 +37,6 @@ def _lower_gather_nd(ctx, node, ins):
 def _lower_reverse_sequence(ctx, node, ins):
     """The first len[b] steps along time_axis reversed, the rest copied (a negative length
     counts from the end, as the reference's slices do)."""
-    _, _, temp_symbol = _kir()
     x, lens = ins
     a = attrs(node)
     dtype, shape = out_type(node)
@@ -58,7 +58,6 @@ def _lower_reverse_sequence(ctx, node, ins):
 def _lower_tensor_scatter(ctx, node, ins):
     """present[p..., t, ...] = update[p..., (t - w[p0]) mod T, ...] where that offset is
     below the update's length, else past (T: the cache's length along `axis`)."""
-    _, _, temp_symbol = _kir()
     past, update = ins[0], ins[1]
     writes = ins[2] if len(ins) > 2 else None
     a = attrs(node)

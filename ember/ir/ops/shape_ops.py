@@ -11,6 +11,7 @@ import sympy
 
 from ..dtypes import DType
 from ..graph import Node
+from ..kernel import temp_symbol
 from ..types import fresh_symbol
 from ._lowering import NotLowerable, V, attrs, out_type, register_lowering
 from ._symbolic import (
@@ -323,7 +324,6 @@ def _lower_expand(ctx, node, ins):
 
 
 def _lower_gather(ctx, node, ins):
-    from ...codegen.kir import temp_symbol
 
     data, indices = ins
     dtype, shape = out_type(node)

@@ -1,4 +1,8 @@
-"""Kernel IR: what the renderers render.
+"""Kernel IR and the Program, as plain data: what op lowerings produce (through the
+lowering context, `ember.ir.ops._lowering.LoweringContext`), what codegen's renderers render, and what
+the runtime runs. Both codegen and the runtime import this module; it imports neither.
+
+Kernel IR: what the renderers render.
 
 A kernel is a loop nest over symbolic ranges whose body is a small scalar SSA program:
 
@@ -19,12 +23,16 @@ each backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._deferred import sympy
-from ..ir.dtypes import DType
-from ..ir.types import Dim
+from .dtypes import DType
+from .types import Dim
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # scalar op -> number of operands. Comparisons and logic give bool; `cast` takes its
 # target dtype from the statement (and means numpy's astype).
@@ -185,3 +193,62 @@ def loop_vars(n: int, prefix: str = "x") -> tuple[sympy.Symbol, ...]:
 def temp_symbol(temp: str) -> sympy.Symbol:
     """An SSA temp used inside an index expression (an indirect load's index)."""
     return sympy.Symbol(f"${temp}", integer=True)
+
+
+# -- what a lowering hands on --------------------------------------------------------------
+
+@dataclass
+class TensorRef:
+    """A lowered value: a realized `buffer`, or a *lazy* pointwise function
+    `fn(body, index) -> temp` that a consumer inlines at its own index (pointwise fusion)."""
+
+    dtype: DType
+    shape: tuple[Dim, ...]
+    buffer: Buffer | None = None
+    fn: Callable[[Body, tuple], str] | None = None
+    cost: int = 0  # ops fn emits
+
+    @property
+    def lazy(self) -> bool:
+        return self.buffer is None
+
+    def load(self, body: Body, index) -> str:
+        """This tensor's element at `index` (a tuple of index expressions) in `body`."""
+        if self.buffer is not None:
+            return body.load(self.buffer, tuple(index))
+        return self.fn(body, tuple(index))
+
+
+# -- the Program ----------------------------------------------------------------------------
+# What codegen hands the runtime, as data. Buffers (symbolic shape, dtype, kind, alias base,
+# bind-time contents), the order of steps (a `segment` of generated kernels in the shared
+# library, an `extern` library kernel, or a `fallback` node run by its reference
+# implementation), the size symbols in the order the kernels read them, the library's
+# source and path, and the weights.
+
+@dataclass
+class Step:
+    kind: str                      # segment | extern | fallback
+    name: str                      # segment function, extern kernel, or node name
+    args: tuple[str, ...] = ()     # buffers: inputs, then outputs
+    num_inputs: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    kernels: tuple[str, ...] = ()  # segment: the kernels it runs
+    nodes: tuple[str, ...] = ()    # graph nodes computed here
+    parts: tuple[frozenset[str], ...] = ()  # buffers each kernel of the step touches, in order
+
+
+@dataclass
+class Program:
+    buffers: dict[str, Buffer]
+    slots: dict[str, int]
+    symbols: list[sympy.Symbol]
+    steps: list[Step]
+    inputs: list[str]
+    outputs: list[str]
+    constants: dict[str, np.ndarray]
+    source: str = ""
+    library: str | None = None
+    num_kernels: int = 0
+    fused_nodes: int = 0
+    fallbacks: list[str] = field(default_factory=list)
