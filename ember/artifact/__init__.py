@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import ArtifactError
 from . import codec
 from .archive import FORMAT_VERSION, ArchiveReader, ArchiveWriter
-from .kernels import LibraryWriter, add_kernel_libraries, install_kernel_libraries, machine, resolve_libraries
+from .kernels import LibraryWriter, add_kernel_libraries, kernel_libraries, machine, resolve_libraries
 from .tensors import TensorStore, read_tensors
 
 __all__ = ["save", "load", "inspect", "is_artifact", "FORMAT_VERSION"]
@@ -191,7 +191,6 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
             program = graph = None
             if reader.has(PROGRAM):
                 libraries = resolve_libraries(reader, m["libraries"], m["machine"].get("key"))
-                install_kernel_libraries(reader, m["kernel_libraries"], m["machine"].get("key"))
                 if libraries is not None:
                     raw = reader.read(PROGRAM)
                     try:
@@ -201,6 +200,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
                     if b'"$node"' in raw or b'"$value"' in raw:  # steps that point into the graph
                         graph = parse_graph()
                     program = codec.decode_program(encoded, codec.Loading(tensors, libraries, graph))
+                    kernel_libraries(reader, m["kernel_libraries"], m["machine"].get("key"), program)
             if program is None:  # the reference interpreter runs every node (else: codec.check_ops_known)
                 graph = parse_graph()
                 codec.check_ops_known(graph.walk(), GRAPH)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._deferred import sympy
+from ..codegen.memory import program_lifetimes
 from ..ir.kernel import Buffer
 from ..errors import ArtifactError, IRError
 from ..ir import sizes
@@ -375,9 +376,14 @@ def _decode_program(d: dict, ld: Loading) -> Program:
     constants = {name: ld.tensors[key] for name, key in d["constants"].items()}
     library = d["library"]
     source, path = ld.libraries[library] if library is not None else ("", None)
-    return Program(buffers, slots, symbols, steps, list(d["inputs"]), list(d["outputs"]), constants,
-                   source=source, library=path, num_kernels=int(d["num_kernels"]),
-                   fused_nodes=int(d["fused_nodes"]), fallbacks=[_str(f) for f in d["fallbacks"]])
+    program = Program(buffers, slots, symbols, steps, list(d["inputs"]), list(d["outputs"]), constants,
+                      source=source, library=path, num_kernels=int(d["num_kernels"]),
+                      fused_nodes=int(d["fused_nodes"]), fallbacks=[_str(f) for f in d["fallbacks"]])
+    for step in steps:
+        if any(name not in buffers for part in step.parts for name in part):
+            raise ArtifactError(f"step {step.name!r}: its kernels touch a buffer the program lacks")
+    program.lifetimes = program_lifetimes(program)  # decided here as codegen decides it, never read from the file
+    return program
 
 
 def _str(x: Any) -> str:

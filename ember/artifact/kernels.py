@@ -47,68 +47,65 @@ class LibraryWriter:
         return index
 
 
-def _handwritten() -> dict:
-    """Manifest name -> module of each single-source hand-written kernel (codegen/
-    handwritten.py: its `KERNEL` and `used_by`)."""
-    from ..codegen import gemm, lstm, quantized_lstm, small_conv
-
-    return {"quantized_lstm": quantized_lstm, "lstm": lstm, "small_conv": small_conv, "gemm": gemm}
+def _manifest_key(name: str) -> tuple[str, str]:
+    """A hand-written kernel's (kernel, dtype) in the manifest: paged attention is one
+    kernel of three element types, the others float32."""
+    kernel, _, dtype = name.partition("-")
+    return kernel, dtype or "float32"
 
 
 def add_kernel_libraries(writer: ArchiveWriter, program) -> list[dict]:
-    """Ship the hand-written kernel libraries `program` runs (the paged-attention kernel
-    of each element type it needs, the LSTM and DynamicQuantizeLSTM step loops, the small
-    convolution, the tiled GEMM), source and, where
-    it built here, binary: a load on this machine then builds nothing. Returns their
-    manifest entries."""
-    from ..codegen import paged_attention
+    """Ship the hand-written kernel libraries `program` may call (codegen/handwritten.py:
+    the tiled GEMM, the small convolution, the LSTM and DynamicQuantizeLSTM step loops, the
+    paged-attention kernel of each element type it needs), source and, where it built
+    here, binary: a load on this machine then builds nothing. Returns their manifest
+    entries."""
+    from ..codegen import handwritten
 
-    kernels = [("paged_attention", dtype, f"paged_attention-{dtype}", lambda d=dtype: paged_attention.source(d),
-                lambda d=dtype: paged_attention.library(d)) for dtype in paged_attention.dtypes_used(program)]
-    for name, module in _handwritten().items():
-        if module.used_by(program):
-            kernels.append((name, "float32", name, module.KERNEL.source, module.KERNEL.library))
     entries = []
-    for kernel, dtype, stem, source, library in kernels:
-        entry = {"kernel": kernel, "dtype": dtype, "source": f"kernels/{stem}.cpp", "binary": None}
-        writer.add_bytes(entry["source"], source().encode())
-        try:
-            built = library()
-        except ExecutionError:  # it does not build here: the source alone (the run falls back)
-            built = None
-        if built is not None and built.is_file():
-            entry["binary"] = f"kernels/{stem}.so"
+    for name in handwritten.used(program):
+        kernel, dtype = _manifest_key(name)
+        entry = {"kernel": kernel, "dtype": dtype, "source": f"kernels/{name}.cpp", "binary": None}
+        writer.add_bytes(entry["source"], handwritten.KERNELS[name].source().encode())
+        built = program.libraries[name] if name in program.libraries else handwritten.build(name)
+        if built is not None and Path(built).is_file():
+            entry["binary"] = f"kernels/{name}.so"
             writer.add_file(entry["binary"], built, compress=True)
         entries.append(entry)
     return entries
 
 
-def install_kernel_libraries(reader: ArchiveReader, entries: list, built_for: str | None) -> None:
-    """Use the shipped hand-written kernel libraries where they were built for this
-    machine from the very source this ember has (copied into the kernel cache like the
-    program's own); otherwise each is built from ember's own source on first use, as
-    without an artifact (another ember's kernel may take other arguments)."""
-    from ..codegen import paged_attention
+def kernel_libraries(reader: ArchiveReader, entries: list, built_for: str | None, program) -> None:
+    """Name in `program` (and its control-flow bodies) the libraries of the hand-written
+    kernels it may call: the shipped ones where they were built for this machine from the
+    very source this ember has (copied into the kernel cache like the program's own),
+    otherwise each built from ember's own source (another ember's kernel may take other
+    arguments; without a C++ compiler, none: the externs take their other paths)."""
+    from ..codegen import handwritten
 
-    handwritten = {name: module.KERNEL for name, module in _handwritten().items()}
-    known = {("paged_attention", dtype) for dtype in paged_attention.DTYPES} | {
-        (name, "float32") for name in handwritten}
+    known = {_manifest_key(name) for name in handwritten.KERNELS}
     if not isinstance(entries, list) or not all(
             isinstance(e, dict) and (e.get("kernel"), e.get("dtype")) in known
             and isinstance(e.get("source"), str) and (e.get("binary") is None or isinstance(e["binary"], str))
             for e in entries):
         raise ArtifactError(f"{reader.path}: the manifest's list of kernel libraries is malformed")
-    if built_for != cpu._machine_key():
-        return
-    for e in entries:
-        if not e["binary"]:
-            continue
-        if e["kernel"] in handwritten:
-            kernel = handwritten[e["kernel"]]
-            if reader.read(e["source"]) == kernel.source().encode():
-                kernel.install(str(_cached(reader, e["binary"])))
-        elif reader.read(e["source"]) == paged_attention.source(e["dtype"]).encode():
-            paged_attention.install(e["dtype"], str(_cached(reader, e["binary"])))
+    shipped = {}
+    if built_for == cpu._machine_key():
+        for e in entries:
+            name = e["kernel"] if e["kernel"] != "paged_attention" else f"paged_attention-{e['dtype']}"
+            if e["binary"] and reader.read(e["source"]) == handwritten.KERNELS[name].source().encode():
+                shipped[name] = str(_cached(reader, e["binary"]))
+    libraries = {name: shipped[name] if name in shipped else handwritten.build(name)
+                 for name in handwritten.used(program)}
+
+    def name_in(p) -> None:
+        p.libraries = {name: libraries[name] for name in handwritten.used(p)}
+        for step in p.steps:
+            if step.kind == "extern" and step.name == "control":
+                for body in step.params.get("programs", ()):
+                    name_in(body)
+
+    name_in(program)
 
 
 def resolve_libraries(reader: ArchiveReader, entries: list, built_for: str | None) -> list[tuple[str, str | None]] | None:

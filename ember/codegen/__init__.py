@@ -1,8 +1,9 @@
 """Code generation: Graph IR -> Kernel IR (lowering.py) -> C++ (cpu.py) -> a Program.
 
 `generate(graph)` lowers every node it can, groups runs of generated kernels into
-segments, renders and builds the library, and returns the `Program` the executor runs
-(a control-flow step carries its bodies' programs, generated here too).
+segments, renders and builds the library, builds the hand-written kernels its externs may
+call (handwritten.py), and returns the `Program` the executor runs (a control-flow step
+carries its bodies' programs, generated here too).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
 
 def generate(graph: Graph) -> Program:
     from ..ir.kernel import Program, Step
-    from . import cpu
+    from . import cpu, handwritten
+    from .memory import program_lifetimes
     from .lowering import lower_graph
 
     store_weights_transposed(graph)
@@ -75,6 +77,8 @@ def generate(graph: Graph) -> Program:
     if generated:
         program.source = cpu.render(generated, buffers, slots, {s: i for i, s in enumerate(ordered)}, segments)
         program.library = str(cpu.build(program.source))
+    program.libraries = handwritten.libraries(program)
+    program.lifetimes = program_lifetimes(program)
     return program
 
 

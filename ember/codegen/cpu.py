@@ -657,31 +657,3 @@ def build(source: str) -> Path:
         log.info("ember: built %d bytes of C++ in %.1f s", len(source), time.perf_counter() - start)
         os.replace(out, target)
     return target
-
-
-@functools.lru_cache(maxsize=1)
-def _torch_openmp() -> None:
-    """Load the OpenMP runtime torch ships (torch/lib/libgomp*.so*) before any kernel
-    library, so the kernels and torch share torch's own runtime (one pool of threads)
-    whichever comes first: a kernel library loaded first would bring in the system's
-    libgomp, and torch, imported later, would be bound to that one instead of the one it
-    was built with (the dynamic linker matches libgomp.so.1 by name). Found without
-    importing torch (~1 s, which a program that runs only ember's kernels never pays);
-    where torch ships none, torch itself is imported first."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("torch")
-    if spec is None or spec.origin is None:
-        return
-    found = sorted((Path(spec.origin).parent / "lib").glob("libgomp*.so*"))
-    if found:
-        ctypes.CDLL(str(found[0]), mode=ctypes.RTLD_GLOBAL)
-    else:
-        import torch  # noqa: F401
-
-
-@functools.lru_cache(maxsize=256)
-def load(path: str) -> ctypes.CDLL:
-    _torch_openmp()
-    return ctypes.CDLL(path)
-

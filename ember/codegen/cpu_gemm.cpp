@@ -1,5 +1,5 @@
 // A register-tiled float32 GEMM for the mid sizes of convolutional networks and transformer
-// encoders (the callers: codegen/gemm.py, from the `conv` extern's channels-last 1x1
+// encoders (the callers: runtime/native/gemm.py, from the `conv` extern's channels-last 1x1
 // convolutions and the `linear` extern's GEMMs; and the encoder attention below):
 // y[M, N] = act(x[M, K] W[K, N] + bias + residual), x's rows a stride `lda` apart, W packed
 // once into panels of NR columns ([N/NR][K][NR], zeros past N).

@@ -1,5 +1,5 @@
 // The step loop of a float32 LSTM (ONNX's meaning: ember/ir/ops/_recurrence.py; the caller:
-// codegen/lstm.py, from the `recurrent` extern). The input projections of every step, X.W + Wb + Rb,
+// runtime/native/lstm.py, from the `recurrent` extern). The input projections of every step, X.W + Wb + Rb,
 // come in precomputed (one GEMM in the caller); each step adds R.h, then the gates. A small LSTM
 // (openWakeWord's 16 steps of 64 units) spends ~7 us a step in torch's RNN loop on dispatch; here a
 // step is a 4H x H matrix-vector product and 4H activations.

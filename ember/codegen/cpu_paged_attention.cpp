@@ -1,4 +1,5 @@
-// ember.PagedAttention, fused, for the CPU: see ember/codegen/paged_attention.py, which
+// ember.PagedAttention, fused, for the CPU: called by ember/runtime/native/paged_attention.py;
+// ember/codegen/handwritten.py
 // builds this file after ember's CPU prelude (ember_expf, the 16-bit float conversions) and
 // a definition of EMBER_PAGED_ELEMENT, the element type (F32, F16 or BF16).
 //

@@ -1,5 +1,5 @@
 // The recurrence of com.microsoft.DynamicQuantizeLSTM as onnxruntime computes it, bit for bit
-// (its meaning: ember/ir/ops/contrib_rnn.py; the caller: codegen/quantized_lstm.py). Each step
+// (its meaning: ember/ir/ops/contrib_rnn.py; the caller: runtime/native/quantized_lstm.py). Each step
 // quantizes the batch's h to uint8 (range widened to hold 0, rounding half to even), multiplies it
 // by R less its zero point in exact int32 sums, scales the sums back and adds them to the step's
 // X.W; the gates follow onnxruntime's order of float32 operations, its logistic and tanh are

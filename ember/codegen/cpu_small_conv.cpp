@@ -1,4 +1,4 @@
-// A direct float32 convolution for tiny sizes (the caller: codegen/small_conv.py, from the
+// A direct float32 convolution for tiny sizes (the caller: runtime/native/small_conv.py, from the
 // `conv` extern, which picks it by the work a call does): [N, C, H, W] input, any stride,
 // dilation, padding and groups, the bias and a ReLU in the same loop. oneDNN's convolution costs
 // 25-40 us a call before any work; silero VAD runs 18 convolutions of a few thousand

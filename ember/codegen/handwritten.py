@@ -1,12 +1,28 @@
-"""Hand-written C++ kernels the runtime calls through ctypes (the LSTM and
-DynamicQuantizeLSTM step loops, the small direct convolution): each is one source file, built once with the system C++
-compiler and cached like every kernel library, shipped in artifacts (ember/artifact/
-kernels.py: `source`, `library`, `install`) so that a load builds nothing."""
+"""Hand-written C++ kernels: their sources, and the libraries codegen builds from them
+for the Programs that call them.
+
+Each kernel is one source file next to this module (ember's CPU prelude pasted first
+where it uses the prelude's math), built once with the system C++ compiler and cached
+like every kernel library. `libraries(program)` builds the ones a Program's externs may
+call (its control-flow bodies' included) and returns their paths, which codegen puts in
+the Program (`Program.libraries`): the runtime loads and calls them (ember/runtime/
+native/) and never builds anything. Artifacts ship them (ember/artifact/kernels.py), so a
+load builds nothing either.
+
+    gemm                 cpu_gemm.cpp: the tiled GEMM of linear layers, Gemms and
+                         channels-last convolutions, and the encoder attention
+    small_conv           cpu_small_conv.cpp: tiny channels-first convolutions
+    lstm                 cpu_lstm.cpp: a float32 LSTM's step loop
+    quantized_lstm       cpu_quantized_lstm.cpp: com.microsoft.DynamicQuantizeLSTM's step loop
+    paged_attention-T    cpu_paged_attention.cpp for element type T (float32, float16,
+                         bfloat16): ember.PagedAttention, and float32 attention of packed rows
+"""
 
 from __future__ import annotations
 
-import ctypes
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExecutionError
@@ -14,82 +30,109 @@ from . import cpu
 
 log = logging.getLogger("ember.codegen")
 
-
-class HandWritten:
-    """The kernel `symbol` of `file` (next to this module), with its ctypes argument
-    types; with `prelude`, ember's CPU prelude (codegen/cpu_prelude.py) is pasted first."""
-
-    def __init__(self, file: str, symbol: str, argtypes: list, prelude: bool = False, what: str = "",
-                 restype=None, instead: str = "torch's"):
-        self.path = Path(__file__).with_name(file)
-        self.symbol, self.argtypes, self.prelude, self.what = symbol, argtypes, prelude, what or symbol
-        self.restype, self.instead = restype, instead  # what runs where it does not build
-        self._installed: str | None = None  # a library an artifact shipped for this machine
-        self._fn = None
-        self._library = None  # the loaded library (its other functions: `companion`)
-        self._companions: dict = {}  # symbol -> its ctypes function, typed once
-        self._tried = False
-
-    def source(self) -> str:
-        text = self.path.read_text()
-        if self.prelude:
-            from .cpu_prelude import PRELUDE
-
-            text = PRELUDE + text
-        return text
-
-    def library(self) -> Path | None:
-        """The built library (built now if the kernel cache lacks it); None without a C++
-        compiler."""
-        if self._installed:
-            return Path(self._installed)
-        return None if cpu.compiler() is None else cpu.build(self.source())
-
-    def install(self, path: str) -> None:
-        """Use the library at `path` (an artifact's, built for this machine from this very
-        source) rather than building it."""
-        self._installed = path
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the loaded function (the next call loads or builds it again)."""
-        self._fn, self._library, self._tried = None, None, False
-        self._companions = {}
-
-    def fn(self):
-        """The kernel's ctypes function, built on first use; None without a compiler or
-        where it did not build."""
-        if not self._tried:
-            self._tried = True
-            if self._installed or cpu.compiler() is not None:
-                try:
-                    library = cpu.load(str(self.library()))
-                    fn = getattr(library, self.symbol)
-                    fn.argtypes, fn.restype = self.argtypes, self.restype
-                    self._fn, self._library = fn, library
-                except ExecutionError as e:
-                    log.warning("ember: the %s kernel did not build; it runs on %s instead:\n%s", self.what,
-                                self.instead, e)
-        return self._fn
-
-    def available(self) -> bool:
-        return self.fn() is not None
-
-    def companion(self, symbol: str, argtypes: list, restype=None):
-        """Another function of the kernel's library (a packing step beside the kernel), from
-        the library `fn` loaded; None where the kernel is not available."""
-        if self.fn() is None:
-            return None
-        fn = self._companions.get(symbol)
-        if fn is None:  # typed once: an attention call asks for its function every run
-            fn = self._companions[symbol] = getattr(self._library, symbol)
-            fn.argtypes, fn.restype = argtypes, restype
-        return fn
+PAGED_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # -> the kernel's element type
 
 
 def program_uses(program, predicate) -> bool:
     """Whether a step of `program`, or of a control-flow body in it, is an extern that
-    `predicate(step)` accepts (which hand-written kernels an artifact ships)."""
+    `predicate(step)` accepts."""
     return any(predicate(step) or (step.name == "control"
                                    and any(program_uses(body, predicate) for body in step.params.get("programs", ())))
                for step in program.steps if step.kind == "extern")
+
+
+def paged_dtypes_used(program) -> list[str]:
+    """The element types `program`'s steps (its bodies' included) run the paged-attention
+    kernel for: its paged-attention steps' and its float32 attention steps' (packed rows
+    run on it: `dense_attention`)."""
+    used = set()
+    for step in program.steps:
+        if step.kind != "extern":
+            continue
+        if step.name in ("attention", "paged_attention"):
+            dtype = program.buffers[step.args[0]].dtype.name
+            if dtype in PAGED_DTYPES and (step.name == "paged_attention" or dtype == "float32"):
+                used.add(dtype)
+        elif step.name == "control":
+            for body in step.params.get("programs", ()):
+                used.update(paged_dtypes_used(body))
+    return sorted(used)
+
+
+@dataclass(frozen=True)
+class HandWritten:
+    """Kernel `name`: `file` (next to this module), with ember's CPU prelude first where
+    `prelude`, then `header`; `used_by(program)` says whether a Program may call it."""
+
+    name: str
+    file: str
+    used_by: Callable
+    prelude: bool = False
+    header: str = ""
+    what: str = ""  # for messages: what it is...
+    instead: str = "torch's"  # ...and what runs where it does not build
+
+    def source(self) -> str:
+        text = Path(__file__).with_name(self.file).read_text()
+        if self.header:
+            text = f"{self.header}\n{text}"
+        if self.prelude:
+            from .cpu_prelude import PRELUDE
+
+            text = f"{PRELUDE}\n{text}" if self.header else PRELUDE + text
+        return text
+
+    def library(self) -> Path | None:
+        """The built library (built now if the kernel cache lacks it); None without a C++
+        compiler. ExecutionError where it does not build."""
+        return None if cpu.compiler() is None else cpu.build(self.source())
+
+
+def _paged(dtype: str) -> HandWritten:
+    return HandWritten(f"paged_attention-{dtype}", "cpu_paged_attention.cpp",
+                       lambda program: dtype in paged_dtypes_used(program), prelude=True,
+                       header=f"#define EMBER_PAGED_ELEMENT {PAGED_DTYPES[dtype]}",
+                       what=f"{dtype} paged-attention")
+
+
+KERNELS: dict[str, HandWritten] = {k.name: k for k in [
+    HandWritten("gemm", "cpu_gemm.cpp", prelude=True, what="tiled GEMM", instead="oneDNN's",
+                # a float32 linear layer or Gemm (their constant weight packed for it), an
+                # attention that is not causal, or a channels-last convolution
+                used_by=lambda program: program_uses(program, lambda step: step.name in ("linear", "gemm")
+                                                     or (step.name == "attention" and not step.params.get("causal"))
+                                                     or (step.name == "conv" and step.params.get("channels_last")))),
+    HandWritten("small_conv", "cpu_small_conv.cpp", what="small convolution",
+                used_by=lambda program: program_uses(
+                    program, lambda step: step.name == "conv" and not step.params.get("channels_last"))),
+    HandWritten("lstm", "cpu_lstm.cpp", prelude=True, what="LSTM",
+                used_by=lambda program: program_uses(
+                    program, lambda step: step.name == "recurrent" and step.params.get("op") == "LSTM")),
+    HandWritten("quantized_lstm", "cpu_quantized_lstm.cpp", what="DynamicQuantizeLSTM", instead="the reference",
+                used_by=lambda program: program_uses(program, lambda step: step.name == "quantized_lstm")),
+    *(_paged(dtype) for dtype in PAGED_DTYPES),
+]}
+
+
+def build(name: str) -> str | None:
+    """The path of kernel `name`'s library, built now if the kernel cache lacks it; None
+    without a C++ compiler or where it does not build (logged: the externs then take
+    their other path)."""
+    kernel = KERNELS[name]
+    try:
+        built = kernel.library()
+    except ExecutionError as e:
+        log.warning("ember: the %s kernel did not build; it runs on %s instead:\n%s", kernel.what, kernel.instead, e)
+        return None
+    return None if built is None else str(built)
+
+
+def used(program) -> list[str]:
+    """The hand-written kernels `program` (its control-flow bodies included) may call."""
+    return [name for name, kernel in KERNELS.items() if kernel.used_by(program)]
+
+
+def libraries(program) -> dict[str, str | None]:
+    """Kernel name -> its library's path (None where it did not build) for every
+    hand-written kernel `program` may call: what codegen puts in `Program.libraries`."""
+    return {name: build(name) for name in used(program)}

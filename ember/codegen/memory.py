@@ -1,15 +1,11 @@
-"""Memory planning: intermediate buffers share one arena, by liveness.
-
-Sizes are symbolic, so the plan is made per concrete shape (once per new input shape,
-then cached by the executor): each temp buffer lives from the step that first touches
-it to the step that last does (an alias keeps its base alive), and buffers are placed
-largest first at the lowest offset that does not overlap any placed buffer whose life
-overlaps theirs. The arena only grows when a larger shape arrives.
+"""Buffer lifetimes, decided here for the runtime's memory plan (ember/runtime/memory.py):
+the intermediate buffers of a run share one arena, each placed where no buffer whose life
+overlaps its own lies. A buffer lives from the first kernel that touches it to the last
+(in the order the Program's steps run their kernels: `Step.parts`); an alias keeps its
+base alive.
 """
 
 from __future__ import annotations
-
-ALIGN = 64
 
 
 def lifetimes(steps_touching: list[set[str]], names: set[str]) -> dict[str, tuple[int, int]]:
@@ -22,21 +18,17 @@ def lifetimes(steps_touching: list[set[str]], names: set[str]) -> dict[str, tupl
     return life
 
 
-def plan(sizes: dict[str, int], life: dict[str, tuple[int, int]]) -> tuple[dict[str, int], int]:
-    """Offsets (bytes, ALIGN-aligned) for buffers of `sizes` bytes; returns (offsets, arena size)."""
-    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
-    offsets: dict[str, int] = {}
-    total = 0
-    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
-        size = -(-max(sizes[name], 1) // ALIGN) * ALIGN
-        first, last = life.get(name, (0, 1 << 60))
-        conflicts = sorted((o, e) for o, e, f, l in placed if f <= last and first <= l)
-        offset = 0
-        for o, e in conflicts:
-            if offset + size <= o:
-                break
-            offset = max(offset, e)
-        offsets[name] = offset
-        placed.append((offset, offset + size, first, last))
-        total = max(total, offset + size)
-    return offsets, total
+def program_lifetimes(program) -> dict[str, tuple[int, int]]:
+    """[first, last] kernel index (over every step's parts, in order) of each temp buffer
+    of `program` that is not a view; a view's touch counts for its base."""
+    buffers = program.buffers
+
+    def root(name: str) -> str:
+        b = buffers[name]
+        while b.view_of is not None:
+            b = buffers[b.view_of]
+        return b.name
+
+    touched = [{root(n) for n in part} for step in program.steps for part in step.parts]
+    temps = {name for name, b in buffers.items() if b.kind == "temp" and b.view_of is None}
+    return lifetimes(touched, temps)

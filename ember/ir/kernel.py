@@ -224,7 +224,7 @@ class TensorRef:
 # bind-time contents), the order of steps (a `segment` of generated kernels in the shared
 # library, an `extern` library kernel, or a `fallback` node run by its reference
 # implementation), the size symbols in the order the kernels read them, the library's
-# source and path, and the weights.
+# source and path, the hand-written kernels' libraries, and the weights.
 
 @dataclass
 class Step:
@@ -252,3 +252,10 @@ class Program:
     num_kernels: int = 0
     fused_nodes: int = 0
     fallbacks: list[str] = field(default_factory=list)
+    # the hand-written kernels its externs (its control-flow bodies' too) may call: name ->
+    # the library codegen built (None: it did not build; the extern takes its other path)
+    libraries: dict[str, str | None] = field(default_factory=dict)
+    # [first, last] kernel (over the steps' parts, in order) of each temp buffer that is not
+    # a view: its life in the run's arena (codegen.memory decides it; not saved in artifacts,
+    # which recompute it on load)
+    lifetimes: dict[str, tuple[int, int]] = field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 Importing torch takes ~1 s (2-core Xeon), two thirds of what loading MiniLM's artifact
 took from process start. A program whose steps all run on ember's own kernels (generated
-segments, the tiled GEMM and attention of codegen/gemm.py) never needs it: the executor
+segments, the tiled GEMM and attention of runtime/native/gemm.py) never needs it: the executor
 hands those externs numpy arrays, and the extern modules refer to torch through `torch`
 and `F` here, stand-ins that import the real modules on their first attribute access.
 Once imported, a stand-in's namespace is the module's, so later lookups cost what a real

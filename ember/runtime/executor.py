@@ -53,6 +53,8 @@ from . import (  # noqa: F401 - registers their externs
     externs_signal,
     externs_spatial,
 )
+from . import native
+from .memory import plan
 from .externs import ADOPTS, ARRAYS, EXTERNS, PREPARE
 from ..ir.kernel import Program
 
@@ -166,14 +168,11 @@ def _sizes_text(symbols: list, values: list) -> str:
 
 class Executor:
     def __init__(self, program: Program, threads: int | None = None):
-        from ..codegen import cpu, paged_attention
-
         tune_malloc()  # runs reuse freed heap blocks instead of faulting fresh pages in (see _malloc)
         p = self.program = program
         self._lock = threading.Lock()
-        self._lib = cpu.load(program.library) if program.library else None
-        for dtype in paged_attention.dtypes_used(program):  # built (or loaded) now, not in the first run
-            paged_attention.available(dtype)
+        self._lib = native.load(program.library) if program.library else None
+        native.install(program.libraries)  # the hand-written kernels codegen built for it, loaded now
         if threads:
             set_threads(threads)
             if self._lib is not None:
@@ -229,11 +228,7 @@ class Executor:
         self._torch_reads = {a for kind, _, step in self._steps if kind == "extern" and not _numpy_extern(step)
                              for a in step.args if a}
         self._per_run = [*p.inputs, *p.outputs, *(n for n, _ in self._io_aliases), *self._adopted_names]
-        parts = [part for step in p.steps for part in step.parts]
-        from ..codegen.memory import lifetimes
-
-        touched_roots = [{self._root[n] for n in part} for part in parts]
-        self._life = lifetimes(touched_roots, set(self._temps))
+        self._life = p.lifetimes  # [first, last] kernel of each temp buffer, as codegen decided
         # which step (index) each root buffer is first written by: a late buffer is allocated then
         self._bindings: OrderedDict[tuple, _Binding] = OrderedDict()  # by input shapes, oldest use first
         self.max_bindings = MAX_BINDINGS
@@ -459,8 +454,6 @@ class Executor:
                 binding.views[name] = np.array(values[rank:], dtype=b.dtype.numpy).reshape(binding.shapes[name])
 
     def _plan(self, binding: _Binding) -> tuple[dict[str, int], int]:
-        from ..codegen.memory import plan
-
         sizes = {}
         for name in self._temps:
             shape = binding.shapes.get(name)

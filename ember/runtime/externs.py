@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..codegen import paged_attention
+from .native import gemm as _gemm, paged_attention, small_conv as _small
 from ._torch import F, tensor as _tensor, threads as _threads, torch
 
 EXTERNS: dict[str, Callable] = {}
@@ -120,7 +120,7 @@ class _LinearWeight:
 
 
 class _TiledWeight:
-    """A float32 GEMM weight [K, N] in ember's tiled GEMM's panels (codegen/gemm.py,
+    """A float32 GEMM weight [K, N] in ember's tiled GEMM's panels (runtime/native/gemm.py,
     cpu_gemm.cpp), which writes act(x W + bias) straight into the executor's buffer, the
     activation in its epilogue. oneDNN's GEMM allocated its result every call (the executor
     adopted it), and under ever-new shapes those allocations fragmented glibc's heap:
@@ -152,14 +152,14 @@ class _TiledWeight:
     def of(cls, w_kn: np.ndarray) -> "_TiledWeight | None":
         """The weight [K, N] (a numpy array, any strides) packed, or None where the kernel
         does not build."""
-        panels = _codegen("gemm").pack(w_kn)
+        panels = _gemm.pack(w_kn)
         return None if panels is None else cls(w_kn, panels)
 
     def __call__(self, x: np.ndarray, bias: np.ndarray | None, activation: str, y: np.ndarray | None = None):
         """act(x [..., K] @ W + bias), into y (of x's rows) where given; None where the call
         does not fit the kernel (the caller goes on)."""
         k, n = self.kn.shape
-        gemm = _codegen("gemm")
+        gemm = _gemm
         if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim == 0 or x.shape[-1] != k
                 or activation not in gemm.ACTIVATIONS
                 or (bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype != np.float32
@@ -327,7 +327,7 @@ def gemm(params, a, b, c, y):
 
 def _small_conv(params, x, w, bias, total, y):
     """A channels-first float32 1-d or 2-d convolution of at most small_conv.MAX_MACS
-    multiply-adds on ember's direct loop (codegen/small_conv.py), the bias and a ReLU in
+    multiply-adds on ember's direct loop (runtime/native/small_conv.py), the bias and a ReLU in
     it, a residual added after; None where it does not apply (the caller goes on). Runs
     for silero VAD's 18 Conv1d: every microsecond of Python here is paid 18 times a run."""
     small = params.get("small_weight")
@@ -350,15 +350,14 @@ def _small_conv(params, x, w, bias, total, y):
         geometry = (strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1])
     else:
         return None
-    sc = _codegen("small_conv")
-    if out_h < 1 or out_w < 1 or n * groups * outs * out_h * out_w * per_group * kh * kw > sc.MAX_MACS:
+    if out_h < 1 or out_w < 1 or n * groups * outs * out_h * out_w * per_group * kh * kw > _small.MAX_MACS:
         return None
-    kernel = sc.KERNEL.fn()
+    kernel = _small.kernel()
     if kernel is None:
         return None
     result = y if y is not None else torch.empty((n, groups * outs, out_w) if x.dim() == 3 else
                                                  (n, groups * outs, out_h, out_w), dtype=x.dtype)
-    sc.RUNS[0] += 1
+    _small.RUNS[0] += 1
     kernel(x.data_ptr(), small.data_ptr(), None if bias is None else bias.data_ptr(), result.data_ptr(), n, c, h,
            width, groups * outs, kh, kw, out_h, out_w, *geometry, groups, int(activation == "relu" and total is None))
     if total is not None:
@@ -366,16 +365,6 @@ def _small_conv(params, x, w, bias, total, y):
         if activation == "relu":
             result.relu_()
     return result
-
-
-_CODEGEN: dict = {}  # the codegen modules of hand-written kernels, imported on first use
-
-
-def _codegen(name: str):
-    """ember.codegen.<name> (small_conv, gemm): imported when a call first needs it."""
-    if name not in _CODEGEN:
-        _CODEGEN[name] = importlib.import_module(f"ember.codegen.{name}")
-    return _CODEGEN[name]
 
 
 def _pointwise_conv(params, weight: _LinearWeight, x, bias, total, y):
@@ -418,10 +407,10 @@ def attention(params, q, k, v, bias, y):
         from ..ir.packed_qkv import split_qkv
 
         q, k, v = split_qkv(q, heads, kv_heads)
-    if not causal:  # (numpy arguments) packed rows run on ember's encoder attention (codegen/gemm.py)
+    if not causal:  # (numpy arguments) packed rows run on ember's encoder attention (runtime/native/gemm.py)
         if (q.ndim == 3 and q.dtype == k.dtype == v.dtype == y.dtype == np.float32
                 and (bias is None or bias.dtype == np.float32)
-                and _codegen("gemm").attention(q, k, v, bias, y, heads, kv_heads, scale or (q.shape[-1] // heads) ** -0.5,
+                and _gemm.attention(q, k, v, bias, y, heads, kv_heads, scale or (q.shape[-1] // heads) ** -0.5,
                                                _threads())):
             return  # ember's tiled kernel (codegen/cpu_gemm.cpp): no scores or result tensor
         q, k, v, bias, y = _as_tensors(q, k, v, bias, y)
@@ -543,7 +532,7 @@ def prepare_conv(params, constants):
     # a call does at least w.numel() multiply-adds (one output position): a larger filter
     # never runs on the small loop, and is not laid out for it
     if (w is not None and w.dtype == torch.float32 and w.dim() in (3, 4) and not params.get("channels_last")
-            and w.shape[0] % params["group"] == 0 and w.numel() <= _codegen("small_conv").MAX_MACS):
+            and w.shape[0] % params["group"] == 0 and w.numel() <= _small.MAX_MACS):
         w4 = w.unsqueeze(2) if w.dim() == 3 else w
         o, per_group, kh, kw = w4.shape
         groups = params["group"]
@@ -609,12 +598,12 @@ def _pack_conv_weight(w, args, group: int, input_shape):
 def _tiled_weight(params, w):
     """A channels-last 1x1 convolution's float32 constant filter [N, K, 1, 1] (stride 1, no
     pads, an epilogue the kernel runs) as a `_TiledWeight` (the tiled GEMM's panels,
-    codegen/gemm.py), of any size: it ran every 1x1 convolution of PP-OCRv6's detector,
+    runtime/native/gemm.py), of any size: it ran every 1x1 convolution of PP-OCRv6's detector,
     ResNet-50 and a classifier's head at 0.66-0.99x oneDNN's time (3200 rows of 48 -> 96:
     196 vs 287 us; 49 rows of 2048 -> 512: 636 vs 674; on a 2-core AMD EPYC). Else None."""
     if (w is None or w.dtype != torch.float32 or w.dim() != 4 or tuple(w.shape[2:]) != (1, 1)
             or not params.get("channels_last") or params["group"] != 1
-            or params.get("activation", "") not in _codegen("gemm").ACTIVATIONS
+            or params.get("activation", "") not in _gemm.ACTIVATIONS
             or list(params["strides"]) != [1, 1] or params["pads"] is None or any(params["pads"])):
         return None
     n, k = w.shape[:2]
@@ -624,7 +613,7 @@ def _tiled_weight(params, w):
 def _direct_weight(params, w):
     """A channels-last 2-d convolution's float32 constant filter (one group, an epilogue
     the tiled kernels run; not a 1x1 one of stride 1, a GEMM over rows) in ember's direct
-    convolution's panels (codegen/gemm.py), with its [O, C, KH, KW] shape. It runs every
+    convolution's panels (runtime/native/gemm.py), with its [O, C, KH, KW] shape. It runs every
     size (oneDNN packs a filter for one input size, a compile-time stand-in where sizes are
     symbolic, and its kernel for another can run 2x slower: deepcut's 1x10 and 1x11 over 49
     rows, 2.2 ms where packed for their shape 0.7-1.2), at oneDNN's speed or better at the
@@ -635,10 +624,10 @@ def _direct_weight(params, w):
     if (w is None or w.dtype != torch.float32 or w.dim() != 4 or not params.get("channels_last")
             or params["group"] != 1 or params["pads"] is None
             or (tuple(w.shape[2:]) == (1, 1) and list(params["strides"]) == [1, 1] and not any(params["pads"]))
-            or w.shape[2] * w.shape[3] > _codegen("gemm").CONV_MAX_TAPS
-            or params.get("activation", "") not in _codegen("gemm").ACTIVATIONS):
+            or w.shape[2] * w.shape[3] > _gemm.CONV_MAX_TAPS
+            or params.get("activation", "") not in _gemm.ACTIVATIONS):
         return None
-    panels = _codegen("gemm").conv_pack(w.numpy())
+    panels = _gemm.conv_pack(w.numpy())
     return None if panels is None else (panels, tuple(w.shape))
 
 
@@ -669,21 +658,21 @@ def _direct_conv(params, x, bias, total, y):
         y = torch.empty((n, oh, ow, o), dtype=torch.float32)
     elif tuple(y.shape) != (n, oh, ow, o):
         return None
-    _codegen("gemm").conv(x, panels, bias, total, y, (n, h, w, c_in), o, (kh, kw), (sh, sw), (dh, dw), (top, left),
+    _gemm.conv(x, panels, bias, total, y, (n, h, w, c_in), o, (kh, kw), (sh, sw), (dh, dw), (top, left),
                           (oh, ow), params.get("activation", ""), _threads())
     return y
 
 
 def _tiled_pointwise(params, x, bias, total, y):
-    """A channels-last 1x1 convolution on the tiled GEMM (codegen/gemm.py): x [N, *spatial,
+    """A channels-last 1x1 convolution on the tiled GEMM (runtime/native/gemm.py): x [N, *spatial,
     K] as rows, act(rows W + bias + total) written straight into y (allocated where the
     executor gives none). None where the call does not fit it (the caller goes on)."""
-    gemm, weight = _codegen("gemm"), params["tiled"]
+    gemm, weight = _gemm, params["tiled"]
     k, n = x.shape[-1], weight.kn.shape[1]
     rows = x.numel() // k if k else 0
     if not rows or not _tiles_take(x, bias, total, y):
         return None
-    if gemm.KERNEL.fn() is None:
+    if not gemm.available():
         return None
     if y is None:
         y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)

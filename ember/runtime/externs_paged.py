@@ -1,5 +1,5 @@
 """The paged-attention extern: ember.PagedAttention on ember's fused CPU kernel
-(codegen/paged_attention.py: the cache written and read in place, one online-softmax pass
+(runtime/native/paged_attention.py: the cache written and read in place, one online-softmax pass
 over each sequence's blocks). Where that kernel cannot run — an element type it lacks, no
 C++ compiler, strided arrays, indices it rejects — torch's kernels do it instead: one
 scaled-dot-product attention per sequence over the keys its block table gathers."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._torch import F, torch
 
-from ..codegen import paged_attention as kernel
+from .native import paged_attention as kernel
 from .externs import extern
 
 _DTYPES = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16"}  # by str(dtype)

@@ -10,7 +10,7 @@ sequence's own steps, the reverse direction from its own last step, zeros past i
 Y_h / Y_c its last step. torch's GRU is ONNX's linear_before_reset=1; a GRU with 0, and
 an LSTM with peepholes, run a step loop of torch ops (`_loop`) instead. A small float32
 LSTM (batch up to 8, hidden up to 256) of full-length sequences with constant weights runs
-on ember's own C++ step loop (codegen/lstm.py) after one GEMM for its input projections:
+on ember's own C++ step loop (runtime/native/lstm.py) after one GEMM for its input projections:
 torch's loop spends ~7 us a step on dispatch there (openWakeWord's hey_mycroft: 0.53 ->
 0.18 ms a run).
 """
@@ -22,7 +22,8 @@ from ._torch import torch
 from ..errors import ExecutionError
 from ..ir.quantized_lstm import check_shapes, threads
 from . import quantized_lstm as quantized
-from .externs import _codegen, extern, prepare
+from .externs import extern, prepare
+from .native import lstm as _lstm
 
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 _TORCH_ORDER = {"RNN": [0], "GRU": [1, 0, 2], "LSTM": [0, 2, 3, 1]}  # ONNX gate blocks in torch's order
@@ -120,7 +121,7 @@ def recurrent(params, x, w, r, b, seq_lens, h0, c0, p, y, y_h, y_c=None):
             target.copy_(state.transpose(0, 1) if layout else state)
 
 
-# an LSTM this small runs on ember's step kernel (codegen/lstm.py), where torch's RNN loop
+# an LSTM this small runs on ember's step kernel (runtime/native/lstm.py), where torch's RNN loop
 # spends its time on dispatch (~7 us a step); a larger one on torch's, whose GEMMs thread
 _STEP_KERNEL_MAX_BATCH = 8
 _STEP_KERNEL_MAX_HIDDEN = 256
@@ -134,13 +135,13 @@ _KERNEL_PROJECTS_MACS = 1 << 20
 
 
 def _step_kernel_available() -> bool:
-    return _codegen("lstm").KERNEL.available()
+    return _lstm.available()
 
 
 def _lstm_on_step_kernel(params, kernel, x, h0, c0, y, y_h, y_c, seq, batch, directions, hidden):
     """An LSTM of full-length sequences (layout 0) on the step kernel: every step's input
     projection in one batched GEMM here, the recurrence in C++; outputs written in place."""
-    lstm = _codegen("lstm")
+    lstm = _lstm
     STEP_KERNEL_RUNS[0] += 1
     w_t, r_t, bias = kernel  # [dirs, in, 4H], [dirs, H, 4H], [dirs, 1, 4H]
     small = directions * seq * batch * x.shape[-1] * 4 * hidden <= _KERNEL_PROJECTS_MACS and x.is_contiguous()
@@ -264,9 +265,7 @@ def _cell(op, xw, h, c, r, rb, p, hidden):
 @prepare("quantized_lstm")
 def prepare_quantized_lstm(params, constants):
     """Constant 8-bit weights (with their scales, zero points, B and P where given) are
-    turned into exact integer GEMM operands once; the C++ step loop is built (or found in
-    the kernel cache) now, not in the first run."""
-    quantized.kernel.available()
+    turned into exact integer GEMM operands once."""
     needed = [1, 2, 8, 9, 10, 11] + [i for i, given in ((3, params["has_bias"]), (7, params["has_peephole"])) if given]
     if any(i not in constants for i in needed):
         return params

@@ -6,14 +6,14 @@ X is quantized once and multiplied by W here, in torch: an exact integer GEMM, s
 8-bit operands less their zero points are small whole numbers held as floats and every
 partial sum stays below 2**24 (float32's exact range) or, for larger K, is summed in
 float64. The steps, each quantizing h for its GEMM with R, run in C++
-(codegen/quantized_lstm.py); without a C++ compiler, on the reference.
+(runtime/native/quantized_lstm.py); without a C++ compiler, on the reference.
 """
 
 from __future__ import annotations
 
 from ._torch import torch
 
-from ..codegen import quantized_lstm as kernel
+from .native import quantized_lstm as kernel
 from ..errors import ExecutionError
 from ..ir.quantized_lstm import rows_per_group, threads
 

@@ -16,6 +16,7 @@ import ember
 from tests.artifact.zips import refuse_building
 from ember.artifact import inspect
 from ember.codegen import cpu
+from ember.runtime import native
 from ember.ir import DType, Graph, TensorType, Value, print_graph, symbol
 
 from . import models
@@ -129,7 +130,7 @@ def test_loading_runs_no_frontend_pass_or_compiler(tmp_path, monkeypatch):
     compiled = ember.compile(models.with_if(False))
     expected = compiled.run({"x": X})
     path = compiled.save(tmp_path / "m.ember")
-    cpu.load.cache_clear()  # the library is loaded again, from the kernel cache
+    native.load.cache_clear()  # the library is loaded again, from the kernel cache
 
     def refuse(*args, **kwargs):
         raise AssertionError("loading an artifact compiled something")
@@ -292,7 +293,8 @@ def _packed_attention_graph() -> Graph:
 def test_an_artifact_ships_the_attention_kernel_library(tmp_path, monkeypatch):
     """The hand-written kernel a program runs is in the artifact, built for this machine:
     loaded with an empty kernel cache, nothing is compiled, and the kernel runs."""
-    from ember.codegen import paged_attention
+    from ember.runtime import native
+    from ember.runtime.native import paged_attention
 
     qkv = {"qkv": np.random.default_rng(0).standard_normal((2, 6, 48)).astype(np.float32)}
     compiled = ember.compile(_packed_attention_graph())
@@ -301,32 +303,35 @@ def test_an_artifact_ships_the_attention_kernel_library(tmp_path, monkeypatch):
     entries = inspect(path)["kernel_libraries"]
     assert entries == [{"kernel": "paged_attention", "dtype": "float32", "source": "kernels/paged_attention-float32.cpp",
                         "binary": "kernels/paged_attention-float32.so"}]
-    monkeypatch.setattr(paged_attention, "_INSTALLED", {})
-    paged_attention._kernel.cache_clear()
+    before = native.installed("paged_attention-float32")
+    native.uninstall("paged_attention-float32")
     refuse_building(monkeypatch, tmp_path)
     taken = []
     dense = paged_attention.dense_attention
     monkeypatch.setattr(paged_attention, "dense_attention", lambda *a, **k: taken.append(dense(*a, **k)) or taken[-1])
-    loaded = ember.load(path)
-    np.testing.assert_array_equal(loaded.run(qkv)["y"], expected)
-    assert taken == [True] and "artifact-" in paged_attention._INSTALLED["float32"]
-    paged_attention._kernel.cache_clear()  # later tests build (or find) their own
+    try:
+        loaded = ember.load(path)
+        assert "artifact-" in loaded._executor.program.libraries["paged_attention-float32"]
+        np.testing.assert_array_equal(loaded.run(qkv)["y"], expected)
+        assert taken == [True] and "artifact-" in native.installed("paged_attention-float32")
+    finally:  # later tests' programs name their own
+        native.uninstall("paged_attention-float32")
+        native.install({"paged_attention-float32": before})
 
 
 def test_a_shipped_kernel_of_another_source_is_not_used(tmp_path, monkeypatch):
     """A shipped attention kernel whose source is not this ember's (another ember's, which
-    may take other arguments) is not installed: the kernel is built from ember's own source."""
-    from ember.codegen import paged_attention
-
+    may take other arguments) is not used: the kernel is built from ember's own source."""
     compiled = ember.compile(_packed_attention_graph())
+    own = compiled._executor.program.libraries["paged_attention-float32"]
     contents = members(compiled.save(tmp_path / "m.ember"))
     source = "kernels/paged_attention-float32.cpp"
     contents[source] = contents[source].replace(b"namespace ember_paged", b"namespace ember_paged_older")
     rezip(tmp_path / "other.ember", contents, fix_hashes=True)
-    monkeypatch.setattr(paged_attention, "_INSTALLED", {})
     qkv = {"qkv": np.random.default_rng(0).standard_normal((2, 6, 48)).astype(np.float32)}
-    np.testing.assert_array_equal(ember.load(tmp_path / "other.ember").run(qkv)["y"], compiled.run(qkv)["y"])
-    assert paged_attention._INSTALLED == {}
+    loaded = ember.load(tmp_path / "other.ember")
+    assert loaded._executor.program.libraries == {"paged_attention-float32": own}
+    np.testing.assert_array_equal(loaded.run(qkv)["y"], compiled.run(qkv)["y"])
 
 
 def test_weights_are_aligned_and_mapped_in_place(tmp_path):

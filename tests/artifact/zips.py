@@ -42,20 +42,22 @@ def refuse_building(monkeypatch, tmp_path) -> None:
 
 
 def runs_the_shipped_kernel(compiled, feeds, kernel, name: str, tmp_path, monkeypatch) -> None:
-    """Saved, `compiled` lists hand-written kernel `name` (module `kernel`: its KERNEL and
-    run) with its source and library; loaded with an empty kernel cache and building
-    refused, the shipped library runs once and the outputs are the compiled model's."""
+    """Saved, `compiled` lists hand-written kernel `name` (its wrapper module `kernel`, in
+    ember/runtime/native/, with a `run`) with its source and library; loaded with an empty
+    kernel cache and building refused, the shipped library runs once and the outputs are
+    the compiled model's."""
     import numpy as np
 
     import ember
     from ember.artifact import inspect
+    from ember.runtime import native
 
     expected = compiled.run(feeds)
     path = compiled.save(tmp_path / "m.ember")
     assert [e for e in inspect(path)["kernel_libraries"] if e["kernel"] == name] == [
         {"kernel": name, "dtype": "float32", "source": f"kernels/{name}.cpp", "binary": f"kernels/{name}.so"}]
-    monkeypatch.setattr(kernel.KERNEL, "_installed", None)
-    kernel.KERNEL.reset()
+    before = native.installed(name)
+    native.uninstall(name)
     refuse_building(monkeypatch, tmp_path)
     ran = []
     run = kernel.run
@@ -64,6 +66,8 @@ def runs_the_shipped_kernel(compiled, feeds, kernel, name: str, tmp_path, monkey
         got = ember.load(path).run(feeds)
         for output in expected:
             np.testing.assert_array_equal(np.asarray(got[output]), np.asarray(expected[output]), err_msg=output)
-        assert len(ran) == 1 and "artifact-" in kernel.KERNEL._installed
-    finally:
-        kernel.KERNEL.reset()  # later tests build (or find) their own
+        assert len(ran) == 1 and "artifact-" in native.installed(name)
+    finally:  # the library the programs made before this test named, for the tests after it
+        native.uninstall(name)
+        if before is not None:
+            native.install({name: before})

@@ -46,7 +46,7 @@ def test_attention_kernel_matches_the_reference(batch, heads, group, sq, sk, d, 
     want = ember.compile(g, opt_level=0, codegen=False).run(feeds)["y"]
     compiled = ember.compile(g, opt_level=0)
     assert compiled.stats.fallback_nodes == []
-    from ember.codegen import gemm
+    from ember.runtime.native import gemm
 
     before = gemm.ATTENTION_RUNS[0]
     got = compiled.run(feeds)["y"]
@@ -73,10 +73,10 @@ def test_a_row_with_every_key_masked_is_zero(sk, sq, packed):
 
 def test_packed_float32_attention_runs_on_the_tiled_kernel():
     """BERT's case: q, k and v slices of one packed QKV array, a padding mask stored as
-    [B, 1, Sq, Sk] (every query row alike) — ember's encoder attention (codegen/gemm.py,
+    [B, 1, Sq, Sk] (every query row alike) — ember's encoder attention (runtime/native/gemm.py,
     on the tiled GEMM's tiles) takes it, and it matches the reference with some keys of
     each sequence masked."""
-    from ember.codegen import gemm
+    from ember.runtime.native import gemm
 
     rng = np.random.default_rng(0)
     batch, seq, heads, d = 3, 20, 4, 32
@@ -102,7 +102,7 @@ def test_an_encoders_attention_runs_on_the_tiled_kernel_a_causal_one_on_the_page
     every key of no row, packed rows): ember's encoder attention runs it (torch's SDPA took
     1.2x as long, and allocated its result every call); a causal one keeps the paged
     kernel. Both match the reference."""
-    from ember.codegen import gemm, paged_attention
+    from ember.runtime.native import gemm, paged_attention
     from ember.runtime import externs
 
     dense, sdpa = [], []
@@ -136,13 +136,15 @@ def test_the_fused_kernel_declines_keys_of_another_batch():
     other path."""
     import torch
 
-    from ember.codegen import paged_attention
+    from ember.runtime.native import paged_attention
+    from tests.native import install
 
+    install("gemm", "paged_attention-float32")  # (called here directly, not through a program)
     q, v, y = torch.randn(4, 6, 16), torch.randn(4, 6, 16), torch.empty(4, 6, 16)
     k = torch.randn(1, 6, 16)
     assert not paged_attention.dense_attention(q, k, v, None, y, 2, 2, 0.0, False)
     assert paged_attention.dense_attention(q, k.expand(4, 6, 16).contiguous(), v, None, y, 2, 2, 0.0, False)
-    from ember.codegen import gemm
+    from ember.runtime.native import gemm
 
     q, k, v, y = q.numpy(), k.numpy(), v.numpy(), y.numpy()  # (ember's attention takes numpy arrays)
     assert not gemm.attention(q, k, v, None, y, 2, 2, 0.25, 2)

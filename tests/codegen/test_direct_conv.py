@@ -1,4 +1,4 @@
-"""ember's direct channels-last convolution (cpu_gemm.cpp's `ember_conv`, codegen/gemm.py's
+"""ember's direct channels-last convolution (cpu_gemm.cpp's `ember_conv`, runtime/native/gemm.py's
 `conv`): MR output positions x NR output channels a block, its accumulators in registers
 across every tap and channel, the bias, residual and activation in the epilogue. The
 `conv` extern runs it for a filter whose input size is symbolic (runtime/externs.py,
@@ -15,12 +15,19 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
-from ember.codegen import cpu, gemm
+from ember.codegen import cpu
+from ember.runtime.native import gemm
+from tests.native import install
 
 pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
 
 _ACTIVATIONS = {"": lambda t: t, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu,
                 "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel():
+    install("gemm")  # the tests here call it directly, not only through programs that name it
+
 
 
 @st.composite

@@ -24,12 +24,12 @@ from onnx import helper, numpy_helper
 import ember
 from tests.artifact.zips import runs_the_shipped_kernel
 from ember.codegen import cpu
-from ember.codegen import quantized_lstm as kernel
 from ember.codegen.lowering import lower_graph
 from ember.frontends.onnx import load_onnx
 from ember.ir.interpreter import evaluate
 from ember.ir.ops import _mlas_math
 from ember.ir.quantized_lstm import rows_per_group
+from ember.runtime.native import quantized_lstm as kernel
 
 pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
 INPUTS = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P",
@@ -186,7 +186,16 @@ def test_sequence_lens_past_the_sequence_is_an_execution_error():
 
 
 def test_the_kernel_builds_here():
-    """The C++ step loop, not the reference, ran the tests above."""
+    """The C++ step loop builds here and a compiled model names it: it, not the reference,
+    ran the tests above."""
+    rng = np.random.default_rng(5)
+    arrays = {"W": rng.integers(-127, 128, (1, 4, 8)).astype(np.int8),
+              "R": rng.integers(-127, 128, (1, 2, 8)).astype(np.int8),
+              "W_scale": np.array([0.02], np.float32), "W_zero_point": np.array([0], np.int8),
+              "R_scale": np.array([0.03], np.float32), "R_zero_point": np.array([0], np.int8)}
+    feeds = {"X": rng.standard_normal((4, 2, 4)).astype(np.float32)}
+    compiled = ember.compile(_model({"hidden_size": 2}, arrays, feeds, ["Y"]))
+    assert compiled._executor.program.libraries["quantized_lstm"] is not None
     assert kernel.available()
 
 

@@ -206,7 +206,7 @@ def test_torch_exported_lstm_runs_on_the_kernel(tmp_path):
 @given(data=st.data(), direction=st.sampled_from(["forward", "reverse", "bidirectional"]))
 def test_small_lstms_run_on_the_step_kernel_and_match_onnxruntime(data, direction):
     """A float32 LSTM with constant weights, full-length sequences and a small batch and
-    hidden size runs on ember's C++ step loop (codegen/lstm.py), every time, and matches
+    hidden size runs on ember's C++ step loop (runtime/native/lstm.py), every time, and matches
     the reference and onnxruntime: any direction, hidden size across SIMD widths, initial
     states or none, any outputs, the input projections made by torch's GEMM or (small
     ones) by the kernel."""
@@ -245,7 +245,7 @@ def test_small_lstms_run_on_the_step_kernel_and_match_onnxruntime(data, directio
 def test_an_artifact_ships_the_lstm_step_loop(tmp_path, monkeypatch):
     """Saved, a model with a small LSTM carries the C++ step loop's source and library:
     loaded with an empty kernel cache, nothing is compiled, and the shipped kernel runs."""
-    from ember.codegen import lstm as kernel
+    from ember.runtime.native import lstm as kernel
 
     rng = np.random.default_rng(7)
     arrays = {"W": rng.standard_normal((2, 12, 4)).astype(np.float32),

@@ -113,7 +113,7 @@ def test_a_conv_transpose_of_non_overlapping_windows_at_runtime_sizes(kernel):
     """Kernel = stride (PP-OCRv6's DB head upsampling): the pixels' GEMM runs generated at
     small sizes and on the tiled kernel beyond, at any row count (24 input channels: rows
     of few floats, `TILED_K`), the blocks gathered into y with the bias, at every size."""
-    from ember.codegen import gemm
+    from ember.runtime.native import gemm
 
     rng = np.random.default_rng(3)
     w = rng.standard_normal((24, 5, *kernel)).astype(np.float32)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
-from ember.codegen import gemm, small_conv
+from ember.runtime.native import gemm, small_conv
 from ember.frontends.onnx import load_onnx
 from ember.passes import get_pass
 from ember.testing import check_pass

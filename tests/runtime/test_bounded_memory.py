@@ -53,7 +53,7 @@ def test_bindings_are_a_small_lru(mlp):
 def test_the_arena_starts_on_a_page_as_it_grows():
     """The arena (a numpy array) is page-aligned however numpy placed it, so every planned
     buffer starts on a cache line: each larger plan reallocates it, aligned again."""
-    from ember.codegen.memory import ALIGN
+    from ember.runtime.memory import ALIGN
     from ember.runtime.executor import ARENA_ALIGNMENT
 
     rng = np.random.default_rng(2)

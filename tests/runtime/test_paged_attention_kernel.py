@@ -1,4 +1,4 @@
-"""ember's fused paged-attention kernel (codegen/paged_attention.py, through the extern in
+"""ember's fused paged-attention kernel (runtime/native/paged_attention.py, through the extern in
 runtime/externs_paged.py) against ember.PagedAttention's numpy reference, on random
 batches: sequences with no new tokens, one (decode) or many (prefill, and prefill chunks
 after cached context), cache blocks handed out shuffled, block sizes 1/4/16, GQA groups,
@@ -15,13 +15,21 @@ from hypothesis import strategies as st
 
 import ember
 from ember.codegen import cpu
-from ember.codegen import paged_attention as kernel
+from ember.codegen import handwritten
 from ember.ir import DType, Graph, TensorType, Value, symbol
 from ember.ir.ops.paged_attention import INPUTS, paged_attention
-from ember.runtime import externs_paged
+from ember.runtime import externs_paged, native
+from ember.runtime.native import paged_attention as kernel
 from ember.runtime.executor import _tensor
+from tests.native import install
 
 pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernels():
+    """The extern is called here directly, not through a program that names its libraries."""
+    install(*(f"paged_attention-{dtype}" for dtype in handwritten.PAGED_DTYPES))
 
 
 @pytest.fixture
@@ -172,17 +180,20 @@ def test_what_the_kernel_lacks_runs_on_torch(monkeypatch):
 
 
 def test_without_a_compiler_the_extern_runs_on_torch(monkeypatch):
+    """Without a C++ compiler codegen names no library for the kernel, and the extern runs
+    on torch."""
     ran = []
     monkeypatch.setattr(externs_paged, "gathered", lambda *a: ran.append(1) or _GATHERED(*a))
     monkeypatch.setattr(cpu, "compiler", lambda: None)
-    monkeypatch.setattr(kernel, "_INSTALLED", {})  # nor a library an artifact loaded earlier shipped
-    kernel._kernel.cache_clear()
+    assert handwritten.build("paged_attention-float32") is None
+    before = native.installed("paged_attention-float32")
+    native.uninstall("paged_attention-float32")
     try:
         assert not kernel.available("float32")
         feeds = _batch(np.random.default_rng(6), [(5, 2), (0, 3)], 4, 2, 8, 4)
         _check(feeds, 4, 2)
     finally:
-        kernel._kernel.cache_clear()
+        native.install({"paged_attention-float32": before})
     assert ran == [1]
 
 

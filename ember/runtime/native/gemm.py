@@ -10,7 +10,8 @@ oneDNN, whose call costs 10-40 us before any work and whose kernels ran rapid-or
 ResNet-50's at 1.0-1.5x this kernel's (on a 2-core AMD EPYC).
 
 `pack` lays a [K, N] weight out in the kernel's panels once; the externs
-(runtime/externs.py, `_tiled_pointwise`, `_TiledWeight`) call `run`.
+(runtime/externs.py, `_tiled_pointwise`, `_TiledWeight`) call `run`. The library is the
+one codegen built and the Program named (ember/codegen/handwritten.py: "gemm").
 
 `conv` is a direct channels-last convolution on the same tiles (`conv_pack`: the filter as
 panels of NR output channels, each tap's C x NR weights in turn): MR consecutive output
@@ -29,30 +30,46 @@ import ctypes
 
 import numpy as np
 
-from .handwritten import HandWritten, program_uses
+from . import function
 
 RUNS = [0]  # calls run here (tests read it)
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
-KERNEL = HandWritten("cpu_gemm.cpp", "ember_gemm", [_P, _I, _P, _P, _P, _I, _P, _I, _I, _I, _I, _I, _I],
-                     prelude=True, what="tiled GEMM", instead="oneDNN's")
+_GEMM = [_P, _I, _P, _P, _P, _I, _P, _I, _I, _I, _I, _I, _I]
+
+
+def _companion(symbol: str, argtypes: list, restype=None):
+    return function("gemm", symbol, argtypes, restype)
+
+
+def kernel():
+    """The GEMM's ctypes function (see `run` for its arguments); None where no Program named
+    the kernel's library."""
+    return _companion("ember_gemm", _GEMM)
+
+
+def available() -> bool:
+    """Whether a Program named the kernel's library (and it built)."""
+    return kernel() is not None
+
+
 ACTIVATIONS = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}  # the epilogues it runs (cpu_gemm.cpp)
 
 
 def panel_width() -> int:
     """The columns of one packed panel: 32 with AVX-512, 16 with AVX, 8 without."""
-    return int(KERNEL.companion("ember_gemm_panel", [], ctypes.c_int64)())
+    return int(_companion("ember_gemm_panel", [], ctypes.c_int64)())
 
 
 def block_rows() -> int:
     """The rows (output positions) of one register block: 12 with AVX-512, 6 without."""
-    return int(KERNEL.companion("ember_gemm_block_rows", [], ctypes.c_int64)())
+    return int(_companion("ember_gemm_block_rows", [], ctypes.c_int64)())
 
 
 def pack(w_kn: np.ndarray) -> np.ndarray | None:
     """The [K, N] float32 weight `w_kn` (any strides) in the kernel's panels, or None
-    where the kernel does not build here."""
-    packer = KERNEL.companion("ember_gemm_pack", [_P, _I, _I, _I, _I, _P])
+    where the kernel is not available."""
+    packer = _companion("ember_gemm_pack", [_P, _I, _I, _I, _I, _P])
     if packer is None:
         return None
     nr = panel_width()
@@ -64,14 +81,6 @@ def pack(w_kn: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def used_by(program) -> bool:
-    """Whether `program` (or a control-flow body in it) has an extern that may run here: a
-    float32 linear layer or Gemm (their constant weight packed for it), an attention that is
-    not causal, or a channels-last 1x1 convolution."""
-    return program_uses(program, lambda step: step.name in ("linear", "gemm")
-                        or (step.name == "attention" and not step.params.get("causal"))
-                        or (step.name == "conv" and step.params.get("channels_last")
-                            and list(step.params.get("kernel") or ()) == [1, 1]))
 
 
 def _address(a) -> int | None:
@@ -85,7 +94,7 @@ def run(x, packed, bias, total, y, rows: int, k: int, n: int, activation: str, t
     """y [rows, n] = act(x [rows, k] @ W + bias [n] + total [rows, n]), each contiguous
     (bias and total may be None; numpy arrays or torch tensors), W `packed` by `pack`,
     `activation` one of ACTIVATIONS; on `threads` threads."""
-    KERNEL.fn()(_address(x), k, _address(packed), _address(bias), _address(total), n, _address(y), n, rows, k, n,
+    _companion("ember_gemm", _GEMM)(_address(x), k, _address(packed), _address(bias), _address(total), n, _address(y), n, rows, k, n,
                 ACTIVATIONS[activation], threads)
     RUNS[0] += 1
 
@@ -94,7 +103,7 @@ def activate(y: np.ndarray, activation: str, threads: int) -> None:
     """y = act(y) in place (y a contiguous float32 array), `activation` one of ACTIVATIONS:
     the epilogue of a GEMM that ran elsewhere."""
     if ACTIVATIONS[activation]:
-        fn = KERNEL.companion("ember_activate", [_P, _I, _I, _I])
+        fn = _companion("ember_activate", [_P, _I, _I, _I])
         fn(y.ctypes.data, y.size, ACTIVATIONS[activation], threads)
 
 
@@ -108,7 +117,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     contiguous: views of a packed QKV array do), plus the additive float32 `mask`
     broadcast to [B, H, Sq, Sk] (or None), on `threads` threads (cpu_gemm.cpp:
     `ember_attention`). False where the call does not fit it (the caller runs another path)."""
-    fn = KERNEL.companion("ember_attention", [_P, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I, _I, _P, _I, _I,
+    fn = _companion("ember_attention", [_P, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I, _I, _P, _I, _I,
                                               _I, _I, _I, _I, _I, _I, ctypes.c_float, _I])
     if fn is None or q.ndim != 3 or k.ndim != 3 or v.ndim != 3 or y.ndim != 3:
         return False
@@ -146,8 +155,8 @@ CONV_MAX_TAPS = 1024  # KH x KW of a filter it takes (cpu_gemm.cpp's MAX_TAPS)
 
 def conv_pack(w: np.ndarray) -> np.ndarray | None:
     """A [O, C, KH, KW] float32 filter in the direct convolution's panels ([O/NR][KH][KW][C]
-    [NR]), or None where the kernel does not build here."""
-    packer = KERNEL.companion("ember_conv_pack", [_P, _I, _I, _I, _I, _P])
+    [NR]), or None where the kernel is not available."""
+    packer = _companion("ember_conv_pack", [_P, _I, _I, _I, _I, _P])
     if packer is None:
         return None
     o, c, kh, kw = w.shape
@@ -164,7 +173,7 @@ def conv(x, packed, bias, total, y, shape: tuple, out_channels: int, kernel: tup
     one group: x [N, H, W, C] (`shape`) with implicit zero `pads` (top, left: those below
     and right follow from `out_hw`), the filter `packed` by `conv_pack`, each argument
     contiguous (numpy arrays or torch tensors; bias and total may be None)."""
-    fn = KERNEL.companion("ember_conv", [_P, _I, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I, _P, _P, _P, _I,
+    fn = _companion("ember_conv", [_P, _I, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I, _P, _P, _P, _I,
                                          _I, _I, _I])
     if kernel[0] * kernel[1] > CONV_MAX_TAPS:
         raise ValueError(f"a {kernel[0]}x{kernel[1]} filter has more than {CONV_MAX_TAPS} taps")

@@ -1,88 +1,37 @@
-"""The fused CPU kernel of ember.PagedAttention (cpu_paged_attention.cpp): built once with
-the system C++ compiler (ember's CPU prelude pasted first), cached like every kernel
-library, and called through ctypes with the data pointers of the op's arrays.
+"""The fused CPU kernel of ember.PagedAttention (codegen's cpu_paged_attention.cpp, one
+library per element type: ember/codegen/handwritten.py, "paged_attention-<dtype>"), called
+through ctypes with the data pointers of the op's arrays.
 
 `paged_attention(dtype, arrays, sizes, ...)` runs it; it returns False, having done nothing,
 where its indices do not describe a valid batch (a slot or block past the cache, a sequence
 shorter than its new tokens), so that the caller's slower path can report the error.
-`available(dtype)` says whether there is a kernel for that element type at all: float32,
-float16 and bfloat16 (which compute in float32), given a C++ compiler. Each type is its own
-library, built the first time it is asked for.
+`available(dtype)` says whether a Program named the kernel's library for that element type
+(float32, float16 or bfloat16, which compute in float32) and it built.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import logging
-from pathlib import Path
 
-from ..errors import ExecutionError
-from . import cpu
-from .cpu_prelude import PRELUDE
+from . import function
 
-log = logging.getLogger("ember.codegen")
-
-DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # -> the kernel's element type
 # the pointer and size arguments, in the order of the kernel's P_* and S_* enums
 ARRAYS = ("q", "k", "v", "k_cache", "v_cache", "slot_mapping", "block_tables", "query_start_loc", "seq_lens", "y",
           "bias")
 SIZES = ("num_tokens", "num_seqs", "max_blocks", "num_blocks", "block_size", "num_heads", "kv_num_heads",
          "head_dim", "v_head_dim", "q_stride", "k_stride", "v_stride", "y_stride", "sliding_window", "threads",
          "causal", "k_slot_stride", "v_slot_stride", "bias_seq_stride", "bias_head_stride", "bias_query_stride")
-SOURCE = Path(__file__).with_name("cpu_paged_attention.cpp")
 
 
-_INSTALLED: dict[str, str] = {}  # dtype -> a library an artifact shipped for this machine
-
-
-def source(dtype: str) -> str:
-    """The C++ of `dtype`'s kernel (one translation unit)."""
-    return f"{PRELUDE}\n#define EMBER_PAGED_ELEMENT {DTYPES[dtype]}\n{SOURCE.read_text()}"
-
-
-def library(dtype: str) -> Path | None:
-    """The built library of `dtype`'s kernel (built now if the kernel cache lacks it);
-    None without a C++ compiler."""
-    if dtype in _INSTALLED:
-        return Path(_INSTALLED[dtype])
-    return None if cpu.compiler() is None else cpu.build(source(dtype))
-
-
-def install(dtype: str, path: str) -> None:
-    """Use the library at `path` (an artifact's, built for this machine) as `dtype`'s
-    kernel, rather than building it: loading an artifact runs no C++ compiler."""
-    _INSTALLED[dtype] = path
-
-
-def dtypes_used(program) -> list[str]:
-    """The element types `program`'s steps run this kernel for: its paged-attention steps'
-    and its float32 attention steps' (packed rows run on it: `dense_attention`)."""
-    used = set()
-    for step in program.steps:
-        if step.kind == "extern" and step.name in ("attention", "paged_attention"):
-            dtype = program.buffers[step.args[0]].dtype.name
-            if dtype in DTYPES and (step.name == "paged_attention" or dtype == "float32"):
-                used.add(dtype)
-    return sorted(used)
-
-
-@functools.lru_cache(maxsize=None)
 def _kernel(dtype: str):
-    """The kernel for `dtype`'s elements, built on first use; None without a compiler."""
-    if dtype not in _INSTALLED and cpu.compiler() is None:
-        return None
-    try:
-        fn = cpu.load(str(library(dtype))).ember_paged_attention
-    except ExecutionError as e:
-        log.warning("ember: the %s paged-attention kernel did not build; it runs on torch instead:\n%s", dtype, e)
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float], ctypes.c_int
-    return fn
+    """The kernel for `dtype`'s elements; None where no Program named its library."""
+    return function(f"paged_attention-{dtype}", "ember_paged_attention",
+                    [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float], ctypes.c_int)
 
 
 def available(dtype: str) -> bool:
-    return dtype in DTYPES and _kernel(dtype) is not None
+    return _kernel(dtype) is not None
 
 
 def paged_attention(dtype: str, arrays: dict[str, int], sizes: dict[str, int], scale: float) -> bool:

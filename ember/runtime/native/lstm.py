@@ -1,5 +1,5 @@
-"""The step loop of a float32 LSTM (cpu_lstm.cpp, a hand-written kernel: codegen/
-handwritten.py). The `recurrent` extern runs an LSTM on it where torch's RNN kernel would
+"""The step loop of a float32 LSTM (codegen's cpu_lstm.cpp: ember/codegen/handwritten.py,
+"lstm"). The `recurrent` extern runs an LSTM on it where torch's RNN kernel would
 spend its time on dispatch: batch 1-8 and small hidden sizes, as wake-word heads and
 voice-activity models have (openWakeWord's hey_mycroft: two bidirectional LSTMs of 16
 steps took 0.46 ms in torch)."""
@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import ctypes
 
-from .handwritten import HandWritten, program_uses
+from . import function
 
-KERNEL = HandWritten("cpu_lstm.cpp", "ember_lstm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 +
-                     [ctypes.c_void_p] * 3 + [ctypes.c_int64], prelude=True, what="LSTM")
+_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
 
 
-def used_by(program) -> bool:
-    """Whether `program` (or a control-flow body in it) has an LSTM the kernel may run
-    (the `recurrent` extern's)."""
-    return program_uses(program, lambda step: step.name == "recurrent" and step.params.get("op") == "LSTM")
+def _kernel():
+    return function("lstm", "ember_lstm", _ARGS)
+
+
+def available() -> bool:
+    """Whether a Program named the kernel's library (and it built)."""
+    return _kernel() is not None
 
 
 def run(xw, r, h, c, y, backward: list[bool], threads: int = 1, x=None, w=None, bias=None) -> None:
@@ -33,6 +35,6 @@ def run(xw, r, h, c, y, backward: list[bool], threads: int = 1, x=None, w=None, 
     else:
         _, steps, batch, _ = xw.shape
         projection = (None, None, None, 0)
-    KERNEL.fn()(None if xw is None else xw.data_ptr(), r.data_ptr(), h.data_ptr(), c.data_ptr(),
-                None if y is None else y.data_ptr(), dirs, steps, batch, hidden,
-                sum(1 << d for d, back in enumerate(backward) if back), max(1, min(threads, dirs)), *projection)
+    _kernel()(None if xw is None else xw.data_ptr(), r.data_ptr(), h.data_ptr(), c.data_ptr(),
+              None if y is None else y.data_ptr(), dirs, steps, batch, hidden,
+              sum(1 << d for d, back in enumerate(backward) if back), max(1, min(threads, dirs)), *projection)

@@ -1,0 +1,103 @@
+"""The C++ libraries a Program names, loaded and called through ctypes: its generated
+kernels' library (`Program.library`) and the hand-written kernels codegen built for it
+(`Program.libraries`: the tiled GEMM, the small convolution, the LSTM and
+DynamicQuantizeLSTM step loops, paged attention; their sources and builds are codegen's,
+ember/codegen/handwritten.py). The runtime builds nothing: a kernel no Program has named
+(or one that did not build) is not available, and its extern takes its other path.
+
+`install(program.libraries)` (the executor, when it is made) records and loads them;
+the modules beside this one wrap their functions (`function`). A hand-written kernel is
+one library per process: every Program that names it names the same source's build.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+log = logging.getLogger("ember.runtime")
+
+_PATHS: dict[str, str] = {}  # kernel name -> the library installed for it
+_FUNCTIONS: dict[tuple[str, str], object] = {}  # (kernel, symbol) -> its typed ctypes function
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_openmp() -> None:
+    """Load the OpenMP runtime torch ships (torch/lib/libgomp*.so*) before any kernel
+    library, so the kernels and torch share torch's own runtime (one pool of threads)
+    whichever comes first: a kernel library loaded first would bring in the system's
+    libgomp, and torch, imported later, would be bound to that one instead of the one it
+    was built with (the dynamic linker matches libgomp.so.1 by name). Found without
+    importing torch (~1 s, which a program that runs only ember's kernels never pays);
+    where torch ships none, torch itself is imported first."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return
+    found = sorted((Path(spec.origin).parent / "lib").glob("libgomp*.so*"))
+    if found:
+        ctypes.CDLL(str(found[0]), mode=ctypes.RTLD_GLOBAL)
+    else:
+        import torch  # noqa: F401
+
+
+@functools.lru_cache(maxsize=256)
+def load(path: str) -> ctypes.CDLL:
+    """The shared library at `path`, loaded once per process."""
+    _torch_openmp()
+    return ctypes.CDLL(path)
+
+
+def install(libraries: Mapping[str, str | None]) -> None:
+    """Use the libraries of `libraries` (kernel name -> path; None: it did not build) for
+    those kernels, loaded now (not in a first run). A path that does not load is logged
+    and its kernel left as it was."""
+    for name, path in libraries.items():
+        if not path or _PATHS.get(name) == path:
+            continue
+        try:
+            load(path)
+        except OSError as e:
+            log.warning("ember: the %s kernel's library %s does not load (%s); its extern takes its other path",
+                        name, path, e)
+            continue
+        _PATHS[name] = path
+        for key in [k for k in _FUNCTIONS if k[0] == name]:
+            del _FUNCTIONS[key]
+
+
+def uninstall(name: str | None = None) -> None:
+    """Forget kernel `name` (every kernel: None): until a Program names it again it is not
+    available (tests)."""
+    for kernel in [name] if name is not None else list(_PATHS):
+        _PATHS.pop(kernel, None)
+        for key in [k for k in _FUNCTIONS if k[0] == kernel]:
+            del _FUNCTIONS[key]
+
+
+def installed(name: str) -> str | None:
+    """The path of the library installed for kernel `name`, or None."""
+    return _PATHS.get(name)
+
+
+def function(name: str, symbol: str, argtypes: list, restype=None):
+    """Function `symbol` of kernel `name`'s library, typed; None where no Program has
+    named a library for it."""
+    key = (name, symbol)
+    fn = _FUNCTIONS.get(key)
+    if fn is None:
+        path = _PATHS.get(name)
+        if path is None:
+            return None
+        fn = getattr(load(path), symbol)
+        fn.argtypes, fn.restype = argtypes, restype
+        _FUNCTIONS[key] = fn
+    return fn
+
+
+def available(name: str) -> bool:
+    return name in _PATHS

@@ -1,0 +1,12 @@
+"""Hand-written kernels for tests that call their wrappers (ember/runtime/native/) directly
+rather than through a compiled program, which names the libraries it needs itself."""
+
+from ember.codegen import handwritten
+from ember.runtime import native
+
+
+def install(*names: str) -> None:
+    """Build (or find in the kernel cache) and install kernels `names`; each must build."""
+    native.install({name: handwritten.build(name) for name in names})
+    missing = [name for name in names if not native.available(name)]
+    assert not missing, f"the hand-written kernels {missing} did not build"
