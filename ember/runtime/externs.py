@@ -160,7 +160,8 @@ class _TiledWeight:
         does not fit the kernel (the caller goes on)."""
         k, n = self.kn.shape
         gemm = _gemm
-        if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim == 0 or x.shape[-1] != k
+        if (not gemm.available()  # (no Program in this process named its library)
+                or not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim == 0 or x.shape[-1] != k
                 or activation not in gemm.ACTIVATIONS
                 or (bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype != np.float32
                                           or not bias.flags.c_contiguous or bias.size != n))
