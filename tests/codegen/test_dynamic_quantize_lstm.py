@@ -185,16 +185,21 @@ def test_sequence_lens_past_the_sequence_is_an_execution_error():
         compiled.run(feeds)
 
 
-def test_the_kernel_builds_here():
-    """The C++ step loop builds here and a compiled model names it: it, not the reference,
-    ran the tests above."""
+def _small_int8_lstm(outputs):
+    """A 2-unit int8 LSTM over 4 steps of 2 rows, and its feeds."""
     rng = np.random.default_rng(5)
     arrays = {"W": rng.integers(-127, 128, (1, 4, 8)).astype(np.int8),
               "R": rng.integers(-127, 128, (1, 2, 8)).astype(np.int8),
               "W_scale": np.array([0.02], np.float32), "W_zero_point": np.array([0], np.int8),
               "R_scale": np.array([0.03], np.float32), "R_zero_point": np.array([0], np.int8)}
     feeds = {"X": rng.standard_normal((4, 2, 4)).astype(np.float32)}
-    compiled = ember.compile(_model({"hidden_size": 2}, arrays, feeds, ["Y"]))
+    return _model({"hidden_size": 2}, arrays, feeds, outputs), feeds
+
+
+def test_the_kernel_builds_here():
+    """The C++ step loop builds here and a compiled model names it: it, not the reference,
+    ran the tests above."""
+    compiled = ember.compile(_small_int8_lstm(["Y"])[0])
     assert compiled._executor.program.libraries["quantized_lstm"] is not None
     assert kernel.available()
 
@@ -237,13 +242,8 @@ def test_without_the_kernel_the_extern_runs_the_reference_equal_to_onnxruntime(m
 def test_an_artifact_ships_the_step_loop_built_for_this_machine(tmp_path, monkeypatch):
     """Saved, the model carries the C++ step loop's source and library: loaded with an empty
     kernel cache, nothing is compiled, and the shipped kernel runs."""
-    rng = np.random.default_rng(5)
-    arrays = {"W": rng.integers(-127, 128, (1, 4, 8)).astype(np.int8),
-              "R": rng.integers(-127, 128, (1, 2, 8)).astype(np.int8),
-              "W_scale": np.array([0.02], np.float32), "W_zero_point": np.array([0], np.int8),
-              "R_scale": np.array([0.03], np.float32), "R_zero_point": np.array([0], np.int8)}
-    feeds = {"X": rng.standard_normal((4, 2, 4)).astype(np.float32)}
-    compiled = ember.compile(_model({"hidden_size": 2}, arrays, feeds, ["Y", "Y_h"]))
+    model, feeds = _small_int8_lstm(["Y", "Y_h"])
+    compiled = ember.compile(model)
     runs_the_shipped_kernel(compiled, feeds, kernel, "quantized_lstm", tmp_path, monkeypatch)
 
 
