@@ -1,0 +1,94 @@
+"""Running a graph's Kernel IR through the Triton renderer (codegen/triton.py) on CPU
+tensors, every kernel in Triton's interpreter (TRITON_INTERPRET=1, set before triton is
+imported): the buffers as flat torch tensors (a view shares its base's), the sizes bound
+from the inputs' shapes, the kernels launched in order. Graphs whose lowering has an
+extern or a fallback are not this harness's (`Unsupported`)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ember.codegen import triton as renderer  # noqa: E402
+from ember.codegen.lowering import lower_graph  # noqa: E402
+from ember.ir.ops._lowering import NotLowerable  # noqa: E402
+from ember.ir.sizes import evaluate  # noqa: E402
+
+
+class Unsupported(Exception):
+    """The lowering has kernels this harness does not run (externs, fallbacks)."""
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A flat copy of `array` as a torch tensor (bfloat16 through its bits)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if flat.dtype.name == "bfloat16":
+        return torch.from_numpy(flat.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(flat.copy())
+
+
+def _array(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(dtype)
+    return tensor.numpy()
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.bfloat16 if dtype.name == "bfloat16" else torch.from_numpy(np.zeros(0, dtype)).dtype
+
+
+def run(graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    try:
+        lowered = lower_graph(graph)
+    except NotLowerable as e:  # sequences or optionals at the graph's boundary
+        raise Unsupported(str(e)) from None
+    if lowered.fallbacks:
+        raise Unsupported(f"fallbacks: {lowered.fallbacks[:3]}")
+    kinds = {k.kind for k in lowered.kernels}
+    if kinds - {"pointwise", "reduction"}:
+        raise Unsupported(f"kernels of kind {sorted(kinds - {'pointwise', 'reduction'})}")
+    buffers = lowered.buffers
+    values: dict = {}
+    for name, feed in zip(lowered.inputs, feeds.values()):
+        for d, n in zip(buffers[name].shape, np.shape(feed)):
+            if getattr(d, "is_Symbol", False):
+                values[d] = int(n)
+    symbols = sorted(values, key=lambda s: s.name)
+    source = renderer.render(lowered.kernels, buffers, symbols)
+    module = renderer.load(source)
+    tensors: dict[str, torch.Tensor] = {}
+
+    def numel(b) -> int:
+        return int(np.prod([evaluate(d, values) for d in b.shape])) if b.shape else 1
+
+    for name, b in buffers.items():
+        if b.view_of is not None:
+            continue
+        dtype = _torch_dtype(b.dtype.numpy)
+        if b.kind == "input":
+            tensors[name] = _tensor(np.asarray(feeds[list(feeds)[lowered.inputs.index(name)]], dtype=b.dtype.numpy))
+        elif b.kind == "constant":
+            tensors[name] = _tensor(np.asarray(lowered.constants[name], dtype=b.dtype.numpy))
+        elif b.kind == "fill":
+            tensors[name] = torch.tensor([evaluate(f, values) for f in b.fill], dtype=dtype)
+        else:
+            tensors[name] = torch.full((max(numel(b), 1),), 7, dtype=dtype) if dtype != torch.bool else \
+                torch.zeros(max(numel(b), 1), dtype=dtype)
+    for name, b in buffers.items():
+        root = b
+        while root.view_of is not None:
+            root = buffers[root.view_of]
+        tensors[name] = tensors[root.name]
+    S = [values[s] for s in symbols]
+    for k in lowered.kernels:
+        getattr(module, f"launch_{k.name}")(tensors, S)
+    out = {}
+    for name, value in zip(lowered.outputs, graph.outputs):
+        b = buffers[name]
+        shape = tuple(evaluate(d, values) for d in b.shape)
+        out[value.name] = _array(tensors[name][:numel(b)], b.dtype.numpy).reshape(shape)
+    return out
