@@ -12,12 +12,15 @@ arguments (`s<i>`: sizes are never baked in), block sizes as `tl.constexpr`:
                 variables come back from the flat index by div/mod with the runtime sizes;
                 every load and store masked.
     reduction   one program per row (the outer ranges); the reduction ranges flattened and
-                walked RBLOCK elements at a time (one pass where they fit: RBLOCK is the
-                launcher's `min(next_pow2(elements), MAX_RBLOCK)`), each `reduce` stage
-                folding into a vector accumulator (float32 for 16-bit floats) reduced at its
-                end, `loop` stages storing, `row` stages on the row's scalars.
+                held at once where a row fits RBLOCK (PERSISTENT), else walked RBLOCK elements
+                at a time; each `reduce` stage folding into a vector accumulator (float32 for
+                16-bit floats) reduced at its end, `loop` stages storing, `row` stages on the
+                row's scalars.
 
-Offsets are int64. Float16 and bfloat16 load and store as themselves and compute in
+BLOCK, RBLOCK and num_warps come from a small fixed table by element count
+(POINTWISE_CONFIGS, REDUCTION_CONFIGS: a few compiled variants a kernel, whatever the
+sizes). Offsets are int32 where every buffer the kernel touches and its grid are below
+INT32_INDEX_LIMIT elements, else int64 (the launcher's INDEX). Float16 and bfloat16 load and store as themselves and compute in
 float32, as the C++ kernels do. The math Triton's core lacks (tanh, the inverse and
 hyperbolic trigonometry, log1p, expm1, pow, fmod, round half to even) is written in the
 module's prelude on Triton's core ops (`tl.exp`, `tl.log`, `tl.sqrt`, ...), so it runs the
@@ -43,8 +46,13 @@ from .._deferred import sympy
 from ..ir.dtypes import DType
 from ..ir.kernel import Body, Buffer, Kernel, Stage, loop_vars
 
-BLOCK = 1024  # elements a pointwise program computes
-MAX_RBLOCK = 1024  # reduction elements a program holds at once: more are walked in a loop
+# The launch configurations, a small fixed table (each entry one compiled variant of a kernel):
+# pointwise (elements up to, BLOCK, num_warps), the first that fits...
+POINTWISE_CONFIGS = ((1 << 12, 256, 2), (1 << 20, 1024, 4), (None, 1024, 8))
+# ...and reduction (elements of a row up to, RBLOCK, num_warps): a row that fits its RBLOCK
+# is held at once (persistent), a longer one walked 1024 at a time
+REDUCTION_CONFIGS = ((128, 128, 1), (512, 512, 4), (None, 1024, 8))
+INT32_INDEX_LIMIT = 1 << 30  # a kernel whose every buffer and grid is smaller indexes in int32
 
 TL = {DType.float32: "tl.float32", DType.float64: "tl.float64", DType.float16: "tl.float16",
       DType.bfloat16: "tl.bfloat16", DType.int8: "tl.int8", DType.int16: "tl.int16", DType.int32: "tl.int32",
@@ -450,7 +458,7 @@ class _Index:
         if e.is_Symbol:
             if e.name.startswith("$"):
                 name = e.name[1:]
-                return name if name[0] in "xr" else f"{name}.to(tl.int64)"
+                return name if name[0] in "xr" else f"{name}.to(INDEX)"
             if e not in self.symbols:
                 raise NotRenderable(f"size {e} is not bound by any input")
             self.used.add(self.symbols[e])
@@ -602,33 +610,36 @@ class _KernelWriter:
         """(the kernel's body lines, its parameters after the buffers and sizes)."""
         k = self.k
         if k.kind == "pointwise" and k.serial:  # elements in order, one at a time (a scatter's duplicates)
-            lines = ["offs = tl.zeros([], tl.int64)", "while offs < numel:"]
+            lines = ["offs = tl.zeros([], INDEX)", "while offs < numel:"]
             lines += ["    " + line for line in self._decompose(k.ranges, loop_vars(len(k.ranges)), "offs")]
             lines += ["    " + line for line in self.stmts(k.body, "")] + ["    offs += 1"]
-            return lines, ["numel", "BLOCK: tl.constexpr"]
+            return lines, ["numel", "BLOCK: tl.constexpr", "INDEX: tl.constexpr"]
         if k.kind == "pointwise":
-            lines = ["offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)", "mask = offs < numel",
+            lines = ["offs = tl.program_id(0).to(INDEX) * BLOCK + tl.arange(0, BLOCK).to(INDEX)", "mask = offs < numel",
                      "zero = tl.zeros_like(offs)"]
             lines += self._decompose(k.ranges, loop_vars(len(k.ranges)), "offs")
             lines += self.stmts(k.body, "mask")
-            return lines, ["numel", "BLOCK: tl.constexpr"]
+            return lines, ["numel", "BLOCK: tl.constexpr", "INDEX: tl.constexpr"]
         if k.kind != "reduction":
             raise NotRenderable(f"a {k.kind} kernel")
-        lines = ["row = tl.program_id(0).to(tl.int64)"]
+        lines = ["row = tl.program_id(0).to(INDEX)"]
         lines += self._decompose(k.ranges, loop_vars(len(k.ranges)), "row")
         for stage in k.stages:
             lines += self._stage(stage)
-        return lines, ["rnumel", "RBLOCK: tl.constexpr"]
+        return lines, ["rnumel", "RBLOCK: tl.constexpr", "INDEX: tl.constexpr", "PERSISTENT: tl.constexpr"]
 
     def _walk(self, body: list[str]) -> list[str]:
-        """`body` in a loop over the reduction's elements, RBLOCK at a time (a `while` on
-        the runtime size: Triton's interpreter cannot take a `range` to a runtime int)."""
-        head = ["rbase = tl.zeros([], tl.int64)", "while rbase < rnumel:",
-                "    roffs = rbase + tl.arange(0, RBLOCK).to(tl.int64)", "    rmask = roffs < rnumel",
-                "    zero = tl.zeros_like(roffs)"]
-        head += ["    " + line for line in self._decompose(self.k.reduction, loop_vars(len(self.k.reduction), "r"),
-                                                          "roffs")]
-        return head + ["    " + line for line in body] + ["    rbase += RBLOCK"]
+        """`body` over the reduction's elements: at once where the row fits RBLOCK
+        (PERSISTENT), else in a loop RBLOCK at a time (a `while` on the runtime size:
+        Triton's interpreter cannot take a `range` to a runtime int)."""
+        index = ["rmask = roffs < rnumel", "zero = tl.zeros_like(roffs)"]
+        index += self._decompose(self.k.reduction, loop_vars(len(self.k.reduction), "r"), "roffs")
+        lines = ["if PERSISTENT:", "    roffs = tl.arange(0, RBLOCK).to(INDEX)"]
+        lines += ["    " + line for line in index + body]
+        lines += ["else:", "    rbase = tl.zeros([], INDEX)", "    while rbase < rnumel:",
+                  "        roffs = rbase + tl.arange(0, RBLOCK).to(INDEX)"]
+        lines += ["        " + line for line in index + body] + ["        rbase += RBLOCK"]
+        return lines
 
     def _stage(self, stage: Stage) -> list[str]:
         if stage.kind == "row":
@@ -671,6 +682,17 @@ _MODULE = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing
     r'''# generated by ember (codegen/triton.py): {{ kernels | length }} kernels
 {{ prelude }}
 
+POINTWISE_CONFIGS = {{ pointwise_configs }}
+REDUCTION_CONFIGS = {{ reduction_configs }}
+
+
+def _config(table, n):
+    """(block, num_warps) of the table's first entry for `n` elements."""
+    for limit, block, warps in table:
+        if limit is None or n <= limit:
+            return block, warps
+
+
 @triton.jit
 def _mul(a, b):
     return a * b
@@ -688,16 +710,18 @@ def launch_{{ k.name }}(B, S):
 {% for i in k.sizes %}
     s{{ i }} = S[{{ i }}]
 {% endfor %}
+    index = tl.int32 if {{ k.extent }} < {{ int32_limit }} else tl.int64
 {% if k.kind == "pointwise" %}
     numel = {{ k.numel }}
     if numel > 0:
-        {{ k.name }}[({{ "1" if k.serial else "triton.cdiv(numel, %d)" % block }},)]({{ k.args | join(", ") }}, numel, BLOCK={{ block }})
+        block, warps = _config(POINTWISE_CONFIGS, numel)
+        {{ k.name }}[({{ "1" if k.serial else "triton.cdiv(numel, block)" }},)]({{ k.args | join(", ") }}, numel, BLOCK=block, INDEX=index, num_warps=warps)
 {% else %}
     rows = {{ k.rows }}
     rnumel = {{ k.rnumel }}
     if rows > 0:
-        rblock = min(triton.next_power_of_2(max(rnumel, 1)), {{ max_rblock }})
-        {{ k.name }}[(rows,)]({{ k.args | join(", ") }}, rnumel, RBLOCK=rblock)
+        rblock, warps = _config(REDUCTION_CONFIGS, rnumel)
+        {{ k.name }}[(rows,)]({{ k.args | join(", ") }}, rnumel, RBLOCK=rblock, INDEX=index, PERSISTENT=rnumel <= rblock, num_warps=warps)
 {% endif %}
 {% endfor %}
 ''')
@@ -720,12 +744,15 @@ def render(kernels: list[Kernel], buffers: dict[str, Buffer], symbols: list) -> 
             extra = {"rows": launch(sympy.Mul(*k.ranges) if k.ranges else 1),
                      "rnumel": launch(sympy.Mul(*k.reduction) if k.reduction else 1)}
         names = sorted(writer.used_buffers)
+        grid = [extra.get("numel", "0"), f"{extra.get('rows', '1')} * {extra.get('rnumel', '0')}"]
+        extent = f"max({', '.join([*grid, *(launch(buffers[n].numel) for n in names)])})"
         sizes = sorted(writer.index.used | launch.used)
         rendered.append({"name": k.name, "kind": k.kind, "serial": k.serial, "lines": lines or ["pass"],
                          "params": [*names, *(f"s{i}" for i in sizes), *tail],
                          "args": [*(f"B[{n!r}]" for n in names), *(f"s{i}" for i in sizes)],
-                         "sizes": sizes, **extra})
-    return _MODULE.render(prelude=PRELUDE, kernels=rendered, block=BLOCK, max_rblock=MAX_RBLOCK)
+                         "sizes": sizes, "extent": extent, **extra})
+    return _MODULE.render(prelude=PRELUDE, kernels=rendered, pointwise_configs=repr(POINTWISE_CONFIGS),
+                          reduction_configs=repr(REDUCTION_CONFIGS), int32_limit=INT32_INDEX_LIMIT)
 
 
 @functools.lru_cache(maxsize=64)

@@ -224,3 +224,26 @@ def test_every_node_case_on_triton_kernels(shard):
     passed, out_of_scope, failed = _run_cases(_cases(SHARDS, shard))
     assert not failed, failed
     assert passed > 50, (passed, out_of_scope)
+
+
+def test_int64_offsets_past_the_int32_limit(monkeypatch):
+    """A kernel indexes in int32 below INT32_INDEX_LIMIT elements and in int64 past it (the
+    limit lowered here so that a small tensor crosses it): the same results either way."""
+    x = np.linspace(-3, 3, 3000, dtype=np.float32)
+    graph = _graph(_unary("Tanh"))
+    small = runner.run(graph, {"x": x})["y"]
+    monkeypatch.setattr(renderer, "INT32_INDEX_LIMIT", 100)
+    source = renderer.render(*_lowered(graph))
+    assert "< 100 else tl.int64" in source
+    wide = runner.run(graph, {"x": x})["y"]
+    np.testing.assert_array_equal(wide, small)
+    np.testing.assert_allclose(wide, np.tanh(x), rtol=5e-7, atol=1e-7)
+
+
+def _lowered(graph):
+    from ember.codegen.lowering import lower_graph
+
+    lowered = lower_graph(graph)
+    symbols = sorted({d for name in lowered.inputs for d in lowered.buffers[name].shape if getattr(d, "is_Symbol", False)},
+                     key=lambda s: s.name)
+    return lowered.kernels, lowered.buffers, symbols
