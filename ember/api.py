@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the frontend and the passes load in compile(): ember.load n
     from .artifact import DeferredGraph
     from .passes import PassStats
 
-TARGETS = ("cpu",)
+TARGETS = ("cpu", "cuda")  # codegen/target.py
 
 
 @dataclass
@@ -94,7 +94,18 @@ class CompiledModel:
         self.llm: LLMInfo | None = None
         self.artifact: dict[str, Any] | None = None  # loaded from one: its path, digest and versions
         t0 = time.perf_counter()
-        if program is None and codegen and os.environ.get("EMBER_CODEGEN", "1") != "0" and cpu.compiler() is not None:
+        device = target != "cpu" and program is None and codegen and os.environ.get("EMBER_CODEGEN", "1") != "0"
+        if device:  # Triton kernels on torch tensors of a device (codegen/target.py)
+            from .codegen.target import TARGETS as _TARGETS
+            from .ir.ops._lowering import NotLowerable
+            from .runtime.device import DeviceExecutor
+
+            try:
+                self.program = generate(graph, _TARGETS[target])
+            except NotLowerable:  # values the device cannot hold: every node on the reference
+                self.program, device = None, False
+            timings["codegen"] = time.perf_counter() - t0
+        elif program is None and codegen and os.environ.get("EMBER_CODEGEN", "1") != "0" and cpu.compiler() is not None:
             from .ir.ops._lowering import NotLowerable  # (the ops load with the compiler, not for ember.load)
 
             try:
@@ -102,7 +113,11 @@ class CompiledModel:
             except NotLowerable:  # sequences or optionals cross the graph's boundary
                 self.program = None
             timings["codegen"] = time.perf_counter() - t0
-        if self.program is not None:
+        if device:
+            t0 = time.perf_counter()
+            self._executor = DeviceExecutor(self.program, _TARGETS[target].run_device())
+            fallbacks, kernels, fused = self.program.fallbacks, self.program.num_kernels, self.program.fused_nodes
+        elif self.program is not None:
             t0 = time.perf_counter()
             self._executor = Executor(self.program, threads=intra_op_threads or default_threads())
             self._executor.profile = [] if profile else None
@@ -163,6 +178,9 @@ class CompiledModel:
         LLM its tokenizer. `ember.load(path)` runs it again with no compiling."""
         from .artifact import save
 
+        if self.target != "cpu":
+            raise UnsupportedError(f"saving a model compiled for {self.target!r} is not supported yet (artifacts hold "
+                                   "cpu programs): compile it for 'cpu' to save it")
         return save(self, path)
 
     def profile(self, trace: str | os.PathLike | None = None) -> str:
@@ -218,6 +236,9 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     target, option or pass. A `Graph` is compiled as given: passes edit it in place."""
     if target not in TARGETS:
         raise UnsupportedError(f"target {target!r} is not available; choose one of {', '.join(TARGETS)}")
+    from .codegen.target import TARGETS as _TARGETS
+
+    _TARGETS[target].check()
     base_dir = options.pop("base_dir", None)
     codegen = options.pop("codegen", True)
     threads = options.pop("intra_op_threads", None)

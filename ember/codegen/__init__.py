@@ -17,14 +17,24 @@ if TYPE_CHECKING:
     from ..ir.kernel import Program
 
 
-def generate(graph: Graph) -> Program:
+def generate(graph: Graph, target=None) -> Program:
+    """The Program of `graph` for `target` (a codegen.target.Target; None: cpu)."""
     from ..ir.kernel import Program, Step
     from . import cpu, handwritten
     from .memory import program_lifetimes
     from .lowering import lower_graph
 
-    store_weights_transposed(graph)
-    lowered = lower_graph(graph)
+    triton = target is not None and target.renderer == "triton"
+    if not triton:
+        store_weights_transposed(graph)  # (a layout for the CPU's GEMM packing)
+    lowered = lower_graph(graph, target)
+    if triton:  # the device holds every buffer as a torch tensor: none of another type
+        from ..ir.ops._lowering import NotLowerable
+
+        odd = sorted({b.dtype.name if b.dtype is not None else b.kind for b in lowered.buffers.values()
+                      if b.dtype not in target.kernel_dtypes or b.kind == "dynamic"})
+        if odd:
+            raise NotLowerable(f"values of type {', '.join(odd)} on the {target.name} target")
     buffers = lowered.buffers
     slots = {name: i for i, name in enumerate(buffers)}
     symbols: set[sympy.Symbol] = set()
@@ -62,7 +72,7 @@ def generate(graph: Graph) -> Program:
             params = dict(k.params)
             n = params.pop("num_inputs")
             if k.extern == "control":  # If/Loop/Scan: each body is a program of its own
-                params["programs"] = [generate(body) for body in params["bodies"]]
+                params["programs"] = [generate(body, target) for body in params["bodies"]]
             steps.append(Step(k.kind, k.extern or k.nodes[0], k.args, n, params, nodes=k.nodes,
                               parts=((frozenset(k.args) | {b for _, b in params.get("scope", ())}) - {""},)))
             extern_steps[k.name] = steps[-1]
@@ -74,10 +84,20 @@ def generate(graph: Graph) -> Program:
     program = Program(buffers, slots, ordered, steps, lowered.inputs, lowered.outputs, lowered.constants,
                       num_kernels=len(lowered.kernels) - len(lowered.fallbacks), fused_nodes=lowered.fused_nodes,
                       fallbacks=lowered.fallbacks)
-    if generated:
+    if generated and triton:
+        from . import triton as triton_renderer
+
+        try:
+            program.source = triton_renderer.render(generated, buffers, ordered)
+        except triton_renderer.NotRenderable as e:
+            from ..errors import UnsupportedError
+
+            raise UnsupportedError(f"the {target.name} target cannot render a kernel of this model: {e}") from None
+        program.library = str(triton_renderer.write(program.source))
+    elif generated:
         program.source = cpu.render(generated, buffers, slots, {s: i for i, s in enumerate(ordered)}, segments)
         program.library = str(cpu.build(program.source))
-    program.libraries = handwritten.libraries(program)
+    program.libraries = {} if triton else handwritten.libraries(program)
     program.lifetimes = program_lifetimes(program)
     return program
 

@@ -61,8 +61,10 @@ class LoweringContext:
     """Lowers one graph to Kernel IR: the context every op's lowering is given (it
     implements `ember.ir.ops._lowering.LoweringContext`, the protocol lowerings see)."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, target=None):
         self.graph = graph
+        self.target = target  # a codegen.target.Target (None: the CPU's kernels and every extern)
+        self.kernel_dtypes = KERNEL_DTYPES if target is None else target.kernel_dtypes
         self.known = infer_types(graph)
         self.buffers: dict[str, Buffer] = {}
         self.kernels: list[Kernel] = []
@@ -157,6 +159,8 @@ class LoweringContext:
         is allocated by the extern itself: it returns its outputs, and the executor binds
         those symbols from their shapes, as it does for a fallback's result, so the
         kernels after it run with those sizes."""
+        if self.target is not None and self.target.externs is not None and name not in self.target.externs:
+            raise NotLowerable(f"no {name} kernel on the {self.target.name} target")
         dtypes = {r.dtype for r in inputs if r is not None} | {dtype for dtype, _ in outputs}
         if not dtypes <= EXTERN_DTYPES:
             raise NotLowerable(f"dtype {min(d.name for d in dtypes - EXTERN_DTYPES)} in an extern (torch has no view of it)")
@@ -219,7 +223,7 @@ class LoweringContext:
         from ..passes import PassManager, build_pipeline
 
         graph, _ = PassManager(build_pipeline(2)).run(graph)
-        lowered = lower_graph(graph)
+        lowered = lower_graph(graph, self.target)
         if lowered.fallbacks:
             raise NotLowerable(f"{where} has nodes on the fallback ({', '.join(lowered.fallbacks[:3])})")
         return graph
@@ -392,7 +396,7 @@ class LoweringContext:
             t = v.type
             if not isinstance(t, TensorType) or t.shape is None:
                 return "a value that is not a tensor of known rank"
-            if t.dtype not in KERNEL_DTYPES:
+            if t.dtype not in self.kernel_dtypes:
                 return f"dtype {t.dtype.name}"
         for v in [*([] if sizes_outputs else node.outputs), *inputs]:
             if not self.knows(v.type.shape):
@@ -421,5 +425,6 @@ class LoweringContext:
         return [TensorRef(b.dtype, b.shape, buffer=b) for b in outs]
 
 
-def lower_graph(graph: Graph) -> Lowered:
-    return LoweringContext(graph).lower()
+def lower_graph(graph: Graph, target=None) -> Lowered:
+    """`graph` as Kernel IR for `target` (a codegen.target.Target; None: the CPU's)."""
+    return LoweringContext(graph, target).lower()

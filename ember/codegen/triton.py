@@ -755,11 +755,9 @@ def render(kernels: list[Kernel], buffers: dict[str, Buffer], symbols: list) -> 
                           reduction_configs=repr(REDUCTION_CONFIGS), int32_limit=INT32_INDEX_LIMIT)
 
 
-@functools.lru_cache(maxsize=64)
-def load(source: str):
-    """The module `source` renders, written under the kernel cache (Triton reads its
-    kernels' source from their file) and imported once per source."""
-    import importlib.util
+def write(source: str):
+    """The path of module `source`, written under the kernel cache (Triton reads its
+    kernels' source from their file; the runtime imports it from there)."""
     import os
 
     from .cpu import _cache_dir
@@ -771,7 +769,16 @@ def load(source: str):
         tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
         tmp.write_text(source)
         os.replace(tmp, path)
-    spec = importlib.util.spec_from_file_location(name, path)
+    return path
+
+
+@functools.lru_cache(maxsize=64)
+def load(source: str):
+    """The module `source` renders, written (`write`) and imported once per source."""
+    import importlib.util
+
+    path = write(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,6 +1,6 @@
-"""Running a graph's Kernel IR through the Triton renderer (codegen/triton.py) on CPU
-tensors, every kernel in Triton's interpreter (TRITON_INTERPRET=1, set before triton is
-imported): the buffers as flat torch tensors (a view shares its base's), the sizes bound
+"""Running a graph's Kernel IR through the Triton renderer (codegen/triton.py): without a
+GPU on CPU tensors, every kernel in Triton's interpreter (TRITON_INTERPRET=1, set before
+triton is imported), with one on it: the buffers as flat torch tensors (a view shares its base's), the sizes bound
 from the inputs' shapes, the kernels launched in order. Graphs whose lowering has an
 extern or a fallback are not this harness's (`Unsupported`)."""
 
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from ember.codegen import triton as renderer  # noqa: E402
 from ember.codegen.lowering import lower_graph  # noqa: E402
@@ -27,11 +30,12 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     """A flat copy of `array` as a torch tensor (bfloat16 through its bits)."""
     flat = np.ascontiguousarray(array).reshape(-1)
     if flat.dtype.name == "bfloat16":
-        return torch.from_numpy(flat.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(flat.copy())
+        return torch.from_numpy(flat.view(np.int16).copy()).view(torch.bfloat16).to(DEVICE)
+    return torch.from_numpy(flat.copy()).to(DEVICE)
 
 
 def _array(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    tensor = tensor.cpu()
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(dtype)
     return tensor.numpy()
@@ -74,10 +78,10 @@ def run(graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         elif b.kind == "constant":
             tensors[name] = _tensor(np.asarray(lowered.constants[name], dtype=b.dtype.numpy))
         elif b.kind == "fill":
-            tensors[name] = torch.tensor([evaluate(f, values) for f in b.fill], dtype=dtype)
+            tensors[name] = torch.tensor([evaluate(f, values) for f in b.fill], dtype=dtype, device=DEVICE)
         else:
-            tensors[name] = torch.full((max(numel(b), 1),), 7, dtype=dtype) if dtype != torch.bool else \
-                torch.zeros(max(numel(b), 1), dtype=dtype)
+            tensors[name] = torch.full((max(numel(b), 1),), 7, dtype=dtype, device=DEVICE) if dtype != torch.bool \
+                else torch.zeros(max(numel(b), 1), dtype=dtype, device=DEVICE)
     for name, b in buffers.items():
         root = b
         while root.view_of is not None:

@@ -1,0 +1,67 @@
+"""Targets: what `ember.compile(model, target=...)` selects.
+
+A Target names the device its programs run on, the renderer of its generated kernels,
+the dtypes those kernels take, and the externs its runtime has (None: every extern in
+runtime/externs*.py). A node whose kernels the target lacks (an extern it has not, a
+dtype its renderer has not) runs its reference implementation on the CPU, counted in
+`stats.fallback_nodes`.
+
+    cpu    C++/OpenMP kernels (codegen/cpu.py) built with the system compiler, every extern
+    cuda   Triton kernels (codegen/triton.py) on a CUDA GPU's torch tensors, the externs
+           that run on torch alone (GEMMs on cuBLAS, attention on SDPA); without a GPU,
+           with TRITON_INTERPRET=1, the same path on CPU tensors in Triton's interpreter
+           (how CI tests it)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import UnsupportedError
+from ..ir.dtypes import DType
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    device: str  # the torch device its buffers live on
+    renderer: str  # "cpp" | "triton"
+    kernel_dtypes: frozenset
+    externs: frozenset | None = None  # the externs its runtime runs (None: all)
+
+    def check(self) -> None:
+        """UnsupportedError where this machine cannot run the target."""
+        if self.name == "cuda" and not interpreted():
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UnsupportedError("target 'cuda' needs a CUDA GPU (torch.cuda.is_available() is False here); "
+                                       "set TRITON_INTERPRET=1 to run its kernels in Triton's interpreter on the CPU")
+            import importlib.util
+
+            if importlib.util.find_spec("triton") is None:
+                raise UnsupportedError("target 'cuda' needs triton: pip install 'ember[cuda]'")
+
+    def run_device(self) -> str:
+        """The device a program runs on here: the CPU under Triton's interpreter."""
+        return "cpu" if self.name == "cuda" and interpreted() else self.device
+
+
+def interpreted() -> bool:
+    """Whether Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _cpu_dtypes() -> frozenset:
+    from .lowering import KERNEL_DTYPES
+
+    return frozenset(KERNEL_DTYPES)
+
+
+CPU = Target("cpu", "cpu", "cpp", _cpu_dtypes())
+CUDA = Target("cuda", "cuda", "triton",
+              frozenset({DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int8, DType.int16,
+                         DType.int32, DType.int64, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}),
+              externs=frozenset({"matmul", "linear", "gemm", "attention"}))
+TARGETS = {"cpu": CPU, "cuda": CUDA}

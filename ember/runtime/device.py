@@ -1,0 +1,206 @@
+"""Running a Program on torch tensors of one device: the cuda target's (its generated
+kernels Triton, codegen/triton.py), on a GPU, or on the CPU in Triton's interpreter.
+
+Each run binds the sizes from the inputs' shapes, keeps every buffer as a flat tensor on
+the device (a view shares its base's), launches each segment's kernels through the
+program's module (`launch_<kernel>(buffers, sizes)`), calls the externs on shaped views of
+the buffers (the target's externs run on torch alone), and runs a fallback node's
+reference implementation on the CPU, its inputs copied to the host and its outputs back:
+explicit copies, counted in `stats.fallback_nodes`. Outputs come back to the host as
+numpy arrays. No arena and no per-shape state: a run allocates its buffers (torch's
+caching allocator reuses them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EmberError, ExecutionError, InputError
+from ..ir.kernel import Program
+from ..ir.registry import get_op
+from ..ir.sizes import evaluate, is_symbol
+from .externs import EXTERNS
+
+
+def _torch_dtype(torch, dtype: np.dtype):
+    return torch.bfloat16 if dtype.name == "bfloat16" else torch.from_numpy(np.zeros(0, dtype)).dtype
+
+
+def _to_device(torch, array: np.ndarray, device: str):
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if flat.dtype.name == "bfloat16":
+        return torch.from_numpy(flat.view(np.int16).copy()).view(torch.bfloat16).to(device)
+    return torch.from_numpy(flat.copy()).to(device)
+
+
+def _to_host(tensor, dtype: np.dtype) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.dtype.is_floating_point and tensor.dtype.itemsize == 2 and dtype.name == "bfloat16":
+        import torch
+
+        return tensor.view(torch.int16).numpy().view(dtype)
+    return tensor.numpy()
+
+
+class _Buffers(dict):
+    """Buffer name -> its flat tensor, a view's name resolving to its base's."""
+
+    def __init__(self, roots: dict[str, str]):
+        super().__init__()
+        self.roots = roots
+
+    def __missing__(self, name: str):
+        return dict.__getitem__(self, self.roots[name])
+
+
+class DeviceExecutor:
+    def __init__(self, program: Program, device: str):
+        import torch
+
+        self.torch, self.program, self.device = torch, program, device
+        self.profile = None
+        p = program
+        self._module = None
+        if p.library:
+            spec = importlib.util.spec_from_file_location(Path(p.library).stem, p.library)
+            self._module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(self._module)
+        self._roots = {}
+        for name, b in p.buffers.items():
+            root = b
+            while root.view_of is not None:
+                root = p.buffers[root.view_of]
+            self._roots[name] = root.name
+        self._constants = {name: _to_device(torch, np.asarray(a, dtype=p.buffers[name].dtype.numpy), device)
+                           for name, a in p.constants.items()}
+        self._references: dict[int, Any] = {}  # step index -> its node's reference implementation
+
+    @property
+    def fallback_nodes(self) -> list[str]:
+        return list(self.program.fallbacks)
+
+    def run(self, inputs: Sequence[Any]) -> list[Any]:
+        try:
+            return self._run(inputs)
+        except (EmberError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - a library's failure (torch's, Triton's), named
+            raise ExecutionError(f"a run on {self.device} failed: {type(e).__name__}: {e}") from e
+
+    def _run(self, inputs: Sequence[Any]) -> list[Any]:
+        torch, p = self.torch, self.program
+        sizes: dict = {}
+        buffers = _Buffers(self._roots)
+        for name, value in zip(p.inputs, inputs):
+            b = p.buffers[name]
+            array = np.asarray(value, dtype=b.dtype.numpy)
+            if array.ndim != len(b.shape):
+                raise InputError(f"input {name!r}: rank {array.ndim}, expected {len(b.shape)}")
+            self._bind(name, array.shape, sizes, "input")
+            buffers[name] = _to_device(torch, array, self.device)
+        buffers.update(self._constants)
+        for i, step in enumerate(p.steps):
+            where = ", ".join(step.nodes[:3]) or step.name
+            if step.kind == "segment":
+                self._allocate(step.args, buffers, sizes)
+                values = [sizes.get(s) for s in p.symbols]
+                for kernel in step.kernels:
+                    getattr(self._module, f"launch_{kernel}")(buffers, values)
+            elif step.kind == "extern":
+                self._extern(step, buffers, sizes, where)
+            else:
+                self._fallback(i, step, buffers, sizes)
+        out = []
+        for name in p.outputs:
+            b = p.buffers[name]
+            shape = self._shape(name, sizes)
+            flat = buffers[name]
+            out.append(_to_host(flat[:int(np.prod(shape))], b.dtype.numpy).reshape(shape))
+        return out
+
+    # -- sizes and buffers --------------------------------------------------------------
+    def _shape(self, name: str, sizes: dict) -> tuple[int, ...]:
+        return tuple(int(evaluate(d, sizes)) for d in self.program.buffers[name].shape)
+
+    def _bind(self, name: str, shape: tuple, sizes: dict, what: str) -> None:
+        for d, n in zip(self.program.buffers[name].shape, shape):
+            if is_symbol(d):
+                if d in sizes and sizes[d] != n:
+                    raise InputError(f"{what} {name!r}: size {d} is {n} here and {sizes[d]} elsewhere")
+                sizes[d] = int(n)
+            elif int(evaluate(d, sizes)) != n:
+                raise InputError(f"{what} {name!r}: shape {list(shape)}, expected {list(self.program.buffers[name].shape)}")
+
+    def _allocate(self, names, buffers: _Buffers, sizes: dict) -> None:
+        torch, p = self.torch, self.program
+        for name in names:
+            root = self._roots.get(name)
+            if not name or root in buffers:
+                continue
+            b = p.buffers[root]
+            if b.kind == "fill":
+                buffers[root] = torch.tensor([int(evaluate(f, sizes)) for f in b.fill],
+                                             dtype=_torch_dtype(torch, b.dtype.numpy), device=self.device)
+                continue
+            numel = int(np.prod(self._shape(root, sizes))) if b.shape else 1
+            buffers[root] = torch.empty(max(numel, 1), dtype=_torch_dtype(torch, b.dtype.numpy), device=self.device)
+
+    def _view(self, name: str, buffers: _Buffers, sizes: dict):
+        shape = self._shape(name, sizes)
+        return buffers[name][:int(np.prod(shape))].view(shape)
+
+    def _store(self, name: str, result, buffers: _Buffers, sizes: dict, where: str) -> None:
+        """An output whose size the step told: bind its sizes, keep it flat."""
+        result = result if isinstance(result, self.torch.Tensor) else _to_device(self.torch, np.asarray(result),
+                                                                                  self.device).view(np.shape(result))
+        self._bind(name, tuple(result.shape), sizes, f"{where}: output")
+        root = self._roots[name]
+        if root != name:
+            raise ExecutionError(f"{where}: a sized output that views another buffer")
+        b = self.program.buffers[name]
+        buffers[root] = result.to(self.device, _torch_dtype(self.torch, b.dtype.numpy)).contiguous().reshape(-1)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _extern(self, step, buffers: _Buffers, sizes: dict, where: str) -> None:
+        fn = EXTERNS[step.name]
+        ins = [self._view(a, buffers, sizes) if a else None for a in step.args[:step.num_inputs]]
+        outs = step.args[step.num_inputs:]
+        if step.params.get("sizes_outputs"):
+            results = fn(step.params, *ins, *([None] * len(outs)))
+            for name, result in zip(outs, results):
+                self._store(name, result, buffers, sizes, where)
+            return
+        self._allocate(outs, buffers, sizes)
+        views = [self._view(a, buffers, sizes) for a in outs]
+        result = fn(step.params, *ins, *views)
+        if len(outs) == 1 and result is not None and isinstance(result, self.torch.Tensor) \
+                and result.data_ptr() != views[0].data_ptr():
+            views[0].copy_(result.reshape(views[0].shape))
+
+    def _fallback(self, i: int, step, buffers: _Buffers, sizes: dict) -> None:
+        node = step.params["node"]
+        fn = self._references.get(i)
+        if fn is None:
+            fn = self._references[i] = get_op(node.op).reference(node)
+        ins = [_to_host(self._view(a, buffers, sizes), self.program.buffers[a].dtype.numpy) if a else None
+               for a in step.args[:step.num_inputs]]
+        try:
+            if getattr(fn, "needs_scope", False):
+                scope = {id(value): _to_host(self._view(buf, buffers, sizes), self.program.buffers[buf].dtype.numpy)
+                         for value, buf in step.params["scope"]}
+                results = fn(*ins, scope=scope)
+            else:
+                results = fn(*ins)
+        except ExecutionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported with the node that failed
+            raise ExecutionError(f"{node.describe()}: {type(e).__name__}: {e}") from e
+        for name, result in zip(step.args[step.num_inputs:], results):
+            if self.program.buffers[name].kind == "dynamic":
+                raise ExecutionError(f"{node.describe()}: a sequence or optional output on {self.device}")
+            self._store(name, np.asarray(result), buffers, sizes, node.describe())

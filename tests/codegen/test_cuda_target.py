@@ -1,0 +1,148 @@
+"""The cuda target: `ember.compile(model, target="cuda")` runs its whole path (Triton kernels
+rendered from the Kernel IR, externs on torch, fallbacks on the CPU with copies). Without a
+GPU, on CPU tensors with every Triton kernel in Triton's interpreter (TRITON_INTERPRET=1,
+set here before triton is imported); on a machine with one (benchmarks/device_check.sh),
+the same tests on the GPU."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import ember  # noqa: E402
+from ember import _builtin  # noqa: E402
+from ember.runtime.device import DeviceExecutor  # noqa: E402
+from ember.testing.conformance import check_case, node_cases  # noqa: E402
+from tests.conformance.onnx_node_xfail import XFAIL  # noqa: E402
+
+
+def _model(nodes, inputs, outputs, initializers=()):
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_minilm_b1_on_the_cuda_target_matches_the_cpu():
+    """all-MiniLM-L6-v2 (its real weights) at batch 1: every node on Triton kernels or the
+    target's torch externs, none on the fallback, within 1e-5 of the cpu target."""
+    path = _builtin.export_minilm()
+    feeds = _builtin.tokenize(["ember runs one compiler on CPUs and GPUs"], max_length=16)
+    compiled = ember.compile(str(path), target="cuda")
+    assert isinstance(compiled._executor, DeviceExecutor) and compiled.stats.target == "cuda"
+    assert compiled.stats.fallback_nodes == [] and compiled.stats.num_kernels > 40
+    assert any(step.kind == "segment" for step in compiled.program.steps)
+    assert {step.name for step in compiled.program.steps if step.kind == "extern"} <= {"linear", "attention", "matmul"}
+    got = compiled.run(feeds)["last_hidden_state"]
+    want = ember.compile(str(path)).run(feeds)["last_hidden_state"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_node_without_a_cuda_kernel_falls_back_with_copies():
+    """A convolution (no conv extern on the cuda target) runs its reference implementation
+    on the CPU between Triton kernels, and is counted."""
+    w = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.1
+    model = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["r", "W"], ["c"], pads=[1, 1, 1, 1]),
+                    helper.make_node("Sigmoid", ["c"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, "h", "w"])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
+    compiled = ember.compile(model, target="cuda")
+    assert len(compiled.stats.fallback_nodes) == 1 and "Conv" in compiled.stats.fallback_nodes[0]
+    assert any(step.kind == "segment" for step in compiled.program.steps)  # the rest on Triton kernels
+    for shape in ((1, 16, 5, 7), (2, 16, 4, 4)):  # one program, every size
+        x = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
+        np.testing.assert_allclose(compiled.run(x)["y"], ember.compile(model).run(x)["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_values_the_device_cannot_hold_run_on_the_reference():
+    """A model with float8 values: the device holds no such tensor, so every node runs its
+    reference implementation (all counted), with the cpu target's results."""
+    model = _model([helper.make_node("Cast", ["x"], ["f8"], to=TensorProto.FLOAT8E4M3FN),
+                    helper.make_node("Cast", ["f8"], ["y"], to=TensorProto.FLOAT)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    compiled = ember.compile(model, target="cuda")
+    assert not isinstance(compiled._executor, DeviceExecutor) and len(compiled.stats.fallback_nodes) == 2
+    x = {"x": np.array([0.1, 1.7, -300.0, 1e4], np.float32)}
+    np.testing.assert_array_equal(compiled.run(x)["y"], ember.compile(model).run(x)["y"])
+
+
+def test_the_cuda_target_without_a_gpu_or_the_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(ember.UnsupportedError, match="needs a CUDA GPU.*TRITON_INTERPRET=1"):
+        ember.compile(model, target="cuda")
+    with pytest.raises(ember.UnsupportedError, match="'tpu' is not available"):
+        ember.compile(model, target="tpu")
+
+
+def test_saving_a_cuda_model_is_refused(tmp_path):
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(ember.UnsupportedError, match="compile it for 'cpu' to save it"):
+        ember.compile(model, target="cuda").save(tmp_path / "m.ember")
+
+
+def test_bad_feeds_are_input_errors():
+    model = _model([helper.make_node("Add", ["a", "b"], ["y"])],
+                   [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n"]),
+                    helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n"])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    compiled = ember.compile(model, target="cuda")
+    np.testing.assert_array_equal(compiled.run({"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)})["y"],
+                                  np.full(3, 2, np.float32))
+    with pytest.raises(ember.InputError):
+        compiled.run({"a": np.ones(3, np.float32), "b": np.ones(4, np.float32)})
+
+
+SHARDS = 4
+# cases whose kernels Triton's interpreter runs one program at a time for minutes (reductions
+# of thousands of rows, one program a row; ~110 s each): the slow run has them
+INTERPRETER_SLOW = ("test_sce_NCd1d2d3d4d5_",)  # (name prefixes: the eight of that family)
+
+
+def _cuda_cases(every: int, offset: int, slow: bool) -> list:
+    return [(n, c) for n, c in sorted(node_cases().items())
+            if n not in XFAIL and (slow or not n.startswith(INTERPRETER_SLOW))][offset::every]
+
+
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_node_cases_on_the_cuda_target(shard):
+    """Every 32nd passing node case (in shards; `-m slow`: every 4th) through
+    `ember.compile(model, target="cuda")`: all pass, as on cpu (nodes without a cuda kernel
+    on their reference)."""
+    _check_cuda_cases(_cuda_cases(8 * SHARDS, 8 * shard, slow=False))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_more_node_cases_on_the_cuda_target(shard):
+    _check_cuda_cases(_cuda_cases(4 * SHARDS, shard, slow=True))
+
+
+def _check_cuda_cases(cases) -> None:
+    failed, on_device = [], 0
+    for name, case in cases:
+        def run(model, feeds):
+            nonlocal on_device
+            compiled = ember.compile(model, target="cuda")
+            on_device += isinstance(compiled._executor, DeviceExecutor) and not compiled.stats.fallback_nodes
+            return list(compiled.run(feeds).values())
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                check_case(case, run)
+        except Exception as e:  # noqa: BLE001 - every failure listed
+            failed.append((name, f"{type(e).__name__}: {str(e)[:200]}"))
+    assert not failed, failed
+    assert on_device >= len(cases) // 3, (on_device, len(cases))  # most ran on the device's kernels
