@@ -639,7 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func, help: str, epilog: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, epilog=epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--target", default="cpu", help="device to compile for (default: cpu)")
+        p.add_argument("--target", default="cpu", choices=["cpu", "cuda"],
+                       help="cpu (C++ kernels; the default) or cuda (Triton kernels on a GPU; with TRITON_INTERPRET=1 and no "
+                       "GPU, in Triton's interpreter on the CPU)")
         p.set_defaults(func=func)
         return p
 

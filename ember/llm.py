@@ -68,8 +68,11 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", block_size: in
     `max_model_len` (default: the model's context length), with its tokenizer and facts
     in `compiled.llm`: what `compiled.save()` puts in an LLM artifact."""
     from . import api
+    from .errors import UnsupportedError
     from .frontends.hf import load_pretrained
 
+    if target != "cpu":  # (its KV cache lives in the cpu executor's buffers, updated in place)
+        raise UnsupportedError(f"the LLM engine runs on the 'cpu' target only so far, not {target!r}")
     path = Path(model)
     progress = sys.stderr.isatty() if progress is None else progress
     pretrained = load_pretrained(path, progress=progress)

@@ -11,7 +11,6 @@ kernels. The library is built with the system C++ compiler and cached under
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import logging
@@ -32,6 +31,7 @@ from .cpu_dtypes import C_TYPES, FLOAT_TYPES
 from .cpu_dtypes import needs_prelude as needs_dtypes_prelude
 from .cpu_dtypes import prelude as dtypes_prelude
 from .cpu_prelude import PRELUDE
+from .index import IndexPrinter
 from .inner_split import split_inner
 from ..ir.kernel import Body, Buffer, Kernel, Stage, Stmt, loop_vars
 
@@ -194,51 +194,28 @@ def _is_call(e) -> bool:
             or (e.is_Mul and sympy.fraction(e)[1] != 1))
 
 
-class _Index:
+class _Index(IndexPrinter):
     """Renders sympy index expressions as int64 C++."""
 
-    def __init__(self, symbols: dict[sympy.Symbol, int]):
-        self.symbols = symbols
-        self.used: set[int] = set()
+    error = ExecutionError
 
-    def __call__(self, e) -> str:
-        e = sympy.sympify(e)
-        if e.is_Integer:
-            return str(int(e)) if abs(int(e)) < 2**31 else f"INT64_C({int(e)})"
-        if e.is_Symbol:
-            if e.name.startswith("$"):
-                name = e.name[1:]
-                return name if name[0] in "xr" else f"int64_t({name})"
-            if e not in self.symbols:
-                raise ExecutionError(f"size {e} is not bound by any input")
-            self.used.add(self.symbols[e])
-            return f"s{self.symbols[e]}"
-        if e.is_Add:
-            return "(" + " + ".join(self(a) for a in e.args) + ")"
-        if e.is_Mul:
-            num, den = sympy.fraction(e)
-            if den != 1:
-                return f"ember_floordiv<int64_t>({self(num)}, {self(den)})"
-            return "(" + " * ".join(self(a) for a in e.args) + ")"
-        if isinstance(e, sympy.floor):
-            num, den = sympy.fraction(sympy.together(e.args[0]))
-            return f"ember_floordiv<int64_t>({self(num)}, {self(den)})"
-        if isinstance(e, sympy.ceiling):  # ceil(n/d) = -floor(-n/d)
-            num, den = sympy.fraction(sympy.together(e.args[0]))
-            return f"(-ember_floordiv<int64_t>({self(-num)}, {self(den)}))"
-        if isinstance(e, sympy.Abs):
-            return f"std::abs(int64_t({self(e.args[0])}))"
-        if isinstance(e, sympy.Mod):
-            return f"ember_mod<int64_t>({self(e.args[0])}, {self(e.args[1])})"
-        if isinstance(e, (sympy.Max, sympy.Min)):
-            fn = "ember_imax" if isinstance(e, sympy.Max) else "ember_imin"
-            out = self(e.args[0])
-            for a in e.args[1:]:
-                out = f"{fn}({out}, {self(a)})"
-            return out
-        if e.is_Pow and e.exp.is_Integer and e.exp > 0:
-            return "(" + " * ".join([self(e.base)] * int(e.exp)) + ")"
-        raise ExecutionError(f"cannot render index expression {e}")
+    def integer(self, value: int) -> str:
+        return str(value) if abs(value) < 2**31 else f"INT64_C({value})"
+
+    def variable(self, name: str) -> str:
+        return name if name[0] in "xr" else f"int64_t({name})"
+
+    def floordiv(self, num, den) -> str:
+        return f"ember_floordiv<int64_t>({self(num)}, {self(den)})"
+
+    def mod(self, a, b) -> str:
+        return f"ember_mod<int64_t>({self(a)}, {self(b)})"
+
+    def abs(self, a: str) -> str:
+        return f"std::abs(int64_t({a}))"
+
+    def extreme(self, is_max: bool, a: str, b: str) -> str:
+        return f"{'ember_imax' if is_max else 'ember_imin'}({a}, {b})"
 
 
 def _literal(value, dtype: DType) -> str:

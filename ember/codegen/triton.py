@@ -45,6 +45,7 @@ import jinja2
 from .._deferred import sympy
 from ..ir.dtypes import DType
 from ..ir.kernel import Body, Buffer, Kernel, Stage, loop_vars
+from .index import IndexPrinter
 
 # The launch configurations, a small fixed table (each entry one compiled variant of a kernel):
 # pointwise (elements up to, BLOCK, num_warps), the first that fits...
@@ -444,59 +445,34 @@ def _to_storage(expr: str, dtype: DType) -> str:
     return f"_bf16({expr})" if dtype == DType.bfloat16 else f"{expr}.to({_storage(dtype)})"
 
 
-class _Index:
-    """sympy index expressions as int64 Triton (`kernel`) or Python (launchers)."""
+class _Index(IndexPrinter):
+    """sympy index expressions as Triton (`kernel`: loop variables and temps in INDEX's
+    type) or as Python (the launchers)."""
+
+    error = NotRenderable
 
     def __init__(self, symbols: dict, kernel: bool = True):
-        self.symbols, self.kernel = symbols, kernel
-        self.used: set[int] = set()
+        super().__init__(symbols)
+        self.kernel = kernel
 
-    def __call__(self, e) -> str:
-        e = sympy.sympify(e)
-        if e.is_Integer:
-            return str(int(e))
-        if e.is_Symbol:
-            if e.name.startswith("$"):
-                name = e.name[1:]
-                return name if name[0] in "xr" else f"{name}.to(INDEX)"
-            if e not in self.symbols:
-                raise NotRenderable(f"size {e} is not bound by any input")
-            self.used.add(self.symbols[e])
-            return f"s{self.symbols[e]}"
-        if e.is_Add:
-            return "(" + " + ".join(self(a) for a in e.args) + ")"
-        if e.is_Mul:
-            num, den = sympy.fraction(e)
-            if den != 1:
-                return self._floordiv(num, den)
-            return "(" + " * ".join(self(a) for a in e.args) + ")"
-        if isinstance(e, sympy.floor):
-            num, den = sympy.fraction(sympy.together(e.args[0]))
-            return self._floordiv(num, den)
-        if isinstance(e, sympy.ceiling):  # ceil(n/d) = -floor(-n/d)
-            num, den = sympy.fraction(sympy.together(e.args[0]))
-            return f"(-{self._floordiv(-num, den)})"
-        if isinstance(e, sympy.Mod):
-            a, b = self(e.args[0]), self(e.args[1])
-            return f"({a} - {b} * {self._floordiv(e.args[0], e.args[1])})"
-        if isinstance(e, sympy.Abs):
-            a = self(e.args[0])
-            return f"tl.abs({a})" if self.kernel else f"abs({a})"
-        if isinstance(e, (sympy.Max, sympy.Min)):
-            fn = ("tl.maximum" if isinstance(e, sympy.Max) else "tl.minimum") if self.kernel else (
-                "max" if isinstance(e, sympy.Max) else "min")
-            out = self(e.args[0])
-            for a in e.args[1:]:
-                out = f"{fn}({out}, {self(a)})"
-            return out
-        if e.is_Pow and e.exp.is_Integer and e.exp > 0:
-            return "(" + " * ".join([self(e.base)] * int(e.exp)) + ")"
-        raise NotRenderable(f"index expression {e}")
+    def variable(self, name: str) -> str:
+        return name if name[0] in "xr" else f"{name}.to(INDEX)"
 
-    def _floordiv(self, num, den) -> str:
+    def floordiv(self, num, den) -> str:
         if self.kernel:
             return f"_floordiv_index({self(num)}, {self(den)})"
         return f"(({self(num)}) // ({self(den)}))"
+
+    def mod(self, a, b) -> str:
+        return f"({self(a)} - {self(b)} * {self.floordiv(a, b)})"
+
+    def abs(self, a: str) -> str:
+        return f"tl.abs({a})" if self.kernel else f"abs({a})"
+
+    def extreme(self, is_max: bool, a: str, b: str) -> str:
+        if self.kernel:
+            return f"{'tl.maximum' if is_max else 'tl.minimum'}({a}, {b})"
+        return f"{'max' if is_max else 'min'}({a}, {b})"
 
 
 def _literal(value, dtype: DType) -> str:

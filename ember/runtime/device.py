@@ -24,6 +24,7 @@ from ..errors import EmberError, ExecutionError, InputError
 from ..ir.kernel import Program
 from ..ir.registry import get_op
 from ..ir.sizes import evaluate, is_symbol
+from .executor import run_reference
 from .externs import EXTERNS
 
 
@@ -187,19 +188,8 @@ class DeviceExecutor:
         fn = self._references.get(i)
         if fn is None:
             fn = self._references[i] = get_op(node.op).reference(node)
-        ins = [_to_host(self._view(a, buffers, sizes), self.program.buffers[a].dtype.numpy) if a else None
-               for a in step.args[:step.num_inputs]]
-        try:
-            if getattr(fn, "needs_scope", False):
-                scope = {id(value): _to_host(self._view(buf, buffers, sizes), self.program.buffers[buf].dtype.numpy)
-                         for value, buf in step.params["scope"]}
-                results = fn(*ins, scope=scope)
-            else:
-                results = fn(*ins)
-        except ExecutionError:
-            raise
-        except Exception as e:  # noqa: BLE001 - reported with the node that failed
-            raise ExecutionError(f"{node.describe()}: {type(e).__name__}: {e}") from e
+        results = run_reference(fn, step, lambda name: _to_host(self._view(name, buffers, sizes),
+                                                                self.program.buffers[name].dtype.numpy))
         for name, result in zip(step.args[step.num_inputs:], results):
             if self.program.buffers[name].kind == "dynamic":
                 raise ExecutionError(f"{node.describe()}: a sequence or optional output on {self.device}")

@@ -162,6 +162,21 @@ def _shape_function(exprs: tuple, symbols: list, index: dict):
     return lambda values: fn(*values)
 
 
+def run_reference(kernel, step, array):
+    """A fallback step's node through its reference implementation `kernel`, its inputs
+    (and the outer values its subgraphs read) `array(buffer name)`; its results. A
+    failure is an ExecutionError naming the node."""
+    ins = [array(a) if a else None for a in step.args[:step.num_inputs]]
+    try:
+        if getattr(kernel, "needs_scope", False):
+            return kernel(*ins, scope={id(value): array(buf) for value, buf in step.params["scope"]})
+        return kernel(*ins)
+    except ExecutionError:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported with the node that failed
+        raise ExecutionError(f"{step.params['node'].describe()}: {type(e).__name__}: {e}") from e
+
+
 def _sizes_text(symbols: list, values: list) -> str:
     return ", ".join(f"{s} = {v}" for s, v in zip(symbols, values))
 
@@ -669,17 +684,7 @@ class Executor:
 
     def _fallback(self, kernel, step, binding: _Binding, views, tensors) -> None:
         p = self.program
-        ins = [views.get(a) if a else None for a in step.args[:step.num_inputs]]
-        try:
-            if getattr(kernel, "needs_scope", False):
-                scope = {id(value): views[buf] for value, buf in step.params["scope"]}
-                results = kernel(*ins, scope=scope)
-            else:
-                results = kernel(*ins)
-        except ExecutionError:
-            raise
-        except Exception as e:  # noqa: BLE001 - reported with the node that failed
-            raise ExecutionError(f"{step.params['node'].describe()}: {type(e).__name__}: {e}") from e
+        results = run_reference(kernel, step, views.get)
         for name, result in zip(step.args[step.num_inputs:], results):
             result = _normalize(result)
             if p.buffers[name].kind == "dynamic":

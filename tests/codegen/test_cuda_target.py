@@ -146,3 +146,10 @@ def _check_cuda_cases(cases) -> None:
             failed.append((name, f"{type(e).__name__}: {str(e)[:200]}"))
     assert not failed, failed
     assert on_device >= len(cases) // 3, (on_device, len(cases))  # most ran on the device's kernels
+
+
+def test_the_llm_engine_on_the_cuda_target_is_refused_not_run_wrong():
+    """Its KV cache is updated in place in the cpu executor's buffers: until the engine runs
+    on device buffers, asking for it on cuda is an error that says so."""
+    with pytest.raises(ember.UnsupportedError, match="LLM engine runs on the 'cpu' target only"):
+        ember.LLM(target="cuda")
