@@ -40,10 +40,11 @@ def _to_device(torch, array: np.ndarray, device: str):
 
 
 def _to_host(tensor, dtype: np.dtype) -> np.ndarray:
-    tensor = tensor.detach().cpu()
-    if tensor.dtype.is_floating_point and tensor.dtype.itemsize == 2 and dtype.name == "bfloat16":
-        import torch
+    """A device tensor as a numpy array of `dtype` (bfloat16 through its bits)."""
+    import torch
 
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(dtype)
     return tensor.numpy()
 

@@ -153,3 +153,15 @@ def test_the_llm_engine_on_the_cuda_target_is_refused_not_run_wrong():
     on device buffers, asking for it on cuda is an error that says so."""
     with pytest.raises(ember.UnsupportedError, match="LLM engine runs on the 'cpu' target only"):
         ember.LLM(target="cuda")
+
+
+def test_bfloat16_values_come_back_bit_for_bit():
+    """bfloat16 buffers live on the device as torch.bfloat16 and come back through their
+    bits: the same bits as the cpu target's."""
+    model = _model([helper.make_node("Cast", ["x"], ["b"], to=TensorProto.BFLOAT16), helper.make_node("Mul", ["b", "b"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                   [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, None)])
+    x = {"x": np.random.default_rng(0).standard_normal(50).astype(np.float32)}
+    got, want = ember.compile(model, target="cuda").run(x)["y"], ember.compile(model).run(x)["y"]
+    assert got.dtype.name == "bfloat16"
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
