@@ -11,13 +11,13 @@ arguments (`s<i>`: sizes are never baked in), block sizes as `tl.constexpr`:
     pointwise   one program per BLOCK elements of the flattened output ranges; the loop
                 variables come back from the flat index by div/mod with the runtime sizes;
                 every load and store masked.
-    reduction   one program per row (the outer ranges); the reduction ranges flattened and
-                held at once where a row fits RBLOCK (PERSISTENT), else walked RBLOCK elements
-                at a time; each `reduce` stage folding into a vector accumulator (float32 for
+    reduction   XBLOCK rows (of the outer ranges) a program, as the rows of an [XBLOCK,
+                RBLOCK] block; the reduction ranges flattened and held at once where a row
+                fits RBLOCK (PERSISTENT), else walked RBLOCK elements at a time; each `reduce` stage folding into a vector accumulator (float32 for
                 16-bit floats) reduced at its end, `loop` stages storing, `row` stages on the
                 row's scalars.
 
-BLOCK, RBLOCK and num_warps come from a small fixed table by element count
+BLOCK, XBLOCK, RBLOCK and num_warps come from a small fixed table by element count
 (POINTWISE_CONFIGS, REDUCTION_CONFIGS: a few compiled variants a kernel, whatever the
 sizes). Offsets are int32 where every buffer the kernel touches and its grid are below
 INT32_INDEX_LIMIT elements, else int64 (the launcher's INDEX). Float16 and bfloat16 load and store as themselves and compute in
@@ -50,9 +50,10 @@ from .index import IndexPrinter
 # The launch configurations, a small fixed table (each entry one compiled variant of a kernel):
 # pointwise (elements up to, BLOCK, num_warps), the first that fits...
 POINTWISE_CONFIGS = ((1 << 12, 256, 2), (1 << 20, 1024, 4), (None, 1024, 8))
-# ...and reduction (elements of a row up to, RBLOCK, num_warps): a row that fits its RBLOCK
-# is held at once (persistent), a longer one walked 1024 at a time
-REDUCTION_CONFIGS = ((128, 128, 1), (512, 512, 4), (None, 1024, 8))
+# ...and reduction (elements of a row up to, RBLOCK, rows a program XBLOCK, num_warps): a
+# row that fits its RBLOCK is held at once (persistent), several short rows a program, a
+# longer row walked 1024 at a time, alone
+REDUCTION_CONFIGS = ((16, 16, 64, 2), (128, 128, 16, 4), (512, 512, 4, 4), (None, 1024, 1, 8))
 INT32_INDEX_LIMIT = 1 << 30  # a kernel whose every buffer and grid is smaller indexes in int32
 
 TL = {DType.float32: "tl.float32", DType.float64: "tl.float64", DType.float16: "tl.float16",
@@ -598,28 +599,35 @@ class _KernelWriter:
             return lines, ["numel", "BLOCK: tl.constexpr", "INDEX: tl.constexpr"]
         if k.kind != "reduction":
             raise NotRenderable(f"a {k.kind} kernel")
-        lines = ["row = tl.program_id(0).to(INDEX)"]
+        # XBLOCK rows a program, each a row of the [XBLOCK, RBLOCK] block: a row's values
+        # are [XBLOCK, 1], its elements' [XBLOCK, RBLOCK]
+        lines = ["row = tl.program_id(0).to(INDEX) * XBLOCK + tl.arange(0, XBLOCK).to(INDEX)[:, None]",
+                 "xmask = row < rows", "xzero = tl.zeros_like(row)"]
         lines += self._decompose(k.ranges, loop_vars(len(k.ranges)), "row")
         for stage in k.stages:
             lines += self._stage(stage)
-        return lines, ["rnumel", "RBLOCK: tl.constexpr", "INDEX: tl.constexpr", "PERSISTENT: tl.constexpr"]
+        return lines, ["rows", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr", "INDEX: tl.constexpr",
+                       "PERSISTENT: tl.constexpr"]
 
     def _walk(self, body: list[str]) -> list[str]:
         """`body` over the reduction's elements: at once where the row fits RBLOCK
         (PERSISTENT), else in a loop RBLOCK at a time (a `while` on the runtime size:
         Triton's interpreter cannot take a `range` to a runtime int)."""
-        index = ["rmask = roffs < rnumel", "zero = tl.zeros_like(roffs)"]
+        index = ["rmask = _and(xmask, roffs < rnumel)", "zero = xzero + tl.zeros_like(roffs)"]
         index += self._decompose(self.k.reduction, loop_vars(len(self.k.reduction), "r"), "roffs")
-        lines = ["if PERSISTENT:", "    roffs = tl.arange(0, RBLOCK).to(INDEX)"]
+        lines = ["if PERSISTENT:", "    roffs = tl.arange(0, RBLOCK).to(INDEX)[None, :]"]
         lines += ["    " + line for line in index + body]
         lines += ["else:", "    rbase = tl.zeros([], INDEX)", "    while rbase < rnumel:",
-                  "        roffs = rbase + tl.arange(0, RBLOCK).to(INDEX)"]
+                  "        roffs = rbase + tl.arange(0, RBLOCK).to(INDEX)[None, :]"]
         lines += ["        " + line for line in index + body] + ["        rbase += RBLOCK"]
         return lines
 
     def _stage(self, stage: Stage) -> list[str]:
         if stage.kind == "row":
-            return self.stmts(stage.body, "")
+            self.zero = "xzero"
+            lines = self.stmts(stage.body, "xmask")
+            self.zero = "zero"
+            return lines
         if stage.kind == "loop":
             return self._walk(self.stmts(stage.body, "rmask"))
         acc_dtype = _compute(stage.acc_dtype)
@@ -630,16 +638,16 @@ class _KernelWriter:
         fold = {"sum": "{a} + {v}", "prod": "{a} * {v}", "max": "_max({a}, {v})" if is_float else "tl.maximum({a}, {v})",
                 "min": "_min({a}, {v})" if is_float else "tl.minimum({a}, {v})"}[stage.reduce]
         a = f"{stage.acc}_vec"
-        lines = [f"{a} = tl.full([RBLOCK], {identity}, {t})"]
+        lines = [f"{a} = tl.full([XBLOCK, RBLOCK], {identity}, {t})"]
         body = self.stmts(stage.body, "rmask")
         value = f"{stage.acc}_v"
         body.append(f"{value} = tl.where(rmask, {stage.value}.to({t}), {identity})")
         body.append(f"{a} = {fold.format(a=a, v=value)}")
         lines += self._walk(body)
-        final = {"sum": f"tl.sum({a}, 0)", "prod": f"tl.reduce({a}, 0, _mul)", "max": f"tl.max({a}, 0)",
-                 "min": f"tl.min({a}, 0)"}[stage.reduce]
+        final = {"sum": f"tl.sum({a}, 1)", "prod": f"tl.reduce({a}, 1, _mul)", "max": f"tl.max({a}, 1)",
+                 "min": f"tl.min({a}, 1)"}[stage.reduce] + "[:, None]"
         if stage.reduce in ("max", "min") and is_float:  # tl.max/min may drop NaN: the row is NaN if one is
-            final = f"tl.where(tl.max(({a} != {a}).to(tl.int32), 0) != 0, NAN, {final})"
+            final = f"tl.where(tl.max(({a} != {a}).to(tl.int32), 1)[:, None] != 0, NAN, {final})"
         lines.append(f"{stage.acc} = ({final}).to({t})")
         self.accs[stage.acc] = stage.acc
         return lines
@@ -663,10 +671,10 @@ REDUCTION_CONFIGS = {{ reduction_configs }}
 
 
 def _config(table, n):
-    """(block, num_warps) of the table's first entry for `n` elements."""
-    for limit, block, warps in table:
+    """The table's first entry for `n` elements, less its limit."""
+    for limit, *config in table:
         if limit is None or n <= limit:
-            return block, warps
+            return config
 
 
 @triton.jit
@@ -696,8 +704,8 @@ def launch_{{ k.name }}(B, S):
     rows = {{ k.rows }}
     rnumel = {{ k.rnumel }}
     if rows > 0:
-        rblock, warps = _config(REDUCTION_CONFIGS, rnumel)
-        {{ k.name }}[(rows,)]({{ k.args | join(", ") }}, rnumel, RBLOCK=rblock, INDEX=index, PERSISTENT=rnumel <= rblock, num_warps=warps)
+        rblock, xblock, warps = _config(REDUCTION_CONFIGS, rnumel)
+        {{ k.name }}[(triton.cdiv(rows, xblock),)]({{ k.args | join(", ") }}, rows, rnumel, XBLOCK=xblock, RBLOCK=rblock, INDEX=index, PERSISTENT=rnumel <= rblock, num_warps=warps)
 {% endif %}
 {% endfor %}
 ''')

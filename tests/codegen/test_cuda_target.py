@@ -106,14 +106,10 @@ def test_bad_feeds_are_input_errors():
 
 
 SHARDS = 4
-# cases whose kernels Triton's interpreter runs one program at a time for minutes (reductions
-# of thousands of rows, one program a row; ~110 s each): the slow run has them
-INTERPRETER_SLOW = ("test_sce_NCd1d2d3d4d5_",)  # (name prefixes: the eight of that family)
 
 
-def _cuda_cases(every: int, offset: int, slow: bool) -> list:
-    return [(n, c) for n, c in sorted(node_cases().items())
-            if n not in XFAIL and (slow or not n.startswith(INTERPRETER_SLOW))][offset::every]
+def _cuda_cases(every: int, offset: int) -> list:
+    return [(n, c) for n, c in sorted(node_cases().items()) if n not in XFAIL][offset::every]
 
 
 @pytest.mark.parametrize("shard", range(SHARDS))
@@ -121,13 +117,13 @@ def test_node_cases_on_the_cuda_target(shard):
     """Every 32nd passing node case (in shards; `-m slow`: every 4th) through
     `ember.compile(model, target="cuda")`: all pass, as on cpu (nodes without a cuda kernel
     on their reference)."""
-    _check_cuda_cases(_cuda_cases(8 * SHARDS, 8 * shard, slow=False))
+    _check_cuda_cases(_cuda_cases(8 * SHARDS, 8 * shard))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shard", range(SHARDS))
 def test_more_node_cases_on_the_cuda_target(shard):
-    _check_cuda_cases(_cuda_cases(4 * SHARDS, shard, slow=True))
+    _check_cuda_cases(_cuda_cases(4 * SHARDS, shard))
 
 
 def _check_cuda_cases(cases) -> None:
