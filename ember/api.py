@@ -94,7 +94,8 @@ class CompiledModel:
         self.llm: LLMInfo | None = None
         self.artifact: dict[str, Any] | None = None  # loaded from one: its path, digest and versions
         t0 = time.perf_counter()
-        device = target != "cpu" and program is None and codegen and os.environ.get("EMBER_CODEGEN", "1") != "0"
+        generating = program is None and codegen and os.environ.get("EMBER_CODEGEN", "1") != "0"
+        device = generating and target != "cpu"
         if device:  # Triton kernels on torch tensors of a device (codegen/target.py)
             from .codegen.target import TARGETS as _TARGETS
             from .ir.ops._lowering import NotLowerable
@@ -105,7 +106,7 @@ class CompiledModel:
             except NotLowerable:  # values the device cannot hold: every node on the reference
                 self.program, device = None, False
             timings["codegen"] = time.perf_counter() - t0
-        elif program is None and codegen and os.environ.get("EMBER_CODEGEN", "1") != "0" and cpu.compiler() is not None:
+        elif generating and cpu.compiler() is not None:
             from .ir.ops._lowering import NotLowerable  # (the ops load with the compiler, not for ember.load)
 
             try:

@@ -21,14 +21,6 @@ def lifetimes(steps_touching: list[set[str]], names: set[str]) -> dict[str, tupl
 def program_lifetimes(program) -> dict[str, tuple[int, int]]:
     """[first, last] kernel index (over every step's parts, in order) of each temp buffer
     of `program` that is not a view; a view's touch counts for its base."""
-    buffers = program.buffers
-
-    def root(name: str) -> str:
-        b = buffers[name]
-        while b.view_of is not None:
-            b = buffers[b.view_of]
-        return b.name
-
-    touched = [{root(n) for n in part} for step in program.steps for part in step.parts]
-    temps = {name for name, b in buffers.items() if b.kind == "temp" and b.view_of is None}
+    touched = [{program.root(n) for n in part} for step in program.steps for part in step.parts]
+    temps = {name for name, b in program.buffers.items() if b.kind == "temp" and b.view_of is None}
     return lifetimes(touched, temps)

@@ -259,3 +259,10 @@ class Program:
     # a view: its life in the run's arena (codegen.memory decides it; not saved in artifacts,
     # which recompute it on load)
     lifetimes: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def root(self, name: str) -> str:
+        """The buffer whose storage buffer `name` is: itself, or the base its views lead to."""
+        b = self.buffers[name]
+        while b.view_of is not None:
+            b = self.buffers[b.view_of]
+        return b.name

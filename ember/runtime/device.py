@@ -24,29 +24,22 @@ from ..errors import EmberError, ExecutionError, InputError
 from ..ir.kernel import Program
 from ..ir.registry import get_op
 from ..ir.sizes import evaluate, is_symbol
+from ._torch import array, tensor
 from .executor import run_reference
 from .externs import EXTERNS
 
 
-def _torch_dtype(torch, dtype: np.dtype):
-    return torch.bfloat16 if dtype.name == "bfloat16" else torch.from_numpy(np.zeros(0, dtype)).dtype
+def _torch_dtype(dtype: np.dtype):
+    return tensor(np.zeros(0, dtype)).dtype
 
 
-def _to_device(torch, array: np.ndarray, device: str):
-    flat = np.ascontiguousarray(array).reshape(-1)
-    if flat.dtype.name == "bfloat16":
-        return torch.from_numpy(flat.view(np.int16).copy()).view(torch.bfloat16).to(device)
-    return torch.from_numpy(flat.copy()).to(device)
+def _to_device(a: np.ndarray, device: str):
+    """A flat copy of `a` on `device` (never a view of the caller's array)."""
+    return tensor(np.ascontiguousarray(a).reshape(-1)).to(device, copy=True)
 
 
-def _to_host(tensor, dtype: np.dtype) -> np.ndarray:
-    """A device tensor as a numpy array of `dtype` (bfloat16 through its bits)."""
-    import torch
-
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(dtype)
-    return tensor.numpy()
+def _to_host(t) -> np.ndarray:
+    return array(t.detach().cpu())
 
 
 class _Buffers(dict):
@@ -72,13 +65,8 @@ class DeviceExecutor:
             spec = importlib.util.spec_from_file_location(Path(p.library).stem, p.library)
             self._module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(self._module)
-        self._roots = {}
-        for name, b in p.buffers.items():
-            root = b
-            while root.view_of is not None:
-                root = p.buffers[root.view_of]
-            self._roots[name] = root.name
-        self._constants = {name: _to_device(torch, np.asarray(a, dtype=p.buffers[name].dtype.numpy), device)
+        self._roots = {name: p.root(name) for name in p.buffers}
+        self._constants = {name: _to_device(np.asarray(a, dtype=p.buffers[name].dtype.numpy), device)
                            for name, a in p.constants.items()}
         self._references: dict[int, Any] = {}  # step index -> its node's reference implementation
 
@@ -95,7 +83,7 @@ class DeviceExecutor:
             raise ExecutionError(f"a run on {self.device} failed: {type(e).__name__}: {e}") from e
 
     def _run(self, inputs: Sequence[Any]) -> list[Any]:
-        torch, p = self.torch, self.program
+        p = self.program
         sizes: dict = {}
         buffers = _Buffers(self._roots)
         for name, value in zip(p.inputs, inputs):
@@ -104,7 +92,7 @@ class DeviceExecutor:
             if array.ndim != len(b.shape):
                 raise InputError(f"input {name!r}: rank {array.ndim}, expected {len(b.shape)}")
             self._bind(name, array.shape, sizes, "input")
-            buffers[name] = _to_device(torch, array, self.device)
+            buffers[name] = _to_device(array, self.device)
         buffers.update(self._constants)
         for i, step in enumerate(p.steps):
             where = ", ".join(step.nodes[:3]) or step.name
@@ -122,7 +110,7 @@ class DeviceExecutor:
             b = p.buffers[name]
             shape = self._shape(name, sizes)
             flat = buffers[name]
-            out.append(_to_host(flat[:int(np.prod(shape))], b.dtype.numpy).reshape(shape))
+            out.append(_to_host(flat[:int(np.prod(shape))]).reshape(shape))
         return out
 
     # -- sizes and buffers --------------------------------------------------------------
@@ -147,10 +135,10 @@ class DeviceExecutor:
             b = p.buffers[root]
             if b.kind == "fill":
                 buffers[root] = torch.tensor([int(evaluate(f, sizes)) for f in b.fill],
-                                             dtype=_torch_dtype(torch, b.dtype.numpy), device=self.device)
+                                             dtype=_torch_dtype(b.dtype.numpy), device=self.device)
                 continue
             numel = int(np.prod(self._shape(root, sizes))) if b.shape else 1
-            buffers[root] = torch.empty(max(numel, 1), dtype=_torch_dtype(torch, b.dtype.numpy), device=self.device)
+            buffers[root] = torch.empty(max(numel, 1), dtype=_torch_dtype(b.dtype.numpy), device=self.device)
 
     def _view(self, name: str, buffers: _Buffers, sizes: dict):
         shape = self._shape(name, sizes)
@@ -158,14 +146,14 @@ class DeviceExecutor:
 
     def _store(self, name: str, result, buffers: _Buffers, sizes: dict, where: str) -> None:
         """An output whose size the step told: bind its sizes, keep it flat."""
-        result = result if isinstance(result, self.torch.Tensor) else _to_device(self.torch, np.asarray(result),
+        result = result if isinstance(result, self.torch.Tensor) else _to_device(np.asarray(result),
                                                                                   self.device).view(np.shape(result))
         self._bind(name, tuple(result.shape), sizes, f"{where}: output")
         root = self._roots[name]
         if root != name:
             raise ExecutionError(f"{where}: a sized output that views another buffer")
         b = self.program.buffers[name]
-        buffers[root] = result.to(self.device, _torch_dtype(self.torch, b.dtype.numpy)).contiguous().reshape(-1)
+        buffers[root] = result.to(self.device, _torch_dtype(b.dtype.numpy)).contiguous().reshape(-1)
 
     # -- steps ----------------------------------------------------------------------------
     def _extern(self, step, buffers: _Buffers, sizes: dict, where: str) -> None:
@@ -189,8 +177,7 @@ class DeviceExecutor:
         fn = self._references.get(i)
         if fn is None:
             fn = self._references[i] = get_op(node.op).reference(node)
-        results = run_reference(fn, step, lambda name: _to_host(self._view(name, buffers, sizes),
-                                                                self.program.buffers[name].dtype.numpy))
+        results = run_reference(fn, step, lambda name: _to_host(self._view(name, buffers, sizes)))
         for name, result in zip(step.args[step.num_inputs:], results):
             if self.program.buffers[name].kind == "dynamic":
                 raise ExecutionError(f"{node.describe()}: a sequence or optional output on {self.device}")

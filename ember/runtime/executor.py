@@ -195,7 +195,7 @@ class Executor:
         self._B = (ctypes.c_void_p * max(len(p.slots), 1))()
         self._B_addr = ctypes.c_void_p(ctypes.addressof(self._B))
         self._sym_index = {s: i for i, s in enumerate(p.symbols)}
-        self._root = {name: self._root_of(name) for name in p.buffers}
+        self._root = {name: p.root(name) for name in p.buffers}
         # C order for every constant a generated kernel may read through its pointer; a
         # weight only externs read keeps its layout (codegen.store_weights_transposed)
         kernel_reads = {self._root[n] for step in p.steps
@@ -340,12 +340,6 @@ class Executor:
         fn = getattr(self._lib, name)
         fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p], None
         return fn
-
-    def _root_of(self, name: str) -> str:
-        b = self.program.buffers[name]
-        while b.view_of is not None:
-            b = self.program.buffers[b.view_of]
-        return b.name
 
     # -- binding ------------------------------------------------------------------------
     def _binding(self, key: tuple) -> _Binding:

@@ -20,29 +20,11 @@ from ember.codegen import triton as renderer  # noqa: E402
 from ember.codegen.lowering import lower_graph  # noqa: E402
 from ember.ir.ops._lowering import NotLowerable  # noqa: E402
 from ember.ir.sizes import evaluate  # noqa: E402
+from ember.runtime.device import _to_device, _to_host, _torch_dtype  # noqa: E402
 
 
 class Unsupported(Exception):
     """The lowering has kernels this harness does not run (externs, fallbacks)."""
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A flat copy of `array` as a torch tensor (bfloat16 through its bits)."""
-    flat = np.ascontiguousarray(array).reshape(-1)
-    if flat.dtype.name == "bfloat16":
-        return torch.from_numpy(flat.view(np.int16).copy()).view(torch.bfloat16).to(DEVICE)
-    return torch.from_numpy(flat.copy()).to(DEVICE)
-
-
-def _array(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
-    tensor = tensor.cpu()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(dtype)
-    return tensor.numpy()
-
-
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    return torch.bfloat16 if dtype.name == "bfloat16" else torch.from_numpy(np.zeros(0, dtype)).dtype
 
 
 def run(graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -74,9 +56,10 @@ def run(graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             continue
         dtype = _torch_dtype(b.dtype.numpy)
         if b.kind == "input":
-            tensors[name] = _tensor(np.asarray(feeds[list(feeds)[lowered.inputs.index(name)]], dtype=b.dtype.numpy))
+            feed = feeds[list(feeds)[lowered.inputs.index(name)]]
+            tensors[name] = _to_device(np.asarray(feed, dtype=b.dtype.numpy), DEVICE)
         elif b.kind == "constant":
-            tensors[name] = _tensor(np.asarray(lowered.constants[name], dtype=b.dtype.numpy))
+            tensors[name] = _to_device(np.asarray(lowered.constants[name], dtype=b.dtype.numpy), DEVICE)
         elif b.kind == "fill":
             tensors[name] = torch.tensor([evaluate(f, values) for f in b.fill], dtype=dtype, device=DEVICE)
         else:
@@ -94,5 +77,5 @@ def run(graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for name, value in zip(lowered.outputs, graph.outputs):
         b = buffers[name]
         shape = tuple(evaluate(d, values) for d in b.shape)
-        out[value.name] = _array(tensors[name][:numel(b)], b.dtype.numpy).reshape(shape)
+        out[value.name] = _to_host(tensors[name][:numel(b)]).reshape(shape)
     return out
