@@ -5,8 +5,11 @@
 #   device run, carry [".dev"], command "bash benchmarks/device_check.sh run"
 #
 # There (Python 3.12, torch 2.11, transformers/onnxruntime of the image, 16 cores), it
-#  0. runs the cuda target's tests on the GPU (tests/codegen/test_cuda_target.py and
-#     test_triton_renderer.py, slow ones included: here they run in Triton's interpreter);
+#  0. runs the cuda target's tests on the GPU (tests/codegen/test_cuda_target.py,
+#     test_triton_renderer.py, test_triton_paged_attention.py, tests/runtime/test_cuda_engine.py,
+#     slow ones included: here they run in Triton's interpreter), less those that need the GGUF;
+#  g. benchmarks/gpu.py: ember's cuda-target figures (LLM start, batch-1 decode, 256 mixed
+#     requests; MiniLM; its kernels' bandwidth) — GPU_ARGS="--llama1b" adds the 1B model;
 #  1. runs the fast test suite: ember on the GPU machine's versions (the README promises
 #     torch 2.11 / Python 3.12 too);
 #  2. benchmarks/gpu_peers.py: the GPU peers ember's CUDA target will be measured against;
@@ -18,7 +21,8 @@
 # torch/onnxruntime on the same weights). The SmolLM2 GGUF does not travel either: `prepare`
 # lists the tests that need it (the suite run here with the package hidden) in
 # .dev/deselect.txt, and the run there deselects them.
-# STEPS (default "cuda tests real cpu peers") picks steps; CUDA_S, TESTS_S, REAL_S, CPU_S, PEERS_S bound each one;
+# STEPS (default "cuda gpu peers tests real cpu") picks steps; CUDA_S, GPU_S, TESTS_S, REAL_S, CPU_S, PEERS_S
+# bound each one (all of them take more than one call's 600 s: split STEPS over two calls);
 # CPU_ARGS goes to onnx_cpu.py (e.g. "--only MiniLM").
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -93,13 +97,17 @@ transformers.BertModel(config, add_pooling_layer=False).save_pretrained(folder)
 EOF
 { nvidia-smi -L; nproc; python3 -c "import sys, torch, onnxruntime, transformers; print(sys.version.split()[0], torch.__version__, onnxruntime.__version__, transformers.__version__)"; g++ --version | head -1; } 2>&1 | tee "$out/machine.txt"
 
-steps=${STEPS:-cuda tests real cpu peers}
+steps=${STEPS:-cuda gpu peers tests real cpu}
 if [[ $steps == *cuda* ]]; then
     echo "== 0. the cuda target's tests, on the GPU"
     timeout "${CUDA_S:-200}" python3 -m pytest -q -n 8 -p no:cacheprovider -rfE --tb=line -o addopts="" \
-        tests/codegen/test_cuda_target.py tests/codegen/test_triton_renderer.py > "$out/cuda_tests.log" 2>&1
+        $(sed 's/^/--deselect=/' $dev/deselect.txt 2>/dev/null) tests/codegen/test_cuda_target.py \
+        tests/codegen/test_triton_renderer.py tests/codegen/test_triton_paged_attention.py \
+        tests/runtime/test_cuda_engine.py > "$out/cuda_tests.log" 2>&1
     echo "pytest exit $?"; grep -E "(FAILED|ERROR) " "$out/cuda_tests.log" | head -30; tail -1 "$out/cuda_tests.log"
 fi
+[[ $steps == *gpu* ]] && echo "== g. ember's cuda target" && timeout "${GPU_S:-240}" \
+    python3 benchmarks/gpu.py ${GPU_ARGS:-} --json "$out/gpu.json" 2>&1 | grep -v Warning | tail -8
 if [[ $steps == *tests* ]]; then
     echo "== 1. fast test suite, less the $(cat $dev/deselect.txt 2>/dev/null | wc -l) tests that need the SmolLM2 GGUF"
     # one kernel thread per test process: 14 processes share the 16 cores

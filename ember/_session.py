@@ -10,8 +10,11 @@
 The options map onto ember's own (`graph_optimization_level` -> `opt_level`,
 `intra_op_num_threads` -> `intra_op_threads`, `enable_profiling` -> `profile`); those
 with no counterpart in ember (inter-op threads, execution mode, memory arena switches)
-are accepted and kept, and change nothing. A provider ember does not have is an
-UnsupportedError naming it: ember never falls back silently to another device.
+are accepted and kept, and change nothing. The providers pick ember's target: the first
+of "CUDAExecutionProvider" (the cuda target, its nodes without a GPU kernel on the CPU,
+counted in `stats`) and "CPUExecutionProvider". A provider ember does not have, or the
+CUDA one where there is no GPU (and no TRITON_INTERPRET=1), is an UnsupportedError
+naming it: ember never falls back silently to another device.
 `OrtValue` and `IOBinding` live in `_iobinding`.
 """
 
@@ -51,20 +54,41 @@ def _async_pool():
         return _POOL
 
 CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+PROVIDER_TARGETS = {CUDA_PROVIDER: "cuda", CPU_PROVIDER: "cpu"}  # -> ember's target
+
+
+def _cuda_problem() -> str | None:
+    """Why the cuda target cannot run here (None: it can, on a GPU or in Triton's interpreter)."""
+    from .api import check_target
+
+    try:
+        check_target("cuda")
+    except UnsupportedError as e:
+        return str(e)
+    return None
 
 
 def get_available_providers() -> list[str]:
-    """The execution providers ember has: the CPU's."""
-    return [CPU_PROVIDER]
+    """The execution providers ember can run here: the CUDA one (the cuda target) where
+    there is a GPU (or TRITON_INTERPRET=1), and the CPU's."""
+    return ([CUDA_PROVIDER] if _cuda_problem() is None else []) + [CPU_PROVIDER]
 
 
 def get_device() -> str:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            return "GPU"
     return "CPU"
 
 
 def get_all_providers() -> list[str]:
-    """The execution providers this build knows: ember knows only the one it has."""
-    return [CPU_PROVIDER]
+    """The execution providers ember knows."""
+    return list(PROVIDER_TARGETS)
 
 
 def get_version_string() -> str:
@@ -224,8 +248,8 @@ _UNSUPPORTED_OPTIONS = {
     "register_custom_ops_library": "custom op libraries are onnxruntime's (register an ember op instead)",
     "add_initializer": "initializers come from the model",
     "add_external_initializers": "initializers come from the model (and its external data files)",
-    "add_provider": "ember has only the CPU provider",
-    "add_provider_for_devices": "ember has only the CPU provider",
+    "add_provider": "ember's providers are chosen by InferenceSession(providers=...)",
+    "add_provider_for_devices": "ember's providers are chosen by InferenceSession(providers=...)",
 }
 
 
@@ -304,8 +328,9 @@ class NodeArg:
 
 
 def _providers(providers: Any, provider_options: Any) -> dict[str, dict[str, str]]:
-    """The providers asked for, checked: ember has only the CPU's, and any other is an
-    error naming it (never a silent fallback to the CPU)."""
+    """The providers asked for, checked, in order (the first picks ember's target:
+    `PROVIDER_TARGETS`): one ember lacks, or the CUDA one where the cuda target cannot run
+    here, is an error naming it (never a silent fallback to the CPU)."""
     names, options = [], []
     for entry in providers or [CPU_PROVIDER]:
         name, opts = entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, None)
@@ -318,17 +343,31 @@ def _providers(providers: Any, provider_options: Any) -> dict[str, dict[str, str
         if len(provider_options) != len(names):
             raise InputError(f"{len(provider_options)} provider_options for {len(names)} providers")
         options = list(provider_options)
-    missing = [n for n in names if n != CPU_PROVIDER]
+    missing = [n for n in names if n not in PROVIDER_TARGETS]
     if missing:
         raise UnsupportedError(f"execution provider {missing[0]!r} is not available in ember (it has "
-                               f"{', '.join(get_available_providers())}); ember does not fall back to "
-                               "another provider: ask for the CPU's")
+                               f"{', '.join(PROVIDER_TARGETS)}); ember does not fall back to "
+                               "another provider: ask for one of those")
+    if CUDA_PROVIDER in names and (problem := _cuda_problem()) is not None:
+        raise UnsupportedError(f"execution provider {CUDA_PROVIDER!r} is not available here: {problem}; "
+                               "ember does not fall back to the CPU's silently: ask for it")
     for opts in options:
         if opts is not None and not isinstance(opts, dict):
             raise InputError(f"provider options are dicts, got {type(opts).__name__}")
-    # the CPU provider has no option that changes anything in ember; onnxruntime's CPU
-    # provider, too, reports none of those it is given
-    return {CPU_PROVIDER: {}}
+    chosen: dict[str, dict[str, str]] = {}
+    for name, opts in zip(names, options):
+        if name == CUDA_PROVIDER:
+            device = str((opts or {}).get("device_id", 0))
+            if device != "0":
+                raise UnsupportedError(f"{CUDA_PROVIDER} device_id {device}: ember runs on the first GPU only so far")
+            chosen[name] = {"device_id": "0"}
+        else:
+            # the CPU provider has no option that changes anything in ember; onnxruntime's
+            # CPU provider, too, reports none of those it is given
+            chosen[name] = {}
+    if CPU_PROVIDER not in chosen:  # (nodes without a GPU kernel run on the CPU, as onnxruntime's)
+        chosen[CPU_PROVIDER] = {}
+    return chosen
 
 
 class InferenceSession:
@@ -352,6 +391,7 @@ class InferenceSession:
                              f"{type(sess_options).__name__} (with `import ember as ort`, ort.SessionOptions() is ember's)")
         self._options = copy.copy(sess_options) if sess_options is not None else SessionOptions()
         self._provider_options = _providers(providers, provider_options)
+        self._source = path_or_bytes
         self._log_level = _log_level(self._options.log_severity_level, "SessionOptions")
         self._profile_lock = threading.Lock()
         self._profiling = bool(self._options.enable_profiling)
@@ -388,8 +428,11 @@ class InferenceSession:
             if self._options._fixed_dims or self._options._fixed_denotations:
                 raise UnsupportedError("free dimension overrides apply when an ONNX model is compiled; this "
                                        f"artifact ({os.fspath(model)}) was compiled already: its dims stay as they are")
+            if self._target != "cpu":
+                raise UnsupportedError(f"{os.fspath(model)} is an artifact of the cpu target; "
+                                       f"{next(iter(self._provider_options))} needs the ONNX model")
             return load(model, intra_op_threads=threads, profile=self._profiling)
-        return compile(model, opt_level=opt_level, intra_op_threads=threads, profile=self._profiling,
+        return compile(model, target=self._target, opt_level=opt_level, intra_op_threads=threads, profile=self._profiling,
                        fixed_dims=self._options._fixed_dims, fixed_denotations=self._options._fixed_denotations)
 
     def _write_optimized(self, path: str | os.PathLike) -> None:
@@ -413,8 +456,12 @@ class InferenceSession:
     def get_modelmeta(self) -> ModelMetadata:
         return ModelMetadata(self._model.metadata, self._model.graph.name)
 
+    @property
+    def _target(self) -> str:
+        return PROVIDER_TARGETS[next(iter(self._provider_options))]
+
     def get_providers(self) -> list[str]:
-        return [CPU_PROVIDER]
+        return list(self._provider_options)
 
     def get_provider_options(self) -> dict[str, dict[str, str]]:
         return copy.deepcopy(self._provider_options)
@@ -423,7 +470,12 @@ class InferenceSession:
         return copy.copy(self._options)
 
     def set_providers(self, providers: Any = None, provider_options: Any = None) -> None:
-        self._provider_options = _providers(providers, provider_options)
+        """As onnxruntime's: the session made again for `providers` (compiled again where
+        the target changes)."""
+        chosen, before = _providers(providers, provider_options), self._target
+        self._provider_options = chosen
+        if self._target != before:
+            self._model = self._load(self._source)
 
     def disable_fallback(self) -> None:  # onnxruntime's retry on another provider: ember has none
         pass

@@ -138,6 +138,13 @@ class CompiledModel:
             _return_freed_heap()  # (a compile's: loading frees no passes' memory)
 
     @property
+    def executor(self):
+        """What runs the program: the cpu target's Executor, the device target's
+        DeviceExecutor (`run_device` keeps tensors on the device), or the reference
+        interpreter; `run(inputs)` takes the inputs in `inputs`' order, unchecked."""
+        return self._executor
+
+    @property
     def graph(self) -> Graph:
         """The optimized graph (a loaded model's is parsed from the artifact on first use)."""
         if self._graph is None:
@@ -214,6 +221,15 @@ class CompiledModel:
 _LARGE_MODEL_PARAMETERS = 1 << 23  # from this many weights a compile returns its freed heap (~0.1 s)
 
 
+def check_target(target: str) -> None:
+    """UnsupportedError for a target ember lacks or this machine cannot run."""
+    if target not in TARGETS:
+        raise UnsupportedError(f"target {target!r} is not available; choose one of {', '.join(TARGETS)}")
+    from .codegen.target import TARGETS as _TARGETS
+
+    _TARGETS[target].check()
+
+
 def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool | None = None,
             dump_ir: str | os.PathLike | None = None, passes: list[tuple[str, str, str]] | None = None,
             **options: Any) -> CompiledModel:
@@ -235,11 +251,7 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
 
     Raises `ModelError` for a model ember cannot take, `UnsupportedError` for an unknown
     target, option or pass. A `Graph` is compiled as given: passes edit it in place."""
-    if target not in TARGETS:
-        raise UnsupportedError(f"target {target!r} is not available; choose one of {', '.join(TARGETS)}")
-    from .codegen.target import TARGETS as _TARGETS
-
-    _TARGETS[target].check()
+    check_target(target)
     base_dir = options.pop("base_dir", None)
     codegen = options.pop("codegen", True)
     threads = options.pop("intra_op_threads", None)

@@ -202,8 +202,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if _is_llm_source(args.model):
         compiled, seconds = _compile_llm(args)
     else:
-        if args.block_size is not None or args.max_model_len is not None:
-            raise UsageError("--block-size and --max-model-len are for LLMs (a Hugging Face folder or a GGUF file)")
+        if args.block_size is not None or args.max_model_len is not None or args.dtype is not None:
+            raise UsageError("--block-size, --max-model-len and --dtype are for LLMs (a Hugging Face folder or a "
+                             "GGUF file)")
         compiled, seconds = _compile(args.model, args.target, opt_level=args.opt_level,
                                      verify=args.verify or None, dump_ir=args.dump_ir)
     stats = compiled.stats
@@ -230,7 +231,7 @@ def _compile_llm(args: argparse.Namespace):
         raise UsageError("an LLM compiles at O2: --opt-level, --dump-ir and --verify are for ONNX models")
     _status(f"compiling {args.model} for {args.target} ...")
     t0 = time.perf_counter()
-    compiled = compile_llm(args.model, target=args.target, block_size=args.block_size or 16,
+    compiled = compile_llm(args.model, target=args.target, dtype=args.dtype or "float32", block_size=args.block_size or 16,
                            max_model_len=args.max_model_len)
     return compiled, time.perf_counter() - t0
 
@@ -510,7 +511,7 @@ def cmd_generate(args) -> int:
                             max_tokens=args.max_tokens)
     path = Path(args.model) if args.model else default_llm()
     start = time.perf_counter()
-    engine = build_engine(path, target=args.target, kv_cache_memory=256 << 20)
+    engine = build_engine(path, target=args.target, dtype=args.dtype, kv_cache_memory=256 << 20)
     load_s = time.perf_counter() - start
     tokenizer = engine.tokenizer
     if args.raw or not getattr(tokenizer, "chat_template", None):
@@ -568,7 +569,7 @@ def _byte_size(text: str) -> int:
 
 
 def _engine_options(args) -> dict[str, Any]:
-    names = ("max_model_len", "max_num_seqs", "kv_cache_memory", "block_size", "max_num_batched_tokens")
+    names = ("max_model_len", "max_num_seqs", "kv_cache_memory", "block_size", "max_num_batched_tokens", "dtype")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -669,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, metavar="N", help="LLM: tokens per KV cache block (default: 16)")
     p.add_argument("--max-model-len", type=int, metavar="N",
                    help="LLM: longest prompt + output in tokens (default: the model's context length)")
+    _add_dtype(p, "LLM: ")
     p.add_argument("--opt-level", "-O", type=int, default=2, choices=range(4), metavar="N",
                    help="pass pipeline O0-O3 (default: 2)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass to DIR")
@@ -719,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="sample from the top-p mass (default: 1)")
     p.add_argument("--seed", type=int, help="seed of the sampler (default: a fresh one each run)")
     p.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat template")
+    _add_dtype(p)
     p.add_argument("--compare", action="store_true",
                    help="also time transformers' greedy generate on the same prompt and weights")
 
@@ -726,6 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n  ember serve                                  the built-in SmolLM2 on http://127.0.0.1:8000/v1\n"
             "  ember serve path/to/model --host 0.0.0.0 --port 8080 --api-key s3cret\n"
             "  ember serve model.gguf --max-model-len 4096 --max-num-seqs 32 --kv-cache-memory 4G\n"
+            "  ember serve model.gguf --target cuda --dtype bfloat16      on a GPU\n"
             "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
             "       -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}]}'\n\n"
             "routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, GET /health, GET /metrics;\n"
@@ -774,7 +778,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_dtype(p: argparse.ArgumentParser, what: str = "") -> None:
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help=f"{what}the dtype of the weights, activations and KV cache (default: float32; an artifact: "
+                        "the one it was compiled in)")
+
+
 def _add_engine_options(p: argparse.ArgumentParser, serving: bool = True) -> None:
+    _add_dtype(p)
     p.add_argument("--max-model-len", type=int, metavar="N",
                    help="longest prompt + output in tokens (default: the model's context length)")
     p.add_argument("--kv-cache-memory", type=_byte_size, metavar="SIZE",

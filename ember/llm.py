@@ -12,8 +12,11 @@ load an artifact of it (`ember compile model.gguf -o model.ember`), compiled alr
         print(out.outputs[0].text)                   # cumulative; out.finished on the last
 
 Options: the `EngineOptions` fields (block_size, kv_cache_memory, max_num_batched_tokens,
-max_num_seqs, max_model_len, enable_prefix_caching), plus `intra_op_threads` and
-`target` for the compiler.
+max_num_seqs, max_model_len, enable_prefix_caching), plus `intra_op_threads`, `target`
+("cpu" or "cuda") and `dtype` ("float32", the default, "float16" or "bfloat16": the
+weights', activations' and KV cache's) for the compiler:
+
+    llm = ember.LLM("model.gguf", target="cuda", dtype="bfloat16")
 """
 
 from __future__ import annotations
@@ -34,9 +37,17 @@ from .runtime.request import SamplingParams
 from .runtime.sampler import Logprob  # noqa: F401 - with CompletionOutput: the LLM API's result types (ember.serve reads them here)
 
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
+LLM_DTYPES = ("float32", "float16", "bfloat16")
 
 
-def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
+def llm_dtype(compiled) -> str:
+    """The dtype an LLM's forward graph was built in (its KV cache's)."""
+    from .ir.forward import FEEDS
+
+    return next(info.dtype.name for info in compiled.inputs if info.name not in FEEDS)
+
+
+def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu", dtype: str | None = None,
                  intra_op_threads: int | None = None, progress: bool | None = None, **options) -> LLMEngine:
     """Open `model` (a Hugging Face folder, a GGUF file, or an artifact that `ember compile`
     wrote), compile its forward graph unless it is an artifact, and return an engine over it."""
@@ -46,13 +57,13 @@ def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
     unknown = set(options) - _ENGINE_FIELDS
     if unknown:
         raise InputError(f"unknown engine option(s) {sorted(unknown)}; the options are {sorted(_ENGINE_FIELDS)}, "
-                         "intra_op_threads and target")
+                         "intra_op_threads, target and dtype")
     engine_options = EngineOptions(**options)
     path = Path(model) if model is not None else default_llm()
     if is_artifact(path):
-        compiled, engine_options = _load_artifact(path, target, intra_op_threads, options)
+        compiled, engine_options = _load_artifact(path, target, dtype, intra_op_threads, options)
     else:
-        compiled = compile_llm(path, target=target, block_size=engine_options.block_size,
+        compiled = compile_llm(path, target=target, dtype=dtype or "float32", block_size=engine_options.block_size,
                                max_model_len=engine_options.max_model_len, intra_op_threads=intra_op_threads,
                                progress=progress)
     info = compiled.llm
@@ -60,22 +71,23 @@ def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
                      max_model_len=engine_options.max_model_len or info.max_model_len, options=engine_options)
 
 
-def compile_llm(model: str | os.PathLike, *, target: str = "cpu", block_size: int = 16,
+def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "float32", block_size: int = 16,
                 max_model_len: int | None = None, intra_op_threads: int | None = None,
                 progress: bool | None = None):
-    """The forward graph of the LLM at `model` (a Hugging Face folder or a GGUF file),
-    compiled for KV-cache blocks of `block_size` tokens and sequences of up to
-    `max_model_len` (default: the model's context length), with its tokenizer and facts
-    in `compiled.llm`: what `compiled.save()` puts in an LLM artifact."""
+    """The forward graph of the LLM at `model` (a Hugging Face folder or a GGUF file) in
+    `dtype` ("float32", "float16" or "bfloat16"), compiled for `target`, KV-cache blocks of
+    `block_size` tokens and sequences of up to `max_model_len` (default: the model's
+    context length), with its tokenizer and facts in `compiled.llm`: what
+    `compiled.save()` puts in an LLM artifact."""
     from . import api
-    from .errors import UnsupportedError
     from .frontends.hf import load_pretrained
 
-    if target != "cpu":  # (its KV cache lives in the cpu executor's buffers, updated in place)
-        raise UnsupportedError(f"the LLM engine runs on the 'cpu' target only so far, not {target!r}")
+    if dtype not in LLM_DTYPES:
+        raise InputError(f"dtype {dtype!r} is not one an LLM runs in; choose one of {', '.join(LLM_DTYPES)}")
+    api.check_target(target)  # (before the weights load)
     path = Path(model)
     progress = sys.stderr.isatty() if progress is None else progress
-    pretrained = load_pretrained(path, progress=progress)
+    pretrained = load_pretrained(path, dtype=dtype, progress=progress)
     max_len = max_model_len or pretrained.config.max_position_embeddings
     graph = pretrained.graph(block_size=block_size, max_model_len=max_len)
     compiled = api.compile(graph, target=target, intra_op_threads=intra_op_threads)
@@ -87,7 +99,7 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", block_size: in
     return compiled
 
 
-def _load_artifact(path: Path, target: str, intra_op_threads: int | None, options: dict):
+def _load_artifact(path: Path, target: str, dtype: str | None, intra_op_threads: int | None, options: dict):
     """An LLM artifact, and the engine options it allows: its block size (the graph's
     caches are shaped by it) and a max_model_len no longer than it was compiled for."""
     from .artifact import load
@@ -98,6 +110,8 @@ def _load_artifact(path: Path, target: str, intra_op_threads: int | None, option
         raise InputError(f"{path} is an artifact of a model that is not an LLM (use ember.load and run it)")
     if compiled.target != target:
         raise InputError(f"{path} was compiled for target {compiled.target!r}, not {target!r}")
+    if dtype is not None and llm_dtype(compiled) != dtype:
+        raise InputError(f"{path} was compiled in {llm_dtype(compiled)}, not {dtype}: compile it again with --dtype {dtype}")
     if options.get("block_size", info.block_size) != info.block_size:
         raise InputError(f"{path} was compiled for KV-cache blocks of {info.block_size} tokens, not "
                          f"{options['block_size']}: compile it again with --block-size {options['block_size']}")

@@ -434,8 +434,9 @@ def test_module_functions_for_logging_and_versions():
     finally:
         logging_.getLogger("ember").setLevel(before)
     assert ember.get_version_string() == ember.__version__ and ember.__version__ in ember.get_build_info()
-    assert ember.get_all_providers() == ember.get_available_providers() == ["CPUExecutionProvider"]
-    assert "CPUExecutionProvider" in onnxruntime.get_all_providers()
+    assert ember.get_all_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ember.get_available_providers()[-1] == "CPUExecutionProvider"
+    assert set(ember.get_all_providers()) <= set(onnxruntime.get_all_providers())
 
 
 # -- OrtValue and run_with_ort_values --------------------------------------------------------------
@@ -585,21 +586,54 @@ def test_an_output_only_the_run_can_size_is_copied_into_its_buffer_once(tmp_path
 
 
 # -- what only ember promises --------------------------------------------------------------------
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """A machine without a GPU, and Triton's interpreter off."""
+    import torch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.mark.parametrize("providers", [["CUDAExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"],
                                        [("TensorrtExecutionProvider", {}), "CPUExecutionProvider"]])
-def test_a_provider_ember_lacks_is_an_error_naming_it(model_path, providers):
+def test_a_provider_ember_lacks_is_an_error_naming_it(model_path, providers, no_gpu):
     name = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     with pytest.raises(ember.UnsupportedError, match=name):
         ember.InferenceSession(model_path, providers=providers)
     assert ember.get_available_providers() == ["CPUExecutionProvider"]
 
 
-def test_provider_options_and_module_functions(model_path):
+def test_provider_options_and_module_functions(model_path, no_gpu):
     sess = ember.InferenceSession(model_path, providers=[("CPUExecutionProvider", {"use_arena": "0"})])
     assert sess.get_provider_options() == {"CPUExecutionProvider": {}}  # as onnxruntime's CPU provider
     assert ember.get_device() == onnxruntime.get_device() == "CPU"
-    with pytest.raises(ember.UnsupportedError, match="CUDAExecutionProvider"):
+    with pytest.raises(ember.UnsupportedError, match="CUDAExecutionProvider.*GPU"):
         sess.set_providers(["CUDAExecutionProvider"])
+    assert sess.get_providers() == ["CPUExecutionProvider"]  # the session as it was
+
+
+def test_the_cuda_provider_runs_the_cuda_target(model_path, monkeypatch):
+    """providers=["CUDAExecutionProvider", "CPUExecutionProvider"]: the cuda target (here
+    in Triton's interpreter), onnxruntime's outputs; set_providers compiles it again."""
+    import torch
+
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert ember.get_available_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    sess = ember.InferenceSession(model_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert sess._model.target == "cuda"
+    assert sess.get_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert sess.get_provider_options()["CUDAExecutionProvider"] == {"device_id": "0"}
+    feeds = {i.name: RNG.standard_normal([d if isinstance(d, int) else 2 for d in i.shape]).astype(np.float32)
+             for i in sess.get_inputs()}
+    want = onnxruntime.InferenceSession(model_path, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for got, expected in zip(sess.run(None, feeds), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    sess.set_providers(["CPUExecutionProvider"])
+    assert sess._model.target == "cpu" and sess.get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(ember.UnsupportedError, match="device_id 1"):
+        sess.set_providers([("CUDAExecutionProvider", {"device_id": 1})])
 
 
 def test_bad_calls_are_ember_errors_that_name_the_problem(model_path):

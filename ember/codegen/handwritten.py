@@ -1,5 +1,5 @@
-"""Hand-written C++ kernels: their sources, and the libraries codegen builds from them
-for the Programs that call them.
+"""Hand-written kernels: their sources, and the libraries codegen builds from them for
+the Programs that call them (C++ for the cpu target, Triton for the cuda target).
 
 Each kernel is one source file next to this module (ember's CPU prelude pasted first
 where it uses the prelude's math), built once with the system C++ compiler and cached
@@ -16,6 +16,12 @@ load builds nothing either.
     quantized_lstm       cpu_quantized_lstm.cpp: com.microsoft.DynamicQuantizeLSTM's step loop
     paged_attention-T    cpu_paged_attention.cpp for element type T (float32, float16,
                          bfloat16): ember.PagedAttention, and float32 attention of packed rows
+
+and for the cuda target, Triton modules (written into the kernel cache, where the
+runtime imports them and takes their `EXTERNS`; Triton compiles them at first launch):
+
+    paged_attention-triton   triton_paged_attention.py: ember.PagedAttention's KV store
+                             and attention
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class HandWritten:
     header: str = ""
     what: str = ""  # for messages: what it is...
     instead: str = "torch's"  # ...and what runs where it does not build
+    renderer: str = "cpp"  # the target's renderer it serves: "cpp" | "triton"
 
     def source(self) -> str:
         text = Path(__file__).with_name(self.file).read_text()
@@ -83,8 +90,12 @@ class HandWritten:
         return text
 
     def library(self) -> Path | None:
-        """The built library (built now if the kernel cache lacks it); None without a C++
-        compiler. ExecutionError where it does not build."""
+        """The built library (built now if the kernel cache lacks it; a Triton module
+        written there); None without a C++ compiler. ExecutionError where it does not build."""
+        if self.renderer == "triton":
+            from . import triton
+
+            return triton.write(self.source())
         return None if cpu.compiler() is None else cpu.build(self.source())
 
 
@@ -111,6 +122,9 @@ KERNELS: dict[str, HandWritten] = {k.name: k for k in [
     HandWritten("quantized_lstm", "cpu_quantized_lstm.cpp", what="DynamicQuantizeLSTM", instead="the reference",
                 used_by=lambda program: program_uses(program, lambda step: step.name == "quantized_lstm")),
     *(_paged(dtype) for dtype in PAGED_DTYPES),
+    HandWritten("paged_attention-triton", "triton_paged_attention.py", renderer="triton",
+                what="Triton paged-attention", instead="torch's",
+                used_by=lambda program: program_uses(program, lambda step: step.name == "paged_attention")),
 ]}
 
 
@@ -127,12 +141,14 @@ def build(name: str) -> str | None:
     return None if built is None else str(built)
 
 
-def used(program) -> list[str]:
-    """The hand-written kernels `program` (its control-flow bodies included) may call."""
-    return [name for name, kernel in KERNELS.items() if kernel.used_by(program)]
+def used(program, renderer: str = "cpp") -> list[str]:
+    """The hand-written kernels of `renderer` that `program` (its control-flow bodies
+    included) may call."""
+    return [name for name, kernel in KERNELS.items() if kernel.renderer == renderer and kernel.used_by(program)]
 
 
-def libraries(program) -> dict[str, str | None]:
+def libraries(program, renderer: str = "cpp") -> dict[str, str | None]:
     """Kernel name -> its library's path (None where it did not build) for every
-    hand-written kernel `program` may call: what codegen puts in `Program.libraries`."""
-    return {name: build(name) for name in used(program)}
+    hand-written kernel of `renderer` that `program` may call: what codegen puts in
+    `Program.libraries`."""
+    return {name: build(name) for name in used(program, renderer)}

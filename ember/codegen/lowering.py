@@ -25,7 +25,7 @@ import sympy
 
 from ..ir.dtypes import DType
 from ..ir.graph import Graph, Node, Value
-from ..ir.ops._lowering import NotLowerable
+from ..ir.ops._lowering import FLOATS, NotLowerable
 from ..ir.registry import get_op
 from ..ir.shape_inference import infer_types
 from ..ir.types import TensorType
@@ -65,6 +65,7 @@ class LoweringContext:
         self.graph = graph
         self.target = target  # a codegen.target.Target (None: the CPU's kernels and every extern)
         self.kernel_dtypes = KERNEL_DTYPES if target is None else target.kernel_dtypes
+        self.extern_floats = FLOATS if target is None else target.extern_floats
         self.known = infer_types(graph)
         self.buffers: dict[str, Buffer] = {}
         self.kernels: list[Kernel] = []

@@ -8,7 +8,8 @@ dtype its renderer has not) runs its reference implementation on the CPU, counte
 
     cpu    C++/OpenMP kernels (codegen/cpu.py) built with the system compiler, every extern
     cuda   Triton kernels (codegen/triton.py) on a CUDA GPU's torch tensors, the externs
-           that run on torch alone (GEMMs on cuBLAS, attention on SDPA); without a GPU,
+           that run on torch alone (GEMMs on cuBLAS, attention on SDPA) and paged
+           attention on ember's Triton kernels (triton_paged_attention.py); without a GPU,
            with TRITON_INTERPRET=1, the same path on CPU tensors in Triton's interpreter
            (how CI tests it)
 """
@@ -28,6 +29,7 @@ class Target:
     device: str  # the torch device its buffers live on
     renderer: str  # "cpp" | "triton"
     kernel_dtypes: frozenset
+    extern_floats: frozenset  # the float dtypes its externs take
     externs: frozenset | None = None  # the externs its runtime runs (None: all)
 
     def check(self) -> None:
@@ -59,9 +61,10 @@ def _cpu_dtypes() -> frozenset:
     return frozenset(KERNEL_DTYPES)
 
 
-CPU = Target("cpu", "cpu", "cpp", _cpu_dtypes())
+CPU = Target("cpu", "cpu", "cpp", _cpu_dtypes(), frozenset({DType.float32, DType.float64}))
 CUDA = Target("cuda", "cuda", "triton",
               frozenset({DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int8, DType.int16,
                          DType.int32, DType.int64, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}),
-              externs=frozenset({"matmul", "linear", "gemm", "attention"}))
+              frozenset({DType.float32, DType.float64, DType.float16, DType.bfloat16}),
+              externs=frozenset({"matmul", "linear", "gemm", "attention", "paged_attention"}))
 TARGETS = {"cpu": CPU, "cuda": CUDA}

@@ -140,6 +140,12 @@ def tensor(a):
         return torch.from_numpy(a)
 
 
+def torch_dtype(dtype) -> "torch.dtype":
+    """The torch dtype of a numpy dtype (bfloat16 ml_dtypes'); None where torch has none."""
+    t = tensor(np.zeros(0, dtype))
+    return None if t is None else t.dtype
+
+
 def array(t) -> np.ndarray:
     """A numpy view of a torch tensor (an array as it is)."""
     if isinstance(t, np.ndarray):

@@ -7,12 +7,24 @@ program's module (`launch_<kernel>(buffers, sizes)`), calls the externs on shape
 the buffers (the target's externs run on torch alone), and runs a fallback node's
 reference implementation on the CPU, its inputs copied to the host and its outputs back:
 explicit copies, counted in `stats.fallback_nodes`. Outputs come back to the host as
-numpy arrays. No arena and no per-shape state: a run allocates its buffers (torch's
-caching allocator reuses them).
+numpy arrays (`run`), or stay on the device (`run_device`, what the LLM model runner
+calls). No arena and no per-shape state: a run allocates its buffers (torch's caching
+allocator reuses them).
+
+An input given as a contiguous tensor of its dtype on the device is used as it is, not
+copied: the KV caches an LLM's paged attention writes in place are the runner's own
+device tensors. Given as a numpy array instead, such an input written in place is copied
+back into it after the run, so `CompiledModel.run` means what it means on the cpu target.
+
+The externs are the runtime's (runtime/externs*.py), and those of the Triton modules the
+program names in `Program.libraries` (their `EXTERNS`, written by codegen: ember's paged
+attention) ahead of them; such an extern returns False where it does not take the
+tensors it was given, and the runtime's runs instead.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,13 +36,9 @@ from ..errors import EmberError, ExecutionError, InputError
 from ..ir.kernel import Program
 from ..ir.registry import get_op
 from ..ir.sizes import evaluate, is_symbol
-from ._torch import array, tensor
+from ._torch import array, tensor, torch_dtype
 from .executor import run_reference
 from .externs import EXTERNS
-
-
-def _torch_dtype(dtype: np.dtype):
-    return tensor(np.zeros(0, dtype)).dtype
 
 
 def _to_device(a: np.ndarray, device: str):
@@ -40,6 +48,15 @@ def _to_device(a: np.ndarray, device: str):
 
 def _to_host(t) -> np.ndarray:
     return array(t.detach().cpu())
+
+
+@functools.lru_cache(maxsize=64)
+def _module(path: str):
+    """The Triton module codegen wrote at `path`, imported once per process."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class _Buffers(dict):
@@ -60,12 +77,16 @@ class DeviceExecutor:
         self.torch, self.program, self.device = torch, program, device
         self.profile = None
         p = program
-        self._module = None
-        if p.library:
-            spec = importlib.util.spec_from_file_location(Path(p.library).stem, p.library)
-            self._module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(self._module)
+        self._module = _module(p.library) if p.library else None
         self._roots = {name: p.root(name) for name in p.buffers}
+        self._externs: dict[str, list] = {name: [fn] for name, fn in EXTERNS.items()}
+        for path in p.libraries.values():
+            if path and path.endswith(".py"):
+                for name, fn in _module(path).EXTERNS.items():
+                    self._externs.setdefault(name, []).insert(0, fn)
+        # inputs an extern writes in place (the paged-attention caches)
+        self._written = sorted({step.args[i] for step in p.steps if step.kind == "extern"
+                                and step.name == "paged_attention" for i in (3, 4)} & set(p.inputs))
         self._constants = {name: _to_device(np.asarray(a, dtype=p.buffers[name].dtype.numpy), device)
                            for name, a in p.constants.items()}
         self._references: dict[int, Any] = {}  # step index -> its node's reference implementation
@@ -75,6 +96,18 @@ class DeviceExecutor:
         return list(self.program.fallbacks)
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
+        """Run on `inputs` (numpy arrays, or tensors on the device); the outputs as numpy arrays."""
+        outputs, buffers = self._guarded(inputs)
+        for name, value in zip(self.program.inputs, inputs):
+            if name in self._written and isinstance(value, np.ndarray) and value.flags.writeable:
+                np.copyto(value, _to_host(buffers[name]).reshape(value.shape), casting="unsafe")
+        return [_to_host(t) for t in outputs]
+
+    def run_device(self, inputs: Sequence[Any]) -> list[Any]:
+        """Run on `inputs`; the outputs as tensors on the device."""
+        return self._guarded(inputs)[0]
+
+    def _guarded(self, inputs):
         try:
             return self._run(inputs)
         except (EmberError, KeyboardInterrupt):
@@ -82,17 +115,31 @@ class DeviceExecutor:
         except Exception as e:  # noqa: BLE001 - a library's failure (torch's, Triton's), named
             raise ExecutionError(f"a run on {self.device} failed: {type(e).__name__}: {e}") from e
 
-    def _run(self, inputs: Sequence[Any]) -> list[Any]:
+    def _input(self, name: str, value, sizes: dict):
+        """Input `name`'s flat tensor on the device: `value` itself where it is a contiguous
+        tensor of its dtype there."""
+        b = self.program.buffers[name]
+        if isinstance(value, self.torch.Tensor):
+            if value.dim() != len(b.shape):
+                raise InputError(f"input {name!r}: rank {value.dim()}, expected {len(b.shape)}")
+            self._bind(name, tuple(value.shape), sizes, "input")
+            dtype = torch_dtype(b.dtype.numpy)
+            if value.device.type == self.torch.device(self.device).type and value.dtype == dtype \
+                    and value.is_contiguous():
+                return value.view(-1)
+            return value.to(self.device, dtype).contiguous().view(-1)
+        array = np.asarray(value, dtype=b.dtype.numpy)
+        if array.ndim != len(b.shape):
+            raise InputError(f"input {name!r}: rank {array.ndim}, expected {len(b.shape)}")
+        self._bind(name, array.shape, sizes, "input")
+        return _to_device(array, self.device)
+
+    def _run(self, inputs: Sequence[Any]):
         p = self.program
         sizes: dict = {}
         buffers = _Buffers(self._roots)
         for name, value in zip(p.inputs, inputs):
-            b = p.buffers[name]
-            array = np.asarray(value, dtype=b.dtype.numpy)
-            if array.ndim != len(b.shape):
-                raise InputError(f"input {name!r}: rank {array.ndim}, expected {len(b.shape)}")
-            self._bind(name, array.shape, sizes, "input")
-            buffers[name] = _to_device(array, self.device)
+            buffers[name] = self._input(name, value, sizes)
         buffers.update(self._constants)
         for i, step in enumerate(p.steps):
             where = ", ".join(step.nodes[:3]) or step.name
@@ -105,13 +152,7 @@ class DeviceExecutor:
                 self._extern(step, buffers, sizes, where)
             else:
                 self._fallback(i, step, buffers, sizes)
-        out = []
-        for name in p.outputs:
-            b = p.buffers[name]
-            shape = self._shape(name, sizes)
-            flat = buffers[name]
-            out.append(_to_host(flat[:int(np.prod(shape))]).reshape(shape))
-        return out
+        return [self._view(name, buffers, sizes) for name in p.outputs], buffers
 
     # -- sizes and buffers --------------------------------------------------------------
     def _shape(self, name: str, sizes: dict) -> tuple[int, ...]:
@@ -135,10 +176,10 @@ class DeviceExecutor:
             b = p.buffers[root]
             if b.kind == "fill":
                 buffers[root] = torch.tensor([int(evaluate(f, sizes)) for f in b.fill],
-                                             dtype=_torch_dtype(b.dtype.numpy), device=self.device)
+                                             dtype=torch_dtype(b.dtype.numpy), device=self.device)
                 continue
             numel = int(np.prod(self._shape(root, sizes))) if b.shape else 1
-            buffers[root] = torch.empty(max(numel, 1), dtype=_torch_dtype(b.dtype.numpy), device=self.device)
+            buffers[root] = torch.empty(max(numel, 1), dtype=torch_dtype(b.dtype.numpy), device=self.device)
 
     def _view(self, name: str, buffers: _Buffers, sizes: dict):
         shape = self._shape(name, sizes)
@@ -153,11 +194,11 @@ class DeviceExecutor:
         if root != name:
             raise ExecutionError(f"{where}: a sized output that views another buffer")
         b = self.program.buffers[name]
-        buffers[root] = result.to(self.device, _torch_dtype(b.dtype.numpy)).contiguous().reshape(-1)
+        buffers[root] = result.to(self.device, torch_dtype(b.dtype.numpy)).contiguous().reshape(-1)
 
     # -- steps ----------------------------------------------------------------------------
     def _extern(self, step, buffers: _Buffers, sizes: dict, where: str) -> None:
-        fn = EXTERNS[step.name]
+        fn = self._externs[step.name][0]
         ins = [self._view(a, buffers, sizes) if a else None for a in step.args[:step.num_inputs]]
         outs = step.args[step.num_inputs:]
         if step.params.get("sizes_outputs"):
@@ -167,7 +208,10 @@ class DeviceExecutor:
             return
         self._allocate(outs, buffers, sizes)
         views = [self._view(a, buffers, sizes) for a in outs]
-        result = fn(step.params, *ins, *views)
+        for fn in self._externs[step.name]:
+            result = fn(step.params, *ins, *views)
+            if result is not False:  # (False: a library's extern that does not take these tensors)
+                break
         if len(outs) == 1 and result is not None and isinstance(result, self.torch.Tensor) \
                 and result.data_ptr() != views[0].data_ptr():
             views[0].copy_(result.reshape(views[0].shape))

@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 
 from ..errors import EmberError, ExecutionError, InputError
@@ -301,7 +300,7 @@ class LLMEngine:
             return []
         try:
             result = self.runner.execute(out)
-            logits = torch.from_numpy(np.asarray(result.logits))
+            logits = result.logits
             rows, sequences = [], []
             for s in out.scheduled:
                 rid = s.request.request_id

@@ -26,7 +26,7 @@ def _fused(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_
         return True
     dtype = _DTYPES.get(str(q.dtype))
     heads, kv_heads = params["num_heads"], params["kv_num_heads"]
-    if (dtype is None or not kernel.available(dtype)
+    if (dtype is None or q.device.type != "cpu" or not kernel.available(dtype)
             or any(t.dtype != q.dtype for t in (k, v, k_cache, v_cache, y))
             or any(t.dtype != torch.int64 or not t.is_contiguous()
                    for t in (slot_mapping, block_tables, query_start_loc, seq_lens))
@@ -74,12 +74,12 @@ def gathered(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, quer
         n = end - start
         if n <= 0:
             continue
-        positions = torch.arange(length)
+        positions = torch.arange(length, device=q.device)
         blocks = block_tables[b][positions // block_size]
         keys = k_cache[blocks, positions % block_size].transpose(0, 1)      # [Hkv, L, D]
         values = v_cache[blocks, positions % block_size].transpose(0, 1)
         queries = q[start:end].view(n, heads, head_dim).transpose(0, 1)       # [H, n, D]
-        query_pos = torch.arange(length - n, length)
+        query_pos = torch.arange(length - n, length, device=q.device)
         visible = positions[None, :] <= query_pos[:, None]
         if window:
             visible &= query_pos[:, None] - positions[None, :] < window

@@ -9,6 +9,14 @@ their positions; their cache slots (block_ids[pos // block_size] * block_size +
 pos % block_size); the block tables padded to the longest; the query start offsets and
 sequence lengths; and the rows whose logits are wanted (each request's last token when
 it samples, every new prompt token when it asked for prompt logprobs).
+
+It calls the compiled model's executor directly (never `CompiledModel.run`, whose checks
+and copies a step does not need). On a device target (`run_device`: the cuda target's
+executor) the caches are tensors on the device, given to every step as they are (the
+paged-attention kernels write them in place); the step's inputs are built on the host
+(a few small integer arrays) and copied over once; the logits stay on the device, where
+the sampler reads them. On the cpu target the caches are numpy arrays and the logits come
+back as a tensor over the executor's array.
 """
 
 from __future__ import annotations
@@ -19,16 +27,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.forward import FEEDS
+from ._torch import torch, torch_dtype
 from .request import SchedulerOutput
 
 
 @dataclass
 class RunnerOutput:
-    """Logits [N, vocab] and, per scheduled request (by id), its rows of them: `sample`
-    the row of its last token (or None), `prompt` the rows of the prompt tokens this step
-    computed (for prompt logprobs; empty unless asked for) and the position of the first."""
+    """Logits [N, vocab] (a tensor, on the model's device) and, per scheduled request (by
+    id), its rows of them: `sample` the row of its last token (or None), `prompt` the rows
+    of the prompt tokens this step computed (for prompt logprobs; empty unless asked for)
+    and the position of the first."""
 
-    logits: np.ndarray
+    logits: torch.Tensor
     sample_rows: dict[str, int]
     prompt_rows: dict[str, tuple[int, list[int]]]
 
@@ -58,10 +68,16 @@ class ModelRunner:
 
     def __init__(self, compiled, num_blocks: int):
         self.compiled, self.caches = compiled, {}
+        self.executor = compiled.executor
+        self.device = getattr(self.executor, "device", None) if hasattr(self.executor, "run_device") else None
+        self._order = [info.name for info in compiled.inputs]
         for info in compiled.inputs:
             if info.name not in FEEDS:
                 shape = tuple(num_blocks if i == 0 else int(d) for i, d in enumerate(info.shape))
-                self.caches[info.name] = _resident_zeros(shape, info.dtype.numpy)
+                if self.device is None:
+                    self.caches[info.name] = _resident_zeros(shape, info.dtype.numpy)
+                else:
+                    self.caches[info.name] = torch.zeros(shape, dtype=torch_dtype(info.dtype.numpy), device=self.device)
         if not self.caches:
             raise ValueError("the compiled graph has no KV-cache inputs: it is not an LLM forward graph")
         self.block_size = next(iter(self.caches.values())).shape[1]
@@ -74,7 +90,8 @@ class ModelRunner:
 
     @property
     def cache_bytes(self) -> int:
-        return sum(c.nbytes for c in self.caches.values())
+        return sum(c.numel() * c.element_size() if isinstance(c, torch.Tensor) else c.nbytes
+                   for c in self.caches.values())
 
     def feeds(self, out: SchedulerOutput) -> tuple[dict[str, np.ndarray], dict[str, int], dict]:
         """The graph's feeds for `out`, and where each request's logits will be (the
@@ -110,10 +127,17 @@ class ModelRunner:
                     wanted.append(last)
         feeds = {"input_ids": ids, "positions": positions, "slot_mapping": slots, "block_tables": tables,
                  "query_start_loc": starts, "seq_lens": first + lengths,
-                 "logit_indices": np.array(wanted, np.int64), **self.caches}
-        return feeds, sample_rows, prompt_rows
+                 "logit_indices": np.array(wanted, np.int64)}
+        if self.device is not None:
+            feeds = {name: torch.from_numpy(a).to(self.device, non_blocking=True) for name, a in feeds.items()}
+        return {**feeds, **self.caches}, sample_rows, prompt_rows
 
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         """Run one step. A step whose requests want no logits still runs (it fills the cache)."""
         feeds, sample_rows, prompt_rows = self.feeds(out)
-        return RunnerOutput(self.compiled.run(feeds)["logits"], sample_rows, prompt_rows)
+        inputs = [feeds[name] for name in self._order]
+        if self.device is not None:
+            logits = self.executor.run_device(inputs)[0]
+        else:
+            logits = torch.from_numpy(np.asarray(self.executor.run(inputs)[0]))
+        return RunnerOutput(logits, sample_rows, prompt_rows)

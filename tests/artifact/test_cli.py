@@ -65,11 +65,19 @@ def test_compile_an_llm_to_an_artifact(tiny_llm_dir, tmp_path, capsys):
     assert "kind        llm" in out and "up to 256 tokens, KV blocks of 8" in out
     assert "tokenizer/tokenizer.json" in out and "paged_attention×2" in out
     assert main(["generate", "Hi", "--model", str(out_file), "--max-tokens", "3", "--raw"]) == 0
+    half = tmp_path / "tiny16.ember"  # --dtype: the weights, activations and KV cache in float16
+    assert main(["compile", str(tiny_llm_dir), "-o", str(half), "--dtype", "float16", "--max-model-len", "64"]) == 0
+    assert main(["generate", "Hi", "--model", str(half), "--max-tokens", "3", "--raw", "--dtype", "float16"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "Hi", "--model", str(half), "--max-tokens", "3", "--dtype", "bfloat16"]) == 2
+    assert "compiled in float16, not bfloat16" in capsys.readouterr().err
 
 
 def test_compile_errors(onnx_model, tmp_path, capsys):
     assert main(["compile", str(onnx_model), "--block-size", "8"]) == 2
-    assert "--block-size and --max-model-len are for LLMs" in capsys.readouterr().err
+    assert "--block-size, --max-model-len and --dtype are for LLMs" in capsys.readouterr().err
+    assert main(["compile", str(onnx_model), "--dtype", "bfloat16"]) == 2
+    assert "--dtype are for LLMs" in capsys.readouterr().err
     bad = tmp_path / "bad.ember"
     bad.write_bytes(b"PK\x03\x04 not really")
     assert main(["run", str(bad), "--input", f"x={tmp_path / 'x.npy'}"]) == 2

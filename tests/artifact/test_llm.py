@@ -71,7 +71,9 @@ def test_engine_options_the_graph_fixes(tiny_artifact):
         ember.LLM(tiny_artifact, block_size=32, **SMALL)
     with pytest.raises(InputError, match="sequences of up to 1024 tokens, not 4096"):
         ember.LLM(tiny_artifact, max_model_len=4096, **SMALL)
-    llm = ember.LLM(tiny_artifact, max_model_len=64, block_size=16, **SMALL)
+    with pytest.raises(InputError, match="compiled in float32, not bfloat16: compile it again with --dtype bfloat16"):
+        ember.LLM(tiny_artifact, dtype="bfloat16", **SMALL)
+    llm = ember.LLM(tiny_artifact, max_model_len=64, block_size=16, dtype="float32", **SMALL)
     assert llm.engine.max_model_len == 64
 
 

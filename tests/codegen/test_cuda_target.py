@@ -144,10 +144,11 @@ def _check_cuda_cases(cases) -> None:
     assert on_device >= len(cases) // 3, (on_device, len(cases))  # most ran on the device's kernels
 
 
-def test_the_llm_engine_on_the_cuda_target_is_refused_not_run_wrong():
-    """Its KV cache is updated in place in the cpu executor's buffers: until the engine runs
-    on device buffers, asking for it on cuda is an error that says so."""
-    with pytest.raises(ember.UnsupportedError, match="LLM engine runs on the 'cpu' target only"):
+def test_the_llm_engine_on_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    """Before any weight loads (tests/runtime/test_cuda_engine.py runs it where it can)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ember.UnsupportedError, match="needs a CUDA GPU"):
         ember.LLM(target="cuda")
 
 

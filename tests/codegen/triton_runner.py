@@ -20,7 +20,8 @@ from ember.codegen import triton as renderer  # noqa: E402
 from ember.codegen.lowering import lower_graph  # noqa: E402
 from ember.ir.ops._lowering import NotLowerable  # noqa: E402
 from ember.ir.sizes import evaluate  # noqa: E402
-from ember.runtime.device import _to_device, _to_host, _torch_dtype  # noqa: E402
+from ember.runtime._torch import torch_dtype  # noqa: E402
+from ember.runtime.device import _to_device, _to_host  # noqa: E402
 
 
 class Unsupported(Exception):
@@ -54,7 +55,7 @@ def run(graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for name, b in buffers.items():
         if b.view_of is not None:
             continue
-        dtype = _torch_dtype(b.dtype.numpy)
+        dtype = torch_dtype(b.dtype.numpy)
         if b.kind == "input":
             feed = feeds[list(feeds)[lowered.inputs.index(name)]]
             tensors[name] = _to_device(np.asarray(feed, dtype=b.dtype.numpy), DEVICE)

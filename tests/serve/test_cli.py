@@ -30,9 +30,9 @@ def test_help_has_examples(command, capsys):
     assert "examples:" in out and f"ember {command}" in out
 
 
-def start_serve(model_dir, *args):
+def start_serve(model_dir, *args, env=None):
     """`ember serve` in a subprocess on a free port; (process, port) once it serves."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     process = subprocess.Popen([sys.executable, "-m", "ember.cli", "serve", str(model_dir), "--port", "0", *args],
                                stderr=subprocess.PIPE, text=True, env=env)
     lines = []
@@ -84,6 +84,28 @@ def test_sigterm_finishes_requests_in_flight_then_exits(tiny_llm_dir):
         assert json.loads(events[-2])["usage"]["completion_tokens"] == 900
         assert process.wait(timeout=60) == 0, "".join(stderr)
         assert "Traceback" not in "".join(stderr)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_serve_on_the_cuda_target_in_bfloat16(tiny_llm_dir):
+    """`ember serve --target cuda --dtype bfloat16` (without a GPU, in Triton's
+    interpreter): the official client's chat completion, then a graceful stop."""
+    import openai
+    import torch
+
+    env = {} if torch.cuda.is_available() else {"TRITON_INTERPRET": "1"}
+    process, port, stderr = start_serve(tiny_llm_dir, "--target", "cuda", "--dtype", "bfloat16", "--block-size", "4",
+                                        "--kv-cache-memory", "4M", "--max-model-len", "256", env=env)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(model=Path(tiny_llm_dir).name, max_tokens=5,
+                                               messages=[{"role": "user", "content": "Hi!"}])
+        assert reply.usage.completion_tokens == 5 and reply.choices[0].message.content
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, "".join(stderr)
+        assert "for cuda" in "".join(stderr) and "Traceback" not in "".join(stderr)
     finally:
         if process.poll() is None:
             process.kill()

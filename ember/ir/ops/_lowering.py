@@ -24,7 +24,7 @@ from ..registry import get_op
 if TYPE_CHECKING:
     from ..graph import Graph, Value
 
-FLOATS = {DType.float32, DType.float64}  # what extern (library) kernels take
+FLOATS = {DType.float32, DType.float64}  # what the cpu target's extern (library) kernels take
 # what generated kernels compute with: float16 and bfloat16 load and store as 16 bits and
 # compute in float32
 KERNEL_FLOATS = FLOATS | {DType.float16, DType.bfloat16}
@@ -54,6 +54,7 @@ class LoweringContext(Protocol):
     runs on its reference implementation."""
 
     graph: Graph                        # the graph being lowered
+    extern_floats: set[DType]           # the float dtypes the target's externs take (cpu: FLOATS)
     constants: dict[str, np.ndarray]    # constant buffer name -> its contents
     refs: dict[int, TensorRef]          # id(Value) -> what it lowered to, so far
 

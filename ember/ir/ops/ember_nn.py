@@ -367,8 +367,8 @@ register_op(OpDef(
 def _lower_linear(ctx, node, ins):
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
-    if x.dtype not in FLOATS or len(w.shape) != 2:
-        raise NotLowerable("not a float matrix weight")
+    if x.dtype not in ctx.extern_floats or len(w.shape) != 2:
+        raise NotLowerable("not a float matrix weight (of a dtype the target's linear takes)")
     activation = get_op(node.op).attr(node, "activation")
     weight = node.inputs[1]
     if weight.is_constant:  # [K, N]
@@ -383,8 +383,8 @@ def _lower_linear(ctx, node, ins):
 
 
 def _lower_attention(ctx, node, ins):
-    if ins[0].dtype not in FLOATS:
-        raise NotLowerable("not float")
+    if ins[0].dtype not in ctx.extern_floats:
+        raise NotLowerable("not float (of a dtype the target's attention takes)")
     heads, kv_heads, scale, causal = _attention_attrs(get_op(node.op), node)
     q, k, v, bias = (list(ins) + [None] * 4)[:4]  # packed q, k, v without a bias: one input
     return ctx.extern("attention", [q, k, v, bias], [out_type(node)], num_heads=heads,
@@ -421,7 +421,7 @@ def _lower_rotary(ctx, node, ins):
     x, cos, sin = ins
     dtype, shape = out_type(node)
     d = x.shape[-1] if x.shape else None
-    if x.dtype not in FLOATS or not isinstance(d, int) or d % 2:
+    if x.dtype not in KERNEL_FLOATS or not isinstance(d, int) or d % 2:
         raise NotLowerable("not float, or a last axis of no static even size")
     half = d // 2
 

@@ -51,8 +51,8 @@ def _lower_matmul(ctx, node, ins):
 
 
 def _lower_gemm(ctx, node, ins):
-    if ins[0].dtype not in FLOATS:
-        raise NotLowerable("not float")
+    if ins[0].dtype not in ctx.extern_floats:
+        raise NotLowerable("not float (of a dtype the target's gemm takes)")
     a = attrs(node)
     c = ins[2] if len(ins) > 2 else None
     b = node.inputs[1]

@@ -31,10 +31,11 @@ import numpy as np
 from ..dtypes import DType
 from ..graph import Node
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
-from ._lowering import FLOATS, NotLowerable, out_type, register_lowering
+from ._lowering import NotLowerable, out_type, register_lowering
 from ._symbolic import dtype_of, shape_of, tensor
 from .ember_nn import HEAD_ATTRS
 
+HALF_FLOATS = {DType.float16, DType.bfloat16}
 INPUTS = ("q", "k", "v", "k_cache", "v_cache", "slot_mapping", "block_tables", "query_start_loc", "seq_lens")
 
 
@@ -125,7 +126,8 @@ register_op(OpDef(
 
 
 def _lower(ctx, node, ins):
-    if ins[0].dtype not in FLOATS or any(r.dtype is not DType.int64 for r in ins[5:]):
+    # (on the cpu target too, float16 and bfloat16: its paged-attention kernel takes them)
+    if ins[0].dtype not in ctx.extern_floats | HALF_FLOATS or any(r.dtype is not DType.int64 for r in ins[5:]):
         raise NotLowerable("not float, or index inputs not int64")
     # the caches must be the caller's arrays themselves: written in place, they are state
     for value, name in zip(node.inputs[3:5], ("k_cache", "v_cache")):

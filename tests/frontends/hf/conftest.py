@@ -8,16 +8,18 @@ from ember.frontends.hf import load_pretrained
 from .paged import PagedRunner, save_tiny  # noqa: F401 - save_tiny re-exported for the tests
 
 
-def compare_logits(model, folder, *, compiled=True, prefill=(5, 3, 9), steps=4, block_size=4, seed=0):
+def compare_logits(model, folder, *, compiled=True, prefill=(5, 3, 9), steps=4, block_size=4, seed=0,
+                   target="cpu", dtype="float32"):
     """Prefill sequences of different lengths in one flattened batch, then decode `steps`
     tokens for all of them together, through the paged cache; returns (max abs error,
-    max rel error) against transformers' logits of the whole sequences."""
-    pm = load_pretrained(folder, progress=False)
+    max rel error) against transformers' logits of the whole sequences (the model
+    compiled for `target` in `dtype`; its caches numpy arrays `run` writes in place)."""
+    pm = load_pretrained(folder, dtype=dtype, progress=False)
     graph = pm.graph(block_size=block_size)
     if compiled:
-        program = ember.compile(graph)
+        program = ember.compile(graph, target=target)
         assert program.stats.fallback_nodes == []
-        run = lambda feeds: program.run(feeds)["logits"]
+        run = lambda feeds: np.asarray(program.run(feeds)["logits"], np.float32)
     else:
         program = ember.compile(graph, codegen=False)
         run = lambda feeds: program.run(feeds)["logits"]
@@ -25,7 +27,7 @@ def compare_logits(model, folder, *, compiled=True, prefill=(5, 3, 9), steps=4, 
     tokens = [list(rng.integers(0, pm.config.vocab_size, n + steps)) for n in prefill]
     with torch.no_grad():
         want = [model(torch.tensor([t])).logits[0].numpy() for t in tokens]
-    runner = PagedRunner(run, pm.config, block_size=block_size, seed=seed)
+    runner = PagedRunner(run, pm.config, block_size=block_size, seed=seed, dtype=pm.weights.dtype)
     seqs = [runner.add_sequence() for _ in tokens]
     got = [[] for _ in seqs]
     for s, logits in runner.step({s: tokens[s][:prefill[s]] for s in seqs}, all_logits=True).items():

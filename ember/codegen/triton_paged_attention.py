@@ -1,0 +1,179 @@
+"""ember.PagedAttention on the cuda target: a KV-store kernel and one attention kernel for
+prefill, chunked prefill and decode, in Triton.
+
+A kernel source like the C++ ones beside it: codegen writes it into the kernel cache for
+a Program that calls it (handwritten.py) and the runtime loads it from there (its
+`EXTERNS`); nothing in ember imports it. It imports only triton and torch.
+
+    _store_kv   one program per new token: its k and v rows into the caches at its slot
+                (none where the slot is < 0), and a zero row of y for a token past
+                query_start_loc[B]
+    _attend     one program per (tile of BLOCK_Q new tokens of one sequence, kv head): the
+                tile's rows are its tokens times the GROUP query heads that share the kv
+                head (BLOCK_M = BLOCK_Q x GROUP padded), so the keys and values are read
+                once for the group; online softmax in float32 over BLOCK_N keys at a time,
+                gathered from the cache through the sequence's block table; causal, and
+                within the sliding window where one is set
+
+The grid is fixed by the batch's shapes: T // BLOCK_Q + B tiles (B sequences, T tokens),
+so no launch reads anything from the device first (a step can be captured in a CUDA
+graph). Tile i belongs to the last sequence b with query_start_loc[b] // BLOCK_Q + b <= i
+(a binary search); tiles past a sequence's tokens do nothing. BLOCK_M is 16 rows where
+every sequence adds one token (decode) and 64 otherwise. Float32 runs its dots in IEEE
+float32 (not TF32): the cpu target's results, within rounding.
+
+Not yet: splitting a long context over several programs when the grid is small (decode of
+a few sequences).
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _store_kv(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, y_ptr, qsl_ptr, num_seqs,
+              k_stride, v_stride, y_stride,
+              K_WIDTH: tl.constexpr, V_WIDTH: tl.constexpr, Y_WIDTH: tl.constexpr,
+              KB: tl.constexpr, VB: tl.constexpr, YB: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + t)
+    ko = tl.arange(0, KB)
+    km = (ko < K_WIDTH) & (slot >= 0)
+    tl.store(k_cache_ptr + slot * K_WIDTH + ko, tl.load(k_ptr + t * k_stride + ko, mask=km), mask=km)
+    vo = tl.arange(0, VB)
+    vm = (vo < V_WIDTH) & (slot >= 0)
+    tl.store(v_cache_ptr + slot * V_WIDTH + vo, tl.load(v_ptr + t * v_stride + vo, mask=vm), mask=vm)
+    yo = tl.arange(0, YB)
+    past = tl.load(qsl_ptr + num_seqs) <= t
+    zero = tl.zeros([YB], dtype=tl.float32).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + t * y_stride + yo, zero, mask=(yo < Y_WIDTH) & past)
+
+
+@triton.jit
+def _attend(q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_ptr,
+            num_seqs, bt_stride, q_stride, y_stride, scale, window,
+            BLOCK_SIZE: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GP: tl.constexpr,
+            D: tl.constexpr, DV: tl.constexpr, DP: tl.constexpr, DVP: tl.constexpr,
+            BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    BLOCK_M: tl.constexpr = BLOCK_Q * GP
+    tile = tl.program_id(0)
+    kvh = tl.program_id(1)
+    # the tile's sequence: the last b whose first tile (query_start_loc[b] // BLOCK_Q + b) is <= tile
+    lo = tile * 0
+    hi = lo + num_seqs
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        right = tl.load(qsl_ptr + mid) // BLOCK_Q + mid <= tile
+        lo = tl.where(right, mid, lo)
+        hi = tl.where(right, hi, mid)
+    b = lo.to(tl.int64)
+    q_start = tl.load(qsl_ptr + b)
+    q_len = tl.load(qsl_ptr + b + 1) - q_start
+    local = tile - (q_start // BLOCK_Q + b)
+    seq_len = tl.load(seq_lens_ptr + b)
+    context = seq_len - q_len  # the sequence's tokens before its new ones
+
+    rows = tl.arange(0, BLOCK_M)
+    qi = local * BLOCK_Q + rows // GP  # each row's token, among the sequence's new ones
+    head = kvh * GROUP + rows % GP
+    row_ok = (qi < q_len) & (rows % GP < GROUP)
+    token = q_start + qi
+    qpos = context + qi  # each row's position in the sequence
+    dq = tl.arange(0, DP)
+    q = tl.load(q_ptr + token[:, None] * q_stride + head[:, None] * D + dq[None, :],
+                mask=row_ok[:, None] & (dq[None, :] < D), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    dv = tl.arange(0, DVP)
+
+    # the keys any row sees: [kv_lo, kv_hi), none for a tile past the sequence's tokens
+    kv_hi = tl.minimum(context + (local + 1) * BLOCK_Q, seq_len)
+    kv_hi = tl.where(local * BLOCK_Q < q_len, kv_hi, 0)
+    kv_lo = kv_hi * 0
+    if window > 0:
+        kv_lo = tl.maximum(context + local * BLOCK_Q - window + 1, 0) // BLOCK_N * BLOCK_N
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DVP], tl.float32)
+    j = kv_lo
+    while j < kv_hi:
+        keys = j + tl.arange(0, BLOCK_N)
+        key_ok = keys < kv_hi
+        block = tl.load(bt_ptr + b * bt_stride + keys // BLOCK_SIZE, mask=key_ok, other=0)
+        slot = block * BLOCK_SIZE + keys % BLOCK_SIZE
+        k = tl.load(k_cache_ptr + slot[None, :] * (KV_HEADS * D) + kvh * D + dq[:, None],
+                    mask=key_ok[None, :] & (dq[:, None] < D), other=0.0)  # [DP, BLOCK_N]
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k, input_precision=PRECISION) * scale
+        visible = key_ok[None, :] & (keys[None, :] <= qpos[:, None])
+        visible = visible & ((window <= 0) | (qpos[:, None] - keys[None, :] < window))
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + slot[:, None] * (KV_HEADS * DV) + kvh * DV + dv[None, :],
+                    mask=key_ok[:, None] & (dv[None, :] < DV), other=0.0)  # [BLOCK_N, DVP]
+        p = p.to(v.dtype)
+        if UPCAST:
+            p, v = p.to(tl.float32), v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+        m_i = m_new
+        j += BLOCK_N
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(y_ptr + token[:, None] * y_stride + head[:, None] * DV + dv[None, :], out.to(y_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (dv[None, :] < DV))
+
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+# Triton's interpreter multiplies bfloat16 dot operands as their integer bits: there they
+# are widened to float32 first (after the same rounding of p a GPU does)
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y):
+    """The extern: False (nothing done) where these tensors are not the kernels' (another
+    dtype, strided rows or caches, mismatched shapes): the runtime's torch path runs then."""
+    heads, kv_heads = params["num_heads"], params["kv_num_heads"]
+    if (q.dtype not in _FLOATS or any(t.dtype != q.dtype for t in (k, v, k_cache, v_cache, y))
+            or any(t.dtype != torch.int64 or not t.is_contiguous()
+                   for t in (slot_mapping, block_tables, query_start_loc, seq_lens))
+            or any(t.dim() != 2 or t.stride(1) != 1 for t in (q, k, v, y)) or block_tables.dim() != 2
+            or k_cache.dim() != 4 or v_cache.dim() != 4 or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+            or heads % kv_heads or params["sliding_window"] < 0):
+        return False
+    num_blocks, block_size, _, d = k_cache.shape
+    tokens, dv, num_seqs = q.shape[0], v_cache.shape[3], seq_lens.numel()
+    if (k_cache.shape[2] != kv_heads or v_cache.shape[:3] != k_cache.shape[:3] or min(d, dv, block_size) < 1
+            or q.shape[1] != heads * d or k.shape != (tokens, kv_heads * d) or v.shape != (tokens, kv_heads * dv)
+            or y.shape != (tokens, heads * dv) or slot_mapping.shape != (tokens,)
+            or block_tables.shape[0] < num_seqs or query_start_loc.shape != (num_seqs + 1,)):
+        return False
+    if tokens == 0:
+        return True
+    p2 = triton.next_power_of_2
+    _store_kv[(tokens,)](k, v, k_cache, v_cache, slot_mapping, y, query_start_loc, num_seqs,
+                         k.stride(0), v.stride(0), y.stride(0),
+                         K_WIDTH=kv_heads * d, V_WIDTH=kv_heads * dv, Y_WIDTH=heads * dv,
+                         KB=p2(kv_heads * d), VB=p2(kv_heads * dv), YB=p2(heads * dv))
+    if num_seqs == 0:
+        return True
+    group = heads // kv_heads
+    gp = p2(group)
+    block_q = max(1, (16 if tokens == num_seqs else 64) // gp)
+    scale = params["scale"] or d ** -0.5
+    _attend[(tokens // block_q + num_seqs, kv_heads)](
+        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, y,
+        num_seqs, block_tables.stride(0), q.stride(0), y.stride(0), float(scale), int(params["sliding_window"]),
+        BLOCK_SIZE=block_size, KV_HEADS=kv_heads, GROUP=group, GP=gp, D=d, DV=dv,
+        DP=max(16, p2(d)), DVP=max(16, p2(dv)), BLOCK_Q=block_q, BLOCK_N=32,
+        PRECISION="ieee" if q.dtype == torch.float32 else None, UPCAST=_INTERPRETED and q.dtype == torch.bfloat16)
+    return True
+
+
+EXTERNS = {"paged_attention": paged_attention}

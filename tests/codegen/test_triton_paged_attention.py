@@ -1,0 +1,84 @@
+"""ember.PagedAttention on the cuda target: the Triton KV-store and attention kernels
+(codegen/triton_paged_attention.py, written into the kernel cache by codegen and loaded by
+the runtime) against the op's reference, on batches that mix prefill, chunked prefill,
+decode and empty sequences, grouped kv heads, sliding windows, value widths other than
+the key's, tokens past the last sequence, and float32 / float16 / bfloat16 caches.
+Without a GPU, in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set here
+before triton is imported)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ember.codegen import handwritten  # noqa: E402
+from ember.ir.ops.paged_attention import INPUTS, paged_attention  # noqa: E402
+from ember.runtime._torch import array, tensor  # noqa: E402
+from ember.runtime.device import _module  # noqa: E402
+from tests.runtime.test_paged_attention_kernel import _batch  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    path = handwritten.build("paged_attention-triton")
+    assert path is not None and path.endswith(".py")
+    return _module(path)
+
+
+def _check(kernels, seqs, heads, kv_heads, d, block_size, *, dv=None, window=0, padding=0, dtype=np.float32, seed=0):
+    feeds = _batch(np.random.default_rng(seed), seqs, heads, kv_heads, d, block_size, dv=dv, padding=padding,
+                   dtype=dtype)
+    want_feeds = {name: a.copy() for name, a in feeds.items()}
+    want = paged_attention(*(want_feeds[n] for n in INPUTS), num_heads=heads, kv_num_heads=kv_heads,
+                           sliding_window=window)
+    t = {name: tensor(a.copy()).to(DEVICE) for name, a in feeds.items()}
+    y = torch.full((t["q"].shape[0], heads * (dv or d)), 7, dtype=t["q"].dtype, device=DEVICE)  # every row written
+    params = {"num_heads": heads, "kv_num_heads": kv_heads, "scale": 0.0, "sliding_window": window}
+    assert kernels.paged_attention(params, *(t[n] for n in INPUTS), y) is True  # the kernels ran
+    tol = 1e-5 if dtype == np.float32 else 2e-2
+    np.testing.assert_allclose(array(y.cpu()).astype(np.float32), want.astype(np.float32), rtol=tol, atol=tol)
+    for cache in ("k_cache", "v_cache"):  # the new tokens stored at their slots, bit for bit
+        np.testing.assert_array_equal(array(t[cache].cpu()), want_feeds[cache])
+
+
+@pytest.mark.parametrize("seqs, heads, kv_heads, d, block_size, window", [
+    ([(5, 2)], 2, 1, 8, 4, 0),                                  # one sequence, a head dim below the tile's 16
+    ([(40, 1), (0, 30), (17, 5)], 8, 2, 64, 16, 0),              # decode, prefill, chunked prefill
+    ([(3, 1), (9, 1), (0, 1), (30, 1)], 9, 3, 64, 16, 0),        # decode only (SmolLM2's 9 heads over 3)
+    ([(3, 1), (9, 1), (0, 1)], 9, 3, 64, 16, 4),                 # ... in a sliding window
+    ([(30, 20), (0, 70)], 4, 4, 16, 8, 5),                       # long prefill tiles, window across blocks
+    ([(0, 0), (6, 3), (0, 0)], 4, 1, 32, 4, 0),                  # sequences with no new token
+    ([(2, 1)], 32, 1, 16, 4, 0),                                 # a group wider than a tile's 16 rows
+])
+def test_the_kernels_match_the_reference(kernels, seqs, heads, kv_heads, d, block_size, window):
+    _check(kernels, seqs, heads, kv_heads, d, block_size, window=window, padding=1)
+
+
+def test_values_of_another_width(kernels):
+    _check(kernels, [(7, 3), (0, 9)], 4, 2, 32, 4, dv=16)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_half_precision_caches(kernels, dtype):
+    _check(kernels, [(40, 1), (0, 30), (17, 5)], 8, 2, 64, 16, padding=1, dtype=dtype)
+
+
+def test_what_the_kernels_do_not_take_is_left_to_torch(kernels):
+    """A dtype the kernels lack (float64): nothing done, False (the runtime's torch path runs)."""
+    feeds = _batch(np.random.default_rng(0), [(5, 2)], 2, 1, 8, 4, dtype=np.float64)
+    t = {name: tensor(a).to(DEVICE) for name, a in feeds.items()}
+    y = torch.zeros((t["q"].shape[0], 16), dtype=torch.float64, device=DEVICE)
+    before = t["k_cache"].clone()
+    params = {"num_heads": 2, "kv_num_heads": 1, "scale": 0.0, "sliding_window": 0}
+    assert kernels.paged_attention(params, *(t[n] for n in INPUTS), y) is False
+    assert torch.equal(t["k_cache"], before)

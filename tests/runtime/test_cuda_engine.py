@@ -1,0 +1,90 @@
+"""The LLM engine on the cuda target: the forward graph compiled for it (Triton kernels,
+the torch GEMMs, ember's Triton paged attention), its KV cache device tensors the model
+runner keeps and hands the executor every step, the logits sampled where they are.
+Without a GPU, in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set here
+before triton is imported)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM  # noqa: E402
+
+import ember  # noqa: E402
+from ember.errors import InputError  # noqa: E402
+from ember.runtime.device import DeviceExecutor  # noqa: E402
+from tests.frontends.hf.conftest import compare_logits, save_tiny  # noqa: E402
+from tests.frontends.hf.test_llama import BASE  # noqa: E402
+from tests.runtime.test_engine import greedy, make_llm, prompts  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-4), ("bfloat16", 3e-2)])
+def test_forward_logits_match_transformers(tmp_path, dtype, tolerance):
+    """Prefill of three sequences in one batch, then four decode steps, through the paged
+    cache (numpy arrays: `run` writes the device's copy back into them), against
+    transformers' float32 logits; nothing falls back to the CPU."""
+    model = save_tiny(LlamaForCausalLM, LlamaConfig(**{**BASE, "num_key_value_heads": 2}), tmp_path)
+    abs_err, rel_err = compare_logits(model, tmp_path, target="cuda", dtype=dtype)
+    print(f"cuda {dtype}: max abs {abs_err:.2e}, max rel {rel_err:.2e}")
+    assert rel_err < tolerance
+
+
+def test_sliding_window(tmp_path):
+    config = MistralConfig(**{**BASE, "num_key_value_heads": 2, "sliding_window": 4})
+    model = save_tiny(MistralForCausalLM, config, tmp_path)
+    abs_err, _ = compare_logits(model, tmp_path, prefill=(9, 2, 6), steps=4, target="cuda")
+    assert abs_err < 1e-4
+
+
+def test_greedy_tokens_equal_transformers(tiny_llm_dir, monkeypatch):
+    """ember.LLM(target="cuda"): continuous batching over device-resident caches, the
+    runner calling the executor (never CompiledModel.run), greedy tokens those of
+    transformers' generate."""
+    from transformers import AutoModelForCausalLM
+
+    llm = make_llm(tiny_llm_dir, target="cuda")
+    runner = llm.engine.runner
+    assert isinstance(runner.executor, DeviceExecutor) and runner.compiled.stats.fallback_nodes == []
+    assert "paged_attention-triton" in runner.compiled.program.libraries
+    assert all(isinstance(c, torch.Tensor) and not c.any() for c in runner.caches.values())
+    monkeypatch.setattr(type(runner.compiled), "run", lambda *a, **k: pytest.fail("the runner called run"))
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llm_dir, dtype=torch.float32).eval()
+    batch = prompts(3, seed=20)
+    got = llm.generate([{"prompt_token_ids": p} for p in batch], greedy(12), use_tqdm=False)
+    for prompt, out in zip(batch, got):
+        with torch.no_grad():
+            want = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                      max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert out.outputs[0].token_ids == want[0, len(prompt):].tolist()
+    assert all(c.any() for c in runner.caches.values())  # the kernels wrote the runner's own tensors
+
+
+def test_bfloat16_engine_runs_in_bfloat16(tiny_llm_dir):
+    llm = make_llm(tiny_llm_dir, target="cuda", dtype="bfloat16")
+    runner = llm.engine.runner
+    assert all(c.dtype == torch.bfloat16 for c in runner.caches.values())
+    assert runner.compiled.stats.fallback_nodes == []
+    out = llm.generate([{"prompt_token_ids": prompts(1, seed=3)[0]}], greedy(4), use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 4
+
+
+def test_an_unknown_dtype_is_a_clear_error(tiny_llm_dir):
+    with pytest.raises(InputError, match="float16"):
+        ember.LLM(tiny_llm_dir, dtype="float8")
+
+
+def test_sampled_tokens_on_the_device_follow_their_seed(tiny_llm_dir):
+    """Seeded sampling on the device's logits: the same seed, the same tokens, in any batch."""
+    llm = make_llm(tiny_llm_dir, target="cuda")
+    params = ember.SamplingParams(temperature=0.8, top_p=0.9, max_tokens=6, seed=7, ignore_eos=True)
+    prompt = {"prompt_token_ids": prompts(1, seed=5)[0]}
+    alone = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+    others = [{"prompt_token_ids": p} for p in prompts(2, seed=6)]
+    batched = llm.generate([others[0], prompt, others[1]], [greedy(6), params, greedy(6)], use_tqdm=False)
+    assert batched[1].outputs[0].token_ids == alone and len(alone) == 6
