@@ -570,7 +570,10 @@ def _byte_size(text: str) -> int:
 
 def _engine_options(args) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "kv_cache_memory", "block_size", "max_num_batched_tokens", "dtype")
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if getattr(args, "enforce_eager", False):
+        options["enforce_eager"] = True
+    return options
 
 
 def cmd_serve(args) -> int:
@@ -786,6 +789,8 @@ def _add_dtype(p: argparse.ArgumentParser, what: str = "") -> None:
 
 def _add_engine_options(p: argparse.ArgumentParser, serving: bool = True) -> None:
     _add_dtype(p)
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="--target cuda: run decode steps kernel by kernel, without CUDA graphs (faster start, slower steps)")
     p.add_argument("--max-model-len", type=int, metavar="N",
                    help="longest prompt + output in tokens (default: the model's context length)")
     p.add_argument("--kv-cache-memory", type=_byte_size, metavar="SIZE",

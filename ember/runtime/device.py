@@ -208,13 +208,12 @@ class DeviceExecutor:
             return
         self._allocate(outs, buffers, sizes)
         views = [self._view(a, buffers, sizes) for a in outs]
-        for fn in self._externs[step.name]:
-            result = fn(step.params, *ins, *views)
-            if result is not False:  # (False: a library's extern that does not take these tensors)
-                break
-        if len(outs) == 1 and result is not None and isinstance(result, self.torch.Tensor) \
-                and result.data_ptr() != views[0].data_ptr():
-            views[0].copy_(result.reshape(views[0].shape))
+        _call_extern(self._externs[step.name], step.params, ins, views)
+
+    def plan(self, inputs: Sequence[Any]) -> StaticRun:
+        """This program planned for `inputs` (in order, each a shape, for an input tensor the
+        plan makes, or a tensor used as it is, like the KV caches): see StaticRun."""
+        return StaticRun(self, inputs)
 
     def _fallback(self, i: int, step, buffers: _Buffers, sizes: dict) -> None:
         node = step.params["node"]
@@ -226,3 +225,93 @@ class DeviceExecutor:
             if self.program.buffers[name].kind == "dynamic":
                 raise ExecutionError(f"{node.describe()}: a sequence or optional output on {self.device}")
             self._store(name, np.asarray(result), buffers, sizes, node.describe())
+
+
+def _call_extern(fns: list, params: dict, ins: list, views: list) -> None:
+    """The first of `fns` (a library's, then the runtime's) that takes these tensors, its
+    result written into the single output's view where it made a tensor of its own."""
+    import torch
+
+    for fn in fns:
+        result = fn(params, *ins, *views)
+        if result is not False:  # (False: a library's extern that does not take these tensors)
+            break
+    if len(views) == 1 and isinstance(result, torch.Tensor) and result.data_ptr() != views[0].data_ptr():
+        views[0].copy_(result.reshape(views[0].shape))
+
+
+class StaticRun:
+    """A program planned once for one set of input shapes (what a CUDA graph captures):
+    every size bound, every buffer allocated and kept, every kernel's arguments fixed, so a
+    run allocates nothing, reads nothing back from the device and launches the same
+    kernels on the same memory each time. Its inputs are `inputs` (input index -> a tensor
+    the caller fills before each run; those given as tensors are the caller's own), its
+    outputs `outputs` (tensors the next run overwrites).
+
+    `run()` launches the kernels; on a GPU, `capture()` records them once in a CUDA graph
+    and `run()` replays it. A program with a fallback node or an output sized only as it
+    runs cannot be planned (UnsupportedError)."""
+
+    def __init__(self, executor: DeviceExecutor, inputs: Sequence[Any]):
+        from ..errors import UnsupportedError
+
+        ex, p = executor, executor.program
+        torch = ex.torch
+        if p.fallbacks:
+            raise UnsupportedError(f"a program with fallback nodes cannot be planned ({p.fallbacks[0]} runs on the CPU)")
+        sizes: dict = {}
+        buffers = _Buffers(ex._roots)
+        self.inputs = {}
+        for i, (name, value) in enumerate(zip(p.inputs, inputs)):
+            if not isinstance(value, torch.Tensor):
+                value = self.inputs[i] = torch.zeros(tuple(value), dtype=torch_dtype(p.buffers[name].dtype.numpy),
+                                                     device=ex.device)
+            buffers[name] = ex._input(name, value, sizes)
+        buffers.update(ex._constants)
+        self._calls = []
+        for step in p.steps:
+            if step.kind == "segment":
+                ex._allocate(step.args, buffers, sizes)
+                values = [sizes.get(s) for s in p.symbols]
+                self._calls += [functools.partial(getattr(ex._module, f"launch_{kernel}"), buffers, values)
+                                for kernel in step.kernels]
+            elif step.kind == "extern" and not step.params.get("sizes_outputs"):
+                ins = [ex._view(a, buffers, sizes) if a else None for a in step.args[:step.num_inputs]]
+                outs = step.args[step.num_inputs:]
+                ex._allocate(outs, buffers, sizes)
+                views = [ex._view(a, buffers, sizes) for a in outs]
+                self._calls.append(functools.partial(_call_extern, ex._externs[step.name], step.params, ins, views))
+            else:
+                raise UnsupportedError(f"step {step.name} ({', '.join(step.nodes[:2])}) sizes its outputs as it runs: "
+                                       "the program cannot be planned")
+        self.outputs = [ex._view(name, buffers, sizes) for name in p.outputs]
+        self._buffers = buffers  # (kept alive: the calls hold views of them)
+        self.graph = None
+        self.runs = 0
+
+    def capture(self, pool=None) -> None:
+        """Record the run in a CUDA graph (a GPU only): one warm-up run on a side stream
+        first (Triton compiles, cuBLAS chooses), then the capture."""
+        import torch
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._launch()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            self._launch()
+        self.graph = graph
+
+    def run(self) -> list:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._launch()
+        self.runs += 1
+        return self.outputs
+
+    def _launch(self) -> None:
+        for call in self._calls:
+            call()

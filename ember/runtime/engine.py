@@ -47,11 +47,15 @@ class EngineOptions:
     max_num_seqs: int = 64
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    enforce_eager: bool = False  # a device target: no static plans or CUDA graphs for decode steps
 
     def __post_init__(self):
         for name in ("block_size", "kv_cache_memory", "max_num_batched_tokens", "max_num_seqs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InputError(f"engine option {name} must be a positive integer, got {getattr(self, name)!r}")
+
+
+GRAPH_CAPTURE_BUDGET_S = 30.0  # start-up time for CUDA graphs of decode steps (model_runner.py)
 
 
 class StepError(ExecutionError):
@@ -174,7 +178,9 @@ class LLMEngine:
             raise InputError(f"kv_cache_memory {options.kv_cache_memory} bytes holds no block "
                              f"(one block of {options.block_size} tokens takes {per_block} bytes)")
         self.max_model_len = min(max_model_len, num_blocks * options.block_size)
-        self.runner = ModelRunner(compiled, num_blocks)
+        self.runner = ModelRunner(compiled, num_blocks, max_num_seqs=options.max_num_seqs,
+                                  max_model_len=self.max_model_len, enforce_eager=options.enforce_eager)
+        self.runner.capture(GRAPH_CAPTURE_BUDGET_S)
         if self.runner.block_size != options.block_size:
             raise InputError(f"the graph was built for KV blocks of {self.runner.block_size} tokens, "
                              f"the engine's block_size is {options.block_size}")

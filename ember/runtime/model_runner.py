@@ -17,11 +17,23 @@ paged-attention kernels write them in place); the step's inputs are built on the
 (a few small integer arrays) and copied over once; the logits stay on the device, where
 the sampler reads them. On the cpu target the caches are numpy arrays and the logits come
 back as a tensor over the executor's array.
+
+Decode steps on a device target run on static plans (DeviceExecutor.plan): one per batch
+size bucket (1, 2, 4, ... up to max_num_seqs), the batch padded to its bucket (padding
+rows write no cache slot and their logits are dropped), the block tables as wide as
+max_model_len allows, so every step of a bucket has the same shapes, buffers and kernel
+arguments. On a GPU each plan is captured in a CUDA graph at start-up (`capture`, the
+smallest buckets first, within a time budget; a bucket not captured in time is planned and
+captured when first used) and a decode step is a few input copies and one replay; in
+Triton's interpreter the plans run their kernels one by one. `enforce_eager` runs every
+step op by op.
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +41,8 @@ import numpy as np
 from ..ir.forward import FEEDS
 from ._torch import torch, torch_dtype
 from .request import SchedulerOutput
+
+log = logging.getLogger("ember.runtime")
 
 
 @dataclass
@@ -66,7 +80,8 @@ def _resident_zeros(shape: tuple, dtype) -> np.ndarray:
 class ModelRunner:
     """Runs `compiled` (an LLM's forward graph) over a KV cache of `num_blocks` blocks."""
 
-    def __init__(self, compiled, num_blocks: int):
+    def __init__(self, compiled, num_blocks: int, *, max_num_seqs: int = 64, max_model_len: int | None = None,
+                 enforce_eager: bool = False):
         self.compiled, self.caches = compiled, {}
         self.executor = compiled.executor
         self.device = getattr(self.executor, "device", None) if hasattr(self.executor, "run_device") else None
@@ -81,6 +96,13 @@ class ModelRunner:
         if not self.caches:
             raise ValueError("the compiled graph has no KV-cache inputs: it is not an LLM forward graph")
         self.block_size = next(iter(self.caches.values())).shape[1]
+        # decode steps on static plans, by batch-size bucket (a device target's only)
+        self.buckets = [] if self.device is None or enforce_eager else \
+            sorted({1 << i for i in range(max_num_seqs.bit_length()) if 1 << i < max_num_seqs} | {max_num_seqs})
+        max_len = max_model_len or num_blocks * self.block_size
+        self._width = -(-max_len // self.block_size)  # block-table columns of a planned step
+        self._plans: dict[int, object] = {}
+        self.plan_stats = {"planned": 0, "captured": 0, "static_steps": 0, "eager_steps": 0}
 
     @staticmethod
     def bytes_per_block(compiled) -> int:
@@ -132,8 +154,98 @@ class ModelRunner:
             feeds = {name: torch.from_numpy(a).to(self.device, non_blocking=True) for name, a in feeds.items()}
         return {**feeds, **self.caches}, sample_rows, prompt_rows
 
+    # -- decode steps on static plans -----------------------------------------------------
+    def capture(self, budget_s: float = 30.0) -> list[int]:
+        """On a GPU: plan and capture a CUDA graph for each bucket, smallest first, until
+        `budget_s` has passed; the buckets captured."""
+        import torch as _torch
+
+        if not self.buckets or not str(self.device).startswith("cuda") or not _torch.cuda.is_available():
+            return []
+        start = time.perf_counter()
+        for bucket in self.buckets:
+            if time.perf_counter() - start > budget_s:
+                log.info("ember: CUDA graphs captured for batches up to %d in %.1f s (the budget); larger ones "
+                         "are captured when first used", max(self._plans), budget_s)
+                break
+            if self._plan(bucket) is None:
+                break
+        return sorted(b for b, plan in self._plans.items() if plan.graph is not None)
+
+    def _plan(self, bucket: int):
+        """The static plan of `bucket` decode rows (made, and on a GPU captured, now if
+        there is none); None where the program cannot be planned (the buckets are dropped)."""
+        plan = self._plans.get(bucket)
+        if plan is not None:
+            return plan
+        from ..errors import UnsupportedError
+
+        shapes = {"input_ids": (bucket,), "positions": (bucket,), "slot_mapping": (bucket,),
+                  "block_tables": (bucket, self._width), "query_start_loc": (bucket + 1,), "seq_lens": (bucket,),
+                  "logit_indices": (bucket,)}
+        try:
+            plan = self.executor.plan([self.caches[name] if name in self.caches else shapes[name]
+                                       for name in self._order])
+        except UnsupportedError as e:
+            log.warning("ember: decode steps run op by op: %s", e)
+            self.buckets = []
+            return None
+        self._fill(plan, self._decode_feeds([], bucket)[0])  # (valid indices for the warm-up run)
+        if str(self.device).startswith("cuda") and torch.cuda.is_available():
+            plan.capture()
+            self.plan_stats["captured"] += 1
+        self.plan_stats["planned"] += 1
+        self._plans[bucket] = plan
+        return plan
+
+    def _decode_feeds(self, scheduled, bucket: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """A decode step's feeds padded to `bucket` rows: a padding row is a one-token
+        sequence of its own that writes no slot (its logits are not read)."""
+        bs = self.block_size
+        ids = np.zeros(bucket, np.int64)
+        positions = np.zeros(bucket, np.int64)
+        slots = np.full(bucket, -1, np.int64)
+        tables = np.zeros((bucket, self._width), np.int64)
+        seq_lens = np.ones(bucket, np.int64)
+        sample_rows = {}
+        for row, s in enumerate(scheduled):
+            pos, blocks = s.start, s.block_ids
+            ids[row], positions[row], seq_lens[row] = s.token_ids[0], pos, pos + 1
+            tables[row, :len(blocks)] = blocks
+            slots[row] = blocks[pos // bs] * bs + pos % bs
+            sample_rows[s.request.request_id] = row
+        return {"input_ids": ids, "positions": positions, "slot_mapping": slots, "block_tables": tables,
+                "query_start_loc": np.arange(bucket + 1, dtype=np.int64), "seq_lens": seq_lens,
+                "logit_indices": np.arange(bucket, dtype=np.int64)}, sample_rows
+
+    def _fill(self, plan, feeds: dict[str, np.ndarray]) -> None:
+        for name, a in feeds.items():
+            plan.inputs[self._order.index(name)].copy_(torch.from_numpy(a), non_blocking=True)
+
+    def _bucket(self, out: SchedulerOutput) -> int | None:
+        """The bucket of a decode step (every request one new token that samples, none
+        asking for prompt logprobs); None for any other step."""
+        n = len(out.scheduled)
+        if not self.buckets or n > self.buckets[-1]:
+            return None
+        for s in out.scheduled:
+            request = s.request
+            if len(s.token_ids) != 1 or not s.sample or len(s.block_ids) > self._width or (
+                    request.sampling_params.prompt_logprobs is not None and s.start < request.num_prompt_tokens):
+                return None
+        return next(b for b in self.buckets if b >= n)
+
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         """Run one step. A step whose requests want no logits still runs (it fills the cache)."""
+        bucket = self._bucket(out)
+        plan = None if bucket is None else self._plan(bucket)
+        if plan is not None:
+            feeds, sample_rows = self._decode_feeds(out.scheduled, bucket)
+            self._fill(plan, feeds)
+            logits = plan.run()[0][:len(out.scheduled)]
+            self.plan_stats["static_steps"] += 1
+            return RunnerOutput(logits, sample_rows, {})
+        self.plan_stats["eager_steps"] += 1
         feeds, sample_rows, prompt_rows = self.feeds(out)
         inputs = [feeds[name] for name in self._order]
         if self.device is not None:

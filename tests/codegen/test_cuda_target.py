@@ -162,3 +162,54 @@ def test_bfloat16_values_come_back_bit_for_bit():
     got, want = ember.compile(model, target="cuda").run(x)["y"], ember.compile(model).run(x)["y"]
     assert got.dtype.name == "bfloat16"
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def _mlp():
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    return _model([helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Softmax", ["m"], ["s"]),
+                   helper.make_node("Tanh", ["s"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
+
+
+def test_a_static_plan_reruns_on_the_same_memory():
+    """DeviceExecutor.plan: inputs and outputs are fixed tensors, each run overwrites them
+    with run_device's results for the inputs copied in (what a CUDA graph captures)."""
+    compiled = ember.compile(_mlp(), target="cuda")
+    executor = compiled.executor
+    plan = executor.plan([(3, 16)])
+    assert set(plan.inputs) == {0}
+    out = plan.outputs[0]
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        x = torch.from_numpy(rng.standard_normal((3, 16)).astype(np.float32))
+        plan.inputs[0].copy_(x)
+        (y,) = plan.run()
+        assert y is out
+        torch.testing.assert_close(y.cpu(), executor.run_device([x.to(executor.device)])[0].cpu())
+    assert plan.runs == 2
+
+
+def test_a_program_with_fallbacks_is_not_planned():
+    w = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.1
+    model = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["r", "W"], ["y"], pads=[1, 1, 1, 1])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, "h", "w"])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
+    compiled = ember.compile(model, target="cuda")
+    assert compiled.stats.fallback_nodes
+    with pytest.raises(ember.UnsupportedError, match="fallback"):
+        compiled.executor.plan([(1, 16, 5, 5)])
+
+
+@pytest.mark.cuda
+def test_a_captured_plan_replays_on_the_gpu():
+    compiled = ember.compile(_mlp(), target="cuda")
+    executor = compiled.executor
+    plan = executor.plan([(5, 16)])
+    plan.capture()
+    assert plan.graph is not None
+    for seed in range(3):
+        x = torch.from_numpy(np.random.default_rng(seed).standard_normal((5, 16)).astype(np.float32)).cuda()
+        plan.inputs[0].copy_(x)
+        (y,) = plan.run()
+        torch.testing.assert_close(y, executor.run_device([x])[0])

@@ -13,6 +13,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM  # noqa: E402
 
@@ -88,3 +89,36 @@ def test_sampled_tokens_on_the_device_follow_their_seed(tiny_llm_dir):
     others = [{"prompt_token_ids": p} for p in prompts(2, seed=6)]
     batched = llm.generate([others[0], prompt, others[1]], [greedy(6), params, greedy(6)], use_tqdm=False)
     assert batched[1].outputs[0].token_ids == alone and len(alone) == 6
+
+
+def _sampled(llm, batch):
+    params = [ember.SamplingParams(temperature=1.0, seed=i, max_tokens=8, logprobs=3, ignore_eos=True)
+              for i in range(len(batch))]
+    outs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
+    return [(o.outputs[0].token_ids, [[lp[t].logprob for t in sorted(lp)] for lp in o.outputs[0].logprobs])
+            for o in outs]
+
+
+def test_decode_steps_run_on_static_plans_with_the_eager_steps_results(tiny_llm_dir):
+    """Decode steps of three requests run on the static plan of bucket 4 (one padding row
+    that writes no cache slot); seeded sampled tokens and their logprobs are those of the
+    same requests run step by step (enforce_eager)."""
+    batch = prompts(3, seed=11)
+    eager = make_llm(tiny_llm_dir, target="cuda", enforce_eager=True)
+    want = _sampled(eager, batch)
+    assert eager.engine.runner.plan_stats["static_steps"] == 0
+    llm = make_llm(tiny_llm_dir, target="cuda")
+    got = _sampled(llm, batch)
+    runner = llm.engine.runner
+    stats = runner.plan_stats
+    assert stats["static_steps"] >= 7
+    if torch.cuda.is_available():  # every bucket captured in a CUDA graph at start-up
+        assert stats["captured"] == stats["planned"] == len(runner.buckets)
+    else:  # planned when first used, its kernels run one by one in the interpreter
+        assert stats["planned"] == 1 and list(runner._plans) == [4]
+    # (the tiny model's own tokens dominate its logits: the top-3 logprobs of every step
+    # are what shows the attention's and the cache's work)
+    assert all(len(step) >= 3 for _, logprobs in got for step in logprobs)
+    for (tokens, logprobs), (want_tokens, want_logprobs) in zip(got, want):
+        assert tokens == want_tokens
+        np.testing.assert_allclose(logprobs, want_logprobs, rtol=1e-5, atol=1e-5)
