@@ -92,7 +92,7 @@ def save(compiled, path: str | os.PathLike) -> Path:
             "software": _software(),
             "program": None if program is None else _program_summary(program),
             "libraries": libraries.entries,
-            "kernel_libraries": [] if program is None else add_kernel_libraries(writer, program),
+            "kernel_libraries": [] if program is None else add_kernel_libraries(writer, program, compiled.target),
             "stats": {"num_nodes": stats.num_nodes, "op_histogram": stats.op_histogram,
                       "passes": [{"name": p.name, "seconds": p.seconds, "nodes_before": p.nodes_before,
                                   "nodes_after": p.nodes_after, "modified": p.modified} for p in stats.passes],
@@ -166,7 +166,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
 
     Raises ArtifactError, naming what is wrong, for a file that is not an artifact or is
     truncated, corrupt, tampered with or from a newer ember."""
-    from ..api import TARGETS, CompiledModel, LLMInfo
+    from ..api import TARGETS, CompiledModel, LLMInfo, check_target
     from ..passes import PassStats
 
     start = time.perf_counter()
@@ -178,6 +178,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
         if target not in TARGETS:
             raise ArtifactError(f"{reader.path} was compiled for target {target!r}, which this ember cannot run "
                                 f"(it runs {', '.join(TARGETS)})")
+        check_target(target)  # (a cuda artifact where there is no GPU: UnsupportedError, as for a compile)
         try:  # the weights are hashed meanwhile (nothing below reads them) and checked before any use
             tensors = read_tensors(reader.read_buffer(WEIGHTS, check_later=True, mapped=mmap), WEIGHTS)
             graph_text = _text(reader, GRAPH)
@@ -190,7 +191,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
 
             program = graph = None
             if reader.has(PROGRAM):
-                libraries = resolve_libraries(reader, m["libraries"], m["machine"].get("key"))
+                libraries = resolve_libraries(reader, m["libraries"], m["machine"].get("key"), target)
                 if libraries is not None:
                     raw = reader.read(PROGRAM)
                     try:
@@ -200,7 +201,7 @@ def load(path: str | os.PathLike, *, intra_op_threads: int | None = None, profil
                     if b'"$node"' in raw or b'"$value"' in raw:  # steps that point into the graph
                         graph = parse_graph()
                     program = codec.decode_program(encoded, codec.Loading(tensors, libraries, graph))
-                    kernel_libraries(reader, m["kernel_libraries"], m["machine"].get("key"), program)
+                    kernel_libraries(reader, m["kernel_libraries"], m["machine"].get("key"), program, target)
             if program is None:  # the reference interpreter runs every node (else: codec.check_ops_known)
                 graph = parse_graph()
                 codec.check_ops_known(graph.walk(), GRAPH)

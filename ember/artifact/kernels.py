@@ -38,9 +38,10 @@ class LibraryWriter:
 
     def add(self, source: str, library: str | None) -> int:
         index = len(self.entries)
-        entry = {"source": f"kernels/{index}.cpp", "binary": None}
+        triton = library is not None and library.endswith(".py")  # (a Triton module: its source is the library)
+        entry = {"source": f"kernels/{index}.{'py' if triton else 'cpp'}", "binary": None}
         self.writer.add_bytes(entry["source"], source.encode())
-        if library is not None and Path(library).is_file():
+        if not triton and library is not None and Path(library).is_file():
             entry["binary"] = f"kernels/{index}.so"
             self.writer.add_file(entry["binary"], library, compress=True)
         self.entries.append(entry)
@@ -54,14 +55,17 @@ def _manifest_key(name: str) -> tuple[str, str]:
     return kernel, dtype or "float32"
 
 
-def add_kernel_libraries(writer: ArchiveWriter, program) -> list[dict]:
+def add_kernel_libraries(writer: ArchiveWriter, program, target: str = "cpu") -> list[dict]:
     """Ship the hand-written kernel libraries `program` may call (codegen/handwritten.py:
     the tiled GEMM, the small convolution, the LSTM and DynamicQuantizeLSTM step loops, the
     paged-attention kernel of each element type it needs), source and, where it built
     here, binary: a load on this machine then builds nothing. Returns their manifest
-    entries."""
+    entries. A cuda program's (Triton modules, compiled by Triton where they run) are
+    written again from ember's own source when it loads: none shipped."""
     from ..codegen import handwritten
 
+    if target != "cpu":
+        return []
     entries = []
     for name in handwritten.used(program):
         kernel, dtype = _manifest_key(name)
@@ -75,7 +79,8 @@ def add_kernel_libraries(writer: ArchiveWriter, program) -> list[dict]:
     return entries
 
 
-def kernel_libraries(reader: ArchiveReader, entries: list, built_for: str | None, program) -> None:
+def kernel_libraries(reader: ArchiveReader, entries: list, built_for: str | None, program,
+                     target: str = "cpu") -> None:
     """Name in `program` (and its control-flow bodies) the libraries of the hand-written
     kernels it may call: the shipped ones where they were built for this machine from the
     very source this ember has (copied into the kernel cache like the program's own),
@@ -83,6 +88,7 @@ def kernel_libraries(reader: ArchiveReader, entries: list, built_for: str | None
     arguments; without a C++ compiler, none: the externs take their other paths)."""
     from ..codegen import handwritten
 
+    renderer = "cpp" if target == "cpu" else "triton"
     known = {_manifest_key(name) for name in handwritten.KERNELS}
     if not isinstance(entries, list) or not all(
             isinstance(e, dict) and (e.get("kernel"), e.get("dtype")) in known
@@ -96,10 +102,10 @@ def kernel_libraries(reader: ArchiveReader, entries: list, built_for: str | None
             if e["binary"] and reader.read(e["source"]) == handwritten.KERNELS[name].source().encode():
                 shipped[name] = str(_cached(reader, e["binary"]))
     libraries = {name: shipped[name] if name in shipped else handwritten.build(name)
-                 for name in handwritten.used(program)}
+                 for name in handwritten.used(program, renderer)}
 
     def name_in(p) -> None:
-        p.libraries = {name: libraries[name] for name in handwritten.used(p)}
+        p.libraries = {name: libraries[name] for name in handwritten.used(p, renderer)}
         for step in p.steps:
             if step.kind == "extern" and step.name == "control":
                 for body in step.params.get("programs", ()):
@@ -108,9 +114,11 @@ def kernel_libraries(reader: ArchiveReader, entries: list, built_for: str | None
     name_in(program)
 
 
-def resolve_libraries(reader: ArchiveReader, entries: list, built_for: str | None) -> list[tuple[str, str | None]] | None:
+def resolve_libraries(reader: ArchiveReader, entries: list, built_for: str | None,
+                      target: str = "cpu") -> list[tuple[str, str | None]] | None:
     """(source, path of a loadable library) for each shipped library; None when they
-    are for another machine and this one has no C++ compiler to rebuild them."""
+    are for another machine and this one has no C++ compiler to rebuild them. A cuda
+    program's are Triton modules: written into the kernel cache from their source."""
     if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("source"), str)
                                                 and (e.get("binary") is None or isinstance(e["binary"], str))
                                                 for e in entries):
@@ -118,6 +126,10 @@ def resolve_libraries(reader: ArchiveReader, entries: list, built_for: str | Non
     sources = [reader.read(e["source"]).decode("utf-8", "strict") for e in entries]
     if not entries:
         return []
+    if target != "cpu":
+        from ..codegen import triton
+
+        return [(source, str(triton.write(source))) for source in sources]
     here = cpu._machine_key()
     if built_for == here and all(e["binary"] for e in entries):
         return [(source, str(_cached(reader, e["binary"]))) for source, e in zip(sources, entries)]

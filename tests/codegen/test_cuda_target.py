@@ -86,13 +86,6 @@ def test_the_cuda_target_without_a_gpu_or_the_interpreter_is_a_clear_error(monke
         ember.compile(model, target="tpu")
 
 
-def test_saving_a_cuda_model_is_refused(tmp_path):
-    model = _model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    with pytest.raises(ember.UnsupportedError, match="compile it for 'cpu' to save it"):
-        ember.compile(model, target="cuda").save(tmp_path / "m.ember")
-
-
 def test_bad_feeds_are_input_errors():
     model = _model([helper.make_node("Add", ["a", "b"], ["y"])],
                    [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n"]),
@@ -213,3 +206,29 @@ def test_a_captured_plan_replays_on_the_gpu():
         plan.inputs[0].copy_(x)
         (y,) = plan.run()
         torch.testing.assert_close(y, executor.run_device([x])[0])
+
+
+def test_a_cuda_artifact_loads_on_the_cuda_target(tmp_path, monkeypatch):
+    """compiled.save on the cuda target: its Triton module ships as source (written into
+    the kernel cache when loaded), and ember.load runs it on the device executor, with the
+    compiled model's results; where the target cannot run, loading says so."""
+    compiled = ember.compile(_mlp(), target="cuda")
+    path = compiled.save(tmp_path / "mlp.ember")
+    loaded = ember.load(path)
+    assert loaded.target == "cuda" and isinstance(loaded.executor, DeviceExecutor)
+    assert loaded.program.source == compiled.program.source and loaded.program.library.endswith(".py")
+    x = {"x": np.random.default_rng(2).standard_normal((4, 16)).astype(np.float32)}
+    np.testing.assert_array_equal(loaded.run(x)["y"], compiled.run(x)["y"])
+    w = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32)  # with a node on the fallback
+    conv = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["r", "W"], ["y"], pads=[1, 1, 1, 1])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, "h", "w"])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
+    compiled = ember.compile(conv, target="cuda")
+    loaded = ember.load(compiled.save(tmp_path / "conv.ember"))
+    assert loaded.stats.fallback_nodes == compiled.stats.fallback_nodes != []
+    x = {"x": np.random.default_rng(3).standard_normal((1, 16, 5, 6)).astype(np.float32)}
+    np.testing.assert_array_equal(loaded.run(x)["y"], compiled.run(x)["y"])
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ember.UnsupportedError, match="needs a CUDA GPU"):
+        ember.load(path)

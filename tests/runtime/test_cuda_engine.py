@@ -122,3 +122,25 @@ def test_decode_steps_run_on_static_plans_with_the_eager_steps_results(tiny_llm_
     for (tokens, logprobs), (want_tokens, want_logprobs) in zip(got, want):
         assert tokens == want_tokens
         np.testing.assert_allclose(logprobs, want_logprobs, rtol=1e-5, atol=1e-5)
+
+
+def test_an_llm_artifact_of_the_cuda_target(tiny_llm_dir, tmp_path):
+    """`ember compile --target cuda` of an LLM, saved and served from the artifact: its
+    paged attention's Triton module named again on load; the folder's greedy tokens."""
+    from ember.llm import compile_llm
+
+    path = compile_llm(tiny_llm_dir, target="cuda", block_size=4, max_model_len=512).save(tmp_path / "tiny.ember")
+    batch = prompts(2, seed=9)
+    from_artifact = make_llm(path, target="cuda")
+    runner = from_artifact.engine.runner
+    assert isinstance(runner.executor, DeviceExecutor) and "paged_attention-triton" in runner.compiled.program.libraries
+    got = tokens_of(from_artifact.generate([{"prompt_token_ids": p} for p in batch], greedy(6), use_tqdm=False))
+    want = tokens_of(make_llm(tiny_llm_dir, target="cuda").generate([{"prompt_token_ids": p} for p in batch],
+                                                                    greedy(6), use_tqdm=False))
+    assert got == want
+    with pytest.raises(InputError, match="compiled for target 'cuda', not 'cpu'"):
+        make_llm(path)
+
+
+def tokens_of(outputs):
+    return [o.outputs[0].token_ids for o in outputs]
