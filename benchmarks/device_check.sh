@@ -35,7 +35,7 @@ if [ "${1:-}" = prepare ]; then
     # the test/serve extras missing from the GPU image (its package list: the device tool's KINDS.md)
     for p in gguf fastapi starlette pydantic pydantic-core annotated-types typing-inspection annotated-doc \
              uvicorn openai distro jiter sniffio httpx2 httpcore2 truststore opentelemetry-api anyio \
-             typing-extensions idna blake3; do
+             typing-extensions idna blake3 onnxconverter-common; do
         v=$(python3 -m pip show "$p" 2>/dev/null | awk '/^Version/{print $2}')
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

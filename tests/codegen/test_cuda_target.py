@@ -232,3 +232,27 @@ def test_a_cuda_artifact_loads_on_the_cuda_target(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ember.UnsupportedError, match="needs a CUDA GPU"):
         ember.load(path)
+
+
+def test_a_float16_encoder_layer_runs_whole_on_the_device():
+    """Float16 LayerNorm, MatMul and Softmax (what a float16-converted BERT has): no node on
+    the fallback (the norms in float32, the GEMMs on torch's half kernels), within float16's
+    rounding of the float32 model."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((32, 32)) * 0.2).astype(np.float16)
+    gamma, beta = (1 + 0.1 * rng.standard_normal(32)).astype(np.float16), (0.1 * rng.standard_normal(32)).astype(np.float16)
+
+    def model(dtype, np_dtype):
+        return _model([helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], axis=-1, epsilon=1e-5),
+                       helper.make_node("MatMul", ["n", "W"], ["m"]), helper.make_node("Softmax", ["m"], ["y"])],
+                      [helper.make_tensor_value_info("x", dtype, ["b", "s", 32])],
+                      [helper.make_tensor_value_info("y", dtype, None)],
+                      [numpy_helper.from_array(a.astype(np_dtype), n) for a, n in ((gamma, "g"), (beta, "b"), (w, "W"))])
+
+    half = ember.compile(model(TensorProto.FLOAT16, np.float16), target="cuda")
+    assert half.stats.fallback_nodes == [] and isinstance(half.executor, DeviceExecutor)
+    x = rng.standard_normal((2, 5, 32)).astype(np.float16)
+    got = half.run({"x": x})["y"]
+    want = ember.compile(model(TensorProto.FLOAT, np.float32)).run({"x": x.astype(np.float32)})["y"]
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=2e-2, atol=2e-3)

@@ -25,7 +25,6 @@ from ..kernel import TensorRef
 from ..packed_qkv import split_qkv
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
 from ._lowering import (
-    FLOATS,
     KERNEL_FLOATS,
     NotLowerable,
     V,
@@ -394,7 +393,7 @@ def _lower_attention(ctx, node, ins):
 def _lower_skip_layernorm(ctx, node, ins):
     x, skip, gamma = ins[0], ins[1], ins[2]
     beta = ins[3] if len(ins) > 3 else None
-    if x.dtype not in FLOATS:
+    if x.dtype not in KERNEL_FLOATS:  # (normalized in float32)
         raise NotLowerable("not float")
     eps = get_op(node.op).attr(node, "epsilon")
     total = ctx.pointwise(x.shape, x.dtype, lambda b, i: (V(b, x.load(b, i), x.dtype) + V(b, skip.load(b, i), x.dtype)).name,

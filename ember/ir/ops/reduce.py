@@ -72,7 +72,8 @@ for _op in REDUCTIONS:
 
 # -- Kernel IR lowerings ----------------------------------------------------------------
 def _lower_layernorm(ctx, node, ins):
-    if len([v for v in node.outputs if v is not None]) > 1 or ins[0].dtype not in FLOATS:
+    # (16-bit floats too: the rows are normalized in float32, as stash_type 1 asks)
+    if len([v for v in node.outputs if v is not None]) > 1 or ins[0].dtype not in KERNEL_FLOATS:
         raise NotLowerable("mean / inverse std outputs, or not float")
     a = attrs(node)
     axis = normalize_axis(a["axis"], len(ins[0].shape))
@@ -80,7 +81,7 @@ def _lower_layernorm(ctx, node, ins):
 
 
 def _lower_rmsnorm(ctx, node, ins):
-    if ins[0].dtype not in FLOATS:
+    if ins[0].dtype not in KERNEL_FLOATS:
         raise NotLowerable("not float")
     a = attrs(node)
     axis = normalize_axis(a["axis"], len(ins[0].shape))
@@ -92,8 +93,11 @@ def _lower_softmax(log: bool):
         if ins[0].dtype not in KERNEL_FLOATS or not ins[0].shape:
             raise NotLowerable("not float, or a scalar")
         axis = normalize_axis(attrs(node)["axis"], len(ins[0].shape))
-        if ins[0].dtype not in FLOATS:  # the reference's 16-bit roundings, in torch
-            return ctx.extern("softmax16", [ins[0]], [out_type(node)], axis=axis, log=log)
+        if ins[0].dtype not in FLOATS:  # the reference's 16-bit roundings, in torch...
+            try:
+                return ctx.extern("softmax16", [ins[0]], [out_type(node)], axis=axis, log=log)
+            except NotLowerable:  # ...where the target has that extern; else in float32, rounded once
+                pass
         return [rows_softmax(ctx, ins[0], axis, log)]
     return lower
 
