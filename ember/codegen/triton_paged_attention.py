@@ -22,10 +22,15 @@ graph). Tile i belongs to the last sequence b with query_start_loc[b] // BLOCK_Q
 every sequence adds one token (decode) and 64 otherwise. Float32 runs its dots in IEEE
 float32 (not TF32): the cpu target's results, within rounding.
 
-Not yet: splitting a long context over several programs when the grid is small (decode of
-a few sequences).
+Decode steps whose grid is small for the device (fewer tiles x kv heads than two
+programs per multiprocessor) split each sequence's keys over up to MAX_SPLITS programs
+(`_attend`'s third grid axis; the split count from the shapes alone, as the grid), each
+keeping its partial softmax state (running maximum, sum, unnormalized output, float32),
+which `_combine` merges: batch-1 decode of a long context no longer runs on a handful of
+programs.
 """
 
+import functools
 import os
 
 import torch
@@ -53,14 +58,16 @@ def _store_kv(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, y_ptr, qsl_ptr, 
 
 
 @triton.jit
-def _attend(q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_ptr,
-            num_seqs, bt_stride, q_stride, y_stride, scale, window,
+def _attend(q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+            num_seqs, bt_stride, q_stride, y_stride, scale, window, split_len,
             BLOCK_SIZE: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GP: tl.constexpr,
             D: tl.constexpr, DV: tl.constexpr, DP: tl.constexpr, DVP: tl.constexpr,
-            BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+            BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr,
+            UPCAST: tl.constexpr):
     BLOCK_M: tl.constexpr = BLOCK_Q * GP
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
+    split = tl.program_id(2)
     # the tile's sequence: the last b whose first tile (query_start_loc[b] // BLOCK_Q + b) is <= tile
     lo = tile * 0
     hi = lo + num_seqs
@@ -95,6 +102,9 @@ def _attend(q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_pt
     kv_lo = kv_hi * 0
     if window > 0:
         kv_lo = tl.maximum(context + local * BLOCK_Q - window + 1, 0) // BLOCK_N * BLOCK_N
+    if SPLITS > 1:  # this program's share of the keys: split_len of them (a multiple of BLOCK_N)
+        kv_lo = tl.maximum(kv_lo, split * split_len)
+        kv_hi = tl.minimum(kv_hi, (split + 1) * split_len)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DVP], tl.float32)
@@ -125,9 +135,37 @@ def _attend(q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_pt
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
         m_i = m_new
         j += BLOCK_N
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(y_ptr + token[:, None] * y_stride + head[:, None] * DV + dv[None, :], out.to(y_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & (dv[None, :] < DV))
+    if SPLITS > 1:  # the partial softmax state of each row, for _combine (every split writes its own)
+        part = (token * (KV_HEADS * GROUP) + head) * SPLITS + split
+        tl.store(part_m_ptr + part, m_i, mask=row_ok)
+        tl.store(part_l_ptr + part, l_i, mask=row_ok)
+        tl.store(part_acc_ptr + part[:, None] * DV + dv[None, :], acc, mask=row_ok[:, None] & (dv[None, :] < DV))
+    else:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(y_ptr + token[:, None] * y_stride + head[:, None] * DV + dv[None, :], out.to(y_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & (dv[None, :] < DV))
+
+
+@triton.jit
+def _combine(part_m_ptr, part_l_ptr, part_acc_ptr, y_ptr, qsl_ptr, num_seqs, y_stride,
+             HEADS: tl.constexpr, SPLITS: tl.constexpr, SP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr):
+    """One (token, head): its splits' partial softmax states merged (rescaled to the
+    largest running maximum), normalized, stored."""
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    valid = t < tl.load(qsl_ptr + num_seqs)
+    s = tl.arange(0, SP)
+    part = (t * HEADS + h) * SPLITS + s
+    ok = (s < SPLITS) & valid
+    m = tl.load(part_m_ptr + part, mask=ok, other=float("-inf"))
+    l_s = tl.load(part_l_ptr + part, mask=ok, other=0.0)
+    m_max = tl.max(m, 0)
+    weight = tl.exp(m - tl.where(m_max == float("-inf"), 0.0, m_max))
+    total = tl.sum(l_s * weight, 0)
+    dv = tl.arange(0, DVP)
+    acc = tl.load(part_acc_ptr + part[:, None] * DV + dv[None, :], mask=ok[:, None] & (dv[None, :] < DV), other=0.0)
+    out = tl.sum(acc * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(y_ptr + t * y_stride + h * DV + dv, out.to(y_ptr.dtype.element_ty), mask=(dv < DV) & valid)
 
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -165,15 +203,53 @@ def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_table
         return True
     group = heads // kv_heads
     gp = p2(group)
-    block_q = max(1, (16 if tokens == num_seqs else 64) // gp)
+    decode = tokens == num_seqs
+    block_q = max(1, (16 if decode else 64) // gp)
+    tiles = tokens // block_q + num_seqs
     scale = params["scale"] or d ** -0.5
-    _attend[(tokens // block_q + num_seqs, kv_heads)](
-        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, y,
+    # split the keys over several programs where a decode grid is small for the device and
+    # the sequences may be long (by shapes alone: max_blocks * block_size keys at most)
+    max_keys = block_tables.shape[1] * block_size
+    splits = 1
+    if decode:
+        splits = max(1, min(MAX_SPLITS, _programs_wanted(q.device) // (tiles * kv_heads), max_keys // (2 * BLOCK_N)))
+    split_len = -(-max_keys // (splits * BLOCK_N)) * BLOCK_N
+    if splits > 1:
+        parts = tokens * heads * splits
+        part_m = torch.empty(parts, dtype=torch.float32, device=q.device)
+        part_l = torch.empty(parts, dtype=torch.float32, device=q.device)
+        part_acc = torch.empty(parts * dv, dtype=torch.float32, device=q.device)
+        STATS["split_launches"] += 1
+    else:
+        part_m = part_l = part_acc = y
+    _attend[(tiles, kv_heads, splits)](
+        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, y, part_m, part_l, part_acc,
         num_seqs, block_tables.stride(0), q.stride(0), y.stride(0), float(scale), int(params["sliding_window"]),
-        BLOCK_SIZE=block_size, KV_HEADS=kv_heads, GROUP=group, GP=gp, D=d, DV=dv,
-        DP=max(16, p2(d)), DVP=max(16, p2(dv)), BLOCK_Q=block_q, BLOCK_N=32,
+        split_len, BLOCK_SIZE=block_size, KV_HEADS=kv_heads, GROUP=group, GP=gp, D=d, DV=dv,
+        DP=max(16, p2(d)), DVP=max(16, p2(dv)), BLOCK_Q=block_q, BLOCK_N=BLOCK_N, SPLITS=splits,
         PRECISION="ieee" if q.dtype == torch.float32 else None, UPCAST=_INTERPRETED and q.dtype == torch.bfloat16)
+    if splits > 1:
+        _combine[(tokens, heads)](part_m, part_l, part_acc, y, query_start_loc, num_seqs, y.stride(0),
+                                  HEADS=heads, SPLITS=splits, SP=p2(splits), DV=dv, DVP=max(16, p2(dv)))
     return True
+
+
+BLOCK_N = 32  # keys an attention program takes at a time
+MAX_SPLITS = 16
+STATS = {"split_launches": 0}  # (tests: the split path ran)
+
+
+def _programs_wanted(device) -> int:
+    """How many programs fill the device: two per multiprocessor on a GPU; in Triton's
+    interpreter a small number, so that tests split their small grids too."""
+    if device.type != "cuda":
+        return 32
+    return 2 * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 EXTERNS = {"paged_attention": paged_attention}

@@ -64,6 +64,19 @@ def test_the_kernels_match_the_reference(kernels, seqs, heads, kv_heads, d, bloc
     _check(kernels, seqs, heads, kv_heads, d, block_size, window=window, padding=1)
 
 
+@pytest.mark.parametrize("seqs, heads, kv_heads, window, dtype", [
+    ([(300, 1), (150, 1), (0, 1)], 9, 3, 0, np.float32),        # long contexts, a small grid
+    ([(300, 1), (150, 1), (0, 1)], 9, 3, 40, np.float32),       # ... in a sliding window: splits with no key
+    ([(500, 1)], 8, 1, 0, ml_dtypes.bfloat16),                   # batch-1 decode, one kv head
+])
+def test_a_small_decode_grid_splits_the_keys(kernels, seqs, heads, kv_heads, window, dtype):
+    """Decode of a few long sequences: each sequence's keys split over several programs,
+    their partial softmax states merged (STATS counts the split launches)."""
+    before = kernels.STATS["split_launches"]
+    _check(kernels, seqs, heads, kv_heads, 64, 16, window=window, dtype=dtype)
+    assert kernels.STATS["split_launches"] == before + 1
+
+
 def test_values_of_another_width(kernels):
     _check(kernels, [(7, 3), (0, 9)], 4, 2, 32, 4, dv=16)
 
