@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.forward import FEEDS
-from ._torch import torch, torch_dtype
+from ._torch import tensor, torch, torch_dtype
 from .request import SchedulerOutput
 
 log = logging.getLogger("ember.runtime")
@@ -251,5 +251,5 @@ class ModelRunner:
         if self.device is not None:
             logits = self.executor.run_device(inputs)[0]
         else:
-            logits = torch.from_numpy(np.asarray(self.executor.run(inputs)[0]))
+            logits = tensor(np.ascontiguousarray(self.executor.run(inputs)[0]))  # (bfloat16 through its bits)
         return RunnerOutput(logits, sample_rows, prompt_rows)

@@ -4,6 +4,7 @@ lifecycle, and the LLM / AsyncLLM APIs."""
 
 import asyncio
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -375,3 +376,13 @@ def test_the_kv_cache_is_resident_from_the_start(tiny_llm_dir):
         return a.obj if isinstance(a, memoryview) else a
 
     assert all(isinstance(owner(c), mmap.mmap) for c in caches.values())  # populated mappings
+
+
+def test_a_bfloat16_engine_on_the_cpu(tiny_llm_dir):
+    """LLM(dtype="bfloat16"): its caches and logits bfloat16 (handed to the sampler through
+    their bits), no node on the reference."""
+    llm = make_llm(tiny_llm_dir, dtype="bfloat16")
+    assert llm.engine.runner.compiled.stats.fallback_nodes == []
+    assert all(c.dtype == ml_dtypes.bfloat16 for c in llm.engine.runner.caches.values())
+    out = llm.generate([{"prompt_token_ids": prompts(1, seed=4)[0]}], greedy(5), use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 5

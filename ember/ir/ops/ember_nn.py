@@ -366,8 +366,9 @@ register_op(OpDef(
 def _lower_linear(ctx, node, ins):
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
-    if x.dtype not in ctx.extern_floats or len(w.shape) != 2:
-        raise NotLowerable("not a float matrix weight (of a dtype the target's linear takes)")
+    # 16-bit floats on every target, as MatMul's: torch's GEMM accumulates in float32
+    if x.dtype not in KERNEL_FLOATS or len(w.shape) != 2:
+        raise NotLowerable("not a float matrix weight")
     activation = get_op(node.op).attr(node, "activation")
     weight = node.inputs[1]
     if weight.is_constant:  # [K, N]

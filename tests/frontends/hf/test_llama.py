@@ -48,3 +48,14 @@ def test_mistral_sliding_window(tmp_path):
     abs_err, rel_err = compare_logits(model, tmp_path, prefill=(9, 2, 6), steps=4)
     print(f"mistral sliding_window=4: max abs {abs_err:.2e}, max rel {rel_err:.2e}")
     assert abs_err < 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_llama_on_the_cpu_target(dtype, tmp_path):
+    """dtype float16 / bfloat16 on the cpu target: every node on kernels (linear layers on
+    torch's 16-bit GEMMs, norms in float32, the paged-attention kernel of that element
+    type), within the 16-bit rounding of transformers' float32 logits."""
+    model = save_tiny(LlamaForCausalLM, LlamaConfig(**{**BASE, "num_key_value_heads": 2}), tmp_path)
+    abs_err, rel_err = compare_logits(model, tmp_path, dtype=dtype)
+    print(f"cpu {dtype}: max abs {abs_err:.2e}, max rel {rel_err:.2e}")
+    assert rel_err < 3e-2
