@@ -22,7 +22,8 @@ Decode steps on a device target run on static plans (DeviceExecutor.plan): one p
 size bucket (1, 2, 4, ... up to max_num_seqs), the batch padded to its bucket (padding
 rows write no cache slot and their logits are dropped), the block tables as wide as
 max_model_len allows, so every step of a bucket has the same shapes, buffers and kernel
-arguments. On a GPU each plan is captured in a CUDA graph at start-up (`capture`, the
+arguments; its inputs are views of one device buffer, written by one asynchronous copy
+from a pinned host buffer (`_Staging`). On a GPU each plan is captured in a CUDA graph at start-up (`capture`, the
 smallest buckets first, within a time budget; a bucket not captured in time is planned and
 captured when first used) and a decode step is a few input copies and one replay; in
 Triton's interpreter the plans run their kernels one by one. `enforce_eager` runs every
@@ -75,6 +76,52 @@ def _resident_zeros(shape: tuple, dtype) -> np.ndarray:
     cache = np.empty(shape, dtype)
     cache.fill(0)
     return cache
+
+
+_DECODE_FEEDS = ("input_ids", "positions", "slot_mapping", "seq_lens", "logit_indices", "query_start_loc",
+                 "block_tables")  # a decode step's inputs, in their staging buffer's order
+
+
+class _Staging:
+    """A decode bucket's step inputs as views of one int64 tensor on the device, written
+    from one host buffer of the same layout (pinned on a GPU) by one asynchronous copy a
+    step. (The host buffer is safe to rewrite at the next step: a step ends reading the
+    sampled tokens back, after the copy.)"""
+
+    def __init__(self, bucket: int, width: int, device):
+        sizes = [bucket] * 5 + [bucket + 1, bucket * width]
+        total = sum(sizes)
+        self.bucket, self.device = bucket, torch.zeros(total, dtype=torch.int64, device=device)
+        self.host = torch.zeros(total, dtype=torch.int64)
+        if self.device.is_cuda:
+            self.host = self.host.pin_memory()
+        flat = self.host.numpy()
+        self.views, self.device_views, at = {}, {}, 0
+        for name, size in zip(_DECODE_FEEDS, sizes):
+            self.views[name], self.device_views[name] = flat[at:at + size], self.device[at:at + size]
+            at += size
+        self.views["block_tables"] = self.views["block_tables"].reshape(bucket, width)
+        self.device_views["block_tables"] = self.device_views["block_tables"].view(bucket, width)
+        self.views["query_start_loc"][:] = np.arange(bucket + 1)  # every row one token
+        self.views["logit_indices"][:] = np.arange(bucket)
+
+    def write(self, scheduled, block_size: int) -> dict[str, int]:
+        """The step's rows into the host buffer (a padding row: a one-token sequence of its
+        own that writes no slot, its logits not read); each request's row."""
+        v = self.views
+        v["input_ids"][:], v["positions"][:], v["slot_mapping"][:], v["seq_lens"][:] = 0, 0, -1, 1
+        v["block_tables"][:] = 0
+        sample_rows = {}
+        for row, s in enumerate(scheduled):
+            pos, blocks = s.start, s.block_ids
+            v["input_ids"][row], v["positions"][row], v["seq_lens"][row] = s.token_ids[0], pos, pos + 1
+            v["block_tables"][row, :len(blocks)] = blocks
+            v["slot_mapping"][row] = blocks[pos // block_size] * block_size + pos % block_size
+            sample_rows[s.request.request_id] = row
+        return sample_rows
+
+    def copy(self) -> None:
+        self.device.copy_(self.host, non_blocking=True)
 
 
 class ModelRunner:
@@ -175,52 +222,27 @@ class ModelRunner:
     def _plan(self, bucket: int):
         """The static plan of `bucket` decode rows (made, and on a GPU captured, now if
         there is none); None where the program cannot be planned (the buckets are dropped)."""
-        plan = self._plans.get(bucket)
-        if plan is not None:
-            return plan
+        decode = self._plans.get(bucket)
+        if decode is not None:
+            return decode
         from ..errors import UnsupportedError
 
-        shapes = {"input_ids": (bucket,), "positions": (bucket,), "slot_mapping": (bucket,),
-                  "block_tables": (bucket, self._width), "query_start_loc": (bucket + 1,), "seq_lens": (bucket,),
-                  "logit_indices": (bucket,)}
+        staging = _Staging(bucket, self._width, self.device)
         try:
-            plan = self.executor.plan([self.caches[name] if name in self.caches else shapes[name]
+            plan = self.executor.plan([self.caches[name] if name in self.caches else staging.device_views[name]
                                        for name in self._order])
         except UnsupportedError as e:
             log.warning("ember: decode steps run op by op: %s", e)
             self.buckets = []
             return None
-        self._fill(plan, self._decode_feeds([], bucket)[0])  # (valid indices for the warm-up run)
+        staging.write([], self.block_size)  # (valid indices for the warm-up run)
+        staging.copy()
         if str(self.device).startswith("cuda") and torch.cuda.is_available():
             plan.capture()
             self.plan_stats["captured"] += 1
         self.plan_stats["planned"] += 1
-        self._plans[bucket] = plan
-        return plan
-
-    def _decode_feeds(self, scheduled, bucket: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """A decode step's feeds padded to `bucket` rows: a padding row is a one-token
-        sequence of its own that writes no slot (its logits are not read)."""
-        bs = self.block_size
-        ids = np.zeros(bucket, np.int64)
-        positions = np.zeros(bucket, np.int64)
-        slots = np.full(bucket, -1, np.int64)
-        tables = np.zeros((bucket, self._width), np.int64)
-        seq_lens = np.ones(bucket, np.int64)
-        sample_rows = {}
-        for row, s in enumerate(scheduled):
-            pos, blocks = s.start, s.block_ids
-            ids[row], positions[row], seq_lens[row] = s.token_ids[0], pos, pos + 1
-            tables[row, :len(blocks)] = blocks
-            slots[row] = blocks[pos // bs] * bs + pos % bs
-            sample_rows[s.request.request_id] = row
-        return {"input_ids": ids, "positions": positions, "slot_mapping": slots, "block_tables": tables,
-                "query_start_loc": np.arange(bucket + 1, dtype=np.int64), "seq_lens": seq_lens,
-                "logit_indices": np.arange(bucket, dtype=np.int64)}, sample_rows
-
-    def _fill(self, plan, feeds: dict[str, np.ndarray]) -> None:
-        for name, a in feeds.items():
-            plan.inputs[self._order.index(name)].copy_(torch.from_numpy(a), non_blocking=True)
+        self._plans[bucket] = decode = (plan, staging)
+        return decode
 
     def _bucket(self, out: SchedulerOutput) -> int | None:
         """The bucket of a decode step (every request one new token that samples, none
@@ -238,10 +260,11 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         """Run one step. A step whose requests want no logits still runs (it fills the cache)."""
         bucket = self._bucket(out)
-        plan = None if bucket is None else self._plan(bucket)
-        if plan is not None:
-            feeds, sample_rows = self._decode_feeds(out.scheduled, bucket)
-            self._fill(plan, feeds)
+        decode = None if bucket is None else self._plan(bucket)
+        if decode is not None:
+            plan, staging = decode
+            sample_rows = staging.write(out.scheduled, self.block_size)
+            staging.copy()
             logits = plan.run()[0][:len(out.scheduled)]
             self.plan_stats["static_steps"] += 1
             return RunnerOutput(logits, sample_rows, {})
