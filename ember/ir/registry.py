@@ -67,6 +67,7 @@ class OpDef:
     since_version: int = 1
     max_version: int | None = None  # newest opset this definition is valid for
     deterministic: bool = True  # False for random ops: never folded or deduplicated
+    writes_inputs: tuple[int, ...] = ()  # inputs its reference writes in place (state the caller keeps)
     doc: str = ""
     lower: Callable | None = None  # (ctx, node, inputs) -> outputs in Kernel IR; ember/codegen
     # (op, node, used) -> one value (or None where not `used`) per output: the op rewritten

@@ -84,9 +84,15 @@ class DeviceExecutor:
             if path and path.endswith(".py"):
                 for name, fn in _module(path).EXTERNS.items():
                     self._externs.setdefault(name, []).insert(0, fn)
-        # inputs an extern writes in place (the paged-attention caches)
-        self._written = sorted({step.args[i] for step in p.steps if step.kind == "extern"
-                                and step.name == "paged_attention" for i in (3, 4)} & set(p.inputs))
+        # inputs a step writes in place (the paged-attention caches): its extern's, or its
+        # reference's (`writes_inputs`)
+        written = set()
+        for step in p.steps:
+            if step.kind == "extern" and step.name == "paged_attention":
+                written |= {step.args[3], step.args[4]}
+            elif step.kind not in ("segment", "extern"):
+                written |= {step.args[i] for i in get_op(step.params["node"].op).writes_inputs}
+        self._written = sorted(written & set(p.inputs))
         self._constants = {name: _to_device(np.asarray(a, dtype=p.buffers[name].dtype.numpy), device)
                            for name, a in p.constants.items()}
         self._references: dict[int, Any] = {}  # step index -> its node's reference implementation
@@ -220,7 +226,17 @@ class DeviceExecutor:
         fn = self._references.get(i)
         if fn is None:
             fn = self._references[i] = get_op(node.op).reference(node)
-        results = run_reference(fn, step, lambda name: _to_host(self._view(name, buffers, sizes)))
+        hosts: dict[str, np.ndarray] = {}
+
+        def host(name: str) -> np.ndarray:
+            hosts[name] = _to_host(self._view(name, buffers, sizes))
+            return hosts[name]
+
+        results = run_reference(fn, step, host)
+        for i in get_op(node.op).writes_inputs:  # state the reference wrote in place: back to the device
+            name = step.args[i] if i < step.num_inputs else ""
+            if name and hosts[name] is not None:
+                self._view(name, buffers, sizes).copy_(tensor(np.ascontiguousarray(hosts[name])))
         for name, result in zip(step.args[step.num_inputs:], results):
             if self.program.buffers[name].kind == "dynamic":
                 raise ExecutionError(f"{node.describe()}: a sequence or optional output on {self.device}")

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from ember.codegen import handwritten  # noqa: E402
+from ember.ir.dtypes import DType  # noqa: E402
 from ember.ir.ops.paged_attention import INPUTS, paged_attention  # noqa: E402
 from ember.runtime._torch import array, tensor  # noqa: E402
 from ember.runtime.device import _module  # noqa: E402
@@ -95,3 +96,33 @@ def test_what_the_kernels_do_not_take_is_left_to_torch(kernels):
     params = {"num_heads": 2, "kv_num_heads": 1, "scale": 0.0, "sliding_window": 0}
     assert kernels.paged_attention(params, *(t[n] for n in INPUTS), y) is False
     assert torch.equal(t["k_cache"], before)
+
+
+@pytest.mark.parametrize("index_dtype", [DType.int64, DType.int32])
+def test_the_cuda_target_writes_the_callers_caches(index_dtype):
+    """ember.PagedAttention compiled for the cuda target and run on numpy caches: the
+    device's writes come back into them, whether the node ran on the Triton kernels (int64
+    indices) or on its reference on the CPU (int32: it falls back, and the inputs its
+    reference writes in place, `writes_inputs`, are copied back to the device)."""
+    import ember
+    from ember.ir import Graph, TensorType, Value, symbol
+
+    heads, kv_heads, d, block_size = 4, 2, 8, 4
+    T, B, M, NB = (symbol(s) for s in ("t", "b", "m", "nb"))
+    shapes = {"q": (T, heads * d), "k": (T, kv_heads * d), "v": (T, kv_heads * d),
+              "k_cache": (NB, block_size, kv_heads, d), "v_cache": (NB, block_size, kv_heads, d),
+              "slot_mapping": (T,), "block_tables": (B, M), "query_start_loc": (B + 1,), "seq_lens": (B,)}
+    inputs = [Value(n, TensorType(DType.float32 if i < 5 else index_dtype, shapes[n])) for i, n in enumerate(INPUTS)]
+    g = Graph("g", inputs=inputs, opsets={"": 23})
+    node = g.add_node("ember.PagedAttention", inputs, [Value("y", TensorType(DType.float32, (T, heads * d)))],
+                      {"num_heads": heads, "kv_num_heads": kv_heads})
+    g.outputs = list(node.outputs)
+    compiled = ember.compile(g, target="cuda")
+    assert bool(compiled.stats.fallback_nodes) == (index_dtype is DType.int32)
+    feeds = _batch(np.random.default_rng(4), [(6, 3), (0, 5), (9, 1)], heads, kv_heads, d, block_size, padding=2)
+    feeds = {n: a.astype(index_dtype.numpy) if i >= 5 else a for i, (n, a) in enumerate(feeds.items())}
+    ref = {n: a.copy() for n, a in feeds.items()}
+    want = paged_attention(*(ref[n] for n in INPUTS), num_heads=heads, kv_num_heads=kv_heads)
+    np.testing.assert_allclose(compiled.run(feeds)["y"], want, rtol=1e-5, atol=1e-5)
+    for cache in ("k_cache", "v_cache"):
+        np.testing.assert_array_equal(feeds[cache], ref[cache])

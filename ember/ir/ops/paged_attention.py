@@ -119,7 +119,7 @@ register_op(OpDef(
     outputs=(ParamSpec("y"),),
     attrs={**HEAD_ATTRS, "sliding_window": AttrSpec("sliding_window", "int", 0)},
     reference=_reference, infer=_infer,
-    deterministic=False,  # writes the caches
+    deterministic=False, writes_inputs=(3, 4),  # writes the caches
     doc="causal attention of flattened sequences over a block-paged KV cache it writes the new k, v into "
         "(slot_mapping; block_tables, query_start_loc, seq_lens describe the sequences)",
 ))
