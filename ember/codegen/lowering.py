@@ -218,12 +218,10 @@ class LoweringContext:
         return None if known is None else known.value
 
     def compile_body(self, graph: Graph, where: str) -> Graph:
-        """A control-flow body (standalone: its outer reads as extra inputs) through the O2
-        pipeline, if every node of it lowers to kernels (NotLowerable otherwise: sequences
-        crossing its boundary, or nodes on the fallback)."""
-        from ..passes import PassManager, build_pipeline
-
-        graph, _ = PassManager(build_pipeline(2)).run(graph)
+        """A control-flow body (standalone: its outer reads as extra inputs; optimized
+        already, by the caller's pipeline: passes/manager.py), if every node of it lowers
+        to kernels (NotLowerable otherwise: sequences crossing its boundary, or nodes on
+        the fallback)."""
         lowered = lower_graph(graph, self.target)
         if lowered.fallbacks:
             raise NotLowerable(f"{where} has nodes on the fallback ({', '.join(lowered.fallbacks[:3])})")

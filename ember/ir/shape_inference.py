@@ -46,6 +46,9 @@ def infer_types(graph: Graph, outer: ChainMap | None = None) -> ChainMap:
     """Infer every value's type in place (subgraphs included). Returns what is known of
     each value of this graph, by id: passes read shape-tensor contents from it."""
     known: ChainMap = (outer if outer is not None else ChainMap()).new_child()
+    if outer is None:  # a subgraph on its own (a pass on an If/Loop/Scan body): its outer reads as declared
+        for v in graph.free_values():
+            known[id(v)] = known_of(v) if v.const is not None else Known(v.type)
     for v in graph.inputs:
         known[id(v)] = Known(v.type)
     for v in graph.constants:

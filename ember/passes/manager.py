@@ -1,6 +1,11 @@
 """Runs a list of passes: times each, counts nodes before and after, verifies the IR
 after each one when asked (`verify=True` or EMBER_VERIFY=1), and writes the printed IR
-after each one to a folder when asked (`dump_ir=DIR` or EMBER_DUMP_IR=DIR)."""
+after each one to a folder when asked (`dump_ir=DIR` or EMBER_DUMP_IR=DIR).
+
+Each pass runs on the graph, then on every If/Loop/Scan body in it (outer bodies first,
+each a graph of its own whose outer-scope reads stay the enclosing graph's values): the
+bodies are optimized by the caller's pipeline, once, and the dumped IR shows them so;
+codegen lowers them as they are."""
 
 from __future__ import annotations
 
@@ -33,6 +38,26 @@ def _count(graph: Graph) -> int:
     return sum(1 for _ in graph.walk())
 
 
+def _run_in_bodies(p: Pass, graph: Graph) -> bool:
+    """Pass `p` on every subgraph of `graph`'s nodes, at any depth (outer first); whether
+    it changed any."""
+    modified = False
+    for node in graph.nodes:
+        for key, attr in list(node.attrs.items()):
+            if isinstance(attr, Graph):
+                result = p.run(attr)
+                node.attrs[key] = result.graph
+                modified |= result.modified | _run_in_bodies(p, result.graph)
+            elif isinstance(attr, list) and attr and isinstance(attr[0], Graph):
+                bodies = []
+                for body in attr:
+                    result = p.run(body)
+                    bodies.append(result.graph)
+                    modified |= result.modified | _run_in_bodies(p, result.graph)
+                node.attrs[key] = bodies
+    return modified
+
+
 class PassManager:
     def __init__(self, passes: list[Pass], *, verify: bool | None = None,
                  dump_ir: str | os.PathLike | None = None):
@@ -48,14 +73,15 @@ class PassManager:
             before = _count(graph)
             t0 = time.perf_counter()
             result = p.run(graph)
-            seconds = time.perf_counter() - t0
             graph = result.graph
+            modified = _run_in_bodies(p, graph) | result.modified
+            seconds = time.perf_counter() - t0
             if self.verify:
                 try:
                     verify_graph(graph)
                 except IRError as e:
                     raise IRError(f"IR invalid after pass {p.name!r}: {e}") from e
-            stats.append(PassStats(p.name, seconds, before, _count(graph), result.modified))
+            stats.append(PassStats(p.name, seconds, before, _count(graph), modified))
             self._dump(graph, i, p.name)
         return graph, stats
 

@@ -120,3 +120,39 @@ def test_a_pass_from_an_entry_point_runs_in_a_pipeline(tmp_path, monkeypatch):
     assert [n.name for n in compiled.graph if n.op == "Relu"] == ["tagged_r1"]
     assert compiled.stats.passes[-1].name == "tag_relus"
     sys.modules.pop("ember_test_plugin", None)
+
+
+def test_passes_run_inside_control_flow_bodies_once(tmp_path, monkeypatch):
+    """The pass manager runs each pass in If branches too (their outer-scope reads
+    included): a SwiGLU written out inside a branch is fused there, the dumped IR shows it,
+    and codegen lowers the branch as the pipeline left it (one pipeline run in all)."""
+    from onnx import TensorProto, helper
+
+    from ember.passes import manager
+
+    F = TensorProto.FLOAT
+    then_branch = helper.make_graph(
+        [helper.make_node("Sigmoid", ["g"], ["s"]), helper.make_node("Mul", ["g", "s"], ["swish"]),
+         helper.make_node("Mul", ["swish", "u"], ["then_y"])],
+        "then", [], [helper.make_tensor_value_info("then_y", F, [2, 8])])
+    else_branch = helper.make_graph([helper.make_node("Neg", ["u"], ["else_y"])], "else", [],
+                                    [helper.make_tensor_value_info("else_y", F, [2, 8])])
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)], "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), helper.make_tensor_value_info("g", F, [2, 8]),
+         helper.make_tensor_value_info("u", F, [2, 8])],
+        [helper.make_tensor_value_info("y", F, [2, 8])]), opset_imports=[helper.make_opsetid("", 17)])
+    runs = []
+    real_run = manager.PassManager.run
+    monkeypatch.setattr(manager.PassManager, "run", lambda self, graph: runs.append(graph) or real_run(self, graph))
+    compiled = ember.compile(model, dump_ir=tmp_path)
+    assert len(runs) == 1  # the model's pipeline, and no other for the branch
+    (node,) = [n for n in compiled.graph.nodes if n.op == "If"]
+    assert [n.op for n in node.attrs["then_branch"].nodes] == ["ember.SwiGLU"]
+    assert next(s for s in compiled.stats.passes if s.name == "fuse_silu").modified
+    assert "ember.SwiGLU" in sorted(tmp_path.glob("*fuse_silu.ir"))[0].read_text()
+    rng = np.random.default_rng(0)
+    g, u = rng.standard_normal((2, 8)).astype(np.float32), rng.standard_normal((2, 8)).astype(np.float32)
+    out = compiled.run({"cond": np.array(True), "g": g, "u": u})["y"]
+    np.testing.assert_allclose(out, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
+    assert compiled.stats.fallback_nodes == []  # the If on kernels: its branches lowered as they are

@@ -231,7 +231,8 @@ def _standalone(body, free: list, input_types: list | None = None):
 
 def _compiled_body(ctx, body, free: list, input_types: list | None, where: str):
     """The optimized standalone copy of `body`, if every node of it lowers to kernels
-    (`ctx.compile_body`: codegen optimizes and lowers it; NotLowerable otherwise)."""
+    (`ctx.compile_body`: codegen lowers it, optimized already by the caller's pipeline;
+    NotLowerable otherwise)."""
     return ctx.compile_body(_standalone(body, free, input_types), where)
 
 
