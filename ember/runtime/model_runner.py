@@ -13,9 +13,9 @@ it samples, every new prompt token when it asked for prompt logprobs).
 It calls the compiled model's executor directly (never `CompiledModel.run`, whose checks
 and copies a step does not need). On a device target (`run_device`: the cuda target's
 executor) the caches are tensors on the device, given to every step as they are (the
-paged-attention kernels write them in place); the step's inputs are built on the host
-(a few small integer arrays) and copied over once; the logits stay on the device, where
-the sampler reads them. On the cpu target the caches are numpy arrays and the logits come
+paged-attention kernels write them in place); a step's inputs are built on the host (a
+few small integer arrays) and copied over; the logits stay on the device, where the
+sampler reads them. On the cpu target the caches are numpy arrays and the logits come
 back as a tensor over the executor's array.
 
 Decode steps on a device target run on static plans (DeviceExecutor.plan): one per batch
@@ -23,11 +23,11 @@ size bucket (1, 2, 4, ... up to max_num_seqs), the batch padded to its bucket (p
 rows write no cache slot and their logits are dropped), the block tables as wide as
 max_model_len allows, so every step of a bucket has the same shapes, buffers and kernel
 arguments; its inputs are views of one device buffer, written by one asynchronous copy
-from a pinned host buffer (`_Staging`). On a GPU each plan is captured in a CUDA graph at start-up (`capture`, the
-smallest buckets first, within a time budget; a bucket not captured in time is planned and
-captured when first used) and a decode step is a few input copies and one replay; in
-Triton's interpreter the plans run their kernels one by one. `enforce_eager` runs every
-step op by op.
+from a pinned host buffer (`_Staging`). On a GPU each plan is captured in a CUDA graph at
+start-up (`capture`, the smallest buckets first, within a time budget; a bucket not
+captured in time is planned and captured when first used) and a decode step is one input
+copy and one replay; in Triton's interpreter the plans run their kernels one by one.
+`enforce_eager` runs every step op by op.
 """
 
 from __future__ import annotations
