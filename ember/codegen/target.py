@@ -8,7 +8,8 @@ dtype its renderer has not) runs its reference implementation on the CPU, counte
 
     cpu    C++/OpenMP kernels (codegen/cpu.py) built with the system compiler, every extern
     cuda   Triton kernels (codegen/triton.py) on a CUDA GPU's torch tensors, the externs
-           that run on torch alone (GEMMs on cuBLAS, attention on SDPA) and paged
+           that run on torch alone (GEMMs on cuBLAS, convolutions on cuDNN, attention on
+           SDPA) and paged
            attention on ember's Triton kernels (triton_paged_attention.py); without a GPU,
            with TRITON_INTERPRET=1, the same path on CPU tensors in Triton's interpreter
            (how CI tests it)
@@ -66,5 +67,5 @@ CUDA = Target("cuda", "cuda", "triton",
               frozenset({DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int8, DType.int16,
                          DType.int32, DType.int64, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}),
               frozenset({DType.float32, DType.float64, DType.float16, DType.bfloat16}),
-              externs=frozenset({"matmul", "linear", "gemm", "attention", "paged_attention"}))
+              externs=frozenset({"matmul", "linear", "gemm", "attention", "paged_attention", "conv", "conv16"}))
 TARGETS = {"cpu": CPU, "cuda": CUDA}

@@ -46,20 +46,47 @@ def test_minilm_b1_on_the_cuda_target_matches_the_cpu():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _with_a_fallback():
+    """Relu -> Det -> Sigmoid: Det (LAPACK's LU in torch on the cpu target) has no cuda kernel."""
+    return _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Det", ["r"], ["d"]),
+                   helper.make_node("Sigmoid", ["d"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 3])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+
+
 def test_a_node_without_a_cuda_kernel_falls_back_with_copies():
-    """A convolution (no conv extern on the cuda target) runs its reference implementation
+    """A determinant (no det extern on the cuda target) runs its reference implementation
     on the CPU between Triton kernels, and is counted."""
-    w = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.1
-    model = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["r", "W"], ["c"], pads=[1, 1, 1, 1]),
-                    helper.make_node("Sigmoid", ["c"], ["y"])],
-                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, "h", "w"])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
+    model = _with_a_fallback()
     compiled = ember.compile(model, target="cuda")
-    assert len(compiled.stats.fallback_nodes) == 1 and "Conv" in compiled.stats.fallback_nodes[0]
+    assert len(compiled.stats.fallback_nodes) == 1 and "Det" in compiled.stats.fallback_nodes[0]
     assert any(step.kind == "segment" for step in compiled.program.steps)  # the rest on Triton kernels
-    for shape in ((1, 16, 5, 7), (2, 16, 4, 4)):  # one program, every size
-        x = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
+    for n in (1, 4):  # one program, every size
+        x = {"x": np.random.default_rng(1).standard_normal((n, 3, 3)).astype(np.float32)}
         np.testing.assert_allclose(compiled.run(x)["y"], ember.compile(model).run(x)["y"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("shape, attrs", [(["n", 16, "h", "w"], {"pads": [1, 1, 1, 1]}),
+                                          ([1, 16, 9, 9], {"strides": [2, 2]}),
+                                          ([2, 16, 8, 8], {"group": 4, "pads": [1, 1, 1, 1]})])
+def test_convolutions_run_on_the_device(dtype, shape, attrs):
+    """Conv (+ bias, ReLU) on the cuda target: the conv extern on torch's convolutions
+    (16-bit ones in float32, rounded once), or generated kernels; no fallback; the cpu
+    target's results."""
+    rng = np.random.default_rng(0)
+    group = attrs.get("group", 1)
+    w = (rng.standard_normal((32, 16 // group, 3, 3)) * 0.1).astype(dtype)
+    b = (rng.standard_normal(32) * 0.1).astype(dtype)
+    onnx_type = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    model = _model([helper.make_node("Conv", ["x", "W", "B"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])],
+                   [helper.make_tensor_value_info("x", onnx_type, shape)], [helper.make_tensor_value_info("y", onnx_type, None)],
+                   [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    compiled = ember.compile(model, target="cuda")
+    assert compiled.stats.fallback_nodes == [] and isinstance(compiled.executor, DeviceExecutor)
+    x = rng.standard_normal([2, 16, 8, 8] if shape[0] != 1 else shape).astype(dtype)
+    np.testing.assert_allclose(compiled.run({"x": x})["y"].astype(np.float32),
+                               ember.compile(model).run({"x": x})["y"].astype(np.float32), rtol=1e-5, atol=1e-5)
 
 
 def test_values_the_device_cannot_hold_run_on_the_reference():
@@ -184,14 +211,10 @@ def test_a_static_plan_reruns_on_the_same_memory():
 
 
 def test_a_program_with_fallbacks_is_not_planned():
-    w = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.1
-    model = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["r", "W"], ["y"], pads=[1, 1, 1, 1])],
-                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, "h", "w"])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
-    compiled = ember.compile(model, target="cuda")
+    compiled = ember.compile(_with_a_fallback(), target="cuda")
     assert compiled.stats.fallback_nodes
     with pytest.raises(ember.UnsupportedError, match="fallback"):
-        compiled.executor.plan([(1, 16, 5, 5)])
+        compiled.executor.plan([(2, 3, 3)])
 
 
 @pytest.mark.cuda
@@ -219,14 +242,10 @@ def test_a_cuda_artifact_loads_on_the_cuda_target(tmp_path, monkeypatch):
     assert loaded.program.source == compiled.program.source and loaded.program.library.endswith(".py")
     x = {"x": np.random.default_rng(2).standard_normal((4, 16)).astype(np.float32)}
     np.testing.assert_array_equal(loaded.run(x)["y"], compiled.run(x)["y"])
-    w = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32)  # with a node on the fallback
-    conv = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["r", "W"], ["y"], pads=[1, 1, 1, 1])],
-                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, "h", "w"])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
-    compiled = ember.compile(conv, target="cuda")
-    loaded = ember.load(compiled.save(tmp_path / "conv.ember"))
+    compiled = ember.compile(_with_a_fallback(), target="cuda")  # with a node on the fallback
+    loaded = ember.load(compiled.save(tmp_path / "det.ember"))
     assert loaded.stats.fallback_nodes == compiled.stats.fallback_nodes != []
-    x = {"x": np.random.default_rng(3).standard_normal((1, 16, 5, 6)).astype(np.float32)}
+    x = {"x": np.random.default_rng(3).standard_normal((2, 3, 3)).astype(np.float32)}
     np.testing.assert_array_equal(loaded.run(x)["y"], compiled.run(x)["y"])
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
