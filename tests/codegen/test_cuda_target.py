@@ -275,3 +275,18 @@ def test_a_float16_encoder_layer_runs_whole_on_the_device():
     want = ember.compile(model(TensorProto.FLOAT, np.float32)).run({"x": x.astype(np.float32)})["y"]
     assert got.dtype == np.float16
     np.testing.assert_allclose(got.astype(np.float32), want, rtol=2e-2, atol=2e-3)
+
+
+def test_the_cuda_target_leaves_out_the_channels_last_rewrite():
+    """Its pipeline adjustment: torch's convolutions take the ONNX layout, so no transposes
+    are put around them (the cpu target's pipeline has the rewrite)."""
+    w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    model = _model([helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "h", "w"])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
+    cuda, cpu_ = ember.compile(model, target="cuda"), ember.compile(model)
+    assert "channels_last" not in [p.name for p in cuda.stats.passes]
+    assert "channels_last" in [p.name for p in cpu_.stats.passes] and "Transpose" in cpu_.stats.op_histogram
+    assert "Transpose" not in cuda.stats.op_histogram and cuda.stats.fallback_nodes == []
+    x = {"x": np.random.default_rng(1).standard_normal((2, 4, 6, 5)).astype(np.float32)}
+    np.testing.assert_allclose(cuda.run(x)["y"], cpu_.run(x)["y"], rtol=1e-5, atol=1e-5)
