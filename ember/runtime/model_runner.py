@@ -149,6 +149,7 @@ class ModelRunner:
         max_len = max_model_len or num_blocks * self.block_size
         self._width = -(-max_len // self.block_size)  # block-table columns of a planned step
         self._plans: dict[int, object] = {}
+        self._pool = None  # the CUDA graphs' shared memory pool
         self.plan_stats = {"planned": 0, "captured": 0, "static_steps": 0, "eager_steps": 0}
 
     @staticmethod
@@ -238,7 +239,9 @@ class ModelRunner:
         staging.write([], self.block_size)  # (valid indices for the warm-up run)
         staging.copy()
         if str(self.device).startswith("cuda") and torch.cuda.is_available():
-            plan.capture()
+            if self._pool is None:  # one memory pool for every bucket's graph (they never run at once)
+                self._pool = torch.cuda.graph_pool_handle()
+            plan.capture(pool=self._pool)
             self.plan_stats["captured"] += 1
         self.plan_stats["planned"] += 1
         self._plans[bucket] = decode = (plan, staging)
