@@ -150,6 +150,8 @@ class ModelRunner:
         self._width = -(-max_len // self.block_size)  # block-table columns of a planned step
         self._plans: dict[int, object] = {}
         self._pool = None  # the CUDA graphs' shared memory pool
+        # plans are captured in CUDA graphs on a GPU (in Triton's interpreter, run kernel by kernel)
+        self._graphs = bool(self.buckets) and str(self.device).startswith("cuda") and torch.cuda.is_available()
         self.plan_stats = {"planned": 0, "captured": 0, "static_steps": 0, "eager_steps": 0}
 
     @staticmethod
@@ -206,9 +208,7 @@ class ModelRunner:
     def capture(self, budget_s: float = 30.0) -> list[int]:
         """On a GPU: plan and capture a CUDA graph for each bucket, smallest first, until
         `budget_s` has passed; the buckets captured."""
-        import torch as _torch
-
-        if not self.buckets or not str(self.device).startswith("cuda") or not _torch.cuda.is_available():
+        if not self._graphs:
             return []
         start = time.perf_counter()
         for bucket in self.buckets:
@@ -218,11 +218,12 @@ class ModelRunner:
                 break
             if self._plan(bucket) is None:
                 break
-        return sorted(b for b, plan in self._plans.items() if plan.graph is not None)
+        return sorted(b for b, (plan, _) in self._plans.items() if plan.graph is not None)
 
     def _plan(self, bucket: int):
-        """The static plan of `bucket` decode rows (made, and on a GPU captured, now if
-        there is none); None where the program cannot be planned (the buckets are dropped)."""
+        """(the static plan, its staging buffer) of `bucket` decode rows (made, and on a GPU
+        captured, now if there are none); None where the program cannot be planned (the
+        buckets are dropped)."""
         decode = self._plans.get(bucket)
         if decode is not None:
             return decode
@@ -238,7 +239,7 @@ class ModelRunner:
             return None
         staging.write([], self.block_size)  # (valid indices for the warm-up run)
         staging.copy()
-        if str(self.device).startswith("cuda") and torch.cuda.is_available():
+        if self._graphs:
             if self._pool is None:  # one memory pool for every bucket's graph (they never run at once)
                 self._pool = torch.cuda.graph_pool_handle()
             plan.capture(pool=self._pool)

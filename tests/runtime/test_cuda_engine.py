@@ -144,3 +144,19 @@ def test_an_llm_artifact_of_the_cuda_target(tiny_llm_dir, tmp_path):
 
 def tokens_of(outputs):
     return [o.outputs[0].token_ids for o in outputs]
+
+
+def test_start_up_captures_every_bucket_it_has_time_for(tiny_llm_dir, monkeypatch):
+    """The runner's start-up bookkeeping for CUDA graphs, with the capture itself (a GPU's)
+    stood in for: every bucket planned and captured, smallest first, into one memory pool;
+    the buckets it captured reported."""
+    from ember.runtime.device import StaticRun
+
+    llm = make_llm(tiny_llm_dir, target="cuda", max_num_seqs=4)
+    runner = llm.engine.runner
+    captured = []
+    monkeypatch.setattr(StaticRun, "capture", lambda self, pool=None: captured.append(pool) or setattr(self, "graph", 1))
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
+    runner._graphs = True
+    assert runner.capture(budget_s=60) == [1, 2, 4] == runner.buckets
+    assert captured == ["pool"] * 3 and runner.plan_stats["captured"] == 3
