@@ -97,7 +97,7 @@ def generate(graph: Graph, target=None) -> Program:
     elif generated:
         program.source = cpu.render(generated, buffers, slots, {s: i for i, s in enumerate(ordered)}, segments)
         program.library = str(cpu.build(program.source))
-    program.libraries = handwritten.libraries(program, "triton" if triton else "cpp")
+    program.libraries = handwritten.libraries(program, target.renderer if target is not None else "cpp")
     program.lifetimes = program_lifetimes(program)
     return program
 

@@ -36,7 +36,7 @@ from ..errors import EmberError, ExecutionError, InputError
 from ..ir.kernel import Program
 from ..ir.registry import get_op
 from ..ir.sizes import evaluate, is_symbol
-from ._torch import array, tensor, torch_dtype
+from ._torch import array, tensor, torch, torch_dtype
 from .executor import run_reference
 from .externs import EXTERNS
 
@@ -148,14 +148,11 @@ class DeviceExecutor:
             buffers[name] = self._input(name, value, sizes)
         buffers.update(self._constants)
         for i, step in enumerate(p.steps):
-            where = ", ".join(step.nodes[:3]) or step.name
             if step.kind == "segment":
-                self._allocate(step.args, buffers, sizes)
-                values = [sizes.get(s) for s in p.symbols]
-                for kernel in step.kernels:
-                    getattr(self._module, f"launch_{kernel}")(buffers, values)
+                for launch in self._launches(step, buffers, sizes):
+                    launch()
             elif step.kind == "extern":
-                self._extern(step, buffers, sizes, where)
+                self._extern(step, buffers, sizes, ", ".join(step.nodes[:3]) or step.name)
             else:
                 self._fallback(i, step, buffers, sizes)
         return [self._view(name, buffers, sizes) for name in p.outputs], buffers
@@ -203,18 +200,30 @@ class DeviceExecutor:
         buffers[root] = result.to(self.device, torch_dtype(b.dtype.numpy)).contiguous().reshape(-1)
 
     # -- steps ----------------------------------------------------------------------------
-    def _extern(self, step, buffers: _Buffers, sizes: dict, where: str) -> None:
-        fn = self._externs[step.name][0]
+    def _launches(self, step, buffers: _Buffers, sizes: dict) -> list:
+        """A segment's kernel launches, its buffers allocated (a run calls them; a plan keeps them)."""
+        self._allocate(step.args, buffers, sizes)
+        values = [sizes.get(s) for s in self.program.symbols]
+        return [functools.partial(getattr(self._module, f"launch_{kernel}"), buffers, values)
+                for kernel in step.kernels]
+
+    def _extern_call(self, step, buffers: _Buffers, sizes: dict):
+        """An extern step with outputs of known size as one call (its outputs allocated)."""
         ins = [self._view(a, buffers, sizes) if a else None for a in step.args[:step.num_inputs]]
         outs = step.args[step.num_inputs:]
-        if step.params.get("sizes_outputs"):
-            results = fn(step.params, *ins, *([None] * len(outs)))
-            for name, result in zip(outs, results):
-                self._store(name, result, buffers, sizes, where)
-            return
         self._allocate(outs, buffers, sizes)
         views = [self._view(a, buffers, sizes) for a in outs]
-        _call_extern(self._externs[step.name], step.params, ins, views)
+        return functools.partial(_call_extern, self._externs[step.name], step.params, ins, views)
+
+    def _extern(self, step, buffers: _Buffers, sizes: dict, where: str) -> None:
+        if not step.params.get("sizes_outputs"):
+            self._extern_call(step, buffers, sizes)()
+            return
+        ins = [self._view(a, buffers, sizes) if a else None for a in step.args[:step.num_inputs]]
+        outs = step.args[step.num_inputs:]
+        results = self._externs[step.name][0](step.params, *ins, *([None] * len(outs)))
+        for name, result in zip(outs, results):
+            self._store(name, result, buffers, sizes, where)
 
     def plan(self, inputs: Sequence[Any]) -> StaticRun:
         """This program planned for `inputs` (in order, each a shape, for an input tensor the
@@ -233,9 +242,9 @@ class DeviceExecutor:
             return hosts[name]
 
         results = run_reference(fn, step, host)
-        for i in get_op(node.op).writes_inputs:  # state the reference wrote in place: back to the device
-            name = step.args[i] if i < step.num_inputs else ""
-            if name and hosts[name] is not None:
+        for k in get_op(node.op).writes_inputs:  # state the reference wrote in place: back to the device
+            name = step.args[k] if k < step.num_inputs else ""
+            if name:
                 self._view(name, buffers, sizes).copy_(tensor(np.ascontiguousarray(hosts[name])))
         for name, result in zip(step.args[step.num_inputs:], results):
             if self.program.buffers[name].kind == "dynamic":
@@ -246,8 +255,6 @@ class DeviceExecutor:
 def _call_extern(fns: list, params: dict, ins: list, views: list) -> None:
     """The first of `fns` (a library's, then the runtime's) that takes these tensors, its
     result written into the single output's view where it made a tensor of its own."""
-    import torch
-
     for fn in fns:
         result = fn(params, *ins, *views)
         if result is not False:  # (False: a library's extern that does not take these tensors)
@@ -287,16 +294,9 @@ class StaticRun:
         self._calls = []
         for step in p.steps:
             if step.kind == "segment":
-                ex._allocate(step.args, buffers, sizes)
-                values = [sizes.get(s) for s in p.symbols]
-                self._calls += [functools.partial(getattr(ex._module, f"launch_{kernel}"), buffers, values)
-                                for kernel in step.kernels]
+                self._calls += ex._launches(step, buffers, sizes)
             elif step.kind == "extern" and not step.params.get("sizes_outputs"):
-                ins = [ex._view(a, buffers, sizes) if a else None for a in step.args[:step.num_inputs]]
-                outs = step.args[step.num_inputs:]
-                ex._allocate(outs, buffers, sizes)
-                views = [ex._view(a, buffers, sizes) for a in outs]
-                self._calls.append(functools.partial(_call_extern, ex._externs[step.name], step.params, ins, views))
+                self._calls.append(ex._extern_call(step, buffers, sizes))
             else:
                 raise UnsupportedError(f"step {step.name} ({', '.join(step.nodes[:2])}) sizes its outputs as it runs: "
                                        "the program cannot be planned")
