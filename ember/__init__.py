@@ -17,7 +17,7 @@ from .errors import (ArtifactError, EmberError, ExecutionError, InputError, IREr
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "load", "CompiledModel", "LLM", "AsyncLLM", "SamplingParams", "CompileStats", "InferenceSession", "DType",
+    "compile", "load", "quantize", "Quantization", "CompiledModel", "LLM", "AsyncLLM", "SamplingParams", "CompileStats", "InferenceSession", "DType",
     "EmberError", "ModelError", "InputError", "IRError", "ExecutionError", "UnsupportedError",
     "ArtifactError",
     # onnxruntime's session API (ember/_session.py, ember/_iobinding.py)
@@ -29,7 +29,8 @@ __all__ = [
 
 # public name -> the module that defines it
 _LAZY = {
-    "compile": ".api", "CompiledModel": ".api", "CompileStats": ".api",
+    "compile": ".api", "CompiledModel": ".api", "CompileStats": ".api", "quantize": ".api",
+    "Quantization": ".passes.quantize_weights",
     "InferenceSession": "._session", "SessionOptions": "._session", "RunOptions": "._session",
     "GraphOptimizationLevel": "._session", "ExecutionMode": "._session", "ExecutionOrder": "._session",
     "ModelMetadata": "._session",
@@ -49,7 +50,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
                            NodeArg, RunOptions, SessionOptions, get_all_providers, get_available_providers,
                            get_build_info, get_device, get_version_string, set_default_logger_severity,
                            set_default_logger_verbosity)
-    from .api import CompiledModel, CompileStats, compile
+    from .api import CompiledModel, CompileStats, compile, quantize
+    from .passes.quantize_weights import Quantization
     from .artifact import load
     from .ir.dtypes import DType
     from .llm import LLM, AsyncLLM

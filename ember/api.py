@@ -249,6 +249,10 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     fixed_dims: {dim name: size}: an ONNX model's symbolic dims of those names (dim_param)
         compiled at that size, e.g. {"batch": 1}; the model then takes only that size.
     fixed_denotations: the same by dim denotation ({"DATA_BATCH": 1}).
+    quantization: weight-only quantization of the linear layers (the `quantize_weights`
+        pass, after the fusions): a scheme, "int8" (llama.cpp's q8_0 blocks), "int4"
+        (q4_0), "int4_asym" (q4_1), "q5_0", "q5_1", or an `ember.Quantization` that also
+        says which weights stay float (default: a language model's head and embedding).
 
     Raises `ModelError` for a model ember cannot take, `UnsupportedError` for an unknown
     target, option or pass. A `Graph` is compiled as given: passes edit it in place."""
@@ -258,16 +262,42 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
     threads = options.pop("intra_op_threads", None)
     profile = options.pop("profile", False)
     fixed = {key: _fixed(options.pop(key, None) or {}, key) for key in ("fixed_dims", "fixed_denotations")}
+    quantization = options.pop("quantization", None)
+    if quantization is not None:
+        from .passes.quantize_weights import Quantization
+
+        quantization = Quantization.of(quantization)
     if options:
         raise UnsupportedError(f"unknown compile option(s): {', '.join(sorted(options))}")
     try:
-        return _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile, fixed)
+        return _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile, fixed,
+                        quantization)
     except EmberError:
         raise
     except RecursionError as e:
         raise ModelError(f"ember could not compile this model: it nests too deeply ({e})") from e
     except Exception as e:  # noqa: BLE001 - a malformed model must not escape as a library's error
         raise ModelError(f"ember could not compile this model: {type(e).__name__}: {e}") from e
+
+
+def quantize(model: Any, quantization: Any = "int8", *, opt_level: int = 2, **options: Any) -> Graph:
+    """`model` (an ONNX path, bytes, `onnx.ModelProto` or an ember `Graph`) after the
+    passes of `opt_level` with its linear layers' weights quantized (`quantization`: a
+    scheme or an `ember.Quantization`, as `compile` takes it): an ember Graph, whose
+    weights are llama.cpp's blocks, to compile (`ember.compile(graph)`) or inspect.
+    options: `base_dir`, `fixed_dims`, `fixed_denotations` (as `compile`)."""
+    from .frontends.onnx import load_onnx
+    from .passes import PassManager, build_pipeline
+    from .passes.quantize_weights import Quantization, with_quantization
+
+    quantization = Quantization.of(quantization)
+    base_dir = options.pop("base_dir", None)
+    fixed = {key: _fixed(options.pop(key, None) or {}, key) for key in ("fixed_dims", "fixed_denotations")}
+    if options:
+        raise UnsupportedError(f"unknown quantize option(s): {', '.join(sorted(options))}")
+    graph = model if isinstance(model, Graph) else load_onnx(model, base_dir=base_dir, **fixed)
+    graph, _ = PassManager(with_quantization(build_pipeline(opt_level), quantization)).run(graph)
+    return graph
 
 
 def _fixed(sizes: Any, what: str) -> dict[str, int]:
@@ -278,7 +308,7 @@ def _fixed(sizes: Any, what: str) -> dict[str, int]:
 
 
 def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile,
-             fixed: dict[str, dict[str, int]]) -> CompiledModel:
+             fixed: dict[str, dict[str, int]], quantization=None) -> CompiledModel:
     from .frontends.onnx import load_onnx
     from .ir.verifier import verify as verify_graph
     from .passes import PassManager, build_pipeline
@@ -299,11 +329,17 @@ def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codege
     t0 = time.perf_counter()
     from .codegen.target import TARGETS as _TARGETS
 
-    manager = PassManager(_TARGETS[target].pipeline(build_pipeline(opt_level, passes)), verify=verify, dump_ir=dump_ir)
+    from .passes.quantize_weights import with_quantization
+
+    pipeline = with_quantization(_TARGETS[target].pipeline(build_pipeline(opt_level, passes)), quantization)
+    manager = PassManager(pipeline, verify=verify, dump_ir=dump_ir)
     graph, pass_stats = manager.run(graph)
     timings["passes"] = time.perf_counter() - t0
     recorded = {"opt_level": opt_level, "codegen": bool(codegen),
                  "passes": [list(p) for p in passes or []], **{k: v for k, v in fixed.items() if v}}
+    if quantization is not None:
+        recorded["quantization"] = {"scheme": quantization.scheme, "keep_float": list(quantization.keep_float),
+                                    "min_weights": quantization.min_weights}
     return CompiledModel(graph, target, timings, pass_stats, codegen=codegen, intra_op_threads=threads,
                          profile=profile, options=recorded, metadata=metadata)
 

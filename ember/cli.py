@@ -205,8 +205,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if args.block_size is not None or args.max_model_len is not None or args.dtype is not None:
             raise UsageError("--block-size, --max-model-len and --dtype are for LLMs (a Hugging Face folder or a "
                              "GGUF file)")
+        if args.quantization in ("gguf", "none"):
+            raise UsageError(f"--quantization {args.quantization} is for LLMs; an ONNX model takes a scheme "
+                             "(int8, int4, int4_asym, q8_0, q4_0, q4_1, q5_0, q5_1)")
         compiled, seconds = _compile(args.model, args.target, opt_level=args.opt_level,
-                                     verify=args.verify or None, dump_ir=args.dump_ir)
+                                     verify=args.verify or None, dump_ir=args.dump_ir, quantization=args.quantization)
     stats = compiled.stats
     print(f"compiled    {args.model} at O{args.opt_level} for {args.target} in {_ms(seconds)}")
     print(f"nodes       {stats.num_nodes}")
@@ -232,7 +235,7 @@ def _compile_llm(args: argparse.Namespace):
     _status(f"compiling {args.model} for {args.target} ...")
     t0 = time.perf_counter()
     compiled = compile_llm(args.model, target=args.target, dtype=args.dtype or "float32", block_size=args.block_size or 16,
-                           max_model_len=args.max_model_len)
+                           max_model_len=args.max_model_len, quantization=args.quantization)
     return compiled, time.perf_counter() - t0
 
 
@@ -511,7 +514,8 @@ def cmd_generate(args) -> int:
                             max_tokens=args.max_tokens)
     path = Path(args.model) if args.model else default_llm()
     start = time.perf_counter()
-    engine = build_engine(path, target=args.target, dtype=args.dtype, kv_cache_memory=256 << 20)
+    engine = build_engine(path, target=args.target, dtype=args.dtype, quantization=args.quantization,
+                          kv_cache_memory=256 << 20)
     load_s = time.perf_counter() - start
     tokenizer = engine.tokenizer
     if args.raw or not getattr(tokenizer, "chat_template", None):
@@ -569,7 +573,8 @@ def _byte_size(text: str) -> int:
 
 
 def _engine_options(args) -> dict[str, Any]:
-    names = ("max_model_len", "max_num_seqs", "kv_cache_memory", "block_size", "max_num_batched_tokens", "dtype")
+    names = ("max_model_len", "max_num_seqs", "kv_cache_memory", "block_size", "max_num_batched_tokens", "dtype",
+             "quantization")
     options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if getattr(args, "enforce_eager", False):
         options["enforce_eager"] = True
@@ -674,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, metavar="N",
                    help="LLM: longest prompt + output in tokens (default: the model's context length)")
     _add_dtype(p, "LLM: ")
+    _add_quantization(p, "LLM or ONNX (a scheme) ")
     p.add_argument("--opt-level", "-O", type=int, default=2, choices=range(4), metavar="N",
                    help="pass pipeline O0-O3 (default: 2)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass to DIR")
@@ -725,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the sampler (default: a fresh one each run)")
     p.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat template")
     _add_dtype(p)
+    _add_quantization(p)
     p.add_argument("--compare", action="store_true",
                    help="also time transformers' greedy generate on the same prompt and weights")
 
@@ -787,8 +794,18 @@ def _add_dtype(p: argparse.ArgumentParser, what: str = "") -> None:
                         "the one it was compiled in)")
 
 
+QUANTIZATION_HELP = ("weights: 'gguf' keeps a GGUF file's quantized blocks (the default for a GGUF file on the cpu "
+                     "target in float32), 'none' dequantizes them; a scheme quantizes float weights: int8 (q8_0), "
+                     "int4 (q4_0), int4_asym (q4_1), q5_0, q5_1 (weight-only, llama.cpp's blocks; the head stays float)")
+
+
+def _add_quantization(p: argparse.ArgumentParser, what: str = "") -> None:
+    p.add_argument("--quantization", "-q", metavar="SCHEME", help=what + QUANTIZATION_HELP)
+
+
 def _add_engine_options(p: argparse.ArgumentParser, serving: bool = True) -> None:
     _add_dtype(p)
+    _add_quantization(p)
     p.add_argument("--enforce-eager", action="store_true",
                    help="--target cuda: run decode steps kernel by kernel, without CUDA graphs (faster start, slower steps)")
     p.add_argument("--max-model-len", type=int, metavar="N",

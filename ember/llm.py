@@ -38,6 +38,7 @@ from .runtime.sampler import Logprob  # noqa: F401 - with CompletionOutput: the 
 
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
 LLM_DTYPES = ("float32", "float16", "bfloat16")
+LLM_QUANTIZATIONS = ("gguf", "none", "int8", "int4", "int4_asym", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # compile_llm
 
 
 def llm_dtype(compiled) -> str:
@@ -48,7 +49,8 @@ def llm_dtype(compiled) -> str:
 
 
 def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu", dtype: str | None = None,
-                 intra_op_threads: int | None = None, progress: bool | None = None, **options) -> LLMEngine:
+                 quantization: str | None = None, intra_op_threads: int | None = None,
+                 progress: bool | None = None, **options) -> LLMEngine:
     """Open `model` (a Hugging Face folder, a GGUF file, or an artifact that `ember compile`
     wrote), compile its forward graph unless it is an artifact, and return an engine over it."""
     from ._builtin import default_llm
@@ -57,13 +59,17 @@ def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
     unknown = set(options) - _ENGINE_FIELDS
     if unknown:
         raise InputError(f"unknown engine option(s) {sorted(unknown)}; the options are {sorted(_ENGINE_FIELDS)}, "
-                         "intra_op_threads, target and dtype")
+                         "intra_op_threads, target, dtype and quantization")
     engine_options = EngineOptions(**options)
     path = Path(model) if model is not None else default_llm()
     if is_artifact(path):
+        if quantization is not None:
+            raise InputError(f"{path} is an artifact, compiled already: its weights are as it was compiled "
+                             "(compile it again with --quantization to change them)")
         compiled, engine_options = _load_artifact(path, target, dtype, intra_op_threads, options)
     else:
-        compiled = compile_llm(path, target=target, dtype=dtype or "float32", block_size=engine_options.block_size,
+        compiled = compile_llm(path, target=target, dtype=dtype or "float32", quantization=quantization,
+                               block_size=engine_options.block_size,
                                max_model_len=engine_options.max_model_len, intra_op_threads=intra_op_threads,
                                progress=progress)
     info = compiled.llm
@@ -71,14 +77,22 @@ def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
                      max_model_len=engine_options.max_model_len or info.max_model_len, options=engine_options)
 
 
-def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "float32", block_size: int = 16,
-                max_model_len: int | None = None, intra_op_threads: int | None = None,
-                progress: bool | None = None):
+def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "float32",
+                quantization: str | None = None, block_size: int = 16, max_model_len: int | None = None,
+                intra_op_threads: int | None = None, progress: bool | None = None):
     """The forward graph of the LLM at `model` (a Hugging Face folder or a GGUF file) in
     `dtype` ("float32", "float16" or "bfloat16"), compiled for `target`, KV-cache blocks of
     `block_size` tokens and sequences of up to `max_model_len` (default: the model's
     context length), with its tokenizer and facts in `compiled.llm`: what
-    `compiled.save()` puts in an LLM artifact."""
+    `compiled.save()` puts in an LLM artifact.
+
+    `quantization` (see LLM_QUANTIZATIONS): "gguf" keeps a GGUF file's quantized blocks
+    (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) as they are, its linear layers multiplying by them
+    (ember.QuantizedLinear) instead of by float weights; "none" dequantizes them into
+    `dtype`; None (the default) is "gguf" where it applies (a GGUF file, float32, the cpu
+    target: the kernel's), else "none". A scheme ("int8", "int4", "int4_asym", or a block
+    format: q8_0, q4_0, q4_1, q5_0, q5_1) quantizes the float weights into those blocks
+    (the quantize_weights pass; the head stays float), on the cpu target in float32."""
     from . import api
     from .frontends.hf import load_pretrained
 
@@ -87,16 +101,38 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "
     api.check_target(target)  # (before the weights load)
     path = Path(model)
     progress = sys.stderr.isatty() if progress is None else progress
+    keep = _keeps_blocks(path, target, dtype, quantization)
+    scheme = quantization if quantization not in (None, "gguf", "none") else None
     pretrained = load_pretrained(path, dtype=dtype, progress=progress)
+    pretrained.weights.keep_quantized = keep
     max_len = max_model_len or pretrained.config.max_position_embeddings
     graph = pretrained.graph(block_size=block_size, max_model_len=max_len)
-    compiled = api.compile(graph, target=target, intra_op_threads=intra_op_threads)
+    compiled = api.compile(graph, target=target, intra_op_threads=intra_op_threads, quantization=scheme)
     tokenizer = pretrained.tokenizer()
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     compiled.options.update(block_size=block_size, max_model_len=max_len)
     compiled.llm = api.LLMInfo(pretrained.config.vocab_size, eos, max_len, block_size, source=path.name,
                                _tokenizer=tokenizer)
     return compiled
+
+
+def _keeps_blocks(path: Path, target: str, dtype: str, quantization: str | None) -> bool:
+    """Whether the weights keep a GGUF file's quantized blocks (see compile_llm)."""
+    if quantization not in (None, *LLM_QUANTIZATIONS):
+        raise InputError(f"quantization {quantization!r} is not one ember knows; choose one of "
+                         f"{', '.join(LLM_QUANTIZATIONS)}")
+    gguf = path.is_file()
+    if quantization not in (None, "gguf", "none") and (target != "cpu" or dtype != "float32"):
+        raise InputError(f"quantization {quantization!r} runs on the cpu target in float32 (its kernel's), not "
+                         f"{dtype} on {target!r}")
+    if quantization == "gguf":
+        if not gguf:
+            raise InputError(f"quantization 'gguf' keeps a GGUF file's blocks; {path} is not a GGUF file")
+        if target != "cpu" or dtype != "float32":
+            raise InputError(f"quantization 'gguf' runs on the cpu target in float32 (its kernel's), not "
+                             f"{dtype} on {target!r}: use quantization='none'")
+        return True
+    return quantization is None and gguf and target == "cpu" and dtype == "float32"
 
 
 def _load_artifact(path: Path, target: str, dtype: str | None, intra_op_threads: int | None, options: dict):

@@ -172,9 +172,19 @@ extern "C" void {{ seg.name }}(char** B, const int64_t* S) {
 }
 {% endfor %}
 extern "C" void ember_set_threads(int n) { omp_set_num_threads(n); }
-// a run of segments in one call from Python (runtime.executor: a binding's chained plan)
-extern "C" void ember_chain(void (**fns)(char**, const int64_t*), int64_t n, char** B, const int64_t* S) {
-  for (int64_t i = 0; i < n; ++i) fns[i](B, S);
+// a run of steps in one call from Python (runtime.executor: a binding's chained plan), from step
+// `first`: segments (ctx null: fn(B, S)) and hand-written kernels' steps (fn(ctx, B, S), nonzero where
+// the kernel did nothing: the run stops there). Returns the index of the step that stopped it, or n.
+extern "C" int64_t ember_chain_steps(void** fns, void** ctxs, int64_t first, int64_t n, char** B,
+                                     const int64_t* S) {
+  for (int64_t i = first; i < n; ++i) {
+    if (ctxs[i] == nullptr) {
+      reinterpret_cast<void (*)(char**, const int64_t*)>(fns[i])(B, S);
+    } else if (reinterpret_cast<int (*)(const void*, char**, const int64_t*)>(fns[i])(ctxs[i], B, S) != 0) {
+      return i;
+    }
+  }
+  return n;
 }
 """, trim_blocks=False, lstrip_blocks=False)
 

@@ -618,3 +618,13 @@ static int run(void* const* P, const int64_t* S, float scale) {
 extern "C" int ember_paged_attention(void* const* P, const int64_t* S, float scale) {
   return ember_paged::run<ember_paged::EMBER_PAGED_ELEMENT>(P, S, scale);
 }
+
+// The step form (runtime/executor.py: a chained run): ctx = the 11 arrays' slots in B (-1: none), the
+// 21 sizes, then the scale's float bits; the arrays' addresses read from the slots when it runs.
+extern "C" int ember_paged_attention_step(const int64_t* c, char** B, const int64_t*) {
+  void* P[11];
+  for (int i = 0; i < 11; ++i) P[i] = c[i] >= 0 ? B[c[i]] : nullptr;
+  float scale;
+  std::memcpy(&scale, c + 32, sizeof scale);
+  return ember_paged::run<ember_paged::EMBER_PAGED_ELEMENT>(P, c + 11, scale);
+}

@@ -107,6 +107,19 @@ def _linear(b: Builder, node: Node, ins: list[Name | None]) -> list[Name]:
     return [_activation(b, node, y)]
 
 
+# -- ember.QuantizedLinear: the same with the weight's blocks dequantized -------------------
+def _quantized_linear(b: Builder, node: Node, ins: list[Name | None]) -> list[Name]:
+    """A constant weight's blocks dequantized into a float32 [K, N] initializer: the
+    reference's meaning, in standard ops (the file holds the float weight)."""
+    from ..ir.quant_formats import block_format
+
+    blocks = node.inputs[1].const
+    if blocks is None:
+        raise UnsupportedError(f"{node.describe()}: a quantized weight fed at run time has no standard-ONNX form")
+    w = block_format(get_op(node.op).attr(node, "format")).dequantize(np.asarray(blocks)).T
+    return _linear(b, node, [ins[0], b.const(np.ascontiguousarray(w)), *ins[2:]])
+
+
 # -- ember.Attention: softmax(q k^T * scale + bias) v per head ----------------------------
 def _attention(b: Builder, node: Node, ins: list[Name | None]) -> list[Name]:
     opdef = get_op(node.op)
@@ -259,6 +272,7 @@ Decomposition = Callable[[Builder, Node, list], list]
 
 DECOMPOSITIONS: dict[str, Decomposition] = {
     "ember.Linear": _linear,
+    "ember.QuantizedLinear": _quantized_linear,
     "ember.Attention": _attention,
     "ember.SkipLayerNorm": _skip_layernorm,
     "ember.SwiGLU": _swiglu,

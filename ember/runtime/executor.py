@@ -49,13 +49,14 @@ from . import (  # noqa: F401 - registers their externs
     externs_image,
     externs_linalg,
     externs_ops,
+    externs_quantized,
     externs_recurrent,
     externs_signal,
     externs_spatial,
 )
 from . import native
 from .memory import plan
-from .externs import ADOPTS, ARRAYS, EXTERNS, PREPARE
+from .externs import ADOPTS, ARRAYS, EXTERNS, NATIVE, PREPARE
 from ..ir.kernel import Program
 
 
@@ -123,6 +124,13 @@ def _numpy_extern(step) -> bool:
     (`ARRAYS`: the tiled GEMM and attention), which need no torch."""
     takes = ARRAYS.get(step.name)
     return takes is not None and not step.params.get("sizes_outputs") and takes(step.params)
+
+
+def _step_failure(step, e: Exception) -> ExecutionError:
+    """A library's failure in `step` (oneDNN's, torch's), as an ExecutionError naming its nodes."""
+    nodes = ", ".join(repr(n) for n in step.nodes[:3]) or repr(step.name)
+    return ExecutionError(f"{step.kind} {step.name!r} (node {nodes}) failed: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}")
 
 
 class _DirectRun:
@@ -407,36 +415,68 @@ class Executor:
         return binding
 
     def _chain(self, binding: _Binding) -> list | None:
-        """The plan at this binding's sizes with each run of consecutive generated steps
-        (segments, externs on their small paths) one step that calls them all from C
-        (`ember_chain`): a run crosses into C once per such run rather than once per step
-        (silero_vad's If body: 29 of its 31 steps generated). None where sizes are late,
-        a step falls back or sizes its outputs, or the library has no `ember_chain`."""
+        """The plan at this binding's sizes with each run of consecutive steps that C can
+        call — generated steps (segments, externs on their small paths) and the externs
+        whose kernels have a step form at these sizes (`NATIVE`: the quantized GEMM, paged
+        attention) — one step that calls them all from C (`ember_chain_steps`): a run
+        crosses into C once per such run rather than once per step (silero_vad's If body:
+        29 of its 31 steps generated; an LLM's decoding step: every step). None where sizes
+        are late, a step falls back or sizes its outputs, or the library has no
+        `ember_chain_steps` (one built before it)."""
         plan = self._step_plan or self._make_plan()
-        call = getattr(self._lib, "ember_chain", None) if self._lib is not None and not binding.late else None
+        call = getattr(self._lib, "ember_chain_steps", None) if self._lib is not None and not binding.late else None
         if call is None or any(code == 2 for code, *_ in plan):
             return None
-        call.argtypes, call.restype = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p], None
-        chained, run = [], []
+        call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                         ctypes.c_void_p]
+        call.restype = ctypes.c_int64
+        chained, run = [], []  # run: (fn address, ctx (an int64 array) or None, its plan entry)
 
         def flush():
             if len(run) > 1:
-                fns = (ctypes.c_void_p * len(run))(*(ctypes.cast(fn, ctypes.c_void_p).value for fn, _, _ in run))
-                chained.append((4, (call, fns, len(run)), run[-1][1], (), None,
-                                tuple(name for _, _, release in run for name in release)))
+                fns = (ctypes.c_void_p * len(run))(*(fn for fn, _, _ in run))
+                ctxs = (ctypes.c_void_p * len(run))(*(None if ctx is None else ctx.ctypes.data for _, ctx, _ in run))
+                entries = [entry for _, _, entry in run]
+                keep = [ctx for _, ctx, _ in run if ctx is not None]  # (alive as long as the plan)
+                chained.append((4, (call, fns, ctxs, len(run), entries, keep), entries[-1][2], (), None,
+                                tuple(name for entry in entries for name in entry[5])))
             elif run:
-                chained.append((0, run[0][0], run[0][1], (), None, run[0][2]))
+                chained.append(run[0][2])
             run.clear()
 
-        for i, (code, fn, step, args, adopted, release) in enumerate(plan):
+        for i, entry in enumerate(plan):
+            code, fn, step, args, adopted, release = entry
             if code == 0 or (code == 3 and i in binding.small):
-                run.append((fn if code == 0 else fn[0], step, release))
+                fn = fn if code == 0 else fn[0]
+                run.append((ctypes.cast(fn, ctypes.c_void_p).value, None, (0, fn, step, (), None, release)))
+                continue
+            entry = (fn[2], fn[1], step, args, adopted, release) if code == 3 else entry
+            native = self._native_step(entry, binding) if entry[0] in (1, 5) and entry[4] is None else None
+            if native is not None:
+                run.append((*native, entry))
                 continue
             flush()
-            chained.append((fn[2], fn[1], step, args, adopted, release) if code == 3 else
-                           (code, fn, step, args, adopted, release))
+            chained.append(entry)
         flush()
         return chained
+
+    def _native_step(self, entry, binding: _Binding):
+        """(the C function's address, its context) of an extern step whose kernel has a
+        step form (`NATIVE`) that takes it at this binding's sizes, else None."""
+        builder = NATIVE.get(entry[2].name)
+        if builder is None:
+            return None
+        p = self.program
+        args = []
+        for name in entry[2].args:
+            if not name:
+                args.append(None)
+                continue
+            shape = binding.shapes.get(name)
+            if shape is None or name not in p.slots:
+                return None
+            args.append((p.slots[name], shape, p.buffers[name].dtype.numpy))
+        return builder(entry[2].params, args)
 
     def _resolve(self, binding: _Binding, bound: set) -> None:
         """Evaluate every buffer whose size symbols are all bound; fill shape tensors."""
@@ -575,8 +615,8 @@ class Executor:
                     start = time.perf_counter()
                 if code == 3:  # an extern with a small path: which runs at these sizes
                     code, fn = (0, fn[0]) if i in small else (fn[2], fn[1])
-                if code == 4:  # generated steps, called from C (`_chain`)
-                    fn[0](fn[1], fn[2], B_addr, sizes_addr)
+                if code == 4:  # generated steps and kernels' step forms, called from C (`_chain`)
+                    self._run_chained(fn, views, tensors, B_addr, sizes_addr)
                 elif code == 0:
                     fn(B_addr, sizes_addr)
                 elif code == 5:  # an extern of numpy arguments where the run has them
@@ -598,9 +638,26 @@ class Executor:
         except (EmberError, KeyboardInterrupt):
             raise
         except Exception as e:  # noqa: BLE001 - a library's failure (oneDNN's, torch's), named with its node
-            nodes = ", ".join(repr(n) for n in step.nodes[:3]) or repr(step.name)
-            raise ExecutionError(f"{step.kind} {step.name!r} (node {nodes}) failed: {type(e).__name__}: "
-                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+            raise _step_failure(step, e) from e
+
+    def _run_chained(self, fn, views, tensors, B_addr, sizes_addr) -> None:
+        """A chained run of steps; where a kernel's step form did nothing (indices it
+        rejects), that step runs as its extern instead (whose other path reports the error
+        or does the work), and the chain goes on after it."""
+        call, fns, ctxs, n, entries, _ = fn
+        first = 0
+        while (stopped := call(fns, ctxs, first, n, B_addr, sizes_addr)) < n:
+            code, extern, step, args, _, _ = entries[stopped]
+            try:
+                if code == 5:
+                    extern(step.params, *[(views.get(a) if a in views else tensors.get(a)) if a else None for a in args])
+                else:
+                    extern(step.params, *[tensors.get(a) if a else None for a in args])
+            except (EmberError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001 - named with its own node, not the chain's last
+                raise _step_failure(step, e) from e
+            first = stopped + 1
 
     def _make_plan(self) -> list:
         """Each step as (code, fn, step, argument names, adopted output, names released

@@ -32,6 +32,12 @@ EXTERNS: dict[str, Callable] = {}
 PREPARE: dict[str, Callable] = {}
 ADOPTS: set[str] = set()  # externs that, given None for their output, return it (after `prepare`)
 ARRAYS: dict[str, Callable] = {}  # extern -> whether a step (its prepared params) takes numpy arrays
+# extern -> its kernel's step form: (prepared params, [(slot, shape, numpy dtype) or None per
+# argument]) -> (address of a C function int(const int64_t* ctx, char** B, const int64_t* S), its
+# ctx: an int64 array) where the kernel takes the step at those shapes, else None. The executor
+# calls it from C with the generated steps around it (executor._chain); the function reads its
+# buffers' addresses from the slots B when it runs, and returns nonzero where it did nothing.
+NATIVE: dict[str, Callable] = {}
 
 
 def extern(name: str, adopts: bool = False, arrays: Callable[[dict], bool] | None = None):
@@ -56,6 +62,13 @@ def _store(y, result):
         return result if result.is_contiguous() else result.contiguous()
     y.copy_(result)
     return y
+
+
+def native(name: str):
+    def register(fn):
+        NATIVE[name] = fn
+        return fn
+    return register
 
 
 def prepare(name: str):

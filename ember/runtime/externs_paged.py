@@ -9,7 +9,7 @@ from __future__ import annotations
 from ._torch import F, torch
 
 from .native import paged_attention as kernel
-from .externs import extern
+from .externs import extern, native
 
 _DTYPES = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16"}  # by str(dtype)
 
@@ -55,6 +55,46 @@ def _fused(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_
              "k_slot_stride": kv_heads * head_dim, "v_slot_stride": kv_heads * v_head_dim,
              "bias_seq_stride": 0, "bias_head_stride": 0, "bias_query_stride": 0}
     return kernel.paged_attention(dtype, {name: t.data_ptr() for name, t in arrays.items()}, sizes, params["scale"])
+
+
+_NUMPY = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}  # by numpy dtype name
+
+
+@native("paged_attention")
+def paged_attention_step(params, args):
+    """The fused kernel's step form at these shapes (for a chained run), checked as `_fused`
+    checks the arrays: contiguous rows and caches, int64 indices (the kernel checks their
+    values when it runs)."""
+    from ._torch import threads
+
+    if any(a is None for a in args[:9]) or args[9] is None:
+        return None
+    (q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y) = args
+    dtype = _NUMPY.get(q[2].name)
+    heads, kv_heads = params["num_heads"], params["kv_num_heads"]
+    if (dtype is None or any(a[2] != q[2] for a in (k, v, k_cache, v_cache, y))
+            or any(a[2].name != "int64" for a in (slot_mapping, block_tables, query_start_loc, seq_lens))
+            or any(len(a[1]) != 2 for a in (q, k, v, y, block_tables)) or len(k_cache[1]) != 4
+            or len(seq_lens[1]) != 1 or heads % kv_heads or params["sliding_window"] < 0):
+        return None
+    num_blocks, block_size, _, head_dim = k_cache[1]
+    tokens, v_head_dim = q[1][0], v_cache[1][3]
+    seqs = seq_lens[1][0]
+    if (tokens == 0 or tuple(k_cache[1][:3]) != (num_blocks, block_size, kv_heads) or tuple(v_cache[1][:3]) != tuple(k_cache[1][:3])
+            or min(head_dim, v_head_dim, block_size) < 1 or q[1][1] != heads * head_dim
+            or tuple(k[1]) != (tokens, kv_heads * head_dim) or tuple(v[1]) != (tokens, kv_heads * v_head_dim)
+            or tuple(y[1]) != (tokens, heads * v_head_dim) or tuple(slot_mapping[1]) != (tokens,)
+            or block_tables[1][0] < seqs or tuple(query_start_loc[1]) != (seqs + 1,)):
+        return None
+    names = ("q", "k", "v", "k_cache", "v_cache", "slot_mapping", "block_tables", "query_start_loc", "seq_lens", "y")
+    sizes = {"num_tokens": tokens, "num_seqs": seqs, "max_blocks": block_tables[1][1],
+             "num_blocks": num_blocks, "block_size": block_size, "num_heads": heads, "kv_num_heads": kv_heads,
+             "head_dim": head_dim, "v_head_dim": v_head_dim, "q_stride": q[1][1], "k_stride": k[1][1],
+             "v_stride": v[1][1], "y_stride": y[1][1], "sliding_window": params["sliding_window"],
+             "threads": threads(), "causal": 1, "k_slot_stride": kv_heads * head_dim,
+             "v_slot_stride": kv_heads * v_head_dim, "bias_seq_stride": 0, "bias_head_stride": 0,
+             "bias_query_stride": 0}
+    return kernel.step(dtype, {name: a[0] for name, a in zip(names, args)}, sizes, params["scale"])
 
 
 def gathered(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y):

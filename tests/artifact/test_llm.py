@@ -137,5 +137,9 @@ def test_smollm2_artifact_generates_what_the_gguf_does(tmp_path):
     expected = from_gguf.chat(conversation, params, use_tqdm=False)[0].outputs[0]
     got = from_artifact.chat(conversation, params, use_tqdm=False)[0].outputs[0]
     assert got.token_ids == expected.token_ids and got.text == expected.text
-    assert "Paris" in got.text
     assert tokens(from_artifact, params=params) == tokens(from_gguf, params=params)
+    # its Q4_1 blocks, kept (as llama.cpp keeps them, whose greedy chat answer here is no
+    # longer "Paris" either), still know the capital as a completion
+    completion = from_artifact.generate(["The capital of France is"], params, use_tqdm=False)[0].outputs[0]
+    assert completion.text.startswith(" Paris"), completion.text
+    assert sum(n.op == "ember.QuantizedLinear" for n in from_artifact.engine.runner.compiled.graph.nodes) == 211

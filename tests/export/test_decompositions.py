@@ -74,6 +74,23 @@ def test_linear(batch, k, n, biased, activation, seed):
     check(g, feeds)
 
 
+# -- ember.QuantizedLinear ---------------------------------------------------------------
+@SETTINGS
+@given(fmt=st.sampled_from(["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]), rows=st.integers(1, 3),
+       blocks=st.integers(1, 3), n=st.integers(1, 9), biased=st.booleans(),
+       activation=st.sampled_from(["", "relu", "silu"]), seed=st.integers(0, 2**16))
+def test_quantized_linear(fmt, rows, blocks, n, biased, activation, seed):
+    from ember.ir.quant_formats import FORMATS
+
+    rng = np.random.default_rng(seed)
+    k = 32 * blocks
+    w = FORMATS[fmt].quantize(_normal(rng, (n, k)))
+    g, feeds = single_node("ember.QuantizedLinear", [("x", _normal(rng, (rows, k))), ("w", w),
+                                                     ("bias", _normal(rng, n) if biased else None)],
+                           {"format": fmt, "activation": activation}, constants=("w", "bias"))
+    check(g, feeds)
+
+
 # -- ember.Attention --------------------------------------------------------------------
 def _attention_case(rng, layout, heads, groups, d, sq, sk, bias_kind, causal, scale, dtype, batch=2):
     kv_heads = heads // groups

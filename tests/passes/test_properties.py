@@ -10,11 +10,13 @@ from ember.testing import check_pass, graphs_and_feeds
 BUILTIN = ["expand_ops", "fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_norms", "fuse_gelu",
            "fuse_silu", "fuse_rotary", "fuse_linear", "fuse_attention", "fuse_qkv", "fuse_skip_layernorm",
            "fuse_bias_activation", "fuse_conv", "channels_last", "eliminate_dead_code", "flush_denormals"]
+# passes that change outputs by design, each tested within its error where it is named
+LOSSY = {"quantize_weights": "tests/passes/test_quantize_weights.py: within the quantization's error"}
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def test_every_builtin_pass_is_covered_here():
-    assert set(BUILTIN) == {name for name in registered_passes() if get_pass(name).__module__.startswith("ember.")}
+    assert set(BUILTIN) | set(LOSSY) == {name for name in registered_passes() if get_pass(name).__module__.startswith("ember.")}
 
 
 @pytest.mark.parametrize("name", BUILTIN)

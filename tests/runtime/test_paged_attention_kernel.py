@@ -168,6 +168,43 @@ def test_the_compiled_graph_runs_the_kernel(no_torch_path):
     np.testing.assert_array_equal(feeds["k_cache"], ref["k_cache"])
 
 
+def test_between_generated_kernels_the_step_runs_from_c(monkeypatch):
+    """Between generated kernels the attention's step form runs in the chained call (its
+    Python extern never runs); where its indices are bad, it stops the chain, the extern
+    runs, and the error names the attention node."""
+    from ember.errors import ExecutionError
+
+    heads, kv_heads, d, block_size = 4, 2, 8, 4
+    T, B, M, NB = (symbol(s) for s in ("t", "b", "m", "nb"))
+    shapes = {"q": (T, heads * d), "k": (T, kv_heads * d), "v": (T, kv_heads * d),
+              "k_cache": (NB, block_size, kv_heads, d), "v_cache": (NB, block_size, kv_heads, d),
+              "slot_mapping": (T,), "block_tables": (B, M), "query_start_loc": (B + 1,), "seq_lens": (B,)}
+    inputs = [Value(n, TensorType(DType.float32 if i < 5 else DType.int64, shapes[n])) for i, n in enumerate(INPUTS)]
+    g = Graph("g", inputs=inputs, opsets={"": 23})
+    q = g.add_node("Relu", [inputs[0]], [Value("q_relu")], {}).outputs[0]
+    y = g.add_node("ember.PagedAttention", [q, *inputs[1:]], [Value("attn")],
+                   {"num_heads": heads, "kv_num_heads": kv_heads}).outputs[0]
+    g.outputs = g.add_node("Relu", [y], [Value("y")], {}).outputs
+    from ember.ir.shape_inference import infer_types
+
+    infer_types(g)
+    compiled = ember.compile(g)
+    calls = []
+    monkeypatch.setattr(externs_paged, "_fused", lambda *a: calls.append(1))
+    feeds = _batch(np.random.default_rng(8), [(6, 3), (0, 5)], heads, kv_heads, d, block_size)
+    ref = {n: a.copy() for n, a in feeds.items()}
+    want = paged_attention(np.maximum(ref["q"], 0), *(ref[n] for n in INPUTS[1:]), num_heads=heads,
+                           kv_num_heads=kv_heads)
+    np.testing.assert_allclose(compiled.run(feeds)["y"], np.maximum(want, 0), rtol=1e-5, atol=1e-5)
+    assert calls == []
+    binding = next(iter(compiled.executor._bindings.values()))
+    assert [entry[0] for entry in binding.chained] == [4]
+    monkeypatch.undo()
+    feeds["slot_mapping"][1] = feeds["k_cache"].shape[0] * block_size  # past the cache
+    with pytest.raises(ExecutionError, match="paged_attention.*PagedAttention"):
+        compiled.run(feeds)
+
+
 _GATHERED = externs_paged.gathered
 
 

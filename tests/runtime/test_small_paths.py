@@ -63,7 +63,7 @@ def test_small_paths_run_at_small_sizes_and_the_library_at_large_ones(saved, tmp
         binding = executor._bindings[((batch, 12, 12, 3),)]
         chosen[batch] = sorted(executor._steps[i][2].name for i in binding.small)
         # consecutive generated steps (segments, small paths) are one call from Python
-        calls[batch] = [(code, getattr(fn, "__name__", None) or (step.name if code != 4 else fn[2]))
+        calls[batch] = [(code, getattr(fn, "__name__", None) or (step.name if code != 4 else fn[3]))
                         for code, fn, step, *_ in binding.chained]
     assert chosen[1] == chosen[2] == ["conv", "gemm", "linear"]  # every small path
     steps = len(executor._steps)

@@ -117,9 +117,13 @@ def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions
             return g.const(name, weights.take(name, shape))
 
         def linear(x, name, n_in, n_out, bias):
-            w = weights.take(name + ".weight", (n_out, n_in)).T
+            weight = name + ".weight"
             b = tensor(name + ".bias", (n_out,)) if bias else None
-            return g("ember.Linear", x, g.const(name + ".weight", w), b)
+            if (blocks := weights.quantized(weight, (n_out, n_in))) is not None:
+                fmt, data = blocks
+                return g("ember.QuantizedLinear", x, g.const(weight, data), b, format=fmt.name)
+            w = weights.take(weight, (n_out, n_in)).T
+            return g("ember.Linear", x, g.const(weight, w), b)
 
         def norm(x, name):
             return g("RMSNormalization", x, tensor(name, (c.hidden_size,)), axis=-1, epsilon=c.rms_norm_eps)
@@ -159,11 +163,15 @@ def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions
             h = g("Add", h, linear(g("ember.SwiGLU", gate, up), p + "mlp.down_proj", c.intermediate_size,
                                    c.hidden_size, c.mlp_bias))
         last = norm(g("Gather", h, logit_indices, axis=0), "model.norm.weight")
-        if c.tie_word_embeddings and "lm_head.weight" not in weights:
-            head = g.const("lm_head.weight", embed.T)
+        tied = c.tie_word_embeddings and "lm_head.weight" not in weights
+        head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        if (blocks := weights.quantized(head_name, (c.vocab_size, c.hidden_size), count=not tied)) is not None:
+            fmt, data = blocks
+            logits = g("ember.QuantizedLinear", last, g.const("lm_head.weight", data), format=fmt.name,
+                       name="logits")
         else:
-            head = g.const("lm_head.weight", weights.take("lm_head.weight", (c.vocab_size, c.hidden_size)).T)
-        logits = g("ember.Linear", last, head, name="logits")
+            head = embed.T if tied else weights.take("lm_head.weight", (c.vocab_size, c.hidden_size)).T
+            logits = g("ember.Linear", last, g.const("lm_head.weight", head), name="logits")
     finally:
         weights.finish()
     return g.finish([logits])

@@ -110,6 +110,19 @@ class GGUFWeights(Weights):
         """The tensor's stored bytes (quantized blocks), a view of the mapped file."""
         return self._tensors[name].data
 
+    def _blocks(self, name: str):
+        from ...ir.quant_formats import GGML_NAMES
+
+        t = self._tensors[name]
+        fmt = GGML_NAMES.get(t.tensor_type.name)
+        if fmt is None or len(t.data.shape) != 2:
+            return None
+        blocks = t.data
+        for suffix, heads in self._permuted.items():
+            if name.endswith(suffix):
+                blocks = unpermute(blocks, heads)  # (whole rows: the blocks run along them)
+        return fmt, blocks
+
     def _raw(self, name: str) -> np.ndarray:
         import gguf
 

@@ -50,6 +50,7 @@ class Weights:
         self.dtype = numpy_dtype(dtype)
         self.progress = progress
         self._bar = None
+        self.keep_quantized = False  # a source with quantized blocks hands them over (`quantized`)
 
     # -- what a source provides -------------------------------------------------------
     def names(self) -> list[str]:
@@ -61,6 +62,11 @@ class Weights:
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    def _blocks(self, name: str):
+        """(BlockFormat, its blocks [N, row_bytes] in the Hugging Face row order) where the
+        source stores `name` in a block-quantized format ember keeps, else None."""
+        return None
 
     # -- what a builder uses ----------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -88,6 +94,25 @@ class Weights:
         if self._bar is not None:
             self._bar.update(1)
         return array
+
+
+    def quantized(self, name: str, shape: tuple[int, int], count: bool = True):
+        """Where `keep_quantized` and the source stores the [N, K] weight `name` in a
+        block-quantized format ember keeps (a GGUF file's Q4_1, Q8_0, ...): (its BlockFormat,
+        its blocks [N, row_bytes], uint8, unconverted); else None (take it with `take`).
+        `count`: on the progress bar (not a tied head's second use of the embedding)."""
+        if not self.keep_quantized or self.dtype != np.float32 or name not in self:
+            return None
+        found = self._blocks(name)
+        if found is None:
+            return None
+        fmt, blocks = found
+        if blocks.shape != (shape[0], fmt.row_bytes(shape[1])):
+            raise ModelError(f"{self.describe()}: tensor {name!r} holds {list(blocks.shape)} bytes of {fmt.name} "
+                             f"blocks, the config implies a [{shape[0]}, {shape[1]}] weight")
+        if count and self._bar is not None:
+            self._bar.update(1)
+        return fmt, blocks
 
 
 class SafetensorsWeights(Weights):

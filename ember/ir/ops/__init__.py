@@ -9,6 +9,7 @@ from . import (  # noqa: F401
     data_dependent,
     elementwise,
     ember_nn,
+    ember_quantized,  # after ember_nn, whose activations it shares
     image,
     indexing,
     linalg,

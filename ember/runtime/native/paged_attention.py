@@ -49,6 +49,22 @@ def paged_attention(dtype: str, arrays: dict[str, int], sizes: dict[str, int], s
     return _kernel(dtype)(pointers, values, scale) == 0
 
 
+def step(dtype: str, slots: dict[str, int], sizes: dict[str, int], scale: float):
+    """The kernel's step form for an executor's chained run (`ember_paged_attention_step`):
+    the arrays' slots (by name, ARRAYS; a missing one: none), `sizes` (SIZES), the scale
+    (0: 1/sqrt(head_dim)); (its address, its ctx) or None where no Program named the library."""
+    import numpy as np
+
+    fn = function(f"paged_attention-{dtype}", "ember_paged_attention_step",
+                  [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], ctypes.c_int)
+    if fn is None:
+        return None
+    scale = np.float32(scale or sizes["head_dim"] ** -0.5).view(np.int32)
+    ctx = np.array([slots.get(name, -1) for name in ARRAYS] + [sizes[name] for name in SIZES] + [int(scale)],
+                   dtype=np.int64)
+    return ctypes.cast(fn, ctypes.c_void_p).value, ctx
+
+
 def dense_attention(q, k, v, bias, y, heads: int, kv_heads: int, scale: float, causal: bool) -> bool:
     """ember.Attention of packed rows on the same kernel: q [B, Sq, heads * D], k and v
     [B, Sk, kv_heads * D] (torch tensors; views of one packed QKV array are fine), y

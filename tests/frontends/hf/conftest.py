@@ -9,12 +9,14 @@ from .paged import PagedRunner, save_tiny  # noqa: F401 - save_tiny re-exported 
 
 
 def compare_logits(model, folder, *, compiled=True, prefill=(5, 3, 9), steps=4, block_size=4, seed=0,
-                   target="cpu", dtype="float32"):
+                   target="cpu", dtype="float32", keep_quantized=False):
     """Prefill sequences of different lengths in one flattened batch, then decode `steps`
     tokens for all of them together, through the paged cache; returns (max abs error,
     max rel error) against transformers' logits of the whole sequences (the model
-    compiled for `target` in `dtype`; its caches numpy arrays `run` writes in place)."""
+    compiled for `target` in `dtype`; its caches numpy arrays `run` writes in place;
+    `keep_quantized`: a GGUF file's quantized blocks kept, as ember.LLM keeps them)."""
     pm = load_pretrained(folder, dtype=dtype, progress=False)
+    pm.weights.keep_quantized = keep_quantized
     graph = pm.graph(block_size=block_size)
     if compiled:
         program = ember.compile(graph, target=target)

@@ -116,6 +116,42 @@ def test_converted_llama_matches_transformers(tied, tmp_path):
     assert abs_err < 1e-4
 
 
+QUANTIZED = [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1]
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda q: q.name)
+@pytest.mark.parametrize("tied", [False, True])
+def test_quantized_blocks_are_kept(qtype, tied, tmp_path):
+    """A GGUF file's Q4/Q5/Q8 weights stay its blocks (ember.QuantizedLinear, the kernel
+    quantizing activations to int8 as llama.cpp does): its logits are transformers' with the
+    dequantized weights, within that rounding; the head of a tied model is the embedding's blocks."""
+    import torch
+
+    from ember.ir.quant_formats import GGML_NAMES
+    from ember.runtime.native import quantized_gemm
+
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=tied, rms_norm_eps=1e-5)
+    model = save_tiny(LlamaForCausalLM, config, tmp_path / "hf")
+    _convert(model, tmp_path / "tiny.gguf", qtype)
+    fmt = GGML_NAMES[qtype.name]
+    with torch.no_grad():  # what the file holds: each 2-d weight through its blocks and back
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.from_numpy(fmt.dequantize(fmt.quantize(p.numpy()))))
+    loaded = load_pretrained(tmp_path / "tiny.gguf", progress=False)
+    loaded.weights.keep_quantized = True
+    nodes = [n for n in loaded.graph(block_size=4).nodes if n.op == "ember.QuantizedLinear"]
+    assert len(nodes) == 2 * 7 + 1 and {n.attrs["format"] for n in nodes} == {fmt.name}
+    abs_err, rel_err = compare_logits(model, tmp_path / "tiny.gguf", keep_quantized=True)
+    print(f"gguf {qtype.name} blocks kept, tied={tied}: max abs {abs_err:.2e}, max rel {rel_err:.2e}")
+    assert rel_err < 0.03
+    assert quantized_gemm.available()  # (its library built and installed: the layers ran on it)
+    dequantized = compare_logits(model, tmp_path / "tiny.gguf")  # the weights dequantized at load
+    assert dequantized[0] < 1e-4
+
+
 @pytest.mark.slow  # gguf reads the 100k tokenizer strings in Python: ~5 s
 def test_smollm2_gguf_config_and_tensors(smollm2_gguf):
     model = load_pretrained(smollm2_gguf, progress=False)

@@ -1,0 +1,150 @@
+"""Batch-1 decoding from quantized GGUF weights: ember vs llama.cpp (llama-cpp-python) on
+the same file and thread count, and ember's float32 on the same weights dequantized.
+
+Each engine runs in a process of its own (a worker: this script with --worker), rounds
+alternating between engines; a round loads the model, decodes 8 tokens to warm up, then
+--repeats times decodes --tokens greedy tokens after a short prompt (ignore_eos) and
+reports the best of them: tokens/s = tokens / wall time (the prompt's prefill included,
+6 tokens). The table gives each engine's median over rounds.
+
+    ember         ember.LLM(file): its Q4_0/Q4_1/Q8_0/Q5 blocks kept (ember.QuantizedLinear)
+    ember-f32     ember.LLM(file, quantization="none"): dequantized to float32 at load
+    llama.cpp     llama_cpp.Llama(file, n_threads=--threads), greedy sampling
+
+The Q8_0 file (--formats q8_0) is made from the built-in Q4_1 file with llama.cpp's own
+quantizer (llama_model_quantize, allow_requantize) into --work, once. llama-cpp-python must
+be built from source (`pip install llama-cpp-python==0.3.36`; on a CPU with AMX:
+CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON ..." as docs/benchmarks.md says).
+
+    python benchmarks/llm_quantized.py [--formats q4_1,q8_0] [--rounds 3] [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _report import cpu_name, markdown_table, write_section  # benchmarks/_report.py
+
+PROMPT = "The capital of France is"
+
+
+def worker(engine: str, model: str, tokens: int, repeats: int, threads: int) -> dict:
+    if engine.startswith("ember"):
+        import ember
+
+        options = {"quantization": "none"} if engine == "ember-f32" else {}
+        llm = ember.LLM(model, max_num_seqs=4, intra_op_threads=threads, **options)
+        params = ember.SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+        llm.generate([PROMPT], ember.SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+        best, ids = 0.0, None
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = llm.generate([PROMPT], params, use_tqdm=False)[0].outputs[0]
+            best = max(best, tokens / (time.perf_counter() - start))
+            ids = list(out.token_ids)
+        return {"tokens/s": best, "ids": ids}
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=model, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
+    prompt = llm.tokenize(PROMPT.encode())
+
+    def decode(n):
+        ids = []
+        for token in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
+            ids.append(token)
+            if len(ids) == n:
+                return ids
+
+    decode(8)
+    best, ids = 0.0, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ids = decode(tokens)
+        best = max(best, tokens / (time.perf_counter() - start))
+    return {"tokens/s": best, "ids": ids}
+
+
+def q8_file(source: Path, work: Path) -> Path:
+    """The Q4_1 file requantized to Q8_0 by llama.cpp's quantizer (made once)."""
+    target = work / (source.stem.rsplit(".", 1)[0] + ".Q8_0.gguf")
+    if not target.exists():
+        import llama_cpp
+
+        work.mkdir(parents=True, exist_ok=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+        params.allow_requantize = True
+        params.nthread = os.cpu_count() or 1
+        if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
+            raise SystemExit(f"llama.cpp could not requantize {source} to Q8_0")
+    return target
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--formats", default="q4_1,q8_0", help="comma-separated: q4_1 (the built-in file), q8_0")
+    parser.add_argument("--engines", default="ember,llama.cpp,ember-f32")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "ember" / "benchmarks")
+    parser.add_argument("--write", type=Path, help="write the table into this markdown file")
+    parser.add_argument("--worker", nargs=2, metavar=("ENGINE", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.tokens, args.repeats, args.threads)))
+        return 0
+    from ember._builtin import default_llm
+
+    source = default_llm()
+    files = {"q4_1": source}
+    if "q8_0" in args.formats.split(","):
+        files["q8_0"] = q8_file(source, args.work)
+    engines = args.engines.split(",")
+    results: dict[tuple[str, str], list[float]] = {}
+    ids: dict[tuple[str, str], list[int]] = {}
+    for r in range(args.rounds):
+        for fmt, path in files.items():
+            for engine in engines:
+                if engine == "ember-f32" and fmt != "q4_1":
+                    continue
+                cmd = [sys.executable, __file__, "--worker", engine, str(path), "--tokens", str(args.tokens),
+                       "--repeats", str(args.repeats), "--threads", str(args.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f"{engine} on {path.name} failed:\n{out.stderr[-3000:]}")
+                got = json.loads(out.stdout.strip().splitlines()[-1])
+                results.setdefault((fmt, engine), []).append(got["tokens/s"])
+                ids[(fmt, engine)] = got["ids"]
+                print(f"round {r + 1}: {fmt} {engine}: {got['tokens/s']:.1f} tokens/s", file=sys.stderr, flush=True)
+    labels, rows = [], []
+    for (fmt, engine), values in results.items():
+        peer = results.get((fmt, "llama.cpp"))
+        same = sum(a == b for a, b in zip(ids[(fmt, engine)], ids.get((fmt, "llama.cpp"), [])))
+        labels.append(f"{fmt} {engine}")
+        rows.append({"tokens/s (median)": statistics.median(values), "min": min(values), "max": max(values),
+                     "x llama.cpp": statistics.median(values) / statistics.median(peer) if peer else float("nan"),
+                     "greedy tokens as llama.cpp's": same})
+    lines = markdown_table("weights, engine", labels, rows)
+    header = [f"## Quantized decoding, batch 1: {source.name}", "",
+              f"{cpu_name()}, {os.cpu_count()} cores, {args.threads} threads; {time.strftime('%Y-%m-%d')}; "
+              f"{args.tokens} greedy tokens after a {len(PROMPT.split())}-word prompt, best of {args.repeats} per "
+              f"round, median of {args.rounds} rounds, each engine in its own process; "
+              "`python benchmarks/llm_quantized.py`", ""]
+    print("\n".join(header + lines))
+    if args.write:
+        write_section(args.write, "llm_quantized", header + lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+// y [rows, n] = act(x [rows, k] . W^T + bias) for a weight W [n, k] kept in llama.cpp's (GGML's)
+// quantized blocks of 32 along k, row by row (the GGUF file's own bytes: nothing is dequantized).
+// Formats (their meaning: ember/ir/quant_formats.py; the caller: runtime/native/quantized_gemm.py):
+//
+//   0 q8_0   f16 d, int8 q[32]                    w = d q
+//   1 q4_0   f16 d, u8 nibbles[16]                w = d (q - 8)
+//   2 q4_1   f16 d, f16 m, u8 nibbles[16]         w = d q + m
+//   3 q5_0   f16 d, u32 high bits, nibbles[16]    w = d (q - 16)
+//   4 q5_1   f16 d, f16 m, u32 high bits, nibbles w = d q + m
+//
+// (nibble j of a block is the low half of byte j for j < 16, the high half of byte j - 16 after.)
+// x is quantized first, once per call, to int8 in blocks of 32 as llama.cpp's q8_1 does (d = max|x| / 127,
+// q = round(x / d)), with each block's d and d * sum(q) kept: a block's dot product is then
+// d_w d_x sum(q_w q_x) + o_w d_x sum(q_x), o_w the weight's offset (-8 d, m, -16 d or 0), the integer
+// sum in exact 8-bit products (AVX2's maddubs). Four weight rows share each load of x's block; threads
+// split the weight's rows, each row's blocks streamed from memory once per call whatever the rows of x.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__) && !defined(EMBER_QGEMM_SCALAR)  // (tests build it without, too)
+#include <immintrin.h>
+#define EMBER_QGEMM_AVX2 1
+#endif
+
+namespace {
+
+constexpr int QK = 32;          // weights per block
+constexpr int WROWS = 4;        // weight rows sharing one pass over x
+
+struct XBlock {                 // a quantized block of x
+    float d;                    // its scale
+    float s;                    // d * sum(q)
+    int8_t q[QK];
+};
+
+inline float half_to_float(uint16_t h) {
+#if EMBER_QGEMM_AVX2 && defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    uint32_t bits;
+    if (exponent == 0) {
+        if (mantissa == 0) {
+            bits = sign;
+        } else {  // subnormal: normalize
+            int e = -1;
+            uint32_t m = mantissa;
+            do { ++e; m <<= 1; } while (!(m & 0x400));
+            bits = sign | ((112 - e) << 23) | ((m & 0x3ff) << 13);
+        }
+    } else if (exponent == 31) {
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    } else {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+inline uint16_t load16(const uint8_t* p) { uint16_t v; std::memcpy(&v, p, 2); return v; }
+inline uint32_t load32(const uint8_t* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
+
+struct Format {
+    int bytes;      // per block
+    int has_min;    // an f16 m after d
+    int high_bits;  // 5-bit: a u32 of high bits before the nibbles
+    int eight_bit;  // q8_0
+    float offset;   // o = offset * d where there is no m (-8, -16, 0)
+};
+
+constexpr Format FORMATS[5] = {
+    {34, 0, 0, 1, 0.0f},    // q8_0
+    {18, 0, 0, 0, -8.0f},   // q4_0
+    {20, 1, 0, 0, 0.0f},    // q4_1
+    {22, 0, 1, 0, -16.0f},  // q5_0
+    {24, 1, 1, 0, 0.0f},    // q5_1
+};
+
+// -- x to int8 blocks -------------------------------------------------------------------------------
+
+void quantize_block(const float* x, XBlock* out) {
+#if EMBER_QGEMM_AVX2
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float max = _mm_cvtss_f32(m4);
+    const float d = max / 127.0f;
+    const __m256 id = _mm256_set1_ps(max != 0.0f ? 127.0f / max : 0.0f);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i)
+        q[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    t4 = _mm_hadd_epi32(t4, t4);
+    t4 = _mm_hadd_epi32(t4, t4);
+    out->d = d;
+    out->s = d * static_cast<float>(_mm_cvtsi128_si32(t4));
+    // 32-bit -> 16 -> 8 packs interleave 128-bit lanes; the permute puts the elements back in order
+    __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out->q), p8);
+#else
+    float max = 0.0f;
+    for (int i = 0; i < QK; ++i) max = std::max(max, std::fabs(x[i]));
+    const float d = max / 127.0f, id = max != 0.0f ? 127.0f / max : 0.0f;
+    int sum = 0;
+    for (int i = 0; i < QK; ++i) {
+        const int q = static_cast<int>(std::nearbyint(x[i] * id));
+        out->q[i] = static_cast<int8_t>(q);
+        sum += q;
+    }
+    out->d = d;
+    out->s = d * static_cast<float>(sum);
+#endif
+}
+
+// -- a weight block's integer dot product with x's --------------------------------------------------
+
+#if EMBER_QGEMM_AVX2
+inline __m256i nibbles(const uint8_t* qs) {
+    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0f));
+}
+
+inline __m256i high_bits(const uint8_t* qh) {  // byte j: 0x10 where bit j of qh is set
+    __m256i v = _mm256_set1_epi32(static_cast<int>(load32(qh)));
+    v = _mm256_shuffle_epi8(v, _mm256_setr_epi64x(0x0000000000000000, 0x0101010101010101, 0x0202020202020202,
+                                                  0x0303030303030303));
+    v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+// sum over 8 lanes of q_w q_x products (int32, as float): q_w unsigned (4/5-bit), or signed (8-bit)
+template <int F>
+inline __m256 block_dot(const uint8_t* w, __m256i xq) {
+    constexpr Format f = FORMATS[F];
+    __m256i p;
+    if constexpr (f.eight_bit) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2));
+        p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xq, q));
+    } else {
+        const uint8_t* qs = w + 2 + 2 * f.has_min + 4 * f.high_bits;
+        __m256i q = nibbles(qs);
+        if constexpr (f.high_bits) q = _mm256_or_si256(q, high_bits(w + 2 + 2 * f.has_min));
+        p = _mm256_maddubs_epi16(q, xq);
+    }
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+template <int F>
+inline int block_q(const uint8_t* w, int j) {  // weight j of a block, as stored (before d and o)
+    constexpr Format f = FORMATS[F];
+    if constexpr (f.eight_bit) return static_cast<int8_t>(w[2 + j]);
+    const uint8_t* qs = w + 2 + 2 * f.has_min + 4 * f.high_bits;
+    int q = j < 16 ? (qs[j] & 0x0f) : (qs[j - 16] >> 4);
+    if constexpr (f.high_bits) q |= ((load32(w + 2 + 2 * f.has_min) >> j) & 1) << 4;
+    return q;
+}
+
+template <int F>
+inline float block_offset(const uint8_t* w, float d) {
+    constexpr Format f = FORMATS[F];
+    if constexpr (f.has_min) return half_to_float(load16(w + 2));
+    return f.offset * d;
+}
+
+// dots [R] of weight rows w[0..R) (each `blocks` blocks) with one quantized row of x
+template <int F, int R>
+inline void rows_dot(const uint8_t* const* w, const XBlock* x, int64_t blocks, float* dots) {
+    constexpr int B = FORMATS[F].bytes;
+    float offset[R] = {};
+#if EMBER_QGEMM_AVX2
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+        const XBlock& xb = x[b];
+        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q));
+        for (int r = 0; r < R; ++r) {
+            const uint8_t* wb = w[r] + b * B;
+            const float d = half_to_float(load16(wb));
+            acc[r] = _mm256_fmadd_ps(block_dot<F>(wb, xq), _mm256_set1_ps(d * xb.d), acc[r]);
+            if constexpr (FORMATS[F].offset != 0.0f || FORMATS[F].has_min) offset[r] += block_offset<F>(wb, d) * xb.s;
+        }
+    }
+    for (int r = 0; r < R; ++r) dots[r] = hsum(acc[r]) + offset[r];
+#else
+    for (int r = 0; r < R; ++r) {
+        float acc = 0.0f;
+        for (int64_t b = 0; b < blocks; ++b) {
+            const XBlock& xb = x[b];
+            const uint8_t* wb = w[r] + b * B;
+            const float d = half_to_float(load16(wb));
+            int sum = 0;
+            for (int j = 0; j < QK; ++j) sum += block_q<F>(wb, j) * xb.q[j];
+            acc += d * xb.d * static_cast<float>(sum);
+            if constexpr (FORMATS[F].offset != 0.0f || FORMATS[F].has_min) offset[r] += block_offset<F>(wb, d) * xb.s;
+        }
+        dots[r] = acc + offset[r];
+    }
+#endif
+}
+
+inline float activate(float v, int activation) {
+    switch (activation) {
+        case 1: return v > 0.0f ? v : 0.0f;
+        case 2: return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+        case 3: return 0.5f * v * (1.0f + std::tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        case 4: return v / (1.0f + std::exp(-v));
+        default: return v;
+    }
+}
+
+template <int F>
+void gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* w, int64_t n, int64_t w_row_bytes,
+          const float* bias, float* y, int64_t y_stride, int activation, int threads) {
+    const int64_t groups = (n + WROWS - 1) / WROWS;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && groups > 1)
+    for (int64_t g = 0; g < groups; ++g) {
+        const int64_t first = g * WROWS, count = std::min<int64_t>(WROWS, n - first);
+        const uint8_t* wr[WROWS];
+        for (int r = 0; r < WROWS; ++r) wr[r] = w + (first + std::min<int64_t>(r, count - 1)) * w_row_bytes;
+        float dots[WROWS];
+        for (int64_t m = 0; m < rows; ++m) {
+            rows_dot<F, WROWS>(wr, xq + m * blocks, blocks, dots);
+            float* out = y + m * y_stride + first;
+            for (int r = 0; r < count; ++r) out[r] = activate(dots[r] + (bias ? bias[first + r] : 0.0f), activation);
+        }
+    }
+}
+
+// -- eight rows interleaved -------------------------------------------------------------------------
+// `ember_qgemm_pack` lays q8_0, q4_0 and q4_1 weights out in groups of 8 rows (the last padded with
+// zero rows), block by block: the 8 rows' d (f16) in one 16-byte run, then (q4_1) their m, then their
+// quants in 32-byte chunks, chunk c holding 4 bytes of each row in turn (row r at bytes 4r..4r+3):
+// bytes 4c..4c+3 of the row's block (q4: elements 4c..4c+3 in the low nibbles, 16+4c.. in the high;
+// q8_0: elements 4c..4c+3). The same bytes as the rows' blocks, moved: a chunk times x's 4 elements
+// broadcast (maddubs) gives each row's partial sum in its own 32-bit lane, so the 8 rows' dots, their
+// scales and their offsets stay lanes of one register, with no horizontal sums.
+
+constexpr int GROUP = 8;
+
+inline bool packs(int f) { return f == 0 || f == 1 || f == 2; }
+
+inline int64_t group_block_bytes(int f) { return GROUP * FORMATS[f].bytes; }
+
+void pack(int f, const uint8_t* w, int64_t n, int64_t blocks, int64_t w_row_bytes, uint8_t* out) {
+    const Format fm = FORMATS[f];
+    const int64_t groups = (n + GROUP - 1) / GROUP, gb = group_block_bytes(f);
+    const int scales = 2 + 2 * fm.has_min, chunks = fm.eight_bit ? 8 : 4;
+    std::memset(out, 0, groups * blocks * gb);
+    for (int64_t row = 0; row < n; ++row) {
+        const int64_t g = row / GROUP, r = row % GROUP;
+        for (int64_t b = 0; b < blocks; ++b) {
+            const uint8_t* src = w + row * w_row_bytes + b * fm.bytes;
+            uint8_t* dst = out + (g * blocks + b) * gb;
+            std::memcpy(dst + 2 * r, src, 2);                                  // d
+            if (fm.has_min) std::memcpy(dst + 2 * GROUP + 2 * r, src + 2, 2);  // m
+            uint8_t* q = dst + GROUP * scales;
+            for (int c = 0; c < chunks; ++c) std::memcpy(q + 32 * c + 4 * r, src + scales + 4 * c, 4);
+        }
+    }
+}
+
+#if EMBER_QGEMM_AVX2
+inline __m256i broadcast4(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
+
+// the 8 rows' dots with MR rows of x at once (x[m]: row m's blocks), into out[m][0..8): each chunk
+// of weights is loaded (and its nibbles unpacked) once for the MR rows. A row's offsets (o_w d_x sum
+// q_x) go into the same accumulator as its products.
+template <int F, int MR>
+inline void group_dot(const uint8_t* w, const XBlock* const* x, int64_t blocks, float (*out)[GROUP]) {
+    constexpr Format fm = FORMATS[F];
+    constexpr int64_t gb = GROUP * fm.bytes;
+    constexpr int scales = 2 + 2 * fm.has_min;
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0f);
+    __m256 acc[MR];
+    for (int m = 0; m < MR; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b, w += gb) {
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+        const uint8_t* q = w + GROUP * scales;
+        __m256i sums[MR];
+        if constexpr (fm.eight_bit) {
+            for (int m = 0; m < MR; ++m) sums[m] = _mm256_setzero_si256();
+            for (int c = 0; c < 8; ++c) {
+                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
+                const __m256i magnitude = _mm256_sign_epi8(v, v);
+                for (int m = 0; m < MR; ++m) {
+                    const __m256i p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(x[m][b].q + 4 * c), v));
+                    sums[m] = _mm256_add_epi32(sums[m], _mm256_madd_epi16(p, ones));
+                }
+            }
+        } else {
+            // 8 products of 4-bit by 8-bit pairs: at most 8 * 2 * 15 * 127 < 2^15, summed in int16
+            for (int m = 0; m < MR; ++m) sums[m] = _mm256_setzero_si256();
+            for (int c = 0; c < 4; ++c) {
+                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
+                const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                for (int m = 0; m < MR; ++m) {
+                    sums[m] = _mm256_add_epi16(sums[m], _mm256_maddubs_epi16(lo, broadcast4(x[m][b].q + 4 * c)));
+                    sums[m] = _mm256_add_epi16(sums[m], _mm256_maddubs_epi16(hi, broadcast4(x[m][b].q + 16 + 4 * c)));
+                }
+            }
+            for (int m = 0; m < MR; ++m) sums[m] = _mm256_madd_epi16(sums[m], ones);
+        }
+        for (int m = 0; m < MR; ++m) {
+            const XBlock& xb = x[m][b];
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[m]), _mm256_mul_ps(d, _mm256_set1_ps(xb.d)), acc[m]);
+            if constexpr (fm.has_min) {
+                const __m256 mins = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * GROUP)));
+                acc[m] = _mm256_fmadd_ps(mins, _mm256_set1_ps(xb.s), acc[m]);
+            } else if constexpr (fm.offset != 0.0f) {
+                acc[m] = _mm256_fmadd_ps(d, _mm256_set1_ps(fm.offset * xb.s), acc[m]);
+            }
+        }
+    }
+    for (int m = 0; m < MR; ++m) _mm256_storeu_ps(out[m], acc[m]);
+}
+#else
+template <int F>
+inline void group_dot_one(const uint8_t* w, const XBlock* x, int64_t blocks, float* out) {
+    constexpr Format fm = FORMATS[F];
+    constexpr int64_t gb = GROUP * fm.bytes;
+    constexpr int scales = 2 + 2 * fm.has_min;
+    for (int r = 0; r < GROUP; ++r) out[r] = 0.0f;
+    for (int64_t b = 0; b < blocks; ++b, w += gb) {
+        const XBlock& xb = x[b];
+        const uint8_t* q = w + GROUP * scales;
+        for (int r = 0; r < GROUP; ++r) {
+            const float d = half_to_float(load16(w + 2 * r));
+            int sum = 0;
+            for (int c = 0; c < (fm.eight_bit ? 8 : 4); ++c) {
+                for (int i = 0; i < 4; ++i) {
+                    const uint8_t byte = q[32 * c + 4 * r + i];
+                    if (fm.eight_bit) {
+                        sum += static_cast<int8_t>(byte) * xb.q[4 * c + i];
+                    } else {
+                        sum += (byte & 0x0f) * xb.q[4 * c + i] + (byte >> 4) * xb.q[16 + 4 * c + i];
+                    }
+                }
+            }
+            const float offset = fm.has_min ? half_to_float(load16(w + 2 * GROUP + 2 * r)) : fm.offset * d;
+            out[r] += d * xb.d * static_cast<float>(sum) + offset * xb.s;
+        }
+    }
+}
+
+template <int F, int MR>
+inline void group_dot(const uint8_t* w, const XBlock* const* x, int64_t blocks, float (*out)[GROUP]) {
+    for (int m = 0; m < MR; ++m) group_dot_one<F>(w, x[m], blocks, out[m]);
+}
+#endif
+
+constexpr int XROWS = 4;  // rows of x sharing each pass over a group's weights
+
+template <int F>
+void packed_gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* w, int64_t n, const float* bias,
+                 float* y, int64_t y_stride, int activation, int threads) {
+    const int64_t groups = (n + GROUP - 1) / GROUP, gb = group_block_bytes(F);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && groups > 1)
+    for (int64_t g = 0; g < groups; ++g) {
+        const int64_t first = g * GROUP, count = std::min<int64_t>(GROUP, n - first);
+        const uint8_t* wg = w + g * blocks * gb;
+        float dots[XROWS][GROUP];
+        for (int64_t m0 = 0; m0 < rows; m0 += XROWS) {
+            const int mr = static_cast<int>(std::min<int64_t>(XROWS, rows - m0));
+            const XBlock* x[XROWS];
+            for (int m = 0; m < XROWS; ++m) x[m] = xq + (m0 + std::min(m, mr - 1)) * blocks;
+            switch (mr) {
+                case 4: group_dot<F, 4>(wg, x, blocks, dots); break;
+                case 3: group_dot<F, 3>(wg, x, blocks, dots); break;
+                case 2: group_dot<F, 2>(wg, x, blocks, dots); break;
+                default: group_dot<F, 1>(wg, x, blocks, dots); break;
+            }
+            for (int m = 0; m < mr; ++m) {
+                float* out = y + (m0 + m) * y_stride + first;
+                for (int r = 0; r < count; ++r) out[r] = activate(dots[m][r] + (bias ? bias[first + r] : 0.0f), activation);
+            }
+        }
+    }
+}
+
+thread_local std::vector<XBlock> x_blocks;
+
+}  // namespace
+
+extern "C" {
+
+// The format codes this build takes (bit f set: format f), for the caller to check against.
+int64_t ember_qgemm_formats() { return 0x1f; }
+
+int64_t ember_qgemm_simd() {
+#if EMBER_QGEMM_AVX2
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+// Bytes of `format`'s weight [n, k] packed by ember_qgemm_pack (0: the format is not packed; its rows
+// run as they are).
+int64_t ember_qgemm_packed_bytes(int64_t format, int64_t n, int64_t k) {
+    if (format < 0 || format > 4 || !packs(static_cast<int>(format)) || k % QK) return 0;
+    return (n + GROUP - 1) / GROUP * (k / QK) * group_block_bytes(static_cast<int>(format));
+}
+
+// out (ember_qgemm_packed_bytes) = the weight [n, k] (rows w_row_bytes apart) in groups of 8 rows.
+void ember_qgemm_pack(int64_t format, const uint8_t* w, int64_t n, int64_t k, int64_t w_row_bytes, uint8_t* out) {
+    if (ember_qgemm_packed_bytes(format, n, k) == 0) return;
+    pack(static_cast<int>(format), w, n, k / QK, w_row_bytes, out);
+}
+
+// y [rows, n] (rows y_stride floats apart) = act(x [rows, k] (rows x_stride apart) . W^T + bias [n]),
+// W [n, k] in `format`'s blocks, w_row_bytes apart (w_row_bytes 0: W packed by ember_qgemm_pack); k a
+// multiple of 32. Returns 0, or -1 for a bad call.
+int ember_qgemm(int64_t format, const float* x, int64_t rows, int64_t k, int64_t x_stride, const uint8_t* w,
+                int64_t n, int64_t w_row_bytes, const float* bias, float* y, int64_t y_stride, int64_t activation,
+                int64_t threads) {
+    if (format < 0 || format > 4 || k % QK || rows < 0 || n < 0) return -1;
+    const int64_t blocks = k / QK;
+    const bool packed = w_row_bytes == 0;
+    if (packed ? !packs(static_cast<int>(format)) : w_row_bytes < blocks * FORMATS[format].bytes) return -1;
+    if (rows == 0 || n == 0) return 0;
+    const int t = static_cast<int>(std::max<int64_t>(1, threads));
+    std::vector<XBlock>& xq = x_blocks;
+    if (static_cast<int64_t>(xq.size()) < rows * blocks) xq.resize(rows * blocks);
+    XBlock* xqp = xq.data();
+#pragma omp parallel for schedule(static) num_threads(t) if (t > 1 && rows * blocks >= 256)
+    for (int64_t i = 0; i < rows * blocks; ++i) quantize_block(x + (i / blocks) * x_stride + (i % blocks) * QK, xqp + i);
+    const int act = static_cast<int>(activation);
+    if (packed) {
+        switch (format) {
+            case 0: packed_gemm<0>(xqp, rows, blocks, w, n, bias, y, y_stride, act, t); break;
+            case 1: packed_gemm<1>(xqp, rows, blocks, w, n, bias, y, y_stride, act, t); break;
+            case 2: packed_gemm<2>(xqp, rows, blocks, w, n, bias, y, y_stride, act, t); break;
+        }
+        return 0;
+    }
+    switch (format) {
+        case 0: gemm<0>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
+        case 1: gemm<1>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
+        case 2: gemm<2>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
+        case 3: gemm<3>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
+        case 4: gemm<4>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
+    }
+    return 0;
+}
+
+// The step form (runtime/executor.py: a chained run): ctx = {format, x's slot, w's slot, packed w (0:
+// none), bias's slot (-1: none), y's slot, rows, k, n, activation, threads}, the buffers' addresses
+// read from the slots B when it runs.
+int ember_qgemm_step(const int64_t* c, char** B, const int64_t*) {
+    const uint8_t* w = c[3] ? reinterpret_cast<const uint8_t*>(c[3]) : reinterpret_cast<const uint8_t*>(B[c[2]]);
+    const int64_t blocks = c[7] / QK;
+    return ember_qgemm(c[0], reinterpret_cast<const float*>(B[c[1]]), c[6], c[7], c[7], w, c[8],
+                       c[3] ? 0 : blocks * FORMATS[c[0]].bytes, c[4] >= 0 ? reinterpret_cast<const float*>(B[c[4]]) : nullptr,
+                       reinterpret_cast<float*>(B[c[5]]), c[8], c[9], c[10]);
+}
+
+}  // extern "C"

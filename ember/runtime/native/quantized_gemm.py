@@ -1,0 +1,91 @@
+"""The GEMM of a float32 x with a weight kept in llama.cpp's quantized blocks (codegen's
+cpu_quantized_gemm.cpp: ember/codegen/handwritten.py, "quantized_gemm"), called through
+ctypes: y = act(x W^T + bias), x quantized to int8 blocks once per call, each block's dot
+product in exact 8-bit integer products (AVX2) scaled back in float32."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from . import function
+
+RUNS = [0]  # calls run here (tests read it)
+
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+ACTIVATIONS = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}  # cpu_quantized_gemm.cpp's epilogues
+
+
+def _kernel():
+    return function("quantized_gemm", "ember_qgemm", [_I, _P, _I, _I, _I, _P, _I, _I, _P, _P, _I, _I, _I], ctypes.c_int)
+
+
+def available() -> bool:
+    """Whether a Program named the kernel's library (and it built)."""
+    return _kernel() is not None
+
+
+def simd() -> bool:
+    """Whether the library was built with its AVX2 path (else its scalar loops run)."""
+    fn = function("quantized_gemm", "ember_qgemm_simd", [], ctypes.c_int64)
+    return bool(fn is not None and fn())
+
+
+def pack(code: int, w: np.ndarray) -> np.ndarray | None:
+    """The weight w [n, row_bytes] (blocks of format `code`, contiguous rows) in the
+    kernel's groups of 8 interleaved rows (cpu_quantized_gemm.cpp), or None where the
+    kernel is not available or does not pack that format (its rows then run as they are)."""
+    size = function("quantized_gemm", "ember_qgemm_packed_bytes", [_I, _I, _I], _I)
+    if size is None or w.dtype != np.uint8 or w.ndim != 2 or w.strides[1] != 1:
+        return None
+    from ...ir.quant_formats import BLOCK, FORMATS
+
+    block_bytes = next(f.block_bytes for f in FORMATS.values() if f.code == code)
+    n, k = w.shape[0], w.shape[1] // block_bytes * BLOCK
+    nbytes = size(code, n, k)
+    if not nbytes:
+        return None
+    out = np.empty(nbytes, dtype=np.uint8)
+    function("quantized_gemm", "ember_qgemm_pack", [_I, _P, _I, _I, _I, _P])(code, w.ctypes.data, n, k, w.strides[0],
+                                                                            out.ctypes.data)
+    return out
+
+
+def run(code: int, x: np.ndarray, w: np.ndarray, n: int, bias: np.ndarray | None, y: np.ndarray,
+        activation: str, threads: int) -> bool:
+    """y [rows, n] = act(x [rows, k] @ W^T + bias) for W [n, k] in blocks of format `code`
+    (quant_formats.BlockFormat.code): x, y float32 with contiguous rows; w the weight's
+    rows [n, row_bytes] (uint8, contiguous rows), or its 1-d `pack`. False where the call
+    does not fit the kernel."""
+    fn = _kernel()
+    if (fn is None or x.dtype != np.float32 or y.dtype != np.float32 or w.dtype != np.uint8 or x.ndim != 2
+            or y.ndim != 2 or w.ndim not in (1, 2) or x.strides[1] != 4 or y.strides[1] != 4 or w.strides[-1] != 1
+            or (bias is not None and (bias.dtype != np.float32 or not bias.flags.c_contiguous))):
+        return False
+    rows, k = x.shape
+    rc = fn(code, x.ctypes.data, rows, k, x.strides[0] // 4, w.ctypes.data, n, w.strides[0] if w.ndim == 2 else 0,
+            None if bias is None else bias.ctypes.data, y.ctypes.data, y.strides[0] // 4, ACTIVATIONS[activation],
+            threads)
+    if rc:
+        return False
+    RUNS[0] += 1
+    return True
+
+
+def step(code: int, args: list, packed: np.ndarray | None, activation: str, threads: int):
+    """The kernel's step form for an executor's chained run (`ember_qgemm_step`): args the
+    step's (slot, shape, dtype) of x, w, bias (or None), y; (its address, its ctx) where the
+    kernel takes them, else None."""
+    fn = function("quantized_gemm", "ember_qgemm_step", [_P, _P, _P], ctypes.c_int)
+    x, w, bias, y = args
+    if (fn is None or x is None or w is None or y is None or x[2] != np.float32 or y[2] != np.float32
+            or w[2] != np.uint8 or len(w[1]) != 2 or not x[1] or (bias is not None and bias[2] != np.float32)):
+        return None
+    k, n = x[1][-1], w[1][0]
+    rows = int(np.prod(x[1][:-1]))
+    if k % 32 or tuple(y[1]) != (*x[1][:-1], n):
+        return None
+    ctx = np.array([code, x[0], w[0], 0 if packed is None else packed.ctypes.data, -1 if bias is None else bias[0],
+                    y[0], rows, k, n, ACTIVATIONS[activation], threads], dtype=np.int64)
+    return ctypes.cast(fn, ctypes.c_void_p).value, ctx

@@ -1,0 +1,228 @@
+"""ember.QuantizedLinear: llama.cpp's quantized blocks (q8_0, q4_0, q4_1, q5_0, q5_1) times
+float32 activations, on ember's kernel (ember/codegen/cpu_quantized_gemm.cpp).
+
+The kernel quantizes x to int8 blocks of 32 as llama.cpp's q8_1 does, then sums exact 8-bit
+products: it is checked against that computation emulated in numpy (float64 sums of the
+dequantized weights times the rounded activations), to float32 rounding, on random shapes
+(hypothesis) — its interleaved-row path (constant q8_0, q4_0, q4_1 weights, packed at
+prepare), its row path (fed weights, the 5-bit formats), its step form (called from C in a
+chained run, between generated kernels), its scalar build (no AVX2) and the numpy path
+where the kernel is absent. The reference (the dequantized weight times x in float32) is
+within the activations' rounding of all of them."""
+
+import ctypes
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import ember
+from ember.codegen import cpu, handwritten
+from ember.errors import ExecutionError
+from ember.frontends.hf._builder import GraphBuilder
+from ember.ir.dtypes import DType
+from ember.ir.quant_formats import FORMATS, block_format
+from ember.ir.types import symbol
+from ember.runtime import native
+from ember.runtime.native import quantized_gemm
+
+from .. import native as test_native
+
+pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
+ACTIVATIONS = {"": lambda y: y, "relu": lambda y: np.maximum(y, 0), "silu": lambda y: y / (1 + np.exp(-y))}
+
+
+def emulate(x: np.ndarray, blocks: np.ndarray, fmt, bias=None, activation="") -> np.ndarray:
+    """What the kernel computes: x rounded to int8 blocks of 32 (d = max|x| / 127, q = round
+    half to even of x / d), times the dequantized weight, summed in float64."""
+    rows, k = x.shape
+    b = x.reshape(rows, k // 32, 32).astype(np.float32)
+    amax = np.abs(b).max(-1, keepdims=True)
+    inv = np.where(amax != 0, np.float32(127) / np.where(amax == 0, 1, amax), 0).astype(np.float32)
+    xq = (np.rint(b * inv) * (amax / np.float32(127))).reshape(rows, k)
+    y = xq.astype(np.float64) @ fmt.dequantize(blocks).T.astype(np.float64)
+    if bias is not None:
+        y = y + bias
+    return ACTIVATIONS[activation](y)
+
+
+def graph(fmt, k: int, n: int, blocks, bias, activation: str, fed_weight: bool, around: bool = False):
+    """x [T, k] -> (Relu ->) QuantizedLinear (-> Add 1): the weight a constant or an input."""
+    g = GraphBuilder("q")
+    x = g.input("x", DType.float32, (symbol("T"), k))
+    w = g.input("w", DType.uint8, blocks.shape) if fed_weight else g.const("w", blocks)
+    h = g("Relu", x) if around else x
+    b = None if bias is None else g.const("b", bias)
+    y = g("ember.QuantizedLinear", h, w, b, format=fmt.name, activation=activation)
+    if around:
+        y = g("Add", y, g.const("one", np.ones(1, np.float32)))
+    return g.finish([y])
+
+
+@st.composite
+def cases(draw):
+    fmt = draw(st.sampled_from(sorted(FORMATS)))
+    k = 32 * draw(st.integers(1, 20))
+    n = draw(st.integers(1, 40))
+    rows = draw(st.integers(0, 6))
+    return (FORMATS[fmt], rows, k, n, draw(st.booleans()), draw(st.sampled_from(sorted(ACTIVATIONS))),
+            draw(st.booleans()), draw(st.integers(0, 2**31)))
+
+
+def _inputs(fmt, rows, k, n, with_bias, seed):
+    rng = np.random.default_rng(seed)
+    blocks = fmt.quantize(rng.standard_normal((n, k)).astype(np.float32))
+    bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
+    x = (rng.standard_normal((rows, k)) * rng.uniform(0.1, 10)).astype(np.float32)
+    return x, blocks, bias
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_kernel_matches_its_computation(case):
+    fmt, rows, k, n, with_bias, activation, fed, seed = case
+    x, blocks, bias = _inputs(fmt, rows, k, n, with_bias, seed)
+    model = ember.compile(graph(fmt, k, n, blocks, bias, activation, fed))
+    assert model.stats.fallback_nodes == []
+    step = model.program.steps[0]
+    packed = "packed" in model.executor._steps[0][2].params
+    assert packed == (not fed and fmt.name in ("q8_0", "q4_0", "q4_1")), (fmt.name, fed)
+    event(f"{fmt.name}, {'interleaved rows' if packed else 'rows'}")
+    feeds = {"x": x, **({"w": blocks} if fed else {})}
+    before = quantized_gemm.RUNS[0]
+    got = model.run(feeds)[model.outputs[0].name]
+    assert step.name == "quantized_linear"
+    if rows:
+        assert quantized_gemm.RUNS[0] == before + 1
+    want = emulate(x, blocks, fmt, bias, activation)
+    scale = max(float(np.abs(want).max(initial=0)), 1e-3)
+    np.testing.assert_allclose(got, want, atol=2e-5 * scale, rtol=0)
+    # the reference multiplies by the weight in float32: within the activations' rounding, at
+    # most half a step (max|x| / 254 of a block) per element, times the row's sum of |w|
+    reference = ember.compile(graph(fmt, k, n, blocks, bias, activation, fed), codegen=False).run(feeds)
+    bound = np.abs(x).max(initial=0) / 254 * np.abs(fmt.dequantize(blocks)).sum(axis=1).max()
+    assert np.abs(list(reference.values())[0] - got).max(initial=0) <= 1.1 * bound + 1e-5
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_chained_step_runs_from_c(fmt):
+    """Between generated kernels the linear layer's step form runs inside the chained call
+    (nothing through its Python extern) and gives the extern's result."""
+    fmt = FORMATS[fmt]
+    x, blocks, bias = _inputs(fmt, 3, 96, 24, True, 1)
+    model = ember.compile(graph(fmt, 96, 24, blocks, bias, "", False, around=True))
+    executor = model.executor
+    before = quantized_gemm.RUNS[0]
+    got = model.run({"x": x})[model.outputs[0].name]
+    assert quantized_gemm.RUNS[0] == before, "the extern ran in Python, not in the chain"
+    binding = next(iter(executor._bindings.values()))
+    chained = [entry for entry in binding.chained if entry[0] == 4]
+    assert chained and any(e[2].name == "quantized_linear" for entry in chained for e in entry[1][4])
+    np.testing.assert_allclose(got, emulate(np.maximum(x, 0), blocks, fmt, bias) + 1, atol=2e-5 * np.abs(got).max())
+
+
+def test_scalar_build_matches_simd_build():
+    """The kernel's portable loops (no AVX2) give what its AVX2 path gives, every format,
+    interleaved and plain rows."""
+    source = handwritten.KERNELS["quantized_gemm"].source()
+    simd = ctypes.CDLL(str(cpu.build(source)))
+    scalar = ctypes.CDLL(str(cpu.build("#define EMBER_QGEMM_SCALAR 1\n" + source)))
+    P, I = ctypes.c_void_p, ctypes.c_int64
+    for lib in (simd, scalar):
+        lib.ember_qgemm.argtypes = [I, P, I, I, I, P, I, I, P, P, I, I, I]
+        lib.ember_qgemm_simd.restype = I
+        lib.ember_qgemm_packed_bytes.argtypes, lib.ember_qgemm_packed_bytes.restype = [I, I, I], I
+        lib.ember_qgemm_pack.argtypes = [I, P, I, I, I, P]
+    assert scalar.ember_qgemm_simd() == 0
+    rng = np.random.default_rng(0)
+    for fmt in FORMATS.values():
+        k, n, rows = 160, 19, 3
+        x, blocks, bias = _inputs(fmt, rows, k, n, True, 2)
+        for packed in (False, True):
+            results = []
+            for lib in (simd, scalar):
+                w, row_bytes = blocks, blocks.shape[1]
+                if packed:
+                    size = lib.ember_qgemm_packed_bytes(fmt.code, n, k)
+                    if not size:
+                        continue
+                    w, row_bytes = np.empty(size, np.uint8), 0
+                    lib.ember_qgemm_pack(fmt.code, blocks.ctypes.data, n, k, blocks.shape[1], w.ctypes.data)
+                y = np.empty((rows, n), np.float32)
+                assert lib.ember_qgemm(fmt.code, x.ctypes.data, rows, k, k, w.ctypes.data, n, row_bytes,
+                                       bias.ctypes.data, y.ctypes.data, n, 0, 2) == 0
+                results.append(y)
+            if results:
+                np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5 * np.abs(results[0]).max())
+                np.testing.assert_allclose(results[1], emulate(x, blocks, fmt, bias), rtol=0,
+                                           atol=2e-5 * np.abs(results[1]).max())
+    del rng
+
+
+def test_without_the_kernel_numpy_runs_the_dequantized_weight():
+    fmt = FORMATS["q4_1"]
+    x, blocks, bias = _inputs(fmt, 4, 64, 9, True, 3)
+    native.uninstall("quantized_gemm")
+    try:
+        model = ember.compile(graph(fmt, 64, 9, blocks, bias, "relu", False))
+        native.uninstall("quantized_gemm")  # (compile installed it again: a Program without its library)
+        model.executor._steps[0] = (model.executor._steps[0][0], model.executor._steps[0][1],
+                                    model.executor._prepared(model.program.steps[0]))
+        assert "dequantized" in model.executor._steps[0][2].params
+        before = quantized_gemm.RUNS[0]
+        got = model.run({"x": x})[model.outputs[0].name]
+        assert quantized_gemm.RUNS[0] == before
+        want = np.maximum(x @ fmt.dequantize(blocks).T + bias, 0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    finally:
+        test_native.install("quantized_gemm")
+
+
+def test_a_weight_of_the_wrong_size_is_named():
+    fmt = block_format("Q4_1")
+    blocks = fmt.quantize(np.ones((4, 64), np.float32))
+    g = GraphBuilder("bad")
+    x = g.input("x", DType.float32, (2, 96))  # 96 features, blocks for 64
+    model = ember.compile(g.finish([g("ember.QuantizedLinear", x, g.const("w", blocks), format="q4_1")]))
+    with pytest.raises(ExecutionError, match=r"q4_1 weight for inputs of 96 features is \[N, 60\]"):
+        model.run({"x": np.ones((2, 96), np.float32)})
+
+
+def test_formats_are_gguf_blocks():
+    """quantize / dequantize are gguf's, and block_format names the formats there are."""
+    import gguf
+
+    w = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    for fmt in FORMATS.values():
+        blocks = fmt.quantize(w)
+        assert blocks.shape == (3, fmt.row_bytes(64)) and blocks.dtype == np.uint8
+        np.testing.assert_array_equal(blocks, gguf.quants.quantize(w, gguf.GGMLQuantizationType[fmt.ggml]))
+        assert np.abs(fmt.dequantize(blocks) - w).max() < (0.02 if fmt.bits == 8 else 0.5)
+    with pytest.raises(ember.errors.UnsupportedError, match="q4_k.*keeps q8_0, q4_0"):
+        block_format("q4_k")
+
+
+def test_a_step_form_that_does_nothing_runs_as_its_extern(monkeypatch):
+    """Where a kernel's step form returns nonzero inside a chained run (here: a context
+    naming no format the kernel has), that step runs as its Python extern and the chain
+    goes on after it: the Add after it runs, and the result is right."""
+    from ember.runtime import externs
+
+    real = externs.NATIVE["quantized_linear"]
+
+    def poisoned(params, args):
+        fn, ctx = real(params, args)
+        ctx[0] = 99  # not a format: ember_qgemm returns -1 and does nothing
+        return fn, ctx
+
+    monkeypatch.setitem(externs.NATIVE, "quantized_linear", poisoned)
+    fmt = FORMATS["q4_1"]
+    x, blocks, bias = _inputs(fmt, 2, 64, 16, True, 4)
+    model = ember.compile(graph(fmt, 64, 16, blocks, bias, "", False, around=True))
+    before = quantized_gemm.RUNS[0]
+    got = model.run({"x": x})[model.outputs[0].name]
+    assert quantized_gemm.RUNS[0] == before + 1  # the extern ran, once
+    binding = next(iter(model.executor._bindings.values()))
+    assert any(entry[0] == 4 for entry in binding.chained)
+    np.testing.assert_allclose(got, emulate(np.maximum(x, 0), blocks, fmt, bias) + 1, atol=2e-5 * np.abs(got).max())
