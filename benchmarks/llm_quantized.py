@@ -9,6 +9,8 @@ reports the best of them: tokens/s = tokens / wall time (the prompt's prefill in
 
     ember         ember.LLM(file): its Q4_0/Q4_1/Q8_0/Q5 blocks kept (ember.QuantizedLinear)
     ember-f32     ember.LLM(file, quantization="none"): dequantized to float32 at load
+    ember-int8    ember.LLM(file, quantization="int8"): dequantized, then quantized to q8_0 blocks
+                  by ember's quantize_weights pass (weight-only int8; the head stays float32)
     llama.cpp     llama_cpp.Llama(file, n_threads=--threads), greedy sampling
 
 The Q8_0 file (--formats q8_0) is made from the built-in Q4_1 file with llama.cpp's own
@@ -39,7 +41,7 @@ def worker(engine: str, model: str, tokens: int, repeats: int, threads: int) -> 
     if engine.startswith("ember"):
         import ember
 
-        options = {"quantization": "none"} if engine == "ember-f32" else {}
+        options = {"ember-f32": {"quantization": "none"}, "ember-int8": {"quantization": "int8"}}.get(engine, {})
         llm = ember.LLM(model, max_num_seqs=4, intra_op_threads=threads, **options)
         params = ember.SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
         llm.generate([PROMPT], ember.SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
@@ -71,6 +73,41 @@ def worker(engine: str, model: str, tokens: int, repeats: int, threads: int) -> 
     return {"tokens/s": best, "ids": ids}
 
 
+def perplexity_worker(engine: str, model: str, tokens: int, threads: int) -> dict:
+    """The perplexity of `engine` on the first `tokens` tokens of ember.testing.accuracy's
+    evaluation text, in windows of 512 (each starting afresh), as `perplexity` computes it."""
+    import math
+
+    import numpy as np
+
+    import ember
+    from ember.testing.accuracy import evaluation_text, perplexity
+
+    tokenizer = ember.LLM(model, quantization="none", max_model_len=512, kv_cache_memory=32 << 20).engine.tokenizer
+    ids = tokenizer.encode(evaluation_text())[:tokens]
+    if engine.startswith("ember"):
+        options = {"ember-f32": {"quantization": "none"}, "ember-int8": {"quantization": "int8"}}.get(engine, {})
+        llm = ember.LLM(model, intra_op_threads=threads, max_model_len=1024, kv_cache_memory=128 << 20, **options)
+        return {"perplexity": perplexity(llm, ids)}
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=model, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512,
+                logits_all=True, verbose=False)
+    total, count = 0.0, 0
+    for start in range(0, len(ids), 512):
+        window = ids[start:start + 512]
+        if len(window) < 2:
+            continue
+        llm.reset()
+        llm.eval(window)
+        logits = np.asarray(llm.scores[:len(window) - 1], dtype=np.float64)
+        top = logits.max(axis=1, keepdims=True)
+        logprobs = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+        total -= float(logprobs[np.arange(len(window) - 1), window[1:]].sum())
+        count += len(window) - 1
+    return {"perplexity": math.exp(total / count)}
+
+
 def q8_file(source: Path, work: Path) -> Path:
     """The Q4_1 file requantized to Q8_0 by llama.cpp's quantizer (made once)."""
     target = work / (source.stem.rsplit(".", 1)[0] + ".Q8_0.gguf")
@@ -87,21 +124,58 @@ def q8_file(source: Path, work: Path) -> Path:
     return target
 
 
+def perplexity_table(args, files: dict, engines: list[str]) -> int:
+    labels, rows, base = [], [], {}
+    for fmt, path in files.items():
+        for engine in engines:
+            if engine in ("ember-f32", "ember-int8") and fmt != "q4_1":
+                continue
+            cmd = [sys.executable, __file__, "--worker", engine, str(path), "--perplexity", str(args.perplexity),
+                   "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"{engine} on {path.name} failed:\n{out.stderr[-3000:]}")
+            value = json.loads(out.stdout.strip().splitlines()[-1])["perplexity"]
+            base.setdefault(fmt, {})[engine] = value
+            print(f"{fmt} {engine}: perplexity {value:.4f}", file=sys.stderr, flush=True)
+    for fmt, by_engine in base.items():
+        for engine, value in by_engine.items():
+            peer = by_engine.get("llama.cpp")
+            labels.append(f"{fmt} {engine}")
+            rows.append({"perplexity": value, "x llama.cpp": value / peer if peer else float("nan")})
+    lines = markdown_table("weights, engine", labels, rows)
+    header = [f"## Perplexity of quantized weights: {files['q4_1'].name}", "",
+              f"{cpu_name()}; {time.strftime('%Y-%m-%d')}; the first {args.perplexity} tokens of "
+              "ember.testing.accuracy's evaluation text (standard-library docstrings, Python "
+              f"{sys.version.split()[0]}), windows of 512; `python benchmarks/llm_quantized.py --perplexity "
+              f"{args.perplexity}`", ""]
+    print("\n".join(header + lines))
+    if args.write:
+        write_section(args.write, "llm_perplexity", header + lines)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--formats", default="q4_1,q8_0", help="comma-separated: q4_1 (the built-in file), q8_0")
-    parser.add_argument("--engines", default="ember,llama.cpp,ember-f32")
+    parser.add_argument("--engines", default="ember,llama.cpp,ember-f32,ember-int8")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "ember" / "benchmarks")
     parser.add_argument("--write", type=Path, help="write the table into this markdown file")
+    parser.add_argument("--perplexity", type=int, metavar="TOKENS", default=0,
+                        help="instead of timing, compare the engines' perplexity on TOKENS tokens of "
+                             "ember.testing.accuracy's evaluation text (e.g. 2048)")
     parser.add_argument("--worker", nargs=2, metavar=("ENGINE", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.tokens, args.repeats, args.threads)))
+        if args.perplexity:
+            print(json.dumps(perplexity_worker(*args.worker, args.perplexity, args.threads)))
+        else:
+            print(json.dumps(worker(*args.worker, args.tokens, args.repeats, args.threads)))
         return 0
     from ember._builtin import default_llm
 
@@ -110,12 +184,14 @@ def main(argv=None) -> int:
     if "q8_0" in args.formats.split(","):
         files["q8_0"] = q8_file(source, args.work)
     engines = args.engines.split(",")
+    if args.perplexity:
+        return perplexity_table(args, files, engines)
     results: dict[tuple[str, str], list[float]] = {}
     ids: dict[tuple[str, str], list[int]] = {}
     for r in range(args.rounds):
         for fmt, path in files.items():
             for engine in engines:
-                if engine == "ember-f32" and fmt != "q4_1":
+                if engine in ("ember-f32", "ember-int8") and fmt != "q4_1":
                     continue
                 cmd = [sys.executable, __file__, "--worker", engine, str(path), "--tokens", str(args.tokens),
                        "--repeats", str(args.repeats), "--threads", str(args.threads)]

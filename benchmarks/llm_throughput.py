@@ -6,7 +6,9 @@ generating exactly its length (ignore_eos), greedy, on the built-in SmolLM2-135M
 (or --model). Every request arrives at the start.
 
 - ember: `ember.LLM` with its defaults (continuous batching, chunked prefill, paged KV
-  cache with prefix caching), all requests handed to one `generate` call.
+  cache with prefix caching; a GGUF file's quantized blocks kept), all requests handed
+  to one `generate` call. ember-f32 (`--engines ember,ember-f32`): the same with the
+  weights dequantized to float32 (quantization="none").
 - transformers: `generate` over static batches of 8 in arrival order (left padding; each
   batch runs to its longest output; only the tokens each request asked for are counted).
 
@@ -57,8 +59,8 @@ def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
     return [(rng.integers(1000, vocab, p).tolist(), int(o)) for p, o in zip(prompt_lens, output_lens)]
 
 
-def run_ember(path: Path, requests, threads: int) -> Result:
-    llm = ember.LLM(str(path), intra_op_threads=threads)
+def run_ember(path: Path, requests, threads: int, quantization: str | None = None, name: str = "ember") -> Result:
+    llm = ember.LLM(str(path), intra_op_threads=threads, quantization=quantization)
     params = [ember.SamplingParams(temperature=0, max_tokens=out, ignore_eos=True) for _, out in requests]
     llm.generate([{"prompt_token_ids": requests[0][0]}], params[0], use_tqdm=False)  # warm-up
     start = time.perf_counter()
@@ -68,7 +70,7 @@ def run_ember(path: Path, requests, threads: int) -> Result:
     assert all(len(o.outputs[0].token_ids) == out for o, (_, out) in zip(outputs, requests))
     ttft = [o.metrics.first_token_time - start for o in outputs]
     tpot = [o.metrics.time_per_output_token for o in outputs]
-    return Result("ember", wall, tokens, ttft, tpot)
+    return Result(name, wall, tokens, ttft, tpot)
 
 
 def run_transformers(path: Path, requests, threads: int, batch: int = 8) -> Result:
@@ -129,7 +131,9 @@ def main(argv=None) -> int:
     requests = workload(args.requests, args.seed, vocab)
     results = []
     for engine in args.engines.split(","):
-        run = {"ember": run_ember, "transformers": run_transformers}[engine]
+        run = {"ember": run_ember, "transformers": run_transformers,
+               # ember with a GGUF file's weights dequantized to float32 (the default keeps its blocks)
+               "ember-f32": lambda *a: run_ember(*a, quantization="none", name="ember-f32")}[engine]
         print(f"running {engine} on {len(requests)} requests ...", file=sys.stderr, flush=True)
         results.append(run(path, requests, args.threads))
         print("\n".join(table(results[-1:], len(requests))), file=sys.stderr, flush=True)

@@ -286,56 +286,61 @@ void pack(int f, const uint8_t* w, int64_t n, int64_t blocks, int64_t w_row_byte
 #if EMBER_QGEMM_AVX2
 inline __m256i broadcast4(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
 
-// the 8 rows' dots with MR rows of x at once (x[m]: row m's blocks), into out[m][0..8): each chunk
-// of weights is loaded (and its nibbles unpacked) once for the MR rows. A row's offsets (o_w d_x sum
-// q_x) go into the same accumulator as its products.
-template <int F, int MR>
-inline void group_dot(const uint8_t* w, const XBlock* const* x, int64_t blocks, float (*out)[GROUP]) {
+// the dots of NG groups of 8 rows (w[g]) with MR rows of x (x[m]: row m's blocks), into out[g][m][0..8):
+// each chunk of weights is loaded (and its nibbles unpacked) once for the MR rows, and NG groups far
+// apart in memory are read in step (a batch-1 GEMV: two streams per thread keep more of the memory's
+// bandwidth busy than one). A row's offsets (o_w d_x sum q_x) go into the same accumulator as its products.
+template <int F, int MR, int NG>
+inline void group_dot(const uint8_t* const* wg, const XBlock* const* x, int64_t blocks, float (*out)[GROUP]) {
     constexpr Format fm = FORMATS[F];
     constexpr int64_t gb = GROUP * fm.bytes;
     constexpr int scales = 2 + 2 * fm.has_min;
     const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0f);
-    __m256 acc[MR];
-    for (int m = 0; m < MR; ++m) acc[m] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < blocks; ++b, w += gb) {
-        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-        const uint8_t* q = w + GROUP * scales;
-        __m256i sums[MR];
-        if constexpr (fm.eight_bit) {
+    __m256 acc[NG][MR];
+    for (int g = 0; g < NG; ++g)
+        for (int m = 0; m < MR; ++m) acc[g][m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+        for (int g = 0; g < NG; ++g) {
+            const uint8_t* w = wg[g] + b * gb;
+            const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+            const uint8_t* q = w + GROUP * scales;
+            __m256i sums[MR];
             for (int m = 0; m < MR; ++m) sums[m] = _mm256_setzero_si256();
-            for (int c = 0; c < 8; ++c) {
-                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
-                const __m256i magnitude = _mm256_sign_epi8(v, v);
-                for (int m = 0; m < MR; ++m) {
-                    const __m256i p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(x[m][b].q + 4 * c), v));
-                    sums[m] = _mm256_add_epi32(sums[m], _mm256_madd_epi16(p, ones));
+            if constexpr (fm.eight_bit) {
+                for (int c = 0; c < 8; ++c) {
+                    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
+                    const __m256i magnitude = _mm256_sign_epi8(v, v);
+                    for (int m = 0; m < MR; ++m) {
+                        const __m256i p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(x[m][b].q + 4 * c), v));
+                        sums[m] = _mm256_add_epi32(sums[m], _mm256_madd_epi16(p, ones));
+                    }
                 }
-            }
-        } else {
-            // 8 products of 4-bit by 8-bit pairs: at most 8 * 2 * 15 * 127 < 2^15, summed in int16
-            for (int m = 0; m < MR; ++m) sums[m] = _mm256_setzero_si256();
-            for (int c = 0; c < 4; ++c) {
-                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
-                const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                for (int m = 0; m < MR; ++m) {
-                    sums[m] = _mm256_add_epi16(sums[m], _mm256_maddubs_epi16(lo, broadcast4(x[m][b].q + 4 * c)));
-                    sums[m] = _mm256_add_epi16(sums[m], _mm256_maddubs_epi16(hi, broadcast4(x[m][b].q + 16 + 4 * c)));
+            } else {
+                // 8 products of 4-bit by 8-bit pairs: at most 8 * 2 * 15 * 127 < 2^15, summed in int16
+                for (int c = 0; c < 4; ++c) {
+                    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
+                    const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    for (int m = 0; m < MR; ++m) {
+                        sums[m] = _mm256_add_epi16(sums[m], _mm256_maddubs_epi16(lo, broadcast4(x[m][b].q + 4 * c)));
+                        sums[m] = _mm256_add_epi16(sums[m], _mm256_maddubs_epi16(hi, broadcast4(x[m][b].q + 16 + 4 * c)));
+                    }
                 }
+                for (int m = 0; m < MR; ++m) sums[m] = _mm256_madd_epi16(sums[m], ones);
             }
-            for (int m = 0; m < MR; ++m) sums[m] = _mm256_madd_epi16(sums[m], ones);
-        }
-        for (int m = 0; m < MR; ++m) {
-            const XBlock& xb = x[m][b];
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[m]), _mm256_mul_ps(d, _mm256_set1_ps(xb.d)), acc[m]);
-            if constexpr (fm.has_min) {
-                const __m256 mins = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * GROUP)));
-                acc[m] = _mm256_fmadd_ps(mins, _mm256_set1_ps(xb.s), acc[m]);
-            } else if constexpr (fm.offset != 0.0f) {
-                acc[m] = _mm256_fmadd_ps(d, _mm256_set1_ps(fm.offset * xb.s), acc[m]);
+            for (int m = 0; m < MR; ++m) {
+                const XBlock& xb = x[m][b];
+                acc[g][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[m]), _mm256_mul_ps(d, _mm256_set1_ps(xb.d)), acc[g][m]);
+                if constexpr (fm.has_min) {
+                    const __m256 mins = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * GROUP)));
+                    acc[g][m] = _mm256_fmadd_ps(mins, _mm256_set1_ps(xb.s), acc[g][m]);
+                } else if constexpr (fm.offset != 0.0f) {
+                    acc[g][m] = _mm256_fmadd_ps(d, _mm256_set1_ps(fm.offset * xb.s), acc[g][m]);
+                }
             }
         }
     }
-    for (int m = 0; m < MR; ++m) _mm256_storeu_ps(out[m], acc[m]);
+    for (int g = 0; g < NG; ++g)
+        for (int m = 0; m < MR; ++m) _mm256_storeu_ps(out[g * MR + m], acc[g][m]);
 }
 #else
 template <int F>
@@ -366,38 +371,65 @@ inline void group_dot_one(const uint8_t* w, const XBlock* x, int64_t blocks, flo
     }
 }
 
-template <int F, int MR>
-inline void group_dot(const uint8_t* w, const XBlock* const* x, int64_t blocks, float (*out)[GROUP]) {
-    for (int m = 0; m < MR; ++m) group_dot_one<F>(w, x[m], blocks, out[m]);
+template <int F, int MR, int NG>
+inline void group_dot(const uint8_t* const* wg, const XBlock* const* x, int64_t blocks, float (*out)[GROUP]) {
+    for (int g = 0; g < NG; ++g)
+        for (int m = 0; m < MR; ++m) group_dot_one<F>(wg[g], x[m], blocks, out[g * MR + m]);
 }
 #endif
 
 constexpr int XROWS = 4;  // rows of x sharing each pass over a group's weights
+constexpr int64_t MCHUNK = 64;  // rows of x (2.8 KiB of int8 blocks a row at K = 2048) kept in L2
+
+inline void store_group(const float* dots, int64_t first, int64_t count, const float* bias, float* out, int activation) {
+    for (int64_t r = 0; r < count; ++r) out[r] = activate(dots[r] + (bias ? bias[first + r] : 0.0f), activation);
+}
 
 template <int F>
 void packed_gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* w, int64_t n, const float* bias,
                  float* y, int64_t y_stride, int activation, int threads) {
-    const int64_t groups = (n + GROUP - 1) / GROUP, gb = group_block_bytes(F);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && groups > 1)
-    for (int64_t g = 0; g < groups; ++g) {
-        const int64_t first = g * GROUP, count = std::min<int64_t>(GROUP, n - first);
-        const uint8_t* wg = w + g * blocks * gb;
+    const int64_t groups = (n + GROUP - 1) / GROUP, gb = group_block_bytes(F) * blocks;  // gb: a group's bytes
+    auto count = [&](int64_t g) { return std::min<int64_t>(GROUP, n - g * GROUP); };
+    if (rows == 1) {  // batch 1: group p with group p + half, two streams per thread
+        const int64_t half = groups / 2;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && half > 1)
+        for (int64_t p = 0; p < half; ++p) {
+            float dots[2][GROUP];
+            const uint8_t* wg[2] = {w + p * gb, w + (p + half) * gb};
+            group_dot<F, 1, 2>(wg, &xq, blocks, dots);
+            store_group(dots[0], p * GROUP, count(p), bias, y + p * GROUP, activation);
+            store_group(dots[1], (p + half) * GROUP, count(p + half), bias, y + (p + half) * GROUP, activation);
+        }
+        if (groups % 2) {
+            float dots[1][GROUP];
+            const uint8_t* wg[1] = {w + (groups - 1) * gb};
+            group_dot<F, 1, 1>(wg, &xq, blocks, dots);
+            store_group(dots[0], (groups - 1) * GROUP, count(groups - 1), bias, y + (groups - 1) * GROUP, activation);
+        }
+        return;
+    }
+    // rows of x in chunks of MCHUNK (their int8 blocks stay in the core's L2 while every group of the
+    // weight, from L3, passes over them); a thread takes consecutive (chunk, group) pairs
+    const int64_t chunks = (rows + MCHUNK - 1) / MCHUNK;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1 && chunks * groups > 1)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint8_t* wg[1] = {w + g * gb};
         float dots[XROWS][GROUP];
-        for (int64_t m0 = 0; m0 < rows; m0 += XROWS) {
-            const int mr = static_cast<int>(std::min<int64_t>(XROWS, rows - m0));
+        const int64_t end = std::min(rows, (chunk + 1) * MCHUNK);
+        for (int64_t m0 = chunk * MCHUNK; m0 < end; m0 += XROWS) {
+            const int mr = static_cast<int>(std::min<int64_t>(XROWS, end - m0));
             const XBlock* x[XROWS];
             for (int m = 0; m < XROWS; ++m) x[m] = xq + (m0 + std::min(m, mr - 1)) * blocks;
             switch (mr) {
-                case 4: group_dot<F, 4>(wg, x, blocks, dots); break;
-                case 3: group_dot<F, 3>(wg, x, blocks, dots); break;
-                case 2: group_dot<F, 2>(wg, x, blocks, dots); break;
-                default: group_dot<F, 1>(wg, x, blocks, dots); break;
+                case 4: group_dot<F, 4, 1>(wg, x, blocks, dots); break;
+                case 3: group_dot<F, 3, 1>(wg, x, blocks, dots); break;
+                case 2: group_dot<F, 2, 1>(wg, x, blocks, dots); break;
+                default: group_dot<F, 1, 1>(wg, x, blocks, dots); break;
             }
-            for (int m = 0; m < mr; ++m) {
-                float* out = y + (m0 + m) * y_stride + first;
-                for (int r = 0; r < count; ++r) out[r] = activate(dots[m][r] + (bias ? bias[first + r] : 0.0f), activation);
-            }
+            for (int m = 0; m < mr; ++m) store_group(dots[m], g * GROUP, count(g), bias, y + (m0 + m) * y_stride + g * GROUP, activation);
         }
+      }
     }
 }
 

@@ -105,6 +105,21 @@ def test_kernel_matches_its_computation(case):
     assert np.abs(list(reference.values())[0] - got).max(initial=0) <= 1.1 * bound + 1e-5
 
 
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("rows, n", [(130, 40), (1, 56), (1, 64), (1, 8), (7, 9)])
+def test_interleaved_rows_at_every_tiling(fmt, rows, n):
+    """The interleaved-row kernel's tilings: chunks of 64 rows of x (130: two and a rest of
+    2), tiles of 4 rows and their rest, batch 1 with the groups read in two streams (an
+    even and an odd count of groups, one group) and a last group of fewer than 8 rows."""
+    fmt = FORMATS[fmt]
+    x, blocks, bias = _inputs(fmt, rows, 96, n, True, rows * n)
+    model = ember.compile(graph(fmt, 96, n, blocks, bias, "", False))
+    assert "packed" in model.executor._steps[0][2].params
+    got = model.run({"x": x})[model.outputs[0].name]
+    want = emulate(x, blocks, fmt, bias)
+    np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max(), rtol=0)
+
+
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_chained_step_runs_from_c(fmt):
     """Between generated kernels the linear layer's step form runs inside the chained call
