@@ -148,18 +148,28 @@ def test_strided_rows_are_read_in_place(no_torch_path):
     _check(strided, 4, 2)
 
 
-def test_the_compiled_graph_runs_the_kernel(no_torch_path):
-    heads, kv_heads, d, block_size = 4, 2, 8, 4
+def _paged_graph(heads, kv_heads, d, block_size, between_relus: bool = False) -> Graph:
+    """One ember.PagedAttention over graph inputs of symbolic sizes (its q and output
+    through a Relu each, `between_relus`: generated kernels around it)."""
+    from ember.ir.shape_inference import infer_types
+
     T, B, M, NB = (symbol(s) for s in ("t", "b", "m", "nb"))
     shapes = {"q": (T, heads * d), "k": (T, kv_heads * d), "v": (T, kv_heads * d),
               "k_cache": (NB, block_size, kv_heads, d), "v_cache": (NB, block_size, kv_heads, d),
               "slot_mapping": (T,), "block_tables": (B, M), "query_start_loc": (B + 1,), "seq_lens": (B,)}
     inputs = [Value(n, TensorType(DType.float32 if i < 5 else DType.int64, shapes[n])) for i, n in enumerate(INPUTS)]
     g = Graph("g", inputs=inputs, opsets={"": 23})
-    node = g.add_node("ember.PagedAttention", inputs, [Value("y", TensorType(DType.float32, (T, heads * d)))],
-                      {"num_heads": heads, "kv_num_heads": kv_heads})
-    g.outputs = list(node.outputs)
-    compiled = ember.compile(g)
+    q = g.add_node("Relu", [inputs[0]], [Value("q_relu")], {}).outputs[0] if between_relus else inputs[0]
+    y = g.add_node("ember.PagedAttention", [q, *inputs[1:]], [Value("attn" if between_relus else "y")],
+                   {"num_heads": heads, "kv_num_heads": kv_heads}).outputs[0]
+    g.outputs = g.add_node("Relu", [y], [Value("y")], {}).outputs if between_relus else [y]
+    infer_types(g)
+    return g
+
+
+def test_the_compiled_graph_runs_the_kernel(no_torch_path):
+    heads, kv_heads, d, block_size = 4, 2, 8, 4
+    compiled = ember.compile(_paged_graph(heads, kv_heads, d, block_size))
     assert compiled.stats.fallback_nodes == []
     feeds = _batch(np.random.default_rng(4), [(6, 3), (0, 5), (9, 1)], heads, kv_heads, d, block_size, padding=2)
     ref = {n: a.copy() for n, a in feeds.items()}
@@ -175,20 +185,7 @@ def test_between_generated_kernels_the_step_runs_from_c(monkeypatch):
     from ember.errors import ExecutionError
 
     heads, kv_heads, d, block_size = 4, 2, 8, 4
-    T, B, M, NB = (symbol(s) for s in ("t", "b", "m", "nb"))
-    shapes = {"q": (T, heads * d), "k": (T, kv_heads * d), "v": (T, kv_heads * d),
-              "k_cache": (NB, block_size, kv_heads, d), "v_cache": (NB, block_size, kv_heads, d),
-              "slot_mapping": (T,), "block_tables": (B, M), "query_start_loc": (B + 1,), "seq_lens": (B,)}
-    inputs = [Value(n, TensorType(DType.float32 if i < 5 else DType.int64, shapes[n])) for i, n in enumerate(INPUTS)]
-    g = Graph("g", inputs=inputs, opsets={"": 23})
-    q = g.add_node("Relu", [inputs[0]], [Value("q_relu")], {}).outputs[0]
-    y = g.add_node("ember.PagedAttention", [q, *inputs[1:]], [Value("attn")],
-                   {"num_heads": heads, "kv_num_heads": kv_heads}).outputs[0]
-    g.outputs = g.add_node("Relu", [y], [Value("y")], {}).outputs
-    from ember.ir.shape_inference import infer_types
-
-    infer_types(g)
-    compiled = ember.compile(g)
+    compiled = ember.compile(_paged_graph(heads, kv_heads, d, block_size, between_relus=True))
     calls = []
     monkeypatch.setattr(externs_paged, "_fused", lambda *a: calls.append(1))
     feeds = _batch(np.random.default_rng(8), [(6, 3), (0, 5)], heads, kv_heads, d, block_size)
