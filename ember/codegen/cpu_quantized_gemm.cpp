@@ -382,6 +382,14 @@ constexpr int XROWS = 4;  // rows of x sharing each pass over a group's weights
 constexpr int64_t MCHUNK = 64;  // rows of x (2.8 KiB of int8 blocks a row at K = 2048) kept in L2
 
 inline void store_group(const float* dots, int64_t first, int64_t count, const float* bias, float* out, int activation) {
+#if EMBER_QGEMM_AVX2
+    if (count == GROUP && activation == 0) {  // (the common case: 8 lanes, no epilogue but the bias)
+        __m256 v = _mm256_loadu_ps(dots);
+        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + first));
+        _mm256_storeu_ps(out, v);
+        return;
+    }
+#endif
     for (int64_t r = 0; r < count; ++r) out[r] = activate(dots[r] + (bias ? bias[first + r] : 0.0f), activation);
 }
 
