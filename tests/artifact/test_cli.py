@@ -73,6 +73,23 @@ def test_compile_an_llm_to_an_artifact(tiny_llm_dir, tmp_path, capsys):
     assert "compiled in float16, not bfloat16" in capsys.readouterr().err
 
 
+def test_quantization_on_the_command_line(tiny_llm_dir, onnx_model, tmp_path, capsys):
+    """--quantization: an LLM's weights in int8 blocks, kept through the artifact; an ONNX
+    model's too; a bad scheme or an LLM-only one named."""
+    out_file = tmp_path / "tiny8.ember"
+    assert main(["compile", str(tiny_llm_dir), "-o", str(out_file), "--quantization", "int8",
+                 "--max-model-len", "64"]) == 0
+    assert main(["inspect", str(out_file)]) == 0
+    assert "quantized_linear" in capsys.readouterr().out
+    assert main(["generate", "Hi", "--model", str(out_file), "--max-tokens", "3", "--raw"]) == 0
+    assert main(["compile", str(tiny_llm_dir), "-q", "int3"]) == 2
+    assert "quantization 'int3' is not one ember knows" in capsys.readouterr().err
+    assert main(["compile", str(onnx_model), "-q", "gguf"]) == 2
+    assert "--quantization gguf is for LLMs" in capsys.readouterr().err
+    assert main(["generate", "Hi", "--model", str(out_file), "-q", "int4", "--max-tokens", "2"]) == 2
+    assert "is an artifact, compiled already" in capsys.readouterr().err
+
+
 def test_compile_errors(onnx_model, tmp_path, capsys):
     assert main(["compile", str(onnx_model), "--block-size", "8"]) == 2
     assert "--block-size, --max-model-len and --dtype are for LLMs" in capsys.readouterr().err
