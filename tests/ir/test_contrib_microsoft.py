@@ -474,3 +474,43 @@ def test_group_query_attention_decode_runs_on_its_reference():
              "past_value": _normal(rng, 2, KV_HEADS, 6, GQA_HEAD), "seqlens_k": lengths - 1,
              "total": np.asarray(6, I32)}
     check(model, feeds, compare=[0], atol=1e-4, fallback="past state")
+
+
+# -- MatMulNBits ----------------------------------------------------------------------------
+def _nbits_case(rng, k, n, bits, block_size, zero_kind, bias):
+    """A MatMulNBits node over random blocks (B, scales, zero points and bias constants)."""
+    blocks = -(-k // block_size)
+    q = rng.integers(0, 1 << bits, (n, blocks, block_size)).astype(np.uint8)
+    b = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8) if bits == 4 else q
+    inits = {"B": b, "scales": (rng.random(n * blocks) * 0.1 + 0.01).astype(np.float32)}
+    if zero_kind == "uint8":
+        zq = rng.integers(0, 1 << bits, (n, blocks + blocks % 2)).astype(np.uint8)
+        inits["zero_points"] = ((zq[:, 0::2] | (zq[:, 1::2] << 4)) if bits == 4 else zq[:, :blocks]).reshape(-1)
+    elif zero_kind == "float":
+        inits["zero_points"] = rng.uniform(0, 1 << bits, n * blocks).astype(np.float32)
+    if bias:
+        inits["bias"] = _normal(rng, n)
+    inputs = [("A", F32, ["M", k]), ("B", np.uint8, list(b.shape)), ("scales", F32, [n * blocks]),
+              ("zero_points", inits["zero_points"].dtype, [inits["zero_points"].size]) if zero_kind else None,
+              None, ("bias", F32, [n]) if bias else None]
+    while inputs[-1] is None:
+        inputs.pop()
+    return contrib_model("MatMulNBits", inputs, ["y"], initializers=inits, K=k, N=n, bits=bits,
+                         block_size=block_size)
+
+
+# onnxruntime's CPU kernel refuses 8-bit weights with float zero points: that case is not here
+NBITS = [(bits, block_size, k, zero) for bits, block_size, k in [(4, 32, 64), (4, 16, 40), (4, 128, 128), (8, 32, 96)]
+         for zero in (None, "uint8", "float") if not (bits == 8 and zero == "float")]
+
+
+@pytest.mark.parametrize("bits, block_size, k, zero_kind", NBITS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_matmul_nbits(bits, block_size, k, zero_kind, bias):
+    """onnxruntime's int4/int8 block-quantized MatMul (Optimum's and onnxruntime's int4
+    exports): the reference, and the float GEMM over the dequantized weight it expands to,
+    against onnxruntime's kernel."""
+    rng = np.random.default_rng(bits + block_size + k + (zero_kind is None) + bias)
+    model = _nbits_case(rng, k, 24, bits, block_size, zero_kind, bias)
+    for m in (1, 5):
+        check(model, {"A": _normal(rng, m, k)}, rtol=1e-4, atol=1e-4)

@@ -389,3 +389,85 @@ define("EmbedLayerNormalization",
               "mask_index_type": AttrSpec("mask_index_type", "int", 1)},
        doc="s = word[ids] + position[position_ids or 0..S-1] + segment[segment_ids]; output = LayerNorm(s) * gamma "
            "+ beta; mask_index = number of ones in each mask row (int32)")
+
+
+# -- MatMulNBits: a MatMul by a block-quantized (4- or 8-bit) weight ----------------------
+# Optimum's and onnxruntime's int4 exports: B [N, k_blocks, blob] packs each column of the
+# [K, N] weight in blocks of `block_size` along K (4 bits: element j of a block in byte j / 2,
+# the low nibble first); W[k, n] = (q - zero) * scale[n, block], the zero 2^(bits-1) where no
+# zero points are given (uint8 ones packed like the weights, two blocks a byte at 4 bits; or
+# floats). onnxruntime's CPU kernel computes in float32 at accuracy_level 0-3 (its level 4
+# quantizes A to int8 first): the reference dequantizes and multiplies in float32.
+def _nbits_attrs(node: Node):
+    opdef = get_op(node.op)
+    return tuple(int(opdef.attr(node, a)) for a in ("K", "N", "bits", "block_size"))
+
+
+def dequantize_nbits(b, scales, zero_points, k: int, n: int, bits: int, block_size: int) -> np.ndarray:
+    """The float32 weight [K, N] of MatMulNBits' B, scales and zero points."""
+    if bits not in (4, 8):
+        raise NotImplementedError(f"MatMulNBits with {bits}-bit weights (ember reads 4 and 8)")
+    blocks = -(-k // block_size)
+    raw = np.asarray(b, dtype=np.uint8).reshape(n, blocks, -1)
+    if bits == 4:
+        q = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(n, blocks, -1)[:, :, :block_size]
+    else:
+        q = raw[:, :, :block_size]
+    scales = np.asarray(scales, dtype=np.float32).reshape(n, blocks, 1)
+    if zero_points is None:
+        zero = np.float32(1 << (bits - 1))
+    elif np.asarray(zero_points).dtype == np.uint8:
+        packed = np.asarray(zero_points).reshape(n, -1)
+        zero = (np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1) if bits == 4 else packed)[:, :blocks]
+        zero = zero.astype(np.float32).reshape(n, blocks, 1)
+    else:
+        zero = np.asarray(zero_points, dtype=np.float32).reshape(n, blocks, 1)
+    w = (q.astype(np.float32) - zero) * scales
+    return np.ascontiguousarray(w.reshape(n, -1)[:, :k].T)
+
+
+def _nbits_reference(node: Node):
+    k, n, bits, block_size = _nbits_attrs(node)
+
+    def run(a, b, scales, zero_points=None, g_idx=None, bias=None):
+        if g_idx is not None:
+            raise NotImplementedError("MatMulNBits with g_idx (act-order blocks)")
+        y = as_f32(a) @ dequantize_nbits(b, scales, zero_points, k, n, bits, block_size)
+        if bias is not None:
+            y = y + as_f32(bias)
+        return (y.astype(a.dtype, copy=False),)
+
+    return run
+
+
+def _nbits_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    a, dtype = shape_of(ins[0]), dtype_of(ins[0])
+    if dtype is None:
+        return [None]
+    return [tensor(dtype, None if a is None else (*a[:-1], _nbits_attrs(node)[1]))]
+
+
+def _expand_nbits(op, node, used):
+    """A MatMul by the dequantized weight (a float32 constant of the activations' dtype),
+    plus the bias: fuse_linear then makes it an ember.Linear on the float GEMMs (and
+    `compile(quantization=...)` can requantize it into ember's blocks)."""
+    a, b, scales, zero_points, g_idx, bias = padded_inputs(node, 6)
+    if g_idx is not None or any(v is not None and v.const is None for v in (b, scales, zero_points)):
+        raise NotLowerable("a weight, scale or zero point fed at run time, or g_idx")
+    k, n, bits, block_size = _nbits_attrs(node)
+    try:
+        w = dequantize_nbits(b.const, scales.const, None if zero_points is None else zero_points.const,
+                             k, n, bits, block_size)
+    except (NotImplementedError, ValueError) as e:
+        raise NotLowerable(str(e)) from None
+    dtype = type_dtype(a) or DType.float32
+    y = op.MatMul(a, op.constant(w.astype(dtype.numpy)))
+    return [op.Add(y, bias) if bias is not None else y]
+
+
+define("MatMulNBits", params("A", "B", "scales", "zero_points", "g_idx", "bias", required=3), params("Y"),
+       _nbits_reference, _nbits_infer, _expand_nbits,
+       attrs={"K": AttrSpec("K", "int", required=True), "N": AttrSpec("N", "int", required=True),
+              "bits": AttrSpec("bits", "int", 4), "block_size": AttrSpec("block_size", "int", required=True),
+              "accuracy_level": AttrSpec("accuracy_level", "int", 0)},
+       doc="Y = A @ W + bias, W [K, N] from B's 4- or 8-bit blocks along K: (q - zero) * scale per block")
