@@ -35,14 +35,29 @@ from pathlib import Path
 from _report import cpu_name, markdown_table, write_section  # benchmarks/_report.py
 
 PROMPT = "The capital of France is"
+# ember's engines by name: the options of their ember.LLM (ember-f32 and ember-int8 run the Q4_1 file only)
+EMBER = {"ember": {}, "ember-f32": {"quantization": "none"}, "ember-int8": {"quantization": "int8"}}
+
+
+def runs(engine: str, fmt: str) -> bool:
+    """Whether `engine` runs on the file of `fmt`."""
+    return fmt == "q4_1" or engine not in ("ember-f32", "ember-int8")
+
+
+def run_worker(engine: str, path: Path, *args: str) -> dict:
+    """This script's worker for `engine` on `path` in a process of its own: its JSON result."""
+    out = subprocess.run([sys.executable, __file__, "--worker", engine, str(path), *args], capture_output=True,
+                         text=True)
+    if out.returncode:
+        raise SystemExit(f"{engine} on {path.name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def worker(engine: str, model: str, tokens: int, repeats: int, threads: int) -> dict:
-    if engine.startswith("ember"):
+    if engine in EMBER:
         import ember
 
-        options = {"ember-f32": {"quantization": "none"}, "ember-int8": {"quantization": "int8"}}.get(engine, {})
-        llm = ember.LLM(model, max_num_seqs=4, intra_op_threads=threads, **options)
+        llm = ember.LLM(model, max_num_seqs=4, intra_op_threads=threads, **EMBER[engine])
         params = ember.SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
         llm.generate([PROMPT], ember.SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
         best, ids = 0.0, None
@@ -81,13 +96,13 @@ def perplexity_worker(engine: str, model: str, tokens: int, threads: int) -> dic
     import numpy as np
 
     import ember
+    from ember.frontends.hf import load_pretrained
     from ember.testing.accuracy import evaluation_text, perplexity
 
-    tokenizer = ember.LLM(model, quantization="none", max_model_len=512, kv_cache_memory=32 << 20).engine.tokenizer
-    ids = tokenizer.encode(evaluation_text())[:tokens]
-    if engine.startswith("ember"):
-        options = {"ember-f32": {"quantization": "none"}, "ember-int8": {"quantization": "int8"}}.get(engine, {})
-        llm = ember.LLM(model, intra_op_threads=threads, max_model_len=1024, kv_cache_memory=128 << 20, **options)
+    ids = load_pretrained(model, progress=False).tokenizer().encode(evaluation_text())[:tokens]
+    if engine in EMBER:
+        llm = ember.LLM(model, intra_op_threads=threads, max_model_len=1024, kv_cache_memory=128 << 20,
+                        **EMBER[engine])
         return {"perplexity": perplexity(llm, ids)}
     from llama_cpp import Llama
 
@@ -128,14 +143,10 @@ def perplexity_table(args, files: dict, engines: list[str]) -> int:
     labels, rows, base = [], [], {}
     for fmt, path in files.items():
         for engine in engines:
-            if engine in ("ember-f32", "ember-int8") and fmt != "q4_1":
+            if not runs(engine, fmt):
                 continue
-            cmd = [sys.executable, __file__, "--worker", engine, str(path), "--perplexity", str(args.perplexity),
-                   "--threads", str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                raise SystemExit(f"{engine} on {path.name} failed:\n{out.stderr[-3000:]}")
-            value = json.loads(out.stdout.strip().splitlines()[-1])["perplexity"]
+            value = run_worker(engine, path, "--perplexity", str(args.perplexity), "--threads",
+                               str(args.threads))["perplexity"]
             base.setdefault(fmt, {})[engine] = value
             print(f"{fmt} {engine}: perplexity {value:.4f}", file=sys.stderr, flush=True)
     for fmt, by_engine in base.items():
@@ -191,14 +202,10 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         for fmt, path in files.items():
             for engine in engines:
-                if engine in ("ember-f32", "ember-int8") and fmt != "q4_1":
+                if not runs(engine, fmt):
                     continue
-                cmd = [sys.executable, __file__, "--worker", engine, str(path), "--tokens", str(args.tokens),
-                       "--repeats", str(args.repeats), "--threads", str(args.threads)]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode:
-                    raise SystemExit(f"{engine} on {path.name} failed:\n{out.stderr[-3000:]}")
-                got = json.loads(out.stdout.strip().splitlines()[-1])
+                got = run_worker(engine, path, "--tokens", str(args.tokens), "--repeats", str(args.repeats),
+                                 "--threads", str(args.threads))
                 results.setdefault((fmt, engine), []).append(got["tokens/s"])
                 ids[(fmt, engine)] = got["ids"]
                 print(f"round {r + 1}: {fmt} {engine}: {got['tokens/s']:.1f} tokens/s", file=sys.stderr, flush=True)

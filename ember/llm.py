@@ -32,13 +32,14 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from .errors import ExecutionError, InputError
+from .ir.quant_formats import SCHEMES
 from .runtime.engine import CompletionOutput, EngineOptions, EngineStats, LLMEngine, RequestOutput, StepError  # noqa: F401
 from .runtime.request import SamplingParams
 from .runtime.sampler import Logprob  # noqa: F401 - with CompletionOutput: the LLM API's result types (ember.serve reads them here)
 
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
 LLM_DTYPES = ("float32", "float16", "bfloat16")
-LLM_QUANTIZATIONS = ("gguf", "none", "int8", "int4", "int4_asym", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # compile_llm
+LLM_QUANTIZATIONS = ("gguf", "none", *SCHEMES)  # compile_llm
 
 
 def llm_dtype(compiled) -> str:
@@ -121,18 +122,13 @@ def _keeps_blocks(path: Path, target: str, dtype: str, quantization: str | None)
     if quantization not in (None, *LLM_QUANTIZATIONS):
         raise InputError(f"quantization {quantization!r} is not one ember knows; choose one of "
                          f"{', '.join(LLM_QUANTIZATIONS)}")
-    gguf = path.is_file()
-    if quantization not in (None, "gguf", "none") and (target != "cpu" or dtype != "float32"):
+    gguf, kernel = path.is_file(), target == "cpu" and dtype == "float32"  # (where the block kernel runs)
+    if quantization == "gguf" and not gguf:
+        raise InputError(f"quantization 'gguf' keeps a GGUF file's blocks; {path} is not a GGUF file")
+    if quantization not in (None, "none") and not kernel:
         raise InputError(f"quantization {quantization!r} runs on the cpu target in float32 (its kernel's), not "
-                         f"{dtype} on {target!r}")
-    if quantization == "gguf":
-        if not gguf:
-            raise InputError(f"quantization 'gguf' keeps a GGUF file's blocks; {path} is not a GGUF file")
-        if target != "cpu" or dtype != "float32":
-            raise InputError(f"quantization 'gguf' runs on the cpu target in float32 (its kernel's), not "
-                             f"{dtype} on {target!r}: use quantization='none'")
-        return True
-    return quantization is None and gguf and target == "cpu" and dtype == "float32"
+                         f"{dtype} on {target!r}: use quantization='none'")
+    return quantization == "gguf" or (quantization is None and gguf and kernel)
 
 
 def _load_artifact(path: Path, target: str, dtype: str | None, intra_op_threads: int | None, options: dict):

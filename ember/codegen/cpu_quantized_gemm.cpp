@@ -447,9 +447,6 @@ thread_local std::vector<XBlock> x_blocks;
 
 extern "C" {
 
-// The format codes this build takes (bit f set: format f), for the caller to check against.
-int64_t ember_qgemm_formats() { return 0x1f; }
-
 int64_t ember_qgemm_simd() {
 #if EMBER_QGEMM_AVX2
     return 1;

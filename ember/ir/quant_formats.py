@@ -70,6 +70,8 @@ FORMATS: dict[str, BlockFormat] = {f.name: f for f in [
     BlockFormat("q5_1", 4, 24, 5),
 ]}
 GGML_NAMES = {f.ggml: f for f in FORMATS.values()}
+# quantization schemes by name -> the format each writes (ember.Quantization, LLM(quantization=))
+SCHEMES = {"int8": "q8_0", "int4": "q4_0", "int4_asym": "q4_1", **{name: name for name in FORMATS}}
 
 
 def block_format(name: str) -> BlockFormat:

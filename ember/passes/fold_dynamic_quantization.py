@@ -44,9 +44,10 @@ def _dql(m: Match):
     return producer if producer is not None and producer.op == "DynamicQuantizeLinear" else None
 
 
-def _weight_scale(m: Match, dql):
-    """W's scale: the constant the scales' Mul multiplies x's scale by (None if it is not that)."""
-    producer = m["scales"].producer
+def _weight_scale(scales, dql):
+    """W's scale: the constant that the Mul making `scales` multiplies x's scale (the
+    DynamicQuantizeLinear `dql`'s second output) by; None if `scales` is not that."""
+    producer = scales.producer
     if producer is None or producer.op != "Mul" or len(producer.inputs) != 2:
         return None
     a, b = producer.inputs
@@ -71,7 +72,7 @@ def _check(m: Match) -> str | None:
         return "B is not a constant 8-bit matrix with a constant zero point"
     if w.shape[0] % BLOCK:
         return f"its {w.shape[0]} input features are not a multiple of {BLOCK}"
-    scale = _weight_scale(m, dql)
+    scale = _weight_scale(m["scales"], dql)
     n = w.shape[1]
     if scale is None or scale.dtype != np.float32 or scale.size not in (1, n) or zero.size not in (1, n):
         return "the rescale is not x's scale times a constant weight scale of one value or one per column"
@@ -84,8 +85,7 @@ def _check(m: Match) -> str | None:
 
 def _replacement(op, xq, wq, xzero, wzero, scales, to):
     dql = xq.producer
-    a, b = scales.producer.inputs
-    w_scale = (b if a is dql.outputs[1] else a).const  # (as _check found it)
+    w_scale = _weight_scale(scales, dql)
     # (q - zero) * scale per column (one value or N: both broadcast along the columns)
     w = (wq.const.astype(np.float32) - wzero.const.astype(np.float32).reshape(-1)) * \
         w_scale.astype(np.float32).reshape(-1)

@@ -24,18 +24,17 @@ runs it after the fusions, and `ember.quantize` returns the quantized graph.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import UnsupportedError
 from ..ir.graph import Graph
-from ..ir.quant_formats import BLOCK, FORMATS, block_format
+from ..ir.quant_formats import BLOCK, SCHEMES, block_format
 from .base import Pass, PassResult
 from .registry import register_pass
 from .rewriter import Match, Rewrite, apply_rewrites, RewriteReport
 
-SCHEMES = {"int8": "q8_0", "int4": "q4_0", "int4_asym": "q4_1", **{name: name for name in FORMATS}}
 KEEP_FLOAT = ("lm_head*", "*lm_head*", "*embed*")
 
 
@@ -47,14 +46,17 @@ class Quantization:
     scheme: str = "int8"
     keep_float: tuple[str, ...] = KEEP_FLOAT
     min_weights: int = 4096
-    format: str = field(init=False, default="")
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
             raise UnsupportedError(f"quantization scheme {self.scheme!r} is not one ember has; choose one of "
                                    f"{', '.join(SCHEMES)}")
-        object.__setattr__(self, "format", SCHEMES[self.scheme])
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
+
+    @property
+    def format(self) -> str:
+        """The block format the scheme writes (ember/ir/quant_formats.py)."""
+        return SCHEMES[self.scheme]
 
     @classmethod
     def of(cls, value) -> "Quantization":

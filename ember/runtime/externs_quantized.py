@@ -22,7 +22,7 @@ def prepare_quantized_linear(params, constants):
         return params
     fmt = block_format(params["format"])
     if quantized_gemm.available():
-        packed = quantized_gemm.pack(fmt.code, w)
+        packed = quantized_gemm.pack(fmt.code, w, params["k"])
         return params if packed is None else {**params, "packed": packed}
     return {**params, "dequantized": fmt.dequantize(w).T}
 

@@ -150,7 +150,6 @@ def test_scalar_build_matches_simd_build():
         lib.ember_qgemm_packed_bytes.argtypes, lib.ember_qgemm_packed_bytes.restype = [I, I, I], I
         lib.ember_qgemm_pack.argtypes = [I, P, I, I, I, P]
     assert scalar.ember_qgemm_simd() == 0
-    rng = np.random.default_rng(0)
     for fmt in FORMATS.values():
         k, n, rows = 160, 19, 3
         x, blocks, bias = _inputs(fmt, rows, k, n, True, 2)
@@ -172,7 +171,6 @@ def test_scalar_build_matches_simd_build():
                 np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5 * np.abs(results[0]).max())
                 np.testing.assert_allclose(results[1], emulate(x, blocks, fmt, bias), rtol=0,
                                            atol=2e-5 * np.abs(results[1]).max())
-    del rng
 
 
 def test_without_the_kernel_numpy_runs_the_dequantized_weight():

@@ -26,23 +26,14 @@ def available() -> bool:
     return _kernel() is not None
 
 
-def simd() -> bool:
-    """Whether the library was built with its AVX2 path (else its scalar loops run)."""
-    fn = function("quantized_gemm", "ember_qgemm_simd", [], ctypes.c_int64)
-    return bool(fn is not None and fn())
-
-
-def pack(code: int, w: np.ndarray) -> np.ndarray | None:
-    """The weight w [n, row_bytes] (blocks of format `code`, contiguous rows) in the
-    kernel's groups of 8 interleaved rows (cpu_quantized_gemm.cpp), or None where the
+def pack(code: int, w: np.ndarray, k: int) -> np.ndarray | None:
+    """The weight w [n, row_bytes] (blocks of format `code` along k inputs, contiguous rows)
+    in the kernel's groups of 8 interleaved rows (cpu_quantized_gemm.cpp), or None where the
     kernel is not available or does not pack that format (its rows then run as they are)."""
     size = function("quantized_gemm", "ember_qgemm_packed_bytes", [_I, _I, _I], _I)
     if size is None or w.dtype != np.uint8 or w.ndim != 2 or w.strides[1] != 1:
         return None
-    from ...ir.quant_formats import BLOCK, FORMATS
-
-    block_bytes = next(f.block_bytes for f in FORMATS.values() if f.code == code)
-    n, k = w.shape[0], w.shape[1] // block_bytes * BLOCK
+    n = w.shape[0]
     nbytes = size(code, n, k)
     if not nbytes:
         return None
