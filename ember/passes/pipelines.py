@@ -17,7 +17,7 @@ O1 = ["fold_constants", "canonicalize", "eliminate_dead_code", "flush_denormals"
 O2 = ["expand_ops", "fold_constants", "canonicalize", "eliminate_common_subexpressions", "fold_constants",
       "fuse_norms", "fuse_gelu",
       "fuse_silu", "fuse_rotary", "fuse_linear", "fuse_attention", "fuse_qkv", "fuse_skip_layernorm",
-      "fuse_bias_activation", "fuse_conv", "channels_last", "eliminate_common_subexpressions", "canonicalize",
+      "fuse_bias_activation", "fuse_integer_matmul", "fuse_conv", "channels_last", "eliminate_common_subexpressions", "canonicalize",
       "eliminate_dead_code", "flush_denormals"]
 O3 = list(O2)
 PIPELINES = {0: O0, 1: O1, 2: O2, 3: O3}

@@ -5,10 +5,11 @@ the order shows in the result)."""
 from __future__ import annotations
 
 import numpy as np
-from ._torch import torch
 
 from ..errors import ExecutionError
 from .externs import extern, prepare
+from .native import integer_gemm
+from ._torch import threads as _threads, torch
 
 
 def _sum_like_numpy(e: torch.Tensor, axis: int) -> torch.Tensor:
@@ -97,7 +98,7 @@ def _centered(x, zero, per_channel: bool = False):
     zero = zero.to(torch.int64)
     if per_channel and zero.numel() > 1:
         return x - zero.reshape(-1, *[1] * (x.dim() - 1))
-    return x - zero.reshape(())
+    return x - (zero.reshape(-1) if zero.numel() > 1 else zero.reshape(()))  # (one per column of a matrix B)
 
 
 def _requantize(acc, x_scale, w_scale, y_scale, y_zero, y):
@@ -116,22 +117,67 @@ def _requantize(acc, x_scale, w_scale, y_scale, y_zero, y):
 
 @prepare("integer_matmul")
 def prepare_integer_matmul(params, constants):
-    """A constant B (and its zero point) is centered once, in float64."""
+    """A constant matrix B (less its constant zero point) is packed once for ember's
+    integer GEMM (runtime/native/integer_gemm.py); where that kernel did not build, B is
+    centered once, in float64."""
     b, b_zero = constants.get(1), constants.get(3)
     if b is None:
         return params
     # (a zero point fed at run time is not among the constants: the run then sees one the
-    # prepared copy was not centered with, and centers B itself)
-    return {**params, "b_centered": _centered(b, b_zero).to(torch.float64), "b_zero_constant": b_zero is not None}
+    # prepared copy was not centered with, and takes the general path)
+    prepared = {**params, "b_zero_constant": b_zero is not None}
+    if integer_gemm.available() and b.dim() == 2:
+        packed = integer_gemm.pack(b.numpy(), None if b_zero is None else b_zero.numpy())
+        if packed is not None:
+            return {**prepared, "packed": packed}
+    return {**prepared, "b_centered": _centered(b, b_zero).to(torch.float64)}
+
+
+def _multiplier(a_scale, b_scale, y_scale):
+    """QLinearMatMul's requantizing factor as its reference computes it: the scales
+    multiplied in their own dtype, then taken to float64 (one value, or one per column)."""
+    scale = a_scale.reshape(()) * b_scale.reshape(-1) / y_scale.reshape(())
+    return scale.to(torch.float64)
+
+
+def _float_scale(a_scale, b_scale):
+    """MatMulIntegerToFloat's factor: a_scale * b_scale in float32 (one value, or one per column)."""
+    return a_scale.reshape(()) * b_scale.reshape(-1)
+
+
+def _on_kernel(params, a, b_zero, a_zero, scales, y) -> bool:
+    """The product on ember's integer GEMM, B packed by `prepare`: a [..., k] with one zero
+    point, y [..., n]. False where the step does not fit it."""
+    packed = params.get("packed")
+    if packed is None or (b_zero is not None) != params["b_zero_constant"] or (a_zero is not None and a_zero.numel() != 1):
+        return False
+    k, n = a.shape[-1], y.shape[-1]
+    a2 = a.reshape(-1, k).numpy()
+    if not a2.flags.c_contiguous:
+        a2 = np.ascontiguousarray(a2)
+    y2 = y.view(-1, n).numpy()
+    zero = 0 if a_zero is None else int(a_zero.reshape(()))
+    if not scales:
+        return integer_gemm.run(a2, zero, packed, n, y2, _threads())
+    if params.get("to_float"):
+        a_scale, b_scale, bias = scales
+        return integer_gemm.run(a2, zero, packed, n, y2, _threads(), scale=_float_scale(a_scale, b_scale).numpy(),
+                                bias=None if bias is None else bias.numpy())
+    a_scale, b_scale, y_scale, y_zero = scales
+    return integer_gemm.run(a2, zero, packed, n, y2, _threads(),
+                            multiplier=_multiplier(a_scale, b_scale, y_scale).numpy(), y_zero=int(y_zero.reshape(())))
 
 
 @extern("integer_matmul")
 def integer_matmul(params, a, b, a_zero, b_zero, *rest):
-    """MatMulInteger (int32 out) or QLinearMatMul (requantized to the output zero point's
-    dtype). The centered 8-bit operands multiplied in float64, which is exact (each
-    product at most 255^2, a sum exact below 2^53, ~10^11 terms) and runs on BLAS: in
-    int64, torch's matmul has no BLAS (text2tashkeel's [40x40x512]x[512x1]: 6.3 ms)."""
+    """MatMulInteger (int32 out), QLinearMatMul (requantized to the output zero point's
+    dtype) or MatMulIntegerToFloat (float32, rescaled, plus a bias): on ember's exact integer GEMM where B is a packed constant; otherwise the
+    centered 8-bit operands multiplied in float64, which is exact (each product at most
+    255^2, a sum exact below 2^53, ~10^11 terms) and runs on BLAS: in int64, torch's matmul
+    has no BLAS (text2tashkeel's [40x40x512]x[512x1]: 6.3 ms)."""
     *scales, y = rest
+    if y.is_contiguous() and _on_kernel(params, a, b_zero, a_zero, scales, y):
+        return
     centered_b = params.get("b_centered")
     if centered_b is None or (b_zero is not None) != params["b_zero_constant"]:
         centered_b = _centered(b, b_zero).to(torch.float64)
@@ -142,6 +188,12 @@ def integer_matmul(params, a, b, a_zero, b_zero, *rest):
     acc = product.to(torch.int64).to(torch.int32)  # int32 wraps
     if not scales:
         y.copy_(acc)
+        return
+    if params.get("to_float"):  # MatMulIntegerToFloat: the product rounded, then the bias added
+        a_scale, b_scale, bias = scales
+        scale = _float_scale(a_scale, b_scale)
+        out = acc.to(torch.float32) * (scale if scale.numel() > 1 else scale.reshape(()))
+        y.copy_(out if bias is None else out + bias)
         return
     a_scale, b_scale, y_scale, y_zero = scales
     _requantize(acc, a_scale, b_scale.reshape(()), y_scale, y_zero, y)

@@ -44,7 +44,8 @@ def test_quantize_dynamic_runs_on_the_quantized_gemm(tmp_path_factory, per_chann
     _float_model(folder / "f.onnx", 256, 512, 128, seed)  # (past MIN_WEIGHTS: 256 x 512 and 512 x 128)
     quantize_dynamic(str(folder / "f.onnx"), str(folder / "q.onnx"), weight_type=weight, per_channel=per_channel)
     event(f"{weight.name}, {'per column' if per_channel else 'per tensor'}")
-    assert "MatMulInteger" in {n.op for n in ember.compile(folder / "q.onnx").graph.nodes}  # (by default: kept)
+    # by default the integer ops stay exact (fuse_integer_matmul: the rescale in the integer GEMM's epilogue)
+    assert "com.microsoft.MatMulIntegerToFloat" in {n.op for n in ember.compile(folder / "q.onnx").graph.nodes}
     model = ember.compile(folder / "q.onnx", passes=FOLD)
     ops = [n.op for n in model.graph.nodes]
     assert ops.count("ember.QuantizedLinear") == 2 and "MatMulInteger" not in ops and \

@@ -9,7 +9,7 @@ from ember.testing import check_pass, graphs_and_feeds
 
 BUILTIN = ["expand_ops", "fold_constants", "canonicalize", "eliminate_common_subexpressions", "fuse_norms", "fuse_gelu",
            "fuse_silu", "fuse_rotary", "fuse_linear", "fuse_attention", "fuse_qkv", "fuse_skip_layernorm",
-           "fuse_bias_activation", "fuse_conv", "channels_last", "eliminate_dead_code", "flush_denormals"]
+           "fuse_bias_activation", "fuse_integer_matmul", "fuse_conv", "channels_last", "eliminate_dead_code", "flush_denormals"]
 # passes that change outputs by design, each tested within its error where it is named
 LOSSY = {"quantize_weights": "tests/passes/test_quantize_weights.py: within the quantization's error",
          "fold_dynamic_quantization": "tests/passes/test_fold_dynamic_quantization.py: within the two schemes' rounding"}

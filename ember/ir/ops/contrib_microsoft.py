@@ -471,3 +471,44 @@ define("MatMulNBits", params("A", "B", "scales", "zero_points", "g_idx", "bias",
               "bits": AttrSpec("bits", "int", 4), "block_size": AttrSpec("block_size", "int", required=True),
               "accuracy_level": AttrSpec("accuracy_level", "int", 0)},
        doc="Y = A @ W + bias, W [K, N] from B's 4- or 8-bit blocks along K: (q - zero) * scale per block")
+
+
+# -- MatMulIntegerToFloat: onnxruntime's fusion of an integer MatMul and its rescale ---------
+# Y = float32((A - a_zero) @ (B - b_zero)) * (a_scale * b_scale) + bias: the 8-bit product
+# summed exactly in int32 (wrapping as int32 does), the scales multiplied in float32 (one
+# value, or one per column of a 2-d B), the product rounded before the bias is added. What
+# onnxruntime's optimizer (and ember's fuse_integer_matmul pass) writes for DynamicQuantizeLinear
+# -> MatMulInteger -> Cast -> Mul -> Add; it lowers to ember's integer GEMM (ir/ops/quantize.py).
+def integer_product(a, b, a_zero, b_zero) -> np.ndarray:
+    """(A - a_zero) @ (B - b_zero) for 8-bit A and B, exact, wrapped to int32 (a zero point
+    of B: one value, or one per column)."""
+    a64 = np.asarray(a).astype(np.int64) - (0 if a_zero is None else np.asarray(a_zero).astype(np.int64).reshape(()))
+    zb = 0 if b_zero is None else np.asarray(b_zero).astype(np.int64)
+    b64 = np.asarray(b).astype(np.int64) - (zb.reshape(-1) if np.ndim(zb) and np.size(zb) > 1 else np.reshape(zb, ()))
+    return np.matmul(a64, b64).astype(np.int32)
+
+
+def _itf_reference(node: Node):
+    def run(a, b, a_scale, b_scale, a_zero=None, b_zero=None, bias=None):
+        acc = integer_product(a, b, a_zero, b_zero)
+        scale = np.asarray(a_scale, np.float32).reshape(()) * np.asarray(b_scale, np.float32).reshape(-1)
+        y = acc.astype(np.float32) * (scale if scale.size > 1 else scale.reshape(()))
+        if bias is not None:
+            y = y + np.asarray(bias, np.float32)
+        return (y.astype(np.float32),)
+    return run
+
+
+def _itf_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    a, b = shape_of(ins[0]), shape_of(ins[1])
+    if a is None or b is None or len(a) < 1 or len(b) < 2:
+        return [tensor(DType.float32, None)]
+    batch = broadcast(tuple(a[:-2]), tuple(b[:-2])) if len(a) > 1 else tuple(b[:-2])
+    rows = (a[-2],) if len(a) > 1 else ()
+    return [tensor(DType.float32, None if batch is None else (*batch, *rows, b[-1]))]
+
+
+define("MatMulIntegerToFloat", params("A", "B", "a_scale", "b_scale", "a_zero_point", "b_zero_point", "bias",
+                                      required=4), params("Y"),
+       _itf_reference, _itf_infer, None,
+       doc="Y = float((A - a_zero) @ (B - b_zero)) * (a_scale * b_scale) + bias, the 8-bit product exact in int32")

@@ -141,21 +141,44 @@ def _per_channel_ok(w, *refs) -> bool:
                for r in refs)
 
 
+def _per_column_ok(b, *refs) -> bool:
+    """Zero points / scales of one value, or one per column of a matrix B."""
+    return all(r is None or all(d == 1 for d in r.shape) or (len(b.shape) == 2 and tuple(r.shape) == (b.shape[1],))
+               for r in refs)
+
+
 @register_lowering("MatMulInteger", "QLinearMatMul")
 def _lower_integer_matmul(ctx, node, ins):
     ins = list(ins) + [None] * (8 - len(ins))
     if node.op == "MatMulInteger":
         a, b, a_zero, b_zero = ins[:4]
         scales = []
+        per_column = _per_column_ok(b, b_zero)
     else:
         a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero = ins
         scales = [a_scale, b_scale, y_scale]
-    if a.dtype not in _EIGHT_BIT or b.dtype not in _EIGHT_BIT or not _one_value(a_zero, b_zero, *scales, *ins[7:]):
-        raise NotLowerable("not 8-bit, or scales / zero points of more than one value")
+        per_column = _one_value(b_zero, *scales, *ins[7:])
+    if a.dtype not in _EIGHT_BIT or b.dtype not in _EIGHT_BIT or not _one_value(a_zero) or not per_column:
+        raise NotLowerable("not 8-bit, or scales / zero points of more than one value (a MatMulInteger's B: "
+                           "or one per column)")
     if scales and (any(s.dtype not in (DType.float32, DType.float16) for s in scales) or ins[7] is None):
         raise NotLowerable("scales not float32/float16, or no output zero point")
     operands = [a, b, a_zero, b_zero, *([*scales, ins[7]] if scales else [])]
     return ctx.extern("integer_matmul", operands, [out_type(node)])
+
+
+@register_lowering("com.microsoft.MatMulIntegerToFloat")
+def _lower_integer_matmul_to_float(ctx, node, ins):
+    a, b, a_scale, b_scale, a_zero, b_zero, bias = (list(ins) + [None] * 7)[:7]
+    if (a.dtype not in _EIGHT_BIT or b.dtype not in _EIGHT_BIT or any(
+            z is not None and z.dtype != x.dtype for z, x in ((a_zero, a), (b_zero, b)))
+            or a_scale.dtype != DType.float32 or b_scale.dtype != DType.float32
+            or (bias is not None and (bias.dtype != DType.float32 or len(bias.shape) != 1))
+            or not _one_value(a_zero, a_scale) or not _per_column_ok(b, b_zero, b_scale)):
+        raise NotLowerable("not 8-bit by 8-bit with float32 scales of one value (B's: or one per column) and a "
+                           "float32 bias per column")
+    return ctx.extern("integer_matmul", [a, b, a_zero, b_zero, a_scale, b_scale, bias], [out_type(node)],
+                      to_float=True)
 
 
 @register_lowering("ConvInteger", "QLinearConv")

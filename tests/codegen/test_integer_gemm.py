@@ -1,0 +1,199 @@
+"""The exact 8-bit integer GEMM (ember/codegen/cpu_integer_gemm.cpp) of MatMulInteger,
+QLinearMatMul and com.microsoft.MatMulIntegerToFloat: (A - a_zero) . (B - b_zero) summed
+exactly in int32, on random shapes, types and zero points (hypothesis), in both packed
+layouts (int8 with the sign trick where B fits [-127, 127], else int16), through its
+wrapper and through compiled graphs against the numpy reference, bit for bit; its scalar
+build (no AVX2) equals its AVX2 build; a graph without the kernel takes torch's path."""
+
+import ctypes
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import ember
+from ember.codegen import cpu, handwritten
+from ember.ir.ops.contrib_microsoft import integer_product
+from ember.runtime import native
+from ember.runtime.native import integer_gemm
+
+from .. import native as test_native
+
+pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
+EIGHT = [np.uint8, np.int8]
+
+
+def _ints(rng, dtype, shape, avoid=None):
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max + 1, shape).astype(dtype)
+    if avoid is not None:
+        x[x == avoid] = avoid + 1
+    return x
+
+
+@st.composite
+def cases(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    m, k, n = draw(st.integers(1, 20)), draw(st.integers(1, 70)), draw(st.integers(1, 40))
+    at, bt = draw(st.sampled_from(EIGHT)), draw(st.sampled_from(EIGHT))
+    fits = draw(st.booleans())  # B - shift within [-127, 127]: the int8 layout takes it
+    b = _ints(rng, bt, (k, n), avoid=None if not fits else (-128 if bt == np.int8 else 0))
+    if not fits:
+        b.flat[rng.integers(b.size)] = -128 if bt == np.int8 else 0
+    a = _ints(rng, at, (m, k))
+    a_zero = _ints(rng, at, ())
+    b_zero = draw(st.sampled_from([None, "one", "columns"]))
+    zb = None if b_zero is None else _ints(rng, bt, (1,) if b_zero == "one" else (n,))
+    return a, a_zero, b, zb
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases(), mode=st.sampled_from(["int32", "float32", "uint8", "int8"]))
+def test_kernel_is_exact(case, mode):
+    test_native.install("integer_gemm")
+    a, a_zero, b, zb = case
+    n = b.shape[1]
+    packed = integer_gemm.pack(b, zb)
+    event(f"{integer_gemm.kind(packed)} layout, A {a.dtype}, B {b.dtype}, {mode}")
+    acc = integer_product(a, b, a_zero, zb)
+    rng = np.random.default_rng(n)
+    y = np.empty((a.shape[0], n), np.dtype(mode))
+    if mode == "int32":
+        assert integer_gemm.run(a, a_zero, packed, n, y, 2)
+        np.testing.assert_array_equal(y, acc)
+    elif mode == "float32":
+        scale = rng.uniform(1e-4, 1e-2, n).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        assert integer_gemm.run(a, a_zero, packed, n, y, 2, scale=scale, bias=bias)
+        np.testing.assert_array_equal(y, acc.astype(np.float32) * scale + bias)  # (each op rounded, as the graph's)
+    else:
+        multiplier = np.float64(rng.uniform(1e-5, 1e-3))
+        y_zero = int(_ints(rng, np.dtype(mode), ()))
+        assert integer_gemm.run(a, a_zero, packed, n, y, 2, multiplier=np.array([multiplier]), y_zero=y_zero)
+        info = np.iinfo(np.dtype(mode))
+        want = np.clip(np.rint(acc.astype(np.float64) * multiplier + y_zero), info.min, info.max).astype(mode)
+        np.testing.assert_array_equal(y, want)
+
+
+def test_layouts_by_the_weights_range():
+    test_native.install("integer_gemm")
+    rng = np.random.default_rng(0)
+    symmetric = rng.integers(-127, 128, (64, 16)).astype(np.int8)  # quantize_dynamic's int8 weights
+    assert integer_gemm.kind(integer_gemm.pack(symmetric, None)) == "int8"
+    with_min = symmetric.copy()
+    with_min[3, 5] = -128
+    assert integer_gemm.kind(integer_gemm.pack(with_min, None)) == "int16"
+    u8 = rng.integers(1, 256, (64, 16)).astype(np.uint8)  # uint8: B - 128 in [-127, 127] without zeros
+    assert integer_gemm.kind(integer_gemm.pack(u8, np.array([128], np.uint8))) == "int8"
+    u8[0, 0] = 0
+    assert integer_gemm.kind(integer_gemm.pack(u8, np.array([128], np.uint8))) == "int16"
+    assert integer_gemm.pack(u8, np.array([1, 2], np.uint8)) is None  # a zero point neither one nor per column
+
+
+def test_scalar_build_matches_simd_build():
+    source = handwritten.KERNELS["integer_gemm"].source()
+    simd = ctypes.CDLL(str(cpu.build(source)))
+    scalar = ctypes.CDLL(str(cpu.build("#define EMBER_IGEMM_SCALAR 1\n" + source)))
+    assert simd.ember_igemm_simd() == 1 and scalar.ember_igemm_simd() == 0
+    rng = np.random.default_rng(1)
+    P, I = ctypes.c_void_p, ctypes.c_int64
+    for lib in (simd, scalar):
+        lib.ember_igemm_packed_bytes.argtypes, lib.ember_igemm_packed_bytes.restype = [I, I, I], I
+        lib.ember_igemm_pack.argtypes, lib.ember_igemm_pack.restype = [I, P, I, I, I, I, P, I, P], ctypes.c_int
+        lib.ember_igemm.argtypes = [P, I, I, I, I, I, P, I, I, P, I, P, I, P, P, I, I, I]
+        lib.ember_igemm.restype = ctypes.c_int
+    for kind in (0, 1):
+        a, b = _ints(rng, np.uint8, (13, 45)), rng.integers(-127, 128, (45, 37)).astype(np.int8)
+        zero = np.array([3], np.int8)
+        outs = []
+        for lib in (simd, scalar):
+            packed = np.empty(lib.ember_igemm_packed_bytes(kind, 45, 37), np.uint8)
+            assert lib.ember_igemm_pack(kind, b.ctypes.data, 1, 45, 37, 37, zero.ctypes.data, 1, packed.ctypes.data) == 0
+            y = np.empty((13, 37), np.int32)
+            assert lib.ember_igemm(a.ctypes.data, 0, 13, 45, 45, 7, packed.ctypes.data, 37, 0, y.ctypes.data, 37,
+                                   None, 0, None, None, 0, 0, 2) == 0
+            outs.append(y)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        np.testing.assert_array_equal(outs[0], integer_product(a, b, 7, zero))
+
+
+def _model(path, op: str, a_type, b: np.ndarray, b_zero: np.ndarray | None, batch: bool):
+    """a [batch?, M, K] -> op with a constant B (and its zero point); MatMulInteger -> int32,
+    QLinearMatMul -> uint8 (scales per tensor)."""
+    k, n = b.shape
+    et = {np.uint8: TensorProto.UINT8, np.int8: TensorProto.INT8}
+    inits = [numpy_helper.from_array(b, "b"), numpy_helper.from_array(np.array(5, a_type), "az")]
+    shape = ["B", "M", k] if batch else ["M", k]
+    if op == "MatMulInteger":
+        inputs = ["a", "b", "az"]
+        if b_zero is not None:
+            inits.append(numpy_helper.from_array(b_zero, "bz"))
+            inputs.append("bz")
+        out = TensorProto.INT32
+    else:
+        inits += [numpy_helper.from_array(np.array(0.02, np.float32), "as"),
+                  numpy_helper.from_array(np.array(0.01, np.float32), "bs"),
+                  numpy_helper.from_array(np.array(b_zero if b_zero is not None else 0, b.dtype).reshape(()), "bz"),
+                  numpy_helper.from_array(np.array(0.5, np.float32), "ys"),
+                  numpy_helper.from_array(np.array(128, np.uint8), "yz")]
+        inputs = ["a", "as", "az", "b", "bs", "bz", "ys", "yz"]
+        out = TensorProto.UINT8
+    graph = helper.make_graph([helper.make_node(op, inputs, ["y"])], "g",
+                              [helper.make_tensor_value_info("a", et[a_type], shape)],
+                              [helper.make_tensor_value_info("y", out, None)], inits)
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(op=st.sampled_from(["MatMulInteger", "QLinearMatMul"]), at=st.sampled_from(EIGHT),
+       bt=st.sampled_from(EIGHT), per_column=st.booleans(), batch=st.booleans(), seed=st.integers(0, 2**16))
+def test_compiled_ops_run_on_the_kernel_exactly(tmp_path_factory, op, at, bt, per_column, batch, seed):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    k, n = int(rng.integers(1, 80)), int(rng.integers(1, 50))
+    b = _ints(rng, bt, (k, n))
+    per_column = per_column and op == "MatMulInteger"
+    zb = _ints(rng, bt, (n,) if per_column else ())
+    path = tmp_path_factory.mktemp("int") / "m.onnx"
+    _model(path, op, at, b, zb, batch)
+    a = _ints(rng, at, (3, 7, k) if batch else (7, k))
+    event(f"{op}, A {np.dtype(at)}, B {np.dtype(bt)}{', per column' if per_column else ''}")
+    model = ember.compile(path)
+    before = integer_gemm.RUNS[0]
+    got = model.run({"a": a})["y"]
+    assert integer_gemm.RUNS[0] == before + 1
+    acc = integer_product(a, b, np.array(5, at), zb)
+    if op == "MatMulInteger":
+        np.testing.assert_array_equal(got, acc)
+        if at == np.uint8 and bt == np.uint8 and not per_column:
+            # onnxruntime's uint8 x uint8 kernel is exact too (its uint8 x int8 one, on CPUs
+            # without VNNI, saturates pairs of products past 2^15: 70% of a 7 x 68 x 32
+            # product's sums off, by up to 7%)
+            theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
+            np.testing.assert_array_equal(got, theirs)
+    else:
+        want = np.clip(np.rint(acc * np.float64(np.float32(0.02) * np.float32(0.01) / np.float32(0.5)) + 128), 0, 255)
+        np.testing.assert_array_equal(got, want.astype(np.uint8))
+
+
+def test_without_the_kernel_torch_runs_it(tmp_path):
+    rng = np.random.default_rng(3)
+    b = _ints(rng, np.int8, (40, 24))
+    _model(tmp_path / "m.onnx", "MatMulInteger", np.uint8, b, None, False)
+    a = _ints(rng, np.uint8, (9, 40))
+    model = ember.compile(tmp_path / "m.onnx")
+    native.uninstall("integer_gemm")
+    try:
+        fresh = ember.compile(tmp_path / "m.onnx")
+        native.uninstall("integer_gemm")
+        before = integer_gemm.RUNS[0]
+        got = fresh.run({"a": a})["y"]
+        assert integer_gemm.RUNS[0] == before
+        np.testing.assert_array_equal(got, integer_product(a, b, np.array(5, np.uint8), None))
+    finally:
+        test_native.install("integer_gemm")
+    del model
