@@ -72,7 +72,7 @@ OPS = {
     "xor": "(bool({0}) != bool({1}))", "not": "(!{0})",
     "bitand": "({0} & {1})", "bitor": "({0} | {1})", "bitxor": "({0} ^ {1})", "bitnot": "(~{0})",
     "shl": "ember_shl({0}, {1})", "shr": "ember_shr({0}, {1})",
-    "where": "({0} ? {1} : {2})", "cast": "ember_cast<T>({0})",
+    "where": "({0} ? {1} : {2})", "cast": "ember_cast<T>({0})", "cast_exact": "static_cast<T>({0})",
     "cast_e8m0": "ember_cast_e8m0({0}, {1}, {2})",
 }
 BITS_OPS = {"cast_e8m0"}  # ops whose C++ gives the storage bits of their (narrow) result

@@ -26,6 +26,9 @@
 // (the product rounded before the bias is added, as the graph's Mul then Add round it); 2 / 3
 // requantized to uint8 / int8: rint(acc * multiplier + y_zero) clipped, in double (QLinearMatMul's
 // reference). The caller: runtime/native/integer_gemm.py.
+//
+// ember_dynamic_quantize is DynamicQuantizeLinear, which makes A from float32 activations: one pass
+// for the tensor's range, one to quantize (onnx's reference arithmetic, in float32).
 
 #include <algorithm>
 #include <cmath>
@@ -255,9 +258,94 @@ void run(const T* a, int64_t rows, int64_t a_stride, int a_zero, const Packed& f
     }
 }
 
+// x's least and greatest values; false where x holds a NaN or an infinity
+bool range(const float* x, int64_t n, int threads, float* lo_out, float* hi_out) {
+    float lo = 0.0f, hi = 0.0f;  // (the reference's range always includes 0)
+    int bad = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1 && n >= (1 << 15))
+    {
+        float l = 0.0f, h = 0.0f;
+        int b = 0;
+        int64_t i0 = 0;
+#if EMBER_IGEMM_AVX2
+        __m256 vl = _mm256_setzero_ps(), vh = _mm256_setzero_ps();
+        __m256 unordered = _mm256_setzero_ps();
+        const int64_t vectors = n / 8;
+#pragma omp for schedule(static) nowait
+        for (int64_t v = 0; v < vectors; ++v) {
+            const __m256 x8 = _mm256_loadu_ps(x + 8 * v);
+            unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(x8, x8, _CMP_UNORD_Q));
+            vl = _mm256_min_ps(vl, x8);
+            vh = _mm256_max_ps(vh, x8);
+        }
+        float ls[8], hs[8];
+        _mm256_storeu_ps(ls, vl);
+        _mm256_storeu_ps(hs, vh);
+        for (int j = 0; j < 8; ++j) { l = std::min(l, ls[j]); h = std::max(h, hs[j]); }
+        b = _mm256_movemask_ps(unordered) != 0;
+        i0 = vectors * 8;
+#endif
+#pragma omp for schedule(static) nowait
+        for (int64_t i = i0; i < n; ++i) {
+            if (x[i] != x[i]) b = 1;
+            l = std::min(l, x[i]);
+            h = std::max(h, x[i]);
+        }
+#pragma omp critical
+        {
+            lo = std::min(lo, l);
+            hi = std::max(hi, h);
+            bad |= b;
+        }
+    }
+    *lo_out = lo;
+    *hi_out = hi;
+    return !bad && std::isfinite(lo) && std::isfinite(hi);
+}
+
 }  // namespace
 
 extern "C" {
+
+// DynamicQuantizeLinear of x [n]: y (uint8), its scale and zero point, as onnx's reference computes
+// them (in float32: scale = (max(x, 0) - min(x, 0)) / 255, or 1 / 255 where that range is 0; zero =
+// rint(clip(0 - min / scale, 0, 255)); y = clip(rint(x / scale) + zero, 0, 255)). Returns 0, or 1
+// where x holds a NaN or an infinity (nothing written: the caller's reference takes it).
+int ember_dynamic_quantize(const float* x, int64_t n, uint8_t* y, float* scale_out, uint8_t* zero_out,
+                           int64_t threads) {
+    const int t = static_cast<int>(std::max<int64_t>(1, threads));
+    float lo, hi;
+    if (!range(x, n, t, &lo, &hi)) return 1;
+    const float scale = (hi == lo ? 1.0f : hi - lo) / 255.0f;
+    const float zero = std::nearbyint(std::min(255.0f, std::max(0.0f, 0.0f - lo / scale)));
+    int64_t i0 = 0;
+#if EMBER_IGEMM_AVX2
+    const int64_t vectors = n / 32;
+    const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(zero), top = _mm256_set1_ps(255.0f);
+    const __m256 bottom = _mm256_setzero_ps();
+#pragma omp parallel for schedule(static) num_threads(t) if (t > 1 && n >= (1 << 15))
+    for (int64_t v = 0; v < vectors; ++v) {
+        __m256i q[4];
+        for (int j = 0; j < 4; ++j) {
+            __m256 r = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + 32 * v + 8 * j), s),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r = _mm256_min_ps(top, _mm256_max_ps(bottom, _mm256_add_ps(r, z)));
+            q[j] = _mm256_cvtps_epi32(r);
+        }
+        // 32-bit -> 16 -> 8 packs interleave 128-bit lanes; the permute puts the elements back in order
+        __m256i p = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + 32 * v), p);
+    }
+    i0 = vectors * 32;
+#endif
+    for (int64_t i = i0; i < n; ++i)
+        y[i] = static_cast<uint8_t>(std::min(255.0f, std::max(0.0f, std::nearbyint(x[i] / scale) + zero)));
+    *scale_out = scale;
+    *zero_out = static_cast<uint8_t>(zero);
+    return 0;
+}
+
 
 int64_t ember_igemm_simd() {
 #if EMBER_IGEMM_AVX2

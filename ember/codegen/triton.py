@@ -436,6 +436,7 @@ ANY_OPS = {
     "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})", "eq": "({0} == {1})",
     "ne": "({0} != {1})", "and": "_and({0} != 0, {1} != 0)", "or": "_or({0} != 0, {1} != 0)",
     "xor": "(({0} != 0) != ({1} != 0))", "not": "({0} == 0)", "where": "tl.where({0} != 0, {1}, {2})",
+    "cast_exact": "{0}",  # (converted by _rounded to the result's type: the value is integral and in range)
 }
 BITS = {DType.int8: 8, DType.int16: 16, DType.int32: 32, DType.int64: 64, DType.uint8: 8, DType.uint16: 16,
         DType.uint32: 32, DType.uint64: 64, DType.bool: 1}

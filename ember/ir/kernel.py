@@ -47,6 +47,7 @@ SCALAR_OPS = {
     "lt": 2, "le": 2, "gt": 2, "ge": 2, "eq": 2, "ne": 2, "and": 2, "or": 2, "xor": 2, "not": 1,
     "bitand": 2, "bitor": 2, "bitxor": 2, "bitnot": 1, "shl": 2, "shr": 2,
     "where": 3, "cast": 1,
+    "cast_exact": 1,  # a float known to be integral and within the integer type's range, converted (no checks)
     "cast_e8m0": 3,  # ONNX Cast to float8e8m0: (float32 x, int32 round mode 0 up / 1 down / 2 nearest, bool saturate)
 }
 REDUCE_OPS = ("sum", "max", "min", "prod")

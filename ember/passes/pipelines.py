@@ -14,7 +14,7 @@ O1 = ["fold_constants", "canonicalize", "eliminate_dead_code", "flush_denormals"
 # flush_denormals last, after the fusions that scale weights (see its module).
 # fold_constants twice: shapes that canonicalize and CSE make known (an If on a rank the
 # exporter tested at run time, as silero VAD's) fold, and their branches inline, before fusion
-O2 = ["expand_ops", "fold_constants", "canonicalize", "eliminate_common_subexpressions", "fold_constants",
+O2 = ["expand_ops", "fold_qdq", "fold_constants", "canonicalize", "eliminate_common_subexpressions", "fold_constants",
       "fuse_norms", "fuse_gelu",
       "fuse_silu", "fuse_rotary", "fuse_linear", "fuse_attention", "fuse_qkv", "fuse_skip_layernorm",
       "fuse_bias_activation", "fuse_integer_matmul", "fuse_conv", "channels_last", "eliminate_common_subexpressions", "canonicalize",

@@ -126,7 +126,7 @@ def prepare_integer_matmul(params, constants):
     # (a zero point fed at run time is not among the constants: the run then sees one the
     # prepared copy was not centered with, and takes the general path)
     prepared = {**params, "b_zero_constant": b_zero is not None}
-    if integer_gemm.available() and b.dim() == 2:
+    if integer_gemm.available() and b.dim() == 2 and b.device.type == "cpu":
         packed = integer_gemm.pack(b.numpy(), None if b_zero is None else b_zero.numpy())
         if packed is not None:
             return {**prepared, "packed": packed}
@@ -149,7 +149,8 @@ def _on_kernel(params, a, b_zero, a_zero, scales, y) -> bool:
     """The product on ember's integer GEMM, B packed by `prepare`: a [..., k] with one zero
     point, y [..., n]. False where the step does not fit it."""
     packed = params.get("packed")
-    if packed is None or (b_zero is not None) != params["b_zero_constant"] or (a_zero is not None and a_zero.numel() != 1):
+    if (packed is None or a.device.type != "cpu" or (b_zero is not None) != params["b_zero_constant"]
+            or (a_zero is not None and a_zero.numel() != 1)):
         return False
     k, n = a.shape[-1], y.shape[-1]
     a2 = a.reshape(-1, k).numpy()
@@ -197,6 +198,25 @@ def integer_matmul(params, a, b, a_zero, b_zero, *rest):
         return
     a_scale, b_scale, y_scale, y_zero = scales
     _requantize(acc, a_scale, b_scale.reshape(()), y_scale, y_zero, y)
+
+
+@extern("dynamic_quantize")
+def dynamic_quantize(params, x, y, scale, zero):
+    """DynamicQuantizeLinear as onnx's reference computes it (float32 throughout): on
+    ember's kernel (two passes over x) for a CPU tensor; otherwise, or where x holds a NaN
+    or an infinity, in torch on x's device."""
+    if not x.numel():
+        raise ExecutionError("DynamicQuantizeLinear of an empty tensor (it has no range)")
+    if x.device.type == "cpu" and x.is_contiguous() and y.is_contiguous() and integer_gemm.dynamic_quantize(
+            x.numpy(), y.numpy(), scale.view(-1).numpy(), zero.view(-1).numpy(), _threads()):
+        return
+    hi, lo = x.max().clamp(min=0), x.min().clamp(max=0)
+    s = torch.where(hi == lo, torch.ones_like(hi), hi - lo) / 255
+    # (a NaN zero point is 255: the reference clips it with Python's min(255, z), which keeps 255)
+    z = torch.round(torch.clamp(0 - lo / s, 0, 255)).nan_to_num(255.0)
+    y.copy_(torch.clamp(torch.round(x / s) + z, 0, 255).to(y.dtype))
+    scale.copy_(s.reshape(scale.shape))
+    zero.copy_(z.to(zero.dtype).reshape(zero.shape))
 
 
 @extern("integer_conv")

@@ -121,7 +121,7 @@ def test_minilm_round_trip(minilm_onnx, tmp_path):
     loaded = round_trip(ember.compile(minilm_onnx), feeds, tmp_path)
     assert loaded.stats.num_kernels > 40 and not loaded.stats.fallback_nodes
     assert "load" in loaded.stats.timings and "passes" not in loaded.stats.timings
-    assert [p.name for p in loaded.stats.passes][:2] == ["expand_ops", "fold_constants"]  # recorded when it was compiled
+    assert [p.name for p in loaded.stats.passes][:3] == ["expand_ops", "fold_qdq", "fold_constants"]  # recorded when it was compiled
 
 
 def test_loading_runs_no_frontend_pass_or_compiler(tmp_path, monkeypatch):

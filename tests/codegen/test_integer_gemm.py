@@ -197,3 +197,50 @@ def test_without_the_kernel_torch_runs_it(tmp_path):
     finally:
         test_native.install("integer_gemm")
     del model
+
+
+def _dql_model(path):
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("z", TensorProto.UINT8, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path.write_bytes(model.SerializeToString())
+    return model
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(n=st.sampled_from([1, 7, 33, 100, 40000]), kind=st.sampled_from(["normal", "positive", "negative", "zeros",
+                                                                         "nan", "inf"]),
+       seed=st.integers(0, 2**16))
+def test_dynamic_quantize_is_the_reference(tmp_path_factory, n, kind, seed):
+    import warnings
+
+    from onnx.reference import ReferenceEvaluator
+
+    model = _dql_model(tmp_path_factory.mktemp("dql") / "m.onnx")
+    rng = np.random.default_rng(seed)
+    x = {"normal": lambda: rng.standard_normal(n) * 3, "positive": lambda: rng.uniform(0.5, 2, n),
+         "negative": lambda: -rng.uniform(0.5, 2, n), "zeros": lambda: np.zeros(n)}.get(kind, lambda: rng.standard_normal(n))()
+    x = x.astype(np.float32)
+    if kind in ("nan", "inf"):
+        x[rng.integers(n)] = np.nan if kind == "nan" else -np.inf
+    compiled = ember.compile(model)
+    before = integer_gemm.QUANTIZE_RUNS[0]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        got = compiled.run({"x": x})
+        want = ReferenceEvaluator(model).run(None, {"x": x})
+    on_kernel = integer_gemm.QUANTIZE_RUNS[0] > before
+    assert on_kernel == (kind not in ("nan", "inf"))  # (those take torch's path)
+    event(f"{kind}: {'the kernel' if on_kernel else 'torch'}")
+    for name, w in zip("ysz", want):
+        np.testing.assert_array_equal(got[name], w)
+
+
+def test_dynamic_quantize_of_nothing_is_an_error(tmp_path):
+    compiled = ember.compile(_dql_model(tmp_path / "m.onnx"))
+    with pytest.raises(ember.ExecutionError, match="DynamicQuantizeLinear of an empty tensor"):
+        compiled.run({"x": np.zeros(0, np.float32)})

@@ -42,9 +42,9 @@ def test_quantize_dynamic_fuses_exactly(tmp_path_factory, per_channel, weight, r
     ops = [n.op for n in model.graph.nodes]
     assert ops.count(ITF) == 2 and "MatMulInteger" not in ops and "Cast" not in ops, ops
     x = np.random.default_rng(seed).standard_normal((rows, k)).astype(np.float32)
-    before = integer_gemm.RUNS[0]
+    before, quantized = integer_gemm.RUNS[0], integer_gemm.QUANTIZE_RUNS[0]
     got = model.run({"x": x})["y"]
-    assert integer_gemm.RUNS[0] == before + 2
+    assert integer_gemm.RUNS[0] == before + 2 and integer_gemm.QUANTIZE_RUNS[0] == quantized + 2
     reference = evaluate(load_onnx(folder / "q.onnx"), {"x": x})["y"]  # (the unfused graph, op by op)
     np.testing.assert_array_equal(got, reference)
     if weight == QuantType.QUInt8:  # (onnxruntime's uint8 x uint8 kernel is exact; its uint8 x int8

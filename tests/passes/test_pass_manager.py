@@ -57,9 +57,9 @@ def test_dump_ir_writes_the_graph_after_every_pass(tmp_path):
     files = sorted(p.name for p in tmp_path.iterdir())
     names = ember.passes.pipeline_names(2)
     assert files == ["00-input.ir", *(f"{i:02d}-{name}.ir" for i, name in enumerate(names, 1))]
-    assert names[:3] == ["expand_ops", "fold_constants", "canonicalize"] and names[-1] == "flush_denormals"
+    assert names[:4] == ["expand_ops", "fold_qdq", "fold_constants", "canonicalize"] and names[-1] == "flush_denormals"
     assert "Mul(" in (tmp_path / "00-input.ir").read_text()
-    assert "Mul(" not in (tmp_path / "02-fold_constants.ir").read_text()
+    assert "Mul(" not in (tmp_path / "03-fold_constants.ir").read_text()
 
 
 def test_verify_names_the_pass_that_broke_the_ir():

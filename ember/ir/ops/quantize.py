@@ -109,13 +109,14 @@ def _lower_quantize(ctx, node, ins):
     low, high = _INTEGERS[dtype]
 
     def value(b, index):
-        # clip(int32(rint(x / scale)) + zero): numpy's float -> int32 gives INT32_MIN out of range (NaN too)
+        # clip(int32(rint(x / scale)) + zero): numpy's float -> int32 gives INT32_MIN out of range (NaN too),
+        # and the int32 sum wraps (added as uint32, which wraps by definition; in 32 bits, which AVX2 vectorizes)
         q = (V(b, x.load(b, index), x.dtype) / V(b, scale_at(b, index), scale.dtype)).round()
         in_range = (q >= -2.0**31).op("and", q < 2.0**31)
-        qi = in_range.where(q, -2.0**31).cast(DType.int64)
+        qi = in_range.where(q, -2.0**31).op("cast_exact", dtype=DType.int32)  # (integral, in range: no checks)
         if zero_at is not None:
-            qi = qi + V(b, zero_at(b, index), zero.dtype).cast(DType.int64)
-            qi = (qi + 2**31).bitand(2**32 - 1) - 2**31  # int32 wraps as the reference's sum does
+            z = V(b, zero_at(b, index), zero.dtype).cast(DType.int32)
+            qi = (qi.cast(DType.uint32) + z.cast(DType.uint32)).cast(DType.int32)
         return qi.max(low).min(high).cast(dtype).name
     return [ctx.pointwise(shape, dtype, value, cost=6 + x.cost)]
 
@@ -165,6 +166,19 @@ def _lower_integer_matmul(ctx, node, ins):
         raise NotLowerable("scales not float32/float16, or no output zero point")
     operands = [a, b, a_zero, b_zero, *([*scales, ins[7]] if scales else [])]
     return ctx.extern("integer_matmul", operands, [out_type(node)])
+
+
+standard_op("DynamicQuantizeLinear")
+
+
+@register_lowering("DynamicQuantizeLinear")
+def _lower_dynamic_quantize(ctx, node, ins):
+    """The range and the quantization of the whole tensor in two passes of ember's kernel
+    (cpu_integer_gemm.cpp), rather than the function body's min and max reductions and a
+    QuantizeLinear."""
+    if ins[0].dtype != DType.float32:
+        raise NotLowerable("not float32")
+    return ctx.extern("dynamic_quantize", [ins[0]], [out_type(node, i) for i in range(3)])
 
 
 @register_lowering("com.microsoft.MatMulIntegerToFloat")

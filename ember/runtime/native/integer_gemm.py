@@ -12,7 +12,8 @@ import numpy as np
 
 from . import function
 
-RUNS = [0]  # calls run here (tests read it)
+RUNS = [0]  # GEMMs run here (tests read it)
+QUANTIZE_RUNS = [0]  # DynamicQuantizeLinears run here
 KINDS = {0: "int16", 1: "int8"}  # the packed layouts
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
@@ -85,4 +86,18 @@ def run(a: np.ndarray, a_zero: int, packed: np.ndarray, n: int, y: np.ndarray, t
     if rc:
         return False
     RUNS[0] += 1
+    return True
+
+
+def dynamic_quantize(x: np.ndarray, y: np.ndarray, scale: np.ndarray, zero: np.ndarray, threads: int) -> bool:
+    """DynamicQuantizeLinear of x (float32, contiguous) into y (uint8, x's shape), scale
+    (float32) and zero (uint8), as onnx's reference computes them. False where the kernel
+    is not available or x holds a NaN or an infinity (nothing written)."""
+    fn = function("integer_gemm", "ember_dynamic_quantize", [_P, _I, _P, _P, _P, _I], ctypes.c_int)
+    if (fn is None or x.dtype != np.float32 or y.dtype != np.uint8 or not x.flags.c_contiguous
+            or not y.flags.c_contiguous or x.size != y.size or scale.dtype != np.float32 or zero.dtype != np.uint8):
+        return False
+    if fn(x.ctypes.data, x.size, y.ctypes.data, scale.ctypes.data, zero.ctypes.data, threads):
+        return False
+    QUANTIZE_RUNS[0] += 1
     return True
