@@ -102,3 +102,28 @@ def test_the_op_matches_onnxruntime(tmp_path, b_type, per_column, bias):
     assert integer_gemm.RUNS[0] == before + 1
     want = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+
+
+def test_quantize_dynamic_minilm_packs_its_projections(minilm_onnx, tmp_path):
+    """A quantize_dynamic MiniLM: each layer's query, key and value projections (one
+    DynamicQuantizeLinear feeds them) become one MatMulIntegerToFloat over the concatenated
+    weights, read by the attention as packed q, k, v; the hidden states stay those of the
+    reference interpreter on the file (up to a quantization step where a float32 value
+    computed in another order lands on the other side of a rounding boundary)."""
+    path = tmp_path / "dyn.onnx"
+    quantize_dynamic(str(minilm_onnx), str(path), weight_type=QuantType.QInt8)
+    graph = load_onnx(path)
+    fuse = FuseIntegerMatMul()
+    fuse.run(graph)
+    assert fuse.report.applied == {"integer_matmul4": 36, "integer_matmul_bias6": 36}  # (no ember.Attention yet)
+    model = ember.compile(path)  # (O2: fuse_attention first, then the projections packed)
+    assert sum(n.op == ITF for n in model.graph.nodes) == 6 * 4  # (QKV, output, two FFN)
+    attention = [n for n in model.graph.nodes if n.op == "ember.Attention"]
+    assert len(attention) == 6 and all(n.inputs[0].producer.op == ITF and n.inputs[1] is None for n in attention)
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(1000, 20000, (2, 16)), "attention_mask": np.ones((2, 16)),
+             "token_type_ids": np.zeros((2, 16))}
+    feeds = {i.name: feeds[i.name].astype(np.int64) for i in model.inputs}
+    got = list(model.run(feeds).values())[0]
+    want = list(evaluate(load_onnx(path), feeds).values())[0]
+    assert np.abs(got - want).max() <= 0.1 and np.abs(got - want).mean() <= 1e-3
