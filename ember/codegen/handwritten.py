@@ -15,9 +15,9 @@ load builds nothing either.
     lstm                 cpu_lstm.cpp: a float32 LSTM's step loop
     quantized_gemm       cpu_quantized_gemm.cpp: ember.QuantizedLinear (llama.cpp's
                          quantized blocks, x quantized to int8)
-    integer_gemm         cpu_integer_gemm.cpp: MatMulInteger, QLinearMatMul and
-                         MatMulIntegerToFloat (8-bit integers, exact int32 sums), and
-                         DynamicQuantizeLinear
+    integer_gemm         cpu_integer_gemm.cpp: MatMulInteger, QLinearMatMul,
+                         MatMulIntegerToFloat, ConvInteger and QLinearConv (8-bit
+                         integers, exact int32 sums), and DynamicQuantizeLinear
     quantized_lstm       cpu_quantized_lstm.cpp: com.microsoft.DynamicQuantizeLSTM's step loop
     paged_attention-T    cpu_paged_attention.cpp for element type T (float32, float16,
                          bfloat16): ember.PagedAttention, and float32 attention of packed rows
@@ -127,8 +127,8 @@ KERNELS: dict[str, HandWritten] = {k.name: k for k in [
     HandWritten("quantized_gemm", "cpu_quantized_gemm.cpp", what="quantized GEMM", instead="numpy's, dequantized",
                 used_by=lambda program: program_uses(program, lambda step: step.name == "quantized_linear")),
     HandWritten("integer_gemm", "cpu_integer_gemm.cpp", what="8-bit integer GEMM", instead="torch's, in float64",
-                used_by=lambda program: program_uses(program, lambda step: step.name in ("integer_matmul",
-                                                                                          "dynamic_quantize"))),
+                used_by=lambda program: program_uses(program, lambda step: step.name in (
+                    "integer_matmul", "integer_conv", "dynamic_quantize"))),
     HandWritten("quantized_lstm", "cpu_quantized_lstm.cpp", what="DynamicQuantizeLSTM", instead="the reference",
                 used_by=lambda program: program_uses(program, lambda step: step.name == "quantized_lstm")),
     *(_paged(dtype) for dtype in PAGED_DTYPES),

@@ -219,16 +219,81 @@ def dynamic_quantize(params, x, y, scale, zero):
     zero.copy_(z.to(zero.dtype).reshape(zero.shape))
 
 
+MAX_GROUPS = 4  # (more groups than this, a depthwise convolution above all, stay on torch's path)
+
+
+@prepare("integer_conv")
+def prepare_integer_conv(params, constants):
+    """A constant 2-d filter [OC, C/g, kh, kw] (less its constant zero points) is packed
+    once per group for ember's integer GEMM, as B [C/g * kh * kw, OC/g]: the convolution
+    then runs as that GEMM over x's patches (im2col)."""
+    w, w_zero = constants.get(1), constants.get(3)
+    group = params["conv"]["group"]
+    if (w is None or w.dim() != 4 or group > MAX_GROUPS or w.shape[0] % group or not integer_gemm.available()
+            or w.device.type != "cpu"):
+        return params
+    per_group = w.shape[0] // group
+    zero = None if w_zero is None else w_zero.reshape(-1).numpy()
+    packed = []
+    for g in range(group):
+        b = np.ascontiguousarray(w[g * per_group:(g + 1) * per_group].reshape(per_group, -1).numpy().T)
+        z = None if zero is None else (zero if zero.size == 1 else zero[g * per_group:(g + 1) * per_group])
+        packed.append(integer_gemm.pack(b, z))
+    if any(p is None for p in packed):
+        return params
+    return {**params, "packed": packed, "w_zero_constant": w_zero is not None}
+
+
+def _patches(x: np.ndarray, x_zero: int, kernel, conv) -> np.ndarray:
+    """x [N, C, H, W]'s patches [N * OH * OW, C * kh * kw] (im2col), x padded with its zero
+    point (the reference pads the centered x with zeros)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, conv["strides"], conv["dilations"]
+    top, left, bottom, right = conv["pads"][0], conv["pads"][1], conv["pads"][2], conv["pads"][3]
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=x_zero)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, OH, OW, kh, kw]
+    n, c, oh, ow = windows.shape[:4]
+    return np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4, 5)).reshape(n * oh * ow, c * kh * kw)
+
+
+def _conv_on_kernel(params, x, w, x_zero, w_zero):
+    """ConvInteger's int32 sums [N, OC, OH, OW] on ember's integer GEMM (the filter packed
+    by `prepare`), or None where the step does not fit it."""
+    packed = params.get("packed")
+    if (packed is None or x.dim() != 4 or x.device.type != "cpu" or (w_zero is not None) != params["w_zero_constant"]
+            or (x_zero is not None and x_zero.numel() != 1)):
+        return None
+    conv, group = params["conv"], params["conv"]["group"]
+    zero = 0 if x_zero is None else int(x_zero.reshape(()))
+    xs = x.numpy()
+    per_group, c = w.shape[0] // group, x.shape[1] // group
+    outs = []
+    for g in range(group):
+        a = _patches(xs[:, g * c:(g + 1) * c], zero, w.shape[2:], conv)
+        acc = np.empty((a.shape[0], per_group), np.int32)
+        if not integer_gemm.run(a, zero, packed[g], per_group, acc, _threads()):
+            return None
+        outs.append(acc)
+    n, oh_ow = x.shape[0], outs[0].shape[0] // x.shape[0]
+    acc = np.concatenate(outs, axis=1) if group > 1 else outs[0]
+    return torch.from_numpy(acc.reshape(n, oh_ow, -1).transpose(0, 2, 1).copy())
+
+
 @extern("integer_conv")
 def integer_conv(params, x, w, x_zero, w_zero, bias, x_scale, w_scale, y_scale, y_zero, y):
-    """ConvInteger (int32 out) or QLinearConv (requantized): the convolution of the
-    centered integers in float64, exact, through the float conv extern."""
+    """ConvInteger (int32 out) or QLinearConv (requantized): the products of the centered
+    integers summed exactly, on ember's integer GEMM over x's patches where the filter is a
+    packed constant 2-d one, else in float64 through the float conv extern (exact too)."""
     from .externs import conv
 
-    xc = _centered(x, x_zero).to(torch.float64)
-    wc = _centered(w, w_zero, per_channel=True).to(torch.float64)
-    acc = conv({**params["conv"], "activation": ""}, xc, wc, None, None, None)
-    acc = acc.to(torch.int64).to(torch.int32)
+    acc = _conv_on_kernel(params, x, w, x_zero, w_zero)
+    if acc is not None:
+        acc = acc.reshape(y.shape)
+    else:
+        xc = _centered(x, x_zero).to(torch.float64)
+        wc = _centered(w, w_zero, per_channel=True).to(torch.float64)
+        acc = conv({**params["conv"], "activation": ""}, xc, wc, None, None, None)
+        acc = acc.to(torch.int64).to(torch.int32)
     if bias is not None:
         acc = acc + bias.reshape(-1, *[1] * (acc.dim() - 2)).to(torch.int32)
     if x_scale is None:

@@ -244,3 +244,47 @@ def test_dynamic_quantize_of_nothing_is_an_error(tmp_path):
     compiled = ember.compile(_dql_model(tmp_path / "m.onnx"))
     with pytest.raises(ember.ExecutionError, match="DynamicQuantizeLinear of an empty tensor"):
         compiled.run({"x": np.zeros(0, np.float32)})
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(op=st.sampled_from(["ConvInteger", "QLinearConv"]), xt=st.sampled_from(EIGHT), wt=st.sampled_from(EIGHT),
+       group=st.sampled_from([1, 2]), kernel=st.integers(1, 3), stride=st.integers(1, 2), dilation=st.integers(1, 2),
+       pad=st.integers(0, 2), per_channel=st.booleans(), seed=st.integers(0, 2**16))
+def test_convolutions_with_constant_filters_run_on_the_kernel_exactly(tmp_path_factory, op, xt, wt, group, kernel,
+                                                                      stride, dilation, pad, per_channel, seed):
+    from ember.frontends.onnx import load_onnx
+    from ember.ir.interpreter import evaluate
+
+    if op == "QLinearConv" and xt != wt:
+        xt = wt  # (QLinearConv's x and y share a type; keep the draw simple)
+    rng = np.random.default_rng(seed)
+    c, oc = 2 * group, 3 * group
+    h = int(rng.integers(dilation * (kernel - 1) + 1, 9))
+    w = _ints(rng, wt, (oc, c // group, kernel, kernel))
+    et = {np.uint8: TensorProto.UINT8, np.int8: TensorProto.INT8}
+    wz = _ints(rng, wt, (oc,) if per_channel else ())
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(_ints(rng, xt, ()), xt), "xz"),
+             numpy_helper.from_array(wz, "wz")]
+    attrs = {"pads": [pad] * 4, "strides": [stride] * 2, "dilations": [dilation] * 2, "group": group}
+    if op == "ConvInteger":
+        node = helper.make_node(op, ["x", "w", "xz", "wz"], ["y"], **attrs)
+        out = TensorProto.INT32
+    else:
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
+                  numpy_helper.from_array(rng.uniform(0.001, 0.01, oc if per_channel else ()).astype(np.float32), "ws"),
+                  numpy_helper.from_array(np.array(0.7, np.float32), "ys"),
+                  numpy_helper.from_array(np.array(_ints(rng, xt, ()), xt), "yz"),
+                  numpy_helper.from_array(rng.integers(-500, 500, oc).astype(np.int32), "bias")]
+        node = helper.make_node(op, ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "bias"], ["y"], **attrs)
+        out = et[xt]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", et[xt], ["N", c, h, h])],
+                              [helper.make_tensor_value_info("y", out, None)], inits)
+    path = tmp_path_factory.mktemp("conv") / "m.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    x = _ints(rng, xt, (2, c, h, h))
+    event(f"{op}, x {np.dtype(xt)}, w {np.dtype(wt)}, group {group}{', per channel' if per_channel else ''}")
+    before = integer_gemm.RUNS[0]
+    got = ember.compile(path).run({"x": x})["y"]
+    assert integer_gemm.RUNS[0] == before + group
+    np.testing.assert_array_equal(got, evaluate(load_onnx(path), {"x": x})["y"])
