@@ -68,16 +68,11 @@ def make(model: str, work: Path) -> Path:
         return path
     from transformers import AutoTokenizer
 
-    from ember.testing.accuracy import evaluation_text
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    text = evaluation_text()
-    chunks = [text[i:i + 400] for i in range(0, 6000, 400)]
+    from ember.testing.accuracy import calibration_feeds
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{k: v.astype(np.int64) for k, v in tokenizer(
-                [c], return_tensors="np", truncation=True, max_length=128).items()} for c in chunks])
+            self.batches = iter(calibration_feeds(AutoTokenizer.from_pretrained(minilm_dir())))
 
         def get_next(self):
             return next(self.batches, None)

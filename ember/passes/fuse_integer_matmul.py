@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fuse_qkv import projections_fit
 from .registry import register_pass
 from .rewriter import Match, Rewrite, RewritePass
 
@@ -112,16 +113,11 @@ def _qkv() -> Rewrite:
                   causal=causal)
 
     def check(m: Match) -> str | None:
-        x = m["x"].type
-        if x is None or x.shape is None or len(x.shape) != 3:
-            return "the attention's input is not [batch, sequence, hidden]"
+        reason = projections_fit(m, ("bq", "bk", "bv"))
+        if reason:
+            return reason
         weights = [m.constant(b) for b in ("bq", "bk", "bv")]
-        if any(w is None or w.ndim != 2 for w in weights) or len({(w.shape[0], w.dtype) for w in weights}) != 1:
-            return "the projections' weights are not constant matrices of one input size and dtype"
         n = [w.shape[1] for w in weights]
-        heads = m["num_heads"]
-        if n[1] != n[2] or n[0] * (m["kv_num_heads"] or heads) != n[1] * heads:
-            return "the value heads are not as wide as the query and key heads"
         for names, dtype in ((("sq", "sk", "sv"), np.float32), (("zq", "zk", "zv"), weights[0].dtype),
                              (("cq", "ck", "cv"), np.float32)):
             values = [m.constant(v) for v in names]

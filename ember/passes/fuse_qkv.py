@@ -19,6 +19,25 @@ from .rewriter import Match, Rewrite, RewritePass
 ATTENTION_ATTRS = ("num_heads", "kv_num_heads", "scale", "causal")
 
 
+def projections_fit(m: Match, weights: tuple[str, str, str]) -> str | None:
+    """Why the query, key and value projections (their weights bound to `weights`) of the
+    attention of match `m` (x, num_heads, kv_num_heads bound) cannot be packed into one
+    [K, 3N] weight; None where they can. (fuse_integer_matmul packs 8-bit ones the same way.)"""
+    x = m["x"].type
+    if x is None or x.shape is None or len(x.shape) != 3:
+        return "the attention's input is not [batch, sequence, hidden]"
+    arrays = [m.constant(w) for w in weights]
+    if any(w is None or w.ndim != 2 for w in arrays):
+        return "a projection's weight is not a constant matrix"
+    if len({(w.shape[0], w.dtype) for w in arrays}) != 1:
+        return "the projections' weights differ in input size or dtype"
+    heads = m["num_heads"]
+    n_q, n_k, n_v = (w.shape[1] for w in arrays)
+    if n_k != n_v or n_q * (m["kv_num_heads"] or heads) != n_k * heads:
+        return "the value heads are not as wide as the query and key heads"
+    return None
+
+
 def _rewrite(biased: bool, masked: bool) -> Rewrite:
     def pattern(op, x, wq, wk, wv, bq, bk, bv, mask, num_heads, kv_num_heads, scale, causal):
         def linear(w, b):
@@ -29,19 +48,10 @@ def _rewrite(biased: bool, masked: bool) -> Rewrite:
                   causal=causal)
 
     def check(m: Match) -> str | None:
-        x = m["x"].type
-        if x is None or x.shape is None or len(x.shape) != 3:
-            return "the attention's input is not [batch, sequence, hidden]"
+        reason = projections_fit(m, ("wq", "wk", "wv"))
+        if reason:
+            return reason
         weights = [m.constant(w) for w in ("wq", "wk", "wv")]
-        if any(w is None or w.ndim != 2 for w in weights):
-            return "a projection's weight is not a constant matrix"
-        if len({(w.shape[0], w.dtype) for w in weights}) != 1:
-            return "the projections' weights differ in input size or dtype"
-        heads = m["num_heads"]
-        kv_heads = m["kv_num_heads"] or heads
-        n_q, n_k, n_v = (w.shape[1] for w in weights)
-        if n_k != n_v or n_q * kv_heads != n_k * heads:
-            return "the value heads are not as wide as the query and key heads"
         if biased and any(m.constant(b) is None or m.constant(b).shape != (w.shape[1],)
                           for b, w in zip(("bq", "bk", "bv"), weights)):
             return "a projection's bias is not a constant vector"

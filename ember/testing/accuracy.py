@@ -53,3 +53,14 @@ def perplexity(llm, token_ids: Sequence[int], window: int = 512) -> float:
             total -= logprobs[token].logprob
             count += 1
     return math.exp(total / count)
+
+
+def calibration_feeds(tokenizer, count: int = 15, chars: int = 400, max_length: int = 128) -> list[dict]:
+    """Inputs to calibrate static quantization on (onnxruntime.quantization's
+    CalibrationDataReader gives them one by one): `count` pieces of `chars` characters of
+    `evaluation_text()`, each tokenized alone by a Hugging Face `tokenizer` (int64 arrays,
+    batch 1, at most `max_length` tokens)."""
+    text = evaluation_text()
+    return [{k: v.astype("int64") for k, v in tokenizer([text[i:i + chars]], return_tensors="np", truncation=True,
+                                                         max_length=max_length).items()}
+            for i in range(0, count * chars, chars)]

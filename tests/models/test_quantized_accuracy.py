@@ -10,7 +10,7 @@ import pytest
 
 import ember
 from ember._builtin import default_llm
-from ember.testing.accuracy import evaluation_text, perplexity
+from ember.testing.accuracy import calibration_feeds, evaluation_text, perplexity
 
 TOKENS = 2048
 
@@ -102,13 +102,10 @@ def test_minilm_quantize_static_qdq_runs_on_integer_kernels(minilm_onnx, tmp_pat
     from ember.runtime.native import integer_gemm
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    text = evaluation_text()
-    chunks = [text[i:i + 400] for i in range(0, 6000, 400)]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{k: v.astype(np.int64) for k, v in tokenizer(
-                [c], return_tensors="np", truncation=True, max_length=128).items()} for c in chunks])
+            self.batches = iter(calibration_feeds(tokenizer))
 
         def get_next(self):
             return next(self.batches, None)
