@@ -514,3 +514,61 @@ def test_matmul_nbits(bits, block_size, k, zero_kind, bias):
     model = _nbits_case(rng, k, 24, bits, block_size, zero_kind, bias)
     for m in (1, 5):
         check(model, {"A": _normal(rng, m, k)}, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits, k, zero_kind, format", [(4, 64, None, "q4_0"), (4, 64, "uint8", "q4_1"),
+                                                        (8, 96, None, "q8_0")])
+@pytest.mark.parametrize("bias", [False, True])
+def test_matmul_nbits_at_accuracy_level_4_runs_on_the_quantized_gemm(bits, k, zero_kind, format, bias):
+    """accuracy_level 4 (onnxruntime quantizes A to int8 per block and multiplies
+    integers): the weights become ember's blocks of 32 (q4_0, q4_1, q8_0; the scales in
+    float16), whose dequantized values are the node's to float16 rounding, and the node an
+    ember.QuantizedLinear on ember's quantized GEMM (A quantized to int8 per block of 32):
+    within the activations' rounding of onnxruntime's level-4 kernel, as that kernel is of
+    the float reference."""
+    import onnx
+    import onnxruntime as ort
+
+    import ember
+    from ember.ir.ops.contrib_microsoft import dequantize_nbits, nbits_blocks
+    from ember.ir.quant_formats import block_format
+    from ember.runtime.native import quantized_gemm
+
+    rng = np.random.default_rng(bits + k + bias)
+    n = 24
+    model = onnx.load_from_string(_nbits_case(rng, k, n, bits, 32, zero_kind, bias))
+    model.graph.node[0].attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    got_format, blocks = nbits_blocks(inits["B"], inits["scales"], inits.get("zero_points"), k, n, bits, 32)
+    assert got_format == format
+    np.testing.assert_allclose(block_format(format).dequantize(blocks).T,
+                               dequantize_nbits(inits["B"], inits["scales"], inits.get("zero_points"), k, n, bits, 32),
+                               rtol=2e-3, atol=2e-3 * np.abs(inits["scales"]).max() * (1 << bits))
+    compiled = ember.compile(model)
+    assert [node.op for node in compiled.graph.nodes] == ["ember.QuantizedLinear"]
+    a = _normal(rng, 7, k)
+    before = quantized_gemm.RUNS[0]
+    got = list(compiled.run({"A": a}).values())[0]
+    assert quantized_gemm.RUNS[0] == before + 1
+    serialized = model.SerializeToString()
+    theirs = ort.InferenceSession(serialized, providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
+    reference = list(evaluate(_graph(serialized), {"A": a}).values())[0]
+    scale = np.abs(reference).max()
+    assert np.abs(theirs - reference).max() <= 0.02 * scale  # (onnxruntime's own int8 rounding)
+    assert np.abs(got - reference).max() <= 0.02 * scale and np.abs(got - theirs).max() <= 0.002 * scale
+
+
+def test_matmul_nbits_with_float_zero_points_stays_float_at_level_4():
+    """onnxruntime computes float zero points in float32 at every accuracy level: so does ember."""
+    import onnx
+
+    import ember
+    from ember.ir.ops.contrib_microsoft import nbits_blocks
+
+    rng = np.random.default_rng(5)
+    model = onnx.load_from_string(_nbits_case(rng, 64, 24, 4, 32, "float", False))
+    model.graph.node[0].attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert nbits_blocks(inits["B"], inits["scales"], inits["zero_points"], 64, 24, 4, 32) is None
+    assert "ember.QuantizedLinear" not in {node.op for node in ember.compile(model).graph.nodes}
+    check(model.SerializeToString(), {"A": _normal(rng, 5, 64)}, rtol=1e-4, atol=1e-4)

@@ -447,14 +447,50 @@ def _nbits_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
     return [tensor(dtype, None if a is None else (*a[:-1], _nbits_attrs(node)[1]))]
 
 
+def nbits_blocks(b, scales, zero_points, k: int, n: int, bits: int, block_size: int):
+    """MatMulNBits' weight as ember's blocks of 32 (ir/quant_formats.py): (format name,
+    [N, row_bytes] uint8), the scales rounded to float16 — q4_0 for 4 bits without zero
+    points (zero 8), q4_1 for 4 bits with uint8 ones (m = -zero * scale), q8_0 for 8 bits
+    without them (q - 128); None for other block sizes, a K not whole blocks of 32, float
+    zero points, or 8 bits with zero points."""
+    if block_size != 32 or k % 32 or (bits == 8 and zero_points is not None) or bits not in (4, 8):
+        return None
+    blocks = k // 32
+    raw = np.asarray(b, dtype=np.uint8).reshape(n, blocks, -1)
+    q = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(n, blocks, 32) if bits == 4 else raw[:, :, :32]
+    scale = np.asarray(scales, dtype=np.float32).reshape(n, blocks)
+    d = scale.astype(np.float16).view(np.uint8).reshape(n, blocks, 2)
+    if bits == 8:
+        return "q8_0", np.concatenate([d, (q.astype(np.int16) - 128).astype(np.int8).view(np.uint8)], -1).reshape(n, -1)
+    nibbles = (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)  # (GGML's order: j and j + 16 share byte j)
+    if zero_points is None:
+        return "q4_0", np.concatenate([d, nibbles], -1).reshape(n, -1)
+    zp = np.asarray(zero_points)
+    if zp.dtype != np.uint8:
+        return None  # (float zero points: onnxruntime computes in float32 at every level)
+    zero = np.stack([zp.reshape(n, -1) & 0x0F, zp.reshape(n, -1) >> 4], -1).reshape(n, -1)[:, :blocks]
+    m = (-zero.astype(np.float32) * scale).astype(np.float16).view(np.uint8).reshape(n, blocks, 2)
+    return "q4_1", np.concatenate([d, m, nibbles], -1).reshape(n, -1)
+
+
 def _expand_nbits(op, node, used):
-    """A MatMul by the dequantized weight (a float32 constant of the activations' dtype),
-    plus the bias: fuse_linear then makes it an ember.Linear on the float GEMMs (and
-    `compile(quantization=...)` can requantize it into ember's blocks)."""
+    """At accuracy_level 4 (onnxruntime then quantizes A to int8 per block and multiplies
+    integers), an ember.QuantizedLinear over the same weights in ember's blocks, on its
+    quantized GEMM (A quantized to int8 per block of 32 the same way; the scales rounded to
+    float16, 2^-11 of them, far below the activations' rounding), where the blocks hold
+    them (`nbits_blocks`). Otherwise a MatMul by the dequantized weight (a float32
+    constant of the activations' dtype), plus the bias: fuse_linear then makes it an
+    ember.Linear on the float GEMMs (and `compile(quantization=...)` can requantize it)."""
     a, b, scales, zero_points, g_idx, bias = padded_inputs(node, 6)
     if g_idx is not None or any(v is not None and v.const is None for v in (b, scales, zero_points)):
         raise NotLowerable("a weight, scale or zero point fed at run time, or g_idx")
     k, n, bits, block_size = _nbits_attrs(node)
+    if int(get_op(node.op).attr(node, "accuracy_level")) == 4 and type_dtype(a) == DType.float32:
+        blocks = nbits_blocks(b.const, scales.const, None if zero_points is None else zero_points.const,
+                              k, n, bits, block_size)
+        if blocks is not None:
+            fmt, w = blocks
+            return [op("ember.QuantizedLinear", a, op.constant(w), bias, format=fmt, activation="")]
     try:
         w = dequantize_nbits(b.const, scales.const, None if zero_points is None else zero_points.const,
                              k, n, bits, block_size)
