@@ -14,17 +14,19 @@ int8 weight is re-blocked into q8_0 (one scale per 32 weights): results differ f
 onnxruntime's by the rounding of each scheme, of the same order (a per-block scale
 follows x's range more closely than one scale for the whole tensor). Weights of fewer
 than MIN_WEIGHTS elements (a classifier's head) keep the graph's integer ops, whose
-products ember computes exactly, as onnxruntime does: there the time is small and the
-result stays onnxruntime's. The DynamicQuantizeLinear that fed only folded MatMuls is
+products ember computes exactly: there the time is small and the
+result stays the graph's. The DynamicQuantizeLinear that fed only folded MatMuls is
 then dead code.
 
 Not in the default pipelines, since it changes the graph's arithmetic (a BiLSTM's
-attention logits moved by up to 0.1 against onnxruntime's): ask for it by name,
+attention logits moved by up to 0.1 against onnxruntime's); by default the graph's integer
+ops run exactly on ember's integer GEMM (fuse_integer_matmul, cpu_integer_gemm.cpp), at
+about the same speed on AVX2. Ask for it by name,
 
     ember.compile("model.int8.onnx", passes=[("fold_dynamic_quantization", "after", "fold_constants")])
 
-(a quantize_dynamic MiniLM at 8 x 128 then runs in ~1.16x onnxruntime's time instead of
-~14x, its sentence embeddings closer to float32's than onnxruntime's are).
+for activations quantized per block of 32 (its sentence embeddings closer to float32's
+than onnxruntime's are, on a per-column quantize_dynamic MiniLM).
 """
 
 from __future__ import annotations
