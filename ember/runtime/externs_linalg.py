@@ -172,10 +172,11 @@ def _on_kernel(params, a, b_zero, a_zero, scales, y) -> bool:
 @extern("integer_matmul")
 def integer_matmul(params, a, b, a_zero, b_zero, *rest):
     """MatMulInteger (int32 out), QLinearMatMul (requantized to the output zero point's
-    dtype) or MatMulIntegerToFloat (float32, rescaled, plus a bias): on ember's exact integer GEMM where B is a packed constant; otherwise the
-    centered 8-bit operands multiplied in float64, which is exact (each product at most
-    255^2, a sum exact below 2^53, ~10^11 terms) and runs on BLAS: in int64, torch's matmul
-    has no BLAS (text2tashkeel's [40x40x512]x[512x1]: 6.3 ms)."""
+    dtype) or MatMulIntegerToFloat (float32, rescaled, plus a bias): on ember's exact
+    integer GEMM where B is a packed constant; otherwise the centered 8-bit operands
+    multiplied in float64, which is exact (each product at most 255^2, a sum exact below
+    2^53, ~10^11 terms) and runs on BLAS: in int64, torch's matmul has no BLAS
+    (text2tashkeel's [40x40x512]x[512x1]: 6.3 ms)."""
     *scales, y = rest
     if y.is_contiguous() and _on_kernel(params, a, b_zero, a_zero, scales, y):
         return
