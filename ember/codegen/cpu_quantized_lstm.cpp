@@ -13,6 +13,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX2__) && !defined(EMBER_QLSTM_SCALAR)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 // highest power of x*x first; the shorter chains padded with leading zeros change nothing
@@ -41,6 +45,46 @@ inline float rational(float x, float bound, const float* p_c, const float* q_c) 
 inline float logistic(float x) { return std::max(rational(x, 18.0f, kLogisticP, kLogisticQ) + 0.5f, 0.0f); }
 inline float mlas_tanh(float x) { return rational(x, 9.0f, kTanhP, kTanhQ); }
 
+// acc [n4] = q [hidden] . r [hidden, n4], exact int32 sums of int16 products (each within
+// 255 x 255). AVX2: two rows of r at a time, their columns interleaved in pairs (unpack) and
+// multiplied by q's pair with madd (two products summed into int32), 64 columns' sums held
+// in registers across all the rows; the same sums as the scalar loop, in another order.
+void product(const int16_t* r, const int32_t* q, int64_t hidden, int64_t n4, int32_t* acc) {
+    int64_t n0 = 0;
+#if defined(__AVX2__) && !defined(EMBER_QLSTM_SCALAR)
+    for (; n0 + 64 <= n4; n0 += 64) {
+        __m256i lo[4], hi[4];
+        for (int v = 0; v < 4; ++v) lo[v] = hi[v] = _mm256_setzero_si256();
+        int64_t k = 0;
+        for (; k + 2 <= hidden; k += 2) {
+            const int32_t pair = static_cast<int32_t>((static_cast<uint32_t>(q[k]) & 0xffffu) | (static_cast<uint32_t>(q[k + 1]) << 16));
+            const __m256i a = _mm256_set1_epi32(pair);
+            const int16_t* r0 = r + k * n4 + n0;
+            const int16_t* r1 = r0 + n4;
+            for (int v = 0; v < 4; ++v) {
+                const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + 16 * v));
+                const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + 16 * v));
+                lo[v] = _mm256_add_epi32(lo[v], _mm256_madd_epi16(_mm256_unpacklo_epi16(x, y), a));
+                hi[v] = _mm256_add_epi32(hi[v], _mm256_madd_epi16(_mm256_unpackhi_epi16(x, y), a));
+            }
+        }
+        for (int v = 0; v < 4; ++v) {  // lo: columns 0-3 and 8-11 of the 16, hi: 4-7 and 12-15
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + n0 + 16 * v), _mm256_permute2x128_si256(lo[v], hi[v], 0x20));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + n0 + 16 * v + 8), _mm256_permute2x128_si256(lo[v], hi[v], 0x31));
+        }
+        for (; k < hidden; ++k)  // (an odd row left)
+            for (int64_t n = n0; n < n0 + 64; ++n) acc[n] += q[k] * static_cast<int32_t>(r[k * n4 + n]);
+    }
+#endif
+    std::fill(acc + n0, acc + n4, 0);
+    for (int64_t k = 0; k < hidden; ++k) {
+        const int32_t a = q[k];
+        if (a == 0) continue;
+        const int16_t* row = r + k * n4;
+        for (int64_t n = n0; n < n4; ++n) acc[n] += a * static_cast<int32_t>(row[n]);
+    }
+}
+
 struct Direction {
     const int16_t* r;      // [H, 4H] R less its zero point
     const float* r_scale;  // [4H]
@@ -54,13 +98,7 @@ struct Direction {
 void step_row(const Direction& dir, const float* xw, const int32_t* q, const float* multiplier, float* h, float* c,
               float* y, int32_t* acc, float* gates) {
     const int64_t hidden = dir.hidden, n4 = 4 * hidden;
-    std::fill(acc, acc + n4, 0);
-    for (int64_t k = 0; k < hidden; ++k) {
-        const int32_t a = q[k];
-        if (a == 0) continue;
-        const int16_t* row = dir.r + k * n4;
-        for (int64_t n = 0; n < n4; ++n) acc[n] += a * static_cast<int32_t>(row[n]);
-    }
+    product(dir.r, q, hidden, n4, acc);
     for (int64_t n = 0; n < n4; ++n) gates[n] = xw[n] + static_cast<float>(acc[n]) * multiplier[n];
     // each pass one loop over the units, so that the compiler vectorizes it
     float *gi = gates, *go = gi + hidden, *gf = go + hidden, *gc = gf + hidden;
