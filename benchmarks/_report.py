@@ -1,11 +1,13 @@
 """What the benchmark scripts share: the name of the CPU that ran them, a markdown table of
-their rows, and writing it into its own marked section of docs/benchmarks.md (replaced on
-each run, the rest kept)."""
+their rows, writing it into its own marked section of docs/benchmarks.md (replaced on
+each run, the rest kept), and running a script's worker in a process of its own."""
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -44,3 +46,12 @@ def write_section(path: Path, name: str, lines: list[str]) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def run_worker(script: str, engine: str, path: Path, *args: str) -> dict:
+    """`script`'s worker (`script --worker ENGINE PATH ARGS`) for `engine` on `path`, in a
+    process of its own: the JSON object its last line of output holds."""
+    out = subprocess.run([sys.executable, script, "--worker", engine, str(path), *args], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{engine} on {path.name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -27,12 +27,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _report import cpu_name, markdown_table, write_section  # benchmarks/_report.py
+from _report import cpu_name, markdown_table, run_worker, write_section  # benchmarks/_report.py
 
 PROMPT = "The capital of France is"
 # ember's engines by name: the options of their ember.LLM (ember-f32 and ember-int8 run the Q4_1 file only)
@@ -42,15 +41,6 @@ EMBER = {"ember": {}, "ember-f32": {"quantization": "none"}, "ember-int8": {"qua
 def runs(engine: str, fmt: str) -> bool:
     """Whether `engine` runs on the file of `fmt`."""
     return fmt == "q4_1" or engine not in ("ember-f32", "ember-int8")
-
-
-def run_worker(engine: str, path: Path, *args: str) -> dict:
-    """This script's worker for `engine` on `path` in a process of its own: its JSON result."""
-    out = subprocess.run([sys.executable, __file__, "--worker", engine, str(path), *args], capture_output=True,
-                         text=True)
-    if out.returncode:
-        raise SystemExit(f"{engine} on {path.name} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def worker(engine: str, model: str, tokens: int, repeats: int, threads: int) -> dict:
@@ -145,7 +135,7 @@ def perplexity_table(args, files: dict, engines: list[str]) -> int:
         for engine in engines:
             if not runs(engine, fmt):
                 continue
-            value = run_worker(engine, path, "--perplexity", str(args.perplexity), "--threads",
+            value = run_worker(__file__, engine, path, "--perplexity", str(args.perplexity), "--threads",
                                str(args.threads))["perplexity"]
             base.setdefault(fmt, {})[engine] = value
             print(f"{fmt} {engine}: perplexity {value:.4f}", file=sys.stderr, flush=True)
@@ -204,7 +194,7 @@ def main(argv=None) -> int:
             for engine in engines:
                 if not runs(engine, fmt):
                     continue
-                got = run_worker(engine, path, "--tokens", str(args.tokens), "--repeats", str(args.repeats),
+                got = run_worker(__file__, engine, path, "--tokens", str(args.tokens), "--repeats", str(args.repeats),
                                  "--threads", str(args.threads))
                 results.setdefault((fmt, engine), []).append(got["tokens/s"])
                 ids[(fmt, engine)] = got["ids"]

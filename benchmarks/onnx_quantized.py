@@ -28,14 +28,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _report import cpu_name, markdown_table, write_section  # benchmarks/_report.py
+from _report import cpu_name, markdown_table, run_worker, write_section  # benchmarks/_report.py
 
 MODELS = ("dynamic", "dynamic-column", "qdq")
 ENGINES = ("ember", "onnxruntime")
@@ -126,15 +125,6 @@ def agreement(path: Path, batch: int, seq: int) -> dict:
     return {name: float(np.abs(v - want).max()) for name, v in got.items()}
 
 
-def run_worker(engine: str, path: Path, args) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", engine, str(path), "--batch", str(args.batch),
-                          "--seq", str(args.seq), "--repeats", str(args.repeats), "--threads", str(args.threads)],
-                         capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"{engine} on {path.name} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,7 +150,8 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         for model, path in paths.items():
             for engine in ENGINES:
-                ms = run_worker(engine, path, args)["ms"]
+                ms = run_worker(__file__, engine, path, "--batch", str(args.batch), "--seq", str(args.seq),
+                                "--repeats", str(args.repeats), "--threads", str(args.threads))["ms"]
                 times.setdefault((model, engine), []).append(ms)
                 print(f"round {r + 1}: {model} {engine}: {ms:.1f} ms", file=sys.stderr, flush=True)
     labels, rows = [], []

@@ -48,6 +48,11 @@ constexpr int NR = 16;          // columns of B per panel
 constexpr int64_t MCHUNK = 96;  // rows of A a thread's tiles take in turn (their rows stay in L2)
 constexpr int64_t HEADER = 64;  // bytes before a packed B's data: kind, k, n
 
+// the shift that makes an 8-bit value of type T an int8 (kind 1): 0 for int8, 128 for uint8
+template <typename T>
+constexpr int shift_of() { return std::is_signed<T>::value ? 0 : 128; }
+
+// A packed B's layout; its accessors take the packed bytes, read-only or (packing) writable.
 struct Packed {
     int64_t kind, k, n;
     int64_t groups() const { return kind ? (k + 3) / 4 : (k + 1) / 2; }  // k in steps of 4 (int8) or 2 (int16)
@@ -55,19 +60,21 @@ struct Packed {
     int64_t panel_bytes() const { return groups() * 64; }
     int64_t column_terms() const { return kind ? 2 * panels() * NR : 0; }  // int8: d_c, then e_c
     int64_t bytes() const { return HEADER + column_terms() * 4 + panels() * panel_bytes(); }
+    template <typename C> C* panel(C* base, int64_t p) const { return base + HEADER + column_terms() * 4 + p * panel_bytes(); }
     const int32_t* d(const char* base) const { return reinterpret_cast<const int32_t*>(base + HEADER); }
     const int32_t* e(const char* base) const { return d(base) + panels() * NR; }
-    const char* panel(const char* base, int64_t p) const { return base + HEADER + column_terms() * 4 + p * panel_bytes(); }
+    int32_t* d(char* base) const { return reinterpret_cast<int32_t*>(base + HEADER); }
+    int32_t* e(char* base) const { return d(base) + panels() * NR; }
 };
 
 template <typename T>
 void pack(const Packed& f, const T* b, int64_t stride, const T* zero, int64_t zero_count, char* out) {
     std::memset(out, 0, f.bytes());
     std::memcpy(out, &f, sizeof(Packed));
-    const int shift = std::is_signed<T>::value ? 0 : 128;
+    constexpr int shift = shift_of<T>();
     for (int64_t c = 0; c < f.n; ++c) {
         const int z = zero_count == 0 ? 0 : static_cast<int>(zero[zero_count == 1 ? 0 : c]);
-        char* panel = out + HEADER + f.column_terms() * 4 + (c / NR) * f.panel_bytes();
+        char* panel = f.panel(out, c / NR);
         int64_t sum = 0;
         for (int64_t r = 0; r < f.k; ++r) {
             const int v = static_cast<int>(b[r * stride + c]);
@@ -79,10 +86,9 @@ void pack(const Packed& f, const T* b, int64_t stride, const T* zero, int64_t ze
             }
         }
         if (f.kind) {
-            int32_t* d = reinterpret_cast<int32_t*>(out + HEADER);
-            d[c] = shift - z;
-            d[f.panels() * NR + c] = static_cast<int32_t>(static_cast<uint32_t>(sum) + static_cast<uint32_t>(f.k) *
-                                                          static_cast<uint32_t>(shift - z));
+            f.d(out)[c] = shift - z;
+            f.e(out)[c] = static_cast<int32_t>(static_cast<uint32_t>(sum) + static_cast<uint32_t>(f.k) *
+                                               static_cast<uint32_t>(shift - z));
         }
     }
 }
@@ -195,7 +201,7 @@ void prepare_row(const T* a, int64_t k, int a_zero, int64_t groups, char* out, i
         for (int64_t i = 0; i < k; ++i) o[i] = static_cast<int16_t>(static_cast<int>(a[i]) - a_zero);
         for (int64_t i = k; i < 2 * groups; ++i) o[i] = 0;
     } else {
-        const int shift = std::is_signed<T>::value ? 0 : 128;
+        constexpr int shift = shift_of<T>();
         int32_t total = 0;
         for (int64_t j = 0; j < groups; ++j) {
             for (int i = 0; i < 4; ++i) {
@@ -220,9 +226,9 @@ void run(const T* a, int64_t rows, int64_t a_stride, int a_zero, const Packed& f
     int32_t* sums = row_sums.data();
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && rows * f.k >= (1 << 15))
     for (int64_t r = 0; r < rows; ++r) prepare_row<KIND>(a + r * a_stride, f.k, a_zero, groups, ap + r * row, sums + r);
-    const int32_t* d = KIND ? f.d(reinterpret_cast<const char*>(w)) : nullptr;
-    const int32_t* ez = KIND ? f.e(reinterpret_cast<const char*>(w)) : nullptr;
-    const uint32_t zero_term = static_cast<uint32_t>((std::is_signed<T>::value ? 0 : 128) - a_zero);
+    const int32_t* d = KIND ? f.d(w) : nullptr;
+    const int32_t* ez = KIND ? f.e(w) : nullptr;
+    const uint32_t zero_term = static_cast<uint32_t>(shift_of<T>() - a_zero);
     const int64_t chunks = (rows + MCHUNK - 1) / MCHUNK, bytes = element_bytes(e.mode);
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1 && chunks * panels > 1)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {

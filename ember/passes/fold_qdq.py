@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir.dtypes import DType
+from ..ir.ops.contrib_microsoft import padded_inputs, type_dtype, type_shape
 from .registry import register_pass
 from .rewriter import Match, Rewrite, RewritePass
 
 ITF = "com.microsoft.MatMulIntegerToFloat"
-EIGHT_BIT = ("uint8", "int8")
+EIGHT_BIT = (DType.uint8, DType.int8)
 
 
 def _dq(value):
@@ -30,31 +32,26 @@ def _dq(value):
     return producer if producer is not None and producer.op == "DequantizeLinear" else None
 
 
-def _dtype(value) -> str | None:
-    t = value.type if value is not None else None
-    return None if t is None or t.dtype is None else t.dtype.name
-
-
 def _size(value) -> int | None:
-    t = value.type if value is not None else None
-    if t is None or t.shape is None or not all(isinstance(d, int) for d in t.shape):
+    shape = type_shape(value)
+    if shape is None or not all(isinstance(d, int) for d in shape):
         return None
-    return int(np.prod(t.shape, dtype=np.int64))
+    return int(np.prod(shape, dtype=np.int64))
 
 
 def _check(m: Match) -> str | None:
     x, w = _dq(m["x"]), _dq(m["w"])
     if x is None or w is None:
         return "an operand is not a DequantizeLinear's output"
-    xq, x_scale, x_zero = (list(x.inputs) + [None])[:3]
-    wq, w_scale, w_zero = (list(w.inputs) + [None])[:3]
-    if _dtype(m["x"]) != "float32" or _dtype(m["w"]) != "float32":
+    xq, x_scale, x_zero = padded_inputs(x, 3)
+    wq, w_scale, w_zero = padded_inputs(w, 3)
+    if type_dtype(m["x"]) != DType.float32 or type_dtype(m["w"]) != DType.float32:
         return "not float32"
-    if _dtype(xq) not in EIGHT_BIT or _dtype(wq) not in EIGHT_BIT or wq.const is None or wq.const.ndim != 2:
+    if type_dtype(xq) not in EIGHT_BIT or type_dtype(wq) not in EIGHT_BIT or wq.const is None or wq.const.ndim != 2:
         return "not 8-bit activations by a constant 8-bit matrix"
     if x.attrs.get("block_size") or w.attrs.get("block_size"):
         return "blocked scales"
-    if _dtype(x_scale) != "float32" or _dtype(w_scale) != "float32":
+    if type_dtype(x_scale) != DType.float32 or type_dtype(w_scale) != DType.float32:
         return "scales not float32"
     if _size(x_scale) != 1 or (x_zero is not None and _size(x_zero) != 1):
         return "activations with more than one scale or zero point"
@@ -67,9 +64,8 @@ def _check(m: Match) -> str | None:
 
 
 def _replacement(op, x, w):
-    dx, dw = _dq(x), _dq(w)
-    xq, x_scale, x_zero = (list(dx.inputs) + [None])[:3]
-    wq, w_scale, w_zero = (list(dw.inputs) + [None])[:3]
+    xq, x_scale, x_zero = padded_inputs(_dq(x), 3)
+    wq, w_scale, w_zero = padded_inputs(_dq(w), 3)
     return op(ITF, xq, wq, x_scale, w_scale, x_zero, w_zero)
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir.dtypes import DType
+from ..ir.ops.contrib_microsoft import type_dtype, type_shape
 from .fuse_qkv import projections_fit
 from .registry import register_pass
 from .rewriter import Match, Rewrite, RewritePass
@@ -29,15 +31,15 @@ ITF = "com.microsoft.MatMulIntegerToFloat"
 
 
 def _columns(m: Match) -> int | None:
-    t = m["acc"].type
-    return None if t is None or not t.shape else t.shape[-1]
+    shape = type_shape(m["acc"])
+    return shape[-1] if shape else None
 
 
 def _per_column(value, n) -> bool:
-    t = value.type
-    if t is None or t.shape is None or t.dtype is None or t.dtype.name != "float32":
+    """Whether `value` is a float32 of one value or one per column (n)."""
+    shape = type_shape(value)
+    if shape is None or type_dtype(value) != DType.float32:
         return False
-    shape = tuple(t.shape)
     return (len(shape) <= 1 and all(d == 1 for d in shape)) or shape == (n,)
 
 

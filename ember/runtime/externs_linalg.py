@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ExecutionError
+from ..ir.windows import windows
 from .externs import extern, prepare
 from .native import integer_gemm
 from ._torch import threads as _threads, torch
@@ -101,16 +102,24 @@ def _centered(x, zero, per_channel: bool = False):
     return x - (zero.reshape(-1) if zero.numel() > 1 else zero.reshape(()))  # (one per column of a matrix B)
 
 
+def _multiplier(a_scale, b_scale, y_scale):
+    """QLinearMatMul's and QLinearConv's requantizing factor as their references compute it:
+    the scales multiplied in their own dtype, then taken to float64 (one value, or one per
+    column / output channel)."""
+    scale = a_scale.reshape(()) * b_scale.reshape(-1) / y_scale.reshape(())
+    return scale.to(torch.float64)
+
+
 def _requantize(acc, x_scale, w_scale, y_scale, y_zero, y):
     """The int32 accumulator scaled as the reference does (the scales multiplied in their
     own dtype, the product applied in float64), plus the zero point, rounded half to
     even, clipped to y's range."""
-    scale = x_scale.reshape(()) * w_scale / y_scale.reshape(())
+    scale = _multiplier(x_scale, w_scale, y_scale)
     if scale.numel() > 1:  # one per output channel: axis 1 of the result
         scale = scale.reshape(-1, *[1] * (acc.dim() - 2))
     else:
         scale = scale.reshape(())
-    d = acc.to(torch.float64) * scale.to(torch.float64) + y_zero.reshape(()).to(torch.float64)
+    d = acc.to(torch.float64) * scale + y_zero.reshape(()).to(torch.float64)
     info = torch.iinfo(y.dtype)
     y.copy_(torch.round(d).clamp_(info.min, info.max))
 
@@ -131,13 +140,6 @@ def prepare_integer_matmul(params, constants):
         if packed is not None:
             return {**prepared, "packed": packed}
     return {**prepared, "b_centered": _centered(b, b_zero).to(torch.float64)}
-
-
-def _multiplier(a_scale, b_scale, y_scale):
-    """QLinearMatMul's requantizing factor as its reference computes it: the scales
-    multiplied in their own dtype, then taken to float64 (one value, or one per column)."""
-    scale = a_scale.reshape(()) * b_scale.reshape(-1) / y_scale.reshape(())
-    return scale.to(torch.float64)
 
 
 def _float_scale(a_scale, b_scale):
@@ -198,7 +200,7 @@ def integer_matmul(params, a, b, a_zero, b_zero, *rest):
         y.copy_(out if bias is None else out + bias)
         return
     a_scale, b_scale, y_scale, y_zero = scales
-    _requantize(acc, a_scale, b_scale.reshape(()), y_scale, y_zero, y)
+    _requantize(acc, a_scale, b_scale, y_scale, y_zero, y)
 
 
 @extern("dynamic_quantize")
@@ -248,13 +250,10 @@ def prepare_integer_conv(params, constants):
 def _patches(x: np.ndarray, x_zero: int, kernel, conv) -> np.ndarray:
     """x [N, C, H, W]'s patches [N * OH * OW, C * kh * kw] (im2col), x padded with its zero
     point (the reference pads the centered x with zeros)."""
-    (kh, kw), (sh, sw), (dh, dw) = kernel, conv["strides"], conv["dilations"]
-    top, left, bottom, right = conv["pads"][0], conv["pads"][1], conv["pads"][2], conv["pads"][3]
-    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=x_zero)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
-    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, OH, OW, kh, kw]
-    n, c, oh, ow = windows.shape[:4]
-    return np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4, 5)).reshape(n * oh * ow, c * kh * kw)
+    pads = conv["pads"]
+    cols = windows(x, kernel, conv["strides"], conv["dilations"], list(zip(pads[:2], pads[2:])), x_zero)
+    n, c, oh, ow = cols.shape[:4]  # [N, C, OH, OW, kh, kw]
+    return np.ascontiguousarray(cols.transpose(0, 2, 3, 1, 4, 5)).reshape(n * oh * ow, -1)
 
 
 def _conv_on_kernel(params, x, w, x_zero, w_zero):
@@ -300,8 +299,7 @@ def integer_conv(params, x, w, x_zero, w_zero, bias, x_scale, w_scale, y_scale, 
     if x_scale is None:
         y.copy_(acc)
         return
-    _requantize(acc, x_scale, w_scale.reshape(-1) if w_scale.numel() > 1 else w_scale.reshape(()), y_scale,
-                y_zero, y)
+    _requantize(acc, x_scale, w_scale, y_scale, y_zero, y)
 
 
 @extern("det")

@@ -403,23 +403,31 @@ def _nbits_attrs(node: Node):
     return tuple(int(opdef.attr(node, a)) for a in ("K", "N", "bits", "block_size"))
 
 
+def _nbits_values(b, n: int, blocks: int, bits: int, block_size: int) -> np.ndarray:
+    """B's quantized values [N, blocks, block_size] (uint8; 4 bits: two a byte, the low nibble first)."""
+    raw = np.asarray(b, dtype=np.uint8).reshape(n, blocks, -1)
+    if bits == 4:
+        return np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(n, blocks, -1)[:, :, :block_size]
+    return raw[:, :, :block_size]
+
+
+def _nbits_zero_points(zero_points, n: int, blocks: int, bits: int) -> np.ndarray:
+    """uint8 zero points [N, blocks] from their packed form (4 bits: two a byte, the low first)."""
+    packed = np.asarray(zero_points).reshape(n, -1)
+    return (np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1) if bits == 4 else packed)[:, :blocks]
+
+
 def dequantize_nbits(b, scales, zero_points, k: int, n: int, bits: int, block_size: int) -> np.ndarray:
     """The float32 weight [K, N] of MatMulNBits' B, scales and zero points."""
     if bits not in (4, 8):
         raise NotImplementedError(f"MatMulNBits with {bits}-bit weights (ember reads 4 and 8)")
     blocks = -(-k // block_size)
-    raw = np.asarray(b, dtype=np.uint8).reshape(n, blocks, -1)
-    if bits == 4:
-        q = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(n, blocks, -1)[:, :, :block_size]
-    else:
-        q = raw[:, :, :block_size]
+    q = _nbits_values(b, n, blocks, bits, block_size)
     scales = np.asarray(scales, dtype=np.float32).reshape(n, blocks, 1)
     if zero_points is None:
         zero = np.float32(1 << (bits - 1))
     elif np.asarray(zero_points).dtype == np.uint8:
-        packed = np.asarray(zero_points).reshape(n, -1)
-        zero = (np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1) if bits == 4 else packed)[:, :blocks]
-        zero = zero.astype(np.float32).reshape(n, blocks, 1)
+        zero = _nbits_zero_points(zero_points, n, blocks, bits).astype(np.float32).reshape(n, blocks, 1)
     else:
         zero = np.asarray(zero_points, dtype=np.float32).reshape(n, blocks, 1)
     w = (q.astype(np.float32) - zero) * scales
@@ -456,8 +464,7 @@ def nbits_blocks(b, scales, zero_points, k: int, n: int, bits: int, block_size: 
     if block_size != 32 or k % 32 or (bits == 8 and zero_points is not None) or bits not in (4, 8):
         return None
     blocks = k // 32
-    raw = np.asarray(b, dtype=np.uint8).reshape(n, blocks, -1)
-    q = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(n, blocks, 32) if bits == 4 else raw[:, :, :32]
+    q = _nbits_values(b, n, blocks, bits, 32)
     scale = np.asarray(scales, dtype=np.float32).reshape(n, blocks)
     d = scale.astype(np.float16).view(np.uint8).reshape(n, blocks, 2)
     if bits == 8:
@@ -465,10 +472,9 @@ def nbits_blocks(b, scales, zero_points, k: int, n: int, bits: int, block_size: 
     nibbles = (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)  # (GGML's order: j and j + 16 share byte j)
     if zero_points is None:
         return "q4_0", np.concatenate([d, nibbles], -1).reshape(n, -1)
-    zp = np.asarray(zero_points)
-    if zp.dtype != np.uint8:
+    if np.asarray(zero_points).dtype != np.uint8:
         return None  # (float zero points: onnxruntime computes in float32 at every level)
-    zero = np.stack([zp.reshape(n, -1) & 0x0F, zp.reshape(n, -1) >> 4], -1).reshape(n, -1)[:, :blocks]
+    zero = _nbits_zero_points(zero_points, n, blocks, bits)
     m = (-zero.astype(np.float32) * scale).astype(np.float16).view(np.uint8).reshape(n, blocks, 2)
     return "q4_1", np.concatenate([d, m, nibbles], -1).reshape(n, -1)
 

@@ -12,11 +12,11 @@ import math
 import sympy
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ..dtypes import DType
 from ..graph import Node
 from ..kernel import TensorRef
+from ..windows import windows
 from ._lowering import (
     FLOATS,
     KERNEL_FLOATS,
@@ -54,18 +54,6 @@ def _pads(attrs: dict, in_shape, kernel, strides, dilations) -> list[tuple[int, 
     return list(zip(pads[:rank], pads[rank:]))
 
 
-def _windows(x: np.ndarray, kernel, strides, dilations, pads, fill) -> np.ndarray:
-    """[N, C, *spatial] -> [N, C, *out, *kernel] views of the padded input."""
-    rank = len(kernel)
-    x = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=fill)
-    extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    axes = tuple(range(2, 2 + rank))
-    w = sliding_window_view(x, extent, axis=axes)
-    index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) \
-        + tuple(slice(None, None, d) for d in dilations)
-    return w[index]
-
-
 def _conv(node: Node):
     attrs = node.attrs
 
@@ -76,7 +64,7 @@ def _conv(node: Node):
         dilations = attrs.get("dilations") or [1] * rank
         group = attrs.get("group", 1)
         pads = _pads(attrs, x.shape[2:], kernel, strides, dilations)
-        cols = _windows(x, kernel, strides, dilations, pads, 0)  # N, C, *out, *k
+        cols = windows(x, kernel, strides, dilations, pads, 0)  # N, C, *out, *k
         n, c = x.shape[:2]
         out_shape = cols.shape[2:2 + rank]
         m = w.shape[0]
@@ -113,13 +101,13 @@ def _pool(kind: str):
             axes = tuple(range(-rank, 0))
             if kind == "MaxPool":
                 fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-                return (_windows(x, kernel, strides, ones, pads, fill).max(axis=axes),)
-            total = _windows(x, kernel, strides, ones, pads, 0).sum(axis=axes, dtype=np.float64)
+                return (windows(x, kernel, strides, ones, pads, fill).max(axis=axes),)
+            total = windows(x, kernel, strides, ones, pads, 0).sum(axis=axes, dtype=np.float64)
             if attrs.get("count_include_pad", 0):
                 count = float(np.prod(kernel))
             else:
                 mask = np.ones((1, 1, *x.shape[2:]), dtype=np.float64)
-                count = _windows(mask, kernel, strides, ones, pads, 0).sum(axis=axes)
+                count = windows(mask, kernel, strides, ones, pads, 0).sum(axis=axes)
             return ((total / count).astype(x.dtype),)
 
         return run

@@ -136,16 +136,19 @@ def _one_value(*refs) -> bool:
     return all(r is None or all(d == 1 for d in r.shape) for r in refs)
 
 
+def _one_per(w, rank: int, axis: int, *refs) -> bool:
+    """Scales / zero points of one value, or one per index of `axis` of a rank-`rank` w."""
+    return all(_one_value(r) or (len(w.shape) == rank and tuple(r.shape) == (w.shape[axis],)) for r in refs)
+
+
 def _per_channel_ok(w, *refs) -> bool:
-    """Scales / zero points of one value, or one per output channel of a 2-d filter."""
-    return all(r is None or all(d == 1 for d in r.shape) or (len(w.shape) == 4 and tuple(r.shape) == (w.shape[0],))
-               for r in refs)
+    """Of one value, or one per output channel of a 2-d filter."""
+    return _one_per(w, 4, 0, *refs)
 
 
 def _per_column_ok(b, *refs) -> bool:
-    """Zero points / scales of one value, or one per column of a matrix B."""
-    return all(r is None or all(d == 1 for d in r.shape) or (len(b.shape) == 2 and tuple(r.shape) == (b.shape[1],))
-               for r in refs)
+    """Of one value, or one per column of a matrix B."""
+    return _one_per(b, 2, 1, *refs)
 
 
 @register_lowering("MatMulInteger", "QLinearMatMul")
