@@ -25,7 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ember.runtime import externs_paged
+from ember.codegen import handwritten
+from ember.runtime import externs_paged, native
+from ember.runtime.native import paged_attention as native_paged
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
 CASES = {"decode 64 x ctx 400": [(399, 1)] * 64, "prefill 1 x 512": [(0, 512)], "chunk 256 after 256": [(256, 256)]}
@@ -85,6 +87,10 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
+    # the fused kernel runs once a Program has named its library: name it here
+    native.install({"paged_attention-float32": str(handwritten.KERNELS["paged_attention-float32"].library())})
+    if not native_paged.available("float32"):
+        raise SystemExit("the fused paged-attention kernel did not build (no C++ compiler?)")
     params = {"num_heads": HEADS, "kv_num_heads": KV_HEADS, "scale": 0.0, "sliding_window": 0}
     print(f"{a.threads} threads, median of {a.runs}; ms")
     print(f"{'case':<22} {'fused':>8} {'gathered':>9} {'speedup':>8} {'sdpa':>8}")

@@ -51,6 +51,34 @@ constexpr int TILE_ROWS = 32; // rows_kernel's rows: 2 vectors (q^T, O^T and S o
 typedef float vec __attribute__((vector_size(W * sizeof(float))));
 typedef int32_t ivec __attribute__((vector_size(W * sizeof(int32_t))));
 
+// The kernels' register blocks are of the host's own vectors (nvec: VW floats), not of `vec`:
+// on AVX2 a `vec` is two ymm registers, and blocks of `vec`s sized for AVX-512's 32
+// registers spilled to the stack (prefill ran at ~12 GFLOP/s, half of torch's SDPA; decode
+// at 5). rows_kernel: BLOCK accumulators a block, the other registers for q^T's vectors
+// and a broadcast.
+// (EMBER_PAGED_VW defined before this file builds the other widths: tests run them all)
+#ifndef EMBER_PAGED_VW
+#if defined(__AVX512F__)
+#define EMBER_PAGED_VW 16
+#elif defined(__AVX__)
+#define EMBER_PAGED_VW 8
+#else
+#define EMBER_PAGED_VW 4
+#endif
+#endif
+constexpr int VW = EMBER_PAGED_VW;
+constexpr int BLOCK = VW == 16 ? 16 : 8;  // of 32 zmm; of 16 ymm or xmm
+typedef float nvec __attribute__((vector_size(VW * sizeof(float))));
+static_assert(W % VW == 0, "a vec is whole native vectors");
+EMBER_INLINE nvec nload(const float* p) { nvec v; std::memcpy(&v, p, sizeof v); return v; }
+EMBER_INLINE void nstore(float* p, nvec v) { std::memcpy(p, &v, sizeof v); }
+EMBER_INLINE nvec nsplat(float x) {
+  nvec v;
+#pragma GCC unroll 16
+  for (int i = 0; i < VW; ++i) v[i] = x;
+  return v;
+}
+
 EMBER_INLINE vec vload(const float* p) { vec v; std::memcpy(&v, p, sizeof v); return v; }
 EMBER_INLINE void vstore(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
 EMBER_INLINE vec vsplat(float x) {  // a broadcast (`vec{} + x` would add 0 first)
@@ -73,29 +101,6 @@ EMBER_INLINE float hsum(vec v) {
   v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
   return v[0];
 }
-// The lane sums of 16 vectors, as one vector: a tree of adds, each folding two vectors'
-// halves into one (keys 2i and 2i+1, then 4i..4i+3, ...), so no lane is summed alone.
-EMBER_INLINE vec sum_lanes(const vec* x) {
-  static_assert(W == 16, "four levels of halving");
-  vec a[8], b[4], c[2];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i)
-    a[i] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22,
-                                   23) +
-           __builtin_shufflevector(x[2 * i], x[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29,
-                                   30, 31);
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i)
-    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-#pragma GCC unroll 2
-  for (int i = 0; i < 2; ++i)
-    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
-           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-  return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-         __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-}
-
 // element types: how a stored value becomes a float and back
 struct F32 {
   using T = float;
@@ -239,54 +244,98 @@ EMBER_INLINE float softmax_chunk(vec scores, int64_t j0, int kc, int32_t first, 
   return alpha;
 }
 
-// A vector of W values of element type E, as floats.
+// The lane sums of VW native vectors, as one vector (lane i: the sum of x[i]'s lanes): a
+// tree of adds, each folding two vectors' halves into one (keys 2i and 2i+1, then
+// 4i..4i+3, ...), so no lane is summed alone.
+EMBER_INLINE nvec nsum_lanes(const nvec* x) {
+#if EMBER_PAGED_VW == 16
+  nvec a[8], b[4], c[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)
+    a[i] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22,
+                                   23) +
+           __builtin_shufflevector(x[2 * i], x[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29,
+                                   30, 31);
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)
+    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)
+    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+#elif EMBER_PAGED_VW == 8
+  nvec a[4], b[2];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)
+    a[i] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(x[2 * i], x[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)
+    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+  return __builtin_shufflevector(b[0], b[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+         __builtin_shufflevector(b[0], b[1], 1, 3, 5, 7, 9, 11, 13, 15);
+#else
+  nvec a[2];
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)
+    a[i] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 0, 1, 4, 5) +
+           __builtin_shufflevector(x[2 * i], x[2 * i + 1], 2, 3, 6, 7);
+  return __builtin_shufflevector(a[0], a[1], 0, 2, 4, 6) + __builtin_shufflevector(a[0], a[1], 1, 3, 5, 7);
+#endif
+}
+
+// A native vector of VW values of element type E, as floats.
 template <class E>
-EMBER_INLINE vec vload_as(const typename E::T* p) {
+EMBER_INLINE nvec nload_as(const typename E::T* p) {
   if constexpr (std::is_same_v<E, F32>) {
-    return vload(p);
+    return nload(p);
   } else {
-    alignas(64) float x[W];
+    alignas(64) float x[VW];
 #pragma omp simd
-    for (int i = 0; i < W; ++i) x[i] = E::load(p[i]);
-    return vload(x);
+    for (int i = 0; i < VW; ++i) x[i] = E::load(p[i]);
+    return nload(x);
   }
 }
 
-// W partial sums of q . k (over lanes d % W), q of floats and k of E.
+// VW partial sums of q . k (over lanes d % VW), q of floats and k of E.
 template <class E, int D_>
-EMBER_INLINE vec partial_dot(const float* q, const typename E::T* k, int64_t D) {
-  if constexpr (D_ > 0 && D_ % W == 0) {
-    vec acc = vload(q) * vload_as<E>(k);
+EMBER_INLINE nvec partial_dot(const float* q, const typename E::T* k, int64_t D) {
+  if constexpr (D_ > 0 && D_ % VW == 0) {
+    nvec acc = nload(q) * nload_as<E>(k);
 #pragma GCC unroll 16
-    for (int i = 1; i < D_ / W; ++i) acc += vload(q + i * W) * vload_as<E>(k + i * W);
+    for (int i = 1; i < D_ / VW; ++i) acc += nload(q + i * VW) * nload_as<E>(k + i * VW);
     return acc;
   } else {
     float dot = 0.0f;
 #pragma omp simd reduction(+:dot)
     for (int64_t d = 0; d < D; ++d) dot += q[d] * E::load(k[d]);
-    vec acc = {};
+    nvec acc = {};
     acc[0] = dot;
     return acc;
   }
 }
 
 // o [DV] = alpha o + sum over the chunk's keys of p[jj] v[jj][off:off + DV]: o in registers
-// when DV is a known multiple of W.
+// when DV is a known multiple of VW.
 template <class E, int DV_>
 EMBER_INLINE void accumulate_row(float* o, float alpha, const float* p, const typename E::T* const* v, int64_t off,
                                  int kc, int64_t DV) {
-  if constexpr (DV_ > 0 && DV_ % W == 0) {
-    vec acc[DV_ / W];
+  if constexpr (DV_ > 0 && DV_ % VW == 0) {
+    nvec acc[DV_ / VW];
 #pragma GCC unroll 16
-    for (int i = 0; i < DV_ / W; ++i) acc[i] = vload(o + i * W) * alpha;
+    for (int i = 0; i < DV_ / VW; ++i) acc[i] = nload(o + i * VW) * alpha;
     for (int jj = 0; jj < kc; ++jj) {
-      const vec pj = vsplat(p[jj]);
+      const nvec pj = nsplat(p[jj]);
       const typename E::T* row = v[jj] + off;
 #pragma GCC unroll 16
-      for (int i = 0; i < DV_ / W; ++i) acc[i] += pj * vload_as<E>(row + i * W);
+      for (int i = 0; i < DV_ / VW; ++i) acc[i] += pj * nload_as<E>(row + i * VW);
     }
 #pragma GCC unroll 16
-    for (int i = 0; i < DV_ / W; ++i) vstore(o + i * W, acc[i]);
+    for (int i = 0; i < DV_ / VW; ++i) nstore(o + i * VW, acc[i]);
   } else {
 #pragma omp simd
     for (int64_t dv = 0; dv < DV; ++dv) o[dv] *= alpha;
@@ -300,7 +349,7 @@ EMBER_INLINE void accumulate_row(float* o, float alpha, const float* p, const ty
 }
 
 // Few rows per kv head (decode), of one or several kv heads: each row's scores are dot
-// products along D. work: q [n][D], o [n][DV].
+// products along D, VW partial sums per key, summed for VW keys at once. work: q [n][D], o [n][DV].
 template <class E, int D_, int DV_>
 static void few_kernel(const Call& c, const Item& it, float* work) {
   using T = typename E::T;
@@ -327,11 +376,15 @@ static void few_kernel(const Call& c, const Item& it, float* work) {
       // each key's products with the row's query in W lanes of partial sums, then all summed at once
       const float* qr = q + r * D;
       const int64_t off = rows.kv[r] * D;
-      vec dots[KC];
-#pragma GCC unroll 16
-      for (int jj = 0; jj < KC; ++jj) dots[jj] = partial_dot<E, D_>(qr, kp[jj] + off, D);
       alignas(64) float p[KC];
-      vec scores = sum_lanes(dots);
+#pragma GCC unroll 4
+      for (int j = 0; j < KC; j += VW) {  // VW keys' scores a native vector
+        nvec dots[VW];
+#pragma GCC unroll 16
+        for (int jj = 0; jj < VW; ++jj) dots[jj] = partial_dot<E, D_>(qr, kp[j + jj] + off, D);
+        nstore(p + j, nsum_lanes(dots));
+      }
+      vec scores = vload(p);
       if (rows.bias[r]) {
         alignas(64) float b[KC] = {};
         std::memcpy(b, rows.bias[r] + j0, kc * sizeof(float));
@@ -353,9 +406,10 @@ template <class E, int NV, int D_, int DV_>
 static void rows_kernel(const Call& c, const Item& it, float* work) {
   using T = typename E::T;
   constexpr int L = NV * W;
-  constexpr int KB = 16 / NV;  // keys per register block of S: KB * NV accumulators
-  constexpr int DB = 16 / NV;  // value columns per register block of O
-  static_assert(KC % KB == 0, "a chunk is whole register blocks");
+  constexpr int NN = L / VW;          // native vectors of a row of L lanes
+  constexpr int KB = BLOCK / NN;      // keys per register block of S: KB * NN accumulators
+  constexpr int DB = BLOCK / NN;      // value columns per register block of O
+  static_assert(KB >= 1 && KC % KB == 0, "a chunk is whole register blocks");
   const int64_t D = D_ ? D_ : c.D, DV = DV_ ? DV_ : c.DV;
   const Rows<E> rows(c, it);
   float* qt = work;
@@ -384,22 +438,25 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
     const int kc = chunks.next(j0, kp, vp);
     // S [KC][L] = K q^T: for each d, key elements broadcast against the row vectors of q^T
     for (int jb = 0; jb < kc; jb += KB) {
-      vec acc[KB][NV] = {};
+      nvec acc[KB][NN] = {};
+      const T* krow[KB];
+#pragma GCC unroll 16
+      for (int kb = 0; kb < KB; ++kb) krow[kb] = kp[jb + kb];
       for (int64_t d = 0; d < D; ++d) {
-        vec qv[NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) qv[v] = vload(qt + d * L + v * W);
+        nvec qv[NN];
+#pragma GCC unroll 8
+        for (int v = 0; v < NN; ++v) qv[v] = nload(qt + d * L + v * VW);
 #pragma GCC unroll 16
         for (int kb = 0; kb < KB; ++kb) {
-          const vec kv = vsplat(E::load(kp[jb + kb][d]));
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[kb][v] += kv * qv[v];
+          const nvec kv = nsplat(E::load(krow[kb][d]));
+#pragma GCC unroll 8
+          for (int v = 0; v < NN; ++v) acc[kb][v] += kv * qv[v];
         }
       }
 #pragma GCC unroll 16
       for (int kb = 0; kb < KB; ++kb)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) vstore(&s[jb + kb][v * W], acc[kb][v]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NN; ++v) nstore(&s[jb + kb][v * VW], acc[kb][v]);
     }
     // online softmax, lane-wise
     for (int jj = 0; jj < KC; ++jj) {
@@ -434,41 +491,41 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
       }
     }
     // O^T [DV][L] = alpha O^T + V^T P, DB value columns at a time in registers
-    vec av[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) av[v] = vload(alpha + v * W);
+    nvec av[NN];
+#pragma GCC unroll 8
+    for (int v = 0; v < NN; ++v) av[v] = nload(alpha + v * VW);
     int64_t dv0 = 0;
     for (; dv0 + DB <= DV; dv0 += DB) {
-      vec acc[DB][NV];
+      nvec acc[DB][NN];
 #pragma GCC unroll 16
       for (int dd = 0; dd < DB; ++dd)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[dd][v] = vload(ot + (dv0 + dd) * L + v * W) * av[v];
+#pragma GCC unroll 8
+        for (int v = 0; v < NN; ++v) acc[dd][v] = nload(ot + (dv0 + dd) * L + v * VW) * av[v];
       for (int jj = 0; jj < kc; ++jj) {
-        vec pv[NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) pv[v] = vload(&s[jj][v * W]);
+        nvec pv[NN];
+#pragma GCC unroll 8
+        for (int v = 0; v < NN; ++v) pv[v] = nload(&s[jj][v * VW]);
         const T* vrow = vp[jj] + dv0;
 #pragma GCC unroll 16
         for (int dd = 0; dd < DB; ++dd) {
-          const vec x = vsplat(E::load(vrow[dd]));
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[dd][v] += x * pv[v];
+          const nvec x = nsplat(E::load(vrow[dd]));
+#pragma GCC unroll 8
+          for (int v = 0; v < NN; ++v) acc[dd][v] += x * pv[v];
         }
       }
 #pragma GCC unroll 16
       for (int dd = 0; dd < DB; ++dd)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) vstore(ot + (dv0 + dd) * L + v * W, acc[dd][v]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NN; ++v) nstore(ot + (dv0 + dd) * L + v * VW, acc[dd][v]);
     }
     for (; dv0 < DV; ++dv0) {  // the last DV % DB columns, one at a time
-      vec acc[NV];
-      for (int v = 0; v < NV; ++v) acc[v] = vload(ot + dv0 * L + v * W) * av[v];
+      nvec acc[NN];
+      for (int v = 0; v < NN; ++v) acc[v] = nload(ot + dv0 * L + v * VW) * av[v];
       for (int jj = 0; jj < kc; ++jj) {
-        const vec x = vsplat(E::load(vp[jj][dv0]));
-        for (int v = 0; v < NV; ++v) acc[v] += x * vload(&s[jj][v * W]);
+        const nvec x = nsplat(E::load(vp[jj][dv0]));
+        for (int v = 0; v < NN; ++v) acc[v] += x * nload(&s[jj][v * VW]);
       }
-      for (int v = 0; v < NV; ++v) vstore(ot + dv0 * L + v * W, acc[v]);
+      for (int v = 0; v < NN; ++v) nstore(ot + dv0 * L + v * VW, acc[v]);
     }
   }
   for (int r = 0; r < rows.n; ++r) {
@@ -613,6 +670,9 @@ static int run(void* const* P, const int64_t* S, float scale) {
 }
 
 }  // namespace ember_paged
+
+// The native vector width the kernels' register blocks use (tests).
+extern "C" int ember_paged_vector_width() { return ember_paged::VW; }
 
 // The element type is the builder's choice: one library per type (paged_attention.py).
 extern "C" int ember_paged_attention(void* const* P, const int64_t* S, float scale) {

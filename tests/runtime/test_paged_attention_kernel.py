@@ -6,6 +6,8 @@ head dims 8/64 (and the other code paths: 24, 128, a value head dim of its own),
 windows, padding tokens past the last sequence; the caches after the write equal the
 reference's. The torch path is made to fail in these tests, so they pass only on the kernel."""
 
+import ctypes
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -122,6 +124,27 @@ def test_half_precision_caches(no_torch_path, dtype):
     rng = np.random.default_rng(1)
     feeds = _batch(rng, [(40, 1), (0, 30), (17, 5)], 8, 2, 64, 16, padding=1, dtype=dtype)
     _check(feeds, 8, 2, window=0, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("width", [4, 8, 16])
+def test_every_vector_width_matches_the_reference(no_torch_path, width):
+    """The kernel's register blocks follow the host's vector width (16 floats with AVX-512,
+    8 with AVX2, 4 without): each width's build, run on this host, against the reference —
+    decode (few_kernel's VW-key score sums), prefill tiles (rows_kernel), the head dims with
+    compiled-in loops and without."""
+    source = handwritten.KERNELS["paged_attention-float32"].source()
+    path = cpu.build(source.replace("#define EMBER_PAGED_ELEMENT", f"#define EMBER_PAGED_VW {width}\n"
+                                    "#define EMBER_PAGED_ELEMENT", 1))
+    assert ctypes.CDLL(str(path)).ember_paged_vector_width() == width
+    native.install({"paged_attention-float32": str(path)})
+    try:
+        rng = np.random.default_rng(width)
+        for d, dv, seqs in [(64, 64, [(40, 1), (0, 37), (17, 5), (90, 1)]), (32, 32, [(0, 70), (21, 2)]),
+                            (40, 72, [(30, 1), (33, 9)])]:
+            feeds = _batch(rng, seqs, 6, 2, d, 16, dv=dv, padding=1)
+            _check(feeds, 6, 2, window=0, scale=0.3)
+    finally:
+        install("paged_attention-float32")
 
 
 def test_results_do_not_depend_on_the_thread_count(no_torch_path):
