@@ -8,7 +8,8 @@ generating exactly its length (ignore_eos), greedy, on the built-in SmolLM2-135M
 - ember: `ember.LLM` with its defaults (continuous batching, chunked prefill, paged KV
   cache with prefix caching; a GGUF file's quantized blocks kept), all requests handed
   to one `generate` call. ember-f32 (`--engines ember,ember-f32`): the same with the
-  weights dequantized to float32 (quantization="none").
+  weights dequantized to float32 (quantization="none"). `--kv-cache-dtype float16`: ember's
+  KV cache in float16 (default: float32, the model's).
 - transformers: `generate` over static batches of 8 in arrival order (left padding; each
   batch runs to its longest output; only the tokens each request asked for are counted).
 
@@ -59,8 +60,9 @@ def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
     return [(rng.integers(1000, vocab, p).tolist(), int(o)) for p, o in zip(prompt_lens, output_lens)]
 
 
-def run_ember(path: Path, requests, threads: int, quantization: str | None = None, name: str = "ember") -> Result:
-    llm = ember.LLM(str(path), intra_op_threads=threads, quantization=quantization)
+def run_ember(path: Path, requests, threads: int, quantization: str | None = None, name: str = "ember",
+              kv_cache_dtype: str | None = None) -> Result:
+    llm = ember.LLM(str(path), intra_op_threads=threads, quantization=quantization, kv_cache_dtype=kv_cache_dtype)
     params = [ember.SamplingParams(temperature=0, max_tokens=out, ignore_eos=True) for _, out in requests]
     llm.generate([{"prompt_token_ids": requests[0][0]}], params[0], use_tqdm=False)  # warm-up
     start = time.perf_counter()
@@ -122,6 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--engines", default="ember,transformers", help="comma-separated, run in this order")
+    parser.add_argument("--kv-cache-dtype", help="ember's KV cache element type (default: the model's, float32)")
     parser.add_argument("--write", type=Path, help="write the table into this markdown file")
     args = parser.parse_args(argv)
     path = Path(args.model) if args.model else _builtin.default_llm()
@@ -131,9 +134,10 @@ def main(argv=None) -> int:
     requests = workload(args.requests, args.seed, vocab)
     results = []
     for engine in args.engines.split(","):
-        run = {"ember": run_ember, "transformers": run_transformers,
+        kv = {"kv_cache_dtype": args.kv_cache_dtype}
+        run = {"ember": lambda *a: run_ember(*a, **kv), "transformers": run_transformers,
                # ember with a GGUF file's weights dequantized to float32 (the default keeps its blocks)
-               "ember-f32": lambda *a: run_ember(*a, quantization="none", name="ember-f32")}[engine]
+               "ember-f32": lambda *a: run_ember(*a, quantization="none", name="ember-f32", **kv)}[engine]
         print(f"running {engine} on {len(requests)} requests ...", file=sys.stderr, flush=True)
         results.append(run(path, requests, args.threads))
         print("\n".join(table(results[-1:], len(requests))), file=sys.stderr, flush=True)

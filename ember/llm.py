@@ -13,10 +13,13 @@ load an artifact of it (`ember compile model.gguf -o model.ember`), compiled alr
 
 Options: the `EngineOptions` fields (block_size, kv_cache_memory, max_num_batched_tokens,
 max_num_seqs, max_model_len, enable_prefix_caching), plus `intra_op_threads`, `target`
-("cpu" or "cuda") and `dtype` ("float32", the default, "float16" or "bfloat16": the
-weights', activations' and KV cache's) for the compiler:
+("cpu" or "cuda"), `dtype` ("float32", the default, "float16" or "bfloat16": the
+weights', activations' and KV cache's), `kv_cache_dtype` (the KV cache's alone, e.g.
+"float16": half the cache's bytes, so twice the tokens in kv_cache_memory and half the
+reads of a decode step's attention) and `quantization` for the compiler:
 
     llm = ember.LLM("model.gguf", target="cuda", dtype="bfloat16")
+    llm = ember.LLM("model.gguf", kv_cache_dtype="float16")
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from .errors import ExecutionError, InputError
+from .ir.dtypes import DType
 from .ir.quant_formats import SCHEMES
 from .runtime.engine import CompletionOutput, EngineOptions, EngineStats, LLMEngine, RequestOutput, StepError  # noqa: F401
 from .runtime.request import SamplingParams
@@ -43,15 +47,20 @@ LLM_QUANTIZATIONS = ("gguf", "none", *SCHEMES)  # compile_llm
 
 
 def llm_dtype(compiled) -> str:
-    """The dtype an LLM's forward graph was built in (its KV cache's)."""
+    """The dtype an LLM's forward graph was built in (its logits')."""
+    return compiled.outputs[0].dtype.name
+
+
+def kv_cache_dtype(compiled) -> str:
+    """The element type of an LLM's KV cache (its graph's cache inputs')."""
     from .ir.forward import FEEDS
 
     return next(info.dtype.name for info in compiled.inputs if info.name not in FEEDS)
 
 
 def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu", dtype: str | None = None,
-                 quantization: str | None = None, intra_op_threads: int | None = None,
-                 progress: bool | None = None, **options) -> LLMEngine:
+                 quantization: str | None = None, kv_cache_dtype: str | None = None,
+                 intra_op_threads: int | None = None, progress: bool | None = None, **options) -> LLMEngine:
     """Open `model` (a Hugging Face folder, a GGUF file, or an artifact that `ember compile`
     wrote), compile its forward graph unless it is an artifact, and return an engine over it."""
     from ._builtin import default_llm
@@ -60,17 +69,17 @@ def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
     unknown = set(options) - _ENGINE_FIELDS
     if unknown:
         raise InputError(f"unknown engine option(s) {sorted(unknown)}; the options are {sorted(_ENGINE_FIELDS)}, "
-                         "intra_op_threads, target, dtype and quantization")
+                         "intra_op_threads, target, dtype, kv_cache_dtype and quantization")
     engine_options = EngineOptions(**options)
     path = Path(model) if model is not None else default_llm()
     if is_artifact(path):
         if quantization is not None:
             raise InputError(f"{path} is an artifact, compiled already: its weights are as it was compiled "
                              "(compile it again with --quantization to change them)")
-        compiled, engine_options = _load_artifact(path, target, dtype, intra_op_threads, options)
+        compiled, engine_options = _load_artifact(path, target, dtype, kv_cache_dtype, intra_op_threads, options)
     else:
         compiled = compile_llm(path, target=target, dtype=dtype or "float32", quantization=quantization,
-                               block_size=engine_options.block_size,
+                               kv_cache_dtype=kv_cache_dtype, block_size=engine_options.block_size,
                                max_model_len=engine_options.max_model_len, intra_op_threads=intra_op_threads,
                                progress=progress)
     info = compiled.llm
@@ -79,8 +88,9 @@ def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
 
 
 def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "float32",
-                quantization: str | None = None, block_size: int = 16, max_model_len: int | None = None,
-                intra_op_threads: int | None = None, progress: bool | None = None):
+                quantization: str | None = None, kv_cache_dtype: str | None = None, block_size: int = 16,
+                max_model_len: int | None = None, intra_op_threads: int | None = None,
+                progress: bool | None = None):
     """The forward graph of the LLM at `model` (a Hugging Face folder or a GGUF file) in
     `dtype` ("float32", "float16" or "bfloat16"), compiled for `target`, KV-cache blocks of
     `block_size` tokens and sequences of up to `max_model_len` (default: the model's
@@ -93,12 +103,16 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "
     `dtype`; None (the default) is "gguf" where it applies (a GGUF file, float32, the cpu
     target: the kernel's), else "none". A scheme ("int8", "int4", "int4_asym", or a block
     format: q8_0, q4_0, q4_1, q5_0, q5_1) quantizes the float weights into those blocks
-    (the quantize_weights pass; the head stays float), on the cpu target in float32."""
+    (the quantize_weights pass; the head stays float), on the cpu target in float32.
+
+    `kv_cache_dtype` (one of LLM_DTYPES; None or "auto": `dtype`) is the KV cache's element
+    type: each new key and value is rounded into it, attention reads it back in `dtype`."""
     from . import api
     from .frontends.hf import load_pretrained
 
     if dtype not in LLM_DTYPES:
         raise InputError(f"dtype {dtype!r} is not one an LLM runs in; choose one of {', '.join(LLM_DTYPES)}")
+    cache_dtype = _cache_dtype(kv_cache_dtype, dtype)
     api.check_target(target)  # (before the weights load)
     path = Path(model)
     progress = sys.stderr.isatty() if progress is None else progress
@@ -107,7 +121,7 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "
     pretrained = load_pretrained(path, dtype=dtype, progress=progress)
     pretrained.weights.keep_quantized = keep
     max_len = max_model_len or pretrained.config.max_position_embeddings
-    graph = pretrained.graph(block_size=block_size, max_model_len=max_len)
+    graph = pretrained.graph(block_size=block_size, max_model_len=max_len, kv_cache_dtype=DType[cache_dtype])
     compiled = api.compile(graph, target=target, intra_op_threads=intra_op_threads, quantization=scheme)
     tokenizer = pretrained.tokenizer()
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -115,6 +129,16 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "
     compiled.llm = api.LLMInfo(pretrained.config.vocab_size, eos, max_len, block_size, source=path.name,
                                _tokenizer=tokenizer)
     return compiled
+
+
+def _cache_dtype(kv_cache_dtype: str | None, dtype: str) -> str:
+    """The KV cache's element type for the option `kv_cache_dtype` of a model in `dtype`."""
+    if kv_cache_dtype in (None, "auto"):
+        return dtype
+    if kv_cache_dtype not in LLM_DTYPES:
+        raise InputError(f"kv_cache_dtype {kv_cache_dtype!r} is not one ember keeps a KV cache in; choose one of "
+                         f"auto, {', '.join(LLM_DTYPES)}")
+    return kv_cache_dtype
 
 
 def _keeps_blocks(path: Path, target: str, dtype: str, quantization: str | None) -> bool:
@@ -131,7 +155,8 @@ def _keeps_blocks(path: Path, target: str, dtype: str, quantization: str | None)
     return quantization == "gguf" or (quantization is None and gguf and kernel)
 
 
-def _load_artifact(path: Path, target: str, dtype: str | None, intra_op_threads: int | None, options: dict):
+def _load_artifact(path: Path, target: str, dtype: str | None, cache_dtype: str | None, intra_op_threads: int | None,
+                   options: dict):
     """An LLM artifact, and the engine options it allows: its block size (the graph's
     caches are shaped by it) and a max_model_len no longer than it was compiled for."""
     from .artifact import load
@@ -144,6 +169,9 @@ def _load_artifact(path: Path, target: str, dtype: str | None, intra_op_threads:
         raise InputError(f"{path} was compiled for target {compiled.target!r}, not {target!r}")
     if dtype is not None and llm_dtype(compiled) != dtype:
         raise InputError(f"{path} was compiled in {llm_dtype(compiled)}, not {dtype}: compile it again with --dtype {dtype}")
+    if cache_dtype not in (None, "auto") and kv_cache_dtype(compiled) != cache_dtype:
+        raise InputError(f"{path} was compiled with a {kv_cache_dtype(compiled)} KV cache, not {cache_dtype}: compile "
+                         f"it again with --kv-cache-dtype {cache_dtype}")
     if options.get("block_size", info.block_size) != info.block_size:
         raise InputError(f"{path} was compiled for KV-cache blocks of {info.block_size} tokens, not "
                          f"{options['block_size']}: compile it again with --block-size {options['block_size']}")

@@ -1,7 +1,10 @@
 // ember.PagedAttention, fused, for the CPU: called by ember/runtime/native/paged_attention.py;
 // ember/codegen/handwritten.py
 // builds this file after ember's CPU prelude (ember_expf, the 16-bit float conversions) and
-// a definition of EMBER_PAGED_ELEMENT, the element type (F32, F16 or BF16).
+// a definition of EMBER_PAGED_ELEMENT, the element type of q, k, v and y (F32, F16 or BF16), and
+// optionally of EMBER_PAGED_CACHE, the caches' (default: the same). A cache of another type
+// stores each new k and v rounded to its type (a float16 cache of a float32 model: half the
+// bytes each decode step reads).
 //
 // One call: write the new tokens' k and v into the caches at their slots, then attend.
 // The attention is flash-attention's online softmax over the keys of each sequence, read
@@ -34,6 +37,9 @@
 // i S_BIAS_QUERY (strides that may be 0) and holds one value per key.
 
 #include <omp.h>
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <algorithm>
 #include <cstdlib>
 #include <vector>
@@ -72,11 +78,15 @@ typedef float nvec __attribute__((vector_size(VW * sizeof(float))));
 static_assert(W % VW == 0, "a vec is whole native vectors");
 EMBER_INLINE nvec nload(const float* p) { nvec v; std::memcpy(&v, p, sizeof v); return v; }
 EMBER_INLINE void nstore(float* p, nvec v) { std::memcpy(p, &v, sizeof v); }
-EMBER_INLINE nvec nsplat(float x) {
-  nvec v;
-#pragma GCC unroll 16
-  for (int i = 0; i < VW; ++i) v[i] = x;
-  return v;
+EMBER_INLINE nvec nsplat(float x) {  // (as an initializer: a loop of lane stores became stores to the
+                                     // stack and a reload, stalled on store forwarding)
+#if EMBER_PAGED_VW == 16
+  return nvec{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+#elif EMBER_PAGED_VW == 8
+  return nvec{x, x, x, x, x, x, x, x};
+#else
+  return nvec{x, x, x, x};
+#endif
 }
 
 EMBER_INLINE vec vload(const float* p) { vec v; std::memcpy(&v, p, sizeof v); return v; }
@@ -293,12 +303,38 @@ template <class E>
 EMBER_INLINE nvec nload_as(const typename E::T* p) {
   if constexpr (std::is_same_v<E, F32>) {
     return nload(p);
+#if defined(__F16C__)
+  } else if constexpr (std::is_same_v<E, F16> && VW == 8) {  // one vcvtph2ps (the loop below is ~10 ops a value)
+    __m128i h;
+    std::memcpy(&h, p, sizeof h);
+    const __m256 f = _mm256_cvtph_ps(h);
+    nvec v;
+    std::memcpy(&v, &f, sizeof v);
+    return v;
+#endif
+#if defined(__AVX512F__)
+  } else if constexpr (std::is_same_v<E, F16> && VW == 16) {
+    __m256i h;
+    std::memcpy(&h, p, sizeof h);
+    const __m512 f = _mm512_cvtph_ps(h);
+    nvec v;
+    std::memcpy(&v, &f, sizeof v);
+    return v;
+#endif
   } else {
     alignas(64) float x[VW];
 #pragma omp simd
     for (int i = 0; i < VW; ++i) x[i] = E::load(p[i]);
     return nload(x);
   }
+}
+
+// out [n] = in [n] of element type E, as floats.
+template <class E>
+EMBER_INLINE void to_floats(float* out, const typename E::T* in, int64_t n) {
+  int64_t i = 0;
+  for (; i + VW <= n; i += VW) nstore(out + i, nload_as<E>(in + i));
+  for (; i < n; ++i) out[i] = E::load(in[i]);
 }
 
 // VW partial sums of q . k (over lanes d % VW), q of floats and k of E.
@@ -350,9 +386,9 @@ EMBER_INLINE void accumulate_row(float* o, float alpha, const float* p, const ty
 
 // Few rows per kv head (decode), of one or several kv heads: each row's scores are dot
 // products along D, VW partial sums per key, summed for VW keys at once. work: q [n][D], o [n][DV].
-template <class E, int D_, int DV_>
+template <class E, class C, int D_, int DV_>
 static void few_kernel(const Call& c, const Item& it, float* work) {
-  using T = typename E::T;
+  using T = typename C::T;
   const int64_t D = D_ ? D_ : c.D, DV = DV_ ? DV_ : c.DV;
   const Rows<E> rows(c, it);
   const int n = rows.n;
@@ -366,7 +402,7 @@ static void few_kernel(const Call& c, const Item& it, float* work) {
     m[r] = -INFINITY;
     l[r] = 0.0f;
   }
-  Chunks<E> chunks(c, it, rows.lo, rows.hi);
+  Chunks<C> chunks(c, it, rows.lo, rows.hi);
   const T* const* kp;
   const T* const* vp;
   for (int64_t j0 = rows.lo; j0 <= rows.hi; j0 += KC) {
@@ -381,7 +417,7 @@ static void few_kernel(const Call& c, const Item& it, float* work) {
       for (int j = 0; j < KC; j += VW) {  // VW keys' scores a native vector
         nvec dots[VW];
 #pragma GCC unroll 16
-        for (int jj = 0; jj < VW; ++jj) dots[jj] = partial_dot<E, D_>(qr, kp[j + jj] + off, D);
+        for (int jj = 0; jj < VW; ++jj) dots[jj] = partial_dot<C, D_>(qr, kp[j + jj] + off, D);
         nstore(p + j, nsum_lanes(dots));
       }
       vec scores = vload(p);
@@ -391,7 +427,7 @@ static void few_kernel(const Call& c, const Item& it, float* work) {
         scores += vload(b);
       }
       const float alpha = softmax_chunk(scores, j0, kc, rows.first_key[r], rows.last_key[r], m[r], l[r], p);
-      accumulate_row<E, DV_>(o + r * DV, alpha, p, vp, rows.kv[r] * DV, kc, DV);
+      accumulate_row<C, DV_>(o + r * DV, alpha, p, vp, rows.kv[r] * DV, kc, DV);
     }
   }
   for (int r = 0; r < n; ++r) {
@@ -402,9 +438,9 @@ static void few_kernel(const Call& c, const Item& it, float* work) {
 }
 
 // Up to NV * W rows, one per vector lane. work: q^T [D][L], o^T [DV][L].
-template <class E, int NV, int D_, int DV_>
+template <class E, class C, int NV, int D_, int DV_>
 static void rows_kernel(const Call& c, const Item& it, float* work) {
-  using T = typename E::T;
+  using T = typename C::T;
   constexpr int L = NV * W;
   constexpr int NN = L / VW;          // native vectors of a row of L lanes
   constexpr int KB = BLOCK / NN;      // keys per register block of S: KB * NN accumulators
@@ -414,6 +450,7 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
   const Rows<E> rows(c, it);
   float* qt = work;
   float* ot = work + D * L;
+  float* kv_floats = ot + DV * L;  // a chunk's keys and values as floats, for a cache of 16-bit floats
   alignas(64) float s[KC][L];
   alignas(64) float m[L], l[L], alpha[L];
   alignas(64) int32_t first[L], last[L];
@@ -431,15 +468,31 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
     l[r] = 0.0f;
   }
   std::fill(ot, ot + DV * L, 0.0f);
-  Chunks<E> chunks(c, it, rows.lo, rows.hi);
-  const T* const* kp;
-  const T* const* vp;
+  Chunks<C> chunks(c, it, rows.lo, rows.hi);
+  const T* const* kc_rows;
+  const T* const* vc_rows;
+  const float* k_rows[KC];  // the chunk's rows as floats: the cache's own, or converted once into kv_floats
+  const float* v_rows[KC];  // (each element is broadcast against all L rows: converting it there costs L times)
   for (int64_t j0 = rows.lo; j0 <= rows.hi; j0 += KC) {
-    const int kc = chunks.next(j0, kp, vp);
+    const int kc = chunks.next(j0, kc_rows, vc_rows);
+    for (int jj = 0; jj < KC; ++jj) {  // (past kc a chunk repeats its last key: all KC rows are real)
+      if constexpr (std::is_same_v<C, F32>) {
+        k_rows[jj] = kc_rows[jj];
+        v_rows[jj] = vc_rows[jj];
+      } else {
+        float* k = kv_floats + jj * (D + DV);
+        to_floats<C>(k, kc_rows[jj], D);
+        to_floats<C>(k + D, vc_rows[jj], DV);
+        k_rows[jj] = k;
+        v_rows[jj] = k + D;
+      }
+    }
+    const float* const* kp = k_rows;
+    const float* const* vp = v_rows;
     // S [KC][L] = K q^T: for each d, key elements broadcast against the row vectors of q^T
     for (int jb = 0; jb < kc; jb += KB) {
       nvec acc[KB][NN] = {};
-      const T* krow[KB];
+      const float* krow[KB];
 #pragma GCC unroll 16
       for (int kb = 0; kb < KB; ++kb) krow[kb] = kp[jb + kb];
       for (int64_t d = 0; d < D; ++d) {
@@ -448,7 +501,7 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
         for (int v = 0; v < NN; ++v) qv[v] = nload(qt + d * L + v * VW);
 #pragma GCC unroll 16
         for (int kb = 0; kb < KB; ++kb) {
-          const nvec kv = nsplat(E::load(krow[kb][d]));
+          const nvec kv = nsplat(krow[kb][d]);
 #pragma GCC unroll 8
           for (int v = 0; v < NN; ++v) acc[kb][v] += kv * qv[v];
         }
@@ -505,10 +558,10 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
         nvec pv[NN];
 #pragma GCC unroll 8
         for (int v = 0; v < NN; ++v) pv[v] = nload(&s[jj][v * VW]);
-        const T* vrow = vp[jj] + dv0;
+        const float* vrow = vp[jj] + dv0;
 #pragma GCC unroll 16
         for (int dd = 0; dd < DB; ++dd) {
-          const nvec x = nsplat(E::load(vrow[dd]));
+          const nvec x = nsplat(vrow[dd]);
 #pragma GCC unroll 8
           for (int v = 0; v < NN; ++v) acc[dd][v] += x * pv[v];
         }
@@ -522,7 +575,7 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
       nvec acc[NN];
       for (int v = 0; v < NN; ++v) acc[v] = nload(ot + dv0 * L + v * VW) * av[v];
       for (int jj = 0; jj < kc; ++jj) {
-        const nvec x = nsplat(E::load(vp[jj][dv0]));
+        const nvec x = nsplat(vp[jj][dv0]);
         for (int v = 0; v < NN; ++v) acc[v] += x * nload(&s[jj][v * VW]);
       }
       for (int v = 0; v < NN; ++v) nstore(ot + dv0 * L + v * VW, acc[v]);
@@ -534,23 +587,24 @@ static void rows_kernel(const Call& c, const Item& it, float* work) {
   }
 }
 
-template <class E, int D_, int DV_>
+template <class E, class C, int D_, int DV_>
 static void run_item(const Call& c, const Item& it, float* work) {
   const int64_t n = it.num_queries * it.num_heads;
-  if (it.num_queries * std::min(c.group, it.num_heads) <= FEW_ROWS) few_kernel<E, D_, DV_>(c, it, work);
-  else if (n <= W) rows_kernel<E, 1, D_, DV_>(c, it, work);
-  else rows_kernel<E, 2, D_, DV_>(c, it, work);
+  if (it.num_queries * std::min(c.group, it.num_heads) <= FEW_ROWS) few_kernel<E, C, D_, DV_>(c, it, work);
+  else if (n <= W) rows_kernel<E, C, 1, D_, DV_>(c, it, work);
+  else rows_kernel<E, C, 2, D_, DV_>(c, it, work);
   static_assert(TILE_ROWS == 2 * W, "rows_kernel's instances");
+  static_assert(TILE_ROWS + KC <= MAX_ROWS, "an item's work holds q^T, o^T and a chunk's rows as floats");
 }
 
-template <class E, int D_, int DV_>
+template <class E, class C, int D_, int DV_>
 static void attend(const Call& c, const std::vector<Item>& items, int threads) {
   const size_t floats = size_t(c.D + c.DV) * MAX_ROWS;
 #pragma omp parallel num_threads(threads) if (items.size() > 1 && threads > 1)
   {
     float* work = static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64));
 #pragma omp for schedule(dynamic, 1)
-    for (size_t i = 0; i < items.size(); ++i) run_item<E, D_, DV_>(c, items[i], work);
+    for (size_t i = 0; i < items.size(); ++i) run_item<E, C, D_, DV_>(c, items[i], work);
     std::free(work);
   }
 }
@@ -591,7 +645,19 @@ static bool same_bias_rows(const Call& c, int64_t seqs, int64_t keys) {
   return true;
 }
 
-template <class E>
+// A new token's row of k or v (n values of E) into the cache (C), rounded to C's precision.
+template <class E, class C>
+static void store_row(typename C::T* dst, const typename E::T* src, int64_t n) {
+  if constexpr (std::is_same_v<E, C>) {
+    std::memcpy(dst, src, n * sizeof(*src));
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = C::store(E::load(src[i]));
+  }
+}
+
+// E: q's, k's, v's and y's element type; C: the caches'.
+template <class E, class C>
 static int run(void* const* P, const int64_t* S, float scale) {
   using T = typename E::T;
   const auto* slots = static_cast<const int64_t*>(P[P_SLOTS]);
@@ -618,10 +684,10 @@ static int run(void* const* P, const int64_t* S, float scale) {
   const int64_t kw = c.kv_heads * c.D, vw = c.kv_heads * c.DV;
   for (int64_t t = 0; slots && t < T_; ++t) {
     if (slots[t] < 0) continue;
-    std::memcpy(static_cast<T*>(c.k_cache) + slots[t] * kw, static_cast<const T*>(P[P_K]) + t * S[S_K_STRIDE],
-                kw * sizeof(T));
-    std::memcpy(static_cast<T*>(c.v_cache) + slots[t] * vw, static_cast<const T*>(P[P_V]) + t * S[S_V_STRIDE],
-                vw * sizeof(T));
+    store_row<E, C>(static_cast<typename C::T*>(c.k_cache) + slots[t] * kw,
+                    static_cast<const T*>(P[P_K]) + t * S[S_K_STRIDE], kw);
+    store_row<E, C>(static_cast<typename C::T*>(c.v_cache) + slots[t] * vw,
+                    static_cast<const T*>(P[P_V]) + t * S[S_V_STRIDE], vw);
   }
   // rows of no sequence are 0
   for (int64_t t = 0; t < T_; ++t)
@@ -662,10 +728,10 @@ static int run(void* const* P, const int64_t* S, float scale) {
   }
   // the longest first, so that the dynamic schedule ends evenly
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
-  if (c.D == 32 && c.DV == 32) attend<E, 32, 32>(c, items, threads);  // BERT-sized heads
-  else if (c.D == 64 && c.DV == 64) attend<E, 64, 64>(c, items, threads);
-  else if (c.D == 128 && c.DV == 128) attend<E, 128, 128>(c, items, threads);
-  else attend<E, 0, 0>(c, items, threads);
+  if (c.D == 32 && c.DV == 32) attend<E, C, 32, 32>(c, items, threads);  // BERT-sized heads
+  else if (c.D == 64 && c.DV == 64) attend<E, C, 64, 64>(c, items, threads);
+  else if (c.D == 128 && c.DV == 128) attend<E, C, 128, 128>(c, items, threads);
+  else attend<E, C, 0, 0>(c, items, threads);
   return 0;
 }
 
@@ -674,9 +740,13 @@ static int run(void* const* P, const int64_t* S, float scale) {
 // The native vector width the kernels' register blocks use (tests).
 extern "C" int ember_paged_vector_width() { return ember_paged::VW; }
 
-// The element type is the builder's choice: one library per type (paged_attention.py).
+// The element types are the builder's choice: one library per pair (paged_attention.py), the
+// caches' type that of q's unless EMBER_PAGED_CACHE says otherwise.
+#ifndef EMBER_PAGED_CACHE
+#define EMBER_PAGED_CACHE EMBER_PAGED_ELEMENT
+#endif
 extern "C" int ember_paged_attention(void* const* P, const int64_t* S, float scale) {
-  return ember_paged::run<ember_paged::EMBER_PAGED_ELEMENT>(P, S, scale);
+  return ember_paged::run<ember_paged::EMBER_PAGED_ELEMENT, ember_paged::EMBER_PAGED_CACHE>(P, S, scale);
 }
 
 // The step form (runtime/executor.py: a chained run): ctx = the 11 arrays' slots in B (-1: none), the
@@ -686,5 +756,5 @@ extern "C" int ember_paged_attention_step(const int64_t* c, char** B, const int6
   for (int i = 0; i < 11; ++i) P[i] = c[i] >= 0 ? B[c[i]] : nullptr;
   float scale;
   std::memcpy(&scale, c + 32, sizeof scale);
-  return ember_paged::run<ember_paged::EMBER_PAGED_ELEMENT>(P, c + 11, scale);
+  return ember_paged::run<ember_paged::EMBER_PAGED_ELEMENT, ember_paged::EMBER_PAGED_CACHE>(P, c + 11, scale);
 }

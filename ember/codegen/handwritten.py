@@ -21,6 +21,8 @@ load builds nothing either.
     quantized_lstm       cpu_quantized_lstm.cpp: com.microsoft.DynamicQuantizeLSTM's step loop
     paged_attention-T    cpu_paged_attention.cpp for element type T (float32, float16,
                          bfloat16): ember.PagedAttention, and float32 attention of packed rows
+    paged_attention-T-C  the same with caches of another element type C (a float16 KV
+                         cache of a float32 model)
 
 and for the cuda target, Triton modules (written into the kernel cache, where the
 runtime imports them and takes their `EXTERNS`; Triton compiles them at first launch):
@@ -44,6 +46,12 @@ log = logging.getLogger("ember.codegen")
 PAGED_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # -> the kernel's element type
 
 
+def paged_key(dtype: str, cache_dtype: str) -> str:
+    """The paged-attention library's suffix for q's element type and the caches' ("T" or
+    "T-C"; runtime/native/paged_attention.py names them the same way)."""
+    return dtype if cache_dtype == dtype else f"{dtype}-{cache_dtype}"
+
+
 def program_uses(program, predicate) -> bool:
     """Whether a step of `program`, or of a control-flow body in it, is an extern that
     `predicate(step)` accepts."""
@@ -53,17 +61,19 @@ def program_uses(program, predicate) -> bool:
 
 
 def paged_dtypes_used(program) -> list[str]:
-    """The element types `program`'s steps (its bodies' included) run the paged-attention
-    kernel for: its paged-attention steps' and its float32 attention steps' (packed rows
-    run on it: `dense_attention`)."""
+    """The element types (`paged_key`s) `program`'s steps (its bodies' included) run the
+    paged-attention kernel for: its paged-attention steps' (q's and the caches') and its
+    float32 attention steps' (packed rows run on it: `dense_attention`)."""
     used = set()
     for step in program.steps:
         if step.kind != "extern":
             continue
         if step.name in ("attention", "paged_attention"):
             dtype = program.buffers[step.args[0]].dtype.name
-            if dtype in PAGED_DTYPES and (step.name == "paged_attention" or dtype == "float32"):
-                used.add(dtype)
+            cache = program.buffers[step.args[3]].dtype.name if step.name == "paged_attention" else dtype
+            if dtype in PAGED_DTYPES and cache in PAGED_DTYPES and (step.name == "paged_attention"
+                                                                     or dtype == "float32"):
+                used.add(paged_key(dtype, cache))
         elif step.name == "control":
             for body in step.params.get("programs", ()):
                 used.update(paged_dtypes_used(body))
@@ -104,11 +114,14 @@ class HandWritten:
         return None if cpu.compiler() is None else cpu.build(self.source())
 
 
-def _paged(dtype: str) -> HandWritten:
-    return HandWritten(f"paged_attention-{dtype}", "cpu_paged_attention.cpp",
-                       lambda program: dtype in paged_dtypes_used(program), prelude=True,
-                       header=f"#define EMBER_PAGED_ELEMENT {PAGED_DTYPES[dtype]}",
-                       what=f"{dtype} paged-attention")
+def _paged(dtype: str, cache: str) -> HandWritten:
+    key = paged_key(dtype, cache)
+    header = f"#define EMBER_PAGED_ELEMENT {PAGED_DTYPES[dtype]}"
+    if cache != dtype:
+        header += f"\n#define EMBER_PAGED_CACHE {PAGED_DTYPES[cache]}"
+    return HandWritten(f"paged_attention-{key}", "cpu_paged_attention.cpp",
+                       lambda program: key in paged_dtypes_used(program), prelude=True, header=header,
+                       what=f"{dtype} paged-attention" + (f" over a {cache} cache" if cache != dtype else ""))
 
 
 KERNELS: dict[str, HandWritten] = {k.name: k for k in [
@@ -131,7 +144,7 @@ KERNELS: dict[str, HandWritten] = {k.name: k for k in [
                     "integer_matmul", "integer_conv", "dynamic_quantize"))),
     HandWritten("quantized_lstm", "cpu_quantized_lstm.cpp", what="DynamicQuantizeLSTM", instead="the reference",
                 used_by=lambda program: program_uses(program, lambda step: step.name == "quantized_lstm")),
-    *(_paged(dtype) for dtype in PAGED_DTYPES),
+    *(_paged(dtype, cache) for dtype in PAGED_DTYPES for cache in PAGED_DTYPES),
     HandWritten("paged_attention-triton", "triton_paged_attention.py", renderer="triton",
                 what="Triton paged-attention", instead="torch's",
                 used_by=lambda program: program_uses(program, lambda step: step.name == "paged_attention")),

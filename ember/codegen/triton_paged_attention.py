@@ -47,10 +47,12 @@ def _store_kv(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, y_ptr, qsl_ptr, 
     slot = tl.load(slot_ptr + t)
     ko = tl.arange(0, KB)
     km = (ko < K_WIDTH) & (slot >= 0)
-    tl.store(k_cache_ptr + slot * K_WIDTH + ko, tl.load(k_ptr + t * k_stride + ko, mask=km), mask=km)
+    tl.store(k_cache_ptr + slot * K_WIDTH + ko,
+             tl.load(k_ptr + t * k_stride + ko, mask=km).to(k_cache_ptr.dtype.element_ty), mask=km)
     vo = tl.arange(0, VB)
     vm = (vo < V_WIDTH) & (slot >= 0)
-    tl.store(v_cache_ptr + slot * V_WIDTH + vo, tl.load(v_ptr + t * v_stride + vo, mask=vm), mask=vm)
+    tl.store(v_cache_ptr + slot * V_WIDTH + vo,
+             tl.load(v_ptr + t * v_stride + vo, mask=vm).to(v_cache_ptr.dtype.element_ty), mask=vm)
     yo = tl.arange(0, YB)
     past = tl.load(qsl_ptr + num_seqs) <= t
     zero = tl.zeros([YB], dtype=tl.float32).to(y_ptr.dtype.element_ty)
@@ -115,9 +117,8 @@ def _attend(q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_pt
         block = tl.load(bt_ptr + b * bt_stride + keys // BLOCK_SIZE, mask=key_ok, other=0)
         slot = block * BLOCK_SIZE + keys % BLOCK_SIZE
         k = tl.load(k_cache_ptr + slot[None, :] * (KV_HEADS * D) + kvh * D + dq[:, None],
-                    mask=key_ok[None, :] & (dq[:, None] < D), other=0.0)  # [DP, BLOCK_N]
-        if UPCAST:
-            k = k.to(tl.float32)
+                    mask=key_ok[None, :] & (dq[:, None] < D), other=0.0).to(q.dtype)  # [DP, BLOCK_N]; a
+        # cache of another type than q's (a float16 KV cache of a float32 model) read as q's
         s = tl.dot(q, k, input_precision=PRECISION) * scale
         visible = key_ok[None, :] & (keys[None, :] <= qpos[:, None])
         visible = visible & ((window <= 0) | (qpos[:, None] - keys[None, :] < window))
@@ -128,7 +129,7 @@ def _attend(q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_pt
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_cache_ptr + slot[:, None] * (KV_HEADS * DV) + kvh * DV + dv[None, :],
-                    mask=key_ok[:, None] & (dv[None, :] < DV), other=0.0)  # [BLOCK_N, DVP]
+                    mask=key_ok[:, None] & (dv[None, :] < DV), other=0.0).to(q.dtype)  # [BLOCK_N, DVP]
         p = p.to(v.dtype)
         if UPCAST:
             p, v = p.to(tl.float32), v.to(tl.float32)
@@ -178,7 +179,8 @@ def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_table
     """The extern: False (nothing done) where these tensors are not the kernels' (another
     dtype, strided rows or caches, mismatched shapes): the runtime's torch path runs then."""
     heads, kv_heads = params["num_heads"], params["kv_num_heads"]
-    if (q.dtype not in _FLOATS or any(t.dtype != q.dtype for t in (k, v, k_cache, v_cache, y))
+    if (q.dtype not in _FLOATS or any(t.dtype != q.dtype for t in (k, v, y)) or k_cache.dtype not in _FLOATS
+            or v_cache.dtype != k_cache.dtype
             or any(t.dtype != torch.int64 or not t.is_contiguous()
                    for t in (slot_mapping, block_tables, query_start_loc, seq_lens))
             or any(t.dim() != 2 or t.stride(1) != 1 for t in (q, k, v, y)) or block_tables.dim() != 2

@@ -2,7 +2,9 @@
 (runtime/native/paged_attention.py: the cache written and read in place, one online-softmax pass
 over each sequence's blocks). Where that kernel cannot run — an element type it lacks, no
 C++ compiler, strided arrays, indices it rejects — torch's kernels do it instead: one
-scaled-dot-product attention per sequence over the keys its block table gathers."""
+scaled-dot-product attention per sequence over the keys its block table gathers. The
+caches may be of another float type than q, k, v and y (a float16 KV cache of a float32
+model): new rows are rounded into the cache's type, and read back as q's."""
 
 from __future__ import annotations
 
@@ -54,9 +56,12 @@ def _fused(params, *arrays) -> bool:
     q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y = arrays
     if q.dim() == 2 and q.shape[0] == 0 and y.numel() == 0:  # no new token: nothing to write or attend
         return True
-    dtype = _DTYPES.get(str(q.dtype))
-    if (dtype is None or q.device.type != "cpu" or not kernel.available(dtype)
-            or any(t.dtype != q.dtype for t in (k, v, k_cache, v_cache, y))
+    dtype, cache = _DTYPES.get(str(q.dtype)), _DTYPES.get(str(k_cache.dtype))
+    if dtype is None or cache is None:
+        return False
+    dtype = kernel.key(dtype, cache)
+    if (q.device.type != "cpu" or not kernel.available(dtype)
+            or any(t.dtype != q.dtype for t in (k, v, y)) or v_cache.dtype != k_cache.dtype
             or any(t.dtype != torch.int64 or not t.is_contiguous()
                    for t in (slot_mapping, block_tables, query_start_loc, seq_lens))
             or any(t.dim() != 2 or t.stride(1) != 1 for t in (q, k, v, y))
@@ -83,9 +88,9 @@ def paged_attention_step(params, args):
 
     if any(a is None for a in args[:len(NAMES)]):
         return None
-    dtype = _NUMPY.get(args[0][2].name)
-    if (dtype is None or any(a[2] != args[0][2] for a in (args[1], args[2], args[3], args[4], args[9]))
-            or any(a[2].name != "int64" for a in args[5:9])):
+    dtype, cache = _NUMPY.get(args[0][2].name), _NUMPY.get(args[3][2].name)
+    if (dtype is None or cache is None or any(a[2] != args[0][2] for a in (args[1], args[2], args[9]))
+            or args[4][2] != args[3][2] or any(a[2].name != "int64" for a in args[5:9])):
         return None
     shapes = {name: tuple(a[1]) for name, a in zip(NAMES, args)}
     if not shapes["q"] or shapes["q"][0] == 0:
@@ -94,7 +99,8 @@ def paged_attention_step(params, args):
     sizes = _sizes(params, shapes, strides, threads())
     if sizes is None:
         return None
-    return kernel.step(dtype, {name: a[0] for name, a in zip(NAMES, args)}, sizes, params["scale"])
+    return kernel.step(kernel.key(dtype, cache), {name: a[0] for name, a in zip(NAMES, args)}, sizes,
+                       params["scale"])
 
 
 def gathered(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, y):
@@ -105,8 +111,8 @@ def gathered(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, quer
     num_blocks, block_size, _, head_dim = k_cache.shape
     valid = slot_mapping >= 0
     slots = slot_mapping[valid]
-    k_cache.view(num_blocks * block_size, kv_heads, -1)[slots] = k[valid].view(len(slots), kv_heads, -1)
-    v_cache.view(num_blocks * block_size, kv_heads, -1)[slots] = v[valid].view(len(slots), kv_heads, -1)
+    k_cache.view(num_blocks * block_size, kv_heads, -1)[slots] = k[valid].view(len(slots), kv_heads, -1).to(k_cache.dtype)
+    v_cache.view(num_blocks * block_size, kv_heads, -1)[slots] = v[valid].view(len(slots), kv_heads, -1).to(v_cache.dtype)
     y.zero_()
     starts, lengths = query_start_loc.tolist(), seq_lens.tolist()
     for b, length in enumerate(lengths):
@@ -116,8 +122,8 @@ def gathered(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, quer
             continue
         positions = torch.arange(length, device=q.device)
         blocks = block_tables[b][positions // block_size]
-        keys = k_cache[blocks, positions % block_size].transpose(0, 1)      # [Hkv, L, D]
-        values = v_cache[blocks, positions % block_size].transpose(0, 1)
+        keys = k_cache[blocks, positions % block_size].transpose(0, 1).to(q.dtype)      # [Hkv, L, D]
+        values = v_cache[blocks, positions % block_size].transpose(0, 1).to(q.dtype)
         queries = q[start:end].view(n, heads, head_dim).transpose(0, 1)       # [H, n, D]
         query_pos = torch.arange(length - n, length, device=q.device)
         visible = positions[None, :] <= query_pos[:, None]

@@ -73,7 +73,10 @@ def test_engine_options_the_graph_fixes(tiny_artifact):
         ember.LLM(tiny_artifact, max_model_len=4096, **SMALL)
     with pytest.raises(InputError, match="compiled in float32, not bfloat16: compile it again with --dtype bfloat16"):
         ember.LLM(tiny_artifact, dtype="bfloat16", **SMALL)
-    llm = ember.LLM(tiny_artifact, max_model_len=64, block_size=16, dtype="float32", **SMALL)
+    with pytest.raises(InputError, match="compiled with a float32 KV cache, not float16: compile it again with "
+                                         "--kv-cache-dtype float16"):
+        ember.LLM(tiny_artifact, kv_cache_dtype="float16", **SMALL)
+    llm = ember.LLM(tiny_artifact, max_model_len=64, block_size=16, dtype="float32", kv_cache_dtype="auto", **SMALL)
     assert llm.engine.max_model_len == 64
 
 

@@ -378,6 +378,34 @@ def test_the_kv_cache_is_resident_from_the_start(tiny_llm_dir):
     assert all(isinstance(owner(c), mmap.mmap) for c in caches.values())  # populated mappings
 
 
+def test_a_float16_kv_cache_of_a_float32_model(tiny_llm_dir, llm):
+    """LLM(kv_cache_dtype="float16"): the caches float16 (twice the blocks in the same
+    memory), the model float32, attention on the kernel built for that pair (no fallback,
+    no torch path), and the greedy tokens of the float32 cache's engine: rounding keys and
+    values to float16 moves the logits by far less than the gaps between the top tokens."""
+    from ember.runtime import externs_paged
+
+    half = make_llm(tiny_llm_dir, kv_cache_dtype="float16")
+    runner = half.engine.runner
+    assert runner.compiled.stats.fallback_nodes == []
+    assert all(c.dtype == np.float16 for c in runner.caches.values())
+    assert half.engine.pool.num_blocks == 2 * llm.engine.pool.num_blocks
+    assert "paged_attention-float32-float16" in runner.compiled.program.libraries
+    calls = []
+    original = externs_paged.gathered
+    externs_paged.gathered = lambda *a: calls.append(a) or original(*a)
+    try:
+        batch = prompts(6, seed=11)
+        got = tokens(half.generate([{"prompt_token_ids": p} for p in batch], greedy(8), use_tqdm=False))
+    finally:
+        externs_paged.gathered = original
+    assert calls == []
+    want = tokens(llm.generate([{"prompt_token_ids": p} for p in batch], greedy(8), use_tqdm=False))
+    assert got == want
+    with pytest.raises(InputError, match="kv_cache_dtype 'int3' is not one ember keeps a KV cache in"):
+        make_llm(tiny_llm_dir, kv_cache_dtype="int3")
+
+
 def test_a_bfloat16_engine_on_the_cpu(tiny_llm_dir):
     """LLM(dtype="bfloat16"): its caches and logits bfloat16 (handed to the sampler through
     their bits), no node on the reference."""

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler 
 @pytest.fixture(autouse=True, scope="module")
 def _kernels():
     """The extern is called here directly, not through a program that names its libraries."""
-    install(*(f"paged_attention-{dtype}" for dtype in handwritten.PAGED_DTYPES))
+    install(*(f"paged_attention-{handwritten.paged_key(dtype, cache)}" for dtype in handwritten.PAGED_DTYPES
+              for cache in handwritten.PAGED_DTYPES))
 
 
 @pytest.fixture
@@ -42,15 +43,15 @@ def no_torch_path(monkeypatch):
     monkeypatch.setattr(externs_paged, "gathered", fail)
 
 
-def _batch(rng, seqs, heads, kv_heads, d, block_size, *, dv=None, padding=0, dtype=np.float32):
+def _batch(rng, seqs, heads, kv_heads, d, block_size, *, dv=None, padding=0, dtype=np.float32, cache_dtype=None):
     """Feeds for one step: sequence i has seqs[i] = (cached tokens, new tokens), its blocks
     drawn from a shuffled free list (the cache's other rows hold noise); `padding` tokens of
-    no sequence (slot -1) at the end."""
+    no sequence (slot -1) at the end. The caches of `cache_dtype` (default: `dtype`)."""
     dv = dv or d
     need = sum(-(-(c + n) // block_size) for c, n in seqs)
     num_blocks = need + 3
-    k_cache = rng.standard_normal((num_blocks, block_size, kv_heads, d)).astype(dtype)
-    v_cache = rng.standard_normal((num_blocks, block_size, kv_heads, dv)).astype(dtype)
+    k_cache = rng.standard_normal((num_blocks, block_size, kv_heads, d)).astype(cache_dtype or dtype)
+    v_cache = rng.standard_normal((num_blocks, block_size, kv_heads, dv)).astype(cache_dtype or dtype)
     free = list(rng.permutation(num_blocks))
     max_blocks = max([-(-(c + n) // block_size) for c, n in seqs] + [1])
     tables = np.full((len(seqs), max_blocks), -7, np.int64)  # unused entries: never read
@@ -145,6 +146,20 @@ def test_every_vector_width_matches_the_reference(no_torch_path, width):
             _check(feeds, 6, 2, window=0, scale=0.3)
     finally:
         install("paged_attention-float32")
+
+
+@pytest.mark.parametrize("dtype, cache_dtype", [(np.float32, np.float16), (np.float32, ml_dtypes.bfloat16),
+                                                (ml_dtypes.bfloat16, np.float16), (np.float16, np.float32)])
+def test_caches_of_another_type(no_torch_path, dtype, cache_dtype):
+    """A KV cache of its own element type (a float16 cache of a float32 model): new rows
+    rounded into it as the reference rounds them (the caches after the write equal bit for
+    bit), keys and values read back and computed in float32 — decode, prefill tiles and a
+    chunk after cached context, head dims with compiled-in loops and without."""
+    rng = np.random.default_rng(5)
+    for d, seqs in [(64, [(40, 1), (0, 37), (17, 5), (90, 1)]), (24, [(30, 1), (33, 9)])]:
+        feeds = _batch(rng, seqs, 6, 2, d, 16, padding=1, dtype=dtype, cache_dtype=cache_dtype)
+        tol = 1e-5 if dtype == np.float32 else 1e-2
+        _check(feeds, 6, 2, rtol=tol, atol=tol)
 
 
 def test_results_do_not_depend_on_the_thread_count(no_torch_path):

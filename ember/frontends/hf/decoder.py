@@ -5,8 +5,9 @@ Inputs (T new tokens of B sequences; N positions whose logits are wanted):
 
     input_ids [T], positions [T], slot_mapping [T]          int64
     block_tables [B, max_blocks], query_start_loc [B+1], seq_lens [B], logit_indices [N]   int64
-    k_cache_{i}, v_cache_{i} [num_blocks, block_size, Hkv, D]   per layer, the model's dtype,
-                                                            written in place (see ember.PagedAttention)
+    k_cache_{i}, v_cache_{i} [num_blocks, block_size, Hkv, D]   per layer, the model's dtype (or
+                                                            ForwardOptions.kv_cache_dtype), written
+                                                            in place (see ember.PagedAttention)
 
 Output: logits [N, vocab] of the tokens at logit_indices (rows of the flattened batch).
 
@@ -36,6 +37,7 @@ from .weights import Weights
 class ForwardOptions:
     block_size: int = 16              # tokens per KV-cache block
     max_model_len: int | None = None  # longest sequence (positions with rotary tables); default: the config's
+    kv_cache_dtype: DType | None = None  # the KV cache's element type; default: the model's
 
 
 def cache_shape(config: ModelConfig, num_blocks: int, block_size: int) -> tuple[int, int, int, int]:
@@ -98,7 +100,8 @@ def batch_inputs(g: GraphBuilder, config: ModelConfig, options: ForwardOptions, 
     lens = g.input("seq_lens", DType.int64, (B,))
     logit_indices = g.input("logit_indices", DType.int64, (N,))
     shape = cache_shape(config, num_blocks, options.block_size)
-    caches = [tuple(g.input(name, dtype, shape) for name in cache_names(i)) for i in range(config.num_layers)]
+    cache_dtype = options.kv_cache_dtype or dtype
+    caches = [tuple(g.input(name, cache_dtype, shape) for name in cache_names(i)) for i in range(config.num_layers)]
     return BatchInputs(ids, positions, logit_indices, caches, (slots, tables, starts, lens))
 
 

@@ -30,9 +30,11 @@ class PretrainedModel:
     weights: Weights
     metadata: dict[str, Any] | None = None  # a GGUF file's metadata
 
-    def graph(self, block_size: int = 16, max_model_len: int | None = None) -> Graph:
-        """The forward graph over a flattened batch (see `decoder`), weights loaded now."""
-        return self.architecture.build(self.config, self.weights, ForwardOptions(block_size, max_model_len))
+    def graph(self, block_size: int = 16, max_model_len: int | None = None, kv_cache_dtype=None) -> Graph:
+        """The forward graph over a flattened batch (see `decoder`), weights loaded now; its
+        KV caches of `kv_cache_dtype` (a DType; default: the model's)."""
+        return self.architecture.build(self.config, self.weights,
+                                       ForwardOptions(block_size, max_model_len, kv_cache_dtype))
 
     def cache_shape(self, num_blocks: int, block_size: int = 16) -> tuple[int, int, int, int]:
         return cache_shape(self.config, num_blocks, block_size)

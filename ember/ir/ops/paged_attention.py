@@ -6,6 +6,7 @@ block-paged KV cache, the one stateful op of an LLM's forward graph.
 
     q: [T, H*D]   k: [T, Hkv*D]   v: [T, Hkv*Dv]       the new tokens of every sequence, flattened
     k_cache: [num_blocks, block_size, Hkv, D]          v_cache: [num_blocks, block_size, Hkv, Dv]
+                                                       (float, of q's type or another: rounded into it)
     slot_mapping: [T] int64        cache slot of each new token (block * block_size + offset); < 0: none
     block_tables: [B, max_blocks]  int64, the cache blocks of each sequence, in order
     query_start_loc: [B+1] int64   sequence b's new tokens are q[query_start_loc[b]:query_start_loc[b+1]]
@@ -127,8 +128,12 @@ register_op(OpDef(
 
 def _lower(ctx, node, ins):
     # (on the cpu target too, float16 and bfloat16: its paged-attention kernel takes them)
-    if ins[0].dtype not in ctx.extern_floats | HALF_FLOATS or any(r.dtype is not DType.int64 for r in ins[5:]):
-        raise NotLowerable("not float, or index inputs not int64")
+    floats = ctx.extern_floats | HALF_FLOATS
+    if (ins[0].dtype not in floats or any(r.dtype is not ins[0].dtype for r in ins[1:3])
+            or ins[3].dtype not in floats or ins[4].dtype is not ins[3].dtype
+            or any(r.dtype is not DType.int64 for r in ins[5:])):
+        raise NotLowerable("q, k, v or the caches not float (or k, v not q's type, or the caches not of one type), "
+                           "or index inputs not int64")
     # the caches must be the caller's arrays themselves: written in place, they are state
     for value, name in zip(node.inputs[3:5], ("k_cache", "v_cache")):
         if value not in ctx.graph.inputs:

@@ -6,7 +6,8 @@ through ctypes with the data pointers of the op's arrays.
 where its indices do not describe a valid batch (a slot or block past the cache, a sequence
 shorter than its new tokens), so that the caller's slower path can report the error.
 `available(dtype)` says whether a Program named the kernel's library for that element type
-(float32, float16 or bfloat16, which compute in float32) and it built.
+(float32, float16 or bfloat16, which compute in float32; `key(dtype, cache_dtype)` for caches
+of another type) and it built.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ ARRAYS = ("q", "k", "v", "k_cache", "v_cache", "slot_mapping", "block_tables", "
 SIZES = ("num_tokens", "num_seqs", "max_blocks", "num_blocks", "block_size", "num_heads", "kv_num_heads",
          "head_dim", "v_head_dim", "q_stride", "k_stride", "v_stride", "y_stride", "sliding_window", "threads",
          "causal", "k_slot_stride", "v_slot_stride", "bias_seq_stride", "bias_head_stride", "bias_query_stride")
+
+
+def key(dtype: str, cache_dtype: str) -> str:
+    """The library's element types: q's ("float32"), or q's and the caches' where they
+    differ ("float32-float16"; codegen/handwritten.py builds one library for each)."""
+    return dtype if cache_dtype == dtype else f"{dtype}-{cache_dtype}"
 
 
 def _kernel(dtype: str):
