@@ -21,7 +21,7 @@ from .base import PassResult
 from .registry import register_pass
 from .rewriter import Match, Rewrite, RewritePass
 
-MAX_INPUTS = 16
+MAX_INPUTS = 20  # (QEmbedLayerNormalization has 18)
 
 
 class _DryRun:
@@ -44,8 +44,8 @@ class _DryRun:
 def _rewrite(op_name: str, num_inputs: int, num_outputs: int, used: set[int]) -> Rewrite:
     expand = get_op(op_name).expand
 
-    def pattern(op, i0, i1, i2, i3, i4, i5, i6, i7, i8, i9, i10, i11, i12, i13, i14, i15):
-        inputs = [i0, i1, i2, i3, i4, i5, i6, i7, i8, i9, i10, i11, i12, i13, i14, i15][:num_inputs]
+    def pattern(op, i0, i1, i2, i3, i4, i5, i6, i7, i8, i9, i10, i11, i12, i13, i14, i15, i16, i17, i18, i19):
+        inputs = [i0, i1, i2, i3, i4, i5, i6, i7, i8, i9, i10, i11, i12, i13, i14, i15, i16, i17, i18, i19][:num_inputs]
         return op(op_name, *inputs, _outputs=num_outputs, _as="first_output")
 
     def check(m: Match) -> str | None:

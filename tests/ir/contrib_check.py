@@ -19,7 +19,8 @@ from ember.frontends.onnx import load_onnx
 from ember.ir.interpreter import evaluate
 
 ELEMENT = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32,
-           np.dtype(np.int64): TensorProto.INT64, np.dtype(np.uint8): TensorProto.UINT8}
+           np.dtype(np.int64): TensorProto.INT64, np.dtype(np.uint8): TensorProto.UINT8,
+           np.dtype(np.int8): TensorProto.INT8}
 
 
 def contrib_model(op_type: str, inputs: list[tuple[str, np.dtype, list] | None], outputs: list[str],

@@ -572,3 +572,211 @@ def test_matmul_nbits_with_float_zero_points_stays_float_at_level_4():
     assert nbits_blocks(inits["B"], inits["scales"], inits["zero_points"], 64, 24, 4, 32) is None
     assert "ember.QuantizedLinear" not in {node.op for node in ember.compile(model).graph.nodes}
     check(model.SerializeToString(), {"A": _normal(rng, 5, 64)}, rtol=1e-4, atol=1e-4)
+
+
+# -- DynamicQuantizeMatMul -------------------------------------------------------------
+def _dqmm_case(rng, k, n, b_dtype, per_column, zero, bias):
+    """A DynamicQuantizeMatMul node over a constant 8-bit B (its scales, zero points and
+    bias constants too, as onnxruntime's optimizer writes them), and B's constants."""
+    low, high = (-127, 128) if b_dtype == np.int8 else (0, 256)
+    inits = {"B": rng.integers(low, high, (k, n)).astype(b_dtype),
+             "b_scale": (rng.random(n if per_column else 1) * 0.02 + 0.001).astype(F32).reshape(-1 if per_column else ())}
+    if zero:
+        inits["b_zero_point"] = rng.integers(low // 4, high // 4, n if per_column else 1).astype(b_dtype).reshape(
+            -1 if per_column else ())
+    if bias:
+        inits["bias"] = _normal(rng, n)
+    inputs = [("A", F32, ["B", "S", k]), ("B", b_dtype, [k, n]), ("b_scale", F32, list(inits["b_scale"].shape)),
+              ("b_zero_point", b_dtype, list(inits["b_zero_point"].shape)) if zero else None,
+              ("bias", F32, [n]) if bias else None]
+    while inputs[-1] is None:
+        inputs.pop()
+    return contrib_model("DynamicQuantizeMatMul", inputs, ["y"], initializers=inits), inits
+
+
+_DQL = contrib_model("DynamicQuantizeLinear", [("x", F32, ["N"])], ["y", "scale", "zero"], domain="")
+
+
+def _exact_dqmm(inits, a):
+    """DynamicQuantizeMatMul computed from onnxruntime's DynamicQuantizeLinear kernel and an
+    exact int64 product: onnxruntime's own DynamicQuantizeMatMul is no oracle for int8 B on
+    AVX2 without VNNI, where its u8 x s8 kernel (vpmaddubsw) saturates pairs of products at
+    2^15 (docs/benchmarks.md, "Quantized ONNX")."""
+    aq, a_scale, a_zero = _session(_DQL).run(None, {"x": a.reshape(-1)})
+    b = inits["B"].astype(np.int64) - inits.get("b_zero_point", np.zeros((), inits["B"].dtype)).astype(np.int64)
+    acc = (aq.astype(np.int64) - int(a_zero)).reshape(a.shape) @ b
+    y = acc.astype(np.int32).astype(F32) * (np.float32(a_scale) * inits["b_scale"])
+    return [y + inits["bias"] if "bias" in inits else y]
+
+
+@pytest.mark.parametrize("b_dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("per_column, zero, bias", [(False, False, False), (True, False, True), (False, True, True),
+                                                    (True, True, False)])
+def test_dynamic_quantize_matmul(b_dtype, per_column, zero, bias):
+    """onnxruntime's fusion of quantize_dynamic's DynamicQuantizeLinear -> MatMulInteger ->
+    Cast -> Mul (-> Add): A quantized to uint8 over its range at run time, the product on
+    ember's exact integer GEMM (its RUNS counter), against onnxruntime's kernel."""
+    from ember.runtime.native import integer_gemm
+
+    rng = np.random.default_rng(7 * per_column + 3 * zero + bias + (b_dtype == np.int8))
+    model, inits = _dqmm_case(rng, 48, 40, b_dtype, per_column, zero, bias)
+    runs = integer_gemm.RUNS[0]
+    for batch, seq in [(1, 1), (2, 7), (3, 16)]:
+        a = _normal(rng, batch, seq, 48) * rng.uniform(0.1, 4)
+        if seq == 7:
+            a = np.abs(a)  # all positive: the range's low end is 0, the zero point 0
+        check(model, {"A": a}, rtol=1e-5, atol=1e-5, want=_exact_dqmm(inits, a) if b_dtype == np.int8 else None)
+    assert integer_gemm.RUNS[0] >= runs + 6  # O0 and O2, three sizes each
+
+
+# -- QAttention --------------------------------------------------------------------------
+def _qattention_case(rng, w_dtype, per_column, mask, unidirectional):
+    """A QAttention node: a uint8 input fed (with its scale and zero point, as the
+    DynamicQuantizeLinear before it gives them), the 8-bit weight and the rest constants.
+    int8 weights within [-63, 63]: onnxruntime's u8 x s8 kernel saturates pairs of products
+    at 2^15 on AVX2 (vpmaddubsw), so only there is it an oracle."""
+    total = 3 * HIDDEN
+    w = (rng.integers(-63, 64, (HIDDEN, total)) if w_dtype == np.int8 else rng.integers(0, 256, (HIDDEN, total)))
+    inits = {"weight": w.astype(w_dtype), "bias": _normal(rng, total) * 0.5,
+             "weight_scale": (rng.random(total if per_column else 1) * 0.004 + 0.001).astype(F32).reshape(
+                 -1 if per_column else ()),
+             "weight_zero_point": (rng.integers(-8, 8, total if per_column else 1) if w_dtype == np.int8 else
+                                   rng.integers(100, 156, total if per_column else 1)).astype(w_dtype).reshape(
+                 -1 if per_column else ())}
+    shapes = {"none": None, "end": ["B"], "raw": ["B", "S"]}
+    inputs = [("input", np.uint8, ["B", "S", HIDDEN]), ("weight", w_dtype, [HIDDEN, total]), ("bias", F32, [total]),
+              ("input_scale", F32, []), ("weight_scale", F32, list(inits["weight_scale"].shape)),
+              ("mask_index", I32, shapes[mask]) if shapes[mask] else None, ("input_zero_point", np.uint8, []),
+              ("weight_zero_point", w_dtype, list(inits["weight_zero_point"].shape))]
+    return contrib_model("QAttention", inputs, ["y"], initializers=inits, num_heads=HEADS,
+                         unidirectional=unidirectional)
+
+
+QATTENTION = {f"{w.__name__}_{'column' if column else 'tensor'}_{mask}{'_causal' if causal else ''}":
+              (w, column, mask, causal)
+              for w, column, mask, causal in [(np.int8, False, "raw", 0), (np.int8, True, "end", 0),
+                                              (np.uint8, False, "none", 1), (np.uint8, True, "raw", 0),
+                                              (np.int8, True, "none", 1)]}
+
+
+@pytest.mark.parametrize("name", sorted(QATTENTION))
+@SETTINGS
+@given(size=sizes, seed=seeds)
+def test_qattention(name, size, seed):
+    """quantize_dynamic's Attention: the projection on ember's integer GEMM (MatMulIntegerToFloat),
+    then ember.Attention, against onnxruntime's QAttention kernel."""
+    batch, seq = size
+    w_dtype, per_column, mask, causal = QATTENTION[name]
+    model = _qattention_case(np.random.default_rng(len(name)), w_dtype, per_column, mask, causal)
+    rng = np.random.default_rng(seed)
+    lengths = _lengths(rng, batch, seq)
+    feeds = {"input": rng.integers(0, 256, (batch, seq, HIDDEN)).astype(np.uint8),
+             "input_scale": np.asarray(rng.uniform(0.005, 0.02), F32), "input_zero_point": np.asarray(
+                 rng.integers(100, 156), np.uint8)}
+    if mask == "end":
+        feeds["mask_index"] = lengths
+    elif mask == "raw":
+        feeds["mask_index"] = _padding_mask(lengths, seq)
+    event(f"{name}: {'padded' if mask != 'none' and (lengths < seq).any() else 'full'}")
+    check(model, feeds, rtol=1e-4, atol=1e-4)
+
+
+# -- QGemm -----------------------------------------------------------------------------
+def _qgemm_case(rng, k, n, *, b_dtype, per_column, c, alpha, trans_a, trans_b, y, a_dtype=np.uint8):
+    """A QGemm node (quantize_static's Gemm, QOperator format): A fed (`a_dtype`), B constant
+    (int8 within [-63, 63] where onnxruntime's u8 x s8 kernel is exact on AVX2), C int32,
+    the output float or quantized to `y` (uint8 / int8)."""
+    b = rng.integers(-63, 64, (k, n)) if b_dtype == np.int8 else rng.integers(0, 256, (k, n))
+    cols = n if per_column else 1
+    inits = {"a_scale": np.asarray(0.02, F32), "a_zero_point": np.asarray(118 if a_dtype == np.uint8 else -5, a_dtype),
+             "B": (b.T if trans_b else b).astype(b_dtype),
+             "b_scale": (rng.random(cols) * 0.01 + 0.002).astype(F32).reshape(-1 if per_column else ()),
+             "b_zero_point": (rng.integers(-6, 6, cols) if b_dtype == np.int8 else rng.integers(110, 140, cols)).astype(
+                 b_dtype).reshape(-1 if per_column else ())}
+    if c:
+        inits["C"] = rng.integers(-3000, 3000, n).astype(np.int32)
+    if y is not None:
+        inits["y_scale"], inits["y_zero_point"] = np.asarray(0.15, F32), np.asarray(3 if y == np.int8 else 128, y)
+    inputs = [("A", a_dtype, [k, "M"] if trans_a else ["M", k]), ("a_scale", F32, []), ("a_zero_point", a_dtype, []),
+              ("B", b_dtype, list(inits["B"].shape)), ("b_scale", F32, list(inits["b_scale"].shape)),
+              ("b_zero_point", b_dtype, list(inits["b_zero_point"].shape)), ("C", I32, [n]) if c else None,
+              ("y_scale", F32, []) if y is not None else None, ("y_zero_point", y, []) if y is not None else None]
+    while inputs[-1] is None:
+        inputs.pop()
+    return contrib_model("QGemm", inputs, ["y"], initializers=inits, alpha=alpha, transA=int(trans_a),
+                         transB=int(trans_b))
+
+
+QGEMM = {
+    "float": dict(b_dtype=np.int8, per_column=False, c=False, alpha=1.0, trans_a=False, trans_b=False, y=None),
+    "float_c_alpha_transB": dict(b_dtype=np.int8, per_column=True, c=True, alpha=0.5, trans_a=False, trans_b=True,
+                                 y=None),
+    "uint8_out_transA": dict(b_dtype=np.uint8, per_column=False, c=True, alpha=1.0, trans_a=True, trans_b=False,
+                             y=np.uint8),
+    "int8_out_per_column": dict(b_dtype=np.int8, per_column=True, c=True, alpha=1.0, trans_a=False, trans_b=True,
+                                y=np.int8, a_dtype=np.int8),  # (onnxruntime's int8 output: for int8 A only)
+}
+
+
+@pytest.mark.parametrize("name", sorted(QGEMM))
+def test_qgemm(name):
+    """The integer product on ember's integer GEMM (MatMulIntegerToFloat where nothing else
+    is asked for, else MatMulInteger, C, the rescale and the requantization in generated
+    kernels), against onnxruntime's QGemm kernel; quantized outputs equal exactly."""
+    from ember.runtime.native import integer_gemm
+
+    rng = np.random.default_rng(len(name))
+    case = QGEMM[name]
+    model = _qgemm_case(rng, 40, 24, **case)
+    runs = integer_gemm.RUNS[0]
+    for m in (1, 9):
+        low, high = (0, 256) if case.get("a_dtype", np.uint8) == np.uint8 else (-128, 128)
+        a = rng.integers(low, high, (40, m) if case["trans_a"] else (m, 40)).astype(case.get("a_dtype", np.uint8))
+        exact = case["y"] is not None
+        check(model, {"A": a}, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-5)
+    assert integer_gemm.RUNS[0] >= runs + 4
+
+
+# -- QEmbedLayerNormalization ------------------------------------------------------------
+def _qembed_case(rng, dtype, segments, mask):
+    """quantize_dynamic's EmbedLayerNormalization: every table 8-bit with its own scale and
+    zero point (constants), ids int32 fed."""
+    vocab, positions, hidden = 30, 24, H
+    low, high = (-128, 128) if dtype == np.int8 else (0, 256)
+    tables = {"word_embedding_quant": (vocab, hidden), "position_embedding_quant": (positions, hidden),
+              "segment_embedding": (2, hidden), "gamma_quant": (hidden,), "beta_quant": (hidden,)}
+    short = {"word_embedding_quant": "word_embedding", "position_embedding_quant": "position_embedding",
+             "segment_embedding": "segment_embedding", "gamma_quant": "gamma", "beta_quant": "beta"}
+    inits = {}
+    for name, shape in tables.items():
+        if name == "segment_embedding" and not segments:
+            continue
+        inits[name] = rng.integers(low, high, shape).astype(dtype)
+        inits[short[name] + "_scale"] = np.asarray(rng.uniform(0.002, 0.02), F32)
+        inits[short[name] + "_zero_point"] = np.asarray(rng.integers(low // 2, high // 2), dtype)
+    spec = {"input_ids": (I32, ["B", "S"]), "segment_ids": (I32, ["B", "S"]) if segments else None,
+            "mask": (I32, ["B", "S"]) if mask else None}
+    names = ["input_ids", "segment_ids", "word_embedding_quant", "position_embedding_quant", "segment_embedding",
+             "gamma_quant", "beta_quant", "mask", "word_embedding_scale", "position_embedding_scale",
+             "segment_embedding_scale", "gamma_scale", "beta_scale", "word_embedding_zero_point",
+             "position_embedding_zero_point", "segment_embedding_zero_point", "gamma_zero_point", "beta_zero_point"]
+    inputs = [(n, *spec[n]) if spec.get(n) else (n, inits[n].dtype, list(inits[n].shape)) if n in inits else None
+              for n in names]
+    return contrib_model("QEmbedLayerNormalization", inputs, ["y", "mask_index"], initializers=inits,
+                         epsilon=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("segments, mask", [(True, True), (False, False), (True, False)])
+def test_qembed_layer_norm(dtype, segments, mask):
+    """Its tables dequantized ((q - zero) * scale), then EmbedLayerNormalization, against
+    onnxruntime's kernel; the mask's row sums as mask_index."""
+    rng = np.random.default_rng(segments + 2 * mask + (dtype == np.int8))
+    model = _qembed_case(rng, dtype, segments, mask)
+    for batch, seq in [(1, 1), (2, 9), (3, 24)]:
+        feeds = {"input_ids": rng.integers(0, 30, (batch, seq)).astype(I32)}
+        if segments:
+            feeds["segment_ids"] = rng.integers(0, 2, (batch, seq)).astype(I32)
+        if mask:
+            feeds["mask"] = _padding_mask(_lengths(rng, batch, seq), seq)
+        check(model, feeds, rtol=1e-4, atol=1e-4, compare=[0, 1] if mask else [0])

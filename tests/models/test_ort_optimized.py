@@ -82,3 +82,66 @@ def test_optimized_minilm_matches_onnxruntime(minilm_onnx, tmp_path):
     (want,) = session.run(None, feeds)
     (got,) = compiled.run(feeds).values()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def quantized(optimized, tmp_path_factory):
+    """The optimized BERT quantized by onnxruntime's quantize_dynamic (uint8 weights: onnxruntime's
+    u8 x u8 kernels are exact, its u8 x s8 ones on AVX2 saturate, so only then is it an
+    oracle), and that model as an onnxruntime session optimizes it (optimized_model_filepath)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tmp_path_factory.mktemp("ort_quantized")
+    quantize_dynamic(str(optimized["bert"]), str(folder / "q.onnx"), weight_type=QuantType.QUInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(folder / "q_ort.onnx")
+    ort.InferenceSession(str(folder / "q.onnx"), options, providers=["CPUExecutionProvider"])
+    return {"quantize_dynamic": folder / "q.onnx", "onnxruntime_optimized": folder / "q_ort.onnx"}
+
+
+QUANTIZED_OPS = {
+    "quantize_dynamic": {"QEmbedLayerNormalization": 1, "QAttention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2},
+    "onnxruntime_optimized": {"QEmbedLayerNormalization": 1, "QAttention": 2, "SkipLayerNormalization": 4,
+                              "BiasGelu": 2, "DynamicQuantizeMatMul": 7},
+}
+
+
+@pytest.mark.parametrize("opt_level", [0, 2])
+@pytest.mark.parametrize("name", sorted(QUANTIZED_OPS))
+def test_quantized_bert_runs_on_the_integer_gemm_and_matches_onnxruntime(quantized, optimized, name, opt_level):
+    """quantize_dynamic's QEmbedLayerNormalization and QAttention, and the DynamicQuantizeMatMul
+    an onnxruntime session fuses: no node on the reference, every integer product on ember's
+    integer GEMM (its RUNS counter), onnxruntime's outputs within the quantization tolerance:
+    within float32 rounding until an activation that a layer quantizes at run time lands on
+    a rounding boundary and the two engines' float32 roundings before it put it on either
+    side; one step of that quantization then spreads through the next attention. So: the
+    mean difference from onnxruntime at most half of onnxruntime's own from the float
+    model (the quantization error), and exact to float32 rounding on most inputs."""
+    from ember.runtime.native import integer_gemm
+
+    path = str(quantized[name])
+    assert dict(contrib_ops(quantized[name])) == QUANTIZED_OPS[name]
+    compiled = ember.compile(path, opt_level=opt_level)
+    assert compiled.stats.fallback_nodes == [], str(compiled.stats)
+    if opt_level == 2:
+        assert compiled.stats.op_histogram["ember.Attention"] == 2
+        assert set(op for op in compiled.stats.op_histogram if op.startswith("com.microsoft.")) == {
+            "com.microsoft.MatMulIntegerToFloat"}
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    float_session = ort.InferenceSession(str(optimized["bert"]), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    exact = 0
+    for batch, seq in [(2, 7), (3, 13), (4, 16), (1, 20)]:
+        feeds = bert_feeds(rng, batch, seq)
+        runs = integer_gemm.RUNS[0]
+        got = list(compiled.run(feeds).values())
+        assert integer_gemm.RUNS[0] - runs == 9  # 2 attention projections + 7 other linear layers
+        ours, theirs = got[0], session.run(None, feeds)[0]  # the last hidden state, [B, S, H]
+        assert ours.shape == theirs.shape
+        off, error = np.abs(ours - theirs), np.abs(theirs - float_session.run(None, feeds)[0])
+        assert off.mean() <= 0.5 * error.mean(), (off.mean(), error.mean())
+        exact += bool(off.max() <= 1e-5)
+    assert exact >= 2  # (most inputs put no activation on a boundary: float32 rounding apart)

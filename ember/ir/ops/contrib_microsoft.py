@@ -335,17 +335,21 @@ def _embed_reference(node: Node):
     eps = get_op(node.op).attr(node, "epsilon")
 
     def run(*args):
-        ids, segments, words, positions, segment_table, gamma, beta, mask, position_ids = padded_args(args, 9)
-        seq = ids.shape[1]
-        position_ids = np.arange(seq)[None, :] if position_ids is None else position_ids
-        total = words[ids] + positions[position_ids]
-        if segments is not None and segment_table is not None:
-            total = total + segment_table[segments]
-        y, _, _ = _layer_norm(total, eps, gamma, beta)
-        mask_index = (mask.sum(axis=1) if mask is not None else np.zeros(ids.shape[0])).astype(np.int32)
-        return y.astype(words.dtype), mask_index, total
+        return _embed(eps, *padded_args(args, 9))
 
     return run
+
+
+def _embed(eps, ids, segments, words, positions, segment_table, gamma, beta, mask, position_ids):
+    """EmbedLayerNormalization's meaning: (output, mask_index, embedding_sum)."""
+    seq = ids.shape[1]
+    position_ids = np.arange(seq)[None, :] if position_ids is None else position_ids
+    total = words[ids] + positions[position_ids]
+    if segments is not None and segment_table is not None:
+        total = total + segment_table[segments]
+    y, _, _ = _layer_norm(total, eps, gamma, beta)
+    mask_index = (mask.sum(axis=1) if mask is not None else np.zeros(ids.shape[0])).astype(np.int32)
+    return y.astype(words.dtype), mask_index, total
 
 
 def _embed_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
@@ -358,8 +362,12 @@ def _embed_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
 
 
 def _expand_embed(op, node, used):
-    ids, segments, words, positions, segment_table, gamma, beta, mask, position_ids = padded_inputs(node, 9)
-    eps = get_op(node.op).attr(node, "epsilon")
+    return embed_nodes(op, get_op(node.op).attr(node, "epsilon"), used, *padded_inputs(node, 9))[:len(node.outputs)]
+
+
+def embed_nodes(op, eps, used, ids, segments, words, positions, segment_table, gamma, beta, mask, position_ids):
+    """EmbedLayerNormalization's expansion (and QEmbedLayerNormalization's, over its tables
+    dequantized): Gathers, their sum, LayerNormalization; the mask's row sums."""
     if position_ids is None:  # the first S rows of the position table
         seq = op.Shape(ids, start=1, end=2)
         position_rows = op.Slice(positions, op.constant(np.asarray([0], np.int64)), seq,
@@ -377,7 +385,7 @@ def _expand_embed(op, node, used):
                                  to=int(DType.int32.onnx_code))
         else:
             mask_index = op.ConstantOfShape(op.Shape(ids, start=0, end=1), value=np.zeros(1, np.int32))
-    return [y, mask_index, total][:len(node.outputs)]
+    return [y, mask_index, total]
 
 
 define("EmbedLayerNormalization",
@@ -389,6 +397,57 @@ define("EmbedLayerNormalization",
               "mask_index_type": AttrSpec("mask_index_type", "int", 1)},
        doc="s = word[ids] + position[position_ids or 0..S-1] + segment[segment_ids]; output = LayerNorm(s) * gamma "
            "+ beta; mask_index = number of ones in each mask row (int32)")
+
+
+# -- QEmbedLayerNormalization: quantize_dynamic's EmbedLayerNormalization ------------------
+# Every table (word, position, segment embeddings, gamma, beta) 8-bit with a scale and zero
+# point of its own, dequantized as (q - zero) * scale in float32 (onnxruntime's kernel
+# dequantizes each element so), then EmbedLayerNormalization (positions 0..S-1).
+_QEMBED = ("input_ids", "segment_ids", "word_embedding_quant", "position_embedding_quant", "segment_embedding",
+           "gamma_quant", "beta_quant", "mask", "word_embedding_scale", "position_embedding_scale",
+           "segment_embedding_scale", "gamma_scale", "beta_scale", "word_embedding_zero_point",
+           "position_embedding_zero_point", "segment_embedding_zero_point", "gamma_zero_point", "beta_zero_point")
+_QEMBED_TABLES = (2, 3, 4, 5, 6)  # the quantized tables' positions; their scales 6 on, zero points 11 on
+
+
+def _dequantized(q, scale, zero) -> np.ndarray:
+    return (np.asarray(q).astype(np.float32) - np.asarray(zero).astype(np.float32)) * np.asarray(scale, np.float32)
+
+
+def _qembed_reference(node: Node):
+    eps = get_op(node.op).attr(node, "epsilon")
+
+    def run(*args):
+        a = padded_args(args, len(_QEMBED))
+        tables = [None if a[t] is None else _dequantized(a[t], a[t + 6], a[t + 11]) for t in _QEMBED_TABLES]
+        words, positions, segment_table, gamma, beta = tables
+        return _embed(eps, a[0], a[1], words, positions, segment_table, gamma, beta, a[7], None)[:2]
+
+    return run
+
+
+def _qembed_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    ids, words = shape_of(ins[0]), shape_of(ins[2])
+    shape = None if ids is None or words is None else (*ids, words[-1])
+    return [tensor(DType.float32, shape), tensor(DType.int32, None if ids is None else ids[:1])][:len(node.outputs)]
+
+
+def _expand_qembed(op, node, used):
+    a = padded_inputs(node, len(_QEMBED))
+    tables = [None if a[t] is None else op.DequantizeLinear(a[t], a[t + 6], a[t + 11]) for t in _QEMBED_TABLES]
+    words, positions, segment_table, gamma, beta = tables
+    out = embed_nodes(op, get_op(node.op).attr(node, "epsilon"), list(used) + [False], a[0], a[1], words, positions,
+                      segment_table, gamma, beta, a[7], None)
+    return out[:len(node.outputs)]
+
+
+define("QEmbedLayerNormalization", tuple(ParamSpec(n, optional=n in ("segment_ids", "segment_embedding", "mask",
+                                                                     "segment_embedding_scale",
+                                                                     "segment_embedding_zero_point"))
+                                         for n in _QEMBED),
+       params("layernorm_out", "mask_index_out"), _qembed_reference, _qembed_infer, _expand_qembed,
+       attrs={"epsilon": AttrSpec("epsilon", "float", 1e-12)},
+       doc="EmbedLayerNormalization over 8-bit tables, each (q - zero) * scale")
 
 
 # -- MatMulNBits: a MatMul by a block-quantized (4- or 8-bit) weight ----------------------
@@ -554,3 +613,123 @@ define("MatMulIntegerToFloat", params("A", "B", "a_scale", "b_scale", "a_zero_po
                                       required=4), params("Y"),
        _itf_reference, _itf_infer, None,
        doc="Y = float((A - a_zero) @ (B - b_zero)) * (a_scale * b_scale) + bias, the 8-bit product exact in int32")
+
+
+# -- DynamicQuantizeMatMul: A quantized to uint8 at run time, then MatMulIntegerToFloat ------
+# onnxruntime's optimizer fuses DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul (-> Add)
+# into it (what a session's optimized_model_filepath writes for a quantize_dynamic model).
+# A's range, scale and zero point are DynamicQuantizeLinear's (its kernel computes them so).
+def dynamic_quantize(x: np.ndarray) -> tuple[np.ndarray, np.float32, np.uint8]:
+    """DynamicQuantizeLinear's arithmetic (onnx's reference): (y uint8, scale, zero point)."""
+    x = np.asarray(x, np.float32)
+    top = np.float32(max(0.0, float(x.max()))) if x.size else np.float32(0)
+    bottom = np.float32(min(0.0, float(x.min()))) if x.size else np.float32(0)
+    scale = np.float32(np.float32(1.0 if top == bottom else top - bottom) / np.float32(255))
+    zero = np.rint(np.clip(np.float32(0) - bottom / scale, 0, 255))
+    y = np.clip(np.rint(x / scale) + zero, 0, 255)
+    return y.astype(np.uint8), scale, np.uint8(zero)
+
+
+def _dqmm_reference(node: Node):
+    itf = _itf_reference(node)
+
+    def run(a, b, b_scale, b_zero=None, bias=None):
+        aq, a_scale, a_zero = dynamic_quantize(a)
+        return itf(aq, b, a_scale, b_scale, a_zero, b_zero, bias)
+
+    return run
+
+
+def _expand_dqmm(op, node, used):
+    a, b, b_scale, b_zero, bias = padded_inputs(node, 5)
+    if type_dtype(a) != DType.float32:
+        raise NotLowerable("A not float32")
+    aq, a_scale, a_zero = op.DynamicQuantizeLinear(a, _outputs=3)
+    return [op(MS + "MatMulIntegerToFloat", aq, b, a_scale, b_scale, a_zero, b_zero, bias)]
+
+
+define("DynamicQuantizeMatMul", params("A", "B", "b_scale", "b_zero_point", "bias", required=3), params("Y"),
+       _dqmm_reference, _itf_infer, _expand_dqmm,
+       doc="Y = MatMulIntegerToFloat(DynamicQuantizeLinear(A), B, b_scale, b_zero_point, bias): A quantized to "
+           "uint8 over its whole range at run time")
+
+
+# -- QGemm: quantize_static's Gemm in the QOperator format --------------------------------
+# Y = alpha a_scale b_scale ((A - a_zero) @ (B - b_zero) + C), C int32 (quantized at scale
+# alpha a_scale b_scale, zero point 0) added to the exact sums; with y_scale (and y_zero),
+# Y quantized: rint(sum * (alpha a_scale b_scale / y_scale)) + y_zero, saturated. The factor
+# in float32 in onnxruntime's order ((alpha a_scale) b_scale, then / y_scale).
+def _qgemm_settings(node: Node):
+    opdef = get_op(node.op)
+    return float(opdef.attr(node, "alpha")), bool(opdef.attr(node, "transA")), bool(opdef.attr(node, "transB"))
+
+
+def _qgemm_reference(node: Node):
+    alpha, trans_a, trans_b = _qgemm_settings(node)
+
+    def run(a, a_scale, a_zero, b, b_scale, b_zero=None, c=None, y_scale=None, y_zero=None):
+        a, b = (a.T if trans_a else a), (b.T if trans_b else b)
+        acc = integer_product(a, b, a_zero, b_zero)
+        if c is not None:
+            acc = (acc.astype(np.int64) + np.asarray(c, np.int64)).astype(np.int32)
+        factor = np.float32(alpha) * np.asarray(a_scale, np.float32).reshape(()) * np.asarray(b_scale, np.float32)
+        factor = factor.reshape(-1) if factor.size > 1 else factor.reshape(())
+        if y_scale is not None:
+            factor = factor / np.asarray(y_scale, np.float32).reshape(())
+        y = acc.astype(np.float32) * factor
+        if y_scale is None:
+            return (y.astype(np.float32),)
+        dtype = np.asarray(y_zero).dtype if y_zero is not None else np.dtype(np.uint8)
+        info = np.iinfo(dtype)
+        zero = 0 if y_zero is None else int(np.asarray(y_zero).reshape(()))
+        return (np.clip(np.rint(y) + zero, info.min, info.max).astype(dtype),)
+
+    return run
+
+
+def _qgemm_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    _, trans_a, trans_b = _qgemm_settings(node)
+    a, b = shape_of(ins[0]), shape_of(ins[3])
+    quantized = len(ins) > 7 and ins[7] is not None
+    dtype = (dtype_of(ins[8]) if len(ins) > 8 and ins[8] is not None else DType.uint8) if quantized else DType.float32
+    if a is None or b is None or len(a) != 2 or len(b) != 2:
+        return [tensor(dtype, None)]
+    return [tensor(dtype, (a[1] if trans_a else a[0], b[0] if trans_b else b[1]))]
+
+
+def _expand_qgemm(op, node, used):
+    a, a_scale, a_zero, b, b_scale, b_zero, c, y_scale, y_zero = padded_inputs(node, 9)
+    alpha, trans_a, trans_b = _qgemm_settings(node)
+    if type_dtype(a) not in (DType.uint8, DType.int8) or type_dtype(b) not in (DType.uint8, DType.int8):
+        raise NotLowerable("A or B not 8-bit")
+    if trans_a:
+        a = op.Transpose(a, perm=[1, 0])
+    if trans_b:  # (a constant B transposed here: the integer GEMM packs constant B's only)
+        b = op.constant(np.ascontiguousarray(b.const.T)) if b.const is not None else op.Transpose(b, perm=[1, 0])
+    if c is None and y_scale is None and alpha == 1.0:  # the product and its rescale in one kernel
+        return [op(MS + "MatMulIntegerToFloat", a, b, a_scale, b_scale, a_zero, b_zero, None)]
+    acc = op.MatMulInteger(a, b, a_zero, b_zero)
+    if c is not None:
+        acc = op.Add(acc, c)
+    factor = op.Mul(op.Mul(_scalar(op, alpha, DType.float32), a_scale), b_scale)
+    if y_scale is not None:
+        factor = op.Div(factor, y_scale)
+    y = op.Mul(op.Cast(acc, to=int(DType.float32.onnx_code)), factor)
+    if y_scale is None:
+        return [y]
+    dtype = type_dtype(y_zero) if y_zero is not None else DType.uint8
+    info = np.iinfo(dtype.numpy)
+    rounded = op.Round(y)
+    if y_zero is not None:
+        rounded = op.Add(rounded, op.Cast(y_zero, to=int(DType.float32.onnx_code)))
+    clipped = op.Clip(rounded, _scalar(op, info.min, DType.float32), _scalar(op, info.max, DType.float32))
+    return [op.Cast(clipped, to=int(dtype.onnx_code))]
+
+
+define("QGemm", params("A", "a_scale", "a_zero_point", "B", "b_scale", "b_zero_point", "C", "y_scale",
+                       "y_zero_point", required=5), params("Y"),
+       _qgemm_reference, _qgemm_infer, _expand_qgemm,
+       attrs={"alpha": AttrSpec("alpha", "float", 1.0), "transA": AttrSpec("transA", "int", 0),
+              "transB": AttrSpec("transB", "int", 0)},
+       doc="Y = alpha a_scale b_scale ((A - a_zero) @ (B - b_zero) + C), C int32; quantized to y_scale / y_zero "
+           "where given (rint, saturated), else float32")

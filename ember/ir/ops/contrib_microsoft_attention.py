@@ -194,22 +194,29 @@ def _attention_reference(node: Node):
 
     def run(x, w, bias=None, mask=None, past=None, attention_bias=None, past_sequence_length=None):
         qkv = np.matmul(as_f32(x), as_f32(w)) + (0 if bias is None else as_f32(bias))
-        cuts = sizes or [w.shape[1] // 3] * 3
-        q, k, v = np.split(qkv, [cuts[0], cuts[0] + cuts[1]], axis=-1)
-        q, k, v = _heads(q, heads), _heads(k, heads), _heads(v, heads)
-        past_len = 0
-        if past is not None:
-            past_len = past.shape[3]
-            k, v = np.concatenate([as_f32(past[0]), k], axis=2), np.concatenate([as_f32(past[1]), v], axis=2)
-        batch, seq = x.shape[:2]
-        extra = _mask_bias(mask, batch, seq, past_len + seq, past_len, filter_value, causal)
-        if attention_bias is not None:
-            extra = as_f32(attention_bias) if extra is None else extra + as_f32(attention_bias)
-        y = _merge_heads(_scaled_attention(q, k, v, extra, scale))
-        present = np.stack([k, v]).astype(x.dtype) if k.shape == v.shape else None  # none for unequal sizes
-        return y.astype(x.dtype), present
+        return attention_of_qkv(qkv, sizes or [w.shape[1] // 3] * 3, mask, past, attention_bias, heads, scale, causal,
+                                filter_value, x.dtype)
 
     return run
+
+
+def attention_of_qkv(qkv, sizes, mask, past, attention_bias, heads: int, scale: float, causal: bool,
+                     filter_value: float, dtype):
+    """Attention's (and QAttention's) meaning after the input projection: (output,
+    present) of the packed [B, S, Dq + Dk + Dv] projections `qkv`, in `dtype`."""
+    q, k, v = np.split(qkv, [sizes[0], sizes[0] + sizes[1]], axis=-1)
+    q, k, v = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+    past_len = 0
+    if past is not None:
+        past_len = past.shape[3]
+        k, v = np.concatenate([as_f32(past[0]), k], axis=2), np.concatenate([as_f32(past[1]), v], axis=2)
+    batch, seq = qkv.shape[:2]
+    extra = _mask_bias(mask, batch, seq, past_len + seq, past_len, filter_value, causal)
+    if attention_bias is not None:
+        extra = as_f32(attention_bias) if extra is None else extra + as_f32(attention_bias)
+    y = _merge_heads(_scaled_attention(q, k, v, extra, scale))
+    present = np.stack([k, v]).astype(dtype) if k.shape == v.shape else None  # none for unequal sizes
+    return y.astype(dtype), present
 
 
 def _attention_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
@@ -293,10 +300,17 @@ def _expand_attention(op, node, used):
     if type_dtype(x) != DType.float32 or w_shape is None or len(w_shape) != 2 or not isinstance(w_shape[1], int):
         raise NotLowerable("not float32 with a matrix weight of known width")
     sizes = list(opdef.attr(node, "qkv_hidden_sizes") or []) or [w_shape[1] // 3] * 3
-    wants_present = len(used) > 1 and used[1]
-    if (past is not None or wants_present) and not sizes[0] == sizes[1] == sizes[2]:
+    if (past is not None or (len(used) > 1 and used[1])) and not sizes[0] == sizes[1] == sizes[2]:
         raise NotLowerable("past/present with unequal q, k, v sizes")
     qkv = op("ember.Linear", x, w, *([bias] if bias is not None else []))
+    return attention_nodes(op, node, used, x, qkv, sizes, mask, past, attention_bias)
+
+
+def attention_nodes(op, node, used, x, qkv, sizes, mask, past, attention_bias):
+    """Attention's (and QAttention's) expansion after the input projection: ember.Attention
+    over the packed projections `qkv` of `x` (the input, for the mask's shape)."""
+    heads, scale, causal, filter_value = _attention_settings(node)
+    wants_present = len(used) > 1 and used[1]
     settings = dict(num_heads=heads, scale=scale, causal=int(causal))
     if past is None and not wants_present:
         extra = _plus(op, mask_bias_nodes(op, mask, x, filter_value), attention_bias)
@@ -334,6 +348,65 @@ define("Attention", params("input", "weights", "bias", "mask_index", "past", "at
               "past_present_share_buffer": AttrSpec("past_present_share_buffer", "int", 0)},
        doc="multi-head self-attention of input [B, S, In] with packed weights [In, Dq + Dk + Dv] and bias; "
            "mask_index [B], [2B], [B, T] or [B, S, T]; past/present [2, B, N, T, H]")
+
+
+# -- QAttention: Attention whose input projection is an 8-bit integer product --------------
+# What onnxruntime's quantize_dynamic writes for a com.microsoft.Attention (a BERT optimized by
+# onnxruntime.transformers.optimizer): input already uint8 (a DynamicQuantizeLinear before
+# it), weight int8 or uint8, QKV = float((input - input_zero) @ (weight - weight_zero)) *
+# (input_scale * weight_scale) + bias — MatMulIntegerToFloat, on ember's integer GEMM —
+# then Attention's softmax attention in float32.
+def _qattention_reference(node: Node):
+    from .contrib_microsoft import integer_product
+
+    heads, scale, causal, filter_value = _attention_settings(node)
+    if get_op(node.op).attr(node, "do_rotary"):
+        raise UnsupportedError(f"{node.describe()}: QAttention with do_rotary=1 has no reference in ember")
+
+    def run(x, w, bias, x_scale, w_scale, mask=None, x_zero=None, w_zero=None, past=None):
+        acc = integer_product(x, w, x_zero, w_zero)
+        factor = np.asarray(x_scale, np.float32).reshape(()) * np.asarray(w_scale, np.float32).reshape(-1)
+        qkv = acc.astype(np.float32) * (factor if factor.size > 1 else factor.reshape(())) + as_f32(bias)
+        return attention_of_qkv(qkv.astype(np.float32), [w.shape[1] // 3] * 3, mask, past, None, heads, scale,
+                                causal, filter_value, np.float32)
+
+    return run
+
+
+def _qattention_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    heads = get_op(node.op).attr(node, "num_heads")
+    x, w = shape_of(ins[0]), shape_of(ins[1])
+    if x is None or w is None:
+        return [tensor(DType.float32, None)] * len(node.outputs)
+    hidden = sympy.sympify(w[-1]) / 3
+    past = shape_of(ins[8]) if len(ins) > 8 and ins[8] is not None else None
+    total = x[1] if len(ins) <= 8 or ins[8] is None else (None if past is None else sympy.sympify(past[3]) + x[1])
+    present = None if total is None else (2, x[0], heads, total, hidden / heads)
+    return [tensor(DType.float32, (x[0], x[1], hidden)), tensor(DType.float32, present)][:len(node.outputs)]
+
+
+def _expand_qattention(op, node, used):
+    x, w, bias, x_scale, w_scale, mask, x_zero, w_zero, past = padded_inputs(node, 9)
+    opdef = get_op(node.op)
+    if opdef.attr(node, "do_rotary") or opdef.attr(node, "past_present_share_buffer"):
+        raise NotLowerable("a shared past/present buffer, or rotary")
+    w_shape = type_shape(w)
+    if w_shape is None or len(w_shape) != 2 or not isinstance(w_shape[1], int) or w_shape[1] % 3:
+        raise NotLowerable("a weight of unknown width")
+    qkv = op("com.microsoft.MatMulIntegerToFloat", x, w, x_scale, w_scale, x_zero, w_zero, bias)
+    return attention_nodes(op, node, used, x, qkv, [w_shape[1] // 3] * 3, mask, past, None)
+
+
+define("QAttention", params("input", "weight", "bias", "input_scale", "weight_scale", "mask_index",
+                            "input_zero_point", "weight_zero_point", "past", required=5),
+       params("output", "present"), _qattention_reference, _qattention_infer, _expand_qattention,
+       attrs={"num_heads": AttrSpec("num_heads", "int", required=True),
+              "unidirectional": AttrSpec("unidirectional", "int", 0),
+              "mask_filter_value": AttrSpec("mask_filter_value", "float", MASK_FILTER),
+              "scale": AttrSpec("scale", "float", 0.0), "do_rotary": AttrSpec("do_rotary", "int", 0),
+              "past_present_share_buffer": AttrSpec("past_present_share_buffer", "int", 0)},
+       doc="Attention of an 8-bit input [B, S, In] (and its scale, zero point) with an 8-bit packed weight "
+           "[In, 3 D] (per tensor or per column): the projection exact in int32, rescaled, plus bias, in float32")
 
 
 # -- MultiHeadAttention -------------------------------------------------------------
