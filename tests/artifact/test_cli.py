@@ -92,7 +92,7 @@ def test_quantization_on_the_command_line(tiny_llm_dir, onnx_model, tmp_path, ca
 
 def test_compile_errors(onnx_model, tmp_path, capsys):
     assert main(["compile", str(onnx_model), "--block-size", "8"]) == 2
-    assert "--block-size, --max-model-len and --dtype are for LLMs" in capsys.readouterr().err
+    assert "--block-size, --max-model-len, --dtype and --kv-cache-dtype are for LLMs" in capsys.readouterr().err
     assert main(["compile", str(onnx_model), "--dtype", "bfloat16"]) == 2
     assert "--dtype are for LLMs" in capsys.readouterr().err
     bad = tmp_path / "bad.ember"
