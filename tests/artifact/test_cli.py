@@ -94,7 +94,7 @@ def test_compile_errors(onnx_model, tmp_path, capsys):
     assert main(["compile", str(onnx_model), "--block-size", "8"]) == 2
     assert "--block-size, --max-model-len, --dtype and --kv-cache-dtype are for LLMs" in capsys.readouterr().err
     assert main(["compile", str(onnx_model), "--dtype", "bfloat16"]) == 2
-    assert "--dtype are for LLMs" in capsys.readouterr().err
+    assert "--kv-cache-dtype are for LLMs" in capsys.readouterr().err
     bad = tmp_path / "bad.ember"
     bad.write_bytes(b"PK\x03\x04 not really")
     assert main(["run", str(bad), "--input", f"x={tmp_path / 'x.npy'}"]) == 2
