@@ -13,8 +13,8 @@ reports the best of them: tokens/s = tokens / wall time (the prompt's prefill in
                   by ember's quantize_weights pass (weight-only int8; the head stays float32)
     llama.cpp     llama_cpp.Llama(file, n_threads=--threads), greedy sampling
 
-The Q8_0 file (--formats q8_0) is made from the built-in Q4_1 file with llama.cpp's own
-quantizer (llama_model_quantize, allow_requantize) into --work, once. llama-cpp-python must
+The Q8_0 and Q4_K_M files (--formats q8_0,q4_k_m) are made from the built-in Q4_1 file with
+llama.cpp's own quantizer (llama_model_quantize, allow_requantize) into --work, once. llama-cpp-python must
 be built from source (`pip install llama-cpp-python==0.3.36`; on a CPU with AMX:
 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON ..." as docs/benchmarks.md says).
 
@@ -40,7 +40,7 @@ EMBER = {"ember": {}, "ember-f32": {"quantization": "none"}, "ember-int8": {"qua
 
 def runs(engine: str, fmt: str) -> bool:
     """Whether `engine` runs on the file of `fmt`."""
-    return fmt == "q4_1" or engine not in ("ember-f32", "ember-int8")
+    return fmt == "q4_1" or engine != "ember-int8"
 
 
 def worker(engine: str, model: str, tokens: int, repeats: int, threads: int) -> dict:
@@ -113,19 +113,25 @@ def perplexity_worker(engine: str, model: str, tokens: int, threads: int) -> dic
     return {"perplexity": math.exp(total / count)}
 
 
-def q8_file(source: Path, work: Path) -> Path:
-    """The Q4_1 file requantized to Q8_0 by llama.cpp's quantizer (made once)."""
-    target = work / (source.stem.rsplit(".", 1)[0] + ".Q8_0.gguf")
+REQUANTIZED = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+
+
+def requantized(source: Path, work: Path, fmt: str) -> Path:
+    """The Q4_1 file requantized to `fmt` (REQUANTIZED) by llama.cpp's quantizer (made once).
+    q4_k_m: llama.cpp's mix of Q4_K and Q6_K superblocks; SmolLM2's rows of 576 are no
+    multiple of 256, so only its 1536-wide ffn_down takes K-quants and the rest falls back
+    to llama.cpp's formats of 32."""
+    target = work / (source.stem.rsplit(".", 1)[0] + f".{fmt.upper()}.gguf")
     if not target.exists():
         import llama_cpp
 
         work.mkdir(parents=True, exist_ok=True)
         params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+        params.ftype = getattr(llama_cpp, REQUANTIZED[fmt])
         params.allow_requantize = True
         params.nthread = os.cpu_count() or 1
         if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
-            raise SystemExit(f"llama.cpp could not requantize {source} to Q8_0")
+            raise SystemExit(f"llama.cpp could not requantize {source} to {fmt}")
     return target
 
 
@@ -159,7 +165,8 @@ def perplexity_table(args, files: dict, engines: list[str]) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--formats", default="q4_1,q8_0", help="comma-separated: q4_1 (the built-in file), q8_0")
+    parser.add_argument("--formats", default="q4_1,q8_0",
+                        help="comma-separated: q4_1 (the built-in file), q8_0, q4_k_m (requantized by llama.cpp)")
     parser.add_argument("--engines", default="ember,llama.cpp,ember-f32,ember-int8")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -182,8 +189,9 @@ def main(argv=None) -> int:
 
     source = default_llm()
     files = {"q4_1": source}
-    if "q8_0" in args.formats.split(","):
-        files["q8_0"] = q8_file(source, args.work)
+    for fmt in args.formats.split(","):
+        if fmt in REQUANTIZED:
+            files[fmt] = requantized(source, args.work, fmt)
     engines = args.engines.split(",")
     if args.perplexity:
         return perplexity_table(args, files, engines)

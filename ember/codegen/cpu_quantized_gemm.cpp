@@ -7,6 +7,7 @@
 //   2 q4_1   f16 d, f16 m, u8 nibbles[16]         w = d q + m
 //   3 q5_0   f16 d, u32 high bits, nibbles[16]    w = d (q - 16)
 //   4 q5_1   f16 d, f16 m, u32 high bits, nibbles w = d q + m
+//   5-7      q4_k, q5_k, q6_k: superblocks of 256 weights (below, "K-quants")
 //
 // (nibble j of a block is the low half of byte j for j < 16, the high half of byte j - 16 after.)
 // x is quantized first, once per call, to int8 in blocks of 32 as llama.cpp's q8_1 does (d = max|x| / 127,
@@ -250,6 +251,156 @@ void gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* w, int6
     }
 }
 
+// -- K-quants: llama.cpp's superblocks of 256 (Q4_K, Q5_K, Q6_K), kept as the file stores them ------
+// A superblock is 8 groups of 32 weights, each group against one of x's blocks of 32:
+//
+//   5 q4_k  (144 bytes) f16 d, f16 dmin, scales[12] (8 6-bit scales and mins), nibbles[128]
+//           group g: q = nibble of byte 32 (g / 2) + j, low for even g; w = d sc_g q - dmin m_g
+//   6 q5_k  (176 bytes) as q4_k with qh[32] before the nibbles: bit g of qh[j] is q's bit 4
+//   7 q6_k  (210 bytes) ql[128], qh[64], int8 scales[16], f16 d; group g = 4 n + k (half n of
+//           128): q = nibble of ql[64 n + 32 (k & 1) + j] (high for k >= 2) | 2 bits of qh[32 n + j]
+//           (bits 2k, 2k+1) << 4; w = d sc[8 n + 2 k + j / 16] (q - 32)
+//
+// (ggml's dequantize_row_q4_K / q5_K / q6_K; gguf's numpy versions are the reference.) A group's
+// integer sum of q x products is exact (AVX2 maddubs: at most 2 * 63 * 127 a pair), then scaled in
+// float32; the rows run as they are (no interleaved packing).
+
+constexpr int QK_K = 256;
+
+inline bool is_k(int64_t f) { return f >= 5 && f <= 7; }
+
+inline int k_bytes(int f) { return f == 5 ? 144 : f == 6 ? 176 : 210; }
+
+inline int64_t elements(int64_t f) { return is_k(f) ? QK_K : QK; }
+
+inline int64_t row_bytes(int64_t f, int64_t k) {
+    return is_k(f) ? k / QK_K * k_bytes(static_cast<int>(f)) : k / QK * FORMATS[f].bytes;
+}
+
+// q4_k / q5_k: group j's 6-bit scale and min (ggml's get_scale_min_k4)
+inline void scale_min(int j, const uint8_t* q, int& sc, int& m) {
+    if (j < 4) {
+        sc = q[j] & 63;
+        m = q[j + 4] & 63;
+    } else {
+        sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// q of group g, element j (0..31), and its scale (the group's; q6_k: its half's)
+template <int F>
+inline int k_q(const uint8_t* w, int g, int j) {
+    if constexpr (F == 7) {
+        const int n = g / 4, k = g % 4;
+        const uint8_t l = w[64 * n + 32 * (k & 1) + j];
+        return ((k >= 2 ? l >> 4 : l & 0xF) | (((w[128 + 32 * n + j] >> (2 * k)) & 3) << 4));
+    } else {
+        const uint8_t* qs = w + (F == 5 ? 16 : 48);
+        const uint8_t l = qs[32 * (g / 2) + j];
+        int q = g % 2 ? l >> 4 : l & 0xF;
+        if constexpr (F == 6) q |= ((w[16 + j] >> g) & 1) << 4;
+        return q;
+    }
+}
+
+// the dot product of one superblock with x's 8 blocks
+template <int F>
+inline float k_dot(const uint8_t* w, const XBlock* x) {
+    float total = 0.0f;
+    if constexpr (F == 7) {
+        const float d = half_to_float(load16(w + 208));
+        const int8_t* sc = reinterpret_cast<const int8_t*>(w + 192);
+#if EMBER_QGEMM_AVX2
+        __m256 acc = _mm256_setzero_ps();
+        const __m256i low = _mm256_set1_epi8(0x0f), three = _mm256_set1_epi8(3), offset = _mm256_set1_epi8(32);
+        for (int n = 0; n < 2; ++n) {
+            const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * n));
+            const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * n + 32));
+            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 128 + 32 * n));
+            const __m256i nib[4] = {_mm256_and_si256(l0, low), _mm256_and_si256(l1, low),
+                                    _mm256_and_si256(_mm256_srli_epi16(l0, 4), low),
+                                    _mm256_and_si256(_mm256_srli_epi16(l1, 4), low)};
+            for (int k = 0; k < 4; ++k) {
+                const XBlock& xb = x[4 * n + k];
+                const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q));
+                const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * k), three), 4);
+                const __m256i q = _mm256_or_si256(nib[k], hi);
+                // (q - 32) x in int16 pairs: at most 2 * 63 * 127 + 2 * 32 * 128 in magnitude
+                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, xq), _mm256_maddubs_epi16(offset, xq));
+                const __m256i scales = _mm256_set_m128i(_mm_set1_epi16(sc[8 * n + 2 * k + 1]),
+                                                        _mm_set1_epi16(sc[8 * n + 2 * k]));
+                const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, scales));
+                acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d * xb.d), acc);
+            }
+        }
+        total = hsum(acc);
+#else
+        for (int g = 0; g < 8; ++g) {
+            int sum = 0;
+            for (int j = 0; j < 32; ++j) sum += sc[8 * (g / 4) + 2 * (g % 4) + j / 16] * (k_q<F>(w, g, j) - 32) * x[g].q[j];
+            total += d * x[g].d * static_cast<float>(sum);
+        }
+#endif
+        return total;
+    } else {
+        const float d = half_to_float(load16(w)), dmin = half_to_float(load16(w + 2));
+        const uint8_t* scales = w + 4;
+        float mins = 0.0f;
+#if EMBER_QGEMM_AVX2
+        __m256 acc = _mm256_setzero_ps();
+        const __m256i low = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
+        const uint8_t* qs = w + (F == 5 ? 16 : 48);
+        __m256i qh = _mm256_setzero_si256();
+        if constexpr (F == 6) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16));
+        for (int c = 0; c < 4; ++c) {
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
+            for (int half = 0; half < 2; ++half) {
+                const int g = 2 * c + half;
+                int sc, m;
+                scale_min(g, scales, sc, m);
+                __m256i q = half ? _mm256_and_si256(_mm256_srli_epi16(v, 4), low) : _mm256_and_si256(v, low);
+                if constexpr (F == 6)
+                    q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, g), one), 4));
+                const XBlock& xb = x[g];
+                const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q));
+                const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, xq), ones));
+                acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d * static_cast<float>(sc) * xb.d), acc);
+                mins += dmin * static_cast<float>(m) * xb.s;
+            }
+        }
+        total = hsum(acc);
+#else
+        for (int g = 0; g < 8; ++g) {
+            int sc, m;
+            scale_min(g, scales, sc, m);
+            int sum = 0;
+            for (int j = 0; j < 32; ++j) sum += k_q<F>(w, g, j) * x[g].q[j];
+            total += d * static_cast<float>(sc) * x[g].d * static_cast<float>(sum);
+            mins += dmin * static_cast<float>(m) * x[g].s;
+        }
+#endif
+        return total - mins;
+    }
+}
+
+// y rows of K-quant weights: threads split the weight's rows, each row read once per call
+template <int F>
+void k_gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* w, int64_t n, int64_t w_row_bytes,
+            const float* bias, float* y, int64_t y_stride, int activation, int threads) {
+    const int64_t supers = blocks / 8, bytes = k_bytes(F);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && n > 1)
+    for (int64_t r = 0; r < n; ++r) {
+        const uint8_t* wr = w + r * w_row_bytes;
+        for (int64_t m = 0; m < rows; ++m) {
+            const XBlock* x = xq + m * blocks;
+            float dot = 0.0f;
+            for (int64_t s = 0; s < supers; ++s) dot += k_dot<F>(wr + s * bytes, x + 8 * s);
+            y[m * y_stride + r] = activate(dot + (bias ? bias[r] : 0.0f), activation);
+        }
+    }
+}
+
 // -- eight rows interleaved -------------------------------------------------------------------------
 // `ember_qgemm_pack` lays q8_0, q4_0 and q4_1 weights out in groups of 8 rows (the last padded with
 // zero rows), block by block: the 8 rows' d (f16) in one 16-byte run, then (q4_1) their m, then their
@@ -458,7 +609,7 @@ int64_t ember_qgemm_simd() {
 // Bytes of `format`'s weight [n, k] packed by ember_qgemm_pack (0: the format is not packed; its rows
 // run as they are).
 int64_t ember_qgemm_packed_bytes(int64_t format, int64_t n, int64_t k) {
-    if (format < 0 || format > 4 || !packs(static_cast<int>(format)) || k % QK) return 0;
+    if (format < 0 || format > 7 || !packs(static_cast<int>(format)) || k % QK) return 0;
     return (n + GROUP - 1) / GROUP * (k / QK) * group_block_bytes(static_cast<int>(format));
 }
 
@@ -470,14 +621,14 @@ void ember_qgemm_pack(int64_t format, const uint8_t* w, int64_t n, int64_t k, in
 
 // y [rows, n] (rows y_stride floats apart) = act(x [rows, k] (rows x_stride apart) . W^T + bias [n]),
 // W [n, k] in `format`'s blocks, w_row_bytes apart (w_row_bytes 0: W packed by ember_qgemm_pack); k a
-// multiple of 32. Returns 0, or -1 for a bad call.
+// multiple of 32 (of 256 for the K-quants, formats 5-7). Returns 0, or -1 for a bad call.
 int ember_qgemm(int64_t format, const float* x, int64_t rows, int64_t k, int64_t x_stride, const uint8_t* w,
                 int64_t n, int64_t w_row_bytes, const float* bias, float* y, int64_t y_stride, int64_t activation,
                 int64_t threads) {
-    if (format < 0 || format > 4 || k % QK || rows < 0 || n < 0) return -1;
+    if (format < 0 || format > 7 || k % elements(format) || rows < 0 || n < 0) return -1;
     const int64_t blocks = k / QK;
     const bool packed = w_row_bytes == 0;
-    if (packed ? !packs(static_cast<int>(format)) : w_row_bytes < blocks * FORMATS[format].bytes) return -1;
+    if (packed ? !packs(static_cast<int>(format)) : w_row_bytes < row_bytes(format, k)) return -1;
     if (rows == 0 || n == 0) return 0;
     const int t = static_cast<int>(std::max<int64_t>(1, threads));
     std::vector<XBlock>& xq = x_blocks;
@@ -500,6 +651,9 @@ int ember_qgemm(int64_t format, const float* x, int64_t rows, int64_t k, int64_t
         case 2: gemm<2>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
         case 3: gemm<3>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
         case 4: gemm<4>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
+        case 5: k_gemm<5>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
+        case 6: k_gemm<6>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
+        case 7: k_gemm<7>(xqp, rows, blocks, w, n, w_row_bytes, bias, y, y_stride, act, t); break;
     }
     return 0;
 }
@@ -509,9 +663,8 @@ int ember_qgemm(int64_t format, const float* x, int64_t rows, int64_t k, int64_t
 // read from the slots B when it runs.
 int ember_qgemm_step(const int64_t* c, char** B, const int64_t*) {
     const uint8_t* w = c[3] ? reinterpret_cast<const uint8_t*>(c[3]) : reinterpret_cast<const uint8_t*>(B[c[2]]);
-    const int64_t blocks = c[7] / QK;
     return ember_qgemm(c[0], reinterpret_cast<const float*>(B[c[1]]), c[6], c[7], c[7], w, c[8],
-                       c[3] ? 0 : blocks * FORMATS[c[0]].bytes, c[4] >= 0 ? reinterpret_cast<const float*>(B[c[4]]) : nullptr,
+                       c[3] ? 0 : row_bytes(c[0], c[7]), c[4] >= 0 ? reinterpret_cast<const float*>(B[c[4]]) : nullptr,
                        reinterpret_cast<float*>(B[c[5]]), c[8], c[9], c[10]);
 }
 

@@ -8,9 +8,18 @@ weight is a [N, row_bytes] uint8 matrix of them, row n holding output n's weight
     q5_0   f16 d, 32 high bits, 16 bytes of nibbles w = d (q - 16)
     q5_1   f16 d, f16 m, 32 high bits, nibbles      w = d q + m
 
+and the K-quants, superblocks of 256 weights in 8 groups of 32 with scales of their own
+(what Q4_K_M / Q5_K_M / Q6_K files hold):
+
+    q4_k   f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 of nibbles   w = d sc q - dmin m
+    q5_k   as q4_k, with 32 bytes of high bits before the nibbles
+    q6_k   128 bytes of low nibbles, 64 of 2-bit highs, int8 scales[16], f16 d   w = d sc (q - 32)
+
 `quantize` and `dequantize` are gguf's numpy implementations (the reference llama.cpp's
 Python tools use), so a weight ember quantizes is bit for bit what llama.cpp's tools
-write. The CPU kernel that multiplies by them is ember/codegen/cpu_quantized_gemm.cpp.
+write; gguf has no quantizer for the K-quants, so ember keeps those where a file has them
+and writes none. The CPU kernel that multiplies by them is
+ember/codegen/cpu_quantized_gemm.cpp.
 """
 
 from __future__ import annotations
@@ -26,8 +35,9 @@ from ..errors import UnsupportedError
 class BlockFormat:
     name: str       # ember's name ("q4_1"), the op's `format` attribute
     code: int       # the kernel's format number (cpu_quantized_gemm.cpp)
-    block_bytes: int  # bytes per block of `BLOCK` weights
+    block_bytes: int  # bytes per block of `elements` weights
     bits: int       # bits per weight, as stored (before the block's scales)
+    elements: int = 32  # weights per block (BLOCK; a K-quant's superblock: 256)
 
     @property
     def ggml(self) -> str:
@@ -35,17 +45,20 @@ class BlockFormat:
         return self.name.upper()
 
     def row_bytes(self, k: int) -> int:
-        """Bytes of one row of k weights (k a multiple of BLOCK)."""
-        return k // BLOCK * self.block_bytes
+        """Bytes of one row of k weights (k a multiple of `elements`)."""
+        return k // self.elements * self.block_bytes
 
     def fits(self, k: int) -> bool:
-        return k > 0 and k % BLOCK == 0
+        return k > 0 and k % self.elements == 0
 
     def quantize(self, w: np.ndarray) -> np.ndarray:
         """w [N, K] (float; K a multiple of 32) -> its blocks [N, row_bytes(K)] (uint8)."""
         import gguf
 
         w = np.asarray(w, dtype=np.float32)
+        if self.elements != BLOCK:
+            raise UnsupportedError(f"ember keeps {self.name} blocks where a GGUF file has them but does not write "
+                                   f"them (gguf has no quantizer for them); quantize to one of {', '.join(SCHEMES)}")
         if w.ndim != 2 or not self.fits(w.shape[1]):
             raise UnsupportedError(f"{self.name} quantizes [N, K] weights with K a multiple of {BLOCK}, "
                                    f"not {list(w.shape)}")
@@ -68,10 +81,15 @@ FORMATS: dict[str, BlockFormat] = {f.name: f for f in [
     BlockFormat("q4_1", 2, 20, 4),
     BlockFormat("q5_0", 3, 22, 5),
     BlockFormat("q5_1", 4, 24, 5),
+    BlockFormat("q4_k", 5, 144, 4, 256),
+    BlockFormat("q5_k", 6, 176, 5, 256),
+    BlockFormat("q6_k", 7, 210, 6, 256),
 ]}
 GGML_NAMES = {f.ggml: f for f in FORMATS.values()}
-# quantization schemes by name -> the format each writes (ember.Quantization, LLM(quantization=))
-SCHEMES = {"int8": "q8_0", "int4": "q4_0", "int4_asym": "q4_1", **{name: name for name in FORMATS}}
+# quantization schemes by name -> the format each writes (ember.Quantization, LLM(quantization=)):
+# the formats of 32 (gguf quantizes those)
+SCHEMES = {"int8": "q8_0", "int4": "q4_0", "int4_asym": "q4_1",
+           **{name: name for name, f in FORMATS.items() if f.elements == BLOCK}}
 
 
 def block_format(name: str) -> BlockFormat:

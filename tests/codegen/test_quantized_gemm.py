@@ -1,5 +1,6 @@
-"""ember.QuantizedLinear: llama.cpp's quantized blocks (q8_0, q4_0, q4_1, q5_0, q5_1) times
-float32 activations, on ember's kernel (ember/codegen/cpu_quantized_gemm.cpp).
+"""ember.QuantizedLinear: llama.cpp's quantized blocks (q8_0, q4_0, q4_1, q5_0, q5_1, and the
+K-quants q4_k, q5_k, q6_k) times float32 activations, on ember's kernel
+(ember/codegen/cpu_quantized_gemm.cpp).
 
 The kernel quantizes x to int8 blocks of 32 as llama.cpp's q8_1 does, then sums exact 8-bit
 products: it is checked against that computation emulated in numpy (float64 sums of the
@@ -63,16 +64,34 @@ def graph(fmt, k: int, n: int, blocks, bias, activation: str, fed_weight: bool, 
 @st.composite
 def cases(draw):
     fmt = draw(st.sampled_from(sorted(FORMATS)))
-    k = 32 * draw(st.integers(1, 20))
+    k = FORMATS[fmt].elements * draw(st.integers(1, 20 if FORMATS[fmt].elements == 32 else 3))
     n = draw(st.integers(1, 40))
     rows = draw(st.integers(0, 6))
     return (FORMATS[fmt], rows, k, n, draw(st.booleans()), draw(st.sampled_from(sorted(ACTIVATIONS))),
             draw(st.booleans()), draw(st.integers(0, 2**31)))
 
 
+# a K-quant superblock's f16 scales: (byte offset, value range) — d and dmin, or q6_k's d
+K_SCALES = {"q4_k": [(0, (0.005, 0.02)), (2, (0.0, 0.02))], "q5_k": [(0, (0.005, 0.02)), (2, (0.0, 0.02))],
+            "q6_k": [(208, (0.002, 0.01))]}
+
+
+def blocks_of(fmt, n: int, k: int, rng, scale: float = 1.0) -> np.ndarray:
+    """A weight [n, k] in `fmt`'s blocks: gguf's quantizer for the formats of 32; random
+    superblocks for the K-quants (gguf has no quantizer for them): random bytes, their f16
+    scales set to finite values of the size a real file's have (times `scale`)."""
+    if fmt.elements == 32:
+        return fmt.quantize(scale * rng.standard_normal((n, k)).astype(np.float32))
+    blocks = rng.integers(0, 256, (n, k // fmt.elements, fmt.block_bytes)).astype(np.uint8)
+    for offset, (low, high) in K_SCALES[fmt.name]:
+        scales = (scale * rng.uniform(low, high, blocks.shape[:2])).astype(np.float16)
+        blocks[:, :, offset:offset + 2] = scales.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    return blocks.reshape(n, -1)
+
+
 def _inputs(fmt, rows, k, n, with_bias, seed):
     rng = np.random.default_rng(seed)
-    blocks = fmt.quantize(rng.standard_normal((n, k)).astype(np.float32))
+    blocks = blocks_of(fmt, n, k, rng)
     bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
     x = (rng.standard_normal((rows, k)) * rng.uniform(0.1, 10)).astype(np.float32)
     return x, blocks, bias
@@ -125,8 +144,9 @@ def test_chained_step_runs_from_c(fmt):
     """Between generated kernels the linear layer's step form runs inside the chained call
     (nothing through its Python extern) and gives the extern's result."""
     fmt = FORMATS[fmt]
-    x, blocks, bias = _inputs(fmt, 3, 96, 24, True, 1)
-    model = ember.compile(graph(fmt, 96, 24, blocks, bias, "", False, around=True))
+    k = 3 * fmt.elements
+    x, blocks, bias = _inputs(fmt, 3, k, 24, True, 1)
+    model = ember.compile(graph(fmt, k, 24, blocks, bias, "", False, around=True))
     executor = model.executor
     before = quantized_gemm.RUNS[0]
     got = model.run({"x": x})[model.outputs[0].name]
@@ -151,7 +171,7 @@ def test_scalar_build_matches_simd_build():
         lib.ember_qgemm_pack.argtypes = [I, P, I, I, I, P]
     assert scalar.ember_qgemm_simd() == 0
     for fmt in FORMATS.values():
-        k, n, rows = 160, 19, 3
+        k, n, rows = 5 * fmt.elements, 19, 3
         x, blocks, bias = _inputs(fmt, rows, k, n, True, 2)
         for packed in (False, True):
             results = []
@@ -208,12 +228,16 @@ def test_formats_are_gguf_blocks():
 
     w = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     for fmt in FORMATS.values():
+        if fmt.elements != 32:  # a K-quant: kept where a file has it, never written
+            with pytest.raises(ember.errors.UnsupportedError, match=f"does not write them.*{fmt.name}|{fmt.name}.*does not write"):
+                fmt.quantize(np.zeros((2, 256), np.float32))
+            continue
         blocks = fmt.quantize(w)
         assert blocks.shape == (3, fmt.row_bytes(64)) and blocks.dtype == np.uint8
         np.testing.assert_array_equal(blocks, gguf.quants.quantize(w, gguf.GGMLQuantizationType[fmt.ggml]))
         assert np.abs(fmt.dequantize(blocks) - w).max() < (0.02 if fmt.bits == 8 else 0.5)
-    with pytest.raises(ember.errors.UnsupportedError, match="q4_k.*keeps q8_0, q4_0"):
-        block_format("q4_k")
+    with pytest.raises(ember.errors.UnsupportedError, match="q3_k.*keeps q8_0, q4_0"):
+        block_format("q3_k")
 
 
 def test_a_step_form_that_does_nothing_runs_as_its_extern(monkeypatch):

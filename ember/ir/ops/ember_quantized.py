@@ -16,7 +16,7 @@ import numpy as np
 
 from ..dtypes import DType
 from ..graph import Node
-from ..quant_formats import BLOCK, block_format
+from ..quant_formats import block_format
 from ..registry import AttrSpec, Known, OpDef, ParamSpec, get_op, register_op
 from ._lowering import NotLowerable, out_type, register_lowering
 from ._symbolic import dtype_of, shape_of, tensor
@@ -36,7 +36,8 @@ def _reference(node: Node):
         k = x.shape[-1] if x.ndim else 0
         if w.ndim != 2 or w.dtype != np.uint8 or not fmt.fits(k) or w.shape[1] != fmt.row_bytes(k):
             raise ValueError(f"a {fmt.name} weight for inputs of {k} features is [N, {fmt.row_bytes(k) if fmt.fits(k) else '?'}] "
-                             f"uint8 (blocks of {BLOCK} along a multiple of {BLOCK} features), not {w.dtype}{list(w.shape)}")
+                             f"uint8 (blocks of {fmt.elements} along a multiple of {fmt.elements} features), not "
+                             f"{w.dtype}{list(w.shape)}")
         y = np.matmul(x.astype(np.float32, copy=False), fmt.dequantize(w).T)
         if bias is not None:
             y = y + bias
@@ -61,8 +62,8 @@ register_op(OpDef(
     attrs={"format": AttrSpec("format", "string", required=True),
            "activation": AttrSpec("activation", "string", "")},
     reference=_reference, infer=_infer,
-    doc="y = activation(x @ dequantize(w)^T + bias): w [N, row_bytes] uint8, `format`'s blocks of 32 "
-        "weights along K (q8_0, q4_0, q4_1, q5_0, q5_1: llama.cpp's)",
+    doc="y = activation(x @ dequantize(w)^T + bias): w [N, row_bytes] uint8, `format`'s blocks along K "
+        "(llama.cpp's: q8_0, q4_0, q4_1, q5_0, q5_1 of 32 weights; q4_k, q5_k, q6_k of 256)",
 ))
 
 
@@ -74,8 +75,8 @@ def _lower(ctx, node, ins):
     k = x.shape[-1] if x.shape else None
     if x.dtype != DType.float32 or w.dtype != DType.uint8 or len(w.shape) != 2:
         raise NotLowerable("not a float32 x with a [N, bytes] uint8 weight")
-    if not isinstance(k, int) or k % BLOCK or w.shape[1] != fmt.row_bytes(k):
-        raise NotLowerable(f"K (x's last axis) not a static multiple of {BLOCK} matching the weight's blocks")
+    if not isinstance(k, int) or not fmt.fits(k) or w.shape[1] != fmt.row_bytes(k):
+        raise NotLowerable(f"K (x's last axis) not a static multiple of {fmt.elements} matching the weight's blocks")
     if bias is not None and bias.dtype != DType.float32:
         raise NotLowerable("a bias that is not float32")
     return ctx.extern("quantized_linear", [x, w, bias], [out_type(node)], format=fmt.name, activation=activation,

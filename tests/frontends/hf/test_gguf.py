@@ -29,6 +29,8 @@ def _write(path, tensors: dict, metadata=None, arch="llama"):
             writer.add_tensor(name, data.astype(np.float32))
         elif qtype == Q.F16:
             writer.add_tensor(name, data.astype(np.float16))
+        elif data.dtype == np.uint8:  # its blocks already (a K-quant: gguf has no quantizer for them)
+            writer.add_tensor(name, data, raw_dtype=qtype)
         else:
             writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
@@ -71,12 +73,16 @@ GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_n
               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 
 
-def _convert(model, path, qtype=Q.F32):
-    """A transformers Llama written as llama.cpp writes it (2-d weights in `qtype`)."""
+def _convert(model, path, qtype=Q.F32, blocks=None):
+    """A transformers Llama written as llama.cpp writes it (2-d weights in `qtype`, or as
+    `blocks` gives them: name -> (uint8 blocks [N, row_bytes], GGML type))."""
     c = model.config
     tensors = {}
     for name, p in model.state_dict().items():
         data = p.numpy()
+        kind = qtype if data.ndim == 2 else Q.F32
+        if blocks and name in blocks:
+            data, kind = blocks[name]
         if name == "model.embed_tokens.weight":
             out = "token_embd.weight"
         elif name == "model.norm.weight":
@@ -93,7 +99,7 @@ def _convert(model, path, qtype=Q.F32):
                 data = _permute(data, c.num_attention_heads)
             elif part == "self_attn.k_proj":
                 data = _permute(data, c.num_key_value_heads)
-        tensors[out] = (data, qtype if data.ndim == 2 else Q.F32)
+        tensors[out] = (data, kind)
     _write(path, tensors, {
         "block_count": c.num_hidden_layers, "context_length": c.max_position_embeddings,
         "embedding_length": c.hidden_size, "feed_forward_length": c.intermediate_size,
@@ -147,6 +153,55 @@ def test_quantized_blocks_are_kept(qtype, tied, tmp_path):
     abs_err, rel_err = compare_logits(model, tmp_path / "tiny.gguf", keep_quantized=True)
     print(f"gguf {qtype.name} blocks kept, tied={tied}: max abs {abs_err:.2e}, max rel {rel_err:.2e}")
     assert rel_err < 0.03
+    assert quantized_gemm.available()  # (its library built and installed: the layers ran on it)
+    dequantized = compare_logits(model, tmp_path / "tiny.gguf")  # the weights dequantized at load
+    assert dequantized[0] < 1e-4
+
+
+# a Q4_K_M-like mix (llama.cpp's: most layers Q4_K, attn_v and ffn_down Q6_K), with Q5_K for
+# the output projection so that every K-quant runs; the embedding (and a tied head) Q6_K
+K_MIX = {"self_attn.q_proj": Q.Q4_K, "self_attn.k_proj": Q.Q4_K, "self_attn.v_proj": Q.Q6_K,
+         "self_attn.o_proj": Q.Q5_K, "mlp.gate_proj": Q.Q4_K, "mlp.up_proj": Q.Q4_K, "mlp.down_proj": Q.Q6_K}
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_k_quant_blocks_are_kept(tied, tmp_path):
+    """A GGUF file's Q4_K / Q5_K / Q6_K superblocks stay its blocks on the quantized GEMM
+    (nothing dequantized but the embedding's lookup): logits of transformers with the same
+    weights dequantized, within the activations' int8 rounding — which, on weights of
+    random bytes (no quantizer writes K-quants here), is ~0.7% of each layer's output, a
+    few % of the logits after 14 layers (the kernel itself equals that rounding emulated:
+    tests/codegen/test_quantized_gemm.py); a block read in the wrong place is ~100%."""
+    import torch
+
+    from ember.ir.quant_formats import GGML_NAMES
+    from ember.runtime.native import quantized_gemm
+    from tests.codegen.test_quantized_gemm import blocks_of
+
+    config = LlamaConfig(vocab_size=96, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=tied, rms_norm_eps=1e-5)
+    model = save_tiny(LlamaForCausalLM, config, tmp_path / "hf")
+    rng = np.random.default_rng(tied)
+    blocks = {}
+    with torch.no_grad():  # random superblocks, and the model's weights what they dequantize to
+        for name, p in model.named_parameters():
+            if p.dim() != 2:
+                continue
+            part = name.removeprefix("model.layers.").split(".", 1)[-1].rsplit(".", 1)[0]
+            qtype = K_MIX.get(part, Q.Q6_K)
+            fmt = GGML_NAMES[qtype.name]
+            b = blocks_of(fmt, p.shape[0], p.shape[1], rng, scale=0.002)
+            p.copy_(torch.from_numpy(fmt.dequantize(b)))
+            blocks[name] = (b, qtype)  # (_convert permutes q's and k's rows, whole rows of blocks)
+    _convert(model, tmp_path / "tiny.gguf", blocks=blocks)
+    loaded = load_pretrained(tmp_path / "tiny.gguf", progress=False)
+    loaded.weights.keep_quantized = True
+    nodes = [n for n in loaded.graph(block_size=4).nodes if n.op == "ember.QuantizedLinear"]
+    assert len(nodes) == 2 * 7 + 1 and {n.attrs["format"] for n in nodes} == {"q4_k", "q5_k", "q6_k"}
+    abs_err, rel_err = compare_logits(model, tmp_path / "tiny.gguf", keep_quantized=True)
+    print(f"gguf K-quants kept, tied={tied}: max abs {abs_err:.2e}, max rel {rel_err:.2e}")
+    assert rel_err < 0.1
     assert quantized_gemm.available()  # (its library built and installed: the layers ran on it)
     dequantized = compare_logits(model, tmp_path / "tiny.gguf")  # the weights dequantized at load
     assert dequantized[0] < 1e-4
