@@ -299,27 +299,20 @@ EMBER_INLINE nvec nsum_lanes(const nvec* x) {
 }
 
 // A native vector of VW values of element type E, as floats.
+template <class V>
+EMBER_INLINE nvec as_nvec(const V& v) { nvec r; std::memcpy(&r, &v, sizeof r); return r; }
+
 template <class E>
 EMBER_INLINE nvec nload_as(const typename E::T* p) {
   if constexpr (std::is_same_v<E, F32>) {
     return nload(p);
 #if defined(__F16C__)
   } else if constexpr (std::is_same_v<E, F16> && VW == 8) {  // one vcvtph2ps (the loop below is ~10 ops a value)
-    __m128i h;
-    std::memcpy(&h, p, sizeof h);
-    const __m256 f = _mm256_cvtph_ps(h);
-    nvec v;
-    std::memcpy(&v, &f, sizeof v);
-    return v;
+    return as_nvec(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 #endif
 #if defined(__AVX512F__)
   } else if constexpr (std::is_same_v<E, F16> && VW == 16) {
-    __m256i h;
-    std::memcpy(&h, p, sizeof h);
-    const __m512 f = _mm512_cvtph_ps(h);
-    nvec v;
-    std::memcpy(&v, &f, sizeof v);
-    return v;
+    return as_nvec(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
 #endif
   } else {
     alignas(64) float x[VW];

@@ -516,13 +516,16 @@ def test_matmul_nbits(bits, block_size, k, zero_kind, bias):
         check(model, {"A": _normal(rng, m, k)}, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("bits, k, zero_kind, format", [(4, 64, None, "q4_0"), (4, 64, "uint8", "q4_1"),
-                                                        (8, 96, None, "q8_0")])
+@pytest.mark.parametrize("bits, k, zero_kind, format, block_size", [
+    (4, 64, None, "q4_0", 32), (4, 64, "uint8", "q4_1", 32), (8, 96, None, "q8_0", 32),
+    (4, 256, None, "q4_0", 128), (4, 192, "uint8", "q4_1", 64), (8, 160, None, "q8_0", 64),  # (160: a part block)
+    (4, 320, "uint8", "q4_1", 128)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_matmul_nbits_at_accuracy_level_4_runs_on_the_quantized_gemm(bits, k, zero_kind, format, bias):
+def test_matmul_nbits_at_accuracy_level_4_runs_on_the_quantized_gemm(bits, k, zero_kind, format, block_size, bias):
     """accuracy_level 4 (onnxruntime quantizes A to int8 per block and multiplies
     integers): the weights become ember's blocks of 32 (q4_0, q4_1, q8_0; the scales in
-    float16), whose dequantized values are the node's to float16 rounding, and the node an
+    float16; a block of 64 or 128 as 2 or 4 of them sharing its scale and zero point),
+    whose dequantized values are the node's to float16 rounding, and the node an
     ember.QuantizedLinear on ember's quantized GEMM (A quantized to int8 per block of 32):
     within the activations' rounding of onnxruntime's level-4 kernel, as that kernel is of
     the float reference."""
@@ -536,13 +539,14 @@ def test_matmul_nbits_at_accuracy_level_4_runs_on_the_quantized_gemm(bits, k, ze
 
     rng = np.random.default_rng(bits + k + bias)
     n = 24
-    model = onnx.load_from_string(_nbits_case(rng, k, n, bits, 32, zero_kind, bias))
+    model = onnx.load_from_string(_nbits_case(rng, k, n, bits, block_size, zero_kind, bias))
     model.graph.node[0].attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    got_format, blocks = nbits_blocks(inits["B"], inits["scales"], inits.get("zero_points"), k, n, bits, 32)
+    got_format, blocks = nbits_blocks(inits["B"], inits["scales"], inits.get("zero_points"), k, n, bits, block_size)
     assert got_format == format
     np.testing.assert_allclose(block_format(format).dequantize(blocks).T,
-                               dequantize_nbits(inits["B"], inits["scales"], inits.get("zero_points"), k, n, bits, 32),
+                               dequantize_nbits(inits["B"], inits["scales"], inits.get("zero_points"), k, n, bits,
+                                                block_size),
                                rtol=2e-3, atol=2e-3 * np.abs(inits["scales"]).max() * (1 << bits))
     compiled = ember.compile(model)
     assert [node.op for node in compiled.graph.nodes] == ["ember.QuantizedLinear"]
@@ -555,7 +559,12 @@ def test_matmul_nbits_at_accuracy_level_4_runs_on_the_quantized_gemm(bits, k, ze
     reference = list(evaluate(_graph(serialized), {"A": a}).values())[0]
     scale = np.abs(reference).max()
     assert np.abs(theirs - reference).max() <= 0.02 * scale  # (onnxruntime's own int8 rounding)
-    assert np.abs(got - reference).max() <= 0.02 * scale and np.abs(got - theirs).max() <= 0.002 * scale
+    assert np.abs(got - reference).max() <= 0.02 * scale
+    if block_size == 32:  # both quantize A per block of 32: the same roundings but for the scales' float16
+        assert np.abs(got - theirs).max() <= 0.002 * scale
+    else:  # onnxruntime quantizes A per block of block_size, ember per 32: each engine's own
+        # rounding of A, of the same size (ember's finer blocks, its float16 scales)
+        assert np.abs(got - reference).mean() <= 1.5 * np.abs(theirs - reference).mean()
 
 
 def test_matmul_nbits_with_float_zero_points_stays_float_at_level_4():

@@ -518,13 +518,19 @@ def nbits_blocks(b, scales, zero_points, k: int, n: int, bits: int, block_size: 
     """MatMulNBits' weight as ember's blocks of 32 (ir/quant_formats.py): (format name,
     [N, row_bytes] uint8), the scales rounded to float16 — q4_0 for 4 bits without zero
     points (zero 8), q4_1 for 4 bits with uint8 ones (m = -zero * scale), q8_0 for 8 bits
-    without them (q - 128); None for other block sizes, a K not whole blocks of 32, float
-    zero points, or 8 bits with zero points."""
-    if block_size != 32 or k % 32 or (bits == 8 and zero_points is not None) or bits not in (4, 8):
+    without them (q - 128). A block of 64, 128, ... is that many blocks of 32 with its scale
+    and zero point each. None for block sizes that are not multiples of 32, a K not whole
+    blocks of 32, float zero points, or 8 bits with zero points."""
+    if block_size % 32 or k % 32 or (bits == 8 and zero_points is not None) or bits not in (4, 8):
         return None
-    blocks = k // 32
-    q = _nbits_values(b, n, blocks, bits, 32)
-    scale = np.asarray(scales, dtype=np.float32).reshape(n, blocks)
+    blocks, sub = k // 32, block_size // 32
+    whole = -(-k // block_size)  # the node's blocks (the last may run past K)
+
+    def per_32(values):  # [N, whole, ...] per node block -> [N, blocks, ...] per block of 32
+        return np.repeat(values, sub, axis=1)[:, :blocks]
+
+    q = _nbits_values(b, n, whole, bits, block_size).reshape(n, whole * sub, 32)[:, :blocks]
+    scale = per_32(np.asarray(scales, dtype=np.float32).reshape(n, whole))
     d = scale.astype(np.float16).view(np.uint8).reshape(n, blocks, 2)
     if bits == 8:
         return "q8_0", np.concatenate([d, (q.astype(np.int16) - 128).astype(np.int8).view(np.uint8)], -1).reshape(n, -1)
@@ -533,7 +539,7 @@ def nbits_blocks(b, scales, zero_points, k: int, n: int, bits: int, block_size: 
         return "q4_0", np.concatenate([d, nibbles], -1).reshape(n, -1)
     if np.asarray(zero_points).dtype != np.uint8:
         return None  # (float zero points: onnxruntime computes in float32 at every level)
-    zero = _nbits_zero_points(zero_points, n, blocks, bits)
+    zero = per_32(_nbits_zero_points(zero_points, n, whole, bits))
     m = (-zero.astype(np.float32) * scale).astype(np.float16).view(np.uint8).reshape(n, blocks, 2)
     return "q4_1", np.concatenate([d, m, nibbles], -1).reshape(n, -1)
 

@@ -134,7 +134,6 @@ def test_quantized_blocks_are_kept(qtype, tied, tmp_path):
     import torch
 
     from ember.ir.quant_formats import GGML_NAMES
-    from ember.runtime.native import quantized_gemm
 
     config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -146,15 +145,24 @@ def test_quantized_blocks_are_kept(qtype, tied, tmp_path):
         for p in model.parameters():
             if p.dim() == 2:
                 p.copy_(torch.from_numpy(fmt.dequantize(fmt.quantize(p.numpy()))))
-    loaded = load_pretrained(tmp_path / "tiny.gguf", progress=False)
+    _check_blocks_kept(model, tmp_path / "tiny.gguf", {fmt.name}, 0.03, f"{qtype.name}, tied={tied}")
+
+
+def _check_blocks_kept(model, path, formats: set, bound: float, what: str):
+    """The file's 2 x 7 + 1 linear layers on its blocks (ember.QuantizedLinear, in `formats`),
+    their logits within `bound` (relative) of transformers' `model`; dequantized at load, within
+    float32 rounding."""
+    from ember.runtime.native import quantized_gemm
+
+    loaded = load_pretrained(path, progress=False)
     loaded.weights.keep_quantized = True
     nodes = [n for n in loaded.graph(block_size=4).nodes if n.op == "ember.QuantizedLinear"]
-    assert len(nodes) == 2 * 7 + 1 and {n.attrs["format"] for n in nodes} == {fmt.name}
-    abs_err, rel_err = compare_logits(model, tmp_path / "tiny.gguf", keep_quantized=True)
-    print(f"gguf {qtype.name} blocks kept, tied={tied}: max abs {abs_err:.2e}, max rel {rel_err:.2e}")
-    assert rel_err < 0.03
+    assert len(nodes) == 2 * 7 + 1 and {n.attrs["format"] for n in nodes} == formats
+    abs_err, rel_err = compare_logits(model, path, keep_quantized=True)
+    print(f"gguf {what}, blocks kept: max abs {abs_err:.2e}, max rel {rel_err:.2e}")
+    assert rel_err < bound
     assert quantized_gemm.available()  # (its library built and installed: the layers ran on it)
-    dequantized = compare_logits(model, tmp_path / "tiny.gguf")  # the weights dequantized at load
+    dequantized = compare_logits(model, path)  # the weights dequantized at load
     assert dequantized[0] < 1e-4
 
 
@@ -175,7 +183,6 @@ def test_k_quant_blocks_are_kept(tied, tmp_path):
     import torch
 
     from ember.ir.quant_formats import GGML_NAMES
-    from ember.runtime.native import quantized_gemm
     from tests.codegen.test_quantized_gemm import blocks_of
 
     config = LlamaConfig(vocab_size=96, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
@@ -195,16 +202,7 @@ def test_k_quant_blocks_are_kept(tied, tmp_path):
             p.copy_(torch.from_numpy(fmt.dequantize(b)))
             blocks[name] = (b, qtype)  # (_convert permutes q's and k's rows, whole rows of blocks)
     _convert(model, tmp_path / "tiny.gguf", blocks=blocks)
-    loaded = load_pretrained(tmp_path / "tiny.gguf", progress=False)
-    loaded.weights.keep_quantized = True
-    nodes = [n for n in loaded.graph(block_size=4).nodes if n.op == "ember.QuantizedLinear"]
-    assert len(nodes) == 2 * 7 + 1 and {n.attrs["format"] for n in nodes} == {"q4_k", "q5_k", "q6_k"}
-    abs_err, rel_err = compare_logits(model, tmp_path / "tiny.gguf", keep_quantized=True)
-    print(f"gguf K-quants kept, tied={tied}: max abs {abs_err:.2e}, max rel {rel_err:.2e}")
-    assert rel_err < 0.1
-    assert quantized_gemm.available()  # (its library built and installed: the layers ran on it)
-    dequantized = compare_logits(model, tmp_path / "tiny.gguf")  # the weights dequantized at load
-    assert dequantized[0] < 1e-4
+    _check_blocks_kept(model, tmp_path / "tiny.gguf", {"q4_k", "q5_k", "q6_k"}, 0.1, f"K-quants, tied={tied}")
 
 
 @pytest.mark.slow  # gguf reads the 100k tokenizer strings in Python: ~5 s
