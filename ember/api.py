@@ -339,7 +339,7 @@ def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codege
                  "passes": [list(p) for p in passes or []], **{k: v for k, v in fixed.items() if v}}
     if quantization is not None:
         recorded["quantization"] = {"scheme": quantization.scheme, "keep_float": list(quantization.keep_float),
-                                    "min_weights": quantization.min_weights}
+                                    "min_weights": quantization.min_weights, "group_size": quantization.group_size}
     return CompiledModel(graph, target, timings, pass_stats, codegen=codegen, intra_op_threads=threads,
                          profile=profile, options=recorded, metadata=metadata)
 

@@ -64,6 +64,22 @@ class BlockFormat:
                                    f"not {list(w.shape)}")
         return gguf.quants.quantize(np.ascontiguousarray(w), gguf.GGMLQuantizationType[self.ggml])
 
+    def quantize_groups(self, w: np.ndarray, group: int) -> np.ndarray:
+        """w [N, K] quantized with one scale (and minimum) per `group` weights along K, written
+        as this format's blocks of 32 (each block of a group carries the group's scale): groups
+        of 64, 128, ... for q8_0, q4_0 and q4_1, by gguf's formulas over the group (`group` 32:
+        gguf's quantizer itself)."""
+        w = np.asarray(w, dtype=np.float32)
+        if group == BLOCK:
+            return self.quantize(w)
+        if self.name not in GROUPED or group <= 0 or group % BLOCK:
+            raise UnsupportedError(f"groups of {group} weights: {self.name} quantizes in groups of {BLOCK}, "
+                                   f"{', '.join(GROUPED)} in multiples of {BLOCK}")
+        if w.ndim != 2 or w.shape[1] % group:
+            raise UnsupportedError(f"{self.name} in groups of {group} quantizes [N, K] weights with K a multiple "
+                                   f"of {group}, not {list(w.shape)}")
+        return _grouped(self.name, w, group).reshape(w.shape[0], -1)
+
     def dequantize(self, blocks: np.ndarray) -> np.ndarray:
         """[N, row_bytes] blocks -> the float32 weight [N, K]."""
         import gguf
@@ -90,6 +106,40 @@ GGML_NAMES = {f.ggml: f for f in FORMATS.values()}
 # the formats of 32 (gguf quantizes those)
 SCHEMES = {"int8": "q8_0", "int4": "q4_0", "int4_asym": "q4_1",
            **{name: name for name, f in FORMATS.items() if f.elements == BLOCK}}
+
+
+GROUPED = ("q8_0", "q4_0", "q4_1")  # the formats quantize_groups writes in groups of more than 32
+
+
+def _grouped(name: str, w: np.ndarray, group: int) -> np.ndarray:
+    """gguf's Q8_0 / Q4_0 / Q4_1 quantize_blocks, the scale (and minimum) of each group of
+    `group` weights, every block of 32 in it quantized with them: [blocks, block_bytes]."""
+    from gguf.quants import np_roundf
+
+    g = w.reshape(-1, group)
+    with np.errstate(divide="ignore"):
+        if name == "q8_0":
+            d = abs(g).max(axis=1, keepdims=True) / 127
+            q = np_roundf(g * np.where(d == 0, 0, 1 / d)).astype(np.int8).view(np.uint8)
+            low = None
+        elif name == "q4_0":
+            d = np.take_along_axis(g, abs(g).argmax(axis=-1, keepdims=True), axis=-1) / -8
+            q = np.trunc(g * np.where(d == 0, 0, 1 / d) + np.float32(8.5), dtype=np.float32).astype(np.uint8).clip(0, 15)
+            low = None
+        else:  # q4_1
+            top, low = g.max(axis=-1, keepdims=True), g.min(axis=-1, keepdims=True)
+            d = (top - low) / 15
+            q = np.trunc((g - low) * np.where(d == 0, 0, 1 / d) + np.float32(0.5),
+                         dtype=np.float32).astype(np.uint8).clip(0, 15)
+    per = group // BLOCK  # blocks of 32 a group
+
+    def scales(v):  # a group's value, once for each of its blocks, as float16 bytes
+        return np.repeat(v, per, axis=0).astype(np.float16).view(np.uint8)
+
+    q = q.reshape(-1, BLOCK)
+    if name != "q8_0":
+        q = q[:, :BLOCK // 2] | (q[:, BLOCK // 2:] << np.uint8(4))
+    return np.concatenate([scales(d), *([scales(low)] if low is not None else []), q], axis=-1)
 
 
 def block_format(name: str) -> BlockFormat:

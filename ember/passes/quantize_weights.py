@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from ..ir.graph import Graph
-from ..ir.quant_formats import BLOCK, SCHEMES, block_format
+from ..ir.quant_formats import BLOCK, GROUPED, SCHEMES, block_format
 from .base import Pass, PassResult
 from .registry import register_pass
 from .rewriter import Match, Rewrite, apply_rewrites, RewriteReport
@@ -41,16 +41,24 @@ KEEP_FLOAT = ("lm_head*", "*lm_head*", "*embed*")
 @dataclass(frozen=True)
 class Quantization:
     """How `quantize_weights` quantizes: the scheme (SCHEMES), the weights it leaves float
-    (fnmatch patterns of their names), and the smallest weight it quantizes."""
+    (fnmatch patterns of their names), the smallest weight it quantizes, and the weights
+    that share a scale (`group_size`: 32, or 64, 128, ... for int8, int4 and int4_asym —
+    coarser than 32, as schemes made for group-wise kernels ask; the blocks stay the
+    kernel's blocks of 32, each with its group's scale)."""
 
     scheme: str = "int8"
     keep_float: tuple[str, ...] = KEEP_FLOAT
     min_weights: int = 4096
+    group_size: int = BLOCK
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
             raise UnsupportedError(f"quantization scheme {self.scheme!r} is not one ember has; choose one of "
                                    f"{', '.join(SCHEMES)}")
+        if self.group_size != BLOCK and (self.format not in GROUPED or self.group_size <= 0
+                                         or self.group_size % BLOCK):
+            raise UnsupportedError(f"group_size {self.group_size}: {self.scheme} quantizes in groups of {BLOCK}; "
+                                   f"int8, int4 and int4_asym in multiples of {BLOCK}")
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
 
     @property
@@ -89,8 +97,8 @@ def _rewrite(q: Quantization, biased: bool, matmul: bool = False) -> Rewrite:
             return "x is not float32 (the kernel's)"
         if matmul and (x.shape is None or len(x.shape) < 2):
             return "x is not a matrix (or a batch of them)"
-        if w.shape[0] % BLOCK:
-            return f"its {w.shape[0]} input features are not a multiple of {BLOCK}"
+        if w.shape[0] % q.group_size:
+            return f"its {w.shape[0]} input features are not a multiple of {q.group_size}"
         if w.size < q.min_weights:
             return f"{w.size} weights, fewer than {q.min_weights}"
         if q.keeps_float(m["w"].name):
@@ -98,7 +106,7 @@ def _rewrite(q: Quantization, biased: bool, matmul: bool = False) -> Rewrite:
         return None
 
     def replacement(op, x, w, b=None, activation=""):
-        blocks = fmt.quantize(np.asarray(w.const, dtype=np.float32).T)
+        blocks = fmt.quantize_groups(np.asarray(w.const, dtype=np.float32).T, q.group_size)
         blocks.flags.writeable = False
         weight = op.graph.add_constant(f"{w.name}.{fmt.name}", blocks)
         return op("ember.QuantizedLinear", x, weight, *([b] if biased else []), format=fmt.name,

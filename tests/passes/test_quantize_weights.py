@@ -108,3 +108,38 @@ def test_llm_quantization_options(tiny_llm_dir):
         compile_llm(tiny_llm_dir, quantization="int8", dtype="bfloat16", progress=False)
     with pytest.raises(InputError, match="quantization 'int3' is not one ember knows"):
         ember.LLM(tiny_llm_dir, quantization="int3")
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "int4_asym"])
+def test_group_wise_scales(scheme):
+    """Quantization(group_size=64 or 128): one scale (and minimum) per group along K, by
+    gguf's formulas over the group (at 32 the same bytes as gguf's quantizer); each block of
+    32 of a group carries its group's scale, so the same kernel runs them."""
+    from ember.ir.quant_formats import _grouped
+
+    fmt = FORMATS[SCHEMES[scheme]]
+    rng = np.random.default_rng(len(scheme))
+    w = rng.standard_normal((6, 256)).astype(np.float32)
+    np.testing.assert_array_equal(_grouped(fmt.name, w, 32).reshape(6, -1), fmt.quantize(w))
+    for group in (64, 128):
+        blocks = fmt.quantize_groups(w, group).reshape(6, 256 // group, group // 32, fmt.block_bytes)
+        scales = 2 if scheme == "int4_asym" else 1  # d (and m), float16, first in each block
+        assert (blocks[..., :2 * scales] == blocks[..., :1, :2 * scales]).all()  # shared within a group
+        assert not (blocks[:, :1, 0, :2] == blocks[:, 1:2, 0, :2]).all()  # (and not across groups)
+        step = abs(w.reshape(6, -1, group)).max(-1) / (127 if scheme == "int8" else 7)
+        error = abs(fmt.dequantize(blocks.reshape(6, -1)) - w).reshape(6, -1, group).max(-1)
+        assert (error <= step * 1.01 + 1e-3).all()
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    g = GraphBuilder("group")
+    h = g.input("x", DType.float32, (3, 256))
+    graph = g.finish([g("ember.Linear", h, g.const("layer.weight", w.T.copy()))])
+    want = x @ w.T
+    for group in (32, 128):
+        model = ember.compile(graph, quantization=Quantization(scheme, group_size=group, min_weights=0))
+        assert _ops(model.graph) == ["ember.QuantizedLinear"]
+        got = list(model.run({"x": x}).values())[0]
+        assert np.abs(got - want).max() / np.abs(want).max() < (0.03 if scheme == "int8" else 0.3)
+    with pytest.raises(UnsupportedError, match="group_size 48"):
+        Quantization(scheme, group_size=48)
+    with pytest.raises(UnsupportedError, match="group_size 64: q5_0 quantizes in groups of 32"):
+        Quantization("q5_0", group_size=64)
