@@ -402,8 +402,9 @@ void k_gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* w, in
 }
 
 // -- eight rows interleaved -------------------------------------------------------------------------
-// `ember_qgemm_pack` lays q8_0, q4_0 and q4_1 weights out in groups of 8 rows (the last padded with
-// zero rows), block by block: the 8 rows' d (f16) in one 16-byte run, then (q4_1) their m, then their
+// `ember_qgemm_pack` lays q8_0, q4_0, q4_1, q5_0 and q5_1 weights out in groups of 8 rows (the last
+// padded with zero rows), block by block: the 8 rows' d (f16) in one 16-byte run, then (q4_1, q5_1)
+// their m, then (q5) their 32 high bits, row r at bytes 4r..4r+3, then their
 // quants in 32-byte chunks, chunk c holding 4 bytes of each row in turn (row r at bytes 4r..4r+3):
 // bytes 4c..4c+3 of the row's block (q4: elements 4c..4c+3 in the low nibbles, 16+4c.. in the high;
 // q8_0: elements 4c..4c+3). The same bytes as the rows' blocks, moved: a chunk times x's 4 elements
@@ -412,7 +413,7 @@ void k_gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* w, in
 
 constexpr int GROUP = 8;
 
-inline bool packs(int f) { return f == 0 || f == 1 || f == 2; }
+inline bool packs(int f) { return f >= 0 && f <= 4; }
 
 inline int64_t group_block_bytes(int f) { return GROUP * FORMATS[f].bytes; }
 
@@ -428,14 +429,25 @@ void pack(int f, const uint8_t* w, int64_t n, int64_t blocks, int64_t w_row_byte
             uint8_t* dst = out + (g * blocks + b) * gb;
             std::memcpy(dst + 2 * r, src, 2);                                  // d
             if (fm.has_min) std::memcpy(dst + 2 * GROUP + 2 * r, src + 2, 2);  // m
-            uint8_t* q = dst + GROUP * scales;
-            for (int c = 0; c < chunks; ++c) std::memcpy(q + 32 * c + 4 * r, src + scales + 4 * c, 4);
+            if (fm.high_bits) std::memcpy(dst + GROUP * scales + 4 * r, src + scales, 4);  // q5: high bits
+            uint8_t* q = dst + GROUP * (scales + 4 * fm.high_bits);
+            const uint8_t* qs = src + scales + 4 * fm.high_bits;
+            for (int c = 0; c < chunks; ++c) std::memcpy(q + 32 * c + 4 * r, qs + 4 * c, 4);
         }
     }
 }
 
 #if EMBER_QGEMM_AVX2
 inline __m256i broadcast4(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
+
+// q5: per 32-bit lane (a row), bits `shift`..`shift` + 3 of its high bits as 0x10 in bytes 0..3 (x
+// 0x00204081 moves bit i to bit 8i, no two bits landing on the same one)
+inline __m256i high_nibble_bits(__m256i qh, int shift) {
+    const __m256i bits = _mm256_and_si256(_mm256_srl_epi32(qh, _mm_cvtsi32_si128(shift)), _mm256_set1_epi32(0xf));
+    const __m256i spread = _mm256_and_si256(_mm256_mullo_epi32(bits, _mm256_set1_epi32(0x00204081)),
+                                            _mm256_set1_epi32(0x01010101));
+    return _mm256_slli_epi32(spread, 4);
+}
 
 // the dots of NG groups of 8 rows (w[g]) with MR rows of x (x[m]: row m's blocks), into out[g][m][0..8):
 // each chunk of weights is loaded (and its nibbles unpacked) once for the MR rows, and NG groups far
@@ -454,7 +466,7 @@ inline void group_dot(const uint8_t* const* wg, const XBlock* const* x, int64_t 
         for (int g = 0; g < NG; ++g) {
             const uint8_t* w = wg[g] + b * gb;
             const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-            const uint8_t* q = w + GROUP * scales;
+            const uint8_t* q = w + GROUP * (scales + 4 * fm.high_bits);
             __m256i sums[MR];
             for (int m = 0; m < MR; ++m) sums[m] = _mm256_setzero_si256();
             if constexpr (fm.eight_bit) {
@@ -463,6 +475,20 @@ inline void group_dot(const uint8_t* const* wg, const XBlock* const* x, int64_t 
                     const __m256i magnitude = _mm256_sign_epi8(v, v);
                     for (int m = 0; m < MR; ++m) {
                         const __m256i p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(x[m][b].q + 4 * c), v));
+                        sums[m] = _mm256_add_epi32(sums[m], _mm256_madd_epi16(p, ones));
+                    }
+                }
+            } else if constexpr (fm.high_bits) {
+                // 5-bit by 8-bit pairs: at most 2 * 2 * 31 * 127 < 2^15 a chunk, then to int32
+                const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + GROUP * scales));
+                for (int c = 0; c < 4; ++c) {
+                    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
+                    const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), high_nibble_bits(qh, 4 * c));
+                    const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low),
+                                                       high_nibble_bits(qh, 16 + 4 * c));
+                    for (int m = 0; m < MR; ++m) {
+                        const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(x[m][b].q + 4 * c)),
+                                                           _mm256_maddubs_epi16(hi, broadcast4(x[m][b].q + 16 + 4 * c)));
                         sums[m] = _mm256_add_epi32(sums[m], _mm256_madd_epi16(p, ones));
                     }
                 }
@@ -502,9 +528,10 @@ inline void group_dot_one(const uint8_t* w, const XBlock* x, int64_t blocks, flo
     for (int r = 0; r < GROUP; ++r) out[r] = 0.0f;
     for (int64_t b = 0; b < blocks; ++b, w += gb) {
         const XBlock& xb = x[b];
-        const uint8_t* q = w + GROUP * scales;
+        const uint8_t* q = w + GROUP * (scales + 4 * fm.high_bits);
         for (int r = 0; r < GROUP; ++r) {
             const float d = half_to_float(load16(w + 2 * r));
+            const uint32_t qh = fm.high_bits ? load32(w + GROUP * scales + 4 * r) : 0;
             int sum = 0;
             for (int c = 0; c < (fm.eight_bit ? 8 : 4); ++c) {
                 for (int i = 0; i < 4; ++i) {
@@ -512,7 +539,9 @@ inline void group_dot_one(const uint8_t* w, const XBlock* x, int64_t blocks, flo
                     if (fm.eight_bit) {
                         sum += static_cast<int8_t>(byte) * xb.q[4 * c + i];
                     } else {
-                        sum += (byte & 0x0f) * xb.q[4 * c + i] + (byte >> 4) * xb.q[16 + 4 * c + i];
+                        const int j = 4 * c + i;  // (q5: bit j of qh is element j's fifth bit)
+                        sum += ((byte & 0x0f) | (((qh >> j) & 1) << 4)) * xb.q[j] +
+                               ((byte >> 4) | (((qh >> (16 + j)) & 1) << 4)) * xb.q[16 + j];
                     }
                 }
             }
@@ -642,6 +671,8 @@ int ember_qgemm(int64_t format, const float* x, int64_t rows, int64_t k, int64_t
             case 0: packed_gemm<0>(xqp, rows, blocks, w, n, bias, y, y_stride, act, t); break;
             case 1: packed_gemm<1>(xqp, rows, blocks, w, n, bias, y, y_stride, act, t); break;
             case 2: packed_gemm<2>(xqp, rows, blocks, w, n, bias, y, y_stride, act, t); break;
+            case 3: packed_gemm<3>(xqp, rows, blocks, w, n, bias, y, y_stride, act, t); break;
+            case 4: packed_gemm<4>(xqp, rows, blocks, w, n, bias, y, y_stride, act, t); break;
         }
         return 0;
     }

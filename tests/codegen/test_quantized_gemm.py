@@ -5,8 +5,8 @@ K-quants q4_k, q5_k, q6_k) times float32 activations, on ember's kernel
 The kernel quantizes x to int8 blocks of 32 as llama.cpp's q8_1 does, then sums exact 8-bit
 products: it is checked against that computation emulated in numpy (float64 sums of the
 dequantized weights times the rounded activations), to float32 rounding, on random shapes
-(hypothesis) — its interleaved-row path (constant q8_0, q4_0, q4_1 weights, packed at
-prepare), its row path (fed weights, the 5-bit formats), its step form (called from C in a
+(hypothesis) — its interleaved-row path (constant weights of the formats of 32, packed at
+prepare), its row path (fed weights, the K-quants), its step form (called from C in a
 chained run, between generated kernels), its scalar build (no AVX2) and the numpy path
 where the kernel is absent. The reference (the dequantized weight times x in float32) is
 within the activations' rounding of all of them."""
@@ -106,7 +106,7 @@ def test_kernel_matches_its_computation(case):
     assert model.stats.fallback_nodes == []
     step = model.program.steps[0]
     packed = "packed" in model.executor._steps[0][2].params
-    assert packed == (not fed and fmt.name in ("q8_0", "q4_0", "q4_1")), (fmt.name, fed)
+    assert packed == (not fed and fmt.elements == 32), (fmt.name, fed)
     event(f"{fmt.name}, {'interleaved rows' if packed else 'rows'}")
     feeds = {"x": x, **({"w": blocks} if fed else {})}
     before = quantized_gemm.RUNS[0]
@@ -124,7 +124,7 @@ def test_kernel_matches_its_computation(case):
     assert np.abs(list(reference.values())[0] - got).max(initial=0) <= 1.1 * bound + 1e-5
 
 
-@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
 @pytest.mark.parametrize("rows, n", [(130, 40), (1, 56), (1, 64), (1, 8), (7, 9)])
 def test_interleaved_rows_at_every_tiling(fmt, rows, n):
     """The interleaved-row kernel's tilings: chunks of 64 rows of x (130: two and a rest of
