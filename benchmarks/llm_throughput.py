@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _report import markdown_table, write_section  # benchmarks/_report.py
+from _report import cpu_name, markdown_table, write_section  # benchmarks/_report.py
 
 import ember
 from ember import _builtin
@@ -147,7 +146,7 @@ def main(argv=None) -> int:
         lines.append("")
         lines.append(f"{results[0].engine} / {results[1].engine} output tokens/s: **{ratio:.2f}x**")
     header = [f"## LLM throughput: {path.name}, {len(requests)} requests (seed {args.seed})", "",
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; "
+              f"{cpu_name()}, {os.cpu_count()} cores, {args.threads} threads; "
               f"{time.strftime('%Y-%m-%d')}; `python benchmarks/llm_throughput.py`", ""]
     print("\n".join(header + lines))
     if args.write:
