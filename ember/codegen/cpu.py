@@ -45,8 +45,13 @@ def storage_type(dtype: DType) -> str:
     return C_TYPES[dtype].storage
 
 
+# -ffp-contract=fast: a multiply followed by an add may become one fused multiply-add (one
+# rounding instead of two), as GCC does by default in C++ and as onnxruntime's and torch's
+# kernels do; said here so that a compiler whose default differs does not change the
+# numerics. A kernel whose arithmetic must round each op (the integer GEMM's rescale
+# epilogue, which matches the graph's Mul then Add) keeps them apart itself.
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno",
-         "-fno-trapping-math", "-w"]
+         "-fno-trapping-math", "-ffp-contract=fast", "-w"]
 PARALLEL_MIN_ELEMENTS = 1 << 15  # loops over fewer elements stay on one thread...
 PARALLEL_MIN_WORK = 1 << 17  # ...and pointwise loops over fewer elements x statements a body
 PARALLEL_FLOOR = 1 << 10  # (a convolution's 50-statement body splits at 2,600 elements, not 32,768)
