@@ -479,16 +479,30 @@ inline void group_dot(const uint8_t* const* wg, const XBlock* const* x, int64_t 
                     }
                 }
             } else if constexpr (fm.high_bits) {
-                // 5-bit by 8-bit pairs: at most 2 * 2 * 31 * 127 < 2^15 a chunk, then to int32
+                // 5-bit by 8-bit pairs: at most 2 * 2 * 31 * 127 < 2^15 a chunk, then to int32. q5_0's
+                // q - 16 is summed here, exactly (signed: |q - 16| times x signed like q - 16), not as
+                // a -16 d sum(x) term after: the two terms nearly cancel, and their float32 roundings
+                // would not
                 const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + GROUP * scales));
+                const __m256i sixteen = _mm256_set1_epi8(16);
                 for (int c = 0; c < 4; ++c) {
                     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
-                    const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), high_nibble_bits(qh, 4 * c));
-                    const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low),
-                                                       high_nibble_bits(qh, 16 + 4 * c));
+                    __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), high_nibble_bits(qh, 4 * c));
+                    __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low),
+                                                 high_nibble_bits(qh, 16 + 4 * c));
+                    if constexpr (!fm.has_min) {
+                        lo = _mm256_sub_epi8(lo, sixteen);
+                        hi = _mm256_sub_epi8(hi, sixteen);
+                    }
                     for (int m = 0; m < MR; ++m) {
-                        const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(x[m][b].q + 4 * c)),
-                                                           _mm256_maddubs_epi16(hi, broadcast4(x[m][b].q + 16 + 4 * c)));
+                        const __m256i xl = broadcast4(x[m][b].q + 4 * c), xh = broadcast4(x[m][b].q + 16 + 4 * c);
+                        __m256i p;
+                        if constexpr (fm.has_min) {
+                            p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+                        } else {
+                            p = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(xl, lo)),
+                                                 _mm256_maddubs_epi16(_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(xh, hi)));
+                        }
                         sums[m] = _mm256_add_epi32(sums[m], _mm256_madd_epi16(p, ones));
                     }
                 }
@@ -510,7 +524,7 @@ inline void group_dot(const uint8_t* const* wg, const XBlock* const* x, int64_t 
                 if constexpr (fm.has_min) {
                     const __m256 mins = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * GROUP)));
                     acc[g][m] = _mm256_fmadd_ps(mins, _mm256_set1_ps(xb.s), acc[g][m]);
-                } else if constexpr (fm.offset != 0.0f) {
+                } else if constexpr (fm.offset != 0.0f && !fm.high_bits) {  // (q5_0's: in the sums)
                     acc[g][m] = _mm256_fmadd_ps(d, _mm256_set1_ps(fm.offset * xb.s), acc[g][m]);
                 }
             }
@@ -539,13 +553,15 @@ inline void group_dot_one(const uint8_t* w, const XBlock* x, int64_t blocks, flo
                     if (fm.eight_bit) {
                         sum += static_cast<int8_t>(byte) * xb.q[4 * c + i];
                     } else {
-                        const int j = 4 * c + i;  // (q5: bit j of qh is element j's fifth bit)
-                        sum += ((byte & 0x0f) | (((qh >> j) & 1) << 4)) * xb.q[j] +
-                               ((byte >> 4) | (((qh >> (16 + j)) & 1) << 4)) * xb.q[16 + j];
+                        const int j = 4 * c + i;  // (q5: bit j of qh is element j's fifth bit; q5_0: less 16)
+                        const int shift = fm.high_bits && !fm.has_min ? 16 : 0;
+                        sum += (((byte & 0x0f) | (((qh >> j) & 1) << 4)) - shift) * xb.q[j] +
+                               (((byte >> 4) | (((qh >> (16 + j)) & 1) << 4)) - shift) * xb.q[16 + j];
                     }
                 }
             }
-            const float offset = fm.has_min ? half_to_float(load16(w + 2 * GROUP + 2 * r)) : fm.offset * d;
+            const float offset = fm.has_min ? half_to_float(load16(w + 2 * GROUP + 2 * r))
+                                 : fm.high_bits ? 0.0f : fm.offset * d;  // (q5_0's: in the sum)
             out[r] += d * xb.d * static_cast<float>(sum) + offset * xb.s;
         }
     }
@@ -621,6 +637,45 @@ void packed_gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* 
     }
 }
 
+// -- rows dequantized (an embedding's lookup from its blocks) -------------------------------------
+// Each value as gguf's dequantization computes it in float32: d q (q8_0), d (q - 8) (q4_0), d (q - 16)
+// (q5_0), d q + m (q4_1, q5_1); the K-quants (d sc) q - dmin m and (d sc) (q - 32).
+template <int F>
+void dequantize_row(const uint8_t* w, int64_t k, float* out) {
+    if constexpr (F >= 5) {
+        for (int64_t s = 0; s < k / QK_K; ++s, w += k_bytes(F)) {
+            for (int g = 0; g < 8; ++g) {
+                float scale, low = 0.0f;
+                if constexpr (F == 7) {
+                    const float d = half_to_float(load16(w + 208));
+                    for (int j = 0; j < 32; ++j) {
+                        const float ds = d * static_cast<float>(reinterpret_cast<const int8_t*>(w + 192)[8 * (g / 4) + 2 * (g % 4) + j / 16]);
+                        out[s * QK_K + 32 * g + j] = ds * static_cast<float>(k_q<F>(w, g, j) - 32);
+                    }
+                    continue;
+                } else {
+                    int sc, m;
+                    scale_min(g, w + 4, sc, m);
+                    scale = half_to_float(load16(w)) * static_cast<float>(sc);
+                    low = half_to_float(load16(w + 2)) * static_cast<float>(m);
+                }
+                for (int j = 0; j < 32; ++j) out[s * QK_K + 32 * g + j] = scale * static_cast<float>(k_q<F>(w, g, j)) - low;
+            }
+        }
+    } else {
+        constexpr Format f = FORMATS[F];
+        for (int64_t b = 0; b < k / QK; ++b, w += f.bytes) {
+            const float d = half_to_float(load16(w));
+            const float m = f.has_min ? half_to_float(load16(w + 2)) : 0.0f;
+            const int shift = f.has_min || f.eight_bit ? 0 : (f.high_bits ? 16 : 8);
+            for (int j = 0; j < QK; ++j) {
+                const int q = block_q<F>(w, j);
+                out[b * QK + j] = f.has_min ? d * static_cast<float>(q) + m : d * static_cast<float>(q - shift);
+            }
+        }
+    }
+}
+
 thread_local std::vector<XBlock> x_blocks;
 
 }  // namespace
@@ -689,6 +744,32 @@ int ember_qgemm(int64_t format, const float* x, int64_t rows, int64_t k, int64_t
     return 0;
 }
 
+// out [count, k] = rows ids[0..count) of W [n, k] in `format`'s blocks (rows w_row_bytes apart),
+// dequantized. Returns 0, or -1 for a bad call (an id outside [0, n), k not whole blocks).
+int ember_qgemm_dequantize_rows(int64_t format, const uint8_t* w, int64_t n, int64_t k, int64_t w_row_bytes,
+                                const int64_t* ids, int64_t count, float* out, int64_t threads) {
+    if (format < 0 || format > 7 || k % elements(format) || w_row_bytes < row_bytes(format, k)) return -1;
+    for (int64_t i = 0; i < count; ++i)
+        if (ids[i] < 0 || ids[i] >= n) return -1;
+    const int t = static_cast<int>(std::max<int64_t>(1, threads));
+#pragma omp parallel for schedule(static) num_threads(t) if (t > 1 && count * k >= (1 << 16))
+    for (int64_t i = 0; i < count; ++i) {
+        const uint8_t* row = w + ids[i] * w_row_bytes;
+        float* o = out + i * k;
+        switch (format) {
+            case 0: dequantize_row<0>(row, k, o); break;
+            case 1: dequantize_row<1>(row, k, o); break;
+            case 2: dequantize_row<2>(row, k, o); break;
+            case 3: dequantize_row<3>(row, k, o); break;
+            case 4: dequantize_row<4>(row, k, o); break;
+            case 5: dequantize_row<5>(row, k, o); break;
+            case 6: dequantize_row<6>(row, k, o); break;
+            case 7: dequantize_row<7>(row, k, o); break;
+        }
+    }
+    return 0;
+}
+
 // The step form (runtime/executor.py: a chained run): ctx = {format, x's slot, w's slot, packed w (0:
 // none), bias's slot (-1: none), y's slot, rows, k, n, activation, threads}, the buffers' addresses
 // read from the slots B when it runs.
@@ -697,6 +778,13 @@ int ember_qgemm_step(const int64_t* c, char** B, const int64_t*) {
     return ember_qgemm(c[0], reinterpret_cast<const float*>(B[c[1]]), c[6], c[7], c[7], w, c[8],
                        c[3] ? 0 : row_bytes(c[0], c[7]), c[4] >= 0 ? reinterpret_cast<const float*>(B[c[4]]) : nullptr,
                        reinterpret_cast<float*>(B[c[5]]), c[8], c[9], c[10]);
+}
+
+// The row lookup's step form: ctx = {format, w's slot, ids' slot, out's slot, n, k, count, threads}.
+int ember_qgemm_dequantize_rows_step(const int64_t* c, char** B, const int64_t*) {
+    return ember_qgemm_dequantize_rows(c[0], reinterpret_cast<const uint8_t*>(B[c[1]]), c[4], c[5],
+                                       row_bytes(c[0], c[5]), reinterpret_cast<const int64_t*>(B[c[2]]), c[6],
+                                       reinterpret_cast<float*>(B[c[3]]), c[7]);
 }
 
 }  // extern "C"

@@ -138,7 +138,8 @@ KERNELS: dict[str, HandWritten] = {k.name: k for k in [
                 used_by=lambda program: program_uses(
                     program, lambda step: step.name == "recurrent" and step.params.get("op") == "LSTM")),
     HandWritten("quantized_gemm", "cpu_quantized_gemm.cpp", what="quantized GEMM", instead="numpy's, dequantized",
-                used_by=lambda program: program_uses(program, lambda step: step.name == "quantized_linear")),
+                used_by=lambda program: program_uses(program, lambda step: step.name in ("quantized_linear",
+                                                                                        "quantized_gather"))),
     HandWritten("integer_gemm", "cpu_integer_gemm.cpp", what="8-bit integer GEMM", instead="torch's, in float64",
                 used_by=lambda program: program_uses(program, lambda step: step.name in (
                     "integer_matmul", "integer_conv", "dynamic_quantize"))),

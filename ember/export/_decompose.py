@@ -120,6 +120,17 @@ def _quantized_linear(b: Builder, node: Node, ins: list[Name | None]) -> list[Na
     return _linear(b, node, [ins[0], b.const(np.ascontiguousarray(w)), *ins[2:]])
 
 
+def _quantized_gather(b: Builder, node: Node, ins: list[Name | None]) -> list[Name]:
+    """An embedding's blocks dequantized into a float32 [V, K] initializer, then Gather."""
+    from ..ir.quant_formats import block_format
+
+    blocks = node.inputs[0].const
+    if blocks is None:
+        raise UnsupportedError(f"{node.describe()}: a quantized table fed at run time has no standard-ONNX form")
+    table = block_format(get_op(node.op).attr(node, "format")).dequantize(np.asarray(blocks))
+    return [b.Gather(b.const(np.ascontiguousarray(table)), ins[1], axis=0)]
+
+
 # -- ember.Attention: softmax(q k^T * scale + bias) v per head ----------------------------
 def _attention(b: Builder, node: Node, ins: list[Name | None]) -> list[Name]:
     opdef = get_op(node.op)
@@ -273,6 +284,7 @@ Decomposition = Callable[[Builder, Node, list], list]
 DECOMPOSITIONS: dict[str, Decomposition] = {
     "ember.Linear": _linear,
     "ember.QuantizedLinear": _quantized_linear,
+    "ember.QuantizedGather": _quantized_gather,
     "ember.Attention": _attention,
     "ember.SkipLayerNorm": _skip_layernorm,
     "ember.SwiGLU": _swiglu,

@@ -47,6 +47,24 @@ def quantized_linear(params, x, w, bias, y):
     y2[...] = ACTIVATIONS[activation](out)
 
 
+@extern("quantized_gather", arrays=lambda params: True)
+def quantized_gather(params, w, ids, y):
+    """ember.QuantizedGather: the rows of an embedding kept in its blocks, dequantized as they
+    are looked up (the kernel's; numpy through gguf's dequantization where it does not run,
+    which also reports an id out of range)."""
+    fmt = block_format(params["format"])
+    flat = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    out = y.reshape(flat.size, -1)
+    if quantized_gemm.dequantize_rows(fmt.code, w, flat, out, _threads()):
+        return
+    out[...] = fmt.dequantize(w[flat])
+
+
+@native("quantized_gather")
+def quantized_gather_step(params, args):
+    return quantized_gemm.dequantize_rows_step(block_format(params["format"]).code, args, _threads())
+
+
 @native("quantized_linear")
 def quantized_linear_step(params, args):
     """The kernel's step form, for a chained run (its weight packed where `prepare` packed it)."""

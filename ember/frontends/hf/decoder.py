@@ -131,8 +131,15 @@ def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions
         def norm(x, name):
             return g("RMSNormalization", x, tensor(name, (c.hidden_size,)), axis=-1, epsilon=c.rms_norm_eps)
 
-        embed = weights.take("model.embed_tokens.weight", (c.vocab_size, c.hidden_size))
-        h = g("Gather", g.const("model.embed_tokens.weight", embed), ids, axis=0)
+        # the embedding's own blocks where the weights keep them (looked up and dequantized a
+        # row at a time: no float table), else a float table
+        embed_blocks = weights.quantized("model.embed_tokens.weight", (c.vocab_size, c.hidden_size))
+        if embed_blocks is not None:
+            table = g.const("model.embed_tokens.weight", embed_blocks[1])
+            h = g("ember.QuantizedGather", table, ids, format=embed_blocks[0].name)
+        else:
+            embed = weights.take("model.embed_tokens.weight", (c.vocab_size, c.hidden_size))
+            h = g("Gather", g.const("model.embed_tokens.weight", embed), ids, axis=0)
         cos_table, sin_table = cos_sin_tables(c, options.max_model_len or c.max_position_embeddings)
         cos_table, sin_table = g.const("rope.cos", cos_table.astype(weights.dtype)), \
             g.const("rope.sin", sin_table.astype(weights.dtype))
@@ -168,7 +175,9 @@ def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions
         last = norm(g("Gather", h, logit_indices, axis=0), "model.norm.weight")
         tied = c.tie_word_embeddings and "lm_head.weight" not in weights
         head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
-        if (blocks := weights.quantized(head_name, (c.vocab_size, c.hidden_size), count=not tied)) is not None:
+        if tied and embed_blocks is not None:  # the same blocks, one constant
+            logits = g("ember.QuantizedLinear", last, table, format=embed_blocks[0].name, name="logits")
+        elif (blocks := weights.quantized(head_name, (c.vocab_size, c.hidden_size), count=not tied)) is not None:
             fmt, data = blocks
             logits = g("ember.QuantizedLinear", last, g.const("lm_head.weight", data), format=fmt.name,
                        name="logits")

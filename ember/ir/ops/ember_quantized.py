@@ -67,6 +67,44 @@ register_op(OpDef(
 ))
 
 
+def _gather_reference(node: Node):
+    fmt = block_format(get_op(node.op).attr(node, "format"))
+
+    def run(w, ids):
+        rows = fmt.dequantize(np.ascontiguousarray(w[np.asarray(ids).reshape(-1)]))
+        return (rows.reshape(*np.shape(ids), -1),)
+
+    return run
+
+
+def _gather_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
+    fmt = block_format(get_op(node.op).attr(node, "format"))
+    w, ids = shape_of(ins[0]), shape_of(ins[1])
+    if w is None or ids is None or not isinstance(w[1], int):
+        return [tensor(DType.float32, None)]
+    return [tensor(DType.float32, (*ids, w[1] // fmt.block_bytes * fmt.elements))]
+
+
+register_op(OpDef(
+    "ember.QuantizedGather",
+    inputs=(ParamSpec("w"), ParamSpec("ids")),
+    outputs=(ParamSpec("y"),),
+    attrs={"format": AttrSpec("format", "string", required=True)},
+    reference=_gather_reference, infer=_gather_infer,
+    doc="y = dequantize(w)[ids]: the rows of an embedding [V, row_bytes] uint8 kept in `format`'s blocks, "
+        "float32 (Gather(dequantize(w), ids, axis=0) without the float table)",
+))
+
+
+@register_lowering("ember.QuantizedGather")
+def _lower_gather(ctx, node, ins):
+    w, ids = ins
+    if w.dtype != DType.uint8 or len(w.shape) != 2 or ids.dtype != DType.int64:
+        raise NotLowerable("not a [V, bytes] uint8 table with int64 ids")
+    fmt = block_format(get_op(node.op).attr(node, "format"))
+    return ctx.extern("quantized_gather", [w, ids], [out_type(node)], format=fmt.name)
+
+
 @register_lowering("ember.QuantizedLinear")
 def _lower(ctx, node, ins):
     x, w = ins[0], ins[1]

@@ -80,3 +80,38 @@ def step(code: int, args: list, packed: np.ndarray | None, activation: str, thre
     ctx = np.array([code, x[0], w[0], 0 if packed is None else packed.ctypes.data, -1 if bias is None else bias[0],
                     y[0], rows, k, n, ACTIVATIONS[activation], threads], dtype=np.int64)
     return ctypes.cast(fn, ctypes.c_void_p).value, ctx
+
+
+GATHERS = [0]  # row lookups run here (tests read it)
+
+
+def dequantize_rows(code: int, w: np.ndarray, ids: np.ndarray, out: np.ndarray, threads: int) -> bool:
+    """out [count, k] = rows `ids` (int64, contiguous) of the weight w [n, row_bytes] (uint8,
+    contiguous rows) in blocks of format `code`, dequantized as gguf computes them (an
+    embedding's lookup). False where the kernel is absent or the call does not fit it (an
+    id out of range among them: the caller's path reports it)."""
+    fn = function("quantized_gemm", "ember_qgemm_dequantize_rows", [_I, _P, _I, _I, _I, _P, _I, _P, _I], ctypes.c_int)
+    if (fn is None or w.dtype != np.uint8 or w.ndim != 2 or w.strides[1] != 1 or ids.dtype != np.int64
+            or not ids.flags.c_contiguous or out.dtype != np.float32 or out.ndim != 2 or not out.flags.c_contiguous
+            or out.shape[0] != ids.size):
+        return False
+    if fn(code, w.ctypes.data, w.shape[0], out.shape[1], w.strides[0], ids.ctypes.data, ids.size, out.ctypes.data,
+          threads):
+        return False
+    GATHERS[0] += 1
+    return True
+
+
+def dequantize_rows_step(code: int, args: list, threads: int):
+    """The row lookup's step form (`ember_qgemm_dequantize_rows_step`): args the step's
+    (slot, shape, dtype) of w, ids, out; (its address, its ctx), or None."""
+    fn = function("quantized_gemm", "ember_qgemm_dequantize_rows_step", [_P, _P, _P], ctypes.c_int)
+    w, ids, out = args
+    if (fn is None or w is None or ids is None or out is None or w[2] != np.uint8 or len(w[1]) != 2
+            or ids[2] != np.int64 or out[2] != np.float32 or not out[1]):
+        return None
+    count, k = int(np.prod(ids[1])), out[1][-1]
+    if tuple(out[1]) != (*ids[1], k):
+        return None
+    ctx = np.array([code, w[0], ids[0], out[0], w[1][0], k, count, threads], dtype=np.int64)
+    return ctypes.cast(fn, ctypes.c_void_p).value, ctx

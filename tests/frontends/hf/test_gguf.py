@@ -156,8 +156,14 @@ def _check_blocks_kept(model, path, formats: set, bound: float, what: str):
 
     loaded = load_pretrained(path, progress=False)
     loaded.weights.keep_quantized = True
-    nodes = [n for n in loaded.graph(block_size=4).nodes if n.op == "ember.QuantizedLinear"]
+    graph = loaded.graph(block_size=4)
+    nodes = [n for n in graph.nodes if n.op == "ember.QuantizedLinear"]
     assert len(nodes) == 2 * 7 + 1 and {n.attrs["format"] for n in nodes} == formats
+    # the embedding looked up from its blocks (no float table); a tied head reads the same constant
+    (lookup,) = [n for n in graph.nodes if n.op == "ember.QuantizedGather"]
+    assert not [n for n in graph.nodes if n.op == "Gather" and n.inputs[0].const is not None
+                and n.inputs[0].const.shape == (model.config.vocab_size, model.config.hidden_size)]
+    assert (nodes[-1].inputs[1] is lookup.inputs[0]) == bool(model.config.tie_word_embeddings)
     abs_err, rel_err = compare_logits(model, path, keep_quantized=True)
     print(f"gguf {what}, blocks kept: max abs {abs_err:.2e}, max rel {rel_err:.2e}")
     assert rel_err < bound
