@@ -288,7 +288,7 @@ inline void scale_min(int j, const uint8_t* q, int& sc, int& m) {
     }
 }
 
-// q of group g, element j (0..31), and its scale (the group's; q6_k: its half's)
+// q of group g, element j (0..31)
 template <int F>
 inline int k_q(const uint8_t* w, int g, int j) {
     if constexpr (F == 7) {
@@ -304,14 +304,19 @@ inline int k_q(const uint8_t* w, int g, int j) {
     }
 }
 
+// q6_k: the int8 scale of group g's element j (each half of a group has its own)
+inline int k6_scale(const uint8_t* w, int g, int j) {
+    return reinterpret_cast<const int8_t*>(w + 192)[8 * (g / 4) + 2 * (g % 4) + j / 16];
+}
+
 // the dot product of one superblock with x's 8 blocks
 template <int F>
 inline float k_dot(const uint8_t* w, const XBlock* x) {
     float total = 0.0f;
     if constexpr (F == 7) {
         const float d = half_to_float(load16(w + 208));
-        const int8_t* sc = reinterpret_cast<const int8_t*>(w + 192);
 #if EMBER_QGEMM_AVX2
+        const int8_t* sc = reinterpret_cast<const int8_t*>(w + 192);
         __m256 acc = _mm256_setzero_ps();
         const __m256i low = _mm256_set1_epi8(0x0f), three = _mm256_set1_epi8(3), offset = _mm256_set1_epi8(32);
         for (int n = 0; n < 2; ++n) {
@@ -338,7 +343,7 @@ inline float k_dot(const uint8_t* w, const XBlock* x) {
 #else
         for (int g = 0; g < 8; ++g) {
             int sum = 0;
-            for (int j = 0; j < 32; ++j) sum += sc[8 * (g / 4) + 2 * (g % 4) + j / 16] * (k_q<F>(w, g, j) - 32) * x[g].q[j];
+            for (int j = 0; j < 32; ++j) sum += k6_scale(w, g, j) * (k_q<F>(w, g, j) - 32) * x[g].q[j];
             total += d * x[g].d * static_cast<float>(sum);
         }
 #endif
@@ -643,23 +648,20 @@ void packed_gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* 
 template <int F>
 void dequantize_row(const uint8_t* w, int64_t k, float* out) {
     if constexpr (F >= 5) {
-        for (int64_t s = 0; s < k / QK_K; ++s, w += k_bytes(F)) {
+        for (int64_t s = 0; s < k / QK_K; ++s, w += k_bytes(F), out += QK_K) {
             for (int g = 0; g < 8; ++g) {
-                float scale, low = 0.0f;
-                if constexpr (F == 7) {
-                    const float d = half_to_float(load16(w + 208));
-                    for (int j = 0; j < 32; ++j) {
-                        const float ds = d * static_cast<float>(reinterpret_cast<const int8_t*>(w + 192)[8 * (g / 4) + 2 * (g % 4) + j / 16]);
-                        out[s * QK_K + 32 * g + j] = ds * static_cast<float>(k_q<F>(w, g, j) - 32);
+                for (int j = 0; j < 32; ++j) {
+                    if constexpr (F == 7) {
+                        const float scale = half_to_float(load16(w + 208)) * static_cast<float>(k6_scale(w, g, j));
+                        out[32 * g + j] = scale * static_cast<float>(k_q<F>(w, g, j) - 32);
+                    } else {
+                        int sc, m;
+                        scale_min(g, w + 4, sc, m);
+                        const float scale = half_to_float(load16(w)) * static_cast<float>(sc);
+                        const float low = half_to_float(load16(w + 2)) * static_cast<float>(m);
+                        out[32 * g + j] = scale * static_cast<float>(k_q<F>(w, g, j)) - low;
                     }
-                    continue;
-                } else {
-                    int sc, m;
-                    scale_min(g, w + 4, sc, m);
-                    scale = half_to_float(load16(w)) * static_cast<float>(sc);
-                    low = half_to_float(load16(w + 2)) * static_cast<float>(m);
                 }
-                for (int j = 0; j < 32; ++j) out[s * QK_K + 32 * g + j] = scale * static_cast<float>(k_q<F>(w, g, j)) - low;
             }
         }
     } else {

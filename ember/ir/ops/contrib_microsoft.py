@@ -595,14 +595,20 @@ def integer_product(a, b, a_zero, b_zero) -> np.ndarray:
     return np.matmul(a64, b64).astype(np.int32)
 
 
+def integer_to_float(a, b, a_scale, b_scale, a_zero=None, b_zero=None, bias=None) -> np.ndarray:
+    """MatMulIntegerToFloat's meaning (also QAttention's projection): the exact product
+    rescaled by a_scale * b_scale (float32; B's one value or one per column), plus bias."""
+    acc = integer_product(a, b, a_zero, b_zero)
+    scale = np.asarray(a_scale, np.float32).reshape(()) * np.asarray(b_scale, np.float32).reshape(-1)
+    y = acc.astype(np.float32) * (scale if scale.size > 1 else scale.reshape(()))
+    if bias is not None:
+        y = y + np.asarray(bias, np.float32)
+    return y.astype(np.float32)
+
+
 def _itf_reference(node: Node):
-    def run(a, b, a_scale, b_scale, a_zero=None, b_zero=None, bias=None):
-        acc = integer_product(a, b, a_zero, b_zero)
-        scale = np.asarray(a_scale, np.float32).reshape(()) * np.asarray(b_scale, np.float32).reshape(-1)
-        y = acc.astype(np.float32) * (scale if scale.size > 1 else scale.reshape(()))
-        if bias is not None:
-            y = y + np.asarray(bias, np.float32)
-        return (y.astype(np.float32),)
+    def run(*args):
+        return (integer_to_float(*args),)
     return run
 
 

@@ -220,16 +220,24 @@ def attention_of_qkv(qkv, sizes, mask, past, attention_bias, heads: int, scale: 
 
 
 def _attention_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
-    heads = get_op(node.op).attr(node, "num_heads")
-    sizes = list(get_op(node.op).attr(node, "qkv_hidden_sizes") or [])
-    x, w, dtype = shape_of(ins[0]), shape_of(ins[1]), dtype_of(ins[0])
+    dtype = dtype_of(ins[0])
     if dtype is None:
         return [None] * len(node.outputs)
+    return _projected_attention_types(node, ins, dtype, 4, list(get_op(node.op).attr(node, "qkv_hidden_sizes") or []))
+
+
+def _projected_attention_types(node: Node, ins: list[Known | None], dtype, past_input: int, sizes: list):
+    """Attention's (and QAttention's) output and present of `dtype`: input [B, S, In] (ins[0])
+    projected by a weight [In, Dq + Dk + Dv] (ins[1]; `sizes` the three, or three equal
+    thirds), a past [2, B, N, P, H] at ins[past_input] where given."""
+    heads = get_op(node.op).attr(node, "num_heads")
+    x, w = shape_of(ins[0]), shape_of(ins[1])
     if x is None or w is None:
         return [tensor(dtype, None)] * len(node.outputs)
     v_hidden = sizes[2] if sizes else sympy.sympify(w[-1]) / 3
-    past = shape_of(ins[4]) if len(ins) > 4 and ins[4] is not None else None
-    total = x[1] if len(ins) <= 4 or ins[4] is None else (None if past is None else sympy.sympify(past[3]) + x[1])
+    given = len(ins) > past_input and ins[past_input] is not None
+    past = shape_of(ins[past_input]) if given else None
+    total = x[1] if not given else (None if past is None else sympy.sympify(past[3]) + x[1])
     head = (sizes[0] if sizes else sympy.sympify(w[-1]) / 3) / heads
     present = None if total is None else (2, x[0], heads, total, head)
     return [tensor(dtype, (x[0], x[1], v_hidden)), tensor(dtype, present)][:len(node.outputs)]
@@ -357,32 +365,22 @@ define("Attention", params("input", "weights", "bias", "mask_index", "past", "at
 # (input_scale * weight_scale) + bias — MatMulIntegerToFloat, on ember's integer GEMM —
 # then Attention's softmax attention in float32.
 def _qattention_reference(node: Node):
-    from .contrib_microsoft import integer_product
+    from .contrib_microsoft import integer_to_float
 
     heads, scale, causal, filter_value = _attention_settings(node)
     if get_op(node.op).attr(node, "do_rotary"):
         raise UnsupportedError(f"{node.describe()}: QAttention with do_rotary=1 has no reference in ember")
 
     def run(x, w, bias, x_scale, w_scale, mask=None, x_zero=None, w_zero=None, past=None):
-        acc = integer_product(x, w, x_zero, w_zero)
-        factor = np.asarray(x_scale, np.float32).reshape(()) * np.asarray(w_scale, np.float32).reshape(-1)
-        qkv = acc.astype(np.float32) * (factor if factor.size > 1 else factor.reshape(())) + as_f32(bias)
-        return attention_of_qkv(qkv.astype(np.float32), [w.shape[1] // 3] * 3, mask, past, None, heads, scale,
-                                causal, filter_value, np.float32)
+        qkv = integer_to_float(x, w, x_scale, w_scale, x_zero, w_zero, bias)
+        return attention_of_qkv(qkv, [w.shape[1] // 3] * 3, mask, past, None, heads, scale, causal, filter_value,
+                                np.float32)
 
     return run
 
 
 def _qattention_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
-    heads = get_op(node.op).attr(node, "num_heads")
-    x, w = shape_of(ins[0]), shape_of(ins[1])
-    if x is None or w is None:
-        return [tensor(DType.float32, None)] * len(node.outputs)
-    hidden = sympy.sympify(w[-1]) / 3
-    past = shape_of(ins[8]) if len(ins) > 8 and ins[8] is not None else None
-    total = x[1] if len(ins) <= 8 or ins[8] is None else (None if past is None else sympy.sympify(past[3]) + x[1])
-    present = None if total is None else (2, x[0], heads, total, hidden / heads)
-    return [tensor(DType.float32, (x[0], x[1], hidden)), tensor(DType.float32, present)][:len(node.outputs)]
+    return _projected_attention_types(node, ins, DType.float32, 8, [])
 
 
 def _expand_qattention(op, node, used):

@@ -23,9 +23,12 @@ from ._symbolic import dtype_of, shape_of, tensor
 from .ember_nn import ACTIVATIONS
 
 
+def _format(node: Node):
+    return block_format(get_op(node.op).attr(node, "format"))
+
+
 def _attrs(node: Node):
-    opdef = get_op(node.op)
-    return block_format(opdef.attr(node, "format")), opdef.attr(node, "activation")
+    return _format(node), get_op(node.op).attr(node, "activation")
 
 
 def _reference(node: Node):
@@ -68,7 +71,7 @@ register_op(OpDef(
 
 
 def _gather_reference(node: Node):
-    fmt = block_format(get_op(node.op).attr(node, "format"))
+    fmt = _format(node)
 
     def run(w, ids):
         rows = fmt.dequantize(np.ascontiguousarray(w[np.asarray(ids).reshape(-1)]))
@@ -78,7 +81,7 @@ def _gather_reference(node: Node):
 
 
 def _gather_infer(node: Node, ins: list[Known | None]) -> list[Known | None]:
-    fmt = block_format(get_op(node.op).attr(node, "format"))
+    fmt = _format(node)
     w, ids = shape_of(ins[0]), shape_of(ins[1])
     if w is None or ids is None or not isinstance(w[1], int):
         return [tensor(DType.float32, None)]
@@ -101,7 +104,7 @@ def _lower_gather(ctx, node, ins):
     w, ids = ins
     if w.dtype != DType.uint8 or len(w.shape) != 2 or ids.dtype != DType.int64:
         raise NotLowerable("not a [V, bytes] uint8 table with int64 ids")
-    fmt = block_format(get_op(node.op).attr(node, "format"))
+    fmt = _format(node)
     return ctx.extern("quantized_gather", [w, ids], [out_type(node)], format=fmt.name)
 
 
