@@ -59,9 +59,11 @@ def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
     return [(rng.integers(1000, vocab, p).tolist(), int(o)) for p, o in zip(prompt_lens, output_lens)]
 
 
-def run_ember(path: Path, requests, threads: int, quantization: str | None = None, name: str = "ember",
-              kv_cache_dtype: str | None = None) -> Result:
-    llm = ember.LLM(str(path), intra_op_threads=threads, quantization=quantization, kv_cache_dtype=kv_cache_dtype)
+def run_ember(path: Path, requests, threads: int | None, quantization: str | None = None, name: str = "ember",
+              kv_cache_dtype: str | None = None, tensor_parallel_size: int = 1) -> Result:
+    """(threads None: ember's default, the cores shared by the ranks)"""
+    llm = ember.LLM(str(path), intra_op_threads=threads, quantization=quantization, kv_cache_dtype=kv_cache_dtype,
+                    tensor_parallel_size=tensor_parallel_size)
     params = [ember.SamplingParams(temperature=0, max_tokens=out, ignore_eos=True) for _, out in requests]
     llm.generate([{"prompt_token_ids": requests[0][0]}], params[0], use_tqdm=False)  # warm-up
     start = time.perf_counter()
@@ -71,6 +73,7 @@ def run_ember(path: Path, requests, threads: int, quantization: str | None = Non
     assert all(len(o.outputs[0].token_ids) == out for o, (_, out) in zip(outputs, requests))
     ttft = [o.metrics.first_token_time - start for o in outputs]
     tpot = [o.metrics.time_per_output_token for o in outputs]
+    llm.shutdown()
     return Result(name, wall, tokens, ttft, tpot)
 
 

@@ -253,6 +253,10 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
         pass, after the fusions): a scheme, "int8" (llama.cpp's q8_0 blocks), "int4"
         (q4_0), "int4_asym" (q4_1), "q5_0", "q5_1", or an `ember.Quantization` that also
         says which weights stay float (default: a language model's head and embedding).
+    tensor_parallel: (rank, size, plan): that rank's shard of the model over `size` ranks
+        (the `shard_tensor_parallel` pass, after the attention fusion; `plan`: {glob over
+        weight names: "column" | "row" | "vocab" | "heads/D"}), its collectives run over
+        torch.distributed's default group.
 
     Raises `ModelError` for a model ember cannot take, `UnsupportedError` for an unknown
     target, option or pass. A `Graph` is compiled as given: passes edit it in place."""
@@ -267,11 +271,18 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
         from .passes.quantize_weights import Quantization
 
         quantization = Quantization.of(quantization)
+    sharding = options.pop("tensor_parallel", None)
+    if sharding is not None:
+        from .passes.shard_tensor_parallel import ShardTensorParallel
+
+        if not (isinstance(sharding, (tuple, list)) and len(sharding) == 3 and isinstance(sharding[2], dict)):
+            raise InputError(f"tensor_parallel is (rank, size, plan), got {sharding!r}")
+        sharding = ShardTensorParallel(sharding[1], sharding[0], sharding[2])
     if options:
         raise UnsupportedError(f"unknown compile option(s): {', '.join(sorted(options))}")
     try:
         return _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile, fixed,
-                        quantization)
+                        quantization, sharding)
     except EmberError:
         raise
     except RecursionError as e:
@@ -308,7 +319,7 @@ def _fixed(sizes: Any, what: str) -> dict[str, int]:
 
 
 def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codegen, threads, profile,
-             fixed: dict[str, dict[str, int]], quantization=None) -> CompiledModel:
+             fixed: dict[str, dict[str, int]], quantization=None, sharding=None) -> CompiledModel:
     from .frontends.onnx import load_onnx
     from .ir.verifier import verify as verify_graph
     from .passes import PassManager, build_pipeline
@@ -332,6 +343,10 @@ def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codege
     from .passes.quantize_weights import with_quantization
 
     pipeline = with_quantization(_TARGETS[target].pipeline(build_pipeline(opt_level, passes)), quantization)
+    if sharding is not None:
+        from .passes.shard_tensor_parallel import with_sharding
+
+        pipeline = with_sharding(pipeline, sharding)
     manager = PassManager(pipeline, verify=verify, dump_ir=dump_ir)
     graph, pass_stats = manager.run(graph)
     timings["passes"] = time.perf_counter() - t0
@@ -340,6 +355,8 @@ def _compile(model, target, opt_level, verify, dump_ir, passes, base_dir, codege
     if quantization is not None:
         recorded["quantization"] = {"scheme": quantization.scheme, "keep_float": list(quantization.keep_float),
                                     "min_weights": quantization.min_weights, "group_size": quantization.group_size}
+    if sharding is not None and sharding.size > 1:
+        recorded["tensor_parallel"] = {"rank": sharding.rank, "size": sharding.size}
     return CompiledModel(graph, target, timings, pass_stats, codegen=codegen, intra_op_threads=threads,
                          profile=profile, options=recorded, metadata=metadata)
 

@@ -203,9 +203,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         compiled, seconds = _compile_llm(args)
     else:
         if (args.block_size is not None or args.max_model_len is not None or args.dtype is not None
-                or args.kv_cache_dtype is not None):
-            raise UsageError("--block-size, --max-model-len, --dtype and --kv-cache-dtype are for LLMs (a Hugging "
-                             "Face folder or a GGUF file)")
+                or args.kv_cache_dtype is not None or args.tensor_parallel_size != 1):
+            raise UsageError("--block-size, --max-model-len, --dtype, --kv-cache-dtype and --tensor-parallel-size are "
+                             "for LLMs (a Hugging Face folder or a GGUF file)")
         if args.quantization in ("gguf", "none"):
             raise UsageError(f"--quantization {args.quantization} is for LLMs; an ONNX model takes a scheme "
                              "(int8, int4, int4_asym, q8_0, q4_0, q4_1, q5_0, q5_1)")
@@ -231,13 +231,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _compile_llm(args: argparse.Namespace):
     from .llm import compile_llm
 
-    if args.opt_level != 2 or args.dump_ir or args.verify:
-        raise UsageError("an LLM compiles at O2: --opt-level, --dump-ir and --verify are for ONNX models")
-    _status(f"compiling {args.model} for {args.target} ...")
+    if args.opt_level != 2 or args.verify:
+        raise UsageError("an LLM compiles at O2: --opt-level and --verify are for ONNX models")
+    size = args.tensor_parallel_size
+    if size > 1 and args.output:
+        raise UsageError("--tensor-parallel-size with --output: an LLM is sharded as it loads, not saved sharded; "
+                         "serve the model folder or GGUF file with --tensor-parallel-size")
+    shard = f" (rank 0's shard of {size})" if size > 1 else ""
+    _status(f"compiling {args.model} for {args.target}{shard} ...")
     t0 = time.perf_counter()
     compiled = compile_llm(args.model, target=args.target, dtype=args.dtype or "float32", block_size=args.block_size or 16,
                            max_model_len=args.max_model_len, quantization=args.quantization,
-                           kv_cache_dtype=args.kv_cache_dtype)
+                           kv_cache_dtype=args.kv_cache_dtype, dump_ir=args.dump_ir,
+                           tensor_parallel=(0, size) if size > 1 else None)
     return compiled, time.perf_counter() - t0
 
 
@@ -517,7 +523,8 @@ def cmd_generate(args) -> int:
     path = Path(args.model) if args.model else default_llm()
     start = time.perf_counter()
     engine = build_engine(path, target=args.target, dtype=args.dtype, quantization=args.quantization,
-                          kv_cache_dtype=args.kv_cache_dtype, kv_cache_memory=256 << 20)
+                          kv_cache_dtype=args.kv_cache_dtype, kv_cache_memory=256 << 20,
+                          tensor_parallel_size=args.tensor_parallel_size)
     load_s = time.perf_counter() - start
     tokenizer = engine.tokenizer
     if args.raw or not getattr(tokenizer, "chat_template", None):
@@ -576,7 +583,7 @@ def _byte_size(text: str) -> int:
 
 def _engine_options(args) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "kv_cache_memory", "block_size", "max_num_batched_tokens", "dtype",
-             "quantization", "kv_cache_dtype")
+             "quantization", "kv_cache_dtype", "tensor_parallel_size")
     options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if getattr(args, "enforce_eager", False):
         options["enforce_eager"] = True
@@ -683,9 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dtype(p, "LLM: ")
     _add_kv_cache_dtype(p, "LLM: ")
     _add_quantization(p, "LLM or ONNX (a scheme) ")
+    _add_tensor_parallel(p, "LLM: compile rank 0's shard of N (with --dump-ir: see its collectives); ")
     p.add_argument("--opt-level", "-O", type=int, default=2, choices=range(4), metavar="N",
                    help="pass pipeline O0-O3 (default: 2)")
-    p.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass to DIR")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass to DIR (ONNX or LLM)")
     p.add_argument("--verify", action="store_true", help="verify the IR after every pass")
 
     p = add("run", cmd_run, "run a model once on inputs read from .npy files",
@@ -736,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dtype(p)
     _add_kv_cache_dtype(p)
     _add_quantization(p)
+    _add_tensor_parallel(p)
     p.add_argument("--compare", action="store_true",
                    help="also time transformers' greedy generate on the same prompt and weights")
 
@@ -813,10 +822,18 @@ def _add_quantization(p: argparse.ArgumentParser, what: str = "") -> None:
     p.add_argument("--quantization", "-q", metavar="SCHEME", help=what + QUANTIZATION_HELP)
 
 
+def _add_tensor_parallel(p: argparse.ArgumentParser, what: str = "") -> None:
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                   help=f"{what}shard the model over N processes on this machine, each with its slice of the "
+                        "weights and KV cache and cores/N threads (torch.distributed, gloo); under torchrun, over "
+                        "its ranks (docs/distributed.md) (default: 1)")
+
+
 def _add_engine_options(p: argparse.ArgumentParser, serving: bool = True) -> None:
     _add_dtype(p)
     _add_kv_cache_dtype(p)
     _add_quantization(p)
+    _add_tensor_parallel(p)
     p.add_argument("--enforce-eager", action="store_true",
                    help="--target cuda: run decode steps kernel by kernel, without CUDA graphs (faster start, slower steps)")
     p.add_argument("--max-model-len", type=int, metavar="N",

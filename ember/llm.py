@@ -31,6 +31,7 @@ import os
 import queue
 import sys
 import threading
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -60,19 +61,36 @@ def kv_cache_dtype(compiled) -> str:
 
 def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu", dtype: str | None = None,
                  quantization: str | None = None, kv_cache_dtype: str | None = None,
-                 intra_op_threads: int | None = None, progress: bool | None = None, **options) -> LLMEngine:
+                 intra_op_threads: int | None = None, progress: bool | None = None, tensor_parallel_size: int = 1,
+                 **options) -> LLMEngine:
     """Open `model` (a Hugging Face folder, a GGUF file, or an artifact that `ember compile`
-    wrote), compile its forward graph unless it is an artifact, and return an engine over it."""
+    wrote), compile its forward graph unless it is an artifact, and return an engine over it.
+    `tensor_parallel_size` N > 1: the model sharded over N processes (_tensor_parallel.py)."""
     from ._builtin import default_llm
     from .artifact import is_artifact
 
     unknown = set(options) - _ENGINE_FIELDS
     if unknown:
         raise InputError(f"unknown engine option(s) {sorted(unknown)}; the options are {sorted(_ENGINE_FIELDS)}, "
-                         "intra_op_threads, target, dtype, kv_cache_dtype and quantization")
+                         "intra_op_threads, target, dtype, kv_cache_dtype, quantization and tensor_parallel_size")
     engine_options = EngineOptions(**options)
     path = Path(model) if model is not None else default_llm()
-    if is_artifact(path):
+    if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
+        raise InputError(f"tensor_parallel_size must be a positive integer, got {tensor_parallel_size!r}")
+    group = None
+    if tensor_parallel_size > 1:
+        if is_artifact(path):
+            raise InputError(f"{path} is an artifact: tensor parallelism shards a model folder or GGUF file as it "
+                             "loads (each rank reads only its slices)")
+        from . import _tensor_parallel
+
+        progress = sys.stderr.isatty() if progress is None else progress
+        compiled, group = _tensor_parallel.start(
+            path, tensor_parallel_size, dict(target=target, dtype=dtype or "float32", quantization=quantization,
+                                             kv_cache_dtype=kv_cache_dtype, block_size=engine_options.block_size,
+                                             max_model_len=engine_options.max_model_len,
+                                             intra_op_threads=intra_op_threads), engine_options, progress)
+    elif is_artifact(path):
         if quantization is not None:
             raise InputError(f"{path} is an artifact, compiled already: its weights are as it was compiled "
                              "(compile it again with --quantization to change them)")
@@ -83,14 +101,24 @@ def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
                                max_model_len=engine_options.max_model_len, intra_op_threads=intra_op_threads,
                                progress=progress)
     info = compiled.llm
-    return LLMEngine(compiled, info.tokenizer, vocab_size=info.vocab_size, eos_token_ids=info.eos_token_ids,
-                     max_model_len=engine_options.max_model_len or info.max_model_len, options=engine_options)
+    try:
+        engine = LLMEngine(compiled, info.tokenizer, vocab_size=info.vocab_size, eos_token_ids=info.eos_token_ids,
+                           max_model_len=engine_options.max_model_len or info.max_model_len, options=engine_options,
+                           group=group)
+    except BaseException:
+        if group is not None:
+            group.shutdown()
+        raise
+    if group is not None:  # the workers stop with the engine, or at exit
+        weakref.finalize(engine, group.shutdown)
+    return engine
 
 
 def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "float32",
                 quantization: str | None = None, kv_cache_dtype: str | None = None, block_size: int = 16,
                 max_model_len: int | None = None, intra_op_threads: int | None = None,
-                progress: bool | None = None):
+                progress: bool | None = None, tensor_parallel: tuple[int, int] | None = None, tokenizer: bool = True,
+                dump_ir: str | os.PathLike | None = None):
     """The forward graph of the LLM at `model` (a Hugging Face folder or a GGUF file) in
     `dtype` ("float32", "float16" or "bfloat16"), compiled for `target`, KV-cache blocks of
     `block_size` tokens and sequences of up to `max_model_len` (default: the model's
@@ -106,7 +134,12 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "
     (the quantize_weights pass; the head stays float), on the cpu target in float32.
 
     `kv_cache_dtype` (one of LLM_DTYPES; None or "auto": `dtype`) is the KV cache's element
-    type: each new key and value is rounded into it, attention reads it back in `dtype`."""
+    type: each new key and value is rounded into it, attention reads it back in `dtype`.
+
+    `tensor_parallel` (rank, size): that rank's shard of the model (the shard_tensor_parallel
+    pass, by the architecture's plan), its collectives meeting the other ranks'.
+    `tokenizer` False: none loaded (a worker rank's). `dump_ir`: a folder for the IR after
+    every pass."""
     from . import api
     from .frontends.hf import load_pretrained
 
@@ -122,13 +155,27 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "
     pretrained.weights.keep_quantized = keep
     max_len = max_model_len or pretrained.config.max_position_embeddings
     graph = pretrained.graph(block_size=block_size, max_model_len=max_len, kv_cache_dtype=DType[cache_dtype])
-    compiled = api.compile(graph, target=target, intra_op_threads=intra_op_threads, quantization=scheme)
-    tokenizer = pretrained.tokenizer()
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    sharding = _sharding(pretrained, *tensor_parallel) if tensor_parallel is not None else None
+    compiled = api.compile(graph, target=target, intra_op_threads=intra_op_threads, quantization=scheme,
+                           tensor_parallel=sharding, dump_ir=dump_ir)
+    tokenizer = pretrained.tokenizer() if tokenizer else None
+    eos = [tokenizer.eos_token_id] if tokenizer is not None and tokenizer.eos_token_id is not None else []
     compiled.options.update(block_size=block_size, max_model_len=max_len)
     compiled.llm = api.LLMInfo(pretrained.config.vocab_size, eos, max_len, block_size, source=path.name,
                                _tokenizer=tokenizer)
     return compiled
+
+
+def _sharding(pretrained, rank: int, size: int):
+    """compile's tensor_parallel option for rank `rank` of `size` (None: no sharding)."""
+    from .errors import UnsupportedError
+
+    if size == 1:
+        return None
+    plan = pretrained.architecture.tensor_parallel_plan
+    if plan is None:
+        raise UnsupportedError(f"{pretrained.config.family} models cannot be sharded for tensor parallelism yet")
+    return rank, size, plan(pretrained.config)
 
 
 def _cache_dtype(kv_cache_dtype: str | None, dtype: str) -> str:
@@ -209,6 +256,11 @@ class LLM:
         the model's chat template makes each a prompt that asks for the assistant's turn."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         return self._run([_chat_prompt(self.tokenizer, c) for c in conversations], sampling_params, use_tqdm)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers now (they also stop when the LLM is collected,
+        and at exit); the LLM cannot generate afterwards."""
+        self.engine.close()
 
     def _run(self, prompts: list, params, use_tqdm: bool) -> list[RequestOutput]:
         if params is None or isinstance(params, SamplingParams):
@@ -327,13 +379,15 @@ class AsyncLLM:
 
     @property
     def is_running(self) -> bool:
-        """False once shut down, or if the engine thread died."""
-        return not self._stopped and self._thread.is_alive()
+        """False once shut down, if the engine thread died, or if the engine cannot run
+        (a tensor-parallel worker died or hung)."""
+        return not self._stopped and self._thread.is_alive() and self.engine.failed is None
 
     def shutdown(self) -> None:
         self._stopped = True
         self._commands.put(None)
         self._thread.join(timeout=10)
+        self.engine.close()
 
     async def _call(self, fn, *args):
         future: concurrent.futures.Future = concurrent.futures.Future()

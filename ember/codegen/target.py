@@ -74,7 +74,8 @@ CUDA = Target("cuda", "cuda", "triton",
               frozenset({DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int8, DType.int16,
                          DType.int32, DType.int64, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}),
               frozenset({DType.float32, DType.float64, DType.float16, DType.bfloat16}),
-              externs=frozenset({"matmul", "linear", "gemm", "attention", "paged_attention", "conv", "conv16"}),
+              externs=frozenset({"matmul", "linear", "gemm", "attention", "paged_attention", "conv", "conv16",
+                                 "all_reduce", "all_gather"}),
               # channels-last exists for the CPU's convolutions (oneDNN's, ember's direct one);
               # torch's on a GPU take the ONNX layout as it is, with no transposes around them
               skip_passes=frozenset({"channels_last"}))

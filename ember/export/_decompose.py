@@ -297,4 +297,8 @@ DECOMPOSITIONS: dict[str, Decomposition] = {
 NOT_DECOMPOSABLE = {
     "ember.PagedAttention": "it reads and writes the paged KV cache in place, state that standard ONNX "
                             "ops cannot express",
+    "ember.AllReduce": "a collective between the ranks of a tensor-parallel group, which one standard ONNX graph "
+                       "cannot express",
+    "ember.AllGather": "a collective between the ranks of a tensor-parallel group, which one standard ONNX graph "
+                       "cannot express",
 }

@@ -28,7 +28,7 @@ def _load_builtin() -> None:
         canonicalize, channels_last, common_subexpressions, dead_code, expand_ops, flush_denormals, fold_constants,
         fold_dynamic_quantization, fold_qdq,
         fuse_attention, fuse_integer_matmul, fuse_bias_activation, fuse_conv, fuse_gelu, fuse_linear, fuse_norms, fuse_qkv, fuse_rotary,
-        fuse_silu, fuse_skip_layernorm, quantize_weights,
+        fuse_silu, fuse_skip_layernorm, quantize_weights, shard_tensor_parallel,
     )
 
 

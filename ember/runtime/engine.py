@@ -169,7 +169,7 @@ class LLMEngine:
     tokenizer) for text in and out."""
 
     def __init__(self, compiled, tokenizer, *, vocab_size: int, eos_token_ids=(), max_model_len: int,
-                 options: EngineOptions = EngineOptions()):
+                 options: EngineOptions = EngineOptions(), group=None):
         self.tokenizer, self.vocab_size, self.options = tokenizer, vocab_size, options
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         per_block = ModelRunner.bytes_per_block(compiled)
@@ -179,7 +179,8 @@ class LLMEngine:
                              f"(one block of {options.block_size} tokens takes {per_block} bytes)")
         self.max_model_len = min(max_model_len, num_blocks * options.block_size)
         self.runner = ModelRunner(compiled, num_blocks, max_num_seqs=options.max_num_seqs,
-                                  max_model_len=self.max_model_len, enforce_eager=options.enforce_eager)
+                                  max_model_len=self.max_model_len, enforce_eager=options.enforce_eager,
+                                  group=group)
         self.runner.capture(GRAPH_CAPTURE_BUDGET_S)
         if self.runner.block_size != options.block_size:
             raise InputError(f"the graph was built for KV blocks of {self.runner.block_size} tokens, "
@@ -202,6 +203,8 @@ class LLMEngine:
         request_id = str(next(self._ids)) if request_id is None else str(request_id)
         if request_id in self._parents:
             raise InputError(f"request id {request_id!r} is already in use")
+        if self.failed is not None:
+            raise self.failed
         text, ids = self._prompt(prompt)
         parent = _Parent(request_id, text, ids, params, RequestMetrics(time.monotonic()))
         children = []
@@ -286,6 +289,18 @@ class LLMEngine:
         return bool(self._parents)
 
     @property
+    def failed(self) -> ExecutionError | None:
+        """Why the engine cannot run any more steps (a tensor-parallel worker died or hung),
+        or None."""
+        group = self.runner.group
+        return None if group is None or group.failed is None else group.error()
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers, if any (they exit; nothing is left behind)."""
+        if self.runner.group is not None:
+            self.runner.group.shutdown()
+
+    @property
     def num_unfinished(self) -> int:
         return len(self._parents)
 
@@ -317,6 +332,10 @@ class LLMEngine:
             for rid, (start, prompt_rows) in result.prompt_rows.items():
                 self._prompt_logprobs(rid, start, logits[prompt_rows])
         except Exception as e:
+            if self.failed is not None:  # nothing can run again: every request ends with the error
+                failed = sorted(self._parents)
+                self.abort_request(failed)
+                raise StepError(f"{self.failed} (requests {failed} ended)", failed) from e
             failed = sorted({self._sequences[s.request.request_id][0].request_id for s in out.scheduled
                              if s.request.request_id in self._sequences})
             self.abort_request(failed)

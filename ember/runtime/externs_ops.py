@@ -84,3 +84,20 @@ def check_write_indices(params, writes):
     if bad:
         raise ExecutionError(f"{params['where']}: write_indices {bad} would write past the cache's "
                              f"{cache} steps along axis {params['axis']} (linear mode, {length} steps)")
+
+
+@extern("all_reduce")
+def all_reduce(params, x, y):
+    """ember.AllReduce over torch.distributed's default group (ir/ops/collectives.py)."""
+    from ..ir.ops import collectives  # (imports the op registry: only a sharded model's steps)
+
+    y.copy_(x)
+    collectives.all_reduce(y, world_size=params["world_size"], where=params["where"])
+
+
+@extern("all_gather")
+def all_gather(params, x, y):
+    """ember.AllGather over torch.distributed's default group (ir/ops/collectives.py)."""
+    from ..ir.ops import collectives
+
+    y.copy_(collectives.all_gather(x, world_size=params["world_size"], axis=params["axis"], where=params["where"]))

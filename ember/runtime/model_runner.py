@@ -128,8 +128,9 @@ class ModelRunner:
     """Runs `compiled` (an LLM's forward graph) over a KV cache of `num_blocks` blocks."""
 
     def __init__(self, compiled, num_blocks: int, *, max_num_seqs: int = 64, max_model_len: int | None = None,
-                 enforce_eager: bool = False):
+                 enforce_eager: bool = False, group=None):
         self.compiled, self.caches = compiled, {}
+        self.group = group  # rank 0 of a tensor-parallel group (distributed.Group): each step goes to the workers too
         self.executor = compiled.executor
         self.device = getattr(self.executor, "device", None) if hasattr(self.executor, "run_device") else None
         self._order = [info.name for info in compiled.inputs]
@@ -144,7 +145,7 @@ class ModelRunner:
             raise ValueError("the compiled graph has no KV-cache inputs: it is not an LLM forward graph")
         self.block_size = next(iter(self.caches.values())).shape[1]
         # decode steps on static plans, by batch-size bucket (a device target's only)
-        self.buckets = [] if self.device is None or enforce_eager else \
+        self.buckets = [] if self.device is None or enforce_eager or group is not None else \
             sorted({1 << i for i in range(max_num_seqs.bit_length()) if 1 << i < max_num_seqs} | {max_num_seqs})
         max_len = max_model_len or num_blocks * self.block_size
         self._width = -(-max_len // self.block_size)  # block-table columns of a planned step
@@ -200,9 +201,7 @@ class ModelRunner:
         feeds = {"input_ids": ids, "positions": positions, "slot_mapping": slots, "block_tables": tables,
                  "query_start_loc": starts, "seq_lens": first + lengths,
                  "logit_indices": np.array(wanted, np.int64)}
-        if self.device is not None:
-            feeds = {name: torch.from_numpy(a).to(self.device, non_blocking=True) for name, a in feeds.items()}
-        return {**feeds, **self.caches}, sample_rows, prompt_rows
+        return feeds, sample_rows, prompt_rows
 
     # -- decode steps on static plans -----------------------------------------------------
     def capture(self, budget_s: float = 30.0) -> list[int]:
@@ -274,9 +273,21 @@ class ModelRunner:
             return RunnerOutput(logits, sample_rows, {})
         self.plan_stats["eager_steps"] += 1
         feeds, sample_rows, prompt_rows = self.feeds(out)
-        inputs = [feeds[name] for name in self._order]
-        if self.device is not None:
-            logits = self.executor.run_device(inputs)[0]
-        else:
-            logits = tensor(np.ascontiguousarray(self.executor.run(inputs)[0]))  # (bfloat16 through its bits)
+        if self.group is None:
+            return RunnerOutput(self.run(feeds), sample_rows, prompt_rows)
+        try:
+            self.group.send_step(feeds)
+            logits = self.run(feeds)
+        except Exception as e:  # a worker died or hung: the group is broken for good
+            raise self.group.fail(e) from e
         return RunnerOutput(logits, sample_rows, prompt_rows)
+
+    def run(self, feeds: dict) -> torch.Tensor:
+        """The logits of one step of `feeds` (the step's inputs, numpy or on the device; the
+        caches are the runner's)."""
+        if self.device is not None:
+            feeds = {name: torch.from_numpy(a).to(self.device, non_blocking=True) for name, a in feeds.items()}
+        inputs = [feeds[name] if name in feeds else self.caches[name] for name in self._order]
+        if self.device is not None:
+            return self.executor.run_device(inputs)[0]
+        return tensor(np.ascontiguousarray(self.executor.run(inputs)[0]))  # (bfloat16 through its bits)

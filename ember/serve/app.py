@@ -264,13 +264,20 @@ class _Server:
         except InputError as e:
             raise APIError(400, str(e)) from None
         except EmberError as e:
-            raise APIError(500, str(e), type="server_error") from None
+            raise self._model_error(e) from None
         finally:
             release()
         if finals is None:  # the client went away: its requests are aborted; nobody reads this
             return Response(status_code=499)
         choices = [fmt.choice(i * params.n + c.index, c) for i, out in enumerate(finals) for c in out.outputs]
         return JSONResponse({**head, "choices": choices, "usage": usage(finals)})
+
+    def _model_error(self, e: EmberError) -> APIError:
+        """A request the model failed: 500, or 503 where the engine has stopped (a
+        tensor-parallel worker died or hung: the server is going down)."""
+        if not self.llm.is_running:
+            return APIError(503, str(e), type="server_error", code="engine_stopped")
+        return APIError(500, str(e), type="server_error")
 
     async def _events(self, fmt, head: dict, outputs: AsyncIterator[tuple[int, RequestOutput]],
                       num_prompts: int, n: int, include_usage: bool) -> AsyncIterator[str]:
@@ -298,7 +305,7 @@ class _Server:
         except ServerStopping as e:
             yield _event(_stopping_error(e).body())
         except EmberError as e:
-            yield _event(APIError(500, str(e), type="server_error").body())
+            yield _event(self._model_error(e).body())
         yield "data: [DONE]\n\n"
 
     async def _outputs(self, response_id: str, prompts: list[list[int]],

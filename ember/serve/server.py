@@ -66,7 +66,10 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         url = f"http://{shown}:{bound_port}/v1"
         ready = on_ready or (lambda url: _print_ready(url, model_name, api_key))
-        _Server(config, lambda: ready(url), shutdown_timeout).run(sockets=[sock])
+        server = _Server(config, lambda: ready(url), shutdown_timeout, llm)
+        server.run(sockets=[sock])
+        if server.engine_failure is not None:  # the server stopped because the engine did
+            raise server.engine_failure
     finally:
         llm.shutdown()
 
@@ -100,10 +103,21 @@ def _print_ready(url: str, model_name: str, api_key: str | None) -> None:
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None], shutdown_timeout: float):
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None], shutdown_timeout: float, llm=None):
         super().__init__(config)
         self._on_ready = on_ready
         self._shutdown_timeout = shutdown_timeout
+        self._llm = llm
+        self.engine_failure = None  # why the engine stopped under the server, if it did
+
+    async def on_tick(self, counter: int) -> bool:
+        # an engine that can no longer run (a tensor-parallel worker died or hung) stops the
+        # server: requests in flight have their error, new ones a 503, then it exits
+        if self._llm is not None and self.engine_failure is None and self._llm.engine.failed is not None:
+            self.engine_failure = self._llm.engine.failed
+            print(f"ember: {self.engine_failure}; stopping the server", file=sys.stderr, flush=True)
+            return True
+        return await super().on_tick(counter)
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)

@@ -92,12 +92,31 @@ def test_quantization_on_the_command_line(tiny_llm_dir, onnx_model, tmp_path, ca
 
 def test_compile_errors(onnx_model, tmp_path, capsys):
     assert main(["compile", str(onnx_model), "--block-size", "8"]) == 2
-    assert "--block-size, --max-model-len, --dtype and --kv-cache-dtype are for LLMs" in capsys.readouterr().err
+    assert "--block-size, --max-model-len, --dtype, --kv-cache-dtype and --tensor-parallel-size are for LLMs" in \
+        capsys.readouterr().err
     assert main(["compile", str(onnx_model), "--dtype", "bfloat16"]) == 2
-    assert "--kv-cache-dtype are for LLMs" in capsys.readouterr().err
+    assert "--tensor-parallel-size are for LLMs" in capsys.readouterr().err
+    assert main(["compile", str(onnx_model), "-tp", "2"]) == 2
+    assert "--tensor-parallel-size are for LLMs" in capsys.readouterr().err
     bad = tmp_path / "bad.ember"
     bad.write_bytes(b"PK\x03\x04 not really")
     assert main(["run", str(bad), "--input", f"x={tmp_path / 'x.npy'}"]) == 2
     assert "ember: error:" in capsys.readouterr().err
     assert main(["inspect", str(bad)]) == 2
     assert "not an ember artifact, or it is truncated" in capsys.readouterr().err
+
+
+def test_compile_dumps_a_shards_ir(tiny_llm_dir, tmp_path, capsys):
+    """`ember compile <LLM> --tensor-parallel-size 2 --dump-ir DIR`: rank 0's shard, its
+    collectives in the IR after the sharding pass (and none before it)."""
+    dump = tmp_path / "ir"
+    assert main(["compile", str(tiny_llm_dir), "-tp", "2", "--dump-ir", str(dump)]) == 0
+    assert "shard_tensor_parallel" in capsys.readouterr().out
+    files = sorted(p.name for p in dump.iterdir())
+    sharded = next(f for f in files if f.endswith("-shard_tensor_parallel.ir"))
+    before = files[files.index(sharded) - 1]
+    assert "ember.AllReduce" not in (dump / before).read_text()
+    text = (dump / sharded).read_text()
+    assert text.count("= ember.AllReduce(") == 5 and text.count("= ember.AllGather(") == 1  # lookup, 2 x 2 layers; head
+    assert main(["compile", str(tiny_llm_dir), "-tp", "2", "-o", str(tmp_path / "x.ember")]) == 2
+    assert "not saved sharded" in capsys.readouterr().err

@@ -320,3 +320,48 @@ def test_smollm2_served_answers_a_question():
     finally:
         live.stop()
         llm.shutdown()
+
+
+def test_tensor_parallel_serve_answers_503_and_exits_when_a_worker_dies(tiny_llm_dir):
+    """`ember serve --tensor-parallel-size 2`: it answers like one process; when its worker
+    is killed mid-generation, the request in flight gets a 503, the server exits without a
+    traceback, and no process is left behind."""
+    import openai
+
+    process, port, stderr = start_serve(tiny_llm_dir, "--tensor-parallel-size", "2", "--kv-cache-memory", "4M",
+                                        "--max-model-len", "1024", env={"EMBER_TP_TIMEOUT": "5"})
+    url = f"http://127.0.0.1:{port}/v1"
+    c = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+    try:
+        out = c.completions.create(model=tiny_llm_dir.name, prompt="hello", max_tokens=8, temperature=0)
+        assert out.usage.completion_tokens == 8
+        workers = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "ember._tensor_parallel"],
+                                 capture_output=True, text=True).stdout.split()
+        assert len(workers) == 1
+        result = {}
+
+        def long_request():
+            try:
+                c.completions.create(model=tiny_llm_dir.name, prompt="hello", max_tokens=1000,
+                                     extra_body={"ignore_eos": True})
+            except openai.APIError as e:
+                result["error"] = e
+
+        thread = threading.Thread(target=long_request)
+        thread.start()
+        assert wait_until(lambda: metrics(port).get("ember_num_requests_pending") == 1, timeout=30)
+        start = time.monotonic()
+        os.kill(int(workers[0]), signal.SIGKILL)
+        thread.join(timeout=30)
+        assert process.wait(timeout=30) != 0
+        assert time.monotonic() - start < 30
+    finally:
+        if process.poll() is None:
+            process.kill()
+    error = result["error"]
+    assert isinstance(error, openai.APIStatusError) and error.status_code == 503, error
+    assert "worker rank 1 died" in error.message
+    log = "".join(stderr)
+    assert "Traceback" not in log, log
+    assert "worker rank 1 died" in log
+    assert not subprocess.run(["pgrep", "-f", f'"parent": {process.pid}'], capture_output=True).stdout

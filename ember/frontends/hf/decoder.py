@@ -73,6 +73,24 @@ def weight_names(config: ModelConfig, weights: Weights) -> list[str]:
     return names
 
 
+def tensor_parallel_plan(config: ModelConfig) -> dict[str, str]:
+    """How passes/shard_tensor_parallel.py splits this decoder's weights over ranks,
+    Megatron-style: attention by heads (the KV heads replicated where the ranks outnumber
+    them), the MLP's gate and up by columns and down by rows, each expert of a mixture the
+    same way (its router replicated), the embedding and the head by vocabulary rows;
+    norms, rotary tables and biases of row-split layers replicated."""
+    d = config.head_dim
+    return {
+        "model.embed_tokens.weight": "vocab", "lm_head.weight": "vocab",
+        "model.layers.*.self_attn.[qkv]_proj.*": f"heads/{d}",
+        "model.layers.*.self_attn.o_proj.weight": f"row/{d}",
+        "model.layers.*.mlp.gate_proj.*": "column", "model.layers.*.mlp.up_proj.*": "column",
+        "model.layers.*.mlp.down_proj.weight": "row",
+        "model.layers.*.block_sparse_moe.experts.*.w[13].weight": "column",
+        "model.layers.*.block_sparse_moe.experts.*.w2.weight": "row",
+    }
+
+
 @dataclass(frozen=True)
 class BatchInputs:
     """The graph inputs of a forward step (see the module docstring), as every family's
@@ -146,10 +164,10 @@ def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions
         unsqueeze = g.ints([1])
         cos = g("Unsqueeze", g("Gather", cos_table, positions, axis=0), unsqueeze)  # [T, 1, D]
         sin = g("Unsqueeze", g("Gather", sin_table, positions, axis=0), unsqueeze)
-        q_heads, kv_heads = g.ints([-1, c.num_heads, c.head_dim]), g.ints([-1, c.num_kv_heads, c.head_dim])
-        q_flat, kv_flat = g.ints([-1, c.num_heads * c.head_dim]), g.ints([-1, c.num_kv_heads * c.head_dim])
+        # [T, H*D] <-> [T, H, D], naming no head count (the sharding pass splits the heads)
+        heads, flat = g.ints([0, -1, c.head_dim]), g.ints([0, -1])
 
-        def rotate(x, heads, flat):
+        def rotate(x):
             return g("Reshape", g("ember.RotaryEmbedding", g("Reshape", x, heads), cos, sin), flat)
 
         q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -159,7 +177,7 @@ def build_decoder(config: ModelConfig, weights: Weights, options: ForwardOptions
             q = linear(x, p + "self_attn.q_proj", c.hidden_size, q_width, c.attention_bias)
             k = linear(x, p + "self_attn.k_proj", c.hidden_size, kv_width, c.attention_bias)
             v = linear(x, p + "self_attn.v_proj", c.hidden_size, kv_width, c.attention_bias)
-            q, k = rotate(q, q_heads, q_flat), rotate(k, kv_heads, kv_flat)
+            q, k = rotate(q), rotate(k)
             window = c.sliding_window if c.is_sliding(i) else 0
             attn = g("ember.PagedAttention", q, k, v, *inputs.paged(i),
                      num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, sliding_window=window)

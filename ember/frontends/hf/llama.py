@@ -8,7 +8,7 @@ from typing import Any
 
 from ...errors import ModelError
 from .config import ModelConfig, require, rope_parameters
-from .decoder import build_decoder
+from .decoder import build_decoder, tensor_parallel_plan
 from .registry import Architecture, register_architecture
 
 
@@ -86,6 +86,7 @@ LLAMA = register_architecture(Architecture(
     model_types=("llama", "mistral"),
     config_from_hf=config_from_hf,
     build=build_decoder,
+    tensor_parallel_plan=tensor_parallel_plan,
     gguf_arch="llama",
     config_from_gguf=config_from_gguf,
     gguf_permuted={"self_attn.q_proj.weight": "num_heads", "self_attn.q_proj.bias": "num_heads",

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from .config import ModelConfig, require
-from .decoder import build_decoder
+from .decoder import build_decoder, tensor_parallel_plan
 from .llama import config_from_hf as llama_config_from_hf
 from .registry import Architecture, register_architecture
 
@@ -24,4 +24,5 @@ MIXTRAL = register_architecture(Architecture(
     model_types=("mixtral",),
     config_from_hf=config_from_hf,
     build=build_decoder,
+    tensor_parallel_plan=tensor_parallel_plan,
 ))

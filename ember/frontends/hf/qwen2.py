@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 from .config import ModelConfig
-from .decoder import build_decoder
+from .decoder import build_decoder, tensor_parallel_plan
 from .llama import config_from_gguf as llama_config_from_gguf
 from .llama import config_from_hf as llama_config_from_hf
 from .registry import Architecture, register_architecture
@@ -35,6 +35,7 @@ QWEN2 = register_architecture(Architecture(
     model_types=("qwen2",),
     config_from_hf=config_from_hf,
     build=build_decoder,
+    tensor_parallel_plan=tensor_parallel_plan,
     gguf_arch="qwen2",
     config_from_gguf=config_from_gguf,
 ))

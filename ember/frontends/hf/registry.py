@@ -24,6 +24,9 @@ class Architecture:
     config_from_gguf: Callable[[dict[str, Any], list[str]], ModelConfig] | None = None  # (metadata, tensor names)
     # HF tensor name suffix -> the config attribute whose head count llama.cpp permuted it by
     gguf_permuted: dict[str, str] = field(default_factory=dict)
+    # config -> how the shard_tensor_parallel pass splits its forward graph's weights ({glob: split});
+    # None: not shardable yet
+    tensor_parallel_plan: Callable[[ModelConfig], dict[str, str]] | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {}

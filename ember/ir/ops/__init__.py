@@ -5,6 +5,7 @@ delegating defaults."""
 from . import (  # noqa: F401
     contrib_microsoft,
     contrib_microsoft_attention,
+    collectives,
     control_flow,
     data_dependent,
     elementwise,
