@@ -69,7 +69,10 @@ def main(argv=None) -> int:
     names = ["tp=1 (1 process, 2 threads)", "tp=2 (2 processes, 1 thread each)"]
     lines = markdown_table("engine", names, [medians[1], medians[2]])
     ratio = medians[2]["output tokens/s"] / medians[1]["output tokens/s"]
-    lines += ["", f"tp=2 / tp=1 output tokens/s: **{ratio:.2f}x** (medians of {args.rounds} rounds, alternating)"]
+    lines += ["", f"tp=2 / tp=1 output tokens/s: **{ratio:.2f}x** (medians of {args.rounds} rounds, alternating). "
+              "A step runs two collectives per layer and two more (SmolLM2: 62, over gloo); where the ranks "
+              "share one machine's cores, tp=2 adds their latency and no compute: it is for a model that "
+              "outgrows one process, or ranks on machines of their own."]
     model = Path(args.model).name if args.model else "SmolLM2-135M-Instruct (Q4_1 GGUF)"
     header = [f"## LLM tensor parallelism: {model}, {args.requests} requests (seed {args.seed})", "",
               f"{cpu_name()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "

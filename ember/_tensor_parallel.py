@@ -41,6 +41,11 @@ def threads_per_rank(size: int, local_ranks: int | None = None) -> int:
 def start(path: Path, size: int, compile_options: dict, engine_options: EngineOptions, progress: bool):
     """(rank 0) Start or join the group of `size` ranks, compile rank 0's shard and wait for
     every rank's; returns (rank 0's compiled model, the joined Group)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # (before any worker starts)
+        raise InputError("this process already has a torch.distributed default group (another tensor-parallel "
+                         "LLM's, or its own): ember makes the group of its ranks; shut the other LLM down first")
     if compile_options.get("target", "cpu") != "cpu":
         raise UnsupportedError("tensor parallelism runs on the cpu target (gloo) for now: one process per GPU "
                                "over NCCL is not wired up yet")
@@ -77,8 +82,9 @@ def start(path: Path, size: int, compile_options: dict, engine_options: EngineOp
                              f"of a rank's shard takes {per_block} bytes)")
         group.go({"num_blocks": num_blocks})
         group.join()
-    except BaseException:
-        group.failed = group.failed or RuntimeError("start-up failed")
+    except BaseException as e:
+        group.abort(e)
+        group.failed = group.failed or e
         group.shutdown()
         raise
     return compiled, group
@@ -115,8 +121,11 @@ def run_worker(rendezvous: Rendezvous, path: Path, options: dict) -> None:
     group.report(None)
     config = group.wait_go()
     group.join()
-    runner = ModelRunner(compiled, config["num_blocks"], enforce_eager=True)
-    worker_loop(group, runner.run)
+    try:
+        runner = ModelRunner(compiled, config["num_blocks"], enforce_eager=True)
+        worker_loop(group, runner.run)
+    finally:
+        group.leave()
 
 
 def main(argv: list[str]) -> int:

@@ -158,6 +158,18 @@ llm.shutdown()
 """.format(prompts=PROMPTS)
 
 
+def _communicate(processes, timeout: float = 240) -> list[tuple[str, str]]:
+    """Each process's (stdout, stderr) once all have exited; past `timeout`, all are killed
+    and the test fails with what they wrote."""
+    try:
+        return [p.communicate(timeout=timeout) for p in processes]
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            p.kill()
+        outs = [p.communicate() for p in processes]
+        raise AssertionError("ranks did not finish:\n" + "\n---\n".join(o + e[-3000:] for o, e in outs)) from None
+
+
 def _port() -> int:
     import socket
 
@@ -171,8 +183,7 @@ def test_startup_error_names_the_rank(models, tmp_path):
     port = _port()
     rank0 = _launch(0, port, models["llama_one_kv_head"], RANK_SCRIPT)
     rank1 = _launch(1, port, tmp_path / "missing", RANK_SCRIPT)
-    out0, err0 = rank0.communicate(timeout=240)
-    rank1.communicate(timeout=60)
+    (out0, err0), _ = _communicate([rank0, rank1])
     assert rank0.returncode != 0 and rank1.returncode != 0
     assert "start-up failed on rank 1: ModelError" in err0 and "no such model folder" in err0
 
@@ -190,7 +201,7 @@ def test_torchrun_two_nodes(models, tmp_path):
                                str(port), str(script), str(model)],
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    outs = [n.communicate(timeout=300) for n in nodes]
+    outs = _communicate(nodes)
     assert [n.returncode for n in nodes] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     assert f"TOKENS {want}" in outs[0][0]
     assert "TOKENS" not in outs[1][0]  # rank 1 was a worker
@@ -238,7 +249,7 @@ def test_minilm_sharded_over_two_ranks(minilm_onnx, tmp_path):
                               env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
                                    "WORLD_SIZE": "2", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    outs = [r.communicate(timeout=300) for r in ranks]
+    outs = _communicate(ranks)
     assert [r.returncode for r in ranks] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     assert "ALLREDUCE 12" in outs[0][0]  # 6 layers: the attention's output and the MLP's down projection
     want = ember.compile(minilm_onnx).run(feeds)["last_hidden_state"]

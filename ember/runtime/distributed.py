@@ -139,14 +139,27 @@ class Group:
         """(rank 0) Let the workers on, with `config` (JSON)."""
         self.store.set("go", json.dumps(config))
 
+    def abort(self, error: BaseException) -> None:
+        """(rank 0) Start-up failed here: the workers waiting for `go` get the error instead."""
+        try:
+            self.store.set("go", json.dumps({"error": f"rank 0 failed to start: {type(error).__name__}: {error}"}))
+        except Exception:  # (a store that is gone: the workers see it close)
+            pass
+
     def wait_go(self) -> dict:
-        """(a worker) What rank 0 sent with `go`."""
-        return json.loads(self.store.get("go").decode())
+        """(a worker) What rank 0 sent with `go`; a ModelError if rank 0 failed to start."""
+        config = json.loads(self.store.get("go").decode())
+        if "error" in config:
+            raise ModelError(f"tensor parallelism: {config['error']}")
+        return config
 
     def join(self, device=None) -> None:
         """Join torch.distributed's default group (and the step channel's)."""
         import torch.distributed as dist
 
+        if dist.is_initialized():
+            raise ModelError("tensor parallelism: this process already has a torch.distributed default group (another "
+                             "tensor-parallel LLM's, or its own): ember makes the group of its ranks, one per process")
         timeout = datetime.timedelta(seconds=step_timeout())
         dist.init_process_group(_backend(device), store=self.store, rank=self.rank, world_size=self.size,
                                 timeout=timeout)
@@ -232,6 +245,17 @@ class Group:
         return "; ".join(causes) + "; the engine has stopped"
 
     # -- the end ----------------------------------------------------------------------------
+    def leave(self) -> None:
+        """(a worker) Close the process group (its threads must not outlive the
+        interpreter: torchrun's agents wait for each other's ranks to exit cleanly)."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception as e:  # (rank 0 is gone: nothing to close with)
+                log.warning("ember: rank %d: the tensor-parallel group did not close cleanly: %s", self.rank, e)
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """(rank 0) Stop the workers and wait for them; kill any that do not exit. Leaves
         no process behind."""
