@@ -18,6 +18,9 @@ explicit collectives join the ranks' partial results:
               ceil(V/N) rows; ids outside them read 0 and ember.AllReduce sums the lookups.
               A head Linear(x, w): those rows' logits, joined by ember.AllGather
 
+A mixture of experts sums its experts' partial results before its one ember.AllReduce
+(the collective moved past the sums, and past scalings by what every rank holds alike).
+
 ember.PagedAttention then runs this rank's heads (its num_heads and kv_num_heads as
 heads/D splits them) over caches of its KV heads: the pass rewrites those attributes and the cache
 inputs' types, nothing else — a graph whose reshapes name no head count (`[0, -1, D]`)
@@ -306,6 +309,34 @@ class ShardTensorParallel(Pass):
             rewrites.append(Rewrite("attention_heads", dense_pattern(with_bias), dense, attention))
         return rewrites
 
+    def sinking(self, graph: Graph, made: set[int]) -> list[Rewrite]:
+        """Rewrites that move ember.AllReduce past the sums and scalings of partial sums, so
+        a mixture of experts sums its experts' partial results once, not once each:
+
+            AllReduce(a) + AllReduce(b)   -> AllReduce(a + b)
+            AllReduce(a) * s              -> AllReduce(a * s)     s the same on every rank
+
+        `made`: ids of the constants the shard holds (what differs by rank, with whatever
+        is computed from them before a collective)."""
+        split = set(made)
+        for node in graph.nodes:  # (in order: producers first)
+            if node.op not in ("ember.AllReduce", "ember.AllGather") and any(
+                    v is not None and id(v) in split for v in node.inputs):
+                split.update(id(v) for v in node.outputs)
+
+        def same_everywhere(m):
+            return "the factor differs by rank" if id(m["s"]) in split or id(m["s"]) in made else None
+
+        def reduce(op, x, w):
+            return op("ember.AllReduce", x, world_size=w)
+
+        return [
+            Rewrite("sum_partial_sums", lambda op, a, b, w: op.Add(reduce(op, a, w), reduce(op, b, w)),
+                    lambda op, a, b, w: reduce(op, op.Add(a, b), w)),
+            Rewrite("scale_partial_sum", lambda op, a, s, w: op.Mul(reduce(op, a, w), s),
+                    lambda op, a, s, w: reduce(op, op.Mul(a, s), w), same_everywhere, commute=True),
+        ]
+
     def run(self, graph: Graph) -> PassResult:
         if self.size == 1:
             return PassResult(graph, False)
@@ -321,7 +352,10 @@ class ShardTensorParallel(Pass):
         if not planned:
             raise ModelError(f"tensor parallelism: the plan ({', '.join(g for g, _ in self.plan)}) names no weight "
                              f"of {graph.name}")
+        before = {id(c) for c in graph.constants}
         self.report = apply_rewrites(graph, self.rewrites(graph), max_rounds=2)
+        sunk = apply_rewrites(graph, self.sinking(graph, {id(c) for c in graph.constants} - before))
+        self.report.applied.update(sunk.applied)
         left = [(n, v) for n in graph.walk() for v in n.inputs
                 if v is not None and id(v) in planned and id(v) not in self._whole]
         if left:

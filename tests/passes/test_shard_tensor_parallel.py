@@ -124,3 +124,19 @@ def test_what_cannot_be_split_is_named(tmp_path, config, plan, message):
     size = {1: 4, 2: 3}[config["num_key_value_heads"]] if config["num_attention_heads"] == 6 else 2
     with pytest.raises(ModelError, match=message):
         _shard(pm, 0, size, plan)
+
+
+def test_a_mixture_of_experts_sums_its_experts_once(tmp_path):
+    """Each expert's down projection is row-split; its partial sum, weighted by the router
+    (the same on every rank), joins the others' before one ember.AllReduce per layer."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(vocab_size=96, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                           num_local_experts=4, num_experts_per_tok=2)
+    save_tiny(MixtralForCausalLM, config, tmp_path)
+    pm = load_pretrained(tmp_path, progress=False)
+    graph, shard, _ = _shard(pm, rank=1)
+    assert shard.report.applied["row_ember.Linear"] == 2 * (1 + 4)  # o_proj and 4 experts' w2, per layer
+    assert shard.report.applied["scale_partial_sum"] == 2 * 4 and shard.report.applied["sum_partial_sums"] == 2 * 3
+    assert graph.op_histogram()["ember.AllReduce"] == 1 + 2 * 2  # the lookup; per layer attention and experts
