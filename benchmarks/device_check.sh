@@ -15,13 +15,15 @@
 #  2. benchmarks/gpu_peers.py: the GPU peers ember's CUDA target will be measured against;
 #  3. benchmarks/onnx_cpu.py on all 16 cores: ember vs onnxruntime on a larger CPU;
 #  4. benchmarks/real_models.py on all 16 cores (the real-model suite's packages that fit,
-#     carried with only their cases' models).
+#     carried with only their cases' models);
+#  t. benchmarks/llm_tensor_parallel.py --gpu on a SmolLM2-shaped Llama of random weights:
+#     tp=1 on the GPU, tp=1 and tp=2 over the CPU cores (one GPU cannot host two NCCL ranks).
 # MiniLM's weights (90 MB) do not travel: they are re-made there, randomly initialised from
 # the model's own config (timings do not depend on the values; tests compare ember with
 # torch/onnxruntime on the same weights). The SmolLM2 GGUF does not travel either: `prepare`
 # lists the tests that need it (the suite run here with the package hidden) in
 # .dev/deselect.txt, and the run there deselects them.
-# STEPS (default "cuda gpu peers tests real cpu") picks steps; CUDA_S, GPU_S, TESTS_S, REAL_S, CPU_S, PEERS_S
+# STEPS (default "cuda gpu peers tests real cpu tp") picks steps; CUDA_S, GPU_S, TESTS_S, REAL_S, CPU_S, PEERS_S, TP_S
 # bound each one (all of them take more than one call's 600 s: split STEPS over two calls);
 # CPU_ARGS goes to onnx_cpu.py (e.g. "--only MiniLM").
 set -u
@@ -101,7 +103,7 @@ transformers.BertModel(config, add_pooling_layer=False).save_pretrained(folder)
 EOF
 { nvidia-smi -L; nproc; python3 -c "import sys, torch, onnxruntime, transformers; print(sys.version.split()[0], torch.__version__, onnxruntime.__version__, transformers.__version__)"; g++ --version | head -1; } 2>&1 | tee "$out/machine.txt"
 
-steps=${STEPS:-cuda gpu peers tests real cpu}
+steps=${STEPS:-cuda gpu peers tests real cpu tp}
 if [[ $steps == *cuda* ]]; then
     echo "== 0. the cuda target's tests, on the GPU"
     timeout "${CUDA_S:-200}" python3 -m pytest -q -n 8 -p no:cacheprovider -rfE --tb=line -o addopts="" \
@@ -132,3 +134,19 @@ fi
     --json "$out/gpu_peers.json" 2>&1 | grep -v Warning | tail -8
 
 [[ $steps == *cpu* ]] && echo "== 3. CPU: ember vs onnxruntime, all cores" && timeout "${CPU_S:-150}" python3 benchmarks/onnx_cpu.py --runs 20 ${CPU_ARGS:-} 2>&1 | tee "$out/onnx_cpu.txt" | tail -6
+
+if [[ " $steps " == *" tp "* ]]; then
+    echo "== t. tensor parallelism: a SmolLM2-shaped Llama, tp=1 on the GPU, tp=1 and tp=2 on the CPU cores"
+    python3 - <<'EOF' || exit 1
+import os, torch, transformers
+folder = "/tmp/smollm2-shape"
+config = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                  num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                                  rope_theta=100000.0, tie_word_embeddings=True)
+torch.manual_seed(0)
+transformers.LlamaForCausalLM(config).save_pretrained(folder)
+transformers.AutoTokenizer.from_pretrained(os.environ["EMBER_TEST_TOKENIZER"]).save_pretrained(folder)
+EOF
+    timeout "${TP_S:-400}" python3 benchmarks/llm_tensor_parallel.py --model /tmp/smollm2-shape --requests 32 \
+        --rounds 1 --gpu 2>&1 | tee "$out/tensor_parallel.txt" | grep -v Warning | tail -12
+fi

@@ -60,10 +60,10 @@ def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
 
 
 def run_ember(path: Path, requests, threads: int | None, quantization: str | None = None, name: str = "ember",
-              kv_cache_dtype: str | None = None, tensor_parallel_size: int = 1) -> Result:
+              kv_cache_dtype: str | None = None, tensor_parallel_size: int = 1, target: str = "cpu") -> Result:
     """(threads None: ember's default, the cores shared by the ranks)"""
     llm = ember.LLM(str(path), intra_op_threads=threads, quantization=quantization, kv_cache_dtype=kv_cache_dtype,
-                    tensor_parallel_size=tensor_parallel_size)
+                    tensor_parallel_size=tensor_parallel_size, target=target)
     params = [ember.SamplingParams(temperature=0, max_tokens=out, ignore_eos=True) for _, out in requests]
     llm.generate([{"prompt_token_ids": requests[0][0]}], params[0], use_tqdm=False)  # warm-up
     start = time.perf_counter()
