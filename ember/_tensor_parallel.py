@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import InputError, UnsupportedError
 from .runtime.distributed import Group, Rendezvous, exit_with_parent, worker_loop
-from .runtime.engine import EngineOptions
+from .runtime.engine import EngineOptions, LLMEngine
 from .runtime.model_runner import ModelRunner
 
 
@@ -75,12 +75,7 @@ def start(path: Path, size: int, compile_options: dict, engine_options: EngineOp
 
         compiled = compile_llm(path, **options, progress=progress, tensor_parallel=(0, size))
         group.wait_ready()
-        per_block = ModelRunner.bytes_per_block(compiled)
-        num_blocks = engine_options.kv_cache_memory // per_block
-        if num_blocks < 1:
-            raise InputError(f"kv_cache_memory {engine_options.kv_cache_memory} bytes holds no block (one block "
-                             f"of a rank's shard takes {per_block} bytes)")
-        group.go({"num_blocks": num_blocks})
+        group.go({"num_blocks": LLMEngine.num_blocks(compiled, engine_options)})  # (every rank's: same shapes)
         group.join()
     except BaseException as e:
         group.abort(e)

@@ -172,11 +172,7 @@ class LLMEngine:
                  options: EngineOptions = EngineOptions(), group=None):
         self.tokenizer, self.vocab_size, self.options = tokenizer, vocab_size, options
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
-        per_block = ModelRunner.bytes_per_block(compiled)
-        num_blocks = options.kv_cache_memory // per_block
-        if num_blocks < 1:
-            raise InputError(f"kv_cache_memory {options.kv_cache_memory} bytes holds no block "
-                             f"(one block of {options.block_size} tokens takes {per_block} bytes)")
+        num_blocks = self.num_blocks(compiled, options)
         self.max_model_len = min(max_model_len, num_blocks * options.block_size)
         self.runner = ModelRunner(compiled, num_blocks, max_num_seqs=options.max_num_seqs,
                                   max_model_len=self.max_model_len, enforce_eager=options.enforce_eager,
@@ -192,6 +188,16 @@ class LLMEngine:
         self._parents: dict[str, _Parent] = {}
         self._sequences: dict[str, tuple[_Parent, _Sequence]] = {}
         self._ids = itertools.count()
+
+    @staticmethod
+    def num_blocks(compiled, options: EngineOptions) -> int:
+        """The KV-cache blocks `options.kv_cache_memory` holds for `compiled` (a
+        tensor-parallel rank's: its shard's KV heads)."""
+        per_block = ModelRunner.bytes_per_block(compiled)
+        if options.kv_cache_memory < per_block:
+            raise InputError(f"kv_cache_memory {options.kv_cache_memory} bytes holds no block "
+                             f"(one block of {options.block_size} tokens takes {per_block} bytes)")
+        return options.kv_cache_memory // per_block
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, request_id: str | None, prompt: str | list[int] | dict,
