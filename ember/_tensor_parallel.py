@@ -33,12 +33,12 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def threads_per_rank(size: int, local_ranks: int | None = None) -> int:
-    """The cores a rank may use: this machine's, shared by the ranks on it."""
-    return max(1, _cores() // (local_ranks or size))
+def threads_per_rank(local_ranks: int) -> int:
+    """The cores a rank may use: this machine's, shared by the `local_ranks` on it."""
+    return max(1, _cores() // local_ranks)
 
 
-def start(path: Path, size: int, compile_options: dict, engine_options: EngineOptions, progress: bool):
+def start(path: Path, size: int, compile_options: dict, engine_options: EngineOptions, progress: bool | None):
     """(rank 0) Start or join the group of `size` ranks, compile rank 0's shard and wait for
     every rank's; returns (rank 0's compiled model, the joined Group)."""
     import torch.distributed as dist
@@ -51,23 +51,18 @@ def start(path: Path, size: int, compile_options: dict, engine_options: EngineOp
                                "over NCCL is not wired up yet")
     rendezvous = Rendezvous.from_env()
     spawn = rendezvous is None
-    if not spawn:
-        if rendezvous.size != size:
-            raise InputError(f"tensor_parallel_size is {size}, but this process was launched as one of "
-                             f"WORLD_SIZE={rendezvous.size} ranks")
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", size))
-        if rendezvous.rank != 0:
-            run_worker(rendezvous, path, {**compile_options, "intra_op_threads": compile_options.get(
-                "intra_op_threads") or threads_per_rank(size, local)})
-            raise SystemExit(0)  # a worker's process ends with its group
-        store = rendezvous.store()
-    else:
-        local = size
+    if not spawn and rendezvous.size != size:
+        raise InputError(f"tensor_parallel_size is {size}, but this process was launched as one of "
+                         f"WORLD_SIZE={rendezvous.size} ranks")
+    local = size if spawn else int(os.environ.get("LOCAL_WORLD_SIZE", size))
+    options = {**compile_options,
+               "intra_op_threads": compile_options.get("intra_op_threads") or threads_per_rank(local)}
+    if not spawn and rendezvous.rank != 0:
+        run_worker(rendezvous, path, options)
+        raise SystemExit(0)  # a worker's process ends with its group
+    if spawn:
         rendezvous = Rendezvous("127.0.0.1", _free_port(), 0, size)
-        store = rendezvous.store()
-    options = {**compile_options, "intra_op_threads": compile_options.get("intra_op_threads")
-               or threads_per_rank(size, local)}
-    group = Group(rendezvous, store)
+    group = Group(rendezvous, rendezvous.store())
     try:
         if spawn:
             group.processes = _spawn(rendezvous, path, options)

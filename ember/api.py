@@ -255,7 +255,7 @@ def compile(model: Any, target: str = "cpu", *, opt_level: int = 2, verify: bool
         says which weights stay float (default: a language model's head and embedding).
     tensor_parallel: (rank, size, plan): that rank's shard of the model over `size` ranks
         (the `shard_tensor_parallel` pass, after the attention fusion; `plan`: {glob over
-        weight names: "column" | "row" | "vocab" | "heads/D"}), its collectives run over
+        weight names: "column" | "row" | "row/D" | "vocab" | "heads/D"}), its collectives run over
         torch.distributed's default group.
 
     Raises `ModelError` for a model ember cannot take, `UnsupportedError` for an unknown

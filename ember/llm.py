@@ -84,7 +84,6 @@ def build_engine(model: str | os.PathLike | None = None, *, target: str = "cpu",
                              "loads (each rank reads only its slices)")
         from . import _tensor_parallel
 
-        progress = sys.stderr.isatty() if progress is None else progress
         compiled, group = _tensor_parallel.start(
             path, tensor_parallel_size, dict(target=target, dtype=dtype or "float32", quantization=quantization,
                                              kv_cache_dtype=kv_cache_dtype, block_size=engine_options.block_size,

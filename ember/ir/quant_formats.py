@@ -64,6 +64,11 @@ class BlockFormat:
                                    f"not {list(w.shape)}")
         return gguf.quants.quantize(np.ascontiguousarray(w), gguf.GGMLQuantizationType[self.ggml])
 
+    def takes_group(self, group: int) -> bool:
+        """Whether `quantize_groups` writes groups of `group` weights: 32 (its blocks), or a
+        multiple of 32 for the GROUPED formats."""
+        return group == BLOCK or (self.name in GROUPED and group > 0 and group % BLOCK == 0)
+
     def quantize_groups(self, w: np.ndarray, group: int) -> np.ndarray:
         """w [N, K] quantized with one scale (and minimum) per `group` weights along K, written
         as this format's blocks of 32 (each block of a group carries the group's scale): groups
@@ -72,7 +77,7 @@ class BlockFormat:
         w = np.asarray(w, dtype=np.float32)
         if group == BLOCK:
             return self.quantize(w)
-        if self.name not in GROUPED or group <= 0 or group % BLOCK:
+        if not self.takes_group(group):
             raise UnsupportedError(f"groups of {group} weights: {self.name} quantizes in groups of {BLOCK}, "
                                    f"{', '.join(GROUPED)} in multiples of {BLOCK}")
         if w.ndim != 2 or w.shape[1] % group:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from ..ir.graph import Graph
-from ..ir.quant_formats import BLOCK, GROUPED, SCHEMES, block_format
+from ..ir.quant_formats import BLOCK, SCHEMES, block_format
 from .base import Pass, PassResult
 from .registry import register_pass
 from .rewriter import Match, Rewrite, apply_rewrites, RewriteReport
@@ -55,8 +55,7 @@ class Quantization:
         if self.scheme not in SCHEMES:
             raise UnsupportedError(f"quantization scheme {self.scheme!r} is not one ember has; choose one of "
                                    f"{', '.join(SCHEMES)}")
-        if self.group_size != BLOCK and (self.format not in GROUPED or self.group_size <= 0
-                                         or self.group_size % BLOCK):
+        if not block_format(self.format).takes_group(self.group_size):
             raise UnsupportedError(f"group_size {self.group_size}: {self.scheme} quantizes in groups of {BLOCK}; "
                                    f"int8, int4 and int4_asym in multiples of {BLOCK}")
         object.__setattr__(self, "keep_float", tuple(self.keep_float))

@@ -278,11 +278,9 @@ class ShardTensorParallel(Pass):
         for quantized in (False, True):
             name = "ember.QuantizedLinear" if quantized else "ember.Linear"
             for bias in (False, True):
-                def col_r(op, x, w, b, fmt, act): return column(op, x, w, b, fmt, act)  # noqa: E704
-                def row_r(op, x, w, b, fmt, act): return row(op, x, w, b, fmt, act)  # noqa: E704
-                rewrites.append(Rewrite(f"column_{name}", lin(name, bias=bias, quantized=quantized), col_r,
+                rewrites.append(Rewrite(f"column_{name}", lin(name, bias=bias, quantized=quantized), column,
                                         linear_check(("column", "heads"))))
-                rewrites.append(Rewrite(f"row_{name}", lin(name, bias=bias, quantized=quantized), row_r,
+                rewrites.append(Rewrite(f"row_{name}", lin(name, bias=bias, quantized=quantized), row,
                                         linear_check(("row",))))
             rewrites.append(Rewrite(f"vocab_head_{name}", lin(name, bias=False, quantized=quantized),
                                     lambda op, x, w, b, fmt, act: head(op, x, w, fmt),
@@ -325,7 +323,7 @@ class ShardTensorParallel(Pass):
                 split.update(id(v) for v in node.outputs)
 
         def same_everywhere(m):
-            return "the factor differs by rank" if id(m["s"]) in split or id(m["s"]) in made else None
+            return "the factor differs by rank" if id(m["s"]) in split else None
 
         def reduce(op, x, w):
             return op("ember.AllReduce", x, world_size=w)
@@ -340,7 +338,7 @@ class ShardTensorParallel(Pass):
     def run(self, graph: Graph) -> PassResult:
         if self.size == 1:
             return PassResult(graph, False)
-        planned = {id(c): c.name for c in graph.constants if self.spec(c) is not None}
+        planned = {id(c) for c in graph.constants if self.spec(c) is not None}
         counts = set()
         for node in graph.walk():
             if node.op in ATTENTION:
@@ -369,8 +367,7 @@ class ShardTensorParallel(Pass):
                 for cache in node.inputs[3:5]:
                     t = cache.type
                     cache.type = TensorType(t.dtype, (*t.shape[:2], kv, *t.shape[3:]))
-        graph.constants = [c for c in graph.constants if id(c) not in planned or id(c) in self._whole]
-        infer_types(graph)
+        infer_types(graph)  # (the whole weights, read no more, went with the rewrites' dead-code sweep)
         return PassResult(graph, True)
 
 

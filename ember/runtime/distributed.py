@@ -97,9 +97,9 @@ class Group:
     """This process's place in a tensor-parallel group: rank, size, the store, and (once
     `join`ed) torch.distributed's default group plus the step channel's group."""
 
-    def __init__(self, rendezvous: Rendezvous, store, processes: dict | None = None):
+    def __init__(self, rendezvous: Rendezvous, store):
         self.rank, self.size, self.store = rendezvous.rank, rendezvous.size, store
-        self.processes = processes or {}  # rank -> the subprocess.Popen of a worker rank 0 started
+        self.processes: dict = {}  # rank -> the subprocess.Popen of a worker rank 0 started
         self.control = None
         self.failed: BaseException | None = None
         self.closed = False
@@ -230,13 +230,12 @@ class Group:
         causes = []
         for r in range(1, self.size):
             process = self.processes.get(r)
-            if self.store is not None:
-                try:
-                    if self.store.check([f"error/{r}"]):
-                        causes.append(f"rank {r} failed: {self.store.get(f'error/{r}').decode()}")
-                        continue
-                except Exception:  # the store went with rank 0's group: say what is known
-                    pass
+            try:
+                if self.store.check([f"error/{r}"]):
+                    causes.append(f"rank {r} failed: {self.store.get(f'error/{r}').decode()}")
+                    continue
+            except Exception:  # the store went with rank 0's group: say what is known
+                pass
             if process is not None and process.poll() is not None:
                 causes.append(f"worker rank {r} died (exit code {process.returncode})")
         if not causes:
@@ -246,14 +245,15 @@ class Group:
 
     # -- the end ----------------------------------------------------------------------------
     def leave(self) -> None:
-        """(a worker) Close the process group (its threads must not outlive the
-        interpreter: torchrun's agents wait for each other's ranks to exit cleanly)."""
+        """Close the process group (a worker's threads must not outlive the interpreter:
+        torchrun's agents wait for each other's ranks to exit cleanly; rank 0 may start
+        another group, after a broken one too)."""
         import torch.distributed as dist
 
         if dist.is_initialized():
             try:
                 dist.destroy_process_group()
-            except Exception as e:  # (rank 0 is gone: nothing to close with)
+            except Exception as e:  # (a peer is gone: nothing to close with)
                 log.warning("ember: rank %d: the tensor-parallel group did not close cleanly: %s", self.rank, e)
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -275,13 +275,8 @@ class Group:
                 process.kill()
                 process.wait(5)
         self.processes = {}
-        import torch.distributed as dist
-
-        if self.control is not None and dist.is_initialized():
-            try:  # (a broken group too: this process may start another)
-                dist.destroy_process_group()
-            except Exception as e:
-                log.warning("ember: the tensor-parallel group did not close cleanly: %s", e)
+        if self.control is not None:
+            self.leave()
 
 
 def worker_loop(group: Group, run) -> None:

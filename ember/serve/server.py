@@ -103,7 +103,7 @@ def _print_ready(url: str, model_name: str, api_key: str | None) -> None:
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None], shutdown_timeout: float, llm=None):
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None], shutdown_timeout: float, llm):
         super().__init__(config)
         self._on_ready = on_ready
         self._shutdown_timeout = shutdown_timeout
@@ -113,7 +113,7 @@ class _Server(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         # an engine that can no longer run (a tensor-parallel worker died or hung) stops the
         # server: requests in flight have their error, new ones a 503, then it exits
-        if self._llm is not None and self.engine_failure is None and self._llm.engine.failed is not None:
+        if self.engine_failure is None and self._llm.engine.failed is not None:
             self.engine_failure = self._llm.engine.failed
             print(f"ember: {self.engine_failure}; stopping the server", file=sys.stderr, flush=True)
             return True
