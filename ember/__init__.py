@@ -17,7 +17,7 @@ from .errors import (ArtifactError, EmberError, ExecutionError, InputError, IREr
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "load", "quantize", "Quantization", "CompiledModel", "LLM", "AsyncLLM", "SamplingParams", "CompileStats", "InferenceSession", "DType",
+    "compile", "load", "quantize", "Quantization", "CompiledModel", "LLM", "AsyncLLM", "SamplingParams", "StructuredOutputsParams", "CompileStats", "InferenceSession", "DType",
     "EmberError", "ModelError", "InputError", "IRError", "ExecutionError", "UnsupportedError",
     "ArtifactError",
     # onnxruntime's session API (ember/_session.py, ember/_iobinding.py)
@@ -42,6 +42,7 @@ _LAZY = {
     "DType": ".ir.dtypes",
     "LLM": ".llm", "AsyncLLM": ".llm",
     "SamplingParams": ".runtime.request",
+    "StructuredOutputsParams": ".runtime.request",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ resolves these
@@ -55,7 +56,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
     from .artifact import load
     from .ir.dtypes import DType
     from .llm import LLM, AsyncLLM
-    from .runtime.request import SamplingParams
+    from .runtime.request import SamplingParams, StructuredOutputsParams
 del TYPE_CHECKING
 
 

@@ -39,7 +39,7 @@ from .errors import ExecutionError, InputError
 from .ir.dtypes import DType
 from .ir.quant_formats import SCHEMES
 from .runtime.engine import CompletionOutput, EngineOptions, EngineStats, LLMEngine, RequestOutput, StepError  # noqa: F401
-from .runtime.request import SamplingParams
+from .runtime.request import SamplingParams, StructuredOutputsParams
 from .runtime.sampler import Logprob  # noqa: F401 - with CompletionOutput: the LLM API's result types (ember.serve reads them here)
 
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
@@ -227,10 +227,10 @@ def _load_artifact(path: Path, target: str, dtype: str | None, cache_dtype: str 
     return compiled, EngineOptions(**{**options, "block_size": info.block_size})
 
 
-def _chat_prompt(tokenizer, messages: list[dict]) -> dict:
+def _chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> dict:
     if not getattr(tokenizer, "chat_template", None):
         raise InputError("this model's tokenizer has no chat template: use generate() with a plain prompt")
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     return {"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
 
 
@@ -342,6 +342,7 @@ class AsyncLLM:
         """Yield the request's output each time it gains tokens; the last has finished=True.
         Raises InputError for a bad request (nothing queued) and ExecutionError if the
         model fails on it. Closing the iterator early aborts the request."""
+        await self.prepare(sampling_params)
         stream = _Stream(asyncio.get_running_loop())
         request_id = await self._call(self._add, prompt, sampling_params, request_id, stream)
         finished = False
@@ -360,6 +361,13 @@ class AsyncLLM:
         finally:
             if not finished:
                 self._commands.put((self._abort, (request_id,), None))
+
+    async def prepare(self, sampling_params: SamplingParams | None) -> None:
+        """Compile the request's structured-output grammar, if it has one, on a worker
+        thread (not the event loop's, not the engine's: others keep running); the engine
+        then finds it in its cache. InputError if the grammar engine cannot take it."""
+        if sampling_params is not None and sampling_params.structured_outputs is not None:
+            await asyncio.to_thread(self.engine.grammars.compile, sampling_params.structured_outputs)
 
     async def chat(self, messages: list[dict], sampling_params: SamplingParams | None = None,
                    request_id: str | None = None) -> AsyncIterator[RequestOutput]:

@@ -11,6 +11,10 @@ are all computed, hands the tokens back to the scheduler (which stops requests o
 ids and lengths) and then to each request's detokenizer (which stops them on stop
 strings). Every finish — stop, length, abort, error — frees the request's KV blocks.
 
+A request with `structured_outputs` gets a grammar state per sample
+(structured_output.py); each step computes the constrained samples' token masks on a
+worker thread while the model runs, and the sampler applies them.
+
 A request with n > 1 samples is fanned out into n sequences (ids `<id>:<i>`, seeds
 seed + i) whose prompts share KV blocks through the prefix cache; its `RequestOutput`
 holds the n completions and is finished when all are.
@@ -22,6 +26,7 @@ import itertools
 import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -33,6 +38,7 @@ from .model_runner import ModelRunner
 from .request import Request, RequestStatus, SamplingParams
 from .sampler import Logprob, Sampler, SamplingState, prompt_logprobs
 from .scheduler import Scheduler
+from .structured_output import Grammars
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,8 @@ class LLMEngine:
         self.scheduler = Scheduler(self.pool, max_num_batched_tokens=options.max_num_batched_tokens,
                                    max_num_seqs=options.max_num_seqs, max_model_len=self.max_model_len)
         self.sampler = Sampler()
+        self.grammars = Grammars(tokenizer, vocab_size, self.eos_token_ids)
+        self._mask_worker: ThreadPoolExecutor | None = None   # started by the first constrained step
         self._parents: dict[str, _Parent] = {}
         self._sequences: dict[str, tuple[_Parent, _Sequence]] = {}
         self._ids = itertools.count()
@@ -219,7 +227,8 @@ class LLMEngine:
                                                          else params.seed + i)
             rid = request_id if params.n == 1 else f"{request_id}:{i}"
             request = Request(rid, list(ids), child, self.eos_token_ids, parent.metrics.arrival_time)
-            state = SamplingState(child, ids, self.eos_token_ids)
+            grammar = None if child.structured_outputs is None else self.grammars.state(child.structured_outputs)
+            state = SamplingState(child, ids, self.eos_token_ids, grammar)
             detok = IncrementalDetokenizer(self.tokenizer, ids, child)
             children.append(_Sequence(request, i, state, detok, [] if child.logprobs is not None else None))
         if any(seq.request.request_id in self._sequences for seq in children):
@@ -305,6 +314,8 @@ class LLMEngine:
         """Stop the tensor-parallel workers, if any (they exit; nothing is left behind)."""
         if self.runner.group is not None:
             self.runner.group.shutdown()
+        if self._mask_worker is not None:
+            self._mask_worker.shutdown(wait=False)
 
     @property
     def num_unfinished(self) -> int:
@@ -326,6 +337,7 @@ class LLMEngine:
         if out.empty:
             return []
         try:
+            masks = self._start_masks(out)
             result = self.runner.execute(out)
             logits = result.logits
             rows, sequences = [], []
@@ -334,7 +346,9 @@ class LLMEngine:
                 if rid in result.sample_rows and rid in self._sequences:
                     rows.append(result.sample_rows[rid])
                     sequences.append(self._sequences[rid])
-            sampled = self.sampler.sample(logits[rows], [seq.sampling for _, seq in sequences]) if rows else None
+            token_mask = self._token_mask(masks, sequences)
+            sampled = self.sampler.sample(logits[rows], [seq.sampling for _, seq in sequences],
+                                          token_mask) if rows else None
             for rid, (start, prompt_rows) in result.prompt_rows.items():
                 self._prompt_logprobs(rid, start, logits[prompt_rows])
         except Exception as e:
@@ -361,6 +375,10 @@ class LLMEngine:
                 self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
             elif request.finished and not stopped_on_token:
                 seq.detokenizer.flush()
+            elif not request.finished and seq.sampling.grammar is not None and seq.sampling.grammar.terminated:
+                # the grammar's output is complete and nothing may follow (this token is its last)
+                self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
+                seq.detokenizer.flush()
             m = parent.metrics
             m.first_token_time = m.first_token_time or now
             m.last_token_time = now
@@ -375,6 +393,37 @@ class LLMEngine:
                     self._sequences.pop(s.request.request_id, None)
             outputs.append(parent.output())
         return outputs
+
+    def _start_masks(self, out) -> tuple[list[str], Future] | None:
+        """Start computing the token masks of the step's constrained samples on the mask
+        worker (the model runs meanwhile); (their ids, the future of their masks)."""
+        ids, states = [], []
+        for s in out.scheduled:
+            entry = self._sequences.get(s.request.request_id)
+            if s.sample and entry is not None and entry[1].sampling.grammar is not None:
+                ids.append(s.request.request_id)
+                states.append(entry[1].sampling.grammar)
+        if not ids:
+            return None
+        if self._mask_worker is None:
+            self._mask_worker = ThreadPoolExecutor(1, thread_name_prefix="ember-grammar")
+        return ids, self._mask_worker.submit(self.grammars.fill, states)
+
+    @staticmethod
+    def _token_mask(masks: tuple[list[str], Future] | None, sequences: list) -> tuple[list[int], torch.Tensor] | None:
+        """The sampler's token_mask: the rows of `sequences` that have a mask, and their masks."""
+        if masks is None:
+            return None
+        ids, future = masks
+        bitmask = future.result()
+        where = {rid: i for i, rid in enumerate(ids)}
+        rows = [(row, where[seq.request.request_id]) for row, (_, seq) in enumerate(sequences)
+                if seq.request.request_id in where]
+        if not rows:
+            return None
+        if len(rows) != len(ids) or any(r != m for r, m in rows):
+            bitmask = bitmask[[m for _, m in rows]]
+        return [r for r, _ in rows], bitmask
 
     def _prompt_logprobs(self, rid: str, start: int, logits: torch.Tensor) -> None:
         parent, seq = self._sequences[rid]

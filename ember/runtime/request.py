@@ -16,8 +16,10 @@ A request moves through these states; any other move raises `InvalidTransition`:
 from __future__ import annotations
 
 import enum
+import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import EmberError, InputError
 
@@ -48,6 +50,73 @@ _MOVES = {
 
 
 @dataclass
+class StructuredOutputsParams:
+    """What a request's output must be (vLLM's `structured_outputs`): exactly one of
+
+    - `json`: a JSON schema (a dict, or its JSON text): the output is one JSON value it
+      validates;
+    - `json_object`: True: the output is any JSON object (OpenAI's `{"type": "json_object"}`);
+    - `regex`: the whole output matches it;
+    - `choice`: the output is one of these strings;
+    - `grammar`: a context-free grammar the output is a sentence of, in EBNF (GBNF, as
+      llama.cpp writes it) or Lark.
+
+    The grammar engine (ember/runtime/structured_output.py) masks, at each step, the tokens
+    that could not continue a valid output; the output ends at the model's end-of-sequence
+    token once it is complete. A spec the engine cannot take is an InputError that names it.
+    """
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    KINDS = ("json", "json_object", "regex", "choice", "grammar")
+
+    def __post_init__(self):
+        given = [k for k in self.KINDS if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            raise InputError("structured outputs take exactly one of json, json_object, regex, choice or grammar, "
+                             f"got {given or 'none'}")
+        checks = {
+            "json": isinstance(self.json, (str, dict)),
+            "json_object": self.json_object is True,
+            "regex": isinstance(self.regex, str) and self.regex != "",
+            "choice": (isinstance(self.choice, (list, tuple)) and len(self.choice) > 0
+                       and all(isinstance(c, str) and c for c in self.choice)),
+            "grammar": isinstance(self.grammar, str) and self.grammar.strip() != "",
+        }
+        if not checks[given[0]]:
+            expected = {"json": "a JSON schema (a dict or its JSON text)", "json_object": "true",
+                        "regex": "a non-empty regular expression", "choice": "a non-empty list of non-empty strings",
+                        "grammar": "a non-empty EBNF or Lark grammar"}[given[0]]
+            raise InputError(f"structured outputs: {given[0]} must be {expected}")
+        if isinstance(self.json, str):
+            try:
+                self.json = json.loads(self.json)
+            except ValueError as e:
+                raise InputError(f"structured outputs: json is not valid JSON: {e}") from None
+        if self.json is not None and not isinstance(self.json, (dict, bool)):
+            raise InputError("structured outputs: json must be a JSON schema object")
+        if self.choice is not None:
+            self.choice = list(self.choice)
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in self.KINDS if getattr(self, k) not in (None, False))
+
+    @property
+    def spec(self) -> Any:
+        return getattr(self, self.kind)
+
+    def key(self) -> tuple[str, str]:
+        """What identifies the grammar (the compile cache's key)."""
+        spec = self.spec
+        return self.kind, spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
+
+
+@dataclass
 class SamplingParams:
     """How to pick each request's tokens (the names and meanings of vLLM's and OpenAI's).
 
@@ -58,6 +127,8 @@ class SamplingParams:
     text then ends before, unless `include_stop_str_in_output`). `logprobs` k returns the
     log-probability of each chosen token and the k most likely; `prompt_logprobs` k the
     same for every prompt token after the first. `n` samples share their prompt's KV blocks.
+    `structured_outputs` (a StructuredOutputsParams, or a dict of its fields) constrains the
+    output to a JSON schema, a regex, a choice or a grammar.
     """
 
     n: int = 1
@@ -78,8 +149,14 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self):
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+        elif self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise InputError("structured_outputs must be a StructuredOutputsParams or a dict of its fields, got "
+                             f"{type(self.structured_outputs).__name__}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])

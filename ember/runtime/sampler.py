@@ -9,8 +9,11 @@ One step, as vLLM v1 orders it:
 
 1. Logprobs (rows that ask) are the log-softmax of the raw logits, before anything
    below: what the model said, not what the sampler made of it (vLLM's "raw_logprobs").
-2. min_tokens: until a request has that many outputs, its stop tokens (eos unless
-   ignore_eos, and stop_token_ids) are -inf.
+2. Structured outputs: the rows with a grammar get -inf at every token their grammar's
+   bitmask (ember/runtime/structured_output.py; computed while the model ran) forbids.
+   min_tokens: until a request has that many outputs, its stop tokens (eos unless
+   ignore_eos, and stop_token_ids) are -inf — except in a row with a grammar, whose
+   bitmask alone says when the output may end.
 3. Penalties (`apply_penalties`): repetition over prompt + output tokens (HF: a positive
    logit is divided by the penalty, a negative one multiplied), then frequency and
    presence over output tokens (OpenAI: logit -= frequency * count + presence * (count > 0)).
@@ -76,8 +79,10 @@ class SamplingState:
     holds back, and what the penalties count. `Sampler.sample` records each token it
     picks (`append`)."""
 
-    def __init__(self, params: SamplingParams, prompt_token_ids: Sequence[int], eos_token_ids: Iterable[int] = ()):
+    def __init__(self, params: SamplingParams, prompt_token_ids: Sequence[int], eos_token_ids: Iterable[int] = (),
+                 grammar=None):
         self.params = params
+        self.grammar = grammar   # a structured_output.GrammarState, which each token advances
         self.generator = torch.Generator()
         if params.seed is None:
             self.generator.seed()
@@ -96,12 +101,15 @@ class SamplingState:
     def append(self, token_id: int) -> None:
         """Record an output token."""
         self.num_output_tokens += 1
+        if self.grammar is not None:
+            self.grammar.accept(token_id)
         if self.uses_penalties:
             self._uncounted.append(token_id)
 
     @property
     def masks_stop_tokens(self) -> bool:
-        return self.num_output_tokens < self.params.min_tokens and bool(self.min_tokens_stop_ids)
+        return (self.num_output_tokens < self.params.min_tokens and bool(self.min_tokens_stop_ids)
+                and self.grammar is None)
 
     def penalty_tensors(self, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt token mask bool [vocab], output token counts int32 [vocab])."""
@@ -119,13 +127,18 @@ class SamplingState:
 class Sampler:
     """Picks the next token of each row of a batch's logits (see the module doc)."""
 
-    def sample(self, logits: torch.Tensor, states: Sequence[SamplingState]) -> SamplerOutput:
+    def sample(self, logits: torch.Tensor, states: Sequence[SamplingState],
+               token_mask: tuple[list[int], torch.Tensor] | None = None) -> SamplerOutput:
+        """`token_mask` (rows, bitmask int32 [len(rows), ceil(vocab / 32)]): the grammar
+        rows' allowed tokens, bit t % 32 of word t // 32 (structured_output.py)."""
         if logits.dim() != 2 or logits.shape[0] != len(states):
             raise InputError(f"sampler: expected logits [{len(states)}, vocab] for {len(states)} requests, "
                              f"got {list(logits.shape)}")
         logits = logits.float()
         asked = [i for i, s in enumerate(states) if s.params.logprobs is not None]
         raw_logprobs = torch.log_softmax(logits[asked], dim=-1) if asked else None
+        if token_mask is not None and token_mask[0]:
+            logits = apply_token_bitmask(logits, *token_mask)
         logits = apply_penalties(_mask_stop_tokens(logits, states), states)
 
         tokens = logits.argmax(dim=-1)   # the greedy rows' (one pass, cheaper than picking them out)
@@ -173,6 +186,19 @@ def logprob_dicts(logprobs: torch.Tensor, token_ids: torch.Tensor, num_logprobs:
             row.setdefault(ids[j], Logprob(values[j], j + 1))
         rows.append(row)
     return rows
+
+
+def apply_token_bitmask(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> torch.Tensor:
+    """`logits` (a new tensor) with -inf at the tokens of its `rows` whose bit in
+    `bitmask` (int32 [len(rows), words], bit t % 32 of word t // 32) is 0."""
+    vocab = logits.shape[1]
+    bits = torch.arange(32, dtype=torch.int32, device=logits.device)
+    forbidden = ((bitmask.to(logits.device)[:, :, None] >> bits) & 1 == 0).flatten(1)[:, :vocab]
+    if rows == list(range(logits.shape[0])):
+        return logits.masked_fill(forbidden, -torch.inf)
+    logits = logits.clone()
+    logits[rows] = logits[rows].masked_fill(forbidden, -torch.inf)
+    return logits
 
 
 def apply_penalties(logits: torch.Tensor, states: Sequence[SamplingState]) -> torch.Tensor:

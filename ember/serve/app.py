@@ -37,6 +37,7 @@ Notes:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import time
@@ -56,17 +57,22 @@ from ..llm import AsyncLLM, RequestOutput, SamplingParams, _chat_prompt
 from .metrics import ServerMetrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
 from .responses import ChatFormat, CompletionFormat, Cursor, TokenText, usage
+from .tool_calls import PARSERS, ToolCalling, hermes_history, parser_for_template
 
 
 DEFAULT_MAX_TOKENS = 1024
 
 
 def create_app(llm: AsyncLLM, model_name: str, *, api_key: str | None = None, max_queue: int = 256,
-               default_max_tokens: int | None = DEFAULT_MAX_TOKENS) -> FastAPI:
+               default_max_tokens: int | None = DEFAULT_MAX_TOKENS, tool_call_parser: str | None = None) -> FastAPI:
     """An ASGI app serving `llm` as the model `model_name`. The caller owns `llm` (and
     shuts it down); several apps may share one. `default_max_tokens` bounds a chat
-    request that sets no max_tokens (None: up to max_model_len, OpenAI's rule)."""
-    server = _Server(llm, model_name, api_key, max_queue, default_max_tokens)
+    request that sets no max_tokens (None: up to max_model_len, OpenAI's rule).
+    `tool_call_parser` (one of tool_calls.PARSERS; None: the one the chat template's
+    format needs) reads tool calls out of answers to requests with tools."""
+    if tool_call_parser is not None and tool_call_parser not in PARSERS:
+        raise InputError(f"unknown tool-call parser {tool_call_parser!r}; the parsers are {', '.join(PARSERS)}")
+    server = _Server(llm, model_name, api_key, max_queue, default_max_tokens, tool_call_parser)
     app = FastAPI(title="ember", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
 
@@ -130,13 +136,13 @@ class ServerStopping(EmberError):
 
 class _Server:
     def __init__(self, llm: AsyncLLM, model_name: str, api_key: str | None, max_queue: int,
-                 default_max_tokens: int | None):
+                 default_max_tokens: int | None, tool_call_parser: str | None = None):
         if max_queue < 0:
             raise InputError(f"max_queue must be >= 0, got {max_queue}")
         if default_max_tokens is not None and default_max_tokens < 1:
             raise InputError(f"default_max_tokens must be at least 1, got {default_max_tokens}")
         self.llm, self.model_name, self.api_key = llm, model_name, api_key
-        self.default_max_tokens = default_max_tokens
+        self.default_max_tokens, self.tool_call_parser = default_max_tokens, tool_call_parser
         self.in_flight: set[str] = set()      # engine request ids, for end_requests
         self.stopping: str | None = None      # why, once end_requests has run
         engine = llm.engine  # its fixed facts only; all traffic goes through llm
@@ -221,6 +227,7 @@ class _Server:
         for ids in prompts:
             self.check_length(ids, max_tokens, "prompt", "max_tokens")
         params = _sampling_params(body, max_tokens, body.logprobs)
+        await self.constrain(params, *body.structured())
         fmt = CompletionFormat(self.token_text, body.logprobs)
         return await self._respond(request, fmt, prompts, params, bool(body.stream), body.include_usage)
 
@@ -230,8 +237,15 @@ class _Server:
         body.check_supported()
         self.check_model(body.model)
         conversation = body.conversation()
+        tokenizer = self.llm.tokenizer
+        tools = ToolCalling.from_request(body.tools, body.tool_choice, body.parallel_tool_calls, tokenizer,
+                                         self.tool_call_parser)
+        if tools is not None:
+            conversation = tools.messages(conversation)
+        elif parser_for_template(getattr(tokenizer, "chat_template", None)) is None:
+            conversation = hermes_history(conversation)   # past tool calls, in the text ember's prompt taught
         try:
-            ids = _chat_prompt(self.llm.tokenizer, conversation)["prompt_token_ids"]
+            ids = _chat_prompt(tokenizer, conversation, tools=tools and tools.template_tools())["prompt_token_ids"]
         except InputError as e:
             raise APIError(400, str(e), param="messages") from None
         except Exception as e:  # the template itself refused (a role it does not know, ...)
@@ -244,8 +258,28 @@ class _Server:
             max_tokens = min(self.default_max_tokens, self.max_model_len - len(ids))
         num_logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = _sampling_params(body, max_tokens, num_logprobs)
-        fmt = ChatFormat(self.token_text, num_logprobs)
+        structured, param = body.structured()
+        if tools is not None and tools.constraint() is not None:
+            if structured is not None:
+                raise APIError(400, f"'tool_choice' {tools.choice!r} and '{param}' both constrain the output: give one",
+                               param=param)
+            structured, param = tools.constraint(), "tools"
+        if tools is not None and tools.keeps_special_tokens:
+            params = dataclasses.replace(params, skip_special_tokens=False)
+        await self.constrain(params, structured, param)
+        fmt = ChatFormat(self.token_text, num_logprobs, tools)
         return await self._respond(request, fmt, [ids], params, bool(body.stream), body.include_usage)
+
+    async def constrain(self, params: SamplingParams, structured, param: str | None) -> None:
+        """Put `structured` (from the field `param`) on `params`, its grammar compiled now
+        (off the event loop; cached), so that one the engine cannot take is a 400 naming it."""
+        if structured is None:
+            return
+        params.structured_outputs = structured
+        try:
+            await self.llm.prepare(params)
+        except InputError as e:
+            raise APIError(400, f"'{param}': {e}", param=param) from None
 
     async def _respond(self, request: Request, fmt, prompts: list[list[int]], params: SamplingParams,
                        stream: bool, include_usage: bool):
@@ -296,8 +330,9 @@ class _Server:
                     for c in out.outputs:
                         index = i * n + c.index
                         delta = cursors[index].advance(c)
-                        if delta is not None:
-                            yield _event({**head, "choices": [fmt.chunk_choice(index, delta, cursors[index])], **extra})
+                        choice = None if delta is None else fmt.chunk_choice(index, delta, cursors[index])
+                        if choice is not None:
+                            yield _event({**head, "choices": [choice], **extra})
             if include_usage:
                 yield _event({**head, "choices": [], "usage": usage(finals)})
         except InputError as e:

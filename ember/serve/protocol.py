@@ -2,21 +2,26 @@
 
 Fields an OpenAI client may send that ember does not use (`user`, `metadata`, ...) are
 ignored, not refused. A field of the wrong type or out of range is an `APIError` (HTTP
-400) that names it; so is a feature ember does not have (`echo`, `suffix`, `tools`, a
+400) that names it; so is a feature ember does not have (`echo`, `suffix`, a
 `logit_bias`), rather than being silently dropped. Past OpenAI's fields, vLLM's
 sampling extras are accepted: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`,
-`min_tokens`, `stop_token_ids`, `include_stop_str_in_output`, `skip_special_tokens`.
+`min_tokens`, `stop_token_ids`, `include_stop_str_in_output`, `skip_special_tokens`, and
+its `structured_outputs` ({"json" | "regex" | "choice" | "grammar" | "json_object": ...};
+the older `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` too), next to
+OpenAI's `response_format` (`json_object`, `json_schema`).
 
 Validation is strict: JSON `"0.5"` is not a number and `true` is not an integer.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..llm import SamplingParams
+from ..errors import InputError
+from ..llm import SamplingParams, StructuredOutputsParams
 
 MAX_N = 128           # OpenAI's bound on n
 MAX_LOGPROBS = 20     # on top_logprobs (chat) and logprobs (completions)
@@ -67,6 +72,12 @@ class _SamplingBody(_Body):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    response_format: dict[str, Any] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -77,6 +88,39 @@ class _SamplingBody(_Body):
             raise APIError(400, "logit_bias is not supported", param="logit_bias")
         if isinstance(self.stop, list) and not all(self.stop) or self.stop == "":
             raise APIError(400, "stop strings must not be empty", param="stop")
+
+    def structured(self) -> tuple[StructuredOutputsParams | None, str | None]:
+        """What the output is constrained to, and the field that said so (None, None: free)."""
+        asked = []
+        if self.response_format is not None:
+            kind = self.response_format.get("type")
+            if kind == "json_object":
+                asked.append(("response_format", {"json_object": True}))
+            elif kind == "json_schema":
+                spec = self.response_format.get("json_schema")
+                if not isinstance(spec, dict) or "schema" not in spec:
+                    raise APIError(400, "'response_format.json_schema.schema' is required for type json_schema",
+                                   param="response_format.json_schema.schema")
+                asked.append(("response_format.json_schema.schema", {"json": spec["schema"]}))
+            elif kind != "text":
+                raise APIError(400, f"'response_format.type' must be text, json_object or json_schema, got {kind!r}",
+                               param="response_format.type")
+        if self.structured_outputs is not None:
+            asked.append(("structured_outputs", {k: v for k, v in self.structured_outputs.items()
+                                                 if k in StructuredOutputsParams.KINDS}))
+        for name in ("json", "regex", "choice", "grammar"):
+            if getattr(self, f"guided_{name}") is not None:
+                asked.append((f"guided_{name}", {name: getattr(self, f"guided_{name}")}))
+        if not asked:
+            return None, None
+        if len(asked) > 1:
+            raise APIError(400, f"'{asked[1][0]}' and '{asked[0][0]}' both constrain the output: give one",
+                           param=asked[1][0])
+        param, fields = asked[0]
+        try:
+            return StructuredOutputsParams(**fields), param
+        except (InputError, TypeError) as e:
+            raise APIError(400, f"'{param}': {e}", param=param) from None
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         given = {name: getattr(self, name) for name in (
@@ -122,9 +166,23 @@ class ContentPart(_Body):
     text: str | None = None
 
 
+class FunctionCall(_Body):
+    name: str
+    arguments: str
+
+
+class MessageToolCall(_Body):
+    id: str | None = None
+    type: str = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Body):
     role: str
     content: str | list[ContentPart] | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
     def text(self, index: int) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -144,23 +202,41 @@ class ChatCompletionRequest(_SamplingBody):
     logprobs: bool | None = None
     top_logprobs: Annotated[int | None, Field(ge=0, le=MAX_LOGPROBS)] = None
     tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.tools:
-            raise APIError(400, "tools are not supported", param="tools")
-        if self.response_format and self.response_format.get("type") != "text":
-            raise APIError(400, "response_format other than text is not supported", param="response_format")
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
 
-    def conversation(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text(i)} for i, m in enumerate(self.messages)]
+    def conversation(self) -> list[dict[str, Any]]:
+        """The messages as a chat template takes them: text content; an assistant's
+        tool_calls with their arguments as objects (templates write them out as JSON)."""
+        out = []
+        for i, m in enumerate(self.messages):
+            message: dict[str, Any] = {"role": m.role, "content": m.text(i)}
+            if m.tool_calls:
+                message["tool_calls"] = [{"id": c.id, "type": c.type, "function": {
+                    "name": c.function.name, "arguments": _json_arguments(c.function.arguments, i, j)}}
+                    for j, c in enumerate(m.tool_calls)]
+            for name in ("tool_call_id", "name"):
+                if getattr(m, name) is not None:
+                    message[name] = getattr(m, name)
+            out.append(message)
+        return out
 
     @property
     def max_tokens_param(self) -> str:
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+
+def _json_arguments(text: str, i: int, j: int) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        param = f"messages.{i}.tool_calls.{j}.function.arguments"
+        raise APIError(400, f"'{param}' is not valid JSON", param=param) from None
 
 
 # -- turning pydantic's errors into one that names the field --------------------------------

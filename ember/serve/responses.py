@@ -49,6 +49,8 @@ class Cursor:
     num_tokens: int = 0
     num_token_chars: int = 0   # the length of the sent tokens' texts (completions' text_offset)
     done: bool = False
+    reader: Any = None         # the choice's tool-call reader (tool_calls.Reader), if it has tools
+    num_calls: int = 0         # tool calls sent
 
     def advance(self, output: CompletionOutput) -> Delta | None:
         """What is new in `output` since the last call; None if nothing is. Tokens whose
@@ -110,14 +112,17 @@ class CompletionFormat:
 
 class ChatFormat:
     """/v1/chat/completions: choices carry a `message` (a `delta` in a stream); logprobs
-    are a `content` list of {token, logprob, bytes, top_logprobs}."""
+    are a `content` list of {token, logprob, bytes, top_logprobs}. With `tools` (a
+    tool_calls.ToolCalling), a choice's text is read for tool calls: they come as the
+    message's `tool_calls` (a stream's `tool_calls` deltas, one per whole call) and the
+    choice finishes with "tool_calls"."""
 
     object = "chat.completion"
     chunk_object = "chat.completion.chunk"
     id_prefix = "chatcmpl-"
 
-    def __init__(self, token_text: TokenText, num_logprobs: int | None):
-        self.token_text, self.num_logprobs = token_text, num_logprobs
+    def __init__(self, token_text: TokenText, num_logprobs: int | None, tools=None):
+        self.token_text, self.num_logprobs, self.tools = token_text, num_logprobs, tools
 
     def _entry(self, token: int, value: float) -> dict[str, Any]:
         text = self.token_text(token)
@@ -136,19 +141,47 @@ class ChatFormat:
     def choice(self, index: int, output: CompletionOutput) -> dict[str, Any]:
         n = len(output.token_ids)
         rows = None if output.logprobs is None else output.logprobs[:n]
-        return {"index": index, "message": {"role": "assistant", "content": output.text},
-                "logprobs": self.logprobs(output.token_ids, rows), "finish_reason": output.finish_reason,
-                "stop_reason": output.stop_reason}
+        message: dict[str, Any] = {"role": "assistant", "content": output.text}
+        finish = output.finish_reason
+        if self.tools is not None:
+            content, calls = self.tools.reader().read(output.text)
+            if calls:
+                message = {"role": "assistant", "content": content or None,
+                           "tool_calls": [c.as_dict() for c in calls]}
+                finish = _tool_calls_finish(finish)
+        return {"index": index, "message": message, "logprobs": self.logprobs(output.token_ids, rows),
+                "finish_reason": finish, "stop_reason": output.stop_reason}
 
-    def chunk_choice(self, index: int, delta: Delta, cursor: Cursor) -> dict[str, Any]:
-        return {"index": index, "delta": {"content": delta.text} if delta.text else {},
-                "logprobs": self.logprobs(delta.token_ids, delta.logprobs, cursor),
-                "finish_reason": delta.finish_reason}
+    def chunk_choice(self, index: int, delta: Delta, cursor: Cursor) -> dict[str, Any] | None:
+        text, finish, message = delta.text, delta.finish_reason, {}
+        if self.tools is not None:
+            if cursor.reader is None:
+                cursor.reader = self.tools.reader()
+            text, calls = cursor.reader.feed(text)
+            if finish is not None:
+                tail, more = cursor.reader.finish()
+                text, calls = text + tail, calls + more
+            if calls:
+                message["tool_calls"] = [{"index": cursor.num_calls + i, **c.as_dict()} for i, c in enumerate(calls)]
+                cursor.num_calls += len(calls)
+            if finish is not None and cursor.num_calls:
+                finish = _tool_calls_finish(finish)
+            if not text and not calls and finish is None and self.num_logprobs is None:
+                return None  # all held back (it may be the start of a call)
+        if text:
+            message = {"content": text, **message}
+        return {"index": index, "delta": message, "logprobs": self.logprobs(delta.token_ids, delta.logprobs, cursor),
+                "finish_reason": finish}
 
     def opening_choices(self, num_choices: int) -> list[dict[str, Any]]:
         """A stream opens with the role of each choice, as OpenAI's does."""
         return [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                 for i in range(num_choices)]
+
+
+def _tool_calls_finish(finish: str | None) -> str | None:
+    """A choice that made tool calls and stopped (not cut at its length) finishes "tool_calls"."""
+    return "tool_calls" if finish == "stop" else finish
 
 
 def usage(outputs: list[RequestOutput]) -> dict[str, int]:

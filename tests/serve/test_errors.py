@@ -69,7 +69,25 @@ BAD = [  # (id, path, body, status, param)
     ("streamed-bad-request", COMPLETIONS, completion(max_tokens=300, stream=True), 400, "max_tokens"),
     ("echo", COMPLETIONS, completion(echo=True), 400, "echo"),
     ("logit-bias", COMPLETIONS, completion(logit_bias={"50": 10}), 400, "logit_bias"),
-    ("tools", CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
+    ("tool-without-name", CHAT, chat(tools=[{"type": "function", "function": {"description": "f"}}]), 400,
+     "tools.0.function.name"),
+    ("tool-choice-unknown", CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}],
+                                       tool_choice={"type": "function", "function": {"name": "g"}}), 400,
+     "tool_choice.function.name"),
+    ("tool-parameters-bad-schema", CHAT, chat(tools=[{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "objekt"}}}], tool_choice="required"), 400, "tools"),
+    ("schema-bad-type", CHAT, chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "strnig"}}}), 400, "response_format.json_schema.schema"),
+    ("schema-missing", CHAT, chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}}), 400,
+     "response_format.json_schema.schema"),
+    ("response-format-unknown", CHAT, chat(response_format={"type": "yaml"}), 400, "response_format.type"),
+    ("regex-unclosed", COMPLETIONS, completion(structured_outputs={"regex": "[a-z(\\d+"}), 400,
+     "structured_outputs"),
+    ("grammar-undefined-rule", COMPLETIONS, completion(structured_outputs={"grammar": "root ::= undefined"}), 400,
+     "structured_outputs"),
+    ("two-constraints", CHAT, chat(response_format={"type": "json_object"}, structured_outputs={"regex": "a+"}), 400,
+     "structured_outputs"),
+    ("choice-empty", COMPLETIONS, completion(guided_choice=[]), 400, "guided_choice"),
     ("min-tokens-over-max", COMPLETIONS, completion(min_tokens=9), 400, "min_tokens"),
 ]
 
