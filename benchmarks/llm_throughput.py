@@ -10,6 +10,11 @@ generating exactly its length (ignore_eos), greedy, on the built-in SmolLM2-135M
   to one `generate` call. ember-f32 (`--engines ember,ember-f32`): the same with the
   weights dequantized to float32 (quantization="none"). `--kv-cache-dtype float16`: ember's
   KV cache in float16 (default: float32, the model's).
+- ember-json (`--engines ember-json`): ember with every request constrained to
+  `JSON_SCHEMA` (structured outputs: a grammar mask on every step of every request), still
+  ignore_eos and its length as the cap: a request whose JSON is complete earlier ends there
+  (its tokens are counted as they are). `benchmarks/structured_throughput.py` compares it
+  with plain ember, each in its own process.
 - transformers: `generate` over static batches of 8 in arrival order (left padding; each
   batch runs to its longest output; only the tokens each request asked for are counted).
 
@@ -23,6 +28,7 @@ tokens after the first), medians and p90; the wall time of each engine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -59,18 +65,28 @@ def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
     return [(rng.integers(1000, vocab, p).tolist(), int(o)) for p, o in zip(prompt_lens, output_lens)]
 
 
+# ember-json's schema: records of a few typed fields, at least as many as the output's length
+# holds (so that every request, greedy, runs to its length as the plain ones do)
+JSON_SCHEMA = {"type": "array", "minItems": 64, "items": {
+    "type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string", "maxLength": 24},
+                                     "kind": {"enum": ["a", "b", "c"]}, "ok": {"type": "boolean"}},
+    "required": ["id", "name", "kind", "ok"], "additionalProperties": False}}
+
+
 def run_ember(path: Path, requests, threads: int | None, quantization: str | None = None, name: str = "ember",
-              kv_cache_dtype: str | None = None, tensor_parallel_size: int = 1, target: str = "cpu") -> Result:
+              kv_cache_dtype: str | None = None, tensor_parallel_size: int = 1, target: str = "cpu",
+              structured: dict | None = None) -> Result:
     """(threads None: ember's default, the cores shared by the ranks)"""
     llm = ember.LLM(str(path), intra_op_threads=threads, quantization=quantization, kv_cache_dtype=kv_cache_dtype,
                     tensor_parallel_size=tensor_parallel_size, target=target)
-    params = [ember.SamplingParams(temperature=0, max_tokens=out, ignore_eos=True) for _, out in requests]
+    params = [ember.SamplingParams(temperature=0, max_tokens=out, ignore_eos=True, structured_outputs=structured)
+              for _, out in requests]
     llm.generate([{"prompt_token_ids": requests[0][0]}], params[0], use_tqdm=False)  # warm-up
     start = time.perf_counter()
     outputs = llm.generate([{"prompt_token_ids": p} for p, _ in requests], params, use_tqdm=False)
     wall = time.perf_counter() - start
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    assert all(len(o.outputs[0].token_ids) == out for o, (_, out) in zip(outputs, requests))
+    assert all(len(o.outputs[0].token_ids) == out or structured for o, (_, out) in zip(outputs, requests))
     ttft = [o.metrics.first_token_time - start for o in outputs]
     tpot = [o.metrics.time_per_output_token for o in outputs]
     llm.shutdown()
@@ -128,6 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--engines", default="ember,transformers", help="comma-separated, run in this order")
     parser.add_argument("--kv-cache-dtype", help="ember's KV cache element type (default: the model's, float32)")
     parser.add_argument("--write", type=Path, help="write the table into this markdown file")
+    parser.add_argument("--json", action="store_true", help="print each engine's result as a JSON line too")
     args = parser.parse_args(argv)
     path = Path(args.model) if args.model else _builtin.default_llm()
     from ember.frontends.hf import load_pretrained
@@ -139,9 +156,13 @@ def main(argv=None) -> int:
         kv = {"kv_cache_dtype": args.kv_cache_dtype}
         run = {"ember": lambda *a: run_ember(*a, **kv), "transformers": run_transformers,
                # ember with a GGUF file's weights dequantized to float32 (the default keeps its blocks)
-               "ember-f32": lambda *a: run_ember(*a, quantization="none", name="ember-f32", **kv)}[engine]
+               "ember-f32": lambda *a: run_ember(*a, quantization="none", name="ember-f32", **kv),
+               "ember-json": lambda *a: run_ember(*a, name="ember-json", structured={"json": JSON_SCHEMA}, **kv)}[engine]
         print(f"running {engine} on {len(requests)} requests ...", file=sys.stderr, flush=True)
         results.append(run(path, requests, args.threads))
+        if args.json:
+            r = results[-1]
+            print(json.dumps({"engine": r.engine, "wall_s": r.wall_s, "output_tokens": r.output_tokens}), flush=True)
         print("\n".join(table(results[-1:], len(requests))), file=sys.stderr, flush=True)
     lines = table(results, len(requests))
     if len(results) == 2:

@@ -602,7 +602,8 @@ def cmd_serve(args) -> int:
     _status(f"loading and compiling {args.model or 'the built-in SmolLM2-135M-Instruct'} for {args.target} ...")
     serve(args.model, host=args.host, port=args.port, model_name=args.served_model_name, api_key=api_key,
           max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
-          default_max_tokens=args.default_max_tokens or None, target=args.target, **_engine_options(args))
+          default_max_tokens=args.default_max_tokens or None, tool_call_parser=args.tool_call_parser,
+          target=args.target, **_engine_options(args))
     _status("stopped")
     return 0
 
@@ -770,6 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max_tokens of a chat request that sets none, so a sampled answer cannot run on to "
                         "the context limit; 0: up to --max-model-len, as OpenAI (default: 1024; "
                         "/v1/completions keeps OpenAI's 16)")
+    p.add_argument("--tool-call-parser", choices=["hermes", "llama3_json", "mistral"],
+                   help="how answers to requests with tools are read for tool calls (default: the format the chat "
+                        "template speaks; hermes, with ember's own tool prompt, for a template that knows no tools)")
     p.add_argument("--max-queue", type=int, default=256, metavar="N",
                    help="sequences that may wait beyond --max-num-seqs; past that, 503 (default: 256)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",

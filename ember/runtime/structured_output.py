@@ -11,15 +11,14 @@ and outlines-core by `benchmarks/grammar_engines.py` on this project's CPUs (com
 and mask time per token; docs/benchmarks.md has the figures), and the one that reads every
 form `StructuredOutputsParams` takes: JSON schemas, regexes, Lark grammars and, through its
 converter, GBNF (llama.cpp's EBNF). A grammar is compiled once per distinct spec (an LRU
-of `CACHE_SIZE`); each sequence's matcher walks it token by token.
+of `CACHE_SIZE` matchers at their start); each sequence walks a copy of it token by token.
 
 Notes:
 
 1. JSON is compact: no whitespace beyond one space after `,` and `:` (llguidance's
    `whitespace_flexible` off), so a sampled answer cannot run on in spaces and newlines.
-2. `fill` computes a batch's masks on llguidance's own threads (`LLExecutor`, outside
-   the GIL); the engine calls it on a worker thread while the model runs the step
-   (engine.py), and waits for it only when it samples.
+2. `fill` computes a batch's masks (outside the GIL); the engine calls it on a worker
+   thread while the model runs the step (engine.py), and waits for it only when it samples.
 3. A sequence whose grammar has ended (its last token completed the output) allows only
    the end-of-sequence tokens; the engine finishes it there.
 """
@@ -59,16 +58,16 @@ class GrammarState:
 
 
 class Grammars:
-    """The grammar engine of one LLM engine: its tokenizer's token table (built at the
-    first constrained request: ~0.4 s for 49k tokens), the compiled grammars, the masks."""
+    """The grammar engine of one LLM engine: its tokenizer's token tables (built at the
+    first constrained request's compile: ~3 s for 49k tokens), the compiled grammars, the
+    masks."""
 
     def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Iterable[int] = ()):
         self.tokenizer, self.vocab_size = tokenizer, vocab_size
         self.eos_token_ids = sorted(eos_token_ids)
         self._lock = threading.Lock()
         self._tokenizer_info = None
-        self._executor = None
-        self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._cache: OrderedDict = OrderedDict()   # spec key -> its matcher at the start
 
     @property
     def words(self) -> int:
@@ -84,45 +83,53 @@ class Grammars:
                 self._tokenizer_info = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.vocab_size,
                                                                     eos_token=self.eos_token_ids[0]
                                                                     if self.eos_token_ids else None)
-                self._executor = llguidance.LLExecutor()
+                # the engine builds its token tables at the first mask (~3 s for 49k tokens): here, where
+                # a compile runs (AsyncLLM: on a worker thread), not in an engine step
+                import llguidance.torch as lt
+
+                warm = llguidance.LLMatcher(self._tokenizer_info, llguidance.LLMatcher.grammar_from_regex("a"))
+                lt.fill_next_token_bitmask(warm, lt.allocate_token_bitmask(1, self.vocab_size))
             return self._tokenizer_info
 
-    def compile(self, spec: StructuredOutputsParams) -> str:
-        """`spec` as the engine's grammar, checked against the tokenizer; InputError
-        naming what is wrong with it. Cached by spec."""
+    def compile(self, spec: StructuredOutputsParams):
+        """`spec` compiled (a matcher at the start of its grammar, which `state` copies),
+        checked against the tokenizer; InputError naming what is wrong with it. Cached by
+        spec: a spec seen before costs a lookup."""
         key = spec.key()
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        grammar = _grammar(spec)
         import llguidance
 
-        error = llguidance.LLMatcher.validate_grammar(grammar, self._tokenizer())
+        grammar = _grammar(spec)
+        tokenizer = self._tokenizer()
+        error = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
+        matcher = None if error else llguidance.LLMatcher(tokenizer, grammar)
+        if matcher is not None and matcher.is_error():
+            error = matcher.get_error()
         if error:
             raise InputError(f"{spec.kind} cannot be used: {error.strip()}")
         with self._lock:
-            self._cache[key] = grammar
+            self._cache[key] = matcher
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return grammar
+        return matcher
 
     def state(self, spec: StructuredOutputsParams) -> GrammarState:
-        import llguidance
-
-        grammar = self.compile(spec)
-        matcher = llguidance.LLMatcher(self._tokenizer(), grammar)
-        if matcher.is_error():
-            raise InputError(f"{spec.kind} cannot be used: {matcher.get_error()}")
-        return GrammarState(matcher)
+        """A new sequence's place at the start of `spec`'s grammar (a copy of the compiled one)."""
+        return GrammarState(self.compile(spec).deep_copy())
 
     def fill(self, states: Sequence[GrammarState]) -> torch.Tensor:
-        """The next-token bitmask of each state (int32 [len(states), words]), computed in
-        parallel outside the GIL."""
+        """The next-token bitmask of each state (int32 [len(states), words]), one after the
+        other on the calling thread (the engine's mask worker; llguidance drops the GIL
+        while it computes). Not llguidance's parallel fill: its pool's idle threads spin,
+        taking cores the model's threads need (~20 us a mask: 64 take ~1.3 ms)."""
         import llguidance.torch as lt
 
         mask = lt.allocate_token_bitmask(len(states), self.vocab_size)
-        lt.fill_next_token_bitmask_par(self._executor, [(s.matcher, i) for i, s in enumerate(states)], mask)
+        for i, s in enumerate(states):
+            lt.fill_next_token_bitmask(s.matcher, mask, i)
         return mask
 
 

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import uvicorn
 
+from ..errors import InputError
 from ..llm import AsyncLLM
 from .app import DEFAULT_MAX_TOKENS, create_app, end_requests
+from .tool_calls import PARSERS
 
 BUILTIN_NAME = "SmolLM2-135M-Instruct"
 # after end_requests, how long the ended requests get to send their error (then uvicorn
@@ -38,16 +40,19 @@ _GRACE_AFTER_ENDING = 5.0
 def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 8000,
           model_name: str | None = None, api_key: str | None = None, max_queue: int = 256,
           shutdown_timeout: float = 30.0, log_level: str = "warning",
-          default_max_tokens: int | None = DEFAULT_MAX_TOKENS,
+          default_max_tokens: int | None = DEFAULT_MAX_TOKENS, tool_call_parser: str | None = None,
           on_ready: Callable[[str], None] | None = None, **engine_options) -> None:
     """Serve `model` (default: the built-in SmolLM2) until SIGTERM/SIGINT, as `model_name`
     (default: the folder's name, or the file's without its extension). `on_ready` is
     called with the base URL (http://host:port/v1) once requests are taken; port 0
     picks a free port. `default_max_tokens` bounds a chat request that sets no
-    max_tokens (None: up to max_model_len). `engine_options` go to AsyncLLM
+    max_tokens (None: up to max_model_len). `tool_call_parser`: how answers to requests with
+    tools are read (tool_calls.PARSERS; default: the chat template's format). `engine_options` go to AsyncLLM
     (max_model_len, max_num_seqs, kv_cache_memory, target, ...)."""
     from .._builtin import default_llm
 
+    if tool_call_parser is not None and tool_call_parser not in PARSERS:  # before the model loads
+        raise InputError(f"unknown tool-call parser {tool_call_parser!r}; the parsers are {', '.join(PARSERS)}")
     path = Path(model) if model is not None else default_llm()
     sock = bind(host, port)
     try:
@@ -59,7 +64,7 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
         if model_name is None:
             model_name = BUILTIN_NAME if model is None else path.stem if path.is_file() else path.name
         app = create_app(llm, model_name, api_key=api_key, max_queue=max_queue,
-                         default_max_tokens=default_max_tokens)
+                         default_max_tokens=default_max_tokens, tool_call_parser=tool_call_parser)
         config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "info", "trace"),
                                 timeout_graceful_shutdown=shutdown_timeout + _GRACE_AFTER_ENDING)
         bound_host, bound_port = sock.getsockname()[:2]

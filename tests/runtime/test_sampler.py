@@ -265,3 +265,58 @@ def test_prompt_logprobs():
         best = raw[j].topk(2).indices.tolist()
         assert set(row) == {token, *best} and row[best[0]].rank == 1
         assert math.isclose(row[best[1]].logprob, raw[j, best[1]].item(), rel_tol=1e-6)
+
+
+def pack(allowed: torch.Tensor) -> torch.Tensor:
+    """bool [rows, vocab] -> the grammar engines' int32 bitmask (bit t % 32 of word t // 32)."""
+    rows, vocab = allowed.shape
+    words = (vocab + 31) // 32
+    padded = torch.zeros(rows, words * 32, dtype=torch.int64)
+    padded[:, :vocab] = allowed.long()
+    packed = (padded.view(rows, words, 32) << torch.arange(32)).sum(-1)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 100), st.data())
+def test_a_token_mask_leaves_only_allowed_tokens(rows, vocab, data):
+    """Rows with a mask (any subset, any allowed set) draw and argmax only allowed tokens;
+    rows without one are untouched; logprobs stay the raw model's."""
+    from hypothesis import event
+
+    logits = random_logits(rows, vocab, seed=data.draw(st.integers(0, 99)))
+    masked = sorted(data.draw(st.sets(st.integers(0, rows - 1), min_size=1)))
+    allowed = torch.zeros(len(masked), vocab, dtype=torch.bool)
+    for i in range(len(masked)):
+        allowed[i, data.draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=vocab))] = True
+    params = [SamplingParams(temperature=data.draw(st.sampled_from([0, 1.0])), seed=r, logprobs=1)
+              for r in range(rows)]
+    out = Sampler().sample(logits, states(*params), token_mask=(masked, pack(allowed)))
+    free = Sampler().sample(logits, states(*params))
+    for i, row in enumerate(masked):
+        assert allowed[i, out.token_ids[row]], (row, out.token_ids[row])
+        if not allowed[i, free.token_ids[row]]:
+            event("the mask changed a token")
+    for row in set(range(rows)) - set(masked):
+        assert out.token_ids[row] == free.token_ids[row]
+    raw = torch.log_softmax(logits, -1)
+    for row in range(rows):
+        token = out.token_ids[row]
+        assert math.isclose(out.logprobs[row][token].logprob, raw[row, token].item(), rel_tol=1e-5, abs_tol=1e-5)
+
+
+def test_a_grammar_row_ignores_min_tokens():
+    """min_tokens holds stop tokens back, except where a grammar says the output may end."""
+
+    class Ended:
+        def accept(self, token):
+            return True
+
+    p = SamplingParams(temperature=0, min_tokens=5)
+    logits = torch.zeros(1, 8)
+    logits[0, 3] = 5.0  # eos is the argmax
+    plain = SamplingState(p, [0], [3])
+    constrained = SamplingState(p, [0], [3], grammar=Ended())
+    assert Sampler().sample(logits, [plain]).token_ids != [3]
+    only_eos = pack(torch.tensor([[False, False, False, True, False, False, False, False]]))
+    assert Sampler().sample(logits, [constrained], token_mask=([0], only_eos)).token_ids == [3]
