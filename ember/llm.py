@@ -39,7 +39,7 @@ from .errors import ExecutionError, InputError
 from .ir.dtypes import DType
 from .ir.quant_formats import SCHEMES
 from .runtime.engine import CompletionOutput, EngineOptions, EngineStats, LLMEngine, RequestOutput, StepError  # noqa: F401
-from .runtime.request import SamplingParams, StructuredOutputsParams
+from .runtime.request import SamplingParams, StructuredOutputsParams  # noqa: F401 - re-exported (ember.serve)
 from .runtime.sampler import Logprob  # noqa: F401 - with CompletionOutput: the LLM API's result types (ember.serve reads them here)
 
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}

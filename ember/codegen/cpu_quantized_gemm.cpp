@@ -187,6 +187,18 @@ inline float block_offset(const uint8_t* w, float d) {
     return f.offset * d;
 }
 
+#if !EMBER_QGEMM_AVX2
+// a weight block's integer dot product with x's, in the portable loops. Kept out of line and not
+// vectorized: GCC 12 -march=native on an AVX-VNNI CPU turns q8_0's int8 x int8 sum into vpdpbusd,
+// which reads one side as unsigned (every q8_0 dot wrong: tests/codegen/test_quantized_gemm.py)
+template <int F>
+__attribute__((noinline, optimize("no-tree-vectorize"))) int block_sum(const uint8_t* w, const int8_t* xq) {
+    int sum = 0;
+    for (int j = 0; j < QK; ++j) sum += block_q<F>(w, j) * xq[j];
+    return sum;
+}
+#endif
+
 // dots [R] of weight rows w[0..R) (each `blocks` blocks) with one quantized row of x
 template <int F, int R>
 inline void rows_dot(const uint8_t* const* w, const XBlock* x, int64_t blocks, float* dots) {
@@ -213,9 +225,7 @@ inline void rows_dot(const uint8_t* const* w, const XBlock* x, int64_t blocks, f
             const XBlock& xb = x[b];
             const uint8_t* wb = w[r] + b * B;
             const float d = half_to_float(load16(wb));
-            int sum = 0;
-            for (int j = 0; j < QK; ++j) sum += block_q<F>(wb, j) * xb.q[j];
-            acc += d * xb.d * static_cast<float>(sum);
+            acc += d * xb.d * static_cast<float>(block_sum<F>(wb, xb.q));
             if constexpr (FORMATS[F].offset != 0.0f || FORMATS[F].has_min) offset[r] += block_offset<F>(wb, d) * xb.s;
         }
         dots[r] = acc + offset[r];

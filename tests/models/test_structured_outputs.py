@@ -76,8 +76,9 @@ def test_regex_choice_and_grammar(llm):
     out = llm.chat(ask, SamplingParams(n=4, temperature=1.0, max_tokens=5, seed=2,
                                        structured_outputs={"choice": ["yes", "no"]}), use_tqdm=False)
     assert all(c.text in ("yes", "no") for c in out[0].outputs)
-    grammar = ('root ::= expr\nexpr ::= term (("+" | "-") term)*\nterm ::= num ("*" num)*\n'
-               'num ::= [1-9] [0-9]? | "(" expr ")"')
+    # up to three terms, so that every answer ends (an unbounded one: the model writes "+4+4+4..." on)
+    grammar = ('root ::= term | term op term | term op term op term\nop ::= "+" | "-" | "*"\n'
+               'term ::= num | "(" num op num ")"\nnum ::= [1-9] [0-9]?')
     ask = [{"role": "user", "content": "Write an arithmetic expression."}]
     out = llm.chat(ask, SamplingParams(n=4, temperature=1.0, max_tokens=60, seed=3,
                                        structured_outputs={"grammar": grammar}), use_tqdm=False)
