@@ -6,7 +6,9 @@
     await end_requests(app, "...")       # end every open request with an error (a server stopping)
 
 Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (both
-streamed as server-sent events with `"stream": true`), `GET /health`, `GET /metrics`.
+streamed as server-sent events with `"stream": true`; chat with tools, protocol.py and
+tool_calls.py), `POST /v1/responses` (OpenAI's Responses API, run as the chat request it
+amounts to: responses_api.py), `GET /health`, `GET /metrics`.
 With `api_key`, the /v1 routes need `Authorization: Bearer <api_key>`.
 
 Notes:
@@ -55,7 +57,8 @@ from .. import __version__
 from ..errors import EmberError, InputError
 from ..llm import AsyncLLM, RequestOutput, SamplingParams, _chat_prompt
 from .metrics import ServerMetrics
-from .protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
+from . import responses_api
+from .protocol import APIError, ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse
 from .responses import ChatFormat, CompletionFormat, Cursor, TokenText, usage
 from .tool_calls import PARSERS, ToolCalling, hermes_history, parser_for_template
 
@@ -119,6 +122,10 @@ def create_app(llm: AsyncLLM, model_name: str, *, api_key: str | None = None, ma
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         return await server.chat_completions(request)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        return await server.responses(request)
 
     return app
 
@@ -234,6 +241,47 @@ class _Server:
     async def chat_completions(self, request: Request):
         self.authorize(request)
         body = parse(ChatCompletionRequest, await request.body())
+        ids, params, tools, num_logprobs = await self._chat(body)
+        fmt = ChatFormat(self.token_text, num_logprobs, tools)
+        return await self._respond(request, fmt, [ids], params, bool(body.stream), body.include_usage)
+
+    async def responses(self, request: Request):
+        """/v1/responses: run as the chat request it amounts to; errors name its own fields."""
+        self.authorize(request)
+        body = parse(ResponsesRequest, await request.body())
+        try:
+            chat = body.as_chat()
+            ids, params, tools, _ = await self._chat(chat)
+        except APIError as e:
+            raise responses_api.renamed(e) from None
+        release = self.admit(params.n)
+        fmt = responses_api.ResponseFormat(body, self.model_name, tools, len(ids))
+        outputs = self._outputs(fmt.id, [ids], params)
+        if body.stream:
+            return _EventStream(self._response_events(fmt, outputs), on_close=release)
+        finals = await self._finals(request, outputs, 1, release)
+        if finals is None:  # the client went away: its requests are aborted; nobody reads this
+            return Response(status_code=499)
+        return JSONResponse(fmt.response(finals[0]))
+
+    async def _response_events(self, fmt, outputs) -> AsyncIterator[str]:
+        try:
+            for event in fmt.opening():
+                yield _named_event(event)
+            async with aclosing(outputs):
+                async for _, out in outputs:
+                    for event in fmt.advance(out):
+                        yield _named_event(event)
+        except ServerStopping as e:
+            yield _named_event(fmt.failed(_stopping_error(e)))
+        except InputError as e:
+            yield _named_event(fmt.failed(APIError(400, str(e))))
+        except EmberError as e:
+            yield _named_event(fmt.failed(self._model_error(e)))
+
+    async def _chat(self, body: ChatCompletionRequest):
+        """A chat request's prompt ids, sampling params (its grammar compiled), tool calling
+        and logprobs count; an APIError for what is wrong with it."""
         body.check_supported()
         self.check_model(body.model)
         conversation = body.conversation()
@@ -267,8 +315,7 @@ class _Server:
         if tools is not None and tools.keeps_special_tokens:
             params = dataclasses.replace(params, skip_special_tokens=False)
         await self.constrain(params, structured, param)
-        fmt = ChatFormat(self.token_text, num_logprobs, tools)
-        return await self._respond(request, fmt, [ids], params, bool(body.stream), body.include_usage)
+        return ids, params, tools, num_logprobs
 
     async def constrain(self, params: SamplingParams, structured, param: str | None) -> None:
         """Put `structured` (from the field `param`) on `params`, its grammar compiled now
@@ -291,8 +338,18 @@ class _Server:
         if stream:
             events = self._events(fmt, head, outputs, len(prompts), params.n, include_usage)
             return _EventStream(events, on_close=release)
+        finals = await self._finals(request, outputs, len(prompts), release)
+        if finals is None:  # the client went away: its requests are aborted; nobody reads this
+            return Response(status_code=499)
+        choices = [fmt.choice(i * params.n + c.index, c) for i, out in enumerate(finals) for c in out.outputs]
+        return JSONResponse({**head, "choices": choices, "usage": usage(finals)})
+
+    async def _finals(self, request: Request, outputs, num_prompts: int, release: Callable[[], None]
+                      ) -> list[RequestOutput] | None:
+        """Each prompt's final output (None if the client went away first); an APIError if
+        the requests failed. The request's room in the queue is given back either way."""
         try:
-            finals = await _unless_disconnected(request, _last_outputs(outputs, len(prompts)))
+            return await _unless_disconnected(request, _last_outputs(outputs, num_prompts))
         except ServerStopping as e:
             raise _stopping_error(e) from None
         except InputError as e:
@@ -301,10 +358,6 @@ class _Server:
             raise self._model_error(e) from None
         finally:
             release()
-        if finals is None:  # the client went away: its requests are aborted; nobody reads this
-            return Response(status_code=499)
-        choices = [fmt.choice(i * params.n + c.index, c) for i, out in enumerate(finals) for c in out.outputs]
-        return JSONResponse({**head, "choices": choices, "usage": usage(finals)})
 
     def _model_error(self, e: EmberError) -> APIError:
         """A request the model failed: 500, or 503 where the engine has stopped (a
@@ -396,6 +449,11 @@ def _sampling_params(body, max_tokens: int | None, logprobs: int | None) -> Samp
 
 def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _named_event(payload: dict) -> str:
+    """A Responses API event: `event: <type>` then its data."""
+    return f"event: {payload['type']}\n{_event(payload)}"
 
 
 async def _merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:

@@ -231,6 +231,107 @@ class ChatCompletionRequest(_SamplingBody):
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
 
+class ResponsesRequest(_Body):
+    """OpenAI's /v1/responses body, as far as ember serves it: `input` (text, or message,
+    function_call and function_call_output items), `instructions`, function `tools`,
+    `tool_choice`, `parallel_tool_calls`, `text.format` (text, json_object, json_schema),
+    `max_output_tokens`, sampling fields and `stream`. It runs as the chat request
+    `as_chat` makes of it."""
+
+    model: str | None = None
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    max_output_tokens: Annotated[int | None, Field(ge=1)] = None
+    temperature: Annotated[float | None, Field(ge=0, le=2)] = None
+    top_p: Annotated[float | None, Field(gt=0, le=1)] = None
+    seed: Annotated[int | None, _INT64] = None
+    stream: bool | None = None
+    previous_response_id: str | None = None
+
+    def as_chat(self) -> ChatCompletionRequest:
+        if self.previous_response_id is not None:
+            raise APIError(400, "'previous_response_id' is not supported: ember keeps no responses; send the "
+                           "conversation in 'input'", param="previous_response_id")
+        chat: dict[str, Any] = {"messages": self._messages()}
+        for name in ("model", "parallel_tool_calls", "temperature", "top_p", "seed", "stream"):
+            if getattr(self, name) is not None:
+                chat[name] = getattr(self, name)
+        if self.max_output_tokens is not None:
+            chat["max_completion_tokens"] = self.max_output_tokens
+        if self.tools is not None:
+            chat["tools"] = [self._tool(t, i) for i, t in enumerate(self.tools)]
+        if isinstance(self.tool_choice, dict) and self.tool_choice.get("type") == "function":
+            chat["tool_choice"] = {"type": "function", "function": {"name": self.tool_choice.get("name")}}
+        elif self.tool_choice is not None:
+            chat["tool_choice"] = self.tool_choice
+        fmt = (self.text or {}).get("format")
+        if fmt is not None:
+            if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+                raise APIError(400, "'text.format.type' must be text, json_object or json_schema",
+                               param="text.format.type")
+            if fmt["type"] == "json_schema":
+                if "schema" not in fmt:
+                    raise APIError(400, "'text.format.schema' is required for type json_schema",
+                                   param="text.format.schema")
+                chat["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": fmt.get("name", "output"), "schema": fmt["schema"], "strict": fmt.get("strict")}}
+            else:
+                chat["response_format"] = {"type": fmt["type"]}
+        try:
+            return ChatCompletionRequest.model_validate(chat)
+        except ValidationError as e:
+            raise _api_error(e.errors()[0]) from None
+
+    def _messages(self) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        if self.instructions:
+            messages.append({"role": "system", "content": self.instructions})
+        if isinstance(self.input, str):
+            return messages + [{"role": "user", "content": self.input}]
+        for i, item in enumerate(self.input):
+            kind = item.get("type", "message")
+            if kind == "message" and "role" in item:
+                role = {"developer": "system"}.get(item["role"], item["role"])
+                messages.append({"role": role, "content": _input_text(item.get("content"), i)})
+            elif kind == "function_call":
+                call = {"id": item.get("call_id"), "type": "function",
+                        "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")}}
+                if messages and messages[-1]["role"] == "assistant" and messages[-1].get("tool_calls"):
+                    messages[-1]["tool_calls"].append(call)
+                else:
+                    messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            elif kind == "function_call_output":
+                output = item.get("output")
+                messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
+                                 "content": output if isinstance(output, str) else json.dumps(output)})
+            else:
+                raise APIError(400, f"'input.{i}': items of type {kind!r} are not supported (message, function_call, "
+                               "function_call_output)", param=f"input.{i}")
+        return messages
+
+    @staticmethod
+    def _tool(tool: Any, i: int) -> dict[str, Any]:
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            raise APIError(400, f"'tools.{i}': only function tools are supported, got {kind!r}", param=f"tools.{i}")
+        function = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
+        return {"type": "function", "function": function}
+
+
+def _input_text(content: Any, i: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") in ("input_text", "output_text", "text")
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise APIError(400, f"'input.{i}.content' must be text or text parts (input_text, output_text)",
+                   param=f"input.{i}.content")
+
+
 def _json_arguments(text: str, i: int, j: int) -> Any:
     try:
         return json.loads(text)

@@ -422,8 +422,8 @@ def hermes_history(conversation: list[dict]) -> list[dict]:
     out = []
     for m in conversation:
         if m.get("role") == "assistant" and m.get("tool_calls"):
-            blocks = [f"<tool_call>\n{json.dumps({'name': c['function']['name'], 'arguments': c['function']['arguments']}, ensure_ascii=False)}\n</tool_call>"
-                      for c in m["tool_calls"]]
+            calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in m["tool_calls"]]
+            blocks = [f"<tool_call>\n{json.dumps(c, ensure_ascii=False)}\n</tool_call>" for c in calls]
             text = "\n".join(([m["content"]] if m.get("content") else []) + blocks)
             out.append({"role": "assistant", "content": text})
         elif m.get("role") == "tool":

@@ -61,22 +61,48 @@ class LiveServer:
         return {m[1]: float(m[2]) for m in re.finditer(r"^([^#\s][^\s]*) (\S+)$", text, flags=re.M)}
 
 
-@pytest.fixture(scope="session")
-def llm(tiny_llm_dir):  # noqa: F811
+def _llm(folder, engine):
     from ember import AsyncLLM
 
-    llm = AsyncLLM(tiny_llm_dir, **ENGINE)
-    yield llm
-    llm.shutdown()
+    llm = AsyncLLM(folder, **engine)
+    try:
+        yield llm
+    finally:
+        llm.shutdown()
+
+
+def _server(llm, name=MODEL):
+    from ember.serve import create_app
+
+    live = LiveServer(create_app(llm, name))
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="session")
+def llm(tiny_llm_dir):  # noqa: F811
+    yield from _llm(tiny_llm_dir, ENGINE)
 
 
 @pytest.fixture(scope="session")
 def server(llm):
-    from ember.serve import create_app
+    yield from _server(llm)
 
-    live = LiveServer(create_app(llm, MODEL))
-    yield live
-    live.stop()
+
+# with room for tool prompts (ember's tool system prompt alone is ~250 tokens)
+ROOMY = {**ENGINE, "max_model_len": 1024, "kv_cache_memory": 16 << 20}
+
+
+@pytest.fixture(scope="session")
+def roomy_llm(tiny_llm_dir):  # noqa: F811
+    yield from _llm(tiny_llm_dir, ROOMY)
+
+
+@pytest.fixture(scope="session")
+def roomy_server(roomy_llm):
+    yield from _server(roomy_llm)
 
 
 @pytest.fixture

@@ -227,30 +227,26 @@ def test_metrics_count_tokens_and_latency(server, client):
     assert server.metrics()["ember_prefix_cache_hits_total"] > after["ember_prefix_cache_hits_total"]
 
 
-def test_the_python_examples_in_docs_run(tiny_llm_dir, capsys):
+def test_the_python_examples_in_docs_run(roomy_llm, capsys):
     """docs/serve.md's python examples, in order, against a live server of the tiny model
-    (with room for the tool example's prompt: ember's tool system prompt is ~250 tokens)."""
+    (one with room for the tool example's prompt), serving it as the built-in model's name."""
     import re
     from pathlib import Path
 
-    from ember import AsyncLLM
-    from ember.serve import create_app
-
-    from .conftest import ENGINE, LiveServer
+    from .conftest import _server
 
     page = Path(__file__).resolve().parents[2] / "docs" / "serve.md"
     examples = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     assert len(examples) == 3
-    llm = AsyncLLM(tiny_llm_dir, **{**ENGINE, "max_model_len": 1024, "kv_cache_memory": 16 << 20})
-    live = LiveServer(create_app(llm, "SmolLM2-135M-Instruct"))
+    serving = _server(roomy_llm, "SmolLM2-135M-Instruct")
+    live = next(serving)
     namespace: dict = {}
     try:
         for i, example in enumerate(examples):
             exec(compile(example.replace("http://127.0.0.1:8000/v1", live.url), f"docs/serve.md example {i + 1}",
                          "exec"), namespace)
     finally:
-        live.stop()
-        llm.shutdown()
+        serving.close()
     out = capsys.readouterr().out
     assert "CompletionUsage(completion_tokens=16" in out
     assert re.search(r"^\d{3}-\d{4}$", out, flags=re.M) and "tool_calls=None" in out

@@ -12,26 +12,18 @@ import jsonschema
 import openai
 import pytest
 
-from .conftest import ENGINE, MODEL, LiveServer
+from .conftest import MODEL
 
 
 @pytest.fixture(scope="module")
-def llm(tiny_llm_dir):
-    """The tiny model with room for tool prompts (ember's tool system prompt alone is ~250 tokens)."""
-    from ember import AsyncLLM
-
-    llm = AsyncLLM(tiny_llm_dir, **{**ENGINE, "max_model_len": 1024, "kv_cache_memory": 16 << 20})
-    yield llm
-    llm.shutdown()
+def llm(roomy_llm):
+    return roomy_llm
 
 
 @pytest.fixture(scope="module")
-def server(llm):
-    from ember.serve import create_app
+def server(roomy_server):
+    return roomy_server
 
-    live = LiveServer(create_app(llm, MODEL))
-    yield live
-    live.stop()
 
 PERSON = {
     "type": "object",
@@ -262,3 +254,76 @@ def test_a_bad_schema_is_a_400_and_serving_goes_on(client):
     out = client.chat.completions.create(model=MODEL, messages=HI, temperature=1.0, max_tokens=190,
                                          response_format=schema_format(PERSON))
     jsonschema.validate(json.loads(out.choices[0].message.content), PERSON)
+
+
+# -- /v1/responses -------------------------------------------------------------------------------
+RESPONSE_TOOLS = [{"type": "function", "name": "get_weather", "description": "The weather in a city",
+                   "parameters": WEATHER["function"]["parameters"]}]
+
+
+def test_responses_text(client):
+    out = client.responses.create(model=MODEL, input="Hello!", instructions="Be brief.", max_output_tokens=8,
+                                  temperature=0)
+    assert out.object == "response" and out.id.startswith("resp_") and out.model == MODEL
+    assert out.status == "incomplete" and out.incomplete_details.reason == "max_output_tokens"
+    (item,) = out.output
+    assert item.type == "message" and item.role == "assistant" and out.output_text == item.content[0].text
+    assert out.usage.output_tokens == 8 and out.usage.input_tokens > 0
+
+
+def test_responses_json_schema_streamed_in_order(client):
+    fmt = {"format": {"type": "json_schema", "name": "person", "schema": PERSON, "strict": True}}
+    whole = client.responses.create(model=MODEL, input="A person.", text=fmt, temperature=1.0,
+                                    extra_body={"seed": 4}, max_output_tokens=200)
+    assert whole.status == "completed"
+    jsonschema.validate(json.loads(whole.output_text), PERSON)
+    events = list(client.responses.create(model=MODEL, input="A person.", text=fmt, temperature=1.0,
+                                          extra_body={"seed": 4}, max_output_tokens=200, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.completed"]
+    assert set(kinds[4:-4]) == {"response.output_text.delta"}
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == events[-4].text == whole.output_text
+    assert events[-1].response.output[0].content[0].text == text
+
+
+def test_responses_function_tools_round_trip(client):
+    kwargs = dict(model=MODEL, input=[{"role": "user", "content": "Weather in Paris?"}], tools=RESPONSE_TOOLS,
+                  tool_choice="required", parallel_tool_calls=False, temperature=1.0, extra_body={"seed": 2},
+                  max_output_tokens=200)
+    out = client.responses.create(**kwargs)
+    (call,) = out.output
+    assert call.type == "function_call" and call.name == "get_weather" and out.status == "completed"
+    jsonschema.validate(json.loads(call.arguments), WEATHER["function"]["parameters"])
+    events = list(client.responses.create(**kwargs, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.function_call_arguments.delta", "response.function_call_arguments.done",
+                     "response.output_item.done", "response.completed"]
+    assert events[4].arguments == call.arguments and events[5].item.name == "get_weather"
+    named = client.responses.create(**{**kwargs, "tool_choice": {"type": "function", "name": "get_weather"}})
+    assert [o.type for o in named.output] == ["function_call"]
+    follow = client.responses.create(model=MODEL, tools=RESPONSE_TOOLS, max_output_tokens=5, temperature=0, input=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18 C"}])
+    assert follow.usage.input_tokens > out.usage.input_tokens
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "strnig"}}}},
+     "text.format.schema"),
+    ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
+    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools.0"),
+    ({"input": [{"type": "reasoning"}]}, "input.0"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input.0.content"),
+    ({"input": "hi", "max_output_tokens": 5000}, "max_output_tokens"),
+])
+def test_responses_bad_requests_name_their_field(server, body, param):
+    status, answer = server.request("POST", "/v1/responses", body)
+    assert status == 400 and answer["error"]["param"] == param, answer
