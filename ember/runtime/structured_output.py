@@ -69,11 +69,6 @@ class Grammars:
         self._tokenizer_info = None
         self._cache: OrderedDict = OrderedDict()   # spec key -> its matcher at the start
 
-    @property
-    def words(self) -> int:
-        """int32 words in a row of the bitmask."""
-        return (self.vocab_size + 31) // 32
-
     def _tokenizer(self):
         with self._lock:
             if self._tokenizer_info is None:

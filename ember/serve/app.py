@@ -60,7 +60,7 @@ from .metrics import ServerMetrics
 from . import responses_api
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse
 from .responses import ChatFormat, CompletionFormat, Cursor, TokenText, usage
-from .tool_calls import PARSERS, ToolCalling, hermes_history, parser_for_template
+from .tool_calls import ToolCalling, check_parser, hermes_history, parser_for_template
 
 
 DEFAULT_MAX_TOKENS = 1024
@@ -73,8 +73,7 @@ def create_app(llm: AsyncLLM, model_name: str, *, api_key: str | None = None, ma
     request that sets no max_tokens (None: up to max_model_len, OpenAI's rule).
     `tool_call_parser` (one of tool_calls.PARSERS; None: the one the chat template's
     format needs) reads tool calls out of answers to requests with tools."""
-    if tool_call_parser is not None and tool_call_parser not in PARSERS:
-        raise InputError(f"unknown tool-call parser {tool_call_parser!r}; the parsers are {', '.join(PARSERS)}")
+    check_parser(tool_call_parser)
     server = _Server(llm, model_name, api_key, max_queue, default_max_tokens, tool_call_parser)
     app = FastAPI(title="ember", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
@@ -272,12 +271,8 @@ class _Server:
                 async for _, out in outputs:
                     for event in fmt.advance(out):
                         yield _named_event(event)
-        except ServerStopping as e:
-            yield _named_event(fmt.failed(_stopping_error(e)))
-        except InputError as e:
-            yield _named_event(fmt.failed(APIError(400, str(e))))
         except EmberError as e:
-            yield _named_event(fmt.failed(self._model_error(e)))
+            yield _named_event(fmt.failed(self._api_error(e)))
 
     async def _chat(self, body: ChatCompletionRequest):
         """A chat request's prompt ids, sampling params (its grammar compiled), tool calling
@@ -307,11 +302,12 @@ class _Server:
         num_logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = _sampling_params(body, max_tokens, num_logprobs)
         structured, param = body.structured()
-        if tools is not None and tools.constraint() is not None:
+        forced = tools.constraint() if tools is not None else None
+        if forced is not None:
             if structured is not None:
                 raise APIError(400, f"'tool_choice' {tools.choice!r} and '{param}' both constrain the output: give one",
                                param=param)
-            structured, param = tools.constraint(), "tools"
+            structured, param = forced, "tools"
         if tools is not None and tools.keeps_special_tokens:
             params = dataclasses.replace(params, skip_special_tokens=False)
         await self.constrain(params, structured, param)
@@ -350,14 +346,19 @@ class _Server:
         the requests failed. The request's room in the queue is given back either way."""
         try:
             return await _unless_disconnected(request, _last_outputs(outputs, num_prompts))
-        except ServerStopping as e:
-            raise _stopping_error(e) from None
-        except InputError as e:
-            raise APIError(400, str(e)) from None
         except EmberError as e:
-            raise self._model_error(e) from None
+            raise self._api_error(e) from None
         finally:
             release()
+
+    def _api_error(self, e: EmberError) -> APIError:
+        """OpenAI's error for a request that ended in `e`: 503 when the server is stopping,
+        400 for a bad request, else the model's failure (_model_error)."""
+        if isinstance(e, ServerStopping):
+            return _stopping_error(e)
+        if isinstance(e, InputError):
+            return APIError(400, str(e))
+        return self._model_error(e)
 
     def _model_error(self, e: EmberError) -> APIError:
         """A request the model failed: 500, or 503 where the engine has stopped (a
@@ -388,12 +389,8 @@ class _Server:
                             yield _event({**head, "choices": [choice], **extra})
             if include_usage:
                 yield _event({**head, "choices": [], "usage": usage(finals)})
-        except InputError as e:
-            yield _event(APIError(400, str(e)).body())
-        except ServerStopping as e:
-            yield _event(_stopping_error(e).body())
         except EmberError as e:
-            yield _event(self._model_error(e).body())
+            yield _event(self._api_error(e).body())
         yield "data: [DONE]\n\n"
 
     async def _outputs(self, response_id: str, prompts: list[list[int]],

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import uvicorn
 
-from ..errors import InputError
 from ..llm import AsyncLLM
 from .app import DEFAULT_MAX_TOKENS, create_app, end_requests
-from .tool_calls import PARSERS
+from .tool_calls import check_parser
 
 BUILTIN_NAME = "SmolLM2-135M-Instruct"
 # after end_requests, how long the ended requests get to send their error (then uvicorn
@@ -51,8 +50,7 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     (max_model_len, max_num_seqs, kv_cache_memory, target, ...)."""
     from .._builtin import default_llm
 
-    if tool_call_parser is not None and tool_call_parser not in PARSERS:  # before the model loads
-        raise InputError(f"unknown tool-call parser {tool_call_parser!r}; the parsers are {', '.join(PARSERS)}")
+    check_parser(tool_call_parser)  # before the model loads
     path = Path(model) if model is not None else default_llm()
     sock = bind(host, port)
     try:

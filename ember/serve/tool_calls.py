@@ -45,6 +45,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InputError
 from ..llm import StructuredOutputsParams
 from .protocol import APIError
 
@@ -285,6 +286,12 @@ PARSERS: dict[str, type[Reader]] = {"hermes": HermesReader, "llama3_json": Llama
                                     "mistral": MistralReader}
 
 
+def check_parser(name: str | None) -> None:
+    """InputError unless `name` is None (the template's format) or one of PARSERS."""
+    if name is not None and name not in PARSERS:
+        raise InputError(f"unknown tool-call parser {name!r}; the parsers are {', '.join(PARSERS)}")
+
+
 def parser_for_template(template: str | None) -> str | None:
     """The parser a chat template's tool-call format needs; None when the template knows
     no tools (ember then writes them into a system prompt, in Hermes' format)."""
@@ -318,7 +325,8 @@ class ToolCalling:
     def from_request(cls, tools: list | None, tool_choice: Any, parallel_tool_calls: bool | None, tokenizer,
                      parser: str | None = None) -> ToolCalling | None:
         """The request's tool calling (None without tools, or with tool_choice "none");
-        an APIError (400) naming the field for a malformed tool or choice."""
+        an APIError (400) naming the field for a malformed tool or choice. `parser`: the
+        server's (checked when it started: check_parser); None: the template's."""
         if tool_choice is None:
             tool_choice = "auto" if tools else "none"
         if isinstance(tool_choice, str):
@@ -344,8 +352,6 @@ class ToolCalling:
             return None
         template = getattr(tokenizer, "chat_template", None)
         template_parser = parser_for_template(template if isinstance(template, str) else None)
-        if parser is not None and parser not in PARSERS:
-            raise APIError(400, f"unknown tool-call parser {parser!r}; the parsers are {sorted(PARSERS)}")
         return cls(checked, tool_choice, parallel_tool_calls is not False, parser or template_parser or "hermes",
                    template_parser is not None)
 
