@@ -14,7 +14,10 @@
 //                  32512, never saturated (onnxruntime's AVX2 kernel multiplies A by B directly
 //                  and saturates pairs past 2^15: 255 x 127 x 2). The zero points come back as
 //                  acc = sum a'w + d_c sum a' + (shift_a - a_zero) (sum_k w + k d_c), d_c =
-//                  shift_b - b_zero, from each row's sum and each column's, in int32.
+//                  shift_b - b_zero, from each row's sum and each column's, in int32. Under VNNI
+//                  (vpdpbusd: unsigned x signed bytes, 4 products summed straight into int32, no
+//                  pair to saturate) a' = A - shift_a is uint8 instead (shift_a 0 for uint8 A, -128
+//                  for int8), multiplied by w as it is, and kind 1 takes any int8 B - shift.
 //   kind 0 (int16) B - b_zero as int16 (in [-255, 255]; for a B of uint8 with zeros, or int8 with
 //                  -128s): 2 rows x 16 columns in 64 bytes, A centered into int16 the same way, and
 //                  AVX2's madd (two int16 products summed into int32) multiplies them: half the
@@ -40,6 +43,19 @@
 #if defined(__AVX2__) && !defined(EMBER_IGEMM_SCALAR)  // (tests build it without, too)
 #include <immintrin.h>
 #define EMBER_IGEMM_AVX2 1
+// VNNI (vpdpbusd: 4 unsigned x signed 8-bit products summed into each int32 lane, exactly) runs
+// kind 1 directly, A made unsigned rather than split into sign and magnitude: a panel's 4 rows x
+// 16 columns are one AVX-512 register, or two of AVX-VNNI's 256 bits (tests build it without, too)
+#if !defined(EMBER_IGEMM_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define EMBER_IGEMM_VNNI 1
+#define EMBER_IGEMM_VNNI512 1
+#elif !defined(EMBER_IGEMM_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define EMBER_IGEMM_VNNI 1
+#define EMBER_IGEMM_DPBUSD _mm256_dpbusd_epi32
+#elif !defined(EMBER_IGEMM_NO_VNNI) && defined(__AVXVNNI__)
+#define EMBER_IGEMM_VNNI 1
+#define EMBER_IGEMM_DPBUSD _mm256_dpbusd_avx_epi32
+#endif
 #endif
 
 namespace {
@@ -51,6 +67,26 @@ constexpr int64_t HEADER = 64;  // bytes before a packed B's data: kind, k, n
 // the shift that makes an 8-bit value of type T an int8 (kind 1): 0 for int8, 128 for uint8
 template <typename T>
 constexpr int shift_of() { return std::is_signed<T>::value ? 0 : 128; }
+
+// kind 1's A is prepared as a' = A - a_shift: an int8 beside its magnitude where products go through
+// AVX2's maddubs (a_shift: shift_of), an uint8 under VNNI (a_shift: 0 for uint8, -128 for int8)
+template <typename T>
+constexpr int a_shift() {
+#if EMBER_IGEMM_VNNI
+    return std::is_signed<T>::value ? -128 : 0;
+#else
+    return shift_of<T>();
+#endif
+}
+
+// kind 1's bytes of A per 4 of k: a' (4 bytes) and, without VNNI, |a'| (4 more)
+#if EMBER_IGEMM_VNNI
+constexpr int A_BYTES = 4;
+constexpr int TILE_ROWS = 12;  // (kind 1's rows of A a tile: 12 accumulators of a 16-column panel)
+#else
+constexpr int A_BYTES = 8;
+constexpr int TILE_ROWS = 4;   // (8 accumulators, 2 weight vectors, 2 of A, ones, a temporary)
+#endif
 
 // A packed B's layout; its accessors take the packed bytes, read-only or (packing) writable.
 struct Packed {
@@ -96,9 +132,40 @@ void pack(const Packed& f, const T* b, int64_t stride, const T* zero, int64_t ze
 inline int32_t load32(const void* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
 
 // out [M][16] = the int32 sums of M prepared rows of A (a[m]) with a panel, kind 0: rows of int16
-// pairs; kind 1: per 4 of k, a' (4 int8) then |a'| (4 bytes)
+// pairs; kind 1: per 4 of k, a' (4 int8) then |a'| (4 bytes), or under VNNI a' (4 uint8)
 template <int KIND, int M>
 inline void tile(const char* const* a, const char* w, int64_t groups, int32_t (*out)[NR]) {
+#if EMBER_IGEMM_VNNI512
+    if constexpr (KIND == 1) {
+        __m512i acc[M];
+        for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_si512();
+        for (int64_t j = 0; j < groups; ++j) {
+            const __m512i v = _mm512_loadu_si512(w + j * 64);
+            for (int m = 0; m < M; ++m) acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_set1_epi32(load32(a[m] + 4 * j)), v);
+        }
+        for (int m = 0; m < M; ++m) _mm512_storeu_si512(out[m], acc[m]);
+        return;
+    }
+#elif EMBER_IGEMM_VNNI
+    if constexpr (KIND == 1) {
+        __m256i acc[M][2];
+        for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
+        for (int64_t j = 0; j < groups; ++j) {
+            const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * 64));
+            const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * 64 + 32));
+            for (int m = 0; m < M; ++m) {
+                const __m256i x = _mm256_set1_epi32(load32(a[m] + 4 * j));
+                acc[m][0] = EMBER_IGEMM_DPBUSD(acc[m][0], x, w0);
+                acc[m][1] = EMBER_IGEMM_DPBUSD(acc[m][1], x, w1);
+            }
+        }
+        for (int m = 0; m < M; ++m) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[m]), acc[m][0]);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[m] + 8), acc[m][1]);
+        }
+        return;
+    }
+#endif
 #if EMBER_IGEMM_AVX2
     __m256i acc[M][2];
     for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
@@ -133,8 +200,12 @@ inline void tile(const char* const* a, const char* w, int64_t groups, int32_t (*
                     const int16_t* v = reinterpret_cast<const int16_t*>(w + j * 64) + 2 * c;
                     acc[c] += static_cast<uint32_t>(x[0] * v[0] + x[1] * v[1]);
                 } else {
-                    const int8_t* x = reinterpret_cast<const int8_t*>(a[m]) + 8 * j;
                     const int8_t* v = reinterpret_cast<const int8_t*>(w + j * 64) + 4 * c;
+#if EMBER_IGEMM_VNNI
+                    const uint8_t* x = reinterpret_cast<const uint8_t*>(a[m]) + 4 * j;
+#else
+                    const int8_t* x = reinterpret_cast<const int8_t*>(a[m]) + 8 * j;
+#endif
                     for (int i = 0; i < 4; ++i) acc[c] += static_cast<uint32_t>(x[i] * v[i]);
                 }
             }
@@ -193,7 +264,7 @@ inline int element_bytes(int mode) { return mode <= 1 ? 4 : 1; }
 thread_local std::vector<char> prepared;      // A's rows, as the kind's tiles read them
 thread_local std::vector<int32_t> row_sums;   // kind 1: sum of each row's a'
 
-// row r of A prepared: kind 0 (A - a_zero) as int16; kind 1 a' = A - shift (int8) and |a'| per 4
+// row r of A prepared: kind 0 (A - a_zero) as int16; kind 1 a' = A - a_shift (and |a'|) per 4
 template <int KIND, typename T>
 void prepare_row(const T* a, int64_t k, int a_zero, int64_t groups, char* out, int32_t* sum) {
     if constexpr (KIND == 0) {
@@ -201,13 +272,13 @@ void prepare_row(const T* a, int64_t k, int a_zero, int64_t groups, char* out, i
         for (int64_t i = 0; i < k; ++i) o[i] = static_cast<int16_t>(static_cast<int>(a[i]) - a_zero);
         for (int64_t i = k; i < 2 * groups; ++i) o[i] = 0;
     } else {
-        constexpr int shift = shift_of<T>();
+        constexpr int shift = a_shift<T>();
         int32_t total = 0;
         for (int64_t j = 0; j < groups; ++j) {
             for (int i = 0; i < 4; ++i) {
                 const int v = 4 * j + i < k ? static_cast<int>(a[4 * j + i]) - shift : 0;
-                out[8 * j + i] = static_cast<char>(v);
-                out[8 * j + 4 + i] = static_cast<char>(static_cast<uint8_t>(v < 0 ? -v : v));
+                out[A_BYTES * j + i] = static_cast<char>(v);
+                if constexpr (A_BYTES == 8) out[8 * j + 4 + i] = static_cast<char>(static_cast<uint8_t>(v < 0 ? -v : v));
                 total += v;
             }
         }
@@ -215,11 +286,20 @@ void prepare_row(const T* a, int64_t k, int a_zero, int64_t groups, char* out, i
     }
 }
 
+// tile<KIND, mr> for a tile's mr rows (at most M)
+template <int KIND, int M>
+inline void tile_of(int mr, const char* const* a, const char* w, int64_t groups, int32_t (*out)[NR]) {
+    if constexpr (M > 1) {
+        if (mr < M) return tile_of<KIND, M - 1>(mr, a, w, groups, out);
+    }
+    tile<KIND, M>(a, w, groups, out);
+}
+
 template <int KIND, typename T>
 void run(const T* a, int64_t rows, int64_t a_stride, int a_zero, const Packed& f, const char* w, const Epilogue& e,
          char* y, int64_t y_stride, int threads) {
-    constexpr int MR = KIND ? 4 : 6;  // (kind 1: 8 accumulators, 2 weight vectors, 2 of A, ones, a temporary)
-    const int64_t groups = f.groups(), row = KIND ? 8 * groups : 4 * groups, n = f.n, panels = f.panels();
+    constexpr int MR = KIND ? TILE_ROWS : 6;
+    const int64_t groups = f.groups(), row = KIND ? A_BYTES * groups : 4 * groups, n = f.n, panels = f.panels();
     if (static_cast<int64_t>(prepared.size()) < rows * row) prepared.resize(rows * row);
     if (static_cast<int64_t>(row_sums.size()) < rows) row_sums.resize(rows);
     char* ap = prepared.data();
@@ -228,7 +308,7 @@ void run(const T* a, int64_t rows, int64_t a_stride, int a_zero, const Packed& f
     for (int64_t r = 0; r < rows; ++r) prepare_row<KIND>(a + r * a_stride, f.k, a_zero, groups, ap + r * row, sums + r);
     const int32_t* d = KIND ? f.d(w) : nullptr;
     const int32_t* ez = KIND ? f.e(w) : nullptr;
-    const uint32_t zero_term = static_cast<uint32_t>(shift_of<T>() - a_zero);
+    const uint32_t zero_term = static_cast<uint32_t>(a_shift<T>() - a_zero);
     const int64_t chunks = (rows + MCHUNK - 1) / MCHUNK, bytes = element_bytes(e.mode);
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1 && chunks * panels > 1)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
@@ -241,14 +321,7 @@ void run(const T* a, int64_t rows, int64_t a_stride, int a_zero, const Packed& f
                 const int mr = static_cast<int>(std::min<int64_t>(MR, end - m0));
                 const char* x[MR];
                 for (int m = 0; m < MR; ++m) x[m] = ap + (m0 + std::min(m, mr - 1)) * row;
-                switch (mr) {
-                    case 6: if constexpr (MR >= 6) tile<KIND, 6>(x, panel, groups, out); break;
-                    case 5: if constexpr (MR >= 5) tile<KIND, 5>(x, panel, groups, out); break;
-                    case 4: tile<KIND, 4>(x, panel, groups, out); break;
-                    case 3: tile<KIND, 3>(x, panel, groups, out); break;
-                    case 2: tile<KIND, 2>(x, panel, groups, out); break;
-                    default: tile<KIND, 1>(x, panel, groups, out); break;
-                }
+                tile_of<KIND, MR>(mr, x, panel, groups, out);
                 for (int m = 0; m < mr; ++m) {
                     if constexpr (KIND == 1) {  // the zero points' terms (uint32: wraps as int32 does)
                         const uint32_t s = static_cast<uint32_t>(sums[m0 + m]);
@@ -353,8 +426,26 @@ int ember_dynamic_quantize(const float* x, int64_t n, uint8_t* y, float* scale_o
 }
 
 
+// What the build runs, as flags: 1 AVX2 (0: the portable loops), 2 VNNI (kind 1's products in
+// vpdpbusd), 4 at AVX-512's width
 int64_t ember_igemm_simd() {
+    int64_t flags = 0;
 #if EMBER_IGEMM_AVX2
+    flags |= 1;
+#endif
+#if EMBER_IGEMM_VNNI
+    flags |= 2;
+#endif
+#if EMBER_IGEMM_VNNI512
+    flags |= 4;
+#endif
+    return flags;
+}
+
+// Whether kind 1 takes every int8 B - shift, -128 included (VNNI's products, unlike maddubs's pairs,
+// cannot saturate; and the portable loops' cannot either, but they share the AVX2 build's choice)
+int64_t ember_igemm_any_int8() {
+#if EMBER_IGEMM_VNNI
     return 1;
 #else
     return 0;
@@ -373,7 +464,7 @@ int64_t ember_igemm_packed_bytes(int64_t kind, int64_t k, int64_t n) {
 int ember_igemm_pack(int64_t kind, const void* b, int64_t b_signed, int64_t k, int64_t n, int64_t b_stride,
                      const void* zero, int64_t zero_count, void* out) {
     const Packed f{kind, k, n};
-    if (kind == 1) {
+    if (kind == 1 && !ember_igemm_any_int8()) {
         for (int64_t r = 0; r < k; ++r)
             for (int64_t c = 0; c < n; ++c) {
                 const int v = b_signed ? static_cast<const int8_t*>(b)[r * b_stride + c]

@@ -13,7 +13,7 @@
 // x is quantized first, once per call, to int8 in blocks of 32 as llama.cpp's q8_1 does (d = max|x| / 127,
 // q = round(x / d)), with each block's d and d * sum(q) kept: a block's dot product is then
 // d_w d_x sum(q_w q_x) + o_w d_x sum(q_x), o_w the weight's offset (-8 d, m, -16 d or 0), the integer
-// sum in exact 8-bit products (AVX2's maddubs). Four weight rows share each load of x's block; threads
+// sum in exact 8-bit products (AVX2's maddubs, or VNNI's dpbusd). Four weight rows share each load of x's block; threads
 // split the weight's rows, each row's blocks streamed from memory once per call whatever the rows of x.
 
 #include <algorithm>
@@ -25,6 +25,16 @@
 #if defined(__AVX2__) && defined(__FMA__) && !defined(EMBER_QGEMM_SCALAR)  // (tests build it without, too)
 #include <immintrin.h>
 #define EMBER_QGEMM_AVX2 1
+// VNNI's vpdpbusd sums 4 unsigned x signed 8-bit products into each int32 lane in one instruction
+// (AVX2's maddubs + madd take two, and pair sums in int16 between): the AVX-512 form on 256-bit
+// registers, else AVX-VNNI's. The same exact sums either way (tests build it without, too).
+#if !defined(EMBER_QGEMM_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define EMBER_QGEMM_VNNI 1
+#define EMBER_DPBUSD _mm256_dpbusd_epi32
+#elif !defined(EMBER_QGEMM_NO_VNNI) && defined(__AVXVNNI__)
+#define EMBER_QGEMM_VNNI 1
+#define EMBER_DPBUSD _mm256_dpbusd_avx_epi32
+#endif
 #endif
 
 namespace {
@@ -145,21 +155,30 @@ inline __m256i high_bits(const uint8_t* qh) {  // byte j: 0x10 where bit j of qh
     return _mm256_and_si256(_mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
 }
 
+// acc + each 32-bit lane's 4 products of u (unsigned bytes) and s (signed bytes), exactly: where
+// there is no VNNI, maddubs's int16 pair sums (at most 2 * 255 * 128 in magnitude: exact for the
+// callers', whose unsigned side is at most 127 or whose pairs stay inside int16) then madd by ones
+inline __m256i dot4(__m256i acc, __m256i u, __m256i s) {
+#if EMBER_QGEMM_VNNI
+    return EMBER_DPBUSD(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
 // sum over 8 lanes of q_w q_x products (int32, as float): q_w unsigned (4/5-bit), or signed (8-bit)
 template <int F>
 inline __m256 block_dot(const uint8_t* w, __m256i xq) {
     constexpr Format f = FORMATS[F];
-    __m256i p;
     if constexpr (f.eight_bit) {
         const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2));
-        p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xq, q));
+        return _mm256_cvtepi32_ps(dot4(_mm256_setzero_si256(), _mm256_sign_epi8(q, q), _mm256_sign_epi8(xq, q)));
     } else {
         const uint8_t* qs = w + 2 + 2 * f.has_min + 4 * f.high_bits;
         __m256i q = nibbles(qs);
         if constexpr (f.high_bits) q = _mm256_or_si256(q, high_bits(w + 2 + 2 * f.has_min));
-        p = _mm256_maddubs_epi16(q, xq);
+        return _mm256_cvtepi32_ps(dot4(_mm256_setzero_si256(), q, xq));
     }
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
 inline float hsum(__m256 v) {
@@ -416,17 +435,24 @@ void k_gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* w, in
     }
 }
 
-// -- eight rows interleaved -------------------------------------------------------------------------
-// `ember_qgemm_pack` lays q8_0, q4_0, q4_1, q5_0 and q5_1 weights out in groups of 8 rows (the last
-// padded with zero rows), block by block: the 8 rows' d (f16) in one 16-byte run, then (q4_1, q5_1)
-// their m, then (q5) their 32 high bits, row r at bytes 4r..4r+3, then their
-// quants in 32-byte chunks, chunk c holding 4 bytes of each row in turn (row r at bytes 4r..4r+3):
-// bytes 4c..4c+3 of the row's block (q4: elements 4c..4c+3 in the low nibbles, 16+4c.. in the high;
-// q8_0: elements 4c..4c+3). The same bytes as the rows' blocks, moved: a chunk times x's 4 elements
-// broadcast (maddubs) gives each row's partial sum in its own 32-bit lane, so the 8 rows' dots, their
-// scales and their offsets stay lanes of one register, with no horizontal sums.
+// -- rows interleaved -------------------------------------------------------------------------------
+// `ember_qgemm_pack` lays q8_0, q4_0, q4_1, q5_0 and q5_1 weights out in groups of GROUP rows (8, or 16
+// where the build has AVX-512's 16-lane registers; the last group padded with zero rows), block by
+// block: the group's d (f16) in one run, then (q4_1, q5_1) their m, then (q5) their 32 high bits, row
+// r at bytes 4r..4r+3, then their quants in chunks of 4 GROUP bytes, chunk c holding 4 bytes of each
+// row in turn (row r at bytes 4r..4r+3): bytes 4c..4c+3 of the row's block (q4: elements 4c..4c+3 in
+// the low nibbles, 16+4c.. in the high; q8_0: elements 4c..4c+3). The same bytes as the rows' blocks,
+// moved: a chunk times x's 4 elements broadcast (one dot4) gives each row's partial sum in its own
+// 32-bit lane, so the group's dots, their scales and their offsets stay lanes of one register, with
+// no horizontal sums. The layout is the build's own: packed at prepare, by the library that runs it.
 
+#if EMBER_QGEMM_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && !defined(EMBER_QGEMM_NO_AVX512)
+#define EMBER_QGEMM_AVX512 1
+constexpr int GROUP = 16;
+#else
 constexpr int GROUP = 8;
+#endif
+constexpr int CHUNK = 4 * GROUP;  // bytes of a chunk of quants
 
 inline bool packs(int f) { return f >= 0 && f <= 4; }
 
@@ -447,24 +473,95 @@ void pack(int f, const uint8_t* w, int64_t n, int64_t blocks, int64_t w_row_byte
             if (fm.high_bits) std::memcpy(dst + GROUP * scales + 4 * r, src + scales, 4);  // q5: high bits
             uint8_t* q = dst + GROUP * (scales + 4 * fm.high_bits);
             const uint8_t* qs = src + scales + 4 * fm.high_bits;
-            for (int c = 0; c < chunks; ++c) std::memcpy(q + 32 * c + 4 * r, qs + 4 * c, 4);
+            for (int c = 0; c < chunks; ++c) std::memcpy(q + CHUNK * c + 4 * r, qs + 4 * c, 4);
         }
     }
 }
 
 #if EMBER_QGEMM_AVX2
-inline __m256i broadcast4(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
-
+// A group's registers: VI (GROUP 32-bit lanes of integers, or 4 GROUP bytes) and VF (GROUP floats),
+// with the few operations the group's dots take, at the build's width. VDOT4: vdot4 is one
+// instruction (VNNI at that width), so nothing is summed in int16 first.
+#if EMBER_QGEMM_AVX512
+#if defined(__AVX512VNNI__) && !defined(EMBER_QGEMM_NO_VNNI)
+#define EMBER_QGEMM_VDOT4 1
+#endif
+using VI = __m512i;
+using VF = __m512;
+inline VI vload(const uint8_t* p) { return _mm512_loadu_si512(p); }
+inline VF vhalves(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline VI vbytes(int v) { return _mm512_set1_epi8(static_cast<char>(v)); }
+inline VI vzeroi() { return _mm512_setzero_si512(); }
+inline VI vbroadcast4(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return _mm512_set1_epi32(v); }
+inline VI vand(VI a, VI b) { return _mm512_and_si512(a, b); }
+inline VI vor(VI a, VI b) { return _mm512_or_si512(a, b); }
+inline VI vsub8(VI a, VI b) { return _mm512_sub_epi8(a, b); }
+inline VI vhigh4(VI v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), vbytes(0x0f)); }
+inline VI vabs8(VI v) { return _mm512_abs_epi8(v); }
+// s negated where v's byte is negative (where v's is 0, the caller's |v| makes the product 0)
+inline VI vsign8(VI s, VI v) { return _mm512_mask_sub_epi8(s, _mm512_movepi8_mask(v), _mm512_setzero_si512(), s); }
+inline VI vadd16(VI a, VI b) { return _mm512_add_epi16(a, b); }
+inline VI vmaddubs(VI u, VI s) { return _mm512_maddubs_epi16(u, s); }
+inline VI vpairs(VI a) { return _mm512_madd_epi16(a, _mm512_set1_epi16(1)); }
+inline VI vdot4(VI acc, VI u, VI s) {
+#if EMBER_QGEMM_VDOT4
+    return _mm512_dpbusd_epi32(acc, u, s);
+#else
+    return _mm512_add_epi32(acc, vpairs(vmaddubs(u, s)));
+#endif
+}
+inline VI vhigh_nibble_bits(VI qh, int shift) {  // (as high_nibble_bits below)
+    const VI bits = _mm512_and_si512(_mm512_srl_epi32(qh, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(0xf));
+    const VI spread = _mm512_and_si512(_mm512_mullo_epi32(bits, _mm512_set1_epi32(0x00204081)), _mm512_set1_epi32(0x01010101));
+    return _mm512_slli_epi32(spread, 4);
+}
+inline VF vcvt(VI a) { return _mm512_cvtepi32_ps(a); }
+inline VF vzerof() { return _mm512_setzero_ps(); }
+inline VF vset1(float v) { return _mm512_set1_ps(v); }
+inline VF vmul(VF a, VF b) { return _mm512_mul_ps(a, b); }
+inline VF vadd(VF a, VF b) { return _mm512_add_ps(a, b); }
+inline VF vfmadd(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
+inline VF vloadf(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstoref(float* p, VF v) { _mm512_storeu_ps(p, v); }
+#else
+#if EMBER_QGEMM_VNNI
+#define EMBER_QGEMM_VDOT4 1
+#endif
+using VI = __m256i;
+using VF = __m256;
+inline VI vload(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline VF vhalves(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline VI vbytes(int v) { return _mm256_set1_epi8(static_cast<char>(v)); }
+inline VI vzeroi() { return _mm256_setzero_si256(); }
+inline VI vbroadcast4(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
+inline VI vand(VI a, VI b) { return _mm256_and_si256(a, b); }
+inline VI vor(VI a, VI b) { return _mm256_or_si256(a, b); }
+inline VI vsub8(VI a, VI b) { return _mm256_sub_epi8(a, b); }
+inline VI vhigh4(VI v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), vbytes(0x0f)); }
+inline VI vabs8(VI v) { return _mm256_sign_epi8(v, v); }
+inline VI vsign8(VI s, VI v) { return _mm256_sign_epi8(s, v); }
+inline VI vadd16(VI a, VI b) { return _mm256_add_epi16(a, b); }
+inline VI vmaddubs(VI u, VI s) { return _mm256_maddubs_epi16(u, s); }
+inline VI vpairs(VI a) { return _mm256_madd_epi16(a, _mm256_set1_epi16(1)); }
+inline VI vdot4(VI acc, VI u, VI s) { return dot4(acc, u, s); }
 // q5: per 32-bit lane (a row), bits `shift`..`shift` + 3 of its high bits as 0x10 in bytes 0..3 (x
 // 0x00204081 moves bit i to bit 8i, no two bits landing on the same one)
-inline __m256i high_nibble_bits(__m256i qh, int shift) {
-    const __m256i bits = _mm256_and_si256(_mm256_srl_epi32(qh, _mm_cvtsi32_si128(shift)), _mm256_set1_epi32(0xf));
-    const __m256i spread = _mm256_and_si256(_mm256_mullo_epi32(bits, _mm256_set1_epi32(0x00204081)),
-                                            _mm256_set1_epi32(0x01010101));
+inline VI vhigh_nibble_bits(VI qh, int shift) {
+    const VI bits = _mm256_and_si256(_mm256_srl_epi32(qh, _mm_cvtsi32_si128(shift)), _mm256_set1_epi32(0xf));
+    const VI spread = _mm256_and_si256(_mm256_mullo_epi32(bits, _mm256_set1_epi32(0x00204081)), _mm256_set1_epi32(0x01010101));
     return _mm256_slli_epi32(spread, 4);
 }
+inline VF vcvt(VI a) { return _mm256_cvtepi32_ps(a); }
+inline VF vzerof() { return _mm256_setzero_ps(); }
+inline VF vset1(float v) { return _mm256_set1_ps(v); }
+inline VF vmul(VF a, VF b) { return _mm256_mul_ps(a, b); }
+inline VF vadd(VF a, VF b) { return _mm256_add_ps(a, b); }
+inline VF vfmadd(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
+inline VF vloadf(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstoref(float* p, VF v) { _mm256_storeu_ps(p, v); }
+#endif
 
-// the dots of NG groups of 8 rows (w[g]) with MR rows of x (x[m]: row m's blocks), into out[g][m][0..8):
+// the dots of NG groups of rows (w[g]) with MR rows of x (x[m]: row m's blocks), into out[g][m][0..GROUP):
 // each chunk of weights is loaded (and its nibbles unpacked) once for the MR rows, and NG groups far
 // apart in memory are read in step (a batch-1 GEMV: two streams per thread keep more of the memory's
 // bandwidth busy than one). A row's offsets (o_w d_x sum q_x) go into the same accumulator as its products.
@@ -473,80 +570,77 @@ inline void group_dot(const uint8_t* const* wg, const XBlock* const* x, int64_t 
     constexpr Format fm = FORMATS[F];
     constexpr int64_t gb = GROUP * fm.bytes;
     constexpr int scales = 2 + 2 * fm.has_min;
-    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0f);
-    __m256 acc[NG][MR];
+    const VI low = vbytes(0x0f);
+    VF acc[NG][MR];
     for (int g = 0; g < NG; ++g)
-        for (int m = 0; m < MR; ++m) acc[g][m] = _mm256_setzero_ps();
+        for (int m = 0; m < MR; ++m) acc[g][m] = vzerof();
     for (int64_t b = 0; b < blocks; ++b) {
         for (int g = 0; g < NG; ++g) {
             const uint8_t* w = wg[g] + b * gb;
-            const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+            const VF d = vhalves(w);
             const uint8_t* q = w + GROUP * (scales + 4 * fm.high_bits);
-            __m256i sums[MR];
-            for (int m = 0; m < MR; ++m) sums[m] = _mm256_setzero_si256();
+            VI sums[MR];
+            for (int m = 0; m < MR; ++m) sums[m] = vzeroi();
             if constexpr (fm.eight_bit) {
+                // |q| times x with q's sign: |q| at most 128, so maddubs's pairs stay inside int16
                 for (int c = 0; c < 8; ++c) {
-                    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
-                    const __m256i magnitude = _mm256_sign_epi8(v, v);
-                    for (int m = 0; m < MR; ++m) {
-                        const __m256i p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(x[m][b].q + 4 * c), v));
-                        sums[m] = _mm256_add_epi32(sums[m], _mm256_madd_epi16(p, ones));
-                    }
+                    const VI v = vload(q + CHUNK * c), magnitude = vabs8(v);
+                    for (int m = 0; m < MR; ++m)
+                        sums[m] = vdot4(sums[m], magnitude, vsign8(vbroadcast4(x[m][b].q + 4 * c), v));
                 }
             } else if constexpr (fm.high_bits) {
-                // 5-bit by 8-bit pairs: at most 2 * 2 * 31 * 127 < 2^15 a chunk, then to int32. q5_0's
-                // q - 16 is summed here, exactly (signed: |q - 16| times x signed like q - 16), not as
-                // a -16 d sum(x) term after: the two terms nearly cancel, and their float32 roundings
+                // q5_0's q - 16 is summed here, exactly (signed: |q - 16| times x signed like q - 16), not
+                // as a -16 d sum(x) term after: the two terms nearly cancel, and their float32 roundings
                 // would not
-                const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + GROUP * scales));
-                const __m256i sixteen = _mm256_set1_epi8(16);
+                const VI qh = vload(w + GROUP * scales);
                 for (int c = 0; c < 4; ++c) {
-                    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
-                    __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), high_nibble_bits(qh, 4 * c));
-                    __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low),
-                                                 high_nibble_bits(qh, 16 + 4 * c));
+                    const VI v = vload(q + CHUNK * c);
+                    VI lo = vor(vand(v, low), vhigh_nibble_bits(qh, 4 * c));
+                    VI hi = vor(vhigh4(v), vhigh_nibble_bits(qh, 16 + 4 * c));
                     if constexpr (!fm.has_min) {
-                        lo = _mm256_sub_epi8(lo, sixteen);
-                        hi = _mm256_sub_epi8(hi, sixteen);
+                        lo = vsub8(lo, vbytes(16));
+                        hi = vsub8(hi, vbytes(16));
                     }
                     for (int m = 0; m < MR; ++m) {
-                        const __m256i xl = broadcast4(x[m][b].q + 4 * c), xh = broadcast4(x[m][b].q + 16 + 4 * c);
-                        __m256i p;
-                        if constexpr (fm.has_min) {
-                            p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
-                        } else {
-                            p = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(xl, lo)),
-                                                 _mm256_maddubs_epi16(_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(xh, hi)));
-                        }
-                        sums[m] = _mm256_add_epi32(sums[m], _mm256_madd_epi16(p, ones));
+                        const VI xl = vbroadcast4(x[m][b].q + 4 * c), xh = vbroadcast4(x[m][b].q + 16 + 4 * c);
+                        if constexpr (fm.has_min)
+                            sums[m] = vdot4(vdot4(sums[m], lo, xl), hi, xh);
+                        else
+                            sums[m] = vdot4(vdot4(sums[m], vabs8(lo), vsign8(xl, lo)), vabs8(hi), vsign8(xh, hi));
                     }
                 }
             } else {
-                // 8 products of 4-bit by 8-bit pairs: at most 8 * 2 * 15 * 127 < 2^15, summed in int16
                 for (int c = 0; c < 4; ++c) {
-                    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * c));
-                    const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    const VI v = vload(q + CHUNK * c);
+                    const VI lo = vand(v, low), hi = vhigh4(v);
                     for (int m = 0; m < MR; ++m) {
-                        sums[m] = _mm256_add_epi16(sums[m], _mm256_maddubs_epi16(lo, broadcast4(x[m][b].q + 4 * c)));
-                        sums[m] = _mm256_add_epi16(sums[m], _mm256_maddubs_epi16(hi, broadcast4(x[m][b].q + 16 + 4 * c)));
+                        const VI xl = vbroadcast4(x[m][b].q + 4 * c), xh = vbroadcast4(x[m][b].q + 16 + 4 * c);
+#if EMBER_QGEMM_VDOT4
+                        sums[m] = vdot4(vdot4(sums[m], lo, xl), hi, xh);
+#else
+                        // 8 products of 4-bit by 8-bit pairs: at most 8 * 2 * 15 * 127 < 2^15, summed in int16
+                        sums[m] = vadd16(vadd16(sums[m], vmaddubs(lo, xl)), vmaddubs(hi, xh));
+#endif
                     }
                 }
-                for (int m = 0; m < MR; ++m) sums[m] = _mm256_madd_epi16(sums[m], ones);
+#if !EMBER_QGEMM_VDOT4
+                for (int m = 0; m < MR; ++m) sums[m] = vpairs(sums[m]);
+#endif
             }
+            VF offsets = d;  // (q4_1, q5_1: m; q4_0: d, times -8 below)
+            if constexpr (fm.has_min) offsets = vhalves(w + 2 * GROUP);
             for (int m = 0; m < MR; ++m) {
                 const XBlock& xb = x[m][b];
-                acc[g][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[m]), _mm256_mul_ps(d, _mm256_set1_ps(xb.d)), acc[g][m]);
-                if constexpr (fm.has_min) {
-                    const __m256 mins = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * GROUP)));
-                    acc[g][m] = _mm256_fmadd_ps(mins, _mm256_set1_ps(xb.s), acc[g][m]);
-                } else if constexpr (fm.offset != 0.0f && !fm.high_bits) {  // (q5_0's: in the sums)
-                    acc[g][m] = _mm256_fmadd_ps(d, _mm256_set1_ps(fm.offset * xb.s), acc[g][m]);
-                }
+                acc[g][m] = vfmadd(vcvt(sums[m]), vmul(d, vset1(xb.d)), acc[g][m]);
+                if constexpr (fm.has_min)
+                    acc[g][m] = vfmadd(offsets, vset1(xb.s), acc[g][m]);
+                else if constexpr (fm.offset != 0.0f && !fm.high_bits)  // (q5_0's: in the sums)
+                    acc[g][m] = vfmadd(offsets, vset1(fm.offset * xb.s), acc[g][m]);
             }
         }
     }
     for (int g = 0; g < NG; ++g)
-        for (int m = 0; m < MR; ++m) _mm256_storeu_ps(out[g * MR + m], acc[g][m]);
+        for (int m = 0; m < MR; ++m) vstoref(out[g * MR + m], acc[g][m]);
 }
 #else
 template <int F>
@@ -564,7 +658,7 @@ inline void group_dot_one(const uint8_t* w, const XBlock* x, int64_t blocks, flo
             int sum = 0;
             for (int c = 0; c < (fm.eight_bit ? 8 : 4); ++c) {
                 for (int i = 0; i < 4; ++i) {
-                    const uint8_t byte = q[32 * c + 4 * r + i];
+                    const uint8_t byte = q[CHUNK * c + 4 * r + i];
                     if (fm.eight_bit) {
                         sum += static_cast<int8_t>(byte) * xb.q[4 * c + i];
                     } else {
@@ -594,10 +688,10 @@ constexpr int64_t MCHUNK = 64;  // rows of x (2.8 KiB of int8 blocks a row at K 
 
 inline void store_group(const float* dots, int64_t first, int64_t count, const float* bias, float* out, int activation) {
 #if EMBER_QGEMM_AVX2
-    if (count == GROUP && activation == 0) {  // (the common case: 8 lanes, no epilogue but the bias)
-        __m256 v = _mm256_loadu_ps(dots);
-        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + first));
-        _mm256_storeu_ps(out, v);
+    if (count == GROUP && activation == 0) {  // (the common case: a whole group, no epilogue but the bias)
+        VF v = vloadf(dots);
+        if (bias) v = vadd(v, vloadf(bias + first));
+        vstoref(out, v);
         return;
     }
 #endif
@@ -694,12 +788,23 @@ thread_local std::vector<XBlock> x_blocks;
 
 extern "C" {
 
+// What the build runs, as flags: 1 AVX2 (0: the portable loops), 2 VNNI's 256-bit dot products, 4
+// AVX-512 groups of 16 interleaved rows, 8 the groups' dot products in one instruction (VNNI)
 int64_t ember_qgemm_simd() {
+    int64_t flags = 0;
 #if EMBER_QGEMM_AVX2
-    return 1;
-#else
-    return 0;
+    flags |= 1;
 #endif
+#if EMBER_QGEMM_VNNI
+    flags |= 2;
+#endif
+#if EMBER_QGEMM_AVX512
+    flags |= 4;
+#endif
+#if EMBER_QGEMM_VDOT4
+    flags |= 8;
+#endif
+    return flags;
 }
 
 // Bytes of `format`'s weight [n, k] packed by ember_qgemm_pack (0: the format is not packed; its rows

@@ -82,41 +82,61 @@ def test_layouts_by_the_weights_range():
     rng = np.random.default_rng(0)
     symmetric = rng.integers(-127, 128, (64, 16)).astype(np.int8)  # quantize_dynamic's int8 weights
     assert integer_gemm.kind(integer_gemm.pack(symmetric, None)) == "int8"
+    # a -128 (B - shift) saturates AVX2's pairs: int16 there; VNNI's products take it as int8
+    wide = "int8" if integer_gemm.any_int8() else "int16"
     with_min = symmetric.copy()
     with_min[3, 5] = -128
-    assert integer_gemm.kind(integer_gemm.pack(with_min, None)) == "int16"
+    assert integer_gemm.kind(integer_gemm.pack(with_min, None)) == wide
     u8 = rng.integers(1, 256, (64, 16)).astype(np.uint8)  # uint8: B - 128 in [-127, 127] without zeros
     assert integer_gemm.kind(integer_gemm.pack(u8, np.array([128], np.uint8))) == "int8"
     u8[0, 0] = 0
-    assert integer_gemm.kind(integer_gemm.pack(u8, np.array([128], np.uint8))) == "int16"
+    assert integer_gemm.kind(integer_gemm.pack(u8, np.array([128], np.uint8))) == wide
     assert integer_gemm.pack(u8, np.array([1, 2], np.uint8)) is None  # a zero point neither one nor per column
 
 
-def test_scalar_build_matches_simd_build():
+# the kernel's builds with a path turned off: what each runs depends on the host, which
+# ember_igemm_simd reports (1 AVX2, 2 VNNI, 4 at AVX-512's width)
+BUILDS = {"native": "", "no VNNI": "#define EMBER_IGEMM_NO_VNNI 1", "scalar": "#define EMBER_IGEMM_SCALAR 1"}
+
+
+@pytest.mark.parametrize("m", [1, 13, 30])
+def test_every_build_gives_the_same_sums(m):
+    """The portable loops, the AVX2 path and (where the host has it) VNNI's give the same exact
+    sums: both layouts, A uint8 and int8, B int8 and uint8 with zero points, a tile's rows and
+    their rest (VNNI's tiles are 12 rows)."""
     source = handwritten.KERNELS["integer_gemm"].source()
-    simd = ctypes.CDLL(str(cpu.build(source)))
-    scalar = ctypes.CDLL(str(cpu.build("#define EMBER_IGEMM_SCALAR 1\n" + source)))
-    assert simd.ember_igemm_simd() == 1 and scalar.ember_igemm_simd() == 0
-    rng = np.random.default_rng(1)
     P, I = ctypes.c_void_p, ctypes.c_int64
-    for lib in (simd, scalar):
+    libs = {}
+    for name, defines in BUILDS.items():
+        lib = ctypes.CDLL(str(cpu.build(f"{defines}\n{source}")))
+        lib.ember_igemm_simd.restype = I
         lib.ember_igemm_packed_bytes.argtypes, lib.ember_igemm_packed_bytes.restype = [I, I, I], I
         lib.ember_igemm_pack.argtypes, lib.ember_igemm_pack.restype = [I, P, I, I, I, I, P, I, P], ctypes.c_int
         lib.ember_igemm.argtypes = [P, I, I, I, I, I, P, I, I, P, I, P, I, P, P, I, I, I]
         lib.ember_igemm.restype = ctypes.c_int
+        libs[name] = lib
+    flags = {name: lib.ember_igemm_simd() for name, lib in libs.items()}
+    assert flags["scalar"] == 0 and flags["no VNNI"] & 0b110 == 0
+    rng = np.random.default_rng(m)
+    k, n = 45, 37
     for kind in (0, 1):
-        a, b = _ints(rng, np.uint8, (13, 45)), rng.integers(-127, 128, (45, 37)).astype(np.int8)
-        zero = np.array([3], np.int8)
-        outs = []
-        for lib in (simd, scalar):
-            packed = np.empty(lib.ember_igemm_packed_bytes(kind, 45, 37), np.uint8)
-            assert lib.ember_igemm_pack(kind, b.ctypes.data, 1, 45, 37, 37, zero.ctypes.data, 1, packed.ctypes.data) == 0
-            y = np.empty((13, 37), np.int32)
-            assert lib.ember_igemm(a.ctypes.data, 0, 13, 45, 45, 7, packed.ctypes.data, 37, 0, y.ctypes.data, 37,
-                                   None, 0, None, None, 0, 0, 2) == 0
-            outs.append(y)
-        np.testing.assert_array_equal(outs[0], outs[1])
-        np.testing.assert_array_equal(outs[0], integer_product(a, b, 7, zero))
+        for at, bt in [(np.uint8, np.int8), (np.int8, np.int8), (np.uint8, np.uint8), (np.int8, np.uint8)]:
+            a = _ints(rng, at, (m, k))
+            b = _ints(rng, bt, (k, n), avoid=-128 if bt == np.int8 else 0)  # (kind 1 on every build)
+            zero = _ints(rng, bt, (n,))
+            a_zero = int(_ints(rng, at, ()))
+            outs = {}
+            for name, lib in libs.items():
+                packed = np.empty(lib.ember_igemm_packed_bytes(kind, k, n), np.uint8)
+                assert lib.ember_igemm_pack(kind, b.ctypes.data, int(bt == np.int8), k, n, n, zero.ctypes.data, n,
+                                            packed.ctypes.data) == 0
+                y = np.empty((m, n), np.int32)
+                assert lib.ember_igemm(a.ctypes.data, int(at == np.int8), m, k, k, a_zero, packed.ctypes.data, n, 0,
+                                       y.ctypes.data, n, None, 0, None, None, 0, 0, 2) == 0
+                outs[name] = y
+            want = integer_product(a, b, a_zero, zero)
+            for name, y in outs.items():
+                np.testing.assert_array_equal(y, want, err_msg=f"{name}: kind {kind}, A {at}, B {bt}")
 
 
 def _model(path, op: str, a_type, b: np.ndarray, b_zero: np.ndarray | None, batch: bool):

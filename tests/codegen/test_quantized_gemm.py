@@ -12,6 +12,7 @@ where the kernel is absent. The reference (the dequantized weight times x in flo
 within the activations' rounding of all of them."""
 
 import ctypes
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,25 +161,39 @@ def test_chained_step_runs_from_c(fmt):
     np.testing.assert_allclose(got, emulate(np.maximum(x, 0), blocks, fmt, bias) + 1, atol=2e-5 * np.abs(got).max())
 
 
-def test_scalar_build_matches_simd_build():
-    """The kernel's portable loops (no AVX2) give what its AVX2 path gives, every format,
-    interleaved and plain rows."""
+AVX2 = all(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("avx2", "fma")) if Path(
+    "/proc/cpuinfo").exists() else False
+# the kernel's builds with a path turned off (cpu_quantized_gemm.cpp): what each one runs depends on
+# the host, which ember_qgemm_simd reports (1 AVX2, 2 VNNI, 4 AVX-512 groups of 16, 8 their VNNI)
+BUILDS = {"native": "", "no VNNI": "#define EMBER_QGEMM_NO_VNNI 1", "no AVX-512": "#define EMBER_QGEMM_NO_AVX512 1",
+          "AVX2 only": "#define EMBER_QGEMM_NO_VNNI 1\n#define EMBER_QGEMM_NO_AVX512 1",
+          "scalar": "#define EMBER_QGEMM_SCALAR 1"}
+
+
+@pytest.mark.parametrize("rows, n", [(3, 19), (1, 40), (9, 33)])
+def test_every_build_gives_the_same_sums(rows, n):
+    """The kernel's portable loops (no AVX2), its AVX2 path, and where the host has them its
+    VNNI dot products and AVX-512 groups of 16 rows give the same results, every format,
+    interleaved and plain rows (batch 1, tiles of 4 and their rest, a last group short)."""
     source = handwritten.KERNELS["quantized_gemm"].source()
-    simd = ctypes.CDLL(str(cpu.build(source)))
-    scalar = ctypes.CDLL(str(cpu.build("#define EMBER_QGEMM_SCALAR 1\n" + source)))
     P, I = ctypes.c_void_p, ctypes.c_int64
-    for lib in (simd, scalar):
+    libs = {}
+    for name, defines in BUILDS.items():
+        lib = ctypes.CDLL(str(cpu.build(f"{defines}\n{source}")))
         lib.ember_qgemm.argtypes = [I, P, I, I, I, P, I, I, P, P, I, I, I]
         lib.ember_qgemm_simd.restype = I
         lib.ember_qgemm_packed_bytes.argtypes, lib.ember_qgemm_packed_bytes.restype = [I, I, I], I
         lib.ember_qgemm_pack.argtypes = [I, P, I, I, I, P]
-    assert scalar.ember_qgemm_simd() == 0
+        libs[name] = lib
+    flags = {name: lib.ember_qgemm_simd() for name, lib in libs.items()}
+    assert flags["scalar"] == 0 and flags["AVX2 only"] & 0b1110 == 0 and flags["no VNNI"] & 0b1010 == 0
+    assert flags["no AVX-512"] & 0b100 == 0 and flags["native"] & 1 == AVX2
     for fmt in FORMATS.values():
-        k, n, rows = 5 * fmt.elements, 19, 3
+        k = 5 * fmt.elements
         x, blocks, bias = _inputs(fmt, rows, k, n, True, 2)
         for packed in (False, True):
-            results = []
-            for lib in (simd, scalar):
+            results = {}
+            for name, lib in libs.items():
                 w, row_bytes = blocks, blocks.shape[1]
                 if packed:
                     size = lib.ember_qgemm_packed_bytes(fmt.code, n, k)
@@ -189,11 +204,12 @@ def test_scalar_build_matches_simd_build():
                 y = np.empty((rows, n), np.float32)
                 assert lib.ember_qgemm(fmt.code, x.ctypes.data, rows, k, k, w.ctypes.data, n, row_bytes,
                                        bias.ctypes.data, y.ctypes.data, n, 0, 2) == 0
-                results.append(y)
+                results[name] = y
+            for name, y in results.items():
+                np.testing.assert_allclose(y, results["scalar"], rtol=1e-5, atol=1e-5 * np.abs(y).max(), err_msg=name)
             if results:
-                np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5 * np.abs(results[0]).max())
-                np.testing.assert_allclose(results[1], emulate(x, blocks, fmt, bias), rtol=0,
-                                           atol=2e-5 * np.abs(results[1]).max())
+                np.testing.assert_allclose(results["scalar"], emulate(x, blocks, fmt, bias), rtol=0,
+                                           atol=2e-5 * np.abs(results["scalar"]).max())
 
 
 def test_without_the_kernel_numpy_runs_the_dequantized_weight():

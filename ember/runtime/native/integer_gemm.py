@@ -1,8 +1,8 @@
 """The exact 8-bit integer GEMM (codegen's cpu_integer_gemm.cpp: ember/codegen/handwritten.py,
 "integer_gemm"), called through ctypes: (A - a_zero) . (B - b_zero) summed in int32, its
 result stored as int32, as float32 (times a scale, plus a bias) or requantized to 8 bits.
-B is packed once (`pack`), in int8 where B less its type's shift lies in [-127, 127], else
-in int16."""
+B is packed once (`pack`), in int8 where B less its type's shift lies in [-127, 127] (any
+int8 value under VNNI: `any_int8`), else in int16."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def pack(b: np.ndarray, zero: np.ndarray | None) -> np.ndarray | None:
               0 if z is None else z.size, out.ctypes.data) == 0:
             return out
     return None
+
+
+def any_int8() -> bool:
+    """Whether the kernel's int8 layout takes every int8 B - shift, -128 included (its build
+    multiplies with VNNI, whose products cannot saturate; AVX2's pairs can)."""
+    fn = function("integer_gemm", "ember_igemm_any_int8", [], _I)
+    return bool(fn is not None and fn())
 
 
 def kind(packed: np.ndarray) -> str:

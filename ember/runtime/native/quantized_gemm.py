@@ -1,7 +1,7 @@
 """The GEMM of a float32 x with a weight kept in llama.cpp's quantized blocks (codegen's
 cpu_quantized_gemm.cpp: ember/codegen/handwritten.py, "quantized_gemm"), called through
 ctypes: y = act(x W^T + bias), x quantized to int8 blocks once per call, each block's dot
-product in exact 8-bit integer products (AVX2) scaled back in float32."""
+product in exact 8-bit integer products (AVX2, VNNI where the CPU has it) scaled back in float32."""
 
 from __future__ import annotations
 
