@@ -46,15 +46,16 @@
 // VNNI (vpdpbusd: 4 unsigned x signed 8-bit products summed into each int32 lane, exactly) runs
 // kind 1 directly, A made unsigned rather than split into sign and magnitude: a panel's 4 rows x
 // 16 columns are one AVX-512 register, or two of AVX-VNNI's 256 bits (tests build it without, too)
-#if !defined(EMBER_IGEMM_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if !defined(EMBER_IGEMM_NO_VNNI) && !defined(EMBER_IGEMM_NO_AVX512) && defined(__AVX512VNNI__) && \
+    defined(__AVX512BW__)
 #define EMBER_IGEMM_VNNI 1
 #define EMBER_IGEMM_VNNI512 1
-#elif !defined(EMBER_IGEMM_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define EMBER_IGEMM_VNNI 1
-#define EMBER_IGEMM_DPBUSD _mm256_dpbusd_epi32
 #elif !defined(EMBER_IGEMM_NO_VNNI) && defined(__AVXVNNI__)
 #define EMBER_IGEMM_VNNI 1
 #define EMBER_IGEMM_DPBUSD _mm256_dpbusd_avx_epi32
+#elif !defined(EMBER_IGEMM_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define EMBER_IGEMM_VNNI 1
+#define EMBER_IGEMM_DPBUSD _mm256_dpbusd_epi32
 #endif
 #endif
 
@@ -80,12 +81,19 @@ constexpr int a_shift() {
 }
 
 // kind 1's bytes of A per 4 of k: a' (4 bytes) and, without VNNI, |a'| (4 more)
-#if EMBER_IGEMM_VNNI
+#if EMBER_IGEMM_VNNI512
 constexpr int A_BYTES = 4;
-constexpr int TILE_ROWS = 12;  // (kind 1's rows of A a tile: 12 accumulators of a 16-column panel)
+constexpr int TILE_ROWS = 8;   // (kind 1: a tile is 8 rows of A x 2 panels, 16 accumulators; a
+                               // broadcast of A serves 32 columns, a panel's load 8 rows)
+constexpr int TILE_PANELS = 2;
+#elif EMBER_IGEMM_VNNI
+constexpr int A_BYTES = 4;
+constexpr int TILE_ROWS = 6;   // (12 accumulators of a 16-column panel, 2 weight vectors, A's)
+constexpr int TILE_PANELS = 1;
 #else
 constexpr int A_BYTES = 8;
 constexpr int TILE_ROWS = 4;   // (8 accumulators, 2 weight vectors, 2 of A, ones, a temporary)
+constexpr int TILE_PANELS = 1;
 #endif
 
 // A packed B's layout; its accessors take the packed bytes, read-only or (packing) writable.
@@ -136,7 +144,7 @@ inline int32_t load32(const void* p) { int32_t v; std::memcpy(&v, p, 4); return 
 template <int KIND, int M>
 inline void tile(const char* const* a, const char* w, int64_t groups, int32_t (*out)[NR]) {
 #if EMBER_IGEMM_VNNI512
-    if constexpr (KIND == 1) {
+    if constexpr (KIND == 1) {  // (one panel: the last of an odd count)
         __m512i acc[M];
         for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_si512();
         for (int64_t j = 0; j < groups; ++j) {
@@ -235,6 +243,18 @@ inline F barrier(F v) {  // keeps a product rounded on its own (no fused multipl
 
 // row `acc` (columns c0..c0+count) of the result into y's row
 inline void store(const int32_t* acc, int64_t c0, int count, const Epilogue& e, char* y) {
+#if EMBER_IGEMM_AVX2
+    if (count == NR && e.mode == 1) {  // a whole panel's row in float32: 2 x 8 lanes, each op rounded
+        float* out = reinterpret_cast<float*>(y) + c0;
+        for (int h = 0; h < NR; h += 8) {
+            const __m256 scale = e.scale_count == 1 ? _mm256_set1_ps(e.scale[0]) : _mm256_loadu_ps(e.scale + c0 + h);
+            __m256 v = barrier(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + h))), scale));
+            if (e.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(e.bias + c0 + h));
+            _mm256_storeu_ps(out + h, v);
+        }
+        return;
+    }
+#endif
     switch (e.mode) {
         case 0:
             std::memcpy(reinterpret_cast<int32_t*>(y) + c0, acc, count * sizeof(int32_t));
@@ -286,13 +306,47 @@ void prepare_row(const T* a, int64_t k, int a_zero, int64_t groups, char* out, i
     }
 }
 
-// tile<KIND, mr> for a tile's mr rows (at most M)
-template <int KIND, int M>
-inline void tile_of(int mr, const char* const* a, const char* w, int64_t groups, int32_t (*out)[NR]) {
-    if constexpr (M > 1) {
-        if (mr < M) return tile_of<KIND, M - 1>(mr, a, w, groups, out);
+#if EMBER_IGEMM_VNNI512
+// kind 1, two panels (w, w + panel_bytes) at once: out [M][32]
+template <int M>
+inline void tile_pair(const char* const* a, const char* w, int64_t panel_bytes, int64_t groups, int32_t (*out)[2 * NR]) {
+    __m512i acc[M][2];
+    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_si512();
+    for (int64_t j = 0; j < groups; ++j) {
+        const __m512i v0 = _mm512_loadu_si512(w + j * 64), v1 = _mm512_loadu_si512(w + panel_bytes + j * 64);
+        for (int m = 0; m < M; ++m) {
+            const __m512i x = _mm512_set1_epi32(load32(a[m] + 4 * j));
+            acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], x, v0);
+            acc[m][1] = _mm512_dpbusd_epi32(acc[m][1], x, v1);
+        }
     }
-    tile<KIND, M>(a, w, groups, out);
+    for (int m = 0; m < M; ++m) {
+        _mm512_storeu_si512(out[m], acc[m][0]);
+        _mm512_storeu_si512(out[m] + NR, acc[m][1]);
+    }
+}
+#endif
+
+// the int32 sums of a tile's mr rows (at most M) of A with `panels` panels (1, or 2 where
+// TILE_PANELS is): out [M][TILE_PANELS * NR], panel q's columns from q * NR
+template <int KIND, int M>
+inline void tile_of(int mr, int panels, const char* const* a, const char* w, int64_t panel_bytes, int64_t groups,
+                    int32_t (*out)[TILE_PANELS * NR]) {
+    if constexpr (M > 1) {
+        if (mr < M) return tile_of<KIND, M - 1>(mr, panels, a, w, panel_bytes, groups, out);
+    }
+#if EMBER_IGEMM_VNNI512
+    if constexpr (KIND == 1) {
+        if (panels == 2) return tile_pair<M>(a, w, panel_bytes, groups, out);
+    }
+#endif
+    if constexpr (TILE_PANELS == 1) {
+        tile<KIND, M>(a, w, groups, out);
+    } else {  // one panel into the first NR columns of out's rows
+        int32_t one[M][NR];
+        tile<KIND, M>(a, w, groups, one);
+        for (int m = 0; m < M; ++m) std::memcpy(out[m], one[m], sizeof(one[m]));
+    }
 }
 
 template <int KIND, typename T>
@@ -310,27 +364,34 @@ void run(const T* a, int64_t rows, int64_t a_stride, int a_zero, const Packed& f
     const int32_t* ez = KIND ? f.e(w) : nullptr;
     const uint32_t zero_term = static_cast<uint32_t>(a_shift<T>() - a_zero);
     const int64_t chunks = (rows + MCHUNK - 1) / MCHUNK, bytes = element_bytes(e.mode);
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1 && chunks * panels > 1)
+    constexpr int PN = KIND ? TILE_PANELS : 1;  // panels a tile takes at once
+    const int64_t steps = (panels + PN - 1) / PN;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1 && chunks * steps > 1)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-        for (int64_t p = 0; p < panels; ++p) {
-            const char* panel = f.panel(w, p);
-            const int count = static_cast<int>(std::min<int64_t>(NR, n - p * NR));
+        for (int64_t step = 0; step < steps; ++step) {
+            const int64_t p0 = step * PN;
+            const int these = static_cast<int>(std::min<int64_t>(PN, panels - p0));
             const int64_t end = std::min(rows, (chunk + 1) * MCHUNK);
-            int32_t out[MR][NR];
+            int32_t out[MR][TILE_PANELS * NR];
             for (int64_t m0 = chunk * MCHUNK; m0 < end; m0 += MR) {
                 const int mr = static_cast<int>(std::min<int64_t>(MR, end - m0));
                 const char* x[MR];
                 for (int m = 0; m < MR; ++m) x[m] = ap + (m0 + std::min(m, mr - 1)) * row;
-                tile_of<KIND, MR>(mr, x, panel, groups, out);
-                for (int m = 0; m < mr; ++m) {
-                    if constexpr (KIND == 1) {  // the zero points' terms (uint32: wraps as int32 does)
-                        const uint32_t s = static_cast<uint32_t>(sums[m0 + m]);
-                        for (int c = 0; c < count; ++c)
-                            out[m][c] = static_cast<int32_t>(static_cast<uint32_t>(out[m][c]) +
-                                                             static_cast<uint32_t>(d[p * NR + c]) * s +
-                                                             zero_term * static_cast<uint32_t>(ez[p * NR + c]));
+                tile_of<KIND, MR>(mr, these, x, f.panel(w, p0), f.panel_bytes(), groups, out);
+                for (int q = 0; q < these; ++q) {
+                    const int64_t p = p0 + q;
+                    const int count = static_cast<int>(std::min<int64_t>(NR, n - p * NR));
+                    for (int m = 0; m < mr; ++m) {
+                        int32_t* o = out[m] + q * NR;
+                        if constexpr (KIND == 1) {  // the zero points' terms (uint32: wraps as int32 does)
+                            const uint32_t s = static_cast<uint32_t>(sums[m0 + m]);
+                            for (int c = 0; c < count; ++c)
+                                o[c] = static_cast<int32_t>(static_cast<uint32_t>(o[c]) +
+                                                            static_cast<uint32_t>(d[p * NR + c]) * s +
+                                                            zero_term * static_cast<uint32_t>(ez[p * NR + c]));
+                        }
+                        store(o, p * NR, count, e, y + (m0 + m) * y_stride * bytes);
                     }
-                    store(out[m], p * NR, count, e, y + (m0 + m) * y_stride * bytes);
                 }
             }
         }

@@ -28,12 +28,17 @@
 // VNNI's vpdpbusd sums 4 unsigned x signed 8-bit products into each int32 lane in one instruction
 // (AVX2's maddubs + madd take two, and pair sums in int16 between): the AVX-512 form on 256-bit
 // registers, else AVX-VNNI's. The same exact sums either way (tests build it without, too).
-#if !defined(EMBER_QGEMM_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+// (A build without AVX-512 takes AVX-VNNI's where the CPU has both: the tests then run each.)
+#if !defined(EMBER_QGEMM_NO_VNNI) && !defined(EMBER_QGEMM_NO_AVX512) && defined(__AVX512VNNI__) && \
+    defined(__AVX512VL__)
 #define EMBER_QGEMM_VNNI 1
 #define EMBER_DPBUSD _mm256_dpbusd_epi32
 #elif !defined(EMBER_QGEMM_NO_VNNI) && defined(__AVXVNNI__)
 #define EMBER_QGEMM_VNNI 1
 #define EMBER_DPBUSD _mm256_dpbusd_avx_epi32
+#elif !defined(EMBER_QGEMM_NO_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define EMBER_QGEMM_VNNI 1
+#define EMBER_DPBUSD _mm256_dpbusd_epi32
 #endif
 #endif
 

@@ -96,14 +96,16 @@ def test_layouts_by_the_weights_range():
 
 # the kernel's builds with a path turned off: what each runs depends on the host, which
 # ember_igemm_simd reports (1 AVX2, 2 VNNI, 4 at AVX-512's width)
-BUILDS = {"native": "", "no VNNI": "#define EMBER_IGEMM_NO_VNNI 1", "scalar": "#define EMBER_IGEMM_SCALAR 1"}
+BUILDS = {"native": "", "no VNNI": "#define EMBER_IGEMM_NO_VNNI 1", "no AVX-512": "#define EMBER_IGEMM_NO_AVX512 1",
+          "scalar": "#define EMBER_IGEMM_SCALAR 1"}
 
 
 @pytest.mark.parametrize("m", [1, 13, 30])
 def test_every_build_gives_the_same_sums(m):
-    """The portable loops, the AVX2 path and (where the host has it) VNNI's give the same exact
-    sums: both layouts, A uint8 and int8, B int8 and uint8 with zero points, a tile's rows and
-    their rest (VNNI's tiles are 12 rows)."""
+    """The portable loops, the AVX2 path and (where the host has them) VNNI's at 256 bits and
+    at AVX-512's width give the same exact sums: both layouts, A uint8 and int8, B int8 and
+    uint8 with zero points, a tile's rows and their rest (tiles of 4, 6 or 8 rows), panels
+    in pairs and one alone (AVX-512)."""
     source = handwritten.KERNELS["integer_gemm"].source()
     P, I = ctypes.c_void_p, ctypes.c_int64
     libs = {}
@@ -116,7 +118,7 @@ def test_every_build_gives_the_same_sums(m):
         lib.ember_igemm.restype = ctypes.c_int
         libs[name] = lib
     flags = {name: lib.ember_igemm_simd() for name, lib in libs.items()}
-    assert flags["scalar"] == 0 and flags["no VNNI"] & 0b110 == 0
+    assert flags["scalar"] == 0 and flags["no VNNI"] & 0b110 == 0 and flags["no AVX-512"] & 0b100 == 0
     rng = np.random.default_rng(m)
     k, n = 45, 37
     for kind in (0, 1):
