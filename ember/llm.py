@@ -44,6 +44,9 @@ from .runtime.sampler import Logprob  # noqa: F401 - with CompletionOutput: the 
 
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
 LLM_DTYPES = ("float32", "float16", "bfloat16")
+# a KV cache's element types beyond LLM_DTYPES, by the names they are asked for (vLLM's "fp8")
+KV_CACHE_FLOAT8 = {"fp8": "float8e4m3fn", "fp8_e4m3": "float8e4m3fn", "float8_e4m3fn": "float8e4m3fn",
+                   "float8e4m3fn": "float8e4m3fn"}
 LLM_QUANTIZATIONS = ("gguf", "none", *SCHEMES)  # compile_llm
 
 
@@ -132,8 +135,9 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "
     format: q8_0, q4_0, q4_1, q5_0, q5_1) quantizes the float weights into those blocks
     (the quantize_weights pass; the head stays float), on the cpu target in float32.
 
-    `kv_cache_dtype` (one of LLM_DTYPES; None or "auto": `dtype`) is the KV cache's element
-    type: each new key and value is rounded into it, attention reads it back in `dtype`.
+    `kv_cache_dtype` (one of LLM_DTYPES, or "fp8": float8 e4m3fn, on the cpu target; None or
+    "auto": `dtype`) is the KV cache's element type: each new key and value is rounded into it
+    (into fp8 saturated to +-448, unscaled), attention reads it back in `dtype`.
 
     `tensor_parallel` (rank, size): that rank's shard of the model (the shard_tensor_parallel
     pass, by the architecture's plan), its collectives meeting the other ranks'.
@@ -144,7 +148,7 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "
 
     if dtype not in LLM_DTYPES:
         raise InputError(f"dtype {dtype!r} is not one an LLM runs in; choose one of {', '.join(LLM_DTYPES)}")
-    cache_dtype = _cache_dtype(kv_cache_dtype, dtype)
+    cache_dtype = _cache_dtype(kv_cache_dtype, dtype, target)
     api.check_target(target)  # (before the weights load)
     path = Path(model)
     progress = sys.stderr.isatty() if progress is None else progress
@@ -177,13 +181,19 @@ def _sharding(pretrained, rank: int, size: int):
     return rank, size, plan(pretrained.config)
 
 
-def _cache_dtype(kv_cache_dtype: str | None, dtype: str) -> str:
-    """The KV cache's element type for the option `kv_cache_dtype` of a model in `dtype`."""
+def _cache_dtype(kv_cache_dtype: str | None, dtype: str, target: str = "cpu") -> str:
+    """The KV cache's element type (a DType's name) for the option `kv_cache_dtype` of a
+    model in `dtype` on `target`."""
     if kv_cache_dtype in (None, "auto"):
         return dtype
+    if kv_cache_dtype in KV_CACHE_FLOAT8:
+        if target != "cpu":
+            raise InputError(f"kv_cache_dtype {kv_cache_dtype!r} (float8 e4m3fn) runs on the cpu target only for now; "
+                             f"on {target} choose one of auto, {', '.join(LLM_DTYPES)}")
+        return KV_CACHE_FLOAT8[kv_cache_dtype]
     if kv_cache_dtype not in LLM_DTYPES:
         raise InputError(f"kv_cache_dtype {kv_cache_dtype!r} is not one ember keeps a KV cache in; choose one of "
-                         f"auto, {', '.join(LLM_DTYPES)}")
+                         f"auto, {', '.join(LLM_DTYPES)}, fp8")
     return kv_cache_dtype
 
 
@@ -215,7 +225,7 @@ def _load_artifact(path: Path, target: str, dtype: str | None, cache_dtype: str 
         raise InputError(f"{path} was compiled for target {compiled.target!r}, not {target!r}")
     if dtype is not None and llm_dtype(compiled) != dtype:
         raise InputError(f"{path} was compiled in {llm_dtype(compiled)}, not {dtype}: compile it again with --dtype {dtype}")
-    if cache_dtype not in (None, "auto") and kv_cache_dtype(compiled) != cache_dtype:
+    if cache_dtype not in (None, "auto") and kv_cache_dtype(compiled) != KV_CACHE_FLOAT8.get(cache_dtype, cache_dtype):
         raise InputError(f"{path} was compiled with a {kv_cache_dtype(compiled)} KV cache, not {cache_dtype}: compile "
                          f"it again with --kv-cache-dtype {cache_dtype}")
     if options.get("block_size", info.block_size) != info.block_size:

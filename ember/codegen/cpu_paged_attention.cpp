@@ -2,9 +2,9 @@
 // ember/codegen/handwritten.py
 // builds this file after ember's CPU prelude (ember_expf, the 16-bit float conversions) and
 // a definition of EMBER_PAGED_ELEMENT, the element type of q, k, v and y (F32, F16 or BF16), and
-// optionally of EMBER_PAGED_CACHE, the caches' (default: the same). A cache of another type
-// stores each new k and v rounded to its type (a float16 cache of a float32 model: half the
-// bytes each decode step reads).
+// optionally of EMBER_PAGED_CACHE, the caches' (default: the same; also F8E4M3, float8). A cache
+// of another type stores each new k and v rounded to its type (a float16 cache of a float32
+// model: half the bytes each decode step reads; float8, a quarter).
 //
 // One call: write the new tokens' k and v into the caches at their slots, then attend.
 // The attention is flash-attention's online softmax over the keys of each sequence, read
@@ -41,6 +41,7 @@
 #include <immintrin.h>
 #endif
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <vector>
 
@@ -126,6 +127,32 @@ struct BF16 {
   using T = std::uint16_t;
   EMBER_INLINE float load(T x) { return ember_bf2f(x); }
   EMBER_INLINE T store(float x) { return ember_f2bf(x); }
+};
+// float8 e4m3fn (a cache's type only): sign, 4 exponent bits (bias 7), 3 mantissa bits; no
+// infinities, 0x7f / 0xff NaN, largest finite 448. Read as the float16 of the same bits
+// shifted into place (exponent bias 15: every finite value, subnormals included, exactly 2^-8
+// of its own), times 256; stored rounded to nearest even and saturated to +-448, as ONNX's
+// Cast (saturate=1) and torch's conversion do.
+struct F8E4M3 {
+  using T = std::uint8_t;
+  EMBER_INLINE std::uint16_t half_bits(T x) {
+    return static_cast<std::uint16_t>(((x & 0x80) << 8) | ((x & 0x7f) << 7));
+  }
+  EMBER_INLINE float load(T x) { return ember_h2f(half_bits(x)) * 256.0f; }
+  EMBER_INLINE T store(float x) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    const T sign = static_cast<T>((bits >> 24) & 0x80);
+    const float a = std::fabs(x);
+    if (a != a) return sign | 0x7f;                        // NaN
+    if (a >= 448.0f) return sign | 0x7e;                   // saturated
+    if (a < 0.015625f)                                     // below 2^-6: subnormal steps of 2^-9
+      return sign | static_cast<T>(std::nearbyint(a * 512.0f));  // (8 steps: the smallest normal)
+    std::uint32_t r = (bits & 0x7fffffffu) - (120u << 23); // exponent rebiased (127 -> 7)
+    r += 0x7ffffu + ((r >> 20) & 1u);                      // round the 20 bits off to nearest even
+    r >>= 20;
+    return sign | static_cast<T>(r > 0x7e ? 0x7e : r);
+  }
 };
 
 // The call's arguments: P (pointers) and S (sizes), in the order paged_attention.py passes them.
@@ -313,6 +340,20 @@ EMBER_INLINE nvec nload_as(const typename E::T* p) {
 #if defined(__AVX512F__)
   } else if constexpr (std::is_same_v<E, F16> && VW == 16) {
     return as_nvec(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+  } else if constexpr (std::is_same_v<E, F8E4M3> && VW == 16) {  // (F8E4M3::half_bits, 16 at once)
+    const __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(x, _mm256_set1_epi16(0x80)), 8),
+                                      _mm256_slli_epi16(_mm256_and_si256(x, _mm256_set1_epi16(0x7f)), 7));
+    return as_nvec(_mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f)));
+#endif
+#if defined(__F16C__) && defined(__AVX2__)
+  } else if constexpr (std::is_same_v<E, F8E4M3> && VW == 8) {
+    std::int64_t bytes;
+    std::memcpy(&bytes, p, sizeof bytes);
+    const __m128i x = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(bytes));
+    const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x80)), 8),
+                                   _mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x7f)), 7));
+    return as_nvec(_mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f)));
 #endif
   } else {
     alignas(64) float x[VW];

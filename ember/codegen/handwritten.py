@@ -21,8 +21,8 @@ load builds nothing either.
     quantized_lstm       cpu_quantized_lstm.cpp: com.microsoft.DynamicQuantizeLSTM's step loop
     paged_attention-T    cpu_paged_attention.cpp for element type T (float32, float16,
                          bfloat16): ember.PagedAttention, and float32 attention of packed rows
-    paged_attention-T-C  the same with caches of another element type C (a float16 KV
-                         cache of a float32 model)
+    paged_attention-T-C  the same with caches of another element type C (a float16 or
+                         float8e4m3fn KV cache of a float32 model)
 
 and for the cuda target, Triton modules (written into the kernel cache, where the
 runtime imports them and takes their `EXTERNS`; Triton compiles them at first launch):
@@ -44,6 +44,7 @@ from . import cpu
 log = logging.getLogger("ember.codegen")
 
 PAGED_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # -> the kernel's element type
+CACHE_DTYPES = {**PAGED_DTYPES, "float8e4m3fn": "F8E4M3"}  # a KV cache's may also be float8 (e4m3fn)
 
 
 def paged_key(dtype: str, cache_dtype: str) -> str:
@@ -71,8 +72,8 @@ def paged_dtypes_used(program) -> list[str]:
         if step.name in ("attention", "paged_attention"):
             dtype = program.buffers[step.args[0]].dtype.name
             cache = program.buffers[step.args[3]].dtype.name if step.name == "paged_attention" else dtype
-            if dtype in PAGED_DTYPES and cache in PAGED_DTYPES and (step.name == "paged_attention"
-                                                                     or dtype == "float32"):
+            if dtype in PAGED_DTYPES and cache in CACHE_DTYPES and (step.name == "paged_attention"
+                                                                    or dtype == "float32"):
                 used.add(paged_key(dtype, cache))
         elif step.name == "control":
             for body in step.params.get("programs", ()):
@@ -118,7 +119,7 @@ def _paged(dtype: str, cache: str) -> HandWritten:
     key = paged_key(dtype, cache)
     header = f"#define EMBER_PAGED_ELEMENT {PAGED_DTYPES[dtype]}"
     if cache != dtype:
-        header += f"\n#define EMBER_PAGED_CACHE {PAGED_DTYPES[cache]}"
+        header += f"\n#define EMBER_PAGED_CACHE {CACHE_DTYPES[cache]}"
     return HandWritten(f"paged_attention-{key}", "cpu_paged_attention.cpp",
                        lambda program: key in paged_dtypes_used(program), prelude=True, header=header,
                        what=f"{dtype} paged-attention" + (f" over a {cache} cache" if cache != dtype else ""))
@@ -145,7 +146,7 @@ KERNELS: dict[str, HandWritten] = {k.name: k for k in [
                     "integer_matmul", "integer_conv", "dynamic_quantize"))),
     HandWritten("quantized_lstm", "cpu_quantized_lstm.cpp", what="DynamicQuantizeLSTM", instead="the reference",
                 used_by=lambda program: program_uses(program, lambda step: step.name == "quantized_lstm")),
-    *(_paged(dtype, cache) for dtype in PAGED_DTYPES for cache in PAGED_DTYPES),
+    *(_paged(dtype, cache) for dtype in PAGED_DTYPES for cache in CACHE_DTYPES),
     HandWritten("paged_attention-triton", "triton_paged_attention.py", renderer="triton",
                 what="Triton paged-attention", instead="torch's",
                 used_by=lambda program: program_uses(program, lambda step: step.name == "paged_attention")),

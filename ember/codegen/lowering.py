@@ -38,9 +38,10 @@ KERNEL_DTYPES = {DType.float32, DType.float64, DType.float16, DType.bfloat16, DT
                  DType.float8e4m3fn, DType.float8e4m3fnuz, DType.float8e5m2, DType.float8e5m2fnuz,
                  DType.float8e8m0, DType.float4e2m1, DType.int4, DType.uint4, DType.int2, DType.uint2}
 
-# dtypes externs take (the executor hands them torch views of the buffers)
+# dtypes externs take (the executor hands them torch views of the buffers; float8e4m3fn: a KV
+# cache's, which only ember.PagedAttention's lowering accepts)
 EXTERN_DTYPES = {DType.float32, DType.float64, DType.float16, DType.bfloat16, DType.int64, DType.int32, DType.int16,
-                 DType.int8, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool}
+                 DType.int8, DType.uint8, DType.uint16, DType.uint32, DType.uint64, DType.bool, DType.float8e4m3fn}
 
 
 @dataclass

@@ -124,13 +124,14 @@ _TORCH_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.in
 
 def tensor(a):
     """A torch view of a numpy array (None where torch has no such dtype, or for anything
-    else). bfloat16 (ml_dtypes' in numpy) is viewed through its bits. A read-only
+    else). bfloat16 and float8e4m3fn (ml_dtypes' in numpy) are viewed through their bits. A read-only
     array (a weight mapped from a file) is viewed without torch's warning: externs only
     read their inputs."""
     if not isinstance(a, np.ndarray):
         return None
-    if a.dtype.kind == "V" and a.dtype == _bfloat16():  # (ml_dtypes' kinds are V: no import for others)
-        return tensor(a.view(np.uint16)).view(torch.bfloat16)
+    if a.dtype.kind == "V":  # ml_dtypes' (bfloat16, float8...): viewed through their bits
+        bits = _ML_DTYPES.get(a.dtype.name)
+        return None if bits is None else tensor(a.view(bits[0])).view(getattr(torch, bits[1]))
     if a.dtype not in _TORCH_DTYPES:
         return None
     if a.flags.writeable:
@@ -150,12 +151,17 @@ def array(t) -> np.ndarray:
     """A numpy view of a torch tensor (an array as it is)."""
     if isinstance(t, np.ndarray):
         return t
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(_bfloat16())
+    for name, (bits, torch_name) in _ML_DTYPES.items():
+        if t.dtype == getattr(torch, torch_name):
+            return t.view(torch.int16 if np.dtype(bits).itemsize == 2 else torch.int8).numpy().view(_ml_dtype(name))
     return t.numpy()
 
 
-def _bfloat16():
-    from ..ir.dtypes import DType
+# ml_dtypes' types (numpy's names) that torch has: the unsigned integer of their bits, torch's name
+_ML_DTYPES = {"bfloat16": (np.uint16, "bfloat16"), "float8_e4m3fn": (np.uint8, "float8_e4m3fn")}
 
-    return DType.bfloat16.numpy
+
+def _ml_dtype(name: str):
+    import ml_dtypes
+
+    return np.dtype(getattr(ml_dtypes, name))

@@ -3,8 +3,8 @@
 over each sequence's blocks). Where that kernel cannot run — an element type it lacks, no
 C++ compiler, strided arrays, indices it rejects — torch's kernels do it instead: one
 scaled-dot-product attention per sequence over the keys its block table gathers. The
-caches may be of another float type than q, k, v and y (a float16 KV cache of a float32
-model): new rows are rounded into the cache's type, and read back as q's."""
+caches may be of another float type than q, k, v and y (a float16 or float8e4m3fn KV cache
+of a float32 model): new rows are rounded into the cache's type, and read back as q's."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from ._torch import F, torch
 from .native import paged_attention as kernel
 from .externs import extern, native
 
-_DTYPES = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16"}  # by str(dtype)
+_DTYPES = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16",
+           "torch.float8_e4m3fn": "float8e4m3fn"}  # by str(dtype): the kernel's element types (float8: caches')
 
 
 @extern("paged_attention")
@@ -57,7 +58,7 @@ def _fused(params, *arrays) -> bool:
     if q.dim() == 2 and q.shape[0] == 0 and y.numel() == 0:  # no new token: nothing to write or attend
         return True
     dtype, cache = _DTYPES.get(str(q.dtype)), _DTYPES.get(str(k_cache.dtype))
-    if dtype is None or cache is None:
+    if dtype is None or cache is None or dtype == "float8e4m3fn":
         return False
     dtype = kernel.key(dtype, cache)
     if (q.device.type != "cpu" or not kernel.available(dtype)
@@ -76,6 +77,7 @@ def _fused(params, *arrays) -> bool:
 
 
 _NUMPY = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}  # by numpy dtype name
+_NUMPY_CACHES = {**_NUMPY, "float8_e4m3fn": "float8e4m3fn"}
 
 
 @native("paged_attention")
@@ -88,7 +90,7 @@ def paged_attention_step(params, args):
 
     if any(a is None for a in args[:len(NAMES)]):
         return None
-    dtype, cache = _NUMPY.get(args[0][2].name), _NUMPY.get(args[3][2].name)
+    dtype, cache = _NUMPY.get(args[0][2].name), _NUMPY_CACHES.get(args[3][2].name)
     if (dtype is None or cache is None or any(a[2] != args[0][2] for a in (args[1], args[2], args[9]))
             or args[4][2] != args[3][2] or any(a[2].name != "int64" for a in args[5:9])):
         return None
@@ -111,6 +113,7 @@ def gathered(params, q, k, v, k_cache, v_cache, slot_mapping, block_tables, quer
     num_blocks, block_size, _, head_dim = k_cache.shape
     valid = slot_mapping >= 0
     slots = slot_mapping[valid]
+    # (torch's conversion to float8 saturates, as the reference's does)
     k_cache.view(num_blocks * block_size, kv_heads, -1)[slots] = k[valid].view(len(slots), kv_heads, -1).to(k_cache.dtype)
     v_cache.view(num_blocks * block_size, kv_heads, -1)[slots] = v[valid].view(len(slots), kv_heads, -1).to(v_cache.dtype)
     y.zero_()

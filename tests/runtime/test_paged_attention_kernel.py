@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler 
 def _kernels():
     """The extern is called here directly, not through a program that names its libraries."""
     install(*(f"paged_attention-{handwritten.paged_key(dtype, cache)}" for dtype in handwritten.PAGED_DTYPES
-              for cache in handwritten.PAGED_DTYPES))
+              for cache in handwritten.CACHE_DTYPES))
 
 
 @pytest.fixture
@@ -132,34 +132,74 @@ def test_every_vector_width_matches_the_reference(no_torch_path, width):
     """The kernel's register blocks follow the host's vector width (16 floats with AVX-512,
     8 with AVX2, 4 without): each width's build, run on this host, against the reference —
     decode (few_kernel's VW-key score sums), prefill tiles (rows_kernel), the head dims with
-    compiled-in loops and without."""
-    source = handwritten.KERNELS["paged_attention-float32"].source()
-    path = cpu.build(source.replace("#define EMBER_PAGED_ELEMENT", f"#define EMBER_PAGED_VW {width}\n"
-                                    "#define EMBER_PAGED_ELEMENT", 1))
-    assert ctypes.CDLL(str(path)).ember_paged_vector_width() == width
-    native.install({"paged_attention-float32": str(path)})
-    try:
-        rng = np.random.default_rng(width)
-        for d, dv, seqs in [(64, 64, [(40, 1), (0, 37), (17, 5), (90, 1)]), (32, 32, [(0, 70), (21, 2)]),
-                            (40, 72, [(30, 1), (33, 9)])]:
-            feeds = _batch(rng, seqs, 6, 2, d, 16, dv=dv, padding=1)
-            _check(feeds, 6, 2, window=0, scale=0.3)
-    finally:
-        install("paged_attention-float32")
+    compiled-in loops and without — with float32 caches and float8 ones (their loads
+    vectorized per width)."""
+    for key, cache in [("float32", None), ("float32-float8e4m3fn", FP8)]:
+        source = handwritten.KERNELS[f"paged_attention-{key}"].source()
+        path = cpu.build(source.replace("#define EMBER_PAGED_ELEMENT", f"#define EMBER_PAGED_VW {width}\n"
+                                        "#define EMBER_PAGED_ELEMENT", 1))
+        assert ctypes.CDLL(str(path)).ember_paged_vector_width() == width
+        native.install({f"paged_attention-{key}": str(path)})
+        try:
+            rng = np.random.default_rng(width)
+            for d, dv, seqs in [(64, 64, [(40, 1), (0, 37), (17, 5), (90, 1)]), (32, 32, [(0, 70), (21, 2)]),
+                                (40, 72, [(30, 1), (33, 9)])]:
+                feeds = _batch(rng, seqs, 6, 2, d, 16, dv=dv, padding=1, cache_dtype=cache)
+                _check(feeds, 6, 2, window=0, scale=0.3)
+        finally:
+            install(f"paged_attention-{key}")
+
+
+FP8 = ml_dtypes.float8_e4m3fn
 
 
 @pytest.mark.parametrize("dtype, cache_dtype", [(np.float32, np.float16), (np.float32, ml_dtypes.bfloat16),
-                                                (ml_dtypes.bfloat16, np.float16), (np.float16, np.float32)])
+                                                (ml_dtypes.bfloat16, np.float16), (np.float16, np.float32),
+                                                (np.float32, FP8), (np.float16, FP8), (ml_dtypes.bfloat16, FP8)])
 def test_caches_of_another_type(no_torch_path, dtype, cache_dtype):
-    """A KV cache of its own element type (a float16 cache of a float32 model): new rows
-    rounded into it as the reference rounds them (the caches after the write equal bit for
-    bit), keys and values read back and computed in float32 — decode, prefill tiles and a
-    chunk after cached context, head dims with compiled-in loops and without."""
+    """A KV cache of its own element type (a float16 or float8 cache of a float32 model):
+    new rows rounded into it as the reference rounds them (the caches after the write equal
+    bit for bit), keys and values read back and computed in float32 — decode, prefill tiles
+    and a chunk after cached context, head dims with compiled-in loops and without."""
     rng = np.random.default_rng(5)
     for d, seqs in [(64, [(40, 1), (0, 37), (17, 5), (90, 1)]), (24, [(30, 1), (33, 9)])]:
         feeds = _batch(rng, seqs, 6, 2, d, 16, padding=1, dtype=dtype, cache_dtype=cache_dtype)
         tol = 1e-5 if dtype == np.float32 else 1e-2
         _check(feeds, 6, 2, rtol=tol, atol=tol)
+
+
+# float8 e4m3fn's edges: zeros, the subnormal steps (2^-9) and their ties, the smallest normal
+# (2^-6) and the ties around it, mantissa ties at every exponent, what carries into the next
+# exponent, the largest finite value and past it (saturated), NaN
+_EDGES = np.array([0.0, -0.0, 2.0 ** -10, 2.0 ** -9, 1.5 * 2 ** -9, 2.5 * 2 ** -9, 7.5 * 2 ** -9, 2.0 ** -6,
+                   1.0625 * 2 ** -6, 1.1875 * 2 ** -6, 0.3, 1.0, 1.0625, 1.1875, 1.9375, 1.97, 3.14159, 17.5, 240.0,
+                   416.0, 432.0, 440.0, 448.0, 455.0, 463.9, 464.0, 480.0, 1000.0, 1e30, np.inf, np.nan], np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_float8_caches_round_and_saturate_as_torch_does(no_torch_path, dtype):
+    """A float8 cache's stores at its edges: rounded to nearest even, saturated to +-448 as
+    torch's conversion (and ONNX's Cast, saturate=1) does — the kernel's cache bytes equal
+    torch's, and the reference's (numpy, saturated first); read back exactly."""
+    with np.errstate(over="ignore"):  # (float16 has no 1e30: inf there)
+        values = np.concatenate([_EDGES, -_EDGES]).astype(dtype)
+    finite = values[np.isfinite(values)]
+    rows = len(finite) // 8 * 8
+    d, kv_heads = 8, 1
+    rng = np.random.default_rng(3)
+    feeds = _batch(rng, [(0, rows // d)], 1, kv_heads, d, 4, dtype=dtype, cache_dtype=FP8)
+    feeds["k"] = finite[:rows].reshape(rows // d, d).copy()
+    feeds["v"] = finite[:rows][::-1].reshape(rows // d, d).copy()
+    ref = {n: a.copy() for n, a in feeds.items()}
+    paged_attention(*(ref[n] for n in INPUTS), num_heads=1, kv_num_heads=1, scale=0.0, sliding_window=0)
+    _run_extern(feeds, 1, kv_heads)
+    slots = feeds["slot_mapping"]
+    stored = feeds["k_cache"].reshape(-1, d)[slots]
+    want = torch.from_numpy(feeds["k"].astype(np.float32)).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+    np.testing.assert_array_equal(stored.view(np.uint8), want)
+    for name in ("k_cache", "v_cache"):
+        np.testing.assert_array_equal(feeds[name].view(np.uint8), ref[name].view(np.uint8))
+    assert {448.0, -448.0} <= set(stored.astype(np.float32).ravel().tolist())  # (the saturated ones)
 
 
 def test_results_do_not_depend_on_the_thread_count(no_torch_path):

@@ -54,8 +54,20 @@ def write_cache(k, v, k_cache, v_cache, slot_mapping) -> None:
     slots = slot_mapping[valid]
     k_flat = k_cache.reshape(num_blocks * block_size, kv_heads, -1)
     v_flat = v_cache.reshape(num_blocks * block_size, kv_heads, -1)
-    k_flat[slots] = k[valid].reshape(len(slots), kv_heads, k_cache.shape[3])  # explicit dims: no slot may be valid
-    v_flat[slots] = v[valid].reshape(len(slots), kv_heads, v_cache.shape[3])
+    k_flat[slots] = _into(k_cache, k[valid]).reshape(len(slots), kv_heads, k_cache.shape[3])  # explicit dims: no slot may be valid
+    v_flat[slots] = _into(v_cache, v[valid]).reshape(len(slots), kv_heads, v_cache.shape[3])
+
+
+FLOAT8_MAX = 448.0  # float8e4m3fn's largest finite value
+
+
+def _into(cache, x):
+    """x as the cache stores it: rounded to the cache's type on assignment, and into a
+    float8e4m3fn cache first saturated to its finite range (as ONNX's Cast with saturate=1
+    and torch's conversion do; ml_dtypes' cast alone makes NaN of what lies past it)."""
+    if cache.dtype == DType.float8e4m3fn.numpy:
+        return np.clip(x.astype(np.float32), -FLOAT8_MAX, FLOAT8_MAX)
+    return x
 
 
 def paged_attention(q, k, v, k_cache, v_cache, slot_mapping, block_tables, query_start_loc, seq_lens, *,
@@ -127,10 +139,12 @@ register_op(OpDef(
 
 
 def _lower(ctx, node, ins):
-    # (on the cpu target too, float16 and bfloat16: its paged-attention kernel takes them)
+    # (on the cpu target too, float16 and bfloat16: its paged-attention kernel takes them, and
+    # caches of float8e4m3fn)
     floats = ctx.extern_floats | HALF_FLOATS
+    caches = floats | {DType.float8e4m3fn}
     if (ins[0].dtype not in floats or any(r.dtype is not ins[0].dtype for r in ins[1:3])
-            or ins[3].dtype not in floats or ins[4].dtype is not ins[3].dtype
+            or ins[3].dtype not in caches or ins[4].dtype is not ins[3].dtype
             or any(r.dtype is not DType.int64 for r in ins[5:])):
         raise NotLowerable("q, k, v or the caches not float (or k, v not q's type, or the caches not of one type), "
                            "or index inputs not int64")
