@@ -117,8 +117,8 @@ class Grammars:
 
     def fill(self, states: Sequence[GrammarState]) -> torch.Tensor:
         """The next-token bitmask of each state (int32 [len(states), words]), one after the
-        other on the calling thread (the engine's mask worker; llguidance drops the GIL
-        while it computes). Not llguidance's parallel fill: its pool's idle threads spin,
+        other on the calling thread (the engine's mask worker, or its own where no core is
+        free for one; llguidance drops the GIL while it computes). Not llguidance's parallel fill: its pool's idle threads spin,
         taking cores the model's threads need (~20 us a mask: 64 take ~1.3 ms)."""
         import llguidance.torch as lt
 

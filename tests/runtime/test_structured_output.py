@@ -1,6 +1,7 @@
 """Structured outputs in the engine (offline `LLM`, tiny random Llama with SmolLM2's
 tokenizer): every sample of a random model follows its grammar, with n > 1, beside plain
-requests, through preemption; masks are computed on the mask worker while the model runs;
+requests, through preemption; masks are computed on the mask worker while the model runs,
+or first on the engine's thread where no core is free for the worker;
 grammars are compiled once; a spec the engine cannot take is an InputError before anything
 is queued."""
 
@@ -32,7 +33,11 @@ def constrained(spec, **kwargs):
     return SamplingParams(**{"temperature": 1.0, "max_tokens": 60, "structured_outputs": spec, **kwargs})
 
 
-def test_samples_follow_their_grammar_beside_plain_requests(llm):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_samples_follow_their_grammar_beside_plain_requests(llm, overlap):
+    """With the masks computed on the mask worker while the model runs (where a core is free
+    for it), and on the engine's thread before the model runs (where the kernels' threads
+    take every core)."""
     spied = []
     grammars = llm.engine.grammars
     fill = grammars.fill
@@ -42,6 +47,8 @@ def test_samples_follow_their_grammar_beside_plain_requests(llm):
         return fill(states)
 
     grammars.fill = spy
+    chosen = llm.engine._masks_overlap
+    llm.engine._masks_overlap = overlap
     try:
         ps = [{"prompt_token_ids": p} for p in prompts(4, seed=9)]
         params = [constrained({"json": SCHEMA}, n=3), SamplingParams(temperature=0, max_tokens=10, ignore_eos=True),
@@ -49,15 +56,31 @@ def test_samples_follow_their_grammar_beside_plain_requests(llm):
         outs = llm.generate(ps, params, use_tqdm=False)
     finally:
         grammars.fill = fill
+        llm.engine._masks_overlap = chosen
     for c in outs[0].outputs:
         assert c.finish_reason == "stop"
         jsonschema.validate(json.loads(c.text), SCHEMA)
     assert len(outs[1].outputs[0].token_ids) == 10
     assert all(re.fullmatch(r"[a-c]{2}\d", c.text) for c in outs[2].outputs)
     assert outs[3].outputs[0].text in ("yes", "no", "maybe")
-    assert spied and all(name.startswith("ember-grammar") for name, _ in spied)
+    assert spied and all(name.startswith("ember-grammar") == overlap for name, _ in spied)
     assert max(n for _, n in spied) >= 5   # one fill for the step's constrained samples together
     assert not llm.engine.has_unfinished()
+
+
+def test_the_masks_overlap_the_model_only_where_a_core_is_free(tiny_llm_dir, monkeypatch):
+    """The engine decides once, at its first constrained step: masks beside the model where
+    the process has more cores than the kernels' threads, else computed first."""
+    from ember.runtime import _torch
+
+    for cores, want in ((2, False), (3, True)):
+        engine = make_llm(tiny_llm_dir).engine
+        monkeypatch.setattr(_torch, "available_cores", lambda: cores)
+        monkeypatch.setattr(_torch, "threads", lambda: 2)
+        engine.add_request("a", {"prompt_token_ids": prompts(1, seed=5)[0]}, constrained({"regex": "[ab]{3}"}))
+        while engine.has_unfinished():
+            engine.step()
+        assert engine._masks_overlap is want
 
 
 def test_a_plain_request_is_the_same_beside_constrained_ones(llm):
