@@ -382,61 +382,39 @@ def test_the_kv_cache_is_resident_from_the_start(tiny_llm_dir):
     assert all(isinstance(owner(c), mmap.mmap) for c in caches.values())  # populated mappings
 
 
-def test_a_float16_kv_cache_of_a_float32_model(tiny_llm_dir, llm):
-    """LLM(kv_cache_dtype="float16"): the caches float16 (twice the blocks in the same
-    memory), the model float32, attention on the kernel built for that pair (no fallback,
-    no torch path), and the greedy tokens of the float32 cache's engine: rounding keys and
-    values to float16 moves the logits by far less than the gaps between the top tokens."""
+@pytest.mark.parametrize("name, dtype, times", [("float16", np.float16, 2), ("fp8", ml_dtypes.float8_e4m3fn, 4),
+                                                 ("float8_e4m3fn", ml_dtypes.float8_e4m3fn, 4)])
+def test_a_kv_cache_of_its_own_type_in_a_float32_model(tiny_llm_dir, llm, name, dtype, times):
+    """LLM(kv_cache_dtype="float16" | "fp8"): the caches float16 or float8 e4m3fn (2 or 4
+    times the blocks in the same memory), the model float32, attention on the kernel built
+    for that pair (no fallback, no torch path), and the greedy tokens of the float32 cache's
+    engine: rounding keys and values moves the tiny model's logits by far less than the gaps
+    between its top tokens. fp8 on the cuda target is a clear error (its Triton kernel does
+    not take float8 caches yet), as is a type ember keeps no cache in."""
     from ember.runtime import externs_paged
 
-    half = make_llm(tiny_llm_dir, kv_cache_dtype="float16")
-    runner = half.engine.runner
+    other = make_llm(tiny_llm_dir, kv_cache_dtype=name)
+    runner = other.engine.runner
     assert runner.compiled.stats.fallback_nodes == []
-    assert all(c.dtype == np.float16 for c in runner.caches.values())
-    assert half.engine.pool.num_blocks == 2 * llm.engine.pool.num_blocks
-    assert "paged_attention-float32-float16" in runner.compiled.program.libraries
+    assert all(c.dtype == dtype for c in runner.caches.values())
+    assert other.engine.pool.num_blocks == times * llm.engine.pool.num_blocks
+    assert f"paged_attention-float32-{np.dtype(dtype).name.replace('_', '')}" in runner.compiled.program.libraries
     calls = []
     original = externs_paged.gathered
     externs_paged.gathered = lambda *a: calls.append(a) or original(*a)
     try:
         batch = prompts(6, seed=11)
-        got = tokens(half.generate([{"prompt_token_ids": p} for p in batch], greedy(8), use_tqdm=False))
+        got = tokens(other.generate([{"prompt_token_ids": p} for p in batch], greedy(8), use_tqdm=False))
     finally:
         externs_paged.gathered = original
     assert calls == []
     want = tokens(llm.generate([{"prompt_token_ids": p} for p in batch], greedy(8), use_tqdm=False))
     assert got == want
+    if times == 4:
+        with pytest.raises(InputError, match="runs on the cpu target only"):
+            make_llm(tiny_llm_dir, kv_cache_dtype=name, target="cuda")
     with pytest.raises(InputError, match="kv_cache_dtype 'int3' is not one ember keeps a KV cache in"):
         make_llm(tiny_llm_dir, kv_cache_dtype="int3")
-
-
-@pytest.mark.parametrize("name", ["fp8", "float8_e4m3fn"])
-def test_a_float8_kv_cache_of_a_float32_model(tiny_llm_dir, llm, name):
-    """LLM(kv_cache_dtype="fp8"): the caches float8 e4m3fn (four times the blocks in the same
-    memory), attention on the kernel built for that pair (no fallback, no torch path), and
-    the greedy tokens of the float32 cache's engine on the tiny model; on the cuda target,
-    a clear error (its Triton kernel does not take float8 caches yet)."""
-    from ember.runtime import externs_paged
-
-    fp8 = make_llm(tiny_llm_dir, kv_cache_dtype=name)
-    runner = fp8.engine.runner
-    assert runner.compiled.stats.fallback_nodes == []
-    assert all(c.dtype == ml_dtypes.float8_e4m3fn for c in runner.caches.values())
-    assert fp8.engine.pool.num_blocks == 4 * llm.engine.pool.num_blocks
-    assert "paged_attention-float32-float8e4m3fn" in runner.compiled.program.libraries
-    calls = []
-    original = externs_paged.gathered
-    externs_paged.gathered = lambda *a: calls.append(a) or original(*a)
-    try:
-        batch = prompts(6, seed=11)
-        got = tokens(fp8.generate([{"prompt_token_ids": p} for p in batch], greedy(8), use_tqdm=False))
-    finally:
-        externs_paged.gathered = original
-    assert calls == []
-    want = tokens(llm.generate([{"prompt_token_ids": p} for p in batch], greedy(8), use_tqdm=False))
-    assert got == want
-    with pytest.raises(InputError, match="runs on the cpu target only"):
-        make_llm(tiny_llm_dir, kv_cache_dtype=name, target="cuda")
 
 
 def test_a_bfloat16_engine_on_the_cpu(tiny_llm_dir):
