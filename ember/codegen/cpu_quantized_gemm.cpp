@@ -388,7 +388,7 @@ inline float k_dot(const uint8_t* w, const XBlock* x) {
         float mins = 0.0f;
 #if EMBER_QGEMM_AVX2
         __m256 acc = _mm256_setzero_ps();
-        const __m256i low = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
+        const __m256i low = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
         const uint8_t* qs = w + (F == 5 ? 16 : 48);
         __m256i qh = _mm256_setzero_si256();
         if constexpr (F == 6) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16));
@@ -403,7 +403,7 @@ inline float k_dot(const uint8_t* w, const XBlock* x) {
                     q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, g), one), 4));
                 const XBlock& xb = x[g];
                 const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q));
-                const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, xq), ones));
+                const __m256 sums = _mm256_cvtepi32_ps(dot4(_mm256_setzero_si256(), q, xq));
                 acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d * static_cast<float>(sc) * xb.d), acc);
                 mins += dmin * static_cast<float>(m) * xb.s;
             }
