@@ -17,7 +17,7 @@ from .errors import (ArtifactError, EmberError, ExecutionError, InputError, IREr
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "load", "quantize", "Quantization", "CompiledModel", "LLM", "AsyncLLM", "SamplingParams", "StructuredOutputsParams", "CompileStats", "InferenceSession", "DType",
+    "compile", "load", "quantize", "Quantization", "CompiledModel", "LLM", "AsyncLLM", "SamplingParams", "StructuredOutputsParams", "Encoder", "CompileStats", "InferenceSession", "DType",
     "EmberError", "ModelError", "InputError", "IRError", "ExecutionError", "UnsupportedError",
     "ArtifactError",
     # onnxruntime's session API (ember/_session.py, ember/_iobinding.py)
@@ -41,6 +41,7 @@ _LAZY = {
     "load": ".artifact",
     "DType": ".ir.dtypes",
     "LLM": ".llm", "AsyncLLM": ".llm",
+    "Encoder": ".embeddings",
     "SamplingParams": ".runtime.request",
     "StructuredOutputsParams": ".runtime.request",
 }
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
     from .passes.quantize_weights import Quantization
     from .artifact import load
     from .ir.dtypes import DType
+    from .embeddings import Encoder
     from .llm import LLM, AsyncLLM
     from .runtime.request import SamplingParams, StructuredOutputsParams
 del TYPE_CHECKING

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["ir.md", "passes.md", "export.md", "artifacts.md", "onnxruntime.md",
+PAGES = ["ir.md", "passes.md", "export.md", "artifacts.md", "onnxruntime.md", "embeddings.md",
          pytest.param("llm.md", marks=pytest.mark.slow),  # llm.md runs the built-in LLM
          pytest.param("distributed.md", marks=pytest.mark.slow)]  # over 2 processes
 

@@ -1,0 +1,179 @@
+"""Sentence-transformers folders (#25): what an embedding model is made of, read from the
+folder the way sentence-transformers reads it, and its transformer exported to ONNX for
+ember's ONNX frontend.
+
+    modules.json                      the modules in order: a Transformer (its folder: `path`),
+                                      a Pooling, optionally a Normalize (and a Dense: refused)
+    1_Pooling/config.json             pooling_mode (cls, mean, max, mean_sqrt_len_tokens,
+                                      lasttoken), or before sentence-transformers 6 one of
+                                      pooling_mode_cls_token / _mean_tokens / ... true; include_prompt
+    sentence_bert_config.json         max_seq_length, do_lower_case (from version 6 the
+                                      tokenizer_config.json's model_max_length is the limit)
+    config_sentence_transformers.json prompts ({name: text}), default_prompt_name
+
+The transformer (a BERT-class encoder: config.json + model.safetensors, tokenizer.json
+beside them) is traced by torch.onnx from transformers' AutoModel once and cached under
+ember's cache folder by the hash of its weights and config; the exported graph maps
+(input_ids, attention_mask, token_type_ids) to last_hidden_state, which the caller pools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import ModelError, UnsupportedError
+
+# sentence-transformers' pooling modes, by their config keys
+POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+                "pooling_mode_lasttoken": "lasttoken"}
+MODE_NAMES = {"mean_sqrt_len_tokens": "mean_sqrt_len"}  # sentence-transformers 6's names that differ
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """An embedding model's parts: its transformer's folder, how token vectors become one
+    (`pooling`, one of POOLING_KEYS' values; `include_prompt` False: a prompt's tokens are
+    left out of the pool), whether it is L2-normalized, the longest input in tokens, and
+    its named prompts."""
+
+    folder: Path
+    transformer: Path
+    pooling: str = "mean"
+    include_prompt: bool = True
+    normalize: bool = False
+    max_seq_length: int | None = None
+    do_lower_case: bool = False
+    prompts: dict = field(default_factory=dict)
+    default_prompt_name: str | None = None
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.transformer / "tokenizer.json"
+
+
+def _json(path: Path) -> dict | list:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: {e}") from e
+
+
+def read_sentence_transformer(folder: str | os.PathLike) -> EncoderConfig:
+    """The EncoderConfig of a sentence-transformers folder. ModelError where the folder is
+    not one (no modules.json, no Transformer module, no tokenizer.json); UnsupportedError
+    for a module ember does not run yet (Dense, ...)."""
+    folder = Path(folder)
+    if not (folder / "modules.json").is_file():
+        raise ModelError(f"{folder} is not a sentence-transformers folder (no modules.json)")
+    modules = _json(folder / "modules.json")
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]  # (v6 writes e.g. sentence_transformers.base.modules.transformer.Transformer)
+    unknown = [k for k in kinds if k not in ("Transformer", "Pooling", "Normalize")]
+    if unknown:
+        raise UnsupportedError(f"{folder}/modules.json: ember does not run sentence-transformers modules {unknown} yet "
+                               "(it runs Transformer, Pooling, Normalize)")
+    if not kinds or kinds[0] != "Transformer" or kinds.count("Transformer") != 1:
+        raise ModelError(f"{folder}/modules.json: the first module must be the one Transformer, not {kinds}")
+    transformer = folder / modules[0].get("path", "")
+    options: dict = {}
+    if "Pooling" in kinds:
+        path = folder / modules[kinds.index("Pooling")].get("path", "") / "config.json"
+        pooling = _json(path) if path.is_file() else {"pooling_mode": "mean"}
+        modes = [mode for key, mode in POOLING_KEYS.items() if pooling.get(key)]
+        if "pooling_mode" in pooling:  # (sentence-transformers 6: one name, or a list of them)
+            named = pooling["pooling_mode"]
+            modes = [MODE_NAMES.get(m, m) for m in ([named] if isinstance(named, str) else named)]
+        if len(modes) != 1 or modes[0] not in POOLING_KEYS.values():
+            raise UnsupportedError(f"{path}: ember pools with one mode, not {modes or 'none'} "
+                                   f"(one of {', '.join(POOLING_KEYS)})")
+        options.update(pooling=modes[0], include_prompt=bool(pooling.get("include_prompt", True)))
+    else:
+        options.update(pooling="mean")
+    options["normalize"] = "Normalize" in kinds
+    bert = transformer / "sentence_bert_config.json"
+    if not bert.is_file():
+        bert = folder / "sentence_bert_config.json"
+    if bert.is_file():
+        settings = _json(bert)
+        options.update(max_seq_length=settings.get("max_seq_length"), do_lower_case=bool(settings.get("do_lower_case")))
+    tokenizer_config = transformer / "tokenizer_config.json"
+    if options.get("max_seq_length") is None and tokenizer_config.is_file():
+        limit = _json(tokenizer_config).get("model_max_length")
+        if isinstance(limit, int) and 0 < limit < 1 << 20:  # (transformers writes 1e30 for "none")
+            options["max_seq_length"] = limit
+    prompts = folder / "config_sentence_transformers.json"
+    if prompts.is_file():
+        settings = _json(prompts)
+        options.update(prompts=dict(settings.get("prompts") or {}), default_prompt_name=settings.get("default_prompt_name"))
+    config = EncoderConfig(folder, transformer, **options)
+    for needed in (transformer / "config.json", config.tokenizer_file):
+        if not needed.is_file():
+            raise ModelError(f"{folder}: its transformer lacks {needed.name} ({needed})")
+    return config
+
+
+def export_onnx(config: EncoderConfig, cache: Path) -> Path:
+    """The transformer of `config` as an ONNX file under `cache` (exported now, from
+    transformers' AutoModel, if no file for these weights is there): inputs INPUT_NAMES
+    with dynamic batch and sequence axes (token_type_ids where the model takes them),
+    output last_hidden_state."""
+    weights = sorted(config.transformer.glob("*.safetensors")) or sorted(config.transformer.glob("*.bin"))
+    if not weights:
+        raise ModelError(f"{config.transformer} holds no weights (*.safetensors)")
+    digest = hashlib.sha256((config.transformer / "config.json").read_bytes())
+    for w in weights:
+        stat = w.stat()
+        digest.update(f"{w.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    path = cache / f"encoder-{digest.hexdigest()[:16]}.onnx"
+    if path.is_file():
+        return path
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModel
+    except ImportError as e:
+        raise ModelError("exporting an encoder needs transformers: pip install transformers") from e
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_config = AutoConfig.from_pretrained(config.transformer, attn_implementation="eager")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # (its report of the pooler's weights, which the export leaves out)
+    try:
+        model = AutoModel.from_pretrained(config.transformer, config=hf_config, add_pooling_layer=False) \
+            if hf_config.model_type == "bert" else AutoModel.from_pretrained(config.transformer, config=hf_config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    names = [n for n in INPUT_NAMES if n != "token_type_ids" or getattr(hf_config, "type_vocab_size", 0)]
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs):
+            return self.model(**dict(zip(names, inputs))).last_hidden_state
+
+    # (an example with padding: traced without it, the mask may fall out of the graph)
+    example = [torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]])[:, :4].clamp(max=hf_config.vocab_size - 1),
+               torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]), torch.zeros(2, 4, dtype=torch.int64)][:len(names)]
+    axes = {n: {0: "batch", 1: "seq"} for n in (*names, "last_hidden_state")}
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=cache)
+    os.close(fd)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the tracer's notes on shape checks traced as constants)
+            torch.onnx.export(Encoder().eval(), tuple(example), tmp, dynamo=False, opset_version=17,
+                              input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
