@@ -132,6 +132,15 @@ class _LinearWeight:
         return y
 
 
+def _amd() -> bool:
+    """Whether this CPU is AMD's (/proc/cpuinfo's vendor_id; False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
+    except OSError:
+        return False
+
+
 class _TiledWeight:
     """A float32 GEMM weight [K, N] in ember's tiled GEMM's panels (runtime/native/gemm.py,
     cpu_gemm.cpp), which writes act(x W + bias) straight into the executor's buffer, the
@@ -153,8 +162,10 @@ class _TiledWeight:
     139-141 and 85-86 tiled, on a 2-core AMD EPYC). Calls take numpy arrays: only the sgemm
     imports torch."""
 
-    TILED_ROWS = 256  # past this many rows MKL's sgemm runs it, into y...
-    TILED_ROWS_ACTIVATION = 1024  # ...or past this many with an activation (then a pass of its own)
+    # past this many rows MKL's sgemm runs it, into y, or past the second with an activation (then a
+    # pass of its own); on AMD CPUs never: MKL does not run its AVX-512 kernels there, and on a
+    # Zen 5 the tiled GEMM took half its time (MiniLM's linear layers at ~150 rows x 32 sentences)
+    TILED_ROWS, TILED_ROWS_ACTIVATION = (1 << 62, 1 << 62) if _amd() else (256, 1024)
     TILED_K = 64  # ...but not with rows this short, a convolution's lowered as a GEMM (below)
     __slots__ = ("panels", "kn", "_kn_tensor")
 
