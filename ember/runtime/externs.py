@@ -132,13 +132,15 @@ class _LinearWeight:
         return y
 
 
-def _amd() -> bool:
-    """Whether this CPU is AMD's (/proc/cpuinfo's vendor_id; False where it cannot be read)."""
+def _amd_avx512() -> bool:
+    """Whether this CPU is AMD's and has AVX-512 (/proc/cpuinfo's vendor_id and flags; False
+    where it cannot be read): MKL runs its AVX2 kernels there, not AVX-512 ones."""
     try:
         with open("/proc/cpuinfo") as f:
-            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
+            text = f.read(1 << 16)
     except OSError:
         return False
+    return "AuthenticAMD" in text and " avx512f" in text
 
 
 class _TiledWeight:
@@ -163,9 +165,10 @@ class _TiledWeight:
     imports torch."""
 
     # past this many rows MKL's sgemm runs it, into y, or past the second with an activation (then a
-    # pass of its own); on AMD CPUs never: MKL does not run its AVX-512 kernels there, and on a
-    # Zen 5 the tiled GEMM took half its time (MiniLM's linear layers at ~150 rows x 32 sentences)
-    TILED_ROWS, TILED_ROWS_ACTIVATION = (1 << 62, 1 << 62) if _amd() else (256, 1024)
+    # pass of its own); on AMD CPUs with AVX-512 never: MKL does not run its AVX-512 kernels there,
+    # and on a Zen 5 the tiled GEMM took half its time (MiniLM's linear layers at ~150 rows x 32
+    # sentences). (AMD CPUs without AVX-512 keep the limit: not measured there.)
+    TILED_ROWS, TILED_ROWS_ACTIVATION = (1 << 62, 1 << 62) if _amd_avx512() else (256, 1024)
     TILED_K = 64  # ...but not with rows this short, a convolution's lowered as a GEMM (below)
     __slots__ = ("panels", "kn", "_kn_tensor")
 

@@ -240,7 +240,7 @@ def test_a_linear_layer_runs_on_the_tiled_gemm_or_mkl(activation):
     assert not compiled._executor._adopted
     reference = ember.compile(model, opt_level=0, codegen=False)
     limit = externs._TiledWeight.TILED_ROWS_ACTIVATION if activation else externs._TiledWeight.TILED_ROWS
-    for rows in (1, 13, min(limit, 1500), min(limit + 3, 1503)):  # (on AMD CPUs the limit is none)
+    for rows in (1, 13, min(limit, 1500), min(limit + 3, 1503)):  # (on AMD CPUs with AVX-512 the limit is none)
         x = np.random.default_rng(rows).standard_normal((rows, 384)).astype(np.float32)
         before = gemm.RUNS[0]
         got = compiled.run({"x": x})["y"]
@@ -263,16 +263,16 @@ def test_activate_in_place():
 def test_a_large_linear_weight_runs_on_the_tiled_gemm():
     """A weight of any size is packed for the tiled GEMM: where it streams from memory
     (few rows) its panels stream faster than oneDNN's packed layout, and past TILED_ROWS
-    MKL's sgemm runs on the weight as it is (on Intel CPUs: on AMD's there is no limit)."""
+    MKL's sgemm runs on the weight as it is (but on AMD CPUs with AVX-512, where there is no limit)."""
     rng = np.random.default_rng(7)
     w = rng.standard_normal((1024, 1025), dtype=np.float32)
     params = externs.prepare_linear({}, {1: w})
     assert "tiled" in params and "packed" not in params
     before = gemm.RUNS[0]
-    past = min(externs._TiledWeight.TILED_ROWS + 3, 1503)  # (on AMD CPUs the limit is none)
+    past = min(externs._TiledWeight.TILED_ROWS + 3, 1503)  # (on AMD CPUs with AVX-512 the limit is none)
     for rows in (1, 15, past):
         x = rng.standard_normal((rows, 1024), dtype=np.float32)
         got = externs.linear(params, x, w, None, None)
         np.testing.assert_allclose(got, x.astype(np.float64) @ w.astype(np.float64), rtol=1e-4, atol=1e-3)
-    # the third call went to MKL's sgemm, but on AMD CPUs (where MKL runs no AVX-512)
+    # the third call went to MKL's sgemm, but on AMD CPUs with AVX-512 (where MKL runs none)
     assert gemm.RUNS[0] - before == 2 + (past <= externs._TiledWeight.TILED_ROWS)
