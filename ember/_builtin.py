@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -145,10 +144,8 @@ def export_minilm(path: str | os.PathLike | None = None, *, opset: int | None = 
     example = tokenize(SAMPLE_SENTENCES[:2])
     args = tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES)
     axes = {name: {0: "batch", 1: "seq"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def export(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             # Expected and harmless here: "legacy TorchScript exporter", shape checks
             # traced as constants, aten::index lowered to Gather (indices are >= 0).
@@ -158,12 +155,10 @@ def export_minilm(path: str | os.PathLike | None = None, *, opset: int | None = 
             torch.onnx.export(model, args, tmp, dynamo=False, opset_version=opset,
                               input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                               dynamic_axes=axes)
-        os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+
+    from .frontends.hf.encoder import write_atomically
+
+    return write_atomically(path, export)
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 
 import ember
 from tests.artifact.zips import runs_the_shipped_kernel
+from tests.native import cpu_flags
 from ember.codegen import cpu
 from ember.codegen.lowering import lower_graph
 from ember.frontends.onnx import load_onnx
@@ -39,11 +40,8 @@ INPUTS = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P",
 def _u8s8_saturates() -> bool:
     """onnxruntime's int8 GEMM on this host saturates pairs of u8 x s8 products at int16:
     x86-64 without AVX-512 VNNI or AVX-VNNI (MLAS's vpmaddubsw kernels)."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+    flags = cpu_flags()
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & flags
 
 
 SATURATES = _u8s8_saturates()

@@ -12,7 +12,6 @@ where the kernel is absent. The reference (the dequantized weight times x in flo
 within the activations' rounding of all of them."""
 
 import ctypes
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,8 +160,7 @@ def test_chained_step_runs_from_c(fmt):
     np.testing.assert_allclose(got, emulate(np.maximum(x, 0), blocks, fmt, bias) + 1, atol=2e-5 * np.abs(got).max())
 
 
-AVX2 = all(flag in Path("/proc/cpuinfo").read_text().split() for flag in ("avx2", "fma")) if Path(
-    "/proc/cpuinfo").exists() else False
+AVX2 = {"avx2", "fma"} <= test_native.cpu_flags()
 # the kernel's builds with a path turned off (cpu_quantized_gemm.cpp): what each one runs depends on
 # the host, which ember_qgemm_simd reports (1 AVX2, 2 VNNI, 4 AVX-512 groups of 16, 8 their VNNI)
 BUILDS = {"native": "", "no VNNI": "#define EMBER_QGEMM_NO_VNNI 1", "no AVX-512": "#define EMBER_QGEMM_NO_AVX512 1",
