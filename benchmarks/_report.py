@@ -48,10 +48,12 @@ def write_section(path: Path, name: str, lines: list[str]) -> None:
     path.write_text(text)
 
 
-def run_worker(script: str, engine: str, path: Path, *args: str) -> dict:
+def run_worker(script: str, engine: str, path: Path, *args: str, python: str | None = None) -> dict:
     """`script`'s worker (`script --worker ENGINE PATH ARGS`) for `engine` on `path`, in a
-    process of its own: the JSON object its last line of output holds."""
-    out = subprocess.run([sys.executable, script, "--worker", engine, str(path), *args], capture_output=True, text=True)
+    process of its own (of `python`: default this one's interpreter): the JSON object its
+    last line of output holds."""
+    out = subprocess.run([python or sys.executable, script, "--worker", engine, str(path), *args],
+                         capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{engine} on {path.name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

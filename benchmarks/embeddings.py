@@ -8,22 +8,31 @@ a round loads the model, embeds 64 sentences to warm up, then times one embeddin
 of them; the table gives each engine's median over rounds and the cosine of its
 embeddings against sentence-transformers' (torch) on the first 200 sentences.
 
-    ember                  ember.Encoder(folder).embed(sentences) (batch size 32)
+    ember                  ember.Encoder(folder).embed(sentences) (its default batches: at most
+                           8,192 padded tokens)
     sentence-transformers  SentenceTransformer(folder, device="cpu").encode(sentences)
                            (torch, its default batch size 32)
-    st-onnx                the same with backend="onnx" (onnxruntime; needs `optimum`, and
-                           is left out with a note where that is not installed)
+    st-onnx                the same with backend="onnx" (onnxruntime, through `optimum`)
+    ember-server           `ember serve FOLDER` under load: 32 concurrent clients (the openai
+                           client, in the worker's process) each sending /v1/embeddings
+                           requests of 4 sentences, the next when the last is answered
 
-    python benchmarks/embeddings.py [--sentences 2000] [--rounds 3] [--write docs/benchmarks.md]
+optimum pins transformers below 5 and sentence-transformers' onnx backend needs it, so the
+sentence-transformers workers may run in another Python (`--peer-python`, a venv with
+`pip install "sentence-transformers[onnx]" onnxruntime` and this repository's ember
+installed --no-deps, for the sentences); st-onnx is left out with a note where no
+interpreter at hand has optimum.
+
+    python benchmarks/embeddings.py [--sentences 2000] [--rounds 3] [--peer-python PATH] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +41,7 @@ import numpy as np
 
 from _report import cpu_name, markdown_table, run_worker, write_section  # benchmarks/_report.py
 
-ENGINES = ("ember", "sentence-transformers", "st-onnx")
+ENGINES = ("ember", "ember-server", "sentence-transformers", "st-onnx")
 
 
 def sentences(count: int, seed: int = 0) -> list[str]:
@@ -47,8 +56,49 @@ def sentences(count: int, seed: int = 0) -> list[str]:
     return out
 
 
+CLIENTS, PER_REQUEST = 32, 4  # ember-server's load: 32 concurrent clients, 4 sentences a request
+
+
+def serve_embeddings(folder: str, texts: list[str]) -> tuple[float, np.ndarray]:
+    """`ember serve FOLDER` in a subprocess, sent `texts` as /v1/embeddings requests of
+    PER_REQUEST sentences by CLIENTS clients at once (each sends its next request when its
+    last one is answered); (seconds from the first request to the last answer, the vectors)."""
+    import asyncio
+
+    import openai
+    from serve import Server  # benchmarks/serve.py
+
+    server = Server(folder, [])
+    try:
+        chunks = [texts[i:i + PER_REQUEST] for i in range(0, len(texts), PER_REQUEST)]
+        vectors: list = [None] * len(chunks)
+
+        async def run() -> float:
+            client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=600)
+            await client.embeddings.create(model=Path(folder).name, input=texts[:64])  # warm up
+            todo = iter(range(len(chunks)))
+
+            async def loop():
+                for i in todo:
+                    answer = await client.embeddings.create(model=Path(folder).name, input=chunks[i])
+                    vectors[i] = [d.embedding for d in answer.data]
+
+            start = time.perf_counter()
+            await asyncio.gather(*(loop() for _ in range(CLIENTS)))
+            return time.perf_counter() - start
+
+        seconds = asyncio.run(run())
+    finally:
+        server.stop()
+    return seconds, np.asarray([v for chunk in vectors for v in chunk], np.float32)
+
+
 def worker(engine: str, folder: str, count: int, out: str) -> dict:
     texts = sentences(count)
+    if engine == "ember-server":
+        seconds, vectors = serve_embeddings(folder, texts)
+        np.save(out, vectors[:200])
+        return {"s": seconds}
     if engine == "ember":
         import ember
 
@@ -75,6 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sentences", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
+    parser.add_argument("--peer-python", metavar="PATH",
+                        help="the interpreter of the sentence-transformers workers (default: this one)")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "ember" / "benchmarks")
     parser.add_argument("--write", type=Path, help="write the table into this markdown file")
     parser.add_argument("--worker", nargs=2, metavar=("ENGINE", "FOLDER"), help=argparse.SUPPRESS)
@@ -91,15 +143,24 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown engines {unknown}: choose from {', '.join(ENGINES)}")
     notes = []
-    if "st-onnx" in engines and importlib.util.find_spec("optimum") is None:
+    peer_python = args.peer_python or sys.executable
+    has_optimum = subprocess.run([peer_python, "-c", "import optimum.onnxruntime"], capture_output=True).returncode == 0
+    if "st-onnx" in engines and not has_optimum:
         engines.remove("st-onnx")
-        notes.append("st-onnx left out: sentence-transformers' onnx backend needs `optimum`, not installed here")
+        notes.append(f"st-onnx left out: sentence-transformers' onnx backend needs `optimum`, which {peer_python} "
+                     "does not have (--peer-python)")
+    versions = subprocess.run([peer_python, "-c", "import sentence_transformers, transformers; "
+                               "print(sentence_transformers.__version__, transformers.__version__)"],
+                              capture_output=True, text=True).stdout.split()
+    if versions and any(not e.startswith("ember") for e in engines):
+        notes.append(f"sentence-transformers {versions[0]} (transformers {versions[1]}) in {peer_python}")
     args.work.mkdir(parents=True, exist_ok=True)
     times: dict[str, list[float]] = {}
     for r in range(args.rounds):
         for engine in engines:
             out = args.work / f"embeddings-{engine}.npy"
-            seconds = run_worker(__file__, engine, folder, "--sentences", str(args.sentences), "--out", str(out))["s"]
+            seconds = run_worker(__file__, engine, folder, "--sentences", str(args.sentences), "--out", str(out),
+                                 python=None if engine.startswith("ember") else peer_python)["s"]
             times.setdefault(engine, []).append(seconds)
             print(f"round {r + 1}: {engine}: {seconds:.2f} s", file=sys.stderr, flush=True)
     reference = np.load(args.work / "embeddings-sentence-transformers.npy") \

@@ -603,6 +603,7 @@ def cmd_serve(args) -> int:
     serve(args.model, host=args.host, port=args.port, model_name=args.served_model_name, api_key=api_key,
           max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, log_level=args.log_level,
           default_max_tokens=args.default_max_tokens or None, tool_call_parser=args.tool_call_parser,
+          embedding_model=args.embedding_model, embedding_model_name=args.served_embedding_model_name,
           target=args.target, **_engine_options(args))
     _status("stopped")
     return 0
@@ -749,17 +750,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true",
                    help="also time transformers' greedy generate on the same prompt and weights")
 
-    p = add("serve", cmd_serve, "serve an LLM over an OpenAI-compatible HTTP API (default: the built-in SmolLM2)",
+    p = add("serve", cmd_serve, "serve an LLM, an encoder or both over an OpenAI-compatible HTTP API "
+            "(default: the built-in SmolLM2)",
             "examples:\n  ember serve                                  the built-in SmolLM2 on http://127.0.0.1:8000/v1\n"
             "  ember serve path/to/model --host 0.0.0.0 --port 8080 --api-key s3cret\n"
+            "  ember serve --embedding-model path/to/all-MiniLM-L6-v2   SmolLM2, and embeddings and reranking\n"
+            "  ember serve path/to/sentence-transformers-folder        an encoder alone (or a cross-encoder)\n"
             "  ember serve model.gguf --max-model-len 4096 --max-num-seqs 32 --kv-cache-memory 4G\n"
             "  ember serve model.gguf --target cuda --dtype bfloat16      on a GPU\n"
             "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
             "       -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}]}'\n\n"
-            "routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, GET /health, GET /metrics;\n"
+            "routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, POST /v1/responses,\n"
+            "POST /tokenize, /detokenize, GET /health, GET /metrics; with an encoder, POST /v1/embeddings and\n"
+            "POST /v1/rerank (also /rerank, /v2/rerank);\n"
             "SIGTERM or Ctrl-C finishes the requests in flight (up to --shutdown-timeout), then exits.")
     p.add_argument("model", metavar="MODEL", nargs="?",
-                   help="a Hugging Face model folder, a GGUF file or an LLM artifact (default: the built-in SmolLM2)")
+                   help="a Hugging Face model folder, a GGUF file or an LLM artifact (default: the built-in SmolLM2); "
+                        "or an encoder (a sentence-transformers folder, a cross-encoder, an .onnx encoder) to serve "
+                        "alone")
+    p.add_argument("--embedding-model", metavar="ENCODER",
+                   help="also serve this encoder (a sentence-transformers folder, a cross-encoder or an .onnx "
+                        "encoder): /v1/embeddings, /v1/rerank")
+    p.add_argument("--served-embedding-model-name", metavar="NAME",
+                   help="the encoder's name in the API (default: its folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     p.add_argument("--served-model-name", metavar="NAME",

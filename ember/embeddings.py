@@ -1,99 +1,237 @@
-"""Sentence embeddings (#25, a first step): a sentence-transformers folder compiled by ember
-and run the way sentence-transformers runs it — tokenized (truncated to the folder's
-max_seq_length, a named prompt in front where asked), the transformer on ember's kernels,
-its token vectors pooled (cls, mean, max, mean_sqrt_len, lasttoken: the folder's), and
-L2-normalized where the folder has a Normalize module.
+"""Embeddings and reranking (#25): encoders compiled by ember and run the way
+sentence-transformers runs them — tokenized (truncated to the model's max_seq_length, a
+named prompt in front where asked), the transformer on ember's kernels, its token vectors
+pooled (cls, mean, max, mean_sqrt_len, lasttoken: the folder's) and L2-normalized where the
+folder has a Normalize module; a cross-encoder's (query, document) pairs scored through its
+activation, as CrossEncoder.predict scores them.
 
     encoder = ember.Encoder()                      # the built-in all-MiniLM-L6-v2
-    encoder = ember.Encoder("path/to/folder")      # any sentence-transformers folder
+    encoder = ember.Encoder("path/to/folder")      # a sentence-transformers or transformers folder, an .onnx file
     vectors = encoder.embed(["A sentence.", "Another one."])   # float32 [2, dim]
+    scores = encoder.score("a query", ["doc one", "doc two"])  # cross-encoder: its scores; else cosines
+    ranked = encoder.rerank("a query", ["doc one", "doc two"]) # [(index, score)], best first
 
-Sentences run in batches of similar length (sorted, then put back in order), each batch
-padded to its longest."""
+Inputs run in batches of similar length (sorted, then put back in order), each batch padded
+to its longest and holding at most `max_batch_tokens` padded tokens (and `batch_size` rows).
+
+`AsyncEncoder` (what the server sits on) batches many callers' inputs together on one
+worker thread: while a batch runs, new requests queue, and the next batch takes all of them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
+import queue
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .frontends.hf.encoder import EncoderConfig, export_onnx, read_sentence_transformer
+from .errors import InputError, UnsupportedError
+from .frontends.hf.encoder import EncoderConfig, export_onnx, read_encoder, read_sentence_transformer
+
+DEFAULT_BATCH_TOKENS = 8192   # padded tokens a batch holds at most: its rows times its longest
+DEFAULT_BATCH_SIZE = 256      # rows a batch holds at most
+
+
+@dataclass
+class Row:
+    """One input, tokenized: its ids and token types, and how many leading tokens (a prompt's)
+    the pool leaves out."""
+
+    ids: list[int]
+    type_ids: list[int] | None = None
+    skip: int = 0
 
 
 class Encoder:
-    """An embedding model: `model` a sentence-transformers folder (None: the built-in
-    MiniLM). `max_seq_length` overrides the folder's; `intra_op_threads` as ember.compile's."""
+    """An encoder: `model` a sentence-transformers folder, a transformers folder of a
+    BERT-class model or a cross-encoder, or an ONNX file with tokenizer.json beside it (None:
+    the built-in MiniLM). `max_seq_length` overrides the model's; `intra_op_threads` as
+    ember.compile's; `max_batch_tokens` and `batch_size` bound a batch (padded tokens, rows)."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, max_seq_length: int | None = None,
-                 intra_op_threads: int | None = None):
+                 intra_op_threads: int | None = None, max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 batch_size: int = DEFAULT_BATCH_SIZE):
         from tokenizers import Tokenizer
 
         from . import api
         from ._builtin import cache_dir, minilm_dir
 
-        self.config: EncoderConfig = read_sentence_transformer(Path(model) if model is not None else minilm_dir())
+        if max_batch_tokens < 1 or batch_size < 1:
+            raise InputError(f"max_batch_tokens and batch_size must be at least 1, not {max_batch_tokens}, {batch_size}")
+        self.config: EncoderConfig = read_encoder(model) if model is not None else read_sentence_transformer(minilm_dir())
+        self.name = (self.config.onnx_file.stem if model is not None and Path(model).is_file()
+                     else self.config.folder.name)
+        self.task = self.config.task
         self.max_seq_length = max_seq_length or self.config.max_seq_length
+        self.max_batch_tokens, self.batch_size = max_batch_tokens, batch_size
         self.compiled = api.compile(str(export_onnx(self.config, cache_dir() / "encoders")),
                                     intra_op_threads=intra_op_threads)
         self._inputs = [i.name for i in self.compiled.inputs]
+        names = [o.name for o in self.compiled.outputs]
+        self._output = self.config.output_name if self.config.output_name in names else names[0]
         self.tokenizer = Tokenizer.from_file(str(self.config.tokenizer_file))
         self.tokenizer.no_padding()
-        if self.max_seq_length:
-            self.tokenizer.enable_truncation(self.max_seq_length)
-        else:
-            self.tokenizer.no_truncation()
-        self.dimension = int(self.compiled.outputs[0].shape[-1])
+        self.tokenizer.no_truncation()
+        self._truncating: dict[int, Tokenizer] = {}  # by limit: copies that truncate there
+        shape = next(o.shape for o in self.compiled.outputs if o.name == self._output)
+        self.dimension = 1 if self.task == "score" else int(shape[-1])
+        if self.task == "embed" and not isinstance(shape[-1], int):
+            raise UnsupportedError(f"{self.name}: its output {self._output!r} has no fixed width ({shape})")
+        self.vocab_size = self.tokenizer.get_vocab_size()
 
+    # -- the offline API ---------------------------------------------------------------------------
     def embed(self, texts: str | list[str], *, prompt_name: str | None = None, prompt: str | None = None,
-              normalize: bool | None = None, batch_size: int = 32) -> np.ndarray:
+              normalize: bool | None = None, batch_size: int | None = None) -> np.ndarray:
         """float32 [len(texts), dimension] (one text: [dimension]): each text's embedding.
         `prompt` (or the folder's prompt `prompt_name`, else its default prompt) goes in front
-        of every text; `normalize` None: as the folder says."""
+        of every text; `normalize` None: as the folder says; `batch_size`: rows a batch holds
+        at most (default: the encoder's)."""
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        if not texts or any(not isinstance(t, str) for t in texts):
-            raise InputError("embed() takes a string or a non-empty list of strings")
-        if batch_size < 1:
+        texts = _texts(texts, "embed")
+        self._needs("embed")
+        if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, not {batch_size}")
-        if prompt is None:
-            name = prompt_name if prompt_name is not None else self.config.default_prompt_name
-            if name is not None:
-                if name not in self.config.prompts:
-                    raise InputError(f"prompt_name {name!r} is not one of the model's prompts "
-                                     f"({', '.join(self.config.prompts) or 'none'})")
-                prompt = self.config.prompts[name]
-        prompt = prompt or ""
+        rows = self.tokenize(texts, prompt=self.prompt(prompt_name, prompt))
+        out = self.pool_rows(rows, batch_size)
+        if normalize if normalize is not None else self.config.normalize:
+            out = normalized(out)
+        return out[0] if single else out
+
+    def score(self, query: str, documents: str | list[str], *, batch_size: int | None = None) -> np.ndarray:
+        """float32 [len(documents)] (one document: a scalar array): how well each document
+        answers `query` — a cross-encoder's score of the pair, else the cosine of their
+        embeddings."""
+        single = isinstance(documents, str)
+        if not isinstance(query, str):
+            raise InputError("score() takes a query string and a string or a non-empty list of strings")
+        documents = _texts(documents, "score")
+        if self.task == "score":
+            scores = self.score_rows(self.tokenize_pairs([query] * len(documents), documents), batch_size)
+        else:
+            vectors = normalized(self.pool_rows(self.tokenize([query, *documents]), batch_size))
+            scores = vectors[1:] @ vectors[0]
+        return scores[0] if single else scores
+
+    def rerank(self, query: str, documents: list[str], *, top_n: int | None = None) -> list[tuple[int, float]]:
+        """(document index, score) of the `top_n` best documents (None: all), best first."""
+        scores = self.score(query, list(documents) if not isinstance(documents, str) else documents)
+        order = np.argsort(-np.atleast_1d(scores), kind="stable")
+        return [(int(i), float(np.atleast_1d(scores)[i])) for i in order[:top_n]]
+
+    # -- the parts (the server's) -------------------------------------------------------------------
+    def prompt(self, prompt_name: str | None, prompt: str | None) -> str:
+        """The text put in front of each input: `prompt`, else the folder's prompt `prompt_name`
+        (else its default prompt's), else none."""
+        if prompt is not None:
+            return prompt
+        name = prompt_name if prompt_name is not None else self.config.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.config.prompts:
+            raise InputError(f"prompt_name {name!r} is not one of the model's prompts "
+                             f"({', '.join(self.config.prompts) or 'none'})")
+        return self.config.prompts[name]
+
+    def tokenize(self, texts: list[str], *, prompt: str = "", truncate: int | None = -1) -> list[Row]:
+        """Each text (after `prompt`) as a Row. `truncate`: the most tokens a row keeps (-1: the
+        model's max_seq_length; None: all, for the caller to check)."""
         if self.config.do_lower_case:
             texts, prompt = [t.lower() for t in texts], prompt.lower()
-        encodings = self.tokenizer.encode_batch([prompt + t for t in texts])
+        encodings = self._tokenizer(truncate).encode_batch([prompt + t for t in texts])
         skip = 0
         if prompt and not self.config.include_prompt:  # the prompt's tokens, less the closing special token
             skip = max(0, len(self.tokenizer.encode(prompt)) - 1)
-        out = np.empty((len(texts), self.dimension), np.float32)
-        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            out[rows] = self._batch([encodings[i] for i in rows], skip)
-        if normalize if normalize is not None else self.config.normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        return out[0] if single else out
+        return [Row(e.ids, e.type_ids, skip) for e in encodings]
 
-    def _batch(self, encodings, skip: int) -> np.ndarray:
-        width = max(len(e.ids) for e in encodings)
-        feeds = {name: np.zeros((len(encodings), width), np.int64) for name in self._inputs}
-        for r, e in enumerate(encodings):
-            n = len(e.ids)
-            feeds["input_ids"][r, :n] = e.ids
-            feeds["attention_mask"][r, :n] = 1
-            if "token_type_ids" in feeds:
-                feeds["token_type_ids"][r, :n] = e.type_ids
-        hidden = np.asarray(next(iter(self.compiled.run(feeds).values())), np.float32)
+    def tokenize_pairs(self, queries: list[str], documents: list[str], *, truncate: int | None = -1) -> list[Row]:
+        """(query, document) pairs as one row each, the way a cross-encoder reads them (truncated
+        longest first, as transformers' tokenizers truncate pairs)."""
+        if self.config.do_lower_case:
+            queries, documents = [q.lower() for q in queries], [d.lower() for d in documents]
+        encodings = self._tokenizer(truncate).encode_batch(list(zip(queries, documents)))
+        return [Row(e.ids, e.type_ids) for e in encodings]
+
+    def _tokenizer(self, truncate: int | None):
+        limit = self.max_seq_length if truncate == -1 else truncate
+        if limit is None:
+            return self.tokenizer
+        tokenizer = self._truncating.get(limit)
+        if tokenizer is None:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+            tokenizer.enable_truncation(limit)
+            if len(self._truncating) < 64:  # (the server's requests choose the limits)
+                self._truncating[limit] = tokenizer
+        return tokenizer
+
+    def pool_rows(self, rows: list[Row], batch_size: int | None = None) -> np.ndarray:
+        """float32 [len(rows), dimension]: the rows' pooled token vectors (not normalized)."""
+        self._needs("embed")
+        return self._forward(rows, batch_size)
+
+    def score_rows(self, rows: list[Row], batch_size: int | None = None) -> np.ndarray:
+        """float32 [len(rows)]: a cross-encoder's scores of its rows (pairs), activated."""
+        self._needs("score")
+        logits = self._forward(rows, batch_size)
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32) if self.config.activation == "sigmoid" else logits
+
+    def _needs(self, task: str) -> None:
+        if task != self.task:
+            what = {"embed": "an embedding model", "score": "a cross-encoder"}
+            raise UnsupportedError(f"{self.name} is {what[self.task]}: it does not {task}"
+                                   + (" (score() ranks with it)" if self.task == "score" else ""))
+
+    def _forward(self, rows: list[Row], batch_size: int | None = None) -> np.ndarray:
+        """The model on `rows`, sorted by length into batches within the token budget, put back
+        in order: pooled vectors [n, dimension], or a cross-encoder's logits [n]."""
+        n = len(rows)
+        out = np.empty((n, self.dimension) if self.task == "embed" else (n,), np.float32)
+        order = sorted(range(n), key=lambda i: -len(rows[i].ids))
+        most = batch_size or self.batch_size
+        start = 0
+        while start < n:
+            width = max(1, len(rows[order[start]].ids))
+            batch = order[start:start + max(1, min(most, self.max_batch_tokens // width))]
+            out[batch] = self._batch([rows[i] for i in batch])
+            start += len(batch)
+        return out
+
+    def _batch(self, rows: list[Row]) -> np.ndarray:
+        width = max(len(r.ids) for r in rows)
+        if width == 0:
+            raise InputError("an input has no tokens")
+        feeds = {name: np.zeros((len(rows), width), np.int64) for name in self._inputs}
+        for i, r in enumerate(rows):
+            n = len(r.ids)
+            feeds["input_ids"][i, :n] = r.ids
+            feeds["attention_mask"][i, :n] = 1
+            if "token_type_ids" in feeds and r.type_ids is not None:
+                feeds["token_type_ids"][i, :n] = r.type_ids
+        result = np.asarray(self.compiled.run(feeds)[self._output], np.float32)
+        if self.task == "score":
+            return result.reshape(len(rows), -1)[:, 0]
         mask = feeds["attention_mask"].astype(np.float32)
-        if skip:
-            mask[:, :skip] = 0
-        return pool(hidden, mask, self.config.pooling)
+        for i, r in enumerate(rows):
+            mask[i, :r.skip] = 0
+        return pool(result, mask, self.config.pooling)
+
+
+def normalized(x: np.ndarray) -> np.ndarray:
+    """Rows of x scaled to unit length (a zero row stays zero)."""
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _texts(texts, what: str) -> list[str]:
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts or any(not isinstance(t, str) for t in texts):
+        raise InputError(f"{what}() takes a string or a non-empty list of strings")
+    return texts
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
@@ -113,3 +251,174 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     if mode == "mean_sqrt_len":
         return summed / np.sqrt(count)
     raise InputError(f"pooling mode {mode!r} is not one of cls, mean, max, mean_sqrt_len, lasttoken")
+
+
+# -- many callers at once ------------------------------------------------------------------------
+@dataclass
+class _Job:
+    rows: list[Row]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class AsyncEncoder:
+    """An Encoder shared by many asyncio callers (the server): `await pool_rows(rows)` /
+    `await score_rows(rows)` queue the rows for one worker thread, which runs everything
+    queued together, in batches by the token budget. A batch that fails is run again job by
+    job, so that only the job at fault gets the error."""
+
+    MAX_ROWS_PER_RUN = 4096  # what one run of the worker takes from the queue at most
+
+    def __init__(self, model: str | os.PathLike | None = None, **options):
+        self.encoder = model if isinstance(model, Encoder) else Encoder(model, **options)
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._stopped = False
+        self.runs = self.jobs = 0  # the worker's runs, and the jobs they took (jobs / runs: how much it batched)
+        self._thread = threading.Thread(target=self._loop, name="ember-encoder", daemon=True)
+        self._thread.start()
+
+    @property
+    def is_running(self) -> bool:
+        return not self._stopped and self._thread.is_alive()
+
+    async def pool_rows(self, rows: list[Row]) -> np.ndarray:
+        self.encoder._needs("embed")
+        return await self._submit(rows)
+
+    async def score_rows(self, rows: list[Row]) -> np.ndarray:
+        self.encoder._needs("score")
+        logits = await self._submit(rows)
+        if self.encoder.config.activation == "sigmoid":
+            return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        return logits
+
+    async def _submit(self, rows: list[Row]) -> np.ndarray:
+        if self._stopped:
+            raise InputError("the encoder has stopped")
+        job = _Job(list(rows))
+        self._queue.put(job)
+        return await asyncio.wrap_future(job.future)
+
+    def shutdown(self) -> None:
+        self._stopped = True
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            jobs, count = [job], len(job.rows)
+            while count < self.MAX_ROWS_PER_RUN:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # (stop after this run)
+                    break
+                jobs.append(more)
+                count += len(more.rows)
+            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            self.runs, self.jobs = self.runs + 1, self.jobs + len(jobs)
+            self._run(jobs)
+        while True:  # stopped: what is still queued fails
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(InputError("the encoder has stopped"))
+
+    def _run(self, jobs: list[_Job]) -> None:
+        try:
+            out = self.encoder._forward([r for j in jobs for r in j.rows])
+        except BaseException as e:  # noqa: BLE001 - handed to the callers
+            if len(jobs) > 1:
+                for j in jobs:
+                    self._run([j])
+            else:
+                jobs[0].future.set_exception(e)
+            return
+        start = 0
+        for j in jobs:
+            j.future.set_result(out[start:start + len(j.rows)])
+            start += len(j.rows)
+
+
+# -- vLLM's result shapes (LLM.embed, LLM.score) --------------------------------------------------
+@dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    request_id: str
+    outputs: EmbeddingOutput
+    prompt_token_ids: list[int]
+    finished: bool = True
+
+
+@dataclass
+class ScoringOutput:
+    score: float
+
+
+@dataclass
+class ScoringRequestOutput:
+    request_id: str
+    outputs: ScoringOutput
+    prompt_token_ids: list[int]
+    finished: bool = True
+
+
+def embed_outputs(encoder: Encoder, prompts) -> list[EmbeddingRequestOutput]:
+    """LLM.embed: each prompt (a string, token ids, or a {"prompt" | "prompt_token_ids"} dict,
+    or a list of them) embedded as the model says (normalized where it has a Normalize module)."""
+    items = [prompts] if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)) else list(prompts)
+    if not items:
+        raise InputError("embed() takes a prompt or a non-empty list of them")
+    rows: list[Row | None] = [None] * len(items)
+    texts = {}
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            item = item.get("prompt_token_ids", item.get("prompt"))
+        if isinstance(item, str):
+            texts[i] = item
+        elif isinstance(item, (list, tuple)) and item and all(isinstance(t, int) for t in item):
+            rows[i] = Row(list(item))
+        else:
+            raise InputError(f"prompt {i} is not a string, a non-empty list of token ids or a dict of one")
+    for i, row in zip(texts, encoder.tokenize(list(texts.values())) if texts else []):
+        rows[i] = row
+    vectors = encoder.pool_rows(rows)
+    if encoder.config.normalize:
+        vectors = normalized(vectors)
+    return [EmbeddingRequestOutput(str(i), EmbeddingOutput(v.tolist()), r.ids) for i, (v, r) in enumerate(zip(vectors, rows))]
+
+
+def score_outputs(encoder: Encoder, text_1, text_2) -> list[ScoringRequestOutput]:
+    """LLM.score: `text_1` one string against each of `text_2`'s (one or a list), or two
+    lists of the same length pair by pair."""
+    firsts = [text_1] if isinstance(text_1, str) else list(text_1)
+    seconds = [text_2] if isinstance(text_2, str) else list(text_2)
+    if len(firsts) == 1:
+        firsts = firsts * len(seconds)
+    if not seconds or len(firsts) != len(seconds) or not all(isinstance(t, str) for t in firsts + seconds):
+        raise InputError("score() takes a string or a list of them against a string or a list of them "
+                         f"(one against many, or two lists of the same length; got {len(firsts)} and {len(seconds)})")
+    if encoder.task == "score":
+        rows = encoder.tokenize_pairs(firsts, seconds)
+        scores = encoder.score_rows(rows)
+        ids = [r.ids for r in rows]
+    else:
+        a, b = encoder.tokenize(firsts), encoder.tokenize(seconds)
+        vectors = normalized(encoder.pool_rows(a + b))
+        scores = (vectors[:len(a)] * vectors[len(a):]).sum(-1)
+        ids = [x.ids + y.ids for x, y in zip(a, b)]
+    return [ScoringRequestOutput(str(i), ScoringOutput(float(s)), t) for i, (s, t) in enumerate(zip(scores, ids))]

@@ -35,7 +35,7 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from .errors import ExecutionError, InputError
+from .errors import ExecutionError, InputError, UnsupportedError
 from .ir.dtypes import DType
 from .ir.quant_formats import SCHEMES
 from .runtime.engine import CompletionOutput, EngineOptions, EngineStats, LLMEngine, RequestOutput, StepError  # noqa: F401
@@ -245,16 +245,62 @@ def _chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = Non
 
 
 class LLM:
-    """Offline generation: hand over all prompts, get all outputs back in order."""
+    """Offline generation: hand over all prompts, get all outputs back in order. Given an
+    encoder (a sentence-transformers folder, a cross-encoder, an .onnx encoder: ember.Encoder's
+    models), it embeds and scores instead, in vLLM's shapes:
+
+        llm = ember.LLM("path/to/all-MiniLM-L6-v2")
+        llm.embed(["A sentence."])[0].outputs.embedding        # list of floats
+        llm.score("a query", ["doc one", "doc two"])[1].outputs.score
+    """
 
     def __init__(self, model: str | os.PathLike | None = None, **options):
+        from .frontends.hf.encoder import is_encoder
+
+        self.engine = self.encoder = None
+        if model is not None and is_encoder(model):
+            from .embeddings import Encoder
+
+            unknown = set(options) - {"max_seq_length", "intra_op_threads", "max_batch_tokens", "batch_size"}
+            if unknown:
+                raise InputError(f"{model} is an encoder: options {sorted(unknown)} are a generative LLM's")
+            self.encoder = Encoder(model, **options)
+            self.tokenizer = self.encoder.tokenizer
+            return
         self.engine = build_engine(model, **options)
         self.tokenizer = self.engine.tokenizer
+
+    def embed(self, prompts) -> list:
+        """Each prompt's embedding (EmbeddingRequestOutput: `.outputs.embedding`), normalized
+        where the model says; `prompts` as generate's."""
+        from .embeddings import embed_outputs
+
+        return embed_outputs(self._encoder("embed"), prompts)
+
+    def score(self, text_1, text_2) -> list:
+        """ScoringRequestOutput (`.outputs.score`) of each pair: `text_1` one string against each
+        of `text_2`, or two lists pair by pair; a cross-encoder's score, else the cosine of
+        their embeddings."""
+        from .embeddings import score_outputs
+
+        return score_outputs(self._encoder("score"), text_1, text_2)
+
+    def _encoder(self, what: str):
+        if self.encoder is None:
+            raise UnsupportedError(f"{what}() needs an embedding model or a cross-encoder (a sentence-transformers "
+                                   "folder, for one); this LLM generates: use generate() or chat()")
+        return self.encoder
+
+    def _generative(self) -> LLMEngine:
+        if self.engine is None:
+            raise UnsupportedError(f"{self.encoder.name} is an encoder: use embed() or score(), not generation")
+        return self.engine
 
     def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                  use_tqdm: bool = True) -> list[RequestOutput]:
         """`prompts`: a string, token ids, a dict ("prompt" / "prompt_token_ids"), or a list
         of them; `sampling_params`: one for all, or one per prompt."""
+        self._generative()
         if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         return self._run(list(prompts), sampling_params, use_tqdm)
@@ -263,13 +309,15 @@ class LLM:
              use_tqdm: bool = True) -> list[RequestOutput]:
         """`messages`: one conversation (a list of {"role", "content"} dicts) or a list of them;
         the model's chat template makes each a prompt that asks for the assistant's turn."""
+        self._generative()
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         return self._run([_chat_prompt(self.tokenizer, c) for c in conversations], sampling_params, use_tqdm)
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers now (they also stop when the LLM is collected,
         and at exit); the LLM cannot generate afterwards."""
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
 
     def _run(self, prompts: list, params, use_tqdm: bool) -> list[RequestOutput]:
         if params is None or isinstance(params, SamplingParams):

@@ -48,3 +48,42 @@ def tiny_llm_dir(tmp_path_factory):
                          eos_token_id=tokenizer.eos_token_id)
     save_tiny(LlamaForCausalLM, config, folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A random-init 2-layer BERT with MiniLM's tokenizer, saved as a transformers folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from ember._builtin import minilm_dir
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=128)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory):
+    """A random-init 2-layer BERT cross-encoder (one label) with MiniLM's tokenizer, saved by
+    sentence-transformers' CrossEncoder (sigmoid activation), its weights drawn wide enough
+    that documents score apart: the folder, and the CrossEncoder read back from it."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from ember._builtin import minilm_dir
+
+    hf = tmp_path_factory.mktemp("tiny_cross_hf")
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=128, num_labels=1, initializer_range=0.3)
+    BertForSequenceClassification(config).save_pretrained(hf)
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(hf)
+    folder = tmp_path_factory.mktemp("tiny_cross")
+    CrossEncoder(str(hf), device="cpu").save(str(folder))
+    return folder, CrossEncoder(str(folder), device="cpu")

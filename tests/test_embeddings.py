@@ -35,7 +35,7 @@ def test_minilm_matches_sentence_transformers(minilm):
     its Normalize module says, and without it the same direction."""
     encoder, st = minilm
     assert encoder.compiled.stats.fallback_nodes == []
-    assert len(encoder.tokenizer.encode(SENTENCES[-1]).ids) == 256 < len(SENTENCES[-1].split())
+    assert len(encoder.tokenize(SENTENCES[-1:])[0].ids) == 256 < len(encoder.tokenizer.encode(SENTENCES[-1]).ids)
     got, want = encoder.embed(SENTENCES), st.encode(SENTENCES)
     assert got.shape == want.shape == (len(SENTENCES), 384) and got.dtype == np.float32
     assert cosines(got, want).min() >= 0.999
@@ -45,23 +45,6 @@ def test_minilm_matches_sentence_transformers(minilm):
     assert encoder.embed(SENTENCES[0]).shape == (384,)
     # batches of similar lengths, put back in order: any batch size gives the same rows
     np.testing.assert_allclose(encoder.embed(SENTENCES, batch_size=1), got, atol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A random-init 2-layer BERT with MiniLM's tokenizer, saved as a transformers folder."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from ember._builtin import minilm_dir
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, max_position_embeddings=128)
-    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(folder)
-    return folder
 
 
 def _folder(tmp_path, tiny_bert, mode: str, normalize: bool, include_prompt: bool = True):
@@ -108,10 +91,12 @@ def test_prompts_are_put_in_front_as_sentence_transformers_does(tmp_path, tiny_b
 
 def test_bad_folders_and_calls_are_named(tmp_path, tiny_bert, minilm):
     encoder, _ = minilm
-    with pytest.raises(ModelError, match="not a sentence-transformers folder"):
+    with pytest.raises(ModelError, match="is not an encoder: it has no modules.json"):
         ember.Encoder(tmp_path)
     with pytest.raises(InputError, match="non-empty list of strings"):
         encoder.embed([])
+    with pytest.raises(UnsupportedError, match="is an embedding model: it does not score"):
+        encoder.score_rows(encoder.tokenize(["x"]))
     with pytest.raises(InputError, match="prompt_name 'query' is not one of the model's prompts"):
         encoder.embed("x", prompt_name="query")
     folder, _ = _folder(tmp_path, tiny_bert, "mean", True)
@@ -120,3 +105,124 @@ def test_bad_folders_and_calls_are_named(tmp_path, tiny_bert, minilm):
     (folder / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(UnsupportedError, match=r"modules \['Dense'\]"):
         ember.Encoder(folder)
+
+
+QUERY = "How do compilers make programs fast?"
+DOCUMENTS = ["Compilers optimize code with passes such as inlining and vectorization.", "I like cats.",
+             "The weather forecast says it will rain in the north tomorrow.", "hi",
+             "Fast programs come from good algorithms, and compilers help. " * 20]
+
+
+def test_cross_encoder_scores_match_sentence_transformers(tiny_cross_encoder):
+    """A CrossEncoder folder (a tiny random one, one label, sigmoid): ember's score of each
+    (query, document) pair equals CrossEncoder.predict's (a pair past max_length truncated
+    as it truncates), and rerank's order is CrossEncoder.rank's."""
+    folder, st = tiny_cross_encoder
+    encoder = ember.Encoder(folder)
+    assert encoder.task == "score" and encoder.config.activation == "sigmoid" and encoder.max_seq_length == 128
+    assert encoder.compiled.stats.fallback_nodes == []
+    got = encoder.score(QUERY, DOCUMENTS)
+    want = st.predict([(QUERY, d) for d in DOCUMENTS])
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert np.ptp(want) > 0.05  # (the documents score apart: the order below means something)
+    assert [i for i, _ in encoder.rerank(QUERY, DOCUMENTS)] == [r["corpus_id"] for r in st.rank(QUERY, DOCUMENTS)]
+    assert [i for i, _ in encoder.rerank(QUERY, DOCUMENTS, top_n=2)] == [r["corpus_id"] for r in
+                                                                        st.rank(QUERY, DOCUMENTS, top_k=2)]
+    with pytest.raises(UnsupportedError, match="is a cross-encoder: it does not embed"):
+        encoder.embed("x")
+
+
+def test_transformers_folders_and_onnx_files_are_encoders(tmp_path, tiny_bert, tiny_cross_encoder, minilm_onnx):
+    """A transformers folder with no sentence-transformers files (mean pooling, as
+    sentence-transformers loads it), a *ForSequenceClassification folder (a cross-encoder:
+    sigmoid for one label), and an ONNX file with tokenizer.json beside it (compiled as it is)."""
+    import shutil
+
+    from ember._builtin import minilm_dir
+
+    plain = ember.Encoder(tiny_bert)
+    assert plain.task == "embed" and plain.config.pooling == "mean" and plain.max_seq_length == 128
+    want = sentence_transformers.SentenceTransformer(str(tiny_bert), device="cpu").encode(SENTENCES)
+    assert cosines(plain.embed(SENTENCES), want).min() >= 0.999
+
+    folder, st = tiny_cross_encoder
+    hf = tmp_path / "hf_cross"
+    hf.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(folder / name, hf / name)
+    np.testing.assert_allclose(ember.Encoder(hf).score(QUERY, DOCUMENTS), st.predict([(QUERY, d) for d in DOCUMENTS]),
+                               atol=2e-5)
+
+    onnx_dir = tmp_path / "onnx_encoder"
+    (onnx_dir / "onnx").mkdir(parents=True)
+    shutil.copy(minilm_onnx, onnx_dir / "onnx" / "model.onnx")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(minilm_dir() / name, onnx_dir / name)
+    encoder = ember.Encoder(onnx_dir / "onnx" / "model.onnx")
+    assert encoder.config.onnx_file == onnx_dir / "onnx" / "model.onnx" and encoder.name == "model"
+    reference = sentence_transformers.SentenceTransformer(str(minilm_dir()), device="cpu")
+    got = encoder.embed(SENTENCES[:3])  # mean pooling, as a transformers folder (MiniLM's Normalize is not here)
+    assert cosines(got, reference.encode(SENTENCES[:3])).min() >= 0.999
+    assert ember.Encoder(onnx_dir).config.onnx_file == onnx_dir / "onnx" / "model.onnx"
+
+
+def test_batches_keep_to_the_token_budget(minilm):
+    """Batches hold at most max_batch_tokens padded tokens (and batch_size rows): a small
+    budget splits the inputs into more runs, and every budget gives the same vectors."""
+    from ember.embeddings import Encoder
+
+    encoder, _ = minilm
+    texts = [" ".join(["word"] * n) for n in (1, 3, 9, 30, 60, 2, 7)]
+    shapes = []
+    run = encoder.compiled.run
+
+    def counting(feeds):
+        shapes.append(feeds["input_ids"].shape)
+        return run(feeds)
+
+    encoder.compiled.run = counting
+    try:
+        whole = encoder.embed(texts)
+        assert len(shapes) == 1
+        budget = encoder.max_batch_tokens
+        encoder.max_batch_tokens = 64
+        shapes.clear()
+        small = encoder.embed(texts)
+    finally:
+        encoder.compiled.run = run
+        encoder.max_batch_tokens = budget
+    assert len(shapes) > 2 and all(rows * width <= 64 or rows == 1 for rows, width in shapes)
+    assert sorted(rows for rows, _ in shapes) != [1] * len(shapes)  # (some batches held several rows)
+    np.testing.assert_allclose(small, whole, atol=1e-5)
+    with pytest.raises(InputError, match="at least 1"):
+        Encoder(max_batch_tokens=0)
+
+
+def test_llm_embeds_and_scores_in_vllm_shapes(tiny_cross_encoder, tiny_llm_dir):
+    """ember.LLM of an encoder: embed() and score() give vLLM's result objects; generation
+    is refused by name, and so is embed() on a generative LLM's."""
+    from ember._builtin import minilm_dir
+
+    llm = ember.LLM(minilm_dir())
+    outs = llm.embed(["A man is playing a guitar.", {"prompt_token_ids": [101, 7592, 102]}])
+    direct = ember.Encoder()
+    assert len(outs) == 2 and outs[0].outputs.hidden_size == 384 and outs[1].prompt_token_ids == [101, 7592, 102]
+    np.testing.assert_allclose(outs[0].outputs.embedding, direct.embed("A man is playing a guitar."), atol=1e-5)
+    scores = llm.score("A man is playing a guitar.", ["Someone plays music.", "It will rain."])
+    vectors = direct.embed(["A man is playing a guitar.", "Someone plays music.", "It will rain."])
+    np.testing.assert_allclose([s.outputs.score for s in scores], vectors[1:] @ vectors[0], atol=1e-5)
+    pairwise = llm.score(["a", "b"], ["c", "d"])
+    assert [s.request_id for s in pairwise] == ["0", "1"]
+    with pytest.raises(UnsupportedError, match="is an encoder: use embed"):
+        llm.generate("Hello")
+    with pytest.raises(InputError, match="one against many, or two lists of the same length"):
+        llm.score(["a", "b"], ["c", "d", "e"])
+    with pytest.raises(InputError, match="options \\['max_num_seqs'\\] are a generative LLM's"):
+        ember.LLM(minilm_dir(), max_num_seqs=4)
+
+    with pytest.raises(UnsupportedError, match="needs an embedding model or a cross-encoder"):
+        ember.LLM(tiny_llm_dir, max_model_len=64).embed("Hello")
+
+    folder, st = tiny_cross_encoder
+    cross = ember.LLM(folder).score(QUERY, DOCUMENTS)
+    np.testing.assert_allclose([s.outputs.score for s in cross], st.predict([(QUERY, d) for d in DOCUMENTS]), atol=2e-5)

@@ -58,7 +58,10 @@ from ..errors import EmberError, InputError
 from ..llm import AsyncLLM, RequestOutput, SamplingParams, _chat_prompt
 from .metrics import ServerMetrics
 from . import responses_api
-from .protocol import APIError, ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse
+from ..embeddings import AsyncEncoder
+from .embeddings_api import EncoderService
+from .protocol import (APIError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
+                       RerankRequest, ResponsesRequest, TokenizeRequest, parse)
 from .responses import ChatFormat, CompletionFormat, Cursor, TokenText, usage
 from .tool_calls import ToolCalling, check_parser, hermes_history, parser_for_template
 
@@ -66,17 +69,56 @@ from .tool_calls import ToolCalling, check_parser, hermes_history, parser_for_te
 DEFAULT_MAX_TOKENS = 1024
 
 
-def create_app(llm: AsyncLLM, model_name: str, *, api_key: str | None = None, max_queue: int = 256,
-               default_max_tokens: int | None = DEFAULT_MAX_TOKENS, tool_call_parser: str | None = None) -> FastAPI:
-    """An ASGI app serving `llm` as the model `model_name`. The caller owns `llm` (and
-    shuts it down); several apps may share one. `default_max_tokens` bounds a chat
-    request that sets no max_tokens (None: up to max_model_len, OpenAI's rule).
-    `tool_call_parser` (one of tool_calls.PARSERS; None: the one the chat template's
-    format needs) reads tool calls out of answers to requests with tools."""
+def create_app(llm: AsyncLLM | None, model_name: str | None, *, api_key: str | None = None, max_queue: int = 256,
+               default_max_tokens: int | None = DEFAULT_MAX_TOKENS, tool_call_parser: str | None = None,
+               encoder: AsyncEncoder | None = None, encoder_name: str | None = None) -> FastAPI:
+    """An ASGI app serving `llm` as the model `model_name`, and `encoder` (an AsyncEncoder,
+    embeddings_api.py's routes) as `encoder_name` (default: its folder's name); either may be
+    None, not both. The caller owns `llm` and `encoder` (and shuts them down); several apps
+    may share them. `default_max_tokens` bounds a chat request that sets no max_tokens
+    (None: up to max_model_len, OpenAI's rule). `tool_call_parser` (one of
+    tool_calls.PARSERS; None: the one the chat template's format needs) reads tool calls
+    out of answers to requests with tools."""
     check_parser(tool_call_parser)
-    server = _Server(llm, model_name, api_key, max_queue, default_max_tokens, tool_call_parser)
+    if llm is None and encoder is None:
+        raise InputError("create_app serves an LLM, an encoder or both: it was given neither")
+    if max_queue < 0:
+        raise InputError(f"max_queue must be >= 0, got {max_queue}")
+    pending: list[Callable[[], int]] = []
+    metrics = ServerMetrics(llm, lambda: sum(p() for p in pending))
+    server = None
+    if llm is not None:
+        server = _Server(llm, model_name, api_key, max_queue, default_max_tokens, tool_call_parser, metrics)
+        pending.append(lambda: server.num_pending)
+    encoders = None
+    if encoder is not None:
+        encoders = EncoderService(encoder, encoder_name or encoder.encoder.name, max_queue + 32, metrics)
+        if server is not None and encoders.name == server.model_name:
+            raise InputError(f"the LLM and the encoder are both named {encoders.name!r}: give them different names")
     app = FastAPI(title="ember", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
+
+    def authorize(request: Request) -> None:
+        _authorize(request, api_key)
+
+    def generative(request: Request) -> _Server:
+        if server is None:
+            raise APIError(404, f"{request.url.path} needs a generative model, and this server serves only the "
+                           f"encoder {encoders.name!r} (`ember serve LLM --embedding-model ENCODER` serves both)",
+                           code="model_not_found")
+        return server
+
+    def encoding(request: Request, model: str | None) -> EncoderService:
+        authorize(request)
+        if encoders is None:
+            raise APIError(404, f"{request.url.path} needs an embedding model or a cross-encoder, and this server "
+                           f"serves only {server.model_name!r}: start it with --embedding-model ENCODER",
+                           code="model_not_found")
+        encoders.check_model(model, server.model_name if server is not None else None)
+        return encoders
+
+    def cards() -> list[dict[str, Any]]:
+        return [c.model_card() for c in (server, encoders) if c is not None]
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
@@ -95,45 +137,112 @@ def create_app(llm: AsyncLLM, model_name: str, *, api_key: str | None = None, ma
 
     @app.get("/health")
     async def health():
-        if not llm.is_running:
+        if llm is not None and not llm.is_running:
             return JSONResponse({"status": "the engine has stopped"}, 503)
+        if encoder is not None and not encoder.is_running:
+            return JSONResponse({"status": "the encoder has stopped"}, 503)
         return {"status": "ok"}
 
     @app.get("/metrics")
-    async def metrics():
-        return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    async def render_metrics():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models(request: Request):
-        server.authorize(request)
-        return {"object": "list", "data": [server.model_card()]}
+        authorize(request)
+        return {"object": "list", "data": cards()}
 
     @app.get("/v1/models/{model:path}")
     async def model(request: Request, model: str):
-        server.authorize(request)
-        server.check_model(model)
-        return server.model_card()
+        authorize(request)
+        card = next((c for c in cards() if c["id"] == model), None)
+        if card is None:
+            served = ", ".join(repr(c["id"]) for c in cards())
+            raise APIError(404, f"the model {model!r} does not exist: this server serves {served}",
+                           param="model", code="model_not_found")
+        return card
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await server.completions(request)
+        return await generative(request).completions(request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await server.chat_completions(request)
+        return await generative(request).chat_completions(request)
 
     @app.post("/v1/responses")
     async def responses(request: Request):
-        return await server.responses(request)
+        return await generative(request).responses(request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        authorize(request)
+        body = parse(EmbeddingRequest, await request.body())
+        return await encoding(request, body.model).embeddings(body)
+
+    async def rerank(request: Request):
+        authorize(request)
+        body = parse(RerankRequest, await request.body())
+        return await encoding(request, body.model).rerank(body)
+
+    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):  # (vLLM's, Jina's and Cohere's paths)
+        app.post(path)(rerank)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        authorize(request)
+        body = parse(TokenizeRequest, await request.body())
+        if encoders is not None and (server is None or body.model == encoders.name):
+            encoding(request, body.model)
+            return await asyncio.to_thread(_tokenize_encoder, encoders, body)
+        return await generative(request).tokenize(body)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        authorize(request)
+        body = parse(DetokenizeRequest, await request.body())
+        if encoders is not None and (server is None or body.model == encoders.name):
+            encoding(request, body.model)
+            tokenizer, vocab = encoders.model.tokenizer, encoders.model.vocab_size
+        else:
+            target = generative(request)
+            target.check_model(body.model)
+            tokenizer, vocab = target.llm.tokenizer, target.vocab_size
+        bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} in 'tokens' is outside the vocabulary [0, {vocab})", param="tokens")
+        return {"prompt": tokenizer.decode(body.tokens)}
 
     return app
+
+
+def _tokenize_encoder(encoders: EncoderService, body: TokenizeRequest) -> dict[str, Any]:
+    """/tokenize with the encoder's tokenizer: its special tokens added unless the request says not."""
+    if body.prompt is None or body.messages is not None:
+        raise APIError(400, f"the encoder {encoders.name!r} tokenizes a 'prompt' (it has no chat template)",
+                       param="prompt")
+    encoding = encoders.model.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+    out = {"count": len(encoding.ids), "max_model_len": encoders.model.max_seq_length, "tokens": encoding.ids}
+    if body.return_token_strs:
+        out["token_strs"] = encoding.tokens
+    return out
 
 
 async def end_requests(app: FastAPI, message: str) -> int:
     """End every request `app` has open with OpenAI's error (503, `server_shutting_down`:
     a JSON body, or a stream's last `error` event then `[DONE]`) and refuse new ones with
-    it; returns how many engine requests were ended."""
-    return await app.state.server.end_requests(message)
+    it; returns how many engine requests were ended (an encoder's requests finish on their own)."""
+    server = app.state.server
+    return 0 if server is None else await server.end_requests(message)
+
+
+def _authorize(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+        raise APIError(401, "invalid or missing API key: send the header 'Authorization: Bearer <key>'",
+                       code="invalid_api_key")
 
 
 class ServerStopping(EmberError):
@@ -142,9 +251,7 @@ class ServerStopping(EmberError):
 
 class _Server:
     def __init__(self, llm: AsyncLLM, model_name: str, api_key: str | None, max_queue: int,
-                 default_max_tokens: int | None, tool_call_parser: str | None = None):
-        if max_queue < 0:
-            raise InputError(f"max_queue must be >= 0, got {max_queue}")
+                 default_max_tokens: int | None, tool_call_parser: str | None, metrics: ServerMetrics):
         if default_max_tokens is not None and default_max_tokens < 1:
             raise InputError(f"default_max_tokens must be at least 1, got {default_max_tokens}")
         self.llm, self.model_name, self.api_key = llm, model_name, api_key
@@ -157,16 +264,11 @@ class _Server:
         self.num_pending = 0
         self.created = int(time.time())
         self.token_text = TokenText(llm.tokenizer)
-        self.metrics = ServerMetrics(llm, lambda: self.num_pending)
+        self.metrics = metrics
 
     # -- checks -----------------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise APIError(401, "invalid or missing API key: send the header 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
+        _authorize(request, self.api_key)
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
@@ -223,6 +325,27 @@ class _Server:
         return release
 
     # -- the endpoints ----------------------------------------------------------------------
+    async def tokenize(self, body) -> dict[str, Any]:
+        """/tokenize (vLLM's): a prompt's tokens, or chat messages' through the chat template."""
+        self.check_model(body.model)
+        tokenizer = self.llm.tokenizer
+        if (body.prompt is None) == (body.messages is None):
+            raise APIError(400, "give one of 'prompt' and 'messages'", param="prompt")
+        if body.prompt is not None:
+            ids = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        else:
+            conversation = ChatCompletionRequest(messages=body.messages).conversation()
+            try:
+                text = tokenizer.apply_chat_template(conversation, add_generation_prompt=body.add_generation_prompt,
+                                                     tokenize=False)
+            except Exception as e:  # (no template, or one that refuses these messages)
+                raise APIError(400, f"the chat template failed on these messages: {e}", param="messages") from None
+            ids = tokenizer.encode(text, add_special_tokens=False)
+        out = {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids}
+        if body.return_token_strs:
+            out["token_strs"] = tokenizer.convert_ids_to_tokens(ids)
+        return out
+
     async def completions(self, request: Request):
         self.authorize(request)
         body = parse(CompletionRequest, await request.body())

@@ -52,7 +52,8 @@ class _EngineCollector:
 
 class ServerMetrics:
     def __init__(self, llm, pending):
-        """`pending`: a function giving the number of sequences the server has admitted."""
+        """`llm`: the AsyncLLM whose engine is read at scrape time (None: none served);
+        `pending`: a function giving the number of sequences the server has admitted."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.prompt_tokens = Counter("ember_prompt_tokens", "Prompt tokens of the requests served.", registry=r)
@@ -68,7 +69,17 @@ class ServerMetrics:
                               buckets=_TPOT_BUCKETS, registry=r)
         self.e2e = Histogram("ember_e2e_request_latency_seconds", "From arrival at the engine to the last token.",
                              buckets=_E2E_BUCKETS, registry=r)
-        r.register(_EngineCollector(llm, pending))
+        self.encoder_inputs = Counter("ember_encoder_inputs", "Inputs embedded or documents reranked, by route.",
+                                      ["route"], registry=r)
+        self.encoder_tokens = Counter("ember_encoder_tokens", "Tokens the encoder ran, by route.", ["route"],
+                                      registry=r)
+        if llm is not None:  # (a server of an encoder alone has no engine)
+            r.register(_EngineCollector(llm, pending))
+
+    def observe_encoder(self, route: str, inputs: int, tokens: int) -> None:
+        """Count one encoder request (route: embeddings or rerank) of `inputs` rows, `tokens` tokens."""
+        self.encoder_inputs.labels(route).inc(inputs)
+        self.encoder_tokens.labels(route).inc(tokens)
 
     def observe(self, num_prompt_tokens: int, n: int, last: RequestOutput | None, error: bool = False) -> None:
         """Count one engine request (of `n` samples) when it ends: `last` is the last output

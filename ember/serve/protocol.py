@@ -16,7 +16,7 @@ Validation is strict: JSON `"0.5"` is not a number and `true` is not an integer.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -341,7 +341,86 @@ def _json_arguments(text: str, i: int, j: int) -> Any:
 
 
 # -- turning pydantic's errors into one that names the field --------------------------------
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound on /v1/embeddings' inputs in one request
+MAX_RERANK_DOCUMENTS = 1000  # Cohere's
+
+
+class EmbeddingRequest(_Body):
+    """/v1/embeddings (OpenAI's): `input` a string, strings, token ids or lists of them;
+    `encoding_format` float or base64; `dimensions` (Matryoshka: the first ones, renormalized);
+    vLLM's `truncate_prompt_tokens` (-1: the model's limit) truncates instead of refusing."""
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int | None, Field(ge=1)] = None
+    truncate_prompt_tokens: Annotated[int | None, Field(ge=-1)] = None
+
+    def inputs(self) -> list[str | list[int]]:
+        given = self.input
+        items = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else list(given)
+        if not items:
+            raise APIError(400, "'input' must not be empty", param="input")
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise APIError(400, f"'input' has {len(items)} items, more than the {MAX_EMBEDDING_INPUTS} one request "
+                           "may hold", param="input")
+        for i, item in enumerate(items):
+            if not item:
+                where = "input" if isinstance(given, str) else f"input.{i}"
+                raise APIError(400, f"'{where}' is empty: an embedding needs at least one token", param="input")
+        return items
+
+
+class RerankDocument(_Body):
+    text: str
+
+
+class RerankRequest(_Body):
+    """/v1/rerank, /rerank, /v2/rerank (Cohere's and Jina's shape): the `documents` scored
+    against `query`, best first; `top_n` of them; `return_documents` (default true) echoes
+    each one's text."""
+
+    model: str | None = None
+    query: str
+    documents: list[str | RerankDocument]
+    top_n: Annotated[int | None, Field(ge=1)] = None
+    return_documents: bool | None = None
+    truncate_prompt_tokens: Annotated[int | None, Field(ge=-1)] = None
+
+    def texts(self) -> list[str]:
+        if not self.query:
+            raise APIError(400, "'query' is empty", param="query")
+        if not self.documents:
+            raise APIError(400, "'documents' must not be empty", param="documents")
+        if len(self.documents) > MAX_RERANK_DOCUMENTS:
+            raise APIError(400, f"'documents' has {len(self.documents)} items, more than the {MAX_RERANK_DOCUMENTS} "
+                           "one request may hold", param="documents")
+        texts = [d if isinstance(d, str) else d.text for d in self.documents]
+        empty = next((i for i, t in enumerate(texts) if not t), None)
+        if empty is not None:
+            raise APIError(400, f"'documents.{empty}' is empty", param=f"documents.{empty}")
+        return texts
+
+
+class TokenizeRequest(_Body):
+    """/tokenize (vLLM's): a `prompt`, or chat `messages` through the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage] | None, Field(min_length=1)] = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Body):
+    model: str | None = None
+    tokens: list[int]
+
+
 _EXPECTED = {
+    "input": "a string, a list of strings, a list of token ids or a list of lists of token ids",
+    "documents": "a list of strings or of {\"text\": string} objects",
     "prompt": "a string, a list of strings, a list of token ids or a list of lists of token ids",
     "stop": "a string or a list of strings",
     "content": "a string or a list of content parts",

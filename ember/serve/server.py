@@ -26,6 +26,7 @@ from pathlib import Path
 
 import uvicorn
 
+from ..errors import InputError
 from ..llm import AsyncLLM
 from .app import DEFAULT_MAX_TOKENS, create_app, end_requests
 from .tool_calls import check_parser
@@ -40,41 +41,72 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
           model_name: str | None = None, api_key: str | None = None, max_queue: int = 256,
           shutdown_timeout: float = 30.0, log_level: str = "warning",
           default_max_tokens: int | None = DEFAULT_MAX_TOKENS, tool_call_parser: str | None = None,
-          on_ready: Callable[[str], None] | None = None, **engine_options) -> None:
+          on_ready: Callable[[str], None] | None = None, embedding_model: str | os.PathLike | None = None,
+          embedding_model_name: str | None = None, **engine_options) -> None:
     """Serve `model` (default: the built-in SmolLM2) until SIGTERM/SIGINT, as `model_name`
-    (default: the folder's name, or the file's without its extension). `on_ready` is
+    (default: the folder's name, or the file's without its extension). `model` may be an
+    encoder (a sentence-transformers folder, a cross-encoder, an .onnx encoder): then the
+    server has /v1/embeddings and the rerank routes only. `embedding_model` serves one beside
+    the LLM, as `embedding_model_name` (default: its folder's name). `on_ready` is
     called with the base URL (http://host:port/v1) once requests are taken; port 0
     picks a free port. `default_max_tokens` bounds a chat request that sets no
     max_tokens (None: up to max_model_len). `tool_call_parser`: how answers to requests with
     tools are read (tool_calls.PARSERS; default: the chat template's format). `engine_options` go to AsyncLLM
-    (max_model_len, max_num_seqs, kv_cache_memory, target, ...)."""
+    (max_model_len, max_num_seqs, kv_cache_memory, target, ...); `intra_op_threads` to the encoder too."""
     from .._builtin import default_llm
+    from ..embeddings import AsyncEncoder
+    from ..frontends.hf.encoder import is_encoder
 
     check_parser(tool_call_parser)  # before the model loads
     path = Path(model) if model is not None else default_llm()
+    alone = model is not None and is_encoder(path)
+    if alone and embedding_model is not None:
+        raise InputError(f"{model} is an encoder already: --embedding-model adds an encoder to an LLM")
+    extra = sorted(k for k, v in engine_options.items()
+                   if k not in ("intra_op_threads", "target") and (k, v) != ("tensor_parallel_size", 1))
+    if alone and extra:
+        raise InputError(f"{model} is an encoder: the LLM options {extra} do not apply to it")
+    if alone and engine_options.get("target", "cpu") != "cpu":
+        raise InputError("ember serves encoders on the cpu target")
     sock = bind(host, port)
+    llm = encoder = None
     try:
-        llm = AsyncLLM(path, **engine_options)
+        threads = {"intra_op_threads": engine_options["intra_op_threads"]} if "intra_op_threads" in engine_options else {}
+        if alone:
+            encoder = AsyncEncoder(path, **threads)
+        else:
+            llm = AsyncLLM(path, **engine_options)
+            if embedding_model is not None:
+                encoder = AsyncEncoder(embedding_model, **threads)
     except BaseException:
         sock.close()
+        for part in (llm, encoder):
+            if part is not None:
+                part.shutdown()
         raise
     try:
         if model_name is None:
             model_name = BUILTIN_NAME if model is None else path.stem if path.is_file() else path.name
+        if alone:
+            model_name, embedding_model_name = None, model_name
         app = create_app(llm, model_name, api_key=api_key, max_queue=max_queue,
-                         default_max_tokens=default_max_tokens, tool_call_parser=tool_call_parser)
+                         default_max_tokens=default_max_tokens, tool_call_parser=tool_call_parser,
+                         encoder=encoder, encoder_name=embedding_model_name)
+        encoder_name = embedding_model_name or (encoder.encoder.name if encoder is not None else None)
         config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "info", "trace"),
                                 timeout_graceful_shutdown=shutdown_timeout + _GRACE_AFTER_ENDING)
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         url = f"http://{shown}:{bound_port}/v1"
-        ready = on_ready or (lambda url: _print_ready(url, model_name, api_key))
+        ready = on_ready or (lambda url: _print_ready(url, model_name, api_key, encoder_name))
         server = _Server(config, lambda: ready(url), shutdown_timeout, llm)
         server.run(sockets=[sock])
         if server.engine_failure is not None:  # the server stopped because the engine did
             raise server.engine_failure
     finally:
-        llm.shutdown()
+        for part in (llm, encoder):
+            if part is not None:
+                part.shutdown()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -91,11 +123,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _print_ready(url: str, model_name: str, api_key: str | None) -> None:
+def _print_ready(url: str, model_name: str | None, api_key: str | None, encoder_name: str | None = None) -> None:
     """The ready line, and how to call the server: curl, and the openai client. Both set
     max_tokens, so they answer in seconds whatever the model samples."""
     key = "$EMBER_API_KEY" if api_key else "unused"
     auth = f" -H \"Authorization: Bearer {key}\"" if api_key else ""
+    if encoder_name is not None:
+        print(f"""ember: serving {encoder_name} (embeddings, reranking) at {url}
+
+  curl {url}/embeddings -H "Content-Type: application/json"{auth} -d '{{"model": "{encoder_name}", "input": ["A sentence."]}}'
+  curl {url}/rerank -H "Content-Type: application/json"{auth} -d '{{"model": "{encoder_name}", "query": "a cat", "documents": ["a dog", "a kitten"]}}'
+""", file=sys.stderr, flush=True)
+    if model_name is None:
+        print("ember: SIGTERM or Ctrl-C stops it", file=sys.stderr, flush=True)
+        return
     print(f"""ember: serving {model_name} at {url} (SIGTERM or Ctrl-C stops it)
 
   curl {url}/chat/completions -H "Content-Type: application/json"{auth} \\
@@ -116,7 +157,7 @@ class _Server(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         # an engine that can no longer run (a tensor-parallel worker died or hung) stops the
         # server: requests in flight have their error, new ones a 503, then it exits
-        if self.engine_failure is None and self._llm.engine.failed is not None:
+        if self.engine_failure is None and self._llm is not None and self._llm.engine.failed is not None:
             self.engine_failure = self._llm.engine.failed
             print(f"ember: {self.engine_failure}; stopping the server", file=sys.stderr, flush=True)
             return True

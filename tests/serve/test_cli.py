@@ -215,6 +215,53 @@ def test_serve_refuses_a_negative_default_max_tokens(capsys):
     assert "--default-max-tokens must be 0 (no default) or more, got -1" in capsys.readouterr().err
 
 
+def _post(port, path, body):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_serve_an_encoder_alone_and_beside_an_llm(tiny_llm_dir, tiny_cross_encoder, tiny_bert):
+    """`ember serve CROSS_ENCODER` serves the rerank routes alone (its banner shows how to call
+    them); `ember serve LLM --embedding-model ENCODER` serves both; SIGTERM stops either."""
+    folder, st = tiny_cross_encoder
+    process, port, stderr = start_serve(folder)
+    try:
+        assert "/rerank" in "".join(stderr)
+        status, body = _post(port, "/v1/rerank", {"query": "a cat", "documents": ["a dog", "a kitten", "rain"]})
+        assert status == 200 and [r["index"] for r in body["results"]] == \
+            [r["corpus_id"] for r in st.rank("a cat", ["a dog", "a kitten", "rain"])]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, "".join(stderr)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    process, port, stderr = start_serve(tiny_llm_dir, "--embedding-model", str(tiny_bert),
+                                        "--served-embedding-model-name", "bert", "--max-model-len", "64")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/v1/models")
+        assert {m["id"] for m in json.loads(conn.getresponse().read())["data"]} == {tiny_llm_dir.name, "bert"}
+        status, body = _post(port, "/v1/embeddings", {"model": "bert", "input": ["a", "b c"]})
+        assert status == 200 and len(body["data"]) == 2 and len(body["data"][0]["embedding"]) == 32
+        status, body = _post(port, "/v1/completions", {"prompt": "hi", "max_tokens": 2})
+        assert status == 200 and body["usage"]["completion_tokens"] == 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, "".join(stderr)
+        assert "Traceback" not in "".join(stderr)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_serve_refuses_llm_options_for_an_encoder(tiny_bert, capsys):
+    assert main(["serve", str(tiny_bert), "--max-num-seqs", "4"]) == 2
+    assert "is an encoder: the LLM options ['max_num_seqs'] do not apply to it" in capsys.readouterr().err
+    assert main(["serve", str(tiny_bert), "--embedding-model", str(tiny_bert)]) == 2
+    assert "is an encoder already" in capsys.readouterr().err
+
+
 def test_serve_reports_a_port_in_use(tiny_llm_dir, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
