@@ -31,7 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, UnsupportedError
-from .frontends.hf.encoder import EncoderConfig, export_onnx, read_encoder, read_sentence_transformer
+from .frontends.hf.encoder import EncoderConfig, export_onnx, is_encoder, read_encoder, read_sentence_transformer
+
+# (is_encoder is the server's: serve/ talks to this layer, not to the frontends)
+__all__ = ["Encoder", "AsyncEncoder", "Row", "is_encoder", "normalized", "pool", "EmbeddingOutput",
+           "EmbeddingRequestOutput", "ScoringOutput", "ScoringRequestOutput"]
 
 DEFAULT_BATCH_TOKENS = 8192   # padded tokens a batch holds at most: its rows times its longest
 DEFAULT_BATCH_SIZE = 256      # rows a batch holds at most

@@ -54,8 +54,7 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     tools are read (tool_calls.PARSERS; default: the chat template's format). `engine_options` go to AsyncLLM
     (max_model_len, max_num_seqs, kv_cache_memory, target, ...); `intra_op_threads` to the encoder too."""
     from .._builtin import default_llm
-    from ..embeddings import AsyncEncoder
-    from ..frontends.hf.encoder import is_encoder
+    from ..embeddings import AsyncEncoder, is_encoder
 
     check_parser(tool_call_parser)  # before the model loads
     path = Path(model) if model is not None else default_llm()
