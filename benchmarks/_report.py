@@ -20,7 +20,13 @@ def cpu_name() -> str:
             if line.startswith("Model name:"):
                 name = line.split(":", 1)[1].strip()
                 flags = next((ln for ln in out.splitlines() if ln.startswith("Flags:")), "")
-                extras = [f for f in ("avx512f", "amx_tile") if f" {f}" in flags]
+                extras = [f for f in ("avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f" {f}" in flags]
+                if "avx512f" not in extras and " avx2" in flags:
+                    extras.append("avx2, no avx512")
+                family = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("CPU family:")), "")
+                model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model:")), "")
+                if family:  # (a VM may name its CPU only "AMD EPYC": the family tells Zen 3 / 4 / 5 apart)
+                    extras.insert(0, f"family {family} model {model}")
                 return name + (f" ({', '.join(extras)})" if extras else "")
     except OSError:
         pass

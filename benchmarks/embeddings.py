@@ -57,6 +57,8 @@ def sentences(count: int, seed: int = 0) -> list[str]:
 
 
 CLIENTS, PER_REQUEST = 32, 4  # ember-server's load: 32 concurrent clients, 4 sentences a request
+TRUNCATE = {"truncate_prompt_tokens": -1}  # (at the model's limit, as sentence-transformers truncates; the
+                                           # server refuses longer inputs unless asked)
 
 
 def serve_embeddings(folder: str, texts: list[str]) -> tuple[float, np.ndarray]:
@@ -75,12 +77,12 @@ def serve_embeddings(folder: str, texts: list[str]) -> tuple[float, np.ndarray]:
 
         async def run() -> float:
             client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=600)
-            await client.embeddings.create(model=Path(folder).name, input=texts[:64])  # warm up
+            await client.embeddings.create(model=Path(folder).name, input=texts[:64], extra_body=TRUNCATE)  # warm up
             todo = iter(range(len(chunks)))
 
             async def loop():
                 for i in todo:
-                    answer = await client.embeddings.create(model=Path(folder).name, input=chunks[i])
+                    answer = await client.embeddings.create(model=Path(folder).name, input=chunks[i], extra_body=TRUNCATE)
                     vectors[i] = [d.embedding for d in answer.data]
 
             start = time.perf_counter()

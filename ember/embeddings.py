@@ -68,8 +68,8 @@ class Encoder:
         if max_batch_tokens < 1 or batch_size < 1:
             raise InputError(f"max_batch_tokens and batch_size must be at least 1, not {max_batch_tokens}, {batch_size}")
         self.config: EncoderConfig = read_encoder(model) if model is not None else read_sentence_transformer(minilm_dir())
-        self.name = (self.config.onnx_file.stem if model is not None and Path(model).is_file()
-                     else self.config.folder.name)
+        self.name = ("all-MiniLM-L6-v2" if model is None else self.config.onnx_file.stem if Path(model).is_file()
+                     else self.config.folder.name)  # (the API's name of the model: ember serve's default)
         self.task = self.config.task
         self.max_seq_length = max_seq_length or self.config.max_seq_length
         self.max_batch_tokens, self.batch_size = max_batch_tokens, batch_size

@@ -102,6 +102,7 @@ def create_app(llm: AsyncLLM | None, model_name: str | None, *, api_key: str | N
         _authorize(request, api_key)
 
     def generative(request: Request) -> _Server:
+        authorize(request)
         if server is None:
             raise APIError(404, f"{request.url.path} needs a generative model, and this server serves only the "
                            f"encoder {encoders.name!r} (`ember serve LLM --embedding-model ENCODER` serves both)",

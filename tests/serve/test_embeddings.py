@@ -193,3 +193,20 @@ def test_32_concurrent_clients_are_batched_together(both, minilm):
     runs, jobs = minilm.runs - before[0], minilm.jobs - before[1]
     assert jobs == 32 and runs < jobs, (runs, jobs)
     assert both.metrics()['ember_encoder_inputs_total{route="embeddings"}'] - before[2] == 32 * 4
+
+
+def test_api_key_guards_the_encoder_routes(minilm):
+    """With an API key, the encoder routes (and the generative ones a server of an encoder
+    alone has not) answer 401 without it."""
+    from ember.serve import create_app
+
+    live = LiveServer(create_app(None, None, encoder=minilm, api_key="s3cret"))
+    try:
+        for path, body in [("/v1/embeddings", {"input": "a"}), ("/v1/rerank", {"query": "a", "documents": ["b"]}),
+                           ("/v1/chat/completions", {"messages": []})]:
+            status, answer = live.request("POST", path, body)
+            assert status == 401 and answer["error"]["code"] == "invalid_api_key"
+        status, answer = live.request("POST", "/v1/embeddings", {"input": "a"}, {"Authorization": "Bearer s3cret"})
+        assert status == 200 and answer["model"] == ENCODER
+    finally:
+        live.stop()
