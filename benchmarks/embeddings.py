@@ -82,7 +82,8 @@ def serve_embeddings(folder: str, texts: list[str]) -> tuple[float, np.ndarray]:
 
             async def loop():
                 for i in todo:
-                    answer = await client.embeddings.create(model=Path(folder).name, input=chunks[i], extra_body=TRUNCATE)
+                    answer = await client.embeddings.create(model=Path(folder).name, input=chunks[i],
+                                                            extra_body=TRUNCATE)
                     vectors[i] = [d.embedding for d in answer.data]
 
             start = time.perf_counter()

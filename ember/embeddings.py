@@ -67,7 +67,8 @@ class Encoder:
 
         if max_batch_tokens < 1 or batch_size < 1:
             raise InputError(f"max_batch_tokens and batch_size must be at least 1, not {max_batch_tokens}, {batch_size}")
-        self.config: EncoderConfig = read_encoder(model) if model is not None else read_sentence_transformer(minilm_dir())
+        self.config: EncoderConfig = (read_encoder(model) if model is not None
+                                      else read_sentence_transformer(minilm_dir()))
         self.name = ("all-MiniLM-L6-v2" if model is None else self.config.onnx_file.stem if Path(model).is_file()
                      else self.config.folder.name)  # (the API's name of the model: ember serve's default)
         self.task = self.config.task
@@ -403,7 +404,8 @@ def embed_outputs(encoder: Encoder, prompts) -> list[EmbeddingRequestOutput]:
     vectors = encoder.pool_rows(rows)
     if encoder.config.normalize:
         vectors = normalized(vectors)
-    return [EmbeddingRequestOutput(str(i), EmbeddingOutput(v.tolist()), r.ids) for i, (v, r) in enumerate(zip(vectors, rows))]
+    return [EmbeddingRequestOutput(str(i), EmbeddingOutput(v.tolist()), r.ids)
+            for i, (v, r) in enumerate(zip(vectors, rows))]
 
 
 def score_outputs(encoder: Encoder, text_1, text_2) -> list[ScoringRequestOutput]:

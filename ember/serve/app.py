@@ -189,12 +189,18 @@ def create_app(llm: AsyncLLM | None, model_name: str | None, *, api_key: str | N
     for path in ("/v1/rerank", "/rerank", "/v2/rerank"):  # (vLLM's, Jina's and Cohere's paths)
         app.post(path)(rerank)
 
+    def names_encoder(request: Request, model: str | None) -> bool:
+        """Whether a tokenizer route's `model` is the encoder (or the encoder is all there is)."""
+        if encoders is None or (server is not None and model != encoders.name):
+            return False
+        encoding(request, model)
+        return True
+
     @app.post("/tokenize")
     async def tokenize(request: Request):
         authorize(request)
         body = parse(TokenizeRequest, await request.body())
-        if encoders is not None and (server is None or body.model == encoders.name):
-            encoding(request, body.model)
+        if names_encoder(request, body.model):
             return await asyncio.to_thread(_tokenize_encoder, encoders, body)
         return await generative(request).tokenize(body)
 
@@ -202,8 +208,7 @@ def create_app(llm: AsyncLLM | None, model_name: str | None, *, api_key: str | N
     async def detokenize(request: Request):
         authorize(request)
         body = parse(DetokenizeRequest, await request.body())
-        if encoders is not None and (server is None or body.model == encoders.name):
-            encoding(request, body.model)
+        if names_encoder(request, body.model):
             tokenizer, vocab = encoders.model.tokenizer, encoders.model.vocab_size
         else:
             target = generative(request)

@@ -70,7 +70,7 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     sock = bind(host, port)
     llm = encoder = None
     try:
-        threads = {"intra_op_threads": engine_options["intra_op_threads"]} if "intra_op_threads" in engine_options else {}
+        threads = {k: v for k, v in engine_options.items() if k == "intra_op_threads"}
         if alone:
             encoder = AsyncEncoder(path, **threads)
         else:

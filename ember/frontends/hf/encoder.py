@@ -295,7 +295,8 @@ def export_onnx(config: EncoderConfig, cache: Path) -> Path:
     example = [torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]]).clamp(max=hf_config.vocab_size - 1),
                torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]), torch.zeros(2, 4, dtype=torch.int64)][:len(names)]
     output = config.output_name
-    axes = {**{n: {0: "batch", 1: "seq"} for n in names}, output: {0: "batch", 1: "seq"} if output != "logits" else {0: "batch"}}
+    axes = {n: {0: "batch", 1: "seq"} for n in names}
+    axes[output] = {0: "batch"} if output == "logits" else {0: "batch", 1: "seq"}
 
     def export(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
