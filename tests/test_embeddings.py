@@ -226,3 +226,35 @@ def test_llm_embeds_and_scores_in_vllm_shapes(tiny_cross_encoder, tiny_llm_dir):
     folder, st = tiny_cross_encoder
     cross = ember.LLM(folder).score(QUERY, DOCUMENTS)
     np.testing.assert_allclose([s.outputs.score for s in cross], st.predict([(QUERY, d) for d in DOCUMENTS]), atol=2e-5)
+
+
+def test_a_decoder_based_embedder_matches_and_chat_templated_inputs_are_refused(tmp_path, tiny_llm_dir):
+    """A sentence-transformers folder over a decoder (a tiny random Qwen2 with SmolLM2's
+    tokenizer; last-token pooling, normalized, as Qwen3-Embedding-style models are) matches
+    sentence-transformers. Saved by sentence-transformers 6, whose tokenizer has a chat
+    template, its texts are rendered as chat messages ('message' modality): refused by name
+    rather than embedded differently."""
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2Model
+
+    base = tmp_path / "qwen2"
+    AutoTokenizer.from_pretrained(tiny_llm_dir).save_pretrained(base)
+    torch.manual_seed(0)
+    Qwen2Model(Qwen2Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)).save_pretrained(base)
+    st = sentence_transformers.SentenceTransformer(
+        modules=[Transformer(str(base), max_seq_length=64), Pooling(64, pooling_mode="lasttoken"), Normalize()],
+        device="cpu")
+    folder = tmp_path / "st"
+    st.save(str(folder))
+    with pytest.raises(UnsupportedError, match="through its chat template"):
+        ember.Encoder(folder)
+    config = json.loads((folder / "sentence_bert_config.json").read_text())
+    del config["modality_config"]["message"]
+    (folder / "sentence_bert_config.json").write_text(json.dumps(config))
+    st = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
+    encoder = ember.Encoder(folder)
+    assert encoder.config.pooling == "lasttoken" and encoder.compiled.stats.fallback_nodes == []
+    texts = SENTENCES[:3] + [SENTENCES[2] * 10]
+    assert cosines(encoder.embed(texts), st.encode(texts)).min() >= 0.999

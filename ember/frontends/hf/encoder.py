@@ -133,6 +133,12 @@ def is_encoder(model: str | os.PathLike) -> bool:
     return any((path / f).is_file() for f in ONNX_FILES)
 
 
+def _chat_template(folder: Path) -> bool:
+    """Whether the tokenizer in `folder` has a chat template."""
+    config = folder / "tokenizer_config.json"
+    return (folder / "chat_template.jinja").is_file() or (config.is_file() and bool(_json(config).get("chat_template")))
+
+
 def _classifies(config: dict) -> bool:
     return any(str(n).endswith("ForSequenceClassification") for n in config.get("architectures") or [])
 
@@ -227,6 +233,11 @@ def read_sentence_transformer(folder: str | os.PathLike) -> EncoderConfig:
     if bert.is_file():
         settings = _json(bert)
         options.update(max_seq_length=settings.get("max_seq_length"), do_lower_case=bool(settings.get("do_lower_case")))
+        if "message" in (settings.get("modality_config") or {}) and _chat_template(transformer):
+            # sentence-transformers 6 then renders each text as a user message of the chat template
+            raise UnsupportedError(f"{bert}: sentence-transformers renders this model's inputs through its chat "
+                                   "template (the 'message' modality); ember does not apply chat templates to an "
+                                   "encoder's inputs yet, and its embeddings would differ")
     options["max_seq_length"] = _length_limit(transformer, options.get("max_seq_length"))
     prompts = folder / "config_sentence_transformers.json"
     if prompts.is_file():
