@@ -83,6 +83,7 @@ class Encoder:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self._truncating: dict[int, Tokenizer] = {}  # by limit: copies that truncate there
+        self._chat = None  # (render, the template's closing ids) for a chat-templated encoder, once needed
         shape = next(o.shape for o in self.compiled.outputs if o.name == self._output)
         self.dimension = 1 if self.task == "score" else int(shape[-1])
         if self.task == "embed" and not isinstance(shape[-1], int):
@@ -147,11 +148,41 @@ class Encoder:
         model's max_seq_length; None: all, for the caller to check)."""
         if self.config.do_lower_case:
             texts, prompt = [t.lower() for t in texts], prompt.lower()
+        if self.config.chat_template:
+            return self._chat_rows(texts, prompt, truncate)
         encodings = self._tokenizer(truncate).encode_batch([prompt + t for t in texts])
         skip = 0
         if prompt and not self.config.include_prompt:  # the prompt's tokens, less the closing special token
             skip = max(0, len(self.tokenizer.encode(prompt)) - 1)
         return [Row(e.ids, e.type_ids, skip) for e in encodings]
+
+    def _chat_rows(self, texts: list[str], prompt: str, truncate: int | None) -> list[Row]:
+        """Texts as sentence-transformers 6 renders them for a folder of the 'message' modality:
+        each a user message of the chat template (no generation prompt), and where truncated,
+        the template's closing tokens put back after the cut (its `restore_suffix`)."""
+        if prompt:
+            raise UnsupportedError(f"{self.name} renders its inputs through a chat template: ember takes no prompt "
+                                   "for it yet")
+        if self._chat is None:
+            from transformers import AutoTokenizer
+
+            hf = AutoTokenizer.from_pretrained(self.config.transformer)
+            render = lambda t: hf.apply_chat_template([{"role": "user", "content": t}], tokenize=False,  # noqa: E731
+                                                      add_generation_prompt=False)
+            a, b = (self.tokenizer.encode(render(t), add_special_tokens=False).ids for t in ("0", "1 2 3 4"))
+            n = 0
+            while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+                n += 1
+            self._chat = (render, a[len(a) - n:] if n else [])
+        render, suffix = self._chat
+        limit = self.max_seq_length if truncate == -1 else truncate
+        rows = []
+        for e in self.tokenizer.encode_batch([render(t) for t in texts], add_special_tokens=False):
+            ids = e.ids
+            if limit is not None and len(ids) > limit:
+                ids = (ids[:max(0, limit - len(suffix))] + suffix)[:limit]
+            rows.append(Row(ids, [0] * len(ids)))
+        return rows
 
     def tokenize_pairs(self, queries: list[str], documents: list[str], *, truncate: int | None = -1) -> list[Row]:
         """(query, document) pairs as one row each, the way a cross-encoder reads them (truncated

@@ -228,12 +228,12 @@ def test_llm_embeds_and_scores_in_vllm_shapes(tiny_cross_encoder, tiny_llm_dir):
     np.testing.assert_allclose([s.outputs.score for s in cross], st.predict([(QUERY, d) for d in DOCUMENTS]), atol=2e-5)
 
 
-def test_a_decoder_based_embedder_matches_and_chat_templated_inputs_are_refused(tmp_path, tiny_llm_dir):
+def test_decoder_based_embedders_match_with_and_without_the_chat_template(tmp_path, tiny_llm_dir):
     """A sentence-transformers folder over a decoder (a tiny random Qwen2 with SmolLM2's
     tokenizer; last-token pooling, normalized, as Qwen3-Embedding-style models are) matches
-    sentence-transformers. Saved by sentence-transformers 6, whose tokenizer has a chat
-    template, its texts are rendered as chat messages ('message' modality): refused by name
-    rather than embedded differently."""
+    sentence-transformers: saved by sentence-transformers 6, whose tokenizer has a chat
+    template, its texts rendered as chat messages ('message' modality; a truncated one with
+    the template's closing tokens put back), and without that modality, as plain text."""
     import torch
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoTokenizer, Qwen2Config, Qwen2Model
@@ -248,13 +248,22 @@ def test_a_decoder_based_embedder_matches_and_chat_templated_inputs_are_refused(
         device="cpu")
     folder = tmp_path / "st"
     st.save(str(folder))
-    with pytest.raises(UnsupportedError, match="through its chat template"):
-        ember.Encoder(folder)
+    texts = SENTENCES[:3] + [SENTENCES[2] * 10]
+    st = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
+    encoder = ember.Encoder(folder)
+    rows = encoder.tokenize(texts)
+    assert encoder.config.chat_template and [r.ids for r in rows] == \
+        [list(ids[:n]) for ids, n in zip(st.preprocess(texts)["input_ids"].tolist(),
+                                         st.preprocess(texts)["attention_mask"].sum(1).tolist())]
+    assert len(rows[-1].ids) == 64  # (truncated, its closing tokens put back)
+    assert cosines(encoder.embed(texts), st.encode(texts)).min() >= 0.999
+    with pytest.raises(UnsupportedError, match="takes no prompt"):
+        encoder.embed("x", prompt="query: ")
     config = json.loads((folder / "sentence_bert_config.json").read_text())
     del config["modality_config"]["message"]
     (folder / "sentence_bert_config.json").write_text(json.dumps(config))
     st = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
     encoder = ember.Encoder(folder)
     assert encoder.config.pooling == "lasttoken" and encoder.compiled.stats.fallback_nodes == []
-    texts = SENTENCES[:3] + [SENTENCES[2] * 10]
+    assert not encoder.config.chat_template
     assert cosines(encoder.embed(texts), st.encode(texts)).min() >= 0.999

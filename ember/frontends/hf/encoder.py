@@ -71,6 +71,7 @@ class EncoderConfig:
     task: str = "embed"           # or "score": a cross-encoder, one logit per (query, document) pair
     activation: str = "identity"  # a cross-encoder's, on its logit: one of ACTIVATIONS' values
     onnx_file: Path | None = None  # an ONNX export given with the folder: compiled instead of exporting one
+    chat_template: bool = False    # each text rendered as a user message of the tokenizer's chat template first
 
     @property
     def tokenizer_file(self) -> Path:
@@ -233,11 +234,8 @@ def read_sentence_transformer(folder: str | os.PathLike) -> EncoderConfig:
     if bert.is_file():
         settings = _json(bert)
         options.update(max_seq_length=settings.get("max_seq_length"), do_lower_case=bool(settings.get("do_lower_case")))
-        if "message" in (settings.get("modality_config") or {}) and _chat_template(transformer):
-            # sentence-transformers 6 then renders each text as a user message of the chat template
-            raise UnsupportedError(f"{bert}: sentence-transformers renders this model's inputs through its chat "
-                                   "template (the 'message' modality); ember does not apply chat templates to an "
-                                   "encoder's inputs yet, and its embeddings would differ")
+        # sentence-transformers 6 then renders each text as a user message of the chat template
+        options["chat_template"] = "message" in (settings.get("modality_config") or {}) and _chat_template(transformer)
     options["max_seq_length"] = _length_limit(transformer, options.get("max_seq_length"))
     prompts = folder / "config_sentence_transformers.json"
     if prompts.is_file():
