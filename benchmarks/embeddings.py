@@ -19,9 +19,10 @@ embeddings against sentence-transformers' (torch) on the first 200 sentences.
 
 optimum pins transformers below 5 and sentence-transformers' onnx backend needs it, so the
 sentence-transformers workers may run in another Python (`--peer-python`, a venv with
-`pip install "sentence-transformers[onnx]" onnxruntime` and this repository's ember
-installed --no-deps, for the sentences); st-onnx is left out with a note where no
-interpreter at hand has optimum.
+`pip install "sentence-transformers==5.1.2" "optimum[onnxruntime]==2.1.0" "transformers==4.57.6"
+hypothesis` and this repository's ember installed --no-deps, for the sentences; unpinned, pip
+backtracked for minutes); st-onnx is left out with a note where no interpreter at hand has
+optimum.
 
     python benchmarks/embeddings.py [--sentences 2000] [--rounds 3] [--peer-python PATH] [--write docs/benchmarks.md]
 """
@@ -186,10 +187,10 @@ def main(argv=None) -> int:
               f"{cpu_name()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; {args.sentences} sentences of "
               f"3-120 words, one embedding of all of them per round, median of {args.rounds} rounds, each engine in "
               "its own process, rounds alternating; `python benchmarks/embeddings.py`", ""]
-    text = "\n".join(header + lines + ([""] + notes if notes else []))
-    print(text)
+    section = header + lines + ([""] + notes if notes else [])
+    print("\n".join(section))
     if args.write:
-        write_section(args.write, "embeddings", header + lines + ([""] + notes if notes else []))
+        write_section(args.write, "embeddings", section)
     return 0
 
 

@@ -34,7 +34,7 @@ from .errors import InputError, UnsupportedError
 from .frontends.hf.encoder import EncoderConfig, export_onnx, is_encoder, read_encoder, read_sentence_transformer
 
 # (is_encoder is the server's: serve/ talks to this layer, not to the frontends)
-__all__ = ["Encoder", "AsyncEncoder", "Row", "is_encoder", "normalized", "pool", "EmbeddingOutput",
+__all__ = ["Encoder", "AsyncEncoder", "Row", "is_encoder", "normalized", "query_cosines", "pool", "EmbeddingOutput",
            "EmbeddingRequestOutput", "ScoringOutput", "ScoringRequestOutput"]
 
 DEFAULT_BATCH_TOKENS = 8192   # padded tokens a batch holds at most: its rows times its longest
@@ -119,15 +119,13 @@ class Encoder:
         if self.task == "score":
             scores = self.score_rows(self.tokenize_pairs([query] * len(documents), documents), batch_size)
         else:
-            vectors = normalized(self.pool_rows(self.tokenize([query, *documents]), batch_size))
-            scores = vectors[1:] @ vectors[0]
+            scores = query_cosines(self.pool_rows(self.tokenize([query, *documents]), batch_size))
         return scores[0] if single else scores
 
     def rerank(self, query: str, documents: list[str], *, top_n: int | None = None) -> list[tuple[int, float]]:
         """(document index, score) of the `top_n` best documents (None: all), best first."""
-        scores = self.score(query, list(documents) if not isinstance(documents, str) else documents)
-        order = np.argsort(-np.atleast_1d(scores), kind="stable")
-        return [(int(i), float(np.atleast_1d(scores)[i])) for i in order[:top_n]]
+        scores = np.atleast_1d(self.score(query, documents))
+        return [(int(i), float(scores[i])) for i in np.argsort(-scores, kind="stable")[:top_n]]
 
     # -- the parts (the server's) -------------------------------------------------------------------
     def prompt(self, prompt_name: str | None, prompt: str | None) -> str:
@@ -175,7 +173,7 @@ class Encoder:
                 n += 1
             self._chat = (render, a[len(a) - n:] if n else [])
         render, suffix = self._chat
-        limit = self.max_seq_length if truncate == -1 else truncate
+        limit = self._limit(truncate)
         rows = []
         for e in self.tokenizer.encode_batch([render(t) for t in texts], add_special_tokens=False):
             ids = e.ids
@@ -192,8 +190,12 @@ class Encoder:
         encodings = self._tokenizer(truncate).encode_batch(list(zip(queries, documents)))
         return [Row(e.ids, e.type_ids) for e in encodings]
 
+    def _limit(self, truncate: int | None) -> int | None:
+        """The most tokens a row keeps: -1 the model's max_seq_length, None all."""
+        return self.max_seq_length if truncate == -1 else truncate
+
     def _tokenizer(self, truncate: int | None):
-        limit = self.max_seq_length if truncate == -1 else truncate
+        limit = self._limit(truncate)
         if limit is None:
             return self.tokenizer
         tokenizer = self._truncating.get(limit)
@@ -214,7 +216,10 @@ class Encoder:
     def score_rows(self, rows: list[Row], batch_size: int | None = None) -> np.ndarray:
         """float32 [len(rows)]: a cross-encoder's scores of its rows (pairs), activated."""
         self._needs("score")
-        logits = self._forward(rows, batch_size)
+        return self.activate(self._forward(rows, batch_size))
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """A cross-encoder's logits through its activation (sigmoid, or none)."""
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32) if self.config.activation == "sigmoid" else logits
 
     def _needs(self, task: str) -> None:
@@ -261,6 +266,12 @@ class Encoder:
 def normalized(x: np.ndarray) -> np.ndarray:
     """Rows of x scaled to unit length (a zero row stays zero)."""
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def query_cosines(vectors: np.ndarray) -> np.ndarray:
+    """The cosine of each row of vectors[1:] (documents) with vectors[0] (the query)."""
+    unit = normalized(vectors)
+    return unit[1:] @ unit[0]
 
 
 def _texts(texts, what: str) -> list[str]:
@@ -322,10 +333,7 @@ class AsyncEncoder:
 
     async def score_rows(self, rows: list[Row]) -> np.ndarray:
         self.encoder._needs("score")
-        logits = await self._submit(rows)
-        if self.encoder.config.activation == "sigmoid":
-            return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-        return logits
+        return self.encoder.activate(await self._submit(rows))
 
     async def _submit(self, rows: list[Row]) -> np.ndarray:
         if self._stopped:
@@ -413,10 +421,9 @@ class ScoringRequestOutput:
     finished: bool = True
 
 
-def embed_outputs(encoder: Encoder, prompts) -> list[EmbeddingRequestOutput]:
-    """LLM.embed: each prompt (a string, token ids, or a {"prompt" | "prompt_token_ids"} dict,
-    or a list of them) embedded as the model says (normalized where it has a Normalize module)."""
-    items = [prompts] if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)) else list(prompts)
+def embed_outputs(encoder: Encoder, items: list) -> list[EmbeddingRequestOutput]:
+    """LLM.embed: each prompt (a string, token ids, or a {"prompt" | "prompt_token_ids"} dict)
+    embedded as the model says (normalized where it has a Normalize module)."""
     if not items:
         raise InputError("embed() takes a prompt or a non-empty list of them")
     rows: list[Row | None] = [None] * len(items)

@@ -244,6 +244,13 @@ def _chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = Non
     return {"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
 
 
+def _prompt_list(prompts) -> list:
+    """generate's and embed's `prompts` as a list: one prompt (a string, token ids, a dict) or a list of them."""
+    if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
+        return [prompts]
+    return list(prompts)
+
+
 class LLM:
     """Offline generation: hand over all prompts, get all outputs back in order. Given an
     encoder (a sentence-transformers folder, a cross-encoder, an .onnx encoder: ember.Encoder's
@@ -275,7 +282,7 @@ class LLM:
         where the model says; `prompts` as generate's."""
         from .embeddings import embed_outputs
 
-        return embed_outputs(self._encoder("embed"), prompts)
+        return embed_outputs(self._encoder("embed"), _prompt_list(prompts))
 
     def score(self, text_1, text_2) -> list:
         """ScoringRequestOutput (`.outputs.score`) of each pair: `text_1` one string against each
@@ -301,9 +308,7 @@ class LLM:
         """`prompts`: a string, token ids, a dict ("prompt" / "prompt_token_ids"), or a list
         of them; `sampling_params`: one for all, or one per prompt."""
         self._generative()
-        if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        return self._run(list(prompts), sampling_params, use_tqdm)
+        return self._run(_prompt_list(prompts), sampling_params, use_tqdm)
 
     def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
              use_tqdm: bool = True) -> list[RequestOutput]:

@@ -110,7 +110,7 @@ def create_app(llm: AsyncLLM | None, model_name: str | None, *, api_key: str | N
         return server
 
     def encoding(request: Request, model: str | None) -> EncoderService:
-        authorize(request)
+        """The encoder routes' service (their callers have authorized the request)."""
         if encoders is None:
             raise APIError(404, f"{request.url.path} needs an embedding model or a cross-encoder, and this server "
                            f"serves only {server.model_name!r}: start it with --embedding-model ENCODER",

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embeddings import AsyncEncoder, Row, normalized
+from ..embeddings import AsyncEncoder, Row, normalized, query_cosines
 from ..errors import EmberError, InputError
 from .protocol import APIError, EmbeddingRequest, RerankRequest
 
@@ -96,7 +96,7 @@ class EncoderService:
                 raise APIError(400, f"token id {bad} in 'input.{i}' is outside the vocabulary [0, {vocab})",
                                param="input")
             rows[i] = Row(list(item[:limit]) if limit is not None else list(item))
-        self._check_lengths(rows, truncate, "input")
+        self._check_lengths(rows, "input")
         return rows
 
     def _limit(self, truncate: int | None) -> int | None:
@@ -114,7 +114,7 @@ class EncoderService:
                            param="truncate_prompt_tokens")
         return truncate
 
-    def _check_lengths(self, rows: list[Row], truncate: int | None, param: str) -> None:
+    def _check_lengths(self, rows: list[Row], param: str) -> None:
         most = self.model.max_seq_length
         for i, row in enumerate(rows):
             if most is not None and len(row.ids) > most:
@@ -131,16 +131,15 @@ class EncoderService:
         if self.model.task == "score":
             rows = await asyncio.to_thread(self.model.tokenize_pairs, [body.query] * len(documents), documents,
                                            truncate=limit)
-            self._check_lengths(rows, limit, "documents")
+            self._check_lengths(rows, "documents")
             scores = await self._run(self.encoder.score_rows, rows)
         else:
             rows = await asyncio.to_thread(self.model.tokenize, [body.query, *documents], truncate=limit)
-            self._check_lengths(rows[1:], limit, "documents")
+            self._check_lengths(rows[1:], "documents")
             if self.model.max_seq_length is not None and len(rows[0].ids) > self.model.max_seq_length:
                 raise APIError(400, f"'query' has {len(rows[0].ids)} tokens, more than this model's limit of "
                                f"{self.model.max_seq_length}", param="query", code="context_length_exceeded")
-            vectors = normalized(await self._run(self.encoder.pool_rows, rows))
-            scores = vectors[1:] @ vectors[0]
+            scores = query_cosines(await self._run(self.encoder.pool_rows, rows))
         tokens = sum(len(r.ids) for r in rows)
         self.metrics.observe_encoder("rerank", len(documents), tokens)
         order = np.argsort(-scores, kind="stable")[:body.top_n]

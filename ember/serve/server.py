@@ -77,13 +77,6 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
             llm = AsyncLLM(path, **engine_options)
             if embedding_model is not None:
                 encoder = AsyncEncoder(embedding_model, **threads)
-    except BaseException:
-        sock.close()
-        for part in (llm, encoder):
-            if part is not None:
-                part.shutdown()
-        raise
-    try:
         if model_name is None:
             model_name = BUILTIN_NAME if model is None else path.stem if path.is_file() else path.name
         if alone:
@@ -103,6 +96,7 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
         if server.engine_failure is not None:  # the server stopped because the engine did
             raise server.engine_failure
     finally:
+        sock.close()  # (once uvicorn has served, closed already: closing again does nothing)
         for part in (llm, encoder):
             if part is not None:
                 part.shutdown()

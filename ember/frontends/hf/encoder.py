@@ -93,7 +93,7 @@ def read_encoder(model: str | os.PathLike) -> EncoderConfig:
         if not (folder / "tokenizer.json").is_file() and (folder.parent / "tokenizer.json").is_file():
             folder = folder.parent  # (onnx/model.onnx of a folder)
     elif path.is_dir():
-        onnx_file, folder = next((path / f for f in ONNX_FILES if (path / f).is_file()), None), path
+        onnx_file, folder = _onnx_in(path), path
     else:
         raise ModelError(f"{path} is neither an encoder's folder nor an .onnx file")
     settings = folder / "config_sentence_transformers.json"
@@ -110,8 +110,7 @@ def read_encoder(model: str | os.PathLike) -> EncoderConfig:
     else:
         raise ModelError(f"{folder} is not an encoder: it has no modules.json (sentence-transformers), "
                          "config.json (transformers) or model.onnx")
-    onnx_file = onnx_file or next((config.transformer / f for f in ONNX_FILES if (config.transformer / f).is_file()),
-                                  None)
+    onnx_file = onnx_file or _onnx_in(config.transformer)
     return replace(config, onnx_file=onnx_file) if onnx_file is not None else config
 
 
@@ -131,7 +130,12 @@ def is_encoder(model: str | os.PathLike) -> bool:
         names = config.get("architectures") or []
         return _classifies(config) or any(n.endswith(("Model", "ForMaskedLM")) for n in names) \
             and not any(n.endswith("ForCausalLM") for n in names)
-    return any((path / f).is_file() for f in ONNX_FILES)
+    return _onnx_in(path) is not None
+
+
+def _onnx_in(folder: Path) -> Path | None:
+    """The ONNX export a folder holds (ONNX_FILES), if any."""
+    return next((folder / f for f in ONNX_FILES if (folder / f).is_file()), None)
 
 
 def _chat_template(folder: Path) -> bool:
