@@ -9,7 +9,7 @@ of them; the table gives each engine's median over rounds and the cosine of its
 embeddings against sentence-transformers' (torch) on the first 200 sentences.
 
     ember                  ember.Encoder(folder).embed(sentences) (its default batches: at most
-                           8,192 padded tokens)
+                           2,048 padded tokens)
     sentence-transformers  SentenceTransformer(folder, device="cpu").encode(sentences)
                            (torch, its default batch size 32)
     st-onnx                the same with backend="onnx" (onnxruntime, through `optimum`)
