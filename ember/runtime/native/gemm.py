@@ -113,6 +113,38 @@ def activate(y: np.ndarray, activation: str, threads: int) -> None:
         fn(y.ctypes.data, y.size, ACTIVATIONS[activation], threads)
 
 
+WINOGRAD_RUNS = [0]  # Winograd convolutions run here (tests read it)
+
+
+def winograd_pack(w: np.ndarray) -> np.ndarray | None:
+    """A [O, C, 3, 3] float32 filter as Winograd F(2x2, 3x3)'s 16 transformed filters
+    (G g G^T, [16][C][O]), each in the GEMM's panels; None where the kernel is not available."""
+    packer = _companion("ember_winograd_pack", [_P, _I, _I, _P])
+    if packer is None:
+        return None
+    o, c = w.shape[:2]
+    out = np.empty(int(_companion("ember_winograd_packed_floats", [_I, _I], ctypes.c_int64)(c, o)), dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    packer(w.ctypes.data, o, c, out.ctypes.data)
+    return out
+
+
+def winograd_conv(x, packed, bias, total, y, shape: tuple, out_channels: int, pads: tuple, out_hw: tuple,
+                  activation: str, threads: int) -> None:
+    """`conv` for a 3x3 filter of stride 1 and no dilation, packed by `winograd_pack`, as
+    Winograd F(2x2, 3x3) (cpu_gemm.cpp's `ember_winograd_conv`); `activation` "" or "relu"."""
+    fn = _companion("ember_winograd_conv", [_P, _I, _I, _I, _I, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I])
+    if activation not in WINOGRAD_ACTIVATIONS:
+        raise ValueError(f"the Winograd convolution's epilogue does not run {activation!r}")
+    n, h, w, c = shape
+    fn(_address(x), n, h, w, c, _address(packed), out_channels, *pads, _address(bias), _address(total),
+       _address(y), *out_hw, ACTIVATIONS[activation], threads)
+    WINOGRAD_RUNS[0] += 1
+
+
+WINOGRAD_ACTIVATIONS = ("", "relu")  # the epilogues it runs
+
+
 ATTENTION_RUNS = [0]  # attention calls run here (tests read it)
 
 
