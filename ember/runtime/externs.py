@@ -18,7 +18,6 @@ the tiled GEMM's panels), so no run pays for that.
 
 from __future__ import annotations
 
-import importlib
 import math
 import threading
 from collections.abc import Callable
@@ -670,8 +669,8 @@ def _winograd_weight(params, w):
     """A channels-last 3x3 convolution's float32 constant filter (stride 1, no dilation, one
     group, at least WINOGRAD_MIN_CHANNELS channels in and out, no epilogue but ReLU) as
     Winograd F(2x2, 3x3)'s 16 transformed filters in the GEMM's panels (runtime/native/gemm.py,
-    `winograd_conv`), with its [O, C, 3, 3] shape: 2.25x fewer multiply-adds than the direct
-    kernel's. Against the direct kernel (2 threads of a 2-core AMD EPYC Zen 3, standalone):
+    `winograd_conv`; `_direct_conv` runs it), with its [O, C, 3, 3] shape: 2.25x fewer
+    multiply-adds than the direct kernel's. Against the direct kernel (2 threads of a 2-core AMD EPYC Zen 3, standalone):
     28x28 128 -> 128 1.23-1.51x faster, 14x14 256 -> 256 1.54-1.82x, 7x7 512 -> 512
     1.15-1.33x, 14x14 64 -> 64 1.08-1.25x, 56x56 64 -> 64 0.83-1.24x; at 2x2 512 -> 512 (one
     tile) 0.64-0.83x, so where the input's size is known its output must have
@@ -692,27 +691,6 @@ def _winograd_weight(params, w):
     return None if panels is None else (panels, tuple(w.shape))
 
 
-def _winograd_conv(params, x, bias, total, y):
-    """A channels-last 3x3 convolution of stride 1 as Winograd F(2x2, 3x3) (`_winograd_weight`):
-    x [N, H, W, C], act(conv + bias + total) written straight into y. None where the call
-    does not fit it (the caller goes on)."""
-    panels, (o, c_in, _, _) = params["winograd"]
-    if x.dim() != 4 or x.shape[-1] != c_in or not x.numel() or not _tiles_take(x, bias, total, y):
-        return None
-    top, left, bottom, right = params["pads"]
-    n, h, w, _ = x.shape
-    oh, ow = h + top + bottom - 2, w + left + right - 2
-    if oh <= 0 or ow <= 0:
-        return None
-    if y is None:
-        y = torch.empty((n, oh, ow, o), dtype=torch.float32)
-    elif tuple(y.shape) != (n, oh, ow, o):
-        return None
-    _gemm.winograd_conv(x, panels, bias, total, y, (n, h, w, c_in), o, (top, left), (oh, ow),
-                        params.get("activation", ""), _threads())
-    return y
-
-
 def _tiles_take(x, bias, total, y) -> bool:
     """Whether the tiled kernels (the GEMM, the direct convolution) take these operands:
     float32 x, bias and residual `total`, and x, bias, total and y contiguous (bias, total
@@ -723,11 +701,12 @@ def _tiles_take(x, bias, total, y) -> bool:
             and (y is None or y.is_contiguous()))
 
 
-def _direct_conv(params, x, bias, total, y):
-    """A channels-last 2-d convolution on ember's direct kernel: x [N, H, W, C] (its zero
+def _direct_conv(params, x, bias, total, y, kernel: str = "direct"):
+    """A channels-last 2-d convolution on ember's direct kernel, or (`kernel` "winograd", a
+    filter `_winograd_weight` packed) as Winograd F(2x2, 3x3): x [N, H, W, C] (its zero
     pads implicit: the kernel reads zeros for the taps outside x), act(conv + bias +
     total) written straight into y. None where the call does not fit it (the caller goes on)."""
-    panels, (o, c_in, kh, kw) = params["direct"]
+    panels, (o, c_in, kh, kw) = params[kernel]
     if x.dim() != 4 or x.shape[-1] != c_in or not x.numel() or not _tiles_take(x, bias, total, y):
         return None
     top, left, bottom, right = params["pads"]
@@ -740,8 +719,12 @@ def _direct_conv(params, x, bias, total, y):
         y = torch.empty((n, oh, ow, o), dtype=torch.float32)
     elif tuple(y.shape) != (n, oh, ow, o):
         return None
-    _gemm.conv(x, panels, bias, total, y, (n, h, w, c_in), o, (kh, kw), (sh, sw), (dh, dw), (top, left),
-                          (oh, ow), params.get("activation", ""), _threads())
+    if kernel == "winograd":  # (3x3, stride 1, no dilation)
+        _gemm.winograd_conv(x, panels, bias, total, y, (n, h, w, c_in), o, (top, left), (oh, ow),
+                            params.get("activation", ""), _threads())
+    else:
+        _gemm.conv(x, panels, bias, total, y, (n, h, w, c_in), o, (kh, kw), (sh, sw), (dh, dw), (top, left),
+                   (oh, ow), params.get("activation", ""), _threads())
     return y
 
 
@@ -766,10 +749,9 @@ def _tiled_pointwise(params, x, bias, total, y):
 def conv(params, x, w, bias, total, y):
     if params.get("tiled") is not None and (tiled := _tiled_pointwise(params, x, bias, total, y)) is not None:
         return tiled
-    if params.get("winograd") is not None and (winograd := _winograd_conv(params, x, bias, total, y)) is not None:
-        return winograd
-    if params.get("direct") is not None and (direct := _direct_conv(params, x, bias, total, y)) is not None:
-        return direct
+    for kernel in ("winograd", "direct"):
+        if params.get(kernel) is not None and (direct := _direct_conv(params, x, bias, total, y, kernel)) is not None:
+            return direct
     pointwise = params.get("pointwise")
     if (pointwise is not None and x.dtype == torch.float32 and x.numel() and x.is_contiguous()
             and (bias is None or bias.dtype == x.dtype) and (total is None or total.is_contiguous())):

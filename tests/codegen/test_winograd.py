@@ -134,3 +134,16 @@ def test_symbolic_sizes_run_as_winograd():
 def test_what_stays_on_the_direct_kernel(c, o, shape):
     assert externs.WINOGRAD_MIN_CHANNELS > 32 and externs.WINOGRAD_MIN_TILES > 4
     _check(_model(c, o, shape, True, False), [tuple(shape[:1] + shape[2:])], False, False, o)
+
+
+def test_an_artifact_runs_it(tmp_path):
+    """A saved and loaded model runs the same kernel and gives the same outputs."""
+    model = _model(64, 64, ["n", 64, "h", "w"], True, False)
+    compiled = ember.compile(model)
+    feeds = {"x": np.random.default_rng(8).standard_normal((1, 64, 20, 18)).astype(np.float32)}
+    want = compiled.run(feeds)["y"]
+    compiled.save(tmp_path / "conv.ember")
+    loaded = ember.load(tmp_path / "conv.ember")
+    before = gemm.WINOGRAD_RUNS[0]
+    np.testing.assert_array_equal(loaded.run(feeds)["y"], want)
+    assert gemm.WINOGRAD_RUNS[0] == before + 1
