@@ -52,8 +52,8 @@ extern "C" void ember_gemm_pack(const float* w, int64_t K, int64_t N, int64_t st
             }
 }
 
-// activation codes (gemm.py ACTIVATIONS): none, relu, gelu (erf), gelu (tanh), silu
-enum { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2, ACT_GELU_TANH = 3, ACT_SILU = 4 };
+// activation codes (gemm.py ACTIVATIONS): none, relu, gelu (erf), gelu (tanh), silu, hardswish
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2, ACT_GELU_TANH = 3, ACT_SILU = 4, ACT_HARDSWISH = 5 };
 
 // the smooth activations on NR values (in L1), vectorized through the prelude's functions
 static inline void activate(float* v, int64_t act) {
@@ -70,6 +70,13 @@ static inline void activate(float* v, int64_t act) {
         case ACT_SILU:
 #pragma omp simd
             for (int j = 0; j < NR; ++j) v[j] = v[j] * ember_sigmoidf(v[j]);
+            break;
+        case ACT_HARDSWISH:  // ONNX HardSwish: x max(0, min(1, x / 6 + 1 / 2)), NaN kept
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) {
+                const float g = v[j] * (1.0f / 6.0f) + 0.5f;
+                v[j] = v[j] * ember_min(ember_max(g, 0.0f), 1.0f);
+            }
             break;
         default:
             break;
@@ -291,15 +298,19 @@ constexpr int64_t KC = 2048;
 extern "C" int64_t ember_gemm_k_block() { return KC; }
 
 // one pass of tiles [b0, b1) x panels [p0, p1) over products [k0, k1); the first tile of
-// each panel prefetches the next one's (up to panel `last`)
+// each panel prefetches the next one's (up to panel `last`). The M rows are `tiles` =
+// ceil(M / MR) tiles as even as they come (128 as 18 x 6 + 4 x 5, not 21 x 6 + 2: a tile of
+// 2 rows keeps 4 accumulators, too few to hide the multiply-adds' latency, and took about
+// as long as one of 4)
 static inline void pass(const float* x, int64_t lda, const float* packed, const float* bias, const float* res,
                         int64_t ldr, float* y, int64_t ldy, int64_t M, int64_t K, int64_t N, int64_t act, int64_t b0,
                         int64_t b1, int64_t p0, int64_t p1, int64_t last, int64_t k0, int64_t k1, int64_t phase) {
+    const int64_t tiles = (M + MR - 1) / MR;
     for (int64_t p = p0; p < p1; ++p) {
         const int64_t n0 = p * NR, cols = N - n0 < NR ? N - n0 : NR;
         const float* panel = packed + p * K * NR;
         for (int64_t i = b0; i < b1; ++i) {
-            const int64_t m0 = i * MR, rows = M - m0 < MR ? M - m0 : MR;
+            const int64_t m0 = M * i / tiles, rows = M * (i + 1) / tiles - m0;
             const float* next = i == b0 && p + 1 < last ? panel + K * NR + k0 * NR : nullptr;
             TILES[rows](x + m0 * lda + k0, lda, panel + k0 * NR, NR, k1 - k0, y + m0 * ldy + n0, ldy,
                         bias != nullptr ? bias + n0 : nullptr, res != nullptr ? res + m0 * ldr + n0 : nullptr, ldr,
@@ -684,14 +695,26 @@ extern "C" void ember_winograd_conv(const float* x, int64_t N, int64_t H, int64_
     }
 }
 
+// exp(x) for a softmax's x = score - max <= 0 (or NaN): ember_expf's reduction and
+// polynomial, 2^n put in by adding n to the exponent bits, and 0 below -86, where ember_expf's
+// result is under 4.5e-38 (a probability that adds nothing to a sum of at least 1): without
+// ember_expf's clamps and two-factor scaling, which keep it exact to the denormals and past
+// overflow, it takes ~2/3 of its instructions
+static inline float softmax_exp(float x) {
+    const EmberExpParts e = ember_exp_reduced(x);
+    const float y = ember_u2f(ember_f2u(e.y) + ((ember_f2u(e.t) - ember_f2u(12582912.0f)) << 23));
+    return x < -86.0f ? 0.0f : y;  // (false for NaN, which the polynomial keeps)
+}
+
 // Encoder attention (no causal mask) on the same tiles: for each batch row b and head h,
 // y[b, i, h D + d] = sum_j softmax_j(scale q_i . k_j + mask[b, h, i, j]) v_j[d], q_i the
 // D columns of head h in row i of q (rows ldq apart, batch rows sbq apart), k_j and v_j
 // those of head h / (H / Hkv) of k and v. mask's element (b, h, i, j) at
 // mask + b mb + h mh + i mi + j, or no mask (null). Per head, scale K^T and V are packed
 // into panels once (D x Sk and Sk x D floats), and QB query rows at a time go through
-// scores (one GEMM, the mask added in its epilogue), the softmax in L2, and P V (a second
-// GEMM) straight into y: no scores tensor, no result tensor. Each thread takes a run of
+// scores (one GEMM), the softmax in L1 (the mask added in its pass for the maximum), and P V
+// (a second GEMM) straight into y, each row's 1 / sum applied to its D outputs there: no
+// scores tensor, no result tensor. Each thread takes a run of
 // (batch row, head, query block) tasks. A row whose scores are all -inf comes out zero (as
 // ember.Attention defines it); a NaN score makes its row NaN.
 extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const float* k, int64_t sbk, int64_t ldk,
@@ -757,28 +780,39 @@ extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const 
                 for (int64_t r0 = 0; r0 < rows; r0 += MR) {
                     const int64_t r = rows - r0 < MR ? rows - r0 : MR;
                     TILES[r](qb + r0 * ldq, ldq, kt + p * D * NR, NR, D, s + r0 * width + p * NR, width, nullptr,
-                             mrow != nullptr ? mrow + r0 * mi + p * NR : nullptr, mi, ACT_NONE, cols, nullptr, 3);
+                             nullptr, 0, ACT_NONE, cols, nullptr, 3);
                 }
             }
+            float inv[QB];  // each row's 1 / (sum of its exponentials), applied to its D outputs
             for (int64_t r = 0; r < rows; ++r) {
                 float* row = s + r * width;
                 float top = -__builtin_inff();
+                if (mrow != nullptr) {  // the mask added here, where the row is read anyway (of one row
+                                        // for every query, mi = 0, in an encoder's padding mask)
+                    const float* m = mrow + r * mi;
 #pragma omp simd reduction(max : top)
-                for (int64_t j = 0; j < Sk; ++j) top = row[j] > top ? row[j] : top;
+                    for (int64_t j = 0; j < Sk; ++j) {
+                        const float v = row[j] + m[j];
+                        row[j] = v;
+                        top = v > top ? v : top;
+                    }
+                } else {
+#pragma omp simd reduction(max : top)
+                    for (int64_t j = 0; j < Sk; ++j) top = row[j] > top ? row[j] : top;
+                }
                 if (top == -__builtin_inff()) {  // every key masked: a zero row, as ember.Attention defines it
                     std::memset(row, 0, Sk * sizeof(float));
+                    inv[r] = 1.0f;
                     continue;
                 }
                 float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
                 for (int64_t j = 0; j < Sk; ++j) {
-                    const float e = ember_expf(row[j] - top);
+                    const float e = softmax_exp(row[j] - top);
                     row[j] = e;
                     sum += e;
                 }
-                const float inv = 1.0f / sum;
-#pragma omp simd
-                for (int64_t j = 0; j < Sk; ++j) row[j] *= inv;
+                inv[r] = 1.0f / sum;
             }
             for (int64_t p = 0; p < vpanels; ++p) {
                 const int64_t cols = D - p * NR < NR ? D - p * NR : NR;
@@ -787,6 +821,13 @@ extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const 
                     TILES[r](s + r0 * width, width, vp + p * Sk * NR, NR, Sk, yb + r0 * ldy + p * NR, ldy, nullptr,
                              nullptr, 0, ACT_NONE, cols, nullptr, 3);
                 }
+            }
+            // the softmax's normalization on the D outputs of a row, not its Sk probabilities
+            for (int64_t r = 0; r < rows; ++r) {
+                float* out = yb + r * ldy;
+                const float f = inv[r];
+#pragma omp simd
+                for (int64_t d = 0; d < D; ++d) out[d] *= f;
             }
         }
         delete[] kt;
@@ -813,4 +854,207 @@ extern "C" void ember_activate(float* y, int64_t n, int64_t act, int64_t threads
         }
         std::memcpy(y + c * NR, v, m * sizeof(float));
     }
+}
+
+// A channels-last depthwise convolution (one filter per channel): y[n, oh, ow, c] =
+// act(sum over taps of x[n, oh sh + kh dh - pt, ow sw + kw dw - pl, c] w[kh, kw, c] + bias[c]
+// + res[n, oh, ow, c]), the filter packed [KH][KW][C] (`ember_depthwise_pack`), the zero pads
+// implicit. Vectorized over NR channels, DW_POSITIONS output positions of a row at once: each
+// tap's NR weights are loaded once for the positions (2 loads per multiply-add where the
+// generated kernel, a position at a time, made two), and a block whose windows all lie inside
+// the row along W runs with no condition (a padded copy of the input, which the generated
+// kernel needed for that, is not made). The rows of y (n, oh) are split between the threads.
+constexpr int DW_POSITIONS = 4;
+
+extern "C" void ember_depthwise_pack(const float* w, int64_t C, int64_t KH, int64_t KW, float* out) {
+    for (int64_t c = 0; c < C; ++c)
+        for (int64_t t = 0; t < KH * KW; ++t) out[t * C + c] = w[c * KH * KW + t];
+}
+
+// positions [ow0, ow0 + P) of one output row, channels [c0, c0 + V VW), taps of rows [kh0, kh1)
+// (those inside x); `inside`: every tap of every position is inside the row along W
+template <int P, int V>
+static inline void depthwise_block(const float* xrow, int64_t W, int64_t C, const float* w, int64_t KW,
+                                   int64_t kh0, int64_t kh1, int64_t ihs, int64_t dh, int64_t sw, int64_t dw,
+                                   int64_t pl, int64_t ow0, int64_t c0, bool inside, const float* bias,
+                                   const float* res, float* y, int64_t act) {
+    vec acc[P][V];
+    for (int v = 0; v < V; ++v) {
+        const vec b = bias != nullptr ? load(bias + c0 + v * VW) : vec{};
+        for (int p = 0; p < P; ++p) acc[p][v] = b;
+    }
+    for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const float* row = xrow + (ihs + kh * dh) * W * C + c0;
+        for (int64_t kw = 0; kw < KW; ++kw) {
+            vec wv[V];
+            for (int v = 0; v < V; ++v) wv[v] = load(w + (kh * KW + kw) * C + c0 + v * VW);
+            const int64_t iw0 = ow0 * sw + kw * dw - pl;
+#pragma GCC unroll 8
+            for (int p = 0; p < P; ++p) {
+                const int64_t iw = iw0 + p * sw;
+                if (!inside && (iw < 0 || iw >= W)) continue;
+                for (int v = 0; v < V; ++v) acc[p][v] += load(row + iw * C + v * VW) * wv[v];
+            }
+        }
+    }
+    alignas(64) float edge[NR];
+    for (int p = 0; p < P; ++p) {
+        for (int v = 0; v < V; ++v)
+            if (res != nullptr) acc[p][v] += load(res + (ow0 + p) * C + c0 + v * VW);
+        if (act == ACT_RELU) {
+            const vec zero = {};
+            for (int v = 0; v < V; ++v) acc[p][v] = acc[p][v] < zero ? zero : acc[p][v];  // NaN stays NaN
+        } else if (act != ACT_NONE) {
+            for (int v = 0; v < V; ++v) store(edge + v * VW, acc[p][v]);
+            activate(edge, act);
+            for (int v = 0; v < V; ++v) acc[p][v] = load(edge + v * VW);
+        }
+        for (int v = 0; v < V; ++v) store(y + (ow0 + p) * C + c0 + v * VW, acc[p][v]);
+    }
+}
+
+// one output row's channels [c0, c0 + V VW): the positions before `lo` and from `hi` on (some
+// tap outside the row) one at a time, those between DW_POSITIONS at a time
+template <int V>
+static inline void depthwise_channels(const float* xrow, int64_t W, int64_t C, const float* w, int64_t KW,
+                                      int64_t kh0, int64_t kh1, int64_t ihs, int64_t dh, int64_t sw, int64_t dw,
+                                      int64_t pl, int64_t lo, int64_t hi, int64_t OW, int64_t c0, const float* bias,
+                                      const float* res, float* y, int64_t act) {
+    int64_t ow = 0;
+    for (; ow < lo && ow < OW; ++ow)
+        depthwise_block<1, V>(xrow, W, C, w, KW, kh0, kh1, ihs, dh, sw, dw, pl, ow, c0, false, bias, res, y, act);
+    for (; ow + DW_POSITIONS <= hi; ow += DW_POSITIONS)
+        depthwise_block<DW_POSITIONS, V>(xrow, W, C, w, KW, kh0, kh1, ihs, dh, sw, dw, pl, ow, c0, true, bias, res, y,
+                                         act);
+    for (; ow < OW; ++ow)
+        depthwise_block<1, V>(xrow, W, C, w, KW, kh0, kh1, ihs, dh, sw, dw, pl, ow, c0, ow < hi, bias, res, y, act);
+}
+
+// the channels past the last vector of them (C % VW), a position at a time
+static inline void depthwise_tail(const float* xrow, int64_t W, int64_t C, const float* w, int64_t KW, int64_t kh0,
+                                  int64_t kh1, int64_t ihs, int64_t dh, int64_t sw, int64_t dw, int64_t pl,
+                                  int64_t ow, int64_t c0, const float* bias, const float* res, float* y,
+                                  int64_t act) {
+    alignas(64) float edge[NR] = {};
+    const int64_t n = C - c0;
+    for (int64_t c = 0; c < n; ++c) {
+        float acc = bias != nullptr ? bias[c0 + c] : 0.0f;
+        for (int64_t kh = kh0; kh < kh1; ++kh)
+            for (int64_t kw = 0; kw < KW; ++kw) {
+                const int64_t iw = ow * sw + kw * dw - pl;
+                if (iw >= 0 && iw < W) acc += xrow[((ihs + kh * dh) * W + iw) * C + c0 + c] * w[(kh * KW + kw) * C + c0 + c];
+            }
+        if (res != nullptr) acc += res[ow * C + c0 + c];
+        edge[c] = acc;
+    }
+    if (act == ACT_RELU) {
+        for (int64_t c = 0; c < n; ++c) edge[c] = edge[c] < 0.0f ? 0.0f : edge[c];
+    } else if (act != ACT_NONE) {
+        activate(edge, act);
+    }
+    std::memcpy(y + ow * C + c0, edge, n * sizeof(float));
+}
+
+extern "C" void ember_depthwise(const float* x, int64_t N, int64_t H, int64_t W, int64_t C, const float* w,
+                                int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt,
+                                int64_t pl, const float* bias, const float* res, float* y, int64_t OH, int64_t OW,
+                                int64_t act, int64_t threads) {
+    if (N <= 0 || OH <= 0 || OW <= 0 || C <= 0 || KH <= 0 || KW <= 0) return;
+    if (threads < 1) threads = 1;
+    const int64_t rows = N * OH;
+    // the output positions whose every tap is inside the row along W: [lo, hi)
+    int64_t lo = (pl + sw - 1) / sw, hi = (W - 1 - (KW - 1) * dw + pl) / sw + 1;
+    if (W - 1 - (KW - 1) * dw + pl < 0) hi = 0;
+    if (hi > OW) hi = OW;
+    if (lo > hi) lo = hi;
+    const bool parallel = threads > 1 && rows > 1 && rows * OW * C * KH * KW >= (int64_t(1) << 15);
+#pragma omp parallel for num_threads(threads) if (parallel) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t n = r / OH, oh = r % OH, ihs = oh * sh - pt;
+        int64_t kh0 = 0, kh1 = KH;  // the taps' rows inside x
+        while (kh0 < KH && ihs + kh0 * dh < 0) ++kh0;
+        while (kh1 > kh0 && ihs + (kh1 - 1) * dh >= H) --kh1;
+        const float* xrow = x + n * H * W * C;
+        const float* rrow = res != nullptr ? res + r * OW * C : nullptr;
+        float* yrow = y + r * OW * C;
+        int64_t c0 = 0;
+        for (; c0 + NR <= C; c0 += NR)
+            depthwise_channels<2>(xrow, W, C, w, KW, kh0, kh1, ihs, dh, sw, dw, pl, lo, hi, OW, c0, bias, rrow, yrow,
+                                  act);
+        if (c0 + VW <= C) {
+            depthwise_channels<1>(xrow, W, C, w, KW, kh0, kh1, ihs, dh, sw, dw, pl, lo, hi, OW, c0, bias, rrow, yrow,
+                                  act);
+            c0 += VW;
+        }
+        if (c0 < C)
+            for (int64_t ow = 0; ow < OW; ++ow)
+                depthwise_tail(xrow, W, C, w, KW, kh0, kh1, ihs, dh, sw, dw, pl, ow, c0, bias, rrow, yrow, act);
+    }
+}
+
+// ---- step forms (runtime/executor.py: a chained run calls them from C, with the generated
+// steps around them; runtime/native/gemm.py builds their contexts). Each reads its buffers'
+// addresses from the slots B when it runs (a slot of -1: none), does the work, counts the
+// call in STEP_RUNS (which the Python wrappers' run counters add) and returns 0.
+
+static int64_t STEP_RUNS[5];  // GEMM, direct convolution, Winograd convolution, attention, depthwise
+extern "C" int64_t ember_gemm_step_runs(int64_t kind) { return __atomic_load_n(&STEP_RUNS[kind], __ATOMIC_RELAXED); }
+static inline void counted(int kind) { __atomic_fetch_add(&STEP_RUNS[kind], 1, __ATOMIC_RELAXED); }
+
+template <typename T>
+static inline T* slot(char** B, int64_t s) { return s >= 0 ? reinterpret_cast<T*>(B[s]) : nullptr; }
+
+// ctx = {x's slot, packed W, bias's slot, bias (an address: used where the slot is -1; 0:
+// none), the residual's slot, y's slot, rows, k, n, activation, threads}
+extern "C" int ember_gemm_step(const int64_t* c, char** B, const int64_t*) {
+    const float* bias = c[2] >= 0 ? slot<const float>(B, c[2]) : reinterpret_cast<const float*>(c[3]);
+    ember_gemm(slot<const float>(B, c[0]), c[7], reinterpret_cast<const float*>(c[1]), bias,
+               slot<const float>(B, c[4]), c[8], slot<float>(B, c[5]), c[8], c[6], c[7], c[8], c[9], c[10]);
+    counted(0);
+    return 0;
+}
+
+// ctx = {x's slot, packed filter, bias's slot, the residual's slot, y's slot, N, H, W, C, O,
+// KH, KW, sh, sw, dh, dw, pt, pl, OH, OW, activation, threads}
+extern "C" int ember_conv_step(const int64_t* c, char** B, const int64_t*) {
+    ember_conv(slot<const float>(B, c[0]), c[5], c[6], c[7], c[8], reinterpret_cast<const float*>(c[1]), c[9],
+               c[10], c[11], c[12], c[13], c[14], c[15], c[16], c[17], slot<const float>(B, c[2]),
+               slot<const float>(B, c[3]), slot<float>(B, c[4]), c[18], c[19], c[20], c[21]);
+    counted(1);
+    return 0;
+}
+
+// ctx = {x's slot, packed filters, bias's slot, the residual's slot, y's slot, N, H, W, C, O,
+// pt, pl, OH, OW, activation, threads}
+extern "C" int ember_winograd_step(const int64_t* c, char** B, const int64_t*) {
+    ember_winograd_conv(slot<const float>(B, c[0]), c[5], c[6], c[7], c[8], reinterpret_cast<const float*>(c[1]),
+                        c[9], c[10], c[11], slot<const float>(B, c[2]), slot<const float>(B, c[3]),
+                        slot<float>(B, c[4]), c[12], c[13], c[14], c[15]);
+    counted(2);
+    return 0;
+}
+
+// ctx = {q's slot, q's offset, sbq, ldq, the same four for k and for v, the mask's slot, mb,
+// mh, mi, y's slot, sby, ldy, B, H, Hkv, Sq, Sk, D, the scale's float bits, threads}: offsets
+// and strides in floats (q, k and v may be column ranges of one packed buffer)
+extern "C" int ember_attention_step(const int64_t* c, char** B, const int64_t*) {
+    const uint32_t bits = uint32_t(c[25]);
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    ember_attention(slot<const float>(B, c[0]) + c[1], c[2], c[3], slot<const float>(B, c[4]) + c[5], c[6], c[7],
+                    slot<const float>(B, c[8]) + c[9], c[10], c[11], slot<const float>(B, c[12]), c[13], c[14],
+                    c[15], slot<float>(B, c[16]), c[17], c[18], c[19], c[20], c[21], c[22], c[23], c[24], scale,
+                    c[26]);
+    counted(3);
+    return 0;
+}
+
+// ctx = {x's slot, packed filter, bias's slot, the residual's slot, y's slot, N, H, W, C, KH, KW,
+// sh, sw, dh, dw, pt, pl, OH, OW, activation, threads}
+extern "C" int ember_depthwise_step(const int64_t* c, char** B, const int64_t*) {
+    ember_depthwise(slot<const float>(B, c[0]), c[5], c[6], c[7], c[8], reinterpret_cast<const float*>(c[1]), c[9],
+                    c[10], c[11], c[12], c[13], c[14], c[15], c[16], slot<const float>(B, c[2]),
+                    slot<const float>(B, c[3]), slot<float>(B, c[4]), c[17], c[18], c[19], c[20]);
+    counted(4);
+    return 0;
 }

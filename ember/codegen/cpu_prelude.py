@@ -62,11 +62,11 @@ EMBER_INLINE std::uint32_t ember_f2u(float x) { return __builtin_bit_cast(std::u
 EMBER_INLINE float ember_u2f(std::uint32_t u) { return __builtin_bit_cast(float, u); }
 
 // exp, after Cephes expf.c (S. L. Moshier): x = n ln2 + r, |r| <= ln2/2,
-// exp(r) = 1 + r + r^2 P(r), exp(x) = 2^n exp(r).
-EMBER_INLINE float ember_expf(float x) {
-  // Keep n in [-150, 128]; the comparisons are false for NaN, which flows through.
-  x = x > 88.8f ? 88.8f : x;
-  x = x < -104.0f ? -104.0f : x;
+// exp(r) = 1 + r + r^2 P(r), exp(x) = 2^n exp(r). `ember_exp_reduced` gives exp(r) and t,
+// whose bits less those of 1.5 * 2^23 are n; ember_expf scales by 2^n (and a softmax's
+// exponential in cpu_gemm.cpp, whose x <= 0, its own way).
+struct EmberExpParts { float y, t; };
+EMBER_INLINE EmberExpParts ember_exp_reduced(float x) {
   // n = round(x / ln2), to nearest: adding 1.5 * 2^23 leaves n in the low mantissa bits of t.
   const float magic = 12582912.0f;
   const float t = x * 1.44269504088896341f + magic;
@@ -80,15 +80,22 @@ EMBER_INLINE float ember_expf(float x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  const float y = p * (r * r) + r + 1.0f;
+  return {p * (r * r) + r + 1.0f, t};
+}
+
+EMBER_INLINE float ember_expf(float x) {
+  // Keep n in [-150, 128]; the comparisons are false for NaN, which flows through.
+  x = x > 88.8f ? 88.8f : x;
+  x = x < -104.0f ? -104.0f : x;
+  const EmberExpParts e = ember_exp_reduced(x);
   // 2^n = 2^n1 * 2^n2 with both factors normal floats: y * 2^n1 is exact, and the second
   // product rounds once, overflowing to inf or underflowing to a correctly rounded denormal.
-  const std::int32_t ni = (std::int32_t)(ember_f2u(t) - ember_f2u(magic));
+  const std::int32_t ni = (std::int32_t)(ember_f2u(e.t) - ember_f2u(12582912.0f));
   const std::int32_t n1 = ni >> 1;
   const std::int32_t n2 = ni - n1;
   const float s1 = ember_u2f((std::uint32_t)(n1 + 127) << 23);
   const float s2 = ember_u2f((std::uint32_t)(n2 + 127) << 23);
-  return y * s1 * s2;
+  return e.y * s1 * s2;
 }
 
 // log, after Cephes logf.c: x = m 2^e with m in [sqrt(1/2), sqrt(2)), f = m - 1,

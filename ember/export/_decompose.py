@@ -95,6 +95,8 @@ def _activation(b: Builder, node: Node, y: Name) -> Name:
         return b.Gelu(y, approximate="tanh")
     if activation == "silu":
         return b.Mul(y, b.Sigmoid(y))
+    if activation == "hardswish":
+        return b.HardSwish(y)
     raise UnsupportedError(f"{node.describe()}: activation {activation!r} has no decomposition")
 
 

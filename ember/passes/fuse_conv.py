@@ -4,11 +4,11 @@
         -> Conv(x, W * k, (b - mean) * k + beta)    k = s / sqrt(var + eps), per output channel
     Add | Sum(Conv(x, W, b), r)        r of the conv output's shape
         -> ember.Conv(x, W, b, r)
-    Relu(Conv(x, W, b)) | Relu(ember.Conv(x, W, b, r))
-        -> ember.Conv(x, W, b[, r], activation="relu")
+    Relu | HardSwish(Conv(x, W, b)) | Relu | HardSwish(ember.Conv(x, W, b, r))
+        -> ember.Conv(x, W, b[, r], activation="relu" | "hardswish")
 
-A ResNet block becomes one oneDNN call per convolution: the batch norm is in the
-weights, the residual add and the ReLU are post-ops."""
+A ResNet block becomes one kernel call per convolution: the batch norm is in the
+weights, the residual add and the ReLU are in its epilogue (as is PP-LCNet's HardSwish)."""
 
 from __future__ import annotations
 
@@ -73,30 +73,34 @@ def _residual_rewrite(add: str, biased: bool) -> Rewrite:
     return Rewrite(f"conv{'_bias' if biased else ''}_{add.lower()}", pattern, replacement, _same_shape, commute=True)
 
 
-def _relu_rewrite(source: str, num_inputs: int) -> Rewrite:
-    """Relu(source(x, w[, b[, r]])), with `num_inputs` inputs on the convolution."""
+ACTIVATIONS = {"Relu": "relu", "HardSwish": "hardswish"}  # an op after a convolution -> ember.Conv's activation
+
+
+def _activation_rewrite(source: str, num_inputs: int, op_type: str) -> Rewrite:
+    """op_type(source(x, w[, b[, r]])), with `num_inputs` inputs on the convolution."""
     names = ["x", "w", "b", "r"][:num_inputs]
 
     def pattern(op, x, w, b, r, auto_pad, dilations, group, kernel_shape, pads, strides):
         inputs = [x, w, b, r][:num_inputs]
         extra = {"activation": ""} if source == "ember.Conv" else {}
-        return op.Relu(_conv(op, source, inputs, (auto_pad, dilations, group, kernel_shape, pads, strides), **extra))
+        return op(op_type, _conv(op, source, inputs, (auto_pad, dilations, group, kernel_shape, pads, strides),
+                                 **extra))
 
     def replacement(op, x, w, b, r, auto_pad, dilations, group, kernel_shape, pads, strides):
         inputs = [x, w, b, r][:num_inputs]
         if num_inputs == 2:
             inputs.append(None)
         return _conv(op, "ember.Conv", inputs, (auto_pad, dilations, group, kernel_shape, pads, strides),
-                     activation="relu")
+                     activation=ACTIVATIONS[op_type])
 
-    return Rewrite(f"{source.lower()}_{'_'.join(names[2:]) or 'nobias'}_relu", pattern, replacement)
+    return Rewrite(f"{source.lower()}_{'_'.join(names[2:]) or 'nobias'}_{ACTIVATIONS[op_type]}", pattern, replacement)
 
 
 REWRITES = [
     *(_fold_bn_rewrite(biased) for biased in (True, False)),
     *(_residual_rewrite(add, biased) for add in ("Add", "Sum") for biased in (True, False)),
-    _relu_rewrite("Conv", 2), _relu_rewrite("Conv", 3),
-    _relu_rewrite("ember.Conv", 2), _relu_rewrite("ember.Conv", 3), _relu_rewrite("ember.Conv", 4),
+    *(_activation_rewrite(source, n, op_type) for op_type in ACTIVATIONS
+      for source, n in (("Conv", 2), ("Conv", 3), ("ember.Conv", 2), ("ember.Conv", 3), ("ember.Conv", 4))),
 ]
 
 

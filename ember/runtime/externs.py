@@ -83,10 +83,10 @@ def _onednn() -> bool:
 
 # activation -> (oneDNN post-op, its algorithm), and the same in torch for the other paths
 _ONEDNN_ACTIVATIONS = {"": ("none", ""), "relu": ("relu", ""), "gelu": ("gelu", "none"),
-                       "gelu_tanh": ("gelu", "tanh"), "silu": ("swish", "")}
+                       "gelu_tanh": ("gelu", "tanh"), "silu": ("swish", ""), "hardswish": ("hardswish", "")}
 _TORCH_ACTIVATIONS = {"": None, "relu": lambda y: y.relu_(), "gelu": lambda y: y.copy_(F.gelu(y)),
                       "gelu_tanh": lambda y: y.copy_(F.gelu(y, approximate="tanh")),
-                      "silu": lambda y: y.copy_(F.silu(y))}
+                      "silu": lambda y: y.copy_(F.silu(y)), "hardswish": lambda y: y.copy_(F.hardswish(y))}
 
 
 class _LinearWeight:
@@ -292,6 +292,124 @@ def linear(params, x, w, bias, y):
     if _TORCH_ACTIVATIONS[activation] is not None:
         _TORCH_ACTIVATIONS[activation](y)
     return y
+
+
+# -- step forms of the tiled kernels (NATIVE: an executor's chained run calls them from C):
+# each builder takes a step exactly where the extern above would run it on ember's kernel,
+# at the binding's shapes; the extern's Python call cost 10-20 us a step (MiniLM b1: ~0.5 ms
+# of a 21 ms run).
+_F32 = np.dtype(np.float32)
+
+
+def _f32(arg) -> bool:
+    """Whether a step argument ((slot, shape, dtype) or None) is a float32 buffer."""
+    return arg is not None and arg[2] == _F32
+
+
+def _slot(arg) -> int:
+    return -1 if arg is None else arg[0]
+
+
+def _tiled_step(weight: "_TiledWeight", x, bias, bias_array, total, y, activation: str, sgemm_past: bool):
+    """The tiled GEMM's step form for act(x [..., K] W + bias + total) -> y [..., N]: the
+    bias a float32 slot (`bias`) or a prepared array, or none. `sgemm_past`: where
+    `_TiledWeight` hands the call to MKL's sgemm past its row limits, the step is not taken."""
+    k, n = weight.kn.shape
+    if (not _gemm.available() or not (_f32(x) and _f32(y)) or not x[1] or x[1][-1] != k
+            or tuple(y[1]) != (*x[1][:-1], n) or activation not in _gemm.ACTIVATIONS
+            or (bias is not None and (not _f32(bias) or math.prod(bias[1]) != n))
+            or (total is not None and (not _f32(total) or tuple(total[1]) != tuple(y[1])))):
+        return None
+    rows = math.prod(x[1][:-1])
+    limit = _TiledWeight.TILED_ROWS_ACTIVATION if activation else _TiledWeight.TILED_ROWS
+    if not rows or (sgemm_past and rows > limit and k > _TiledWeight.TILED_K):
+        return None
+    return _gemm.gemm_step(x[0], weight.panels, _slot(bias), bias_array, _slot(total), y[0], rows, k, n,
+                           activation, _threads())
+
+
+@native("linear")
+def linear_step(params, args):
+    x, _, bias, y = args
+    tiled = params.get("tiled")
+    return None if tiled is None else _tiled_step(tiled, x, bias, None, None, y, params.get("activation", ""), True)
+
+
+@native("gemm")
+def gemm_step(params, args):
+    a, _, _, y = args
+    tiled = params.get("tiled")
+    if tiled is None or params["trans_a"]:
+        return None
+    return _tiled_step(tiled, a, None, params["bias"], None, y, "", True)
+
+
+@native("conv")
+def conv_step(params, args):
+    """The channels-last convolutions' step forms (the tiled GEMM's 1x1, depthwise,
+    Winograd, direct), in `conv`'s order of preference."""
+    x, _, bias, total, y = args
+    activation = params.get("activation", "")
+    if bias is not None and not _f32(bias) or total is not None and not _f32(total) or not _f32(x):
+        return None
+    if params.get("tiled") is not None:
+        return _tiled_step(params["tiled"], x, bias, None, total, y, activation, False)
+    kernel = next((k for k in ("depthwise", "winograd", "direct") if params.get(k) is not None), None)
+    if kernel is None or len(x[1]) != 4 or not math.prod(x[1]) or not _f32(y):
+        return None
+    panels, (o, per_group, kh, kw) = params[kernel]
+    geometry = _conv_geometry(params, (kh, kw), tuple(x[1]))
+    if x[1][-1] != (o if kernel == "depthwise" else per_group) or geometry is None:
+        return None
+    pads, strides, dilations, (oh, ow) = geometry
+    out = (x[1][0], oh, ow, o)
+    if tuple(y[1]) != out or (total is not None and tuple(total[1]) != out):
+        return None
+    slots, threads = (x[0], panels, _slot(bias), _slot(total), y[0]), _threads()
+    if kernel == "depthwise":
+        return _gemm.depthwise_step(*slots, tuple(x[1]), (kh, kw), strides, dilations, pads, (oh, ow), activation,
+                                    threads)
+    if kernel == "winograd":
+        return _gemm.winograd_step(*slots, tuple(x[1]), o, pads, (oh, ow), activation, threads)
+    return _gemm.conv_step(*slots, tuple(x[1]), o, (kh, kw), strides, dilations, pads, (oh, ow), activation, threads)
+
+
+@native("attention")
+def attention_step(params, args):
+    """The encoder attention's step form (not causal; q, k and v packed in one buffer or
+    three, a float32 mask that broadcasts to the scores or none)."""
+    q, k, v, mask, y = args
+    heads, kv_heads = params["num_heads"], params["kv_num_heads"]
+    if (params["causal"] or not _f32(q) or not _f32(y) or len(q[1]) != 3 or len(y[1]) != 3 or not heads
+            or not kv_heads or heads % kv_heads or (mask is not None and (not _f32(mask) or len(mask[1]) > 4))):
+        return None
+    b, sq, width = q[1]
+    if k is None:  # packed [B, S, (H + 2 Hkv) D]
+        if v is not None or width % (heads + 2 * kv_heads):
+            return None
+        d, sk = width // (heads + 2 * kv_heads), sq
+        qs, ks, vs = ((q[0], offset, sq * width, width) for offset in (0, heads * d, (heads + kv_heads) * d))
+    else:
+        if not (_f32(k) and _f32(v)) or len(k[1]) != 3 or width % heads:
+            return None
+        d, sk = width // heads, k[1][1]
+        if tuple(k[1]) != (b, sk, kv_heads * d) or tuple(v[1]) != tuple(k[1]):
+            return None
+        qs, ks, vs = (q[0], 0, sq * width, width), (k[0], 0, sk * kv_heads * d, kv_heads * d), \
+            (v[0], 0, sk * kv_heads * d, kv_heads * d)
+    if not d or tuple(y[1]) != (b, sq, heads * d):
+        return None
+    ms = None
+    if mask is not None:  # a contiguous mask's strides, broadcast to [B, H, Sq, Sk] (0 along its dims of 1)
+        shape = (1,) * (4 - len(mask[1])) + tuple(mask[1])
+        if any(m not in (1, full) for m, full in zip(shape, (b, heads, sq, sk))):
+            return None
+        strides = [math.prod(shape[i + 1:]) if shape[i] != 1 else 0 for i in range(4)]
+        if sk > 1 and strides[3] != 1:
+            return None
+        ms = (mask[0], *strides[:3])
+    return _gemm.attention_step(qs, ks, vs, ms, (y[0], 0, sq * heads * d, heads * d), (b, heads, kv_heads, sq, sk, d),
+                                params["scale"] or d ** -0.5, _threads())
 
 
 @extern("matmul")
@@ -555,6 +673,8 @@ def prepare_conv(params, constants):
         prepared = {**params, "tiled": tiled}
     elif (winograd := _winograd_weight(params, w)) is not None:
         prepared = {**params, "winograd": winograd}
+    elif (depthwise := _depthwise_weight(params, w)) is not None:
+        prepared = {**params, "depthwise": depthwise}
     elif (direct := _direct_weight(params, w)) is not None:
         prepared = {**params, "direct": direct}
     else:
@@ -691,6 +811,29 @@ def _winograd_weight(params, w):
     return None if panels is None else (panels, tuple(w.shape))
 
 
+def _depthwise_weight(params, w):
+    """A channels-last 2-d depthwise convolution's float32 constant filter ([C, 1, KH, KW],
+    one group per channel, an epilogue the tiled kernels run) as ember's depthwise kernel
+    reads it ([KH][KW][C]; runtime/native/gemm.py `depthwise`), with its shape. Else None."""
+    if (w is None or w.dtype != torch.float32 or w.dim() != 4 or not params.get("channels_last")
+            or params["group"] != w.shape[0] or params["group"] < 2 or w.shape[1] != 1 or params["pads"] is None
+            or params.get("activation", "") not in _gemm.ACTIVATIONS):
+        return None
+    packed = _gemm.depthwise_pack(w.numpy())
+    return None if packed is None else (packed, tuple(w.shape))
+
+
+def _conv_geometry(params, kernel: tuple, shape: tuple) -> tuple | None:
+    """(pads (top, left), strides, dilations, output height and width) of a 2-d convolution
+    of a `kernel` (KH, KW) window over an [N, H, W, C] input, or None where its output is
+    empty."""
+    top, left, bottom, right = params["pads"]
+    (sh, sw), (dh, dw) = params["strides"], params["dilations"]
+    (kh, kw), (_, h, w, _) = kernel, shape
+    oh, ow = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1, (w + left + right - (kw - 1) * dw - 1) // sw + 1
+    return None if oh <= 0 or ow <= 0 else ((top, left), (sh, sw), (dh, dw), (oh, ow))
+
+
 def _tiles_take(x, bias, total, y) -> bool:
     """Whether the tiled kernels (the GEMM, the direct convolution) take these operands:
     float32 x, bias and residual `total`, and x, bias, total and y contiguous (bias, total
@@ -703,28 +846,32 @@ def _tiles_take(x, bias, total, y) -> bool:
 
 def _direct_conv(params, x, bias, total, y, kernel: str = "direct"):
     """A channels-last 2-d convolution on ember's direct kernel, or (`kernel` "winograd", a
-    filter `_winograd_weight` packed) as Winograd F(2x2, 3x3): x [N, H, W, C] (its zero
-    pads implicit: the kernel reads zeros for the taps outside x), act(conv + bias +
-    total) written straight into y. None where the call does not fit it (the caller goes on)."""
-    panels, (o, c_in, kh, kw) = params[kernel]
+    filter `_winograd_weight` packed) as Winograd F(2x2, 3x3), or (`kernel` "depthwise", one
+    `_depthwise_weight` packed) on the depthwise kernel: x [N, H, W, C] (its zero pads
+    implicit: the kernels read zeros for the taps outside x), act(conv + bias + total)
+    written straight into y. None where the call does not fit it (the caller goes on)."""
+    panels, (o, per_group, kh, kw) = params[kernel]
+    c_in = o if kernel == "depthwise" else per_group
     if x.dim() != 4 or x.shape[-1] != c_in or not x.numel() or not _tiles_take(x, bias, total, y):
         return None
-    top, left, bottom, right = params["pads"]
-    (sh, sw), (dh, dw) = params["strides"], params["dilations"]
-    n, h, w, _ = x.shape
-    oh, ow = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1, (w + left + right - (kw - 1) * dw - 1) // sw + 1
-    if oh <= 0 or ow <= 0:
+    geometry = _conv_geometry(params, (kh, kw), tuple(x.shape))
+    if geometry is None:
         return None
+    pads, strides, dilations, (oh, ow) = geometry
+    n = x.shape[0]
     if y is None:
         y = torch.empty((n, oh, ow, o), dtype=torch.float32)
     elif tuple(y.shape) != (n, oh, ow, o):
         return None
+    activation, threads = params.get("activation", ""), _threads()
     if kernel == "winograd":  # (3x3, stride 1, no dilation)
-        _gemm.winograd_conv(x, panels, bias, total, y, (n, h, w, c_in), o, (top, left), (oh, ow),
-                            params.get("activation", ""), _threads())
+        _gemm.winograd_conv(x, panels, bias, total, y, tuple(x.shape), o, pads, (oh, ow), activation, threads)
+    elif kernel == "depthwise":
+        _gemm.depthwise(x, panels, bias, total, y, tuple(x.shape), (kh, kw), strides, dilations, pads, (oh, ow),
+                        activation, threads)
     else:
-        _gemm.conv(x, panels, bias, total, y, (n, h, w, c_in), o, (kh, kw), (sh, sw), (dh, dw), (top, left),
-                   (oh, ow), params.get("activation", ""), _threads())
+        _gemm.conv(x, panels, bias, total, y, tuple(x.shape), o, (kh, kw), strides, dilations, pads, (oh, ow),
+                   activation, threads)
     return y
 
 
@@ -749,7 +896,7 @@ def _tiled_pointwise(params, x, bias, total, y):
 def conv(params, x, w, bias, total, y):
     if params.get("tiled") is not None and (tiled := _tiled_pointwise(params, x, bias, total, y)) is not None:
         return tiled
-    for kernel in ("winograd", "direct"):
+    for kernel in ("depthwise", "winograd", "direct"):
         if params.get(kernel) is not None and (direct := _direct_conv(params, x, bias, total, y, kernel)) is not None:
             return direct
     pointwise = params.get("pointwise")

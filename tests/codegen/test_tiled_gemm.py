@@ -38,6 +38,9 @@ def _activation(name: str, v: np.ndarray) -> np.ndarray:
         return 0.5 * v * (1 + np.tanh(sqrt(2 / pi) * (v + 0.044715 * v ** 3)))
     if name == "silu":
         return v / (1 + np.exp(-v))
+    if name == "hardswish":
+        return v * np.clip(v / 6 + 0.5, 0, 1)
+    assert name == "", name
     return v
 
 

@@ -64,7 +64,7 @@ def test_every_ember_op_has_a_decomposition_or_a_reason():
 # -- ember.Linear -----------------------------------------------------------------------
 @SETTINGS
 @given(batch=st.lists(st.integers(1, 3), max_size=2), k=st.integers(1, 16), n=st.integers(1, 16),
-       biased=st.booleans(), activation=st.sampled_from(["", "relu", "gelu", "gelu_tanh", "silu"]),
+       biased=st.booleans(), activation=st.sampled_from(["", "relu", "gelu", "gelu_tanh", "silu", "hardswish"]),
        seed=st.integers(0, 2**16))
 def test_linear(batch, k, n, biased, activation, seed):
     rng = np.random.default_rng(seed)
@@ -224,8 +224,8 @@ def test_swish_which_onnxruntime_lacks_becomes_sigmoid_times_x(alpha):
 @SETTINGS
 @given(spatial=st.sampled_from([1, 2]), channels_last=st.booleans(), group=st.sampled_from([1, 2]),
        kernel=st.integers(1, 3), stride=st.integers(1, 2), pad=st.integers(0, 1), dilation=st.integers(1, 2),
-       biased=st.booleans(), residual=st.booleans(), activation=st.sampled_from(["", "relu", "gelu", "silu"]),
-       seed=st.integers(0, 2**16))
+       biased=st.booleans(), residual=st.booleans(),
+       activation=st.sampled_from(["", "relu", "gelu", "silu", "hardswish"]), seed=st.integers(0, 2**16))
 def test_conv(spatial, channels_last, group, kernel, stride, pad, dilation, biased, residual, activation, seed):
     rng = np.random.default_rng(seed)
     c_in, c_out, size = 2 * group, 3 * group, 7

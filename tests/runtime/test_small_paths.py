@@ -68,9 +68,11 @@ def test_small_paths_run_at_small_sizes_and_the_library_at_large_ones(saved, tmp
     assert chosen[1] == chosen[2] == ["conv", "gemm", "linear"]  # every small path
     steps = len(executor._steps)
     assert calls[1] == calls[2] == [(4, steps)], calls
-    # at 300 the convolution and the Gemm run their externs; the last segment and the head's
-    # small path are one call
-    assert calls[300] == [(0, "seg0"), (1, "conv"), (0, "seg1"), (5, "gemm"), (4, 2)], calls[300]  # (5: numpy arguments)
+    # at 300 the convolution and the Gemm run their externs' kernels, as step forms called
+    # from C with the segments and the head's small path around them: still one call
+    assert calls[300] == [(4, steps)], calls[300]
+    chain = executor._bindings[((300, 12, 12, 3),)].chained[0][1][4]
+    assert [(code, step.name) for code, _, step, *_ in chain if code != 0] == [(1, "conv"), (5, "gemm")]
     # 300 x 3 x 3 x 12 outputs x 72 products and 300 x 108 x 16 are past their limits; the
     # 16 -> 4 head's 300 x 16 x 4 is not
     assert chosen[300] == ["linear"]

@@ -44,6 +44,7 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "gelu": lambda y: 0.5 * y * (1 + _erf(y / np.sqrt(2))),
     "gelu_tanh": lambda y: 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y ** 3))),
     "silu": lambda y: y / (1 + np.exp(-y)),
+    "hardswish": lambda y: y * np.clip(y / 6 + 0.5, 0, 1),  # ONNX HardSwish
 }
 
 

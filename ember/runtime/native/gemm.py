@@ -33,7 +33,22 @@ import numpy as np
 
 from . import function
 
-RUNS = [0]  # calls run here (tests read it)
+class _Runs:
+    """A kernel's calls (tests read `[0]`): those through its Python wrapper here, and its
+    step form's from an executor's chained run (`ember_gemm_step_runs`, counted in C)."""
+
+    def __init__(self, kind: int):
+        self.kind, self.python = kind, 0
+
+    def _in_c(self) -> int:
+        fn = _companion("ember_gemm_step_runs", [_I], ctypes.c_int64)
+        return 0 if fn is None else int(fn(self.kind))
+
+    def __getitem__(self, i: int) -> int:
+        return self.python + self._in_c()
+
+
+RUNS = _Runs(0)  # GEMM calls run here
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _GEMM = [_P, _I, _P, _P, _P, _I, _P, _I, _I, _I, _I, _I, _I]
@@ -54,7 +69,7 @@ def available() -> bool:
     return kernel() is not None
 
 
-ACTIVATIONS = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}  # the epilogues it runs (cpu_gemm.cpp)
+ACTIVATIONS = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4, "hardswish": 5}  # the epilogues it runs (cpu_gemm.cpp)
 
 
 def panel_width() -> int:
@@ -103,7 +118,7 @@ def run(x, packed, bias, total, y, rows: int, k: int, n: int, activation: str, t
     `activation` one of ACTIVATIONS; on `threads` threads."""
     _companion("ember_gemm", _GEMM)(_address(x), k, _address(packed), _address(bias), _address(total), n, _address(y), n, rows, k, n,
                 ACTIVATIONS[activation], threads)
-    RUNS[0] += 1
+    RUNS.python += 1
 
 
 def activate(y: np.ndarray, activation: str, threads: int) -> None:
@@ -114,7 +129,7 @@ def activate(y: np.ndarray, activation: str, threads: int) -> None:
         fn(y.ctypes.data, y.size, ACTIVATIONS[activation], threads)
 
 
-WINOGRAD_RUNS = [0]  # Winograd convolutions run here (tests read it)
+WINOGRAD_RUNS = _Runs(2)  # Winograd convolutions run here
 WINOGRAD_ACTIVATIONS = ("", "relu")  # the epilogues it runs
 
 
@@ -141,10 +156,10 @@ def winograd_conv(x, packed, bias, total, y, shape: tuple, out_channels: int, pa
     n, h, w, c = shape
     fn(_address(x), n, h, w, c, _address(packed), out_channels, *pads, _address(bias), _address(total),
        _address(y), *out_hw, ACTIVATIONS[activation], threads)
-    WINOGRAD_RUNS[0] += 1
+    WINOGRAD_RUNS.python += 1
 
 
-ATTENTION_RUNS = [0]  # attention calls run here (tests read it)
+ATTENTION_RUNS = _Runs(3)  # attention calls run here
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, y: np.ndarray, heads: int,
@@ -182,11 +197,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
        k.strides[1] // item, v.ctypes.data, v.strides[0] // item, v.strides[1] // item,
        None if mask is None else mask.ctypes.data, mb, mh, mi, y.ctypes.data, y.strides[0] // item,
        y.strides[1] // item, b, heads, kv_heads, sq, sk, d, scale, threads)
-    ATTENTION_RUNS[0] += 1
+    ATTENTION_RUNS.python += 1
     return True
 
 
-CONV_RUNS = [0]  # direct convolutions run here (tests read it)
+CONV_RUNS = _Runs(1)  # direct convolutions run here
 CONV_MAX_TAPS = 1024  # KH x KW of a filter it takes (cpu_gemm.cpp's MAX_TAPS)
 
 
@@ -217,4 +232,87 @@ def conv(x, packed, bias, total, y, shape: tuple, out_channels: int, kernel: tup
     n, h, w, c = shape
     fn(_address(x), n, h, w, c, _address(packed), out_channels, *kernel, *strides, *dilations, *pads, _address(bias),
        _address(total), _address(y), *out_hw, ACTIVATIONS[activation], threads)
-    CONV_RUNS[0] += 1
+    CONV_RUNS.python += 1
+
+
+
+DEPTHWISE_RUNS = _Runs(4)  # depthwise convolutions run here
+
+
+def depthwise_pack(w: np.ndarray) -> np.ndarray | None:
+    """A depthwise [C, 1, KH, KW] float32 filter as the depthwise kernel reads it ([KH][KW][C]),
+    or None where the kernel is not available."""
+    packer = _companion("ember_depthwise_pack", [_P, _I, _I, _I, _P])
+    if packer is None:
+        return None
+    c, _, kh, kw = w.shape
+    out = np.empty(c * kh * kw, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    packer(w.ctypes.data, c, kh, kw, out.ctypes.data)
+    return out
+
+
+def depthwise(x, packed, bias, total, y, shape: tuple, kernel: tuple, strides: tuple, dilations: tuple, pads: tuple,
+              out_hw: tuple, activation: str, threads: int) -> None:
+    """y [N, OH, OW, C] = act(depthwise conv(x) + bias [C] + total [N, OH, OW, C]),
+    channels-last, one filter per channel: x [N, H, W, C] (`shape`) with implicit zero `pads`
+    (top, left), the filter `packed` by `depthwise_pack`, each argument contiguous (numpy
+    arrays or torch tensors; bias and total may be None)."""
+    fn = _companion("ember_depthwise", [_P, _I, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I, _I, _P, _P, _P, _I, _I,
+                                        _I, _I])
+    n, h, w, c = shape
+    fn(_address(x), n, h, w, c, _address(packed), *kernel, *strides, *dilations, *pads, _address(bias),
+       _address(total), _address(y), *out_hw, ACTIVATIONS[activation], threads)
+    DEPTHWISE_RUNS.python += 1
+
+# -- step forms: (the C function's address, its context) for an executor's chained run
+# (runtime/executor.py `_chain`; the externs' NATIVE builders in runtime/externs.py decide
+# that a step fits). Arguments are buffer slots (-1: none) and sizes; the C function reads
+# the buffers' addresses from the slots when it runs.
+
+def _step(symbol: str, ctx: list):
+    fn = _companion(symbol, [_P, _P, _P], ctypes.c_int)
+    if fn is None:
+        return None
+    return ctypes.cast(fn, ctypes.c_void_p).value, np.array(ctx, dtype=np.int64)
+
+
+def gemm_step(x: int, packed: np.ndarray, bias: int, bias_array: np.ndarray | None, total: int, y: int, rows: int,
+              k: int, n: int, activation: str, threads: int):
+    """`run`'s step form: the bias from slot `bias`, or (slot -1) `bias_array` (kept alive
+    by the caller) or none."""
+    return _step("ember_gemm_step", [x, packed.ctypes.data, bias, 0 if bias_array is None else bias_array.ctypes.data,
+                                     total, y, rows, k, n, ACTIVATIONS[activation], threads])
+
+
+def conv_step(x: int, packed: np.ndarray, bias: int, total: int, y: int, shape: tuple, out_channels: int,
+              kernel: tuple, strides: tuple, dilations: tuple, pads: tuple, out_hw: tuple, activation: str,
+              threads: int):
+    """`conv`'s step form."""
+    return _step("ember_conv_step", [x, packed.ctypes.data, bias, total, y, *shape, out_channels, *kernel, *strides,
+                                     *dilations, *pads, *out_hw, ACTIVATIONS[activation], threads])
+
+
+def winograd_step(x: int, packed: np.ndarray, bias: int, total: int, y: int, shape: tuple, out_channels: int,
+                  pads: tuple, out_hw: tuple, activation: str, threads: int):
+    """`winograd_conv`'s step form."""
+    if activation not in WINOGRAD_ACTIVATIONS:
+        return None
+    return _step("ember_winograd_step", [x, packed.ctypes.data, bias, total, y, *shape, out_channels, *pads,
+                                         *out_hw, ACTIVATIONS[activation], threads])
+
+
+def attention_step(q: tuple, k: tuple, v: tuple, mask: tuple | None, y: tuple, sizes: tuple, scale: float,
+                   threads: int):
+    """`attention`'s step form: q, k, v and y each (slot, offset, batch stride, row
+    stride), mask (slot, batch, head and row strides) or None, all in floats; sizes (B, H,
+    Hkv, Sq, Sk, D)."""
+    bits = int(np.array(scale, dtype=np.float32).view(np.uint32))
+    return _step("ember_attention_step", [*q, *k, *v, *(mask or (-1, 0, 0, 0)), y[0], *y[2:], *sizes, bits, threads])
+
+
+def depthwise_step(x: int, packed: np.ndarray, bias: int, total: int, y: int, shape: tuple, kernel: tuple,
+                   strides: tuple, dilations: tuple, pads: tuple, out_hw: tuple, activation: str, threads: int):
+    """`depthwise`'s step form."""
+    return _step("ember_depthwise_step", [x, packed.ctypes.data, bias, total, y, *shape, *kernel, *strides,
+                                          *dilations, *pads, *out_hw, ACTIVATIONS[activation], threads])

@@ -52,7 +52,8 @@ def run(code: int, x: np.ndarray, w: np.ndarray, n: int, bias: np.ndarray | None
     fn = _kernel()
     if (fn is None or x.dtype != np.float32 or y.dtype != np.float32 or w.dtype != np.uint8 or x.ndim != 2
             or y.ndim != 2 or w.ndim not in (1, 2) or x.strides[1] != 4 or y.strides[1] != 4 or w.strides[-1] != 1
-            or (bias is not None and (bias.dtype != np.float32 or not bias.flags.c_contiguous))):
+            or (bias is not None and (bias.dtype != np.float32 or not bias.flags.c_contiguous))
+            or activation not in ACTIVATIONS):
         return False
     rows, k = x.shape
     rc = fn(code, x.ctypes.data, rows, k, x.strides[0] // 4, w.ctypes.data, n, w.strides[0] if w.ndim == 2 else 0,
@@ -75,7 +76,7 @@ def step(code: int, args: list, packed: np.ndarray | None, activation: str, thre
         return None
     k, n = x[1][-1], w[1][0]
     rows = int(np.prod(x[1][:-1]))
-    if k % 32 or tuple(y[1]) != (*x[1][:-1], n):
+    if k % 32 or tuple(y[1]) != (*x[1][:-1], n) or activation not in ACTIVATIONS:
         return None
     ctx = np.array([code, x[0], w[0], 0 if packed is None else packed.ctypes.data, -1 if bias is None else bias[0],
                     y[0], rows, k, n, ACTIVATIONS[activation], threads], dtype=np.int64)
