@@ -177,5 +177,33 @@ def test_a_profiled_run_reports_each_step_and_equals_the_chained_one():
     assert _in_c(compiled) == ["linear", "gemm"]
 
 
+def test_a_library_built_before_the_step_forms_runs_the_externs(tmp_path):
+    """An older artifact ships the tiled kernels' library built before they had step forms
+    (and their C run counters): with it installed, each step runs as its Python extern on
+    that library, and the outputs are the same."""
+    from pathlib import Path
+
+    from ember.codegen import cpu
+    from ember.codegen.cpu_prelude import PRELUDE
+    from ember.runtime import native
+
+    source = (Path(ember.__file__).parent / "codegen" / "cpu_gemm.cpp").read_text()
+    older = cpu.build(PRELUDE + source[:source.index("// ---- step forms")])
+    compiled = ember.compile(_encoder_block(48, 96, "Relu", 3))
+    x = np.random.default_rng(4).standard_normal((900, 48)).astype(np.float32)
+    want = compiled.run({"x": x})["y"]
+    assert _in_c(compiled) == ["linear", "gemm"]
+    current = native.installed("gemm")
+    native.install({"gemm": str(older)})
+    try:
+        before = gemm.RUNS[0]  # (the older library has no C counter: Python's calls only)
+        x2 = np.concatenate([x, x[:5]])  # a new size: a new binding, its chain made with the older library
+        got = compiled.run({"x": x2})["y"]
+        assert _in_c(compiled) == [] and gemm.RUNS[0] - before == 2
+        np.testing.assert_array_equal(got[:900], want)
+    finally:
+        native.install({"gemm": current})
+
+
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])

@@ -86,17 +86,19 @@ def installed(name: str) -> str | None:
 
 def function(name: str, symbol: str, argtypes: list, restype=None):
     """Function `symbol` of kernel `name`'s library, typed; None where no Program has
-    named a library for it."""
+    named a library for it, or where its library lacks the symbol (one built before it:
+    an older artifact's, which ships its own build; the caller takes its other path)."""
     key = (name, symbol)
     fn = _FUNCTIONS.get(key)
     if fn is None:
         path = _PATHS.get(name)
         if path is None:
             return None
-        fn = getattr(load(path), symbol)
-        fn.argtypes, fn.restype = argtypes, restype
+        fn = getattr(load(path), symbol, False)
+        if fn:
+            fn.argtypes, fn.restype = argtypes, restype
         _FUNCTIONS[key] = fn
-    return fn
+    return fn or None
 
 
 def available(name: str) -> bool:
