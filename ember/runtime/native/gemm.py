@@ -23,6 +23,13 @@ filter of one group on it but a 1x1 of stride 1 (`_direct_weight`), whatever the
 size: 1.1-1.9x faster in deepcut, PP-OCR and the CRNN captcha reader than oneDNN's filter
 packed for a stand-in size, and at the size oneDNN packed for as fast or up to 1.75x faster
 (openwakeword's embedding, MTCNN's O-Net; on a 2-core AMD EPYC).
+
+`winograd_conv` runs 3x3 filters of stride 1 as Winograd F(2x2, 3x3), `depthwise` 2-d
+depthwise filters (vectors of channels, 4 output positions per load of a tap's weights).
+Each kernel has a step form (`*_step`: a C function and its context) that an executor's
+chained run calls from C (runtime/externs.py NATIVE builds them where the extern would run
+the kernel); the run counters (`RUNS` and its kinds) add the step forms' calls, which the
+library counts.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ import ctypes
 import numpy as np
 
 from . import function
+
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+
 
 class _Runs:
     """A kernel's calls (tests read `[0]`): those through its Python wrapper here, and its
@@ -49,8 +59,6 @@ class _Runs:
 
 
 RUNS = _Runs(0)  # GEMM calls run here
-
-_P, _I = ctypes.c_void_p, ctypes.c_int64
 _GEMM = [_P, _I, _P, _P, _P, _I, _P, _I, _I, _I, _I, _I, _I]
 
 
@@ -233,7 +241,6 @@ def conv(x, packed, bias, total, y, shape: tuple, out_channels: int, kernel: tup
     fn(_address(x), n, h, w, c, _address(packed), out_channels, *kernel, *strides, *dilations, *pads, _address(bias),
        _address(total), _address(y), *out_hw, ACTIVATIONS[activation], threads)
     CONV_RUNS.python += 1
-
 
 
 DEPTHWISE_RUNS = _Runs(4)  # depthwise convolutions run here
