@@ -55,9 +55,13 @@ extern "C" void ember_gemm_pack(const float* w, int64_t K, int64_t N, int64_t st
 // activation codes (gemm.py ACTIVATIONS): none, relu, gelu (erf), gelu (tanh), silu, hardswish
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2, ACT_GELU_TANH = 3, ACT_SILU = 4, ACT_HARDSWISH = 5 };
 
-// the smooth activations on NR values (in L1), vectorized through the prelude's functions
+// an activation on NR values (in L1), the smooth ones vectorized through the prelude's functions
 static inline void activate(float* v, int64_t act) {
     switch (act) {
+        case ACT_RELU:
+#pragma omp simd
+            for (int j = 0; j < NR; ++j) v[j] = v[j] < 0.0f ? 0.0f : v[j];  // NaN stays NaN
+            break;
         case ACT_GELU:
 #pragma omp simd
             for (int j = 0; j < NR; ++j) v[j] = v[j] * 0.5f * (ember_erff(v[j] * 0.70710678118654752f) + 1.0f);
@@ -80,6 +84,20 @@ static inline void activate(float* v, int64_t act) {
             break;
         default:
             break;
+    }
+}
+
+// an epilogue's activation on V vectors in registers: ReLU there, the others through `edge`
+// (NR floats in L1)
+template <int V>
+static inline void activate_vecs(vec* v, int64_t act, float* edge) {
+    if (act == ACT_RELU) {
+        const vec zero = {};
+        for (int i = 0; i < V; ++i) v[i] = v[i] < zero ? zero : v[i];  // NaN stays NaN
+    } else if (act != ACT_NONE) {
+        for (int i = 0; i < V; ++i) store(edge + i * VW, v[i]);
+        activate(edge, act);
+        for (int i = 0; i < V; ++i) v[i] = load(edge + i * VW);
     }
 }
 
@@ -121,16 +139,11 @@ static inline void finish(vec* acc0, vec* acc1, float* y, int64_t ldy, const flo
                 acc1[r] += load(edge + VW);
             }
         }
-        if (last && act == ACT_RELU) {
-            const vec zero = {};
-            acc0[r] = acc0[r] < zero ? zero : acc0[r];  // NaN stays NaN
-            acc1[r] = acc1[r] < zero ? zero : acc1[r];
-        } else if (last && act != ACT_NONE) {
-            store(edge, acc0[r]);
-            store(edge + VW, acc1[r]);
-            activate(edge, act);
-            acc0[r] = load(edge);
-            acc1[r] = load(edge + VW);
+        if (last) {
+            vec both[2] = {acc0[r], acc1[r]};
+            activate_vecs<2>(both, act, edge);
+            acc0[r] = both[0];
+            acc1[r] = both[1];
         }
         if (cols == NR) {
             store(y + r * ldy, acc0[r]);
@@ -876,12 +889,7 @@ extern "C" void ember_activate(float* y, int64_t n, int64_t act, int64_t threads
         alignas(64) float v[NR];
         const int64_t m = n - c * NR < NR ? n - c * NR : NR;
         std::memcpy(v, y + c * NR, m * sizeof(float));
-        if (act == ACT_RELU) {
-#pragma omp simd
-            for (int j = 0; j < NR; ++j) v[j] = v[j] < 0.0f ? 0.0f : v[j];  // NaN stays NaN
-        } else {
-            activate(v, act);
-        }
+        activate(v, act);
         std::memcpy(y + c * NR, v, m * sizeof(float));
     }
 }
@@ -931,14 +939,7 @@ static inline void depthwise_block(const float* xrow, int64_t W, int64_t C, cons
     for (int p = 0; p < P; ++p) {
         for (int v = 0; v < V; ++v)
             if (res != nullptr) acc[p][v] += load(res + (ow0 + p) * C + c0 + v * VW);
-        if (act == ACT_RELU) {
-            const vec zero = {};
-            for (int v = 0; v < V; ++v) acc[p][v] = acc[p][v] < zero ? zero : acc[p][v];  // NaN stays NaN
-        } else if (act != ACT_NONE) {
-            for (int v = 0; v < V; ++v) store(edge + v * VW, acc[p][v]);
-            activate(edge, act);
-            for (int v = 0; v < V; ++v) acc[p][v] = load(edge + v * VW);
-        }
+        activate_vecs<V>(acc[p], act, edge);
         for (int v = 0; v < V; ++v) store(y + (ow0 + p) * C + c0 + v * VW, acc[p][v]);
     }
 }
@@ -977,11 +978,7 @@ static inline void depthwise_tail(const float* xrow, int64_t W, int64_t C, const
         if (res != nullptr) acc += res[ow * C + c0 + c];
         edge[c] = acc;
     }
-    if (act == ACT_RELU) {
-        for (int64_t c = 0; c < n; ++c) edge[c] = edge[c] < 0.0f ? 0.0f : edge[c];
-    } else if (act != ACT_NONE) {
-        activate(edge, act);
-    }
+    activate(edge, act);
     std::memcpy(y + ow * C + c0, edge, n * sizeof(float));
 }
 
