@@ -1,5 +1,8 @@
 """Hand-written kernels for tests that call their wrappers (ember/runtime/native/) directly
-rather than through a compiled program, which names the libraries it needs itself."""
+rather than through a compiled program, which names the libraries it needs itself, and the
+references those tests share (the tiled kernels' epilogue activations)."""
+
+import numpy as np
 
 from ember.codegen import handwritten
 from ember.runtime import native
@@ -19,3 +22,21 @@ def cpu_flags() -> set[str]:
             return set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
         return set()
+
+
+def activation_reference(name: str, v: np.ndarray) -> np.ndarray:
+    """The tiled kernels' epilogue activations (runtime/native/gemm.py ACTIVATIONS), in float64."""
+    from math import erf, pi, sqrt
+
+    if name == "relu":
+        return np.maximum(v, 0)
+    if name == "gelu":
+        return 0.5 * v * (1 + np.vectorize(erf)(v / sqrt(2)))
+    if name == "gelu_tanh":
+        return 0.5 * v * (1 + np.tanh(sqrt(2 / pi) * (v + 0.044715 * v ** 3)))
+    if name == "silu":
+        return v / (1 + np.exp(-v))
+    if name == "hardswish":
+        return v * np.clip(v / 6 + 0.5, 0, 1)
+    assert name == "", name
+    return v

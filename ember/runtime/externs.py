@@ -182,6 +182,11 @@ class _TiledWeight:
         panels = _gemm.pack(w_kn)
         return None if panels is None else cls(w_kn, panels)
 
+    @classmethod
+    def on_tiles(cls, rows: int, k: int, activation: str) -> bool:
+        """Whether a call of `rows` rows of `k` products runs on the tiled kernel (else MKL's sgemm)."""
+        return rows <= (cls.TILED_ROWS if not activation else cls.TILED_ROWS_ACTIVATION) or k <= cls.TILED_K
+
     def __call__(self, x: np.ndarray, bias: np.ndarray | None, activation: str, y: np.ndarray | None = None):
         """act(x [..., K] @ W + bias), into y (of x's rows) where given; None where the call
         does not fit the kernel (the caller goes on)."""
@@ -201,7 +206,7 @@ class _TiledWeight:
         if not rows or not n:
             return y
         threads = _threads()
-        if rows <= (self.TILED_ROWS if not activation else self.TILED_ROWS_ACTIVATION) or k <= self.TILED_K:
+        if self.on_tiles(rows, k, activation):
             gemm.run(x2, self.panels, bias, None, y, rows, k, n, activation, threads)
             return y
         if self._kn_tensor is None:
@@ -321,8 +326,7 @@ def _tiled_step(weight: "_TiledWeight", x, bias, bias_array, total, y, activatio
             or (total is not None and (not _f32(total) or tuple(total[1]) != tuple(y[1])))):
         return None
     rows = math.prod(x[1][:-1])
-    limit = _TiledWeight.TILED_ROWS_ACTIVATION if activation else _TiledWeight.TILED_ROWS
-    if not rows or (sgemm_past and rows > limit and k > _TiledWeight.TILED_K):
+    if not rows or (sgemm_past and not _TiledWeight.on_tiles(rows, k, activation)):
         return None
     return _gemm.gemm_step(x[0], weight.panels, _slot(bias), bias_array, _slot(total), y[0], rows, k, n,
                            activation, _threads())
@@ -355,23 +359,21 @@ def conv_step(params, args):
     if params.get("tiled") is not None:
         return _tiled_step(params["tiled"], x, bias, None, total, y, activation, False)
     kernel = next((k for k in ("depthwise", "winograd", "direct") if params.get(k) is not None), None)
-    if kernel is None or len(x[1]) != 4 or not math.prod(x[1]) or not _f32(y):
+    if kernel is None or len(x[1]) != 4 or not _f32(y):
         return None
-    panels, (o, per_group, kh, kw) = params[kernel]
-    geometry = _conv_geometry(params, (kh, kw), tuple(x[1]))
-    if x[1][-1] != (o if kernel == "depthwise" else per_group) or geometry is None:
+    shape = tuple(x[1])
+    plan = _conv_plan(params, kernel, shape)
+    if plan is None:
         return None
-    pads, strides, dilations, (oh, ow) = geometry
-    out = (x[1][0], oh, ow, o)
+    panels, out, pads, strides, dilations, window = plan
     if tuple(y[1]) != out or (total is not None and tuple(total[1]) != out):
         return None
-    slots, threads = (x[0], panels, _slot(bias), _slot(total), y[0]), _threads()
+    slots, threads, o, hw = (x[0], panels, _slot(bias), _slot(total), y[0]), _threads(), out[3], out[1:3]
     if kernel == "depthwise":
-        return _gemm.depthwise_step(*slots, tuple(x[1]), (kh, kw), strides, dilations, pads, (oh, ow), activation,
-                                    threads)
+        return _gemm.depthwise_step(*slots, shape, window, strides, dilations, pads, hw, activation, threads)
     if kernel == "winograd":
-        return _gemm.winograd_step(*slots, tuple(x[1]), o, pads, (oh, ow), activation, threads)
-    return _gemm.conv_step(*slots, tuple(x[1]), o, (kh, kw), strides, dilations, pads, (oh, ow), activation, threads)
+        return _gemm.winograd_step(*slots, shape, o, pads, hw, activation, threads)
+    return _gemm.conv_step(*slots, shape, o, window, strides, dilations, pads, hw, activation, threads)
 
 
 @native("attention")
@@ -823,15 +825,19 @@ def _depthwise_weight(params, w):
     return None if packed is None else (packed, tuple(w.shape))
 
 
-def _conv_geometry(params, kernel: tuple, shape: tuple) -> tuple | None:
-    """(pads (top, left), strides, dilations, output height and width) of a 2-d convolution
-    of a `kernel` (KH, KW) window over an [N, H, W, C] input, or None where its output is
-    empty."""
+def _conv_plan(params, kernel: str, shape: tuple) -> tuple | None:
+    """For the filter params[kernel] packed ("direct", "winograd" or "depthwise") over an
+    [N, H, W, C] input of `shape`: (its panels, the output's [N, OH, OW, O], pads (top, left),
+    strides, dilations, the window (KH, KW)); None where C is not the filter's or the input
+    or the output is empty."""
+    panels, (o, per_group, kh, kw) = params[kernel]
+    n, h, w, c = shape
+    if c != (o if kernel == "depthwise" else per_group) or not n * h * w:
+        return None
     top, left, bottom, right = params["pads"]
     (sh, sw), (dh, dw) = params["strides"], params["dilations"]
-    (kh, kw), (_, h, w, _) = kernel, shape
     oh, ow = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1, (w + left + right - (kw - 1) * dw - 1) // sw + 1
-    return None if oh <= 0 or ow <= 0 else ((top, left), (sh, sw), (dh, dw), (oh, ow))
+    return None if oh <= 0 or ow <= 0 else (panels, (n, oh, ow, o), (top, left), (sh, sw), (dh, dw), (kh, kw))
 
 
 def _tiles_take(x, bias, total, y) -> bool:
@@ -850,28 +856,23 @@ def _direct_conv(params, x, bias, total, y, kernel: str = "direct"):
     `_depthwise_weight` packed) on the depthwise kernel: x [N, H, W, C] (its zero pads
     implicit: the kernels read zeros for the taps outside x), act(conv + bias + total)
     written straight into y. None where the call does not fit it (the caller goes on)."""
-    panels, (o, per_group, kh, kw) = params[kernel]
-    c_in = o if kernel == "depthwise" else per_group
-    if x.dim() != 4 or x.shape[-1] != c_in or not x.numel() or not _tiles_take(x, bias, total, y):
+    if x.dim() != 4 or not _tiles_take(x, bias, total, y):
         return None
-    geometry = _conv_geometry(params, (kh, kw), tuple(x.shape))
-    if geometry is None:
+    plan = _conv_plan(params, kernel, tuple(x.shape))
+    if plan is None:
         return None
-    pads, strides, dilations, (oh, ow) = geometry
-    n = x.shape[0]
+    panels, out, pads, strides, dilations, window = plan
     if y is None:
-        y = torch.empty((n, oh, ow, o), dtype=torch.float32)
-    elif tuple(y.shape) != (n, oh, ow, o):
+        y = torch.empty(out, dtype=torch.float32)
+    elif tuple(y.shape) != out:
         return None
-    activation, threads = params.get("activation", ""), _threads()
+    activation, threads, shape, o, hw = params.get("activation", ""), _threads(), tuple(x.shape), out[3], out[1:3]
     if kernel == "winograd":  # (3x3, stride 1, no dilation)
-        _gemm.winograd_conv(x, panels, bias, total, y, tuple(x.shape), o, pads, (oh, ow), activation, threads)
+        _gemm.winograd_conv(x, panels, bias, total, y, shape, o, pads, hw, activation, threads)
     elif kernel == "depthwise":
-        _gemm.depthwise(x, panels, bias, total, y, tuple(x.shape), (kh, kw), strides, dilations, pads, (oh, ow),
-                        activation, threads)
+        _gemm.depthwise(x, panels, bias, total, y, shape, window, strides, dilations, pads, hw, activation, threads)
     else:
-        _gemm.conv(x, panels, bias, total, y, tuple(x.shape), o, (kh, kw), strides, dilations, pads, (oh, ow),
-                   activation, threads)
+        _gemm.conv(x, panels, bias, total, y, shape, o, window, strides, dilations, pads, hw, activation, threads)
     return y
 
 

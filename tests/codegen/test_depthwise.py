@@ -16,12 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ember
 from ember.runtime.native import gemm
-from tests.native import install
-
-ACTIVATIONS = {"": lambda y: y, "relu": lambda y: np.maximum(y, 0),
-               "hardswish": lambda y: y * np.clip(y / 6 + 0.5, 0, 1),
-               "gelu": lambda y: F.gelu(torch.from_numpy(y)).numpy()}
-
+from tests.native import activation_reference, install
 
 @pytest.fixture(autouse=True, scope="module")
 def _kernel():
@@ -36,7 +31,7 @@ def convolutions(draw):
     h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pads[0] - pads[2]), 14))
     w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[1] - pads[3]), 20))
     return dict(n=draw(st.integers(1, 2)), h=h, w=w, c=draw(st.sampled_from([1, 5, 8, 16, 21, 40])), kernel=(kh, kw),
-                strides=(sh, sw), dilations=(dh, dw), pads=pads, activation=draw(st.sampled_from(sorted(ACTIVATIONS))),
+                strides=(sh, sw), dilations=(dh, dw), pads=pads, activation=draw(st.sampled_from(sorted(gemm.ACTIVATIONS))),
                 bias=draw(st.booleans()), residual=draw(st.booleans()), threads=draw(st.sampled_from([1, 2, 3])),
                 seed=draw(st.integers(0, 2**32 - 1)))
 
@@ -58,7 +53,7 @@ def test_the_kernel_equals_torch(case):
     total = rng.standard_normal(want.shape).astype(np.float32) if case["residual"] else None
     if total is not None:
         want = want + total
-    want = ACTIVATIONS[case["activation"]](want)
+    want = activation_reference(case["activation"], want)
     y = np.full(want.shape, np.nan, np.float32)
     before = gemm.DEPTHWISE_RUNS[0]
     gemm.depthwise(x, gemm.depthwise_pack(weight), bias, total, y, x.shape, (kh, kw), case["strides"],

@@ -18,30 +18,12 @@ import ember
 from ember.runtime.native import gemm
 from ember.runtime import externs
 from tests.artifact.zips import runs_the_shipped_kernel
-from tests.native import install
+from tests.native import activation_reference, install
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _kernel():
     install("gemm")  # the tests here call it directly, not only through programs that name it
-
-
-
-def _activation(name: str, v: np.ndarray) -> np.ndarray:
-    """The activations of the kernel's epilogue, in float64."""
-    from math import erf, pi, sqrt
-
-    if name == "relu":
-        return np.maximum(v, 0)
-    if name == "gelu":
-        return 0.5 * v * (1 + np.vectorize(erf)(v / sqrt(2)))
-    if name == "gelu_tanh":
-        return 0.5 * v * (1 + np.tanh(sqrt(2 / pi) * (v + 0.044715 * v ** 3)))
-    if name == "silu":
-        return v / (1 + np.exp(-v))
-    if name == "hardswish":
-        return v * np.clip(v / 6 + 0.5, 0, 1)
-    assert name == "", name
-    return v
 
 
 @functools.cache
@@ -84,7 +66,7 @@ def test_tiled_gemm_matches_numpy(m, k, n, with_bias, with_residual, activation,
         want += bias
     if residual is not None:
         want += residual
-    want = _activation(activation, want)
+    want = activation_reference(activation, want)
     nr = gemm.panel_width()
     event(f"rows {'whole tiles' if m % 12 == 0 else 'with a tail'}, "
           f"columns {'whole panels' if n % nr == 0 else 'a partial panel'}")
@@ -107,7 +89,7 @@ def test_rows_in_blocks_and_either_split(threads):
         w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
         bias = rng.standard_normal(n).astype(np.float32)
         got = _run(x, w, bias, None, "gelu", threads)
-        want = _activation("gelu", x.astype(np.float64) @ w.astype(np.float64) + bias)
+        want = activation_reference("gelu", x.astype(np.float64) @ w.astype(np.float64) + bias)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -270,7 +252,7 @@ def test_activate_in_place():
             v[0] = np.nan
             y = v.copy()
             gemm.activate(y, name, 2)
-            np.testing.assert_allclose(y, _activation(name, v.astype(np.float64)), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(y, activation_reference(name, v.astype(np.float64)), rtol=1e-5, atol=1e-6)
 
 
 def test_a_large_linear_weight_runs_on_the_tiled_gemm():

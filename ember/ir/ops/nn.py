@@ -175,7 +175,7 @@ def lower_conv(ctx, node, ins, total=None, activation: str = "", channels_last: 
     # a constant 2-d filter of one group, channels-last, runs on ember's direct convolution
     # (runtime/externs.py, `_direct_weight`), which pads as it reads, evenly or not
     on_direct = (channels_last and rank == 2 and node.inputs[1].const is not None
-                 and (int(a["group"]) == 1 or tuple(node.inputs[1].const.shape[:2]) == (x.shape[-1], 1)))
+                 and (int(a["group"]) == 1 or _depthwise(int(a["group"]), node.inputs[1].const.shape, x.shape[-1])))
     if pads is not None and x.dtype == DType.float32 and any(p != q for p, q in pads) and not on_direct:
         # uneven pads (SAME_UPPER at an even window): oneDNN's convolution takes even ones
         # only, torch's ran at 30-40 GFLOP/s; a zero-padded copy, then no pads
@@ -232,6 +232,12 @@ def _constant_filter(ctx, w, x, activation: str) -> bool:
             and x.dtype == DType.float32 and w.dtype == DType.float32 and activation in _ACTIVATIONS)
 
 
+def _depthwise(group: int, filter_shape, channels) -> bool:
+    """Whether a convolution of `group` groups, a filter of `filter_shape` and `channels` input
+    channels is depthwise: one filter per channel."""
+    return group == channels and tuple(filter_shape[:2]) == (channels, 1)
+
+
 def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> float | None:
     """The most output elements at which a channels-last convolution with a constant
     float32 filter is a generated kernel's work (math.inf: at any size), or None: depthwise
@@ -251,7 +257,7 @@ def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> flo
     if not (_constant_filter(ctx, w, x, activation) and isinstance(channels, int)):
         return None
     taps = math.prod(kernel)
-    if group == channels and tuple(w.shape[:2]) == (channels, 1):
+    if _depthwise(group, w.shape, channels):
         if len(kernel) == 2 and channels >= _DEPTHWISE_MIN_CHANNELS:
             return None  # ember's depthwise kernel (runtime/externs.py `_depthwise_weight`)
         return math.inf if taps <= _DIRECT_MAX_TERMS else None
