@@ -719,15 +719,84 @@ static inline float softmax_exp(float x) {
     return x < -86.0f ? 0.0f : y;  // (false for NaN, which the polynomial keeps)
 }
 
+// an attention's scores for R query rows (rows ldq apart, D floats each) against all its
+// keys: the packed scale K^T (kpanels panels of D x NR) into s (rows `width` apart), the
+// mask added (at mrow, rows mi apart; or none), keys past Sk at -inf, and each row's
+// maximum into top (never NaN: -inf for a row of -inf and NaN scores alone). The
+// accumulators go from the products straight through the mask and the maximum to s, with
+// no call, start or epilogue per 16 keys (the GEMM tile's, at D = 32 multiply-adds a key)
+// and no second pass over the row for its maximum.
+template <int R>
+static void scores(const float* q, int64_t ldq, const float* kt, int64_t D, int64_t kpanels, int64_t Sk,
+                   const float* mrow, int64_t mi, float* s, int64_t width, float* top) {
+    const float ninf = -__builtin_inff();
+    vec lane0, lane1, most[R];
+    for (int i = 0; i < VW; ++i) {
+        lane0[i] = float(i);
+        lane1[i] = float(VW + i);
+    }
+    for (int r = 0; r < R; ++r) most[r] = vec{} + ninf;
+    alignas(64) float edge[NR];
+    for (int64_t p = 0; p < kpanels; ++p) {
+        const float* panel = kt + p * D * NR;
+        vec acc0[R], acc1[R];
+        for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = vec{};
+        for (int64_t k = 0; k < D; ++k) rank1<R>(acc0, acc1, q + k, ldq, load(panel + k * NR), load(panel + k * NR + VW));
+        const int64_t j0 = p * NR, cols = Sk - j0 < NR ? Sk - j0 : NR;
+        const vec n = vec{} + float(cols);
+        for (int r = 0; r < R; ++r) {
+            vec v0 = acc0[r], v1 = acc1[r];
+            if (mrow != nullptr) {
+                const float* m = mrow + r * mi + j0;
+                if (cols == NR) {
+                    v0 += load(m);
+                    v1 += load(m + VW);
+                } else {
+                    std::memcpy(edge, m, cols * sizeof(float));
+                    v0 += load(edge);
+                    v1 += load(edge + VW);
+                }
+            }
+            if (cols < NR) {
+                v0 = lane0 < n ? v0 : ninf;
+                v1 = lane1 < n ? v1 : ninf;
+            }
+            store(s + r * width + j0, v0);
+            store(s + r * width + j0 + VW, v1);
+            most[r] = v0 > most[r] ? v0 : most[r];
+            most[r] = v1 > most[r] ? v1 : most[r];
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        float t = ninf;
+        for (int i = 0; i < VW; ++i) t = most[r][i] > t ? most[r][i] : t;
+        top[r] = t;
+    }
+}
+
+typedef void (*scores_fn)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, const float*, int64_t,
+                          float*, int64_t, float*);
+namespace {
+template <int... R>
+struct Scores {
+    static constexpr scores_fn table[] = {nullptr, scores<R>...};
+};
+}  // namespace
+#if defined(__AVX512F__)
+static constexpr const scores_fn* SCORES = Scores<1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12>::table;
+#else
+static constexpr const scores_fn* SCORES = Scores<1, 2, 3, 4, 5, 6>::table;
+#endif
+
 // Encoder attention (no causal mask) on the same tiles: for each batch row b and head h,
 // y[b, i, h D + d] = sum_j softmax_j(scale q_i . k_j + mask[b, h, i, j]) v_j[d], q_i the
 // D columns of head h in row i of q (rows ldq apart, batch rows sbq apart), k_j and v_j
 // those of head h / (H / Hkv) of k and v. mask's element (b, h, i, j) at
 // mask + b mb + h mh + i mi + j, or no mask (null). Per head, scale K^T and V are packed
 // into panels once (D x Sk and Sk x D floats), and QB query rows at a time go through
-// scores (one GEMM), the softmax in L1 (the mask added in its pass for the maximum), and P V
-// (a second GEMM) straight into y, each row's 1 / sum applied to its D outputs there: no
-// scores tensor, no result tensor. Each thread takes a run of
+// `scores` (the mask added and each row's maximum taken as they leave the registers), the
+// softmax's exponentials in L1, and P V (a GEMM on the tiles) straight into y, each row's
+// 1 / sum applied to its D outputs there: no scores tensor, no result tensor. Each thread takes a run of
 // (batch row, head, query block) tasks. A row whose scores are all -inf comes out zero (as
 // ember.Attention defines it); a NaN score makes its row NaN.
 extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const float* k, int64_t sbk, int64_t ldk,
@@ -811,47 +880,39 @@ extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const 
                     for (int64_t p = 0; p < vpanels; ++p) {
                         float* out = vp + (p * Sk + j) * NR;
                         const int64_t cols = D - p * NR < NR ? D - p * NR : NR;
-                        std::memcpy(out, row + p * NR, cols * sizeof(float));
-                        if (cols < NR) std::memset(out + cols, 0, (NR - cols) * sizeof(float));
+                        if (cols == NR) {  // (a memcpy call per 64 bytes took ~1/4 of the packing)
+                            store(out, load(row + p * NR));
+                            store(out + VW, load(row + p * NR + VW));
+                        } else {
+                            std::memcpy(out, row + p * NR, cols * sizeof(float));
+                            std::memset(out + cols, 0, (NR - cols) * sizeof(float));
+                        }
                     }
                 }
                 packed = bh;
             }
             const float* mrow = mask != nullptr ? mask + b * mb + h * mh + i0 * mi : nullptr;
-            for (int64_t p = 0; p < kpanels; ++p) {
-                const int64_t cols = Sk - p * NR < NR ? Sk - p * NR : NR;
-                for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-                    const int64_t r = rows - r0 < MR ? rows - r0 : MR;
-                    TILES[r](qb + r0 * ldq, ldq, kt + p * D * NR, NR, D, s + r0 * width + p * NR, width, nullptr,
-                             nullptr, 0, ACT_NONE, cols, nullptr, 3);
-                }
+            float inv[QB], top[QB];  // each row's maximum, and 1 / (sum of its exponentials), applied to its D outputs
+            for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+                const int64_t r = rows - r0 < MR ? rows - r0 : MR;
+                SCORES[r](qb + r0 * ldq, ldq, kt, D, kpanels, Sk, mrow != nullptr ? mrow + r0 * mi : nullptr, mi,
+                          s + r0 * width, width, top + r0);
             }
-            float inv[QB];  // each row's 1 / (sum of its exponentials), applied to its D outputs
             for (int64_t r = 0; r < rows; ++r) {
                 float* row = s + r * width;
-                float top = -__builtin_inff();
-                if (mrow != nullptr) {  // the mask added here, where the row is read anyway (of one row
-                                        // for every query, mi = 0, in an encoder's padding mask)
-                    const float* m = mrow + r * mi;
-#pragma omp simd reduction(max : top)
-                    for (int64_t j = 0; j < Sk; ++j) {
-                        const float v = row[j] + m[j];
-                        row[j] = v;
-                        top = v > top ? v : top;
-                    }
-                } else {
-#pragma omp simd reduction(max : top)
-                    for (int64_t j = 0; j < Sk; ++j) top = row[j] > top ? row[j] : top;
-                }
-                if (top == -__builtin_inff()) {  // every key masked: a zero row, as ember.Attention defines it
+                if (top[r] == -__builtin_inff()) {  // every key masked: a zero row, as ember.Attention defines
+                                                    // it; but a NaN among them makes the row NaN
+                    bool nan = false;
+                    for (int64_t j = 0; j < Sk; ++j) nan |= row[j] != row[j];
                     std::memset(row, 0, Sk * sizeof(float));
-                    inv[r] = 1.0f;
+                    inv[r] = nan ? __builtin_nanf("") : 1.0f;
                     continue;
                 }
                 float sum = 0.0f;
+                const float most = top[r];
 #pragma omp simd reduction(+ : sum)
                 for (int64_t j = 0; j < Sk; ++j) {
-                    const float e = softmax_exp(row[j] - top);
+                    const float e = softmax_exp(row[j] - most);
                     row[j] = e;
                     sum += e;
                 }

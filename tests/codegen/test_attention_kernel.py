@@ -149,3 +149,37 @@ def test_the_fused_kernel_declines_keys_of_another_batch():
     q, k, v, y = q.numpy(), k.numpy(), v.numpy(), y.numpy()  # (ember's attention takes numpy arrays)
     assert not gemm.attention(q, k, v, None, y, 2, 2, 0.25, 2)
     assert gemm.attention(q, np.ascontiguousarray(np.broadcast_to(k, (4, 6, 16))), v, None, y, 2, 2, 0.25, 2)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("sk", [16, 40])  # whole panels of keys, and a part panel (keys past Sk at -inf)
+def test_a_nan_score_makes_its_row_nan_and_only_its_row(sk, masked):
+    from tests.native import install
+
+    from ember.runtime.native import gemm
+
+    install("gemm")
+    rng = np.random.default_rng(sk)
+    batch, sq, heads, d = 2, 30, 2, 32
+    q, k, v = (rng.standard_normal((batch, n, heads * d)).astype(np.float32) for n in (sq, sk, sk))
+    q[1, 7, 3] = np.nan  # head 0 of query 7 in batch row 1: one row of scores all NaN
+    k[0, 5, d + 1] = np.nan  # key 5 of head 1 in batch row 0: one NaN score in every row of that head
+    mask = rng.standard_normal((batch, 1, 1, sk)).astype(np.float32) if masked else None
+    y = np.empty_like(q)
+    runs = gemm.ATTENTION_RUNS[0]
+    assert gemm.attention(q, k, v, mask, y, heads, heads, 0.25, 2)
+    assert gemm.ATTENTION_RUNS[0] == runs + 1
+    nan = np.isnan(y.reshape(batch, sq, heads, d)).all(axis=-1)
+    want = np.zeros_like(nan)
+    want[1, 7, 0] = True
+    want[0, :, 1] = True
+    np.testing.assert_array_equal(nan, want)
+    assert not np.isnan(y.reshape(batch, sq, heads, d)[~want]).any()
+    # the rows without a NaN against float64
+    s = np.einsum("bqhd,bkhd->bhqk", q.reshape(batch, sq, heads, d).astype(np.float64),
+                  k.reshape(batch, sk, heads, d).astype(np.float64)) * 0.25
+    if masked:
+        s = s + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    ref = np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), v.reshape(batch, sk, heads, d))
+    np.testing.assert_allclose(y.reshape(batch, sq, heads, d)[~want], ref[~want], rtol=1e-4, atol=1e-5)
