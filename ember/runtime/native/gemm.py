@@ -38,7 +38,7 @@ import ctypes
 
 import numpy as np
 
-from . import function
+from . import empty, function
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
@@ -104,7 +104,7 @@ def pack(w_kn: np.ndarray) -> np.ndarray | None:
         return None
     nr = panel_width()
     k, n = w_kn.shape
-    out = np.empty(-(-n // nr) * nr * k, dtype=np.float32)
+    out = empty(-(-n // nr) * nr * k, np.float32)
     w = np.asarray(w_kn, dtype=np.float32)
     item = w.itemsize
     packer(w.ctypes.data, k, n, w.strides[0] // item, w.strides[1] // item, out.ctypes.data)
@@ -148,7 +148,7 @@ def winograd_pack(w: np.ndarray) -> np.ndarray | None:
     if packer is None:
         return None
     o, c = w.shape[:2]
-    out = np.empty(int(_companion("ember_winograd_packed_floats", [_I, _I], ctypes.c_int64)(c, o)), dtype=np.float32)
+    out = empty(int(_companion("ember_winograd_packed_floats", [_I, _I], ctypes.c_int64)(c, o)), np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
     packer(w.ctypes.data, o, c, out.ctypes.data)
     return out
@@ -221,7 +221,7 @@ def conv_pack(w: np.ndarray) -> np.ndarray | None:
         return None
     o, c, kh, kw = w.shape
     nr = panel_width()
-    out = np.empty(-(-o // nr) * nr * kh * kw * c, dtype=np.float32)
+    out = empty(-(-o // nr) * nr * kh * kw * c, np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
     packer(w.ctypes.data, o, c, kh, kw, out.ctypes.data)
     return out
@@ -253,7 +253,7 @@ def depthwise_pack(w: np.ndarray) -> np.ndarray | None:
     if packer is None:
         return None
     c, _, kh, kw = w.shape
-    out = np.empty(c * kh * kw, dtype=np.float32)
+    out = empty(c * kh * kw, np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
     packer(w.ctypes.data, c, kh, kw, out.ctypes.data)
     return out
