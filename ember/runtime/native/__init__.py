@@ -145,8 +145,9 @@ def _mapping(nbytes: int):
 def empty(count: int, dtype) -> np.ndarray:
     """An uninitialized, writable, 64-byte-aligned 1-d array of `count` elements of `dtype` for
     a kernel's packed weights: np.empty's below POOLED_BYTES, else cut from a pool of huge
-    pages (a pool is freed once every array cut from it is). An array over half a pool gets
-    a mapping of its own."""
+    pages (a pool is unmapped once every array cut from it is gone and a newer pool has taken
+    its place: at most one pool, 32 MiB of address space, outlives its arrays). An array over
+    half a pool gets a mapping of its own."""
     dtype = np.dtype(dtype)
     nbytes = int(count) * dtype.itemsize
     if nbytes < POOLED_BYTES:
