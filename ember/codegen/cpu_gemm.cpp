@@ -306,6 +306,19 @@ static int64_t l2_block_bytes() {
     }();
     return bytes;
 }
+// the tiles (MR rows each) whose x fits `bytes` at k products (at least one)
+static inline int64_t tiles_fitting(int64_t k, int64_t bytes = BLOCK_BYTES) {
+    const int64_t n = bytes / (MR * (k > 0 ? k : 1) * int64_t(sizeof(float)));
+    return n < 1 ? int64_t(1) : n;
+}
+// the tiles of a thread's `tiles` that `sweep` runs across the panels at once (K in one
+// pass): all of them where they fit BLOCK_BYTES (each panel read once), else blocks whose x
+// fits half the core's L2 (a panel is read once a block either way): 2,048 rows of MiniLM's
+// GEMMs as blocks of 1 MiB ran 3% slower, its output projection (x's rows 1,152 floats apart)
+// 10%, than as blocks of 256 KiB (a 2-core AMD EPYC Zen 3, L2 512 KiB)
+static inline int64_t block_tiles(int64_t tiles, int64_t k) {
+    return tiles <= tiles_fitting(k) ? tiles_fitting(k) : tiles_fitting(k, l2_block_bytes());
+}
 constexpr int64_t PANELS_BYTES = 1 << 18;  // a convolution's panels a thread runs each block of positions across
 // products a tile adds per pass. Each pass past the first reloads the tile's accumulators
 // from y and stores them again; the panel's K x NR block streams from L2 well within its
@@ -344,8 +357,8 @@ static inline void pass(const float* x, int64_t lda, const float* packed, const 
 
 // tiles [t0, t1) x panels [p0, p1) of one GEMM: K in blocks of at most KC products (as
 // equal as they come), each panel's block swept across a block of rows while it sits in
-// L1 or L2, the rows' block of x (at most BLOCK_BYTES) in L2. Where the thread's rows of x
-// fit that, each panel goes through its K blocks in turn (read once); where they do not and
+// L1 or L2, the rows' block of x (`block_tiles`) in L2. Where the thread's rows of x fit
+// BLOCK_BYTES, each panel goes through its K blocks in turn (read once); where they do not and
 // the thread's partial sums (rows x its columns of y) fit BLOCK_BYTES, the K blocks are
 // the outer loop (rows x KC of x fit where rows x K did not: with KC 256, MiniLM's
 // 1536-product GEMM at 1024 rows reads its weight once, not four times)
@@ -353,26 +366,18 @@ static void sweep(const float* x, int64_t lda, const float* packed, const float*
                   float* y, int64_t ldy, int64_t M, int64_t K, int64_t N, int64_t act, int64_t t0, int64_t t1,
                   int64_t p0, int64_t p1) {
     const int64_t kblocks = K > KC ? (K + KC - 1) / KC : 1;
-    const auto tiles_in = [](int64_t k, int64_t bytes = BLOCK_BYTES) {  // the tiles whose x fits `bytes`, at k products
-        const int64_t n = bytes / (MR * (k > 0 ? k : 1) * int64_t(sizeof(float)));
-        return n < 1 ? int64_t(1) : n;
-    };
     const auto phase = [kblocks](int64_t kb) { return (kb == 0 ? 1 : 0) | (kb == kblocks - 1 ? 2 : 0); };
     const int64_t thread_cols = (p1 - p0) * NR;
-    if (kblocks > 1 && t1 - t0 > tiles_in(K) && (t1 - t0) * MR * thread_cols * int64_t(sizeof(float)) <= BLOCK_BYTES) {
+    if (kblocks > 1 && t1 - t0 > tiles_fitting(K) && (t1 - t0) * MR * thread_cols * int64_t(sizeof(float)) <= BLOCK_BYTES) {
         for (int64_t kb = 0; kb < kblocks; ++kb) {
-            const int64_t k0 = K * kb / kblocks, k1 = K * (kb + 1) / kblocks, block = tiles_in(k1 - k0);
+            const int64_t k0 = K * kb / kblocks, k1 = K * (kb + 1) / kblocks, block = tiles_fitting(k1 - k0);
             for (int64_t b0 = t0; b0 < t1; b0 += block)
                 pass(x, lda, packed, bias, res, ldr, y, ldy, M, K, N, act, b0, b0 + block < t1 ? b0 + block : t1, p0,
                      p1, p1, k0, k1, phase(kb));
         }
         return;
     }
-    // the thread's rows in one block where they fit BLOCK_BYTES (each panel read once), else in
-    // blocks whose x fits half the core's L2 (a panel is read once a block either way): 2,048
-    // rows of MiniLM's GEMMs as blocks of 1 MiB ran 3% slower, its output projection (x's rows
-    // 1,152 floats apart) 10%, than as blocks of 256 KiB (a 2-core AMD EPYC Zen 3, L2 512 KiB)
-    const int64_t block = t1 - t0 <= tiles_in(K) ? tiles_in(K) : tiles_in(K, l2_block_bytes());
+    const int64_t block = block_tiles(t1 - t0, K);
     for (int64_t b0 = t0; b0 < t1; b0 += block) {
         const int64_t b1 = b0 + block < t1 ? b0 + block : t1;
         for (int64_t p = p0; p < p1; ++p)
@@ -395,14 +400,10 @@ extern "C" void ember_gemm(const float* x, int64_t lda, const float* packed, con
     // panels reads all of x, half of it written by the other core (counted twice). MiniLM's
     // 128-row GEMMs split by panels ran 1.2x faster in the model, its 1024-row ones by rows
     // 1.03-1.06x faster than by panels.
-    const int64_t rows_per_block = BLOCK_BYTES / (int64_t(sizeof(float)) * (K > 0 ? K : 1));
-    const int64_t l2_rows = l2_block_bytes() / (int64_t(sizeof(float)) * (K > 0 ? K : 1));
-    const auto blocks = [&](int64_t rows) {  // the blocks `sweep` takes a thread's rows in
-        return rows <= rows_per_block ? int64_t(1) : (rows + l2_rows - 1) / (l2_rows > 0 ? l2_rows : 1);
-    };
-    const int64_t thread_rows = (tiles + threads - 1) / threads * MR;
-    const int64_t by_rows_reads = thread_rows * K + blocks(thread_rows) * panels * NR * K;
-    const int64_t by_panels_reads = 2 * M * K + blocks(M) * (panels + threads - 1) / threads * NR * K;
+    const auto blocks = [K](int64_t t) { return (t + block_tiles(t, K) - 1) / block_tiles(t, K); };  // sweep's, of t tiles
+    const int64_t thread_tiles = (tiles + threads - 1) / threads, thread_rows = thread_tiles * MR;
+    const int64_t by_rows_reads = thread_rows * K + blocks(thread_tiles) * panels * NR * K;
+    const int64_t by_panels_reads = 2 * M * K + blocks(tiles) * (panels + threads - 1) / threads * NR * K;
     const bool by_rows = panels < threads || (tiles >= 2 * threads && by_rows_reads <= by_panels_reads);
     const bool parallel = threads > 1 && M * N * K >= (int64_t(1) << 15);
 #pragma omp parallel num_threads(threads) if (parallel)
