@@ -11,7 +11,8 @@ Shapes are one layer of SmolLM2-135M (9 query heads, 3 kv heads, head_dim 64), f
 
 "sdpa" is the peer for the prefill rows: SDPA alone (is_causal, no mask) on K/V already
 gathered and laid out, i.e. the attention without any of the paging. "fused f16": the
-same kernel over a float16 KV cache (q, k, v and y float32; kv_cache_dtype="float16").
+same kernel over a float16 KV cache (q, k, v and y float32; kv_cache_dtype="float16");
+"fused i8" over an int8 one (kv_cache_dtype="int8": rows of 64 codes and a float32 scale).
 
     python benchmarks/paged_attention_cpu.py [--runs 30] [--threads N]
 """
@@ -90,24 +91,28 @@ def main():
     torch.set_num_threads(a.threads)
     # the fused kernel runs once a Program has named its library: name it here
     native.install({name: str(handwritten.KERNELS[name].library())
-                    for name in ("paged_attention-float32", "paged_attention-float32-float16")})
+                    for name in ("paged_attention-float32", "paged_attention-float32-float16",
+                                 "paged_attention-float32-int8")})
     if not native_paged.available("float32"):
         raise SystemExit("the fused paged-attention kernel did not build (no C++ compiler?)")
     params = {"num_heads": HEADS, "kv_num_heads": KV_HEADS, "scale": 0.0, "sliding_window": 0}
     print(f"{a.threads} threads, median of {a.runs}; ms")
-    print(f"{'case':<22} {'fused':>8} {'gathered':>9} {'speedup':>8} {'sdpa':>8} {'fused f16':>10}")
+    print(f"{'case':<22} {'fused':>8} {'gathered':>9} {'speedup':>8} {'sdpa':>8} {'fused f16':>10} {'fused i8':>9}")
     for name, seqs in CASES.items():
         args = feeds(seqs)
         half = args[:3] + [args[3].half(), args[4].half()] + args[5:]
+        int8 = torch.zeros((), dtype=torch.int8)
+        quantized = args[:3] + [externs_paged._stored(args[3], int8), externs_paged._stored(args[4], int8)] + args[5:]
         fns = {"fused": lambda: externs_paged.paged_attention(params, *args),
                "gathered": lambda: externs_paged.gathered(params, *args),
-               "fused f16": lambda: externs_paged.paged_attention(params, *half)}
+               "fused f16": lambda: externs_paged.paged_attention(params, *half),
+               "fused i8": lambda: externs_paged.paged_attention(params, *quantized)}
         if len(seqs) == 1:
             fns["sdpa"] = sdpa_only(args)
         t = median_ms(fns, a.runs)
         sdpa = f"{t['sdpa']:8.3f}" if "sdpa" in t else f"{'':>8}"
         print(f"{name:<22} {t['fused']:8.3f} {t['gathered']:9.3f} {t['gathered'] / t['fused']:7.1f}x {sdpa} "
-              f"{t['fused f16']:10.3f}")
+              f"{t['fused f16']:10.3f} {t['fused i8']:9.3f}")
 
 
 if __name__ == "__main__":

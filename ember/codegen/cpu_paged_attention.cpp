@@ -2,9 +2,12 @@
 // ember/codegen/handwritten.py
 // builds this file after ember's CPU prelude (ember_expf, the 16-bit float conversions) and
 // a definition of EMBER_PAGED_ELEMENT, the element type of q, k, v and y (F32, F16 or BF16), and
-// optionally of EMBER_PAGED_CACHE, the caches' (default: the same; also F8E4M3, float8). A cache
-// of another type stores each new k and v rounded to its type (a float16 cache of a float32
-// model: half the bytes each decode step reads; float8, a quarter).
+// optionally of EMBER_PAGED_CACHE, the caches' (default: the same; also F8E4M3, float8, or I8). A
+// cache of another type stores each new k and v rounded to its type (a float16 cache of a float32
+// model: half the bytes each decode step reads; float8, a quarter). An I8 cache's row (one
+// token's k or v of one kv head) is D int8 codes and then its float32 scale (4 bytes: rows of
+// D + 4), quantized as ember.PagedAttention's docstring says; a key's scale multiplies its dot
+// product, a value's its probability, so the loops over D stay those of a plain cache.
 //
 // One call: write the new tokens' k and v into the caches at their slots, then attend.
 // The attention is flash-attention's online softmax over the keys of each sequence, read
@@ -37,7 +40,7 @@
 // i S_BIAS_QUERY (strides that may be 0) and holds one value per key.
 
 #include <omp.h>
-#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 #include <algorithm>
@@ -155,6 +158,46 @@ struct F8E4M3 {
   }
 };
 
+// int8 rows with their scale (a cache's type only): `load` gives the code; a row's float32 scale
+// follows its D codes (row_scale), and quantize_row writes both.
+struct I8 {
+  using T = std::int8_t;
+  EMBER_INLINE float load(T x) { return float(x); }
+};
+// elements a cache row of C holds past its D values
+template <class C> constexpr int64_t ROW_EXTRA = 0;
+template <> constexpr int64_t ROW_EXTRA<I8> = 4;
+
+// the factor a cache row of D values (of C) is read with: its scale, or 1 (no multiply at all)
+template <class C>
+EMBER_INLINE float row_scale(const typename C::T* row, int64_t D) {
+  if constexpr (ROW_EXTRA<C> > 0) {
+    float scale;
+    std::memcpy(&scale, row + D, sizeof scale);
+    return scale;
+  } else {
+    return 1.0f;
+  }
+}
+
+// One row of n floats into I8's codes and scale: round-half-even(x * 127 / amax), clipped to
+// +-127, NaN's code 0; scale amax / 127 (NaN where the row holds one, infinite where it holds
+// an infinity: the row then reads back as NaN). The reference computes the same in numpy.
+static void quantize_row(std::int8_t* dst, const float* x, int64_t n) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    amax = (a > amax || a != a) ? a : amax;  // (a NaN, once seen, stays)
+  }
+  const float inv = amax == 0.0f ? 0.0f : 127.0f / amax;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = std::nearbyint(x[i] * inv);
+    dst[i] = v != v ? 0 : static_cast<std::int8_t>(std::min(127.0f, std::max(-127.0f, v)));
+  }
+  const float scale = amax / 127.0f;
+  std::memcpy(dst + n, &scale, sizeof scale);
+}
+
 // The call's arguments: P (pointers) and S (sizes), in the order paged_attention.py passes them.
 enum { P_Q, P_K, P_V, P_K_CACHE, P_V_CACHE, P_SLOTS, P_TABLES, P_STARTS, P_LENS, P_Y, P_BIAS, NUM_P };
 enum { S_TOKENS, S_SEQS, S_MAX_BLOCKS, S_NUM_BLOCKS, S_BLOCK_SIZE, S_HEADS, S_KV_HEADS, S_D, S_DV,
@@ -167,6 +210,7 @@ struct Call {
   const float* bias;  // added to the scores, or null; its rows' strides:
   int64_t bias_seq, bias_head, bias_query;
   int64_t max_blocks, block_size, heads, kv_heads, group, D, DV, q_stride, y_stride, window;
+  int64_t kd, kdv;  // a kv head's row in the caches: D and DV elements, and the cache type's ROW_EXTRA
   int64_t k_slot, v_slot;
   bool causal;
   float scale;
@@ -211,7 +255,7 @@ struct Rows {
 };
 
 // The cache rows of a sequence's keys, KC keys at a time, of the item's first kv head (its
-// other kv heads follow, each D or DV further on). Past the last key a chunk repeats it
+// other kv heads follow, each kd or kdv further on). Past the last key a chunk repeats it
 // (read but masked), so a chunk is always whole. few_kernel, which uses each row for a few
 // rows of its own only, prefetches the next chunk's rows while it computes on this one:
 // spread over its loop (a burst of prefetches stalls) and into L2 (L1 would evict what is
@@ -231,8 +275,8 @@ struct Chunks {
   Chunks(const Call& c_, const Item& it, int64_t lo, int64_t hi_)
       : c(c_), table(c_.tables + it.seq * c_.max_blocks), hi(hi_), kv_head(it.first_head / c_.group) {
     const int64_t kv_heads = (it.first_head + it.num_heads - 1) / c.group + 1 - kv_head;
-    k_bytes = kv_heads * c.D * int64_t(sizeof(T));
-    v_bytes = kv_heads * c.DV * int64_t(sizeof(T));
+    k_bytes = kv_heads * c.kd * int64_t(sizeof(T));
+    v_bytes = kv_heads * c.kdv * int64_t(sizeof(T));
     locate(lo, cur);
   }
   void locate(int64_t j0, int into) {
@@ -241,8 +285,8 @@ struct Chunks {
     int64_t block = j0 / c.block_size, offset = j0 % c.block_size;
     for (int jj = 0; jj < KC; ++jj) {
       const int64_t slot = table[block] * c.block_size + offset;
-      k[into][jj] = static_cast<const T*>(c.k_cache) + slot * c.k_slot + kv_head * c.D;
-      v[into][jj] = static_cast<const T*>(c.v_cache) + slot * c.v_slot + kv_head * c.DV;
+      k[into][jj] = static_cast<const T*>(c.k_cache) + slot * c.k_slot + kv_head * c.kd;
+      v[into][jj] = static_cast<const T*>(c.v_cache) + slot * c.v_slot + kv_head * c.kdv;
       if (jj + 1 < next_kc && ++offset == c.block_size) { offset = 0; ++block; }
     }
   }
@@ -346,6 +390,16 @@ EMBER_INLINE nvec nload_as(const typename E::T* p) {
                                       _mm256_slli_epi16(_mm256_and_si256(x, _mm256_set1_epi16(0x7f)), 7));
     return as_nvec(_mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f)));
 #endif
+#if defined(__AVX512F__)
+  } else if constexpr (std::is_same_v<E, I8> && VW == 16) {
+    return as_nvec(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+#endif
+#if defined(__AVX2__)
+  } else if constexpr (std::is_same_v<E, I8> && VW == 8) {
+    std::int64_t bytes;
+    std::memcpy(&bytes, p, sizeof bytes);
+    return as_nvec(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bytes))));
+#endif
 #if defined(__F16C__) && defined(__AVX2__)
   } else if constexpr (std::is_same_v<E, F8E4M3> && VW == 8) {
     std::int64_t bytes;
@@ -363,12 +417,18 @@ EMBER_INLINE nvec nload_as(const typename E::T* p) {
   }
 }
 
-// out [n] = in [n] of element type E, as floats.
+// out [n] = a cache row of n values of element type E, as floats (times its scale, for I8).
 template <class E>
 EMBER_INLINE void to_floats(float* out, const typename E::T* in, int64_t n) {
   int64_t i = 0;
-  for (; i + VW <= n; i += VW) nstore(out + i, nload_as<E>(in + i));
-  for (; i < n; ++i) out[i] = E::load(in[i]);
+  if constexpr (ROW_EXTRA<E> > 0) {
+    const float scale = row_scale<E>(in, n);
+    for (; i + VW <= n; i += VW) nstore(out + i, nload_as<E>(in + i) * scale);
+    for (; i < n; ++i) out[i] = E::load(in[i]) * scale;
+  } else {
+    for (; i + VW <= n; i += VW) nstore(out + i, nload_as<E>(in + i));
+    for (; i < n; ++i) out[i] = E::load(in[i]);
+  }
 }
 
 // VW partial sums of q . k (over lanes d % VW), q of floats and k of E.
@@ -399,8 +459,8 @@ EMBER_INLINE void accumulate_row(float* o, float alpha, const float* p, const ty
 #pragma GCC unroll 16
     for (int i = 0; i < DV_ / VW; ++i) acc[i] = nload(o + i * VW) * alpha;
     for (int jj = 0; jj < kc; ++jj) {
-      const nvec pj = nsplat(p[jj]);
       const typename E::T* row = v[jj] + off;
+      const nvec pj = nsplat(p[jj] * row_scale<E>(row, DV));
 #pragma GCC unroll 16
       for (int i = 0; i < DV_ / VW; ++i) acc[i] += pj * nload_as<E>(row + i * VW);
     }
@@ -410,8 +470,8 @@ EMBER_INLINE void accumulate_row(float* o, float alpha, const float* p, const ty
 #pragma omp simd
     for (int64_t dv = 0; dv < DV; ++dv) o[dv] *= alpha;
     for (int jj = 0; jj < kc; ++jj) {
-      const float pj = p[jj];
       const typename E::T* row = v[jj] + off;
+      const float pj = p[jj] * row_scale<E>(row, DV);
 #pragma omp simd
       for (int64_t dv = 0; dv < DV; ++dv) o[dv] += pj * E::load(row[dv]);
     }
@@ -445,14 +505,21 @@ static void few_kernel(const Call& c, const Item& it, float* work) {
       chunks.prefetch(r, n);
       // each key's products with the row's query in W lanes of partial sums, then all summed at once
       const float* qr = q + r * D;
-      const int64_t off = rows.kv[r] * D;
+      const int64_t off = rows.kv[r] * c.kd;
       alignas(64) float p[KC];
 #pragma GCC unroll 4
       for (int j = 0; j < KC; j += VW) {  // VW keys' scores a native vector
         nvec dots[VW];
 #pragma GCC unroll 16
         for (int jj = 0; jj < VW; ++jj) dots[jj] = partial_dot<C, D_>(qr, kp[j + jj] + off, D);
-        nstore(p + j, nsum_lanes(dots));
+        if constexpr (ROW_EXTRA<C> > 0) {  // the VW keys' scales times their dot products, at once
+          alignas(64) float scales[VW];
+#pragma GCC unroll 16
+          for (int jj = 0; jj < VW; ++jj) scales[jj] = row_scale<C>(kp[j + jj] + off, D);
+          nstore(p + j, nsum_lanes(dots) * nload(scales));
+        } else {
+          nstore(p + j, nsum_lanes(dots));
+        }
       }
       vec scores = vload(p);
       if (rows.bias[r]) {
@@ -461,7 +528,7 @@ static void few_kernel(const Call& c, const Item& it, float* work) {
         scores += vload(b);
       }
       const float alpha = softmax_chunk(scores, j0, kc, rows.first_key[r], rows.last_key[r], m[r], l[r], p);
-      accumulate_row<C, DV_>(o + r * DV, alpha, p, vp, rows.kv[r] * DV, kc, DV);
+      accumulate_row<C, DV_>(o + r * DV, alpha, p, vp, rows.kv[r] * c.kdv, kc, DV);
     }
   }
   for (int r = 0; r < n; ++r) {
@@ -679,14 +746,21 @@ static bool same_bias_rows(const Call& c, int64_t seqs, int64_t keys) {
   return true;
 }
 
-// A new token's row of k or v (n values of E) into the cache (C), rounded to C's precision.
+// A new token's k or v (its kv heads' rows of n values of E, one after another) into its cache
+// slot (C), rounded to C's precision, or (I8) each head's row quantized with its scale.
 template <class E, class C>
-static void store_row(typename C::T* dst, const typename E::T* src, int64_t n) {
-  if constexpr (std::is_same_v<E, C>) {
-    std::memcpy(dst, src, n * sizeof(*src));
+static void store_rows(typename C::T* dst, const typename E::T* src, int64_t heads, int64_t n) {
+  if constexpr (ROW_EXTRA<C> > 0) {
+    float x[1024];  // (a head's row is at most 1024 values: run() checks)
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t d = 0; d < n; ++d) x[d] = E::load(src[h * n + d]);
+      quantize_row(dst + h * (n + ROW_EXTRA<C>), x, n);
+    }
+  } else if constexpr (std::is_same_v<E, C>) {
+    std::memcpy(dst, src, heads * n * sizeof(*src));
   } else {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) dst[i] = C::store(E::load(src[i]));
+    for (int64_t i = 0; i < heads * n; ++i) dst[i] = C::store(E::load(src[i]));
   }
 }
 
@@ -712,16 +786,18 @@ static int run(void* const* P, const int64_t* S, float scale) {
   if (c.bias && c.bias_query != 0 && same_bias_rows(c, S[S_SEQS], S[S_BLOCK_SIZE] * S[S_MAX_BLOCKS]))
     c.bias_query = 0;  // one row per sequence and head: rows_kernel adds it as a scalar per key
   c.scale = scale;
+  c.kd = c.D + ROW_EXTRA<C>;
+  c.kdv = c.DV + ROW_EXTRA<C>;
+  if (ROW_EXTRA<C> > 0 && std::max(c.D, c.DV) > 1024) return 5;  // (store_rows' row buffer)
   const int64_t T_ = S[S_TOKENS], B = S[S_SEQS];
 
   // the new keys and values into their slots, in token order (a repeated slot keeps the last)
-  const int64_t kw = c.kv_heads * c.D, vw = c.kv_heads * c.DV;
   for (int64_t t = 0; slots && t < T_; ++t) {
     if (slots[t] < 0) continue;
-    store_row<E, C>(static_cast<typename C::T*>(c.k_cache) + slots[t] * kw,
-                    static_cast<const T*>(P[P_K]) + t * S[S_K_STRIDE], kw);
-    store_row<E, C>(static_cast<typename C::T*>(c.v_cache) + slots[t] * vw,
-                    static_cast<const T*>(P[P_V]) + t * S[S_V_STRIDE], vw);
+    store_rows<E, C>(static_cast<typename C::T*>(c.k_cache) + slots[t] * c.k_slot,
+                     static_cast<const T*>(P[P_K]) + t * S[S_K_STRIDE], c.kv_heads, c.D);
+    store_rows<E, C>(static_cast<typename C::T*>(c.v_cache) + slots[t] * c.v_slot,
+                     static_cast<const T*>(P[P_V]) + t * S[S_V_STRIDE], c.kv_heads, c.DV);
   }
   // rows of no sequence are 0
   for (int64_t t = 0; t < T_; ++t)

@@ -21,8 +21,8 @@ load builds nothing either.
     quantized_lstm       cpu_quantized_lstm.cpp: com.microsoft.DynamicQuantizeLSTM's step loop
     paged_attention-T    cpu_paged_attention.cpp for element type T (float32, float16,
                          bfloat16): ember.PagedAttention, and float32 attention of packed rows
-    paged_attention-T-C  the same with caches of another element type C (a float16 or
-                         float8e4m3fn KV cache of a float32 model)
+    paged_attention-T-C  the same with caches of another element type C (a float16,
+                         float8e4m3fn or int8 KV cache of a float32 model)
 
 and for the cuda target, Triton modules (written into the kernel cache, where the
 runtime imports them and takes their `EXTERNS`; Triton compiles them at first launch):
@@ -44,7 +44,8 @@ from . import cpu
 log = logging.getLogger("ember.codegen")
 
 PAGED_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # -> the kernel's element type
-CACHE_DTYPES = {**PAGED_DTYPES, "float8e4m3fn": "F8E4M3"}  # a KV cache's may also be float8 (e4m3fn)
+# a KV cache's may also be float8 (e4m3fn), or int8 rows with their scale
+CACHE_DTYPES = {**PAGED_DTYPES, "float8e4m3fn": "F8E4M3", "int8": "I8"}
 
 
 def paged_key(dtype: str, cache_dtype: str) -> str:

@@ -20,6 +20,8 @@ Python tools use), so a weight ember quantizes is bit for bit what llama.cpp's t
 write; gguf has no quantizer for the K-quants, so ember keeps those where a file has them
 and writes none. The CPU kernel that multiplies by them is
 ember/codegen/cpu_quantized_gemm.cpp.
+
+Also here: the rows of an int8 KV cache (`quantize_kv_rows`), a float32 scale per row.
 """
 
 from __future__ import annotations
@@ -154,3 +156,35 @@ def block_format(name: str) -> BlockFormat:
     if f is None:
         raise UnsupportedError(f"unknown block-quantized format {name!r}; ember keeps {', '.join(FORMATS)}")
     return f
+
+
+# -- KV cache rows ----------------------------------------------------------------------------------
+# An int8 KV cache (ember.PagedAttention's docstring) keeps each row — one token's k or v of one
+# kv head, D values — as D int8 codes and then the 4 bytes of its float32 scale: D + 4 bytes.
+KV_ROW_EXTRA = {"int8": 4}  # a cache row's elements past its D values, by the cache's element type
+KV_INT8_MAX = 127
+
+
+def quantize_kv_rows(x: np.ndarray) -> np.ndarray:
+    """Rows [..., D] of floats as an int8 cache stores them: [..., D + 4] int8, the D codes
+    round-half-even(x * 127 / amax) (amax the row's largest |x|; clipped to +-127, NaN's 0)
+    then the bytes of the float32 scale amax / 127 (a row holding NaN or an infinity reads
+    back as NaN). The CPU kernel (cpu_paged_attention.cpp's quantize_row) and the torch path
+    compute the same, bit for bit."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        amax = np.abs(x).max(axis=-1, keepdims=True) if x.shape[-1] else np.zeros(x.shape[:-1] + (1,), np.float32)
+        inv = np.float32(KV_INT8_MAX) / amax
+        inv[amax == 0] = 0
+        codes = np.rint(x * inv)
+        codes = np.where(np.isnan(codes), 0, np.clip(codes, -KV_INT8_MAX, KV_INT8_MAX)).astype(np.int8)
+        scale = (amax / np.float32(KV_INT8_MAX)).astype(np.float32)
+    return np.concatenate([codes, scale.view(np.int8)], axis=-1)
+
+
+def dequantize_kv_rows(rows: np.ndarray) -> np.ndarray:
+    """An int8 cache's rows [..., D + 4] back as float32 [..., D]."""
+    d = rows.shape[-1] - KV_ROW_EXTRA["int8"]
+    scale = np.ascontiguousarray(rows[..., d:]).view(np.float32)
+    with np.errstate(invalid="ignore"):
+        return rows[..., :d].astype(np.float32) * scale

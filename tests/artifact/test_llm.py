@@ -51,6 +51,19 @@ def test_artifact_generates_what_the_folder_does(tiny_llm_dir, tiny_artifact):
     assert from_artifact.engine.eos_token_ids == from_folder.engine.eos_token_ids
 
 
+def test_an_artifact_keeps_its_int8_kv_cache(tiny_llm_dir, tmp_path):
+    """An artifact compiled with an int8 KV cache runs with one (int8 rows of head_dim + 4:
+    each row's scale) and generates what the folder does with the same cache."""
+    import numpy as np
+
+    path = tmp_path / "int8.ember"
+    compile_llm(tiny_llm_dir, kv_cache_dtype="int8", progress=False).save(path)
+    from_artifact = ember.LLM(path, **SMALL)
+    caches = from_artifact.engine.runner.caches.values()
+    assert all(c.dtype == np.int8 and c.shape[-1] == 16 + 4 for c in caches)
+    assert tokens(from_artifact) == tokens(ember.LLM(tiny_llm_dir, kv_cache_dtype="int8", **SMALL))
+
+
 def test_async_llm_runs_an_artifact(tiny_artifact):
     llm = ember.AsyncLLM(tiny_artifact, **SMALL)
 
@@ -73,9 +86,10 @@ def test_engine_options_the_graph_fixes(tiny_artifact):
         ember.LLM(tiny_artifact, max_model_len=4096, **SMALL)
     with pytest.raises(InputError, match="compiled in float32, not bfloat16: compile it again with --dtype bfloat16"):
         ember.LLM(tiny_artifact, dtype="bfloat16", **SMALL)
-    with pytest.raises(InputError, match="compiled with a float32 KV cache, not float16: compile it again with "
-                                         "--kv-cache-dtype float16"):
-        ember.LLM(tiny_artifact, kv_cache_dtype="float16", **SMALL)
+    for cache in ("float16", "int8"):
+        with pytest.raises(InputError, match=f"compiled with its KV cache in float32, not {cache}: compile it again "
+                                             f"with --kv-cache-dtype {cache}"):
+            ember.LLM(tiny_artifact, kv_cache_dtype=cache, **SMALL)
     llm = ember.LLM(tiny_artifact, max_model_len=64, block_size=16, dtype="float32", kv_cache_dtype="auto", **SMALL)
     assert llm.engine.max_model_len == 64
 

@@ -19,7 +19,8 @@ import ember
 from ember.codegen import cpu
 from ember.codegen import handwritten
 from ember.ir import DType, Graph, TensorType, Value, symbol
-from ember.ir.ops.paged_attention import INPUTS, paged_attention
+from ember.ir.ops.paged_attention import INPUTS, head_dim_of, paged_attention
+from ember.ir.quant_formats import dequantize_kv_rows, quantize_kv_rows
 from ember.runtime import externs_paged, native
 from ember.runtime.native import paged_attention as kernel
 from ember.runtime.executor import _tensor
@@ -50,8 +51,12 @@ def _batch(rng, seqs, heads, kv_heads, d, block_size, *, dv=None, padding=0, dty
     dv = dv or d
     need = sum(-(-(c + n) // block_size) for c, n in seqs)
     num_blocks = need + 3
-    k_cache = rng.standard_normal((num_blocks, block_size, kv_heads, d)).astype(cache_dtype or dtype)
-    v_cache = rng.standard_normal((num_blocks, block_size, kv_heads, dv)).astype(cache_dtype or dtype)
+    if cache_dtype is np.int8:  # rows quantized with their scales, as the kernel writes them
+        k_cache = quantize_kv_rows(rng.standard_normal((num_blocks, block_size, kv_heads, d)))
+        v_cache = quantize_kv_rows(rng.standard_normal((num_blocks, block_size, kv_heads, dv)))
+    else:
+        k_cache = rng.standard_normal((num_blocks, block_size, kv_heads, d)).astype(cache_dtype or dtype)
+        v_cache = rng.standard_normal((num_blocks, block_size, kv_heads, dv)).astype(cache_dtype or dtype)
     free = list(rng.permutation(num_blocks))
     max_blocks = max([-(-(c + n) // block_size) for c, n in seqs] + [1])
     tables = np.full((len(seqs), max_blocks), -7, np.int64)  # unused entries: never read
@@ -74,7 +79,8 @@ def _batch(rng, seqs, heads, kv_heads, d, block_size, *, dv=None, padding=0, dty
 def _run_extern(feeds, heads, kv_heads, window=0, scale=0.0):
     """The extern on torch views of `feeds` (its caches written in place); returns y."""
     q = feeds["q"]
-    y = np.full((q.shape[0], heads * feeds["v_cache"].shape[3]), 7, q.dtype)  # every row must be written
+    dv = head_dim_of(feeds["v_cache"].shape[3], feeds["v_cache"].dtype)
+    y = np.full((q.shape[0], heads * dv), 7, q.dtype)  # every row must be written
     params = {"num_heads": heads, "kv_num_heads": kv_heads, "scale": scale, "sliding_window": window}
     externs_paged.paged_attention(params, *(_tensor(feeds[n]) for n in INPUTS), _tensor(y))
     return y
@@ -132,9 +138,9 @@ def test_every_vector_width_matches_the_reference(no_torch_path, width):
     """The kernel's register blocks follow the host's vector width (16 floats with AVX-512,
     8 with AVX2, 4 without): each width's build, run on this host, against the reference —
     decode (few_kernel's VW-key score sums), prefill tiles (rows_kernel), the head dims with
-    compiled-in loops and without — with float32 caches and float8 ones (their loads
-    vectorized per width)."""
-    for key, cache in [("float32", None), ("float32-float8e4m3fn", FP8)]:
+    compiled-in loops and without — with float32 caches, float8 ones and int8 ones (their
+    loads vectorized per width)."""
+    for key, cache in [("float32", None), ("float32-float8e4m3fn", FP8), ("float32-int8", np.int8)]:
         source = handwritten.KERNELS[f"paged_attention-{key}"].source()
         path = cpu.build(source.replace("#define EMBER_PAGED_ELEMENT", f"#define EMBER_PAGED_VW {width}\n"
                                         "#define EMBER_PAGED_ELEMENT", 1))
@@ -155,12 +161,15 @@ FP8 = ml_dtypes.float8_e4m3fn
 
 @pytest.mark.parametrize("dtype, cache_dtype", [(np.float32, np.float16), (np.float32, ml_dtypes.bfloat16),
                                                 (ml_dtypes.bfloat16, np.float16), (np.float16, np.float32),
-                                                (np.float32, FP8), (np.float16, FP8), (ml_dtypes.bfloat16, FP8)])
+                                                (np.float32, FP8), (np.float16, FP8), (ml_dtypes.bfloat16, FP8),
+                                                (np.float32, np.int8), (np.float16, np.int8),
+                                                (ml_dtypes.bfloat16, np.int8)])
 def test_caches_of_another_type(no_torch_path, dtype, cache_dtype):
-    """A KV cache of its own element type (a float16 or float8 cache of a float32 model):
-    new rows rounded into it as the reference rounds them (the caches after the write equal
-    bit for bit), keys and values read back and computed in float32 — decode, prefill tiles
-    and a chunk after cached context, head dims with compiled-in loops and without."""
+    """A KV cache of its own element type (a float16, float8 or int8 cache of a float32 model):
+    new rows rounded (int8: quantized with their scales) into it as the reference does it
+    (the caches after the write equal bit for bit), keys and values read back and computed in
+    float32 — decode, prefill tiles and a chunk after cached context, head dims with
+    compiled-in loops and without."""
     rng = np.random.default_rng(5)
     for d, seqs in [(64, [(40, 1), (0, 37), (17, 5), (90, 1)]), (24, [(30, 1), (33, 9)])]:
         feeds = _batch(rng, seqs, 6, 2, d, 16, padding=1, dtype=dtype, cache_dtype=cache_dtype)
@@ -200,6 +209,49 @@ def test_float8_caches_round_and_saturate_as_torch_does(no_torch_path, dtype):
     for name in ("k_cache", "v_cache"):
         np.testing.assert_array_equal(feeds[name].view(np.uint8), ref[name].view(np.uint8))
     assert {448.0, -448.0} <= set(stored.astype(np.float32).ravel().tolist())  # (the saturated ones)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_int8_caches_quantize_rows_as_the_reference_and_torch_do(no_torch_path, monkeypatch, dtype):
+    """An int8 cache's stores at their edges — rows of zeros, ties of the rounding (x * 127 /
+    amax half-way between codes), a row's largest value at +-127 exactly, tiny and huge
+    ranges, a NaN or an infinity in a row (which then reads back as NaN) — equal the
+    reference's bytes, codes and scales both, and so do the torch path's; read back, a
+    finite row is within half a step (its scale / 2) of what was stored."""
+    d, kv_heads, rows = 8, 2, 12
+    values = np.random.default_rng(4).standard_normal((rows, kv_heads, d)).astype(np.float32)
+    values[0] = 0.0
+    values[1, 0] = np.array([127, 63.5, -63.5, 0.5, -0.5, 1.5, 2.5, -2.5])  # ties at scale 1
+    values[1, 1] = np.array([1e-30, -2e-30, 3e-31, 0, 0, 0, 0, 1e-30])
+    values[2, 0] = np.array([3e30, -1e30, 5, 0, 0, 0, 0, 1])
+    values[2, 1, 3] = np.nan
+    values[3, 0, 5] = np.inf
+    values[3, 1, 0] = -np.inf
+    with np.errstate(over="ignore"):  # (float16 has no 3e30: inf there)
+        values = values.astype(dtype)
+    feeds = _batch(np.random.default_rng(3), [(0, rows)], 2, kv_heads, d, 4, dtype=dtype, cache_dtype=np.int8)
+    feeds["k"] = values.reshape(rows, kv_heads * d).copy()
+    feeds["v"] = values[::-1].reshape(rows, kv_heads * d).copy()
+    ref = {n: a.copy() for n, a in feeds.items()}
+    paged_attention(*(ref[n] for n in INPUTS), num_heads=2, kv_num_heads=kv_heads, scale=0.0, sliding_window=0)
+    torch_feeds = {n: a.copy() for n, a in feeds.items()}
+    _run_extern(feeds, 2, kv_heads)
+    for name in ("k_cache", "v_cache"):
+        np.testing.assert_array_equal(feeds[name], ref[name])
+    stored = feeds["k_cache"].reshape(-1, kv_heads, d + 4)[feeds["slot_mapping"]]
+    assert stored[1, 0, :d].tolist() == [127, 64, -64, 0, -0, 2, 2, -2]  # half to even at scale 1
+    back = dequantize_kv_rows(stored)
+    assert np.isnan(back[2, 1]).all() and np.isnan(back[3]).all() and (back[0] == 0).all()
+    finite = np.isfinite(values.astype(np.float32)).all(axis=-1)
+    scale = np.ascontiguousarray(stored[..., d:]).view(np.float32)
+    assert (np.abs(back - values.astype(np.float32))[finite] <= (scale / 2 * 1.0001 + 1e-37)[finite]).all()
+    monkeypatch.undo()  # (no_torch_path's) and the torch path's stores:
+    monkeypatch.setattr(externs_paged, "_fused", lambda *a: False)
+    params = {"num_heads": 2, "kv_num_heads": kv_heads, "scale": 0.0, "sliding_window": 0}
+    y = np.zeros((rows, 2 * d), dtype)
+    externs_paged.paged_attention(params, *(_tensor(torch_feeds[n]) for n in INPUTS), _tensor(y))
+    for name in ("k_cache", "v_cache"):
+        np.testing.assert_array_equal(torch_feeds[name], ref[name])
 
 
 def test_results_do_not_depend_on_the_thread_count(no_torch_path):

@@ -24,6 +24,7 @@ import numpy as np
 from ...errors import ModelError
 from ...ir.dtypes import DType
 from ...ir.graph import Graph, Value
+from ...ir.ops.paged_attention import row_extra
 from ...ir.types import symbol
 from ...ir.forward import FEEDS  # noqa: F401 - re-exported: the graph's per-step inputs, then the caches
 from ._builder import GraphBuilder
@@ -40,9 +41,9 @@ class ForwardOptions:
     kv_cache_dtype: DType | None = None  # the KV cache's element type; default: the model's
 
 
-def cache_shape(config: ModelConfig, num_blocks: int, block_size: int) -> tuple[int, int, int, int]:
-    """The shape of each layer's k (and v) cache."""
-    return (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+def cache_shape(config: ModelConfig, num_blocks: int, block_size: int, dtype: DType | None = None) -> tuple[int, int, int, int]:
+    """The shape of each layer's k (and v) cache of `dtype` (an int8 cache's rows hold their scale too)."""
+    return (num_blocks, block_size, config.num_kv_heads, config.head_dim + row_extra(dtype or DType.float32))
 
 
 def cache_names(layer: int) -> tuple[str, str]:
@@ -117,8 +118,8 @@ def batch_inputs(g: GraphBuilder, config: ModelConfig, options: ForwardOptions, 
     starts = g.input("query_start_loc", DType.int64, (B + 1,))
     lens = g.input("seq_lens", DType.int64, (B,))
     logit_indices = g.input("logit_indices", DType.int64, (N,))
-    shape = cache_shape(config, num_blocks, options.block_size)
     cache_dtype = options.kv_cache_dtype or dtype
+    shape = cache_shape(config, num_blocks, options.block_size, cache_dtype)
     caches = [tuple(g.input(name, cache_dtype, shape) for name in cache_names(i)) for i in range(config.num_layers)]
     return BatchInputs(ids, positions, logit_indices, caches, (slots, tables, starts, lens))
 

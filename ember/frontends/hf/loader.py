@@ -36,8 +36,8 @@ class PretrainedModel:
         return self.architecture.build(self.config, self.weights,
                                        ForwardOptions(block_size, max_model_len, kv_cache_dtype))
 
-    def cache_shape(self, num_blocks: int, block_size: int = 16) -> tuple[int, int, int, int]:
-        return cache_shape(self.config, num_blocks, block_size)
+    def cache_shape(self, num_blocks: int, block_size: int = 16, dtype=None) -> tuple[int, int, int, int]:
+        return cache_shape(self.config, num_blocks, block_size, dtype)
 
     def tokenizer(self):
         """The model's tokenizer, with its chat template: transformers' fast tokenizer read
