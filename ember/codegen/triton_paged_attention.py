@@ -15,6 +15,12 @@ a Program that calls it (handwritten.py) and the runtime loads it from there (it
                 gathered from the cache through the sequence's block table; causal, and
                 within the sliding window where one is set
 
+An int8 cache (ember.PagedAttention's docstring: each row of D values D int8 codes and
+its float32 scale's 4 bytes) is written by `_store_kv_int8` (one program per new token,
+every kv head's row quantized at once) and read through a float32 view of the same bytes
+for the scales: `_attend` multiplies each key's codes by its scale (QUANT). Rows whose D is
+not a multiple of 4 (a scale that would not be 4-byte aligned) are left to torch.
+
 The grid is fixed by the batch's shapes: T // BLOCK_Q + B tiles (B sequences, T tokens),
 so no launch reads anything from the device first (a step can be captured in a CUDA
 graph). Tile i belongs to the last sequence b with query_start_loc[b] // BLOCK_Q + b <= i
@@ -60,12 +66,53 @@ def _store_kv(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, y_ptr, qsl_ptr, 
 
 
 @triton.jit
-def _attend(q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+def _store_kv_int8(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, slot_ptr, y_ptr, qsl_ptr,
+                   num_seqs, k_stride, v_stride, y_stride,
+                   KV_HEADS: tl.constexpr, HP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+                   DP: tl.constexpr, DVP: tl.constexpr, Y_WIDTH: tl.constexpr, YB: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + t)
+    _quantize_rows(k_ptr + t * k_stride, k_cache_ptr, k_scale_ptr, slot, KV_HEADS, HP, D, DP)
+    _quantize_rows(v_ptr + t * v_stride, v_cache_ptr, v_scale_ptr, slot, KV_HEADS, HP, DV, DVP)
+    yo = tl.arange(0, YB)
+    past = tl.load(qsl_ptr + num_seqs) <= t
+    zero = tl.zeros([YB], dtype=tl.float32).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + t * y_stride + yo, zero, mask=(yo < Y_WIDTH) & past)
+
+
+@triton.jit
+def _quantize_rows(x_ptr, cache_ptr, scale_ptr, slot, KV_HEADS: tl.constexpr, HP: tl.constexpr, D: tl.constexpr,
+                   DP: tl.constexpr):
+    """One token's KV_HEADS rows of D values at x_ptr into an int8 cache's slot: codes
+    round-half-even(x * 127 / amax), clipped, NaN's 0; then the scale amax / 127 (NaN where a
+    row holds one), as the reference quantizes them."""
+    h = tl.arange(0, HP)
+    d = tl.arange(0, DP)
+    ok = (h[:, None] < KV_HEADS) & (d[None, :] < D) & (slot >= 0)
+    x = tl.load(x_ptr + h[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
+    a = tl.abs(x)
+    amax = tl.max(a, 1)
+    amax = tl.where(tl.sum((a != a).to(tl.int32), 1) > 0, float("nan"), amax)  # (a reduction may drop NaN)
+    inv = tl.where(amax == 0.0, 0.0, tl.math.div_rn(tl.full([HP], 127.0, tl.float32), amax))
+    v = x * inv[:, None]
+    r = (v + 12582912.0) - 12582912.0  # 1.5 x 2^23: rounded to an integer, ties to even (|v| <= 127)
+    codes = tl.where(r != r, 0.0, tl.minimum(tl.maximum(r, -127.0), 127.0)).to(tl.int8)
+    row = slot * (KV_HEADS * (D + 4)) + h * (D + 4)
+    tl.store(cache_ptr + row[:, None] + d[None, :], codes, mask=ok)
+    scale = tl.math.div_rn(amax, tl.full([HP], 127.0, tl.float32))
+    tl.store(scale_ptr + (row + D) // 4, scale, mask=(h < KV_HEADS) & (slot >= 0))
+
+
+@triton.jit
+def _attend(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_ptr,
+            part_m_ptr, part_l_ptr, part_acc_ptr,
             num_seqs, bt_stride, q_stride, y_stride, scale, window, split_len,
             BLOCK_SIZE: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GP: tl.constexpr,
             D: tl.constexpr, DV: tl.constexpr, DP: tl.constexpr, DVP: tl.constexpr,
             BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr,
-            UPCAST: tl.constexpr):
+            UPCAST: tl.constexpr, QUANT: tl.constexpr):
+    KD: tl.constexpr = D + 4 if QUANT else D  # a cache row's elements (an int8 row: its scale's 4 bytes too)
+    KDV: tl.constexpr = DV + 4 if QUANT else DV
     BLOCK_M: tl.constexpr = BLOCK_Q * GP
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -116,9 +163,12 @@ def _attend(q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_pt
         key_ok = keys < kv_hi
         block = tl.load(bt_ptr + b * bt_stride + keys // BLOCK_SIZE, mask=key_ok, other=0)
         slot = block * BLOCK_SIZE + keys % BLOCK_SIZE
-        k = tl.load(k_cache_ptr + slot[None, :] * (KV_HEADS * D) + kvh * D + dq[:, None],
-                    mask=key_ok[None, :] & (dq[:, None] < D), other=0.0).to(q.dtype)  # [DP, BLOCK_N]; a
-        # cache of another type than q's (a float16 KV cache of a float32 model) read as q's
+        k = tl.load(k_cache_ptr + slot[None, :] * (KV_HEADS * KD) + kvh * KD + dq[:, None],
+                    mask=key_ok[None, :] & (dq[:, None] < D), other=0.0)  # [DP, BLOCK_N]
+        if QUANT:  # codes times their row's scale
+            k_row = slot * (KV_HEADS * KD) + kvh * KD
+            k = k.to(tl.float32) * tl.load(k_scale_ptr + (k_row + D) // 4, mask=key_ok, other=0.0)[None, :]
+        k = k.to(q.dtype)  # a cache of another type than q's (a float16 KV cache of a float32 model) read as q's
         s = tl.dot(q, k, input_precision=PRECISION) * scale
         visible = key_ok[None, :] & (keys[None, :] <= qpos[:, None])
         visible = visible & ((window <= 0) | (qpos[:, None] - keys[None, :] < window))
@@ -128,8 +178,12 @@ def _attend(q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, y_pt
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + slot[:, None] * (KV_HEADS * DV) + kvh * DV + dv[None, :],
-                    mask=key_ok[:, None] & (dv[None, :] < DV), other=0.0).to(q.dtype)  # [BLOCK_N, DVP]
+        v = tl.load(v_cache_ptr + slot[:, None] * (KV_HEADS * KDV) + kvh * KDV + dv[None, :],
+                    mask=key_ok[:, None] & (dv[None, :] < DV), other=0.0)  # [BLOCK_N, DVP]
+        if QUANT:
+            v_row = slot * (KV_HEADS * KDV) + kvh * KDV
+            v = v.to(tl.float32) * tl.load(v_scale_ptr + (v_row + DV) // 4, mask=key_ok, other=0.0)[:, None]
+        v = v.to(q.dtype)
         p = p.to(v.dtype)
         if UPCAST:
             p, v = p.to(tl.float32), v.to(tl.float32)
@@ -170,6 +224,7 @@ def _combine(part_m_ptr, part_l_ptr, part_acc_ptr, y_ptr, qsl_ptr, num_seqs, y_s
 
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_CACHES = (*_FLOATS, torch.int8)
 # Triton's interpreter multiplies bfloat16 dot operands as their integer bits: there they
 # are widened to float32 first (after the same rounding of p a GPU does)
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -179,7 +234,7 @@ def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_table
     """The extern: False (nothing done) where these tensors are not the kernels' (another
     dtype, strided rows or caches, mismatched shapes): the runtime's torch path runs then."""
     heads, kv_heads = params["num_heads"], params["kv_num_heads"]
-    if (q.dtype not in _FLOATS or any(t.dtype != q.dtype for t in (k, v, y)) or k_cache.dtype not in _FLOATS
+    if (q.dtype not in _FLOATS or any(t.dtype != q.dtype for t in (k, v, y)) or k_cache.dtype not in _CACHES
             or v_cache.dtype != k_cache.dtype
             or any(t.dtype != torch.int64 or not t.is_contiguous()
                    for t in (slot_mapping, block_tables, query_start_loc, seq_lens))
@@ -187,8 +242,13 @@ def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_table
             or k_cache.dim() != 4 or v_cache.dim() != 4 or not (k_cache.is_contiguous() and v_cache.is_contiguous())
             or heads % kv_heads or params["sliding_window"] < 0):
         return False
+    quant = k_cache.dtype == torch.int8  # rows of codes and their scale's 4 bytes
+    extra = 4 if quant else 0
     num_blocks, block_size, _, d = k_cache.shape
-    tokens, dv, num_seqs = q.shape[0], v_cache.shape[3], seq_lens.numel()
+    d -= extra
+    tokens, dv, num_seqs = q.shape[0], v_cache.shape[3] - extra, seq_lens.numel()
+    if quant and (d % 4 or dv % 4):  # (the scales read through a float32 view must be aligned)
+        return False
     if (k_cache.shape[2] != kv_heads or v_cache.shape[:3] != k_cache.shape[:3] or min(d, dv, block_size) < 1
             or q.shape[1] != heads * d or k.shape != (tokens, kv_heads * d) or v.shape != (tokens, kv_heads * dv)
             or y.shape != (tokens, heads * dv) or slot_mapping.shape != (tokens,)
@@ -197,10 +257,18 @@ def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_table
     if tokens == 0:
         return True
     p2 = triton.next_power_of_2
-    _store_kv[(tokens,)](k, v, k_cache, v_cache, slot_mapping, y, query_start_loc, num_seqs,
-                         k.stride(0), v.stride(0), y.stride(0),
-                         K_WIDTH=kv_heads * d, V_WIDTH=kv_heads * dv, Y_WIDTH=heads * dv,
-                         KB=p2(kv_heads * d), VB=p2(kv_heads * dv), YB=p2(heads * dv))
+    # an int8 cache's scales: its bytes as float32 (a row's scale at (its first byte + D) / 4)
+    k_scales, v_scales = (k_cache.view(torch.float32), v_cache.view(torch.float32)) if quant else (k_cache, v_cache)
+    if quant:
+        _store_kv_int8[(tokens,)](k, v, k_cache, v_cache, k_scales, v_scales, slot_mapping, y, query_start_loc,
+                                  num_seqs, k.stride(0), v.stride(0), y.stride(0), KV_HEADS=kv_heads, HP=p2(kv_heads),
+                                  D=d, DV=dv, DP=p2(d), DVP=p2(dv), Y_WIDTH=heads * dv, YB=p2(heads * dv),
+                                  enable_fp_fusion=False)  # (x * inv, then rounded: no fused multiply-add there)
+    else:
+        _store_kv[(tokens,)](k, v, k_cache, v_cache, slot_mapping, y, query_start_loc, num_seqs,
+                             k.stride(0), v.stride(0), y.stride(0),
+                             K_WIDTH=kv_heads * d, V_WIDTH=kv_heads * dv, Y_WIDTH=heads * dv,
+                             KB=p2(kv_heads * d), VB=p2(kv_heads * dv), YB=p2(heads * dv))
     if num_seqs == 0:
         return True
     group = heads // kv_heads
@@ -225,11 +293,12 @@ def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_table
     else:
         part_m = part_l = part_acc = y
     _attend[(tiles, kv_heads, splits)](
-        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, y, part_m, part_l, part_acc,
+        q, k_cache, v_cache, k_scales, v_scales, block_tables, query_start_loc, seq_lens, y, part_m, part_l, part_acc,
         num_seqs, block_tables.stride(0), q.stride(0), y.stride(0), float(scale), int(params["sliding_window"]),
         split_len, BLOCK_SIZE=block_size, KV_HEADS=kv_heads, GROUP=group, GP=gp, D=d, DV=dv,
         DP=max(16, p2(d)), DVP=max(16, p2(dv)), BLOCK_Q=block_q, BLOCK_N=BLOCK_N, SPLITS=splits,
-        PRECISION="ieee" if q.dtype == torch.float32 else None, UPCAST=_INTERPRETED and q.dtype == torch.bfloat16)
+        PRECISION="ieee" if q.dtype == torch.float32 else None, UPCAST=_INTERPRETED and q.dtype == torch.bfloat16,
+        QUANT=quant)
     if splits > 1:
         _combine[(tokens, heads)](part_m, part_l, part_acc, y, query_start_loc, num_seqs, y.stride(0),
                                   HEADS=heads, SPLITS=splits, SP=p2(splits), DV=dv, DVP=max(16, p2(dv)))

@@ -98,6 +98,35 @@ def test_caches_of_another_type(kernels, cache_dtype):
     _check(kernels, [(40, 1), (0, 30), (17, 5)], 8, 2, 64, 16, padding=1, cache_dtype=cache_dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_int8_caches(kernels, dtype):
+    """An int8 KV cache (each row's codes and float32 scale): the new rows quantized bit for
+    bit as the reference quantizes them, keys and values read back through their scales —
+    prefill, chunked prefill and decode, and a decode grid whose keys are split."""
+    _check(kernels, [(40, 1), (0, 30), (17, 5)], 8, 2, 64, 16, padding=1, dtype=dtype, cache_dtype=np.int8)
+    before = kernels.STATS["split_launches"]
+    _check(kernels, [(300, 1), (150, 1)], 9, 3, 32, 16, dtype=dtype, cache_dtype=np.int8)
+    assert kernels.STATS["split_launches"] == before + 1
+
+
+def test_int8_rows_at_their_edges(kernels):
+    """Zeros, rounding ties, +-127, NaN and infinities in a row: the same codes and scales
+    as the reference's."""
+    feeds = _batch(np.random.default_rng(1), [(0, 4)], 2, 2, 8, 4, cache_dtype=np.int8)
+    feeds["k"][0] = 0.0
+    feeds["k"][1] = [127, 63.5, -63.5, 0.5, -0.5, 1.5, 2.5, -2.5, 1e-30, -2e-30, 3e-31, 0, 0, 0, 0, 1e-30]
+    feeds["k"][2, 3] = np.nan
+    feeds["k"][3, 5], feeds["k"][3, 8] = np.inf, -np.inf
+    want = {name: a.copy() for name, a in feeds.items()}
+    paged_attention(*(want[n] for n in INPUTS), num_heads=2, kv_num_heads=2)
+    t = {name: tensor(a.copy()).to(DEVICE) for name, a in feeds.items()}
+    y = torch.zeros((4, 16), dtype=torch.float32, device=DEVICE)
+    params = {"num_heads": 2, "kv_num_heads": 2, "scale": 0.0, "sliding_window": 0}
+    assert kernels.paged_attention(params, *(t[n] for n in INPUTS), y) is True
+    for cache in ("k_cache", "v_cache"):
+        np.testing.assert_array_equal(array(t[cache].cpu()), want[cache])
+
+
 def test_what_the_kernels_do_not_take_is_left_to_torch(kernels):
     """A dtype the kernels lack (float64): nothing done, False (the runtime's torch path runs)."""
     feeds = _batch(np.random.default_rng(0), [(5, 2)], 2, 1, 8, 4, dtype=np.float64)
