@@ -11,7 +11,8 @@ over its vocabulary (the prompts are token ids).
   bfloat16 through `ember.LLM(target="cuda", dtype="bfloat16")`: engine start (compile
   and first step), cold (empty kernel caches) and warm (a second process); batch-1
   greedy decode tokens/s; 256 requests of #6's mixed workload scaled (prompts 16-512
-  tokens, outputs 16-256, greedy, all at once): useful output tokens/s. With --llama1b
+  tokens, outputs 16-256, greedy, all at once): useful output tokens/s; the same two with
+  an int8 KV cache (`kv_cache_dtype="int8"`: its Triton store and attention). With --llama1b
   also a Llama-3.2-1B-shaped model's batch-1 decode, as a share of the bandwidth limit
   (its weights' bytes read once per token).
 - minilm: all-MiniLM-L6-v2 (the built-in package's export) compiled for the cuda target,
@@ -102,13 +103,14 @@ def workload(n: int, seed: int, vocab: int, prompt=(16, 512), output=(16, 256)) 
              int(rng.integers(output[0], output[1] + 1))) for _ in range(n)]
 
 
-def llm_part(folder: Path, tiny: bool, mixed: bool) -> dict:
+def llm_part(folder: Path, tiny: bool, mixed: bool, kv_cache_dtype: str | None = None) -> dict:
     """One process: engine start, batch-1 decode, and (mixed) the 256 requests."""
     import ember
 
     target = "cuda"
     t0 = time.perf_counter()
-    llm = ember.LLM(folder, target=target, dtype="bfloat16", max_num_seqs=256 if not tiny else 16,
+    llm = ember.LLM(folder, target=target, dtype="bfloat16", kv_cache_dtype=kv_cache_dtype,
+                    max_num_seqs=256 if not tiny else 16,
                     max_num_batched_tokens=2048 if not tiny else 64, kv_cache_memory=(8 << 30) if not tiny else 4 << 20,
                     max_model_len=1024 if not tiny else 256)
     greedy = ember.SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
@@ -215,7 +217,7 @@ def kernels_part(tiny: bool) -> dict:
 def child(args) -> int:
     """One measurement in this process (--child PART): its figures as JSON on stdout's last line."""
     if args.child == "llm":
-        result = llm_part(Path(args.folder), args.tiny, mixed=args.mixed)
+        result = llm_part(Path(args.folder), args.tiny, mixed=args.mixed, kv_cache_dtype=args.kv_cache_dtype)
     elif args.child == "minilm":
         result = minilm_part(args.tiny)
     else:
@@ -242,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--mixed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kv-cache-dtype", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
@@ -257,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         cold = {"EMBER_CACHE_DIR": str(work / "cache"), "TRITON_CACHE_DIR": str(work / "triton")}
         result["llm_cold"] = run_child("llm", args, cold, ["--folder", str(folder)])
         result["llm"] = run_child("llm", args, cold, ["--folder", str(folder), "--mixed"])  # warm caches
+        result["llm_int8_kv"] = run_child("llm", args, cold, ["--folder", str(folder), "--mixed",
+                                                               "--kv-cache-dtype", "int8"])
         if args.llama1b and not args.tiny:
             big = save_llm(work / "llama1b", LLAMA_1B)
             result["llama1b"] = run_child("llm", args, cold, ["--folder", str(big)])
@@ -271,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SmolLM2-135M shape, bf16: engine start {cold['start_s']:.1f} s cold, {warm['start_s']:.1f} s warm; "
               f"batch-1 decode {warm['b1_decode_tokens_per_s']:.0f} tok/s; {warm['mixed_requests']} mixed requests "
               f"{warm['mixed_useful_tokens_per_s']:.0f} useful tok/s ({warm['mixed_wall_s']:.1f} s)")
+        q = result["llm_int8_kv"]
+        print(f"  with an int8 KV cache: batch-1 decode {q['b1_decode_tokens_per_s']:.0f} tok/s; mixed "
+              f"{q['mixed_useful_tokens_per_s']:.0f} useful tok/s ({q['mixed_wall_s']:.1f} s)")
     if "llama1b" in result:
         r = result["llama1b"]
         print(f"Llama-1B shape, bf16: batch-1 decode {r['b1_decode_tokens_per_s']:.0f} tok/s "
