@@ -74,6 +74,23 @@ def test_tp2_greedy_equals_tp1(models, name):
     assert not _workers()
 
 
+def test_tp2_with_an_int8_kv_cache(models):
+    """Each rank's caches of its kv heads in int8 rows (their scales per row, so a shard's rows
+    are the whole model's rows of those heads): tp=2 the greedy tokens of tp=1 with the same cache."""
+    import numpy as np
+
+    name = next(iter(MODELS))
+    want = _greedy(models[name], kv_cache_dtype="int8")
+    llm = ember.LLM(models[name], **OPTIONS, kv_cache_dtype="int8", tensor_parallel_size=2)
+    try:
+        caches = llm.engine.runner.caches.values()  # rank 0's: half the kv heads
+        assert all(c.dtype == np.int8 for c in caches)
+        assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)] == want
+    finally:
+        llm.shutdown()
+    assert not _workers()
+
+
 TEXT = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
 
 
