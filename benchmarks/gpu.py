@@ -11,8 +11,8 @@ over its vocabulary (the prompts are token ids).
   bfloat16 through `ember.LLM(target="cuda", dtype="bfloat16")`: engine start (compile
   and first step), cold (empty kernel caches) and warm (a second process); batch-1
   greedy decode tokens/s; 256 requests of #6's mixed workload scaled (prompts 16-512
-  tokens, outputs 16-256, greedy, all at once): useful output tokens/s; the same two with
-  an int8 KV cache (`kv_cache_dtype="int8"`: its Triton store and attention). With --llama1b
+  tokens, outputs 16-256, greedy, all at once): useful output tokens/s; with --kv-caches
+  int8,fp8 the same two with those KV caches (their Triton store and attention). With --llama1b
   also a Llama-3.2-1B-shaped model's batch-1 decode, as a share of the bandwidth limit
   (its weights' bytes read once per token).
 - minilm: all-MiniLM-L6-v2 (the built-in package's export) compiled for the cuda target,
@@ -21,7 +21,7 @@ over its vocabulary (the prompts are token ids).
 - kernels: ember's generated kernels' bandwidth as a share of a device-to-device copy's
   (bytes read + written per second): a fused pointwise chain and a row softmax.
 
-    python benchmarks/gpu.py [--parts llm,minilm,kernels] [--llama1b] [--json OUT.json]
+    python benchmarks/gpu.py [--parts llm,minilm,kernels] [--llama1b] [--kv-caches int8,fp8] [--json OUT.json]
     TRITON_INTERPRET=1 python benchmarks/gpu.py --tiny    # the same path at toy sizes, no GPU
 """
 
@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="llm,minilm,kernels", help="which measurements (default: all)")
     parser.add_argument("--llama1b", action="store_true", help="also a Llama-3.2-1B-shaped model's batch-1 decode")
     parser.add_argument("--tiny", action="store_true", help="toy sizes (a smoke test, e.g. under TRITON_INTERPRET=1)")
+    parser.add_argument("--kv-caches", default="", metavar="TYPES",
+                        help="also the LLM part with these KV cache types (comma-separated: int8, fp8, float16)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -260,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         cold = {"EMBER_CACHE_DIR": str(work / "cache"), "TRITON_CACHE_DIR": str(work / "triton")}
         result["llm_cold"] = run_child("llm", args, cold, ["--folder", str(folder)])
         result["llm"] = run_child("llm", args, cold, ["--folder", str(folder), "--mixed"])  # warm caches
-        result["llm_int8_kv"] = run_child("llm", args, cold, ["--folder", str(folder), "--mixed",
-                                                               "--kv-cache-dtype", "int8"])
+        for kv in filter(None, args.kv_caches.split(",")):
+            result[f"llm_{kv}_kv"] = run_child("llm", args, cold, ["--folder", str(folder), "--mixed",
+                                                                    "--kv-cache-dtype", kv])
         if args.llama1b and not args.tiny:
             big = save_llm(work / "llama1b", LLAMA_1B)
             result["llama1b"] = run_child("llm", args, cold, ["--folder", str(big)])
@@ -276,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SmolLM2-135M shape, bf16: engine start {cold['start_s']:.1f} s cold, {warm['start_s']:.1f} s warm; "
               f"batch-1 decode {warm['b1_decode_tokens_per_s']:.0f} tok/s; {warm['mixed_requests']} mixed requests "
               f"{warm['mixed_useful_tokens_per_s']:.0f} useful tok/s ({warm['mixed_wall_s']:.1f} s)")
-        q = result["llm_int8_kv"]
-        print(f"  with an int8 KV cache: batch-1 decode {q['b1_decode_tokens_per_s']:.0f} tok/s; mixed "
-              f"{q['mixed_useful_tokens_per_s']:.0f} useful tok/s ({q['mixed_wall_s']:.1f} s)")
+        for kv in filter(None, args.kv_caches.split(",")):
+            q = result[f"llm_{kv}_kv"]
+            print(f"  with an {kv} KV cache: batch-1 decode {q['b1_decode_tokens_per_s']:.0f} tok/s; mixed "
+                  f"{q['mixed_useful_tokens_per_s']:.0f} useful tok/s ({q['mixed_wall_s']:.1f} s)")
     if "llama1b" in result:
         r = result["llama1b"]
         print(f"Llama-1B shape, bf16: batch-1 decode {r['b1_decode_tokens_per_s']:.0f} tok/s "

@@ -828,7 +828,7 @@ def _add_kv_cache_dtype(p: argparse.ArgumentParser, what: str = "") -> None:
     p.add_argument("--kv-cache-dtype", choices=["auto", "float32", "float16", "bfloat16", "fp8", "int8"],
                    help=f"{what}the KV cache's element type alone (default: auto, the model's dtype); float16 halves "
                         "its bytes: twice the tokens in --kv-cache-memory, half the reads of decode's attention; fp8 "
-                        "(float8 e4m3fn, cpu target) and int8 (a float32 scale per token and kv head) about quarter them")
+                        "(float8 e4m3fn) and int8 (a float32 scale per token and kv head) about quarter them")
 
 
 QUANTIZATION_HELP = ("weights: 'gguf' keeps a GGUF file's quantized blocks (the default for a GGUF file on the cpu "

@@ -16,7 +16,7 @@ max_num_seqs, max_model_len, enable_prefix_caching), plus `intra_op_threads`, `t
 ("cpu" or "cuda"), `dtype` ("float32", the default, "float16" or "bfloat16": the
 weights', activations' and KV cache's), `kv_cache_dtype` (the KV cache's alone, e.g.
 "float16": half the cache's bytes, so twice the tokens in kv_cache_memory and half the
-reads of a decode step's attention; "int8" and, on the cpu target, "fp8" about a quarter)
+reads of a decode step's attention; "fp8" and "int8" about a quarter)
 and `quantization` for the compiler:
 
     llm = ember.LLM("model.gguf", target="cuda", dtype="bfloat16")
@@ -46,8 +46,7 @@ from .runtime.sampler import Logprob  # noqa: F401 - with CompletionOutput: the 
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
 LLM_DTYPES = ("float32", "float16", "bfloat16")
 # a KV cache's element types beyond LLM_DTYPES, by the names they are asked for: vLLM's "fp8"
-# (which only the cpu target's paged-attention kernel takes for now), and int8 (rows quantized
-# with a scale each)
+# (float8 e4m3fn, unscaled), and int8 (rows quantized with a scale each)
 KV_CACHE_FLOAT8 = {"fp8": "float8e4m3fn", "fp8_e4m3": "float8e4m3fn", "float8_e4m3fn": "float8e4m3fn",
                    "float8e4m3fn": "float8e4m3fn"}
 KV_CACHE_QUANTIZED = {**KV_CACHE_FLOAT8, "int8": "int8"}
@@ -139,8 +138,8 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "
     format: q8_0, q4_0, q4_1, q5_0, q5_1) quantizes the float weights into those blocks
     (the quantize_weights pass; the head stays float), on the cpu target in float32.
 
-    `kv_cache_dtype` (one of LLM_DTYPES, "int8", or on the cpu target "fp8": float8 e4m3fn;
-    None or "auto": `dtype`) is the KV cache's element type: each new key and value is
+    `kv_cache_dtype` (one of LLM_DTYPES, "fp8": float8 e4m3fn, or "int8"; None or "auto":
+    `dtype`) is the KV cache's element type: each new key and value is
     rounded into it (into fp8 saturated to +-448, unscaled; into int8 each token's row of each
     kv head with a float32 scale of its own: D + 4 bytes a row), attention reads it back in
     `dtype`.
@@ -154,7 +153,7 @@ def compile_llm(model: str | os.PathLike, *, target: str = "cpu", dtype: str = "
 
     if dtype not in LLM_DTYPES:
         raise InputError(f"dtype {dtype!r} is not one an LLM runs in; choose one of {', '.join(LLM_DTYPES)}")
-    cache_dtype = _cache_dtype(kv_cache_dtype, dtype, target)
+    cache_dtype = _cache_dtype(kv_cache_dtype, dtype)
     api.check_target(target)  # (before the weights load)
     path = Path(model)
     progress = sys.stderr.isatty() if progress is None else progress
@@ -187,15 +186,12 @@ def _sharding(pretrained, rank: int, size: int):
     return rank, size, plan(pretrained.config)
 
 
-def _cache_dtype(kv_cache_dtype: str | None, dtype: str, target: str = "cpu") -> str:
+def _cache_dtype(kv_cache_dtype: str | None, dtype: str) -> str:
     """The KV cache's element type (a DType's name) for the option `kv_cache_dtype` of a
-    model in `dtype` on `target`."""
+    model in `dtype`."""
     if kv_cache_dtype in (None, "auto"):
         return dtype
     if kv_cache_dtype in KV_CACHE_QUANTIZED:
-        if target != "cpu" and kv_cache_dtype in KV_CACHE_FLOAT8:
-            raise InputError(f"kv_cache_dtype {kv_cache_dtype!r} (float8 e4m3fn) runs on the cpu target only for now; "
-                             f"on {target} choose one of auto, {', '.join(LLM_DTYPES)}, int8")
         return KV_CACHE_QUANTIZED[kv_cache_dtype]
     if kv_cache_dtype not in LLM_DTYPES:
         raise InputError(f"kv_cache_dtype {kv_cache_dtype!r} is not one ember keeps a KV cache in; choose one of "

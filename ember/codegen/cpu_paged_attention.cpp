@@ -134,11 +134,12 @@ struct BF16 {
 // float8 e4m3fn (a cache's type only): sign, 4 exponent bits (bias 7), 3 mantissa bits; no
 // infinities, 0x7f / 0xff NaN, largest finite 448. Read as the float16 of the same bits
 // shifted into place (exponent bias 15: every finite value, subnormals included, exactly 2^-8
-// of its own), times 256; stored rounded to nearest even and saturated to +-448, as ONNX's
-// Cast (saturate=1) and torch's conversion do.
+// of its own), times 256, NaN as float16's NaN; stored rounded to nearest even and saturated
+// to +-448, as ONNX's Cast (saturate=1) and torch's conversion do.
 struct F8E4M3 {
   using T = std::uint8_t;
   EMBER_INLINE std::uint16_t half_bits(T x) {
+    if ((x & 0x7f) == 0x7f) return 0x7e00;  // NaN (shifted, it would read as 480)
     return static_cast<std::uint16_t>(((x & 0x80) << 8) | ((x & 0x7f) << 7));
   }
   EMBER_INLINE float load(T x) { return ember_h2f(half_bits(x)) * 256.0f; }
@@ -386,8 +387,10 @@ EMBER_INLINE nvec nload_as(const typename E::T* p) {
     return as_nvec(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
   } else if constexpr (std::is_same_v<E, F8E4M3> && VW == 16) {  // (F8E4M3::half_bits, 16 at once)
     const __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(x, _mm256_set1_epi16(0x80)), 8),
-                                      _mm256_slli_epi16(_mm256_and_si256(x, _mm256_set1_epi16(0x7f)), 7));
+    const __m256i low = _mm256_and_si256(x, _mm256_set1_epi16(0x7f));
+    __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(x, _mm256_set1_epi16(0x80)), 8),
+                                _mm256_slli_epi16(low, 7));
+    h = _mm256_blendv_epi8(h, _mm256_set1_epi16(0x7e00), _mm256_cmpeq_epi16(low, _mm256_set1_epi16(0x7f)));  // NaN
     return as_nvec(_mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f)));
 #endif
 #if defined(__AVX512F__)
@@ -405,8 +408,9 @@ EMBER_INLINE nvec nload_as(const typename E::T* p) {
     std::int64_t bytes;
     std::memcpy(&bytes, p, sizeof bytes);
     const __m128i x = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(bytes));
-    const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x80)), 8),
-                                   _mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x7f)), 7));
+    const __m128i low = _mm_and_si128(x, _mm_set1_epi16(0x7f));
+    __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x80)), 8), _mm_slli_epi16(low, 7));
+    h = _mm_blendv_epi8(h, _mm_set1_epi16(0x7e00), _mm_cmpeq_epi16(low, _mm_set1_epi16(0x7f)));  // NaN
     return as_nvec(_mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f)));
 #endif
   } else {

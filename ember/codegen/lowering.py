@@ -298,7 +298,8 @@ class LoweringContext:
         ins = [self.refs[id(v)] if v is not None else None for v in node.inputs]
         lower = getattr(get_op(node.op), "lower", None)
         reason = (self._why_not_lowerable(node, subgraphs=getattr(lower, "handles_subgraphs", False),
-                                          sizes_outputs=getattr(lower, "sizes_outputs", False))
+                                          sizes_outputs=getattr(lower, "sizes_outputs", False),
+                                          extern_only=getattr(lower, "extern_only", False))
                   if lower is not None else "no lowering")
         if reason is None:
             state = self._checkpoint()
@@ -385,10 +386,12 @@ class LoweringContext:
         """Whether some of `refs` has a size no input, extern or fallback has bound."""
         return any(r is not None and not self.knows(r.shape) for r in refs)
 
-    def _why_not_lowerable(self, node: Node, subgraphs: bool = False, sizes_outputs: bool = False) -> str | None:
+    def _why_not_lowerable(self, node: Node, subgraphs: bool = False, sizes_outputs: bool = False,
+                           extern_only: bool = False) -> str | None:
         """Why no kernel can compute `node` whatever its op, or None. A node with subgraphs
         needs an op whose lowering takes them (`subgraphs`); a lowering that `sizes_outputs`
-        (an extern that allocates them) may have outputs of sizes known only when it runs."""
+        (an extern that allocates them) may have outputs of sizes known only when it runs;
+        one that is `extern_only`, values of the types externs take (EXTERN_DTYPES)."""
         if node.has_subgraphs and not subgraphs:
             return "has subgraphs"
         inputs = [v for v in node.inputs if v is not None]
@@ -396,7 +399,7 @@ class LoweringContext:
             t = v.type
             if not isinstance(t, TensorType) or t.shape is None:
                 return "a value that is not a tensor of known rank"
-            if t.dtype not in self.kernel_dtypes:
+            if t.dtype not in self.kernel_dtypes and not (extern_only and t.dtype in EXTERN_DTYPES):
                 return f"dtype {t.dtype.name}"
         for v in [*([] if sizes_outputs else node.outputs), *inputs]:
             if not self.knows(v.type.shape):

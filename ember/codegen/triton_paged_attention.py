@@ -15,6 +15,11 @@ a Program that calls it (handwritten.py) and the runtime loads it from there (it
                 gathered from the cache through the sequence's block table; causal, and
                 within the sliding window where one is set
 
+A float8 (e4m3fn) cache is read and written as its bytes (the caller's uint8 view of it),
+each converted by integer operations (`_f8_bits`, `_f8_float`: what the cpu target's kernel
+does), so that stores round to nearest even and saturate to +-448 and NaN stays NaN on every
+GPU and in the interpreter alike.
+
 An int8 cache (ember.PagedAttention's docstring: each row of D values D int8 codes and
 its float32 scale's 4 bytes) is written by `_store_kv_int8` (one program per new token,
 every kv head's row quantized at once) and read through a float32 view of the same bytes
@@ -45,20 +50,54 @@ import triton.language as tl
 
 
 @triton.jit
+def _f8_bits(x):
+    """float32 x as float8 e4m3fn's bits (uint8): rounded to nearest even, saturated to +-448,
+    NaN 0x7f (with its sign), as torch's conversion and the cpu kernel's F8E4M3::store."""
+    bits = x.to(tl.uint32, bitcast=True)
+    sign = (bits >> 24) & 0x80
+    a = tl.abs(x)
+    r = (bits & 0x7FFFFFFF) - (120 << 23)  # the exponent rebiased (127 -> 7)
+    r = (r + 0x7FFFF + ((r >> 20) & 1)) >> 20  # 20 bits rounded off to nearest even
+    sub = ((a * 512.0 + 12582912.0) - 12582912.0).to(tl.uint32)  # below 2^-6: steps of 2^-9 (exact products)
+    code = tl.where(a < 0.015625, sub, tl.minimum(r, 0x7E))
+    code = tl.where(a >= 448.0, 0x7E, code)
+    code = tl.where(a != a, 0x7F, code)
+    return (code | sign).to(tl.uint8)
+
+
+@triton.jit
+def _f8_float(c):
+    """float8 e4m3fn bits (uint8) as float32: the float16 of the bits shifted into place,
+    times 256 (exact for every finite value), NaN for 0x7f / 0xff."""
+    c = c.to(tl.uint16)
+    h = ((c & 0x80) << 8) | ((c & 0x7F) << 7)
+    h = tl.where((c & 0x7F) == 0x7F, 0x7E00, h)
+    return h.to(tl.float16, bitcast=True).to(tl.float32) * 256.0
+
+
+@triton.jit
+def _cache_value(x, cache_ptr, F8: tl.constexpr):
+    """x as a cache of cache_ptr's element type stores it (F8: a float8 cache's bytes)."""
+    if F8:
+        return _f8_bits(x.to(tl.float32))
+    return x.to(cache_ptr.dtype.element_ty)
+
+
+@triton.jit
 def _store_kv(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, y_ptr, qsl_ptr, num_seqs,
               k_stride, v_stride, y_stride,
               K_WIDTH: tl.constexpr, V_WIDTH: tl.constexpr, Y_WIDTH: tl.constexpr,
-              KB: tl.constexpr, VB: tl.constexpr, YB: tl.constexpr):
+              KB: tl.constexpr, VB: tl.constexpr, YB: tl.constexpr, F8: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t)
     ko = tl.arange(0, KB)
     km = (ko < K_WIDTH) & (slot >= 0)
     tl.store(k_cache_ptr + slot * K_WIDTH + ko,
-             tl.load(k_ptr + t * k_stride + ko, mask=km).to(k_cache_ptr.dtype.element_ty), mask=km)
+             _cache_value(tl.load(k_ptr + t * k_stride + ko, mask=km), k_cache_ptr, F8), mask=km)
     vo = tl.arange(0, VB)
     vm = (vo < V_WIDTH) & (slot >= 0)
     tl.store(v_cache_ptr + slot * V_WIDTH + vo,
-             tl.load(v_ptr + t * v_stride + vo, mask=vm).to(v_cache_ptr.dtype.element_ty), mask=vm)
+             _cache_value(tl.load(v_ptr + t * v_stride + vo, mask=vm), v_cache_ptr, F8), mask=vm)
     yo = tl.arange(0, YB)
     past = tl.load(qsl_ptr + num_seqs) <= t
     zero = tl.zeros([YB], dtype=tl.float32).to(y_ptr.dtype.element_ty)
@@ -110,7 +149,7 @@ def _attend(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, bt_ptr, q
             BLOCK_SIZE: tl.constexpr, KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GP: tl.constexpr,
             D: tl.constexpr, DV: tl.constexpr, DP: tl.constexpr, DVP: tl.constexpr,
             BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr,
-            UPCAST: tl.constexpr, QUANT: tl.constexpr):
+            UPCAST: tl.constexpr, QUANT: tl.constexpr, F8: tl.constexpr):
     KD: tl.constexpr = D + 4 if QUANT else D  # a cache row's elements (an int8 row: its scale's 4 bytes too)
     KDV: tl.constexpr = DV + 4 if QUANT else DV
     BLOCK_M: tl.constexpr = BLOCK_Q * GP
@@ -168,6 +207,8 @@ def _attend(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, bt_ptr, q
         if QUANT:  # codes times their row's scale
             k_row = slot * (KV_HEADS * KD) + kvh * KD
             k = k.to(tl.float32) * tl.load(k_scale_ptr + (k_row + D) // 4, mask=key_ok, other=0.0)[None, :]
+        if F8:
+            k = _f8_float(k)
         k = k.to(q.dtype)  # a cache of another type than q's (a float16 KV cache of a float32 model) read as q's
         s = tl.dot(q, k, input_precision=PRECISION) * scale
         visible = key_ok[None, :] & (keys[None, :] <= qpos[:, None])
@@ -183,6 +224,8 @@ def _attend(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, bt_ptr, q
         if QUANT:
             v_row = slot * (KV_HEADS * KDV) + kvh * KDV
             v = v.to(tl.float32) * tl.load(v_scale_ptr + (v_row + DV) // 4, mask=key_ok, other=0.0)[:, None]
+        if F8:
+            v = _f8_float(v)
         v = v.to(q.dtype)
         p = p.to(v.dtype)
         if UPCAST:
@@ -224,7 +267,7 @@ def _combine(part_m_ptr, part_l_ptr, part_acc_ptr, y_ptr, qsl_ptr, num_seqs, y_s
 
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-_CACHES = (*_FLOATS, torch.int8)
+_CACHES = (*_FLOATS, torch.int8, torch.float8_e4m3fn)
 # Triton's interpreter multiplies bfloat16 dot operands as their integer bits: there they
 # are widened to float32 first (after the same rounding of p a GPU does)
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -256,6 +299,9 @@ def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_table
         return False
     if tokens == 0:
         return True
+    f8 = k_cache.dtype == torch.float8_e4m3fn  # (its bytes, converted by the kernels)
+    if f8:
+        k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
     p2 = triton.next_power_of_2
     # an int8 cache's scales: its bytes as float32 (a row's scale at (its first byte + D) / 4)
     k_scales, v_scales = (k_cache.view(torch.float32), v_cache.view(torch.float32)) if quant else (k_cache, v_cache)
@@ -268,7 +314,8 @@ def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_table
         _store_kv[(tokens,)](k, v, k_cache, v_cache, slot_mapping, y, query_start_loc, num_seqs,
                              k.stride(0), v.stride(0), y.stride(0),
                              K_WIDTH=kv_heads * d, V_WIDTH=kv_heads * dv, Y_WIDTH=heads * dv,
-                             KB=p2(kv_heads * d), VB=p2(kv_heads * dv), YB=p2(heads * dv))
+                             KB=p2(kv_heads * d), VB=p2(kv_heads * dv), YB=p2(heads * dv), F8=f8,
+                             enable_fp_fusion=False)  # (a subnormal's a * 512 + 1.5 x 2^23: no fused multiply-add)
     if num_seqs == 0:
         return True
     group = heads // kv_heads
@@ -298,7 +345,7 @@ def paged_attention(params, q, k, v, k_cache, v_cache, slot_mapping, block_table
         split_len, BLOCK_SIZE=block_size, KV_HEADS=kv_heads, GROUP=group, GP=gp, D=d, DV=dv,
         DP=max(16, p2(d)), DVP=max(16, p2(dv)), BLOCK_Q=block_q, BLOCK_N=BLOCK_N, SPLITS=splits,
         PRECISION="ieee" if q.dtype == torch.float32 else None, UPCAST=_INTERPRETED and q.dtype == torch.bfloat16,
-        QUANT=quant)
+        QUANT=quant, F8=f8)
     if splits > 1:
         _combine[(tokens, heads)](part_m, part_l, part_acc, y, query_start_loc, num_seqs, y.stride(0),
                                   HEADS=heads, SPLITS=splits, SP=p2(splits), DV=dv, DVP=max(16, p2(dv)))

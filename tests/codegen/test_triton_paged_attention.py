@@ -127,6 +127,32 @@ def test_int8_rows_at_their_edges(kernels):
         np.testing.assert_array_equal(array(t[cache].cpu()), want[cache])
 
 
+def test_float8_caches(kernels):
+    """A float8 (e4m3fn) cache of a float32 model: its stores, edges included (rounding ties,
+    subnormals, saturation to +-448, NaN), bit for bit torch's conversion and the
+    reference's; read back exactly, NaN as NaN."""
+    fp8 = ml_dtypes.float8_e4m3fn
+    _check(kernels, [(40, 1), (0, 30), (17, 5)], 8, 2, 64, 16, padding=1, cache_dtype=fp8)
+    edges = np.array([0.0, -0.0, 2.0 ** -10, 2.0 ** -9, 1.5 * 2 ** -9, 2.5 * 2 ** -9, 7.5 * 2 ** -9, 2.0 ** -6,
+                      1.0625 * 2 ** -6, 1.1875 * 2 ** -6, 0.3, 1.0625, 1.1875, 1.9375, 17.5, 240.0, 416.0, 432.0,
+                      440.0, 448.0, 455.0, 464.0, 480.0, 1e30, np.inf, np.nan], np.float32)
+    values = np.concatenate([edges, -edges, np.zeros(12, np.float32)]).reshape(8, 8)
+    feeds = _batch(np.random.default_rng(2), [(0, 8)], 1, 1, 8, 4, cache_dtype=fp8)
+    feeds["k"], feeds["v"] = values.copy(), values[::-1].copy()
+    want = {name: a.copy() for name, a in feeds.items()}
+    paged_attention(*(want[n] for n in INPUTS), num_heads=1, kv_num_heads=1)
+    t = {name: tensor(a.copy()).to(DEVICE) for name, a in feeds.items()}
+    y = torch.zeros((8, 8), dtype=torch.float32, device=DEVICE)
+    params = {"num_heads": 1, "kv_num_heads": 1, "scale": 0.0, "sliding_window": 0}
+    assert kernels.paged_attention(params, *(t[n] for n in INPUTS), y) is True
+    for cache in ("k_cache", "v_cache"):
+        np.testing.assert_array_equal(array(t[cache].cpu()).view(np.uint8), want[cache].view(np.uint8))
+    stored = t["k_cache"].view(-1, 8)[t["slot_mapping"]]
+    np.testing.assert_array_equal(stored.view(torch.uint8).cpu().numpy(),
+                                  torch.from_numpy(values).to(torch.float8_e4m3fn).view(torch.uint8).numpy())
+    assert torch.isnan(y).all(dim=1).any()  # (rows that saw a NaN value)
+
+
 def test_what_the_kernels_do_not_take_is_left_to_torch(kernels):
     """A dtype the kernels lack (float64): nothing done, False (the runtime's torch path runs)."""
     feeds = _batch(np.random.default_rng(0), [(5, 2)], 2, 1, 8, 4, dtype=np.float64)

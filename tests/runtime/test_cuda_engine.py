@@ -75,20 +75,21 @@ def test_bfloat16_engine_runs_in_bfloat16(tiny_llm_dir):
     assert len(out.outputs[0].token_ids) == 4
 
 
-def test_an_int8_kv_cache_on_the_cuda_target(tiny_llm_dir):
-    """LLM(target="cuda", kv_cache_dtype="int8"): int8 device caches (rows of head_dim + 4),
-    written and read by the Triton kernels (no fallback), the cpu target's int8 engine's
-    greedy tokens."""
-    llm = make_llm(tiny_llm_dir, target="cuda", kv_cache_dtype="int8")
+@pytest.mark.parametrize("name, dtype, width", [("int8", torch.int8, 16 + 4), ("fp8", torch.float8_e4m3fn, 16)])
+def test_a_quantized_kv_cache_on_the_cuda_target(tiny_llm_dir, name, dtype, width):
+    """LLM(target="cuda", kv_cache_dtype="int8" | "fp8"): int8 device caches (rows of
+    head_dim + 4) or float8 ones, written and read by the Triton kernels (no fallback), the
+    cpu target's engine's greedy tokens with the same cache."""
+    llm = make_llm(tiny_llm_dir, target="cuda", kv_cache_dtype=name)
     runner = llm.engine.runner
     assert runner.compiled.stats.fallback_nodes == []
-    assert all(isinstance(c, torch.Tensor) and c.dtype == torch.int8 and c.shape[-1] == 16 + 4
+    assert all(isinstance(c, torch.Tensor) and c.dtype == dtype and c.shape[-1] == width
                for c in runner.caches.values())
     batch = [{"prompt_token_ids": p} for p in prompts(3, seed=21)]
     got = [o.outputs[0].token_ids for o in llm.generate(batch, greedy(8), use_tqdm=False)]
-    cpu = make_llm(tiny_llm_dir, kv_cache_dtype="int8")
+    cpu = make_llm(tiny_llm_dir, kv_cache_dtype=name)
     assert got == [o.outputs[0].token_ids for o in cpu.generate(batch, greedy(8), use_tqdm=False)]
-    assert all(c.any() for c in runner.caches.values())
+    assert all(c.view(torch.uint8).any() for c in runner.caches.values())
 
 
 def test_an_unknown_dtype_is_a_clear_error(tiny_llm_dir):

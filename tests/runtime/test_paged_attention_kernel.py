@@ -211,6 +211,28 @@ def test_float8_caches_round_and_saturate_as_torch_does(no_torch_path, dtype):
     assert {448.0, -448.0} <= set(stored.astype(np.float32).ravel().tolist())  # (the saturated ones)
 
 
+@pytest.mark.parametrize("width", [8, 16])
+def test_float8_nan_reads_back_as_nan(no_torch_path, width):
+    """A NaN stored in a float8 cache (0x7f / 0xff) reads back as NaN, not as the 480 its
+    bits would make shifted into a float16: the output rows that saw it are NaN, as the
+    reference's (scalar and vector loads: a head dim of 16 and of 17)."""
+    source = handwritten.KERNELS["paged_attention-float32-float8e4m3fn"].source()
+    path = cpu.build(source.replace("#define EMBER_PAGED_ELEMENT", f"#define EMBER_PAGED_VW {width}\n"
+                                    "#define EMBER_PAGED_ELEMENT", 1))
+    native.install({"paged_attention-float32-float8e4m3fn": str(path)})
+    try:
+        for d in (16, 17):
+            feeds = _batch(np.random.default_rng(d), [(6, 2)], 2, 1, d, 4, cache_dtype=FP8)
+            feeds["v"][0, 3] = np.nan
+            ref = {n: a.copy() for n, a in feeds.items()}
+            want = paged_attention(*(ref[n] for n in INPUTS), num_heads=2, kv_num_heads=1)
+            got = _run_extern(feeds, 2, 1)
+            assert np.isnan(want).any() and np.array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    finally:
+        install("paged_attention-float32-float8e4m3fn")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_int8_caches_quantize_rows_as_the_reference_and_torch_do(no_torch_path, monkeypatch, dtype):
     """An int8 cache's stores at their edges — rows of zeros, ties of the rounding (x * 127 /

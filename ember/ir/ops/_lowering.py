@@ -31,14 +31,17 @@ KERNEL_FLOATS = FLOATS | {DType.float16, DType.bfloat16}
 SQRT1_2 = 0.7071067811865476
 
 
-def register_lowering(*ops: str, sizes_outputs: bool = False):
+def register_lowering(*ops: str, sizes_outputs: bool = False, extern_only: bool = False):
     """Attach the decorated lowering to each op in `ops`. One that `sizes_outputs` may
     be given nodes whose outputs have sizes known only when they run (it computes them
-    with an extern that allocates them: `ctx.extern`)."""
+    with an extern that allocates them: `ctx.extern`). One that is `extern_only` (it calls
+    an extern and generates no kernel) may be given values of any type externs take, where
+    the target's kernels have none (a float8 KV cache on the cuda target)."""
     def attach(fn):
         for op in ops:
             get_op(op).lower = fn
         fn.sizes_outputs = sizes_outputs
+        fn.extern_only = extern_only
         return fn
     return attach
 

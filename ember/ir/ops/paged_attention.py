@@ -167,14 +167,13 @@ register_op(OpDef(
 
 def _lower(ctx, node, ins):
     # (on the cpu target too, float16 and bfloat16: its paged-attention kernel takes them;
-    # caches of int8 on both targets, of float8e4m3fn on the cpu's: the Triton kernel does not yet)
+    # caches also of int8 or float8e4m3fn, on both targets)
     floats = ctx.extern_floats | HALF_FLOATS
-    cpu = ctx.target is None or ctx.target.renderer == "cpp"
-    caches = floats | {DType.int8} | ({DType.float8e4m3fn} if cpu else set())
+    caches = floats | {DType.int8, DType.float8e4m3fn}
     if (ins[0].dtype not in floats or any(r.dtype is not ins[0].dtype for r in ins[1:3])
             or ins[3].dtype not in caches or ins[4].dtype is not ins[3].dtype
             or any(r.dtype is not DType.int64 for r in ins[5:])):
-        raise NotLowerable("q, k, v or the caches not float (or int8, or float8 on the cpu target), k or v not q's type, "
+        raise NotLowerable("q, k, v or the caches not float (the caches: or int8, float8e4m3fn), k or v not q's type, "
                            "the caches not of one type, or index inputs not int64")
     # the caches must be the caller's arrays themselves: written in place, they are state
     for value, name in zip(node.inputs[3:5], ("k_cache", "v_cache")):
@@ -183,4 +182,4 @@ def _lower(ctx, node, ins):
     return ctx.extern("paged_attention", ins, [out_type(node)], **_attrs(node))
 
 
-register_lowering("ember.PagedAttention")(_lower)
+register_lowering("ember.PagedAttention", extern_only=True)(_lower)
