@@ -117,14 +117,21 @@ def test_int8_rows_at_their_edges(kernels):
     feeds["k"][1] = [127, 63.5, -63.5, 0.5, -0.5, 1.5, 2.5, -2.5, 1e-30, -2e-30, 3e-31, 0, 0, 0, 0, 1e-30]
     feeds["k"][2, 3] = np.nan
     feeds["k"][3, 5], feeds["k"][3, 8] = np.inf, -np.inf
+    _stores_as_the_reference(kernels, feeds, 2, 2, 8)
+
+
+def _stores_as_the_reference(kernels, feeds, heads, kv_heads, dv):
+    """The kernels on `feeds`: the caches' bytes after the write those of the reference's
+    write; returns the device tensors and y."""
     want = {name: a.copy() for name, a in feeds.items()}
-    paged_attention(*(want[n] for n in INPUTS), num_heads=2, kv_num_heads=2)
+    paged_attention(*(want[n] for n in INPUTS), num_heads=heads, kv_num_heads=kv_heads)
     t = {name: tensor(a.copy()).to(DEVICE) for name, a in feeds.items()}
-    y = torch.zeros((4, 16), dtype=torch.float32, device=DEVICE)
-    params = {"num_heads": 2, "kv_num_heads": 2, "scale": 0.0, "sliding_window": 0}
+    y = torch.zeros((feeds["q"].shape[0], heads * dv), dtype=torch.float32, device=DEVICE)
+    params = {"num_heads": heads, "kv_num_heads": kv_heads, "scale": 0.0, "sliding_window": 0}
     assert kernels.paged_attention(params, *(t[n] for n in INPUTS), y) is True
     for cache in ("k_cache", "v_cache"):
-        np.testing.assert_array_equal(array(t[cache].cpu()), want[cache])
+        np.testing.assert_array_equal(array(t[cache].cpu()).view(np.uint8), want[cache].view(np.uint8))
+    return t, y
 
 
 def test_float8_caches(kernels):
@@ -139,14 +146,7 @@ def test_float8_caches(kernels):
     values = np.concatenate([edges, -edges, np.zeros(12, np.float32)]).reshape(8, 8)
     feeds = _batch(np.random.default_rng(2), [(0, 8)], 1, 1, 8, 4, cache_dtype=fp8)
     feeds["k"], feeds["v"] = values.copy(), values[::-1].copy()
-    want = {name: a.copy() for name, a in feeds.items()}
-    paged_attention(*(want[n] for n in INPUTS), num_heads=1, kv_num_heads=1)
-    t = {name: tensor(a.copy()).to(DEVICE) for name, a in feeds.items()}
-    y = torch.zeros((8, 8), dtype=torch.float32, device=DEVICE)
-    params = {"num_heads": 1, "kv_num_heads": 1, "scale": 0.0, "sliding_window": 0}
-    assert kernels.paged_attention(params, *(t[n] for n in INPUTS), y) is True
-    for cache in ("k_cache", "v_cache"):
-        np.testing.assert_array_equal(array(t[cache].cpu()).view(np.uint8), want[cache].view(np.uint8))
+    t, y = _stores_as_the_reference(kernels, feeds, 1, 1, 8)
     stored = t["k_cache"].view(-1, 8)[t["slot_mapping"]]
     np.testing.assert_array_equal(stored.view(torch.uint8).cpu().numpy(),
                                   torch.from_numpy(values).to(torch.float8_e4m3fn).view(torch.uint8).numpy())
