@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.codegen import handwritten
+from ember.ir.quant_formats import quantize_kv_rows
 from ember.runtime import externs_paged, native
 from ember.runtime.native import paged_attention as native_paged
 
@@ -101,8 +102,7 @@ def main():
     for name, seqs in CASES.items():
         args = feeds(seqs)
         half = args[:3] + [args[3].half(), args[4].half()] + args[5:]
-        int8 = torch.zeros((), dtype=torch.int8)
-        quantized = args[:3] + [externs_paged._stored(args[3], int8), externs_paged._stored(args[4], int8)] + args[5:]
+        quantized = args[:3] + [torch.from_numpy(quantize_kv_rows(c.numpy())) for c in args[3:5]] + args[5:]
         fns = {"fused": lambda: externs_paged.paged_attention(params, *args),
                "gathered": lambda: externs_paged.gathered(params, *args),
                "fused f16": lambda: externs_paged.paged_attention(params, *half),

@@ -47,9 +47,8 @@ _ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
 LLM_DTYPES = ("float32", "float16", "bfloat16")
 # a KV cache's element types beyond LLM_DTYPES, by the names they are asked for: vLLM's "fp8"
 # (float8 e4m3fn, unscaled), and int8 (rows quantized with a scale each)
-KV_CACHE_FLOAT8 = {"fp8": "float8e4m3fn", "fp8_e4m3": "float8e4m3fn", "float8_e4m3fn": "float8e4m3fn",
-                   "float8e4m3fn": "float8e4m3fn"}
-KV_CACHE_QUANTIZED = {**KV_CACHE_FLOAT8, "int8": "int8"}
+KV_CACHE_QUANTIZED = {"fp8": "float8e4m3fn", "fp8_e4m3": "float8e4m3fn", "float8_e4m3fn": "float8e4m3fn",
+                      "float8e4m3fn": "float8e4m3fn", "int8": "int8"}
 LLM_QUANTIZATIONS = ("gguf", "none", *SCHEMES)  # compile_llm
 
 

@@ -30,15 +30,15 @@ def generate(graph: Graph, target=None) -> Program:
     lowered = lower_graph(graph, target)
     if triton:  # the device holds every buffer as a torch tensor: none of another type
         from ..ir.ops._lowering import NotLowerable
-        from .lowering import EXTERN_DTYPES
 
-        # (a value that externs and nothing else touch may be of any type torch holds: a float8 KV cache)
+        # (a value that externs and nothing else touch may be of any type they take, EXTERN_DTYPES,
+        # which `extern` has checked: a float8 KV cache)
         touched = [(k.kind == "extern", k.reads() | k.writes()) for k in lowered.kernels]
         by_externs = set().union(*(names for extern, names in touched if extern))
         by_kernels = set().union(*(names for extern, names in touched if not extern))
         odd = sorted({b.dtype.name if b.dtype is not None else b.kind for name, b in lowered.buffers.items()
-                      if b.kind == "dynamic" or (b.dtype not in target.kernel_dtypes and not (
-                          name in by_externs and name not in by_kernels and b.dtype in EXTERN_DTYPES))})
+                      if b.kind == "dynamic" or (b.dtype not in target.kernel_dtypes
+                                                 and not (name in by_externs and name not in by_kernels))})
         if odd:
             raise NotLowerable(f"values of type {', '.join(odd)} on the {target.name} target")
     buffers = lowered.buffers
