@@ -11,8 +11,13 @@ activation, as CrossEncoder.predict scores them.
     scores = encoder.score("a query", ["doc one", "doc two"])  # cross-encoder: its scores; else cosines
     ranked = encoder.rerank("a query", ["doc one", "doc two"]) # [(index, score)], best first
 
-Inputs run in batches of similar length (sorted, then put back in order), each batch padded
-to its longest and holding at most `max_batch_tokens` padded tokens (and `batch_size` rows).
+A BERT-class transformer in safetensors (BERT, RoBERTa, XLM-RoBERTa: most embedding models and
+rerankers) is built straight into ember's IR over packed rows (`frontends/hf/bert.py`): a
+batch's rows one after another, each attending to its own tokens, so a batch of mixed lengths
+costs its real tokens and holds at most `max_batch_tokens` of them (and `batch_size` rows).
+Other encoders (ONNX files, decoders used as embedders) are compiled from ONNX, and their
+inputs run in batches of similar length (sorted, then put back in order), each batch padded
+to its longest and holding at most `max_batch_tokens` padded tokens.
 
 `AsyncEncoder` (what the server sits on) batches many callers' inputs together on one
 worker thread: while a batch runs, new requests queue, and the next batch takes all of them.
@@ -31,13 +36,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, UnsupportedError
+from .frontends.hf.bert import build_packed_encoder, packed_feeds, position_offset, unsupported
 from .frontends.hf.encoder import EncoderConfig, export_onnx, is_encoder, read_encoder, read_sentence_transformer
 
 # (is_encoder is the server's: serve/ talks to this layer, not to the frontends)
 __all__ = ["Encoder", "AsyncEncoder", "Row", "is_encoder", "normalized", "query_cosines", "pool", "EmbeddingOutput",
            "EmbeddingRequestOutput", "ScoringOutput", "ScoringRequestOutput"]
 
-# padded tokens a batch holds at most: its rows times its longest. A batch's activations then
+# tokens a batch holds at most (padded ones included where rows are padded: its rows times its
+# longest). A batch's activations then
 # stay in the L3 cache between its layers' kernels (MiniLM's GELU output at 2,048 tokens is
 # 12.6 MB): the 2,000-sentence benchmark's batches of 2,048 and 3,072 tokens ran 12% faster
 # than batches of 8,192 (whose 50 MB stream to memory) and 15% faster than of 512 (a 2-core
@@ -79,8 +86,15 @@ class Encoder:
         self.task = self.config.task
         self.max_seq_length = max_seq_length or self.config.max_seq_length
         self.max_batch_tokens, self.batch_size = max_batch_tokens, batch_size
-        self.compiled = api.compile(str(export_onnx(self.config, cache_dir() / "encoders")),
-                                    intra_op_threads=intra_op_threads)
+        # packed rows where the transformer is one ember builds (else an ONNX export, padded rows)
+        self.packed = self.config.onnx_file is None and unsupported(self.config.transformer, self.task) is None
+        if self.packed:
+            self._offset = position_offset(self.config.transformer)
+            self.compiled = api.compile(build_packed_encoder(self.config.transformer, self.task),
+                                        intra_op_threads=intra_op_threads)
+        else:
+            self.compiled = api.compile(str(export_onnx(self.config, cache_dir() / "encoders")),
+                                        intra_op_threads=intra_op_threads)
         self._inputs = [i.name for i in self.compiled.inputs]
         names = [o.name for o in self.compiled.outputs]
         self._output = self.config.output_name if self.config.output_name in names else names[0]
@@ -238,9 +252,19 @@ class Encoder:
         in order: pooled vectors [n, dimension], or a cross-encoder's logits [n]."""
         n = len(rows)
         out = np.empty((n, self.dimension) if self.task == "embed" else (n,), np.float32)
-        order = sorted(range(n), key=lambda i: -len(rows[i].ids))
         most = batch_size or self.batch_size
         start = 0
+        if self.packed:  # in order, each batch up to the token budget (a longer row alone)
+            while start < n:
+                end, tokens = start, 0
+                while end < n and end - start < most and (end == start or tokens + len(rows[end].ids)
+                                                          <= self.max_batch_tokens):
+                    tokens += len(rows[end].ids)
+                    end += 1
+                out[start:end] = self._packed_batch(rows[start:end])
+                start = end
+            return out
+        order = sorted(range(n), key=lambda i: -len(rows[i].ids))
         while start < n:
             width = max(1, len(rows[order[start]].ids))
             batch = order[start:start + max(1, min(most, self.max_batch_tokens // width))]
@@ -266,6 +290,16 @@ class Encoder:
         for i, r in enumerate(rows):
             mask[i, :r.skip] = 0
         return pool(result, mask, self.config.pooling)
+
+
+    def _packed_batch(self, rows: list[Row]) -> np.ndarray:
+        if any(not r.ids for r in rows):
+            raise InputError("an input has no tokens")
+        feeds = packed_feeds([(r.ids, r.type_ids) for r in rows], self._offset, "token_type_ids" in self._inputs)
+        result = np.asarray(self.compiled.run(feeds)[self._output], np.float32)[0]
+        if self.task == "score":
+            return result[:, 0]
+        return pool_packed(result, feeds["starts"], np.array([r.skip for r in rows], np.int64), self.config.pooling)
 
 
 def normalized(x: np.ndarray) -> np.ndarray:
@@ -298,6 +332,30 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
         last = np.maximum(mask.shape[1] - 1 - np.argmax(mask[:, ::-1] > 0, axis=1), 0)
         return hidden[np.arange(hidden.shape[0]), last].copy()
     summed, count = (hidden * m).sum(axis=1), np.maximum(m.sum(axis=1), 1e-9)
+    if mode == "mean":
+        return summed / count
+    if mode == "mean_sqrt_len":
+        return summed / np.sqrt(count)
+    raise InputError(f"pooling mode {mode!r} is not one of cls, mean, max, mean_sqrt_len, lasttoken")
+
+
+def pool_packed(hidden: np.ndarray, starts: np.ndarray, skips: np.ndarray, mode: str) -> np.ndarray:
+    """Token vectors hidden [T, H] of rows packed one after another (row b: tokens starts[b]
+    to starts[b + 1], none empty) pooled as `pool` pools padded rows, the first skips[b]
+    tokens of row b left out of it (a prompt's)."""
+    first, ends = starts[:-1], starts[1:]
+    if mode == "cls":
+        return hidden[first].copy()
+    if mode == "lasttoken":
+        return hidden[ends - 1].copy()
+    counted = np.ones(len(hidden), np.float32)  # 1 where a token counts: 0 over each row's skipped prefix
+    if skips.any():
+        skipped = np.minimum(skips, ends - first)
+        counted[np.repeat(first - np.cumsum(np.r_[0, skipped[:-1]]), skipped) + np.arange(skipped.sum())] = 0
+    if mode == "max":
+        return np.maximum.reduceat(np.where(counted[:, None] > 0, hidden, np.float32(-1e9)), first, axis=0)
+    summed = np.add.reduceat(hidden * counted[:, None], first, axis=0)
+    count = np.maximum(np.add.reduceat(counted, first), 1e-9)[:, None]
     if mode == "mean":
         return summed / count
     if mode == "mean_sqrt_len":

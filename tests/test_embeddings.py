@@ -166,36 +166,70 @@ def test_transformers_folders_and_onnx_files_are_encoders(tmp_path, tiny_bert, t
     assert ember.Encoder(onnx_dir).config.onnx_file == onnx_dir / "onnx" / "model.onnx"
 
 
-def test_batches_keep_to_the_token_budget(minilm):
-    """Batches hold at most max_batch_tokens padded tokens (and batch_size rows): a small
-    budget splits the inputs into more runs, and every budget gives the same vectors."""
-    from ember.embeddings import Encoder
-
-    encoder, _ = minilm
-    texts = [" ".join(["word"] * n) for n in (1, 3, 9, 30, 60, 2, 7)]
+def _batch_shapes(encoder, texts, budget):
+    """The vectors of `texts` at the encoder's budget and at `budget`, and each run's
+    input_ids shape at `budget`."""
     shapes = []
     run = encoder.compiled.run
 
     def counting(feeds):
-        shapes.append(feeds["input_ids"].shape)
+        shapes.append((feeds["input_ids"].shape, len(feeds["starts"]) - 1 if "starts" in feeds else None))
         return run(feeds)
 
     encoder.compiled.run = counting
+    saved = encoder.max_batch_tokens
     try:
         whole = encoder.embed(texts)
         assert len(shapes) == 1
-        budget = encoder.max_batch_tokens
-        encoder.max_batch_tokens = 64
+        encoder.max_batch_tokens = budget
         shapes.clear()
         small = encoder.embed(texts)
     finally:
         encoder.compiled.run = run
-        encoder.max_batch_tokens = budget
-    assert len(shapes) > 2 and all(rows * width <= 64 or rows == 1 for rows, width in shapes)
-    assert sorted(rows for rows, _ in shapes) != [1] * len(shapes)  # (some batches held several rows)
+        encoder.max_batch_tokens = saved
+    return whole, small, shapes
+
+
+TEXTS = [" ".join(["word"] * n) for n in (1, 3, 9, 30, 60, 2, 7)]
+
+
+def test_packed_batches_keep_to_the_token_budget(minilm):
+    """The built-in MiniLM runs packed rows (no padding): a batch holds at most
+    max_batch_tokens real tokens (and batch_size rows; a longer row alone), rows in order;
+    every budget gives the same vectors, as the padded ONNX path does."""
+    from ember.embeddings import Encoder
+
+    encoder, _ = minilm
+    assert encoder.packed and [i.name for i in encoder.compiled.inputs] == \
+        ["input_ids", "token_type_ids", "positions", "starts"]
+    whole, small, shapes = _batch_shapes(encoder, TEXTS, 64)
+    lengths = [len(r.ids) for r in encoder.tokenize(TEXTS)]
+    assert sum(rows for _, rows in shapes) == len(TEXTS)
+    assert all(shape[0] == 1 and (shape[1] <= 64 or rows == 1) for shape, rows in shapes)
+    assert sum(shape[1] for shape, _ in shapes) == sum(lengths)  # (no padding)
+    assert max(rows for _, rows in shapes) > 1
     np.testing.assert_allclose(small, whole, atol=1e-5)
     with pytest.raises(InputError, match="at least 1"):
         Encoder(max_batch_tokens=0)
+
+
+def test_padded_batches_keep_to_the_token_budget(tmp_path, minilm, minilm_onnx):
+    """An ONNX encoder runs padded rows: batches of similar lengths hold at most
+    max_batch_tokens padded tokens, put back in order; they agree with packed rows."""
+    import shutil
+
+    from ember._builtin import minilm_dir
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(minilm_dir() / name, tmp_path / name)
+    shutil.copy(minilm_onnx, tmp_path / "model.onnx")
+    encoder = ember.Encoder(tmp_path / "model.onnx")
+    assert not encoder.packed
+    whole, small, shapes = _batch_shapes(encoder, TEXTS, 64)
+    assert len(shapes) > 2 and all(rows * width <= 64 or rows == 1 for (rows, width), _ in shapes)
+    assert sorted(rows for (rows, _), _ in shapes) != [1] * len(shapes)  # (some batches held several rows)
+    np.testing.assert_allclose(small, whole, atol=1e-5)
+    np.testing.assert_allclose(whole, minilm[0].embed(TEXTS, normalize=False), atol=2e-5)
 
 
 def test_llm_embeds_and_scores_in_vllm_shapes(tiny_cross_encoder, tiny_llm_dir):
@@ -267,3 +301,57 @@ def test_decoder_based_embedders_match_with_and_without_the_chat_template(tmp_pa
     assert encoder.config.pooling == "lasttoken" and encoder.compiled.stats.fallback_nodes == []
     assert not encoder.config.chat_template
     assert cosines(encoder.embed(texts), st.encode(texts)).min() >= 0.999
+
+
+def test_roberta_family_encoders_run_packed_and_match_sentence_transformers(tmp_path):
+    """XLM-RoBERTa (as multilingual embedders and bge-reranker are): a tiny random embedding
+    folder and a tiny random cross-encoder (classifier.dense / out_proj head) built over packed
+    rows, their positions offset past the padding index, match sentence-transformers."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaModel
+
+    from ember._builtin import minilm_dir
+
+    config = dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=514, type_vocab_size=1)
+    torch.manual_seed(2)
+    plain = tmp_path / "xlmr"
+    XLMRobertaModel(XLMRobertaConfig(**config), add_pooling_layer=False).save_pretrained(plain)
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(plain)
+    st = sentence_transformers.SentenceTransformer(str(plain), device="cpu")
+    st.max_seq_length = 64
+    encoder = ember.Encoder(plain, max_seq_length=64)
+    assert encoder.packed and encoder._offset == 2 and "token_type_ids" in encoder._inputs
+    assert cosines(encoder.embed(SENTENCES), st.encode(SENTENCES)).min() >= 0.999
+
+    hf = tmp_path / "xlmr_cross_hf"
+    config["type_vocab_size"] = 2  # (MiniLM's tokenizer gives a pair's second text token type 1)
+    XLMRobertaForSequenceClassification(XLMRobertaConfig(**config, num_labels=1, initializer_range=0.3)) \
+        .save_pretrained(hf)
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(hf)
+    folder = tmp_path / "xlmr_cross"
+    CrossEncoder(str(hf), device="cpu").save(str(folder))
+    cross = CrossEncoder(str(folder), device="cpu")
+    encoder = ember.Encoder(folder)
+    assert encoder.packed and encoder.task == "score"
+    want = cross.predict([(QUERY, d) for d in DOCUMENTS])
+    assert np.ptp(want) > 1e-3  # (documents score apart)
+    np.testing.assert_allclose(encoder.score(QUERY, DOCUMENTS), want, atol=2e-5)
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "max", "lasttoken", "mean_sqrt_len"])
+def test_packed_pooling_equals_padded_pooling(mode):
+    """pool_packed (packed rows) against pool (the same rows padded, with a mask), prompts'
+    tokens left out of the pool (skips) where rows keep some tokens past them."""
+    from ember.embeddings import pool, pool_packed
+
+    rng = np.random.default_rng(0)
+    lengths, skips = [3, 1, 7, 4, 2], np.array([1, 0, 2, 0, 1])
+    starts = np.r_[0, np.cumsum(lengths)]
+    hidden = rng.standard_normal((starts[-1], 5)).astype(np.float32)
+    padded, mask = np.zeros((5, 7, 5), np.float32), np.zeros((5, 7), np.float32)
+    for b, (first, end) in enumerate(zip(starts[:-1], starts[1:])):
+        padded[b, :end - first], mask[b, :end - first] = hidden[first:end], 1
+        mask[b, :skips[b]] = 0
+    np.testing.assert_allclose(pool_packed(hidden, starts, skips, mode), pool(padded, mask, mode), atol=1e-6)

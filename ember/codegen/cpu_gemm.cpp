@@ -810,35 +810,79 @@ static constexpr const scores_fn* SCORES = Scores<1, 2, 3, 4, 5, 6>::table;
 // y[b, i, h D + d] = sum_j softmax_j(scale q_i . k_j + mask[b, h, i, j]) v_j[d], q_i the
 // D columns of head h in row i of q (rows ldq apart, batch rows sbq apart), k_j and v_j
 // those of head h / (H / Hkv) of k and v. mask's element (b, h, i, j) at
-// mask + b mb + h mh + i mi + j, or no mask (null). Per head, scale K^T and V are packed
-// into panels once (D x Sk and Sk x D floats), and QB query rows at a time go through
+// mask + b mb + h mh + i mi + j, or no mask (null). Packed rows (`starts` not null: B
+// sequences of varying length in one run of rows): sequence b is rows starts[b] to
+// starts[b + 1] of q, k, v and y (sbq etc. unused, Sq = Sk the rows in all), its queries
+// attending to its own keys only, with no mask; it returns 1 and does nothing where starts
+// is not a non-decreasing run from 0 to at most Sq (else 0). Per head, scale K^T and V are
+// packed into panels once (D x Sk and Sk x D floats), and QB query rows at a time go through
 // `scores` (the mask added and each row's maximum taken as they leave the registers), the
 // softmax's exponentials in L1, and P V (a GEMM on the tiles) straight into y, each row's
-// 1 / sum applied to its D outputs there: no scores tensor, no result tensor. Each thread takes a run of
-// (batch row, head, query block) tasks. A row whose scores are all -inf comes out zero (as
+// 1 / sum applied to its D outputs there: no scores tensor, no result tensor. Each thread
+// takes a run of (batch row, head, query block) tasks (of about equal work where the
+// sequences differ in length). A row whose scores are all -inf comes out zero (as
 // ember.Attention defines it); a NaN score makes its row NaN.
-extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const float* k, int64_t sbk, int64_t ldk,
-                                const float* v, int64_t sbv, int64_t ldv, const float* mask, int64_t mb, int64_t mh,
-                                int64_t mi, float* y, int64_t sby, int64_t ldy, int64_t B, int64_t H, int64_t Hkv,
-                                int64_t Sq, int64_t Sk, int64_t D, float scale, int64_t threads) {
-    if (B <= 0 || H <= 0 || Sq <= 0 || D <= 0) return;
+extern "C" int ember_attention(const float* q, int64_t sbq, int64_t ldq, const float* k, int64_t sbk, int64_t ldk,
+                               const float* v, int64_t sbv, int64_t ldv, const float* mask, int64_t mb, int64_t mh,
+                               int64_t mi, const int64_t* starts, float* y, int64_t sby, int64_t ldy, int64_t B,
+                               int64_t H, int64_t Hkv, int64_t Sq, int64_t Sk, int64_t D, float scale,
+                               int64_t threads) {
+    if (starts != nullptr) {
+        if (mask != nullptr || starts[0] != 0 || starts[B > 0 ? B : 0] > Sq) return 1;
+        for (int64_t b = 0; b < B; ++b)
+            if (starts[b + 1] < starts[b]) return 1;
+    }
+    if (B <= 0 || H <= 0 || Sq <= 0 || D <= 0) return 0;
     constexpr int64_t QB = 4 * MR, AHEAD = 8, LINE = 64 / int64_t(sizeof(float));  // (LINE: floats a cache line)
-    const int64_t kpanels = (Sk + NR - 1) / NR, vpanels = (D + NR - 1) / NR, width = kpanels * NR;
-    const int64_t blocks = (Sq + QB - 1) / QB, tasks = B * H * blocks, group = H / (Hkv > 0 ? Hkv : 1);
+    // sequence b: its rows' offsets in q, k, v and y (in rows past starts[b], or batch strides) and its counts
+    auto queries = [&](int64_t b) { return starts != nullptr ? starts[b + 1] - starts[b] : Sq; };
+    auto keys = [&](int64_t b) { return starts != nullptr ? starts[b + 1] - starts[b] : Sk; };
+    int64_t longest = starts != nullptr ? 0 : Sk, tasks = 0, work = 0;
+    int64_t* first = new int64_t[2 * (B + 1)];  // each sequence's first task, and the work before it
+    int64_t* before = first + B + 1;
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t sq = queries(b), sk = keys(b), blocks = (sq + QB - 1) / QB;
+        longest = sk > longest ? sk : longest;
+        first[b] = tasks;
+        before[b] = work;
+        tasks += H * blocks;
+        work += H * blocks * QB * (sk + 1 + 4 * D);  // (a block's scores, softmax and products; its packing)
+    }
+    first[B] = tasks;
+    before[B] = work;
+    const int64_t kpanels = (longest + NR - 1) / NR, vpanels = (D + NR - 1) / NR, width = kpanels * NR;
+    const int64_t group = H / (Hkv > 0 ? Hkv : 1);
     if (threads < 1) threads = 1;
-    const bool parallel = threads > 1 && tasks > 1 && B * H * Sq * Sk * D >= (int64_t(1) << 16);
+    const bool parallel = threads > 1 && tasks > 1 && work * D >= (int64_t(1) << 16);
 #pragma omp parallel num_threads(threads) if (parallel)
     {
         const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        // this thread's tasks: equal counts of equal sequences, else runs of about equal work
+        int64_t lo = tasks * t / T, hi = tasks * (t + 1) / T;
+        if (starts != nullptr) {
+            auto at = [&](int64_t share) {  // the first task that starts at or past `share` of the work
+                int64_t b = 0;
+                while (b < B && before[b + 1] <= share) ++b;
+                if (b == B) return tasks;
+                const int64_t per = (first[b + 1] - first[b]) > 0 ? (before[b + 1] - before[b]) / (first[b + 1] - first[b]) : 1;
+                const int64_t i = (share - before[b] + per - 1) / per;
+                return first[b] + i < first[b + 1] ? first[b] + i : first[b + 1];
+            };
+            lo = t == 0 ? 0 : at(work / T * t + work % T * t / T);
+            hi = t + 1 == T ? tasks : at(work / T * (t + 1) + work % T * (t + 1) / T);
+        }
         float* kt = new float[kpanels * NR * D];  // [kpanels][D][NR]: scale k^T
-        float* vp = new float[vpanels * NR * (Sk > 0 ? Sk : 1)];  // [vpanels][Sk][NR]
+        float* vp = new float[vpanels * NR * (longest > 0 ? longest : 1)];  // [vpanels][Sk][NR]
         float* s = new float[QB * (width > 0 ? width : 1)];  // scores, then probabilities
-        int64_t packed = -1;
-        for (int64_t task = tasks * t / T; task < tasks * (t + 1) / T; ++task) {
-            const int64_t bh = task / blocks, b = bh / H, h = bh % H, i0 = (task % blocks) * QB;
-            const int64_t rows = Sq - i0 < QB ? Sq - i0 : QB, kvh = h / group;
-            const float* qb = q + b * sbq + i0 * ldq + h * D;
-            float* yb = y + b * sby + i0 * ldy + h * D;
+        int64_t packed = -1, b = 0;
+        for (int64_t task = lo; task < hi; ++task) {
+            while (first[b + 1] <= task) ++b;
+            const int64_t sq = queries(b), Sk = keys(b), blocks = (sq + QB - 1) / QB;
+            const int64_t h = (task - first[b]) / blocks, i0 = ((task - first[b]) % blocks) * QB, bh = b * H + h;
+            const int64_t rows = sq - i0 < QB ? sq - i0 : QB, kvh = h / group, kpanels = (Sk + NR - 1) / NR;
+            const int64_t r0 = starts != nullptr ? starts[b] : 0;  // (the sequence's first row)
+            const float* qb = q + (starts != nullptr ? r0 * ldq : b * sbq) + i0 * ldq + h * D;
+            float* yb = y + (starts != nullptr ? r0 * ldy : b * sby) + i0 * ldy + h * D;
             // a head's rows of q, k, v and y are D floats some KiB apart: no hardware prefetcher
             // follows them, and where a batch's q, k and v are past L2 each row read waits on L3
             // or memory (16-32 x 128 tokens of MiniLM on one thread of a 2-core AMD EPYC Zen 3:
@@ -851,7 +895,7 @@ extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const 
                 }
             if (bh != packed) {  // each key's and value's row read once, in order (a column at a time
                                  // read rows ldk apart: 1/4 of MiniLM's attention time on AVX2)
-                const float* kb = k + b * sbk + kvh * D;
+                const float* kb = k + (starts != nullptr ? r0 * ldk : b * sbk) + kvh * D;
                 if (Sk % NR != 0) std::memset(kt, 0, kpanels * NR * D * sizeof(float));
                 int64_t j = 0;
 #if defined(__AVX__) && !defined(__AVX512F__)  // (VW 8)
@@ -890,7 +934,7 @@ extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const 
                         for (int64_t d = 0; d < D; d += LINE) __builtin_prefetch(row + AHEAD * ldk + d);
                     for (int64_t d = 0; d < D; ++d) col[d * NR] = row[d] * scale;
                 }
-                const float* vb = v + b * sbv + kvh * D;
+                const float* vb = v + (starts != nullptr ? r0 * ldv : b * sbv) + kvh * D;
                 for (int64_t j = 0; j < Sk; ++j) {
                     const float* row = vb + j * ldv;
                     if (j + AHEAD < Sk)
@@ -956,6 +1000,8 @@ extern "C" void ember_attention(const float* q, int64_t sbq, int64_t ldq, const 
         delete[] vp;
         delete[] s;
     }
+    delete[] first;
+    return 0;
 }
 
 // y[0, n) = act(y) in place, on `threads` threads: the epilogue of a GEMM run elsewhere
@@ -1141,16 +1187,19 @@ extern "C" int ember_winograd_step(const int64_t* c, char** B, const int64_t*) {
 }
 
 // ctx = {q's slot, q's offset, sbq, ldq, the same four for k and for v, the mask's slot, mb,
-// mh, mi, y's slot, sby, ldy, B, H, Hkv, Sq, Sk, D, the scale's float bits, threads}: offsets
-// and strides in floats (q, k and v may be column ranges of one packed buffer)
+// mh, mi, y's slot, sby, ldy, B, H, Hkv, Sq, Sk, D, the scale's float bits, threads, the
+// slot of packed rows' starts}: offsets and strides in floats (q, k and v may be column
+// ranges of one packed buffer). Starts the kernel refuses: 1, and the extern runs instead
+// (and names them)
 extern "C" int ember_attention_step(const int64_t* c, char** B, const int64_t*) {
     const uint32_t bits = uint32_t(c[25]);
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
-    ember_attention(slot<const float>(B, c[0]) + c[1], c[2], c[3], slot<const float>(B, c[4]) + c[5], c[6], c[7],
-                    slot<const float>(B, c[8]) + c[9], c[10], c[11], slot<const float>(B, c[12]), c[13], c[14],
-                    c[15], slot<float>(B, c[16]), c[17], c[18], c[19], c[20], c[21], c[22], c[23], c[24], scale,
-                    c[26]);
+    if (ember_attention(slot<const float>(B, c[0]) + c[1], c[2], c[3], slot<const float>(B, c[4]) + c[5], c[6],
+                        c[7], slot<const float>(B, c[8]) + c[9], c[10], c[11], slot<const float>(B, c[12]), c[13],
+                        c[14], c[15], slot<const int64_t>(B, c[27]), slot<float>(B, c[16]), c[17], c[18], c[19],
+                        c[20], c[21], c[22], c[23], c[24], scale, c[26]) != 0)
+        return 1;
     counted(3);
     return 0;
 }

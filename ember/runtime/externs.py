@@ -380,10 +380,12 @@ def conv_step(params, args):
 def attention_step(params, args):
     """The encoder attention's step form (not causal; q, k and v packed in one buffer or
     three, a float32 mask that broadcasts to the scores or none)."""
-    q, k, v, mask, y = args
+    q, k, v, mask, starts, y = args
     heads, kv_heads = params["num_heads"], params["kv_num_heads"]
     if (params["causal"] or not _f32(q) or not _f32(y) or len(q[1]) != 3 or len(y[1]) != 3 or not heads
-            or not kv_heads or heads % kv_heads or (mask is not None and (not _f32(mask) or len(mask[1]) > 4))):
+            or not kv_heads or heads % kv_heads or (mask is not None and (not _f32(mask) or len(mask[1]) > 4))
+            or (starts is not None and (mask is not None or starts[2] != np.int64 or len(starts[1]) != 1
+                                        or q[1][0] != 1))):
         return None
     b, sq, width = q[1]
     if k is None:  # packed [B, S, (H + 2 Hkv) D]
@@ -410,8 +412,10 @@ def attention_step(params, args):
         if sk > 1 and strides[3] != 1:
             return None
         ms = (mask[0], *strides[:3])
+    if starts is not None:
+        b = starts[1][0] - 1
     return _gemm.attention_step(qs, ks, vs, ms, (y[0], 0, sq * heads * d, heads * d), (b, heads, kv_heads, sq, sk, d),
-                                params["scale"] or d ** -0.5, _threads())
+                                params["scale"] or d ** -0.5, _threads(), -1 if starts is None else starts[0])
 
 
 @extern("matmul")
@@ -549,12 +553,15 @@ def _encoder(params) -> bool:
 
 
 @extern("attention", arrays=_encoder)
-def attention(params, q, k, v, bias, y):
+def attention(params, q, k, v, bias, starts, y):
     heads, kv_heads, scale, causal = params["num_heads"], params["kv_num_heads"], params["scale"], params["causal"]
     if k is None:  # q, k and v packed in one [B, S, (H + 2 Hkv) * D] tensor: strided views of it
         from ..ir.packed_qkv import split_qkv
 
         q, k, v = split_qkv(q, heads, kv_heads)
+    if starts is not None:  # packed rows: sequences that attend within themselves
+        _packed_rows_attention(q, k, v, starts, y, heads, kv_heads, scale)
+        return
     if not causal:  # (numpy arguments) packed rows run on ember's encoder attention (runtime/native/gemm.py)
         if (q.ndim == 3 and q.dtype == k.dtype == v.dtype == y.dtype == np.float32
                 and (bias is None or bias.dtype == np.float32)
@@ -591,6 +598,28 @@ def attention(params, q, k, v, bias, y):
     result = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=bool(causal),
                                             scale=scale or None, enable_gqa=kv_heads != heads)
     out.copy_(result)
+
+
+def _packed_rows_attention(q, k, v, starts, y, heads, kv_heads, scale):
+    """ember.Attention over packed rows: q, k, v and y [1, T, ...], sequence b rows starts[b]
+    to starts[b + 1] (checked here: a bad `starts` is the caller's error, named), each on
+    ember's kernel where it takes them, else one SDPA call per sequence."""
+    from ..ir.ops.ember_nn import check_starts
+
+    bounds = np.asarray(starts.cpu() if isinstance(starts, torch.Tensor) else starts)
+    check_starts(bounds, q.shape[1])
+    if (isinstance(q, np.ndarray) and q.dtype == k.dtype == v.dtype == y.dtype == np.float32
+            and _gemm.attention(q, k, v, None, y, heads, kv_heads, scale or (q.shape[-1] // heads) ** -0.5,
+                                _threads(), starts=np.ascontiguousarray(bounds, np.int64))):
+        return
+    q, k, v, y = _as_tensors(q, k, v, y)
+    for first, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        if end == first:
+            continue
+        rows = [x[0, first:end].unflatten(-1, (n, -1)).transpose(0, 1) for x, n in ((q, heads), (k, kv_heads),
+                                                                                   (v, kv_heads))]
+        result = F.scaled_dot_product_attention(*rows, scale=scale or None, enable_gqa=kv_heads != heads)
+        y[0, first:end].copy_(result.transpose(0, 1).flatten(-2))
 
 
 def _attention_per_batch(q, k, v, mask, scale, out):

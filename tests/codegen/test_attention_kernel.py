@@ -183,3 +183,67 @@ def test_a_nan_score_makes_its_row_nan_and_only_its_row(sk, masked):
     p = np.exp(s - s.max(-1, keepdims=True))
     ref = np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), v.reshape(batch, sk, heads, d))
     np.testing.assert_allclose(y.reshape(batch, sq, heads, d)[~want], ref[~want], rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=st.lists(st.integers(0, 70), min_size=1, max_size=6), heads=st.sampled_from([1, 2, 4]),
+       group=st.sampled_from([1, 2]), d=st.sampled_from([4, 8, 32]), packed_qkv=st.booleans(), tail=st.integers(0, 3),
+       threads=st.sampled_from([1, 2, 3]), seed=st.integers(0, 2**16))
+def test_packed_rows_attend_within_their_sequence(lengths, heads, group, d, packed_qkv, tail, threads, seed):
+    """ember.Attention with `starts` (an encoder's rows of mixed length packed one after
+    another, no padding): the compiled extern — ember's kernel, its work shared out by
+    sequence lengths on 1-3 threads — against the reference, which runs each sequence
+    alone; rows past the last sequence (`tail`) are left alone; empty sequences are fine."""
+    from ember.runtime.native import gemm
+
+    rng = np.random.default_rng(seed)
+    kv = max(heads // group, 1)
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    rows = int(starts[-1]) + tail
+    if rows == 0:
+        rows = tail = 1
+    widths = [(heads + 2 * kv) * d] if packed_qkv else [heads * d, kv * d, kv * d]
+    names = ["qkv"] if packed_qkv else ["q", "k", "v"]
+    feeds = {n: rng.standard_normal((1, rows, w)).astype(np.float32) for n, w in zip(names, widths)}
+    feeds["starts"] = starts
+    g = Graph("g", opsets={"": 28})
+    g.inputs = [Value(n, TensorType(DType.int64 if n == "starts" else DType.float32, a.shape)) for n, a in feeds.items()]
+    ins = [g.inputs[0], None, None, None, g.inputs[1]] if packed_qkv else [*g.inputs[:3], None, g.inputs[3]]
+    node = g.add_node("ember.Attention", ins, [Value("y", TensorType(DType.float32, (1, rows, heads * d)))],
+                      {"num_heads": heads, "kv_num_heads": kv})
+    g.outputs = list(node.outputs)
+    want = ember.compile(g, opt_level=0, codegen=False).run(feeds)["y"]
+    compiled = ember.compile(g, opt_level=0, intra_op_threads=threads)
+    assert compiled.stats.fallback_nodes == []
+    before = gemm.ATTENTION_RUNS[0]
+    got = compiled.run(feeds)["y"]
+    assert gemm.ATTENTION_RUNS[0] == before + 1  # ember's encoder kernel ran it
+    event(f"{len(lengths)} sequences" + (", one empty" if 0 in lengths else ""))
+    end = int(starts[-1])
+    np.testing.assert_allclose(got[:, :end], want[:, :end], rtol=1e-4, atol=1e-5)
+    for first, last in zip(starts[:-1], starts[1:]):  # the reference itself: each sequence alone
+        if last > first:
+            alone = {n: a[:, first:last] for n, a in feeds.items() if n != "starts"}
+            q, k, v = (alone["qkv"][..., :heads * d], alone["qkv"][..., heads * d:(heads + kv) * d],
+                       alone["qkv"][..., (heads + kv) * d:]) if packed_qkv else (alone["q"], alone["k"], alone["v"])
+            from ember.ir.ops.ember_nn import attention
+            np.testing.assert_allclose(want[:, first:last], attention(q, k, v, num_heads=heads, kv_num_heads=kv),
+                                       rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("starts", [[1, 3], [0, 4, 2], [0, 9], [], [[0, 1]]])
+def test_packed_rows_with_bad_starts_are_named(starts):
+    """starts that do not split the rows into sequences: an InputError naming them, from the
+    compiled model (the kernel refuses them and the extern names them) and the reference alike."""
+    from ember.errors import InputError
+
+    feeds = {"qkv": np.ones((1, 8, 3 * 16), np.float32), "starts": np.array(starts, np.int64)}
+    g = Graph("g", opsets={"": 28})
+    g.inputs = [Value("qkv", TensorType(DType.float32, (1, 8, 48))),
+                Value("starts", TensorType(DType.int64, feeds["starts"].shape))]
+    node = g.add_node("ember.Attention", [g.inputs[0], None, None, None, g.inputs[1]],
+                      [Value("y", TensorType(DType.float32, (1, 8, 16)))], {"num_heads": 2})
+    g.outputs = list(node.outputs)
+    for codegen in (True, False):
+        with pytest.raises(InputError, match="do not split its 8 rows into sequences"):
+            ember.compile(g, opt_level=0, codegen=codegen).run(feeds)

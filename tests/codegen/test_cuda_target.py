@@ -46,6 +46,23 @@ def test_minilm_b1_on_the_cuda_target_matches_the_cpu():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_packed_rows_on_the_cuda_target_match_the_cpu():
+    """all-MiniLM-L6-v2 built over packed rows (frontends/hf/bert.py: three sentences of
+    different lengths, one run of rows, ember.Attention with starts): on the cuda target every
+    node on Triton kernels or torch externs (the attention one SDPA call per sentence), within
+    1e-5 of the cpu target's."""
+    from ember.frontends.hf.bert import build_packed_encoder, packed_feeds
+
+    rows = [(ids, None) for ids in ([101, 7592, 102], [101, 2023, 2003, 1037, 3231, 6251, 102], [101, 102])]
+    feeds = packed_feeds(rows, 0, True)
+    compiled = ember.compile(build_packed_encoder(_builtin.minilm_dir()), target="cuda")
+    assert compiled.stats.fallback_nodes == [] and compiled.stats.target == "cuda"
+    assert "attention" in {step.name for step in compiled.program.steps if step.kind == "extern"}
+    got = compiled.run(feeds)["last_hidden_state"]
+    want = ember.compile(build_packed_encoder(_builtin.minilm_dir())).run(feeds)["last_hidden_state"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def _with_a_fallback():
     """Relu -> Det -> Sigmoid: Det (LAPACK's LU in torch on the cpu target) has no cuda kernel."""
     return _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Det", ["r"], ["d"]),

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import sympy
 
+from ...errors import InputError, ModelError
 from ..dtypes import DType
 from ..graph import Node, Value
 from ..kernel import TensorRef
@@ -95,6 +96,11 @@ register_op(OpDef(
 # Packed q, k and v in one tensor (k and v absent; fuse_qkv makes it from three linear
 # layers, so one GEMM computes them): q: [B, S, (H + 2 Hkv) * D], the query heads first,
 # then the key heads, then the value heads (split_qkv, in ember/ir/packed_qkv.py, splits it).
+# Packed rows (`starts`, int64 [n + 1], with no bias): the packed layout's rows of n
+# sequences of any lengths one after another, q, k, v and y [1, T, ...]; sequence b is rows
+# starts[b] to starts[b + 1] (starts from 0, non-decreasing, ending at or before T; rows
+# past it are left as they are) and attends to its own keys only: an encoder's batch of mixed
+# lengths at the cost of its real tokens, with no padding and no mask.
 
 
 def _attention_attrs(opdef: OpDef, node: Node):
@@ -137,14 +143,35 @@ def attention(q, k, v, bias=None, *, num_heads: int, kv_num_heads: int = 0,
     return y.astype(dtype, copy=False)
 
 
+def check_starts(starts: np.ndarray, rows: int) -> None:
+    """Raise InputError unless `starts` splits `rows` packed rows into sequences: a vector
+    from 0, non-decreasing, ending at or before `rows`."""
+    starts = np.asarray(starts)
+    if (starts.ndim != 1 or not len(starts) or starts[0] != 0 or (np.diff(starts) < 0).any()
+            or starts[-1] > rows):
+        shown = starts.tolist() if starts.size <= 8 else f"{starts[:8].tolist()}..."
+        raise InputError(f"ember.Attention's starts {shown} do not split its {rows} rows into sequences "
+                         "(they must run from 0, never decrease and end at or before the rows)")
+
+
 def _attention_reference(node: Node):
     heads, kv_heads, scale, causal = _attention_attrs(get_op(node.op), node)
 
-    def run(q, k=None, v=None, bias=None):
+    def run(q, k=None, v=None, bias=None, starts=None):
         if k is None:
             q, k, v = split_qkv(q, heads, kv_heads)
-        return (attention(q, k, v, bias, num_heads=heads, kv_num_heads=kv_heads, scale=scale,
-                          causal=causal),)
+        if starts is None:
+            return (attention(q, k, v, bias, num_heads=heads, kv_num_heads=kv_heads, scale=scale,
+                              causal=causal),)
+        if bias is not None or q.ndim != 3:
+            raise ModelError("ember.Attention takes packed rows (starts) in the packed layout and with no bias")
+        check_starts(starts, q.shape[1])
+        y = np.zeros(q.shape[:2] + (v.shape[2] * heads // kv_heads,), q.dtype)
+        for first, end in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            if end > first:
+                y[:, first:end] = attention(q[:, first:end], k[:, first:end], v[:, first:end], num_heads=heads,
+                                            kv_num_heads=kv_heads, scale=scale, causal=causal)
+        return (y,)
 
     return run
 
@@ -177,12 +204,13 @@ HEAD_ATTRS = {"num_heads": AttrSpec("num_heads", "int", required=True),
 register_op(OpDef(
     "ember.Attention",
     inputs=(ParamSpec("q"), ParamSpec("k", optional=True), ParamSpec("v", optional=True),
-            ParamSpec("bias", optional=True)),
+            ParamSpec("bias", optional=True), ParamSpec("starts", optional=True)),
     outputs=(ParamSpec("y"),),
     attrs={**HEAD_ATTRS, "causal": AttrSpec("causal", "int", 0)},
     reference=_attention_reference, infer=_attention_infer,
     doc="softmax(q k^T * scale + bias) v over heads; packed [B, S, H*D] or [B, H, S, D] layout; "
-        "k and v absent: q packs all three, [B, S, (H + 2 Hkv) * D]",
+        "k and v absent: q packs all three, [B, S, (H + 2 Hkv) * D]; starts (int64 [n + 1], no bias): "
+        "[1, T, ...] rows of n sequences, each attending within itself",
 ))
 
 
@@ -387,8 +415,10 @@ def _lower_attention(ctx, node, ins):
     if ins[0].dtype not in ctx.extern_floats:
         raise NotLowerable("not float (of a dtype the target's attention takes)")
     heads, kv_heads, scale, causal = _attention_attrs(get_op(node.op), node)
-    q, k, v, bias = (list(ins) + [None] * 4)[:4]  # packed q, k, v without a bias: one input
-    return ctx.extern("attention", [q, k, v, bias], [out_type(node)], num_heads=heads,
+    q, k, v, bias, starts = (list(ins) + [None] * 5)[:5]  # packed q, k, v without a bias: one input
+    if starts is not None and (bias is not None or causal or len(q.shape) != 3):
+        raise NotLowerable("packed rows with a bias, a causal mask or not in the packed layout")
+    return ctx.extern("attention", [q, k, v, bias, starts], [out_type(node)], num_heads=heads,
                       kv_num_heads=kv_heads, scale=scale, causal=causal)
 
 

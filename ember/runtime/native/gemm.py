@@ -171,14 +171,16 @@ ATTENTION_RUNS = _Runs(3)  # attention calls run here
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, y: np.ndarray, heads: int,
-              kv_heads: int, scale: float, threads: int) -> bool:
+              kv_heads: int, scale: float, threads: int, starts: np.ndarray | None = None) -> bool:
     """Encoder attention (no causal mask) into y [B, Sq, H*D] from q [B, Sq, H*D] and k, v
     [B, Sk, Hkv*D] (float32 arrays; rows of each at any stride, the last dimension
     contiguous: views of a packed QKV array do), plus the additive float32 `mask`
     broadcast to [B, H, Sq, Sk] (or None), on `threads` threads (cpu_gemm.cpp:
-    `ember_attention`). False where the call does not fit it (the caller runs another path)."""
-    fn = _companion("ember_attention", [_P, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I, _I, _P, _I, _I,
-                                              _I, _I, _I, _I, _I, _I, ctypes.c_float, _I])
+    `ember_attention`). Packed rows: `starts` (int64 [n + 1], checked by the caller) splits
+    the rows of q, k, v and y [1, T, ...] into n sequences that attend within themselves
+    (no mask). False where the call does not fit it (the caller runs another path)."""
+    fn = _companion("ember_attention", [_P, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I, _I, _P, _P, _I, _I,
+                                        _I, _I, _I, _I, _I, _I, ctypes.c_float, _I], ctypes.c_int)
     if fn is None or q.ndim != 3 or k.ndim != 3 or v.ndim != 3 or y.ndim != 3:
         return False
     b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
@@ -191,7 +193,12 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
                    for t in (q, k, v, y))):
         return False
     mb = mh = mi = 0
-    if mask is not None:
+    if starts is not None:
+        if mask is not None or b != 1 or sk != sq or starts.dtype != np.int64 or starts.ndim != 1 or not len(starts):
+            return False
+        starts = np.ascontiguousarray(starts)
+        b = len(starts) - 1
+    elif mask is not None:
         if mask.ndim > 4 or mask.dtype != np.float32:
             return False
         try:
@@ -201,10 +208,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
         if (sk > 1 and mask.strides[3] != item) or any(st % item or st < 0 for st in mask.strides):
             return False
         mb, mh, mi = (st // item for st in mask.strides[:3])
-    fn(q.ctypes.data, q.strides[0] // item, q.strides[1] // item, k.ctypes.data, k.strides[0] // item,
-       k.strides[1] // item, v.ctypes.data, v.strides[0] // item, v.strides[1] // item,
-       None if mask is None else mask.ctypes.data, mb, mh, mi, y.ctypes.data, y.strides[0] // item,
-       y.strides[1] // item, b, heads, kv_heads, sq, sk, d, scale, threads)
+    if fn(q.ctypes.data, q.strides[0] // item, q.strides[1] // item, k.ctypes.data, k.strides[0] // item,
+          k.strides[1] // item, v.ctypes.data, v.strides[0] // item, v.strides[1] // item,
+          None if mask is None else mask.ctypes.data, mb, mh, mi, None if starts is None else starts.ctypes.data,
+          y.ctypes.data, y.strides[0] // item, y.strides[1] // item, b, heads, kv_heads, sq, sk, d, scale, threads):
+        return False  # (starts it refuses: the caller's other path names them)
     ATTENTION_RUNS.python += 1
     return True
 
@@ -310,12 +318,13 @@ def winograd_step(x: int, packed: np.ndarray, bias: int, total: int, y: int, sha
 
 
 def attention_step(q: tuple, k: tuple, v: tuple, mask: tuple | None, y: tuple, sizes: tuple, scale: float,
-                   threads: int):
+                   threads: int, starts: int = -1):
     """`attention`'s step form: q, k, v and y each (slot, offset, batch stride, row
     stride), mask (slot, batch, head and row strides) or None, all in floats; sizes (B, H,
-    Hkv, Sq, Sk, D)."""
+    Hkv, Sq, Sk, D); starts: the slot of packed rows' starts (B + 1 int64s), or -1."""
     bits = int(np.array(scale, dtype=np.float32).view(np.uint32))
-    return _step("ember_attention_step", [*q, *k, *v, *(mask or (-1, 0, 0, 0)), y[0], *y[2:], *sizes, bits, threads])
+    return _step("ember_attention_step", [*q, *k, *v, *(mask or (-1, 0, 0, 0)), y[0], *y[2:], *sizes, bits, threads,
+                                          starts])
 
 
 def depthwise_step(x: int, packed: np.ndarray, bias: int, total: int, y: int, shape: tuple, kernel: tuple,
