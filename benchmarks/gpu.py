@@ -20,8 +20,12 @@ over its vocabulary (the prompts are token ids).
   batch 1 x 128 and 32 x 128 (median of synchronized runs).
 - kernels: ember's generated kernels' bandwidth as a share of a device-to-device copy's
   (bytes read + written per second): a fused pointwise chain and a row softmax.
+- embeddings: #25's workload on the GPU (2,000 sentences of 3-120 words, all-MiniLM-L6-v2's
+  folder): `ember.Encoder(target="cuda")` (packed rows, batches of up to 16,384 tokens)
+  against sentence-transformers' `encode` on the same device (its default batch size), each
+  in its own process, best of 3 timed embeddings after a warm-up.
 
-    python benchmarks/gpu.py [--parts llm,minilm,kernels] [--llama1b] [--kv-caches int8,fp8] [--json OUT.json]
+    python benchmarks/gpu.py [--parts llm,minilm,kernels,embeddings] [--llama1b] [--kv-caches int8,fp8] [--json OUT.json]
     TRITON_INTERPRET=1 python benchmarks/gpu.py --tiny    # the same path at toy sizes, no GPU
 """
 
@@ -213,6 +217,38 @@ def kernels_part(tiny: bool) -> dict:
     return out
 
 
+def embeddings_part(engine: str, tiny: bool) -> dict:
+    """One engine's time to embed #25's sentences on the GPU (see the module's notes)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from embeddings import sentences  # benchmarks/embeddings.py
+
+    from ember._builtin import minilm_dir
+
+    texts = sentences(2000 if not tiny else 16)
+    if engine == "ember":
+        import ember
+
+        t0 = time.perf_counter()
+        encoder = ember.Encoder(target="cuda", max_batch_tokens=16384 if not tiny else 256)
+        start = time.perf_counter() - t0
+        embed = encoder.embed
+    else:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        t0 = time.perf_counter()
+        model = SentenceTransformer(str(minilm_dir()), device="cuda" if torch.cuda.is_available() else "cpu")
+        start = time.perf_counter() - t0
+        embed = model.encode
+    embed(texts[:64])
+    times = []
+    for _ in range(3 if not tiny else 1):
+        t0 = time.perf_counter()
+        vectors = np.asarray(embed(texts))
+        times.append(time.perf_counter() - t0)
+    return {"start_s": start, "best_s": min(times), "sentences": len(texts), "first": vectors[0, :8].tolist()}
+
+
 # -- driver -------------------------------------------------------------------------------
 def child(args) -> int:
     """One measurement in this process (--child PART): its figures as JSON on stdout's last line."""
@@ -220,6 +256,8 @@ def child(args) -> int:
         result = llm_part(Path(args.folder), args.tiny, mixed=args.mixed, kv_cache_dtype=args.kv_cache_dtype)
     elif args.child == "minilm":
         result = minilm_part(args.tiny)
+    elif args.child.startswith("embeddings-"):
+        result = embeddings_part(args.child.removeprefix("embeddings-"), args.tiny)
     else:
         result = kernels_part(args.tiny)
     print(json.dumps(result))
@@ -237,7 +275,7 @@ def run_child(part: str, args, env: dict | None = None, extra: list[str] = ()) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--parts", default="llm,minilm,kernels", help="which measurements (default: all)")
+    parser.add_argument("--parts", default="llm,minilm,kernels,embeddings", help="which measurements (default: all)")
     parser.add_argument("--llama1b", action="store_true", help="also a Llama-3.2-1B-shaped model's batch-1 decode")
     parser.add_argument("--tiny", action="store_true", help="toy sizes (a smoke test, e.g. under TRITON_INTERPRET=1)")
     parser.add_argument("--kv-caches", default="", metavar="TYPES",
@@ -273,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         result["minilm"] = run_child("minilm", args)
     if "kernels" in parts:
         result["kernels"] = run_child("kernels", args)
+    if "embeddings" in parts:
+        result["embeddings"] = {engine: run_child(f"embeddings-{engine}", args)
+                                for engine in ("ember", "sentence-transformers")}
     print(f"ember on the cuda target, {result['device']}, torch {result['torch']}")
     if "llm" in result:
         cold, warm = result["llm_cold"], result["llm"]
@@ -295,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         k = result["kernels"]
         print(f"kernels: copy {k['copy_GBps']:.0f} GB/s; pointwise {k['pointwise_share_of_copy']:.0%} of it, "
               f"softmax {k['softmax_share_of_copy']:.0%}")
+    if "embeddings" in result:
+        e, st = result["embeddings"]["ember"], result["embeddings"]["sentence-transformers"]
+        print(f"embeddings: {e['sentences']} sentences, ember {e['best_s']:.2f} s (start {e['start_s']:.1f} s), "
+              f"sentence-transformers {st['best_s']:.2f} s: {st['best_s'] / e['best_s']:.2f}x; first vector's "
+              f"largest difference {np.abs(np.subtract(e['first'], st['first'])).max():.1e}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

@@ -66,12 +66,13 @@ class Row:
 class Encoder:
     """An encoder: `model` a sentence-transformers folder, a transformers folder of a
     BERT-class model or a cross-encoder, or an ONNX file with tokenizer.json beside it (None:
-    the built-in MiniLM). `max_seq_length` overrides the model's; `intra_op_threads` as
-    ember.compile's; `max_batch_tokens` and `batch_size` bound a batch (padded tokens, rows)."""
+    the built-in MiniLM). `max_seq_length` overrides the model's; `target` ("cpu", "cuda") and
+    `intra_op_threads` as ember.compile's; `max_batch_tokens` and `batch_size` bound a batch
+    (tokens, rows)."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, max_seq_length: int | None = None,
-                 intra_op_threads: int | None = None, max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 batch_size: int = DEFAULT_BATCH_SIZE):
+                 target: str = "cpu", intra_op_threads: int | None = None,
+                 max_batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE):
         from tokenizers import Tokenizer
 
         from . import api
@@ -79,6 +80,7 @@ class Encoder:
 
         if max_batch_tokens < 1 or batch_size < 1:
             raise InputError(f"max_batch_tokens and batch_size must be at least 1, not {max_batch_tokens}, {batch_size}")
+        api.check_target(target)  # (before anything loads)
         self.config: EncoderConfig = (read_encoder(model) if model is not None
                                       else read_sentence_transformer(minilm_dir()))
         self.name = ("all-MiniLM-L6-v2" if model is None else self.config.onnx_file.stem if Path(model).is_file()
@@ -90,10 +92,10 @@ class Encoder:
         self.packed = self.config.onnx_file is None and unsupported(self.config.transformer, self.task) is None
         if self.packed:
             self._offset = position_offset(self.config.transformer)
-            self.compiled = api.compile(build_packed_encoder(self.config.transformer, self.task),
+            self.compiled = api.compile(build_packed_encoder(self.config.transformer, self.task), target=target,
                                         intra_op_threads=intra_op_threads)
         else:
-            self.compiled = api.compile(str(export_onnx(self.config, cache_dir() / "encoders")),
+            self.compiled = api.compile(str(export_onnx(self.config, cache_dir() / "encoders")), target=target,
                                         intra_op_threads=intra_op_threads)
         self._inputs = [i.name for i in self.compiled.inputs]
         names = [o.name for o in self.compiled.outputs]

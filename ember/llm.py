@@ -269,7 +269,7 @@ class LLM:
         if model is not None and is_encoder(model):
             from .embeddings import Encoder
 
-            unknown = set(options) - {"max_seq_length", "intra_op_threads", "max_batch_tokens", "batch_size"}
+            unknown = set(options) - {"max_seq_length", "target", "intra_op_threads", "max_batch_tokens", "batch_size"}
             if unknown:
                 raise InputError(f"{model} is an encoder: options {sorted(unknown)} are a generative LLM's")
             self.encoder = Encoder(model, **options)

@@ -3,6 +3,13 @@ import pathlib
 
 import pytest
 
+# Without a GPU, every Triton kernel runs in Triton's interpreter, which must be chosen before
+# triton is first imported: here, not in the modules that need it (a subset of the suite that
+# collected tests/serve first imported triton before tests/codegen/test_cuda_target.py set it,
+# and its kernels then refused to run). A test that needs it off says so (monkeypatch).
+if not any(pathlib.Path("/dev").glob("nvidia[0-9]*")):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

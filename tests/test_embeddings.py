@@ -99,6 +99,8 @@ def test_bad_folders_and_calls_are_named(tmp_path, tiny_bert, minilm):
         encoder.score_rows(encoder.tokenize(["x"]))
     with pytest.raises(InputError, match="prompt_name 'query' is not one of the model's prompts"):
         encoder.embed("x", prompt_name="query")
+    with pytest.raises(UnsupportedError, match="target 'tpu' is not available"):
+        ember.Encoder(target="tpu")
     folder, _ = _folder(tmp_path, tiny_bert, "mean", True)
     modules = json.loads((folder / "modules.json").read_text())
     modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})

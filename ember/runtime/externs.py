@@ -602,8 +602,10 @@ def attention(params, q, k, v, bias, starts, y):
 
 def _packed_rows_attention(q, k, v, starts, y, heads, kv_heads, scale):
     """ember.Attention over packed rows: q, k, v and y [1, T, ...], sequence b rows starts[b]
-    to starts[b + 1] (checked here: a bad `starts` is the caller's error, named), each on
-    ember's kernel where it takes them, else one SDPA call per sequence."""
+    to starts[b + 1] (checked here: a bad `starts` is the caller's error, named), on ember's
+    kernel where it takes them, else (the cuda target's torch tensors) as one SDPA call: the
+    sequences gathered into [n, longest] rows, the keys past each one's end masked, and the
+    real rows scattered back."""
     from ..ir.ops.ember_nn import check_starts
 
     bounds = np.asarray(starts.cpu() if isinstance(starts, torch.Tensor) else starts)
@@ -613,13 +615,19 @@ def _packed_rows_attention(q, k, v, starts, y, heads, kv_heads, scale):
                                 _threads(), starts=np.ascontiguousarray(bounds, np.int64))):
         return
     q, k, v, y = _as_tensors(q, k, v, y)
-    for first, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        if end == first:
-            continue
-        rows = [x[0, first:end].unflatten(-1, (n, -1)).transpose(0, 1) for x, n in ((q, heads), (k, kv_heads),
-                                                                                   (v, kv_heads))]
-        result = F.scaled_dot_product_attention(*rows, scale=scale or None, enable_gqa=kv_heads != heads)
-        y[0, first:end].copy_(result.transpose(0, 1).flatten(-2))
+    lengths = np.diff(bounds)
+    longest = int(lengths.max(initial=0))
+    if longest == 0:
+        return
+    offsets = np.arange(longest)
+    real = offsets[None, :] < lengths[:, None]  # [n, longest]
+    index = torch.from_numpy(np.where(real, bounds[:-1, None] + offsets[None, :], 0)).to(q.device)
+    rows = [x[0][index].unflatten(-1, (n, -1)).transpose(1, 2) for x, n in ((q, heads), (k, kv_heads), (v, kv_heads))]
+    mask = torch.zeros(real.shape, dtype=q.dtype).masked_fill_(torch.from_numpy(~real), float("-inf"))
+    result = F.scaled_dot_product_attention(*rows, attn_mask=mask[:, None, None, :].to(q.device), scale=scale or None,
+                                            enable_gqa=kv_heads != heads)  # [n, H, longest, D]
+    keep = torch.from_numpy(real).to(q.device)
+    y[0][index[keep]] = result.transpose(1, 2).flatten(-2)[keep]
 
 
 def _attention_per_batch(q, k, v, mask, scale, out):

@@ -52,7 +52,8 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     picks a free port. `default_max_tokens` bounds a chat request that sets no
     max_tokens (None: up to max_model_len). `tool_call_parser`: how answers to requests with
     tools are read (tool_calls.PARSERS; default: the chat template's format). `engine_options` go to AsyncLLM
-    (max_model_len, max_num_seqs, kv_cache_memory, target, ...); `intra_op_threads` to the encoder too."""
+    (max_model_len, max_num_seqs, kv_cache_memory, target, ...); `target` and `intra_op_threads` to the encoder
+    too."""
     from .._builtin import default_llm
     from ..embeddings import AsyncEncoder, is_encoder
 
@@ -65,12 +66,10 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
                    if k not in ("intra_op_threads", "target") and (k, v) != ("tensor_parallel_size", 1))
     if alone and extra:
         raise InputError(f"{model} is an encoder: the LLM options {extra} do not apply to it")
-    if alone and engine_options.get("target", "cpu") != "cpu":
-        raise InputError("ember serves encoders on the cpu target")
     sock = bind(host, port)
     llm = encoder = None
     try:
-        threads = {k: v for k, v in engine_options.items() if k == "intra_op_threads"}
+        threads = {k: v for k, v in engine_options.items() if k in ("intra_op_threads", "target")}  # (the encoder's)
         if alone:
             encoder = AsyncEncoder(path, **threads)
         else:

@@ -247,3 +247,30 @@ def test_packed_rows_with_bad_starts_are_named(starts):
     for codegen in (True, False):
         with pytest.raises(InputError, match="do not split its 8 rows into sequences"):
             ember.compile(g, opt_level=0, codegen=codegen).run(feeds)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2)])
+def test_packed_rows_on_torch_tensors_are_one_padded_sdpa_call(heads, kv_heads, monkeypatch):
+    """The torch path of packed rows (the cuda target's tensors): the sequences gathered into
+    padded rows for one SDPA call, their padding keys masked, an empty sequence among them,
+    rows past the last sequence untouched — equal to the reference."""
+    import torch
+
+    from ember.ir.ops.ember_nn import attention
+    from ember.runtime import externs
+
+    calls = []
+    real = externs.F.scaled_dot_product_attention
+    monkeypatch.setattr(externs.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(3)
+    d, starts = 8, np.array([0, 5, 5, 6, 19], np.int64)
+    q, k, v = (rng.standard_normal((1, 21, n * d)).astype(np.float32) for n in (heads, kv_heads, kv_heads))
+    y = torch.full((1, 21, heads * d), 7.0)
+    externs._packed_rows_attention(torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v),
+                                   torch.from_numpy(starts), y, heads, kv_heads, 0.0)
+    assert calls == [1]
+    for first, end in zip(starts[:-1], starts[1:]):
+        if end > first:
+            want = attention(q[:, first:end], k[:, first:end], v[:, first:end], num_heads=heads, kv_num_heads=kv_heads)
+            np.testing.assert_allclose(y[:, first:end].numpy(), want, rtol=1e-5, atol=1e-5)
+    assert (y[:, 19:] == 7.0).all()

@@ -63,6 +63,15 @@ def test_packed_rows_on_the_cuda_target_match_the_cpu():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_an_encoder_on_the_cuda_target_embeds_as_on_the_cpu(tiny_bert):
+    """ember.Encoder(target="cuda") (a tiny random BERT folder, packed rows): the same
+    vectors as the cpu target's, every node on the cuda target's kernels and externs."""
+    texts = ["A man is playing a guitar.", "hi", "The weather forecast says it will rain in the north tomorrow."]
+    encoder = ember.Encoder(tiny_bert, target="cuda")
+    assert encoder.packed and encoder.compiled.stats.target == "cuda" and encoder.compiled.stats.fallback_nodes == []
+    np.testing.assert_allclose(encoder.embed(texts), ember.Encoder(tiny_bert).embed(texts), rtol=1e-5, atol=1e-5)
+
+
 def _with_a_fallback():
     """Relu -> Det -> Sigmoid: Det (LAPACK's LU in torch on the cpu target) has no cuda kernel."""
     return _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Det", ["r"], ["d"]),
