@@ -131,6 +131,12 @@ class CompiledModel:
             fallbacks, kernels, fused = self._executor.fallback_nodes, 0, 0
         timings["prepare"] = time.perf_counter() - t0
         self._graph_inputs = graph.inputs  # what feeds are checked against (its identity keys the check's plan)
+        program = getattr(self, "program", None)
+        position = {name: i for i, name in enumerate(program.inputs)} if program is not None else {}
+        # inputs read as indices (token ids into an embedding): their range is checked before
+        # a run, as the kernels only clamp an index (the reference raises)
+        self._index_checks = [(position[b], n, where) for b, (n, where) in
+                              (program.index_bounds.items() if program is not None else ()) if b in position]
         self.inputs = [TensorInfo(v.name, v.type) for v in graph.inputs]
         self.outputs = [TensorInfo(v.name, v.type) for v in graph.outputs]
         histogram = graph.op_histogram()  # subgraph nodes included, as num_nodes
@@ -167,6 +173,8 @@ class CompiledModel:
         """`run` into `targets` (`check_out`'s list: an array or None per output), and the
         names of the outputs it had to copy into their array."""
         ordered = check_feeds(self._graph_inputs, feeds)
+        for i, n, where in self._index_checks:
+            _check_indices(self._graph_inputs[i].name, ordered[i], n, where)
         if targets is not None and isinstance(self._executor, Executor):
             results = self._executor.run(ordered, out=targets)
         else:
@@ -218,6 +226,17 @@ class CompiledModel:
 
 
 _LARGE_MODEL_PARAMETERS = 1 << 23  # from this many weights a compile returns its freed heap (~0.1 s)
+
+
+def _check_indices(name: str, values, n: int, where: str) -> None:
+    """InputError unless every one of `values` (fed as `name`) indexes a dim of n elements."""
+    values = np.asarray(values)
+    if values.size and values.dtype.kind in "iu":
+        low, high = values.min(), values.max()
+        if low < -n or high >= n:
+            bad = int(low if low < -n else high)
+            raise InputError(f"input {name!r}: index {bad} is outside [{-n}, {n - 1}]: {where} reads it as an "
+                             f"index into a dim of {n}")
 
 
 def check_target(target: str) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, UnsupportedError
-from .frontends.hf.bert import build_packed_encoder, packed_feeds, position_offset, unsupported
+from .frontends.hf.bert import build_packed_encoder, max_positions, packed_feeds, position_offset, unsupported
 from .frontends.hf.encoder import EncoderConfig, export_onnx, is_encoder, read_encoder, read_sentence_transformer
 
 # (is_encoder is the server's: serve/ talks to this layer, not to the frontends)
@@ -92,6 +92,7 @@ class Encoder:
         self.packed = self.config.onnx_file is None and unsupported(self.config.transformer, self.task) is None
         if self.packed:
             self._offset = position_offset(self.config.transformer)
+            self._positions = max_positions(self.config.transformer)
             self.compiled = api.compile(build_packed_encoder(self.config.transformer, self.task), target=target,
                                         intra_op_threads=intra_op_threads)
         else:
@@ -297,6 +298,9 @@ class Encoder:
     def _packed_batch(self, rows: list[Row]) -> np.ndarray:
         if any(not r.ids for r in rows):
             raise InputError("an input has no tokens")
+        longest = max(len(r.ids) for r in rows)
+        if longest > self._positions:
+            raise InputError(f"an input of {longest} tokens is longer than {self.name}'s {self._positions} positions")
         feeds = packed_feeds([(r.ids, r.type_ids) for r in rows], self._offset, "token_type_ids" in self._inputs)
         result = np.asarray(self.compiled.run(feeds)[self._output], np.float32)[0]
         if self.task == "score":

@@ -492,3 +492,47 @@ def test_a_library_failure_while_running_names_its_node():
     steps[at] = (steps[at][0], broken, steps[at][2])
     with pytest.raises(ember.ExecutionError, match=r"'mm'.*RuntimeError: could not construct a memory descriptor"):
         compiled.run({"x": np.ones((2, 4), np.float32)})
+
+
+_OUT_OF_RANGE = r'''
+import json, sys
+import numpy as np
+import ember
+from onnx import helper, TensorProto
+t = np.arange(12, dtype=np.float32).reshape(4, 3)
+results = {}
+for op, attrs, shape in (("Gather", {"axis": 0}, [2]), ("GatherElements", {"axis": 0}, [1, 3]), ("GatherND", {}, [1, 1])):
+    g = helper.make_graph([helper.make_node(op, ["t", "i"], ["y"], **attrs)], "g",
+                          [helper.make_tensor_value_info("i", TensorProto.INT64, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [helper.make_tensor("t", TensorProto.FLOAT, [4, 3], t.ravel())])
+    m = ember.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert m.stats.fallback_nodes == [], op
+    for v in (-1, 4, 10**12, -10**12):
+        try:
+            results[f"{op} {v}"] = m.run({"i": np.full(shape, v, np.int64)})["y"].tolist()
+        except ember.EmberError as e:
+            results[f"{op} {v}"] = f"{type(e).__name__}: {e}"
+print(json.dumps(results))
+'''
+
+
+def test_indices_outside_their_dim_never_read_outside_the_tensor():
+    """A Gather, GatherElements or GatherND fed indices past its dim (4 rows): a Gather's fed
+    indices are checked before the run (an InputError naming the input, the range and the
+    node); the others' kernels clamp them (they cannot raise), and none reads outside the
+    tensor: an index of 10^12 crashed the process (run in a child, so a crash fails here)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _OUT_OF_RANGE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["Gather -1"] == [[9.0, 10.0, 11.0], [9.0, 10.0, 11.0]]
+    for v in (4, 10**12, -10**12):
+        assert got[f"Gather {v}"].startswith(f"InputError: input 'i': index {v} is outside [-4, 3]: node 'Gather_0'")
+    rows = [[float(x) for x in range(3 * r, 3 * r + 3)] for r in range(4)]
+    assert got["GatherElements -1"] == [rows[3]] and got["GatherND -1"] == [rows[3]]
+    for op in ("GatherElements", "GatherND"):  # clamped into the tensor: its last row, or its first
+        assert got[f"{op} 4"] == got[f"{op} {10**12}"] == [rows[3]] and got[f"{op} {-10**12}"] == [rows[0]]

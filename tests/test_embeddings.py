@@ -357,3 +357,17 @@ def test_packed_pooling_equals_padded_pooling(mode):
         padded[b, :end - first], mask[b, :end - first] = hidden[first:end], 1
         mask[b, :skips[b]] = 0
     np.testing.assert_allclose(pool_packed(hidden, starts, skips, mode), pool(padded, mask, mode), atol=1e-6)
+
+
+def test_token_ids_and_lengths_outside_the_model_are_named(minilm):
+    """Token ids given as such (LLM.embed's prompt_token_ids): one past the vocabulary, and a
+    row longer than the model's positions, are InputErrors naming them — not an embedding
+    read from outside the tables (which generated Gathers once did, or crashed on)."""
+    from ember._builtin import minilm_dir
+
+    llm = ember.LLM(minilm_dir())
+    with pytest.raises(InputError, match="index 99999 is outside \\[-30522, 30521\\]"):
+        llm.embed([{"prompt_token_ids": [101, 99999, 102]}])
+    with pytest.raises(InputError, match="an input of 602 tokens is longer than .*'s 512 positions"):
+        llm.embed([{"prompt_token_ids": [101] + [7592] * 600 + [102]}])
+    assert llm.embed([{"prompt_token_ids": [101, 7592, 102]}])[0].outputs.hidden_size == 384  # (it goes on)

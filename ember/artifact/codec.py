@@ -323,6 +323,7 @@ def encode_program(p: Program, s: Saving) -> dict:
         "constants": {name: s.add_tensor(array) for name, array in p.constants.items()},
         "library": s.add_library(p.source, p.library) if p.source else None,
         "num_kernels": p.num_kernels, "fused_nodes": p.fused_nodes, "fallbacks": list(p.fallbacks),
+        "index_bounds": {name: [extent, where] for name, (extent, where) in p.index_bounds.items()},
     }
 
 
@@ -382,6 +383,8 @@ def _decode_program(d: dict, ld: Loading) -> Program:
     for step in steps:
         if any(name not in buffers for part in step.parts for name in part):
             raise ArtifactError(f"step {step.name!r}: its kernels touch a buffer the program lacks")
+    program.index_bounds = {_str(name): (int(extent), _str(where))
+                            for name, (extent, where) in d.get("index_bounds", {}).items() if name in buffers}
     program.lifetimes = program_lifetimes(program)  # decided here as codegen decides it, never read from the file
     return program
 

@@ -89,7 +89,7 @@ def generate(graph: Graph, target=None) -> Program:
         segments.append([k.name for k in kernels])
     program = Program(buffers, slots, ordered, steps, lowered.inputs, lowered.outputs, lowered.constants,
                       num_kernels=len(lowered.kernels) - len(lowered.fallbacks), fused_nodes=lowered.fused_nodes,
-                      fallbacks=lowered.fallbacks)
+                      fallbacks=lowered.fallbacks, index_bounds=dict(lowered.index_bounds))
     if generated and triton:
         from . import triton as triton_renderer
 

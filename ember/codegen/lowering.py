@@ -56,6 +56,7 @@ class Lowered:
     fallbacks: list[str] = field(default_factory=list)
     fused_nodes: int = 0
     fallback_reasons: dict[str, str] = field(default_factory=dict)  # node name -> why it fell back
+    index_bounds: dict[str, tuple[int, str]] = field(default_factory=dict)  # input buffer -> (extent, reader)
 
 
 class LoweringContext:
@@ -84,12 +85,19 @@ class LoweringContext:
         self.returned = {id(v) for v in graph.outputs}
         self.fallbacks: list[str] = []
         self.fallback_reasons: dict[str, str] = {}
+        self.index_bounds: dict[str, tuple[int, str]] = {}
         self._node: Node | None = None
         # sizes known before a kernel runs: the inputs' dims, then what fallbacks' results tell
         self.bound: set[sympy.Symbol] = set()
         for v in graph.inputs:
             if isinstance(v.type, TensorType) and v.type.shape is not None:
                 self.bound |= {d for d in v.type.shape if isinstance(d, sympy.Symbol)}
+
+    def index_input(self, ref: TensorRef, extent, where: str) -> None:
+        buf = ref.buffer
+        if buf is not None and buf.kind == "input" and isinstance(extent, (int, np.integer)) \
+                and (buf.name not in self.index_bounds or extent < self.index_bounds[buf.name][0]):
+            self.index_bounds[buf.name] = (int(extent), where)
 
     # -- buffers ------------------------------------------------------------------
     def new_buffer(self, hint: str, dtype: DType, shape, kind: str = "temp", **extra) -> Buffer:
@@ -276,7 +284,7 @@ class LoweringContext:
         return Lowered(self.buffers, self.kernels, [self.refs[id(v)].buffer.name for v in g.inputs],
                        outputs, self.constants, self.fallbacks,
                        fused_nodes=sum(1 for n in g.nodes if n.name not in kernels_nodes and n.name not in self.fallbacks),
-                       fallback_reasons=self.fallback_reasons)
+                       fallback_reasons=self.fallback_reasons, index_bounds=self.index_bounds)
 
     def _lower_in_order(self, nodes: list[Node]) -> None:
         for node in nodes:

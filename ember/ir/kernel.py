@@ -260,6 +260,9 @@ class Program:
     # a view: its life in the run's arena (codegen.memory decides it; not saved in artifacts,
     # which recompute it on load)
     lifetimes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # graph inputs read as indices (a Gather's of a fed token id): input buffer -> (the dim's
+    # extent, the reader's description); a run checks them first (the kernels only clamp)
+    index_bounds: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def root(self, name: str) -> str:
         """The buffer whose storage buffer `name` is: itself, or the base its views lead to."""

@@ -73,6 +73,11 @@ def position_offset(folder: Path) -> int:
     return c.get("pad_token_id", 1) + 1 if FAMILIES.get(c.get("model_type")) == "roberta" else 0
 
 
+def max_positions(folder: Path) -> int:
+    """The most tokens a row may hold: the position table's rows past the offset."""
+    return int(_config(folder).get("max_position_embeddings", 512)) - position_offset(folder)
+
+
 def build_packed_encoder(folder: Path, task: str = "embed", progress: bool = False) -> Graph:
     """The transformer in `folder` (config.json + safetensors) over packed rows (see the
     module's notes): `task` "embed" gives last_hidden_state, "score" a sequence classifier's

@@ -89,6 +89,11 @@ class LoweringContext(Protocol):
                **params) -> list[TensorRef]:
         """A library kernel `name` over realized inputs (None: an absent optional input)."""
 
+    def index_input(self, ref: TensorRef, extent, where: str) -> None:
+        """`ref` is read as indices into a dim of `extent`: where it is a graph input and the
+        extent static, the run checks its values before any kernel (an InputError naming
+        `where`), since the kernel only clamps them (`in_bounds`)."""
+
     def small_path(self, out: TensorRef, build: Callable[[Buffer], TensorRef | None], elements: int) -> None:
         """Generated kernels that compute the extern just added instead of it where its
         output `out` has at most `elements` elements."""
@@ -153,6 +158,14 @@ class V:
         if name.startswith("_"):
             raise AttributeError(name)
         return lambda *others, dtype=None: self.op(name, *others, dtype=dtype)
+
+
+def in_bounds(raw: V, n: V) -> V:
+    """An index read from a tensor (negative counts from the end) as a position in a dim of n
+    elements, clamped into it: a generated kernel cannot raise, and an index outside the dim
+    (which the op's reference rejects) must not read or write outside the buffer (an index of
+    10^12 crashed the process). Valid indices are unchanged."""
+    return (raw < 0).where(raw + n, raw).min(n - 1).max(0)
 
 
 def out_type(node, i: int = 0):

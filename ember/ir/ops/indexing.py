@@ -15,6 +15,7 @@ from ._lowering import (
     NotLowerable,
     V,
     attrs,
+    in_bounds,
     constant_ints,
     out_type,
     register_lowering,
@@ -52,10 +53,10 @@ standard_op("Pad", infer=_pad_infer)
 
 def _wrapped_index(b, ref, index, extent) -> sympy.Symbol:
     """The value of `ref` at `index` as an index into a dim of `extent` (negative counts
-    from the end), as a symbol for index expressions."""
+    from the end), as a symbol for index expressions: clamped into the dim (`in_bounds`)."""
     raw = V(b, ref.load(b, index), ref.dtype).cast(DType.int64)
-    n = V(b, b.index(extent), DType.int64)
-    return temp_symbol((raw < 0).where(raw + n, raw).name)
+    return temp_symbol(in_bounds(raw, V(b, b.index(extent), DType.int64)).name)
+
 
 
 def _lower_gather_elements(ctx, node, ins):

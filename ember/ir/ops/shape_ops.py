@@ -13,7 +13,7 @@ from ..dtypes import DType
 from ..graph import Node
 from ..kernel import temp_symbol
 from ..types import fresh_symbol
-from ._lowering import NotLowerable, V, attrs, out_type, register_lowering
+from ._lowering import NotLowerable, V, attrs, in_bounds, out_type, register_lowering
 from ._symbolic import (
     BIG,
     broadcast,
@@ -329,12 +329,12 @@ def _lower_gather(ctx, node, ins):
     dtype, shape = out_type(node)
     axis = normalize_axis(attrs(node)["axis"], len(data.shape))
     k = len(indices.shape)
+    ctx.index_input(indices, data.shape[axis], node.describe())
 
     def load(b, index):
         index = tuple(index)
         raw = V(b, indices.load(b, index[axis:axis + k]), indices.dtype).cast(DType.int64)
-        n = V(b, b.index(data.shape[axis]), DType.int64)
-        at = (raw < 0).where(raw + n, raw)
+        at = in_bounds(raw, V(b, b.index(data.shape[axis]), DType.int64))
         src = (*index[:axis], temp_symbol(at.name), *index[axis + k:])
         return data.load(b, src)
     return [ctx.pointwise(shape, dtype, load, cost=4 + data.cost + indices.cost)]
