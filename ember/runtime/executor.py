@@ -102,6 +102,18 @@ class ReferenceExecutor:
         return self._interpreter.run(inputs)
 
 
+def _view(array: np.ndarray, shape, name: str, root: str, symbols, sizes) -> np.ndarray:
+    """`array` (buffer `root`'s) viewed as `shape`, the shape buffer `name` has at these sizes;
+    an ExecutionError where the sizes give the two different element counts (a model whose
+    declared shapes contradict each other: a view cannot hold what its base does not)."""
+    try:
+        return array.reshape(shape)
+    except ValueError:
+        raise ExecutionError(f"buffer {name}, a view of {root} ({array.size} elements), would be "
+                             f"{list(shape)} with {_sizes_text(symbols, [int(v) for v in sizes[:len(symbols)]])}: "
+                             "the model's shapes disagree at these sizes") from None
+
+
 @dataclass
 class _Binding:
     """What one set of input shapes fixes."""
@@ -399,9 +411,10 @@ class Executor:
                 pointers[slot] = base + offsets[root]
             elif p.buffers[root].kind == "constant":
                 pointers[slot] = self._constants[root].ctypes.data
-                binding.views[name] = self._constants[root].reshape(shape) if shape is not None else self._constants[root]
+                binding.views[name] = (_view(self._constants[root], shape, name, root, p.symbols, sizes)
+                                       if shape is not None else self._constants[root])
             elif p.buffers[root].kind == "fill" and root in binding.views:
-                binding.views[name] = binding.views[root].reshape(shape)
+                binding.views[name] = _view(binding.views[root], shape, name, root, p.symbols, sizes)
                 pointers[slot] = binding.views[root].ctypes.data
         binding.pointers = pointers
         binding.late = any(s is None for s in binding.shapes.values())

@@ -1,5 +1,6 @@
 """Fuzzed models: real models mutated (bytes flipped, files truncated, shapes, attributes,
-op types and initializers edited) must each compile and run, or raise an ember error —
+op types and initializers edited), some fed integers far outside any dim (-10^12, -1,
+10^12, where their ids and masks were valid), must each compile and run, or raise an ember error —
 never crash the process, hang, or let a foreign exception (numpy's, torch's, oneDNN's,
 protobuf's) escape. The mutants are drawn by hypothesis; `event`s count what each kind
 of mutant did, so a run shows the mutations really reached the compiler and the kernels.
@@ -76,7 +77,8 @@ def _feeds(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.nda
         dtype = _NUMPY.get(t.elem_type)
         if dtype is None or not value.type.HasField("tensor_type"):
             return None
-        shape = [d.dim_value if d.HasField("dim_value") else 4 for d in t.shape.dim]
+        # (a dim a mutant declares negative is fed as an unknown one: the feeds are the test's)
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else 4 for d in t.shape.dim]
         if any(d > 4096 for d in shape) or int(np.prod(shape, dtype=np.int64)) > 1 << 22:
             return None
         if np.issubdtype(dtype, np.integer):
@@ -153,9 +155,10 @@ def _mutate(model: onnx.ModelProto, data) -> bytes:
     return m.SerializeToString()
 
 
-def _run_mutant(raw: bytes) -> str:
+def _run_mutant(raw: bytes, hostile: int | None = None) -> str:
     """What became of one mutant: 'ran', or the ember error class it raised. Anything
-    else propagates and fails the test."""
+    else propagates and fails the test. `hostile`: every integer feed filled with it
+    (clipped to its type) instead of valid ids and masks — indices far outside any dim."""
     try:
         model = onnx.load_from_string(raw)
     except Exception:  # noqa: BLE001 - not even protobuf: ember must refuse the bytes too
@@ -165,6 +168,11 @@ def _run_mutant(raw: bytes) -> str:
         feeds = _feeds(model, np.random.default_rng(0)) if model is not None else None
         if feeds is None:
             return "compiled"
+        if hostile is not None:
+            for name, array in feeds.items():
+                if np.issubdtype(array.dtype, np.integer):
+                    info = np.iinfo(array.dtype)
+                    feeds[name] = np.full_like(array, min(max(hostile, info.min), info.max))
         compiled.run(feeds)
         return "ran"
     except EmberError as e:
@@ -177,7 +185,9 @@ def _run_mutant(raw: bytes) -> str:
 def test_mutated_models_run_or_raise_ember_errors(corpus, data):
     name = data.draw(st.sampled_from(sorted(corpus)), label="model")
     raw = _mutate(corpus[name], data)
+    hostile = data.draw(st.sampled_from([None, None, -10**12, -1, 10**12]), label="integer feeds")
     with _deadline(HANG_S):
-        outcome = _run_mutant(raw)
+        outcome = _run_mutant(raw, hostile)
     event(f"outcome: {outcome}")
+    event(f"integer feeds: {'valid' if hostile is None else hostile}")
     event(f"model: {name}")
