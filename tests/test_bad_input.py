@@ -518,10 +518,11 @@ print(json.dumps(results))
 
 
 def test_indices_outside_their_dim_never_read_outside_the_tensor():
-    """A Gather, GatherElements or GatherND fed indices past its dim (4 rows): a Gather's fed
-    indices are checked before the run (an InputError naming the input, the range and the
-    node); the others' kernels clamp them (they cannot raise), and none reads outside the
-    tensor: an index of 10^12 crashed the process (run in a child, so a crash fails here)."""
+    """A Gather, GatherElements or GatherND fed indices past its dim (4 rows): a Gather's and
+    a GatherElements' fed indices are checked before the run (an InputError naming the
+    input, the range and the node); GatherND's kernel clamps them (it cannot raise; its
+    coordinates index dims of different sizes), and none reads outside the tensor: an index
+    of 10^12 crashed the process (run in a child, so a crash fails here)."""
     import json
     import subprocess
     import sys
@@ -530,9 +531,10 @@ def test_indices_outside_their_dim_never_read_outside_the_tensor():
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["Gather -1"] == [[9.0, 10.0, 11.0], [9.0, 10.0, 11.0]]
-    for v in (4, 10**12, -10**12):
-        assert got[f"Gather {v}"].startswith(f"InputError: input 'i': index {v} is outside [-4, 3]: node 'Gather_0'")
+    for op in ("Gather", "GatherElements"):
+        for v in (4, 10**12, -10**12):
+            assert got[f"{op} {v}"].startswith(f"InputError: input 'i': index {v} is outside [-4, 3]: node '{op}_0'")
     rows = [[float(x) for x in range(3 * r, 3 * r + 3)] for r in range(4)]
     assert got["GatherElements -1"] == [rows[3]] and got["GatherND -1"] == [rows[3]]
-    for op in ("GatherElements", "GatherND"):  # clamped into the tensor: its last row, or its first
-        assert got[f"{op} 4"] == got[f"{op} {10**12}"] == [rows[3]] and got[f"{op} {-10**12}"] == [rows[0]]
+    # GatherND: clamped into the tensor, its last row or its first
+    assert got["GatherND 4"] == got[f"GatherND {10**12}"] == [rows[3]] and got[f"GatherND {-10**12}"] == [rows[0]]

@@ -63,6 +63,7 @@ def _lower_gather_elements(ctx, node, ins):
     data, indices = ins
     dtype, shape = out_type(node)
     axis = normalize_axis(attrs(node)["axis"], len(data.shape))
+    ctx.index_input(indices, data.shape[axis], node.describe())
 
     def load(b, index):
         at = _wrapped_index(b, indices, index, data.shape[axis])
@@ -98,6 +99,7 @@ def _scatter(ctx, node, data, updates, target):
 def _lower_scatter_elements(ctx, node, ins):
     data, indices, updates = ins
     axis = normalize_axis(attrs(node)["axis"], len(data.shape))
+    ctx.index_input(indices, data.shape[axis], node.describe())
 
     def target(b, index):
         return (*index[:axis], _wrapped_index(b, indices, index, data.shape[axis]), *index[axis + 1:])
