@@ -294,7 +294,6 @@ class Encoder:
             mask[i, :r.skip] = 0
         return pool(result, mask, self.config.pooling)
 
-
     def _packed_batch(self, rows: list[Row]) -> np.ndarray:
         if any(not r.ids for r in rows):
             raise InputError("an input has no tokens")
@@ -337,7 +336,12 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     if mode == "lasttoken":  # the last token under the mask (right padding)
         last = np.maximum(mask.shape[1] - 1 - np.argmax(mask[:, ::-1] > 0, axis=1), 0)
         return hidden[np.arange(hidden.shape[0]), last].copy()
-    summed, count = (hidden * m).sum(axis=1), np.maximum(m.sum(axis=1), 1e-9)
+    return _average((hidden * m).sum(axis=1), np.maximum(m.sum(axis=1), 1e-9), mode)
+
+
+def _average(summed: np.ndarray, count: np.ndarray, mode: str) -> np.ndarray:
+    """Rows' sums of token vectors over `count` tokens each, pooled as `mode` says (the
+    modes that average); an InputError for a mode no pool has."""
     if mode == "mean":
         return summed / count
     if mode == "mean_sqrt_len":
@@ -360,13 +364,8 @@ def pool_packed(hidden: np.ndarray, starts: np.ndarray, skips: np.ndarray, mode:
         counted[np.repeat(first - np.cumsum(np.r_[0, skipped[:-1]]), skipped) + np.arange(skipped.sum())] = 0
     if mode == "max":
         return np.maximum.reduceat(np.where(counted[:, None] > 0, hidden, np.float32(-1e9)), first, axis=0)
-    summed = np.add.reduceat(hidden * counted[:, None], first, axis=0)
-    count = np.maximum(np.add.reduceat(counted, first), 1e-9)[:, None]
-    if mode == "mean":
-        return summed / count
-    if mode == "mean_sqrt_len":
-        return summed / np.sqrt(count)
-    raise InputError(f"pooling mode {mode!r} is not one of cls, mean, max, mean_sqrt_len, lasttoken")
+    return _average(np.add.reduceat(hidden * counted[:, None], first, axis=0),
+                    np.maximum(np.add.reduceat(counted, first), 1e-9)[:, None], mode)
 
 
 # -- many callers at once ------------------------------------------------------------------------

@@ -69,13 +69,13 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     sock = bind(host, port)
     llm = encoder = None
     try:
-        threads = {k: v for k, v in engine_options.items() if k in ("intra_op_threads", "target")}  # (the encoder's)
+        encoder_options = {k: v for k, v in engine_options.items() if k in ("intra_op_threads", "target")}
         if alone:
-            encoder = AsyncEncoder(path, **threads)
+            encoder = AsyncEncoder(path, **encoder_options)
         else:
             llm = AsyncLLM(path, **engine_options)
             if embedding_model is not None:
-                encoder = AsyncEncoder(embedding_model, **threads)
+                encoder = AsyncEncoder(embedding_model, **encoder_options)
         if model_name is None:
             model_name = BUILTIN_NAME if model is None else path.stem if path.is_file() else path.name
         if alone:

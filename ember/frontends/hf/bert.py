@@ -78,7 +78,7 @@ def max_positions(folder: Path) -> int:
     return int(_config(folder).get("max_position_embeddings", 512)) - position_offset(folder)
 
 
-def build_packed_encoder(folder: Path, task: str = "embed", progress: bool = False) -> Graph:
+def build_packed_encoder(folder: Path, task: str = "embed") -> Graph:
     """The transformer in `folder` (config.json + safetensors) over packed rows (see the
     module's notes): `task` "embed" gives last_hidden_state, "score" a sequence classifier's
     logits. ModelError where the folder's weights do not fit its config."""
@@ -89,7 +89,7 @@ def build_packed_encoder(folder: Path, task: str = "embed", progress: bool = Fal
     hidden, heads, layers = c["hidden_size"], c["num_attention_heads"], c["num_hidden_layers"]
     inner, eps = c["intermediate_size"], float(c.get("layer_norm_eps", 1e-12))
     activation = ACTIVATIONS[c.get("hidden_act", "gelu")]
-    weights = SafetensorsWeights(folder, progress=progress)
+    weights = SafetensorsWeights(folder, progress=False)
     prefix = next((p for p in ("", "bert.", "roberta.", f"{c['model_type']}.")
                    if f"{p}embeddings.word_embeddings.weight" in weights), None)
     if prefix is None:
@@ -102,57 +102,53 @@ def build_packed_encoder(folder: Path, task: str = "embed", progress: bool = Fal
     type_ids = g.input("token_type_ids", DType.int64, rows) if types else None
     positions = g.input("positions", DType.int64, rows)
     starts = g.input("starts", DType.int64, (symbol("num_starts"),))
-    weights.start(len(weights.names()))
-    try:
-        def tensor(name, shape):
-            return weights.take(prefix + name, shape)
+    def tensor(name, shape):
+        return weights.take(prefix + name, shape)
 
-        def const(name, shape):
-            return g.const(prefix + name, tensor(name, shape))
+    def const(name, shape):
+        return g.const(prefix + name, tensor(name, shape))
 
-        def linear(x, name, n_in, n_out, act=""):  # (name: the tensors' whole name)
-            w = np.ascontiguousarray(weights.take(name + ".weight", (n_out, n_in)).T)
-            return g("ember.Linear", x, g.const(name + ".weight", w), g.const(name + ".bias", weights.take(
-                name + ".bias", (n_out,))), activation=act)
+    def linear(x, name, n_in, n_out, act=""):  # (name: the tensors' whole name)
+        w = np.ascontiguousarray(weights.take(name + ".weight", (n_out, n_in)).T)
+        return g("ember.Linear", x, g.const(name + ".weight", w), g.const(name + ".bias", weights.take(
+            name + ".bias", (n_out,))), activation=act)
 
-        e = "embeddings."
-        h = g("Add", g("Gather", const(e + "word_embeddings.weight", (c["vocab_size"], hidden)), ids, axis=0),
-              g("Gather", const(e + "position_embeddings.weight", (c["max_position_embeddings"], hidden)), positions,
-                axis=0))
-        if types:
-            h = g("Add", h, g("Gather", const(e + "token_type_embeddings.weight", (c["type_vocab_size"], hidden)),
-                              type_ids, axis=0))
-        h = g("LayerNormalization", h, const(e + "LayerNorm.weight", (hidden,)), const(e + "LayerNorm.bias", (hidden,)),
-              axis=-1, epsilon=eps)
-        for i in range(layers):
-            p = f"encoder.layer.{i}."
-            s = p + "attention.self."
-            qkv_w = np.concatenate([tensor(s + n + ".weight", (hidden, hidden)).T for n in ("query", "key", "value")], 1)
-            qkv_b = np.concatenate([tensor(s + n + ".bias", (hidden,)) for n in ("query", "key", "value")])
-            qkv = g("ember.Linear", h, g.const(prefix + s + "qkv.weight", np.ascontiguousarray(qkv_w)),
-                    g.const(prefix + s + "qkv.bias", qkv_b))
-            attn = g("ember.Attention", qkv, None, None, None, starts, num_heads=heads)
-            o = linear(attn, prefix + p + "attention.output.dense", hidden, hidden)
-            h = g("ember.SkipLayerNorm", o, h, const(p + "attention.output.LayerNorm.weight", (hidden,)),
-                  const(p + "attention.output.LayerNorm.bias", (hidden,)), epsilon=eps)
-            f = linear(h, prefix + p + "intermediate.dense", hidden, inner, activation)
-            o = linear(f, prefix + p + "output.dense", inner, hidden)
-            h = g("ember.SkipLayerNorm", o, h, const(p + "output.LayerNorm.weight", (hidden,)),
-                  const(p + "output.LayerNorm.bias", (hidden,)), epsilon=eps)
-        if task != "score":
-            out = g("Identity", h, name="last_hidden_state")
-        else:  # each row's first token through the classifier head
-            labels = c.get("num_labels") or len(c.get("id2label") or {}) or 2
-            first = g("Gather", h, g("Slice", starts, g.ints([0]), g.ints([-1]), g.ints([0])), axis=1)
-            if family == "bert":
-                pooled = g("Tanh", linear(first, prefix + "pooler.dense", hidden, hidden))
-                out = linear(pooled, "classifier", hidden, labels)
-            else:
-                pooled = g("Tanh", linear(first, "classifier.dense", hidden, hidden))
-                out = linear(pooled, "classifier.out_proj", hidden, labels)
-            out = g("Identity", out, name="logits")
-    finally:
-        weights.finish()
+    e = "embeddings."
+    h = g("Add", g("Gather", const(e + "word_embeddings.weight", (c["vocab_size"], hidden)), ids, axis=0),
+          g("Gather", const(e + "position_embeddings.weight", (c["max_position_embeddings"], hidden)), positions,
+            axis=0))
+    if types:
+        h = g("Add", h, g("Gather", const(e + "token_type_embeddings.weight", (c["type_vocab_size"], hidden)),
+                          type_ids, axis=0))
+    h = g("LayerNormalization", h, const(e + "LayerNorm.weight", (hidden,)), const(e + "LayerNorm.bias", (hidden,)),
+          axis=-1, epsilon=eps)
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        s = p + "attention.self."
+        qkv_w = np.concatenate([tensor(s + n + ".weight", (hidden, hidden)).T for n in ("query", "key", "value")], 1)
+        qkv_b = np.concatenate([tensor(s + n + ".bias", (hidden,)) for n in ("query", "key", "value")])
+        qkv = g("ember.Linear", h, g.const(prefix + s + "qkv.weight", np.ascontiguousarray(qkv_w)),
+                g.const(prefix + s + "qkv.bias", qkv_b))
+        attn = g("ember.Attention", qkv, None, None, None, starts, num_heads=heads)
+        o = linear(attn, prefix + p + "attention.output.dense", hidden, hidden)
+        h = g("ember.SkipLayerNorm", o, h, const(p + "attention.output.LayerNorm.weight", (hidden,)),
+              const(p + "attention.output.LayerNorm.bias", (hidden,)), epsilon=eps)
+        f = linear(h, prefix + p + "intermediate.dense", hidden, inner, activation)
+        o = linear(f, prefix + p + "output.dense", inner, hidden)
+        h = g("ember.SkipLayerNorm", o, h, const(p + "output.LayerNorm.weight", (hidden,)),
+              const(p + "output.LayerNorm.bias", (hidden,)), epsilon=eps)
+    if task != "score":
+        out = g("Identity", h, name="last_hidden_state")
+    else:  # each row's first token through the classifier head
+        labels = c.get("num_labels") or len(c.get("id2label") or {}) or 2
+        first = g("Gather", h, g("Slice", starts, g.ints([0]), g.ints([-1]), g.ints([0])), axis=1)
+        if family == "bert":
+            pooled = g("Tanh", linear(first, prefix + "pooler.dense", hidden, hidden))
+            out = linear(pooled, "classifier", hidden, labels)
+        else:
+            pooled = g("Tanh", linear(first, "classifier.dense", hidden, hidden))
+            out = linear(pooled, "classifier.out_proj", hidden, labels)
+        out = g("Identity", out, name="logits")
     return g.finish([out])
 
 
