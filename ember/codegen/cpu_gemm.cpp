@@ -181,11 +181,13 @@ __attribute__((always_inline)) static inline void rank1_half(vec* acc0, const fl
 // one MR x NR block (R rows of it, `cols` columns of the panel) over K products; the
 // panel's row k at panel + k * ldp (NR for packed weights). A GEMM whose K is blocked calls
 // it once per block: the `first` starts from the bias, a later one from the partial sums in
-// y, and only the `last` adds the residual and applies the activation.
+// y, and only the `last` adds the residual and applies the activation. Over its first
+// `lines` products it prefetches as many rows of a later panel (from `next`, NR floats a
+// row: one cache line on AVX2) into L2.
 template <int R>
 static void tile(const float* a, int64_t lda, const float* panel, int64_t ldp, int64_t K, float* y, int64_t ldy,
                  const float* bias, const float* res, int64_t ldr, int64_t act, int64_t cols, const float* next,
-                 int64_t phase) {
+                 int64_t lines, int64_t phase) {
     const bool first = phase & 1, last = phase & 2;
     vec acc0[R], acc1[R];
     alignas(64) float edge[NR];  // a partial panel's bias, residual and output, and activations, go through here
@@ -209,9 +211,9 @@ static void tile(const float* a, int64_t lda, const float* panel, int64_t ldp, i
     } else {
         for (int64_t k = 0; k < K; ++k) {
             const vec w0 = load(panel + k * ldp), w1 = load(panel + k * ldp + VW);
-            if (next != nullptr) {  // the next panel into L2 while this one's first tile runs
+            if (k < lines) {
                 __builtin_prefetch(next + k * NR, 0, 2);
-                __builtin_prefetch(next + k * NR + NR / 2, 0, 2);
+                if (NR > 16) __builtin_prefetch(next + k * NR + 16, 0, 2);  // (AVX-512: two lines a row)
             }
             rank1<R>(acc0, acc1, a + k, lda, w0, w1);
         }
@@ -269,7 +271,7 @@ static void conv_tile(const float* a, int64_t lda, const float* const* at, const
 }
 
 typedef void (*tile_fn)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, const float*,
-                        const float*, int64_t, int64_t, int64_t, const float*, int64_t);
+                        const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t);
 
 // internal linkage: a template's static member is otherwise a GNU "unique" symbol, which
 // the dynamic linker binds process-wide, so a second build of this file loaded beside the
@@ -333,11 +335,16 @@ constexpr int64_t KC = 2048;
 #endif
 extern "C" int64_t ember_gemm_k_block() { return KC; }
 
-// one pass of tiles [b0, b1) x panels [p0, p1) over products [k0, k1); the first tile of
-// each panel prefetches the next one's (up to panel `last`). The M rows are `tiles` =
-// ceil(M / MR) tiles as even as they come (128 as 18 x 6 + 4 x 5, not 21 x 6 + 2: a tile of
-// 2 rows keeps 4 accumulators, too few to hide the multiply-adds' latency, and took about
-// as long as one of 4)
+// one pass of tiles [b0, b1) x panels [p0, p1) over products [k0, k1). The M rows are
+// `tiles` = ceil(M / MR) tiles as even as they come (128 as 18 x 6 + 4 x 5, not 21 x 6 + 2:
+// a tile of 2 rows keeps 4 accumulators, too few to hide the multiply-adds' latency, and
+// took about as long as one of 4). The packed weights stream from memory (MiniLM's 42 MB
+// are more than an L3), so the tiles of panel p share the prefetch of panel p + 2's rows
+// (up to panel `last`), each tile its slice, and those of the pass's first panel also
+// panel p + 1's. On a 2-core AMD EPYC Zen 3 VM whose memory was slow, the whole next panel
+// prefetched by the first tile alone (24 KB at once) did no better than no prefetch, while
+// slices two panels ahead ran MiniLM's GEMMs in 0.80-0.87x the time at 128-2,048 rows
+// (benchmarks/gemm_ab.py; as fast as before while its memory was not slow).
 static inline void pass(const float* x, int64_t lda, const float* packed, const float* bias, const float* res,
                         int64_t ldr, float* y, int64_t ldy, int64_t M, int64_t K, int64_t N, int64_t act, int64_t b0,
                         int64_t b1, int64_t p0, int64_t p1, int64_t last, int64_t k0, int64_t k1, int64_t phase) {
@@ -345,12 +352,19 @@ static inline void pass(const float* x, int64_t lda, const float* packed, const 
     for (int64_t p = p0; p < p1; ++p) {
         const int64_t n0 = p * NR, cols = N - n0 < NR ? N - n0 : NR;
         const float* panel = packed + p * K * NR;
+        // panels [q0, q1) ahead: p + 1's rows from the first panel on (contiguous with p + 2's
+        // where K is whole), else p + 2's [k0, k1)
+        const bool whole = k0 == 0 && k1 == K;
+        const int64_t q0 = p == p0 && whole ? p + 1 : p + 2, q1 = ember_min(p + 3, last);
+        const int64_t span = q0 >= q1 ? 0 : q0 == p + 1 ? (q1 - q0) * K : k1 - k0;
+        const float* ahead = packed + q0 * K * NR + (q0 == p + 1 ? 0 : k0 * NR);
+        const int64_t slice = (span + (b1 - b0) - 1) / (b1 - b0);
         for (int64_t i = b0; i < b1; ++i) {
             const int64_t m0 = M * i / tiles, rows = M * (i + 1) / tiles - m0;
-            const float* next = i == b0 && p + 1 < last ? panel + K * NR + k0 * NR : nullptr;
+            const int64_t first = (i - b0) * slice, lines = first < span ? ember_min(slice, span - first) : 0;
             TILES[rows](x + m0 * lda + k0, lda, panel + k0 * NR, NR, k1 - k0, y + m0 * ldy + n0, ldy,
                         bias != nullptr ? bias + n0 : nullptr, res != nullptr ? res + m0 * ldr + n0 : nullptr, ldr,
-                        act, cols, next, phase);
+                        act, cols, lines > 0 ? ahead + first * NR : nullptr, lines, phase);
         }
     }
 }
@@ -380,6 +394,10 @@ static void sweep(const float* x, int64_t lda, const float* packed, const float*
     const int64_t block = block_tiles(t1 - t0, K);
     for (int64_t b0 = t0; b0 < t1; b0 += block) {
         const int64_t b1 = b0 + block < t1 ? b0 + block : t1;
+        if (kblocks == 1) {  // (one pass over the panels: their prefetches run ahead across them)
+            pass(x, lda, packed, bias, res, ldr, y, ldy, M, K, N, act, b0, b1, p0, p1, p1, 0, K, 3);
+            continue;
+        }
         for (int64_t p = p0; p < p1; ++p)
             for (int64_t kb = 0; kb < kblocks; ++kb)
                 pass(x, lda, packed, bias, res, ldr, y, ldy, M, K, N, act, b0, b1, p, p + 1, p1, K * kb / kblocks,
@@ -985,7 +1003,7 @@ extern "C" int ember_attention(const float* q, int64_t sbq, int64_t ldq, const f
                 for (int64_t r0 = 0; r0 < rows; r0 += MR) {
                     const int64_t r = rows - r0 < MR ? rows - r0 : MR;
                     TILES[r](s + r0 * width, width, vp + p * Sk * NR, NR, Sk, yb + r0 * ldy + p * NR, ldy, nullptr,
-                             nullptr, 0, ACT_NONE, cols, nullptr, 3);
+                             nullptr, 0, ACT_NONE, cols, nullptr, 0, 3);
                 }
             }
             // the softmax's normalization on the D outputs of a row, not its Sk probabilities

@@ -77,6 +77,29 @@ def test_tiled_gemm_matches_numpy(m, k, n, with_bias, with_residual, activation,
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@settings(max_examples=30, deadline=None)
+@given(m=st.one_of(st.integers(100, 900), st.integers(1200, 2100)), k=st.sampled_from([64, 384, 1536]),
+       n=st.one_of(st.integers(1, 80), st.sampled_from([384, 1152])), threads=st.sampled_from([1, 2]),
+       activation=st.sampled_from(["", "gelu"]), with_residual=st.booleans(), seed=st.integers(0, 2**16))
+def test_rows_of_encoder_batches_match_numpy(m, k, n, threads, activation, with_residual, seed):
+    """Row counts of encoder batches (100-2,100) split by rows or by panels, swept whole or
+    in blocks of the L2, over one to many panels: each tile prefetches its slice of the
+    panels ahead (of the next two at a pass's first panel), and a thread's last panels have
+    fewer or none ahead. A wrong sweep or pass range shows as wrong or NaN outputs."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    residual = rng.standard_normal((m, n)).astype(np.float32) if with_residual else None
+    got = _run(x, w, bias, residual, activation, threads)
+    want = (x @ w).astype(np.float64) + bias + (0 if residual is None else residual)
+    want = activation_reference(activation, want) if activation else want
+    panels = -(-n // gemm.panel_width())
+    event(f"{panels if panels < 3 else '3 or more'} panel(s)")
+    event("past 1 MiB of x a thread" if m * k * 4 / threads > (1 << 20) else "within 1 MiB of x a thread")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_rows_in_blocks_and_either_split(threads):
     """Past 1 MiB of x a thread (cpu_gemm.cpp: BLOCK_BYTES): 900 rows of 2 KC + 88 products
