@@ -274,10 +274,10 @@ def _direct(ctx, w, group: int, x, kernel, activation: str, out_shape=()) -> flo
         return math.inf
     if len(kernel) == 2 and taps > 1:
         # a dense 2-d filter of more products: ember's direct convolution at every size
-        # (runtime/externs.py `_direct_weight`), which costs no call overhead to speak of,
-        # where the generated kernel ran MTCNN's R-Net in 0.62-0.67x the time
-        # (its 3x3 28 -> 48 at 11x11: ~50 us generated, 11.5 direct), O-Net in 0.94x,
-        # openwakeword's embedding in 0.90x (2-core AMD EPYC Zen 3, alternating in one process)
+        # (runtime/externs.py `_direct_weight`), which costs no call overhead to speak of:
+        # MTCNN's R-Net took 0.50-0.67x the time it took with generated kernels (its 3x3
+        # 28 -> 48 at 11x11: 11.5 us direct, ~50 generated), O-Net 0.90-0.97x, openwakeword's
+        # embedding 0.88x (2-core AMD EPYC Zen 3, old and new alternating in one process)
         return None
     if (taps * channels > _DIRECT_SMALL_TERMS or len(out_shape) != len(kernel) + 2
             or math.prod(w.shape) > SMALL_PATH_WEIGHT):
