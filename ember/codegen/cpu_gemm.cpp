@@ -92,6 +92,12 @@ static inline void activate(float* v, int64_t act) {
 // (NR floats in L1)
 template <int V>
 static inline void activate_vecs(vec* v, int64_t act, float* edge) {
+    if (act == ACT_GELU) {  // on the registers, not through `edge`: MiniLM's 384 -> 1536 GEMM
+                            // at 128 rows on one thread 1.68-1.69 ms where it took 1.72
+                            // (alternating in one process; the same results, bit for bit)
+        for (int i = 0; i < V; ++i) v[i] = v[i] * 0.5f * (ember_erf_of(v[i] * 0.70710678118654752f) + 1.0f);
+        return;
+    }
     if (act == ACT_RELU) {
         const vec zero = {};
         for (int i = 0; i < V; ++i) v[i] = v[i] < zero ? zero : v[i];  // NaN stays NaN

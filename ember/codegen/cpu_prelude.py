@@ -137,26 +137,29 @@ EMBER_INLINE float ember_logf(float x) {
 // erf: Eigen's generic_fast_erf_float (Eigen/src/SpecialFunctions/
 // SpecialFunctionsImpl.h, master): erf(x) = x P(x^2) / Q(x^2), P of degree 4 and Q of
 // degree 6 in x^2, and sign(x) where |x| >= erfinv(1 - 2^-24) (fl(erf) is +-1 there).
-EMBER_INLINE float ember_erff(float x) {
-  const float x2 = x * x;
-  float p = 0.00022905065861350646f;
-  p = p * x2 + 0.0034082910107109506f;
+// `ember_erf_of` takes a float or a vector of floats (GCC's vector extensions: the tiled
+// kernels' GELU epilogue runs it on registers); the same operations either way.
+template <typename T>
+EMBER_INLINE T ember_erf_of(T x) {
+  const T one = T{} + 1.0f, cut = T{} + 3.832506856900711f;
+  const T x2 = x * x;
+  T p = x2 * 0.00022905065861350646f + 0.0034082910107109506f;
   p = p * x2 + 0.050955695062380861f;
   p = p * x2 + 0.18520832239976145f;
   p = p * x2 + 1.128379143519084f;
   p = p * x;
-  float q = -1.1791602954361697e-7f;
-  q = q * x2 + 0.000023547966471313185f;
+  T q = x2 * -1.1791602954361697e-7f + 0.000023547966471313185f;
   q = q * x2 + 0.0010179625278914885f;
   q = q * x2 + 0.014070470171167667f;
   q = q * x2 + 0.11098505178285362f;
   q = q * x2 + 0.49746925110067538f;
   q = q * x2 + 1.0f;
-  float r = p / q;
-  r = r > 1.0f ? 1.0f : (r < -1.0f ? -1.0f : r);  // just below the cut p / q can pass 1 by an ulp
+  T r = p / q;
+  r = r > one ? one : (r < -one ? -one : r);  // just below the cut p / q can pass 1 by an ulp
   // Comparisons are false for NaN, which keeps p / q = NaN.
-  return x >= 3.832506856900711f ? 1.0f : (x <= -3.832506856900711f ? -1.0f : r);
+  return x >= cut ? one : (x <= -cut ? -one : r);
 }
+EMBER_INLINE float ember_erff(float x) { return ember_erf_of(x); }
 
 // tanh, after Cephes tanhf.c: for |x| < 0.625 an odd polynomial x + x^3 P(x^2), beyond it
 // 1 - 2 / (exp(2|x|) + 1); both on |x|, then x's sign bit is put back (exactly odd, and
