@@ -18,7 +18,7 @@ import numpy as np
 import sympy
 
 from ..dtypes import DType
-from ..kernel import Body, Buffer, Kernel, Stage, TensorRef, loop_vars
+from ..kernel import Body, Buffer, Kernel, Stage, TensorRef, loop_vars, temp_symbol
 from ..registry import get_op
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class LoweringContext(Protocol):
     def index_input(self, ref: TensorRef, extent, where: str) -> None:
         """`ref` is read as indices into a dim of `extent`: where it is a graph input and the
         extent static, the run checks its values before any kernel (an InputError naming
-        `where`), since the kernel only clamps them (`in_bounds`)."""
+        `where`), since the kernel only clamps them (`wrapped_index`)."""
 
     def small_path(self, out: TensorRef, build: Callable[[Buffer], TensorRef | None], elements: int) -> None:
         """Generated kernels that compute the extern just added instead of it where its
@@ -160,12 +160,15 @@ class V:
         return lambda *others, dtype=None: self.op(name, *others, dtype=dtype)
 
 
-def in_bounds(raw: V, n: V) -> V:
-    """An index read from a tensor (negative counts from the end) as a position in a dim of n
-    elements, clamped into it: a generated kernel cannot raise, and an index outside the dim
-    (which the op's reference rejects) must not read or write outside the buffer (an index of
-    10^12 crashed the process). Valid indices are unchanged."""
-    return (raw < 0).where(raw + n, raw).min(n - 1).max(0)
+def wrapped_index(b, ref, index, extent) -> sympy.Symbol:
+    """The value of `ref` at `index` as an index into a dim of `extent` elements (negative
+    counts from the end), as a symbol for index expressions, clamped into the dim: a
+    generated kernel cannot raise, and an index outside the dim (which the op's reference
+    rejects) must not read or write outside the buffer (an index of 10^12 crashed the
+    process). Valid indices are unchanged."""
+    raw = V(b, ref.load(b, index), ref.dtype).cast(DType.int64)
+    n = V(b, b.index(extent), DType.int64)
+    return temp_symbol((raw < 0).where(raw + n, raw).min(n - 1).max(0).name)
 
 
 def out_type(node, i: int = 0):

@@ -9,16 +9,16 @@ from __future__ import annotations
 import sympy
 
 from ..dtypes import DType
-from ..kernel import Kernel, TensorRef, loop_vars, temp_symbol
+from ..kernel import Kernel, TensorRef, loop_vars
 from ._lowering import (
     FLOATS,
     NotLowerable,
     V,
     attrs,
-    in_bounds,
     constant_ints,
     out_type,
     register_lowering,
+    wrapped_index,
 )
 from ..types import fresh_symbol
 from ._symbolic import contents, dim, dtype_of, normalize_axis, shape_of, tensor
@@ -51,14 +51,6 @@ standard_op("Pad", infer=_pad_infer)
 
 
 
-def _wrapped_index(b, ref, index, extent) -> sympy.Symbol:
-    """The value of `ref` at `index` as an index into a dim of `extent` (negative counts
-    from the end), as a symbol for index expressions: clamped into the dim (`in_bounds`)."""
-    raw = V(b, ref.load(b, index), ref.dtype).cast(DType.int64)
-    return temp_symbol(in_bounds(raw, V(b, b.index(extent), DType.int64)).name)
-
-
-
 def _lower_gather_elements(ctx, node, ins):
     data, indices = ins
     dtype, shape = out_type(node)
@@ -66,7 +58,7 @@ def _lower_gather_elements(ctx, node, ins):
     ctx.index_input(indices, data.shape[axis], node.describe())
 
     def load(b, index):
-        at = _wrapped_index(b, indices, index, data.shape[axis])
+        at = wrapped_index(b, indices, index, data.shape[axis])
         return data.load(b, (*index[:axis], at, *index[axis + 1:]))
     return [ctx.pointwise(shape, dtype, load, cost=5 + data.cost + indices.cost)]
 
@@ -102,7 +94,7 @@ def _lower_scatter_elements(ctx, node, ins):
     ctx.index_input(indices, data.shape[axis], node.describe())
 
     def target(b, index):
-        return (*index[:axis], _wrapped_index(b, indices, index, data.shape[axis]), *index[axis + 1:])
+        return (*index[:axis], wrapped_index(b, indices, index, data.shape[axis]), *index[axis + 1:])
     return _scatter(ctx, node, data, updates, target)
 
 
@@ -114,7 +106,7 @@ def _lower_scatter_nd(ctx, node, ins):
     batch = len(indices.shape) - 1
 
     def target(b, index):
-        coords = tuple(_wrapped_index(b, indices, (*index[:batch], j), data.shape[j]) for j in range(k))
+        coords = tuple(wrapped_index(b, indices, (*index[:batch], j), data.shape[j]) for j in range(k))
         return (*coords, *index[batch:])
     return _scatter(ctx, node, data, updates, target)
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from ..dtypes import DType
 from ..kernel import temp_symbol
-from ._lowering import NotLowerable, V, attrs, out_type, register_lowering
+from ._lowering import NotLowerable, V, attrs, out_type, register_lowering, wrapped_index
 from ._symbolic import normalize_axis
-from .indexing import _wrapped_index
 from .onnx_standard import standard_op
 
 for _op in ("GatherND", "ReverseSequence", "TensorScatter"):
@@ -27,7 +26,7 @@ def _lower_gather_nd(ctx, node, ins):
     lead = len(indices.shape) - 1  # output dims taken from indices
 
     def load(body, index):
-        coords = tuple(_wrapped_index(body, indices, (*index[:lead], j), data.shape[b + j]) for j in range(k))
+        coords = tuple(wrapped_index(body, indices, (*index[:lead], j), data.shape[b + j]) for j in range(k))
         return data.load(body, (*index[:b], *coords, *index[lead:]))
 
     return [ctx.pointwise(shape, dtype, load, cost=5 * k + data.cost + indices.cost)]

@@ -11,9 +11,8 @@ import sympy
 
 from ..dtypes import DType
 from ..graph import Node
-from ..kernel import temp_symbol
 from ..types import fresh_symbol
-from ._lowering import NotLowerable, V, attrs, in_bounds, out_type, register_lowering
+from ._lowering import NotLowerable, V, attrs, out_type, register_lowering, wrapped_index
 from ._symbolic import (
     BIG,
     broadcast,
@@ -333,9 +332,7 @@ def _lower_gather(ctx, node, ins):
 
     def load(b, index):
         index = tuple(index)
-        raw = V(b, indices.load(b, index[axis:axis + k]), indices.dtype).cast(DType.int64)
-        at = in_bounds(raw, V(b, b.index(data.shape[axis]), DType.int64))
-        src = (*index[:axis], temp_symbol(at.name), *index[axis + k:])
+        src = (*index[:axis], wrapped_index(b, indices, index[axis:axis + k], data.shape[axis]), *index[axis + k:])
         return data.load(b, src)
     return [ctx.pointwise(shape, dtype, load, cost=4 + data.cost + indices.cost)]
 

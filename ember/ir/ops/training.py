@@ -8,7 +8,7 @@ once to the output's dtype."""
 from __future__ import annotations
 
 from ..dtypes import DType
-from ._lowering import FLOATS, NotLowerable, V, attrs, out_type, register_lowering
+from ._lowering import FLOATS, NotLowerable, V, attrs, out_type, register_lowering, wrapped_index
 from .onnx_standard import standard_op
 
 TRAINING = "ai.onnx.preview.training"
@@ -87,14 +87,12 @@ def _lower_binarizer(ctx, node, ins):
 @register_lowering("ai.onnx.ml.ArrayFeatureExtractor")
 def _lower_array_feature_extractor(ctx, node, ins):
     """out[..., j] = x[..., indices.flat[j]] (a 1-d x reads as one row)."""
-    from .indexing import _wrapped_index
-
     x, indices = ins
     dtype, shape = out_type(node)
     flat = ctx.alias(indices, (shape[-1],))
 
     def load(b, index):
-        at = _wrapped_index(b, flat, (index[-1],), x.shape[-1])
+        at = wrapped_index(b, flat, (index[-1],), x.shape[-1])
         return x.load(b, (*index[:-1], at) if len(x.shape) > 1 else (at,))
 
     return [ctx.pointwise(shape, dtype, load, cost=5)]
