@@ -750,34 +750,35 @@ extern "C" void ember_winograd_conv(const float* x, int64_t N, int64_t H, int64_
     }
 }
 
-// exp(x) for a softmax's x = score - max <= 0 (or NaN): ember_expf's reduction and
-// polynomial, 2^n put in by adding n to the exponent bits, and 0 below -86, where ember_expf's
-// result is under 4.5e-38 (a probability that adds nothing to a sum of at least 1): without
-// ember_expf's clamps and two-factor scaling, which keep it exact to the denormals and past
-// overflow, it takes ~2/3 of its instructions
-static inline float softmax_exp(float x) {
-    const EmberExpParts e = ember_exp_reduced(x);
-    const float y = ember_u2f(ember_f2u(e.y) + ((ember_f2u(e.t) - ember_f2u(12582912.0f)) << 23));
-    return x < -86.0f ? 0.0f : y;  // (false for NaN, which the polynomial keeps)
+// exp(x) for a softmax's x = score - max <= 0 (or NaN), on a vector: ember_expf's reduction
+// and polynomial, 2^n put in by adding n to the exponent bits, and 0 below -86, where
+// ember_expf's result is under 4.5e-38 (a probability that adds nothing to a sum of at
+// least 1): without ember_expf's clamps and two-factor scaling, which keep it exact to the
+// denormals and past overflow, it takes ~2/3 of its instructions
+typedef int32_t ivec __attribute__((vector_size(VW * sizeof(float))));
+static inline vec softmax_exp(vec x) {
+    const EmberExpPartsOf<vec> e = ember_exp_reduced_of(x);
+    const ivec n = (ivec)e.t - (ivec)(vec{} + 12582912.0f);
+    const vec y = (vec)((ivec)e.y + (n << 23));
+    return x < -86.0f ? vec{} : y;  // (false for NaN, which the polynomial keeps)
 }
 
 // an attention's scores for R query rows (rows ldq apart, D floats each) against all its
 // keys: the packed scale K^T (kpanels panels of D x NR) into s (rows `width` apart), the
-// mask added (at mrow, rows mi apart; or none), keys past Sk at -inf, and each row's
-// maximum into top (never NaN: -inf for a row of -inf and NaN scores alone). The
-// accumulators go from the products straight through the mask and the maximum to s, with
-// no call, start or epilogue per 16 keys (the GEMM tile's, at D = 32 multiply-adds a key)
-// and no second pass over the row for its maximum.
+// mask added (at mrow, rows mi apart; or none) and keys past Sk at -inf. The accumulators
+// go from the products straight through the mask to s, with no call, start or epilogue per
+// 16 keys (the GEMM tile's, at D = 32 multiply-adds a key). (Each row's maximum taken here
+// as well kept 6 more vectors than AVX2's 16 registers hold: spilled and reloaded every 16
+// keys, it cost more than the softmax's pass over the row in L1 for it.)
 template <int R>
 static void scores(const float* q, int64_t ldq, const float* kt, int64_t D, int64_t kpanels, int64_t Sk,
-                   const float* mrow, int64_t mi, float* s, int64_t width, float* top) {
+                   const float* mrow, int64_t mi, float* s, int64_t width) {
     const float ninf = -__builtin_inff();
-    vec lane0, lane1, most[R];
+    vec lane0, lane1;
     for (int i = 0; i < VW; ++i) {
         lane0[i] = float(i);
         lane1[i] = float(VW + i);
     }
-    for (int r = 0; r < R; ++r) most[r] = vec{} + ninf;
     alignas(64) float edge[NR];
     for (int64_t p = 0; p < kpanels; ++p) {
         const float* panel = kt + p * D * NR;
@@ -805,19 +806,47 @@ static void scores(const float* q, int64_t ldq, const float* kt, int64_t D, int6
             }
             store(s + r * width + j0, v0);
             store(s + r * width + j0 + VW, v1);
-            most[r] = v0 > most[r] ? v0 : most[r];
-            most[r] = v1 > most[r] ? v1 : most[r];
         }
-    }
-    for (int r = 0; r < R; ++r) {
-        float t = ninf;
-        for (int i = 0; i < VW; ++i) t = most[r][i] > t ? most[r][i] : t;
-        top[r] = t;
     }
 }
 
+// a row of scores (kpanels x NR of them, those past its keys -inf) -> its probabilities
+// before normalization, exp(score - max), in place; returns 1 / their sum. A row whose
+// scores are all -inf comes out zero (as ember.Attention defines it) with 1, or NaN where
+// one of them is NaN; a NaN among other scores makes the row NaN.
+static inline float softmax_row(float* row, int64_t kpanels) {
+    const float ninf = -__builtin_inff();
+    vec m0 = vec{} + ninf, m1 = m0;
+    for (int64_t p = 0; p < kpanels; ++p) {  // (NaN never chosen: the comparison is false)
+        const vec v0 = load(row + p * NR), v1 = load(row + p * NR + VW);
+        m0 = v0 > m0 ? v0 : m0;
+        m1 = v1 > m1 ? v1 : m1;
+    }
+    m0 = m1 > m0 ? m1 : m0;
+    float most = ninf;
+    for (int i = 0; i < VW; ++i) most = m0[i] > most ? m0[i] : most;
+    if (most == ninf) {
+        bool nan = false;
+        for (int64_t j = 0; j < kpanels * NR; ++j) nan |= row[j] != row[j];
+        std::memset(row, 0, kpanels * NR * sizeof(float));
+        return nan ? __builtin_nanf("") : 1.0f;
+    }
+    vec sum0{}, sum1{};
+    for (int64_t p = 0; p < kpanels; ++p) {
+        const vec e0 = softmax_exp(load(row + p * NR) - most), e1 = softmax_exp(load(row + p * NR + VW) - most);
+        store(row + p * NR, e0);
+        store(row + p * NR + VW, e1);
+        sum0 += e0;
+        sum1 += e1;
+    }
+    sum0 += sum1;
+    float sum = 0.0f;
+    for (int i = 0; i < VW; ++i) sum += sum0[i];
+    return 1.0f / sum;
+}
+
 typedef void (*scores_fn)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, const float*, int64_t,
-                          float*, int64_t, float*);
+                          float*, int64_t);
 namespace {
 template <int... R>
 struct Scores {
@@ -978,32 +1007,13 @@ extern "C" int ember_attention(const float* q, int64_t sbq, int64_t ldq, const f
                 packed = bh;
             }
             const float* mrow = mask != nullptr ? mask + b * mb + h * mh + i0 * mi : nullptr;
-            float inv[QB], top[QB];  // each row's maximum, and 1 / (sum of its exponentials), applied to its D outputs
+            float inv[QB];  // each row's 1 / (sum of its exponentials), applied to its D outputs
             for (int64_t r0 = 0; r0 < rows; r0 += MR) {
                 const int64_t r = rows - r0 < MR ? rows - r0 : MR;
                 SCORES[r](qb + r0 * ldq, ldq, kt, D, kpanels, Sk, mrow != nullptr ? mrow + r0 * mi : nullptr, mi,
-                          s + r0 * width, width, top + r0);
+                          s + r0 * width, width);
             }
-            for (int64_t r = 0; r < rows; ++r) {
-                float* row = s + r * width;
-                if (top[r] == -__builtin_inff()) {  // every key masked: a zero row, as ember.Attention defines
-                                                    // it; but a NaN among them makes the row NaN
-                    bool nan = false;
-                    for (int64_t j = 0; j < Sk; ++j) nan |= row[j] != row[j];
-                    std::memset(row, 0, Sk * sizeof(float));
-                    inv[r] = nan ? __builtin_nanf("") : 1.0f;
-                    continue;
-                }
-                float sum = 0.0f;
-                const float most = top[r];
-#pragma omp simd reduction(+ : sum)
-                for (int64_t j = 0; j < Sk; ++j) {
-                    const float e = softmax_exp(row[j] - most);
-                    row[j] = e;
-                    sum += e;
-                }
-                inv[r] = 1.0f / sum;
-            }
+            for (int64_t r = 0; r < rows; ++r) inv[r] = softmax_row(s + r * width, kpanels);
             for (int64_t p = 0; p < vpanels; ++p) {
                 const int64_t cols = D - p * NR < NR ? D - p * NR : NR;
                 for (int64_t r0 = 0; r0 < rows; r0 += MR) {

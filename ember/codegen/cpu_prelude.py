@@ -65,23 +65,28 @@ EMBER_INLINE float ember_u2f(std::uint32_t u) { return __builtin_bit_cast(float,
 // exp(r) = 1 + r + r^2 P(r), exp(x) = 2^n exp(r). `ember_exp_reduced` gives exp(r) and t,
 // whose bits less those of 1.5 * 2^23 are n; ember_expf scales by 2^n (and a softmax's
 // exponential in cpu_gemm.cpp, whose x <= 0, its own way).
-struct EmberExpParts { float y, t; };
-EMBER_INLINE EmberExpParts ember_exp_reduced(float x) {
+// `ember_exp_reduced_of` takes a float or a vector of floats (the attention's softmax runs it
+// on vectors), the same operations either way.
+template <typename T>
+struct EmberExpPartsOf { T y, t; };
+template <typename T>
+EMBER_INLINE EmberExpPartsOf<T> ember_exp_reduced_of(T x) {
   // n = round(x / ln2), to nearest: adding 1.5 * 2^23 leaves n in the low mantissa bits of t.
   const float magic = 12582912.0f;
-  const float t = x * 1.44269504088896341f + magic;
-  const float n = t - magic;
+  const T t = x * 1.44269504088896341f + magic;
+  const T n = t - magic;
   // r = x - n ln2 with ln2 split in two (C1 has few bits, so n * C1 is exact).
-  float r = x - n * 0.693359375f;
+  T r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
+  T p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   return {p * (r * r) + r + 1.0f, t};
 }
+typedef EmberExpPartsOf<float> EmberExpParts;
+EMBER_INLINE EmberExpParts ember_exp_reduced(float x) { return ember_exp_reduced_of(x); }
 
 EMBER_INLINE float ember_expf(float x) {
   // Keep n in [-150, 128]; the comparisons are false for NaN, which flows through.
