@@ -10,6 +10,12 @@ import pytest
 if not any(pathlib.Path("/dev").glob("nvidia[0-9]*")):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The contention guard (ember/runtime/contention.py) makes runs serial while this process's
+# threads wait for cores, as they do here whenever the suite's two workers run kernels at
+# once: off for the suite, so that a test's timing does not depend on the other worker's.
+# tests/runtime/test_contention.py drives guards of its own.
+os.environ.setdefault("EMBER_CONTENTION_GUARD", "0")
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

@@ -35,11 +35,10 @@ def default_threads() -> int:
     capped by a cgroup CPU quota (a container's `--cpus`, `cgroup_cpus`): two threads
     spinning at each barrier on a quota of one CPU are throttled in turn.
 
-    Neither the thread count nor OpenMP's wait policy adapts to other load: on 2 cores
-    with one busy, one thread runs MiniLM b1 1.4-1.7x faster than two, but 1.6x slower
-    when both are free, and OMP_WAIT_POLICY=PASSIVE costs 1.6-2x on a quiet machine
-    (docs/benchmarks.md, benchmarks/contention.py); so the caller who shares cores
-    chooses (OMP_WAIT_POLICY before Python starts, intra_op_threads)."""
+    The count is fixed; where other load keeps the cores busy, runs go serial while it
+    lasts (runtime/contention.py: on 2 cores with one busy, one thread runs MiniLM b1
+    1.4-1.7x faster than two, but 1.6x slower when both are free; OMP_WAIT_POLICY=PASSIVE
+    costs 1.6-2x on a quiet machine: docs/benchmarks.md, benchmarks/contention.py)."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     if value.isdigit() and int(value) > 0:
         return int(value)

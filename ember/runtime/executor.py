@@ -42,7 +42,7 @@ from ..ir.interpreter import Interpreter, _normalize
 from ..ir.registry import get_op
 from ..ir.sizes import free_symbols, is_symbol, size_function, to_sympy
 from ._malloc import tune_malloc
-from ._torch import array as _array, default_threads, set_threads, tensor as _tensor  # noqa: F401 - re-exported
+from ._torch import array as _array, default_threads, set_threads, tensor as _tensor, threads as _threads  # noqa: F401 - re-exported
 from . import (  # noqa: F401 - registers their externs
     externs_control,
     externs_dynamic,
@@ -55,6 +55,7 @@ from . import (  # noqa: F401 - registers their externs
     externs_spatial,
 )
 from . import native
+from .contention import GUARD
 from .memory import plan
 from .externs import ADOPTS, ARRAYS, EXTERNS, NATIVE, PREPARE
 from ..ir.kernel import Program
@@ -212,6 +213,7 @@ class Executor:
             set_threads(threads)
             if self._lib is not None:
                 self._lib.ember_set_threads(threads)
+        self.threads = threads or _threads()  # (the contention guard's count of workers)
         self._B = (ctypes.c_void_p * max(len(p.slots), 1))()
         self._B_addr = ctypes.c_void_p(ctypes.addressof(self._B))
         self._sym_index = {s: i for i, s in enumerate(p.symbols)}
@@ -530,7 +532,13 @@ class Executor:
         allocated here. The caller checked its dtype and layout; one whose shape is not
         the run's is left alone (the caller finds the output returned elsewhere)."""
         with self._lock:
-            return self._run(inputs, out)
+            if self.profile is not None:
+                return self._run(inputs, out)
+            GUARD.before_run(self.threads)  # serial while the cores are contended (runtime/contention.py)
+            try:
+                return self._run(inputs, out)
+            finally:
+                GUARD.after_run(self.threads)
 
     def _run(self, inputs: Sequence[Any], out: Sequence[np.ndarray | None] | None = None) -> list[Any]:
         p = self.program
