@@ -89,7 +89,6 @@ PRELUDE = r'''
 import triton
 import triton.language as tl
 
-NAN = tl.constexpr(float("nan"))
 INF = tl.constexpr(float("inf"))
 INT64_MIN = tl.constexpr(-(2 ** 63))
 
@@ -209,7 +208,7 @@ def _fmod(a, b):
     q = a64 / b64
     q = tl.where(q < 0, -tl.floor(-q), tl.floor(q))
     r = (a64 - q * b64).to(a.dtype)
-    r = tl.where(_or(_or(b == 0, a != a), _or(b != b, tl.abs(a) == INF)), NAN, r)
+    r = tl.where(_or(_or(b == 0, a != a), _or(b != b, tl.abs(a) == INF)), float("nan"), r)
     return tl.where(_and(tl.abs(b) == INF, tl.abs(a) != INF), a, r)
 
 
@@ -303,7 +302,7 @@ def _atan2(y, x):
     r = tl.where(_and(_and(inf_x, _not(inf_y)), x < 0), tl.where(y < 0, -pi, pi), r)
     r = tl.where(_and(x == 0, y == 0), tl.where(x.to(tl.float64) * 0 + 1 / x.to(tl.float64) < 0,
                                               tl.where(y < 0, -pi, pi), y * 0), r)
-    return tl.where(_or(x != x, y != y), NAN, r).to(y.dtype)
+    return tl.where(_or(x != x, y != y), float("nan"), r).to(y.dtype)
 
 
 @triton.jit
@@ -348,7 +347,7 @@ def _acosh(x):
     t = x64 - 1.0
     r = _log1p(t + tl.sqrt(2.0 * t + t * t))
     r = tl.where(x64 > 1e150, tl.log(x64) + 0.6931471805599453, r)
-    return tl.where(x64 < 1.0, NAN, r).to(x.dtype)
+    return tl.where(x64 < 1.0, float("nan"), r).to(x.dtype)
 
 
 @triton.jit
@@ -368,7 +367,7 @@ def _pow(a, b):
     negative = a64.to(tl.int64, bitcast=True) < 0  # the sign bit: -0.0 too
     r = tl.exp(b64 * tl.log(aa))
     r = tl.where(_and(negative, odd), -r, r)
-    r = tl.where(_and(_and(a64 < 0, _not(whole)), aa != INF), NAN, r)
+    r = tl.where(_and(_and(a64 < 0, _not(whole)), aa != INF), float("nan"), r)
     r = tl.where(_or(b64 == 0, a64 == 1.0), 1.0, r)
     r = tl.where(_and(a64 == -1.0, tl.abs(b64) == INF), 1.0, r)
     return r.to(a.dtype)
@@ -483,7 +482,7 @@ def _literal(value, dtype: DType) -> str:
     if dtype in FLOATS:
         v = float(value)
         if math.isnan(v):
-            return "NAN"
+            return 'float("nan")'
         if math.isinf(v):
             return "INF" if v > 0 else "-INF"
         return repr(v)
@@ -648,7 +647,7 @@ class _KernelWriter:
         final = {"sum": f"tl.sum({a}, 1)", "prod": f"tl.reduce({a}, 1, _mul)", "max": f"tl.max({a}, 1)",
                  "min": f"tl.min({a}, 1)"}[stage.reduce] + "[:, None]"
         if stage.reduce in ("max", "min") and is_float:  # tl.max/min may drop NaN: the row is NaN if one is
-            final = f"tl.where(tl.max(({a} != {a}).to(tl.int32), 1)[:, None] != 0, NAN, {final})"
+            final = f"tl.where(tl.max(({a} != {a}).to(tl.int32), 1)[:, None] != 0, float(\"nan\"), {final})"
         lines.append(f"{stage.acc} = ({final}).to({t})")
         self.accs[stage.acc] = stage.acc
         return lines

@@ -587,8 +587,8 @@ def attention(params, q, k, v, bias, starts, y):
     sq, sk = q.shape[-2], k.shape[-2]
     mask = bias
     if causal and (sq != sk or bias is not None):  # ember aligns the causal mask to the end
-        visible = torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq)
-        causal_bias = torch.zeros(sq, sk, dtype=q.dtype).masked_fill(~visible, float("-inf"))
+        visible = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+        causal_bias = torch.zeros(sq, sk, dtype=q.dtype, device=q.device).masked_fill(~visible, float("-inf"))
         mask = causal_bias if bias is None else bias + causal_bias
         causal = False
     if (not causal and not encoder and kv_heads == heads and q.dtype == torch.float32 and heads * sq * sk <= 1 << 21

@@ -403,3 +403,17 @@ def test_bad_indices_are_reported_not_read(break_it):
     if break_it != "fewer keys than new tokens":  # the reference's meaning of that one is NaN rows
         with pytest.raises((IndexError, RuntimeError)):
             externs_paged.paged_attention(params, *arrays.values(), y)
+
+
+def test_dense_attention_declines_tensors_off_the_host():
+    # a cuda program's attention extern asks the same function, and the host kernel is loaded
+    # as soon as a cpu program with a float32 attention is compiled in the process (the
+    # module's fixture installed it): device memory must never reach it (a segfault on a GPU)
+    assert kernel.available("float32")
+    q, k, v, y = (torch.zeros(2, 8, 64) for _ in range(4))
+    assert kernel.dense_attention(q, k, v, None, y, 4, 4, 0.0, True)  # (on the host: it runs)
+    for moved in range(4):
+        tensors = [t.to("meta") if i == moved else t for i, t in enumerate((q, k, v, y))]
+        assert not kernel.dense_attention(*tensors[:3], None, tensors[3], 4, 4, 0.0, True)
+    bias = torch.zeros(2, 1, 1, 8, device="meta")
+    assert not kernel.dense_attention(q, k, v, bias, y, 4, 4, 0.0, False)

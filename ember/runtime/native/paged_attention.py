@@ -84,6 +84,9 @@ def dense_attention(q, k, v, bias, y, heads: int, kv_heads: int, scale: float, c
 
     if q.dtype != torch.float32 or _kernel("float32") is None or heads % kv_heads or q.dim() != 3 or k.dim() != 3 or v.dim() != 3 or y.dim() != 3:
         return False
+    if any(t.device.type != "cpu" for t in (q, k, v, y, *(() if bias is None else (bias,)))):
+        return False  # (a cuda program's tensors: the kernel reads host memory; the library may be
+                      # loaded by a cpu program compiled in the same process)
     (b, sq, qw), (_, sk, kw), vw = q.shape, k.shape, v.shape[2]
     d, dv = qw // heads, vw // kv_heads
     if (min(b, sq, sk, d, dv) < 1 or sq > sk or qw != heads * d or kw != kv_heads * d or vw != kv_heads * dv
