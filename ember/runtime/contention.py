@@ -11,7 +11,7 @@ The guard watches the run-queue delay of this process's threads (Linux's
 /proc/self/task/*/schedstat: the nanoseconds each thread was runnable but waited for a
 core), sampled at run ends at most every `INTERVAL` seconds. Where the delay reaches
 `LIMIT` of the worker threads' time (half a worker's, per worker: on 2 threads, the second
-one waits half the time), runs go serial: OpenMP's max-active-levels set to 0 makes every
+one waits half the time) in `STRIKES` samples in a row, runs go serial: OpenMP's max-active-levels set to 0 makes every
 parallel region of ember's kernels and of torch's one thread, whatever its num_threads. From
 then on a probe runs in parallel for `PROBE` seconds after `BACKOFF` (0.25 s, doubling to 8
 s while probes find the cores still contended, back to 0.25 when one finds them free), and
@@ -31,6 +31,8 @@ import time
 
 INTERVAL = 0.05  # seconds between samples of the threads' delay (at run ends)
 LIMIT = 0.5  # delay per worker thread (a share of wall time) from which runs go serial
+STRIKES = 2  # contended samples in a row that make runs serial (not one: another pool's threads
+            # spin ~40 ms after their runs, onnxruntime's in the same process among them)
 PROBE = 0.1  # seconds of parallel runs that decide a probe
 BACKOFF = (0.25, 8.0)  # seconds of serial runs before a probe: first, most
 TASKS_REFRESH = 1.0  # seconds between listings of the process's threads
@@ -109,6 +111,7 @@ class Guard:
         self.probes = 0  # parallel probes started from serial mode
         self._last: tuple[float, int] | None = None  # (time, delay) of the last sample
         self._probe_start: float | None = None
+        self._strikes = 0  # contended samples in a row (parallel, not probing)
         self._probe_at = 0.0
         self._backoff = BACKOFF[0]
 
@@ -162,13 +165,15 @@ class Guard:
                         self._go_serial(now)
                     else:
                         self._backoff = BACKOFF[0]
-            elif contended:
-                self._go_serial(now)
+            else:
+                self._strikes = self._strikes + 1 if contended else 0
+                if self._strikes >= STRIKES:
+                    self._go_serial(now)
         finally:
             self._lock.release()
 
     def _go_serial(self, now: float) -> None:
-        self.serial = True
+        self.serial, self._strikes = True, 0
         self._probe_at = now + self._backoff
         self.switches += 1
 

@@ -186,3 +186,16 @@ def test_a_thread_that_runs_after_another_applies_the_mode_the_other_left_behind
     guard.serial = False  # (a probe's switch, made by a sample in another thread)
     guard.before_run(2)  # this thread never applied serial itself
     assert fake.levels[-1] == 1
+
+
+def test_a_burst_shorter_than_two_samples_changes_nothing():
+    # another pool's threads spinning for ~40 ms after its own runs (onnxruntime's, in the
+    # same process) contend one sample; runs stay parallel
+    fake = Fake()
+    guard = guard_on(fake)
+    run(guard, fake, 0.02, waiting=0.0)
+    for _ in range(50):
+        run(guard, fake, 0.06, waiting=1.0)  # one contended sample...
+        for _ in range(5):
+            assert not run(guard, fake, 0.06, waiting=0.0)  # ...then quiet ones
+    assert guard.switches == 0
