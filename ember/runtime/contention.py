@@ -11,11 +11,11 @@ The guard watches the run-queue delay of this process's threads (Linux's
 /proc/self/task/*/schedstat: the nanoseconds each thread was runnable but waited for a
 core), sampled at run ends at most every `INTERVAL` seconds. Where the delay reaches
 `LIMIT` of the worker threads' time (half a worker's, per worker: on 2 threads, the second
-one waits half the time) in `STRIKES` samples in a row, runs go serial: OpenMP's max-active-levels set to 0 makes every
-parallel region of ember's kernels and of torch's one thread, whatever its num_threads. From
-then on a probe runs in parallel for `PROBE` seconds after `BACKOFF` (0.25 s, doubling to 8
-s while probes find the cores still contended, back to 0.25 when one finds them free), and
-the cores' delay during it decides. On a quiet machine the delay stays near 0 and nothing
+one waits half the time) in `STRIKES` samples in a row, runs go serial: OpenMP's
+max-active-levels set to 0 makes every parallel region of ember's kernels and of torch's
+one thread, whatever its num_threads. From then on a probe runs in parallel for `PROBE`
+seconds after `BACKOFF` (0.25 s, doubling to 8 s while probes find the cores still
+contended, back to 0.25 when one finds them free), and the cores' delay during it decides. On a quiet machine the delay stays near 0 and nothing
 changes (one read of a few small files every 50 ms of runs, ~30 us).
 
 Off with EMBER_CONTENTION_GUARD=0 in the environment; inert on one thread, where /proc has no
