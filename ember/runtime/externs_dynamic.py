@@ -88,7 +88,7 @@ def reduce(params, x, axes, y):
         return _give(params, [y], [_ALONE.get(op, lambda x: x.clone())(x).to(x.dtype)])
     shape = [1 if i in dims else n for i, n in enumerate(x.shape)]
     if any(x.shape[d] == 0 for d in dims):
-        result = torch.full(shape, params["identity"], dtype=x.dtype)
+        result = torch.full(shape, params["identity"], dtype=x.dtype, device=x.device)
     else:
         result = _reduce(op, x, dims).to(x.dtype)
     if not params["keepdims"]:
@@ -105,9 +105,9 @@ def range_(params, start, limit, delta, y):
         raise ExecutionError(f"{params['where']}: delta is 0")
     n = max(math.ceil((e - s) / d), 0)
     if start.dtype.is_floating_point:
-        result = torch.arange(n, dtype=torch.float64).mul_(d).add_(s).to(start.dtype)
+        result = torch.arange(n, dtype=torch.float64, device=start.device).mul_(d).add_(s).to(start.dtype)
     else:
-        result = torch.arange(n, dtype=start.dtype).mul_(d).add_(s)
+        result = torch.arange(n, dtype=start.dtype, device=start.device).mul_(d).add_(s)
     return _give(params, [y], [result])
 
 
@@ -146,7 +146,7 @@ def pad(params, x, pads, value, axes, y):
                 n = x.shape[a]
                 if n == 0:
                     raise ExecutionError(f"{params['where']}: {mode} padding of an empty axis")
-                at = torch.arange(n + begin[a] + end[a])
+                at = torch.arange(n + begin[a] + end[a], device=x.device)
                 result = result.index_select(a, _pad_source(mode, at, begin[a], n))
     return _give(params, [y], [result])
 
@@ -163,7 +163,8 @@ def slice_(params, x, starts, ends, axes, steps, y):
         if st == 0:
             raise ExecutionError(f"{params['where']}: a step of 0")
         picked = range(*slice(s, e, st).indices(x.shape[a]))
-        result = result.index_select(a, torch.arange(len(picked), dtype=torch.int64) * picked.step + picked.start)
+        result = result.index_select(a, torch.arange(len(picked), dtype=torch.int64, device=x.device) * picked.step
+                                     + picked.start)
     return _give(params, [y], [result])
 
 
@@ -258,13 +259,13 @@ def unique(params, x, *outs):
         values, inverse = values[:kept + 1], inverse.clamp(max=kept)
         counts = torch.cat([counts[:kept], counts[kept:].sum().reshape(1)])
     n, k = data.shape[dim], values.shape[dim]
-    first = torch.full((k,), n, dtype=torch.int64).scatter_reduce_(0, inverse.reshape(-1), torch.arange(n),
-                                                                   "amin")
+    first = torch.full((k,), n, dtype=torch.int64, device=data.device).scatter_reduce_(
+        0, inverse.reshape(-1), torch.arange(n, device=data.device), "amin")
     if not params["sorted"]:  # in order of first occurrence
         order = torch.argsort(first)
         values, first, counts = values.index_select(dim, order), first[order], counts[order]
         rank = torch.empty_like(order)
-        rank[order] = torch.arange(k)
+        rank[order] = torch.arange(k, device=order.device)
         inverse = rank[inverse]
     results = [values, first, inverse.reshape(-1), counts.to(torch.int64)]
     return _give(params, outs, results[:len(outs)])

@@ -138,6 +138,10 @@ def _resize_axis(params, data: torch.Tensor, axis: int, scale: float, out_n: int
         total = weights.sum(dim=1, keepdim=True)
         weights = weights / torch.where(total == 0, 1.0, total)
     taps = taps.clamp(0, in_n - 1)
+    # (the coordinates and weights, a few floats an output index, are worked out on the host;
+    # to data's device with them, where a cuda program's data is)
+    taps, weights = taps.to(data.device), weights.to(data.device)
+    outside = outside.to(data.device) if outside is not None else None
     along = (1,) * axis + (out_n,) + (1,) * (data.dim() - axis - 1)  # a [out] vector along `axis`
     if params["mode"] == "nearest" and not params["exclude_outside"]:  # one tap of weight 1: pick it
         result = data.index_select(axis, taps.gather(1, weights.argmax(dim=1, keepdim=True))[:, 0])
