@@ -103,6 +103,7 @@ class Guard:
         self._delays = delays
         self._openmp = openmp
         self._ready = False
+        self._openmp_retry = float("-inf")  # when to look for the OpenMP runtime again
         self._lock = threading.Lock()
         self._local = threading.local()  # the mode this thread last applied
         self._applied = False  # the mode any thread last applied
@@ -117,13 +118,19 @@ class Guard:
 
     def _prepare(self) -> bool:
         if not self._ready:
-            self._ready = True
             if self._delays is None:
                 self._delays = _run_delay_reader()
-            if self._openmp is None:
-                self._openmp = _openmp_levels()
-            if self._delays is None or self._openmp is None:
-                self.enabled = False
+                if self._delays is None:  # (no schedstat: never)
+                    self.enabled = False
+                    return False
+            if self._openmp is None:  # (none loaded yet: a program of no kernel library; asked
+                now = self.clock()      # again a second on, once one may have loaded it)
+                if now < self._openmp_retry:
+                    return False
+                self._openmp, self._openmp_retry = _openmp_levels(), now + 1.0
+                if self._openmp is None:
+                    return False
+            self._ready = True
         return self.enabled
 
     def before_run(self, threads: int) -> None:

@@ -199,3 +199,18 @@ def test_a_burst_shorter_than_two_samples_changes_nothing():
         for _ in range(5):
             assert not run(guard, fake, 0.06, waiting=0.0)  # ...then quiet ones
     assert guard.switches == 0
+
+
+def test_a_guard_that_finds_no_openmp_runtime_yet_looks_again(monkeypatch):
+    fake = Fake()
+    found = []
+    monkeypatch.setattr(contention, "_openmp_levels", lambda: found[0] if found else None)
+    guard = Guard(clock=lambda: fake.now, delays=lambda: fake.delay, enabled=True)
+    for _ in range(5):
+        run(guard, fake, 0.1, waiting=1.0)
+    assert guard.switches == 0 and guard.enabled  # (nothing to set yet: inert, not off)
+    found.append((fake.levels.append, 1))  # a kernel library loads the runtime
+    fake.advance(1.0, waiting=0.0)
+    for _ in range(5):
+        run(guard, fake, 0.1, waiting=1.0)
+    assert guard.serial and fake.levels == [0]  # (found, sampled twice, and applied)
