@@ -11,6 +11,7 @@ import torch
 
 from ember.runtime import externs
 from ember.runtime.executor import default_threads
+from tests.native import install
 
 
 def test_default_threads_follows_omp_num_threads(monkeypatch):
@@ -77,6 +78,8 @@ def test_packed_weights_are_their_own(kind, monkeypatch):
     x @ w, so a packed copy never aliases a temporary of the packing."""
     if kind == "packed":
         monkeypatch.setattr(externs._TiledWeight, "of", classmethod(lambda cls, w: None))
+    else:  # (called here, not through a program that names the tiled kernel's library)
+        install("gemm")
     rng = np.random.default_rng(0)
     weights = [torch.from_numpy(rng.standard_normal((48, 80), dtype=np.float32)) for _ in range(2)]
     prepared = [externs.prepare_linear({}, {1: w.numpy()}) for w in weights]  # (its hook reads numpy arrays)
