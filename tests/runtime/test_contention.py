@@ -3,7 +3,6 @@ wait for cores, probe back, and stay parallel on quiet cores. The state machine 
 fake clock and fake delays; the serial mode on the real OpenMP runtime (a kernel's team);
 an executor under a guard that finds the cores contended gives the same outputs."""
 
-import ctypes
 import subprocess
 
 import numpy as np
@@ -25,8 +24,23 @@ class Fake:
         self.delay += int(waiting * seconds * 1e9)
 
 
-def guard_on(fake: Fake) -> Guard:
-    return Guard(clock=lambda: fake.now, delays=lambda: fake.delay, openmp=(fake.levels.append, 1), enabled=True)
+def guard_on(fake: Fake, openmp=None, enabled: bool = True) -> Guard:
+    """A guard on `fake`'s clock and delay that sets OpenMP's levels through `openmp` (by
+    default: into fake.levels, the runtime's own value 1)."""
+    return Guard(clock=lambda: fake.now, delays=lambda: fake.delay,
+                 openmp=(fake.levels.append, 1) if openmp is None else openmp, enabled=enabled)
+
+
+@pytest.fixture
+def openmp():
+    """The real OpenMP runtime's max-active-levels (its setter, its own value), put back after."""
+    from ember.runtime import native
+
+    native._torch_openmp()  # (the runtime the kernels load, as they load it)
+    found = contention._openmp_levels()
+    assert found is not None, "the kernels' OpenMP runtime is loaded"
+    yield found
+    found[0](found[1])
 
 
 def run(guard: Guard, fake: Fake, seconds: float, waiting: float, threads: int = 2) -> bool:
@@ -97,7 +111,7 @@ def test_one_thread_or_a_disabled_guard_does_nothing():
     for _ in range(20):
         run(guard, fake, 0.1, waiting=1.0, threads=1)
     assert guard.switches == 0
-    off = Guard(clock=lambda: fake.now, delays=lambda: fake.delay, openmp=(fake.levels.append, 1), enabled=False)
+    off = guard_on(fake, enabled=False)
     for _ in range(20):
         run(off, fake, 0.1, waiting=1.0)
     assert off.switches == 0 and fake.levels == []
@@ -111,7 +125,7 @@ def test_the_run_delay_reader_reads_this_process():
     assert read() >= first
 
 
-def test_serial_mode_makes_every_parallel_region_one_thread(tmp_path):
+def test_serial_mode_makes_every_parallel_region_one_thread(tmp_path, openmp):
     from ember.codegen import cpu
     from ember.runtime import native
 
@@ -122,27 +136,21 @@ def test_serial_mode_makes_every_parallel_region_one_thread(tmp_path):
     subprocess.run([cpu.compiler(), "-O1", "-fopenmp", "-shared", "-fPIC", str(source), "-o", str(library)],
                    check=True)
     team = native.load(str(library)).team
-    openmp = contention._openmp_levels()
-    assert openmp is not None, "the kernels' OpenMP runtime is loaded"
-    levels = openmp[1]
     fake = Fake()
-    guard = Guard(clock=lambda: fake.now, delays=lambda: fake.delay, openmp=openmp, enabled=True)
-    try:
-        assert team() == 2
-        run(guard, fake, 0.02, waiting=0.0)
-        while not guard.serial:
-            run(guard, fake, 0.1, waiting=1.0)
-        guard.before_run(2)
-        assert team() == 1  # num_threads(2) notwithstanding
-        while guard.serial:
-            run(guard, fake, 0.1, waiting=0.0)
-        guard.before_run(2)
-        assert team() == 2
-    finally:
-        openmp[0](levels)
+    guard = guard_on(fake, openmp)
+    assert team() == 2
+    run(guard, fake, 0.02, waiting=0.0)
+    while not guard.serial:
+        run(guard, fake, 0.1, waiting=1.0)
+    guard.before_run(2)
+    assert team() == 1  # num_threads(2) notwithstanding
+    while guard.serial:
+        run(guard, fake, 0.1, waiting=0.0)
+    guard.before_run(2)
+    assert team() == 2
 
 
-def test_a_model_under_a_contended_guard_runs_serial_with_the_same_outputs(monkeypatch, minilm_onnx):
+def test_a_model_under_a_contended_guard_runs_serial_with_the_same_outputs(monkeypatch, minilm_onnx, openmp):
     import ember
     from ember import _builtin
     from ember.runtime import executor
@@ -150,23 +158,18 @@ def test_a_model_under_a_contended_guard_runs_serial_with_the_same_outputs(monke
     feeds = _builtin.tokenize(["a sentence to embed", "and another one, a little longer"], max_length=16)
     model = ember.compile(str(minilm_onnx), intra_op_threads=2)
     want = model.run(feeds)
-    openmp = contention._openmp_levels()
-    levels = openmp[1]
     fake = Fake()
-    guard = Guard(clock=lambda: fake.now, delays=lambda: fake.delay, openmp=openmp, enabled=True)
+    guard = guard_on(fake, openmp)
     monkeypatch.setattr(executor, "GUARD", guard)
-    try:
-        serial_runs = 0
-        for _ in range(12):
-            guard.before_run(2)
-            serial_runs += guard.serial
-            got = model.run(feeds)
-            fake.advance(0.1, waiting=1.0)  # (after the run's own sample: the next one sees it)
-            for name in want:
-                np.testing.assert_array_equal(got[name], want[name])
-        assert guard.switches >= 1 and serial_runs >= 1
-    finally:
-        openmp[0](levels)
+    serial_runs = 0
+    for _ in range(12):
+        guard.before_run(2)
+        serial_runs += guard.serial
+        got = model.run(feeds)
+        fake.advance(0.1, waiting=1.0)  # (after the run's own sample: the next one sees it)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+    assert guard.switches >= 1 and serial_runs >= 1
 
 
 def test_a_thread_that_runs_after_another_applies_the_mode_the_other_left_behind():
