@@ -40,8 +40,10 @@ HIDDEN, FFN, LAYERS = 384, 1536, 6
 SHAPES = [(HIDDEN, 3 * HIDDEN, 0, False), (HIDDEN, HIDDEN, 0, True), (HIDDEN, FFN, 2, False), (FFN, HIDDEN, 0, True)]
 
 
-def build(source: str, out: Path) -> ctypes.CDLL:
-    """`source` (cpu_gemm.cpp's text) behind the prelude, built into `out` and loaded."""
+def build(source: str, out: Path, entry: str = "ember_gemm", flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """`source` (cpu_gemm.cpp's text, or another hand-written kernel's whose `entry` the
+    caller declares) behind the prelude, built into `out` (codegen's flags, then `flags`) and
+    loaded."""
     from ember.codegen import cpu
     from ember.codegen.cpu_prelude import PRELUDE
 
@@ -50,10 +52,12 @@ def build(source: str, out: Path) -> ctypes.CDLL:
     cxx = cpu.compiler()
     if cxx is None:
         raise SystemExit("no C++ compiler")
-    proc = subprocess.run([cxx, *cpu.FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
+    proc = subprocess.run([cxx, *cpu.FLAGS, *flags, str(src), "-o", str(out)], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{out.name} did not build:\n{proc.stderr[-3000:]}")
     lib = ctypes.CDLL(str(out))  # (RTLD_LOCAL: the two builds' symbols stay apart)
+    if entry != "ember_gemm":
+        return lib
     P, I = ctypes.c_void_p, ctypes.c_int64
     lib.ember_gemm.argtypes = [P, I, P, P, P, I, P, I, I, I, I, I, I]
     lib.ember_gemm_pack.argtypes = [P, I, I, I, I, P]

@@ -575,9 +575,10 @@ inline void vstoref(float* p, VF v) { _mm256_storeu_ps(p, v); }
 inline void in_order(VI& v) { asm("" : "+v"(v)); }
 
 // the dots of NG groups of rows (w[g]) with MR rows of x (x[m]: row m's blocks), into out[g][m][0..GROUP):
-// each chunk of weights is loaded (and its nibbles unpacked) once for the MR rows, and NG groups far
-// apart in memory are read in step (a batch-1 GEMV: two streams per thread keep more of the memory's
-// bandwidth busy than one). A row's offsets (o_w d_x sum q_x) go into the same accumulator as its products.
+// each chunk of weights is loaded (and its nibbles unpacked) once for the MR rows, and each 4 bytes of x
+// broadcast once for the NG groups. NG groups far apart in memory are read in step (a batch-1 GEMV: two
+// streams per thread keep more of the memory's bandwidth busy than one). A row's offsets (o_w d_x sum q_x)
+// go into the same accumulator as its products.
 template <int F, int MR, int NG>
 inline void group_dot(const uint8_t* const* wg, const XBlock* const* x, int64_t blocks, float (*out)[GROUP]) {
     constexpr Format fm = FORMATS[F];
@@ -588,64 +589,88 @@ inline void group_dot(const uint8_t* const* wg, const XBlock* const* x, int64_t 
     for (int g = 0; g < NG; ++g)
         for (int m = 0; m < MR; ++m) acc[g][m] = vzerof();
     for (int64_t b = 0; b < blocks; ++b) {
+        const uint8_t* w[NG];
+        const uint8_t* q[NG];
+        VI sums[NG][MR];
         for (int g = 0; g < NG; ++g) {
-            const uint8_t* w = wg[g] + b * gb;
-            const VF d = vhalves(w);
-            const uint8_t* q = w + GROUP * (scales + 4 * fm.high_bits);
-            VI sums[MR];
-            for (int m = 0; m < MR; ++m) sums[m] = vzeroi();
-            if constexpr (fm.eight_bit) {
-                // |q| times x with q's sign: |q| at most 128, so maddubs's pairs stay inside int16
-                for (int c = 0; c < 8; ++c) {
-                    const VI v = vload(q + CHUNK * c), magnitude = vabs8(v);
-                    for (int m = 0; m < MR; ++m)
-                        sums[m] = vdot4(sums[m], magnitude, vsign8(vbroadcast4(x[m][b].q + 4 * c), v));
+            w[g] = wg[g] + b * gb;
+            q[g] = w[g] + GROUP * (scales + 4 * fm.high_bits);
+            for (int m = 0; m < MR; ++m) sums[g][m] = vzeroi();
+        }
+        if constexpr (fm.eight_bit) {
+            // |q| times x with q's sign: |q| at most 128, so maddubs's pairs stay inside int16
+            for (int c = 0; c < 8; ++c) {
+                VI v[NG], magnitude[NG];
+                for (int g = 0; g < NG; ++g) {
+                    v[g] = vload(q[g] + CHUNK * c);
+                    magnitude[g] = vabs8(v[g]);
                 }
-            } else if constexpr (fm.high_bits) {
-                // q5_0's q - 16 is summed here, exactly (signed: |q - 16| times x signed like q - 16), not
-                // as a -16 d sum(x) term after: the two terms nearly cancel, and their float32 roundings
-                // would not
-                const VI qh = vload(w + GROUP * scales);
-                for (int c = 0; c < 4; ++c) {
-                    const VI v = vload(q + CHUNK * c);
-                    VI lo = vor(vand(v, low), vhigh_nibble_bits(qh, 4 * c));
-                    VI hi = vor(vhigh4(v), vhigh_nibble_bits(qh, 16 + 4 * c));
+                for (int m = 0; m < MR; ++m) {
+                    const VI xs = vbroadcast4(x[m][b].q + 4 * c);
+                    for (int g = 0; g < NG; ++g) sums[g][m] = vdot4(sums[g][m], magnitude[g], vsign8(xs, v[g]));
+                }
+            }
+        } else if constexpr (fm.high_bits) {
+            // q5_0's q - 16 is summed here, exactly (signed: |q - 16| times x signed like q - 16), not
+            // as a -16 d sum(x) term after: the two terms nearly cancel, and their float32 roundings
+            // would not
+            VI qh[NG];
+            for (int g = 0; g < NG; ++g) qh[g] = vload(w[g] + GROUP * scales);
+            for (int c = 0; c < 4; ++c) {
+                VI lo[NG], hi[NG];
+                for (int g = 0; g < NG; ++g) {
+                    const VI v = vload(q[g] + CHUNK * c);
+                    lo[g] = vor(vand(v, low), vhigh_nibble_bits(qh[g], 4 * c));
+                    hi[g] = vor(vhigh4(v), vhigh_nibble_bits(qh[g], 16 + 4 * c));
                     if constexpr (!fm.has_min) {
-                        lo = vsub8(lo, vbytes(16));
-                        hi = vsub8(hi, vbytes(16));
-                    }
-                    for (int m = 0; m < MR; ++m) {
-                        const VI xl = vbroadcast4(x[m][b].q + 4 * c), xh = vbroadcast4(x[m][b].q + 16 + 4 * c);
-                        if constexpr (fm.has_min)
-                            sums[m] = vdot4(vdot4(sums[m], lo, xl), hi, xh);
-                        else
-                            sums[m] = vdot4(vdot4(sums[m], vabs8(lo), vsign8(xl, lo)), vabs8(hi), vsign8(xh, hi));
+                        lo[g] = vsub8(lo[g], vbytes(16));
+                        hi[g] = vsub8(hi[g], vbytes(16));
                     }
                 }
-            } else {
-                for (int c = 0; c < 4; ++c) {
-                    const VI v = vload(q + CHUNK * c);
-                    const VI lo = vand(v, low), hi = vhigh4(v);
-                    for (int m = 0; m < MR; ++m) {
-                        const VI xl = vbroadcast4(x[m][b].q + 4 * c), xh = vbroadcast4(x[m][b].q + 16 + 4 * c);
+                for (int m = 0; m < MR; ++m) {
+                    const VI xl = vbroadcast4(x[m][b].q + 4 * c), xh = vbroadcast4(x[m][b].q + 16 + 4 * c);
+                    for (int g = 0; g < NG; ++g) {
+                        if constexpr (fm.has_min)
+                            sums[g][m] = vdot4(vdot4(sums[g][m], lo[g], xl), hi[g], xh);
+                        else
+                            sums[g][m] = vdot4(vdot4(sums[g][m], vabs8(lo[g]), vsign8(xl, lo[g])), vabs8(hi[g]),
+                                               vsign8(xh, hi[g]));
+                    }
+                }
+            }
+        } else {
+            for (int c = 0; c < 4; ++c) {
+                VI lo[NG], hi[NG];
+                for (int g = 0; g < NG; ++g) {
+                    const VI v = vload(q[g] + CHUNK * c);
+                    lo[g] = vand(v, low);
+                    hi[g] = vhigh4(v);
+                }
+                for (int m = 0; m < MR; ++m) {
+                    const VI xl = vbroadcast4(x[m][b].q + 4 * c), xh = vbroadcast4(x[m][b].q + 16 + 4 * c);
+                    for (int g = 0; g < NG; ++g) {
 #if EMBER_QGEMM_VDOT4
-                        sums[m] = vdot4(vdot4(sums[m], lo, xl), hi, xh);
+                        sums[g][m] = vdot4(vdot4(sums[g][m], lo[g], xl), hi[g], xh);
 #else
                         // 8 products of 4-bit by 8-bit pairs: at most 8 * 2 * 15 * 127 < 2^15, summed in int16
-                        sums[m] = vadd16(vadd16(sums[m], vmaddubs(lo, xl)), vmaddubs(hi, xh));
-                        in_order(sums[m]);
+                        sums[g][m] = vadd16(vadd16(sums[g][m], vmaddubs(lo[g], xl)), vmaddubs(hi[g], xh));
+                        in_order(sums[g][m]);
 #endif
                     }
                 }
-#if !EMBER_QGEMM_VDOT4
-                for (int m = 0; m < MR; ++m) sums[m] = vpairs(sums[m]);
-#endif
             }
+#if !EMBER_QGEMM_VDOT4
+            for (int g = 0; g < NG; ++g)
+                for (int m = 0; m < MR; ++m) sums[g][m] = vpairs(sums[g][m]);
+#endif
+        }
+        for (int g = 0; g < NG; ++g) {
+            const VF d = vhalves(w[g]);
             VF offsets = d;  // (q4_1, q5_1: m; q4_0: d, times -8 below)
-            if constexpr (fm.has_min) offsets = vhalves(w + 2 * GROUP);
+            if constexpr (fm.has_min) offsets = vhalves(w[g] + 2 * GROUP);
             for (int m = 0; m < MR; ++m) {
                 const XBlock& xb = x[m][b];
-                acc[g][m] = vfmadd(vcvt(sums[m]), vmul(d, vset1(xb.d)), acc[g][m]);
+                acc[g][m] = vfmadd(vcvt(sums[g][m]), vmul(d, vset1(xb.d)), acc[g][m]);
                 if constexpr (fm.has_min)
                     acc[g][m] = vfmadd(offsets, vset1(xb.s), acc[g][m]);
                 else if constexpr (fm.offset != 0.0f && !fm.high_bits)  // (q5_0's: in the sums)
@@ -698,6 +723,20 @@ inline void group_dot(const uint8_t* const* wg, const XBlock* const* x, int64_t 
 #endif
 
 constexpr int XROWS = 4;  // rows of x sharing each pass over a group's weights
+// groups of weight rows sharing each load of x's bytes in a batched call: 2 where AVX-512's 32 registers
+// hold 2 x XROWS sums and accumulators (16 of them) beside the unpacked chunks, else 1 (AVX2's 16 would spill)
+constexpr int PASS = GROUP == 16 ? 2 : 1;
+
+// group_dot for mr (1..XROWS) rows of x
+template <int F, int NG>
+inline void group_dots(int mr, const uint8_t* const* wg, const XBlock* const* x, int64_t blocks, float (*out)[GROUP]) {
+    switch (mr) {
+        case 4: group_dot<F, 4, NG>(wg, x, blocks, out); break;
+        case 3: group_dot<F, 3, NG>(wg, x, blocks, out); break;
+        case 2: group_dot<F, 2, NG>(wg, x, blocks, out); break;
+        default: group_dot<F, 1, NG>(wg, x, blocks, out); break;
+    }
+}
 constexpr int64_t MCHUNK = 64;  // rows of x (2.8 KiB of int8 blocks a row at K = 2048) kept in L2
 
 inline void store_group(const float* dots, int64_t first, int64_t count, const float* bias, float* out, int activation) {
@@ -736,25 +775,29 @@ void packed_gemm(const XBlock* xq, int64_t rows, int64_t blocks, const uint8_t* 
         return;
     }
     // rows of x in chunks of MCHUNK (their int8 blocks stay in the core's L2 while every group of the
-    // weight, from L3, passes over them); a thread takes consecutive (chunk, group) pairs
-    const int64_t chunks = (rows + MCHUNK - 1) / MCHUNK;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1 && chunks * groups > 1)
+    // weight, from L3, passes over them); a thread takes consecutive (chunk, PASS groups) pairs
+    const int64_t chunks = (rows + MCHUNK - 1) / MCHUNK, passes = (groups + PASS - 1) / PASS;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1 && chunks * passes > 1)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      for (int64_t g = 0; g < groups; ++g) {
-        const uint8_t* wg[1] = {w + g * gb};
-        float dots[XROWS][GROUP];
+      for (int64_t p = 0; p < passes; ++p) {
+        const int64_t g0 = p * PASS;
+        const int ng = static_cast<int>(std::min<int64_t>(PASS, groups - g0));
+        const uint8_t* wg[PASS];
+        for (int i = 0; i < PASS; ++i) wg[i] = w + std::min(g0 + i, groups - 1) * gb;
+        float dots[PASS * XROWS][GROUP];
         const int64_t end = std::min(rows, (chunk + 1) * MCHUNK);
         for (int64_t m0 = chunk * MCHUNK; m0 < end; m0 += XROWS) {
             const int mr = static_cast<int>(std::min<int64_t>(XROWS, end - m0));
             const XBlock* x[XROWS];
             for (int m = 0; m < XROWS; ++m) x[m] = xq + (m0 + std::min(m, mr - 1)) * blocks;
-            switch (mr) {
-                case 4: group_dot<F, 4, 1>(wg, x, blocks, dots); break;
-                case 3: group_dot<F, 3, 1>(wg, x, blocks, dots); break;
-                case 2: group_dot<F, 2, 1>(wg, x, blocks, dots); break;
-                default: group_dot<F, 1, 1>(wg, x, blocks, dots); break;
-            }
-            for (int m = 0; m < mr; ++m) store_group(dots[m], g * GROUP, count(g), bias, y + (m0 + m) * y_stride + g * GROUP, activation);
+            if (ng == PASS)
+                group_dots<F, PASS>(mr, wg, x, blocks, dots);
+            else
+                group_dots<F, 1>(mr, wg, x, blocks, dots);
+            for (int i = 0; i < ng; ++i)  // (group_dot's out[g * MR + m], MR = mr)
+                for (int m = 0; m < mr; ++m)
+                    store_group(dots[i * mr + m], (g0 + i) * GROUP, count(g0 + i), bias,
+                                y + (m0 + m) * y_stride + (g0 + i) * GROUP, activation);
         }
       }
     }
