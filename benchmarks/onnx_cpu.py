@@ -1,19 +1,17 @@
-"""ember vs onnxruntime on the CPU, in one run: latency (median of --runs after warm-up,
-in blocks of --block runs per engine, the blocks alternating so that both engines see
-the same drift in machine speed) and peak resident memory (each engine alone in a fresh
+"""ember vs onnxruntime on the CPU, in one run: latency (median of --runs per engine, each
+engine timed in processes of its own, --rounds of them alternating, so that both see the
+same drift in machine speed) and peak resident memory (each engine alone in a fresh
 process, VmHWM).
 
-Idle worker threads spin before they sleep: onnxruntime's for ~40 ms of CPU after a run,
-ember's OpenMP threads for ~10 ms (measured with time.process_time over an idle pause
-after a run). So each block starts with untimed runs of its engine for at least
---settle seconds (default 0.1; busy, so the cores do not idle): neither engine's timed
-runs share the cores with the other's spinning threads. (With one untimed run only,
-MiniLM b1's ember runs right after an onnxruntime block took 26 ms instead of 19.)
+Each engine runs alone in its process: onnxruntime's idle worker threads spin for ~40 ms
+of CPU after a run (ember's OpenMP threads for ~10 ms) and would slow whatever ran next in
+the same process. A worker compiles or loads the model, checks its outputs, warms up for
+--warmup runs and at least --settle seconds, then times its share of the runs.
 
 Workloads: MiniLM (batch 1 and 8, sequence 128, real tokens) and onnx's light ResNet-50
 (batch 1). onnxruntime runs with every graph optimization and the same thread count.
 
-    python benchmarks/onnx_cpu.py [--runs 40] [--block 5] [--threads N] [--write docs/benchmarks.md]
+    python benchmarks/onnx_cpu.py [--runs 40] [--rounds 4] [--threads N] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +31,9 @@ import onnx
 
 import ember
 from ember import _builtin
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import cpu_name, run_worker  # noqa: E402  (benchmarks/_report.py)
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 PASSAGE = ("ember is a model compiler and inference runtime. It lowers ONNX graphs and Hugging Face "
@@ -45,13 +47,16 @@ def minilm(batch: int) -> tuple[Path, dict[str, np.ndarray]]:
     return _builtin.export_minilm(), feeds
 
 
-def workloads() -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
-    out = {f"MiniLM b{batch}x128": minilm(batch) for batch in (1, 8)}
+WORKLOADS = ("MiniLM b1x128", "MiniLM b8x128", "ResNet-50 b1")
+
+
+def workload(name: str) -> tuple[Path, dict[str, np.ndarray]]:
+    if name.startswith("MiniLM"):
+        return minilm(int(name.split()[1][1:].split("x")[0]))
     model = onnx.load(LIGHT / "light_resnet50.onnx", load_external_data=False)
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
-    out["ResNet-50 b1"] = (LIGHT / "light_resnet50.onnx", {model.graph.input[0].name: x})
-    return out
+    return LIGHT / "light_resnet50.onnx", {model.graph.input[0].name: x}
 
 
 def make_runner(engine: str, path: Path, threads: int):
@@ -69,34 +74,52 @@ def make_runner(engine: str, path: Path, threads: int):
     return lambda feeds: session.run(None, feeds)
 
 
-def latency(runs: int, warmup: int, threads: int, block: int = 5, only: str | None = None,
-            settle: float = 0.1) -> list[dict]:
+def worker(engine: str, name: str, runs: int, warmup: int, threads: int, settle: float, out: str) -> dict:
+    """Time `runs` runs of one engine on one workload, alone in this process; its first
+    outputs go to `out` (.npz) for the parent to compare."""
+    path, feeds = workload(name)
+    run = make_runner(engine, path, threads)
+    np.savez(out, *[np.asarray(o) for o in run(feeds)])
+    until = time.perf_counter() + settle
+    for _ in range(warmup):
+        run(feeds)
+    while time.perf_counter() < until:
+        run(feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run(feeds)
+        times.append(time.perf_counter() - t0)
+    return {"times": times}
+
+
+def latency(runs: int, warmup: int, threads: int, rounds: int = 4, only: str | None = None,
+            settle: float = 0.5, work: Path | None = None) -> list[dict]:
+    """Each workload's median latency per engine over `runs` runs, timed in `rounds` worker
+    processes per engine, the engines alternating (and taking turns to go first)."""
+    work = work or Path(tempfile.mkdtemp(prefix="onnx_cpu-"))
     rows = []
-    for name, (path, feeds) in workloads().items():
+    for name in WORKLOADS:
         if only and only.lower() not in name.lower():
             continue
-        runners = {engine: make_runner(engine, path, threads) for engine in ("ember", "onnxruntime")}
-        outs = {engine: run(feeds) for engine, run in runners.items()}
-        diff = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
-                   for a, b in zip(outs["ember"], outs["onnxruntime"]))
-        times = {engine: [] for engine in runners}
-        for engine, run in runners.items():
-            for _ in range(warmup):
-                run(feeds)
-        while len(times["ember"]) < runs:
-            for engine, run in runners.items():
-                until = time.perf_counter() + settle
-                run(feeds)  # untimed, for at least `settle` s: the other engine's threads stop spinning
-                while time.perf_counter() < until:
-                    run(feeds)
-                for _ in range(min(block, runs - len(times[engine]))):
-                    t0 = time.perf_counter()
-                    run(feeds)
-                    times[engine].append(time.perf_counter() - t0)
-        e, o = (float(np.median(times[k])) * 1e3 for k in ("ember", "onnxruntime"))
-        rows.append({"workload": name, "ember_ms": e, "onnxruntime_ms": o, "ratio": e / o, "max_abs_diff": diff})
+        engines = ["ember", "onnxruntime"]
+        times: dict[str, list[float]] = {engine: [] for engine in engines}
+        per_round = -(-runs // rounds)
+        for r in range(rounds):
+            for engine in engines if r % 2 == 0 else engines[::-1]:
+                out = work / f"{engine}.npz"
+                times[engine] += run_worker(__file__, engine, Path(name), str(per_round), str(warmup),
+                                            str(threads), str(settle), str(out))["times"]
+        outs = {engine: np.load(work / f"{engine}.npz") for engine in engines}
+        diff = max(float(np.abs(outs["ember"][k].astype(np.float64) - outs["onnxruntime"][k].astype(np.float64)).max())
+                   for k in outs["ember"].files)
+        e, o = (float(np.median(times[k])) * 1e3 for k in engines)
+        rows.append({"workload": name, "ember_ms": e, "onnxruntime_ms": o, "ratio": e / o, "max_abs_diff": diff,
+                     "rounds": {k: [float(np.median(times[k][i * per_round:(i + 1) * per_round])) * 1e3
+                                    for i in range(rounds)] for k in engines}})
+        spread = " ".join(f"{a / b:.2f}" for a, b in zip(*rows[-1]["rounds"].values()))
         print(f"{name:18s} ember {e:8.2f} ms   onnxruntime {o:8.2f} ms   ratio {e / o:5.2f}   "
-              f"max|diff| {diff:.1e}", flush=True)
+              f"(by round: {spread})   max|diff| {diff:.1e}", flush=True)
     return rows
 
 
@@ -125,19 +148,26 @@ def peak_rss(engine: str, batch: int, threads: int, runs: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40, help="timed runs per engine (default 40)")
-    parser.add_argument("--block", type=int, default=5, help="runs per engine before switching (default 5)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="worker processes per engine and workload, alternating (default 4)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first, in each worker (default 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: all cores)")
     parser.add_argument("--only", help="run the workloads whose name contains this (e.g. ResNet); skips memory")
-    parser.add_argument("--settle", type=float, default=0.1,
-                        help="seconds of untimed runs before each block, while the other engine's threads stop spinning")
+    parser.add_argument("--settle", type=float, default=0.5,
+                        help="at least this many seconds of untimed runs in each worker before timing (default 0.5)")
+    parser.add_argument("--worker", nargs=2, metavar=("ENGINE", "WORKLOAD"), help=argparse.SUPPRESS)
     parser.add_argument("--write", type=Path, help="replace this benchmark's section of a markdown file")
-    args = parser.parse_args(argv)
-    from _report import cpu_name  # benchmarks/_report.py (here: tests load this file by its path)
+    args, extra = parser.parse_known_args(argv)
+    if args.worker:  # (run_worker passes: ENGINE WORKLOAD RUNS WARMUP THREADS SETTLE OUT)
+        runs, warmup, threads, settle, out = extra
+        print(json.dumps(worker(*args.worker, int(runs), int(warmup), int(threads), float(settle), out)))
+        return 0
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # benchmarks/_report.py (here: tests load this file by its path)
 
     machine = f"{cpu_name()}, {platform.machine()}, {os.cpu_count()} cores"
     print(f"{machine}; threads {args.threads}; median of {args.runs} runs after {args.warmup} warm-up")
-    rows = latency(args.runs, args.warmup, args.threads, args.block, args.only, args.settle)
+    rows = latency(args.runs, args.warmup, args.threads, args.rounds, args.only, args.settle)
     if args.only:
         return 0
     rss = {engine: peak_rss(engine, 8, args.threads, 5) for engine in ("ember", "onnxruntime")}
@@ -154,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         section = "\n".join([
             "## CPU latency — ember vs onnxruntime", "",
             "`python benchmarks/onnx_cpu.py --write docs/benchmarks.md` — medians of "
-            f"{args.runs} runs per engine ({args.warmup} warm-up runs, then alternating blocks of {args.block}, "
-            f"each after {args.settle:g} s of untimed runs), "
+            f"{args.runs} runs per engine, timed in {args.rounds} processes of its own per engine and workload, "
+            f"alternating with the other engine's (each after {args.warmup} warm-up runs and at least "
+            f"{args.settle:g} s of untimed runs), "
             f"{args.threads} threads each, onnxruntime with ORT_ENABLE_ALL.", "",
             f"{time.strftime('%Y-%m-%d')}, {machine}, Python {platform.python_version()}, torch {torch.__version__}, "
             f"onnxruntime {onnxruntime.__version__}:", "", *table, "",

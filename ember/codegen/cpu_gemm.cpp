@@ -333,12 +333,9 @@ constexpr int64_t PANELS_BYTES = 1 << 18;  // a convolution's panels a thread ru
 // bandwidth (a 64-byte row per 6 cycles on AVX2), so it need not stay in L1. On a 2-core
 // AMD EPYC Zen 3 (AVX2), K in one pass up to 2048 ran MiniLM's and ResNet-50's GEMMs at
 // 188-193 GFLOP/s on 2 threads (94-95% of the FMA peak; MKL's sgemm 180-186) where passes of
-// 256 ran them at 170-181. AVX-512 builds keep 256, as tuned on a Xeon: not re-measured.
-#if defined(__AVX512F__)
-constexpr int64_t KC = 256;
-#else
+// 256 ran them at 170-181. On a 2-core AMD EPYC Zen 4 (AVX-512), in one pass they took
+// 0.955-0.973x the time of passes of 256 at 128-2,048 rows (benchmarks/gemm_ab.py).
 constexpr int64_t KC = 2048;
-#endif
 extern "C" int64_t ember_gemm_k_block() { return KC; }
 
 // one pass of tiles [b0, b1) x panels [p0, p1) over products [k0, k1). The M rows are
@@ -380,8 +377,8 @@ static inline void pass(const float* x, int64_t lda, const float* packed, const 
 // L1 or L2, the rows' block of x (`block_tiles`) in L2. Where the thread's rows of x fit
 // BLOCK_BYTES, each panel goes through its K blocks in turn (read once); where they do not and
 // the thread's partial sums (rows x its columns of y) fit BLOCK_BYTES, the K blocks are
-// the outer loop (rows x KC of x fit where rows x K did not: with KC 256, MiniLM's
-// 1536-product GEMM at 1024 rows reads its weight once, not four times)
+// the outer loop (rows x KC of x fit where rows x K did not: a GEMM of more than KC products
+// at many rows reads its weight once, not once per K block)
 static void sweep(const float* x, int64_t lda, const float* packed, const float* bias, const float* res, int64_t ldr,
                   float* y, int64_t ldy, int64_t M, int64_t K, int64_t N, int64_t act, int64_t t0, int64_t t1,
                   int64_t p0, int64_t p1) {

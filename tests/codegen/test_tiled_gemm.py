@@ -49,7 +49,7 @@ def _run(x, w_kn, bias, residual, relu, threads: int, lda: int | None = None):
 
 @settings(max_examples=60, deadline=None)
 @given(m=st.one_of(st.sampled_from([12, 24, 36]), st.integers(1, 40)),
-       # past k_block() (2048 with AVX2, 256 with AVX-512) K runs in passes: as KC, KC + 1, 2 KC + 88
+       # past k_block() (2048) K runs in passes: as KC, KC + 1, 2 KC + 88
        k=st.one_of(st.integers(1, 70), st.sampled_from([(1, 0), (1, 1), (2, 88)]).map(lambda t: t[0] * _kc() + t[1])),
        n=st.one_of(st.sampled_from([32, 64, 96]), st.integers(1, 100)), with_bias=st.booleans(),
        with_residual=st.booleans(), activation=st.sampled_from(sorted(gemm.ACTIVATIONS)),

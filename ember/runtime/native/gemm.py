@@ -86,8 +86,8 @@ def panel_width() -> int:
 
 
 def k_block() -> int:
-    """The products a register tile adds per pass over y (cpu_gemm.cpp's KC): 2048 with
-    AVX2, 256 with AVX-512; a longer K runs in passes of at most this many."""
+    """The products a register tile adds per pass over y (cpu_gemm.cpp's KC): 2048; a
+    longer K runs in passes of at most this many."""
     return int(_companion("ember_gemm_k_block", [], ctypes.c_int64)())
 
 
