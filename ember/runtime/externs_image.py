@@ -315,7 +315,7 @@ def grid_sample(params, x, grid, y):
     coords = grid.reshape(n, -1, len(dims))  # [N, points, D], the last axis first
     per_axis = [_grid_taps(params, coords[..., len(dims) - 1 - i], size) for i, size in enumerate(dims)]
     flat = x.reshape(n, c, -1).to(torch.float64)
-    total = torch.zeros(n, c, coords.shape[1], dtype=torch.float64)
+    total = torch.zeros(n, c, coords.shape[1], dtype=torch.float64, device=x.device)
     strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
     for taps in itertools.product(*per_axis):  # one tap along each axis: a weighted input element
         index = sum(tap.clamp(min=0) * stride for (tap, _), stride in zip(taps, strides))
@@ -346,6 +346,7 @@ def affine_grid(params, theta, size, y):
     # (x, y[, z], 1) at every output pixel, x along the last axis, times each theta
     axes = torch.meshgrid(*[_grid_points(d, params["align_corners"]) for d in dims], indexing="ij")
     base = torch.stack([*reversed(axes), torch.ones(dims, dtype=torch.float64)], dim=-1).reshape(-1, k + 1)
+    base = base.to(theta.device)  # (worked out on the host: to theta's device, where a cuda program's is)
     grid = torch.matmul(base, theta.to(torch.float64).transpose(1, 2))
     y.copy_(grid.reshape(y.shape).to(y.dtype))
 
@@ -377,6 +378,9 @@ def non_max_suppression(params, boxes, scores, max_output, iou_threshold, score_
     score threshold, each kept unless it overlaps one kept before; at most max_output."""
     limit = max(int(max_output.reshape(-1)[0]), 0) if max_output is not None and max_output.numel() else 0
     iou = float(iou_threshold.reshape(-1)[0]) if iou_threshold is not None and iou_threshold.numel() else 0.0
+    # box by box, a decision each: on the host, whatever the program's device (y.copy_ moves the result)
+    boxes, scores = boxes.cpu(), scores.cpu()
+    score_threshold = None if score_threshold is None else score_threshold.cpu()
     selected = []
     for b in range(boxes.shape[0]):
         suppresses = _suppresses(boxes[b], params["center_point_box"], iou)
@@ -424,19 +428,22 @@ def roi_align(params, x, rois, batch_indices, y):
     offset = 0.5 if params["half_pixel"] else 0.0
     if rois.dtype not in (torch.float16, torch.float32, torch.float64):
         rois = rois.float()
-    real = rois.numpy().dtype.type
+    # the regions (a few numbers each) are read on the host, their sample taps worked out there
+    # and moved to the features' device (a cuda program's data is on the GPU)
+    rois, batch_indices = rois.cpu().numpy(), batch_indices.cpu()
+    real = rois.dtype.type
     for n in range(rois.shape[0]):
         # the region in the rois' own precision, as the reference works it: a float32 width
         # that rounds to 0 takes no samples (in float64 it would take one)
-        x0, y0, x1, y1 = (v * real(scale) - real(offset) for v in rois[n].numpy())
+        x0, y0, x1, y1 = (v * real(scale) - real(offset) for v in rois[n])
         roi_w, roi_h = x1 - x0, y1 - y0
         if not params["half_pixel"]:
             roi_w, roi_h = max(roi_w, real(1)), max(roi_h, real(1))
         bin_h, bin_w = roi_h / real(ph), roi_w / real(pw)
         grid_h = ratio if ratio > 0 else int(np.ceil(bin_h))
         grid_w = ratio if ratio > 0 else int(np.ceil(bin_w))
-        ylo, yhi, ywl, ywh, yin = _roi_samples(float(y0), float(bin_h), ph, grid_h, height)
-        xlo, xhi, xwl, xwh, xin = _roi_samples(float(x0), float(bin_w), pw, grid_w, width)
+        ylo, yhi, ywl, ywh, yin = (t.to(x.device) for t in _roi_samples(float(y0), float(bin_h), ph, grid_h, height))
+        xlo, xhi, xwl, xwh, xin = (t.to(x.device) for t in _roi_samples(float(x0), float(bin_w), pw, grid_w, width))
         feature = x[int(batch_indices[n])].to(torch.float64)  # [C, H, W]
         inside = (yin[:, :, None, None] & xin[None, None, :, :])  # [ph, gh, pw, gw]
 
@@ -451,7 +458,7 @@ def roi_align(params, x, rois, batch_indices, y):
         elif grid_h * grid_w:
             pooled = torch.stack(terms).amax(dim=0).amax(dim=(2, 4))
         else:
-            pooled = torch.zeros(x.shape[1], ph, pw, dtype=torch.float64)
+            pooled = torch.zeros(x.shape[1], ph, pw, dtype=torch.float64, device=x.device)
         y[n].copy_(pooled.to(y.dtype))
 
 

@@ -366,6 +366,7 @@ def tree_ensemble(params, x, y):
     """The reference's aggregation, tree by tree: sum, average (each weight / trees), min
     or max per target, starting from 0 or the dtype's extreme."""
     how, trees = params["aggregate"], len(params["roots"])
+    x = x.cpu()  # (node by node, index lookups: on the host, whatever the program's device; y.copy_ moves it)
     info = torch.finfo(y.dtype)
     result = torch.full(y.shape, {0: 0.0, 1: 0.0, 2: info.max, 3: info.min}[how], dtype=torch.float64)
     rows = torch.arange(x.shape[0])
