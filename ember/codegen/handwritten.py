@@ -17,7 +17,8 @@ load builds nothing either.
                          quantized blocks, x quantized to int8)
     integer_gemm         cpu_integer_gemm.cpp: MatMulInteger, QLinearMatMul,
                          MatMulIntegerToFloat, ConvInteger and QLinearConv (8-bit
-                         integers, exact int32 sums), and DynamicQuantizeLinear
+                         integers, exact int32 sums), DynamicQuantizeLinear, and
+                         DynamicQuantizeLSTM's X.W
     quantized_lstm       cpu_quantized_lstm.cpp: com.microsoft.DynamicQuantizeLSTM's step loop
     paged_attention-T    cpu_paged_attention.cpp for element type T (float32, float16,
                          bfloat16): ember.PagedAttention, and float32 attention of packed rows
@@ -144,7 +145,7 @@ KERNELS: dict[str, HandWritten] = {k.name: k for k in [
                                                                                         "quantized_gather"))),
     HandWritten("integer_gemm", "cpu_integer_gemm.cpp", what="8-bit integer GEMM", instead="torch's, in float64",
                 used_by=lambda program: program_uses(program, lambda step: step.name in (
-                    "integer_matmul", "integer_conv", "dynamic_quantize"))),
+                    "integer_matmul", "integer_conv", "dynamic_quantize", "quantized_lstm"))),
     HandWritten("quantized_lstm", "cpu_quantized_lstm.cpp", what="DynamicQuantizeLSTM", instead="the reference",
                 used_by=lambda program: program_uses(program, lambda step: step.name == "quantized_lstm")),
     *(_paged(dtype, cache) for dtype in PAGED_DTYPES for cache in CACHE_DTYPES),

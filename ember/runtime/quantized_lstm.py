@@ -2,17 +2,20 @@
 two agree, is ember/ir/ops/contrib_rnn.py's reference): the `quantized_lstm` extern
 (externs_recurrent.py) runs `run` over weights `pack` prepared once.
 
-X is quantized once and multiplied by W here, in torch: an exact integer GEMM, since the
-8-bit operands less their zero points are small whole numbers held as floats and every
-partial sum stays below 2**24 (float32's exact range) or, for larger K, is summed in
-float64. The steps, each quantizing h for its GEMM with R, run in C++
-(runtime/native/quantized_lstm.py); without a C++ compiler, on the reference.
+X is quantized once and multiplied by W here: on the 8-bit integer GEMM (runtime/native/
+integer_gemm.py, VNNI where the CPU has it), or where that does not build, in torch: an
+exact integer GEMM too, since the 8-bit operands less their zero points are small whole
+numbers held as floats and every partial sum stays below 2**24 (float32's exact range) or,
+for larger K, is summed in float64. Either way each sum is exact, then scaled in float32.
+The steps, each quantizing h for its GEMM with R, run in C++ (runtime/native/
+quantized_lstm.py); without a C++ compiler, on the reference.
 """
 
 from __future__ import annotations
 
 from ._torch import torch
 
+from .native import integer_gemm
 from .native import quantized_lstm as kernel
 from ..errors import ExecutionError
 from ..ir.quantized_lstm import rows_per_group, threads
@@ -36,7 +39,7 @@ def pack(w, r, b, p, w_scale, w_zero, r_scale, r_zero, hidden: int) -> dict:
     largest = int(w_int.abs().max()) if w_int.numel() else 0
     # a quantized X less its zero point is within 255 of 0
     exact = torch.float32 if k * 255 * largest < _FLOAT32_EXACT else torch.float64
-    return {"w": w_int.to(exact), "w_scale": _scales(w_scale, dirs, n4),
+    return {"w": w_int.to(exact), "w_scale": _scales(w_scale, dirs, n4), "w_packed": _integer_gemm_weights(w, w_zero),
             "r": _less_zero_point(r, r_zero).to(torch.int16).contiguous(),
             "r_scale": _scales(r_scale, dirs, n4).reshape(dirs, n4),
             # onnxruntime adds Wb + Rb, summed first, after both GEMMs
@@ -44,16 +47,41 @@ def pack(w, r, b, p, w_scale, w_zero, r_scale, r_zero, hidden: int) -> dict:
             "peephole": None if p is None else p.to(torch.float32).contiguous()}
 
 
-def quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _integer_gemm_weights(w: torch.Tensor, zero: torch.Tensor) -> list | None:
+    """Each direction's W [K, 4H] less its zero point (one, or one per column) packed for the
+    integer GEMM, or None where that kernel is not built or does not take them."""
+    if not integer_gemm.available():
+        return None
+    w_np, zero_np = w.numpy(), zero.reshape(w.shape[0], -1).numpy()
+    packed = [integer_gemm.pack(w_np[d], zero_np[d]) for d in range(w.shape[0])]
+    return None if any(p is None for p in packed) else packed
+
+
+def quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """onnxruntime's dynamic uint8 quantization of a (GetQuantizationParameter, then MLAS's
     QuantizeLinear): the range, widened to hold 0, spans 0..255; the zero point and the
-    values round half to even. Returns q - zero point (whole numbers, float32) and the
-    float32 scale (a 0-d tensor)."""
+    values round half to even. Returns q - zero point (whole numbers, float32), the
+    float32 scale and the zero point (whole, float32; both 0-d tensors)."""
     lo = a.min().clamp(max=0)
     hi = a.max().clamp(min=0)
     scale = torch.where(hi == lo, torch.ones_like(hi), (hi - lo) / 255)
     zero = (-lo / scale).clamp(0, 255).round()
-    return torch.maximum(torch.minimum(torch.round(a / scale), 255 - zero), -zero), scale
+    return torch.maximum(torch.minimum(torch.round(a / scale), 255 - zero), -zero), scale, zero
+
+
+def _project(qx: torch.Tensor, x_scale: torch.Tensor, zero: torch.Tensor, packed: dict) -> torch.Tensor:
+    """X.W of every row of qx [rows, K] (X quantized, less its zero point): [dirs, rows, 4H]
+    float32, each exact integer sum times x_scale * W's scale (float32, as onnxruntime)."""
+    dirs, _, n4 = packed["w"].shape
+    scales = x_scale * packed["w_scale"]  # [dirs, 1, 4H]
+    if packed.get("w_packed") is not None:
+        codes = (qx + zero).to(torch.uint8).numpy()  # (whole numbers in 0..255)
+        out = torch.empty((dirs, qx.shape[0], n4))
+        if all(integer_gemm.run(codes, int(zero), w, n4, out[d].numpy(), threads(), scale=scales[d].numpy())
+               for d, w in enumerate(packed["w_packed"])):
+            return out
+    projected = torch.matmul(qx.reshape(1, *qx.shape).to(packed["w"].dtype), packed["w"])
+    return projected.to(torch.float32) * scales
 
 
 def kernel_takes(hidden: int) -> bool:
@@ -79,9 +107,8 @@ def run(params: dict, packed: dict, x, seq_lens, h0, c0, y, y_h, y_c) -> None:
     out = torch.zeros((seq, dirs, batch, hidden))
     if steps and batch:
         # X quantized once over the steps that run: a reversed direction reads the same rows
-        qx, x_scale = quantize(x[:steps])
-        projected = torch.matmul(qx.reshape(1, steps * batch, -1).to(packed["w"].dtype), packed["w"])
-        projected = (projected.to(torch.float32) * (x_scale * packed["w_scale"])).view(dirs, steps, batch, -1)
+        qx, x_scale, zero = quantize(x[:steps])
+        projected = _project(qx.reshape(steps * batch, -1), x_scale, zero, packed).view(dirs, steps, batch, -1)
         reversed_dirs = [params["direction"] == "reverse" or d == 1 for d in range(dirs)]
         order = _step_order(steps, lens, batch) if any(reversed_dirs) else None
         n = threads()

@@ -30,6 +30,7 @@ from ember.frontends.onnx import load_onnx
 from ember.ir.interpreter import evaluate
 from ember.ir.ops import _mlas_math
 from ember.ir.quantized_lstm import rows_per_group
+from ember.runtime.native import integer_gemm
 from ember.runtime.native import quantized_lstm as kernel
 
 pytestmark = pytest.mark.skipif(cpu.compiler() is None, reason="no C++ compiler on this machine")
@@ -130,7 +131,9 @@ def test_kernel_and_reference_equal_onnxruntime_to_the_bit(layer):
     compiled = ember.compile(model)
     assert compiled.stats.fallback_nodes == []
     theirs = _onnxruntime(model, feeds)
+    gemms = integer_gemm.RUNS[0]
     got = compiled.run(feeds)
+    event(f"X.W on {'the integer GEMM' if integer_gemm.RUNS[0] > gemms else 'torch'}")
     want = evaluate(load_onnx(model), feeds)
     assert list(got) == list(want) == [o.name for o in model.graph.output]
     for (name, ours), reference, onnxruntime in zip(got.items(), want.values(), theirs):
