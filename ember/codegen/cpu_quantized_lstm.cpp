@@ -16,6 +16,11 @@
 #if defined(__AVX2__) && !defined(EMBER_QLSTM_SCALAR)
 #include <immintrin.h>
 #endif
+// AVX-512 VNNI: h's uint8 codes times R's 8-bit values, four products summed into each int32 lane
+// by one vpdpbusd (product_vnni); elsewhere the int16 products of `product`
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && !defined(EMBER_QLSTM_SCALAR) && !defined(EMBER_QLSTM_NO_VNNI)
+#define EMBER_QLSTM_VNNI 1
+#endif
 
 namespace {
 
@@ -85,8 +90,53 @@ void product(const int16_t* r, const int32_t* q, int64_t hidden, int64_t n4, int
     }
 }
 
+// acc [n4] = (u - zh) . R' for one row of h's uint8 codes u [hpad] (zeros past hidden) and zero point
+// zh, with R' (R less its zero point) = s + o: s [hpad / 4][n4][4] int8 (R's bytes, less 128 where
+// they are uint8; four rows' values of each column together, as vpdpbusd takes them) and o [n4] the
+// column's offset. Then (u - zh) . R' = u . s + o U - zh C, U = the sum of u and C [n4] the column
+// sums of R': exact int32 arithmetic, the same sums as `product`'s.
+void product_vnni(const int8_t* s, const int32_t* o, const int32_t* colsum, const uint8_t* u, int32_t zh,
+                  int64_t hpad, int64_t n4, int32_t* acc) {
+    int32_t total = 0;
+    for (int64_t k = 0; k < hpad; ++k) total += u[k];
+    const int64_t quads = hpad / 4;
+    int64_t n0 = 0;
+#if EMBER_QLSTM_VNNI
+    for (; n0 + 128 <= n4; n0 += 128) {  // 128 columns' sums in 8 registers across all of h
+        __m512i a[8];
+        for (int j = 0; j < 8; ++j) a[j] = _mm512_setzero_si512();
+        for (int64_t kq = 0; kq < quads; ++kq) {
+            int32_t four;
+            std::memcpy(&four, u + 4 * kq, 4);
+            const __m512i x = _mm512_set1_epi32(four);
+            const int8_t* row = s + (kq * n4 + n0) * 4;
+            for (int j = 0; j < 8; ++j) a[j] = _mm512_dpbusd_epi32(a[j], x, _mm512_loadu_si512(row + 64 * j));
+        }
+        for (int j = 0; j < 8; ++j) _mm512_storeu_si512(acc + n0 + 16 * j, a[j]);
+    }
+    for (; n0 + 16 <= n4; n0 += 16) {
+        __m512i a = _mm512_setzero_si512();
+        for (int64_t kq = 0; kq < quads; ++kq) {
+            int32_t four;
+            std::memcpy(&four, u + 4 * kq, 4);
+            a = _mm512_dpbusd_epi32(a, _mm512_set1_epi32(four), _mm512_loadu_si512(s + (kq * n4 + n0) * 4));
+        }
+        _mm512_storeu_si512(acc + n0, a);
+    }
+#endif
+    for (int64_t n = n0; n < n4; ++n) {
+        int32_t sum = 0;
+        for (int64_t k = 0; k < hpad; ++k) sum += static_cast<int32_t>(u[k]) * s[((k / 4) * n4 + n) * 4 + k % 4];
+        acc[n] = sum;
+    }
+    for (int64_t n = 0; n < n4; ++n) acc[n] += o[n] * total - zh * colsum[n];
+}
+
 struct Direction {
     const int16_t* r;      // [H, 4H] R less its zero point
+    const int8_t* r8;      // product_vnni's s [hpad / 4][4H][4], or null (then `product` on r)
+    const int32_t* r8_offset;  // its o [4H]
+    const int32_t* r8_colsum;  // its C [4H]
     const float* r_scale;  // [4H]
     const float* bias;     // [4H] Wb + Rb, or null
     const float* peephole; // [3H] (i o f), or null
@@ -94,11 +144,15 @@ struct Direction {
 };
 
 // One sequence's step: gates = X.W + q.R * multiplier, then onnxruntime's LSTM cell; q is the
-// sequence's h quantized (less the zero point), multiplier h's scale times each column's of R.
-void step_row(const Direction& dir, const float* xw, const int32_t* q, const float* multiplier, float* h, float* c,
-              float* y, int32_t* acc, float* gates) {
+// sequence's h quantized (less the zero point zh), u the same as uint8 codes (q + zh, zeros past
+// hidden to a multiple of 4), multiplier h's scale times each column's of R.
+void step_row(const Direction& dir, const float* xw, const int32_t* q, const uint8_t* u, int32_t zh,
+              const float* multiplier, float* h, float* c, float* y, int32_t* acc, float* gates) {
     const int64_t hidden = dir.hidden, n4 = 4 * hidden;
-    product(dir.r, q, hidden, n4, acc);
+    if (dir.r8)
+        product_vnni(dir.r8, dir.r8_offset, dir.r8_colsum, u, zh, (hidden + 3) / 4 * 4, n4, acc);
+    else
+        product(dir.r, q, hidden, n4, acc);
     for (int64_t n = 0; n < n4; ++n) gates[n] = xw[n] + static_cast<float>(acc[n]) * multiplier[n];
     // each pass one loop over the units, so that the compiler vectorizes it
     float *gi = gates, *go = gi + hidden, *gf = go + hidden, *gc = gf + hidden;
@@ -125,7 +179,9 @@ void step_row(const Direction& dir, const float* xw, const int32_t* q, const flo
 
 }  // namespace
 
-// xw [dirs, steps, batch, 4H]: X.W of every step; r [dirs, H, 4H]: R less its zero point;
+// xw [dirs, steps, batch, 4H]: X.W of every step; r [dirs, H, 4H]: R less its zero point; r8,
+// r8_offset, r8_colsum: the same R as product_vnni takes it ([dirs, hpad / 4, 4H, 4], [dirs, 4H],
+// [dirs, 4H]; ember_quantized_lstm_vnni says whether the build runs it), or null;
 // r_scale [dirs, 4H]; bias [dirs, 4H] (Wb + Rb) or null; peephole [dirs, 3H] (i o f) or null;
 // lens [batch] or null (every sequence `steps` long). A direction d with bit d of `reversed`
 // set runs step order[t, b] ([steps, batch]) of sequence b at its t-th step (each sequence
@@ -134,16 +190,28 @@ void step_row(const Direction& dir, const float* xw, const int32_t* q, const flo
 // past a sequence's end. group: the rows quantized together (onnxruntime splits a batch over
 // its threads). has_y: a step quantizes the previous step's outputs (0 past an end), else
 // the held states. threads: how many run the directions, which are independent.
-extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const float* r_scale, const float* bias,
+extern "C" int64_t ember_quantized_lstm_vnni() {
+#if EMBER_QLSTM_VNNI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const int8_t* r8, const int32_t* r8_offset,
+                                    const int32_t* r8_colsum, const float* r_scale, const float* bias,
                                     const float* peephole, const int64_t* lens, const int64_t* order, float* h,
                                     float* c, float* out, int64_t dirs, int64_t steps, int64_t batch, int64_t hidden,
                                     int64_t reversed, int64_t group, int64_t has_y, int64_t threads) {
-    const int64_t n4 = 4 * hidden;
+    const int64_t n4 = 4 * hidden, hpad = (hidden + 3) / 4 * 4;
 #pragma omp parallel for num_threads(static_cast<int>(threads)) schedule(static, 1)
     for (int64_t d = 0; d < dirs; ++d) {
         std::vector<float> seen(batch * hidden), gates(n4), multiplier(n4);
         std::vector<int32_t> q(batch * hidden), acc(n4);
-        const Direction dir{r + d * hidden * n4, r_scale + d * n4, bias ? bias + d * n4 : nullptr,
+        std::vector<uint8_t> u(batch * hpad, 0);
+        const Direction dir{r + d * hidden * n4, r8 ? r8 + d * hpad * n4 : nullptr,
+                            r8 ? r8_offset + d * n4 : nullptr, r8 ? r8_colsum + d * n4 : nullptr,
+                            r_scale + d * n4, bias ? bias + d * n4 : nullptr,
                             peephole ? peephole + d * 3 * hidden : nullptr, hidden};
         const bool backwards = (reversed >> d) & 1;
         float* hd = h + d * batch * hidden;
@@ -159,9 +227,11 @@ extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const flo
                 }
                 const float scale = hi == lo ? 1.0f : (hi - lo) / 255.0f;
                 const float zero = std::nearbyint(std::min(std::max(0.0f - lo / scale, 0.0f), 255.0f));
+                const int32_t zh = static_cast<int32_t>(zero);
                 for (int64_t i = first * hidden; i < end * hidden; ++i) {
                     const float v = std::min(std::max(seen[i] / scale, -zero), 255.0f - zero);
                     q[i] = static_cast<int32_t>(std::nearbyint(v));
+                    u[(i / hidden) * hpad + i % hidden] = static_cast<uint8_t>(q[i] + zh);
                 }
                 for (int64_t n = 0; n < n4; ++n) multiplier[n] = scale * dir.r_scale[n];
                 // the group's q is taken: each row's `seen` now becomes what the next step quantizes
@@ -174,8 +244,9 @@ extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const flo
                         if (has_y) std::fill(next, next + hidden, 0.0f);  // else it holds the last h
                         continue;
                     }
-                    step_row(dir, xw + ((d * steps + s) * batch + b) * n4, q.data() + b * hidden, multiplier.data(),
-                             hd + b * hidden, cd + b * hidden, y, acc.data(), gates.data());
+                    step_row(dir, xw + ((d * steps + s) * batch + b) * n4, q.data() + b * hidden,
+                             u.data() + b * hpad, zh, multiplier.data(), hd + b * hidden, cd + b * hidden, y,
+                             acc.data(), gates.data());
                     std::memcpy(next, y, sizeof(float) * hidden);
                 }
             }

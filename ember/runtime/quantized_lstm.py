@@ -39,8 +39,9 @@ def pack(w, r, b, p, w_scale, w_zero, r_scale, r_zero, hidden: int) -> dict:
     largest = int(w_int.abs().max()) if w_int.numel() else 0
     # a quantized X less its zero point is within 255 of 0
     exact = torch.float32 if k * 255 * largest < _FLOAT32_EXACT else torch.float64
+    r_int = _less_zero_point(r, r_zero)
     return {"w": w_int.to(exact), "w_scale": _scales(w_scale, dirs, n4), "w_packed": _integer_gemm_weights(w, w_zero),
-            "r": _less_zero_point(r, r_zero).to(torch.int16).contiguous(),
+            "r": r_int.to(torch.int16).contiguous(), "r8": eight_bit_r(r, r_int) if kernel.vnni() else None,
             "r_scale": _scales(r_scale, dirs, n4).reshape(dirs, n4),
             # onnxruntime adds Wb + Rb, summed first, after both GEMMs
             "bias": None if b is None else (b[:, :n4] + b[:, n4:]).to(torch.float32).contiguous(),
@@ -55,6 +56,20 @@ def _integer_gemm_weights(w: torch.Tensor, zero: torch.Tensor) -> list | None:
     w_np, zero_np = w.numpy(), zero.reshape(w.shape[0], -1).numpy()
     packed = [integer_gemm.pack(w_np[d], zero_np[d]) for d in range(w.shape[0])]
     return None if any(p is None for p in packed) else packed
+
+
+def eight_bit_r(r: torch.Tensor, r_int: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """R [dirs, H, 4H] (8-bit) as the VNNI step loop multiplies it (cpu_quantized_lstm.cpp's
+    product_vnni): R less its zero point (r_int) = s + o, s R's bytes as int8 (less 128 where
+    R is uint8) laid out [dirs, ceil(H / 4), 4H, 4] (zeros past H) and o [dirs, 4H] a column's
+    offset, with C [dirs, 4H] the column sums of r_int (all int32 but s)."""
+    dirs, hidden, n4 = r.shape
+    s = r.to(torch.int32) - (128 if r.dtype == torch.uint8 else 0)
+    offset = (r_int[:, :1] - s[:, :1]).reshape(dirs, n4) if hidden else torch.zeros((dirs, n4), dtype=torch.int32)
+    padded = torch.zeros((dirs, -(-hidden // 4) * 4, n4), dtype=torch.int8)
+    padded[:, :hidden] = s.to(torch.int8)
+    layout = padded.reshape(dirs, -1, 4, n4).permute(0, 1, 3, 2).contiguous()
+    return layout, offset.to(torch.int32).contiguous(), r_int.sum(1, dtype=torch.int32).contiguous()
 
 
 def quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,7 +128,8 @@ def run(params: dict, packed: dict, x, seq_lens, h0, c0, y, y_h, y_c) -> None:
         order = _step_order(steps, lens, batch) if any(reversed_dirs) else None
         n = threads()
         kernel.run(projected, packed["r"], packed["r_scale"], packed["bias"], packed["peephole"], lens, order,
-                   h, c, out[:steps], reversed_dirs, rows_per_group(batch, hidden, n), params.get("has_y", True), n)
+                   h, c, out[:steps], reversed_dirs, rows_per_group(batch, hidden, n), params.get("has_y", True), n,
+                   packed.get("r8"))
     if lens is not None:  # an empty sequence's last states are 0
         h *= (lens > 0)[None, :, None]
         c *= (lens > 0)[None, :, None]

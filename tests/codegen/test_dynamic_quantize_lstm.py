@@ -13,6 +13,8 @@ u8s8 GEMM saturates each pair of products at int16 (ember's does not): its sessi
 run with `session.x64quantprecision` (u8u8 on constant weights), and where the weights are
 fed on such a host the layers draw 7-bit int8 weights, whose pairs cannot saturate."""
 
+import ctypes
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -24,7 +26,7 @@ from onnx import helper, numpy_helper
 import ember
 from tests.artifact.zips import runs_the_shipped_kernel
 from tests.native import cpu_flags
-from ember.codegen import cpu
+from ember.codegen import cpu, handwritten
 from ember.codegen.lowering import lower_graph
 from ember.frontends.onnx import load_onnx
 from ember.ir.interpreter import evaluate
@@ -264,3 +266,40 @@ def test_an_input_of_the_wrong_shape_is_an_execution_error_naming_it(name, shape
     compiled = ember.compile(_model({"hidden_size": 2}, values, feeds, ["Y"]))
     with pytest.raises(ember.ExecutionError, match=name):
         compiled.run(feeds)
+
+
+@pytest.mark.parametrize("hidden", [1, 3, 33, 40])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_eight_bit_h_r_products_equal_the_int16_ones_to_the_bit(hidden, dtype):
+    """h.R in 8 bits (product_vnni: R as eight_bit_r lays it out, s + a column offset, with
+    VNNI's dot products where the build has them, else its portable loop) gives the int16
+    path's exact sums: the same outputs, states and all, bit for bit. Hidden sizes leave
+    tails of the 128- and 16-column blocks and of 4 rows; zero points per column."""
+    from ember.runtime.quantized_lstm import _less_zero_point, eight_bit_r
+
+    lib = ctypes.CDLL(str(cpu.build(handwritten.KERNELS["quantized_lstm"].source())))
+    lib.ember_quantized_lstm.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int64] * 8
+    lib.ember_quantized_lstm_vnni.restype = ctypes.c_int64
+    rng = np.random.default_rng(hidden)
+    dirs, steps, batch, n4 = 2, 3, 2, 4 * hidden
+    info = np.iinfo(dtype)
+    r = torch.from_numpy(rng.integers(info.min, info.max + 1, (dirs, hidden, n4)).astype(dtype))
+    r_zero = torch.from_numpy(rng.integers(info.min, info.max + 1, (dirs, n4)).astype(dtype))
+    r_int = _less_zero_point(r, r_zero)
+    r16, (s, offset, colsum) = r_int.to(torch.int16).contiguous(), eight_bit_r(r, r_int)
+    xw = torch.from_numpy(rng.standard_normal((dirs, steps, batch, n4)).astype(np.float32) * 4)
+    r_scale = torch.from_numpy(rng.uniform(1e-3, 2e-2, (dirs, n4)).astype(np.float32))
+    order = torch.arange(steps - 1, -1, -1)[:, None].expand(steps, batch).contiguous()
+    h0 = torch.from_numpy(rng.standard_normal((dirs, batch, hidden)).astype(np.float32))
+    results = []
+    for eight_bit in (False, True):
+        h, c = h0.clone(), torch.zeros((dirs, batch, hidden))
+        out = torch.zeros((steps, dirs, batch, hidden))
+        ptrs = [t.data_ptr() if t is not None else None for t in (
+            xw, r16, s if eight_bit else None, offset if eight_bit else None, colsum if eight_bit else None, r_scale,
+            None, None, None, order, h, c, out)]
+        assert lib.ember_quantized_lstm(*ptrs, dirs, steps, batch, hidden, 0b10, batch, 1, 1) == 0
+        results.append((out, h, c))
+    for int16, eight in zip(*results):
+        assert torch.equal(int16, eight)
+    assert results[0][0].abs().sum() > 0

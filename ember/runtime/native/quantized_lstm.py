@@ -15,8 +15,15 @@ from . import function
 
 
 def _kernel():
-    return function("quantized_lstm", "ember_quantized_lstm", [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 8,
+    return function("quantized_lstm", "ember_quantized_lstm", [ctypes.c_void_p] * 13 + [ctypes.c_int64] * 8,
                     ctypes.c_int)
+
+
+def vnni() -> bool:
+    """Whether the step loop's build multiplies h by R in 8 bits with AVX-512 VNNI (it then
+    takes R as `eight_bit_r` lays it out, else in int16)."""
+    fn = function("quantized_lstm", "ember_quantized_lstm_vnni", [], ctypes.c_int64)
+    return bool(fn is not None and fn())
 
 
 def available() -> bool:
@@ -24,8 +31,9 @@ def available() -> bool:
 
 
 def run(xw, r, r_scale, bias, peephole, lens, order, h, c, out, reversed_dirs: list[bool], group: int,
-        has_y: bool, threads: int = 1) -> None:
-    """The recurrence (see cpu_quantized_lstm.cpp for what each array holds), the
+        has_y: bool, threads: int = 1, r8: tuple | None = None) -> None:
+    """The recurrence (see cpu_quantized_lstm.cpp for what each array holds; r8, where
+    given, R in 8 bits as the VNNI build takes it: `eight_bit_r`'s), the
     directions in `reversed_dirs` backwards (step order[t, b] at step t), h quantized in
     groups of `group` rows, the directions on up to `threads` threads; h, c and out are
     written in place."""
@@ -34,6 +42,7 @@ def run(xw, r, r_scale, bias, peephole, lens, order, h, c, out, reversed_dirs: l
     def ptr(t):
         return None if t is None else t.data_ptr()
 
-    _kernel()(ptr(xw), ptr(r), ptr(r_scale), ptr(bias), ptr(peephole), ptr(lens), ptr(order), ptr(h), ptr(c),
+    s, offset, colsum = r8 if r8 is not None else (None, None, None)
+    _kernel()(ptr(xw), ptr(r), ptr(s), ptr(offset), ptr(colsum), ptr(r_scale), ptr(bias), ptr(peephole), ptr(lens), ptr(order), ptr(h), ptr(c),
               ptr(out), dirs, steps, batch, n4 // 4, sum(1 << d for d, back in enumerate(reversed_dirs) if back),
               group, int(has_y), max(1, min(threads, dirs)))
