@@ -13,6 +13,8 @@ quantized_lstm.py); without a C++ compiler, on the reference.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._torch import torch
 
 from .native import integer_gemm
@@ -72,31 +74,36 @@ def eight_bit_r(r: torch.Tensor, r_int: torch.Tensor) -> tuple[torch.Tensor, tor
     return layout, offset.to(torch.int32).contiguous(), r_int.sum(1, dtype=torch.int32).contiguous()
 
 
-def quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """onnxruntime's dynamic uint8 quantization of a (GetQuantizationParameter, then MLAS's
     QuantizeLinear): the range, widened to hold 0, spans 0..255; the zero point and the
-    values round half to even. Returns q - zero point (whole numbers, float32), the
-    float32 scale and the zero point (whole, float32; both 0-d tensors)."""
+    values round half to even. Returns q - zero point (whole numbers, float32) and the
+    float32 scale (a 0-d tensor)."""
     lo = a.min().clamp(max=0)
     hi = a.max().clamp(min=0)
     scale = torch.where(hi == lo, torch.ones_like(hi), (hi - lo) / 255)
     zero = (-lo / scale).clamp(0, 255).round()
-    return torch.maximum(torch.minimum(torch.round(a / scale), 255 - zero), -zero), scale, zero
+    return torch.maximum(torch.minimum(torch.round(a / scale), 255 - zero), -zero), scale
 
 
-def _project(qx: torch.Tensor, x_scale: torch.Tensor, zero: torch.Tensor, packed: dict) -> torch.Tensor:
-    """X.W of every row of qx [rows, K] (X quantized, less its zero point): [dirs, rows, 4H]
-    float32, each exact integer sum times x_scale * W's scale (float32, as onnxruntime)."""
+def _project(x: torch.Tensor, packed: dict) -> torch.Tensor:
+    """X.W of every row of x [rows, K], X quantized (`quantize`'s arithmetic): [dirs, rows, 4H]
+    float32, each exact integer sum times x's scale times W's (float32, as onnxruntime)."""
     dirs, _, n4 = packed["w"].shape
-    scales = x_scale * packed["w_scale"]  # [dirs, 1, 4H]
     if packed.get("w_packed") is not None:
-        codes = (qx + zero).to(torch.uint8).numpy()  # (whole numbers in 0..255)
-        out = torch.empty((dirs, qx.shape[0], n4))
-        if all(integer_gemm.run(codes, int(zero), w, n4, out[d].numpy(), threads(), scale=scales[d].numpy())
-               for d, w in enumerate(packed["w_packed"])):
-            return out
+        # DynamicQuantizeLinear's kernel quantizes as `quantize` does (only an all-zero x gets
+        # another scale, which multiplies sums of 0)
+        x_np = x.contiguous().numpy()
+        codes, scale, zero = np.empty(x_np.shape, np.uint8), np.empty(1, np.float32), np.empty(1, np.uint8)
+        if integer_gemm.dynamic_quantize(x_np, codes, scale, zero, threads()):
+            scales = (torch.from_numpy(scale).reshape(()) * packed["w_scale"]).numpy()  # [dirs, 1, 4H]
+            out = torch.empty((dirs, x_np.shape[0], n4))
+            if all(integer_gemm.run(codes, int(zero[0]), w, n4, out[d].numpy(), threads(), scale=scales[d])
+                   for d, w in enumerate(packed["w_packed"])):
+                return out
+    qx, x_scale = quantize(x)
     projected = torch.matmul(qx.reshape(1, *qx.shape).to(packed["w"].dtype), packed["w"])
-    return projected.to(torch.float32) * scales
+    return projected.to(torch.float32) * (x_scale * packed["w_scale"])
 
 
 def kernel_takes(hidden: int) -> bool:
@@ -122,8 +129,7 @@ def run(params: dict, packed: dict, x, seq_lens, h0, c0, y, y_h, y_c) -> None:
     out = torch.zeros((seq, dirs, batch, hidden))
     if steps and batch:
         # X quantized once over the steps that run: a reversed direction reads the same rows
-        qx, x_scale, zero = quantize(x[:steps])
-        projected = _project(qx.reshape(steps * batch, -1), x_scale, zero, packed).view(dirs, steps, batch, -1)
+        projected = _project(x[:steps].reshape(steps * batch, -1), packed).view(dirs, steps, batch, -1)
         reversed_dirs = [params["direction"] == "reverse" or d == 1 for d in range(dirs)]
         order = _step_order(steps, lens, batch) if any(reversed_dirs) else None
         n = threads()
