@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(*args.worker, int(runs), int(warmup), int(threads), float(settle), out)))
         return 0
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # benchmarks/_report.py (here: tests load this file by its path)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     machine = f"{cpu_name()}, {platform.machine()}, {os.cpu_count()} cores"
     print(f"{machine}; threads {args.threads}; median of {args.runs} runs after {args.warmup} warm-up")

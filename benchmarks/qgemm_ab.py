@@ -82,7 +82,8 @@ def main(argv=None) -> int:
         return out
 
     packed = [[[pack(lib, w, n, k) for w, (n, k) in zip(layer, SHAPES)] for layer in raw] for lib in libs]
-    print(f"{cpu_name()}; {args.threads} threads; {args.format}{''.join(' -D' + d for d in args.define)} {args.cflags}; new ({args.new or 'working tree'}) / base "
+    variant = "".join(" -D" + d for d in args.define) + (" " + args.cflags if args.cflags else "")
+    print(f"{cpu_name()}; {args.threads} threads; {args.format}{variant}; new ({args.new or 'working tree'}) / base "
           f"({args.base}), medians of alternating runs")
     for rows in (int(r) for r in args.rows.split(",")):
         x = {k: rng.standard_normal((rows, k)).astype(np.float32) for k in (HIDDEN, FFN)}

@@ -43,6 +43,6 @@ def run(xw, r, r_scale, bias, peephole, lens, order, h, c, out, reversed_dirs: l
         return None if t is None else t.data_ptr()
 
     s, offset, colsum = r8 if r8 is not None else (None, None, None)
-    _kernel()(ptr(xw), ptr(r), ptr(s), ptr(offset), ptr(colsum), ptr(r_scale), ptr(bias), ptr(peephole), ptr(lens), ptr(order), ptr(h), ptr(c),
-              ptr(out), dirs, steps, batch, n4 // 4, sum(1 << d for d, back in enumerate(reversed_dirs) if back),
-              group, int(has_y), max(1, min(threads, dirs)))
+    _kernel()(ptr(xw), ptr(r), ptr(s), ptr(offset), ptr(colsum), ptr(r_scale), ptr(bias), ptr(peephole), ptr(lens),
+              ptr(order), ptr(h), ptr(c), ptr(out), dirs, steps, batch, n4 // 4,
+              sum(1 << d for d, back in enumerate(reversed_dirs) if back), group, int(has_y), max(1, min(threads, dirs)))
