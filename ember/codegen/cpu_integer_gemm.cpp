@@ -385,6 +385,19 @@ void run(const T* a, int64_t rows, int64_t a_stride, int a_zero, const Packed& f
                         int32_t* o = out[m] + q * NR;
                         if constexpr (KIND == 1) {  // the zero points' terms (uint32: wraps as int32 does)
                             const uint32_t s = static_cast<uint32_t>(sums[m0 + m]);
+#if EMBER_IGEMM_VNNI512
+                            if (count == NR) {  // (a whole panel's row: one register; the same wrapping adds)
+                                const __m512i dv = _mm512_loadu_si512(d + p * NR);
+                                const __m512i ev = _mm512_loadu_si512(ez + p * NR);
+                                const __m512i sv = _mm512_set1_epi32(static_cast<int32_t>(s));
+                                const __m512i zv = _mm512_set1_epi32(static_cast<int32_t>(zero_term));
+                                __m512i v = _mm512_add_epi32(_mm512_loadu_si512(o), _mm512_mullo_epi32(dv, sv));
+                                v = _mm512_add_epi32(v, _mm512_mullo_epi32(ev, zv));
+                                _mm512_storeu_si512(o, v);
+                                store(o, p * NR, count, e, y + (m0 + m) * y_stride * bytes);
+                                continue;
+                            }
+#endif
                             for (int c = 0; c < count; ++c)
                                 o[c] = static_cast<int32_t>(static_cast<uint32_t>(o[c]) +
                                                             static_cast<uint32_t>(d[p * NR + c]) * s +
