@@ -20,7 +20,6 @@
 // ember_sigmoidf for the activations and the softmax.
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <omp.h>
 #include <unistd.h>
@@ -38,15 +37,6 @@ typedef float uvec __attribute__((vector_size(VW * sizeof(float)), aligned(sizeo
 
 static inline vec load(const float* p) { return *reinterpret_cast<const uvec*>(p); }
 static inline void store(float* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
-
-// n floats on a 64-byte boundary (free with std::free): the vectors a kernel loads from or stores
-// to a buffer of its own then never straddle two cache lines. operator new gives 16 bytes, and a
-// block from mmap sits 16 bytes past a page: every AVX-512 access of a panel there crossed a line
-// (a process whose buffers happened to land so ran ResNet-50's Winograd convolutions slower).
-static inline float* aligned_floats(int64_t n) {
-    const size_t bytes = (static_cast<size_t>(n > 0 ? n : 1) * sizeof(float) + 63) & ~size_t(63);
-    return static_cast<float*>(std::aligned_alloc(64, bytes));
-}
 
 extern "C" int64_t ember_gemm_panel() { return NR; }
 extern "C" int64_t ember_gemm_block_rows() { return MR; }
@@ -691,7 +681,7 @@ extern "C" void ember_winograd_conv(const float* x, int64_t N, int64_t H, int64_
     const int64_t need = 16 * chunk * (C + O) + (C > O ? C : O);
     if (need > capacity) {
         std::free(scratch);
-        scratch = aligned_floats(need);
+        scratch = ember_aligned_floats(need);  // (the prelude's: 64-byte lines, not new's 16)
         capacity = need;
     }
     float* V = scratch;                // [16][chunk][C]
@@ -931,9 +921,9 @@ extern "C" int ember_attention(const float* q, int64_t sbq, int64_t ldq, const f
             lo = t == 0 ? 0 : at(work / T * t + work % T * t / T);
             hi = t + 1 == T ? tasks : at(work / T * (t + 1) + work % T * (t + 1) / T);
         }
-        float* kt = aligned_floats(kpanels * NR * D);  // [kpanels][D][NR]: scale k^T
-        float* vp = aligned_floats(vpanels * NR * (longest > 0 ? longest : 1));  // [vpanels][Sk][NR]
-        float* s = aligned_floats(QB * (width > 0 ? width : 1));  // scores, then probabilities
+        float* kt = ember_aligned_floats(kpanels * NR * D);  // [kpanels][D][NR]: scale k^T
+        float* vp = ember_aligned_floats(vpanels * NR * (longest > 0 ? longest : 1));  // [vpanels][Sk][NR]
+        float* s = ember_aligned_floats(QB * (width > 0 ? width : 1));  // scores, then probabilities
         int64_t packed = -1, b = 0;
         for (int64_t task = lo; task < hi; ++task) {
             while (first[b + 1] <= task) ++b;

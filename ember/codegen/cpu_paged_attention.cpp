@@ -707,7 +707,7 @@ static void attend(const Call& c, const std::vector<Item>& items, int threads) {
   const size_t floats = size_t(c.D + c.DV) * MAX_ROWS;
 #pragma omp parallel num_threads(threads) if (items.size() > 1 && threads > 1)
   {
-    float* work = static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64));
+    float* work = ember_aligned_floats(static_cast<int64_t>(floats));
 #pragma omp for schedule(dynamic, 1)
     for (size_t i = 0; i < items.size(); ++i) run_item<E, C, D_, DV_>(c, items[i], work);
     std::free(work);

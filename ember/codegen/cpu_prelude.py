@@ -44,6 +44,10 @@ ember_round (every arithmetic type, both operands of the same type):
     ember_sign      -1, 0 or 1 (+0 for either zero; NaN -> NaN).
     ember_round     round half to even (std::nearbyint in the default rounding mode);
                     integers unchanged.
+    ember_aligned_floats  n floats on a 64-byte boundary (std::free them): a hand-written
+                    kernel's own buffers, whose vector loads and stores then never straddle
+                    two cache lines (operator new gives 16 bytes; an mmap'd block sits 16
+                    past a page).
 """
 
 PRELUDE = r"""
@@ -51,12 +55,19 @@ PRELUDE = r"""
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 
 // Forced inline: a call left out of line keeps its `omp simd` loop scalar.
 #define EMBER_INLINE static inline __attribute__((always_inline))
+
+// n floats (at least one) on a 64-byte boundary, rounded up to whole lines; std::free them
+EMBER_INLINE float* ember_aligned_floats(std::int64_t n) {
+  const std::size_t bytes = (static_cast<std::size_t>(n > 0 ? n : 1) * sizeof(float) + 63) & ~std::size_t(63);
+  return static_cast<float*>(std::aligned_alloc(64, bytes));
+}
 
 EMBER_INLINE std::uint32_t ember_f2u(float x) { return __builtin_bit_cast(std::uint32_t, x); }
 EMBER_INLINE float ember_u2f(std::uint32_t u) { return __builtin_bit_cast(float, u); }
