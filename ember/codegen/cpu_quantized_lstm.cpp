@@ -179,9 +179,10 @@ void step_row(const Direction& dir, const float* xw, const int32_t* q, const uin
 
 }  // namespace
 
-// xw [dirs, steps, batch, 4H]: X.W of every step; r [dirs, H, 4H]: R less its zero point; r8,
-// r8_offset, r8_colsum: the same R as product_vnni takes it ([dirs, hpad / 4, 4H, 4], [dirs, 4H],
-// [dirs, 4H]; ember_quantized_lstm_vnni says whether the build runs it), or null;
+// xw [dirs, steps, batch, 4H]: X.W of every step; r [dirs, H, 4H]: R less its zero point (int16;
+// unread, and may be null, where r8 is given); r8, r8_offset, r8_colsum: the same R as product_vnni
+// takes it ([dirs, hpad / 4, 4H, 4], [dirs, 4H], [dirs, 4H]; ember_quantized_lstm_vnni says whether
+// the build runs it), or null;
 // r_scale [dirs, 4H]; bias [dirs, 4H] (Wb + Rb) or null; peephole [dirs, 3H] (i o f) or null;
 // lens [batch] or null (every sequence `steps` long). A direction d with bit d of `reversed`
 // set runs step order[t, b] ([steps, batch]) of sequence b at its t-th step (each sequence
@@ -208,8 +209,8 @@ extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const int
     for (int64_t d = 0; d < dirs; ++d) {
         std::vector<float> seen(batch * hidden), gates(n4), multiplier(n4);
         std::vector<int32_t> q(batch * hidden), acc(n4);
-        std::vector<uint8_t> u(batch * hpad, 0);
-        const Direction dir{r + d * hidden * n4, r8 ? r8 + d * hpad * n4 : nullptr,
+        std::vector<uint8_t> u(r8 ? batch * hpad : 0, 0);  // (h's codes: only product_vnni reads them)
+        const Direction dir{r ? r + d * hidden * n4 : nullptr, r8 ? r8 + d * hpad * n4 : nullptr,
                             r8 ? r8_offset + d * n4 : nullptr, r8 ? r8_colsum + d * n4 : nullptr,
                             r_scale + d * n4, bias ? bias + d * n4 : nullptr,
                             peephole ? peephole + d * 3 * hidden : nullptr, hidden};
@@ -231,8 +232,10 @@ extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const int
                 for (int64_t i = first * hidden; i < end * hidden; ++i) {
                     const float v = std::min(std::max(seen[i] / scale, -zero), 255.0f - zero);
                     q[i] = static_cast<int32_t>(std::nearbyint(v));
-                    u[(i / hidden) * hpad + i % hidden] = static_cast<uint8_t>(q[i] + zh);
                 }
+                if (r8)
+                    for (int64_t i = first * hidden; i < end * hidden; ++i)
+                        u[(i / hidden) * hpad + i % hidden] = static_cast<uint8_t>(q[i] + zh);
                 for (int64_t n = 0; n < n4; ++n) multiplier[n] = scale * dir.r_scale[n];
                 // the group's q is taken: each row's `seen` now becomes what the next step quantizes
                 for (int64_t b = first; b < end; ++b) {
@@ -245,8 +248,8 @@ extern "C" int ember_quantized_lstm(const float* xw, const int16_t* r, const int
                         continue;
                     }
                     step_row(dir, xw + ((d * steps + s) * batch + b) * n4, q.data() + b * hidden,
-                             u.data() + b * hpad, zh, multiplier.data(), hd + b * hidden, cd + b * hidden, y,
-                             acc.data(), gates.data());
+                             r8 ? u.data() + b * hpad : nullptr, zh, multiplier.data(), hd + b * hidden,
+                             cd + b * hidden, y, acc.data(), gates.data());
                     std::memcpy(next, y, sizeof(float) * hidden);
                 }
             }

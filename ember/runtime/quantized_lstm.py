@@ -42,8 +42,9 @@ def pack(w, r, b, p, w_scale, w_zero, r_scale, r_zero, hidden: int) -> dict:
     # a quantized X less its zero point is within 255 of 0
     exact = torch.float32 if k * 255 * largest < _FLOAT32_EXACT else torch.float64
     r_int = _less_zero_point(r, r_zero)
+    r8 = eight_bit_r(r, r_int) if kernel.vnni() else None  # (the step loop then reads R only so)
     return {"w": w_int.to(exact), "w_scale": _scales(w_scale, dirs, n4), "w_packed": _integer_gemm_weights(w, w_zero),
-            "r": r_int.to(torch.int16).contiguous(), "r8": eight_bit_r(r, r_int) if kernel.vnni() else None,
+            "r": None if r8 is not None else r_int.to(torch.int16).contiguous(), "r8": r8,
             "r_scale": _scales(r_scale, dirs, n4).reshape(dirs, n4),
             # onnxruntime adds Wb + Rb, summed first, after both GEMMs
             "bias": None if b is None else (b[:, :n4] + b[:, n4:]).to(torch.float32).contiguous(),
